@@ -1,0 +1,1 @@
+"""Entry points: the `backstop` command line and the service."""
