@@ -23,6 +23,31 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backstop.entrypoints.replay import ReplayError, ReplayOptions, replay
+
+    options = ReplayOptions(journal=Path(args.journal), out=Path(args.out), strict=args.strict,
+                            snapshot_every=args.snapshot_every,
+                            from_snapshot=Path(args.from_snapshot) if args.from_snapshot else None,
+                            check_conservation=args.check_conservation)
+    try:
+        result = replay(options)
+    except ReplayError as error:
+        print(f"backstop replay: {error}", file=sys.stderr)
+        return error.exit_code
+    print(f"applied {result['events_applied']} events ({result['duplicates']} duplicates, "
+          f"{result['rejected']} rejected); {result['fund_ledger_entries']} fund-ledger entries, "
+          f"{result['adl_events']} ADL events, {result['findings']} findings")
+    for fund_id, fund in result["funds"].items():
+        print(f"fund {fund_id}: balance {fund['balance']} {fund['settle_asset']}")
+    print(f"head hash  {result['head_hash']}")
+    print(f"state hash {result['state_hash']}")
+    print(f"outputs in {args.out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backstop",
@@ -30,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"backstop {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    replay = commands.add_parser("replay", help="replay a JSONL journal through the engine into an output dir")
+    replay.add_argument("journal", metavar="INPUT.jsonl", help="journal file, one record per line")
+    replay.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    replay.add_argument("--strict", action="store_true", help="stop at the first bad record (exit 1)")
+    replay.add_argument("--snapshot-every", type=int, default=0, metavar="N",
+                        help="write a snapshot of engine state every N applied events into DIR/snapshots")
+    replay.add_argument("--from-snapshot", metavar="FILE",
+                        help="start from a snapshot written by --snapshot-every and replay the rest")
+    replay.add_argument("--check-conservation", action="store_true",
+                        help="re-check that all ledger balances sum to zero after every event")
+    replay.set_defaults(handler=_cmd_replay)
 
     db = commands.add_parser("db", help="PostgreSQL schema management")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)

@@ -1,0 +1,56 @@
+"""ADL ranking (BitMEX's rule, which Bybit and Binance follow in spirit) and the 1-5 quantiles.
+
+PnL% = q x (mark - E) / |q x E|; effective leverage = |mark| / |mark - BP| of the position's own BP;
+score = PnL% x leverage when PnL% >= 0, else PnL% / leverage. A position at or past its own BP is ranked
+last. Ties go to the larger position, then the smaller account id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from backstop.core.numbers import CONTEXT, ZERO, score
+from backstop.core.state import Position
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    position: Position
+    pnl_ratio: Decimal
+    leverage: Decimal | None  # None: at or past its own bankruptcy price
+    score: Decimal
+    bankruptcy_price: Decimal
+
+    @property
+    def past_bankruptcy(self) -> bool:
+        return self.leverage is None
+
+    def sort_key(self) -> tuple[bool, Decimal, Decimal, str]:
+        return (self.past_bankruptcy, -self.score, -self.position.size, self.position.account_id)
+
+
+def rank_position(position: Position, mark: Decimal, bankruptcy: Decimal) -> Ranked:
+    entry_value = position.cost
+    pnl = position.unrealized_pnl(mark)
+    pnl_ratio = score(CONTEXT.divide(pnl, entry_value))
+    distance = mark - bankruptcy if position.qty > 0 else bankruptcy - mark
+    if distance <= 0:
+        return Ranked(position, pnl_ratio, None, pnl_ratio, bankruptcy)
+    leverage = score(CONTEXT.divide(mark, distance))
+    raw = CONTEXT.multiply(pnl_ratio, leverage) if pnl_ratio >= 0 else CONTEXT.divide(pnl_ratio, leverage)
+    return Ranked(position, pnl_ratio, leverage, score(raw), bankruptcy)
+
+
+def quantile(rank: int, count: int) -> int:
+    """5 for the top 20% of ranked positions (rank 1 is the top) ... 1 for the bottom 20%."""
+    if not 1 <= rank <= count:
+        raise ValueError(f"rank {rank} outside 1..{count}")
+    return 5 - (rank - 1) * 5 // count
+
+
+def order(ranked: list[Ranked]) -> list[Ranked]:
+    return sorted(ranked, key=Ranked.sort_key)
+
+
+__all__ = ["ZERO", "Ranked", "order", "quantile", "rank_position"]

@@ -1,0 +1,525 @@
+"""The engine: a pure, synchronous fold of journal events into margin state, the fund ledger and ADL.
+
+`Engine.apply(record, seq)` either raises Rejected (nothing changed) or applies the event and returns its
+Effects. Every handler checks everything first and mutates after, so a rejection never leaves half an event
+behind. All arithmetic runs in backstop.core.numbers.CONTEXT.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from decimal import Decimal, localcontext
+from typing import Any, Literal
+
+from backstop.core import adl, ledger
+from backstop.core.errors import InvariantViolation, Rejected
+from backstop.core.hashing import GENESIS_HASH, chain_hash, combine
+from backstop.core.margin import (
+    bankruptcy_price,
+    liquidation_price,
+    lot_cost_at_bankruptcy,
+    position_maintenance,
+)
+from backstop.core.numbers import (
+    CONTEXT,
+    MONEY_QUANTUM,
+    ZERO,
+    is_multiple,
+    money,
+    money_up,
+    price,
+    share,
+    text,
+)
+from backstop.core.records import SCHEMA_VERSION, AdlEvent, Finding, FundLedgerEntry
+from backstop.core.state import FundSpec, FundState, Instrument, Lot, Position, Tier
+from backstop.wire.inputs import (
+    FUND_ACCOUNT_PREFIX,
+    AnyRecord,
+    FillRecord,
+    FundingRecord,
+    FundRecord,
+    InstrumentRecord,
+    LiquidationRecord,
+    MarkRecord,
+    TransferRecord,
+)
+
+FundEntryKind = Literal["transfer", "liquidation_gain", "liquidation_loss", "fee", "funding"]
+FindingKind = Literal["not_liquidatable", "bp_mismatch", "negative_wallet", "bad_debt", "adl_shortfall"]
+
+
+@dataclass(slots=True)
+class Effects:
+    """What one event produced, in order."""
+
+    fund_entries: list[FundLedgerEntry] = field(default_factory=list)
+    adl_events: list[AdlEvent] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MarginView:
+    """An account's margin at the current marks, as the rules of DESIGN section 4 define it."""
+
+    margin_balance: Decimal  # isolated: margin + uPnL; cross: TNC = wallet + sum of cross uPnL
+    maintenance_margin: Decimal  # isolated: this position's MM; cross: TMM
+    position_maintenance: Decimal
+    equity_share: Decimal  # the part of margin_balance that stands behind this position
+
+    @property
+    def liquidatable(self) -> bool:
+        return self.margin_balance <= self.maintenance_margin
+
+
+def is_fund_account(account_id: str) -> bool:
+    return account_id.startswith(FUND_ACCOUNT_PREFIX)
+
+
+class Engine:
+    def __init__(self, *, check_conservation: bool = False) -> None:
+        self.check_conservation = check_conservation
+        self.ledger = ledger.Ledger()
+        self.funds: dict[str, FundState] = {}
+        self.instruments: dict[str, Instrument] = {}
+        self.marks: dict[str, Decimal] = {}
+        self.positions: dict[str, dict[str, Position]] = {}  # account -> symbol -> position
+        self.by_symbol: dict[str, dict[str, Position]] = {}  # symbol -> account -> position
+        self.last_seq = 0
+        self.ledger_head = GENESIS_HASH
+        self.adl_head = GENESIS_HASH
+        self._effects = Effects()
+        self._seq = 0
+        self._ts = 0
+
+    # ------------------------------------------------------------------ entry point
+    def apply(self, record: AnyRecord, seq: int) -> Effects:
+        if seq != self.last_seq + 1:
+            raise InvariantViolation(f"journal gap: seq {seq} after {self.last_seq}")
+        self._effects = effects = Effects()
+        self._seq, self._ts = seq, record.ts
+        with localcontext(CONTEXT):
+            funds_before = {fid: self.ledger.balance(ledger.fund(fid)) for fid in self._funds_of(record)}
+            handler = self._handlers[record.type]
+            handler(self, record)
+            self.last_seq = seq
+            self._enforce_solvency(funds_before)
+            if self.check_conservation:
+                self.ledger.check_conservation()
+        return effects
+
+    @property
+    def head_hash(self) -> str:
+        return combine(self.ledger_head, self.adl_head)
+
+    # ------------------------------------------------------------------ definitions
+    def _on_fund(self, record: FundRecord) -> None:
+        existing = self.funds.get(record.fund_id)
+        if existing is not None and existing.spec.settle_asset != record.settle_asset:
+            raise Rejected(f"fund {record.fund_id} settles in {existing.spec.settle_asset}; cannot change asset")
+        spec = FundSpec(record.fund_id, record.settle_asset, record.surplus, record.max_inventory_ratio)
+        if existing is None:
+            self.funds[record.fund_id] = FundState(spec)
+        else:
+            existing.spec = spec
+
+    def _on_instrument(self, record: InstrumentRecord) -> None:
+        fund_state = self.funds.get(record.fund_id)
+        if fund_state is None:
+            raise Rejected(f"unknown fund {record.fund_id}")
+        if fund_state.spec.settle_asset != record.settle_asset:
+            raise Rejected(f"fund {record.fund_id} settles in {fund_state.spec.settle_asset}, "
+                           f"instrument {record.symbol} in {record.settle_asset}")
+        previous = self.instruments.get(record.symbol)
+        if previous is not None and (previous.fund_id, previous.settle_asset) != (record.fund_id,
+                                                                                  record.settle_asset):
+            raise Rejected(f"instrument {record.symbol} cannot move to another fund or settlement asset")
+        ceilings = [tier.max_notional for tier in record.tiers]
+        if any(b <= a for a, b in zip(ceilings, ceilings[1:], strict=False)):
+            raise Rejected("tiers must have strictly increasing max_notional")
+        if any(tier.mmr >= 1 for tier in record.tiers):
+            raise Rejected("mmr must be below 1")
+        tiers = tuple(Tier(t.max_notional, t.mmr, t.maint_amount) for t in record.tiers)
+        self.instruments[record.symbol] = Instrument(
+            record.symbol, record.settle_asset, record.tick_size, record.lot_size, tiers,
+            record.liquidation_fee_rate, record.fund_id)
+        if previous is None:
+            fund_state.symbols.append(record.symbol)
+            self.by_symbol[record.symbol] = {}
+
+    # ------------------------------------------------------------------ money in and out
+    def _on_transfer(self, record: TransferRecord) -> None:
+        amount = record.amount
+        if amount == 0:
+            raise Rejected("transfer amount must not be zero")
+        if amount != money(amount):
+            raise Rejected(f"amount {amount} has more decimals than the asset unit {MONEY_QUANTUM}")
+        if is_fund_account(record.account_id):
+            fund_state = self._fund(record.account_id[len(FUND_ACCOUNT_PREFIX):])
+            if record.asset != fund_state.spec.settle_asset:
+                raise Rejected(f"fund {fund_state.spec.fund_id} holds {fund_state.spec.settle_asset}, "
+                               f"not {record.asset}")
+            account = ledger.fund(fund_state.spec.fund_id)
+        else:
+            if not self._is_settle_asset(record.asset):
+                raise Rejected(f"unknown asset {record.asset}")
+            account = ledger.wallet(record.account_id, record.asset)
+        if amount < 0 and self.ledger.balance(account) + amount < 0:
+            raise Rejected(f"withdrawal of {-amount} exceeds the balance {self.ledger.balance(account)} of "
+                           f"{account}")
+        source = ledger.external(record.asset)
+        self.ledger.post(source, account, amount)
+        if is_fund_account(record.account_id):
+            self._fund_entry(record.account_id[len(FUND_ACCOUNT_PREFIX):], "transfer", amount, None, source)
+
+    # ------------------------------------------------------------------ trading
+    def _on_fill(self, record: FillRecord) -> None:
+        instrument = self._instrument(record.symbol)
+        self._check_steps(instrument, record.qty, record.price)
+        if record.fee != money(record.fee):
+            raise Rejected(f"fee {record.fee} has more decimals than the asset unit {MONEY_QUANTUM}")
+        if is_fund_account(record.account_id):
+            self._fund_fill(record, instrument)
+            return
+        position = self.positions.get(record.account_id, {}).get(record.symbol)
+        if position is not None and position.margin_mode != record.margin_mode:
+            raise Rejected(f"{record.account_id} holds {record.symbol} in {position.margin_mode} margin; "
+                           f"a {record.margin_mode} fill cannot change it while the position is open")
+        self.marks.setdefault(record.symbol, record.price)
+        delta = record.qty if record.side == "buy" else -record.qty
+        remaining = record.qty
+        if position is not None and (position.qty > 0) != (delta > 0):
+            closed = min(position.size, remaining)
+            self._reduce(position, closed, CONTEXT.multiply(closed, record.price))
+            remaining -= closed
+        if remaining > 0:
+            self._open(record.account_id, instrument, remaining if delta > 0 else -remaining, record.price,
+                       record.margin_mode, record.leverage)
+        wallet = ledger.wallet(record.account_id, instrument.settle_asset)
+        self.ledger.post(wallet, ledger.fees(instrument.settle_asset), record.fee)
+        if self.ledger.balance(wallet) < 0:
+            self._finding("negative_wallet", record.account_id, None, record.symbol,
+                          {"wallet": text(self.ledger.balance(wallet)), "fill_id": record.fill_id})
+
+    def _open(self, account_id: str, instrument: Instrument, qty: Decimal, fill_price: Decimal,
+              margin_mode: Literal["cross", "isolated"], leverage: Decimal) -> None:
+        symbol = instrument.symbol
+        book = self.positions.setdefault(account_id, {})
+        position = book.get(symbol)
+        value = CONTEXT.multiply(abs(qty), fill_price)
+        if position is None:
+            position = Position(account_id, symbol, qty, value, margin_mode, leverage)
+            book[symbol] = position
+            self.by_symbol[symbol][account_id] = position
+        else:
+            position.qty += qty
+            position.cost += value
+            position.leverage = leverage
+        if margin_mode == "isolated":
+            initial_margin = money(CONTEXT.divide(value, leverage))
+            self.ledger.post(ledger.wallet(account_id, instrument.settle_asset),
+                             ledger.isolated(account_id, symbol), initial_margin)
+
+    def _reduce(self, position: Position, qty: Decimal, proceeds: Decimal) -> Decimal:
+        """Close qty of a trader's position for total proceeds; post realized PnL and release margin."""
+        instrument = self.instruments[position.symbol]
+        wallet = ledger.wallet(position.account_id, instrument.settle_asset)
+        cost_share = share(position.cost, qty, position.size)
+        realized = money(proceeds - cost_share if position.qty > 0 else cost_share - proceeds)
+        self.ledger.post(ledger.settlement(position.symbol), wallet, realized)
+        if position.margin_mode == "isolated":
+            margin_account = ledger.isolated(position.account_id, position.symbol)
+            released = share(self.ledger.balance(margin_account), qty, position.size)
+            self.ledger.post(margin_account, wallet, released)
+        position.cost -= cost_share
+        position.qty -= qty if position.qty > 0 else -qty
+        if position.qty == 0:
+            if position.cost != 0:
+                raise InvariantViolation(f"closed position {position.account_id}/{position.symbol} kept cost")
+            del self.positions[position.account_id][position.symbol]
+            if not self.positions[position.account_id]:
+                del self.positions[position.account_id]
+            del self.by_symbol[position.symbol][position.account_id]
+        return realized
+
+    def _on_mark(self, record: MarkRecord) -> None:
+        self._instrument(record.symbol)
+        self.marks[record.symbol] = record.mark_price
+
+    def _on_funding(self, record: FundingRecord) -> None:
+        instrument = self._instrument(record.symbol)
+        if abs(record.rate) >= 1:
+            raise Rejected(f"funding rate {record.rate} is not a plausible rate")
+        clearing = ledger.funding(record.symbol)
+        rate_price = CONTEXT.multiply(record.mark_price, record.rate)
+        for position in self.by_symbol[record.symbol].values():
+            payment = money(CONTEXT.multiply(position.qty, rate_price))
+            payer = (ledger.isolated(position.account_id, position.symbol) if position.margin_mode == "isolated"
+                     else ledger.wallet(position.account_id, instrument.settle_asset))
+            self.ledger.post(payer, clearing, payment)
+        fund_state = self.funds[instrument.fund_id]
+        payment = money(CONTEXT.multiply(fund_state.net_qty(record.symbol), rate_price))
+        if payment != 0:
+            self.ledger.post(ledger.fund(instrument.fund_id), clearing, payment)
+            self._fund_entry(instrument.fund_id, "funding", -payment, None, clearing)
+
+    # ------------------------------------------------------------------ liquidation and the fund
+    def _on_liquidation(self, record: LiquidationRecord) -> None:
+        instrument = self._instrument(record.symbol)
+        if is_fund_account(record.account_id):
+            raise Rejected("a fund's inventory is not liquidated")
+        position = self.positions.get(record.account_id, {}).get(record.symbol)
+        if position is None:
+            raise Rejected(f"{record.account_id} holds no {record.symbol} position")
+        if record.qty > position.size:
+            raise Rejected(f"liquidation of {record.qty} exceeds the position of {position.size}")
+        self._check_steps(instrument, record.qty, None)
+        executed = sum((e.qty for e in record.executions), ZERO)
+        if executed > record.qty:
+            raise Rejected(f"executions total {executed}, more than the liquidated {record.qty}")
+        for execution in record.executions:
+            self._check_steps(instrument, execution.qty, execution.price)
+
+        self.marks[record.symbol] = record.mark_price
+        fund_state = self.funds[instrument.fund_id]
+        view = self.margin_view(position)
+        if not view.liquidatable:
+            self._finding("not_liquidatable", record.account_id, record.liquidation_id, record.symbol, {
+                "margin_balance": text(view.margin_balance),
+                "maintenance_margin": text(view.maintenance_margin),
+                "mark_price": text(record.mark_price)})
+        equity_share = money_up(CONTEXT.divide(CONTEXT.multiply(view.equity_share, record.qty), position.size))
+        lot_cost = lot_cost_at_bankruptcy(position, record.qty, equity_share, record.mark_price)
+        computed_bp = CONTEXT.divide(lot_cost, record.qty)
+        venue_bp = record.bankruptcy_price
+        if venue_bp is not None and abs(venue_bp - computed_bp) > instrument.tick_size:
+            self._finding("bp_mismatch", record.account_id, record.liquidation_id, record.symbol, {
+                "computed": text(price(computed_bp)), "venue": text(venue_bp),
+                "tick_size": text(instrument.tick_size), "equity_share": text(equity_share)})
+
+        lot = Lot(record.liquidation_id, record.symbol, position.side, record.qty, lot_cost, record.account_id,
+                  self._seq)
+        self._reduce(position, record.qty, lot_cost)
+        fund_state.lots.setdefault(record.symbol, deque()).append(lot)
+        for execution in record.executions:
+            self._realize(fund_state, lot, execution.qty, execution.price)
+        if lot.qty > 0 and not self._accepts_inventory(fund_state):
+            self._deleverage(fund_state, lot)
+
+    def _fund_fill(self, record: FillRecord, instrument: Instrument) -> None:
+        fund_id = record.account_id[len(FUND_ACCOUNT_PREFIX):]
+        fund_state = self._fund(fund_id)
+        if instrument.fund_id != fund_id:
+            raise Rejected(f"{record.symbol} belongs to fund {instrument.fund_id}, not {fund_id}")
+        closing = "long" if record.side == "sell" else "short"
+        lots = [lot for lot in fund_state.lots.get(record.symbol, ()) if lot.side == closing]
+        held = sum((lot.qty for lot in lots), ZERO)
+        if record.qty > held:
+            raise Rejected(f"fund {fund_id} holds {held} {closing} {record.symbol}; cannot {record.side} "
+                           f"{record.qty}")
+        remaining = record.qty
+        for lot in lots:
+            if remaining == 0:
+                break
+            take = min(lot.qty, remaining)
+            self._realize(fund_state, lot, take, record.price)
+            remaining -= take
+        if record.fee != 0:
+            self.ledger.post(ledger.fund(fund_id), ledger.fees(instrument.settle_asset), record.fee)
+            self._fund_entry(fund_id, "fee", -record.fee, None, ledger.fees(instrument.settle_asset))
+
+    def _realize(self, fund_state: FundState, lot: Lot, qty: Decimal, fill_price: Decimal) -> None:
+        """The fund closes qty of a lot in the market; a gain is split per the surplus policy."""
+        instrument = self.instruments[lot.symbol]
+        proceeds = CONTEXT.multiply(qty, fill_price)
+        cost_share = self._take_from_lot(fund_state, lot, qty)
+        gain = money(proceeds - cost_share if lot.side == "long" else cost_share - proceeds)
+        fund_id = fund_state.spec.fund_id
+        source = ledger.settlement(lot.symbol)
+        if gain < 0:
+            self.ledger.post(ledger.fund(fund_id), source, -gain)
+            self._fund_entry(fund_id, "liquidation_loss", gain, lot.liquidation_id, source)
+            return
+        kept = gain
+        if fund_state.spec.surplus == "trader":
+            kept = min(gain, money(CONTEXT.multiply(instrument.liquidation_fee_rate, proceeds)))
+            self.ledger.post(source, ledger.wallet(lot.liquidated_account, instrument.settle_asset), gain - kept)
+        if kept > 0:
+            self.ledger.post(source, ledger.fund(fund_id), kept)
+            self._fund_entry(fund_id, "liquidation_gain", kept, lot.liquidation_id, source)
+
+    def _take_from_lot(self, fund_state: FundState, lot: Lot, qty: Decimal) -> Decimal:
+        if qty > lot.qty:
+            raise InvariantViolation(f"fund closes {qty} of lot {lot.liquidation_id} holding {lot.qty}")
+        cost_share = share(lot.cost, qty, lot.qty)
+        lot.qty -= qty
+        lot.cost -= cost_share
+        if lot.qty == 0:
+            fund_state.lots[lot.symbol].remove(lot)
+            if not fund_state.lots[lot.symbol]:
+                del fund_state.lots[lot.symbol]
+        return cost_share
+
+    def _accepts_inventory(self, fund_state: FundState) -> bool:
+        balance = self.ledger.balance(ledger.fund(fund_state.spec.fund_id))
+        if balance <= 0:
+            return False
+        return self.inventory_notional(fund_state) <= CONTEXT.multiply(fund_state.spec.max_inventory_ratio,
+                                                                      balance)
+
+    def inventory_notional(self, fund_state: FundState) -> Decimal:
+        """Sum over the fund's symbols of |net qty| x mark."""
+        total = ZERO
+        for symbol in fund_state.lots:
+            total += CONTEXT.multiply(abs(fund_state.net_qty(symbol)), self.marks[symbol])
+        return total
+
+    def _deleverage(self, fund_state: FundState, lot: Lot) -> None:
+        """Close the lot at its BP against opposite-side positions in ADL order until it is gone."""
+        symbol = lot.symbol
+        mark = self.marks[symbol]
+        opposite = "short" if lot.side == "long" else "long"
+        queue = adl.order([adl.rank_position(p, mark, self.bankruptcy_price(p))
+                           for p in self.by_symbol[symbol].values() if p.side == opposite])
+        count = len(queue)
+        for rank, ranked in enumerate(queue, start=1):
+            if lot.qty == 0:
+                break
+            counterparty = ranked.position
+            take = min(counterparty.size, lot.qty)
+            cost_share = self._take_from_lot(fund_state, lot, take)
+            self._reduce(counterparty, take, cost_share)
+            self._adl_event(fund_state.spec.fund_id, lot, counterparty.account_id, opposite, take,
+                            price(CONTEXT.divide(cost_share, take)), rank, ranked.score,
+                            adl.quantile(rank, count))
+        if lot.qty > 0:
+            self._finding("adl_shortfall", lot.liquidated_account, lot.liquidation_id, symbol, {
+                "unfilled_qty": text(lot.qty), "counterparties": str(count)})
+
+    def _enforce_solvency(self, funds_before: dict[str, Decimal]) -> None:
+        """A fund below zero deleverages all of its inventory; the shortfall is recorded as bad debt."""
+        for fund_id, before in funds_before.items():
+            balance = self.ledger.balance(ledger.fund(fund_id))
+            if balance >= 0:
+                continue
+            fund_state = self.funds[fund_id]
+            for symbol in sorted(fund_state.lots):
+                for lot in list(fund_state.lots.get(symbol, ())):
+                    self._deleverage(fund_state, lot)
+            if balance < before:
+                self._finding("bad_debt", None, None, None, {
+                    "fund_id": fund_id, "balance": text(balance), "added": text(min(before, ZERO) - balance)})
+
+    # ------------------------------------------------------------------ views (used by reports too)
+    def margin_view(self, position: Position) -> MarginView:
+        mark = self.marks[position.symbol]
+        instrument = self.instruments[position.symbol]
+        own_mm = position_maintenance(position, instrument.tiers, mark)
+        if position.margin_mode == "isolated":
+            balance = (self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
+                       + position.unrealized_pnl(mark))
+            return MarginView(balance, own_mm, own_mm, balance)
+        asset = instrument.settle_asset
+        tnc = self.ledger.balance(ledger.wallet(position.account_id, asset))
+        tmm = ZERO
+        for other in self._cross_positions(position.account_id, asset):
+            other_mark = self.marks[other.symbol]
+            tnc += other.unrealized_pnl(other_mark)
+            tmm += position_maintenance(other, self.instruments[other.symbol].tiers, other_mark)
+        equity_share = tnc if tmm == 0 else CONTEXT.divide(CONTEXT.multiply(tnc, own_mm), tmm)
+        return MarginView(tnc, tmm, own_mm, equity_share)
+
+    def bankruptcy_price(self, position: Position) -> Decimal:
+        with localcontext(CONTEXT):
+            return bankruptcy_price(position, self.margin_view(position).equity_share,
+                                    self.marks[position.symbol])
+
+    def liquidation_price(self, position: Position) -> Decimal | None:
+        with localcontext(CONTEXT):
+            instrument = self.instruments[position.symbol]
+            if position.margin_mode == "isolated":
+                other = self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
+            else:
+                other = self.ledger.balance(ledger.wallet(position.account_id, instrument.settle_asset))
+                for peer in self._cross_positions(position.account_id, instrument.settle_asset):
+                    if peer is position:
+                        continue
+                    peer_mark = self.marks[peer.symbol]
+                    other += peer.unrealized_pnl(peer_mark) - position_maintenance(
+                        peer, self.instruments[peer.symbol].tiers, peer_mark)
+            return liquidation_price(position, instrument.tiers, other)
+
+    def _cross_positions(self, account_id: str, asset: str) -> list[Position]:
+        return [p for p in self.positions.get(account_id, {}).values()
+                if p.margin_mode == "cross" and self.instruments[p.symbol].settle_asset == asset]
+
+    # ------------------------------------------------------------------ outputs
+    def _fund_entry(self, fund_id: str, kind: FundEntryKind, amount: Decimal, liquidation_id: str | None,
+                    counter_account: str) -> None:
+        entries = self._effects.fund_entries
+        body: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION, "id": f"fl-{self._seq}-{len(entries)}", "seq": self._seq,
+            "ts": self._ts, "fund_id": fund_id, "kind": kind, "amount": amount,
+            "balance_after": self.ledger.balance(ledger.fund(fund_id)), "liquidation_id": liquidation_id,
+            "counter_account": counter_account, "prev_hash": self.ledger_head}
+        self.ledger_head = chain_hash(body)
+        entries.append(FundLedgerEntry(**body, hash=self.ledger_head))
+
+    def _adl_event(self, fund_id: str, lot: Lot, account_id: str, side: Literal["long", "short"],
+                   qty: Decimal, fill_price: Decimal, rank: int, rank_score: Decimal, quantile: int) -> None:
+        events = self._effects.adl_events
+        body: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION, "id": f"adl-{self._seq}-{len(events)}", "seq": self._seq,
+            "ts": self._ts, "symbol": lot.symbol, "liquidation_id": lot.liquidation_id, "fund_id": fund_id,
+            "account_id": account_id, "side": side, "qty": qty, "price": fill_price, "rank": rank,
+            "score": rank_score, "quantile": quantile, "prev_hash": self.adl_head}
+        self.adl_head = chain_hash(body)
+        events.append(AdlEvent(**body, hash=self.adl_head))
+
+    def _finding(self, kind: FindingKind, account_id: str | None, liquidation_id: str | None,
+                 symbol: str | None, details: dict[str, str]) -> None:
+        findings = self._effects.findings
+        findings.append(Finding(SCHEMA_VERSION, f"finding-{self._seq}-{len(findings)}", self._seq, self._ts,
+                                kind, account_id, liquidation_id, symbol, details))
+
+    # ------------------------------------------------------------------ lookups and checks
+    def _instrument(self, symbol: str) -> Instrument:
+        instrument = self.instruments.get(symbol)
+        if instrument is None:
+            raise Rejected(f"unknown symbol {symbol}")
+        return instrument
+
+    def _fund(self, fund_id: str) -> FundState:
+        fund_state = self.funds.get(fund_id)
+        if fund_state is None:
+            raise Rejected(f"unknown fund {fund_id}")
+        return fund_state
+
+    def _is_settle_asset(self, asset: str) -> bool:
+        return any(f.spec.settle_asset == asset for f in self.funds.values())
+
+    @staticmethod
+    def _check_steps(instrument: Instrument, qty: Decimal, fill_price: Decimal | None) -> None:
+        if not is_multiple(qty, instrument.lot_size):
+            raise Rejected(f"qty {qty} is not a multiple of the lot size {instrument.lot_size}")
+        if fill_price is not None and not is_multiple(fill_price, instrument.tick_size):
+            raise Rejected(f"price {fill_price} is not a multiple of the tick size {instrument.tick_size}")
+
+    def _funds_of(self, record: AnyRecord) -> list[str]:
+        """The funds whose balance this event may move (checked for solvency afterwards)."""
+        if isinstance(record, TransferRecord | FundRecord):
+            return []
+        symbol = getattr(record, "symbol", None)
+        instrument = self.instruments.get(symbol) if symbol is not None else None
+        return [instrument.fund_id] if instrument is not None else []
+
+    _handlers: dict[str, Any] = {
+        "fund": _on_fund,
+        "instrument": _on_instrument,
+        "transfer": _on_transfer,
+        "fill": _on_fill,
+        "mark": _on_mark,
+        "funding": _on_funding,
+        "liquidation": _on_liquidation,
+    }

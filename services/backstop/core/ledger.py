@@ -1,0 +1,75 @@
+"""The double-entry general ledger: every money movement is one posting between two ledger accounts.
+
+A posting moves `amount` from one account to another, so the sum of all balances is zero by construction;
+`check_conservation` re-derives that sum from the balances (switch it on per event with
+Engine(check_conservation=True)).
+
+Ledger account names:
+  wallet:<account>:<asset>        a trader's wallet (cross margin lives here)
+  isolated:<account>:<symbol>     a position's isolated margin
+  fund:<fund_id>                  an insurance fund
+  fees:<asset>                    the exchange's fee income
+  settlement:<symbol>             the market's side of realized PnL (trades between traders)
+  funding:<symbol>                funding clearing
+  external:<asset>                outside the venue: deposits come from here, withdrawals go here
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from backstop.core.errors import InvariantViolation
+from backstop.core.numbers import MONEY_QUANTUM, ZERO
+
+
+def wallet(account_id: str, asset: str) -> str:
+    return f"wallet:{account_id}:{asset}"
+
+
+def isolated(account_id: str, symbol: str) -> str:
+    return f"isolated:{account_id}:{symbol}"
+
+
+def fund(fund_id: str) -> str:
+    return f"fund:{fund_id}"
+
+
+def fees(asset: str) -> str:
+    return f"fees:{asset}"
+
+
+def settlement(symbol: str) -> str:
+    return f"settlement:{symbol}"
+
+
+def funding(symbol: str) -> str:
+    return f"funding:{symbol}"
+
+
+def external(asset: str) -> str:
+    return f"external:{asset}"
+
+
+class Ledger:
+    __slots__ = ("balances",)
+
+    def __init__(self) -> None:
+        self.balances: dict[str, Decimal] = {}
+
+    def balance(self, account: str) -> Decimal:
+        return self.balances.get(account, ZERO)
+
+    def post(self, source: str, destination: str, amount: Decimal) -> None:
+        """Move amount (already quantized money) from source to destination; a negative amount reverses."""
+        if amount.as_tuple().exponent < MONEY_QUANTUM.as_tuple().exponent:  # type: ignore[operator]
+            raise InvariantViolation(f"unquantized posting {amount} {source} -> {destination}")
+        if amount == 0:
+            return
+        balances = self.balances
+        balances[source] = balances.get(source, ZERO) - amount
+        balances[destination] = balances.get(destination, ZERO) + amount
+
+    def check_conservation(self) -> None:
+        total = sum(self.balances.values(), ZERO)
+        if total != 0:
+            raise InvariantViolation(f"ledger does not balance: sum of balances is {total}")

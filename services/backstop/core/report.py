@@ -1,0 +1,101 @@
+"""Read-only views of engine state for people and tools: the summary and the accounts document."""
+
+from __future__ import annotations
+
+from decimal import localcontext
+from typing import Any
+
+from backstop.core import ledger
+from backstop.core.engine import Engine
+from backstop.core.numbers import CONTEXT, ZERO, money, price, text
+from backstop.core.processor import Processor
+from backstop.core.snapshot import state_hash
+
+
+def summary(processor: Processor) -> dict[str, Any]:
+    engine = processor.engine
+    return {
+        "schema_version": 1,
+        "events_applied": processor.events_applied,
+        "duplicates": processor.duplicates,
+        "rejected": processor.rejected,
+        "last_seq": engine.last_seq,
+        "head_hash": engine.head_hash,
+        "ledger_head_hash": engine.ledger_head,
+        "adl_head_hash": engine.adl_head,
+        "state_hash": state_hash(engine),
+        "fund_ledger_entries": processor.fund_entries,
+        "adl_events": processor.adl_events,
+        "findings": processor.findings,
+        "ledger_sum": text(sum(engine.ledger.balances.values(), ZERO)),
+        "funds": funds(engine),
+    }
+
+
+def funds(engine: Engine) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    with localcontext(CONTEXT):
+        for fund_id in sorted(engine.funds):
+            state = engine.funds[fund_id]
+            balance = engine.ledger.balance(ledger.fund(fund_id))
+            result[fund_id] = {
+                "balance": text(balance),
+                "settle_asset": state.spec.settle_asset,
+                "surplus": state.spec.surplus,
+                "max_inventory_ratio": text(state.spec.max_inventory_ratio),
+                "bad_debt": text(max(-balance, ZERO)),
+                "inventory_notional": text(money(engine.inventory_notional(state))),
+                "inventory": {symbol: text(state.net_qty(symbol)) for symbol in sorted(state.lots)},
+            }
+    return result
+
+
+def accounts(engine: Engine) -> dict[str, Any]:
+    """Every account with a wallet or an open position; a fund's inventory under fund:<fund_id>."""
+    wallets: dict[str, dict[str, str]] = {}
+    for name, balance in engine.ledger.balances.items():
+        if name.startswith("wallet:"):
+            account_id, asset = name[len("wallet:"):].rsplit(":", 1)
+            wallets.setdefault(account_id, {})[asset] = text(balance)
+    result: dict[str, Any] = {}
+    for account_id in sorted(set(wallets) | set(engine.positions)):
+        account_wallets = dict(sorted(wallets.get(account_id, {}).items()))
+        positions = {symbol: _position(engine, p) for symbol, p in
+                     sorted(engine.positions.get(account_id, {}).items())}
+        primary = next(iter(account_wallets.values()), "0")
+        result[account_id] = {"wallet": primary, "wallets": account_wallets, "positions": positions}
+    with localcontext(CONTEXT):
+        for fund_id in sorted(engine.funds):
+            state = engine.funds[fund_id]
+            inventory: dict[str, Any] = {}
+            for symbol in sorted(state.lots):
+                net = state.net_qty(symbol)
+                lots = [{"liquidation_id": lot.liquidation_id, "side": lot.side, "qty": text(lot.qty),
+                         "bankruptcy_price": text(price(lot.bankruptcy_price())), "seq": lot.seq}
+                        for lot in state.lots[symbol]]
+                inventory[symbol] = {"qty": text(net), "mark_price": text(engine.marks[symbol]), "lots": lots}
+            result[ledger.fund(fund_id)] = {
+                "wallet": text(engine.ledger.balance(ledger.fund(fund_id))), "positions": inventory}
+    return result
+
+
+def _position(engine: Engine, position: Any) -> dict[str, str]:
+    with localcontext(CONTEXT):
+        mark = engine.marks[position.symbol]
+        view = engine.margin_view(position)
+        liquidation = engine.liquidation_price(position)
+        isolated = engine.ledger.balance(ledger.isolated(position.account_id, position.symbol))
+        return {
+            "qty": text(position.qty),
+            "entry_price": text(price(position.entry_price())),
+            "cost": text(position.cost),
+            "margin_mode": position.margin_mode,
+            "leverage": text(position.leverage),
+            "isolated_margin": text(isolated),
+            "mark_price": text(mark),
+            "unrealized_pnl": text(money(position.unrealized_pnl(mark))),
+            "maintenance_margin": text(money(view.position_maintenance)),
+            "margin_balance": text(money(view.margin_balance)),
+            "liquidation_price": text(price(liquidation)) if liquidation is not None else "0",
+            "bankruptcy_price": text(price(engine.bankruptcy_price(position))),
+        }

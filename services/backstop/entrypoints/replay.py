@@ -1,0 +1,117 @@
+"""`backstop replay`: run a JSONL journal through the engine and write the output directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+from backstop.adapters.files import OutputDir, read_lines, write_json
+from backstop.core.dedupe import Deduper
+from backstop.core.processor import Applied, Processor, Rejection
+from backstop.core.report import accounts, summary
+from backstop.core.snapshot import restore, state_document, state_hash
+from backstop.wire.decode import InvalidRecord, decode_record
+
+PROGRESS_MIN_BYTES = 8 << 20
+
+
+class ReplayError(Exception):
+    """The journal could not be read (exit 2) or, with --strict, held a bad record (exit 1)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    journal: Path
+    out: Path
+    strict: bool = False
+    snapshot_every: int = 0
+    from_snapshot: Path | None = None
+    check_conservation: bool = False
+    progress: bool | None = None  # None: on a terminal, for large files
+
+
+def snapshot_document(processor: Processor, input_line: int) -> dict[str, Any]:
+    return {"input_line": input_line, "engine": state_document(processor.engine),
+            "state_hash": state_hash(processor.engine), "dedupe": sorted(processor.deduper.seen),
+            "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
+                         "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
+                         "findings": processor.findings}}
+
+
+def processor_from_snapshot(path: Path, *, check_conservation: bool) -> tuple[Processor, int]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ReplayError(f"cannot read snapshot {path}: {error}", 2) from None
+    engine = restore(document["engine"], check_conservation=check_conservation)
+    if state_hash(engine) != document["state_hash"]:
+        raise ReplayError(f"snapshot {path} is corrupt: its state hash does not match its contents", 2)
+    processor = Processor(engine, Deduper(set(document["dedupe"])))
+    counters = document["counters"]
+    processor.duplicates, processor.rejected = counters["duplicates"], counters["rejected"]
+    processor.fund_entries, processor.adl_events = counters["fund_entries"], counters["adl_events"]
+    processor.findings = counters["findings"]
+    return processor, int(document["input_line"])
+
+
+def replay(options: ReplayOptions) -> dict[str, Any]:
+    journal = options.journal
+    if not journal.is_file():
+        raise ReplayError(f"cannot read journal {journal}: no such file", 2)
+    if options.from_snapshot is not None:
+        processor, skip = processor_from_snapshot(options.from_snapshot,
+                                                  check_conservation=options.check_conservation)
+    else:
+        from backstop.core.engine import Engine
+        processor, skip = Processor(Engine(check_conservation=options.check_conservation)), 0
+    size = journal.stat().st_size
+    show = options.progress if options.progress is not None else (sys.stderr.isatty() and
+                                                                   size >= PROGRESS_MIN_BYTES)
+    snapshots = options.out / "snapshots"
+    if options.snapshot_every > 0:
+        snapshots.mkdir(parents=True, exist_ok=True)
+    next_snapshot = processor.events_applied + options.snapshot_every
+    with OutputDir(options.out) as out, Progress(
+            "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn(), disable=not show, transient=True) as progress:
+        task = progress.add_task("replay", total=size)
+        done_bytes = 0
+        try:
+            for number, raw in read_lines(journal, skip=skip):
+                done_bytes += len(raw) + 1
+                if number % 4096 == 0:
+                    progress.update(task, completed=done_bytes)
+                try:
+                    record = decode_record(raw)
+                except InvalidRecord as error:
+                    processor.reject_unparsed()
+                    out.dead_letter(number, str(error), raw)
+                    if options.strict:
+                        raise ReplayError(f"line {number}: {error}", 1) from None
+                    continue
+                outcome = processor.process(record)
+                if isinstance(outcome, Applied):
+                    out.effects(outcome.effects)
+                    if options.snapshot_every > 0 and outcome.seq >= next_snapshot:
+                        write_json(snapshots / f"snapshot-{outcome.seq:012d}.json",
+                                   snapshot_document(processor, number))
+                        next_snapshot = outcome.seq + options.snapshot_every
+                elif isinstance(outcome, Rejection):
+                    out.dead_letter(number, outcome.reason, raw)
+                    if options.strict:
+                        raise ReplayError(f"line {number}: {outcome.reason}", 1)
+        except OSError as error:
+            raise ReplayError(f"cannot read journal {journal}: {error}", 2) from None
+    result = summary(processor)
+    write_json(options.out / "summary.json", result)
+    write_json(options.out / "accounts.json", accounts(processor.engine))
+    return result

@@ -1,0 +1,34 @@
+"""Bytes to a validated input record, or a clear reason why not."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from backstop.wire.inputs import AnyRecord
+from backstop.wire.inputs import INPUT_ADAPTER
+
+MAX_RECORD_BYTES = 1 << 20
+_MAX_REASONS = 5
+
+
+class InvalidRecord(ValueError):
+    """A record that cannot be decoded or does not match wire contract version 1."""
+
+
+def describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_url=False)[:_MAX_REASONS]:
+        location = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{location}: {message}" if location else message)
+    more = error.error_count() - _MAX_REASONS
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def decode_record(raw: bytes) -> AnyRecord:
+    if len(raw) > MAX_RECORD_BYTES:
+        raise InvalidRecord(f"record of {len(raw)} bytes exceeds the limit of {MAX_RECORD_BYTES}")
+    try:
+        return INPUT_ADAPTER.validate_json(raw)
+    except ValidationError as error:
+        raise InvalidRecord(describe(error)) from None
