@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from backstop.core.numbers import text
 from backstop.wire.inputs import (
+    AnyRecord,
     FillRecord,
     FundingRecord,
     LiquidationRecord,
     MarkRecord,
     TransferRecord,
 )
-from backstop.wire.inputs import AnyRecord
 
 
 def dedupe_key(record: AnyRecord) -> str:

@@ -7,10 +7,11 @@ behind. All arithmetic runs in backstop.core.numbers.CONTEXT.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from backstop.core import adl, ledger
 from backstop.core.errors import InvariantViolation, Rejected
@@ -136,7 +137,7 @@ class Engine:
                                                                                   record.settle_asset):
             raise Rejected(f"instrument {record.symbol} cannot move to another fund or settlement asset")
         ceilings = [tier.max_notional for tier in record.tiers]
-        if any(b <= a for a, b in zip(ceilings, ceilings[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(ceilings)):
             raise Rejected("tiers must have strictly increasing max_notional")
         if any(tier.mmr >= 1 for tier in record.tiers):
             raise Rejected("mmr must be below 1")
@@ -379,7 +380,7 @@ class Engine:
         """Close the lot at its BP against opposite-side positions in ADL order until it is gone."""
         symbol = lot.symbol
         mark = self.marks[symbol]
-        opposite = "short" if lot.side == "long" else "long"
+        opposite: Literal["long", "short"] = "short" if lot.side == "long" else "long"
         queue = adl.order([adl.rank_position(p, mark, self.bankruptcy_price(p))
                            for p in self.by_symbol[symbol].values() if p.side == opposite])
         count = len(queue)
@@ -514,7 +515,7 @@ class Engine:
         instrument = self.instruments.get(symbol) if symbol is not None else None
         return [instrument.fund_id] if instrument is not None else []
 
-    _handlers: dict[str, Any] = {
+    _handlers: ClassVar[dict[str, Any]] = {
         "fund": _on_fund,
         "instrument": _on_instrument,
         "transfer": _on_transfer,

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from backstop.core.dedupe import Deduper, dedupe_key
 from backstop.core.engine import Effects, Engine
-from backstop.wire.inputs import AnyRecord
 from backstop.core.errors import Rejected
+from backstop.wire.inputs import AnyRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,25 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_schemas(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backstop.wire import schemas
+
+    directory = Path(args.dir)
+    if args.check:
+        drifted = schemas.drift(directory)
+        if drifted:
+            print(f"schemas out of date in {directory}: {', '.join(drifted)} "
+                  f"(run `backstop schemas write`)", file=sys.stderr)
+            return 1
+        print(f"schemas in {directory} match the models")
+        return 0
+    for path in schemas.write(directory):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backstop",
@@ -67,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--check-conservation", action="store_true",
                         help="re-check that all ledger balances sum to zero after every event")
     replay.set_defaults(handler=_cmd_replay)
+
+    schemas = commands.add_parser("schemas", help="write (or --check) the JSON Schemas of the wire records")
+    schemas.add_argument("action", choices=["write"], nargs="?", default="write")
+    schemas.add_argument("--dir", default="schemas/json", help="target directory (default: schemas/json)")
+    schemas.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
+    schemas.set_defaults(handler=_cmd_schemas)
 
     db = commands.add_parser("db", help="PostgreSQL schema management")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)

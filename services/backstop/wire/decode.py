@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from backstop.wire.inputs import AnyRecord
-from backstop.wire.inputs import INPUT_ADAPTER
+from backstop.wire.inputs import INPUT_ADAPTER, AnyRecord
 
 MAX_RECORD_BYTES = 1 << 20
 _MAX_REASONS = 5
