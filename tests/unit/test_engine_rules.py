@@ -1,0 +1,152 @@
+"""One rule at a time, with hand-worked numbers."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from scenario import fill, fund, funding, instrument, liquidation, mark, run, transfer
+
+from backstop.core import ledger
+from backstop.core.processor import Applied, Duplicate, Rejection
+from backstop.core.snapshot import state_hash
+
+D = Decimal
+BASE = [fund(), instrument(tiers=(("1000000000", "0.01", "0"),), tick="0.1", lot="0.001"),
+        transfer("seed", "fund:MAIN", "100000"), transfer("d-u", "u", "10000"), transfer("d-v", "v", "10000")]
+
+
+def balance(processor: Any, account: str) -> Decimal:
+    result: Decimal = processor.engine.ledger.balance(account)
+    return result
+
+
+def test_isolated_margin_is_posted_at_open_and_released_pro_rata() -> None:
+    processor, _ = run([*BASE, fill("o", "u", "buy", "2", "50000", mode="isolated", leverage="20")])
+    assert balance(processor, ledger.isolated("u", "BTCUSDT")) == 5000  # 2 x 50,000 / 20
+    assert balance(processor, ledger.wallet("u", "USDT")) == 5000
+    run([fill("c", "u", "sell", "0.5", "51000", mode="isolated", leverage="20")], processor=processor)
+    assert balance(processor, ledger.isolated("u", "BTCUSDT")) == 3750  # a quarter released
+    assert balance(processor, ledger.wallet("u", "USDT")) == 5000 + 1250 + 500  # released + realized
+
+
+def test_fees_go_to_the_exchange_fee_account_and_rebates_come_back() -> None:
+    processor, _ = run([*BASE, fill("o", "u", "buy", "1", "50000", fee="20"),
+                        fill("o2", "v", "sell", "1", "50000", fee="-5")])
+    assert balance(processor, ledger.fees("USDT")) == 15
+    assert balance(processor, ledger.wallet("v", "USDT")) == 10005
+
+
+def test_partial_close_keeps_the_exact_cost_basis() -> None:
+    processor, _ = run([*BASE, fill("1", "u", "buy", "0.003", "50000.1"), fill("2", "u", "sell", "0.001", "50000.1")])
+    position = processor.engine.positions["u"]["BTCUSDT"]
+    assert (position.qty, position.cost) == (D("0.002"), D("100.0002"))
+    assert balance(processor, ledger.wallet("u", "USDT")) == 10000  # closed at entry: no PnL
+
+
+def test_funding_flows_from_longs_to_shorts_and_back() -> None:
+    processor, _ = run([*BASE, fill("1", "u", "buy", "1", "50000"), fill("2", "v", "sell", "1", "50000"),
+                        funding("0.0001", "50000"), funding("-0.0002", "50000")])
+    assert balance(processor, ledger.wallet("u", "USDT")) == 10000 - 5 + 10
+    assert balance(processor, ledger.wallet("v", "USDT")) == 10000 + 5 - 10
+    assert balance(processor, ledger.funding("BTCUSDT")) == 0
+
+
+def test_fund_accepts_inventory_up_to_max_inventory_ratio() -> None:
+    records = [fund(ratio="0.5"), instrument(tick="0.1"), transfer("seed", "fund:MAIN", "100000"),
+               transfer("d", "u", "5000"), transfer("d2", "v", "100000"),
+               fill("v", "v", "sell", "3", "50000"),
+               fill("1", "u", "buy", "1", "50000", mode="isolated", leverage="10"),
+               liquidation("l1", "u", "1", "45100")]
+    processor, outcomes = run(records)
+    assert outcomes[-1] == Applied(8, outcomes[-1].effects)  # type: ignore[union-attr]
+    assert processor.engine.funds["MAIN"].net_qty("BTCUSDT") == 1  # 45,100 <= 0.5 x 100,000: kept
+    run([transfer("d3", "u", "5000"), fill("2", "u", "buy", "1", "50000", mode="isolated", leverage="10"),
+         liquidation("l2", "u", "1", "45100")], processor=processor)
+    # 2 x 45,100 = 90,200 > 50,000: the second lot is deleveraged at once against the short v
+    assert processor.engine.funds["MAIN"].net_qty("BTCUSDT") == 1
+    assert processor.engine.positions["v"]["BTCUSDT"].qty == -2
+
+
+def test_fund_fill_realizes_lots_fifo() -> None:
+    records = [*BASE, transfer("d", "w", "10000"),
+               fill("1", "u", "buy", "1", "50000", mode="isolated", leverage="10"),
+               fill("2", "w", "buy", "1", "50000", mode="isolated", leverage="20"),
+               liquidation("first", "u", "1", "45100"), liquidation("second", "w", "1", "47600"),
+               fill("f", "fund:MAIN", "sell", "1.5", "46000")]
+    processor, outcomes = run(records)
+    assert all(isinstance(o, Applied) for o in outcomes)
+    last = outcomes[-1]
+    assert isinstance(last, Applied)
+    # lot "first" BP 45,000 -> +1,000 on 1; lot "second" BP 47,500 -> -750 on 0.5
+    assert [(e.liquidation_id, e.amount) for e in last.effects.fund_entries] == [("first", D(1000)),
+                                                                                ("second", D(-750))]
+    lots = processor.engine.funds["MAIN"].lots["BTCUSDT"]
+    assert [(lot.liquidation_id, lot.qty, lot.cost) for lot in lots] == [("second", D("0.5"), D(23750))]
+
+
+def test_venue_bankruptcy_price_mismatch_and_not_liquidatable_are_findings() -> None:
+    processor, outcomes = run([*BASE, fill("1", "u", "buy", "1", "50000", mode="isolated", leverage="10"),
+                               liquidation("l", "u", "1", "49000", bankruptcy_price="45500")])
+    last = outcomes[-1]
+    assert isinstance(last, Applied)
+    kinds = {f.kind: f.details for f in last.effects.findings}
+    assert kinds["not_liquidatable"] == {"margin_balance": "4000", "maintenance_margin": "490",
+                                         "mark_price": "49000"}
+    assert kinds["bp_mismatch"]["computed"] == "45000" and kinds["bp_mismatch"]["venue"] == "45500"
+
+
+def test_adl_shortfall_is_recorded_when_the_queue_runs_dry() -> None:
+    processor, outcomes = run([fund(), instrument(tick="0.1"), transfer("d", "u", "5000"),
+                               fill("1", "u", "buy", "1", "50000", mode="isolated", leverage="10"),
+                               liquidation("l", "u", "1", "45100")])
+    last = outcomes[-1]
+    assert isinstance(last, Applied)
+    assert [(f.kind, f.details["unfilled_qty"]) for f in last.effects.findings] == [("adl_shortfall", "1")]
+    assert processor.engine.funds["MAIN"].net_qty("BTCUSDT") == 1
+
+
+@pytest.mark.parametrize(("record", "reason"), [
+    (fill("x", "u", "buy", "1", "50000", symbol="NOPE"), "unknown symbol NOPE"),
+    (fill("x", "u", "buy", "0.0001", "50000"), "not a multiple of the lot size"),
+    (fill("x", "u", "buy", "1", "50000.05"), "not a multiple of the tick size"),
+    (fill("x", "u", "buy", "1", "50000", fee="0.000000001"), "more decimals than the asset unit"),
+    (fill("x", "u", "buy", "1", "50000", mode="isolated"), "cannot change it while the position is open"),
+    (fill("x", "fund:MAIN", "sell", "1", "50000"), "fund MAIN holds 0 long BTCUSDT"),
+    (fill("x", "fund:OTHER", "sell", "1", "50000"), "unknown fund OTHER"),
+    (liquidation("x", "v", "1", "40000"), "v holds no BTCUSDT position"),
+    (liquidation("x", "u", "2", "40000"), "exceeds the position of 1"),
+    (liquidation("x", "u", "1", "40000", executions=[("1", "40000"), ("1", "40000")]), "more than the liquidated"),
+    (liquidation("x", "fund:MAIN", "1", "40000"), "a fund's inventory is not liquidated"),
+    (transfer("x", "u", "-20000"), "exceeds the balance"),
+    (transfer("x", "u", "0"), "must not be zero"),
+    (transfer("x", "u", "5", asset="EUR"), "unknown asset EUR"),
+    (transfer("x", "fund:MAIN", "5", asset="USDC"), "holds USDT, not USDC"),
+    (mark("1", symbol="NOPE"), "unknown symbol"),
+    (funding("1.5", "50000"), "not a plausible rate"),
+    (instrument("ETHUSDT", fund_id="NOPE"), "unknown fund NOPE"),
+    (instrument("ETHUSDT", tiers=(("100", "0.01", "0"), ("50", "0.02", "0"))), "strictly increasing"),
+    (fund(asset="USDC"), "cannot change asset"),
+])
+def test_impossible_records_are_rejected_and_change_nothing(record: dict[str, Any], reason: str) -> None:
+    processor, _ = run([*BASE, fill("open", "u", "buy", "1", "50000")])
+    before = state_hash(processor.engine), processor.engine.head_hash
+    _, outcomes = run([record], processor=processor)
+    assert isinstance(outcomes[0], Rejection)
+    assert reason in outcomes[0].reason
+    assert (state_hash(processor.engine), processor.engine.head_hash) == before
+
+
+def test_duplicates_are_counted_and_not_applied() -> None:
+    again = fill("open", "u", "buy", "1", "50000")
+    processor, outcomes = run([*BASE, again, dict(again), mark("50100", ts=5), mark("50100", ts=5),
+                               mark("50100", ts=6)])
+    assert [type(o) for o in outcomes[-5:]] == [Applied, Duplicate, Applied, Duplicate, Applied]
+    assert processor.duplicates == 2
+    assert processor.engine.positions["u"]["BTCUSDT"].qty == 1
+
+
+def test_a_rejected_record_can_be_sent_again_corrected() -> None:
+    processor, outcomes = run([*BASE, fill("f", "u", "buy", "1", "50000.05"), fill("f", "u", "buy", "1", "50000")])
+    assert [type(o) for o in outcomes[-2:]] == [Rejection, Applied]

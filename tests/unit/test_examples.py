@@ -1,0 +1,128 @@
+"""The example scenarios in examples/, replayed through the CLI, with the numbers the README quotes.
+
+Every expected number here was worked out by hand from DESIGN.md's rules (the arithmetic is in comments).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backstop.entrypoints.cli import main
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+D = Decimal
+
+
+def replay(name: str, out: Path) -> dict[str, Any]:
+    assert main(["replay", str(EXAMPLES / name), "--out", str(out), "--check-conservation"]) == 0
+    result: dict[str, Any] = {
+        "summary": json.loads((out / "summary.json").read_text()),
+        "accounts": json.loads((out / "accounts.json").read_text()),
+    }
+    for stream in ("fund-ledger", "adl-events", "findings", "dead-letter"):
+        result[stream] = [json.loads(line) for line in (out / f"{stream}.jsonl").read_text().splitlines()]
+    assert result["summary"]["ledger_sum"] == "0"
+    assert result["dead-letter"] == []
+    return result
+
+
+def test_01_isolated_liquidation_with_surplus(tmp_path: Path) -> None:
+    # u1: isolated long 2 @ 2000, 4x -> margin 1000, BP = 2000 - 1000/2 = 1500; sold at 1505 -> fund +10.
+    out = replay("01-isolated-liquidation-surplus.jsonl", tmp_path)
+    assert out["summary"]["events_applied"] == 9
+    assert out["summary"]["funds"]["MAIN"]["balance"] == "5010"
+    assert [(e["kind"], e["amount"], e["balance_after"]) for e in out["fund-ledger"]] == [
+        ("transfer", "5000", "5000"), ("liquidation_gain", "10", "5010")]
+    assert out["fund-ledger"][1]["liquidation_id"] == "liq-1"
+    assert out["accounts"]["u1"] == {"wallet": "0", "wallets": {"USDT": "0"}, "positions": {}}
+    u2 = out["accounts"]["u2"]["positions"]["ETHUSDT"]
+    # u2: cross short 2 @ 2000, wallet 3000, mark 1510: TNC = 3000 + 980; BP = 1510 + 3980/2 = 3500.
+    assert (u2["qty"], u2["unrealized_pnl"], u2["bankruptcy_price"]) == ("-2", "980", "3500")
+    # LP: 3000 + (-2)(P - 2000) = 2 P 0.01  ->  P = 7000 / 2.02
+    assert u2["liquidation_price"] == "3465.34653465"
+
+
+def test_02_adl_walks_the_queue(tmp_path: Path) -> None:
+    # S: isolated short 20 @ 600, 12x -> margin 1000, BP 650. Fund balance 100 < 20 x 645 of inventory:
+    # the fund refuses the lot and it is deleveraged against the longs in BitMEX order.
+    out = replay("02-adl-walks-queue.jsonl", tmp_path)
+    assert [(e["account_id"], e["qty"], e["price"], e["rank"], e["score"], e["quantile"])
+            for e in out["adl-events"]] == [("A2", "10", "650", 1, "0.6", 5), ("A5", "10", "650", 2, "0.5", 5)]
+    assert out["summary"]["funds"]["BNB"]["balance"] == "100"
+    assert out["findings"] == []
+    # A2 bought 10 @ 500 and was closed at 650: +1500 realized on a wallet of 1667.5.
+    assert out["accounts"]["A2"] == {"wallet": "3167.5", "wallets": {"USDT": "3167.5"}, "positions": {}}
+    assert out["accounts"]["A5"]["positions"]["BNBUSDT"]["qty"] == "10"
+    assert out["accounts"]["S"]["wallet"] == "0"
+
+
+def test_03_cross_account_shares_equity_by_maintenance_margin(tmp_path: Path) -> None:
+    # c1: wallet 10,000; long 1 BTC @ 100,000 and 10 ETH @ 4,000; marks 93,000 and 3,750.
+    # TNC = 10,000 - 7,000 - 2,500 = 500. MM: BTC 93,000 x 0.5% - 50 = 415; ETH 37,500 x 0.5% = 187.5.
+    # BTC's share = 500 x 415 / 602.5 = 344.39834024... rounded up (fund's favour) to 344.39834025;
+    # BP = 93,000 - 344.39834025 = 92,655.60165975; sold at 92,900 -> fund +244.39834025.
+    out = replay("03-cross-two-positions.jsonl", tmp_path)
+    gain = out["fund-ledger"][-1]
+    assert (gain["fund_id"], gain["kind"], gain["amount"]) == ("BTC", "liquidation_gain", "244.39834025")
+    assert out["summary"]["funds"]["ETH"]["balance"] == "500000"
+    c1 = out["accounts"]["c1"]
+    # realized on BTC = 92,655.60165975 - 100,000; the wallet keeps ETH's share of equity behind ETH.
+    assert c1["wallet"] == "2655.60165975"
+    eth = c1["positions"]["ETHUSDT"]
+    assert D(eth["margin_balance"]) == D("155.60165975")  # = 500 - 344.39834025, ETH's share
+    assert eth["bankruptcy_price"] == "3734.43983402"  # 3,750 - 155.60165975 / 10, half-even
+    assert "BTCUSDT" not in c1["positions"]
+
+
+def test_04_surplus_policy_trader_caps_the_fund_at_the_fee(tmp_path: Path) -> None:
+    # t1, t2: isolated long 0.1 @ 51,500, margin 50 -> BP 51,000 (dYdX Q7 setup).
+    # t1 sold at 51,600: surplus 60, fund keeps 0.5% x 5,160 = 25.80, t1 gets 34.20 back.
+    # t2 sold at 51,051: surplus 5.10 < cap 25.53: the fund keeps all of it.
+    out = replay("04-surplus-trader.jsonl", tmp_path)
+    assert [(e["liquidation_id"], e["amount"]) for e in out["fund-ledger"][1:]] == [("liq-t1", "25.8"),
+                                                                                     ("liq-t2", "5.1")]
+    assert out["accounts"]["t1"]["wallet"] == "34.2"
+    assert out["accounts"]["t2"]["wallet"] == "0"
+    assert out["summary"]["funds"]["DYDX"]["balance"] == "10030.9"
+
+
+def test_05_funding_and_fund_inventory(tmp_path: Path) -> None:
+    # iso: isolated long 1 @ 110,000, 50x -> margin 2,200, BP 107,800; taken over at mark 108,200 with no
+    # executions: inventory 108,200 <= 1 x 200,000, so the fund keeps the lot.
+    # funding 0.01% at 108,000: long 2 pays 21.6, short 1 receives 10.8, the fund's long 1 pays 10.8.
+    # fund sells 1 @ 108,100: gain 300, fee 43.24.
+    out = replay("05-funding-and-fund-inventory.jsonl", tmp_path)
+    assert [(e["kind"], e["amount"], e["balance_after"]) for e in out["fund-ledger"]] == [
+        ("transfer", "200000", "200000"), ("funding", "-10.8", "199989.2"),
+        ("liquidation_gain", "300", "200289.2"), ("fee", "-43.24", "200245.96")]
+    assert out["accounts"]["long"]["wallet"] == str(D(20000) - 88 - D("21.6"))
+    assert out["accounts"]["short"]["wallet"] == str(D(20000) - 44 + D("10.8"))
+    assert out["accounts"]["fund:MAIN"]["positions"] == {}
+
+
+def test_06_bad_debt_deleverages_all_inventory(tmp_path: Path) -> None:
+    # a, b: isolated long 2 @ 4,000, 8x -> margin 1,000, BP 3,500. a's lot is accepted
+    # (2 x 3,530 = 7,060 <= 20 x 500). b's lot is sold at 3,200: loss 600 -> fund 500 - 600 = -100,
+    # so all inventory (a's lot) is deleveraged at its BP 3,500 against the best-ranked short, s1.
+    out = replay("06-bad-debt.jsonl", tmp_path)
+    assert out["summary"]["funds"]["MAIN"]["balance"] == "-100"
+    assert out["summary"]["funds"]["MAIN"]["bad_debt"] == "100"
+    assert [(e["account_id"], e["qty"], e["price"], e["liquidation_id"]) for e in out["adl-events"]] == [
+        ("s1", "2", "3500", "liq-a")]
+    assert [(f["kind"], f["details"]["added"]) for f in out["findings"]] == [("bad_debt", "100")]
+    assert out["accounts"]["fund:MAIN"]["positions"] == {}
+    assert out["accounts"]["s1"]["positions"]["ETHUSDT"]["qty"] == "-1"
+    # s1 shorted 3 @ 4,000 and bought 2 back at 3,500 in the ADL: +1,000 realized.
+    assert out["accounts"]["s1"]["wallet"] == "6000"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.jsonl")))
+def test_every_example_replays_to_the_same_hashes_twice(name: str, tmp_path: Path) -> None:
+    first = replay(name, tmp_path / "a")["summary"]
+    second = replay(name, tmp_path / "b")["summary"]
+    assert (first["head_hash"], first["state_hash"]) == (second["head_hash"], second["state_hash"])

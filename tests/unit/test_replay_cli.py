@@ -1,0 +1,85 @@
+"""`backstop replay` as a user runs it: exit codes, dead letters, strict mode, snapshots, the contract check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backstop.entrypoints.cli import main
+
+ROOT = Path(__file__).parents[2]
+EXAMPLE = ROOT / "examples" / "05-funding-and-fund-inventory.jsonl"
+CONTRACT_CHECK = ROOT.parent / "shared" / "tools" / "replay-contract-check"
+
+
+def test_missing_journal_exits_2_with_a_clear_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "out")]) == 2
+    assert "cannot read journal" in capsys.readouterr().err
+
+
+def _with_bad_lines(tmp_path: Path) -> Path:
+    lines = EXAMPLE.read_text().splitlines()
+    lines.insert(3, "{not json")
+    lines.insert(5, json.dumps({"type": "mark", "ts": 1, "symbol": "NOPE", "mark_price": "1"}))
+    lines.insert(7, lines[6])  # a duplicate
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text("\n".join(lines) + "\n")
+    return journal
+
+
+def test_bad_lines_go_to_dead_letter_and_the_replay_goes_on(tmp_path: Path) -> None:
+    clean = tmp_path / "clean"
+    assert main(["replay", str(EXAMPLE), "--out", str(clean)]) == 0
+    dirty = tmp_path / "dirty"
+    assert main(["replay", str(_with_bad_lines(tmp_path)), "--out", str(dirty)]) == 0
+    dead = [json.loads(line) for line in (dirty / "dead-letter.jsonl").read_text().splitlines()]
+    assert [(d["line"], d["raw"]) for d in dead] == [(4, "{not json"), (6, dead[1]["raw"])]
+    assert "Invalid JSON" in dead[0]["reason"] and dead[1]["reason"] == "unknown symbol NOPE"
+    summary = json.loads((dirty / "summary.json").read_text())
+    assert (summary["rejected"], summary["duplicates"]) == (2, 1)
+    expected = json.loads((clean / "summary.json").read_text())
+    assert (summary["head_hash"], summary["state_hash"]) == (expected["head_hash"], expected["state_hash"])
+
+
+def test_strict_stops_at_the_first_bad_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(_with_bad_lines(tmp_path)), "--out", str(tmp_path / "o"), "--strict"]) == 1
+    assert "line 4" in capsys.readouterr().err
+
+
+def test_snapshot_plus_tail_equals_the_whole_replay(tmp_path: Path) -> None:
+    whole = tmp_path / "whole"
+    assert main(["replay", str(EXAMPLE), "--out", str(whole), "--snapshot-every", "4"]) == 0
+    snapshots = sorted((whole / "snapshots").glob("snapshot-*.json"))
+    assert [p.name for p in snapshots] == [f"snapshot-{n:012d}.json" for n in (4, 8, 12)]
+    expected = json.loads((whole / "summary.json").read_text())
+    for snapshot in snapshots:
+        resumed = tmp_path / snapshot.stem
+        assert main(["replay", str(EXAMPLE), "--out", str(resumed), "--from-snapshot", str(snapshot)]) == 0
+        summary = json.loads((resumed / "summary.json").read_text())
+        for key in ("head_hash", "state_hash", "events_applied", "funds", "fund_ledger_entries"):
+            assert summary[key] == expected[key], (snapshot.name, key)
+        assert (resumed / "accounts.json").read_text() == (whole / "accounts.json").read_text()
+
+
+def test_a_tampered_snapshot_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "w"), "--snapshot-every", "10"]) == 0
+    snapshot = next((tmp_path / "w" / "snapshots").glob("*.json"))
+    document = json.loads(snapshot.read_text())
+    document["engine"]["balances"]["fund:MAIN"] = "999999"
+    snapshot.write_text(json.dumps(document))
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "r"), "--from-snapshot", str(snapshot)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+def test_console_script_runs_and_the_shared_contract_check_passes() -> None:
+    backstop = Path(sys.executable).parent / "backstop"
+    if not CONTRACT_CHECK.exists():
+        pytest.fail(f"{CONTRACT_CHECK} is missing: tests expect ../shared beside the checkout, as in CI")
+    run = subprocess.run([sys.executable, str(CONTRACT_CHECK), str(backstop)], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "replay output contract holds" in run.stdout
