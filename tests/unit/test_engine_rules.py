@@ -6,11 +6,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from scenario import fill, fund, funding, instrument, liquidation, mark, run, transfer
 
 from backstop.core import ledger
 from backstop.core.processor import Applied, Duplicate, Rejection
 from backstop.core.snapshot import state_hash
+from scenario import fill, fund, funding, instrument, liquidation, mark, run, transfer
 
 D = Decimal
 BASE = [fund(), instrument(tiers=(("1000000000", "0.01", "0"),), tick="0.1", lot="0.001"),
@@ -87,7 +87,7 @@ def test_fund_fill_realizes_lots_fifo() -> None:
 
 
 def test_venue_bankruptcy_price_mismatch_and_not_liquidatable_are_findings() -> None:
-    processor, outcomes = run([*BASE, fill("1", "u", "buy", "1", "50000", mode="isolated", leverage="10"),
+    _processor, outcomes = run([*BASE, fill("1", "u", "buy", "1", "50000", mode="isolated", leverage="10"),
                                liquidation("l", "u", "1", "49000", bankruptcy_price="45500")])
     last = outcomes[-1]
     assert isinstance(last, Applied)
@@ -148,5 +148,5 @@ def test_duplicates_are_counted_and_not_applied() -> None:
 
 
 def test_a_rejected_record_can_be_sent_again_corrected() -> None:
-    processor, outcomes = run([*BASE, fill("f", "u", "buy", "1", "50000.05"), fill("f", "u", "buy", "1", "50000")])
+    _processor, outcomes = run([*BASE, fill("f", "u", "buy", "1", "50000.05"), fill("f", "u", "buy", "1", "50000")])
     assert [type(o) for o in outcomes[-2:]] == [Rejection, Applied]

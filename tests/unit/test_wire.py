@@ -7,10 +7,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from scenario import fill, liquidation
 
 from backstop.wire import schemas
 from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record
+from scenario import fill, liquidation
 
 GOOD = fill("f1", "u1", "buy", "1.5", "50000.5")
 
