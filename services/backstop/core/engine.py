@@ -33,7 +33,14 @@ from backstop.core.numbers import (
     share,
     text,
 )
-from backstop.core.records import SCHEMA_VERSION, AdlEvent, Finding, FundLedgerEntry
+from backstop.core.records import (
+    SCHEMA_VERSION,
+    AdlEvent,
+    Finding,
+    FindingKind,
+    FundEntryKind,
+    FundLedgerEntry,
+)
 from backstop.core.state import FundSpec, FundState, Instrument, Lot, Position, Tier
 from backstop.wire.inputs import (
     FUND_ACCOUNT_PREFIX,
@@ -46,9 +53,6 @@ from backstop.wire.inputs import (
     MarkRecord,
     TransferRecord,
 )
-
-FundEntryKind = Literal["transfer", "liquidation_gain", "liquidation_loss", "fee", "funding"]
-FindingKind = Literal["not_liquidatable", "bp_mismatch", "negative_wallet", "bad_debt", "adl_shortfall"]
 
 
 @dataclass(slots=True)
@@ -292,6 +296,14 @@ class Engine:
                 "mark_price": text(record.mark_price)})
         equity_share = money_up(CONTEXT.divide(CONTEXT.multiply(view.equity_share, record.qty), position.size))
         lot_cost = lot_cost_at_bankruptcy(position, record.qty, equity_share, record.mark_price)
+        floor_cost = CONTEXT.multiply(record.qty, instrument.tick_size)
+        if lot_cost < floor_cost:
+            # BP below one tick: the equity behind the position exceeds its value (or, for a short, the account
+            # is underwater by more than it): no price reaches zero equity, so the lot is taken at one tick.
+            self._finding("bp_clamped", record.account_id, record.liquidation_id, record.symbol, {
+                "computed": text(price(CONTEXT.divide(lot_cost, record.qty))), "clamped_to": text(instrument.tick_size),
+                "equity_share": text(equity_share)})
+            lot_cost = floor_cost
         computed_bp = CONTEXT.divide(lot_cost, record.qty)
         venue_bp = record.bankruptcy_price
         if venue_bp is not None and abs(venue_bp - computed_bp) > instrument.tick_size:

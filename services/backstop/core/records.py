@@ -11,6 +11,9 @@ from typing import Literal
 
 SCHEMA_VERSION = 1
 
+FundEntryKind = Literal["transfer", "liquidation_gain", "liquidation_loss", "fee", "funding"]
+FindingKind = Literal["not_liquidatable", "bp_mismatch", "bp_clamped", "negative_wallet", "bad_debt", "adl_shortfall"]
+
 
 @dataclass(frozen=True, slots=True)
 class FundLedgerEntry:
@@ -21,7 +24,7 @@ class FundLedgerEntry:
     seq: int
     ts: int
     fund_id: str
-    kind: Literal["transfer", "liquidation_gain", "liquidation_loss", "fee", "funding"]
+    kind: FundEntryKind
     amount: Decimal
     balance_after: Decimal
     liquidation_id: str | None
@@ -60,7 +63,7 @@ class Finding:
     id: str
     seq: int
     ts: int
-    kind: Literal["not_liquidatable", "bp_mismatch", "negative_wallet", "bad_debt", "adl_shortfall"]
+    kind: FindingKind
     account_id: str | None
     liquidation_id: str | None
     symbol: str | None
