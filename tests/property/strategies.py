@@ -71,7 +71,8 @@ def liquidations(draw: st.DrawFn) -> dict[str, Any]:
     symbol = draw(symbols)
     executions = draw(st.lists(st.tuples(st.integers(1, 100), moves), max_size=2))
     return {"intent": "liquidation", "symbol": symbol, "account": draw(st.integers(0, len(ACCOUNTS) - 1)),
-            "percent": draw(st.integers(1, 100)), "mark": _price(symbol, draw(moves)), "id": draw(st.integers(0, 10**9)),
+            "percent": draw(st.integers(1, 100)), "mark": _price(symbol, draw(moves)),
+            "id": draw(st.integers(0, 10**9)),
             "executions": [(pct, _price(symbol, m)) for pct, m in executions]}
 
 
