@@ -2,8 +2,8 @@
 
 Three symbols follow the real 1-minute BTCUSDT bars (ETH and SOL scaled from it), load per minute is shaped
 like the real trade counts, accounts open and close isolated and cross positions at 2x-100x, and every
-position whose mark crosses its liquidation price is liquidated: mostly executed in the market at a slip,
-sometimes partly or not at all, so the funds take inventory and, past their limits, deleverage. About 0.5% of
+position whose mark crosses its liquidation price is liquidated: 96% executed in the market at a slip, 3% half
+and 1% not at all, so the funds take inventory and, past their limits, deleverage. About 0.5% of
 records are sent twice, as a venue's retries would.
 
     python benchmarks/journal_gen.py OUT.jsonl --events 1000000 --seed 42
@@ -23,7 +23,7 @@ import orjson
 from backstop.resources import btc_crash_bars
 
 LEVERAGES = (2, 3, 5, 10, 10, 20, 20, 25, 50, 75, 100)
-MMR = Decimal("0.005")
+MMR = Decimal("0.01")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +65,7 @@ class Generator:
         self.long_heap: dict[str, list[tuple[Decimal, int, Open]]] = {s.symbol: [] for s in SPECS}
         self.short_heap: dict[str, list[tuple[Decimal, int, Open]]] = {s.symbol: [] for s in SPECS}
         self.marks: dict[str, Decimal] = {}
+        self.wallets: dict[str, int] = {}
 
     def emit(self, record: dict[str, object]) -> None:
         line = orjson.dumps(record)
@@ -79,7 +80,7 @@ class Generator:
     def setup(self) -> None:
         for fund_id, seed_amount in (("BTC", "2000000"), ("ALT", "300000")):
             self.emit({"type": "fund", "ts": self.ts, "fund_id": fund_id, "settle_asset": "USDT", "surplus": "fund",
-                       "max_inventory_ratio": "0.5"})
+                       "max_inventory_ratio": "1"})
             self.emit({"type": "transfer", "ts": self.ts, "transfer_id": f"seed-{fund_id}", "account_id":
                        f"fund:{fund_id}", "asset": "USDT", "amount": seed_amount})
         for spec in SPECS:
@@ -92,6 +93,7 @@ class Generator:
                            {"max_notional": "10000000", "mmr": "0.025", "maint_amount": "16300"}]})
         for account in self.accounts:
             amount = self.rng.choice((500, 1000, 2000, 5000, 10000, 25000, 100000))
+            self.wallets[account] = amount
             self.emit({"type": "transfer", "ts": self.ts, "transfer_id": f"dep-{account}", "account_id": account,
                        "asset": "USDT", "amount": str(amount)})
 
@@ -119,8 +121,8 @@ class Generator:
         spec, size = position.spec, abs(position.lots)
         qty = spec.lot * size
         roll = self.rng.random()
-        executed = size if roll < 0.8 else (size // 2 if roll < 0.93 else 0)
-        slip = spec.tick * self.rng.randint(0, 40)
+        executed = size if roll < 0.96 else (size // 2 if roll < 0.99 else 0)
+        slip = (mark * self.rng.randint(0, 60) / 10000).quantize(spec.tick, rounding=ROUND_DOWN)
         fill_price = max(mark - slip if position.lots > 0 else mark + slip, spec.tick)
         executions = [{"qty": str(spec.lot * executed), "price": str(fill_price)}] if executed else []
         self.emit({"type": "liquidation", "ts": self.ts, "liquidation_id": self.next_id("liq"),
@@ -148,14 +150,18 @@ class Generator:
             return
         if held is not None:
             return
-        lots = self.rng.randint(1, spec.max_lots)
         leverage = self.rng.choice(LEVERAGES)
+        wallet = self.wallets[account]
+        # a quarter to 90% of a third of the wallet as margin (an account trades up to three symbols)
+        notional = Decimal(wallet * leverage * self.rng.randint(25, 90)) / 300
+        lots = min(max(int(notional / (price * spec.lot)), 1), spec.max_lots * 50)
         long = self.rng.random() < 0.55
         mode = "isolated" if account[-1] in "0123456" else "cross"
-        fee = (spec.lot * lots * price * Decimal("0.0004")).quantize(Decimal("0.00000001"))
+        fee = (spec.lot * lots * price * Decimal("0.0002")).quantize(Decimal("0.00000001"))
         self.emit({**base, "side": "buy" if long else "sell", "qty": str(spec.lot * lots), "fee": str(fee),
                    "margin_mode": mode, "leverage": str(leverage)})
-        cushion = Decimal(1) / leverage - MMR
+        margin = spec.lot * lots * price / leverage if mode == "isolated" else Decimal(wallet) / 3
+        cushion = margin / (spec.lot * lots * price) - MMR
         liquidation = price * (1 - cushion) if long else price * (1 + cushion)
         position = Open(account, spec, lots if long else -lots, price, liquidation)
         self.positions[key] = position
@@ -171,7 +177,7 @@ class Generator:
         total_trades = sum(bar.trades for bar in bars)
         budget_left = self.target - len(self.out)
         for bar in bars:
-            budget = max(budget_left * bar.trades // total_trades, 4)
+            budget = max(budget_left * bar.trades * 13 // (total_trades * 10), 4)  # trades skip ~25% of draws
             path = (bar.open, bar.high if bar.close < bar.open else bar.low, bar.low if bar.close < bar.open
                     else bar.high, bar.close)
             steps = max(budget // 40, 4)
@@ -184,13 +190,15 @@ class Generator:
                     self.mark(spec, btc)
                 for _ in range(budget // steps):
                     self.trade(self.rng.choice(SPECS))
-            if len(self.out) >= self.target:
+                if len(self.out) >= self.target - len(SPECS):
+                    break
+            if len(self.out) >= self.target - len(SPECS):
                 break
         self.ts = bars[-1].open_time + 60_000
         for spec in SPECS:
             self.emit({"type": "funding", "ts": self.ts, "symbol": spec.symbol, "rate": "0.0001",
                        "mark_price": str(self.marks[spec.symbol])})
-        return self.out[: self.target] if len(self.out) > self.target else self.out
+        return self.out
 
 
 def generate(path: Path, *, events: int, seed: int) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from backstop.core.numbers import CONTEXT, ZERO, score
+from backstop.core.numbers import CONTEXT, score
 from backstop.core.state import Position
 
 
@@ -31,13 +31,12 @@ class Ranked:
 
 
 def rank_position(position: Position, mark: Decimal, bankruptcy: Decimal) -> Ranked:
-    entry_value = position.cost
-    pnl = position.unrealized_pnl(mark)
-    pnl_ratio = score(CONTEXT.divide(pnl, entry_value))
+    """Score one position. PnL% and leverage stay exact; only the score is quantized (SCORE_QUANTUM)."""
+    pnl_ratio = CONTEXT.divide(position.unrealized_pnl(mark), position.cost)
     distance = mark - bankruptcy if position.qty > 0 else bankruptcy - mark
     if distance <= 0:
-        return Ranked(position, pnl_ratio, None, pnl_ratio, bankruptcy)
-    leverage = score(CONTEXT.divide(mark, distance))
+        return Ranked(position, pnl_ratio, None, score(pnl_ratio), bankruptcy)
+    leverage = CONTEXT.divide(mark, distance)
     raw = CONTEXT.multiply(pnl_ratio, leverage) if pnl_ratio >= 0 else CONTEXT.divide(pnl_ratio, leverage)
     return Ranked(position, pnl_ratio, leverage, score(raw), bankruptcy)
 
@@ -51,6 +50,3 @@ def quantile(rank: int, count: int) -> int:
 
 def order(ranked: list[Ranked]) -> list[Ranked]:
     return sorted(ranked, key=Ranked.sort_key)
-
-
-__all__ = ["ZERO", "Ranked", "order", "quantile", "rank_position"]

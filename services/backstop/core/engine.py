@@ -85,7 +85,7 @@ def is_fund_account(account_id: str) -> bool:
 class Engine:
     def __init__(self, *, check_conservation: bool = False) -> None:
         self.check_conservation = check_conservation
-        self.ledger = ledger.Ledger()
+        self.ledger = ledger.Ledger(strict=check_conservation)
         self.funds: dict[str, FundState] = {}
         self.instruments: dict[str, Instrument] = {}
         self.marks: dict[str, Decimal] = {}
@@ -369,8 +369,14 @@ class Engine:
         lot.qty -= qty
         lot.cost -= cost_share
         if lot.qty == 0:
-            fund_state.lots[lot.symbol].remove(lot)
-            if not fund_state.lots[lot.symbol]:
+            lots = fund_state.lots[lot.symbol]
+            if lots[-1] is lot:  # usually the newest (executions) or the oldest (FIFO): O(1) at either end
+                lots.pop()
+            elif lots[0] is lot:
+                lots.popleft()
+            else:
+                lots.remove(lot)
+            if not lots:
                 del fund_state.lots[lot.symbol]
         return cost_share
 
@@ -391,10 +397,8 @@ class Engine:
     def _deleverage(self, fund_state: FundState, lot: Lot) -> None:
         """Close the lot at its BP against opposite-side positions in ADL order until it is gone."""
         symbol = lot.symbol
-        mark = self.marks[symbol]
         opposite: Literal["long", "short"] = "short" if lot.side == "long" else "long"
-        queue = adl.order([adl.rank_position(p, mark, self.bankruptcy_price(p))
-                           for p in self.by_symbol[symbol].values() if p.side == opposite])
+        queue = self.adl_queue(symbol, opposite)
         count = len(queue)
         for rank, ranked in enumerate(queue, start=1):
             if lot.qty == 0:
@@ -445,8 +449,22 @@ class Engine:
 
     def bankruptcy_price(self, position: Position) -> Decimal:
         with localcontext(CONTEXT):
-            return bankruptcy_price(position, self.margin_view(position).equity_share,
-                                    self.marks[position.symbol])
+            return self._bankruptcy_price(position)
+
+    def _bankruptcy_price(self, position: Position) -> Decimal:
+        if position.margin_mode == "isolated":  # E -/+ M/|q|: needs no mark and no maintenance margin
+            margin = self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
+            cost = position.cost - margin if position.qty > 0 else position.cost + margin
+            return CONTEXT.divide(cost, position.size)
+        return bankruptcy_price(position, self.margin_view(position).equity_share, self.marks[position.symbol])
+
+    def adl_queue(self, symbol: str, side: Literal["long", "short"]) -> list[adl.Ranked]:
+        """The positions of one symbol and side in ADL order (fund inventory is never in the queue)."""
+        with localcontext(CONTEXT):
+            mark = self.marks[symbol]
+            want_long = side == "long"
+            return adl.order([adl.rank_position(p, mark, self._bankruptcy_price(p))
+                              for p in self.by_symbol[symbol].values() if (p.qty > 0) == want_long])
 
     def liquidation_price(self, position: Position) -> Decimal | None:
         with localcontext(CONTEXT):

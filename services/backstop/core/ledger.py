@@ -51,17 +51,18 @@ def external(asset: str) -> str:
 
 
 class Ledger:
-    __slots__ = ("balances",)
+    __slots__ = ("balances", "strict")
 
-    def __init__(self) -> None:
+    def __init__(self, *, strict: bool = False) -> None:
         self.balances: dict[str, Decimal] = {}
+        self.strict = strict  # also check that every posting is quantized money (tests, audits)
 
     def balance(self, account: str) -> Decimal:
         return self.balances.get(account, ZERO)
 
     def post(self, source: str, destination: str, amount: Decimal) -> None:
         """Move amount (already quantized money) from source to destination; a negative amount reverses."""
-        if amount.as_tuple().exponent < MONEY_QUANTUM.as_tuple().exponent:  # type: ignore[operator]
+        if self.strict and amount != amount.quantize(MONEY_QUANTUM):
             raise InvariantViolation(f"unquantized posting {amount} {source} -> {destination}")
         if amount == 0:
             return

@@ -1,0 +1,58 @@
+"""Run the benchmark suite and write benchmarks/results/latest.json, latest.md and a dated copy.
+
+    benchmarks/run [--events N] [--seed S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import machine  # noqa: E402
+import replay  # noqa: E402
+
+RESULTS = HERE / "results"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [f"Benchmarks of {report['when']} on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+             f"Python {m['python']}.", "",
+             "| benchmark | figure | value | baseline (same run) | ratio |", "|---|---|---|---|---|"]
+    for bench in report["benchmarks"]:
+        for f in bench["figures"]:
+            baseline = f"{f['baseline']}: {f['baseline_value']:,} {f['unit']}" if "baseline" in f else ""
+            value = f"{f['value']:,} {f['unit']}"
+            lines.append(f"| {bench['name']} | {f['figure']} | {value} | {baseline} | {f.get('ratio', '')} |")
+    for bench in report["benchmarks"]:
+        lines.append("")
+        lines.append(f"{bench['name']} input: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
+                                                          for k, v in bench["input"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    now = datetime.datetime.now(datetime.UTC)  # a report's date, never a ledger input
+    report = {"when": now.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine.describe(),
+              "benchmarks": [replay.run(args.events, args.seed)]}
+    RESULTS.mkdir(exist_ok=True)
+    text = json.dumps(report, indent=2) + "\n"
+    (RESULTS / "latest.json").write_text(text)
+    (RESULTS / f"{now.strftime('%Y-%m-%dT%H%M')}.json").write_text(text)
+    (RESULTS / "latest.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
