@@ -1,0 +1,173 @@
+"""One consumed batch through dedupe, sequencing and the engine, into the rows the service persists.
+
+Pure: no I/O. The service reads a batch from Kafka, calls `ingest_batch`, and writes the returned
+`BatchResult` to PostgreSQL in one transaction (journal rows, effects, dead letters, outbox, offsets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from backstop.core.hashing import canonical_json, record_dict
+from backstop.core.processor import Applied, Duplicate, Processor
+from backstop.core.records import AdlEvent, Finding, FundLedgerEntry
+from backstop.pipeline.topics import TopicNames, input_key
+from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record
+from backstop.wire.inputs import AnyRecord
+
+RAW_KEEP_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Consumed:
+    """One Kafka record as consumed."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    seq: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    type: str
+    ts: int
+    payload: bytes  # the record's canonical wire form, the line `backstop replay` reads
+    payload_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    reason: str
+    raw: bytes
+
+    def payload(self) -> dict[str, Any]:
+        return {"schema_version": 1, "id": f"dl-{self.source_topic}-{self.source_partition}-{self.source_offset}",
+                "source_topic": self.source_topic, "source_partition": self.source_partition,
+                "source_offset": self.source_offset, "reason": self.reason,
+                "raw": self.raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace")}
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A record for an output topic: deterministic id, key, canonical JSON value."""
+
+    topic: str
+    key: str
+    record_id: str
+    payload: bytes
+
+
+@dataclass(slots=True)
+class BatchResult:
+    journal: list[JournalRow] = field(default_factory=list)
+    fund_entries: list[FundLedgerEntry] = field(default_factory=list)
+    adl_events: list[AdlEvent] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    outbox: list[OutboxMessage] = field(default_factory=list)
+    duplicates: dict[str, int] = field(default_factory=dict)  # per record type
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    touched_accounts: set[str] = field(default_factory=set)
+    touched_symbols: set[str] = field(default_factory=set)
+
+
+def journal_payload(record: AnyRecord) -> bytes:
+    """The canonical wire form of an accepted record (with its type), as `backstop replay` reads it."""
+    return canonical_json(orjson.loads(record.model_dump_json()))
+
+
+def decode_consumed(message: Consumed, record_type: str) -> AnyRecord:
+    """Decode a Kafka value: the topic names the type; a `type` field, if present, must agree."""
+    value = message.value
+    if value is None:
+        raise InvalidRecord("empty record (tombstone)")
+    if len(value) > MAX_RECORD_BYTES:
+        raise InvalidRecord(f"record of {len(value)} bytes exceeds the limit of {MAX_RECORD_BYTES}")
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRecord(f"Invalid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise InvalidRecord("Input should be an object")
+    declared = document.setdefault("type", record_type)
+    if declared != record_type:
+        raise InvalidRecord(f"a {declared!r} record on the {record_type} topic {message.topic}")
+    return decode_record(orjson.dumps(document))
+
+
+def ingest_batch(processor: Processor, batch: list[Consumed], topics: TopicNames) -> BatchResult:
+    result = BatchResult()
+    for message in batch:
+        result.next_offsets[(message.topic, message.partition)] = message.offset + 1
+        record_type = topics.type_of(message.topic)
+        if record_type is None:
+            _dead(result, message, f"not an input topic: {message.topic}", topics)
+            continue
+        try:
+            record = decode_consumed(message, record_type)
+        except InvalidRecord as error:
+            processor.reject_unparsed()
+            _dead(result, message, str(error), topics)
+            continue
+        outcome = processor.process(record)
+        if isinstance(outcome, Duplicate):
+            result.duplicates[record_type] = result.duplicates.get(record_type, 0) + 1
+            continue
+        if not isinstance(outcome, Applied):
+            _dead(result, message, outcome.reason, topics)
+            continue
+        payload = journal_payload(record)
+        row = JournalRow(outcome.seq, message.topic, message.partition, message.offset, record_type, record.ts,
+                         payload, hashlib.sha256(payload).hexdigest())
+        result.journal.append(row)
+        fields = orjson.loads(payload)
+        result.outbox.append(OutboxMessage(topics.journal, input_key(record_type, fields), f"j-{row.seq}",
+                                           canonical_json({"schema_version": 1, "id": f"j-{row.seq}",
+                                                           "seq": row.seq, "ts": row.ts,
+                                                           "source_topic": row.source_topic,
+                                                           "source_partition": row.source_partition,
+                                                           "source_offset": row.source_offset,
+                                                           "payload_hash": row.payload_hash, "record": fields})))
+        _touch(result, record)
+        effects = outcome.effects
+        for entry in effects.fund_entries:
+            result.fund_entries.append(entry)
+            result.outbox.append(OutboxMessage(topics.fund_ledger, entry.fund_id, entry.id,
+                                               canonical_json(record_dict(entry))))
+        for event in effects.adl_events:
+            result.adl_events.append(event)
+            result.touched_accounts.add(event.account_id)
+            result.outbox.append(OutboxMessage(topics.adl_events, event.account_id, event.id,
+                                               canonical_json(record_dict(event))))
+        result.findings.extend(effects.findings)
+    return result
+
+
+def _touch(result: BatchResult, record: AnyRecord) -> None:
+    account = getattr(record, "account_id", None)
+    if account is not None:
+        result.touched_accounts.add(account)
+    symbol = getattr(record, "symbol", None)
+    if symbol is not None:
+        result.touched_symbols.add(symbol)
+
+
+def _dead(result: BatchResult, message: Consumed, reason: str, topics: TopicNames) -> None:
+    letter = DeadLetter(message.topic, message.partition, message.offset, reason, message.value or b"")
+    result.dead_letters.append(letter)
+    payload = letter.payload()
+    result.outbox.append(OutboxMessage(topics.dead_letter, f"{message.topic}:{message.partition}", payload["id"],
+                                       canonical_json(payload)))

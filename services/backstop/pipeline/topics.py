@@ -1,0 +1,70 @@
+"""Kafka topic names, keys and roles of wire contract v1 (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+INPUT_TYPES = ("fund", "instrument", "transfer", "fill", "mark", "funding", "liquidation")
+_INPUT_SUFFIX = {"fund": "funds", "instrument": "instruments", "transfer": "transfers", "fill": "fills",
+                 "mark": "marks", "funding": "funding", "liquidation": "liquidations"}
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """All topic names under one prefix (default "backstop."; tests use their own)."""
+
+    prefix: str = "backstop."
+
+    def input(self, record_type: str) -> str:
+        return f"{self.prefix}{_INPUT_SUFFIX[record_type]}"
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(self.input(t) for t in INPUT_TYPES)
+
+    def type_of(self, topic: str) -> str | None:
+        for record_type in INPUT_TYPES:
+            if self.input(record_type) == topic:
+                return record_type
+        return None
+
+    @property
+    def journal(self) -> str:
+        return f"{self.prefix}journal"
+
+    @property
+    def fund_ledger(self) -> str:
+        return f"{self.prefix}fund-ledger"
+
+    @property
+    def adl_events(self) -> str:
+        return f"{self.prefix}adl-events"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}dead-letter"
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.journal, self.fund_ledger, self.adl_events, self.dead_letter)
+
+    def role(self, topic: str) -> Literal["input", "journal", "ledger", "events", "dead-letter"]:
+        if topic in self.inputs:
+            return "input"
+        if topic == self.journal:
+            return "journal"
+        if topic == self.fund_ledger:
+            return "ledger"
+        if topic == self.adl_events:
+            return "events"
+        return "dead-letter"
+
+
+def input_key(record_type: str, fields: dict[str, object]) -> str:
+    """DESIGN section 5: fund_id for funds; symbol for marks, funding and instruments; account_id otherwise."""
+    if record_type == "fund":
+        return str(fields["fund_id"])
+    if record_type in ("mark", "funding", "instrument"):
+        return str(fields["symbol"])
+    return str(fields["account_id"])

@@ -1,0 +1,83 @@
+"""The service's batch step, without Kafka or PostgreSQL: same outputs as a file replay, bad input to dead-letter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from backstop.core.engine import Engine
+from backstop.core.hashing import canonical_json, record_dict
+from backstop.core.processor import Processor
+from backstop.pipeline.ingest import Consumed, ingest_batch
+from backstop.pipeline.topics import TopicNames
+from backstop.wire.decode import decode_record
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "02-adl-walks-queue.jsonl"
+TOPICS = TopicNames("t.")
+
+
+def as_consumed(lines: list[bytes], *, drop_type: bool = True) -> list[Consumed]:
+    """Each line on its type's topic, one partition per topic, offsets counting up per topic."""
+    offsets: dict[str, int] = {}
+    batch = []
+    for line in lines:
+        document = orjson.loads(line)
+        topic = TOPICS.input(document["type"])
+        if drop_type:
+            del document["type"]  # on Kafka the topic names the type
+        offsets[topic] = offsets.get(topic, -1) + 1
+        batch.append(Consumed(topic, 0, offsets[topic], None, orjson.dumps(document)))
+    return batch
+
+
+def test_a_batch_gives_what_a_file_replay_gives() -> None:
+    lines = EXAMPLE.read_bytes().splitlines()
+    replayed = Processor(Engine())
+    entries, events = [], []
+    for line in lines:
+        outcome = replayed.process(decode_record(line))
+        entries.extend(outcome.effects.fund_entries)  # type: ignore[union-attr]
+        events.extend(outcome.effects.adl_events)  # type: ignore[union-attr]
+    service = Processor(Engine())
+    result = ingest_batch(service, as_consumed(lines[:7]), TOPICS)
+    result2 = ingest_batch(service, as_consumed(lines[7:]), TOPICS)
+    assert service.engine.head_hash == replayed.engine.head_hash
+    assert [r.seq for r in result.journal + result2.journal] == list(range(1, len(lines) + 1))
+    assert result2.adl_events == events and result.fund_entries + result2.fund_entries == entries
+    # the journal rows are the lines of a replayable file
+    journal_file = Processor(Engine())
+    for row in result.journal + result2.journal:
+        journal_file.process(decode_record(row.payload))
+    assert journal_file.engine.head_hash == replayed.engine.head_hash
+    adl_out = [m for m in result2.outbox if m.topic == "t.adl-events"]
+    assert [(m.key, m.record_id) for m in adl_out] == [("A2", "adl-19-0"), ("A5", "adl-19-1")]
+    assert adl_out[0].payload == canonical_json(record_dict(events[0]))
+
+
+def test_bad_input_goes_to_dead_letter_and_offsets_still_advance() -> None:
+    processor = Processor(Engine())
+    lines = EXAMPLE.read_bytes().splitlines()
+    good = as_consumed(lines)
+    bad = [
+        Consumed(TOPICS.input("fill"), 0, 100, None, b"{nope"),
+        Consumed(TOPICS.input("fill"), 0, 101, None, None),
+        Consumed(TOPICS.input("fill"), 0, 102, None, orjson.dumps({"type": "mark", "ts": 1, "symbol": "BNBUSDT",
+                                                                    "mark_price": "1"})),
+        Consumed(TOPICS.input("mark"), 0, 100, None, orjson.dumps({"ts": 1, "symbol": "NOPE", "mark_price": "1"})),
+        Consumed("t.unknown", 3, 7, None, b"{}"),
+        good[10],  # a duplicate deposit
+    ]
+    result = ingest_batch(processor, good + bad, TOPICS)
+    reasons = [(d.source_topic, d.source_offset, d.reason) for d in result.dead_letters]
+    assert reasons == [
+        ("t.fills", 100, "Invalid JSON: unexpected character, expected a string key: line 1 column 2 (char 1)"),
+        ("t.fills", 101, "empty record (tombstone)"),
+        ("t.fills", 102, "a 'mark' record on the fill topic t.fills"),
+        ("t.marks", 100, "unknown symbol NOPE"),
+        ("t.unknown", 7, "not an input topic: t.unknown"),
+    ]
+    assert result.duplicates == {"fill": 1}
+    assert result.next_offsets[("t.fills", 0)] == 103 and result.next_offsets[("t.unknown", 3)] == 8
+    assert len(result.journal) == len(lines)
+    assert sum(1 for m in result.outbox if m.topic == "t.dead-letter") == 5
