@@ -66,7 +66,7 @@ def test_bad_input_goes_to_dead_letter_and_offsets_still_advance() -> None:
                                                                     "mark_price": "1"})),
         Consumed(TOPICS.input("mark"), 0, 100, None, orjson.dumps({"ts": 1, "symbol": "NOPE", "mark_price": "1"})),
         Consumed("t.unknown", 3, 7, None, b"{}"),
-        good[10],  # a duplicate deposit
+        Consumed(TOPICS.input("fill"), 0, 103, None, good[10].value),  # a fill sent again
     ]
     result = ingest_batch(processor, good + bad, TOPICS)
     reasons = [(d.source_topic, d.source_offset, d.reason) for d in result.dead_letters]
@@ -78,6 +78,6 @@ def test_bad_input_goes_to_dead_letter_and_offsets_still_advance() -> None:
         ("t.unknown", 7, "not an input topic: t.unknown"),
     ]
     assert result.duplicates == {"fill": 1}
-    assert result.next_offsets[("t.fills", 0)] == 103 and result.next_offsets[("t.unknown", 3)] == 8
+    assert result.next_offsets[("t.fills", 0)] == 104 and result.next_offsets[("t.unknown", 3)] == 8
     assert len(result.journal) == len(lines)
     assert sum(1 for m in result.outbox if m.topic == "t.dead-letter") == 5
