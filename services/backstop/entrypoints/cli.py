@@ -67,6 +67,26 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backstop.entrypoints.audit import AuditError, verify_output
+
+    try:
+        checked, problem = verify_output(Path(args.out), Path(args.journal) if args.journal else None)
+    except AuditError as error:
+        print(f"backstop audit verify: {error}", file=sys.stderr)
+        return 2
+    for line in checked:
+        print(f"ok    {line}")
+    if problem is not None:
+        print(f"FAIL  {problem}")
+        return 1
+    print("ledger verified" + ("" if args.journal else " (hash chains and balances only: give --journal to "
+                                                      "re-derive every record)"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backstop",
@@ -92,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_argument("--dir", default="schemas/json", help="target directory (default: schemas/json)")
     schemas.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
     schemas.set_defaults(handler=_cmd_schemas)
+
+    audit = commands.add_parser("audit", help="verify the integrity of a ledger")
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="AUDIT_COMMAND", required=True)
+    verify = audit_commands.add_parser(
+        "verify", help="check hash chains, balances and conservation, and re-derive every record from the journal")
+    verify.add_argument("out", metavar="DIR", help="a `backstop replay` output directory")
+    verify.add_argument("--journal", metavar="INPUT.jsonl", help="the journal it came from: re-derive everything")
+    verify.set_defaults(handler=_cmd_audit_verify)
 
     db = commands.add_parser("db", help="PostgreSQL schema management")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)

@@ -1,0 +1,73 @@
+"""Audit checks over output records as dicts (from files, PostgreSQL or Kafka): pure, no I/O.
+
+Each check returns the first problem it finds, or None: a broken hash chain, a balance that does not follow from
+the amounts, or a record that differs from what a fresh replay of the journal derives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from backstop.core.hashing import GENESIS_HASH, chain_hash
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    stream: str
+    index: int  # 0-based position in the stream
+    record_id: str | None
+    what: str
+
+    def __str__(self) -> str:
+        where = f"{self.stream} record {self.index + 1}" + (f" ({self.record_id})" if self.record_id else "")
+        return f"{where}: {self.what}"
+
+
+def check_chain(stream: str, records: Iterable[dict[str, Any]], *, first_prev: str = GENESIS_HASH) -> Problem | None:
+    """Every record's hash covers its body and the previous record's hash."""
+    previous = first_prev
+    for index, record in enumerate(records):
+        record_id = record.get("id")
+        if record.get("prev_hash") != previous:
+            return Problem(stream, index, record_id, f"prev_hash {record.get('prev_hash')} does not continue the "
+                                                     f"chain (expected {previous}): a record before it was removed, "
+                                                     f"inserted or reordered")
+        body = {k: v for k, v in record.items() if k != "hash"}
+        expected = chain_hash(body)
+        if record.get("hash") != expected:
+            return Problem(stream, index, record_id, f"hash {record.get('hash')} does not match its contents "
+                                                     f"(recomputed {expected}): the record was altered")
+        previous = expected
+    return None
+
+
+def check_fund_balances(entries: Iterable[dict[str, Any]]) -> tuple[Problem | None, dict[str, Decimal]]:
+    """balance_after of each entry = the previous balance of that fund + amount; returns the final balances."""
+    balances: dict[str, Decimal] = {}
+    for index, entry in enumerate(entries):
+        fund_id = entry["fund_id"]
+        expected = balances.get(fund_id, Decimal(0)) + Decimal(entry["amount"])
+        if Decimal(entry["balance_after"]) != expected:
+            return Problem("fund-ledger", index, entry.get("id"), f"balance_after {entry['balance_after']} but the "
+                                                                  f"amounts add up to {expected}"), balances
+        balances[fund_id] = expected
+    return None, balances
+
+
+def compare_streams(stream: str, stored: Sequence[dict[str, Any]], derived: Sequence[dict[str, Any]]) -> Problem | None:
+    """The stored records equal, one by one, the records a fresh replay derives."""
+    for index, (have, want) in enumerate(zip(stored, derived, strict=False)):
+        if have != want:
+            fields = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+            detail = "; ".join(f"{k}: stored {have.get(k)!r}, replay gives {want.get(k)!r}" for k in fields)
+            return Problem(stream, index, have.get("id"), f"differs from the replay: {detail}")
+    if len(stored) != len(derived):
+        index = min(len(stored), len(derived))
+        missing = "replay derives more records: the stored stream lacks" if len(stored) < len(derived) else \
+            "stored stream has records the replay does not derive, from"
+        record = derived[index] if len(stored) < len(derived) else stored[index]
+        return Problem(stream, index, record.get("id"), f"{missing} this one")
+    return None
