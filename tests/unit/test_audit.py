@@ -56,7 +56,8 @@ def _set_amount(records: list[dict[str, object]]) -> list[dict[str, object]]:
     (_set_amount, False, "fund-ledger record 2 (fl-12-0): hash"),
     (lambda r: [r[0], r[2], r[1], r[3]], False, "fund-ledger record 2 (fl-13-0): prev_hash"),
     (lambda r: r[:2] + r[3:], False, "fund-ledger record 3 (fl-13-1): prev_hash"),
-    (lambda r: rechain(_set_amount(r)), False, "fund-ledger record 2 (fl-12-0): balance_after 199989.2 but the amounts"),
+    (lambda r: rechain(_set_amount(r)), False,
+     "fund-ledger record 2 (fl-12-0): balance_after 199989.2 but the amounts"),
     (lambda r: rechain(r[:-1]), False, "summary.json: fund MAIN balance 200245.96 but its ledger entries add up to "
                                        "200289.2"),
     (lambda r: rechain(r[:-1]), True, "summary.json: fund MAIN balance"),
