@@ -1,13 +1,82 @@
-"""Typed settings for the service and the tools, read from BACKSTOP_* environment variables."""
+"""Typed settings for the service and the tools, read from BACKSTOP_* environment variables (or a .env file).
+
+Secrets (the PostgreSQL DSN's password, SASL passwords) come from the environment or from files named by
+BACKSTOP_*_FILE variables, never from the command line.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BACKSTOP_", extra="ignore")
 
+    # where
     kafka_bootstrap: str = "127.0.0.1:9092"
-    pg_dsn: str = "postgresql://backstop@127.0.0.1:5432/backstop"
+    pg_dsn: SecretStr = SecretStr("postgresql://backstop@127.0.0.1:5432/backstop")
+    pg_dsn_file: Path | None = None
     topic_prefix: str = "backstop."
+
+    # Kafka security (tests use PLAINTEXT; production sets SASL_SSL)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    # the money path: bounded batches
+    batch_max_records: int = Field(5000, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(50, ge=1, le=10_000)
+    merge_max_buffered: int = Field(200_000, ge=1000)
+    snapshot_every_events: int = Field(100_000, ge=0)  # 0: never
+    adl_refresh_events: int = Field(10_000, ge=1)  # refresh the ADL queue projection at least this often ...
+    adl_refresh_event_ms: int = Field(60_000, ge=1)  # ... or after this much event time
+    check_conservation: bool = False
+
+    # the outbox relay
+    relay_batch: int = Field(2000, ge=1, le=100_000)
+    relay_idle_ms: int = Field(20, ge=1, le=10_000)
+
+    # topics created by `backstop topics create` and at start
+    input_partitions: int = Field(3, ge=1)
+    output_partitions: int = Field(3, ge=1)
+    input_retention_ms: int = 7 * 24 * 3600 * 1000
+    replication_factor: int = Field(1, ge=1)
+
+    # web (health, metrics)
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Settings:
+        if self.pg_dsn_file is not None:
+            self.pg_dsn = SecretStr(self.pg_dsn_file.read_text().strip())
+        if self.kafka_sasl_password_file is not None:
+            self.kafka_sasl_password = SecretStr(self.kafka_sasl_password_file.read_text().strip())
+        return self
+
+    def dsn(self) -> str:
+        return self.pg_dsn.get_secret_value()
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Security options in the spelling aiokafka and kafka-python share."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = (self.kafka_sasl_password.get_secret_value()
+                                              if self.kafka_sasl_password else None)
+        return options
+
+    def ssl_context(self) -> Any:
+        if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        from aiokafka.helpers import create_ssl_context
+
+        return create_ssl_context(cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None)

@@ -15,7 +15,7 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
     from backstop.adapters.postgres.migrations import migrate
     from backstop.settings import Settings
 
-    dsn = args.dsn or Settings().pg_dsn
+    dsn = args.dsn or Settings().dsn()
     applied = asyncio.run(migrate(dsn))
     for version in applied:
         print(f"applied {version}")
@@ -87,6 +87,24 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from backstop.service.app import serve
+    from backstop.settings import Settings
+
+    serve(Settings())
+    return 0
+
+
+def _cmd_topics_create(args: argparse.Namespace) -> int:
+    from backstop.service.app import ensure_topics
+    from backstop.settings import Settings
+
+    settings = Settings()
+    created = ensure_topics(settings)
+    print(f"created {len(created)} topic(s){': ' + ', '.join(created) if created else ' (all existed)'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backstop",
@@ -120,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("out", metavar="DIR", help="a `backstop replay` output directory")
     verify.add_argument("--journal", metavar="INPUT.jsonl", help="the journal it came from: re-derive everything")
     verify.set_defaults(handler=_cmd_audit_verify)
+
+    serve = commands.add_parser("serve", help="run the service: Kafka in, PostgreSQL and Kafka out "
+                                                 "(configured by BACKSTOP_* environment variables)")
+    serve.set_defaults(handler=_cmd_serve)
+
+    topics = commands.add_parser("topics", help="Kafka topics of the wire contract")
+    topic_commands = topics.add_subparsers(dest="topics_command", metavar="TOPICS_COMMAND", required=True)
+    create_topics = topic_commands.add_parser("create", help="create the input and output topics if missing")
+    create_topics.set_defaults(handler=_cmd_topics_create)
 
     db = commands.add_parser("db", help="PostgreSQL schema management")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)

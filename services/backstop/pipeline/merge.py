@@ -49,6 +49,11 @@ class Merger:
         self.buffers.setdefault(partition, deque())
         self.next_fetch[partition] = position
 
+    def advance(self, partition: Partition, position: int) -> None:
+        """The consumer's fetch position moved (past records or transaction markers it did not return)."""
+        if position > self.next_fetch.get(partition, 0):
+            self.next_fetch[partition] = position
+
     def set_end(self, partition: Partition, end_offset: int) -> None:
         self.end_offsets[partition] = end_offset
 

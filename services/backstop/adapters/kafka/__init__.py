@@ -1,0 +1,1 @@
+"""Kafka adapter: admin (topics), the input batch source, the outbox relay's producer."""

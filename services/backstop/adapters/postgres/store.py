@@ -1,0 +1,206 @@
+"""PostgreSQL store of the service: everything one batch produces, written in ONE transaction.
+
+The writer holds a session advisory lock (one ledger processor per database); every batch also checks that the
+journal head it extends is the one it read (fencing), so a stale writer can never interleave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from backstop.core.errors import InvariantViolation
+from backstop.core.hashing import canonical_json, record_dict
+from backstop.pipeline.ingest import BatchResult
+from backstop.pipeline.projections import Projections
+
+WRITER_LOCK = 0x62616B77726974  # one ledger processor per database
+RELAY_LOCK = 0x62616B72656C61  # one outbox relay per database
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    seq: int
+    head_hash: str
+    ledger_head: str
+    adl_head: str
+    duplicates: int
+    rejected: int
+    ledger_position: int
+    adl_position: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    topic: str
+    key: str
+    record_id: str
+    payload: str
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 4) -> Store:
+        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=30,
+                                         command_timeout=120)
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # ---------------------------------------------------------------- reading state back
+    async def head(self) -> Head:
+        async with self.pool.acquire() as connection:
+            row = await connection.fetchrow("SELECT * FROM engine_head")
+            ledger_position = await connection.fetchval("SELECT coalesce(max(position), 0) FROM fund_ledger")
+            adl_position = await connection.fetchval("SELECT coalesce(max(position), 0) FROM adl_events")
+        if row is None:
+            genesis = "0" * 64
+            return Head(0, "", genesis, genesis, 0, 0, ledger_position, adl_position)
+        return Head(row["seq"], row["head_hash"], row["ledger_head"], row["adl_head"], row["duplicates"],
+                    row["rejected"], ledger_position, adl_position)
+
+    async def offsets(self) -> dict[tuple[str, int], int]:
+        rows = await self.pool.fetch("SELECT topic, partition, next_offset FROM consumed_offsets")
+        return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+    async def latest_snapshot(self) -> tuple[int, dict[str, Any]] | None:
+        row = await self.pool.fetchrow("SELECT seq, document FROM snapshots ORDER BY seq DESC LIMIT 1")
+        return None if row is None else (row["seq"], orjson.loads(row["document"]))
+
+    async def journal(self, *, after_seq: int = 0, chunk: int = 10_000) -> AsyncIterator[tuple[int, bytes]]:
+        """(seq, payload) in seq order, read in chunks."""
+        last = after_seq
+        while True:
+            rows = await self.pool.fetch("SELECT seq, payload FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
+                                         last, chunk)
+            for row in rows:
+                yield row["seq"], row["payload"].encode()
+            if len(rows) < chunk:
+                return
+            last = rows[-1]["seq"]
+
+    async def records(self, table: str) -> list[dict[str, Any]]:
+        """The stored fund-ledger entries or ADL events, as published, in chain order."""
+        if table not in ("fund_ledger", "adl_events"):
+            raise ValueError(table)
+        rows = await self.pool.fetch(f"SELECT record FROM {table} ORDER BY position")
+        return [orjson.loads(r["record"]) for r in rows]
+
+    # ---------------------------------------------------------------- the batch transaction
+    async def write_batch(self, connection: asyncpg.Connection, *, expected_seq: int, result: BatchResult,
+                          head: Head, projections: Projections, snapshot: tuple[int, str, bytes] | None) -> None:
+        async with connection.transaction():
+            current = await connection.fetchval("SELECT seq FROM engine_head FOR UPDATE")
+            if (current or 0) != expected_seq:
+                raise InvariantViolation(f"journal head moved: expected seq {expected_seq}, found {current}: "
+                                         f"another writer is active")
+            await self._append(connection, result, head)
+            await self._project(connection, projections)
+            await connection.executemany(
+                "INSERT INTO consumed_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) "
+                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+                [(t, p, o) for (t, p), o in sorted(result.next_offsets.items())])
+            await connection.execute(
+                "INSERT INTO engine_head (singleton, seq, head_hash, ledger_head, adl_head, duplicates, rejected, "
+                "state_hash) VALUES (true, $1, $2, $3, $4, $5, $6, $7) ON CONFLICT (singleton) DO UPDATE SET "
+                "seq = $1, head_hash = $2, ledger_head = $3, adl_head = $4, duplicates = $5, rejected = $6, "
+                "state_hash = coalesce($7, engine_head.state_hash)",
+                head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected,
+                snapshot[1] if snapshot else None)
+            if snapshot is not None:
+                await connection.execute(
+                    "INSERT INTO snapshots (seq, state_hash, document) VALUES ($1, $2, $3)",
+                    snapshot[0], snapshot[1], snapshot[2].decode())
+
+    async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head) -> None:
+        if result.journal:
+            await connection.copy_records_to_table("journal", columns=[
+                "seq", "source_topic", "source_partition", "source_offset", "type", "ts", "payload", "payload_hash"],
+                records=[(r.seq, r.source_topic, r.source_partition, r.source_offset, r.type, r.ts,
+                          r.payload.decode(), r.payload_hash) for r in result.journal])
+        if result.fund_entries:
+            first = head.ledger_position - len(result.fund_entries) + 1
+            await connection.copy_records_to_table("fund_ledger", columns=[
+                "position", "id", "seq", "ts", "fund_id", "kind", "amount", "balance_after", "liquidation_id",
+                "counter_account", "prev_hash", "hash", "record"],
+                records=[(first + i, e.id, e.seq, e.ts, e.fund_id, e.kind, e.amount, e.balance_after,
+                          e.liquidation_id, e.counter_account, e.prev_hash, e.hash,
+                          canonical_json(record_dict(e)).decode()) for i, e in enumerate(result.fund_entries)])
+        if result.adl_events:
+            first = head.adl_position - len(result.adl_events) + 1
+            await connection.copy_records_to_table("adl_events", columns=[
+                "position", "id", "seq", "ts", "symbol", "liquidation_id", "fund_id", "account_id", "side", "qty",
+                "price", "rank", "score", "quantile", "prev_hash", "hash", "record"],
+                records=[(first + i, e.id, e.seq, e.ts, e.symbol, e.liquidation_id, e.fund_id, e.account_id, e.side,
+                          e.qty, e.price, e.rank, e.score, e.quantile, e.prev_hash, e.hash,
+                          canonical_json(record_dict(e)).decode()) for i, e in enumerate(result.adl_events)])
+        if result.findings:
+            await connection.executemany(
+                "INSERT INTO findings (id, seq, ts, kind, account_id, liquidation_id, symbol, details) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
+                [(f.id, f.seq, f.ts, f.kind, f.account_id, f.liquidation_id, f.symbol,
+                  orjson.dumps(f.details).decode()) for f in result.findings])
+        if result.dead_letters:
+            await connection.executemany(
+                "INSERT INTO dead_letter (source_topic, source_partition, source_offset, reason, raw) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                [(d.source_topic, d.source_partition, d.source_offset, d.reason, d.raw) for d in result.dead_letters])
+        if result.outbox:
+            await connection.copy_records_to_table("outbox", columns=["topic", "key", "record_id", "payload"],
+                                                   records=[(m.topic, m.key, m.record_id, m.payload.decode())
+                                                            for m in result.outbox])
+
+    async def _project(self, connection: asyncpg.Connection, projections: Projections) -> None:
+        if projections.wallets:
+            await connection.executemany(
+                "INSERT INTO account_wallets (account_id, asset, wallet, seq) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT (account_id, asset) DO UPDATE SET wallet = EXCLUDED.wallet, seq = EXCLUDED.seq",
+                projections.wallets)
+        if projections.closed_positions:
+            await connection.executemany("DELETE FROM positions WHERE account_id = $1 AND symbol = $2",
+                                         projections.closed_positions)
+        if projections.positions:
+            await connection.executemany(
+                "INSERT INTO positions (account_id, symbol, qty, entry_price, margin_mode, leverage, isolated_margin, "
+                "mark_price, liquidation_price, bankruptcy_price, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
+                "$10, $11) ON CONFLICT (account_id, symbol) DO UPDATE SET qty = $3, entry_price = $4, "
+                "margin_mode = $5, leverage = $6, isolated_margin = $7, mark_price = $8, liquidation_price = $9, "
+                "bankruptcy_price = $10, seq = $11", projections.positions)
+        if projections.funds:
+            await connection.executemany(
+                "INSERT INTO funds (fund_id, settle_asset, surplus, max_inventory_ratio, balance, bad_debt, "
+                "inventory_notional, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (fund_id) DO UPDATE "
+                "SET settle_asset = $2, surplus = $3, max_inventory_ratio = $4, balance = $5, bad_debt = $6, "
+                "inventory_notional = $7, seq = $8", projections.funds)
+        if projections.lots is not None:
+            await connection.execute("DELETE FROM fund_lots")
+            await connection.copy_records_to_table("fund_lots", records=projections.lots, columns=[
+                "fund_id", "liquidation_id", "symbol", "side", "qty", "cost", "bankruptcy_price",
+                "liquidated_account", "seq"])
+        if projections.adl_queue is not None:
+            await connection.execute("DELETE FROM adl_queue")
+            await connection.copy_records_to_table("adl_queue", records=projections.adl_queue, columns=[
+                "symbol", "side", "account_id", "rank", "score", "quantile", "seq"])
+
+    # ---------------------------------------------------------------- outbox
+    async def unpublished(self, limit: int) -> list[OutboxRow]:
+        rows = await self.pool.fetch("SELECT id, topic, key, record_id, payload FROM outbox WHERE NOT published "
+                                     "ORDER BY id LIMIT $1", limit)
+        return [OutboxRow(r["id"], r["topic"], r["key"], r["record_id"], r["payload"]) for r in rows]
+
+    async def mark_published(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self.pool.execute("UPDATE outbox SET published = true WHERE id = ANY($1::bigint[])", list(ids))
+
+    async def outbox_backlog(self) -> int:
+        value: int = await self.pool.fetchval("SELECT count(*) FROM outbox WHERE NOT published")
+        return value

@@ -1,0 +1,88 @@
+"""Projection rows for PostgreSQL, derived from engine state after a batch (read-only views of the engine).
+
+Wallets and positions are rewritten for the accounts a batch touched; funds every batch; fund lots when the
+inventory may have changed; the ADL queue (and every position's liquidation and bankruptcy price, which move with
+the marks) on a cadence of N events or T ms of event time, set by the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from typing import Any
+
+from backstop.core import adl, ledger
+from backstop.core.engine import Engine
+from backstop.core.numbers import CONTEXT, ZERO, money, price
+from backstop.core.state import Position
+from backstop.pipeline.ingest import BatchResult
+
+
+@dataclass(frozen=True, slots=True)
+class Projections:
+    """Derived rows to upsert with the batch (see backstop.pipeline.projections)."""
+
+    wallets: list[tuple[str, str, Decimal, int]]
+    positions: list[tuple[Any, ...]]
+    closed_positions: list[tuple[str, str]]
+    funds: list[tuple[Any, ...]]
+    lots: list[tuple[Any, ...]] | None  # None: unchanged; otherwise the full set
+    adl_queue: list[tuple[Any, ...]] | None
+
+
+def position_row(engine: Engine, position: Position, seq: int) -> tuple[Any, ...]:
+    with localcontext(CONTEXT):
+        liquidation = engine.liquidation_price(position)
+        return (position.account_id, position.symbol, position.qty, price(position.entry_price()),
+                position.margin_mode, position.leverage,
+                engine.ledger.balance(ledger.isolated(position.account_id, position.symbol)),
+                engine.marks[position.symbol], price(liquidation) if liquidation is not None else None,
+                price(engine.bankruptcy_price(position)), seq)
+
+
+def build(engine: Engine, result: BatchResult, *, refresh_all: bool) -> Projections:
+    seq = engine.last_seq
+    assets = sorted({f.spec.settle_asset for f in engine.funds.values()})
+    symbols = sorted(engine.instruments)
+    accounts: Iterable[str] = sorted(engine.positions) if refresh_all else sorted(result.touched_accounts)
+    wallets, positions, closed = [], [], []
+    for account_id in accounts:
+        if account_id.startswith("fund:"):
+            continue
+        for asset in assets:
+            name = ledger.wallet(account_id, asset)
+            if name in engine.ledger.balances:
+                wallets.append((account_id, asset, engine.ledger.balances[name], seq))
+        book = engine.positions.get(account_id, {})
+        for symbol in symbols:
+            if symbol in book:
+                positions.append(position_row(engine, book[symbol], seq))
+            else:
+                closed.append((account_id, symbol))
+    with localcontext(CONTEXT):
+        funds = [(f.spec.fund_id, f.spec.settle_asset, f.spec.surplus, f.spec.max_inventory_ratio,
+                  engine.ledger.balance(ledger.fund(f.spec.fund_id)),
+                  max(-engine.ledger.balance(ledger.fund(f.spec.fund_id)), ZERO),
+                  money(engine.inventory_notional(f)), seq) for f in engine.funds.values()]
+        inventory_changed = refresh_all or any(r.type == "liquidation" for r in result.journal) or any(
+            a.startswith("fund:") for a in result.touched_accounts)
+        lots = [(f.spec.fund_id, lot.liquidation_id, lot.symbol, lot.side, lot.qty, lot.cost,
+                 price(lot.bankruptcy_price()), lot.liquidated_account, lot.seq)
+                for f in engine.funds.values() for queue in f.lots.values() for lot in queue] \
+            if inventory_changed else None
+    return Projections(wallets, positions, closed, funds, lots, adl_rows(engine, seq) if refresh_all else None)
+
+
+def adl_rows(engine: Engine, seq: int) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    for symbol in sorted(engine.by_symbol):
+        if symbol not in engine.marks:
+            continue
+        for side in ("long", "short"):
+            queue: list[adl.Ranked] = engine.adl_queue(symbol, side)
+            for rank, ranked in enumerate(queue, start=1):
+                rows.append((symbol, side, ranked.position.account_id, rank, ranked.score,
+                             adl.quantile(rank, len(queue)), seq))
+    return rows
+

@@ -1,0 +1,226 @@
+"""The money path: Kafka batches -> merge -> engine -> one PostgreSQL transaction per batch.
+
+Offsets live in PostgreSQL, committed with the rows they produced; Kafka's committed offsets are never used
+(no consumer group: partitions are assigned explicitly). On start, and after any error, the engine is rebuilt
+from PostgreSQL (latest snapshot + journal tail) and the consumer seeks to the stored offsets, so a crash at any
+point loses nothing and applies nothing twice. One processor per database holds an advisory lock; a second one
+waits as a standby.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from backstop.adapters.postgres.store import WRITER_LOCK, Head, Store
+from backstop.core import ledger
+from backstop.core.dedupe import Deduper
+from backstop.core.engine import Engine
+from backstop.core.errors import InvariantViolation
+from backstop.core.hashing import canonical_json
+from backstop.core.processor import Processor
+from backstop.core.snapshot import restore, state_document, state_hash
+from backstop.pipeline import projections
+from backstop.pipeline.ingest import Consumed, ingest_batch
+from backstop.pipeline.merge import Merger
+from backstop.pipeline.topics import TopicNames
+from backstop.service import metrics
+from backstop.settings import Settings
+from backstop.wire.decode import decode_record
+
+log = logging.getLogger("backstop.ledger")
+
+
+@dataclass(slots=True)
+class Progress:
+    """What the processor has done since it started (for health and tests)."""
+
+    seq: int = 0
+    batches: int = 0
+    ready: bool = False
+    last_error: str | None = None
+    lag: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+async def rebuild(store: Store, *, check_conservation: bool) -> tuple[Processor, Head]:
+    """The engine as PostgreSQL last committed it: latest snapshot, then the journal after it."""
+    head = await store.head()
+    snapshot = await store.latest_snapshot()
+    if snapshot is None:
+        processor = Processor(Engine(check_conservation=check_conservation))
+        after = 0
+    else:
+        after, document = snapshot
+        engine = restore(document["engine"], check_conservation=check_conservation)
+        processor = Processor(engine, Deduper(set(document["dedupe"])))
+    async for seq, payload in store.journal(after_seq=after):
+        processor.process(decode_record(payload))
+        if processor.engine.last_seq != seq:
+            raise InvariantViolation(f"journal row {seq} did not re-apply as seq {seq}")
+    processor.duplicates, processor.rejected = head.duplicates, head.rejected
+    if head.seq and processor.engine.head_hash != head.head_hash:
+        raise InvariantViolation(f"rebuilt head hash {processor.engine.head_hash} != stored {head.head_hash} at "
+                                 f"seq {head.seq}")
+    return processor, head
+
+
+class LedgerProcessor:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.topics = TopicNames(settings.topic_prefix)
+        self.progress = Progress()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run_forever(self) -> None:
+        """Run, and after an error rebuild from PostgreSQL and go on (bounded backoff)."""
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                await self.run()
+                return
+            except (InvariantViolation, asyncio.CancelledError):
+                raise
+            except Exception as error:
+                self.progress.ready = False
+                self.progress.last_error = f"{type(error).__name__}: {error}"
+                metrics.RESTARTS.labels("ledger").inc()
+                log.warning("ledger loop failed (%s); rebuilding from PostgreSQL in %.1fs", error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def run(self) -> None:
+        async with self.store.pool.acquire() as lock_connection:
+            log.info("waiting for the writer lock (one ledger processor per database)")
+            await lock_connection.execute("SELECT pg_advisory_lock($1)", WRITER_LOCK)
+            try:
+                await self._run_locked()
+            finally:
+                if not lock_connection.is_closed():
+                    await lock_connection.execute("SELECT pg_advisory_unlock($1)", WRITER_LOCK)
+
+    async def _run_locked(self) -> None:
+        settings = self.settings
+        processor, head = await rebuild(self.store, check_conservation=settings.check_conservation)
+        offsets = await self.store.offsets()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest", isolation_level="read_committed", client_id="backstop-ledger",
+            max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20, request_timeout_ms=30_000,
+            ssl_context=settings.ssl_context(), **settings.kafka_client_options())
+        await consumer.start()
+        try:
+            merger = await self._assign(consumer, offsets)
+            self.progress.seq = processor.engine.last_seq
+            self.progress.ready = True
+            log.info("ledger processor ready at seq %d", processor.engine.last_seq)
+            last_refresh_seq, last_refresh_ts = processor.engine.last_seq, None
+            positions = (head.ledger_position, head.adl_position)
+            while not self._stopping.is_set():
+                if not merger.full():
+                    fetched = await consumer.getmany(timeout_ms=settings.batch_max_wait_ms,
+                                                     max_records=settings.batch_max_records)
+                    for tp, records in fetched.items():
+                        merger.add(Consumed(r.topic, r.partition, r.offset, r.key, r.value) for r in records)
+                        metrics.EVENTS_IN.labels(self.topics.type_of(tp.topic) or "unknown").inc(len(records))
+                    for tp in consumer.assignment():
+                        merger.advance((tp.topic, tp.partition), await consumer.position(tp))
+                        highwater = consumer.highwater(tp)
+                        if highwater is not None:
+                            merger.set_end((tp.topic, tp.partition), highwater)
+                batch = merger.release(settings.batch_max_records)
+                if not batch:
+                    continue
+                started = time.perf_counter()
+                expected = processor.engine.last_seq
+                result = ingest_batch(processor, batch, self.topics)
+                engine = processor.engine
+                refresh = (engine.last_seq - last_refresh_seq >= settings.adl_refresh_events or (
+                    result.journal and last_refresh_ts is not None
+                    and result.journal[-1].ts - last_refresh_ts >= settings.adl_refresh_event_ms))
+                if refresh or last_refresh_ts is None:
+                    last_refresh_seq = engine.last_seq
+                    last_refresh_ts = result.journal[-1].ts if result.journal else last_refresh_ts
+                positions = (positions[0] + len(result.fund_entries), positions[1] + len(result.adl_events))
+                new_head = Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head,
+                                processor.duplicates, processor.rejected, *positions)
+                snapshot = None
+                every = settings.snapshot_every_events
+                if every and result.journal and engine.last_seq // every > expected // every:
+                    document = {"engine": state_document(engine), "dedupe": sorted(processor.deduper.seen)}
+                    snapshot = (engine.last_seq, state_hash(engine), canonical_json(document))
+                rows = projections.build(engine, result, refresh_all=bool(refresh))
+                async with self.store.pool.acquire() as connection:
+                    await self.store.write_batch(connection, expected_seq=expected, result=result, head=new_head,
+                                                 projections=rows, snapshot=snapshot)
+                self._observe(result, processor, started, len(batch))
+        finally:
+            self.progress.ready = False
+            await consumer.stop()
+
+    async def _assign(self, consumer: AIOKafkaConsumer, offsets: dict[tuple[str, int], int]) -> Merger:
+        partitions: list[TopicPartition] = []
+        for topic in self.topics.inputs:
+            available = await self._partitions(consumer, topic)
+            partitions.extend(TopicPartition(topic, p) for p in sorted(available))
+        consumer.assign(partitions)
+        merger = Merger(self.topics, max_buffered=self.settings.merge_max_buffered)
+        ends = await consumer.end_offsets(partitions) if partitions else {}
+        for tp in partitions:
+            position = offsets.get((tp.topic, tp.partition), 0)
+            if position:
+                consumer.seek(tp, position)
+            else:
+                await consumer.seek_to_beginning(tp)
+                position = await consumer.position(tp)
+            merger.assign((tp.topic, tp.partition), position)
+            merger.set_end((tp.topic, tp.partition), ends.get(tp, 0))
+        return merger
+
+    @staticmethod
+    async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+        for _ in range(50):
+            found = consumer.partitions_for_topic(topic)
+            if found:
+                return set(found)
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"input topic {topic} does not exist (run `backstop topics create`)")
+
+    def _observe(self, result: object, processor: Processor, started: float, consumed: int) -> None:
+        from backstop.pipeline.ingest import BatchResult
+
+        assert isinstance(result, BatchResult)
+        for row in result.journal:
+            metrics.EVENTS_APPLIED.labels(row.type).inc()
+        for record_type, count in result.duplicates.items():
+            metrics.EVENTS_DUPLICATE.labels(record_type).inc(count)
+        for letter in result.dead_letters:
+            metrics.EVENTS_REJECTED.labels(letter.source_topic).inc()
+        metrics.ADL_EVENTS.inc(len(result.adl_events))
+        metrics.FUND_ENTRIES.inc(len(result.fund_entries))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_RECORDS.observe(consumed)
+        engine = processor.engine
+        for fund_id in engine.funds:
+            metrics.FUND_BALANCE.labels(fund_id).set(float(engine.ledger.balance(ledger.fund(fund_id))))
+        metrics.JOURNAL_SEQ.set(engine.last_seq)
+        self.progress.seq = engine.last_seq
+        self.progress.batches += 1
+        if result.journal or result.dead_letters:
+            log.info(json.dumps({"event": "batch", "seq": engine.last_seq, "applied": len(result.journal),
+                                 "dead_letters": len(result.dead_letters),
+                                 "duplicates": sum(result.duplicates.values()), "adl_events": len(result.adl_events),
+                                 "ms": round((time.perf_counter() - started) * 1000, 2)}))
+
+
+__all__ = ["LedgerProcessor", "Progress", "asyncpg", "rebuild"]

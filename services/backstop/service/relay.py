@@ -1,0 +1,128 @@
+"""The outbox relay: publishes outbox rows, in id order, with an idempotent producer, exactly once per record id.
+
+Each row goes to the partition Kafka's default partitioner gives its key (murmur2), chosen here explicitly, and
+carries its outbox id in a header. Rows of one partition are published in id order, so on start the relay reads
+the last record of every output partition: every row of that partition with an id up to that record's header is
+already in Kafka (a crash between publishing and marking a row published leaves exactly such rows) and is marked
+published without being sent again. No record id is published twice; per key, order is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import murmur2
+
+from backstop.adapters.postgres.store import RELAY_LOCK, OutboxRow, Store
+from backstop.pipeline.topics import TopicNames
+from backstop.service import metrics
+from backstop.settings import Settings
+
+log = logging.getLogger("backstop.relay")
+OUTBOX_HEADER = "backstop-outbox-id"
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """Kafka's default partitioner for a keyed record."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+class OutboxRelay:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.topics = TopicNames(settings.topic_prefix)
+        self.published = 0
+        self.ready = False
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run_forever(self) -> None:
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                await self.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.ready = False
+                metrics.RESTARTS.labels("relay").inc()
+                log.warning("outbox relay failed (%s); restarting in %.1fs", error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def run(self) -> None:
+        async with self.store.pool.acquire() as lock_connection:
+            await lock_connection.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK)
+            try:
+                await self._run_locked()
+            finally:
+                if not lock_connection.is_closed():
+                    await lock_connection.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+
+    async def _run_locked(self) -> None:
+        settings = self.settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=5,
+            client_id="backstop-relay", request_timeout_ms=30_000, ssl_context=settings.ssl_context(),
+            **settings.kafka_client_options())
+        await producer.start()
+        try:
+            counts = {topic: len(await producer.partitions_for(topic)) for topic in self.topics.outputs}
+            published_up_to = await self._published_up_to(counts)
+            self.ready = True
+            while not self._stopping.is_set():
+                rows = await self.store.unpublished(settings.relay_batch)
+                metrics.OUTBOX_BACKLOG.set(len(rows))
+                if not rows:
+                    await asyncio.sleep(settings.relay_idle_ms / 1000)
+                    continue
+                sends = []
+                for row in rows:
+                    partition = partition_for(row.key, counts[row.topic])
+                    if row.id <= published_up_to.get((row.topic, partition), 0):
+                        continue  # already in Kafka: published before a crash, not yet marked
+                    sends.append((row, await producer.send(
+                        row.topic, row.payload.encode(), key=row.key.encode(), partition=partition,
+                        headers=[(OUTBOX_HEADER, str(row.id).encode()), ("backstop-record-id",
+                                                                           row.record_id.encode())])))
+                for row, future in sends:
+                    await future
+                    metrics.RELAY_PUBLISHED.labels(row.topic).inc()
+                await self.store.mark_published([row.id for row in rows])
+                self.published += len(sends)
+        finally:
+            self.ready = False
+            await producer.stop()
+
+    async def _published_up_to(self, counts: dict[str, int]) -> dict[tuple[str, int], int]:
+        """Per output partition, the outbox id in the header of its last record."""
+        partitions = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
+                                    enable_auto_commit=False, isolation_level="read_committed",
+                                    client_id="backstop-relay-scan", ssl_context=self.settings.ssl_context(),
+                                    **self.settings.kafka_client_options())
+        await consumer.start()
+        try:
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            found: dict[tuple[str, int], int] = {}
+            for tp in partitions:
+                if ends[tp] == 0:
+                    continue
+                consumer.seek(tp, ends[tp] - 1)
+                record = await asyncio.wait_for(consumer.getone(tp), timeout=30)
+                for name, value in record.headers or ():
+                    if name == OUTBOX_HEADER:
+                        found[(tp.topic, tp.partition)] = int(value)
+            return found
+        finally:
+            await consumer.stop()
+
+
+__all__ = ["OUTBOX_HEADER", "OutboxRelay", "OutboxRow", "partition_for"]
