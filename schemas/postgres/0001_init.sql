@@ -25,7 +25,8 @@ CREATE TABLE engine_head (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     seq         bigint  NOT NULL,
     head_hash   text    NOT NULL,
-    state_hash  text,                   -- set when a snapshot is written (computing it every batch is costly)
+    state_hash  text,                   -- set at snapshots and whenever the processor catches up (not every batch:
+    state_hash_seq bigint,              -- hashing all state is O(state)); state_hash is the hash at state_hash_seq
     ledger_head text    NOT NULL,
     adl_head    text    NOT NULL,
     duplicates  bigint  NOT NULL,

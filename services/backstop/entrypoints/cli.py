@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 
@@ -24,19 +25,34 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
     from pathlib import Path
 
-    from backstop.entrypoints.replay import ReplayError, ReplayOptions, replay
+    from backstop.entrypoints.replay import ReplayError, ReplayOptions, replay, replay_lines
 
-    options = ReplayOptions(journal=Path(args.journal), out=Path(args.out), strict=args.strict,
+    sources = [bool(args.journal), bool(args.from_postgres), bool(args.from_kafka)]
+    if sum(sources) != 1:
+        print("backstop replay: give exactly one of INPUT.jsonl, --from-postgres DSN, --from-kafka BOOTSTRAP",
+              file=sys.stderr)
+        return 2
+    options = ReplayOptions(journal=Path(args.journal or "-"), out=Path(args.out), strict=args.strict,
                             snapshot_every=args.snapshot_every,
                             from_snapshot=Path(args.from_snapshot) if args.from_snapshot else None,
                             check_conservation=args.check_conservation)
+    stored: dict[str, object] | None = None
     try:
-        result = replay(options)
+        if args.journal:
+            result = replay(options)
+        else:
+            lines, stored = asyncio.run(_stored_journal(args))
+            result = replay_lines(options, lambda skip: list(enumerate(lines, start=1))[skip:],
+                                  sum(len(x) + 1 for x in lines))
     except ReplayError as error:
         print(f"backstop replay: {error}", file=sys.stderr)
         return error.exit_code
+    except (OSError, ValueError) as error:
+        print(f"backstop replay: cannot read the stored journal: {error}", file=sys.stderr)
+        return 2
     print(f"applied {result['events_applied']} events ({result['duplicates']} duplicates, "
           f"{result['rejected']} rejected); {result['fund_ledger_entries']} fund-ledger entries, "
           f"{result['adl_events']} ADL events, {result['findings']} findings")
@@ -45,7 +61,36 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     print(f"head hash  {result['head_hash']}")
     print(f"state hash {result['state_hash']}")
     print(f"outputs in {args.out}/")
+    if stored is not None:
+        return _compare_stored(result, stored)
     return 0
+
+
+async def _stored_journal(args: argparse.Namespace) -> tuple[list[bytes], dict[str, object]]:
+    from backstop.entrypoints.sources import kafka_journal, postgres_journal
+    from backstop.settings import Settings
+
+    if args.from_postgres:
+        return await postgres_journal(args.from_postgres)
+    return await kafka_journal(Settings(kafka_bootstrap=args.from_kafka))
+
+
+def _compare_stored(result: dict[str, object], stored: dict[str, object]) -> int:
+    problems = []
+    if stored.get("seq") != result["events_applied"]:
+        problems.append(f"the store is at seq {stored.get('seq')}, its journal replays {result['events_applied']}")
+    if stored.get("seq") and stored.get("head_hash") != result["head_hash"]:
+        problems.append(f"stored head hash {stored.get('head_hash')} != replayed {result['head_hash']}")
+    if stored.get("state_hash") is not None and stored.get("state_hash_seq") == result["events_applied"]:
+        if stored["state_hash"] != result["state_hash"]:
+            problems.append(f"stored state hash {stored['state_hash']} != replayed {result['state_hash']}")
+        else:
+            print("stored state hash reproduced")
+    for problem in problems:
+        print(f"MISMATCH {problem}", file=sys.stderr)
+    if not problems:
+        print("stored head hash reproduced")
+    return 1 if problems else 0
 
 
 def _cmd_schemas(args: argparse.Namespace) -> int:
@@ -105,6 +150,43 @@ def _cmd_topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_journal_export(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from backstop.entrypoints.sources import postgres_journal
+    from backstop.settings import Settings
+
+    lines, stored = asyncio.run(postgres_journal(args.dsn or Settings().dsn()))
+    Path(args.out).write_bytes(b"".join(line + b"\n" for line in lines))
+    print(f"wrote {len(lines)} journal records (seq 1..{len(lines)}, head hash {stored.get('head_hash')}) "
+          f"to {args.out}")
+    return 0
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from backstop.entrypoints.kafka_tools import produce_file
+    from backstop.settings import Settings
+
+    counts = asyncio.run(produce_file(Settings(), Path(args.journal)))
+    print("produced " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    return 0
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from backstop.entrypoints.kafka_tools import tail
+    from backstop.settings import Settings
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(tail(Settings(), args.stream, follow=args.follow))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backstop",
@@ -114,7 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     replay = commands.add_parser("replay", help="replay a JSONL journal through the engine into an output dir")
-    replay.add_argument("journal", metavar="INPUT.jsonl", help="journal file, one record per line")
+    replay.add_argument("journal", metavar="INPUT.jsonl", nargs="?", help="journal file, one record per line")
+    replay.add_argument("--from-postgres", metavar="DSN", help="replay the journal the service stored in PostgreSQL "
+                                                               "and check the stored head and state hashes")
+    replay.add_argument("--from-kafka", metavar="BOOTSTRAP", help="replay the journal topic and check the head hash "
+                                                                  "the output topics carry (BACKSTOP_TOPIC_PREFIX)")
     replay.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
     replay.add_argument("--strict", action="store_true", help="stop at the first bad record (exit 1)")
     replay.add_argument("--snapshot-every", type=int, default=0, metavar="N",
@@ -147,6 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
     topic_commands = topics.add_subparsers(dest="topics_command", metavar="TOPICS_COMMAND", required=True)
     create_topics = topic_commands.add_parser("create", help="create the input and output topics if missing")
     create_topics.set_defaults(handler=_cmd_topics_create)
+
+    journal = commands.add_parser("journal", help="the journal the service stored")
+    journal_commands = journal.add_subparsers(dest="journal_command", metavar="JOURNAL_COMMAND", required=True)
+    export = journal_commands.add_parser("export", help="write the stored journal as a file `backstop replay` reads")
+    export.add_argument("--out", required=True, metavar="FILE.jsonl")
+    export.add_argument("--dsn", help="PostgreSQL DSN (default: $BACKSTOP_PG_DSN)")
+    export.set_defaults(handler=_cmd_journal_export)
+
+    produce = commands.add_parser("produce", help="produce a journal file's records to the input topics")
+    produce.add_argument("journal", metavar="INPUT.jsonl")
+    produce.set_defaults(handler=_cmd_produce)
+
+    tail = commands.add_parser("tail", help="print an output topic's records (JSON lines)")
+    tail.add_argument("stream", choices=["adl-events", "fund-ledger", "journal", "dead-letter"])
+    tail.add_argument("--follow", "-f", action="store_true", help="keep waiting for new records")
+    tail.set_defaults(handler=_cmd_tail)
 
     db = commands.add_parser("db", help="PostgreSQL schema management")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)

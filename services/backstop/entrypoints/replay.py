@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,19 @@ def replay(options: ReplayOptions) -> dict[str, Any]:
     journal = options.journal
     if not journal.is_file():
         raise ReplayError(f"cannot read journal {journal}: no such file", 2)
+    return replay_lines(options, lambda skip: read_lines(journal, skip=skip), journal.stat().st_size)
+
+
+def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[int, bytes]]], size: int
+                 ) -> dict[str, Any]:
+    """Replay (line number, raw record) pairs; `lines(skip)` yields those after the first `skip` lines."""
+    journal = options.journal
     if options.from_snapshot is not None:
         processor, skip = processor_from_snapshot(options.from_snapshot,
                                                   check_conservation=options.check_conservation)
     else:
         from backstop.core.engine import Engine
         processor, skip = Processor(Engine(check_conservation=options.check_conservation)), 0
-    size = journal.stat().st_size
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and
                                                                    size >= PROGRESS_MIN_BYTES)
     snapshots = options.out / "snapshots"
@@ -86,7 +93,7 @@ def replay(options: ReplayOptions) -> dict[str, Any]:
         task = progress.add_task("replay", total=size)
         done_bytes = 0
         try:
-            for number, raw in read_lines(journal, skip=skip):
+            for number, raw in lines(skip):
                 done_bytes += len(raw) + 1
                 if number % 4096 == 0:
                     progress.update(task, completed=done_bytes)

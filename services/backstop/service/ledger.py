@@ -125,6 +125,7 @@ class LedgerProcessor:
             log.info("ledger processor ready at seq %d", processor.engine.last_seq)
             last_refresh_seq, last_refresh_ts = processor.engine.last_seq, None
             positions = (head.ledger_position, head.adl_position)
+            state_hashed_at = -1
             while not self._stopping.is_set():
                 if not merger.full():
                     fetched = await consumer.getmany(timeout_ms=settings.batch_max_wait_ms,
@@ -139,6 +140,9 @@ class LedgerProcessor:
                             merger.set_end((tp.topic, tp.partition), highwater)
                 batch = merger.release(settings.batch_max_records)
                 if not batch:
+                    if state_hashed_at != processor.engine.last_seq:  # caught up: record the state hash once
+                        state_hashed_at = processor.engine.last_seq
+                        await self.store.record_state_hash(state_hashed_at, state_hash(processor.engine))
                     continue
                 started = time.perf_counter()
                 expected = processor.engine.last_seq

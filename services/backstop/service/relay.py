@@ -26,7 +26,8 @@ OUTBOX_HEADER = "backstop-outbox-id"
 
 def partition_for(key: str, partitions: int) -> int:
     """Kafka's default partitioner for a keyed record."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    partition: int = (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return partition
 
 
 class OutboxRelay:

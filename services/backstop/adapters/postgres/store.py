@@ -111,9 +111,11 @@ class Store:
                 [(t, p, o) for (t, p), o in sorted(result.next_offsets.items())])
             await connection.execute(
                 "INSERT INTO engine_head (singleton, seq, head_hash, ledger_head, adl_head, duplicates, rejected, "
-                "state_hash) VALUES (true, $1, $2, $3, $4, $5, $6, $7) ON CONFLICT (singleton) DO UPDATE SET "
+                "state_hash, state_hash_seq) VALUES (true, $1::bigint, $2, $3, $4, $5, $6, $7::text, "
+                "CASE WHEN $7::text IS NULL THEN NULL ELSE $1::bigint END) ON CONFLICT (singleton) DO UPDATE SET "
                 "seq = $1, head_hash = $2, ledger_head = $3, adl_head = $4, duplicates = $5, rejected = $6, "
-                "state_hash = coalesce($7, engine_head.state_hash)",
+                "state_hash = coalesce($7, engine_head.state_hash), "
+                "state_hash_seq = CASE WHEN $7::text IS NULL THEN engine_head.state_hash_seq ELSE $1::bigint END",
                 head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected,
                 snapshot[1] if snapshot else None)
             if snapshot is not None:
@@ -190,6 +192,15 @@ class Store:
             await connection.execute("DELETE FROM adl_queue")
             await connection.copy_records_to_table("adl_queue", records=projections.adl_queue, columns=[
                 "symbol", "side", "account_id", "rank", "score", "quantile", "seq"])
+
+    async def record_state_hash(self, seq: int, value: str) -> None:
+        """The state hash at seq, written only if the journal head is still at seq."""
+        await self.pool.execute("UPDATE engine_head SET state_hash = $2, state_hash_seq = $1 WHERE seq = $1",
+                                seq, value)
+
+    async def stored_hashes(self) -> dict[str, Any]:
+        row = await self.pool.fetchrow("SELECT seq, head_hash, state_hash, state_hash_seq FROM engine_head")
+        return dict(row) if row else {"seq": 0, "head_hash": None, "state_hash": None, "state_hash_seq": None}
 
     # ---------------------------------------------------------------- outbox
     async def unpublished(self, limit: int) -> list[OutboxRow]:
