@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from backstop import faults
 from backstop.adapters.postgres.store import WRITER_LOCK, Head, Store
 from backstop.core import ledger
 from backstop.core.dedupe import Deduper
@@ -166,6 +167,7 @@ class LedgerProcessor:
                 async with self.store.pool.acquire() as connection:
                     await self.store.write_batch(connection, expected_seq=expected, result=result, head=new_head,
                                                  projections=rows, snapshot=snapshot)
+                faults.reached("after_commit")
                 self._observe(result, processor, started, len(batch))
         finally:
             self.progress.ready = False

@@ -15,6 +15,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
+from backstop import faults
 from backstop.adapters.postgres.store import RELAY_LOCK, OutboxRow, Store
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
@@ -95,6 +96,8 @@ class OutboxRelay:
                 for row, future in sends:
                     await future
                     metrics.RELAY_PUBLISHED.labels(row.topic).inc()
+                if sends:
+                    faults.reached("relay_after_send")
                 await self.store.mark_published([row.id for row in rows])
                 self.published += len(sends)
         finally:

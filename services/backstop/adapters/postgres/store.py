@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from backstop import faults
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.pipeline.ingest import BatchResult
@@ -122,6 +123,7 @@ class Store:
                 await connection.execute(
                     "INSERT INTO snapshots (seq, state_hash, document) VALUES ($1, $2, $3)",
                     snapshot[0], snapshot[1], snapshot[2].decode())
+            faults.reached("in_transaction")
 
     async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head) -> None:
         if result.journal:
