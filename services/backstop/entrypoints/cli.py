@@ -13,11 +13,25 @@ from backstop import __version__
 def _cmd_db_migrate(args: argparse.Namespace) -> int:
     import asyncio
 
-    from backstop.adapters.postgres.migrations import migrate
+    import asyncpg
+
+    from backstop.adapters.postgres.migrations import MigrationError, migrate
     from backstop.settings import Settings
 
     dsn = args.dsn or Settings().dsn()
-    applied = asyncio.run(migrate(dsn))
+    try:
+        applied = asyncio.run(migrate(dsn))
+    except MigrationError as error:
+        print(f"backstop db migrate: refused: {error}", file=sys.stderr)
+        return 1
+    except (OSError, TimeoutError) as error:
+        print(f"backstop db migrate: cannot reach PostgreSQL ({error}); is it running? "
+              "(deploy/local/postgres start)", file=sys.stderr)
+        return 1
+    except asyncpg.PostgresError as error:
+        print(f"backstop db migrate: PostgreSQL refused ({type(error).__name__}: {error}); "
+              "nothing of the failing migration was applied", file=sys.stderr)
+        return 1
     for version in applied:
         print(f"applied {version}")
     print(f"schema up to date ({len(applied)} migration(s) applied now)")

@@ -28,8 +28,13 @@ class Migration:
     sql: str
 
     @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
+        # Line endings normalized, so a checkout with CRLF endings does not look like an edited migration.
+        return hashlib.sha256(self.sql.replace("\r\n", "\n").encode()).hexdigest()
 
 
 def migrations_dir() -> Path:
@@ -40,7 +45,7 @@ def discover(directory: Path | None = None) -> list[Migration]:
     directory = directory or migrations_dir()
     if not directory.is_dir():
         raise MigrationError(f"no migrations directory at {directory} (set BACKSTOP_MIGRATIONS_DIR)")
-    found = []
+    found: list[Migration] = []
     for path in sorted(directory.glob("*.sql")):
         version = path.stem.split("_", 1)[0]
         if not version.isdigit():
@@ -49,11 +54,17 @@ def discover(directory: Path | None = None) -> list[Migration]:
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"two migration files share a version in {directory}")
+    if not found:
+        raise MigrationError(f"no migration files (NNNN_description.sql) in {directory}")
     return found
 
 
 async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
-    """Apply the pending migrations; returns the versions applied now (empty when up to date)."""
+    """Apply the pending migrations, each in its own transaction, holding an advisory lock so that two
+    migrators never interleave; returns the versions applied now (empty when up to date).
+
+    Raises MigrationError, before changing anything, when an applied file changed or the database knows
+    migrations this directory does not."""
     pending = discover(directory)
     connection = await asyncpg.connect(dsn, timeout=30)
     try:
@@ -64,6 +75,10 @@ async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
                 "applied_at timestamptz NOT NULL DEFAULT now())")
             applied = {r["version"]: r["checksum"] for r in
                        await connection.fetch("SELECT version, checksum FROM schema_migrations")}
+            unknown = sorted(set(applied) - {m.version for m in pending})
+            if unknown:
+                raise MigrationError(f"the database has migration(s) {', '.join(unknown)} applied that are not in "
+                                     f"{pending[0].path.parent}: it was migrated by a newer (or different) backstop")
             done: list[str] = []
             for migration in pending:
                 if migration.version in applied:
