@@ -1,0 +1,110 @@
+"""`backstop db migrate` against a real PostgreSQL: idempotent, checksummed, serialized by an advisory lock."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from backstop.adapters.postgres.migrations import MigrationError, discover, migrate
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+MIGRATIONS = REPO / "schemas" / "postgres"
+
+
+async def _cli_migrate(dsn: str, migrations_dir: Path | None = None) -> tuple[int, str, str]:
+    env = dict(os.environ)
+    env.pop("BACKSTOP_MIGRATIONS_DIR", None)
+    if migrations_dir is not None:
+        env["BACKSTOP_MIGRATIONS_DIR"] = str(migrations_dir)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "backstop.entrypoints.cli", "db", "migrate", "--dsn", dsn, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def _applied(dsn: str) -> dict[str, str]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch("SELECT version, checksum FROM schema_migrations ORDER BY version")
+    finally:
+        await connection.close()
+    return {r["version"]: r["checksum"] for r in rows}
+
+
+async def test_db_migrate_applies_everything_once_then_nothing(empty_database: str) -> None:
+    expected = discover(MIGRATIONS)
+    code, out, err = await _cli_migrate(empty_database)
+    assert code == 0, err
+    assert [line.removeprefix("applied ") for line in out.splitlines() if line.startswith("applied ")] == [
+        m.version for m in expected]
+    assert f"({len(expected)} migration(s) applied now)" in out
+    assert await _applied(empty_database) == {m.version: m.checksum for m in expected}
+
+    code, out, err = await _cli_migrate(empty_database)
+    assert code == 0, err
+    assert "applied 0" not in out
+    assert "(0 migration(s) applied now)" in out
+    assert await _applied(empty_database) == {m.version: m.checksum for m in expected}
+
+
+async def test_db_migrate_refuses_a_migration_edited_after_it_was_applied(empty_database: str,
+                                                                         tmp_path: Path) -> None:
+    directory = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, directory)
+    code, _, err = await _cli_migrate(empty_database, directory)
+    assert code == 0, err
+    before = await _applied(empty_database)
+
+    first = sorted(directory.glob("*.sql"))[0]
+    first.write_text(first.read_text() + "\n-- an innocent-looking edit\n")
+    code, _, err = await _cli_migrate(empty_database, directory)
+    assert code == 1
+    assert f"migration {first.name} changed after it was applied" in err
+    assert "write a new migration instead" in err
+    assert "Traceback" not in err
+    assert await _applied(empty_database) == before
+
+
+async def test_db_migrate_refuses_a_database_migrated_by_a_newer_backstop(empty_database: str,
+                                                                         tmp_path: Path) -> None:
+    directory = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, directory)
+    (directory / "9999_from_the_future.sql").write_text("CREATE TABLE from_the_future (x int);\n")
+    assert "9999" in await migrate(empty_database, directory)
+
+    (directory / "9999_from_the_future.sql").unlink()
+    with pytest.raises(MigrationError, match="9999"):
+        await migrate(empty_database, directory)
+
+
+async def test_a_failing_migration_leaves_nothing_behind(empty_database: str, tmp_path: Path) -> None:
+    directory = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, directory)
+    (directory / "9998_half_done.sql").write_text("CREATE TABLE half_done (x int);\nSELECT no_such_function();\n")
+    with pytest.raises(asyncpg.PostgresError):
+        await migrate(empty_database, directory)
+    applied = await _applied(empty_database)
+    assert "9998" not in applied
+    assert set(applied) == {m.version for m in discover(MIGRATIONS)}  # the good ones before it stay applied
+    connection = await asyncpg.connect(empty_database)
+    try:
+        assert await connection.fetchval("SELECT to_regclass('half_done')") is None
+    finally:
+        await connection.close()
+
+
+async def test_two_migrators_at_once_apply_each_migration_once(empty_database: str) -> None:
+    first, second = await asyncio.gather(migrate(empty_database), migrate(empty_database))
+    expected = [m.version for m in discover(MIGRATIONS)]
+    assert sorted([first, second], key=len) == [[], expected]
+    assert list(await _applied(empty_database)) == expected
