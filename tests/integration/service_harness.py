@@ -1,0 +1,164 @@
+"""Running the service for tests: in-process loops, or `backstop serve` as a real process that can be killed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from backstop.adapters.postgres.store import Store
+from backstop.entrypoints.kafka_tools import read_topic
+from backstop.pipeline.topics import TopicNames
+from backstop.service.app import ensure_topics
+from backstop.service.ledger import LedgerProcessor
+from backstop.service.relay import OutboxRelay
+from backstop.settings import Settings
+
+BACKSTOP = Path(sys.executable).parent / "backstop"
+
+
+def settings_for(bootstrap: str, dsn: str, prefix: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"kafka_bootstrap": bootstrap, "pg_dsn": dsn, "topic_prefix": prefix,
+                              "input_partitions": 1, "output_partitions": 3, "batch_max_wait_ms": 20,
+                              "relay_idle_ms": 10, "check_conservation": True}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def in_process(settings: Settings) -> AsyncIterator[tuple[LedgerProcessor, OutboxRelay]]:
+    """The ledger processor and the relay as tasks of this event loop (what `backstop serve` hosts)."""
+    await asyncio.to_thread(ensure_topics, settings)
+    store = await Store.open(settings.dsn(), max_size=6)
+    processor, relay = LedgerProcessor(settings, store), OutboxRelay(settings, store)
+    tasks = [asyncio.create_task(processor.run_forever()), asyncio.create_task(relay.run_forever())]
+    try:
+        yield processor, relay
+    finally:
+        processor.stop()
+        relay.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class ServeProcess:
+    """`backstop serve` in a child process, configured by environment variables, as an operator runs it."""
+
+    def __init__(self, settings: Settings, log: Path, fault: str | None = None) -> None:
+        self.port = free_port()
+        env = {**os.environ, "BACKSTOP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "BACKSTOP_PG_DSN": settings.dsn(),
+               "BACKSTOP_TOPIC_PREFIX": settings.topic_prefix, "BACKSTOP_WEB_PORT": str(self.port),
+               "BACKSTOP_INPUT_PARTITIONS": str(settings.input_partitions),
+               "BACKSTOP_OUTPUT_PARTITIONS": str(settings.output_partitions),
+               "BACKSTOP_BATCH_MAX_RECORDS": str(settings.batch_max_records),
+               "BACKSTOP_BATCH_MAX_WAIT_MS": str(settings.batch_max_wait_ms),
+               "BACKSTOP_RELAY_BATCH": str(settings.relay_batch),
+               "BACKSTOP_SNAPSHOT_EVERY_EVENTS": str(settings.snapshot_every_events),
+               "BACKSTOP_CHECK_CONSERVATION": "true"}
+        env.pop("BACKSTOP_FAULT_INJECT", None)
+        if fault:
+            env["BACKSTOP_FAULT_INJECT"] = fault
+        self.log = log
+        self.handle = log.open("ab")
+        self.process = subprocess.Popen([str(BACKSTOP), "serve"], env=env, stdout=self.handle,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def wait_healthy(self, timeout: float = 90) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"backstop serve exited with {self.process.returncode}: "
+                                     f"{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"backstop serve not healthy after {timeout}s: {self.log.read_text()[-3000:]}")
+
+    def wait_exit(self, timeout: float = 90) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.handle.close()
+
+
+async def wait_caught_up(dsn: str, *, applied: int, timeout: float = 90) -> None:
+    """Until the journal holds `applied` events and every outbox row is published."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seq = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
+            backlog = await connection.fetchval("SELECT count(*) FROM outbox WHERE NOT published")
+            if seq >= applied and backlog == 0:
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"not caught up after {timeout}s: seq {seq} of {applied}, {backlog} unpublished")
+    finally:
+        await connection.close()
+
+
+async def stored(dsn: str) -> dict[str, Any]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        head = await connection.fetchrow("SELECT * FROM engine_head")
+        return {
+            "head": dict(head) if head else None,
+            "fund_ledger": [orjson.loads(r["record"]) for r in
+                            await connection.fetch("SELECT record FROM fund_ledger ORDER BY position")],
+            "adl_events": [orjson.loads(r["record"]) for r in
+                           await connection.fetch("SELECT record FROM adl_events ORDER BY position")],
+            "dead_letter": [dict(r) for r in await connection.fetch(
+                "SELECT source_topic, source_partition, source_offset, reason FROM dead_letter ORDER BY id")],
+            "journal": await connection.fetchval("SELECT count(*) FROM journal"),
+        }
+    finally:
+        await connection.close()
+
+
+async def published(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    """Every record on the output topics, by topic name suffix."""
+    topics = TopicNames(settings.topic_prefix)
+    result: dict[str, list[dict[str, Any]]] = {}
+    for name, topic in (("journal", topics.journal), ("fund-ledger", topics.fund_ledger),
+                        ("adl-events", topics.adl_events), ("dead-letter", topics.dead_letter)):
+        result[name] = [orjson.loads(v) async for _, _, v in read_topic(settings, topic, follow=False,
+                                                                        idle_timeout_s=1.0)]
+    return result

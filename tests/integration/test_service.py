@@ -1,0 +1,169 @@
+"""The service against the real broker and database: same ledger as `backstop replay`, duplicates dropped,
+bad input dead-lettered, and kill -9 at any point ends with exactly the ledger of an uninterrupted run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from service_harness import ServeProcess, in_process, published, settings_for, stored, wait_caught_up
+
+from backstop.entrypoints.cli import main as cli
+from backstop.entrypoints.kafka_tools import produce_file
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "examples").glob("*.jsonl"))
+
+
+def replay_file(journal: Path, out: Path) -> dict[str, Any]:
+    assert cli(["replay", str(journal), "--out", str(out)]) == 0
+    lines = {name: [json.loads(x) for x in (out / f"{name}.jsonl").read_text().splitlines()]
+             for name in ("fund-ledger", "adl-events")}
+    return {"summary": json.loads((out / "summary.json").read_text()), **lines}
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+async def test_the_service_gives_what_backstop_replay_gives(example: Path, tmp_path: Path, kafka_bootstrap: str,
+                                                           topic_prefix: str, migrated_database: str) -> None:
+    expected = replay_file(example, tmp_path / "replay")
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}{example.stem[:2]}.")
+    async with in_process(settings):
+        await produce_file(settings, example)
+        await wait_caught_up(migrated_database, applied=expected["summary"]["events_applied"])
+    have = await stored(migrated_database)
+    assert have["fund_ledger"] == expected["fund-ledger"]
+    assert have["adl_events"] == expected["adl-events"]
+    assert have["head"]["head_hash"] == expected["summary"]["head_hash"]
+    assert have["head"]["state_hash"] == expected["summary"]["state_hash"]
+    out = await published(settings)
+    assert sorted(out["fund-ledger"], key=lambda r: r["id"]) == sorted(expected["fund-ledger"], key=lambda r: r["id"])
+    assert sorted(out["adl-events"], key=lambda r: r["id"]) == sorted(expected["adl-events"], key=lambda r: r["id"])
+    assert [r["seq"] for r in sorted(out["journal"], key=lambda r: r["seq"])] == list(
+        range(1, expected["summary"]["events_applied"] + 1))
+    # the stored journal replays to the stored hashes, and exports as a file that replays the same
+    assert await asyncio.to_thread(cli, ["replay", "--from-postgres", migrated_database, "--out",
+                                         str(tmp_path / "pg")]) == 0
+    export = tmp_path / "export.jsonl"
+    assert await asyncio.to_thread(cli, ["journal", "export", "--dsn", migrated_database, "--out", str(export)]) == 0
+    assert replay_file(export, tmp_path / "again")["summary"]["head_hash"] == expected["summary"]["head_hash"]
+
+
+async def test_duplicates_are_dropped_and_bad_input_is_dead_lettered(tmp_path: Path, kafka_bootstrap: str,
+                                                                    topic_prefix: str, migrated_database: str) -> None:
+    example = REPO / "examples" / "01-isolated-liquidation-surplus.jsonl"
+    expected = replay_file(example, tmp_path / "replay")
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}bad.")
+    fills = f"{settings.topic_prefix}fills"
+    async with in_process(settings):
+        await produce_file(settings, example)
+        await wait_caught_up(migrated_database, applied=9)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
+        await producer.start()
+        try:
+            for value in (b"{not json", b'{"ts": 1, "fill_id": "x"}', b'{"type": "mark", "ts": 1}'):
+                await producer.send_and_wait(fills, value, key=b"u9")
+            await producer.send_and_wait(f"{settings.topic_prefix}marks", orjson.dumps(
+                {"ts": 1760000000009, "symbol": "NOPE", "mark_price": "1"}), key=b"NOPE")
+        finally:
+            await producer.stop()
+        await produce_file(settings, example)  # every record again: all duplicates
+        await wait_caught_up(migrated_database, applied=9)
+        await _until(lambda: _dead_letters(migrated_database), 4)
+    have = await stored(migrated_database)
+    assert have["journal"] == 9 and have["head"]["duplicates"] == 9
+    assert have["head"]["head_hash"] == expected["summary"]["head_hash"]
+    reasons = [(d["source_topic"].split(".")[-1], d["reason"].split(":")[0]) for d in have["dead_letter"]]
+    assert reasons == [("fills", "Invalid JSON"), ("fills", "fill.account_id"), ("fills", "a 'mark' record on the fill "
+                                                                                         "topic " + fills),
+                       ("marks", "unknown symbol NOPE")]
+    assert [d["source_offset"] for d in have["dead_letter"][:3]] == [2, 3, 4]  # after the two fills of the example
+    out = await published(settings)
+    assert len(out["dead-letter"]) == 4 and out["dead-letter"][0]["raw"] == "{not json"
+    assert len(out["fund-ledger"]) == len({r["id"] for r in out["fund-ledger"]}) == 2
+
+
+async def _dead_letters(dsn: str) -> int:
+    return len((await stored(dsn))["dead_letter"])
+
+
+async def _until(probe: Any, value: int, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await probe() >= value:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {value}")
+
+
+def _generated_journal(path: Path, events: int, seed: int) -> Path:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from journal_gen import generate
+
+    generate(path, events=events, seed=seed)
+    return path
+
+
+async def test_kill_9_anywhere_ends_with_the_ledger_of_an_uninterrupted_run(
+        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
+    journal = _generated_journal(tmp_path / "journal.jsonl", 3000, seed=7)
+    run_id = secrets.token_hex(2)
+    common = {"input_partitions": 3, "batch_max_records": 150, "relay_batch": 40, "snapshot_every_events": 700}
+
+    reference_dsn = await databases.create(f"_ref{run_id}")
+    faulted_dsn = await databases.create(f"_flt{run_id}")
+    from backstop.adapters.postgres.migrations import migrate
+
+    await migrate(reference_dsn)
+    await migrate(faulted_dsn)
+    reference = settings_for(kafka_bootstrap, reference_dsn, f"{topic_prefix}ref{run_id}.", **common)
+    faulted = settings_for(kafka_bootstrap, faulted_dsn, f"{topic_prefix}flt{run_id}.", **common)
+    expected = replay_file(journal, tmp_path / "replay")["summary"]["events_applied"]  # the count; order may differ
+
+    serve = ServeProcess(reference, tmp_path / "reference.log")
+    try:
+        serve.wait_healthy()
+        await produce_file(reference, journal)
+        await wait_caught_up(reference_dsn, applied=expected, timeout=180)
+    finally:
+        serve.stop()
+
+    from backstop.service.app import ensure_topics
+
+    ensure_topics(faulted)
+    await produce_file(faulted, journal)  # same contents, same partitions and offsets as the reference run
+    for fault in ("in_transaction@3", "after_commit@4", "relay_after_send@3", "in_transaction@2"):
+        crashed = ServeProcess(faulted, tmp_path / "faulted.log", fault=fault)
+        assert crashed.wait_exit(timeout=180) == -9, f"{fault}: {(tmp_path / 'faulted.log').read_text()[-2000:]}"
+        crashed.stop()
+    serve = ServeProcess(faulted, tmp_path / "faulted.log")
+    try:
+        serve.wait_healthy()
+        await asyncio.sleep(1.0)
+        serve.kill()  # and once more from outside, at whatever point it is
+        serve.stop()
+        serve = ServeProcess(faulted, tmp_path / "faulted.log")
+        serve.wait_healthy()
+        await wait_caught_up(faulted_dsn, applied=expected, timeout=180)
+    finally:
+        serve.stop()
+
+    want, have = await stored(reference_dsn), await stored(faulted_dsn)
+    assert have["journal"] == want["journal"] == expected
+    assert have["fund_ledger"] == want["fund_ledger"]
+    assert have["adl_events"] == want["adl_events"]
+    assert have["head"]["head_hash"] == want["head"]["head_hash"]
+    assert have["head"]["state_hash"] == want["head"]["state_hash"]
+    out_want, out_have = await published(reference), await published(faulted)
+    for stream in ("journal", "fund-ledger", "adl-events"):
+        ids = [r["id"] for r in out_have[stream]]
+        assert len(ids) == len(set(ids)), f"{stream}: a record id was published twice"
+        assert sorted(ids) == sorted(r["id"] for r in out_want[stream]), stream
