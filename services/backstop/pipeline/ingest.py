@@ -53,11 +53,38 @@ class DeadLetter:
     reason: str
     raw: bytes
 
-    def payload(self) -> dict[str, Any]:
-        return {"schema_version": 1, "id": f"dl-{self.source_topic}-{self.source_partition}-{self.source_offset}",
-                "source_topic": self.source_topic, "source_partition": self.source_partition,
-                "source_offset": self.source_offset, "reason": self.reason,
-                "raw": self.raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace")}
+    def record(self) -> DeadLetterRecord:
+        return DeadLetterRecord(1, f"dl-{self.source_topic}-{self.source_partition}-{self.source_offset}",
+                                self.source_topic, self.source_partition, self.source_offset, self.reason,
+                                self.raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace"))
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """A record of the dead-letter topic: an input that was not applied, and why."""
+
+    schema_version: int
+    id: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    reason: str
+    raw: str  # the input as text (undecodable bytes replaced), at most 64 KiB
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    """A record of the journal topic: one accepted input with the seq that orders it."""
+
+    schema_version: int
+    id: str
+    seq: int
+    ts: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    payload_hash: str  # sha256 of the canonical JSON of `record`
+    record: dict[str, Any]  # the input record as `backstop replay` reads it (with its "type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +161,10 @@ def ingest_batch(processor: Processor, batch: list[Consumed], topics: TopicNames
                          payload, hashlib.sha256(payload).hexdigest())
         result.journal.append(row)
         fields = orjson.loads(payload)
-        result.outbox.append(OutboxMessage(topics.journal, input_key(record_type, fields), f"j-{row.seq}",
-                                           canonical_json({"schema_version": 1, "id": f"j-{row.seq}",
-                                                           "seq": row.seq, "ts": row.ts,
-                                                           "source_topic": row.source_topic,
-                                                           "source_partition": row.source_partition,
-                                                           "source_offset": row.source_offset,
-                                                           "payload_hash": row.payload_hash, "record": fields})))
+        envelope = JournalRecord(1, f"j-{row.seq}", row.seq, row.ts, row.source_topic, row.source_partition,
+                                 row.source_offset, row.payload_hash, fields)
+        result.outbox.append(OutboxMessage(topics.journal, input_key(record_type, fields), envelope.id,
+                                           canonical_json(record_dict(envelope))))
         _touch(result, record)
         effects = outcome.effects
         for entry in effects.fund_entries:
@@ -168,6 +192,6 @@ def _touch(result: BatchResult, record: AnyRecord) -> None:
 def _dead(result: BatchResult, message: Consumed, reason: str, topics: TopicNames) -> None:
     letter = DeadLetter(message.topic, message.partition, message.offset, reason, message.value or b"")
     result.dead_letters.append(letter)
-    payload = letter.payload()
-    result.outbox.append(OutboxMessage(topics.dead_letter, f"{message.topic}:{message.partition}", payload["id"],
-                                       canonical_json(payload)))
+    record = letter.record()
+    result.outbox.append(OutboxMessage(topics.dead_letter, f"{message.topic}:{message.partition}", record.id,
+                                       canonical_json(record_dict(record))))

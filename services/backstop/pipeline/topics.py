@@ -61,10 +61,14 @@ class TopicNames:
         return "dead-letter"
 
 
-def input_key(record_type: str, fields: dict[str, object]) -> str:
+def input_key_field(record_type: str) -> str:
     """DESIGN section 5: fund_id for funds; symbol for marks, funding and instruments; account_id otherwise."""
     if record_type == "fund":
-        return str(fields["fund_id"])
+        return "fund_id"
     if record_type in ("mark", "funding", "instrument"):
-        return str(fields["symbol"])
-    return str(fields["account_id"])
+        return "symbol"
+    return "account_id"
+
+
+def input_key(record_type: str, fields: dict[str, object]) -> str:
+    return str(fields[input_key_field(record_type)])
