@@ -135,10 +135,12 @@ class LedgerProcessor:
                         merger.add(Consumed(r.topic, r.partition, r.offset, r.key, r.value) for r in records)
                         metrics.EVENTS_IN.labels(self.topics.type_of(tp.topic) or "unknown").inc(len(records))
                     for tp in consumer.assignment():
-                        merger.advance((tp.topic, tp.partition), await consumer.position(tp))
+                        position = await consumer.position(tp)
+                        merger.advance((tp.topic, tp.partition), position)
                         highwater = consumer.highwater(tp)
                         if highwater is not None:
                             merger.set_end((tp.topic, tp.partition), highwater)
+                            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(highwater - position)
                 batch = merger.release(settings.batch_max_records)
                 if not batch:
                     if state_hashed_at != processor.engine.last_seq:  # caught up: record the state hash once
