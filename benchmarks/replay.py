@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -59,13 +58,21 @@ def validate_only(path: Path) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
+# `backstop replay` in a child process that reports its own peak RSS (kB) on its last stderr line.
+_CLI_WITH_PEAK = ("import resource, sys\n"
+                  "from backstop.entrypoints.cli import main\n"
+                  "code = main(sys.argv[1:])\n"
+                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+                  "sys.exit(code)\n")
+
+
 def backstop_replay(path: Path) -> tuple[float, dict[str, Any], int]:
-    backstop = Path(sys.executable).parent / "backstop"
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        subprocess.run([str(backstop), "replay", str(path), "--out", out], check=True, capture_output=True)
+        run = subprocess.run([sys.executable, "-c", _CLI_WITH_PEAK, "replay", str(path), "--out", out], check=True,
+                             capture_output=True, text=True)
         elapsed = time.perf_counter() - started
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        peak_kib = int(run.stderr.strip().splitlines()[-1])
         summary = json.loads((Path(out) / "summary.json").read_text())
     return elapsed, summary, peak_kib
 

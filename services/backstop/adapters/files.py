@@ -6,12 +6,13 @@ adl-events.jsonl, findings.jsonl, dead-letter.jsonl, and snapshots/ when asked f
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+import orjson
 
 from backstop.core.engine import Effects
 from backstop.core.hashing import canonical_json, record_dict
@@ -33,7 +34,7 @@ def read_lines(path: Path, *, skip: int = 0) -> Iterator[tuple[int, bytes]]:
 def write_json(path: Path, document: Any) -> None:
     """Pretty, sorted JSON written atomically (temp file + rename)."""
     temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    temporary.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
     os.replace(temporary, path)
 
 
