@@ -97,8 +97,9 @@ def kafka_bootstrap() -> str:
     """The broker's bootstrap address, after checking that a broker answers there."""
     first = KAFKA_BOOTSTRAP.split(",")[0].strip()
     host, port = _host_port(first, 9092)
-    how = ("Start it with `deploy/local/kafka start` (or run the whole suite with `scripts/test`, which starts "
-           "and stops it), or point BACKSTOP_KAFKA_BOOTSTRAP at a running broker.")
+    start = "deploy/local/kafka start" if port == 9092 else f"BACKSTOP_KAFKA_PORT={port} deploy/local/kafka start"
+    how = (f"Start it with `{start}` (or run the whole suite with `scripts/test`, which starts and stops it), "
+           "or point BACKSTOP_KAFKA_BOOTSTRAP at a running broker.")
     error = _tcp_error(host, port)
     if error is not None:
         pytest.fail(f"Kafka broker not reachable at {host}:{port} (BACKSTOP_KAFKA_BOOTSTRAP={KAFKA_BOOTSTRAP}): "
@@ -172,9 +173,11 @@ def make_topics(kafka_admin: KafkaAdminClient, topic_prefix: str) -> Callable[..
 async def pg_server_dsn() -> str:
     """A DSN on the PostgreSQL server whose role may create databases, after checking it answers."""
     parts = urlsplit(PG_SERVER_DSN)
-    where = f"{parts.hostname or '127.0.0.1'}:{parts.port or 5432}"
-    how = ("Start it with `deploy/local/postgres start` (or run the whole suite with `scripts/test`, which starts "
-           "and stops it), or point BACKSTOP_TEST_PG_DSN at a server whose role may CREATE DATABASE.")
+    port = parts.port or 5432
+    where = f"{parts.hostname or '127.0.0.1'}:{port}"
+    start = "deploy/local/postgres start" if port == 5432 else f"BACKSTOP_PG_PORT={port} deploy/local/postgres start"
+    how = (f"Start it with `{start}` (or run the whole suite with `scripts/test`, which starts and stops it), "
+           "or point BACKSTOP_TEST_PG_DSN at a server whose role may CREATE DATABASE.")
     problem = None
     try:
         connection = await asyncpg.connect(PG_SERVER_DSN, timeout=5)
