@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 
 from backstop.adapters.postgres.store import Store
-from backstop.entrypoints.kafka_tools import read_topic
+from backstop.entrypoints.kafka_tools import end_offsets, read_topic
 from backstop.pipeline.topics import TopicNames
 from backstop.service.app import ensure_topics
 from backstop.service.ledger import LedgerProcessor
@@ -119,20 +119,31 @@ class ServeProcess:
         self.handle.close()
 
 
-async def wait_caught_up(dsn: str, *, applied: int, timeout: float = 90) -> None:
-    """Until the journal holds `applied` events and every outbox row is published."""
+async def wait_caught_up(dsn: str, *, applied: int | None = None, ends: dict[tuple[str, int], int] | None = None,
+                         timeout: float = 90) -> None:
+    """Until the journal holds `applied` events (or every input partition is consumed up to `ends`) and every
+    outbox row is published."""
     connection = await asyncpg.connect(dsn)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             seq = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
             backlog = await connection.fetchval("SELECT count(*) FROM outbox WHERE NOT published")
-            if seq >= applied and backlog == 0:
+            offsets = {(r["topic"], r["partition"]): r["next_offset"]
+                       for r in await connection.fetch("SELECT * FROM consumed_offsets")}
+            consumed = ends is None or all(offsets.get(tp, 0) >= end for tp, end in ends.items() if end > 0)
+            if (applied is None or seq >= applied) and consumed and backlog == 0:
                 return
             await asyncio.sleep(0.2)
-        raise AssertionError(f"not caught up after {timeout}s: seq {seq} of {applied}, {backlog} unpublished")
+        raise AssertionError(f"not caught up after {timeout}s: seq {seq} (want {applied}), offsets {offsets} "
+                             f"(want {ends}), {backlog} unpublished")
     finally:
         await connection.close()
+
+
+async def input_ends(settings: Settings) -> dict[tuple[str, int], int]:
+    """The end offset of every input partition."""
+    return await end_offsets(settings, list(TopicNames(settings.topic_prefix).inputs))
 
 
 async def stored(dsn: str) -> dict[str, Any]:

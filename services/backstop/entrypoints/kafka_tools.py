@@ -74,6 +74,22 @@ async def read_topic(settings: Settings, topic: str, *, follow: bool, idle_timeo
         await consumer.stop()
 
 
+async def end_offsets(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
+    """The end offset of every partition of the given topics."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                                client_id="backstop-offsets", ssl_context=settings.ssl_context(),
+                                **settings.kafka_client_options())
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        return {(tp.topic, tp.partition): end for tp, end in ends.items()}
+    finally:
+        await consumer.stop()
+
+
 async def tail(settings: Settings, stream: str, *, follow: bool) -> int:
     topics = TopicNames(settings.topic_prefix)
     topic = {"adl-events": topics.adl_events, "fund-ledger": topics.fund_ledger, "journal": topics.journal,

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import faust
+from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backstop.adapters.kafka import admin
@@ -33,9 +34,22 @@ def ensure_topics(settings: Settings) -> list[str]:
     return created
 
 
+class _LifecycleOnly(BootStrategy):
+    """faust hosts the worker lifecycle, the tasks and the web views; it joins no consumer group and owns no
+    producer, so a restarted worker never waits for a killed one's group session to expire."""
+
+    enable_kafka_consumer = False
+    enable_kafka_producer = False
+
+
+class ServiceApp(faust.App):
+    BootStrategy = _LifecycleOnly
+
+
 def create_app(settings: Settings) -> faust.App:
-    app = faust.App(
-        "backstop", broker=f"kafka://{settings.kafka_bootstrap}", store="memory://", autodiscover=False,
+    app = ServiceApp(
+        f"{settings.topic_prefix}service", broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
+        autodiscover=False,
         web_host=settings.web_host, web_port=settings.web_port, web_in_thread=False, topic_partitions=1,
         topic_replication_factor=settings.replication_factor, broker_credentials=None,
         consumer_auto_offset_reset="earliest")
