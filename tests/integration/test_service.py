@@ -134,10 +134,16 @@ async def test_kill_9_anywhere_ends_with_the_ledger_of_an_uninterrupted_run(
     await migrate(faulted_dsn)
     reference = settings_for(kafka_bootstrap, reference_dsn, f"{topic_prefix}ref{run_id}.", **common)
     faulted = settings_for(kafka_bootstrap, faulted_dsn, f"{topic_prefix}flt{run_id}.", **common)
+    from backstop.service.app import ensure_topics
+
+    # The order the service decides is a function of the topics' contents: both runs read the same contents,
+    # produced before the service starts (a live producer racing the service could interleave differently).
+    for settings in (reference, faulted):
+        ensure_topics(settings)
+        await produce_file(settings, journal)
     serve = ServeProcess(reference, tmp_path / "reference.log")
     try:
         serve.wait_healthy()
-        await produce_file(reference, journal)
         await wait_caught_up(reference_dsn, ends=await input_ends(reference), timeout=180)
     finally:
         serve.stop()
@@ -145,10 +151,6 @@ async def test_kill_9_anywhere_ends_with_the_ledger_of_an_uninterrupted_run(
     # reference is the service itself, uninterrupted
     expected = (await stored(reference_dsn))["journal"]
 
-    from backstop.service.app import ensure_topics
-
-    ensure_topics(faulted)
-    await produce_file(faulted, journal)  # same contents, same partitions and offsets as the reference run
     for fault in ("in_transaction@3", "after_commit@4", "relay_after_send@3", "in_transaction@2"):
         crashed = ServeProcess(faulted, tmp_path / "faulted.log", fault=fault)
         assert crashed.wait_exit(timeout=180) == -9, f"{fault}: {(tmp_path / 'faulted.log').read_text()[-2000:]}"
