@@ -101,6 +101,13 @@ class ServeProcess:
             time.sleep(0.3)
         raise AssertionError(f"backstop serve not healthy after {timeout}s: {self.log.read_text()[-3000:]}")
 
+    def get(self, path: str) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+            body: bytes = response.read()
+            return body.decode()
+
     def wait_exit(self, timeout: float = 90) -> int:
         return self.process.wait(timeout=timeout)
 

@@ -61,6 +61,15 @@ async def test_the_service_gives_what_backstop_replay_gives(example: Path, tmp_p
     export = tmp_path / "export.jsonl"
     assert await asyncio.to_thread(cli, ["journal", "export", "--dsn", migrated_database, "--out", str(export)]) == 0
     assert replay_file(export, tmp_path / "again")["summary"]["head_hash"] == expected["summary"]["head_hash"]
+    # and so does the journal topic, against the head hash the output topics carry
+    import os
+
+    os.environ["BACKSTOP_TOPIC_PREFIX"] = settings.topic_prefix
+    try:
+        assert await asyncio.to_thread(cli, ["replay", "--from-kafka", kafka_bootstrap, "--out",
+                                             str(tmp_path / "kafka")]) == 0
+    finally:
+        del os.environ["BACKSTOP_TOPIC_PREFIX"]
 
 
 async def test_duplicates_are_dropped_and_bad_input_is_dead_lettered(tmp_path: Path, kafka_bootstrap: str,
@@ -145,6 +154,11 @@ async def test_kill_9_anywhere_ends_with_the_ledger_of_an_uninterrupted_run(
     try:
         serve.wait_healthy()
         await wait_caught_up(reference_dsn, ends=await input_ends(reference), timeout=180)
+        metrics = serve.get("/metrics")
+        applied = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                      if line.startswith("backstop_events_applied_total{"))
+        assert applied == (await stored(reference_dsn))["journal"]
+        assert "backstop_outbox_backlog 0.0" in metrics and "backstop_batch_seconds_bucket" in metrics
     finally:
         serve.stop()
     # with three partitions per input topic the service's (event-time) order may differ from the file's, so the

@@ -45,7 +45,7 @@ async def produce_file(settings: Settings, path: Path, *, keep_type: bool = Fals
 
 async def read_topic(settings: Settings, topic: str, *, follow: bool, idle_timeout_s: float = 2.0
                      ) -> AsyncIterator[tuple[int, int, bytes]]:
-    """(partition, offset, value) from the beginning; stops when idle unless following."""
+    """(partition, offset, value) from the beginning; stops at the end offsets of the start, unless following."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
                                 isolation_level="read_committed", client_id="backstop-tail",
                                 ssl_context=settings.ssl_context(), **settings.kafka_client_options())
@@ -62,14 +62,12 @@ async def read_topic(settings: Settings, topic: str, *, follow: bool, idle_timeo
         await consumer.seek_to_beginning(*assigned)
         ends = await consumer.end_offsets(assigned)
         while True:
+            if not follow and all([await consumer.position(tp) >= ends[tp] for tp in assigned]):
+                return
             batch = await consumer.getmany(timeout_ms=int(idle_timeout_s * 1000))
             for tp, records in sorted(batch.items(), key=lambda item: item[0].partition):
                 for record in records:
                     yield tp.partition, record.offset, record.value or b""
-            if not batch and not follow:
-                positions = {tp: await consumer.position(tp) for tp in assigned}
-                if all(positions[tp] >= ends[tp] for tp in assigned):
-                    return
     finally:
         await consumer.stop()
 

@@ -80,7 +80,8 @@ class OutboxRelay:
             self.ready = True
             while not self._stopping.is_set():
                 rows = await self.store.unpublished(settings.relay_batch)
-                metrics.OUTBOX_BACKLOG.set(len(rows))
+                metrics.OUTBOX_BACKLOG.set(len(rows) if len(rows) < settings.relay_batch
+                                           else await self.store.outbox_backlog())
                 if not rows:
                     await asyncio.sleep(settings.relay_idle_ms / 1000)
                     continue
