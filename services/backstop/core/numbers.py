@@ -67,6 +67,9 @@ def is_multiple(value: Decimal, step: Decimal) -> bool:
 
 def text(value: Decimal) -> str:
     """Canonical decimal text for the wire: plain notation, no exponent, trailing zeros removed ("-0" -> "0")."""
+    plain = str(value)
+    if "E" not in plain and not ("." in plain and plain[-1] == "0") and plain != "-0":
+        return plain  # already canonical: the common case, decimals as they came off the wire
     if value == 0:
         return "0"
     normalized = value.normalize(CONTEXT)
