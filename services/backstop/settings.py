@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(50, ge=1, le=10_000)
     merge_max_buffered: int = Field(200_000, ge=1000)
     snapshot_every_events: int = Field(100_000, ge=0)  # 0: never
-    adl_refresh_events: int = Field(10_000, ge=1)  # refresh the ADL queue projection at least this often ...
+    adl_refresh_events: int = Field(50_000, ge=1)  # refresh the ADL queue projection at least this often ...
     adl_refresh_event_ms: int = Field(60_000, ge=1)  # ... or after this much event time
     check_conservation: bool = False
 

@@ -111,13 +111,11 @@ class BatchResult:
     touched_symbols: set[str] = field(default_factory=set)
 
 
-def journal_payload(record: AnyRecord) -> bytes:
-    """The canonical wire form of an accepted record (with its type), as `backstop replay` reads it."""
-    return canonical_json(orjson.loads(record.model_dump_json()))
+def decode_consumed(message: Consumed, record_type: str) -> tuple[AnyRecord, bytes, dict[str, Any]]:
+    """Decode a Kafka value: the topic names the type; a `type` field, if present, must agree.
 
-
-def decode_consumed(message: Consumed, record_type: str) -> AnyRecord:
-    """Decode a Kafka value: the topic names the type; a `type` field, if present, must agree."""
+    Returns the record, its canonical JSON (with its type: the journal payload, a line `backstop replay` reads)
+    and that JSON as a dict."""
     value = message.value
     if value is None:
         raise InvalidRecord("empty record (tombstone)")
@@ -132,7 +130,8 @@ def decode_consumed(message: Consumed, record_type: str) -> AnyRecord:
     declared = document.setdefault("type", record_type)
     if declared != record_type:
         raise InvalidRecord(f"a {declared!r} record on the {record_type} topic {message.topic}")
-    return decode_record(orjson.dumps(document))
+    payload = canonical_json(document)
+    return decode_record(payload), payload, document
 
 
 def ingest_batch(processor: Processor, batch: list[Consumed], topics: TopicNames) -> BatchResult:
@@ -144,7 +143,7 @@ def ingest_batch(processor: Processor, batch: list[Consumed], topics: TopicNames
             _dead(result, message, f"not an input topic: {message.topic}", topics)
             continue
         try:
-            record = decode_consumed(message, record_type)
+            record, payload, fields = decode_consumed(message, record_type)
         except InvalidRecord as error:
             processor.reject_unparsed()
             _dead(result, message, str(error), topics)
@@ -156,11 +155,9 @@ def ingest_batch(processor: Processor, batch: list[Consumed], topics: TopicNames
         if not isinstance(outcome, Applied):
             _dead(result, message, outcome.reason, topics)
             continue
-        payload = journal_payload(record)
         row = JournalRow(outcome.seq, message.topic, message.partition, message.offset, record_type, record.ts,
                          payload, hashlib.sha256(payload).hexdigest())
         result.journal.append(row)
-        fields = orjson.loads(payload)
         envelope = JournalRecord(1, f"j-{row.seq}", row.seq, row.ts, row.source_topic, row.source_partition,
                                  row.source_offset, row.payload_hash, fields)
         result.outbox.append(OutboxMessage(topics.journal, input_key(record_type, fields), envelope.id,

@@ -150,6 +150,7 @@ class LedgerProcessor:
                 started = time.perf_counter()
                 expected = processor.engine.last_seq
                 result = ingest_batch(processor, batch, self.topics)
+                applied_at = time.perf_counter()
                 engine = processor.engine
                 refresh = (engine.last_seq - last_refresh_seq >= settings.adl_refresh_events or (
                     result.journal and last_refresh_ts is not None
@@ -166,11 +167,14 @@ class LedgerProcessor:
                     document = {"engine": state_document(engine), "dedupe": sorted(processor.deduper.seen)}
                     snapshot = (engine.last_seq, state_hash(engine), canonical_json(document))
                 rows = projections.build(engine, result, refresh_all=bool(refresh))
+                projected_at = time.perf_counter()
                 async with self.store.pool.acquire() as connection:
                     await self.store.write_batch(connection, expected_seq=expected, result=result, head=new_head,
                                                  projections=rows, snapshot=snapshot)
                 faults.reached("after_commit")
-                self._observe(result, processor, started, len(batch))
+                self._observe(result, processor, started, len(batch),
+                              phases_ms={"apply": applied_at - started, "project": projected_at - applied_at,
+                                         "commit": time.perf_counter() - projected_at})
         finally:
             self.progress.ready = False
             await consumer.stop()
@@ -204,7 +208,8 @@ class LedgerProcessor:
             await asyncio.sleep(0.1)
         raise RuntimeError(f"input topic {topic} does not exist (run `backstop topics create`)")
 
-    def _observe(self, result: object, processor: Processor, started: float, consumed: int) -> None:
+    def _observe(self, result: object, processor: Processor, started: float, consumed: int,
+                 phases_ms: dict[str, float]) -> None:
         from backstop.pipeline.ingest import BatchResult
 
         assert isinstance(result, BatchResult)
@@ -228,7 +233,8 @@ class LedgerProcessor:
             log.info(json.dumps({"event": "batch", "seq": engine.last_seq, "applied": len(result.journal),
                                  "dead_letters": len(result.dead_letters),
                                  "duplicates": sum(result.duplicates.values()), "adl_events": len(result.adl_events),
-                                 "ms": round((time.perf_counter() - started) * 1000, 2)}))
+                                 "ms": round((time.perf_counter() - started) * 1000, 2),
+                                 **{k: round(v * 1000, 2) for k, v in phases_ms.items()}}))
 
 
 __all__ = ["LedgerProcessor", "Progress", "asyncpg", "rebuild"]

@@ -44,6 +44,21 @@ class OutboxRow:
     payload: str
 
 
+async def _upsert(connection: asyncpg.Connection, table: str, columns: list[str], key_columns: int,
+                  rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert or update many rows: COPY into a temporary table, then one INSERT ... ON CONFLICT (the key is the
+    first `key_columns` columns). Table and column names are this module's constants, never input."""
+    if not rows:
+        return
+    staging = f"staging_{table}"
+    await connection.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
+    await connection.copy_records_to_table(staging, records=rows, columns=columns)
+    names = ", ".join(columns)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[key_columns:])
+    await connection.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} "
+                             f"ON CONFLICT ({', '.join(columns[:key_columns])}) DO UPDATE SET {updates}")
+
+
 class Store:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -164,27 +179,18 @@ class Store:
                                                             for m in result.outbox])
 
     async def _project(self, connection: asyncpg.Connection, projections: Projections) -> None:
-        if projections.wallets:
-            await connection.executemany(
-                "INSERT INTO account_wallets (account_id, asset, wallet, seq) VALUES ($1, $2, $3, $4) "
-                "ON CONFLICT (account_id, asset) DO UPDATE SET wallet = EXCLUDED.wallet, seq = EXCLUDED.seq",
-                projections.wallets)
+        await _upsert(connection, "account_wallets", ["account_id", "asset", "wallet", "seq"], 2, projections.wallets)
         if projections.closed_positions:
-            await connection.executemany("DELETE FROM positions WHERE account_id = $1 AND symbol = $2",
-                                         projections.closed_positions)
-        if projections.positions:
-            await connection.executemany(
-                "INSERT INTO positions (account_id, symbol, qty, entry_price, margin_mode, leverage, isolated_margin, "
-                "mark_price, liquidation_price, bankruptcy_price, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
-                "$10, $11) ON CONFLICT (account_id, symbol) DO UPDATE SET qty = $3, entry_price = $4, "
-                "margin_mode = $5, leverage = $6, isolated_margin = $7, mark_price = $8, liquidation_price = $9, "
-                "bankruptcy_price = $10, seq = $11", projections.positions)
-        if projections.funds:
-            await connection.executemany(
-                "INSERT INTO funds (fund_id, settle_asset, surplus, max_inventory_ratio, balance, bad_debt, "
-                "inventory_notional, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (fund_id) DO UPDATE "
-                "SET settle_asset = $2, surplus = $3, max_inventory_ratio = $4, balance = $5, bad_debt = $6, "
-                "inventory_notional = $7, seq = $8", projections.funds)
+            await connection.execute(
+                "DELETE FROM positions p USING unnest($1::text[], $2::text[]) AS c(account_id, symbol) "
+                "WHERE p.account_id = c.account_id AND p.symbol = c.symbol",
+                [a for a, _ in projections.closed_positions], [s for _, s in projections.closed_positions])
+        await _upsert(connection, "positions", [
+            "account_id", "symbol", "qty", "entry_price", "margin_mode", "leverage", "isolated_margin", "mark_price",
+            "liquidation_price", "bankruptcy_price", "seq"], 2, projections.positions)
+        await _upsert(connection, "funds", [
+            "fund_id", "settle_asset", "surplus", "max_inventory_ratio", "balance", "bad_debt", "inventory_notional",
+            "seq"], 1, projections.funds)
         if projections.lots is not None:
             await connection.execute("DELETE FROM fund_lots")
             await connection.copy_records_to_table("fund_lots", records=projections.lots, columns=[

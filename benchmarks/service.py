@@ -1,0 +1,148 @@
+"""Service benchmark: events/s of the service end to end (Kafka in -> PostgreSQL -> Kafka out) beside a raw
+aiokafka consumer reading the same topics and doing nothing, measured in the same run.
+
+    python benchmarks/service.py [--events 200000] [--seed 42]
+
+Needs the local servers (deploy/local/kafka start, deploy/local/postgres start) or BACKSTOP_KAFKA_BOOTSTRAP and
+BACKSTOP_BENCH_PG_DSN (a role that may create databases). Creates its own database and topics, drops them after.
+The input is produced before the service starts; the clock runs from the service's start until every input
+offset is consumed and every output record is published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from replay import journal_for  # noqa: E402
+
+from backstop.adapters.kafka import admin  # noqa: E402
+from backstop.adapters.postgres.migrations import migrate  # noqa: E402
+from backstop.adapters.postgres.store import Store  # noqa: E402
+from backstop.entrypoints.kafka_tools import end_offsets, produce_file  # noqa: E402
+from backstop.pipeline.topics import TopicNames  # noqa: E402
+from backstop.service.app import ensure_topics  # noqa: E402
+from backstop.service.ledger import LedgerProcessor  # noqa: E402
+from backstop.service.relay import OutboxRelay  # noqa: E402
+from backstop.settings import Settings  # noqa: E402
+
+SERVER_DSN = os.environ.get("BACKSTOP_BENCH_PG_DSN", "postgresql://backstop@127.0.0.1:5432/backstop")
+
+
+def _with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+async def raw_consume(settings: Settings, ends: dict[tuple[str, int], int]) -> tuple[int, float]:
+    """The floor: a plain aiokafka consumer fetching every input record and doing nothing with it."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                                max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(t, p) for t, p in ends]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        count, started = 0, time.perf_counter()
+        while count < sum(ends.values()):
+            batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+            count += sum(len(records) for records in batch.values())
+        return count, time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+async def service_until_done(settings: Settings, dsn: str, ends: dict[tuple[str, int], int]) -> float:
+    store = await Store.open(dsn, max_size=6)
+    processor, relay = LedgerProcessor(settings, store), OutboxRelay(settings, store)
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(processor.run_forever()), asyncio.create_task(relay.run_forever())]
+    try:
+        while True:
+            await asyncio.sleep(0.05)
+            offsets = {(r["topic"], r["partition"]): r["next_offset"]
+                       for r in await store.pool.fetch("SELECT * FROM consumed_offsets")}
+            if all(offsets.get(tp, 0) >= end for tp, end in ends.items() if end) and \
+                    await store.outbox_backlog() == 0:
+                return time.perf_counter() - started
+            for task in tasks:
+                if task.done():
+                    task.result()
+    finally:
+        processor.stop()
+        relay.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.close()
+
+
+async def run_async(events: int, seed: int) -> dict[str, Any]:
+    run_id = secrets.token_hex(3)
+    database = f"backstop_bench_{run_id}"
+    settings = Settings(kafka_bootstrap=os.environ.get("BACKSTOP_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+                        pg_dsn=_with_database(SERVER_DSN, database), topic_prefix=f"bench_{run_id}.",
+                        input_partitions=3, output_partitions=3)
+    journal = journal_for(events, seed)
+    server = await asyncpg.connect(SERVER_DSN)
+    await server.execute(f'CREATE DATABASE "{database}"')
+    try:
+        await migrate(settings.dsn())
+        ensure_topics(settings)
+        await produce_file(settings, journal)
+        ends = await end_offsets(settings, list(TopicNames(settings.topic_prefix).inputs))
+        records, raw_s = await raw_consume(settings, ends)
+        service_s = await service_until_done(settings, settings.dsn(), ends)
+        connection = await asyncpg.connect(settings.dsn())
+        try:
+            applied = await connection.fetchval("SELECT count(*) FROM journal")
+            published = await connection.fetchval("SELECT count(*) FROM outbox")
+        finally:
+            await connection.close()
+    finally:
+        topics = TopicNames(settings.topic_prefix)
+        admin.delete(settings.kafka_bootstrap, [*topics.inputs, *topics.outputs])
+        await server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await server.close()
+    service_rate, raw_rate = records / service_s, records / raw_s
+    return {
+        "name": "service",
+        "input": {"records": records, "seed": seed, "events_applied": applied, "outputs_published": published,
+                  "input_partitions": 3},
+        "figures": [
+            {"figure": "service end to end (Kafka -> PostgreSQL -> Kafka)", "value": round(service_rate),
+             "unit": "records/s", "baseline": "raw aiokafka consume", "baseline_value": round(raw_rate),
+             "ratio": round(service_rate / raw_rate, 3)},
+            {"figure": "service wall time", "value": round(service_s, 2), "unit": "s"},
+        ],
+    }
+
+
+def run(events: int, seed: int) -> dict[str, Any]:
+    return asyncio.run(run_async(events, seed))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    print(json.dumps(run(args.events, args.seed), indent=2))
+
+
+if __name__ == "__main__":
+    main()
