@@ -1,6 +1,6 @@
 """Run the benchmark suite and write benchmarks/results/latest.json, latest.md and a dated copy.
 
-    benchmarks/run [--events N] [--seed S]
+    benchmarks/run [--events N] [--seed S] [--service-events N]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ sys.path.insert(0, str(HERE))
 
 import machine  # noqa: E402
 import replay  # noqa: E402
+import service  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -42,10 +43,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--service-events", type=int, default=200_000,
+                        help="events for the service benchmark (0 to skip it; it needs the local servers)")
     args = parser.parse_args()
     now = datetime.datetime.now(datetime.UTC)  # a report's date, never a ledger input
-    report = {"when": now.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine.describe(),
-              "benchmarks": [replay.run(args.events, args.seed)]}
+    benchmarks = [replay.run(args.events, args.seed)]
+    if args.service_events:
+        try:
+            benchmarks.append(service.run(args.service_events, args.seed))
+        except OSError as error:
+            print(f"service benchmark skipped: servers not reachable ({error}); start them with "
+                  f"deploy/local/postgres start && deploy/local/kafka start", file=sys.stderr)
+    report = {"when": now.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine.describe(), "benchmarks": benchmarks}
     RESULTS.mkdir(exist_ok=True)
     text = json.dumps(report, indent=2) + "\n"
     (RESULTS / "latest.json").write_text(text)

@@ -28,8 +28,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from replay import journal_for  # noqa: E402
-
 from backstop.adapters.kafka import admin  # noqa: E402
 from backstop.adapters.postgres.migrations import migrate  # noqa: E402
 from backstop.adapters.postgres.store import Store  # noqa: E402
@@ -39,6 +37,7 @@ from backstop.service.app import ensure_topics  # noqa: E402
 from backstop.service.ledger import LedgerProcessor  # noqa: E402
 from backstop.service.relay import OutboxRelay  # noqa: E402
 from backstop.settings import Settings  # noqa: E402
+from replay import journal_for  # noqa: E402
 
 SERVER_DSN = os.environ.get("BACKSTOP_BENCH_PG_DSN", "postgresql://backstop@127.0.0.1:5432/backstop")
 
