@@ -46,6 +46,7 @@ async def test_the_service_gives_what_backstop_replay_gives(example: Path, tmp_p
         await produce_file(settings, example)
         await wait_caught_up(migrated_database, applied=expected["summary"]["events_applied"])
     have = await stored(migrated_database)
+    await _projections_match(migrated_database, tmp_path / "replay")
     assert have["fund_ledger"] == expected["fund-ledger"]
     assert have["adl_events"] == expected["adl-events"]
     assert have["head"]["head_hash"] == expected["summary"]["head_hash"]
@@ -104,6 +105,32 @@ async def test_duplicates_are_dropped_and_bad_input_is_dead_lettered(tmp_path: P
     out = await published(settings)
     assert len(out["dead-letter"]) == 4 and out["dead-letter"][0]["raw"] == "{not json"
     assert len(out["fund-ledger"]) == len({r["id"] for r in out["fund-ledger"]}) == 2
+
+
+async def _projections_match(dsn: str, replay_out: Path) -> None:
+    """The PostgreSQL projections say what accounts.json and summary.json of the replay say."""
+    from decimal import Decimal
+
+    import asyncpg
+
+    accounts = json.loads((replay_out / "accounts.json").read_text())
+    funds = json.loads((replay_out / "summary.json").read_text())["funds"]
+    connection = await asyncpg.connect(dsn)
+    try:
+        wallets = {(r["account_id"], r["asset"]): r["wallet"] for r in await connection.fetch(
+            "SELECT * FROM account_wallets")}
+        positions = {(r["account_id"], r["symbol"]): r for r in await connection.fetch("SELECT * FROM positions")}
+        fund_rows = {r["fund_id"]: r for r in await connection.fetch("SELECT * FROM funds")}
+    finally:
+        await connection.close()
+    traders = {k: v for k, v in accounts.items() if not k.startswith("fund:")}
+    assert wallets == {(a, asset): Decimal(w) for a, v in traders.items() for asset, w in v["wallets"].items()}
+    assert set(positions) == {(a, s) for a, v in traders.items() for s in v["positions"]}
+    for (account_id, symbol), row in positions.items():
+        want = traders[account_id]["positions"][symbol]
+        assert (row["qty"], row["entry_price"], row["margin_mode"]) == (
+            Decimal(want["qty"]), Decimal(want["entry_price"]), want["margin_mode"])
+    assert {f: r["balance"] for f, r in fund_rows.items()} == {f: Decimal(v["balance"]) for f, v in funds.items()}
 
 
 async def _dead_letters(dsn: str) -> int:

@@ -45,7 +45,8 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool) -> Projecti
     seq = engine.last_seq
     assets = sorted({f.spec.settle_asset for f in engine.funds.values()})
     symbols = sorted(engine.instruments)
-    accounts: Iterable[str] = sorted(engine.positions) if refresh_all else sorted(result.touched_accounts)
+    touched = set(result.touched_accounts) | (set(engine.positions) if refresh_all else set())
+    accounts: Iterable[str] = sorted(touched)
     wallets, positions, closed = [], [], []
     for account_id in accounts:
         if account_id.startswith("fund:"):

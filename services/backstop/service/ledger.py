@@ -154,7 +154,8 @@ class LedgerProcessor:
                 engine = processor.engine
                 refresh = (engine.last_seq - last_refresh_seq >= settings.adl_refresh_events or (
                     result.journal and last_refresh_ts is not None
-                    and result.journal[-1].ts - last_refresh_ts >= settings.adl_refresh_event_ms))
+                    and result.journal[-1].ts - last_refresh_ts >= settings.adl_refresh_event_ms)
+                    or any(row.type == "funding" for row in result.journal))  # funding moves every wallet
                 if refresh or last_refresh_ts is None:
                     last_refresh_seq = engine.last_seq
                     last_refresh_ts = result.journal[-1].ts if result.journal else last_refresh_ts
