@@ -201,6 +201,25 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import orjson
+
+    from backstop.entrypoints.explain import ExplainError, explain, render_text
+
+    try:
+        explanation = explain(args.id, Path(args.journal))
+    except ExplainError as error:
+        print(f"backstop explain: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps(explanation, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render_text(explanation))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backstop",
@@ -263,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("stream", choices=["adl-events", "fund-ledger", "journal", "dead-letter"])
     tail.add_argument("--follow", "-f", action="store_true", help="keep waiting for new records")
     tail.set_defaults(handler=_cmd_tail)
+
+    explain = commands.add_parser("explain", help="the causal chain behind a fund-ledger entry, an ADL event or a "
+                                                  "liquidation, re-derived from the journal")
+    explain.add_argument("id", help="fl-SEQ-N, adl-SEQ-N, or a liquidation id")
+    explain.add_argument("--journal", required=True, metavar="INPUT.jsonl")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.set_defaults(handler=_cmd_explain)
 
     db = commands.add_parser("db", help="PostgreSQL schema management")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)

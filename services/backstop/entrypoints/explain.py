@@ -1,0 +1,193 @@
+"""`backstop explain ID`: the causal chain behind a fund-ledger entry, an ADL event or a liquidation, in words and
+numbers, re-derived from the journal (nothing is taken from the outputs on trust)."""
+
+from __future__ import annotations
+
+import copy
+from decimal import Decimal, localcontext
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from backstop.core import adl, ledger
+from backstop.core.engine import Engine, is_fund_account
+from backstop.core.hashing import record_dict
+from backstop.core.numbers import CONTEXT, money, price, text
+from backstop.core.processor import Applied, Processor
+from backstop.wire.decode import InvalidRecord, decode_record
+from backstop.wire.inputs import AnyRecord, FillRecord, FundingRecord, LiquidationRecord, TransferRecord
+
+
+class ExplainError(Exception):
+    """The id is not in the journal's outputs, or the journal cannot be read."""
+
+
+def _target_seq(identifier: str) -> tuple[int | None, str | None]:
+    """(seq, liquidation id) from an output id (fl-SEQ-N, adl-SEQ-N) or a liquidation id."""
+    for prefix in ("fl-", "adl-"):
+        if identifier.startswith(prefix):
+            parts = identifier[len(prefix):].split("-")
+            if len(parts) == 2 and all(p.isdigit() for p in parts):
+                return int(parts[0]), None
+    return None, identifier
+
+
+def explain(identifier: str, journal_path: Path) -> dict[str, Any]:
+    try:
+        lines = [line for line in journal_path.read_bytes().splitlines() if line.strip()]
+    except OSError as error:
+        raise ExplainError(f"cannot read journal {journal_path}: {error}") from None
+    seq, liquidation_id = _target_seq(identifier)
+    processor = Processor(Engine())
+    for raw in lines:
+        try:
+            record = decode_record(raw)
+        except InvalidRecord:
+            continue
+        is_target = (seq is not None and processor.engine.last_seq + 1 == seq
+                     and not processor.deduper.is_duplicate(_key(record))) or (
+            liquidation_id is not None and isinstance(record, LiquidationRecord)
+            and record.liquidation_id == liquidation_id and not processor.deduper.is_duplicate(_key(record)))
+        if not is_target:
+            processor.process(record)
+            continue
+        before = _before(processor.engine, record)
+        outcome = processor.process(record)
+        if not isinstance(outcome, Applied):
+            raise ExplainError(f"{identifier}: the journal event was not applied: {outcome}")
+        effects = outcome.effects
+        explanation = {"id": identifier, "seq": outcome.seq, "event": orjson.loads(raw), **before,
+                       "fund_ledger": [_plain(record_dict(e)) for e in effects.fund_entries],
+                       "adl_events": [_plain(record_dict(e)) for e in effects.adl_events],
+                       "findings": [_plain(record_dict(f)) for f in effects.findings]}
+        if seq is not None:
+            wanted = [e for e in explanation["fund_ledger"] + explanation["adl_events"] if e["id"] == identifier]
+            if not wanted:
+                raise ExplainError(f"{identifier}: event {seq} produced no output with that id")
+            explanation["subject"] = wanted[0]
+        return explanation
+    raise ExplainError(f"{identifier}: no such fund-ledger entry, ADL event or liquidation in {journal_path}")
+
+
+def _key(record: AnyRecord) -> str:
+    from backstop.core.dedupe import dedupe_key
+
+    return dedupe_key(record)
+
+
+def _plain(value: Any) -> Any:
+    return orjson.loads(orjson.dumps(value, default=lambda v: text(v) if isinstance(v, Decimal) else str(v)))
+
+
+def _before(engine: Engine, record: AnyRecord) -> dict[str, Any]:
+    """What the engine knew right before the event, as far as the event's rules use it."""
+    if isinstance(record, LiquidationRecord):
+        return {"kind": "liquidation", **_liquidation_inputs(engine, record)}
+    if isinstance(record, FillRecord) and is_fund_account(record.account_id):
+        fund_state = engine.funds.get(record.account_id[len("fund:"):])
+        lots = [{"liquidation_id": lot.liquidation_id, "side": lot.side, "qty": text(lot.qty),
+                 "bankruptcy_price": text(price(lot.bankruptcy_price()))}
+                for lot in (fund_state.lots.get(record.symbol, ()) if fund_state else ())]
+        return {"kind": "fund fill", "lots_before": lots,
+                "rule": "the fill realizes the fund's lots of the closing side FIFO; gain = qty x (price - BP) "
+                        "for a long lot, reversed for a short; the fee is paid by the fund"}
+    if isinstance(record, FundingRecord):
+        instrument = engine.instruments.get(record.symbol)
+        net = engine.funds[instrument.fund_id].net_qty(record.symbol) if instrument else Decimal(0)
+        return {"kind": "funding", "fund_net_qty": text(net),
+                "rule": "each position pays qty x mark x rate (longs pay when the rate is positive); the fund "
+                        "pays on its net inventory: " + f"{text(net)} x {text(record.mark_price)} x "
+                        f"{text(record.rate)}"}
+    if isinstance(record, TransferRecord):
+        return {"kind": "transfer", "rule": "a top-up (+) or draw (-) of the fund from outside the venue"}
+    return {"kind": record.type}
+
+
+def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, Any]:
+    engine = copy.deepcopy(engine)  # look ahead at the event's mark without touching the replay
+    engine.marks[record.symbol] = record.mark_price
+    position = engine.positions.get(record.account_id, {}).get(record.symbol)
+    if position is None:
+        return {"position": None}
+    with localcontext(CONTEXT):
+        view = engine.margin_view(position)
+        instrument = engine.instruments[record.symbol]
+        account: dict[str, Any] = {
+            "wallet": text(engine.ledger.balance(ledger.wallet(record.account_id, instrument.settle_asset))),
+            "positions": {
+                p.symbol: {"qty": text(p.qty), "entry_price": text(price(p.entry_price())),
+                           "margin_mode": p.margin_mode, "mark_price": text(engine.marks[p.symbol]),
+                           "unrealized_pnl": text(money(p.unrealized_pnl(engine.marks[p.symbol])))}
+                for p in engine.positions[record.account_id].values()},
+        }
+        share_part = money(CONTEXT.divide(CONTEXT.multiply(view.equity_share, record.qty), position.size))
+        bp = engine.bankruptcy_price(position)
+        if position.margin_mode == "isolated":
+            margin = engine.ledger.balance(ledger.isolated(record.account_id, record.symbol))
+            sign = "-" if position.qty > 0 else "+"
+            rule = (f"isolated: BP = entry {sign} margin / |qty| = {text(price(position.entry_price()))} "
+                    f"{sign} {text(margin)} / {text(position.size)}")
+        else:
+            rule = (f"cross: the account's TNC {text(money(view.margin_balance))} is shared by maintenance margin; "
+                    f"this position's share = TNC x MM {text(money(view.position_maintenance))} / TMM "
+                    f"{text(money(view.maintenance_margin))} = {text(money(view.equity_share))}; "
+                    f"BP = mark {'-' if position.qty > 0 else '+'} share / qty")
+        opposite: Any = "short" if position.qty > 0 else "long"
+        queue = engine.adl_queue(record.symbol, opposite)
+        ranked = [{"rank": i, "account_id": r.position.account_id, "qty": text(r.position.qty),
+                   "entry_price": text(price(r.position.entry_price())), "bankruptcy_price": text(price(
+                       r.bankruptcy_price)), "pnl_ratio": text(price(r.pnl_ratio)),
+                   "leverage": text(price(r.leverage)) if r.leverage is not None else "past its BP",
+                   "score": text(r.score), "quantile": adl.quantile(i, len(queue))}
+                  for i, r in enumerate(queue[:10], start=1)]
+    return {
+        "account_before": account,
+        "margin_view": {"margin_balance": text(money(view.margin_balance)),
+                        "maintenance_margin": text(money(view.maintenance_margin)),
+                        "liquidatable": view.liquidatable},
+        "bankruptcy": {"rule": rule, "bankruptcy_price": text(price(bp)),
+                       "equity_share_behind_qty": text(share_part), "venue_bankruptcy_price":
+                           text(record.bankruptcy_price) if record.bankruptcy_price is not None else None},
+        "adl_queue_top10": ranked,
+        "fund_balance_before": text(engine.ledger.balance(ledger.fund(instrument.fund_id))),
+    }
+
+
+def render_text(explanation: dict[str, Any]) -> str:
+    lines = [f"{explanation['id']}: journal seq {explanation['seq']}, a {explanation['kind']} event",
+             f"  event: {orjson.dumps(explanation['event']).decode()}"]
+    if "subject" in explanation:
+        lines.append(f"  subject: {orjson.dumps(explanation['subject']).decode()}")
+    if explanation.get("kind") == "liquidation" and explanation.get("account_before"):
+        account = explanation["account_before"]
+        lines.append(f"  account before: wallet {account['wallet']}")
+        for symbol, p in account["positions"].items():
+            lines.append(f"    {symbol}: {p['qty']} @ {p['entry_price']} ({p['margin_mode']}), mark {p['mark_price']}, "
+                         f"uPnL {p['unrealized_pnl']}")
+        view = explanation["margin_view"]
+        lines.append(f"  margin at the liquidation mark: balance {view['margin_balance']}, maintenance "
+                     f"{view['maintenance_margin']}: {'liquidatable' if view['liquidatable'] else 'NOT liquidatable'}")
+        bankruptcy = explanation["bankruptcy"]
+        lines.append(f"  bankruptcy price {bankruptcy['bankruptcy_price']} ({bankruptcy['rule']}); equity behind the "
+                     f"liquidated qty {bankruptcy['equity_share_behind_qty']}, rounded up for the lot"
+                     + (f"; the venue said {bankruptcy['venue_bankruptcy_price']}"
+                        if bankruptcy["venue_bankruptcy_price"] else ""))
+        lines.append(f"  fund balance before: {explanation['fund_balance_before']}")
+    elif "rule" in explanation:
+        lines.append(f"  rule: {explanation['rule']}")
+    for entry in explanation["fund_ledger"]:
+        lines.append(f"  fund {entry['fund_id']}: {entry['kind']} {entry['amount']} -> balance "
+                     f"{entry['balance_after']} ({entry['id']})")
+    if explanation["adl_events"]:
+        lines.append("  deleveraged (at the lot's bankruptcy price, in ADL order):")
+        queue = {r["account_id"]: r for r in explanation.get("adl_queue_top10", [])}
+        for event in explanation["adl_events"]:
+            inputs = queue.get(event["account_id"])
+            why = (f"; PnL% {inputs['pnl_ratio']} x leverage {inputs['leverage']} (entry {inputs['entry_price']}, own "
+                   f"BP {inputs['bankruptcy_price']})") if inputs else ""
+            lines.append(f"    rank {event['rank']} {event['account_id']}: {event['qty']} @ {event['price']}, score "
+                         f"{event['score']}, quantile {event['quantile']}{why}")
+    for finding in explanation["findings"]:
+        lines.append(f"  finding {finding['kind']}: {finding['details']}")
+    return "\n".join(lines)
