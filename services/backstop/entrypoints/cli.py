@@ -220,6 +220,45 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_statement(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backstop.core.statement import StatementError, statement
+    from backstop.entrypoints.statement import parse_time, read_entries, write
+
+    try:
+        entries = read_entries(Path(args.dir))
+        result = statement(entries, args.fund, period_from=parse_time(args.period_from) if args.period_from else 0,
+                           period_to=parse_time(args.period_to) if args.period_to else 2**62)
+    except (OSError, ValueError) as error:
+        print(f"backstop statement: {error}", file=sys.stderr)
+        return 1 if isinstance(error, StatementError) else 2
+    target = Path(args.out or f"statement-{args.fund}.{args.format}")
+    write(result, target, args.format)
+    print(f"fund {args.fund}: opening {result.opening_balance}, flows "
+          + ", ".join(f"{k} {v}" for k, v in sorted(result.by_kind.items()))
+          + f", closing {result.closing_balance} ({len(result.entries)} entries) -> {target}")
+    return 0
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backstop.core.statement import StatementError
+    from backstop.entrypoints.statement import reconcile
+
+    try:
+        lines, problems = reconcile(Path(args.dir))
+    except (OSError, ValueError, KeyError, StatementError) as error:
+        print(f"backstop reconcile: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    for problem in problems:
+        print(f"MISMATCH {problem}")
+    print("reconciled" if not problems else f"{len(problems)} mismatch(es)")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backstop",
@@ -289,6 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--journal", required=True, metavar="INPUT.jsonl")
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     explain.set_defaults(handler=_cmd_explain)
+
+    statement = commands.add_parser("statement", help="a fund's statement over a period from a replay output dir")
+    statement.add_argument("dir", metavar="DIR", help="a `backstop replay` output directory")
+    statement.add_argument("--fund", required=True)
+    statement.add_argument("--from", dest="period_from", metavar="TIME", help="ms since the epoch or ISO time (UTC)")
+    statement.add_argument("--to", dest="period_to", metavar="TIME", help="exclusive; ms or ISO time")
+    statement.add_argument("--format", choices=["csv", "json", "parquet"], default="csv")
+    statement.add_argument("--out", metavar="FILE", help="default: statement-<fund>.<format>")
+    statement.set_defaults(handler=_cmd_statement)
+
+    reconcile = commands.add_parser("reconcile", help="fund balances against the sum of their entries, by kind and "
+                                                      "by symbol, and the general ledger's zero sum")
+    reconcile.add_argument("dir", metavar="DIR", help="a `backstop replay` output directory")
+    reconcile.set_defaults(handler=_cmd_reconcile)
 
     db = commands.add_parser("db", help="PostgreSQL schema management")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)

@@ -1,0 +1,66 @@
+"""Fund statements: opening and closing balance over a period, every flow by kind and by symbol, and the check
+that opening + flows = closing. Pure: fund-ledger entries (dicts, as written and published) in, a statement out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from backstop.core.numbers import text
+
+
+class StatementError(ValueError):
+    """The entries do not add up (the ledger is broken: run `backstop audit verify`)."""
+
+
+def symbol_of(entry: dict[str, Any]) -> str:
+    """settlement:<symbol> and funding:<symbol> name the symbol a flow belongs to; transfers and fees have none."""
+    kind, _, rest = str(entry.get("counter_account", "")).partition(":")
+    return rest if kind in ("settlement", "funding") else "-"
+
+
+@dataclass(slots=True)
+class Statement:
+    fund_id: str
+    period_from: int
+    period_to: int
+    opening_balance: Decimal = Decimal(0)
+    closing_balance: Decimal = Decimal(0)
+    by_kind: dict[str, Decimal] = field(default_factory=dict)
+    by_symbol: dict[str, Decimal] = field(default_factory=dict)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"fund_id": self.fund_id, "from_ts": self.period_from, "to_ts": self.period_to,
+                "opening_balance": text(self.opening_balance), "closing_balance": text(self.closing_balance),
+                "total_flows": text(sum(self.by_kind.values(), Decimal(0))),
+                "by_kind": {k: text(v) for k, v in sorted(self.by_kind.items())},
+                "by_symbol": {k: text(v) for k, v in sorted(self.by_symbol.items())},
+                "entries": self.entries}
+
+
+def statement(entries: Iterable[dict[str, Any]], fund_id: str, *, period_from: int, period_to: int) -> Statement:
+    """Entries with period_from <= ts < period_to; balances from the chain's balance_after."""
+    result = Statement(fund_id, period_from, period_to)
+    balance = Decimal(0)
+    for entry in entries:
+        if entry["fund_id"] != fund_id:
+            continue
+        amount, after = Decimal(entry["amount"]), Decimal(entry["balance_after"])
+        if balance + amount != after:
+            raise StatementError(f"{entry['id']}: balance_after {after} does not follow from {balance} + {amount}")
+        if entry["ts"] < period_from:
+            result.opening_balance = after
+        elif entry["ts"] < period_to:
+            result.entries.append(entry)
+            result.by_kind[entry["kind"]] = result.by_kind.get(entry["kind"], Decimal(0)) + amount
+            symbol = symbol_of(entry)
+            result.by_symbol[symbol] = result.by_symbol.get(symbol, Decimal(0)) + amount
+        balance = after
+    result.closing_balance = result.opening_balance + sum(result.by_kind.values(), Decimal(0))
+    if result.entries and Decimal(result.entries[-1]["balance_after"]) != result.closing_balance:
+        raise StatementError(f"flows do not add up: {result.opening_balance} + flows != "
+                             f"{result.entries[-1]['balance_after']}")
+    return result

@@ -1,0 +1,56 @@
+"""Fund statements and reconciliation: balances at both ends, flows by kind and symbol, totals that add up."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from backstop.entrypoints.cli import main
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "05-funding-and-fund-inventory.jsonl"
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "out")]) == 0
+    return tmp_path / "out"
+
+
+def test_a_period_statement_starts_from_the_balance_before_it(out: Path, tmp_path: Path) -> None:
+    target = tmp_path / "s.json"
+    # from the funding at 2025-10-11 08:00 UTC on: the seed transfer is the opening balance
+    assert main(["statement", str(out), "--fund", "MAIN", "--from", "2025-10-11T08:00:00Z", "--format", "json",
+                 "--out", str(target)]) == 0
+    s = json.loads(target.read_text())
+    assert (s["opening_balance"], s["closing_balance"]) == ("200000", "200245.96")
+    assert s["by_kind"] == {"fee": "-43.24", "funding": "-10.8", "liquidation_gain": "300"}
+    assert s["by_symbol"] == {"-": "-43.24", "BTCUSDT": "289.2"}
+    assert Decimal(s["opening_balance"]) + Decimal(s["total_flows"]) == Decimal(s["closing_balance"])
+    assert [e["id"] for e in s["entries"]] == ["fl-12-0", "fl-13-0", "fl-13-1"]
+
+
+def test_csv_and_parquet_carry_exact_amounts(out: Path, tmp_path: Path) -> None:
+    assert main(["statement", str(out), "--fund", "MAIN", "--format", "csv", "--out", str(tmp_path / "s.csv")]) == 0
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0].startswith("id,seq,ts,fund_id,kind,amount,balance_after") and len(lines) == 5
+    assert main(["statement", str(out), "--fund", "MAIN", "--format", "parquet", "--out",
+                 str(tmp_path / "s.parquet")]) == 0
+    table = pq.read_table(tmp_path / "s.parquet")
+    assert table.column("amount").to_pylist() == [Decimal("200000"), Decimal("-10.8"), Decimal("300"),
+                                                  Decimal("-43.24")]
+    assert json.loads(table.schema.metadata[b"backstop.statement"])["closing_balance"] == "200245.96"
+
+
+def test_reconcile_passes_and_catches_a_balance_that_does_not_add_up(out: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reconcile", str(out)]) == 0
+    assert "reconciled" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    summary["funds"]["MAIN"]["balance"] = "200245.97"
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert main(["reconcile", str(out)]) == 1
+    assert "entries add up to 200245.96, summary reports 200245.97" in capsys.readouterr().out
