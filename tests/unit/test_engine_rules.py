@@ -150,3 +150,47 @@ def test_duplicates_are_counted_and_not_applied() -> None:
 def test_a_rejected_record_can_be_sent_again_corrected() -> None:
     _processor, outcomes = run([*BASE, fill("f", "u", "buy", "1", "50000.05"), fill("f", "u", "buy", "1", "50000")])
     assert [type(o) for o in outcomes[-2:]] == [Rejection, Applied]
+
+
+def _example_02_with(policy: Any) -> Any:
+    from pathlib import Path
+
+    from backstop.core.engine import Engine
+    from backstop.core.processor import Processor
+    from backstop.wire.decode import decode_record
+
+    processor = Processor(Engine(check_conservation=True, adl_policy=policy))
+    events = []
+    for raw in (Path(__file__).parents[2] / "examples" / "02-adl-walks-queue.jsonl").read_bytes().splitlines():
+        outcome = processor.process(decode_record(raw))
+        assert isinstance(outcome, Applied)
+        events.extend(outcome.effects.adl_events)
+    return processor, events
+
+
+def test_pro_rata_adl_spreads_the_lot_over_every_counterparty_by_size() -> None:
+    from backstop.core.engine import AdlPolicy
+
+    _, events = _example_02_with(AdlPolicy(rule="pro_rata"))
+    # 20 over longs of 10, 10, 20, 30, 20, 10 (100 in all): 20% of each, listed in BitMEX order
+    assert [(e.account_id, e.qty, e.price) for e in events] == [
+        ("A2", D(2), D(650)), ("A5", D(4), D(650)), ("A4", D(6), D(650)), ("A1", D(2), D(650)),
+        ("A6", D(2), D(650)), ("A3", D(4), D(650))]
+
+
+def test_adl_at_the_mark_lets_the_fund_realize_the_difference() -> None:
+    from backstop.core.engine import AdlPolicy
+
+    processor, events = _example_02_with(AdlPolicy(price="mark"))
+    assert [(e.account_id, e.qty, e.price) for e in events] == [("A2", D(10), D(645)), ("A5", D(10), D(645))]
+    # the fund's short lot at BP 650 bought back at 645: +5 x 20
+    assert processor.engine.ledger.balance(ledger.fund("BNB")) == 100 + 100
+
+
+def test_binance_ranking_uses_notional_over_margin_balance() -> None:
+    from backstop.core.engine import AdlPolicy
+
+    processor, events = _example_02_with(AdlPolicy(rule="binance"))
+    # with cross wallets W and uPnL 145 q: leverage = 645 q / (W + 145 q); A2 (10 @ 500, W 1667.5) still leads
+    assert events[0].account_id == "A2"
+    assert sum((e.qty for e in events), D(0)) == 20

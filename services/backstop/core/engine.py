@@ -65,6 +65,14 @@ class Effects:
 
 
 @dataclass(frozen=True, slots=True)
+class AdlPolicy:
+    """How deleveraging ranks and prices (what-if replays change it; the default is DESIGN.md's)."""
+
+    rule: Literal["bitmex", "binance", "pro_rata"] = "bitmex"
+    price: Literal["bankruptcy", "mark"] = "bankruptcy"
+
+
+@dataclass(frozen=True, slots=True)
 class MarginView:
     """An account's margin at the current marks, as the rules of DESIGN section 4 define it."""
 
@@ -83,8 +91,9 @@ def is_fund_account(account_id: str) -> bool:
 
 
 class Engine:
-    def __init__(self, *, check_conservation: bool = False) -> None:
+    def __init__(self, *, check_conservation: bool = False, adl_policy: AdlPolicy | None = None) -> None:
         self.check_conservation = check_conservation
+        self.adl_policy = adl_policy or AdlPolicy()
         self.ledger = ledger.Ledger(strict=check_conservation)
         self.funds: dict[str, FundState] = {}
         self.instruments: dict[str, Instrument] = {}
@@ -395,21 +404,36 @@ class Engine:
         return total
 
     def _deleverage(self, fund_state: FundState, lot: Lot) -> None:
-        """Close the lot at its BP against opposite-side positions in ADL order until it is gone."""
+        """Close the lot against opposite-side positions in ADL order (or pro rata) until it is gone, at the lot's
+        bankruptcy price (the default; the fund realizes nothing) or at the mark (the fund realizes the
+        difference)."""
         symbol = lot.symbol
         opposite: Literal["long", "short"] = "short" if lot.side == "long" else "long"
         queue = self.adl_queue(symbol, opposite)
         count = len(queue)
-        for rank, ranked in enumerate(queue, start=1):
+        if self.adl_policy.rule == "pro_rata":
+            takes = adl.pro_rata([r.position.size for r in queue], lot.qty, self.instruments[symbol].lot_size)
+        else:
+            takes = []
+            remaining = lot.qty
+            for ranked in queue:
+                takes.append(min(ranked.position.size, remaining))
+                remaining -= takes[-1]
+        mark = self.marks[symbol]
+        for rank, (ranked, take) in enumerate(zip(queue, takes, strict=True), start=1):
             if lot.qty == 0:
                 break
+            if take == 0:
+                continue
             counterparty = ranked.position
-            take = min(counterparty.size, lot.qty)
-            cost_share = self._take_from_lot(fund_state, lot, take)
-            self._reduce(counterparty, take, cost_share)
+            if self.adl_policy.price == "mark":
+                proceeds = CONTEXT.multiply(take, mark)
+                self._realize(fund_state, lot, take, mark)
+            else:
+                proceeds = self._take_from_lot(fund_state, lot, take)
+            self._reduce(counterparty, take, proceeds)
             self._adl_event(fund_state.spec.fund_id, lot, counterparty.account_id, opposite, take,
-                            price(CONTEXT.divide(cost_share, take)), rank, ranked.score,
-                            adl.quantile(rank, count))
+                            price(CONTEXT.divide(proceeds, take)), rank, ranked.score, adl.quantile(rank, count))
         if lot.qty > 0:
             self._finding("adl_shortfall", lot.liquidated_account, lot.liquidation_id, symbol, {
                 "unfilled_qty": text(lot.qty), "counterparties": str(count)})
@@ -463,8 +487,11 @@ class Engine:
         with localcontext(CONTEXT):
             mark = self.marks[symbol]
             want_long = side == "long"
-            return adl.order([adl.rank_position(p, mark, self._bankruptcy_price(p))
-                              for p in self.by_symbol[symbol].values() if (p.qty > 0) == want_long])
+            candidates = [p for p in self.by_symbol[symbol].values() if (p.qty > 0) == want_long]
+            if self.adl_policy.rule == "binance":
+                return adl.order([adl.rank_binance(p, mark, self.margin_view(p).equity_share,
+                                                   self._bankruptcy_price(p)) for p in candidates])
+            return adl.order([adl.rank_position(p, mark, self._bankruptcy_price(p)) for p in candidates])
 
     def liquidation_price(self, position: Position) -> Decimal | None:
         with localcontext(CONTEXT):

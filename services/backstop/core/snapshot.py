@@ -11,7 +11,7 @@ from collections import deque
 from decimal import Decimal
 from typing import Any
 
-from backstop.core.engine import Engine
+from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.hashing import canonical_json
 from backstop.core.numbers import text
 from backstop.core.state import FundSpec, FundState, Instrument, Lot, Position, Tier
@@ -27,6 +27,7 @@ def state_document(engine: Engine) -> dict[str, Any]:
     return {
         "snapshot_version": SNAPSHOT_VERSION,
         "seq": engine.last_seq,
+        "adl_policy": {"rule": engine.adl_policy.rule, "price": engine.adl_policy.price},
         "ledger_head": engine.ledger_head,
         "adl_head": engine.adl_head,
         "balances": {k: text(v) for k, v in sorted(engine.ledger.balances.items()) if v != 0},
@@ -60,7 +61,9 @@ def state_hash(engine: Engine) -> str:
 def restore(document: dict[str, Any], *, check_conservation: bool = False) -> Engine:
     if document.get("snapshot_version") != SNAPSHOT_VERSION:
         raise ValueError(f"unsupported snapshot version {document.get('snapshot_version')!r}")
-    engine = Engine(check_conservation=check_conservation)
+    policy = document.get("adl_policy", {})
+    engine = Engine(check_conservation=check_conservation,
+                    adl_policy=AdlPolicy(policy.get("rule", "bitmex"), policy.get("price", "bankruptcy")))
     engine.last_seq = int(document["seq"])
     engine.ledger_head = document["ledger_head"]
     engine.adl_head = document["adl_head"]
