@@ -190,7 +190,17 @@ def test_adl_at_the_mark_lets_the_fund_realize_the_difference() -> None:
 def test_binance_ranking_uses_notional_over_margin_balance() -> None:
     from backstop.core.engine import AdlPolicy
 
-    processor, events = _example_02_with(AdlPolicy(rule="binance"))
-    # with cross wallets W and uPnL 145 q: leverage = 645 q / (W + 145 q); A2 (10 @ 500, W 1667.5) still leads
-    assert events[0].account_id == "A2"
-    assert sum((e.qty for e in events), D(0)) == 20
+    _, events = _example_02_with(AdlPolicy(rule="binance"))
+    _, bitmex = _example_02_with(AdlPolicy())
+    # for one cross position, notional / (W + uPnL) = mark / (mark - BP): both rules give the same queue
+    assert [(e.account_id, e.qty, e.score) for e in events] == [(e.account_id, e.qty, e.score) for e in bitmex]
+
+    from backstop.core.adl import rank_binance, rank_position
+    from backstop.core.state import Position
+
+    isolated = Position("i", "BTCUSDT", D(1), D(10000), "isolated", D(10))
+    # isolated long 1 @ 10,000 with margin 1,000 at mark 12,000: equity 3,000, BP 9,000
+    assert rank_binance(isolated, D(12000), D(3000), D(9000)).leverage == D(4)
+    assert rank_position(isolated, D(12000), D(9000)).leverage == D(4)
+    # after the margin was topped up to 2,000 (BP 8,000): Binance's leverage is 12,000 / 4,000 = 3 as well
+    assert rank_binance(isolated, D(12000), D(4000), D(8000)).leverage == D(3)
