@@ -42,6 +42,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
+    from backstop.core.engine import AdlPolicy
     from backstop.entrypoints.replay import ReplayError, ReplayOptions, replay, replay_lines
 
     sources = [bool(args.journal), bool(args.from_postgres), bool(args.from_kafka)]
@@ -52,7 +53,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     options = ReplayOptions(journal=Path(args.journal or "-"), out=Path(args.out), strict=args.strict,
                             snapshot_every=args.snapshot_every,
                             from_snapshot=Path(args.from_snapshot) if args.from_snapshot else None,
-                            check_conservation=args.check_conservation)
+                            check_conservation=args.check_conservation,
+                            adl_policy=AdlPolicy(args.adl_rule, args.adl_price))
     stored: dict[str, object] | None = None
     try:
         if args.journal:
@@ -259,6 +261,27 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _cmd_whatif(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from backstop.entrypoints.whatif import WhatIfFile, load_params, render, whatif
+
+    try:
+        params = load_params(Path(args.params)) if args.params else WhatIfFile()
+    except (OSError, ValueError, ValidationError) as error:
+        print(f"backstop whatif: bad parameter file {args.params}: {error}", file=sys.stderr)
+        return 2
+    if not Path(args.journal).is_file():
+        print(f"backstop whatif: cannot read journal {args.journal}", file=sys.stderr)
+        return 2
+    comparison = whatif(Path(args.journal), params, Path(args.out))
+    print(render(comparison))
+    print(f"runs, journals and comparison.json in {args.out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backstop",
@@ -281,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start from a snapshot written by --snapshot-every and replay the rest")
     replay.add_argument("--check-conservation", action="store_true",
                         help="re-check that all ledger balances sum to zero after every event")
+    replay.add_argument("--adl-rule", choices=["bitmex", "binance", "pro_rata"], default="bitmex",
+                        help="ADL ranking rule (default bitmex, DESIGN.md's; what-if runs record theirs)")
+    replay.add_argument("--adl-price", choices=["bankruptcy", "mark"], default="bankruptcy",
+                        help="price counterparties are closed at (default: the lot's bankruptcy price)")
     replay.set_defaults(handler=_cmd_replay)
 
     schemas = commands.add_parser("schemas", help="write (or --check) the JSON Schemas of the wire records")
@@ -342,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "by symbol, and the general ledger's zero sum")
     reconcile.add_argument("dir", metavar="DIR", help="a `backstop replay` output directory")
     reconcile.set_defaults(handler=_cmd_reconcile)
+
+    whatif = commands.add_parser("whatif", help="replay the same input under a baseline and an alternative "
+                                                "parameter set, side by side")
+    whatif.add_argument("journal", metavar="INPUT.jsonl")
+    whatif.add_argument("--params", metavar="ALT.toml", help="[baseline] and [alternative] overrides (see docs)")
+    whatif.add_argument("--out", required=True, metavar="DIR")
+    whatif.set_defaults(handler=_cmd_whatif)
 
     db = commands.add_parser("db", help="PostgreSQL schema management")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)

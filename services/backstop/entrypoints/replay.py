@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from backstop.adapters.files import OutputDir, read_lines, write_json
 from backstop.core.dedupe import Deduper
+from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.processor import Applied, Processor, Rejection
 from backstop.core.report import accounts, summary
 from backstop.core.snapshot import restore, state_document, state_hash
@@ -37,6 +38,7 @@ class ReplayOptions:
     snapshot_every: int = 0
     from_snapshot: Path | None = None
     check_conservation: bool = False
+    adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
     progress: bool | None = None  # None: on a terminal, for large files
 
 
@@ -79,8 +81,8 @@ def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[i
         processor, skip = processor_from_snapshot(options.from_snapshot,
                                                   check_conservation=options.check_conservation)
     else:
-        from backstop.core.engine import Engine
-        processor, skip = Processor(Engine(check_conservation=options.check_conservation)), 0
+        processor, skip = Processor(Engine(check_conservation=options.check_conservation,
+                                           adl_policy=options.adl_policy)), 0
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and
                                                                    size >= PROGRESS_MIN_BYTES)
     snapshots = options.out / "snapshots"
