@@ -3,7 +3,8 @@
 After every mark, each position of that symbol whose account is liquidatable (margin balance <= maintenance
 margin) is liquidated at that mark, in account order: partially, down to the next lower maintenance bracket,
 when its notional is above the first bracket (the rest waits for the next mark), else entirely. The liquidation
-order fills at the mark moved against the position by `slippage_bps` (rounded to the tick, adversely). The log's
+order fills at the mark moved against the position by `slippage_bps` (rounded to the tick, adversely), for the
+`market_fill` part of it (in whole lots; the rest stays with the insurance fund, or is deleveraged). The log's
 own liquidation events are dropped. Every decided liquidation is an ordinary journal record (id `sim-<seq>`), so
 a simulated run is itself a journal that `backstop replay` reproduces.
 """
@@ -26,6 +27,7 @@ from backstop.wire.inputs import AnyRecord, LiquidationRecord, MarkRecord
 class SimulationParams:
     slippage_bps: Decimal = Decimal(0)
     partial: bool = True
+    market_fill: Decimal = Decimal(1)  # the part of each liquidation order the market absorbs; the fund takes the rest
 
 
 class Simulator:
@@ -74,9 +76,10 @@ class Simulator:
         else:
             fill = ((mark + slip) / instrument.tick_size).to_integral_value(ROUND_CEILING) * instrument.tick_size
         fill = max(fill, instrument.tick_size)
+        filled = (qty * self.params.market_fill) // instrument.lot_size * instrument.lot_size
         record = decode_record(canonical_json({
             "type": "liquidation", "ts": ts, "liquidation_id": f"sim-{engine.last_seq + 1}",
             "account_id": position.account_id, "symbol": position.symbol, "qty": text(qty), "mark_price": text(mark),
-            "executions": [{"qty": text(qty), "price": text(fill)}]}))
+            "executions": [{"qty": text(filled), "price": text(fill)}] if filled > 0 else []}))
         assert isinstance(record, LiquidationRecord)
         return record

@@ -276,9 +276,24 @@ def _cmd_whatif(args: argparse.Namespace) -> int:
     if not Path(args.journal).is_file():
         print(f"backstop whatif: cannot read journal {args.journal}", file=sys.stderr)
         return 2
-    comparison = whatif(Path(args.journal), params, Path(args.out))
+    comparison = whatif(Path(args.journal), params, Path(args.out), report=args.report)
     print(render(comparison))
-    print(f"runs, journals and comparison.json in {args.out}/")
+    print(f"runs, journals and comparison.json in {args.out}/" + (f"; report: {args.out}/report.html"
+                                                                   if args.report else ""))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from backstop.entrypoints.demo import run_demo
+
+    result = run_demo(Path(args.out), seed=args.seed, accounts=args.accounts, report=not args.no_report,
+                      progress=sys.stderr.isatty())
+    print(f"backstop demo: {result['input_records']:,} input records, seed {args.seed}")
+    print(result["table"])
+    print(f"head hash  {result['summary']['head_hash']}")
+    print(f"outputs in {args.out}/" + ("" if args.no_report else f"; report: {args.out}/report.html"))
     return 0
 
 
@@ -375,7 +390,17 @@ def build_parser() -> argparse.ArgumentParser:
     whatif.add_argument("journal", metavar="INPUT.jsonl")
     whatif.add_argument("--params", metavar="ALT.toml", help="[baseline] and [alternative] overrides (see docs)")
     whatif.add_argument("--out", required=True, metavar="DIR")
+    whatif.add_argument("--report", action="store_true", help="also write report.html with baseline and alternative "
+                                                              "charted on the same axes")
     whatif.set_defaults(handler=_cmd_whatif)
+
+    demo = commands.add_parser("demo", help="a seeded cascade on the real BTCUSDT path of 10 Oct 2025, through "
+                                            "simulation mode, with a report")
+    demo.add_argument("--out", default="out/demo", metavar="DIR")
+    demo.add_argument("--seed", type=int, default=2025)
+    demo.add_argument("--accounts", type=int, default=3000)
+    demo.add_argument("--no-report", action="store_true", help="skip the HTML report and charts")
+    demo.set_defaults(handler=_cmd_demo)
 
     db = commands.add_parser("db", help="PostgreSQL schema management")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)

@@ -5,6 +5,7 @@ A parameter file (TOML) has a [baseline] and an [alternative] table, each option
     [alternative.simulation]          # decide liquidations in the engine (the log's own are dropped)
     slippage_bps = "20"
     partial = true
+    market_fill = "0.8"               # the part of each liquidation the market absorbs (the fund takes the rest)
     [alternative.adl]
     rule = "pro_rata"                 # bitmex (default), binance, pro_rata
     price = "mark"                    # bankruptcy (default), mark
@@ -24,7 +25,7 @@ policies, so each run writes its own journal: every number in the comparison is 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from pathlib import Path
@@ -48,6 +49,7 @@ from backstop.wire.inputs import (
     FundRecord,
     InstrumentRecord,
     LiquidationRecord,
+    MarkRecord,
     NonNegativeDecimal,
     PositiveDecimal,
     Tier,
@@ -62,6 +64,7 @@ class _Strict(BaseModel):
 class SimulationSection(_Strict):
     slippage_bps: NonNegativeDecimal = Decimal(0)
     partial: bool = True
+    market_fill: NonNegativeDecimal = Decimal(1)
 
 
 class AdlSection(_Strict):
@@ -127,6 +130,12 @@ class RunMetrics:
     liquidated_by_account: dict[str, Decimal] = field(default_factory=dict)
     deleveraged_by_account: dict[str, Decimal] = field(default_factory=dict)
     rejected: int = 0
+    # per minute of event time (ms of the minute's start) -> value, for the report's charts
+    minute_liquidated: dict[int, Decimal] = field(default_factory=dict)
+    minute_deleveraged: dict[int, Decimal] = field(default_factory=dict)
+    minute_fund: dict[str, dict[int, Decimal]] = field(default_factory=dict)
+    minute_mark: dict[str, dict[int, Decimal]] = field(default_factory=dict)
+    minute_queue: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)  # symbol -> (longs, shorts)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -139,15 +148,18 @@ class RunMetrics:
             "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected}
 
 
-def run_scenario(records: Iterable[AnyRecord], scenario: Scenario, out: Path) -> tuple[RunMetrics, dict[str, Any]]:
+def run_scenario(records: Iterable[AnyRecord], scenario: Scenario, out: Path,
+                 progress: Callable[[int], None] | None = None) -> tuple[RunMetrics, dict[str, Any]]:
     """Replay under a scenario into `out` (the usual replay files plus journal.jsonl and scenario.json)."""
     processor = Processor(Engine(adl_policy=AdlPolicy(scenario.adl.rule, scenario.adl.price)))
-    simulator = Simulator(processor, SimulationParams(scenario.simulation.slippage_bps, scenario.simulation.partial)) \
-        if scenario.simulation else None
+    simulator = Simulator(processor, SimulationParams(scenario.simulation.slippage_bps, scenario.simulation.partial,
+                                                      scenario.simulation.market_fill)) if scenario.simulation else None
     metrics = RunMetrics()
     out.mkdir(parents=True, exist_ok=True)
     with OutputDir(out) as files, (out / "journal.jsonl").open("wb") as journal:
         for number, original in enumerate(records, start=1):
+            if progress is not None and number % 500 == 0:
+                progress(number)
             record = transform(original, scenario)
             results = simulator.process(record) if simulator else [(record, processor.process(record))]
             for applied_record, outcome in results:
@@ -173,7 +185,17 @@ def run_scenario(records: Iterable[AnyRecord], scenario: Scenario, out: Path) ->
 
 
 def _observe(metrics: RunMetrics, engine: Engine, record: AnyRecord, outcome: Applied) -> None:
+    minute = record.ts - record.ts % 60_000
+    if isinstance(record, MarkRecord):
+        metrics.minute_mark.setdefault(record.symbol, {})[minute] = record.mark_price
+        queue = metrics.minute_queue.setdefault(record.symbol, {})
+        if minute not in queue:
+            positions = engine.by_symbol[record.symbol].values()
+            longs = sum(1 for p in positions if p.qty > 0)
+            queue[minute] = (longs, len(engine.by_symbol[record.symbol]) - longs)
     if isinstance(record, LiquidationRecord):
+        metrics.minute_liquidated[minute] = metrics.minute_liquidated.get(minute, Decimal(0)) + (
+            record.qty * record.mark_price)
         metrics.liquidations += 1
         metrics.liquidated_notional += record.qty * record.mark_price
         metrics.liquidated_by_account[record.account_id] = metrics.liquidated_by_account.get(
@@ -183,12 +205,15 @@ def _observe(metrics: RunMetrics, engine: Engine, record: AnyRecord, outcome: Ap
         metrics.adl_notional += event.qty * event.price
         metrics.deleveraged_by_account[event.account_id] = metrics.deleveraged_by_account.get(
             event.account_id, Decimal(0)) + event.qty
+        metrics.minute_deleveraged[minute] = metrics.minute_deleveraged.get(minute, Decimal(0)) + (
+            event.qty * event.price)
     for entry in outcome.effects.fund_entries:
         fund_id, balance = entry.fund_id, entry.balance_after
         peak = max(metrics.fund_peak.get(fund_id, balance), balance)
         metrics.fund_peak[fund_id] = peak
         metrics.fund_min[fund_id] = min(metrics.fund_min.get(fund_id, balance), balance)
         metrics.fund_drawdown[fund_id] = max(metrics.fund_drawdown.get(fund_id, Decimal(0)), peak - balance)
+        metrics.minute_fund.setdefault(fund_id, {})[minute] = balance
 
 
 def read_records(path: Path) -> list[AnyRecord]:
@@ -213,6 +238,13 @@ def compare(base: RunMetrics, alt: RunMetrics) -> dict[str, Any]:
             "accounts_affected_differently_sample": accounts_differ[:20]}
 
 
+def render_run(run: dict[str, Any], label: str) -> str:
+    """One run's figures as a two-column table."""
+    return "\n".join(line[: line.rfind("  ")].rstrip() if index else f"{'':<{len(line) - 47}}{label:>24}"
+                     for index, line in enumerate(render({"baseline": run, "alternative": run,
+                                                         "accounts_affected_differently": 0}).splitlines()[:-1]))
+
+
 def render(comparison: dict[str, Any]) -> str:
     base, alt = comparison["baseline"], comparison["alternative"]
     rows = [("liquidations", base["liquidations"], alt["liquidations"]),
@@ -232,12 +264,21 @@ def render(comparison: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def whatif(journal: Path, params: WhatIfFile, out: Path) -> dict[str, Any]:
+def whatif(journal: Path, params: WhatIfFile, out: Path, *, report: bool = False) -> dict[str, Any]:
     records = read_records(journal)
-    base, _ = run_scenario(records, params.baseline, out / "baseline")
-    alt, _ = run_scenario(records, params.alternative, out / "alternative")
+    base, base_summary = run_scenario(records, params.baseline, out / "baseline")
+    alt, alt_summary = run_scenario(records, params.alternative, out / "alternative")
     comparison = compare(base, alt)
     write_json(out / "comparison.json", comparison)
+    if report:
+        from backstop.report.html import write_report
+
+        facts = [("input", f"{journal} ({len(records):,} records)"),
+                 ("baseline head hash", base_summary["head_hash"]),
+                 ("alternative head hash", alt_summary["head_hash"])]
+        write_report(out / "report.html", f"backstop what-if: {journal.name}", [("baseline", base),
+                                                                               ("alternative", alt)], facts,
+                     render(comparison))
     return comparison
 
 

@@ -1,0 +1,1 @@
+"""Reports for people: PNG charts (matplotlib) in a self-contained HTML page."""
