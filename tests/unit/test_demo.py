@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ def test_the_demo_input_follows_the_real_bars_and_funding() -> None:
     assert len(marks) == 4 * len(bars) == 960
     assert min(float(m["mark_price"]) for m in marks) == 101516.5  # the real low, 21:20 UTC
     assert [r["rate"] for r in lines if r["type"] == "funding"] == ["0.00010000"]  # 2025-10-11 00:00 settlement
-    assert all(a["ts"] <= b["ts"] for a, b in zip(marks, marks[1:], strict=False))
+    assert all(a["ts"] <= b["ts"] for a, b in itertools.pairwise(marks))
 
 
 def test_same_seed_same_hashes_and_a_report(tmp_path: Path) -> None:

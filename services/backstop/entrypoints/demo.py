@@ -11,7 +11,7 @@ from backstop.demo import journal
 from backstop.entrypoints.whatif import AdlSection, Scenario, SimulationSection, render_run, run_scenario
 from backstop.wire.decode import decode_record
 
-DEMO_SCENARIO = Scenario(simulation=SimulationSection(slippage_bps="30", market_fill="0.8"),  # type: ignore[arg-type]
+DEMO_SCENARIO = Scenario(simulation=SimulationSection(slippage_bps="30", market_fill="0.8"),
                          adl=AdlSection())
 
 

@@ -30,19 +30,19 @@ def _series(values: dict[int, Decimal]) -> tuple[list[datetime.datetime], list[f
     return _times(keys), [float(values[k]) for k in keys]
 
 
-def _png(figure: plt.Figure) -> bytes:
+def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     return buffer.getvalue()
 
 
-def _axes(title: str, ylabel: str) -> tuple[plt.Figure, plt.Axes]:
+def _axes(title: str, ylabel: str) -> tuple[Figure, Axes]:
     figure, axes = plt.subplots(figsize=(9, 3.2))
     axes.set_title(title, loc="left", fontsize=11)
     axes.set_ylabel(ylabel)
     axes.grid(True, alpha=0.3)
-    axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=datetime.UTC))
+    axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=datetime.UTC))  # type: ignore[no-untyped-call]
     return figure, axes
 
 
@@ -81,10 +81,10 @@ def charts(runs: Sequence[tuple[str, RunMetrics]]) -> dict[str, bytes]:
 
     figure, axes = _axes("ADL queue depth (open positions per side)", "positions")
     for (label, run), color in zip(runs, COLORS, strict=False):
-        for symbol, series in sorted(run.minute_queue.items()):
-            keys = sorted(series)
-            axes.plot(_times(keys), [series[k][0] for k in keys], color=color, label=f"{label}: {symbol} longs")
-            axes.plot(_times(keys), [series[k][1] for k in keys], color=color, linestyle="--",
+        for symbol, depth in sorted(run.minute_queue.items()):
+            keys = sorted(depth)
+            axes.plot(_times(keys), [depth[k][0] for k in keys], color=color, label=f"{label}: {symbol} longs")
+            axes.plot(_times(keys), [depth[k][1] for k in keys], color=color, linestyle="--",
                       label=f"{label}: {symbol} shorts")
     axes.legend(fontsize=8)
     out["adl-queue-depth"] = _png(figure)
