@@ -30,12 +30,9 @@ sys.path.insert(0, str(HERE))
 
 from backstop.adapters.kafka import admin  # noqa: E402
 from backstop.adapters.postgres.migrations import migrate  # noqa: E402
-from backstop.adapters.postgres.store import Store  # noqa: E402
 from backstop.entrypoints.kafka_tools import end_offsets, produce_file  # noqa: E402
 from backstop.pipeline.topics import TopicNames  # noqa: E402
-from backstop.service.app import ensure_topics  # noqa: E402
-from backstop.service.ledger import LedgerProcessor  # noqa: E402
-from backstop.service.relay import OutboxRelay  # noqa: E402
+from backstop.service.app import ensure_topics, running  # noqa: E402
 from backstop.settings import Settings  # noqa: E402
 from replay import journal_for  # noqa: E402
 
@@ -66,11 +63,9 @@ async def raw_consume(settings: Settings, ends: dict[tuple[str, int], int]) -> t
 
 
 async def service_until_done(settings: Settings, dsn: str, ends: dict[tuple[str, int], int]) -> float:
-    store = await Store.open(dsn, max_size=6)
-    processor, relay = LedgerProcessor(settings, store), OutboxRelay(settings, store)
     started = time.perf_counter()
-    tasks = [asyncio.create_task(processor.run_forever()), asyncio.create_task(relay.run_forever())]
-    try:
+    async with running(settings) as (processor, _relay):
+        store = processor.store
         while True:
             await asyncio.sleep(0.05)
             offsets = {(r["topic"], r["partition"]): r["next_offset"]
@@ -78,16 +73,6 @@ async def service_until_done(settings: Settings, dsn: str, ends: dict[tuple[str,
             if all(offsets.get(tp, 0) >= end for tp, end in ends.items() if end) and \
                     await store.outbox_backlog() == 0:
                 return time.perf_counter() - started
-            for task in tasks:
-                if task.done():
-                    task.result()
-    finally:
-        processor.stop()
-        relay.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await store.close()
 
 
 async def run_async(events: int, seed: int) -> dict[str, Any]:

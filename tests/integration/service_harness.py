@@ -9,20 +9,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 
-from backstop.adapters.postgres.store import Store
 from backstop.entrypoints.kafka_tools import end_offsets, read_topic
 from backstop.pipeline.topics import TopicNames
-from backstop.service.app import ensure_topics
-from backstop.service.ledger import LedgerProcessor
-from backstop.service.relay import OutboxRelay
+from backstop.service.app import running
 from backstop.settings import Settings
 
 BACKSTOP = Path(sys.executable).parent / "backstop"
@@ -36,22 +31,7 @@ def settings_for(bootstrap: str, dsn: str, prefix: str, **overrides: Any) -> Set
     return Settings(**values)
 
 
-@asynccontextmanager
-async def in_process(settings: Settings) -> AsyncIterator[tuple[LedgerProcessor, OutboxRelay]]:
-    """The ledger processor and the relay as tasks of this event loop (what `backstop serve` hosts)."""
-    await asyncio.to_thread(ensure_topics, settings)
-    store = await Store.open(settings.dsn(), max_size=6)
-    processor, relay = LedgerProcessor(settings, store), OutboxRelay(settings, store)
-    tasks = [asyncio.create_task(processor.run_forever()), asyncio.create_task(relay.run_forever())]
-    try:
-        yield processor, relay
-    finally:
-        processor.stop()
-        relay.stop()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await store.close()
+in_process = running  # the ledger processor and the relay as tasks of the test's event loop
 
 
 def free_port() -> int:

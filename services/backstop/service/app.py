@@ -7,7 +7,9 @@ beside the outbox relay, with /health and /metrics as web views.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
@@ -94,3 +96,24 @@ def serve(settings: Settings) -> None:
     app = create_app(settings)
     worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False, override_logging=False)
     worker.execute_from_commandline()
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[tuple[LedgerProcessor, OutboxRelay]]:
+    """The ledger processor and the relay as tasks of the current event loop, without the faust host (tests and
+    benchmarks); stopped and awaited on exit."""
+    import asyncio
+
+    await asyncio.to_thread(ensure_topics, settings)
+    store = await Store.open(settings.dsn(), max_size=6)
+    processor, relay = LedgerProcessor(settings, store), OutboxRelay(settings, store)
+    tasks = [asyncio.create_task(processor.run_forever()), asyncio.create_task(relay.run_forever())]
+    try:
+        yield processor, relay
+    finally:
+        processor.stop()
+        relay.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.close()

@@ -32,6 +32,7 @@ from backstop.pipeline.ingest import Consumed, ingest_batch
 from backstop.pipeline.merge import Merger
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
+from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
 from backstop.wire.decode import decode_record
 
@@ -71,45 +72,21 @@ async def rebuild(store: Store, *, check_conservation: bool) -> tuple[Processor,
     return processor, head
 
 
-class LedgerProcessor:
+class LedgerProcessor(SupervisedLoop):
+    name = "ledger"
+    lock_id = WRITER_LOCK
+
     def __init__(self, settings: Settings, store: Store) -> None:
+        super().__init__(store)
         self.settings = settings
-        self.store = store
         self.topics = TopicNames(settings.topic_prefix)
         self.progress = Progress()
-        self._stopping = asyncio.Event()
 
-    def stop(self) -> None:
-        self._stopping.set()
+    def on_error(self, error: Exception) -> None:
+        self.progress.ready = False
+        self.progress.last_error = f"{type(error).__name__}: {error}"
 
-    async def run_forever(self) -> None:
-        """Run, and after an error rebuild from PostgreSQL and go on (bounded backoff)."""
-        backoff = 0.5
-        while not self._stopping.is_set():
-            try:
-                await self.run()
-                return
-            except (InvariantViolation, asyncio.CancelledError):
-                raise
-            except Exception as error:
-                self.progress.ready = False
-                self.progress.last_error = f"{type(error).__name__}: {error}"
-                metrics.RESTARTS.labels("ledger").inc()
-                log.warning("ledger loop failed (%s); rebuilding from PostgreSQL in %.1fs", error, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-
-    async def run(self) -> None:
-        async with self.store.pool.acquire() as lock_connection:
-            log.info("waiting for the writer lock (one ledger processor per database)")
-            await lock_connection.execute("SELECT pg_advisory_lock($1)", WRITER_LOCK)
-            try:
-                await self._run_locked()
-            finally:
-                if not lock_connection.is_closed():
-                    await lock_connection.execute("SELECT pg_advisory_unlock($1)", WRITER_LOCK)
-
-    async def _run_locked(self) -> None:
+    async def run_locked(self) -> None:
         settings = self.settings
         processor, head = await rebuild(self.store, check_conservation=settings.check_conservation)
         offsets = await self.store.offsets()
@@ -127,7 +104,7 @@ class LedgerProcessor:
             last_refresh_seq, last_refresh_ts = processor.engine.last_seq, None
             positions = (head.ledger_position, head.adl_position)
             state_hashed_at = -1
-            while not self._stopping.is_set():
+            while not self.stopping:
                 if not merger.full():
                     fetched = await consumer.getmany(timeout_ms=settings.batch_max_wait_ms,
                                                      max_records=settings.batch_max_records)

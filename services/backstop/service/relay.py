@@ -10,7 +10,6 @@ published without being sent again. No record id is published twice; per key, or
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
@@ -19,9 +18,9 @@ from backstop import faults
 from backstop.adapters.postgres.store import RELAY_LOCK, OutboxRow, Store
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
+from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
 
-log = logging.getLogger("backstop.relay")
 OUTBOX_HEADER = "backstop-outbox-id"
 
 
@@ -31,43 +30,21 @@ def partition_for(key: str, partitions: int) -> int:
     return partition
 
 
-class OutboxRelay:
+class OutboxRelay(SupervisedLoop):
+    name = "relay"
+    lock_id = RELAY_LOCK
+
     def __init__(self, settings: Settings, store: Store) -> None:
+        super().__init__(store)
         self.settings = settings
-        self.store = store
         self.topics = TopicNames(settings.topic_prefix)
         self.published = 0
         self.ready = False
-        self._stopping = asyncio.Event()
 
-    def stop(self) -> None:
-        self._stopping.set()
+    def on_error(self, error: Exception) -> None:
+        self.ready = False
 
-    async def run_forever(self) -> None:
-        backoff = 0.5
-        while not self._stopping.is_set():
-            try:
-                await self.run()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                self.ready = False
-                metrics.RESTARTS.labels("relay").inc()
-                log.warning("outbox relay failed (%s); restarting in %.1fs", error, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-
-    async def run(self) -> None:
-        async with self.store.pool.acquire() as lock_connection:
-            await lock_connection.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK)
-            try:
-                await self._run_locked()
-            finally:
-                if not lock_connection.is_closed():
-                    await lock_connection.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
-
-    async def _run_locked(self) -> None:
+    async def run_locked(self) -> None:
         settings = self.settings
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=5,
@@ -78,7 +55,7 @@ class OutboxRelay:
             counts = {topic: len(await producer.partitions_for(topic)) for topic in self.topics.outputs}
             published_up_to = await self._published_up_to(counts)
             self.ready = True
-            while not self._stopping.is_set():
+            while not self.stopping:
                 rows = await self.store.unpublished(settings.relay_batch)
                 metrics.OUTBOX_BACKLOG.set(len(rows) if len(rows) < settings.relay_batch
                                            else await self.store.outbox_backlog())

@@ -1,0 +1,65 @@
+"""What the ledger processor and the outbox relay share: one instance per database (an advisory lock, held on a
+connection of its own), and restarts after an error with a bounded backoff. An InvariantViolation is never
+retried: it stops the loop, as a broken rule must."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from backstop.adapters.postgres.store import Store
+from backstop.core.errors import InvariantViolation
+from backstop.service import metrics
+
+log = logging.getLogger("backstop.service")
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 10.0
+
+
+class SupervisedLoop:
+    name = "loop"
+    lock_id = 0
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run_forever(self) -> None:
+        backoff = BACKOFF_FIRST_S
+        while not self.stopping:
+            try:
+                await self.run()
+                return
+            except (InvariantViolation, asyncio.CancelledError):
+                raise
+            except Exception as error:
+                self.on_error(error)
+                metrics.RESTARTS.labels(self.name).inc()
+                log.warning("%s failed (%s: %s); restarting in %.1fs", self.name, type(error).__name__, error,
+                            backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def run(self) -> None:
+        """Run once, holding this loop's lock (a second instance waits here as a standby)."""
+        async with self.store.pool.acquire() as lock_connection:
+            log.info("%s: waiting for its lock (one per database)", self.name)
+            await lock_connection.execute("SELECT pg_advisory_lock($1)", self.lock_id)
+            try:
+                await self.run_locked()
+            finally:
+                if not lock_connection.is_closed():
+                    await lock_connection.execute("SELECT pg_advisory_unlock($1)", self.lock_id)
+
+    async def run_locked(self) -> None:
+        raise NotImplementedError
+
+    def on_error(self, error: Exception) -> None:
+        """Record the error (for health); the loop restarts after it."""
