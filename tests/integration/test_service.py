@@ -219,3 +219,25 @@ async def test_kill_9_anywhere_ends_with_the_ledger_of_an_uninterrupted_run(
         ids = [r["id"] for r in out_have[stream]]
         assert len(ids) == len(set(ids)), f"{stream}: a record id was published twice"
         assert sorted(ids) == sorted(r["id"] for r in out_want[stream]), stream
+
+
+async def test_audit_verify_over_the_database_catches_a_doctored_row(tmp_path: Path, kafka_bootstrap: str,
+                                                                     topic_prefix: str,
+                                                                     migrated_database: str) -> None:
+    import asyncpg
+
+    example = REPO / "examples" / "06-bad-debt.jsonl"
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}audit.")
+    async with in_process(settings):
+        await produce_file(settings, example)
+        await wait_caught_up(migrated_database, applied=14)
+    assert await asyncio.to_thread(cli, ["audit", "verify", "--dsn", migrated_database]) == 0
+    connection = await asyncpg.connect(migrated_database)
+    try:
+        # the owner can switch the append-only triggers off: that is what the audit is for
+        await connection.execute("ALTER TABLE fund_ledger DISABLE TRIGGER USER")
+        await connection.execute("UPDATE fund_ledger SET record = replace(record, '\"amount\":\"-600\"', "
+                                 "'\"amount\":\"-60\"') WHERE kind = 'liquidation_loss'")
+    finally:
+        await connection.close()
+    assert await asyncio.to_thread(cli, ["audit", "verify", "--dsn", migrated_database]) == 1

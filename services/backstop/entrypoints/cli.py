@@ -129,12 +129,19 @@ def _cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    import asyncio
     from pathlib import Path
 
-    from backstop.entrypoints.audit import AuditError, verify_output
+    from backstop.entrypoints.audit import AuditError, verify_output, verify_postgres
 
+    if bool(args.out) == bool(args.dsn):
+        print("backstop audit verify: give a replay output DIR or --dsn, not both", file=sys.stderr)
+        return 2
     try:
-        checked, problem = verify_output(Path(args.out), Path(args.journal) if args.journal else None)
+        if args.dsn:
+            checked, problem = asyncio.run(verify_postgres(args.dsn))
+        else:
+            checked, problem = verify_output(Path(args.out), Path(args.journal) if args.journal else None)
     except AuditError as error:
         print(f"backstop audit verify: {error}", file=sys.stderr)
         return 2
@@ -143,8 +150,8 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"FAIL  {problem}")
         return 1
-    print("ledger verified" + ("" if args.journal else " (hash chains and balances only: give --journal to "
-                                                      "re-derive every record)"))
+    print("ledger verified" + ("" if args.journal or args.dsn else " (hash chains and balances only: give "
+                                                                   "--journal to re-derive every record)"))
     return 0
 
 
@@ -335,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands = audit.add_subparsers(dest="audit_command", metavar="AUDIT_COMMAND", required=True)
     verify = audit_commands.add_parser(
         "verify", help="check hash chains, balances and conservation, and re-derive every record from the journal")
-    verify.add_argument("out", metavar="DIR", help="a `backstop replay` output directory")
+    verify.add_argument("out", metavar="DIR", nargs="?", help="a `backstop replay` output directory")
+    verify.add_argument("--dsn", help="verify the service's PostgreSQL database instead (its journal included)")
     verify.add_argument("--journal", metavar="INPUT.jsonl", help="the journal it came from: re-derive everything")
     verify.set_defaults(handler=_cmd_audit_verify)
 
