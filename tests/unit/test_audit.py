@@ -94,3 +94,9 @@ def test_unreadable_inputs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["audit", "verify", str(out)]) == 2
     assert "cannot read" in capsys.readouterr().err
     json.loads((replayed(tmp_path / "again") / "summary.json").read_text())
+
+
+def test_a_journal_alone_is_verified_by_replaying_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "verify", "--journal", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "conservation: checked after each of 13 events" in out and "ledger verified" in out

@@ -132,14 +132,17 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
-    from backstop.entrypoints.audit import AuditError, verify_output, verify_postgres
+    from backstop.entrypoints.audit import AuditError, verify_journal, verify_output, verify_postgres
 
-    if bool(args.out) == bool(args.dsn):
-        print("backstop audit verify: give a replay output DIR or --dsn, not both", file=sys.stderr)
+    if sum(map(bool, (args.out, args.dsn))) > 1 or not (args.out or args.dsn or args.journal):
+        print("backstop audit verify: give a replay output DIR (with its --journal), a --journal alone, or --dsn",
+              file=sys.stderr)
         return 2
     try:
         if args.dsn:
             checked, problem = asyncio.run(verify_postgres(args.dsn))
+        elif not args.out:
+            checked, problem = verify_journal(Path(args.journal))
         else:
             checked, problem = verify_output(Path(args.out), Path(args.journal) if args.journal else None)
     except AuditError as error:
