@@ -5,7 +5,10 @@ retried: it stops the loop, as a broken rule must."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+
+import asyncpg
 
 from backstop.adapters.postgres.store import Store
 from backstop.core.errors import InvariantViolation
@@ -55,7 +58,8 @@ class SupervisedLoop:
             try:
                 await self.run_locked()
             finally:
-                if not lock_connection.is_closed():
+                # the lock dies with its session; after a database crash there is nothing left to unlock
+                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
                     await lock_connection.execute("SELECT pg_advisory_unlock($1)", self.lock_id)
 
     async def run_locked(self) -> None:

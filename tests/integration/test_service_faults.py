@@ -1,0 +1,115 @@
+"""Server faults under the running service: PostgreSQL crashes (immediate shutdown, crash recovery) and the
+Kafka broker restarts, mid-stream. The service recovers by itself and ends with exactly the ledger, hashes and
+published records of an uninterrupted run.
+
+This test restarts the servers of deploy/local (the ones `scripts/test` starts), so it must run against them."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from service_harness import ServeProcess, in_process, input_ends, published, settings_for, stored, wait_caught_up
+
+from backstop.adapters.postgres.migrations import migrate
+from backstop.entrypoints.kafka_tools import produce_file
+from backstop.service.app import ensure_topics
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def local(server: str, *command: str) -> None:
+    run = subprocess.run([str(REPO / "deploy" / "local" / server), *command], capture_output=True, text=True,
+                         timeout=180, check=False)
+    assert run.returncode == 0, f"deploy/local/{server} {' '.join(command)}: {run.stdout}{run.stderr}"
+
+
+async def seq_of(dsn: str) -> int:
+    """The journal head, or -1 while the database is away."""
+    try:
+        connection = await asyncpg.connect(dsn, timeout=2)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return -1
+    try:
+        value: int = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
+        return value
+    except (OSError, asyncpg.PostgresError):
+        return -1
+    finally:
+        await connection.close()
+
+
+async def until_seq(dsn: str, at_least: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seq = await seq_of(dsn)
+        if seq >= at_least:
+            return seq
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the journal did not reach seq {at_least} in {timeout}s")
+
+
+async def test_postgres_crash_and_broker_restart_mid_stream_lose_nothing(
+        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
+    for server in ("postgres", "kafka"):
+        if subprocess.run([str(REPO / "deploy" / "local" / server), "status"], capture_output=True,
+                          check=False).returncode != 0:
+            pytest.fail(f"this test restarts deploy/local/{server}, which is not the running server: run it through "
+                        f"scripts/test (or start deploy/local/{server})", pytrace=False)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from journal_gen import generate
+
+    journal = tmp_path / "journal.jsonl"
+    generate(journal, events=8000, seed=11)
+    run_id = secrets.token_hex(2)
+    common = {"input_partitions": 3, "batch_max_records": 20, "relay_batch": 50, "snapshot_every_events": 2500}
+    reference_dsn = await databases.create(f"_sref{run_id}")
+    faulted_dsn = await databases.create(f"_sflt{run_id}")
+    await migrate(reference_dsn)
+    await migrate(faulted_dsn)
+    reference = settings_for(kafka_bootstrap, reference_dsn, f"{topic_prefix}sref{run_id}.", **common)
+    faulted = settings_for(kafka_bootstrap, faulted_dsn, f"{topic_prefix}sflt{run_id}.", **common)
+    for settings in (reference, faulted):
+        ensure_topics(settings)
+        await produce_file(settings, journal)
+    async with in_process(reference):
+        await wait_caught_up(reference_dsn, ends=await input_ends(reference), timeout=300)
+
+    serve = ServeProcess(faulted, tmp_path / "faulted.log")
+    try:
+        serve.wait_healthy()
+        crashed_at = await until_seq(faulted_dsn, 400)
+        local("postgres", "crash")
+        await asyncio.sleep(1.0)
+        local("postgres", "start")
+        restarted_at = await until_seq(faulted_dsn, crashed_at + 800)  # it recovered by itself
+        local("kafka", "stop")
+        await asyncio.sleep(1.0)
+        local("kafka", "start")
+        await wait_caught_up(faulted_dsn, ends=await input_ends(faulted), timeout=300)
+        assert serve.process.poll() is None, "the service died instead of riding the faults out"
+    finally:
+        serve.stop()
+    total = (await stored(reference_dsn))["journal"]
+    assert crashed_at < total and restarted_at < total, "the faults did not land mid-stream"
+
+    want, have = await stored(reference_dsn), await stored(faulted_dsn)
+    assert have["journal"] == want["journal"]
+    assert have["fund_ledger"] == want["fund_ledger"]
+    assert have["adl_events"] == want["adl_events"]
+    assert have["head"]["head_hash"] == want["head"]["head_hash"]
+    assert have["head"]["state_hash"] == want["head"]["state_hash"]
+    out_want, out_have = await published(reference), await published(faulted)
+    for stream in ("journal", "fund-ledger", "adl-events"):
+        ids = [r["id"] for r in out_have[stream]]
+        assert len(ids) == len(set(ids)), f"{stream}: a record id was published twice"
+        assert sorted(ids) == sorted(r["id"] for r in out_want[stream]), stream
+    log = (tmp_path / "faulted.log").read_text()
+    assert "failed" in log  # it did see the faults (and restarted its loops)
