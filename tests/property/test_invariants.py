@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from decimal import Decimal
 from typing import Any
 
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from strategies import journals
 
 from backstop.core import ledger
@@ -17,10 +16,6 @@ from backstop.core.processor import Applied, Processor, Rejection
 from backstop.core.snapshot import restore, state_document, state_hash
 from backstop.wire.decode import decode_record
 from scenario import run
-
-settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def hashes(processor: Processor) -> tuple[str, str]:
