@@ -24,8 +24,9 @@ nasty_strings = st.sampled_from([
     "", "-0", "0", "1e5", "1E-3", "NaN", "Infinity", "-Infinity", "0x10", "1_000", " 1", "1 ", "+1", "1.", ".5",
     "9" * 21, "1." + "1" * 19, "0.000000000000000001", "99999999999999999999.999999999999999999",
     "\u0661\u0662", "1\u00a0", "\u202e", "x" * 200, "fund:", "fund:MAIN", "u\x00", "ETH/USDT", "btcusdt"])
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=True) | nasty_strings
-                           | st.text(max_size=20), lambda inner: st.lists(inner, max_size=3)
+scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=True) | nasty_strings
+           | st.text(max_size=20))
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
 
 
