@@ -113,3 +113,50 @@ async def test_postgres_crash_and_broker_restart_mid_stream_lose_nothing(
         assert sorted(ids) == sorted(r["id"] for r in out_want[stream]), stream
     log = (tmp_path / "faulted.log").read_text()
     assert "failed" in log  # it did see the faults (and restarted its loops)
+
+
+async def test_a_standby_worker_takes_over_when_the_active_one_dies(
+        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from journal_gen import generate
+
+    journal = tmp_path / "journal.jsonl"
+    generate(journal, events=4000, seed=12)
+    run_id = secrets.token_hex(2)
+    common = {"input_partitions": 3, "batch_max_records": 20}
+    reference_dsn = await databases.create(f"_wref{run_id}")
+    shared_dsn = await databases.create(f"_wsh{run_id}")
+    await migrate(reference_dsn)
+    await migrate(shared_dsn)
+    reference = settings_for(kafka_bootstrap, reference_dsn, f"{topic_prefix}wref{run_id}.", **common)
+    shared = settings_for(kafka_bootstrap, shared_dsn, f"{topic_prefix}wsh{run_id}.", **common)
+    for settings in (reference, shared):
+        ensure_topics(settings)
+        await produce_file(settings, journal)
+    async with in_process(reference):
+        await wait_caught_up(reference_dsn, ends=await input_ends(reference), timeout=300)
+
+    active = ServeProcess(shared, tmp_path / "active.log")
+    standby = ServeProcess(shared, tmp_path / "standby.log")
+    try:
+        active.wait_healthy()
+        await until_seq(shared_dsn, 300)
+        assert "ledger processor ready" not in (tmp_path / "standby.log").read_text()  # it waits on the lock
+        active.kill()  # the active worker leaves (kill -9): its session and lock die with it
+        await wait_caught_up(shared_dsn, ends=await input_ends(shared), timeout=300)
+        assert "ledger processor ready" in (tmp_path / "standby.log").read_text()
+    finally:
+        active.stop()
+        standby.stop()
+    want, have = await stored(reference_dsn), await stored(shared_dsn)
+    import re
+
+    took_over_at = int(re.findall(r"ledger processor ready at seq (\d+)", (tmp_path / "standby.log").read_text())[0])
+    assert 300 <= took_over_at < want["journal"], "the standby did not take over mid-stream"
+    assert (have["journal"], have["head"]["head_hash"], have["head"]["state_hash"]) == (
+        want["journal"], want["head"]["head_hash"], want["head"]["state_hash"])
+    assert have["fund_ledger"] == want["fund_ledger"] and have["adl_events"] == want["adl_events"]
+    out_have = await published(shared)
+    for stream in ("journal", "fund-ledger", "adl-events"):
+        ids = [r["id"] for r in out_have[stream]]
+        assert len(ids) == len(set(ids)), f"{stream}: a record id was published twice"
