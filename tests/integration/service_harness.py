@@ -160,3 +160,37 @@ async def published(settings: Settings) -> dict[str, list[dict[str, Any]]]:
         result[name] = [orjson.loads(v) async for _, _, v in read_topic(settings, topic, follow=False,
                                                                         idle_timeout_s=1.0)]
     return result
+
+
+async def seq_of(dsn: str) -> int:
+    """The journal head, or -1 while the database is away."""
+    try:
+        connection = await asyncpg.connect(dsn, timeout=2)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return -1
+    try:
+        value: int = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
+        return value
+    except (OSError, asyncpg.PostgresError):
+        return -1
+    finally:
+        await connection.close()
+
+
+async def until_seq(dsn: str, at_least: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seq = await seq_of(dsn)
+        if seq >= at_least:
+            return seq
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the journal did not reach seq {at_least} in {timeout}s")
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def local(server: str, *command: str) -> None:
+    run = subprocess.run([str(REPO / "deploy" / "local" / server), *command], capture_output=True, text=True,
+                         timeout=180, check=False)
+    assert run.returncode == 0, f"deploy/local/{server} {' '.join(command)}: {run.stdout}{run.stderr}"

@@ -10,50 +10,27 @@ import asyncio
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
-from service_harness import ServeProcess, in_process, input_ends, published, settings_for, stored, wait_caught_up
+from service_harness import (
+    ServeProcess,
+    in_process,
+    input_ends,
+    local,
+    published,
+    settings_for,
+    stored,
+    until_seq,
+    wait_caught_up,
+)
 
 from backstop.adapters.postgres.migrations import migrate
 from backstop.entrypoints.kafka_tools import produce_file
 from backstop.service.app import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def local(server: str, *command: str) -> None:
-    run = subprocess.run([str(REPO / "deploy" / "local" / server), *command], capture_output=True, text=True,
-                         timeout=180, check=False)
-    assert run.returncode == 0, f"deploy/local/{server} {' '.join(command)}: {run.stdout}{run.stderr}"
-
-
-async def seq_of(dsn: str) -> int:
-    """The journal head, or -1 while the database is away."""
-    try:
-        connection = await asyncpg.connect(dsn, timeout=2)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return -1
-    try:
-        value: int = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
-        return value
-    except (OSError, asyncpg.PostgresError):
-        return -1
-    finally:
-        await connection.close()
-
-
-async def until_seq(dsn: str, at_least: int, timeout: float = 120) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seq = await seq_of(dsn)
-        if seq >= at_least:
-            return seq
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the journal did not reach seq {at_least} in {timeout}s")
 
 
 async def test_postgres_crash_and_broker_restart_mid_stream_lose_nothing(
@@ -137,9 +114,9 @@ async def test_a_standby_worker_takes_over_when_the_active_one_dies(
         await wait_caught_up(reference_dsn, ends=await input_ends(reference), timeout=300)
 
     active = ServeProcess(shared, tmp_path / "active.log")
-    standby = ServeProcess(shared, tmp_path / "standby.log")
+    active.wait_healthy()
+    standby = ServeProcess(shared, tmp_path / "standby.log")  # joins once the first holds the lock
     try:
-        active.wait_healthy()
         await until_seq(shared_dsn, 300)
         assert "ledger processor ready" not in (tmp_path / "standby.log").read_text()  # it waits on the lock
         active.kill()  # the active worker leaves (kill -9): its session and lock die with it
