@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from service_harness import (
     ServeProcess,
@@ -131,7 +132,7 @@ async def _progress_or_done(dsn: str, before: int, ends: dict[tuple[str, int], i
         try:
             await wait_caught_up(dsn, ends=ends, timeout=0.2)
             return
-        except (AssertionError, OSError):
+        except (AssertionError, OSError, asyncpg.PostgresError):  # not yet, or the database is restarting
             await asyncio.sleep(0.1)
     raise AssertionError(f"no progress past seq {before} within {timeout}s after the fault")
 
@@ -149,6 +150,6 @@ async def _exit_or_done(serve: ServeProcess, dsn: str, ends: dict[tuple[str, int
             return 0
         except AssertionError:
             continue
-        except OSError:  # the database is restarting
+        except (OSError, asyncpg.PostgresError):  # the database is restarting
             await asyncio.sleep(0.2)
     raise AssertionError(f"backstop serve neither reached its fault point nor caught up in {timeout}s")
