@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -194,3 +195,38 @@ def local(server: str, *command: str) -> None:
     run = subprocess.run([str(REPO / "deploy" / "local" / server), *command], capture_output=True, text=True,
                          timeout=180, check=False)
     assert run.returncode == 0, f"deploy/local/{server} {' '.join(command)}: {run.stdout}{run.stderr}"
+
+
+async def two_runs(databases: Any, kafka_bootstrap: str, prefix: str, journal: Path,
+                   **common: Any) -> tuple[Settings, Settings]:
+    """A reference and a faulted setup: own databases (migrated) and topics, both filled with the same journal before
+    any service starts (the order the service decides is a function of the topics' contents)."""
+    from backstop.adapters.postgres.migrations import migrate
+    from backstop.entrypoints.kafka_tools import produce_file
+    from backstop.service.app import ensure_topics
+
+    run_id = secrets.token_hex(2)
+    runs = []
+    for name in ("ref", "flt"):
+        dsn = await databases.create(f"_{prefix}{name}{run_id}")
+        await migrate(dsn)
+        settings = settings_for(kafka_bootstrap, dsn, f"{prefix}{name}{run_id}.", **common)
+        ensure_topics(settings)
+        await produce_file(settings, journal)
+        runs.append(settings)
+    return runs[0], runs[1]
+
+
+async def assert_same_outcome(reference: Settings, faulted: Settings, context: str = "") -> None:
+    """Same journal, fund ledger, ADL events, head and state hash; every output id published once, the same ids."""
+    want, have = await stored(reference.dsn()), await stored(faulted.dsn())
+    assert have["journal"] == want["journal"], context
+    assert have["fund_ledger"] == want["fund_ledger"], context
+    assert have["adl_events"] == want["adl_events"], context
+    assert have["head"]["head_hash"] == want["head"]["head_hash"], context
+    assert have["head"]["state_hash"] == want["head"]["state_hash"], context
+    out_want, out_have = await published(reference), await published(faulted)
+    for stream in ("journal", "fund-ledger", "adl-events"):
+        ids = [r["id"] for r in out_have[stream]]
+        assert len(ids) == len(set(ids)), f"{stream}: a record id was published twice {context}"
+        assert sorted(ids) == sorted(r["id"] for r in out_want[stream]), f"{stream} {context}"
