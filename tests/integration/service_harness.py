@@ -64,7 +64,8 @@ class ServeProcess:
         self.process = subprocess.Popen([str(BACKSTOP), "serve"], env=env, stdout=self.handle,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
-    def wait_healthy(self, timeout: float = 90) -> None:
+    def wait_healthy(self, timeout: float = 90, *, standby: bool = False) -> None:
+        """Until /health says ok; with standby=True, until it answers at all (a standby says 503 'starting')."""
         import urllib.error
         import urllib.request
 
@@ -77,6 +78,9 @@ class ServeProcess:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
                     if response.status == 200:
                         return
+            except urllib.error.HTTPError as error:
+                if standby and error.code == 503:
+                    return
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.3)

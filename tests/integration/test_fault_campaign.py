@@ -3,7 +3,8 @@ database, compared at the end with an uninterrupted run of the same input.
 
 Faults: kill -9 inside the batch transaction, after commit, in the relay after publishing (injected at the n-th
 time the process reaches that point, n drawn from the seed), kill -9 from outside after a random delay, a
-PostgreSQL crash (immediate shutdown), a broker stop and start. CI runs 20 faults; for a long campaign:
+PostgreSQL crash (immediate shutdown), a broker stop and start, and a worker handover (a second worker joins, the
+first leaves with SIGTERM, the second takes over). CI runs 20 faults; for a long campaign:
 
     BACKSTOP_FAULTS=1000 scripts/test tests/integration/test_fault_campaign.py
     BACKSTOP_FAULT_SEED=<seed> ...        # replay a campaign: the seed is printed at the start
@@ -37,8 +38,10 @@ from service_harness import (
 REPO = Path(__file__).resolve().parents[2]
 FAULTS = int(os.environ.get("BACKSTOP_FAULTS", "20"))
 SEED = int(os.environ.get("BACKSTOP_FAULT_SEED") or secrets.randbelow(2**32))
-KINDS = ("in_transaction", "after_commit", "relay_after_send", "external_kill", "postgres_crash", "broker_restart")
-WEIGHTS = (3, 3, 2, 3, 1, 1)
+KINDS = ("in_transaction", "after_commit", "relay_after_send", "external_kill", "postgres_crash", "broker_restart",
+         "worker_handover")
+WEIGHTS = (3, 3, 2, 3, 1, 1, 1)
+SURVIVED = ("postgres_crash", "broker_restart", "worker_handover")  # the service goes on: no exit code to check
 
 
 async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any,
@@ -65,7 +68,10 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
     log = tmp_path / "faulted.log"
     ends = await input_ends(faulted)
     landed: dict[str, int] = dict.fromkeys(KINDS, 0)
-    for _ in range(FAULTS):
+    for number in range(1, FAULTS + 1):
+        if number % 50 == 0:
+            with capsys.disabled():
+                print(f"fault campaign: {number - 1} faults done, landed {landed}", flush=True)
         kind = rng.choices(KINDS, WEIGHTS)[0]
         if kind in ("in_transaction", "after_commit", "relay_after_send"):
             serve = ServeProcess(faulted, log, fault=f"{kind}@{rng.randint(1, 4)}")
@@ -76,6 +82,14 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
             await asyncio.sleep(rng.uniform(0, 0.3))
             if kind == "external_kill":
                 serve.kill()
+            elif kind == "worker_handover":
+                joiner = ServeProcess(faulted, log)  # waits on the advisory lock as a standby
+                await asyncio.to_thread(joiner.wait_healthy, standby=True)
+                await asyncio.sleep(rng.uniform(0, 0.3))
+                before = await seq_of(faulted_dsn)
+                serve.stop()  # the first worker leaves cleanly; the joiner takes the lock and goes on
+                await _progress_or_done(faulted_dsn, before, ends)
+                serve = joiner
             else:
                 before = await seq_of(faulted_dsn)
                 server, down, up = ("postgres", "crash", "start") if kind == "postgres_crash" else \
@@ -86,7 +100,7 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
                 await _progress_or_done(faulted_dsn, before, ends)  # it recovered by itself and went on
             code = -9 if kind == "external_kill" else 0
         serve.stop()
-        landed[kind] += 1 if code == -9 or kind in ("postgres_crash", "broker_restart") else 0
+        landed[kind] += 1 if code == -9 or kind in SURVIVED else 0
     serve = ServeProcess(faulted, log)
     try:
         await asyncio.to_thread(serve.wait_healthy)
