@@ -64,7 +64,8 @@ def test_bad_input_goes_to_dead_letter_and_offsets_still_advance() -> None:
         Consumed(TOPICS.input("fill"), 0, 101, None, None),
         Consumed(TOPICS.input("fill"), 0, 102, None, orjson.dumps({"type": "mark", "ts": 1, "symbol": "BNBUSDT",
                                                                     "mark_price": "1"})),
-        Consumed(TOPICS.input("mark"), 0, 100, None, orjson.dumps({"ts": 1, "symbol": "NOPE", "mark_price": "1"})),
+        Consumed(TOPICS.input("mark"), 0, 100, None, orjson.dumps({"ts": orjson.loads(lines[-1])["ts"], "symbol": "NOPE",
+                                                                     "mark_price": "1"})),
         Consumed("t.unknown", 3, 7, None, b"{}"),
         Consumed(TOPICS.input("fill"), 0, 103, None, good[10].value),  # a fill sent again
     ]

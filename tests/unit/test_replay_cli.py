@@ -24,7 +24,8 @@ def test_missing_journal_exits_2_with_a_clear_message(tmp_path: Path, capsys: py
 def _with_bad_lines(tmp_path: Path) -> Path:
     lines = EXAMPLE.read_text().splitlines()
     lines.insert(3, "{not json")
-    lines.insert(5, json.dumps({"type": "mark", "ts": 1, "symbol": "NOPE", "mark_price": "1"}))
+    lines.insert(5, json.dumps({"type": "mark", "ts": json.loads(lines[4])["ts"], "symbol": "NOPE",
+                                    "mark_price": "1"}))
     lines.insert(7, lines[6])  # a duplicate
     journal = tmp_path / "journal.jsonl"
     journal.write_text("\n".join(lines) + "\n")

@@ -33,6 +33,7 @@ from backstop.core.numbers import (
     share,
     text,
 )
+from backstop.core.ordering import check_lateness
 from backstop.core.records import (
     SCHEMA_VERSION,
     AdlEvent,
@@ -101,6 +102,9 @@ class Engine:
         self.positions: dict[str, dict[str, Position]] = {}  # account -> symbol -> position
         self.by_symbol: dict[str, dict[str, Position]] = {}  # symbol -> account -> position
         self.last_seq = 0
+        self.newest_ts: int | None = None  # the largest ts applied (backstop.core.ordering)
+        self.mark_ts: dict[str, int] = {}  # symbol -> ts of the mark in force
+        self.funding_ts: dict[str, int] = {}  # symbol -> ts of the last funding applied
         self.ledger_head = GENESIS_HASH
         self.adl_head = GENESIS_HASH
         self._effects = Effects()
@@ -111,6 +115,9 @@ class Engine:
     def apply(self, record: AnyRecord, seq: int) -> Effects:
         if seq != self.last_seq + 1:
             raise InvariantViolation(f"journal gap: seq {seq} after {self.last_seq}")
+        late = check_lateness(record.ts, self.newest_ts)
+        if late is not None:
+            raise Rejected(late)
         self._effects = effects = Effects()
         self._seq, self._ts = seq, record.ts
         with localcontext(CONTEXT):
@@ -118,6 +125,8 @@ class Engine:
             handler = self._handlers[record.type]
             handler(self, record)
             self.last_seq = seq
+            if self.newest_ts is None or record.ts > self.newest_ts:
+                self.newest_ts = record.ts
             self._enforce_solvency(funds_before)
             if self.check_conservation:
                 self.ledger.check_conservation()
@@ -259,12 +268,22 @@ class Engine:
 
     def _on_mark(self, record: MarkRecord) -> None:
         self._instrument(record.symbol)
+        in_force = self.mark_ts.get(record.symbol)
+        if in_force is not None and record.ts < in_force:
+            raise Rejected(f"stale mark: ts {record.ts} is older than the {record.symbol} mark in force (ts "
+                           f"{in_force})")
         self.marks[record.symbol] = record.mark_price
+        self.mark_ts[record.symbol] = record.ts
 
     def _on_funding(self, record: FundingRecord) -> None:
         instrument = self._instrument(record.symbol)
         if abs(record.rate) >= 1:
             raise Rejected(f"funding rate {record.rate} is not a plausible rate")
+        last = self.funding_ts.get(record.symbol)
+        if last is not None and record.ts <= last:
+            raise Rejected(f"funding for {record.symbol} at ts {record.ts} is not after the last one applied (ts "
+                           f"{last}): that period was already charged")
+        self.funding_ts[record.symbol] = record.ts
         clearing = ledger.funding(record.symbol)
         rate_price = CONTEXT.multiply(record.mark_price, record.rate)
         for position in self.by_symbol[record.symbol].values():
@@ -296,6 +315,7 @@ class Engine:
             self._check_steps(instrument, execution.qty, execution.price)
 
         self.marks[record.symbol] = record.mark_price
+        self.mark_ts[record.symbol] = max(self.mark_ts.get(record.symbol, record.ts), record.ts)
         fund_state = self.funds[instrument.fund_id]
         view = self.margin_view(position)
         if not view.liquidatable:

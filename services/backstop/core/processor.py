@@ -53,7 +53,7 @@ class Processor:
         except Rejected as rejection:
             self.rejected += 1
             return Rejection(str(rejection))
-        self.deduper.remember(key)
+        self.deduper.remember(key, record.ts, self.engine.newest_ts or record.ts)
         self.fund_entries += len(effects.fund_entries)
         self.adl_events += len(effects.adl_events)
         self.findings += len(effects.findings)

@@ -16,7 +16,7 @@ from backstop.core.hashing import canonical_json
 from backstop.core.numbers import text
 from backstop.core.state import FundSpec, FundState, Instrument, Lot, Position, Tier
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 
 def _d(value: str) -> Decimal:
@@ -47,6 +47,9 @@ def state_document(engine: Engine) -> dict[str, Any]:
                        "maint_amount": text(t.maint_amount)} for t in i.tiers],
         } for _, i in sorted(engine.instruments.items())],
         "marks": {symbol: text(mark) for symbol, mark in sorted(engine.marks.items())},
+        "newest_ts": engine.newest_ts,
+        "mark_ts": dict(sorted(engine.mark_ts.items())),
+        "funding_ts": dict(sorted(engine.funding_ts.items())),
         "positions": [{
             "account_id": p.account_id, "symbol": p.symbol, "qty": text(p.qty), "cost": text(p.cost),
             "margin_mode": p.margin_mode, "leverage": text(p.leverage),
@@ -83,6 +86,9 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False) -> En
             _d(i["liquidation_fee_rate"]), i["fund_id"])
         engine.by_symbol[i["symbol"]] = {}
     engine.marks = {symbol: _d(mark) for symbol, mark in document["marks"].items()}
+    engine.newest_ts = document["newest_ts"]
+    engine.mark_ts = {symbol: int(ts) for symbol, ts in document["mark_ts"].items()}
+    engine.funding_ts = {symbol: int(ts) for symbol, ts in document["funding_ts"].items()}
     for p in document["positions"]:
         position = Position(p["account_id"], p["symbol"], _d(p["qty"]), _d(p["cost"]), p["margin_mode"],
                             _d(p["leverage"]))

@@ -44,7 +44,7 @@ class ReplayOptions:
 
 def snapshot_document(processor: Processor, input_line: int) -> dict[str, Any]:
     return {"input_line": input_line, "engine": state_document(processor.engine),
-            "state_hash": state_hash(processor.engine), "dedupe": sorted(processor.deduper.seen),
+            "state_hash": state_hash(processor.engine), "dedupe": processor.deduper.entries(),
             "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
                          "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
                          "findings": processor.findings}}
@@ -58,7 +58,7 @@ def processor_from_snapshot(path: Path, *, check_conservation: bool) -> tuple[Pr
     engine = restore(document["engine"], check_conservation=check_conservation)
     if state_hash(engine) != document["state_hash"]:
         raise ReplayError(f"snapshot {path} is corrupt: its state hash does not match its contents", 2)
-    processor = Processor(engine, Deduper(set(document["dedupe"])))
+    processor = Processor(engine, Deduper((key, ts) for key, ts in document["dedupe"]))
     counters = document["counters"]
     processor.duplicates, processor.rejected = counters["duplicates"], counters["rejected"]
     processor.fund_entries, processor.adl_events = counters["fund_entries"], counters["adl_events"]

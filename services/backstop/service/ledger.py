@@ -60,7 +60,7 @@ async def rebuild(store: Store, *, check_conservation: bool) -> tuple[Processor,
     else:
         after, document = snapshot
         engine = restore(document["engine"], check_conservation=check_conservation)
-        processor = Processor(engine, Deduper(set(document["dedupe"])))
+        processor = Processor(engine, Deduper((key, ts) for key, ts in document["dedupe"]))
     async for seq, payload in store.journal(after_seq=after):
         processor.process(decode_record(payload))
         if processor.engine.last_seq != seq:
@@ -142,7 +142,7 @@ class LedgerProcessor(SupervisedLoop):
                 snapshot = None
                 every = settings.snapshot_every_events
                 if every and result.journal and engine.last_seq // every > expected // every:
-                    document = {"engine": state_document(engine), "dedupe": sorted(processor.deduper.seen)}
+                    document = {"engine": state_document(engine), "dedupe": processor.deduper.entries()}
                     snapshot = (engine.last_seq, state_hash(engine), canonical_json(document))
                 rows = projections.build(engine, result, refresh_all=bool(refresh))
                 projected_at = time.perf_counter()
