@@ -14,6 +14,7 @@ from decimal import Decimal, localcontext
 from typing import Any, ClassVar, Literal
 
 from backstop.core import adl, ledger
+from backstop.core.adl_index import AdlIndex
 from backstop.core.errors import InvariantViolation, Rejected
 from backstop.core.hashing import GENESIS_HASH, chain_hash, combine
 from backstop.core.margin import (
@@ -101,6 +102,8 @@ class Engine:
         self.marks: dict[str, Decimal] = {}
         self.positions: dict[str, dict[str, Position]] = {}  # account -> symbol -> position
         self.by_symbol: dict[str, dict[str, Position]] = {}  # symbol -> account -> position
+        self.adl_index = AdlIndex()  # finds the top of a queue without ranking every position exactly
+        self._leverages: dict[str, Decimal] = {}
         self.last_seq = 0
         self.newest_ts: int | None = None  # the largest ts applied (backstop.core.ordering)
         self.mark_ts: dict[str, int] = {}  # symbol -> ts of the mark in force
@@ -231,6 +234,8 @@ class Engine:
         book = self.positions.setdefault(account_id, {})
         position = book.get(symbol)
         value = CONTEXT.multiply(abs(qty), fill_price)
+        self.adl_index.touch(account_id)
+        leverage = self._leverages.setdefault(str(leverage), leverage)  # one object per spelling: ~100 B a position
         if position is None:
             position = Position(account_id, symbol, qty, value, margin_mode, leverage)
             book[symbol] = position
@@ -249,6 +254,7 @@ class Engine:
         instrument = self.instruments[position.symbol]
         wallet = ledger.wallet(position.account_id, instrument.settle_asset)
         cost_share = share(position.cost, qty, position.size)
+        self.adl_index.touch(position.account_id)
         realized = money(proceeds - cost_share if position.qty > 0 else cost_share - proceeds)
         self.ledger.post(ledger.settlement(position.symbol), wallet, realized)
         if position.margin_mode == "isolated":
@@ -429,8 +435,7 @@ class Engine:
         difference)."""
         symbol = lot.symbol
         opposite: Literal["long", "short"] = "short" if lot.side == "long" else "long"
-        queue = self.adl_queue(symbol, opposite)
-        count = len(queue)
+        queue, count = self._adl_top(symbol, opposite, lot.qty)
         if self.adl_policy.rule == "pro_rata":
             takes = adl.pro_rata([r.position.size for r in queue], lot.qty, self.instruments[symbol].lot_size)
         else:
@@ -512,6 +517,30 @@ class Engine:
                 return adl.order([adl.rank_binance(p, mark, self.margin_view(p).equity_share,
                                                    self._bankruptcy_price(p)) for p in candidates])
             return adl.order([adl.rank_position(p, mark, self._bankruptcy_price(p)) for p in candidates])
+
+    def _adl_top(self, symbol: str, side: Literal["long", "short"], qty: Decimal) -> tuple[list[adl.Ranked], int]:
+        """The head of the ADL queue that covers qty, exactly ranked, and the queue's length. Under the BitMEX
+        rule the index picks the candidates (backstop.core.adl_index); otherwise every position is ranked."""
+        if self.adl_policy.rule != "bitmex":
+            queue = self.adl_queue(symbol, side)
+            return queue, len(queue)
+        index = self.adl_index
+        index.touch_ledger_accounts(self.ledger.drain_touched())
+        index.refresh(self.positions, self._margin_base, lambda s: self.instruments[s].settle_asset)
+        count = index.count(symbol, side)
+        candidates = index.candidates(symbol, side, self.marks[symbol], qty)
+        if candidates is None:
+            return self.adl_queue(symbol, side), count
+        book = self.by_symbol[symbol]
+        mark = self.marks[symbol]
+        return adl.order([adl.rank_position(book[a], mark, self._bankruptcy_price(book[a])) for a in candidates]), \
+            count
+
+    def _margin_base(self, position: Position) -> Decimal:
+        """B in the index's equity = B + uPnL: the isolated margin, or the wallet for a lone cross position."""
+        if position.margin_mode == "isolated":
+            return self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
+        return self.ledger.balance(ledger.wallet(position.account_id, self.instruments[position.symbol].settle_asset))
 
     def liquidation_price(self, position: Position) -> Decimal | None:
         with localcontext(CONTEXT):

@@ -51,10 +51,11 @@ def external(asset: str) -> str:
 
 
 class Ledger:
-    __slots__ = ("balances", "strict")
+    __slots__ = ("balances", "strict", "touched")
 
     def __init__(self, *, strict: bool = False) -> None:
         self.balances: dict[str, Decimal] = {}
+        self.touched: set[str] = set()  # accounts posted to since the last drain_touched()
         self.strict = strict  # also check that every posting is quantized money (tests, audits)
 
     def balance(self, account: str) -> Decimal:
@@ -64,11 +65,18 @@ class Ledger:
         """Move amount (already quantized money) from source to destination; a negative amount reverses."""
         if self.strict and amount != amount.quantize(MONEY_QUANTUM):
             raise InvariantViolation(f"unquantized posting {amount} {source} -> {destination}")
+        touched = self.touched
+        touched.add(source)
+        touched.add(destination)
         if amount == 0:
             return
         balances = self.balances
         balances[source] = balances.get(source, ZERO) - amount
         balances[destination] = balances.get(destination, ZERO) + amount
+
+    def drain_touched(self) -> set[str]:
+        touched, self.touched = self.touched, set()
+        return touched
 
     def check_conservation(self) -> None:
         total = sum(self.balances.values(), ZERO)

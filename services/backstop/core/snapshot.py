@@ -94,4 +94,5 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False) -> En
                             _d(p["leverage"]))
         engine.positions.setdefault(position.account_id, {})[position.symbol] = position
         engine.by_symbol[position.symbol][position.account_id] = position
+        engine.adl_index.touch(position.account_id)
     return engine

@@ -1,0 +1,164 @@
+"""Finds the few positions a deleverage needs among millions, for the exact ADL ranking to order.
+
+Scoring every opposite position exactly (Decimal) takes seconds at a million positions, yet a deleverage only
+needs the top of the queue. Under the BitMEX rule, a position whose account has no other cross position in the
+same settlement asset has
+    equity = B + uPnL,  uPnL = s x (size x mark - cost)      (B: its isolated margin, or the wallet if cross)
+    r = uPnL / cost,  leverage = size x mark / equity,  score = r x leverage (r >= 0) or r / leverage (r < 0)
+and is past its bankruptcy price when equity <= 0. So its score at any mark follows from three numbers (size,
+cost, B), kept per symbol and side in float arrays and refreshed only for the accounts touched since the last
+deleverage. Floats only *choose candidates*, with a margin far above their rounding error; the candidates are
+then ranked exactly by adl.rank_position, so the outcome is the exact ranking's, bit for bit. Rows whose float
+equity is too close to zero to trust, and accounts with cross positions in several symbols (their equity share
+depends on other marks), are always among the candidates. The tests compare it with the full ranking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from backstop.core.state import Position
+
+Side = Literal["long", "short"]
+FloatArray = npt.NDArray[np.float64]
+
+RELATIVE_MARGIN = 1e-6  # float scores are within ~1e-12 of the exact ones; this margin dwarfs that
+ABSOLUTE_MARGIN = 1e-6  # and the 1e-12 score quantum, which could make a just-excluded row tie
+UNTRUSTED_EQUITY = 1e-6  # |equity| below this share of (|B| + notional + cost): the float sign may be wrong
+
+
+@dataclass(slots=True)
+class _Book:
+    """The trusted rows of one symbol and side: slot -> (account, size, cost, B)."""
+
+    size: FloatArray = field(default_factory=lambda: np.zeros(0))
+    cost: FloatArray = field(default_factory=lambda: np.zeros(0))
+    base: FloatArray = field(default_factory=lambda: np.zeros(0))
+    accounts: list[str | None] = field(default_factory=list)
+    slot_of: dict[str, int] = field(default_factory=dict)
+    free: list[int] = field(default_factory=list)
+    exact: set[str] = field(default_factory=set)  # accounts always ranked exactly
+
+    def put(self, account_id: str, size: float, cost: float, base: float) -> None:
+        slot = self.slot_of.get(account_id)
+        if slot is None:
+            slot = self.free.pop() if self.free else self._grow()
+            self.slot_of[account_id] = slot
+            self.accounts[slot] = account_id
+        self.size[slot], self.cost[slot], self.base[slot] = size, cost, base
+
+    def drop(self, account_id: str) -> None:
+        self.exact.discard(account_id)
+        slot = self.slot_of.pop(account_id, None)
+        if slot is not None:
+            self.accounts[slot] = None
+            # an empty slot is clearly past bankruptcy on either side, so never a candidate
+            self.size[slot], self.cost[slot], self.base[slot] = 0.0, 1.0, -4.0
+            self.free.append(slot)
+
+    def _grow(self) -> int:
+        used = len(self.accounts)
+        if used == len(self.size):
+            capacity = max(1024, 2 * used)
+            self.size, self.cost, self.base = (np.resize(a, capacity) for a in (self.size, self.cost, self.base))
+            self.size[used:], self.cost[used:], self.base[used:] = 0.0, 1.0, -4.0
+        self.accounts.append(None)
+        return used
+
+
+class AdlIndex:
+    """Float prefilter for BitMEX-rule deleverages; `touch` every account whose positions or balances change."""
+
+    def __init__(self) -> None:
+        self._books: dict[tuple[str, Side], _Book] = {}
+        self._dirty: set[str] = set()
+
+    def touch(self, account_id: str) -> None:
+        self._dirty.add(account_id)
+
+    def touch_ledger_accounts(self, names: Iterable[str]) -> None:
+        """Mark the traders behind wallet:<account>:<asset> and isolated:<account>:<symbol> ledger accounts."""
+        for name in names:
+            if name.startswith("wallet:"):
+                self._dirty.add(name[7:name.rindex(":")])
+            elif name.startswith("isolated:"):
+                self._dirty.add(name[9:name.rindex(":")])
+
+    def refresh(self, positions: dict[str, dict[str, Position]], base_of: Callable[[Position], Decimal],
+                settle_asset: Callable[[str], str]) -> None:
+        """Rewrite the rows of every touched account (the order does not matter: rows only choose candidates)."""
+        dirty, self._dirty = self._dirty, set()
+        for account_id in dirty:
+            for book in self._books.values():
+                book.drop(account_id)
+            book_of_account = positions.get(account_id, {})
+            cross_assets = [settle_asset(p.symbol) for p in book_of_account.values() if p.margin_mode == "cross"]
+            for position in book_of_account.values():
+                book = self._books.setdefault((position.symbol, position.side), _Book())
+                if position.margin_mode == "cross" and cross_assets.count(settle_asset(position.symbol)) > 1:
+                    book.exact.add(account_id)
+                else:
+                    book.put(account_id, float(position.size), float(position.cost), float(base_of(position)))
+
+    def candidates(self, symbol: str, side: Side, mark: Decimal, qty: Decimal) -> list[str] | None:
+        """Accounts among which the exact top of the queue covering `qty` must lie; None: rank them all."""
+        book = self._books.get((symbol, side))
+        if book is None:
+            return []
+        used = len(book.accounts)
+        size, cost, base = book.size[:used], book.cost[:used], book.base[:used]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            notional = size * float(mark)
+            upnl = notional - cost
+            if side == "short":
+                np.negative(upnl, out=upnl)
+            equity = base + upnl
+            bound = np.abs(base)
+            bound += notional
+            bound += cost
+            bound *= UNTRUSTED_EQUITY
+            untrusted = np.abs(equity) <= bound
+            trusted = equity > bound  # clearly above bankruptcy (empty slots never are: see _Book.drop)
+            ratio = np.divide(upnl, cost, out=upnl)
+            score = ratio * notional
+            score /= equity
+            losing = np.flatnonzero(ratio < 0)
+            score[losing] = ratio[losing] * equity[losing] / notional[losing]
+            score[~trusted] = -np.inf
+        chosen = set(book.exact)
+        chosen.update(book.accounts[i] or "" for i in np.flatnonzero(untrusted))
+        trusted_count = int(np.count_nonzero(trusted))
+        top = 64
+        while True:  # the top rows by float score until they cover qty: a partial sort, not a full one
+            if top >= trusted_count:
+                head = np.argsort(-score, kind="stable")[:trusted_count]
+            else:
+                head = np.argpartition(-score, top)[:top]
+                head = head[np.argsort(-score[head], kind="stable")]
+            covered = np.cumsum(size[head])
+            if len(head) and covered[-1] >= float(qty) * (1 + RELATIVE_MARGIN):
+                break
+            if top >= trusted_count:
+                return None  # the trusted rows do not cover it: positions past bankruptcy come into play
+            top *= 8
+        needed = int(np.searchsorted(covered, float(qty) * (1 + RELATIVE_MARGIN)))
+        threshold = score[head[needed]]
+        floor = threshold - abs(threshold) * RELATIVE_MARGIN - ABSOLUTE_MARGIN
+        chosen.update(book.accounts[i] or "" for i in np.flatnonzero(score >= floor))
+        chosen.discard("")
+        return sorted(chosen)
+
+    def count(self, symbol: str, side: Side) -> int:
+        """Open positions of that symbol and side (after a refresh)."""
+        book = self._books.get((symbol, side))
+        return 0 if book is None else len(book.slot_of) + len(book.exact)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the float rows (not the positions themselves)."""
+        return sum(b.size.nbytes + b.cost.nbytes + b.base.nbytes for b in self._books.values())

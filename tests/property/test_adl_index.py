@@ -1,0 +1,93 @@
+"""The ADL index's candidates always contain the exact head of the queue: a deleverage through the index picks
+the same counterparties, ranks, scores and quantities as ranking every position exactly."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from backstop.core import ledger
+from backstop.core.engine import Engine
+from backstop.core.state import Position
+from scenario import fund, instrument, run, transfer
+
+D = Decimal
+MARK = {"BTCUSDT": D("50000"), "ETHUSDT": D("2500")}
+LOT = {"BTCUSDT": D("0.001"), "ETHUSDT": D("0.01")}
+
+
+@st.composite
+def books(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Positions around the mark, with equity anywhere from deep past bankruptcy to a hair above zero."""
+    rows = []
+    for number in range(draw(st.integers(1, 40))):
+        for symbol in draw(st.sampled_from([["BTCUSDT"], ["ETHUSDT"], ["BTCUSDT", "ETHUSDT"]])):
+            lots = draw(st.integers(1, 5000))
+            entry = MARK[symbol] * D(draw(st.integers(500, 1500))) / 1000
+            rows.append({"account": f"a{number:02d}", "symbol": symbol, "side": draw(st.sampled_from([1, -1])),
+                         "qty": lots * LOT[symbol], "entry": entry.quantize(D("0.01")),
+                         "mode": draw(st.sampled_from(["cross", "isolated"])),
+                         "equity": draw(st.sampled_from([D("-100"), D(0), D("1e-8"), D("0.01"), D("1"), D("50")])
+                                        | st.decimals(-1000, 100000, places=8))})
+    return rows
+
+
+def engine_with(rows: list[dict[str, Any]], mark: dict[str, Decimal]) -> Engine:
+    processor, _ = run([fund(), instrument("BTCUSDT", tick="0.1", lot="0.001"),
+                        instrument("ETHUSDT", tick="0.01", lot="0.01"), transfer("seed", "fund:MAIN", "1")])
+    engine = processor.engine
+    engine.marks.update(mark)
+    for row in rows:
+        book = engine.positions.setdefault(row["account"], {})
+        mode = "cross" if any(p.margin_mode == "cross" for p in book.values()) else row["mode"]
+        cost = row["qty"] * row["entry"]
+        position = Position(row["account"], row["symbol"], row["qty"] * row["side"], cost, mode, D(10))
+        book[row["symbol"]] = position
+        engine.by_symbol[row["symbol"]][row["account"]] = position
+        upnl = position.unrealized_pnl(mark[row["symbol"]])
+        if mode == "isolated":
+            engine.ledger.balances[ledger.isolated(row["account"], row["symbol"])] = row["equity"] - upnl
+        else:  # the wallet makes this position's equity the drawn one (other cross positions move it further)
+            engine.ledger.balances[ledger.wallet(row["account"], "USDT")] = row["equity"] - upnl
+        engine.adl_index.touch(row["account"])
+    return engine
+
+
+def head(queue: list[Any], qty: Decimal) -> list[tuple[str, Decimal, Decimal]]:
+    taken, left = [], qty
+    for ranked in queue:
+        if left <= 0:
+            break
+        take = min(ranked.position.size, left)
+        taken.append((ranked.position.account_id, ranked.score, take))
+        left -= take
+    return taken
+
+
+@given(books(), st.sampled_from(["BTCUSDT", "ETHUSDT"]), st.sampled_from(["long", "short"]),
+       st.integers(1, 20000), st.integers(800, 1200))
+def test_the_index_picks_what_the_full_ranking_picks(rows: list[dict[str, Any]], symbol: str, side: str,
+                                                     lots: int, move: int) -> None:
+    engine = engine_with(rows, MARK)
+    engine.marks[symbol] = (MARK[symbol] * move / 1000).quantize(D("0.1"))  # the mark moves after the build
+    qty = lots * LOT[symbol]
+    full = engine.adl_queue(symbol, side)  # type: ignore[arg-type]
+    fast, count = engine._adl_top(symbol, side, qty)  # type: ignore[arg-type]
+    assert count == len(full)
+    assert head(fast, qty) == head(full, qty)
+
+
+def test_a_hair_above_bankruptcy_ranks_first_and_the_index_finds_it() -> None:
+    rows = [{"account": f"a{n:04d}", "symbol": "BTCUSDT", "side": -1, "qty": D("1"), "entry": D(50001 + n),
+             "mode": "isolated", "equity": D("10000")} for n in range(2000)]
+    rows.append({"account": "z-hair", "symbol": "BTCUSDT", "side": -1, "qty": D("1"), "entry": D("51000"),
+                 "mode": "cross", "equity": D("1e-8")})  # in profit, leverage 5e12: the top of the queue
+    engine = engine_with(rows, MARK)
+    fast, count = engine._adl_top("BTCUSDT", "short", D("1.5"))
+    assert count == 2001
+    assert [(a, take) for a, _, take in head(fast, D("1.5"))][0] == ("z-hair", D("1"))
+    assert head(fast, D("1.5")) == head(engine.adl_queue("BTCUSDT", "short"), D("1.5"))
+    assert len(fast) < 2001  # it ranked a few candidates, not the whole side
