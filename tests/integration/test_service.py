@@ -219,3 +219,20 @@ async def test_audit_verify_over_the_database_catches_a_doctored_row(tmp_path: P
     finally:
         await connection.close()
     assert await asyncio.to_thread(cli, ["audit", "verify", "--dsn", migrated_database]) == 1
+
+
+async def test_a_full_merge_buffer_applies_backpressure_and_still_drains(tmp_path: Path, kafka_bootstrap: str,
+                                                                          topic_prefix: str, databases: Any) -> None:
+    """With the merge buffer far smaller than the input, fetching stops for the partitions that filled it and goes
+    on for the ones holding the order back; the outcome is that of a run with a roomy buffer."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from journal_gen import generate
+
+    journal = tmp_path / "journal.jsonl"
+    generate(journal, events=20000, seed=5)
+    roomy, small = await two_runs(databases, kafka_bootstrap, f"{topic_prefix}bp", journal, input_partitions=3)
+    small = small.model_copy(update={"merge_max_buffered": 1000, "batch_max_records": 200})
+    for settings in (roomy, small):
+        async with in_process(settings):
+            await wait_caught_up(settings.dsn(), ends=await input_ends(settings), timeout=300)
+    await assert_same_outcome(roomy, small)

@@ -75,3 +75,19 @@ def test_event_time_is_the_ts_field_and_missing_is_first() -> None:
     assert event_time(Consumed("t", 0, 0, None, b'{"ts": "123"}')) == -1
     assert event_time(Consumed("t", 0, 0, None, b"{oops")) == -1
     assert event_time(Consumed("t", 0, 0, None, None)) == -1
+
+
+def test_a_full_buffer_names_the_partitions_it_must_still_read() -> None:
+    """The buffer filled up with one partition's records while another has unread ones: nothing can be released
+    until the starved partition is read, so it (and only it) is what the consumer fetches next."""
+    merger = Merger(TOPICS, max_buffered=2)
+    merger.assign(("t.fills", 0), 0)
+    merger.set_end(("t.fills", 0), 10)
+    merger.assign(("t.transfers", 0), 0)
+    merger.set_end(("t.transfers", 0), 1)
+    merger.add([Consumed("t.fills", 0, n, None, b'{"ts": %d}' % (10 + n)) for n in range(2)])
+    assert merger.full() and merger.release(10) == []
+    assert merger.starved() == {("t.transfers", 0)}
+    merger.add([Consumed("t.transfers", 0, 0, None, b'{"ts": 5}')])
+    assert merger.starved() == set()
+    assert [(m.topic, m.offset) for m in merger.release(10)] == [("t.transfers", 0), ("t.fills", 0), ("t.fills", 1)]

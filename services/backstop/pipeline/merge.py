@@ -72,12 +72,17 @@ class Merger:
         rank = _TYPE_RANK.get(record_type, -1) if record_type else -1
         return (event_time(message), rank, message.topic, message.partition, message.offset)
 
+    def _starving(self, partition: Partition, buffer: deque[Consumed]) -> bool:
+        return not buffer and self.next_fetch.get(partition, 0) < self.end_offsets.get(partition, 0)
+
+    def starved(self) -> set[Partition]:
+        """Partitions with unread records but nothing buffered: they hold the order back, so a full buffer must
+        still fetch from them (and only them), or it would wait forever for itself to drain."""
+        return {partition for partition, buffer in self.buffers.items() if self._starving(partition, buffer)}
+
     def _blocked(self) -> bool:
-        """Some partition has unread records but nothing buffered: releasing now could break the order."""
-        for partition, buffer in self.buffers.items():
-            if not buffer and self.next_fetch.get(partition, 0) < self.end_offsets.get(partition, 0):
-                return True
-        return False
+        """Some partition is starved: releasing now could break the order."""
+        return any(self._starving(partition, buffer) for partition, buffer in self.buffers.items())
 
     def release(self, limit: int) -> list[Consumed]:
         """Up to `limit` records in merge order, as far as the order is already decided."""

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -105,9 +106,9 @@ class LedgerProcessor(SupervisedLoop):
             positions = (head.ledger_position, head.adl_position)
             state_hashed_at = -1
             while not self.stopping:
-                if not merger.full():
-                    fetched = await consumer.getmany(timeout_ms=settings.batch_max_wait_ms,
-                                                     max_records=settings.batch_max_records)
+                starved = merger.starved() if merger.full() else None
+                if starved is None or starved:
+                    fetched = await self._fetch(consumer, starved)
                     for tp, records in fetched.items():
                         merger.add(Consumed(r.topic, r.partition, r.offset, r.key, r.value) for r in records)
                         metrics.EVENTS_IN.labels(self.topics.type_of(tp.topic) or "unknown").inc(len(records))
@@ -156,6 +157,22 @@ class LedgerProcessor(SupervisedLoop):
         finally:
             self.progress.ready = False
             await consumer.stop()
+
+    async def _fetch(self, consumer: AIOKafkaConsumer, only: set[tuple[str, int]] | None
+                     ) -> dict[TopicPartition, list[Any]]:
+        """One fetch; with `only`, the buffer is full and just those partitions are read (backpressure on the
+        others, which are paused for this fetch)."""
+        settings = self.settings
+        paused = [] if only is None else [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in only]
+        if paused:
+            consumer.pause(*paused)
+        try:
+            fetched: dict[TopicPartition, list[Any]] = await consumer.getmany(
+                timeout_ms=settings.batch_max_wait_ms, max_records=settings.batch_max_records)
+        finally:
+            if paused:
+                consumer.resume(*paused)
+        return fetched
 
     async def _assign(self, consumer: AIOKafkaConsumer, offsets: dict[tuple[str, int], int]) -> Merger:
         partitions: list[TopicPartition] = []

@@ -1,0 +1,237 @@
+"""Latency benchmark: from a liquidation sent to its input topic to the matching ADL event read by a downstream
+consumer, p50/p99/max, while a background load of fills and marks runs at a fixed rate.
+
+    python benchmarks/latency.py [--rate 20000] [--seconds 15] [--probes-per-second 10]
+
+`backstop serve` runs as its own process, as in production; this process produces the load and the probes and
+consumes the ADL topic. The clock starts just before a probe is handed to the producer (so the figure includes
+the append) and stops when the consumer receives the first ADL event carrying that liquidation_id. Every probe
+deleverages: the fund's max_inventory_ratio is 0, and 1,000 shorts stand on the other side. Needs the local
+servers, like benchmarks/service.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from backstop.adapters.kafka import admin  # noqa: E402
+from backstop.adapters.postgres.migrations import migrate  # noqa: E402
+from backstop.entrypoints.kafka_tools import end_offsets, produce_file  # noqa: E402
+from backstop.pipeline.topics import TopicNames, input_key  # noqa: E402
+from backstop.service.app import ensure_topics  # noqa: E402
+from backstop.settings import Settings  # noqa: E402
+from service import SERVER_DSN, _with_database  # noqa: E402
+
+BACKSTOP = Path(sys.executable).parent / "backstop"
+T0 = 1_760_100_000_000
+SHORTS, PROBES, BACKGROUND_ACCOUNTS = 1000, 2000, 200
+
+
+def prelude(probes: int) -> list[dict[str, Any]]:
+    """A fund that keeps no inventory, BTC shorts to deleverage against, BTC longs to liquidate, ETH traders."""
+    records: list[dict[str, Any]] = [
+        {"type": "fund", "ts": T0, "fund_id": "MAIN", "settle_asset": "USDT", "surplus": "fund",
+         "max_inventory_ratio": "0"},
+        {"type": "transfer", "ts": T0, "transfer_id": "seed", "account_id": "fund:MAIN", "asset": "USDT",
+         "amount": "1000000"}]
+    for symbol, tick, lot in (("BTCUSDT", "0.1", "0.001"), ("ETHUSDT", "0.01", "0.01")):
+        records.append({"type": "instrument", "ts": T0, "symbol": symbol, "settle_asset": "USDT", "tick_size": tick,
+                        "lot_size": lot, "tiers": [{"max_notional": "1000000000", "mmr": "0.005",
+                                                    "maint_amount": "0"}],
+                        "liquidation_fee_rate": "0.005", "fund_id": "MAIN"})
+    accounts = [(f"short-{n}", "sell", "0.1", "BTCUSDT", "100000") for n in range(SHORTS)]
+    accounts += [(f"probe-{n}", "buy", "0.01", "BTCUSDT", "100000") for n in range(probes)]
+    accounts += [(f"bg-{n}", None, None, None, None) for n in range(BACKGROUND_ACCOUNTS)]
+    for account, side, qty, symbol, price in accounts:
+        records.append({"type": "transfer", "ts": T0, "transfer_id": f"d-{account}", "account_id": account,
+                        "asset": "USDT", "amount": "100000"})
+        if side:
+            records.append({"type": "fill", "ts": T0, "fill_id": f"open-{account}", "account_id": account,
+                            "symbol": symbol, "side": side, "qty": qty, "price": price, "fee": "0",
+                            "margin_mode": "isolated", "leverage": "10"})
+    records += [{"type": "mark", "ts": T0, "symbol": "BTCUSDT", "mark_price": "100000"},
+                {"type": "mark", "ts": T0, "symbol": "ETHUSDT", "mark_price": "4000"}]
+    return records
+
+
+def serve(settings: Settings, log: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "BACKSTOP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "BACKSTOP_PG_DSN": settings.dsn(),
+           "BACKSTOP_TOPIC_PREFIX": settings.topic_prefix, "BACKSTOP_WEB_PORT": str(port)}
+    return subprocess.Popen([str(BACKSTOP), "serve"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+
+
+async def wait_consumed(dsn: str, ends: dict[tuple[str, int], int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            connection = await asyncpg.connect(dsn)
+            try:
+                rows = await connection.fetch("SELECT topic, partition, next_offset FROM consumed_offsets")
+            finally:
+                await connection.close()
+            offsets = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+            if all(offsets.get(tp, 0) >= end for tp, end in ends.items() if end):
+                return
+        except (OSError, asyncpg.PostgresError):
+            pass
+        await asyncio.sleep(0.2)
+    raise TimeoutError("the service did not consume the prelude")
+
+
+async def measure(settings: Settings, rate: int, seconds: float, probes_per_second: int) -> dict[str, Any]:
+    topics = TopicNames(settings.topic_prefix)
+    sent: dict[str, float] = {}
+    latency: dict[str, float] = {}
+    consumer = AIOKafkaConsumer(topics.adl_events, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="latest")
+    await consumer.start()
+    await consumer.getmany(timeout_ms=500)  # joined and positioned at the end before the first probe
+
+    async def read_adl() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    liquidation_id = orjson.loads(record.value)["liquidation_id"]
+                    if liquidation_id in sent and liquidation_id not in latency:
+                        latency[liquidation_id] = now - sent[liquidation_id]
+
+    reader = asyncio.create_task(read_adl())
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2,
+                                enable_idempotence=True, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        tick, produced, probes, pending = 0.01, 0, 0, []
+        while (elapsed := time.perf_counter() - started) < seconds:
+            ts = T0 + 1000 + int(elapsed * 1000)
+            due = int(elapsed * rate) - produced
+            for _ in range(max(due, 0)):
+                n = produced
+                produced += 1
+                if n % 10 == 0:
+                    record: dict[str, Any] = {"ts": ts, "symbol": "ETHUSDT",
+                                              "mark_price": f"{4000 + (n // 10) % 50}"}
+                    topic, key = topics.input("mark"), "ETHUSDT"
+                else:
+                    account = f"bg-{n % BACKGROUND_ACCOUNTS}"
+                    record = {"ts": ts, "fill_id": f"bg-{n}", "account_id": account, "symbol": "ETHUSDT",
+                              "side": "buy" if (n // BACKGROUND_ACCOUNTS) % 2 == 0 else "sell", "qty": "0.01",
+                              "price": "4000", "fee": "0", "margin_mode": "cross", "leverage": "10"}
+                    topic, key = topics.input("fill"), account
+                pending.append(await producer.send(topic, orjson.dumps(record), key=key.encode()))
+            if int(elapsed * probes_per_second) >= probes and probes < PROBES:
+                liquidation_id = f"probe-liq-{probes}"
+                record = {"ts": ts, "liquidation_id": liquidation_id, "account_id": f"probe-{probes}",
+                          "symbol": "BTCUSDT", "qty": "0.01", "mark_price": "100000", "executions": []}
+                sent[liquidation_id] = time.perf_counter()
+                pending.append(await producer.send(topics.input("liquidation"), orjson.dumps(record),
+                                                   key=input_key("liquidation", record).encode()))
+                probes += 1
+            if len(pending) > 20000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            await asyncio.sleep(tick)
+        await asyncio.gather(*pending)
+        offered_s = time.perf_counter() - started
+        deadline = time.monotonic() + 600
+        while len(latency) < len(sent) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        reader.cancel()
+        await producer.stop()
+        await consumer.stop()
+    values = sorted(latency.values())
+    if len(values) < len(sent):
+        raise RuntimeError(f"only {len(values)} of {len(sent)} probes came back as ADL events")
+    return {"background_rate": round(produced / offered_s), "probes": len(values),
+            "p50_ms": round(statistics.median(values) * 1000, 1),
+            "p99_ms": round(values[min(len(values) - 1, int(len(values) * 0.99))] * 1000, 1),
+            "max_ms": round(values[-1] * 1000, 1)}
+
+
+async def run_async(rate: int, seconds: float, probes_per_second: int) -> dict[str, Any]:
+    run_id = secrets.token_hex(3)
+    database = f"backstop_latency_{run_id}"
+    settings = Settings(kafka_bootstrap=os.environ.get("BACKSTOP_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+                        pg_dsn=_with_database(SERVER_DSN, database), topic_prefix=f"lat_{run_id}.",
+                        input_partitions=3, output_partitions=3)
+    server = await asyncpg.connect(SERVER_DSN)
+    await server.execute(f'CREATE DATABASE "{database}"')
+    process = None
+    try:
+        await migrate(settings.dsn())
+        ensure_topics(settings)
+        with tempfile.TemporaryDirectory() as scratch:
+            journal = Path(scratch) / "prelude.jsonl"
+            journal.write_bytes(b"\n".join(orjson.dumps(r) for r in prelude(PROBES)) + b"\n")
+            await produce_file(settings, journal)
+            log = Path(scratch) / "serve.log"
+            import socket
+
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            process = serve(settings, log, port)
+            await wait_consumed(settings.dsn(), await end_offsets(settings, list(TopicNames(
+                settings.topic_prefix).inputs)), timeout=300)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                assert response.status == 200
+            result = await measure(settings, rate, seconds, probes_per_second)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=60)
+        topics = TopicNames(settings.topic_prefix)
+        admin.delete(settings.kafka_bootstrap, [*topics.inputs, *topics.outputs])
+        await server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await server.close()
+    return result
+
+
+def run(rates: list[int], seconds: float, probes_per_second: int) -> dict[str, Any]:
+    figures, runs = [], {}
+    for rate in rates:
+        result = asyncio.run(run_async(rate, seconds, probes_per_second))
+        runs[f"rate_{rate}"] = result
+        for name in ("p50_ms", "p99_ms", "max_ms"):
+            figures.append({"figure": f"liquidation -> ADL event, {name[:-3]}, background {rate:,}/s offered "
+                                      f"({result['background_rate']:,}/s sent)", "value": result[name], "unit": "ms"})
+    return {"name": "latency", "input": {"seconds": seconds, "probes_per_second": probes_per_second,
+                                        "counterparties": SHORTS, **{k: v["probes"] for k, v in runs.items()}},
+            "figures": figures}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=int, action="append", help="background events/s (repeatable); "
+                        "default 20000 and 1000")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--probes-per-second", type=int, default=10)
+    args = parser.parse_args()
+    print(json.dumps(run(args.rate or [20000, 1000], args.seconds, args.probes_per_second), indent=2))
+
+
+if __name__ == "__main__":
+    main()
