@@ -64,8 +64,8 @@ def test_bad_input_goes_to_dead_letter_and_offsets_still_advance() -> None:
         Consumed(TOPICS.input("fill"), 0, 101, None, None),
         Consumed(TOPICS.input("fill"), 0, 102, None, orjson.dumps({"type": "mark", "ts": 1, "symbol": "BNBUSDT",
                                                                     "mark_price": "1"})),
-        Consumed(TOPICS.input("mark"), 0, 100, None, orjson.dumps({"ts": orjson.loads(lines[-1])["ts"], "symbol": "NOPE",
-                                                                     "mark_price": "1"})),
+        Consumed(TOPICS.input("mark"), 0, 100, None, orjson.dumps({"ts": orjson.loads(lines[-1])["ts"],
+                                                                     "symbol": "NOPE", "mark_price": "1"})),
         Consumed("t.unknown", 3, 7, None, b"{}"),
         Consumed(TOPICS.input("fill"), 0, 103, None, good[10].value),  # a fill sent again
     ]
@@ -82,3 +82,12 @@ def test_bad_input_goes_to_dead_letter_and_offsets_still_advance() -> None:
     assert result.next_offsets[("t.fills", 0)] == 104 and result.next_offsets[("t.unknown", 3)] == 8
     assert len(result.journal) == len(lines)
     assert sum(1 for m in result.outbox if m.topic == "t.dead-letter") == 5
+
+
+def test_a_reason_quoting_control_characters_is_escaped() -> None:
+    processor = Processor(Engine())
+    value = orjson.dumps({"ts": 1, "symbol": "X", "mark_price": "1", "X\x00\n": 1})  # an extra field's name
+    result = ingest_batch(processor, [Consumed(TOPICS.input("mark"), 0, 0, None, value)], TOPICS)
+    (letter,) = result.dead_letters
+    assert "\x00" not in letter.reason and "\n" not in letter.reason
+    assert "X\\x00\\x0a" in letter.reason

@@ -186,8 +186,13 @@ def _touch(result: BatchResult, record: AnyRecord) -> None:
         result.touched_symbols.add(symbol)
 
 
+# A reason may quote the bad input; control characters are escaped (PostgreSQL text cannot hold NUL at all).
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
+
+
 def _dead(result: BatchResult, message: Consumed, reason: str, topics: TopicNames) -> None:
-    letter = DeadLetter(message.topic, message.partition, message.offset, reason, message.value or b"")
+    letter = DeadLetter(message.topic, message.partition, message.offset, reason.translate(_CONTROL_ESCAPES),
+                        message.value or b"")
     result.dead_letters.append(letter)
     record = letter.record()
     result.outbox.append(OutboxMessage(topics.dead_letter, f"{message.topic}:{message.partition}", record.id,

@@ -1,0 +1,108 @@
+"""Fuzzed records sent through Kafka to the running service: every bad one ends in dead-letter with a reason,
+nothing crashes, and the ledger, head hash and state hash are those of the good records alone."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from service_harness import in_process, input_ends, settings_for, stored, wait_caught_up
+
+from backstop.adapters.postgres.migrations import migrate
+from backstop.core.snapshot import state_hash
+from backstop.entrypoints.kafka_tools import produce_file
+from backstop.pipeline.ingest import Consumed, ingest_batch
+from backstop.pipeline.topics import INPUT_TYPES, TopicNames
+from backstop.service.app import ensure_topics
+from fuzzing import SETUP, TEMPLATES, mutated
+from scenario import mark, run
+
+EXAMPLES = int(os.environ.get("BACKSTOP_KAFKA_FUZZ_EXAMPLES", "3"))
+_runs = itertools.count()
+TOPICS = TopicNames("fuzz.")
+
+
+def rejected(record_type: str, raw: bytes | None) -> bool:
+    """Would the service dead-letter this value on that topic, right after the setup? (its own ingest decides)"""
+    processor, _ = run(SETUP)
+    result = ingest_batch(processor, [Consumed(TOPICS.input(record_type), 0, 0, None, raw)], TOPICS)
+    return bool(result.dead_letters)
+
+
+def on_its_topic(raw: bytes, fallback: str, follow_type: bool) -> str:
+    try:
+        declared = orjson.loads(raw).get("type")
+    except (orjson.JSONDecodeError, AttributeError):
+        return fallback
+    return declared if follow_type and declared in INPUT_TYPES else fallback
+
+
+sends = st.lists(st.builds(lambda value, fallback, follow: (on_its_topic(value, fallback, follow), value),
+                           st.one_of(mutated(), mutated(), st.binary(max_size=300)), st.sampled_from(INPUT_TYPES),
+                           st.booleans()), min_size=5, max_size=30)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(sends)
+async def test_fuzzed_records_through_kafka_are_dead_lettered_and_change_nothing(
+        kafka_bootstrap: str, topic_prefix: str, databases: Any, drawn: list[tuple[str, bytes]]) -> None:
+    fixed = [("fill", b""), ("mark", b"null"), ("fill", b"[]"),  # and a NUL, which PostgreSQL text cannot hold:
+             ("fill", orjson.dumps({**TEMPLATES[0], "u\x00": "NO\x00PE"}))]
+    bad = [(t, raw) for t, raw in drawn if rejected(t, raw)] + fixed
+    final = mark("50100", ts=max(r["ts"] for r in SETUP) + 1)
+    number = next(_runs)
+    dsn = await databases.create(f"_fz{number}")
+    await migrate(dsn)
+    config = settings_for(kafka_bootstrap, dsn, f"{topic_prefix}fz{number}.", check_conservation=True)
+    ensure_topics(config)
+    topics = TopicNames(config.topic_prefix)
+    with tempfile.TemporaryDirectory() as scratch:
+        journal = Path(scratch) / "setup.jsonl"
+        journal.write_bytes(b"\n".join(orjson.dumps(r) for r in SETUP) + b"\n")
+        await produce_file(config, journal)
+        async with in_process(config):
+            await wait_caught_up(dsn, applied=len(SETUP), ends=await input_ends(config))
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all")
+            await producer.start()
+            try:
+                for record_type, raw in bad:
+                    await producer.send_and_wait(topics.input(record_type), raw)
+            finally:
+                await producer.stop()
+            await wait_caught_up(dsn, ends=await input_ends(config))
+            journal.write_bytes(orjson.dumps(final) + b"\n")  # one good record after them: the state must be
+            await produce_file(config, journal)               # exactly the good records' state
+            await wait_caught_up(dsn, applied=len(SETUP) + 1, ends=await input_ends(config))
+            await _state_hash_recorded(dsn, len(SETUP) + 1)
+    have = await stored(dsn)
+    reference, _ = run([*SETUP, final])
+    assert have["journal"] == len(SETUP) + 1
+    assert len(have["dead_letter"]) == len(bad), (have["dead_letter"], bad)
+    assert all(row["reason"] for row in have["dead_letter"])
+    assert have["head"]["head_hash"] == reference.engine.head_hash
+    assert have["head"]["state_hash"] == state_hash(reference.engine)
+
+
+async def _state_hash_recorded(dsn: str, seq: int, timeout: float = 30) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    connection = await asyncpg.connect(dsn)
+    try:
+        while time.monotonic() < deadline:
+            if await connection.fetchval("SELECT state_hash_seq FROM engine_head") == seq:
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
+    raise AssertionError(f"no state hash recorded at seq {seq}")
