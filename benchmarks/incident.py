@@ -5,7 +5,7 @@ the fund cannot absorb, so each one deleverages. Reports wall time, events/s and
     python benchmarks/incident.py [--accounts 437000] [--events 3240000] [--block 11279] [--seed 7]
 
 The window (generated from the seed, cached in benchmarks/data/): every account deposits and opens one isolated
-position (BTC 60%, ETH 30%, SOL 10%, long or short); marks tick once a second per symbol; the rest is trading
+position (BTC 60%, ETH 30%, SOL 10%, long or short, entry within 2% of the mark); marks tick once a second per symbol; the rest is trading
 (adding to or trimming positions). At minute 41 BTC drops 9% within ten seconds and the 11,279 most levered BTC
 longs are liquidated with no market execution; the BTC fund's max_inventory_ratio is 0, so each lot is
 deleveraged against the BTC shorts at once.
@@ -64,8 +64,9 @@ def generate(path: Path, *, accounts: int, events: int, block: int, seed: int) -
         add(f'{{"type":"transfer","ts":{T0},"transfer_id":"d-{account}","account_id":"{account}","asset":"USDT",'
             f'"amount":"{rng.choice((1000, 5000, 20000, 100000))}"}}')
         qty = _qty(lots, lot)
+        entry = marks[symbol] + rng.randint(-marks[symbol] // 50, marks[symbol] // 50)  # opened within +-2%
         add(f'{{"type":"fill","ts":{T0},"fill_id":"o-{account}","account_id":"{account}","symbol":"{symbol}",'
-            f'"side":"{side}","qty":"{qty}","price":"{_price(marks[symbol], decimals)}","fee":"0",'
+            f'"side":"{side}","qty":"{qty}","price":"{_price(entry, decimals)}","fee":"0",'
             f'"margin_mode":"isolated","leverage":"{leverage}"}}')
         held.append((account, index, lots if side == "buy" else -lots, leverage))
     btc_longs = sorted((h for h in held if h[1] == 0 and h[2] > 0), key=lambda h: (-h[3], h[0]))

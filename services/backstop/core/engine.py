@@ -104,6 +104,7 @@ class Engine:
         self.by_symbol: dict[str, dict[str, Position]] = {}  # symbol -> account -> position
         self.adl_index = AdlIndex()  # finds the top of a queue without ranking every position exactly
         self._leverages: dict[str, Decimal] = {}
+        self._rank_cache: dict[str, tuple[Decimal, dict[str, tuple[tuple[Decimal, ...], adl.Ranked]]]] = {}
         self.last_seq = 0
         self.newest_ts: int | None = None  # the largest ts applied (backstop.core.ordering)
         self.mark_ts: dict[str, int] = {}  # symbol -> ts of the mark in force
@@ -532,9 +533,27 @@ class Engine:
         if candidates is None:
             return self.adl_queue(symbol, side), count
         book = self.by_symbol[symbol]
-        mark = self.marks[symbol]
-        return adl.order([adl.rank_position(book[a], mark, self._bankruptcy_price(book[a])) for a in candidates]), \
-            count
+        return adl.order([self._ranked(book[a]) for a in candidates]), count
+
+    def _ranked(self, position: Position) -> adl.Ranked:
+        """adl.rank_position, remembered while the mark and the position's own numbers stay the same: a block of
+        deleverages at one mark re-ranks the same candidates many times. Only for positions whose rank depends on
+        nothing else (isolated, or the account's only position)."""
+        mark = self.marks[position.symbol]
+        cached_mark, cache = self._rank_cache.get(position.symbol, (None, {}))
+        if cached_mark != mark:
+            cache = {}
+            self._rank_cache[position.symbol] = (mark, cache)
+        alone = position.margin_mode == "isolated" or len(self.positions[position.account_id]) == 1
+        if not alone:
+            return adl.rank_position(position, mark, self._bankruptcy_price(position))
+        numbers = (position.qty, position.cost, self._margin_base(position))
+        hit = cache.get(position.account_id)
+        if hit is not None and hit[0] == numbers and hit[1].position is position:
+            return hit[1]
+        ranked = adl.rank_position(position, mark, self._bankruptcy_price(position))
+        cache[position.account_id] = (numbers, ranked)
+        return ranked
 
     def _margin_base(self, position: Position) -> Decimal:
         """B in the index's equity = B + uPnL: the isolated margin, or the wallet for a lone cross position."""
