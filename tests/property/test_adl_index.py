@@ -6,12 +6,17 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import journals
 
 from backstop.core import ledger
 from backstop.core.engine import Engine
+from backstop.core.processor import Processor
+from backstop.core.snapshot import state_hash
 from backstop.core.state import Position
+from backstop.wire.decode import decode_record
 from scenario import fund, instrument, run, transfer
 
 D = Decimal
@@ -91,3 +96,22 @@ def test_a_hair_above_bankruptcy_ranks_first_and_the_index_finds_it() -> None:
     assert head(fast, D("1.5"))[0][::2] == ("z-hair", D("1"))
     assert head(fast, D("1.5")) == head(engine.adl_queue("BTCUSDT", "short"), D("1.5"))
     assert len(fast) < 2001  # it ranked a few candidates, not the whole side
+
+
+class _RankEverything(Engine):
+    """The engine without the index: every deleverage ranks every position exactly."""
+
+    def _adl_top(self, symbol: str, side: Any, qty: Decimal) -> tuple[list[Any], int]:
+        queue = self.adl_queue(symbol, side)
+        return queue, len(queue)
+
+
+@given(journals(max_events=120))
+def test_through_whole_journals_the_index_changes_no_outcome(journal: list[dict[str, Any]]) -> None:
+    """Every way an account's positions or balances change reaches the index before the next deleverage."""
+    indexed, plain = Processor(Engine()), Processor(_RankEverything())
+    for record in journal:
+        decoded = decode_record(orjson.dumps(record))
+        assert type(indexed.process(decoded)) is type(plain.process(decoded))
+    assert indexed.engine.head_hash == plain.engine.head_hash
+    assert state_hash(indexed.engine) == state_hash(plain.engine)
