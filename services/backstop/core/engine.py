@@ -633,12 +633,14 @@ class Engine:
             raise Rejected(f"price {fill_price} is not a multiple of the tick size {instrument.tick_size}")
 
     def _funds_of(self, record: AnyRecord) -> list[str]:
-        """The funds whose balance this event may move (checked for solvency afterwards)."""
-        if isinstance(record, TransferRecord | FundRecord):
-            return []
-        symbol = getattr(record, "symbol", None)
-        instrument = self.instruments.get(symbol) if symbol is not None else None
-        return [instrument.fund_id] if instrument is not None else []
+        """The funds whose balance this event may move (checked for solvency afterwards): liquidations, funding and
+        the fund's own fills. Transfers into a fund cannot overdraw it, and trades between traders, marks and
+        definitions do not touch it."""
+        if isinstance(record, LiquidationRecord | FundingRecord) or (
+                isinstance(record, FillRecord) and is_fund_account(record.account_id)):
+            instrument = self.instruments.get(record.symbol)
+            return [instrument.fund_id] if instrument is not None else []
+        return []
 
     _handlers: ClassVar[dict[str, Any]] = {
         "fund": _on_fund,
