@@ -5,7 +5,8 @@ the fund cannot absorb, so each one deleverages. Reports wall time, events/s and
     python benchmarks/incident.py [--accounts 437000] [--events 3240000] [--block 11279] [--seed 7]
 
 The window (generated from the seed, cached in benchmarks/data/): every account deposits and opens one isolated
-position (BTC 60%, ETH 30%, SOL 10%, long or short, entry within 2% of the mark); marks tick once a second per symbol; the rest is trading
+position (BTC 60%, ETH 30%, SOL 10%, long or short, entry within 2% of the mark); marks tick once a second per
+symbol; the rest is trading
 (adding to or trimming positions). At minute 41 BTC drops 9% within ten seconds and the 11,279 most levered BTC
 longs are liquidated with no market execution; the BTC fund's max_inventory_ratio is 0, so each lot is
 deleveraged against the BTC shorts at once.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import sys
 from pathlib import Path
@@ -37,7 +39,7 @@ def _price(ticks: int, decimals: int) -> str:
     return f"{text[:-decimals]}.{text[-decimals:]}"
 
 
-def generate(path: Path, *, accounts: int, events: int, block: int, seed: int) -> int:
+def generate(path: Path, *, accounts: int, events: int, block: int, seed: int, minutes: int = MINUTES) -> int:
     rng = random.Random(seed)
     lines: list[str] = []
     add = lines.append
@@ -72,17 +74,17 @@ def generate(path: Path, *, accounts: int, events: int, block: int, seed: int) -
     btc_longs = sorted((h for h in held if h[1] == 0 and h[2] > 0), key=lambda h: (-h[3], h[0]))
     victims = {h[0] for h in btc_longs[:block]}
     traders = [h for h in held if h[0] not in victims]
-    budget = events - len(lines) - block - MINUTES * 60 * 3
-    per_second = budget // (MINUTES * 60)
+    budget = events - len(lines) - block - minutes * 60 * 3
+    per_second = budget // (minutes * 60)
     serial = 0
-    for second in range(MINUTES * 60):
+    for second in range(minutes * 60):
         ts = T0 + 60_000 + second * 1000
         crash = 41 * 60 <= second < 41 * 60 + 10
         for symbol, _, _, start, _, decimals, _ in SYMBOLS:
             drift = -start * 9 // 1000 if crash else rng.randint(-start // 5000, start // 5000)
             marks[symbol] = max(marks[symbol] + drift, start // 2)
             add(f'{{"type":"mark","ts":{ts},"symbol":"{symbol}","mark_price":"{_price(marks[symbol], decimals)}"}}')
-        if second == 41 * 60 + 10:
+        if second == 41 * 60 + 10 and block:
             for account, _, lots, _ in btc_longs[:block]:
                 add(f'{{"type":"liquidation","ts":{ts},"liquidation_id":"liq-{account}","account_id":"{account}",'
                     f'"symbol":"BTCUSDT","qty":"{_qty(lots, "0.001")}","mark_price":'
@@ -110,8 +112,18 @@ def window_for(accounts: int, events: int, block: int, seed: int) -> Path:
     path = HERE / "data" / f"incident-{accounts}-{events}-{block}-seed{seed}.jsonl"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        generate(path, accounts=accounts, events=events, block=block, seed=seed)
+        in_child(generate, path, accounts=accounts, events=events, block=block, seed=seed)
     return path
+
+
+def in_child(function: Any, *args: Any, **kwargs: Any) -> None:
+    """Run a generator in a child process: a fork keeps this process small, and a later child's peak RSS (its
+    ru_maxrss counts what it shared with this process at fork) reports the replay alone."""
+    process = multiprocessing.get_context("spawn").Process(target=function, args=args, kwargs=kwargs)
+    process.start()
+    process.join()
+    if process.exitcode != 0:
+        raise RuntimeError(f"generating {args[0]} failed with exit code {process.exitcode}")
 
 
 def run(accounts: int, events: int, block: int, seed: int) -> dict[str, Any]:

@@ -58,7 +58,8 @@ def prelude(probes: int) -> list[dict[str, Any]]:
                         "lot_size": lot, "tiers": [{"max_notional": "1000000000", "mmr": "0.005",
                                                     "maint_amount": "0"}],
                         "liquidation_fee_rate": "0.005", "fund_id": "MAIN"})
-    accounts = [(f"short-{n}", "sell", "0.1", "BTCUSDT", "100000") for n in range(SHORTS)]
+    accounts: list[tuple[str, str | None, str | None, str | None, str | None]] = [
+        (f"short-{n}", "sell", "0.1", "BTCUSDT", "100000") for n in range(SHORTS)]
     accounts += [(f"probe-{n}", "buy", "0.01", "BTCUSDT", "100000") for n in range(probes)]
     accounts += [(f"bg-{n}", None, None, None, None) for n in range(BACKGROUND_ACCOUNTS)]
     for account, side, qty, symbol, price in accounts:

@@ -1,6 +1,9 @@
 """Run the benchmark suite and write benchmarks/results/latest.json, latest.md and a dated copy.
 
-    benchmarks/run [--events N] [--seed S] [--service-events N]
+    benchmarks/run [--events N] [--seed S] [--service-events N] [--skip NAME ...]
+
+replay, incident, adl, memory need nothing; service and latency need the local servers
+(deploy/local/postgres start && deploy/local/kafka start).
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import adl_selection  # noqa: E402
+import incident  # noqa: E402
+import latency  # noqa: E402
 import machine  # noqa: E402
+import memory  # noqa: E402
 import replay  # noqa: E402
 import service  # noqa: E402
 
@@ -43,16 +50,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--service-events", type=int, default=200_000,
-                        help="events for the service benchmark (0 to skip it; it needs the local servers)")
+    parser.add_argument("--service-events", type=int, default=200_000, help="events for the service benchmark")
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["replay", "incident", "adl", "memory", "service", "latency"])
     args = parser.parse_args()
     now = datetime.datetime.now(datetime.UTC)  # a report's date, never a ledger input
-    benchmarks = [replay.run(args.events, args.seed)]
-    if args.service_events:
+    runs: list[tuple[str, Any]] = [
+        ("replay", lambda: replay.run(args.events, args.seed)),
+        ("incident", lambda: incident.run(437_000, 3_240_000, 11_279, 7)),
+        ("adl", lambda: adl_selection.run(1_000_000, args.seed)),
+        ("memory", lambda: memory.run(10_000, 250_000, 11)),
+        ("service", lambda: service.run(args.service_events, args.seed)),
+        ("latency", lambda: latency.run([20_000, 1_000], 15, 10)),
+    ]
+    benchmarks = []
+    for name, bench in runs:
+        if name in args.skip:
+            continue
+        print(f"benchmark: {name}", file=sys.stderr, flush=True)
         try:
-            benchmarks.append(service.run(args.service_events, args.seed))
+            benchmarks.append(bench())
         except OSError as error:
-            print(f"service benchmark skipped: servers not reachable ({error}); start them with "
+            print(f"{name} benchmark skipped: servers not reachable ({error}); start them with "
                   f"deploy/local/postgres start && deploy/local/kafka start", file=sys.stderr)
     report = {"when": now.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine.describe(), "benchmarks": benchmarks}
     RESULTS.mkdir(exist_ok=True)
