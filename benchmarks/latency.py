@@ -62,12 +62,12 @@ def prelude(probes: int) -> list[dict[str, Any]]:
         (f"short-{n}", "sell", "0.1", "BTCUSDT", "100000") for n in range(SHORTS)]
     accounts += [(f"probe-{n}", "buy", "0.01", "BTCUSDT", "100000") for n in range(probes)]
     accounts += [(f"bg-{n}", None, None, None, None) for n in range(BACKGROUND_ACCOUNTS)]
-    for account, side, qty, symbol, price in accounts:
+    for account, side, qty, opened, price in accounts:
         records.append({"type": "transfer", "ts": T0, "transfer_id": f"d-{account}", "account_id": account,
                         "asset": "USDT", "amount": "100000"})
         if side:
             records.append({"type": "fill", "ts": T0, "fill_id": f"open-{account}", "account_id": account,
-                            "symbol": symbol, "side": side, "qty": qty, "price": price, "fee": "0",
+                            "symbol": opened, "side": side, "qty": qty, "price": price, "fee": "0",
                             "margin_mode": "isolated", "leverage": "10"})
     records += [{"type": "mark", "ts": T0, "symbol": "BTCUSDT", "mark_price": "100000"},
                 {"type": "mark", "ts": T0, "symbol": "ETHUSDT", "mark_price": "4000"}]
