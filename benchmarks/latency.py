@@ -39,7 +39,7 @@ from backstop.entrypoints.kafka_tools import end_offsets, produce_file  # noqa: 
 from backstop.pipeline.topics import TopicNames, input_key  # noqa: E402
 from backstop.service.app import ensure_topics  # noqa: E402
 from backstop.settings import Settings  # noqa: E402
-from service import SERVER_DSN, _with_database  # noqa: E402
+from service import SERVER_DSN, _with_database, drop_database  # noqa: E402
 
 BACKSTOP = Path(sys.executable).parent / "backstop"
 T0 = 1_760_100_000_000
@@ -206,7 +206,7 @@ async def run_async(rate: int, seconds: float, probes_per_second: int) -> dict[s
             process.wait(timeout=60)
         topics = TopicNames(settings.topic_prefix)
         admin.delete(settings.kafka_bootstrap, [*topics.inputs, *topics.outputs])
-        await server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await drop_database(server, database)
         await server.close()
     return result
 

@@ -44,6 +44,17 @@ def _with_database(dsn: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
+async def drop_database(server: asyncpg.Connection, database: str) -> None:
+    """DROP ... WITH (FORCE) ends our own sessions, not an autovacuum worker's: wait for that one to finish."""
+    for _ in range(60):
+        try:
+            await server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            return
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+            await asyncio.sleep(1)
+    raise RuntimeError(f"could not drop the benchmark database {database}")
+
+
 async def raw_consume(settings: Settings, ends: dict[tuple[str, int], int]) -> tuple[int, float]:
     """The floor: a plain aiokafka consumer fetching every input record and doing nothing with it."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
@@ -100,7 +111,7 @@ async def run_async(events: int, seed: int) -> dict[str, Any]:
     finally:
         topics = TopicNames(settings.topic_prefix)
         admin.delete(settings.kafka_bootstrap, [*topics.inputs, *topics.outputs])
-        await server.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await drop_database(server, database)
         await server.close()
     service_rate, raw_rate = records / service_s, records / raw_s
     return {

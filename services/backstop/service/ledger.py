@@ -29,7 +29,7 @@ from backstop.core.hashing import canonical_json
 from backstop.core.processor import Processor
 from backstop.core.snapshot import restore, state_document, state_hash
 from backstop.pipeline import projections
-from backstop.pipeline.ingest import Consumed, ingest_batch
+from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch
 from backstop.pipeline.merge import Merger
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
@@ -105,6 +105,9 @@ class LedgerProcessor(SupervisedLoop):
             last_refresh_seq, last_refresh_ts = processor.engine.last_seq, None
             positions = (head.ledger_position, head.adl_position)
             state_hashed_at = -1
+            # Batch N commits while batch N+1 is applied in memory. If a commit fails, the loop fails and the
+            # supervisor rebuilds the engine from PostgreSQL, so the in-memory batch that ran ahead is dropped.
+            committing: asyncio.Task[None] | None = None
             while not self.stopping:
                 starved = merger.starved() if merger.full() else None
                 if starved is None or starved:
@@ -121,6 +124,9 @@ class LedgerProcessor(SupervisedLoop):
                             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(highwater - position)
                 batch = merger.release(settings.batch_max_records)
                 if not batch:
+                    if committing is not None:  # nothing new: let the last commit land before idling
+                        await committing
+                        committing = None
                     if state_hashed_at != processor.engine.last_seq:  # caught up: record the state hash once
                         state_hashed_at = processor.engine.last_seq
                         await self.store.record_state_hash(state_hashed_at, state_hash(processor.engine))
@@ -147,16 +153,30 @@ class LedgerProcessor(SupervisedLoop):
                     snapshot = (engine.last_seq, state_hash(engine), canonical_json(document))
                 rows = projections.build(engine, result, refresh_all=bool(refresh))
                 projected_at = time.perf_counter()
-                async with self.store.pool.acquire() as connection:
-                    await self.store.write_batch(connection, expected_seq=expected, result=result, head=new_head,
-                                                 projections=rows, snapshot=snapshot)
-                faults.reached("after_commit")
-                self._observe(result, processor, started, len(batch),
-                              phases_ms={"apply": applied_at - started, "project": projected_at - applied_at,
-                                         "commit": time.perf_counter() - projected_at})
+                if committing is not None:
+                    await committing
+                committing = asyncio.create_task(self._commit(
+                    expected, result, new_head, rows, snapshot, processor, started, len(batch),
+                    {"apply": applied_at - started, "project": projected_at - applied_at}))
+            if committing is not None:  # a clean stop lands the batch already applied
+                await committing
         finally:
+            if committing is not None and not committing.done():
+                committing.cancel()
             self.progress.ready = False
             await consumer.stop()
+
+    async def _commit(self, expected: int, result: BatchResult, head: Head, rows: projections.Projections,
+                      snapshot: tuple[int, str, bytes] | None, processor: Processor, started: float, consumed: int,
+                      phases_ms: dict[str, float]) -> None:
+        """One batch in one transaction; the head's expected seq guards against a second writer."""
+        committing_at = time.perf_counter()
+        async with self.store.pool.acquire() as connection:
+            await self.store.write_batch(connection, expected_seq=expected, result=result, head=head,
+                                         projections=rows, snapshot=snapshot)
+        faults.reached("after_commit")
+        self._observe(result, processor, started, consumed, head.seq,
+                      phases_ms={**phases_ms, "commit": time.perf_counter() - committing_at})
 
     async def _fetch(self, consumer: AIOKafkaConsumer, only: set[tuple[str, int]] | None
                      ) -> dict[TopicPartition, list[Any]]:
@@ -203,7 +223,7 @@ class LedgerProcessor(SupervisedLoop):
             await asyncio.sleep(0.1)
         raise RuntimeError(f"input topic {topic} does not exist (run `backstop topics create`)")
 
-    def _observe(self, result: object, processor: Processor, started: float, consumed: int,
+    def _observe(self, result: object, processor: Processor, started: float, consumed: int, committed_seq: int,
                  phases_ms: dict[str, float]) -> None:
         from backstop.pipeline.ingest import BatchResult
 
@@ -221,8 +241,8 @@ class LedgerProcessor(SupervisedLoop):
         engine = processor.engine
         for fund_id in engine.funds:
             metrics.FUND_BALANCE.labels(fund_id).set(float(engine.ledger.balance(ledger.fund(fund_id))))
-        metrics.JOURNAL_SEQ.set(engine.last_seq)
-        self.progress.seq = engine.last_seq
+        metrics.JOURNAL_SEQ.set(committed_seq)
+        self.progress.seq = committed_seq
         self.progress.batches += 1
         if result.journal or result.dead_letters:
             log.info(json.dumps({"event": "batch", "seq": engine.last_seq, "applied": len(result.journal),
