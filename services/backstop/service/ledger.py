@@ -133,7 +133,9 @@ class LedgerProcessor(SupervisedLoop):
                     continue
                 started = time.perf_counter()
                 expected = processor.engine.last_seq
-                result = ingest_batch(processor, batch, self.topics)
+                # The engine works in a thread so the previous batch's commit keeps the event loop (and its socket)
+                # moving meanwhile; only this loop touches the engine, one step at a time.
+                result = await asyncio.to_thread(ingest_batch, processor, batch, self.topics)
                 applied_at = time.perf_counter()
                 engine = processor.engine
                 refresh = (engine.last_seq - last_refresh_seq >= settings.adl_refresh_events or (
@@ -151,12 +153,13 @@ class LedgerProcessor(SupervisedLoop):
                 if every and result.journal and engine.last_seq // every > expected // every:
                     document = {"engine": state_document(engine), "dedupe": processor.deduper.entries()}
                     snapshot = (engine.last_seq, state_hash(engine), canonical_json(document))
-                rows = projections.build(engine, result, refresh_all=bool(refresh))
+                rows = await asyncio.to_thread(projections.build, engine, result, refresh_all=bool(refresh))
+                balances = {fund_id: float(engine.ledger.balance(ledger.fund(fund_id))) for fund_id in engine.funds}
                 projected_at = time.perf_counter()
                 if committing is not None:
                     await committing
                 committing = asyncio.create_task(self._commit(
-                    expected, result, new_head, rows, snapshot, processor, started, len(batch),
+                    expected, result, new_head, rows, snapshot, balances, started, len(batch),
                     {"apply": applied_at - started, "project": projected_at - applied_at}))
             if committing is not None:  # a clean stop lands the batch already applied
                 await committing
@@ -167,15 +170,15 @@ class LedgerProcessor(SupervisedLoop):
             await consumer.stop()
 
     async def _commit(self, expected: int, result: BatchResult, head: Head, rows: projections.Projections,
-                      snapshot: tuple[int, str, bytes] | None, processor: Processor, started: float, consumed: int,
-                      phases_ms: dict[str, float]) -> None:
+                      snapshot: tuple[int, str, bytes] | None, fund_balances: dict[str, float], started: float,
+                      consumed: int, phases_ms: dict[str, float]) -> None:
         """One batch in one transaction; the head's expected seq guards against a second writer."""
         committing_at = time.perf_counter()
         async with self.store.pool.acquire() as connection:
             await self.store.write_batch(connection, expected_seq=expected, result=result, head=head,
                                          projections=rows, snapshot=snapshot)
         faults.reached("after_commit")
-        self._observe(result, processor, started, consumed, head.seq,
+        self._observe(result, fund_balances, started, consumed, head.seq,
                       phases_ms={**phases_ms, "commit": time.perf_counter() - committing_at})
 
     async def _fetch(self, consumer: AIOKafkaConsumer, only: set[tuple[str, int]] | None
@@ -223,11 +226,8 @@ class LedgerProcessor(SupervisedLoop):
             await asyncio.sleep(0.1)
         raise RuntimeError(f"input topic {topic} does not exist (run `backstop topics create`)")
 
-    def _observe(self, result: object, processor: Processor, started: float, consumed: int, committed_seq: int,
-                 phases_ms: dict[str, float]) -> None:
-        from backstop.pipeline.ingest import BatchResult
-
-        assert isinstance(result, BatchResult)
+    def _observe(self, result: BatchResult, fund_balances: dict[str, float], started: float, consumed: int,
+                 committed_seq: int, phases_ms: dict[str, float]) -> None:
         for row in result.journal:
             metrics.EVENTS_APPLIED.labels(row.type).inc()
         for record_type, count in result.duplicates.items():
@@ -238,14 +238,13 @@ class LedgerProcessor(SupervisedLoop):
         metrics.FUND_ENTRIES.inc(len(result.fund_entries))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCH_RECORDS.observe(consumed)
-        engine = processor.engine
-        for fund_id in engine.funds:
-            metrics.FUND_BALANCE.labels(fund_id).set(float(engine.ledger.balance(ledger.fund(fund_id))))
+        for fund_id, balance in fund_balances.items():
+            metrics.FUND_BALANCE.labels(fund_id).set(balance)
         metrics.JOURNAL_SEQ.set(committed_seq)
         self.progress.seq = committed_seq
         self.progress.batches += 1
         if result.journal or result.dead_letters:
-            log.info(json.dumps({"event": "batch", "seq": engine.last_seq, "applied": len(result.journal),
+            log.info(json.dumps({"event": "batch", "seq": committed_seq, "applied": len(result.journal),
                                  "dead_letters": len(result.dead_letters),
                                  "duplicates": sum(result.duplicates.values()), "adl_events": len(result.adl_events),
                                  "ms": round((time.perf_counter() - started) * 1000, 2),
