@@ -4,9 +4,10 @@ database, compared at the end with an uninterrupted run of the same input.
 Faults: kill -9 inside the batch transaction, after commit, in the relay after publishing (injected at the n-th
 time the process reaches that point, n drawn from the seed), kill -9 from outside after a random delay, a
 PostgreSQL crash (immediate shutdown), a broker stop and start, and a worker handover (a second worker joins, the
-first leaves with SIGTERM, the second takes over). CI runs 20 faults; for a long campaign:
+first leaves with SIGTERM, the second takes over). CI runs 20 faults; for a long campaign (1,000 faults):
 
-    BACKSTOP_FAULTS=1000 scripts/test tests/integration/test_fault_campaign.py
+    scripts/test tests/integration/test_fault_campaign.py --long
+    BACKSTOP_FAULTS=<n> ...               # any other number
     BACKSTOP_FAULT_SEED=<seed> ...        # replay a campaign: the seed is printed at the start
 """
 
@@ -36,7 +37,8 @@ from service_harness import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-FAULTS = int(os.environ.get("BACKSTOP_FAULTS", "20"))
+SHORT, LONG = 20, 1000
+EVENTS_PER_FAULT = 1200  # measured: a fault lets the worker apply ~500-1,300 events; faults need input left
 SEED = int(os.environ.get("BACKSTOP_FAULT_SEED") or secrets.randbelow(2**32))
 KINDS = ("in_transaction", "after_commit", "relay_after_send", "external_kill", "postgres_crash", "broker_restart",
          "worker_handover")
@@ -45,9 +47,11 @@ SURVIVED = ("postgres_crash", "broker_restart", "worker_handover")  # the servic
 
 
 async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+                              capsys: pytest.CaptureFixture[str], pytestconfig: pytest.Config) -> None:
+    faults = int(os.environ.get("BACKSTOP_FAULTS") or (LONG if pytestconfig.getoption("--long") else SHORT))
+    started = time.monotonic()
     with capsys.disabled():
-        print(f"\nfault campaign: seed {SEED}, {FAULTS} faults (BACKSTOP_FAULT_SEED={SEED} replays it)")
+        print(f"\nfault campaign: seed {SEED}, {faults} faults (BACKSTOP_FAULT_SEED={SEED} replays it)")
     rng = random.Random(SEED)
     for server in ("postgres", "kafka"):
         if subprocess.run([str(REPO / "deploy" / "local" / server), "status"], capture_output=True,
@@ -58,11 +62,11 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
     from journal_gen import generate
 
     journal = tmp_path / "journal.jsonl"
-    generate(journal, events=max(20000, FAULTS * 1000), seed=SEED % 1000)
+    events = max(20000, faults * EVENTS_PER_FAULT)
+    generate(journal, events=events, seed=SEED % 1000)
     reference, faulted = await two_runs(databases, kafka_bootstrap, f"{topic_prefix}c", journal, input_partitions=3,
                                         batch_max_records=20, relay_batch=30, snapshot_every_events=1500)
     faulted_dsn = faulted.dsn()
-    events = max(20000, FAULTS * 1000)
     # The reference reads in full-size batches (the merge decides the order, not the batch size), so a long
     # campaign's reference run takes minutes, not an hour.
     reference = reference.model_copy(update={"batch_max_records": 5000, "relay_batch": 2000})
@@ -72,10 +76,11 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
     log = tmp_path / "faulted.log"
     ends = await input_ends(faulted)
     landed: dict[str, int] = dict.fromkeys(KINDS, 0)
-    for number in range(1, FAULTS + 1):
-        if number % 50 == 0:
+    for number in range(1, faults + 1):
+        if number % max(10, faults // 20) == 0:
             with capsys.disabled():
-                print(f"fault campaign: {number - 1} faults done, landed {landed}", flush=True)
+                print(f"fault campaign: {number - 1} faults done in {time.monotonic() - started:.0f} s, "
+                      f"journal at seq {await seq_of(faulted_dsn)} of ~{events}, landed {landed}", flush=True)
         kind = rng.choices(KINDS, WEIGHTS)[0]
         if kind in ("in_transaction", "after_commit", "relay_after_send"):
             serve = ServeProcess(faulted, log, fault=f"{kind}@{rng.randint(1, 4)}")
@@ -115,7 +120,7 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
         print(f"fault campaign: seed {SEED}: faults that landed: {landed}")
 
     await assert_same_outcome(reference, faulted, f"(seed {SEED})")
-    assert sum(landed.values()) >= FAULTS // 2, f"too few faults landed mid-stream: {landed} (seed {SEED})"
+    assert sum(landed.values()) >= faults // 2, f"too few faults landed mid-stream: {landed} (seed {SEED})"
 
 
 async def _progress_or_done(dsn: str, before: int, ends: dict[tuple[str, int], int], timeout: float = 120) -> None:
