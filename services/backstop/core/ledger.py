@@ -1,8 +1,10 @@
 """The double-entry general ledger: every money movement is one posting between two ledger accounts.
 
 A posting moves `amount` from one account to another, so the sum of all balances is zero by construction;
-`check_conservation` re-derives that sum from the balances (switch it on per event with
-Engine(check_conservation=True)).
+`check_conservation` re-derives that sum (switch it on per event with Engine(check_conservation=True)): in full
+on the first call and every FULL_CHECK_EVERY calls, and in between from the accounts posted to since the previous
+call, whose changes must sum to zero, so a check after every event costs what the event touched, not the size of
+the ledger.
 
 Ledger account names:
   wallet:<account>:<asset>        a trader's wallet (cross margin lives here)
@@ -50,13 +52,19 @@ def external(asset: str) -> str:
     return f"external:{asset}"
 
 
+FULL_CHECK_EVERY = 10_000
+
+
 class Ledger:
-    __slots__ = ("balances", "strict", "touched")
+    __slots__ = ("_checked", "_checks", "_unchecked", "balances", "strict", "touched")
 
     def __init__(self, *, strict: bool = False) -> None:
         self.balances: dict[str, Decimal] = {}
         self.touched: set[str] = set()  # accounts posted to since the last drain_touched()
         self.strict = strict  # also check that every posting is quantized money (tests, audits)
+        self._checked: dict[str, Decimal] = {}  # balances as of the last conservation check
+        self._unchecked: set[str] | None = None  # accounts posted to since then (None: no check yet)
+        self._checks = 0
 
     def balance(self, account: str) -> Decimal:
         return self.balances.get(account, ZERO)
@@ -68,6 +76,10 @@ class Ledger:
         touched = self.touched
         touched.add(source)
         touched.add(destination)
+        unchecked = self._unchecked
+        if unchecked is not None:
+            unchecked.add(source)
+            unchecked.add(destination)
         if amount == 0:
             return
         balances = self.balances
@@ -79,6 +91,19 @@ class Ledger:
         return touched
 
     def check_conservation(self) -> None:
-        total = sum(self.balances.values(), ZERO)
-        if total != 0:
-            raise InvariantViolation(f"ledger does not balance: sum of balances is {total}")
+        balances, checked, unchecked = self.balances, self._checked, self._unchecked
+        self._checks += 1
+        if unchecked is None or self._checks % FULL_CHECK_EVERY == 0:
+            total = sum(balances.values(), ZERO)
+            if total != 0:
+                raise InvariantViolation(f"ledger does not balance: sum of balances is {total}")
+            self._checked, self._unchecked = dict(balances), set()
+            return
+        change = ZERO
+        for account in sorted(unchecked):
+            now = balances.get(account, ZERO)
+            change += now - checked.get(account, ZERO)
+            checked[account] = now
+        unchecked.clear()
+        if change != 0:
+            raise InvariantViolation(f"ledger does not balance: postings since the last check sum to {change}")

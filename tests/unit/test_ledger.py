@@ -1,0 +1,40 @@
+"""The general ledger's conservation check: cheap enough to run after every event, still a re-derivation."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from backstop.core import ledger
+from backstop.core.errors import InvariantViolation
+
+
+def test_postings_conserve_and_the_check_passes_after_each() -> None:
+    book = ledger.Ledger(strict=True)
+    for number in range(1, 50):
+        book.post(ledger.external("USDT"), ledger.wallet(f"a{number % 7}", "USDT"), Decimal(number))
+        book.post(ledger.wallet(f"a{number % 7}", "USDT"), ledger.fund("BTC"), Decimal("0.25"))
+        book.check_conservation()
+    assert sum(book.balances.values()) == 0
+    assert book.balance(ledger.fund("BTC")) == Decimal("12.25")
+
+
+def test_a_posted_account_changed_behind_the_ledger_is_caught_at_the_next_check() -> None:
+    book = ledger.Ledger()
+    book.post(ledger.external("USDT"), ledger.wallet("a", "USDT"), Decimal(100))
+    book.check_conservation()
+    book.post(ledger.wallet("a", "USDT"), ledger.fund("BTC"), Decimal(10))
+    book.balances[ledger.fund("BTC")] += Decimal("0.01")  # a one-sided write, as a bug would make it
+    with pytest.raises(InvariantViolation, match=r"sum to 0\.01"):
+        book.check_conservation()
+
+
+def test_an_account_changed_without_a_posting_is_caught_by_the_periodic_full_sum() -> None:
+    book = ledger.Ledger()
+    book.post(ledger.external("USDT"), ledger.wallet("a", "USDT"), Decimal(100))
+    book.check_conservation()
+    book.balances[ledger.wallet("a", "USDT")] += Decimal(1)  # never posted to since: only a full sum sees it
+    with pytest.raises(InvariantViolation, match="sum of balances is 1"):
+        for _ in range(ledger.FULL_CHECK_EVERY):
+            book.check_conservation()
