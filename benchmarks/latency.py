@@ -8,6 +8,9 @@ consumes the ADL topic. The clock starts just before a probe is handed to the pr
 the append) and stops when the consumer receives the first ADL event carrying that liquidation_id. Every probe
 deleverages: the fund's max_inventory_ratio is 0, and 1,000 shorts stand on the other side. Needs the local
 servers, like benchmarks/service.py.
+
+Baseline, same run: each probe is also sent to a scratch topic that nothing processes, and the same consumer
+reads it back: the raw Kafka hop (append, then readable downstream) under the same load.
 """
 
 from __future__ import annotations
@@ -103,7 +106,9 @@ async def measure(settings: Settings, rate: int, seconds: float, probes_per_seco
     topics = TopicNames(settings.topic_prefix)
     sent: dict[str, float] = {}
     latency: dict[str, float] = {}
-    consumer = AIOKafkaConsumer(topics.adl_events, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+    hop: dict[str, float] = {}  # the baseline: the same probe through Kafka alone
+    echo = f"{settings.topic_prefix}echo"
+    consumer = AIOKafkaConsumer(topics.adl_events, echo, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
                                 auto_offset_reset="latest")
     await consumer.start()
     await consumer.getmany(timeout_ms=500)  # joined and positioned at the end before the first probe
@@ -115,8 +120,9 @@ async def measure(settings: Settings, rate: int, seconds: float, probes_per_seco
             for records in batch.values():
                 for record in records:
                     liquidation_id = orjson.loads(record.value)["liquidation_id"]
-                    if liquidation_id in sent and liquidation_id not in latency:
-                        latency[liquidation_id] = now - sent[liquidation_id]
+                    seen = hop if record.topic == echo else latency
+                    if liquidation_id in sent and liquidation_id not in seen:
+                        seen[liquidation_id] = now - sent[liquidation_id]
 
     reader = asyncio.create_task(read_adl())
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2,
@@ -147,8 +153,9 @@ async def measure(settings: Settings, rate: int, seconds: float, probes_per_seco
                 record = {"ts": ts, "liquidation_id": liquidation_id, "account_id": f"probe-{probes}",
                           "symbol": "BTCUSDT", "qty": "0.01", "mark_price": "100000", "executions": []}
                 sent[liquidation_id] = time.perf_counter()
-                pending.append(await producer.send(topics.input("liquidation"), orjson.dumps(record),
-                                                   key=input_key("liquidation", record).encode()))
+                probe_key = input_key("liquidation", record).encode()
+                pending.append(await producer.send(topics.input("liquidation"), orjson.dumps(record), key=probe_key))
+                pending.append(await producer.send(echo, orjson.dumps(record), key=probe_key))
                 probes += 1
             if len(pending) > 20000:
                 await asyncio.gather(*pending)
@@ -157,17 +164,22 @@ async def measure(settings: Settings, rate: int, seconds: float, probes_per_seco
         await asyncio.gather(*pending)
         offered_s = time.perf_counter() - started
         deadline = time.monotonic() + 600
-        while len(latency) < len(sent) and time.monotonic() < deadline:
+        while (len(latency) < len(sent) or len(hop) < len(sent)) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
     finally:
         reader.cancel()
         await producer.stop()
         await consumer.stop()
-    values = sorted(latency.values())
-    if len(values) < len(sent):
-        raise RuntimeError(f"only {len(values)} of {len(sent)} probes came back as ADL events")
-    return {"background_rate": round(produced / offered_s), "probes": len(values),
-            "p50_ms": round(statistics.median(values) * 1000, 1),
+    if len(latency) < len(sent) or len(hop) < len(sent):
+        raise RuntimeError(f"of {len(sent)} probes, {len(latency)} came back as ADL events and {len(hop)} through "
+                           f"the scratch topic")
+    return {"background_rate": round(produced / offered_s), "probes": len(sent),
+            **_percentiles(latency.values()), **{f"hop_{k}": v for k, v in _percentiles(hop.values()).items()}}
+
+
+def _percentiles(seconds: Any) -> dict[str, float]:
+    values = sorted(seconds)
+    return {"p50_ms": round(statistics.median(values) * 1000, 1),
             "p99_ms": round(values[min(len(values) - 1, int(len(values) * 0.99))] * 1000, 1),
             "max_ms": round(values[-1] * 1000, 1)}
 
@@ -184,6 +196,7 @@ async def run_async(rate: int, seconds: float, probes_per_second: int) -> dict[s
     try:
         await migrate(settings.dsn())
         ensure_topics(settings)
+        admin.create(settings.kafka_bootstrap, [admin.TopicPlan(f"{settings.topic_prefix}echo", 3, {})])
         with tempfile.TemporaryDirectory() as scratch:
             journal = Path(scratch) / "prelude.jsonl"
             journal.write_bytes(b"\n".join(orjson.dumps(r) for r in prelude(PROBES)) + b"\n")
@@ -205,7 +218,7 @@ async def run_async(rate: int, seconds: float, probes_per_second: int) -> dict[s
             process.terminate()
             process.wait(timeout=60)
         topics = TopicNames(settings.topic_prefix)
-        admin.delete(settings.kafka_bootstrap, [*topics.inputs, *topics.outputs])
+        admin.delete(settings.kafka_bootstrap, [*topics.inputs, *topics.outputs, f"{settings.topic_prefix}echo"])
         await drop_database(server, database)
         await server.close()
     return result
@@ -217,8 +230,11 @@ def run(rates: list[int], seconds: float, probes_per_second: int) -> dict[str, A
         result = asyncio.run(run_async(rate, seconds, probes_per_second))
         runs[f"rate_{rate}"] = result
         for name in ("p50_ms", "p99_ms", "max_ms"):
+            hop = result[f"hop_{name}"]
             figures.append({"figure": f"liquidation -> ADL event, {name[:-3]}, background {rate:,}/s offered "
-                                      f"({result['background_rate']:,}/s sent)", "value": result[name], "unit": "ms"})
+                                      f"({result['background_rate']:,}/s sent)", "value": result[name], "unit": "ms",
+                            "baseline": "raw Kafka hop", "baseline_value": hop,
+                            "ratio": round(result[name] / hop, 1) if hop else ""})
     return {"name": "latency", "input": {"seconds": seconds, "probes_per_second": probes_per_second,
                                         "counterparties": SHORTS, **{k: v["probes"] for k, v in runs.items()}},
             "figures": figures}
