@@ -62,8 +62,8 @@ def create_app(settings: Settings) -> faust.App:
         import asyncio
 
         store = await Store.open(settings.dsn(), max_size=6)
-        processor = LedgerProcessor(settings, store)
         relay = OutboxRelay(settings, store)
+        processor = LedgerProcessor(settings, store, on_commit=relay.wake)
         state.update(store=store, processor=processor, relay=relay)
         try:
             await asyncio.gather(processor.run_forever(), relay.run_forever())
@@ -106,7 +106,8 @@ async def running(settings: Settings) -> AsyncIterator[tuple[LedgerProcessor, Ou
 
     await asyncio.to_thread(ensure_topics, settings)
     store = await Store.open(settings.dsn(), max_size=6)
-    processor, relay = LedgerProcessor(settings, store), OutboxRelay(settings, store)
+    relay = OutboxRelay(settings, store)
+    processor = LedgerProcessor(settings, store, on_commit=relay.wake)
     tasks = [asyncio.create_task(processor.run_forever()), asyncio.create_task(relay.run_forever())]
     try:
         yield processor, relay

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,11 +78,12 @@ class LedgerProcessor(SupervisedLoop):
     name = "ledger"
     lock_id = WRITER_LOCK
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, on_commit: Callable[[], None] = lambda: None) -> None:
         super().__init__(store)
         self.settings = settings
         self.topics = TopicNames(settings.topic_prefix)
         self.progress = Progress()
+        self.on_commit = on_commit  # wakes a relay in this process: outbox rows are waiting
 
     def on_error(self, error: Exception) -> None:
         self.progress.ready = False
@@ -177,6 +179,7 @@ class LedgerProcessor(SupervisedLoop):
         async with self.store.pool.acquire() as connection:
             await self.store.write_batch(connection, expected_seq=expected, result=result, head=head,
                                          projections=rows, snapshot=snapshot)
+        self.on_commit()
         faults.reached("after_commit")
         self._observe(result, fund_balances, started, consumed, head.seq,
                       phases_ms={**phases_ms, "commit": time.perf_counter() - committing_at})

@@ -10,6 +10,7 @@ published without being sent again. No record id is published twice; per key, or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
@@ -40,6 +41,12 @@ class OutboxRelay(SupervisedLoop):
         self.topics = TopicNames(settings.topic_prefix)
         self.published = 0
         self.ready = False
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """A batch was committed (by the processor in this process): look at the outbox now, not at the next poll.
+        A processor in another process is seen by polling every `relay_idle_ms`."""
+        self._woken.set()
 
     def on_error(self, error: Exception) -> None:
         self.ready = False
@@ -56,11 +63,13 @@ class OutboxRelay(SupervisedLoop):
             published_up_to = await self._published_up_to(counts)
             self.ready = True
             while not self.stopping:
+                self._woken.clear()  # before reading: a commit after the read wakes the wait below
                 rows = await self.store.unpublished(settings.relay_batch)
                 metrics.OUTBOX_BACKLOG.set(len(rows) if len(rows) < settings.relay_batch
                                            else await self.store.outbox_backlog())
                 if not rows:
-                    await asyncio.sleep(settings.relay_idle_ms / 1000)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._woken.wait(), settings.relay_idle_ms / 1000)
                     continue
                 sends = []
                 for row in rows:
