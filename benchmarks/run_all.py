@@ -1,6 +1,6 @@
 """Run the benchmark suite and write benchmarks/results/latest.json, latest.md and a dated copy.
 
-    benchmarks/run [--events N] [--seed S] [--service-events N] [--skip NAME ...]
+    benchmarks/run [--events N] [--seed S] [--service-events N] [--skip NAME ...] [--note TEXT]
 
 replay, incident, adl, memory need nothing; service and latency need the local servers
 (deploy/local/postgres start && deploy/local/kafka start).
@@ -32,7 +32,8 @@ RESULTS = HERE / "results"
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"Benchmarks of {report['when']} on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-             f"Python {m['python']}.", "",
+             f"Python {m['python']}; load average {m.get('load_at_start')} at start."
+             + (f" {report['note']}" if report.get("note") else ""), "",
              "| benchmark | figure | value | baseline (same run) | ratio |", "|---|---|---|---|---|"]
     for bench in report["benchmarks"]:
         for f in bench["figures"]:
@@ -51,10 +52,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--service-events", type=int, default=200_000, help="events for the service benchmark")
+    parser.add_argument("--note", default="", help="conditions of this run, printed under the table's title")
     parser.add_argument("--skip", action="append", default=[],
                         choices=["replay", "incident", "adl", "memory", "service", "latency"])
     args = parser.parse_args()
     now = datetime.datetime.now(datetime.UTC)  # a report's date, never a ledger input
+    host = machine.describe()  # before the suite, so the load average is the one it started under
     runs: list[tuple[str, Any]] = [
         ("replay", lambda: replay.run(args.events, args.seed)),
         ("incident", lambda: incident.run(437_000, 3_240_000, 11_279, 7)),
@@ -73,7 +76,8 @@ def main() -> None:
         except OSError as error:
             print(f"{name} benchmark skipped: servers not reachable ({error}); start them with "
                   f"deploy/local/postgres start && deploy/local/kafka start", file=sys.stderr)
-    report = {"when": now.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine.describe(), "benchmarks": benchmarks}
+    report = {"when": now.strftime("%Y-%m-%d %H:%M UTC"), "machine": host, "note": args.note,
+              "benchmarks": benchmarks}
     RESULTS.mkdir(exist_ok=True)
     text = json.dumps(report, indent=2) + "\n"
     (RESULTS / "latest.json").write_text(text)
