@@ -117,8 +117,7 @@ def window_for(accounts: int, events: int, block: int, seed: int) -> Path:
 
 
 def in_child(function: Any, *args: Any, **kwargs: Any) -> None:
-    """Run a generator in a child process: a fork keeps this process small, and a later child's peak RSS (its
-    ru_maxrss counts what it shared with this process at fork) reports the replay alone."""
+    """Run a generator in a child process, so this process stays small."""
     process = multiprocessing.get_context("spawn").Process(target=function, args=args, kwargs=kwargs)
     process.start()
     process.join()

@@ -58,11 +58,13 @@ def validate_only(path: Path) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-# `backstop replay` in a child process that reports its own peak RSS (kB) on its last stderr line.
-_CLI_WITH_PEAK = ("import resource, sys\n"
+# `backstop replay` in a child process that reports its own peak RSS (kB) on its last stderr line. VmHWM, not
+# ru_maxrss: Linux carries ru_maxrss across exec, so a child of a large parent would report the parent's size.
+_CLI_WITH_PEAK = ("import sys\n"
                   "from backstop.entrypoints.cli import main\n"
                   "code = main(sys.argv[1:])\n"
-                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+                  "with open('/proc/self/status') as status:\n"
+                  "    print(next(line.split()[1] for line in status if line.startswith('VmHWM:')), file=sys.stderr)\n"
                   "sys.exit(code)\n")
 
 
