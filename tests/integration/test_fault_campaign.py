@@ -110,7 +110,9 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
             code = -9 if kind == "external_kill" else 0
         serve.stop()
         landed[kind] += 1 if code == -9 or kind in SURVIVED else 0
-    serve = ServeProcess(faulted, log)
+    # The rest of the input in full-size batches, like the reference: at 20 records a batch, the tail a long
+    # campaign leaves (half its input) took most of an hour.
+    serve = ServeProcess(faulted.model_copy(update={"batch_max_records": 5000, "relay_batch": 2000}), log)
     try:
         await asyncio.to_thread(serve.wait_healthy)
         await wait_caught_up(faulted_dsn, ends=await input_ends(faulted), timeout=max(600, events / 50))
