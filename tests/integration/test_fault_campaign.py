@@ -39,6 +39,7 @@ from service_harness import (
 REPO = Path(__file__).resolve().parents[2]
 SHORT, LONG = 20, 1000
 EVENTS_PER_FAULT = 1200  # measured: a fault lets the worker apply ~500-1,300 events; faults need input left
+FULL_BATCHES = {"batch_max_records": 5000, "relay_batch": 2000}  # reference and tail (the merge orders)
 SEED = int(os.environ.get("BACKSTOP_FAULT_SEED") or secrets.randbelow(2**32))
 KINDS = ("in_transaction", "after_commit", "relay_after_send", "external_kill", "postgres_crash", "broker_restart",
          "worker_handover")
@@ -69,7 +70,7 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
     faulted_dsn = faulted.dsn()
     # The reference reads in full-size batches (the merge decides the order, not the batch size), so a long
     # campaign's reference run takes minutes, not an hour.
-    reference = reference.model_copy(update={"batch_max_records": 5000, "relay_batch": 2000})
+    reference = reference.model_copy(update=FULL_BATCHES)
     async with in_process(reference):
         await wait_caught_up(reference.dsn(), ends=await input_ends(reference), timeout=max(600, events / 50))
 
@@ -112,7 +113,7 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
         landed[kind] += 1 if code == -9 or kind in SURVIVED else 0
     # The rest of the input in full-size batches, like the reference: at 20 records a batch, the tail a long
     # campaign leaves (half its input) took most of an hour.
-    serve = ServeProcess(faulted.model_copy(update={"batch_max_records": 5000, "relay_batch": 2000}), log)
+    serve = ServeProcess(faulted.model_copy(update=FULL_BATCHES), log)
     try:
         await asyncio.to_thread(serve.wait_healthy)
         await wait_caught_up(faulted_dsn, ends=await input_ends(faulted), timeout=max(600, events / 50))
