@@ -81,7 +81,7 @@ def serve(settings: Settings, log: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "BACKSTOP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "BACKSTOP_PG_DSN": settings.dsn(),
            "BACKSTOP_TOPIC_PREFIX": settings.topic_prefix, "BACKSTOP_WEB_PORT": str(port)}
     return subprocess.Popen([str(BACKSTOP), "serve"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, cwd=log.parent)  # faust puts its data dir in the cwd
 
 
 async def wait_consumed(dsn: str, ends: dict[tuple[str, int], int], timeout: float) -> None:

@@ -62,7 +62,8 @@ class ServeProcess:
         self.log = log
         self.handle = log.open("ab")
         self.process = subprocess.Popen([str(BACKSTOP), "serve"], env=env, stdout=self.handle,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        cwd=log.parent)  # faust puts its data dir in the cwd
 
     def wait_healthy(self, timeout: float = 90, *, standby: bool = False) -> None:
         """Until /health says ok; with standby=True, until it answers at all (a standby says 503 'starting')."""

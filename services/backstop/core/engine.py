@@ -8,7 +8,6 @@ behind. All arithmetic runs in backstop.core.numbers.CONTEXT.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from typing import Any, ClassVar, Literal
@@ -86,6 +85,9 @@ class MarginView:
     @property
     def liquidatable(self) -> bool:
         return self.margin_balance <= self.maintenance_margin
+
+
+Exposures = dict[str, tuple[Decimal, Decimal]]  # one account's positions: symbol -> (uPnL, MM) at the marks
 
 
 def is_fund_account(account_id: str) -> bool:
@@ -350,7 +352,7 @@ class Engine:
         lot = Lot(record.liquidation_id, record.symbol, position.side, record.qty, lot_cost, record.account_id,
                   self._seq)
         self._reduce(position, record.qty, lot_cost)
-        fund_state.lots.setdefault(record.symbol, deque()).append(lot)
+        fund_state.add_lot(lot)
         for execution in record.executions:
             self._realize(fund_state, lot, execution.qty, execution.price)
         if lot.qty > 0 and not self._accepts_inventory(fund_state):
@@ -402,18 +404,7 @@ class Engine:
         if qty > lot.qty:
             raise InvariantViolation(f"fund closes {qty} of lot {lot.liquidation_id} holding {lot.qty}")
         cost_share = share(lot.cost, qty, lot.qty)
-        lot.qty -= qty
-        lot.cost -= cost_share
-        if lot.qty == 0:
-            lots = fund_state.lots[lot.symbol]
-            if lots[-1] is lot:  # usually the newest (executions) or the oldest (FIFO): O(1) at either end
-                lots.pop()
-            elif lots[0] is lot:
-                lots.popleft()
-            else:
-                lots.remove(lot)
-            if not lots:
-                del fund_state.lots[lot.symbol]
+        fund_state.take_from_lot(lot, qty, cost_share)
         return cost_share
 
     def _accepts_inventory(self, fund_state: FundState) -> bool:
@@ -479,34 +470,47 @@ class Engine:
                     "fund_id": fund_id, "balance": text(balance), "added": text(min(before, ZERO) - balance)})
 
     # ------------------------------------------------------------------ views (used by reports too)
-    def margin_view(self, position: Position) -> MarginView:
+    def exposure(self, position: Position, memo: Exposures | None = None) -> tuple[Decimal, Decimal]:
+        """(uPnL, maintenance margin) of a position at its mark. A caller that views several positions of one
+        account passes one memo dict to every view, so each peer is computed once, not once per view."""
+        if memo is not None:
+            known = memo.get(position.symbol)
+            if known is not None:
+                return known
         mark = self.marks[position.symbol]
-        instrument = self.instruments[position.symbol]
-        own_mm = position_maintenance(position, instrument.tiers, mark)
+        result = (position.unrealized_pnl(mark), position_maintenance(position, self.instruments[position.symbol].tiers,
+                                                                      mark))
+        if memo is not None:
+            memo[position.symbol] = result
+        return result
+
+    def margin_view(self, position: Position, memo: Exposures | None = None) -> MarginView:
+        memo = {} if memo is None else memo  # a cross position is its own peer: computed once either way
+        own_pnl, own_mm = self.exposure(position, memo)
         if position.margin_mode == "isolated":
-            balance = (self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
-                       + position.unrealized_pnl(mark))
+            balance = self.ledger.balance(ledger.isolated(position.account_id, position.symbol)) + own_pnl
             return MarginView(balance, own_mm, own_mm, balance)
-        asset = instrument.settle_asset
+        asset = self.instruments[position.symbol].settle_asset
         tnc = self.ledger.balance(ledger.wallet(position.account_id, asset))
         tmm = ZERO
         for other in self._cross_positions(position.account_id, asset):
-            other_mark = self.marks[other.symbol]
-            tnc += other.unrealized_pnl(other_mark)
-            tmm += position_maintenance(other, self.instruments[other.symbol].tiers, other_mark)
+            pnl, mm = self.exposure(other, memo)
+            tnc += pnl
+            tmm += mm
         equity_share = tnc if tmm == 0 else CONTEXT.divide(CONTEXT.multiply(tnc, own_mm), tmm)
         return MarginView(tnc, tmm, own_mm, equity_share)
 
-    def bankruptcy_price(self, position: Position) -> Decimal:
+    def bankruptcy_price(self, position: Position, memo: Exposures | None = None) -> Decimal:
         with localcontext(CONTEXT):
-            return self._bankruptcy_price(position)
+            return self._bankruptcy_price(position, memo)
 
-    def _bankruptcy_price(self, position: Position) -> Decimal:
+    def _bankruptcy_price(self, position: Position, memo: Exposures | None = None) -> Decimal:
         if position.margin_mode == "isolated":  # E -/+ M/|q|: needs no mark and no maintenance margin
             margin = self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
             cost = position.cost - margin if position.qty > 0 else position.cost + margin
             return CONTEXT.divide(cost, position.size)
-        return bankruptcy_price(position, self.margin_view(position).equity_share, self.marks[position.symbol])
+        return bankruptcy_price(position, self.margin_view(position, memo).equity_share,
+                                self.marks[position.symbol])
 
     def adl_queue(self, symbol: str, side: Literal["long", "short"]) -> list[adl.Ranked]:
         """The positions of one symbol and side in ADL order (fund inventory is never in the queue)."""
@@ -561,7 +565,7 @@ class Engine:
             return self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
         return self.ledger.balance(ledger.wallet(position.account_id, self.instruments[position.symbol].settle_asset))
 
-    def liquidation_price(self, position: Position) -> Decimal | None:
+    def liquidation_price(self, position: Position, memo: Exposures | None = None) -> Decimal | None:
         with localcontext(CONTEXT):
             instrument = self.instruments[position.symbol]
             if position.margin_mode == "isolated":
@@ -571,9 +575,8 @@ class Engine:
                 for peer in self._cross_positions(position.account_id, instrument.settle_asset):
                     if peer is position:
                         continue
-                    peer_mark = self.marks[peer.symbol]
-                    other += peer.unrealized_pnl(peer_mark) - position_maintenance(
-                        peer, self.instruments[peer.symbol].tiers, peer_mark)
+                    pnl, mm = self.exposure(peer, memo)
+                    other += pnl - mm
             return liquidation_price(position, instrument.tiers, other)
 
     def _cross_positions(self, account_id: str, asset: str) -> list[Position]:

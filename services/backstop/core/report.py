@@ -6,10 +6,11 @@ from decimal import localcontext
 from typing import Any
 
 from backstop.core import ledger
-from backstop.core.engine import Engine
+from backstop.core.engine import Engine, Exposures
 from backstop.core.numbers import CONTEXT, ZERO, money, price, text
 from backstop.core.processor import Processor
 from backstop.core.snapshot import state_hash
+from backstop.core.state import Position
 
 
 def summary(processor: Processor) -> dict[str, Any]:
@@ -60,7 +61,8 @@ def accounts(engine: Engine) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for account_id in sorted(set(wallets) | set(engine.positions)):
         account_wallets = dict(sorted(wallets.get(account_id, {}).items()))
-        positions = {symbol: _position(engine, p) for symbol, p in
+        memo: Exposures = {}
+        positions = {symbol: _position(engine, p, memo) for symbol, p in
                      sorted(engine.positions.get(account_id, {}).items())}
         primary = next(iter(account_wallets.values()), "0")
         result[account_id] = {"wallet": primary, "wallets": account_wallets, "positions": positions}
@@ -79,11 +81,11 @@ def accounts(engine: Engine) -> dict[str, Any]:
     return result
 
 
-def _position(engine: Engine, position: Any) -> dict[str, str]:
+def _position(engine: Engine, position: Position, memo: Exposures) -> dict[str, str]:
     with localcontext(CONTEXT):
         mark = engine.marks[position.symbol]
-        view = engine.margin_view(position)
-        liquidation = engine.liquidation_price(position)
+        view = engine.margin_view(position, memo)
+        liquidation = engine.liquidation_price(position, memo)
         isolated = engine.ledger.balance(ledger.isolated(position.account_id, position.symbol))
         return {
             "qty": text(position.qty),
@@ -97,5 +99,5 @@ def _position(engine: Engine, position: Any) -> dict[str, str]:
             "maintenance_margin": text(money(view.position_maintenance)),
             "margin_balance": text(money(view.margin_balance)),
             "liquidation_price": text(price(liquidation)) if liquidation is not None else "0",
-            "bankruptcy_price": text(price(engine.bankruptcy_price(position))),
+            "bankruptcy_price": text(price(engine.bankruptcy_price(position, memo))),
         }

@@ -7,7 +7,6 @@ order, marks, hash heads, seq) in a canonical order; its SHA-256 is the state ha
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from decimal import Decimal
 from typing import Any
 
@@ -75,7 +74,7 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False) -> En
         spec = FundSpec(f["fund_id"], f["settle_asset"], f["surplus"], _d(f["max_inventory_ratio"]))
         state = FundState(spec, list(f["symbols"]))
         for lot in f["lots"]:
-            state.lots.setdefault(lot["symbol"], deque()).append(Lot(
+            state.add_lot(Lot(
                 lot["liquidation_id"], lot["symbol"], lot["side"], _d(lot["qty"]), _d(lot["cost"]),
                 lot["liquidated_account"], int(lot["seq"])))
         engine.funds[spec.fund_id] = state

@@ -84,12 +84,35 @@ class Lot:
 
 @dataclass(slots=True)
 class FundState:
+    """A fund's spec and inventory. Lots change only through add_lot and take_from_lot, which keep the net
+    quantity per symbol beside them: the inventory check after every liquidation reads it without summing lots."""
+
     spec: FundSpec
     symbols: list[str] = field(default_factory=list)
     lots: dict[str, deque[Lot]] = field(default_factory=dict)
+    _net: dict[str, Decimal] = field(default_factory=dict)  # symbol -> signed qty of its lots (long > 0)
 
     def net_qty(self, symbol: str) -> Decimal:
-        net = ZERO
-        for lot in self.lots.get(symbol, ()):
-            net += lot.qty if lot.side == "long" else -lot.qty
-        return net
+        return self._net.get(symbol, ZERO)
+
+    def add_lot(self, lot: Lot) -> None:
+        self.lots.setdefault(lot.symbol, deque()).append(lot)
+        self._net[lot.symbol] = self._net.get(lot.symbol, ZERO) + (lot.qty if lot.side == "long" else -lot.qty)
+
+    def take_from_lot(self, lot: Lot, qty: Decimal, cost_share: Decimal) -> None:
+        """Close qty of the lot (its cost falls by cost_share); a lot closed in full leaves the inventory."""
+        lot.qty -= qty
+        lot.cost -= cost_share
+        self._net[lot.symbol] -= qty if lot.side == "long" else -qty
+        if lot.qty != 0:
+            return
+        lots = self.lots[lot.symbol]
+        if lots[-1] is lot:  # usually the newest (executions) or the oldest (FIFO): O(1) at either end
+            lots.pop()
+        elif lots[0] is lot:
+            lots.popleft()
+        else:
+            lots.remove(lot)
+        if not lots:
+            del self.lots[lot.symbol]
+            del self._net[lot.symbol]

@@ -13,7 +13,7 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from backstop.core import adl, ledger
-from backstop.core.engine import Engine
+from backstop.core.engine import Engine, Exposures
 from backstop.core.numbers import CONTEXT, ZERO, money, price
 from backstop.core.state import Position
 from backstop.pipeline.ingest import BatchResult
@@ -31,14 +31,15 @@ class Projections:
     adl_queue: list[tuple[Any, ...]] | None
 
 
-def position_row(engine: Engine, position: Position, seq: int) -> tuple[Any, ...]:
+def position_row(engine: Engine, position: Position, seq: int, memo: Exposures) -> tuple[Any, ...]:
+    """memo: one per account (see Engine.exposure)."""
     with localcontext(CONTEXT):
-        liquidation = engine.liquidation_price(position)
+        liquidation = engine.liquidation_price(position, memo)
         return (position.account_id, position.symbol, position.qty, price(position.entry_price()),
                 position.margin_mode, position.leverage,
                 engine.ledger.balance(ledger.isolated(position.account_id, position.symbol)),
                 engine.marks[position.symbol], price(liquidation) if liquidation is not None else None,
-                price(engine.bankruptcy_price(position)), seq)
+                price(engine.bankruptcy_price(position, memo)), seq)
 
 
 def build(engine: Engine, result: BatchResult, *, refresh_all: bool) -> Projections:
@@ -56,9 +57,10 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool) -> Projecti
             if name in engine.ledger.balances:
                 wallets.append((account_id, asset, engine.ledger.balances[name], seq))
         book = engine.positions.get(account_id, {})
+        memo: Exposures = {}
         for symbol in symbols:
             if symbol in book:
-                positions.append(position_row(engine, book[symbol], seq))
+                positions.append(position_row(engine, book[symbol], seq, memo))
             else:
                 closed.append((account_id, symbol))
     with localcontext(CONTEXT):
