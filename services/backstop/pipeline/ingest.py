@@ -109,6 +109,7 @@ class BatchResult:
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     touched_accounts: set[str] = field(default_factory=set)
     touched_symbols: set[str] = field(default_factory=set)
+    touched_positions: set[tuple[str, str]] = field(default_factory=set)  # (account, symbol)
 
 
 def decode_consumed(message: Consumed, record_type: str) -> tuple[AnyRecord, bytes, dict[str, Any]]:
@@ -171,6 +172,7 @@ def ingest_batch(processor: Processor, batch: list[Consumed], topics: TopicNames
         for event in effects.adl_events:
             result.adl_events.append(event)
             result.touched_accounts.add(event.account_id)
+            result.touched_positions.add((event.account_id, event.symbol))
             result.outbox.append(OutboxMessage(topics.adl_events, event.account_id, event.id,
                                                canonical_json(record_dict(event))))
         result.findings.extend(effects.findings)
@@ -184,6 +186,8 @@ def _touch(result: BatchResult, record: AnyRecord) -> None:
     symbol = getattr(record, "symbol", None)
     if symbol is not None:
         result.touched_symbols.add(symbol)
+        if account is not None:
+            result.touched_positions.add((account, symbol))
 
 
 # A reason may quote the bad input; control characters are escaped (PostgreSQL text cannot hold NUL at all).

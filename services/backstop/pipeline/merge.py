@@ -67,6 +67,11 @@ class Merger:
     def full(self) -> bool:
         return self.buffered >= self.max_buffered
 
+    def drained(self) -> bool:
+        """Nothing buffered and nothing unread as far as the last fetch knew: the input is caught up."""
+        return self.buffered == 0 and all(self.next_fetch.get(p, 0) >= self.end_offsets.get(p, 0)
+                                          for p in self.buffers)
+
     def _sort_key(self, message: Consumed) -> tuple[int, int, str, int, int]:
         record_type = self.topics.type_of(message.topic)
         rank = _TYPE_RANK.get(record_type, -1) if record_type else -1

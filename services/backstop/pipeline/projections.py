@@ -1,6 +1,8 @@
 """Projection rows for PostgreSQL, derived from engine state after a batch (read-only views of the engine).
 
-Wallets and positions are rewritten for the accounts a batch touched; funds every batch; fund lots when the
+Wallets are rewritten for the accounts a batch touched, and positions for the (account, symbol) pairs it touched
+plus every cross position of a touched account (a wallet change moves their liquidation and bankruptcy prices;
+an isolated position in another symbol did not change); funds every batch; fund lots when the
 inventory may have changed; the ADL queue (and every position's liquidation and bankruptcy price, which move with
 the marks) on a cadence of N events or T ms of event time, set by the service.
 """
@@ -59,10 +61,13 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool) -> Projecti
         book = engine.positions.get(account_id, {})
         memo: Exposures = {}
         for symbol in symbols:
-            if symbol in book:
-                positions.append(position_row(engine, book[symbol], seq, memo))
-            else:
-                closed.append((account_id, symbol))
+            position = book.get(symbol)
+            touched_here = refresh_all or (account_id, symbol) in result.touched_positions
+            if position is None:
+                if touched_here:
+                    closed.append((account_id, symbol))
+            elif touched_here or position.margin_mode == "cross":
+                positions.append(position_row(engine, position, seq, memo))
     with localcontext(CONTEXT):
         funds = [(f.spec.fund_id, f.spec.settle_asset, f.spec.surplus, f.spec.max_inventory_ratio,
                   engine.ledger.balance(ledger.fund(f.spec.fund_id)),

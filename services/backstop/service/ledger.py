@@ -140,8 +140,11 @@ class LedgerProcessor(SupervisedLoop):
                 result = await asyncio.to_thread(ingest_batch, processor, batch, self.topics)
                 applied_at = time.perf_counter()
                 engine = processor.engine
+                # The full projection (ADL queue, every position) every N events; when caught up, also every T ms
+                # of event time. Catching up, event time runs far ahead of the clock, and a queue written at every
+                # minute of it would be overwritten a batch later: the refreshes would cost more than the batches.
                 refresh = (engine.last_seq - last_refresh_seq >= settings.adl_refresh_events or (
-                    result.journal and last_refresh_ts is not None
+                    result.journal and last_refresh_ts is not None and merger.drained()
                     and result.journal[-1].ts - last_refresh_ts >= settings.adl_refresh_event_ms)
                     or any(row.type == "funding" for row in result.journal))  # funding moves every wallet
                 if refresh or last_refresh_ts is None:

@@ -1,0 +1,71 @@
+"""Projection rows after a batch: which positions are rewritten, and that they hold the engine's own numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+from test_ingest import TOPICS, as_consumed
+
+from backstop.core.engine import Engine
+from backstop.core.numbers import price
+from backstop.core.processor import Processor
+from backstop.pipeline import projections
+from backstop.pipeline.ingest import ingest_batch
+
+DEFINITIONS = (Path(__file__).parents[2] / "examples" / "03-cross-two-positions.jsonl").read_bytes().splitlines()[:6]
+TS = 1760126401000
+
+
+def _deposit(account: str) -> bytes:
+    return orjson.dumps({"type": "transfer", "ts": TS, "transfer_id": f"dep-{account}", "account_id": account,
+                         "asset": "USDT", "amount": "10000"})
+
+
+def _fill(fill_id: str, account: str, symbol: str, side: str, qty: str, mode: str) -> bytes:
+    fill_price = "100000" if symbol == "BTCUSDT" else "4000"
+    return orjson.dumps({"type": "fill", "ts": TS, "fill_id": fill_id, "account_id": account, "symbol": symbol,
+                         "side": side, "qty": qty, "price": fill_price, "fee": "0", "margin_mode": mode,
+                         "leverage": "10"})
+
+
+def _setup() -> Processor:
+    processor = Processor(Engine())
+    lines = [*DEFINITIONS, _deposit("iso"), _deposit("x"),
+             _fill("iso-btc", "iso", "BTCUSDT", "buy", "0.1", "isolated"),
+             _fill("iso-eth", "iso", "ETHUSDT", "buy", "1", "isolated"),
+             _fill("x-btc", "x", "BTCUSDT", "buy", "0.1", "cross"),
+             _fill("x-eth", "x", "ETHUSDT", "sell", "1", "cross")]
+    ingest_batch(processor, as_consumed(lines), TOPICS)
+    return processor
+
+
+def test_a_batch_rewrites_the_positions_it_touched_and_every_cross_position_of_a_touched_account() -> None:
+    processor = _setup()
+    batch = as_consumed([_fill("iso-btc-2", "iso", "BTCUSDT", "buy", "0.1", "isolated"),
+                         _fill("x-btc-2", "x", "BTCUSDT", "sell", "0.05", "cross")])
+    result = ingest_batch(processor, batch, TOPICS)
+    rows = projections.build(processor.engine, result, refresh_all=False)
+    # iso's ETH position is isolated and untouched: its row cannot have changed; x's ETH position is cross and
+    # moves with x's wallet
+    assert sorted((r[0], r[1]) for r in rows.positions) == [("iso", "BTCUSDT"), ("x", "BTCUSDT"),
+                                                            ("x", "ETHUSDT")]
+    assert rows.closed_positions == []
+    assert sorted((w[0], w[1]) for w in rows.wallets) == [("iso", "USDT"), ("x", "USDT")]
+    refreshed = projections.build(processor.engine, result, refresh_all=True)
+    assert set(rows.positions) < set(refreshed.positions)  # the same rows as a full refresh writes
+    engine = processor.engine
+    for row in refreshed.positions:  # rows built with one memo per account hold the single-position views
+        position = engine.positions[row[0]][row[1]]
+        liquidation = engine.liquidation_price(position)
+        assert row[8] == (price(liquidation) if liquidation is not None else None)
+        assert row[9] == price(engine.bankruptcy_price(position))
+
+
+def test_a_position_closed_in_the_batch_is_deleted_and_no_other() -> None:
+    processor = _setup()
+    result = ingest_batch(processor, as_consumed([_fill("iso-btc-close", "iso", "BTCUSDT", "sell", "0.1",
+                                                        "isolated")]), TOPICS)
+    rows = projections.build(processor.engine, result, refresh_all=False)
+    assert rows.closed_positions == [("iso", "BTCUSDT")]
+    assert rows.positions == []
