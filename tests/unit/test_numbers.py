@@ -22,6 +22,11 @@ def test_text_is_canonical_plain_and_exact(value: Decimal) -> None:
     assert not ("." in rendered and rendered.endswith("0")) and rendered != "-0"
 
 
+def test_text_writes_exponents_and_trailing_zeros_out() -> None:
+    assert [text(Decimal(v)) for v in ("9.3E+4", "93000.00000000", "1E-8", "-0.000", "-1.50", "12")] == [
+        "93000", "93000", "0.00000001", "0", "-1.5", "12"]
+
+
 def test_money_rounds_half_even_to_the_asset_unit() -> None:
     assert money(Decimal("0.000000005")) == Decimal("0")
     assert money(Decimal("0.000000015")) == Decimal("0.00000002")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from decimal import Decimal, localcontext
+from decimal import Decimal, getcontext, localcontext, setcontext
 from typing import Any, ClassVar, Literal
 
 from backstop.core import adl, ledger
@@ -114,6 +114,7 @@ class Engine:
         self.ledger_head = GENESIS_HASH
         self.adl_head = GENESIS_HASH
         self._effects = Effects()
+        self._context = CONTEXT.copy()  # this engine's own: apply() makes it current for the event
         self._seq = 0
         self._ts = 0
 
@@ -126,16 +127,21 @@ class Engine:
             raise Rejected(late)
         self._effects = effects = Effects()
         self._seq, self._ts = seq, record.ts
-        with localcontext(CONTEXT):
-            funds_before = {fid: self.ledger.balance(ledger.fund(fid)) for fid in self._funds_of(record)}
-            handler = self._handlers[record.type]
-            handler(self, record)
+        caller_context = getcontext()
+        setcontext(self._context)  # what localcontext(CONTEXT) does, without copying CONTEXT for every event
+        try:
+            funds = self._funds_of(record)
+            funds_before = {fid: self.ledger.balance(ledger.fund(fid)) for fid in funds} if funds else None
+            self._handlers[record.type](self, record)
             self.last_seq = seq
             if self.newest_ts is None or record.ts > self.newest_ts:
                 self.newest_ts = record.ts
-            self._enforce_solvency(funds_before)
+            if funds_before:
+                self._enforce_solvency(funds_before)
             if self.check_conservation:
                 self.ledger.check_conservation()
+        finally:
+            setcontext(caller_context)
         return effects
 
     @property

@@ -30,7 +30,6 @@ MONEY_QUANTUM = Decimal("1e-8")
 PRICE_QUANTUM = Decimal("1e-8")
 SCORE_QUANTUM = Decimal("1e-12")
 ZERO = Decimal(0)
-ONE = Decimal(1)
 
 
 def money(value: Decimal) -> Decimal:
@@ -72,8 +71,4 @@ def text(value: Decimal) -> str:
         return plain  # already canonical: the common case, decimals as they came off the wire
     if value == 0:
         return "0"
-    normalized = value.normalize(CONTEXT)
-    exponent = normalized.as_tuple().exponent
-    if isinstance(exponent, int) and exponent > 0:
-        normalized = normalized.quantize(ONE, context=CONTEXT)
-    return f"{normalized:f}"
+    return f"{value.normalize(CONTEXT):f}"  # "f" writes a positive exponent out in zeros: 9.3E+4 -> 93000
