@@ -100,7 +100,8 @@ class AdlIndex:
             book_of_account = positions.get(account_id, {})
             cross_assets = [settle_asset(p.symbol) for p in book_of_account.values() if p.margin_mode == "cross"]
             for position in book_of_account.values():
-                book = self._books.setdefault((position.symbol, position.side), _Book())
+                key = (position.symbol, position.side)
+                book = self._books.get(key) or self._books.setdefault(key, _Book())
                 if position.margin_mode == "cross" and cross_assets.count(settle_asset(position.symbol)) > 1:
                     book.exact.add(account_id)
                 else:
