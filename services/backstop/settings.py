@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     merge_max_buffered: int = Field(200_000, ge=1000)
     snapshot_every_events: int = Field(100_000, ge=0)  # 0: never
     adl_refresh_events: int = Field(50_000, ge=1)  # refresh the ADL queue projection at least this often ...
-    adl_refresh_event_ms: int = Field(60_000, ge=1)  # ... or after this much event time
+    adl_refresh_event_ms: int = Field(60_000, ge=1)  # ... or, when caught up, after this much event time
     check_conservation: bool = False
 
     # the outbox relay
