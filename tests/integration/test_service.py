@@ -42,12 +42,14 @@ def replay_file(journal: Path, out: Path) -> dict[str, Any]:
 async def test_the_service_gives_what_backstop_replay_gives(example: Path, tmp_path: Path, kafka_bootstrap: str,
                                                            topic_prefix: str, migrated_database: str) -> None:
     expected = replay_file(example, tmp_path / "replay")
-    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}{example.stem[:2]}.")
+    # the full projection on every batch that finds the service caught up, so the last one is in the ADL queue table
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}{example.stem[:2]}.",
+                            adl_refresh_event_ms=1)
     async with in_process(settings):
         await produce_file(settings, example)
         await wait_caught_up(migrated_database, applied=expected["summary"]["events_applied"])
     have = await stored(migrated_database)
-    await _projections_match(migrated_database, tmp_path / "replay")
+    await _projections_match(migrated_database, tmp_path / "replay", example)
     assert have["fund_ledger"] == expected["fund-ledger"]
     assert have["adl_events"] == expected["adl-events"]
     assert have["head"]["head_hash"] == expected["summary"]["head_hash"]
@@ -108,11 +110,22 @@ async def test_duplicates_are_dropped_and_bad_input_is_dead_lettered(tmp_path: P
     assert len(out["fund-ledger"]) == len({r["id"] for r in out["fund-ledger"]}) == 2
 
 
-async def _projections_match(dsn: str, replay_out: Path) -> None:
-    """The PostgreSQL projections say what accounts.json and summary.json of the replay say."""
+async def _projections_match(dsn: str, replay_out: Path, journal: Path) -> None:
+    """The PostgreSQL projections say what accounts.json and summary.json of the replay say, and the ADL queue table
+    holds the exact ranking of the final state."""
     from decimal import Decimal
 
     import asyncpg
+
+    from backstop.core.engine import Engine
+    from backstop.core.processor import Processor
+    from backstop.pipeline.projections import adl_rows
+    from backstop.wire.decode import decode_record
+
+    replayed = Processor(Engine())
+    for line in journal.read_bytes().splitlines():
+        replayed.process(decode_record(line))
+    queue = [row[:6] for row in adl_rows(replayed.engine, replayed.engine.last_seq)]
 
     accounts = json.loads((replay_out / "accounts.json").read_text())
     funds = json.loads((replay_out / "summary.json").read_text())["funds"]
@@ -122,6 +135,8 @@ async def _projections_match(dsn: str, replay_out: Path) -> None:
             "SELECT * FROM account_wallets")}
         positions = {(r["account_id"], r["symbol"]): r for r in await connection.fetch("SELECT * FROM positions")}
         fund_rows = {r["fund_id"]: r for r in await connection.fetch("SELECT * FROM funds")}
+        stored_queue = [(r["symbol"], r["side"], r["account_id"], r["rank"], r["score"], r["quantile"])
+                        for r in await connection.fetch("SELECT * FROM adl_queue ORDER BY symbol, side, rank")]
     finally:
         await connection.close()
     traders = {k: v for k, v in accounts.items() if not k.startswith("fund:")}
@@ -132,6 +147,7 @@ async def _projections_match(dsn: str, replay_out: Path) -> None:
         assert (row["qty"], row["entry_price"], row["margin_mode"]) == (
             Decimal(want["qty"]), Decimal(want["entry_price"]), want["margin_mode"])
     assert {f: r["balance"] for f, r in fund_rows.items()} == {f: Decimal(v["balance"]) for f, v in funds.items()}
+    assert stored_queue == queue
 
 
 async def _dead_letters(dsn: str) -> int:

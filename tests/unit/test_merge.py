@@ -91,3 +91,16 @@ def test_a_full_buffer_names_the_partitions_it_must_still_read() -> None:
     merger.add([Consumed("t.transfers", 0, 0, None, b'{"ts": 5}')])
     assert merger.starved() == set()
     assert [(m.topic, m.offset) for m in merger.release(10)] == [("t.transfers", 0), ("t.fills", 0), ("t.fills", 1)]
+
+
+def test_drained_means_nothing_buffered_and_nothing_unread() -> None:
+    merger = Merger(TOPICS)
+    merger.assign(("t.marks", 0), 0)
+    merger.set_end(("t.marks", 0), 2)
+    merger.add([Consumed("t.marks", 0, 0, None, b'{"ts": 1}')])
+    assert not merger.drained()  # one buffered, one unread
+    assert len(merger.release(10)) == 1 and not merger.drained()  # one unread
+    merger.add([Consumed("t.marks", 0, 1, None, b'{"ts": 2}')])
+    assert len(merger.release(10)) == 1 and merger.drained()
+    merger.set_end(("t.marks", 0), 3)  # a later fetch saw a new record
+    assert not merger.drained()

@@ -11,7 +11,7 @@ from backstop.core.engine import Engine
 from backstop.core.numbers import price
 from backstop.core.processor import Processor
 from backstop.pipeline import projections
-from backstop.pipeline.ingest import ingest_batch
+from backstop.pipeline.ingest import BatchResult, JournalRow, ingest_batch
 
 DEFINITIONS = (Path(__file__).parents[2] / "examples" / "03-cross-two-positions.jsonl").read_bytes().splitlines()[:6]
 TS = 1760126401000
@@ -69,3 +69,23 @@ def test_a_position_closed_in_the_batch_is_deleted_and_no_other() -> None:
     rows = projections.build(processor.engine, result, refresh_all=False)
     assert rows.closed_positions == [("iso", "BTCUSDT")]
     assert rows.positions == []
+
+
+def _applied(*tss: int) -> BatchResult:
+    result = BatchResult()
+    result.journal = [JournalRow(n, "t.marks", 0, n, "mark", ts, b"", "") for n, ts in enumerate(tss, start=1)]
+    return result
+
+
+def test_the_full_refresh_runs_every_n_events_and_on_event_time_only_once_caught_up() -> None:
+    cadence = projections.RefreshCadence(every_events=100, every_event_ms=60_000, last_seq=0)
+    assert not cadence.due(_applied(1_000), 10, caught_up=False)  # catching up: event time does not count
+    assert cadence.due(_applied(2_000), 20, caught_up=True)  # caught up for the first time
+    assert not cadence.due(_applied(30_000), 30, caught_up=True)  # 28 s of event time since
+    assert not cadence.due(_applied(900_000), 40, caught_up=False)  # far ahead in event time, but catching up
+    assert cadence.due(_applied(900_001), 50, caught_up=True)
+    assert cadence.due(_applied(900_002), 150, caught_up=False)  # 100 events since the last refresh
+    assert not cadence.due(BatchResult(), 150, caught_up=True)  # nothing applied
+    funding = _applied(900_003)
+    funding.journal[0] = JournalRow(151, "t.funding", 0, 1, "funding", 900_003, b"", "")
+    assert cadence.due(funding, 151, caught_up=False)  # funding moves every wallet

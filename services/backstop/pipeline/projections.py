@@ -4,7 +4,7 @@ Wallets are rewritten for the accounts a batch touched, and positions for the (a
 plus every cross position of a touched account (a wallet change moves their liquidation and bankruptcy prices;
 an isolated position in another symbol did not change); funds every batch; fund lots when the
 inventory may have changed; the ADL queue (and every position's liquidation and bankruptcy price, which move with
-the marks) on a cadence of N events or T ms of event time, set by the service.
+the marks) when RefreshCadence says so.
 """
 
 from __future__ import annotations
@@ -31,6 +31,29 @@ class Projections:
     funds: list[tuple[Any, ...]]
     lots: list[tuple[Any, ...]] | None  # None: unchanged; otherwise the full set
     adl_queue: list[tuple[Any, ...]] | None
+
+
+@dataclass(slots=True)
+class RefreshCadence:
+    """When the full projection (the ADL queue and every position) is rewritten: every `every_events` events; after
+    funding (it moves every wallet); and, once the service has caught up with its input, the first time and then
+    every `every_event_ms` of event time. Catching up, event time runs far ahead of the clock, and a queue written
+    at every minute of it would be overwritten a batch later: the refreshes would cost more than the batches."""
+
+    every_events: int
+    every_event_ms: int
+    last_seq: int
+    last_ts: int | None = None
+
+    def due(self, result: BatchResult, seq: int, *, caught_up: bool) -> bool:
+        if not result.journal:
+            return False
+        newest = result.journal[-1].ts
+        due = (seq - self.last_seq >= self.every_events or any(row.type == "funding" for row in result.journal)
+               or (caught_up and (self.last_ts is None or newest - self.last_ts >= self.every_event_ms)))
+        if due:
+            self.last_seq, self.last_ts = seq, newest
+        return due
 
 
 def position_row(engine: Engine, position: Position, seq: int, memo: Exposures) -> tuple[Any, ...]:

@@ -104,7 +104,8 @@ class LedgerProcessor(SupervisedLoop):
             self.progress.seq = processor.engine.last_seq
             self.progress.ready = True
             log.info("ledger processor ready at seq %d", processor.engine.last_seq)
-            last_refresh_seq, last_refresh_ts = processor.engine.last_seq, None
+            cadence = projections.RefreshCadence(settings.adl_refresh_events, settings.adl_refresh_event_ms,
+                                                 processor.engine.last_seq)
             positions = (head.ledger_position, head.adl_position)
             state_hashed_at = -1
             # Batch N commits while batch N+1 is applied in memory. If a commit fails, the loop fails and the
@@ -140,16 +141,7 @@ class LedgerProcessor(SupervisedLoop):
                 result = await asyncio.to_thread(ingest_batch, processor, batch, self.topics)
                 applied_at = time.perf_counter()
                 engine = processor.engine
-                # The full projection (ADL queue, every position) every N events; when caught up, also every T ms
-                # of event time. Catching up, event time runs far ahead of the clock, and a queue written at every
-                # minute of it would be overwritten a batch later: the refreshes would cost more than the batches.
-                refresh = (engine.last_seq - last_refresh_seq >= settings.adl_refresh_events or (
-                    result.journal and last_refresh_ts is not None and merger.drained()
-                    and result.journal[-1].ts - last_refresh_ts >= settings.adl_refresh_event_ms)
-                    or any(row.type == "funding" for row in result.journal))  # funding moves every wallet
-                if refresh or last_refresh_ts is None:
-                    last_refresh_seq = engine.last_seq
-                    last_refresh_ts = result.journal[-1].ts if result.journal else last_refresh_ts
+                refresh = cadence.due(result, engine.last_seq, caught_up=merger.drained())
                 positions = (positions[0] + len(result.fund_entries), positions[1] + len(result.adl_events))
                 new_head = Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head,
                                 processor.duplicates, processor.rejected, *positions)
@@ -158,7 +150,7 @@ class LedgerProcessor(SupervisedLoop):
                 if every and result.journal and engine.last_seq // every > expected // every:
                     document = {"engine": state_document(engine), "dedupe": processor.deduper.entries()}
                     snapshot = (engine.last_seq, state_hash(engine), canonical_json(document))
-                rows = await asyncio.to_thread(projections.build, engine, result, refresh_all=bool(refresh))
+                rows = await asyncio.to_thread(projections.build, engine, result, refresh_all=refresh)
                 balances = {fund_id: float(engine.ledger.balance(ledger.fund(fund_id))) for fund_id in engine.funds}
                 projected_at = time.perf_counter()
                 if committing is not None:
