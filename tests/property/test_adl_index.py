@@ -115,3 +115,56 @@ def test_through_whole_journals_the_index_changes_no_outcome(journal: list[dict[
         assert type(indexed.process(decoded)) is type(plain.process(decoded))
     assert indexed.engine.head_hash == plain.engine.head_hash
     assert state_hash(indexed.engine) == state_hash(plain.engine)
+
+
+@given(books(), st.sampled_from(["BTCUSDT", "ETHUSDT"]), st.sampled_from(["long", "short"]), st.integers(1, 20000),
+       st.lists(st.tuples(st.integers(0, 39), st.decimals(-500, 500, places=2)), max_size=12))
+def test_at_one_mark_the_index_follows_what_changed_between_deleverages(
+        rows: list[dict[str, Any]], symbol: str, side: str, lots: int, moves: list[tuple[int, Decimal]]) -> None:
+    """A liquidation block deleverages again and again at one mark: the index keeps its scores between them and
+    rescores only the rows that changed; it still picks what ranking everything picks."""
+    engine = engine_with(rows, MARK)
+    qty = lots * LOT[symbol]
+    engine._adl_top(symbol, side, qty)  # type: ignore[arg-type]  # scored at this mark
+    for number, amount in moves:  # margin moves in and out of some accounts between two deleverages
+        book = engine.positions.get(f"a{number:02d}")
+        if book:
+            position = next(iter(book.values()))
+            name = (ledger.isolated(position.account_id, position.symbol) if position.margin_mode == "isolated"
+                    else ledger.wallet(position.account_id, "USDT"))
+            engine.ledger.post(ledger.external("USDT"), name, amount)
+    fast, _ = engine._adl_top(symbol, side, qty)  # type: ignore[arg-type]
+    assert head(fast, qty) == head(engine.adl_queue(symbol, side), qty)  # type: ignore[arg-type]
+
+
+def test_an_account_that_rises_to_the_top_between_two_deleverages_at_one_mark_is_found() -> None:
+    rows = [{"account": f"a{n:04d}", "symbol": "BTCUSDT", "side": -1, "qty": D("1"), "entry": D(50001 + n),
+             "mode": "isolated", "equity": D("10000")} for n in range(2000)]
+    engine = engine_with(rows, MARK)
+    first = head(engine._adl_top("BTCUSDT", "short", D("1.5"))[0], D("1.5"))
+    assert "a1000" not in [account for account, _, _ in first]
+    # a1000 takes out nearly all its margin: leverage ~5,000x, so it now heads the queue
+    engine.ledger.post(ledger.isolated("a1000", "BTCUSDT"), ledger.external("USDT"), D("9990"))
+    fast, _ = engine._adl_top("BTCUSDT", "short", D("1.5"))
+    assert head(fast, D("1.5"))[0][0] == "a1000"
+    assert head(fast, D("1.5")) == head(engine.adl_queue("BTCUSDT", "short"), D("1.5"))
+
+
+def test_a_liquidation_block_at_one_mark_gives_what_ranking_everything_gives(tmp_path: Any) -> None:
+    """The incident benchmark's shape, small: one block of liquidations at one mark, each deleveraged at once."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+    from incident import generate
+
+    journal = tmp_path / "block.jsonl"
+    generate(journal, accounts=600, events=6000, block=80, seed=3)
+    indexed, plain = Processor(Engine()), Processor(_RankEverything())
+    for line in journal.read_bytes().splitlines():
+        decoded = decode_record(line)
+        indexed.process(decoded)
+        plain.process(decoded)
+    assert indexed.adl_events == plain.adl_events > 80  # every liquidation deleveraged, most against several
+    assert indexed.engine.head_hash == plain.engine.head_hash
+    assert state_hash(indexed.engine) == state_hash(plain.engine)

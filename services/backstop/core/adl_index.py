@@ -27,6 +27,7 @@ from backstop.core.state import Position
 
 Side = Literal["long", "short"]
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 
 RELATIVE_MARGIN = 1e-6  # float scores are within ~1e-12 of the exact ones; this margin dwarfs that
 ABSOLUTE_MARGIN = 1e-6  # and the 1e-12 score quantum, which could make a just-excluded row tie
@@ -44,6 +45,11 @@ class _Book:
     slot_of: dict[str, int] = field(default_factory=dict)
     free: list[int] = field(default_factory=list)
     exact: set[str] = field(default_factory=set)  # accounts always ranked exactly
+    # Scores at the mark of the last deleverage, kept for the next one: in a liquidation block every deleverage
+    # comes at the same mark, and only the rows written since (counterparties, the liquidated) are scored again.
+    scored_at: float | None = None
+    scored: tuple[FloatArray, BoolArray, BoolArray] | None = None  # score, trusted, untrusted
+    changed: set[int] = field(default_factory=set)  # slots written since they were scored
 
     def put(self, account_id: str, size: float, cost: float, base: float) -> None:
         slot = self.slot_of.get(account_id)
@@ -52,6 +58,7 @@ class _Book:
             self.slot_of[account_id] = slot
             self.accounts[slot] = account_id
         self.size[slot], self.cost[slot], self.base[slot] = size, cost, base
+        self.changed.add(slot)
 
     def drop(self, account_id: str) -> None:
         self.exact.discard(account_id)
@@ -61,6 +68,7 @@ class _Book:
             # an empty slot is clearly past bankruptcy on either side, so never a candidate
             self.size[slot], self.cost[slot], self.base[slot] = 0.0, 1.0, -4.0
             self.free.append(slot)
+            self.changed.add(slot)
 
     def _grow(self) -> int:
         used = len(self.accounts)
@@ -70,6 +78,45 @@ class _Book:
             self.size[used:], self.cost[used:], self.base[used:] = 0.0, 1.0, -4.0
         self.accounts.append(None)
         return used
+
+    def scores(self, mark: float, side: Side) -> tuple[FloatArray, BoolArray, BoolArray]:
+        """Every row's float score (-inf unless trusted), whether it is trusted, whether its equity is too close to
+        zero to trust; the rows changed since the last call are rescored, or all of them at a new mark."""
+        used = len(self.accounts)
+        if self.scored is None or self.scored_at != mark or len(self.scored[0]) != used:
+            self.scored = _scores(self.size[:used], self.cost[:used], self.base[:used], mark, side)
+        elif self.changed:
+            slots = np.array(sorted(self.changed), dtype=np.intp)
+            score, trusted, untrusted = self.scored
+            score[slots], trusted[slots], untrusted[slots] = _scores(self.size[slots], self.cost[slots],
+                                                                     self.base[slots], mark, side)
+        self.scored_at = mark
+        self.changed.clear()
+        return self.scored
+
+
+def _scores(size: FloatArray, cost: FloatArray, base: FloatArray, mark: float, side: Side
+            ) -> tuple[FloatArray, BoolArray, BoolArray]:
+    """Row by row (the same numbers whichever rows are passed): the score, trusted, untrusted."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        notional = size * mark
+        upnl = notional - cost
+        if side == "short":
+            np.negative(upnl, out=upnl)
+        equity = base + upnl
+        bound = np.abs(base)
+        bound += notional
+        bound += cost
+        bound *= UNTRUSTED_EQUITY
+        untrusted = np.abs(equity) <= bound
+        trusted = equity > bound  # clearly above bankruptcy (empty slots never are: see _Book.drop)
+        ratio = np.divide(upnl, cost, out=upnl)
+        score = ratio * notional
+        score /= equity
+        losing = np.flatnonzero(ratio < 0)
+        score[losing] = ratio[losing] * equity[losing] / notional[losing]
+        score[~trusted] = -np.inf
+    return score, trusted, untrusted
 
 
 class AdlIndex:
@@ -94,9 +141,11 @@ class AdlIndex:
                 settle_asset: Callable[[str], str]) -> None:
         """Rewrite the rows of every touched account (the order does not matter: rows only choose candidates)."""
         dirty, self._dirty = self._dirty, set()
+        empty = not any(book.slot_of or book.exact for book in self._books.values())  # the first build: no rows
         for account_id in dirty:
-            for book in self._books.values():
-                book.drop(account_id)
+            if not empty:
+                for book in self._books.values():
+                    book.drop(account_id)
             book_of_account = positions.get(account_id, {})
             cross_assets = [settle_asset(p.symbol) for p in book_of_account.values() if p.margin_mode == "cross"]
             for position in book_of_account.values():
@@ -113,25 +162,8 @@ class AdlIndex:
         if book is None:
             return []
         used = len(book.accounts)
-        size, cost, base = book.size[:used], book.cost[:used], book.base[:used]
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            notional = size * float(mark)
-            upnl = notional - cost
-            if side == "short":
-                np.negative(upnl, out=upnl)
-            equity = base + upnl
-            bound = np.abs(base)
-            bound += notional
-            bound += cost
-            bound *= UNTRUSTED_EQUITY
-            untrusted = np.abs(equity) <= bound
-            trusted = equity > bound  # clearly above bankruptcy (empty slots never are: see _Book.drop)
-            ratio = np.divide(upnl, cost, out=upnl)
-            score = ratio * notional
-            score /= equity
-            losing = np.flatnonzero(ratio < 0)
-            score[losing] = ratio[losing] * equity[losing] / notional[losing]
-            score[~trusted] = -np.inf
+        size = book.size[:used]
+        score, trusted, untrusted = book.scores(float(mark), side)
         chosen = set(book.exact)
         chosen.update(book.accounts[i] or "" for i in np.flatnonzero(untrusted))
         trusted_count = int(np.count_nonzero(trusted))
@@ -161,5 +193,6 @@ class AdlIndex:
         return 0 if book is None else len(book.slot_of) + len(book.exact)
 
     def memory_bytes(self) -> int:
-        """Bytes held by the float rows (not the positions themselves)."""
-        return sum(b.size.nbytes + b.cost.nbytes + b.base.nbytes for b in self._books.values())
+        """Bytes held by the float rows and their scores (not the positions themselves)."""
+        return sum(b.size.nbytes + b.cost.nbytes + b.base.nbytes + sum(a.nbytes for a in b.scored or ())
+                   for b in self._books.values())
