@@ -121,7 +121,8 @@ async def wait_caught_up(dsn: str, *, applied: int | None = None, ends: dict[tup
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             seq = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
-            backlog = await connection.fetchval("SELECT count(*) FROM outbox WHERE NOT published")
+            backlog = await connection.fetchval(
+                "SELECT count(*) FROM outbox WHERE id > (SELECT published_up_to FROM relay_cursor)")
             offsets = {(r["topic"], r["partition"]): r["next_offset"]
                        for r in await connection.fetch("SELECT * FROM consumed_offsets")}
             consumed = ends is None or all(offsets.get(tp, 0) >= end for tp, end in ends.items() if end > 0)

@@ -108,3 +108,27 @@ async def test_two_migrators_at_once_apply_each_migration_once(empty_database: s
     expected = [m.version for m in discover(MIGRATIONS)]
     assert sorted([first, second], key=len) == [[], expected]
     assert list(await _applied(empty_database)) == expected
+
+
+async def test_the_relay_cursor_migration_starts_after_the_rows_already_published(empty_database: str,
+                                                                                  tmp_path: Path) -> None:
+    """0003 replaces the per-row published flag with one cursor: it starts right before the first unpublished row
+    of an outbox that has a published prefix, and no row is published twice or skipped."""
+    before = tmp_path / "before"
+    before.mkdir()
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        if path.name < "0003":
+            shutil.copy(path, before / path.name)
+    await migrate(empty_database, before)
+    connection = await asyncpg.connect(empty_database)
+    try:
+        await connection.executemany(
+            "INSERT INTO outbox (id, topic, key, record_id, payload, published) VALUES ($1, 't', 'k', $2, '{}', $3)",
+            [(n, f"r{n}", n <= 7) for n in range(1, 11)])
+        await migrate(empty_database)
+        assert await connection.fetchval("SELECT published_up_to FROM relay_cursor") == 7
+        columns = {r["column_name"] for r in await connection.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'outbox'")}
+        assert "published" not in columns
+    finally:
+        await connection.close()

@@ -52,7 +52,8 @@ async def test_the_service_runs_under_its_role_and_cannot_rewrite_the_record(
     service = await asyncpg.connect(service_dsn)
     try:
         for statement in ("UPDATE fund_ledger SET amount = 0", "DELETE FROM fund_ledger", "TRUNCATE fund_ledger",
-                          "DELETE FROM journal", "UPDATE adl_events SET qty = 0",
+                          "DELETE FROM journal", "UPDATE adl_events SET qty = 0", "UPDATE outbox SET payload = ''",
+                          "DELETE FROM outbox", "DELETE FROM relay_cursor",
                           "ALTER TABLE fund_ledger DISABLE TRIGGER USER", "DROP TABLE fund_ledger"):
             with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
                 await service.execute(statement)
@@ -65,6 +66,6 @@ async def test_the_service_runs_under_its_role_and_cannot_rewrite_the_record(
         with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
             await auditor.execute("INSERT INTO findings (id, seq, ts, kind, details) VALUES ('x', 1, 1, 'x', '{}')")
         with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
-            await auditor.execute("UPDATE outbox SET published = false")
+            await auditor.execute("UPDATE relay_cursor SET published_up_to = 0")
     finally:
         await auditor.close()

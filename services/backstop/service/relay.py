@@ -1,10 +1,11 @@
 """The outbox relay: publishes outbox rows, in id order, with an idempotent producer, exactly once per record id.
 
 Each row goes to the partition Kafka's default partitioner gives its key (murmur2), chosen here explicitly, and
-carries its outbox id in a header. Rows of one partition are published in id order, so on start the relay reads
-the last record of every output partition: every row of that partition with an id up to that record's header is
-already in Kafka (a crash between publishing and marking a row published leaves exactly such rows) and is marked
-published without being sent again. No record id is published twice; per key, order is kept.
+carries its outbox id in a header. The relay reads the rows after its cursor (relay_cursor) and moves the cursor
+only once Kafka acknowledged every row up to it. Rows of one partition are published in id order, so on start the
+relay reads the last record of every output partition: every row of that partition with an id up to that record's
+header is already in Kafka (a crash between publishing and moving the cursor leaves exactly such rows) and is
+passed over without being sent again. No record id is published twice; per key, order is kept.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class OutboxRelay(SupervisedLoop):
                 sent = await self._send(producer, rows, counts, published_up_to)
                 if sent:
                     faults.reached("relay_after_send")
-                await self.store.mark_published([row.id for row in rows])
+                await self.store.mark_published_up_to(rows[-1].id)
                 self.published += sent
         finally:
             self.ready = False

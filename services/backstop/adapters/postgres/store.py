@@ -212,14 +212,16 @@ class Store:
 
     # ---------------------------------------------------------------- outbox
     async def unpublished(self, limit: int) -> list[OutboxRow]:
-        rows = await self.pool.fetch("SELECT id, topic, key, record_id, payload FROM outbox WHERE NOT published "
-                                     "ORDER BY id LIMIT $1", limit)
+        """The next rows after the relay's cursor, in id order."""
+        rows = await self.pool.fetch("SELECT id, topic, key, record_id, payload FROM outbox WHERE id > "
+                                     "(SELECT published_up_to FROM relay_cursor) ORDER BY id LIMIT $1", limit)
         return [OutboxRow(r["id"], r["topic"], r["key"], r["record_id"], r["payload"]) for r in rows]
 
-    async def mark_published(self, ids: Sequence[int]) -> None:
-        if ids:
-            await self.pool.execute("UPDATE outbox SET published = true WHERE id = ANY($1::bigint[])", list(ids))
+    async def mark_published_up_to(self, last_id: int) -> None:
+        """Every outbox row up to last_id is in Kafka (the cursor never moves back)."""
+        await self.pool.execute("UPDATE relay_cursor SET published_up_to = $1 WHERE published_up_to < $1", last_id)
 
     async def outbox_backlog(self) -> int:
-        value: int = await self.pool.fetchval("SELECT count(*) FROM outbox WHERE NOT published")
+        value: int = await self.pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE id > (SELECT published_up_to FROM relay_cursor)")
         return value
