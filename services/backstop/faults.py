@@ -2,7 +2,7 @@
 
 BACKSTOP_FAULT_INJECT="point@n[,point@n...]" kills the process the n-th time it reaches `point` (counted from
 1 in this process). Points: `in_transaction` (rows written, not committed), `after_commit` (committed, before the
-next fetch), `relay_after_send` (published to Kafka, not yet marked published). Unset in production: a no-op.
+next fetch), `relay_after_send` (published to Kafka, the relay cursor not yet moved). Unset in production: a no-op.
 """
 
 from __future__ import annotations

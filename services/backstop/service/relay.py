@@ -97,7 +97,7 @@ class OutboxRelay(SupervisedLoop):
         for row in rows:
             partition = partition_for(row.key, counts[row.topic])
             if row.id <= published_up_to.get((row.topic, partition), 0):
-                continue  # already in Kafka: published before a crash, not yet marked
+                continue  # already in Kafka: published before a crash, before the cursor moved
             value, key = row.payload.encode(), row.key.encode()
             headers = [(OUTBOX_HEADER, str(row.id).encode()), ("backstop-record-id", row.record_id.encode())]
             batch = open_batches.get((row.topic, partition))
