@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import journals
 
@@ -168,3 +168,67 @@ def test_a_liquidation_block_at_one_mark_gives_what_ranking_everything_gives(tmp
     assert indexed.adl_events == plain.adl_events > 80  # every liquidation deleveraged, most against several
     assert indexed.engine.head_hash == plain.engine.head_hash
     assert state_hash(indexed.engine) == state_hash(plain.engine)
+
+
+def _plain_scores(size: Any, cost: Any, base: Any, mark: float, side: str) -> tuple[Any, Any, Any]:
+    """The index's float formula written the plain way (module docstring of adl_index), for comparison."""
+    import numpy as np
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        notional = size * mark
+        upnl = (notional - cost) * (1 if side == "long" else -1)
+        equity = base + upnl
+        bound = (np.abs(base) + notional + cost) * 1e-6
+        ratio, leverage = upnl / cost, notional / equity
+        score = np.where(ratio < 0, ratio / leverage, ratio * leverage)
+        return np.where(equity > bound, score, -np.inf), equity > bound, np.abs(equity) <= bound
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3), st.sampled_from(["long", "short"]))
+def test_chunked_scoring_gives_the_plain_formula_in_every_row(seed: int, chunks: int, side: str) -> None:
+    """Scoring runs in cache-sized chunks and picks between values on their bits; every row of every chunk (the
+    last one partial) gets what the plain formula gives: profit and loss, past bankruptcy, a hair above it,
+    empty slots."""
+    import numpy as np
+
+    from backstop.core.adl_index import CHUNK, _scores
+
+    rng = np.random.default_rng(seed)
+    rows = chunks * CHUNK - int(rng.integers(0, CHUNK))
+    size = rng.integers(1, 5000, rows) / 1000
+    cost = size * rng.integers(40000, 60000, rows)
+    mark = 50000.0
+    upnl = (size * mark - cost) * (1 if side == "long" else -1)
+    equity = rng.choice([-100.0, 0.0, 1e-8, 0.01, 50.0, 1e4], rows) * rng.choice([1.0, 1.0 + 1e-7], rows)
+    base = equity - upnl
+    empty = rng.random(rows) < 0.05
+    size[empty], cost[empty], base[empty] = 0.0, 1.0, -4.0
+    score, trusted, untrusted = _scores(size, cost, base, mark, side)  # type: ignore[arg-type]
+    want_score, want_trusted, want_untrusted = _plain_scores(size, cost, base, mark, side)
+    assert np.array_equal(trusted, want_trusted) and np.array_equal(untrusted, want_untrusted)
+    assert trusted.any() and (~trusted).any() and untrusted.any()
+    assert np.array_equal(np.isneginf(score), ~trusted)
+    assert np.allclose(score[trusted], want_score[trusted], rtol=1e-14, atol=0)
+    assert (score[trusted] < 0).any() and (score[trusted] > 0).any()
+
+
+@settings(max_examples=40)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 64, 512, 4096]), st.sampled_from([1_000, 300_000, 1_000_000]),
+       st.booleans())
+def test_the_head_holds_the_highest_scores_highest_first(seed: int, top: int, rows: int, sampled_high: bool
+                                                         ) -> None:
+    """The partial sort behind a strided-sample bar returns what sorting every score returns: ties, -inf rows
+    (past bankruptcy), and rows the sample sees above all others (its bar then lets too few through)."""
+    import numpy as np
+
+    from backstop.core.adl_index import _head
+
+    rng = np.random.default_rng(seed)
+    score = np.round(rng.standard_normal(rows), int(rng.integers(1, 6)))  # coarse rounding: many ties
+    score[rng.random(rows) < rng.choice([0.0, 0.5, 0.999])] = -np.inf
+    if sampled_high:
+        score[::max(1, rows // 65_536)] += 100
+    top = min(top, rows)
+    head = _head(score, top)
+    assert np.array_equal(score[head], np.sort(score)[::-1][:top])
+    assert len(set(head.tolist())) == top
