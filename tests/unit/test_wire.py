@@ -52,6 +52,21 @@ def test_prices_must_be_positive_plain_decimal_strings(value: object, reason: st
     assert reason in reason_for(with_field(price=value))
 
 
+def test_a_malformed_decimal_is_quoted_in_the_reason() -> None:
+    assert reason_for(with_field(qty="5e4")) == "fill.qty: not an exact plain decimal: '5e4'"
+
+
+@pytest.mark.parametrize(("value", "accepted"), [
+    ("0", True), ("-0", True), ("-0.000", True), ("0.5", True), ("-0.001", False), ("-1", False)])
+def test_non_negative_decimals_accept_zero_in_any_spelling(value: str, accepted: bool) -> None:
+    fund = orjson.dumps({"type": "fund", "ts": 1, "fund_id": "F", "settle_asset": "USDT", "surplus": "fund",
+                         "max_inventory_ratio": value})
+    if accepted:
+        assert decode_record(fund).max_inventory_ratio == Decimal(value)  # type: ignore[union-attr]
+    else:
+        assert "fund.max_inventory_ratio: must be >= 0" in reason_for(fund)
+
+
 @pytest.mark.parametrize(("raw", "reason"), [
     (b"not json", "Invalid JSON"),
     (b"[1, 2]", "Input should be an object"),

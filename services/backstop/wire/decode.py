@@ -19,6 +19,8 @@ def describe(error: ValidationError) -> str:
     for item in error.errors(include_url=False)[:_MAX_REASONS]:
         location = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "plain_decimal_syntax":
+            message += f": {str(item['input'])[:40]!r}"
         parts.append(f"{location}: {message}" if location else message)
     more = error.error_count() - _MAX_REASONS
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
