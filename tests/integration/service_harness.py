@@ -223,9 +223,27 @@ async def two_runs(databases: Any, kafka_bootstrap: str, prefix: str, journal: P
     return runs[0], runs[1]
 
 
+async def account_rows(dsn: str) -> dict[str, Any]:
+    """The projection rows that do not depend on when they were written (marks, and the prices that follow them,
+    do): wallets, positions' own numbers, fund balances."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        return {
+            "wallets": sorted(tuple(r) for r in await connection.fetch(
+                "SELECT account_id, asset, wallet FROM account_wallets")),
+            "positions": sorted(tuple(r) for r in await connection.fetch(
+                "SELECT account_id, symbol, qty, entry_price, margin_mode, leverage, isolated_margin FROM positions")),
+            "funds": sorted(tuple(r) for r in await connection.fetch("SELECT fund_id, balance FROM funds")),
+        }
+    finally:
+        await connection.close()
+
+
 async def assert_same_outcome(reference: Settings, faulted: Settings, context: str = "") -> None:
-    """Same journal, fund ledger, ADL events, head and state hash; every output id published once, the same ids."""
+    """Same journal, fund ledger, ADL events, head and state hash, and the same account projections; every output
+    id published once, the same ids."""
     want, have = await stored(reference.dsn()), await stored(faulted.dsn())
+    assert await account_rows(faulted.dsn()) == await account_rows(reference.dsn()), context
     assert have["journal"] == want["journal"], context
     assert have["fund_ledger"] == want["fund_ledger"], context
     assert have["adl_events"] == want["adl_events"], context

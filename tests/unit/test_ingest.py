@@ -9,7 +9,7 @@ import orjson
 from backstop.core.engine import Engine
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Processor
-from backstop.pipeline.ingest import Consumed, ingest_batch
+from backstop.pipeline.ingest import Consumed, JournalRecord, ingest_batch
 from backstop.pipeline.topics import TopicNames
 from backstop.wire.decode import decode_record
 
@@ -53,6 +53,11 @@ def test_a_batch_gives_what_a_file_replay_gives() -> None:
     adl_out = [m for m in result2.outbox if m.topic == "t.adl-events"]
     assert [(m.key, m.record_id) for m in adl_out] == [("A2", "adl-19-0"), ("A5", "adl-19-1")]
     assert adl_out[0].payload == canonical_json(record_dict(events[0]))
+    # a journal record is the canonical JSON of its envelope, the input record (with its type) inside
+    journal_out = [m for m in result.outbox if m.topic == "t.journal"]
+    first = result.journal[0]
+    assert journal_out[0].payload == canonical_json(record_dict(JournalRecord(
+        1, "j-1", 1, first.ts, first.source_topic, 0, 0, first.payload_hash, orjson.loads(lines[0]))))
 
 
 def test_bad_input_goes_to_dead_letter_and_offsets_still_advance() -> None:

@@ -89,3 +89,22 @@ def test_the_full_refresh_runs_every_n_events_and_on_event_time_only_once_caught
     funding = _applied(900_003)
     funding.journal[0] = JournalRow(151, "t.funding", 0, 1, "funding", 900_003, b"", "")
     assert cadence.due(funding, 151, caught_up=False)  # funding moves every wallet
+
+
+def test_touched_rows_add_up_over_batches_and_everything_reaches_wallet_only_accounts() -> None:
+    processor = _setup()
+    touched = projections.Touched()
+    assert not touched
+    first = ingest_batch(processor, as_consumed([_deposit("w")]), TOPICS)  # w: a wallet, never a position
+    second = ingest_batch(processor, as_consumed([_fill("iso-btc-close", "iso", "BTCUSDT", "sell", "0.1",
+                                                        "isolated")]), TOPICS)
+    touched.add(first)
+    touched.add(second)
+    rows = projections.build(processor.engine, BatchResult(), refresh_all=False, touched=touched)
+    assert sorted((w[0], w[1]) for w in rows.wallets) == [("iso", "USDT"), ("w", "USDT")]
+    assert rows.closed_positions == [("iso", "BTCUSDT")]  # closed in the second batch, deleted all the same
+    # after a restart every row is written from the engine: wallets of accounts without positions too
+    everything = projections.build(processor.engine, BatchResult(), refresh_all=True,
+                                   touched=projections.Touched.everything(processor.engine))
+    assert sorted(w[0] for w in everything.wallets) == ["iso", "w", "x"]
+    assert projections.build(processor.engine, BatchResult(), refresh_all=True).wallets != everything.wallets

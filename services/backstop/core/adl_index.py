@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from backstop.core import ledger
 from backstop.core.state import Position
 
 Side = Literal["long", "short"]
@@ -215,8 +216,9 @@ class AdlIndex:
     def touch_ledger_accounts(self, names: Iterable[str]) -> None:
         """Mark the traders behind wallet:<account>:<asset> and isolated:<account>:<symbol> ledger accounts."""
         for name in names:
-            if name.startswith("wallet:"):
-                self._dirty.add(name[7:name.rindex(":")])
+            owner = ledger.wallet_owner(name)
+            if owner is not None:
+                self._dirty.add(owner)
             elif name.startswith("isolated:"):
                 self._dirty.add(name[9:name.rindex(":")])
 

@@ -28,6 +28,11 @@ def wallet(account_id: str, asset: str) -> str:
     return f"wallet:{account_id}:{asset}"
 
 
+def wallet_owner(name: str) -> str | None:
+    """The trader behind a wallet:<account>:<asset> name (None for any other ledger account)."""
+    return name[7:name.rindex(":")] if name.startswith("wallet:") else None
+
+
 def isolated(account_id: str, symbol: str) -> str:
     return f"isolated:{account_id}:{symbol}"
 

@@ -161,8 +161,10 @@ def ingest_batch(processor: Processor, batch: list[Consumed], topics: TopicNames
         result.journal.append(row)
         envelope = JournalRecord(1, f"j-{row.seq}", row.seq, row.ts, row.source_topic, row.source_partition,
                                  row.source_offset, row.payload_hash, fields)
+        body = record_dict(envelope)
+        body["record"] = orjson.Fragment(payload)  # its canonical JSON already: spliced in, not encoded again
         result.outbox.append(OutboxMessage(topics.journal, input_key(record_type, fields), envelope.id,
-                                           canonical_json(record_dict(envelope))))
+                                           canonical_json(body)))
         _touch(result, record)
         effects = outcome.effects
         for entry in effects.fund_entries:

@@ -1,16 +1,17 @@
 """Projection rows for PostgreSQL, derived from engine state after a batch (read-only views of the engine).
 
-Wallets are rewritten for the accounts a batch touched, and positions for the (account, symbol) pairs it touched
-plus every cross position of a touched account (a wallet change moves their liquidation and bankruptcy prices;
-an isolated position in another symbol did not change); funds every batch; fund lots when the
+Wallets are rewritten for the accounts batches touched, and positions for the (account, symbol) pairs they
+touched plus every cross position of a touched account (a wallet change moves their liquidation and bankruptcy
+prices; an isolated position in another symbol did not change); funds every batch; fund lots when the
 inventory may have changed; the ADL queue (and every position's liquidation and bankruptcy price, which move with
-the marks) when RefreshCadence says so.
+the marks) when RefreshCadence says so. Once caught up, touched rows go with every batch; catching up, they are
+collected (Touched) until the next full refresh or until the service has caught up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from typing import Any
 
@@ -56,6 +57,28 @@ class RefreshCadence:
         return due
 
 
+@dataclass(slots=True)
+class Touched:
+    """The wallets and positions to rewrite: those batches touched since their rows were last written. Catching
+    up, the same busy accounts are touched batch after batch, and writing their rows with every batch cost the
+    service a sixth of its rate."""
+
+    accounts: set[str] = field(default_factory=set)
+    positions: set[tuple[str, str]] = field(default_factory=set)  # (account, symbol)
+
+    def add(self, result: BatchResult) -> None:
+        self.accounts |= result.touched_accounts
+        self.positions |= result.touched_positions
+
+    def __bool__(self) -> bool:
+        return bool(self.accounts or self.positions)
+
+    @classmethod
+    def everything(cls, engine: Engine) -> Touched:
+        """Every account with a wallet (with refresh_all, build adds every account with a position)."""
+        return cls({owner for name in engine.ledger.balances if (owner := ledger.wallet_owner(name)) is not None})
+
+
 def position_row(engine: Engine, position: Position, seq: int, memo: Exposures) -> tuple[Any, ...]:
     """memo: one per account (see Engine.exposure)."""
     with localcontext(CONTEXT):
@@ -67,12 +90,16 @@ def position_row(engine: Engine, position: Position, seq: int, memo: Exposures) 
                 price(engine.bankruptcy_price(position, memo)), seq)
 
 
-def build(engine: Engine, result: BatchResult, *, refresh_all: bool) -> Projections:
+def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: Touched | None = None
+          ) -> Projections:
+    """Rows after `result`; wallets and positions for `touched` (default: what this batch touched), or for every
+    account with refresh_all."""
+    if touched is None:
+        touched = Touched(result.touched_accounts, result.touched_positions)
     seq = engine.last_seq
     assets = sorted({f.spec.settle_asset for f in engine.funds.values()})
     symbols = sorted(engine.instruments)
-    touched = set(result.touched_accounts) | (set(engine.positions) if refresh_all else set())
-    accounts: Iterable[str] = sorted(touched)
+    accounts: Iterable[str] = sorted(touched.accounts | (set(engine.positions) if refresh_all else set()))
     wallets, positions, closed = [], [], []
     for account_id in accounts:
         if account_id.startswith("fund:"):
@@ -85,7 +112,7 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool) -> Projecti
         memo: Exposures = {}
         for symbol in symbols:
             position = book.get(symbol)
-            touched_here = refresh_all or (account_id, symbol) in result.touched_positions
+            touched_here = refresh_all or (account_id, symbol) in touched.positions
             if position is None:
                 if touched_here:
                     closed.append((account_id, symbol))

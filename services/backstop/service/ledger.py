@@ -101,13 +101,16 @@ class LedgerProcessor(SupervisedLoop):
         await consumer.start()
         try:
             merger = await self._assign(consumer, offsets)
+            positions = (head.ledger_position, head.adl_position)
+            if processor.engine.last_seq:  # rows that waited to be written when the last run stopped are lost
+                await self._write_projections(processor, positions, None)  # with it: every row, from the engine
             self.progress.seq = processor.engine.last_seq
             self.progress.ready = True
             log.info("ledger processor ready at seq %d", processor.engine.last_seq)
             cadence = projections.RefreshCadence(settings.adl_refresh_events, settings.adl_refresh_event_ms,
                                                  processor.engine.last_seq)
-            positions = (head.ledger_position, head.adl_position)
             state_hashed_at = -1
+            touched = projections.Touched()
             # Batch N commits while batch N+1 is applied in memory. If a commit fails, the loop fails and the
             # supervisor rebuilds the engine from PostgreSQL, so the in-memory batch that ran ahead is dropped.
             committing: asyncio.Task[None] | None = None
@@ -130,6 +133,9 @@ class LedgerProcessor(SupervisedLoop):
                     if committing is not None:  # nothing new: let the last commit land before idling
                         await committing
                         committing = None
+                    if touched:  # rows that waited while catching up, and the input went quiet: write them now
+                        await self._write_projections(processor, positions, touched)
+                        touched = projections.Touched()
                     if state_hashed_at != processor.engine.last_seq:  # caught up: record the state hash once
                         state_hashed_at = processor.engine.last_seq
                         await self.store.record_state_hash(state_hashed_at, state_hash(processor.engine))
@@ -141,16 +147,21 @@ class LedgerProcessor(SupervisedLoop):
                 result = await asyncio.to_thread(ingest_batch, processor, batch, self.topics)
                 applied_at = time.perf_counter()
                 engine = processor.engine
-                refresh = cadence.due(result, engine.last_seq, caught_up=merger.drained())
+                caught_up = merger.drained()
+                refresh = cadence.due(result, engine.last_seq, caught_up=caught_up)
+                touched.add(result)
+                write_touched = refresh or caught_up  # catching up, touched rows wait (projections.Touched)
                 positions = (positions[0] + len(result.fund_entries), positions[1] + len(result.adl_events))
-                new_head = Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head,
-                                processor.duplicates, processor.rejected, *positions)
+                new_head = self._head(processor, positions)
                 snapshot = None
                 every = settings.snapshot_every_events
                 if every and result.journal and engine.last_seq // every > expected // every:
                     document = {"engine": state_document(engine), "dedupe": processor.deduper.entries()}
                     snapshot = (engine.last_seq, state_hash(engine), canonical_json(document))
-                rows = await asyncio.to_thread(projections.build, engine, result, refresh_all=refresh)
+                rows = await asyncio.to_thread(projections.build, engine, result, refresh_all=refresh,
+                                               touched=touched if write_touched else projections.Touched())
+                if write_touched:
+                    touched = projections.Touched()
                 balances = {fund_id: float(engine.ledger.balance(ledger.fund(fund_id))) for fund_id in engine.funds}
                 projected_at = time.perf_counter()
                 if committing is not None:
@@ -166,6 +177,21 @@ class LedgerProcessor(SupervisedLoop):
             self.progress.ready = False
             await consumer.stop()
 
+    async def _write_projections(self, processor: Processor, positions: tuple[int, int],
+                                 touched: projections.Touched | None) -> None:
+        """Projection rows alone, in their own transaction: `touched`, or every row (None)."""
+        engine = processor.engine
+        rows = await asyncio.to_thread(projections.build, engine, BatchResult(), refresh_all=touched is None,
+                                       touched=projections.Touched.everything(engine) if touched is None else touched)
+        await self._commit(processor.engine.last_seq, BatchResult(), self._head(processor, positions), rows, None,
+                           {}, time.perf_counter(), 0, {})
+
+    @staticmethod
+    def _head(processor: Processor, positions: tuple[int, int]) -> Head:
+        engine = processor.engine
+        return Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head, processor.duplicates,
+                    processor.rejected, *positions)
+
     async def _commit(self, expected: int, result: BatchResult, head: Head, rows: projections.Projections,
                       snapshot: tuple[int, str, bytes] | None, fund_balances: dict[str, float], started: float,
                       consumed: int, phases_ms: dict[str, float]) -> None:
@@ -176,8 +202,9 @@ class LedgerProcessor(SupervisedLoop):
                                          projections=rows, snapshot=snapshot)
         self.on_commit()
         faults.reached("after_commit")
-        self._observe(result, fund_balances, started, consumed, head.seq,
-                      phases_ms={**phases_ms, "commit": time.perf_counter() - committing_at})
+        if consumed:  # not for rows written alone (projections that waited)
+            self._observe(result, fund_balances, started, consumed, head.seq,
+                          phases_ms={**phases_ms, "commit": time.perf_counter() - committing_at})
 
     async def _fetch(self, consumer: AIOKafkaConsumer, only: set[tuple[str, int]] | None
                      ) -> dict[TopicPartition, list[Any]]:
