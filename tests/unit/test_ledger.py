@@ -8,6 +8,7 @@ import pytest
 
 from backstop.core import ledger
 from backstop.core.errors import InvariantViolation
+from backstop.core.numbers import ZERO
 
 
 def test_postings_conserve_and_the_check_passes_after_each() -> None:
@@ -38,3 +39,14 @@ def test_an_account_changed_without_a_posting_is_caught_by_the_periodic_full_sum
     with pytest.raises(InvariantViolation, match="sum of balances is 1"):
         for _ in range(ledger.FULL_CHECK_EVERY):
             book.check_conservation()
+
+
+def test_a_balance_back_at_zero_shares_one_zero_object() -> None:
+    book = ledger.Ledger()
+    wallet, margin = ledger.wallet("a", "USDT"), ledger.isolated("a", "BTCUSDT")
+    book.post(ledger.external("USDT"), wallet, Decimal("100.00000000"))
+    book.post(wallet, margin, Decimal("100"))
+    assert book.balance(wallet) == 0 and book.balances[wallet] is ZERO  # no Decimal of its own per empty wallet
+    book.post(margin, wallet, Decimal("40.5"))
+    assert (book.balance(wallet), book.balance(margin)) == (Decimal("40.5"), Decimal("59.5"))
+    assert sum(book.balances.values()) == 0

@@ -88,8 +88,10 @@ class Ledger:
         if amount == 0:
             return
         balances = self.balances
-        balances[source] = balances.get(source, ZERO) - amount
-        balances[destination] = balances.get(destination, ZERO) + amount
+        # A balance back at zero holds the shared ZERO instead of a Decimal of its own (104 bytes): a wallet that
+        # funded its isolated margins, a margin account whose position closed.
+        balances[source] = (balances.get(source, ZERO) - amount) or ZERO
+        balances[destination] = (balances.get(destination, ZERO) + amount) or ZERO
 
     def drain_touched(self) -> set[str]:
         touched, self.touched = self.touched, set()
