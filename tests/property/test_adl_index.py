@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import journals
 
@@ -117,8 +117,17 @@ def test_through_whole_journals_the_index_changes_no_outcome(journal: list[dict[
     assert state_hash(indexed.engine) == state_hash(plain.engine)
 
 
+def _cross(account: str, symbol: str, qty: str, entry: str, equity: str) -> dict[str, Any]:
+    return {"account": account, "symbol": symbol, "side": 1, "qty": D(qty), "entry": D(entry), "mode": "cross",
+            "equity": D(equity)}
+
+
 @given(books(), st.sampled_from(["BTCUSDT", "ETHUSDT"]), st.sampled_from(["long", "short"]), st.integers(1, 20000),
        st.lists(st.tuples(st.integers(0, 39), st.decimals(-500, 500, places=2)), max_size=12))
+@example(  # found by this test: a caller outside the engine's 60-digit context (28 digits) got a rounded score
+    [_cross("a00", "BTCUSDT", "0.001", "50000", "-100"), _cross("a00", "ETHUSDT", "0.01", "1250", "1E-8"),
+     _cross("a01", "BTCUSDT", "0.001", "25000", "-100"), _cross("a02", "BTCUSDT", "0.001", "25000", "-100"),
+     _cross("a03", "ETHUSDT", "0.02", "1250", "0.01")], "ETHUSDT", "long", 1, [])
 def test_at_one_mark_the_index_follows_what_changed_between_deleverages(
         rows: list[dict[str, Any]], symbol: str, side: str, lots: int, moves: list[tuple[int, Decimal]]) -> None:
     """A liquidation block deleverages again and again at one mark: the index keeps its scores between them and

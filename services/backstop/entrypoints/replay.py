@@ -89,7 +89,7 @@ def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[i
     if options.snapshot_every > 0:
         snapshots.mkdir(parents=True, exist_ok=True)
     next_snapshot = processor.events_applied + options.snapshot_every
-    with OutputDir(options.out) as out, Progress(
+    with processor.engine.decimal_context(), OutputDir(options.out) as out, Progress(
             "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
             TimeRemainingColumn(), disable=not show, transient=True) as progress:
         task = progress.add_task("replay", total=size)

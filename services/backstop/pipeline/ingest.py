@@ -136,6 +136,11 @@ def decode_consumed(message: Consumed, record_type: str) -> tuple[AnyRecord, byt
 
 
 def ingest_batch(processor: Processor, batch: list[Consumed], topics: TopicNames) -> BatchResult:
+    with processor.engine.decimal_context():
+        return _ingest(processor, batch, topics)
+
+
+def _ingest(processor: Processor, batch: list[Consumed], topics: TopicNames) -> BatchResult:
     result = BatchResult()
     for message in batch:
         result.next_offsets[(message.topic, message.partition)] = message.offset + 1
