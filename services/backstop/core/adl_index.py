@@ -23,7 +23,6 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from backstop.core import ledger
 from backstop.core.state import Position
 
 Side = Literal["long", "short"]
@@ -58,7 +57,8 @@ class _Book:
     pending: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # slot -> row, until flush()
 
     def put(self, account_id: str, size: float, cost: float, base: float) -> None:
-        self.exact.discard(account_id)
+        if self.exact:
+            self.exact.discard(account_id)
         slot = self.slot_of.get(account_id)
         if slot is None:
             slot = self.free.pop() if self.free else self._grow()
@@ -215,10 +215,9 @@ class AdlIndex:
 
     def touch_ledger_accounts(self, names: Iterable[str]) -> None:
         """Mark the traders behind wallet:<account>:<asset> and isolated:<account>:<symbol> ledger accounts."""
-        for name in names:
-            owner = ledger.wallet_owner(name)
-            if owner is not None:
-                self._dirty.add(owner)
+        for name in names:  # (ledger.wallet_owner inline: a call per name made the first build 5% slower)
+            if name.startswith("wallet:"):
+                self._dirty.add(name[7:name.rindex(":")])
             elif name.startswith("isolated:"):
                 self._dirty.add(name[9:name.rindex(":")])
 
