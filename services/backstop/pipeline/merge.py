@@ -91,14 +91,18 @@ class Merger:
 
     def release(self, limit: int) -> list[Consumed]:
         """Up to `limit` records in merge order, as far as the order is already decided."""
+        released: list[Consumed] = []
+        if self._blocked():
+            return released
         heads = [(self._sort_key(b[0]), p) for p, b in self.buffers.items() if b]
         heapq.heapify(heads)
-        released: list[Consumed] = []
-        while heads and len(released) < limit and not self._blocked():
+        while heads and len(released) < limit:
             _, partition = heapq.heappop(heads)
             buffer = self.buffers[partition]
             released.append(buffer.popleft())
             self.buffered -= 1
             if buffer:
                 heapq.heappush(heads, (self._sort_key(buffer[0]), partition))
+            elif self._starving(partition, buffer):  # only the partition just emptied can have become starved
+                break
         return released

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from functools import lru_cache
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -29,6 +30,7 @@ OUTBOX_HEADER = "backstop-outbox-id"
 RECORD_BATCH_BYTES = 512 << 10  # below the broker's default message.max.bytes (1 MiB)
 
 
+@lru_cache(maxsize=1 << 16)  # keys repeat (accounts, funds, symbols) and murmur2 is pure Python: ~3 us a call
 def partition_for(key: str, partitions: int) -> int:
     """Kafka's default partitioner for a keyed record."""
     partition: int = (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
