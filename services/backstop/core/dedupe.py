@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from typing import cast
 
 from backstop.core.numbers import text
 from backstop.core.ordering import MAX_LATENESS_MS
@@ -23,18 +24,22 @@ from backstop.wire.inputs import (
 
 
 def dedupe_key(record: AnyRecord) -> str:
-    if isinstance(record, FillRecord):
-        return f"fill\x1f{record.fill_id}"
-    if isinstance(record, TransferRecord):
-        return f"transfer\x1f{record.transfer_id}"
-    if isinstance(record, LiquidationRecord):
-        return f"liquidation\x1f{record.liquidation_id}"
-    if isinstance(record, MarkRecord):
-        index = "" if record.index_price is None else text(record.index_price)
-        return f"mark\x1f{record.symbol}\x1f{record.ts}\x1f{text(record.mark_price)}\x1f{index}"
-    if isinstance(record, FundingRecord):
-        return f"funding\x1f{record.symbol}\x1f{record.ts}\x1f{text(record.rate)}\x1f{text(record.mark_price)}"
-    return f"{record.type}\x1f{record.model_dump_json()}"
+    kind = record.type  # not isinstance: a pydantic model class checks instances in Python
+    if kind == "fill":
+        return f"fill\x1f{cast(FillRecord, record).fill_id}"
+    if kind == "transfer":
+        return f"transfer\x1f{cast(TransferRecord, record).transfer_id}"
+    if kind == "liquidation":
+        return f"liquidation\x1f{cast(LiquidationRecord, record).liquidation_id}"
+    if kind == "mark":
+        mark = cast(MarkRecord, record)
+        index = "" if mark.index_price is None else text(mark.index_price)
+        return f"mark\x1f{mark.symbol}\x1f{mark.ts}\x1f{text(mark.mark_price)}\x1f{index}"
+    if kind == "funding":
+        funding = cast(FundingRecord, record)
+        return (f"funding\x1f{funding.symbol}\x1f{funding.ts}\x1f{text(funding.rate)}\x1f"
+                f"{text(funding.mark_price)}")
+    return f"{kind}\x1f{record.model_dump_json()}"
 
 
 class Deduper:
