@@ -33,8 +33,8 @@ RELATIVE_MARGIN = 1e-6  # float scores are within ~1e-12 of the exact ones; this
 ABSOLUTE_MARGIN = 1e-6  # and the 1e-12 score quantum, which could make a just-excluded row tie
 UNTRUSTED_EQUITY = 1e-6  # |equity| below this share of (|B| + notional + cost): the float sign may be wrong
 FLUSH_ROWS = 4096  # pending rows written at once: the first build would otherwise hold a million tuples
-EMPTY_ROW = (0.0, 1.0, -4.0)  # (size, cost, B) of an empty slot: clearly past bankruptcy on either side, so never
-# a candidate
+# (size, cost, B) of an empty slot: clearly past bankruptcy on either side, so never a candidate
+EMPTY_ROW = (0.0, 1.0, -4.0)
 
 
 @dataclass(slots=True)

@@ -102,8 +102,9 @@ class LedgerProcessor(SupervisedLoop):
         try:
             merger = await self._assign(consumer, offsets)
             positions = (head.ledger_position, head.adl_position)
-            if processor.engine.last_seq:  # rows that waited to be written when the last run stopped are lost
-                await self._write_projections(processor, positions, None)  # with it: every row, from the engine
+            # Projection rows still waiting when the last run stopped were lost with it: rewrite every row.
+            if processor.engine.last_seq:
+                await self._write_projections(processor, positions, None)
             self.progress.seq = processor.engine.last_seq
             self.progress.ready = True
             log.info("ledger processor ready at seq %d", processor.engine.last_seq)
