@@ -28,8 +28,11 @@ def check_state(engine: Engine) -> None:
             assert lots, "an empty lot queue is left behind"
             for lot in lots:
                 assert lot.qty > 0 and lot.cost > 0, lot
-    for book in engine.positions.values():
-        for position in book.values():
+    for account_id in engine.positions:
+        book = engine.positions.of(account_id)
+        assert book, f"{account_id} is left with an empty book"
+        assert len({p.symbol for p in book}) == len(book), f"{account_id} holds two positions in one symbol"
+        for position in book:
             assert position.qty != 0 and position.cost > 0, position
             assert engine.by_symbol[position.symbol][position.account_id] is position
 
@@ -72,7 +75,7 @@ def test_adl_runs_at_the_lot_price_down_the_queue(journal: list[dict[str, Any]])
             spread = max(prices) - min(prices)
             assert spread <= Decimal("1e-8") * 2 + Decimal("1e-8") / min(e.qty for e in events)
             for event in events[:-1]:  # everyone but the last counterparty is closed out entirely
-                position = engine.positions.get(event.account_id, {}).get(event.symbol)
+                position = engine.positions.get(event.account_id, event.symbol)
                 assert position is None or position.side != event.side, event
         balance = engine.ledger.balance(ledger.fund("MAIN"))
         if record["type"] == "liquidation" and balance > 0:

@@ -40,7 +40,7 @@ def test_fees_go_to_the_exchange_fee_account_and_rebates_come_back() -> None:
 
 def test_partial_close_keeps_the_exact_cost_basis() -> None:
     processor, _ = run([*BASE, fill("1", "u", "buy", "0.003", "50000.1"), fill("2", "u", "sell", "0.001", "50000.1")])
-    position = processor.engine.positions["u"]["BTCUSDT"]
+    position = processor.engine.positions.get("u", "BTCUSDT")
     assert (position.qty, position.cost) == (D("0.002"), D("100.0002"))
     assert balance(processor, ledger.wallet("u", "USDT")) == 10000  # closed at entry: no PnL
 
@@ -66,7 +66,7 @@ def test_fund_accepts_inventory_up_to_max_inventory_ratio() -> None:
          liquidation("l2", "u", "1", "45100")], processor=processor)
     # 2 x 45,100 = 90,200 > 50,000: the second lot is deleveraged at once against the short v
     assert processor.engine.funds["MAIN"].net_qty("BTCUSDT") == 1
-    assert processor.engine.positions["v"]["BTCUSDT"].qty == -2
+    assert processor.engine.positions.get("v", "BTCUSDT").qty == -2
 
 
 def test_fund_fill_realizes_lots_fifo() -> None:
@@ -145,7 +145,7 @@ def test_duplicates_are_counted_and_not_applied() -> None:
                                mark("50100", ts=LATER + 1)])
     assert [type(o) for o in outcomes[-5:]] == [Applied, Duplicate, Applied, Duplicate, Applied]
     assert processor.duplicates == 2
-    assert processor.engine.positions["u"]["BTCUSDT"].qty == 1
+    assert processor.engine.positions.get("u", "BTCUSDT").qty == 1
 
 
 def test_a_rejected_record_can_be_sent_again_corrected() -> None:

@@ -48,7 +48,7 @@ def test_an_id_sent_again_is_a_duplicate_inside_the_window_and_rejected_after_it
     first = fill("x", "u", "buy", "1", "50000", ts=T0 + 1)
     processor, outcomes = run([*BASE, first, dict(first), mark("50000", ts=T0 + MAX_LATENESS_MS + 2), dict(first)])
     assert [type(o) for o in outcomes[-4:]] == [Applied, Duplicate, Applied, Rejection]
-    assert processor.engine.positions["u"]["BTCUSDT"].qty == 1
+    assert processor.engine.positions.get("u", "BTCUSDT").qty == 1
     assert len(processor.deduper) == 1  # the fill's key was forgotten: only the mark's is left
 
 

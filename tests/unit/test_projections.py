@@ -56,7 +56,7 @@ def test_a_batch_rewrites_the_positions_it_touched_and_every_cross_position_of_a
     assert set(rows.positions) < set(refreshed.positions)  # the same rows as a full refresh writes
     engine = processor.engine
     for row in refreshed.positions:  # rows built with one memo per account hold the single-position views
-        position = engine.positions[row[0]][row[1]]
+        position = engine.positions.get(row[0], row[1])
         liquidation = engine.liquidation_price(position)
         assert row[8] == (price(liquidation) if liquidation is not None else None)
         assert row[9] == price(engine.bankruptcy_price(position))

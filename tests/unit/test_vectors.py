@@ -217,7 +217,7 @@ def _cross_pnl(sequence: list[dict[str, str]], mark_price: str) -> tuple[Decimal
                                mark(mark_price)])
     assert all(isinstance(o, Applied) for o in outcomes)
     engine = processor.engine
-    position = engine.positions["v"]["BTCUSDT"]
+    position = engine.positions.get("v", "BTCUSDT")
     realized = engine.ledger.balance(ledger.wallet("v", "USDT")) - 1000
     return position.qty, realized, position.unrealized_pnl(D(mark_price))
 

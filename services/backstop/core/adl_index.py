@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from backstop.core.state import Position
+from backstop.core.state import Position, Positions
 
 Side = Literal["long", "short"]
 FloatArray = npt.NDArray[np.float64]
@@ -221,17 +221,17 @@ class AdlIndex:
             elif name.startswith("isolated:"):
                 self._dirty.add(name[9:name.rindex(":")])
 
-    def refresh(self, positions: dict[str, dict[str, Position]], base_of: Callable[[Position], Decimal],
+    def refresh(self, positions: Positions, base_of: Callable[[Position], Decimal],
                 settle_asset: Callable[[str], str]) -> None:
         """Rewrite the rows of every touched account (the order does not matter: rows only choose candidates)."""
         dirty, self._dirty = self._dirty, set()
         books = self._books
         empty = not any(book.slot_of or book.exact for book in books.values())  # the first build: no rows to drop
         for account_id in dirty:
-            book_of_account = positions.get(account_id, {})
-            cross_assets = [settle_asset(p.symbol) for p in book_of_account.values() if p.margin_mode == "cross"]
+            book_of_account = positions.of(account_id)
+            cross_assets = [settle_asset(p.symbol) for p in book_of_account if p.margin_mode == "cross"]
             keys = []
-            for position in book_of_account.values():
+            for position in book_of_account:
                 key = (position.symbol, position.side)
                 keys.append(key)
                 book = books.get(key) or books.setdefault(key, _Book())

@@ -44,7 +44,7 @@ from backstop.core.records import (
     FundEntryKind,
     FundLedgerEntry,
 )
-from backstop.core.state import FundSpec, FundState, Instrument, Lot, Position, Tier
+from backstop.core.state import FundSpec, FundState, Instrument, Lot, Position, Positions, Tier
 from backstop.wire.inputs import (
     FUND_ACCOUNT_PREFIX,
     AnyRecord,
@@ -104,7 +104,7 @@ class Engine:
         self.funds: dict[str, FundState] = {}
         self.instruments: dict[str, Instrument] = {}
         self.marks: dict[str, Decimal] = {}
-        self.positions: dict[str, dict[str, Position]] = {}  # account -> symbol -> position
+        self.positions = Positions()
         self.by_symbol: dict[str, dict[str, Position]] = {}  # symbol -> account -> position
         self.adl_index = AdlIndex()  # finds the top of a queue without ranking every position exactly
         self._leverages: dict[str, Decimal] = {}
@@ -233,7 +233,7 @@ class Engine:
         if is_fund_account(record.account_id):
             self._fund_fill(record, instrument)
             return
-        position = self.positions.get(record.account_id, {}).get(record.symbol)
+        position = self.positions.get(record.account_id, record.symbol)
         if position is not None and position.margin_mode != record.margin_mode:
             raise Rejected(f"{record.account_id} holds {record.symbol} in {position.margin_mode} margin; "
                            f"a {record.margin_mode} fill cannot change it while the position is open")
@@ -256,14 +256,13 @@ class Engine:
     def _open(self, account_id: str, instrument: Instrument, qty: Decimal, fill_price: Decimal,
               margin_mode: Literal["cross", "isolated"], leverage: Decimal) -> None:
         symbol = instrument.symbol
-        book = self.positions.setdefault(account_id, {})
-        position = book.get(symbol)
+        position = self.positions.get(account_id, symbol)
         value = CONTEXT.multiply(abs(qty), fill_price)
         self.adl_index.touch(account_id)
         leverage = self._leverages.setdefault(str(leverage), leverage)  # one object per spelling: ~100 B a position
         if position is None:
             position = Position(account_id, symbol, qty, value, margin_mode, leverage)
-            book[symbol] = position
+            self.positions.add(position)
             self.by_symbol[symbol][account_id] = position
         else:
             position.qty += qty
@@ -291,9 +290,7 @@ class Engine:
         if position.qty == 0:
             if position.cost != 0:
                 raise InvariantViolation(f"closed position {position.account_id}/{position.symbol} kept cost")
-            del self.positions[position.account_id][position.symbol]
-            if not self.positions[position.account_id]:
-                del self.positions[position.account_id]
+            self.positions.remove(position)
             del self.by_symbol[position.symbol][position.account_id]
         return realized
 
@@ -333,7 +330,7 @@ class Engine:
         instrument = self._instrument(record.symbol)
         if is_fund_account(record.account_id):
             raise Rejected("a fund's inventory is not liquidated")
-        position = self.positions.get(record.account_id, {}).get(record.symbol)
+        position = self.positions.get(record.account_id, record.symbol)
         if position is None:
             raise Rejected(f"{record.account_id} holds no {record.symbol} position")
         if record.qty > position.size:
@@ -575,7 +572,7 @@ class Engine:
         if cached_mark != mark:
             cache = {}
             self._rank_cache[position.symbol] = (mark, cache)
-        alone = position.margin_mode == "isolated" or len(self.positions[position.account_id]) == 1
+        alone = position.margin_mode == "isolated" or len(self.positions.of(position.account_id)) == 1
         if not alone:
             return adl.rank_position(position, mark, self._bankruptcy_price(position))
         numbers = (position.qty, position.cost, self._margin_base(position))
@@ -607,7 +604,7 @@ class Engine:
             return liquidation_price(position, instrument.tiers, other)
 
     def _cross_positions(self, account_id: str, asset: str) -> list[Position]:
-        return [p for p in self.positions.get(account_id, {}).values()
+        return [p for p in self.positions.of(account_id)
                 if p.margin_mode == "cross" and self.instruments[p.symbol].settle_asset == asset]
 
     # ------------------------------------------------------------------ outputs

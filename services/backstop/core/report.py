@@ -62,8 +62,8 @@ def accounts(engine: Engine) -> dict[str, Any]:
     for account_id in sorted(set(wallets) | set(engine.positions)):
         account_wallets = dict(sorted(wallets.get(account_id, {}).items()))
         memo: Exposures = {}
-        positions = {symbol: _position(engine, p, memo) for symbol, p in
-                     sorted(engine.positions.get(account_id, {}).items())}
+        positions = {p.symbol: _position(engine, p, memo) for p in
+                     engine.positions.in_symbol_order(account_id)}
         primary = next(iter(account_wallets.values()), "0")
         result[account_id] = {"wallet": primary, "wallets": account_wallets, "positions": positions}
     with localcontext(CONTEXT):

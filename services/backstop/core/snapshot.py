@@ -52,7 +52,7 @@ def state_document(engine: Engine) -> dict[str, Any]:
         "positions": [{
             "account_id": p.account_id, "symbol": p.symbol, "qty": text(p.qty), "cost": text(p.cost),
             "margin_mode": p.margin_mode, "leverage": text(p.leverage),
-        } for account in sorted(engine.positions) for _, p in sorted(engine.positions[account].items())],
+        } for account in sorted(engine.positions) for p in engine.positions.in_symbol_order(account)],
     }
 
 
@@ -91,7 +91,7 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False) -> En
     for p in document["positions"]:
         position = Position(p["account_id"], p["symbol"], _d(p["qty"]), _d(p["cost"]), p["margin_mode"],
                             _d(p["leverage"]))
-        engine.positions.setdefault(position.account_id, {})[position.symbol] = position
+        engine.positions.add(position)
         engine.by_symbol[position.symbol][position.account_id] = position
         engine.adl_index.touch(position.account_id)
     return engine

@@ -107,7 +107,7 @@ def _before(engine: Engine, record: AnyRecord) -> dict[str, Any]:
 def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, Any]:
     engine = copy.deepcopy(engine)  # look ahead at the event's mark without touching the replay
     engine.marks[record.symbol] = record.mark_price
-    position = engine.positions.get(record.account_id, {}).get(record.symbol)
+    position = engine.positions.get(record.account_id, record.symbol)
     if position is None:
         return {"position": None}
     with localcontext(CONTEXT):
@@ -119,7 +119,7 @@ def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, 
                 p.symbol: {"qty": text(p.qty), "entry_price": text(price(p.entry_price())),
                            "margin_mode": p.margin_mode, "mark_price": text(engine.marks[p.symbol]),
                            "unrealized_pnl": text(money(p.unrealized_pnl(engine.marks[p.symbol])))}
-                for p in engine.positions[record.account_id].values()},
+                for p in engine.positions.of(record.account_id)},
         }
         share_part = money(CONTEXT.divide(CONTEXT.multiply(view.equity_share, record.qty), position.size))
         bp = engine.bankruptcy_price(position)

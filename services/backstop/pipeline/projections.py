@@ -108,10 +108,9 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
             name = ledger.wallet(account_id, asset)
             if name in engine.ledger.balances:
                 wallets.append((account_id, asset, engine.ledger.balances[name], seq))
-        book = engine.positions.get(account_id, {})
         memo: Exposures = {}
         for symbol in symbols:
-            position = book.get(symbol)
+            position = engine.positions.get(account_id, symbol)
             touched_here = refresh_all or (account_id, symbol) in touched.positions
             if position is None:
                 if touched_here:
