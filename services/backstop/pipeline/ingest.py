@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -17,13 +17,14 @@ from backstop.core.processor import Applied, Duplicate, Processor
 from backstop.core.records import AdlEvent, Finding, FundLedgerEntry
 from backstop.pipeline.topics import TopicNames, input_key
 from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record
-from backstop.wire.inputs import AnyRecord
+from backstop.wire.inputs import RECORD_TYPES, AnyRecord
 
 RAW_KEEP_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Consumed:
+# The per-record containers are NamedTuples: immutable like a frozen dataclass, whose __init__ sets each field
+# through object.__setattr__ (0.8 us for 8 fields against 0.24 us; three of them per record).
+class Consumed(NamedTuple):
     """One Kafka record as consumed."""
 
     topic: str
@@ -33,8 +34,7 @@ class Consumed:
     value: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class JournalRow:
+class JournalRow(NamedTuple):
     seq: int
     source_topic: str
     source_partition: int
@@ -97,8 +97,7 @@ def journal_record(row: JournalRow) -> bytes:
         "payload_hash": row.payload_hash, "record": orjson.Fragment(row.payload)})
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxMessage:
+class OutboxMessage(NamedTuple):
     """A record for an output topic: deterministic id, key, canonical JSON value."""
 
     topic: str
@@ -192,11 +191,18 @@ def _ingest(processor: Processor, batch: list[Consumed], topics: TopicNames) -> 
     return result
 
 
+# Per record type: does it name an account, a symbol? (getattr with a default on a model without the field goes
+# through pydantic's __getattr__ in Python.)
+_NAMES = {kind: ("account_id" in model.model_fields, "symbol" in model.model_fields)
+          for kind, model in RECORD_TYPES.items()}
+
+
 def _touch(result: BatchResult, record: AnyRecord) -> None:
-    account = getattr(record, "account_id", None)
+    has_account, has_symbol = _NAMES[record.type]
+    account = record.account_id if has_account else None  # type: ignore[union-attr]
     if account is not None:
         result.touched_accounts.add(account)
-    symbol = getattr(record, "symbol", None)
+    symbol = record.symbol if has_symbol else None  # type: ignore[union-attr]
     if symbol is not None:
         result.touched_symbols.add(symbol)
         if account is not None:
