@@ -239,9 +239,9 @@ class AdlIndex:
                     book.put_exact(account_id)
                 else:
                     book.put(account_id, float(position.size), float(position.cost), float(base_of(position)))
-            if not empty:
+            if not empty:  # rows of positions the account no longer holds (a call only where there is one)
                 for key, book in books.items():
-                    if key not in keys:
+                    if key not in keys and (account_id in book.slot_of or account_id in book.exact):
                         book.drop(account_id)
         for book in books.values():
             book.flush()
