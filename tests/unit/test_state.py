@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
+
+from backstop.core.errors import InvariantViolation
 from backstop.core.state import Position, Positions
 
 
@@ -32,3 +35,14 @@ def test_positions_keep_opening_order_and_forget_an_account_with_none_left() -> 
     assert "u" not in book and list(book) == ["v"]
     book.add(eth)  # the account comes back after the others
     assert list(book) == ["v", "u"]
+
+
+def test_a_second_position_in_one_symbol_or_removing_one_not_held_is_an_invariant_violation() -> None:
+    book = Positions()
+    held = position("u", "BTCUSDT")
+    book.add(held)
+    with pytest.raises(InvariantViolation, match="already holds a BTCUSDT position"):
+        book.add(position("u", "BTCUSDT", "2"))  # a snapshot listing one account and symbol twice
+    with pytest.raises(InvariantViolation, match="no such BTCUSDT position"):
+        book.remove(position("u", "BTCUSDT"))  # equal numbers, another object
+    assert book.of("u") == (held,)

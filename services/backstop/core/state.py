@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
+from backstop.core.errors import InvariantViolation
 from backstop.core.numbers import CONTEXT, ZERO
 
 MarginMode = Literal["cross", "isolated"]
@@ -67,7 +68,6 @@ class Position:
         return value - self.cost if self.qty > 0 else self.cost - value
 
 
-
 class Positions:
     """Open positions by account, each account's in a tuple in the order they opened. An account holds one or a
     few, so a scan finds a symbol as fast as a dict lookup, and a tuple of one is 48 bytes where a dict of one is
@@ -92,11 +92,17 @@ class Positions:
         return sorted(self._of.get(account_id, ()), key=lambda position: position.symbol)
 
     def add(self, position: Position) -> None:
-        """Open a position (its account must hold none in that symbol)."""
-        self._of[position.account_id] = (*self._of.get(position.account_id, ()), position)
+        """Open a position; its account must hold none in that symbol (a malformed snapshot could say so)."""
+        held = self._of.get(position.account_id, ())
+        if any(p.symbol == position.symbol for p in held):
+            raise InvariantViolation(f"{position.account_id} already holds a {position.symbol} position")
+        self._of[position.account_id] = (*held, position)
 
     def remove(self, position: Position) -> None:
-        rest = tuple(p for p in self._of[position.account_id] if p is not position)
+        held = self._of[position.account_id]
+        rest = tuple(p for p in held if p is not position)
+        if len(rest) == len(held):
+            raise InvariantViolation(f"{position.account_id} holds no such {position.symbol} position to remove")
         if rest:
             self._of[position.account_id] = rest
         else:
@@ -110,6 +116,7 @@ class Positions:
 
     def __contains__(self, account_id: object) -> bool:
         return account_id in self._of
+
 
 @dataclass(slots=True)
 class Lot:
