@@ -12,7 +12,7 @@ from strategies import journals
 
 from backstop.core import ledger
 from backstop.core.engine import Engine
-from backstop.core.processor import Applied, Processor, Rejection
+from backstop.core.processor import Applied, Duplicate, Processor, Rejection
 from backstop.core.snapshot import restore, state_document, state_hash
 from backstop.wire.decode import decode_record
 from scenario import run
@@ -52,33 +52,43 @@ def _fill(fill_id: str, account: str, side: str, ts: int) -> dict[str, Any]:
             "qty": "0.001", "price": "50000.0", "fee": "0", "margin_mode": "cross", "leverage": "1"}
 
 
-# Found by the long profile: the fund holds a long and a short lot of one symbol (net flat) and sells one lot.
-FLAT_NET_FUND_SELL = [
-    {"type": "fund", "ts": 1, "fund_id": "MAIN", "settle_asset": "USDT", "surplus": "fund",
-     "max_inventory_ratio": "0.5"},
-    {"type": "instrument", "ts": 2, "symbol": "BTCUSDT", "settle_asset": "USDT", "tick_size": "0.1",
-     "lot_size": "0.001", "tiers": [{"max_notional": "50000", "mmr": "0.004", "maint_amount": "0"}],
-     "liquidation_fee_rate": "0.005", "fund_id": "MAIN"},
-    {"type": "transfer", "ts": 3, "transfer_id": "seed", "account_id": "fund:MAIN", "asset": "USDT", "amount": "100"},
-    *({"type": "transfer", "ts": 4, "transfer_id": f"d-{a}", "account_id": a, "asset": "USDT", "amount": "1000"}
-      for a in ("a0", "a1")),
-    _fill("f0", "a1", "sell", 5), _fill("f1", "a0", "buy", 6),
-    *({"type": "liquidation", "ts": 7, "liquidation_id": f"l{a}", "account_id": a, "symbol": "BTCUSDT",
-       "qty": "0.001", "mark_price": "50000.0", "executions": []} for a in ("a0", "a1")),
-    _fill("fc0", "fund:MAIN", "sell", 8),
-]
+def _setup(max_inventory_ratio: str) -> list[dict[str, Any]]:
+    return [
+        {"type": "fund", "ts": 1, "fund_id": "MAIN", "settle_asset": "USDT", "surplus": "fund",
+         "max_inventory_ratio": max_inventory_ratio},
+        {"type": "instrument", "ts": 2, "symbol": "BTCUSDT", "settle_asset": "USDT", "tick_size": "0.1",
+         "lot_size": "0.001", "tiers": [{"max_notional": "50000", "mmr": "0.004", "maint_amount": "0"}],
+         "liquidation_fee_rate": "0.005", "fund_id": "MAIN"},
+        {"type": "transfer", "ts": 3, "transfer_id": "seed", "account_id": "fund:MAIN", "asset": "USDT",
+         "amount": "100"},
+        *({"type": "transfer", "ts": 4, "transfer_id": f"d-{a}", "account_id": a, "asset": "USDT", "amount": "1000"}
+          for a in ("a0", "a1"))]
+
+
+def _liquidation(account: str, ts: int) -> dict[str, Any]:
+    return {"type": "liquidation", "ts": ts, "liquidation_id": f"l-{account}", "account_id": account,
+            "symbol": "BTCUSDT", "qty": "0.001", "mark_price": "50000.0", "executions": []}
+
+
+# Found by the long profile: the fund holds a long and a short lot of one symbol (net flat) and sells one lot; the
+# fund's fill id sent again, as the opposite side (a duplicate: nothing applied).
+FLAT_NET_FUND_SELL = [*_setup("0.5"), _fill("f0", "a1", "sell", 5), _fill("f1", "a0", "buy", 6),
+                      _liquidation("a0", 7), _liquidation("a1", 7), _fill("fc0", "fund:MAIN", "sell", 8)]
+FUND_FILL_SENT_AGAIN = [*_setup("0.5"), _fill("f0", "a0", "buy", 5), _liquidation("a0", 7),
+                        _fill("fc0", "fund:MAIN", "sell", 8), _fill("fc0", "fund:MAIN", "buy", 9)]
 
 
 @example(FLAT_NET_FUND_SELL)
+@example(FUND_FILL_SENT_AGAIN)
 @given(journals())
-def test_money_is_conserved_and_rejections_change_nothing(journal: list[dict[str, Any]]) -> None:
+def test_money_is_conserved_and_rejections_and_duplicates_change_nothing(journal: list[dict[str, Any]]) -> None:
     processor = Processor(Engine(check_conservation=True))  # raises InvariantViolation on any imbalance
     for record in journal:
         before = hashes(processor)
         held = held_by_side(processor.engine)
         _, (outcome,) = run([record], processor=processor)
-        if isinstance(outcome, Rejection):
-            assert hashes(processor) == before, outcome.reason
+        if isinstance(outcome, Rejection | Duplicate):
+            assert hashes(processor) == before, outcome
         elif record["type"] == "fill" and record["account_id"] == "fund:MAIN":
             # a fund never closes more inventory than it holds on that side (it may hold long and short lots of
             # one symbol at once: a sell closes long lots even when the net is flat)
