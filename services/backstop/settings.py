@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     adl_refresh_events: int = Field(50_000, ge=1)  # refresh the ADL queue projection at least this often ...
     adl_refresh_event_ms: int = Field(60_000, ge=1)  # ... or, when caught up, after this much event time
     check_conservation: bool = False
+    # The state hash at the head (every position and balance, hashed: 0.7 s at 137,000 positions) is recorded once
+    # the input has been quiet this long, not at every pause of a live stream, which it would hold up each time.
+    state_hash_quiet_ms: int = Field(1000, ge=0)
 
     # the outbox relay
     relay_batch: int = Field(2000, ge=1, le=100_000)

@@ -27,7 +27,7 @@ BACKSTOP = Path(sys.executable).parent / "backstop"
 def settings_for(bootstrap: str, dsn: str, prefix: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"kafka_bootstrap": bootstrap, "pg_dsn": dsn, "topic_prefix": prefix,
                               "input_partitions": 1, "output_partitions": 3, "batch_max_wait_ms": 20,
-                              "relay_idle_ms": 10, "check_conservation": True}
+                              "relay_idle_ms": 10, "check_conservation": True, "state_hash_quiet_ms": 100}
     values.update(overrides)
     return Settings(**values)
 
@@ -55,6 +55,7 @@ class ServeProcess:
                "BACKSTOP_BATCH_MAX_WAIT_MS": str(settings.batch_max_wait_ms),
                "BACKSTOP_RELAY_BATCH": str(settings.relay_batch),
                "BACKSTOP_SNAPSHOT_EVERY_EVENTS": str(settings.snapshot_every_events),
+               "BACKSTOP_STATE_HASH_QUIET_MS": str(settings.state_hash_quiet_ms),
                "BACKSTOP_CHECK_CONSERVATION": "true"}
         env.pop("BACKSTOP_FAULT_INJECT", None)
         if fault:
@@ -113,9 +114,10 @@ class ServeProcess:
 
 
 async def wait_caught_up(dsn: str, *, applied: int | None = None, ends: dict[tuple[str, int], int] | None = None,
-                         timeout: float = 90) -> None:
-    """Until the journal holds `applied` events (or every input partition is consumed up to `ends`) and every
-    outbox row is published."""
+                         timeout: float = 90, state_hash: bool = True) -> None:
+    """Until the journal holds `applied` events (or every input partition is consumed up to `ends`), every outbox
+    row is published and (unless state_hash=False) the state hash is recorded at the head, which the service does
+    once its input has been quiet for BACKSTOP_STATE_HASH_QUIET_MS."""
     connection = await asyncpg.connect(dsn)
     try:
         deadline = time.monotonic() + timeout
@@ -126,11 +128,13 @@ async def wait_caught_up(dsn: str, *, applied: int | None = None, ends: dict[tup
             offsets = {(r["topic"], r["partition"]): r["next_offset"]
                        for r in await connection.fetch("SELECT * FROM consumed_offsets")}
             consumed = ends is None or all(offsets.get(tp, 0) >= end for tp, end in ends.items() if end > 0)
-            if (applied is None or seq >= applied) and consumed and backlog == 0:
+            head = await connection.fetchrow("SELECT seq, state_hash_seq FROM engine_head")
+            hashed = not state_hash or head is None or head["seq"] == 0 or head["state_hash_seq"] == head["seq"]
+            if (applied is None or seq >= applied) and consumed and backlog == 0 and hashed:
                 return
             await asyncio.sleep(0.2)
         raise AssertionError(f"not caught up after {timeout}s: seq {seq} (want {applied}), offsets {offsets} "
-                             f"(want {ends}), {backlog} unpublished")
+                             f"(want {ends}), {backlog} unpublished, head {dict(head) if head else None}")
     finally:
         await connection.close()
 

@@ -77,6 +77,25 @@ async def test_the_service_gives_what_backstop_replay_gives(example: Path, tmp_p
         del os.environ["BACKSTOP_TOPIC_PREFIX"]
 
 
+async def test_the_state_hash_is_recorded_once_the_input_has_been_quiet(tmp_path: Path, kafka_bootstrap: str,
+                                                                       topic_prefix: str,
+                                                                       migrated_database: str) -> None:
+    """Hashing the whole state holds the loop up (0.7 s at 137,000 positions): the pauses of a live stream do not
+    trigger it, only BACKSTOP_STATE_HASH_QUIET_MS of quiet does, and then it is the replay's state hash."""
+    example = EXAMPLES[0]
+    expected = replay_file(example, tmp_path / "replay")
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}qh.", state_hash_quiet_ms=5000)
+    async with in_process(settings):
+        await produce_file(settings, example)
+        applied = expected["summary"]["events_applied"]
+        await wait_caught_up(migrated_database, applied=applied, state_hash=False)
+        head = (await stored(migrated_database))["head"]
+        assert head["seq"] == applied and head["state_hash_seq"] != applied  # caught up, not yet quiet for 5 s
+        await wait_caught_up(migrated_database, applied=applied)
+    head = (await stored(migrated_database))["head"]
+    assert head["state_hash_seq"] == applied and head["state_hash"] == expected["summary"]["state_hash"]
+
+
 async def test_duplicates_are_dropped_and_bad_input_is_dead_lettered(tmp_path: Path, kafka_bootstrap: str,
                                                                     topic_prefix: str, migrated_database: str) -> None:
     example = REPO / "examples" / "01-isolated-liquidation-surplus.jsonl"

@@ -111,6 +111,7 @@ class LedgerProcessor(SupervisedLoop):
             cadence = projections.RefreshCadence(settings.adl_refresh_events, settings.adl_refresh_event_ms,
                                                  processor.engine.last_seq)
             state_hashed_at = -1
+            quiet_since: float | None = None  # when the input last went quiet (monotonic; None: not quiet)
             touched = projections.Touched()
             # Batch N commits while batch N+1 is applied in memory. If a commit fails, the loop fails and the
             # supervisor rebuilds the engine from PostgreSQL, so the in-memory batch that ran ahead is dropped.
@@ -137,10 +138,15 @@ class LedgerProcessor(SupervisedLoop):
                     if touched:  # rows that waited while catching up, and the input went quiet: write them now
                         await self._write_projections(processor, positions, touched)
                         touched = projections.Touched()
-                    if state_hashed_at != processor.engine.last_seq:  # caught up: record the state hash once
-                        state_hashed_at = processor.engine.last_seq
-                        await self.store.record_state_hash(state_hashed_at, state_hash(processor.engine))
+                    now = time.monotonic()
+                    quiet_since = now if quiet_since is None else quiet_since
+                    quiet_long_enough = now - quiet_since >= settings.state_hash_quiet_ms / 1000
+                    if state_hashed_at != processor.engine.last_seq and quiet_long_enough:  # once per quiet spell
+                        state_hashed_at = processor.engine.last_seq  # in a thread: the relay keeps publishing
+                        digest = await asyncio.to_thread(state_hash, processor.engine)
+                        await self.store.record_state_hash(state_hashed_at, digest)
                     continue
+                quiet_since = None
                 started = time.perf_counter()
                 expected = processor.engine.last_seq
                 # The engine works in a thread so the previous batch's commit keeps the event loop (and its socket)
