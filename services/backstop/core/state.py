@@ -94,13 +94,17 @@ class Positions:
     def add(self, position: Position) -> None:
         """Open a position; its account must hold none in that symbol (a malformed snapshot could say so)."""
         held = self._of.get(position.account_id, ())
-        if any(p.symbol == position.symbol for p in held):
-            raise InvariantViolation(f"{position.account_id} already holds a {position.symbol} position")
+        for other in held:  # a loop, not any() over a generator: this runs for every position opened
+            if other.symbol == position.symbol:
+                raise InvariantViolation(f"{position.account_id} already holds a {position.symbol} position")
         self._of[position.account_id] = (*held, position)
 
     def remove(self, position: Position) -> None:
         held = self._of[position.account_id]
-        rest = tuple(p for p in held if p is not position)
+        if len(held) == 1 and held[0] is position:  # the usual case: the account's only position
+            del self._of[position.account_id]
+            return
+        rest = tuple([p for p in held if p is not position])
         if len(rest) == len(held):
             raise InvariantViolation(f"{position.account_id} holds no such {position.symbol} position to remove")
         if rest:
