@@ -1,13 +1,13 @@
 """Latency benchmark: from a liquidation sent to its input topic to the matching ADL event read by a downstream
 consumer, p50/p99/max, while a background load of fills and marks runs at a fixed rate.
 
-    python benchmarks/latency.py [--rate 20000] [--seconds 15] [--probes-per-second 10]
+    python benchmarks/latency.py [--rate 20000] [--seconds 15] [--probes-per-second 10] [--counterparties 1000]
 
 `backstop serve` runs as its own process, as in production; this process produces the load and the probes and
 consumes the ADL topic. The clock starts just before a probe is handed to the producer (so the figure includes
 the append) and stops when the consumer receives the first ADL event carrying that liquidation_id. Every probe
-deleverages: the fund's max_inventory_ratio is 0, and 1,000 shorts stand on the other side. Needs the local
-servers, like benchmarks/service.py.
+deleverages: the fund's max_inventory_ratio is 0, and 1,000 shorts (--counterparties), all alike, stand on the
+other side. Needs the local servers, like benchmarks/service.py.
 
 Baseline, same run: each probe is also sent to a scratch topic that nothing processes, and the same consumer
 reads it back: the raw Kafka hop (append, then readable downstream) under the same load.
@@ -49,7 +49,7 @@ T0 = 1_760_100_000_000
 SHORTS, PROBES, BACKGROUND_ACCOUNTS = 1000, 2000, 200
 
 
-def prelude(probes: int) -> list[dict[str, Any]]:
+def prelude(probes: int, shorts: int = SHORTS) -> list[dict[str, Any]]:
     """A fund that keeps no inventory, BTC shorts to deleverage against, BTC longs to liquidate, ETH traders."""
     records: list[dict[str, Any]] = [
         {"type": "fund", "ts": T0, "fund_id": "MAIN", "settle_asset": "USDT", "surplus": "fund",
@@ -62,7 +62,7 @@ def prelude(probes: int) -> list[dict[str, Any]]:
                                                     "maint_amount": "0"}],
                         "liquidation_fee_rate": "0.005", "fund_id": "MAIN"})
     accounts: list[tuple[str, str | None, str | None, str | None, str | None]] = [
-        (f"short-{n}", "sell", "0.1", "BTCUSDT", "100000") for n in range(SHORTS)]
+        (f"short-{n}", "sell", "0.1", "BTCUSDT", "100000") for n in range(shorts)]
     accounts += [(f"probe-{n}", "buy", "0.01", "BTCUSDT", "100000") for n in range(probes)]
     accounts += [(f"bg-{n}", None, None, None, None) for n in range(BACKGROUND_ACCOUNTS)]
     for account, side, qty, opened, price in accounts:
@@ -184,7 +184,7 @@ def _percentiles(seconds: Any) -> dict[str, float]:
             "max_ms": round(values[-1] * 1000, 1)}
 
 
-async def run_async(rate: int, seconds: float, probes_per_second: int) -> dict[str, Any]:
+async def run_async(rate: int, seconds: float, probes_per_second: int, shorts: int = SHORTS) -> dict[str, Any]:
     run_id = secrets.token_hex(3)
     database = f"backstop_latency_{run_id}"
     settings = Settings(kafka_bootstrap=os.environ.get("BACKSTOP_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
@@ -199,7 +199,7 @@ async def run_async(rate: int, seconds: float, probes_per_second: int) -> dict[s
         admin.create(settings.kafka_bootstrap, [admin.TopicPlan(f"{settings.topic_prefix}echo", 3, {})])
         with tempfile.TemporaryDirectory() as scratch:
             journal = Path(scratch) / "prelude.jsonl"
-            journal.write_bytes(b"\n".join(orjson.dumps(r) for r in prelude(PROBES)) + b"\n")
+            journal.write_bytes(b"\n".join(orjson.dumps(r) for r in prelude(PROBES, shorts)) + b"\n")
             await produce_file(settings, journal)
             log = Path(scratch) / "serve.log"
             import socket
@@ -224,10 +224,10 @@ async def run_async(rate: int, seconds: float, probes_per_second: int) -> dict[s
     return result
 
 
-def run(rates: list[int], seconds: float, probes_per_second: int) -> dict[str, Any]:
+def run(rates: list[int], seconds: float, probes_per_second: int, shorts: int = SHORTS) -> dict[str, Any]:
     figures, runs = [], {}
     for rate in rates:
-        result = asyncio.run(run_async(rate, seconds, probes_per_second))
+        result = asyncio.run(run_async(rate, seconds, probes_per_second, shorts))
         runs[f"rate_{rate}"] = result
         for name in ("p50_ms", "p99_ms", "max_ms"):
             hop = result[f"hop_{name}"]
@@ -236,7 +236,7 @@ def run(rates: list[int], seconds: float, probes_per_second: int) -> dict[str, A
                             "baseline": "raw Kafka hop", "baseline_value": hop,
                             "ratio": round(result[name] / hop, 1) if hop else ""})
     return {"name": "latency", "input": {"seconds": seconds, "probes_per_second": probes_per_second,
-                                        "counterparties": SHORTS, **{k: v["probes"] for k, v in runs.items()}},
+                                        "counterparties": shorts, **{k: v["probes"] for k, v in runs.items()}},
             "figures": figures}
 
 
@@ -246,8 +246,11 @@ def main() -> None:
                         "default 20000 and 1000")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--probes-per-second", type=int, default=10)
+    parser.add_argument("--counterparties", type=int, default=SHORTS,
+                        help="open BTC shorts on the other side (the state the service holds); default 1000")
     args = parser.parse_args()
-    print(json.dumps(run(args.rate or [20000, 1000], args.seconds, args.probes_per_second), indent=2))
+    print(json.dumps(run(args.rate or [20000, 1000], args.seconds, args.probes_per_second, args.counterparties),
+                     indent=2))
 
 
 if __name__ == "__main__":
