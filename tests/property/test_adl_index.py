@@ -240,3 +240,54 @@ def test_the_head_holds_the_highest_scores_highest_first(seed: int, top: int, ro
     head = _head(score, top)
     assert np.array_equal(score[head], np.sort(score)[::-1][:top])
     assert len(set(head.tolist())) == top
+
+
+@st.composite
+def tied_books(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Hundreds of positions exactly alike (a few templates, each under many account ids, in shuffled order),
+    some nudged by amounts a double may not tell apart."""
+    from backstop.core.adl_index import TIE_ROWS
+
+    templates = draw(st.lists(st.tuples(st.integers(1, 3000), st.integers(900, 1100), st.sampled_from(["cross",
+                     "isolated"]), st.sampled_from([D("1"), D("50"), D("1000")])), min_size=1, max_size=3))
+    count = draw(st.integers(TIE_ROWS + 1, 3 * TIE_ROWS))
+    numbers = draw(st.permutations(range(count)))
+    nudged = draw(st.sets(st.integers(0, count - 1), max_size=20))
+    nudge = D(10) ** draw(st.integers(-20, -6)) * draw(st.sampled_from([1, -1]))
+    rows = []
+    for n, number in enumerate(numbers):
+        lots, permille, mode, equity = templates[n % len(templates)]
+        rows.append({"account": f"t{number:04d}", "symbol": "BTCUSDT", "side": -1, "qty": lots * LOT["BTCUSDT"],
+                     "entry": MARK["BTCUSDT"] * permille / 1000, "mode": mode,
+                     "equity": equity + nudge if n in nudged else equity})
+    return rows
+
+
+@given(tied_books(), st.integers(1, 20000), st.integers(950, 1050))
+def test_positions_exactly_alike_are_ranked_by_account_id_through_the_index(rows: list[dict[str, Any]], lots: int,
+                                                                            move: int) -> None:
+    engine = engine_with(rows, MARK)
+    engine.marks["BTCUSDT"] = (MARK["BTCUSDT"] * move / 1000).quantize(D("0.1"))
+    qty = lots * LOT["BTCUSDT"]
+    fast, count = engine._adl_top("BTCUSDT", "short", qty)
+    assert count == len(rows)
+    assert head(fast, qty) == head(engine.adl_queue("BTCUSDT", "short"), qty)
+
+
+def test_ties_are_thinned_only_where_the_doubles_stand_for_the_exact_numbers() -> None:
+    """1,000 cross longs exactly alike, and one whose wallet is 1e-11 lower: the same double (the wallet is
+    -1,000,000), yet an exactly higher score (equity 1,000, leverage 2,001). It heads the queue; the index keeps it
+    among a handful of candidates although it shares every double with the thousand it outranks."""
+    alike = [{"account": f"a{n:04d}", "symbol": "BTCUSDT", "side": 1, "qty": D("20"), "entry": D("50000"),
+              "mode": "cross", "equity": D("-1000000")} for n in range(1000)]  # at the build's mark: the wallet
+    nudged = dict(alike[0], account="zz", equity=D("-1000000") - D("1e-11"))
+    engine = engine_with([*alike, nudged], MARK)
+    engine.marks["BTCUSDT"] = D("100050")
+    wallets = {engine.ledger.balance(ledger.wallet(account, "USDT")) for account in ("a0000", "zz")}
+    assert len(wallets) == 2 and len({float(wallet) for wallet in wallets}) == 1
+    fast, count = engine._adl_top("BTCUSDT", "long", D("30"))
+    full = engine.adl_queue("BTCUSDT", "long")
+    assert [ranked.position.account_id for ranked in full[:3]] == ["zz", "a0000", "a0001"]
+    assert full[0].score > full[1].score == full[1000].score
+    assert head(fast, D("30")) == head(full, D("30"))
+    assert count == 1001 and len(fast) < 10  # ranked a handful, not the thousand alike

@@ -10,11 +10,14 @@ cost, B), kept per symbol and side in float arrays and refreshed only for the ac
 deleverage. Floats only *choose candidates*, with a margin far above their rounding error; the candidates are
 then ranked exactly by adl.rank_position, so the outcome is the exact ranking's, bit for bit. Rows whose float
 equity is too close to zero to trust, and accounts with cross positions in several symbols (their equity share
-depends on other marks), are always among the candidates. The tests compare it with the full ranking.
+depends on other marks), are always among the candidates. Rows exactly alike (same margin mode, size, cost and B)
+score exactly alike and queue by account id, so of many such rows only the first few by account id are candidates
+(`_Book.thin_ties`). The tests compare it with the full ranking.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -28,22 +31,30 @@ from backstop.core.state import Position, Positions
 Side = Literal["long", "short"]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+KindArray = npt.NDArray[np.int8]
 
 RELATIVE_MARGIN = 1e-6  # float scores are within ~1e-12 of the exact ones; this margin dwarfs that
 ABSOLUTE_MARGIN = 1e-6  # and the 1e-12 score quantum, which could make a just-excluded row tie
 UNTRUSTED_EQUITY = 1e-6  # |equity| below this share of (|B| + notional + cost): the float sign may be wrong
 FLUSH_ROWS = 4096  # pending rows written at once: the first build would otherwise hold a million tuples
-# (size, cost, B) of an empty slot: clearly past bankruptcy on either side, so never a candidate
-EMPTY_ROW = (0.0, 1.0, -4.0)
+# (size, cost, B, kind) of an empty slot: clearly past bankruptcy on either side, so never a candidate
+EMPTY_ROW = (0.0, 1.0, -4.0, 0)
+# A row's kind: whether its float numbers stand for its exact ones (each decimal written in at most 15 characters,
+# so at most 15 significant digits: two such decimals are equal exactly when their nearest doubles are), and its
+# margin mode, which picks the exact bankruptcy formula. Only rows of one kind > 0 are compared for ties.
+UNTIED, ISOLATED, CROSS = 0, 1, 2
+EXACT_DIGITS = 15
+TIE_ROWS = 256  # candidates beyond this many are checked for rows exactly alike
 
 
 @dataclass(slots=True)
 class _Book:
-    """The trusted rows of one symbol and side: slot -> (account, size, cost, B)."""
+    """The trusted rows of one symbol and side: slot -> (account, size, cost, B, kind)."""
 
     size: FloatArray = field(default_factory=lambda: np.zeros(0))
     cost: FloatArray = field(default_factory=lambda: np.zeros(0))
     base: FloatArray = field(default_factory=lambda: np.zeros(0))
+    kind: KindArray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
     accounts: list[str | None] = field(default_factory=list)
     slot_of: dict[str, int] = field(default_factory=dict)
     free: list[int] = field(default_factory=list)
@@ -54,9 +65,9 @@ class _Book:
     scored: tuple[FloatArray, BoolArray, BoolArray] | None = None  # score, trusted, untrusted
     changed: set[int] = field(default_factory=set)  # slots written since they were scored
 
-    pending: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # slot -> row, until flush()
+    pending: dict[int, tuple[float, float, float, int]] = field(default_factory=dict)  # slot -> row, until flush()
 
-    def put(self, account_id: str, size: float, cost: float, base: float) -> None:
+    def put(self, account_id: str, size: float, cost: float, base: float, kind: int) -> None:
         if self.exact:
             self.exact.discard(account_id)
         slot = self.slot_of.get(account_id)
@@ -64,7 +75,7 @@ class _Book:
             slot = self.free.pop() if self.free else self._grow()
             self.slot_of[account_id] = slot
             self.accounts[slot] = account_id
-        self.pending[slot] = (size, cost, base)
+        self.pending[slot] = (size, cost, base, kind)
         if len(self.pending) >= FLUSH_ROWS:
             self.flush()
 
@@ -89,6 +100,7 @@ class _Book:
             slots = np.fromiter(self.pending, dtype=np.intp, count=len(self.pending))
             rows = np.array(list(self.pending.values()))
             self.size[slots], self.cost[slots], self.base[slots] = rows[:, 0], rows[:, 1], rows[:, 2]
+            self.kind[slots] = rows[:, 3]
             self.changed.update(self.pending)
             self.pending.clear()
 
@@ -97,7 +109,8 @@ class _Book:
         if used == len(self.size):
             capacity = max(1024, 2 * used)
             self.size, self.cost, self.base = (np.resize(a, capacity) for a in (self.size, self.cost, self.base))
-            self.size[used:], self.cost[used:], self.base[used:] = EMPTY_ROW
+            self.kind = np.resize(self.kind, capacity)
+            self.size[used:], self.cost[used:], self.base[used:], self.kind[used:] = EMPTY_ROW
         self.accounts.append(None)
         return used
 
@@ -115,6 +128,40 @@ class _Book:
         self.scored_at = mark
         self.changed.clear()
         return self.scored
+
+    def thin_ties(self, rows: npt.NDArray[np.intp], qty: float) -> npt.NDArray[np.intp]:
+        """Of each group of rows exactly alike (one kind > 0, equal size, cost and B), only the first few by account
+        id: they score exactly alike, so the queue orders them by account id, and the first ones cover qty before
+        the others are reached. Rows of kind UNTIED, and groups too small to thin, are all kept."""
+        size, cost, base, kind = self.size[rows], self.cost[rows], self.base[rows], self.kind[rows]
+        alike = (kind != UNTIED) & _normal(size) & _normal(cost) & _normal(base)
+        if np.count_nonzero(alike) <= TIE_ROWS:
+            return rows
+        kept = [rows[~alike]]
+        rows, size, cost, base, kind = rows[alike], size[alike], cost[alike], base[alike], kind[alike]
+        order = np.lexsort((base, cost, size, kind))
+        rows, size, cost, base, kind = rows[order], size[order], cost[order], base[order], kind[order]
+        starts = np.flatnonzero(np.concatenate(([True], (np.diff(size) != 0) | (np.diff(cost) != 0)
+                                                | (np.diff(base) != 0) | (np.diff(kind) != 0))))
+        lengths = np.diff(np.append(starts, len(rows)))
+        with np.errstate(divide="ignore", over="ignore"):  # rows that cover qty, with room for float rounding
+            enough = np.floor(qty * (1 + RELATIVE_MARGIN) / size[starts]) + 2
+        accounts, slot_of = self.accounts, self.slot_of
+        big = lengths > enough
+        thinned = np.ones(len(rows), dtype=np.bool_)
+        for start, length, keep in zip(starts[big].tolist(), lengths[big].tolist(), enough[big].tolist(), strict=True):
+            thinned[start:start + length] = False
+            names = [name for slot in rows[start:start + length].tolist() if (name := accounts[slot]) is not None]
+            kept.append(np.array([slot_of[name] for name in heapq.nsmallest(int(keep), names)], dtype=np.intp))
+        kept.append(rows[thinned])
+        return np.concatenate(kept)
+
+
+def _normal(values: FloatArray) -> BoolArray:
+    """Zero, or a normal double far from overflow: where the nearest double tells 15-digit decimals apart."""
+    magnitude = np.abs(values)
+    normal: BoolArray = (magnitude == 0) | ((magnitude >= 1e-290) & (magnitude <= 1e290))
+    return normal
 
 
 CHUNK = 16_384  # rows scored per pass: the scratch arrays (~400 KiB) stay in the CPU cache
@@ -237,8 +284,11 @@ class AdlIndex:
                 book = books.get(key) or books.setdefault(key, _Book())
                 if position.margin_mode == "cross" and cross_assets.count(settle_asset(position.symbol)) > 1:
                     book.put_exact(account_id)
-                else:
-                    book.put(account_id, float(position.size), float(position.cost), float(base_of(position)))
+                else:  # float(Decimal) goes through its string anyway: the string's length comes for free
+                    size, cost, base = str(position.size), str(position.cost), str(base_of(position))
+                    exact = len(size) <= EXACT_DIGITS and len(cost) <= EXACT_DIGITS and len(base) <= EXACT_DIGITS
+                    book.put(account_id, float(size), float(cost), float(base),
+                             (ISOLATED if position.margin_mode == "isolated" else CROSS) if exact else UNTIED)
             if not empty:  # rows of positions the account no longer holds (a call only where there is one)
                 for key, book in books.items():
                     if key not in keys and (account_id in book.slot_of or account_id in book.exact):
@@ -269,7 +319,10 @@ class AdlIndex:
         needed = int(np.searchsorted(covered, float(qty) * (1 + RELATIVE_MARGIN)))
         threshold = score[head[needed]]
         floor = threshold - abs(threshold) * RELATIVE_MARGIN - ABSOLUTE_MARGIN
-        chosen.update(book.accounts[i] or "" for i in np.flatnonzero(score >= floor))
+        rows = np.flatnonzero(score >= floor)
+        if len(rows) > TIE_ROWS:
+            rows = book.thin_ties(rows, float(qty))
+        chosen.update(book.accounts[i] or "" for i in rows)
         chosen.discard("")
         return sorted(chosen)
 
@@ -280,5 +333,5 @@ class AdlIndex:
 
     def memory_bytes(self) -> int:
         """Bytes held by the float rows and their scores (not the positions themselves)."""
-        return sum(b.size.nbytes + b.cost.nbytes + b.base.nbytes + sum(a.nbytes for a in b.scored or ())
+        return sum(b.size.nbytes + b.cost.nbytes + b.base.nbytes + b.kind.nbytes + sum(a.nbytes for a in b.scored or ())
                    for b in self._books.values())
