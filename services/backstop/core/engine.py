@@ -591,17 +591,20 @@ class Engine:
 
     def liquidation_price(self, position: Position, memo: Exposures | None = None) -> Decimal | None:
         with localcontext(CONTEXT):
-            instrument = self.instruments[position.symbol]
-            if position.margin_mode == "isolated":
-                other = self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
-            else:
-                other = self.ledger.balance(ledger.wallet(position.account_id, instrument.settle_asset))
-                for peer in self._cross_positions(position.account_id, instrument.settle_asset):
-                    if peer is position:
-                        continue
-                    pnl, mm = self.exposure(peer, memo)
-                    other += pnl - mm
-            return liquidation_price(position, instrument.tiers, other)
+            return self._liquidation_price(position, memo)
+
+    def _liquidation_price(self, position: Position, memo: Exposures | None = None) -> Decimal | None:
+        instrument = self.instruments[position.symbol]
+        if position.margin_mode == "isolated":
+            other = self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
+        else:
+            other = self.ledger.balance(ledger.wallet(position.account_id, instrument.settle_asset))
+            for peer in self._cross_positions(position.account_id, instrument.settle_asset):
+                if peer is position:
+                    continue
+                pnl, mm = self.exposure(peer, memo)
+                other += pnl - mm
+        return liquidation_price(position, instrument.tiers, other)
 
     def _cross_positions(self, account_id: str, asset: str) -> list[Position]:
         return [p for p in self.positions.of(account_id)

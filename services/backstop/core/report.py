@@ -59,13 +59,13 @@ def accounts(engine: Engine) -> dict[str, Any]:
             account_id, asset = name[len("wallet:"):].rsplit(":", 1)
             wallets.setdefault(account_id, {})[asset] = text(balance)
     result: dict[str, Any] = {}
-    for account_id in sorted(set(wallets) | set(engine.positions)):
-        account_wallets = dict(sorted(wallets.get(account_id, {}).items()))
-        memo: Exposures = {}
-        positions = {p.symbol: _position(engine, p, memo) for p in
-                     engine.positions.in_symbol_order(account_id)}
-        primary = next(iter(account_wallets.values()), "0")
-        result[account_id] = {"wallet": primary, "wallets": account_wallets, "positions": positions}
+    with localcontext(CONTEXT):  # once for every position: a context per view cost more than some views
+        for account_id in sorted(set(wallets) | set(engine.positions)):
+            account_wallets = dict(sorted(wallets.get(account_id, {}).items()))
+            memo: Exposures = {}
+            positions = {p.symbol: _position(engine, p, memo) for p in engine.positions.in_symbol_order(account_id)}
+            primary = next(iter(account_wallets.values()), "0")
+            result[account_id] = {"wallet": primary, "wallets": account_wallets, "positions": positions}
     with localcontext(CONTEXT):
         for fund_id in sorted(engine.funds):
             state = engine.funds[fund_id]
@@ -82,22 +82,23 @@ def accounts(engine: Engine) -> dict[str, Any]:
 
 
 def _position(engine: Engine, position: Position, memo: Exposures) -> dict[str, str]:
-    with localcontext(CONTEXT):
-        mark = engine.marks[position.symbol]
-        view = engine.margin_view(position, memo)
-        liquidation = engine.liquidation_price(position, memo)
-        isolated = engine.ledger.balance(ledger.isolated(position.account_id, position.symbol))
-        return {
-            "qty": text(position.qty),
-            "entry_price": text(price(position.entry_price())),
-            "cost": text(position.cost),
-            "margin_mode": position.margin_mode,
-            "leverage": text(position.leverage),
-            "isolated_margin": text(isolated),
-            "mark_price": text(mark),
-            "unrealized_pnl": text(money(position.unrealized_pnl(mark))),
-            "maintenance_margin": text(money(view.position_maintenance)),
-            "margin_balance": text(money(view.margin_balance)),
-            "liquidation_price": text(price(liquidation)) if liquidation is not None else "0",
-            "bankruptcy_price": text(price(engine.bankruptcy_price(position, memo))),
-        }
+    """One position's view; in CONTEXT (the caller's), memo as in Engine.exposure."""
+    mark = engine.marks[position.symbol]
+    view = engine.margin_view(position, memo)
+    unrealized, _ = engine.exposure(position, memo)
+    liquidation = engine._liquidation_price(position, memo)
+    isolated = engine.ledger.balance(ledger.isolated(position.account_id, position.symbol))
+    return {
+        "qty": text(position.qty),
+        "entry_price": text(price(position.entry_price())),
+        "cost": text(position.cost),
+        "margin_mode": position.margin_mode,
+        "leverage": text(position.leverage),
+        "isolated_margin": text(isolated),
+        "mark_price": text(mark),
+        "unrealized_pnl": text(money(unrealized)),
+        "maintenance_margin": text(money(view.position_maintenance)),
+        "margin_balance": text(money(view.margin_balance)),
+        "liquidation_price": text(price(liquidation)) if liquidation is not None else "0",
+        "bankruptcy_price": text(price(engine._bankruptcy_price(position, memo))),
+    }
