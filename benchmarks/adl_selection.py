@@ -61,7 +61,7 @@ def build(positions: int, seed: int, alike: bool = False) -> Engine:
                 mode = "cross" if rng.random() < 0.1 else "isolated"
             engine.ledger.post(ledger.external("USDT"), ledger.wallet(account, "USDT"),
                                money(qty * entry / leverage))
-            engine._open(account, instrument, -qty, entry, mode, leverage)  # type: ignore[arg-type]
+            engine._open(account, instrument, -qty, entry, mode, leverage, None)  # type: ignore[arg-type]
     return engine
 
 

@@ -108,6 +108,7 @@ class Engine:
         self.by_symbol: dict[str, dict[str, Position]] = {}  # symbol -> account -> position
         self.adl_index = AdlIndex()  # finds the top of a queue without ranking every position exactly
         self._leverages: dict[str, Decimal] = {}
+        self._settle_assets: tuple[int, frozenset[str]] = (0, frozenset())  # (funds seen, their assets)
         self._rank_cache: dict[str, tuple[Decimal, dict[str, tuple[tuple[Decimal, ...], adl.Ranked]]]] = {}
         self.last_seq = 0
         self.newest_ts: int | None = None  # the largest ts applied (backstop.core.ordering)
@@ -245,8 +246,9 @@ class Engine:
             self._reduce(position, closed, CONTEXT.multiply(closed, record.price))
             remaining -= closed
         if remaining > 0:
+            held = position if position is not None and position.qty != 0 else None  # a flip closed it first
             self._open(record.account_id, instrument, remaining if delta > 0 else -remaining, record.price,
-                       record.margin_mode, record.leverage)
+                       record.margin_mode, record.leverage, held)
         wallet = ledger.wallet(record.account_id, instrument.settle_asset)
         self.ledger.post(wallet, ledger.fees(instrument.settle_asset), record.fee)
         if self.ledger.balance(wallet) < 0:
@@ -254,9 +256,9 @@ class Engine:
                           {"wallet": text(self.ledger.balance(wallet)), "fill_id": record.fill_id})
 
     def _open(self, account_id: str, instrument: Instrument, qty: Decimal, fill_price: Decimal,
-              margin_mode: Literal["cross", "isolated"], leverage: Decimal) -> None:
+              margin_mode: Literal["cross", "isolated"], leverage: Decimal, position: Position | None) -> None:
+        """Open or add to a position; `position`: the one the account holds in the symbol, if any."""
         symbol = instrument.symbol
-        position = self.positions.get(account_id, symbol)
         value = CONTEXT.multiply(abs(qty), fill_price)
         self.adl_index.touch(account_id)
         leverage = self._leverages.setdefault(str(leverage), leverage)  # one object per spelling: ~100 B a position
@@ -653,7 +655,10 @@ class Engine:
         return fund_state
 
     def _is_settle_asset(self, asset: str) -> bool:
-        return any(f.spec.settle_asset == asset for f in self.funds.values())
+        known = self._settle_assets
+        if known[0] != len(self.funds):  # funds are only added (a snapshot too) and never change asset
+            known = self._settle_assets = (len(self.funds), frozenset(f.spec.settle_asset for f in self.funds.values()))
+        return asset in known[1]
 
     @staticmethod
     def _check_steps(instrument: Instrument, qty: Decimal, fill_price: Decimal | None) -> None:
