@@ -81,16 +81,19 @@ async def test_the_state_hash_is_recorded_once_the_input_has_been_quiet(tmp_path
                                                                        topic_prefix: str,
                                                                        migrated_database: str) -> None:
     """Hashing the whole state holds the loop up (0.7 s at 137,000 positions): the pauses of a live stream do not
-    trigger it, only BACKSTOP_STATE_HASH_QUIET_MS of quiet does, and then it is the replay's state hash."""
+    trigger it, only BACKSTOP_STATE_HASH_QUIET_MS of quiet does, and then it is the replay's state hash. The ADL
+    index, by contrast, is refreshed at the first idle moment."""
     example = EXAMPLES[0]
     expected = replay_file(example, tmp_path / "replay")
     settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}qh.", state_hash_quiet_ms=5000)
-    async with in_process(settings):
+    async with in_process(settings) as (ledger_processor, _):
         await produce_file(settings, example)
         applied = expected["summary"]["events_applied"]
         await wait_caught_up(migrated_database, applied=applied, state_hash=False)
         head = (await stored(migrated_database))["head"]
         assert head["seq"] == applied and head["state_hash_seq"] != applied  # caught up, not yet quiet for 5 s
+        # idle at once: the ADL index has caught up with the trading, ahead of the next deleverage
+        assert ledger_processor.progress.adl_index_seq == applied
         await wait_caught_up(migrated_database, applied=applied)
     head = (await stored(migrated_database))["head"]
     assert head["state_hash_seq"] == applied and head["state_hash"] == expected["summary"]["state_hash"]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from strategies import journals
 
 from backstop.core import ledger
-from backstop.core.engine import Engine
+from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.processor import Processor
 from backstop.core.snapshot import state_hash
 from backstop.core.state import Position
@@ -291,3 +291,22 @@ def test_ties_are_thinned_only_where_the_doubles_stand_for_the_exact_numbers() -
     assert full[0].score > full[1].score == full[1000].score
     assert head(fast, D("30")) == head(full, D("30"))
     assert count == 1001 and len(fast) < 10  # ranked a handful, not the thousand alike
+
+
+def test_refreshing_the_index_ahead_of_a_deleverage_changes_nothing_and_leaves_it_nothing_to_do() -> None:
+    """What a service does while its input is idle: the deleverage that follows finds the index up to date."""
+    rows = [{"account": f"a{n:03d}", "symbol": "BTCUSDT", "side": -1, "qty": D("1"), "entry": D(50001 + n),
+             "mode": "isolated", "equity": D("1000")} for n in range(300)]
+    ahead, lazy = engine_with(rows, MARK), engine_with(rows, MARK)
+    assert ahead.refresh_adl_index() is True
+    assert ahead.refresh_adl_index() is False and not ahead.adl_index.dirty and not ahead.ledger.touched
+    for engine in (ahead, lazy):
+        engine.ledger.post(ledger.isolated("a123", "BTCUSDT"), ledger.external("USDT"), D("990"))
+    assert ahead.adl_index.dirty or ahead.ledger.touched  # the margin moved: the next refresh has work again
+    assert ahead.refresh_adl_index() is True
+    assert head(ahead._adl_top("BTCUSDT", "short", D("2.5"))[0], D("2.5")) == \
+        head(lazy._adl_top("BTCUSDT", "short", D("2.5"))[0], D("2.5")) == \
+        head(lazy.adl_queue("BTCUSDT", "short"), D("2.5"))
+    binance = engine_with(rows, MARK)
+    binance.adl_policy = AdlPolicy(rule="binance")
+    assert binance.refresh_adl_index() is False  # only the BitMEX rule uses the index

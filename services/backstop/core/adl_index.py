@@ -260,6 +260,11 @@ class AdlIndex:
     def touch(self, account_id: str) -> None:
         self._dirty.add(account_id)
 
+    @property
+    def dirty(self) -> bool:
+        """Whether accounts were touched since the last refresh."""
+        return bool(self._dirty)
+
     def touch_ledger_accounts(self, names: Iterable[str]) -> None:
         """Mark the traders behind wallet:<account>:<asset> and isolated:<account>:<symbol> ledger accounts."""
         for name in names:  # (ledger.wallet_owner inline: a call per name made the first build 5% slower)

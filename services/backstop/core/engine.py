@@ -556,14 +556,25 @@ class Engine:
             queue = self.adl_queue(symbol, side)
             return queue, len(queue)
         index = self.adl_index
-        index.touch_ledger_accounts(self.ledger.drain_touched())
-        index.refresh(self.positions, self._margin_base, lambda s: self.instruments[s].settle_asset)
+        self.refresh_adl_index()
         count = index.count(symbol, side)
         candidates = index.candidates(symbol, side, self.marks[symbol], qty)
         if candidates is None:
             return self.adl_queue(symbol, side), count
         book = self.by_symbol[symbol]
         return adl.order([self._ranked(book[a]) for a in candidates]), count
+
+    def refresh_adl_index(self) -> bool:
+        """Bring the ADL index up to date with every change so far; False if nothing had changed. Each deleverage
+        does this first; a service calls it while its input is idle, so that the first deleverage after a burst of
+        trading does not wait for it (100,000 accounts: ~0.6 s). The index only picks candidates: when it is
+        refreshed changes no outcome."""
+        index = self.adl_index
+        if self.adl_policy.rule != "bitmex" or not (self.ledger.touched or index.dirty):
+            return False
+        index.touch_ledger_accounts(self.ledger.drain_touched())
+        index.refresh(self.positions, self._margin_base, lambda s: self.instruments[s].settle_asset)
+        return True
 
     def _ranked(self, position: Position) -> adl.Ranked:
         """adl.rank_position, remembered while the mark and the position's own numbers stay the same: a block of

@@ -50,6 +50,7 @@ class Progress:
     ready: bool = False
     last_error: str | None = None
     lag: dict[tuple[str, int], int] = field(default_factory=dict)
+    adl_index_seq: int = 0  # the seq at which the ADL index was last refreshed while the input was idle
 
 
 async def rebuild(store: Store, *, check_conservation: bool) -> tuple[Processor, Head]:
@@ -138,6 +139,9 @@ class LedgerProcessor(SupervisedLoop):
                     if touched:  # rows that waited while catching up, and the input went quiet: write them now
                         await self._write_projections(processor, positions, touched)
                         touched = projections.Touched()
+                    # Idle: the ADL index catches up with the trading so far now, not in the next deleverage's path.
+                    if await asyncio.to_thread(processor.engine.refresh_adl_index):
+                        self.progress.adl_index_seq = processor.engine.last_seq
                     now = time.monotonic()
                     quiet_since = now if quiet_since is None else quiet_since
                     quiet_long_enough = now - quiet_since >= settings.state_hash_quiet_ms / 1000
