@@ -89,7 +89,8 @@ class Positions:
 
     def in_symbol_order(self, account_id: str) -> list[Position]:
         """The account's positions by symbol (reports and snapshots must not depend on the order they opened)."""
-        return sorted(self._of.get(account_id, ()), key=lambda position: position.symbol)
+        held = self._of.get(account_id, ())
+        return list(held) if len(held) < 2 else sorted(held, key=lambda position: position.symbol)
 
     def add(self, position: Position) -> None:
         """Open a position; its account must hold none in that symbol (a malformed snapshot could say so)."""
