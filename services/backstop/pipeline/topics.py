@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 INPUT_TYPES = ("fund", "instrument", "transfer", "fill", "mark", "funding", "liquidation")
@@ -15,6 +15,11 @@ class TopicNames:
     """All topic names under one prefix (default "backstop."; tests use their own)."""
 
     prefix: str = "backstop."
+    # topic -> record type, built once: type_of runs for every record consumed
+    _types: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_types", {self.input(t): t for t in INPUT_TYPES})
 
     def input(self, record_type: str) -> str:
         return f"{self.prefix}{_INPUT_SUFFIX[record_type]}"
@@ -24,10 +29,7 @@ class TopicNames:
         return tuple(self.input(t) for t in INPUT_TYPES)
 
     def type_of(self, topic: str) -> str | None:
-        for record_type in INPUT_TYPES:
-            if self.input(record_type) == topic:
-                return record_type
-        return None
+        return self._types.get(topic)
 
     @property
     def journal(self) -> str:
