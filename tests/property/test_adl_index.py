@@ -46,18 +46,30 @@ def engine_with(rows: list[dict[str, Any]], mark: dict[str, Decimal]) -> Engine:
     engine = processor.engine
     engine.marks.update(mark)
     for row in rows:
-        mode = "cross" if any(p.margin_mode == "cross" for p in engine.positions.of(row["account"])) else row["mode"]
-        cost = row["qty"] * row["entry"]
-        position = Position(row["account"], row["symbol"], row["qty"] * row["side"], cost, mode, D(10))
-        engine.positions.add(position)
-        engine.by_symbol[row["symbol"]][row["account"]] = position
-        upnl = position.unrealized_pnl(mark[row["symbol"]])
-        if mode == "isolated":
-            engine.ledger.balances[ledger.isolated(row["account"], row["symbol"])] = row["equity"] - upnl
-        else:  # the wallet makes this position's equity the drawn one (other cross positions move it further)
-            engine.ledger.balances[ledger.wallet(row["account"], "USDT")] = row["equity"] - upnl
-        engine.adl_index.touch(row["account"])
+        add_row(engine, row, mark)
     return engine
+
+
+def add_row(engine: Engine, row: dict[str, Any], mark: dict[str, Decimal]) -> None:
+    mode = "cross" if any(p.margin_mode == "cross" for p in engine.positions.of(row["account"])) else row["mode"]
+    cost = row["qty"] * row["entry"]
+    position = Position(row["account"], row["symbol"], row["qty"] * row["side"], cost, mode, D(10))
+    engine.positions.add(position)
+    engine.by_symbol[row["symbol"]][row["account"]] = position
+    upnl = position.unrealized_pnl(mark[row["symbol"]])
+    if mode == "isolated":
+        engine.ledger.balances[ledger.isolated(row["account"], row["symbol"])] = row["equity"] - upnl
+    else:  # the wallet makes this position's equity the drawn one (other cross positions move it further)
+        engine.ledger.balances[ledger.wallet(row["account"], "USDT")] = row["equity"] - upnl
+    engine.adl_index.touch(row["account"])
+
+
+def close_row(engine: Engine, account: str, symbol: str) -> None:
+    position = engine.positions.get(account, symbol)
+    if position is not None:
+        engine.positions.remove(position)
+        del engine.by_symbol[symbol][account]
+        engine.adl_index.touch(account)
 
 
 def head(queue: list[Any], qty: Decimal) -> list[tuple[str, Decimal, Decimal]]:
@@ -310,3 +322,37 @@ def test_refreshing_the_index_ahead_of_a_deleverage_changes_nothing_and_leaves_i
     binance = engine_with(rows, MARK)
     binance.adl_policy = AdlPolicy(rule="binance")
     assert binance.refresh_adl_index() is False  # only the BitMEX rule uses the index
+
+
+@given(tied_books(), st.lists(st.tuples(st.sampled_from(["nudge", "restore", "close", "join", "swap"]),
+                                        st.integers(0, 10**6), st.integers(1, 20000)), min_size=1, max_size=10))
+def test_ties_stay_right_through_deleverages_that_change_the_groups(rows: list[dict[str, Any]],
+                                                                    steps: list[tuple[str, int, int]]) -> None:
+    """The index keeps each tie group's account order between deleverages. Members leave (margin moved, position
+    closed) and come back (the margin moved back); new accounts join a group with ids that sort first, also into
+    a slot freed since the last deleverage: every deleverage still picks what ranking everything picks."""
+    engine = engine_with(rows, MARK)
+    mark = {"BTCUSDT": engine.marks["BTCUSDT"]}
+    engine._adl_top("BTCUSDT", "short", LOT["BTCUSDT"])  # the groups sorted once
+    joined, nudged = 0, rows[0]
+    first = sorted(rows, key=lambda r: r["account"])[:16]  # the accounts the deleverages reach
+    for action, pick, lots in steps:
+        row = first[pick % len(first)] if pick % 2 else rows[pick % len(rows)]
+        if action == "nudge":
+            nudged = row
+        elif action == "restore":
+            row = nudged
+        margin = (ledger.isolated(row["account"], "BTCUSDT") if row["mode"] == "isolated"
+                  else ledger.wallet(row["account"], "USDT"))
+        if action in ("nudge", "restore"):  # out of its group, or back into it
+            engine.ledger.post(ledger.external("USDT"), margin, D("0.01") if action == "nudge" else D("-0.01"))
+        if action in ("close", "swap"):
+            close_row(engine, row["account"], "BTCUSDT")
+        if action in ("join", "swap"):  # swap: the new account takes the slot just freed, before any deleverage
+            joined += 1
+            add_row(engine, dict(row, account=f"a{joined:04d}"), mark)
+        qty = lots * LOT["BTCUSDT"]
+        fast, count = engine._adl_top("BTCUSDT", "short", qty)
+        full = engine.adl_queue("BTCUSDT", "short")
+        assert count == len(full)
+        assert head(fast, qty) == head(full, qty)
