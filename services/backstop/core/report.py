@@ -59,14 +59,13 @@ def accounts(engine: Engine) -> dict[str, Any]:
             account_id, asset = name[len("wallet:"):].rsplit(":", 1)
             wallets.setdefault(account_id, {})[asset] = text(balance)
     result: dict[str, Any] = {}
-    with localcontext(CONTEXT):  # once for every position: a context per view cost more than some views
+    with localcontext(CONTEXT):  # once for the whole report: a context per position view cost more than some views
         for account_id in sorted(set(wallets) | set(engine.positions)):
             account_wallets = dict(sorted(wallets.get(account_id, {}).items()))
             memo: Exposures = {}
             positions = {p.symbol: _position(engine, p, memo) for p in engine.positions.in_symbol_order(account_id)}
             primary = next(iter(account_wallets.values()), "0")
             result[account_id] = {"wallet": primary, "wallets": account_wallets, "positions": positions}
-    with localcontext(CONTEXT):
         for fund_id in sorted(engine.funds):
             state = engine.funds[fund_id]
             inventory: dict[str, Any] = {}
