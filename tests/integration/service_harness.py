@@ -19,6 +19,7 @@ import orjson
 from backstop.entrypoints.kafka_tools import end_offsets, read_topic
 from backstop.pipeline.topics import TopicNames
 from backstop.service.app import running
+from backstop.service.ledger import LedgerProcessor
 from backstop.settings import Settings
 
 BACKSTOP = Path(sys.executable).parent / "backstop"
@@ -137,6 +138,18 @@ async def wait_caught_up(dsn: str, *, applied: int | None = None, ends: dict[tup
                              f"(want {ends}), {backlog} unpublished, head {dict(head) if head else None}")
     finally:
         await connection.close()
+
+
+async def wait_refreshed(processor: LedgerProcessor, timeout: float = 60) -> None:
+    """Until a full projection refresh (computed in a forked child) has been written as of the processor's seq."""
+    deadline = time.monotonic() + timeout
+    progress = processor.progress
+    while time.monotonic() < deadline:
+        if progress.seq and progress.refreshed_seq == progress.seq:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no full refresh at seq {progress.seq} in {timeout}s (last at {progress.refreshed_seq}, "
+                         f"error {progress.refresh_error})")
 
 
 async def input_ends(settings: Settings) -> dict[tuple[str, int], int]:

@@ -22,6 +22,7 @@ from service_harness import (
     stored,
     two_runs,
     wait_caught_up,
+    wait_refreshed,
 )
 
 from backstop.entrypoints.cli import main as cli
@@ -46,9 +47,10 @@ async def test_the_service_gives_what_backstop_replay_gives(example: Path, tmp_p
     # the full projection on every batch that finds the service caught up, so the last one is in the ADL queue table
     settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}{example.stem[:2]}.",
                             adl_refresh_event_ms=1)
-    async with in_process(settings):
+    async with in_process(settings) as (processor, _):
         await produce_file(settings, example)
         await wait_caught_up(migrated_database, applied=expected["summary"]["events_applied"])
+        await wait_refreshed(processor)
     have = await stored(migrated_database)
     await _projections_match(migrated_database, tmp_path / "replay", example)
     assert have["fund_ledger"] == expected["fund-ledger"]

@@ -4,8 +4,9 @@ Wallets are rewritten for the accounts batches touched, and positions for the (a
 touched plus every cross position of a touched account (a wallet change moves their liquidation and bankruptcy
 prices; an isolated position in another symbol did not change); funds every batch; fund lots when the
 inventory may have changed; the ADL queue (and every position's liquidation and bankruptcy price, which move with
-the marks) when RefreshCadence says so. Once caught up, touched rows go with every batch; catching up, they are
-collected (Touched) until the next full refresh or until the service has caught up.
+the marks) when RefreshCadence says so, as a FullRefresh that the service computes in a forked child. Once caught
+up, touched rows go with every batch; catching up, they are collected (Touched) until the next full refresh or
+until the service has caught up.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 from backstop.core import adl, ledger
 from backstop.core.engine import Engine, Exposures
@@ -129,6 +130,22 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
                 for f in engine.funds.values() for queue in f.lots.values() for lot in queue] \
             if inventory_changed else None
     return Projections(wallets, positions, closed, funds, lots, adl_rows(engine, seq) if refresh_all else None)
+
+
+class FullRefresh(NamedTuple):
+    """Every wallet and position row and the whole ADL queue, as of seq: what moves with the marks (and, after
+    funding, every wallet). The service computes it in a forked child (backstop.service.forked) and writes it over
+    the rows no newer than seq, so a row a later batch wrote is kept."""
+
+    seq: int
+    wallets: list[tuple[Any, ...]]
+    positions: list[tuple[Any, ...]]
+    adl_queue: list[tuple[Any, ...]]
+
+
+def full_refresh(engine: Engine) -> FullRefresh:
+    rows = build(engine, BatchResult(), refresh_all=True, touched=Touched.everything(engine))
+    return FullRefresh(engine.last_seq, rows.wallets, rows.positions, rows.adl_queue or [])
 
 
 def adl_rows(engine: Engine, seq: int) -> list[tuple[Any, ...]]:

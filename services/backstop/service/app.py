@@ -77,7 +77,9 @@ def create_app(settings: Settings) -> faust.App:
         ready = bool(processor and processor.progress.ready and relay and relay.ready)
         body = {"status": "ok" if ready else "starting", "ledger_ready": bool(processor and processor.progress.ready),
                 "relay_ready": bool(relay and relay.ready), "seq": processor.progress.seq if processor else 0,
-                "last_error": processor.progress.last_error if processor else None}
+                "last_error": processor.progress.last_error if processor else None,
+                "projections_refreshed_seq": processor.progress.refreshed_seq if processor else 0,
+                "projection_refresh_error": processor.progress.refresh_error if processor else None}
         return web.json(body, status=200 if ready else 503)
 
     @app.page("/metrics")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from backstop import faults
-from backstop.adapters.postgres.store import WRITER_LOCK, Head, Store
+from backstop.adapters.postgres.store import WRITER_LOCK, Head, RefreshCopy, Store
 from backstop.core import ledger
 from backstop.core.dedupe import Deduper
 from backstop.core.engine import Engine
@@ -34,6 +35,7 @@ from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch
 from backstop.pipeline.merge import Merger
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
+from backstop.service.forked import Forked, ForkFailed
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
 from backstop.wire.decode import decode_record
@@ -52,6 +54,50 @@ class Progress:
     last_error: str | None = None
     lag: dict[tuple[str, int], int] = field(default_factory=dict)
     adl_index_seq: int = 0  # the seq at which the ADL index was last refreshed while the input was idle
+    refreshed_seq: int = 0  # the seq of the last full projection refresh written (ADL queue, every position)
+    refresh_error: str | None = None  # why the last forked refresh failed (None once one has landed since)
+
+
+class BackgroundRefresh:
+    """The full projection refresh (projections.FullRefresh), computed in a forked child from the state as of the
+    batch that made it due, and handed to a later commit. One child at a time: a refresh due while one runs starts
+    once it has landed."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.wanted = False
+        self._child: Forked | None = None
+        self._started = 0.0
+
+    def start_if_wanted(self, engine: Engine) -> None:
+        """Only between engine steps: the child sees the state as it is now."""
+        if self.wanted and self._child is None:
+            self.wanted = False
+            self._started = time.perf_counter()
+            self._child = Forked.start(lambda: pickle.dumps(RefreshCopy.of(projections.full_refresh(engine))))
+
+    async def take(self) -> RefreshCopy | None:
+        """The finished child's rows, if it has finished (None while it runs, or if it failed: logged and counted,
+        and the next due refresh tries again)."""
+        child = self._child
+        if child is None or not child.done():
+            return None
+        self._child = None
+        try:
+            refresh: RefreshCopy = pickle.loads(await child.result())
+        except ForkFailed as error:
+            metrics.REFRESH_FAILURES.inc()
+            self.progress.refresh_error = str(error).splitlines()[-1]
+            log.error("full projection refresh failed: %s", error)
+            return None
+        metrics.REFRESH_SECONDS.observe(time.perf_counter() - self._started)
+        self.progress.refresh_error = None
+        return refresh
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.kill()
+            self._child = None
 
 
 async def rebuild(store: Store, *, check_conservation: bool) -> tuple[Processor, Head]:
@@ -101,6 +147,8 @@ class LedgerProcessor(SupervisedLoop):
             max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20, request_timeout_ms=30_000,
             ssl_context=settings.ssl_context(), **settings.kafka_client_options())
         await consumer.start()
+        refreshing = BackgroundRefresh(self.progress)
+        committing: asyncio.Task[None] | None = None
         try:
             merger = await self._assign(consumer, offsets)
             positions = (head.ledger_position, head.adl_position)
@@ -117,7 +165,6 @@ class LedgerProcessor(SupervisedLoop):
             touched = projections.Touched()
             # Batch N commits while batch N+1 is applied in memory. If a commit fails, the loop fails and the
             # supervisor rebuilds the engine from PostgreSQL, so the in-memory batch that ran ahead is dropped.
-            committing: asyncio.Task[None] | None = None
             while not self.stopping:
                 starved = merger.starved() if merger.full() else None
                 if starved is None or starved:
@@ -137,9 +184,11 @@ class LedgerProcessor(SupervisedLoop):
                     if committing is not None:  # nothing new: let the last commit land before idling
                         await committing
                         committing = None
-                    if touched:  # rows that waited while catching up, and the input went quiet: write them now
-                        await self._write_projections(processor, positions, touched)
+                    landed = await refreshing.take()
+                    if touched or landed is not None:  # rows that waited while catching up, or a refresh
+                        await self._write_projections(processor, positions, touched, landed)
                         touched = projections.Touched()
+                    refreshing.start_if_wanted(processor.engine)  # one that was due while the last one ran
                     now = time.monotonic()
                     quiet_since = now if quiet_since is None else quiet_since
                     # Quiet for a moment: the ADL index catches up with the trading so far now, not in the next
@@ -164,6 +213,8 @@ class LedgerProcessor(SupervisedLoop):
                 engine = processor.engine
                 caught_up = merger.drained()
                 refresh = cadence.due(result, engine.last_seq, caught_up=caught_up)
+                refreshing.wanted |= refresh
+                refreshing.start_if_wanted(engine)
                 touched.add(result)
                 write_touched = refresh or caught_up  # catching up, touched rows wait (projections.Touched)
                 positions = (positions[0] + len(result.fund_entries), positions[1] + len(result.adl_events))
@@ -173,8 +224,9 @@ class LedgerProcessor(SupervisedLoop):
                 if every and result.journal and engine.last_seq // every > expected // every:
                     document = {"engine": state_document(engine), "dedupe": processor.deduper.entries()}
                     snapshot = (engine.last_seq, state_hash(engine), canonical_json(document))
-                rows = await asyncio.to_thread(projections.build, engine, result, refresh_all=refresh,
+                rows = await asyncio.to_thread(projections.build, engine, result, refresh_all=False,
                                                touched=touched if write_touched else projections.Touched())
+                landed = await refreshing.take()
                 if write_touched:
                     touched = projections.Touched()
                 balances = {fund_id: float(engine.ledger.balance(ledger.fund(fund_id))) for fund_id in engine.funds}
@@ -183,23 +235,27 @@ class LedgerProcessor(SupervisedLoop):
                     await committing
                 committing = asyncio.create_task(self._commit(
                     expected, result, new_head, rows, snapshot, balances, started, len(batch),
-                    {"apply": applied_at - started, "project": projected_at - applied_at}))
+                    {"apply": applied_at - started, "project": projected_at - applied_at}, landed))
             if committing is not None:  # a clean stop lands the batch already applied
                 await committing
         finally:
+            refreshing.stop()
             if committing is not None and not committing.done():
                 committing.cancel()
             self.progress.ready = False
             await consumer.stop()
 
     async def _write_projections(self, processor: Processor, positions: tuple[int, int],
-                                 touched: projections.Touched | None) -> None:
-        """Projection rows alone, in their own transaction: `touched`, or every row (None)."""
+                                 touched: projections.Touched | None, refresh: RefreshCopy | None = None) -> None:
+        """Projection rows alone, in their own transaction: `touched` (and a refresh that landed), or every row
+        (None), computed here."""
         engine = processor.engine
         rows = await asyncio.to_thread(projections.build, engine, BatchResult(), refresh_all=touched is None,
                                        touched=projections.Touched.everything(engine) if touched is None else touched)
         await self._commit(processor.engine.last_seq, BatchResult(), self._head(processor, positions), rows, None,
-                           {}, time.perf_counter(), 0, {})
+                           {}, time.perf_counter(), 0, {}, refresh)
+        if touched is None:
+            self.progress.refreshed_seq = engine.last_seq
 
     @staticmethod
     def _head(processor: Processor, positions: tuple[int, int]) -> Head:
@@ -209,12 +265,14 @@ class LedgerProcessor(SupervisedLoop):
 
     async def _commit(self, expected: int, result: BatchResult, head: Head, rows: projections.Projections,
                       snapshot: tuple[int, str, bytes] | None, fund_balances: dict[str, float], started: float,
-                      consumed: int, phases_ms: dict[str, float]) -> None:
+                      consumed: int, phases_ms: dict[str, float], refresh: RefreshCopy | None = None) -> None:
         """One batch in one transaction; the head's expected seq guards against a second writer."""
         committing_at = time.perf_counter()
         async with self.store.pool.acquire() as connection:
             await self.store.write_batch(connection, expected_seq=expected, result=result, head=head,
-                                         projections=rows, snapshot=snapshot)
+                                         projections=rows, snapshot=snapshot, refresh=refresh)
+        if refresh is not None:
+            self.progress.refreshed_seq = refresh.seq
         self.on_commit()
         faults.reached("after_commit")
         if consumed:  # not for rows written alone (projections that waited)

@@ -6,7 +6,8 @@ journal head it extends is the one it read (fencing), so a stale writer can neve
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import io
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -17,7 +18,7 @@ from backstop import faults
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.pipeline.ingest import BatchResult
-from backstop.pipeline.projections import Projections
+from backstop.pipeline.projections import FullRefresh, Projections
 
 WRITER_LOCK = 0x62616B77726974  # one ledger processor per database
 RELAY_LOCK = 0x62616B72656C61  # one outbox relay per database
@@ -41,6 +42,36 @@ class OutboxRow(NamedTuple):  # one per published record: a NamedTuple is built 
     key: str
     record_id: str
     payload: str
+
+
+WALLET_COLUMNS = ["account_id", "asset", "wallet", "seq"]
+POSITION_COLUMNS = ["account_id", "symbol", "qty", "entry_price", "margin_mode", "leverage", "isolated_margin",
+                    "mark_price", "liquidation_price", "bankruptcy_price", "seq"]
+ADL_QUEUE_COLUMNS = ["symbol", "side", "account_id", "rank", "score", "quantile", "seq"]
+
+# COPY's text format: a tab between columns, \N for NULL, and these escaped inside a value.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_text(rows: Iterable[tuple[Any, ...]]) -> bytes:
+    """Rows of str, int, Decimal and None as COPY text (a Decimal's str is a valid numeric, exponent and all)."""
+    return "".join("\t".join("\\N" if value is None else str(value).translate(_COPY_ESCAPES) for value in row) + "\n"
+                   for row in rows).encode()
+
+
+class RefreshCopy(NamedTuple):
+    """A FullRefresh as COPY text, one blob per table: what the forked child sends back, so that the parent only
+    passes bytes on to the server and never builds a row."""
+
+    seq: int
+    wallets: bytes
+    positions: bytes
+    adl_queue: bytes
+
+    @classmethod
+    def of(cls, refresh: FullRefresh) -> RefreshCopy:
+        return cls(refresh.seq, copy_text(refresh.wallets), copy_text(refresh.positions),
+                   copy_text(refresh.adl_queue))
 
 
 async def _upsert(connection: asyncpg.Connection, table: str, columns: list[str], key_columns: int,
@@ -112,7 +143,8 @@ class Store:
 
     # ---------------------------------------------------------------- the batch transaction
     async def write_batch(self, connection: asyncpg.Connection, *, expected_seq: int, result: BatchResult,
-                          head: Head, projections: Projections, snapshot: tuple[int, str, bytes] | None) -> None:
+                          head: Head, projections: Projections, snapshot: tuple[int, str, bytes] | None,
+                          refresh: RefreshCopy | None = None) -> None:
         async with connection.transaction():
             current = await connection.fetchval("SELECT seq FROM engine_head FOR UPDATE")
             if (current or 0) != expected_seq:
@@ -120,6 +152,8 @@ class Store:
                                          f"another writer is active")
             await self._append(connection, result, head)
             await self._project(connection, projections)
+            if refresh is not None:
+                await self._write_refresh(connection, refresh)
             await connection.executemany(
                 "INSERT INTO consumed_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) "
                 "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
@@ -178,15 +212,13 @@ class Store:
                                                             for m in result.outbox])
 
     async def _project(self, connection: asyncpg.Connection, projections: Projections) -> None:
-        await _upsert(connection, "account_wallets", ["account_id", "asset", "wallet", "seq"], 2, projections.wallets)
+        await _upsert(connection, "account_wallets", WALLET_COLUMNS, 2, projections.wallets)
         if projections.closed_positions:
             await connection.execute(
                 "DELETE FROM positions p USING unnest($1::text[], $2::text[]) AS c(account_id, symbol) "
                 "WHERE p.account_id = c.account_id AND p.symbol = c.symbol",
                 [a for a, _ in projections.closed_positions], [s for _, s in projections.closed_positions])
-        await _upsert(connection, "positions", [
-            "account_id", "symbol", "qty", "entry_price", "margin_mode", "leverage", "isolated_margin", "mark_price",
-            "liquidation_price", "bankruptcy_price", "seq"], 2, projections.positions)
+        await _upsert(connection, "positions", POSITION_COLUMNS, 2, projections.positions)
         await _upsert(connection, "funds", [
             "fund_id", "settle_asset", "surplus", "max_inventory_ratio", "balance", "bad_debt", "inventory_notional",
             "seq"], 1, projections.funds)
@@ -197,8 +229,26 @@ class Store:
                 "liquidated_account", "seq"])
         if projections.adl_queue is not None:
             await connection.execute("DELETE FROM adl_queue")
-            await connection.copy_records_to_table("adl_queue", records=projections.adl_queue, columns=[
-                "symbol", "side", "account_id", "rank", "score", "quantile", "seq"])
+            await connection.copy_records_to_table("adl_queue", records=projections.adl_queue,
+                                                   columns=ADL_QUEUE_COLUMNS)
+
+    @staticmethod
+    async def _write_refresh(connection: asyncpg.Connection, refresh: RefreshCopy) -> None:
+        """A full refresh as of refresh.seq: wallet and position rows updated where no later batch has written
+        them (a row that does not exist stays so: new and closed rows are the batches' to write), and the ADL
+        queue replaced."""
+        for table, columns, data in (("account_wallets", WALLET_COLUMNS, refresh.wallets),
+                                     ("positions", POSITION_COLUMNS, refresh.positions)):
+            staging = f"refresh_{table}"
+            await connection.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
+            await connection.copy_to_table(staging, source=io.BytesIO(data), columns=columns, format="text")
+            updates = ", ".join(f"{c} = r.{c}" for c in columns[2:])
+            await connection.execute(
+                f"UPDATE {table} t SET {updates} FROM {staging} r WHERE t.{columns[0]} = r.{columns[0]} "
+                f"AND t.{columns[1]} = r.{columns[1]} AND t.seq <= r.seq")
+        await connection.execute("DELETE FROM adl_queue")
+        await connection.copy_to_table("adl_queue", source=io.BytesIO(refresh.adl_queue), columns=ADL_QUEUE_COLUMNS,
+                                       format="text")
 
     async def record_state_hash(self, seq: int, value: str) -> None:
         """The state hash at seq, written only if the journal head is still at seq."""
