@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -184,7 +185,8 @@ def _percentiles(seconds: Any) -> dict[str, float]:
             "max_ms": round(values[-1] * 1000, 1)}
 
 
-async def run_async(rate: int, seconds: float, probes_per_second: int, shorts: int = SHORTS) -> dict[str, Any]:
+async def run_async(rate: int, seconds: float, probes_per_second: int, shorts: int = SHORTS,
+                    serve_log: Path | None = None) -> dict[str, Any]:
     run_id = secrets.token_hex(3)
     database = f"backstop_latency_{run_id}"
     settings = Settings(kafka_bootstrap=os.environ.get("BACKSTOP_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
@@ -212,7 +214,11 @@ async def run_async(rate: int, seconds: float, probes_per_second: int, shorts: i
                 settings.topic_prefix).inputs)), timeout=300)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
                 assert response.status == 200
-            result = await measure(settings, rate, seconds, probes_per_second)
+            try:
+                result = await measure(settings, rate, seconds, probes_per_second)
+            finally:
+                if serve_log is not None:
+                    shutil.copyfile(log, serve_log)
     finally:
         if process is not None:
             process.terminate()
@@ -224,10 +230,12 @@ async def run_async(rate: int, seconds: float, probes_per_second: int, shorts: i
     return result
 
 
-def run(rates: list[int], seconds: float, probes_per_second: int, shorts: int = SHORTS) -> dict[str, Any]:
+def run(rates: list[int], seconds: float, probes_per_second: int, shorts: int = SHORTS,
+        serve_log: Path | None = None) -> dict[str, Any]:
     figures, runs = [], {}
     for rate in rates:
-        result = asyncio.run(run_async(rate, seconds, probes_per_second, shorts))
+        log = None if serve_log is None else serve_log.with_name(f"{serve_log.stem}-{rate}{serve_log.suffix}")
+        result = asyncio.run(run_async(rate, seconds, probes_per_second, shorts, log))
         runs[f"rate_{rate}"] = result
         for name in ("p50_ms", "p99_ms", "max_ms"):
             hop = result[f"hop_{name}"]
@@ -248,9 +256,10 @@ def main() -> None:
     parser.add_argument("--probes-per-second", type=int, default=10)
     parser.add_argument("--counterparties", type=int, default=SHORTS,
                         help="open BTC shorts on the other side (the state the service holds); default 1000")
+    parser.add_argument("--serve-log", type=Path, help="keep the service's log here (one file per rate)")
     args = parser.parse_args()
-    print(json.dumps(run(args.rate or [20000, 1000], args.seconds, args.probes_per_second, args.counterparties),
-                     indent=2))
+    print(json.dumps(run(args.rate or [20000, 1000], args.seconds, args.probes_per_second, args.counterparties,
+                         args.serve_log), indent=2))
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ async def wait_refreshed(processor: LedgerProcessor, timeout: float = 60) -> Non
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"no full refresh at seq {progress.seq} in {timeout}s (last at {progress.refreshed_seq}, "
-                         f"error {progress.refresh_error})")
+                         f"errors {progress.background_errors})")
 
 
 async def input_ends(settings: Settings) -> dict[tuple[str, int], int]:

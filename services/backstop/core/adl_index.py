@@ -293,6 +293,11 @@ class AdlIndex:
         """Whether accounts were touched since the last refresh."""
         return bool(self._dirty)
 
+    @property
+    def pending(self) -> int:
+        """How many accounts the next refresh rewrites (besides those behind the ledger's touched accounts)."""
+        return len(self._dirty)
+
     def touch_ledger_accounts(self, names: Iterable[str]) -> None:
         """Mark the traders behind wallet:<account>:<asset> and isolated:<account>:<symbol> ledger accounts."""
         for name in names:  # (ledger.wallet_owner inline: a call per name made the first build 5% slower)

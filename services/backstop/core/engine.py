@@ -576,6 +576,10 @@ class Engine:
         index.refresh(self.positions, self._margin_base, lambda s: self.instruments[s].settle_asset)
         return True
 
+    def adl_index_backlog(self) -> int:
+        """About how many accounts the next refresh_adl_index rewrites (ledger accounts touched count one each)."""
+        return self.adl_index.pending + len(self.ledger.touched)
+
     def _ranked(self, position: Position) -> adl.Ranked:
         """adl.rank_position, remembered while the mark and the position's own numbers stay the same: a block of
         deleverages at one mark re-ranks the same candidates many times. Only for positions whose rank depends on

@@ -17,11 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
+import pickle
 import signal
+import time
 import traceback
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Generic, NoReturn, TypeVar
+
+from backstop.service import metrics
+
+log = logging.getLogger("backstop.ledger")
+T = TypeVar("T")
 
 OK, FAILED = b"0", b"1"
 
@@ -70,6 +78,49 @@ class Forked:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+
+
+class Background(Generic[T]):
+    """One kind of whole-state work (a full projection refresh, a snapshot) in forked children, one at a time: wanted
+    when due, started between engine steps, its result taken by a later commit. Work due while a child runs starts
+    once that child's result has been taken. A child that fails is logged, counted and recorded in `errors` (until
+    one succeeds); the next due run tries again."""
+
+    def __init__(self, kind: str, errors: dict[str, str]) -> None:
+        self.kind = kind
+        self.wanted = False
+        self._errors = errors
+        self._child: Forked | None = None
+        self._started = 0.0
+
+    def start_if_wanted(self, work: Callable[[], T]) -> None:
+        """Only between engine steps: the child sees the state as it is now."""
+        if self.wanted and self._child is None:
+            self.wanted = False
+            self._started = time.perf_counter()
+            self._child = Forked.start(lambda: pickle.dumps(work()))
+
+    async def take(self) -> T | None:
+        """The result, once the child has finished (None while it runs, and if it failed)."""
+        child = self._child
+        if child is None or not child.done():
+            return None
+        self._child = None
+        try:
+            result: T = pickle.loads(await child.result())  # bytes from our own child, never from input
+        except ForkFailed as error:
+            metrics.BACKGROUND_FAILURES.labels(self.kind).inc()
+            self._errors[self.kind] = str(error).splitlines()[-1]
+            log.error("forked %s failed: %s", self.kind, error)
+            return None
+        metrics.BACKGROUND_SECONDS.labels(self.kind).observe(time.perf_counter() - self._started)
+        self._errors.pop(self.kind, None)
+        return result
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.kill()
+            self._child = None
 
 
 def _read_and_reap(read_fd: int, pid: int) -> tuple[bytes, int]:

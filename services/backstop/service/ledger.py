@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,13 +34,14 @@ from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch
 from backstop.pipeline.merge import Merger
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
-from backstop.service.forked import Forked, ForkFailed
+from backstop.service.forked import Background
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
 from backstop.wire.decode import decode_record
 
 log = logging.getLogger("backstop.ledger")
 ADL_INDEX_QUIET_S = 0.1  # input quiet this long: refresh the ADL index ahead of the next deleverage
+ADL_INDEX_BACKLOG = 10_000  # caught up with this many accounts touched since the index's last refresh: refresh it
 
 
 @dataclass(slots=True)
@@ -55,49 +55,60 @@ class Progress:
     lag: dict[tuple[str, int], int] = field(default_factory=dict)
     adl_index_seq: int = 0  # the seq at which the ADL index was last refreshed while the input was idle
     refreshed_seq: int = 0  # the seq of the last full projection refresh written (ADL queue, every position)
-    refresh_error: str | None = None  # why the last forked refresh failed (None once one has landed since)
+    snapshot_seq: int = 0  # the seq of the last snapshot written
+    background_errors: dict[str, str] = field(default_factory=dict)  # forked work that failed, by kind
 
 
-class BackgroundRefresh:
-    """The full projection refresh (projections.FullRefresh), computed in a forked child from the state as of the
-    batch that made it due, and handed to a later commit. One child at a time: a refresh due while one runs starts
-    once it has landed."""
+Snapshot = tuple[int, str, bytes]  # (seq, state hash, canonical JSON of the engine's state and the deduper's)
 
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.wanted = False
-        self._child: Forked | None = None
-        self._started = 0.0
 
-    def start_if_wanted(self, engine: Engine) -> None:
-        """Only between engine steps: the child sees the state as it is now."""
-        if self.wanted and self._child is None:
-            self.wanted = False
-            self._started = time.perf_counter()
-            self._child = Forked.start(lambda: pickle.dumps(RefreshCopy.of(projections.full_refresh(engine))))
+def snapshot_of(processor: Processor) -> Snapshot:
+    engine = processor.engine
+    document = {"engine": state_document(engine), "dedupe": processor.deduper.entries()}
+    return engine.last_seq, state_hash(engine), canonical_json(document)
 
-    async def take(self) -> RefreshCopy | None:
-        """The finished child's rows, if it has finished (None while it runs, or if it failed: logged and counted,
-        and the next due refresh tries again)."""
-        child = self._child
-        if child is None or not child.done():
-            return None
-        self._child = None
-        try:
-            refresh: RefreshCopy = pickle.loads(await child.result())
-        except ForkFailed as error:
-            metrics.REFRESH_FAILURES.inc()
-            self.progress.refresh_error = str(error).splitlines()[-1]
-            log.error("full projection refresh failed: %s", error)
-            return None
-        metrics.REFRESH_SECONDS.observe(time.perf_counter() - self._started)
-        self.progress.refresh_error = None
-        return refresh
+
+class WriteBehind:
+    """Writes what forked children computed (backstop.service.forked) beside the batch commits, one write at a
+    time, in transactions of its own: a full refresh is ~2 s of PostgreSQL's time at 100,000 positions, which in a
+    batch's transaction held up every batch behind it. Of work that lands while a write runs, the newest of each
+    kind waits for the next. A snapshot at seq S is written only once batch S has committed (recovery starts
+    from the latest snapshot); a failed write fails the loop, as a failed commit does."""
+
+    def __init__(self, store: Store, progress: Progress) -> None:
+        self.store, self.progress = store, progress
+        self._refresh: RefreshCopy | None = None
+        self._snapshot: Snapshot | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def hand(self, refresh: RefreshCopy | None, snapshot: Snapshot | None) -> None:
+        if refresh is not None:
+            self._refresh = refresh
+        if snapshot is not None:
+            self._snapshot = snapshot
+        if self._task is not None:
+            if not self._task.done():
+                return
+            await self._task  # raises what the write raised
+            self._task = None
+        snapshot = self._snapshot
+        ready = snapshot if snapshot is not None and snapshot[0] <= self.progress.seq else None  # batch S committed
+        if self._refresh is not None or ready is not None:
+            self._task = asyncio.create_task(self._write(self._refresh, ready))
+            self._refresh = None
+            self._snapshot = None if ready is not None else snapshot
+
+    async def _write(self, refresh: RefreshCopy | None, snapshot: Snapshot | None) -> None:
+        if refresh is not None:
+            await self.store.write_refresh(refresh)
+            self.progress.refreshed_seq = refresh.seq
+        if snapshot is not None:
+            await self.store.write_snapshot(*snapshot)
+            self.progress.snapshot_seq = snapshot[0]
 
     def stop(self) -> None:
-        if self._child is not None:
-            self._child.kill()
-            self._child = None
+        if self._task is not None:
+            self._task.cancel()  # a full refresh is rewritten at the next start; a snapshot is only a shortcut
 
 
 async def rebuild(store: Store, *, check_conservation: bool) -> tuple[Processor, Head]:
@@ -147,7 +158,10 @@ class LedgerProcessor(SupervisedLoop):
             max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20, request_timeout_ms=30_000,
             ssl_context=settings.ssl_context(), **settings.kafka_client_options())
         await consumer.start()
-        refreshing = BackgroundRefresh(self.progress)
+        # Whole-state work runs in forked children (backstop.service.forked), off the batches' path.
+        refreshing: Background[RefreshCopy] = Background("projection refresh", self.progress.background_errors)
+        snapshotting: Background[Snapshot] = Background("snapshot", self.progress.background_errors)
+        behind = WriteBehind(self.store, self.progress)
         committing: asyncio.Task[None] | None = None
         try:
             merger = await self._assign(consumer, offsets)
@@ -184,11 +198,11 @@ class LedgerProcessor(SupervisedLoop):
                     if committing is not None:  # nothing new: let the last commit land before idling
                         await committing
                         committing = None
-                    landed = await refreshing.take()
-                    if touched or landed is not None:  # rows that waited while catching up, or a refresh
-                        await self._write_projections(processor, positions, touched, landed)
+                    if touched:  # rows that waited while catching up, and the input went quiet: write them now
+                        await self._write_projections(processor, positions, touched)
                         touched = projections.Touched()
-                    refreshing.start_if_wanted(processor.engine)  # one that was due while the last one ran
+                    await behind.hand(await refreshing.take(), await snapshotting.take())
+                    self._start_due(processor, refreshing, snapshotting)  # work due while the last child ran
                     now = time.monotonic()
                     quiet_since = now if quiet_since is None else quiet_since
                     # Quiet for a moment: the ADL index catches up with the trading so far now, not in the next
@@ -212,48 +226,59 @@ class LedgerProcessor(SupervisedLoop):
                 applied_at = time.perf_counter()
                 engine = processor.engine
                 caught_up = merger.drained()
-                refresh = cadence.due(result, engine.last_seq, caught_up=caught_up)
-                refreshing.wanted |= refresh
-                refreshing.start_if_wanted(engine)
+                refresh_due = cadence.due(result, engine.last_seq, caught_up=caught_up)
+                refreshing.wanted |= refresh_due
+                every = settings.snapshot_every_events
+                snapshotting.wanted |= bool(every and result.journal and engine.last_seq // every > expected // every)
+                self._start_due(processor, refreshing, snapshotting)  # before anything else can move the engine
                 touched.add(result)
-                write_touched = refresh or caught_up  # catching up, touched rows wait (projections.Touched)
+                write_touched = refresh_due or caught_up  # catching up, touched rows wait (projections.Touched)
                 positions = (positions[0] + len(result.fund_entries), positions[1] + len(result.adl_events))
                 new_head = self._head(processor, positions)
-                snapshot = None
-                every = settings.snapshot_every_events
-                if every and result.journal and engine.last_seq // every > expected // every:
-                    document = {"engine": state_document(engine), "dedupe": processor.deduper.entries()}
-                    snapshot = (engine.last_seq, state_hash(engine), canonical_json(document))
                 rows = await asyncio.to_thread(projections.build, engine, result, refresh_all=False,
                                                touched=touched if write_touched else projections.Touched())
-                landed = await refreshing.take()
                 if write_touched:
                     touched = projections.Touched()
                 balances = {fund_id: float(engine.ledger.balance(ledger.fund(fund_id))) for fund_id in engine.funds}
                 projected_at = time.perf_counter()
                 if committing is not None:
                     await committing
+                await behind.hand(await refreshing.take(), await snapshotting.take())
                 committing = asyncio.create_task(self._commit(
-                    expected, result, new_head, rows, snapshot, balances, started, len(batch),
-                    {"apply": applied_at - started, "project": projected_at - applied_at}, landed))
+                    expected, result, new_head, rows, balances, started, len(batch),
+                    {"apply": applied_at - started, "project": projected_at - applied_at}))
+                # Caught up after a backlog (a restart, a burst): the index catches up now, beside this batch's commit,
+                # not in the path of the first deleverage (~1 s per 100,000 accounts). A live stream seldom pauses
+                # for ADL_INDEX_QUIET_S, and small backlogs are left to the deleverage.
+                if caught_up and engine.adl_index_backlog() >= ADL_INDEX_BACKLOG and await asyncio.to_thread(
+                        engine.refresh_adl_index):
+                    self.progress.adl_index_seq = engine.last_seq
             if committing is not None:  # a clean stop lands the batch already applied
                 await committing
         finally:
             refreshing.stop()
+            snapshotting.stop()
+            behind.stop()
             if committing is not None and not committing.done():
                 committing.cancel()
             self.progress.ready = False
             await consumer.stop()
 
+    @staticmethod
+    def _start_due(processor: Processor, refreshing: Background[RefreshCopy],
+                   snapshotting: Background[Snapshot]) -> None:
+        engine = processor.engine
+        refreshing.start_if_wanted(lambda: RefreshCopy.of(projections.full_refresh(engine)))
+        snapshotting.start_if_wanted(lambda: snapshot_of(processor))
+
     async def _write_projections(self, processor: Processor, positions: tuple[int, int],
-                                 touched: projections.Touched | None, refresh: RefreshCopy | None = None) -> None:
-        """Projection rows alone, in their own transaction: `touched` (and a refresh that landed), or every row
-        (None), computed here."""
+                                 touched: projections.Touched | None) -> None:
+        """Projection rows alone, in their own transaction: `touched`, or every row (None)."""
         engine = processor.engine
         rows = await asyncio.to_thread(projections.build, engine, BatchResult(), refresh_all=touched is None,
                                        touched=projections.Touched.everything(engine) if touched is None else touched)
-        await self._commit(processor.engine.last_seq, BatchResult(), self._head(processor, positions), rows, None,
-                           {}, time.perf_counter(), 0, {}, refresh)
+        await self._commit(processor.engine.last_seq, BatchResult(), self._head(processor, positions), rows, {},
+                           time.perf_counter(), 0, {})
         if touched is None:
             self.progress.refreshed_seq = engine.last_seq
 
@@ -264,15 +289,13 @@ class LedgerProcessor(SupervisedLoop):
                     processor.rejected, *positions)
 
     async def _commit(self, expected: int, result: BatchResult, head: Head, rows: projections.Projections,
-                      snapshot: tuple[int, str, bytes] | None, fund_balances: dict[str, float], started: float,
-                      consumed: int, phases_ms: dict[str, float], refresh: RefreshCopy | None = None) -> None:
+                      fund_balances: dict[str, float], started: float, consumed: int,
+                      phases_ms: dict[str, float]) -> None:
         """One batch in one transaction; the head's expected seq guards against a second writer."""
         committing_at = time.perf_counter()
         async with self.store.pool.acquire() as connection:
             await self.store.write_batch(connection, expected_seq=expected, result=result, head=head,
-                                         projections=rows, snapshot=snapshot, refresh=refresh)
-        if refresh is not None:
-            self.progress.refreshed_seq = refresh.seq
+                                         projections=rows)
         self.on_commit()
         faults.reached("after_commit")
         if consumed:  # not for rows written alone (projections that waited)

@@ -27,8 +27,8 @@ OUTBOX_BACKLOG = Gauge("backstop_outbox_backlog", "Outbox rows not yet published
 RELAY_PUBLISHED = Counter("backstop_relay_published_total", "Records published by the outbox relay", ["topic"],
                           registry=REGISTRY)
 RESTARTS = Counter("backstop_loop_restarts_total", "Loop restarts after an error", ["loop"], registry=REGISTRY)
-REFRESH_SECONDS = Histogram("backstop_projection_refresh_seconds",
-                            "Full projection refresh, from the fork to its rows handed to a commit", registry=REGISTRY,
-                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-REFRESH_FAILURES = Counter("backstop_projection_refresh_failures_total",
-                           "Full projection refreshes whose forked child did not deliver", registry=REGISTRY)
+BACKGROUND_SECONDS = Histogram("backstop_background_seconds", "Forked whole-state work (refresh, snapshot), from the "
+                               "fork to its result taken", ["kind"], registry=REGISTRY,
+                               buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+BACKGROUND_FAILURES = Counter("backstop_background_failures_total", "Forked whole-state work whose child did not "
+                              "deliver", ["kind"], registry=REGISTRY)

@@ -59,6 +59,9 @@ def copy_text(rows: Iterable[tuple[Any, ...]]) -> bytes:
                    for row in rows).encode()
 
 
+REFRESH_CHUNK_ROWS = 5000  # rows per transaction of a full refresh: a batch waits on its locks that long at most
+
+
 class RefreshCopy(NamedTuple):
     """A FullRefresh as COPY text, one blob per table: what the forked child sends back, so that the parent only
     passes bytes on to the server and never builds a row."""
@@ -85,8 +88,10 @@ async def _upsert(connection: asyncpg.Connection, table: str, columns: list[str]
     await connection.copy_records_to_table(staging, records=rows, columns=columns)
     names = ", ".join(columns)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[key_columns:])
-    await connection.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} "
-                             f"ON CONFLICT ({', '.join(columns[:key_columns])}) DO UPDATE SET {updates}")
+    keys = ", ".join(columns[:key_columns])
+    # in key order: rows are locked in the order a full refresh locks them (Store.write_refresh), so no deadlock
+    await connection.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} ORDER BY {keys} "
+                             f"ON CONFLICT ({keys}) DO UPDATE SET {updates}")
 
 
 class Store:
@@ -143,8 +148,7 @@ class Store:
 
     # ---------------------------------------------------------------- the batch transaction
     async def write_batch(self, connection: asyncpg.Connection, *, expected_seq: int, result: BatchResult,
-                          head: Head, projections: Projections, snapshot: tuple[int, str, bytes] | None,
-                          refresh: RefreshCopy | None = None) -> None:
+                          head: Head, projections: Projections) -> None:
         async with connection.transaction():
             current = await connection.fetchval("SELECT seq FROM engine_head FOR UPDATE")
             if (current or 0) != expected_seq:
@@ -152,25 +156,15 @@ class Store:
                                          f"another writer is active")
             await self._append(connection, result, head)
             await self._project(connection, projections)
-            if refresh is not None:
-                await self._write_refresh(connection, refresh)
             await connection.executemany(
                 "INSERT INTO consumed_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) "
                 "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
                 [(t, p, o) for (t, p), o in sorted(result.next_offsets.items())])
-            await connection.execute(
-                "INSERT INTO engine_head (singleton, seq, head_hash, ledger_head, adl_head, duplicates, rejected, "
-                "state_hash, state_hash_seq) VALUES (true, $1::bigint, $2, $3, $4, $5, $6, $7::text, "
-                "CASE WHEN $7::text IS NULL THEN NULL ELSE $1::bigint END) ON CONFLICT (singleton) DO UPDATE SET "
-                "seq = $1, head_hash = $2, ledger_head = $3, adl_head = $4, duplicates = $5, rejected = $6, "
-                "state_hash = coalesce($7, engine_head.state_hash), "
-                "state_hash_seq = CASE WHEN $7::text IS NULL THEN engine_head.state_hash_seq ELSE $1::bigint END",
-                head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected,
-                snapshot[1] if snapshot else None)
-            if snapshot is not None:
-                await connection.execute(
-                    "INSERT INTO snapshots (seq, state_hash, document) VALUES ($1, $2, $3)",
-                    snapshot[0], snapshot[1], snapshot[2].decode())
+            await connection.execute(  # the state hash at the head is recorded apart (record_state_hash)
+                "INSERT INTO engine_head (singleton, seq, head_hash, ledger_head, adl_head, duplicates, rejected) "
+                "VALUES (true, $1, $2, $3, $4, $5, $6) ON CONFLICT (singleton) DO UPDATE SET seq = $1, "
+                "head_hash = $2, ledger_head = $3, adl_head = $4, duplicates = $5, rejected = $6",
+                head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected)
             faults.reached("in_transaction")
 
     async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head) -> None:
@@ -232,23 +226,39 @@ class Store:
             await connection.copy_records_to_table("adl_queue", records=projections.adl_queue,
                                                    columns=ADL_QUEUE_COLUMNS)
 
-    @staticmethod
-    async def _write_refresh(connection: asyncpg.Connection, refresh: RefreshCopy) -> None:
-        """A full refresh as of refresh.seq: wallet and position rows updated where no later batch has written
-        them (a row that does not exist stays so: new and closed rows are the batches' to write), and the ADL
-        queue replaced."""
-        for table, columns, data in (("account_wallets", WALLET_COLUMNS, refresh.wallets),
-                                     ("positions", POSITION_COLUMNS, refresh.positions)):
-            staging = f"refresh_{table}"
-            await connection.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
-            await connection.copy_to_table(staging, source=io.BytesIO(data), columns=columns, format="text")
-            updates = ", ".join(f"{c} = r.{c}" for c in columns[2:])
-            await connection.execute(
-                f"UPDATE {table} t SET {updates} FROM {staging} r WHERE t.{columns[0]} = r.{columns[0]} "
-                f"AND t.{columns[1]} = r.{columns[1]} AND t.seq <= r.seq")
-        await connection.execute("DELETE FROM adl_queue")
-        await connection.copy_to_table("adl_queue", source=io.BytesIO(refresh.adl_queue), columns=ADL_QUEUE_COLUMNS,
-                                       format="text")
+    # ---------------------------------------------------------------- written behind the batches
+    async def write_refresh(self, refresh: RefreshCopy, *, chunk_rows: int = REFRESH_CHUNK_ROWS) -> None:
+        """A full refresh as of refresh.seq, beside the batch transactions: wallet and position rows updated where
+        no later batch has written them (a row that does not exist stays so: new and closed rows are the batches'
+        to write), in short transactions that lock rows in key order as the batches do; then the ADL queue,
+        which only full refreshes write, replaced in one transaction."""
+        async with self.pool.acquire() as connection:
+            for table, columns, data in (("account_wallets", WALLET_COLUMNS, refresh.wallets),
+                                         ("positions", POSITION_COLUMNS, refresh.positions)):
+                staging = f"refresh_{table}"
+                keys = f"t.{columns[0]} = r.{columns[0]} AND t.{columns[1]} = r.{columns[1]}"
+                updates = ", ".join(f"{c} = r.{c}" for c in columns[2:])
+                lines = data.split(b"\n")[:-1]  # a raw newline only ends a row (copy_text escapes the rest)
+                for start in range(0, len(lines), chunk_rows):
+                    async with connection.transaction():
+                        await connection.execute(
+                            f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
+                        chunk = b"".join(line + b"\n" for line in lines[start:start + chunk_rows])
+                        await connection.copy_to_table(staging, source=io.BytesIO(chunk), columns=columns,
+                                                       format="text")
+                        await connection.execute(f"SELECT 1 FROM {table} t JOIN {staging} r ON {keys} "
+                                                 f"ORDER BY t.{columns[0]}, t.{columns[1]} FOR UPDATE OF t")
+                        await connection.execute(f"UPDATE {table} t SET {updates} FROM {staging} r "
+                                                 f"WHERE {keys} AND t.seq <= r.seq")
+            async with connection.transaction():
+                await connection.execute("DELETE FROM adl_queue")
+                await connection.copy_to_table("adl_queue", source=io.BytesIO(refresh.adl_queue),
+                                               columns=ADL_QUEUE_COLUMNS, format="text")
+
+    async def write_snapshot(self, seq: int, state_hash: str, document: bytes) -> None:
+        """Only once the journal up to seq is committed: recovery starts from the latest snapshot."""
+        await self.pool.execute("INSERT INTO snapshots (seq, state_hash, document) VALUES ($1, $2, $3)",
+                                seq, state_hash, document.decode())
 
     async def record_state_hash(self, seq: int, value: str) -> None:
         """The state hash at seq, written only if the journal head is still at seq."""

@@ -1,6 +1,6 @@
-"""The full projection refresh, computed in a forked child (backstop.service.forked) and written by a later commit:
-it never overwrites a row a newer batch wrote, it holds the engine's exact numbers and ranking, and a child that
-dies is reported while the service goes on."""
+"""Whole-state work in forked children (backstop.service.forked), written behind the batches: the full projection
+refresh never overwrites a row a newer batch wrote and holds the engine's exact numbers and ranking; a child that
+dies is reported while the service goes on; a snapshot is the state at its seq."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import asyncpg
 import orjson
 from service_harness import in_process, settings_for, wait_caught_up, wait_refreshed
 
-from backstop.adapters.postgres.store import Head, RefreshCopy, Store
+from backstop.adapters.postgres.store import RefreshCopy, Store
 from backstop.core.engine import Engine
 from backstop.core.processor import Processor
+from backstop.core.snapshot import restore, state_hash
 from backstop.entrypoints.kafka_tools import produce_file
-from backstop.pipeline.ingest import BatchResult
-from backstop.pipeline.projections import FullRefresh, Projections, adl_rows, full_refresh
+from backstop.pipeline.projections import FullRefresh, adl_rows, full_refresh
 from backstop.service import metrics
 from backstop.service.app import ensure_topics
 from backstop.wire.decode import decode_record
@@ -52,10 +52,7 @@ async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_th
                  _position("absent", 5, "2")],
                 [("BTCUSDT", "long", ODD, 1, D("0.123456789012"), 5, 5), ("BTCUSDT", "long", "older", 2, D("-1E-12"),
                                                                           1, 5)])
-            head = Head(5, "h", "0" * 64, "0" * 64, 0, 0, 0, 0)
-            await store.write_batch(connection, expected_seq=0, result=BatchResult(), head=head,
-                                    projections=Projections([], [], [], [], None, None), snapshot=None,
-                                    refresh=RefreshCopy.of(refresh))
+            await store.write_refresh(RefreshCopy.of(refresh), chunk_rows=2)  # in two transactions per table
             positions = {r["account_id"]: (r["qty"], r["seq"], r["liquidation_price"])
                          for r in await connection.fetch("SELECT * FROM positions")}
             wallets = {r["account_id"]: (r["wallet"], r["seq"])
@@ -92,8 +89,11 @@ def _journal(path: Path, accounts: int) -> Path:
 def _children() -> set[int]:
     found: set[int] = set()
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as handle:
-            found |= {int(pid) for pid in handle.read().split()}
+        try:
+            with open(f"/proc/self/task/{task}/children") as handle:
+                found |= {int(pid) for pid in handle.read().split()}
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
     return found
 
 
@@ -111,18 +111,21 @@ async def _kill_the_next_child(timeout: float = 60) -> int:
 
 
 def _failures() -> float:
-    return metrics.REGISTRY.get_sample_value("backstop_projection_refresh_failures_total") or 0.0
+    return metrics.REGISTRY.get_sample_value("backstop_background_failures_total",
+                                             {"kind": "projection refresh"}) or 0.0
 
 
-async def _queue_and_positions(dsn: str) -> tuple[list[tuple[object, ...]], dict[tuple[str, str], tuple[object, ...]]]:
+async def _stored(dsn: str) -> tuple[list[tuple[object, ...]], dict[tuple[str, str], tuple[object, ...]], list[bytes]]:
+    """The ADL queue and position rows, and the journal in the service's order."""
     connection = await asyncpg.connect(dsn)
     try:
         queue = [tuple(r) for r in await connection.fetch(
             "SELECT symbol, side, account_id, rank, score, quantile, seq FROM adl_queue ORDER BY symbol, side, rank")]
         positions = {(r[0], r[1]): tuple(r) for r in await connection.fetch("SELECT * FROM positions")}
+        lines = [r["payload"].encode() for r in await connection.fetch("SELECT payload FROM journal ORDER BY seq")]
     finally:
         await connection.close()
-    return queue, positions
+    return queue, positions, lines
 
 
 async def test_a_killed_refresh_child_is_reported_and_the_next_refresh_writes_the_exact_projection(
@@ -138,9 +141,10 @@ async def test_a_killed_refresh_child_is_reported_and_the_next_refresh_writes_th
         await killer
         await wait_caught_up(migrated_database, applied=6 + 2 * 6000 + 1)
         deadline = time.monotonic() + 30
-        while processor.progress.refresh_error is None and time.monotonic() < deadline:
+        errors = processor.progress.background_errors
+        while "projection refresh" not in errors and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        assert processor.progress.refresh_error is not None and "SIGKILL" in processor.progress.refresh_error
+        assert "SIGKILL" in errors["projection refresh"]
         assert _failures() == failures + 1
         assert processor.progress.refreshed_seq < processor.progress.seq  # nothing of that refresh was written
         # the next due refresh: one more mark, then the projection of the final state, written by a new child
@@ -150,13 +154,44 @@ async def test_a_killed_refresh_child_is_reported_and_the_next_refresh_writes_th
         await produce_file(settings, mark)
         await wait_caught_up(migrated_database, applied=6 + 2 * 6000 + 2)
         await wait_refreshed(processor)
-        assert processor.progress.refresh_error is None
+        assert errors == {}
+    queue, positions, lines = await _stored(migrated_database)
     replayed = Processor(Engine())
-    for line in [*journal.read_bytes().splitlines(), mark.read_bytes().strip()]:
+    for line in lines:
         replayed.process(decode_record(line))
     engine = replayed.engine
-    queue, positions = await _queue_and_positions(migrated_database)
     want = full_refresh(engine)
     assert queue == adl_rows(engine, engine.last_seq) == want.adl_queue
     assert len(queue) == 6000
     assert positions == {(row[0], row[1]): row for row in want.positions}
+
+
+async def test_a_snapshot_taken_in_a_forked_child_is_the_state_at_its_seq(
+        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, migrated_database: str) -> None:
+    journal = _journal(tmp_path / "journal.jsonl", 3000)
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}snap.", snapshot_every_events=2500,
+                            batch_max_records=500, check_conservation=False)
+    await asyncio.to_thread(ensure_topics, settings)
+    await produce_file(settings, journal)
+    async with in_process(settings) as (processor, _):
+        await wait_caught_up(migrated_database, applied=6 + 2 * 3000 + 1)
+        deadline = time.monotonic() + 30
+        while processor.progress.snapshot_seq < 5000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    connection = await asyncpg.connect(migrated_database)
+    try:
+        rows = await connection.fetch("SELECT seq, state_hash, document FROM snapshots ORDER BY seq")
+        # the service's own order (records of one timestamp on several topics interleave by its merge rule)
+        lines = [r["payload"].encode() for r in await connection.fetch("SELECT payload FROM journal ORDER BY seq")]
+    finally:
+        await connection.close()
+    seqs = [r["seq"] for r in rows]  # one at the batch that crossed each multiple of 2,500
+    assert len(seqs) == 2 and 2500 <= seqs[0] < 3000 and 5000 <= seqs[1] < 5500, seqs
+    replayed = Processor(Engine())
+    for row in rows:
+        while replayed.engine.last_seq < row["seq"]:
+            replayed.process(decode_record(lines[replayed.engine.last_seq]))
+        assert row["state_hash"] == state_hash(replayed.engine)
+        document = orjson.loads(row["document"])
+        assert state_hash(restore(document["engine"])) == row["state_hash"]
+        assert [tuple(e) for e in document["dedupe"]] == [tuple(e) for e in replayed.deduper.entries()]
