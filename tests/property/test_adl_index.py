@@ -356,3 +356,22 @@ def test_ties_stay_right_through_deleverages_that_change_the_groups(rows: list[d
         full = engine.adl_queue("BTCUSDT", "short")
         assert count == len(full)
         assert head(fast, qty) == head(full, qty)
+
+
+@given(books(), st.integers(1, 30), st.sampled_from(["BTCUSDT", "ETHUSDT"]), st.sampled_from(["long", "short"]),
+       st.integers(1, 20000), st.integers(800, 1200))
+def test_a_refresh_in_slices_leaves_the_rest_touched_and_the_deleverage_still_exact(
+        rows: list[dict[str, Any]], limit: int, symbol: str, side: str, lots: int, move: int) -> None:
+    """What a service does after a backlog: a slice of the touched accounts per batch; a deleverage in between
+    refreshes the rest first."""
+    engine = engine_with(rows, MARK)
+    engine.adl_index.touch_ledger_accounts(engine.ledger.drain_touched())
+    touched = engine.adl_index.pending
+    assert engine.refresh_adl_index(limit) is True
+    assert engine.adl_index.pending == max(touched - limit, 0)
+    engine.marks[symbol] = (MARK[symbol] * move / 1000).quantize(D("0.1"))
+    qty = lots * LOT[symbol]
+    fast, count = engine._adl_top(symbol, side, qty)  # type: ignore[arg-type]
+    full = engine.adl_queue(symbol, side)  # type: ignore[arg-type]
+    assert engine.adl_index.pending == 0
+    assert count == len(full) and head(fast, qty) == head(full, qty)

@@ -17,6 +17,7 @@ score exactly alike and queue by account id, so of many such rows only the first
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -307,9 +308,14 @@ class AdlIndex:
                 self._dirty.add(name[9:name.rindex(":")])
 
     def refresh(self, positions: Positions, base_of: Callable[[Position], Decimal],
-                settle_asset: Callable[[str], str]) -> None:
-        """Rewrite the rows of every touched account (the order does not matter: rows only choose candidates)."""
-        dirty, self._dirty = self._dirty, set()
+                settle_asset: Callable[[str], str], limit: int | None = None) -> None:
+        """Rewrite the rows of every touched account, or of `limit` of them (the rest stay touched). The order and
+        the share do not matter: rows only choose candidates, and a deleverage refreshes them all first."""
+        if limit is None or len(self._dirty) <= limit:
+            dirty, self._dirty = self._dirty, set()
+        else:
+            dirty = set(itertools.islice(self._dirty, limit))
+            self._dirty -= dirty
         books = self._books
         empty = not any(book.slot_of or book.exact for book in books.values())  # the first build: no rows to drop
         for account_id in dirty:

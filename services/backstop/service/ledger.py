@@ -41,7 +41,7 @@ from backstop.wire.decode import decode_record
 
 log = logging.getLogger("backstop.ledger")
 ADL_INDEX_QUIET_S = 0.1  # input quiet this long: refresh the ADL index ahead of the next deleverage
-ADL_INDEX_BACKLOG = 10_000  # caught up with this many accounts touched since the index's last refresh: refresh it
+ADL_INDEX_SLICE = 10_000  # caught up with a backlog of touched accounts: this many (~0.1 s) per batch
 
 
 @dataclass(slots=True)
@@ -247,12 +247,11 @@ class LedgerProcessor(SupervisedLoop):
                 committing = asyncio.create_task(self._commit(
                     expected, result, new_head, rows, balances, started, len(batch),
                     {"apply": applied_at - started, "project": projected_at - applied_at}))
-                # Caught up after a backlog (a restart, a burst): the index catches up now, beside this batch's commit,
-                # not in the path of the first deleverage (~1 s per 100,000 accounts). A live stream seldom pauses
-                # for ADL_INDEX_QUIET_S, and small backlogs are left to the deleverage.
-                if caught_up and engine.adl_index_backlog() >= ADL_INDEX_BACKLOG and await asyncio.to_thread(
-                        engine.refresh_adl_index):
-                    self.progress.adl_index_seq = engine.last_seq
+                # Caught up after a backlog (a restart, a burst): the index catches up a slice per batch, beside the
+                # commit, rather than all of it (~1 s per 100,000 accounts) in the path of the first deleverage; a
+                # live stream seldom pauses for ADL_INDEX_QUIET_S. Small backlogs are left to the deleverage.
+                if caught_up and engine.adl_index_backlog() >= ADL_INDEX_SLICE:
+                    await asyncio.to_thread(engine.refresh_adl_index, ADL_INDEX_SLICE)
             if committing is not None:  # a clean stop lands the batch already applied
                 await committing
         finally:
