@@ -42,17 +42,26 @@ async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_th
     try:
         async with store.pool.acquire() as connection:
             await connection.executemany("INSERT INTO positions VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                                         [_position("newer", 10), _position("older", 3), _position(ODD, 3)])
+                                         [_position("newer", 10), _position("older", 3), _position(ODD, 3),
+                                          _position("held", 3)])
             await connection.executemany("INSERT INTO account_wallets VALUES ($1, $2, $3, $4)",
                                          [("newer", "USDT", D(1), 10), ("older", "USDT", D(1), 3)])
             await connection.execute("INSERT INTO adl_queue VALUES ('BTCUSDT', 'long', 'gone', 1, 1, 5, 2)")
             refresh = FullRefresh(
                 5, [("newer", "USDT", D(2), 5), ("older", "USDT", D("2.50"), 5), ("absent", "USDT", D(2), 5)],
                 [_position("newer", 5, "2"), _position("older", 5, "2"), _position(ODD, 5, "2.000"),
-                 _position("absent", 5, "2")],
+                 _position("absent", 5, "2"), _position("held", 5, "2")],
                 [("BTCUSDT", "long", ODD, 1, D("0.123456789012"), 5, 5), ("BTCUSDT", "long", "older", 2, D("-1E-12"),
                                                                           1, 5)])
-            await store.write_refresh(RefreshCopy.of(refresh), chunk_rows=2)  # in two transactions per table
+            # a batch's transaction holds "held" (it is writing it as of a later seq): the refresh skips it and
+            # never waits
+            holder = await asyncpg.connect(migrated_database)
+            try:
+                async with holder.transaction():
+                    await holder.execute("SELECT 1 FROM positions WHERE account_id = 'held' FOR UPDATE")
+                    await asyncio.wait_for(store.write_refresh(RefreshCopy.of(refresh), chunk_rows=2), 30)
+            finally:
+                await holder.close()
             positions = {r["account_id"]: (r["qty"], r["seq"], r["liquidation_price"])
                          for r in await connection.fetch("SELECT * FROM positions")}
             wallets = {r["account_id"]: (r["wallet"], r["seq"])
@@ -62,7 +71,8 @@ async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_th
     finally:
         await store.close()
     # the row a later batch wrote is kept; older rows take the refresh's numbers; no row is created
-    assert positions == {"newer": (D(1), 10, None), "older": (D(2), 5, None), ODD: (D("2.000"), 5, None)}
+    assert positions == {"newer": (D(1), 10, None), "older": (D(2), 5, None), ODD: (D("2.000"), 5, None),
+                         "held": (D(1), 3, None)}
     assert wallets == {"newer": (D(1), 10), "older": (D("2.50"), 5)}
     assert queue == refresh.adl_queue
     assert str(queue[0][4]) == "0.123456789012"  # the numeric keeps the score's scale

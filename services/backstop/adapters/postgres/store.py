@@ -88,10 +88,8 @@ async def _upsert(connection: asyncpg.Connection, table: str, columns: list[str]
     await connection.copy_records_to_table(staging, records=rows, columns=columns)
     names = ", ".join(columns)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[key_columns:])
-    keys = ", ".join(columns[:key_columns])
-    # in key order: rows are locked in the order a full refresh locks them (Store.write_refresh), so no deadlock
-    await connection.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} ORDER BY {keys} "
-                             f"ON CONFLICT ({keys}) DO UPDATE SET {updates}")
+    await connection.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} "
+                             f"ON CONFLICT ({', '.join(columns[:key_columns])}) DO UPDATE SET {updates}")
 
 
 class Store:
@@ -230,13 +228,13 @@ class Store:
     async def write_refresh(self, refresh: RefreshCopy, *, chunk_rows: int = REFRESH_CHUNK_ROWS) -> None:
         """A full refresh as of refresh.seq, beside the batch transactions: wallet and position rows updated where
         no later batch has written them (a row that does not exist stays so: new and closed rows are the batches'
-        to write), in short transactions that lock rows in key order as the batches do; then the ADL queue,
+        to write), in short transactions that never wait for a row: a row a batch holds is skipped, since that
+        batch writes it as of a later seq (so the refresh can never be part of a deadlock); then the ADL queue,
         which only full refreshes write, replaced in one transaction."""
         async with self.pool.acquire() as connection:
             for table, columns, data in (("account_wallets", WALLET_COLUMNS, refresh.wallets),
                                          ("positions", POSITION_COLUMNS, refresh.positions)):
-                staging = f"refresh_{table}"
-                keys = f"t.{columns[0]} = r.{columns[0]} AND t.{columns[1]} = r.{columns[1]}"
+                staging, (first, second) = f"refresh_{table}", columns[:2]
                 updates = ", ".join(f"{c} = r.{c}" for c in columns[2:])
                 lines = data.split(b"\n")[:-1]  # a raw newline only ends a row (copy_text escapes the rest)
                 for start in range(0, len(lines), chunk_rows):
@@ -246,10 +244,11 @@ class Store:
                         chunk = b"".join(line + b"\n" for line in lines[start:start + chunk_rows])
                         await connection.copy_to_table(staging, source=io.BytesIO(chunk), columns=columns,
                                                        format="text")
-                        await connection.execute(f"SELECT 1 FROM {table} t JOIN {staging} r ON {keys} "
-                                                 f"ORDER BY t.{columns[0]}, t.{columns[1]} FOR UPDATE OF t")
-                        await connection.execute(f"UPDATE {table} t SET {updates} FROM {staging} r "
-                                                 f"WHERE {keys} AND t.seq <= r.seq")
+                        await connection.execute(
+                            f"WITH mine AS (SELECT t.ctid FROM {table} t JOIN {staging} r USING ({first}, {second}) "
+                            f"WHERE t.seq <= r.seq FOR UPDATE OF t SKIP LOCKED) "
+                            f"UPDATE {table} t SET {updates} FROM {staging} r, mine WHERE t.ctid = mine.ctid "
+                            f"AND t.{first} = r.{first} AND t.{second} = r.{second} AND t.seq <= r.seq")
             async with connection.transaction():
                 await connection.execute("DELETE FROM adl_queue")
                 await connection.copy_to_table("adl_queue", source=io.BytesIO(refresh.adl_queue),
