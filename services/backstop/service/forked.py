@@ -41,9 +41,9 @@ class ForkFailed(Exception):
 class Forked:
     """One child computing `work()`; `result()` gives its bytes."""
 
-    def __init__(self, pid: int, pidfd: int, reading: asyncio.Future[tuple[bytes, int]]) -> None:
+    def __init__(self, pid: int, pidfd: int | None, reading: asyncio.Future[tuple[bytes, int]]) -> None:
         self.pid = pid
-        self._pidfd: int | None = pidfd  # signals through it never reach a process that reused the pid
+        self._pidfd = pidfd  # signals through it never reach a process that reused the pid (Linux)
         self._reading = reading
 
     @classmethod
@@ -53,7 +53,7 @@ class Forked:
         if pid == 0:
             _child(work, read_fd, write_fd)
         os.close(write_fd)
-        pidfd = os.pidfd_open(pid)  # before the reader can reap it
+        pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None  # before the reader can reap it
         return cls(pid, pidfd, asyncio.get_running_loop().run_in_executor(None, _read_and_reap, read_fd, pid))
 
     def done(self) -> bool:
@@ -69,10 +69,12 @@ class Forked:
 
     def kill(self) -> None:
         """Stop the child (its reader reaps it); harmless if it has ended."""
-        if self._pidfd is not None:
-            with contextlib.suppress(ProcessLookupError):  # it had ended
+        with contextlib.suppress(ProcessLookupError):  # it had ended
+            if self._pidfd is not None:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            self._close()
+            elif not self._reading.done():  # without a pidfd: only while its reader has not reaped it
+                os.kill(self.pid, signal.SIGKILL)
+        self._close()
 
     def _close(self) -> None:
         if self._pidfd is not None:
