@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +56,37 @@ async def test_a_child_that_exits_early_fails() -> None:
     child = Forked.start(lambda: os._exit(3))
     with pytest.raises(ForkFailed, match="exit code 3"):
         await child.result()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][0] != "Z"  # a zombie has died
+    except FileNotFoundError:
+        return False
+
+
+def test_the_child_dies_with_its_parent(tmp_path: Path) -> None:
+    """kill -9 of the service leaves no orphan computing a result nobody will read."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import asyncio, time\n"
+        "from backstop.service.forked import Forked\n"
+        "async def main():\n"
+        "    child = Forked.start(lambda: time.sleep(60) or b'')\n"
+        "    print(child.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        parent.kill()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -32,6 +33,7 @@ log = logging.getLogger("backstop.ledger")
 T = TypeVar("T")
 
 OK, FAILED = b"0", b"1"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class ForkFailed(Exception):
@@ -49,9 +51,10 @@ class Forked:
     @classmethod
     def start(cls, work: Callable[[], bytes]) -> Forked:
         read_fd, write_fd = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _child(work, read_fd, write_fd)
+            _child(work, read_fd, write_fd, parent)
         os.close(write_fd)
         pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None  # before the reader can reap it
         return cls(pid, pidfd, asyncio.get_running_loop().run_in_executor(None, _read_and_reap, read_fd, pid))
@@ -138,9 +141,19 @@ def _describe(status: int) -> str:
     return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
-def _child(work: Callable[[], bytes], read_fd: int, write_fd: int) -> NoReturn:
+def _die_with(parent: int) -> None:
+    """Linux: the kernel kills the child when the parent dies (a kill -9 of the service leaves no orphan computing a
+    refresh nobody will read)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before that took effect
+        os._exit(1)
+
+
+def _child(work: Callable[[], bytes], read_fd: int, write_fd: int, parent: int) -> NoReturn:
     code = 1
     try:
+        _die_with(parent)
         os.close(read_fd)
         # The parent's signal handling is not the child's: a stop signal ends it outright, and never wakes the
         # parent's event loop through the wake-up pipe they share.
