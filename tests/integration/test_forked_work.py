@@ -59,7 +59,9 @@ async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_th
             try:
                 async with holder.transaction():
                     await holder.execute("SELECT 1 FROM positions WHERE account_id = 'held' FOR UPDATE")
-                    await asyncio.wait_for(store.write_refresh(RefreshCopy.of(refresh), chunk_rows=2), 30)
+                    chunked = RefreshCopy.of(refresh, chunk_rows=2)  # a transaction per two rows
+                    assert (len(chunked.wallets), len(chunked.positions)) == (2, 3)
+                    await asyncio.wait_for(store.write_refresh(chunked), 30)
             finally:
                 await holder.close()
             positions = {r["account_id"]: (r["qty"], r["seq"], r["liquidation_price"])

@@ -63,18 +63,20 @@ REFRESH_CHUNK_ROWS = 5000  # rows per transaction of a full refresh: a batch wai
 
 
 class RefreshCopy(NamedTuple):
-    """A FullRefresh as COPY text, one blob per table: what the forked child sends back, so that the parent only
-    passes bytes on to the server and never builds a row."""
+    """A FullRefresh as COPY text, wallets and positions in chunks of one transaction each: what the forked child
+    sends back, so that the parent only passes bytes on to the server and never builds or splits a row."""
 
     seq: int
-    wallets: bytes
-    positions: bytes
+    wallets: list[bytes]
+    positions: list[bytes]
     adl_queue: bytes
 
     @classmethod
-    def of(cls, refresh: FullRefresh) -> RefreshCopy:
-        return cls(refresh.seq, copy_text(refresh.wallets), copy_text(refresh.positions),
-                   copy_text(refresh.adl_queue))
+    def of(cls, refresh: FullRefresh, chunk_rows: int = REFRESH_CHUNK_ROWS) -> RefreshCopy:
+        def chunks(rows: list[tuple[Any, ...]]) -> list[bytes]:
+            return [copy_text(rows[start:start + chunk_rows]) for start in range(0, len(rows), chunk_rows)]
+
+        return cls(refresh.seq, chunks(refresh.wallets), chunks(refresh.positions), copy_text(refresh.adl_queue))
 
 
 async def _upsert(connection: asyncpg.Connection, table: str, columns: list[str], key_columns: int,
@@ -225,23 +227,21 @@ class Store:
                                                    columns=ADL_QUEUE_COLUMNS)
 
     # ---------------------------------------------------------------- written behind the batches
-    async def write_refresh(self, refresh: RefreshCopy, *, chunk_rows: int = REFRESH_CHUNK_ROWS) -> None:
+    async def write_refresh(self, refresh: RefreshCopy) -> None:
         """A full refresh as of refresh.seq, beside the batch transactions: wallet and position rows updated where
         no later batch has written them (a row that does not exist stays so: new and closed rows are the batches'
         to write), in short transactions that never wait for a row: a row a batch holds is skipped, since that
         batch writes it as of a later seq (so the refresh can never be part of a deadlock); then the ADL queue,
         which only full refreshes write, replaced in one transaction."""
         async with self.pool.acquire() as connection:
-            for table, columns, data in (("account_wallets", WALLET_COLUMNS, refresh.wallets),
-                                         ("positions", POSITION_COLUMNS, refresh.positions)):
+            for table, columns, chunks in (("account_wallets", WALLET_COLUMNS, refresh.wallets),
+                                           ("positions", POSITION_COLUMNS, refresh.positions)):
                 staging, (first, second) = f"refresh_{table}", columns[:2]
                 updates = ", ".join(f"{c} = r.{c}" for c in columns[2:])
-                lines = data.split(b"\n")[:-1]  # a raw newline only ends a row (copy_text escapes the rest)
-                for start in range(0, len(lines), chunk_rows):
+                for chunk in chunks:
                     async with connection.transaction():
                         await connection.execute(
                             f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
-                        chunk = b"".join(line + b"\n" for line in lines[start:start + chunk_rows])
                         await connection.copy_to_table(staging, source=io.BytesIO(chunk), columns=columns,
                                                        format="text")
                         await connection.execute(
