@@ -16,11 +16,14 @@ import heapq
 import random
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import orjson
 
 from backstop.resources import btc_crash_bars
+
+VERSION = 2  # part of the cached file's name (benchmarks/data/): a change to what a seed generates bumps it
 
 LEVERAGES = (2, 3, 5, 10, 10, 20, 20, 25, 50, 75, 100)
 MMR = Decimal("0.01")
@@ -171,13 +174,20 @@ class Generator:
             heapq.heappush(self.short_heap[spec.symbol], (liquidation, self.serial, position))
 
     def run(self) -> list[bytes]:
+        """Exactly `target` records: the bars' load scaled to fill them, then one funding record per symbol."""
         bars = btc_crash_bars()
         self.ts = bars[0].open_time - 60_000
         self.setup()
-        total_trades = sum(bar.trades for bar in bars)
-        budget_left = self.target - len(self.out)
+        body = self.target - len(SPECS)  # the funding records come last
+        trades_left = sum(bar.trades for bar in bars)
+        start, draws = len(self.out), 0
         for bar in bars:
-            budget = max(budget_left * bar.trades * 13 // (total_trades * 10), 4)  # trades skip ~25% of draws
+            # This bar's share of the records still to write, in draws: a draw on an account that holds the symbol
+            # trades only 45% of the time, while marks, liquidations and resends add records; records per draw so
+            # far (10/13 to begin with) turns one into the other, so the journal ends with the last bar.
+            per_draw = Fraction(len(self.out) - start, draws) if draws else Fraction(10, 13)
+            budget = max(int((body - len(self.out)) * bar.trades / (trades_left * per_draw)), 4)
+            trades_left -= bar.trades
             path = (bar.open, bar.high if bar.close < bar.open else bar.low, bar.low if bar.close < bar.open
                     else bar.high, bar.close)
             steps = max(budget // 40, 4)
@@ -190,14 +200,19 @@ class Generator:
                     self.mark(spec, btc)
                 for _ in range(budget // steps):
                     self.trade(self.rng.choice(SPECS))
-                if len(self.out) >= self.target - len(SPECS):
+                draws += budget // steps
+                if len(self.out) >= body:
                     break
-            if len(self.out) >= self.target - len(SPECS):
+            if len(self.out) >= body:
                 break
+        while len(self.out) < body:  # the last bar's estimate fell short: a few more trades in its minute
+            self.trade(self.rng.choice(SPECS))
+        del self.out[body:]
         self.ts = bars[-1].open_time + 60_000
         for spec in SPECS:
             self.emit({"type": "funding", "ts": self.ts, "symbol": spec.symbol, "rate": "0.0001",
                        "mark_price": str(self.marks[spec.symbol])})
+        del self.out[self.target:]  # a funding record sent twice: the copy goes
         return self.out
 
 

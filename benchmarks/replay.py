@@ -23,10 +23,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from backstop.wire.decode import decode_record  # noqa: E402
+from journal_gen import VERSION as JOURNAL_VERSION  # noqa: E402
 
 
 def journal_for(events: int, seed: int) -> Path:
-    path = HERE / "data" / f"replay-{events}-seed{seed}.jsonl"
+    path = HERE / "data" / f"replay-{events}-seed{seed}-v{JOURNAL_VERSION}.jsonl"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()  # in a child process, so this one stays small for the memory figure
