@@ -145,8 +145,7 @@ def kafka_admin(request: pytest.FixtureRequest, kafka_bootstrap: str,
 
 def _delete_session_topics(config: pytest.Config, bootstrap: str, prefix: str) -> None:
     """With a client of its own (the session's has lived through broker restarts), and a failure is said, not
-    swallowed: sessions here once left ~1,800 topics behind unnoticed, and an idle broker holding them used ~10%
-    of a core, which the benchmarks then shared."""
+    swallowed: sessions here once left ~1,800 topics behind on the local broker unnoticed."""
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id=f"{prefix}cleanup", request_timeout_ms=30_000)
     except Exception as error:
