@@ -1,6 +1,6 @@
 """The example scenarios in examples/, replayed through the CLI, with the numbers the README quotes.
 
-Every expected number here was worked out by hand from DESIGN.md's rules (the arithmetic is in comments).
+Every expected number here was worked out by hand from the rules of docs/design.md §4 (the arithmetic is in comments).
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def asyncapi() -> dict[str, Any]:
                                       "payload": {"$ref": f"output-{schema_name}.json"}}}}
     return {"asyncapi": "2.6.0",
             "info": {"title": "backstop topics", "version": "1",
-                     "description": "Wire contract version 1 of backstop (DESIGN.md section 5). Decimals are JSON "
+                     "description": "Wire contract version 1 of backstop (docs/design.md §5). Decimals are JSON "
                                     "strings; timestamps are integer milliseconds. The prefix `backstop.` is "
                                     "configurable (BACKSTOP_TOPIC_PREFIX)."},
             "defaultContentType": "application/json", "channels": channels}
