@@ -3,11 +3,15 @@ test_replay_contract)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from backstop.core.hashing import canonical_json
 from backstop.entrypoints.cli import main
 
 ROOT = Path(__file__).parents[2]
@@ -72,3 +76,34 @@ def test_a_tampered_snapshot_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     snapshot.write_text(json.dumps(document))
     assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "r"), "--from-snapshot", str(snapshot)]) == 2
     assert "corrupt" in capsys.readouterr().err
+
+
+def _seal(document: dict[str, object]) -> dict[str, object]:
+    """What a forger would do: recompute the snapshot hash over the changed document."""
+    body = {k: v for k, v in document.items() if k != "snapshot_hash"}
+    return {**body, "snapshot_hash": hashlib.sha256(canonical_json(body)).hexdigest()}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: {**d, "counters": {**d["counters"], "rejected": -5}}, "its snapshot hash does not match"),
+    (lambda d: {**d, "input_line": d["input_line"] + 1}, "its snapshot hash does not match"),
+    (lambda d: _seal({**d, "counters": {**d["counters"], "rejected": -5}}), "rejected -5 is not a count"),
+    (lambda d: _seal({**d, "counters": {**d["counters"], "findings": "1"}}), "findings '1' is not a count"),
+    (lambda d: _seal({**d, "input_line": True}), "input_line True is not a count"),
+    (lambda d: _seal({**d, "counters": {"rejected": 0}}), "counters must be exactly duplicates, rejected"),
+    (lambda d: _seal({**d, "engine": {}}), "cannot restore the engine state (ValueError: unsupported snapshot"),
+    (lambda d: _seal({**d, "engine": {"snapshot_version": d["engine"]["snapshot_version"]}}),
+     "cannot restore the engine state (KeyError"),
+    (lambda d: _seal({**d, "engine": {**d["engine"], "balances": {"fund:MAIN": "x"}}}),
+     "cannot restore the engine state"),
+])
+def test_every_field_of_a_snapshot_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              change: Callable[[dict[str, Any]], dict[str, object]],
+                                              message: str) -> None:
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "w"), "--snapshot-every", "10"]) == 0
+    snapshot = next((tmp_path / "w" / "snapshots").glob("*.json"))
+    snapshot.write_text(json.dumps(change(json.loads(snapshot.read_text()))))
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "r"), "--from-snapshot", str(snapshot)]) == 2
+    err = capsys.readouterr().err
+    assert f"snapshot {snapshot} is corrupt: {message}" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
