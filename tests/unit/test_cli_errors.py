@@ -4,6 +4,7 @@ is wrong and exits 2. (A database that does not exist and a server that is down:
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from backstop.core.hashing import canonical_json, chain_hash
 from backstop.entrypoints.cli import main
+from backstop.entrypoints.kafka_tools import route
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 EXAMPLE = EXAMPLES / "05-funding-and-fund-inventory.jsonl"
@@ -188,3 +190,42 @@ def test_explain_and_audit_with_a_journal_that_is_a_directory(tmp_path: Path,
     assert "is a directory" in one_line_error(capsys, ["explain", "liq-1", "--journal", str(tmp_path)])
     assert "is a directory" in one_line_error(capsys, ["audit", "verify", "--journal", str(tmp_path)])
     assert "is a directory" in one_line_error(capsys, ["whatif", str(tmp_path), "--out", str(tmp_path / "w")])
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("command", [["produce", str(EXAMPLE)], ["tail", "journal"],
+                                     ["replay", "--from-kafka", "{bootstrap}", "--out", "{tmp}/o"]],
+                         ids=lambda c: c[0])
+def test_kafka_that_is_down(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                            command: list[str]) -> None:
+    bootstrap = f"127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("BACKSTOP_KAFKA_BOOTSTRAP", bootstrap)
+    line = one_line_error(capsys, [part.format(bootstrap=bootstrap, tmp=tmp_path) for part in command])
+    assert "Unable to bootstrap" in line and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"{not json", "not JSON"),
+    (b"[1]", "not a JSON object"),
+    (b'{"ts": 1}', 'no known "type" to choose a topic by (got None)'),
+    (b'{"type": "trade", "ts": 1}', "no known \"type\" to choose a topic by (got 'trade')"),
+    (b'{"type": "mark", "ts": 1}', "no symbol to key a mark record by"),
+    (b'{"type": "fund", "fund_id": null}', "no fund_id to key a fund record by"),
+])
+def test_produce_says_why_a_line_cannot_be_routed(raw: bytes, reason: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        route(raw, keep_type=False)
+    assert str(caught.value).startswith(reason)
+
+
+def test_produce_routes_by_type_and_key() -> None:
+    assert route(b'{"type": "fill", "account_id": "u1",\r"ts": 1}', keep_type=False) == (
+        "fill", b"u1", b'{"account_id":"u1","ts":1}')
+    assert route(b'{"type": "mark", "symbol": "BTC", "ts": 1}', keep_type=True)[1:] == (
+        b"BTC", b'{"type":"mark","symbol":"BTC","ts":1}')

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -100,7 +101,8 @@ def _store_errors() -> tuple[type[BaseException], ...]:
 
 def _one_line(error: BaseException) -> str:
     message = " ".join(str(error).split())
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    name = type(error).__name__
+    return message if message.startswith(name) else f"{name}: {message}" if message else name
 
 
 async def _stored_journal(args: argparse.Namespace) -> tuple[list[bytes], dict[str, Any]]:
@@ -178,7 +180,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"FAIL  {problem}")
         return 1
-    print("ledger verified" + ("" if args.journal or args.dsn else " (hash chains and balances only: give "
+    print("ledger verified" + ("" if args.journal or args.dsn else " (the files against summary.json only: give "
                                                                    "--journal to re-derive every record)"))
     return 0
 
@@ -259,11 +261,18 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 def _cmd_tail(args: argparse.Namespace) -> int:
     import asyncio
 
+    from aiokafka.errors import KafkaError
+
     from backstop.entrypoints.kafka_tools import tail
     from backstop.settings import Settings
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail(Settings(), args.stream, follow=args.follow))
+    settings = Settings()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(tail(settings, args.stream, follow=args.follow))
+    except (KafkaError, OSError, ValueError) as error:
+        print(f"backstop tail: Kafka at {settings.kafka_bootstrap}: {_one_line(error)}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -518,6 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if handler is not _cmd_serve:
         gc.set_threshold(BATCH_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        for name in ("aiokafka", "kafka"):  # a tool says what failed in one line; the clients' logs would repeat it
+            client_log = logging.getLogger(name)
+            if not any(isinstance(h, logging.NullHandler) for h in client_log.handlers):
+                client_log.addHandler(logging.NullHandler())
     result: int = handler(args)
     return result
 

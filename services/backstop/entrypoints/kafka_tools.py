@@ -16,6 +16,15 @@ from backstop.pipeline.topics import INPUT_TYPES, TopicNames, input_key, input_k
 from backstop.settings import Settings
 
 
+async def _started(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
+    """start(), and stop() when it fails: a client that never connected still holds tasks and sockets."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+
+
 @dataclass(slots=True)
 class Produced:
     counts: dict[str, int] = field(default_factory=dict)  # records sent, per type
@@ -50,7 +59,7 @@ async def produce_file(settings: Settings, path: Path, *, keep_type: bool = Fals
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all",
                                 linger_ms=5, client_id="backstop-produce", ssl_context=settings.ssl_context(),
                                 **settings.kafka_client_options())
-    await producer.start()
+    await _started(producer)
     produced = Produced()
     try:
         pending = []
@@ -75,7 +84,7 @@ async def read_topic(settings: Settings, topic: str, *, follow: bool, idle_timeo
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
                                 isolation_level="read_committed", client_id="backstop-tail",
                                 ssl_context=settings.ssl_context(), **settings.kafka_client_options())
-    await consumer.start()
+    await _started(consumer)
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or ())
         if not partitions:
@@ -103,7 +112,7 @@ async def end_offsets(settings: Settings, topics: list[str]) -> dict[tuple[str, 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
                                 client_id="backstop-offsets", ssl_context=settings.ssl_context(),
                                 **settings.kafka_client_options())
-    await consumer.start()
+    await _started(consumer)
     try:
         await consumer._client.force_metadata_update()
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
