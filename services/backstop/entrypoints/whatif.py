@@ -3,9 +3,9 @@
 A parameter file (TOML) has a [baseline] and an [alternative] table, each optional, each of the form:
 
     [alternative.simulation]          # decide liquidations in the engine (the log's own are dropped)
-    slippage_bps = "20"
-    partial = true
-    market_fill = "0.8"               # the part of each liquidation the market absorbs (the fund takes the rest)
+    slippage_bps = "20"               # >= 0, < 10000
+    partial = true                    # a TOML boolean
+    market_fill = "0.8"               # the part of each liquidation the market absorbs (the fund takes the rest), 0..1
     [alternative.adl]
     rule = "pro_rata"                 # bitmex (default), binance, pro_rata
     price = "mark"                    # bankruptcy (default), mark
@@ -19,7 +19,8 @@ A parameter file (TOML) has a [baseline] and an [alternative] table, each option
 
 Parameters change the input records themselves (fund and instrument specs, fund transfers) or the engine's
 policies, so each run writes its own journal: every number in the comparison is traceable to a log that
-`backstop replay` reproduces.
+`backstop replay` reproduces. A changed record is checked by the wire contract as that replay will read it; a
+parameter that makes one the contract refuses is refused, with the journal line and the reason.
 """
 
 from __future__ import annotations
