@@ -1,4 +1,4 @@
-"""Input records of wire contract version 1 (docs/design.md §5), strict.
+"""Input records of wire contract version 1 (DESIGN.md section 5), strict.
 
 Every decimal is a JSON string holding a plain decimal ("50000.5"): no exponent, no NaN or Infinity, no
 JSON number (a float would already have lost exactness), bounded in size. Timestamps are integer
