@@ -53,11 +53,11 @@ def _set_amount(records: list[dict[str, object]]) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize(("change", "journal", "message"), [
-    (_set_amount, False, "fund-ledger record 2 (fl-12-0): hash"),
-    (lambda r: [r[0], r[2], r[1], r[3]], False, "fund-ledger record 2 (fl-13-0): prev_hash"),
-    (lambda r: r[:2] + r[3:], False, "fund-ledger record 3 (fl-13-1): prev_hash"),
+    (_set_amount, False, "fund-ledger record 2 (fl-12-0, seq 12): hash"),
+    (lambda r: [r[0], r[2], r[1], r[3]], False, "fund-ledger record 2 (fl-13-0, seq 13): prev_hash"),
+    (lambda r: r[:2] + r[3:], False, "fund-ledger record 3 (fl-13-1, seq 13): prev_hash"),
     (lambda r: rechain(_set_amount(r)), False,
-     "fund-ledger record 2 (fl-12-0): balance_after 199989.2 but the amounts"),
+     "fund-ledger record 2 (fl-12-0, seq 12): balance_after 199989.2 but the amounts"),
     (lambda r: rechain(r[:-1]), False, "summary.json: fund MAIN balance 200245.96 but its ledger entries add up to "
                                        "200289.2"),
     (lambda r: rechain(r[:-1]), True, "summary.json: fund MAIN balance"),
@@ -85,7 +85,7 @@ def test_a_forged_but_consistent_history_is_caught_by_re_derivation(tmp_path: Pa
     assert code == 0  # the chain and the balances alone cannot see it ...
     code, text = verify(out, ADL_EXAMPLE, capsys)
     assert code == 1  # ... re-deriving from the journal does
-    assert "adl-events record 1 (adl-19-0): differs from the replay: account_id: stored 'A4', replay gives 'A2'" in text
+    assert "adl-events record 1 (adl-19-0, seq 19): differs from the replay: account_id: stored 'A4', replay gives 'A2'" in text
 
 
 def test_unreadable_inputs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
