@@ -91,8 +91,8 @@ def owner_of(dsn: str) -> str:
 
 
 async def test_db_migrate_refuses_a_service_dsn_that_names_the_owner(empty_database: str) -> None:
-    code, out, err = await _run("db", "migrate", env={"BACKSTOP_PG_DSN": empty_database,
-                                                      "BACKSTOP_PG_OWNER_DSN": empty_database})
+    code, _, err = await _run("db", "migrate", env={"BACKSTOP_PG_DSN": empty_database,
+                                                    "BACKSTOP_PG_OWNER_DSN": empty_database})
     assert code == 1
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert f"names {owner_of(empty_database)}, the role migrations run as" in err, err

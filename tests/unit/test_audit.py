@@ -85,7 +85,8 @@ def test_a_forged_but_consistent_history_is_caught_by_re_derivation(tmp_path: Pa
     assert code == 0  # the chain and the balances alone cannot see it ...
     code, text = verify(out, ADL_EXAMPLE, capsys)
     assert code == 1  # ... re-deriving from the journal does
-    assert "adl-events record 1 (adl-19-0, seq 19): differs from the replay: account_id: stored 'A4', replay gives 'A2'" in text
+    assert ("adl-events record 1 (adl-19-0, seq 19): differs from the replay: account_id: stored 'A4', replay gives "
+            "'A2'") in text
 
 
 def test_unreadable_inputs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

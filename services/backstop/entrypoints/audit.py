@@ -114,6 +114,8 @@ async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None
         checkpoints = await store.checkpoints()
     except asyncpg.UndefinedTableError as error:
         raise AuditError(f"the database is not a migrated backstop database ({error}): backstop db migrate") from None
+    except (asyncpg.PostgresError, OSError) as error:
+        raise AuditError(f"cannot read the database: {type(error).__name__}: {error}") from None
     finally:
         await store.close()
     checked: list[str] = []
