@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,7 @@ from backstop.core.anchor import (
 )
 from backstop.core.hashing import GENESIS_HASH, combine
 from backstop.entrypoints.cli import build_parser, main
+from backstop.settings import Settings
 
 KEY = AnchorKey.from_bytes(b"k" * 40 + b"\n", source="key")
 OTHER = AnchorKey.from_bytes(b"o" * 40, source="other")
@@ -205,3 +207,30 @@ def test_a_dsn_without_a_password_is_taken() -> None:
                                       "--anchor-key-file", "a.key", "--anchor-key-file", "b.key"])
     assert args.dsn == "postgresql://auditor@db.internal/backstop"
     assert args.anchor_key_file == ["a.key", "b.key"]
+
+
+def test_the_settings_separate_the_service_from_the_owner_and_read_the_key_from_a_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BACKSTOP_PG_DSN", "BACKSTOP_PG_DSN_FILE", "BACKSTOP_PG_OWNER_DSN", "BACKSTOP_PG_OWNER_DSN_FILE",
+                 "BACKSTOP_ANCHOR_KEY_FILE", "BACKSTOP_ANCHOR_ADOPT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.dsn() == "postgresql://backstop_svc@127.0.0.1:5432/backstop"
+    assert settings.owner_dsn() == "postgresql://backstop@127.0.0.1:5432/backstop"
+    assert settings.anchor() is None
+
+    owner_file, key_file = tmp_path / "owner.dsn", tmp_path / "anchor.key"
+    owner_file.write_text("postgresql://owner:s3cr3t@db/backstop\n")
+    key_file.write_text("k" * 40 + "\n")
+    monkeypatch.setenv("BACKSTOP_PG_OWNER_DSN_FILE", str(owner_file))
+    monkeypatch.setenv("BACKSTOP_ANCHOR_KEY_FILE", str(key_file))
+    monkeypatch.setenv("BACKSTOP_ANCHOR_ADOPT", f"7:{'cd' * 32}")
+    settings = Settings()
+    assert settings.owner_dsn() == "postgresql://owner:s3cr3t@db/backstop"
+    assert "s3cr3t" not in repr(settings)
+    anchor = settings.anchor()
+    assert anchor is not None and anchor.key == KEY and anchor.adopt == Adoption(7, "cd" * 32)
+
+    missing = Settings(anchor_key_file=tmp_path / "missing.key")
+    with pytest.raises(AnchorKeyError, match=r"^cannot read the anchor key \(BACKSTOP_ANCHOR_KEY_FILE\): "):
+        missing.anchor()
