@@ -3,7 +3,8 @@
 A page's blocks run in order in one bash script, in a temporary directory holding a copy of `examples/` and a
 `./backstop` that runs the installed package. Pages with a `run servers` block get the real servers of
 scripts/test, a database of their own and a topic prefix of their own; in their text the local defaults the docs
-show (PostgreSQL 127.0.0.1:5432, Kafka 127.0.0.1:9092, the web port 6066) are replaced by the test's servers.
+show (the owner's and the service's DSN on 127.0.0.1:5432, Kafka on 127.0.0.1:9092, the web port 6066) are
+replaced by the test's servers.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import pytest
 from snippets import REPO, Block, blocks, missing_output, outputs, pages, problems, script
 
 PAGES = {str(page.relative_to(REPO)): blocks(page) for page in pages()}
-DOCS_DEFAULT_DSN = "postgresql://backstop@127.0.0.1:5432/backstop"
+# the local defaults the docs show: the tables' owner and the service's login role on deploy/local's PostgreSQL
+DOCS_OWNER_DSN = "postgresql://backstop@127.0.0.1:5432/backstop"
+DOCS_SERVICE_DSN = "postgresql://backstop_svc@127.0.0.1:5432/backstop"
 SCRIPT_LIMIT_S = 300  # a hung snippet fails the test instead of hanging the suite
 
 
@@ -67,23 +70,26 @@ class Servers:
     """The test's servers, a database and a topic prefix of their own for one page."""
 
     def __init__(self) -> None:
-        self.server_dsn = (os.environ.get("BACKSTOP_TEST_PG_DSN") or os.environ.get("BACKSTOP_PG_DSN")
-                           or DOCS_DEFAULT_DSN)
+        self.server_dsn = (os.environ.get("BACKSTOP_TEST_PG_DSN") or os.environ.get("BACKSTOP_PG_OWNER_DSN")
+                           or DOCS_OWNER_DSN)
         self.bootstrap = os.environ.get("BACKSTOP_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
         token = secrets.token_hex(4)
         self.database = f"backstop_docs_{token}"
         parts = urlsplit(self.server_dsn)
-        self.dsn = urlunsplit((parts.scheme, parts.netloc, "/" + self.database, parts.query, parts.fragment))
+        self.owner_dsn = urlunsplit((parts.scheme, parts.netloc, "/" + self.database, parts.query, parts.fragment))
+        service_netloc = f"backstop_svc@{parts.hostname}:{parts.port or 5432}"
+        self.service_dsn = urlunsplit((parts.scheme, service_netloc, "/" + self.database, parts.query, parts.fragment))
         self.prefix = f"bd_{token}."
         self.web_port = _free_port()
 
     def substitute(self, text: str) -> str:
-        return (text.replace(DOCS_DEFAULT_DSN, self.dsn).replace("127.0.0.1:9092", self.bootstrap)
-                .replace("127.0.0.1:6066", f"127.0.0.1:{self.web_port}"))
+        return (text.replace(DOCS_OWNER_DSN, self.owner_dsn).replace(DOCS_SERVICE_DSN, self.service_dsn)
+                .replace("127.0.0.1:9092", self.bootstrap).replace("127.0.0.1:6066", f"127.0.0.1:{self.web_port}"))
 
     def environment(self) -> dict[str, str]:
-        return {"BACKSTOP_PG_DSN": self.dsn, "BACKSTOP_KAFKA_BOOTSTRAP": self.bootstrap,
-                "BACKSTOP_TOPIC_PREFIX": self.prefix, "BACKSTOP_WEB_PORT": str(self.web_port)}
+        return {"BACKSTOP_PG_OWNER_DSN": self.owner_dsn, "BACKSTOP_PG_DSN": self.service_dsn,
+                "BACKSTOP_KAFKA_BOOTSTRAP": self.bootstrap, "BACKSTOP_TOPIC_PREFIX": self.prefix,
+                "BACKSTOP_WEB_PORT": str(self.web_port)}
 
     async def _sql(self, statement: str) -> None:
         connection = await asyncpg.connect(self.server_dsn, timeout=30)
@@ -139,7 +145,9 @@ def test_page_snippets_run(page: str, tmp_path: Path, page_servers: Servers | No
     _shim(tmp_path)
     text = script(page_blocks, python=sys.executable)
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    environment.pop("BACKSTOP_MIGRATIONS_DIR", None)
+    for name in ("BACKSTOP_MIGRATIONS_DIR", "BACKSTOP_PG_DSN_FILE", "BACKSTOP_PG_OWNER_DSN_FILE",
+                 "BACKSTOP_ANCHOR_KEY_FILE", "BACKSTOP_ANCHOR_ADOPT"):
+        environment.pop(name, None)
     if page_servers is not None:
         text = page_servers.substitute(text)
         environment.update(page_servers.environment())
