@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from backstop.wire.inputs import INPUT_ADAPTER, AnyRecord
+from backstop.wire.inputs import INPUT_ADAPTER, KINDS, AnyRecord, decimal_reason
 
 MAX_RECORD_BYTES = 1 << 20
 _MAX_REASONS = 5
 
 
 class InvalidRecord(ValueError):
-    """A record that cannot be decoded or does not match wire contract version 1."""
+    """A record that cannot be decoded or does not match wire contract version 1 (with the bounds of §9.2)."""
 
 
 def describe(error: ValidationError) -> str:
@@ -19,8 +19,9 @@ def describe(error: ValidationError) -> str:
     for item in error.errors(include_url=False)[:_MAX_REASONS]:
         location = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "plain_decimal_syntax":
-            message += f": {str(item['input'])[:40]!r}"
+        if item["type"] == "plain_decimal":  # which rule the value broke: syntax, digits of its kind, or sign
+            context = item.get("ctx") or {}
+            message = decimal_reason(item["input"], KINDS[context["kind"]], context["sign"])
         parts.append(f"{location}: {message}" if location else message)
     more = error.error_count() - _MAX_REASONS
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
