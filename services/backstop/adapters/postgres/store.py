@@ -282,7 +282,10 @@ class Store:
         InvariantViolation with the reason."""
         if self.anchor is None:
             return
-        async with self.pool.acquire() as connection:
+        async with self.pool.acquire() as connection, connection.transaction(isolation="repeatable_read",
+                                                                               readonly=True):
+            # One snapshot for the head and its checkpoint: a worker joining as a standby reads them while the
+            # active one commits batches (each with its checkpoint).
             head_seq = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
             await self.anchored_head(connection, self.anchor, head_seq)
 
