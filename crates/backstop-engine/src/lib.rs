@@ -4,3 +4,5 @@
 
 /// The engine's version, as the Python side reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub mod numbers;

@@ -1,10 +1,60 @@
 //! The PyO3 module `backstop._engine`: a thin skin over `backstop_engine`. It converts at the boundary once per
 //! batch, releases the GIL while a batch runs, and turns engine errors into typed Python exceptions.
 
+use backstop_engine::numbers;
+use ethnum::I256;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+
+fn wide(value: &str) -> PyResult<I256> {
+    I256::from_str_radix(value, 10).map_err(|_| PyValueError::new_err(format!("not a 256-bit integer: {value}")))
+}
+
+fn rounding(name: &str) -> PyResult<numbers::Rounding> {
+    match name {
+        "HALF_EVEN" => Ok(numbers::Rounding::HalfEven),
+        "CEILING" => Ok(numbers::Rounding::Ceiling),
+        "FLOOR" => Ok(numbers::Rounding::Floor),
+        _ => Err(PyValueError::new_err(format!("unknown rounding {name}"))),
+    }
+}
+
+fn kind(name: &str) -> PyResult<numbers::Kind> {
+    [numbers::QTY, numbers::PRICE, numbers::MONEY, numbers::RATE, numbers::LEVERAGE]
+        .into_iter()
+        .find(|kind| kind.name == name)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown kind {name}")))
+}
+
+/// The canonical text of value x 10^-scale (value: a decimal integer string of at most 256 bits).
+#[pyfunction]
+fn numbers_text(value: &str, scale: u32) -> PyResult<String> {
+    Ok(numbers::text_wide(wide(value)?, scale))
+}
+
+/// Wire text of a kind to its scaled integer (as a string); ValueError "syntax" or "bounds".
+#[pyfunction]
+fn numbers_parse(text: &str, kind_name: &str) -> PyResult<String> {
+    numbers::parse(text.as_bytes(), kind(kind_name)?)
+        .map(|value| value.to_string())
+        .map_err(|error| PyValueError::new_err(format!("{error:?}").to_lowercase()))
+}
+
+/// numerator / denominator rounded once (HALF_EVEN, CEILING or FLOOR), integers as decimal strings.
+#[pyfunction]
+fn numbers_div(numerator: &str, denominator: &str, rounding_name: &str) -> PyResult<String> {
+    let denominator = wide(denominator)?;
+    if denominator == 0 {
+        return Err(PyValueError::new_err("division by zero"));
+    }
+    Ok(numbers::div_round(wide(numerator)?, denominator, rounding(rounding_name)?).to_string())
+}
 
 #[pymodule]
 fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("VERSION", backstop_engine::VERSION)?;
+    module.add_function(wrap_pyfunction!(numbers_text, module)?)?;
+    module.add_function(wrap_pyfunction!(numbers_parse, module)?)?;
+    module.add_function(wrap_pyfunction!(numbers_div, module)?)?;
     Ok(())
 }

@@ -1,0 +1,9 @@
+"""The compiled engine (crates/backstop-py): the typed surface Python sees. Built by maturin."""
+
+VERSION: str
+
+# Numbers (docs/design.md section 9), exposed for the differential tests: integers travel as decimal strings
+# because they may need 256 bits.
+def numbers_text(value: str, scale: int) -> str: ...
+def numbers_parse(text: str, kind_name: str) -> str: ...
+def numbers_div(numerator: str, denominator: str, rounding_name: str) -> str: ...
