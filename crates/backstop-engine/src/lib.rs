@@ -6,3 +6,5 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub mod numbers;
+pub mod json;
+pub mod wire;

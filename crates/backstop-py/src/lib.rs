@@ -1,10 +1,11 @@
 //! The PyO3 module `backstop._engine`: a thin skin over `backstop_engine`. It converts at the boundary once per
 //! batch, releases the GIL while a batch runs, and turns engine errors into typed Python exceptions.
 
-use backstop_engine::numbers;
+use backstop_engine::{numbers, wire};
 use ethnum::I256;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 fn wide(value: &str) -> PyResult<I256> {
     I256::from_str_radix(value, 10).map_err(|_| PyValueError::new_err(format!("not a 256-bit integer: {value}")))
@@ -50,11 +51,32 @@ fn numbers_div(numerator: &str, denominator: &str, rounding_name: &str) -> PyRes
     Ok(numbers::div_round(wide(numerator)?, denominator, rounding(rounding_name)?).to_string())
 }
 
+/// A journal line through the compiled wire layer: (True, pydantic's model_dump_json) or (False, the reason).
+#[pyfunction]
+fn wire_decode_line(raw: &[u8]) -> (bool, String) {
+    match wire::line_dump(raw) {
+        Ok(dump) => (true, dump),
+        Err(reason) => (false, reason),
+    }
+}
+
+/// A consumed Kafka value: (True, the journal payload) or (False, the reason as bytes).
+#[pyfunction]
+fn wire_decode_consumed<'py>(py: Python<'py>, value: Option<&[u8]>, record_type: &str, topic: &str)
+                             -> (bool, Bound<'py, PyBytes>) {
+    match wire::decode_consumed(value, record_type, topic) {
+        Ok((_, payload)) => (true, PyBytes::new(py, &payload)),
+        Err(reason) => (false, PyBytes::new(py, reason.as_bytes())),
+    }
+}
+
 #[pymodule]
 fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("VERSION", backstop_engine::VERSION)?;
     module.add_function(wrap_pyfunction!(numbers_text, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_parse, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_div, module)?)?;
+    module.add_function(wrap_pyfunction!(wire_decode_line, module)?)?;
+    module.add_function(wrap_pyfunction!(wire_decode_consumed, module)?)?;
     Ok(())
 }
