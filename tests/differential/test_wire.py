@@ -210,6 +210,8 @@ CRAFTED = [
     encode([*INSTRUMENT.items(), ("tiers", [{"mmr": "0.1"}])]), encode([*INSTRUMENT.items(), ("tiers", None)]),
     b'{"type":"liquidation","executions":null}', b'{"\\u0074ype":"fill"}', b'{"type":"fi\\u006cl"}',
     b'{"type":"fill"} ', b' {"type":"fill"}\r\n', b'{"type":"fill","ts":"\\ud83d\\ude00"}',
+    *(encode([*FILL.items(), ("leverage", value)]) for value in ("0.01", "0.009", "1000", "1000.00000000",
+                                                                  "1000.00000001", "-5", "0", "9999.5")),
 ]
 
 

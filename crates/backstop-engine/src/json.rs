@@ -273,18 +273,21 @@ impl<'a> Parser<'a> {
     fn string(&mut self) -> Result<Cow<'a, str>, Invalid> {
         self.at += 1;
         let start = self.at;
-        // fast path: no escape
-        loop {
-            match self.peek().ok_or(Invalid)? {
-                b'"' => {
-                    let raw = &self.input[start..self.at];
-                    self.at += 1;
-                    return std::str::from_utf8(raw).map(Cow::Borrowed).map_err(|_| Invalid);
-                }
-                b'\\' => break,
-                0..=0x1f => return Err(Invalid),
-                _ => self.at += 1,
+        // fast path: up to the first quote, backslash or control character
+        let rest = &self.input[start..];
+        let end = rest.iter().position(|&b| STRING_STOP[b as usize]).ok_or(Invalid)?;
+        self.at += end;
+        if rest[end] == b'"' {
+            let raw = &rest[..end];
+            self.at += 1;
+            if raw.is_ascii() {
+                // SAFETY: ASCII is UTF-8
+                return Ok(Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(raw) }));
             }
+            return std::str::from_utf8(raw).map(Cow::Borrowed).map_err(|_| Invalid);
+        }
+        if rest[end] != b'\\' {
+            return Err(Invalid);
         }
         let mut out: Vec<u8> = self.input[start..self.at].to_vec();
         loop {
@@ -339,6 +342,19 @@ impl<'a> Parser<'a> {
         }
     }
 }
+
+/// Bytes that end the plain run of a string: the closing quote, an escape, a control character.
+static STRING_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 /// Whether orjson keeps an integer literal as an integer: -2^63 <= n < 2^64.
 fn orjson_int_range(text: &[u8]) -> bool {

@@ -54,23 +54,26 @@ pub struct Execution {
     pub price: Dec,
 }
 
+/// A string of a record, borrowed from the input unless it held an escape.
+pub type Str<'a> = Cow<'a, str>;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Body {
-    Fund { fund_id: String, settle_asset: String, surplus: Surplus, max_inventory_ratio: Dec },
+pub enum Body<'a> {
+    Fund { fund_id: Str<'a>, settle_asset: Str<'a>, surplus: Surplus, max_inventory_ratio: Dec },
     Instrument {
-        symbol: String,
-        settle_asset: String,
+        symbol: Str<'a>,
+        settle_asset: Str<'a>,
         tick_size: Dec,
         lot_size: Dec,
         tiers: Vec<Tier>,
         liquidation_fee_rate: Dec,
-        fund_id: String,
+        fund_id: Str<'a>,
     },
-    Transfer { transfer_id: String, account_id: String, asset: String, amount: Dec },
+    Transfer { transfer_id: Str<'a>, account_id: Str<'a>, asset: Str<'a>, amount: Dec },
     Fill {
-        fill_id: String,
-        account_id: String,
-        symbol: String,
+        fill_id: Str<'a>,
+        account_id: Str<'a>,
+        symbol: Str<'a>,
         side: Side,
         qty: Dec,
         price: Dec,
@@ -78,12 +81,12 @@ pub enum Body {
         margin_mode: MarginMode,
         leverage: Dec,
     },
-    Mark { symbol: String, mark_price: Dec, index_price: Option<Dec> },
-    Funding { symbol: String, rate: Dec, mark_price: Dec },
+    Mark { symbol: Str<'a>, mark_price: Dec, index_price: Option<Dec> },
+    Funding { symbol: Str<'a>, rate: Dec, mark_price: Dec },
     Liquidation {
-        liquidation_id: String,
-        account_id: String,
-        symbol: String,
+        liquidation_id: Str<'a>,
+        account_id: Str<'a>,
+        symbol: Str<'a>,
         qty: Dec,
         mark_price: Dec,
         bankruptcy_price: Option<Dec>,
@@ -93,14 +96,14 @@ pub enum Body {
 
 /// A validated input record.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
+pub struct Record<'a> {
     pub ts: u64,
-    pub body: Body,
+    pub body: Body<'a>,
     /// fund and instrument records: pydantic's model_dump_json, which their dedupe key is made of.
     pub dump: Option<String>,
 }
 
-impl Record {
+impl Record<'_> {
     pub fn type_name(&self) -> &'static str {
         match self.body {
             Body::Fund { .. } => "fund",
@@ -121,6 +124,8 @@ enum Sign {
     Any,
     Positive,
     NonNegative,
+    /// leverage: 0.01 to 1000
+    LeverageRange,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -217,7 +222,7 @@ static FILL: Model = Model {
         ("price", Check::Decimal(PRICE, Sign::Positive)),
         ("fee", Check::Decimal(MONEY, Sign::Any)),
         ("margin_mode", Check::Literal(&["cross", "isolated"])),
-        ("leverage", Check::Decimal(LEVERAGE, Sign::Positive)),
+        ("leverage", Check::Decimal(LEVERAGE, Sign::LeverageRange)),
     ],
 };
 static MARK: Model = Model {
@@ -320,31 +325,37 @@ fn described(value: &Value<'_>) -> String {
 // ------------------------------------------------------------------------------------------------ validation
 
 /// A validated field value.
-enum Field {
+enum Field<'v, 'a> {
     Absent,
     Int(u64),
-    Text(String),
+    Text(&'v Str<'a>),
     Choice(usize),
-    Decimal(Dec, String),
-    Items(Vec<Vec<Field>>),
+    Decimal(Dec, &'v str),
+    Items(Vec<Vec<Field<'v, 'a>>>),
 }
 
 fn last<'v, 'a>(entries: &'v [(Cow<'a, str>, Value<'a>)], name: &str) -> Option<&'v Value<'a>> {
     entries.iter().rev().find(|(key, _)| key == name).map(|(_, value)| value)
 }
 
-fn validate_model(model: &Model, value: &Value<'_>) -> Result<Vec<Field>, Error> {
+/// Most fields a model has.
+const MAX_FIELDS: usize = 12;
+
+fn validate_model<'v, 'a>(model: &Model, value: &'v Value<'a>) -> Result<Vec<Field<'v, 'a>>, Error> {
     let Value::Object(entries) = value else {
         return Err(Error { loc: vec![], message: "Input should be an object".into() });
     };
-    for (key, _) in entries {
-        if !model.fields.iter().any(|(name, _)| name == key) {
-            return Err(Error::at(key, "Extra inputs are not permitted"));
+    // one pass over the entries: each key's field (the last entry of a duplicated key counts), or the first extra
+    let mut slots: [Option<&'v Value<'a>>; MAX_FIELDS] = [None; MAX_FIELDS];
+    for (key, entry) in entries {
+        match model.fields.iter().position(|(name, _)| name.len() == key.len() && *name == key) {
+            Some(index) => slots[index] = Some(entry),
+            None => return Err(Error::at(key, "Extra inputs are not permitted")),
         }
     }
     let mut out = Vec::with_capacity(model.fields.len());
-    for (name, check) in model.fields {
-        let field = match last(entries, name) {
+    for ((name, check), slot) in model.fields.iter().zip(slots) {
+        let field = match slot {
             None => match check {
                 Check::Tag | Check::OptionalDecimal(..) | Check::OptionalTuple(..) => Field::Absent,
                 _ => return Err(Error::at(name, "Field required")),
@@ -356,7 +367,7 @@ fn validate_model(model: &Model, value: &Value<'_>) -> Result<Vec<Field>, Error>
     Ok(out)
 }
 
-fn validate_field(check: &Check, value: &Value<'_>) -> Result<Field, Error> {
+fn validate_field<'v, 'a>(check: &Check, value: &'v Value<'a>) -> Result<Field<'v, 'a>, Error> {
     let fail = |message: String| Err(Error { loc: vec![], message });
     match *check {
         Check::Tag => Ok(Field::Absent),
@@ -384,7 +395,7 @@ fn validate_field(check: &Check, value: &Value<'_>) -> Result<Field, Error> {
         },
         Check::Text(rule) => {
             let Value::Str(text) = value else { return fail("Input should be a valid string".into()) };
-            let chars = text.chars().count();
+            let chars = if text.is_ascii() { text.len() } else { text.chars().count() };
             if chars < 1 {
                 return fail("String should have at least 1 character".into());
             }
@@ -394,7 +405,7 @@ fn validate_field(check: &Check, value: &Value<'_>) -> Result<Field, Error> {
             if !text.bytes().all(rule.allowed) {
                 return fail(format!("String should match pattern '{}'", rule.pattern));
             }
-            Ok(Field::Text(text.to_string()))
+            Ok(Field::Text(text))
         }
         Check::Literal(options) => {
             if let Value::Str(text) = value {
@@ -416,7 +427,7 @@ fn validate_field(check: &Check, value: &Value<'_>) -> Result<Field, Error> {
     }
 }
 
-fn decimal(value: &Value<'_>, kind: Kind, sign: Sign) -> Result<Field, Error> {
+fn decimal<'v, 'a>(value: &'v Value<'a>, kind: Kind, sign: Sign) -> Result<Field<'v, 'a>, Error> {
     let fail = |message: String| Err(Error { loc: vec![], message });
     let Value::Str(text) = value else {
         return fail("a decimal must be a JSON string such as \"50000.5\"".into());
@@ -427,7 +438,7 @@ fn decimal(value: &Value<'_>, kind: Kind, sign: Sign) -> Result<Field, Error> {
     };
     let scaled = match plain.scaled(kind) {
         Ok(scaled) => scaled,
-        Err(TextError::Bounds) | Err(TextError::Syntax) => {
+        Err(_) => {
             return fail(format!("at most {} integer and {} fraction digits: {}", kind.integer_digits,
                                 kind.fraction_digits, quote(text)))
         }
@@ -435,12 +446,15 @@ fn decimal(value: &Value<'_>, kind: Kind, sign: Sign) -> Result<Field, Error> {
     match sign {
         Sign::Positive if scaled <= 0 => return fail("must be > 0".into()),
         Sign::NonNegative if scaled < 0 => return fail("must be >= 0".into()),
+        Sign::LeverageRange if !(1_000_000..=100_000_000_000).contains(&scaled) => {
+            return fail("must be >= 0.01 and <= 1000".into())
+        }
         _ => {}
     }
-    Ok(Field::Decimal(Dec { value: scaled, places: plain.fraction.len() as u8 }, text.to_string()))
+    Ok(Field::Decimal(Dec { value: scaled, places: plain.fraction.len() as u8 }, text))
 }
 
-fn tuple(value: &Value<'_>, model: &Model, min: usize, max: usize) -> Result<Field, Error> {
+fn tuple<'v, 'a>(value: &'v Value<'a>, model: &Model, min: usize, max: usize) -> Result<Field<'v, 'a>, Error> {
     let Value::Array(items) = value else {
         return Err(Error { loc: vec![], message: "Input should be a valid array".into() });
     };
@@ -476,9 +490,9 @@ fn tuple(value: &Value<'_>, model: &Model, min: usize, max: usize) -> Result<Fie
 
 // ------------------------------------------------------------------------------------------------ records
 
-fn text(field: &mut Field) -> String {
-    match std::mem::replace(field, Field::Absent) {
-        Field::Text(text) => text,
+fn text<'a>(field: &Field<'_, 'a>) -> Str<'a> {
+    match field {
+        Field::Text(text) => (*text).clone(),
         _ => unreachable!("validated as text"),
     }
 }
@@ -500,10 +514,10 @@ fn choice(field: &Field) -> usize {
         _ => unreachable!("validated as a literal"),
     }
 }
-fn items(field: &mut Field) -> Vec<Vec<Field>> {
-    match std::mem::replace(field, Field::Absent) {
+fn items<'f, 'v, 'a>(field: &'f Field<'v, 'a>) -> &'f [Vec<Field<'v, 'a>>] {
+    match field {
         Field::Items(items) => items,
-        _ => Vec::new(),
+        _ => &[],
     }
 }
 
@@ -584,7 +598,7 @@ pub fn decimal_str(text: &str) -> String {
     out
 }
 
-fn build(tag: &str, model: &'static Model, mut f: Vec<Field>) -> Record {
+fn build<'a>(tag: &str, model: &'static Model, f: Vec<Field<'_, 'a>>) -> Record<'a> {
     let ts = match f[1] {
         Field::Int(ts) => ts,
         _ => unreachable!("ts validated"),
@@ -597,33 +611,33 @@ fn build(tag: &str, model: &'static Model, mut f: Vec<Field>) -> Record {
     }
     let body = match tag {
         "fund" => Body::Fund {
-            fund_id: text(&mut f[2]),
-            settle_asset: text(&mut f[3]),
+            fund_id: text(&f[2]),
+            settle_asset: text(&f[3]),
             surplus: if choice(&f[4]) == 0 { Surplus::Fund } else { Surplus::Trader },
             max_inventory_ratio: dec(&f[5]),
         },
         "instrument" => Body::Instrument {
-            symbol: text(&mut f[2]),
-            settle_asset: text(&mut f[3]),
+            symbol: text(&f[2]),
+            settle_asset: text(&f[3]),
             tick_size: dec(&f[4]),
             lot_size: dec(&f[5]),
-            tiers: items(&mut f[6])
+            tiers: items(&f[6])
                 .iter()
                 .map(|t| Tier { max_notional: dec(&t[0]), mmr: dec(&t[1]), maint_amount: dec(&t[2]) })
                 .collect(),
             liquidation_fee_rate: dec(&f[7]),
-            fund_id: text(&mut f[8]),
+            fund_id: text(&f[8]),
         },
         "transfer" => Body::Transfer {
-            transfer_id: text(&mut f[2]),
-            account_id: text(&mut f[3]),
-            asset: text(&mut f[4]),
+            transfer_id: text(&f[2]),
+            account_id: text(&f[3]),
+            asset: text(&f[4]),
             amount: dec(&f[5]),
         },
         "fill" => Body::Fill {
-            fill_id: text(&mut f[2]),
-            account_id: text(&mut f[3]),
-            symbol: text(&mut f[4]),
+            fill_id: text(&f[2]),
+            account_id: text(&f[3]),
+            symbol: text(&f[4]),
             side: if choice(&f[5]) == 0 { Side::Buy } else { Side::Sell },
             qty: dec(&f[6]),
             price: dec(&f[7]),
@@ -631,16 +645,16 @@ fn build(tag: &str, model: &'static Model, mut f: Vec<Field>) -> Record {
             margin_mode: if choice(&f[9]) == 0 { MarginMode::Cross } else { MarginMode::Isolated },
             leverage: dec(&f[10]),
         },
-        "mark" => Body::Mark { symbol: text(&mut f[2]), mark_price: dec(&f[3]), index_price: optional_dec(&f[4]) },
-        "funding" => Body::Funding { symbol: text(&mut f[2]), rate: dec(&f[3]), mark_price: dec(&f[4]) },
+        "mark" => Body::Mark { symbol: text(&f[2]), mark_price: dec(&f[3]), index_price: optional_dec(&f[4]) },
+        "funding" => Body::Funding { symbol: text(&f[2]), rate: dec(&f[3]), mark_price: dec(&f[4]) },
         "liquidation" => Body::Liquidation {
-            liquidation_id: text(&mut f[2]),
-            account_id: text(&mut f[3]),
-            symbol: text(&mut f[4]),
+            liquidation_id: text(&f[2]),
+            account_id: text(&f[3]),
+            symbol: text(&f[4]),
             qty: dec(&f[5]),
             mark_price: dec(&f[6]),
             bankruptcy_price: optional_dec(&f[7]),
-            executions: items(&mut f[8]).iter().map(|e| Execution { qty: dec(&e[0]), price: dec(&e[1]) }).collect(),
+            executions: items(&f[8]).iter().map(|e| Execution { qty: dec(&e[0]), price: dec(&e[1]) }).collect(),
         },
         _ => unreachable!("a known tag"),
     };
@@ -649,8 +663,8 @@ fn build(tag: &str, model: &'static Model, mut f: Vec<Field>) -> Record {
 
 const TAG_LIST: &str = "'fund', 'instrument', 'transfer', 'fill', 'mark', 'funding', 'liquidation'";
 
-fn validate_document(document: &Value<'_>, topic_type: Option<&str>)
-                     -> Result<(&'static str, &'static Model, Vec<Field>), String> {
+fn validate_document<'v, 'a>(document: &'v Value<'a>, topic_type: Option<&str>)
+                     -> Result<(&'static str, &'static Model, Vec<Field<'v, 'a>>), String> {
     let Value::Object(entries) = document else { return Err("Input should be an object".into()) };
     let tag: &str = match (last(entries, "type"), topic_type) {
         (None, Some(topic_type)) => topic_type,
@@ -680,7 +694,7 @@ pub fn line_dump(raw: &[u8]) -> Result<String, String> {
 }
 
 /// A journal line (backstop.wire.decode.decode_record): the size limit, JSON, then the models.
-pub fn decode_line(raw: &[u8]) -> Result<Record, String> {
+pub fn decode_line(raw: &[u8]) -> Result<Record<'_>, String> {
     if raw.len() > MAX_RECORD_BYTES {
         return Err(format!("record of {} bytes exceeds the limit of {MAX_RECORD_BYTES}", raw.len()));
     }
@@ -691,7 +705,8 @@ pub fn decode_line(raw: &[u8]) -> Result<Record, String> {
 
 /// A consumed Kafka value of the topic of `record_type` (backstop.pipeline.ingest.decode_consumed): the record and
 /// its canonical JSON with its type (the journal payload).
-pub fn decode_consumed(value: Option<&[u8]>, record_type: &str, topic: &str) -> Result<(Record, Vec<u8>), String> {
+pub fn decode_consumed<'a>(value: Option<&'a [u8]>, record_type: &str, topic: &str)
+                           -> Result<(Record<'a>, Vec<u8>), String> {
     if model_of(record_type).is_none() {
         return Err(format!("not an input topic: {topic}"));
     }

@@ -2,8 +2,9 @@
 
 The reason is canonical, so that the compiled engine (crates/backstop-engine/src/wire.rs) writes the same bytes into
 dead letters: the first error in pydantic's order (keys that are not fields, in input order; then the fields in
-declaration order), as `<field path>: <message>`. A bad decimal quotes its input (40 characters at most, as a JSON
-string); a JSON syntax error is "invalid JSON" without the parser's detail, which differs between parsers.
+declaration order), as `<field path>: <message>`. A bad decimal's reason is decimal_reason's (docs/design.md §9.2),
+its input quoted as a JSON string; a JSON syntax error is "invalid JSON" without the parser's detail, which differs
+between parsers.
 """
 
 from __future__ import annotations
@@ -13,20 +14,14 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from backstop.wire.inputs import INPUT_ADAPTER, AnyRecord
+from backstop.wire.inputs import INPUT_ADAPTER, KINDS, AnyRecord, decimal_reason, quoted
 
 MAX_RECORD_BYTES = 1 << 20
 QUOTED_CHARS = 40
-_QUOTED_INPUT = frozenset({"plain_decimal_syntax", "plain_decimal_bounds"})
 
 
 class InvalidRecord(ValueError):
     """A record that cannot be decoded or does not match wire contract version 1."""
-
-
-def quoted(text: str) -> str:
-    """At most QUOTED_CHARS characters of a bad input, as a JSON string (control characters escaped)."""
-    return orjson.dumps(text[:QUOTED_CHARS]).decode()
 
 
 def shown(value: Any) -> str:
@@ -50,8 +45,9 @@ def describe(error: ValidationError) -> str:
                 f"{item['ctx']['expected_tags']}")
     location = ".".join(str(part)[:QUOTED_CHARS] for part in item["loc"])
     message = item["msg"].removeprefix("Value error, ")
-    if kind in _QUOTED_INPUT:
-        message += f": {quoted(str(item['input']))}"
+    if kind == "plain_decimal":  # which rule the value broke: syntax, digits of its kind, or sign
+        context = item.get("ctx") or {}
+        message = decimal_reason(item["input"], KINDS[context["kind"]], context["sign"])
     return f"{location}: {message}" if location else message
 
 
