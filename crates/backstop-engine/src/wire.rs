@@ -7,7 +7,7 @@
 //! is the only error; otherwise the first item's error, then too few valid items.
 
 use crate::json::{self, Dialect, Value};
-use crate::numbers::{self, Kind, TextError, LEVERAGE, MONEY, PRICE, QTY, RATE};
+use crate::numbers::{self, Kind, LEVERAGE, MONEY, PRICE, QTY, RATE};
 use std::borrow::Cow;
 use std::fmt::Write;
 
