@@ -6,8 +6,10 @@ use std::time::Instant;
 fn main() {
     let data = match std::env::args().nth(1) {
         Some(path) => std::fs::read(path).expect("a readable journal"),
-        None => br#"{"type":"fill","ts":1700000000000,"fill_id":"f123456","account_id":"acct-000123","symbol":"BTCUSDT","side":"buy","qty":"0.015","price":"50123.4","fee":"0.3759255","margin_mode":"cross","leverage":"20"}"#
-            .repeat(1).iter().chain(b"\n").copied().cycle().take(200 * 300_000).collect(),
+        None => {
+            let line: &[u8] = br#"{"type":"fill","ts":1700000000000,"fill_id":"f123456","account_id":"acct-000123","symbol":"BTCUSDT","side":"buy","qty":"0.015","price":"50123.4","fee":"0.3759255","margin_mode":"cross","leverage":"20"}"#;
+            [line, b"\n"].concat().repeat(300_000)
+        }
     };
     let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
     for _ in 0..3 {
