@@ -1,7 +1,7 @@
 //! The PyO3 module `backstop._engine`: a thin skin over `backstop_engine`. It converts at the boundary once per
 //! batch, releases the GIL while a batch runs, and turns engine errors into typed Python exceptions.
 
-use backstop_engine::{numbers, wire};
+use backstop_engine::{canonical, json, numbers, wire};
 use ethnum::I256;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -70,6 +70,32 @@ fn wire_decode_consumed<'py>(py: Python<'py>, value: Option<&[u8]>, record_type:
     }
 }
 
+fn parsed_json(raw: &[u8]) -> PyResult<json::Value<'_>> {
+    json::parse(raw, json::Dialect::File).map_err(|_| PyValueError::new_err("invalid JSON"))
+}
+
+/// A JSON document written again canonically (compact, or orjson's indent of 2): tests compare it with orjson's.
+#[pyfunction]
+fn canonical_reencode<'py>(py: Python<'py>, raw: &[u8], pretty: bool) -> PyResult<Bound<'py, PyBytes>> {
+    let document = parsed_json(raw)?;
+    let value = canonical::from_json(&document).ok_or_else(|| PyValueError::new_err("a float"))?;
+    let mut out = Vec::new();
+    if pretty {
+        canonical::write_pretty(&mut out, &value, 0);
+    } else {
+        canonical::write(&mut out, &value);
+    }
+    Ok(PyBytes::new(py, &out))
+}
+
+/// The chain hash of an output record written as JSON (its canonical JSON without `hash`).
+#[pyfunction]
+fn canonical_chain_hash(raw: &[u8]) -> PyResult<String> {
+    let document = parsed_json(raw)?;
+    let value = canonical::from_json(&document).ok_or_else(|| PyValueError::new_err("a float"))?;
+    Ok(canonical::chain_hash_of(&value))
+}
+
 #[pymodule]
 fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("VERSION", backstop_engine::VERSION)?;
@@ -78,5 +104,7 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(numbers_div, module)?)?;
     module.add_function(wrap_pyfunction!(wire_decode_line, module)?)?;
     module.add_function(wrap_pyfunction!(wire_decode_consumed, module)?)?;
+    module.add_function(wrap_pyfunction!(canonical_reencode, module)?)?;
+    module.add_function(wrap_pyfunction!(canonical_chain_hash, module)?)?;
     Ok(())
 }
