@@ -7,6 +7,7 @@ import contextlib
 import gc
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 from backstop import __version__
 
@@ -39,11 +40,33 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+ENGINE_CHOICES = ("reference", "compiled")
+# The compiled engine becomes the default once tests/differential shows it byte-identical on every journal.
+DEFAULT_ENGINE = "reference"
+
+
+def _engine_for(args: argparse.Namespace) -> Literal["reference", "compiled"]:
+    """The engine asked for, else the default; the default falls back to the reference when the compiled one is not
+    built here, saying so on stderr."""
+    from backstop.engines import compiled_available
+
+    if args.engine is not None:
+        chosen: Literal["reference", "compiled"] = args.engine
+        return chosen
+    if DEFAULT_ENGINE == "compiled":
+        missing = compiled_available()
+        if missing is None:
+            return "compiled"
+        print(f"backstop: {missing}; using the reference engine", file=sys.stderr)
+    return "reference"
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
     from backstop.core.engine import AdlPolicy
+    from backstop.engines import EngineUnavailable
     from backstop.entrypoints.replay import ReplayError, ReplayOptions, replay, replay_lines
 
     sources = [bool(args.journal), bool(args.from_postgres), bool(args.from_kafka)]
@@ -55,7 +78,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                             snapshot_every=args.snapshot_every,
                             from_snapshot=Path(args.from_snapshot) if args.from_snapshot else None,
                             check_conservation=args.check_conservation,
-                            adl_policy=AdlPolicy(args.adl_rule, args.adl_price))
+                            adl_policy=AdlPolicy(args.adl_rule, args.adl_price), engine=_engine_for(args))
     stored: dict[str, object] | None = None
     try:
         if args.journal:
@@ -67,6 +90,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except ReplayError as error:
         print(f"backstop replay: {error}", file=sys.stderr)
         return error.exit_code
+    except EngineUnavailable as error:
+        print(f"backstop replay: {error} (or use --engine reference)", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as error:
         print(f"backstop replay: cannot read the stored journal: {error}", file=sys.stderr)
         return 2
@@ -334,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ADL ranking rule (default bitmex, DESIGN.md's; what-if runs record theirs)")
     replay.add_argument("--adl-price", choices=["bankruptcy", "mark"], default="bankruptcy",
                         help="price counterparties are closed at (default: the lot's bankruptcy price)")
+    replay.add_argument("--engine", choices=ENGINE_CHOICES, default=None,
+                        help=f"which engine applies the rules (default {DEFAULT_ENGINE}; the reference when the "
+                             "compiled engine is not built here)")
     replay.set_defaults(handler=_cmd_replay)
 
     schemas = commands.add_parser("schemas", help="write (or --check) the JSON Schemas of the wire records")

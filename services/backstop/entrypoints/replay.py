@@ -1,25 +1,26 @@
-"""`backstop replay`: run a JSONL journal through the engine and write the output directory."""
+"""`backstop replay`: run a JSONL journal through a ledger engine and write the output directory.
+
+The journal goes to the engine in chunks of whole lines (backstop.engines: the batch API both engines serve); the
+engine hands back each output file's bytes, which are appended as they come.
+"""
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from backstop.adapters.files import OutputDir, read_lines, write_json
-from backstop.core.dedupe import Deduper
-from backstop.core.engine import AdlPolicy, Engine
-from backstop.core.processor import Applied, Processor, Rejection
-from backstop.core.report import accounts, summary
-from backstop.core.snapshot import restore, state_document, state_hash
-from backstop.wire.decode import InvalidRecord, decode_record
+from backstop.adapters.files import OutputDir, write_bytes, write_json
+from backstop.core.engine import AdlPolicy
+from backstop.engines import EngineName, EngineOptions, EngineUnavailable, SnapshotError, open_engine
 
 PROGRESS_MIN_BYTES = 8 << 20
+CHUNK_BYTES = 1 << 20  # lines handed to the engine at once
 
 
 class ReplayError(Exception):
@@ -40,87 +41,107 @@ class ReplayOptions:
     check_conservation: bool = False
     adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
     progress: bool | None = None  # None: on a terminal, for large files
-
-
-def snapshot_document(processor: Processor, input_line: int) -> dict[str, Any]:
-    return {"input_line": input_line, "engine": state_document(processor.engine),
-            "state_hash": state_hash(processor.engine), "dedupe": processor.deduper.entries(),
-            "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
-                         "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
-                         "findings": processor.findings}}
-
-
-def processor_from_snapshot(path: Path, *, check_conservation: bool) -> tuple[Processor, int]:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ReplayError(f"cannot read snapshot {path}: {error}", 2) from None
-    engine = restore(document["engine"], check_conservation=check_conservation)
-    if state_hash(engine) != document["state_hash"]:
-        raise ReplayError(f"snapshot {path} is corrupt: its state hash does not match its contents", 2)
-    processor = Processor(engine, Deduper((key, ts) for key, ts in document["dedupe"]))
-    counters = document["counters"]
-    processor.duplicates, processor.rejected = counters["duplicates"], counters["rejected"]
-    processor.fund_entries, processor.adl_events = counters["fund_entries"], counters["adl_events"]
-    processor.findings = counters["findings"]
-    return processor, int(document["input_line"])
+    engine: EngineName = "reference"
 
 
 def replay(options: ReplayOptions) -> dict[str, Any]:
     journal = options.journal
     if not journal.is_file():
         raise ReplayError(f"cannot read journal {journal}: no such file", 2)
-    return replay_lines(options, lambda skip: read_lines(journal, skip=skip), journal.stat().st_size)
+    return replay_chunks(options, lambda skip: file_chunks(journal, skip), journal.stat().st_size)
 
 
 def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[int, bytes]]], size: int
                  ) -> dict[str, Any]:
     """Replay (line number, raw record) pairs; `lines(skip)` yields those after the first `skip` lines."""
+    return replay_chunks(options, lambda skip: line_chunks(lines(skip)), size)
+
+
+def file_chunks(path: Path, skip: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(number of its first line, whole lines) of a file, after its first `skip` lines, about CHUNK_BYTES each."""
+    number = 1
+    with path.open("rb") as handle:
+        while number <= skip:
+            if not handle.readline():
+                return
+            number += 1
+        rest = b""
+        while True:
+            block = handle.read(CHUNK_BYTES)
+            if not block:
+                if rest:
+                    yield number, rest
+                return
+            data = rest + block
+            end = data.rfind(b"\n") + 1
+            if end == 0:
+                rest = data
+                continue
+            chunk, rest = data[:end], data[end:]
+            yield number, chunk
+            number += chunk.count(b"\n")
+
+
+def line_chunks(lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    """Chunks from numbered lines (each chunk's lines consecutive)."""
+    first, size, expected = 0, 0, 0
+    parts: list[bytes] = []
+    for number, raw in lines:
+        if parts and (number != expected or size >= CHUNK_BYTES):
+            yield first, b"\n".join(parts) + b"\n"
+            parts, size = [], 0
+        if not parts:
+            first = number
+        parts.append(raw)
+        size += len(raw) + 1
+        expected = number + 1
+    if parts:
+        yield first, b"\n".join(parts) + b"\n"
+
+
+def replay_chunks(options: ReplayOptions, chunks: Callable[[int], Iterable[tuple[int, bytes]]], size: int
+                  ) -> dict[str, Any]:
     journal = options.journal
-    if options.from_snapshot is not None:
-        processor, skip = processor_from_snapshot(options.from_snapshot,
-                                                  check_conservation=options.check_conservation)
-    else:
-        processor, skip = Processor(Engine(check_conservation=options.check_conservation,
-                                           adl_policy=options.adl_policy)), 0
+    engine_options = EngineOptions(strict=options.strict, snapshot_every=options.snapshot_every,
+                                   check_conservation=options.check_conservation, adl_policy=options.adl_policy)
+    skip = 0
+    try:
+        if options.from_snapshot is not None:
+            skip = _snapshot_line(options.from_snapshot)
+        engine = open_engine(options.engine, engine_options, options.from_snapshot)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        if isinstance(error, EngineUnavailable):
+            raise
+        detail = "its state hash does not match its contents" if isinstance(error, SnapshotError) else error
+        raise ReplayError(f"snapshot {options.from_snapshot} is corrupt or unreadable: {detail}", 2) from None
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and
                                                                    size >= PROGRESS_MIN_BYTES)
     snapshots = options.out / "snapshots"
     if options.snapshot_every > 0:
         snapshots.mkdir(parents=True, exist_ok=True)
-    next_snapshot = processor.events_applied + options.snapshot_every
-    with processor.engine.decimal_context(), OutputDir(options.out) as out, Progress(
+    with OutputDir(options.out) as out, Progress(
             "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
             TimeRemainingColumn(), disable=not show, transient=True) as progress:
         task = progress.add_task("replay", total=size)
-        done_bytes = 0
         try:
-            for number, raw in lines(skip):
-                done_bytes += len(raw) + 1
-                if number % 4096 == 0:
-                    progress.update(task, completed=done_bytes)
-                try:
-                    record = decode_record(raw)
-                except InvalidRecord as error:
-                    processor.reject_unparsed()
-                    out.dead_letter(number, str(error), raw)
-                    if options.strict:
-                        raise ReplayError(f"line {number}: {error}", 1) from None
-                    continue
-                outcome = processor.process(record)
-                if isinstance(outcome, Applied):
-                    out.effects(outcome.effects)
-                    if options.snapshot_every > 0 and outcome.seq >= next_snapshot:
-                        write_json(snapshots / f"snapshot-{outcome.seq:012d}.json",
-                                   snapshot_document(processor, number))
-                        next_snapshot = outcome.seq + options.snapshot_every
-                elif isinstance(outcome, Rejection):
-                    out.dead_letter(number, outcome.reason, raw)
-                    if options.strict:
-                        raise ReplayError(f"line {number}: {outcome.reason}", 1)
+            for first_line, chunk in chunks(skip):
+                result = engine.apply_lines(chunk, first_line)
+                out.write_batch(result.fund_ledger, result.adl_events, result.findings, result.dead_letters)
+                for seq, document in result.snapshots:
+                    (snapshots / f"snapshot-{seq:012d}.json").write_bytes(document)
+                if result.stopped is not None:
+                    line, reason = result.stopped
+                    raise ReplayError(f"line {line}: {reason}", 1)
+                progress.advance(task, len(chunk))
         except OSError as error:
             raise ReplayError(f"cannot read journal {journal}: {error}", 2) from None
-    result = summary(processor)
-    write_json(options.out / "summary.json", result)
-    write_json(options.out / "accounts.json", accounts(processor.engine))
-    return result
+    result_summary = engine.summary()
+    write_json(options.out / "summary.json", result_summary)
+    write_bytes(options.out / "accounts.json", engine.accounts_json())
+    return result_summary
+
+
+def _snapshot_line(path: Path) -> int:
+    """The journal line a snapshot was taken after (the replay resumes after it)."""
+    document = orjson.loads(path.read_bytes())
+    return int(document["input_line"])
