@@ -1,7 +1,12 @@
 //! The PyO3 module `backstop._engine`: a thin skin over `backstop_engine`. It converts at the boundary once per
 //! batch, releases the GIL while a batch runs, and turns engine errors into typed Python exceptions.
 
+use backstop_engine::processor::Processor;
 use backstop_engine::{canonical, json, numbers, wire};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::types::PyTuple;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use ethnum::I256;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -96,9 +101,95 @@ fn canonical_chain_hash(raw: &[u8]) -> PyResult<String> {
     Ok(canonical::chain_hash_of(&value))
 }
 
+create_exception!(_engine, InvariantViolation, PyException,
+                  "An internal rule of the compiled engine broke (a bug): the engine must not be used any more.");
+
+/// The compiled engine's state behind backstop.engines.CompiledEngine. A batch crosses the boundary once, with the
+/// GIL released while it runs; a panic inside (an overflow, a broken invariant) poisons the engine and surfaces as
+/// InvariantViolation.
+#[pyclass(module = "backstop._engine")]
+struct Ledger {
+    processor: Processor,
+    poisoned: Option<String>,
+}
+
+impl Ledger {
+    fn guarded<T>(&mut self, work: impl FnOnce(&mut Processor) -> T) -> PyResult<T> {
+        if let Some(reason) = &self.poisoned {
+            return Err(InvariantViolation::new_err(format!("the engine stopped earlier: {reason}")));
+        }
+        match catch_unwind(AssertUnwindSafe(|| work(&mut self.processor))) {
+            Ok(value) => Ok(value),
+            Err(panic) => {
+                let reason = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".to_string());
+                self.poisoned = Some(reason.clone());
+                Err(InvariantViolation::new_err(reason))
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl Ledger {
+    #[new]
+    #[pyo3(signature = (*, strict, snapshot_every, snapshot))]
+    fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>) -> PyResult<Ledger> {
+        let processor = match snapshot {
+            None => Processor::new(strict, snapshot_every),
+            Some(raw) => Processor::restore(raw, strict, snapshot_every).map_err(PyValueError::new_err)?,
+        };
+        Ok(Ledger { processor, poisoned: None })
+    }
+
+    fn events_applied(&self) -> u64 {
+        self.processor.events_applied()
+    }
+
+    fn apply_lines<'py>(&mut self, py: Python<'py>, chunk: &[u8], first_line: u64) -> PyResult<Bound<'py, PyTuple>> {
+        let batch = py.detach(|| self.guarded(|processor| processor.apply_lines(chunk, first_line)))?;
+        let snapshots: Vec<(u64, Bound<'py, PyBytes>)> =
+            batch.snapshots.iter().map(|(seq, document)| (*seq, PyBytes::new(py, document))).collect();
+        (
+            PyBytes::new(py, &batch.outputs.fund_ledger),
+            PyBytes::new(py, &batch.outputs.adl_events),
+            PyBytes::new(py, &batch.outputs.findings),
+            PyBytes::new(py, &batch.dead_letters),
+            snapshots,
+            batch.stopped,
+        )
+            .into_pyobject(py)
+    }
+
+    fn summary_json<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let document = py.detach(|| self.guarded(|processor| processor.summary_json()))?;
+        Ok(PyBytes::new(py, &document))
+    }
+
+    fn accounts_json<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let document = py.detach(|| self.guarded(|processor| processor.accounts_json()))?;
+        Ok(PyBytes::new(py, &document))
+    }
+
+    fn state_hash(&mut self, py: Python<'_>) -> PyResult<String> {
+        py.detach(|| self.guarded(|processor| processor.state_hash()))
+    }
+
+    fn snapshot_json<'py>(&mut self, py: Python<'py>, input_line: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let mut document = py.detach(|| self.guarded(|processor| processor.snapshot_json(input_line)))?;
+        document.push(b'\n');
+        Ok(PyBytes::new(py, &document))
+    }
+}
+
 #[pymodule]
 fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("VERSION", backstop_engine::VERSION)?;
+    module.add("InvariantViolation", module.py().get_type::<InvariantViolation>())?;
+    module.add_class::<Ledger>()?;
     module.add_function(wrap_pyfunction!(numbers_text, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_parse, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_div, module)?)?;

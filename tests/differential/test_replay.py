@@ -1,0 +1,107 @@
+"""Both engines on the same journals, through `backstop replay`: every output file byte-identical (fund ledger, ADL
+events, findings, dead letters, summary, accounts, snapshots), so the head hash and the state hash too; and a
+snapshot written by either engine resumes in either with the same result.
+
+Journals: every example, and hypothesis-generated ones (tests/property/strategies.py: trading, marks, funding,
+liquidations with and without executions, fund fills, transfers; many records rejected on purpose), with bad lines
+and duplicates mixed in. A difference is a rule that is not ported, or ported wrongly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backstop.engines import EngineName
+from backstop.entrypoints.replay import ReplayError, ReplayOptions, replay
+from property.strategies import journals
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.jsonl"))
+# The reference engine does not yet follow docs/design.md §9.4 where this example needs it (a short's bankruptcy
+# price rounded up to 1e-8 before the ADL score divides by its distance; the reference divides by the exact one):
+# the scores differ in their twelfth decimal. strict: the mark must go when the reference lands §9.4.
+SECTION_9_4_PENDING = {"06-bad-debt"}
+
+
+def outputs(directory: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*"))
+            if path.is_file()}
+
+
+def run(journal: Path, out: Path, engine: EngineName, **options: object) -> dict[str, bytes]:
+    replay(ReplayOptions(journal=journal, out=out, engine=engine, **options))  # type: ignore[arg-type]
+    return outputs(out)
+
+
+def assert_same(reference: dict[str, bytes], compiled: dict[str, bytes]) -> None:
+    assert sorted(reference) == sorted(compiled)
+    for name in reference:
+        if compiled[name] != reference[name]:
+            pairs = zip(reference[name].splitlines(), compiled[name].splitlines(), strict=False)
+            number, (expected, got) = next((n, pair) for n, pair in enumerate(pairs, 1) if pair[0] != pair[1])
+            context = reference[name].splitlines()[max(0, number - 8):number]
+            pytest.fail(f"{name} line {number}: reference {expected!r}, compiled {got!r}; before it: {context}")
+
+
+@pytest.mark.parametrize("journal", [
+    pytest.param(path, marks=pytest.mark.xfail(strict=True, reason="reference not yet on §9.4"))
+    if path.stem in SECTION_9_4_PENDING else path for path in EXAMPLES], ids=lambda path: path.stem)
+def test_examples_replay_alike(journal: Path, tmp_path: Path) -> None:
+    reference = run(journal, tmp_path / "reference", "reference", snapshot_every=2)
+    compiled = run(journal, tmp_path / "compiled", "compiled", snapshot_every=2)
+    assert_same(reference, compiled)
+
+
+@pytest.mark.parametrize("journal", [path for path in EXAMPLES if path.stem not in SECTION_9_4_PENDING],
+                         ids=lambda path: path.stem)
+def test_a_snapshot_of_either_engine_resumes_in_either(journal: Path, tmp_path: Path) -> None:
+    whole = run(journal, tmp_path / "whole", "reference", snapshot_every=4)
+    snapshots = sorted((tmp_path / "whole" / "snapshots").glob("*.json"))
+    assert snapshots
+    for writer in ("reference", "compiled"):
+        written = run(journal, tmp_path / f"by-{writer}", writer, snapshot_every=4)  # type: ignore[arg-type]
+        snapshot = tmp_path / f"by-{writer}" / "snapshots" / snapshots[0].name
+        assert written["snapshots/" + snapshots[0].name] == whole["snapshots/" + snapshots[0].name]
+        for reader in ("reference", "compiled"):
+            tail = run(journal, tmp_path / f"{writer}-{reader}", reader, from_snapshot=snapshot)  # type: ignore[arg-type]
+            assert tail["summary.json"] == whole["summary.json"], (writer, reader)
+            assert tail["accounts.json"] == whole["accounts.json"], (writer, reader)
+
+
+def test_strict_mode_stops_alike(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(EXAMPLES[0].read_bytes() + b'{"type":"fill"}\n' + EXAMPLES[0].read_bytes())
+    messages = []
+    for engine in ("reference", "compiled"):
+        with pytest.raises(ReplayError) as caught:
+            run(journal, tmp_path / engine, engine, strict=True)  # type: ignore[arg-type]
+        messages.append((str(caught.value), caught.value.exit_code))
+    assert messages[0] == messages[1]
+    assert outputs(tmp_path / "reference") == outputs(tmp_path / "compiled")
+
+
+noise = st.sampled_from([b"", b"   ", b"not json", b'{"type":"fill"}', b'{"type":"mark","ts":1}', b"\xff\xfe",
+                         b'{"type":"trade","ts":1}', b"[]"])
+
+
+@settings(max_examples=60)
+@given(records=journals(), bad=st.lists(st.tuples(st.integers(0, 200), noise), max_size=4),
+       repeats=st.lists(st.integers(0, 200), max_size=4))
+def test_generated_journals_replay_alike(records: list[dict[str, object]], bad: list[tuple[int, bytes]],
+                                         repeats: list[int], tmp_path_factory: pytest.TempPathFactory) -> None:
+    lines = [orjson.dumps(record) for record in records]
+    for at in repeats:  # duplicates: a line sent again later
+        if lines:
+            lines.insert(min(at + 1, len(lines)), lines[at % len(lines)])
+    for at, line in bad:
+        lines.insert(min(at, len(lines)), line)
+    directory = tmp_path_factory.mktemp("journal")
+    journal = directory / "journal.jsonl"
+    journal.write_bytes(b"\n".join(lines) + b"\n")
+    reference = run(journal, directory / "reference", "reference", snapshot_every=7)
+    compiled = run(journal, directory / "compiled", "compiled", snapshot_every=7)
+    assert_same(reference, compiled)
