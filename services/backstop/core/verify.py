@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from backstop.core.hashing import GENESIS_HASH, chain_hash
+from backstop.core.numbers import CONTEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +46,23 @@ def check_chain(stream: str, records: Iterable[dict[str, Any]], *, first_prev: s
 
 
 def check_fund_balances(entries: Iterable[dict[str, Any]]) -> tuple[Problem | None, dict[str, Decimal]]:
-    """balance_after of each entry = the previous balance of that fund + amount; returns the final balances."""
+    """balance_after of each entry = the previous balance of that fund + amount, added exactly (CONTEXT, as the engine
+    does); returns the final balances."""
     balances: dict[str, Decimal] = {}
-    for index, entry in enumerate(entries):
-        fund_id = entry["fund_id"]
-        expected = balances.get(fund_id, Decimal(0)) + Decimal(entry["amount"])
-        if Decimal(entry["balance_after"]) != expected:
-            return Problem("fund-ledger", index, entry.get("id"), f"balance_after {entry['balance_after']} but the "
-                                                                  f"amounts add up to {expected}"), balances
-        balances[fund_id] = expected
+    with localcontext(CONTEXT):
+        for index, entry in enumerate(entries):
+            fund_id = entry["fund_id"]
+            try:
+                expected = balances.get(fund_id, Decimal(0)) + Decimal(entry["amount"])
+                after = Decimal(entry["balance_after"])
+            except (ArithmeticError, TypeError, ValueError):  # not a decimal, or beyond what the engine can hold
+                return Problem("fund-ledger", index, entry.get("id"), f"amount {entry.get('amount')!r} or "
+                                                                      f"balance_after {entry.get('balance_after')!r} "
+                                                                      f"is not an exact decimal"), balances
+            if after != expected:
+                return Problem("fund-ledger", index, entry.get("id"), f"balance_after {entry['balance_after']} but "
+                                                                      f"the amounts add up to {expected}"), balances
+            balances[fund_id] = expected
     return None, balances
 
 

@@ -138,6 +138,10 @@ class RunMetrics:
     minute_queue: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)  # symbol -> (longs, shorts)
 
     def as_json(self) -> dict[str, Any]:
+        with localcontext(CONTEXT):
+            return self._as_json()
+
+    def _as_json(self) -> dict[str, Any]:
         return {
             "liquidations": self.liquidations, "liquidated_notional": text(money(self.liquidated_notional)),
             "adl_events": self.adl_events, "adl_notional": text(money(self.adl_notional)),
@@ -185,6 +189,11 @@ def run_scenario(records: Iterable[AnyRecord], scenario: Scenario, out: Path,
 
 
 def _observe(metrics: RunMetrics, engine: Engine, record: AnyRecord, outcome: Applied) -> None:
+    with localcontext(CONTEXT):  # exact sums and products, as the engine's (a default context rounds wide ones)
+        _observe_exactly(metrics, engine, record, outcome)
+
+
+def _observe_exactly(metrics: RunMetrics, engine: Engine, record: AnyRecord, outcome: Applied) -> None:
     minute = record.ts - record.ts % 60_000
     if isinstance(record, MarkRecord):
         metrics.minute_mark.setdefault(record.symbol, {})[minute] = record.mark_price

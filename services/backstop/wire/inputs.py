@@ -99,9 +99,9 @@ def decimal_reason(value: object, kind: Kind, sign: str) -> str:
 
 class _PlainDecimal:
     """A decimal field: a JSON string matching its kind's pattern for its sign, turned into a Decimal. The check is
-    one pattern that pydantic-core runs in Rust: with a Python validator per field, decoding and validating ran at
-    238,000 records/s instead of 311,000 (benchmarks/replay.py's validate_only). Its error carries the kind and the
-    sign; backstop.wire.decode asks decimal_reason which rule the value broke."""
+    one pattern that pydantic-core runs in Rust (a Python validator per field made decoding and validating markedly
+    slower: benchmarks/replay.py's validate_only). Its error carries the kind and the sign; backstop.wire.decode asks
+    decimal_reason which rule the value broke, only for a value it refused."""
 
     def __init__(self, kind: Kind, sign: str) -> None:
         self.kind, self.sign = kind, sign
