@@ -492,13 +492,18 @@ impl Engine {
         for execution in executions {
             self.check_steps(symbol_id, execution.qty.value, Some(execution.price.value))?;
         }
+        let fund = self.instruments[&symbol_id].fund_id;
+        let net = self.funds[&fund].net_qty(symbol_id) + if position.qty > 0 { qty } else { -qty };
+        if net.abs() >= MAX_POSITION_QTY {
+            return reject(format!("fund {} would hold {} {symbol}, above the bound 10^12", self.names.name(fund),
+                                  Shown(net, S8)));
+        }
 
         let mark = mark_price.value;
         self.marks.insert(symbol_id, mark);
         let mark_ts = self.mark_ts.get(&symbol_id).copied().unwrap_or(record.ts).max(record.ts);
         self.mark_ts.insert(symbol_id, mark_ts);
         let instrument = self.instruments[&symbol_id].clone();
-        let fund = instrument.fund_id;
         let view = self.margin_view(&position);
         if !view.liquidatable() {
             let details = vec![
