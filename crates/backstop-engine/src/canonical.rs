@@ -57,16 +57,21 @@ pub fn write(out: &mut Vec<u8>, value: &J<'_>) {
             out.push(b']');
         }
         J::Obj(entries) => {
-            let mut order: Vec<usize> = (0..entries.len()).collect();
-            order.sort_unstable_by(|&a, &b| entries[a].0.cmp(entries[b].0));
             out.push(b'{');
-            for (index, &at) in order.iter().enumerate() {
+            let mut write_entry = |index: usize, (key, value): &(&str, J<'_>)| {
                 if index > 0 {
                     out.push(b',');
                 }
-                write_string(out, entries[at].0);
+                write_string(out, key);
                 out.push(b':');
-                write(out, &entries[at].1);
+                write(out, value);
+            };
+            if entries.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+                entries.iter().enumerate().for_each(|(index, entry)| write_entry(index, entry));
+            } else {
+                let mut order: Vec<&(&str, J<'_>)> = entries.iter().collect();
+                order.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                order.into_iter().enumerate().for_each(|(index, entry)| write_entry(index, entry));
             }
             out.push(b'}');
         }

@@ -10,7 +10,7 @@ use crate::numbers::{
 use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Positions, Side, Tier};
 use crate::wire::{Body, Dec, MarginMode, Record, Side as TradeSide, Surplus};
 use ethnum::I256;
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 pub const SCHEMA_VERSION: i128 = 1;
 pub const MAX_LATENESS_MS: u64 = 600_000;
@@ -92,17 +92,17 @@ impl Default for Engine {
         Engine {
             names: Names::default(),
             ledger: Ledger::default(),
-            funds: HashMap::new(),
-            instruments: HashMap::new(),
-            marks: HashMap::new(),
+            funds: HashMap::default(),
+            instruments: HashMap::default(),
+            marks: HashMap::default(),
             positions: Positions::default(),
             last_seq: 0,
             newest_ts: None,
-            mark_ts: HashMap::new(),
-            funding_ts: HashMap::new(),
+            mark_ts: HashMap::default(),
+            funding_ts: HashMap::default(),
             ledger_head: GENESIS_HASH.to_string(),
             adl_head: GENESIS_HASH.to_string(),
-            settle_assets: HashSet::new(),
+            settle_assets: HashSet::default(),
             seq: 0,
             ts: 0,
             counts: EventCounts::default(),

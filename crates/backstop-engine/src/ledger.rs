@@ -4,7 +4,7 @@
 
 use crate::numbers::{add, sub};
 use ethnum::I256;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// Strings the engine meets again and again (account ids, symbols, assets, fund ids), as small integers.
 #[derive(Default, Clone, Debug)]

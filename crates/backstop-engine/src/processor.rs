@@ -10,7 +10,8 @@ use crate::numbers::{self, text, text_wide, Kind, Rounding, S16, S18, S8};
 use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Side, Tier};
 use crate::wire::{self, Body, Dec, MarginMode, Record, Surplus};
 use ethnum::I256;
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
 
 pub const SNAPSHOT_VERSION: i128 = 2;
 /// Bytes of a bad line kept in its dead letter.
@@ -284,7 +285,7 @@ impl Processor {
     pub fn accounts_json(&self) -> Vec<u8> {
         let engine = &self.engine;
         let names = &engine.names;
-        let mut wallets: HashMap<u32, Vec<(&str, I256)>> = HashMap::new();
+        let mut wallets: HashMap<u32, Vec<(&str, I256)>> = HashMap::default();
         for (account, balance) in engine.ledger.all_balances() {
             if let Account::Wallet { account, asset } = account {
                 wallets.entry(*account).or_default().push((names.name(*asset), *balance));

@@ -2,7 +2,8 @@
 //! Quantities and prices are integers at 1e-8, costs at 1e-16, rates at 1e-18 (docs/design.md section 9.2).
 
 use crate::wire::{Dec, MarginMode, Surplus};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::{BTreeMap, VecDeque};
 
 #[derive(Clone, Debug)]
 pub struct Tier {
@@ -94,7 +95,7 @@ pub struct FundState {
 
 impl FundState {
     pub fn new(spec: FundSpec) -> FundState {
-        FundState { spec, symbols: Vec::new(), lots: BTreeMap::new(), net: HashMap::new() }
+        FundState { spec, symbols: Vec::new(), lots: BTreeMap::new(), net: HashMap::default() }
     }
 
     pub fn net_qty(&self, symbol: u32) -> i128 {
@@ -111,17 +112,18 @@ impl FundState {
 /// Open positions: by (account, symbol), each account's symbols in the order they opened, each symbol's accounts.
 #[derive(Clone, Debug, Default)]
 pub struct Positions {
-    pub by_key: HashMap<(u32, u32), Position>,
+    /// (account, symbol) -> the position and its place in `of_symbol[symbol]`
+    pub by_key: HashMap<(u32, u32), (Position, usize)>,
     pub of_account: HashMap<u32, Vec<u32>>,
     pub of_symbol: HashMap<u32, Vec<u32>>,
 }
 
 impl Positions {
     pub fn get(&self, account: u32, symbol: u32) -> Option<&Position> {
-        self.by_key.get(&(account, symbol))
+        self.by_key.get(&(account, symbol)).map(|(position, _)| position)
     }
     pub fn get_mut(&mut self, account: u32, symbol: u32) -> Option<&mut Position> {
-        self.by_key.get_mut(&(account, symbol))
+        self.by_key.get_mut(&(account, symbol)).map(|(position, _)| position)
     }
     pub fn symbols_of(&self, account: u32) -> &[u32] {
         self.of_account.get(&account).map_or(&[], Vec::as_slice)
@@ -132,21 +134,22 @@ impl Positions {
     pub fn add(&mut self, position: Position) {
         let key = (position.account, position.symbol);
         self.of_account.entry(position.account).or_default().push(position.symbol);
-        self.of_symbol.entry(position.symbol).or_default().push(position.account);
-        self.by_key.insert(key, position);
+        let accounts = self.of_symbol.entry(position.symbol).or_default();
+        accounts.push(position.account);
+        self.by_key.insert(key, (position, accounts.len() - 1));
     }
     pub fn remove(&mut self, account: u32, symbol: u32) {
-        self.by_key.remove(&(account, symbol));
+        let Some((_, at)) = self.by_key.remove(&(account, symbol)) else { return };
         if let Some(symbols) = self.of_account.get_mut(&account) {
             symbols.retain(|&s| s != symbol);
             if symbols.is_empty() {
                 self.of_account.remove(&account);
             }
         }
-        if let Some(accounts) = self.of_symbol.get_mut(&symbol) {
-            if let Some(at) = accounts.iter().position(|&a| a == account) {
-                accounts.swap_remove(at);
-            }
+        let accounts = self.of_symbol.get_mut(&symbol).expect("indexed by symbol");
+        accounts.swap_remove(at);
+        if let Some(&moved) = accounts.get(at) {
+            self.by_key.get_mut(&(moved, symbol)).expect("indexed").1 = at;
         }
     }
 }
