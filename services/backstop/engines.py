@@ -10,20 +10,21 @@ hash (tests/differential proves it), and a snapshot written by either resumes in
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import orjson
 
 from backstop.adapters.files import RAW_KEEP_BYTES
+from backstop.adapters.journal_file import records
 from backstop.core.dedupe import Deduper
 from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Applied, Processor, Rejection
 from backstop.core.report import accounts, summary
-from backstop.core.snapshot import restore, state_document, state_hash
+from backstop.core.snapshot import restore, sealed, state_document, state_hash
 from backstop.wire.decode import InvalidRecord, decode_record
 
 EngineName = Literal["reference", "compiled"]
@@ -86,14 +87,10 @@ def document_bytes(document: Any) -> bytes:
 
 
 def journal_lines(chunk: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw record) of every non-blank line of a chunk, as backstop.adapters.files.read_lines."""
-    lines = chunk.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    for offset, line in enumerate(lines):
-        stripped = line.rstrip(b"\r\n")
-        if stripped.strip():
-            yield first_line + offset, stripped
+    """(line number, record) of every non-blank line of a chunk, by the journal reader's rule
+    (backstop.adapters.journal_file.records)."""
+    for number, record in records(io.BytesIO(chunk)):
+        yield first_line + number - 1, record
 
 
 def dead_letter_line(line: int, reason: str, raw: bytes) -> bytes:
@@ -164,18 +161,19 @@ class ReferenceEngine:
 
     def snapshot(self, input_line: int) -> dict[str, Any]:
         processor = self.processor
-        return {"input_line": input_line, "engine": state_document(processor.engine),
-                "state_hash": state_hash(processor.engine), "dedupe": processor.deduper.entries(),
-                "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
-                             "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
-                             "findings": processor.findings}}
+        return sealed({"input_line": input_line, "engine": state_document(processor.engine),
+                       "state_hash": state_hash(processor.engine), "dedupe": processor.deduper.entries(),
+                       "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
+                                    "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
+                                    "findings": processor.findings}})
 
     @classmethod
     def restored(cls, options: EngineOptions, document: dict[str, Any]) -> ReferenceEngine:
+        """From a snapshot document whose envelope (seal, counters) the caller checked."""
         engine = restore(document["engine"], check_conservation=options.check_conservation)
-        if state_hash(engine) != document["state_hash"]:
-            raise SnapshotError("its state hash does not match its contents")
         processor = Processor(engine, Deduper((key, ts) for key, ts in document["dedupe"]))
+        if state_hash(engine) != document.get("state_hash"):
+            raise SnapshotError("its state hash does not match its contents")
         counters = document["counters"]
         processor.duplicates, processor.rejected = counters["duplicates"], counters["rejected"]
         processor.fund_entries, processor.adl_events = counters["fund_entries"], counters["adl_events"]
@@ -237,11 +235,9 @@ class CompiledEngine:
 # ------------------------------------------------------------------------------------------------ opening
 
 
-def open_engine(name: EngineName, options: EngineOptions, snapshot: Path | None = None) -> LedgerEngine:
-    """An engine from the start, or from a snapshot file written by either engine."""
-    raw = None
-    if snapshot is not None:
-        raw = snapshot.read_bytes()
+def open_engine(name: EngineName, options: EngineOptions, snapshot: bytes | None = None) -> LedgerEngine:
+    """An engine from the start, or from a snapshot (a file's bytes) written by either engine."""
+    raw = snapshot
     if name == "compiled":
         missing = compiled_available()
         if missing is not None:

@@ -88,8 +88,9 @@ pub struct Processor {
     next_snapshot: u64,
 }
 
+/// A blank line of the journal reader (backstop.adapters.journal_file): only spaces, tabs and carriage returns.
 fn is_blank(line: &[u8]) -> bool {
-    line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
+    line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'))
 }
 
 fn dead_letter(out: &mut Vec<u8>, line: u64, reason: &str, raw: &[u8]) {
@@ -113,20 +114,17 @@ impl Processor {
         self.engine.last_seq
     }
 
-    /// Apply whole journal lines (the first numbered `first_line`), as `backstop replay` reads them.
+    /// Apply whole journal lines (the first numbered `first_line`) by the journal reader's rule
+    /// (backstop.adapters.journal_file): a record is the bytes between two `\n`, a `\r` right before the `\n` is
+    /// dropped, blank lines are counted and skipped.
     pub fn apply_lines(&mut self, chunk: &[u8], first_line: u64) -> Batch {
         let mut batch = Batch::default();
-        let mut lines: Vec<&[u8]> = chunk.split(|&b| b == b'\n').collect();
-        if lines.last() == Some(&&b""[..]) {
-            lines.pop();
-        }
-        for (offset, line) in lines.into_iter().enumerate() {
+        for (offset, line) in chunk.split_inclusive(|&b| b == b'\n').enumerate() {
             let number = first_line + offset as u64;
-            let mut end = line.len();
-            while end > 0 && (line[end - 1] == b'\r' || line[end - 1] == b'\n') {
-                end -= 1;
-            }
-            let raw = &line[..end];
+            let raw = match line {
+                [rest @ .., b'\r', b'\n'] | [rest @ .., b'\n'] => rest,
+                whole => whole,
+            };
             if is_blank(raw) {
                 continue;
             }
@@ -233,8 +231,12 @@ impl Processor {
                 ("findings", J::Int(self.findings as i128)),
             ])),
         ]);
+        // sealed (backstop.core.snapshot.sealed): the SHA-256 of everything else in the document
+        let J::Obj(mut entries) = document else { unreachable!() };
+        let seal = canonical::sha256_hex(&canonical::to_vec(&J::Obj(entries.clone())));
+        entries.push(("snapshot_hash", J::Str(&seal)));
         let mut out = Vec::with_capacity(state.len() * 2);
-        canonical::write_pretty(&mut out, &document, 0);
+        canonical::write_pretty(&mut out, &J::Obj(entries), 0);
         out
     }
 

@@ -45,10 +45,11 @@ def check_chain(stream: str, records: Iterable[dict[str, Any]], *, first_prev: s
     return None
 
 
-def check_fund_balances(entries: Iterable[dict[str, Any]]) -> tuple[Problem | None, dict[str, Decimal]]:
-    """balance_after of each entry = the previous balance of that fund + amount, added exactly (CONTEXT, as the engine
-    does); returns the final balances."""
-    balances: dict[str, Decimal] = {}
+def check_fund_balances(entries: Iterable[dict[str, Any]], *, opening: dict[str, Decimal] | None = None
+                        ) -> tuple[Problem | None, dict[str, Decimal]]:
+    """balance_after of each entry = the previous balance of that fund (at first its `opening` balance, else 0)
+    + amount, added exactly (CONTEXT, as the engine does); returns the final balances."""
+    balances: dict[str, Decimal] = dict(opening or {})
     with localcontext(CONTEXT):
         for index, entry in enumerate(entries):
             fund_id = entry["fund_id"]

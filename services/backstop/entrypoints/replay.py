@@ -15,11 +15,21 @@ from typing import Any
 import orjson
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from backstop.adapters.files import OutputDir, write_bytes, write_json
+from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, OutputError, staged_dir, write_bytes, write_json
+from backstop.adapters.journal_file import JournalFile, JournalFileError
 from backstop.core.engine import AdlPolicy
-from backstop.engines import EngineName, EngineOptions, EngineUnavailable, SnapshotError, open_engine
+from backstop.core.snapshot import seal_holds
+from backstop.engines import (
+    EngineName,
+    EngineOptions,
+    EngineUnavailable,
+    LedgerEngine,
+    SnapshotError,
+    open_engine,
+)
 
 PROGRESS_MIN_BYTES = 8 << 20
+SNAPSHOT_COUNTERS = ("duplicates", "rejected", "fund_entries", "adl_events", "findings")
 CHUNK_BYTES = 1 << 20  # lines handed to the engine at once
 
 
@@ -33,7 +43,7 @@ class ReplayError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ReplayOptions:
-    journal: Path
+    journal: Path | None  # None: the lines come from a store (replay_lines)
     out: Path
     strict: bool = False
     snapshot_every: int = 0
@@ -44,104 +54,184 @@ class ReplayOptions:
     engine: EngineName = "reference"
 
 
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """What the service counted that its journal does not hold: duplicates, and the records it dead-lettered (as
+    it published them, with their reasons)."""
+
+    duplicates: int
+    rejected: int
+    dead_letters: list[dict[str, Any]]
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_snapshot(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """A snapshot file's bytes and document, every field of its envelope checked (its seal, counters, line); the
+    engine that restores it checks the state itself."""
+    def corrupt(what: str) -> ReplayError:
+        return ReplayError(f"snapshot {path} is corrupt: {what}", 2)
+
+    try:
+        raw = path.read_bytes()
+        document = orjson.loads(raw)
+    except OSError as error:
+        raise ReplayError(f"cannot read snapshot {path}: {error.strerror or error}", 2) from None
+    except orjson.JSONDecodeError as error:
+        raise corrupt(f"not JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise corrupt("not a JSON object")
+    if "snapshot_hash" not in document:
+        raise corrupt("no snapshot_hash (a snapshot of an older backstop: write it again with --snapshot-every)")
+    if not seal_holds(document):
+        raise corrupt("its snapshot hash does not match its contents")
+    counters = document.get("counters")
+    if not isinstance(counters, dict) or sorted(counters) != sorted(SNAPSHOT_COUNTERS):
+        raise corrupt(f"counters must be exactly {', '.join(SNAPSHOT_COUNTERS)}")
+    for name in ("input_line", *SNAPSHOT_COUNTERS):
+        value = document.get(name) if name == "input_line" else counters[name]
+        if not _count(value):
+            raise corrupt(f"{name} {value!r} is not a count (an integer >= 0)")
+    return raw, document
+
+
+def snapshot_start(document: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's `from_snapshot`: where the output files take over, so that they can be audited alone."""
+    state, counters = document["engine"], document["counters"]
+    funds = sorted(fund["fund_id"] for fund in state["funds"])
+    return {"seq": state["seq"], "input_line": document["input_line"], "ledger_head_hash": state["ledger_head"],
+            "adl_head_hash": state["adl_head"], "fund_ledger_entries": counters["fund_entries"],
+            "adl_events": counters["adl_events"], "findings": counters["findings"],
+            "fund_balances": {f: state["balances"].get(f"fund:{f}", "0") for f in funds}}
+
+
 def replay(options: ReplayOptions) -> dict[str, Any]:
-    journal = options.journal
-    if not journal.is_file():
-        raise ReplayError(f"cannot read journal {journal}: no such file", 2)
-    return replay_chunks(options, lambda skip: file_chunks(journal, skip), journal.stat().st_size)
+    if options.journal is None:
+        raise ValueError("replay() reads a journal file: give ReplayOptions.journal")
+    try:
+        journal = JournalFile.open(options.journal)
+    except JournalFileError as error:
+        raise ReplayError(str(error), 2) from None
+    return _replay(options, lambda skip: file_chunks(journal, skip), journal.size, None)
 
 
-def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[int, bytes]]], size: int
-                 ) -> dict[str, Any]:
-    """Replay (line number, raw record) pairs; `lines(skip)` yields those after the first `skip` lines."""
-    return replay_chunks(options, lambda skip: line_chunks(lines(skip)), size)
+def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[int, bytes]]], size: int, *,
+                 carried: Carried | None = None) -> dict[str, Any]:
+    """Replay (line number, raw record) pairs; `lines(skip)` yields those after the first `skip` lines. The output
+    directory appears whole when the replay has finished, or not at all."""
+    return _replay(options, lambda skip: line_chunks(lines(skip)), size, carried)
 
 
-def file_chunks(path: Path, skip: int = 0) -> Iterator[tuple[int, bytes]]:
-    """(number of its first line, whole lines) of a file, after its first `skip` lines, about CHUNK_BYTES each."""
+def file_chunks(journal: JournalFile, skip: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(number of its first line, whole lines) of a journal file after its first `skip` lines, about CHUNK_BYTES
+    each; the engines read lines by the journal reader's rule (backstop.adapters.journal_file)."""
     number = 1
-    with path.open("rb") as handle:
-        while number <= skip:
-            if not handle.readline():
-                return
-            number += 1
-        rest = b""
-        while True:
-            block = handle.read(CHUNK_BYTES)
-            if not block:
-                if rest:
-                    yield number, rest
-                return
-            data = rest + block
-            end = data.rfind(b"\n") + 1
-            if end == 0:
-                rest = data
-                continue
-            chunk, rest = data[:end], data[end:]
-            yield number, chunk
-            number += chunk.count(b"\n")
+    try:
+        with journal.path.open("rb") as handle:
+            while number <= skip:
+                if not handle.readline():
+                    return
+                number += 1
+            rest = b""
+            while block := handle.read(CHUNK_BYTES):
+                data = rest + block
+                end = data.rfind(b"\n") + 1
+                if end == 0:
+                    rest = data
+                    continue
+                chunk, rest = data[:end], data[end:]
+                yield number, chunk
+                number += chunk.count(b"\n")
+            if rest:
+                yield number, rest
+    except OSError as error:
+        raise JournalFileError(f"cannot read journal {journal.path}: {error.strerror or error}") from None
 
 
 def line_chunks(lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
-    """Chunks from numbered lines (each chunk's lines consecutive)."""
+    """Chunks of numbered records; a gap in the numbers (blank lines) is kept as empty lines."""
     first, size, expected = 0, 0, 0
     parts: list[bytes] = []
     for number, raw in lines:
-        if parts and (number != expected or size >= CHUNK_BYTES):
+        if parts and (number < expected or size >= CHUNK_BYTES):
             yield first, b"\n".join(parts) + b"\n"
             parts, size = [], 0
         if not parts:
-            first = number
+            first, expected = number, number
+        parts.extend(b"" for _ in range(number - expected))
         parts.append(raw)
-        size += len(raw) + 1
+        size += len(raw) + 1 + number - expected
         expected = number + 1
     if parts:
         yield first, b"\n".join(parts) + b"\n"
 
 
-def replay_chunks(options: ReplayOptions, chunks: Callable[[int], Iterable[tuple[int, bytes]]], size: int
-                  ) -> dict[str, Any]:
-    journal = options.journal
+def _open(options: ReplayOptions) -> tuple[LedgerEngine, int, dict[str, Any] | None]:
+    """The engine (from the snapshot, if one is given), the lines to skip, and where the snapshot starts."""
     engine_options = EngineOptions(strict=options.strict, snapshot_every=options.snapshot_every,
                                    check_conservation=options.check_conservation, adl_policy=options.adl_policy)
-    skip = 0
+    if options.from_snapshot is None:
+        return open_engine(options.engine, engine_options), 0, None
+    raw, document = read_snapshot(options.from_snapshot)
     try:
-        if options.from_snapshot is not None:
-            skip = _snapshot_line(options.from_snapshot)
-        engine = open_engine(options.engine, engine_options, options.from_snapshot)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        if isinstance(error, EngineUnavailable):
-            raise
-        detail = "its state hash does not match its contents" if isinstance(error, SnapshotError) else error
-        raise ReplayError(f"snapshot {options.from_snapshot} is corrupt or unreadable: {detail}", 2) from None
+        engine = open_engine(options.engine, engine_options, raw)
+    except EngineUnavailable:
+        raise
+    except SnapshotError as error:
+        raise ReplayError(f"snapshot {options.from_snapshot} is corrupt: {error}", 2) from None
+    except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as error:
+        raise ReplayError(f"snapshot {options.from_snapshot} is corrupt: cannot restore the engine state "
+                          f"({type(error).__name__}: {error})", 2) from None
+    return engine, int(document["input_line"]), snapshot_start(document)
+
+
+def _replay(options: ReplayOptions, chunks: Callable[[int], Iterable[tuple[int, bytes]]], size: int,
+            carried: Carried | None) -> dict[str, Any]:
+    engine, skip, start = _open(options)
+    inputs = [path for path in (options.journal, options.from_snapshot) if path is not None]
+    try:
+        with staged_dir(options.out, owned=REPLAY_OUTPUTS, inputs=inputs) as out_path:
+            result = _replay_into(out_path, options, engine, chunks(skip), size, carried)
+            if start is not None:
+                result["from_snapshot"] = start
+            write_json(out_path / "summary.json", result)
+            write_bytes(out_path / "accounts.json", engine.accounts_json())
+    except OutputError as error:
+        raise ReplayError(str(error), 2) from None
+    except JournalFileError as error:
+        raise ReplayError(str(error), 2) from None
+    except OSError as error:
+        raise ReplayError(f"cannot write {options.out}: {error.strerror or error}", 2) from None
+    return result
+
+
+def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, chunks: Iterable[tuple[int, bytes]],
+                 size: int, carried: Carried | None) -> dict[str, Any]:
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and
                                                                    size >= PROGRESS_MIN_BYTES)
-    snapshots = options.out / "snapshots"
+    snapshots = out_path / "snapshots"
     if options.snapshot_every > 0:
-        snapshots.mkdir(parents=True, exist_ok=True)
-    with OutputDir(options.out) as out, Progress(
+        snapshots.mkdir()
+    with OutputDir(out_path) as out, Progress(
             "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
             TimeRemainingColumn(), disable=not show, transient=True) as progress:
+        for letter in carried.dead_letters if carried is not None else ():
+            out.dead_letter_record(letter)
         task = progress.add_task("replay", total=size)
-        try:
-            for first_line, chunk in chunks(skip):
-                result = engine.apply_lines(chunk, first_line)
-                out.write_batch(result.fund_ledger, result.adl_events, result.findings, result.dead_letters)
-                for seq, document in result.snapshots:
-                    (snapshots / f"snapshot-{seq:012d}.json").write_bytes(document)
-                if result.stopped is not None:
-                    line, reason = result.stopped
-                    raise ReplayError(f"line {line}: {reason}", 1)
-                progress.advance(task, len(chunk))
-        except OSError as error:
-            raise ReplayError(f"cannot read journal {journal}: {error}", 2) from None
-    result_summary = engine.summary()
-    write_json(options.out / "summary.json", result_summary)
-    write_bytes(options.out / "accounts.json", engine.accounts_json())
-    return result_summary
-
-
-def _snapshot_line(path: Path) -> int:
-    """The journal line a snapshot was taken after (the replay resumes after it)."""
-    document = orjson.loads(path.read_bytes())
-    return int(document["input_line"])
+        for first_line, chunk in chunks:
+            batch = engine.apply_lines(chunk, first_line)
+            out.write_batch(batch.fund_ledger, batch.adl_events, batch.findings, batch.dead_letters)
+            for seq, document in batch.snapshots:
+                write_bytes(snapshots / f"snapshot-{seq:012d}.json", document)
+            if batch.stopped is not None:
+                line, reason = batch.stopped
+                raise ReplayError(f"line {line}: {reason}", 1)
+            progress.advance(task, len(chunk))
+    result = engine.summary()
+    result["dead_letters"] = out.dead_letters
+    if carried is not None:
+        result["duplicates"] += carried.duplicates
+        result["rejected"] += carried.rejected
+    return result
