@@ -206,8 +206,10 @@ class CompiledEngine:
         try:
             self._ledger = _engine.Ledger(strict=options.strict, snapshot_every=options.snapshot_every,
                                           snapshot=snapshot)
-        except ValueError as error:
-            raise SnapshotError(str(error)) from None
+        except ValueError as error:  # the reasons the reference's restore gives, or a state hash that does not match
+            reason = str(error)
+            raise SnapshotError(reason if reason.startswith("its state hash") else
+                                f"cannot restore the engine state ({reason})") from None
 
     @property
     def events_applied(self) -> int:

@@ -107,3 +107,14 @@ def test_generated_journals_replay_alike(records: list[dict[str, object]], bad: 
     reference = run(journal, directory / "reference", "reference", snapshot_every=7)
     compiled = run(journal, directory / "compiled", "compiled", snapshot_every=7)
     assert_same(reference, compiled)
+
+
+def test_line_ends_and_blank_lines_are_read_alike(tmp_path: Path) -> None:
+    lines = EXAMPLES[1].read_bytes().splitlines()
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(lines[0] + b"\r\n" + b" \t\r\n" + b"\r\n" + b"\x0c\n" + b"\n".join(lines[1:5]) + b"\r\r\n"
+                        + lines[5].replace(b'"', b'"\r', 1) + b"\n" + b"\n".join(lines[6:]) + b"\n  \n" + lines[-1])
+    reference = run(journal, tmp_path / "reference", "reference", snapshot_every=3)
+    compiled = run(journal, tmp_path / "compiled", "compiled", snapshot_every=3)
+    assert b'"line":4' in reference["dead-letter.jsonl"]  # the form feed is a record, not a blank line
+    assert_same(reference, compiled)

@@ -42,7 +42,7 @@ def test_a_failed_replay_leaves_the_old_output_as_it_was(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(backstop.engines, "decode_record", failing)  # the reference engine decodes
     with pytest.raises(RuntimeError, match="crash"):
-        main(["replay", str(OTHER), "--out", str(out)])
+        main(["replay", str(OTHER), "--out", str(out), "--engine", "reference"])
     assert contents(out) == before
     assert leftovers(tmp_path) == []
 

@@ -346,13 +346,27 @@ impl Processor {
 
     // ------------------------------------------------------------------ restore
 
-    /// A processor from a snapshot written by either engine; Err: why it cannot be restored.
+    /// A processor from a snapshot written by either engine; Err: why it cannot be restored, named as the
+    /// reference's restore would fail ("KeyError: 'seq'", "ValueError: ..."), or a state hash that does not match.
     pub fn restore(raw: &[u8], strict: bool, snapshot_every: u64) -> Result<Processor, String> {
+        let processor = Self::restore_state(raw, strict, snapshot_every).map_err(|error| {
+            if error.starts_with("KeyError") { error } else { format!("ValueError: {error}") }
+        })?;
+        let document = json::parse(raw, Dialect::File).expect("parsed before");
+        let stated = object(&document).and_then(|root| field(root, "state_hash")).and_then(string).ok();
+        if stated != Some(processor.state_hash().as_str()) {
+            return Err("its state hash does not match its contents".into());
+        }
+        Ok(processor)
+    }
+
+    fn restore_state(raw: &[u8], strict: bool, snapshot_every: u64) -> Result<Processor, String> {
         let document = json::parse(raw, Dialect::File).map_err(|_| "not JSON".to_string())?;
         let root = object(&document)?;
         let state = object(field(root, "engine")?)?;
-        if int(field(state, "snapshot_version")?)? != SNAPSHOT_VERSION {
-            return Err("unsupported snapshot version".into());
+        let version = field(state, "snapshot_version").and_then(int).ok();
+        if version != Some(SNAPSHOT_VERSION) {
+            return Err(format!("unsupported snapshot version {}", version.map_or("None".into(), |v| v.to_string())));
         }
         let policy = object(field(state, "adl_policy")?)?;
         if string(field(policy, "rule")?)? != "bitmex" || string(field(policy, "price")?)? != "bankruptcy" {
@@ -477,9 +491,6 @@ impl Processor {
         processor.fund_entries = int(field(counters, "fund_entries")?)? as u64;
         processor.adl_events = int(field(counters, "adl_events")?)? as u64;
         processor.findings = int(field(counters, "findings")?)? as u64;
-        if processor.state_hash() != string(field(root, "state_hash")?)? {
-            return Err("its state hash does not match its contents".into());
-        }
         processor.next_snapshot = processor.engine.last_seq + snapshot_every;
         Ok(processor)
     }
@@ -616,7 +627,7 @@ fn array<'v, 'a>(value: &'v Value<'a>) -> Result<&'v [Value<'a>], String> {
     }
 }
 fn field<'v, 'a>(entries: Entries<'v, 'a>, name: &str) -> Result<&'v Value<'a>, String> {
-    entries.iter().rev().find(|(key, _)| key == name).map(|(_, v)| v).ok_or_else(|| format!("no {name}"))
+    entries.iter().rev().find(|(key, _)| key == name).map(|(_, v)| v).ok_or_else(|| format!("KeyError: '{name}'"))
 }
 fn string<'v>(value: &'v Value<'_>) -> Result<&'v str, String> {
     match value {

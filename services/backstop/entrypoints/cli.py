@@ -45,23 +45,24 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
 
 
 ENGINE_CHOICES = ("reference", "compiled")
-# The compiled engine becomes the default once tests/differential shows it byte-identical on every journal.
-DEFAULT_ENGINE = "reference"
+DEFAULT_ENGINE = "compiled"
 
 
 def _engine_for(args: argparse.Namespace) -> Literal["reference", "compiled"]:
-    """The engine asked for, else the default; the default falls back to the reference when the compiled one is not
-    built here, saying so on stderr."""
+    """The engine asked for, else the compiled one; the default falls back to the reference engine, saying so on
+    stderr, when the compiled engine is not built here or does not run the options asked for (an ADL policy other
+    than the default)."""
     from backstop.engines import compiled_available
 
     if args.engine is not None:
         chosen: Literal["reference", "compiled"] = args.engine
         return chosen
-    if DEFAULT_ENGINE == "compiled":
-        missing = compiled_available()
-        if missing is None:
-            return "compiled"
-        print(f"backstop: {missing}; using the reference engine", file=sys.stderr)
+    if (args.adl_rule, args.adl_price) != ("bitmex", "bankruptcy"):
+        return "reference"  # what-if policies are the reference engine's alone
+    missing = compiled_available()
+    if missing is None:
+        return "compiled"
+    print(f"backstop: {missing}; using the reference engine", file=sys.stderr)
     return "reference"
 
 
@@ -449,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="price counterparties are closed at (default: the lot's bankruptcy price)")
     replay.add_argument("--engine", choices=ENGINE_CHOICES, default=None,
                         help=f"which engine applies the rules (default {DEFAULT_ENGINE}; the reference when the "
-                             "compiled engine is not built here)")
+                             "compiled engine is not built here, or for an ADL policy other than the default)")
     replay.set_defaults(handler=_cmd_replay)
 
     schemas = commands.add_parser("schemas", help="write (or --check) the JSON Schemas of the wire records")
