@@ -145,9 +145,7 @@ impl Engine {
         self.seq = seq;
         self.ts = record.ts;
         self.counts = EventCounts::default();
-        let funds = self.funds_of(record);
-        let before: Vec<(u32, I256)> =
-            funds.iter().map(|&fund| (fund, self.ledger.balance(Account::Fund(fund)))).collect();
+        let before = self.fund_of(record).map(|fund| (fund, self.ledger.balance(Account::Fund(fund))));
         match &record.body {
             Body::Fund { .. } => self.on_fund(record)?,
             Body::Instrument { .. } => self.on_instrument(record)?,
@@ -161,22 +159,21 @@ impl Engine {
         if self.newest_ts.is_none_or(|newest| record.ts > newest) {
             self.newest_ts = Some(record.ts);
         }
-        if !before.is_empty() {
-            self.enforce_solvency(&before, out);
+        if let Some(before) = before {
+            self.enforce_solvency(before, out);
         }
         Ok(())
     }
 
-    fn funds_of(&self, record: &Record<'_>) -> Vec<u32> {
+    /// The fund whose balance this event may move (checked for solvency afterwards): liquidations, funding and the
+    /// fund's own fills.
+    fn fund_of(&self, record: &Record<'_>) -> Option<u32> {
         let symbol = match &record.body {
             Body::Liquidation { symbol, .. } | Body::Funding { symbol, .. } => symbol,
             Body::Fill { account_id, symbol, .. } if account_id.starts_with(FUND_ACCOUNT_PREFIX) => symbol,
-            _ => return Vec::new(),
+            _ => return None,
         };
-        self.names
-            .find(symbol)
-            .and_then(|id| self.instruments.get(&id))
-            .map_or_else(Vec::new, |instrument| vec![instrument.fund_id])
+        self.names.find(symbol).and_then(|id| self.instruments.get(&id)).map(|instrument| instrument.fund_id)
     }
 
     // ------------------------------------------------------------------ definitions
@@ -717,11 +714,11 @@ impl Engine {
         }
     }
 
-    fn enforce_solvency(&mut self, before: &[(u32, I256)], out: &mut Outputs) {
-        for &(fund, balance_before) in before {
+    fn enforce_solvency(&mut self, (fund, balance_before): (u32, I256), out: &mut Outputs) {
+        {
             let balance = self.ledger.balance(Account::Fund(fund));
             if balance >= 0 {
-                continue;
+                return;
             }
             let symbols: Vec<String> = self.funds[&fund].lots.keys().cloned().collect();
             for symbol_name in symbols {

@@ -12,6 +12,7 @@ use crate::wire::{self, Body, Dec, MarginMode, Record, Surplus};
 use ethnum::I256;
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 pub const SNAPSHOT_VERSION: i128 = 2;
 /// Bytes of a bad line kept in its dead letter.
@@ -20,8 +21,8 @@ pub const RAW_KEEP_BYTES: usize = 4096;
 /// Applied keys with their ts, in the order they were applied; forgets those older than the lateness window.
 #[derive(Default, Clone, Debug)]
 pub struct Deduper {
-    keys: HashMap<String, u64>,
-    order: VecDeque<(u64, String)>,
+    keys: HashMap<Arc<str>, u64>,
+    order: VecDeque<(u64, Arc<str>)>,
 }
 
 impl Deduper {
@@ -30,7 +31,8 @@ impl Deduper {
     }
 
     pub fn remember(&mut self, key: String, ts: u64, newest_ts: u64) {
-        self.keys.insert(key.clone(), ts);
+        let key: Arc<str> = Arc::from(key);
+        self.keys.insert(Arc::clone(&key), ts);
         self.order.push_back((ts, key));
         let Some(cutoff) = newest_ts.checked_sub(MAX_LATENESS_MS) else { return };
         while let Some((old_ts, _)) = self.order.front() {
@@ -337,10 +339,16 @@ impl Processor {
                 ("positions", J::Obj(inventory)),
             ])));
         }
-        let document = J::Obj(entries.iter().map(|(name, value)| (name.as_str(), value.clone())).collect());
-        let mut out = Vec::with_capacity(1024);
-        canonical::write_pretty(&mut out, &document, 0);
-        out.push(b'\n');
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::with_capacity(1024 + 400 * entries.len());
+        out.push(b'{');
+        for (index, (name, value)) in entries.iter().enumerate() {
+            out.extend_from_slice(if index > 0 { b",\n  " } else { b"\n  " });
+            json::write_string(&mut out, name);
+            out.extend_from_slice(b": ");
+            canonical::write_pretty(&mut out, value, 1);
+        }
+        out.extend_from_slice(if entries.is_empty() { b"}\n" } else { b"\n}\n" });
         out
     }
 
@@ -482,7 +490,8 @@ impl Processor {
             let pair = array(entry)?;
             let [key, ts] = pair else { return Err("a dedupe entry is not [key, ts]".into()) };
             let (key, ts) = (string(key)?.to_string(), int(ts)? as u64);
-            processor.deduper.keys.insert(key.clone(), ts);
+            let key: Arc<str> = Arc::from(key);
+            processor.deduper.keys.insert(Arc::clone(&key), ts);
             processor.deduper.order.push_back((ts, key));
         }
         let counters = object(field(root, "counters")?)?;
