@@ -11,7 +11,7 @@ hash (tests/differential proves it), and a snapshot written by either resumes in
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -25,6 +25,9 @@ from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Applied, Processor, Rejection
 from backstop.core.report import accounts, summary
 from backstop.core.snapshot import restore, sealed, state_document, state_hash
+from backstop.pipeline.ingest import Consumed as IngestConsumed
+from backstop.pipeline.ingest import ingest_batch, journal_record
+from backstop.pipeline.topics import TopicNames
 from backstop.wire.decode import InvalidRecord, decode_record
 
 EngineName = Literal["reference", "compiled"]
@@ -60,6 +63,22 @@ class BatchResult:
     stopped: tuple[int, str] | None
 
 
+@dataclass(frozen=True, slots=True)
+class RecordsResult:
+    """What one consumed Kafka batch produced: the journal topic's records (one per accepted input), the outputs,
+    the dead-letter topic's records, and duplicates per record type; all canonical JSON lines."""
+
+    journal: bytes
+    fund_ledger: bytes
+    adl_events: bytes
+    findings: bytes
+    dead_letters: bytes
+    duplicates: dict[str, int]
+
+
+Consumed = tuple[str, int, int, bytes | None]  # topic, partition, offset, value
+
+
 class LedgerEngine(Protocol):
     name: EngineName
 
@@ -68,6 +87,10 @@ class LedgerEngine(Protocol):
 
     def apply_lines(self, chunk: bytes, first_line: int) -> BatchResult:
         """Apply whole journal lines (the first numbered `first_line`); blank lines count but are skipped."""
+        ...
+
+    def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
+        """Apply a consumed Kafka batch: the topic (under `topic_prefix`) names each record's type."""
         ...
 
     def summary(self) -> dict[str, Any]: ...
@@ -150,6 +173,17 @@ class ReferenceEngine:
                                            (number, outcome.reason))
         return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots), None)
 
+    def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
+        batch = [IngestConsumed(topic, partition, offset, None, value) for topic, partition, offset, value in records]
+        result = ingest_batch(self.processor, batch, TopicNames(topic_prefix))
+        return RecordsResult(
+            b"".join(journal_record(row) + b"\n" for row in result.journal),
+            b"".join(canonical_json(record_dict(entry)) + b"\n" for entry in result.fund_entries),
+            b"".join(canonical_json(record_dict(event)) + b"\n" for event in result.adl_events),
+            b"".join(canonical_json(record_dict(finding)) + b"\n" for finding in result.findings),
+            b"".join(canonical_json(record_dict(letter.record())) + b"\n" for letter in result.dead_letters),
+            dict(result.duplicates))
+
     def summary(self) -> dict[str, Any]:
         return summary(self.processor)
 
@@ -218,6 +252,10 @@ class CompiledEngine:
     def apply_lines(self, chunk: bytes, first_line: int) -> BatchResult:
         ledger, adl, findings, dead, snapshots, stopped = self._ledger.apply_lines(chunk, first_line)
         return BatchResult(ledger, adl, findings, dead, tuple(snapshots), stopped)
+
+    def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
+        journal, ledger, adl, findings, dead, duplicates = self._ledger.apply_records(list(records), topic_prefix)
+        return RecordsResult(journal, ledger, adl, findings, dead, dict(duplicates))
 
     def summary(self) -> dict[str, Any]:
         document: dict[str, Any] = orjson.loads(self._ledger.summary_json())

@@ -67,6 +67,60 @@ pub fn dedupe_key(record: &Record<'_>) -> String {
     }
 }
 
+/// Bytes of a consumed record kept in its dead letter (backstop.pipeline.ingest.RAW_KEEP_BYTES).
+pub const KAFKA_RAW_KEEP_BYTES: usize = 64 * 1024;
+const INPUT_SUFFIXES: [(&str, &str); 7] = [("fund", "funds"), ("instrument", "instruments"), ("transfer", "transfers"),
+                                           ("fill", "fills"), ("mark", "marks"), ("funding", "funding"),
+                                           ("liquidation", "liquidations")];
+
+/// One consumed Kafka record.
+pub struct Consumed<'a> {
+    pub topic: &'a str,
+    pub partition: i64,
+    pub offset: i64,
+    pub value: Option<&'a [u8]>,
+}
+
+/// What one consumed batch produced (see backstop.engines.RecordsResult): the journal topic's records, the outputs,
+/// the dead-letter topic's records, duplicates per record type.
+#[derive(Default, Debug)]
+pub struct RecordsBatch {
+    pub journal: Vec<u8>,
+    pub outputs: Outputs,
+    pub dead_letters: Vec<u8>,
+    pub duplicates: Vec<(&'static str, u64)>,
+}
+
+/// A reason as the dead-letter topic carries it: control characters written as \xNN (PostgreSQL text holds no NUL).
+fn escaped_reason(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    for character in reason.chars() {
+        match character as u32 {
+            code @ (0..=31 | 127) => out.push_str(&format!("\\x{code:02x}")),
+            _ => out.push(character),
+        }
+    }
+    out
+}
+
+fn kafka_dead_letter(out: &mut Vec<u8>, record: &Consumed<'_>, reason: &str) {
+    let raw = record.value.unwrap_or_default();
+    let kept = String::from_utf8_lossy(&raw[..raw.len().min(KAFKA_RAW_KEEP_BYTES)]);
+    let id = format!("dl-{}-{}-{}", record.topic, record.partition, record.offset);
+    let reason = escaped_reason(reason);
+    let document = J::Obj(vec![
+        ("id", J::Str(&id)),
+        ("raw", J::Str(&kept)),
+        ("reason", J::Str(&reason)),
+        ("schema_version", J::Int(1)),
+        ("source_offset", J::Int(record.offset as i128)),
+        ("source_partition", J::Int(record.partition as i128)),
+        ("source_topic", J::Str(record.topic)),
+    ]);
+    canonical::write(out, &document);
+    out.push(b'\n');
+}
+
 /// What one batch of lines produced (see backstop.engines.BatchResult).
 #[derive(Default, Debug)]
 pub struct Batch {
@@ -138,6 +192,68 @@ impl Processor {
                 }
             }
         }
+        batch
+    }
+
+    /// Apply a consumed Kafka batch (backstop.pipeline.ingest.ingest_batch): the topic names the type; each
+    /// accepted record becomes a journal row, each bad one a dead letter of the dead-letter topic.
+    pub fn apply_records(&mut self, records: &[Consumed<'_>], prefix: &str) -> RecordsBatch {
+        let mut batch = RecordsBatch::default();
+        let mut duplicates: Vec<(&'static str, u64)> = Vec::new();
+        for record in records {
+            let record_type = record.topic.strip_prefix(prefix).and_then(|suffix| {
+                INPUT_SUFFIXES.iter().find(|(_, s)| *s == suffix).map(|(t, _)| *t)
+            });
+            let Some(record_type) = record_type else {
+                kafka_dead_letter(&mut batch.dead_letters, record, &format!("not an input topic: {}", record.topic));
+                continue;
+            };
+            let (decoded, payload) = match wire::decode_consumed(record.value, record_type, record.topic) {
+                Ok(decoded) => decoded,
+                Err(reason) => {
+                    self.rejected += 1;
+                    kafka_dead_letter(&mut batch.dead_letters, record, &reason);
+                    continue;
+                }
+            };
+            let key = dedupe_key(&decoded);
+            if self.deduper.is_duplicate(&key) {
+                self.duplicates += 1;
+                match duplicates.iter_mut().find(|(t, _)| *t == record_type) {
+                    Some((_, count)) => *count += 1,
+                    None => duplicates.push((record_type, 1)),
+                }
+                continue;
+            }
+            let before = (batch.outputs.fund_entries, batch.outputs.adl_count, batch.outputs.finding_count);
+            let seq = self.engine.last_seq + 1;
+            if let Err(reason) = self.engine.apply(&decoded, seq, &mut batch.outputs) {
+                self.rejected += 1;
+                kafka_dead_letter(&mut batch.dead_letters, record, &reason);
+                continue;
+            }
+            let newest = self.engine.newest_ts.unwrap_or(decoded.ts);
+            self.deduper.remember(key, decoded.ts, newest);
+            self.fund_entries += batch.outputs.fund_entries - before.0;
+            self.adl_events += batch.outputs.adl_count - before.1;
+            self.findings += batch.outputs.finding_count - before.2;
+            let id = format!("j-{seq}");
+            let payload_hash = canonical::sha256_hex(&payload);
+            let row = J::Obj(vec![
+                ("id", J::Str(&id)),
+                ("payload_hash", J::Str(&payload_hash)),
+                ("record", J::Raw(&payload)),
+                ("schema_version", J::Int(1)),
+                ("seq", J::Int(seq as i128)),
+                ("source_offset", J::Int(record.offset as i128)),
+                ("source_partition", J::Int(record.partition as i128)),
+                ("source_topic", J::Str(record.topic)),
+                ("ts", J::Int(decoded.ts as i128)),
+            ]);
+            canonical::write(&mut batch.journal, &row);
+            batch.journal.push(b'\n');
+        }
+        batch.duplicates = duplicates;
         batch
     }
 

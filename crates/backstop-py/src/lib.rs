@@ -1,7 +1,7 @@
 //! The PyO3 module `backstop._engine`: a thin skin over `backstop_engine`. It converts at the boundary once per
 //! batch, releases the GIL while a batch runs, and turns engine errors into typed Python exceptions.
 
-use backstop_engine::processor::Processor;
+use backstop_engine::processor::{Consumed, Processor};
 use backstop_engine::{canonical, json, numbers, wire};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -160,6 +160,27 @@ impl Ledger {
             PyBytes::new(py, &batch.dead_letters),
             snapshots,
             batch.stopped,
+        )
+            .into_pyobject(py)
+    }
+
+    /// A consumed Kafka batch: (topic, partition, offset, value) per record, under the topic prefix.
+    fn apply_records<'py>(&mut self, py: Python<'py>, records: Vec<(String, i64, i64, Option<Vec<u8>>)>, prefix: &str)
+                          -> PyResult<Bound<'py, PyTuple>> {
+        let consumed: Vec<Consumed<'_>> = records
+            .iter()
+            .map(|(topic, partition, offset, value)| Consumed {
+                topic, partition: *partition, offset: *offset, value: value.as_deref(),
+            })
+            .collect();
+        let batch = py.detach(|| self.guarded(|processor| processor.apply_records(&consumed, prefix)))?;
+        (
+            PyBytes::new(py, &batch.journal),
+            PyBytes::new(py, &batch.outputs.fund_ledger),
+            PyBytes::new(py, &batch.outputs.adl_events),
+            PyBytes::new(py, &batch.outputs.findings),
+            PyBytes::new(py, &batch.dead_letters),
+            batch.duplicates,
         )
             .into_pyobject(py)
     }
