@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import gc
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -91,7 +92,8 @@ def _engine_for(args: argparse.Namespace) -> Literal["reference", "compiled"]:
     missing = compiled_available()
     if missing is None:
         return "compiled"
-    print(f"backstop: {missing}; using the reference engine", file=sys.stderr)
+    if not os.environ.get("BACKSTOP_ENGINE_FALLBACK_SAID"):  # ./backstop said it when it found no cargo
+        print(f"backstop: {missing}; using the reference engine", file=sys.stderr)
     return "reference"
 
 
