@@ -22,7 +22,9 @@ class InvariantViolation(Exception):
 class Ledger:
     """The compiled engine's state; every method takes or returns whole batches and documents as bytes."""
 
-    def __init__(self, *, strict: bool, snapshot_every: int, snapshot: bytes | None) -> None: ...
+    def __init__(
+        self, *, strict: bool, snapshot_every: int, snapshot: bytes | None, check_conservation: bool = False
+    ) -> None: ...
     def events_applied(self) -> int: ...
     def apply_lines(
         self, chunk: bytes, first_line: int

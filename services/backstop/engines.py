@@ -239,7 +239,7 @@ class CompiledEngine:
             raise EngineUnavailable("the compiled engine runs the default ADL policy only (bitmex, bankruptcy)")
         try:
             self._ledger = _engine.Ledger(strict=options.strict, snapshot_every=options.snapshot_every,
-                                          snapshot=snapshot)
+                                          snapshot=snapshot, check_conservation=options.check_conservation)
         except ValueError as error:  # the reasons the reference's restore gives, or a state hash that does not match
             reason = str(error)
             raise SnapshotError(reason if reason.startswith("its state hash") else

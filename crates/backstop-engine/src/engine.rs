@@ -757,13 +757,12 @@ impl Engine {
         (pnl, maintenance(&self.instruments[&position.symbol].tiers, value))
     }
 
-    fn cross_positions(&self, account: u32, asset: u32) -> Vec<&Position> {
+    fn cross_positions(&self, account: u32, asset: u32) -> impl Iterator<Item = &Position> + '_ {
         self.positions
             .symbols_of(account)
             .iter()
-            .filter_map(|&symbol| self.positions.get(account, symbol))
-            .filter(|p| p.margin_mode == MarginMode::Cross && self.instruments[&p.symbol].settle_asset == asset)
-            .collect()
+            .filter_map(move |&symbol| self.positions.get(account, symbol))
+            .filter(move |p| p.margin_mode == MarginMode::Cross && self.instruments[&p.symbol].settle_asset == asset)
     }
 
     pub fn margin_view(&self, position: &Position) -> MarginView {
@@ -794,6 +793,12 @@ impl Engine {
     /// A position's bankruptcy price (docs/design.md section 9.4), rounded in the fund's favour to 1e-8: FLOOR for a
     /// long, CEILING for a short.
     pub fn bankruptcy_price(&self, position: &Position) -> i128 {
+        let view = (position.margin_mode == MarginMode::Cross).then(|| self.margin_view(position));
+        self.bankruptcy_price_in(position, view.as_ref())
+    }
+
+    /// bankruptcy_price with the position's margin view already at hand (a cross position needs it).
+    pub fn bankruptcy_price_in(&self, position: &Position, view: Option<&MarginView>) -> i128 {
         let size = I256::new(position.size());
         let long = position.qty > 0;
         let rounding = if long { Rounding::Floor } else { Rounding::Ceiling };
@@ -802,7 +807,7 @@ impl Engine {
             let margin = mul(margin, pow10(S16 - S8));
             if long { sub(I256::new(position.cost), margin) } else { add(I256::new(position.cost), margin) }
         } else {
-            let share = self.margin_view(position).equity_share;
+            let share = view.map_or_else(|| self.margin_view(position), |view| *view).equity_share;
             let value = I256::new(position.size() * self.marks[&position.symbol]);
             if long { sub(value, share) } else { add(value, share) }
         };

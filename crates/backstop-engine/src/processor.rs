@@ -141,6 +141,8 @@ pub struct Processor {
     pub findings: u64,
     pub strict: bool,
     pub snapshot_every: u64,
+    /// Check after every batch that the ledger's balances sum to zero (--check-conservation).
+    pub check_conservation: bool,
     next_snapshot: u64,
 }
 
@@ -175,6 +177,15 @@ impl Processor {
     /// dropped, blank lines are counted and skipped.
     pub fn apply_lines(&mut self, chunk: &[u8], first_line: u64) -> Batch {
         let mut batch = Batch::default();
+        self.apply_chunk(chunk, first_line, &mut batch);
+        if self.check_conservation {
+            let total = self.engine.ledger.sum();
+            assert!(total == 0, "ledger does not balance: sum of balances is {}", numbers::text_wide(total, S8));
+        }
+        batch
+    }
+
+    fn apply_chunk(&mut self, chunk: &[u8], first_line: u64, batch: &mut Batch) {
         for (offset, line) in chunk.split_inclusive(|&b| b == b'\n').enumerate() {
             let number = first_line + offset as u64;
             let raw = match line {
@@ -184,15 +195,14 @@ impl Processor {
             if is_blank(raw) {
                 continue;
             }
-            if let Err(reason) = self.apply_line(raw, number, &mut batch) {
+            if let Err(reason) = self.apply_line(raw, number, batch) {
                 dead_letter(&mut batch.dead_letters, number, &reason, raw);
                 if self.strict {
                     batch.stopped = Some((number, reason));
-                    return batch;
+                    return;
                 }
             }
         }
-        batch
     }
 
     /// Apply a consumed Kafka batch (backstop.pipeline.ingest.ingest_batch): the topic names the type; each
@@ -709,7 +719,7 @@ fn position_view<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
         ("maintenance_margin", J::Owned(text(view.position_maintenance, S8))),
         ("margin_balance", J::Owned(text(money(view.margin_balance, S16), S8))),
         ("liquidation_price", J::Owned(liquidation)),
-        ("bankruptcy_price", J::Owned(text(engine.bankruptcy_price(p), S8))),
+        ("bankruptcy_price", J::Owned(text(engine.bankruptcy_price_in(p, Some(&view)), S8))),
     ])
 }
 

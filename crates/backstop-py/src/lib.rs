@@ -136,12 +136,13 @@ impl Ledger {
 #[pymethods]
 impl Ledger {
     #[new]
-    #[pyo3(signature = (*, strict, snapshot_every, snapshot))]
-    fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>) -> PyResult<Ledger> {
-        let processor = match snapshot {
+    #[pyo3(signature = (*, strict, snapshot_every, snapshot, check_conservation=false))]
+    fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>, check_conservation: bool) -> PyResult<Ledger> {
+        let mut processor = match snapshot {
             None => Processor::new(strict, snapshot_every),
             Some(raw) => Processor::restore(raw, strict, snapshot_every).map_err(PyValueError::new_err)?,
         };
+        processor.check_conservation = check_conservation;
         Ok(Ledger { processor, poisoned: None })
     }
 
