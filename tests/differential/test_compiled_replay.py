@@ -118,3 +118,26 @@ def test_line_ends_and_blank_lines_are_read_alike(tmp_path: Path) -> None:
     compiled = run(journal, tmp_path / "compiled", "compiled", snapshot_every=3)
     assert b'"line":4' in reference["dead-letter.jsonl"]  # the form feed is a record, not a blank line
     assert_same(reference, compiled)
+
+
+def test_a_position_whose_cost_rounded_away_ranks_alike(tmp_path: Path) -> None:
+    """A cost share that would round past a cost below 1e-8 takes the cost (docs/design.md §9.4's shares never exceed
+    their total), leaving a position of cost 0, which the ADL queue ranks last with score 0."""
+    from scenario import fill, fund, instrument, liquidation, mark, transfer
+
+    records = [
+        fund(ratio="0"), instrument("XUSDT", tick="0.1", lot="0.00000001", tiers=(("1000000", "0.01", "0"),)),
+        transfer("seed", "fund:MAIN", "1000"), *(transfer(f"d-{a}", a, "1000") for a in ("a", "b", "c")),
+        fill("a1", "a", "buy", "0.00000007", "0.1", symbol="XUSDT"),
+        fill("a2", "a", "sell", "0.00000006", "0.1", symbol="XUSDT"),
+        fill("c1", "c", "buy", "0.5", "100", symbol="XUSDT"),
+        fill("b1", "b", "sell", "1", "100", symbol="XUSDT", mode="isolated", leverage="10"),
+        mark("1000", symbol="XUSDT"),
+        liquidation("lb", "b", "1", "1000", symbol="XUSDT"),
+    ]
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in records))
+    reference = run(journal, tmp_path / "reference", "reference")
+    compiled = run(journal, tmp_path / "compiled", "compiled")
+    assert reference["adl-events.jsonl"].count(b"\n") == 2
+    assert_same(reference, compiled)

@@ -821,7 +821,9 @@ impl Engine {
         let distance = if position.qty > 0 { mark - bankruptcy } else { bankruptcy - mark };
         let (pnl, _) = self.exposure(position);
         let cost = position.cost;
-        let (score, past) = if distance > 0 {
+        let (score, past) = if cost <= 0 {
+            (I256::ZERO, true) // a remainder whose cost rounded away: no PnL% to rank by
+        } else if distance > 0 {
             let score = if pnl >= 0 {
                 ratio(product(pnl, mark), S16 + S8, product(cost, distance), S16 + S8, S12, Rounding::HalfEven)
             } else {
@@ -995,14 +997,16 @@ pub fn money(value: I256, scale: u32) -> i128 {
     crate::numbers::narrow(rescale(value, scale, S8, Rounding::HalfEven))
 }
 
-/// The pro-rata share part/whole of total (at `scale`), rounded to money; the whole takes it all exactly. The
-/// result is at `scale`.
+/// The pro-rata share part/whole of total (at `scale`), rounded to money, never beyond the total; the whole takes
+/// it all exactly. The result is at `scale`.
 pub fn share(total: i128, scale: u32, part: i128, whole: i128) -> i128 {
     if part == whole {
         return total;
     }
     let rounded = ratio(product(total, part), scale + S8, I256::new(whole), S8, S8, Rounding::HalfEven);
-    crate::numbers::narrow(rescale(rounded, S8, scale, Rounding::HalfEven))
+    let result = crate::numbers::narrow(rescale(rounded, S8, scale, Rounding::HalfEven));
+    // never beyond the total: a total below 1e-8 could round up past it
+    if result.abs() > total.abs() { total } else { result }
 }
 
 /// A reported price: cost (1e-16) / qty (1e-8), HALF_EVEN to 1e-8.
