@@ -78,8 +78,12 @@ impl Ledger {
         let amount = I256::new(amount);
         let from = self.balances.entry(source).or_insert(I256::ZERO);
         *from = sub(*from, amount);
+        let from_after = *from;
         let to = self.balances.entry(destination).or_insert(I256::ZERO);
         *to = add(*to, amount);
+        // docs/design.md section 9.3: no reachable balance comes near 10^68 units; one that does is a bug
+        let bound = crate::numbers::pow10(68 + crate::numbers::S8);
+        assert!(from_after.abs() < bound && to.abs() < bound, "a posting takes a balance beyond the bound 10^68");
     }
 
     /// Every non-zero balance.
