@@ -54,7 +54,10 @@ sends = st.lists(st.builds(lambda value, fallback, follow: (on_its_topic(value, 
 async def test_fuzzed_records_through_kafka_are_dead_lettered_and_change_nothing(
         kafka_bootstrap: str, topic_prefix: str, databases: Any, drawn: list[tuple[str, bytes]]) -> None:
     fixed = [("fill", b""), ("mark", b"null"), ("fill", b"[]"),  # and a NUL, which PostgreSQL text cannot hold:
-             ("fill", orjson.dumps({**TEMPLATES[0], "u\x00": "NO\x00PE"}))]
+             ("fill", orjson.dumps({**TEMPLATES[0], "u\x00": "NO\x00PE"})),
+             # issue #19's poison: it passed the wire and crashed the engine (serve would crash-loop on it)
+             ("fill", orjson.dumps({**TEMPLATES[0], "qty": "99999999999999999999", "price": "99999999999999999999",
+                                    "margin_mode": "isolated", "leverage": "0.000000000000000001"}))]
     bad = [(t, raw) for t, raw in drawn if rejected(t, raw)] + fixed
     final = mark("50100", ts=max(r["ts"] for r in SETUP) + 1)
     number = next(_runs)

@@ -230,7 +230,7 @@ def _plain_scores(size: Any, cost: Any, base: Any, mark: float, side: str) -> tu
         notional = size * mark
         upnl = (notional - cost) * (1 if side == "long" else -1)
         equity = base + upnl
-        bound = np.maximum((np.abs(base) + notional + cost) * 1e-6, (1 + size) * 0.1)  # 0.1: ROUNDING_SLACK
+        bound = np.maximum((np.abs(base) + notional + cost) * 1e-6, (1 + size) * 0.02)  # 0.02: ROUNDING_SLACK
         bound = np.where(cost <= 0, np.inf, bound)
         ratio, leverage = upnl / cost, notional / equity
         score = np.where(ratio < 0, ratio / leverage, ratio * leverage)

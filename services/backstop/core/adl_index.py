@@ -10,11 +10,11 @@ cost, B), kept per symbol and side in float arrays and refreshed only for the ac
 deleverage. Floats only *choose candidates*, with a margin far above their rounding error; the candidates are
 then ranked exactly by adl.rank_position, so the outcome is the exact ranking's, bit for bit. The exact score uses
 the BP rounded in the fund's favour and, for cross, the equity share rounded up (docs/design.md §9.4): both only
-lengthen the distance to the BP, by less than two price quanta per unit of size and one money quantum, so the float
-score overstates the exact one by a relative error below that slack over the equity. Rows whose float equity is too
-close to zero to trust or small enough for that error to matter, rows whose cost rounded away to zero, and accounts
-with cross positions in several symbols (their equity share depends on other marks), are always among the
-candidates. Rows exactly alike (same margin mode, size, cost and B)
+lengthen the distance to the BP, by less than one price quantum plus one money quantum over the size, so the float
+score overstates the exact one by a relative error below (1 + size) quanta over the equity. Rows whose float
+equity is too close to zero to trust or small enough for that error to matter, rows whose cost rounded away to
+zero, and accounts with cross positions in several symbols (their equity share depends on other marks), are always
+among the candidates. Rows exactly alike (same margin mode, size, cost and B)
 score exactly alike and queue by account id, so of many such rows only the first few by account id are candidates
 (`_Book.thin_ties`). The tests compare it with the full ranking.
 """
@@ -40,9 +40,9 @@ KindArray = npt.NDArray[np.int8]
 RELATIVE_MARGIN = 1e-6  # float scores are within ~1e-12 of the exact ones; this margin dwarfs that
 ABSOLUTE_MARGIN = 1e-6  # and the 1e-12 score quantum, which could make a just-excluded row tie
 UNTRUSTED_EQUITY = 1e-6  # |equity| below this share of (|B| + notional + cost): the float sign may be wrong
-# |equity| below ROUNDING_SLACK x (1 + size): the rounding of the BP and of the equity share (one quantum each) could
-# move the exact score by more than a tenth of RELATIVE_MARGIN
-ROUNDING_SLACK = 1e-8 * 10 / RELATIVE_MARGIN
+# |equity| below ROUNDING_SLACK x (1 + size): the rounding of the BP and of the equity share (under one quantum each)
+# could move the exact score by half of RELATIVE_MARGIN or more
+ROUNDING_SLACK = 1e-8 * 2 / RELATIVE_MARGIN
 FLUSH_ROWS = 4096  # pending rows written at once: the first build would otherwise hold a million tuples
 # (size, cost, B, kind) of an empty slot: clearly past bankruptcy on either side, so never a candidate
 EMPTY_ROW = (0.0, 1.0, -4.0, 0)

@@ -38,6 +38,7 @@ ONE = Decimal(1)
 MAX_POSITION_QTY = Decimal(10) ** 12  # §9.3: a position, and a fund's lots of one symbol and side, hold less
 MAX_COST = Decimal(10) ** 22  # §9.3: a position's cost basis stays below it
 BALANCE_BOUND = Decimal(10) ** 68  # §9.3: every ledger balance stays below it in magnitude (a 256-bit integer)
+LARGEST_PRICE = Decimal("9999999999.99999999")  # §9.2: the largest PRICE the wire admits (a record the engine writes)
 
 _POWERS_OF_TEN = [10 ** places for places in range(2 * PRECISION)]
 

@@ -16,7 +16,7 @@ from decimal import ROUND_CEILING, Decimal, localcontext
 
 from backstop.core.hashing import canonical_json
 from backstop.core.margin import bracket
-from backstop.core.numbers import CONTEXT, ONE, text, whole_steps
+from backstop.core.numbers import CONTEXT, LARGEST_PRICE, ONE, text, whole_steps
 from backstop.core.processor import Applied, Outcome, Processor
 from backstop.core.state import Position
 from backstop.wire.decode import decode_record
@@ -75,7 +75,7 @@ class Simulator:
             fill = whole_steps(mark - slip, ONE, instrument.tick_size)
         else:
             fill = whole_steps(mark + slip, ONE, instrument.tick_size, ROUND_CEILING)
-        fill = max(fill, instrument.tick_size)
+        fill = min(max(fill, instrument.tick_size), whole_steps(LARGEST_PRICE, ONE, instrument.tick_size))
         filled = whole_steps(qty * self.params.market_fill, ONE, instrument.lot_size)
         record = decode_record(canonical_json({
             "type": "liquidation", "ts": ts, "liquidation_id": f"sim-{engine.last_seq + 1}",

@@ -9,6 +9,7 @@ unknown types are rejections, not guesses.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -245,6 +246,7 @@ RECORD_TYPES: dict[str, type[_Record]] = {
 INPUT_ADAPTER: TypeAdapter[InputRecord] = TypeAdapter(InputRecord)
 
 
+@functools.cache
 def decimal_fields() -> dict[str, tuple[Kind, str]]:
     """Every decimal field of the input records, as "fill.qty" or "instrument.tiers[].mmr" -> (kind, sign): the table
     of docs/design.md §9.2, read from the models (tests compare the two; fuzz tests try every bound of every field)."""
