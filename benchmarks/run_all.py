@@ -43,7 +43,7 @@ def main() -> None:
     now = datetime.datetime.now(datetime.UTC)  # a report's date, never a ledger input
     host = machine.describe()  # before the suite, so the load average is the one it started under
     runs: list[tuple[str, Any]] = [
-        ("replay", lambda: replay.run(args.events, args.seed)),
+        ("replay", lambda: replay.run(args.events, args.seed, ["compiled", "reference"])),
         ("incident", lambda: incident.run(437_000, 3_240_000, 11_279, 7)),
         ("adl", lambda: adl_selection.run(1_000_000, args.seed)),
         ("memory", lambda: memory.run(10_000, 250_000, 11)),

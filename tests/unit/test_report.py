@@ -53,7 +53,7 @@ def test_what_if_metrics_are_exact(tmp_path: Path) -> None:
         fund(), instrument(tick="0.00000001", lot="0.00000001"), transfer("seed", "fund:MAIN", "1000"),
         transfer("d", "u", "9999999999999999"), fill("open", "u", "buy", qty, mark, mode="isolated", leverage="1000"),
         liquidation("liq", "u", qty, mark))]
-    metrics, result = run_scenario(records, Scenario(), tmp_path / "run")
+    metrics, result = run_scenario(list(enumerate(records, start=1)), Scenario(), tmp_path / "run")
     assert metrics.liquidations == 1 and result["rejected"] == 0
     from backstop.core.numbers import CONTEXT, money, text
 

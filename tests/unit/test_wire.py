@@ -66,7 +66,7 @@ def test_prices_must_be_positive_plain_decimal_strings(value: object, reason: st
 
 
 def test_a_malformed_decimal_is_quoted_in_the_reason() -> None:
-    assert reason_for(with_field(qty="5e4")) == "fill.qty: not an exact plain decimal: '5e4'"
+    assert reason_for(with_field(qty="5e4")) == 'fill.qty: not an exact plain decimal: "5e4"'
 
 
 @pytest.mark.parametrize(("value", "accepted"), [
@@ -81,7 +81,7 @@ def test_non_negative_decimals_accept_zero_in_any_spelling(value: str, accepted:
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
-    (b"not json", "Invalid JSON"),
+    (b"not json", "invalid JSON"),
     (b"[1, 2]", "Input should be an object"),
     (b'{"ts": 1}', "Unable to extract tag"),
     (orjson.dumps({**GOOD, "type": "trade"}), "does not match any of the expected tags"),
@@ -177,7 +177,7 @@ def test_every_field_takes_its_bounds_and_rejects_one_digit_more(field: str) -> 
         decode_record(_with(field, "-" + _largest(kind, sign)))
     bound = f"{field.replace('[]', '.0')}: at most {integer} integer and {fraction} fraction digits"
     for value in ("1" + "0" * integer, "0." + "0" * fraction + "1", "1." + "1" * (fraction + 1)):
-        assert reason_for(_with(field, value)).split("; ")[0] == f"{bound}: {value[:40]!r}"
+        assert reason_for(_with(field, value)) == f'{bound}: "{value[:40]}"'
 
 
 plain_decimals = st.builds(

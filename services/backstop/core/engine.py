@@ -227,7 +227,7 @@ class Engine:
                 raise Rejected(f"unknown asset {record.asset}")
             account = ledger.wallet(record.account_id, record.asset)
         if amount < 0 and self.ledger.balance(account) + amount < 0:
-            raise Rejected(f"withdrawal of {-amount} exceeds the balance {self.ledger.balance(account)} of "
+            raise Rejected(f"withdrawal of {text(-amount)} exceeds the balance {text(self.ledger.balance(account))} of "
                            f"{account}")
         source = ledger.external(record.asset)
         self.ledger.post(source, account, amount)
@@ -329,7 +329,7 @@ class Engine:
     def _on_funding(self, record: FundingRecord) -> None:
         instrument = self._instrument(record.symbol)
         if abs(record.rate) >= 1:
-            raise Rejected(f"funding rate {record.rate} is not a plausible rate")
+            raise Rejected(f"funding rate {text(record.rate)} is not a plausible rate")
         last = self.funding_ts.get(record.symbol)
         if last is not None and record.ts <= last:
             raise Rejected(f"funding for {record.symbol} at ts {record.ts} is not after the last one applied (ts "
@@ -356,11 +356,11 @@ class Engine:
         if position is None:
             raise Rejected(f"{record.account_id} holds no {record.symbol} position")
         if record.qty > position.size:
-            raise Rejected(f"liquidation of {record.qty} exceeds the position of {position.size}")
+            raise Rejected(f"liquidation of {text(record.qty)} exceeds the position of {text(position.size)}")
         self._check_steps(instrument, record.qty, None)
         executed = sum((e.qty for e in record.executions), ZERO)
         if executed > record.qty:
-            raise Rejected(f"executions total {executed}, more than the liquidated {record.qty}")
+            raise Rejected(f"executions total {text(executed)}, more than the liquidated {text(record.qty)}")
         for execution in record.executions:
             self._check_steps(instrument, execution.qty, execution.price)
         fund_state = self.funds[instrument.fund_id]
@@ -411,8 +411,8 @@ class Engine:
         lots = [lot for lot in fund_state.lots.get(record.symbol, ()) if lot.side == closing]
         held = sum((lot.qty for lot in lots), ZERO)
         if record.qty > held:
-            raise Rejected(f"fund {fund_id} holds {held} {closing} {record.symbol}; cannot {record.side} "
-                           f"{record.qty}")
+            raise Rejected(f"fund {fund_id} holds {text(held)} {closing} {record.symbol}; cannot {record.side} "
+                           f"{text(record.qty)}")
         remaining = record.qty
         for lot in lots:
             if remaining == 0:
@@ -700,9 +700,9 @@ class Engine:
     @staticmethod
     def _check_steps(instrument: Instrument, qty: Decimal, fill_price: Decimal | None) -> None:
         if not is_multiple(qty, instrument.lot_size):
-            raise Rejected(f"qty {qty} is not a multiple of the lot size {instrument.lot_size}")
+            raise Rejected(f"qty {text(qty)} is not a multiple of the lot size {text(instrument.lot_size)}")
         if fill_price is not None and not is_multiple(fill_price, instrument.tick_size):
-            raise Rejected(f"price {fill_price} is not a multiple of the tick size {instrument.tick_size}")
+            raise Rejected(f"price {text(fill_price)} is not a multiple of the tick size {text(instrument.tick_size)}")
 
     def _funds_of(self, record: AnyRecord) -> list[str]:
         """The funds whose balance this event may move (checked for solvency afterwards): liquidations, funding and

@@ -6,9 +6,10 @@ import argparse
 import contextlib
 import gc
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from backstop import __version__
 
@@ -73,11 +74,35 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+ENGINE_CHOICES = ("reference", "compiled")
+DEFAULT_ENGINE = "compiled"
+
+
+def _engine_for(args: argparse.Namespace) -> Literal["reference", "compiled"]:
+    """The engine asked for, else the compiled one; the default falls back to the reference engine, saying so on
+    stderr, when the compiled engine is not built here or does not run the options asked for (an ADL policy other
+    than the default)."""
+    from backstop.engines import compiled_available
+
+    if args.engine is not None:
+        chosen: Literal["reference", "compiled"] = args.engine
+        return chosen
+    if (args.adl_rule, args.adl_price) != ("bitmex", "bankruptcy"):
+        return "reference"  # what-if policies are the reference engine's alone
+    missing = compiled_available()
+    if missing is None:
+        return "compiled"
+    if not os.environ.get("BACKSTOP_ENGINE_FALLBACK_SAID"):  # ./backstop said it when it found no cargo
+        print(f"backstop: {missing}; using the reference engine", file=sys.stderr)
+    return "reference"
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
     from backstop.core.engine import AdlPolicy
+    from backstop.engines import EngineUnavailable
     from backstop.entrypoints.replay import Carried, ReplayError, ReplayOptions, replay, replay_lines
 
     sources = [bool(args.journal), bool(args.from_postgres), bool(args.from_kafka)]
@@ -89,7 +114,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                             strict=args.strict, snapshot_every=args.snapshot_every,
                             from_snapshot=Path(args.from_snapshot) if args.from_snapshot else None,
                             check_conservation=args.check_conservation,
-                            adl_policy=AdlPolicy(args.adl_rule, args.adl_price))
+                            adl_policy=AdlPolicy(args.adl_rule, args.adl_price), engine=_engine_for(args))
     stored: dict[str, Any] | None = None
     try:
         if args.journal:
@@ -107,6 +132,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except ReplayError as error:
         print(f"backstop replay: {error}", file=sys.stderr)
         return error.exit_code
+    except EngineUnavailable as error:
+        print(f"backstop replay: {error} (or use --engine reference)", file=sys.stderr)
+        return 2
     print(f"applied {result['events_applied']} events ({result['duplicates']} duplicates, "
           f"{result['rejected']} rejected); {result['fund_ledger_entries']} fund-ledger entries, "
           f"{result['adl_events']} ADL events, {result['findings']} findings")
@@ -464,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ADL ranking rule (default bitmex, docs/design.md §4; what-if runs record theirs)")
     replay.add_argument("--adl-price", choices=["bankruptcy", "mark"], default="bankruptcy",
                         help="price counterparties are closed at (default: the lot's bankruptcy price)")
+    replay.add_argument("--engine", choices=ENGINE_CHOICES, default=None,
+                        help=f"which engine applies the rules (default {DEFAULT_ENGINE}; the reference when the "
+                             "compiled engine is not built here, or for an ADL policy other than the default)")
     replay.set_defaults(handler=_cmd_replay)
 
     schemas = commands.add_parser("schemas", help="write (or --check) the JSON Schemas of the wire records")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal, get_args
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -79,16 +80,22 @@ SIGN_REASONS = {SIGNED: "", POSITIVE: "must be > 0", NON_NEGATIVE: "must be >= 0
 _QUOTED = 40  # characters of a bad value quoted in a reason
 
 
+def quoted(text: str) -> str:
+    """At most 40 characters of a bad input in a reason, as a JSON string (control characters escaped): one
+    canonical spelling that the compiled engine writes too (Python's repr depends on Unicode tables)."""
+    return orjson.dumps(text[:_QUOTED]).decode()
+
+
 def decimal_reason(value: object, kind: Kind, sign: str) -> str:
     """Why `value` is not a valid decimal of this kind and sign: the type, the syntax, the digits, or the sign (in
     that order). Runs only for a rejected value: the check itself is the one pattern of Kind.pattern."""
     if not isinstance(value, str):
         return 'a decimal must be a JSON string such as "50000.5"'
     if not _SYNTAX.match(value):
-        return f"not an exact plain decimal: {value[:_QUOTED]!r}"
+        return f"not an exact plain decimal: {quoted(value)}"
     if not re.match(kind.pattern(SIGNED), value):
-        return f"{kind.bound_text()}: {value[:_QUOTED]!r}"
-    return SIGN_REASONS[sign] or f"not a {kind.name} decimal: {value[:_QUOTED]!r}"
+        return f"{kind.bound_text()}: {quoted(value)}"
+    return SIGN_REASONS[sign] or f"not a {kind.name} decimal: {quoted(value)}"
 
 
 class _PlainDecimal:
