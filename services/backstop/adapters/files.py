@@ -60,9 +60,10 @@ class OutputDir:
         for finding in effects.findings:
             self._findings.write(canonical_json(record_dict(finding)) + b"\n")
 
-    def dead_letter(self, line: int, reason: str, raw: bytes) -> None:
+    def dead_letter(self, line: int, reason: str, raw: bytes, kind: str) -> None:
+        """`kind`: backstop.core.errors.RejectionKind."""
         text = raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace")
-        self._dead.write(canonical_json({"line": line, "reason": reason, "raw": text,
+        self._dead.write(canonical_json({"line": line, "kind": kind, "reason": reason, "raw": text,
                                          "raw_truncated": len(raw) > RAW_KEEP_BYTES}) + b"\n")
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -12,8 +13,8 @@ from typing import Any
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from backstop.adapters.files import OutputDir, read_lines, write_json
-from backstop.core.dedupe import Deduper
 from backstop.core.engine import AdlPolicy, Engine
+from backstop.core.idstore import IdStore
 from backstop.core.processor import Applied, Processor, Rejection
 from backstop.core.report import accounts, summary
 from backstop.core.snapshot import restore, state_document, state_hash
@@ -42,12 +43,33 @@ class ReplayOptions:
     progress: bool | None = None  # None: on a terminal, for large files
 
 
-def snapshot_document(processor: Processor, input_line: int) -> dict[str, Any]:
+def snapshot_document(processor: Processor, input_line: int, ids: dict[str, Any]) -> dict[str, Any]:
+    """`ids`: the file that holds the engine's identities (name beside the document, sha256, count)."""
     return {"input_line": input_line, "engine": state_document(processor.engine),
-            "state_hash": state_hash(processor.engine), "dedupe": processor.deduper.entries(),
+            "state_hash": state_hash(processor.engine), "ids": ids,
             "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
+                         "conflicting_duplicates": processor.conflicting_duplicates,
                          "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
                          "findings": processor.findings}}
+
+
+def write_snapshot(directory: Path, processor: Processor, input_line: int) -> Path:
+    """snapshot-SEQ.json and, beside it, snapshot-SEQ.ids: the held identities in binary (IdStore.write, 32 bytes
+    each; as JSON, 100 million of them would be gigabytes of text to parse)."""
+    engine = processor.engine
+    name = f"snapshot-{engine.last_seq:012d}"
+    ids_path = directory / f"{name}.ids"
+    temporary = ids_path.with_suffix(".ids.tmp")
+    store = engine.dedupe.ids
+    if not isinstance(store, IdStore):
+        raise TypeError("a replay snapshot needs the identities in memory")
+    with temporary.open("wb") as handle:
+        sha256 = store.write(handle)
+    os.replace(temporary, ids_path)
+    path = directory / f"{name}.json"
+    write_json(path, snapshot_document(processor, input_line, {"file": ids_path.name, "sha256": sha256,
+                                                              "count": len(store)}))
+    return path
 
 
 def processor_from_snapshot(path: Path, *, check_conservation: bool) -> tuple[Processor, int]:
@@ -55,12 +77,22 @@ def processor_from_snapshot(path: Path, *, check_conservation: bool) -> tuple[Pr
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ReplayError(f"cannot read snapshot {path}: {error}", 2) from None
-    engine = restore(document["engine"], check_conservation=check_conservation)
-    if state_hash(engine) != document["state_hash"]:
+    ids = document["ids"]
+    ids_path = path.parent / ids["file"]
+    try:
+        with ids_path.open("rb") as handle:
+            store, sha256 = IdStore.read(handle)
+    except (OSError, ValueError) as error:
+        raise ReplayError(f"cannot read the identities of snapshot {path} ({ids_path}): {error}", 2) from None
+    if sha256 != ids["sha256"] or len(store) != ids["count"]:
+        raise ReplayError(f"snapshot {path} is corrupt: {ids_path.name} is not the file it names", 2)
+    engine = restore(document["engine"], check_conservation=check_conservation, ids=store)
+    if state_hash(engine) != document["state_hash"] or engine.dedupe.count != len(store):
         raise ReplayError(f"snapshot {path} is corrupt: its state hash does not match its contents", 2)
-    processor = Processor(engine, Deduper((key, ts) for key, ts in document["dedupe"]))
+    processor = Processor(engine)
     counters = document["counters"]
     processor.duplicates, processor.rejected = counters["duplicates"], counters["rejected"]
+    processor.conflicting_duplicates = counters["conflicting_duplicates"]
     processor.fund_entries, processor.adl_events = counters["fund_entries"], counters["adl_events"]
     processor.findings = counters["findings"]
     return processor, int(document["input_line"])
@@ -103,7 +135,7 @@ def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[i
                     record = decode_record(raw)
                 except InvalidRecord as error:
                     processor.reject_unparsed()
-                    out.dead_letter(number, str(error), raw)
+                    out.dead_letter(number, str(error), raw, "invalid")
                     if options.strict:
                         raise ReplayError(f"line {number}: {error}", 1) from None
                     continue
@@ -111,11 +143,10 @@ def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[i
                 if isinstance(outcome, Applied):
                     out.effects(outcome.effects)
                     if options.snapshot_every > 0 and outcome.seq >= next_snapshot:
-                        write_json(snapshots / f"snapshot-{outcome.seq:012d}.json",
-                                   snapshot_document(processor, number))
+                        write_snapshot(snapshots, processor, number)
                         next_snapshot = outcome.seq + options.snapshot_every
                 elif isinstance(outcome, Rejection):
-                    out.dead_letter(number, outcome.reason, raw)
+                    out.dead_letter(number, outcome.reason, raw, outcome.kind)
                     if options.strict:
                         raise ReplayError(f"line {number}: {outcome.reason}", 1)
         except OSError as error:

@@ -166,7 +166,7 @@ def run_scenario(records: Iterable[AnyRecord], scenario: Scenario, out: Path,
                 if isinstance(outcome, Rejection):
                     metrics.rejected += 1
                     files.dead_letter(number, outcome.reason, canonical_json(orjson.loads(
-                        applied_record.model_dump_json())))
+                        applied_record.model_dump_json())), outcome.kind)
                 if not isinstance(outcome, Applied):
                     continue
                 journal.write(canonical_json(orjson.loads(applied_record.model_dump_json())) + b"\n")

@@ -23,7 +23,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from backstop import faults
 from backstop.adapters.postgres.store import WRITER_LOCK, Head, RefreshCopy, Store
 from backstop.core import ledger
-from backstop.core.dedupe import Deduper
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json
@@ -59,12 +58,12 @@ class Progress:
     background_errors: dict[str, str] = field(default_factory=dict)  # forked work that failed, by kind
 
 
-Snapshot = tuple[int, str, bytes]  # (seq, state hash, canonical JSON of the engine's state and the deduper's)
+Snapshot = tuple[int, str, bytes]  # (seq, state hash, canonical JSON of the engine's state; identities: PostgreSQL)
 
 
 def snapshot_of(processor: Processor) -> Snapshot:
     engine = processor.engine
-    document = {"engine": state_document(engine), "dedupe": processor.deduper.entries()}
+    document = {"engine": state_document(engine)}
     return engine.last_seq, state_hash(engine), canonical_json(document)
 
 
