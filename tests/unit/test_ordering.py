@@ -167,3 +167,15 @@ def test_duplicates_are_decided_before_the_clock() -> None:
     original = fill("x", "u", "buy", "0.01", "50000", ts=T0 + 1)
     _, outcomes = run([*BASE, original, *trades(T0 + 2 * HOUR, 3), dict(original)])
     assert isinstance(outcomes[-1], Duplicate)
+
+
+def test_a_mark_ahead_of_the_journal_does_not_make_an_older_mark_than_the_one_before_it_fresh() -> None:
+    """Behind a mark the journal has not reached, records are judged against the last one it had reached (the
+    floor), so inserting the skewed mark changes no other outcome."""
+    journal = [*BASE, mark("50100", ts=T0 + 2000), mark("50000", ts=T0 + 1000), mark("50200", ts=T0 + 3000)]
+    _, plain = run(journal)
+    processor, skewed = run([*journal[:-2], mark("60000", ts=T0 + 11 * HOUR), *journal[-2:]])
+    assert kinds(skewed[-3:]) == ["Applied", "rejected", "Applied"]
+    assert kinds(plain[-2:]) == kinds(skewed[-2:])
+    assert str(skewed[-2]).count("older than the BTCUSDT mark the journal has reached (ts 1900000002000)")
+    assert processor.engine.marks["BTCUSDT"] == 50200

@@ -38,7 +38,7 @@ from backstop.core.numbers import (
     text,
 )
 from backstop.core.idstore import IdStore
-from backstop.core.ordering import JournalClock
+from backstop.core.ordering import JournalClock, put_in_force, symbol_bound
 from backstop.core.records import (
     SCHEMA_VERSION,
     AdlEvent,
@@ -119,6 +119,8 @@ class Engine:
         self.clock = JournalClock()  # the journal's event time (backstop.core.ordering)
         self.mark_ts: dict[str, int] = {}  # symbol -> ts of the mark in force
         self.funding_ts: dict[str, int] = {}  # symbol -> ts of the last funding applied
+        self.mark_floor: dict[str, int] = {}  # symbol -> the last mark ts in force the journal had reached
+        self.funding_floor: dict[str, int] = {}  # the same for funding (backstop.core.ordering.symbol_bound)
         self.ledger_head = GENESIS_HASH
         self.adl_head = GENESIS_HASH
         self._effects = Effects()
@@ -303,22 +305,22 @@ class Engine:
 
     def _on_mark(self, record: MarkRecord) -> None:
         self._instrument(record.symbol)
-        in_force = self.mark_ts.get(record.symbol)
-        if in_force is not None and record.ts < in_force and self.clock.reached(in_force):
-            raise Rejected(f"stale mark: ts {record.ts} is older than the {record.symbol} mark in force (ts "
-                           f"{in_force})")
+        bound = symbol_bound(self.mark_ts, self.mark_floor, record.symbol, self.clock)
+        if bound is not None and record.ts < bound:
+            which = "in force" if bound == self.mark_ts[record.symbol] else "the journal has reached"
+            raise Rejected(f"stale mark: ts {record.ts} is older than the {record.symbol} mark {which} (ts {bound})")
         self.marks[record.symbol] = record.mark_price
-        self.mark_ts[record.symbol] = record.ts
+        put_in_force(self.mark_ts, self.mark_floor, record.symbol, record.ts, self.clock)
 
     def _on_funding(self, record: FundingRecord) -> None:
         instrument = self._instrument(record.symbol)
         if abs(record.rate) >= 1:
             raise Rejected(f"funding rate {record.rate} is not a plausible rate")
-        last = self.funding_ts.get(record.symbol)
-        if last is not None and record.ts <= last and self.clock.reached(last):
+        last = symbol_bound(self.funding_ts, self.funding_floor, record.symbol, self.clock)
+        if last is not None and record.ts <= last:
             raise Rejected(f"stale funding: ts {record.ts} is not after the last {record.symbol} funding applied (ts "
                            f"{last})")
-        self.funding_ts[record.symbol] = record.ts
+        put_in_force(self.funding_ts, self.funding_floor, record.symbol, record.ts, self.clock)
         clearing = ledger.funding(record.symbol)
         rate_price = CONTEXT.multiply(record.mark_price, record.rate)
         for position in self.by_symbol[record.symbol].values():
@@ -350,9 +352,9 @@ class Engine:
             self._check_steps(instrument, execution.qty, execution.price)
 
         self.marks[record.symbol] = record.mark_price
-        in_force = self.mark_ts.get(record.symbol)
-        if in_force is None or record.ts >= in_force or not self.clock.reached(in_force):
-            self.mark_ts[record.symbol] = record.ts
+        bound = symbol_bound(self.mark_ts, self.mark_floor, record.symbol, self.clock)
+        if bound is None or record.ts >= bound:  # else the mark in force keeps its ts
+            put_in_force(self.mark_ts, self.mark_floor, record.symbol, record.ts, self.clock)
         fund_state = self.funds[instrument.fund_id]
         view = self.margin_view(position)
         if not view.liquidatable:

@@ -9,9 +9,10 @@ be wrong by a day or by years. All rules here use the records' own `ts`, never a
   time (the later of the clock and the last applied record's ts: in a sparse journal the median lags by a record) is
   ahead of the journal (fund and instrument definitions excepted: they are how an operator moves the journal past a
   longer silence); both are rejected;
-- a per-symbol clock (the ts of the mark in force, of the last funding) refuses older records only once the
-  journal clock has come within MAX_LATENESS_MS of it: until then it may be a bad clock, and the next record of its
-  kind replaces it.
+- a per-symbol clock (the ts of the mark in force, of the last funding) refuses older records once the journal clock
+  has come within MAX_LATENESS_MS of it (it is reached). Until then it may be a bad clock: records are judged against
+  the floor (the last ts in force that the journal had reached when it was replaced), and the next record of its
+  kind at or after the floor replaces it.
 """
 
 from __future__ import annotations
@@ -67,6 +68,22 @@ class JournalClock:
 
     def document(self) -> dict[str, object]:
         return {"recent": list(self.recent), "ts": self.ts}
+
+
+def symbol_bound(in_force: dict[str, int], floor: dict[str, int], symbol: str, clock: JournalClock) -> int | None:
+    """The ts older records of `symbol` are judged against: the ts in force once reached, else the floor."""
+    ts = in_force.get(symbol)
+    if ts is not None and clock.reached(ts):
+        return ts
+    return floor.get(symbol)
+
+
+def put_in_force(in_force: dict[str, int], floor: dict[str, int], symbol: str, ts: int, clock: JournalClock) -> None:
+    """A record of `symbol` at `ts` (not before its bound) was applied: it is in force, its bound the new floor."""
+    bound = symbol_bound(in_force, floor, symbol, clock)
+    if bound is not None:
+        floor[symbol] = bound
+    in_force[symbol] = ts
 
 
 def clock_of(document: dict[str, object]) -> JournalClock:

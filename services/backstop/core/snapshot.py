@@ -54,6 +54,8 @@ def state_document(engine: Engine) -> dict[str, Any]:
         "dedupe": engine.dedupe.document(),
         "mark_ts": dict(sorted(engine.mark_ts.items())),
         "funding_ts": dict(sorted(engine.funding_ts.items())),
+        "mark_floor": dict(sorted(engine.mark_floor.items())),
+        "funding_floor": dict(sorted(engine.funding_floor.items())),
         "positions": [{
             "account_id": p.account_id, "symbol": p.symbol, "qty": text(p.qty), "cost": text(p.cost),
             "margin_mode": p.margin_mode, "leverage": text(p.leverage),
@@ -95,6 +97,8 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: 
     engine.dedupe.restore(document["dedupe"])
     engine.mark_ts = {symbol: int(ts) for symbol, ts in document["mark_ts"].items()}
     engine.funding_ts = {symbol: int(ts) for symbol, ts in document["funding_ts"].items()}
+    engine.mark_floor = {symbol: int(ts) for symbol, ts in document["mark_floor"].items()}
+    engine.funding_floor = {symbol: int(ts) for symbol, ts in document["funding_floor"].items()}
     for p in document["positions"]:
         position = Position(p["account_id"], p["symbol"], _d(p["qty"]), _d(p["cost"]), p["margin_mode"],
                             _d(p["leverage"]))
