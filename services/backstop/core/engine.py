@@ -38,7 +38,7 @@ from backstop.core.numbers import (
     text,
 )
 from backstop.core.idstore import IdStore
-from backstop.core.ordering import JournalClock, put_in_force, symbol_bound
+from backstop.core.ordering import JournalClock, SymbolClock
 from backstop.core.records import (
     SCHEMA_VERSION,
     AdlEvent,
@@ -117,10 +117,8 @@ class Engine:
         self.last_seq = 0
         self.dedupe = Dedupe(ids if ids is not None else IdStore())  # what was applied (backstop.core.dedupe)
         self.clock = JournalClock()  # the journal's event time (backstop.core.ordering)
-        self.mark_ts: dict[str, int] = {}  # symbol -> ts of the mark in force
-        self.funding_ts: dict[str, int] = {}  # symbol -> ts of the last funding applied
-        self.mark_floor: dict[str, int] = {}  # symbol -> the last mark ts in force the journal had reached
-        self.funding_floor: dict[str, int] = {}  # the same for funding (backstop.core.ordering.symbol_bound)
+        self.mark_clock = SymbolClock()  # marks and liquidations: an older mark is stale
+        self.funding_clock = SymbolClock()  # fundings: one not after the last is stale
         self.ledger_head = GENESIS_HASH
         self.adl_head = GENESIS_HASH
         self._effects = Effects()
@@ -305,22 +303,20 @@ class Engine:
 
     def _on_mark(self, record: MarkRecord) -> None:
         self._instrument(record.symbol)
-        bound = symbol_bound(self.mark_ts, self.mark_floor, record.symbol, self.clock)
+        bound = self.mark_clock.bound(record.symbol, self.clock)
         if bound is not None and record.ts < bound:
-            which = "in force" if bound == self.mark_ts[record.symbol] else "the journal has reached"
-            raise Rejected(f"stale mark: ts {record.ts} is older than the {record.symbol} mark {which} (ts {bound})")
+            raise Rejected(f"stale mark: ts {record.ts} is older than the {record.symbol} mark of ts {bound}")
         self.marks[record.symbol] = record.mark_price
-        put_in_force(self.mark_ts, self.mark_floor, record.symbol, record.ts, self.clock)
+        self.mark_clock.applied(record.symbol, record.ts, self.clock)
 
     def _on_funding(self, record: FundingRecord) -> None:
         instrument = self._instrument(record.symbol)
         if abs(record.rate) >= 1:
             raise Rejected(f"funding rate {record.rate} is not a plausible rate")
-        last = symbol_bound(self.funding_ts, self.funding_floor, record.symbol, self.clock)
+        last = self.funding_clock.bound(record.symbol, self.clock)
         if last is not None and record.ts <= last:
-            raise Rejected(f"stale funding: ts {record.ts} is not after the last {record.symbol} funding applied (ts "
-                           f"{last})")
-        put_in_force(self.funding_ts, self.funding_floor, record.symbol, record.ts, self.clock)
+            raise Rejected(f"stale funding: ts {record.ts} is not after the {record.symbol} funding of ts {last}")
+        self.funding_clock.applied(record.symbol, record.ts, self.clock)
         clearing = ledger.funding(record.symbol)
         rate_price = CONTEXT.multiply(record.mark_price, record.rate)
         for position in self.by_symbol[record.symbol].values():
@@ -352,9 +348,7 @@ class Engine:
             self._check_steps(instrument, execution.qty, execution.price)
 
         self.marks[record.symbol] = record.mark_price
-        bound = symbol_bound(self.mark_ts, self.mark_floor, record.symbol, self.clock)
-        if bound is None or record.ts >= bound:  # else the mark in force keeps its ts
-            put_in_force(self.mark_ts, self.mark_floor, record.symbol, record.ts, self.clock)
+        self.mark_clock.applied(record.symbol, record.ts, self.clock)
         fund_state = self.funds[instrument.fund_id]
         view = self.margin_view(position)
         if not view.liquidatable:

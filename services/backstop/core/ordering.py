@@ -9,15 +9,15 @@ be wrong by a day or by years. All rules here use the records' own `ts`, never a
   time (the later of the clock and the last applied record's ts: in a sparse journal the median lags by a record) is
   ahead of the journal (fund and instrument definitions excepted: they are how an operator moves the journal past a
   longer silence); both are rejected;
-- a per-symbol clock (the ts of the mark in force, of the last funding) refuses older records once the journal clock
-  has come within MAX_LATENESS_MS of it (it is reached). Until then it may be a bad clock: records are judged against
-  the floor (the last ts in force that the journal had reached when it was replaced), and the next record of its
-  kind at or after the floor replaces it.
+- a per-symbol clock (of marks, with liquidations, which carry a mark; of fundings) refuses records older than the
+  latest ts applied that the journal clock has come within MAX_LATENESS_MS of (reached). A ts not reached yet may be
+  a bad clock: it waits apart and bounds nothing until the journal reaches it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 from backstop.core.errors import Rejected
 
@@ -70,20 +70,46 @@ class JournalClock:
         return {"recent": list(self.recent), "ts": self.ts}
 
 
-def symbol_bound(in_force: dict[str, int], floor: dict[str, int], symbol: str, clock: JournalClock) -> int | None:
-    """The ts older records of `symbol` are judged against: the ts in force once reached, else the floor."""
-    ts = in_force.get(symbol)
-    if ts is not None and clock.reached(ts):
-        return ts
-    return floor.get(symbol)
+class SymbolClock:
+    """Per symbol, the ts of the applied records of one kind as far as the journal clock has reached them."""
 
+    __slots__ = ("pending", "reached")
 
-def put_in_force(in_force: dict[str, int], floor: dict[str, int], symbol: str, ts: int, clock: JournalClock) -> None:
-    """A record of `symbol` at `ts` (not before its bound) was applied: it is in force, its bound the new floor."""
-    bound = symbol_bound(in_force, floor, symbol, clock)
-    if bound is not None:
-        floor[symbol] = bound
-    in_force[symbol] = ts
+    def __init__(self) -> None:
+        self.reached: dict[str, int] = {}  # symbol -> the latest ts applied that the journal had reached
+        self.pending: dict[str, tuple[int, ...]] = {}  # symbol -> ts applied that it had not reached (usually none)
+
+    def bound(self, symbol: str, clock: JournalClock) -> int | None:
+        """Records of `symbol` older than this are stale (None: no bound yet)."""
+        bound = self.reached.get(symbol)
+        for ts in self.pending.get(symbol, ()):
+            if clock.reached(ts) and (bound is None or ts > bound):
+                bound = ts
+        return bound
+
+    def applied(self, symbol: str, ts: int, clock: JournalClock) -> None:
+        bound = self.bound(symbol, clock)
+        if clock.reached(ts) and (bound is None or ts > bound):
+            bound = ts
+        if bound is not None:
+            self.reached[symbol] = bound
+        pending = tuple(t for t in (*self.pending.get(symbol, ()), ts) if not clock.reached(t))
+        if pending:
+            self.pending[symbol] = pending
+        else:
+            self.pending.pop(symbol, None)
+
+    def document(self) -> dict[str, object]:
+        return {"reached": dict(sorted(self.reached.items())),
+                "pending": {symbol: list(ts) for symbol, ts in sorted(self.pending.items())}}
+
+    @classmethod
+    def of(cls, document: dict[str, dict[str, object]]) -> SymbolClock:
+        result = cls()
+        result.reached = {str(symbol): int(cast(int, ts)) for symbol, ts in document["reached"].items()}
+        result.pending = {str(symbol): tuple(int(t) for t in cast(list[int], ts))
+                          for symbol, ts in document["pending"].items()}
+        return result
 
 
 def clock_of(document: dict[str, object]) -> JournalClock:

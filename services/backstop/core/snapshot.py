@@ -16,7 +16,7 @@ from backstop.core.dedupe import HeldIds
 from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.hashing import canonical_json
 from backstop.core.numbers import text
-from backstop.core.ordering import clock_of
+from backstop.core.ordering import SymbolClock, clock_of
 from backstop.core.state import FundSpec, FundState, Instrument, Lot, Position, Tier
 
 SNAPSHOT_VERSION = 3  # 3: the journal clock and dedupe in the document
@@ -52,10 +52,8 @@ def state_document(engine: Engine) -> dict[str, Any]:
         "marks": {symbol: text(mark) for symbol, mark in sorted(engine.marks.items())},
         "clock": engine.clock.document(),
         "dedupe": engine.dedupe.document(),
-        "mark_ts": dict(sorted(engine.mark_ts.items())),
-        "funding_ts": dict(sorted(engine.funding_ts.items())),
-        "mark_floor": dict(sorted(engine.mark_floor.items())),
-        "funding_floor": dict(sorted(engine.funding_floor.items())),
+        "mark_clock": engine.mark_clock.document(),
+        "funding_clock": engine.funding_clock.document(),
         "positions": [{
             "account_id": p.account_id, "symbol": p.symbol, "qty": text(p.qty), "cost": text(p.cost),
             "margin_mode": p.margin_mode, "leverage": text(p.leverage),
@@ -95,10 +93,8 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: 
     engine.marks = {symbol: _d(mark) for symbol, mark in document["marks"].items()}
     engine.clock = clock_of(document["clock"])
     engine.dedupe.restore(document["dedupe"])
-    engine.mark_ts = {symbol: int(ts) for symbol, ts in document["mark_ts"].items()}
-    engine.funding_ts = {symbol: int(ts) for symbol, ts in document["funding_ts"].items()}
-    engine.mark_floor = {symbol: int(ts) for symbol, ts in document["mark_floor"].items()}
-    engine.funding_floor = {symbol: int(ts) for symbol, ts in document["funding_floor"].items()}
+    engine.mark_clock = SymbolClock.of(document["mark_clock"])
+    engine.funding_clock = SymbolClock.of(document["funding_clock"])
     for p in document["positions"]:
         position = Position(p["account_id"], p["symbol"], _d(p["qty"]), _d(p["cost"]), p["margin_mode"],
                             _d(p["leverage"]))
