@@ -88,7 +88,7 @@ def test_records_far_ahead_inserted_anywhere_change_nothing_else(journal: list[d
     for (is_outlier, _), outcome in zip(mixed, outcomes, strict=True):
         if is_outlier:
             assert isinstance(outcome, Rejection)
-            assert outcome.kind == "ahead" or not applied_before, outcome  # the first record has no clock to be ahead of
+            assert outcome.kind == "ahead" or not applied_before, outcome  # before the first, there is no clock
         applied_before = applied_before or not isinstance(outcome, Rejection)
 
 

@@ -70,6 +70,25 @@ def identity(record: AnyRecord) -> str | None:
     return None
 
 
+def identity_of_fields(kind: str, fields: dict[str, Any]) -> str | None:
+    """identity() of a record not decoded yet (its JSON object), for looking identities up before a batch is applied;
+    None when the fields are not there (the record will be dead-lettered). Equal to identity() of every record that
+    decodes: the wire models take these fields as they are (strict strings and integers)."""
+    name = _ID_FIELDS.get(kind)
+    if name is None:
+        return None
+    if kind == "funding":
+        symbol, ts = fields.get("symbol"), fields.get("ts")
+        if isinstance(symbol, str) and type(ts) is int:
+            return f"funding:{symbol}:{ts}"
+        return None
+    value = fields.get(name)
+    return f"{kind}:{value}" if isinstance(value, str) else None
+
+
+_ID_FIELDS = {"fill": "fill_id", "transfer": "transfer_id", "liquidation": "liquidation_id", "funding": "ts"}
+
+
 def subject(record: AnyRecord) -> str:
     """`type:name` of a mark, fund or instrument: the last applied record per subject is remembered."""
     kind = record.type

@@ -20,6 +20,7 @@ from backstop.core.adl_index import AdlIndex
 from backstop.core.dedupe import Dedupe, HeldIds
 from backstop.core.errors import InvariantViolation, Rejected
 from backstop.core.hashing import GENESIS_HASH, chain_hash, combine
+from backstop.core.idstore import IdStore
 from backstop.core.margin import (
     bankruptcy_price,
     liquidation_price,
@@ -37,7 +38,6 @@ from backstop.core.numbers import (
     share,
     text,
 )
-from backstop.core.idstore import IdStore
 from backstop.core.ordering import JournalClock, SymbolClock
 from backstop.core.records import (
     SCHEMA_VERSION,

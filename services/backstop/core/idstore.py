@@ -89,7 +89,7 @@ class Run(NamedTuple):
     content: U64
     seq: U64
 
-    def __len__(self) -> int:  # type: ignore[override]  # the entries, not the four columns
+    def __len__(self) -> int:  # the entries, not the four columns
         return len(self.high)
 
     def find(self, high: int, low: int) -> Held | None:
@@ -180,12 +180,12 @@ class IdStore:
             handle.write(chunk)
         return digest.hexdigest()
 
-    def _chunks(self) -> Iterator[bytes | memoryview]:
+    def _chunks(self) -> Iterator[bytes]:
         yield FILE_MAGIC
         yield np.array([len(self._runs), *(len(run) for run in self._runs)], dtype="<u8").tobytes()
         for run in self._runs:
             for column in run:
-                yield memoryview(column.astype("<u8", copy=False)).cast("B")
+                yield column.astype("<u8", copy=False).tobytes()  # a copy of one column at a time
 
     @classmethod
     def read(cls, handle: BinaryIO) -> tuple[IdStore, str]:

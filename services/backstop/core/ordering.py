@@ -42,8 +42,8 @@ class JournalClock:
             return
         now = max(clock, self.recent[-1])
         if ts > now + MAX_AHEAD_MS and not definition:
-            raise Rejected(f"ahead of the journal: ts {ts} is {ts - now} ms after the journal's time (ts {now}); at most "
-                           f"{MAX_AHEAD_MS} ms is accepted", "ahead")
+            raise Rejected(f"ahead of the journal: ts {ts} is {ts - now} ms after the journal's time (ts {now}); at "
+                           f"most {MAX_AHEAD_MS} ms is accepted", "ahead")
         if ts < clock - MAX_LATENESS_MS and len(self.recent) == WINDOW:  # the first records set the clock
             raise Rejected(f"late: ts {ts} is {clock - ts} ms behind the journal clock (ts {clock}); at most "
                            f"{MAX_LATENESS_MS} ms is accepted", "late")
