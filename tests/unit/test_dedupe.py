@@ -194,3 +194,19 @@ def test_replay_snapshots_carry_the_identities_and_a_resumed_replay_still_knows_
     assert (whole["duplicates"], whole["conflicting_duplicates"], whole["rejected"]) == (1, 1, 1)
     dead = [orjson.loads(line) for line in (tmp_path / "whole" / "dead-letter.jsonl").read_bytes().splitlines()]
     assert [(d["line"], d["kind"]) for d in dead] == [(len(records), "conflicting_duplicate")]
+
+
+def test_the_vectors_of_the_design_document() -> None:
+    """docs/design.md §4.1 states these digests for a second engine to check itself against."""
+    liquidation_line = (b'{"type":"liquidation","ts":1760140860100,"liquidation_id":"liq-iso","account_id":"iso",'
+                        b'"symbol":"BTCUSDT","qty":"1.0","mark_price":"108200","executions":[]}')
+    record = decode_record(liquidation_line)
+    assert orjson.dumps(content_document(record), default=str, option=orjson.OPT_SORT_KEYS) == (
+        b'{"account_id":"iso","liquidation_id":"liq-iso","mark_price":"108200","qty":"1.0","symbol":"BTCUSDT",'
+        b'"ts":1760140860100,"type":"liquidation"}')  # 1.0 until canonical_json writes it as §9.5 text: "1"
+    assert (key_digest(identity(record) or "").hex(), content_digest(record).hex()) == (
+        "04fd283a50e4ee7be09771f92471f478", "1100a3508c595ff6")
+    funding_record = decode_record(b'{"type":"funding","ts":1760169600000,"symbol":"BTCUSDT","rate":"0.0001",'
+                                   b'"mark_price":"108000"}')
+    assert (key_digest(identity(funding_record) or "").hex(), content_digest(funding_record).hex()) == (
+        "f515a5751b5c36f73149716547327148", "e424f27826fb8ac0")
