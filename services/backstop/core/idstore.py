@@ -146,7 +146,7 @@ class IdStore:
         if not self._size or not self._filter.might(key):
             return None
         high, low = split(key)
-        for run in self._runs:
+        for run in reversed(self._runs):  # newest first: a record sent again is usually sent again soon
             found = run.find(high, low)
             if found is not None:
                 return found
