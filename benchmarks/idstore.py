@@ -3,7 +3,11 @@
 behind a Bloom filter) and the service's filter over PostgreSQL (backstop.pipeline.held_ids.ServiceIds), beside a
 plain Python set of the same 16-byte digests at 10 million, in the same run.
 
-    python benchmarks/idstore.py [--sizes 10000000 100000000] [--baseline 10000000] [--seed 7]
+    python benchmarks/idstore.py [--sizes 10000000 100000000] [--baseline 10000000] [--seed 7] [--pg-rows N]
+
+With --pg-rows N (and BACKSTOP_BENCH_PG_DSN, a role that may create databases; default the local server), it also
+fills a scratch database's applied_ids with N identities and times what a service start does with them (the filter
+loaded with one COPY) and the batch's lookup query, then drops the database.
 
 Every measurement runs in a child process of its own: memory is the child's resident growth while it fills the
 structure (RSS, not an estimate), and no run inherits another's heap. Digests are seeded random bytes, as uniform
@@ -15,8 +19,11 @@ fill is) and of identities held (a duplicate).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
+import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -119,6 +126,64 @@ def measure_set(size: int, seed: int, report: Any) -> None:
                 "hit_ns": _timed_lookups(held.__contains__, sample) * 1e9, "bytes_per_id": grown / size})
 
 
+async def _pg_load(rows: int, seed: int) -> dict[str, Any]:
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    from backstop.adapters.postgres.migrations import migrate
+    from backstop.adapters.postgres.store import Store
+    from backstop.pipeline.held_ids import ServiceIds
+
+    server_dsn = os.environ.get("BACKSTOP_BENCH_PG_DSN", "postgresql://backstop@127.0.0.1:5432/backstop")
+    name = f"bench_ids_{secrets.token_hex(3)}"
+    parts = urlsplit(server_dsn)
+    dsn = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+    server = await asyncpg.connect(server_dsn)
+    await server.execute(f'CREATE DATABASE "{name}"')
+    try:
+        await migrate(dsn)
+        connection = await asyncpg.connect(dsn)
+        rng = np.random.default_rng(seed)
+        held: list[bytes] = []
+        for start in range(0, rows, CHUNK):
+            count = min(CHUNK, rows - start)
+            data = rng.bytes(16 * count)
+            seqs = range(start + 1, start + count + 1)
+            await connection.copy_records_to_table("journal", columns=[
+                "seq", "source_topic", "source_partition", "source_offset", "type", "ts", "payload", "payload_hash"],
+                records=[(seq, "bench", 0, seq, "fill", 0, "{}", "") for seq in seqs])
+            await connection.copy_records_to_table("applied_ids", columns=["id_digest", "content_digest", "seq"],
+                                                   records=[(data[16 * i:16 * i + 16], bytes(8), seq)
+                                                            for i, seq in enumerate(seqs)])
+            held.extend(data[16 * i:16 * i + 16] for i in range(0, count, max(1, rows // 100)))
+        await connection.execute("ANALYZE applied_ids")
+        await connection.close()
+        store = await Store.open(dsn)
+        try:
+            ids = ServiceIds(await store.held_estimate())
+            began = time.perf_counter()
+            await store.held_keys(ids.load)
+            load_s = time.perf_counter() - began
+            medians = {}
+            for label, asked in (("filtered", held[:10] + _misses(seed)[:10]),  # what the filter leaves of a batch
+                                 ("unfiltered", held[:10] + _misses(seed)[:BATCH - 10])):  # all of it
+                timings = []
+                for _ in range(20):
+                    began = time.perf_counter()
+                    found = await store.held(asked)
+                    timings.append(time.perf_counter() - began)
+                assert len(found) == 10
+                medians[label] = sorted(timings)[len(timings) // 2] * 1000
+            assert len(ids) == rows
+        finally:
+            await store.close()
+    finally:
+        await server.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await server.close()
+    return {"rows": rows, "load_s": load_s, **medians}
+
+
 def in_child(function: Callable[..., None], *args: Any) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     report = context.Queue()
@@ -135,7 +200,7 @@ def _millions(size: int) -> str:
     return f"{size // 1_000_000}M"
 
 
-def run(sizes: list[int], baseline_size: int, seed: int) -> dict[str, Any]:
+def run(sizes: list[int], baseline_size: int, seed: int, pg_rows: int = 0) -> dict[str, Any]:
     base = in_child(measure_set, baseline_size, seed)
     label = f"Python set of the digests, {_millions(baseline_size)}"
     figures = []
@@ -168,6 +233,16 @@ def run(sizes: list[int], baseline_size: int, seed: int) -> dict[str, Any]:
         ]
         extra[f"store_{at}"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in store.items()}
         extra[f"filter_{at}"] = {k: round(v, 4) for k, v in service.items()}
+    if pg_rows:
+        loaded = asyncio.run(_pg_load(pg_rows, seed))
+        figures += [
+            {"figure": f"service start: filter loaded from PostgreSQL, {pg_rows:,} identities",
+             "value": round(loaded["load_s"] / pg_rows * 1e9), "unit": "ns per identity"},
+            {"figure": f"service: a batch's lookup query, 20 identities the filter left, {pg_rows:,} held",
+             "value": round(loaded["filtered"], 2), "unit": "ms", "baseline": f"all {BATCH} of the batch's",
+             "baseline_value": round(loaded["unfiltered"], 2),
+             "ratio": round(loaded["filtered"] / loaded["unfiltered"], 3)},
+        ]
     return {"name": "held identities",
             "input": {"sizes": ", ".join(_millions(s) for s in sizes), "baseline": _millions(baseline_size),
                       "seed": seed, "lookups": LOOKUPS, "batch": BATCH},
@@ -179,8 +254,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000_000, 100_000_000])
     parser.add_argument("--baseline", type=int, default=10_000_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--pg-rows", type=int, default=0, help="also time a service start over N held identities")
     args = parser.parse_args()
-    print(json.dumps(run(args.sizes, args.baseline, args.seed), indent=2))
+    print(json.dumps(run(args.sizes, args.baseline, args.seed, args.pg_rows), indent=2))
 
 
 if __name__ == "__main__":

@@ -210,3 +210,17 @@ def test_the_vectors_of_the_design_document() -> None:
                                    b'"mark_price":"108000"}')
     assert (key_digest(identity(funding_record) or "").hex(), content_digest(funding_record).hex()) == (
         "f515a5751b5c36f73149716547327148", "e424f27826fb8ac0")
+
+
+def test_a_copied_store_shares_its_runs_and_holds_on_its_own() -> None:
+    """backstop explain deep-copies the engine to look ahead."""
+    import copy
+
+    store = IdStore()
+    keys = _keys(idstore.RECENT_LIMIT + 1)
+    for seq, key in enumerate(keys, start=1):
+        store.add(key, bytes(8), seq)
+    twin = copy.deepcopy(store)
+    twin.add(b"x" * 16, bytes(8), 10**6)
+    assert twin.held(keys[0]) == store.held(keys[0]) == (bytes(8), 1)
+    assert store.held(b"x" * 16) is None and len(twin) == len(store) + 1

@@ -103,6 +103,9 @@ class Run:
     def __len__(self) -> int:
         return len(self.high)
 
+    def __deepcopy__(self, memo: dict[int, object]) -> Run:
+        return self  # never changed once made (a merge makes a new run), so a copied store shares it
+
     def columns(self) -> tuple[U64, U64, U64, U64]:
         return self.high, self.low, self.content, self.seq
 
