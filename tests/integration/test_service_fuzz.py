@@ -13,9 +13,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_harness import in_process, input_ends, settings_for, stored, wait_caught_up
+from service_harness import in_process, input_ends, prepare_database, settings_for, stored, wait_caught_up
 
-from backstop.adapters.postgres.migrations import migrate
 from backstop.core.snapshot import state_hash
 from backstop.entrypoints.kafka_tools import produce_file
 from backstop.pipeline.ingest import Consumed, ingest_batch
@@ -60,7 +59,7 @@ async def test_fuzzed_records_through_kafka_are_dead_lettered_and_change_nothing
     final = mark("50100", ts=max(r["ts"] for r in SETUP) + 1)
     number = next(_runs)
     dsn = await databases.create(f"_fz{number}")
-    await migrate(dsn)
+    await prepare_database(dsn)
     config = settings_for(kafka_bootstrap, dsn, f"{topic_prefix}fz{number}.", check_conservation=True)
     ensure_topics(config)
     topics = TopicNames(config.topic_prefix)

@@ -1,32 +1,43 @@
-"""`backstop audit verify`: check a replay output directory against its journal."""
+"""`backstop audit verify`: check a replay output directory, alone or against its journal, or the service's
+database against its journal and the checkpoints the service signed (docs/operations-security.md).
+
+Without the journal every file is checked against summary.json: each hash chain from its start to the head the
+summary records, every count (fund-ledger entries, ADL events, findings, dead letters), the head hash as the
+combination of the two chain heads, and every fund's balance as the sum of its entries. With the journal, every
+record is re-derived by a fresh replay with conservation checked after each event.
+"""
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from backstop.adapters.journal_file import JournalFileError, read_journal
+from backstop.adapters.output_reader import OutputReadError, read_stream, read_summary
+from backstop.core.anchor import (
+    AnchorKey,
+    AnchorKeyError,
+    SignedCheckpoint,
+    check_heads,
+    check_journal,
+    check_signatures,
+)
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
-from backstop.core.hashing import canonical_json, record_dict
+from backstop.core.hashing import GENESIS_HASH, canonical_json, combine, record_dict
 from backstop.core.processor import Applied, Processor
 from backstop.core.snapshot import state_hash
 from backstop.core.verify import Problem, check_chain, check_fund_balances, compare_streams
 from backstop.wire.decode import InvalidRecord, decode_record
 
+Outcome = tuple[list[str], Problem | str | None]
+
 
 class AuditError(Exception):
     """The inputs of the audit cannot be read (exit 2)."""
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    except (OSError, orjson.JSONDecodeError) as error:
-        raise AuditError(f"cannot read {path}: {error}") from None
 
 
 def derive(lines: list[bytes]) -> tuple[Processor, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -35,8 +46,6 @@ def derive(lines: list[bytes]) -> tuple[Processor, list[dict[str, Any]], list[di
     ledger: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for raw in lines:
-        if not raw.strip():
-            continue
         try:
             outcome = processor.process(decode_record(raw))
         except InvalidRecord:
@@ -48,29 +57,55 @@ def derive(lines: list[bytes]) -> tuple[Processor, list[dict[str, Any]], list[di
     return processor, ledger, events
 
 
-def verify_output(out: Path, journal: Path | None) -> tuple[list[str], Problem | str | None]:
+def _journal(journal: Path) -> list[bytes]:
+    try:
+        return [raw for _, raw in read_journal(journal)]
+    except JournalFileError as error:
+        raise AuditError(str(error)) from None
+
+
+def verify_output(out: Path, journal: Path | None) -> Outcome:
     """A replay output directory (and the journal it came from). Returns (what was checked, the first problem)."""
-    ledger = _jsonl(out / "fund-ledger.jsonl")
-    events = _jsonl(out / "adl-events.jsonl")
+    if not out.is_dir():
+        raise AuditError(f"{out} is not a directory (give a `backstop replay` output directory)")
     try:
-        summary = json.loads((out / "summary.json").read_text())
-    except (OSError, ValueError) as error:
-        raise AuditError(f"cannot read {out / 'summary.json'}: {error}") from None
-    lines = None
-    if journal is not None:
-        try:
-            lines = journal.read_bytes().splitlines()
-        except OSError as error:
-            raise AuditError(f"cannot read journal {journal}: {error}") from None
-    return verify_records(ledger, events, summary, lines, source="summary.json")
+        summary = read_summary(out)
+        ledger = read_stream(out, "fund-ledger.jsonl")
+        events = read_stream(out, "adl-events.jsonl")
+        findings = read_stream(out, "findings.jsonl")
+        dead_letters = read_stream(out, "dead-letter.jsonl")
+    except OutputReadError as error:
+        raise AuditError(str(error)) from None
+    lines = _journal(journal) if journal is not None else None
+    return verify_records(ledger, events, summary, lines, source="summary.json",
+                          counted={"findings": findings, "dead_letters": dead_letters})
 
 
-def verify_journal(journal: Path) -> tuple[list[str], Problem | str | None]:
+def verify_counts(summary: dict[str, Any], *, ledger: list[dict[str, Any]], events: list[dict[str, Any]],
+                  findings: list[dict[str, Any]], dead_letters: list[dict[str, Any]]) -> Outcome:
+    """Each file holds as many records as summary.json counts (after the snapshot a replay started from): a
+    record removed from the end of a chain, or a whole file emptied, leaves the chain itself intact."""
+    start = summary.get("from_snapshot") or {}
+    for name, key, records in (("fund-ledger.jsonl", "fund_ledger_entries", ledger),
+                               ("adl-events.jsonl", "adl_events", events), ("findings.jsonl", "findings", findings)):
+        expected = summary[key] - start.get(key, 0)
+        if len(records) != expected:
+            return [], (f"summary.json: {key} {summary[key]}" + (f" ({start[key]} before the snapshot)" if start
+                                                                  else "") +
+                        f" but {name} holds {len(records)} record(s): records were removed or added")
+    if summary.get("dead_letters") is None:
+        return [f"counts: {len(ledger)} fund-ledger entries, {len(events)} ADL events and {len(findings)} findings, "
+                f"as summary.json says (it does not count dead letters: written by an older backstop)"], None
+    if len(dead_letters) != summary["dead_letters"]:
+        return [], (f"summary.json: dead_letters {summary['dead_letters']} but dead-letter.jsonl holds "
+                    f"{len(dead_letters)} record(s): records were removed or added")
+    return [f"counts: {len(ledger)} fund-ledger entries, {len(events)} ADL events, {len(findings)} findings and "
+            f"{len(dead_letters)} dead letters, as summary.json says"], None
+
+
+def verify_journal(journal: Path) -> Outcome:
     """A journal file alone: replay it with conservation checked after every event and check what it derives."""
-    try:
-        lines = journal.read_bytes().splitlines()
-    except OSError as error:
-        raise AuditError(f"cannot read journal {journal}: {error}") from None
+    lines = _journal(journal)
     try:
         processor, ledger, events = derive(lines)
     except InvariantViolation as error:
@@ -81,10 +116,16 @@ def verify_journal(journal: Path) -> tuple[list[str], Problem | str | None]:
     return checked, problem
 
 
-async def verify_postgres(dsn: str) -> tuple[list[str], Problem | str | None]:
-    """The service's database: its stored records against its own journal and head."""
+async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None
+                          ) -> Outcome:
+    """The service's database: its stored journal (rows without gaps, payload hashes), its records against that
+    journal and its head; with anchor keys, all of it against the checkpoints the service signed (docs/
+    operations-security.md)."""
+    import asyncpg
+
     from backstop.adapters.postgres.store import Store
 
+    keys = [_anchor_key(path) for path in anchor_key_files or ()]
     try:
         store = await Store.open(dsn)
     except (OSError, Exception) as error:
@@ -95,33 +136,127 @@ async def verify_postgres(dsn: str) -> tuple[list[str], Problem | str | None]:
         stored = await store.stored_hashes()
         head = await store.head()
         funds = {r["fund_id"]: {"balance": str(r["balance"])} for r in await store.pool.fetch("SELECT * FROM funds")}
-        lines = [payload async for _, payload in store.journal()]
+        rows = [row async for row in store.journal_rows()]
+        checkpoints = await store.checkpoints()
+    except asyncpg.UndefinedTableError as error:
+        raise AuditError(f"the database is not a migrated backstop database ({error}): backstop db migrate") from None
+    except (asyncpg.PostgresError, OSError) as error:
+        raise AuditError(f"cannot read the database: {type(error).__name__}: {error}") from None
     finally:
         await store.close()
+    checked: list[str] = []
+    problem = check_signatures(checkpoints, keys) if keys else None
+    if problem:
+        return checked, problem
+    journal_problem, last_seq, digest = check_journal(rows, checkpoints if keys else [])
+    if journal_problem:
+        return checked, journal_problem
+    checked.append(f"journal: {last_seq} rows without gaps, each payload_hash that of its payload; journal digest "
+                   f"at seq {last_seq}: {digest}")
+    if keys:
+        problem = _anchored_head(checkpoints, last_seq, stored.get("seq"))
+        if problem:
+            return checked, problem
+        checked.extend(_anchor_lines(checkpoints, digest))
     summary = {"funds": funds, "ledger_head_hash": head.ledger_head if ledger else None,
                "head_hash": stored.get("head_hash"),
                "state_hash": stored.get("state_hash") if stored.get("state_hash_seq") == stored.get("seq") else None}
-    return verify_records(ledger, events, summary, lines, source="the database")
+    more, record_problem = verify_records(ledger, events, summary, [row[4] for row in rows], source="the database")
+    checked.extend(more)
+    if record_problem is not None or not keys:
+        return checked, record_problem
+    problem = check_heads(checkpoints, ledger, events)
+    if problem is None:
+        checked.append(f"fund ledger and ADL events: heads and counts as signed at each of the {len(checkpoints)} "
+                       f"checkpoints")
+    return checked, problem
+
+
+def _anchor_key(path: Path) -> AnchorKey:
+    try:
+        return AnchorKey.from_bytes(path.read_bytes(), source=str(path))
+    except OSError as error:
+        raise AuditError(f"cannot read the anchor key {path}: {error}") from None
+    except AnchorKeyError as error:
+        raise AuditError(str(error)) from None
+
+
+def _anchored_head(checkpoints: list[SignedCheckpoint], journal_seq: int, head_seq: object) -> str | None:
+    """The journal's head carries a checkpoint: rows after the last one could have been written by anyone."""
+    if not checkpoints:
+        return (f"no signed checkpoint: the journal's head (seq {journal_seq}) is not anchored"
+                if journal_seq else None)
+    last = checkpoints[-1].checkpoint.seq
+    if last != journal_seq:
+        return (f"the journal's head (seq {journal_seq}) is not anchored: the last checkpoint is at seq {last}, so "
+                f"seq {last + 1} to {journal_seq} could have been written by anyone")
+    if head_seq != journal_seq:
+        return f"the stored engine head is at seq {head_seq}, the journal and its last checkpoint at seq {journal_seq}"
+    return None
+
+
+def _anchor_lines(checkpoints: list[SignedCheckpoint], digest: str) -> list[str]:
+    last = checkpoints[-1].checkpoint if checkpoints else None
+    lines = [f"checkpoints: {len(checkpoints)} signed"
+             + (f", the last at seq {last.seq} with head hash {last.head_hash}; the journal's digest at each is the "
+                f"signed one" if last else " (an empty journal)")]
+    lines.extend(f"checkpoint at seq {signed.checkpoint.seq}: the history up to seq {signed.checkpoint.adopted_seq} "
+                 f"was adopted by an operator (BACKSTOP_ANCHOR_ADOPT), not signed as it was written"
+                 for signed in checkpoints if signed.checkpoint.adopted_seq)
+    return lines
+
+
+def _heads(ledger: list[dict[str, Any]], events: list[dict[str, Any]], summary: dict[str, Any], *,
+           source: str) -> Outcome:
+    """Each chain ends at the head the summary records (so a cut-off tail is seen), and the head hash combines
+    the two."""
+    start = summary.get("from_snapshot") or {}
+    for stream, key, records in (("fund-ledger", "ledger_head_hash", ledger), ("adl-events", "adl_head_hash", events)):
+        if summary.get(key) is None:
+            continue
+        last = records[-1]["hash"] if records else start.get(key, GENESIS_HASH)
+        if summary[key] != last:
+            return [], (f"{source}: {key} {summary[key]} but the {stream} chain ends at {last}: records were "
+                        f"removed, added or rewritten")
+    if summary.get("ledger_head_hash") and summary.get("adl_head_hash") and summary.get("head_hash") is not None:
+        combined = combine(summary["ledger_head_hash"], summary["adl_head_hash"])
+        if summary["head_hash"] != combined:
+            return [], f"{source}: head_hash {summary['head_hash']} is not the hash of the two chain heads"
+        return ["chain heads and head hash: as summary.json records them"], None
+    return [], None
 
 
 def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], summary: dict[str, Any],
-                   lines: list[bytes] | None, *, source: str) -> tuple[list[str], Problem | str | None]:
+                   lines: list[bytes] | None, *, source: str,
+                   counted: dict[str, list[dict[str, Any]]] | None = None) -> Outcome:
+    """The chains, (with `counted`: the findings and dead letters) every count, the heads, the fund balances and
+    (with `lines`, the journal) every record re-derived."""
     checked: list[str] = []
-    for stream, records in (("fund-ledger", ledger), ("adl-events", events)):
-        problem = check_chain(stream, records)
+    start = summary.get("from_snapshot") or {}
+    for stream, key, records in (("fund-ledger", "ledger_head_hash", ledger), ("adl-events", "adl_head_hash", events)):
+        problem = check_chain(stream, records, first_prev=start.get(key, GENESIS_HASH))
         if problem:
             return checked, problem
-        checked.append(f"{stream}: hash chain of {len(records)} records")
-    problem, balances = check_fund_balances(ledger)
-    if problem:
-        return checked, problem
+        checked.append(f"{stream}: hash chain of {len(records)} records" + (
+            f" from the snapshot at seq {start['seq']}" if start else ""))
+    if counted is not None:
+        more, count_problem = verify_counts(summary, ledger=ledger, events=events, **counted)
+        checked += more
+        if count_problem:
+            return checked, count_problem
+    more, head_problem = _heads(ledger, events, summary, source=source)
+    checked += more
+    if head_problem:
+        return checked, head_problem
+    opening = {fund_id: Decimal(balance) for fund_id, balance in start.get("fund_balances", {}).items()}
+    balance_problem, balances = check_fund_balances(ledger, opening=opening)
+    if balance_problem:
+        return checked, balance_problem
     for fund_id, fund in summary.get("funds", {}).items():
         if balances.get(fund_id, Decimal(0)) != Decimal(fund["balance"]):
             return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its ledger entries add up "
                              f"to {balances.get(fund_id, Decimal(0))}")
     checked.append(f"fund balances: {len(balances)} fund(s) equal the sum of their entries")
-    if ledger and "ledger_head_hash" in summary and summary["ledger_head_hash"] != ledger[-1]["hash"]:
-        return checked, f"{source}: ledger_head_hash is not the hash of the last fund-ledger entry"
     if lines is None:
         return checked, None
     try:
@@ -129,8 +264,9 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
     except InvariantViolation as error:
         return checked, f"replaying the journal: conservation broken: {error}"
     checked.append(f"conservation: checked after each of {processor.events_applied} events")
-    for stream, stored, derived in (("fund-ledger", ledger, derived_ledger), ("adl-events", events, derived_events)):
-        problem = compare_streams(stream, stored, derived)
+    for stream, key, stored, derived in (("fund-ledger", "fund_ledger_entries", ledger, derived_ledger),
+                                         ("adl-events", "adl_events", events, derived_events)):
+        problem = compare_streams(stream, stored, derived[start.get(key, 0):])
         if problem:
             return checked, problem
         checked.append(f"{stream}: all {len(stored)} records re-derived from the journal")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -10,17 +9,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from backstop.adapters.files import OutputDir, read_lines, write_json
+from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, OutputError, staged_dir, write_json
+from backstop.adapters.journal_file import JournalFile, JournalFileError
+from backstop.core import ledger
 from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.idstore import IdStore
+from backstop.core.numbers import text
 from backstop.core.processor import Applied, Processor, Rejection
 from backstop.core.report import accounts, summary
-from backstop.core.snapshot import restore, state_document, state_hash
+from backstop.core.snapshot import restore, seal_holds, sealed, state_document, state_hash
 from backstop.wire.decode import InvalidRecord, decode_record
 
 PROGRESS_MIN_BYTES = 8 << 20
+SNAPSHOT_COUNTERS = ("duplicates", "rejected", "conflicting_duplicates", "fund_entries", "adl_events", "findings")
 
 
 class ReplayError(Exception):
@@ -33,7 +37,7 @@ class ReplayError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ReplayOptions:
-    journal: Path
+    journal: Path | None  # None: the lines come from a store (replay_lines)
     out: Path
     strict: bool = False
     snapshot_every: int = 0
@@ -43,14 +47,24 @@ class ReplayOptions:
     progress: bool | None = None  # None: on a terminal, for large files
 
 
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """What the service counted that its journal does not hold: duplicates, and the records it dead-lettered (as
+    it published them, with their reasons)."""
+
+    duplicates: int
+    rejected: int
+    dead_letters: list[dict[str, Any]]
+
+
 def snapshot_document(processor: Processor, input_line: int, ids: dict[str, Any]) -> dict[str, Any]:
-    """`ids`: the file that holds the engine's identities (name beside the document, sha256, count)."""
-    return {"input_line": input_line, "engine": state_document(processor.engine),
-            "state_hash": state_hash(processor.engine), "ids": ids,
-            "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
-                         "conflicting_duplicates": processor.conflicting_duplicates,
-                         "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
-                         "findings": processor.findings}}
+    """`ids`: the file beside it that holds the engine's identities (`file`, `sha256`, `count`)."""
+    return sealed({"input_line": input_line, "engine": state_document(processor.engine),
+                   "state_hash": state_hash(processor.engine), "ids": ids,
+                   "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
+                                "conflicting_duplicates": processor.conflicting_duplicates,
+                                "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
+                                "findings": processor.findings}})
 
 
 def write_snapshot(directory: Path, processor: Processor, input_line: int) -> Path:
@@ -58,11 +72,11 @@ def write_snapshot(directory: Path, processor: Processor, input_line: int) -> Pa
     each; as JSON, 100 million of them would be gigabytes of text to parse)."""
     engine = processor.engine
     name = f"snapshot-{engine.last_seq:012d}"
-    ids_path = directory / f"{name}.ids"
-    temporary = ids_path.with_suffix(".ids.tmp")
     store = engine.dedupe.ids
     if not isinstance(store, IdStore):
         raise TypeError("a replay snapshot needs the identities in memory")
+    ids_path = directory / f"{name}.ids"
+    temporary = ids_path.with_suffix(".ids.tmp")
     with temporary.open("wb") as handle:
         sha256 = store.write(handle)
     os.replace(temporary, ids_path)
@@ -72,86 +86,158 @@ def write_snapshot(directory: Path, processor: Processor, input_line: int) -> Pa
     return path
 
 
-def processor_from_snapshot(path: Path, *, check_conservation: bool) -> tuple[Processor, int]:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ReplayError(f"cannot read snapshot {path}: {error}", 2) from None
-    ids = document["ids"]
-    ids_path = path.parent / ids["file"]
+def _identities(path: Path, named: Any, corrupt: Callable[[str], ReplayError]) -> IdStore:
+    """The identity file a snapshot names beside it, checked against its SHA-256 and count."""
+    if not (isinstance(named, dict) and isinstance(named.get("file"), str) and isinstance(named.get("sha256"), str)
+            and _count(named.get("count"))) or Path(named["file"]).name != named["file"]:
+        raise corrupt("`ids` must name the identity file beside it (file, sha256, count)")
+    ids_path = path.parent / named["file"]
     try:
         with ids_path.open("rb") as handle:
             store, sha256 = IdStore.read(handle)
-    except (OSError, ValueError) as error:
-        raise ReplayError(f"cannot read the identities of snapshot {path} ({ids_path}): {error}", 2) from None
-    if sha256 != ids["sha256"] or len(store) != ids["count"]:
-        raise ReplayError(f"snapshot {path} is corrupt: {ids_path.name} is not the file it names", 2)
-    engine = restore(document["engine"], check_conservation=check_conservation, ids=store)
-    if state_hash(engine) != document["state_hash"] or engine.dedupe.count != len(store):
-        raise ReplayError(f"snapshot {path} is corrupt: its state hash does not match its contents", 2)
-    processor = Processor(engine)
-    counters = document["counters"]
+    except OSError as error:
+        raise ReplayError(f"cannot read {ids_path}, the identities of snapshot {path}: {error.strerror or error}",
+                          2) from None
+    except ValueError as error:
+        raise corrupt(f"{ids_path.name}: {error}") from None
+    if sha256 != named["sha256"] or len(store) != named["count"]:
+        raise corrupt(f"{ids_path.name} is not the identity file it names (sha256 or count differs)")
+    return store
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def processor_from_snapshot(path: Path, *, check_conservation: bool) -> tuple[Processor, int]:
+    """The processor a snapshot file holds and the input line it was taken after; every field checked."""
+    def corrupt(what: str) -> ReplayError:
+        return ReplayError(f"snapshot {path} is corrupt: {what}", 2)
+
+    try:
+        document = orjson.loads(path.read_bytes())
+    except OSError as error:
+        raise ReplayError(f"cannot read snapshot {path}: {error.strerror or error}", 2) from None
+    except orjson.JSONDecodeError as error:
+        raise corrupt(f"not JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise corrupt("not a JSON object")
+    if "snapshot_hash" not in document:
+        raise corrupt("no snapshot_hash (a snapshot of an older backstop: write it again with --snapshot-every)")
+    if not seal_holds(document):
+        raise corrupt("its snapshot hash does not match its contents")
+    counters = document.get("counters")
+    if not isinstance(counters, dict) or sorted(counters) != sorted(SNAPSHOT_COUNTERS):
+        raise corrupt(f"counters must be exactly {', '.join(SNAPSHOT_COUNTERS)}")
+    for name in ("input_line", *SNAPSHOT_COUNTERS):
+        value = document.get(name) if name == "input_line" else counters[name]
+        if not _count(value):
+            raise corrupt(f"{name} {value!r} is not a count (an integer >= 0)")
+    store = _identities(path, document.get("ids"), corrupt)
+    try:
+        engine = restore(document["engine"], check_conservation=check_conservation, ids=store)
+        processor = Processor(engine)
+    except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as error:
+        raise corrupt(f"cannot restore the engine state ({type(error).__name__}: {error})") from None
+    if state_hash(engine) != document.get("state_hash") or engine.dedupe.count != len(store):
+        raise corrupt("its state hash does not match its contents")
     processor.duplicates, processor.rejected = counters["duplicates"], counters["rejected"]
     processor.conflicting_duplicates = counters["conflicting_duplicates"]
     processor.fund_entries, processor.adl_events = counters["fund_entries"], counters["adl_events"]
     processor.findings = counters["findings"]
-    return processor, int(document["input_line"])
+    return processor, document["input_line"]
+
+
+def snapshot_start(processor: Processor, input_line: int) -> dict[str, Any]:
+    """summary.json's `from_snapshot`: where the output files take over, so that they can be audited alone."""
+    engine = processor.engine
+    return {"seq": engine.last_seq, "input_line": input_line, "ledger_head_hash": engine.ledger_head,
+            "adl_head_hash": engine.adl_head, "fund_ledger_entries": processor.fund_entries,
+            "adl_events": processor.adl_events, "findings": processor.findings,
+            "fund_balances": {f: text(engine.ledger.balance(ledger.fund(f))) for f in sorted(engine.funds)}}
 
 
 def replay(options: ReplayOptions) -> dict[str, Any]:
-    journal = options.journal
-    if not journal.is_file():
-        raise ReplayError(f"cannot read journal {journal}: no such file", 2)
-    return replay_lines(options, lambda skip: read_lines(journal, skip=skip), journal.stat().st_size)
+    if options.journal is None:
+        raise ValueError("replay() reads a journal file: give ReplayOptions.journal")
+    try:
+        journal = JournalFile.open(options.journal)
+    except JournalFileError as error:
+        raise ReplayError(str(error), 2) from None
+    return replay_lines(options, lambda skip: journal.lines(skip=skip), journal.size)
 
 
-def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[int, bytes]]], size: int
-                 ) -> dict[str, Any]:
-    """Replay (line number, raw record) pairs; `lines(skip)` yields those after the first `skip` lines."""
-    journal = options.journal
+def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[int, bytes]]], size: int, *,
+                 carried: Carried | None = None) -> dict[str, Any]:
+    """Replay (line number, raw record) pairs; `lines(skip)` yields those after the first `skip` lines. The output
+    directory appears whole when the replay has finished, or not at all."""
+    start: dict[str, Any] | None = None
     if options.from_snapshot is not None:
         processor, skip = processor_from_snapshot(options.from_snapshot,
                                                   check_conservation=options.check_conservation)
+        start = snapshot_start(processor, skip)
     else:
         processor, skip = Processor(Engine(check_conservation=options.check_conservation,
                                            adl_policy=options.adl_policy)), 0
+    inputs = [path for path in (options.journal, options.from_snapshot) if path is not None]
+    try:
+        with staged_dir(options.out, owned=REPLAY_OUTPUTS, inputs=inputs) as out_path:
+            result = _replay_into(out_path, options, processor, lines(skip), size, carried)
+            if start is not None:
+                result["from_snapshot"] = start
+            write_json(out_path / "summary.json", result)
+            write_json(out_path / "accounts.json", accounts(processor.engine))
+    except OutputError as error:
+        raise ReplayError(str(error), 2) from None
+    except JournalFileError as error:
+        raise ReplayError(str(error), 2) from None
+    except OSError as error:
+        raise ReplayError(f"cannot write {options.out}: {error.strerror or error}", 2) from None
+    return result
+
+
+def _replay_into(out_path: Path, options: ReplayOptions, processor: Processor, lines: Iterable[tuple[int, bytes]],
+                 size: int, carried: Carried | None) -> dict[str, Any]:
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and
                                                                    size >= PROGRESS_MIN_BYTES)
-    snapshots = options.out / "snapshots"
+    snapshots = out_path / "snapshots"
     if options.snapshot_every > 0:
-        snapshots.mkdir(parents=True, exist_ok=True)
+        snapshots.mkdir()
     next_snapshot = processor.events_applied + options.snapshot_every
-    with processor.engine.decimal_context(), OutputDir(options.out) as out, Progress(
+    with processor.engine.decimal_context(), OutputDir(out_path) as out, Progress(
             "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
             TimeRemainingColumn(), disable=not show, transient=True) as progress:
+        for letter in carried.dead_letters if carried is not None else ():
+            out.dead_letter_record(letter)
         task = progress.add_task("replay", total=size)
         done_bytes = 0
-        try:
-            for number, raw in lines(skip):
-                done_bytes += len(raw) + 1
-                if number % 4096 == 0:
-                    progress.update(task, completed=done_bytes)
-                try:
-                    record = decode_record(raw)
-                except InvalidRecord as error:
-                    processor.reject_unparsed()
-                    out.dead_letter(number, str(error), raw, "invalid")
-                    if options.strict:
-                        raise ReplayError(f"line {number}: {error}", 1) from None
-                    continue
-                outcome = processor.process(record)
-                if isinstance(outcome, Applied):
-                    out.effects(outcome.effects)
-                    if options.snapshot_every > 0 and outcome.seq >= next_snapshot:
-                        write_snapshot(snapshots, processor, number)
-                        next_snapshot = outcome.seq + options.snapshot_every
-                elif isinstance(outcome, Rejection):
-                    out.dead_letter(number, outcome.reason, raw, outcome.kind)
-                    if options.strict:
-                        raise ReplayError(f"line {number}: {outcome.reason}", 1)
-        except OSError as error:
-            raise ReplayError(f"cannot read journal {journal}: {error}", 2) from None
+        for number, raw in lines:
+            done_bytes += len(raw) + 1
+            if number % 4096 == 0:
+                progress.update(task, completed=done_bytes)
+            try:
+                record = decode_record(raw)
+            except InvalidRecord as error:
+                processor.reject_unparsed()
+                out.dead_letter(number, str(error), raw, "invalid")
+                if options.strict:
+                    raise ReplayError(f"line {number}: {error}", 1) from None
+                continue
+            outcome = processor.process(record)
+            if isinstance(outcome, Applied):
+                out.effects(outcome.effects)
+                if options.snapshot_every > 0 and outcome.seq >= next_snapshot:
+                    write_snapshot(snapshots, processor, number)
+                    next_snapshot = outcome.seq + options.snapshot_every
+            elif isinstance(outcome, Rejection):
+                out.dead_letter(number, outcome.reason, raw, outcome.kind)
+                if options.strict:
+                    raise ReplayError(f"line {number}: {outcome.reason}", 1)
     result = summary(processor)
-    write_json(options.out / "summary.json", result)
-    write_json(options.out / "accounts.json", accounts(processor.engine))
+    result["dead_letters"] = out.dead_letters
+    if carried is not None:
+        result["duplicates"] += carried.duplicates
+        result["rejected"] += carried.rejected
+        result["conflicting_duplicates"] += sum(letter.get("kind") == "conflicting_duplicate"
+                                                for letter in carried.dead_letters)
     return result

@@ -57,8 +57,8 @@ class DeadLetter:
     source_offset: int
     reason: str
     raw: bytes
-    kind: RejectionKind
-    after_seq: int  # the journal seq it was decided after
+    kind: RejectionKind | None  # None: read back from a row written before kinds were recorded
+    after_seq: int | None  # the journal seq it was decided after (None: as kind)
 
     def record(self) -> DeadLetterRecord:
         return DeadLetterRecord(1, f"dl-{self.source_topic}-{self.source_partition}-{self.source_offset}",
@@ -69,7 +69,8 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterRecord:
-    """A record of the dead-letter topic: an input that was not applied, and why."""
+    """A record of the dead-letter topic: an input that was not applied, and why. `kind` and `after_seq` are None
+    only when read back from a row written before they were recorded (migration 0005)."""
 
     schema_version: int
     id: str
@@ -78,8 +79,8 @@ class DeadLetterRecord:
     source_offset: int
     reason: str
     raw: str  # the input as text (undecodable bytes replaced), at most 64 KiB
-    kind: RejectionKind  # what an auditor filters by: invalid, rejected, late, ahead, conflicting_duplicate, ...
-    after_seq: int  # the journal seq it was decided after: put back there, the journal replays to the same decision
+    kind: RejectionKind | None  # what an auditor filters by (backstop.core.errors.RejectionKind)
+    after_seq: int | None  # the journal seq it was decided after: put back there, it replays to the same decision
 
 
 @dataclass(frozen=True, slots=True)
