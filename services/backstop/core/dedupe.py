@@ -14,12 +14,14 @@ Only applied records are held, so a rejected record can be sent again corrected.
 from __future__ import annotations
 
 import hashlib
+import struct
 from typing import Any, NamedTuple, Protocol, cast, get_origin
 
+import orjson
 from pydantic import BaseModel
 
 from backstop.core.errors import AlreadyApplied, Rejected
-from backstop.core.hashing import canonical_json
+from backstop.core.numbers import text
 from backstop.wire.inputs import (
     RECORD_TYPES,
     AnyRecord,
@@ -35,6 +37,7 @@ from backstop.wire.inputs import (
 KEY_BYTES = 16  # an identity's digest: a collision among 10^8 identities has a chance of about 10^-23
 CONTENT_BYTES = 8  # a content's digest: another content passes for the same one with a chance of 2^-64
 GENESIS = bytes(32)
+_CHAIN_LINK = struct.Struct(">32s16s8sQ").pack  # the previous head, K, C, the seq as 8 bytes big-endian
 
 
 class Held(NamedTuple):
@@ -143,7 +146,10 @@ def content_document(record: AnyRecord) -> dict[str, Any]:
 
 
 def content_digest(record: AnyRecord) -> bytes:
-    return hashlib.sha256(canonical_json(content_document(record))).digest()[:CONTENT_BYTES]
+    """The first CONTENT_BYTES of the SHA-256 of content_document's canonical JSON (backstop.core.hashing's:
+    sorted keys, decimals as §9.5 text; the only values orjson hands back here are decimals)."""
+    document = orjson.dumps(content_document(record), default=text, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(document).digest()[:CONTENT_BYTES]
 
 
 class Admission(NamedTuple):
@@ -195,7 +201,7 @@ class Dedupe:
             return
         self.ids.add(key, admission.content, seq)
         self.count += 1
-        self.head = hashlib.sha256(self.head + key + admission.content + seq.to_bytes(8, "big")).digest()
+        self.head = hashlib.sha256(_CHAIN_LINK(self.head, key, admission.content, seq)).digest()
 
     def document(self) -> dict[str, Any]:
         return {"ids": self.count, "ids_head": self.head.hex(),
