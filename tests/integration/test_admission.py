@@ -178,3 +178,33 @@ async def test_a_record_that_crashes_the_engine_is_dead_lettered_and_the_records
         assert len(ids) == len(set(ids)), f"{stream}: published twice"
     assert len(out["adl-events"]) == len(expected["adl-events"])
     await assert_identities_held_once(migrated_database)
+
+
+async def test_the_filter_loads_every_held_identity_from_one_binary_copy(migrated_database: str) -> None:
+    """Store.held_keys parses COPY's binary rows as they stream (chunks end anywhere, even inside a row)."""
+    import hashlib
+
+    from backstop.adapters.postgres.store import Store
+
+    count = 70_001
+    keys = [hashlib.sha256(i.to_bytes(8, "big")).digest()[:16] for i in range(count)]
+    connection = await asyncpg.connect(migrated_database)
+    try:
+        await connection.copy_records_to_table("journal", columns=[
+            "seq", "source_topic", "source_partition", "source_offset", "type", "ts", "payload", "payload_hash"],
+            records=[(seq, "t", 0, seq, "fill", 0, "{}", "") for seq in range(1, count + 1)])
+        await connection.copy_records_to_table("applied_ids", columns=["id_digest", "content_digest", "seq"],
+                                               records=[(key, bytes(8), seq) for seq, key in enumerate(keys, 1)])
+    finally:
+        await connection.close()
+    store = await Store.open(migrated_database)
+    try:
+        chunks: list[bytes] = []
+        await store.held_keys(chunks.append)
+        loaded = b"".join(chunks)
+        assert sorted(loaded[i:i + 16] for i in range(0, len(loaded), 16)) == sorted(keys)
+        assert len(chunks) > 1
+        found = await store.held([keys[0], keys[-1], b"\0" * 16])
+        assert sorted(found) == sorted([(keys[0], bytes(8), 1), (keys[-1], bytes(8), count)])
+    finally:
+        await store.close()
