@@ -67,6 +67,7 @@ _COPY_HEADER = 19  # "PGCOPY\n\xff\r\n\0", 4 bytes of flags, 4 of the header ext
 _COPY_ROW = 22
 _COPY_ROW_PREFIX = b"\x00\x01\x00\x00\x00\x10"  # one field, 16 bytes long
 
+
 class _BinaryDigests:
     """The output of COPY (SELECT <a bytea of 16-byte digests>) TO STDOUT (FORMAT binary), parsed as it streams."""
 
@@ -96,6 +97,7 @@ class _BinaryDigests:
             raise InvariantViolation("applied_ids: COPY ended in the middle of a row")
 
 
+HOLD_CHUNK_ROWS = 50_000  # identities per statement when a rebuild holds them again
 REFRESH_CHUNK_ROWS = 5000  # rows per transaction of a full refresh: a batch waits on its locks that long at most
 
 
@@ -202,11 +204,12 @@ class Store:
     async def hold(self, rows: list[tuple[bytes, bytes, int]]) -> None:
         """Held identities that a rebuild re-applied: they are there already, except in a database migrated while
         its journal was older than applied_ids (then this fills it)."""
-        if rows:
+        for start in range(0, len(rows), HOLD_CHUNK_ROWS):
+            chunk = rows[start:start + HOLD_CHUNK_ROWS]
             await self.pool.execute(
                 "INSERT INTO applied_ids (id_digest, content_digest, seq) SELECT * FROM "
                 "unnest($1::bytea[], $2::bytea[], $3::bigint[]) ON CONFLICT (id_digest) DO NOTHING",
-                [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+                [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk])
 
     async def journal(self, *, after_seq: int = 0, chunk: int = 10_000) -> AsyncIterator[tuple[int, bytes]]:
         """(seq, payload) in seq order, read in chunks."""
