@@ -72,7 +72,7 @@ class Effects:
 
 @dataclass(frozen=True, slots=True)
 class AdlPolicy:
-    """How deleveraging ranks and prices (what-if replays change it; the default is DESIGN.md's)."""
+    """How deleveraging ranks and prices (what-if replays change it; the default is docs/design.md §4)."""
 
     rule: Literal["bitmex", "binance", "pro_rata"] = "bitmex"
     price: Literal["bankruptcy", "mark"] = "bankruptcy"
@@ -80,7 +80,7 @@ class AdlPolicy:
 
 @dataclass(frozen=True, slots=True)
 class MarginView:
-    """An account's margin at the current marks, as the rules of DESIGN section 4 define it."""
+    """An account's margin at the current marks, as the rules of docs/design.md §4 define it."""
 
     margin_balance: Decimal  # isolated: margin + uPnL; cross: TNC = wallet + sum of cross uPnL
     maintenance_margin: Decimal  # isolated: this position's MM; cross: TMM

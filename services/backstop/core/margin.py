@@ -1,4 +1,4 @@
-"""Margin rules (DESIGN.md section 4): brackets, maintenance margin, bankruptcy and liquidation prices.
+"""Margin rules (docs/design.md §4): brackets, maintenance margin, bankruptcy and liquidation prices.
 
 Pure functions over exact decimals; nothing here rounds except where it returns a reported price.
 """

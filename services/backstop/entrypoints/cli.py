@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--check-conservation", action="store_true",
                         help="re-check that all ledger balances sum to zero after every event")
     replay.add_argument("--adl-rule", choices=["bitmex", "binance", "pro_rata"], default="bitmex",
-                        help="ADL ranking rule (default bitmex, DESIGN.md's; what-if runs record theirs)")
+                        help="ADL ranking rule (default bitmex, docs/design.md §4; what-if runs record theirs)")
     replay.add_argument("--adl-price", choices=["bankruptcy", "mark"], default="bankruptcy",
                         help="price counterparties are closed at (default: the lot's bankruptcy price)")
     replay.set_defaults(handler=_cmd_replay)

@@ -348,9 +348,12 @@ def whatif(journal: Path, params: WhatIfFile, out: Path, *, report: bool = False
 
                 facts = [("input", f"{journal} ({len(records):,} records)"),
                          ("baseline head hash", base_summary["head_hash"]),
-                         ("alternative head hash", alt_summary["head_hash"])]
+                         ("alternative head hash", alt_summary["head_hash"]),
+                         ("accounts affected differently", f"{comparison['accounts_affected_differently']:,}")]
+                assets = {fund_id: fund["settle_asset"] for summary in (base_summary, alt_summary)
+                          for fund_id, fund in summary["funds"].items()}
                 write_report(staging / "report.html", f"backstop what-if: {journal.name}",
-                             [("baseline", base), ("alternative", alt)], facts, render(comparison))
+                             [("baseline", base), ("alternative", alt)], facts, assets)
     except OutputError as error:
         raise WhatIfError(str(error)) from None
     except OSError as error:
