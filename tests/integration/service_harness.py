@@ -239,8 +239,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def local(server: str, *command: str) -> None:
+    # After a crash PostgreSQL replays its WAL and writes an end-of-recovery checkpoint before it accepts
+    # connections; on a busy host that outlasts the script's default wait.
+    env = {**os.environ, "BACKSTOP_PG_START_TIMEOUT": "170"}
     run = subprocess.run([str(REPO / "deploy" / "local" / server), *command], capture_output=True, text=True,
-                         timeout=180, check=False)
+                         timeout=180, check=False, env=env)
     assert run.returncode == 0, f"deploy/local/{server} {' '.join(command)}: {run.stdout}{run.stderr}"
 
 
