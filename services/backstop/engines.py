@@ -320,16 +320,15 @@ class CompiledEngine:
 
         if options.adl_policy != AdlPolicy():
             raise EngineUnavailable("the compiled engine runs the default ADL policy only (bitmex, bankruptcy)")
+        self.options = options
         try:
             self._ledger = _engine.Ledger(strict=options.strict, snapshot_every=options.snapshot_every,
                                           snapshot=None if snapshot is None else snapshot.document,
                                           ids=None if snapshot is None else snapshot.ids,
                                           check_conservation=options.check_conservation,
                                           held_per_batch=options.held_ids == "per_batch")
-        except ValueError as error:  # the reasons the reference's restore gives, or a state hash that does not match
-            reason = str(error)
-            raise SnapshotError(reason if reason.startswith(("its state hash", "snapshot-")) else
-                                f"cannot restore the engine state ({reason})") from None
+        except ValueError as error:  # named as the reference names it (the state, its hash, the identity file)
+            raise SnapshotError(str(error)) from None
 
     @property
     def events_applied(self) -> int:
@@ -355,6 +354,8 @@ class CompiledEngine:
         return self._ledger.state_hash()
 
     def snapshot(self, input_line: int) -> Snapshot:
+        if self.options.held_ids == "per_batch":
+            raise EngineUnavailable("an engine whose identities are held per batch writes no snapshots")
         return Snapshot(*self._ledger.snapshot(input_line))
 
 

@@ -115,6 +115,8 @@ class SymbolClock:
 def clock_of(document: dict[str, object]) -> JournalClock:
     recent = document["recent"]
     ts = document["ts"]
-    if not isinstance(recent, list) or not (ts is None or isinstance(ts, int)):
+    if (not isinstance(recent, list) or not all(type(t) is int for t in recent)
+            or not (ts is None or type(ts) is int) or len(recent) > WINDOW
+            or (ts is None) != (not recent)):  # a clock exists exactly when a record was applied
         raise ValueError("malformed journal clock in the snapshot")
     return JournalClock((int(t) for t in recent), ts)
