@@ -13,48 +13,16 @@ from typing import Any
 import orjson
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from strategies import SYMBOLS, journals
+from strategies import HOUR, SYMBOLS, T0, journals, outlier, outlier_kinds, timed
 
 from backstop.core.idstore import IdStore
 from backstop.core.numbers import text
 from backstop.core.ordering import MAX_AHEAD_MS, MAX_LATENESS_MS
 from backstop.core.processor import Outcome, Processor, Rejection
 from backstop.core.snapshot import restore, state_document, state_hash
-from scenario import fill, funding, liquidation, mark, run, transfer
+from scenario import run
 
-T0 = 1_800_000_000_000
-HOUR = 3_600_000
 YEARS = 3 * 365 * 24 * HOUR
-
-
-@st.composite
-def timed(draw: st.DrawFn, journal: list[dict[str, Any]], *, jitter: bool) -> list[dict[str, Any]]:
-    """The journal re-timed: steps of up to 2 s, now and then an hour or up to eleven hours of quiet; with `jitter`,
-    some records up to twice the lateness window behind (some of them late)."""
-    now, result = T0, []
-    for record in journal:
-        gap = draw(st.integers(0, 30))
-        now += HOUR if gap == 0 else draw(st.integers(HOUR, 11 * HOUR)) if gap == 1 else draw(st.integers(0, 2000))
-        behind = draw(st.integers(0, 2 * MAX_LATENESS_MS)) if jitter and draw(st.integers(0, 4)) == 0 else 0
-        result.append({**record, "ts": now - behind})
-    return result
-
-
-def outlier(kind: str, number: int, ts: int, symbol: str) -> dict[str, Any]:
-    """A valid record of `kind` but for its ts, with an identity of its own."""
-    price = str(SYMBOLS[symbol][2])
-    if kind == "fill":
-        return fill(f"outlier-{number}", "a0", "buy", str(SYMBOLS[symbol][1]), price, symbol=symbol, ts=ts)
-    if kind == "transfer":
-        return transfer(f"outlier-{number}", "a1", "10", ts=ts)
-    if kind == "mark":
-        return mark(price, symbol=symbol, ts=ts)
-    if kind == "funding":
-        return funding("0.0001", price, symbol=symbol, ts=ts)
-    return liquidation(f"outlier-{number}", "a2", str(SYMBOLS[symbol][1]), price, symbol=symbol, ts=ts)
-
-
-kinds_of_outliers = st.sampled_from(["fill", "transfer", "mark", "funding", "liquidation"])
 symbols = st.sampled_from(sorted(SYMBOLS))
 
 
@@ -75,7 +43,7 @@ def test_records_far_ahead_inserted_anywhere_change_nothing_else(journal: list[d
     journal = data.draw(timed(journal, jitter=True))
     plain_processor, plain = run(journal)
     far = max(record["ts"] for record in journal) + MAX_AHEAD_MS + 1  # ahead of any journal time it meets
-    inserts = data.draw(st.lists(st.tuples(st.integers(0, len(journal)), kinds_of_outliers, symbols,
+    inserts = data.draw(st.lists(st.tuples(st.integers(0, len(journal)), outlier_kinds, symbols,
                                            st.integers(0, YEARS)), min_size=1, max_size=4))
     mixed: list[tuple[bool, dict[str, Any]]] = [(False, record) for record in journal]
     for number, (position, kind, symbol, beyond) in enumerate(sorted(inserts, key=lambda i: -i[0])):
@@ -104,7 +72,7 @@ def test_one_record_ahead_within_the_bound_makes_nothing_after_it_late_ahead_or_
     clock = head.engine.clock
     now = max(clock.ts or T0, clock.recent[-1] if clock.recent else T0)
     ts = now + data.draw(st.integers(MAX_LATENESS_MS + 1, MAX_AHEAD_MS))
-    record = outlier(data.draw(kinds_of_outliers), 0, ts, data.draw(symbols))
+    record = outlier(data.draw(outlier_kinds), 0, ts, data.draw(symbols))
     _, outcomes = run([record, *journal[position:]], processor=Processor(
         restore(state_document(head.engine), ids=_copy(head))))  # from a snapshot, too
     _, outcomes_alone = run([*journal[:position], record, *journal[position:]])
@@ -121,7 +89,7 @@ def test_a_journal_with_late_and_far_records_decides_the_same_from_a_snapshot(jo
     for number, position in enumerate(data.draw(st.lists(st.integers(0, len(journal)), max_size=3))):
         ahead = data.draw(st.sampled_from([MAX_LATENESS_MS + 1, 11 * HOUR, MAX_AHEAD_MS + 1, YEARS]))
         base = journal[min(position, len(journal) - 1)]["ts"]
-        journal.insert(position, outlier(data.draw(kinds_of_outliers), number, base + ahead, data.draw(symbols)))
+        journal.insert(position, outlier(data.draw(outlier_kinds), number, base + ahead, data.draw(symbols)))
     whole, outcomes = run(journal)
     split = data.draw(st.integers(0, len(journal)))
     head, _ = run(journal[:split])
