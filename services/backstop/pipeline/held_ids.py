@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from backstop.core.dedupe import KEY_BYTES, Held, HeldRow
+from backstop.core.dedupe import KEY_BYTES, Held, HeldRow, pack_rows, unpack_rows
 from backstop.core.errors import InvariantViolation
 from backstop.core.idstore import BloomFilter, split_many
 
@@ -73,6 +73,22 @@ class ServiceIds:
         for key, content, seq in found:
             resolved[key] = Held(content, seq)
         self._resolved = resolved
+
+    def answers(self, keys: Iterable[bytes]) -> bytes:
+        """The held identities among a batch's keys, after `resolve`, as HELD_ROW rows: what an engine of the batch
+        API whose identities are held per batch is given with the batch (InvariantViolation, as `held`, for one
+        neither ruled out nor looked up)."""
+        rows: list[HeldRow] = []
+        for key in dict.fromkeys(keys):
+            held = self.held(key)
+            if held is not None:
+                rows.append((key, held.content, held.seq))
+        return pack_rows(rows)
+
+    def applied(self, rows: bytes) -> None:
+        """The identities a batch applied through the batch API (its `held_ids`): held here as `add` holds them."""
+        for key, content, seq in unpack_rows(rows):
+            self.add(key, content, seq)
 
     def drain(self) -> list[HeldRow]:
         """The identities applied since the last drain, for the batch's transaction; the filter learns them now."""
