@@ -7,6 +7,7 @@ beside the outbox relay, with /health and /metrics as web views.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -17,13 +18,22 @@ from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backstop.adapters.kafka import admin
+from backstop.adapters.kafka.consumer import KafkaConsumer
+from backstop.adapters.kafka.publisher import KafkaPublisher
 from backstop.adapters.postgres.store import Store
-from backstop.service import metrics
+from backstop.service import logs, metrics
+from backstop.service.forked import Background
 from backstop.service.ledger import LedgerProcessor
+from backstop.service.ports import Runtime
 from backstop.service.relay import OutboxRelay
 from backstop.settings import Settings
 
 log = logging.getLogger("backstop.service")
+
+
+def kafka_runtime() -> Runtime:
+    """The real loops: aiokafka, forked children for whole-state work, threads for the engine."""
+    return Runtime(consumer=KafkaConsumer, publisher=KafkaPublisher, background=Background, offload=asyncio.to_thread)
 
 
 def ensure_topics(settings: Settings) -> list[str]:
@@ -52,18 +62,18 @@ def create_app(settings: Settings) -> faust.App:
     app = ServiceApp(
         f"{settings.topic_prefix}service", broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
         autodiscover=False,
-        web_host=settings.web_host, web_port=settings.web_port, web_in_thread=False, topic_partitions=1,
-        topic_replication_factor=settings.replication_factor, broker_credentials=None,
+        # web_bind is the address the server listens on (faust's default: every interface); web_host only names it
+        web_bind=settings.web_host, web_host=settings.web_host, web_port=settings.web_port, web_in_thread=False,
+        topic_partitions=1, topic_replication_factor=settings.replication_factor, broker_credentials=None,
         consumer_auto_offset_reset="earliest")
     state: dict[str, Any] = {}
 
     @app.task
     async def ledger_and_relay() -> None:
-        import asyncio
-
         store = await Store.open(settings.dsn(), max_size=6)
-        relay = OutboxRelay(settings, store)
-        processor = LedgerProcessor(settings, store, on_commit=relay.wake)
+        runtime = kafka_runtime()
+        relay = OutboxRelay(settings, store, runtime)
+        processor = LedgerProcessor(settings, store, runtime, on_commit=relay.wake)
         state.update(store=store, processor=processor, relay=relay)
         try:
             await asyncio.gather(processor.run_forever(), relay.run_forever())
@@ -91,26 +101,27 @@ def create_app(settings: Settings) -> faust.App:
 
 
 def serve(settings: Settings) -> None:
-    logging.basicConfig(level=logging.INFO, format='{"ts": "%(asctime)s", "level": "%(levelname)s", '
-                                                   '"logger": "%(name)s", "message": %(message)r}')
+    logs.configure(logging.INFO)
     created = ensure_topics(settings)
     if created:
         log.info("created topics: %s", ", ".join(created))
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False, override_logging=False)
+    # quiet, and no spinner: faust would print a banner and terminal codes beside the JSON lines
+    worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False, override_logging=False, quiet=True)
+    worker.spinner = None
     worker.execute_from_commandline()
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[tuple[LedgerProcessor, OutboxRelay]]:
+async def running(settings: Settings, runtime: Runtime | None = None
+                  ) -> AsyncIterator[tuple[LedgerProcessor, OutboxRelay]]:
     """The ledger processor and the relay as tasks of the current event loop, without the faust host (tests and
     benchmarks); stopped and awaited on exit."""
-    import asyncio
-
     await asyncio.to_thread(ensure_topics, settings)
     store = await Store.open(settings.dsn(), max_size=6)
-    relay = OutboxRelay(settings, store)
-    processor = LedgerProcessor(settings, store, on_commit=relay.wake)
+    runtime = runtime or kafka_runtime()
+    relay = OutboxRelay(settings, store, runtime)
+    processor = LedgerProcessor(settings, store, runtime, on_commit=relay.wake)
     tasks = [asyncio.create_task(processor.run_forever()), asyncio.create_task(relay.run_forever())]
     try:
         yield processor, relay
