@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from backstop.adapters.kafka.publisher import KafkaPublisher
+from backstop.adapters.kafka.publisher import RECORD_BATCH_BYTES, KafkaPublisher
 from backstop.adapters.postgres.store import OutboxRow
-from backstop.service.relay import OUTBOX_HEADER, RECORD_BATCH_BYTES, partition_for, to_send
+from backstop.service.ports import OUTBOX_HEADER
+from backstop.service.relay import partition_for, to_send
 from backstop.settings import Settings
 
 PARTITIONS = 2

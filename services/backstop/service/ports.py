@@ -21,6 +21,8 @@ from backstop.pipeline.projections import Projections
 from backstop.settings import Settings
 
 Partition = tuple[str, int]
+OUTBOX_HEADER = "backstop-outbox-id"  # every published record carries its outbox id ...
+RECORD_ID_HEADER = "backstop-record-id"  # ... and its record id in these headers
 P = ParamSpec("P")
 T = TypeVar("T")
 

@@ -18,11 +18,10 @@ from functools import lru_cache
 from aiokafka.partitioner import murmur2
 
 from backstop import faults
-from backstop.adapters.kafka.publisher import OUTBOX_HEADER, RECORD_BATCH_BYTES
 from backstop.adapters.postgres.store import RELAY_LOCK, OutboxRow
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
-from backstop.service.ports import LedgerStore, Partition, Runtime
+from backstop.service.ports import OUTBOX_HEADER, LedgerStore, Partition, Runtime
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
 
@@ -99,4 +98,4 @@ class OutboxRelay(SupervisedLoop):
             await publisher.stop()
 
 
-__all__ = ["OUTBOX_HEADER", "RECORD_BATCH_BYTES", "OutboxRelay", "OutboxRow", "partition_for", "to_send"]
+__all__ = ["OUTBOX_HEADER", "OutboxRelay", "OutboxRow", "partition_for", "to_send"]

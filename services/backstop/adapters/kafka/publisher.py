@@ -12,11 +12,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from backstop.adapters.postgres.store import OutboxRow
-from backstop.service.ports import Partition
+from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, Partition
 from backstop.settings import Settings
 
-OUTBOX_HEADER = "backstop-outbox-id"
-RECORD_ID_HEADER = "backstop-record-id"
 RECORD_BATCH_BYTES = 512 << 10  # below the broker's default message.max.bytes (1 MiB)
 
 
