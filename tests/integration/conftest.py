@@ -44,11 +44,6 @@ PG_SERVER_DSN = (os.environ.get("BACKSTOP_TEST_PG_DSN") or os.environ.get("BACKS
 INTEGRATION_DIR = Path(__file__).resolve().parent
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--long", action="store_true", default=False,
-                     help="long campaigns: the fault campaign runs 1,000 faults (BACKSTOP_FAULTS overrides)")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Everything under tests/integration is an integration test, marked or not."""
     for item in items:

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from backstop import faults
 from backstop.adapters.postgres.store import WRITER_LOCK, Head, RefreshCopy
@@ -168,6 +168,7 @@ class LedgerProcessor(SupervisedLoop):
         self.topics = TopicNames(settings.topic_prefix)
         self.progress = Progress()
         self.on_commit = on_commit  # wakes a relay in this process: outbox rows are waiting
+        self.current: LedgerRun | None = None  # the run holding the lock, if any
 
     def on_error(self, error: Exception) -> None:
         self.progress.ready = False
@@ -178,13 +179,14 @@ class LedgerProcessor(SupervisedLoop):
         offsets = await self.store.offsets()
         consumer = self.runtime.consumer(self.settings)
         await consumer.start()
-        run = LedgerRun(self, consumer, processor, head)
+        self.current = run = LedgerRun(self, consumer, processor, head)
         try:
             await run.start(offsets)
             while not self.stopping:
                 await run.turn()
             await run.finish()
         finally:
+            self.current = None
             run.close()
             self.progress.ready = False
             await consumer.stop()
@@ -216,6 +218,7 @@ class LedgerRun:
         self.snapshotting: BackgroundWork[Snapshot] = self.runtime.background("snapshot",
                                                                              self.progress.background_errors)
         self.behind = WriteBehind(self.store, self.progress)
+        self._lag: dict[Partition, Any] = {}  # the lag gauge of each partition (labels() is a locked lookup)
 
     async def start(self, offsets: dict[Partition, int]) -> None:
         positions, ends = await self.consumer.assign(self.topics.inputs, offsets)
@@ -274,10 +277,13 @@ class LedgerRun:
                 metrics.EVENTS_IN.labels(self.topics.type_of(partition[0]) or "unknown").inc(len(records))
             for partition, position in fetched.positions.items():
                 merger.advance(partition, position)
+            lag = self._lag
             for partition, end in fetched.ends.items():
                 merger.observe_end(partition, end)
-                metrics.CONSUMER_LAG.labels(partition[0], str(partition[1])).set(
-                    end - fetched.positions.get(partition, end))
+                gauge = lag.get(partition)
+                if gauge is None:
+                    gauge = lag[partition] = metrics.CONSUMER_LAG.labels(partition[0], str(partition[1]))
+                gauge.set(end - fetched.positions.get(partition, end))
         unconfirmed = merger.unconfirmed()
         if unconfirmed:
             for partition, end in (await self.consumer.end_offsets(unconfirmed)).items():

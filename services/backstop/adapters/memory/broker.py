@@ -19,8 +19,7 @@ from backstop.adapters.postgres.store import OutboxRow
 from backstop.pipeline.ingest import Consumed
 from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, Fetched, Partition
 
-WAIT_STEP_S = 0.005  # a fetch with nothing to hand out looks again this often until its timeout
-REQUEST_TIMEOUT_S = 30.0  # an end asked of a partition whose leader is away fails after this long
+WAIT_STEP_S = 0.05  # a fetch with nothing to hand out looks again this often until its timeout
 
 
 class StoredRecord(NamedTuple):
@@ -38,6 +37,7 @@ class MemoryBroker:
 
     def __init__(self) -> None:
         self.topics: dict[str, list[list[StoredRecord]]] = {}
+        self.appends = 0  # records appended so far, to every topic
 
     def create(self, topic: str, partitions: int) -> None:
         self.topics.setdefault(topic, [[] for _ in range(partitions)])
@@ -51,6 +51,7 @@ class MemoryBroker:
                headers: tuple[tuple[str, bytes], ...] = ()) -> int:
         log = self.topics[topic][partition]
         log.append(StoredRecord(key, value, headers))
+        self.appends += 1
         return len(log) - 1
 
     def end(self, partition: Partition) -> int:
@@ -110,9 +111,14 @@ class Orderly:
 
 
 class MemoryConsumer:
-    def __init__(self, broker: MemoryBroker, disorder: Disorder | None = None) -> None:
+    """`request_timeout_s`: an end asked of a partition whose leader is away fails after this long (aiokafka's
+    request_timeout_ms)."""
+
+    def __init__(self, broker: MemoryBroker, disorder: Disorder | None = None, *,
+                 request_timeout_s: float = 30.0) -> None:
         self.broker = broker
         self.disorder = disorder or Orderly()
+        self.request_timeout_s = request_timeout_s
         self.started = False
         self.position: dict[Partition, int] = {}  # the next offset to hand out
         self.first: dict[Partition, int] = {}  # where reading started (a repeat never goes below it)
@@ -146,10 +152,10 @@ class MemoryConsumer:
 
     async def end_offsets(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + REQUEST_TIMEOUT_S
+        deadline = loop.time() + self.request_timeout_s
         while any(self.disorder.away(p) for p in partitions):
             if loop.time() >= deadline:
-                raise TimeoutError(f"no answer for the ends of {sorted(partitions)} in {REQUEST_TIMEOUT_S} s")
+                raise TimeoutError(f"no answer for the ends of {sorted(partitions)} in {self.request_timeout_s} s")
             await asyncio.sleep(WAIT_STEP_S)
         pause = self.disorder.pause()
         if pause:
@@ -172,8 +178,9 @@ class MemoryConsumer:
             for partition in nodes[node]:
                 start = self.position[partition]
                 end = self.broker.end(partition)
-                self.buffered[partition] = self.broker.read(
-                    partition, start, start + disorder.take(partition, max(end - start, 0)))
+                size = disorder.take(partition, max(end - start, 0))
+                if size:
+                    self.buffered[partition] = self.broker.read(partition, start, start + size)
                 self.ends[partition] = end
             pause = disorder.pause()
             if pause:

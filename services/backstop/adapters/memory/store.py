@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,32 +41,21 @@ def _text(values: Iterable[Any]) -> Row:
     return tuple(None if value is None else str(value) for value in values)
 
 
-_COPY_UNESCAPES = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
+_COPY_ESCAPE = re.compile(r"\\(.)")
+_COPY_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def _copy_value(value: str) -> str | None:
+    if value == "\\N":
+        return None
+    if "\\" not in value:
+        return value
+    return _COPY_ESCAPE.sub(lambda m: _COPY_UNESCAPES.get(m.group(1), m.group(1)), value)
 
 
 def _copy_rows(chunk: bytes) -> list[Row]:
     """COPY text back into rows (the inverse of backstop.adapters.postgres.store.copy_text)."""
-    rows: list[Row] = []
-    for line in chunk.decode().split("\n"):
-        if not line:
-            continue
-        row: list[str | None] = []
-        for value in line.split("\t"):
-            if value == "\\N":
-                row.append(None)
-                continue
-            out, index = [], 0
-            while index < len(value):
-                pair = value[index:index + 2]
-                if pair in _COPY_UNESCAPES:
-                    out.append(_COPY_UNESCAPES[pair])
-                    index += 2
-                else:
-                    out.append(value[index])
-                    index += 1
-            row.append("".join(out))
-        rows.append(tuple(row))
-    return rows
+    return [tuple(_copy_value(v) for v in line.split("\t")) for line in chunk.decode().split("\n") if line]
 
 
 @dataclass(slots=True)
@@ -87,6 +77,9 @@ class MemoryDatabase:
     adl_queue: list[Row] = field(default_factory=list)
     locks: dict[int, MemoryStore] = field(default_factory=dict)
     transactions: int = 0  # committed, of any kind
+    keys: dict[str, set[Any]] = field(default_factory=lambda: {
+        "journal": set(), "journal_source": set(), "fund_ledger": set(), "adl_events": set(), "findings": set(),
+        "outbox": set(), "dead_letter": set()})  # the unique keys present, per table
     _released: asyncio.Event | None = None
 
     def released(self) -> asyncio.Event:
@@ -177,15 +170,15 @@ class MemoryStore:
                                      f"writer is active")
         ledger_rows = [(e.id, e.hash, e.seq, canonical_json(record_dict(e)).decode()) for e in result.fund_entries]
         adl_rows = [(e.id, e.hash, e.seq, canonical_json(record_dict(e)).decode()) for e in result.adl_events]
-        self._check_keys(result, head, ledger_rows, adl_rows)
+        added, dead_letters = self._new_keys(result, head, ledger_rows, adl_rows)
         # everything checked: the transaction lands whole, with no await in between
+        for table, keys in added.items():
+            db.keys[table] |= keys
         db.journal.extend(result.journal)
         db.fund_ledger.extend(ledger_rows)
         db.adl_events.extend(adl_rows)
         db.findings.update((f.id, f.seq) for f in result.findings)
-        present = {(d.source_topic, d.source_partition, d.source_offset) for d in db.dead_letter}
-        db.dead_letter.extend(d for d in result.dead_letters
-                              if (d.source_topic, d.source_partition, d.source_offset) not in present)
+        db.dead_letter.extend(dead_letters)
         first_id = db.outbox[-1].id + 1 if db.outbox else 1
         db.outbox.extend(OutboxRow(first_id + i, m.topic, m.key, m.record_id, m.payload.decode())
                          for i, m in enumerate(result.outbox))
@@ -197,35 +190,43 @@ class MemoryStore:
         db.transactions += 1
         await self._at("committed")
 
-    def _check_keys(self, result: BatchResult, head: Head, ledger_rows: list[tuple[str, str, int, str]],
-                    adl_rows: list[tuple[str, str, int, str]]) -> None:
-        db = self.db
-        seqs = {row.seq for row in db.journal}
-        sources = {(r.source_topic, r.source_partition, r.source_offset) for r in db.journal}
+    def _new_keys(self, result: BatchResult, head: Head, ledger_rows: list[tuple[str, str, int, str]],
+                  adl_rows: list[tuple[str, str, int, str]]) -> tuple[dict[str, set[Any]], list[DeadLetter]]:
+        """The unique keys the batch adds, per table (IntegrityError if one is present already), and the dead
+        letters to insert (ON CONFLICT DO NOTHING: one already there is skipped)."""
+        keys = self.db.keys
+        added: dict[str, set[Any]] = {name: set() for name in keys}
+
+        def add(table: str, key: Any) -> None:
+            if key in keys[table] or key in added[table]:
+                raise IntegrityError(f"{table}: {key!r} already present")
+            added[table].add(key)
+
         for row in result.journal:
-            source = (row.source_topic, row.source_partition, row.source_offset)
-            if row.seq in seqs or source in sources:
-                raise IntegrityError(f"journal: seq {row.seq} or source {source} already present")
-            seqs.add(row.seq)
-            sources.add(source)
+            add("journal", row.seq)
+            add("journal_source", (row.source_topic, row.source_partition, row.source_offset))
+        seqs = keys["journal"] | added["journal"]
         for table, rows, position in (("fund_ledger", ledger_rows, head.ledger_position),
                                       ("adl_events", adl_rows, head.adl_position)):
-            existing: list[tuple[str, str, int, str]] = getattr(db, table)
-            if rows and position - len(rows) + 1 != len(existing) + 1:
-                raise IntegrityError(f"{table}: position {position - len(rows) + 1} does not follow "
-                                     f"{len(existing)}")
-            ids = {r[0] for r in existing} | {r[1] for r in existing}
+            stored = len(getattr(self.db, table))
+            if rows and position - len(rows) != stored:
+                raise IntegrityError(f"{table}: position {position - len(rows) + 1} does not follow {stored}")
             for entry_id, entry_hash, seq, _ in rows:
-                if entry_id in ids or entry_hash in ids or seq not in seqs:
-                    raise IntegrityError(f"{table}: id {entry_id} or its hash present, or seq {seq} not journaled")
-                ids |= {entry_id, entry_hash}
-        if any(f.id in db.findings for f in result.findings):
-            raise IntegrityError("findings: an id already present")
-        record_ids = {row.record_id for row in db.outbox}
+                add(table, entry_id)
+                add(table, entry_hash)
+                if seq not in seqs:
+                    raise IntegrityError(f"{table}: seq {seq} is not in the journal")
+        for finding in result.findings:
+            add("findings", finding.id)
         for message in result.outbox:
-            if message.record_id in record_ids:
-                raise IntegrityError(f"outbox: record id {message.record_id} already present")
-            record_ids.add(message.record_id)
+            add("outbox", message.record_id)
+        kept = []
+        for letter in result.dead_letters:
+            key = (letter.source_topic, letter.source_partition, letter.source_offset)
+            if key not in keys["dead_letter"] and key not in added["dead_letter"]:
+                added["dead_letter"].add(key)
+                kept.append(letter)
+        return added, kept
 
     def _project(self, projections: Projections) -> None:
         db = self.db
@@ -271,6 +272,7 @@ class MemoryStore:
         head = self.db.engine_head
         if head is not None and head["seq"] == seq:
             head["state_hash"], head["state_hash_seq"] = value, seq
+            self.db.transactions += 1
 
     # ---------------------------------------------------------------- outbox
     async def unpublished(self, limit: int) -> list[OutboxRow]:
