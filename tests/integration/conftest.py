@@ -16,6 +16,7 @@ Environment:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -227,9 +228,20 @@ class Databases:
         connection = await asyncpg.connect(self.server_dsn, timeout=10)
         try:
             for name in reversed(self.created):
-                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await _drop(connection, name)
         finally:
             await connection.close()
+
+
+async def _drop(connection: asyncpg.Connection, name: str) -> None:
+    """DROP ... WITH (FORCE) ends our own sessions, not an autovacuum worker's: wait for that one to finish."""
+    for _ in range(30):
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+            await asyncio.sleep(1)
+    await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

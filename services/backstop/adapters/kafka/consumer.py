@@ -16,11 +16,14 @@ METADATA_WAIT_S = 5.0  # a topic created just now appears in the metadata within
 
 
 class KafkaConsumer:
-    def __init__(self, settings: Settings) -> None:
+    """`max_partition_fetch_bytes`: how much one fetch response may carry per partition (tests vary it: the order
+    must not depend on it)."""
+
+    def __init__(self, settings: Settings, *, max_partition_fetch_bytes: int = 4 << 20) -> None:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed", client_id="backstop-ledger",
-            max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20, request_timeout_ms=30_000,
+            max_partition_fetch_bytes=max_partition_fetch_bytes, fetch_max_bytes=32 << 20, request_timeout_ms=30_000,
             ssl_context=settings.ssl_context(), **settings.kafka_client_options())
 
     async def start(self) -> None:
