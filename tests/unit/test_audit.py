@@ -9,11 +9,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from backstop.core.hashing import canonical_json, chain_hash
+from backstop.core.hashing import canonical_json, chain_hash, combine
 from backstop.entrypoints.cli import main
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "05-funding-and-fund-inventory.jsonl"
-ADL_EXAMPLE = Path(__file__).parents[2] / "examples" / "02-adl-walks-queue.jsonl"
+EXAMPLES = Path(__file__).parents[2] / "examples"
+EXAMPLE = EXAMPLES / "05-funding-and-fund-inventory.jsonl"
+ADL_EXAMPLE = EXAMPLES / "02-adl-walks-queue.jsonl"
 
 
 def replayed(tmp_path: Path, journal: Path = EXAMPLE) -> Path:
@@ -42,6 +43,18 @@ def verify(out: Path, journal: Path | None, capsys: pytest.CaptureFixture[str]) 
     return code, capsys.readouterr().out
 
 
+def forge_summary(out: Path) -> None:
+    """What a forger who rewrote the streams would do next: make summary.json agree with them (heads, counts)."""
+    summary = json.loads((out / "summary.json").read_text())
+    for stream, head, count in (("fund-ledger", "ledger_head_hash", "fund_ledger_entries"),
+                                ("adl-events", "adl_head_hash", "adl_events")):
+        records = [json.loads(x) for x in (out / f"{stream}.jsonl").read_text().splitlines()]
+        summary[head] = records[-1]["hash"] if records else "0" * 64
+        summary[count] = len(records)
+    summary["head_hash"] = combine(summary["ledger_head_hash"], summary["adl_head_hash"])
+    (out / "summary.json").write_text(json.dumps(summary))
+
+
 def test_a_clean_replay_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, text = verify(replayed(tmp_path), EXAMPLE, capsys)
     assert code == 0 and "head hash and state hash reproduced" in text
@@ -52,21 +65,25 @@ def _set_amount(records: list[dict[str, object]]) -> list[dict[str, object]]:
     return records
 
 
-@pytest.mark.parametrize(("change", "journal", "message"), [
-    (_set_amount, False, "fund-ledger record 2 (fl-12-0): hash"),
-    (lambda r: [r[0], r[2], r[1], r[3]], False, "fund-ledger record 2 (fl-13-0): prev_hash"),
-    (lambda r: r[:2] + r[3:], False, "fund-ledger record 3 (fl-13-1): prev_hash"),
-    (lambda r: rechain(_set_amount(r)), False,
+@pytest.mark.parametrize(("change", "forged", "journal", "message"), [
+    (_set_amount, False, False, "fund-ledger record 2 (fl-12-0): hash"),
+    (lambda r: [r[0], r[2], r[1], r[3]], False, False, "fund-ledger record 2 (fl-13-0): prev_hash"),
+    (lambda r: r[:2] + r[3:], False, False, "fund-ledger record 3 (fl-13-1): prev_hash"),
+    (lambda r: rechain(_set_amount(r)), False, False, "but the fund-ledger chain ends at"),
+    (lambda r: rechain(_set_amount(r)), True, False,
      "fund-ledger record 2 (fl-12-0): balance_after 199989.2 but the amounts"),
-    (lambda r: rechain(r[:-1]), False, "summary.json: fund MAIN balance 200245.96 but its ledger entries add up to "
-                                       "200289.2"),
-    (lambda r: rechain(r[:-1]), True, "summary.json: fund MAIN balance"),
+    (lambda r: r[:-1], False, False, "summary.json: fund_ledger_entries 4 but fund-ledger.jsonl holds 3 record(s)"),
+    (lambda r: rechain(r[:-1]), True, False, "summary.json: fund MAIN balance 200245.96 but its ledger entries add "
+                                             "up to 200289.2"),
+    (lambda r: rechain(r[:-1]), True, True, "summary.json: fund MAIN balance"),
 ])
 def test_tampering_with_the_fund_ledger_is_caught(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   change: Callable[[list[dict[str, object]]], list[dict[str, object]]],
-                                                  journal: bool, message: str) -> None:
+                                                  forged: bool, journal: bool, message: str) -> None:
     out = replayed(tmp_path)
     rewrite(out / "fund-ledger.jsonl", change)
+    if forged:
+        forge_summary(out)
     code, text = verify(out, EXAMPLE if journal else None, capsys)
     assert code == 1
     assert message in text, text
@@ -82,10 +99,63 @@ def test_a_forged_but_consistent_history_is_caught_by_re_derivation(tmp_path: Pa
 
     rewrite(out / "adl-events.jsonl", swap_counterparty)
     code, text = verify(out, None, capsys)
-    assert code == 0  # the chain and the balances alone cannot see it ...
+    assert code == 1 and "summary.json: adl_head_hash" in text  # the summary's head no longer matches ...
+    forge_summary(out)
+    code, text = verify(out, None, capsys)
+    assert code == 0  # ... a forger who rewrites it too passes the checks of the files alone ...
     code, text = verify(out, ADL_EXAMPLE, capsys)
-    assert code == 1  # ... re-deriving from the journal does
+    assert code == 1  # ... re-deriving from the journal does not
     assert "adl-events record 1 (adl-19-0): differs from the replay: account_id: stored 'A4', replay gives 'A2'" in text
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+@pytest.mark.parametrize(("journal", "damage", "message"), [
+    # without the journal, each file is held to the counts and heads summary.json records
+    (ADL_EXAMPLE, lambda out: (out / "adl-events.jsonl").write_text("\n".join(_lines(out / "adl-events.jsonl")[:-1])
+                                                                     + "\n"),
+     "summary.json: adl_events 2 but adl-events.jsonl holds 1 record(s)"),
+    (ADL_EXAMPLE, lambda out: (out / "adl-events.jsonl").write_text(""),
+     "summary.json: adl_events 2 but adl-events.jsonl holds 0 record(s)"),
+    (EXAMPLES / "06-bad-debt.jsonl", lambda out: (out / "findings.jsonl").write_text(""),
+     "summary.json: findings 1 but findings.jsonl holds 0 record(s)"),
+    (EXAMPLES / "06-bad-debt.jsonl", lambda out: (out / "findings.jsonl").write_text(
+        (out / "findings.jsonl").read_text() * 2), "summary.json: findings 1 but findings.jsonl holds 2 record(s)"),
+    (None, lambda out: (out / "dead-letter.jsonl").write_text(""),
+     "summary.json: dead_letters 2 but dead-letter.jsonl holds 0 record(s)"),
+])
+def test_the_files_are_held_to_the_summary_without_the_journal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], journal: Path | None, damage: Callable[[Path], object],
+        message: str) -> None:
+    out = replayed(tmp_path, journal or _with_two_bad_lines(tmp_path))
+    assert verify(out, None, capsys)[0] == 0
+    damage(out)
+    code, text = verify(out, None, capsys)
+    assert code == 1 and message in text, text
+
+
+def _with_two_bad_lines(tmp_path: Path) -> Path:
+    journal = tmp_path / "bad.jsonl"
+    journal.write_bytes(EXAMPLE.read_bytes() + b"{not json\n" + b'{"type": "mark", "ts": 1, "symbol": "NOPE"}\n')
+    return journal
+
+
+def test_a_replay_from_a_snapshot_verifies_alone_and_against_its_journal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    whole = tmp_path / "whole"
+    assert main(["replay", str(EXAMPLE), "--out", str(whole), "--snapshot-every", "8"]) == 0
+    tail = tmp_path / "tail"
+    snapshot = whole / "snapshots" / "snapshot-000000000008.json"
+    assert main(["replay", str(EXAMPLE), "--out", str(tail), "--from-snapshot", str(snapshot)]) == 0
+    assert len(_lines(tail / "fund-ledger.jsonl")) < len(_lines(whole / "fund-ledger.jsonl"))
+    assert verify(tail, None, capsys)[0] == 0
+    code, text = verify(tail, EXAMPLE, capsys)
+    assert code == 0 and "head hash and state hash reproduced" in text, text
+    rewrite(tail / "fund-ledger.jsonl", lambda r: r[1:])  # the first entry after the snapshot removed
+    code, text = verify(tail, None, capsys)
+    assert code == 1 and "fund-ledger record 1" in text and "prev_hash" in text
 
 
 def test_unreadable_inputs_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

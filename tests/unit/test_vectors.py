@@ -1,4 +1,4 @@
-"""The public worked examples of ../shared/vectors.md, restated in backstop's terms."""
+"""The public worked examples of docs/vectors.md, restated in backstop's terms."""
 
 from __future__ import annotations
 

@@ -1,13 +1,22 @@
-"""File adapter: the JSONL journal in, the replay output directory out.
+"""File adapter: the replay output directory, written whole or not at all.
 
 Output files (the contract other tools rely on): summary.json, accounts.json, fund-ledger.jsonl,
 adl-events.jsonl, findings.jsonl, dead-letter.jsonl, and snapshots/ when asked for.
+
+Every command with `--out` writes into a temporary directory beside the target and renames it into place when it
+has finished: a failed run leaves the old directory as it was (never an old summary.json beside a new, truncated
+ledger), and a reader sees the old directory or the new one. Because the target is replaced as a whole, it is
+refused when it holds anything the command does not write, when it is a file, or when an input lies inside it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import os
-from collections.abc import Iterator
+import secrets
+import shutil
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -18,17 +27,12 @@ from backstop.core.engine import Effects
 from backstop.core.hashing import canonical_json, record_dict
 
 RAW_KEEP_BYTES = 4096
+REPLAY_OUTPUTS = ("summary.json", "accounts.json", "fund-ledger.jsonl", "adl-events.jsonl", "findings.jsonl",
+                  "dead-letter.jsonl", "snapshots")
 
 
-def read_lines(path: Path, *, skip: int = 0) -> Iterator[tuple[int, bytes]]:
-    """(line number from 1, raw bytes without newline) for every non-blank line after the first `skip`."""
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if number <= skip:
-                continue
-            stripped = line.rstrip(b"\r\n")
-            if stripped.strip():
-                yield number, stripped
+class OutputError(Exception):
+    """An output path that cannot be written safely; nothing was written (exit 2)."""
 
 
 def write_json(path: Path, document: Any) -> None:
@@ -38,12 +42,95 @@ def write_json(path: Path, document: Any) -> None:
     os.replace(temporary, path)
 
 
+def _inside(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def check_output_dir(target: Path, *, owned: Collection[str], inputs: Iterable[Path] = ()) -> Path:
+    """The resolved target, after refusing a file, a directory holding what the command does not write (a name
+    matching none of the `owned` patterns), and an input inside it. Touches nothing."""
+    resolved = target.resolve()
+    if resolved.exists() and not resolved.is_dir():
+        raise OutputError(f"output directory {target} is a file")
+    for path in inputs:
+        if _inside(path.resolve(), resolved):
+            raise OutputError(f"the input {path} is inside the output directory {target}, which is replaced as a "
+                              f"whole: write the output elsewhere")
+    if resolved.is_dir():
+        try:
+            foreign = sorted(name for name in os.listdir(resolved)
+                             if not any(fnmatch.fnmatchcase(name, pattern) for pattern in owned))
+        except OSError as error:
+            raise OutputError(f"cannot read output directory {target}: {error.strerror or error}") from None
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise OutputError(f"output directory {target} holds files this command does not write ({shown}): it "
+                              f"is replaced as a whole, so give a new, empty or earlier output directory")
+    return resolved
+
+
+def _beside(target: Path, role: str) -> Path:
+    return target.with_name(f".{target.name}.{role}-{secrets.token_hex(4)}")
+
+
+@contextlib.contextmanager
+def staged_dir(target: Path, *, owned: Collection[str], inputs: Iterable[Path] = ()) -> Iterator[Path]:
+    """A fresh directory beside `target` to write into; renamed to `target` when the block ends without an
+    exception (an existing target moved aside first, then removed), removed when it raises."""
+    resolved = check_output_dir(target, owned=owned, inputs=inputs)
+    try:
+        resolved.parent.mkdir(parents=True, exist_ok=True)
+        staging = _beside(resolved, "partial")
+        staging.mkdir()
+    except OSError as error:
+        raise OutputError(f"cannot create output directory {target}: {error.strerror or error}") from None
+    try:
+        yield staging
+        _swap_into_place(staging, resolved)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    old = _beside(target, "old")
+    os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)  # the new output is in place; a leftover .old-* is only clutter
+
+
+def write_file_atomically(target: Path, write: Callable[[Path], object], *, inputs: Iterable[Path] = ()) -> None:
+    """`write(temporary)` beside `target`, then renamed over it; the directory must exist, no input is the target."""
+    resolved = target.resolve()
+    if resolved.is_dir():
+        raise OutputError(f"output file {target} is a directory")
+    if not resolved.parent.is_dir():
+        raise OutputError(f"cannot write {target}: directory {target.parent} does not exist")
+    if any(path.resolve() == resolved for path in inputs):
+        raise OutputError(f"output file {target} is one of the inputs")
+    temporary = _beside(resolved, "partial")
+    try:
+        write(temporary)
+        os.replace(temporary, resolved)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 class OutputDir:
     """Streams effects and dead letters into the output directory as they happen."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self.dead_letters = 0
         self._ledger = self._open("fund-ledger.jsonl")
         self._adl = self._open("adl-events.jsonl")
         self._findings = self._open("findings.jsonl")
@@ -62,8 +149,13 @@ class OutputDir:
 
     def dead_letter(self, line: int, reason: str, raw: bytes) -> None:
         text = raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace")
-        self._dead.write(canonical_json({"line": line, "reason": reason, "raw": text,
-                                         "raw_truncated": len(raw) > RAW_KEEP_BYTES}) + b"\n")
+        self.dead_letter_record({"line": line, "reason": reason, "raw": text,
+                                 "raw_truncated": len(raw) > RAW_KEEP_BYTES})
+
+    def dead_letter_record(self, record: dict[str, Any]) -> None:
+        """A dead letter as given (the service's carry where they came from instead of a line number)."""
+        self._dead.write(canonical_json(record) + b"\n")
+        self.dead_letters += 1
 
     def close(self) -> None:
         for handle in (self._ledger, self._adl, self._findings, self._dead):

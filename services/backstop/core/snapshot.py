@@ -60,6 +60,17 @@ def state_hash(engine: Engine) -> str:
     return hashlib.sha256(canonical_json(state_document(engine))).hexdigest()
 
 
+def sealed(document: dict[str, Any]) -> dict[str, Any]:
+    """The document with `snapshot_hash`, the SHA-256 of everything else in it: a snapshot file's counters and
+    position in the input are covered as much as the engine state (whose own state hash covers only the state)."""
+    body = {k: v for k, v in document.items() if k != "snapshot_hash"}
+    return {**body, "snapshot_hash": hashlib.sha256(canonical_json(body)).hexdigest()}
+
+
+def seal_holds(document: dict[str, Any]) -> bool:
+    return "snapshot_hash" in document and sealed(document)["snapshot_hash"] == document["snapshot_hash"]
+
+
 def restore(document: dict[str, Any], *, check_conservation: bool = False) -> Engine:
     if document.get("snapshot_version") != SNAPSHOT_VERSION:
         raise ValueError(f"unsupported snapshot version {document.get('snapshot_version')!r}")

@@ -44,9 +44,11 @@ def check_chain(stream: str, records: Iterable[dict[str, Any]], *, first_prev: s
     return None
 
 
-def check_fund_balances(entries: Iterable[dict[str, Any]]) -> tuple[Problem | None, dict[str, Decimal]]:
-    """balance_after of each entry = the previous balance of that fund + amount; returns the final balances."""
-    balances: dict[str, Decimal] = {}
+def check_fund_balances(entries: Iterable[dict[str, Any]], *, opening: dict[str, Decimal] | None = None
+                        ) -> tuple[Problem | None, dict[str, Decimal]]:
+    """balance_after of each entry = the previous balance of that fund (at first its `opening` balance, else 0)
+    + amount; returns the final balances."""
+    balances: dict[str, Decimal] = dict(opening or {})
     for index, entry in enumerate(entries):
         fund_id = entry["fund_id"]
         expected = balances.get(fund_id, Decimal(0)) + Decimal(entry["amount"])

@@ -1,32 +1,35 @@
-"""`backstop audit verify`: check a replay output directory against its journal."""
+"""`backstop audit verify`: check a replay output directory, alone or against its journal, or the service's
+database.
+
+Without the journal every file is checked against summary.json: each hash chain from its start to the head the
+summary records, every count (fund-ledger entries, ADL events, findings, dead letters), the head hash as the
+combination of the two chain heads, and every fund's balance as the sum of its entries. With the journal, every
+record is re-derived by a fresh replay with conservation checked after each event.
+"""
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from backstop.adapters.journal_file import JournalFileError, read_journal
+from backstop.adapters.output_reader import OutputReadError, read_stream, read_summary
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
-from backstop.core.hashing import canonical_json, record_dict
+from backstop.core.hashing import GENESIS_HASH, canonical_json, combine, record_dict
 from backstop.core.processor import Applied, Processor
 from backstop.core.snapshot import state_hash
 from backstop.core.verify import Problem, check_chain, check_fund_balances, compare_streams
 from backstop.wire.decode import InvalidRecord, decode_record
 
+Outcome = tuple[list[str], Problem | str | None]
+
 
 class AuditError(Exception):
     """The inputs of the audit cannot be read (exit 2)."""
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    except (OSError, orjson.JSONDecodeError) as error:
-        raise AuditError(f"cannot read {path}: {error}") from None
 
 
 def derive(lines: list[bytes]) -> tuple[Processor, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -35,8 +38,6 @@ def derive(lines: list[bytes]) -> tuple[Processor, list[dict[str, Any]], list[di
     ledger: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for raw in lines:
-        if not raw.strip():
-            continue
         try:
             outcome = processor.process(decode_record(raw))
         except InvalidRecord:
@@ -48,29 +49,55 @@ def derive(lines: list[bytes]) -> tuple[Processor, list[dict[str, Any]], list[di
     return processor, ledger, events
 
 
-def verify_output(out: Path, journal: Path | None) -> tuple[list[str], Problem | str | None]:
+def _journal(journal: Path) -> list[bytes]:
+    try:
+        return [raw for _, raw in read_journal(journal)]
+    except JournalFileError as error:
+        raise AuditError(str(error)) from None
+
+
+def verify_output(out: Path, journal: Path | None) -> Outcome:
     """A replay output directory (and the journal it came from). Returns (what was checked, the first problem)."""
-    ledger = _jsonl(out / "fund-ledger.jsonl")
-    events = _jsonl(out / "adl-events.jsonl")
+    if not out.is_dir():
+        raise AuditError(f"{out} is not a directory (give a `backstop replay` output directory)")
     try:
-        summary = json.loads((out / "summary.json").read_text())
-    except (OSError, ValueError) as error:
-        raise AuditError(f"cannot read {out / 'summary.json'}: {error}") from None
-    lines = None
-    if journal is not None:
-        try:
-            lines = journal.read_bytes().splitlines()
-        except OSError as error:
-            raise AuditError(f"cannot read journal {journal}: {error}") from None
-    return verify_records(ledger, events, summary, lines, source="summary.json")
+        summary = read_summary(out)
+        ledger = read_stream(out, "fund-ledger.jsonl")
+        events = read_stream(out, "adl-events.jsonl")
+        findings = read_stream(out, "findings.jsonl")
+        dead_letters = read_stream(out, "dead-letter.jsonl")
+    except OutputReadError as error:
+        raise AuditError(str(error)) from None
+    lines = _journal(journal) if journal is not None else None
+    return verify_records(ledger, events, summary, lines, source="summary.json",
+                          counted={"findings": findings, "dead_letters": dead_letters})
 
 
-def verify_journal(journal: Path) -> tuple[list[str], Problem | str | None]:
+def verify_counts(summary: dict[str, Any], *, ledger: list[dict[str, Any]], events: list[dict[str, Any]],
+                  findings: list[dict[str, Any]], dead_letters: list[dict[str, Any]]) -> Outcome:
+    """Each file holds as many records as summary.json counts (after the snapshot a replay started from): a
+    record removed from the end of a chain, or a whole file emptied, leaves the chain itself intact."""
+    start = summary.get("from_snapshot") or {}
+    for name, key, records in (("fund-ledger.jsonl", "fund_ledger_entries", ledger),
+                               ("adl-events.jsonl", "adl_events", events), ("findings.jsonl", "findings", findings)):
+        expected = summary[key] - start.get(key, 0)
+        if len(records) != expected:
+            return [], (f"summary.json: {key} {summary[key]}" + (f" ({start[key]} before the snapshot)" if start
+                                                                  else "") +
+                        f" but {name} holds {len(records)} record(s): records were removed or added")
+    if summary.get("dead_letters") is None:
+        return [f"counts: {len(ledger)} fund-ledger entries, {len(events)} ADL events and {len(findings)} findings, "
+                f"as summary.json says (it does not count dead letters: written by an older backstop)"], None
+    if len(dead_letters) != summary["dead_letters"]:
+        return [], (f"summary.json: dead_letters {summary['dead_letters']} but dead-letter.jsonl holds "
+                    f"{len(dead_letters)} record(s): records were removed or added")
+    return [f"counts: {len(ledger)} fund-ledger entries, {len(events)} ADL events, {len(findings)} findings and "
+            f"{len(dead_letters)} dead letters, as summary.json says"], None
+
+
+def verify_journal(journal: Path) -> Outcome:
     """A journal file alone: replay it with conservation checked after every event and check what it derives."""
-    try:
-        lines = journal.read_bytes().splitlines()
-    except OSError as error:
-        raise AuditError(f"cannot read journal {journal}: {error}") from None
+    lines = _journal(journal)
     try:
         processor, ledger, events = derive(lines)
     except InvariantViolation as error:
@@ -81,7 +108,7 @@ def verify_journal(journal: Path) -> tuple[list[str], Problem | str | None]:
     return checked, problem
 
 
-async def verify_postgres(dsn: str) -> tuple[list[str], Problem | str | None]:
+async def verify_postgres(dsn: str) -> Outcome:
     """The service's database: its stored records against its own journal and head."""
     from backstop.adapters.postgres.store import Store
 
@@ -104,24 +131,57 @@ async def verify_postgres(dsn: str) -> tuple[list[str], Problem | str | None]:
     return verify_records(ledger, events, summary, lines, source="the database")
 
 
+def _heads(ledger: list[dict[str, Any]], events: list[dict[str, Any]], summary: dict[str, Any], *,
+           source: str) -> Outcome:
+    """Each chain ends at the head the summary records (so a cut-off tail is seen), and the head hash combines
+    the two."""
+    start = summary.get("from_snapshot") or {}
+    for stream, key, records in (("fund-ledger", "ledger_head_hash", ledger), ("adl-events", "adl_head_hash", events)):
+        if summary.get(key) is None:
+            continue
+        last = records[-1]["hash"] if records else start.get(key, GENESIS_HASH)
+        if summary[key] != last:
+            return [], (f"{source}: {key} {summary[key]} but the {stream} chain ends at {last}: records were "
+                        f"removed, added or rewritten")
+    if summary.get("ledger_head_hash") and summary.get("adl_head_hash") and summary.get("head_hash") is not None:
+        combined = combine(summary["ledger_head_hash"], summary["adl_head_hash"])
+        if summary["head_hash"] != combined:
+            return [], f"{source}: head_hash {summary['head_hash']} is not the hash of the two chain heads"
+        return ["chain heads and head hash: as summary.json records them"], None
+    return [], None
+
+
 def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], summary: dict[str, Any],
-                   lines: list[bytes] | None, *, source: str) -> tuple[list[str], Problem | str | None]:
+                   lines: list[bytes] | None, *, source: str,
+                   counted: dict[str, list[dict[str, Any]]] | None = None) -> Outcome:
+    """The chains, (with `counted`: the findings and dead letters) every count, the heads, the fund balances and
+    (with `lines`, the journal) every record re-derived."""
     checked: list[str] = []
-    for stream, records in (("fund-ledger", ledger), ("adl-events", events)):
-        problem = check_chain(stream, records)
+    start = summary.get("from_snapshot") or {}
+    for stream, key, records in (("fund-ledger", "ledger_head_hash", ledger), ("adl-events", "adl_head_hash", events)):
+        problem = check_chain(stream, records, first_prev=start.get(key, GENESIS_HASH))
         if problem:
             return checked, problem
-        checked.append(f"{stream}: hash chain of {len(records)} records")
-    problem, balances = check_fund_balances(ledger)
-    if problem:
-        return checked, problem
+        checked.append(f"{stream}: hash chain of {len(records)} records" + (
+            f" from the snapshot at seq {start['seq']}" if start else ""))
+    if counted is not None:
+        more, count_problem = verify_counts(summary, ledger=ledger, events=events, **counted)
+        checked += more
+        if count_problem:
+            return checked, count_problem
+    more, head_problem = _heads(ledger, events, summary, source=source)
+    checked += more
+    if head_problem:
+        return checked, head_problem
+    opening = {fund_id: Decimal(balance) for fund_id, balance in start.get("fund_balances", {}).items()}
+    balance_problem, balances = check_fund_balances(ledger, opening=opening)
+    if balance_problem:
+        return checked, balance_problem
     for fund_id, fund in summary.get("funds", {}).items():
         if balances.get(fund_id, Decimal(0)) != Decimal(fund["balance"]):
             return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its ledger entries add up "
                              f"to {balances.get(fund_id, Decimal(0))}")
     checked.append(f"fund balances: {len(balances)} fund(s) equal the sum of their entries")
-    if ledger and "ledger_head_hash" in summary and summary["ledger_head_hash"] != ledger[-1]["hash"]:
-        return checked, f"{source}: ledger_head_hash is not the hash of the last fund-ledger entry"
     if lines is None:
         return checked, None
     try:
@@ -129,8 +189,9 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
     except InvariantViolation as error:
         return checked, f"replaying the journal: conservation broken: {error}"
     checked.append(f"conservation: checked after each of {processor.events_applied} events")
-    for stream, stored, derived in (("fund-ledger", ledger, derived_ledger), ("adl-events", events, derived_events)):
-        problem = compare_streams(stream, stored, derived)
+    for stream, key, stored, derived in (("fund-ledger", "fund_ledger_entries", ledger, derived_ledger),
+                                         ("adl-events", "adl_events", events, derived_events)):
+        problem = compare_streams(stream, stored, derived[start.get(key, 0):])
         if problem:
             return checked, problem
         checked.append(f"{stream}: all {len(stored)} records re-derived from the journal")

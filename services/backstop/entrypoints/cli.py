@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from backstop import __version__
 
@@ -33,6 +35,9 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
         print(f"backstop db migrate: PostgreSQL refused ({type(error).__name__}: {error}); "
               "nothing of the failing migration was applied", file=sys.stderr)
         return 1
+    except (ValueError, asyncpg.InterfaceError) as error:  # a DSN asyncpg cannot use (another scheme, bad syntax)
+        print(f"backstop db migrate: {_one_line(error)}", file=sys.stderr)
+        return 2
     for version in applied:
         print(f"applied {version}")
     print(f"schema up to date ({len(applied)} migration(s) applied now)")
@@ -44,32 +49,35 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from backstop.core.engine import AdlPolicy
-    from backstop.entrypoints.replay import ReplayError, ReplayOptions, replay, replay_lines
+    from backstop.entrypoints.replay import Carried, ReplayError, ReplayOptions, replay, replay_lines
 
     sources = [bool(args.journal), bool(args.from_postgres), bool(args.from_kafka)]
     if sum(sources) != 1:
         print("backstop replay: give exactly one of INPUT.jsonl, --from-postgres DSN, --from-kafka BOOTSTRAP",
               file=sys.stderr)
         return 2
-    options = ReplayOptions(journal=Path(args.journal or "-"), out=Path(args.out), strict=args.strict,
-                            snapshot_every=args.snapshot_every,
+    options = ReplayOptions(journal=Path(args.journal) if args.journal else None, out=Path(args.out),
+                            strict=args.strict, snapshot_every=args.snapshot_every,
                             from_snapshot=Path(args.from_snapshot) if args.from_snapshot else None,
                             check_conservation=args.check_conservation,
                             adl_policy=AdlPolicy(args.adl_rule, args.adl_price))
-    stored: dict[str, object] | None = None
+    stored: dict[str, Any] | None = None
     try:
         if args.journal:
             result = replay(options)
         else:
-            lines, stored = asyncio.run(_stored_journal(args))
+            try:
+                lines, stored = asyncio.run(_stored_journal(args))
+            except _store_errors() as error:
+                print(f"backstop replay: cannot read the stored journal: {_one_line(error)}", file=sys.stderr)
+                return 2
+            carried = Carried(stored["duplicates"], stored["rejected"], stored["dead_letters"]) \
+                if "dead_letters" in stored else None
             result = replay_lines(options, lambda skip: list(enumerate(lines, start=1))[skip:],
-                                  sum(len(x) + 1 for x in lines))
+                                  sum(len(x) + 1 for x in lines), carried=carried)
     except ReplayError as error:
         print(f"backstop replay: {error}", file=sys.stderr)
         return error.exit_code
-    except (OSError, ValueError) as error:
-        print(f"backstop replay: cannot read the stored journal: {error}", file=sys.stderr)
-        return 2
     print(f"applied {result['events_applied']} events ({result['duplicates']} duplicates, "
           f"{result['rejected']} rejected); {result['fund_ledger_entries']} fund-ledger entries, "
           f"{result['adl_events']} ADL events, {result['findings']} findings")
@@ -83,7 +91,21 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stored_journal(args: argparse.Namespace) -> tuple[list[bytes], dict[str, object]]:
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What reading a store can raise on a bad DSN, a server that is down or refuses, or a broken stored stream."""
+    import asyncpg
+    from aiokafka.errors import KafkaError
+
+    return OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError
+
+
+def _one_line(error: BaseException) -> str:
+    message = " ".join(str(error).split())
+    name = type(error).__name__
+    return message if message.startswith(name) else f"{name}: {message}" if message else name
+
+
+async def _stored_journal(args: argparse.Namespace) -> tuple[list[bytes], dict[str, Any]]:
     from backstop.entrypoints.sources import kafka_journal, postgres_journal
     from backstop.settings import Settings
 
@@ -92,8 +114,12 @@ async def _stored_journal(args: argparse.Namespace) -> tuple[list[bytes], dict[s
     return await kafka_journal(Settings(kafka_bootstrap=args.from_kafka))
 
 
-def _compare_stored(result: dict[str, object], stored: dict[str, object]) -> int:
+def _compare_stored(result: dict[str, Any], stored: dict[str, Any]) -> int:
     problems = []
+    for key in ("duplicates", "rejected"):  # the service's counts; its journal itself replays without either
+        if key in stored and stored[key] != result[key]:
+            problems.append(f"the service counted {stored[key]} {key}, the replay of its journal adds "
+                            f"{result[key] - stored[key]}")
     if stored.get("seq") != result["events_applied"]:
         problems.append(f"the store is at seq {stored.get('seq')}, its journal replays {result['events_applied']}")
     if stored.get("seq") and stored.get("head_hash") != result["head_hash"]:
@@ -154,7 +180,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"FAIL  {problem}")
         return 1
-    print("ledger verified" + ("" if args.journal or args.dsn else " (hash chains and balances only: give "
+    print("ledger verified" + ("" if args.journal or args.dsn else " (the files against summary.json only: give "
                                                                    "--journal to re-derive every record)"))
     return 0
 
@@ -181,36 +207,72 @@ def _cmd_journal_export(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
+    from backstop.adapters.files import OutputError, write_file_atomically
+    from backstop.adapters.journal_file import journal_bytes
     from backstop.entrypoints.sources import postgres_journal
     from backstop.settings import Settings
 
-    lines, stored = asyncio.run(postgres_journal(args.dsn or Settings().dsn()))
-    Path(args.out).write_bytes(b"".join(line + b"\n" for line in lines))
+    try:
+        lines, stored = asyncio.run(postgres_journal(args.dsn or Settings().dsn()))
+    except _store_errors() as error:
+        print(f"backstop journal export: cannot read the stored journal: {_one_line(error)}", file=sys.stderr)
+        return 2
+    try:
+        write_file_atomically(Path(args.out), lambda path: path.write_bytes(journal_bytes(lines)))
+    except (OutputError, OSError) as error:
+        print(f"backstop journal export: {_os_message(error)}", file=sys.stderr)
+        return 2
     print(f"wrote {len(lines)} journal records (seq 1..{len(lines)}, head hash {stored.get('head_hash')}) "
           f"to {args.out}")
     return 0
+
+
+# `backstop produce` exits with this when some lines could not be routed (each said on stderr) and the rest were sent.
+PRODUCE_SOME_NOT_SENT = 1
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
+    from aiokafka.errors import KafkaError
+
+    from backstop.adapters.journal_file import JournalFileError
     from backstop.entrypoints.kafka_tools import produce_file
     from backstop.settings import Settings
 
-    counts = asyncio.run(produce_file(Settings(), Path(args.journal)))
-    print("produced " + ", ".join(f"{n} {t}" for t, n in counts.items()))
-    return 0
+    settings = Settings()
+    try:
+        produced = asyncio.run(produce_file(settings, Path(args.journal)))
+    except JournalFileError as error:
+        print(f"backstop produce: {error}", file=sys.stderr)
+        return 2
+    except (KafkaError, OSError) as error:
+        print(f"backstop produce: Kafka at {settings.kafka_bootstrap}: {_one_line(error)} (lines before the error "
+              f"may have been sent)", file=sys.stderr)
+        return 2
+    for number, reason in produced.not_sent:
+        print(f"backstop produce: {args.journal} line {number} not sent: {reason}", file=sys.stderr)
+    print("produced " + (", ".join(f"{n} {t}" for t, n in produced.counts.items()) or "nothing")
+          + (f"; {len(produced.not_sent)} line(s) not sent" if produced.not_sent else ""))
+    return PRODUCE_SOME_NOT_SENT if produced.not_sent else 0
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
     import asyncio
 
+    from aiokafka.errors import KafkaError
+
     from backstop.entrypoints.kafka_tools import tail
     from backstop.settings import Settings
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(tail(Settings(), args.stream, follow=args.follow))
+    settings = Settings()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(tail(settings, args.stream, follow=args.follow))
+    except (KafkaError, OSError, ValueError) as error:
+        print(f"backstop tail: Kafka at {settings.kafka_bootstrap}: {_one_line(error)}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -236,34 +298,52 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_statement(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from backstop.adapters.files import OutputError
+    from backstop.adapters.output_reader import OutputReadError, read_summary
     from backstop.core.statement import StatementError, statement
-    from backstop.entrypoints.statement import parse_time, read_entries, write
+    from backstop.entrypoints.statement import default_target, parse_time, read_entries, write_statement
 
+    directory = Path(args.dir)
+    target = Path(args.out) if args.out else default_target(args.fund, args.format)
     try:
-        entries = read_entries(Path(args.dir))
+        funds = read_summary(directory)["funds"]
+        if args.fund not in funds:
+            raise ValueError(f"no fund {args.fund} in {directory} (its funds: {', '.join(sorted(funds)) or 'none'})")
+        entries = read_entries(directory)
         result = statement(entries, args.fund, period_from=parse_time(args.period_from) if args.period_from else 0,
                            period_to=parse_time(args.period_to) if args.period_to else 2**62)
-    except (OSError, ValueError) as error:
+        write_statement(result, target, args.format, inputs=[directory / "fund-ledger.jsonl",
+                                                             directory / "summary.json"])
+    except StatementError as error:
         print(f"backstop statement: {error}", file=sys.stderr)
-        return 1 if isinstance(error, StatementError) else 2
-    target = Path(args.out or f"statement-{args.fund}.{args.format}")
-    write(result, target, args.format)
+        return 1
+    except (OSError, ValueError, OutputError, OutputReadError) as error:
+        print(f"backstop statement: {_os_message(error)}", file=sys.stderr)
+        return 2
     print(f"fund {args.fund}: opening {result.opening_balance}, flows "
           + ", ".join(f"{k} {v}" for k, v in sorted(result.by_kind.items()))
           + f", closing {result.closing_balance} ({len(result.entries)} entries) -> {target}")
     return 0
 
 
+def _os_message(error: BaseException) -> str:
+    """One line for an error; an OSError by what failed and on which file (its str() lists errno and all)."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return " ".join(str(error).split())
+
+
 def _cmd_reconcile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from backstop.adapters.output_reader import OutputReadError
     from backstop.core.statement import StatementError
     from backstop.entrypoints.statement import reconcile
 
     try:
         lines, problems = reconcile(Path(args.dir))
-    except (OSError, ValueError, KeyError, StatementError) as error:
-        print(f"backstop reconcile: {error}", file=sys.stderr)
+    except (OSError, ValueError, OutputReadError, StatementError) as error:
+        print(f"backstop reconcile: {_os_message(error)}", file=sys.stderr)
         return 2
     print("\n".join(lines))
     for problem in problems:
@@ -275,19 +355,15 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
 def _cmd_whatif(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pydantic import ValidationError
-
-    from backstop.entrypoints.whatif import WhatIfFile, load_params, render, whatif
+    from backstop.entrypoints.whatif import WhatIfError, WhatIfFile, load_params, render, whatif
 
     try:
         params = load_params(Path(args.params)) if args.params else WhatIfFile()
-    except (OSError, ValueError, ValidationError) as error:
-        print(f"backstop whatif: bad parameter file {args.params}: {error}", file=sys.stderr)
+        comparison = whatif(Path(args.journal), params, Path(args.out), report=args.report,
+                            inputs=[Path(args.params)] if args.params else [])
+    except WhatIfError as error:
+        print(f"backstop whatif: {error}", file=sys.stderr)
         return 2
-    if not Path(args.journal).is_file():
-        print(f"backstop whatif: cannot read journal {args.journal}", file=sys.stderr)
-        return 2
-    comparison = whatif(Path(args.journal), params, Path(args.out), report=args.report)
     print(render(comparison))
     print(f"runs, journals and comparison.json in {args.out}/" + (f"; report: {args.out}/report.html"
                                                                    if args.report else ""))
@@ -297,15 +373,27 @@ def _cmd_whatif(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from backstop.adapters.files import OutputError
     from backstop.entrypoints.demo import run_demo
+    from backstop.entrypoints.whatif import WhatIfError
 
-    result = run_demo(Path(args.out), seed=args.seed, accounts=args.accounts, report=not args.no_report,
-                      progress=sys.stderr.isatty())
+    try:
+        result = run_demo(Path(args.out), seed=args.seed, accounts=args.accounts, report=not args.no_report,
+                          progress=sys.stderr.isatty())
+    except (OutputError, WhatIfError, OSError) as error:
+        print(f"backstop demo: {_os_message(error)}", file=sys.stderr)
+        return 2
     print(f"backstop demo: {result['input_records']:,} input records, seed {args.seed}")
     print(result["table"])
     print(f"head hash  {result['summary']['head_hash']}")
     print(f"outputs in {args.out}/" + ("" if args.no_report else f"; report: {args.out}/report.html"))
     return 0
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {value!r}")
+    return int(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -410,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "simulation mode, with a report")
     demo.add_argument("--out", default="out/demo", metavar="DIR")
     demo.add_argument("--seed", type=int, default=2025)
-    demo.add_argument("--accounts", type=int, default=3000)
+    demo.add_argument("--accounts", type=_positive, default=3000)
     demo.add_argument("--no-report", action="store_true", help="skip the HTML report and charts")
     demo.set_defaults(handler=_cmd_demo)
 
@@ -439,6 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if handler is not _cmd_serve:
         gc.set_threshold(BATCH_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        for name in ("aiokafka", "kafka"):  # a tool says what failed in one line; the clients' logs would repeat it
+            client_log = logging.getLogger(name)
+            if not any(isinstance(h, logging.NullHandler) for h in client_log.handlers):
+                client_log.addHandler(logging.NullHandler())
     result: int = handler(args)
     return result
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core import adl, ledger
 from backstop.core.engine import Engine, is_fund_account
 from backstop.core.hashing import record_dict
@@ -35,9 +36,9 @@ def _target_seq(identifier: str) -> tuple[int | None, str | None]:
 
 def explain(identifier: str, journal_path: Path) -> dict[str, Any]:
     try:
-        lines = [line for line in journal_path.read_bytes().splitlines() if line.strip()]
-    except OSError as error:
-        raise ExplainError(f"cannot read journal {journal_path}: {error}") from None
+        lines = [raw for _, raw in read_journal(journal_path)]
+    except JournalFileError as error:
+        raise ExplainError(str(error)) from None
     seq, liquidation_id = _target_seq(identifier)
     processor = Processor(Engine())
     for raw in lines:

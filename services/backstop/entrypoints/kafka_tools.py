@@ -5,42 +5,77 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from backstop.pipeline.topics import INPUT_TYPES, TopicNames, input_key
+from backstop.adapters.journal_file import JournalFile
+from backstop.pipeline.topics import INPUT_TYPES, TopicNames, input_key, input_key_field
 from backstop.settings import Settings
 
 
-async def produce_file(settings: Settings, path: Path, *, keep_type: bool = False) -> dict[str, int]:
-    """Each line to its type's topic, keyed per the contract, with an idempotent producer. Returns counts."""
+async def _started(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
+    """start(), and stop() when it fails: a client that never connected still holds tasks and sockets."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+
+
+@dataclass(slots=True)
+class Produced:
+    counts: dict[str, int] = field(default_factory=dict)  # records sent, per type
+    not_sent: list[tuple[int, str]] = field(default_factory=list)  # (line number, why it cannot be routed)
+
+
+def route(raw: bytes, *, keep_type: bool) -> tuple[str, bytes, bytes]:
+    """(record type, Kafka key, value) of a journal line, or ValueError saying why it has no topic or key. Only
+    what routing needs is checked: the service validates the rest (and dead-letters what fails)."""
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"not JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")
+    record_type = document.get("type")
+    if record_type not in INPUT_TYPES:
+        raise ValueError(f"no known \"type\" to choose a topic by (got {record_type!r})")
+    key_field = input_key_field(record_type)
+    if document.get(key_field) is None:
+        raise ValueError(f"no {key_field} to key a {record_type} record by")
+    if not keep_type:
+        del document["type"]  # on Kafka the topic names the type
+    return record_type, input_key(record_type, document).encode(), orjson.dumps(document)
+
+
+async def produce_file(settings: Settings, path: Path, *, keep_type: bool = False) -> Produced:
+    """Each line to its type's topic, keyed per the contract, with an idempotent producer. A line that cannot be
+    routed is not sent and is listed in the result with its reason; the lines after it are sent."""
     topics = TopicNames(settings.topic_prefix)
+    journal = JournalFile.open(path)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all",
                                 linger_ms=5, client_id="backstop-produce", ssl_context=settings.ssl_context(),
                                 **settings.kafka_client_options())
-    await producer.start()
-    counts: dict[str, int] = {}
+    await _started(producer)
+    produced = Produced()
     try:
         pending = []
-        for number, line in enumerate(path.read_bytes().splitlines(), start=1):
-            if not line.strip():
+        for number, raw in journal.lines():
+            try:
+                record_type, key, value = route(raw, keep_type=keep_type)
+            except ValueError as error:
+                produced.not_sent.append((number, str(error)))
                 continue
-            document = orjson.loads(line)
-            record_type = document.get("type") if isinstance(document, dict) else None
-            if record_type not in INPUT_TYPES:
-                raise ValueError(f"{path}:{number}: no known \"type\" to choose a topic by")
-            if not keep_type:
-                del document["type"]  # on Kafka the topic names the type
-            key = input_key(record_type, document)
-            pending.append(await producer.send(topics.input(record_type), orjson.dumps(document), key=key.encode()))
-            counts[record_type] = counts.get(record_type, 0) + 1
+            pending.append(await producer.send(topics.input(record_type), value, key=key))
+            produced.counts[record_type] = produced.counts.get(record_type, 0) + 1
         for future in pending:
             await future
     finally:
         await producer.stop()
-    return counts
+    return produced
 
 
 async def read_topic(settings: Settings, topic: str, *, follow: bool, idle_timeout_s: float = 2.0
@@ -49,7 +84,7 @@ async def read_topic(settings: Settings, topic: str, *, follow: bool, idle_timeo
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
                                 isolation_level="read_committed", client_id="backstop-tail",
                                 ssl_context=settings.ssl_context(), **settings.kafka_client_options())
-    await consumer.start()
+    await _started(consumer)
     try:
         partitions = sorted(consumer.partitions_for_topic(topic) or ())
         if not partitions:
@@ -77,7 +112,7 @@ async def end_offsets(settings: Settings, topics: list[str]) -> dict[tuple[str, 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
                                 client_id="backstop-offsets", ssl_context=settings.ssl_context(),
                                 **settings.kafka_client_options())
-    await consumer.start()
+    await _started(consumer)
     try:
         await consumer._client.force_metadata_update()
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]

@@ -2,25 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import orjson
 
 from backstop.adapters.postgres.store import Store
-from backstop.core.hashing import GENESIS_HASH, combine
+from backstop.core.hashing import GENESIS_HASH, combine, record_dict
 from backstop.entrypoints.kafka_tools import journal_lines_from_kafka, read_topic
+from backstop.pipeline.ingest import DeadLetter
 from backstop.pipeline.topics import TopicNames
 from backstop.settings import Settings
 
 
 async def postgres_journal(dsn: str) -> tuple[list[bytes], dict[str, Any]]:
-    """The journal's payloads in seq order, and the hashes the service stored."""
+    """The journal's payloads in seq order, and what the service stored beside it: the hashes, its counts of
+    duplicates and rejections, and its dead letters (as it published them)."""
     store = await Store.open(dsn)
     try:
-        lines = [payload async for _, payload in store.journal()]
-        return lines, await store.stored_hashes()
+        async with store.pool.acquire() as connection, connection.transaction(isolation="repeatable_read",
+                                                                              readonly=True):
+            # one snapshot of the database: a service writing meanwhile cannot make the parts disagree
+            reader = Store(_Single(connection))
+            lines = [payload async for _, payload in reader.journal()]
+            stored = await reader.stored_hashes()
+            head = await reader.head()
+            letters = [record_dict(DeadLetter(*row).record()) for row in await reader.dead_letters()]
+        return lines, {**stored, "duplicates": head.duplicates, "rejected": head.rejected, "dead_letters": letters}
     finally:
         await store.close()
+
+
+class _Single:
+    """One connection in the place of the store's pool, so that every read the store makes shares its transaction
+    (a connection answers fetch, fetchrow and fetchval as a pool does)."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def acquire(self) -> contextlib.nullcontext[Any]:
+        return contextlib.nullcontext(self._connection)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
 
 
 def chain_head(records: list[dict[str, Any]]) -> str:

@@ -7,9 +7,12 @@ import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
+from backstop.adapters.files import write_file_atomically
+from backstop.adapters.output_reader import read_stream, read_summary
 from backstop.core.statement import Statement, statement
 
 ENTRY_COLUMNS = ("id", "seq", "ts", "fund_id", "kind", "amount", "balance_after", "liquidation_id", "counter_account",
@@ -27,14 +30,24 @@ def parse_time(value: str) -> int:
 
 
 def read_entries(out_dir: Path) -> list[dict[str, Any]]:
-    path = out_dir / "fund-ledger.jsonl"
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    """The fund-ledger entries of a replay output directory, each checked (OutputReadError names a bad line)."""
+    return read_stream(out_dir, "fund-ledger.jsonl")
+
+
+def default_target(fund_id: str, fmt: str) -> Path:
+    """statement-<fund>.<format> in the current directory; a fund id may hold `/`, which is escaped (%2F)."""
+    return Path(f"statement-{quote(fund_id, safe=':@')}.{fmt}")
 
 
 def _rows(result: Statement) -> list[dict[str, Any]]:
     from backstop.core.statement import symbol_of
 
     return [{**{c: e.get(c) for c in ENTRY_COLUMNS if c != "symbol"}, "symbol": symbol_of(e)} for e in result.entries]
+
+
+def write_statement(result: Statement, target: Path, fmt: str, *, inputs: list[Path]) -> None:
+    """The statement written beside `target` and renamed over it (never a half-written file)."""
+    write_file_atomically(target, lambda path: write(result, path, fmt), inputs=inputs)
 
 
 def write(result: Statement, target: Path, fmt: str) -> None:
@@ -68,7 +81,7 @@ def write(result: Statement, target: Path, fmt: str) -> None:
 
 def reconcile(out_dir: Path) -> tuple[list[str], list[str]]:
     """(lines of the report, problems): per fund, opening 0 + flows by kind = the balance the summary reports."""
-    summary = orjson.loads((out_dir / "summary.json").read_bytes())
+    summary = read_summary(out_dir)
     entries = read_entries(out_dir)
     lines, problems = [], []
     if summary.get("ledger_sum") != "0":

@@ -3,9 +3,9 @@
 A parameter file (TOML) has a [baseline] and an [alternative] table, each optional, each of the form:
 
     [alternative.simulation]          # decide liquidations in the engine (the log's own are dropped)
-    slippage_bps = "20"
-    partial = true
-    market_fill = "0.8"               # the part of each liquidation the market absorbs (the fund takes the rest)
+    slippage_bps = "20"               # >= 0, < 10000
+    partial = true                    # a TOML boolean
+    market_fill = "0.8"               # the part of each liquidation the market absorbs (the fund takes the rest), 0..1
     [alternative.adl]
     rule = "pro_rata"                 # bitmex (default), binance, pro_rata
     price = "mark"                    # bankruptcy (default), mark
@@ -19,22 +19,24 @@ A parameter file (TOML) has a [baseline] and an [alternative] table, each option
 
 Parameters change the input records themselves (fund and instrument specs, fund transfers) or the engine's
 policies, so each run writes its own journal: every number in the comparison is traceable to a log that
-`backstop replay` reproduces.
+`backstop replay` reproduces. A changed record is checked by the wire contract as that replay will read it; a
+parameter that makes one the contract refuses is refused, with the journal line and the reason.
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, ValidationError
 
-from backstop.adapters.files import OutputDir, write_json
+from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, OutputError, staged_dir, write_json
+from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core import ledger
 from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.hashing import canonical_json
@@ -42,7 +44,7 @@ from backstop.core.numbers import CONTEXT, money, text
 from backstop.core.processor import Applied, Processor, Rejection
 from backstop.core.report import accounts, summary
 from backstop.core.simulation import SimulationParams, Simulator
-from backstop.wire.decode import InvalidRecord, decode_record
+from backstop.wire.decode import InvalidRecord, decode_record, describe
 from backstop.wire.inputs import (
     AnyRecord,
     DecimalStr,
@@ -56,15 +58,37 @@ from backstop.wire.inputs import (
     TransferRecord,
 )
 
+RUN_OUTPUTS = (*REPLAY_OUTPUTS, "journal.jsonl", "scenario.json")
+WHATIF_OUTPUTS = ("baseline", "alternative", "comparison.json", "report.html", "report-*.png")
+
+
+class WhatIfError(Exception):
+    """The parameters or the journal cannot make a what-if run (exit 2); nothing was written."""
+
+
+def _below(bound: int, what: str) -> Callable[[Decimal], Decimal]:
+    def check(value: Decimal) -> Decimal:
+        if value >= bound:
+            raise ValueError(f"must be below {bound} ({what})")
+        return value
+    return check
+
+
+def _at_most_one(value: Decimal) -> Decimal:
+    if value > 1:
+        raise ValueError("must be at most 1 (the part of each liquidation order the market absorbs)")
+    return value
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SimulationSection(_Strict):
-    slippage_bps: NonNegativeDecimal = Decimal(0)
-    partial: bool = True
-    market_fill: NonNegativeDecimal = Decimal(1)
+    slippage_bps: Annotated[NonNegativeDecimal, AfterValidator(_below(10_000, "10,000 bp would fill at 0"))] = \
+        Decimal(0)
+    partial: StrictBool = True
+    market_fill: Annotated[NonNegativeDecimal, AfterValidator(_at_most_one)] = Decimal(1)
 
 
 class AdlSection(_Strict):
@@ -96,7 +120,42 @@ class WhatIfFile(_Strict):
 
 
 def load_params(path: Path) -> WhatIfFile:
-    return WhatIfFile.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    try:
+        return WhatIfFile.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except OSError as error:
+        raise WhatIfError(f"cannot read parameter file {path}: {error.strerror or error}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise WhatIfError(f"bad parameter file {path}: {error}") from None
+    except ValidationError as error:
+        raise WhatIfError(f"bad parameter file {path}: {describe(error)}") from None
+
+
+def wire_line(record: AnyRecord) -> bytes:
+    """The record as a journal line: canonical JSON, decimals in plain notation (never an exponent)."""
+    return canonical_json(record.model_dump())
+
+
+def _changed_by(record: AnyRecord) -> str:
+    if isinstance(record, FundRecord):
+        return f"funds.{record.fund_id}"
+    if isinstance(record, InstrumentRecord):
+        return f"instruments.{record.symbol}"
+    if isinstance(record, TransferRecord):
+        return f"funds.{record.account_id.removeprefix('fund:')}.balance_scale"
+    return record.type
+
+
+def scenario_record(number: int, original: AnyRecord, scenario: Scenario, label: str) -> AnyRecord:
+    """transform(), and a changed record validated by the wire contract as `backstop replay` will read it from the
+    run's journal: a parameter that makes a record the contract refuses is refused here, with the reason."""
+    record = transform(original, scenario)
+    if record is original:
+        return record
+    try:
+        return decode_record(wire_line(record))
+    except InvalidRecord as error:
+        raise WhatIfError(f"the {label} scenario's {_changed_by(record)} makes journal line {number} a record the "
+                          f"wire contract refuses: {error}") from None
 
 
 def transform(record: AnyRecord, scenario: Scenario) -> AnyRecord:
@@ -148,32 +207,37 @@ class RunMetrics:
             "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected}
 
 
-def run_scenario(records: Iterable[AnyRecord], scenario: Scenario, out: Path,
+def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, out: Path, *, label: str = "run",
                  progress: Callable[[int], None] | None = None) -> tuple[RunMetrics, dict[str, Any]]:
-    """Replay under a scenario into `out` (the usual replay files plus journal.jsonl and scenario.json)."""
+    """Replay (line number, record) pairs under a scenario into `out` (the usual replay files plus journal.jsonl
+    and scenario.json)."""
     processor = Processor(Engine(adl_policy=AdlPolicy(scenario.adl.rule, scenario.adl.price)))
     simulator = Simulator(processor, SimulationParams(scenario.simulation.slippage_bps, scenario.simulation.partial,
                                                       scenario.simulation.market_fill)) if scenario.simulation else None
     metrics = RunMetrics()
     out.mkdir(parents=True, exist_ok=True)
     with OutputDir(out) as files, (out / "journal.jsonl").open("wb") as journal:
-        for number, original in enumerate(records, start=1):
-            if progress is not None and number % 500 == 0:
-                progress(number)
-            record = transform(original, scenario)
-            results = simulator.process(record) if simulator else [(record, processor.process(record))]
+        for done, (number, original) in enumerate(records, start=1):
+            if progress is not None and done % 500 == 0:
+                progress(done)
+            record = scenario_record(number, original, scenario, label)
+            try:
+                results = simulator.process(record) if simulator else [(record, processor.process(record))]
+            except InvalidRecord as error:
+                raise WhatIfError(f"the {label} scenario's simulation, after journal line {number}, decided a "
+                                  f"liquidation the wire contract refuses: {error}") from None
             for applied_record, outcome in results:
                 if isinstance(outcome, Rejection):
                     metrics.rejected += 1
-                    files.dead_letter(number, outcome.reason, canonical_json(orjson.loads(
-                        applied_record.model_dump_json())))
+                    files.dead_letter(number, outcome.reason, wire_line(applied_record))
                 if not isinstance(outcome, Applied):
                     continue
-                journal.write(canonical_json(orjson.loads(applied_record.model_dump_json())) + b"\n")
+                journal.write(wire_line(applied_record) + b"\n")
                 files.effects(outcome.effects)
                 _observe(metrics, processor.engine, applied_record, outcome)
     write_json(out / "scenario.json", orjson.loads(scenario.model_dump_json()))
     result = summary(processor)
+    result["dead_letters"] = files.dead_letters
     write_json(out / "summary.json", result)
     write_json(out / "accounts.json", accounts(processor.engine))
     for fund_id in processor.engine.funds:
@@ -216,14 +280,18 @@ def _observe(metrics: RunMetrics, engine: Engine, record: AnyRecord, outcome: Ap
         metrics.minute_fund.setdefault(fund_id, {})[minute] = balance
 
 
-def read_records(path: Path) -> list[AnyRecord]:
+def read_records(path: Path) -> list[tuple[int, AnyRecord]]:
+    """(line number, record) of every valid record of the journal."""
+    try:
+        lines = read_journal(path)
+    except JournalFileError as error:
+        raise WhatIfError(str(error)) from None
     records = []
-    for raw in path.read_bytes().splitlines():
-        if raw.strip():
-            try:
-                records.append(decode_record(raw))
-            except InvalidRecord:
-                continue  # a what-if compares what the engine does with valid input; replay reports bad lines
+    for number, raw in lines:
+        try:
+            records.append((number, decode_record(raw)))
+        except InvalidRecord:
+            continue  # a what-if compares what the engine does with valid input; replay reports bad lines
     return records
 
 
@@ -264,21 +332,29 @@ def render(comparison: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def whatif(journal: Path, params: WhatIfFile, out: Path, *, report: bool = False) -> dict[str, Any]:
+def whatif(journal: Path, params: WhatIfFile, out: Path, *, report: bool = False,
+           inputs: Sequence[Path] = ()) -> dict[str, Any]:
+    """Both runs and the comparison into `out`, which appears whole when they have finished (or not at all);
+    `inputs` (the parameter file) must not lie inside it, nor may the journal."""
     records = read_records(journal)
-    base, base_summary = run_scenario(records, params.baseline, out / "baseline")
-    alt, alt_summary = run_scenario(records, params.alternative, out / "alternative")
-    comparison = compare(base, alt)
-    write_json(out / "comparison.json", comparison)
-    if report:
-        from backstop.report.html import write_report
+    try:
+        with staged_dir(out, owned=WHATIF_OUTPUTS, inputs=[journal, *inputs]) as staging:
+            base, base_summary = run_scenario(records, params.baseline, staging / "baseline", label="baseline")
+            alt, alt_summary = run_scenario(records, params.alternative, staging / "alternative", label="alternative")
+            comparison = compare(base, alt)
+            write_json(staging / "comparison.json", comparison)
+            if report:
+                from backstop.report.html import write_report
 
-        facts = [("input", f"{journal} ({len(records):,} records)"),
-                 ("baseline head hash", base_summary["head_hash"]),
-                 ("alternative head hash", alt_summary["head_hash"])]
-        write_report(out / "report.html", f"backstop what-if: {journal.name}", [("baseline", base),
-                                                                               ("alternative", alt)], facts,
-                     render(comparison))
+                facts = [("input", f"{journal} ({len(records):,} records)"),
+                         ("baseline head hash", base_summary["head_hash"]),
+                         ("alternative head hash", alt_summary["head_hash"])]
+                write_report(staging / "report.html", f"backstop what-if: {journal.name}",
+                             [("baseline", base), ("alternative", alt)], facts, render(comparison))
+    except OutputError as error:
+        raise WhatIfError(str(error)) from None
+    except OSError as error:
+        raise WhatIfError(f"cannot write {out}: {error.strerror or error}") from None
     return comparison
 
 

@@ -140,6 +140,14 @@ class Store:
                 return
             last = rows[-1]["seq"]
 
+    async def dead_letters(self) -> list[tuple[str, int, int, str, bytes]]:
+        """(source topic, partition, offset, reason, raw) of every input the service dead-lettered, in the order
+        it did."""
+        rows = await self.pool.fetch("SELECT source_topic, source_partition, source_offset, reason, raw "
+                                     "FROM dead_letter ORDER BY id")
+        return [(r["source_topic"], r["source_partition"], r["source_offset"], r["reason"], bytes(r["raw"]))
+                for r in rows]
+
     async def records(self, table: str) -> list[dict[str, Any]]:
         """The stored fund-ledger entries or ADL events, as published, in chain order."""
         if table not in ("fund_ledger", "adl_events"):

@@ -1,0 +1,164 @@
+"""A replay output directory read back (by `audit verify`, `statement`, `reconcile`): every file checked for the
+shape the tools rely on, so that a damaged file is named with its line and what is wrong, never half-read.
+
+Records stay the dicts they were written as (their hashes cover exactly those bytes' fields); the models here only
+check them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from backstop.wire.decode import describe
+
+_PLAIN_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
+
+
+def _plain_decimal(value: str) -> str:
+    if not _PLAIN_DECIMAL.fullmatch(value):
+        raise ValueError(f"not a plain decimal: {value[:40]!r}")
+    return value
+
+
+# Plain decimal text as backstop writes it (no exponent); the bounds are the writer's, not checked again here.
+DecimalText = Annotated[str, Field(strict=True), AfterValidator(_plain_decimal)]
+Count = Annotated[int, Field(strict=True, ge=0)]
+Text = Annotated[str, Field(strict=True)]
+
+
+class OutputReadError(Exception):
+    """A file of the output directory is missing, unreadable or not in the shape backstop writes (exit 2)."""
+
+
+class _Checked(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class FundLedgerRow(_Checked):
+    id: Text
+    seq: Count
+    ts: Count
+    fund_id: Text
+    kind: Text
+    amount: DecimalText
+    balance_after: DecimalText
+    liquidation_id: Text | None
+    counter_account: Text
+    prev_hash: Text
+    hash: Text
+
+
+class AdlEventRow(_Checked):
+    id: Text
+    seq: Count
+    ts: Count
+    symbol: Text
+    liquidation_id: Text
+    fund_id: Text
+    account_id: Text
+    side: Text
+    qty: DecimalText
+    price: DecimalText
+    rank: Count
+    score: DecimalText
+    quantile: Count
+    prev_hash: Text
+    hash: Text
+
+
+class FindingRow(_Checked):
+    id: Text
+    seq: Count
+    kind: Text
+
+
+class DeadLetterRow(_Checked):
+    reason: Text
+    raw: Text
+
+
+class FundSummary(_Checked):
+    balance: DecimalText
+    settle_asset: Text
+    bad_debt: DecimalText
+
+
+class SnapshotStart(_Checked):
+    """Where a replay from a snapshot took over: its files hold what came after."""
+
+    seq: Count
+    ledger_head_hash: Text
+    adl_head_hash: Text
+    fund_ledger_entries: Count
+    adl_events: Count
+    findings: Count
+    fund_balances: dict[str, DecimalText]
+
+
+class Summary(_Checked):
+    events_applied: Count
+    duplicates: Count
+    rejected: Count
+    head_hash: Text
+    ledger_head_hash: Text
+    adl_head_hash: Text
+    state_hash: Text
+    fund_ledger_entries: Count
+    adl_events: Count
+    findings: Count
+    dead_letters: Count | None = None  # absent from the summaries of backstop before it counted them
+    ledger_sum: DecimalText
+    funds: dict[str, FundSummary]
+    from_snapshot: SnapshotStart | None = None
+
+
+STREAMS: dict[str, type[_Checked]] = {"fund-ledger.jsonl": FundLedgerRow, "adl-events.jsonl": AdlEventRow,
+                                      "findings.jsonl": FindingRow, "dead-letter.jsonl": DeadLetterRow}
+
+
+def _bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise OutputReadError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def read_summary(out: Path) -> dict[str, Any]:
+    path = out / "summary.json"
+    try:
+        document = orjson.loads(_bytes(path))
+    except orjson.JSONDecodeError as error:
+        raise OutputReadError(f"cannot read {path}: not JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise OutputReadError(f"cannot read {path}: not a JSON object")
+    try:
+        Summary.model_validate(document)
+    except ValidationError as error:
+        raise OutputReadError(f"{path}: {describe(error)}") from None
+    return document
+
+
+def read_stream(out: Path, name: str) -> list[dict[str, Any]]:
+    """The records of one JSONL output file (named as in STREAMS), each checked; blank lines skipped."""
+    path, model = out / name, STREAMS[name]
+    records = []
+    for number, line in enumerate(_bytes(path).split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            raise OutputReadError(f"{path} line {number}: not JSON ({error})") from None
+        if not isinstance(record, dict):
+            raise OutputReadError(f"{path} line {number}: not a JSON object")
+        try:
+            model.model_validate(record)
+        except ValidationError as error:
+            raise OutputReadError(f"{path} line {number}: {describe(error)}") from None
+        records.append(record)
+    return records

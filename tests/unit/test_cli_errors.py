@@ -1,0 +1,231 @@
+"""No tracebacks: every command, on each corrupt input seen in issue 19 (and a BOM), prints one line that says what
+is wrong and exits 2. (A database that does not exist and a server that is down: tests/integration/test_cli_stores.)"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from backstop.core.hashing import canonical_json, chain_hash
+from backstop.entrypoints.cli import main
+from backstop.entrypoints.kafka_tools import route
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+EXAMPLE = EXAMPLES / "05-funding-and-fund-inventory.jsonl"
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Runs the command; it must exit 2 with exactly one line on stderr (no traceback), which is returned."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _ledger(out: Path) -> list[dict[str, object]]:
+    return [orjson.loads(x) for x in (out / "fund-ledger.jsonl").read_bytes().splitlines()]
+
+
+def _write_ledger(out: Path, records: list[object]) -> None:
+    (out / "fund-ledger.jsonl").write_bytes(b"".join(canonical_json(r) + b"\n" for r in records))
+
+
+def _rechained(records: list[dict[str, object]]) -> list[dict[str, object]]:
+    previous = "0" * 64
+    for record in records:
+        record["prev_hash"] = previous
+        record["hash"] = previous = chain_hash({k: v for k, v in record.items() if k != "hash"})
+    return records
+
+
+def _list_line(out: Path) -> None:
+    _write_ledger(out, [[1, 2], *_ledger(out)[1:]])
+
+
+def _abc_amount(out: Path) -> None:
+    records = _ledger(out)
+    records[1]["amount"] = "abc"
+    _write_ledger(out, _rechained(records))
+
+
+def _no_fund_id(out: Path) -> None:
+    records = _ledger(out)
+    del records[0]["fund_id"]
+    _write_ledger(out, _rechained(records))
+
+
+def _summary_list(out: Path) -> None:
+    (out / "summary.json").write_text("[]")
+
+
+def _fund_without_balance(out: Path) -> None:
+    summary = json.loads((out / "summary.json").read_text())
+    del summary["funds"]["MAIN"]["balance"]
+    (out / "summary.json").write_text(json.dumps(summary))
+
+
+CORRUPT_OUTPUTS: list[tuple[Callable[[Path], None], str]] = [
+    (_list_line, "fund-ledger.jsonl line 1: not a JSON object"),
+    (_abc_amount, "fund-ledger.jsonl line 2: amount: not a plain decimal: 'abc'"),
+    (_no_fund_id, "fund-ledger.jsonl line 1: fund_id: Field required"),
+    (_summary_list, "summary.json: not a JSON object"),
+    (_fund_without_balance, "summary.json: funds.MAIN.balance: Field required"),
+]
+
+
+@pytest.mark.parametrize("command", [["audit", "verify"], ["reconcile"], ["statement", "--fund", "MAIN"]],
+                         ids=lambda c: c[0])
+@pytest.mark.parametrize(("damage", "message"), CORRUPT_OUTPUTS, ids=lambda d: getattr(d, "__name__", ""))
+def test_a_corrupt_output_directory_is_named_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: list[str],
+        damage: Callable[[Path], None], message: str) -> None:
+    out = tmp_path / "out"
+    assert main(["replay", str(EXAMPLE), "--out", str(out)]) == 0
+    damage(out)
+    monkeypatch.chdir(tmp_path)
+    assert message in one_line_error(capsys, [*command, str(out)])
+    assert not list(tmp_path.glob("statement-*"))
+
+
+@pytest.fixture
+def replayed(tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    assert main(["replay", str(EXAMPLE), "--out", str(out)]) == 0
+    return out
+
+
+def test_a_statement_into_a_missing_directory(replayed: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(capsys, ["statement", str(replayed), "--fund", "MAIN", "--out",
+                                   str(tmp_path / "nope" / "s.csv")])
+    assert f"directory {tmp_path / 'nope'} does not exist" in line
+
+
+def test_a_parquet_statement_onto_a_directory(replayed: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(capsys, ["statement", str(replayed), "--fund", "MAIN", "--format", "parquet", "--out",
+                                   str(tmp_path)])
+    assert f"output file {tmp_path} is a directory" in line
+
+
+def test_a_fund_with_a_slash(replayed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert "no fund a/b in" in one_line_error(capsys, ["statement", str(replayed), "--fund", "a/b"])
+    # a fund id may hold a slash: the default file name escapes it
+    journal = tmp_path / "slash.jsonl"
+    journal.write_text(EXAMPLE.read_text().replace('"MAIN"', '"a/b"').replace("fund:MAIN", "fund:a/b"))
+    assert main(["replay", str(journal), "--out", str(tmp_path / "slash")]) == 0
+    assert main(["statement", str(tmp_path / "slash"), "--fund", "a/b"]) == 0
+    assert (tmp_path / "statement-a%2Fb.csv").read_text().startswith("id,seq,ts,fund_id")
+
+
+def _whatif(tmp_path: Path, toml: str) -> list[str]:
+    params = tmp_path / "params.toml"
+    params.write_text(toml)
+    return ["whatif", str(EXAMPLES / "02-adl-walks-queue.jsonl"), "--params", str(params), "--out",
+            str(tmp_path / "w")]
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ('[alternative.simulation]\nmarket_fill = "99999999999999999999"\n',
+     "alternative.simulation.market_fill: must be at most 1"),
+    ('[alternative.simulation]\nmarket_fill = "1.5"\n', "alternative.simulation.market_fill: must be at most 1"),
+    ('[alternative.simulation]\npartial = "yes"\n', "alternative.simulation.partial: Input should be a valid boolean"),
+    ('[alternative.simulation]\nslippage_bps = "10000"\n', "alternative.simulation.slippage_bps: must be below 10000"),
+    ('[alternative.funds.BNB]\nbalance_scale = 1e18\n', "alternative.funds.BNB.balance_scale: a decimal must be a "
+                                                        "JSON string"),
+    ('[alternative.funds.BNB]\nbalance_scale = "1000000000000000000"\n',
+     "the alternative scenario's funds.BNB.balance_scale makes journal line 3 a record the wire contract refuses: "
+     "transfer.amount: "),
+    ("[alternative\n", "bad parameter file"),
+])
+def test_whatif_parameters_that_cannot_make_a_replayable_run_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, message: str) -> None:
+    assert message in one_line_error(capsys, _whatif(tmp_path, toml))
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["replay", str(EXAMPLE), "--out", "{file}"],
+    ["whatif", str(EXAMPLE), "--out", "{file}"],
+    ["demo", "--accounts", "20", "--out", "{file}"],
+], ids=lambda c: c[0])
+def test_out_pointing_at_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    target = tmp_path / "taken"
+    target.write_text("mine")
+    line = one_line_error(capsys, [part.format(file=target) for part in command])
+    assert f"output directory {target} is a file" in line
+    assert target.read_text() == "mine"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{}", "no snapshot_hash"),
+    ("[]", "not a JSON object"),
+    ("{", "not JSON"),
+])
+def test_a_snapshot_that_is_not_one(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
+                                    message: str) -> None:
+    snapshot = tmp_path / "snapshot.json"
+    snapshot.write_text(content)
+    line = one_line_error(capsys, ["replay", str(EXAMPLE), "--out", str(tmp_path / "o"), "--from-snapshot",
+                                   str(snapshot)])
+    assert f"snapshot {snapshot} is corrupt: {message}" in line
+
+
+def test_db_migrate_with_a_dsn_of_another_database(capsys: pytest.CaptureFixture[str]) -> None:
+    line = one_line_error(capsys, ["db", "migrate", "--dsn", "mysql://root@127.0.0.1/backstop"])
+    assert "scheme is expected to be either" in line and "mysql" in line
+
+
+def test_explain_and_audit_with_a_journal_that_is_a_directory(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert "is a directory" in one_line_error(capsys, ["explain", "liq-1", "--journal", str(tmp_path)])
+    assert "is a directory" in one_line_error(capsys, ["audit", "verify", "--journal", str(tmp_path)])
+    assert "is a directory" in one_line_error(capsys, ["whatif", str(tmp_path), "--out", str(tmp_path / "w")])
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("command", [["produce", str(EXAMPLE)], ["tail", "journal"],
+                                     ["replay", "--from-kafka", "{bootstrap}", "--out", "{tmp}/o"]],
+                         ids=lambda c: c[0])
+def test_kafka_that_is_down(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                            command: list[str]) -> None:
+    bootstrap = f"127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("BACKSTOP_KAFKA_BOOTSTRAP", bootstrap)
+    line = one_line_error(capsys, [part.format(bootstrap=bootstrap, tmp=tmp_path) for part in command])
+    assert "Unable to bootstrap" in line and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"{not json", "not JSON"),
+    (b"[1]", "not a JSON object"),
+    (b'{"ts": 1}', 'no known "type" to choose a topic by (got None)'),
+    (b'{"type": "trade", "ts": 1}', "no known \"type\" to choose a topic by (got 'trade')"),
+    (b'{"type": "mark", "ts": 1}', "no symbol to key a mark record by"),
+    (b'{"type": "fund", "fund_id": null}', "no fund_id to key a fund record by"),
+])
+def test_produce_says_why_a_line_cannot_be_routed(raw: bytes, reason: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        route(raw, keep_type=False)
+    assert str(caught.value).startswith(reason)
+
+
+def test_produce_routes_by_type_and_key() -> None:
+    assert route(b'{"type": "fill", "account_id": "u1",\r"ts": 1}', keep_type=False) == (
+        "fill", b"u1", b'{"account_id":"u1","ts":1}')
+    assert route(b'{"type": "mark", "symbol": "BTC", "ts": 1}', keep_type=True)[1:] == (
+        b"BTC", b'{"type":"mark","symbol":"BTC","ts":1}')
