@@ -224,6 +224,17 @@ class Databases:
         self.created.append(name)
         return with_database(self.server_dsn, name)
 
+    async def drop(self, dsn: str) -> None:
+        """One database created here, dropped now (a test that makes many keeps the server's data small: a crash
+        recovery fsyncs every file of it)."""
+        name = urlsplit(dsn).path[1:]
+        connection = await asyncpg.connect(self.server_dsn, timeout=10)
+        try:
+            await _drop(connection, name)
+        finally:
+            await connection.close()
+        self.created.remove(name)
+
     async def drop_all(self) -> None:
         connection = await asyncpg.connect(self.server_dsn, timeout=10)
         try:

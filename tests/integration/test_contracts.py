@@ -101,6 +101,7 @@ async def under_test(request: pytest.FixtureRequest, databases: Any) -> AsyncIte
     finally:
         for store in opened:
             await store.close()
+        await databases.drop(dsn)
 
 
 def as_consumed(lines: list[bytes]) -> list[Consumed]:

@@ -89,6 +89,7 @@ def create_app(settings: Settings) -> faust.App:
                 "relay_ready": bool(relay and relay.ready), "seq": processor.progress.seq if processor else 0,
                 "last_error": processor.progress.last_error if processor else None,
                 "projections_refreshed_seq": processor.progress.refreshed_seq if processor else 0,
+                "projections_due_seq": processor.progress.refresh_due_seq if processor else 0,
                 "snapshot_seq": processor.progress.snapshot_seq if processor else 0,
                 "background_errors": processor.progress.background_errors if processor else {}}
         return web.json(body, status=200 if ready else 503)

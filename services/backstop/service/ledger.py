@@ -55,6 +55,7 @@ class Progress:
     lag: dict[tuple[str, int], int] = field(default_factory=dict)
     adl_index_seq: int = 0  # the seq at which the ADL index was last refreshed while the input was idle
     refreshed_seq: int = 0  # the seq of the last full projection refresh written (ADL queue, every position)
+    refresh_due_seq: int = 0  # the seq at which a full refresh was last due: settled once refreshed_seq reaches it
     snapshot_seq: int = 0  # the seq of the last snapshot written
     background_errors: dict[str, str] = field(default_factory=dict)  # forked work that failed, by kind
 
@@ -308,6 +309,8 @@ class LedgerRun:
         self.caught_up = caught_up = self.merger.drained()
         refresh_due = self.cadence.due(result, engine.last_seq, caught_up=caught_up)
         self.refreshing.wanted |= refresh_due
+        if refresh_due:
+            self.progress.refresh_due_seq = engine.last_seq
         every = settings.snapshot_every_events
         self.snapshotting.wanted |= bool(every and result.journal
                                          and engine.last_seq // every > applied.expected_seq // every)
