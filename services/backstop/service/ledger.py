@@ -34,7 +34,7 @@ from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch
 from backstop.pipeline.merge import Merger
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
-from backstop.service.ports import BackgroundWork, Consumer, LedgerStore, Partition, Runtime
+from backstop.service.ports import BackgroundWork, Consumer, EndsUnavailable, LedgerStore, Partition, Runtime
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
 from backstop.wire.decode import decode_record
@@ -287,7 +287,12 @@ class LedgerRun:
                 gauge.set(end - fetched.positions.get(partition, end))
         unconfirmed = merger.unconfirmed()
         if unconfirmed:
-            for partition, end in (await self.consumer.end_offsets(unconfirmed)).items():
+            try:
+                ends = await self.consumer.end_offsets(unconfirmed)
+            except EndsUnavailable as error:  # the broker is away: the merge waits, the loop goes on
+                log.warning("ends of %d partitions unavailable, the merge waits: %s", len(unconfirmed), error)
+                return
+            for partition, end in ends.items():
                 merger.confirm_end(partition, end)
 
     def merge(self) -> list[Consumed]:

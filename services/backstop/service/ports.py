@@ -27,6 +27,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+class EndsUnavailable(Exception):
+    """No answer to a request for ends (the broker is away): they stay unknown for now."""
+
+
 class Fetched(NamedTuple):
     """What one fetch brought."""
 
@@ -54,7 +58,8 @@ class Consumer(Protocol):
         ...
 
     async def end_offsets(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
-        """Each partition's end, from a request made now (after every record fetched so far)."""
+        """Each partition's end, from a request made now (after every record fetched so far); EndsUnavailable when
+        no answer comes within the client's request timeout."""
         ...
 
 

@@ -4,12 +4,14 @@ Kafka: the offsets live in PostgreSQL), read_committed, in batches."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 
 from backstop.pipeline.ingest import Consumed
-from backstop.service.ports import Fetched, Partition
+from backstop.service.ports import EndsUnavailable, Fetched, Partition
 from backstop.settings import Settings
 
 METADATA_WAIT_S = 5.0  # a topic created just now appears in the metadata within this long
@@ -30,7 +32,7 @@ class KafkaConsumer:
         await self._consumer.start()
 
     async def stop(self) -> None:
-        await self._consumer.stop()
+        await stop_consumer(self._consumer)
 
     async def assign(self, topics: Sequence[str], positions: Mapping[Partition, int]
                      ) -> tuple[dict[Partition, int], dict[Partition, int]]:
@@ -78,7 +80,10 @@ class KafkaConsumer:
     async def end_offsets(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
         if not partitions:
             return {}
-        ends = await self._consumer.end_offsets([TopicPartition(t, p) for t, p in partitions])
+        try:
+            ends = await self._consumer.end_offsets([TopicPartition(t, p) for t, p in partitions])
+        except KafkaTimeoutError as error:
+            raise EndsUnavailable(str(error)) from error
         return {(tp.topic, tp.partition): end for tp, end in ends.items()}
 
     async def _partitions(self, topic: str) -> set[int]:
@@ -91,3 +96,20 @@ class KafkaConsumer:
                 raise RuntimeError(f"input topic {topic} does not exist (run `backstop topics create`)")
             await self._consumer._client.force_metadata_update()
             await asyncio.sleep(0.1)
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """consumer.stop(), finished when aiokafka's own close breaks off: its fetcher awaits the fetch tasks it
+    cancelled, and one that was pausing to retry (the broker away) raises CancelledError out of close() before the
+    client is closed. That CancelledError is not a cancellation of the caller, which goes on."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the caller is being cancelled
+        for task in list(consumer._fetcher._pending_tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await consumer._client.close()

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from backstop.adapters.kafka.consumer import stop_consumer
 from backstop.adapters.postgres.store import OutboxRow
 from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, Partition
 from backstop.settings import Settings
@@ -80,4 +81,4 @@ class KafkaPublisher:
                         found[(tp.topic, tp.partition)] = int(value)
             return found
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)

@@ -17,7 +17,7 @@ from typing import NamedTuple, Protocol
 
 from backstop.adapters.postgres.store import OutboxRow
 from backstop.pipeline.ingest import Consumed
-from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, Fetched, Partition
+from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, EndsUnavailable, Fetched, Partition
 
 WAIT_STEP_S = 0.05  # a fetch with nothing to hand out looks again this often until its timeout
 
@@ -155,7 +155,7 @@ class MemoryConsumer:
         deadline = loop.time() + self.request_timeout_s
         while any(self.disorder.away(p) for p in partitions):
             if loop.time() >= deadline:
-                raise TimeoutError(f"no answer for the ends of {sorted(partitions)} in {self.request_timeout_s} s")
+                raise EndsUnavailable(f"no answer for the ends of {sorted(partitions)} in {self.request_timeout_s} s")
             await asyncio.sleep(WAIT_STEP_S)
         pause = self.disorder.pause()
         if pause:
