@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
@@ -18,20 +18,27 @@ METADATA_WAIT_S = 5.0  # a topic created just now appears in the metadata within
 
 
 class KafkaConsumer:
-    """`max_partition_fetch_bytes`: how much one fetch response may carry per partition (tests vary it: the order
+    """Two clients: one fetches; the other, which never fetches, asks for offsets. A broker answers one connection's
+    requests in order, so a request for ends sent behind a fetch waiting for data (up to fetch_max_wait_ms, for
+    the partitions with nothing new) would wait as long, in every turn that confirms ends.
+
+    `max_partition_fetch_bytes`: how much one fetch response may carry per partition (tests vary it: the order
     must not depend on it)."""
 
     def __init__(self, settings: Settings, *, max_partition_fetch_bytes: int = 4 << 20) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level="read_committed", client_id="backstop-ledger",
-            max_partition_fetch_bytes=max_partition_fetch_bytes, fetch_max_bytes=32 << 20, request_timeout_ms=30_000,
-            ssl_context=settings.ssl_context(), **settings.kafka_client_options())
+        common = {"bootstrap_servers": settings.kafka_bootstrap, "group_id": None, "enable_auto_commit": False,
+                  "auto_offset_reset": "earliest", "isolation_level": "read_committed", "request_timeout_ms": 30_000,
+                  "ssl_context": settings.ssl_context(), **settings.kafka_client_options()}
+        self._consumer = AIOKafkaConsumer(client_id="backstop-ledger", fetch_max_bytes=32 << 20,
+                                          max_partition_fetch_bytes=max_partition_fetch_bytes, **common)
+        self._offsets = AIOKafkaConsumer(client_id="backstop-ledger-offsets", **common)
 
     async def start(self) -> None:
         await self._consumer.start()
+        await self._offsets.start()
 
     async def stop(self) -> None:
+        await stop_consumer(self._offsets)
         await stop_consumer(self._consumer)
 
     async def assign(self, topics: Sequence[str], positions: Mapping[Partition, int]
@@ -39,17 +46,23 @@ class KafkaConsumer:
         """All seeks at once: the partitions without a stored position start at their log's start offset, asked
         for in one request (one seek_to_beginning and position() per partition waited for each fetch in flight,
         ~0.5 s apiece: /health said 503 for ~11 s at 21 partitions)."""
-        consumer = self._consumer
         partitions: list[TopicPartition] = []
         for topic in topics:
             partitions.extend(TopicPartition(topic, p) for p in sorted(await self._partitions(topic)))
-        consumer.assign(partitions)
+        offsets = self._offsets
+        offsets.assign(partitions)
+        for tp in partitions:  # a valid position, and paused: this client never fetches
+            offsets.seek(tp, 0)
+        if partitions:
+            offsets.pause(*partitions)
         missing = [tp for tp in partitions if (tp.topic, tp.partition) not in positions]
-        starts = await consumer.beginning_offsets(missing) if missing else {}
+        starts = await self._ask(offsets.beginning_offsets(missing)) if missing else {}
+        consumer = self._consumer
+        consumer.assign(partitions)
         assigned: dict[Partition, int] = {}
         for tp in partitions:
             position = positions.get((tp.topic, tp.partition))
-            position = starts[tp] if position is None else position
+            position = starts[(tp.topic, tp.partition)] if position is None else position
             consumer.seek(tp, position)
             assigned[(tp.topic, tp.partition)] = position
         return assigned, await self.end_offsets(list(assigned))
@@ -80,11 +93,15 @@ class KafkaConsumer:
     async def end_offsets(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
         if not partitions:
             return {}
+        return await self._ask(self._offsets.end_offsets([TopicPartition(t, p) for t, p in partitions]))
+
+    @staticmethod
+    async def _ask(request: Awaitable[dict[TopicPartition, int]]) -> dict[Partition, int]:
         try:
-            ends = await self._consumer.end_offsets([TopicPartition(t, p) for t, p in partitions])
+            answer = await request
         except KafkaTimeoutError as error:
             raise EndsUnavailable(str(error)) from error
-        return {(tp.topic, tp.partition): end for tp, end in ends.items()}
+        return {(tp.topic, tp.partition): offset for tp, offset in answer.items()}
 
     async def _partitions(self, topic: str) -> set[int]:
         deadline = asyncio.get_running_loop().time() + METADATA_WAIT_S
