@@ -406,6 +406,7 @@ class Report:
     simulated_s: float
     checks: int
     live: bool
+    trace: list[tuple[str, str, float]]  # every step and crash, in order, with its simulated time
 
 
 class Simulation:
@@ -489,7 +490,7 @@ class Simulation:
         self._final()
         await self._projections_after_a_restart()
         return Report(self.seed, len(self.reference.order), len(self.reference.journal), self.faults.injected,
-                      len(self.processes), self.now(), self.checks, scenario.live)
+                      len(self.processes), self.now(), self.checks, scenario.live, self.trace)
 
     async def _produce(self) -> None:
         """Every record in merge order, each appended after the one before: there at the start, or while the
@@ -676,17 +677,4 @@ def simulate(seed: int) -> Report:
         for task in asyncio.all_tasks(loop):
             task.cancel()
         loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
-
-
-def trace_of(seed: int) -> list[tuple[str, str, float]]:
-    """Every step and crash of a seed's run, in order, with its simulated time (to show a seed replays exactly)."""
-    loop = VirtualClockLoop()
-    logging.disable(logging.CRITICAL)
-    try:
-        simulation = Simulation(seed)
-        loop.run_until_complete(simulation.run())
-        return simulation.trace
-    finally:
-        logging.disable(logging.NOTSET)
         loop.close()
