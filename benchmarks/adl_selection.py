@@ -22,7 +22,7 @@ from typing import Any
 
 from backstop.core import ledger
 from backstop.core.engine import Engine
-from backstop.core.numbers import CONTEXT, money
+from backstop.core.numbers import CONTEXT, initial_margin
 from backstop.core.processor import Processor
 from backstop.wire.decode import decode_record
 
@@ -60,7 +60,7 @@ def build(positions: int, seed: int, alike: bool = False) -> Engine:
                 leverage = D(rng.choice(("2", "3", "5", "10", "20", "25", "50", "75", "100")))
                 mode = "cross" if rng.random() < 0.1 else "isolated"
             engine.ledger.post(ledger.external("USDT"), ledger.wallet(account, "USDT"),
-                               money(qty * entry / leverage))
+                               initial_margin(qty * entry, leverage))
             engine._open(account, instrument, -qty, entry, mode, leverage, None)  # type: ignore[arg-type]
     return engine
 

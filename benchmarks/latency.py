@@ -33,17 +33,17 @@ from typing import Any
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import SecretStr
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from backstop.adapters.kafka import admin  # noqa: E402
-from backstop.adapters.postgres.migrations import migrate  # noqa: E402
 from backstop.entrypoints.kafka_tools import end_offsets, produce_file  # noqa: E402
 from backstop.pipeline.topics import TopicNames, input_key  # noqa: E402
 from backstop.service.app import ensure_topics  # noqa: E402
 from backstop.settings import Settings  # noqa: E402
-from service import SERVER_DSN, _with_database, drop_database  # noqa: E402
+from service import SERVER_DSN, _with_database, anchor_key_file, drop_database, prepare_database  # noqa: E402
 
 BACKSTOP = Path(sys.executable).parent / "backstop"
 T0 = 1_760_100_000_000
@@ -80,6 +80,7 @@ def prelude(probes: int, shorts: int = SHORTS) -> list[dict[str, Any]]:
 
 def serve(settings: Settings, log: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "BACKSTOP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "BACKSTOP_PG_DSN": settings.dsn(),
+           "BACKSTOP_ANCHOR_KEY_FILE": str(settings.anchor_key_file),
            "BACKSTOP_TOPIC_PREFIX": settings.topic_prefix, "BACKSTOP_WEB_PORT": str(port)}
     return subprocess.Popen([str(BACKSTOP), "serve"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, cwd=log.parent)  # faust puts its data dir in the cwd
@@ -190,16 +191,17 @@ async def run_async(rate: int, seconds: float, probes_per_second: int, shorts: i
     run_id = secrets.token_hex(3)
     database = f"backstop_latency_{run_id}"
     settings = Settings(kafka_bootstrap=os.environ.get("BACKSTOP_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-                        pg_dsn=_with_database(SERVER_DSN, database), topic_prefix=f"lat_{run_id}.",
-                        input_partitions=3, output_partitions=3)
+                        topic_prefix=f"lat_{run_id}.", input_partitions=3, output_partitions=3)
     server = await asyncpg.connect(SERVER_DSN)
     await server.execute(f'CREATE DATABASE "{database}"')
     process = None
     try:
-        await migrate(settings.dsn())
-        ensure_topics(settings)
-        admin.create(settings.kafka_bootstrap, [admin.TopicPlan(f"{settings.topic_prefix}echo", 3, {})])
         with tempfile.TemporaryDirectory() as scratch:
+            settings = settings.model_copy(update={
+                "pg_dsn": SecretStr(await prepare_database(_with_database(SERVER_DSN, database))),
+                "anchor_key_file": anchor_key_file(scratch)})
+            ensure_topics(settings)
+            admin.create(settings.kafka_bootstrap, [admin.TopicPlan(f"{settings.topic_prefix}echo", 3, {})])
             journal = Path(scratch) / "prelude.jsonl"
             journal.write_bytes(b"\n".join(orjson.dumps(r) for r in prelude(PROBES, shorts)) + b"\n")
             await produce_file(settings, journal)

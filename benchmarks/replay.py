@@ -1,6 +1,6 @@
-"""Replay benchmark: events/s of `backstop replay` beside the orjson decode-only rate of the same file.
+"""Replay benchmark: events/s of `backstop replay` with each engine beside the orjson decode-only rate of the same file.
 
-    python benchmarks/replay.py [--events 1000000] [--seed 42]
+    python benchmarks/replay.py [--events 1000000] [--seed 42] [--engines compiled,reference]
 
 The journal is generated from the seed (benchmarks/journal_gen.py) and cached in benchmarks/data/.
 Both figures are measured in the same run on the same file; the ratio is the one to compare across machines.
@@ -69,40 +69,52 @@ _CLI_WITH_PEAK = ("import sys\n"
                   "sys.exit(code)\n")
 
 
-def backstop_replay(path: Path) -> tuple[float, dict[str, Any], int]:
+def backstop_replay(path: Path, engine: str | None = None) -> tuple[float, dict[str, Any], int]:
+    """Wall time, summary and peak RSS (KiB) of `backstop replay` (the CLI's default engine unless one is named)."""
+    chosen = ["--engine", engine] if engine else []
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        run = subprocess.run([sys.executable, "-c", _CLI_WITH_PEAK, "replay", str(path), "--out", out], check=True,
-                             capture_output=True, text=True)
+        run = subprocess.run([sys.executable, "-c", _CLI_WITH_PEAK, "replay", str(path), "--out", out, *chosen],
+                             check=True, capture_output=True, text=True)
         elapsed = time.perf_counter() - started
         peak_kib = int(run.stderr.strip().splitlines()[-1])
         summary = json.loads((Path(out) / "summary.json").read_text())
     return elapsed, summary, peak_kib
 
 
-def run(events: int, seed: int) -> dict[str, Any]:
+def run(events: int, seed: int, engines: list[str]) -> dict[str, Any]:
     path = journal_for(events, seed)
-    replay_s, summary, peak_kib = backstop_replay(path)  # first: the peak-memory figure is the child's alone
+    replays = {engine: backstop_replay(path, engine) for engine in engines}  # first: each peak is the child's alone
     lines, decode_s = decode_only(path)
     _, validate_s = validate_only(path)
-    replay_rate = lines / replay_s
     decode_rate = lines / decode_s
+    summary = replays[engines[0]][1]
+    figures: list[dict[str, Any]] = []
+    for engine, (replay_s, _, peak_kib) in replays.items():
+        figures += [
+            {"figure": f"backstop replay ({engine} engine)", "value": round(lines / replay_s), "unit": "records/s",
+             "baseline": "orjson decode only", "baseline_value": round(decode_rate),
+             "ratio": round(decode_s / replay_s, 3)},
+            {"figure": f"backstop replay wall time ({engine} engine)", "value": round(replay_s, 2), "unit": "s"},
+            {"figure": f"backstop replay peak memory ({engine} engine)", "value": round(peak_kib / 1024),
+             "unit": "MiB"},
+        ]
+    if {"compiled", "reference"} <= replays.keys():
+        figures.append({"figure": "compiled engine speedup over the reference", "unit": "x",
+                        "value": round(replays["reference"][0] / replays["compiled"][0], 1)})
+        hashes = {engine: (result[1]["head_hash"], result[1]["state_hash"]) for engine, result in replays.items()}
+        if len(set(hashes.values())) != 1:
+            raise SystemExit(f"the engines disagree on the head or state hash: {hashes}")
+    figures.append({"figure": "decode + validate (wire models)", "value": round(lines / validate_s),
+                    "unit": "records/s", "baseline": "orjson decode only", "baseline_value": round(decode_rate),
+                    "ratio": round(decode_s / validate_s, 3)})
     return {
         "name": "replay",
         "input": {"records": lines, "bytes": path.stat().st_size, "seed": seed,
                   "events_applied": summary["events_applied"], "duplicates": summary["duplicates"],
                   "rejected": summary["rejected"], "fund_ledger_entries": summary["fund_ledger_entries"],
                   "adl_events": summary["adl_events"]},
-        "figures": [
-            {"figure": "backstop replay", "value": round(replay_rate), "unit": "records/s",
-             "baseline": "orjson decode only", "baseline_value": round(decode_rate),
-             "ratio": round(replay_rate / decode_rate, 3)},
-            {"figure": "decode + validate (wire models)", "value": round(lines / validate_s), "unit": "records/s",
-             "baseline": "orjson decode only", "baseline_value": round(decode_rate),
-             "ratio": round(decode_s / validate_s, 3)},
-            {"figure": "backstop replay wall time", "value": round(replay_s, 2), "unit": "s"},
-            {"figure": "backstop replay peak memory", "value": round(peak_kib / 1024), "unit": "MiB"},
-        ],
+        "figures": figures,
         "head_hash": summary["head_hash"],
     }
 
@@ -111,8 +123,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--engines", default="compiled,reference", help="comma-separated, the first one's summary "
+                        "is reported")
     args = parser.parse_args()
-    print(json.dumps(run(args.events, args.seed), indent=2))
+    print(json.dumps(run(args.events, args.seed, args.engines.split(",")), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Run the benchmark suite and write benchmarks/results/latest.json, latest.md and a dated copy.
+"""Run the benchmark suite, write benchmarks/results/latest.json and a dated copy, and render the tables of
+benchmarks/README.md from it (render_results.py).
 
     benchmarks/run [--events N] [--seed S] [--service-events N] [--skip NAME ...] [--note TEXT]
 
@@ -23,28 +24,11 @@ import incident  # noqa: E402
 import latency  # noqa: E402
 import machine  # noqa: E402
 import memory  # noqa: E402
+import render_results  # noqa: E402
 import replay  # noqa: E402
 import service  # noqa: E402
 
 RESULTS = HERE / "results"
-
-
-def markdown(report: dict[str, Any]) -> str:
-    m = report["machine"]
-    lines = [f"Benchmarks of {report['when']} on {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-             f"Python {m['python']}; load average {m.get('load_at_start')} at start."
-             + (f" {report['note']}" if report.get("note") else ""), "",
-             "| benchmark | figure | value | baseline (same run) | ratio |", "|---|---|---|---|---|"]
-    for bench in report["benchmarks"]:
-        for f in bench["figures"]:
-            baseline = f"{f['baseline']}: {f['baseline_value']:,} {f['unit']}" if "baseline" in f else ""
-            value = f"{f['value']:,} {f['unit']}"
-            lines.append(f"| {bench['name']} | {f['figure']} | {value} | {baseline} | {f.get('ratio', '')} |")
-    for bench in report["benchmarks"]:
-        lines.append("")
-        lines.append(f"{bench['name']} input: " + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}"
-                                                          for k, v in bench["input"].items()))
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -59,7 +43,7 @@ def main() -> None:
     now = datetime.datetime.now(datetime.UTC)  # a report's date, never a ledger input
     host = machine.describe()  # before the suite, so the load average is the one it started under
     runs: list[tuple[str, Any]] = [
-        ("replay", lambda: replay.run(args.events, args.seed)),
+        ("replay", lambda: replay.run(args.events, args.seed, ["compiled", "reference"])),
         ("incident", lambda: incident.run(437_000, 3_240_000, 11_279, 7)),
         ("adl", lambda: adl_selection.run(1_000_000, args.seed)),
         ("memory", lambda: memory.run(10_000, 250_000, 11)),
@@ -82,8 +66,11 @@ def main() -> None:
     text = json.dumps(report, indent=2) + "\n"
     (RESULTS / "latest.json").write_text(text)
     (RESULTS / f"{now.strftime('%Y-%m-%dT%H%M')}.json").write_text(text)
-    (RESULTS / "latest.md").write_text(markdown(report))
-    print(markdown(report))
+    readme = render_results.README
+    readme.write_text(render_results.rendered(readme.read_text(encoding="utf-8"), report), encoding="utf-8")
+    print(render_results.results_table(report))
+    print()
+    print(render_results.goals_table(report))
 
 
 if __name__ == "__main__":

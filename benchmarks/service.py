@@ -4,7 +4,10 @@ aiokafka consumer reading the same topics and doing nothing, measured in the sam
     python benchmarks/service.py [--events 200000] [--seed 42]
 
 Needs the local servers (deploy/local/kafka start, deploy/local/postgres start) or BACKSTOP_KAFKA_BOOTSTRAP and
-BACKSTOP_BENCH_PG_DSN (a role that may create databases). Creates its own database and topics, drops them after.
+BACKSTOP_BENCH_PG_DSN (a role that may create databases and roles). Creates its own database and topics, drops them
+after. As in production, the database's owner migrates it and creates the service's login role (the user and
+password of BACKSTOP_PG_DSN, default backstop_svc), the service runs as that role and signs its checkpoints with an
+anchor key of the run's own.
 The input is produced before the service starts; the clock runs from the service's start until every input
 offset is consumed and every output record is published.
 """
@@ -17,31 +20,52 @@ import json
 import os
 import secrets
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import SecretStr
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from backstop.adapters.kafka import admin  # noqa: E402
 from backstop.adapters.postgres.migrations import migrate  # noqa: E402
+from backstop.adapters.postgres.roles import ServiceLogin, ensure_service_role  # noqa: E402
 from backstop.entrypoints.kafka_tools import end_offsets, produce_file  # noqa: E402
 from backstop.pipeline.topics import TopicNames  # noqa: E402
 from backstop.service.app import ensure_topics, running  # noqa: E402
 from backstop.settings import Settings  # noqa: E402
 from replay import journal_for  # noqa: E402
 
-SERVER_DSN = os.environ.get("BACKSTOP_BENCH_PG_DSN", "postgresql://backstop@127.0.0.1:5432/backstop")
+SERVER_DSN = os.environ.get("BACKSTOP_BENCH_PG_DSN", "postgresql://backstop@127.0.0.1:5432/backstop")  # the owner
 
 
 def _with_database(dsn: str, name: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+async def prepare_database(owner_dsn: str) -> str:
+    """Migrations and the service's login role, as `backstop db migrate` does; returns the service's DSN there."""
+    login = ServiceLogin.from_dsn(Settings().dsn())
+    await migrate(owner_dsn)
+    await ensure_service_role(owner_dsn, login)
+    parts = urlsplit(owner_dsn)
+    user = quote(login.role, safe="") + (f":{quote(login.password, safe='')}" if login.password else "")
+    return urlunsplit((parts.scheme, f"{user}@{parts.netloc.split('@')[-1]}", parts.path, parts.query,
+                       parts.fragment))
+
+
+def anchor_key_file(directory: str) -> Path:
+    """A key of the run's own: the service signs a checkpoint with every batch, as in production."""
+    path = Path(directory) / "anchor.key"
+    path.write_text(secrets.token_hex(32))
+    return path
 
 
 async def drop_database(server: asyncpg.Connection, database: str) -> None:
@@ -90,13 +114,15 @@ async def run_async(events: int, seed: int) -> dict[str, Any]:
     run_id = secrets.token_hex(3)
     database = f"backstop_bench_{run_id}"
     settings = Settings(kafka_bootstrap=os.environ.get("BACKSTOP_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-                        pg_dsn=_with_database(SERVER_DSN, database), topic_prefix=f"bench_{run_id}.",
-                        input_partitions=3, output_partitions=3)
+                        topic_prefix=f"bench_{run_id}.", input_partitions=3, output_partitions=3)
     journal = journal_for(events, seed)
     server = await asyncpg.connect(SERVER_DSN)
     await server.execute(f'CREATE DATABASE "{database}"')
+    scratch = tempfile.TemporaryDirectory()
     try:
-        await migrate(settings.dsn())
+        settings = settings.model_copy(update={
+            "pg_dsn": SecretStr(await prepare_database(_with_database(SERVER_DSN, database))),
+            "anchor_key_file": anchor_key_file(scratch.name)})
         ensure_topics(settings)
         await produce_file(settings, journal)
         ends = await end_offsets(settings, list(TopicNames(settings.topic_prefix).inputs))
@@ -113,6 +139,7 @@ async def run_async(events: int, seed: int) -> dict[str, Any]:
         admin.delete(settings.kafka_bootstrap, [*topics.inputs, *topics.outputs])
         await drop_database(server, database)
         await server.close()
+        scratch.cleanup()
     service_rate, raw_rate = records / service_s, records / raw_s
     return {
         "name": "service",

@@ -1,16 +1,25 @@
 """Typed settings for the service and the tools, read from BACKSTOP_* environment variables (or a .env file).
 
-Secrets (the PostgreSQL DSN's password, SASL passwords) come from the environment or from files named by
-BACKSTOP_*_FILE variables, never from the command line.
+Secrets (the PostgreSQL DSNs' passwords, SASL passwords, the anchor key) come from the environment or from files
+named by BACKSTOP_*_FILE variables, never from the command line.
+
+Two PostgreSQL roles (docs/operations-security.md): `serve` and the tools connect with BACKSTOP_PG_DSN, as the
+service's login role, which can append to the record but never rewrite it; `db migrate` connects with
+BACKSTOP_PG_OWNER_DSN, as the tables' owner, and creates the login role BACKSTOP_PG_DSN names.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from backstop.core.anchor import Anchor
 
 
 class Settings(BaseSettings):
@@ -18,8 +27,10 @@ class Settings(BaseSettings):
 
     # where
     kafka_bootstrap: str = "127.0.0.1:9092"
-    pg_dsn: SecretStr = SecretStr("postgresql://backstop@127.0.0.1:5432/backstop")
+    pg_dsn: SecretStr = SecretStr("postgresql://backstop_svc@127.0.0.1:5432/backstop")  # the service's login role
     pg_dsn_file: Path | None = None
+    pg_owner_dsn: SecretStr = SecretStr("postgresql://backstop@127.0.0.1:5432/backstop")  # the tables' owner
+    pg_owner_dsn_file: Path | None = None
     topic_prefix: str = "backstop."
 
     # Kafka security (tests use PLAINTEXT; production sets SASL_SSL)
@@ -29,6 +40,10 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_sasl_password_file: Path | None = None
     kafka_ssl_cafile: Path | None = None
+
+    # the key the service signs its checkpoints with (never in the database), and an adoption "<seq>:<digest>"
+    anchor_key_file: Path | None = None
+    anchor_adopt: str | None = None
 
     # the money path: bounded batches
     batch_max_records: int = Field(5000, ge=1, le=100_000)
@@ -60,12 +75,30 @@ class Settings(BaseSettings):
     def _secrets_from_files(self) -> Settings:
         if self.pg_dsn_file is not None:
             self.pg_dsn = SecretStr(self.pg_dsn_file.read_text().strip())
+        if self.pg_owner_dsn_file is not None:
+            self.pg_owner_dsn = SecretStr(self.pg_owner_dsn_file.read_text().strip())
         if self.kafka_sasl_password_file is not None:
             self.kafka_sasl_password = SecretStr(self.kafka_sasl_password_file.read_text().strip())
         return self
 
     def dsn(self) -> str:
         return self.pg_dsn.get_secret_value()
+
+    def owner_dsn(self) -> str:
+        return self.pg_owner_dsn.get_secret_value()
+
+    def anchor(self) -> Anchor | None:
+        """The anchor key and adoption, or None when no key file is set. Raises AnchorKeyError (one line)."""
+        from backstop.core.anchor import Adoption, Anchor, AnchorKey, AnchorKeyError
+
+        if self.anchor_key_file is None:
+            return None
+        try:
+            raw = self.anchor_key_file.read_bytes()
+        except OSError as error:
+            raise AnchorKeyError(f"cannot read the anchor key (BACKSTOP_ANCHOR_KEY_FILE): {error}") from None
+        key = AnchorKey.from_bytes(raw, source=str(self.anchor_key_file))
+        return Anchor(key, Adoption.parse(self.anchor_adopt) if self.anchor_adopt else None)
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Security options in the spelling aiokafka and kafka-python share."""
@@ -83,3 +116,20 @@ class Settings(BaseSettings):
         from aiokafka.helpers import create_ssl_context
 
         return create_ssl_context(cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None)
+
+
+def dsn_user(dsn: str) -> str | None:
+    parts = urlsplit(dsn)
+    users = parse_qs(parts.query).get("user")
+    return unquote(parts.username) if parts.username else users[-1] if users else None
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password a DSN carries, in its user info or as a `password` parameter (asyncpg reads both), or None. A
+    libpq `key=value` string with a password gives "******"."""
+    if "://" not in dsn:
+        return "******" if re.search(r"(^|\s)password\s*=\s*\S", dsn, re.IGNORECASE) else None
+    parts = urlsplit(dsn)
+    passwords = [v for k, values in parse_qs(parts.query).items() if k.lower() == "password" for v in values]
+    password = unquote(parts.password) if parts.password else passwords[-1] if passwords else None
+    return password or None

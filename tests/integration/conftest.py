@@ -10,8 +10,10 @@ run side by side against the same servers.
 
 Environment:
   BACKSTOP_KAFKA_BOOTSTRAP   broker (default 127.0.0.1:9092)
-  BACKSTOP_TEST_PG_DSN       a DSN whose role may CREATE DATABASE (default: BACKSTOP_PG_DSN, else
-                             postgresql://backstop@127.0.0.1:5432/backstop)
+  BACKSTOP_TEST_PG_DSN       a DSN whose role may CREATE DATABASE and CREATE ROLE: the tables' owner (default:
+                             BACKSTOP_PG_OWNER_DSN, else postgresql://backstop@127.0.0.1:5432/backstop). The
+                             service runs as the login role backstop_svc, which the fixtures create as
+                             `backstop db migrate` does (service_harness.prepare_database).
 """
 
 from __future__ import annotations
@@ -35,12 +37,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from kafka.admin import KafkaAdminClient, NewTopic
 
-from backstop.adapters.postgres.migrations import migrate
+from service_harness import prepare_database
 
 REPO = Path(__file__).resolve().parents[2]
 SESSION_ID = secrets.token_hex(4)
 KAFKA_BOOTSTRAP = os.environ.get("BACKSTOP_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-PG_SERVER_DSN = (os.environ.get("BACKSTOP_TEST_PG_DSN") or os.environ.get("BACKSTOP_PG_DSN")
+PG_SERVER_DSN = (os.environ.get("BACKSTOP_TEST_PG_DSN") or os.environ.get("BACKSTOP_PG_OWNER_DSN")
                  or "postgresql://backstop@127.0.0.1:5432/backstop")
 INTEGRATION_DIR = Path(__file__).resolve().parent
 
@@ -266,11 +268,11 @@ async def databases(pg_server_dsn: str) -> AsyncIterator[Databases]:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def pg_dsn(request: pytest.FixtureRequest, databases: Databases) -> str:
-    """The session's database, with every migration applied."""
+    """The session's database, with every migration applied and the service's login role."""
     dsn = await databases.create()
     _announce(request.config, f"integration: PostgreSQL database of this session: {urlsplit(dsn).path[1:]} "
                               f"(dropped at the end)")
-    await migrate(dsn)
+    await prepare_database(dsn)
     return dsn
 
 
@@ -282,7 +284,8 @@ async def empty_database(databases: Databases) -> str:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def migrated_database(databases: Databases) -> str:
-    """A fresh database with every migration applied, for tests that write rows others must not see."""
+    """A fresh database with every migration applied and the service's login role, for tests that write rows others
+    must not see."""
     dsn = await databases.create(f"_{secrets.token_hex(3)}")
-    await migrate(dsn)
+    await prepare_database(dsn)
     return dsn

@@ -13,10 +13,13 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
 
+from backstop.adapters.postgres.migrations import migrate
+from backstop.adapters.postgres.roles import ServiceLogin, ensure_service_role
 from backstop.entrypoints.kafka_tools import end_offsets, read_topic
 from backstop.pipeline.topics import TopicNames
 from backstop.service.app import running
@@ -24,12 +27,30 @@ from backstop.service.ledger import LedgerProcessor
 from backstop.settings import Settings
 
 BACKSTOP = Path(sys.executable).parent / "backstop"
+SERVICE_ROLE = "backstop_svc"  # the service's login role, as `backstop db migrate` creates it (no password: trust)
+ANCHOR_KEY_FILE = Path(__file__).with_name("test-only-anchor.key")  # a key for tests, never for a real service
 
 
-def settings_for(bootstrap: str, dsn: str, prefix: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"kafka_bootstrap": bootstrap, "pg_dsn": dsn, "topic_prefix": prefix,
+def as_role(dsn: str, role: str) -> str:
+    """The DSN with another user (and no password: the local test server trusts 127.0.0.1)."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.split("@")[-1]
+    return urlunsplit((parts.scheme, f"{role}@{host}", parts.path, parts.query, parts.fragment))
+
+
+async def prepare_database(dsn: str) -> None:
+    """As an operator does, as the tables' owner: the migrations, then the service's login role."""
+    await migrate(dsn)
+    await ensure_service_role(dsn, ServiceLogin(SERVICE_ROLE))
+
+
+def settings_for(bootstrap: str, dsn: str, prefix: str, *, role: str = SERVICE_ROLE, **overrides: Any) -> Settings:
+    """Settings of a service on the database `dsn` (the owner's), which runs as `role`, never as the owner, and
+    signs its checkpoints with the tests' anchor key."""
+    values: dict[str, Any] = {"kafka_bootstrap": bootstrap, "pg_dsn": as_role(dsn, role), "topic_prefix": prefix,
                               "input_partitions": 1, "output_partitions": 3, "batch_max_wait_ms": 20,
-                              "relay_idle_ms": 10, "check_conservation": True, "state_hash_quiet_ms": 100}
+                              "relay_idle_ms": 10, "check_conservation": True, "state_hash_quiet_ms": 100,
+                              "anchor_key_file": ANCHOR_KEY_FILE}
     values.update(overrides)
     return Settings(**values)
 
@@ -59,7 +80,10 @@ class ServeProcess:
                "BACKSTOP_SNAPSHOT_EVERY_EVENTS": str(settings.snapshot_every_events),
                "BACKSTOP_STATE_HASH_QUIET_MS": str(settings.state_hash_quiet_ms),
                "BACKSTOP_CHECK_CONSERVATION": "true"}
+        if settings.anchor_key_file is not None:
+            env["BACKSTOP_ANCHOR_KEY_FILE"] = str(settings.anchor_key_file)
         env.pop("BACKSTOP_FAULT_INJECT", None)
+        env.pop("BACKSTOP_ANCHOR_ADOPT", None)
         if fault:
             env["BACKSTOP_FAULT_INJECT"] = fault
         self.log = log
@@ -258,7 +282,6 @@ async def two_runs(databases: Any, kafka_bootstrap: str, prefix: str, journal: P
                    **common: Any) -> tuple[Settings, Settings]:
     """A reference and a faulted setup: own databases (migrated) and topics, both filled with the same journal before
     any service starts (the order the service decides is a function of the topics' contents)."""
-    from backstop.adapters.postgres.migrations import migrate
     from backstop.entrypoints.kafka_tools import produce_file
     from backstop.service.app import ensure_topics
 
@@ -266,7 +289,7 @@ async def two_runs(databases: Any, kafka_bootstrap: str, prefix: str, journal: P
     runs = []
     for name in ("ref", "flt"):
         dsn = await databases.create(f"_{prefix}{name}{run_id}")
-        await migrate(dsn)
+        await prepare_database(dsn)
         settings = settings_for(kafka_bootstrap, dsn, f"{prefix}{name}{run_id}.", **common)
         ensure_topics(settings)
         await produce_file(settings, journal)

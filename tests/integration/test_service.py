@@ -132,9 +132,9 @@ async def test_duplicates_are_dropped_and_bad_input_is_dead_lettered(tmp_path: P
     assert have["journal"] == 9 and have["head"]["duplicates"] == 9
     assert have["head"]["head_hash"] == expected["summary"]["head_hash"]
     reasons = [(d["source_topic"].split(".")[-1], d["reason"].split(":")[0]) for d in have["dead_letter"]]
-    assert reasons == [("fills", "Invalid JSON"), ("fills", "fill.account_id"), ("fills", "a 'mark' record on the fill "
-                                                                                         "topic " + fills),
+    assert reasons == [("fills", "invalid JSON"), ("fills", "fill.account_id"), ("fills", "type"),
                        ("marks", "unknown symbol NOPE")]
+    assert have["dead_letter"][2]["reason"] == f'type: "mark" is not "fill", the type of the topic {fills}'
     assert [d["source_offset"] for d in have["dead_letter"][:3]] == [2, 3, 4]  # after the two fills of the example
     out = await published(settings)
     assert len(out["dead-letter"]) == 4 and out["dead-letter"][0]["raw"] == "{not json"

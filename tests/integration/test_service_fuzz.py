@@ -13,9 +13,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service_harness import in_process, input_ends, settings_for, stored, wait_caught_up
+from service_harness import in_process, input_ends, prepare_database, settings_for, stored, wait_caught_up
 
-from backstop.adapters.postgres.migrations import migrate
 from backstop.core.snapshot import state_hash
 from backstop.entrypoints.kafka_tools import produce_file
 from backstop.pipeline.ingest import Consumed, ingest_batch
@@ -55,12 +54,15 @@ sends = st.lists(st.builds(lambda value, fallback, follow: (on_its_topic(value, 
 async def test_fuzzed_records_through_kafka_are_dead_lettered_and_change_nothing(
         kafka_bootstrap: str, topic_prefix: str, databases: Any, drawn: list[tuple[str, bytes]]) -> None:
     fixed = [("fill", b""), ("mark", b"null"), ("fill", b"[]"),  # and a NUL, which PostgreSQL text cannot hold:
-             ("fill", orjson.dumps({**TEMPLATES[0], "u\x00": "NO\x00PE"}))]
+             ("fill", orjson.dumps({**TEMPLATES[0], "u\x00": "NO\x00PE"})),
+             # issue #19's poison: it passed the wire and crashed the engine (serve would crash-loop on it)
+             ("fill", orjson.dumps({**TEMPLATES[0], "qty": "99999999999999999999", "price": "99999999999999999999",
+                                    "margin_mode": "isolated", "leverage": "0.000000000000000001"}))]
     bad = [(t, raw) for t, raw in drawn if rejected(t, raw)] + fixed
     final = mark("50100", ts=max(r["ts"] for r in SETUP) + 1)
     number = next(_runs)
     dsn = await databases.create(f"_fz{number}")
-    await migrate(dsn)
+    await prepare_database(dsn)
     config = settings_for(kafka_bootstrap, dsn, f"{topic_prefix}fz{number}.", check_conservation=True)
     ensure_topics(config)
     topics = TopicNames(config.topic_prefix)

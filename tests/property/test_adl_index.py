@@ -42,7 +42,8 @@ def books(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 def engine_with(rows: list[dict[str, Any]], mark: dict[str, Decimal]) -> Engine:
     processor, _ = run([fund(), instrument("BTCUSDT", tick="0.1", lot="0.001"),
-                        instrument("ETHUSDT", tick="0.01", lot="0.01"), transfer("seed", "fund:MAIN", "1")])
+                        instrument("ETHUSDT", tick="0.01", lot="0.01"),
+                        instrument("MEMEUSDT", tick="0.00000001", lot="1"), transfer("seed", "fund:MAIN", "1")])
     engine = processor.engine
     engine.marks.update(mark)
     for row in rows:
@@ -94,6 +95,37 @@ def test_the_index_picks_what_the_full_ranking_picks(rows: list[dict[str, Any]],
     fast, count = engine._adl_top(symbol, side, qty)  # type: ignore[arg-type]
     assert count == len(full)
     assert head(fast, qty) == head(full, qty)
+
+
+@st.composite
+def cheap_books(draw: st.DrawFn) -> tuple[list[dict[str, Any]], Decimal]:
+    """Positions in a symbol priced in fractions of a unit, where rounding a BP to the price quantum moves the
+    distance to it, and so the exact score, by far more than the index's float margin."""
+    mark = draw(st.sampled_from([D("0.00012345"), D("0.01234567"), D("0.5"), D("3.3")]))
+    rows = []
+    for number in range(draw(st.integers(2, 40))):
+        entry = max((mark * D(draw(st.integers(500, 1500))) / 1000).quantize(D("1e-8")), D("1e-8"))
+        rows.append({"account": f"c{number:02d}", "symbol": "MEMEUSDT", "side": draw(st.sampled_from([1, -1])),
+                     "qty": D(draw(st.integers(1, 10 ** 7))), "entry": entry,
+                     "mode": draw(st.sampled_from(["cross", "isolated"])),
+                     "equity": draw(st.decimals(D("1e-8"), D(5), places=8) | st.decimals(0, 100000, places=8))})
+    return rows, mark
+
+
+@given(cheap_books(), st.sampled_from(["long", "short"]), st.integers(1, 10 ** 8))
+@example(  # found by this test before the index allowed for the rounding: equity 1e-8 on 1 and on 2 units
+    ([{"account": "c00", "symbol": "MEMEUSDT", "side": 1, "qty": D(1), "entry": D("0.00006172"), "mode": "cross",
+       "equity": D("1E-8")},
+      {"account": "c01", "symbol": "MEMEUSDT", "side": 1, "qty": D(2), "entry": D("0.00006185"), "mode": "cross",
+       "equity": D("1E-8")}], D("0.00012345")), "long", 1)
+def test_the_index_allows_for_the_rounded_bankruptcy_price(book: tuple[list[dict[str, Any]], Decimal], side: str,
+                                                           qty: int) -> None:
+    rows, mark = book
+    engine = engine_with(rows, {**MARK, "MEMEUSDT": mark})
+    full = engine.adl_queue("MEMEUSDT", side)  # type: ignore[arg-type]
+    fast, count = engine._adl_top("MEMEUSDT", side, D(qty))  # type: ignore[arg-type]
+    assert count == len(full)
+    assert head(fast, D(qty)) == head(full, D(qty))
 
 
 def test_a_hair_above_bankruptcy_ranks_first_and_the_index_finds_it() -> None:
@@ -198,7 +230,8 @@ def _plain_scores(size: Any, cost: Any, base: Any, mark: float, side: str) -> tu
         notional = size * mark
         upnl = (notional - cost) * (1 if side == "long" else -1)
         equity = base + upnl
-        bound = (np.abs(base) + notional + cost) * 1e-6
+        bound = np.maximum((np.abs(base) + notional + cost) * 1e-6, (1 + size) * 0.02)  # 0.02: ROUNDING_SLACK
+        bound = np.where(cost <= 0, np.inf, bound)
         ratio, leverage = upnl / cost, notional / equity
         score = np.where(ratio < 0, ratio / leverage, ratio * leverage)
         return np.where(equity > bound, score, -np.inf), equity > bound, np.abs(equity) <= bound
@@ -287,21 +320,22 @@ def test_positions_exactly_alike_are_ranked_by_account_id_through_the_index(rows
 
 
 def test_ties_are_thinned_only_where_the_doubles_stand_for_the_exact_numbers() -> None:
-    """1,000 cross longs exactly alike, and one whose wallet is 1e-11 lower: the same double (the wallet is
-    -1,000,000), yet an exactly higher score (equity 1,000, leverage 2,001). It heads the queue; the index keeps it
-    among a handful of candidates although it shares every double with the thousand it outranks."""
-    alike = [{"account": f"a{n:04d}", "symbol": "BTCUSDT", "side": 1, "qty": D("20"), "entry": D("50000"),
-              "mode": "cross", "equity": D("-1000000")} for n in range(1000)]  # at the build's mark: the wallet
-    nudged = dict(alike[0], account="zz", equity=D("-1000000") - D("1e-11"))
-    engine = engine_with([*alike, nudged], MARK)
-    engine.marks["BTCUSDT"] = D("100050")
+    """1,000 cross longs exactly alike, and one whose wallet is one money quantum lower: the same double (the wallet
+    is about -10^9), yet an exactly higher score (its BP, rounded down to the price quantum, is one quantum higher:
+    a shorter distance, a higher leverage). It heads the queue; the index keeps it among a handful of candidates
+    although it shares every double with the thousand it outranks."""
+    alike = [{"account": f"a{n:04d}", "symbol": "BTCUSDT", "side": 1, "qty": D("1"), "entry": D("100000"),
+              "mode": "cross", "equity": D("-1000000000")} for n in range(1000)]  # at the build's mark: the wallet
+    nudged = dict(alike[0], account="zz", equity=D("-1000000000.00000001"))
+    engine = engine_with([*alike, nudged], {**MARK, "BTCUSDT": D("100000")})
+    engine.marks["BTCUSDT"] = D("1000200000")  # uPnL 1,000,100,000: equity 100,000 and 99,999.99999999
     wallets = {engine.ledger.balance(ledger.wallet(account, "USDT")) for account in ("a0000", "zz")}
     assert len(wallets) == 2 and len({float(wallet) for wallet in wallets}) == 1
-    fast, count = engine._adl_top("BTCUSDT", "long", D("30"))
+    fast, count = engine._adl_top("BTCUSDT", "long", D("1.5"))
     full = engine.adl_queue("BTCUSDT", "long")
     assert [ranked.position.account_id for ranked in full[:3]] == ["zz", "a0000", "a0001"]
     assert full[0].score > full[1].score == full[1000].score
-    assert head(fast, D("30")) == head(full, D("30"))
+    assert head(fast, D("1.5")) == head(full, D("1.5"))
     assert count == 1001 and len(fast) < 10  # ranked a handful, not the thousand alike
 
 

@@ -1,4 +1,4 @@
-"""Invariants of DESIGN section 6 over generated event streams."""
+"""Invariants of docs/design.md §6 over generated event streams."""
 
 from __future__ import annotations
 

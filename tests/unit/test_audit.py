@@ -66,12 +66,12 @@ def _set_amount(records: list[dict[str, object]]) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize(("change", "forged", "journal", "message"), [
-    (_set_amount, False, False, "fund-ledger record 2 (fl-12-0): hash"),
-    (lambda r: [r[0], r[2], r[1], r[3]], False, False, "fund-ledger record 2 (fl-13-0): prev_hash"),
-    (lambda r: r[:2] + r[3:], False, False, "fund-ledger record 3 (fl-13-1): prev_hash"),
+    (_set_amount, False, False, "fund-ledger record 2 (fl-12-0, seq 12): hash"),
+    (lambda r: [r[0], r[2], r[1], r[3]], False, False, "fund-ledger record 2 (fl-13-0, seq 13): prev_hash"),
+    (lambda r: r[:2] + r[3:], False, False, "fund-ledger record 3 (fl-13-1, seq 13): prev_hash"),
     (lambda r: rechain(_set_amount(r)), False, False, "but the fund-ledger chain ends at"),
     (lambda r: rechain(_set_amount(r)), True, False,
-     "fund-ledger record 2 (fl-12-0): balance_after 199989.2 but the amounts"),
+     "fund-ledger record 2 (fl-12-0, seq 12): balance_after 199989.2 but the amounts"),
     (lambda r: r[:-1], False, False, "summary.json: fund_ledger_entries 4 but fund-ledger.jsonl holds 3 record(s)"),
     (lambda r: rechain(r[:-1]), True, False, "summary.json: fund MAIN balance 200245.96 but its ledger entries add "
                                              "up to 200289.2"),
@@ -105,7 +105,8 @@ def test_a_forged_but_consistent_history_is_caught_by_re_derivation(tmp_path: Pa
     assert code == 0  # ... a forger who rewrites it too passes the checks of the files alone ...
     code, text = verify(out, ADL_EXAMPLE, capsys)
     assert code == 1  # ... re-deriving from the journal does not
-    assert "adl-events record 1 (adl-19-0): differs from the replay: account_id: stored 'A4', replay gives 'A2'" in text
+    assert ("adl-events record 1 (adl-19-0, seq 19): differs from the replay: account_id: stored 'A4', replay gives "
+            "'A2'") in text
 
 
 def _lines(path: Path) -> list[str]:

@@ -31,8 +31,8 @@ def test_same_seed_same_hashes_and_a_report(tmp_path: Path) -> None:
     assert main(["demo", "--out", str(tmp_path / "c"), "--accounts", "300", "--seed", "8", "--no-report"]) == 0
     assert json.loads((tmp_path / "c" / "summary.json").read_text())["head_hash"] != summaries[0]["head_hash"]
     report = (tmp_path / "a" / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 4 and summaries[0]["head_hash"] in report
-    for chart in ("fund-balance", "liquidations-adl", "mark-price", "adl-queue-depth"):
+    assert report.count("data:image/png;base64,") == 5 and summaries[0]["head_hash"] in report
+    for chart in ("fund-balance", "liquidations", "adl", "mark-price", "adl-queue-depth"):
         assert (tmp_path / "a" / f"report-{chart}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the run's journal (with its decided liquidations) replays to the same hashes
     assert main(["replay", str(tmp_path / "a" / "journal.jsonl"), "--out", str(tmp_path / "replayed")]) == 0
@@ -45,4 +45,4 @@ def test_whatif_report_draws_both_runs(tmp_path: Path) -> None:
     assert main(["whatif", str(examples / "02-adl-walks-queue.jsonl"), "--params",
                  str(examples / "whatif-bigger-fund.toml"), "--out", str(tmp_path / "w"), "--report"]) == 0
     report = (tmp_path / "w" / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 4 and "alternative head hash" in report
+    assert report.count("data:image/png;base64,") == 5 and "alternative head hash" in report

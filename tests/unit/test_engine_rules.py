@@ -111,7 +111,6 @@ def test_adl_shortfall_is_recorded_when_the_queue_runs_dry() -> None:
     (fill("x", "u", "buy", "1", "50000", symbol="NOPE"), "unknown symbol NOPE"),
     (fill("x", "u", "buy", "0.0001", "50000"), "not a multiple of the lot size"),
     (fill("x", "u", "buy", "1", "50000.05"), "not a multiple of the tick size"),
-    (fill("x", "u", "buy", "1", "50000", fee="0.000000001"), "more decimals than the asset unit"),
     (fill("x", "u", "buy", "1", "50000", mode="isolated"), "cannot change it while the position is open"),
     (fill("x", "fund:MAIN", "sell", "1", "50000"), "fund MAIN holds 0 long BTCUSDT"),
     (fill("x", "fund:OTHER", "sell", "1", "50000"), "unknown fund OTHER"),
@@ -205,3 +204,61 @@ def test_binance_ranking_uses_notional_over_margin_balance() -> None:
     assert rank_position(isolated, D(12000), D(9000)).leverage == D(4)
     # after the margin was topped up to 2,000 (BP 8,000): Binance's leverage is 12,000 / 4,000 = 3 as well
     assert rank_binance(isolated, D(12000), D(4000), D(8000)).leverage == D(3)
+
+
+BIG = [fund(ratio="0"), instrument(tiers=(("1000000000", "0.01", "0"),), tick="1", lot="1"),
+       transfer("d-u", "u", "9999999999999999"), transfer("d-w", "w", "9999999999999999")]
+
+
+@pytest.mark.parametrize(("records", "reason"), [
+    ([fill("1", "u", "buy", "600000000000", "1"), fill("2", "u", "buy", "400000000000", "1")],
+     "position would hold 1000000000000, above the bound 10^12"),
+    ([fill("1", "u", "sell", "600000000000", "9999999999"), fill("2", "u", "sell", "400000000000", "1")],
+     "position would hold 1000000000000, above the bound 10^12"),
+    ([fill("1", "u", "buy", "600000000000", "1", mode="isolated", leverage="1"),
+      fill("2", "w", "buy", "600000000000", "1", mode="isolated", leverage="1"),
+      liquidation("l1", "u", "600000000000", "1"),
+      liquidation("l2", "w", "600000000000", "1")],
+     "fund MAIN would hold 1200000000000 BTCUSDT, above the bound 10^12"),
+])
+def test_an_event_beyond_the_state_bounds_is_rejected_before_anything_changes(records: list[dict[str, Any]],
+                                                                              reason: str) -> None:
+    """docs/design.md §9.3: positions below 10^12 in size and 10^22 in cost, a fund's net lots below 10^12."""
+    processor, outcomes = run([*BIG, *records[:-1]])
+    assert all(isinstance(o, Applied) for o in outcomes)
+    before = state_hash(processor.engine), processor.engine.head_hash
+    _, last = run(records[-1:], processor=processor)
+    assert last == [Rejection(reason)]
+    assert (state_hash(processor.engine), processor.engine.head_hash) == before
+
+
+def test_a_position_whose_cost_rounded_away_is_ranked_last_and_crashes_nothing() -> None:
+    """4 units at 0.25 cost 1e-8; closing 3 of them takes a share that rounds to 1e-8, the whole cost: the last
+    unit keeps a cost of 0. Its PnL% has no denominator: the engine used to stop with DivisionByZero when an ADL
+    ranked it. Now it is ranked last, score 0, and deleveraged only after the other longs."""
+    processor, outcomes = run([fund(ratio="0"), instrument(tick="0.00000001", lot="0.00000001"),
+                               transfer("d", "u", "100"), transfer("d2", "s", "100"), transfer("d3", "v", "100"),
+                               fill("1", "u", "buy", "0.00000004", "0.25"),
+                               fill("2", "u", "sell", "0.00000003", "0.25"),
+                               fill("3", "v", "buy", "0.00000001", "0.25"),
+                               fill("4", "s", "sell", "0.00000002", "0.25", mode="isolated", leverage="1"),
+                               liquidation("l", "s", "0.00000002", "0.3")])
+    assert all(isinstance(o, Applied) for o in outcomes), outcomes
+    dust = processor.engine.positions.get("u", "BTCUSDT")
+    assert dust is None  # deleveraged second, after v
+    last = outcomes[-1]
+    assert isinstance(last, Applied)
+    # v: PnL% 0.2; its BP is far below zero (wallet 100 behind 1e-8 of BTC), leverage 0.3 / ~1e10: score 6e-12
+    assert [(e.account_id, e.rank, e.score) for e in last.effects.adl_events] == [("v", 1, D("6E-12")), ("u", 2, 0)]
+
+
+def test_a_cost_basis_at_its_bound_rejects_the_fill_that_would_pass_it() -> None:
+    """MAX_COST follows from the size and price bounds up to the rounding residue of partial closes, so no journal
+    reaches it in practice; the check is tested on a cost set just below it."""
+    processor, outcomes = run([*BIG, fill("1", "u", "buy", "1", "1")])
+    assert all(isinstance(o, Applied) for o in outcomes)
+    processor.engine.positions.get("u", "BTCUSDT").cost = D(10) ** 22 - 5
+    before = state_hash(processor.engine), processor.engine.head_hash
+    _, last = run([fill("2", "u", "buy", "1", "5")], processor=processor)
+    assert last == [Rejection("position cost would be 10000000000000000000000, above the bound 10^22")]
+    assert (state_hash(processor.engine), processor.engine.head_hash) == before

@@ -77,9 +77,9 @@ def test_bad_input_goes_to_dead_letter_and_offsets_still_advance() -> None:
     result = ingest_batch(processor, good + bad, TOPICS)
     reasons = [(d.source_topic, d.source_offset, d.reason) for d in result.dead_letters]
     assert reasons == [
-        ("t.fills", 100, "Invalid JSON: unexpected character, expected a string key: line 1 column 2 (char 1)"),
+        ("t.fills", 100, "invalid JSON"),
         ("t.fills", 101, "empty record (tombstone)"),
-        ("t.fills", 102, "a 'mark' record on the fill topic t.fills"),
+        ("t.fills", 102, 'type: "mark" is not "fill", the type of the topic t.fills'),
         ("t.marks", 100, "unknown symbol NOPE"),
         ("t.unknown", 7, "not an input topic: t.unknown"),
     ]

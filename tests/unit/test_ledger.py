@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import pytest
 
@@ -50,3 +50,16 @@ def test_a_balance_back_at_zero_shares_one_zero_object() -> None:
     book.post(margin, wallet, Decimal("40.5"))
     assert (book.balance(wallet), book.balance(margin)) == (Decimal("40.5"), Decimal("59.5"))
     assert sum(book.balances.values()) == 0
+
+
+def test_a_balance_beyond_the_bound_is_a_broken_invariant_not_a_rejection() -> None:
+    """docs/design.md §9.3: no input within the bounds reaches 10^68, so a posting that would is a bug."""
+    from backstop.core.numbers import BALANCE_BOUND, CONTEXT
+
+    book = ledger.Ledger()
+    below = CONTEXT.subtract(BALANCE_BOUND, Decimal(1))
+    with localcontext(CONTEXT):  # as Engine.apply makes it current: a default context would round these balances
+        book.post("external:USDT", "wallet:u:USDT", below)
+        with pytest.raises(InvariantViolation, match="beyond the bound 10\\^68"):
+            book.post("external:USDT", "wallet:u:USDT", Decimal(1))
+    assert book.balance("wallet:u:USDT") == below  # nothing moved

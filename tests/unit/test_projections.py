@@ -8,7 +8,6 @@ import orjson
 from test_ingest import TOPICS, as_consumed
 
 from backstop.core.engine import Engine
-from backstop.core.numbers import price
 from backstop.core.processor import Processor
 from backstop.pipeline import projections
 from backstop.pipeline.ingest import BatchResult, JournalRow, ingest_batch
@@ -58,8 +57,8 @@ def test_a_batch_rewrites_the_positions_it_touched_and_every_cross_position_of_a
     for row in refreshed.positions:  # rows built with one memo per account hold the single-position views
         position = engine.positions.get(row[0], row[1])
         liquidation = engine.liquidation_price(position)
-        assert row[8] == (price(liquidation) if liquidation is not None else None)
-        assert row[9] == price(engine.bankruptcy_price(position))
+        assert row[8] == liquidation
+        assert row[9] == engine.bankruptcy_price(position)
 
 
 def test_a_position_closed_in_the_batch_is_deleted_and_no_other() -> None:

@@ -1,4 +1,4 @@
-"""The public worked examples of docs/vectors.md, restated in backstop's terms."""
+"""The public worked examples restated in backstop's terms: docs/vectors.md, each row naming its test here."""
 
 from __future__ import annotations
 

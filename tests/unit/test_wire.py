@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from backstop.wire import schemas
 from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record
-from scenario import fill, liquidation
+from backstop.wire.inputs import (
+    KINDS,
+    LEVERAGE_RANGE,
+    NON_NEGATIVE,
+    POSITIVE,
+    SIGNED,
+    Kind,
+    decimal_fields,
+    decimal_reason,
+)
+from scenario import fill, fund, funding, instrument, liquidation, mark, transfer
 
 GOOD = fill("f1", "u1", "buy", "1.5", "50000.5")
 
@@ -42,8 +55,8 @@ def test_a_valid_fill_decodes_to_exact_decimals() -> None:
     ("1_000", "not an exact plain decimal"),
     (" 1", "not an exact plain decimal"),
     ("0x10", "not an exact plain decimal"),
-    ("1" * 21, "not an exact plain decimal"),
-    ("1." + "1" * 19, "not an exact plain decimal"),
+    ("1" * 21, "at most 10 integer and 8 fraction digits"),
+    ("1." + "1" * 19, "at most 10 integer and 8 fraction digits"),
     ("-1", "must be > 0"),
     ("0", "must be > 0"),
     ("-0", "must be > 0"),
@@ -53,7 +66,7 @@ def test_prices_must_be_positive_plain_decimal_strings(value: object, reason: st
 
 
 def test_a_malformed_decimal_is_quoted_in_the_reason() -> None:
-    assert reason_for(with_field(qty="5e4")) == "fill.qty: not an exact plain decimal: '5e4'"
+    assert reason_for(with_field(qty="5e4")) == 'fill.qty: not an exact plain decimal: "5e4"'
 
 
 @pytest.mark.parametrize(("value", "accepted"), [
@@ -68,7 +81,7 @@ def test_non_negative_decimals_accept_zero_in_any_spelling(value: str, accepted:
 
 
 @pytest.mark.parametrize(("raw", "reason"), [
-    (b"not json", "Invalid JSON"),
+    (b"not json", "invalid JSON"),
     (b"[1, 2]", "Input should be an object"),
     (b'{"ts": 1}', "Unable to extract tag"),
     (orjson.dumps({**GOOD, "type": "trade"}), "does not match any of the expected tags"),
@@ -111,3 +124,85 @@ def test_output_decimals_are_strings_in_the_schema() -> None:
     assert ledger_schema["properties"]["amount"]["type"] == "string"
     assert set(ledger_schema["required"]) >= {"id", "seq", "ts", "fund_id", "kind", "amount", "balance_after",
                                               "prev_hash", "hash"}
+
+
+# docs/design.md §9.2, restated: field -> (kind, sign).
+DESIGN_9_2 = {
+    "fund.max_inventory_ratio": ("RATE", ">= 0"),
+    "instrument.tick_size": ("PRICE", "> 0"), "instrument.lot_size": ("QTY", "> 0"),
+    "instrument.tiers[].max_notional": ("MONEY", "> 0"), "instrument.tiers[].mmr": ("RATE", "> 0"),
+    "instrument.tiers[].maint_amount": ("MONEY", ">= 0"), "instrument.liquidation_fee_rate": ("RATE", ">= 0"),
+    "transfer.amount": ("MONEY", "signed"),
+    "fill.qty": ("QTY", "> 0"), "fill.price": ("PRICE", "> 0"), "fill.fee": ("MONEY", "signed"),
+    "fill.leverage": ("LEVERAGE", "0.01 to 1000"),
+    "mark.mark_price": ("PRICE", "> 0"), "mark.index_price": ("PRICE", "> 0"),
+    "funding.rate": ("RATE", "signed"), "funding.mark_price": ("PRICE", "> 0"),
+    "liquidation.qty": ("QTY", "> 0"), "liquidation.mark_price": ("PRICE", "> 0"),
+    "liquidation.bankruptcy_price": ("PRICE", "> 0"),
+    "liquidation.executions[].qty": ("QTY", "> 0"), "liquidation.executions[].price": ("PRICE", "> 0"),
+}
+DIGITS_9_2 = {"QTY": (12, 8), "PRICE": (10, 8), "MONEY": (16, 8), "RATE": (4, 18), "LEVERAGE": (4, 8)}
+VALID = {"fund": fund(), "instrument": instrument(), "transfer": transfer("t", "u", "1"), "fill": dict(GOOD),
+         "mark": mark("1"), "funding": funding("0.0001", "1"),
+         "liquidation": liquidation("l", "u", "1", "1", executions=[("1", "1")])}
+
+
+def test_every_decimal_field_has_the_kind_and_sign_of_design_9_2() -> None:
+    assert {name: (kind.name, sign) for name, (kind, sign) in decimal_fields().items()} == DESIGN_9_2
+    assert {name: (KINDS[name].integer_digits, KINDS[name].fraction_digits) for name in DIGITS_9_2} == DIGITS_9_2
+
+
+def _with(field: str, value: str) -> bytes:
+    record_type, *path = field.replace("[]", ".0").split(".")
+    record = orjson.loads(orjson.dumps(VALID[record_type]))
+    target = record
+    for step in path[:-1]:
+        target = target[int(step)] if step.isdigit() else target[step]
+    target[path[-1]] = value
+    return orjson.dumps(record)
+
+
+def _largest(kind: Kind, sign: str) -> str:
+    return "1000" if sign == LEVERAGE_RANGE else "9" * kind.integer_digits + "." + "9" * kind.fraction_digits
+
+
+@pytest.mark.parametrize("field", sorted(DESIGN_9_2))
+def test_every_field_takes_its_bounds_and_rejects_one_digit_more(field: str) -> None:
+    kind, sign = decimal_fields()[field]
+    integer, fraction = kind.integer_digits, kind.fraction_digits
+    smallest = "0.01" if sign == LEVERAGE_RANGE else "0." + "0" * (fraction - 1) + "1"
+    for value in (_largest(kind, sign), smallest):
+        decode_record(_with(field, value))
+    if sign == SIGNED:
+        decode_record(_with(field, "-" + _largest(kind, sign)))
+    bound = f"{field.replace('[]', '.0')}: at most {integer} integer and {fraction} fraction digits"
+    for value in ("1" + "0" * integer, "0." + "0" * fraction + "1", "1." + "1" * (fraction + 1)):
+        assert reason_for(_with(field, value)) == f'{bound}: "{value[:40]}"'
+
+
+plain_decimals = st.builds(
+    lambda sign, integer, fraction, dot: sign + integer + (dot + fraction if fraction or dot else ""),
+    st.sampled_from(["", "", "-", "+"]), st.from_regex(r"\A(0|[1-9][0-9]{0,22}|00[0-9]?)\Z"),
+    st.from_regex(r"\A[0-9]{0,21}\Z"), st.sampled_from([".", ".", ",", ""]))
+
+
+@given(plain_decimals | st.text(alphabet="0123456789-.e ", max_size=12), st.sampled_from(sorted(DESIGN_9_2)))
+def test_one_pattern_per_field_accepts_exactly_the_bounded_decimals(value: str, field: str) -> None:
+    """The single pattern a field is checked with agrees with the rule spelled out: syntax, digits, sign."""
+    kind, sign = decimal_fields()[field]
+    syntax = re.fullmatch(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?", value) is not None
+    integer, _, fraction = value.lstrip("-").partition(".")
+    digits = syntax and len(integer) <= kind.integer_digits and len(fraction) <= kind.fraction_digits
+    number = Decimal(value) if syntax else None
+    signed = number is not None and {SIGNED: True, POSITIVE: number > 0, NON_NEGATIVE: number >= 0,
+                                     LEVERAGE_RANGE: Decimal("0.01") <= number <= 1000}[sign]
+    try:
+        decode_record(_with(field, value))
+        accepted = True
+    except InvalidRecord as error:
+        accepted = False
+        reason = str(error).split("; ")[0]  # (an invalid tier also reports the tuple of tiers as too short)
+        assert reason == f"{field.replace('[]', '.0')}: {decimal_reason(value, kind, sign)}"
+        expected = ("not an exact plain decimal" if not syntax else "fraction digits" if not digits else "must be")
+        assert expected in reason
+    assert accepted == (syntax and digits and signed)

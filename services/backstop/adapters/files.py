@@ -37,8 +37,13 @@ class OutputError(Exception):
 
 def write_json(path: Path, document: Any) -> None:
     """Pretty, sorted JSON written atomically (temp file + rename)."""
+    write_bytes(path, orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+
+
+def write_bytes(path: Path, content: bytes) -> None:
+    """A file written atomically (temp file + rename)."""
     temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    temporary.write_bytes(content)
     os.replace(temporary, path)
 
 
@@ -146,6 +151,14 @@ class OutputDir:
             self._adl.write(canonical_json(record_dict(event)) + b"\n")
         for finding in effects.findings:
             self._findings.write(canonical_json(record_dict(finding)) + b"\n")
+
+    def write_batch(self, fund_ledger: bytes, adl_events: bytes, findings: bytes, dead_letters: bytes) -> None:
+        """A batch's output lines, already canonical (backstop.engines)."""
+        self._ledger.write(fund_ledger)
+        self._adl.write(adl_events)
+        self._findings.write(findings)
+        self._dead.write(dead_letters)
+        self.dead_letters += dead_letters.count(b"\n")
 
     def dead_letter(self, line: int, reason: str, raw: bytes) -> None:
         text = raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace")

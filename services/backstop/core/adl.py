@@ -1,8 +1,9 @@
 """ADL ranking (BitMEX's rule, which Bybit and Binance follow in spirit) and the 1-5 quantiles.
 
-PnL% = q x (mark - E) / |q x E|; effective leverage = |mark| / |mark - BP| of the position's own BP;
-score = PnL% x leverage when PnL% >= 0, else PnL% / leverage. A position at or past its own BP is ranked
-last. Ties go to the larger position, then the smaller account id.
+PnL% = q x (mark - E) / |q x E|; effective leverage = |mark| / |mark - BP| of the position's own BP (rounded in the
+fund's favour); score = PnL% x leverage when PnL% >= 0, else PnL% / leverage, formed with one division and rounded
+half-even to 1e-12 (docs/design.md §9.4). A position at or past its own BP is ranked last. Ties go to the larger
+position, then the smaller account id.
 """
 
 from __future__ import annotations
@@ -10,55 +11,80 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from backstop.core.numbers import CONTEXT, score
+from backstop.core.numbers import CONTEXT, ZERO, ratio, whole_steps
 from backstop.core.state import Position
 
 
 @dataclass(frozen=True, slots=True)
 class Ranked:
+    """A position's place in the queue: its score (docs/design.md §9.4, one division to 1e-12) and whether it is
+    ranked last (at or past its own BP, or a position whose cost rounded away to zero). PnL% and leverage are
+    explain-only figures, computed when asked."""
+
     position: Position
-    pnl_ratio: Decimal
-    leverage: Decimal | None  # None: at or past its own bankruptcy price
     score: Decimal
     bankruptcy_price: Decimal
+    past_bankruptcy: bool
+    unrealized_pnl: Decimal
+    leverage_terms: tuple[Decimal, Decimal]  # leverage = numerator / denominator
 
     @property
-    def past_bankruptcy(self) -> bool:
-        return self.leverage is None
+    def pnl_ratio(self) -> Decimal:
+        """uPnL / cost, HALF_EVEN to 1e-12 (explain only)."""
+        cost = self.position.cost
+        return ZERO if cost == 0 else ratio(self.unrealized_pnl, cost)
+
+    @property
+    def leverage(self) -> Decimal | None:
+        """The effective leverage, HALF_EVEN to 1e-12 (explain only); None when ranked last."""
+        return None if self.past_bankruptcy else ratio(*self.leverage_terms)
 
     def sort_key(self) -> tuple[bool, Decimal, Decimal, str]:
         return (self.past_bankruptcy, -self.score, -self.position.size, self.position.account_id)
 
 
+def score(unrealized_pnl: Decimal, cost: Decimal, mark: Decimal, distance: Decimal) -> Decimal:
+    """The BitMEX score with one division: PnL% x leverage = uPnL x mark / (cost x distance) when uPnL >= 0,
+    PnL% / leverage = uPnL x distance / (cost x mark) when uPnL < 0."""
+    if unrealized_pnl >= 0:
+        return ratio(CONTEXT.multiply(unrealized_pnl, mark), CONTEXT.multiply(cost, distance))
+    return ratio(CONTEXT.multiply(unrealized_pnl, distance), CONTEXT.multiply(cost, mark))
+
+
 def rank_position(position: Position, mark: Decimal, bankruptcy: Decimal) -> Ranked:
-    """Score one position. PnL% and leverage stay exact; only the score is quantized (SCORE_QUANTUM)."""
-    pnl_ratio = CONTEXT.divide(position.unrealized_pnl(mark), position.cost)
+    """Score one position against its own (rounded) BP: distance = mark - BP for a long, BP - mark for a short."""
+    unrealized = position.unrealized_pnl(mark)
+    cost = position.cost
     distance = mark - bankruptcy if position.qty > 0 else bankruptcy - mark
+    if cost <= 0:  # a remainder whose cost rounded away: no PnL% to rank by
+        return Ranked(position, ZERO, bankruptcy, True, unrealized, (mark, distance))
     if distance <= 0:
-        return Ranked(position, pnl_ratio, None, score(pnl_ratio), bankruptcy)
-    leverage = CONTEXT.divide(mark, distance)
-    raw = CONTEXT.multiply(pnl_ratio, leverage) if pnl_ratio >= 0 else CONTEXT.divide(pnl_ratio, leverage)
-    return Ranked(position, pnl_ratio, leverage, score(raw), bankruptcy)
+        return Ranked(position, ratio(unrealized, cost), bankruptcy, True, unrealized, (mark, distance))
+    return Ranked(position, score(unrealized, cost, mark, distance), bankruptcy, False, unrealized, (mark, distance))
 
 
 def rank_binance(position: Position, mark: Decimal, equity: Decimal, bankruptcy: Decimal) -> Ranked:
-    """Binance's published rule: effective leverage = |notional at mark| / the position's margin balance."""
-    pnl_ratio = CONTEXT.divide(position.unrealized_pnl(mark), position.cost)
+    """Binance's published rule: effective leverage = notional at mark / the position's margin balance (its equity
+    share), so the score is uPnL x notional / (cost x equity) or uPnL x equity / (cost x notional)."""
+    unrealized = position.unrealized_pnl(mark)
+    cost = position.cost
+    notional = CONTEXT.multiply(position.size, mark)
+    if cost <= 0:
+        return Ranked(position, ZERO, bankruptcy, True, unrealized, (notional, equity))
     if equity <= 0:
-        return Ranked(position, pnl_ratio, None, score(pnl_ratio), bankruptcy)
-    leverage = CONTEXT.divide(CONTEXT.multiply(position.size, mark), equity)
-    raw = CONTEXT.multiply(pnl_ratio, leverage) if pnl_ratio >= 0 else CONTEXT.divide(pnl_ratio, leverage)
-    return Ranked(position, pnl_ratio, leverage, score(raw), bankruptcy)
+        return Ranked(position, ratio(unrealized, cost), bankruptcy, True, unrealized, (notional, equity))
+    return Ranked(position, score(unrealized, cost, notional, equity), bankruptcy, False, unrealized,
+                  (notional, equity))
 
 
 def pro_rata(sizes: list[Decimal], total: Decimal, lot_size: Decimal) -> list[Decimal]:
-    """Split `total` over positions in proportion to their sizes, in whole lots (rounded down), then hand the
-    remaining lots out one at a time in queue order; no position gives more than it holds."""
-    held = sum(sizes, Decimal(0))
+    """Split `total` over positions in proportion to their sizes, each FLOOR(size x total / held) to whole lots,
+    then hand the remaining lots out one at a time in queue order; no position gives more than it holds."""
+    held = sum(sizes, ZERO)
     if held <= total:
         return list(sizes)
-    takes = [CONTEXT.divide(CONTEXT.multiply(size, total), held) // lot_size * lot_size for size in sizes]
-    left = total - sum(takes, Decimal(0))
+    takes = [whole_steps(CONTEXT.multiply(size, total), held, lot_size) for size in sizes]
+    left = total - sum(takes, ZERO)
     while left > 0:
         for index, size in enumerate(sizes):
             if left <= 0:

@@ -8,9 +8,13 @@ same settlement asset has
 and is past its bankruptcy price when equity <= 0. So its score at any mark follows from three numbers (size,
 cost, B), kept per symbol and side in float arrays and refreshed only for the accounts touched since the last
 deleverage. Floats only *choose candidates*, with a margin far above their rounding error; the candidates are
-then ranked exactly by adl.rank_position, so the outcome is the exact ranking's, bit for bit. Rows whose float
-equity is too close to zero to trust, and accounts with cross positions in several symbols (their equity share
-depends on other marks), are always among the candidates. Rows exactly alike (same margin mode, size, cost and B)
+then ranked exactly by adl.rank_position, so the outcome is the exact ranking's, bit for bit. The exact score uses
+the BP rounded in the fund's favour and, for cross, the equity share rounded up (docs/design.md §9.4): both only
+lengthen the distance to the BP, by less than one price quantum plus one money quantum over the size, so the float
+score overstates the exact one by a relative error below (1 + size) quanta over the equity. Rows whose float
+equity is too close to zero to trust or small enough for that error to matter, rows whose cost rounded away to
+zero, and accounts with cross positions in several symbols (their equity share depends on other marks), are always
+among the candidates. Rows exactly alike (same margin mode, size, cost and B)
 score exactly alike and queue by account id, so of many such rows only the first few by account id are candidates
 (`_Book.thin_ties`). The tests compare it with the full ranking.
 """
@@ -36,6 +40,9 @@ KindArray = npt.NDArray[np.int8]
 RELATIVE_MARGIN = 1e-6  # float scores are within ~1e-12 of the exact ones; this margin dwarfs that
 ABSOLUTE_MARGIN = 1e-6  # and the 1e-12 score quantum, which could make a just-excluded row tie
 UNTRUSTED_EQUITY = 1e-6  # |equity| below this share of (|B| + notional + cost): the float sign may be wrong
+# |equity| below ROUNDING_SLACK x (1 + size): the rounding of the BP and of the equity share (under one quantum each)
+# could move the exact score by half of RELATIVE_MARGIN or more
+ROUNDING_SLACK = 1e-8 * 2 / RELATIVE_MARGIN
 FLUSH_ROWS = 4096  # pending rows written at once: the first build would otherwise hold a million tuples
 # (size, cost, B, kind) of an empty slot: clearly past bankruptcy on either side, so never a candidate
 EMPTY_ROW = (0.0, 1.0, -4.0, 0)
@@ -224,10 +231,11 @@ def _scores(size: FloatArray, cost: FloatArray, base: FloatArray, mark: float, s
 
 def _score_chunk(size: FloatArray, cost: FloatArray, base: FloatArray, mark: float, short: bool,
                  score: FloatArray, trusted: BoolArray, untrusted: BoolArray) -> None:
-    """equity = B + uPnL; trusted: equity > bound, untrusted: |equity| <= bound, bound = 1e-6 (|B| + notional +
-    cost); score = r x leverage (r >= 0) or r / leverage (r < 0), -inf unless trusted. Choices between two
-    values are made on their bits (masks from sign bits): a masked ufunc branches on every row and runs ~15x
-    slower than the arithmetic."""
+    """equity = B + uPnL; trusted: equity > bound, untrusted: |equity| <= bound, bound = the larger of
+    UNTRUSTED_EQUITY (|B| + notional + cost) and ROUNDING_SLACK (1 + size), infinite where cost <= 0; score =
+    r x leverage (r >= 0) or r / leverage (r < 0), -inf unless trusted. Choices between two values are made on
+    their bits (masks from sign bits): a masked ufunc branches on every row and runs ~15x slower than the
+    arithmetic."""
     rows = len(size)
     notional, upnl, equity, other, bits = (a[:rows] for a in (
         _SCRATCH.notional, _SCRATCH.upnl, _SCRATCH.equity, _SCRATCH.other, _SCRATCH.bits))
@@ -241,8 +249,12 @@ def _score_chunk(size: FloatArray, cost: FloatArray, base: FloatArray, mark: flo
     bound += notional
     bound += cost
     bound *= UNTRUSTED_EQUITY
+    np.multiply(size, ROUNDING_SLACK, out=score)  # score is scratch until the end
+    score += ROUNDING_SLACK
+    np.maximum(bound, score, out=bound)
+    bound[cost <= 0] = np.inf
     np.greater(equity, bound, out=trusted)  # clearly above bankruptcy (empty slots never are: EMPTY_ROW)
-    np.less_equal(np.abs(equity, out=score), bound, out=untrusted)  # score is scratch until the end
+    np.less_equal(np.abs(equity, out=score), bound, out=untrusted)
     np.subtract(bound, equity, out=bound)  # negative exactly where trusted
     keep = np.right_shift(bound.view(np.int64), 63, out=bits)  # all ones where trusted
     ratio = np.divide(upnl, cost, out=upnl)

@@ -2,7 +2,8 @@
 
 `Engine.apply(record, seq)` either raises Rejected (nothing changed) or applies the event and returns its
 Effects. Every handler checks everything first and mutates after, so a rejection never leaves half an event
-behind. All arithmetic runs in backstop.core.numbers.CONTEXT.
+behind, and the bounds on state of docs/design.md §9.3 are among those checks. All arithmetic runs in
+backstop.core.numbers.CONTEXT (exact), and every rounding is a named rule of §9.4 from backstop.core.numbers.
 """
 
 from __future__ import annotations
@@ -20,19 +21,27 @@ from backstop.core.errors import InvariantViolation, Rejected
 from backstop.core.hashing import GENESIS_HASH, chain_hash, combine
 from backstop.core.margin import (
     bankruptcy_price,
+    isolated_bankruptcy_price,
     liquidation_price,
     lot_cost_at_bankruptcy,
     position_maintenance,
 )
 from backstop.core.numbers import (
     CONTEXT,
+    MAX_COST,
+    MAX_POSITION_QTY,
     MONEY_QUANTUM,
     ZERO,
+    average_price,
+    cross_equity_share,
+    equity_behind,
+    funding_payment,
+    initial_margin,
+    is_money,
     is_multiple,
     money,
-    money_up,
-    price,
     share,
+    surplus_cap,
     text,
 )
 from backstop.core.ordering import check_lateness
@@ -69,7 +78,7 @@ class Effects:
 
 @dataclass(frozen=True, slots=True)
 class AdlPolicy:
-    """How deleveraging ranks and prices (what-if replays change it; the default is DESIGN.md's)."""
+    """How deleveraging ranks and prices (what-if replays change it; the default is docs/design.md §4)."""
 
     rule: Literal["bitmex", "binance", "pro_rata"] = "bitmex"
     price: Literal["bankruptcy", "mark"] = "bankruptcy"
@@ -77,12 +86,12 @@ class AdlPolicy:
 
 @dataclass(frozen=True, slots=True)
 class MarginView:
-    """An account's margin at the current marks, as the rules of DESIGN section 4 define it."""
+    """An account's margin at the current marks, as the rules of docs/design.md §4 define it."""
 
     margin_balance: Decimal  # isolated: margin + uPnL; cross: TNC = wallet + sum of cross uPnL
     maintenance_margin: Decimal  # isolated: this position's MM; cross: TMM
     position_maintenance: Decimal
-    equity_share: Decimal  # the part of margin_balance that stands behind this position
+    equity_share: Decimal  # the part of margin_balance that stands behind this position (cross: rounded up, §9.4)
 
     @property
     def liquidatable(self) -> bool:
@@ -205,7 +214,7 @@ class Engine:
         amount = record.amount
         if amount == 0:
             raise Rejected("transfer amount must not be zero")
-        if amount != money(amount):
+        if not is_money(amount):
             raise Rejected(f"amount {amount} has more decimals than the asset unit {MONEY_QUANTUM}")
         if is_fund_account(record.account_id):
             fund_state = self._fund(record.account_id[len(FUND_ACCOUNT_PREFIX):])
@@ -218,7 +227,7 @@ class Engine:
                 raise Rejected(f"unknown asset {record.asset}")
             account = ledger.wallet(record.account_id, record.asset)
         if amount < 0 and self.ledger.balance(account) + amount < 0:
-            raise Rejected(f"withdrawal of {-amount} exceeds the balance {self.ledger.balance(account)} of "
+            raise Rejected(f"withdrawal of {text(-amount)} exceeds the balance {text(self.ledger.balance(account))} of "
                            f"{account}")
         source = ledger.external(record.asset)
         self.ledger.post(source, account, amount)
@@ -229,7 +238,7 @@ class Engine:
     def _on_fill(self, record: FillRecord) -> None:
         instrument = self._instrument(record.symbol)
         self._check_steps(instrument, record.qty, record.price)
-        if record.fee != money(record.fee):
+        if not is_money(record.fee):
             raise Rejected(f"fee {record.fee} has more decimals than the asset unit {MONEY_QUANTUM}")
         if is_fund_account(record.account_id):
             self._fund_fill(record, instrument)
@@ -238,8 +247,10 @@ class Engine:
         if position is not None and position.margin_mode != record.margin_mode:
             raise Rejected(f"{record.account_id} holds {record.symbol} in {position.margin_mode} margin; "
                            f"a {record.margin_mode} fill cannot change it while the position is open")
-        self.marks.setdefault(record.symbol, record.price)
         delta = record.qty if record.side == "buy" else -record.qty
+        if position is not None and (position.qty > 0) == (delta > 0):
+            self._check_growth(position, record.qty, record.price)
+        self.marks.setdefault(record.symbol, record.price)
         remaining = record.qty
         if position is not None and (position.qty > 0) != (delta > 0):
             closed = min(position.size, remaining)
@@ -254,6 +265,17 @@ class Engine:
         if self.ledger.balance(wallet) < 0:
             self._finding("negative_wallet", record.account_id, None, record.symbol,
                           {"wallet": text(self.ledger.balance(wallet)), "fill_id": record.fill_id})
+
+    @staticmethod
+    def _check_growth(position: Position, qty: Decimal, fill_price: Decimal) -> None:
+        """The bounds of docs/design.md §9.3 on a position a fill grows (a new or flipped position is within them:
+        its qty and price are)."""
+        size = position.size + qty
+        if size >= MAX_POSITION_QTY:
+            raise Rejected(f"position would hold {text(size)}, above the bound 10^12")
+        cost = position.cost + CONTEXT.multiply(qty, fill_price)
+        if cost >= MAX_COST:
+            raise Rejected(f"position cost would be {text(cost)}, above the bound 10^22")
 
     def _open(self, account_id: str, instrument: Instrument, qty: Decimal, fill_price: Decimal,
               margin_mode: Literal["cross", "isolated"], leverage: Decimal, position: Position | None) -> None:
@@ -271,9 +293,8 @@ class Engine:
             position.cost += value
             position.leverage = leverage
         if margin_mode == "isolated":
-            initial_margin = money(CONTEXT.divide(value, leverage))
             self.ledger.post(ledger.wallet(account_id, instrument.settle_asset),
-                             ledger.isolated(account_id, symbol), initial_margin)
+                             ledger.isolated(account_id, symbol), initial_margin(value, leverage))
 
     def _reduce(self, position: Position, qty: Decimal, proceeds: Decimal) -> Decimal:
         """Close qty of a trader's position for total proceeds; post realized PnL and release margin."""
@@ -308,21 +329,20 @@ class Engine:
     def _on_funding(self, record: FundingRecord) -> None:
         instrument = self._instrument(record.symbol)
         if abs(record.rate) >= 1:
-            raise Rejected(f"funding rate {record.rate} is not a plausible rate")
+            raise Rejected(f"funding rate {text(record.rate)} is not a plausible rate")
         last = self.funding_ts.get(record.symbol)
         if last is not None and record.ts <= last:
             raise Rejected(f"funding for {record.symbol} at ts {record.ts} is not after the last one applied (ts "
                            f"{last}): that period was already charged")
         self.funding_ts[record.symbol] = record.ts
         clearing = ledger.funding(record.symbol)
-        rate_price = CONTEXT.multiply(record.mark_price, record.rate)
         for position in self.by_symbol[record.symbol].values():
-            payment = money(CONTEXT.multiply(position.qty, rate_price))
+            payment = funding_payment(position.qty, record.mark_price, record.rate)
             payer = (ledger.isolated(position.account_id, position.symbol) if position.margin_mode == "isolated"
                      else ledger.wallet(position.account_id, instrument.settle_asset))
             self.ledger.post(payer, clearing, payment)
         fund_state = self.funds[instrument.fund_id]
-        payment = money(CONTEXT.multiply(fund_state.net_qty(record.symbol), rate_price))
+        payment = funding_payment(fund_state.net_qty(record.symbol), record.mark_price, record.rate)
         if payment != 0:
             self.ledger.post(ledger.fund(instrument.fund_id), clearing, payment)
             self._fund_entry(instrument.fund_id, "funding", -payment, None, clearing)
@@ -336,38 +356,41 @@ class Engine:
         if position is None:
             raise Rejected(f"{record.account_id} holds no {record.symbol} position")
         if record.qty > position.size:
-            raise Rejected(f"liquidation of {record.qty} exceeds the position of {position.size}")
+            raise Rejected(f"liquidation of {text(record.qty)} exceeds the position of {text(position.size)}")
         self._check_steps(instrument, record.qty, None)
         executed = sum((e.qty for e in record.executions), ZERO)
         if executed > record.qty:
-            raise Rejected(f"executions total {executed}, more than the liquidated {record.qty}")
+            raise Rejected(f"executions total {text(executed)}, more than the liquidated {text(record.qty)}")
         for execution in record.executions:
             self._check_steps(instrument, execution.qty, execution.price)
+        fund_state = self.funds[instrument.fund_id]
+        net = fund_state.net_qty(record.symbol) + (record.qty if position.qty > 0 else -record.qty)
+        if abs(net) >= MAX_POSITION_QTY:
+            raise Rejected(f"fund {instrument.fund_id} would hold {text(net)} {record.symbol}, above the bound 10^12")
 
         self.marks[record.symbol] = record.mark_price
         self.mark_ts[record.symbol] = max(self.mark_ts.get(record.symbol, record.ts), record.ts)
-        fund_state = self.funds[instrument.fund_id]
         view = self.margin_view(position)
         if not view.liquidatable:
             self._finding("not_liquidatable", record.account_id, record.liquidation_id, record.symbol, {
                 "margin_balance": text(view.margin_balance),
                 "maintenance_margin": text(view.maintenance_margin),
                 "mark_price": text(record.mark_price)})
-        equity_share = money_up(CONTEXT.divide(CONTEXT.multiply(view.equity_share, record.qty), position.size))
+        equity_share = equity_behind(view.equity_share, record.qty, position.size)
         lot_cost = lot_cost_at_bankruptcy(position, record.qty, equity_share, record.mark_price)
         floor_cost = CONTEXT.multiply(record.qty, instrument.tick_size)
         if lot_cost < floor_cost:
             # BP below one tick: the equity behind the position exceeds its value (or, for a short, the account
             # is underwater by more than it): no price reaches zero equity, so the lot is taken at one tick.
             self._finding("bp_clamped", record.account_id, record.liquidation_id, record.symbol, {
-                "computed": text(price(CONTEXT.divide(lot_cost, record.qty))), "clamped_to": text(instrument.tick_size),
+                "computed": text(average_price(lot_cost, record.qty)), "clamped_to": text(instrument.tick_size),
                 "equity_share": text(equity_share)})
             lot_cost = floor_cost
-        computed_bp = CONTEXT.divide(lot_cost, record.qty)
+        computed_bp = average_price(lot_cost, record.qty)
         venue_bp = record.bankruptcy_price
         if venue_bp is not None and abs(venue_bp - computed_bp) > instrument.tick_size:
             self._finding("bp_mismatch", record.account_id, record.liquidation_id, record.symbol, {
-                "computed": text(price(computed_bp)), "venue": text(venue_bp),
+                "computed": text(computed_bp), "venue": text(venue_bp),
                 "tick_size": text(instrument.tick_size), "equity_share": text(equity_share)})
 
         lot = Lot(record.liquidation_id, record.symbol, position.side, record.qty, lot_cost, record.account_id,
@@ -388,8 +411,8 @@ class Engine:
         lots = [lot for lot in fund_state.lots.get(record.symbol, ()) if lot.side == closing]
         held = sum((lot.qty for lot in lots), ZERO)
         if record.qty > held:
-            raise Rejected(f"fund {fund_id} holds {held} {closing} {record.symbol}; cannot {record.side} "
-                           f"{record.qty}")
+            raise Rejected(f"fund {fund_id} holds {text(held)} {closing} {record.symbol}; cannot {record.side} "
+                           f"{text(record.qty)}")
         remaining = record.qty
         for lot in lots:
             if remaining == 0:
@@ -415,7 +438,7 @@ class Engine:
             return
         kept = gain
         if fund_state.spec.surplus == "trader":
-            kept = min(gain, money(CONTEXT.multiply(instrument.liquidation_fee_rate, proceeds)))
+            kept = min(gain, surplus_cap(instrument.liquidation_fee_rate, proceeds))
             self.ledger.post(source, ledger.wallet(lot.liquidated_account, instrument.settle_asset), gain - kept)
         if kept > 0:
             self.ledger.post(source, ledger.fund(fund_id), kept)
@@ -471,7 +494,7 @@ class Engine:
                 proceeds = self._take_from_lot(fund_state, lot, take)
             self._reduce(counterparty, take, proceeds)
             self._adl_event(fund_state.spec.fund_id, lot, counterparty.account_id, opposite, take,
-                            price(CONTEXT.divide(proceeds, take)), rank, ranked.score, adl.quantile(rank, count))
+                            average_price(proceeds, take), rank, ranked.score, adl.quantile(rank, count))
         if lot.qty > 0:
             self._finding("adl_shortfall", lot.liquidated_account, lot.liquidation_id, symbol, {
                 "unfilled_qty": text(lot.qty), "counterparties": str(count)})
@@ -518,18 +541,17 @@ class Engine:
             pnl, mm = self.exposure(other, memo)
             tnc += pnl
             tmm += mm
-        equity_share = tnc if tmm == 0 else CONTEXT.divide(CONTEXT.multiply(tnc, own_mm), tmm)
-        return MarginView(tnc, tmm, own_mm, equity_share)
+        return MarginView(tnc, tmm, own_mm, cross_equity_share(tnc, own_mm, tmm))
 
     def bankruptcy_price(self, position: Position, memo: Exposures | None = None) -> Decimal:
         with localcontext(CONTEXT):
             return self._bankruptcy_price(position, memo)
 
     def _bankruptcy_price(self, position: Position, memo: Exposures | None = None) -> Decimal:
-        if position.margin_mode == "isolated":  # E -/+ M/|q|: needs no mark and no maintenance margin
-            margin = self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
-            cost = position.cost - margin if position.qty > 0 else position.cost + margin
-            return CONTEXT.divide(cost, position.size)
+        """The position's BP, rounded in the fund's favour (docs/design.md §9.4)."""
+        if position.margin_mode == "isolated":
+            return isolated_bankruptcy_price(position,
+                                             self.ledger.balance(ledger.isolated(position.account_id, position.symbol)))
         return bankruptcy_price(position, self.margin_view(position, memo).equity_share,
                                 self.marks[position.symbol])
 
@@ -678,9 +700,9 @@ class Engine:
     @staticmethod
     def _check_steps(instrument: Instrument, qty: Decimal, fill_price: Decimal | None) -> None:
         if not is_multiple(qty, instrument.lot_size):
-            raise Rejected(f"qty {qty} is not a multiple of the lot size {instrument.lot_size}")
+            raise Rejected(f"qty {text(qty)} is not a multiple of the lot size {text(instrument.lot_size)}")
         if fill_price is not None and not is_multiple(fill_price, instrument.tick_size):
-            raise Rejected(f"price {fill_price} is not a multiple of the tick size {instrument.tick_size}")
+            raise Rejected(f"price {text(fill_price)} is not a multiple of the tick size {text(instrument.tick_size)}")
 
     def _funds_of(self, record: AnyRecord) -> list[str]:
         """The funds whose balance this event may move (checked for solvency afterwards): liquidations, funding and

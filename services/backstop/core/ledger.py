@@ -4,7 +4,8 @@ A posting moves `amount` from one account to another, so the sum of all balances
 `check_conservation` re-derives that sum (switch it on per event with Engine(check_conservation=True)): in full
 on the first call and every FULL_CHECK_EVERY calls, and in between from the accounts posted to since the previous
 call, whose changes must sum to zero, so a check after every event costs what the event touched, not the size of
-the ledger.
+the ledger. Every balance stays below BALANCE_BOUND in magnitude (docs/design.md §9.3: a 256-bit integer in the
+compiled engine); no input within the bounds can reach it, so a posting that would is a broken invariant.
 
 Ledger account names:
   wallet:<account>:<asset>        a trader's wallet (cross margin lives here)
@@ -21,7 +22,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from backstop.core.errors import InvariantViolation
-from backstop.core.numbers import MONEY_QUANTUM, ZERO
+from backstop.core.numbers import BALANCE_BOUND, ZERO, is_money
 
 
 def wallet(account_id: str, asset: str) -> str:
@@ -75,8 +76,9 @@ class Ledger:
         return self.balances.get(account, ZERO)
 
     def post(self, source: str, destination: str, amount: Decimal) -> None:
-        """Move amount (already quantized money) from source to destination; a negative amount reverses."""
-        if self.strict and amount != amount.quantize(MONEY_QUANTUM):
+        """Move amount (already quantized money) from source to destination; a negative amount reverses. In
+        backstop.core.numbers.CONTEXT, which Engine.apply makes current."""
+        if self.strict and not is_money(amount):
             raise InvariantViolation(f"unquantized posting {amount} {source} -> {destination}")
         touched = self.touched
         touched.add(source)
@@ -90,8 +92,13 @@ class Ledger:
         balances = self.balances
         # A balance back at zero holds the shared ZERO instead of a Decimal of its own (104 bytes): a wallet that
         # funded its isolated margins, a margin account whose position closed.
-        balances[source] = (balances.get(source, ZERO) - amount) or ZERO
-        balances[destination] = (balances.get(destination, ZERO) + amount) or ZERO
+        source_after = (balances.get(source, ZERO) - amount) or ZERO
+        destination_after = (balances.get(destination, ZERO) + amount) or ZERO
+        if not (-BALANCE_BOUND < source_after < BALANCE_BOUND and -BALANCE_BOUND < destination_after < BALANCE_BOUND):
+            raise InvariantViolation(f"posting {amount} {source} -> {destination} takes a balance beyond the bound "
+                                     f"10^68")
+        balances[source] = source_after
+        balances[destination] = destination_after
 
     def drain_touched(self) -> set[str]:
         touched, self.touched = self.touched, set()

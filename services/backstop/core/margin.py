@@ -1,6 +1,6 @@
-"""Margin rules (DESIGN.md section 4): brackets, maintenance margin, bankruptcy and liquidation prices.
+"""Margin rules (docs/design.md §4): brackets, maintenance margin, bankruptcy and liquidation prices.
 
-Pure functions over exact decimals; nothing here rounds except where it returns a reported price.
+Pure functions over exact decimals; each rounding is a named rule of docs/design.md §9.4 (backstop.core.numbers).
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
+from backstop.core import numbers
 from backstop.core.numbers import CONTEXT, ZERO
 from backstop.core.state import Position, Tier
 
@@ -21,55 +22,65 @@ def bracket(tiers: Sequence[Tier], notional: Decimal) -> Tier:
 
 
 def maintenance_margin(tiers: Sequence[Tier], notional: Decimal) -> Decimal:
-    """MM = notional x mmr - maint_amount (Binance's cumulative amount), never below zero."""
+    """MM = HALF_EVEN(notional x mmr) - maint_amount (Binance's cumulative amount), never below zero."""
     tier = bracket(tiers, notional)
-    return max(CONTEXT.multiply(notional, tier.mmr) - tier.maint_amount, ZERO)
+    return numbers.maintenance(notional, tier.mmr, tier.maint_amount)
 
 
 def position_maintenance(position: Position, tiers: Sequence[Tier], mark: Decimal) -> Decimal:
     return maintenance_margin(tiers, CONTEXT.multiply(position.size, mark))
 
 
-def lot_cost_at_bankruptcy(position: Position, qty: Decimal, equity_share: Decimal, mark: Decimal) -> Decimal:
-    """Cost of `qty` of the position at its bankruptcy price, given the equity share behind that qty.
+def lot_cost_at_bankruptcy(position: Position, qty: Decimal, equity_behind: Decimal, mark: Decimal) -> Decimal:
+    """Cost of `qty` of the position at its bankruptcy price, given the equity behind that qty (exact).
 
-    Long: qty x mark - share; short: qty x mark + share. For an isolated position the share is
+    Long: qty x mark - equity; short: qty x mark + equity. For an isolated position the equity is
     margin + uPnL, which reduces to the textbook cost - margin (BP = E - M/q) whatever the mark.
     """
     value = CONTEXT.multiply(qty, mark)
-    return value - equity_share if position.qty > 0 else value + equity_share
+    return value - equity_behind if position.qty > 0 else value + equity_behind
 
 
 def bankruptcy_price(position: Position, equity_share: Decimal, mark: Decimal) -> Decimal:
-    """The price at which the position's share of the account's equity is zero."""
-    return CONTEXT.divide(lot_cost_at_bankruptcy(position, position.size, equity_share, mark), position.size)
+    """The price at which the position's share of the account's equity is zero: (size x mark -/+ share) / size,
+    FLOOR for a long and CEILING for a short to 1e-8."""
+    numerator = lot_cost_at_bankruptcy(position, position.size, equity_share, mark)
+    return numbers.bankruptcy_price(numerator, position.size, long=position.qty > 0)
+
+
+def isolated_bankruptcy_price(position: Position, margin: Decimal) -> Decimal:
+    """(cost - margin) / size for a long, (cost + margin) / size for a short, FLOOR / CEILING to 1e-8: needs no mark
+    and no maintenance margin."""
+    long = position.qty > 0
+    return numbers.bankruptcy_price(position.cost - margin if long else position.cost + margin, position.size,
+                                    long=long)
 
 
 def liquidation_price(position: Position, tiers: Sequence[Tier], other_equity: Decimal) -> Decimal | None:
     """The mark at which this position's margin balance equals its maintenance margin.
 
     other_equity: for isolated, the isolated margin; for cross, wallet + sum over the account's other cross
-    positions of (uPnL - MM) at their marks. Solves other + q(P - E) = |q| P mmr - cum per bracket and keeps
-    the bracket whose notional at P lies inside it (the bracket is re-chosen at the liquidation price, as
-    Binance does). None when no positive price liquidates the position.
+    positions of (uPnL - MM) at their marks. Solves other + q(P - E) = |q| P mmr - cum per bracket, P rounded
+    HALF_EVEN to 1e-8, and keeps the bracket whose notional at the rounded P lies inside it (the bracket is
+    re-chosen at the liquidation price, as Binance does). None when no positive price liquidates the position.
     """
     q = position.qty
     signed_cost = position.cost if q > 0 else -position.cost
     lower = ZERO
     for tier in tiers:
-        denominator = q - CONTEXT.multiply(position.size, tier.mmr)
-        if denominator == 0:
-            lower = tier.max_notional
-            continue
-        candidate = CONTEXT.divide(signed_cost - other_equity - tier.maint_amount, denominator)
-        notional = CONTEXT.multiply(position.size, candidate)
-        if candidate > 0 and lower < notional <= tier.max_notional:
+        candidate = _candidate(position, signed_cost - other_equity - tier.maint_amount, tier.mmr)
+        if candidate is not None and candidate > 0 and lower < CONTEXT.multiply(position.size, candidate) <= \
+                tier.max_notional:
             return candidate
         lower = tier.max_notional
     last = tiers[-1]
-    denominator = q - CONTEXT.multiply(position.size, last.mmr)
-    if denominator != 0:
-        candidate = CONTEXT.divide(signed_cost - other_equity - last.maint_amount, denominator)
-        if candidate > 0 and CONTEXT.multiply(position.size, candidate) > last.max_notional:
-            return candidate
+    candidate = _candidate(position, signed_cost - other_equity - last.maint_amount, last.mmr)
+    if candidate is not None and candidate > 0 and CONTEXT.multiply(position.size, candidate) > last.max_notional:
+        return candidate
     return None
+
+
+def _candidate(position: Position, numerator: Decimal, mmr: Decimal) -> Decimal | None:
+    """One bracket's price; None where q - |q| mmr = 0 (mmr = 1 for a long: the engine admits only mmr < 1)."""
+    denominator = position.qty - CONTEXT.multiply(position.size, mmr)
+    return None if denominator == 0 else numbers.liquidation_candidate(numerator, denominator)

@@ -1,62 +1,161 @@
-"""Exact numbers and the rounding rules, in one place.
+"""Exact numbers and the rounding rules of docs/design.md §9, in one place.
 
-All arithmetic runs in CONTEXT (60 significant digits, ROUND_HALF_EVEN, traps on), so results never depend
-on the caller's decimal context. Inputs hold at most 38 digits, so sums and products of two inputs are
-exact; only divisions round, and each one is quantized by a named rule below:
-
-- money (every ledger amount): MONEY_QUANTUM = 1e-8 of the settlement asset, ROUND_HALF_EVEN;
-- the equity share behind a takeover (which fixes the price the fund takes the lot at): rounded up
-  (ROUND_CEILING), so the fund's lot is never booked at a price worse for the fund than the exact BP;
-- pro-rata shares of a cost basis or an isolated margin: MONEY_QUANTUM, ROUND_HALF_EVEN; a full close
-  takes the exact remainder, so nothing leaks;
-- reported prices (entry, bankruptcy, liquidation, ADL price): PRICE_QUANTUM = 1e-8, ROUND_HALF_EVEN;
-- ADL scores and leverages: SCORE_QUANTUM = 1e-12, ROUND_HALF_EVEN; ranking uses the quantized score.
+Sums, differences and products are exact: CONTEXT's precision is above every value the rules form from input
+within the bounds of §9.2 and state within those of §9.3, and CONTEXT traps Inexact and Rounded, so an inexact
++, - or x is a bug that stops the engine (InvariantViolation's kin), never a silent rounding. Every division goes
+through `div`, which rounds the exact rational value once, with integer arithmetic, to a named quantum in a named
+direction. The named rules of §9.4 below are thin functions over `div` or over one rounding of an exact value;
+nothing else in the engine rounds.
 """
 
 from __future__ import annotations
 
 from decimal import (
     ROUND_CEILING,
+    ROUND_FLOOR,
     ROUND_HALF_EVEN,
     Context,
     Decimal,
     DivisionByZero,
+    Inexact,
     InvalidOperation,
     Overflow,
+    Rounded,
 )
 
-CONTEXT = Context(prec=60, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
-MONEY_QUANTUM = Decimal("1e-8")
-PRICE_QUANTUM = Decimal("1e-8")
-SCORE_QUANTUM = Decimal("1e-12")
+# More digits than the widest integer the compiled engine forms (§9.3): no exact result within the bounds reaches
+# it, so Rounded is only ever a bug.
+PRECISION = 160
+CONTEXT = Context(prec=PRECISION, rounding=ROUND_HALF_EVEN,
+                  traps=[InvalidOperation, DivisionByZero, Overflow, Inexact, Rounded])
+_ROUNDING = Context(prec=PRECISION, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+MONEY_QUANTUM = Decimal("1e-8")  # every ledger amount, in units of the settlement asset
+PRICE_QUANTUM = Decimal("1e-8")  # every computed price
+SCORE_QUANTUM = Decimal("1e-12")  # ADL scores and the explain-only ratios
 ZERO = Decimal(0)
+ONE = Decimal(1)
+MAX_POSITION_QTY = Decimal(10) ** 12  # §9.3: a position, and a fund's lots of one symbol and side, hold less
+MAX_COST = Decimal(10) ** 22  # §9.3: a position's cost basis stays below it
+BALANCE_BOUND = Decimal(10) ** 68  # §9.3: every ledger balance stays below it in magnitude (a 256-bit integer)
+LARGEST_PRICE = Decimal("9999999999.99999999")  # §9.2: the largest PRICE the wire admits (a record the engine writes)
+
+_POWERS_OF_TEN = [10 ** places for places in range(2 * PRECISION)]
+
+
+def div(numerator: Decimal, denominator: Decimal, quantum: Decimal, rounding: str) -> Decimal:
+    """numerator / denominator rounded once, from the exact rational value, to a multiple of quantum (a power of ten)
+    toward ROUND_HALF_EVEN, ROUND_CEILING or ROUND_FLOOR. Integer arithmetic throughout: no intermediate rounding."""
+    top, n_den = numerator.as_integer_ratio()
+    d_num, d_den = denominator.as_integer_ratio()
+    if d_num == 0:
+        raise DivisionByZero(f"{numerator} / 0")
+    top, bottom = top * d_den, n_den * d_num
+    places = -quantum.adjusted()  # the quotient in units of the quantum: top / bottom x 10^places
+    if places >= 0:
+        top *= _POWERS_OF_TEN[places]
+    else:
+        bottom *= _POWERS_OF_TEN[-places]
+    if bottom < 0:
+        top, bottom = -top, -bottom
+    units, rest = divmod(top, bottom)  # floor division: rest in [0, bottom)
+    if rest:
+        if rounding == ROUND_HALF_EVEN:
+            twice = 2 * rest
+            if twice > bottom or (twice == bottom and units & 1):
+                units += 1
+        elif rounding == ROUND_CEILING:
+            units += 1
+        elif rounding != ROUND_FLOOR:
+            raise ValueError(f"unsupported rounding {rounding}")
+    return Decimal(units).scaleb(-places, context=CONTEXT)
+
+
+def rounded(value: Decimal, quantum: Decimal, rounding: str = ROUND_HALF_EVEN) -> Decimal:
+    """An exact value rounded once to a multiple of quantum."""
+    return value.quantize(quantum, rounding=rounding, context=_ROUNDING)
 
 
 def money(value: Decimal) -> Decimal:
-    """A ledger amount: quantized to the asset unit, half-even."""
-    return value.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN, context=CONTEXT)
+    """An exact amount rounded half-even to the asset unit: realized PnL, funding, fund gains, reported money."""
+    return value.quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN, context=_ROUNDING)
 
 
-def money_up(value: Decimal) -> Decimal:
-    """A ledger amount rounded toward +infinity (used where the rule says 'in the fund's favour')."""
-    return value.quantize(MONEY_QUANTUM, rounding=ROUND_CEILING, context=CONTEXT)
+def is_money(value: Decimal) -> bool:
+    """True when value is a whole number of asset units (a ledger posting must be)."""
+    return value == money(value)
 
 
-def price(value: Decimal) -> Decimal:
-    """A reported price."""
-    return value.quantize(PRICE_QUANTUM, rounding=ROUND_HALF_EVEN, context=CONTEXT)
-
-
-def score(value: Decimal) -> Decimal:
-    """An ADL score or leverage."""
-    return value.quantize(SCORE_QUANTUM, rounding=ROUND_HALF_EVEN, context=CONTEXT)
+# ---------------------------------------------------------------------------------------------- the rules of §9.4
+def initial_margin(value: Decimal, leverage: Decimal) -> Decimal:
+    """Isolated margin posted at an open: HALF_EVEN(value / leverage) to 1e-8."""
+    return div(value, leverage, MONEY_QUANTUM, ROUND_HALF_EVEN)
 
 
 def share(total: Decimal, part: Decimal, whole: Decimal) -> Decimal:
-    """The pro-rata share part/whole of total, quantized as money; the whole takes it all exactly."""
+    """The pro-rata share part/whole of total (a cost basis, an isolated margin, a lot's cost): HALF_EVEN to 1e-8,
+    never beyond total (a cost below 1e-8 could round up past it); the whole takes total exactly."""
     if part == whole:
         return total
-    return money(CONTEXT.divide(CONTEXT.multiply(total, part), whole))
+    result = div(CONTEXT.multiply(total, part), whole, MONEY_QUANTUM, ROUND_HALF_EVEN)
+    return total if abs(result) > abs(total) else result
+
+
+def maintenance(notional: Decimal, mmr: Decimal, maint_amount: Decimal) -> Decimal:
+    """MM of a position: max(HALF_EVEN(notional x mmr) - maint_amount, 0), rounded before the subtraction."""
+    return max(money(CONTEXT.multiply(notional, mmr)) - maint_amount, ZERO)
+
+
+def funding_payment(qty: Decimal, mark: Decimal, rate: Decimal) -> Decimal:
+    """What a (signed) qty pays at a funding: HALF_EVEN(qty x mark x rate) to 1e-8."""
+    return money(CONTEXT.multiply(CONTEXT.multiply(qty, mark), rate))
+
+
+def cross_equity_share(tnc: Decimal, position_mm: Decimal, total_mm: Decimal) -> Decimal:
+    """A cross position's share of the account's equity: CEILING(TNC x MM_j / TMM) to 1e-8; TNC itself when TMM = 0."""
+    if total_mm == 0:
+        return tnc
+    return div(CONTEXT.multiply(tnc, position_mm), total_mm, MONEY_QUANTUM, ROUND_CEILING)
+
+
+def equity_behind(equity_share: Decimal, qty: Decimal, size: Decimal) -> Decimal:
+    """The equity behind a liquidated qty of a position of `size`: CEILING(share x qty / size) to 1e-8 (the fund's
+    favour); the whole position: CEILING(share)."""
+    if qty == size:
+        return rounded(equity_share, MONEY_QUANTUM, ROUND_CEILING)
+    return div(CONTEXT.multiply(equity_share, qty), size, MONEY_QUANTUM, ROUND_CEILING)
+
+
+def bankruptcy_price(numerator: Decimal, size: Decimal, *, long: bool) -> Decimal:
+    """A position's BP, numerator / size (numerator: cost -/+ margin, or size x mark -/+ equity share), to 1e-8 in the
+    fund's favour: FLOOR for a long, CEILING for a short."""
+    return div(numerator, size, PRICE_QUANTUM, ROUND_FLOOR if long else ROUND_CEILING)
+
+
+def average_price(cost: Decimal, qty: Decimal) -> Decimal:
+    """A reported price (entry price, a lot's BP, an ADL fill price, a takeover's computed BP): HALF_EVEN(cost / qty)
+    to 1e-8."""
+    return div(cost, qty, PRICE_QUANTUM, ROUND_HALF_EVEN)
+
+
+def liquidation_candidate(numerator: Decimal, denominator: Decimal) -> Decimal:
+    """One bracket's liquidation price: HALF_EVEN(numerator / denominator) to 1e-8 (margin.liquidation_price)."""
+    return div(numerator, denominator, PRICE_QUANTUM, ROUND_HALF_EVEN)
+
+
+def surplus_cap(liquidation_fee_rate: Decimal, proceeds: Decimal) -> Decimal:
+    """What a fund keeps of a gain under `surplus: trader`: HALF_EVEN(liquidation_fee_rate x proceeds) to 1e-8."""
+    return money(CONTEXT.multiply(liquidation_fee_rate, proceeds))
+
+
+def ratio(numerator: Decimal, denominator: Decimal) -> Decimal:
+    """An ADL score or an explain-only ratio (PnL%, leverage): HALF_EVEN(numerator / denominator) to 1e-12."""
+    return div(numerator, denominator, SCORE_QUANTUM, ROUND_HALF_EVEN)
+
+
+def whole_steps(numerator: Decimal, denominator: Decimal, step: Decimal, rounding: str = ROUND_FLOOR) -> Decimal:
+    """numerator / denominator rounded once to a multiple of step (a lot or a tick): FLOOR unless told otherwise."""
+    return CONTEXT.multiply(div(numerator, CONTEXT.multiply(denominator, step), ONE, rounding), step)
 
 
 def is_multiple(value: Decimal, step: Decimal) -> bool:

@@ -1,13 +1,16 @@
-"""Read-only views of engine state for people and tools: the summary and the accounts document."""
+"""Read-only views of engine state for people and tools: the summary and the accounts document.
+
+Every figure is computed in backstop.core.numbers.CONTEXT (exact) and rounded, where it is, by a rule of
+docs/design.md §9.4: reported money half-even to 1e-8, prices as the rules compute them."""
 
 from __future__ import annotations
 
-from decimal import localcontext
+from decimal import Decimal, localcontext
 from typing import Any
 
 from backstop.core import ledger
 from backstop.core.engine import Engine, Exposures
-from backstop.core.numbers import CONTEXT, ZERO, money, price, text
+from backstop.core.numbers import CONTEXT, ZERO, money, text
 from backstop.core.processor import Processor
 from backstop.core.snapshot import state_hash
 from backstop.core.state import Position
@@ -28,9 +31,16 @@ def summary(processor: Processor) -> dict[str, Any]:
         "fund_ledger_entries": processor.fund_entries,
         "adl_events": processor.adl_events,
         "findings": processor.findings,
-        "ledger_sum": text(sum(engine.ledger.balances.values(), ZERO)),
+        "ledger_sum": text(ledger_sum(engine)),
         "funds": funds(engine),
     }
+
+
+def ledger_sum(engine: Engine) -> Decimal:
+    """The sum of every ledger balance, exact (in CONTEXT: a default decimal context rounds large balances): zero
+    when the ledger balances."""
+    with localcontext(CONTEXT):
+        return sum(engine.ledger.balances.values(), ZERO)
 
 
 def funds(engine: Engine) -> dict[str, Any]:
@@ -72,7 +82,7 @@ def accounts(engine: Engine) -> dict[str, Any]:
             for symbol in sorted(state.lots):
                 net = state.net_qty(symbol)
                 lots = [{"liquidation_id": lot.liquidation_id, "side": lot.side, "qty": text(lot.qty),
-                         "bankruptcy_price": text(price(lot.bankruptcy_price())), "seq": lot.seq}
+                         "bankruptcy_price": text(lot.bankruptcy_price()), "seq": lot.seq}
                         for lot in state.lots[symbol]]
                 inventory[symbol] = {"qty": text(net), "mark_price": text(engine.marks[symbol]), "lots": lots}
             result[ledger.fund(fund_id)] = {
@@ -89,15 +99,15 @@ def _position(engine: Engine, position: Position, memo: Exposures) -> dict[str, 
     isolated = engine.ledger.balance(ledger.isolated(position.account_id, position.symbol))
     return {
         "qty": text(position.qty),
-        "entry_price": text(price(position.entry_price())),
+        "entry_price": text(position.entry_price()),
         "cost": text(position.cost),
         "margin_mode": position.margin_mode,
         "leverage": text(position.leverage),
         "isolated_margin": text(isolated),
         "mark_price": text(mark),
         "unrealized_pnl": text(money(unrealized)),
-        "maintenance_margin": text(money(view.position_maintenance)),
+        "maintenance_margin": text(view.position_maintenance),
         "margin_balance": text(money(view.margin_balance)),
-        "liquidation_price": text(price(liquidation)) if liquidation is not None else "0",
-        "bankruptcy_price": text(price(engine._bankruptcy_price(position, memo))),
+        "liquidation_price": text(liquidation) if liquidation is not None else "0",
+        "bankruptcy_price": text(engine._bankruptcy_price(position, memo)),
     }

@@ -12,11 +12,11 @@ a simulated run is itself a journal that `backstop replay` reproduces.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
+from decimal import ROUND_CEILING, Decimal, localcontext
 
 from backstop.core.hashing import canonical_json
 from backstop.core.margin import bracket
-from backstop.core.numbers import CONTEXT, text
+from backstop.core.numbers import CONTEXT, LARGEST_PRICE, ONE, text, whole_steps
 from backstop.core.processor import Applied, Outcome, Processor
 from backstop.core.state import Position
 from backstop.wire.decode import decode_record
@@ -68,15 +68,15 @@ class Simulator:
             tier = bracket(instrument.tiers, position.size * mark)
             lower = [t.max_notional for t in instrument.tiers if t.max_notional < tier.max_notional]
             if lower:  # step down one bracket: keep what fits under the next lower bracket's ceiling
-                keep = (lower[-1] / mark) // instrument.lot_size * instrument.lot_size
+                keep = whole_steps(lower[-1], mark, instrument.lot_size)
                 qty = max(position.size - keep, instrument.lot_size)
-        slip = mark * self.params.slippage_bps / 10000
-        if position.qty > 0:  # the order sells: below the mark
-            fill = ((mark - slip) / instrument.tick_size).to_integral_value(ROUND_FLOOR) * instrument.tick_size
+        slip = (mark * self.params.slippage_bps).scaleb(-4)  # basis points: exact
+        if position.qty > 0:  # the order sells: below the mark, rounded down to the tick
+            fill = whole_steps(mark - slip, ONE, instrument.tick_size)
         else:
-            fill = ((mark + slip) / instrument.tick_size).to_integral_value(ROUND_CEILING) * instrument.tick_size
-        fill = max(fill, instrument.tick_size)
-        filled = (qty * self.params.market_fill) // instrument.lot_size * instrument.lot_size
+            fill = whole_steps(mark + slip, ONE, instrument.tick_size, ROUND_CEILING)
+        fill = min(max(fill, instrument.tick_size), whole_steps(LARGEST_PRICE, ONE, instrument.tick_size))
+        filled = whole_steps(qty * self.params.market_fill, ONE, instrument.lot_size)
         record = decode_record(canonical_json({
             "type": "liquidation", "ts": ts, "liquidation_id": f"sim-{engine.last_seq + 1}",
             "account_id": position.account_id, "symbol": position.symbol, "qty": text(qty), "mark_price": text(mark),

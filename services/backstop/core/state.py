@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Literal
 
 from backstop.core.errors import InvariantViolation
-from backstop.core.numbers import CONTEXT, ZERO
+from backstop.core.numbers import CONTEXT, ZERO, average_price
 
 MarginMode = Literal["cross", "isolated"]
 SurplusPolicy = Literal["fund", "trader"]
@@ -61,7 +61,8 @@ class Position:
         return abs(self.qty)
 
     def entry_price(self) -> Decimal:
-        return CONTEXT.divide(self.cost, self.size)
+        """The reported entry price: HALF_EVEN(cost / size) to 1e-8 (the rules use the exact cost, never this)."""
+        return average_price(self.cost, self.size)
 
     def unrealized_pnl(self, mark: Decimal) -> Decimal:
         value = CONTEXT.multiply(self.size, mark)
@@ -136,7 +137,8 @@ class Lot:
     seq: int
 
     def bankruptcy_price(self) -> Decimal:
-        return CONTEXT.divide(self.cost, self.qty)
+        """The reported BP of the lot: HALF_EVEN(cost / qty) to 1e-8 (the rules use the exact cost, never this)."""
+        return average_price(self.cost, self.qty)
 
 
 @dataclass(slots=True)

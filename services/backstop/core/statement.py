@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
-from backstop.core.numbers import text
+from backstop.core.numbers import CONTEXT, text
 
 
 class StatementError(ValueError):
@@ -33,16 +33,27 @@ class Statement:
     entries: list[dict[str, Any]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
+        with localcontext(CONTEXT):
+            total = sum(self.by_kind.values(), Decimal(0))
         return {"fund_id": self.fund_id, "from_ts": self.period_from, "to_ts": self.period_to,
                 "opening_balance": text(self.opening_balance), "closing_balance": text(self.closing_balance),
-                "total_flows": text(sum(self.by_kind.values(), Decimal(0))),
+                "total_flows": text(total),
                 "by_kind": {k: text(v) for k, v in sorted(self.by_kind.items())},
                 "by_symbol": {k: text(v) for k, v in sorted(self.by_symbol.items())},
                 "entries": self.entries}
 
 
 def statement(entries: Iterable[dict[str, Any]], fund_id: str, *, period_from: int, period_to: int) -> Statement:
-    """Entries with period_from <= ts < period_to; balances from the chain's balance_after."""
+    """Entries with period_from <= ts < period_to; balances from the chain's balance_after. Sums are exact (CONTEXT);
+    an amount beyond what the engine can hold is a StatementError."""
+    try:
+        with localcontext(CONTEXT):
+            return _statement(entries, fund_id, period_from=period_from, period_to=period_to)
+    except ArithmeticError:
+        raise StatementError("an amount or balance_after is not an exact decimal within the ledger's bounds") from None
+
+
+def _statement(entries: Iterable[dict[str, Any]], fund_id: str, *, period_from: int, period_to: int) -> Statement:
     result = Statement(fund_id, period_from, period_to)
     balance = Decimal(0)
     for entry in entries:

@@ -1,5 +1,5 @@
 """`backstop audit verify`: check a replay output directory, alone or against its journal, or the service's
-database.
+database against its journal and the checkpoints the service signed (docs/operations-security.md).
 
 Without the journal every file is checked against summary.json: each hash chain from its start to the head the
 summary records, every count (fund-ledger entries, ADL events, findings, dead letters), the head hash as the
@@ -17,6 +17,14 @@ import orjson
 
 from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.adapters.output_reader import OutputReadError, read_stream, read_summary
+from backstop.core.anchor import (
+    AnchorKey,
+    AnchorKeyError,
+    SignedCheckpoint,
+    check_heads,
+    check_journal,
+    check_signatures,
+)
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import GENESIS_HASH, canonical_json, combine, record_dict
@@ -108,10 +116,16 @@ def verify_journal(journal: Path) -> Outcome:
     return checked, problem
 
 
-async def verify_postgres(dsn: str) -> Outcome:
-    """The service's database: its stored records against its own journal and head."""
+async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None
+                          ) -> Outcome:
+    """The service's database: its stored journal (rows without gaps, payload hashes), its records against that
+    journal and its head; with anchor keys, all of it against the checkpoints the service signed (docs/
+    operations-security.md)."""
+    import asyncpg
+
     from backstop.adapters.postgres.store import Store
 
+    keys = [_anchor_key(path) for path in anchor_key_files or ()]
     try:
         store = await Store.open(dsn)
     except (OSError, Exception) as error:
@@ -122,13 +136,74 @@ async def verify_postgres(dsn: str) -> Outcome:
         stored = await store.stored_hashes()
         head = await store.head()
         funds = {r["fund_id"]: {"balance": str(r["balance"])} for r in await store.pool.fetch("SELECT * FROM funds")}
-        lines = [payload async for _, payload in store.journal()]
+        rows = [row async for row in store.journal_rows()]
+        checkpoints = await store.checkpoints()
+    except asyncpg.UndefinedTableError as error:
+        raise AuditError(f"the database is not a migrated backstop database ({error}): backstop db migrate") from None
+    except (asyncpg.PostgresError, OSError) as error:
+        raise AuditError(f"cannot read the database: {type(error).__name__}: {error}") from None
     finally:
         await store.close()
+    checked: list[str] = []
+    problem = check_signatures(checkpoints, keys) if keys else None
+    if problem:
+        return checked, problem
+    journal_problem, last_seq, digest = check_journal(rows, checkpoints if keys else [])
+    if journal_problem:
+        return checked, journal_problem
+    checked.append(f"journal: {last_seq} rows without gaps, each payload_hash that of its payload; journal digest "
+                   f"at seq {last_seq}: {digest}")
+    if keys:
+        problem = _anchored_head(checkpoints, last_seq, stored.get("seq"))
+        if problem:
+            return checked, problem
+        checked.extend(_anchor_lines(checkpoints, digest))
     summary = {"funds": funds, "ledger_head_hash": head.ledger_head if ledger else None,
                "head_hash": stored.get("head_hash"),
                "state_hash": stored.get("state_hash") if stored.get("state_hash_seq") == stored.get("seq") else None}
-    return verify_records(ledger, events, summary, lines, source="the database")
+    more, record_problem = verify_records(ledger, events, summary, [row[4] for row in rows], source="the database")
+    checked.extend(more)
+    if record_problem is not None or not keys:
+        return checked, record_problem
+    problem = check_heads(checkpoints, ledger, events)
+    if problem is None:
+        checked.append(f"fund ledger and ADL events: heads and counts as signed at each of the {len(checkpoints)} "
+                       f"checkpoints")
+    return checked, problem
+
+
+def _anchor_key(path: Path) -> AnchorKey:
+    try:
+        return AnchorKey.from_bytes(path.read_bytes(), source=str(path))
+    except OSError as error:
+        raise AuditError(f"cannot read the anchor key {path}: {error}") from None
+    except AnchorKeyError as error:
+        raise AuditError(str(error)) from None
+
+
+def _anchored_head(checkpoints: list[SignedCheckpoint], journal_seq: int, head_seq: object) -> str | None:
+    """The journal's head carries a checkpoint: rows after the last one could have been written by anyone."""
+    if not checkpoints:
+        return (f"no signed checkpoint: the journal's head (seq {journal_seq}) is not anchored"
+                if journal_seq else None)
+    last = checkpoints[-1].checkpoint.seq
+    if last != journal_seq:
+        return (f"the journal's head (seq {journal_seq}) is not anchored: the last checkpoint is at seq {last}, so "
+                f"seq {last + 1} to {journal_seq} could have been written by anyone")
+    if head_seq != journal_seq:
+        return f"the stored engine head is at seq {head_seq}, the journal and its last checkpoint at seq {journal_seq}"
+    return None
+
+
+def _anchor_lines(checkpoints: list[SignedCheckpoint], digest: str) -> list[str]:
+    last = checkpoints[-1].checkpoint if checkpoints else None
+    lines = [f"checkpoints: {len(checkpoints)} signed"
+             + (f", the last at seq {last.seq} with head hash {last.head_hash}; the journal's digest at each is the "
+                f"signed one" if last else " (an empty journal)")]
+    lines.extend(f"checkpoint at seq {signed.checkpoint.seq}: the history up to seq {signed.checkpoint.adopted_seq} "
+                 f"was adopted by an operator (BACKSTOP_ANCHOR_ADOPT), not signed as it was written"
+                 for signed in checkpoints if signed.checkpoint.adopted_seq)
+    return lines
 
 
 def _heads(ledger: list[dict[str, Any]], events: list[dict[str, Any]], summary: dict[str, Any], *,

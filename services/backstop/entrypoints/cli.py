@@ -6,11 +6,32 @@ import argparse
 import contextlib
 import gc
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from backstop import __version__
+
+
+class DsnArgument(argparse.Action):
+    """A PostgreSQL DSN on the command line, never one that carries a password: a command line is visible to every
+    user of the machine (ps, /proc) and stays in shell history. The password comes from the environment or a file."""
+
+    def __init__(self, *args: object, env: str | None = None, **kwargs: object) -> None:
+        self.env = env
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from backstop.settings import dsn_password
+
+        if dsn_password(str(values)) is not None:
+            instead = f"the DSN in {self.env} or {self.env}_FILE, or " if self.env else ""
+            parser.exit(2, f"{parser.prog}: refused: {option_string} carries a password, which a command line shows "
+                           f"to every user of this machine: give {instead}the password in PGPASSWORD or a password "
+                           f"file (PGPASSFILE)\n")
+        setattr(namespace, self.dest, values)
 
 
 def _cmd_db_migrate(args: argparse.Namespace) -> int:
@@ -19,11 +40,19 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
     import asyncpg
 
     from backstop.adapters.postgres.migrations import MigrationError, migrate
+    from backstop.adapters.postgres.roles import ServiceLogin, ensure_service_role
     from backstop.settings import Settings
 
-    dsn = args.dsn or Settings().dsn()
+    settings = Settings()
+    dsn = args.dsn or settings.owner_dsn()
+
+    async def migrate_and_provision() -> tuple[list[str], str]:
+        login = ServiceLogin.from_dsn(settings.dsn())
+        applied = await migrate(dsn)
+        return applied, await ensure_service_role(dsn, login)
+
     try:
-        applied = asyncio.run(migrate(dsn))
+        applied, role = asyncio.run(migrate_and_provision())
     except MigrationError as error:
         print(f"backstop db migrate: refused: {error}", file=sys.stderr)
         return 1
@@ -41,7 +70,31 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
     for version in applied:
         print(f"applied {version}")
     print(f"schema up to date ({len(applied)} migration(s) applied now)")
+    print(role)
     return 0
+
+
+ENGINE_CHOICES = ("reference", "compiled")
+DEFAULT_ENGINE = "compiled"
+
+
+def _engine_for(args: argparse.Namespace) -> Literal["reference", "compiled"]:
+    """The engine asked for, else the compiled one; the default falls back to the reference engine, saying so on
+    stderr, when the compiled engine is not built here or does not run the options asked for (an ADL policy other
+    than the default)."""
+    from backstop.engines import compiled_available
+
+    if args.engine is not None:
+        chosen: Literal["reference", "compiled"] = args.engine
+        return chosen
+    if (args.adl_rule, args.adl_price) != ("bitmex", "bankruptcy"):
+        return "reference"  # what-if policies are the reference engine's alone
+    missing = compiled_available()
+    if missing is None:
+        return "compiled"
+    if not os.environ.get("BACKSTOP_ENGINE_FALLBACK_SAID"):  # ./backstop said it when it found no cargo
+        print(f"backstop: {missing}; using the reference engine", file=sys.stderr)
+    return "reference"
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -49,6 +102,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from backstop.core.engine import AdlPolicy
+    from backstop.engines import EngineUnavailable
     from backstop.entrypoints.replay import Carried, ReplayError, ReplayOptions, replay, replay_lines
 
     sources = [bool(args.journal), bool(args.from_postgres), bool(args.from_kafka)]
@@ -60,7 +114,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                             strict=args.strict, snapshot_every=args.snapshot_every,
                             from_snapshot=Path(args.from_snapshot) if args.from_snapshot else None,
                             check_conservation=args.check_conservation,
-                            adl_policy=AdlPolicy(args.adl_rule, args.adl_price))
+                            adl_policy=AdlPolicy(args.adl_rule, args.adl_price), engine=_engine_for(args))
     stored: dict[str, Any] | None = None
     try:
         if args.journal:
@@ -78,6 +132,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except ReplayError as error:
         print(f"backstop replay: {error}", file=sys.stderr)
         return error.exit_code
+    except EngineUnavailable as error:
+        print(f"backstop replay: {error} (or use --engine reference)", file=sys.stderr)
+        return 2
     print(f"applied {result['events_applied']} events ({result['duplicates']} duplicates, "
           f"{result['rejected']} rejected); {result['fund_ledger_entries']} fund-ledger entries, "
           f"{result['adl_events']} ADL events, {result['findings']} findings")
@@ -165,9 +222,12 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
         print("backstop audit verify: give a replay output DIR (with its --journal), a --journal alone, or --dsn",
               file=sys.stderr)
         return 2
+    if args.anchor_key_file and not args.dsn:
+        print("backstop audit verify: --anchor-key-file goes with --dsn", file=sys.stderr)
+        return 2
     try:
         if args.dsn:
-            checked, problem = asyncio.run(verify_postgres(args.dsn))
+            checked, problem = asyncio.run(verify_postgres(args.dsn, [Path(f) for f in args.anchor_key_file or ()]))
         elif not args.out:
             checked, problem = verify_journal(Path(args.journal))
         else:
@@ -180,16 +240,25 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"FAIL  {problem}")
         return 1
+    if args.dsn and not args.anchor_key_file:
+        print("ledger verified (not against the signed checkpoints: give --anchor-key-file, without which a "
+              "history rewritten with its hash chains recomputed passes too)")
+        return 0
     print("ledger verified" + ("" if args.journal or args.dsn else " (the files against summary.json only: give "
                                                                    "--journal to re-derive every record)"))
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from backstop.service.app import serve
+    from backstop.core.anchor import AnchorKeyError
+    from backstop.service.app import ServeRefused, serve
     from backstop.settings import Settings
 
-    serve(Settings())
+    try:
+        serve(Settings())
+    except (ServeRefused, AnchorKeyError) as error:
+        print(f"backstop serve: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -406,8 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="replay a JSONL journal through the engine into an output dir")
     replay.add_argument("journal", metavar="INPUT.jsonl", nargs="?", help="journal file, one record per line")
-    replay.add_argument("--from-postgres", metavar="DSN", help="replay the journal the service stored in PostgreSQL "
-                                                               "and check the stored head and state hashes")
+    replay.add_argument("--from-postgres", metavar="DSN", action=DsnArgument,
+                        help="replay the journal the service stored in PostgreSQL and check the stored head and state "
+                             "hashes (the password from PGPASSWORD or PGPASSFILE, never here)")
     replay.add_argument("--from-kafka", metavar="BOOTSTRAP", help="replay the journal topic and check the head hash "
                                                                   "the output topics carry (BACKSTOP_TOPIC_PREFIX)")
     replay.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
@@ -419,9 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--check-conservation", action="store_true",
                         help="re-check that all ledger balances sum to zero after every event")
     replay.add_argument("--adl-rule", choices=["bitmex", "binance", "pro_rata"], default="bitmex",
-                        help="ADL ranking rule (default bitmex, DESIGN.md's; what-if runs record theirs)")
+                        help="ADL ranking rule (default bitmex, docs/design.md §4; what-if runs record theirs)")
     replay.add_argument("--adl-price", choices=["bankruptcy", "mark"], default="bankruptcy",
                         help="price counterparties are closed at (default: the lot's bankruptcy price)")
+    replay.add_argument("--engine", choices=ENGINE_CHOICES, default=None,
+                        help=f"which engine applies the rules (default {DEFAULT_ENGINE}; the reference when the "
+                             "compiled engine is not built here, or for an ADL policy other than the default)")
     replay.set_defaults(handler=_cmd_replay)
 
     schemas = commands.add_parser("schemas", help="write (or --check) the JSON Schemas of the wire records")
@@ -435,7 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit_commands.add_parser(
         "verify", help="check hash chains, balances and conservation, and re-derive every record from the journal")
     verify.add_argument("out", metavar="DIR", nargs="?", help="a `backstop replay` output directory")
-    verify.add_argument("--dsn", help="verify the service's PostgreSQL database instead (its journal included)")
+    verify.add_argument("--dsn", action=DsnArgument,
+                        help="verify the service's PostgreSQL database instead (its journal included); the password "
+                             "from PGPASSWORD or PGPASSFILE, never here")
+    verify.add_argument("--anchor-key-file", metavar="FILE", action="append",
+                        help="with --dsn: check the stored history against the checkpoints the service signed with "
+                             "this key (BACKSTOP_ANCHOR_KEY_FILE); repeat it for the keys of earlier periods")
     verify.add_argument("--journal", metavar="INPUT.jsonl", help="the journal it came from: re-derive everything")
     verify.set_defaults(handler=_cmd_audit_verify)
 
@@ -452,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     journal_commands = journal.add_subparsers(dest="journal_command", metavar="JOURNAL_COMMAND", required=True)
     export = journal_commands.add_parser("export", help="write the stored journal as a file `backstop replay` reads")
     export.add_argument("--out", required=True, metavar="FILE.jsonl")
-    export.add_argument("--dsn", help="PostgreSQL DSN (default: $BACKSTOP_PG_DSN)")
+    export.add_argument("--dsn", action=DsnArgument, env="BACKSTOP_PG_DSN",
+                        help="PostgreSQL DSN without a password (default: $BACKSTOP_PG_DSN)")
     export.set_defaults(handler=_cmd_journal_export)
 
     produce = commands.add_parser("produce", help="produce a journal file's records to the input topics")
@@ -504,8 +583,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = commands.add_parser("db", help="PostgreSQL schema management")
     db_commands = db.add_subparsers(dest="db_command", metavar="DB_COMMAND", required=True)
-    migrate = db_commands.add_parser("migrate", help="apply pending schema migrations (idempotent)")
-    migrate.add_argument("--dsn", help="PostgreSQL DSN (default: $BACKSTOP_PG_DSN)")
+    migrate = db_commands.add_parser("migrate", help="apply pending schema migrations and create the service's login "
+                                                     "role named by $BACKSTOP_PG_DSN (idempotent; run as the tables' "
+                                                     "owner)")
+    migrate.add_argument("--dsn", action=DsnArgument, env="BACKSTOP_PG_OWNER_DSN",
+                         help="the tables' owner's DSN without a password (default: $BACKSTOP_PG_OWNER_DSN)")
     migrate.set_defaults(handler=_cmd_db_migrate)
     return parser
 

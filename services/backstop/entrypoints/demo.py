@@ -47,5 +47,5 @@ def run_demo(out: Path, *, seed: int, accounts: int, report: bool, progress: boo
                                     "each order, the fund takes the rest"),
                      ("head hash", summary["head_hash"]), ("state hash", summary["state_hash"])]
             write_report(staging / "report.html", "backstop demo: the 10 Oct 2025 cascade", [("demo", metrics)],
-                         facts, run_table)
+                         facts, {fund_id: fund["settle_asset"] for fund_id, fund in summary["funds"].items()})
     return result

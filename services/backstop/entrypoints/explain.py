@@ -14,7 +14,7 @@ from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core import adl, ledger
 from backstop.core.engine import Engine, is_fund_account
 from backstop.core.hashing import record_dict
-from backstop.core.numbers import CONTEXT, money, price, text
+from backstop.core.numbers import CONTEXT, equity_behind, money, text
 from backstop.core.processor import Applied, Processor
 from backstop.wire.decode import InvalidRecord, decode_record
 from backstop.wire.inputs import AnyRecord, FillRecord, FundingRecord, LiquidationRecord, TransferRecord
@@ -88,7 +88,7 @@ def _before(engine: Engine, record: AnyRecord) -> dict[str, Any]:
     if isinstance(record, FillRecord) and is_fund_account(record.account_id):
         fund_state = engine.funds.get(record.account_id[len("fund:"):])
         lots = [{"liquidation_id": lot.liquidation_id, "side": lot.side, "qty": text(lot.qty),
-                 "bankruptcy_price": text(price(lot.bankruptcy_price()))}
+                 "bankruptcy_price": text(lot.bankruptcy_price())}
                 for lot in (fund_state.lots.get(record.symbol, ()) if fund_state else ())]
         return {"kind": "fund fill", "lots_before": lots,
                 "rule": "the fill realizes the fund's lots of the closing side FIFO; gain = qty x (price - BP) "
@@ -117,17 +117,17 @@ def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, 
         account: dict[str, Any] = {
             "wallet": text(engine.ledger.balance(ledger.wallet(record.account_id, instrument.settle_asset))),
             "positions": {
-                p.symbol: {"qty": text(p.qty), "entry_price": text(price(p.entry_price())),
+                p.symbol: {"qty": text(p.qty), "entry_price": text(p.entry_price()),
                            "margin_mode": p.margin_mode, "mark_price": text(engine.marks[p.symbol]),
                            "unrealized_pnl": text(money(p.unrealized_pnl(engine.marks[p.symbol])))}
                 for p in engine.positions.of(record.account_id)},
         }
-        share_part = money(CONTEXT.divide(CONTEXT.multiply(view.equity_share, record.qty), position.size))
+        share_part = equity_behind(view.equity_share, record.qty, position.size)  # as the engine takes it over
         bp = engine.bankruptcy_price(position)
         if position.margin_mode == "isolated":
             margin = engine.ledger.balance(ledger.isolated(record.account_id, record.symbol))
             sign = "-" if position.qty > 0 else "+"
-            rule = (f"isolated: BP = entry {sign} margin / |qty| = {text(price(position.entry_price()))} "
+            rule = (f"isolated: BP = entry {sign} margin / |qty| = {text(position.entry_price())} "
                     f"{sign} {text(margin)} / {text(position.size)}")
         else:
             rule = (f"cross: the account's TNC {text(money(view.margin_balance))} is shared by maintenance margin; "
@@ -137,9 +137,9 @@ def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, 
         opposite: Any = "short" if position.qty > 0 else "long"
         queue = engine.adl_queue(record.symbol, opposite)
         ranked = [{"rank": i, "account_id": r.position.account_id, "qty": text(r.position.qty),
-                   "entry_price": text(price(r.position.entry_price())), "bankruptcy_price": text(price(
-                       r.bankruptcy_price)), "pnl_ratio": text(price(r.pnl_ratio)),
-                   "leverage": text(price(r.leverage)) if r.leverage is not None else "past its BP",
+                   "entry_price": text(r.position.entry_price()), "bankruptcy_price": text(r.bankruptcy_price),
+                   "pnl_ratio": text(r.pnl_ratio),
+                   "leverage": text(leverage) if (leverage := r.leverage) is not None else "past its BP",
                    "score": text(r.score), "quantile": adl.quantile(i, len(queue))}
                   for i, r in enumerate(queue[:10], start=1)]
     return {
@@ -147,7 +147,7 @@ def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, 
         "margin_view": {"margin_balance": text(money(view.margin_balance)),
                         "maintenance_margin": text(money(view.maintenance_margin)),
                         "liquidatable": view.liquidatable},
-        "bankruptcy": {"rule": rule, "bankruptcy_price": text(price(bp)),
+        "bankruptcy": {"rule": rule, "bankruptcy_price": text(bp),
                        "equity_share_behind_qty": text(share_part), "venue_bankruptcy_price":
                            text(record.bankruptcy_price) if record.bankruptcy_price is not None else None},
         "adl_queue_top10": ranked,

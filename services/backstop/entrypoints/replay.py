@@ -1,9 +1,13 @@
-"""`backstop replay`: run a JSONL journal through the engine and write the output directory."""
+"""`backstop replay`: run a JSONL journal through a ledger engine and write the output directory.
+
+The journal goes to the engine in chunks of whole lines (backstop.engines: the batch API both engines serve); the
+engine hands back each output file's bytes, which are appended as they come.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,19 +15,22 @@ from typing import Any
 import orjson
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, OutputError, staged_dir, write_json
+from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, OutputError, staged_dir, write_bytes, write_json
 from backstop.adapters.journal_file import JournalFile, JournalFileError
-from backstop.core import ledger
-from backstop.core.dedupe import Deduper
-from backstop.core.engine import AdlPolicy, Engine
-from backstop.core.numbers import text
-from backstop.core.processor import Applied, Processor, Rejection
-from backstop.core.report import accounts, summary
-from backstop.core.snapshot import restore, seal_holds, sealed, state_document, state_hash
-from backstop.wire.decode import InvalidRecord, decode_record
+from backstop.core.engine import AdlPolicy
+from backstop.core.snapshot import seal_holds
+from backstop.engines import (
+    EngineName,
+    EngineOptions,
+    EngineUnavailable,
+    LedgerEngine,
+    SnapshotError,
+    open_engine,
+)
 
 PROGRESS_MIN_BYTES = 8 << 20
 SNAPSHOT_COUNTERS = ("duplicates", "rejected", "fund_entries", "adl_events", "findings")
+CHUNK_BYTES = 1 << 20  # lines handed to the engine at once
 
 
 class ReplayError(Exception):
@@ -44,6 +51,7 @@ class ReplayOptions:
     check_conservation: bool = False
     adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
     progress: bool | None = None  # None: on a terminal, for large files
+    engine: EngineName = "reference"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,25 +64,19 @@ class Carried:
     dead_letters: list[dict[str, Any]]
 
 
-def snapshot_document(processor: Processor, input_line: int) -> dict[str, Any]:
-    return sealed({"input_line": input_line, "engine": state_document(processor.engine),
-                   "state_hash": state_hash(processor.engine), "dedupe": processor.deduper.entries(),
-                   "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
-                                "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
-                                "findings": processor.findings}})
-
-
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def processor_from_snapshot(path: Path, *, check_conservation: bool) -> tuple[Processor, int]:
-    """The processor a snapshot file holds and the input line it was taken after; every field checked."""
+def read_snapshot(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """A snapshot file's bytes and document, every field of its envelope checked (its seal, counters, line); the
+    engine that restores it checks the state itself."""
     def corrupt(what: str) -> ReplayError:
         return ReplayError(f"snapshot {path} is corrupt: {what}", 2)
 
     try:
-        document = orjson.loads(path.read_bytes())
+        raw = path.read_bytes()
+        document = orjson.loads(raw)
     except OSError as error:
         raise ReplayError(f"cannot read snapshot {path}: {error.strerror or error}", 2) from None
     except orjson.JSONDecodeError as error:
@@ -92,26 +94,17 @@ def processor_from_snapshot(path: Path, *, check_conservation: bool) -> tuple[Pr
         value = document.get(name) if name == "input_line" else counters[name]
         if not _count(value):
             raise corrupt(f"{name} {value!r} is not a count (an integer >= 0)")
-    try:
-        engine = restore(document["engine"], check_conservation=check_conservation)
-        processor = Processor(engine, Deduper((key, ts) for key, ts in document["dedupe"]))
-    except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as error:
-        raise corrupt(f"cannot restore the engine state ({type(error).__name__}: {error})") from None
-    if state_hash(engine) != document.get("state_hash"):
-        raise corrupt("its state hash does not match its contents")
-    processor.duplicates, processor.rejected = counters["duplicates"], counters["rejected"]
-    processor.fund_entries, processor.adl_events = counters["fund_entries"], counters["adl_events"]
-    processor.findings = counters["findings"]
-    return processor, document["input_line"]
+    return raw, document
 
 
-def snapshot_start(processor: Processor, input_line: int) -> dict[str, Any]:
+def snapshot_start(document: dict[str, Any]) -> dict[str, Any]:
     """summary.json's `from_snapshot`: where the output files take over, so that they can be audited alone."""
-    engine = processor.engine
-    return {"seq": engine.last_seq, "input_line": input_line, "ledger_head_hash": engine.ledger_head,
-            "adl_head_hash": engine.adl_head, "fund_ledger_entries": processor.fund_entries,
-            "adl_events": processor.adl_events, "findings": processor.findings,
-            "fund_balances": {f: text(engine.ledger.balance(ledger.fund(f))) for f in sorted(engine.funds)}}
+    state, counters = document["engine"], document["counters"]
+    funds = sorted(fund["fund_id"] for fund in state["funds"])
+    return {"seq": state["seq"], "input_line": document["input_line"], "ledger_head_hash": state["ledger_head"],
+            "adl_head_hash": state["adl_head"], "fund_ledger_entries": counters["fund_entries"],
+            "adl_events": counters["adl_events"], "findings": counters["findings"],
+            "fund_balances": {f: state["balances"].get(f"fund:{f}", "0") for f in funds}}
 
 
 def replay(options: ReplayOptions) -> dict[str, Any]:
@@ -121,29 +114,90 @@ def replay(options: ReplayOptions) -> dict[str, Any]:
         journal = JournalFile.open(options.journal)
     except JournalFileError as error:
         raise ReplayError(str(error), 2) from None
-    return replay_lines(options, lambda skip: journal.lines(skip=skip), journal.size)
+    return _replay(options, lambda skip: file_chunks(journal, skip), journal.size, None)
 
 
 def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[int, bytes]]], size: int, *,
                  carried: Carried | None = None) -> dict[str, Any]:
     """Replay (line number, raw record) pairs; `lines(skip)` yields those after the first `skip` lines. The output
     directory appears whole when the replay has finished, or not at all."""
-    start: dict[str, Any] | None = None
-    if options.from_snapshot is not None:
-        processor, skip = processor_from_snapshot(options.from_snapshot,
-                                                  check_conservation=options.check_conservation)
-        start = snapshot_start(processor, skip)
-    else:
-        processor, skip = Processor(Engine(check_conservation=options.check_conservation,
-                                           adl_policy=options.adl_policy)), 0
+    return _replay(options, lambda skip: line_chunks(lines(skip)), size, carried)
+
+
+def file_chunks(journal: JournalFile, skip: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(number of its first line, whole lines) of a journal file after its first `skip` lines, about CHUNK_BYTES
+    each; the engines read lines by the journal reader's rule (backstop.adapters.journal_file)."""
+    number = 1
+    try:
+        with journal.path.open("rb") as handle:
+            while number <= skip:
+                if not handle.readline():
+                    return
+                number += 1
+            rest = b""
+            while block := handle.read(CHUNK_BYTES):
+                data = rest + block
+                end = data.rfind(b"\n") + 1
+                if end == 0:
+                    rest = data
+                    continue
+                chunk, rest = data[:end], data[end:]
+                yield number, chunk
+                number += chunk.count(b"\n")
+            if rest:
+                yield number, rest
+    except OSError as error:
+        raise JournalFileError(f"cannot read journal {journal.path}: {error.strerror or error}") from None
+
+
+def line_chunks(lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    """Chunks of numbered records; a gap in the numbers (blank lines) is kept as empty lines."""
+    first, size, expected = 0, 0, 0
+    parts: list[bytes] = []
+    for number, raw in lines:
+        if parts and (number < expected or size >= CHUNK_BYTES):
+            yield first, b"\n".join(parts) + b"\n"
+            parts, size = [], 0
+        if not parts:
+            first, expected = number, number
+        parts.extend(b"" for _ in range(number - expected))
+        parts.append(raw)
+        size += len(raw) + 1 + number - expected
+        expected = number + 1
+    if parts:
+        yield first, b"\n".join(parts) + b"\n"
+
+
+def _open(options: ReplayOptions) -> tuple[LedgerEngine, int, dict[str, Any] | None]:
+    """The engine (from the snapshot, if one is given), the lines to skip, and where the snapshot starts."""
+    engine_options = EngineOptions(strict=options.strict, snapshot_every=options.snapshot_every,
+                                   check_conservation=options.check_conservation, adl_policy=options.adl_policy)
+    if options.from_snapshot is None:
+        return open_engine(options.engine, engine_options), 0, None
+    raw, document = read_snapshot(options.from_snapshot)
+    try:
+        engine = open_engine(options.engine, engine_options, raw)
+    except EngineUnavailable:
+        raise
+    except SnapshotError as error:
+        raise ReplayError(f"snapshot {options.from_snapshot} is corrupt: {error}", 2) from None
+    except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as error:
+        raise ReplayError(f"snapshot {options.from_snapshot} is corrupt: cannot restore the engine state "
+                          f"({type(error).__name__}: {error})", 2) from None
+    return engine, int(document["input_line"]), snapshot_start(document)
+
+
+def _replay(options: ReplayOptions, chunks: Callable[[int], Iterable[tuple[int, bytes]]], size: int,
+            carried: Carried | None) -> dict[str, Any]:
+    engine, skip, start = _open(options)
     inputs = [path for path in (options.journal, options.from_snapshot) if path is not None]
     try:
         with staged_dir(options.out, owned=REPLAY_OUTPUTS, inputs=inputs) as out_path:
-            result = _replay_into(out_path, options, processor, lines(skip), size, carried)
+            result = _replay_into(out_path, options, engine, chunks(skip), size, carried)
             if start is not None:
                 result["from_snapshot"] = start
             write_json(out_path / "summary.json", result)
-            write_json(out_path / "accounts.json", accounts(processor.engine))
+            write_bytes(out_path / "accounts.json", engine.accounts_json())
     except OutputError as error:
         raise ReplayError(str(error), 2) from None
     except JournalFileError as error:
@@ -153,44 +207,29 @@ def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[i
     return result
 
 
-def _replay_into(out_path: Path, options: ReplayOptions, processor: Processor, lines: Iterable[tuple[int, bytes]],
+def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, chunks: Iterable[tuple[int, bytes]],
                  size: int, carried: Carried | None) -> dict[str, Any]:
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and
                                                                    size >= PROGRESS_MIN_BYTES)
     snapshots = out_path / "snapshots"
     if options.snapshot_every > 0:
         snapshots.mkdir()
-    next_snapshot = processor.events_applied + options.snapshot_every
-    with processor.engine.decimal_context(), OutputDir(out_path) as out, Progress(
+    with OutputDir(out_path) as out, Progress(
             "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
             TimeRemainingColumn(), disable=not show, transient=True) as progress:
         for letter in carried.dead_letters if carried is not None else ():
             out.dead_letter_record(letter)
         task = progress.add_task("replay", total=size)
-        done_bytes = 0
-        for number, raw in lines:
-            done_bytes += len(raw) + 1
-            if number % 4096 == 0:
-                progress.update(task, completed=done_bytes)
-            try:
-                record = decode_record(raw)
-            except InvalidRecord as error:
-                processor.reject_unparsed()
-                out.dead_letter(number, str(error), raw)
-                if options.strict:
-                    raise ReplayError(f"line {number}: {error}", 1) from None
-                continue
-            outcome = processor.process(record)
-            if isinstance(outcome, Applied):
-                out.effects(outcome.effects)
-                if options.snapshot_every > 0 and outcome.seq >= next_snapshot:
-                    write_json(snapshots / f"snapshot-{outcome.seq:012d}.json", snapshot_document(processor, number))
-                    next_snapshot = outcome.seq + options.snapshot_every
-            elif isinstance(outcome, Rejection):
-                out.dead_letter(number, outcome.reason, raw)
-                if options.strict:
-                    raise ReplayError(f"line {number}: {outcome.reason}", 1)
-    result = summary(processor)
+        for first_line, chunk in chunks:
+            batch = engine.apply_lines(chunk, first_line)
+            out.write_batch(batch.fund_ledger, batch.adl_events, batch.findings, batch.dead_letters)
+            for seq, document in batch.snapshots:
+                write_bytes(snapshots / f"snapshot-{seq:012d}.json", document)
+            if batch.stopped is not None:
+                line, reason = batch.stopped
+                raise ReplayError(f"line {line}: {reason}", 1)
+            progress.advance(task, len(chunk))
+    result = engine.summary()
     result["dead_letters"] = out.dead_letters
     if carried is not None:
         result["duplicates"] += carried.duplicates

@@ -197,6 +197,10 @@ class RunMetrics:
     minute_queue: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)  # symbol -> (longs, shorts)
 
     def as_json(self) -> dict[str, Any]:
+        with localcontext(CONTEXT):
+            return self._as_json()
+
+    def _as_json(self) -> dict[str, Any]:
         return {
             "liquidations": self.liquidations, "liquidated_notional": text(money(self.liquidated_notional)),
             "adl_events": self.adl_events, "adl_notional": text(money(self.adl_notional)),
@@ -249,6 +253,11 @@ def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, o
 
 
 def _observe(metrics: RunMetrics, engine: Engine, record: AnyRecord, outcome: Applied) -> None:
+    with localcontext(CONTEXT):  # exact sums and products, as the engine's (a default context rounds wide ones)
+        _observe_exactly(metrics, engine, record, outcome)
+
+
+def _observe_exactly(metrics: RunMetrics, engine: Engine, record: AnyRecord, outcome: Applied) -> None:
     minute = record.ts - record.ts % 60_000
     if isinstance(record, MarkRecord):
         metrics.minute_mark.setdefault(record.symbol, {})[minute] = record.mark_price
@@ -348,9 +357,12 @@ def whatif(journal: Path, params: WhatIfFile, out: Path, *, report: bool = False
 
                 facts = [("input", f"{journal} ({len(records):,} records)"),
                          ("baseline head hash", base_summary["head_hash"]),
-                         ("alternative head hash", alt_summary["head_hash"])]
+                         ("alternative head hash", alt_summary["head_hash"]),
+                         ("accounts affected differently", f"{comparison['accounts_affected_differently']:,}")]
+                assets = {fund_id: fund["settle_asset"] for summary in (base_summary, alt_summary)
+                          for fund_id, fund in summary["funds"].items()}
                 write_report(staging / "report.html", f"backstop what-if: {journal.name}",
-                             [("baseline", base), ("alternative", alt)], facts, render(comparison))
+                             [("baseline", base), ("alternative", alt)], facts, assets)
     except OutputError as error:
         raise WhatIfError(str(error)) from None
     except OSError as error:

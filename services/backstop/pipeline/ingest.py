@@ -16,7 +16,7 @@ from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Applied, Duplicate, Processor
 from backstop.core.records import AdlEvent, Finding, FundLedgerEntry
 from backstop.pipeline.topics import TopicNames, input_key
-from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record
+from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, shown, validate
 from backstop.wire.inputs import RECORD_TYPES, AnyRecord
 
 RAW_KEEP_BYTES = 64 * 1024
@@ -125,7 +125,8 @@ def decode_consumed(message: Consumed, record_type: str) -> tuple[AnyRecord, byt
     """Decode a Kafka value: the topic names the type; a `type` field, if present, must agree.
 
     Returns the record, its canonical JSON (with its type: the journal payload, a line `backstop replay` reads)
-    and that JSON as a dict."""
+    and that JSON as a dict. orjson parses it (strict JSON; a duplicate key keeps its last value) and writes it
+    again with sorted keys, which the models then validate: the compiled engine does the same in one pass."""
     value = message.value
     if value is None:
         raise InvalidRecord("empty record (tombstone)")
@@ -133,15 +134,18 @@ def decode_consumed(message: Consumed, record_type: str) -> tuple[AnyRecord, byt
         raise InvalidRecord(f"record of {len(value)} bytes exceeds the limit of {MAX_RECORD_BYTES}")
     try:
         document = orjson.loads(value)
-    except orjson.JSONDecodeError as error:
-        raise InvalidRecord(f"Invalid JSON: {error}") from None
+    except orjson.JSONDecodeError:
+        raise InvalidRecord("invalid JSON") from None
     if not isinstance(document, dict):
         raise InvalidRecord("Input should be an object")
     declared = document.setdefault("type", record_type)
-    if declared != record_type:
-        raise InvalidRecord(f"a {declared!r} record on the {record_type} topic {message.topic}")
-    payload = canonical_json(document)
-    return decode_record(payload), payload, document
+    if declared != record_type or not isinstance(declared, str):
+        raise InvalidRecord(f'type: {shown(declared)} is not "{record_type}", the type of the topic {message.topic}')
+    try:
+        payload = canonical_json(document)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes, which is deeper than the models read
+        raise InvalidRecord("invalid JSON") from None
+    return validate(payload), payload, document
 
 
 def ingest_batch(processor: Processor, batch: list[Consumed], topics: TopicNames) -> BatchResult:

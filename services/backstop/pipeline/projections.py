@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from backstop.core import adl, ledger
 from backstop.core.engine import Engine, Exposures
-from backstop.core.numbers import CONTEXT, ZERO, money, price
+from backstop.core.numbers import CONTEXT, ZERO, money
 from backstop.core.state import Position
 from backstop.pipeline.ingest import BatchResult
 
@@ -84,11 +84,10 @@ def position_row(engine: Engine, position: Position, seq: int, memo: Exposures) 
     """memo: one per account (see Engine.exposure)."""
     with localcontext(CONTEXT):
         liquidation = engine.liquidation_price(position, memo)
-        return (position.account_id, position.symbol, position.qty, price(position.entry_price()),
+        return (position.account_id, position.symbol, position.qty, position.entry_price(),
                 position.margin_mode, position.leverage,
                 engine.ledger.balance(ledger.isolated(position.account_id, position.symbol)),
-                engine.marks[position.symbol], price(liquidation) if liquidation is not None else None,
-                price(engine.bankruptcy_price(position, memo)), seq)
+                engine.marks[position.symbol], liquidation, engine.bankruptcy_price(position, memo), seq)
 
 
 def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: Touched | None = None
@@ -126,7 +125,7 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
         inventory_changed = refresh_all or any(r.type == "liquidation" for r in result.journal) or any(
             a.startswith("fund:") for a in result.touched_accounts)
         lots = [(f.spec.fund_id, lot.liquidation_id, lot.symbol, lot.side, lot.qty, lot.cost,
-                 price(lot.bankruptcy_price()), lot.liquidated_account, lot.seq)
+                 lot.bankruptcy_price(), lot.liquidated_account, lot.seq)
                 for f in engine.funds.values() for queue in f.lots.values() for lot in queue] \
             if inventory_changed else None
     return Projections(wallets, positions, closed, funds, lots, adl_rows(engine, seq) if refresh_all else None)

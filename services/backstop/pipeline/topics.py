@@ -1,4 +1,4 @@
-"""Kafka topic names, keys and roles of wire contract v1 (DESIGN.md section 5)."""
+"""Kafka topic names, keys and roles of wire contract v1 (docs/design.md §5)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class TopicNames:
 
 
 def input_key_field(record_type: str) -> str:
-    """DESIGN section 5: fund_id for funds; symbol for marks, funding and instruments; account_id otherwise."""
+    """docs/design.md §5: fund_id for funds; symbol for marks, funding and instruments; account_id otherwise."""
     if record_type == "fund":
         return "fund_id"
     if record_type in ("mark", "funding", "instrument"):

@@ -1,12 +1,19 @@
-"""Charts of a run (or of two runs on the same axes): fund balance, liquidation and ADL notional per minute, the
-mark price path and the ADL queue depth. Values are exact decimals until they are drawn: a chart is the only
-place a float appears, and nothing returns from it to the ledger."""
+"""Charts of a run (or of two runs on the same axes): fund balance, liquidated and deleveraged notional per minute,
+the mark price path and the ADL queue depth. Values are exact decimals until they are drawn: a chart is the only
+place a float appears, and nothing returns from it to the ledger.
+
+Every chart has the same size and the same plot area, and every time axis the same span, in UTC, so charts stacked
+in a page line up minute for minute. Axes show plain numbers with thousands separators (no offset or exponent),
+and every legend says what a line shows and in which unit.
+"""
 
 from __future__ import annotations
 
 import datetime
 import io
-from collections.abc import Sequence
+import itertools
+import math
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
 import matplotlib
@@ -16,78 +23,145 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from backstop.entrypoints.whatif import RunMetrics
 
-COLORS = ("#1f5fa8", "#d1495b")
-ADL_COLORS = ("#f0a202", "#6a994e")
+# One colour per run (baseline, alternative); within a run, line styles tell series apart.
+RUN_COLORS = ("#1f5fa8", "#d1495b")
+SIZE_IN = (10.0, 3.4)
+DPI = 110
+# The plot area as fractions of the figure: fixed, so every chart's time axis starts and ends at the same pixel.
+PLOT_AREA = (0.125, 0.17, 0.835, 0.72)  # left, bottom, width, height
+MINUTE = datetime.timedelta(minutes=1)
 
 
-def _times(keys: Sequence[int]) -> list[datetime.datetime]:
-    return [datetime.datetime.fromtimestamp(k / 1000, tz=datetime.UTC) for k in keys]
+def _time(ms: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
 
 
-def _series(values: dict[int, Decimal]) -> tuple[list[datetime.datetime], list[float]]:
+def _series(values: Mapping[int, Decimal]) -> tuple[list[datetime.datetime], list[float]]:
     keys = sorted(values)
-    return _times(keys), [float(values[k]) for k in keys]
+    return [_time(k) for k in keys], [float(values[k]) for k in keys]
+
+
+def _plain_numbers(value: float, _position: int, *, axes: Axes) -> str:
+    """A tick label with thousands separators and as many decimals as the tick step needs."""
+    ticks = axes.get_yticks()
+    step = min((abs(b - a) for a, b in itertools.pairwise(ticks) if b != a), default=1.0)
+    decimals = max(0, -math.floor(math.log10(step))) if step > 0 else 0
+    text = f"{value:,.{decimals}f}"
+    return "0" if text.lstrip("-").strip("0.,") == "" else text
+
+
+def _span(runs: Sequence[tuple[str, RunMetrics]]) -> tuple[datetime.datetime, datetime.datetime]:
+    """The time span every chart shows: all minutes of every series of every run, plus the last minute's width."""
+    minutes: list[int] = []
+    for _, run in runs:
+        minutes += [*run.minute_liquidated, *run.minute_deleveraged]
+        for by_minute in (*run.minute_fund.values(), *run.minute_mark.values()):
+            minutes += list(by_minute)
+        for depth in run.minute_queue.values():
+            minutes += list(depth)
+    if not minutes:
+        start = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+        return start, start + MINUTE
+    return _time(min(minutes)), _time(max(minutes)) + MINUTE
+
+
+def _axes(title: str, ylabel: str, span: tuple[datetime.datetime, datetime.datetime]) -> tuple[Figure, Axes]:
+    figure = plt.figure(figsize=SIZE_IN, dpi=DPI)
+    axes = figure.add_axes(PLOT_AREA)
+    axes.set_title(title, loc="left", fontsize=11)
+    axes.set_ylabel(ylabel)
+    axes.grid(True, alpha=0.3)
+    axes.set_xlim(*span)
+    axes.set_xlabel("time (UTC)")
+    long_span = span[1] - span[0] > datetime.timedelta(days=1)
+    axes.xaxis.set_major_formatter(mdates.DateFormatter(  # type: ignore[no-untyped-call]
+        "%m-%d %H:%M" if long_span else "%H:%M", tz=datetime.UTC))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, position: _plain_numbers(value, position, axes=axes)))
+    return figure, axes
 
 
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=DPI)  # no tight bbox: every chart keeps the same size
     plt.close(figure)
     return buffer.getvalue()
 
 
-def _axes(title: str, ylabel: str) -> tuple[Figure, Axes]:
-    figure, axes = plt.subplots(figsize=(9, 3.2))
-    axes.set_title(title, loc="left", fontsize=11)
-    axes.set_ylabel(ylabel)
-    axes.grid(True, alpha=0.3)
-    axes.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=datetime.UTC))  # type: ignore[no-untyped-call]
-    return figure, axes
+def _unit(assets: Mapping[str, str], fund_ids: Sequence[str] | None = None) -> str:
+    """The settlement asset of the given funds (of all funds by default), or "settlement asset" when they differ."""
+    chosen = {assets.get(fund_id, "?") for fund_id in (fund_ids if fund_ids is not None else assets)}
+    return chosen.pop() if len(chosen) == 1 else "settlement asset"
 
 
-def charts(runs: Sequence[tuple[str, RunMetrics]]) -> dict[str, bytes]:
-    """Chart name -> PNG bytes; each chart shows every run on the same axes."""
-    out: dict[str, bytes] = {}
-    figure, axes = _axes("Insurance fund balance", "USDT")
-    for (label, run), color in zip(runs, COLORS, strict=False):
-        for fund_id, series in sorted(run.minute_fund.items()):
-            times, values = _series(series)
-            axes.step(times, values, where="post", color=color, label=f"{label}: {fund_id}")
+def _label(run_label: str, text: str, runs: int) -> str:
+    return f"{run_label}: {text}" if runs > 1 else text
+
+
+def _bars(axes: Axes, runs: Sequence[tuple[str, RunMetrics]], series_of: str, what: str) -> None:
+    """One bar per minute and run, the runs side by side within the minute (never stacked, never overlaid)."""
+    width = MINUTE * 0.8 / max(len(runs), 1)
+    for index, ((label, run), color) in enumerate(zip(runs, RUN_COLORS, strict=False)):
+        times, values = _series(getattr(run, series_of))
+        if times:  # matplotlib cannot size bars on an empty time axis
+            axes.bar([t + MINUTE * 0.1 + width * index for t in times], values, width=width, align="edge",
+                     color=color, label=_label(label, what, len(runs)))
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=8, loc="upper right")
+    axes.set_ylim(bottom=0)
+
+
+def charts(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -> dict[str, bytes]:
+    """Chart name -> PNG bytes; each chart shows every run on the same axes. `assets` maps each fund to its
+    settlement asset, the unit of its balance and of the notional of the symbols it backs."""
+    return {name: _png(figure) for name, figure in figures(runs, assets).items()}
+
+
+def figures(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -> dict[str, Figure]:
+    """The charts as matplotlib figures (the caller closes them; `charts` renders and closes them)."""
+    out: dict[str, Figure] = {}
+    span = _span(runs)
+    unit = _unit(assets)
+
+    figure, axes = _axes("Insurance fund balance", f"balance ({unit})", span)
+    for (label, run), color in zip(runs, RUN_COLORS, strict=False):
+        for fund_id, style in zip(sorted(run.minute_fund), ("-", "--", ":", "-."), strict=False):
+            times, values = _series(run.minute_fund[fund_id])
+            axes.step(times, values, where="post", color=color, linestyle=style,
+                      label=_label(label, f"insurance fund {fund_id} ({_unit(assets, [fund_id])})", len(runs)))
     axes.axhline(0, color="black", linewidth=0.8)
-    axes.legend(fontsize=8)
-    out["fund-balance"] = _png(figure)
+    axes.legend(fontsize=8, loc="upper right")
+    out["fund-balance"] = figure
 
-    figure, axes = _axes("Liquidated and deleveraged notional per minute", "USDT")
-    width = datetime.timedelta(seconds=50 / max(len(runs), 1))
-    for index, (label, run) in enumerate(runs):
-        shift = width * index
-        for series, colors, what, alpha in ((run.minute_liquidated, COLORS, "liquidated", 0.85),
-                                            (run.minute_deleveraged, ADL_COLORS, "ADL", 0.95)):
-            times, values = _series(series)
-            if times:  # matplotlib cannot size bars on an empty time axis
-                axes.bar([t + shift for t in times], values, width=width, color=colors[index % 2], alpha=alpha,
-                         label=f"{label}: {what}")
-    axes.legend(fontsize=8)
-    out["liquidations-adl"] = _png(figure)
+    figure, axes = _axes("Liquidated notional per minute (quantity x mark)", f"notional ({unit})", span)
+    _bars(axes, runs, "minute_liquidated", f"liquidated ({unit})")
+    out["liquidations"] = figure
 
-    figure, axes = _axes("Mark price", "USDT")
+    figure, axes = _axes("Deleveraged (ADL) notional per minute", f"notional ({unit})", span)
+    _bars(axes, runs, "minute_deleveraged", f"deleveraged by ADL ({unit})")
+    out["adl"] = figure
+
+    figure, axes = _axes("Mark price", "price", span)
     label, run = runs[0]
-    for symbol, series in sorted(run.minute_mark.items()):
-        times, values = _series(series)
-        axes.plot(times, values, color=COLORS[0], label=symbol)
-    axes.legend(fontsize=8)
-    out["mark-price"] = _png(figure)
+    for symbol, style in zip(sorted(run.minute_mark), ("-", "--", ":", "-."), strict=False):
+        times, values = _series(run.minute_mark[symbol])
+        axes.plot(times, values, color=RUN_COLORS[0], linestyle=style, label=f"{symbol} mark price")
+    axes.legend(fontsize=8, loc="upper right")
+    out["mark-price"] = figure
 
-    figure, axes = _axes("ADL queue depth (open positions per side)", "positions")
-    for (label, run), color in zip(runs, COLORS, strict=False):
+    figure, axes = _axes("ADL queue depth: open positions per side", "open positions", span)
+    for (label, run), color in zip(runs, RUN_COLORS, strict=False):
         for symbol, depth in sorted(run.minute_queue.items()):
             keys = sorted(depth)
-            axes.plot(_times(keys), [depth[k][0] for k in keys], color=color, label=f"{label}: {symbol} longs")
-            axes.plot(_times(keys), [depth[k][1] for k in keys], color=color, linestyle="--",
-                      label=f"{label}: {symbol} shorts")
-    axes.legend(fontsize=8)
-    out["adl-queue-depth"] = _png(figure)
+            times = [_time(k) for k in keys]
+            axes.plot(times, [depth[k][0] for k in keys], color=color,
+                      label=_label(label, f"{symbol} longs", len(runs)))
+            axes.plot(times, [depth[k][1] for k in keys], color=color, linestyle="--",
+                      label=_label(label, f"{symbol} shorts", len(runs)))
+    axes.legend(fontsize=8, loc="upper left")
+    axes.set_ylim(bottom=0)
+    out["adl-queue-depth"] = figure
     return out

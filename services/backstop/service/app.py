@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import faust
 from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,7 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from backstop.adapters.kafka import admin
 from backstop.adapters.kafka.consumer import KafkaConsumer
 from backstop.adapters.kafka.publisher import KafkaPublisher
+from backstop.adapters.postgres.roles import rewrite_powers
 from backstop.adapters.postgres.store import Store
+from backstop.core.errors import InvariantViolation
 from backstop.service import logs, metrics
 from backstop.service.forked import Background
 from backstop.service.ledger import LedgerProcessor
@@ -44,6 +47,39 @@ def ensure_topics(settings: Settings) -> list[str]:
     created, _ = admin.create(settings.kafka_bootstrap, plans, replication=settings.replication_factor,
                               client_kwargs=settings.kafka_client_options())
     return created
+
+
+class ServeRefused(Exception):
+    """The service will not start; the message says why, in one line."""
+
+
+NO_ANCHOR_KEY = ("BACKSTOP_ANCHOR_KEY_FILE is not set: the service signs a checkpoint of the stored history with "
+                 "every batch, with a key the database never sees (docs/operations-security.md); make one with "
+                 "`openssl rand -hex 32 > anchor.key` and keep it away from the database")
+
+
+async def preflight(settings: Settings, *, require_anchor: bool = True) -> None:
+    """Before anything starts: the service's role cannot rewrite the record, and the journal's head is signed with
+    the anchor key (or adopted). Raises ServeRefused."""
+    anchor = settings.anchor()
+    if anchor is None and require_anchor:
+        raise ServeRefused(NO_ANCHOR_KEY)
+    try:
+        store = await Store.open(settings.dsn(), max_size=1, anchor=anchor)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+        raise ServeRefused(f"cannot connect to PostgreSQL with BACKSTOP_PG_DSN: {type(error).__name__}: {error}") \
+            from None
+    try:
+        async with store.pool.acquire() as connection:
+            problem = await rewrite_powers(connection, await connection.fetchval("SELECT current_user"))
+        if problem:
+            raise ServeRefused(f"refusing to run as this role (BACKSTOP_PG_DSN): {problem}; run as the service's "
+                               f"login role, which `backstop db migrate` creates (docs/operations-security.md)")
+        await store.check_anchor()
+    except InvariantViolation as error:
+        raise ServeRefused(str(error)) from None
+    finally:
+        await store.close()
 
 
 class _LifecycleOnly(BootStrategy):
@@ -70,7 +106,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def ledger_and_relay() -> None:
-        store = await Store.open(settings.dsn(), max_size=6)
+        store = await Store.open(settings.dsn(), max_size=6, anchor=settings.anchor())
         runtime = kafka_runtime()
         relay = OutboxRelay(settings, store, runtime)
         processor = LedgerProcessor(settings, store, runtime, on_commit=relay.wake)
@@ -102,6 +138,12 @@ def create_app(settings: Settings) -> faust.App:
 
 
 def serve(settings: Settings) -> None:
+    """Runs until stopped; raises ServeRefused (or AnchorKeyError) before starting anything."""
+    loop = asyncio.new_event_loop()  # not asyncio.run: it leaves no current loop, and faust's worker wants one
+    try:
+        loop.run_until_complete(preflight(settings))
+    finally:
+        loop.close()
     logs.configure(logging.INFO)
     created = ensure_topics(settings)
     if created:
@@ -117,9 +159,11 @@ def serve(settings: Settings) -> None:
 async def running(settings: Settings, runtime: Runtime | None = None
                   ) -> AsyncIterator[tuple[LedgerProcessor, OutboxRelay]]:
     """The ledger processor and the relay as tasks of the current event loop, without the faust host (tests and
-    benchmarks); stopped and awaited on exit."""
+    benchmarks); stopped and awaited on exit. Refuses, as `serve` does, a role that could rewrite the record; an
+    anchor key is optional here."""
+    await preflight(settings, require_anchor=False)
     await asyncio.to_thread(ensure_topics, settings)
-    store = await Store.open(settings.dsn(), max_size=6)
+    store = await Store.open(settings.dsn(), max_size=6, anchor=settings.anchor())
     runtime = runtime or kafka_runtime()
     relay = OutboxRelay(settings, store, runtime)
     processor = LedgerProcessor(settings, store, runtime, on_commit=relay.wake)

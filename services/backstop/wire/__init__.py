@@ -1,1 +1,1 @@
-"""Wire contract, version 1: pydantic models of the input and output records (DESIGN.md section 5)."""
+"""Wire contract, version 1: pydantic models of the input and output records (docs/design.md §5)."""

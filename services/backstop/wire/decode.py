@@ -1,35 +1,65 @@
-"""Bytes to a validated input record, or a clear reason why not."""
+"""Bytes to a validated input record, or a clear reason why not.
+
+The reason is canonical, so that the compiled engine (crates/backstop-engine/src/wire.rs) writes the same bytes into
+dead letters: the first error in pydantic's order (keys that are not fields, in input order; then the fields in
+declaration order), as `<field path>: <message>`. A bad decimal's reason is decimal_reason's (docs/design.md §9.2),
+its input quoted as a JSON string; a JSON syntax error is "invalid JSON" without the parser's detail, which differs
+between parsers.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 from pydantic import ValidationError
 
-from backstop.wire.inputs import INPUT_ADAPTER, AnyRecord
+from backstop.wire.inputs import INPUT_ADAPTER, KINDS, AnyRecord, decimal_reason, quoted
 
 MAX_RECORD_BYTES = 1 << 20
-_MAX_REASONS = 5
+QUOTED_CHARS = 40
 
 
 class InvalidRecord(ValueError):
     """A record that cannot be decoded or does not match wire contract version 1."""
 
 
+def shown(value: Any) -> str:
+    """A JSON value in a reason: a string quoted, anything else by its kind."""
+    if isinstance(value, str):
+        return quoted(value)
+    if value is None or isinstance(value, bool):
+        return orjson.dumps(value).decode()
+    if isinstance(value, int | float):
+        return "a number"
+    return "an array" if isinstance(value, list) else "an object"
+
+
 def describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors(include_url=False)[:_MAX_REASONS]:
-        location = ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "plain_decimal_syntax":
-            message += f": {str(item['input'])[:40]!r}"
-        parts.append(f"{location}: {message}" if location else message)
-    more = error.error_count() - _MAX_REASONS
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+    item = error.errors(include_url=False)[0]
+    kind = item["type"]
+    if kind == "json_invalid":
+        return "invalid JSON"
+    if kind == "union_tag_invalid":
+        return (f"type: {shown(item['input'].get('type'))} does not match any of the expected tags: "
+                f"{item['ctx']['expected_tags']}")
+    location = ".".join(str(part)[:QUOTED_CHARS] for part in item["loc"])
+    message = item["msg"].removeprefix("Value error, ")
+    if kind == "plain_decimal":  # which rule the value broke: syntax, digits of its kind, or sign
+        context = item.get("ctx") or {}
+        message = decimal_reason(item["input"], KINDS[context["kind"]], context["sign"])
+    return f"{location}: {message}" if location else message
+
+
+def validate(raw: bytes) -> AnyRecord:
+    """The models on a record's bytes, without the size limit (the caller applied it)."""
+    try:
+        return INPUT_ADAPTER.validate_json(raw)
+    except ValidationError as error:
+        raise InvalidRecord(describe(error)) from None
 
 
 def decode_record(raw: bytes) -> AnyRecord:
     if len(raw) > MAX_RECORD_BYTES:
         raise InvalidRecord(f"record of {len(raw)} bytes exceeds the limit of {MAX_RECORD_BYTES}")
-    try:
-        return INPUT_ADAPTER.validate_json(raw)
-    except ValidationError as error:
-        raise InvalidRecord(describe(error)) from None
+    return validate(raw)

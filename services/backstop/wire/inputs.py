@@ -1,15 +1,21 @@
-"""Input records of wire contract version 1 (DESIGN.md section 5), strict.
+"""Input records of wire contract version 1 (docs/design.md section 5), strict.
 
 Every decimal is a JSON string holding a plain decimal ("50000.5"): no exponent, no NaN or Infinity, no
-JSON number (a float would already have lost exactness), bounded in size. Timestamps are integer
-milliseconds. Unknown fields, missing fields and unknown types are rejections, not guesses.
+JSON number (a float would already have lost exactness). Each decimal field has a kind (docs/design.md §9.2)
+that bounds its integer and fraction digits, and a sign; the bounds are what let both engines compute every
+product exactly in fixed-width integers. Timestamps are integer milliseconds. Unknown fields, missing fields and
+unknown types are rejections, not guesses.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,41 +30,111 @@ from pydantic_core import CoreSchema, core_schema
 
 SCHEMA_VERSION = 1
 
-# At most 20 integer digits and 18 fraction digits: products of two such numbers stay exact in the
-# engine's 60-digit context (see backstop.core.numbers).
-DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]{0,19})(\.[0-9]{1,18})?$"
+# The syntax of every decimal, on the wire and in outputs: plain notation, no leading zeros, no exponent.
+DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$"
+_SYNTAX = re.compile(DECIMAL_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A kind of number (docs/design.md §9.2): at most so many integer and fraction digits, as written."""
+
+    name: str
+    integer_digits: int
+    fraction_digits: int
+
+    def pattern(self, sign: str) -> str:
+        """The one pattern a field of this kind and sign matches: syntax, digits and sign together."""
+        integer, fraction = self.integer_digits, self.fraction_digits
+        whole = f"[1-9][0-9]{{0,{integer - 1}}}"
+        digits = f"(?:\\.[0-9]{{1,{fraction}}})?"
+        if sign == SIGNED:
+            return f"^-?(?:0|{whole}){digits}$"
+        if sign == NON_NEGATIVE:  # zero in any spelling, "-0" included
+            return f"^(?:(?:0|{whole}){digits}|-0(?:\\.0{{1,{fraction}}})?)$"
+        if sign == POSITIVE:  # a non-zero integer part, or "0." and at most `fraction` digits, one of them non-zero
+            small = "|".join("0" * zeros + "[1-9]" + (f"[0-9]{{0,{rest}}}" if (rest := fraction - 1 - zeros) else "")
+                             for zeros in range(fraction))
+            return f"^(?:{whole}{digits}|0\\.(?:{small}))$"
+        if sign == LEVERAGE_RANGE and self == LEVERAGE:  # 0.01 to 1000
+            return "^(?:[1-9][0-9]{0,2}(?:\\.[0-9]{1,8})?|1000(?:\\.0{1,8})?|0\\.(?:[1-9][0-9]{0,7}|0[1-9][0-9]{0,6}))$"
+        raise ValueError(f"no pattern for {self.name} with sign {sign!r}")
+
+    def bound_text(self) -> str:
+        return f"at most {self.integer_digits} integer and {self.fraction_digits} fraction digits"
+
+
+QTY = Kind("QTY", 12, 8)
+PRICE = Kind("PRICE", 10, 8)
+MONEY = Kind("MONEY", 16, 8)
+RATE = Kind("RATE", 4, 18)
+LEVERAGE = Kind("LEVERAGE", 4, 8)
+# Not a wire kind: decimal parameters of tools (what-if files), bounded as wire decimals were in version 1.
+PARAMETER = Kind("PARAMETER", 20, 18)
+KINDS = {kind.name: kind for kind in (QTY, PRICE, MONEY, RATE, LEVERAGE, PARAMETER)}
+
+# A field's sign rule, and the reason when a decimal within its kind's digits breaks it.
+SIGNED, POSITIVE, NON_NEGATIVE, LEVERAGE_RANGE = "signed", "> 0", ">= 0", "0.01 to 1000"
+SIGN_REASONS = {SIGNED: "", POSITIVE: "must be > 0", NON_NEGATIVE: "must be >= 0",
+                LEVERAGE_RANGE: "must be >= 0.01 and <= 1000"}
+_QUOTED = 40  # characters of a bad value quoted in a reason
+
+
+def quoted(text: str) -> str:
+    """At most 40 characters of a bad input in a reason, as a JSON string (control characters escaped): one
+    canonical spelling that the compiled engine writes too (Python's repr depends on Unicode tables)."""
+    return orjson.dumps(text[:_QUOTED]).decode()
+
+
+def decimal_reason(value: object, kind: Kind, sign: str) -> str:
+    """Why `value` is not a valid decimal of this kind and sign: the type, the syntax, the digits, or the sign (in
+    that order). Runs only for a rejected value: the check itself is the one pattern of Kind.pattern."""
+    if not isinstance(value, str):
+        return 'a decimal must be a JSON string such as "50000.5"'
+    if not _SYNTAX.match(value):
+        return f"not an exact plain decimal: {quoted(value)}"
+    if not re.match(kind.pattern(SIGNED), value):
+        return f"{kind.bound_text()}: {quoted(value)}"
+    return SIGN_REASONS[sign] or f"not a {kind.name} decimal: {quoted(value)}"
 
 
 class _PlainDecimal:
-    """A decimal field: a JSON string matching DECIMAL_PATTERN (and the sign the field requires), turned into a
-    Decimal. Every check is a pattern that pydantic-core runs in Rust: with a Python validator per field, decoding
-    and validating ran at 238,000 records/s instead of 311,000 (benchmarks/replay.py's validate_only)."""
+    """A decimal field: a JSON string matching its kind's pattern for its sign, turned into a Decimal. The check is
+    one pattern that pydantic-core runs in Rust (a Python validator per field made decoding and validating markedly
+    slower: benchmarks/replay.py's validate_only). Its error carries the kind and the sign; backstop.wire.decode asks
+    decimal_reason which rule the value broke, only for a value it refused."""
 
-    def __init__(self, sign: str = "", sign_message: str = "") -> None:
-        self.sign, self.sign_message = sign, sign_message
+    def __init__(self, kind: Kind, sign: str) -> None:
+        self.kind, self.sign = kind, sign
+        self.pattern = kind.pattern(sign)
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
-        steps = [
-            core_schema.custom_error_schema(core_schema.str_schema(strict=True), "plain_decimal_type",
-                                            custom_error_message='a decimal must be a JSON string such as "50000.5"'),
-            core_schema.custom_error_schema(core_schema.str_schema(pattern=DECIMAL_PATTERN), "plain_decimal_syntax",
-                                            custom_error_message="not an exact plain decimal"),
-        ]
-        if self.sign:
-            sign = core_schema.str_schema(pattern=self.sign)
-            steps.append(core_schema.custom_error_schema(sign, "plain_decimal_sign",
-                                                         custom_error_message=self.sign_message))
-        return core_schema.chain_schema([*steps, core_schema.no_info_plain_validator_function(Decimal)])
+        check = core_schema.custom_error_schema(
+            core_schema.str_schema(strict=True, pattern=self.pattern), "plain_decimal",
+            custom_error_message=self.description(), custom_error_context={"kind": self.kind.name, "sign": self.sign})
+        return core_schema.chain_schema([check, core_schema.no_info_plain_validator_function(Decimal)])
 
     def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-        return {"type": "string", "pattern": DECIMAL_PATTERN}
+        return {"type": "string", "pattern": self.pattern, "description": self.description()}
+
+    def description(self) -> str:
+        sign = f", {self.sign}" if self.sign != SIGNED else ""
+        return f"a plain decimal string of kind {self.kind.name}: {self.kind.bound_text()}{sign}"
 
 
-# Applied after DECIMAL_PATTERN matched, so they only need to tell the sign: digits and dots with a non-zero digit;
-# anything but a minus sign followed by a non-zero digit ("-0.0" is zero).
-DecimalStr = Annotated[Decimal, _PlainDecimal()]
-PositiveDecimal = Annotated[Decimal, _PlainDecimal(r"^[0-9.]*[1-9][0-9.]*$", "must be > 0")]
-NonNegativeDecimal = Annotated[Decimal, _PlainDecimal(r"^(?:[^-]|-[0.]*$)", "must be >= 0")]
+Qty = Annotated[Decimal, _PlainDecimal(QTY, POSITIVE)]
+Price = Annotated[Decimal, _PlainDecimal(PRICE, POSITIVE)]
+Money = Annotated[Decimal, _PlainDecimal(MONEY, SIGNED)]
+PositiveMoney = Annotated[Decimal, _PlainDecimal(MONEY, POSITIVE)]
+NonNegativeMoney = Annotated[Decimal, _PlainDecimal(MONEY, NON_NEGATIVE)]
+Rate = Annotated[Decimal, _PlainDecimal(RATE, SIGNED)]
+PositiveRate = Annotated[Decimal, _PlainDecimal(RATE, POSITIVE)]
+NonNegativeRate = Annotated[Decimal, _PlainDecimal(RATE, NON_NEGATIVE)]
+Leverage = Annotated[Decimal, _PlainDecimal(LEVERAGE, LEVERAGE_RANGE)]
+# Tool parameters (not wire fields).
+DecimalStr = Annotated[Decimal, _PlainDecimal(PARAMETER, SIGNED)]
+PositiveDecimal = Annotated[Decimal, _PlainDecimal(PARAMETER, POSITIVE)]
+NonNegativeDecimal = Annotated[Decimal, _PlainDecimal(PARAMETER, NON_NEGATIVE)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
 Symbol = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Z0-9_-]+$")]
 Asset = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=r"^[A-Z0-9]+$")]
@@ -77,13 +153,13 @@ class FundRecord(_Record):
     fund_id: Identifier
     settle_asset: Asset
     surplus: Literal["fund", "trader"]
-    max_inventory_ratio: NonNegativeDecimal
+    max_inventory_ratio: NonNegativeRate
 
 
 class Tier(_Record):
-    max_notional: PositiveDecimal
-    mmr: PositiveDecimal
-    maint_amount: NonNegativeDecimal
+    max_notional: PositiveMoney
+    mmr: PositiveRate
+    maint_amount: NonNegativeMoney
 
 
 class InstrumentRecord(_Record):
@@ -91,10 +167,10 @@ class InstrumentRecord(_Record):
     ts: Timestamp
     symbol: Symbol
     settle_asset: Asset
-    tick_size: PositiveDecimal
-    lot_size: PositiveDecimal
+    tick_size: Price
+    lot_size: Qty
     tiers: Annotated[tuple[Tier, ...], Field(min_length=1, max_length=64)]
-    liquidation_fee_rate: NonNegativeDecimal
+    liquidation_fee_rate: NonNegativeRate
     fund_id: Identifier
 
 
@@ -104,7 +180,7 @@ class TransferRecord(_Record):
     transfer_id: Identifier
     account_id: Identifier
     asset: Asset
-    amount: DecimalStr
+    amount: Money
 
 
 class FillRecord(_Record):
@@ -114,32 +190,32 @@ class FillRecord(_Record):
     account_id: Identifier
     symbol: Symbol
     side: Literal["buy", "sell"]
-    qty: PositiveDecimal
-    price: PositiveDecimal
-    fee: DecimalStr
+    qty: Qty
+    price: Price
+    fee: Money
     margin_mode: Literal["cross", "isolated"]
-    leverage: PositiveDecimal
+    leverage: Leverage
 
 
 class MarkRecord(_Record):
     type: Literal["mark"] = "mark"
     ts: Timestamp
     symbol: Symbol
-    mark_price: PositiveDecimal
-    index_price: PositiveDecimal | None = None
+    mark_price: Price
+    index_price: Price | None = None
 
 
 class FundingRecord(_Record):
     type: Literal["funding"] = "funding"
     ts: Timestamp
     symbol: Symbol
-    rate: DecimalStr
-    mark_price: PositiveDecimal
+    rate: Rate
+    mark_price: Price
 
 
 class Execution(_Record):
-    qty: PositiveDecimal
-    price: PositiveDecimal
+    qty: Qty
+    price: Price
 
 
 class LiquidationRecord(_Record):
@@ -148,9 +224,9 @@ class LiquidationRecord(_Record):
     liquidation_id: Identifier
     account_id: Identifier
     symbol: Symbol
-    qty: PositiveDecimal
-    mark_price: PositiveDecimal
-    bankruptcy_price: PositiveDecimal | None = None
+    qty: Qty
+    mark_price: Price
+    bankruptcy_price: Price | None = None
     executions: Annotated[tuple[Execution, ...], Field(max_length=1024)] = ()
 
 
@@ -168,3 +244,24 @@ RECORD_TYPES: dict[str, type[_Record]] = {
     "liquidation": LiquidationRecord,
 }
 INPUT_ADAPTER: TypeAdapter[InputRecord] = TypeAdapter(InputRecord)
+
+
+@functools.cache
+def decimal_fields() -> dict[str, tuple[Kind, str]]:
+    """Every decimal field of the input records, as "fill.qty" or "instrument.tiers[].mmr" -> (kind, sign): the table
+    of docs/design.md §9.2, read from the models (tests compare the two; fuzz tests try every bound of every field)."""
+    found: dict[str, tuple[Kind, str]] = {}
+
+    def visit(prefix: str, model: type[BaseModel]) -> None:
+        for name, info in model.model_fields.items():
+            annotations = [info.annotation, *get_args(info.annotation)]
+            for item in [*info.metadata, *(m for a in annotations for m in getattr(a, "__metadata__", ()))]:
+                if isinstance(item, _PlainDecimal):
+                    found[f"{prefix}.{name}"] = (item.kind, item.sign)
+            for annotation in (a for outer in annotations for a in (outer, *get_args(outer))):
+                if isinstance(annotation, type) and issubclass(annotation, _Record):
+                    visit(f"{prefix}.{name}[]", annotation)
+
+    for record_type, model in RECORD_TYPES.items():
+        visit(record_type, model)
+    return found

@@ -60,33 +60,106 @@ _OUTPUT_TOPICS = (
     ("adl_events", "adl-event", "account_id (the counterparty)", "Every counterparty reduced by auto-deleveraging."),
     ("dead_letter", "dead-letter-record", "source topic:partition", "Every input that was not applied, and why."),
 )
+KAFKA_BINDING_VERSION = "0.5.0"
+_OUTPUT_HEADERS = {
+    "type": "object",
+    "properties": {
+        "backstop-record-id": {"type": "string", "description": "The record's deterministic `id`: consumers drop "
+                                                                "a record whose id they have seen."},
+        "backstop-outbox-id": {"type": "string", "description": "The outbox row that published the record (the "
+                                                                "relay's own bookkeeping)."},
+    },
+}
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.replace("_", "-").split("-"))
+
+
+def _embedded(name: str, schema: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
+    """A standalone JSON Schema as an AsyncAPI component: its $defs become components of their own (named
+    `<name>.<def>`) and its references point at them, so the document has no reference outside itself."""
+    prefix = "#/$defs/"
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: (f"#/components/schemas/{name}.{value[len(prefix):]}"
+                          if key == "$ref" and isinstance(value, str) and value.startswith(prefix) else rewrite(value))
+                    for key, value in node.items() if key not in ("$schema", "$id", "$defs")}
+        if isinstance(node, list):
+            return [rewrite(item) for item in node]
+        return node
+
+    for definition, body in schema.get("$defs", {}).items():
+        components[f"{name}.{definition}"] = rewrite(body)
+    embedded: dict[str, Any] = rewrite(schema)
+    return embedded
 
 
 def asyncapi() -> dict[str, Any]:
-    """The topic contract: every topic, its key and its record, pointing at the JSON Schemas above."""
+    """The topic contract as an AsyncAPI 3.0 document with every schema inside it (no file references, so any
+    tool reads it from any folder): each topic a channel, each record a message, and what backstop does with
+    each topic an operation (it receives the inputs and sends the outputs)."""
     topics = TopicNames("backstop.")
+    schemas_by_name = json_schemas()
+    components_schemas: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
     channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+
+    def add(record: str, schema_name: str, address: str, key: str, description: str, *, incoming: bool) -> None:
+        components_schemas[schema_name] = _embedded(schema_name, schemas_by_name[schema_name], components_schemas)
+        message: dict[str, Any] = {
+            "name": record, "title": f"{record} record", "summary": description, "contentType": "application/json",
+            "payload": {"$ref": f"#/components/schemas/{schema_name}"},
+            "bindings": {"kafka": {"key": {"type": "string", "description": key},
+                                   "bindingVersion": KAFKA_BINDING_VERSION}}}
+        if not incoming:
+            message["headers"] = _OUTPUT_HEADERS
+        messages[record] = message
+        channel_id = _camel(address.removeprefix(topics.prefix))
+        channels[channel_id] = {
+            "address": address, "title": address, "description": f"{description} Key: {key}.",
+            "messages": {record: {"$ref": f"#/components/messages/{record}"}},
+            "bindings": {"kafka": {"topic": address, "bindingVersion": KAFKA_BINDING_VERSION}}}
+        action = "receive" if incoming else "send"
+        operations[f"{action}{_camel(record)}"] = {
+            "action": action, "channel": {"$ref": f"#/channels/{channel_id}"},
+            "messages": [{"$ref": f"#/channels/{channel_id}/messages/{record}"}],
+            "summary": (f"backstop consumes {record} records." if incoming
+                        else f"backstop publishes {record} records through its outbox."),
+            "tags": [{"name": "input" if incoming else "output"}]}
+
     for record_type in INPUT_TYPES:
-        channels[topics.input(record_type)] = {
-            "description": f"Input: {record_type} records (the topic names the type; a `type` field may be "
-                           f"present and must agree). Key: {input_key_field(record_type)}.",
-            "publish": {"message": {"name": record_type, "contentType": "application/json",
-                                    "bindings": {"kafka": {"key": {"type": "string",
-                                                                   "description": input_key_field(record_type)}}},
-                                    "payload": {"$ref": f"input-{record_type}.json"}}}}
+        add(record_type, f"input-{record_type}", topics.input(record_type), input_key_field(record_type),
+            f"Input: {record_type} records (the topic names the type; a `type` field may be present and must "
+            f"agree).", incoming=True)
     for attribute, schema_name, key, description in _OUTPUT_TOPICS:
-        channels[getattr(topics, attribute)] = {
-            "description": f"Output: {description} Key: {key}. Each record carries a deterministic `id` (also in "
-                           f"the header backstop-record-id): consumers drop duplicates by id.",
-            "subscribe": {"message": {"name": schema_name, "contentType": "application/json",
-                                      "bindings": {"kafka": {"key": {"type": "string", "description": key}}},
-                                      "payload": {"$ref": f"output-{schema_name}.json"}}}}
-    return {"asyncapi": "2.6.0",
-            "info": {"title": "backstop topics", "version": "1",
-                     "description": "Wire contract version 1 of backstop (DESIGN.md section 5). Decimals are JSON "
-                                    "strings; timestamps are integer milliseconds. The prefix `backstop.` is "
-                                    "configurable (BACKSTOP_TOPIC_PREFIX)."},
-            "defaultContentType": "application/json", "channels": channels}
+        add(schema_name, f"output-{schema_name}", getattr(topics, attribute), key,
+            f"Output: {description} Each record carries a deterministic `id` (also in the header "
+            f"backstop-record-id): consumers drop duplicates by id.", incoming=False)
+    return {
+        "asyncapi": "3.0.0",
+        "id": "urn:backstop:topics:v1",
+        "info": {
+            "title": "backstop topics", "version": "1",
+            "description": "Wire contract version 1 of backstop (docs/design.md §5). Decimals are JSON strings; "
+                           "timestamps are integer milliseconds. The prefix `backstop.` is configurable "
+                           "(BACKSTOP_TOPIC_PREFIX).",
+            "contact": {"name": "backstop maintainers"},
+            "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"},
+            "tags": [{"name": "input", "description": "Topics the venue writes and backstop consumes."},
+                     {"name": "output", "description": "Topics backstop publishes, through its outbox."}]},
+        "defaultContentType": "application/json",
+        "servers": {
+            "local": {"host": "127.0.0.1:9092", "protocol": "kafka", "title": "local broker",
+                      "description": "The single-node broker of deploy/local; any Kafka cluster serves the same "
+                                     "topics (BACKSTOP_KAFKA_BOOTSTRAP).",
+                      "bindings": {"kafka": {"bindingVersion": KAFKA_BINDING_VERSION}}}},
+        "channels": channels,
+        "operations": operations,
+        "components": {"schemas": components_schemas, "messages": messages},
+    }
 
 
 def render(schema: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """PostgreSQL store of the service: everything one batch produces, written in ONE transaction.
 
 The writer holds a session advisory lock (one ledger processor per database); every batch also checks that the
-journal head it extends is the one it read (fencing), so a stale writer can never interleave.
+journal head it extends is the one it read (fencing), so a stale writer can never interleave. With an anchor key,
+every batch that appends to the journal also writes a signed checkpoint of the history (backstop.core.anchor).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncpg
 import orjson
 
 from backstop import faults
+from backstop.core.anchor import JOURNAL_GENESIS, Anchor, Checkpoint, SignedCheckpoint, journal_step
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.pipeline.ingest import BatchResult
@@ -95,15 +97,26 @@ async def _upsert(connection: asyncpg.Connection, table: str, columns: list[str]
                              f"ON CONFLICT ({', '.join(columns[:key_columns])}) DO UPDATE SET {updates}")
 
 
+CHECKPOINT_COLUMNS = ["seq", "prev_seq", "adopted_seq", "journal_digest", "head_hash", "ledger_head", "ledger_entries",
+                      "adl_head", "adl_events"]
+ADOPTION_CHUNK_ROWS = 50_000
+
+
+def signed_checkpoint(row: asyncpg.Record) -> SignedCheckpoint:
+    return SignedCheckpoint(Checkpoint(*(row[c] for c in CHECKPOINT_COLUMNS)), row["key_id"], row["mac"])
+
+
 class Store:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, anchor: Anchor | None = None) -> None:
         self.pool = pool
+        self.anchor = anchor
+        self._anchored: tuple[int, str] | None = None  # (seq, journal digest) of the last checkpoint committed here
 
     @classmethod
-    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 4) -> Store:
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 4, anchor: Anchor | None = None) -> Store:
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=30,
                                          command_timeout=120)
-        return cls(pool)
+        return cls(pool, anchor)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -139,6 +152,23 @@ class Store:
             if len(rows) < chunk:
                 return
             last = rows[-1]["seq"]
+
+    async def journal_rows(self, *, chunk: int = 10_000
+                           ) -> AsyncIterator[tuple[int, str, int, int, bytes, str]]:
+        """(seq, source topic, partition, offset, payload, payload_hash) in seq order, read in chunks."""
+        last = 0
+        while True:
+            rows = await self.pool.fetch("SELECT seq, source_topic, source_partition, source_offset, payload, "
+                                         "payload_hash FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2", last, chunk)
+            for row in rows:
+                yield (row["seq"], row["source_topic"], row["source_partition"], row["source_offset"],
+                       row["payload"].encode(), row["payload_hash"])
+            if len(rows) < chunk:
+                return
+            last = rows[-1]["seq"]
+
+    async def checkpoints(self) -> list[SignedCheckpoint]:
+        return [signed_checkpoint(r) for r in await self.pool.fetch("SELECT * FROM checkpoints ORDER BY seq")]
 
     async def dead_letters(self) -> list[tuple[str, int, int, str, bytes]]:
         """(source topic, partition, offset, reason, raw) of every input the service dead-lettered, in the order
@@ -182,6 +212,8 @@ class Store:
                 raise InvariantViolation(f"journal head moved: expected seq {expected_seq}, found {current}: "
                                          f"another writer is active")
             await self._append(connection, result, head)
+            signed = await self._sign(connection, self.anchor, expected_seq, result, head) \
+                if self.anchor is not None and result.journal else None
             await self._project(connection, projections)
             await connection.executemany(
                 "INSERT INTO consumed_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) "
@@ -193,6 +225,88 @@ class Store:
                 "head_hash = $2, ledger_head = $3, adl_head = $4, duplicates = $5, rejected = $6",
                 head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected)
             faults.reached("in_transaction")
+        if signed is not None:
+            self._anchored = (signed.checkpoint.seq, signed.checkpoint.journal_digest)
+
+    # ---------------------------------------------------------------- checkpoints
+    async def _sign(self, connection: asyncpg.Connection, anchor: Anchor, expected_seq: int, result: BatchResult,
+                    head: Head) -> SignedCheckpoint:
+        """The batch's checkpoint: the journal digest carried on over its rows, and the heads it leaves."""
+        if self._anchored is not None and self._anchored[0] == expected_seq:
+            prev_seq, digest, adopted_seq = expected_seq, self._anchored[1], 0
+        else:
+            prev_seq, digest, adopted_seq = await self.anchored_head(connection, anchor, expected_seq)
+        if result.journal[0].seq != expected_seq + 1 or result.journal[-1].seq != head.seq:
+            raise InvariantViolation(f"the batch's journal rows run from seq {result.journal[0].seq} to "
+                                     f"{result.journal[-1].seq}, not from {expected_seq + 1} to {head.seq}")
+        for row in result.journal:
+            digest = journal_step(digest, row.seq, row.source_topic, row.source_partition, row.source_offset,
+                                  row.payload_hash)
+        signed = anchor.key.sign(Checkpoint(head.seq, prev_seq, adopted_seq, digest, head.head_hash, head.ledger_head,
+                                            head.ledger_position, head.adl_head, head.adl_position))
+        checkpoint = signed.checkpoint
+        await connection.execute(
+            f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}, key_id, mac) "
+            f"VALUES ({', '.join(f'${n}' for n in range(1, len(CHECKPOINT_COLUMNS) + 3))})",
+            *(getattr(checkpoint, c) for c in CHECKPOINT_COLUMNS), signed.key_id, signed.mac)
+        return signed
+
+    async def anchored_head(self, connection: asyncpg.Connection, anchor: Anchor, head_seq: int
+                            ) -> tuple[int, str, int]:
+        """(the seq of the checkpoint to follow, the journal digest there, the seq adopted) for signing on from the
+        journal head `head_seq`. That head must carry a checkpoint this key signed, else the history is new to this
+        key: it is signed on only if the operator adopted exactly this head (BACKSTOP_ANCHOR_ADOPT), never silently,
+        or an owner who rewrote the history and removed its checkpoints would have it signed."""
+        row = await connection.fetchrow("SELECT * FROM checkpoints ORDER BY seq DESC LIMIT 1")
+        if row is None and head_seq == 0:
+            return 0, JOURNAL_GENESIS, 0
+        if row is not None and row["seq"] == head_seq:
+            signed = signed_checkpoint(row)
+            if anchor.key.verifies(signed):
+                return head_seq, signed.checkpoint.journal_digest, 0
+            problem = (f"the checkpoint at the journal's head (seq {head_seq}) does not verify with this anchor key "
+                       f"(key id {anchor.key.key_id}; the checkpoint names {signed.key_id})")
+        elif row is None:
+            problem = f"no checkpoint signs the journal's head (seq {head_seq})"
+        else:
+            problem = f"the last checkpoint is at seq {row['seq']}, the journal's head at seq {head_seq}"
+        adopt = anchor.adopt
+        if adopt is None or adopt.seq != head_seq:
+            raise InvariantViolation(
+                f"{problem}: the history may have been rewritten. Check it (backstop audit verify --dsn); if it is "
+                f"right, start once with BACKSTOP_ANCHOR_ADOPT=<seq>:<journal digest> as audit verify prints them")
+        digest = await self.journal_digest(connection, head_seq)
+        if digest != adopt.journal_digest:
+            raise InvariantViolation(f"BACKSTOP_ANCHOR_ADOPT names journal digest {adopt.journal_digest} at seq "
+                                     f"{head_seq}, but the stored journal gives {digest}")
+        return 0, digest, head_seq
+
+    @staticmethod
+    async def journal_digest(connection: asyncpg.Connection, through_seq: int) -> str:
+        digest, last = JOURNAL_GENESIS, 0
+        while last < through_seq:
+            rows = await connection.fetch(
+                "SELECT seq, source_topic, source_partition, source_offset, payload_hash FROM journal "
+                "WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3", last, through_seq, ADOPTION_CHUNK_ROWS)
+            if not rows:
+                break
+            for r in rows:
+                digest = journal_step(digest, r["seq"], r["source_topic"], r["source_partition"], r["source_offset"],
+                                      r["payload_hash"])
+            last = rows[-1]["seq"]
+        return digest
+
+    async def check_anchor(self) -> None:
+        """Before the service starts: the journal's head is signed with this store's key (or adopted); raises
+        InvariantViolation with the reason."""
+        if self.anchor is None:
+            return
+        async with self.pool.acquire() as connection, connection.transaction(isolation="repeatable_read",
+                                                                               readonly=True):
+            # One snapshot for the head and its checkpoint: a worker joining as a standby reads them while the
+            # active one commits batches (each with its checkpoint).
+            head_seq = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
+            await self.anchored_head(connection, self.anchor, head_seq)
 
     async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head) -> None:
         if result.journal:

@@ -1,0 +1,1031 @@
+//! The rules (backstop.core.engine, docs/design.md sections 4 and 9): a pure fold of journal events into margin
+//! state, the fund ledger and ADL. `apply` either rejects an event (nothing changed: every handler checks first
+//! and mutates after) or applies it and appends its outputs, canonical JSON, to the event's output buffers.
+
+use crate::canonical::{self, J, GENESIS_HASH};
+use crate::ledger::{Account, Ledger, Names};
+use crate::numbers::{
+    add, mul, pow10, ratio, rescale, sub, text, text_wide, wide_mul, Rounding, Shown, S12, S16, S18, S8,
+};
+use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Positions, Side, Tier};
+use crate::wire::{Body, Dec, MarginMode, Record, Side as TradeSide, Surplus};
+use ethnum::I256;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
+pub const SCHEMA_VERSION: i128 = 1;
+pub const MAX_LATENESS_MS: u64 = 600_000;
+pub const FUND_ACCOUNT_PREFIX: &str = "fund:";
+/// docs/design.md section 9.3: a position holds less than 10^12 (qty at 1e-8), costs less than 10^22 (at 1e-16).
+const MAX_POSITION_QTY: i128 = 100_000_000_000_000_000_000;
+const MAX_COST: i128 = 100_000_000_000_000_000_000_000_000_000_000_000_000;
+
+/// Why an event was not applied (nothing changed).
+pub type Rejected = String;
+
+/// Outputs of the events applied so far in a batch: canonical JSON lines per output file, and counts.
+#[derive(Default, Debug)]
+pub struct Outputs {
+    pub fund_ledger: Vec<u8>,
+    pub adl_events: Vec<u8>,
+    pub findings: Vec<u8>,
+    pub fund_entries: u64,
+    pub adl_count: u64,
+    pub finding_count: u64,
+}
+
+/// Per-event counters for output ids (fl-<seq>-<n>, ...).
+#[derive(Default, Clone, Copy, Debug)]
+struct EventCounts {
+    fund_entries: u64,
+    adl_events: u64,
+    findings: u64,
+}
+
+/// An account's margin at the current marks: the balance behind the position (isolated: margin + uPnL; cross:
+/// TNC), the maintenance it is compared with (isolated: its MM; cross: TMM), its own MM, and its equity share.
+/// Balances and shares at 1e-16, maintenance at 1e-8.
+#[derive(Clone, Copy, Debug)]
+pub struct MarginView {
+    pub margin_balance: I256,
+    pub maintenance_margin: I256,
+    pub position_maintenance: i128,
+    pub equity_share: I256,
+}
+
+impl MarginView {
+    pub fn liquidatable(&self) -> bool {
+        self.margin_balance <= mul(self.maintenance_margin, pow10(S16 - S8))
+    }
+}
+
+/// One position's place in the ADL queue.
+#[derive(Clone, Debug)]
+pub struct Ranked {
+    pub account: u32,
+    pub size: i128,
+    pub score: i128,
+    pub past_bankruptcy: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Engine {
+    pub names: Names,
+    pub ledger: Ledger,
+    pub funds: HashMap<u32, FundState>,
+    pub instruments: HashMap<u32, Instrument>,
+    pub marks: HashMap<u32, i128>,
+    pub positions: Positions,
+    pub last_seq: u64,
+    pub newest_ts: Option<u64>,
+    pub mark_ts: HashMap<u32, u64>,
+    pub funding_ts: HashMap<u32, u64>,
+    pub ledger_head: String,
+    pub adl_head: String,
+    settle_assets: HashSet<u32>,
+    seq: u64,
+    ts: u64,
+    counts: EventCounts,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine {
+            names: Names::default(),
+            ledger: Ledger::default(),
+            funds: HashMap::default(),
+            instruments: HashMap::default(),
+            marks: HashMap::default(),
+            positions: Positions::default(),
+            last_seq: 0,
+            newest_ts: None,
+            mark_ts: HashMap::default(),
+            funding_ts: HashMap::default(),
+            ledger_head: GENESIS_HASH.to_string(),
+            adl_head: GENESIS_HASH.to_string(),
+            settle_assets: HashSet::default(),
+            seq: 0,
+            ts: 0,
+            counts: EventCounts::default(),
+        }
+    }
+}
+
+fn reject<T>(reason: impl Into<String>) -> Result<T, Rejected> {
+    Err(reason.into())
+}
+
+/// |value| < 2^127 products and quotients on values at known scales, named for what they compute.
+fn product(a: i128, b: i128) -> I256 {
+    wide_mul(a, b)
+}
+
+impl Engine {
+    pub fn head_hash(&self) -> String {
+        canonical::combine(&[&self.ledger_head, &self.adl_head])
+    }
+
+    pub fn register_settle_asset(&mut self, asset: u32) {
+        self.settle_assets.insert(asset);
+    }
+
+    // ------------------------------------------------------------------ entry point
+    /// Apply one event at `seq` (the next one); Err: rejected, nothing changed.
+    pub fn apply(&mut self, record: &Record<'_>, seq: u64, out: &mut Outputs) -> Result<(), Rejected> {
+        assert!(seq == self.last_seq + 1, "journal gap: seq {seq} after {}", self.last_seq);
+        if let Some(newest) = self.newest_ts {
+            if record.ts + MAX_LATENESS_MS < newest {
+                return reject(format!(
+                    "ts {} is {} ms behind the newest applied event (ts {newest}); at most {MAX_LATENESS_MS} ms is \
+                     accepted",
+                    record.ts,
+                    newest - record.ts
+                ));
+            }
+        }
+        self.seq = seq;
+        self.ts = record.ts;
+        self.counts = EventCounts::default();
+        let before = self.fund_of(record).map(|fund| (fund, self.ledger.balance(Account::Fund(fund))));
+        match &record.body {
+            Body::Fund { .. } => self.on_fund(record)?,
+            Body::Instrument { .. } => self.on_instrument(record)?,
+            Body::Transfer { .. } => self.on_transfer(record, out)?,
+            Body::Fill { .. } => self.on_fill(record, out)?,
+            Body::Mark { .. } => self.on_mark(record)?,
+            Body::Funding { .. } => self.on_funding(record, out)?,
+            Body::Liquidation { .. } => self.on_liquidation(record, out)?,
+        }
+        self.last_seq = seq;
+        if self.newest_ts.is_none_or(|newest| record.ts > newest) {
+            self.newest_ts = Some(record.ts);
+        }
+        if let Some(before) = before {
+            self.enforce_solvency(before, out);
+        }
+        Ok(())
+    }
+
+    /// The fund whose balance this event may move (checked for solvency afterwards): liquidations, funding and the
+    /// fund's own fills.
+    fn fund_of(&self, record: &Record<'_>) -> Option<u32> {
+        let symbol = match &record.body {
+            Body::Liquidation { symbol, .. } | Body::Funding { symbol, .. } => symbol,
+            Body::Fill { account_id, symbol, .. } if account_id.starts_with(FUND_ACCOUNT_PREFIX) => symbol,
+            _ => return None,
+        };
+        self.names.find(symbol).and_then(|id| self.instruments.get(&id)).map(|instrument| instrument.fund_id)
+    }
+
+    // ------------------------------------------------------------------ definitions
+    fn on_fund(&mut self, record: &Record<'_>) -> Result<(), Rejected> {
+        let Body::Fund { fund_id, settle_asset, surplus, max_inventory_ratio } = &record.body else { unreachable!() };
+        let fund = self.names.id(fund_id);
+        let asset = self.names.id(settle_asset);
+        if let Some(existing) = self.funds.get(&fund) {
+            if existing.spec.settle_asset != asset {
+                return reject(format!("fund {fund_id} settles in {}; cannot change asset",
+                                      self.names.name(existing.spec.settle_asset)));
+            }
+        }
+        let spec = FundSpec { fund_id: fund, settle_asset: asset, surplus: *surplus,
+                              max_inventory_ratio: max_inventory_ratio.value };
+        match self.funds.get_mut(&fund) {
+            Some(existing) => existing.spec = spec,
+            None => {
+                self.funds.insert(fund, FundState::new(spec));
+                self.settle_assets.insert(asset);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_instrument(&mut self, record: &Record<'_>) -> Result<(), Rejected> {
+        let Body::Instrument { symbol, settle_asset, tick_size, lot_size, tiers, liquidation_fee_rate, fund_id } =
+            &record.body
+        else {
+            unreachable!()
+        };
+        let fund = self.names.find(fund_id).filter(|id| self.funds.contains_key(id));
+        let Some(fund) = fund else { return reject(format!("unknown fund {fund_id}")) };
+        let fund_asset = self.funds[&fund].spec.settle_asset;
+        if self.names.name(fund_asset) != settle_asset.as_ref() {
+            return reject(format!("fund {fund_id} settles in {}, instrument {symbol} in {settle_asset}",
+                                  self.names.name(fund_asset)));
+        }
+        let symbol_id = self.names.id(symbol);
+        let previous = self.instruments.get(&symbol_id);
+        if let Some(previous) = previous {
+            if previous.fund_id != fund || previous.settle_asset != fund_asset {
+                return reject(format!("instrument {symbol} cannot move to another fund or settlement asset"));
+            }
+        }
+        if tiers.windows(2).any(|pair| pair[1].max_notional.value <= pair[0].max_notional.value) {
+            return reject("tiers must have strictly increasing max_notional");
+        }
+        if tiers.iter().any(|tier| tier.mmr.value >= crate::numbers::pow10_i128(S18)) {
+            return reject("mmr must be below 1");
+        }
+        let is_new = previous.is_none();
+        let tiers = tiers
+            .iter()
+            .map(|t| Tier { max_notional: t.max_notional.value, mmr: t.mmr.value, maint_amount: t.maint_amount.value })
+            .collect();
+        self.instruments.insert(symbol_id, Instrument {
+            symbol: symbol_id,
+            settle_asset: fund_asset,
+            tick_size: tick_size.value,
+            lot_size: lot_size.value,
+            tiers,
+            liquidation_fee_rate: liquidation_fee_rate.value,
+            fund_id: fund,
+        });
+        if is_new {
+            self.funds.get_mut(&fund).expect("checked").symbols.push(symbol_id);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ money in and out
+    fn on_transfer(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejected> {
+        let Body::Transfer { account_id, asset, amount, .. } = &record.body else { unreachable!() };
+        let amount = amount.value;
+        if amount == 0 {
+            return reject("transfer amount must not be zero");
+        }
+        let asset_id = self.names.find(asset).filter(|id| self.settle_assets.contains(id));
+        let (account, fund) = if let Some(fund_name) = account_id.strip_prefix(FUND_ACCOUNT_PREFIX) {
+            let Some(fund) = self.names.find(fund_name).filter(|id| self.funds.contains_key(id)) else {
+                return reject(format!("unknown fund {fund_name}"));
+            };
+            let fund_asset = self.funds[&fund].spec.settle_asset;
+            if self.names.name(fund_asset) != asset.as_ref() {
+                return reject(format!("fund {fund_name} holds {}, not {asset}", self.names.name(fund_asset)));
+            }
+            (Account::Fund(fund), Some(fund))
+        } else {
+            let Some(asset_id) = asset_id else { return reject(format!("unknown asset {asset}")) };
+            (Account::Wallet { account: self.names.id(account_id), asset: asset_id }, None)
+        };
+        let asset_id = asset_id.expect("a fund's asset is a settlement asset");
+        let balance = self.ledger.balance(account);
+        if amount < 0 && add(balance, I256::new(amount)) < 0 {
+            return reject(format!("withdrawal of {} exceeds the balance {} of {}", Shown(-amount, S8),
+                                  text_wide(balance, S8), account.name(&self.names)));
+        }
+        let source = Account::External(asset_id);
+        self.ledger.post(source, account, amount);
+        if let Some(fund) = fund {
+            self.fund_entry(fund, "transfer", I256::new(amount), None, source, out);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ trading
+    fn instrument_of(&self, symbol: &str) -> Result<u32, Rejected> {
+        match self.names.find(symbol).filter(|id| self.instruments.contains_key(id)) {
+            Some(id) => Ok(id),
+            None => reject(format!("unknown symbol {symbol}")),
+        }
+    }
+
+    fn check_steps(&self, symbol: u32, qty: i128, fill_price: Option<i128>) -> Result<(), Rejected> {
+        let instrument = &self.instruments[&symbol];
+        if qty % instrument.lot_size != 0 {
+            return reject(format!("qty {} is not a multiple of the lot size {}", Shown(qty, S8),
+                                  Shown(instrument.lot_size, S8)));
+        }
+        if let Some(fill_price) = fill_price {
+            if fill_price % instrument.tick_size != 0 {
+                return reject(format!("price {} is not a multiple of the tick size {}", Shown(fill_price, S8),
+                                      Shown(instrument.tick_size, S8)));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_fill(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejected> {
+        let Body::Fill { fill_id, account_id, symbol, side, qty, price, fee, margin_mode, leverage } = &record.body
+        else {
+            unreachable!()
+        };
+        let symbol_id = self.instrument_of(symbol)?;
+        let (qty, fill_price, fee) = (qty.value, price.value, fee.value);
+        self.check_steps(symbol_id, qty, Some(fill_price))?;
+        if let Some(fund_name) = account_id.strip_prefix(FUND_ACCOUNT_PREFIX) {
+            return self.fund_fill(fund_name, symbol_id, *side, qty, fill_price, fee, out);
+        }
+        let account = self.names.id(account_id);
+        let delta = if *side == TradeSide::Buy { qty } else { -qty };
+        let held = self.positions.get(account, symbol_id).cloned();
+        if let Some(position) = &held {
+            if position.margin_mode != *margin_mode {
+                return reject(format!("{account_id} holds {symbol} in {} margin; a {} fill cannot change it \
+                                       while the position is open", mode_name(position.margin_mode),
+                                      mode_name(*margin_mode)));
+            }
+        }
+        let closing = held.as_ref().map_or(0, |p| if (p.qty > 0) != (delta > 0) { p.size().min(qty) } else { 0 });
+        let remaining = qty - closing;
+        if remaining > 0 {
+            let (size, cost) = match &held {
+                Some(p) if closing == 0 => (p.size(), p.cost),
+                _ => (0, 0),
+            };
+            let grown_size = size + remaining;
+            let grown_cost = add(I256::new(cost), product(remaining, fill_price));
+            if grown_size >= MAX_POSITION_QTY {
+                return reject(format!("position would hold {}, above the bound 10^12", Shown(grown_size, S8)));
+            }
+            if grown_cost >= I256::new(MAX_COST) {
+                return reject(format!("position cost would be {}, above the bound 10^22",
+                                      text_wide(grown_cost, S16)));
+            }
+        }
+        self.marks.entry(symbol_id).or_insert(fill_price);
+        if closing > 0 {
+            self.reduce(account, symbol_id, closing, closing * fill_price);
+        }
+        if remaining > 0 {
+            self.open(account, symbol_id, if delta > 0 { remaining } else { -remaining }, fill_price, *margin_mode,
+                      *leverage);
+        }
+        let asset = self.instruments[&symbol_id].settle_asset;
+        let wallet = Account::Wallet { account, asset };
+        self.ledger.post(wallet, Account::Fees(asset), fee);
+        let balance = self.ledger.balance(wallet);
+        if balance < 0 {
+            let details = vec![("wallet", J::Owned(text_wide(balance, S8))), ("fill_id", J::Str(fill_id))];
+            self.finding("negative_wallet", Some(account), None, Some(symbol_id), details, out);
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, account: u32, symbol: u32, qty: i128, fill_price: i128, margin_mode: MarginMode,
+            leverage: Dec) {
+        let value = qty.abs() * fill_price;
+        match self.positions.get_mut(account, symbol) {
+            Some(position) => {
+                position.qty += qty;
+                position.cost += value;
+                position.leverage = leverage;
+            }
+            None => self.positions.add(Position { account, symbol, qty, cost: value, margin_mode, leverage }),
+        }
+        if margin_mode == MarginMode::Isolated {
+            let initial_margin = ratio(I256::new(value), S16, I256::new(leverage.value), S8, S8, Rounding::HalfEven);
+            let asset = self.instruments[&symbol].settle_asset;
+            self.ledger.post(Account::Wallet { account, asset }, Account::Isolated { account, symbol },
+                             crate::numbers::narrow(initial_margin));
+        }
+    }
+
+    /// Close qty of a trader's position for total proceeds (1e-16); post realized PnL and release margin.
+    fn reduce(&mut self, account: u32, symbol: u32, qty: i128, proceeds: i128) -> i128 {
+        let asset = self.instruments[&symbol].settle_asset;
+        let wallet = Account::Wallet { account, asset };
+        let position = self.positions.get(account, symbol).expect("a held position").clone();
+        let size = position.size();
+        let cost_share = share(position.cost, S16, qty, size);
+        let realized_exact = if position.qty > 0 { proceeds - cost_share } else { cost_share - proceeds };
+        let realized = money(I256::new(realized_exact), S16);
+        self.ledger.post(Account::Settlement(symbol), wallet, realized);
+        if position.margin_mode == MarginMode::Isolated {
+            let margin_account = Account::Isolated { account, symbol };
+            let margin = crate::numbers::narrow(self.ledger.balance(margin_account));
+            let released = share(margin, S8, qty, size);
+            self.ledger.post(margin_account, wallet, released);
+        }
+        let position = self.positions.get_mut(account, symbol).expect("a held position");
+        position.cost -= cost_share;
+        position.qty -= if position.qty > 0 { qty } else { -qty };
+        if position.qty == 0 {
+            assert!(position.cost == 0, "closed position {}/{} kept cost", self.names.name(account),
+                    self.names.name(symbol));
+            self.positions.remove(account, symbol);
+        }
+        realized
+    }
+
+    fn on_mark(&mut self, record: &Record<'_>) -> Result<(), Rejected> {
+        let Body::Mark { symbol, mark_price, .. } = &record.body else { unreachable!() };
+        let symbol_id = self.instrument_of(symbol)?;
+        if let Some(&in_force) = self.mark_ts.get(&symbol_id) {
+            if record.ts < in_force {
+                return reject(format!("stale mark: ts {} is older than the {symbol} mark in force (ts {in_force})",
+                                      record.ts));
+            }
+        }
+        self.marks.insert(symbol_id, mark_price.value);
+        self.mark_ts.insert(symbol_id, record.ts);
+        Ok(())
+    }
+
+    fn on_funding(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejected> {
+        let Body::Funding { symbol, rate, mark_price } = &record.body else { unreachable!() };
+        let symbol_id = self.instrument_of(symbol)?;
+        if rate.value.abs() >= crate::numbers::pow10_i128(S18) {
+            return reject(format!("funding rate {} is not a plausible rate", Shown(rate.value, S18)));
+        }
+        if let Some(&last) = self.funding_ts.get(&symbol_id) {
+            if record.ts <= last {
+                return reject(format!("funding for {symbol} at ts {} is not after the last one applied (ts {last}): \
+                                       that period was already charged", record.ts));
+            }
+        }
+        self.funding_ts.insert(symbol_id, record.ts);
+        let clearing = Account::Funding(symbol_id);
+        let rate_price = product(mark_price.value, rate.value); // 1e-26
+        let asset = self.instruments[&symbol_id].settle_asset;
+        let mut payments = Vec::new();
+        for &account in self.positions.accounts_in(symbol_id) {
+            let position = self.positions.get(account, symbol_id).expect("indexed");
+            let payment = money(mul(I256::new(position.qty), rate_price), S8 + S26);
+            let payer = if position.margin_mode == MarginMode::Isolated {
+                Account::Isolated { account, symbol: symbol_id }
+            } else {
+                Account::Wallet { account, asset }
+            };
+            payments.push((payer, payment));
+        }
+        for (payer, payment) in payments {
+            self.ledger.post(payer, clearing, payment);
+        }
+        let fund = self.instruments[&symbol_id].fund_id;
+        let net = self.funds[&fund].net_qty(symbol_id);
+        let payment = money(mul(I256::new(net), rate_price), S8 + S26);
+        if payment != 0 {
+            self.ledger.post(Account::Fund(fund), clearing, payment);
+            self.fund_entry(fund, "funding", I256::new(-payment), None, clearing, out);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ liquidation and the fund
+    fn on_liquidation(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejected> {
+        let Body::Liquidation { liquidation_id, account_id, symbol, qty, mark_price, bankruptcy_price, executions } =
+            &record.body
+        else {
+            unreachable!()
+        };
+        let symbol_id = self.instrument_of(symbol)?;
+        if account_id.starts_with(FUND_ACCOUNT_PREFIX) {
+            return reject("a fund's inventory is not liquidated");
+        }
+        let account = self.names.find(account_id);
+        let position = account.and_then(|a| self.positions.get(a, symbol_id)).cloned();
+        let Some(position) = position else { return reject(format!("{account_id} holds no {symbol} position")) };
+        let account = position.account;
+        let qty = qty.value;
+        if qty > position.size() {
+            return reject(format!("liquidation of {} exceeds the position of {}", Shown(qty, S8),
+                                  Shown(position.size(), S8)));
+        }
+        self.check_steps(symbol_id, qty, None)?;
+        let executed: i128 = executions.iter().map(|e| e.qty.value).sum();
+        if executed > qty {
+            return reject(format!("executions total {}, more than the liquidated {}", Shown(executed, S8),
+                                  Shown(qty, S8)));
+        }
+        for execution in executions {
+            self.check_steps(symbol_id, execution.qty.value, Some(execution.price.value))?;
+        }
+        let fund = self.instruments[&symbol_id].fund_id;
+        let net = self.funds[&fund].net_qty(symbol_id) + if position.qty > 0 { qty } else { -qty };
+        if net.abs() >= MAX_POSITION_QTY {
+            return reject(format!("fund {} would hold {} {symbol}, above the bound 10^12", self.names.name(fund),
+                                  Shown(net, S8)));
+        }
+
+        let mark = mark_price.value;
+        self.marks.insert(symbol_id, mark);
+        let mark_ts = self.mark_ts.get(&symbol_id).copied().unwrap_or(record.ts).max(record.ts);
+        self.mark_ts.insert(symbol_id, mark_ts);
+        let instrument = self.instruments[&symbol_id].clone();
+        let view = self.margin_view(&position);
+        if !view.liquidatable() {
+            let details = vec![
+                ("margin_balance", J::Owned(text_wide(view.margin_balance, S16))),
+                ("maintenance_margin", J::Owned(text_wide(view.maintenance_margin, S8))),
+                ("mark_price", J::Owned(text(mark, S8))),
+            ];
+            self.finding("not_liquidatable", Some(account), Some(liquidation_id), Some(symbol_id), details, out);
+        }
+        let size = position.size();
+        let equity_behind = if qty == size {
+            ratio(view.equity_share, S16, I256::ONE, 0, S8, Rounding::Ceiling)
+        } else {
+            ratio(mul(view.equity_share, I256::new(qty)), S16 + S8, I256::new(size), S8, S8, Rounding::Ceiling)
+        };
+        let equity_behind = crate::numbers::narrow(equity_behind);
+        let value = qty * mark;
+        let equity_16 = equity_behind * crate::numbers::pow10_i128(S8);
+        let mut lot_cost = if position.qty > 0 { value - equity_16 } else { value + equity_16 };
+        let floor_cost = qty * instrument.tick_size;
+        if lot_cost < floor_cost {
+            let computed = price_of(lot_cost, qty);
+            let details = vec![
+                ("computed", J::Owned(text(computed, S8))),
+                ("clamped_to", J::Owned(text(instrument.tick_size, S8))),
+                ("equity_share", J::Owned(text(equity_behind, S8))),
+            ];
+            self.finding("bp_clamped", Some(account), Some(liquidation_id), Some(symbol_id), details, out);
+            lot_cost = floor_cost;
+        }
+        let computed_bp = price_of(lot_cost, qty);
+        if let Some(venue) = bankruptcy_price {
+            if (venue.value - computed_bp).abs() > instrument.tick_size {
+                let details = vec![
+                    ("computed", J::Owned(text(computed_bp, S8))),
+                    ("venue", J::Owned(text(venue.value, S8))),
+                    ("tick_size", J::Owned(text(instrument.tick_size, S8))),
+                    ("equity_share", J::Owned(text(equity_behind, S8))),
+                ];
+                self.finding("bp_mismatch", Some(account), Some(liquidation_id), Some(symbol_id), details, out);
+            }
+        }
+        let lot = Lot {
+            liquidation_id: liquidation_id.to_string(),
+            symbol: symbol_id,
+            side: position.side(),
+            qty,
+            cost: lot_cost,
+            liquidated_account: account,
+            seq: self.seq,
+        };
+        self.reduce(account, symbol_id, qty, lot_cost);
+        let symbol_name = self.names.name(symbol_id).to_string();
+        let fund_state = self.funds.get_mut(&fund).expect("an instrument's fund");
+        fund_state.add_lot(&symbol_name, lot);
+        let lot_index = fund_state.lots[&symbol_name].len() - 1;
+        for execution in executions {
+            self.realize(fund, &symbol_name, lot_index, execution.qty.value, execution.price.value, out);
+        }
+        let remaining = self.funds[&fund].lots.get(&symbol_name).and_then(|lots| lots.get(lot_index))
+            .filter(|lot| lot.liquidation_id == liquidation_id.as_ref() && lot.seq == self.seq)
+            .map_or(0, |lot| lot.qty);
+        if remaining > 0 && !self.accepts_inventory(fund) {
+            self.deleverage(fund, &symbol_name, lot_index, out);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fund_fill(&mut self, fund_name: &str, symbol: u32, side: TradeSide, qty: i128, fill_price: i128, fee: i128,
+                 out: &mut Outputs) -> Result<(), Rejected> {
+        let Some(fund) = self.names.find(fund_name).filter(|id| self.funds.contains_key(id)) else {
+            return reject(format!("unknown fund {fund_name}"));
+        };
+        let instrument = &self.instruments[&symbol];
+        if instrument.fund_id != fund {
+            return reject(format!("{} belongs to fund {}, not {fund_name}", self.names.name(symbol),
+                                  self.names.name(instrument.fund_id)));
+        }
+        let asset = instrument.settle_asset;
+        let closing = if side == TradeSide::Sell { Side::Long } else { Side::Short };
+        let symbol_name = self.names.name(symbol).to_string();
+        let held: i128 = self.funds[&fund].lots.get(&symbol_name)
+            .map_or(0, |lots| lots.iter().filter(|lot| lot.side == closing).map(|lot| lot.qty).sum());
+        if qty > held {
+            return reject(format!("fund {fund_name} holds {} {} {symbol_name}; cannot {} {}", Shown(held, S8),
+                                  closing.name(), if side == TradeSide::Buy { "buy" } else { "sell" },
+                                  Shown(qty, S8)));
+        }
+        let mut remaining = qty;
+        while remaining > 0 {
+            let lots = &self.funds[&fund].lots[&symbol_name];
+            let index = lots.iter().position(|lot| lot.side == closing).expect("held covers qty");
+            let take = lots[index].qty.min(remaining);
+            self.realize(fund, &symbol_name, index, take, fill_price, out);
+            remaining -= take;
+        }
+        if fee != 0 {
+            self.ledger.post(Account::Fund(fund), Account::Fees(asset), fee);
+            self.fund_entry(fund, "fee", I256::new(-fee), None, Account::Fees(asset), out);
+        }
+        Ok(())
+    }
+
+    /// The fund closes qty of a lot in the market; a gain is split per the surplus policy.
+    fn realize(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128, fill_price: i128,
+               out: &mut Outputs) {
+        let proceeds = qty * fill_price;
+        let (lot, cost_share) = self.take_from_lot(fund, symbol_name, lot_index, qty);
+        let exact = if lot.side == Side::Long { proceeds - cost_share } else { cost_share - proceeds };
+        let gain = money(I256::new(exact), S16);
+        let instrument = &self.instruments[&lot.symbol];
+        let (asset, fee_rate) = (instrument.settle_asset, instrument.liquidation_fee_rate);
+        let source = Account::Settlement(lot.symbol);
+        let liquidation_id = Some(lot.liquidation_id.as_str());
+        if gain < 0 {
+            self.ledger.post(Account::Fund(fund), source, -gain);
+            self.fund_entry(fund, "liquidation_loss", I256::new(gain), liquidation_id, source, out);
+            return;
+        }
+        let mut kept = gain;
+        if self.funds[&fund].spec.surplus == Surplus::Trader {
+            kept = gain.min(money(product(fee_rate, proceeds), S18 + S16));
+            self.ledger.post(source, Account::Wallet { account: lot.liquidated_account, asset }, gain - kept);
+        }
+        if kept > 0 {
+            self.ledger.post(source, Account::Fund(fund), kept);
+            self.fund_entry(fund, "liquidation_gain", I256::new(kept), liquidation_id, source, out);
+        }
+    }
+
+    /// Take qty out of a lot: its cost share (1e-16), the whole remainder for the whole lot. Returns the lot as it
+    /// was before (its id and side) and the share.
+    fn take_from_lot(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128) -> (Lot, i128) {
+        let fund_state = self.funds.get_mut(&fund).expect("a fund");
+        let lots = fund_state.lots.get_mut(symbol_name).expect("the lot's symbol");
+        let lot = &mut lots[lot_index];
+        assert!(qty <= lot.qty, "fund closes {qty} of lot {} holding {}", lot.liquidation_id, lot.qty);
+        let before = lot.clone();
+        let cost_share = share(lot.cost, S16, qty, lot.qty);
+        lot.qty -= qty;
+        lot.cost -= cost_share;
+        let signed = if lot.side == Side::Long { qty } else { -qty };
+        let symbol = lot.symbol;
+        let emptied = lot.qty == 0;
+        *fund_state.net.get_mut(&symbol).expect("net of a held symbol") -= signed;
+        if emptied {
+            lots.remove(lot_index);
+            if lots.is_empty() {
+                fund_state.lots.remove(symbol_name);
+                fund_state.net.remove(&symbol);
+            }
+        }
+        (before, cost_share)
+    }
+
+    fn accepts_inventory(&self, fund: u32) -> bool {
+        let balance = self.ledger.balance(Account::Fund(fund));
+        if balance <= 0 {
+            return false;
+        }
+        let fund_state = &self.funds[&fund];
+        // notional at 1e-16 against ratio (1e-18) x balance (1e-8): compared at 1e-26
+        let notional = self.inventory_notional(fund_state);
+        mul(notional, pow10(S26 - S16)) <= mul(I256::new(fund_state.spec.max_inventory_ratio), balance)
+    }
+
+    /// Sum over the fund's symbols of |net qty| x mark, exact (1e-16).
+    pub fn inventory_notional(&self, fund_state: &FundState) -> I256 {
+        let mut total = I256::ZERO;
+        for lots in fund_state.lots.values() {
+            let symbol = lots.front().expect("no empty lot list").symbol;
+            total = add(total, product(fund_state.net_qty(symbol).abs(), self.marks[&symbol]));
+        }
+        total
+    }
+
+    /// Close the lot against opposite-side positions in ADL order until it is gone, at the lot's bankruptcy price.
+    fn deleverage(&mut self, fund: u32, symbol_name: &str, lot_index: usize, out: &mut Outputs) {
+        let lot = self.funds[&fund].lots[symbol_name][lot_index].clone();
+        let symbol = lot.symbol;
+        let opposite = lot.side.opposite();
+        let queue = self.adl_queue(symbol, opposite);
+        let count = queue.len();
+        let mut remaining = lot.qty;
+        let mut takes = Vec::with_capacity(queue.len());
+        for ranked in &queue {
+            let take = ranked.size.min(remaining);
+            takes.push(take);
+            remaining -= take;
+        }
+        let mut left = lot.qty;
+        for (rank, (ranked, take)) in queue.iter().zip(takes).enumerate() {
+            if left == 0 {
+                break;
+            }
+            if take == 0 {
+                continue;
+            }
+            let (_, proceeds) = self.take_from_lot(fund, symbol_name, lot_index, take);
+            left -= take;
+            self.reduce(ranked.account, symbol, take, proceeds);
+            let rank = rank + 1;
+            self.adl_event(fund, &lot, ranked.account, opposite, take, price_of(proceeds, take), rank, ranked.score,
+                           quantile(rank, count), out);
+        }
+        if left > 0 {
+            let details = vec![("unfilled_qty", J::Owned(text(left, S8))), ("counterparties", J::Owned(count.to_string()))];
+            self.finding("adl_shortfall", Some(lot.liquidated_account), Some(&lot.liquidation_id), Some(symbol),
+                         details, out);
+        }
+    }
+
+    fn enforce_solvency(&mut self, (fund, balance_before): (u32, I256), out: &mut Outputs) {
+        {
+            let balance = self.ledger.balance(Account::Fund(fund));
+            if balance >= 0 {
+                return;
+            }
+            let symbols: Vec<String> = self.funds[&fund].lots.keys().cloned().collect();
+            for symbol_name in symbols {
+                // every lot of the symbol, oldest first; a deleverage closes its lot or leaves it short of takers
+                let mut index = 0;
+                while let Some(lots) = self.funds[&fund].lots.get(&symbol_name) {
+                    if index >= lots.len() {
+                        break;
+                    }
+                    let length = lots.len();
+                    self.deleverage(fund, &symbol_name, index, out);
+                    let now = self.funds[&fund].lots.get(&symbol_name).map_or(0, |lots| lots.len());
+                    if now == length {
+                        index += 1;
+                    }
+                }
+            }
+            if balance < balance_before {
+                let added = sub(balance_before.min(I256::ZERO), balance);
+                let details = vec![
+                    ("fund_id", J::Owned(self.names.name(fund).to_string())),
+                    ("balance", J::Owned(text_wide(balance, S8))),
+                    ("added", J::Owned(text_wide(added, S8))),
+                ];
+                self.finding("bad_debt", None, None, None, details, out);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ views
+    /// (uPnL at 1e-16, maintenance margin at 1e-8) of a position at its mark.
+    pub fn exposure(&self, position: &Position) -> (i128, i128) {
+        let mark = self.marks[&position.symbol];
+        let value = position.size() * mark;
+        let pnl = if position.qty > 0 { value - position.cost } else { position.cost - value };
+        (pnl, maintenance(&self.instruments[&position.symbol].tiers, value))
+    }
+
+    fn cross_positions(&self, account: u32, asset: u32) -> impl Iterator<Item = &Position> + '_ {
+        self.positions
+            .symbols_of(account)
+            .iter()
+            .filter_map(move |&symbol| self.positions.get(account, symbol))
+            .filter(move |p| p.margin_mode == MarginMode::Cross && self.instruments[&p.symbol].settle_asset == asset)
+    }
+
+    pub fn margin_view(&self, position: &Position) -> MarginView {
+        let (own_pnl, own_mm) = self.exposure(position);
+        if position.margin_mode == MarginMode::Isolated {
+            let margin = self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol });
+            let balance = add(mul(margin, pow10(S16 - S8)), I256::new(own_pnl));
+            return MarginView { margin_balance: balance, maintenance_margin: I256::new(own_mm),
+                                position_maintenance: own_mm, equity_share: balance };
+        }
+        let asset = self.instruments[&position.symbol].settle_asset;
+        let wallet = self.ledger.balance(Account::Wallet { account: position.account, asset });
+        let mut tnc = mul(wallet, pow10(S16 - S8));
+        let mut tmm = I256::ZERO;
+        for other in self.cross_positions(position.account, asset) {
+            let (pnl, mm) = self.exposure(other);
+            tnc = add(tnc, I256::new(pnl));
+            tmm = add(tmm, I256::new(mm));
+        }
+        let share = if tmm == 0 {
+            tnc
+        } else {
+            mul(ratio(mul(tnc, I256::new(own_mm)), S16 + S8, tmm, S8, S8, Rounding::Ceiling), pow10(S16 - S8))
+        };
+        MarginView { margin_balance: tnc, maintenance_margin: tmm, position_maintenance: own_mm, equity_share: share }
+    }
+
+    /// A position's bankruptcy price (docs/design.md section 9.4), rounded in the fund's favour to 1e-8: FLOOR for a
+    /// long, CEILING for a short.
+    pub fn bankruptcy_price(&self, position: &Position) -> i128 {
+        let view = (position.margin_mode == MarginMode::Cross).then(|| self.margin_view(position));
+        self.bankruptcy_price_in(position, view.as_ref())
+    }
+
+    /// bankruptcy_price with the position's margin view already at hand (a cross position needs it).
+    pub fn bankruptcy_price_in(&self, position: &Position, view: Option<&MarginView>) -> i128 {
+        let size = I256::new(position.size());
+        let long = position.qty > 0;
+        let rounding = if long { Rounding::Floor } else { Rounding::Ceiling };
+        let numerator = if position.margin_mode == MarginMode::Isolated {
+            let margin = self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol });
+            let margin = mul(margin, pow10(S16 - S8));
+            if long { sub(I256::new(position.cost), margin) } else { add(I256::new(position.cost), margin) }
+        } else {
+            let share = view.map_or_else(|| self.margin_view(position), |view| *view).equity_share;
+            let value = I256::new(position.size() * self.marks[&position.symbol]);
+            if long { sub(value, share) } else { add(value, share) }
+        };
+        crate::numbers::narrow(ratio(numerator, S16, size, S8, S8, rounding))
+    }
+
+    /// The ADL score of a position (docs/design.md section 9.4) and whether it is at or past its bankruptcy price.
+    pub fn rank(&self, position: &Position) -> Ranked {
+        let mark = self.marks[&position.symbol];
+        let bankruptcy = self.bankruptcy_price(position);
+        let distance = if position.qty > 0 { mark - bankruptcy } else { bankruptcy - mark };
+        let (pnl, _) = self.exposure(position);
+        let cost = position.cost;
+        let (score, past) = if cost <= 0 {
+            (I256::ZERO, true) // a remainder whose cost rounded away: no PnL% to rank by
+        } else if distance > 0 {
+            let score = if pnl >= 0 {
+                ratio(product(pnl, mark), S16 + S8, product(cost, distance), S16 + S8, S12, Rounding::HalfEven)
+            } else {
+                ratio(product(pnl, distance), S16 + S8, product(cost, mark), S16 + S8, S12, Rounding::HalfEven)
+            };
+            (score, false)
+        } else {
+            (ratio(I256::new(pnl), S16, I256::new(cost), S16, S12, Rounding::HalfEven), true)
+        };
+        Ranked { account: position.account, size: position.size(), score: crate::numbers::narrow(score),
+                 past_bankruptcy: past }
+    }
+
+    /// Every position of one symbol and side in ADL order (ties: the larger position, then the smaller account id).
+    pub fn adl_queue(&self, symbol: u32, side: Side) -> Vec<Ranked> {
+        let mut queue: Vec<Ranked> = self
+            .positions
+            .accounts_in(symbol)
+            .iter()
+            .filter_map(|&account| self.positions.get(account, symbol))
+            .filter(|p| p.side() == side)
+            .map(|p| self.rank(p))
+            .collect();
+        let names = &self.names;
+        queue.sort_by(|a, b| {
+            (a.past_bankruptcy, -a.score, -a.size)
+                .cmp(&(b.past_bankruptcy, -b.score, -b.size))
+                .then_with(|| names.name(a.account).cmp(names.name(b.account)))
+        });
+        queue
+    }
+
+    /// The mark at which the position's margin balance equals its maintenance margin (1e-8), if a positive one.
+    pub fn liquidation_price(&self, position: &Position) -> Option<i128> {
+        let instrument = &self.instruments[&position.symbol];
+        let other = if position.margin_mode == MarginMode::Isolated {
+            mul(self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol }),
+                pow10(S16 - S8))
+        } else {
+            let asset = instrument.settle_asset;
+            let mut other =
+                mul(self.ledger.balance(Account::Wallet { account: position.account, asset }), pow10(S16 - S8));
+            for peer in self.cross_positions(position.account, asset) {
+                if peer.symbol == position.symbol {
+                    continue;
+                }
+                let (pnl, mm) = self.exposure(peer);
+                other = add(other, I256::new(pnl - mm * crate::numbers::pow10_i128(S8)));
+            }
+            other
+        };
+        let size = position.size();
+        let signed_cost = if position.qty > 0 { position.cost } else { -position.cost };
+        let candidate_at = |tier: &Tier| -> Option<i128> {
+            // q - size x mmr at 1e-26; (signed_cost - other - maint) at 1e-16
+            let denominator = sub(mul(I256::new(position.qty), pow10(S18)), product(size, tier.mmr));
+            if denominator == 0 {
+                return None;
+            }
+            let numerator = sub(sub(I256::new(signed_cost), other), I256::new(tier.maint_amount * 100_000_000));
+            Some(crate::numbers::narrow(ratio(numerator, S16, denominator, S26, S8, Rounding::HalfEven)))
+        };
+        let mut lower = I256::ZERO;
+        for tier in &instrument.tiers {
+            let ceiling = I256::new(tier.max_notional * 100_000_000);
+            if let Some(candidate) = candidate_at(tier) {
+                let notional = product(size, candidate);
+                if candidate > 0 && lower < notional && notional <= ceiling {
+                    return Some(candidate);
+                }
+            }
+            lower = ceiling;
+        }
+        let last = instrument.tiers.last().expect("an instrument has tiers");
+        let candidate = candidate_at(last)?;
+        (candidate > 0 && product(size, candidate) > I256::new(last.max_notional * 100_000_000)).then_some(candidate)
+    }
+
+    // ------------------------------------------------------------------ outputs
+    fn fund_entry(&mut self, fund: u32, kind: &str, amount: I256, liquidation_id: Option<&str>, counter: Account,
+                  out: &mut Outputs) {
+        let id = format!("fl-{}-{}", self.seq, self.counts.fund_entries);
+        let counter_name = counter.name(&self.names);
+        let balance = self.ledger.balance(Account::Fund(fund));
+        let mut body = vec![
+            ("schema_version", J::Int(SCHEMA_VERSION)),
+            ("id", J::Str(&id)),
+            ("seq", J::Int(self.seq as i128)),
+            ("ts", J::Int(self.ts as i128)),
+            ("fund_id", J::Str(self.names.name(fund))),
+            ("kind", J::Str(kind)),
+            ("amount", J::Wide(amount, S8)),
+            ("balance_after", J::Wide(balance, S8)),
+            ("liquidation_id", liquidation_id.map_or(J::Null, J::Str)),
+            ("counter_account", J::Str(&counter_name)),
+            ("prev_hash", J::Str(&self.ledger_head)),
+        ];
+        let hash = canonical::sha256_hex(&canonical::to_vec(&J::Obj(body.clone())));
+        body.push(("hash", J::Str(&hash)));
+        canonical::write(&mut out.fund_ledger, &J::Obj(body));
+        out.fund_ledger.push(b'\n');
+        self.ledger_head = hash;
+        self.counts.fund_entries += 1;
+        out.fund_entries += 1;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn adl_event(&mut self, fund: u32, lot: &Lot, account: u32, side: Side, qty: i128, fill_price: i128, rank: usize,
+                 score: i128, quantile: usize, out: &mut Outputs) {
+        let id = format!("adl-{}-{}", self.seq, self.counts.adl_events);
+        let mut body = vec![
+            ("schema_version", J::Int(SCHEMA_VERSION)),
+            ("id", J::Str(&id)),
+            ("seq", J::Int(self.seq as i128)),
+            ("ts", J::Int(self.ts as i128)),
+            ("symbol", J::Str(self.names.name(lot.symbol))),
+            ("liquidation_id", J::Str(&lot.liquidation_id)),
+            ("fund_id", J::Str(self.names.name(fund))),
+            ("account_id", J::Str(self.names.name(account))),
+            ("side", J::Str(side.name())),
+            ("qty", J::Dec(qty, S8)),
+            ("price", J::Dec(fill_price, S8)),
+            ("rank", J::Int(rank as i128)),
+            ("score", J::Dec(score, S12)),
+            ("quantile", J::Int(quantile as i128)),
+            ("prev_hash", J::Str(&self.adl_head)),
+        ];
+        let hash = canonical::sha256_hex(&canonical::to_vec(&J::Obj(body.clone())));
+        body.push(("hash", J::Str(&hash)));
+        canonical::write(&mut out.adl_events, &J::Obj(body));
+        out.adl_events.push(b'\n');
+        self.adl_head = hash;
+        self.counts.adl_events += 1;
+        out.adl_count += 1;
+    }
+
+    fn finding(&mut self, kind: &str, account: Option<u32>, liquidation_id: Option<&str>, symbol: Option<u32>,
+               details: Vec<(&str, J<'_>)>, out: &mut Outputs) {
+        let id = format!("finding-{}-{}", self.seq, self.counts.findings);
+        let name = |id: Option<u32>| id.map_or(J::Null, |id| J::Str(self.names.name(id)));
+        let body = J::Obj(vec![
+            ("schema_version", J::Int(SCHEMA_VERSION)),
+            ("id", J::Str(&id)),
+            ("seq", J::Int(self.seq as i128)),
+            ("ts", J::Int(self.ts as i128)),
+            ("kind", J::Str(kind)),
+            ("account_id", name(account)),
+            ("liquidation_id", liquidation_id.map_or(J::Null, J::Str)),
+            ("symbol", name(symbol)),
+            ("details", J::Obj(details)),
+        ]);
+        canonical::write(&mut out.findings, &body);
+        out.findings.push(b'\n');
+        self.counts.findings += 1;
+        out.finding_count += 1;
+    }
+}
+
+/// Scale of a rate times a price (1e-26).
+const S26: u32 = S18 + S8;
+
+pub fn mode_name(mode: MarginMode) -> &'static str {
+    match mode {
+        MarginMode::Cross => "cross",
+        MarginMode::Isolated => "isolated",
+    }
+}
+
+/// An exact amount at `scale` rounded to money (1e-8, HALF_EVEN).
+pub fn money(value: I256, scale: u32) -> i128 {
+    crate::numbers::narrow(rescale(value, scale, S8, Rounding::HalfEven))
+}
+
+/// The pro-rata share part/whole of total (at `scale`), rounded to money, never beyond the total; the whole takes
+/// it all exactly. The result is at `scale`.
+pub fn share(total: i128, scale: u32, part: i128, whole: i128) -> i128 {
+    if part == whole {
+        return total;
+    }
+    let rounded = ratio(product(total, part), scale + S8, I256::new(whole), S8, S8, Rounding::HalfEven);
+    let result = crate::numbers::narrow(rescale(rounded, S8, scale, Rounding::HalfEven));
+    // never beyond the total: a total below 1e-8 could round up past it
+    if result.abs() > total.abs() { total } else { result }
+}
+
+/// A reported price: cost (1e-16) / qty (1e-8), HALF_EVEN to 1e-8.
+pub fn price_of(cost: i128, qty: i128) -> i128 {
+    crate::numbers::narrow(ratio(I256::new(cost), S16, I256::new(qty), S8, S8, Rounding::HalfEven))
+}
+
+/// The maintenance bracket for a notional (1e-16): the first whose max_notional covers it, else the last; MM =
+/// max(HALF_EVEN(notional x mmr) - maint_amount, 0) at 1e-8.
+pub fn maintenance(tiers: &[Tier], notional: i128) -> i128 {
+    let tier = tiers
+        .iter()
+        .find(|tier| I256::new(notional) <= wide_mul(tier.max_notional, 100_000_000))
+        .unwrap_or_else(|| tiers.last().expect("an instrument has tiers"));
+    let rounded = money(product(notional, tier.mmr), S16 + S18);
+    (rounded - tier.maint_amount).max(0)
+}
+
+/// 5 for the top 20% of ranked positions (rank 1 is the top) ... 1 for the bottom 20%.
+pub fn quantile(rank: usize, count: usize) -> usize {
+    5 - (rank - 1) * 5 / count
+}

@@ -1,0 +1,106 @@
+//! The double-entry ledger (backstop.core.ledger): every money movement is one posting between two ledger
+//! accounts, so the sum of all balances is zero by construction. Names are interned: an account is a small
+//! enum of ids, its name (`wallet:<account>:<asset>`, ...) is rendered only for documents.
+
+use crate::numbers::{add, sub};
+use ethnum::I256;
+use rustc_hash::FxHashMap as HashMap;
+
+/// Strings the engine meets again and again (account ids, symbols, assets, fund ids), as small integers.
+#[derive(Default, Clone, Debug)]
+pub struct Names {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Names {
+    pub fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+    pub fn find(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+}
+
+/// A ledger account; the numbers are ids in `Names`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Account {
+    Wallet { account: u32, asset: u32 },
+    Isolated { account: u32, symbol: u32 },
+    Fund(u32),
+    Fees(u32),
+    Settlement(u32),
+    Funding(u32),
+    External(u32),
+}
+
+impl Account {
+    pub fn name(&self, names: &Names) -> String {
+        match *self {
+            Account::Wallet { account, asset } => format!("wallet:{}:{}", names.name(account), names.name(asset)),
+            Account::Isolated { account, symbol } => {
+                format!("isolated:{}:{}", names.name(account), names.name(symbol))
+            }
+            Account::Fund(fund) => format!("fund:{}", names.name(fund)),
+            Account::Fees(asset) => format!("fees:{}", names.name(asset)),
+            Account::Settlement(symbol) => format!("settlement:{}", names.name(symbol)),
+            Account::Funding(symbol) => format!("funding:{}", names.name(symbol)),
+            Account::External(asset) => format!("external:{}", names.name(asset)),
+        }
+    }
+}
+
+/// Balances at the money scale (1e-8) in 256 bits (docs/design.md section 9.3).
+#[derive(Default, Clone, Debug)]
+pub struct Ledger {
+    balances: HashMap<Account, I256>,
+}
+
+impl Ledger {
+    pub fn balance(&self, account: Account) -> I256 {
+        self.balances.get(&account).copied().unwrap_or(I256::ZERO)
+    }
+
+    /// Move `amount` (money, 1e-8) from `source` to `destination`; a negative amount moves the other way.
+    pub fn post(&mut self, source: Account, destination: Account, amount: i128) {
+        if amount == 0 {
+            return;
+        }
+        let amount = I256::new(amount);
+        let from = self.balances.entry(source).or_insert(I256::ZERO);
+        *from = sub(*from, amount);
+        let from_after = *from;
+        let to = self.balances.entry(destination).or_insert(I256::ZERO);
+        *to = add(*to, amount);
+        // docs/design.md section 9.3: no reachable balance comes near 10^68 units; one that does is a bug
+        let bound = crate::numbers::pow10(68 + crate::numbers::S8);
+        assert!(from_after.abs() < bound && to.abs() < bound, "a posting takes a balance beyond the bound 10^68");
+    }
+
+    /// Every non-zero balance.
+    pub fn balances(&self) -> impl Iterator<Item = (&Account, &I256)> {
+        self.balances.iter().filter(|(_, balance)| **balance != I256::ZERO)
+    }
+
+    /// Every balance the ledger holds, zero ones included (an account whose postings cancelled out).
+    pub fn all_balances(&self) -> impl Iterator<Item = (&Account, &I256)> {
+        self.balances.iter()
+    }
+
+    pub fn set(&mut self, account: Account, balance: I256) {
+        self.balances.insert(account, balance);
+    }
+
+    pub fn sum(&self) -> I256 {
+        self.balances.values().fold(I256::ZERO, |total, balance| add(total, *balance))
+    }
+}

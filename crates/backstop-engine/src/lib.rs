@@ -1,0 +1,15 @@
+//! backstop's compiled engine: the rules of docs/design.md sections 4 to 7 on the fixed-point numbers of
+//! section 9, byte-identical to the Python reference engine (`services/backstop/core`). No Python here: the
+//! PyO3 skin lives in `crates/backstop-py`.
+
+/// The engine's version, as the Python side reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub mod numbers;
+pub mod json;
+pub mod wire;
+pub mod canonical;
+pub mod engine;
+pub mod ledger;
+pub mod processor;
+pub mod state;

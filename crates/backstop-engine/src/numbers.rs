@@ -1,0 +1,469 @@
+//! Fixed-point numbers of docs/design.md section 9: every wire decimal is an integer at its kind's scale, every
+//! product is exact in 128 or 256 bits, and every division rounds exactly once from the exact rational value.
+//!
+//! A value is a plain integer and a scale `s` (the value times 10^s); the scale is fixed per quantity (money and
+//! prices at 8, exact products at 16, rates at 18, scores at 12), so it is carried by names, not at run time.
+//! Overflow is a bug, never an input's fault (section 9.3 bounds every input so that nothing reachable
+//! overflows): every operation here is checked and panics with "arithmetic overflow", which the caller's
+//! boundary turns into an invariant violation.
+
+use ethnum::I256;
+use std::fmt;
+use std::sync::OnceLock;
+
+/// Scale of quantities, prices, leverages and money (1e-8).
+pub const S8: u32 = 8;
+/// Scale of ADL scores and explain-only ratios (1e-12).
+pub const S12: u32 = 12;
+/// Scale of exact qty x price products: values, costs, notionals, uPnL (1e-16).
+pub const S16: u32 = 16;
+/// Scale of rates (1e-18).
+pub const S18: u32 = 18;
+
+/// How a division rounds its exact rational value to the quantum: banker's rounding, toward +inf, toward -inf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rounding {
+    HalfEven,
+    Ceiling,
+    Floor,
+}
+
+const POW10_I128: [i128; 39] = {
+    let mut table = [1i128; 39];
+    let mut i = 1;
+    while i < 39 {
+        table[i] = table[i - 1] * 10;
+        i += 1;
+    }
+    table
+};
+
+/// 10^n as i128 (n <= 38).
+#[inline]
+pub fn pow10_i128(n: u32) -> i128 {
+    POW10_I128[n as usize]
+}
+
+/// 10^n as I256 (n <= 76).
+pub fn pow10(n: u32) -> I256 {
+    static TABLE: OnceLock<[I256; 77]> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = [I256::ONE; 77];
+        for i in 1..77 {
+            table[i] = table[i - 1] * 10;
+        }
+        table
+    })[n as usize]
+}
+
+#[cold]
+#[inline(never)]
+fn overflow() -> ! {
+    panic!("arithmetic overflow")
+}
+
+/// Checked arithmetic on I256 (ethnum's operators wrap in release builds).
+#[inline]
+pub fn add(a: I256, b: I256) -> I256 {
+    a.checked_add(b).unwrap_or_else(|| overflow())
+}
+#[inline]
+pub fn sub(a: I256, b: I256) -> I256 {
+    a.checked_sub(b).unwrap_or_else(|| overflow())
+}
+#[inline]
+pub fn mul(a: I256, b: I256) -> I256 {
+    a.checked_mul(b).unwrap_or_else(|| overflow())
+}
+/// The exact product of two i128 in 256 bits (it cannot overflow).
+#[inline]
+pub fn wide_mul(a: i128, b: i128) -> I256 {
+    I256::new(a) * I256::new(b)
+}
+/// A 256-bit value that must fit 128 bits.
+#[inline]
+pub fn narrow(value: I256) -> i128 {
+    i128::try_from(value).unwrap_or_else(|_| overflow())
+}
+/// Checked i128 product.
+#[inline]
+pub fn mul128(a: i128, b: i128) -> i128 {
+    a.checked_mul(b).unwrap_or_else(|| overflow())
+}
+/// Checked i128 sum.
+#[inline]
+pub fn add128(a: i128, b: i128) -> i128 {
+    a.checked_add(b).unwrap_or_else(|| overflow())
+}
+/// Checked i128 difference.
+#[inline]
+pub fn sub128(a: i128, b: i128) -> i128 {
+    a.checked_sub(b).unwrap_or_else(|| overflow())
+}
+
+/// numerator / denominator rounded once to an integer, from the exact rational value.
+pub fn div_round(numerator: I256, denominator: I256, rounding: Rounding) -> I256 {
+    if denominator == I256::ZERO {
+        panic!("division by zero");
+    }
+    if let (Ok(n), Ok(d)) = (i128::try_from(numerator), i128::try_from(denominator)) {
+        if n != i128::MIN && d != i128::MIN {
+            return I256::new(div_round_i128(n, d, rounding));
+        }
+    }
+    let negative = (numerator < 0) != (denominator < 0);
+    let n = numerator.unsigned_abs();
+    let d = denominator.unsigned_abs();
+    let quotient = n / d;
+    let remainder = n % d;
+    let up = round_up(remainder != 0, remainder.cmp(&(d - remainder)), quotient.as_u64() & 1 == 1, negative,
+                      rounding);
+    let magnitude = if up { quotient + 1 } else { quotient };
+    let magnitude = I256::try_from(magnitude).unwrap_or_else(|_| overflow());
+    if negative { -magnitude } else { magnitude }
+}
+
+/// Whether the truncated magnitude moves one away from zero. `half`: the remainder against the rest of the
+/// denominator (Less: below one half).
+#[inline]
+fn round_up(inexact: bool, half: std::cmp::Ordering, odd: bool, negative: bool, rounding: Rounding) -> bool {
+    if !inexact {
+        return false;
+    }
+    match rounding {
+        Rounding::HalfEven => match half {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal => odd,
+            std::cmp::Ordering::Less => false,
+        },
+        Rounding::Ceiling => !negative,
+        Rounding::Floor => negative,
+    }
+}
+
+/// div_round on i128 (both operands above i128::MIN).
+pub fn div_round_i128(numerator: i128, denominator: i128, rounding: Rounding) -> i128 {
+    let negative = (numerator < 0) != (denominator < 0);
+    let n = numerator.unsigned_abs();
+    let d = denominator.unsigned_abs();
+    let quotient = n / d;
+    let remainder = n % d;
+    let up = round_up(remainder != 0, remainder.cmp(&(d - remainder)), quotient & 1 == 1, negative, rounding);
+    let magnitude = (if up { quotient + 1 } else { quotient }) as i128;
+    if negative { -magnitude } else { magnitude }
+}
+
+/// The exact value numerator x 10^-num_scale / (denominator x 10^-den_scale), rounded once to 10^-out_scale.
+pub fn ratio(numerator: I256, num_scale: u32, denominator: I256, den_scale: u32, out_scale: u32,
+             rounding: Rounding) -> I256 {
+    // result x 10^-out = N 10^-a / (D 10^-b)  =>  result = N 10^(out - a + b) / D
+    let shift = out_scale as i64 - num_scale as i64 + den_scale as i64;
+    if shift >= 0 {
+        div_round(mul(numerator, pow10(shift as u32)), denominator, rounding)
+    } else {
+        div_round(numerator, mul(denominator, pow10((-shift) as u32)), rounding)
+    }
+}
+
+/// A value at scale `from` rounded once to scale `to` (exact when `to` >= `from`).
+pub fn rescale(value: I256, from: u32, to: u32, rounding: Rounding) -> I256 {
+    if to >= from {
+        mul(value, pow10(to - from))
+    } else {
+        div_round(value, pow10(from - to), rounding)
+    }
+}
+
+/// rescale on i128 values whose result fits i128.
+pub fn rescale128(value: i128, from: u32, to: u32, rounding: Rounding) -> i128 {
+    if to >= from {
+        mul128(value, pow10_i128(to - from))
+    } else if from - to <= 38 {
+        div_round_i128(value, pow10_i128(from - to), rounding)
+    } else {
+        narrow(div_round(I256::new(value), pow10(from - to), rounding))
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ wire text
+
+/// The kind of a wire decimal (section 9.2): how many integer and fraction digits it may have, and its scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kind {
+    pub name: &'static str,
+    pub integer_digits: u32,
+    pub fraction_digits: u32,
+    pub scale: u32,
+}
+
+pub const QTY: Kind = Kind { name: "QTY", integer_digits: 12, fraction_digits: 8, scale: S8 };
+pub const PRICE: Kind = Kind { name: "PRICE", integer_digits: 10, fraction_digits: 8, scale: S8 };
+pub const MONEY: Kind = Kind { name: "MONEY", integer_digits: 16, fraction_digits: 8, scale: S8 };
+pub const RATE: Kind = Kind { name: "RATE", integer_digits: 4, fraction_digits: 18, scale: S18 };
+pub const LEVERAGE: Kind = Kind { name: "LEVERAGE", integer_digits: 4, fraction_digits: 8, scale: S8 };
+
+/// Why a wire decimal's text was refused, before its sign or domain is looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextError {
+    /// Not `-?(0|[1-9][0-9]*)(\.[0-9]+)?`: an exponent, a space, a `+`, a leading zero, NaN...
+    Syntax,
+    /// Plain, but more integer or fraction digits than the kind allows.
+    Bounds,
+}
+
+/// A plain decimal's parts: sign, integer digits, fraction digits (ASCII, already checked).
+#[derive(Clone, Copy, Debug)]
+pub struct Plain<'a> {
+    pub negative: bool,
+    pub integer: &'a [u8],
+    pub fraction: &'a [u8],
+}
+
+/// Split `text` into a plain decimal, or say it is not one.
+pub fn plain(text: &[u8]) -> Result<Plain<'_>, TextError> {
+    let (negative, rest) = match text.first() {
+        Some(b'-') => (true, &text[1..]),
+        _ => (false, text),
+    };
+    let int_end = rest.iter().position(|b| !b.is_ascii_digit()).unwrap_or(rest.len());
+    let integer = &rest[..int_end];
+    if integer.is_empty() || (integer.len() > 1 && integer[0] == b'0') {
+        return Err(TextError::Syntax);
+    }
+    let fraction = match &rest[int_end..] {
+        [] => &rest[int_end..],
+        [b'.', digits @ ..] if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => digits,
+        _ => return Err(TextError::Syntax),
+    };
+    Ok(Plain { negative, integer, fraction })
+}
+
+impl Plain<'_> {
+    /// Whether the value is zero ("0", "-0.000").
+    pub fn is_zero(&self) -> bool {
+        self.integer == b"0" && self.fraction.iter().all(|&b| b == b'0')
+    }
+
+    /// The value at the kind's scale, if its digits fit the kind.
+    pub fn scaled(&self, kind: Kind) -> Result<i128, TextError> {
+        if self.integer.len() as u32 > kind.integer_digits || self.fraction.len() as u32 > kind.fraction_digits {
+            return Err(TextError::Bounds);
+        }
+        let mut value: i128 = 0;
+        for &digit in self.integer.iter().chain(self.fraction) {
+            value = value * 10 + (digit - b'0') as i128;
+        }
+        value *= pow10_i128(kind.scale - self.fraction.len() as u32);
+        Ok(if self.negative { -value } else { value })
+    }
+}
+
+/// Parse wire text of a kind to its scaled integer (sign not checked here).
+pub fn parse(text: &[u8], kind: Kind) -> Result<i128, TextError> {
+    plain(text)?.scaled(kind)
+}
+
+/// Append the canonical text of value x 10^-scale (section 9.5: plain, no trailing fraction zeros, "0", never
+/// "-0"), as backstop.core.numbers.text writes it.
+pub fn write_scaled(out: &mut Vec<u8>, value: i128, scale: u32) {
+    if value < 0 {
+        out.push(b'-');
+    }
+    write_magnitude(out, value.unsigned_abs(), scale);
+}
+
+fn write_magnitude(out: &mut Vec<u8>, magnitude: u128, scale: u32) {
+    let mut digits = [0u8; 40];
+    let mut count = 0;
+    let mut rest = magnitude;
+    loop {
+        digits[count] = b'0' + (rest % 10) as u8;
+        count += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    // digits[..count] holds the magnitude least significant first
+    let scale = scale as usize;
+    let mut trailing = 0;
+    while trailing < scale.min(count) && digits[trailing] == b'0' {
+        trailing += 1;
+    }
+    if count <= scale {
+        out.push(b'0');
+        if trailing < count {
+            out.push(b'.');
+            out.extend(std::iter::repeat_n(b'0', scale - count));
+            out.extend(digits[trailing..count].iter().rev());
+        }
+        return;
+    }
+    out.extend(digits[scale..count].iter().rev());
+    if trailing < scale {
+        out.push(b'.');
+        out.extend(digits[trailing..scale].iter().rev());
+    }
+}
+
+/// write_scaled for a 256-bit value.
+pub fn write_scaled_wide(out: &mut Vec<u8>, value: I256, scale: u32) {
+    if let Ok(small) = i128::try_from(value) {
+        if small != i128::MIN {
+            return write_scaled(out, small, scale);
+        }
+    }
+    if value < 0 {
+        out.push(b'-');
+    }
+    let text = value.unsigned_abs().to_string();
+    let digits = text.as_bytes();
+    let scale = scale as usize;
+    let (integer, fraction) = if digits.len() > scale {
+        (&digits[..digits.len() - scale], digits[digits.len() - scale..].to_vec())
+    } else {
+        let mut padded = vec![b'0'; scale - digits.len()];
+        padded.extend_from_slice(digits);
+        (&b"0"[..], padded)
+    };
+    out.extend_from_slice(integer);
+    let kept = fraction.iter().rposition(|&b| b != b'0').map_or(0, |i| i + 1);
+    if kept > 0 {
+        out.push(b'.');
+        out.extend_from_slice(&fraction[..kept]);
+    }
+}
+
+/// The canonical text as a String.
+pub fn text(value: i128, scale: u32) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_scaled(&mut out, value, scale);
+    String::from_utf8(out).expect("ASCII")
+}
+
+/// The canonical text of a 256-bit value as a String.
+pub fn text_wide(value: I256, scale: u32) -> String {
+    let mut out = Vec::with_capacity(48);
+    write_scaled_wide(&mut out, value, scale);
+    String::from_utf8(out).expect("ASCII")
+}
+
+/// A value with its scale, displayed canonically (for reasons and findings).
+#[derive(Clone, Copy, Debug)]
+pub struct Shown(pub i128, pub u32);
+
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&text(self.0, self.1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn w(v: i128) -> I256 {
+        I256::new(v)
+    }
+
+    #[test]
+    fn canonical_text() {
+        assert_eq!(text(0, 8), "0");
+        assert_eq!(text(-0, 8), "0");
+        assert_eq!(text(150_000_000, 8), "1.5");
+        assert_eq!(text(-5, 8), "-0.00000005");
+        assert_eq!(text(10_000_000_000, 8), "100");
+        assert_eq!(text(12, 0), "12");
+        assert_eq!(text(i128::MAX, 16), "17014118346046923173168.7303715884105727");
+        assert_eq!(text_wide(pow10(70) * -3 + 1, 34), "-2999999999999999999999999999999999999.9999999999999999999999999999999999");
+        assert_eq!(text_wide(pow10(70), 70), "1");
+    }
+
+    #[test]
+    fn parsing_follows_the_kinds() {
+        assert_eq!(parse(b"50000.5", PRICE), Ok(5_000_050_000_000));
+        assert_eq!(parse(b"-0.00000001", MONEY), Ok(-1));
+        assert_eq!(parse(b"1234567890123.5", QTY), Err(TextError::Bounds));
+        assert_eq!(parse(b"1.000000000", QTY), Err(TextError::Bounds));
+        assert_eq!(parse(b"9999.999999999999999999", RATE), Ok(9_999_999_999_999_999_999_999));
+        for bad in [&b""[..], b"-", b"01", b"1.", b".5", b"1e5", b"+1", b" 1", b"1 ", b"NaN", b"1.2.3", b"--1", b"-.5"] {
+            assert_eq!(parse(bad, MONEY), Err(TextError::Syntax), "{:?}", std::str::from_utf8(bad));
+        }
+        assert!(plain(b"-0.000").unwrap().is_zero());
+    }
+
+    #[test]
+    fn division_rounds_once() {
+        use Rounding::*;
+        assert_eq!(div_round(w(5), w(2), HalfEven), w(2));
+        assert_eq!(div_round(w(7), w(2), HalfEven), w(4));
+        assert_eq!(div_round(w(-5), w(2), HalfEven), w(-2));
+        assert_eq!(div_round(w(-7), w(2), HalfEven), w(-4));
+        assert_eq!(div_round(w(-7), w(2), Ceiling), w(-3));
+        assert_eq!(div_round(w(-7), w(2), Floor), w(-4));
+        assert_eq!(div_round(w(7), w(-2), Floor), w(-4));
+        assert_eq!(div_round(w(1), w(3), Ceiling), w(1));
+        assert_eq!(div_round(w(-1), w(3), Floor), w(-1));
+        assert_eq!(div_round(w(6), w(3), Ceiling), w(2));
+        let big = pow10(60) + 1;
+        assert_eq!(div_round(big, pow10(30), Ceiling), pow10(30) + 1);
+        assert_eq!(div_round(-big, pow10(30), Ceiling), -pow10(30));
+        assert_eq!(div_round(pow10(60) * 5 / 10, pow10(30) / 10 * 10, HalfEven), pow10(29) * 5);
+        assert_eq!(ratio(w(300), 2, w(7), 0, 8, HalfEven), w(42_857_143));
+    }
+
+    #[test]
+    #[should_panic(expected = "arithmetic overflow")]
+    fn overflow_panics() {
+        mul(pow10(40), pow10(40));
+    }
+
+    fn exact_round(n: i128, d: i128, rounding: Rounding) -> i128 {
+        // the slow way: floor and remainder of the positive-denominator form, then the rule
+        let (n, d) = if d < 0 { (-n, -d) } else { (n, d) };
+        let (floor, twice_rest) = (n.div_euclid(d), 2 * n.rem_euclid(d));
+        match rounding {
+            Rounding::Floor => floor,
+            Rounding::Ceiling => floor + i128::from(twice_rest != 0),
+            Rounding::HalfEven if twice_rest == d => floor + (floor & 1),
+            Rounding::HalfEven => floor + i128::from(twice_rest > d),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn div_round_matches_floor_arithmetic(n in -1_000_000_000_000i128..1_000_000_000_000,
+                                              d in prop_oneof![-1_000_000i128..-1, 1i128..1_000_000]) {
+            for rounding in [Rounding::HalfEven, Rounding::Ceiling, Rounding::Floor] {
+                prop_assert_eq!(div_round(w(n), w(d), rounding), w(exact_round(n, d, rounding)));
+            }
+        }
+
+        #[test]
+        fn wide_division_agrees_with_narrow(n in any::<i64>(), d in 1i64..i64::MAX, k in 0u32..20) {
+            // scale both by 10^k into 256 bits: the rounded quotient must not change
+            let scale = pow10(k) * pow10(30);
+            for rounding in [Rounding::HalfEven, Rounding::Ceiling, Rounding::Floor] {
+                let narrow_q = div_round(w(n as i128), w(d as i128), rounding);
+                prop_assert_eq!(div_round(w(n as i128) * scale, w(d as i128) * scale, rounding), narrow_q);
+            }
+        }
+
+        #[test]
+        fn text_round_trips(v in any::<i64>(), scale in 0u32..=18) {
+            let shown = text(v as i128, scale);
+            let kind = Kind { name: "T", integer_digits: 40, fraction_digits: scale, scale };
+            prop_assert_eq!(parse(shown.as_bytes(), kind), Ok(v as i128));
+            prop_assert!(!shown.ends_with('.') && shown != "-0");
+            if shown.contains('.') { prop_assert!(!shown.ends_with('0')); }
+            prop_assert_eq!(text_wide(w(v as i128), scale), shown);
+        }
+
+        #[test]
+        fn wide_text_matches_narrow(v in any::<i128>(), scale in 0u32..=38) {
+            let v = if v == i128::MIN { 0 } else { v };
+            prop_assert_eq!(text_wide(w(v) * 10 + 0, scale + 1), text(v, scale));
+        }
+    }
+}

@@ -1,0 +1,794 @@
+//! The journal processor (backstop.core.processor, backstop.core.dedupe): dedupe, sequence, apply, over a batch of
+//! journal lines, with the outputs as canonical bytes; and the documents of the state (backstop.core.report and
+//! backstop.core.snapshot): the summary, accounts.json, the state hash, snapshots and their restore.
+
+use crate::canonical::{self, J};
+use crate::engine::{mode_name, money, price_of, Engine, Outputs, FUND_ACCOUNT_PREFIX, MAX_LATENESS_MS};
+use crate::json::{self, Dialect, Value};
+use crate::ledger::Account;
+use crate::numbers::{self, text, text_wide, Kind, Rounding, S16, S18, S8};
+use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Side, Tier};
+use crate::wire::{self, Body, Dec, MarginMode, Record, Surplus};
+use ethnum::I256;
+use rustc_hash::FxHashMap as HashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+pub const SNAPSHOT_VERSION: i128 = 2;
+/// Bytes of a bad line kept in its dead letter.
+pub const RAW_KEEP_BYTES: usize = 4096;
+
+/// Applied keys with their ts, in the order they were applied; forgets those older than the lateness window.
+#[derive(Default, Clone, Debug)]
+pub struct Deduper {
+    keys: HashMap<Arc<str>, u64>,
+    order: VecDeque<(u64, Arc<str>)>,
+}
+
+impl Deduper {
+    pub fn is_duplicate(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    pub fn remember(&mut self, key: String, ts: u64, newest_ts: u64) {
+        let key: Arc<str> = Arc::from(key);
+        self.keys.insert(Arc::clone(&key), ts);
+        self.order.push_back((ts, key));
+        let Some(cutoff) = newest_ts.checked_sub(MAX_LATENESS_MS) else { return };
+        while let Some((old_ts, _)) = self.order.front() {
+            if *old_ts >= cutoff {
+                break;
+            }
+            let (old_ts, old_key) = self.order.pop_front().expect("a front");
+            if self.keys.get(&old_key) == Some(&old_ts) {
+                self.keys.remove(&old_key);
+            }
+        }
+    }
+}
+
+/// backstop.core.dedupe.dedupe_key.
+pub fn dedupe_key(record: &Record<'_>) -> String {
+    match &record.body {
+        Body::Fill { fill_id, .. } => format!("fill\x1f{fill_id}"),
+        Body::Transfer { transfer_id, .. } => format!("transfer\x1f{transfer_id}"),
+        Body::Liquidation { liquidation_id, .. } => format!("liquidation\x1f{liquidation_id}"),
+        Body::Mark { symbol, mark_price, index_price } => {
+            let index = index_price.map_or(String::new(), |p| text(p.value, S8));
+            format!("mark\x1f{symbol}\x1f{}\x1f{}\x1f{index}", record.ts, text(mark_price.value, S8))
+        }
+        Body::Funding { symbol, rate, mark_price } => {
+            format!("funding\x1f{symbol}\x1f{}\x1f{}\x1f{}", record.ts, text(rate.value, S18),
+                    text(mark_price.value, S8))
+        }
+        Body::Fund { .. } | Body::Instrument { .. } => {
+            format!("{}\x1f{}", record.type_name(), record.dump.as_deref().unwrap_or_default())
+        }
+    }
+}
+
+/// Bytes of a consumed record kept in its dead letter (backstop.pipeline.ingest.RAW_KEEP_BYTES).
+pub const KAFKA_RAW_KEEP_BYTES: usize = 64 * 1024;
+const INPUT_SUFFIXES: [(&str, &str); 7] = [("fund", "funds"), ("instrument", "instruments"), ("transfer", "transfers"),
+                                           ("fill", "fills"), ("mark", "marks"), ("funding", "funding"),
+                                           ("liquidation", "liquidations")];
+
+/// One consumed Kafka record.
+pub struct Consumed<'a> {
+    pub topic: &'a str,
+    pub partition: i64,
+    pub offset: i64,
+    pub value: Option<&'a [u8]>,
+}
+
+/// What one consumed batch produced (see backstop.engines.RecordsResult): the journal topic's records, the outputs,
+/// the dead-letter topic's records, duplicates per record type.
+#[derive(Default, Debug)]
+pub struct RecordsBatch {
+    pub journal: Vec<u8>,
+    pub outputs: Outputs,
+    pub dead_letters: Vec<u8>,
+    pub duplicates: Vec<(&'static str, u64)>,
+}
+
+/// A reason as the dead-letter topic carries it: control characters written as \xNN (PostgreSQL text holds no NUL).
+fn escaped_reason(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    for character in reason.chars() {
+        match character as u32 {
+            code @ (0..=31 | 127) => out.push_str(&format!("\\x{code:02x}")),
+            _ => out.push(character),
+        }
+    }
+    out
+}
+
+fn kafka_dead_letter(out: &mut Vec<u8>, record: &Consumed<'_>, reason: &str) {
+    let raw = record.value.unwrap_or_default();
+    let kept = String::from_utf8_lossy(&raw[..raw.len().min(KAFKA_RAW_KEEP_BYTES)]);
+    let id = format!("dl-{}-{}-{}", record.topic, record.partition, record.offset);
+    let reason = escaped_reason(reason);
+    let document = J::Obj(vec![
+        ("id", J::Str(&id)),
+        ("raw", J::Str(&kept)),
+        ("reason", J::Str(&reason)),
+        ("schema_version", J::Int(1)),
+        ("source_offset", J::Int(record.offset as i128)),
+        ("source_partition", J::Int(record.partition as i128)),
+        ("source_topic", J::Str(record.topic)),
+    ]);
+    canonical::write(out, &document);
+    out.push(b'\n');
+}
+
+/// What one batch of lines produced (see backstop.engines.BatchResult).
+#[derive(Default, Debug)]
+pub struct Batch {
+    pub outputs: Outputs,
+    pub dead_letters: Vec<u8>,
+    pub snapshots: Vec<(u64, Vec<u8>)>,
+    pub stopped: Option<(u64, String)>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Processor {
+    pub engine: Engine,
+    pub deduper: Deduper,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub fund_entries: u64,
+    pub adl_events: u64,
+    pub findings: u64,
+    pub strict: bool,
+    pub snapshot_every: u64,
+    /// Check after every batch that the ledger's balances sum to zero (--check-conservation).
+    pub check_conservation: bool,
+    next_snapshot: u64,
+}
+
+/// A blank line of the journal reader (backstop.adapters.journal_file): only spaces, tabs and carriage returns.
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'))
+}
+
+fn dead_letter(out: &mut Vec<u8>, line: u64, reason: &str, raw: &[u8]) {
+    let kept = String::from_utf8_lossy(&raw[..raw.len().min(RAW_KEEP_BYTES)]);
+    let document = J::Obj(vec![
+        ("line", J::Int(line as i128)),
+        ("reason", J::Str(reason)),
+        ("raw", J::Str(&kept)),
+        ("raw_truncated", J::Bool(raw.len() > RAW_KEEP_BYTES)),
+    ]);
+    canonical::write(out, &document);
+    out.push(b'\n');
+}
+
+impl Processor {
+    pub fn new(strict: bool, snapshot_every: u64) -> Processor {
+        Processor { strict, snapshot_every, next_snapshot: snapshot_every, ..Processor::default() }
+    }
+
+    pub fn events_applied(&self) -> u64 {
+        self.engine.last_seq
+    }
+
+    /// Apply whole journal lines (the first numbered `first_line`) by the journal reader's rule
+    /// (backstop.adapters.journal_file): a record is the bytes between two `\n`, a `\r` right before the `\n` is
+    /// dropped, blank lines are counted and skipped.
+    pub fn apply_lines(&mut self, chunk: &[u8], first_line: u64) -> Batch {
+        let mut batch = Batch::default();
+        self.apply_chunk(chunk, first_line, &mut batch);
+        if self.check_conservation {
+            let total = self.engine.ledger.sum();
+            assert!(total == 0, "ledger does not balance: sum of balances is {}", numbers::text_wide(total, S8));
+        }
+        batch
+    }
+
+    fn apply_chunk(&mut self, chunk: &[u8], first_line: u64, batch: &mut Batch) {
+        for (offset, line) in chunk.split_inclusive(|&b| b == b'\n').enumerate() {
+            let number = first_line + offset as u64;
+            let raw = match line {
+                [rest @ .., b'\r', b'\n'] | [rest @ .., b'\n'] => rest,
+                whole => whole,
+            };
+            if is_blank(raw) {
+                continue;
+            }
+            if let Err(reason) = self.apply_line(raw, number, batch) {
+                dead_letter(&mut batch.dead_letters, number, &reason, raw);
+                if self.strict {
+                    batch.stopped = Some((number, reason));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Apply a consumed Kafka batch (backstop.pipeline.ingest.ingest_batch): the topic names the type; each
+    /// accepted record becomes a journal row, each bad one a dead letter of the dead-letter topic.
+    pub fn apply_records(&mut self, records: &[Consumed<'_>], prefix: &str) -> RecordsBatch {
+        let mut batch = RecordsBatch::default();
+        let mut duplicates: Vec<(&'static str, u64)> = Vec::new();
+        for record in records {
+            let record_type = record.topic.strip_prefix(prefix).and_then(|suffix| {
+                INPUT_SUFFIXES.iter().find(|(_, s)| *s == suffix).map(|(t, _)| *t)
+            });
+            let Some(record_type) = record_type else {
+                kafka_dead_letter(&mut batch.dead_letters, record, &format!("not an input topic: {}", record.topic));
+                continue;
+            };
+            let (decoded, payload) = match wire::decode_consumed(record.value, record_type, record.topic) {
+                Ok(decoded) => decoded,
+                Err(reason) => {
+                    self.rejected += 1;
+                    kafka_dead_letter(&mut batch.dead_letters, record, &reason);
+                    continue;
+                }
+            };
+            let key = dedupe_key(&decoded);
+            if self.deduper.is_duplicate(&key) {
+                self.duplicates += 1;
+                match duplicates.iter_mut().find(|(t, _)| *t == record_type) {
+                    Some((_, count)) => *count += 1,
+                    None => duplicates.push((record_type, 1)),
+                }
+                continue;
+            }
+            let before = (batch.outputs.fund_entries, batch.outputs.adl_count, batch.outputs.finding_count);
+            let seq = self.engine.last_seq + 1;
+            if let Err(reason) = self.engine.apply(&decoded, seq, &mut batch.outputs) {
+                self.rejected += 1;
+                kafka_dead_letter(&mut batch.dead_letters, record, &reason);
+                continue;
+            }
+            let newest = self.engine.newest_ts.unwrap_or(decoded.ts);
+            self.deduper.remember(key, decoded.ts, newest);
+            self.fund_entries += batch.outputs.fund_entries - before.0;
+            self.adl_events += batch.outputs.adl_count - before.1;
+            self.findings += batch.outputs.finding_count - before.2;
+            let id = format!("j-{seq}");
+            let payload_hash = canonical::sha256_hex(&payload);
+            let row = J::Obj(vec![
+                ("id", J::Str(&id)),
+                ("payload_hash", J::Str(&payload_hash)),
+                ("record", J::Raw(&payload)),
+                ("schema_version", J::Int(1)),
+                ("seq", J::Int(seq as i128)),
+                ("source_offset", J::Int(record.offset as i128)),
+                ("source_partition", J::Int(record.partition as i128)),
+                ("source_topic", J::Str(record.topic)),
+                ("ts", J::Int(decoded.ts as i128)),
+            ]);
+            canonical::write(&mut batch.journal, &row);
+            batch.journal.push(b'\n');
+        }
+        batch.duplicates = duplicates;
+        batch
+    }
+
+    fn apply_line(&mut self, raw: &[u8], number: u64, batch: &mut Batch) -> Result<(), String> {
+        let record = match wire::decode_line(raw) {
+            Ok(record) => record,
+            Err(reason) => {
+                self.rejected += 1;
+                return Err(reason);
+            }
+        };
+        let key = dedupe_key(&record);
+        if self.deduper.is_duplicate(&key) {
+            self.duplicates += 1;
+            return Ok(());
+        }
+        let before = (batch.outputs.fund_entries, batch.outputs.adl_count, batch.outputs.finding_count);
+        if let Err(reason) = self.engine.apply(&record, self.engine.last_seq + 1, &mut batch.outputs) {
+            self.rejected += 1;
+            return Err(reason);
+        }
+        let newest = self.engine.newest_ts.unwrap_or(record.ts);
+        self.deduper.remember(key, record.ts, newest);
+        self.fund_entries += batch.outputs.fund_entries - before.0;
+        self.adl_events += batch.outputs.adl_count - before.1;
+        self.findings += batch.outputs.finding_count - before.2;
+        let seq = self.engine.last_seq;
+        if self.snapshot_every > 0 && seq >= self.next_snapshot {
+            let mut document = self.snapshot_json(number);
+            document.push(b'\n');
+            batch.snapshots.push((seq, document));
+            self.next_snapshot = seq + self.snapshot_every;
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ documents
+
+    /// The state document (backstop.core.snapshot.state_document): everything that decides a future outcome.
+    pub fn state_document(&self) -> Vec<u8> {
+        let engine = &self.engine;
+        let names = &engine.names;
+        let mut balances: Vec<(String, I256)> =
+            engine.ledger.balances().map(|(account, balance)| (account.name(names), *balance)).collect();
+        balances.sort();
+        let mut funds: Vec<&FundState> = engine.funds.values().collect();
+        funds.sort_by(|a, b| names.name(a.spec.fund_id).cmp(names.name(b.spec.fund_id)));
+        let mut instruments: Vec<&Instrument> = engine.instruments.values().collect();
+        instruments.sort_by(|a, b| names.name(a.symbol).cmp(names.name(b.symbol)));
+        let by_name = |map: &HashMap<u32, u64>| -> J<'_> {
+            J::Obj(map.iter().map(|(symbol, ts)| (names.name(*symbol), J::Int(*ts as i128))).collect())
+        };
+        let document = J::Obj(vec![
+            ("snapshot_version", J::Int(SNAPSHOT_VERSION)),
+            ("seq", J::Int(engine.last_seq as i128)),
+            ("adl_policy", J::Obj(vec![("rule", J::Str("bitmex")), ("price", J::Str("bankruptcy"))])),
+            ("ledger_head", J::Str(&engine.ledger_head)),
+            ("adl_head", J::Str(&engine.adl_head)),
+            ("balances", J::Obj(balances.iter().map(|(name, balance)| (name.as_str(), J::Owned(text_wide(*balance, S8)))).collect())),
+            ("funds", J::Arr(funds.iter().map(|f| fund_document(engine, f)).collect())),
+            ("instruments", J::Arr(instruments.iter().map(|i| instrument_document(engine, i)).collect())),
+            ("marks", J::Obj(engine.marks.iter().map(|(s, m)| (names.name(*s), J::Owned(text(*m, S8)))).collect())),
+            ("newest_ts", engine.newest_ts.map_or(J::Null, |ts| J::Int(ts as i128))),
+            ("mark_ts", by_name(&engine.mark_ts)),
+            ("funding_ts", by_name(&engine.funding_ts)),
+            ("positions", J::Arr(positions_in_order(engine).into_iter().map(|p| position_document(engine, p)).collect())),
+        ]);
+        canonical::to_vec(&document)
+    }
+
+    pub fn state_hash(&self) -> String {
+        canonical::sha256_hex(&self.state_document())
+    }
+
+    /// A snapshot (backstop.engines.ReferenceEngine.snapshot) as written: indented, sorted keys.
+    pub fn snapshot_json(&self, input_line: u64) -> Vec<u8> {
+        let state = self.state_document();
+        let parsed = json::parse(&state, Dialect::File).expect("our own JSON");
+        let engine_document = canonical::from_json(&parsed).expect("no floats");
+        let state_hash = canonical::sha256_hex(&state);
+        let dedupe = J::Arr(self.deduper.order.iter()
+            .map(|(ts, key)| J::Arr(vec![J::Str(key), J::Int(*ts as i128)])).collect());
+        let document = J::Obj(vec![
+            ("input_line", J::Int(input_line as i128)),
+            ("engine", engine_document),
+            ("state_hash", J::Str(&state_hash)),
+            ("dedupe", dedupe),
+            ("counters", J::Obj(vec![
+                ("duplicates", J::Int(self.duplicates as i128)),
+                ("rejected", J::Int(self.rejected as i128)),
+                ("fund_entries", J::Int(self.fund_entries as i128)),
+                ("adl_events", J::Int(self.adl_events as i128)),
+                ("findings", J::Int(self.findings as i128)),
+            ])),
+        ]);
+        // sealed (backstop.core.snapshot.sealed): the SHA-256 of everything else in the document
+        let J::Obj(mut entries) = document else { unreachable!() };
+        let seal = canonical::sha256_hex(&canonical::to_vec(&J::Obj(entries.clone())));
+        entries.push(("snapshot_hash", J::Str(&seal)));
+        let mut out = Vec::with_capacity(state.len() * 2);
+        canonical::write_pretty(&mut out, &J::Obj(entries), 0);
+        out
+    }
+
+    /// backstop.core.report.summary, compact (the caller indents it).
+    pub fn summary_json(&self) -> Vec<u8> {
+        let engine = &self.engine;
+        let names = &engine.names;
+        let mut fund_ids: Vec<u32> = engine.funds.keys().copied().collect();
+        fund_ids.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+        let funds = fund_ids.iter().map(|fund| {
+            let state = &engine.funds[fund];
+            let balance = engine.ledger.balance(Account::Fund(*fund));
+            let inventory = state.lots.iter().map(|(symbol, lots)| {
+                (symbol.as_str(), J::Owned(text(state.net_qty(lots[0].symbol), S8)))
+            }).collect();
+            (names.name(*fund), J::Obj(vec![
+                ("balance", J::Owned(text_wide(balance, S8))),
+                ("settle_asset", J::Str(names.name(state.spec.settle_asset))),
+                ("surplus", J::Str(surplus_name(state.spec.surplus))),
+                ("max_inventory_ratio", J::Owned(text(state.spec.max_inventory_ratio, S18))),
+                ("bad_debt", J::Owned(text_wide(if balance < 0 { -balance } else { I256::ZERO }, S8))),
+                ("inventory_notional", J::Owned(text(money(engine.inventory_notional(state), S16), S8))),
+                ("inventory", J::Obj(inventory)),
+            ]))
+        }).collect();
+        let head = engine.head_hash();
+        let state_hash = self.state_hash();
+        let document = J::Obj(vec![
+            ("schema_version", J::Int(1)),
+            ("events_applied", J::Int(self.events_applied() as i128)),
+            ("duplicates", J::Int(self.duplicates as i128)),
+            ("rejected", J::Int(self.rejected as i128)),
+            ("last_seq", J::Int(engine.last_seq as i128)),
+            ("head_hash", J::Str(&head)),
+            ("ledger_head_hash", J::Str(&engine.ledger_head)),
+            ("adl_head_hash", J::Str(&engine.adl_head)),
+            ("state_hash", J::Str(&state_hash)),
+            ("fund_ledger_entries", J::Int(self.fund_entries as i128)),
+            ("adl_events", J::Int(self.adl_events as i128)),
+            ("findings", J::Int(self.findings as i128)),
+            ("ledger_sum", J::Owned(text_wide(engine.ledger.sum(), S8))),
+            ("funds", J::Obj(funds)),
+        ]);
+        canonical::to_vec(&document)
+    }
+
+    /// accounts.json as written (backstop.core.report.accounts): indented, sorted keys, a final newline.
+    pub fn accounts_json(&self) -> Vec<u8> {
+        let engine = &self.engine;
+        let names = &engine.names;
+        let mut wallets: HashMap<u32, Vec<(&str, I256)>> = HashMap::default();
+        for (account, balance) in engine.ledger.all_balances() {
+            if let Account::Wallet { account, asset } = account {
+                wallets.entry(*account).or_default().push((names.name(*asset), *balance));
+            }
+        }
+        let mut accounts: Vec<u32> = wallets.keys().copied().collect();
+        accounts.extend(engine.positions.of_account.keys().copied().filter(|a| !wallets.contains_key(a)));
+        accounts.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+        let mut entries: Vec<(String, J<'_>)> = Vec::with_capacity(accounts.len() + engine.funds.len());
+        for account in accounts {
+            let mut own = wallets.remove(&account).unwrap_or_default();
+            own.sort_by(|a, b| a.0.cmp(b.0));
+            let primary = own.first().map_or_else(|| "0".to_string(), |(_, balance)| text_wide(*balance, S8));
+            let mut symbols: Vec<u32> = engine.positions.symbols_of(account).to_vec();
+            symbols.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+            let positions = symbols.iter().map(|symbol| {
+                let position = engine.positions.get(account, *symbol).expect("indexed");
+                (names.name(*symbol), position_view(engine, position))
+            }).collect();
+            entries.push((names.name(account).to_string(), J::Obj(vec![
+                ("wallet", J::Owned(primary)),
+                ("wallets", J::Obj(own.iter().map(|(asset, b)| (*asset, J::Owned(text_wide(*b, S8)))).collect())),
+                ("positions", J::Obj(positions)),
+            ])));
+        }
+        let mut fund_ids: Vec<u32> = engine.funds.keys().copied().collect();
+        fund_ids.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+        for fund in fund_ids {
+            let state = &engine.funds[&fund];
+            let inventory = state.lots.iter().map(|(symbol, lots)| {
+                let symbol_id = lots[0].symbol;
+                let lots = lots.iter().map(|lot| J::Obj(vec![
+                    ("liquidation_id", J::Str(&lot.liquidation_id)),
+                    ("side", J::Str(lot.side.name())),
+                    ("qty", J::Owned(text(lot.qty, S8))),
+                    ("bankruptcy_price", J::Owned(text(price_of(lot.cost, lot.qty), S8))),
+                    ("seq", J::Int(lot.seq as i128)),
+                ])).collect();
+                (symbol.as_str(), J::Obj(vec![
+                    ("qty", J::Owned(text(state.net_qty(symbol_id), S8))),
+                    ("mark_price", J::Owned(text(engine.marks[&symbol_id], S8))),
+                    ("lots", J::Arr(lots)),
+                ]))
+            }).collect();
+            entries.push((format!("{FUND_ACCOUNT_PREFIX}{}", names.name(fund)), J::Obj(vec![
+                ("wallet", J::Owned(text_wide(engine.ledger.balance(Account::Fund(fund)), S8))),
+                ("positions", J::Obj(inventory)),
+            ])));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::with_capacity(1024 + 400 * entries.len());
+        out.push(b'{');
+        for (index, (name, value)) in entries.iter().enumerate() {
+            out.extend_from_slice(if index > 0 { b",\n  " } else { b"\n  " });
+            json::write_string(&mut out, name);
+            out.extend_from_slice(b": ");
+            canonical::write_pretty(&mut out, value, 1);
+        }
+        out.extend_from_slice(if entries.is_empty() { b"}\n" } else { b"\n}\n" });
+        out
+    }
+
+    // ------------------------------------------------------------------ restore
+
+    /// A processor from a snapshot written by either engine; Err: why it cannot be restored, named as the
+    /// reference's restore would fail ("KeyError: 'seq'", "ValueError: ..."), or a state hash that does not match.
+    pub fn restore(raw: &[u8], strict: bool, snapshot_every: u64) -> Result<Processor, String> {
+        let processor = Self::restore_state(raw, strict, snapshot_every).map_err(|error| {
+            if error.starts_with("KeyError") { error } else { format!("ValueError: {error}") }
+        })?;
+        let document = json::parse(raw, Dialect::File).expect("parsed before");
+        let stated = object(&document).and_then(|root| field(root, "state_hash")).and_then(string).ok();
+        if stated != Some(processor.state_hash().as_str()) {
+            return Err("its state hash does not match its contents".into());
+        }
+        Ok(processor)
+    }
+
+    fn restore_state(raw: &[u8], strict: bool, snapshot_every: u64) -> Result<Processor, String> {
+        let document = json::parse(raw, Dialect::File).map_err(|_| "not JSON".to_string())?;
+        let root = object(&document)?;
+        let state = object(field(root, "engine")?)?;
+        let version = field(state, "snapshot_version").and_then(int).ok();
+        if version != Some(SNAPSHOT_VERSION) {
+            return Err(format!("unsupported snapshot version {}", version.map_or("None".into(), |v| v.to_string())));
+        }
+        let policy = object(field(state, "adl_policy")?)?;
+        if string(field(policy, "rule")?)? != "bitmex" || string(field(policy, "price")?)? != "bankruptcy" {
+            return Err("the compiled engine restores the default ADL policy only".into());
+        }
+        let mut processor = Processor::new(strict, snapshot_every);
+        let engine = &mut processor.engine;
+        engine.last_seq = int(field(state, "seq")?)? as u64;
+        engine.ledger_head = string(field(state, "ledger_head")?)?.to_string();
+        engine.adl_head = string(field(state, "adl_head")?)?.to_string();
+        for f in array(field(state, "funds")?)? {
+            let f = object(f)?;
+            let fund_id = engine.names.id(string(field(f, "fund_id")?)?);
+            let asset = engine.names.id(string(field(f, "settle_asset")?)?);
+            let surplus = match string(field(f, "surplus")?)? {
+                "fund" => Surplus::Fund,
+                "trader" => Surplus::Trader,
+                other => return Err(format!("unknown surplus policy {other}")),
+            };
+            let spec = FundSpec { fund_id, settle_asset: asset, surplus,
+                                  max_inventory_ratio: decimal(field(f, "max_inventory_ratio")?, S18)? };
+            let mut fund_state = FundState::new(spec);
+            for symbol in array(field(f, "symbols")?)? {
+                fund_state.symbols.push(engine.names.id(string(symbol)?));
+            }
+            for lot in array(field(f, "lots")?)? {
+                let lot = object(lot)?;
+                let symbol_name = string(field(lot, "symbol")?)?;
+                let symbol = engine.names.id(symbol_name);
+                let side = match string(field(lot, "side")?)? {
+                    "long" => Side::Long,
+                    "short" => Side::Short,
+                    other => return Err(format!("unknown side {other}")),
+                };
+                let restored = Lot {
+                    liquidation_id: string(field(lot, "liquidation_id")?)?.to_string(),
+                    symbol,
+                    side,
+                    qty: decimal(field(lot, "qty")?, S8)?,
+                    cost: decimal(field(lot, "cost")?, S16)?,
+                    liquidated_account: engine.names.id(string(field(lot, "liquidated_account")?)?),
+                    seq: int(field(lot, "seq")?)? as u64,
+                };
+                fund_state.add_lot(symbol_name, restored);
+            }
+            engine.register_settle_asset(asset);
+            engine.funds.insert(fund_id, fund_state);
+        }
+        for i in array(field(state, "instruments")?)? {
+            let i = object(i)?;
+            let symbol = engine.names.id(string(field(i, "symbol")?)?);
+            let mut tiers = Vec::new();
+            for t in array(field(i, "tiers")?)? {
+                let t = object(t)?;
+                tiers.push(Tier { max_notional: decimal(field(t, "max_notional")?, S8)?,
+                                  mmr: decimal(field(t, "mmr")?, S18)?,
+                                  maint_amount: decimal(field(t, "maint_amount")?, S8)? });
+            }
+            let instrument = Instrument {
+                symbol,
+                settle_asset: engine.names.id(string(field(i, "settle_asset")?)?),
+                tick_size: decimal(field(i, "tick_size")?, S8)?,
+                lot_size: decimal(field(i, "lot_size")?, S8)?,
+                tiers,
+                liquidation_fee_rate: decimal(field(i, "liquidation_fee_rate")?, S18)?,
+                fund_id: engine.names.id(string(field(i, "fund_id")?)?),
+            };
+            engine.instruments.insert(symbol, instrument);
+        }
+        for (name, balance) in object(field(state, "balances")?)? {
+            let account = account_named(engine, name).ok_or_else(|| format!("unknown ledger account {name}"))?;
+            engine.ledger.set(account, wide_decimal(balance, S8)?);
+        }
+        for (symbol, mark) in object(field(state, "marks")?)? {
+            let symbol = engine.names.id(symbol);
+            engine.marks.insert(symbol, decimal(mark, S8)?);
+        }
+        engine.newest_ts = match field(state, "newest_ts")? {
+            Value::Null => None,
+            other => Some(int(other)? as u64),
+        };
+        for (key, target) in [("mark_ts", 0), ("funding_ts", 1)] {
+            for (symbol, ts) in object(field(state, key)?)? {
+                let symbol = engine.names.id(symbol);
+                let ts = int(ts)? as u64;
+                if target == 0 { engine.mark_ts.insert(symbol, ts) } else { engine.funding_ts.insert(symbol, ts) };
+            }
+        }
+        for p in array(field(state, "positions")?)? {
+            let p = object(p)?;
+            let leverage_text = string(field(p, "leverage")?)?;
+            let leverage = numbers::plain(leverage_text.as_bytes())
+                .map_err(|_| format!("not a decimal: {leverage_text}"))?;
+            let margin_mode = match string(field(p, "margin_mode")?)? {
+                "cross" => MarginMode::Cross,
+                "isolated" => MarginMode::Isolated,
+                other => return Err(format!("unknown margin mode {other}")),
+            };
+            let position = Position {
+                account: engine.names.id(string(field(p, "account_id")?)?),
+                symbol: engine.names.id(string(field(p, "symbol")?)?),
+                qty: decimal(field(p, "qty")?, S8)?,
+                cost: decimal(field(p, "cost")?, S16)?,
+                margin_mode,
+                leverage: Dec { value: decimal(field(p, "leverage")?, S8)?, places: leverage.fraction.len() as u8 },
+            };
+            if engine.positions.get(position.account, position.symbol).is_some() || position.qty == 0 {
+                return Err("a position listed twice, or empty".into());
+            }
+            engine.positions.add(position);
+        }
+        for entry in array(field(root, "dedupe")?)? {
+            let pair = array(entry)?;
+            let [key, ts] = pair else { return Err("a dedupe entry is not [key, ts]".into()) };
+            let (key, ts) = (string(key)?.to_string(), int(ts)? as u64);
+            let key: Arc<str> = Arc::from(key);
+            processor.deduper.keys.insert(Arc::clone(&key), ts);
+            processor.deduper.order.push_back((ts, key));
+        }
+        let counters = object(field(root, "counters")?)?;
+        processor.duplicates = int(field(counters, "duplicates")?)? as u64;
+        processor.rejected = int(field(counters, "rejected")?)? as u64;
+        processor.fund_entries = int(field(counters, "fund_entries")?)? as u64;
+        processor.adl_events = int(field(counters, "adl_events")?)? as u64;
+        processor.findings = int(field(counters, "findings")?)? as u64;
+        processor.next_snapshot = processor.engine.last_seq + snapshot_every;
+        Ok(processor)
+    }
+}
+
+fn surplus_name(surplus: Surplus) -> &'static str {
+    match surplus {
+        Surplus::Fund => "fund",
+        Surplus::Trader => "trader",
+    }
+}
+
+fn fund_document<'e>(engine: &'e Engine, f: &'e FundState) -> J<'e> {
+    let names = &engine.names;
+    let lots = f.lots.values().flat_map(|lots| lots.iter()).map(|lot| J::Obj(vec![
+        ("liquidation_id", J::Str(&lot.liquidation_id)),
+        ("symbol", J::Str(names.name(lot.symbol))),
+        ("side", J::Str(lot.side.name())),
+        ("qty", J::Owned(text(lot.qty, S8))),
+        ("cost", J::Owned(text(lot.cost, S16))),
+        ("liquidated_account", J::Str(names.name(lot.liquidated_account))),
+        ("seq", J::Int(lot.seq as i128)),
+    ])).collect();
+    J::Obj(vec![
+        ("fund_id", J::Str(names.name(f.spec.fund_id))),
+        ("settle_asset", J::Str(names.name(f.spec.settle_asset))),
+        ("surplus", J::Str(surplus_name(f.spec.surplus))),
+        ("max_inventory_ratio", J::Owned(text(f.spec.max_inventory_ratio, S18))),
+        ("symbols", J::Arr(f.symbols.iter().map(|s| J::Str(names.name(*s))).collect())),
+        ("lots", J::Arr(lots)),
+    ])
+}
+
+fn instrument_document<'e>(engine: &'e Engine, i: &'e Instrument) -> J<'e> {
+    let names = &engine.names;
+    J::Obj(vec![
+        ("symbol", J::Str(names.name(i.symbol))),
+        ("settle_asset", J::Str(names.name(i.settle_asset))),
+        ("tick_size", J::Owned(text(i.tick_size, S8))),
+        ("lot_size", J::Owned(text(i.lot_size, S8))),
+        ("liquidation_fee_rate", J::Owned(text(i.liquidation_fee_rate, S18))),
+        ("fund_id", J::Str(names.name(i.fund_id))),
+        ("tiers", J::Arr(i.tiers.iter().map(|t| J::Obj(vec![
+            ("max_notional", J::Owned(text(t.max_notional, S8))),
+            ("mmr", J::Owned(text(t.mmr, S18))),
+            ("maint_amount", J::Owned(text(t.maint_amount, S8))),
+        ])).collect())),
+    ])
+}
+
+/// Every open position: accounts sorted, each account's positions by symbol.
+fn positions_in_order(engine: &Engine) -> Vec<&Position> {
+    let names = &engine.names;
+    let mut accounts: Vec<u32> = engine.positions.of_account.keys().copied().collect();
+    accounts.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+    let mut out = Vec::new();
+    for account in accounts {
+        let mut symbols = engine.positions.symbols_of(account).to_vec();
+        symbols.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+        out.extend(symbols.iter().filter_map(|s| engine.positions.get(account, *s)));
+    }
+    out
+}
+
+fn position_document<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
+    J::Obj(vec![
+        ("account_id", J::Str(engine.names.name(p.account))),
+        ("symbol", J::Str(engine.names.name(p.symbol))),
+        ("qty", J::Owned(text(p.qty, S8))),
+        ("cost", J::Owned(text(p.cost, S16))),
+        ("margin_mode", J::Str(mode_name(p.margin_mode))),
+        ("leverage", J::Owned(text(p.leverage.value, S8))),
+    ])
+}
+
+fn position_view<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
+    let mark = engine.marks[&p.symbol];
+    let view = engine.margin_view(p);
+    let (pnl, _) = engine.exposure(p);
+    let isolated = engine.ledger.balance(Account::Isolated { account: p.account, symbol: p.symbol });
+    let liquidation = engine.liquidation_price(p).map_or_else(|| "0".to_string(), |price| text(price, S8));
+    J::Obj(vec![
+        ("qty", J::Owned(text(p.qty, S8))),
+        ("entry_price", J::Owned(text(price_of(p.cost, p.size()), S8))),
+        ("cost", J::Owned(text(p.cost, S16))),
+        ("margin_mode", J::Str(mode_name(p.margin_mode))),
+        ("leverage", J::Owned(text(p.leverage.value, S8))),
+        ("isolated_margin", J::Owned(text_wide(isolated, S8))),
+        ("mark_price", J::Owned(text(mark, S8))),
+        ("unrealized_pnl", J::Owned(text(money(I256::new(pnl), S16), S8))),
+        ("maintenance_margin", J::Owned(text(view.position_maintenance, S8))),
+        ("margin_balance", J::Owned(text(money(view.margin_balance, S16), S8))),
+        ("liquidation_price", J::Owned(liquidation)),
+        ("bankruptcy_price", J::Owned(text(engine.bankruptcy_price_in(p, Some(&view)), S8))),
+    ])
+}
+
+fn account_named(engine: &mut Engine, name: &str) -> Option<Account> {
+    let names = &mut engine.names;
+    if let Some(rest) = name.strip_prefix("wallet:") {
+        let (account, asset) = rest.rsplit_once(':')?;
+        return Some(Account::Wallet { account: names.id(account), asset: names.id(asset) });
+    }
+    if let Some(rest) = name.strip_prefix("isolated:") {
+        let (account, symbol) = rest.rsplit_once(':')?;
+        return Some(Account::Isolated { account: names.id(account), symbol: names.id(symbol) });
+    }
+    let (kind, rest) = name.split_once(':')?;
+    let id = names.id(rest);
+    Some(match kind {
+        "fund" => Account::Fund(id),
+        "fees" => Account::Fees(id),
+        "settlement" => Account::Settlement(id),
+        "funding" => Account::Funding(id),
+        "external" => Account::External(id),
+        _ => return None,
+    })
+}
+
+// ------------------------------------------------------------------ reading a snapshot document
+
+type Entries<'v, 'a> = &'v [(std::borrow::Cow<'a, str>, Value<'a>)];
+
+fn object<'v, 'a>(value: &'v Value<'a>) -> Result<Entries<'v, 'a>, String> {
+    match value {
+        Value::Object(entries) => Ok(entries),
+        _ => Err("an object was expected".into()),
+    }
+}
+fn array<'v, 'a>(value: &'v Value<'a>) -> Result<&'v [Value<'a>], String> {
+    match value {
+        Value::Array(items) => Ok(items),
+        _ => Err("an array was expected".into()),
+    }
+}
+fn field<'v, 'a>(entries: Entries<'v, 'a>, name: &str) -> Result<&'v Value<'a>, String> {
+    entries.iter().rev().find(|(key, _)| key == name).map(|(_, v)| v).ok_or_else(|| format!("KeyError: '{name}'"))
+}
+fn string<'v>(value: &'v Value<'_>) -> Result<&'v str, String> {
+    match value {
+        Value::Str(text) => Ok(text),
+        _ => Err("a string was expected".into()),
+    }
+}
+fn int(value: &Value<'_>) -> Result<i128, String> {
+    match value {
+        Value::Int(text) => std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()).ok_or("a number too large".into()),
+        _ => Err("an integer was expected".into()),
+    }
+}
+fn decimal(value: &Value<'_>, scale: u32) -> Result<i128, String> {
+    let text = string(value)?;
+    let kind = Kind { name: "STATE", integer_digits: 38 - scale, fraction_digits: scale, scale };
+    numbers::parse(text.as_bytes(), kind).map_err(|_| format!("not a decimal at 1e-{scale}: {text}"))
+}
+fn wide_decimal(value: &Value<'_>, scale: u32) -> Result<I256, String> {
+    let text = string(value)?;
+    let plain = numbers::plain(text.as_bytes()).map_err(|_| format!("not a decimal: {text}"))?;
+    if plain.fraction.len() as u32 > scale {
+        return Err(format!("not a decimal at 1e-{scale}: {text}"));
+    }
+    let digits = format!("{}{}{}", if plain.negative { "-" } else { "" }, std::str::from_utf8(plain.integer).unwrap_or("0"),
+                         std::str::from_utf8(plain.fraction).unwrap_or(""));
+    let value = I256::from_str_radix(&digits, 10).map_err(|_| format!("a decimal too large: {text}"))?;
+    Ok(numbers::rescale(value, plain.fraction.len() as u32, scale, Rounding::HalfEven))
+}

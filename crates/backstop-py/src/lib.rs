@@ -1,0 +1,223 @@
+//! The PyO3 module `backstop._engine`: a thin skin over `backstop_engine`. It converts at the boundary once per
+//! batch, releases the GIL while a batch runs, and turns engine errors into typed Python exceptions.
+
+use backstop_engine::processor::{Consumed, Processor};
+use backstop_engine::{canonical, json, numbers, wire};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::types::PyTuple;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use ethnum::I256;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+fn wide(value: &str) -> PyResult<I256> {
+    I256::from_str_radix(value, 10).map_err(|_| PyValueError::new_err(format!("not a 256-bit integer: {value}")))
+}
+
+fn rounding(name: &str) -> PyResult<numbers::Rounding> {
+    match name {
+        "HALF_EVEN" => Ok(numbers::Rounding::HalfEven),
+        "CEILING" => Ok(numbers::Rounding::Ceiling),
+        "FLOOR" => Ok(numbers::Rounding::Floor),
+        _ => Err(PyValueError::new_err(format!("unknown rounding {name}"))),
+    }
+}
+
+fn kind(name: &str) -> PyResult<numbers::Kind> {
+    [numbers::QTY, numbers::PRICE, numbers::MONEY, numbers::RATE, numbers::LEVERAGE]
+        .into_iter()
+        .find(|kind| kind.name == name)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown kind {name}")))
+}
+
+/// The canonical text of value x 10^-scale (value: a decimal integer string of at most 256 bits).
+#[pyfunction]
+fn numbers_text(value: &str, scale: u32) -> PyResult<String> {
+    Ok(numbers::text_wide(wide(value)?, scale))
+}
+
+/// Wire text of a kind to its scaled integer (as a string); ValueError "syntax" or "bounds".
+#[pyfunction]
+fn numbers_parse(text: &str, kind_name: &str) -> PyResult<String> {
+    numbers::parse(text.as_bytes(), kind(kind_name)?)
+        .map(|value| value.to_string())
+        .map_err(|error| PyValueError::new_err(format!("{error:?}").to_lowercase()))
+}
+
+/// numerator / denominator rounded once (HALF_EVEN, CEILING or FLOOR), integers as decimal strings.
+#[pyfunction]
+fn numbers_div(numerator: &str, denominator: &str, rounding_name: &str) -> PyResult<String> {
+    let denominator = wide(denominator)?;
+    if denominator == 0 {
+        return Err(PyValueError::new_err("division by zero"));
+    }
+    Ok(numbers::div_round(wide(numerator)?, denominator, rounding(rounding_name)?).to_string())
+}
+
+/// A journal line through the compiled wire layer: (True, pydantic's model_dump_json) or (False, the reason).
+#[pyfunction]
+fn wire_decode_line(raw: &[u8]) -> (bool, String) {
+    match wire::line_dump(raw) {
+        Ok(dump) => (true, dump),
+        Err(reason) => (false, reason),
+    }
+}
+
+/// A consumed Kafka value: (True, the journal payload) or (False, the reason as bytes).
+#[pyfunction]
+fn wire_decode_consumed<'py>(py: Python<'py>, value: Option<&[u8]>, record_type: &str, topic: &str)
+                             -> (bool, Bound<'py, PyBytes>) {
+    match wire::decode_consumed(value, record_type, topic) {
+        Ok((_, payload)) => (true, PyBytes::new(py, &payload)),
+        Err(reason) => (false, PyBytes::new(py, reason.as_bytes())),
+    }
+}
+
+fn parsed_json(raw: &[u8]) -> PyResult<json::Value<'_>> {
+    json::parse(raw, json::Dialect::File).map_err(|_| PyValueError::new_err("invalid JSON"))
+}
+
+/// A JSON document written again canonically (compact, or orjson's indent of 2): tests compare it with orjson's.
+#[pyfunction]
+fn canonical_reencode<'py>(py: Python<'py>, raw: &[u8], pretty: bool) -> PyResult<Bound<'py, PyBytes>> {
+    let document = parsed_json(raw)?;
+    let value = canonical::from_json(&document).ok_or_else(|| PyValueError::new_err("a float"))?;
+    let mut out = Vec::new();
+    if pretty {
+        canonical::write_pretty(&mut out, &value, 0);
+    } else {
+        canonical::write(&mut out, &value);
+    }
+    Ok(PyBytes::new(py, &out))
+}
+
+/// The chain hash of an output record written as JSON (its canonical JSON without `hash`).
+#[pyfunction]
+fn canonical_chain_hash(raw: &[u8]) -> PyResult<String> {
+    let document = parsed_json(raw)?;
+    let value = canonical::from_json(&document).ok_or_else(|| PyValueError::new_err("a float"))?;
+    Ok(canonical::chain_hash_of(&value))
+}
+
+create_exception!(_engine, InvariantViolation, PyException,
+                  "An internal rule of the compiled engine broke (a bug): the engine must not be used any more.");
+
+/// The compiled engine's state behind backstop.engines.CompiledEngine. A batch crosses the boundary once, with the
+/// GIL released while it runs; a panic inside (an overflow, a broken invariant) poisons the engine and surfaces as
+/// InvariantViolation.
+#[pyclass(module = "backstop._engine")]
+struct Ledger {
+    processor: Processor,
+    poisoned: Option<String>,
+}
+
+impl Ledger {
+    fn guarded<T>(&mut self, work: impl FnOnce(&mut Processor) -> T) -> PyResult<T> {
+        if let Some(reason) = &self.poisoned {
+            return Err(InvariantViolation::new_err(format!("the engine stopped earlier: {reason}")));
+        }
+        match catch_unwind(AssertUnwindSafe(|| work(&mut self.processor))) {
+            Ok(value) => Ok(value),
+            Err(panic) => {
+                let reason = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a panic".to_string());
+                self.poisoned = Some(reason.clone());
+                Err(InvariantViolation::new_err(reason))
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl Ledger {
+    #[new]
+    #[pyo3(signature = (*, strict, snapshot_every, snapshot, check_conservation=false))]
+    fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>, check_conservation: bool) -> PyResult<Ledger> {
+        let mut processor = match snapshot {
+            None => Processor::new(strict, snapshot_every),
+            Some(raw) => Processor::restore(raw, strict, snapshot_every).map_err(PyValueError::new_err)?,
+        };
+        processor.check_conservation = check_conservation;
+        Ok(Ledger { processor, poisoned: None })
+    }
+
+    fn events_applied(&self) -> u64 {
+        self.processor.events_applied()
+    }
+
+    fn apply_lines<'py>(&mut self, py: Python<'py>, chunk: &[u8], first_line: u64) -> PyResult<Bound<'py, PyTuple>> {
+        let batch = py.detach(|| self.guarded(|processor| processor.apply_lines(chunk, first_line)))?;
+        let snapshots: Vec<(u64, Bound<'py, PyBytes>)> =
+            batch.snapshots.iter().map(|(seq, document)| (*seq, PyBytes::new(py, document))).collect();
+        (
+            PyBytes::new(py, &batch.outputs.fund_ledger),
+            PyBytes::new(py, &batch.outputs.adl_events),
+            PyBytes::new(py, &batch.outputs.findings),
+            PyBytes::new(py, &batch.dead_letters),
+            snapshots,
+            batch.stopped,
+        )
+            .into_pyobject(py)
+    }
+
+    /// A consumed Kafka batch: (topic, partition, offset, value) per record, under the topic prefix.
+    fn apply_records<'py>(&mut self, py: Python<'py>, records: Vec<(String, i64, i64, Option<Vec<u8>>)>, prefix: &str)
+                          -> PyResult<Bound<'py, PyTuple>> {
+        let consumed: Vec<Consumed<'_>> = records
+            .iter()
+            .map(|(topic, partition, offset, value)| Consumed {
+                topic, partition: *partition, offset: *offset, value: value.as_deref(),
+            })
+            .collect();
+        let batch = py.detach(|| self.guarded(|processor| processor.apply_records(&consumed, prefix)))?;
+        (
+            PyBytes::new(py, &batch.journal),
+            PyBytes::new(py, &batch.outputs.fund_ledger),
+            PyBytes::new(py, &batch.outputs.adl_events),
+            PyBytes::new(py, &batch.outputs.findings),
+            PyBytes::new(py, &batch.dead_letters),
+            batch.duplicates,
+        )
+            .into_pyobject(py)
+    }
+
+    fn summary_json<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let document = py.detach(|| self.guarded(|processor| processor.summary_json()))?;
+        Ok(PyBytes::new(py, &document))
+    }
+
+    fn accounts_json<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let document = py.detach(|| self.guarded(|processor| processor.accounts_json()))?;
+        Ok(PyBytes::new(py, &document))
+    }
+
+    fn state_hash(&mut self, py: Python<'_>) -> PyResult<String> {
+        py.detach(|| self.guarded(|processor| processor.state_hash()))
+    }
+
+    fn snapshot_json<'py>(&mut self, py: Python<'py>, input_line: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let mut document = py.detach(|| self.guarded(|processor| processor.snapshot_json(input_line)))?;
+        document.push(b'\n');
+        Ok(PyBytes::new(py, &document))
+    }
+}
+
+#[pymodule]
+fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add("VERSION", backstop_engine::VERSION)?;
+    module.add("InvariantViolation", module.py().get_type::<InvariantViolation>())?;
+    module.add_class::<Ledger>()?;
+    module.add_function(wrap_pyfunction!(numbers_text, module)?)?;
+    module.add_function(wrap_pyfunction!(numbers_parse, module)?)?;
+    module.add_function(wrap_pyfunction!(numbers_div, module)?)?;
+    module.add_function(wrap_pyfunction!(wire_decode_line, module)?)?;
+    module.add_function(wrap_pyfunction!(wire_decode_consumed, module)?)?;
+    module.add_function(wrap_pyfunction!(canonical_reencode, module)?)?;
+    module.add_function(wrap_pyfunction!(canonical_chain_hash, module)?)?;
+    Ok(())
+}

@@ -1,0 +1,292 @@
+"""The two ledger engines behind one batch API (docs/engines.md).
+
+- `reference`: the rules in Python (backstop.core), readable, the executable specification and the test oracle;
+- `compiled`: the same rules in Rust (crates/, the extension module backstop._engine), fed whole batches.
+
+A batch is raw journal bytes (whole lines of a JSONL file); what comes back is the output files' bytes, already
+canonical, so no Python object is made per record. Both engines give byte-identical outputs, head hash and state
+hash (tests/differential proves it), and a snapshot written by either resumes in either.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import orjson
+
+from backstop.adapters.files import RAW_KEEP_BYTES
+from backstop.adapters.journal_file import records
+from backstop.core.dedupe import Deduper
+from backstop.core.engine import AdlPolicy, Engine
+from backstop.core.hashing import canonical_json, record_dict
+from backstop.core.processor import Applied, Processor, Rejection
+from backstop.core.report import accounts, summary
+from backstop.core.snapshot import restore, sealed, state_document, state_hash
+from backstop.pipeline.ingest import Consumed as IngestConsumed
+from backstop.pipeline.ingest import ingest_batch, journal_record
+from backstop.pipeline.topics import TopicNames
+from backstop.wire.decode import InvalidRecord, decode_record
+
+EngineName = Literal["reference", "compiled"]
+ENGINES: tuple[EngineName, ...] = ("reference", "compiled")
+
+
+class EngineUnavailable(Exception):
+    """The compiled engine is not built here, or cannot run these options; the message says which."""
+
+
+class SnapshotError(ValueError):
+    """A snapshot that cannot be restored (corrupt, or of another version)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    strict: bool = False  # stop a batch at its first bad line (the replay then exits 1)
+    snapshot_every: int = 0  # a snapshot after every N applied events (0: none)
+    check_conservation: bool = False
+    adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one batch of lines produced: each output file's new bytes (canonical JSON lines), the snapshots due in
+    it (seq, the snapshot file's bytes), and, in strict mode, the bad line it stopped at."""
+
+    fund_ledger: bytes
+    adl_events: bytes
+    findings: bytes
+    dead_letters: bytes
+    snapshots: tuple[tuple[int, bytes], ...]
+    stopped: tuple[int, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsResult:
+    """What one consumed Kafka batch produced: the journal topic's records (one per accepted input), the outputs,
+    the dead-letter topic's records, and duplicates per record type; all canonical JSON lines."""
+
+    journal: bytes
+    fund_ledger: bytes
+    adl_events: bytes
+    findings: bytes
+    dead_letters: bytes
+    duplicates: dict[str, int]
+
+
+Consumed = tuple[str, int, int, bytes | None]  # topic, partition, offset, value
+
+
+class LedgerEngine(Protocol):
+    name: EngineName
+
+    @property
+    def events_applied(self) -> int: ...
+
+    def apply_lines(self, chunk: bytes, first_line: int) -> BatchResult:
+        """Apply whole journal lines (the first numbered `first_line`); blank lines count but are skipped."""
+        ...
+
+    def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
+        """Apply a consumed Kafka batch: the topic (under `topic_prefix`) names each record's type."""
+        ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+    def accounts_json(self) -> bytes:
+        """accounts.json, as written (indented, sorted keys, a final newline)."""
+        ...
+
+    def state_hash(self) -> str: ...
+
+    def snapshot(self, input_line: int) -> dict[str, Any]: ...
+
+
+def document_bytes(document: Any) -> bytes:
+    """A JSON document as the output files hold it: indented, sorted keys, a final newline."""
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def journal_lines(chunk: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, record) of every non-blank line of a chunk, by the journal reader's rule
+    (backstop.adapters.journal_file.records)."""
+    for number, record in records(io.BytesIO(chunk)):
+        yield first_line + number - 1, record
+
+
+def dead_letter_line(line: int, reason: str, raw: bytes) -> bytes:
+    text = raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace")
+    return canonical_json({"line": line, "reason": reason, "raw": text, "raw_truncated": len(raw) > RAW_KEEP_BYTES})
+
+
+# ------------------------------------------------------------------------------------------------ reference
+
+
+class ReferenceEngine:
+    """backstop.core.processor.Processor behind the batch API."""
+
+    name: EngineName = "reference"
+
+    def __init__(self, options: EngineOptions, processor: Processor | None = None) -> None:
+        self.options = options
+        self.processor = processor or Processor(Engine(check_conservation=options.check_conservation,
+                                                       adl_policy=options.adl_policy))
+        self._next_snapshot = self.processor.events_applied + options.snapshot_every
+
+    @property
+    def events_applied(self) -> int:
+        return self.processor.events_applied
+
+    def apply_lines(self, chunk: bytes, first_line: int) -> BatchResult:
+        ledger, adl, findings, dead = bytearray(), bytearray(), bytearray(), bytearray()
+        snapshots: list[tuple[int, bytes]] = []
+        processor, every = self.processor, self.options.snapshot_every
+        with processor.engine.decimal_context():
+            for number, raw in journal_lines(chunk, first_line):
+                try:
+                    record = decode_record(raw)
+                except InvalidRecord as error:
+                    processor.reject_unparsed()
+                    dead += dead_letter_line(number, str(error), raw) + b"\n"
+                    if self.options.strict:
+                        return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots),
+                                           (number, str(error)))
+                    continue
+                outcome = processor.process(record)
+                if isinstance(outcome, Applied):
+                    effects = outcome.effects
+                    for entry in effects.fund_entries:
+                        ledger += canonical_json(record_dict(entry)) + b"\n"
+                    for event in effects.adl_events:
+                        adl += canonical_json(record_dict(event)) + b"\n"
+                    for finding in effects.findings:
+                        findings += canonical_json(record_dict(finding)) + b"\n"
+                    if every > 0 and outcome.seq >= self._next_snapshot:
+                        snapshots.append((outcome.seq, document_bytes(self.snapshot(number))))
+                        self._next_snapshot = outcome.seq + every
+                elif isinstance(outcome, Rejection):
+                    dead += dead_letter_line(number, outcome.reason, raw) + b"\n"
+                    if self.options.strict:
+                        return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots),
+                                           (number, outcome.reason))
+        return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots), None)
+
+    def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
+        batch = [IngestConsumed(topic, partition, offset, None, value) for topic, partition, offset, value in records]
+        result = ingest_batch(self.processor, batch, TopicNames(topic_prefix))
+        return RecordsResult(
+            b"".join(journal_record(row) + b"\n" for row in result.journal),
+            b"".join(canonical_json(record_dict(entry)) + b"\n" for entry in result.fund_entries),
+            b"".join(canonical_json(record_dict(event)) + b"\n" for event in result.adl_events),
+            b"".join(canonical_json(record_dict(finding)) + b"\n" for finding in result.findings),
+            b"".join(canonical_json(record_dict(letter.record())) + b"\n" for letter in result.dead_letters),
+            dict(result.duplicates))
+
+    def summary(self) -> dict[str, Any]:
+        return summary(self.processor)
+
+    def accounts_json(self) -> bytes:
+        return document_bytes(accounts(self.processor.engine))
+
+    def state_hash(self) -> str:
+        return state_hash(self.processor.engine)
+
+    def snapshot(self, input_line: int) -> dict[str, Any]:
+        processor = self.processor
+        return sealed({"input_line": input_line, "engine": state_document(processor.engine),
+                       "state_hash": state_hash(processor.engine), "dedupe": processor.deduper.entries(),
+                       "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
+                                    "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
+                                    "findings": processor.findings}})
+
+    @classmethod
+    def restored(cls, options: EngineOptions, document: dict[str, Any]) -> ReferenceEngine:
+        """From a snapshot document whose envelope (seal, counters) the caller checked."""
+        engine = restore(document["engine"], check_conservation=options.check_conservation)
+        processor = Processor(engine, Deduper((key, ts) for key, ts in document["dedupe"]))
+        if state_hash(engine) != document.get("state_hash"):
+            raise SnapshotError("its state hash does not match its contents")
+        counters = document["counters"]
+        processor.duplicates, processor.rejected = counters["duplicates"], counters["rejected"]
+        processor.fund_entries, processor.adl_events = counters["fund_entries"], counters["adl_events"]
+        processor.findings = counters["findings"]
+        return cls(options, processor)
+
+
+# ------------------------------------------------------------------------------------------------ compiled
+
+
+def compiled_available() -> str | None:
+    """None when the compiled engine can run here, else why not (one line)."""
+    try:
+        from backstop import _engine  # noqa: F401
+    except ImportError:
+        return "the compiled engine (backstop._engine) is not built: run ./backstop (it needs cargo: rustup.rs)"
+    return None
+
+
+class CompiledEngine:
+    """backstop._engine.Ledger (crates/backstop-engine) behind the batch API: a batch crosses the boundary once."""
+
+    name: EngineName = "compiled"
+
+    def __init__(self, options: EngineOptions, snapshot: bytes | None = None) -> None:
+        from backstop import _engine
+
+        if options.adl_policy != AdlPolicy():
+            raise EngineUnavailable("the compiled engine runs the default ADL policy only (bitmex, bankruptcy)")
+        try:
+            self._ledger = _engine.Ledger(strict=options.strict, snapshot_every=options.snapshot_every,
+                                          snapshot=snapshot, check_conservation=options.check_conservation)
+        except ValueError as error:  # the reasons the reference's restore gives, or a state hash that does not match
+            reason = str(error)
+            raise SnapshotError(reason if reason.startswith("its state hash") else
+                                f"cannot restore the engine state ({reason})") from None
+
+    @property
+    def events_applied(self) -> int:
+        return self._ledger.events_applied()
+
+    def apply_lines(self, chunk: bytes, first_line: int) -> BatchResult:
+        ledger, adl, findings, dead, snapshots, stopped = self._ledger.apply_lines(chunk, first_line)
+        return BatchResult(ledger, adl, findings, dead, tuple(snapshots), stopped)
+
+    def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
+        journal, ledger, adl, findings, dead, duplicates = self._ledger.apply_records(list(records), topic_prefix)
+        return RecordsResult(journal, ledger, adl, findings, dead, dict(duplicates))
+
+    def summary(self) -> dict[str, Any]:
+        document: dict[str, Any] = orjson.loads(self._ledger.summary_json())
+        return document
+
+    def accounts_json(self) -> bytes:
+        return self._ledger.accounts_json()
+
+    def state_hash(self) -> str:
+        return self._ledger.state_hash()
+
+    def snapshot(self, input_line: int) -> dict[str, Any]:
+        document: dict[str, Any] = orjson.loads(self._ledger.snapshot_json(input_line))
+        return document
+
+
+# ------------------------------------------------------------------------------------------------ opening
+
+
+def open_engine(name: EngineName, options: EngineOptions, snapshot: bytes | None = None) -> LedgerEngine:
+    """An engine from the start, or from a snapshot (a file's bytes) written by either engine."""
+    raw = snapshot
+    if name == "compiled":
+        missing = compiled_available()
+        if missing is not None:
+            raise EngineUnavailable(missing)
+        return CompiledEngine(options, raw)
+    if raw is None:
+        return ReferenceEngine(options)
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise SnapshotError(f"not JSON: {error}") from None
+    return ReferenceEngine.restored(options, document)

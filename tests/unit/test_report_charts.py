@@ -1,0 +1,104 @@
+"""The report reads at a glance: plain numbers with separators, UTC on every time axis, charts that line up,
+legends with units, bars side by side, a summary with separators and units."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+from matplotlib.container import BarContainer
+from matplotlib.figure import Figure
+
+from backstop.entrypoints.whatif import RunMetrics
+from backstop.report.charts import charts, figures
+from backstop.report.html import figure_rows, write_report
+
+MINUTE_MS = 60_000
+START_MS = 1_760_126_400_000  # 2025-10-10 20:00 UTC
+D = Decimal
+
+
+def _run(scale: int, minutes: int = 30) -> RunMetrics:
+    run = RunMetrics(liquidations=12_345, liquidated_notional=D("314504422.9996"), adl_events=2_811,
+                     adl_notional=D("53032764.3730193"))
+    for minute in range(minutes):
+        ts = START_MS + minute * MINUTE_MS
+        run.minute_liquidated[ts] = D(scale * (minute + 1) * 1_000_000)
+        run.minute_deleveraged[ts] = D(scale * minute * 100_000)
+        run.minute_fund.setdefault("BTC", {})[ts] = D(1_000_000 - scale * minute * 10_000)
+        run.minute_mark.setdefault("BTCUSDT", {})[ts] = D(116_000 - minute * 100)
+        run.minute_queue.setdefault("BTCUSDT", {})[ts] = (minute * 40, minute * 30)
+    run.fund_final["BTC"], run.fund_min["BTC"] = D("29411.62673393"), D("24235.36623283")
+    run.fund_drawdown["BTC"] = D("1303159.15848793")
+    return run
+
+
+RUNS = [("baseline", _run(1)), ("alternative", _run(2, minutes=20))]
+ASSETS = {"BTC": "USDT"}
+
+
+@pytest.fixture
+def charted() -> Iterator[dict[str, Figure]]:
+    result = figures(RUNS, ASSETS)
+    for figure in result.values():
+        figure.canvas.draw()  # lays out ticks and labels
+    yield result
+    for figure in result.values():
+        plt.close(figure)
+
+
+def test_axes_show_plain_numbers_with_separators(charted: dict[str, Figure]) -> None:
+    for name, figure in charted.items():
+        axes = figure.axes[0]
+        assert axes.yaxis.get_offset_text().get_text() == "", name  # no "1e6" above the axis
+        labels = [label.get_text() for label in axes.get_yticklabels()]
+        assert not any("e" in label.lower() for label in labels), (name, labels)
+    balance_axes = charted["fund-balance"].axes[0]
+    balance_labels = [label.get_text() for label in balance_axes.get_yticklabels()]
+    assert "1,000,000" in balance_labels
+
+
+def test_every_time_axis_names_utc_and_all_line_up(charted: dict[str, Figure]) -> None:
+    positions = {tuple(figure.axes[0].get_position().bounds) for figure in charted.values()}
+    spans = {figure.axes[0].get_xlim() for figure in charted.values()}
+    sizes = {tuple(figure.get_size_inches()) for figure in charted.values()}
+    assert len(positions) == len(spans) == len(sizes) == 1
+    assert all("UTC" in figure.axes[0].get_xlabel() for figure in charted.values())
+
+
+def test_legends_say_what_and_in_which_unit(charted: dict[str, Figure]) -> None:
+    legend = [text.get_text() for text in charted["fund-balance"].axes[0].get_legend().get_texts()]
+    assert legend == ["baseline: insurance fund BTC (USDT)", "alternative: insurance fund BTC (USDT)"]
+    assert "USDT" in charted["liquidations"].axes[0].get_ylabel()
+
+
+def test_bars_of_two_runs_stand_side_by_side(charted: dict[str, Figure]) -> None:
+    axes = charted["liquidations"].axes[0]
+    baseline, alternative = [c for c in axes.containers if isinstance(c, BarContainer)]
+    for left, right in zip(baseline.patches, alternative.patches, strict=False):
+        assert left.get_x() + left.get_width() <= right.get_x() + 1e-9  # next to each other, not overlaid
+        assert left.get_y() == right.get_y() == 0  # both from zero: not stacked
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_every_png_has_the_same_size() -> None:
+    assert len({_png_size(data) for data in charts(RUNS, ASSETS).values()}) == 1
+
+
+def test_summary_has_separators_and_units(tmp_path: Path) -> None:
+    rows = {name: (unit, values) for name, unit, values in figure_rows(RUNS, ASSETS)}
+    assert rows["liquidations"] == ("count", ["12,345", "12,345"])
+    assert rows["liquidated notional"] == ("USDT", ["314,504,422.9996", "314,504,422.9996"])
+    assert rows["insurance fund BTC: max drawdown"] == ("USDT", ["1,303,159.15848793", "1,303,159.15848793"])
+    write_report(tmp_path / "report.html", "t", RUNS, [("input", "x")], ASSETS)
+    page = (tmp_path / "report.html").read_text()
+    assert "1,303,159.15848793" in page and page.count("data:image/png;base64,") == 5
