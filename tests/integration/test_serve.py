@@ -8,12 +8,12 @@ import json
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
+import asyncpg
+import orjson
 import pytest
 from service_harness import ServeProcess, settings_for, wait_caught_up
 
-from backstop.adapters.postgres.migrations import migrate
 from backstop.entrypoints.kafka_tools import produce_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,35 +62,40 @@ async def test_the_http_endpoints_listen_only_where_the_settings_say(tmp_path: P
 
 
 async def test_every_line_serve_writes_is_one_json_object(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str,
-                                                          databases: Any) -> None:
-    """First against a database without its tables (the loops fail and restart: a warning with the traceback as a
-    field), then migrated, with input to apply: every line of the log, ours and faust's and the Kafka clients',
-    parses as a JSON object."""
-    dsn = await databases.create("_logs")
+                                                          migrated_database: str) -> None:
+    """A run with input to apply, and a spell in which every commit fails (the service's role loses a privilege it
+    needs: the loop fails, logs a warning with the traceback as a field, and restarts until it is given back):
+    every line of the log, ours and faust's and the Kafka clients', parses as a JSON object."""
+    dsn = migrated_database
     settings = settings_for(kafka_bootstrap, dsn, f"{topic_prefix}logs.")
     log = tmp_path / "serve.log"
-    serve = ServeProcess(settings, log)
-    try:
-        deadline = time.monotonic() + 60
-        while "restarting in" not in log.read_text() and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-    finally:
-        serve.stop()
-    await migrate(dsn)
     serve = ServeProcess(settings, log)
     try:
         await asyncio.to_thread(serve.wait_healthy)
         await produce_file(settings, EXAMPLE)
         await wait_caught_up(dsn, applied=19)
+        owner = await asyncpg.connect(dsn)
+        try:
+            await owner.execute("REVOKE UPDATE ON consumed_offsets FROM backstop_service")
+            later = tmp_path / "later.jsonl"
+            later.write_bytes(orjson.dumps({"type": "mark", "ts": 1760126461000, "symbol": "BNBUSDT",
+                                            "mark_price": "645"}) + b"\n")
+            await produce_file(settings, later)
+            deadline = time.monotonic() + 60
+            while "restarting in" not in log.read_text() and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+        finally:
+            await owner.execute("GRANT UPDATE ON consumed_offsets TO backstop_service")
+            await owner.close()
+        await wait_caught_up(dsn, applied=20)
         serve.get("/metrics")
     finally:
         serve.stop()
-    lines = log.read_text().splitlines()
-    documents = [json.loads(line) for line in lines]  # every line
+    documents = [json.loads(line) for line in log.read_text().splitlines()]  # every line
     assert all(isinstance(d, dict) and {"ts", "level", "logger", "message"} <= set(d) for d in documents)
     loggers = {d["logger"].split(".")[0] for d in documents}
     assert {"backstop", "faust", "aiokafka"} <= loggers, loggers
     failed = [d for d in documents if "restarting in" in d["message"]]
-    assert failed and "Traceback" in failed[0]["exception"] and "UndefinedTableError" in failed[0]["exception"]
+    assert failed and "Traceback" in failed[0]["exception"] and "InsufficientPrivilege" in failed[0]["exception"]
     batches = [d for d in documents if d["message"] == "batch"]
-    assert batches and batches[-1]["seq"] == 19 and {"applied", "apply", "project", "commit"} <= set(batches[-1])
+    assert batches and batches[-1]["seq"] == 20 and {"applied", "apply", "project", "commit"} <= set(batches[-1])

@@ -17,10 +17,9 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from service_harness import in_process, input_ends, settings_for, stored, wait_caught_up
+from service_harness import in_process, input_ends, prepare_database, settings_for, stored, wait_caught_up
 
 from backstop.adapters.kafka.consumer import KafkaConsumer
-from backstop.adapters.postgres.migrations import migrate
 from backstop.core.hashing import canonical_json
 from backstop.entrypoints.cli import main as cli
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames, input_key
@@ -45,7 +44,7 @@ async def test_each_example_through_a_fresh_service_is_its_replay(config: tuple[
     for number, example in enumerate(EXAMPLES):
         name = f"o{batch_records}x{fetch_bytes}x{partitions}{how[0]}e{number}"
         dsn = await databases.create(f"_{name}")
-        await migrate(dsn)
+        await prepare_database(dsn)
         settings = settings_for(kafka_bootstrap, dsn, f"{topic_prefix}{name}.", batch_max_records=batch_records,
                                 input_partitions=partitions, batch_max_wait_ms=5)
         expected = merge_order(example, partitions)
