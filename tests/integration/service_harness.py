@@ -272,9 +272,14 @@ async def until_seq(dsn: str, at_least: int, timeout: float = 120) -> int:
 REPO = Path(__file__).resolve().parents[2]
 
 
+START_TIMEOUT_S = 170  # a crash recovery fsyncs every file of every database the session made: on a busy disk, slow
+
+
 def local(server: str, *command: str) -> None:
+    environment = {**os.environ, "BACKSTOP_PG_START_TIMEOUT": str(START_TIMEOUT_S),
+                   "BACKSTOP_KAFKA_START_TIMEOUT": str(START_TIMEOUT_S)}
     run = subprocess.run([str(REPO / "deploy" / "local" / server), *command], capture_output=True, text=True,
-                         timeout=180, check=False)
+                         timeout=START_TIMEOUT_S + 10, check=False, env=environment)
     assert run.returncode == 0, f"deploy/local/{server} {' '.join(command)}: {run.stdout}{run.stderr}"
 
 

@@ -44,8 +44,8 @@ class KafkaConsumer:
     async def assign(self, topics: Sequence[str], positions: Mapping[Partition, int]
                      ) -> tuple[dict[Partition, int], dict[Partition, int]]:
         """All seeks at once: the partitions without a stored position start at their log's start offset, asked
-        for in one request (one seek_to_beginning and position() per partition waited for each fetch in flight,
-        ~0.5 s apiece: /health said 503 for ~11 s at 21 partitions)."""
+        for in one request (a seek_to_beginning and position() per partition, one after another, each waited for
+        the fetch in flight, and /health said 503 meanwhile)."""
         partitions: list[TopicPartition] = []
         for topic in topics:
             partitions.extend(TopicPartition(topic, p) for p in sorted(await self._partitions(topic)))
