@@ -113,3 +113,23 @@ impl Ledger {
         wide256(total)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::numbers::{pow10, text_512, S8};
+
+    #[test]
+    fn a_sum_of_balances_near_the_bound_passes_256_bits_exactly() {
+        // six balances of almost 10^68 each: partial sums past 2^255 in some orders; the total is exact in every one
+        let mut ledger = Ledger::default();
+        let near = pow10(76) - I256::ONE;
+        for fund in 0..6 {
+            ledger.set(Account::Fund(fund), near);
+        }
+        ledger.set(Account::External(0), -(near * 5));
+        assert_eq!(text_512(ledger.sum(), S8), "99999999999999999999999999999999999999999999999999999999999999999999.99999999");
+        ledger.set(Account::External(1), -near);
+        assert_eq!(ledger.sum(), Wide::ZERO);
+    }
+}

@@ -1,5 +1,6 @@
 //! Fixed-point numbers of docs/design.md section 9: every wire decimal is an integer at its kind's scale, every
-//! product is exact in 128 or 256 bits, and every division rounds exactly once from the exact rational value.
+//! product is exact in 128 or 256 bits (512 for values derived from a balance: `Wide`), and every division rounds
+//! exactly once from the exact rational value.
 //!
 //! A value is a plain integer and a scale `s` (the value times 10^s); the scale is fixed per quantity (money and
 //! prices at 8, exact products at 16, rates at 18, scores at 12), so it is carried by names, not at run time.
@@ -573,6 +574,53 @@ mod tests {
         mul(pow10(40), pow10(40));
     }
 
+    #[test]
+    #[should_panic(expected = "arithmetic overflow")]
+    fn wide_overflow_panics() {
+        wmul(wpow10(80), wpow10(80));
+    }
+
+    #[test]
+    fn wide_values_convert_at_the_edges() {
+        for value in [I256::MIN, I256::MAX, I256::MINUS_ONE, I256::ZERO, I256::ONE, w(i128::MIN), w(i128::MAX)] {
+            assert_eq!(fit256(wide256(value)), Some(value));
+        }
+        assert_eq!(fit256(wide256(I256::MAX) + Wide::ONE), None);
+        assert_eq!(fit256(wide256(I256::MIN) - Wide::ONE), None);
+        assert_eq!(fit128(wide256(w(i128::MAX)) + Wide::ONE), None);
+        assert_eq!(wmul(wide(i128::MAX), wide(i128::MIN)), wide256(wide_mul(i128::MAX, i128::MIN)));
+        assert_eq!(wpow10(153).to_string(), format!("1{}", "0".repeat(153)));
+    }
+
+    #[test]
+    fn wide_division_rounds_once_beyond_256_bits() {
+        use Rounding::*;
+        let big = wpow10(120); // a denominator past 2^256 needs the 512-bit path
+        let odd = wmul(big, wide(7)); // 7 x 10^120 / (2 x 10^120) = 3.5
+        let two = wmul(big, wide(2));
+        assert_eq!(wdiv_round(odd, two, HalfEven), wide(4));
+        assert_eq!(wdiv_round(-odd, two, HalfEven), wide(-4));
+        assert_eq!(wdiv_round(wmul(big, wide(5)), two, HalfEven), wide(2));
+        assert_eq!(wdiv_round(-odd, two, Ceiling), wide(-3));
+        assert_eq!(wdiv_round(-odd, two, Floor), wide(-4));
+        assert_eq!(wdiv_round(odd + Wide::ONE, two, HalfEven), wide(4));
+        assert_eq!(wdiv_round(wpow10(150) + Wide::ONE, wpow10(75), Ceiling), wpow10(75) + Wide::ONE);
+        assert_eq!(wdiv_round(-(wpow10(150) + Wide::ONE), wpow10(75), Floor), -(wpow10(75) + Wide::ONE));
+        assert_eq!(wratio(wpow10(100), 16, wide(3), 8, 8, Ceiling).to_string(), format!("{}4", "3".repeat(99)));
+        assert_eq!(wrescale(wpow10(140) + wide(50), 16, 8, HalfEven), wpow10(132));
+        assert_eq!(wrescale(wpow10(140) + wide(150_000_000), 16, 8, HalfEven), wpow10(132) + wide(2));
+    }
+
+    #[test]
+    fn wide_text_is_canonical() {
+        assert_eq!(text_512(wmul(wpow10(100), wide(-3)) + Wide::ONE, 34),
+                   format!("-2{}.{}", "9".repeat(66), "9".repeat(34)));
+        assert_eq!(text_512(wpow10(120), 120), "1");
+        assert_eq!(text_512(wpow10(120), 121), "0.1");
+        assert_eq!(text_512(wpow10(120) * wide(25), 122), "0.25");
+        assert_eq!(text_512(wide(-5), 8), "-0.00000005");
+    }
+
     fn exact_round(n: i128, d: i128, rounding: Rounding) -> i128 {
         // the slow way: floor and remainder of the positive-denominator form, then the rule
         let (n, d) = if d < 0 { (-n, -d) } else { (n, d) };
@@ -612,6 +660,44 @@ mod tests {
             prop_assert!(!shown.ends_with('.') && shown != "-0");
             if shown.contains('.') { prop_assert!(!shown.ends_with('0')); }
             prop_assert_eq!(text_wide(w(v as i128), scale), shown);
+        }
+
+        #[test]
+        fn the_512_bit_path_agrees_with_the_narrow_ones(n in any::<[u64; 4]>(), d in any::<[u64; 4]>(),
+                                                         bits in 1u32..=255, negative in any::<(bool, bool)>()) {
+            // operands of any width up to 256 bits: wdiv_round (narrow paths) and div_round_512 (always 512) agree
+            let to_i256 = |limbs: [u64; 4], sign: bool| {
+                let (hi, lo) = ((limbs[3] as u128) << 64 | limbs[2] as u128, (limbs[1] as u128) << 64 | limbs[0] as u128);
+                let magnitude = ethnum::U256::from_words(hi, lo) >> (256 - bits);
+                let value = I256::try_from(magnitude >> 1).expect("255 bits");
+                if sign { -value } else { value }
+            };
+            let (n, d) = (to_i256(n, negative.0), to_i256(d, negative.1));
+            prop_assume!(d != I256::ZERO);
+            for rounding in [Rounding::HalfEven, Rounding::Ceiling, Rounding::Floor] {
+                let narrow_q = div_round(n, d, rounding);
+                prop_assert_eq!(wdiv_round(wide256(n), wide256(d), rounding), wide256(narrow_q));
+                prop_assert_eq!(div_round_512(wide256(n), wide256(d), rounding), wide256(narrow_q));
+            }
+        }
+
+        #[test]
+        fn scaling_past_256_bits_keeps_the_quotient(n in any::<i64>(), d in any::<i64>(), k in 0u32..=30) {
+            // n x 10^(100+k) / (d x 10^(100+k)) rounds like n / d, through the 512-bit path
+            prop_assume!(d != 0);
+            let scale = wpow10(100 + k);
+            let (n, d) = (n as i128, d as i128);
+            for rounding in [Rounding::HalfEven, Rounding::Ceiling, Rounding::Floor] {
+                prop_assert_eq!(wdiv_round(wmul(wide(n), scale), wmul(wide(d), scale), rounding),
+                                wide(div_round_i128(n, d, rounding)));
+            }
+        }
+
+        #[test]
+        fn wide_text_of_fitting_values_is_the_256_bit_text(v in any::<i128>(), shift in 0u32..=38, scale in 0u32..=76) {
+            let value = mul(w(v), pow10(shift));
+            prop_assert_eq!(text_512(wide256(value), scale), text_wide(value, scale));
+            prop_assert_eq!(fit256(wide256(value)), Some(value));
         }
 
         #[test]
