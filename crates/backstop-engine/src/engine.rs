@@ -3,6 +3,7 @@
 //! docs/design.md §4.1, then every handler checks first and mutates after) or applies it and appends its outputs,
 //! canonical JSON, to the event's output buffers.
 
+use crate::adl_index::{AdlIndex, Candidates};
 use crate::admission::{Admission, Kind, Refusal};
 use crate::canonical::{self, J, GENESIS_HASH};
 use crate::ledger::{Account, Ledger, Names};
@@ -79,6 +80,8 @@ pub struct Engine {
     pub instruments: HashMap<u32, Instrument>,
     pub marks: HashMap<u32, i128>,
     pub positions: Positions,
+    /// finds the top of a queue without ranking every position exactly
+    pub adl_index: AdlIndex,
     pub last_seq: u64,
     /// duplicates, the journal clock and the per-symbol clocks (docs/design.md §4.1)
     pub admission: Admission,
@@ -99,6 +102,7 @@ impl Default for Engine {
             instruments: HashMap::default(),
             marks: HashMap::default(),
             positions: Positions::default(),
+            adl_index: AdlIndex::default(),
             last_seq: 0,
             admission: Admission::default(),
             ledger_head: GENESIS_HASH.to_string(),
@@ -370,6 +374,7 @@ impl Engine {
             }
             None => self.positions.add(Position { account, symbol, qty, cost: value, margin_mode, leverage }),
         }
+        self.adl_index.changed.mark(account);
         if margin_mode == MarginMode::Isolated {
             let initial_margin = ratio(I256::new(value), S16, I256::new(leverage.value), S8, S8, Rounding::HalfEven);
             let asset = self.instruments[&symbol].settle_asset;
@@ -396,6 +401,7 @@ impl Engine {
             let released = narrow_wide(share_wide(wide256(margin), S8, qty, size));
             self.ledger.post(margin_account, wallet, released);
         }
+        let side = position.side();
         let position = self.positions.get_mut(account, symbol).expect("a held position");
         position.cost -= cost_share;
         position.qty -= if position.qty > 0 { qty } else { -qty };
@@ -403,7 +409,9 @@ impl Engine {
             assert!(position.cost == 0, "closed position {}/{} kept cost", self.names.name(account),
                     self.names.name(symbol));
             self.positions.remove(account, symbol);
+            self.adl_index.drop_position(account, symbol, side);
         }
+        self.adl_index.changed.mark(account);
         realized
     }
 
@@ -685,15 +693,8 @@ impl Engine {
         let lot = self.funds[&fund].lots[symbol_name][lot_index].clone();
         let symbol = lot.symbol;
         let opposite = lot.side.opposite();
-        let queue = self.adl_queue(symbol, opposite);
-        let count = queue.len();
-        let mut remaining = lot.qty;
-        let mut takes = Vec::with_capacity(queue.len());
-        for ranked in &queue {
-            let take = ranked.size.min(remaining);
-            takes.push(take);
-            remaining -= take;
-        }
+        let (queue, count) = self.adl_top(symbol, opposite, lot.qty);
+        let takes = takes(&queue, lot.qty);
         let mut left = lot.qty;
         for (rank, (ranked, take)) in queue.iter().zip(takes).enumerate() {
             if left == 0 {
@@ -852,13 +853,56 @@ impl Engine {
             .filter(|p| p.side() == side)
             .map(|p| self.rank(p))
             .collect();
+        self.order(&mut queue);
+        queue
+    }
+
+    fn order(&self, queue: &mut [Ranked]) {
         let names = &self.names;
         queue.sort_by(|a, b| {
             (a.past_bankruptcy, -a.score, -a.size)
                 .cmp(&(b.past_bankruptcy, -b.score, -b.size))
                 .then_with(|| names.name(a.account).cmp(names.name(b.account)))
         });
-        queue
+    }
+
+    /// The head of the (symbol, side) queue that covers qty, exactly ranked, and the queue's length: the index
+    /// (crate::adl_index) picks the candidates among which it lies, or says to rank everyone.
+    pub fn adl_top(&mut self, symbol: u32, side: Side, qty: i128) -> (Vec<Ranked>, usize) {
+        self.adl_index.refresh(&self.positions, &mut self.ledger, &self.instruments);
+        let mark = self.marks[&symbol];
+        let names = &self.names;
+        let candidates =
+            self.adl_index.candidates(symbol, side, mark, qty, |a, b| names.name(a).cmp(names.name(b)));
+        let count = self.adl_index.count(symbol, side);
+        debug_assert_eq!(count, self.positions.accounts_in(symbol).iter()
+            .filter(|&&account| self.positions.get(account, symbol).is_some_and(|p| p.side() == side)).count());
+        match candidates {
+            Candidates::Everyone => (self.adl_queue(symbol, side), count),
+            Candidates::Among(accounts) => {
+                let mut queue: Vec<Ranked> =
+                    accounts.iter().filter_map(|&account| self.positions.get(account, symbol)).map(|p| self.rank(p))
+                        .collect();
+                self.order(&mut queue);
+                (queue, count)
+            }
+        }
+    }
+
+    /// What a deleverage of qty on the (symbol, side) queue would take, without taking it: (account, rank, score,
+    /// take) of each counterparty, and the queue's length. `everyone`: rank every position (no index).
+    pub fn adl_head(&mut self, symbol: u32, side: Side, qty: i128, everyone: bool)
+                    -> (Vec<(u32, usize, Wide, i128)>, usize) {
+        let (queue, count) = if everyone {
+            let queue = self.adl_queue(symbol, side);
+            let count = queue.len();
+            (queue, count)
+        } else {
+            self.adl_top(symbol, side, qty)
+        };
+        let head = queue.iter().zip(takes(&queue, qty)).enumerate().filter(|(_, (_, take))| *take > 0)
+            .map(|(at, (ranked, take))| (ranked.account, at + 1, ranked.score, take)).collect();
+        (head, count)
     }
 
     /// The mark at which the position's margin balance equals its maintenance margin (1e-8), if a positive one. Its
@@ -1060,6 +1104,16 @@ pub fn maintenance(tiers: &[Tier], notional: i128) -> i128 {
         .unwrap_or_else(|| tiers.last().expect("an instrument has tiers"));
     let rounded = money(product(notional, tier.mmr), S16 + S18);
     (rounded - tier.maint_amount).max(0)
+}
+
+/// What each position of a queue gives to a lot of qty: as much as it holds, in queue order, until the lot is gone.
+pub fn takes(queue: &[Ranked], qty: i128) -> Vec<i128> {
+    let mut remaining = qty;
+    queue.iter().map(|ranked| {
+        let take = ranked.size.min(remaining);
+        remaining -= take;
+        take
+    }).collect()
 }
 
 /// 5 for the top 20% of ranked positions (rank 1 is the top) ... 1 for the bottom 20%.
