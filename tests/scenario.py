@@ -26,11 +26,15 @@ def fund(fund_id: str = "MAIN", *, asset: str = "USDT", surplus: str = "fund", r
 
 
 def instrument(symbol: str = "BTCUSDT", *, fund_id: str = "MAIN", asset: str = "USDT",
-               tiers: Sequence[tuple[str, str, str]] = (("1000000000", "0.01", "0"),), tick: str = "0.01",
-               lot: str = "0.001", fee_rate: str = "0.005", ts: int | None = None) -> dict[str, Any]:
+               tiers: Sequence[tuple[str, str, str | None]] = (("1000000000", "0.01", "0"),), tick: str = "0.01",
+               lot: str = "0.001", fee_rate: str = "0.005", ts: int | None = None,
+               **version_2: str) -> dict[str, Any]:
+    """A tier's maint_amount None is left out (derived); version-2 fields (mark_tolerance, contract_type,
+    contract_size) are added as given."""
     return {"type": "instrument", "ts": _ts(ts), "symbol": symbol, "settle_asset": asset, "tick_size": tick,
-            "lot_size": lot, "tiers": [{"max_notional": n, "mmr": m, "maint_amount": a} for n, m, a in tiers],
-            "liquidation_fee_rate": fee_rate, "fund_id": fund_id}
+            "lot_size": lot, "tiers": [{"max_notional": n, "mmr": m} | ({} if a is None else {"maint_amount": a})
+                                       for n, m, a in tiers],
+            "liquidation_fee_rate": fee_rate, "fund_id": fund_id, **version_2}
 
 
 def transfer(transfer_id: str, account_id: str, amount: str, *, asset: str = "USDT",

@@ -5,9 +5,9 @@
 use crate::canonical::{self, J, GENESIS_HASH};
 use crate::ledger::{Account, Ledger, Names};
 use crate::numbers::{
-    add, mul, pow10, ratio, rescale, sub, text, text_wide, wide_mul, Rounding, Shown, S12, S16, S18, S8,
+    add, mul, pow10, pow10_i128, ratio, rescale, sub, text, text_wide, wide_mul, Rounding, Shown, S12, S16, S18, S8,
 };
-use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Positions, Side, Tier};
+use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Positions, Side, Tier, DEFAULT_MARK_TOLERANCE};
 use crate::wire::{Body, Dec, MarginMode, Record, Side as TradeSide, Surplus};
 use ethnum::I256;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -151,7 +151,7 @@ impl Engine {
             Body::Instrument { .. } => self.on_instrument(record)?,
             Body::Transfer { .. } => self.on_transfer(record, out)?,
             Body::Fill { .. } => self.on_fill(record, out)?,
-            Body::Mark { .. } => self.on_mark(record)?,
+            Body::Mark { .. } => self.on_mark(record, out)?,
             Body::Funding { .. } => self.on_funding(record, out)?,
             Body::Liquidation { .. } => self.on_liquidation(record, out)?,
         }
@@ -200,8 +200,9 @@ impl Engine {
     }
 
     fn on_instrument(&mut self, record: &Record<'_>) -> Result<(), Rejected> {
-        let Body::Instrument { symbol, settle_asset, tick_size, lot_size, tiers, liquidation_fee_rate, fund_id } =
-            &record.body
+        let Body::Instrument {
+            symbol, settle_asset, tick_size, lot_size, tiers, liquidation_fee_rate, fund_id, mark_tolerance,
+        } = &record.body
         else {
             unreachable!()
         };
@@ -226,10 +227,7 @@ impl Engine {
             return reject("mmr must be below 1");
         }
         let is_new = previous.is_none();
-        let tiers = tiers
-            .iter()
-            .map(|t| Tier { max_notional: t.max_notional.value, mmr: t.mmr.value, maint_amount: t.maint_amount.value })
-            .collect();
+        let tiers = checked_tiers(tiers)?;
         self.instruments.insert(symbol_id, Instrument {
             symbol: symbol_id,
             settle_asset: fund_asset,
@@ -238,6 +236,7 @@ impl Engine {
             tiers,
             liquidation_fee_rate: liquidation_fee_rate.value,
             fund_id: fund,
+            mark_tolerance: mark_tolerance.map_or(DEFAULT_MARK_TOLERANCE, |tolerance| tolerance.value),
         });
         if is_new {
             self.funds.get_mut(&fund).expect("checked").symbols.push(symbol_id);
@@ -406,7 +405,7 @@ impl Engine {
         realized
     }
 
-    fn on_mark(&mut self, record: &Record<'_>) -> Result<(), Rejected> {
+    fn on_mark(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejected> {
         let Body::Mark { symbol, mark_price, .. } = &record.body else { unreachable!() };
         let symbol_id = self.instrument_of(symbol)?;
         if let Some(&in_force) = self.mark_ts.get(&symbol_id) {
@@ -417,6 +416,7 @@ impl Engine {
         }
         self.marks.insert(symbol_id, mark_price.value);
         self.mark_ts.insert(symbol_id, record.ts);
+        self.check_inventory(symbol_id, out);
         Ok(())
     }
 
@@ -497,19 +497,16 @@ impl Engine {
         }
 
         let mark = mark_price.value;
+        // the published mark in force, and the account's margin at it
+        let in_force = self.mark_ts.contains_key(&symbol_id).then(|| self.marks[&symbol_id]);
+        let view_in_force = in_force.filter(|&m| m != mark).map(|_| self.margin_view(&position));
         self.marks.insert(symbol_id, mark);
         let mark_ts = self.mark_ts.get(&symbol_id).copied().unwrap_or(record.ts).max(record.ts);
         self.mark_ts.insert(symbol_id, mark_ts);
         let instrument = self.instruments[&symbol_id].clone();
         let view = self.margin_view(&position);
-        if !view.liquidatable() {
-            let details = vec![
-                ("margin_balance", J::Owned(text_wide(view.margin_balance, S16))),
-                ("maintenance_margin", J::Owned(text_wide(view.maintenance_margin, S8))),
-                ("mark_price", J::Owned(text(mark, S8))),
-            ];
-            self.finding("not_liquidatable", Some(account), Some(liquidation_id), Some(symbol_id), details, out);
-        }
+        self.check_liquidation_mark(account, liquidation_id, symbol_id, mark, in_force, &view, view_in_force.as_ref(),
+                                    out);
         let size = position.size();
         let equity_behind = if qty == size {
             ratio(view.equity_share, S16, I256::ONE, 0, S8, Rounding::Ceiling)
@@ -563,10 +560,105 @@ impl Engine {
         let remaining = self.funds[&fund].lots.get(&symbol_name).and_then(|lots| lots.get(lot_index))
             .filter(|lot| lot.liquidation_id == liquidation_id.as_ref() && lot.seq == self.seq)
             .map_or(0, |lot| lot.qty);
-        if remaining > 0 && !self.accepts_inventory(fund) {
-            self.deleverage(fund, &symbol_name, lot_index, out);
+        if remaining > 0 && !self.accepts_inventory(fund) && self.deleverage(fund, &symbol_name, lot_index, None, out) > 0
+        {
+            return Ok(()); // nobody left to take it: the mark's own check would find the same
         }
+        self.check_inventory(symbol_id, out);
         Ok(())
+    }
+
+    /// The liquidation's mark against the published mark in force (docs/design.md section 7): `mark_mismatch` beyond
+    /// the instrument's tolerance; `not_liquidatable` judged at both marks, saying at which it was not.
+    #[allow(clippy::too_many_arguments)]
+    fn check_liquidation_mark(&mut self, account: u32, liquidation_id: &str, symbol: u32, mark: i128,
+                              in_force: Option<i128>, view: &MarginView, view_in_force: Option<&MarginView>,
+                              out: &mut Outputs) {
+        let tolerance = self.instruments[&symbol].mark_tolerance;
+        if let Some(in_force) = in_force {
+            // |mark - in force| (1e-8) against tolerance (1e-18) x in force (1e-8): compared at 1e-26
+            if product((mark - in_force).abs(), pow10_i128(S18)) > product(tolerance, in_force) {
+                let details = vec![
+                    ("mark_price", J::Owned(text(mark, S8))),
+                    ("mark_in_force", J::Owned(text(in_force, S8))),
+                    ("tolerance", J::Owned(text(tolerance, S18))),
+                ];
+                self.finding("mark_mismatch", Some(account), Some(liquidation_id), Some(symbol), details, out);
+            }
+        }
+        let at_liquidation_mark = !view.liquidatable();
+        let at_mark_in_force = view_in_force.is_some_and(|v| !v.liquidatable());
+        if !(at_liquidation_mark || at_mark_in_force) {
+            return;
+        }
+        let mut details = vec![
+            ("margin_balance", J::Owned(text_wide(view.margin_balance, S16))),
+            ("maintenance_margin", J::Owned(text_wide(view.maintenance_margin, S8))),
+            ("mark_price", J::Owned(text(mark, S8))),
+        ];
+        if let (Some(other), Some(in_force)) = (view_in_force, in_force) {
+            details.push(("mark_in_force", J::Owned(text(in_force, S8))));
+            details.push(("margin_balance_at_mark_in_force", J::Owned(text_wide(other.margin_balance, S16))));
+            details.push(("maintenance_margin_at_mark_in_force", J::Owned(text_wide(other.maintenance_margin, S8))));
+        }
+        let at = if at_mark_in_force {
+            if at_liquidation_mark { "both" } else { "mark_in_force" }
+        } else if in_force == Some(mark) {
+            "both"
+        } else {
+            "liquidation_mark"
+        };
+        details.push(("not_liquidatable_at", J::Str(at)));
+        self.finding("not_liquidatable", Some(account), Some(liquidation_id), Some(symbol), details, out);
+    }
+
+    /// The fund's own trigger on a mark move (docs/design.md section 7): when the fund of `symbol` no longer accepts
+    /// its inventory at the new mark, it deleverages the excess of its net position in `symbol` at once, from its
+    /// lots on that side oldest first; a shortfall stops it.
+    fn check_inventory(&mut self, symbol: u32, out: &mut Outputs) {
+        let fund = self.instruments[&symbol].fund_id;
+        let symbol_name = self.names.name(symbol).to_string();
+        loop {
+            let net = self.funds[&fund].net_qty(symbol);
+            if net == 0 || self.accepts_inventory(fund) {
+                return;
+            }
+            let mut wanted = self.excess_qty(fund, symbol, net);
+            let side = if net > 0 { Side::Long } else { Side::Short };
+            let mut index = 0;
+            while wanted > 0 {
+                let Some(lots) = self.funds[&fund].lots.get(&symbol_name) else { break };
+                let Some(offset) = lots.iter().skip(index).position(|lot| lot.side == side) else { break };
+                index += offset;
+                let lot_qty = lots[index].qty;
+                let take = lot_qty.min(wanted);
+                wanted -= take;
+                if self.deleverage(fund, &symbol_name, index, Some(take), out) > 0 {
+                    return;
+                }
+                if take < lot_qty {
+                    index += 1; // the lot stays, partly taken; a lot taken whole left the list
+                }
+            }
+        }
+    }
+
+    /// The qty of `net` whose notional at mark is above the limit, rounded up to whole lots (docs/design.md section
+    /// 9.4); all of it when the fund's balance is not above zero.
+    fn excess_qty(&self, fund: u32, symbol: u32, net: i128) -> i128 {
+        let balance = self.ledger.balance(Account::Fund(fund));
+        if balance <= 0 {
+            return net.abs();
+        }
+        let fund_state = &self.funds[&fund];
+        // notional (1e-16) - ratio (1e-18) x balance (1e-8), at 1e-26
+        let excess = sub(mul(self.inventory_notional(fund_state), pow10(S26 - S16)),
+                         mul(I256::new(fund_state.spec.max_inventory_ratio), balance));
+        let instrument = &self.instruments[&symbol];
+        // CEILING(excess / (mark x lot)) whole lots: excess at 1e-26, mark x lot at 1e-16
+        let lots = ratio(excess, S26, product(self.marks[&symbol], instrument.lot_size), S16, 0, Rounding::Ceiling);
+        let wanted = crate::numbers::narrow(mul(lots, I256::new(instrument.lot_size)));
+        wanted.min(net.abs())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -678,21 +770,24 @@ impl Engine {
         total
     }
 
-    /// Close the lot against opposite-side positions in ADL order until it is gone, at the lot's bankruptcy price.
-    fn deleverage(&mut self, fund: u32, symbol_name: &str, lot_index: usize, out: &mut Outputs) {
+    /// Close `qty` of the lot (all of it when None) against opposite-side positions in ADL order, at the lot's
+    /// bankruptcy price. Returns the qty nobody was left to take (an `adl_shortfall`).
+    fn deleverage(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: Option<i128>, out: &mut Outputs)
+                  -> i128 {
         let lot = self.funds[&fund].lots[symbol_name][lot_index].clone();
         let symbol = lot.symbol;
+        let wanted = qty.unwrap_or(lot.qty);
         let opposite = lot.side.opposite();
         let queue = self.adl_queue(symbol, opposite);
         let count = queue.len();
-        let mut remaining = lot.qty;
+        let mut remaining = wanted;
         let mut takes = Vec::with_capacity(queue.len());
         for ranked in &queue {
             let take = ranked.size.min(remaining);
             takes.push(take);
             remaining -= take;
         }
-        let mut left = lot.qty;
+        let mut left = wanted;
         for (rank, (ranked, take)) in queue.iter().zip(takes).enumerate() {
             if left == 0 {
                 break;
@@ -712,6 +807,7 @@ impl Engine {
             self.finding("adl_shortfall", Some(lot.liquidated_account), Some(&lot.liquidation_id), Some(symbol),
                          details, out);
         }
+        left
     }
 
     fn enforce_solvency(&mut self, (fund, balance_before): (u32, I256), out: &mut Outputs) {
@@ -729,7 +825,7 @@ impl Engine {
                         break;
                     }
                     let length = lots.len();
-                    self.deleverage(fund, &symbol_name, index, out);
+                    self.deleverage(fund, &symbol_name, index, None, out);
                     let now = self.funds[&fund].lots.get(&symbol_name).map_or(0, |lots| lots.len());
                     if now == length {
                         index += 1;
@@ -984,6 +1080,39 @@ impl Engine {
 
 /// Scale of a rate times a price (1e-26).
 const S26: u32 = S18 + S8;
+
+/// Each bracket's maint_amount is the cumulative amount the brackets imply (docs/design.md section 7): cum_1 = 0,
+/// cum_i = cum_(i-1) + max_notional_(i-1) x (mmr_i - mmr_(i-1)) (exact, at 1e-26). A stated one must equal it; an
+/// omitted one is derived, and must be a MONEY value (>= 0, whole 1e-8, below 10^16).
+fn checked_tiers(tiers: &[crate::wire::Tier]) -> Result<Vec<Tier>, Rejected> {
+    let mut checked: Vec<Tier> = Vec::with_capacity(tiers.len());
+    let mut cumulative = I256::ZERO;
+    let unit = pow10(S26 - S8);
+    for (index, tier) in tiers.iter().enumerate() {
+        if let Some(previous) = checked.last() {
+            cumulative = add(cumulative, product(previous.max_notional, tier.mmr.value - previous.mmr));
+        }
+        let number = index + 1;
+        match tier.maint_amount {
+            None => {
+                if cumulative < 0 || cumulative % unit != 0 || cumulative >= mul(pow10(16 + S8), unit) {
+                    return reject(format!("bracket {number}: the brackets imply a maint_amount of {}, which is not \
+                                           an amount (>= 0, at most 16 integer and 8 fraction digits)",
+                                          text_wide(cumulative, S26)));
+                }
+            }
+            Some(stated) => {
+                if product(stated.value, pow10_i128(S26 - S8)) != cumulative {
+                    return reject(format!("bracket {number}: maint_amount {} is not the cumulative amount {} the \
+                                           brackets imply", Shown(stated.value, S8), text_wide(cumulative, S26)));
+                }
+            }
+        }
+        checked.push(Tier { max_notional: tier.max_notional.value, mmr: tier.mmr.value,
+                            maint_amount: crate::numbers::narrow(cumulative / unit) });
+    }
+    Ok(checked)
+}
 
 pub fn mode_name(mode: MarginMode) -> &'static str {
     match mode {

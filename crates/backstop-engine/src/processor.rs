@@ -7,7 +7,7 @@ use crate::engine::{mode_name, money, price_of, Engine, Outputs, FUND_ACCOUNT_PR
 use crate::json::{self, Dialect, Value};
 use crate::ledger::Account;
 use crate::numbers::{self, text, text_wide, Kind, Rounding, S16, S18, S8};
-use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Side, Tier};
+use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Side, Tier, DEFAULT_MARK_TOLERANCE};
 use crate::wire::{self, Body, Dec, MarginMode, Record, Surplus};
 use ethnum::I256;
 use rustc_hash::FxHashMap as HashMap;
@@ -567,6 +567,10 @@ impl Processor {
                 tiers,
                 liquidation_fee_rate: decimal(field(i, "liquidation_fee_rate")?, S18)?,
                 fund_id: engine.names.id(string(field(i, "fund_id")?)?),
+                mark_tolerance: match field(i, "mark_tolerance") {
+                    Ok(value) => decimal(value, S18)?,
+                    Err(_) => DEFAULT_MARK_TOLERANCE,
+                },
             };
             engine.instruments.insert(symbol, instrument);
         }
@@ -659,9 +663,11 @@ fn fund_document<'e>(engine: &'e Engine, f: &'e FundState) -> J<'e> {
     ])
 }
 
+/// An instrument's specs; a version-2 field is written only when it is not its default, so that a version-1 journal
+/// keeps its state hash (backstop.core.snapshot).
 fn instrument_document<'e>(engine: &'e Engine, i: &'e Instrument) -> J<'e> {
     let names = &engine.names;
-    J::Obj(vec![
+    let mut entries = vec![
         ("symbol", J::Str(names.name(i.symbol))),
         ("settle_asset", J::Str(names.name(i.settle_asset))),
         ("tick_size", J::Owned(text(i.tick_size, S8))),
@@ -673,7 +679,11 @@ fn instrument_document<'e>(engine: &'e Engine, i: &'e Instrument) -> J<'e> {
             ("mmr", J::Owned(text(t.mmr, S18))),
             ("maint_amount", J::Owned(text(t.maint_amount, S8))),
         ])).collect())),
-    ])
+    ];
+    if i.mark_tolerance != DEFAULT_MARK_TOLERANCE {
+        entries.push(("mark_tolerance", J::Owned(text(i.mark_tolerance, S18))));
+    }
+    J::Obj(entries)
 }
 
 /// Every open position: accounts sorted, each account's positions by symbol.

@@ -21,7 +21,12 @@ pub struct Instrument {
     pub tiers: Vec<Tier>,
     pub liquidation_fee_rate: i128,
     pub fund_id: u32,
+    /// how far (a rate, 1e-18) a liquidation's mark may be from the mark in force without a finding
+    pub mark_tolerance: i128,
 }
+
+/// docs/design.md section 7: 0.5% at 1e-18.
+pub const DEFAULT_MARK_TOLERANCE: i128 = 5_000_000_000_000_000;
 
 #[derive(Clone, Debug)]
 pub struct FundSpec {

@@ -45,7 +45,8 @@ pub struct Dec {
 pub struct Tier {
     pub max_notional: Dec,
     pub mmr: Dec,
-    pub maint_amount: Dec,
+    /// None: derived from the brackets (docs/design.md section 7)
+    pub maint_amount: Option<Dec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +69,7 @@ pub enum Body<'a> {
         tiers: Vec<Tier>,
         liquidation_fee_rate: Dec,
         fund_id: Str<'a>,
+        mark_tolerance: Option<Dec>,
     },
     Transfer { transfer_id: Str<'a>, account_id: Str<'a>, asset: Str<'a>, amount: Dec },
     Fill {
@@ -171,7 +173,7 @@ static TIER: Model = Model {
     fields: &[
         ("max_notional", Check::Decimal(MONEY, Sign::Positive)),
         ("mmr", Check::Decimal(RATE, Sign::Positive)),
-        ("maint_amount", Check::Decimal(MONEY, Sign::NonNegative)),
+        ("maint_amount", Check::OptionalDecimal(MONEY, Sign::NonNegative)),
     ],
 };
 static EXECUTION: Model = Model {
@@ -198,6 +200,7 @@ static INSTRUMENT: Model = Model {
         ("tiers", Check::Tuple(&TIER, 1, 64)),
         ("liquidation_fee_rate", Check::Decimal(RATE, Sign::NonNegative)),
         ("fund_id", Check::Text(IDENTIFIER)),
+        ("mark_tolerance", Check::OptionalDecimal(RATE, Sign::NonNegative)),
     ],
 };
 static TRANSFER: Model = Model {
@@ -339,7 +342,7 @@ fn last<'v, 'a>(entries: &'v [(Cow<'a, str>, Value<'a>)], name: &str) -> Option<
 }
 
 /// Most fields a model has.
-const MAX_FIELDS: usize = 12;
+const MAX_FIELDS: usize = 16;
 
 fn validate_model<'v, 'a>(model: &Model, value: &'v Value<'a>) -> Result<Vec<Field<'v, 'a>>, Error> {
     let Value::Object(entries) = value else {
@@ -623,10 +626,11 @@ fn build<'a>(tag: &str, model: &'static Model, f: Vec<Field<'_, 'a>>) -> Record<
             lot_size: dec(&f[5]),
             tiers: items(&f[6])
                 .iter()
-                .map(|t| Tier { max_notional: dec(&t[0]), mmr: dec(&t[1]), maint_amount: dec(&t[2]) })
+                .map(|t| Tier { max_notional: dec(&t[0]), mmr: dec(&t[1]), maint_amount: optional_dec(&t[2]) })
                 .collect(),
             liquidation_fee_rate: dec(&f[7]),
             fund_id: text(&f[8]),
+            mark_tolerance: optional_dec(&f[9]),
         },
         "transfer" => Body::Transfer {
             transfer_id: text(&f[2]),

@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal, getcontext, localcontext, setcontext
+from decimal import ROUND_CEILING, Decimal, getcontext, localcontext, setcontext
 from typing import Any, ClassVar, Literal, cast
 
 from backstop.core import adl, ledger
@@ -29,6 +29,7 @@ from backstop.core.margin import (
 from backstop.core.numbers import (
     CONTEXT,
     MAX_COST,
+    MAX_MONEY,
     MAX_POSITION_QTY,
     MONEY_QUANTUM,
     ZERO,
@@ -43,6 +44,7 @@ from backstop.core.numbers import (
     share,
     surplus_cap,
     text,
+    whole_steps,
 )
 from backstop.core.ordering import check_lateness
 from backstop.core.records import (
@@ -53,7 +55,16 @@ from backstop.core.records import (
     FundEntryKind,
     FundLedgerEntry,
 )
-from backstop.core.state import FundSpec, FundState, Instrument, Lot, Position, Positions, Tier
+from backstop.core.state import (
+    DEFAULT_MARK_TOLERANCE,
+    FundSpec,
+    FundState,
+    Instrument,
+    Lot,
+    Position,
+    Positions,
+    Tier,
+)
 from backstop.wire.inputs import (
     FUND_ACCOUNT_PREFIX,
     AnyRecord,
@@ -201,13 +212,34 @@ class Engine:
             raise Rejected("tiers must have strictly increasing max_notional")
         if any(tier.mmr >= 1 for tier in record.tiers):
             raise Rejected("mmr must be below 1")
-        tiers = tuple(Tier(t.max_notional, t.mmr, t.maint_amount) for t in record.tiers)
+        tolerance = DEFAULT_MARK_TOLERANCE if record.mark_tolerance is None else record.mark_tolerance
         self.instruments[record.symbol] = Instrument(
-            record.symbol, record.settle_asset, record.tick_size, record.lot_size, tiers,
-            record.liquidation_fee_rate, record.fund_id)
+            record.symbol, record.settle_asset, record.tick_size, record.lot_size, self._checked_tiers(record),
+            record.liquidation_fee_rate, record.fund_id, tolerance)
         if previous is None:
             fund_state.symbols.append(record.symbol)
             self.by_symbol[record.symbol] = {}
+
+    @staticmethod
+    def _checked_tiers(record: InstrumentRecord) -> tuple[Tier, ...]:
+        """Each bracket's maint_amount is the cumulative amount the brackets imply (docs/design.md §7): cum_1 = 0,
+        cum_i = cum_(i-1) + max_notional_(i-1) x (mmr_i - mmr_(i-1)), which keeps MM continuous at every edge. A
+        stated one must equal it; an omitted one is derived, and must be a MONEY value (>= 0, whole 1e-8)."""
+        tiers: list[Tier] = []
+        cumulative = ZERO
+        for number, tier in enumerate(record.tiers, start=1):
+            if tiers:
+                previous = tiers[-1]
+                cumulative += CONTEXT.multiply(previous.max_notional, tier.mmr - previous.mmr)
+            if tier.maint_amount is None:
+                if cumulative < 0 or cumulative >= MAX_MONEY or not is_money(cumulative):
+                    raise Rejected(f"bracket {number}: the brackets imply a maint_amount of {text(cumulative)}, which "
+                                   f"is not an amount (>= 0, at most 16 integer and 8 fraction digits)")
+            elif tier.maint_amount != cumulative:
+                raise Rejected(f"bracket {number}: maint_amount {text(tier.maint_amount)} is not the cumulative "
+                               f"amount {text(cumulative)} the brackets imply")
+            tiers.append(Tier(tier.max_notional, tier.mmr, cumulative))
+        return tuple(tiers)
 
     # ------------------------------------------------------------------ money in and out
     def _on_transfer(self, record: TransferRecord) -> None:
@@ -325,6 +357,7 @@ class Engine:
                            f"{in_force})")
         self.marks[record.symbol] = record.mark_price
         self.mark_ts[record.symbol] = record.ts
+        self._check_inventory(record.symbol)
 
     def _on_funding(self, record: FundingRecord) -> None:
         instrument = self._instrument(record.symbol)
@@ -368,14 +401,12 @@ class Engine:
         if abs(net) >= MAX_POSITION_QTY:
             raise Rejected(f"fund {instrument.fund_id} would hold {text(net)} {record.symbol}, above the bound 10^12")
 
+        in_force = self.marks[record.symbol] if record.symbol in self.mark_ts else None  # the published mark
+        view_in_force = self.margin_view(position) if in_force is not None and in_force != record.mark_price else None
         self.marks[record.symbol] = record.mark_price
         self.mark_ts[record.symbol] = max(self.mark_ts.get(record.symbol, record.ts), record.ts)
         view = self.margin_view(position)
-        if not view.liquidatable:
-            self._finding("not_liquidatable", record.account_id, record.liquidation_id, record.symbol, {
-                "margin_balance": text(view.margin_balance),
-                "maintenance_margin": text(view.maintenance_margin),
-                "mark_price": text(record.mark_price)})
+        self._check_liquidation_mark(record, instrument, in_force, view, view_in_force)
         equity_share = equity_behind(view.equity_share, record.qty, position.size)
         lot_cost = lot_cost_at_bankruptcy(position, record.qty, equity_share, record.mark_price)
         floor_cost = CONTEXT.multiply(record.qty, instrument.tick_size)
@@ -399,8 +430,34 @@ class Engine:
         fund_state.add_lot(lot)
         for execution in record.executions:
             self._realize(fund_state, lot, execution.qty, execution.price)
-        if lot.qty > 0 and not self._accepts_inventory(fund_state):
-            self._deleverage(fund_state, lot)
+        if lot.qty > 0 and not self._accepts_inventory(fund_state) and self._deleverage(fund_state, lot) > 0:
+            return  # nobody left to take it: the mark's own check would find the same
+        self._check_inventory(record.symbol)
+
+    def _check_liquidation_mark(self, record: LiquidationRecord, instrument: Instrument, in_force: Decimal | None,
+                                view: MarginView, view_in_force: MarginView | None) -> None:
+        """The liquidation's mark against the published mark in force (docs/design.md §7): `mark_mismatch` beyond
+        the instrument's tolerance; `not_liquidatable` judged at both marks, saying at which it was not."""
+        if in_force is not None and abs(record.mark_price - in_force) > CONTEXT.multiply(instrument.mark_tolerance,
+                                                                                          in_force):
+            self._finding("mark_mismatch", record.account_id, record.liquidation_id, record.symbol, {
+                "mark_price": text(record.mark_price), "mark_in_force": text(in_force),
+                "tolerance": text(instrument.mark_tolerance)})
+        at_liquidation_mark = not view.liquidatable
+        at_mark_in_force = view_in_force is not None and not view_in_force.liquidatable
+        if not (at_liquidation_mark or at_mark_in_force):
+            return
+        details = {"margin_balance": text(view.margin_balance), "maintenance_margin": text(view.maintenance_margin),
+                   "mark_price": text(record.mark_price)}
+        if view_in_force is not None and in_force is not None:
+            details |= {"mark_in_force": text(in_force),
+                        "margin_balance_at_mark_in_force": text(view_in_force.margin_balance),
+                        "maintenance_margin_at_mark_in_force": text(view_in_force.maintenance_margin)}
+        if at_mark_in_force:
+            details["not_liquidatable_at"] = "both" if at_liquidation_mark else "mark_in_force"
+        else:  # the mark in force is the liquidation's own, or there is none, or it liquidates the account
+            details["not_liquidatable_at"] = "both" if in_force == record.mark_price else "liquidation_mark"
+        self._finding("not_liquidatable", record.account_id, record.liquidation_id, record.symbol, details)
 
     def _fund_fill(self, record: FillRecord, instrument: Instrument) -> None:
         fund_id = record.account_id[len(FUND_ACCOUNT_PREFIX):]
@@ -458,6 +515,35 @@ class Engine:
         return self.inventory_notional(fund_state) <= CONTEXT.multiply(fund_state.spec.max_inventory_ratio,
                                                                       balance)
 
+    def _check_inventory(self, symbol: str) -> None:
+        """The fund's own trigger on a mark move (docs/design.md §7): when the fund of `symbol` no longer accepts its
+        inventory at the new mark, it deleverages the excess of its net position in `symbol` at once, from its lots
+        on that side oldest first, as it would a takeover's remainder; a shortfall stops it."""
+        instrument = self.instruments[symbol]
+        fund_state = self.funds[instrument.fund_id]
+        net = fund_state.net_qty(symbol)
+        while net != 0 and not self._accepts_inventory(fund_state):
+            wanted = self._excess_qty(fund_state, instrument, net)
+            side = "long" if net > 0 else "short"
+            for lot in [lot for lot in fund_state.lots[symbol] if lot.side == side]:
+                take = min(lot.qty, wanted)
+                if take == 0:
+                    break
+                wanted -= take
+                if self._deleverage(fund_state, lot, take) > 0:
+                    return
+            net = fund_state.net_qty(symbol)
+
+    def _excess_qty(self, fund_state: FundState, instrument: Instrument, net: Decimal) -> Decimal:
+        """The qty of `net` whose notional at mark is above the limit, rounded up to whole lots (docs/design.md
+        §9.4); all of it when the fund's balance is not above zero."""
+        balance = self.ledger.balance(ledger.fund(fund_state.spec.fund_id))
+        if balance <= 0:
+            return abs(net)
+        excess = self.inventory_notional(fund_state) - CONTEXT.multiply(fund_state.spec.max_inventory_ratio, balance)
+        wanted = whole_steps(excess, self.marks[instrument.symbol], instrument.lot_size, ROUND_CEILING)
+        return min(wanted, abs(net))
+
     def inventory_notional(self, fund_state: FundState) -> Decimal:
         """Sum over the fund's symbols of |net qty| x mark."""
         total = ZERO
@@ -465,27 +551,30 @@ class Engine:
             total += CONTEXT.multiply(abs(fund_state.net_qty(symbol)), self.marks[symbol])
         return total
 
-    def _deleverage(self, fund_state: FundState, lot: Lot) -> None:
-        """Close the lot against opposite-side positions in ADL order (or pro rata) until it is gone, at the lot's
-        bankruptcy price (the default; the fund realizes nothing) or at the mark (the fund realizes the
-        difference)."""
+    def _deleverage(self, fund_state: FundState, lot: Lot, qty: Decimal | None = None) -> Decimal:
+        """Close `qty` of the lot (all of it by default) against opposite-side positions in ADL order (or pro rata),
+        at the lot's bankruptcy price (the default; the fund realizes nothing) or at the mark (the fund realizes the
+        difference). Returns the qty nobody was left to take (an `adl_shortfall`)."""
         symbol = lot.symbol
+        wanted = lot.qty if qty is None else qty
         opposite: Literal["long", "short"] = "short" if lot.side == "long" else "long"
-        queue, count = self._adl_top(symbol, opposite, lot.qty)
+        queue, count = self._adl_top(symbol, opposite, wanted)
         if self.adl_policy.rule == "pro_rata":
-            takes = adl.pro_rata([r.position.size for r in queue], lot.qty, self.instruments[symbol].lot_size)
+            takes = adl.pro_rata([r.position.size for r in queue], wanted, self.instruments[symbol].lot_size)
         else:
             takes = []
-            remaining = lot.qty
+            remaining = wanted
             for ranked in queue:
                 takes.append(min(ranked.position.size, remaining))
                 remaining -= takes[-1]
         mark = self.marks[symbol]
+        left = wanted
         for rank, (ranked, take) in enumerate(zip(queue, takes, strict=True), start=1):
-            if lot.qty == 0:
+            if left == 0:
                 break
             if take == 0:
                 continue
+            left -= take
             counterparty = ranked.position
             if self.adl_policy.price == "mark":
                 proceeds = CONTEXT.multiply(take, mark)
@@ -495,9 +584,10 @@ class Engine:
             self._reduce(counterparty, take, proceeds)
             self._adl_event(fund_state.spec.fund_id, lot, counterparty.account_id, opposite, take,
                             average_price(proceeds, take), rank, ranked.score, adl.quantile(rank, count))
-        if lot.qty > 0:
+        if left > 0:
             self._finding("adl_shortfall", lot.liquidated_account, lot.liquidation_id, symbol, {
-                "unfilled_qty": text(lot.qty), "counterparties": str(count)})
+                "unfilled_qty": text(left), "counterparties": str(count)})
+        return left
 
     def _enforce_solvency(self, funds_before: dict[str, Decimal]) -> None:
         """A fund below zero deleverages all of its inventory; the shortfall is recorded as bad debt."""

@@ -22,15 +22,19 @@ class Tier:
     maint_amount: Decimal
 
 
+DEFAULT_MARK_TOLERANCE = Decimal("0.005")  # docs/design.md §7: a liquidation's mark this far from the one in force
+
+
 @dataclass(frozen=True, slots=True)
 class Instrument:
     symbol: str
     settle_asset: str
     tick_size: Decimal
     lot_size: Decimal
-    tiers: tuple[Tier, ...]
+    tiers: tuple[Tier, ...]  # maint_amount checked against (or derived from) the brackets
     liquidation_fee_rate: Decimal
     fund_id: str
+    mark_tolerance: Decimal = DEFAULT_MARK_TOLERANCE
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # The syntax of every decimal, on the wire and in outputs: plain notation, no leading zeros, no exponent.
 DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$"
@@ -159,7 +159,7 @@ class FundRecord(_Record):
 class Tier(_Record):
     max_notional: PositiveMoney
     mmr: PositiveRate
-    maint_amount: NonNegativeMoney
+    maint_amount: NonNegativeMoney | None = None  # omitted: derived from the brackets (docs/design.md §7)
 
 
 class InstrumentRecord(_Record):
@@ -172,6 +172,7 @@ class InstrumentRecord(_Record):
     tiers: Annotated[tuple[Tier, ...], Field(min_length=1, max_length=64)]
     liquidation_fee_rate: NonNegativeRate
     fund_id: Identifier
+    mark_tolerance: NonNegativeRate | None = None  # omitted: DEFAULT_MARK_TOLERANCE (docs/design.md §7)
 
 
 class TransferRecord(_Record):
