@@ -44,9 +44,12 @@ def transfer(transfer_id: str, account_id: str, amount: str, *, asset: str = "US
 
 
 def fill(fill_id: str, account_id: str, side: str, qty: str, price: str, *, symbol: str = "BTCUSDT",
-         mode: str = "cross", leverage: str = "10", fee: str = "0", ts: int | None = None) -> dict[str, Any]:
-    return {"type": "fill", "ts": _ts(ts), "fill_id": fill_id, "account_id": account_id, "symbol": symbol,
-            "side": side, "qty": qty, "price": price, "fee": fee, "margin_mode": mode, "leverage": leverage}
+         mode: str = "cross", leverage: str = "10", fee: str = "0", ts: int | None = None,
+         position_side: str | None = None) -> dict[str, Any]:
+    """position_side None leaves the field out (one-way mode, as in version 1)."""
+    record = {"type": "fill", "ts": _ts(ts), "fill_id": fill_id, "account_id": account_id, "symbol": symbol,
+              "side": side, "qty": qty, "price": price, "fee": fee, "margin_mode": mode, "leverage": leverage}
+    return record if position_side is None else {**record, "position_side": position_side}
 
 
 def mark(price: str, *, symbol: str = "BTCUSDT", ts: int | None = None) -> dict[str, Any]:
@@ -59,13 +62,15 @@ def funding(rate: str, mark_price: str, *, symbol: str = "BTCUSDT", ts: int | No
 
 def liquidation(liquidation_id: str, account_id: str, qty: str, mark_price: str, *, symbol: str = "BTCUSDT",
                 executions: Iterable[tuple[str, str]] = (), bankruptcy_price: str | None = None,
-                ts: int | None = None) -> dict[str, Any]:
+                ts: int | None = None, position_side: str | None = None) -> dict[str, Any]:
     record: dict[str, Any] = {
         "type": "liquidation", "ts": _ts(ts), "liquidation_id": liquidation_id, "account_id": account_id,
         "symbol": symbol, "qty": qty, "mark_price": mark_price,
         "executions": [{"qty": q, "price": p} for q, p in executions]}
     if bankruptcy_price is not None:
         record["bankruptcy_price"] = bankruptcy_price
+    if position_side is not None:
+        record["position_side"] = position_side
     return record
 
 

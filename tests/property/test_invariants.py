@@ -31,10 +31,13 @@ def check_state(engine: Engine) -> None:
     for account_id in engine.positions:
         book = engine.positions.of(account_id)
         assert book, f"{account_id} is left with an empty book"
-        assert len({p.symbol for p in book}) == len(book), f"{account_id} holds two positions in one symbol"
+        assert len({(p.symbol, p.position_side) for p in book}) == len(book), f"{account_id} holds a key twice"
         for position in book:
             assert position.qty != 0 and position.cost > 0, position
-            assert engine.by_symbol[position.symbol][position.account_id] is position
+            assert position.position_side in ("both", position.side), position  # a hedge side never flips
+            assert engine.by_symbol[position.symbol][position.key] is position
+        for symbol in {p.symbol for p in book}:  # one-way or hedge in a symbol, never both
+            assert len({p.position_side == "both" for p in book if p.symbol == symbol}) == 1, (account_id, symbol)
 
 
 def held_by_side(engine: Engine) -> dict[tuple[str, str], Decimal]:

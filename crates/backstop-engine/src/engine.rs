@@ -7,8 +7,10 @@ use crate::ledger::{Account, Ledger, Names};
 use crate::numbers::{
     add, mul, pow10, pow10_i128, ratio, rescale, sub, text, text_wide, wide_mul, Rounding, Shown, S12, S16, S18, S8,
 };
-use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Positions, Side, Tier, DEFAULT_MARK_TOLERANCE};
-use crate::wire::{Body, Dec, MarginMode, Record, Side as TradeSide, Surplus};
+use crate::state::{
+    position_label, FundSpec, FundState, Instrument, Lot, Position, Positions, Side, Tier, DEFAULT_MARK_TOLERANCE,
+};
+use crate::wire::{Body, Dec, MarginMode, PositionSide, Record, Side as TradeSide, Surplus};
 use ethnum::I256;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
@@ -62,6 +64,7 @@ impl MarginView {
 #[derive(Clone, Debug)]
 pub struct Ranked {
     pub account: u32,
+    pub position_side: PositionSide,
     pub size: i128,
     pub score: i128,
     pub past_bankruptcy: bool,
@@ -303,7 +306,8 @@ impl Engine {
     }
 
     fn on_fill(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejected> {
-        let Body::Fill { fill_id, account_id, symbol, side, qty, price, fee, margin_mode, leverage } = &record.body
+        let Body::Fill { fill_id, account_id, symbol, side, qty, price, fee, margin_mode, leverage, position_side } =
+            &record.body
         else {
             unreachable!()
         };
@@ -311,16 +315,27 @@ impl Engine {
         let (qty, fill_price, fee) = (qty.value, price.value, fee.value);
         self.check_steps(symbol_id, qty, Some(fill_price))?;
         if let Some(fund_name) = account_id.strip_prefix(FUND_ACCOUNT_PREFIX) {
-            return self.fund_fill(fund_name, symbol_id, *side, qty, fill_price, fee, out);
+            return self.fund_fill(fund_name, symbol_id, *side, qty, fill_price, fee, *position_side, out);
         }
         let account = self.names.id(account_id);
+        let position_side = *position_side;
+        self.check_position_mode(account, symbol_id, position_side)?;
         let delta = if *side == TradeSide::Buy { qty } else { -qty };
-        let held = self.positions.get(account, symbol_id).cloned();
+        let held = self.positions.get(account, symbol_id, position_side).cloned();
         if let Some(position) = &held {
             if position.margin_mode != *margin_mode {
-                return reject(format!("{account_id} holds {symbol} in {} margin; a {} fill cannot change it \
-                                       while the position is open", mode_name(position.margin_mode),
-                                      mode_name(*margin_mode)));
+                return reject(format!("{account_id} holds {} in {} margin; a {} fill cannot change it \
+                                       while the position is open", position_label(symbol, position_side),
+                                      mode_name(position.margin_mode), mode_name(*margin_mode)));
+            }
+        }
+        if position_side != PositionSide::Both && (position_side == PositionSide::Long) != (delta > 0) {
+            let held_size = held.as_ref().map_or(0, Position::size);
+            if qty > held_size {
+                // a hedge side is only reduced, never flipped
+                return reject(format!("{account_id} holds {} {}; a {} of {} would take it below zero",
+                                      Shown(held_size, S8), position_label(symbol, position_side),
+                                      if *side == TradeSide::Buy { "buy" } else { "sell" }, Shown(qty, S8)));
             }
         }
         let closing = held.as_ref().map_or(0, |p| if (p.qty > 0) != (delta > 0) { p.size().min(qty) } else { 0 });
@@ -342,11 +357,11 @@ impl Engine {
         }
         self.marks.entry(symbol_id).or_insert(fill_price);
         if closing > 0 {
-            self.reduce(account, symbol_id, closing, closing * fill_price);
+            self.reduce(account, symbol_id, position_side, closing, closing * fill_price);
         }
         if remaining > 0 {
-            self.open(account, symbol_id, if delta > 0 { remaining } else { -remaining }, fill_price, *margin_mode,
-                      *leverage);
+            self.open(account, symbol_id, position_side, if delta > 0 { remaining } else { -remaining }, fill_price,
+                      *margin_mode, *leverage);
         }
         let asset = self.instruments[&symbol_id].settle_asset;
         let wallet = Account::Wallet { account, asset };
@@ -359,48 +374,65 @@ impl Engine {
         Ok(())
     }
 
-    fn open(&mut self, account: u32, symbol: u32, qty: i128, fill_price: i128, margin_mode: MarginMode,
-            leverage: Dec) {
+    /// An account's positions in one symbol are all one-way (`both`) or all hedge sides, never mixed (section 7).
+    fn check_position_mode(&self, account: u32, symbol: u32, side: PositionSide) -> Result<(), Rejected> {
+        if let Some(held) = self.positions.in_symbol(account, symbol).next() {
+            if (held.position_side == PositionSide::Both) != (side == PositionSide::Both) {
+                let mode = if held.position_side == PositionSide::Both { "one-way" } else { "hedge" };
+                let symbol_name = self.names.name(symbol);
+                return reject(format!("{} holds {} in {mode} mode; a position_side {} record cannot mix modes in \
+                                       {symbol_name}", self.names.name(account),
+                                      position_label(symbol_name, held.position_side), side.name()));
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open(&mut self, account: u32, symbol: u32, position_side: PositionSide, qty: i128, fill_price: i128,
+            margin_mode: MarginMode, leverage: Dec) {
         let value = qty.abs() * fill_price;
-        match self.positions.get_mut(account, symbol) {
+        match self.positions.get_mut(account, symbol, position_side) {
             Some(position) => {
                 position.qty += qty;
                 position.cost += value;
                 position.leverage = leverage;
             }
-            None => self.positions.add(Position { account, symbol, qty, cost: value, margin_mode, leverage }),
+            None => self.positions.add(Position { account, symbol, qty, cost: value, margin_mode, leverage,
+                                                  position_side }),
         }
         if margin_mode == MarginMode::Isolated {
             let initial_margin = ratio(I256::new(value), S16, I256::new(leverage.value), S8, S8, Rounding::HalfEven);
             let asset = self.instruments[&symbol].settle_asset;
-            self.ledger.post(Account::Wallet { account, asset }, Account::Isolated { account, symbol },
+            self.ledger.post(Account::Wallet { account, asset },
+                             Account::Isolated { account, symbol, side: position_side },
                              crate::numbers::narrow(initial_margin));
         }
     }
 
     /// Close qty of a trader's position for total proceeds (1e-16); post realized PnL and release margin.
-    fn reduce(&mut self, account: u32, symbol: u32, qty: i128, proceeds: i128) -> i128 {
+    fn reduce(&mut self, account: u32, symbol: u32, side: PositionSide, qty: i128, proceeds: i128) -> i128 {
         let asset = self.instruments[&symbol].settle_asset;
         let wallet = Account::Wallet { account, asset };
-        let position = self.positions.get(account, symbol).expect("a held position").clone();
+        let position = self.positions.get(account, symbol, side).expect("a held position").clone();
         let size = position.size();
         let cost_share = share(position.cost, S16, qty, size);
         let realized_exact = if position.qty > 0 { proceeds - cost_share } else { cost_share - proceeds };
         let realized = money(I256::new(realized_exact), S16);
         self.ledger.post(Account::Settlement(symbol), wallet, realized);
         if position.margin_mode == MarginMode::Isolated {
-            let margin_account = Account::Isolated { account, symbol };
+            let margin_account = Account::Isolated { account, symbol, side };
             let margin = crate::numbers::narrow(self.ledger.balance(margin_account));
             let released = share(margin, S8, qty, size);
             self.ledger.post(margin_account, wallet, released);
         }
-        let position = self.positions.get_mut(account, symbol).expect("a held position");
+        let position = self.positions.get_mut(account, symbol, side).expect("a held position");
         position.cost -= cost_share;
         position.qty -= if position.qty > 0 { qty } else { -qty };
         if position.qty == 0 {
             assert!(position.cost == 0, "closed position {}/{} kept cost", self.names.name(account),
-                    self.names.name(symbol));
-            self.positions.remove(account, symbol);
+                    position_label(self.names.name(symbol), side));
+            self.positions.remove(account, symbol, side);
         }
         realized
     }
@@ -437,11 +469,12 @@ impl Engine {
         let rate_price = product(mark_price.value, rate.value); // 1e-26
         let asset = self.instruments[&symbol_id].settle_asset;
         let mut payments = Vec::new();
-        for &account in self.positions.accounts_in(symbol_id) {
-            let position = self.positions.get(account, symbol_id).expect("indexed");
+        for &(account, side) in self.positions.holders(symbol_id) {
+            // each hedge side pays on its own signed qty
+            let position = self.positions.get(account, symbol_id, side).expect("indexed");
             let payment = money(mul(I256::new(position.qty), rate_price), S8 + S26);
             let payer = if position.margin_mode == MarginMode::Isolated {
-                Account::Isolated { account, symbol: symbol_id }
+                Account::Isolated { account, symbol: symbol_id, side }
             } else {
                 Account::Wallet { account, asset }
             };
@@ -462,8 +495,9 @@ impl Engine {
 
     // ------------------------------------------------------------------ liquidation and the fund
     fn on_liquidation(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejected> {
-        let Body::Liquidation { liquidation_id, account_id, symbol, qty, mark_price, bankruptcy_price, executions } =
-            &record.body
+        let Body::Liquidation {
+            liquidation_id, account_id, symbol, qty, mark_price, bankruptcy_price, executions, position_side,
+        } = &record.body
         else {
             unreachable!()
         };
@@ -472,8 +506,10 @@ impl Engine {
             return reject("a fund's inventory is not liquidated");
         }
         let account = self.names.find(account_id);
-        let position = account.and_then(|a| self.positions.get(a, symbol_id)).cloned();
-        let Some(position) = position else { return reject(format!("{account_id} holds no {symbol} position")) };
+        let position = account.and_then(|a| self.positions.get(a, symbol_id, *position_side)).cloned();
+        let Some(position) = position else {
+            return reject(format!("{account_id} holds no {} position", position_label(symbol, *position_side)));
+        };
         let account = position.account;
         let qty = qty.value;
         if qty > position.size() {
@@ -549,7 +585,7 @@ impl Engine {
             liquidated_account: account,
             seq: self.seq,
         };
-        self.reduce(account, symbol_id, qty, lot_cost);
+        self.reduce(account, symbol_id, position.position_side, qty, lot_cost);
         let symbol_name = self.names.name(symbol_id).to_string();
         let fund_state = self.funds.get_mut(&fund).expect("an instrument's fund");
         fund_state.add_lot(&symbol_name, lot);
@@ -663,7 +699,7 @@ impl Engine {
 
     #[allow(clippy::too_many_arguments)]
     fn fund_fill(&mut self, fund_name: &str, symbol: u32, side: TradeSide, qty: i128, fill_price: i128, fee: i128,
-                 out: &mut Outputs) -> Result<(), Rejected> {
+                 position_side: PositionSide, out: &mut Outputs) -> Result<(), Rejected> {
         let Some(fund) = self.names.find(fund_name).filter(|id| self.funds.contains_key(id)) else {
             return reject(format!("unknown fund {fund_name}"));
         };
@@ -674,6 +710,11 @@ impl Engine {
         }
         let asset = instrument.settle_asset;
         let closing = if side == TradeSide::Sell { Side::Long } else { Side::Short };
+        if position_side != PositionSide::Both && position_side.name() != closing.name() {
+            return reject(format!("a fund's {} closes its {} lots; position_side {} does not",
+                                  if side == TradeSide::Buy { "buy" } else { "sell" }, closing.name(),
+                                  position_side.name()));
+        }
         let symbol_name = self.names.name(symbol).to_string();
         let held: i128 = self.funds[&fund].lots.get(&symbol_name)
             .map_or(0, |lots| lots.iter().filter(|lot| lot.side == closing).map(|lot| lot.qty).sum());
@@ -797,7 +838,7 @@ impl Engine {
             }
             let (_, proceeds) = self.take_from_lot(fund, symbol_name, lot_index, take);
             left -= take;
-            self.reduce(ranked.account, symbol, take, proceeds);
+            self.reduce(ranked.account, symbol, ranked.position_side, take, proceeds);
             let rank = rank + 1;
             self.adl_event(fund, &lot, ranked.account, opposite, take, price_of(proceeds, take), rank, ranked.score,
                            quantile(rank, count), out);
@@ -855,16 +896,16 @@ impl Engine {
 
     fn cross_positions(&self, account: u32, asset: u32) -> impl Iterator<Item = &Position> + '_ {
         self.positions
-            .symbols_of(account)
+            .keys_of(account)
             .iter()
-            .filter_map(move |&symbol| self.positions.get(account, symbol))
+            .filter_map(move |&(symbol, side)| self.positions.get(account, symbol, side))
             .filter(move |p| p.margin_mode == MarginMode::Cross && self.instruments[&p.symbol].settle_asset == asset)
     }
 
     pub fn margin_view(&self, position: &Position) -> MarginView {
         let (own_pnl, own_mm) = self.exposure(position);
         if position.margin_mode == MarginMode::Isolated {
-            let margin = self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol });
+            let margin = self.ledger.balance(isolated_account(position));
             let balance = add(mul(margin, pow10(S16 - S8)), I256::new(own_pnl));
             return MarginView { margin_balance: balance, maintenance_margin: I256::new(own_mm),
                                 position_maintenance: own_mm, equity_share: balance };
@@ -899,8 +940,7 @@ impl Engine {
         let long = position.qty > 0;
         let rounding = if long { Rounding::Floor } else { Rounding::Ceiling };
         let numerator = if position.margin_mode == MarginMode::Isolated {
-            let margin = self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol });
-            let margin = mul(margin, pow10(S16 - S8));
+            let margin = mul(self.ledger.balance(isolated_account(position)), pow10(S16 - S8));
             if long { sub(I256::new(position.cost), margin) } else { add(I256::new(position.cost), margin) }
         } else {
             let share = view.map_or_else(|| self.margin_view(position), |view| *view).equity_share;
@@ -929,17 +969,17 @@ impl Engine {
         } else {
             (ratio(I256::new(pnl), S16, I256::new(cost), S16, S12, Rounding::HalfEven), true)
         };
-        Ranked { account: position.account, size: position.size(), score: crate::numbers::narrow(score),
-                 past_bankruptcy: past }
+        Ranked { account: position.account, position_side: position.position_side, size: position.size(),
+                 score: crate::numbers::narrow(score), past_bankruptcy: past }
     }
 
     /// Every position of one symbol and side in ADL order (ties: the larger position, then the smaller account id).
     pub fn adl_queue(&self, symbol: u32, side: Side) -> Vec<Ranked> {
         let mut queue: Vec<Ranked> = self
             .positions
-            .accounts_in(symbol)
+            .holders(symbol)
             .iter()
-            .filter_map(|&account| self.positions.get(account, symbol))
+            .filter_map(|&(account, position_side)| self.positions.get(account, symbol, position_side))
             .filter(|p| p.side() == side)
             .map(|p| self.rank(p))
             .collect();
@@ -953,17 +993,17 @@ impl Engine {
     }
 
     /// The mark at which the position's margin balance equals its maintenance margin (1e-8), if a positive one.
-    pub fn liquidation_price(&self, position: &Position) -> Option<i128> {
+    /// 256 bits: a bracket whose mmr is close to 1 puts the last bracket's price far beyond any PRICE.
+    pub fn liquidation_price(&self, position: &Position) -> Option<I256> {
         let instrument = &self.instruments[&position.symbol];
         let other = if position.margin_mode == MarginMode::Isolated {
-            mul(self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol }),
-                pow10(S16 - S8))
+            mul(self.ledger.balance(isolated_account(position)), pow10(S16 - S8))
         } else {
             let asset = instrument.settle_asset;
             let mut other =
                 mul(self.ledger.balance(Account::Wallet { account: position.account, asset }), pow10(S16 - S8));
             for peer in self.cross_positions(position.account, asset) {
-                if peer.symbol == position.symbol {
+                if peer.symbol == position.symbol && peer.position_side == position.position_side {
                     continue;
                 }
                 let (pnl, mm) = self.exposure(peer);
@@ -973,20 +1013,20 @@ impl Engine {
         };
         let size = position.size();
         let signed_cost = if position.qty > 0 { position.cost } else { -position.cost };
-        let candidate_at = |tier: &Tier| -> Option<i128> {
+        let candidate_at = |tier: &Tier| -> Option<I256> {
             // q - size x mmr at 1e-26; (signed_cost - other - maint) at 1e-16
             let denominator = sub(mul(I256::new(position.qty), pow10(S18)), product(size, tier.mmr));
             if denominator == 0 {
                 return None;
             }
             let numerator = sub(sub(I256::new(signed_cost), other), I256::new(tier.maint_amount * 100_000_000));
-            Some(crate::numbers::narrow(ratio(numerator, S16, denominator, S26, S8, Rounding::HalfEven)))
+            Some(ratio(numerator, S16, denominator, S26, S8, Rounding::HalfEven))
         };
         let mut lower = I256::ZERO;
         for tier in &instrument.tiers {
             let ceiling = I256::new(tier.max_notional * 100_000_000);
             if let Some(candidate) = candidate_at(tier) {
-                let notional = product(size, candidate);
+                let notional = mul(I256::new(size), candidate);
                 if candidate > 0 && lower < notional && notional <= ceiling {
                     return Some(candidate);
                 }
@@ -995,7 +1035,8 @@ impl Engine {
         }
         let last = instrument.tiers.last().expect("an instrument has tiers");
         let candidate = candidate_at(last)?;
-        (candidate > 0 && product(size, candidate) > I256::new(last.max_notional * 100_000_000)).then_some(candidate)
+        (candidate > 0 && mul(I256::new(size), candidate) > I256::new(last.max_notional * 100_000_000))
+            .then_some(candidate)
     }
 
     // ------------------------------------------------------------------ outputs
@@ -1076,6 +1117,11 @@ impl Engine {
         self.counts.findings += 1;
         out.finding_count += 1;
     }
+}
+
+/// A position's isolated margin account.
+pub fn isolated_account(position: &Position) -> Account {
+    Account::Isolated { account: position.account, symbol: position.symbol, side: position.position_side }
 }
 
 /// Scale of a rate times a price (1e-26).

@@ -62,8 +62,11 @@ from backstop.core.state import (
     Instrument,
     Lot,
     Position,
+    PositionKey,
     Positions,
+    PositionSide,
     Tier,
+    position_label,
 )
 from backstop.wire.inputs import (
     FUND_ACCOUNT_PREFIX,
@@ -109,7 +112,7 @@ class MarginView:
         return self.margin_balance <= self.maintenance_margin
 
 
-Exposures = dict[str, tuple[Decimal, Decimal]]  # one account's positions: symbol -> (uPnL, MM) at the marks
+Exposures = dict[tuple[str, str], tuple[Decimal, Decimal]]  # one account's: (symbol, position_side) -> (uPnL, MM)
 
 
 def is_fund_account(account_id: str) -> bool:
@@ -125,11 +128,11 @@ class Engine:
         self.instruments: dict[str, Instrument] = {}
         self.marks: dict[str, Decimal] = {}
         self.positions = Positions()
-        self.by_symbol: dict[str, dict[str, Position]] = {}  # symbol -> account -> position
+        self.by_symbol: dict[str, dict[PositionKey, Position]] = {}  # symbol -> (account, position_side) -> position
         self.adl_index = AdlIndex()  # finds the top of a queue without ranking every position exactly
         self._leverages: dict[str, Decimal] = {}
         self._settle_assets: tuple[int, frozenset[str]] = (0, frozenset())  # (funds seen, their assets)
-        self._rank_cache: dict[str, tuple[Decimal, dict[str, tuple[tuple[Decimal, ...], adl.Ranked]]]] = {}
+        self._rank_cache: dict[str, tuple[Decimal, dict[PositionKey, tuple[tuple[Decimal, ...], adl.Ranked]]]] = {}
         self.last_seq = 0
         self.newest_ts: int | None = None  # the largest ts applied (backstop.core.ordering)
         self.mark_ts: dict[str, int] = {}  # symbol -> ts of the mark in force
@@ -275,11 +278,19 @@ class Engine:
         if is_fund_account(record.account_id):
             self._fund_fill(record, instrument)
             return
-        position = self.positions.get(record.account_id, record.symbol)
+        position_side = record.position_side
+        self._check_position_mode(record.account_id, record.symbol, position_side)
+        position = self.positions.get(record.account_id, record.symbol, position_side)
         if position is not None and position.margin_mode != record.margin_mode:
-            raise Rejected(f"{record.account_id} holds {record.symbol} in {position.margin_mode} margin; "
+            raise Rejected(f"{record.account_id} holds {position.label} in {position.margin_mode} margin; "
                            f"a {record.margin_mode} fill cannot change it while the position is open")
         delta = record.qty if record.side == "buy" else -record.qty
+        if position_side != "both" and (position_side == "long") != (delta > 0):
+            held_size = ZERO if position is None else position.size
+            if record.qty > held_size:  # a hedge side is only reduced, never flipped
+                label = position_label(record.symbol, position_side)
+                raise Rejected(f"{record.account_id} holds {text(held_size)} {label}; a {record.side} of "
+                               f"{text(record.qty)} would take it below zero")
         if position is not None and (position.qty > 0) == (delta > 0):
             self._check_growth(position, record.qty, record.price)
         self.marks.setdefault(record.symbol, record.price)
@@ -291,12 +302,20 @@ class Engine:
         if remaining > 0:
             held = position if position is not None and position.qty != 0 else None  # a flip closed it first
             self._open(record.account_id, instrument, remaining if delta > 0 else -remaining, record.price,
-                       record.margin_mode, record.leverage, held)
+                       record.margin_mode, record.leverage, held, position_side)
         wallet = ledger.wallet(record.account_id, instrument.settle_asset)
         self.ledger.post(wallet, ledger.fees(instrument.settle_asset), record.fee)
         if self.ledger.balance(wallet) < 0:
             self._finding("negative_wallet", record.account_id, None, record.symbol,
                           {"wallet": text(self.ledger.balance(wallet)), "fill_id": record.fill_id})
+
+    def _check_position_mode(self, account_id: str, symbol: str, position_side: PositionSide) -> None:
+        """An account's positions in one symbol are all one-way (both) or all hedge sides, never mixed (§7)."""
+        for held in self.positions.in_symbol(account_id, symbol):
+            if (held.position_side == "both") != (position_side == "both"):
+                mode = "one-way" if held.position_side == "both" else "hedge"
+                raise Rejected(f"{account_id} holds {held.label} in {mode} mode; a position_side {position_side} "
+                               f"record cannot mix modes in {symbol}")
 
     @staticmethod
     def _check_growth(position: Position, qty: Decimal, fill_price: Decimal) -> None:
@@ -310,23 +329,24 @@ class Engine:
             raise Rejected(f"position cost would be {text(cost)}, above the bound 10^22")
 
     def _open(self, account_id: str, instrument: Instrument, qty: Decimal, fill_price: Decimal,
-              margin_mode: Literal["cross", "isolated"], leverage: Decimal, position: Position | None) -> None:
-        """Open or add to a position; `position`: the one the account holds in the symbol, if any."""
+              margin_mode: Literal["cross", "isolated"], leverage: Decimal, position: Position | None,
+              position_side: PositionSide) -> None:
+        """Open or add to a position; `position`: the one the account holds with that key, if any."""
         symbol = instrument.symbol
         value = CONTEXT.multiply(abs(qty), fill_price)
         self.adl_index.touch(account_id)
         leverage = self._leverages.setdefault(str(leverage), leverage)  # one object per spelling: ~100 B a position
         if position is None:
-            position = Position(account_id, symbol, qty, value, margin_mode, leverage)
+            position = Position(account_id, symbol, qty, value, margin_mode, leverage, position_side)
             self.positions.add(position)
-            self.by_symbol[symbol][account_id] = position
+            self.by_symbol[symbol][position.key] = position
         else:
             position.qty += qty
             position.cost += value
             position.leverage = leverage
         if margin_mode == "isolated":
             self.ledger.post(ledger.wallet(account_id, instrument.settle_asset),
-                             ledger.isolated(account_id, symbol), initial_margin(value, leverage))
+                             ledger.isolated(account_id, symbol, position_side), initial_margin(value, leverage))
 
     def _reduce(self, position: Position, qty: Decimal, proceeds: Decimal) -> Decimal:
         """Close qty of a trader's position for total proceeds; post realized PnL and release margin."""
@@ -337,16 +357,16 @@ class Engine:
         realized = money(proceeds - cost_share if position.qty > 0 else cost_share - proceeds)
         self.ledger.post(ledger.settlement(position.symbol), wallet, realized)
         if position.margin_mode == "isolated":
-            margin_account = ledger.isolated(position.account_id, position.symbol)
+            margin_account = ledger.isolated(position.account_id, position.symbol, position.position_side)
             released = share(self.ledger.balance(margin_account), qty, position.size)
             self.ledger.post(margin_account, wallet, released)
         position.cost -= cost_share
         position.qty -= qty if position.qty > 0 else -qty
         if position.qty == 0:
             if position.cost != 0:
-                raise InvariantViolation(f"closed position {position.account_id}/{position.symbol} kept cost")
+                raise InvariantViolation(f"closed position {position.account_id}/{position.label} kept cost")
             self.positions.remove(position)
-            del self.by_symbol[position.symbol][position.account_id]
+            del self.by_symbol[position.symbol][position.key]
         return realized
 
     def _on_mark(self, record: MarkRecord) -> None:
@@ -369,10 +389,11 @@ class Engine:
                            f"{last}): that period was already charged")
         self.funding_ts[record.symbol] = record.ts
         clearing = ledger.funding(record.symbol)
-        for position in self.by_symbol[record.symbol].values():
+        for position in self.by_symbol[record.symbol].values():  # each hedge side pays on its own signed qty
             payment = funding_payment(position.qty, record.mark_price, record.rate)
-            payer = (ledger.isolated(position.account_id, position.symbol) if position.margin_mode == "isolated"
-                     else ledger.wallet(position.account_id, instrument.settle_asset))
+            payer = (ledger.isolated(position.account_id, position.symbol, position.position_side)
+                     if position.margin_mode == "isolated" else ledger.wallet(position.account_id,
+                                                                              instrument.settle_asset))
             self.ledger.post(payer, clearing, payment)
         fund_state = self.funds[instrument.fund_id]
         payment = funding_payment(fund_state.net_qty(record.symbol), record.mark_price, record.rate)
@@ -385,9 +406,10 @@ class Engine:
         instrument = self._instrument(record.symbol)
         if is_fund_account(record.account_id):
             raise Rejected("a fund's inventory is not liquidated")
-        position = self.positions.get(record.account_id, record.symbol)
+        position = self.positions.get(record.account_id, record.symbol, record.position_side)
         if position is None:
-            raise Rejected(f"{record.account_id} holds no {record.symbol} position")
+            raise Rejected(f"{record.account_id} holds no {position_label(record.symbol, record.position_side)} "
+                           f"position")
         if record.qty > position.size:
             raise Rejected(f"liquidation of {text(record.qty)} exceeds the position of {text(position.size)}")
         self._check_steps(instrument, record.qty, None)
@@ -465,6 +487,9 @@ class Engine:
         if instrument.fund_id != fund_id:
             raise Rejected(f"{record.symbol} belongs to fund {instrument.fund_id}, not {fund_id}")
         closing = "long" if record.side == "sell" else "short"
+        if record.position_side not in ("both", closing):
+            raise Rejected(f"a fund's {record.side} closes its {closing} lots; position_side {record.position_side} "
+                           f"does not")
         lots = [lot for lot in fund_state.lots.get(record.symbol, ()) if lot.side == closing]
         held = sum((lot.qty for lot in lots), ZERO)
         if record.qty > held:
@@ -607,22 +632,23 @@ class Engine:
     def exposure(self, position: Position, memo: Exposures | None = None) -> tuple[Decimal, Decimal]:
         """(uPnL, maintenance margin) of a position at its mark. A caller that views several positions of one
         account passes one memo dict to every view, so each peer is computed once, not once per view."""
+        key = (position.symbol, position.position_side)
         if memo is not None:
-            known = memo.get(position.symbol)
+            known = memo.get(key)
             if known is not None:
                 return known
         mark = self.marks[position.symbol]
         result = (position.unrealized_pnl(mark), position_maintenance(position, self.instruments[position.symbol].tiers,
                                                                       mark))
         if memo is not None:
-            memo[position.symbol] = result
+            memo[key] = result
         return result
 
     def margin_view(self, position: Position, memo: Exposures | None = None) -> MarginView:
         memo = {} if memo is None else memo  # a cross position is its own peer: computed once either way
         own_pnl, own_mm = self.exposure(position, memo)
         if position.margin_mode == "isolated":
-            balance = self.ledger.balance(ledger.isolated(position.account_id, position.symbol)) + own_pnl
+            balance = self.ledger.balance(self._isolated_account(position)) + own_pnl
             return MarginView(balance, own_mm, own_mm, balance)
         asset = self.instruments[position.symbol].settle_asset
         tnc = self.ledger.balance(ledger.wallet(position.account_id, asset))
@@ -640,8 +666,7 @@ class Engine:
     def _bankruptcy_price(self, position: Position, memo: Exposures | None = None) -> Decimal:
         """The position's BP, rounded in the fund's favour (docs/design.md §9.4)."""
         if position.margin_mode == "isolated":
-            return isolated_bankruptcy_price(position,
-                                             self.ledger.balance(ledger.isolated(position.account_id, position.symbol)))
+            return isolated_bankruptcy_price(position, self.ledger.balance(self._isolated_account(position)))
         return bankruptcy_price(position, self.margin_view(position, memo).equity_share,
                                 self.marks[position.symbol])
 
@@ -673,8 +698,8 @@ class Engine:
         candidates = index.candidates(symbol, side, self.marks[symbol], qty)
         if candidates is None:
             return self.adl_queue(symbol, side), count
-        book = self.by_symbol[symbol]
-        return adl.order([self._ranked(book[a]) for a in candidates]), count
+        book = self.by_symbol[symbol]  # an account holds one position per side of a symbol: one-way or hedge
+        return adl.order([self._ranked(book.get((a, side)) or book[(a, "both")]) for a in candidates]), count
 
     def refresh_adl_index(self, limit: int | None = None) -> bool:
         """Bring the ADL index up to date with every change so far (or with `limit` of the accounts touched);
@@ -705,18 +730,22 @@ class Engine:
         if not alone:
             return adl.rank_position(position, mark, self._bankruptcy_price(position))
         numbers = (position.qty, position.cost, self._margin_base(position))
-        hit = cache.get(position.account_id)
+        hit = cache.get(position.key)
         if hit is not None and hit[0] == numbers and hit[1].position is position:
             return hit[1]
         ranked = adl.rank_position(position, mark, self._bankruptcy_price(position))
-        cache[position.account_id] = (numbers, ranked)
+        cache[position.key] = (numbers, ranked)
         return ranked
 
     def _margin_base(self, position: Position) -> Decimal:
         """B in the index's equity = B + uPnL: the isolated margin, or the wallet for a lone cross position."""
         if position.margin_mode == "isolated":
-            return self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
+            return self.ledger.balance(self._isolated_account(position))
         return self.ledger.balance(ledger.wallet(position.account_id, self.instruments[position.symbol].settle_asset))
+
+    @staticmethod
+    def _isolated_account(position: Position) -> str:
+        return ledger.isolated(position.account_id, position.symbol, position.position_side)
 
     def liquidation_price(self, position: Position, memo: Exposures | None = None) -> Decimal | None:
         with localcontext(CONTEXT):
@@ -725,7 +754,7 @@ class Engine:
     def _liquidation_price(self, position: Position, memo: Exposures | None = None) -> Decimal | None:
         instrument = self.instruments[position.symbol]
         if position.margin_mode == "isolated":
-            other = self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
+            other = self.ledger.balance(self._isolated_account(position))
         else:
             other = self.ledger.balance(ledger.wallet(position.account_id, instrument.settle_asset))
             for peer in self._cross_positions(position.account_id, instrument.settle_asset):

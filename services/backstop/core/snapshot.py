@@ -43,10 +43,8 @@ def state_document(engine: Engine) -> dict[str, Any]:
         "newest_ts": engine.newest_ts,
         "mark_ts": dict(sorted(engine.mark_ts.items())),
         "funding_ts": dict(sorted(engine.funding_ts.items())),
-        "positions": [{
-            "account_id": p.account_id, "symbol": p.symbol, "qty": text(p.qty), "cost": text(p.cost),
-            "margin_mode": p.margin_mode, "leverage": text(p.leverage),
-        } for account in sorted(engine.positions) for p in engine.positions.in_symbol_order(account)],
+        "positions": [_position_document(p) for account in sorted(engine.positions)
+                      for p in engine.positions.in_symbol_order(account)],
     }
 
 
@@ -60,6 +58,14 @@ def _instrument_document(i: Instrument) -> dict[str, Any]:
                   for t in i.tiers]}
     if i.mark_tolerance != DEFAULT_MARK_TOLERANCE:
         document["mark_tolerance"] = text(i.mark_tolerance)
+    return document
+
+
+def _position_document(p: Position) -> dict[str, Any]:
+    document: dict[str, Any] = {"account_id": p.account_id, "symbol": p.symbol, "qty": text(p.qty),
+                                "cost": text(p.cost), "margin_mode": p.margin_mode, "leverage": text(p.leverage)}
+    if p.position_side != "both":  # a version-1 journal keeps its state hash
+        document["position_side"] = p.position_side
     return document
 
 
@@ -108,8 +114,8 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False) -> En
     engine.funding_ts = {symbol: int(ts) for symbol, ts in document["funding_ts"].items()}
     for p in document["positions"]:
         position = Position(p["account_id"], p["symbol"], _d(p["qty"]), _d(p["cost"]), p["margin_mode"],
-                            _d(p["leverage"]))
+                            _d(p["leverage"]), p.get("position_side", "both"))
         engine.positions.add(position)
-        engine.by_symbol[position.symbol][position.account_id] = position
+        engine.by_symbol[position.symbol][position.key] = position
         engine.adl_index.touch(position.account_id)
     return engine

@@ -108,7 +108,7 @@ def _before(engine: Engine, record: AnyRecord) -> dict[str, Any]:
 def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, Any]:
     engine = copy.deepcopy(engine)  # look ahead at the event's mark without touching the replay
     engine.marks[record.symbol] = record.mark_price
-    position = engine.positions.get(record.account_id, record.symbol)
+    position = engine.positions.get(record.account_id, record.symbol, record.position_side)
     if position is None:
         return {"position": None}
     with localcontext(CONTEXT):
@@ -117,7 +117,7 @@ def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, 
         account: dict[str, Any] = {
             "wallet": text(engine.ledger.balance(ledger.wallet(record.account_id, instrument.settle_asset))),
             "positions": {
-                p.symbol: {"qty": text(p.qty), "entry_price": text(p.entry_price()),
+                p.label: {"qty": text(p.qty), "entry_price": text(p.entry_price()),
                            "margin_mode": p.margin_mode, "mark_price": text(engine.marks[p.symbol]),
                            "unrealized_pnl": text(money(p.unrealized_pnl(engine.marks[p.symbol])))}
                 for p in engine.positions.of(record.account_id)},
@@ -125,7 +125,7 @@ def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, 
         share_part = equity_behind(view.equity_share, record.qty, position.size)  # as the engine takes it over
         bp = engine.bankruptcy_price(position)
         if position.margin_mode == "isolated":
-            margin = engine.ledger.balance(ledger.isolated(record.account_id, record.symbol))
+            margin = engine.ledger.balance(ledger.isolated(record.account_id, record.symbol, record.position_side))
             sign = "-" if position.qty > 0 else "+"
             rule = (f"isolated: BP = entry {sign} margin / |qty| = {text(position.entry_price())} "
                     f"{sign} {text(margin)} / {text(position.size)}")

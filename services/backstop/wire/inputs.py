@@ -1,4 +1,4 @@
-"""Input records of wire contract version 1 (docs/design.md section 5), strict.
+"""Input records of wire contract version 2 (docs/design.md sections 5 and 7), strict.
 
 Every decimal is a JSON string holding a plain decimal ("50000.5"): no exponent, no NaN or Infinity, no
 JSON number (a float would already have lost exactness). Each decimal field has a kind (docs/design.md §9.2)
@@ -196,6 +196,7 @@ class FillRecord(_Record):
     fee: Money
     margin_mode: Literal["cross", "isolated"]
     leverage: Leverage
+    position_side: Literal["both", "long", "short"] = "both"  # docs/design.md §7: hedge mode
 
 
 class MarkRecord(_Record):
@@ -229,6 +230,7 @@ class LiquidationRecord(_Record):
     mark_price: Price
     bankruptcy_price: Price | None = None
     executions: Annotated[tuple[Execution, ...], Field(max_length=1024)] = ()
+    position_side: Literal["both", "long", "short"] = "both"  # the position liquidated (hedge mode: one side)
 
 
 AnyRecord = (
