@@ -136,7 +136,8 @@ def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, 
                     f"BP = mark {'-' if position.qty > 0 else '+'} share / qty")
         opposite: Any = "short" if position.qty > 0 else "long"
         queue = engine.adl_queue(record.symbol, opposite)
-        ranked = [{"rank": i, "account_id": r.position.account_id, "qty": text(r.position.qty),
+        ranked = [{"rank": i, "account_id": r.position.account_id, "position": r.position.label,  # a hedge side
+                   "qty": text(r.position.qty),
                    "entry_price": text(r.position.entry_price()), "bankruptcy_price": text(r.bankruptcy_price),
                    "pnl_ratio": text(r.pnl_ratio),
                    "leverage": text(leverage) if (leverage := r.leverage) is not None else "past its BP",
@@ -185,8 +186,8 @@ def render_text(explanation: dict[str, Any]) -> str:
         queue = {r["account_id"]: r for r in explanation.get("adl_queue_top10", [])}
         for event in explanation["adl_events"]:
             inputs = queue.get(event["account_id"])
-            why = (f"; PnL% {inputs['pnl_ratio']} x leverage {inputs['leverage']} (entry {inputs['entry_price']}, own "
-                   f"BP {inputs['bankruptcy_price']})") if inputs else ""
+            why = (f"; {inputs['position']}: PnL% {inputs['pnl_ratio']} x leverage {inputs['leverage']} (entry "
+                   f"{inputs['entry_price']}, own BP {inputs['bankruptcy_price']})") if inputs else ""
             lines.append(f"    rank {event['rank']} {event['account_id']}: {event['qty']} @ {event['price']}, score "
                          f"{event['score']}, quantile {event['quantile']}{why}")
     for finding in explanation["findings"]:
