@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import orjson
+
 import venue_journals
 from backstop.core import ledger
-from backstop.core.processor import Applied, Rejection
+from backstop.core.engine import Engine
+from backstop.core.processor import Applied, Processor, Rejection
 from backstop.core.report import accounts
-from scenario import run
+from backstop.core.simulation import SimulationParams, Simulator
+from backstop.wire.decode import decode_record
+from scenario import fill, fund, instrument, mark, run, transfer
 
 D = Decimal
 
@@ -88,3 +93,23 @@ def test_a_hedge_side_is_liquidated_by_its_position_side() -> None:
     assert engine.funds["MAIN"].net_qty("BTCUSDT") == D("0.6")
     # then the fund pays funding on its 0.6: 0.6 x 90,500 x 0.0002 = 10.86
     assert engine.ledger.balance(ledger.fund("MAIN")) == D("100149.14")
+
+
+def test_simulation_mode_liquidates_a_hedge_side_on_its_own() -> None:
+    """u: isolated long 1 @ 100,000 at 10x (margin 10,000) and cross short 1 @ 100,000 in hedge mode. At mark 90,500
+    the long holds 10,000 - 9,500 = 500 <= MM 905 and is liquidated; the short (TNC 10,000 + 9,500 = 19,500 against
+    MM 905) is not."""
+
+    simulator = Simulator(Processor(Engine()), SimulationParams())
+    journal = [fund(), instrument(tick="0.1"), transfer("seed", "fund:MAIN", "100000"), transfer("d-u", "u", "20000"),
+               transfer("d-v", "v", "1000000"),
+               fill("ul", "u", "buy", "1", "100000", mode="isolated", leverage="10", position_side="long"),
+               fill("us", "u", "sell", "1", "100000", position_side="short"), mark("90500")]
+    results = [result for record in journal for result in simulator.process(decode_record(orjson.dumps(record)))]
+    decided = [(record, outcome) for record, outcome in results if record.type == "liquidation"]
+    assert [(r.account_id, r.position_side, r.qty, r.mark_price) for r, _ in decided] == [
+        ("u", "long", D(1), D(90500))]
+    assert all(isinstance(outcome, Applied) for _, outcome in decided)
+    engine = simulator.processor.engine
+    assert engine.positions.get("u", "BTCUSDT", "long") is None
+    assert engine.positions.get("u", "BTCUSDT", "short").qty == -1
