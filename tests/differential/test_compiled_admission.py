@@ -203,3 +203,35 @@ def _without_zero_wallets(accounts: bytes) -> dict[str, Any]:
             account["wallets"] = {asset: value for asset, value in account["wallets"].items() if value != "0"}
     return {name: account for name, account in document.items()
             if account.get("wallets") or account.get("positions") or "wallets" not in account}
+
+
+def test_contract_version_2_fields_in_the_content_digest_alike(tmp_path: Path) -> None:
+    """Hedge mode's position_side and an instrument's mark_tolerance count in the content when given (their
+    defaults are left out, so a version-1 spelling is the same content), and a tier's omitted maint_amount is part
+    of the tier (null): both engines decide alike."""
+    ts = T0 + 2
+    records = [
+        fund(ts=T0), instrument(tick="0.1", lot="0.001", ts=T0), transfer("seed", "fund:MAIN", "100000", ts=T0),
+        transfer("d-h", "h", "10000", ts=T0), transfer("d-v", "v", "10000", ts=T0),
+        fill("h-long", "h", "buy", "0.01", "50000", position_side="long", ts=ts),
+        fill("h-long", "h", "buy", "0.01", "50000", position_side="long", ts=ts),  # identical: a duplicate
+        fill("h-long", "h", "buy", "0.01", "50000", position_side="short", ts=ts),  # the other side: conflicting
+        fill("h-long", "h", "buy", "0.01", "50000", ts=ts),  # one-way spelling of it: conflicting too
+        fill("v-one", "v", "sell", "0.01", "50000", ts=ts),
+        fill("v-one", "v", "sell", "0.01", "50000", position_side="both", ts=ts),  # the default spelled: duplicate
+        liquidation("liq-h", "h", "0.001", "49000", position_side="long", ts=ts + 1),
+        liquidation("liq-h", "h", "0.001", "49000", position_side="short", ts=ts + 1),  # conflicting
+        instrument("ETHUSDT", tick="0.01", lot="0.01", tiers=(("10000000", "0.01", None),), ts=ts + 2,
+                   mark_tolerance="0.05"),
+        instrument("ETHUSDT", tick="0.01", lot="0.01", tiers=(("10000000", "0.01", None),), ts=ts + 2,
+                   mark_tolerance="0.050"),  # the same as the last of its subject: a duplicate
+        instrument("ETHUSDT", tick="0.01", lot="0.01", tiers=(("10000000", "0.01", "0"),), ts=ts + 2,
+                   mark_tolerance="0.05"),  # maint_amount given: other content, a redefinition
+    ]
+    journal = write_journal(tmp_path / "journal.jsonl", records)
+    reference = run(journal, tmp_path / "reference", "reference", snapshot_every=3)
+    compiled = run(journal, tmp_path / "compiled", "compiled", snapshot_every=3)
+    assert_same(reference, compiled)
+    assert [kind for kind, _ in dead_kinds(reference)][:3] == ["conflicting_duplicate"] * 3
+    summary = orjson.loads(reference["summary.json"])
+    assert (summary["duplicates"], summary["conflicting_duplicates"]) == (3, 3)

@@ -88,6 +88,11 @@ impl SymbolClock {
         bound
     }
 
+    /// Whether a record of `symbol` was applied (reached or not).
+    pub fn seen(&self, symbol: &str) -> bool {
+        self.reached.contains_key(symbol) || self.pending.contains_key(symbol)
+    }
+
     pub fn applied(&mut self, symbol: &str, ts: u64, clock: &JournalClock) {
         let mut bound = self.bound(symbol, clock);
         if clock.reached(ts) && bound.is_none_or(|b| ts > b) {

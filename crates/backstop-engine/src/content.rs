@@ -8,7 +8,7 @@
 use crate::idtable::Key;
 use crate::json::write_string;
 use crate::numbers::{write_scaled, S18, S8};
-use crate::wire::{Body, Dec, MarginMode, Record, Side, Surplus};
+use crate::wire::{Body, Dec, MarginMode, PositionSide, Record, Side, Surplus};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
@@ -142,10 +142,15 @@ pub fn content_document(record: &Record<'_>, out: &mut Vec<u8>) {
             o.text("settle_asset", settle_asset);
             o.text("surplus", if *surplus == Surplus::Fund { "fund" } else { "trader" });
         }
-        Body::Instrument { symbol, settle_asset, tick_size, lot_size, tiers, liquidation_fee_rate, fund_id } => {
+        Body::Instrument {
+            symbol, settle_asset, tick_size, lot_size, tiers, liquidation_fee_rate, fund_id, mark_tolerance,
+        } => {
             o.text("fund_id", fund_id);
             o.decimal("liquidation_fee_rate", *liquidation_fee_rate, S18);
             o.decimal("lot_size", *lot_size, S8);
+            if let Some(mark_tolerance) = mark_tolerance {  // absent: its default, left out
+                o.decimal("mark_tolerance", *mark_tolerance, S18);
+            }
             o.text("settle_asset", settle_asset);
             o.text("symbol", symbol);
             o.decimal("tick_size", *tick_size, S8);
@@ -156,7 +161,10 @@ pub fn content_document(record: &Record<'_>, out: &mut Vec<u8>) {
                     out.push(b',');
                 }
                 let mut t = Object::open(out);
-                t.decimal("maint_amount", tier.maint_amount, S8);
+                match tier.maint_amount {  // a nested record holds all its fields: an omitted one is null
+                    Some(maint_amount) => t.decimal("maint_amount", maint_amount, S8),
+                    None => t.key("maint_amount").extend_from_slice(b"null"),
+                }
                 t.decimal("max_notional", tier.max_notional, S8);
                 t.decimal("mmr", tier.mmr, S18);
                 t.close();
@@ -169,12 +177,15 @@ pub fn content_document(record: &Record<'_>, out: &mut Vec<u8>) {
             o.text("asset", asset);
             o.text("transfer_id", transfer_id);
         }
-        Body::Fill { fill_id, account_id, symbol, side, qty, price, fee, margin_mode, leverage } => {
+        Body::Fill { fill_id, account_id, symbol, side, qty, price, fee, margin_mode, leverage, position_side } => {
             o.text("account_id", account_id);
             o.decimal("fee", *fee, S8);
             o.text("fill_id", fill_id);
             o.decimal("leverage", *leverage, S8);
             o.text("margin_mode", if *margin_mode == MarginMode::Cross { "cross" } else { "isolated" });
+            if *position_side != PositionSide::Both {  // one-way mode, the default: left out
+                o.text("position_side", position_side.name());
+            }
             o.decimal("price", *price, S8);
             o.decimal("qty", *qty, S8);
             o.text("side", if *side == Side::Buy { "buy" } else { "sell" });
@@ -192,7 +203,9 @@ pub fn content_document(record: &Record<'_>, out: &mut Vec<u8>) {
             o.decimal("rate", *rate, S18);
             o.text("symbol", symbol);
         }
-        Body::Liquidation { liquidation_id, account_id, symbol, qty, mark_price, bankruptcy_price, executions } => {
+        Body::Liquidation {
+            liquidation_id, account_id, symbol, qty, mark_price, bankruptcy_price, executions, position_side,
+        } => {
             o.text("account_id", account_id);
             if let Some(bankruptcy_price) = bankruptcy_price {
                 o.decimal("bankruptcy_price", *bankruptcy_price, S8);
@@ -213,6 +226,9 @@ pub fn content_document(record: &Record<'_>, out: &mut Vec<u8>) {
             }
             o.text("liquidation_id", liquidation_id);
             o.decimal("mark_price", *mark_price, S8);
+            if *position_side != PositionSide::Both {
+                o.text("position_side", position_side.name());
+            }
             o.decimal("qty", *qty, S8);
             o.text("symbol", symbol);
         }

@@ -87,6 +87,10 @@ class SymbolClock:
                 bound = ts
         return bound
 
+    def seen(self, symbol: str) -> bool:
+        """Whether a record of `symbol` was applied (reached or not)."""
+        return symbol in self.reached or symbol in self.pending
+
     def applied(self, symbol: str, ts: int, clock: JournalClock) -> None:
         bound = self.bound(symbol, clock)
         if clock.reached(ts) and (bound is None or ts > bound):

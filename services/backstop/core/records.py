@@ -12,7 +12,8 @@ from typing import Literal
 SCHEMA_VERSION = 1
 
 FundEntryKind = Literal["transfer", "liquidation_gain", "liquidation_loss", "fee", "funding"]
-FindingKind = Literal["not_liquidatable", "bp_mismatch", "bp_clamped", "negative_wallet", "bad_debt", "adl_shortfall"]
+FindingKind = Literal["not_liquidatable", "bp_mismatch", "bp_clamped", "negative_wallet", "bad_debt", "adl_shortfall",
+                      "mark_mismatch"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.hashing import canonical_json
 from backstop.core.numbers import text
 from backstop.core.ordering import SymbolClock, clock_of
-from backstop.core.state import FundSpec, FundState, Instrument, Lot, Position, Tier
+from backstop.core.state import DEFAULT_MARK_TOLERANCE, FundSpec, FundState, Instrument, Lot, Position, Tier
 
 SNAPSHOT_VERSION = 3  # 3: the journal clock and dedupe in the document
 
@@ -42,23 +42,36 @@ def state_document(engine: Engine) -> dict[str, Any]:
                       "seq": lot.seq}
                      for symbol in sorted(f.lots) for lot in f.lots[symbol]],
         } for f in sorted(engine.funds.values(), key=lambda f: f.spec.fund_id)],
-        "instruments": [{
-            "symbol": i.symbol, "settle_asset": i.settle_asset, "tick_size": text(i.tick_size),
-            "lot_size": text(i.lot_size), "liquidation_fee_rate": text(i.liquidation_fee_rate),
-            "fund_id": i.fund_id,
-            "tiers": [{"max_notional": text(t.max_notional), "mmr": text(t.mmr),
-                       "maint_amount": text(t.maint_amount)} for t in i.tiers],
-        } for _, i in sorted(engine.instruments.items())],
+        "instruments": [_instrument_document(i) for _, i in sorted(engine.instruments.items())],
         "marks": {symbol: text(mark) for symbol, mark in sorted(engine.marks.items())},
         "clock": engine.clock.document(),
         "dedupe": engine.dedupe.document(),
         "mark_clock": engine.mark_clock.document(),
         "funding_clock": engine.funding_clock.document(),
-        "positions": [{
-            "account_id": p.account_id, "symbol": p.symbol, "qty": text(p.qty), "cost": text(p.cost),
-            "margin_mode": p.margin_mode, "leverage": text(p.leverage),
-        } for account in sorted(engine.positions) for p in engine.positions.in_symbol_order(account)],
+        "positions": [_position_document(p) for account in sorted(engine.positions)
+                      for p in engine.positions.in_symbol_order(account)],
     }
+
+
+def _instrument_document(i: Instrument) -> dict[str, Any]:
+    """An instrument's specs; a version-2 field is written only when it is not its default, so that a version-1
+    journal keeps its state hash."""
+    document: dict[str, Any] = {
+        "symbol": i.symbol, "settle_asset": i.settle_asset, "tick_size": text(i.tick_size),
+        "lot_size": text(i.lot_size), "liquidation_fee_rate": text(i.liquidation_fee_rate), "fund_id": i.fund_id,
+        "tiers": [{"max_notional": text(t.max_notional), "mmr": text(t.mmr), "maint_amount": text(t.maint_amount)}
+                  for t in i.tiers]}
+    if i.mark_tolerance != DEFAULT_MARK_TOLERANCE:
+        document["mark_tolerance"] = text(i.mark_tolerance)
+    return document
+
+
+def _position_document(p: Position) -> dict[str, Any]:
+    document: dict[str, Any] = {"account_id": p.account_id, "symbol": p.symbol, "qty": text(p.qty),
+                                "cost": text(p.cost), "margin_mode": p.margin_mode, "leverage": text(p.leverage)}
+    if p.position_side != "both":  # a version-1 journal keeps its state hash
+        document["position_side"] = p.position_side
+    return document
 
 
 def state_hash(engine: Engine) -> str:
@@ -99,7 +112,7 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: 
         tiers = tuple(Tier(_d(t["max_notional"]), _d(t["mmr"]), _d(t["maint_amount"])) for t in i["tiers"])
         engine.instruments[i["symbol"]] = Instrument(
             i["symbol"], i["settle_asset"], _d(i["tick_size"]), _d(i["lot_size"]), tiers,
-            _d(i["liquidation_fee_rate"]), i["fund_id"])
+            _d(i["liquidation_fee_rate"]), i["fund_id"], _d(i.get("mark_tolerance", str(DEFAULT_MARK_TOLERANCE))))
         engine.by_symbol[i["symbol"]] = {}
     engine.marks = {symbol: _d(mark) for symbol, mark in document["marks"].items()}
     engine.clock = clock_of(document["clock"])
@@ -108,8 +121,8 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: 
     engine.funding_clock = SymbolClock.of(document["funding_clock"])
     for p in document["positions"]:
         position = Position(p["account_id"], p["symbol"], _d(p["qty"]), _d(p["cost"]), p["margin_mode"],
-                            _d(p["leverage"]))
+                            _d(p["leverage"]), p.get("position_side", "both"))
         engine.positions.add(position)
-        engine.by_symbol[position.symbol][position.account_id] = position
+        engine.by_symbol[position.symbol][position.key] = position
         engine.adl_index.touch(position.account_id)
     return engine
