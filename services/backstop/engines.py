@@ -48,6 +48,7 @@ class EngineOptions:
     snapshot_every: int = 0  # a snapshot after every N applied events (0: none)
     check_conservation: bool = False
     adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
+    full_adl_metrics: bool = False  # rank inversions and eligible quantiles per ADL round (docs/design.md §11.4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class BatchResult:
     dead_letters: bytes
     snapshots: tuple[tuple[int, bytes], ...]
     stopped: tuple[int, str] | None
+    adl_rounds: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,8 @@ class ReferenceEngine:
     def __init__(self, options: EngineOptions, processor: Processor | None = None) -> None:
         self.options = options
         self.processor = processor or Processor(Engine(check_conservation=options.check_conservation,
-                                                       adl_policy=options.adl_policy))
+                                                       adl_policy=options.adl_policy,
+                                                       full_adl_metrics=options.full_adl_metrics))
         self._next_snapshot = self.processor.events_applied + options.snapshot_every
 
     @property
@@ -140,9 +143,14 @@ class ReferenceEngine:
         return self.processor.events_applied
 
     def apply_lines(self, chunk: bytes, first_line: int) -> BatchResult:
-        ledger, adl, findings, dead = bytearray(), bytearray(), bytearray(), bytearray()
+        ledger, adl, findings, dead, rounds = bytearray(), bytearray(), bytearray(), bytearray(), bytearray()
         snapshots: list[tuple[int, bytes]] = []
         processor, every = self.processor, self.options.snapshot_every
+
+        def result(stopped: tuple[int, str] | None) -> BatchResult:
+            return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots), stopped,
+                               bytes(rounds))
+
         with processor.engine.decimal_context():
             for number, raw in journal_lines(chunk, first_line):
                 try:
@@ -151,8 +159,7 @@ class ReferenceEngine:
                     processor.reject_unparsed()
                     dead += dead_letter_line(number, str(error), raw) + b"\n"
                     if self.options.strict:
-                        return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots),
-                                           (number, str(error)))
+                        return result((number, str(error)))
                     continue
                 outcome = processor.process(record)
                 if isinstance(outcome, Applied):
@@ -163,15 +170,16 @@ class ReferenceEngine:
                         adl += canonical_json(record_dict(event)) + b"\n"
                     for finding in effects.findings:
                         findings += canonical_json(record_dict(finding)) + b"\n"
+                    for round_ in effects.adl_rounds:
+                        rounds += canonical_json(round_.record) + b"\n"
                     if every > 0 and outcome.seq >= self._next_snapshot:
                         snapshots.append((outcome.seq, document_bytes(self.snapshot(number))))
                         self._next_snapshot = outcome.seq + every
                 elif isinstance(outcome, Rejection):
                     dead += dead_letter_line(number, outcome.reason, raw) + b"\n"
                     if self.options.strict:
-                        return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots),
-                                           (number, outcome.reason))
-        return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots), None)
+                        return result((number, outcome.reason))
+        return result(None)
 
     def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
         batch = [IngestConsumed(topic, partition, offset, None, value) for topic, partition, offset, value in records]
@@ -204,7 +212,8 @@ class ReferenceEngine:
     @classmethod
     def restored(cls, options: EngineOptions, document: dict[str, Any]) -> ReferenceEngine:
         """From a snapshot document whose envelope (seal, counters) the caller checked."""
-        engine = restore(document["engine"], check_conservation=options.check_conservation)
+        engine = restore(document["engine"], check_conservation=options.check_conservation,
+                         full_adl_metrics=options.full_adl_metrics)
         processor = Processor(engine, Deduper((key, ts) for key, ts in document["dedupe"]))
         if state_hash(engine) != document.get("state_hash"):
             raise SnapshotError("its state hash does not match its contents")

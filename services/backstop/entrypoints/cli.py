@@ -80,15 +80,12 @@ DEFAULT_ENGINE = "compiled"
 
 def _engine_for(args: argparse.Namespace) -> Literal["reference", "compiled"]:
     """The engine asked for, else the compiled one; the default falls back to the reference engine, saying so on
-    stderr, when the compiled engine is not built here or does not run the options asked for (an ADL policy other
-    than the default)."""
+    stderr, when the compiled engine is not built here."""
     from backstop.engines import compiled_available
 
     if args.engine is not None:
         chosen: Literal["reference", "compiled"] = args.engine
         return chosen
-    if (args.adl_rule, args.adl_price) != ("bitmex", "bankruptcy"):
-        return "reference"  # what-if policies are the reference engine's alone
     missing = compiled_available()
     if missing is None:
         return "compiled"
@@ -101,7 +98,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
-    from backstop.core.engine import AdlPolicy
     from backstop.engines import EngineUnavailable
     from backstop.entrypoints.replay import Carried, ReplayError, ReplayOptions, replay, replay_lines
 
@@ -110,11 +106,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print("backstop replay: give exactly one of INPUT.jsonl, --from-postgres DSN, --from-kafka BOOTSTRAP",
               file=sys.stderr)
         return 2
+    try:
+        policy = adl_policy_of(args)
+    except ValueError as error:
+        print(f"backstop replay: {error}", file=sys.stderr)
+        return 2
     options = ReplayOptions(journal=Path(args.journal) if args.journal else None, out=Path(args.out),
                             strict=args.strict, snapshot_every=args.snapshot_every,
                             from_snapshot=Path(args.from_snapshot) if args.from_snapshot else None,
-                            check_conservation=args.check_conservation,
-                            adl_policy=AdlPolicy(args.adl_rule, args.adl_price), engine=_engine_for(args))
+                            check_conservation=args.check_conservation, adl_policy=policy,
+                            full_adl_metrics=args.adl_metrics == "full", engine=_engine_for(args))
     stored: dict[str, Any] | None = None
     try:
         if args.journal:
@@ -459,6 +460,51 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_adl_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ADL policy of a replay (docs/design.md §11): a preset and the options that adjust it."""
+    from backstop.core.adl_policy import PRESETS, PRICES
+
+    group = parser.add_argument_group("ADL policy (docs/design.md §11; what-if runs record theirs)")
+    group.add_argument("--adl-policy", choices=[*PRESETS, "bitmex"], default="queue", metavar="NAME",
+                       help=f"one of {', '.join(PRESETS)} (default queue: BitMEX's queue at the lot's BP, §4)")
+    group.add_argument("--adl-rule", dest="adl_policy", choices=[*PRESETS, "bitmex"], help=argparse.SUPPRESS)
+    group.add_argument("--adl-price", choices=PRICES, default=None,
+                       help="price counterparties are closed at: the lot's bankruptcy price (default), the mark, or "
+                            "floor (OKX: the mark while the fund can pay the deficit above its floor)")
+    group.add_argument("--adl-floor", type=_amount, default=None, metavar="AMOUNT",
+                       help="the fund's balance floor: it keeps inventory only above it (default 0)")
+    group.add_argument("--adl-drawdown", type=_amount, default=None, metavar="RATIO",
+                       help="Bybit's trigger: ADL when a symbol's fund PnL is more than RATIO of the pool's max "
+                            "balance below its max PnL over the window (bybit: 0.3)")
+    group.add_argument("--adl-stop", type=_amount, default=None, metavar="RATIO",
+                       help="... and it stops once that fall is back under RATIO (bybit: 0.25)")
+    group.add_argument("--adl-window-hours", type=_positive, default=None, metavar="H",
+                       help="the window of event time (bybit: 8)")
+    group.add_argument("--adl-metrics", choices=["basic", "full"], default="basic",
+                       help="full: also rank inversions and the eligible population's quantiles in adl-rounds.jsonl "
+                            "and the summary (O(N log N) per round over every opposite position)")
+
+
+def adl_policy_of(args: argparse.Namespace) -> Any:
+    """The AdlPolicy the options name; ValueError says what is wrong."""
+    from backstop.core.adl_policy import configured
+
+    return configured(args.adl_policy, price=args.adl_price, floor=args.adl_floor, drawdown_ratio=args.adl_drawdown,
+                      stop_ratio=args.adl_stop, window_hours=args.adl_window_hours)
+
+
+def _amount(value: str) -> Any:
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a decimal: {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise argparse.ArgumentTypeError(f"must be a decimal >= 0, not {value!r}")
+    return amount
+
+
 def _positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {value!r}")
@@ -488,10 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start from a snapshot written by --snapshot-every and replay the rest")
     replay.add_argument("--check-conservation", action="store_true",
                         help="re-check that all ledger balances sum to zero after every event")
-    replay.add_argument("--adl-rule", choices=["bitmex", "binance", "pro_rata"], default="bitmex",
-                        help="ADL ranking rule (default bitmex, docs/design.md §4; what-if runs record theirs)")
-    replay.add_argument("--adl-price", choices=["bankruptcy", "mark"], default="bankruptcy",
-                        help="price counterparties are closed at (default: the lot's bankruptcy price)")
+    add_adl_policy_arguments(replay)
     replay.add_argument("--engine", choices=ENGINE_CHOICES, default=None,
                         help=f"which engine applies the rules (default {DEFAULT_ENGINE}; the reference when the "
                              "compiled engine is not built here, or for an ADL policy other than the default)")
