@@ -23,12 +23,19 @@ class Ledger:
     """The compiled engine's state; every method takes or returns whole batches and documents as bytes."""
 
     def __init__(
-        self, *, strict: bool, snapshot_every: int, snapshot: bytes | None, check_conservation: bool = False
+        self,
+        *,
+        strict: bool,
+        snapshot_every: int,
+        snapshot: bytes | None,
+        check_conservation: bool = False,
+        adl_policy: bytes | None = None,
+        full_adl_metrics: bool = False,
     ) -> None: ...
     def events_applied(self) -> int: ...
     def apply_lines(
         self, chunk: bytes, first_line: int
-    ) -> tuple[bytes, bytes, bytes, bytes, list[tuple[int, bytes]], tuple[int, str] | None]: ...
+    ) -> tuple[bytes, bytes, bytes, bytes, list[tuple[int, bytes]], tuple[int, str] | None, bytes]: ...
     def apply_records(
         self, records: list[tuple[str, int, int, bytes | None]], prefix: str
     ) -> tuple[bytes, bytes, bytes, bytes, bytes, list[tuple[str, int]]]: ...

@@ -19,6 +19,7 @@ import orjson
 
 from backstop.adapters.files import RAW_KEEP_BYTES
 from backstop.adapters.journal_file import records
+from backstop.core.adl_policy import document as policy_document
 from backstop.core.dedupe import Deduper
 from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.hashing import canonical_json, record_dict
@@ -244,11 +245,11 @@ class CompiledEngine:
     def __init__(self, options: EngineOptions, snapshot: bytes | None = None) -> None:
         from backstop import _engine
 
-        if options.adl_policy != AdlPolicy():
-            raise EngineUnavailable("the compiled engine runs the default ADL policy only (bitmex, bankruptcy)")
         try:
             self._ledger = _engine.Ledger(strict=options.strict, snapshot_every=options.snapshot_every,
-                                          snapshot=snapshot, check_conservation=options.check_conservation)
+                                          snapshot=snapshot, check_conservation=options.check_conservation,
+                                          adl_policy=canonical_json(policy_document(options.adl_policy)),
+                                          full_adl_metrics=options.full_adl_metrics)
         except ValueError as error:  # the reasons the reference's restore gives, or a state hash that does not match
             reason = str(error)
             raise SnapshotError(reason if reason.startswith("its state hash") else
@@ -259,8 +260,8 @@ class CompiledEngine:
         return self._ledger.events_applied()
 
     def apply_lines(self, chunk: bytes, first_line: int) -> BatchResult:
-        ledger, adl, findings, dead, snapshots, stopped = self._ledger.apply_lines(chunk, first_line)
-        return BatchResult(ledger, adl, findings, dead, tuple(snapshots), stopped)
+        ledger, adl, findings, dead, snapshots, stopped, rounds = self._ledger.apply_lines(chunk, first_line)
+        return BatchResult(ledger, adl, findings, dead, tuple(snapshots), stopped, rounds)
 
     def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
         journal, ledger, adl, findings, dead, duplicates = self._ledger.apply_records(list(records), topic_prefix)

@@ -2,6 +2,7 @@
 //! journal lines, with the outputs as canonical bytes; and the documents of the state (backstop.core.report and
 //! backstop.core.snapshot): the summary, accounts.json, the state hash, snapshots and their restore.
 
+use crate::adl::{Policy, WindowMax};
 use crate::canonical::{self, J};
 use crate::engine::{mode_name, money, price_of, Engine, Outputs, FUND_ACCOUNT_PREFIX, MAX_LATENESS_MS};
 use crate::json::{self, Dialect, Value};
@@ -316,10 +317,10 @@ impl Processor {
         let by_name = |map: &HashMap<u32, u64>| -> J<'_> {
             J::Obj(map.iter().map(|(symbol, ts)| (names.name(*symbol), J::Int(*ts as i128))).collect())
         };
-        let document = J::Obj(vec![
+        let mut entries = vec![
             ("snapshot_version", J::Int(SNAPSHOT_VERSION)),
             ("seq", J::Int(engine.last_seq as i128)),
-            ("adl_policy", J::Obj(vec![("rule", J::Str("bitmex")), ("price", J::Str("bankruptcy"))])),
+            ("adl_policy", engine.policy.document()),
             ("ledger_head", J::Str(&engine.ledger_head)),
             ("adl_head", J::Str(&engine.adl_head)),
             ("balances", J::Obj(balances.iter().map(|(name, balance)| (name.as_str(), J::Owned(text_wide(*balance, S8)))).collect())),
@@ -330,8 +331,12 @@ impl Processor {
             ("mark_ts", by_name(&engine.mark_ts)),
             ("funding_ts", by_name(&engine.funding_ts)),
             ("positions", J::Arr(positions_in_order(engine).into_iter().map(|p| position_document(engine, p)).collect())),
-        ]);
-        canonical::to_vec(&document)
+        ];
+        if engine.policy.drawdown.is_some() {
+            // only under Bybit's trigger: every other state hash stays as it was
+            entries.push(("adl_drawdown", engine.drawdown.document(names)));
+        }
+        canonical::to_vec(&J::Obj(entries))
     }
 
     pub fn state_hash(&self) -> String {
@@ -407,6 +412,7 @@ impl Processor {
             ("findings", J::Int(self.findings as i128)),
             ("ledger_sum", J::Owned(text_wide(engine.ledger.sum(), S8))),
             ("funds", J::Obj(funds)),
+            ("adl", engine.totals.document()),
         ]);
         canonical::to_vec(&document)
     }
@@ -502,12 +508,10 @@ impl Processor {
         if version != Some(SNAPSHOT_VERSION) {
             return Err(format!("unsupported snapshot version {}", version.map_or("None".into(), |v| v.to_string())));
         }
-        let policy = object(field(state, "adl_policy")?)?;
-        if string(field(policy, "rule")?)? != "bitmex" || string(field(policy, "price")?)? != "bankruptcy" {
-            return Err("the compiled engine restores the default ADL policy only".into());
-        }
+        let policy = Policy::from_document(field(state, "adl_policy")?)?;
         let mut processor = Processor::new(strict, snapshot_every);
         let engine = &mut processor.engine;
+        engine.policy = policy;
         engine.last_seq = int(field(state, "seq")?)? as u64;
         engine.ledger_head = string(field(state, "ledger_head")?)?.to_string();
         engine.adl_head = string(field(state, "adl_head")?)?.to_string();
@@ -612,6 +616,9 @@ impl Processor {
             }
             engine.positions.add(position);
         }
+        if policy.drawdown.is_some() {
+            restore_drawdown(engine, object(field(state, "adl_drawdown")?)?)?;
+        }
         for entry in array(field(root, "dedupe")?)? {
             let pair = array(entry)?;
             let [key, ts] = pair else { return Err("a dedupe entry is not [key, ts]".into()) };
@@ -629,6 +636,35 @@ impl Processor {
         processor.next_snapshot = processor.engine.last_seq + snapshot_every;
         Ok(processor)
     }
+}
+
+/// Bybit's trigger state from a state document's `adl_drawdown` (backstop.core.adl_drawdown.DrawdownState).
+fn restore_drawdown(engine: &mut Engine, document: Entries<'_, '_>) -> Result<(), String> {
+    let window = |rows: &Value<'_>, scale: u32| -> Result<WindowMax, String> {
+        let mut restored = WindowMax::default();
+        for row in array(rows)? {
+            let [ts, value] = array(row)? else { return Err("a window entry is not [ts, value]".into()) };
+            restored.entries.push_back((int(ts)? as u64, wide_decimal(value, scale)?));
+        }
+        Ok(restored)
+    };
+    for (fund, rows) in object(field(document, "balances")?)? {
+        let fund = engine.names.id(fund);
+        engine.drawdown.balances.insert(fund, window(rows, S8)?);
+    }
+    for (symbol, rows) in object(field(document, "pnls")?)? {
+        let symbol = engine.names.id(symbol);
+        engine.drawdown.pnls.insert(symbol, window(rows, S16)?);
+    }
+    for (symbol, value) in object(field(document, "realized")?)? {
+        let symbol = engine.names.id(symbol);
+        engine.drawdown.realized.insert(symbol, wide_decimal(value, S8)?);
+    }
+    for symbol in array(field(document, "triggered")?)? {
+        let symbol = engine.names.id(string(symbol)?);
+        engine.drawdown.triggered.insert(symbol);
+    }
+    Ok(())
 }
 
 fn surplus_name(surplus: Surplus) -> &'static str {

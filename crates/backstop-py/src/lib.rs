@@ -1,6 +1,7 @@
 //! The PyO3 module `backstop._engine`: a thin skin over `backstop_engine`. It converts at the boundary once per
 //! batch, releases the GIL while a batch runs, and turns engine errors into typed Python exceptions.
 
+use backstop_engine::adl::Policy;
 use backstop_engine::processor::{Consumed, Processor};
 use backstop_engine::{canonical, json, numbers, wire};
 use pyo3::create_exception;
@@ -135,14 +136,27 @@ impl Ledger {
 
 #[pymethods]
 impl Ledger {
+    /// `adl_policy`: the policy's state-document JSON (a snapshot carries its own); `full_adl_metrics`: rank inversions
+    /// and the eligible population per ADL round.
     #[new]
-    #[pyo3(signature = (*, strict, snapshot_every, snapshot, check_conservation=false))]
-    fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>, check_conservation: bool) -> PyResult<Ledger> {
+    #[pyo3(signature = (*, strict, snapshot_every, snapshot, check_conservation=false, adl_policy=None,
+                        full_adl_metrics=false))]
+    fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>, check_conservation: bool,
+           adl_policy: Option<&[u8]>, full_adl_metrics: bool) -> PyResult<Ledger> {
         let mut processor = match snapshot {
-            None => Processor::new(strict, snapshot_every),
+            None => {
+                let mut processor = Processor::new(strict, snapshot_every);
+                if let Some(raw) = adl_policy {
+                    let document = parsed_json(raw)?;
+                    processor.engine.policy = Policy::from_document(&document).map_err(PyValueError::new_err)?;
+                }
+                processor
+            }
             Some(raw) => Processor::restore(raw, strict, snapshot_every).map_err(PyValueError::new_err)?,
         };
         processor.check_conservation = check_conservation;
+        processor.engine.full_metrics = full_adl_metrics;
+        processor.engine.totals.full = full_adl_metrics;
         Ok(Ledger { processor, poisoned: None })
     }
 
@@ -161,6 +175,7 @@ impl Ledger {
             PyBytes::new(py, &batch.dead_letters),
             snapshots,
             batch.stopped,
+            PyBytes::new(py, &batch.outputs.adl_rounds),
         )
             .into_pyobject(py)
     }
