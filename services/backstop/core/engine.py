@@ -129,7 +129,9 @@ class Engine:
         self._leverages: dict[str, Decimal] = {}
         self._settle_assets: tuple[int, frozenset[str]] = (0, frozenset())  # (funds seen, their assets)
         self._rank_cache: dict[str, tuple[Decimal, dict[str, tuple[tuple[Decimal, ...], adl.Ranked]]]] = {}
-        self._figures_cache: dict[str, tuple[Decimal, dict[str, tuple[tuple[Decimal, ...], adl_rounds.Figures]]]] = {}
+        # symbol -> (mark, account -> (its numbers, equity share, figures)), as _rank_cache
+        self._figures_cache: dict[str, tuple[Decimal, dict[str, tuple[tuple[Decimal, ...], Decimal,
+                                                                       adl_rounds.Figures]]]] = {}
         self.last_seq = 0
         self.newest_ts: int | None = None  # the largest ts applied (backstop.core.ordering)
         self.mark_ts: dict[str, int] = {}  # symbol -> ts of the mark in force
@@ -557,8 +559,8 @@ class Engine:
             return adl.pro_rata([r.position.size for r in queue], lot.qty, lot_size)
         if rule in ("capped_pro_rata", "min_max_leverage"):
             mark = self.marks[lot.symbol]
-            candidates = [Candidate(r.position.account_id, r.position.size, r.position.unrealized_pnl(mark),
-                                    self.margin_view(r.position).equity_share) for r in queue]
+            candidates = [Candidate(r.position.account_id, r.position.size, r.unrealized_pnl,
+                                    self._equity(r.position, mark)) for r in queue]
             allocate = capped_pro_rata if rule == "capped_pro_rata" else min_max_leverage
             return allocate(candidates, lot.qty, lot_size, full_haircut)
         takes = []
@@ -577,23 +579,32 @@ class Engine:
             eligible_count=count, sequential=self.adl_policy.sequential))
 
     def _figures(self, position: Position, mark: Decimal) -> adl_rounds.Figures:
-        """A position's figures at the mark for the round metrics, remembered like _ranked for positions whose equity
-        depends on nothing else (a block of rounds at one mark views the same eligible positions again and again)."""
+        """A position's figures at the mark for the round metrics."""
+        return self._viewed(position, mark)[1]
+
+    def _equity(self, position: Position, mark: Decimal) -> Decimal:
+        """A position's equity share at the mark (margin_view's), as the allocations weigh it."""
+        return self._viewed(position, mark)[0]
+
+    def _viewed(self, position: Position, mark: Decimal) -> tuple[Decimal, adl_rounds.Figures]:
+        """(equity share, figures) at the mark, remembered like _ranked for positions whose equity depends on nothing
+        else: a block of rounds at one mark views the same eligible positions again and again."""
         alone = position.margin_mode == "isolated" or len(self.positions.of(position.account_id)) == 1
         cached_mark, cache = self._figures_cache.get(position.symbol, (None, {}))
         if cached_mark != mark:
             cache = {}
             self._figures_cache[position.symbol] = (mark, cache)
-        numbers = (position.qty, position.cost, self._margin_base(position))
+        numbers = (position.qty, position.cost, self._margin_base(position)) if alone else ()
         if alone:
             hit = cache.get(position.account_id)
             if hit is not None and hit[0] == numbers:
-                return hit[1]
+                return hit[1], hit[2]
+        equity = self.margin_view(position).equity_share
         result = adl_rounds.figures(position.account_id, position.size, position.cost, position.unrealized_pnl(mark),
-                                    self.margin_view(position).equity_share, mark)
+                                    equity, mark)
         if alone:
-            cache[position.account_id] = (numbers, result)
-        return result
+            cache[position.account_id] = (numbers, equity, result)
+        return equity, result
 
     def _eligible_figures(self, symbol: str, side: str, mark: Decimal) -> list[adl_rounds.Figures]:
         want_long = side == "long"
@@ -765,7 +776,7 @@ class Engine:
             candidates = [p for p in self.by_symbol[symbol].values() if (p.qty > 0) == want_long]
             if self.adl_policy.rule == "binance":
                 return adl.order([self._rank_binance(p, mark) for p in candidates])
-            return adl.order([adl.rank_position(p, mark, self._bankruptcy_price(p)) for p in candidates])
+            return adl.order([self._ranked(p) for p in candidates])
 
     def _rank_binance(self, position: Position, mark: Decimal) -> adl.Ranked:
         view = self.margin_view(position)

@@ -425,16 +425,21 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
 def _cmd_whatif(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from backstop.entrypoints.policy_lab import parse_policies, render_policies, whatif_policies
     from backstop.entrypoints.whatif import WhatIfError, WhatIfFile, load_params, render, whatif
 
+    inputs = [Path(args.params)] if args.params else []
     try:
         params = load_params(Path(args.params)) if args.params else WhatIfFile()
-        comparison = whatif(Path(args.journal), params, Path(args.out), report=args.report,
-                            inputs=[Path(args.params)] if args.params else [])
+        if args.policies is not None:
+            comparison = whatif_policies(Path(args.journal), params, parse_policies(args.policies), Path(args.out),
+                                         report=args.report, inputs=inputs)
+        else:
+            comparison = whatif(Path(args.journal), params, Path(args.out), report=args.report, inputs=inputs)
     except WhatIfError as error:
         print(f"backstop whatif: {error}", file=sys.stderr)
         return 2
-    print(render(comparison))
+    print(render_policies(comparison) if args.policies is not None else render(comparison))
     print(f"runs, journals and comparison.json in {args.out}/" + (f"; report: {args.out}/report.html"
                                                                    if args.report else ""))
     return 0
@@ -611,6 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "parameter set, side by side")
     whatif.add_argument("journal", metavar="INPUT.jsonl")
     whatif.add_argument("--params", metavar="ALT.toml", help="[baseline] and [alternative] overrides (see docs)")
+    whatif.add_argument("--policies", metavar="A,B,...",
+                        help="replay once per ADL policy (queue, binance, pro_rata, capped_pro_rata, min_max_leverage, "
+                             "socialized, bybit, okx) on the [baseline] scenario and compare their fairness")
     whatif.add_argument("--out", required=True, metavar="DIR")
     whatif.add_argument("--report", action="store_true", help="also write report.html with baseline and alternative "
                                                               "charted on the same axes")
