@@ -452,16 +452,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from backstop.entrypoints.demo import run_demo
     from backstop.entrypoints.whatif import WhatIfError
 
+    from backstop.entrypoints.policy_lab import parse_policies
+
     try:
+        policies = () if args.no_policies else tuple(parse_policies(args.policies))
         result = run_demo(Path(args.out), seed=args.seed, accounts=args.accounts, report=not args.no_report,
-                          progress=sys.stderr.isatty())
+                          progress=sys.stderr.isatty(), policies=policies)
     except (OutputError, WhatIfError, OSError) as error:
         print(f"backstop demo: {_os_message(error)}", file=sys.stderr)
         return 2
     print(f"backstop demo: {result['input_records']:,} input records, seed {args.seed}")
     print(result["table"])
     print(f"head hash  {result['summary']['head_hash']}")
-    print(f"outputs in {args.out}/" + ("" if args.no_report else f"; report: {args.out}/report.html"))
+    if policies:
+        print(f"\nADL policies on the same cascade (each run in {args.out}/policies/, its journal replays with "
+              f"backstop replay --adl-policy NAME):")
+        print(result["policies_table"])
+    print(f"outputs in {args.out}/" + ("" if args.no_report else f"; report: {args.out}/report.html" + (
+        f", {args.out}/policies/report.html" if policies else "")))
     return 0
 
 
@@ -630,6 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=2025)
     demo.add_argument("--accounts", type=_positive, default=3000)
     demo.add_argument("--no-report", action="store_true", help="skip the HTML report and charts")
+    demo.add_argument("--policies", default="queue,pro_rata,capped_pro_rata,min_max_leverage,socialized",
+                      metavar="A,B,...", help="the ADL policies to compare on the same cascade (default: %(default)s)")
+    demo.add_argument("--no-policies", action="store_true", help="skip the ADL policy comparison")
     demo.set_defaults(handler=_cmd_demo)
 
     db = commands.add_parser("db", help="PostgreSQL schema management")
