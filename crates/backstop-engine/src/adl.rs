@@ -1,11 +1,15 @@
 //! The ADL lab (docs/design.md section 11; backstop.core.adl_policy, adl_allocation, adl_rounds, adl_drawdown):
 //! policies, how a round splits a lot among counterparties, the fairness metrics of a round and of a run, and the
 //! state of Bybit's drawdown trigger. Quantities at 1e-8, exact products (uPnL, equity, proceeds, haircuts) at 1e-16,
-//! ratios at 1e-12; every division rounds once, as the reference's.
+//! ratios at 1e-12; every division rounds once, as the reference's. Values derived from a balance or a lot's cost
+//! (equity shares, haircuts, deficits, leverage, the drawdown trigger's PnL) are 512-bit (docs/design.md section 9.3).
 
 use crate::canonical::J;
 use crate::json::Value;
-use crate::numbers::{self, add, mul, narrow, pow10, pow10_i128, ratio, sub, wide_mul, Rounding, S12, S16, S18, S8};
+use crate::numbers::{
+    self, add, fit128, mul, narrow, ratio, sub, text_512, wadd, wdiv_round, wide, wide256, wide_mul, wmul, wpow10,
+    wratio, wrescale, wsub, Rounding, Wide, S12, S16, S18, S8,
+};
 use ethnum::I256;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -162,13 +166,19 @@ pub struct Candidate<'n> {
     pub name: &'n str,
     pub size: i128,
     pub profit: i128,
-    pub equity: I256,
+    pub equity: Wide,
 }
 
-/// numerator x 10^-num_scale / (denominator x 10^-den_scale), FLOOR to a multiple of step (1e-8): whole_steps.
-fn floor_steps(numerator: I256, num_scale: u32, denominator: I256, den_scale: u32, step: i128) -> i128 {
-    let units = narrow(ratio(numerator, num_scale, denominator, den_scale, S8, Rounding::Floor));
-    units.div_euclid(step) * step
+/// numerator x 10^-num_scale / (denominator x 10^-den_scale), FLOOR to a multiple of step (1e-8): whole_steps. Wide:
+/// a cap over a tiny haircut can pass any qty (the caller takes the smaller of it and a size).
+fn floor_steps_wide(numerator: Wide, num_scale: u32, denominator: Wide, den_scale: u32, step: i128) -> Wide {
+    let units = wratio(numerator, num_scale, denominator, den_scale, S8, Rounding::Floor);
+    wmul(wdiv_round(units, wide(step), Rounding::Floor), wide(step))
+}
+
+/// floor_steps_wide of a result no larger than a qty.
+fn floor_steps(numerator: Wide, num_scale: u32, denominator: Wide, den_scale: u32, step: i128) -> i128 {
+    fit128(floor_steps_wide(numerator, num_scale, denominator, den_scale, step)).expect("a take within a qty")
 }
 
 /// Give `left` away `step` at a time in `order`, pass after pass, no take beyond its cap; returns what is left.
@@ -200,7 +210,7 @@ pub fn pro_rata(sizes: &[i128], total: i128, lot: i128) -> Vec<i128> {
         return sizes.to_vec();
     }
     let mut takes: Vec<i128> =
-        sizes.iter().map(|&size| floor_steps(wide_mul(size, total), S16, I256::new(held), S8, lot)).collect();
+        sizes.iter().map(|&size| floor_steps(wide256(wide_mul(size, total)), S16, wide(held), S8, lot)).collect();
     let order: Vec<usize> = (0..sizes.len()).collect();
     let left = total - takes.iter().sum::<i128>();
     hand_out(&mut takes, sizes, &order, left, lot);
@@ -215,14 +225,16 @@ fn by_profit(candidates: &[Candidate<'_>], among: &mut [usize]) {
 }
 
 /// Capped pro-rata on profit (adl_allocation.capped_pro_rata); full_haircut at 1e-16.
-pub fn capped_pro_rata(candidates: &[Candidate<'_>], total: i128, lot: i128, full_haircut: I256) -> Vec<i128> {
+pub fn capped_pro_rata(candidates: &[Candidate<'_>], total: i128, lot: i128, full_haircut: Wide) -> Vec<i128> {
     let count = candidates.len();
     let mut caps = vec![0i128; count];
     for (index, candidate) in candidates.iter().enumerate() {
         if candidate.profit > 0 {
             let mut cap = candidate.size;
-            if full_haircut > 0 {
-                cap = cap.min(floor_steps(wide_mul(candidate.profit, total), S16 + S8, full_haircut, S16, lot));
+            if full_haircut > Wide::ZERO {
+                let by_profit = floor_steps_wide(wide256(wide_mul(candidate.profit, total)), S16 + S8, full_haircut,
+                                                 S16, lot);
+                cap = fit128(by_profit.min(wide(cap))).expect("at most the size");
             }
             caps[index] = cap;
         }
@@ -249,7 +261,8 @@ pub fn capped_pro_rata(candidates: &[Candidate<'_>], total: i128, lot: i128, ful
         rest_profit = sub(rest_profit, I256::new(candidates[index].profit));
     }
     for &index in &active[first_free..] {
-        takes[index] = floor_steps(wide_mul(rest_qty, candidates[index].profit), S8 + S16, rest_profit, S16, lot);
+        takes[index] =
+            floor_steps(wide256(wide_mul(rest_qty, candidates[index].profit)), S8 + S16, wide256(rest_profit), S16, lot);
     }
     let mut order = active.clone();
     by_profit(candidates, &mut order);
@@ -260,29 +273,27 @@ pub fn capped_pro_rata(candidates: &[Candidate<'_>], total: i128, lot: i128, ful
 
 /// Min-max leverage water-filling (adl_allocation.min_max_leverage); full_haircut at 1e-16. F = total x equity -
 /// size x full_haircut, at 1e-24.
-pub fn min_max_leverage(candidates: &[Candidate<'_>], total: i128, lot: i128, full_haircut: I256) -> Vec<i128> {
+pub fn min_max_leverage(candidates: &[Candidate<'_>], total: i128, lot: i128, full_haircut: Wide) -> Vec<i128> {
     let count = candidates.len();
     let mut takes = vec![0i128; count];
-    let weights: Vec<I256> = candidates
+    let weights: Vec<Wide> = candidates
         .iter()
-        .map(|c| sub(mul(I256::new(total), c.equity), mul(I256::new(c.size), full_haircut)))
+        .map(|c| wsub(wmul(wide(total), c.equity), wmul(wide(c.size), full_haircut)))
         .collect();
-    let mut solvent: Vec<usize> = (0..count).filter(|&i| weights[i] > 0).collect();
+    let mut solvent: Vec<usize> = (0..count).filter(|&i| weights[i] > Wide::ZERO).collect();
     solvent.sort_by(|&a, &b| {
         // size / F descending: s_b F_a against s_a F_b
-        mul(I256::new(candidates[b].size), weights[a]).cmp(&mul(I256::new(candidates[a].size), weights[b]))
+        wmul(wide(candidates[b].size), weights[a]).cmp(&wmul(wide(candidates[a].size), weights[b]))
             .then(candidates[b].size.cmp(&candidates[a].size))
             .then_with(|| candidates[a].name.cmp(candidates[b].name))
     });
-    let (mut sizes, mut phi, mut cut) = (0i128, I256::ZERO, solvent.len());
+    let (mut sizes, mut phi, mut cut) = (0i128, Wide::ZERO, solvent.len());
     for (place, &index) in solvent.iter().enumerate() {
         sizes += candidates[index].size;
-        phi = add(phi, weights[index]);
+        phi = wadd(phi, weights[index]);
         if let Some(&following) = solvent.get(place + 1) {
             let excess = sizes - total;
-            if excess > 0
-                && mul(I256::new(excess), weights[following]) >= mul(I256::new(candidates[following].size), phi)
-            {
+            if excess > 0 && wmul(wide(excess), weights[following]) >= wmul(wide(candidates[following].size), phi) {
                 cut = place + 1;
                 break;
             }
@@ -290,10 +301,10 @@ pub fn min_max_leverage(candidates: &[Candidate<'_>], total: i128, lot: i128, fu
     }
     let top = &solvent[..cut];
     if sizes > total {
-        let excess = I256::new(sizes - total);
+        let excess = wide(sizes - total);
         for &index in top {
             // (s x Phi - F x excess) at 1e-32, over Phi at 1e-24
-            let numerator = sub(mul(I256::new(candidates[index].size), phi), mul(weights[index], excess));
+            let numerator = wsub(wmul(wide(candidates[index].size), phi), wmul(weights[index], excess));
             takes[index] = floor_steps(numerator, S8 + S16 + S8, phi, S16 + S8, lot);
         }
         let sizes_of: Vec<i128> = candidates.iter().map(|c| c.size).collect();
@@ -309,7 +320,7 @@ pub fn min_max_leverage(candidates: &[Candidate<'_>], total: i128, lot: i128, fu
         if left <= 0 {
             break;
         }
-        if weights[index] <= 0 {
+        if weights[index] <= Wide::ZERO {
             takes[index] = candidates[index].size.min(left);
             left -= takes[index];
         }
@@ -326,55 +337,61 @@ pub fn socialized_shares(profits: &[i128], keys: &[(&str, &str)], shortfall: I25
     for &u in profits.iter().filter(|&&u| u > 0) {
         total = add(total, I256::new(u));
     }
-    if total <= mul(shortfall, pow10(S16 - S8)) {
+    // the shortfall derives from a balance: 512 bits (section 9.3)
+    let shortfall = wide256(shortfall);
+    if wide256(total) <= wmul(shortfall, wpow10(S16 - S8)) {
         return caps;
     }
     let mut shares: Vec<i128> = profits
         .iter()
-        .map(|&u| if u > 0 { narrow(ratio(mul(shortfall, I256::new(u)), S8 + S16, total, S16, S8, Rounding::Floor)) }
-             else { 0 })
+        .map(|&u| if u > 0 {
+            // at most u: the profits sum to more than the shortfall
+            fit128(wratio(wmul(shortfall, wide(u)), S8 + S16, wide256(total), S16, S8, Rounding::Floor))
+                .expect("a share within a profit")
+        } else { 0 })
         .collect();
     let mut order: Vec<usize> = (0..profits.len()).filter(|&i| profits[i] > 0).collect();
     order.sort_by(|&a, &b| profits[b].cmp(&profits[a]).then_with(|| keys[a].cmp(&keys[b])));
-    let left = narrow(shortfall) - shares.iter().sum::<i128>();
+    let left = fit128(shortfall).expect("a shortfall within the profits") - shares.iter().sum::<i128>();
     hand_out(&mut shares, &caps, &order, left, 1);
     shares
 }
 
 // ------------------------------------------------------------------------------------------------ metrics
 
-/// A position at a round's mark: profit (uPnL, 1e-16), leverage (1e-12; None without equity), PnL% (1e-12).
+/// A position at a round's mark: profit (uPnL, 1e-16), leverage (1e-12; None without equity), PnL% (1e-12). The
+/// ratios are Wide: an equity or a cost can be as small as 1e-16 (section 9.3).
 #[derive(Clone, Copy, Debug)]
 pub struct Figures {
     pub account: u32,
     pub profit: i128,
-    pub leverage: Option<i128>,
-    pub pnl_pct: i128,
+    pub leverage: Option<Wide>,
+    pub pnl_pct: Wide,
 }
 
 impl Figures {
-    pub fn of(account: u32, size: i128, cost: i128, profit: i128, equity: I256, mark: i128) -> Figures {
-        let leverage = (equity > 0).then(|| narrow(ratio(wide_mul(size, mark), S16, equity, S16, S12,
-                                                          Rounding::HalfEven)));
+    pub fn of(account: u32, size: i128, cost: i128, profit: i128, equity: Wide, mark: i128) -> Figures {
+        let leverage = (equity > Wide::ZERO)
+            .then(|| wratio(wide256(wide_mul(size, mark)), S16, equity, S16, S12, Rounding::HalfEven));
         let pnl_pct = if cost != 0 {
-            narrow(ratio(I256::new(profit), S16, I256::new(cost), S16, S12, Rounding::HalfEven))
+            wide256(ratio(I256::new(profit), S16, I256::new(cost), S16, S12, Rounding::HalfEven))
         } else {
-            0
+            Wide::ZERO
         };
         Figures { account, profit, leverage, pnl_pct }
     }
     /// Leverage for ordering: no equity counts above every leverage.
-    fn leverage_key(&self) -> (bool, i128) {
-        self.leverage.map_or((true, 0), |value| (false, value))
+    fn leverage_key(&self) -> (bool, Wide) {
+        self.leverage.map_or((true, Wide::ZERO), |value| (false, value))
     }
 }
 
-/// A counterparty a round took from: qty (1e-8) and its haircut (1e-16, signed).
+/// A counterparty a round took from: qty (1e-8) and its haircut (1e-16, signed; from a lot's cost share: Wide).
 #[derive(Clone, Copy, Debug)]
 pub struct Hit {
     pub figures: Figures,
     pub qty: i128,
-    pub haircut: i128,
+    pub haircut: Wide,
 }
 
 /// What a round starts from (adl_rounds.RoundStart): the lot (None under socialized), balances at 1e-8.
@@ -386,21 +403,21 @@ pub struct RoundStart<'a> {
     pub liquidation_id: Option<&'a str>,
     pub side: Option<&'static str>,
     pub qty: Option<i128>,
-    pub cost: Option<i128>,
+    pub cost: Option<Wide>,
     pub mark: Option<i128>,
     pub fund_balance: I256,
     pub floor: i128,
 }
 
 /// The nearest-rank deciles and the max of sorted values (at 1e-12), as (p10, p50, p90, max).
-fn deciles(sorted: &[i128]) -> [Option<i128>; 4] {
+fn deciles<T: Copy>(sorted: &[T]) -> [Option<T>; 4] {
     let count = sorted.len();
     let at = |tenths: usize| (count > 0).then(|| sorted[(tenths * count).div_ceil(10) - 1]);
     [at(1), at(5), at(9), sorted.last().copied()]
 }
 
-fn quantile_document(count: u64, values: [Option<i128>; 4], unbounded: Option<u64>) -> J<'static> {
-    let value = |v: Option<i128>| v.map_or(J::Null, |v| J::Dec(v, S12));
+fn quantile_document(count: u64, values: [Option<Wide>; 4], unbounded: Option<u64>) -> J<'static> {
+    let value = |v: Option<Wide>| v.map_or(J::Null, |v| J::Owned(text_512(v, S12)));
     let mut entries = vec![
         ("count", J::Int(count as i128)),
         ("p10", value(values[0])),
@@ -459,8 +476,8 @@ pub fn inversions(eligible: &[Figures], hits: &[Figures], sequential: bool) -> (
     let pairs = if sequential { hit_count * count - hit_count * (hit_count + 1) / 2 } else { hit_count * (count - hit_count) };
     let profits: Vec<i128> = eligible.iter().map(|f| f.profit).collect();
     let hit_profits: Vec<i128> = hits.iter().map(|f| f.profit).collect();
-    let leverages: Vec<(bool, i128)> = eligible.iter().map(Figures::leverage_key).collect();
-    let hit_leverages: Vec<(bool, i128)> = hits.iter().map(Figures::leverage_key).collect();
+    let leverages: Vec<(bool, Wide)> = eligible.iter().map(Figures::leverage_key).collect();
+    let hit_leverages: Vec<(bool, Wide)> = hits.iter().map(Figures::leverage_key).collect();
     (greater_after(profits, &hit_profits, sequential), greater_after(leverages, &hit_leverages, sequential), pairs)
 }
 
@@ -472,47 +489,45 @@ fn share_of(count: u64, pairs: u64) -> J<'static> {
 }
 
 /// An exact amount at 1e-16, HALF_EVEN to 1e-8, as canonical text.
-fn money_text(value: I256) -> J<'static> {
-    J::Wide(numbers::rescale(value, S16, S8, Rounding::HalfEven), S8)
+fn money_text(value: Wide) -> J<'static> {
+    J::Owned(text_512(wrescale(value, S16, S8, Rounding::HalfEven), S8))
 }
 
 const EPSILON_16: i128 = 100_000_000; // 1e-8 at 1e-16: the worst share's epsilon
 
 /// The deficit of a lot at the mark (1e-16): cost - qty x mark for a long lot, the mirror for a short, never < 0.
-pub fn deficit(long: bool, qty: i128, cost: i128, mark: i128) -> I256 {
-    let value = wide_mul(qty, mark);
-    let cost = I256::new(cost);
-    let loss = if long { sub(cost, value) } else { sub(value, cost) };
-    loss.max(I256::ZERO)
+pub fn deficit(long: bool, qty: i128, cost: Wide, mark: i128) -> Wide {
+    let value = wide(qty * mark);
+    let loss = if long { wsub(cost, value) } else { wsub(value, cost) };
+    loss.max(Wide::ZERO)
 }
 
 /// The part of a deficit (1e-16) the fund could not pay above its floor (balance and floor at 1e-8).
-pub fn needed(deficit: I256, balance: I256, floor: i128) -> I256 {
+pub fn needed(deficit: Wide, balance: I256, floor: i128) -> Wide {
     let room = sub(balance, I256::new(floor)).max(I256::ZERO);
-    sub(deficit, mul(room, pow10(S16 - S8))).max(I256::ZERO)
+    wsub(deficit, wmul(wide256(room), wpow10(S16 - S8))).max(Wide::ZERO)
 }
 
 /// A round's figures, and its record (the adl-rounds.jsonl line) written into `out`.
 pub struct Round {
-    pub deficit: I256,
-    pub needed: I256,
-    pub haircut: I256,
-    pub worst_share: i128,
+    pub deficit: Wide,
+    pub needed: Wide,
+    pub haircut: Wide,
+    pub worst_share: Wide,
     pub inversions: Option<(u64, u64, u64)>,
 }
 
 #[allow(clippy::too_many_arguments)]
 pub fn write_round(out: &mut Vec<u8>, names: &crate::ledger::Names, id: &str, seq: u64, ts: u64, policy: &Policy,
-                   start: &RoundStart<'_>, deficit: I256, price_rule: Option<&str>, closed: i128, hits: &[Hit],
+                   start: &RoundStart<'_>, deficit: Wide, price_rule: Option<&str>, closed: i128, hits: &[Hit],
                    eligible: Option<&[Figures]>, eligible_count: usize) -> Round {
     let need = needed(deficit, start.fund_balance, start.floor);
-    let mut haircut = I256::ZERO;
-    let mut worst = 0i128;
+    let mut haircut = Wide::ZERO;
+    let mut worst = Wide::ZERO;
     for hit in hits {
-        let taken = hit.haircut.max(0);
-        haircut = add(haircut, I256::new(taken));
-        let share = narrow(ratio(I256::new(taken), S16, I256::new(hit.figures.profit.max(0) + EPSILON_16), S16, S12,
-                                 Rounding::HalfEven));
+        let taken = hit.haircut.max(Wide::ZERO);
+        haircut = wadd(haircut, taken);
+        let share = wratio(taken, S16, wide(hit.figures.profit.max(0) + EPSILON_16), S16, S12, Rounding::HalfEven);
         worst = worst.max(share);
     }
     let (hit_leverage, hit_pnl) = distribution(hits.iter().map(|h| &h.figures));
@@ -528,16 +543,20 @@ pub fn write_round(out: &mut Vec<u8>, names: &crate::ledger::Names, id: &str, se
         hits_doc = J::Arr(hits.iter().map(|h| J::Obj(vec![
             ("account_id", J::Str(names.name(h.figures.account))),
             ("qty", J::Dec(h.qty, S8)),
-            ("haircut", money_text(I256::new(h.haircut))),
-            ("profit", money_text(I256::new(h.figures.profit))),
-            ("leverage", h.figures.leverage.map_or(J::Null, |v| J::Dec(v, S12))),
-            ("pnl_pct", J::Dec(h.figures.pnl_pct, S12)),
+            ("haircut", money_text(h.haircut)),
+            ("profit", money_text(wide(h.figures.profit))),
+            ("leverage", h.figures.leverage.map_or(J::Null, |v| J::Owned(text_512(v, S12)))),
+            ("pnl_pct", J::Owned(text_512(h.figures.pnl_pct, S12))),
         ])).collect());
     }
     fn optional<'v>(value: Option<&'v str>) -> J<'v> {
         value.map_or(J::Null, J::Str)
     }
-    let over_use = if need > 0 { J::Wide(ratio(haircut, S16, need, S16, S12, Rounding::HalfEven), S12) } else { J::Null };
+    let over_use = if need > Wide::ZERO {
+        J::Owned(text_512(wratio(haircut, S16, need, S16, S12, Rounding::HalfEven), S12))
+    } else {
+        J::Null
+    };
     let record = J::Obj(vec![
         ("schema_version", J::Int(1)),
         ("id", J::Str(id)),
@@ -553,7 +572,7 @@ pub fn write_round(out: &mut Vec<u8>, names: &crate::ledger::Names, id: &str, se
         ("closed", J::Dec(closed, S8)),
         ("mark_price", start.mark.map_or(J::Null, |m| J::Dec(m, S8))),
         ("bankruptcy_price", match (start.qty, start.cost) {
-            (Some(qty), Some(cost)) => J::Dec(crate::engine::price_of(cost, qty), S8),
+            (Some(qty), Some(cost)) => J::Owned(text_512(crate::engine::price_of_wide(cost, qty), S8)),
             _ => J::Null,
         }),
         ("price", optional(price_rule)),
@@ -562,9 +581,9 @@ pub fn write_round(out: &mut Vec<u8>, names: &crate::ledger::Names, id: &str, se
         ("deficit", money_text(deficit)),
         ("needed", money_text(need)),
         ("haircut", money_text(haircut)),
-        ("overshoot", money_text(sub(haircut, need).max(I256::ZERO))),
+        ("overshoot", money_text(wsub(haircut, need).max(Wide::ZERO))),
         ("over_use", over_use),
-        ("worst_share", J::Dec(worst, S12)),
+        ("worst_share", J::Owned(text_512(worst, S12))),
         ("counterparties", J::Int(hits.len() as i128)),
         ("eligible", J::Int(eligible_count as i128)),
         ("leverage", J::Obj(vec![("hit", hit_leverage), ("eligible", eligible_leverage)])),
@@ -585,19 +604,19 @@ pub struct RunTotals {
     pub full: bool,
     rounds: u64,
     events: u64,
-    notional: I256,
-    deficit: I256,
-    needed: I256,
-    haircut: I256,
-    overshoot: I256,
-    socialized: I256,
-    worst_share: i128,
+    notional: Wide,
+    deficit: Wide,
+    needed: Wide,
+    haircut: Wide,
+    overshoot: Wide,
+    socialized: Wide,
+    worst_share: Wide,
     inverted_profit: u64,
     inverted_leverage: u64,
     pairs: u64,
     accounts: rustc_hash::FxHashSet<u32>,
     /// leverage of hits, of the eligible; PnL% of hits, of the eligible: value (1e-12) -> count
-    populations: [BTreeMap<i128, u64>; 4],
+    populations: [BTreeMap<Wide, u64>; 4],
     unbounded: [u64; 2],
     fund_peak: BTreeMap<String, I256>,
     fund_drawdown: BTreeMap<String, I256>,
@@ -606,12 +625,12 @@ pub struct RunTotals {
 impl RunTotals {
     pub fn add_round(&mut self, round: &Round, socialized: bool, hits: &[Hit], eligible: Option<&[Figures]>) {
         self.rounds += 1;
-        self.deficit = add(self.deficit, round.deficit);
-        self.needed = add(self.needed, round.needed);
-        self.haircut = add(self.haircut, round.haircut);
-        self.overshoot = add(self.overshoot, sub(round.haircut, round.needed).max(I256::ZERO));
+        self.deficit = wadd(self.deficit, round.deficit);
+        self.needed = wadd(self.needed, round.needed);
+        self.haircut = wadd(self.haircut, round.haircut);
+        self.overshoot = wadd(self.overshoot, wsub(round.haircut, round.needed).max(Wide::ZERO));
         if socialized {
-            self.socialized = add(self.socialized, round.haircut);
+            self.socialized = wadd(self.socialized, round.haircut);
         }
         self.worst_share = self.worst_share.max(round.worst_share);
         for hit in hits {
@@ -638,9 +657,9 @@ impl RunTotals {
         }
     }
 
-    pub fn add_event(&mut self, qty: i128, fill_price: i128) {
+    pub fn add_event(&mut self, qty: i128, fill_price: Wide) {
         self.events += 1;
-        self.notional = add(self.notional, wide_mul(qty, fill_price));
+        self.notional = wadd(self.notional, wmul(wide(qty), fill_price));
     }
 
     pub fn add_fund_entry(&mut self, fund: &str, amount: I256, balance_after: I256) {
@@ -680,8 +699,8 @@ impl RunTotals {
         } else {
             J::Null
         };
-        let over_use = if self.needed > 0 {
-            J::Wide(ratio(self.haircut, S16, self.needed, S16, S12, Rounding::HalfEven), S12)
+        let over_use = if self.needed > Wide::ZERO {
+            J::Owned(text_512(wratio(self.haircut, S16, self.needed, S16, S12, Rounding::HalfEven), S12))
         } else {
             J::Null
         };
@@ -696,7 +715,7 @@ impl RunTotals {
             ("haircut", money_text(self.haircut)),
             ("overshoot", money_text(self.overshoot)),
             ("over_use", over_use),
-            ("worst_share", J::Dec(self.worst_share, S12)),
+            ("worst_share", J::Owned(text_512(self.worst_share, S12))),
             ("socialized", money_text(self.socialized)),
             ("inversions", inversions),
             ("accounts_affected", J::Int(self.accounts.len() as i128)),
@@ -714,11 +733,11 @@ impl RunTotals {
 /// decreasing from the front.
 #[derive(Clone, Debug, Default)]
 pub struct WindowMax {
-    pub entries: VecDeque<(u64, I256)>,
+    pub entries: VecDeque<(u64, Wide)>,
 }
 
 impl WindowMax {
-    pub fn add(&mut self, ts: u64, value: I256, window_ms: u64) {
+    pub fn add(&mut self, ts: u64, value: Wide, window_ms: u64) {
         while self.entries.front().is_some_and(|&(at, _)| at + window_ms <= ts) {
             self.entries.pop_front();
         }
@@ -729,13 +748,13 @@ impl WindowMax {
     }
 
     /// The largest of `current` and the values added within (ts - window_ms, ts].
-    pub fn maximum(&self, ts: u64, window_ms: u64, current: I256) -> I256 {
+    pub fn maximum(&self, ts: u64, window_ms: u64, current: Wide) -> Wide {
         self.entries.iter().find(|&&(at, _)| at + window_ms > ts).map_or(current, |&(_, value)| value.max(current))
     }
 }
 
-/// Bybit's trigger state (adl_drawdown.DrawdownState): balances at 1e-8 per fund, PnL at 1e-16 per symbol,
-/// realized PnL at 1e-8 per symbol, the symbols whose ADL is on.
+/// Bybit's trigger state (adl_drawdown.DrawdownState): balances at 1e-8 per fund, PnL at 1e-16 per symbol (with
+/// its lots' costs: Wide), realized PnL at 1e-8 per symbol, the symbols whose ADL is on.
 #[derive(Clone, Debug, Default)]
 pub struct DrawdownState {
     pub balances: BTreeMap<u32, WindowMax>,
@@ -747,7 +766,7 @@ pub struct DrawdownState {
 impl DrawdownState {
     pub fn document<'a>(&self, names: &'a crate::ledger::Names) -> J<'a> {
         let window = |w: &WindowMax, scale: u32| {
-            J::Arr(w.entries.iter().map(|&(ts, v)| J::Arr(vec![J::Int(ts as i128), J::Owned(numbers::text_wide(v, scale))]))
+            J::Arr(w.entries.iter().map(|&(ts, v)| J::Arr(vec![J::Int(ts as i128), J::Owned(text_512(v, scale))]))
                 .collect())
         };
         let mut triggered: Vec<&str> = self.triggered.iter().map(|&s| names.name(s)).collect();
@@ -763,22 +782,17 @@ impl DrawdownState {
 }
 
 /// ratio (1e-18) x balance (1e-8), at 1e-26.
-pub fn rate_of(rate: i128, balance: I256) -> I256 {
-    mul(I256::new(rate), balance)
+pub fn rate_of(rate: i128, balance: Wide) -> Wide {
+    wmul(wide(rate), balance)
 }
 
 /// A value at 1e-16 as 1e-26 (to compare with rate_of).
-pub fn at_26(value: I256) -> I256 {
-    mul(value, pow10(S18 + S8 - S16))
+pub fn at_26(value: Wide) -> Wide {
+    wmul(value, wpow10(S18 + S8 - S16))
 }
 
 /// 1 at 1e-8.
 pub const ONE_8: i128 = 100_000_000;
-
-/// 10^8 as i128 (1e-8 -> 1e-16).
-pub fn to_16(value: I256) -> I256 {
-    mul(value, I256::new(pow10_i128(S16 - S8)))
-}
 
 #[cfg(test)]
 mod tests {
@@ -793,7 +807,7 @@ mod tests {
             .into_iter()
             .enumerate()
             .map(|(account, (name, size, profit, equity))| Candidate {
-                account: account as u32, name, size: size * E8, profit: profit * E16, equity: I256::new(equity * E16),
+                account: account as u32, name, size: size * E8, profit: profit * E16, equity: wide(equity * E16),
             })
             .collect()
     }
@@ -805,7 +819,7 @@ mod tests {
     #[test]
     fn allocations_of_the_lab_round() {
         // a lot of 6 at a haircut of 5 a unit: 30 for the whole lot (docs: tests/unit/test_adl_policies.py)
-        let haircut = I256::new(30 * E16);
+        let haircut = wide(30 * E16);
         let sizes: Vec<i128> = lab().iter().map(|c| c.size).collect();
         assert_eq!(lots(pro_rata(&sizes, 6 * E8, E8)), [1, 2, 3, 0]);
         assert_eq!(lots(capped_pro_rata(&lab(), 6 * E8, E8, haircut)), [0, 5, 1, 0]);
@@ -816,7 +830,7 @@ mod tests {
     fn min_max_leaves_the_bankrupt_for_last() {
         // a lot of 41 at 5 a unit: F = 41 x equity - size x 205 is -410 for C4 (bankrupt at the lot's price); the
         // solvent 35 close entirely, then C4 gives its 5, and 1 is left undeleveraged
-        let haircut = I256::new(5 * 41 * E16);
+        let haircut = wide(5 * 41 * E16);
         assert_eq!(lots(min_max_leverage(&lab(), 41 * E8, E8, haircut)), [5, 10, 20, 5]);
     }
 
@@ -833,17 +847,17 @@ mod tests {
     #[test]
     fn a_window_maximum_forgets_what_left_the_window() {
         let mut window = WindowMax::default();
-        window.add(0, I256::new(10), 100);
-        window.add(50, I256::new(5), 100);
-        assert_eq!(window.maximum(60, 100, I256::new(1)), 10);
-        assert_eq!(window.maximum(100, 100, I256::new(1)), 5); // ts 0 is out of (0, 100]
-        window.add(120, I256::new(7), 100);
+        window.add(0, wide(10), 100);
+        window.add(50, wide(5), 100);
+        assert_eq!(window.maximum(60, 100, wide(1)), wide(10));
+        assert_eq!(window.maximum(100, 100, wide(1)), wide(5)); // ts 0 is out of (0, 100]
+        window.add(120, wide(7), 100);
         assert_eq!(window.entries.len(), 1); // 10 expired, 5 dominated
     }
 
     #[test]
     fn deciles_by_nearest_rank() {
         assert_eq!(deciles(&[1, 2, 3, 4]), [Some(1), Some(2), Some(4), Some(4)]);
-        assert_eq!(deciles(&[]), [None; 4]);
+        assert_eq!(deciles::<i128>(&[]), [None; 4]);
     }
 }

@@ -3,10 +3,14 @@
 //! and mutates after) or applies it and appends its outputs, canonical JSON, to the event's output buffers.
 
 use crate::adl::{self, Candidate, DrawdownState, Figures, Hit, Policy, Price, RunTotals, Rule};
+use crate::adl_index::{AdlIndex, Candidates};
 use crate::canonical::{self, J, GENESIS_HASH};
 use crate::ledger::{Account, Ledger, Names};
 use crate::numbers::{
     add, mul, pow10, ratio, rescale, sub, text, text_wide, wide_mul, Rounding, Shown, S12, S16, S18, S8,
+};
+use crate::numbers::{
+    fit128, fit256, narrow_wide, text_512, wadd, wide, wide256, wmul, wpow10, wratio, wrescale, wsub, Wide,
 };
 use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Positions, Side, Tier};
 use crate::wire::{Body, Dec, MarginMode, Record, Side as TradeSide, Surplus};
@@ -46,18 +50,18 @@ struct EventCounts {
 
 /// An account's margin at the current marks: the balance behind the position (isolated: margin + uPnL; cross:
 /// TNC), the maintenance it is compared with (isolated: its MM; cross: TMM), its own MM, and its equity share.
-/// Balances and shares at 1e-16, maintenance at 1e-8.
+/// Balances and shares at 1e-16 (derived from a balance: 512 bits, docs/design.md section 9.3), maintenance at 1e-8.
 #[derive(Clone, Copy, Debug)]
 pub struct MarginView {
-    pub margin_balance: I256,
+    pub margin_balance: Wide,
     pub maintenance_margin: I256,
     pub position_maintenance: i128,
-    pub equity_share: I256,
+    pub equity_share: Wide,
 }
 
 impl MarginView {
     pub fn liquidatable(&self) -> bool {
-        self.margin_balance <= mul(self.maintenance_margin, pow10(S16 - S8))
+        self.margin_balance <= wide256(mul(self.maintenance_margin, pow10(S16 - S8)))
     }
 }
 
@@ -66,7 +70,7 @@ impl MarginView {
 pub struct Ranked {
     pub account: u32,
     pub size: i128,
-    pub score: i128,
+    pub score: Wide,
     pub past_bankruptcy: bool,
 }
 
@@ -78,6 +82,8 @@ pub struct Engine {
     pub instruments: HashMap<u32, Instrument>,
     pub marks: HashMap<u32, i128>,
     pub positions: Positions,
+    /// finds the top of a queue without ranking every position exactly
+    pub adl_index: AdlIndex,
     pub last_seq: u64,
     pub newest_ts: Option<u64>,
     pub mark_ts: HashMap<u32, u64>,
@@ -100,10 +106,10 @@ pub struct Engine {
 }
 
 /// A fund, its balance (1e-8) and each of its symbols' PnL (1e-16), at one moment (Bybit's trigger).
-type FundValues = (u32, I256, Vec<(u32, I256)>);
+type FundValues = (u32, I256, Vec<(u32, Wide)>);
 
 /// Why a round happens (section 11.3) and, for a drawdown round, the reset proceeds of the whole lot (1e-16).
-type Refusal = (&'static str, Option<i128>);
+type Refusal = (&'static str, Option<Wide>);
 
 /// What a round starts from, by id (the record names them).
 struct Start {
@@ -123,6 +129,7 @@ impl Default for Engine {
             instruments: HashMap::default(),
             marks: HashMap::default(),
             positions: Positions::default(),
+            adl_index: AdlIndex::default(),
             last_seq: 0,
             newest_ts: None,
             mark_ts: HashMap::default(),
@@ -381,7 +388,7 @@ impl Engine {
         }
         self.marks.entry(symbol_id).or_insert(fill_price);
         if closing > 0 {
-            self.reduce(account, symbol_id, closing, closing * fill_price);
+            self.reduce(account, symbol_id, closing, wide(closing * fill_price));
         }
         if remaining > 0 {
             self.open(account, symbol_id, if delta > 0 { remaining } else { -remaining }, fill_price, *margin_mode,
@@ -409,6 +416,7 @@ impl Engine {
             }
             None => self.positions.add(Position { account, symbol, qty, cost: value, margin_mode, leverage }),
         }
+        self.adl_index.changed.mark(account);
         if margin_mode == MarginMode::Isolated {
             let initial_margin = ratio(I256::new(value), S16, I256::new(leverage.value), S8, S8, Rounding::HalfEven);
             let asset = self.instruments[&symbol].settle_asset;
@@ -417,22 +425,25 @@ impl Engine {
         }
     }
 
-    /// Close qty of a trader's position for total proceeds (1e-16); post realized PnL and release margin.
-    fn reduce(&mut self, account: u32, symbol: u32, qty: i128, proceeds: i128) -> i128 {
+    /// Close qty of a trader's position for total proceeds (1e-16; a lot's cost share at a takeover or an ADL: 512
+    /// bits); post realized PnL and release margin.
+    fn reduce(&mut self, account: u32, symbol: u32, qty: i128, proceeds: Wide) -> I256 {
         let asset = self.instruments[&symbol].settle_asset;
         let wallet = Account::Wallet { account, asset };
         let position = self.positions.get(account, symbol).expect("a held position").clone();
         let size = position.size();
         let cost_share = share(position.cost, S16, qty, size);
-        let realized_exact = if position.qty > 0 { proceeds - cost_share } else { cost_share - proceeds };
-        let realized = money(I256::new(realized_exact), S16);
+        let realized_exact =
+            if position.qty > 0 { wsub(proceeds, wide(cost_share)) } else { wsub(wide(cost_share), proceeds) };
+        let realized = money_wide(realized_exact, S16);
         self.ledger.post(Account::Settlement(symbol), wallet, realized);
         if position.margin_mode == MarginMode::Isolated {
             let margin_account = Account::Isolated { account, symbol };
-            let margin = crate::numbers::narrow(self.ledger.balance(margin_account));
-            let released = share(margin, S8, qty, size);
+            let margin = self.ledger.balance(margin_account);
+            let released = narrow_wide(share_wide(wide256(margin), S8, qty, size));
             self.ledger.post(margin_account, wallet, released);
         }
+        let side = position.side();
         let position = self.positions.get_mut(account, symbol).expect("a held position");
         position.cost -= cost_share;
         position.qty -= if position.qty > 0 { qty } else { -qty };
@@ -440,7 +451,9 @@ impl Engine {
             assert!(position.cost == 0, "closed position {}/{} kept cost", self.names.name(account),
                     self.names.name(symbol));
             self.positions.remove(account, symbol);
+            self.adl_index.drop_position(account, symbol, side);
         }
+        self.adl_index.changed.mark(account);
         realized
     }
 
@@ -542,41 +555,41 @@ impl Engine {
         let view = self.margin_view(&position);
         if !view.liquidatable() {
             let details = vec![
-                ("margin_balance", J::Owned(text_wide(view.margin_balance, S16))),
+                ("margin_balance", J::Owned(text_512(view.margin_balance, S16))),
                 ("maintenance_margin", J::Owned(text_wide(view.maintenance_margin, S8))),
                 ("mark_price", J::Owned(text(mark, S8))),
             ];
             self.finding("not_liquidatable", Some(account), Some(liquidation_id), Some(symbol_id), details, out);
         }
         let size = position.size();
+        // the equity behind (1e-8) and the lot's cost (1e-16) derive from a balance: 512 bits (section 9.3)
         let equity_behind = if qty == size {
-            ratio(view.equity_share, S16, I256::ONE, 0, S8, Rounding::Ceiling)
+            wratio(view.equity_share, S16, Wide::ONE, 0, S8, Rounding::Ceiling)
         } else {
-            ratio(mul(view.equity_share, I256::new(qty)), S16 + S8, I256::new(size), S8, S8, Rounding::Ceiling)
+            wratio(wmul(view.equity_share, wide(qty)), S16 + S8, wide(size), S8, S8, Rounding::Ceiling)
         };
-        let equity_behind = crate::numbers::narrow(equity_behind);
-        let value = qty * mark;
-        let equity_16 = equity_behind * crate::numbers::pow10_i128(S8);
-        let mut lot_cost = if position.qty > 0 { value - equity_16 } else { value + equity_16 };
-        let floor_cost = qty * instrument.tick_size;
+        let value = wide(qty * mark);
+        let equity_16 = wmul(equity_behind, wpow10(S16 - S8));
+        let mut lot_cost = if position.qty > 0 { wsub(value, equity_16) } else { wadd(value, equity_16) };
+        let floor_cost = wide(qty * instrument.tick_size);
         if lot_cost < floor_cost {
-            let computed = price_of(lot_cost, qty);
+            let computed = price_of_wide(lot_cost, qty);
             let details = vec![
-                ("computed", J::Owned(text(computed, S8))),
+                ("computed", J::Owned(text_512(computed, S8))),
                 ("clamped_to", J::Owned(text(instrument.tick_size, S8))),
-                ("equity_share", J::Owned(text(equity_behind, S8))),
+                ("equity_share", J::Owned(text_512(equity_behind, S8))),
             ];
             self.finding("bp_clamped", Some(account), Some(liquidation_id), Some(symbol_id), details, out);
             lot_cost = floor_cost;
         }
-        let computed_bp = price_of(lot_cost, qty);
+        let computed_bp = price_of_wide(lot_cost, qty);
         if let Some(venue) = bankruptcy_price {
-            if (venue.value - computed_bp).abs() > instrument.tick_size {
+            if wsub(wide(venue.value), computed_bp).unsigned_abs() > wide(instrument.tick_size).unsigned_abs() {
                 let details = vec![
-                    ("computed", J::Owned(text(computed_bp, S8))),
+                    ("computed", J::Owned(text_512(computed_bp, S8))),
                     ("venue", J::Owned(text(venue.value, S8))),
                     ("tick_size", J::Owned(text(instrument.tick_size, S8))),
-                    ("equity_share", J::Owned(text(equity_behind, S8))),
+                    ("equity_share", J::Owned(text_512(equity_behind, S8))),
                 ];
                 self.finding("bp_mismatch", Some(account), Some(liquidation_id), Some(symbol_id), details, out);
             }
@@ -648,47 +661,47 @@ impl Engine {
     /// The fund closes qty of a lot in the market; a gain is split per the surplus policy.
     fn realize(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128, fill_price: i128,
                out: &mut Outputs) {
-        self.realize_proceeds(fund, symbol_name, lot_index, qty, qty * fill_price, out);
+        self.realize_proceeds(fund, symbol_name, lot_index, qty, wide(qty * fill_price), out);
     }
 
     /// The fund closes qty of a lot for total proceeds (1e-16); a gain is split per the surplus policy.
-    fn realize_proceeds(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128, proceeds: i128,
+    /// The proceeds are Wide: a drawdown round's derive from the lot's cost (section 9.3).
+    fn realize_proceeds(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128, proceeds: Wide,
                         out: &mut Outputs) {
         let (lot, cost_share) = self.take_from_lot(fund, symbol_name, lot_index, qty);
-        let exact = if lot.side == Side::Long { proceeds - cost_share } else { cost_share - proceeds };
-        let gain = money(I256::new(exact), S16);
+        let exact = if lot.side == Side::Long { wsub(proceeds, cost_share) } else { wsub(cost_share, proceeds) };
+        let gain = money_wide(exact, S16);
         let instrument = &self.instruments[&lot.symbol];
         let (asset, fee_rate) = (instrument.settle_asset, instrument.liquidation_fee_rate);
         let source = Account::Settlement(lot.symbol);
         let liquidation_id = Some(lot.liquidation_id.as_str());
         if gain < 0 {
             self.ledger.post(Account::Fund(fund), source, -gain);
-            self.fund_entry(fund, "liquidation_loss", I256::new(gain), liquidation_id, source, Some(lot.symbol), out);
+            self.fund_entry(fund, "liquidation_loss", gain, liquidation_id, source, Some(lot.symbol), out);
             return;
         }
         let mut kept = gain;
         if self.funds[&fund].spec.surplus == Surplus::Trader {
-            kept = gain.min(money(product(fee_rate, proceeds), S18 + S16));
-            self.ledger.post(source, Account::Wallet { account: lot.liquidated_account, asset }, gain - kept);
+            kept = gain.min(money_wide(wmul(wide(fee_rate), proceeds), S18 + S16));
+            self.ledger.post(source, Account::Wallet { account: lot.liquidated_account, asset }, sub(gain, kept));
         }
         if kept > 0 {
             self.ledger.post(source, Account::Fund(fund), kept);
-            self.fund_entry(fund, "liquidation_gain", I256::new(kept), liquidation_id, source, Some(lot.symbol),
-                            out);
+            self.fund_entry(fund, "liquidation_gain", kept, liquidation_id, source, Some(lot.symbol), out);
         }
     }
 
     /// Take qty out of a lot: its cost share (1e-16), the whole remainder for the whole lot. Returns the lot as it
     /// was before (its id and side) and the share.
-    fn take_from_lot(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128) -> (Lot, i128) {
+    fn take_from_lot(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128) -> (Lot, Wide) {
         let fund_state = self.funds.get_mut(&fund).expect("a fund");
         let lots = fund_state.lots.get_mut(symbol_name).expect("the lot's symbol");
         let lot = &mut lots[lot_index];
         assert!(qty <= lot.qty, "fund closes {qty} of lot {} holding {}", lot.liquidation_id, lot.qty);
         let before = lot.clone();
-        let cost_share = share(lot.cost, S16, qty, lot.qty);
+        let cost_share = share_wide(lot.cost, S16, qty, lot.qty);
         lot.qty -= qty;
-        lot.cost -= cost_share;
+        lot.cost = wsub(lot.cost, cost_share);
         let signed = if lot.side == Side::Long { qty } else { -qty };
         let symbol = lot.symbol;
         let emptied = lot.qty == 0;
@@ -719,10 +732,11 @@ impl Engine {
             return self.drawdown_takeover(fund, symbol_name, lot_index, balance).map(|reset| ("drawdown", Some(reset)));
         }
         let fund_state = &self.funds[&fund];
-        // notional at 1e-16 against ratio (1e-18) x (balance - floor) (1e-8): compared at 1e-26
+        // notional at 1e-16 against ratio (1e-18) x (balance - floor) (1e-8): compared at 1e-26, in 512 bits
+        // (section 9.3)
         let notional = self.inventory_notional(fund_state);
-        let limit = mul(I256::new(fund_state.spec.max_inventory_ratio), sub(balance, floor));
-        (mul(notional, pow10(S26 - S16)) > limit).then_some(("takeover", None))
+        let limit = wmul(wide(fund_state.spec.max_inventory_ratio), wide256(sub(balance, floor)));
+        (wmul(wide256(notional), wpow10(S26 - S16)) > limit).then_some(("takeover", None))
     }
 
     /// Sum over the fund's symbols of |net qty| x mark, exact (1e-16).
@@ -739,13 +753,14 @@ impl Engine {
     /// at the lot's bankruptcy price (the fund realizes nothing), at the mark, or for the reset proceeds of a
     /// drawdown round (the fund realizes the difference); then write the round's metrics.
     fn deleverage(&mut self, fund: u32, symbol_name: &str, lot_index: usize, trigger: &'static str,
-                  reset: Option<i128>, out: &mut Outputs) {
+                  reset: Option<Wide>, out: &mut Outputs) {
         let lot = self.funds[&fund].lots[symbol_name][lot_index].clone();
         let symbol = lot.symbol;
         let opposite = lot.side.opposite();
         let mark = self.marks[&symbol];
         let balance = self.ledger.balance(Account::Fund(fund));
         let long = lot.side == Side::Long;
+        // the lot's cost, and so the deficit and the haircut, derive from a balance: 512 bits (section 9.3)
         let deficit = adl::deficit(long, lot.qty, lot.cost, mark);
         let price_rule = match (reset, self.policy.price) {
             (Some(_), _) => "reset",
@@ -753,19 +768,26 @@ impl Engine {
             (None, Price::Bankruptcy) => "bankruptcy",
             (None, Price::Floor) => {
                 // OKX: at the mark while the fund can pay the deficit above its floor
-                let room = mul(sub(balance, I256::new(self.policy.floor)), pow10(S16 - S8));
+                let room = wmul(wide256(sub(balance, I256::new(self.policy.floor))), wpow10(S16 - S8));
                 if room >= deficit { "mark" } else { "bankruptcy" }
             }
         };
-        let value = lot.qty * mark;
+        let value = wide(lot.qty * mark);
         let whole = match price_rule {
             "mark" => value,
             "reset" => reset.expect("a reset round"),
             _ => lot.cost,
         };
-        let full_haircut = I256::new(if long { whole - value } else { value - whole });
-        let queue = self.adl_queue(symbol, opposite);
-        let count = queue.len();
+        let full_haircut = if long { wsub(whole, value) } else { wsub(value, whole) };
+        // BitMEX's queue walk needs only the head of the queue the index finds (the metrics rank nobody: they take
+        // every eligible position's figures apart); Binance's score and the allocations need every position ranked
+        let (queue, count) = if self.policy.rule == Rule::Bitmex {
+            self.adl_top(symbol, opposite, lot.qty)
+        } else {
+            let queue = self.adl_queue(symbol, opposite);
+            let count = queue.len();
+            (queue, count)
+        };
         let eligible = self.full_metrics.then(|| self.eligible_figures(symbol, opposite, mark));
         let takes = self.allocate(&queue, &lot, full_haircut);
         let mut hits = Vec::new();
@@ -782,11 +804,11 @@ impl Engine {
             let proceeds = match (price_rule, reset_left) {
                 ("mark", _) => {
                     self.realize(fund, symbol_name, lot_index, take, mark, out);
-                    take * mark
+                    wide(take * mark)
                 }
                 (_, Some(rest)) => {
-                    let proceeds = share(rest, S16, take, left);
-                    reset_left = Some(rest - proceeds);
+                    let proceeds = share_wide(rest, S16, take, left);
+                    reset_left = Some(wsub(rest, proceeds));
                     self.realize_proceeds(fund, symbol_name, lot_index, take, proceeds, out);
                     proceeds
                 }
@@ -795,10 +817,10 @@ impl Engine {
             left -= take;
             self.reduce(ranked.account, symbol, take, proceeds);
             let rank = rank + 1;
-            self.adl_event(fund, &lot, ranked.account, opposite, take, price_of(proceeds, take), rank, ranked.score,
+            self.adl_event(fund, &lot, ranked.account, opposite, take, price_of_wide(proceeds, take), rank, ranked.score,
                            quantile(rank, count), out);
-            let at_mark = take * mark; // the haircut: what the take gave up against the mark
-            let haircut = if opposite == Side::Short { proceeds - at_mark } else { at_mark - proceeds };
+            let at_mark = wide(take * mark); // the haircut: what the take gave up against the mark
+            let haircut = if opposite == Side::Short { wsub(proceeds, at_mark) } else { wsub(at_mark, proceeds) };
             hits.push(Hit { figures, qty: take, haircut });
         }
         if left > 0 {
@@ -812,7 +834,7 @@ impl Engine {
     }
 
     /// The takes of one round, aligned with the queue (section 11.2).
-    fn allocate(&self, queue: &[Ranked], lot: &Lot, full_haircut: I256) -> Vec<i128> {
+    fn allocate(&self, queue: &[Ranked], lot: &Lot, full_haircut: Wide) -> Vec<i128> {
         let lot_size = self.instruments[&lot.symbol].lot_size;
         match self.policy.rule {
             Rule::ProRata => adl::pro_rata(&queue.iter().map(|r| r.size).collect::<Vec<_>>(), lot.qty, lot_size),
@@ -829,14 +851,7 @@ impl Engine {
                     adl::min_max_leverage(&candidates, lot.qty, lot_size, full_haircut)
                 }
             }
-            _ => {
-                let mut remaining = lot.qty;
-                queue.iter().map(|ranked| {
-                    let take = ranked.size.min(remaining);
-                    remaining -= take;
-                    take
-                }).collect()
-            }
+            _ => takes(queue, lot.qty),
         }
     }
 
@@ -855,7 +870,7 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn round(&mut self, start: Start, deficit: I256, price_rule: Option<&str>, closed: i128, hits: &[Hit],
+    fn round(&mut self, start: Start, deficit: Wide, price_rule: Option<&str>, closed: i128, hits: &[Hit],
              eligible: Option<&[Figures]>, count: usize, out: &mut Outputs) {
         let id = format!("round-{}-{}", self.seq, self.counts.rounds);
         let names = &self.names;
@@ -950,23 +965,24 @@ impl Engine {
             };
             self.ledger.post(source, Account::Fund(fund), amount);
             self.fund_entry(fund, "socialized_loss", I256::new(amount), None, source, None, out);
-            hits.push(Hit { figures, qty: 0, haircut: amount * crate::numbers::pow10_i128(S16 - S8) });
+            hits.push(Hit { figures, qty: 0, haircut: wide(amount * crate::numbers::pow10_i128(S16 - S8)) });
         }
         let start = Start { trigger: "socialized", fund, lot: None, mark: None, balance };
-        let deficit = mul(shortfall, pow10(S16 - S8));
+        let deficit = wmul(wide256(shortfall), wpow10(S16 - S8));
         self.round(start, deficit, None, 0, &hits, eligible.as_deref(), positions.len(), out);
     }
 
     // ------------------------------------------------------------------ Bybit's drawdown trigger (section 11.3)
     /// The fund's PnL on a symbol (1e-16): realized, plus its lots of the symbol valued at the mark.
-    fn symbol_pnl(&self, fund: u32, symbol: u32) -> I256 {
+    /// Wide: a lot's cost derives from a balance (section 9.3).
+    fn symbol_pnl(&self, fund: u32, symbol: u32) -> Wide {
         let realized = self.drawdown.realized.get(&symbol).copied().unwrap_or(I256::ZERO);
-        let mut total = mul(realized, pow10(S16 - S8));
+        let mut total = wmul(wide256(realized), wpow10(S16 - S8));
         if let Some(lots) = self.funds[&fund].lots.get(self.names.name(symbol)) {
             let mark = self.marks[&symbol];
             for lot in lots {
-                let value = lot.qty * mark;
-                total = add(total, I256::new(if lot.side == Side::Long { value - lot.cost } else { lot.cost - value }));
+                let value = wide(lot.qty * mark);
+                total = wadd(total, if lot.side == Side::Long { wsub(value, lot.cost) } else { wsub(lot.cost, value) });
             }
         }
         total
@@ -979,7 +995,7 @@ impl Engine {
     }
 
     /// backstop.core.engine.Engine._drawdown_takeover: the reset proceeds (1e-16) when the trigger fires or is on.
-    fn drawdown_takeover(&mut self, fund: u32, symbol_name: &str, lot_index: usize, balance: I256) -> Option<i128> {
+    fn drawdown_takeover(&mut self, fund: u32, symbol_name: &str, lot_index: usize, balance: I256) -> Option<Wide> {
         let drawdown = self.policy.drawdown.expect("Bybit's trigger");
         let lot = self.funds[&fund].lots[symbol_name][lot_index].clone();
         let (window, ts, symbol) = (drawdown.window_ms, self.ts, lot.symbol);
@@ -988,35 +1004,35 @@ impl Engine {
         let pnl = self.symbol_pnl(fund, symbol);
         let top_pnl = self.drawdown.pnls.get(&symbol).map_or(pnl.max(pnl_before), |w| w.maximum(ts, window,
                                                                                             pnl.max(pnl_before)));
-        let current_balance = balance.max(*balance_before);
+        let current_balance = wide256(balance.max(*balance_before));
         let top_balance = self.drawdown.balances.get(&fund).map_or(current_balance,
                                                                     |w| w.maximum(ts, window, current_balance));
-        if top_balance <= 0 {
+        if top_balance <= Wide::ZERO {
             return None;
         }
         // at 1e-26: the symbol's PnL at which the drawdown reaches ratio x the pool's top balance
-        let level = sub(adl::at_26(top_pnl), adl::rate_of(drawdown.ratio, top_balance));
+        let level = wsub(adl::at_26(top_pnl), adl::rate_of(drawdown.ratio, top_balance));
         if adl::at_26(pnl) >= level && !self.drawdown.triggered.contains(&symbol) {
             return None;
         }
         self.drawdown.triggered.insert(symbol);
-        let value = lot.qty * self.marks[&symbol];
+        let value = wide(lot.qty * self.marks[&symbol]);
         let long = lot.side == Side::Long;
-        let lot_pnl = if long { value - lot.cost } else { lot.cost - value };
+        let lot_pnl = if long { wsub(value, lot.cost) } else { wsub(lot.cost, value) };
         // what the symbol's PnL may still lose without the lot, down to the level (1e-26)
-        let room = sub(sub(adl::at_26(pnl), adl::at_26(I256::new(lot_pnl))), level);
+        let room = wsub(wsub(adl::at_26(pnl), adl::at_26(lot_pnl)), level);
         let (low, high) = (lot.cost.min(value), lot.cost.max(value));
-        let cost = adl::at_26(I256::new(lot.cost));
-        let exact = if long { sub(cost, room) } else { add(cost, room) };
-        if exact <= adl::at_26(I256::new(low)) {
+        let cost = adl::at_26(lot.cost);
+        let exact = if long { wsub(cost, room) } else { wadd(cost, room) };
+        if exact <= adl::at_26(low) {
             return Some(low);
         }
-        if exact >= adl::at_26(I256::new(high)) {
+        if exact >= adl::at_26(high) {
             return Some(high);
         }
         // rounded to 1e-8 in the fund's favour (up when it sells a long lot, down when it buys back a short one)
         let rounding = if long { Rounding::Ceiling } else { Rounding::Floor };
-        let rounded = crate::numbers::narrow(rescale(exact, S26, S8, rounding)) * crate::numbers::pow10_i128(S16 - S8);
+        let rounded = wmul(wrescale(exact, S26, S8, rounding), wpow10(S16 - S8));
         Some(if long { rounded.min(high) } else { rounded.max(low) })
     }
 
@@ -1029,17 +1045,17 @@ impl Engine {
         let before = self.drawdown_before.take().expect("sampled before the event");
         let state = &mut self.drawdown;
         for (_, balance, pnls) in [&before, &after] {
-            state.balances.entry(fund).or_default().add(ts, *balance, window);
+            state.balances.entry(fund).or_default().add(ts, wide256(*balance), window);
             for (symbol, pnl) in pnls {
                 state.pnls.entry(*symbol).or_default().add(ts, *pnl, window);
             }
         }
         let (_, balance, pnls) = after;
-        let top_balance = state.balances[&fund].maximum(ts, window, balance);
+        let top_balance = state.balances[&fund].maximum(ts, window, wide256(balance));
         for (symbol, pnl) in pnls {
-            let stop_level = sub(adl::at_26(state.pnls[&symbol].maximum(ts, window, pnl)),
-                                 adl::rate_of(drawdown.stop, top_balance));
-            if state.triggered.contains(&symbol) && (top_balance <= 0 || adl::at_26(pnl) > stop_level) {
+            let stop_level = wsub(adl::at_26(state.pnls[&symbol].maximum(ts, window, pnl)),
+                                  adl::rate_of(drawdown.stop, top_balance));
+            if state.triggered.contains(&symbol) && (top_balance <= Wide::ZERO || adl::at_26(pnl) > stop_level) {
                 state.triggered.remove(&symbol);
             }
         }
@@ -1066,49 +1082,50 @@ impl Engine {
         let (own_pnl, own_mm) = self.exposure(position);
         if position.margin_mode == MarginMode::Isolated {
             let margin = self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol });
-            let balance = add(mul(margin, pow10(S16 - S8)), I256::new(own_pnl));
+            let balance = wadd(wmul(wide256(margin), wpow10(S16 - S8)), wide(own_pnl));
             return MarginView { margin_balance: balance, maintenance_margin: I256::new(own_mm),
                                 position_maintenance: own_mm, equity_share: balance };
         }
         let asset = self.instruments[&position.symbol].settle_asset;
         let wallet = self.ledger.balance(Account::Wallet { account: position.account, asset });
-        let mut tnc = mul(wallet, pow10(S16 - S8));
+        let mut tnc = wmul(wide256(wallet), wpow10(S16 - S8));
         let mut tmm = I256::ZERO;
         for other in self.cross_positions(position.account, asset) {
             let (pnl, mm) = self.exposure(other);
-            tnc = add(tnc, I256::new(pnl));
+            tnc = wadd(tnc, wide(pnl));
             tmm = add(tmm, I256::new(mm));
         }
         let share = if tmm == 0 {
             tnc
         } else {
-            mul(ratio(mul(tnc, I256::new(own_mm)), S16 + S8, tmm, S8, S8, Rounding::Ceiling), pow10(S16 - S8))
+            wmul(wratio(wmul(tnc, wide(own_mm)), S16 + S8, wide256(tmm), S8, S8, Rounding::Ceiling), wpow10(S16 - S8))
         };
         MarginView { margin_balance: tnc, maintenance_margin: tmm, position_maintenance: own_mm, equity_share: share }
     }
 
     /// A position's bankruptcy price (docs/design.md section 9.4), rounded in the fund's favour to 1e-8: FLOOR for a
     /// long, CEILING for a short.
-    pub fn bankruptcy_price(&self, position: &Position) -> i128 {
+    pub fn bankruptcy_price(&self, position: &Position) -> Wide {
         let view = (position.margin_mode == MarginMode::Cross).then(|| self.margin_view(position));
         self.bankruptcy_price_in(position, view.as_ref())
     }
 
-    /// bankruptcy_price with the position's margin view already at hand (a cross position needs it).
-    pub fn bankruptcy_price_in(&self, position: &Position, view: Option<&MarginView>) -> i128 {
-        let size = I256::new(position.size());
+    /// bankruptcy_price with the position's margin view already at hand (a cross position needs it). It derives from a
+    /// balance (its distance to the mark is up to share / size): 512 bits.
+    pub fn bankruptcy_price_in(&self, position: &Position, view: Option<&MarginView>) -> Wide {
+        let size = wide(position.size());
         let long = position.qty > 0;
         let rounding = if long { Rounding::Floor } else { Rounding::Ceiling };
         let numerator = if position.margin_mode == MarginMode::Isolated {
             let margin = self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol });
-            let margin = mul(margin, pow10(S16 - S8));
-            if long { sub(I256::new(position.cost), margin) } else { add(I256::new(position.cost), margin) }
+            let margin = wmul(wide256(margin), wpow10(S16 - S8));
+            if long { wsub(wide(position.cost), margin) } else { wadd(wide(position.cost), margin) }
         } else {
             let share = view.map_or_else(|| self.margin_view(position), |view| *view).equity_share;
-            let value = I256::new(position.size() * self.marks[&position.symbol]);
-            if long { sub(value, share) } else { add(value, share) }
+            let value = wide(position.size() * self.marks[&position.symbol]);
+            if long { wsub(value, share) } else { wadd(value, share) }
         };
-        crate::numbers::narrow(ratio(numerator, S16, size, S8, S8, rounding))
+        wratio(numerator, S16, size, S8, S8, rounding)
     }
 
     /// The ADL score of a position (docs/design.md section 9.4) and whether it is at or past its bankruptcy price.
@@ -1118,23 +1135,25 @@ impl Engine {
         }
         let mark = self.marks[&position.symbol];
         let bankruptcy = self.bankruptcy_price(position);
-        let distance = if position.qty > 0 { mark - bankruptcy } else { bankruptcy - mark };
+        // the distance and the score derive from a balance: 512 bits (section 9.3)
+        let distance = if position.qty > 0 { wsub(wide(mark), bankruptcy) } else { wsub(bankruptcy, wide(mark)) };
         let (pnl, _) = self.exposure(position);
         let cost = position.cost;
         let (score, past) = if cost <= 0 {
-            (I256::ZERO, true) // a remainder whose cost rounded away: no PnL% to rank by
-        } else if distance > 0 {
+            (Wide::ZERO, true) // a remainder whose cost rounded away: no PnL% to rank by
+        } else if distance > Wide::ZERO {
             let score = if pnl >= 0 {
-                ratio(product(pnl, mark), S16 + S8, product(cost, distance), S16 + S8, S12, Rounding::HalfEven)
+                wratio(wide256(product(pnl, mark)), S16 + S8, wmul(wide(cost), distance), S16 + S8, S12,
+                       Rounding::HalfEven)
             } else {
-                ratio(product(pnl, distance), S16 + S8, product(cost, mark), S16 + S8, S12, Rounding::HalfEven)
+                wratio(wmul(wide(pnl), distance), S16 + S8, wide256(product(cost, mark)), S16 + S8, S12,
+                       Rounding::HalfEven)
             };
             (score, false)
         } else {
-            (ratio(I256::new(pnl), S16, I256::new(cost), S16, S12, Rounding::HalfEven), true)
+            (wide256(ratio(I256::new(pnl), S16, I256::new(cost), S16, S12, Rounding::HalfEven)), true)
         };
-        Ranked { account: position.account, size: position.size(), score: crate::numbers::narrow(score),
-                 past_bankruptcy: past }
+        Ranked { account: position.account, size: position.size(), score, past_bankruptcy: past }
     }
 
     /// Binance's published LeveragePnL (backstop.core.adl.rank_binance): max(uPnL, 0) x MM / (max(1, W) x (W + U)),
@@ -1149,12 +1168,18 @@ impl Engine {
             let asset = self.instruments[&position.symbol].settle_asset;
             self.ledger.balance(Account::Wallet { account: position.account, asset })
         };
-        let score = if pnl <= 0 || view.margin_balance <= 0 {
-            0
+        // the margin balance derives from a balance: 512 bits (section 9.3)
+        let score = if pnl <= 0 || view.margin_balance <= Wide::ZERO {
+            Wide::ZERO
         } else {
-            let numerator = mul(I256::new(pnl), view.maintenance_margin); // 1e-24
-            let denominator = mul(collateral.max(I256::new(adl::ONE_8)), view.margin_balance); // 1e-24
-            crate::numbers::narrow(ratio(numerator, S16 + S8, denominator, S8 + S16, S12, Rounding::HalfEven))
+            let numerator = wmul(wide(pnl), wide256(view.maintenance_margin)); // 1e-24
+            let collateral = wide256(collateral.max(I256::new(adl::ONE_8)));
+            // collateral x margin balance (1e-24) can pass 512 bits (two balances near the bound, section 9.3); it is
+            // then more than twice the scaled numerator (a product of two bounded values), so the score rounds to 0
+            match collateral.checked_mul(view.margin_balance) {
+                Some(denominator) => wratio(numerator, S16 + S8, denominator, S8 + S16, S12, Rounding::HalfEven),
+                None => Wide::ZERO,
+            }
         };
         Ranked { account: position.account, size: position.size(), score, past_bankruptcy: false }
     }
@@ -1169,51 +1194,97 @@ impl Engine {
             .filter(|p| p.side() == side)
             .map(|p| self.rank(p))
             .collect();
+        self.order(&mut queue);
+        queue
+    }
+
+    fn order(&self, queue: &mut [Ranked]) {
         let names = &self.names;
         queue.sort_by(|a, b| {
             (a.past_bankruptcy, -a.score, -a.size)
                 .cmp(&(b.past_bankruptcy, -b.score, -b.size))
                 .then_with(|| names.name(a.account).cmp(names.name(b.account)))
         });
-        queue
     }
 
-    /// The mark at which the position's margin balance equals its maintenance margin (1e-8), if a positive one.
-    pub fn liquidation_price(&self, position: &Position) -> Option<i128> {
+    /// The head of the (symbol, side) queue that covers qty, exactly ranked, and the queue's length: the index
+    /// (crate::adl_index) picks the candidates among which it lies, or says to rank everyone.
+    pub fn adl_top(&mut self, symbol: u32, side: Side, qty: i128) -> (Vec<Ranked>, usize) {
+        self.adl_index.refresh(&self.positions, &mut self.ledger, &self.instruments);
+        let mark = self.marks[&symbol];
+        let names = &self.names;
+        let candidates =
+            self.adl_index.candidates(symbol, side, mark, qty, |a, b| names.name(a).cmp(names.name(b)));
+        let count = self.adl_index.count(symbol, side);
+        debug_assert_eq!(count, self.positions.accounts_in(symbol).iter()
+            .filter(|&&account| self.positions.get(account, symbol).is_some_and(|p| p.side() == side)).count());
+        match candidates {
+            Candidates::Everyone => (self.adl_queue(symbol, side), count),
+            Candidates::Among(accounts) => {
+                let mut queue: Vec<Ranked> =
+                    accounts.iter().filter_map(|&account| self.positions.get(account, symbol)).map(|p| self.rank(p))
+                        .collect();
+                self.order(&mut queue);
+                (queue, count)
+            }
+        }
+    }
+
+    /// What a deleverage of qty on the (symbol, side) queue would take, without taking it: (account, rank, score,
+    /// take) of each counterparty, and the queue's length. `everyone`: rank every position (no index).
+    pub fn adl_head(&mut self, symbol: u32, side: Side, qty: i128, everyone: bool)
+                    -> (Vec<(u32, usize, Wide, i128)>, usize) {
+        // the index ranks by BitMEX's score: another rule's queue ranks everyone
+        let (queue, count) = if everyone || self.policy.rule != Rule::Bitmex {
+            let queue = self.adl_queue(symbol, side);
+            let count = queue.len();
+            (queue, count)
+        } else {
+            self.adl_top(symbol, side, qty)
+        };
+        let head = queue.iter().zip(takes(&queue, qty)).enumerate().filter(|(_, (_, take))| *take > 0)
+            .map(|(at, (ranked, take))| (ranked.account, at + 1, ranked.score, take)).collect();
+        (head, count)
+    }
+
+    /// The mark at which the position's margin balance equals its maintenance margin (1e-8), if a positive one. Its
+    /// numerator derives from a balance, over a denominator as small as 1e-26: 512 bits (section 9.3).
+    pub fn liquidation_price(&self, position: &Position) -> Option<Wide> {
         let instrument = &self.instruments[&position.symbol];
         let other = if position.margin_mode == MarginMode::Isolated {
-            mul(self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol }),
-                pow10(S16 - S8))
+            wmul(wide256(self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol })),
+                 wpow10(S16 - S8))
         } else {
             let asset = instrument.settle_asset;
             let mut other =
-                mul(self.ledger.balance(Account::Wallet { account: position.account, asset }), pow10(S16 - S8));
+                wmul(wide256(self.ledger.balance(Account::Wallet { account: position.account, asset })), wpow10(S16 - S8));
             for peer in self.cross_positions(position.account, asset) {
                 if peer.symbol == position.symbol {
                     continue;
                 }
                 let (pnl, mm) = self.exposure(peer);
-                other = add(other, I256::new(pnl - mm * crate::numbers::pow10_i128(S8)));
+                // uPnL - MM can pass i128 (a short's uPnL near -10^38 beside an MM near 10^38)
+                other = wadd(other, wsub(wide(pnl), wide(mm * crate::numbers::pow10_i128(S8))));
             }
             other
         };
         let size = position.size();
         let signed_cost = if position.qty > 0 { position.cost } else { -position.cost };
-        let candidate_at = |tier: &Tier| -> Option<i128> {
+        let candidate_at = |tier: &Tier| -> Option<Wide> {
             // q - size x mmr at 1e-26; (signed_cost - other - maint) at 1e-16
             let denominator = sub(mul(I256::new(position.qty), pow10(S18)), product(size, tier.mmr));
             if denominator == 0 {
                 return None;
             }
-            let numerator = sub(sub(I256::new(signed_cost), other), I256::new(tier.maint_amount * 100_000_000));
-            Some(crate::numbers::narrow(ratio(numerator, S16, denominator, S26, S8, Rounding::HalfEven)))
+            let numerator = wsub(wsub(wide(signed_cost), other), wide(tier.maint_amount * 100_000_000));
+            Some(wratio(numerator, S16, wide256(denominator), S26, S8, Rounding::HalfEven))
         };
-        let mut lower = I256::ZERO;
+        let mut lower = Wide::ZERO;
         for tier in &instrument.tiers {
-            let ceiling = I256::new(tier.max_notional * 100_000_000);
+            let ceiling = wide(tier.max_notional * 100_000_000);
             if let Some(candidate) = candidate_at(tier) {
-                let notional = product(size, candidate);
-                if candidate > 0 && lower < notional && notional <= ceiling {
+                let notional = wmul(wide(size), candidate);
+                if candidate > Wide::ZERO && lower < notional && notional <= ceiling {
                     return Some(candidate);
                 }
             }
@@ -1221,7 +1292,8 @@ impl Engine {
         }
         let last = instrument.tiers.last().expect("an instrument has tiers");
         let candidate = candidate_at(last)?;
-        (candidate > 0 && product(size, candidate) > I256::new(last.max_notional * 100_000_000)).then_some(candidate)
+        (candidate > Wide::ZERO && wmul(wide(size), candidate) > wide(last.max_notional * 100_000_000))
+            .then_some(candidate)
     }
 
     // ------------------------------------------------------------------ outputs
@@ -1260,8 +1332,8 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn adl_event(&mut self, fund: u32, lot: &Lot, account: u32, side: Side, qty: i128, fill_price: i128, rank: usize,
-                 score: i128, quantile: usize, out: &mut Outputs) {
+    fn adl_event(&mut self, fund: u32, lot: &Lot, account: u32, side: Side, qty: i128, fill_price: Wide, rank: usize,
+                 score: Wide, quantile: usize, out: &mut Outputs) {
         self.totals.add_event(qty, fill_price);
         let id = format!("adl-{}-{}", self.seq, self.counts.adl_events);
         let mut body = vec![
@@ -1275,9 +1347,9 @@ impl Engine {
             ("account_id", J::Str(self.names.name(account))),
             ("side", J::Str(side.name())),
             ("qty", J::Dec(qty, S8)),
-            ("price", J::Dec(fill_price, S8)),
+            ("price", J::Owned(text_512(fill_price, S8))),
             ("rank", J::Int(rank as i128)),
-            ("score", J::Dec(score, S12)),
+            ("score", J::Owned(text_512(score, S12))),
             ("quantile", J::Int(quantile as i128)),
             ("prev_hash", J::Str(&self.adl_head)),
         ];
@@ -1344,6 +1416,35 @@ pub fn price_of(cost: i128, qty: i128) -> i128 {
     crate::numbers::narrow(ratio(I256::new(cost), S16, I256::new(qty), S8, S8, Rounding::HalfEven))
 }
 
+// ------------------------------------------------------------------ values derived from a balance (section 9.3)
+
+/// money on a Wide exact amount: the result is a ledger amount (it fits 256 bits; 128-bit arithmetic when the
+/// amount fits).
+pub fn money_wide(value: Wide, scale: u32) -> I256 {
+    match fit256(value) {
+        Some(value) => rescale(value, scale, S8, Rounding::HalfEven),
+        None => narrow_wide(wrescale(value, scale, S8, Rounding::HalfEven)),
+    }
+}
+
+/// share on a Wide total (a lot's cost, an isolated margin): the same rule, in 512 bits when the total needs it.
+pub fn share_wide(total: Wide, scale: u32, part: i128, whole: i128) -> Wide {
+    if let Some(total) = fit128(total) {
+        return wide(share(total, scale, part, whole));
+    }
+    if part == whole {
+        return total;
+    }
+    let rounded = wratio(wmul(total, wide(part)), scale + S8, wide(whole), S8, S8, Rounding::HalfEven);
+    let result = wrescale(rounded, S8, scale, Rounding::HalfEven);
+    if result.unsigned_abs() > total.unsigned_abs() { total } else { result }
+}
+
+/// price_of on a Wide cost (a lot's, or its share at an ADL).
+pub fn price_of_wide(cost: Wide, qty: i128) -> Wide {
+    wratio(cost, S16, wide(qty), S8, S8, Rounding::HalfEven)
+}
+
 /// The maintenance bracket for a notional (1e-16): the first whose max_notional covers it, else the last; MM =
 /// max(HALF_EVEN(notional x mmr) - maint_amount, 0) at 1e-8.
 pub fn maintenance(tiers: &[Tier], notional: i128) -> i128 {
@@ -1353,6 +1454,16 @@ pub fn maintenance(tiers: &[Tier], notional: i128) -> i128 {
         .unwrap_or_else(|| tiers.last().expect("an instrument has tiers"));
     let rounded = money(product(notional, tier.mmr), S16 + S18);
     (rounded - tier.maint_amount).max(0)
+}
+
+/// What each position of a queue gives to a lot of qty: as much as it holds, in queue order, until the lot is gone.
+pub fn takes(queue: &[Ranked], qty: i128) -> Vec<i128> {
+    let mut remaining = qty;
+    queue.iter().map(|ranked| {
+        let take = ranked.size.min(remaining);
+        remaining -= take;
+        take
+    }).collect()
 }
 
 /// 5 for the top 20% of ranked positions (rank 1 is the top) ... 1 for the bottom 20%.

@@ -10,6 +10,7 @@ pub mod json;
 pub mod wire;
 pub mod canonical;
 pub mod adl;
+pub mod adl_index;
 pub mod engine;
 pub mod ledger;
 pub mod processor;

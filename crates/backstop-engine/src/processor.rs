@@ -4,10 +4,12 @@
 
 use crate::adl::{Policy, WindowMax};
 use crate::canonical::{self, J};
-use crate::engine::{mode_name, money, price_of, Engine, Outputs, FUND_ACCOUNT_PREFIX, MAX_LATENESS_MS};
+use crate::engine::{
+    mode_name, money, money_wide, price_of, price_of_wide, Engine, Outputs, FUND_ACCOUNT_PREFIX, MAX_LATENESS_MS,
+};
 use crate::json::{self, Dialect, Value};
 use crate::ledger::Account;
-use crate::numbers::{self, text, text_wide, Kind, Rounding, S16, S18, S8};
+use crate::numbers::{self, text, text_512, text_wide, Kind, Rounding, Wide, S16, S18, S8};
 use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Side, Tier};
 use crate::wire::{self, Body, Dec, MarginMode, Record, Surplus};
 use ethnum::I256;
@@ -181,7 +183,7 @@ impl Processor {
         self.apply_chunk(chunk, first_line, &mut batch);
         if self.check_conservation {
             let total = self.engine.ledger.sum();
-            assert!(total == 0, "ledger does not balance: sum of balances is {}", numbers::text_wide(total, S8));
+            assert!(total == Wide::ZERO, "ledger does not balance: sum of balances is {}", text_512(total, S8));
         }
         batch
     }
@@ -410,7 +412,7 @@ impl Processor {
             ("fund_ledger_entries", J::Int(self.fund_entries as i128)),
             ("adl_events", J::Int(self.adl_events as i128)),
             ("findings", J::Int(self.findings as i128)),
-            ("ledger_sum", J::Owned(text_wide(engine.ledger.sum(), S8))),
+            ("ledger_sum", J::Owned(text_512(engine.ledger.sum(), S8))),
             ("funds", J::Obj(funds)),
             ("adl", engine.totals.document()),
         ]);
@@ -457,7 +459,7 @@ impl Processor {
                     ("liquidation_id", J::Str(&lot.liquidation_id)),
                     ("side", J::Str(lot.side.name())),
                     ("qty", J::Owned(text(lot.qty, S8))),
-                    ("bankruptcy_price", J::Owned(text(price_of(lot.cost, lot.qty), S8))),
+                    ("bankruptcy_price", J::Owned(text_512(price_of_wide(lot.cost, lot.qty), S8))),
                     ("seq", J::Int(lot.seq as i128)),
                 ])).collect();
                 (symbol.as_str(), J::Obj(vec![
@@ -544,7 +546,7 @@ impl Processor {
                     symbol,
                     side,
                     qty: decimal(field(lot, "qty")?, S8)?,
-                    cost: decimal(field(lot, "cost")?, S16)?,
+                    cost: wide_512_decimal(field(lot, "cost")?, S16)?,
                     liquidated_account: engine.names.id(string(field(lot, "liquidated_account")?)?),
                     seq: int(field(lot, "seq")?)? as u64,
                 };
@@ -644,7 +646,7 @@ fn restore_drawdown(engine: &mut Engine, document: Entries<'_, '_>) -> Result<()
         let mut restored = WindowMax::default();
         for row in array(rows)? {
             let [ts, value] = array(row)? else { return Err("a window entry is not [ts, value]".into()) };
-            restored.entries.push_back((int(ts)? as u64, wide_decimal(value, scale)?));
+            restored.entries.push_back((int(ts)? as u64, wide_512_decimal(value, scale)?));
         }
         Ok(restored)
     };
@@ -681,7 +683,7 @@ fn fund_document<'e>(engine: &'e Engine, f: &'e FundState) -> J<'e> {
         ("symbol", J::Str(names.name(lot.symbol))),
         ("side", J::Str(lot.side.name())),
         ("qty", J::Owned(text(lot.qty, S8))),
-        ("cost", J::Owned(text(lot.cost, S16))),
+        ("cost", J::Owned(text_512(lot.cost, S16))),
         ("liquidated_account", J::Str(names.name(lot.liquidated_account))),
         ("seq", J::Int(lot.seq as i128)),
     ])).collect();
@@ -742,7 +744,7 @@ fn position_view<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
     let view = engine.margin_view(p);
     let (pnl, _) = engine.exposure(p);
     let isolated = engine.ledger.balance(Account::Isolated { account: p.account, symbol: p.symbol });
-    let liquidation = engine.liquidation_price(p).map_or_else(|| "0".to_string(), |price| text(price, S8));
+    let liquidation = engine.liquidation_price(p).map_or_else(|| "0".to_string(), |price| text_512(price, S8));
     J::Obj(vec![
         ("qty", J::Owned(text(p.qty, S8))),
         ("entry_price", J::Owned(text(price_of(p.cost, p.size()), S8))),
@@ -753,9 +755,9 @@ fn position_view<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
         ("mark_price", J::Owned(text(mark, S8))),
         ("unrealized_pnl", J::Owned(text(money(I256::new(pnl), S16), S8))),
         ("maintenance_margin", J::Owned(text(view.position_maintenance, S8))),
-        ("margin_balance", J::Owned(text(money(view.margin_balance, S16), S8))),
+        ("margin_balance", J::Owned(text_wide(money_wide(view.margin_balance, S16), S8))),
         ("liquidation_price", J::Owned(liquidation)),
-        ("bankruptcy_price", J::Owned(text(engine.bankruptcy_price_in(p, Some(&view)), S8))),
+        ("bankruptcy_price", J::Owned(text_512(engine.bankruptcy_price_in(p, Some(&view)), S8))),
     ])
 }
 
@@ -817,6 +819,20 @@ fn decimal(value: &Value<'_>, scale: u32) -> Result<i128, String> {
     let kind = Kind { name: "STATE", integer_digits: 38 - scale, fraction_digits: scale, scale };
     numbers::parse(text.as_bytes(), kind).map_err(|_| format!("not a decimal at 1e-{scale}: {text}"))
 }
+/// A decimal of a value derived from a balance (a lot's cost): up to 512 bits at `scale`.
+fn wide_512_decimal(value: &Value<'_>, scale: u32) -> Result<Wide, String> {
+    let text = string(value)?;
+    let plain = numbers::plain(text.as_bytes()).map_err(|_| format!("not a decimal: {text}"))?;
+    if plain.fraction.len() as u32 > scale {
+        return Err(format!("not a decimal at 1e-{scale}: {text}"));
+    }
+    let digits = format!("{}{}{}", if plain.negative { "-" } else { "" }, std::str::from_utf8(plain.integer).unwrap_or("0"),
+                         std::str::from_utf8(plain.fraction).unwrap_or(""));
+    let value = Wide::from_str_radix(&digits, 10).map_err(|_| format!("a decimal too large: {text}"))?;
+    let shift = scale - plain.fraction.len() as u32;
+    value.checked_mul(numbers::wpow10(shift)).ok_or_else(|| format!("a decimal too large: {text}"))
+}
+
 fn wide_decimal(value: &Value<'_>, scale: u32) -> Result<I256, String> {
     let text = string(value)?;
     let plain = numbers::plain(text.as_bytes()).map_err(|_| format!("not a decimal: {text}"))?;
