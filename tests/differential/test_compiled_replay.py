@@ -169,8 +169,9 @@ policies = st.builds(
 
 
 @given(records=journals(), policy=policies, full=st.booleans())
-def test_generated_journals_replay_alike_under_every_policy(records: list[dict[str, object]], policy: AdlPolicy,
-                                                            full: bool, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_generated_journals_replay_alike_under_every_policy(
+        records: list[dict[str, object]], policy: AdlPolicy, full: bool,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
     directory = tmp_path_factory.mktemp("journal")
     journal = directory / "journal.jsonl"
     journal.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in records))

@@ -65,7 +65,8 @@ def test_the_queue_takes_the_top_of_the_queue_and_overshoots_what_was_needed(tmp
     [round_] = out["adl-rounds"]
     assert (round_["id"], round_["trigger"], round_["policy"], round_["price"]) == (
         "round-15-0", "takeover", "queue", "bankruptcy")
-    assert (round_["qty"], round_["closed"], round_["bankruptcy_price"], round_["fund_balance"]) == ("6", "6", "90", "20")
+    assert (round_["qty"], round_["closed"], round_["bankruptcy_price"], round_["fund_balance"]) == (
+        "6", "6", "90", "20")
     # haircuts: C2 5 x 5 = 25 of its 75, C1 1 x 5 = 5 of its 350; H = 30 against 10 needed: 20 too much, 3 times
     # the need; worst share 25 / (75 + 1e-8) = 0.33333333328888... -> 0.333333333289
     assert figures(round_) == ("30", "10", "30", "20", "3", "0.333333333289")
@@ -146,7 +147,8 @@ def test_okx_deleverages_at_the_mark_while_the_fund_can_pay_above_its_floor(tmp_
     out = replay(tmp_path, engine, "08-okx-floor.jsonl", "--adl-policy", "okx", "--adl-floor", floor)
     [round_] = out["adl-rounds"]
     assert (round_["price"], round_["floor"], out["summary"]["funds"]["LAB"]["balance"]) == (price, floor, fund)
-    assert takes(out) == [("C2", "5", "85" if price == "mark" else "90"), ("C1", "1", "85" if price == "mark" else "90")]
+    at = "85" if price == "mark" else "90"
+    assert takes(out) == [("C2", "5", at), ("C1", "1", at)]
     if price == "mark":
         assert figures(round_) == ("30", "0", "0", "0", None, "0")
         assert [(e["kind"], e["amount"]) for e in out["fund-ledger"][2:]] == [("liquidation_loss", "-25"),

@@ -450,9 +450,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from backstop.adapters.files import OutputError
     from backstop.entrypoints.demo import run_demo
-    from backstop.entrypoints.whatif import WhatIfError
-
     from backstop.entrypoints.policy_lab import parse_policies
+    from backstop.entrypoints.whatif import WhatIfError
 
     try:
         policies = () if args.no_policies else tuple(parse_policies(args.policies))
