@@ -23,6 +23,7 @@ import orjson
 
 from backstop.adapters.files import RAW_KEEP_BYTES
 from backstop.adapters.journal_file import records
+from backstop.core.adl_policy import document as policy_document
 from backstop.core.dedupe import BatchIds, unpack_rows
 from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.hashing import canonical_json, record_dict
@@ -54,6 +55,7 @@ class EngineOptions:
     snapshot_every: int = 0  # a snapshot after every N applied events (0: none)
     check_conservation: bool = False
     adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
+    full_adl_metrics: bool = False  # rank inversions and eligible quantiles per ADL round (docs/design.md §11.4)
     held_ids: HeldIdsMode = "memory"  # "per_batch": the caller holds them and gives each batch's (no snapshots)
 
     def __post_init__(self) -> None:
@@ -88,6 +90,7 @@ class BatchResult:
     dead_letters: bytes
     snapshots: tuple[Snapshot, ...]
     stopped: tuple[int, str] | None
+    adl_rounds: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +173,8 @@ class ReferenceEngine:
         if processor is None:
             ids = BatchIds() if options.held_ids == "per_batch" else IdStore()
             processor = Processor(Engine(check_conservation=options.check_conservation,
-                                         adl_policy=options.adl_policy, ids=ids))
+                                         adl_policy=options.adl_policy, ids=ids,
+                                         full_adl_metrics=options.full_adl_metrics))
         self.processor = processor
         self._next_snapshot = self.processor.events_applied + options.snapshot_every
 
@@ -188,9 +192,14 @@ class ReferenceEngine:
 
     def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
         self._begin(held)
-        ledger, adl, findings, dead = bytearray(), bytearray(), bytearray(), bytearray()
+        ledger, adl, findings, dead, rounds = bytearray(), bytearray(), bytearray(), bytearray(), bytearray()
         snapshots: list[Snapshot] = []
         processor, every = self.processor, self.options.snapshot_every
+
+        def result(stopped: tuple[int, str] | None) -> BatchResult:
+            return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots), stopped,
+                               bytes(rounds))
+
         with processor.engine.decimal_context():
             for number, raw in journal_lines(chunk, first_line):
                 try:
@@ -199,8 +208,7 @@ class ReferenceEngine:
                     processor.reject_unparsed()
                     dead += dead_letter_line(number, str(error), raw, "invalid") + b"\n"
                     if self.options.strict:
-                        return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots),
-                                           (number, str(error)))
+                        return result((number, str(error)))
                     continue
                 outcome = processor.process(record)
                 if isinstance(outcome, Applied):
@@ -211,15 +219,16 @@ class ReferenceEngine:
                         adl += canonical_json(record_dict(event)) + b"\n"
                     for finding in effects.findings:
                         findings += canonical_json(record_dict(finding)) + b"\n"
+                    for round_ in effects.adl_rounds:
+                        rounds += canonical_json(round_.record) + b"\n"
                     if every > 0 and outcome.seq >= self._next_snapshot:
                         snapshots.append(self.snapshot(number))
                         self._next_snapshot = outcome.seq + every
                 elif isinstance(outcome, Rejection):
                     dead += dead_letter_line(number, outcome.reason, raw, outcome.kind) + b"\n"
                     if self.options.strict:
-                        return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots),
-                                           (number, outcome.reason))
-        return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots), None)
+                        return result((number, outcome.reason))
+        return result(None)
 
     def apply_records(self, records: Sequence[Consumed], topic_prefix: str, held: bytes = b"") -> RecordsResult:
         self._begin(held)
@@ -283,7 +292,8 @@ class ReferenceEngine:
             if len(ids) != document["ids"]["count"]:
                 raise SnapshotError(f"{document['ids']['file']} holds {len(ids)} identities, not the "
                                     f"{document['ids']['count']} it is named with")
-        engine = restore(document["engine"], check_conservation=options.check_conservation, ids=ids)
+        engine = restore(document["engine"], check_conservation=options.check_conservation, ids=ids,
+                         full_adl_metrics=options.full_adl_metrics)
         if state_hash(engine) != document.get("state_hash"):
             raise SnapshotError("its state hash does not match its contents")
         if isinstance(ids, IdStore) and len(ids) != engine.dedupe.count:
@@ -318,15 +328,15 @@ class CompiledEngine:
     def __init__(self, options: EngineOptions, snapshot: Snapshot | None = None) -> None:
         from backstop import _engine
 
-        if options.adl_policy != AdlPolicy():
-            raise EngineUnavailable("the compiled engine runs the default ADL policy only (bitmex, bankruptcy)")
         self.options = options
         try:
             self._ledger = _engine.Ledger(strict=options.strict, snapshot_every=options.snapshot_every,
                                           snapshot=None if snapshot is None else snapshot.document,
                                           ids=None if snapshot is None else snapshot.ids,
                                           check_conservation=options.check_conservation,
-                                          held_per_batch=options.held_ids == "per_batch")
+                                          held_per_batch=options.held_ids == "per_batch",
+                                          adl_policy=canonical_json(policy_document(options.adl_policy)),
+                                          full_adl_metrics=options.full_adl_metrics)
         except ValueError as error:  # named as the reference names it (the state, its hash, the identity file)
             raise SnapshotError(str(error)) from None
 
@@ -335,8 +345,9 @@ class CompiledEngine:
         return self._ledger.events_applied()
 
     def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
-        ledger, adl, findings, dead, snapshots, stopped = self._ledger.apply_lines(chunk, first_line, held)
-        return BatchResult(ledger, adl, findings, dead, tuple(Snapshot(*each) for each in snapshots), stopped)
+        ledger, adl, findings, dead, snapshots, stopped, rounds = self._ledger.apply_lines(chunk, first_line, held)
+        return BatchResult(ledger, adl, findings, dead, tuple(Snapshot(*each) for each in snapshots), stopped,
+                           rounds)
 
     def apply_records(self, records: Sequence[Consumed], topic_prefix: str, held: bytes = b"") -> RecordsResult:
         journal, ledger, adl, findings, dead, duplicates, held_ids = self._ledger.apply_records(

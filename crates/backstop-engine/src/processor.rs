@@ -4,6 +4,7 @@
 //! duplicate, late or ahead is the engine's to decide (crate::admission).
 
 use crate::admission::{self, Kind as RejectionKind, Refusal};
+use crate::adl::{Policy, WindowMax};
 use crate::canonical::{self, J};
 use crate::clock::{JournalClock, SymbolClock};
 use crate::engine::{
@@ -320,10 +321,10 @@ impl Processor {
             ("ids_head", J::Str(&head_hex)),
             ("latest", J::Obj(latest_hex.iter().map(|(subject, hex)| (subject.as_str(), J::Str(hex))).collect())),
         ]);
-        let document = J::Obj(vec![
+        let mut entries = vec![
             ("snapshot_version", J::Int(SNAPSHOT_VERSION)),
             ("seq", J::Int(engine.last_seq as i128)),
-            ("adl_policy", J::Obj(vec![("rule", J::Str("bitmex")), ("price", J::Str("bankruptcy"))])),
+            ("adl_policy", engine.policy.document()),
             ("ledger_head", J::Str(&engine.ledger_head)),
             ("adl_head", J::Str(&engine.adl_head)),
             ("balances", J::Obj(balances.iter().map(|(name, balance)| (name.as_str(), J::Owned(text_wide(*balance, S8)))).collect())),
@@ -335,8 +336,12 @@ impl Processor {
             ("mark_clock", symbol_clock_document(&admission.mark_clock)),
             ("funding_clock", symbol_clock_document(&admission.funding_clock)),
             ("positions", J::Arr(positions_in_order(engine).into_iter().map(|p| position_document(engine, p)).collect())),
-        ]);
-        canonical::to_vec(&document)
+        ];
+        if engine.policy.drawdown.is_some() {
+            // only under Bybit's trigger: every other state hash stays as it was
+            entries.push(("adl_drawdown", engine.drawdown.document(names)));
+        }
+        canonical::to_vec(&J::Obj(entries))
     }
 
     pub fn state_hash(&self) -> String {
@@ -426,6 +431,7 @@ impl Processor {
             ("findings", J::Int(self.findings as i128)),
             ("ledger_sum", J::Owned(text_512(engine.ledger.sum(), S8))),
             ("funds", J::Obj(funds)),
+            ("adl", engine.totals.document()),
         ]);
         canonical::to_vec(&document)
     }
@@ -551,12 +557,10 @@ impl Processor {
         if version != Some(SNAPSHOT_VERSION) {
             return Err(format!("unsupported snapshot version {}", version.map_or("None".into(), |v| v.to_string())));
         }
-        let policy = object(field(state, "adl_policy")?)?;
-        if string(field(policy, "rule")?)? != "bitmex" || string(field(policy, "price")?)? != "bankruptcy" {
-            return Err("the compiled engine restores the default ADL policy only".into());
-        }
+        let policy = Policy::from_document(field(state, "adl_policy")?)?;
         let mut processor = Processor::new(strict, snapshot_every);
         let engine = &mut processor.engine;
+        engine.policy = policy;
         engine.last_seq = int(field(state, "seq")?)? as u64;
         engine.ledger_head = string(field(state, "ledger_head")?)?.to_string();
         engine.adl_head = string(field(state, "adl_head")?)?.to_string();
@@ -666,6 +670,9 @@ impl Processor {
             }
             engine.positions.add(position);
         }
+        if policy.drawdown.is_some() {
+            restore_drawdown(engine, object(field(state, "adl_drawdown")?)?)?;
+        }
         let counters = object(field(root, "counters")?)?;
         processor.duplicates = int(field(counters, "duplicates")?)? as u64;
         processor.rejected = int(field(counters, "rejected")?)? as u64;
@@ -713,6 +720,35 @@ fn restore_dedupe(admission: &mut crate::admission::Admission, value: &Value<'_>
         if !admission.restore_latest(subject, u64::from_be_bytes(digest)) {
             return Err(malformed());
         }
+    }
+    Ok(())
+}
+
+/// Bybit's trigger state from a state document's `adl_drawdown` (backstop.core.adl_drawdown.DrawdownState).
+fn restore_drawdown(engine: &mut Engine, document: Entries<'_, '_>) -> Result<(), String> {
+    let window = |rows: &Value<'_>, scale: u32| -> Result<WindowMax, String> {
+        let mut restored = WindowMax::default();
+        for row in array(rows)? {
+            let [ts, value] = array(row)? else { return Err("a window entry is not [ts, value]".into()) };
+            restored.entries.push_back((int(ts)? as u64, wide_512_decimal(value, scale)?));
+        }
+        Ok(restored)
+    };
+    for (fund, rows) in object(field(document, "balances")?)? {
+        let fund = engine.names.id(fund);
+        engine.drawdown.balances.insert(fund, window(rows, S8)?);
+    }
+    for (symbol, rows) in object(field(document, "pnls")?)? {
+        let symbol = engine.names.id(symbol);
+        engine.drawdown.pnls.insert(symbol, window(rows, S16)?);
+    }
+    for (symbol, value) in object(field(document, "realized")?)? {
+        let symbol = engine.names.id(symbol);
+        engine.drawdown.realized.insert(symbol, wide_decimal(value, S8)?);
+    }
+    for symbol in array(field(document, "triggered")?)? {
+        let symbol = engine.names.id(string(symbol)?);
+        engine.drawdown.triggered.insert(symbol);
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 """File adapter: the replay output directory, written whole or not at all.
 
 Output files (the contract other tools rely on): summary.json, accounts.json, fund-ledger.jsonl,
-adl-events.jsonl, findings.jsonl, dead-letter.jsonl, and snapshots/ when asked for.
+adl-events.jsonl, adl-rounds.jsonl, findings.jsonl, dead-letter.jsonl, and snapshots/ when asked for.
 
 Every command with `--out` writes into a temporary directory beside the target and renames it into place when it
 has finished: a failed run leaves the old directory as it was (never an old summary.json beside a new, truncated
@@ -27,8 +27,8 @@ from backstop.core.engine import Effects
 from backstop.core.hashing import canonical_json, record_dict
 
 RAW_KEEP_BYTES = 4096
-REPLAY_OUTPUTS = ("summary.json", "accounts.json", "fund-ledger.jsonl", "adl-events.jsonl", "findings.jsonl",
-                  "dead-letter.jsonl", "snapshots")
+REPLAY_OUTPUTS = ("summary.json", "accounts.json", "fund-ledger.jsonl", "adl-events.jsonl", "adl-rounds.jsonl",
+                  "findings.jsonl", "dead-letter.jsonl", "snapshots")
 
 
 class OutputError(Exception):
@@ -138,6 +138,7 @@ class OutputDir:
         self.dead_letters = 0
         self._ledger = self._open("fund-ledger.jsonl")
         self._adl = self._open("adl-events.jsonl")
+        self._rounds = self._open("adl-rounds.jsonl")
         self._findings = self._open("findings.jsonl")
         self._dead = self._open("dead-letter.jsonl")
 
@@ -151,11 +152,15 @@ class OutputDir:
             self._adl.write(canonical_json(record_dict(event)) + b"\n")
         for finding in effects.findings:
             self._findings.write(canonical_json(record_dict(finding)) + b"\n")
+        for round_ in effects.adl_rounds:
+            self._rounds.write(canonical_json(round_.record) + b"\n")
 
-    def write_batch(self, fund_ledger: bytes, adl_events: bytes, findings: bytes, dead_letters: bytes) -> None:
+    def write_batch(self, fund_ledger: bytes, adl_events: bytes, findings: bytes, dead_letters: bytes,
+                    adl_rounds: bytes = b"") -> None:
         """A batch's output lines, already canonical (backstop.engines)."""
         self._ledger.write(fund_ledger)
         self._adl.write(adl_events)
+        self._rounds.write(adl_rounds)
         self._findings.write(findings)
         self._dead.write(dead_letters)
         self.dead_letters += dead_letters.count(b"\n")
@@ -172,7 +177,7 @@ class OutputDir:
         self.dead_letters += 1
 
     def close(self) -> None:
-        for handle in (self._ledger, self._adl, self._findings, self._dead):
+        for handle in (self._ledger, self._adl, self._rounds, self._findings, self._dead):
             handle.close()
 
     def __enter__(self) -> OutputDir:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backstop.core.adl_rounds import RunTotals
 from backstop.core.engine import Effects, Engine
 from backstop.core.errors import AlreadyApplied, Rejected, RejectionKind
 from backstop.wire.inputs import AnyRecord
@@ -39,6 +40,7 @@ class Processor:
         self.fund_entries = 0
         self.adl_events = 0
         self.findings = 0
+        self.adl_totals = RunTotals(full=self.engine.full_adl_metrics)  # this replay's rounds (summary's `adl`)
 
     @property
     def events_applied(self) -> int:
@@ -58,6 +60,13 @@ class Processor:
         self.fund_entries += len(effects.fund_entries)
         self.adl_events += len(effects.adl_events)
         self.findings += len(effects.findings)
+        totals = self.adl_totals
+        for entry in effects.fund_entries:
+            totals.add_fund_entry(entry.fund_id, entry.amount, entry.balance_after)
+        for event in effects.adl_events:
+            totals.add_event(event.qty, event.price)
+        for round_ in effects.adl_rounds:
+            totals.add_round(round_)
         return Applied(self.engine.last_seq, effects)
 
     def reject_unparsed(self) -> None:

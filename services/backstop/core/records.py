@@ -11,7 +11,7 @@ from typing import Literal
 
 SCHEMA_VERSION = 1
 
-FundEntryKind = Literal["transfer", "liquidation_gain", "liquidation_loss", "fee", "funding"]
+FundEntryKind = Literal["transfer", "liquidation_gain", "liquidation_loss", "fee", "funding", "socialized_loss"]
 FindingKind = Literal["not_liquidatable", "bp_mismatch", "bp_clamped", "negative_wallet", "bad_debt", "adl_shortfall",
                       "mark_mismatch"]
 

@@ -34,6 +34,7 @@ def summary(processor: Processor) -> dict[str, Any]:
         "findings": processor.findings,
         "ledger_sum": text(ledger_sum(engine)),
         "funds": funds(engine),
+        "adl": processor.adl_totals.document(),
     }
 
 

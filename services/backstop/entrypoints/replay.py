@@ -53,6 +53,7 @@ class ReplayOptions:
     from_snapshot: Path | None = None
     check_conservation: bool = False
     adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
+    full_adl_metrics: bool = False
     progress: bool | None = None  # None: on a terminal, for large files
     engine: EngineName = "reference"
 
@@ -196,7 +197,8 @@ def line_chunks(lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes
 def _open(options: ReplayOptions) -> tuple[LedgerEngine, int, dict[str, Any] | None]:
     """The engine (from the snapshot, if one is given), the lines to skip, and where the snapshot starts."""
     engine_options = EngineOptions(strict=options.strict, snapshot_every=options.snapshot_every,
-                                   check_conservation=options.check_conservation, adl_policy=options.adl_policy)
+                                   check_conservation=options.check_conservation, adl_policy=options.adl_policy,
+                                   full_adl_metrics=options.full_adl_metrics)
     if options.from_snapshot is None:
         return open_engine(options.engine, engine_options), 0, None
     snapshot, document = read_snapshot(options.from_snapshot)
@@ -247,7 +249,7 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
         task = progress.add_task("replay", total=size)
         for first_line, chunk in chunks:
             batch = engine.apply_lines(chunk, first_line)
-            out.write_batch(batch.fund_ledger, batch.adl_events, batch.findings, batch.dead_letters)
+            out.write_batch(batch.fund_ledger, batch.adl_events, batch.findings, batch.dead_letters, batch.adl_rounds)
             for snapshot in batch.snapshots:  # the identities first: a snapshot never names a missing file
                 write_bytes(snapshots / f"{snapshot_name(snapshot.seq)}.ids", snapshot.ids)
                 write_bytes(snapshots / f"{snapshot_name(snapshot.seq)}.json", snapshot.document)

@@ -6,9 +6,14 @@ A parameter file (TOML) has a [baseline] and an [alternative] table, each option
     slippage_bps = "20"               # >= 0, < 10000
     partial = true                    # a TOML boolean
     market_fill = "0.8"               # the part of each liquidation the market absorbs (the fund takes the rest), 0..1
-    [alternative.adl]
-    rule = "pro_rata"                 # bitmex (default), binance, pro_rata
-    price = "mark"                    # bankruptcy (default), mark
+    [alternative.adl]                 # the ADL policy (docs/design.md §11)
+    policy = "pro_rata"               # queue (default), binance, pro_rata, capped_pro_rata, min_max_leverage,
+                                      # socialized, bybit, okx
+    price = "mark"                    # bankruptcy, mark, floor (default: the policy's)
+    floor = "1000"                    # the fund's balance floor (default 0)
+    drawdown_ratio = "0.3"            # Bybit's trigger (bybit: 0.3, 0.25, 8)
+    stop_ratio = "0.25"
+    window_hours = 8
     [alternative.funds.MAIN]
     surplus = "trader"
     max_inventory_ratio = "0.5"
@@ -19,8 +24,12 @@ A parameter file (TOML) has a [baseline] and an [alternative] table, each option
 
 Parameters change the input records themselves (fund and instrument specs, fund transfers) or the engine's
 policies, so each run writes its own journal: every number in the comparison is traceable to a log that
-`backstop replay` reproduces. A changed record is checked by the wire contract as that replay will read it; a
-parameter that makes one the contract refuses is refused, with the journal line and the reason.
+`backstop replay` reproduces (with the run's ADL policy, which its scenario.json records). A changed record is
+checked by the wire contract as that replay will read it; a parameter that makes one the contract refuses is
+refused, with the journal line and the reason.
+
+`--policies a,b,...` replays the input once per ADL policy instead, each on the [baseline] scenario, and compares
+them in one table: the policies' fairness (docs/design.md §11.4) side by side.
 """
 
 from __future__ import annotations
@@ -38,7 +47,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, Validati
 from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, OutputError, staged_dir, write_json
 from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core import ledger
-from backstop.core.engine import AdlPolicy, Engine
+from backstop.core.adl_policy import PRESETS, AdlPolicy, configured
+from backstop.core.engine import Engine
 from backstop.core.hashing import canonical_json
 from backstop.core.numbers import CONTEXT, money, text
 from backstop.core.processor import Applied, Processor, Rejection
@@ -59,7 +69,7 @@ from backstop.wire.inputs import (
 )
 
 RUN_OUTPUTS = (*REPLAY_OUTPUTS, "journal.jsonl", "scenario.json")
-WHATIF_OUTPUTS = ("baseline", "alternative", "comparison.json", "report.html", "report-*.png")
+WHATIF_OUTPUTS = ("baseline", "alternative", *PRESETS, "bitmex", "comparison.json", "report.html", "report-*.png")
 
 
 class WhatIfError(Exception):
@@ -72,6 +82,12 @@ def _below(bound: int, what: str) -> Callable[[Decimal], Decimal]:
             raise ValueError(f"must be below {bound} ({what})")
         return value
     return check
+
+
+def _positive_hours(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be a whole number of hours >= 1")
+    return value
 
 
 def _at_most_one(value: Decimal) -> Decimal:
@@ -92,8 +108,26 @@ class SimulationSection(_Strict):
 
 
 class AdlSection(_Strict):
-    rule: Literal["bitmex", "binance", "pro_rata"] = "bitmex"
-    price: Literal["bankruptcy", "mark"] = "bankruptcy"
+    policy: Literal["queue", "binance", "pro_rata", "capped_pro_rata", "min_max_leverage", "socialized", "bybit",
+                    "okx", "bitmex"] = "queue"
+    rule: Literal["bitmex", "binance", "pro_rata"] | None = None  # the policy's older name, as files spelled it
+    price: Literal["bankruptcy", "mark", "floor"] | None = None
+    floor: NonNegativeDecimal | None = None
+    drawdown_ratio: NonNegativeDecimal | None = None
+    stop_ratio: NonNegativeDecimal | None = None
+    window_hours: Annotated[int, AfterValidator(_positive_hours)] | None = None
+
+    def adl_policy(self) -> AdlPolicy:
+        """The policy the section names; WhatIfError says what is wrong with it."""
+        try:
+            return configured(self.rule or self.policy, price=self.price, floor=self.floor,
+                              drawdown_ratio=self.drawdown_ratio, stop_ratio=self.stop_ratio,
+                              window_hours=self.window_hours)
+        except ValueError as error:
+            raise WhatIfError(f"bad ADL policy: {error}") from None
+
+    def with_policy(self, name: str) -> AdlSection:
+        return self.model_copy(update={"policy": name, "rule": None})
 
 
 class FundSection(_Strict):
@@ -176,6 +210,16 @@ def transform(record: AnyRecord, scenario: Scenario) -> AnyRecord:
     return record
 
 
+@dataclass(frozen=True, slots=True)
+class RoundPoint:
+    """One ADL round for the report's charts: when, the leverage of those it hit, and the eligible population's
+    p10 / p50 / p90 leverage (None with the basic metrics)."""
+
+    ts: int
+    hit_leverage: tuple[Decimal, ...]
+    eligible_leverage: tuple[Decimal, Decimal, Decimal] | None
+
+
 @dataclass(slots=True)
 class RunMetrics:
     liquidations: int = 0
@@ -195,6 +239,10 @@ class RunMetrics:
     minute_fund: dict[str, dict[int, Decimal]] = field(default_factory=dict)
     minute_mark: dict[str, dict[int, Decimal]] = field(default_factory=dict)
     minute_queue: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)  # symbol -> (longs, shorts)
+    minute_haircut: dict[int, Decimal] = field(default_factory=dict)  # what ADL rounds took, and what they needed
+    minute_needed: dict[int, Decimal] = field(default_factory=dict)
+    rounds: list[RoundPoint] = field(default_factory=list)
+    adl: dict[str, Any] = field(default_factory=dict)  # the engine summary's `adl` (docs/design.md §11.4)
 
     def as_json(self) -> dict[str, Any]:
         with localcontext(CONTEXT):
@@ -208,14 +256,15 @@ class RunMetrics:
                           "max_drawdown": text(self.fund_drawdown[f]),
                           "bad_debt": text(max(-self.fund_final[f], Decimal(0)))} for f in sorted(self.fund_final)},
             "accounts_liquidated": len(self.liquidated_by_account),
-            "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected}
+            "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected, "adl": self.adl}
 
 
 def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, out: Path, *, label: str = "run",
-                 progress: Callable[[int], None] | None = None) -> tuple[RunMetrics, dict[str, Any]]:
+                 progress: Callable[[int], None] | None = None, full_adl_metrics: bool = True,
+                 ) -> tuple[RunMetrics, dict[str, Any]]:
     """Replay (line number, record) pairs under a scenario into `out` (the usual replay files plus journal.jsonl
     and scenario.json)."""
-    processor = Processor(Engine(adl_policy=AdlPolicy(scenario.adl.rule, scenario.adl.price)))
+    processor = Processor(Engine(adl_policy=scenario.adl.adl_policy(), full_adl_metrics=full_adl_metrics))
     simulator = Simulator(processor, SimulationParams(scenario.simulation.slippage_bps, scenario.simulation.partial,
                                                       scenario.simulation.market_fill)) if scenario.simulation else None
     metrics = RunMetrics()
@@ -242,6 +291,7 @@ def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, o
     write_json(out / "scenario.json", orjson.loads(scenario.model_dump_json()))
     result = summary(processor)
     result["dead_letters"] = files.dead_letters
+    metrics.adl = result["adl"]
     write_json(out / "summary.json", result)
     write_json(out / "accounts.json", accounts(processor.engine))
     for fund_id in processor.engine.funds:
@@ -280,6 +330,14 @@ def _observe_exactly(metrics: RunMetrics, engine: Engine, record: AnyRecord, out
             event.account_id, Decimal(0)) + event.qty
         metrics.minute_deleveraged[minute] = metrics.minute_deleveraged.get(minute, Decimal(0)) + (
             event.qty * event.price)
+    for round_ in outcome.effects.adl_rounds:
+        metrics.minute_haircut[minute] = metrics.minute_haircut.get(minute, Decimal(0)) + round_.haircut
+        metrics.minute_needed[minute] = metrics.minute_needed.get(minute, Decimal(0)) + round_.needed
+        eligible = round_.record["leverage"]["eligible"]
+        metrics.rounds.append(RoundPoint(record.ts, tuple(h.figures.leverage for h in round_.hits
+                                                           if h.figures.leverage is not None),
+                                         (eligible["p10"], eligible["p50"], eligible["p90"])
+                                         if eligible is not None and eligible["count"] else None))
     for entry in outcome.effects.fund_entries:
         fund_id, balance = entry.fund_id, entry.balance_after
         peak = max(metrics.fund_peak.get(fund_id, balance), balance)
