@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from backstop.core.engine import Engine
 from backstop.core.processor import Processor
 from backstop.core.simulation import SimulationParams, Simulator
-from backstop.entrypoints.whatif import wire_line
+from backstop.scenarios import wire_line
 from backstop.wire.decode import decode_record
 from property.strategies import journals
 

@@ -13,9 +13,9 @@ import pytest
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
-from backstop.entrypoints.whatif import RunMetrics
 from backstop.report.charts import charts, figures
 from backstop.report.html import figure_rows, write_report
+from backstop.scenarios import RunMetrics
 
 MINUTE_MS = 60_000
 START_MS = 1_760_126_400_000  # 2025-10-10 20:00 UTC

@@ -426,7 +426,8 @@ def _cmd_whatif(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from backstop.entrypoints.policy_lab import parse_policies, render_policies, whatif_policies
-    from backstop.entrypoints.whatif import WhatIfError, WhatIfFile, load_params, render, whatif
+    from backstop.entrypoints.whatif import render, whatif
+    from backstop.scenarios import WhatIfError, WhatIfFile, load_params
 
     inputs = [Path(args.params)] if args.params else []
     try:
@@ -451,7 +452,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from backstop.adapters.files import OutputError
     from backstop.entrypoints.demo import run_demo
     from backstop.entrypoints.policy_lab import parse_policies
-    from backstop.entrypoints.whatif import WhatIfError
+    from backstop.scenarios import WhatIfError
 
     try:
         policies = () if args.no_policies else tuple(parse_policies(args.policies))

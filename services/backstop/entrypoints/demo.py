@@ -18,15 +18,8 @@ from backstop.entrypoints.policy_lab import (
     run_policies,
     table_rows,
 )
-from backstop.entrypoints.whatif import (
-    RUN_OUTPUTS,
-    AdlSection,
-    Scenario,
-    SimulationSection,
-    read_records,
-    render_run,
-    run_scenario,
-)
+from backstop.entrypoints.whatif import render_run
+from backstop.scenarios import RUN_OUTPUTS, AdlSection, Scenario, SimulationSection, read_records, run_scenario
 
 DEMO_SCENARIO = Scenario(simulation=SimulationSection(slippage_bps="30", market_fill="0.8"),
                          adl=AdlSection())

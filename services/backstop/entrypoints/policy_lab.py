@@ -14,15 +14,8 @@ from typing import Any
 
 from backstop.adapters.files import OutputError, staged_dir, write_json
 from backstop.core.adl_policy import PRESETS
-from backstop.entrypoints.whatif import (
-    WHATIF_OUTPUTS,
-    RunMetrics,
-    Scenario,
-    WhatIfError,
-    WhatIfFile,
-    read_records,
-    run_scenario,
-)
+from backstop.entrypoints.whatif import WHATIF_OUTPUTS
+from backstop.scenarios import RunMetrics, Scenario, WhatIfError, WhatIfFile, read_records, run_scenario
 from backstop.wire.inputs import AnyRecord
 
 DEFAULT_POLICIES = ("queue", "pro_rata", "capped_pro_rata", "min_max_leverage", "socialized")

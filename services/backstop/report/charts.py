@@ -27,7 +27,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from backstop.entrypoints.whatif import RunMetrics
+from backstop.scenarios import RunMetrics
 
 # One colour per run (baseline, alternative, or one per ADL policy); within a run, line styles tell series apart.
 RUN_COLORS = ("#1f5fa8", "#d1495b", "#2a9d5c", "#e09f1f", "#7b4fa0", "#5f6b73", "#17becf", "#8c564b")

@@ -10,8 +10,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from backstop.entrypoints.whatif import RunMetrics
 from backstop.report.charts import charts
+from backstop.scenarios import RunMetrics
 
 
 def _number(value: Any) -> str:
