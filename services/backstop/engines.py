@@ -25,11 +25,11 @@ from backstop.adapters.files import RAW_KEEP_BYTES
 from backstop.adapters.journal_file import records
 from backstop.core.adl_policy import document as policy_document
 from backstop.core.dedupe import BatchIds, unpack_rows
+from backstop.core.documents import accounts, summary
 from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.idstore import IdStore
 from backstop.core.processor import Applied, Processor, Rejection
-from backstop.core.report import accounts, summary
 from backstop.core.snapshot import restore, sealed, state_document, state_hash
 from backstop.pipeline.ingest import Consumed as IngestConsumed
 from backstop.pipeline.ingest import ingest_batch, journal_record

@@ -19,11 +19,11 @@ from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, write_json
 from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core import ledger
 from backstop.core.adl_policy import AdlPolicy, configured
+from backstop.core.documents import accounts, summary
 from backstop.core.engine import Engine
 from backstop.core.hashing import canonical_json
 from backstop.core.numbers import CONTEXT, money, text
 from backstop.core.processor import Applied, Processor, Rejection
-from backstop.core.report import accounts, summary
 from backstop.core.simulation import SimulationParams, Simulator
 from backstop.wire.decode import InvalidRecord, decode_record, describe
 from backstop.wire.inputs import (

@@ -23,7 +23,7 @@ from backstop.adapters.postgres.roles import ServiceLogin, ensure_service_role
 from backstop.entrypoints.kafka_tools import end_offsets, read_topic
 from backstop.pipeline.topics import TopicNames
 from backstop.service.app import running
-from backstop.service.ledger import LedgerProcessor
+from backstop.service.ledger_loop import LedgerProcessor
 from backstop.settings import Settings
 
 BACKSTOP = Path(sys.executable).parent / "backstop"

@@ -6,7 +6,7 @@ import itertools
 import json
 from pathlib import Path
 
-from backstop.demo import journal
+from backstop.demo_journal import journal
 from backstop.entrypoints.cli import main
 from backstop.resources import btc_crash_bars
 

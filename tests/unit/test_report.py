@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from backstop.core.report import summary
+from backstop.core.documents import summary
 from backstop.entrypoints.cli import main
 from scenario import fill, fund, instrument, run, transfer
 

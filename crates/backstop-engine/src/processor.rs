@@ -1,5 +1,5 @@
 //! The journal processor (backstop.core.processor): sequence, apply, count, over a batch of journal lines, with the
-//! outputs as canonical bytes; and the documents of the state (backstop.core.report and backstop.core.snapshot):
+//! outputs as canonical bytes; and the documents of the state (backstop.core.documents and backstop.core.snapshot):
 //! the summary, accounts.json, the state hash, snapshots (with their identity file) and their restore. What is a
 //! duplicate, late or ahead is the engine's to decide (crate::admission).
 
@@ -391,7 +391,7 @@ impl Processor {
         self.engine.admission.ids.write_file(seq, count, sink);
     }
 
-    /// backstop.core.report.summary, compact (the caller indents it).
+    /// backstop.core.documents.summary, compact (the caller indents it).
     pub fn summary_json(&self) -> Vec<u8> {
         let engine = &self.engine;
         let names = &engine.names;
@@ -436,7 +436,7 @@ impl Processor {
         canonical::to_vec(&document)
     }
 
-    /// accounts.json as written (backstop.core.report.accounts): indented, sorted keys, a final newline.
+    /// accounts.json as written (backstop.core.documents.accounts): indented, sorted keys, a final newline.
     pub fn accounts_json(&self) -> Vec<u8> {
         let engine = &self.engine;
         let names = &engine.names;

@@ -370,7 +370,7 @@ def _cmd_statement(args: argparse.Namespace) -> int:
 
     from backstop.adapters.files import OutputError
     from backstop.adapters.output_reader import OutputReadError, read_summary
-    from backstop.core.statement import StatementError, statement
+    from backstop.core.fund_statement import StatementError, statement
     from backstop.entrypoints.statement import default_target, parse_time, read_entries, write_statement
 
     directory = Path(args.dir)
@@ -407,7 +407,7 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from backstop.adapters.output_reader import OutputReadError
-    from backstop.core.statement import StatementError
+    from backstop.core.fund_statement import StatementError
     from backstop.entrypoints.statement import reconcile
 
     try:

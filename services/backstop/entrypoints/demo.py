@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from backstop.adapters.files import staged_dir, write_json
 from backstop.adapters.journal_file import journal_bytes
-from backstop.demo import journal
+from backstop.demo_journal import journal
 from backstop.entrypoints.policy_lab import (
     DEFAULT_POLICIES,
     compare_policies,
