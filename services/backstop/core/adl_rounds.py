@@ -18,8 +18,8 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from backstop.core.numbers import CONTEXT, MONEY_QUANTUM, ZERO, average_price, money, ratio, text
+from backstop.core.records import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
 EPSILON = MONEY_QUANTUM  # the worst share's epsilon: x / (u + 1e-8), so that a profit of 0 divides
 DECILES = (("p10", 1), ("p50", 5), ("p90", 9))
 
