@@ -355,7 +355,7 @@ class Engine:
         symbol = instrument.symbol
         value = CONTEXT.multiply(abs(qty), fill_price)
         self.adl_index.touch(account_id)
-        leverage = self._leverages.setdefault(str(leverage), leverage)  # one object per spelling: ~100 B a position
+        leverage = self._leverages.setdefault(str(leverage), leverage)  # one object per spelling, not one per position
         if position is None:
             position = Position(account_id, symbol, qty, value, margin_mode, leverage, position_side)
             self.positions.add(position)
@@ -940,8 +940,8 @@ class Engine:
     def refresh_adl_index(self, limit: int | None = None) -> bool:
         """Bring the ADL index up to date with every change so far (or with `limit` of the accounts touched);
         False if nothing had changed. Each deleverage does this first; a service calls it while its input is idle
-        or in slices after a backlog, so that the first deleverage after a burst of trading does not wait for it
-        (100,000 accounts: ~1 s). The index only picks candidates: when it is refreshed changes no outcome."""
+        or in slices after a backlog, so that the first deleverage after a burst of trading does not wait for it.
+        The index only picks candidates: when it is refreshed changes no outcome."""
         index = self.adl_index
         if self.adl_policy.rule != "bitmex" or not (self.ledger.touched or index.dirty):
             return False

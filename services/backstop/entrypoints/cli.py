@@ -656,9 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # CPython collects its youngest generation every 700 net new container objects, and the whole heap each time it has
 # grown by a quarter. A replay's state is millions of long-lived objects with almost no reference cycles, so the
-# collector took 2.2 s of a 1,000,000-record replay (1.3 s in 9 full passes) and 5.0 s of the incident window (4.0 s
-# in 14 full passes). At 50,000: 0.9 s and 1.6 s, and no full pass. Batch commands only: a young pass over tens of
-# thousands of live objects pauses ~25 ms, which `serve` felt (latency benchmark at 1,000/s: max 70-84 ms, not ~41).
+# collector's full passes cost a large replay seconds for nothing; a higher young threshold removes them. Batch
+# commands only: a young pass over tens of thousands of live objects is a pause `serve` would feel in its latency.
 BATCH_GC_YOUNG_THRESHOLD = 50_000
 SIGPIPE_EXIT = 128 + 13  # the status a shell shows for a command ended by SIGPIPE
 

@@ -28,7 +28,7 @@ RAW_KEEP_BYTES = 64 * 1024
 
 
 # The per-record containers are NamedTuples: immutable like a frozen dataclass, whose __init__ sets each field
-# through object.__setattr__ (0.8 us for 8 fields against 0.24 us; three of them per record).
+# through object.__setattr__, several times slower, and three of them are made per record.
 class Consumed(NamedTuple):
     """One Kafka record as consumed."""
 
