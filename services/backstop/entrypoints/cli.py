@@ -308,7 +308,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
     from backstop.adapters.journal_file import JournalFileError
-    from backstop.entrypoints.kafka_tools import produce_file
+    from backstop.adapters.kafka.tools import produce_file
     from backstop.settings import Settings
 
     settings = Settings()
@@ -333,7 +333,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
     from aiokafka.errors import KafkaError
 
-    from backstop.entrypoints.kafka_tools import tail
+    from backstop.adapters.kafka.tools import tail
     from backstop.settings import Settings
 
     settings = Settings()
