@@ -113,3 +113,16 @@ def test_simulation_mode_liquidates_a_hedge_side_on_its_own() -> None:
     engine = simulator.processor.engine
     assert engine.positions.get("u", "BTCUSDT", "long") is None
     assert engine.positions.get("u", "BTCUSDT", "short").qty == -1
+
+
+def test_a_mixed_mode_refusal_names_the_sides_in_side_order_not_in_the_order_they_were_opened() -> None:
+    """Found by test_event_time: the reason named the first side opened, which a restored state (positions in
+    side order) named differently, so a replay from a snapshot dead-lettered the record with another reason."""
+    journal = [*venue_journals._hedge_world(), transfer("d-u", "u", "100000"),
+               fill("s", "u", "sell", "1", "100000", position_side="short"),  # the short first
+               fill("l", "u", "buy", "1", "100000", position_side="long"),
+               fill("b", "u", "buy", "1", "100000")]
+    _, outcomes = run(journal)
+    assert isinstance(outcomes[-1], Rejection)
+    assert outcomes[-1].reason == ("u holds BTCUSDT:long in hedge mode; a position_side both record cannot mix modes "
+                                   "in BTCUSDT")

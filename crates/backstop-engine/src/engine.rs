@@ -417,7 +417,8 @@ impl Engine {
 
     /// An account's positions in one symbol are all one-way (`both`) or all hedge sides, never mixed (section 7).
     fn check_position_mode(&self, account: u32, symbol: u32, side: PositionSide) -> Result<(), Rejected> {
-        if let Some(held) = self.positions.in_symbol(account, symbol).next() {
+        // in side order, not in the order the positions were opened (a restored state lists them sorted)
+        if let Some(held) = self.positions.in_symbol(account, symbol).min_by_key(|p| p.position_side.name()) {
             if (held.position_side == PositionSide::Both) != (side == PositionSide::Both) {
                 let mode = if held.position_side == PositionSide::Both { "one-way" } else { "hedge" };
                 let symbol_name = self.names.name(symbol);

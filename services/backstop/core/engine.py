@@ -331,7 +331,8 @@ class Engine:
 
     def _check_position_mode(self, account_id: str, symbol: str, position_side: PositionSide) -> None:
         """An account's positions in one symbol are all one-way (both) or all hedge sides, never mixed (§7)."""
-        for held in self.positions.in_symbol(account_id, symbol):
+        # in side order, not in the order the positions were opened (a restored state lists them sorted)
+        for held in sorted(self.positions.in_symbol(account_id, symbol), key=lambda p: p.position_side):
             if (held.position_side == "both") != (position_side == "both"):
                 mode = "one-way" if held.position_side == "both" else "hedge"
                 raise Rejected(f"{account_id} holds {held.label} in {mode} mode; a position_side {position_side} "
