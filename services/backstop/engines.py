@@ -59,6 +59,8 @@ class BatchResult:
     adl_events: bytes
     findings: bytes
     dead_letters: bytes
+    postings: bytes
+    adl_quantiles: bytes
     snapshots: tuple[tuple[int, bytes], ...]
     stopped: tuple[int, str] | None
 
@@ -73,6 +75,8 @@ class RecordsResult:
     adl_events: bytes
     findings: bytes
     dead_letters: bytes
+    postings: bytes
+    adl_quantiles: bytes
     duplicates: dict[str, int]
 
 
@@ -141,8 +145,14 @@ class ReferenceEngine:
 
     def apply_lines(self, chunk: bytes, first_line: int) -> BatchResult:
         ledger, adl, findings, dead = bytearray(), bytearray(), bytearray(), bytearray()
+        postings, quantiles = bytearray(), bytearray()
         snapshots: list[tuple[int, bytes]] = []
         processor, every = self.processor, self.options.snapshot_every
+
+        def result(stopped: tuple[int, str] | None) -> BatchResult:
+            return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), bytes(postings),
+                               bytes(quantiles), tuple(snapshots), stopped)
+
         with processor.engine.decimal_context():
             for number, raw in journal_lines(chunk, first_line):
                 try:
@@ -151,8 +161,7 @@ class ReferenceEngine:
                     processor.reject_unparsed()
                     dead += dead_letter_line(number, str(error), raw) + b"\n"
                     if self.options.strict:
-                        return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots),
-                                           (number, str(error)))
+                        return result((number, str(error)))
                     continue
                 outcome = processor.process(record)
                 if isinstance(outcome, Applied):
@@ -163,15 +172,18 @@ class ReferenceEngine:
                         adl += canonical_json(record_dict(event)) + b"\n"
                     for finding in effects.findings:
                         findings += canonical_json(record_dict(finding)) + b"\n"
+                    for posting in effects.postings:
+                        postings += canonical_json(record_dict(posting)) + b"\n"
+                    for change in effects.adl_quantiles:
+                        quantiles += canonical_json(record_dict(change)) + b"\n"
                     if every > 0 and outcome.seq >= self._next_snapshot:
                         snapshots.append((outcome.seq, document_bytes(self.snapshot(number))))
                         self._next_snapshot = outcome.seq + every
                 elif isinstance(outcome, Rejection):
                     dead += dead_letter_line(number, outcome.reason, raw) + b"\n"
                     if self.options.strict:
-                        return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots),
-                                           (number, outcome.reason))
-        return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots), None)
+                        return result((number, outcome.reason))
+        return result(None)
 
     def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
         batch = [IngestConsumed(topic, partition, offset, None, value) for topic, partition, offset, value in records]
@@ -182,6 +194,8 @@ class ReferenceEngine:
             b"".join(canonical_json(record_dict(event)) + b"\n" for event in result.adl_events),
             b"".join(canonical_json(record_dict(finding)) + b"\n" for finding in result.findings),
             b"".join(canonical_json(record_dict(letter.record())) + b"\n" for letter in result.dead_letters),
+            b"".join(canonical_json(record_dict(posting)) + b"\n" for posting in result.postings),
+            b"".join(canonical_json(record_dict(change)) + b"\n" for change in result.adl_quantiles),
             dict(result.duplicates))
 
     def summary(self) -> dict[str, Any]:
@@ -199,7 +213,8 @@ class ReferenceEngine:
                        "state_hash": state_hash(processor.engine), "dedupe": processor.deduper.entries(),
                        "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
                                     "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
-                                    "findings": processor.findings}})
+                                    "findings": processor.findings, "postings": processor.postings,
+                                    "adl_quantiles": processor.adl_quantiles}})
 
     @classmethod
     def restored(cls, options: EngineOptions, document: dict[str, Any]) -> ReferenceEngine:
@@ -212,6 +227,7 @@ class ReferenceEngine:
         processor.duplicates, processor.rejected = counters["duplicates"], counters["rejected"]
         processor.fund_entries, processor.adl_events = counters["fund_entries"], counters["adl_events"]
         processor.findings = counters["findings"]
+        processor.postings, processor.adl_quantiles = counters["postings"], counters["adl_quantiles"]
         return cls(options, processor)
 
 
@@ -250,12 +266,14 @@ class CompiledEngine:
         return self._ledger.events_applied()
 
     def apply_lines(self, chunk: bytes, first_line: int) -> BatchResult:
-        ledger, adl, findings, dead, snapshots, stopped = self._ledger.apply_lines(chunk, first_line)
-        return BatchResult(ledger, adl, findings, dead, tuple(snapshots), stopped)
+        ledger, adl, findings, dead, postings, quantiles, snapshots, stopped = self._ledger.apply_lines(chunk,
+                                                                                                        first_line)
+        return BatchResult(ledger, adl, findings, dead, postings, quantiles, tuple(snapshots), stopped)
 
     def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
-        journal, ledger, adl, findings, dead, duplicates = self._ledger.apply_records(list(records), topic_prefix)
-        return RecordsResult(journal, ledger, adl, findings, dead, dict(duplicates))
+        journal, ledger, adl, findings, dead, postings, quantiles, duplicates = self._ledger.apply_records(
+            list(records), topic_prefix)
+        return RecordsResult(journal, ledger, adl, findings, dead, postings, quantiles, dict(duplicates))
 
     def summary(self) -> dict[str, Any]:
         document: dict[str, Any] = orjson.loads(self._ledger.summary_json())

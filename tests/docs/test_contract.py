@@ -77,7 +77,7 @@ def test_parser_and_ajv_accept_the_contract_and_every_demo_record(demo: Path, tm
     done = _check(tmp_path, "--asyncapi", str(ASYNCAPI), "--schemas", str(SCHEMAS), "--records", str(demo))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "asyncapi: ok" in done.stdout
-    for stream in ("fund-ledger", "adl-events", "findings"):
+    for stream in ("fund-ledger", "adl-events", "findings", "postings", "adl-quantiles"):
         count = len((demo / f"{stream}.jsonl").read_text().splitlines())
         assert count > 0 and f"{stream}.jsonl: {count} of {count} valid" in done.stdout, done.stdout
 

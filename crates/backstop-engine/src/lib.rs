@@ -12,4 +12,5 @@ pub mod canonical;
 pub mod engine;
 pub mod ledger;
 pub mod processor;
+pub mod quantiles;
 pub mod state;

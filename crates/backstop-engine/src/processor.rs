@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-pub const SNAPSHOT_VERSION: i128 = 2;
+pub const SNAPSHOT_VERSION: i128 = 3;
 /// Bytes of a bad line kept in its dead letter.
 pub const RAW_KEEP_BYTES: usize = 4096;
 
@@ -139,11 +139,17 @@ pub struct Processor {
     pub fund_entries: u64,
     pub adl_events: u64,
     pub findings: u64,
+    pub postings: u64,
+    pub adl_quantiles: u64,
     pub strict: bool,
     pub snapshot_every: u64,
     /// Check after every batch that the ledger's balances sum to zero (--check-conservation).
     pub check_conservation: bool,
     next_snapshot: u64,
+}
+
+fn counts(outputs: &Outputs) -> [u64; 5] {
+    [outputs.fund_entries, outputs.adl_count, outputs.finding_count, outputs.posting_count, outputs.quantile_count]
 }
 
 /// A blank line of the journal reader (backstop.adapters.journal_file): only spaces, tabs and carriage returns.
@@ -235,7 +241,7 @@ impl Processor {
                 }
                 continue;
             }
-            let before = (batch.outputs.fund_entries, batch.outputs.adl_count, batch.outputs.finding_count);
+            let before = counts(&batch.outputs);
             let seq = self.engine.last_seq + 1;
             if let Err(reason) = self.engine.apply(&decoded, seq, &mut batch.outputs) {
                 self.rejected += 1;
@@ -244,9 +250,7 @@ impl Processor {
             }
             let newest = self.engine.newest_ts.unwrap_or(decoded.ts);
             self.deduper.remember(key, decoded.ts, newest);
-            self.fund_entries += batch.outputs.fund_entries - before.0;
-            self.adl_events += batch.outputs.adl_count - before.1;
-            self.findings += batch.outputs.finding_count - before.2;
+            self.count(before, &batch.outputs);
             let id = format!("j-{seq}");
             let payload_hash = canonical::sha256_hex(&payload);
             let row = J::Obj(vec![
@@ -280,16 +284,14 @@ impl Processor {
             self.duplicates += 1;
             return Ok(());
         }
-        let before = (batch.outputs.fund_entries, batch.outputs.adl_count, batch.outputs.finding_count);
+        let before = counts(&batch.outputs);
         if let Err(reason) = self.engine.apply(&record, self.engine.last_seq + 1, &mut batch.outputs) {
             self.rejected += 1;
             return Err(reason);
         }
         let newest = self.engine.newest_ts.unwrap_or(record.ts);
         self.deduper.remember(key, record.ts, newest);
-        self.fund_entries += batch.outputs.fund_entries - before.0;
-        self.adl_events += batch.outputs.adl_count - before.1;
-        self.findings += batch.outputs.finding_count - before.2;
+        self.count(before, &batch.outputs);
         let seq = self.engine.last_seq;
         if self.snapshot_every > 0 && seq >= self.next_snapshot {
             let mut document = self.snapshot_json(number);
@@ -298,6 +300,16 @@ impl Processor {
             self.next_snapshot = seq + self.snapshot_every;
         }
         Ok(())
+    }
+
+    /// Add what an applied event wrote (the outputs' counts after it, less `before`) to the totals.
+    fn count(&mut self, before: [u64; 5], outputs: &Outputs) {
+        let after = counts(outputs);
+        self.fund_entries += after[0] - before[0];
+        self.adl_events += after[1] - before[1];
+        self.findings += after[2] - before[2];
+        self.postings += after[3] - before[3];
+        self.adl_quantiles += after[4] - before[4];
     }
 
     // ------------------------------------------------------------------ documents
@@ -313,6 +325,10 @@ impl Processor {
         funds.sort_by(|a, b| names.name(a.spec.fund_id).cmp(names.name(b.spec.fund_id)));
         let mut instruments: Vec<&Instrument> = engine.instruments.values().collect();
         instruments.sort_by(|a, b| names.name(a.symbol).cmp(names.name(b.symbol)));
+        let mut closes: Vec<(&str, &str, &str, u8)> = engine.quantile_closes.iter()
+            .map(|((account, symbol, side), quantile)| (names.name(*account), names.name(*symbol), side.name(), *quantile))
+            .collect();
+        closes.sort();
         let by_name = |map: &HashMap<u32, u64>| -> J<'_> {
             J::Obj(map.iter().map(|(symbol, ts)| (names.name(*symbol), J::Int(*ts as i128))).collect())
         };
@@ -322,6 +338,7 @@ impl Processor {
             ("adl_policy", J::Obj(vec![("rule", J::Str("bitmex")), ("price", J::Str("bankruptcy"))])),
             ("ledger_head", J::Str(&engine.ledger_head)),
             ("adl_head", J::Str(&engine.adl_head)),
+            ("postings_head", J::Str(&engine.postings_head)),
             ("balances", J::Obj(balances.iter().map(|(name, balance)| (name.as_str(), J::Owned(text_wide(*balance, S8)))).collect())),
             ("funds", J::Arr(funds.iter().map(|f| fund_document(engine, f)).collect())),
             ("instruments", J::Arr(instruments.iter().map(|i| instrument_document(engine, i)).collect())),
@@ -330,6 +347,9 @@ impl Processor {
             ("mark_ts", by_name(&engine.mark_ts)),
             ("funding_ts", by_name(&engine.funding_ts)),
             ("positions", J::Arr(positions_in_order(engine).into_iter().map(|p| position_document(engine, p)).collect())),
+            ("quantile_closes", J::Arr(closes.iter().map(|(account, symbol, side, quantile)| J::Arr(vec![
+                J::Str(account), J::Str(symbol), J::Str(side), J::Int(i128::from(*quantile))])).collect())),
+            ("risk_levels", J::Obj(engine.risk_levels.iter().map(|(s, level)| (names.name(*s), J::Str(level))).collect())),
         ]);
         canonical::to_vec(&document)
     }
@@ -357,6 +377,8 @@ impl Processor {
                 ("fund_entries", J::Int(self.fund_entries as i128)),
                 ("adl_events", J::Int(self.adl_events as i128)),
                 ("findings", J::Int(self.findings as i128)),
+                ("postings", J::Int(self.postings as i128)),
+                ("adl_quantiles", J::Int(self.adl_quantiles as i128)),
             ])),
         ]);
         // sealed (backstop.core.snapshot.sealed): the SHA-256 of everything else in the document
@@ -392,6 +414,16 @@ impl Processor {
         }).collect();
         let head = engine.head_hash();
         let state_hash = self.state_hash();
+        let views = crate::quantiles::views_now(engine);
+        let risk = crate::quantiles::risks(engine, &views).into_iter().map(|(symbol, risk)| {
+            (names.name(symbol), J::Obj(vec![
+                ("fund_id", J::Str(names.name(risk.fund))),
+                ("risk_level", J::Str(risk.level)),
+                ("capacity", J::Owned(text_wide(reported(risk.capacity, 26), S8))),
+                ("stressed_notional_long", J::Owned(text_wide(reported(risk.stressed_long, S16), S8))),
+                ("stressed_notional_short", J::Owned(text_wide(reported(risk.stressed_short, S16), S8))),
+            ]))
+        }).collect();
         let document = J::Obj(vec![
             ("schema_version", J::Int(1)),
             ("events_applied", J::Int(self.events_applied() as i128)),
@@ -405,8 +437,12 @@ impl Processor {
             ("fund_ledger_entries", J::Int(self.fund_entries as i128)),
             ("adl_events", J::Int(self.adl_events as i128)),
             ("findings", J::Int(self.findings as i128)),
+            ("postings_head_hash", J::Str(&engine.postings_head)),
+            ("postings", J::Int(self.postings as i128)),
+            ("adl_quantiles", J::Int(self.adl_quantiles as i128)),
             ("ledger_sum", J::Owned(text_wide(engine.ledger.sum(), S8))),
             ("funds", J::Obj(funds)),
+            ("adl_risk", J::Obj(risk)),
         ]);
         canonical::to_vec(&document)
     }
@@ -421,6 +457,12 @@ impl Processor {
                 wallets.entry(*account).or_default().push((names.name(*asset), *balance));
             }
         }
+        let mut ranks: HashMap<(u32, u32), (usize, u8)> = HashMap::default();
+        for (symbol, sides) in crate::quantiles::views_now(engine) {
+            for view in sides {
+                ranks.extend(view.ranks.iter().map(|&(account, rank, quantile)| ((account, symbol), (rank, quantile))));
+            }
+        }
         let mut accounts: Vec<u32> = wallets.keys().copied().collect();
         accounts.extend(engine.positions.of_account.keys().copied().filter(|a| !wallets.contains_key(a)));
         accounts.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
@@ -433,7 +475,7 @@ impl Processor {
             symbols.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
             let positions = symbols.iter().map(|symbol| {
                 let position = engine.positions.get(account, *symbol).expect("indexed");
-                (names.name(*symbol), position_view(engine, position))
+                (names.name(*symbol), position_view(engine, position, ranks[&(account, *symbol)]))
             }).collect();
             entries.push((names.name(account).to_string(), J::Obj(vec![
                 ("wallet", J::Owned(primary)),
@@ -511,6 +553,7 @@ impl Processor {
         engine.last_seq = int(field(state, "seq")?)? as u64;
         engine.ledger_head = string(field(state, "ledger_head")?)?.to_string();
         engine.adl_head = string(field(state, "adl_head")?)?.to_string();
+        engine.postings_head = string(field(state, "postings_head")?)?.to_string();
         for f in array(field(state, "funds")?)? {
             let f = object(f)?;
             let fund_id = engine.names.id(string(field(f, "fund_id")?)?);
@@ -606,11 +649,34 @@ impl Processor {
                 cost: decimal(field(p, "cost")?, S16)?,
                 margin_mode,
                 leverage: Dec { value: decimal(field(p, "leverage")?, S8)?, places: leverage.fraction.len() as u8 },
+                adl_quantile: quantile_of(field(p, "adl_quantile")?)?,
             };
             if engine.positions.get(position.account, position.symbol).is_some() || position.qty == 0 {
                 return Err("a position listed twice, or empty".into());
             }
             engine.positions.add(position);
+        }
+        for entry in array(field(state, "quantile_closes")?)? {
+            let [account, symbol, side, quantile] = array(entry)? else {
+                return Err("a quantile close is not [account, symbol, side, quantile]".into());
+            };
+            let side = match string(side)? {
+                "long" => Side::Long,
+                "short" => Side::Short,
+                other => return Err(format!("unknown side {other}")),
+            };
+            let key = (engine.names.id(string(account)?), engine.names.id(string(symbol)?), side);
+            engine.quantile_closes.insert(key, quantile_of(quantile)?);
+        }
+        for (symbol, level) in object(field(state, "risk_levels")?)? {
+            let level = match string(level)? {
+                "low" => "low",
+                "medium" => "medium",
+                "high" => "high",
+                other => return Err(format!("unknown risk level {other}")),
+            };
+            let symbol = engine.names.id(symbol);
+            engine.risk_levels.insert(symbol, level);
         }
         for entry in array(field(root, "dedupe")?)? {
             let pair = array(entry)?;
@@ -626,6 +692,8 @@ impl Processor {
         processor.fund_entries = int(field(counters, "fund_entries")?)? as u64;
         processor.adl_events = int(field(counters, "adl_events")?)? as u64;
         processor.findings = int(field(counters, "findings")?)? as u64;
+        processor.postings = int(field(counters, "postings")?)? as u64;
+        processor.adl_quantiles = int(field(counters, "adl_quantiles")?)? as u64;
         processor.next_snapshot = processor.engine.last_seq + snapshot_every;
         Ok(processor)
     }
@@ -698,10 +766,11 @@ fn position_document<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
         ("cost", J::Owned(text(p.cost, S16))),
         ("margin_mode", J::Str(mode_name(p.margin_mode))),
         ("leverage", J::Owned(text(p.leverage.value, S8))),
+        ("adl_quantile", J::Int(i128::from(p.adl_quantile))),
     ])
 }
 
-fn position_view<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
+fn position_view<'e>(engine: &'e Engine, p: &'e Position, (rank, quantile): (usize, u8)) -> J<'e> {
     let mark = engine.marks[&p.symbol];
     let view = engine.margin_view(p);
     let (pnl, _) = engine.exposure(p);
@@ -720,6 +789,8 @@ fn position_view<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
         ("margin_balance", J::Owned(text(money(view.margin_balance, S16), S8))),
         ("liquidation_price", J::Owned(liquidation)),
         ("bankruptcy_price", J::Owned(text(engine.bankruptcy_price_in(p, Some(&view)), S8))),
+        ("adl_rank", J::Int(rank as i128)),
+        ("adl_quantile", J::Int(i128::from(quantile))),
     ])
 }
 
@@ -775,6 +846,13 @@ fn int(value: &Value<'_>) -> Result<i128, String> {
         Value::Int(text) => std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()).ok_or("a number too large".into()),
         _ => Err("an integer was expected".into()),
     }
+}
+fn quantile_of(value: &Value<'_>) -> Result<u8, String> {
+    u8::try_from(int(value)?).ok().filter(|q| *q <= 5).ok_or_else(|| "a quantile is 0 to 5".to_string())
+}
+/// Reported money of an exact amount at `scale` (HALF_EVEN to 1e-8).
+fn reported(value: I256, scale: u32) -> I256 {
+    numbers::rescale(value, scale, S8, Rounding::HalfEven)
 }
 fn decimal(value: &Value<'_>, scale: u32) -> Result<i128, String> {
     let text = string(value)?;

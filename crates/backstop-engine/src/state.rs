@@ -31,7 +31,7 @@ pub struct FundSpec {
     pub max_inventory_ratio: i128,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {
     Long,
     Short,
@@ -61,6 +61,8 @@ pub struct Position {
     pub cost: i128,
     pub margin_mode: MarginMode,
     pub leverage: Dec,
+    /// The ADL quantile last published for it (crate::quantiles); 0: none.
+    pub adl_quantile: u8,
 }
 
 impl Position {

@@ -159,6 +159,8 @@ impl Ledger {
             PyBytes::new(py, &batch.outputs.adl_events),
             PyBytes::new(py, &batch.outputs.findings),
             PyBytes::new(py, &batch.dead_letters),
+            PyBytes::new(py, &batch.outputs.postings),
+            PyBytes::new(py, &batch.outputs.adl_quantiles),
             snapshots,
             batch.stopped,
         )
@@ -181,6 +183,8 @@ impl Ledger {
             PyBytes::new(py, &batch.outputs.adl_events),
             PyBytes::new(py, &batch.outputs.findings),
             PyBytes::new(py, &batch.dead_letters),
+            PyBytes::new(py, &batch.outputs.postings),
+            PyBytes::new(py, &batch.outputs.adl_quantiles),
             batch.duplicates,
         )
             .into_pyobject(py)

@@ -38,6 +38,8 @@ class Processor:
         self.fund_entries = 0
         self.adl_events = 0
         self.findings = 0
+        self.postings = 0
+        self.adl_quantiles = 0
 
     @property
     def events_applied(self) -> int:
@@ -57,6 +59,8 @@ class Processor:
         self.fund_entries += len(effects.fund_entries)
         self.adl_events += len(effects.adl_events)
         self.findings += len(effects.findings)
+        self.postings += len(effects.postings)
+        self.adl_quantiles += len(effects.adl_quantiles)
         return Applied(self.engine.last_seq, effects)
 
     def reject_unparsed(self) -> None:

@@ -15,7 +15,7 @@ from backstop.core.hashing import canonical_json
 from backstop.core.numbers import text
 from backstop.core.state import FundSpec, FundState, Instrument, Lot, Position, Tier
 
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
 
 
 def _d(value: str) -> Decimal:
@@ -29,6 +29,7 @@ def state_document(engine: Engine) -> dict[str, Any]:
         "adl_policy": {"rule": engine.adl_policy.rule, "price": engine.adl_policy.price},
         "ledger_head": engine.ledger_head,
         "adl_head": engine.adl_head,
+        "postings_head": engine.postings_head,
         "balances": {k: text(v) for k, v in sorted(engine.ledger.balances.items()) if v != 0},
         "funds": [{
             "fund_id": f.spec.fund_id, "settle_asset": f.spec.settle_asset, "surplus": f.spec.surplus,
@@ -51,8 +52,11 @@ def state_document(engine: Engine) -> dict[str, Any]:
         "funding_ts": dict(sorted(engine.funding_ts.items())),
         "positions": [{
             "account_id": p.account_id, "symbol": p.symbol, "qty": text(p.qty), "cost": text(p.cost),
-            "margin_mode": p.margin_mode, "leverage": text(p.leverage),
+            "margin_mode": p.margin_mode, "leverage": text(p.leverage), "adl_quantile": p.adl_quantile,
         } for account in sorted(engine.positions) for p in engine.positions.in_symbol_order(account)],
+        "quantile_closes": [[account, symbol, side, quantile]
+                            for (account, symbol, side), quantile in sorted(engine.quantile_closes.items())],
+        "risk_levels": dict(sorted(engine.risk_levels.items())),
     }
 
 
@@ -80,6 +84,7 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False) -> En
     engine.last_seq = int(document["seq"])
     engine.ledger_head = document["ledger_head"]
     engine.adl_head = document["adl_head"]
+    engine.postings_head = document["postings_head"]
     engine.ledger.balances = {k: _d(v) for k, v in document["balances"].items()}
     for f in document["funds"]:
         spec = FundSpec(f["fund_id"], f["settle_asset"], f["surplus"], _d(f["max_inventory_ratio"]))
@@ -101,8 +106,11 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False) -> En
     engine.funding_ts = {symbol: int(ts) for symbol, ts in document["funding_ts"].items()}
     for p in document["positions"]:
         position = Position(p["account_id"], p["symbol"], _d(p["qty"]), _d(p["cost"]), p["margin_mode"],
-                            _d(p["leverage"]))
+                            _d(p["leverage"]), int(p["adl_quantile"]))
         engine.positions.add(position)
         engine.by_symbol[position.symbol][position.account_id] = position
         engine.adl_index.touch(position.account_id)
+    engine.quantile_closes = {(account, symbol, side): int(quantile)
+                              for account, symbol, side, quantile in document["quantile_closes"]}
+    engine.risk_levels = dict(document["risk_levels"])
     return engine

@@ -51,6 +51,7 @@ class Position:
     cost: Decimal
     margin_mode: MarginMode
     leverage: Decimal
+    adl_quantile: int = 0  # the quantile last published for it (docs/design.md §10, "ADL quantiles"); 0: none
 
     @property
     def side(self) -> Literal["long", "short"]:

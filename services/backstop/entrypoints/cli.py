@@ -539,7 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     produce.set_defaults(handler=_cmd_produce)
 
     tail = commands.add_parser("tail", help="print an output topic's records (JSON lines)")
-    tail.add_argument("stream", choices=["adl-events", "fund-ledger", "journal", "dead-letter"])
+    tail.add_argument("stream", choices=["adl-events", "fund-ledger", "journal", "dead-letter", "postings",
+                                        "adl-quantiles"])
     tail.add_argument("--follow", "-f", action="store_true", help="keep waiting for new records")
     tail.set_defaults(handler=_cmd_tail)
 

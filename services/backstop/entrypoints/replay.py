@@ -29,7 +29,7 @@ from backstop.engines import (
 )
 
 PROGRESS_MIN_BYTES = 8 << 20
-SNAPSHOT_COUNTERS = ("duplicates", "rejected", "fund_entries", "adl_events", "findings")
+SNAPSHOT_COUNTERS = ("duplicates", "rejected", "fund_entries", "adl_events", "findings", "postings", "adl_quantiles")
 CHUNK_BYTES = 1 << 20  # lines handed to the engine at once
 
 
@@ -102,8 +102,10 @@ def snapshot_start(document: dict[str, Any]) -> dict[str, Any]:
     state, counters = document["engine"], document["counters"]
     funds = sorted(fund["fund_id"] for fund in state["funds"])
     return {"seq": state["seq"], "input_line": document["input_line"], "ledger_head_hash": state["ledger_head"],
-            "adl_head_hash": state["adl_head"], "fund_ledger_entries": counters["fund_entries"],
-            "adl_events": counters["adl_events"], "findings": counters["findings"],
+            "adl_head_hash": state["adl_head"], "postings_head_hash": state["postings_head"],
+            "fund_ledger_entries": counters["fund_entries"], "adl_events": counters["adl_events"],
+            "findings": counters["findings"], "postings": counters["postings"],
+            "adl_quantiles": counters["adl_quantiles"],
             "fund_balances": {f: state["balances"].get(f"fund:{f}", "0") for f in funds}}
 
 
@@ -222,7 +224,8 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
         task = progress.add_task("replay", total=size)
         for first_line, chunk in chunks:
             batch = engine.apply_lines(chunk, first_line)
-            out.write_batch(batch.fund_ledger, batch.adl_events, batch.findings, batch.dead_letters)
+            out.write_batch(batch.fund_ledger, batch.adl_events, batch.findings, batch.dead_letters, batch.postings,
+                            batch.adl_quantiles)
             for seq, document in batch.snapshots:
                 write_bytes(snapshots / f"snapshot-{seq:012d}.json", document)
             if batch.stopped is not None:

@@ -14,7 +14,7 @@ import orjson
 
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Applied, Duplicate, Processor
-from backstop.core.records import AdlEvent, Finding, FundLedgerEntry
+from backstop.core.records import AdlEvent, AdlQuantileRecord, Finding, FundLedgerEntry, Posting
 from backstop.pipeline.topics import TopicNames, input_key
 from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, shown, validate
 from backstop.wire.inputs import RECORD_TYPES, AnyRecord
@@ -112,6 +112,8 @@ class BatchResult:
     fund_entries: list[FundLedgerEntry] = field(default_factory=list)
     adl_events: list[AdlEvent] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    postings: list[Posting] = field(default_factory=list)
+    adl_quantiles: list[AdlQuantileRecord] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     outbox: list[OutboxMessage] = field(default_factory=list)
     duplicates: dict[str, int] = field(default_factory=dict)  # per record type
@@ -192,6 +194,15 @@ def _ingest(processor: Processor, batch: list[Consumed], topics: TopicNames) -> 
             result.outbox.append(OutboxMessage(topics.adl_events, event.account_id, event.id,
                                                canonical_json(record_dict(event))))
         result.findings.extend(effects.findings)
+        for posting in effects.postings:
+            result.postings.append(posting)
+            result.outbox.append(OutboxMessage(topics.postings, posting.asset, posting.id,
+                                               canonical_json(record_dict(posting))))
+        for change in effects.adl_quantiles:
+            result.adl_quantiles.append(change)
+            key = change.account_id if change.kind == "quantile" else change.symbol
+            result.outbox.append(OutboxMessage(topics.adl_quantiles, key, change.id,
+                                               canonical_json(record_dict(change))))
     return result
 
 
