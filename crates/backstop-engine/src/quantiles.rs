@@ -4,10 +4,11 @@
 //! whose risk level changed.
 
 use crate::canonical::{self, J};
-use crate::engine::{quantile, Engine, Outputs, SCHEMA_VERSION};
+use crate::engine::{quantile, Engine, Outputs, Ranked, SCHEMA_VERSION};
 use crate::ledger::Account;
 use crate::numbers::{add, mul, pow10, rescale, sub, Rounding, S16, S8};
 use crate::state::Side;
+use crate::wire::MarginMode;
 use ethnum::I256;
 
 /// The quantile period of event time, in ms (as Binance updates its quantile estimates).
@@ -102,6 +103,163 @@ pub fn views_now(engine: &Engine) -> Vec<(u32, [SideView; 2])> {
     symbols.into_iter().map(|symbol| (symbol, SIDES.map(|side| side_view(engine, symbol, side)))).collect()
 }
 
+// ------------------------------------------------------------------ quantile points without ranking everyone
+
+/// The float margins of backstop.core.adl_index: a float score within RELATIVE_MARGIN x |score| + ABSOLUTE_MARGIN
+/// of the exact one; equity within `bound` of zero (or of the stress threshold) decided exactly.
+const RELATIVE_MARGIN: f64 = 1e-6;
+const ABSOLUTE_MARGIN: f64 = 1e-6;
+const UNTRUSTED_EQUITY: f64 = 1e-6;
+const ROUNDING_SLACK: f64 = 1e-8 * 2.0 / RELATIVE_MARGIN;
+
+fn spread(key: f64) -> f64 {
+    key.abs() * RELATIVE_MARGIN + ABSOLUTE_MARGIN
+}
+
+/// A row of a group: its account, its key (float score, or uPnL / cost past bankruptcy), and its exact rank where
+/// it was computed.
+struct Row {
+    account: u32,
+    key: f64,
+    exact: Option<Ranked>,
+}
+
+/// The quantiles of one symbol and side at a quantile point, as backstop.core.quantile_index computes them (see
+/// there why the result is the exact ranking's): (account, quantile) of every position whose quantile differs from
+/// the one published for it, and the summed size of its stressed positions.
+pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, u8)>, i128) {
+    let Some(&mark) = engine.marks.get(&symbol) else { return (Vec::new(), 0) };
+    let mark_float = mark as f64 / 1e8;
+    let asset = engine.instruments[&symbol].settle_asset;
+    let mut groups: [Vec<Row>; 2] = [Vec::new(), Vec::new()];
+    let mut stressed: i128 = 0;
+    for &account in engine.positions.accounts_in(symbol) {
+        let position = engine.positions.get(account, symbol).expect("indexed");
+        if position.side() != side {
+            continue;
+        }
+        let cross = position.margin_mode == MarginMode::Cross;
+        let apart = cross && engine.positions.symbols_of(account).iter().any(|&other| {
+            other != symbol && engine.positions.get(account, other).is_some_and(|p| {
+                p.margin_mode == MarginMode::Cross && engine.instruments[&other].settle_asset == asset
+            })
+        });
+        let base = if cross {
+            engine.ledger.balance(Account::Wallet { account, asset })
+        } else {
+            engine.ledger.balance(Account::Isolated { account, symbol })
+        };
+        let (size, cost, base) = (position.size() as f64 / 1e8, position.cost as f64 / 1e16, base.as_f64() / 1e8);
+        let notional = size * mark_float;
+        let upnl = if side == Side::Long { notional - cost } else { cost - notional };
+        let equity = base + upnl;
+        let bound = if position.cost <= 0 {
+            f64::INFINITY
+        } else {
+            (UNTRUSTED_EQUITY * (base.abs() + notional + cost)).max(ROUNDING_SLACK * (1.0 + size))
+        };
+        if apart || equity.abs() <= bound {
+            let ranked = engine.rank(position);
+            if is_stressed(&ranked, mark, side) {
+                stressed += ranked.size;
+            }
+            let key = ranked.score as f64 / 1e12;
+            groups[usize::from(ranked.past_bankruptcy)].push(Row { account, key, exact: Some(ranked) });
+        } else if equity > bound {
+            let ratio = upnl / cost;
+            let leverage = notional / equity;
+            let key = if ratio >= 0.0 { ratio * leverage } else { ratio / leverage };
+            let (clearly, clearly_not) = (STRESS_LEVERAGE as f64 * equity + 11.0 * bound < notional,
+                                          STRESS_LEVERAGE as f64 * equity - 11.0 * bound > notional);
+            if clearly || (!clearly_not && is_stressed(&engine.rank(position), mark, side)) {
+                stressed += position.size();
+            }
+            groups[0].push(Row { account, key, exact: None });
+        } else {
+            stressed += position.size(); // clearly past its bankruptcy price
+            groups[1].push(Row { account, key: upnl / cost, exact: None });
+        }
+    }
+    let count = groups[0].len() + groups[1].len();
+    let mut changes = Vec::new();
+    let mut offset = 0;
+    for (past, rows) in groups.iter_mut().enumerate() {
+        let quantiles = group_quantiles(engine, symbol, rows, offset, count, past == 1);
+        offset += rows.len();
+        for (row, quantile) in rows.iter().zip(quantiles) {
+            if engine.positions.get(row.account, symbol).expect("indexed").adl_quantile != quantile {
+                changes.push((row.account, quantile));
+            }
+        }
+    }
+    (changes, stressed)
+}
+
+fn is_stressed(ranked: &Ranked, mark: i128, side: Side) -> bool {
+    let distance = if side == Side::Long { mark - ranked.bankruptcy } else { ranked.bankruptcy - mark };
+    distance * STRESS_LEVERAGE <= mark
+}
+
+/// The quantile of every row of a group ranked after `offset` others (of `count`): floats where they decide, the
+/// exact ranking at the (at most four) places where the quantile changes.
+fn group_quantiles(engine: &Engine, symbol: u32, rows: &mut [Row], offset: usize, count: usize, past: bool) -> Vec<u8> {
+    let n = rows.len();
+    let mut cuts: Vec<usize> = (1..5)
+        .map(|band| (band * count).div_ceil(5))
+        .filter(|&first| first > offset && first - offset < n)
+        .map(|first| first - 1 - offset)
+        .collect();
+    cuts.dedup();
+    let mut after = vec![0usize; n];
+    let mut position: Vec<Option<usize>> = vec![None; n];
+    let mut scratch: Vec<f64> = Vec::with_capacity(n);
+    for &cut in &cuts {
+        scratch.clear();
+        scratch.extend(rows.iter().map(|row| row.key));
+        let (_, &mut above, rest) = scratch.select_nth_unstable_by(cut, |a, b| b.total_cmp(a));
+        let below = rest.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (mut low, mut high) = (below - spread(below), above + spread(above));
+        let members = loop {
+            let members: Vec<usize> = (0..n)
+                .filter(|&i| rows[i].key + spread(rows[i].key) >= low && rows[i].key - spread(rows[i].key) <= high)
+                .collect();
+            let wider_low = members.iter().map(|&i| rows[i].key - spread(rows[i].key)).fold(f64::INFINITY, f64::min);
+            let wider_high = members.iter().map(|&i| rows[i].key + spread(rows[i].key)).fold(f64::NEG_INFINITY, f64::max);
+            if wider_low >= low && wider_high <= high {
+                break members;
+            }
+            (low, high) = (low.min(wider_low), high.max(wider_high));
+        };
+        let first = rows.iter().filter(|row| row.key - spread(row.key) > high).count();
+        for &i in &members {
+            if rows[i].exact.is_none() {
+                let position = engine.positions.get(rows[i].account, symbol).expect("indexed");
+                rows[i].exact = Some(engine.rank(position));
+            }
+            let exact = rows[i].exact.as_ref().expect("ranked");
+            assert!(exact.past_bankruptcy == past, "a row's float score put it on the wrong side of its bankruptcy price");
+        }
+        let mut ordered = members.clone();
+        let names = &engine.names;
+        ordered.sort_by(|&a, &b| {
+            let (a, b) = (rows[a].exact.as_ref().expect("ranked"), rows[b].exact.as_ref().expect("ranked"));
+            (-a.score, -a.size).cmp(&(-b.score, -b.size)).then_with(|| names.name(a.account).cmp(names.name(b.account)))
+        });
+        for (place, &i) in ordered.iter().enumerate() {
+            position[i] = Some(first + place);
+        }
+        for (i, row) in rows.iter().enumerate() {
+            if row.key + spread(row.key) < low {
+                after[i] += 1;
+            }
+        }
+    }
+    (0..n).map(|i| {
+        let place = position[i].unwrap_or_else(|| if after[i] == 0 { 0 } else { cuts[after[i] - 1] + 1 });
+        quantile(offset + place + 1, count) as u8
+    }).collect()
+}
+
 /// Reported money of an exact amount at `scale` (HALF_EVEN to 1e-8).
 fn reported(value: I256, scale: u32) -> I256 {
     rescale(value, scale, S8, Rounding::HalfEven)
@@ -110,7 +268,16 @@ fn reported(value: I256, scale: u32) -> I256 {
 /// The records of a quantile point (the event in hand just applied): per symbol in order, its risk level if it
 /// changed, then per side the positions whose quantile changed, by account id.
 pub fn publish(engine: &mut Engine, out: &mut Outputs) {
-    let views = views_now(engine);
+    let mut symbols: Vec<u32> = engine.instruments.keys().copied().collect();
+    symbols.sort_by(|a, b| engine.names.name(*a).cmp(engine.names.name(*b)));
+    let mut views: Vec<(u32, [SideView; 2])> = Vec::with_capacity(symbols.len());
+    let mut all_changes: Vec<[Vec<(u32, u8)>; 2]> = Vec::with_capacity(symbols.len());
+    for &symbol in &symbols {
+        let [(long, long_stressed), (short, short_stressed)] = SIDES.map(|side| side_changes(engine, symbol, side));
+        views.push((symbol, [SideView { ranks: Vec::new(), stressed_size: long_stressed },
+                             SideView { ranks: Vec::new(), stressed_size: short_stressed }]));
+        all_changes.push([long, short]);
+    }
     let found = risks(engine, &views);
     let closes: Vec<(u32, u32, Side)> = engine.quantile_closes.drain().map(|(key, _)| key).collect();
     let (seq, ts) = (engine.seq, engine.ts);
@@ -129,7 +296,7 @@ pub fn publish(engine: &mut Engine, out: &mut Outputs) {
         out.quantile_count += 1;
         written += 1;
     };
-    for ((symbol, sides), (_, risk)) in views.iter().zip(found) {
+    for (((symbol, _), (_, risk)), changes) in views.iter().zip(found).zip(all_changes) {
         if engine.risk_levels.get(symbol) != Some(&risk.level) {
             engine.risk_levels.insert(*symbol, risk.level);
             let fields = vec![
@@ -143,17 +310,14 @@ pub fn publish(engine: &mut Engine, out: &mut Outputs) {
             ];
             write(fields, out);
         }
-        for (view, side) in sides.iter().zip(SIDES) {
+        for (side_changes, side) in changes.iter().zip(SIDES) {
             let mut changed: Vec<(u32, u8)> = closes.iter()
                 .filter(|(_, s, d)| s == symbol && *d == side)
                 .map(|(account, _, _)| (*account, 0))
                 .collect();
-            for &(account, _, quantile) in &view.ranks {
-                let position = engine.positions.get_mut(account, *symbol).expect("a ranked position");
-                if position.adl_quantile != quantile {
-                    position.adl_quantile = quantile;
-                    changed.push((account, quantile));
-                }
+            for &(account, quantile) in side_changes {
+                engine.positions.get_mut(account, *symbol).expect("a ranked position").adl_quantile = quantile;
+                changed.push((account, quantile));
             }
             changed.sort_by(|a, b| engine.names.name(a.0).cmp(engine.names.name(b.0)));
             for (account, quantile) in changed {

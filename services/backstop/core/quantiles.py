@@ -92,29 +92,24 @@ def capacity(engine: Engine, fund_id: str) -> Decimal:
         return max(room, ZERO)
 
 
-def risk(engine: Engine, symbol: str, long_view: SideView, short_view: SideView,
-         capacities: dict[str, Decimal]) -> Risk:
-    fund_id = engine.instruments[symbol].fund_id
-    room = capacities.get(fund_id)
-    if room is None:
-        room = capacities[fund_id] = capacity(engine, fund_id)
-    mark = engine.marks.get(symbol, ZERO)
-    with localcontext(CONTEXT):
-        stressed_long, stressed_short = long_view.stressed_size * mark, short_view.stressed_size * mark
-        stressed = max(stressed_long, stressed_short)
-        level: RiskLevel = ("high" if room == 0 or stressed >= room else "medium" if 2 * stressed >= room
-                            else "low")
-    return Risk(fund_id, level, room, stressed_long, stressed_short)
-
-
-def risks(engine: Engine, views: dict[tuple[str, str], SideView]) -> dict[str, Risk]:
-    """Every symbol's risk from the views of its two sides (every instrument: a symbol without positions has
-    nothing stressed)."""
+def risks(engine: Engine, stressed_sizes: dict[tuple[str, str], Decimal]) -> dict[str, Risk]:
+    """Every symbol's risk (every instrument, in order) from the stressed size of each of its sides (none: 0)."""
     capacities: dict[str, Decimal] = {}
-    empty = SideView()
-    return {symbol: risk(engine, symbol, views.get((symbol, "long"), empty), views.get((symbol, "short"), empty),
-                         capacities)
-            for symbol in sorted(engine.instruments)}
+    found: dict[str, Risk] = {}
+    with localcontext(CONTEXT):
+        for symbol in sorted(engine.instruments):
+            fund_id = engine.instruments[symbol].fund_id
+            room = capacities.get(fund_id)
+            if room is None:
+                room = capacities[fund_id] = capacity(engine, fund_id)
+            mark = engine.marks.get(symbol, ZERO)
+            stressed_long = stressed_sizes.get((symbol, "long"), ZERO) * mark
+            stressed_short = stressed_sizes.get((symbol, "short"), ZERO) * mark
+            stressed = max(stressed_long, stressed_short)
+            level: RiskLevel = ("high" if room == 0 or stressed >= room else "medium" if 2 * stressed >= room
+                                else "low")
+            found[symbol] = Risk(fund_id, level, room, stressed_long, stressed_short)
+    return found
 
 
 def views_now(engine: Engine) -> dict[tuple[str, str], SideView]:
@@ -122,12 +117,57 @@ def views_now(engine: Engine) -> dict[tuple[str, str], SideView]:
             for side in SIDES}
 
 
+def stressed_of(views: dict[tuple[str, str], SideView]) -> dict[tuple[str, str], Decimal]:
+    return {key: view.stressed_size for key, view in views.items()}
+
+
+Changes = dict[tuple[str, str], list[tuple[str, int]]]  # (symbol, side) -> (account, quantile) that changed
+
+
+def _changes_exact(engine: Engine) -> tuple[Changes, dict[tuple[str, str], Decimal]]:
+    """Every position ranked exactly (any ADL policy)."""
+    views = views_now(engine)
+    changes: Changes = {}
+    for (symbol, side), view in views.items():
+        book = engine.by_symbol[symbol]
+        changes[(symbol, side)] = [(account_id, quantile) for account_id, (_, quantile) in view.ranks.items()
+                                   if book[account_id].adl_quantile != quantile]
+    return changes, stressed_of(views)
+
+
+def _changes_indexed(engine: Engine) -> tuple[Changes, dict[tuple[str, str], Decimal]]:
+    """The same, from the ADL index's float rows (BitMEX rule): exact work only where floats cannot decide."""
+    from backstop.core.quantile_index import side_quantiles
+
+    engine.refresh_adl_index()
+    changes: Changes = {}
+    stressed: dict[tuple[str, str], Decimal] = {}
+    for symbol in sorted(engine.instruments):
+        mark = engine.marks.get(symbol)
+        book = engine.by_symbol[symbol]
+
+        def ranked(account_id: str) -> adl.Ranked:
+            return engine._ranked(book[account_id])  # noqa: B023 (used in this iteration only)
+
+        def published(account_id: str) -> int:
+            return book[account_id].adl_quantile  # noqa: B023
+
+        for side in SIDES:
+            rows = engine.adl_index.book(symbol, side)
+            if mark is None or rows is None:
+                continue
+            changes[(symbol, side)], stressed[(symbol, side)] = side_quantiles(rows, mark, side, ranked, published)
+    return changes, stressed
+
+
 def publish(engine: Engine, seq: int, ts: int) -> list[AdlQuantileRecord]:
     """The records of a quantile point at seq (the event at ts just applied): per symbol in order, its risk level
     if it changed, then per side the positions whose quantile changed, by account id."""
-    views = views_now(engine)
+    with localcontext(CONTEXT):
+        changes, stressed = (_changes_indexed(engine) if engine.adl_policy.rule == "bitmex"
+                             else _changes_exact(engine))
     closes: dict[tuple[str, str], list[tuple[str, int]]] = {}
-    for (account_id, symbol, side), _ in sorted(engine.quantile_closes.items()):
+    for account_id, symbol, side in sorted(engine.quantile_closes):
         closes.setdefault((symbol, side), []).append((account_id, 0))
     engine.quantile_closes.clear()
     records: list[AdlQuantileRecord] = []
@@ -135,7 +175,7 @@ def publish(engine: Engine, seq: int, ts: int) -> list[AdlQuantileRecord]:
     def next_id() -> str:
         return f"aq-{seq}-{len(records)}"
 
-    for symbol, found in risks(engine, views).items():
+    for symbol, found in risks(engine, stressed).items():
         if engine.risk_levels.get(symbol) != found.level:
             engine.risk_levels[symbol] = found.level
             with localcontext(CONTEXT):
@@ -145,11 +185,9 @@ def publish(engine: Engine, seq: int, ts: int) -> list[AdlQuantileRecord]:
         book = engine.by_symbol[symbol]
         for side in SIDES:
             changed = closes.get((symbol, side), [])
-            for account_id, (_, quantile) in views[(symbol, side)].ranks.items():
-                position = book[account_id]
-                if position.adl_quantile != quantile:
-                    position.adl_quantile = quantile
-                    changed.append((account_id, quantile))
+            for account_id, quantile in changes.get((symbol, side), ()):
+                book[account_id].adl_quantile = quantile
+                changed.append((account_id, quantile))
             for account_id, quantile in sorted(changed):
                 records.append(AdlQuantileChange(SCHEMA_VERSION, next_id(), seq, ts, "quantile", account_id, symbol,
                                                  side, quantile or None))

@@ -46,7 +46,7 @@ def adl_risk(engine: Engine, views: dict[tuple[str, str], quantiles.SideView]) -
         return {symbol: {"fund_id": found.fund_id, "risk_level": found.level, "capacity": text(money(found.capacity)),
                          "stressed_notional_long": text(money(found.stressed_long)),
                          "stressed_notional_short": text(money(found.stressed_short))}
-                for symbol, found in quantiles.risks(engine, views).items()}
+                for symbol, found in quantiles.risks(engine, quantiles.stressed_of(views)).items()}
 
 
 def ledger_sum(engine: Engine) -> Decimal:
