@@ -101,3 +101,46 @@ def test_small_divisions_round_like_decimal(numerator: int, denominator: int, ro
 def test_unknown_rounding_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown rounding"):
         _engine.numbers_div("1", "2", "UP")
+
+
+I512_MAX = 2**511 - 1
+
+
+def exact_integer_quotient(numerator: int, denominator: int, rounding: str) -> int:
+    """The rounded quotient from Python's integers alone (floor and remainder, then the rule)."""
+    if denominator < 0:
+        numerator, denominator = -numerator, -denominator
+    floor, rest = divmod(numerator, denominator)
+    if rest == 0 or rounding == "FLOOR":
+        return floor
+    if rounding == "CEILING":
+        return floor + 1
+    twice = 2 * rest
+    return floor + (1 if twice > denominator or (twice == denominator and floor % 2) else 0)
+
+
+@given(st.integers(min_value=-I512_MAX, max_value=I512_MAX),
+       st.one_of(st.integers(min_value=-I512_MAX, max_value=I512_MAX), st.integers(-(2**130), 2**130))
+       .filter(lambda d: d != 0),
+       st.sampled_from(sorted(ROUNDINGS)))
+@example(7 * 10**120, 2 * 10**120, "HALF_EVEN")
+@example(-7 * 10**120, 2 * 10**120, "HALF_EVEN")
+@example(5 * 10**120, 2 * 10**120, "HALF_EVEN")
+@example(-(10**150) - 1, 10**75, "FLOOR")
+@example(I512_MAX, -1, "CEILING")
+@example(2**300 + 1, 2**299, "HALF_EVEN")
+def test_division_of_512_bit_values_rounds_the_exact_quotient_once(numerator: int, denominator: int,
+                                                                    rounding: str) -> None:
+    """Values derived from a balance (docs/design.md §9.3) are divided in 512 bits; the result is Python's exact one."""
+    assert int(_engine.numbers_div(str(numerator), str(denominator), rounding)) == exact_integer_quotient(
+        numerator, denominator, rounding)
+
+
+@given(st.integers(min_value=-I512_MAX, max_value=I512_MAX), st.integers(min_value=0, max_value=160))
+@example(-(10**150) + 1, 34)
+@example(I512_MAX, 0)
+@example(10**120, 121)
+def test_canonical_text_of_512_bit_values(value: int, scale: int) -> None:
+    exact = Decimal(value).scaleb(-scale, WIDE)
+    expected = "0" if value == 0 else f"{exact.normalize(WIDE):f}"
+    assert _engine.numbers_text(str(value), scale) == expected

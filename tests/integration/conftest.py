@@ -18,6 +18,7 @@ Environment:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -44,11 +45,6 @@ KAFKA_BOOTSTRAP = os.environ.get("BACKSTOP_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
 PG_SERVER_DSN = (os.environ.get("BACKSTOP_TEST_PG_DSN") or os.environ.get("BACKSTOP_PG_OWNER_DSN")
                  or "postgresql://backstop@127.0.0.1:5432/backstop")
 INTEGRATION_DIR = Path(__file__).resolve().parent
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--long", action="store_true", default=False,
-                     help="long campaigns: the fault campaign runs 1,000 faults (BACKSTOP_FAULTS overrides)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -230,13 +226,35 @@ class Databases:
         self.created.append(name)
         return with_database(self.server_dsn, name)
 
+    async def drop(self, dsn: str) -> None:
+        """One database created here, dropped now (a test that makes many keeps the server's data small: a crash
+        recovery fsyncs every file of it)."""
+        name = urlsplit(dsn).path[1:]
+        connection = await asyncpg.connect(self.server_dsn, timeout=10)
+        try:
+            await _drop(connection, name)
+        finally:
+            await connection.close()
+        self.created.remove(name)
+
     async def drop_all(self) -> None:
         connection = await asyncpg.connect(self.server_dsn, timeout=10)
         try:
             for name in reversed(self.created):
-                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                await _drop(connection, name)
         finally:
             await connection.close()
+
+
+async def _drop(connection: asyncpg.Connection, name: str) -> None:
+    """DROP ... WITH (FORCE) ends our own sessions, not an autovacuum worker's: wait for that one to finish."""
+    for _ in range(30):
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+            await asyncio.sleep(1)
+    await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

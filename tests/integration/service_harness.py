@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -113,6 +114,25 @@ class ServeProcess:
             time.sleep(0.3)
         raise AssertionError(f"backstop serve not healthy after {timeout}s: {self.log.read_text()[-3000:]}")
 
+    def wait_projections(self, timeout: float = 90) -> None:
+        """Until the last full projection refresh that became due is written (see wait_projections)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = json.loads(self._health_body())
+            if health["projections_refreshed_seq"] >= health["projections_due_seq"]:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"projection refresh not written after {timeout}s: {self._health_body()}")
+
+    def _health_body(self) -> str:
+        import urllib.error
+
+        try:
+            return self.get("/health")
+        except urllib.error.HTTPError as error:  # 503 while starting: the body says the same
+            body: bytes = error.read()
+            return body.decode()
+
     def get(self, path: str) -> str:
         import urllib.request
 
@@ -174,6 +194,20 @@ async def wait_refreshed(processor: LedgerProcessor, timeout: float = 60) -> Non
         await asyncio.sleep(0.05)
     raise AssertionError(f"no full refresh at seq {progress.seq} in {timeout}s (last at {progress.refreshed_seq}, "
                          f"errors {progress.background_errors})")
+
+
+async def wait_projections(processor: LedgerProcessor, timeout: float = 90) -> None:
+    """Until the last full projection refresh that became due (funding moves every wallet; only a refresh writes
+    that) is written: caught up and quiet, the service may still be computing it in a forked child, and a stop
+    drops it (the next start rewrites every row). Account rows compared before then can be a refresh behind."""
+    deadline = time.monotonic() + timeout
+    progress = processor.progress
+    while time.monotonic() < deadline:
+        if progress.refreshed_seq >= progress.refresh_due_seq:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the refresh due at seq {progress.refresh_due_seq} was not written in {timeout}s (last "
+                         f"at {progress.refreshed_seq}, errors {progress.background_errors})")
 
 
 async def input_ends(settings: Settings) -> dict[tuple[str, int], int]:
@@ -239,8 +273,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def local(server: str, *command: str) -> None:
+    # After a crash PostgreSQL replays its WAL and writes an end-of-recovery checkpoint before it accepts
+    # connections; on a busy host that outlasts the script's default wait.
+    env = {**os.environ, "BACKSTOP_PG_START_TIMEOUT": "170"}
     run = subprocess.run([str(REPO / "deploy" / "local" / server), *command], capture_output=True, text=True,
-                         timeout=180, check=False)
+                         timeout=180, check=False, env=env)
     assert run.returncode == 0, f"deploy/local/{server} {' '.join(command)}: {run.stdout}{run.stderr}"
 
 
@@ -283,7 +320,11 @@ async def assert_same_outcome(reference: Settings, faulted: Settings, context: s
     """Same journal, fund ledger, ADL events, head and state hash, and the same account projections; every output
     id published once, the same ids."""
     want, have = await stored(reference.dsn()), await stored(faulted.dsn())
-    assert await account_rows(faulted.dsn()) == await account_rows(reference.dsn()), context
+    rows_want, rows_have = await account_rows(reference.dsn()), await account_rows(faulted.dsn())
+    for table, expected in rows_want.items():
+        extra, missing = sorted(set(rows_have[table]) - set(expected)), sorted(set(expected) - set(rows_have[table]))
+        assert not extra and not missing, f"{table}: rows not in the reference {extra[:5]}, rows missing " \
+                                          f"{missing[:5]} {context}"
     assert have["journal"] == want["journal"], context
     assert have["fund_ledger"] == want["fund_ledger"], context
     assert have["adl_events"] == want["adl_events"], context

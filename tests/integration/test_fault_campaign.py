@@ -34,6 +34,7 @@ from service_harness import (
     seq_of,
     two_runs,
     wait_caught_up,
+    wait_projections,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,8 +72,9 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
     # The reference reads in full-size batches (the merge decides the order, not the batch size), so a long
     # campaign's reference run takes minutes, not an hour.
     reference = reference.model_copy(update=FULL_BATCHES)
-    async with in_process(reference):
+    async with in_process(reference) as (processor, _):
         await wait_caught_up(reference.dsn(), ends=await input_ends(reference), timeout=max(600, events / 50))
+        await wait_projections(processor)
 
     log = tmp_path / "faulted.log"
     ends = await input_ends(faulted)
@@ -117,6 +119,7 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
     try:
         await asyncio.to_thread(serve.wait_healthy)
         await wait_caught_up(faulted_dsn, ends=await input_ends(faulted), timeout=max(600, events / 50))
+        await asyncio.to_thread(serve.wait_projections)
     finally:
         serve.stop()
     with capsys.disabled():

@@ -22,6 +22,7 @@ from service_harness import (
     stored,
     two_runs,
     wait_caught_up,
+    wait_projections,
     wait_refreshed,
 )
 
@@ -243,6 +244,7 @@ async def test_kill_9_anywhere_ends_with_the_ledger_of_an_uninterrupted_run(
     try:
         serve.wait_healthy()
         await wait_caught_up(reference_dsn, ends=await input_ends(reference), timeout=180)
+        serve.wait_projections()
         metrics = serve.get("/metrics")
         applied = sum(float(line.split()[-1]) for line in metrics.splitlines()
                       if line.startswith("backstop_events_applied_total{"))
@@ -267,6 +269,7 @@ async def test_kill_9_anywhere_ends_with_the_ledger_of_an_uninterrupted_run(
         serve = ServeProcess(faulted, tmp_path / "faulted.log")
         serve.wait_healthy()
         await wait_caught_up(faulted_dsn, applied=expected, ends=await input_ends(faulted), timeout=180)
+        serve.wait_projections()
     finally:
         serve.stop()
 
@@ -308,6 +311,7 @@ async def test_a_full_merge_buffer_applies_backpressure_and_still_drains(tmp_pat
     roomy, small = await two_runs(databases, kafka_bootstrap, f"{topic_prefix}bp", journal, input_partitions=3)
     small = small.model_copy(update={"merge_max_buffered": 1000, "batch_max_records": 200})
     for settings in (roomy, small):
-        async with in_process(settings):
+        async with in_process(settings) as (processor, _):
             await wait_caught_up(settings.dsn(), ends=await input_ends(settings), timeout=300)
+            await wait_projections(processor)
     await assert_same_outcome(roomy, small)

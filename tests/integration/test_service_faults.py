@@ -23,6 +23,7 @@ from service_harness import (
     two_runs,
     until_seq,
     wait_caught_up,
+    wait_projections,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,8 +44,9 @@ async def test_postgres_crash_and_broker_restart_mid_stream_lose_nothing(
     reference, faulted = await two_runs(databases, kafka_bootstrap, f"{topic_prefix}s", journal, input_partitions=3,
                                         batch_max_records=20, relay_batch=50, snapshot_every_events=2500)
     reference_dsn, faulted_dsn = reference.dsn(), faulted.dsn()
-    async with in_process(reference):
+    async with in_process(reference) as (processor, _):
         await wait_caught_up(reference_dsn, ends=await input_ends(reference), timeout=300)
+        await wait_projections(processor)
 
     serve = ServeProcess(faulted, tmp_path / "faulted.log")
     try:
@@ -58,6 +60,7 @@ async def test_postgres_crash_and_broker_restart_mid_stream_lose_nothing(
         await asyncio.sleep(1.0)
         local("kafka", "start")
         await wait_caught_up(faulted_dsn, ends=await input_ends(faulted), timeout=300)
+        await asyncio.to_thread(serve.wait_projections)
         assert serve.process.poll() is None, "the service died instead of riding the faults out"
     finally:
         serve.stop()
@@ -79,8 +82,9 @@ async def test_a_standby_worker_takes_over_when_the_active_one_dies(
     reference, shared = await two_runs(databases, kafka_bootstrap, f"{topic_prefix}w", journal, input_partitions=3,
                                        batch_max_records=20)
     reference_dsn, shared_dsn = reference.dsn(), shared.dsn()
-    async with in_process(reference):
+    async with in_process(reference) as (processor, _):
         await wait_caught_up(reference_dsn, ends=await input_ends(reference), timeout=300)
+        await wait_projections(processor)
 
     active = ServeProcess(shared, tmp_path / "active.log")
     active.wait_healthy()
@@ -90,6 +94,7 @@ async def test_a_standby_worker_takes_over_when_the_active_one_dies(
         assert "ledger processor ready" not in (tmp_path / "standby.log").read_text()  # it waits on the lock
         active.kill()  # the active worker leaves (kill -9): its session and lock die with it
         await wait_caught_up(shared_dsn, ends=await input_ends(shared), timeout=300)
+        await asyncio.to_thread(standby.wait_projections)
         assert "ledger processor ready" in (tmp_path / "standby.log").read_text()
     finally:
         active.stop()

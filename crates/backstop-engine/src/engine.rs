@@ -7,6 +7,9 @@ use crate::ledger::{Account, Ledger, Names};
 use crate::numbers::{
     add, mul, pow10, ratio, rescale, sub, text, text_wide, wide_mul, Rounding, Shown, S12, S16, S18, S8,
 };
+use crate::numbers::{
+    fit128, fit256, narrow_wide, text_512, wadd, wide, wide256, wmul, wpow10, wratio, wrescale, wsub, Wide,
+};
 use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Positions, Side, Tier};
 use crate::wire::{Body, Dec, MarginMode, Record, Side as TradeSide, Surplus};
 use ethnum::I256;
@@ -58,18 +61,18 @@ struct Cause {
 
 /// An account's margin at the current marks: the balance behind the position (isolated: margin + uPnL; cross:
 /// TNC), the maintenance it is compared with (isolated: its MM; cross: TMM), its own MM, and its equity share.
-/// Balances and shares at 1e-16, maintenance at 1e-8.
+/// Balances and shares at 1e-16 (derived from a balance: 512 bits, docs/design.md section 9.3), maintenance at 1e-8.
 #[derive(Clone, Copy, Debug)]
 pub struct MarginView {
-    pub margin_balance: I256,
+    pub margin_balance: Wide,
     pub maintenance_margin: I256,
     pub position_maintenance: i128,
-    pub equity_share: I256,
+    pub equity_share: Wide,
 }
 
 impl MarginView {
     pub fn liquidatable(&self) -> bool {
-        self.margin_balance <= mul(self.maintenance_margin, pow10(S16 - S8))
+        self.margin_balance <= wide256(mul(self.maintenance_margin, pow10(S16 - S8)))
     }
 }
 
@@ -78,9 +81,9 @@ impl MarginView {
 pub struct Ranked {
     pub account: u32,
     pub size: i128,
-    pub score: i128,
+    pub score: Wide,
     pub past_bankruptcy: bool,
-    pub bankruptcy: i128,
+    pub bankruptcy: Wide,
 }
 
 #[derive(Clone, Debug)]
@@ -376,7 +379,7 @@ impl Engine {
         }
         self.marks.entry(symbol_id).or_insert(fill_price);
         if closing > 0 {
-            self.reduce(account, symbol_id, closing, closing * fill_price, "realized_pnl", out);
+            self.reduce(account, symbol_id, closing, wide(closing * fill_price), "realized_pnl", out);
         }
         if remaining > 0 {
             self.open(account, symbol_id, if delta > 0 { remaining } else { -remaining }, fill_price, *margin_mode,
@@ -418,22 +421,24 @@ impl Engine {
         }
     }
 
-    /// Close qty of a trader's position for total proceeds (1e-16); post realized PnL (as `kind`: a trade, the
-    /// takeover of a liquidated position, a deleverage) and release margin.
-    fn reduce(&mut self, account: u32, symbol: u32, qty: i128, proceeds: i128, kind: &'static str,
-              out: &mut Outputs) -> i128 {
+    /// Close qty of a trader's position for total proceeds (1e-16; a lot's cost share at a takeover or an ADL: 512
+    /// bits); post realized PnL (as `kind`: a trade, the takeover of a liquidated position, a deleverage) and release
+    /// margin.
+    fn reduce(&mut self, account: u32, symbol: u32, qty: i128, proceeds: Wide, kind: &'static str,
+              out: &mut Outputs) -> I256 {
         let asset = self.instruments[&symbol].settle_asset;
         let wallet = Account::Wallet { account, asset };
         let position = self.positions.get(account, symbol).expect("a held position").clone();
         let size = position.size();
         let cost_share = share(position.cost, S16, qty, size);
-        let realized_exact = if position.qty > 0 { proceeds - cost_share } else { cost_share - proceeds };
-        let realized = money(I256::new(realized_exact), S16);
+        let realized_exact =
+            if position.qty > 0 { wsub(proceeds, wide(cost_share)) } else { wsub(wide(cost_share), proceeds) };
+        let realized = money_wide(realized_exact, S16);
         self.post(kind, Account::Settlement(symbol), wallet, realized, asset, out);
         if position.margin_mode == MarginMode::Isolated {
             let margin_account = Account::Isolated { account, symbol };
-            let margin = crate::numbers::narrow(self.ledger.balance(margin_account));
-            let released = share(margin, S8, qty, size);
+            let margin = self.ledger.balance(margin_account);
+            let released = narrow_wide(share_wide(wide256(margin), S8, qty, size));
             self.post("margin_release", margin_account, wallet, released, asset, out);
         }
         let side = position.side();
@@ -553,41 +558,41 @@ impl Engine {
         let view = self.margin_view(&position);
         if !view.liquidatable() {
             let details = vec![
-                ("margin_balance", J::Owned(text_wide(view.margin_balance, S16))),
+                ("margin_balance", J::Owned(text_512(view.margin_balance, S16))),
                 ("maintenance_margin", J::Owned(text_wide(view.maintenance_margin, S8))),
                 ("mark_price", J::Owned(text(mark, S8))),
             ];
             self.finding("not_liquidatable", Some(account), Some(liquidation_id), Some(symbol_id), details, out);
         }
         let size = position.size();
+        // the equity behind (1e-8) and the lot's cost (1e-16) derive from a balance: 512 bits (section 9.3)
         let equity_behind = if qty == size {
-            ratio(view.equity_share, S16, I256::ONE, 0, S8, Rounding::Ceiling)
+            wratio(view.equity_share, S16, Wide::ONE, 0, S8, Rounding::Ceiling)
         } else {
-            ratio(mul(view.equity_share, I256::new(qty)), S16 + S8, I256::new(size), S8, S8, Rounding::Ceiling)
+            wratio(wmul(view.equity_share, wide(qty)), S16 + S8, wide(size), S8, S8, Rounding::Ceiling)
         };
-        let equity_behind = crate::numbers::narrow(equity_behind);
-        let value = qty * mark;
-        let equity_16 = equity_behind * crate::numbers::pow10_i128(S8);
-        let mut lot_cost = if position.qty > 0 { value - equity_16 } else { value + equity_16 };
-        let floor_cost = qty * instrument.tick_size;
+        let value = wide(qty * mark);
+        let equity_16 = wmul(equity_behind, wpow10(S16 - S8));
+        let mut lot_cost = if position.qty > 0 { wsub(value, equity_16) } else { wadd(value, equity_16) };
+        let floor_cost = wide(qty * instrument.tick_size);
         if lot_cost < floor_cost {
-            let computed = price_of(lot_cost, qty);
+            let computed = price_of_wide(lot_cost, qty);
             let details = vec![
-                ("computed", J::Owned(text(computed, S8))),
+                ("computed", J::Owned(text_512(computed, S8))),
                 ("clamped_to", J::Owned(text(instrument.tick_size, S8))),
-                ("equity_share", J::Owned(text(equity_behind, S8))),
+                ("equity_share", J::Owned(text_512(equity_behind, S8))),
             ];
             self.finding("bp_clamped", Some(account), Some(liquidation_id), Some(symbol_id), details, out);
             lot_cost = floor_cost;
         }
-        let computed_bp = price_of(lot_cost, qty);
+        let computed_bp = price_of_wide(lot_cost, qty);
         if let Some(venue) = bankruptcy_price {
-            if (venue.value - computed_bp).abs() > instrument.tick_size {
+            if wsub(wide(venue.value), computed_bp).unsigned_abs() > wide(instrument.tick_size).unsigned_abs() {
                 let details = vec![
-                    ("computed", J::Owned(text(computed_bp, S8))),
+                    ("computed", J::Owned(text_512(computed_bp, S8))),
                     ("venue", J::Owned(text(venue.value, S8))),
                     ("tick_size", J::Owned(text(instrument.tick_size, S8))),
-                    ("equity_share", J::Owned(text(equity_behind, S8))),
+                    ("equity_share", J::Owned(text_512(equity_behind, S8))),
                 ];
                 self.finding("bp_mismatch", Some(account), Some(liquidation_id), Some(symbol_id), details, out);
             }
@@ -659,8 +664,8 @@ impl Engine {
                out: &mut Outputs) {
         let proceeds = qty * fill_price;
         let (lot, cost_share) = self.take_from_lot(fund, symbol_name, lot_index, qty);
-        let exact = if lot.side == Side::Long { proceeds - cost_share } else { cost_share - proceeds };
-        let gain = money(I256::new(exact), S16);
+        let exact = if lot.side == Side::Long { wsub(wide(proceeds), cost_share) } else { wsub(cost_share, wide(proceeds)) };
+        let gain = money_wide(exact, S16);
         let instrument = &self.instruments[&lot.symbol];
         let (asset, fee_rate) = (instrument.settle_asset, instrument.liquidation_fee_rate);
         let source = Account::Settlement(lot.symbol);
@@ -668,17 +673,17 @@ impl Engine {
         let cause = self.cause.liquidation_id.replace(lot.liquidation_id.clone());
         if gain < 0 {
             self.post("liquidation_loss", Account::Fund(fund), source, -gain, asset, out);
-            self.fund_entry(fund, "liquidation_loss", I256::new(gain), liquidation_id, source, out);
+            self.fund_entry(fund, "liquidation_loss", gain, liquidation_id, source, out);
         } else {
             let mut kept = gain;
             if self.funds[&fund].spec.surplus == Surplus::Trader {
-                kept = gain.min(money(product(fee_rate, proceeds), S18 + S16));
+                kept = gain.min(I256::new(money(product(fee_rate, proceeds), S18 + S16)));
                 self.post("surplus_refund", source, Account::Wallet { account: lot.liquidated_account, asset },
-                          gain - kept, asset, out);
+                          sub(gain, kept), asset, out);
             }
             if kept > 0 {
                 self.post("liquidation_gain", source, Account::Fund(fund), kept, asset, out);
-                self.fund_entry(fund, "liquidation_gain", I256::new(kept), liquidation_id, source, out);
+                self.fund_entry(fund, "liquidation_gain", kept, liquidation_id, source, out);
             }
         }
         self.cause.liquidation_id = cause;
@@ -686,15 +691,15 @@ impl Engine {
 
     /// Take qty out of a lot: its cost share (1e-16), the whole remainder for the whole lot. Returns the lot as it
     /// was before (its id and side) and the share.
-    fn take_from_lot(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128) -> (Lot, i128) {
+    fn take_from_lot(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128) -> (Lot, Wide) {
         let fund_state = self.funds.get_mut(&fund).expect("a fund");
         let lots = fund_state.lots.get_mut(symbol_name).expect("the lot's symbol");
         let lot = &mut lots[lot_index];
         assert!(qty <= lot.qty, "fund closes {qty} of lot {} holding {}", lot.liquidation_id, lot.qty);
         let before = lot.clone();
-        let cost_share = share(lot.cost, S16, qty, lot.qty);
+        let cost_share = share_wide(lot.cost, S16, qty, lot.qty);
         lot.qty -= qty;
-        lot.cost -= cost_share;
+        lot.cost = wsub(lot.cost, cost_share);
         let signed = if lot.side == Side::Long { qty } else { -qty };
         let symbol = lot.symbol;
         let emptied = lot.qty == 0;
@@ -715,9 +720,9 @@ impl Engine {
             return false;
         }
         let fund_state = &self.funds[&fund];
-        // notional at 1e-16 against ratio (1e-18) x balance (1e-8): compared at 1e-26
+        // notional at 1e-16 against ratio (1e-18) x balance (1e-8): compared at 1e-26, in 512 bits (section 9.3)
         let notional = self.inventory_notional(fund_state);
-        mul(notional, pow10(S26 - S16)) <= mul(I256::new(fund_state.spec.max_inventory_ratio), balance)
+        wmul(wide256(notional), wpow10(S26 - S16)) <= wmul(wide(fund_state.spec.max_inventory_ratio), wide256(balance))
     }
 
     /// Sum over the fund's symbols of |net qty| x mark, exact (1e-16).
@@ -758,7 +763,7 @@ impl Engine {
             left -= take;
             self.reduce(ranked.account, symbol, take, proceeds, "adl", out);
             let rank = rank + 1;
-            self.adl_event(fund, &lot, ranked.account, opposite, take, price_of(proceeds, take), rank, ranked.score,
+            self.adl_event(fund, &lot, ranked.account, opposite, take, price_of_wide(proceeds, take), rank, ranked.score,
                            quantile(rank, count), out);
             (self.cause.liquidation_id, self.cause.adl_event_id) = causes;
         }
@@ -824,72 +829,75 @@ impl Engine {
         let (own_pnl, own_mm) = self.exposure(position);
         if position.margin_mode == MarginMode::Isolated {
             let margin = self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol });
-            let balance = add(mul(margin, pow10(S16 - S8)), I256::new(own_pnl));
+            let balance = wadd(wmul(wide256(margin), wpow10(S16 - S8)), wide(own_pnl));
             return MarginView { margin_balance: balance, maintenance_margin: I256::new(own_mm),
                                 position_maintenance: own_mm, equity_share: balance };
         }
         let asset = self.instruments[&position.symbol].settle_asset;
         let wallet = self.ledger.balance(Account::Wallet { account: position.account, asset });
-        let mut tnc = mul(wallet, pow10(S16 - S8));
+        let mut tnc = wmul(wide256(wallet), wpow10(S16 - S8));
         let mut tmm = I256::ZERO;
         for other in self.cross_positions(position.account, asset) {
             let (pnl, mm) = self.exposure(other);
-            tnc = add(tnc, I256::new(pnl));
+            tnc = wadd(tnc, wide(pnl));
             tmm = add(tmm, I256::new(mm));
         }
         let share = if tmm == 0 {
             tnc
         } else {
-            mul(ratio(mul(tnc, I256::new(own_mm)), S16 + S8, tmm, S8, S8, Rounding::Ceiling), pow10(S16 - S8))
+            wmul(wratio(wmul(tnc, wide(own_mm)), S16 + S8, wide256(tmm), S8, S8, Rounding::Ceiling), wpow10(S16 - S8))
         };
         MarginView { margin_balance: tnc, maintenance_margin: tmm, position_maintenance: own_mm, equity_share: share }
     }
 
     /// A position's bankruptcy price (docs/design.md section 9.4), rounded in the fund's favour to 1e-8: FLOOR for a
     /// long, CEILING for a short.
-    pub fn bankruptcy_price(&self, position: &Position) -> i128 {
+    pub fn bankruptcy_price(&self, position: &Position) -> Wide {
         let view = (position.margin_mode == MarginMode::Cross).then(|| self.margin_view(position));
         self.bankruptcy_price_in(position, view.as_ref())
     }
 
-    /// bankruptcy_price with the position's margin view already at hand (a cross position needs it).
-    pub fn bankruptcy_price_in(&self, position: &Position, view: Option<&MarginView>) -> i128 {
-        let size = I256::new(position.size());
+    /// bankruptcy_price with the position's margin view already at hand (a cross position needs it). It derives from a
+    /// balance (its distance to the mark is up to share / size): 512 bits.
+    pub fn bankruptcy_price_in(&self, position: &Position, view: Option<&MarginView>) -> Wide {
+        let size = wide(position.size());
         let long = position.qty > 0;
         let rounding = if long { Rounding::Floor } else { Rounding::Ceiling };
         let numerator = if position.margin_mode == MarginMode::Isolated {
             let margin = self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol });
-            let margin = mul(margin, pow10(S16 - S8));
-            if long { sub(I256::new(position.cost), margin) } else { add(I256::new(position.cost), margin) }
+            let margin = wmul(wide256(margin), wpow10(S16 - S8));
+            if long { wsub(wide(position.cost), margin) } else { wadd(wide(position.cost), margin) }
         } else {
             let share = view.map_or_else(|| self.margin_view(position), |view| *view).equity_share;
-            let value = I256::new(position.size() * self.marks[&position.symbol]);
-            if long { sub(value, share) } else { add(value, share) }
+            let value = wide(position.size() * self.marks[&position.symbol]);
+            if long { wsub(value, share) } else { wadd(value, share) }
         };
-        crate::numbers::narrow(ratio(numerator, S16, size, S8, S8, rounding))
+        wratio(numerator, S16, size, S8, S8, rounding)
     }
 
     /// The ADL score of a position (docs/design.md section 9.4) and whether it is at or past its bankruptcy price.
     pub fn rank(&self, position: &Position) -> Ranked {
         let mark = self.marks[&position.symbol];
         let bankruptcy = self.bankruptcy_price(position);
-        let distance = if position.qty > 0 { mark - bankruptcy } else { bankruptcy - mark };
+        // the distance and the score derive from a balance: 512 bits (section 9.3)
+        let distance = if position.qty > 0 { wsub(wide(mark), bankruptcy) } else { wsub(bankruptcy, wide(mark)) };
         let (pnl, _) = self.exposure(position);
         let cost = position.cost;
         let (score, past) = if cost <= 0 {
-            (I256::ZERO, true) // a remainder whose cost rounded away: no PnL% to rank by
-        } else if distance > 0 {
+            (Wide::ZERO, true) // a remainder whose cost rounded away: no PnL% to rank by
+        } else if distance > Wide::ZERO {
             let score = if pnl >= 0 {
-                ratio(product(pnl, mark), S16 + S8, product(cost, distance), S16 + S8, S12, Rounding::HalfEven)
+                wratio(wide256(product(pnl, mark)), S16 + S8, wmul(wide(cost), distance), S16 + S8, S12,
+                       Rounding::HalfEven)
             } else {
-                ratio(product(pnl, distance), S16 + S8, product(cost, mark), S16 + S8, S12, Rounding::HalfEven)
+                wratio(wmul(wide(pnl), distance), S16 + S8, wide256(product(cost, mark)), S16 + S8, S12,
+                       Rounding::HalfEven)
             };
             (score, false)
         } else {
-            (ratio(I256::new(pnl), S16, I256::new(cost), S16, S12, Rounding::HalfEven), true)
+            (wide256(ratio(I256::new(pnl), S16, I256::new(cost), S16, S12, Rounding::HalfEven)), true)
         };
-        Ranked { account: position.account, size: position.size(), score: crate::numbers::narrow(score),
-                 past_bankruptcy: past, bankruptcy }
+        Ranked { account: position.account, size: position.size(), score, past_bankruptcy: past, bankruptcy }
     }
 
     /// Every position of one symbol and side in ADL order (ties: the larger position, then the smaller account id).
@@ -911,42 +919,44 @@ impl Engine {
         queue
     }
 
-    /// The mark at which the position's margin balance equals its maintenance margin (1e-8), if a positive one.
-    pub fn liquidation_price(&self, position: &Position) -> Option<i128> {
+    /// The mark at which the position's margin balance equals its maintenance margin (1e-8), if a positive one. Its
+    /// numerator derives from a balance, over a denominator as small as 1e-26: 512 bits (section 9.3).
+    pub fn liquidation_price(&self, position: &Position) -> Option<Wide> {
         let instrument = &self.instruments[&position.symbol];
         let other = if position.margin_mode == MarginMode::Isolated {
-            mul(self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol }),
-                pow10(S16 - S8))
+            wmul(wide256(self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol })),
+                 wpow10(S16 - S8))
         } else {
             let asset = instrument.settle_asset;
             let mut other =
-                mul(self.ledger.balance(Account::Wallet { account: position.account, asset }), pow10(S16 - S8));
+                wmul(wide256(self.ledger.balance(Account::Wallet { account: position.account, asset })), wpow10(S16 - S8));
             for peer in self.cross_positions(position.account, asset) {
                 if peer.symbol == position.symbol {
                     continue;
                 }
                 let (pnl, mm) = self.exposure(peer);
-                other = add(other, I256::new(pnl - mm * crate::numbers::pow10_i128(S8)));
+                // uPnL - MM can pass i128 (a short's uPnL near -10^38 beside an MM near 10^38)
+                other = wadd(other, wsub(wide(pnl), wide(mm * crate::numbers::pow10_i128(S8))));
             }
             other
         };
         let size = position.size();
         let signed_cost = if position.qty > 0 { position.cost } else { -position.cost };
-        let candidate_at = |tier: &Tier| -> Option<i128> {
+        let candidate_at = |tier: &Tier| -> Option<Wide> {
             // q - size x mmr at 1e-26; (signed_cost - other - maint) at 1e-16
             let denominator = sub(mul(I256::new(position.qty), pow10(S18)), product(size, tier.mmr));
             if denominator == 0 {
                 return None;
             }
-            let numerator = sub(sub(I256::new(signed_cost), other), I256::new(tier.maint_amount * 100_000_000));
-            Some(crate::numbers::narrow(ratio(numerator, S16, denominator, S26, S8, Rounding::HalfEven)))
+            let numerator = wsub(wsub(wide(signed_cost), other), wide(tier.maint_amount * 100_000_000));
+            Some(wratio(numerator, S16, wide256(denominator), S26, S8, Rounding::HalfEven))
         };
-        let mut lower = I256::ZERO;
+        let mut lower = Wide::ZERO;
         for tier in &instrument.tiers {
-            let ceiling = I256::new(tier.max_notional * 100_000_000);
+            let ceiling = wide(tier.max_notional * 100_000_000);
             if let Some(candidate) = candidate_at(tier) {
-                let notional = product(size, candidate);
-                if candidate > 0 && lower < notional && notional <= ceiling {
+                let notional = wmul(wide(size), candidate);
+                if candidate > Wide::ZERO && lower < notional && notional <= ceiling {
                     return Some(candidate);
                 }
             }
@@ -954,15 +964,17 @@ impl Engine {
         }
         let last = instrument.tiers.last().expect("an instrument has tiers");
         let candidate = candidate_at(last)?;
-        (candidate > 0 && product(size, candidate) > I256::new(last.max_notional * 100_000_000)).then_some(candidate)
+        (candidate > Wide::ZERO && wmul(wide(size), candidate) > wide(last.max_notional * 100_000_000))
+            .then_some(candidate)
     }
 
     // ------------------------------------------------------------------ outputs
     /// Move `amount` (money; negative: the other way) in the ledger and write its posting: amount > 0 from the debit
     /// account to the credit account; nothing for zero. A posting to or from a fund names the fund-ledger entry the
     /// caller writes next.
-    fn post(&mut self, kind: &str, source: Account, destination: Account, amount: i128, asset: u32,
+    fn post(&mut self, kind: &str, source: Account, destination: Account, amount: impl Into<I256>, asset: u32,
             out: &mut Outputs) {
+        let amount: I256 = amount.into();
         self.ledger.post(source, destination, amount);
         if amount == 0 {
             return;
@@ -980,7 +992,7 @@ impl Engine {
         // the keys before "hash" and after it: the record is written once, the hash taken over both halves
         let before = J::Obj(vec![
             ("adl_event_id", optional(&cause.adl_event_id)),
-            ("amount", J::Dec(amount, S8)),
+            ("amount", J::Wide(amount, S8)),
             ("asset", J::Str(self.names.name(asset))),
             ("credit_account", J::Str(&credit_name)),
             ("credit_balance_after", J::Wide(self.ledger.balance(credit), S8)),
@@ -1038,8 +1050,8 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn adl_event(&mut self, fund: u32, lot: &Lot, account: u32, side: Side, qty: i128, fill_price: i128, rank: usize,
-                 score: i128, quantile: usize, out: &mut Outputs) {
+    fn adl_event(&mut self, fund: u32, lot: &Lot, account: u32, side: Side, qty: i128, fill_price: Wide, rank: usize,
+                 score: Wide, quantile: usize, out: &mut Outputs) {
         let id = format!("adl-{}-{}", self.seq, self.counts.adl_events);
         let mut body = vec![
             ("schema_version", J::Int(SCHEMA_VERSION)),
@@ -1052,9 +1064,9 @@ impl Engine {
             ("account_id", J::Str(self.names.name(account))),
             ("side", J::Str(side.name())),
             ("qty", J::Dec(qty, S8)),
-            ("price", J::Dec(fill_price, S8)),
+            ("price", J::Owned(text_512(fill_price, S8))),
             ("rank", J::Int(rank as i128)),
-            ("score", J::Dec(score, S12)),
+            ("score", J::Owned(text_512(score, S12))),
             ("quantile", J::Int(quantile as i128)),
             ("prev_hash", J::Str(&self.adl_head)),
         ];
@@ -1119,6 +1131,35 @@ pub fn share(total: i128, scale: u32, part: i128, whole: i128) -> i128 {
 /// A reported price: cost (1e-16) / qty (1e-8), HALF_EVEN to 1e-8.
 pub fn price_of(cost: i128, qty: i128) -> i128 {
     crate::numbers::narrow(ratio(I256::new(cost), S16, I256::new(qty), S8, S8, Rounding::HalfEven))
+}
+
+// ------------------------------------------------------------------ values derived from a balance (section 9.3)
+
+/// money on a Wide exact amount: the result is a ledger amount (it fits 256 bits; 128-bit arithmetic when the
+/// amount fits).
+pub fn money_wide(value: Wide, scale: u32) -> I256 {
+    match fit256(value) {
+        Some(value) => rescale(value, scale, S8, Rounding::HalfEven),
+        None => narrow_wide(wrescale(value, scale, S8, Rounding::HalfEven)),
+    }
+}
+
+/// share on a Wide total (a lot's cost, an isolated margin): the same rule, in 512 bits when the total needs it.
+pub fn share_wide(total: Wide, scale: u32, part: i128, whole: i128) -> Wide {
+    if let Some(total) = fit128(total) {
+        return wide(share(total, scale, part, whole));
+    }
+    if part == whole {
+        return total;
+    }
+    let rounded = wratio(wmul(total, wide(part)), scale + S8, wide(whole), S8, S8, Rounding::HalfEven);
+    let result = wrescale(rounded, S8, scale, Rounding::HalfEven);
+    if result.unsigned_abs() > total.unsigned_abs() { total } else { result }
+}
+
+/// price_of on a Wide cost (a lot's, or its share at an ADL).
+pub fn price_of_wide(cost: Wide, qty: i128) -> Wide {
+    wratio(cost, S16, wide(qty), S8, S8, Rounding::HalfEven)
 }
 
 /// The maintenance bracket for a notional (1e-16): the first whose max_notional covers it, else the last; MM =

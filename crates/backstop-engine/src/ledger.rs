@@ -2,7 +2,7 @@
 //! accounts, so the sum of all balances is zero by construction. Names are interned: an account is a small
 //! enum of ids, its name (`wallet:<account>:<asset>`, ...) is rendered only for documents.
 
-use crate::numbers::{add, sub};
+use crate::numbers::{add, sub, wadd, wide256, Wide};
 use ethnum::I256;
 use rustc_hash::FxHashMap as HashMap;
 
@@ -71,11 +71,11 @@ impl Ledger {
     }
 
     /// Move `amount` (money, 1e-8) from `source` to `destination`; a negative amount moves the other way.
-    pub fn post(&mut self, source: Account, destination: Account, amount: i128) {
+    pub fn post(&mut self, source: Account, destination: Account, amount: impl Into<I256>) {
+        let amount: I256 = amount.into();
         if amount == 0 {
             return;
         }
-        let amount = I256::new(amount);
         let from = self.balances.entry(source).or_insert(I256::ZERO);
         *from = sub(*from, amount);
         let from_after = *from;
@@ -100,7 +100,36 @@ impl Ledger {
         self.balances.insert(account, balance);
     }
 
-    pub fn sum(&self) -> I256 {
-        self.balances.values().fold(I256::ZERO, |total, balance| add(total, *balance))
+    /// The sum of every balance: in 256 bits while the partial sums fit, else in 512 (each balance is below 10^68,
+    /// a sum of many need not be).
+    pub fn sum(&self) -> Wide {
+        let mut total = I256::ZERO;
+        for balance in self.balances.values() {
+            match total.checked_add(*balance) {
+                Some(sum) => total = sum,
+                None => return self.balances.values().fold(Wide::ZERO, |total, balance| wadd(total, wide256(*balance))),
+            }
+        }
+        wide256(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::numbers::{pow10, text_512, S8};
+
+    #[test]
+    fn a_sum_of_balances_near_the_bound_passes_256_bits_exactly() {
+        // six balances of almost 10^68 each: partial sums past 2^255 in some orders; the total is exact in every one
+        let mut ledger = Ledger::default();
+        let near = pow10(76) - I256::ONE;
+        for fund in 0..6 {
+            ledger.set(Account::Fund(fund), near);
+        }
+        ledger.set(Account::External(0), -(near * 5));
+        assert_eq!(text_512(ledger.sum(), S8), "99999999999999999999999999999999999999999999999999999999999999999999.99999999");
+        ledger.set(Account::External(1), -near);
+        assert_eq!(ledger.sum(), Wide::ZERO);
     }
 }

@@ -1,5 +1,6 @@
 //! Fixed-point numbers of docs/design.md section 9: every wire decimal is an integer at its kind's scale, every
-//! product is exact in 128 or 256 bits, and every division rounds exactly once from the exact rational value.
+//! product is exact in 128 or 256 bits (512 for values derived from a balance: `Wide`), and every division rounds
+//! exactly once from the exact rational value.
 //!
 //! A value is a plain integer and a scale `s` (the value times 10^s); the scale is fixed per quantity (money and
 //! prices at 8, exact products at 16, rates at 18, scores at 12), so it is carried by names, not at run time.
@@ -185,6 +186,157 @@ pub fn rescale128(value: i128, from: u32, to: u32, rounding: Rounding) -> i128 {
     }
 }
 
+// ------------------------------------------------------------------------------------------------ 512 bits
+
+/// A value derived from a ledger balance, or a product or quotient with one as an operand (docs/design.md section
+/// 9.3): TNC, equity shares, the equity behind a liquidated qty, a bankruptcy price and its distance to the mark, a
+/// lot's cost, a liquidation price, an ADL score. A balance is bounded only by BALANCE_BOUND, so these need up to
+/// 340 bits and their products up to 446: 512-bit integers (bnum), every operation checked. Each operation takes
+/// the narrower path (i128, then I256) when its operands fit; both paths round the same exact value the same way.
+pub type Wide = bnum::types::I512;
+type WideMagnitude = bnum::types::U512;
+
+/// An i128 as a Wide.
+#[inline]
+pub fn wide(value: i128) -> Wide {
+    Wide::from(value)
+}
+
+/// An I256 as a Wide (sign-extended).
+#[inline]
+pub fn wide256(value: I256) -> Wide {
+    let (hi, lo) = value.into_words();
+    let (hi, lo) = (hi as u128, lo as u128);
+    let extension = if value < 0 { u64::MAX } else { 0 };
+    Wide::from_bits(WideMagnitude::from_digits([
+        lo as u64, (lo >> 64) as u64, hi as u64, (hi >> 64) as u64, extension, extension, extension, extension,
+    ]))
+}
+
+/// The value as an I256, if it fits.
+#[inline]
+pub fn fit256(value: Wide) -> Option<I256> {
+    let bits = value.to_bits();
+    let digits = bits.digits();
+    let extension = if digits[3] >> 63 == 1 { u64::MAX } else { 0 };
+    if digits[4..].iter().any(|&digit| digit != extension) {
+        return None;
+    }
+    let hi = (digits[3] as u128) << 64 | digits[2] as u128;
+    let lo = (digits[1] as u128) << 64 | digits[0] as u128;
+    Some(I256::from_words(hi as i128, lo as i128))
+}
+
+/// The value as an i128, if it fits.
+#[inline]
+pub fn fit128(value: Wide) -> Option<i128> {
+    i128::try_from(value).ok()
+}
+
+/// A Wide that must fit 256 bits (a ledger amount).
+#[inline]
+pub fn narrow_wide(value: Wide) -> I256 {
+    fit256(value).unwrap_or_else(|| overflow())
+}
+
+#[inline]
+pub fn wadd(a: Wide, b: Wide) -> Wide {
+    a.checked_add(b).unwrap_or_else(|| overflow())
+}
+#[inline]
+pub fn wsub(a: Wide, b: Wide) -> Wide {
+    a.checked_sub(b).unwrap_or_else(|| overflow())
+}
+/// The exact product; in 256 bits when both factors fit 128.
+#[inline]
+pub fn wmul(a: Wide, b: Wide) -> Wide {
+    if let (Some(a), Some(b)) = (fit128(a), fit128(b)) {
+        return wide256(wide_mul(a, b));
+    }
+    a.checked_mul(b).unwrap_or_else(|| overflow())
+}
+
+/// 10^n as Wide (n <= 153).
+pub fn wpow10(n: u32) -> Wide {
+    static TABLE: OnceLock<[Wide; 154]> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut table = [Wide::ONE; 154];
+        for i in 1..154 {
+            table[i] = table[i - 1] * Wide::from(10u8);
+        }
+        table
+    })[n as usize]
+}
+
+/// numerator / denominator rounded once to an integer, from the exact rational value (div_round in 512 bits; in
+/// 256 or 128 when both operands fit).
+pub fn wdiv_round(numerator: Wide, denominator: Wide, rounding: Rounding) -> Wide {
+    if let (Some(n), Some(d)) = (fit256(numerator), fit256(denominator)) {
+        if n != I256::MIN {
+            return wide256(div_round(n, d, rounding));
+        }
+    }
+    div_round_512(numerator, denominator, rounding)
+}
+
+/// wdiv_round always in 512 bits (the path wide operands take; the tests hold it to the narrow ones).
+pub fn div_round_512(numerator: Wide, denominator: Wide, rounding: Rounding) -> Wide {
+    if denominator == Wide::ZERO {
+        panic!("division by zero");
+    }
+    let negative = numerator.is_negative() != denominator.is_negative();
+    let n = numerator.unsigned_abs();
+    let d = denominator.unsigned_abs();
+    let quotient = n / d;
+    let remainder = n % d;
+    let up = round_up(remainder != WideMagnitude::ZERO, remainder.cmp(&(d - remainder)),
+                      quotient.digits()[0] & 1 == 1, negative, rounding);
+    let magnitude = if up { quotient + WideMagnitude::ONE } else { quotient };
+    if magnitude.leading_zeros() == 0 {
+        overflow(); // beyond 2^511 - 1
+    }
+    let magnitude = Wide::from_bits(magnitude);
+    if negative { -magnitude } else { magnitude }
+}
+
+/// ratio on Wide values: numerator x 10^-num_scale / (denominator x 10^-den_scale), rounded once to 10^-out_scale.
+pub fn wratio(numerator: Wide, num_scale: u32, denominator: Wide, den_scale: u32, out_scale: u32,
+              rounding: Rounding) -> Wide {
+    let shift = out_scale as i64 - num_scale as i64 + den_scale as i64;
+    if shift >= 0 {
+        wdiv_round(wmul(numerator, wpow10(shift as u32)), denominator, rounding)
+    } else {
+        wdiv_round(numerator, wmul(denominator, wpow10((-shift) as u32)), rounding)
+    }
+}
+
+/// rescale on a Wide value.
+pub fn wrescale(value: Wide, from: u32, to: u32, rounding: Rounding) -> Wide {
+    if to >= from {
+        wmul(value, wpow10(to - from))
+    } else {
+        wdiv_round(value, wpow10(from - to), rounding)
+    }
+}
+
+/// write_scaled for a Wide value.
+pub fn write_scaled_512(out: &mut Vec<u8>, value: Wide, scale: u32) {
+    if let Some(narrow) = fit256(value) {
+        return write_scaled_wide(out, narrow, scale);
+    }
+    if value.is_negative() {
+        out.push(b'-');
+    }
+    write_digits(out, value.unsigned_abs().to_string().as_bytes(), scale);
+}
+
+/// The canonical text of a Wide value as a String.
+pub fn text_512(value: Wide, scale: u32) -> String {
+    let mut out = Vec::with_capacity(48);
+    write_scaled_512(&mut out, value, scale);
+    String::from_utf8(out).expect("ASCII")
+}
+
 // ------------------------------------------------------------------------------------------------ wire text
 
 /// The kind of a wire decimal (section 9.2): how many integer and fraction digits it may have, and its scale.
@@ -316,8 +468,11 @@ pub fn write_scaled_wide(out: &mut Vec<u8>, value: I256, scale: u32) {
     if value < 0 {
         out.push(b'-');
     }
-    let text = value.unsigned_abs().to_string();
-    let digits = text.as_bytes();
+    write_digits(out, value.unsigned_abs().to_string().as_bytes(), scale);
+}
+
+/// Append a magnitude's decimal digits (most significant first) as value x 10^-scale, canonically.
+fn write_digits(out: &mut Vec<u8>, digits: &[u8], scale: u32) {
     let scale = scale as usize;
     let (integer, fraction) = if digits.len() > scale {
         (&digits[..digits.len() - scale], digits[digits.len() - scale..].to_vec())
@@ -419,6 +574,53 @@ mod tests {
         mul(pow10(40), pow10(40));
     }
 
+    #[test]
+    #[should_panic(expected = "arithmetic overflow")]
+    fn wide_overflow_panics() {
+        wmul(wpow10(80), wpow10(80));
+    }
+
+    #[test]
+    fn wide_values_convert_at_the_edges() {
+        for value in [I256::MIN, I256::MAX, I256::MINUS_ONE, I256::ZERO, I256::ONE, w(i128::MIN), w(i128::MAX)] {
+            assert_eq!(fit256(wide256(value)), Some(value));
+        }
+        assert_eq!(fit256(wide256(I256::MAX) + Wide::ONE), None);
+        assert_eq!(fit256(wide256(I256::MIN) - Wide::ONE), None);
+        assert_eq!(fit128(wide256(w(i128::MAX)) + Wide::ONE), None);
+        assert_eq!(wmul(wide(i128::MAX), wide(i128::MIN)), wide256(wide_mul(i128::MAX, i128::MIN)));
+        assert_eq!(wpow10(153).to_string(), format!("1{}", "0".repeat(153)));
+    }
+
+    #[test]
+    fn wide_division_rounds_once_beyond_256_bits() {
+        use Rounding::*;
+        let big = wpow10(120); // a denominator past 2^256 needs the 512-bit path
+        let odd = wmul(big, wide(7)); // 7 x 10^120 / (2 x 10^120) = 3.5
+        let two = wmul(big, wide(2));
+        assert_eq!(wdiv_round(odd, two, HalfEven), wide(4));
+        assert_eq!(wdiv_round(-odd, two, HalfEven), wide(-4));
+        assert_eq!(wdiv_round(wmul(big, wide(5)), two, HalfEven), wide(2));
+        assert_eq!(wdiv_round(-odd, two, Ceiling), wide(-3));
+        assert_eq!(wdiv_round(-odd, two, Floor), wide(-4));
+        assert_eq!(wdiv_round(odd + Wide::ONE, two, HalfEven), wide(4));
+        assert_eq!(wdiv_round(wpow10(150) + Wide::ONE, wpow10(75), Ceiling), wpow10(75) + Wide::ONE);
+        assert_eq!(wdiv_round(-(wpow10(150) + Wide::ONE), wpow10(75), Floor), -(wpow10(75) + Wide::ONE));
+        assert_eq!(wratio(wpow10(100), 16, wide(3), 8, 8, Ceiling).to_string(), format!("{}4", "3".repeat(99)));
+        assert_eq!(wrescale(wpow10(140) + wide(50), 16, 8, HalfEven), wpow10(132));
+        assert_eq!(wrescale(wpow10(140) + wide(150_000_000), 16, 8, HalfEven), wpow10(132) + wide(2));
+    }
+
+    #[test]
+    fn wide_text_is_canonical() {
+        assert_eq!(text_512(wmul(wpow10(100), wide(-3)) + Wide::ONE, 34),
+                   format!("-2{}.{}", "9".repeat(66), "9".repeat(34)));
+        assert_eq!(text_512(wpow10(120), 120), "1");
+        assert_eq!(text_512(wpow10(120), 121), "0.1");
+        assert_eq!(text_512(wpow10(120) * wide(25), 122), "0.25");
+        assert_eq!(text_512(wide(-5), 8), "-0.00000005");
+    }
+
     fn exact_round(n: i128, d: i128, rounding: Rounding) -> i128 {
         // the slow way: floor and remainder of the positive-denominator form, then the rule
         let (n, d) = if d < 0 { (-n, -d) } else { (n, d) };
@@ -458,6 +660,44 @@ mod tests {
             prop_assert!(!shown.ends_with('.') && shown != "-0");
             if shown.contains('.') { prop_assert!(!shown.ends_with('0')); }
             prop_assert_eq!(text_wide(w(v as i128), scale), shown);
+        }
+
+        #[test]
+        fn the_512_bit_path_agrees_with_the_narrow_ones(n in any::<[u64; 4]>(), d in any::<[u64; 4]>(),
+                                                         bits in 1u32..=255, negative in any::<(bool, bool)>()) {
+            // operands of any width up to 256 bits: wdiv_round (narrow paths) and div_round_512 (always 512) agree
+            let to_i256 = |limbs: [u64; 4], sign: bool| {
+                let (hi, lo) = ((limbs[3] as u128) << 64 | limbs[2] as u128, (limbs[1] as u128) << 64 | limbs[0] as u128);
+                let magnitude = ethnum::U256::from_words(hi, lo) >> (256 - bits);
+                let value = I256::try_from(magnitude >> 1).expect("255 bits");
+                if sign { -value } else { value }
+            };
+            let (n, d) = (to_i256(n, negative.0), to_i256(d, negative.1));
+            prop_assume!(d != I256::ZERO);
+            for rounding in [Rounding::HalfEven, Rounding::Ceiling, Rounding::Floor] {
+                let narrow_q = div_round(n, d, rounding);
+                prop_assert_eq!(wdiv_round(wide256(n), wide256(d), rounding), wide256(narrow_q));
+                prop_assert_eq!(div_round_512(wide256(n), wide256(d), rounding), wide256(narrow_q));
+            }
+        }
+
+        #[test]
+        fn scaling_past_256_bits_keeps_the_quotient(n in any::<i64>(), d in any::<i64>(), k in 0u32..=30) {
+            // n x 10^(100+k) / (d x 10^(100+k)) rounds like n / d, through the 512-bit path
+            prop_assume!(d != 0);
+            let scale = wpow10(100 + k);
+            let (n, d) = (n as i128, d as i128);
+            for rounding in [Rounding::HalfEven, Rounding::Ceiling, Rounding::Floor] {
+                prop_assert_eq!(wdiv_round(wmul(wide(n), scale), wmul(wide(d), scale), rounding),
+                                wide(div_round_i128(n, d, rounding)));
+            }
+        }
+
+        #[test]
+        fn wide_text_of_fitting_values_is_the_256_bit_text(v in any::<i128>(), shift in 0u32..=38, scale in 0u32..=76) {
+            let value = mul(w(v), pow10(shift));
+            prop_assert_eq!(text_512(wide256(value), scale), text_wide(value, scale));
+            prop_assert_eq!(fit256(wide256(value)), Some(value));
         }
 
         #[test]

@@ -3,10 +3,12 @@
 //! backstop.core.snapshot): the summary, accounts.json, the state hash, snapshots and their restore.
 
 use crate::canonical::{self, J};
-use crate::engine::{mode_name, money, price_of, Engine, Outputs, FUND_ACCOUNT_PREFIX, MAX_LATENESS_MS};
+use crate::engine::{
+    mode_name, money, money_wide, price_of, price_of_wide, Engine, Outputs, FUND_ACCOUNT_PREFIX, MAX_LATENESS_MS,
+};
 use crate::json::{self, Dialect, Value};
 use crate::ledger::Account;
-use crate::numbers::{self, text, text_wide, Kind, Rounding, S16, S18, S8};
+use crate::numbers::{self, text, text_512, text_wide, Kind, Rounding, Wide, S16, S18, S8};
 use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Side, Tier};
 use crate::wire::{self, Body, Dec, MarginMode, Record, Surplus};
 use ethnum::I256;
@@ -186,7 +188,7 @@ impl Processor {
         self.apply_chunk(chunk, first_line, &mut batch);
         if self.check_conservation {
             let total = self.engine.ledger.sum();
-            assert!(total == 0, "ledger does not balance: sum of balances is {}", numbers::text_wide(total, S8));
+            assert!(total == Wide::ZERO, "ledger does not balance: sum of balances is {}", text_512(total, S8));
         }
         batch
     }
@@ -419,7 +421,7 @@ impl Processor {
             (names.name(symbol), J::Obj(vec![
                 ("fund_id", J::Str(names.name(risk.fund))),
                 ("risk_level", J::Str(risk.level)),
-                ("capacity", J::Owned(text_wide(reported(risk.capacity, 26), S8))),
+                ("capacity", J::Owned(crate::quantiles::reported(risk.capacity, 26))),
                 ("stressed_notional_long", J::Owned(text_wide(reported(risk.stressed_long, S16), S8))),
                 ("stressed_notional_short", J::Owned(text_wide(reported(risk.stressed_short, S16), S8))),
             ]))
@@ -440,7 +442,7 @@ impl Processor {
             ("postings_head_hash", J::Str(&engine.postings_head)),
             ("postings", J::Int(self.postings as i128)),
             ("adl_quantiles", J::Int(self.adl_quantiles as i128)),
-            ("ledger_sum", J::Owned(text_wide(engine.ledger.sum(), S8))),
+            ("ledger_sum", J::Owned(text_512(engine.ledger.sum(), S8))),
             ("funds", J::Obj(funds)),
             ("adl_risk", J::Obj(risk)),
         ]);
@@ -493,7 +495,7 @@ impl Processor {
                     ("liquidation_id", J::Str(&lot.liquidation_id)),
                     ("side", J::Str(lot.side.name())),
                     ("qty", J::Owned(text(lot.qty, S8))),
-                    ("bankruptcy_price", J::Owned(text(price_of(lot.cost, lot.qty), S8))),
+                    ("bankruptcy_price", J::Owned(text_512(price_of_wide(lot.cost, lot.qty), S8))),
                     ("seq", J::Int(lot.seq as i128)),
                 ])).collect();
                 (symbol.as_str(), J::Obj(vec![
@@ -583,7 +585,7 @@ impl Processor {
                     symbol,
                     side,
                     qty: decimal(field(lot, "qty")?, S8)?,
-                    cost: decimal(field(lot, "cost")?, S16)?,
+                    cost: wide_512_decimal(field(lot, "cost")?, S16)?,
                     liquidated_account: engine.names.id(string(field(lot, "liquidated_account")?)?),
                     seq: int(field(lot, "seq")?)? as u64,
                 };
@@ -713,7 +715,7 @@ fn fund_document<'e>(engine: &'e Engine, f: &'e FundState) -> J<'e> {
         ("symbol", J::Str(names.name(lot.symbol))),
         ("side", J::Str(lot.side.name())),
         ("qty", J::Owned(text(lot.qty, S8))),
-        ("cost", J::Owned(text(lot.cost, S16))),
+        ("cost", J::Owned(text_512(lot.cost, S16))),
         ("liquidated_account", J::Str(names.name(lot.liquidated_account))),
         ("seq", J::Int(lot.seq as i128)),
     ])).collect();
@@ -775,7 +777,7 @@ fn position_view<'e>(engine: &'e Engine, p: &'e Position, (rank, quantile): (usi
     let view = engine.margin_view(p);
     let (pnl, _) = engine.exposure(p);
     let isolated = engine.ledger.balance(Account::Isolated { account: p.account, symbol: p.symbol });
-    let liquidation = engine.liquidation_price(p).map_or_else(|| "0".to_string(), |price| text(price, S8));
+    let liquidation = engine.liquidation_price(p).map_or_else(|| "0".to_string(), |price| text_512(price, S8));
     J::Obj(vec![
         ("qty", J::Owned(text(p.qty, S8))),
         ("entry_price", J::Owned(text(price_of(p.cost, p.size()), S8))),
@@ -786,9 +788,9 @@ fn position_view<'e>(engine: &'e Engine, p: &'e Position, (rank, quantile): (usi
         ("mark_price", J::Owned(text(mark, S8))),
         ("unrealized_pnl", J::Owned(text(money(I256::new(pnl), S16), S8))),
         ("maintenance_margin", J::Owned(text(view.position_maintenance, S8))),
-        ("margin_balance", J::Owned(text(money(view.margin_balance, S16), S8))),
+        ("margin_balance", J::Owned(text_wide(money_wide(view.margin_balance, S16), S8))),
         ("liquidation_price", J::Owned(liquidation)),
-        ("bankruptcy_price", J::Owned(text(engine.bankruptcy_price_in(p, Some(&view)), S8))),
+        ("bankruptcy_price", J::Owned(text_512(engine.bankruptcy_price_in(p, Some(&view)), S8))),
         ("adl_rank", J::Int(rank as i128)),
         ("adl_quantile", J::Int(i128::from(quantile))),
     ])
@@ -859,6 +861,20 @@ fn decimal(value: &Value<'_>, scale: u32) -> Result<i128, String> {
     let kind = Kind { name: "STATE", integer_digits: 38 - scale, fraction_digits: scale, scale };
     numbers::parse(text.as_bytes(), kind).map_err(|_| format!("not a decimal at 1e-{scale}: {text}"))
 }
+/// A decimal of a value derived from a balance (a lot's cost): up to 512 bits at `scale`.
+fn wide_512_decimal(value: &Value<'_>, scale: u32) -> Result<Wide, String> {
+    let text = string(value)?;
+    let plain = numbers::plain(text.as_bytes()).map_err(|_| format!("not a decimal: {text}"))?;
+    if plain.fraction.len() as u32 > scale {
+        return Err(format!("not a decimal at 1e-{scale}: {text}"));
+    }
+    let digits = format!("{}{}{}", if plain.negative { "-" } else { "" }, std::str::from_utf8(plain.integer).unwrap_or("0"),
+                         std::str::from_utf8(plain.fraction).unwrap_or(""));
+    let value = Wide::from_str_radix(&digits, 10).map_err(|_| format!("a decimal too large: {text}"))?;
+    let shift = scale - plain.fraction.len() as u32;
+    value.checked_mul(numbers::wpow10(shift)).ok_or_else(|| format!("a decimal too large: {text}"))
+}
+
 fn wide_decimal(value: &Value<'_>, scale: u32) -> Result<I256, String> {
     let text = string(value)?;
     let plain = numbers::plain(text.as_bytes()).map_err(|_| format!("not a decimal: {text}"))?;

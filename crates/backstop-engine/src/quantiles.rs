@@ -6,7 +6,8 @@
 use crate::canonical::{self, J};
 use crate::engine::{quantile, Engine, Outputs, Ranked, SCHEMA_VERSION};
 use crate::ledger::Account;
-use crate::numbers::{add, mul, pow10, rescale, sub, Rounding, S16, S8};
+use crate::numbers::{text_512, wadd, wide, wide256, wmul, wpow10, wrescale, wsub, Rounding, Wide, S16, S8};
+use bnum::cast::As;
 use crate::state::Side;
 use crate::wire::MarginMode;
 use ethnum::I256;
@@ -35,7 +36,7 @@ pub struct SideView {
 pub struct Risk {
     pub fund: u32,
     pub level: &'static str,
-    pub capacity: I256,
+    pub capacity: Wide,
     pub stressed_long: I256,
     pub stressed_short: I256,
 }
@@ -48,8 +49,7 @@ pub fn side_view(engine: &Engine, symbol: u32, side: Side) -> SideView {
     let mut view = SideView { ranks: Vec::with_capacity(count), stressed_size: 0 };
     for (index, ranked) in queue.iter().enumerate() {
         view.ranks.push((ranked.account, index + 1, quantile(index + 1, count) as u8));
-        let distance = if side == Side::Long { mark - ranked.bankruptcy } else { ranked.bankruptcy - mark };
-        if distance * STRESS_LEVERAGE <= mark {
+        if is_stressed(ranked, mark, side) {
             view.stressed_size += ranked.size;
         }
     }
@@ -57,20 +57,21 @@ pub fn side_view(engine: &Engine, symbol: u32, side: Side) -> SideView {
 }
 
 /// What the fund can still take over before the takeover rule deleverages, at least 0 (1e-26).
-pub fn capacity(engine: &Engine, fund: u32) -> I256 {
+/// Derived from a balance: 512 bits (docs/design.md section 9.3).
+pub fn capacity(engine: &Engine, fund: u32) -> Wide {
     let balance = engine.ledger.balance(Account::Fund(fund));
     if balance <= 0 {
-        return I256::ZERO;
+        return Wide::ZERO;
     }
     let state = &engine.funds[&fund];
-    let limit = mul(I256::new(state.spec.max_inventory_ratio), balance); // 1e-18 x 1e-8
-    let room = sub(limit, mul(engine.inventory_notional(state), pow10(10))); // 1e-16 -> 1e-26
-    room.max(I256::ZERO)
+    let limit = wmul(wide(state.spec.max_inventory_ratio), wide256(balance)); // 1e-18 x 1e-8
+    let room = wsub(limit, wmul(wide256(engine.inventory_notional(state)), wpow10(10))); // 1e-16 -> 1e-26
+    room.max(Wide::ZERO)
 }
 
 /// Every symbol's risk (sorted by name) from the views of its two sides.
 pub fn risks(engine: &Engine, views: &[(u32, [SideView; 2])]) -> Vec<(u32, Risk)> {
-    let mut capacities: Vec<(u32, I256)> = Vec::new();
+    let mut capacities: Vec<(u32, Wide)> = Vec::new();
     views.iter().map(|(symbol, sides)| {
         let fund = engine.instruments[symbol].fund_id;
         let room = match capacities.iter().find(|(f, _)| *f == fund) {
@@ -84,10 +85,10 @@ pub fn risks(engine: &Engine, views: &[(u32, [SideView; 2])]) -> Vec<(u32, Risk)
         let mark = engine.marks.get(symbol).copied().unwrap_or(0);
         let notional = |view: &SideView| crate::numbers::wide_mul(view.stressed_size, mark); // 1e-16
         let (stressed_long, stressed_short) = (notional(&sides[0]), notional(&sides[1]));
-        let stressed = mul(stressed_long.max(stressed_short), pow10(10)); // 1e-26
-        let level = if room == 0 || stressed >= room {
+        let stressed = wmul(wide256(stressed_long.max(stressed_short)), wpow10(10)); // 1e-26
+        let level = if room == Wide::ZERO || stressed >= room {
             "high"
-        } else if add(stressed, stressed) >= room {
+        } else if wadd(stressed, stressed) >= room {
             "medium"
         } else {
             "low"
@@ -163,7 +164,7 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, u8)>
             if is_stressed(&ranked, mark, side) {
                 stressed += ranked.size;
             }
-            let key = ranked.score as f64 / 1e12;
+            let key = ranked.score.as_::<f64>() / 1e12;
             groups[usize::from(ranked.past_bankruptcy)].push(Row { account, key, exact: Some(ranked) });
         } else if equity > bound {
             let ratio = upnl / cost;
@@ -196,8 +197,8 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, u8)>
 }
 
 fn is_stressed(ranked: &Ranked, mark: i128, side: Side) -> bool {
-    let distance = if side == Side::Long { mark - ranked.bankruptcy } else { ranked.bankruptcy - mark };
-    distance * STRESS_LEVERAGE <= mark
+    let distance = if side == Side::Long { wsub(wide(mark), ranked.bankruptcy) } else { wsub(ranked.bankruptcy, wide(mark)) };
+    wmul(distance, wide(STRESS_LEVERAGE)) <= wide(mark)
 }
 
 /// The quantile of every row of a group ranked after `offset` others (of `count`): floats where they decide, the
@@ -260,9 +261,10 @@ fn group_quantiles(engine: &Engine, symbol: u32, rows: &mut [Row], offset: usize
     }).collect()
 }
 
-/// Reported money of an exact amount at `scale` (HALF_EVEN to 1e-8).
-fn reported(value: I256, scale: u32) -> I256 {
-    rescale(value, scale, S8, Rounding::HalfEven)
+/// Reported money of an exact amount at `scale` (HALF_EVEN to 1e-8), as text: a capacity derives from a balance
+/// and may need more than 256 bits.
+pub fn reported(value: Wide, scale: u32) -> String {
+    text_512(wrescale(value, scale, S8, Rounding::HalfEven), S8)
 }
 
 /// The records of a quantile point (the event in hand just applied): per symbol in order, its risk level if it
@@ -304,9 +306,9 @@ pub fn publish(engine: &mut Engine, out: &mut Outputs) {
                 ("symbol", J::Str(engine.names.name(*symbol))),
                 ("fund_id", J::Str(engine.names.name(risk.fund))),
                 ("risk_level", J::Str(risk.level)),
-                ("capacity", J::Wide(reported(risk.capacity, 26), S8)),
-                ("stressed_notional_long", J::Wide(reported(risk.stressed_long, S16), S8)),
-                ("stressed_notional_short", J::Wide(reported(risk.stressed_short, S16), S8)),
+                ("capacity", J::Owned(reported(risk.capacity, 26))),
+                ("stressed_notional_long", J::Owned(reported(wide256(risk.stressed_long), S16))),
+                ("stressed_notional_short", J::Owned(reported(wide256(risk.stressed_short), S16))),
             ];
             write(fields, out);
         }

@@ -1,6 +1,7 @@
 //! Engine state (backstop.core.state): plain records owned by the engine; money lives in the ledger.
 //! Quantities and prices are integers at 1e-8, costs at 1e-16, rates at 1e-18 (docs/design.md section 9.2).
 
+use crate::numbers::Wide;
 use crate::wire::{Dec, MarginMode, Surplus};
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::{BTreeMap, VecDeque};
@@ -74,14 +75,15 @@ impl Position {
     }
 }
 
-/// Fund inventory taken over from one liquidation, at its bankruptcy price (cost / qty).
+/// Fund inventory taken over from one liquidation, at its bankruptcy price (cost / qty). The cost includes the
+/// equity behind the liquidated qty, derived from a balance: 512 bits (docs/design.md section 9.3).
 #[derive(Clone, Debug)]
 pub struct Lot {
     pub liquidation_id: String,
     pub symbol: u32,
     pub side: Side,
     pub qty: i128,
-    pub cost: i128,
+    pub cost: Wide,
     pub liquidated_account: u32,
     pub seq: u64,
 }

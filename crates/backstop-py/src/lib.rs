@@ -7,13 +7,13 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::types::PyTuple;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use ethnum::I256;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-fn wide(value: &str) -> PyResult<I256> {
-    I256::from_str_radix(value, 10).map_err(|_| PyValueError::new_err(format!("not a 256-bit integer: {value}")))
+fn wide(value: &str) -> PyResult<numbers::Wide> {
+    numbers::Wide::from_str_radix(value, 10)
+        .map_err(|_| PyValueError::new_err(format!("not a 512-bit integer: {value}")))
 }
 
 fn rounding(name: &str) -> PyResult<numbers::Rounding> {
@@ -32,10 +32,10 @@ fn kind(name: &str) -> PyResult<numbers::Kind> {
         .ok_or_else(|| PyValueError::new_err(format!("unknown kind {name}")))
 }
 
-/// The canonical text of value x 10^-scale (value: a decimal integer string of at most 256 bits).
+/// The canonical text of value x 10^-scale (value: a decimal integer string of at most 512 bits).
 #[pyfunction]
 fn numbers_text(value: &str, scale: u32) -> PyResult<String> {
-    Ok(numbers::text_wide(wide(value)?, scale))
+    Ok(numbers::text_512(wide(value)?, scale))
 }
 
 /// Wire text of a kind to its scaled integer (as a string); ValueError "syntax" or "bounds".
@@ -50,10 +50,10 @@ fn numbers_parse(text: &str, kind_name: &str) -> PyResult<String> {
 #[pyfunction]
 fn numbers_div(numerator: &str, denominator: &str, rounding_name: &str) -> PyResult<String> {
     let denominator = wide(denominator)?;
-    if denominator == 0 {
+    if denominator == numbers::Wide::ZERO {
         return Err(PyValueError::new_err("division by zero"));
     }
-    Ok(numbers::div_round(wide(numerator)?, denominator, rounding(rounding_name)?).to_string())
+    Ok(numbers::wdiv_round(wide(numerator)?, denominator, rounding(rounding_name)?).to_string())
 }
 
 /// A journal line through the compiled wire layer: (True, pydantic's model_dump_json) or (False, the reason).

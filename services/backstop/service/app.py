@@ -19,15 +19,24 @@ from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backstop.adapters.kafka import admin
+from backstop.adapters.kafka.consumer import KafkaConsumer
+from backstop.adapters.kafka.publisher import KafkaPublisher
 from backstop.adapters.postgres.roles import rewrite_powers
 from backstop.adapters.postgres.store import Store
 from backstop.core.errors import InvariantViolation
-from backstop.service import metrics
+from backstop.service import logs, metrics
+from backstop.service.forked import Background
 from backstop.service.ledger import LedgerProcessor
+from backstop.service.ports import Runtime
 from backstop.service.relay import OutboxRelay
 from backstop.settings import Settings
 
 log = logging.getLogger("backstop.service")
+
+
+def kafka_runtime() -> Runtime:
+    """The real loops: aiokafka, forked children for whole-state work, threads for the engine."""
+    return Runtime(consumer=KafkaConsumer, publisher=KafkaPublisher, background=Background, offload=asyncio.to_thread)
 
 
 def ensure_topics(settings: Settings) -> list[str]:
@@ -89,16 +98,18 @@ def create_app(settings: Settings) -> faust.App:
     app = ServiceApp(
         f"{settings.topic_prefix}service", broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
         autodiscover=False,
-        web_host=settings.web_host, web_port=settings.web_port, web_in_thread=False, topic_partitions=1,
-        topic_replication_factor=settings.replication_factor, broker_credentials=None,
+        # web_bind is the address the server listens on (faust's default: every interface); web_host only names it
+        web_bind=settings.web_host, web_host=settings.web_host, web_port=settings.web_port, web_in_thread=False,
+        topic_partitions=1, topic_replication_factor=settings.replication_factor, broker_credentials=None,
         consumer_auto_offset_reset="earliest")
     state: dict[str, Any] = {}
 
     @app.task
     async def ledger_and_relay() -> None:
         store = await Store.open(settings.dsn(), max_size=6, anchor=settings.anchor())
-        relay = OutboxRelay(settings, store)
-        processor = LedgerProcessor(settings, store, on_commit=relay.wake)
+        runtime = kafka_runtime()
+        relay = OutboxRelay(settings, store, runtime)
+        processor = LedgerProcessor(settings, store, runtime, on_commit=relay.wake)
         state.update(store=store, processor=processor, relay=relay)
         try:
             await asyncio.gather(processor.run_forever(), relay.run_forever())
@@ -114,6 +125,7 @@ def create_app(settings: Settings) -> faust.App:
                 "relay_ready": bool(relay and relay.ready), "seq": processor.progress.seq if processor else 0,
                 "last_error": processor.progress.last_error if processor else None,
                 "projections_refreshed_seq": processor.progress.refreshed_seq if processor else 0,
+                "projections_due_seq": processor.progress.refresh_due_seq if processor else 0,
                 "snapshot_seq": processor.progress.snapshot_seq if processor else 0,
                 "background_errors": processor.progress.background_errors if processor else {}}
         return web.json(body, status=200 if ready else 503)
@@ -132,26 +144,29 @@ def serve(settings: Settings) -> None:
         loop.run_until_complete(preflight(settings))
     finally:
         loop.close()
-    logging.basicConfig(level=logging.INFO, format='{"ts": "%(asctime)s", "level": "%(levelname)s", '
-                                                   '"logger": "%(name)s", "message": %(message)r}')
+    logs.configure(logging.INFO)
     created = ensure_topics(settings)
     if created:
         log.info("created topics: %s", ", ".join(created))
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False, override_logging=False)
+    # quiet, and no spinner: faust would print a banner and terminal codes beside the JSON lines
+    worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False, override_logging=False, quiet=True)
+    worker.spinner = None
     worker.execute_from_commandline()
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[tuple[LedgerProcessor, OutboxRelay]]:
+async def running(settings: Settings, runtime: Runtime | None = None
+                  ) -> AsyncIterator[tuple[LedgerProcessor, OutboxRelay]]:
     """The ledger processor and the relay as tasks of the current event loop, without the faust host (tests and
     benchmarks); stopped and awaited on exit. Refuses, as `serve` does, a role that could rewrite the record; an
     anchor key is optional here."""
     await preflight(settings, require_anchor=False)
     await asyncio.to_thread(ensure_topics, settings)
     store = await Store.open(settings.dsn(), max_size=6, anchor=settings.anchor())
-    relay = OutboxRelay(settings, store)
-    processor = LedgerProcessor(settings, store, on_commit=relay.wake)
+    runtime = runtime or kafka_runtime()
+    relay = OutboxRelay(settings, store, runtime)
+    processor = LedgerProcessor(settings, store, runtime, on_commit=relay.wake)
     tasks = [asyncio.create_task(processor.run_forever()), asyncio.create_task(relay.run_forever())]
     try:
         yield processor, relay

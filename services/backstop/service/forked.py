@@ -25,7 +25,7 @@ import signal
 import time
 import traceback
 from collections.abc import Callable
-from typing import Generic, NoReturn, TypeVar
+from typing import Generic, Literal, NoReturn, TypeVar
 
 from backstop.service import metrics
 
@@ -173,3 +173,39 @@ def _child(work: Callable[[], bytes], read_fd: int, write_fd: int, parent: int) 
         code = 0 if message.startswith(OK) else 1
     finally:
         os._exit(code)
+
+
+class Inline(Generic[T]):
+    """Background's in-memory counterpart: the work is done at once, in the process, as of the moment it starts
+    (what a forked child sees). `outcome`, asked at each take, says whether the "child" is still running, has
+    delivered or has died; the simulator draws it from its seed, so a refresh or snapshot can land late or never."""
+
+    def __init__(self, kind: str, errors: dict[str, str],
+                 outcome: Callable[[], Literal["running", "done", "failed"]] = lambda: "done") -> None:
+        self.kind = kind
+        self.wanted = False
+        self._errors = errors
+        self._outcome = outcome
+        self._result: list[T] = []  # the result of the work started, until taken
+
+    def start_if_wanted(self, work: Callable[[], T]) -> None:
+        if self.wanted and not self._result:
+            self.wanted = False
+            self._result.append(work())
+
+    async def take(self) -> T | None:
+        if not self._result:
+            return None
+        outcome = self._outcome()
+        if outcome == "running":
+            return None
+        result = self._result.pop()
+        if outcome == "failed":
+            metrics.BACKGROUND_FAILURES.labels(self.kind).inc()
+            self._errors[self.kind] = "child ended with signal SIGKILL before its result"
+            return None
+        self._errors.pop(self.kind, None)
+        return result
+
+    def stop(self) -> None:
+        self._result.clear()

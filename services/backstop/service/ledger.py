@@ -5,23 +5,23 @@ Offsets live in PostgreSQL, committed with the rows they produced; Kafka's commi
 from PostgreSQL (latest snapshot + journal tail) and the consumer seeks to the stored offsets, so a crash at any
 point loses nothing and applies nothing twice. One processor per database holds an advisory lock; a second one
 waits as a standby.
+
+Each start is one LedgerRun, whose turns are named steps: fetch, merge, apply, project, commit, housekeeping
+(docs/service-loop.md). The steps reach the outside only through the ports (backstop.service.ports), so the
+simulator runs them on in-memory implementations.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from typing import Any, NamedTuple
 
 from backstop import faults
-from backstop.adapters.postgres.store import WRITER_LOCK, Head, RefreshCopy, Store
+from backstop.adapters.postgres.store import WRITER_LOCK, Head, RefreshCopy
 from backstop.core import ledger
 from backstop.core.dedupe import Deduper
 from backstop.core.engine import Engine
@@ -34,7 +34,7 @@ from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch
 from backstop.pipeline.merge import Merger
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
-from backstop.service.forked import Background
+from backstop.service.ports import BackgroundWork, Consumer, EndsUnavailable, LedgerStore, Partition, Runtime
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
 from backstop.wire.decode import decode_record
@@ -55,6 +55,7 @@ class Progress:
     lag: dict[tuple[str, int], int] = field(default_factory=dict)
     adl_index_seq: int = 0  # the seq at which the ADL index was last refreshed while the input was idle
     refreshed_seq: int = 0  # the seq of the last full projection refresh written (ADL queue, every position)
+    refresh_due_seq: int = 0  # the seq at which a full refresh was last due: settled once refreshed_seq reaches it
     snapshot_seq: int = 0  # the seq of the last snapshot written
     background_errors: dict[str, str] = field(default_factory=dict)  # forked work that failed, by kind
 
@@ -75,7 +76,7 @@ class WriteBehind:
     kind waits for the next. A snapshot at seq S is written only once batch S has committed (recovery starts
     from the latest snapshot); a failed write fails the loop, as a failed commit does."""
 
-    def __init__(self, store: Store, progress: Progress) -> None:
+    def __init__(self, store: LedgerStore, progress: Progress) -> None:
         self.store, self.progress = store, progress
         self._refresh: RefreshCopy | None = None
         self._snapshot: Snapshot | None = None
@@ -111,7 +112,7 @@ class WriteBehind:
             self._task.cancel()  # a full refresh is rewritten at the next start; a snapshot is only a shortcut
 
 
-async def rebuild(store: Store, *, check_conservation: bool) -> tuple[Processor, Head]:
+async def rebuild(store: LedgerStore, *, check_conservation: bool) -> tuple[Processor, Head]:
     """The engine as PostgreSQL last committed it: latest snapshot, then the journal after it."""
     head = await store.head()
     snapshot = await store.latest_snapshot()
@@ -133,221 +134,283 @@ async def rebuild(store: Store, *, check_conservation: bool) -> tuple[Processor,
     return processor, head
 
 
+class Applied(NamedTuple):
+    """A batch after the engine: what `project` builds the commit from."""
+
+    expected_seq: int  # the journal head the batch extends
+    result: BatchResult
+    consumed: int  # records in the batch
+    started: float  # perf_counter() readings, for metrics only
+    applied_at: float
+
+
+class PendingCommit(NamedTuple):
+    """Everything one batch transaction writes, and what the metrics report of it."""
+
+    expected_seq: int
+    result: BatchResult
+    head: Head
+    rows: projections.Projections
+    fund_balances: dict[str, float]
+    started: float
+    consumed: int  # 0: projection rows written alone
+    phases_s: dict[str, float]
+
+
 class LedgerProcessor(SupervisedLoop):
     name = "ledger"
     lock_id = WRITER_LOCK
 
-    def __init__(self, settings: Settings, store: Store, on_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, settings: Settings, store: LedgerStore, runtime: Runtime,
+                 on_commit: Callable[[], None] = lambda: None) -> None:
         super().__init__(store)
         self.settings = settings
+        self.runtime = runtime
         self.topics = TopicNames(settings.topic_prefix)
         self.progress = Progress()
         self.on_commit = on_commit  # wakes a relay in this process: outbox rows are waiting
+        self.current: LedgerRun | None = None  # the run holding the lock, if any
 
     def on_error(self, error: Exception) -> None:
         self.progress.ready = False
         self.progress.last_error = f"{type(error).__name__}: {error}"
 
     async def run_locked(self) -> None:
-        settings = self.settings
-        processor, head = await rebuild(self.store, check_conservation=settings.check_conservation)
+        processor, head = await rebuild(self.store, check_conservation=self.settings.check_conservation)
         offsets = await self.store.offsets()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level="read_committed", client_id="backstop-ledger",
-            max_partition_fetch_bytes=4 << 20, fetch_max_bytes=32 << 20, request_timeout_ms=30_000,
-            ssl_context=settings.ssl_context(), **settings.kafka_client_options())
+        consumer = self.runtime.consumer(self.settings)
         await consumer.start()
-        # Whole-state work runs in forked children (backstop.service.forked), off the batches' path.
-        refreshing: Background[RefreshCopy] = Background("projection refresh", self.progress.background_errors)
-        snapshotting: Background[Snapshot] = Background("snapshot", self.progress.background_errors)
-        behind = WriteBehind(self.store, self.progress)
-        committing: asyncio.Task[None] | None = None
+        self.current = run = LedgerRun(self, consumer, processor, head)
         try:
-            merger = await self._assign(consumer, offsets)
-            positions = (head.ledger_position, head.adl_position)
-            # Projection rows still waiting when the last run stopped were lost with it: rewrite every row.
-            if processor.engine.last_seq:
-                await self._write_projections(processor, positions, None)
-            self.progress.seq = processor.engine.last_seq
-            self.progress.ready = True
-            log.info("ledger processor ready at seq %d", processor.engine.last_seq)
-            cadence = projections.RefreshCadence(settings.adl_refresh_events, settings.adl_refresh_event_ms,
-                                                 processor.engine.last_seq)
-            state_hashed_at = -1
-            quiet_since: float | None = None  # when the input last went quiet (monotonic; None: not quiet)
-            touched = projections.Touched()
-            # Batch N commits while batch N+1 is applied in memory. If a commit fails, the loop fails and the
-            # supervisor rebuilds the engine from PostgreSQL, so the in-memory batch that ran ahead is dropped.
+            await run.start(offsets)
             while not self.stopping:
-                starved = merger.starved() if merger.full() else None
-                if starved is None or starved:
-                    fetched = await self._fetch(consumer, starved)
-                    for tp, records in fetched.items():
-                        merger.add(Consumed(r.topic, r.partition, r.offset, r.key, r.value) for r in records)
-                        metrics.EVENTS_IN.labels(self.topics.type_of(tp.topic) or "unknown").inc(len(records))
-                    for tp in consumer.assignment():
-                        position = await consumer.position(tp)
-                        merger.advance((tp.topic, tp.partition), position)
-                        highwater = consumer.highwater(tp)
-                        if highwater is not None:
-                            merger.set_end((tp.topic, tp.partition), highwater)
-                            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(highwater - position)
-                batch = merger.release(settings.batch_max_records)
-                if not batch:
-                    if committing is not None:  # nothing new: let the last commit land before idling
-                        await committing
-                        committing = None
-                    if touched:  # rows that waited while catching up, and the input went quiet: write them now
-                        await self._write_projections(processor, positions, touched)
-                        touched = projections.Touched()
-                    await behind.hand(await refreshing.take(), await snapshotting.take())
-                    self._start_due(processor, refreshing, snapshotting)  # work due while the last child ran
-                    now = time.monotonic()
-                    quiet_since = now if quiet_since is None else quiet_since
-                    # Quiet for a moment: the ADL index catches up with the trading so far now, not in the next
-                    # deleverage's path. Not at every pause while catching up: a busy account's rows would be
-                    # rewritten at each one, where the next deleverage rewrites them once (9% of the service rate).
-                    if now - quiet_since >= ADL_INDEX_QUIET_S and await asyncio.to_thread(
-                            processor.engine.refresh_adl_index):
-                        self.progress.adl_index_seq = processor.engine.last_seq
-                    quiet_long_enough = now - quiet_since >= settings.state_hash_quiet_ms / 1000
-                    if state_hashed_at != processor.engine.last_seq and quiet_long_enough:  # once per quiet spell
-                        state_hashed_at = processor.engine.last_seq  # in a thread: the relay keeps publishing
-                        digest = await asyncio.to_thread(state_hash, processor.engine)
-                        await self.store.record_state_hash(state_hashed_at, digest)
-                    continue
-                quiet_since = None
-                started = time.perf_counter()
-                expected = processor.engine.last_seq
-                # The engine works in a thread so the previous batch's commit keeps the event loop (and its socket)
-                # moving meanwhile; only this loop touches the engine, one step at a time.
-                result = await asyncio.to_thread(ingest_batch, processor, batch, self.topics)
-                applied_at = time.perf_counter()
-                engine = processor.engine
-                caught_up = merger.drained()
-                refresh_due = cadence.due(result, engine.last_seq, caught_up=caught_up)
-                refreshing.wanted |= refresh_due
-                every = settings.snapshot_every_events
-                snapshotting.wanted |= bool(every and result.journal and engine.last_seq // every > expected // every)
-                self._start_due(processor, refreshing, snapshotting)  # before anything else can move the engine
-                touched.add(result)
-                write_touched = refresh_due or caught_up  # catching up, touched rows wait (projections.Touched)
-                positions = (positions[0] + len(result.fund_entries), positions[1] + len(result.adl_events))
-                new_head = self._head(processor, positions)
-                rows = await asyncio.to_thread(projections.build, engine, result, refresh_all=False,
-                                               touched=touched if write_touched else projections.Touched())
-                if write_touched:
-                    touched = projections.Touched()
-                balances = {fund_id: float(engine.ledger.balance(ledger.fund(fund_id))) for fund_id in engine.funds}
-                projected_at = time.perf_counter()
-                if committing is not None:
-                    await committing
-                await behind.hand(await refreshing.take(), await snapshotting.take())
-                committing = asyncio.create_task(self._commit(
-                    expected, result, new_head, rows, balances, started, len(batch),
-                    {"apply": applied_at - started, "project": projected_at - applied_at}))
-                # Caught up after a backlog (a restart, a burst): the index catches up a slice per batch, beside the
-                # commit, rather than all of it (~1 s per 100,000 accounts) in the path of the first deleverage; a
-                # live stream seldom pauses for ADL_INDEX_QUIET_S. Small backlogs are left to the deleverage.
-                if caught_up and engine.adl_index_backlog() >= ADL_INDEX_SLICE:
-                    await asyncio.to_thread(engine.refresh_adl_index, ADL_INDEX_SLICE)
-            if committing is not None:  # a clean stop lands the batch already applied
-                await committing
+                await run.turn()
+            await run.finish()
         finally:
-            refreshing.stop()
-            snapshotting.stop()
-            behind.stop()
-            if committing is not None and not committing.done():
-                committing.cancel()
+            self.current = None
+            run.close()
             self.progress.ready = False
             await consumer.stop()
 
-    @staticmethod
-    def _start_due(processor: Processor, refreshing: Background[RefreshCopy],
-                   snapshotting: Background[Snapshot]) -> None:
-        engine = processor.engine
-        refreshing.start_if_wanted(lambda: RefreshCopy.of(projections.full_refresh(engine)))
-        snapshotting.start_if_wanted(lambda: snapshot_of(processor))
 
-    async def _write_projections(self, processor: Processor, positions: tuple[int, int],
-                                 touched: projections.Touched | None) -> None:
+class LedgerRun:
+    """One run of the processor, from the engine rebuilt out of the store to a stop or a failure. Its state is
+    these fields; each turn is named steps: fetch, merge, then apply, project and commit a batch, then housekeeping.
+    Only this run touches the engine, one step at a time; the runtime's checkpoint runs after every step."""
+
+    def __init__(self, owner: LedgerProcessor, consumer: Consumer, processor: Processor, head: Head) -> None:
+        settings = owner.settings
+        self.settings, self.store, self.runtime, self.progress = settings, owner.store, owner.runtime, owner.progress
+        self.topics, self.on_commit = owner.topics, owner.on_commit
+        self.consumer = consumer
+        self.processor = processor
+        self.merger = Merger(self.topics, max_buffered=settings.merge_max_buffered)
+        self.positions = (head.ledger_position, head.adl_position)  # rows in the fund ledger and the ADL events
+        self.cadence = projections.RefreshCadence(settings.adl_refresh_events, settings.adl_refresh_event_ms,
+                                                  processor.engine.last_seq)
+        self.touched = projections.Touched()  # rows batches touched while catching up, not written yet
+        self.caught_up = False  # as of the last batch: nothing buffered and nothing unread
+        self.committing: asyncio.Task[None] | None = None  # batch N commits while batch N+1 is applied
+        self.quiet_since: float | None = None  # the loop's clock when the input went quiet (None: not quiet)
+        self.state_hashed_at = -1
+        # Whole-state work runs in forked children (backstop.service.forked), off the batches' path.
+        self.refreshing: BackgroundWork[RefreshCopy] = self.runtime.background("projection refresh",
+                                                                               self.progress.background_errors)
+        self.snapshotting: BackgroundWork[Snapshot] = self.runtime.background("snapshot",
+                                                                             self.progress.background_errors)
+        self.behind = WriteBehind(self.store, self.progress)
+        self._lag: dict[Partition, Any] = {}  # the lag gauge of each partition (labels() is a locked lookup)
+
+    async def start(self, offsets: dict[Partition, int]) -> None:
+        positions, ends = await self.consumer.assign(self.topics.inputs, offsets)
+        for partition in sorted(positions):
+            self.merger.assign(partition, positions[partition])
+            self.merger.confirm_end(partition, ends[partition])
+        engine = self.processor.engine
+        # Projection rows still waiting when the last run stopped were lost with it: rewrite every row.
+        if engine.last_seq:
+            await self._write_projections(None)
+        self.progress.seq = engine.last_seq
+        self.progress.ready = True
+        log.info("ledger processor ready at seq %d", engine.last_seq)
+        await self.runtime.checkpoint("start")
+
+    async def turn(self) -> None:
+        checkpoint = self.runtime.checkpoint
+        await self.fetch()
+        await checkpoint("fetch")
+        batch = self.merge()
+        await checkpoint("merge")
+        if batch:
+            applied = await self.apply(batch)
+            await checkpoint("apply")
+            pending = await self.project(applied)
+            await checkpoint("project")
+            await self.commit(pending)
+            await checkpoint("commit")
+        await self.housekeeping(batch_applied=bool(batch))
+        await checkpoint("housekeeping")
+
+    async def finish(self) -> None:
+        """A clean stop lands the batch already applied."""
+        if self.committing is not None:
+            await self.committing
+            self.committing = None
+
+    def close(self) -> None:
+        self.refreshing.stop()
+        self.snapshotting.stop()
+        self.behind.stop()
+        if self.committing is not None and not self.committing.done():
+            self.committing.cancel()
+
+    # ---------------------------------------------------------------- the steps
+    async def fetch(self) -> None:
+        """Read the input, unless the merge buffer is full and no partition holds the order back (then only the
+        ones that do); then, if records wait to be released, ask for the ends the merge needs confirmed."""
+        merger, settings = self.merger, self.settings
+        starved = merger.starved() if merger.full() else None
+        if starved is None or starved:
+            fetched = await self.consumer.fetch(only=starved, max_records=settings.batch_max_records,
+                                                timeout_ms=settings.batch_max_wait_ms)
+            for partition, records in fetched.records.items():
+                merger.add(partition, records)  # before advance: add drops records below the offset reached
+                metrics.EVENTS_IN.labels(self.topics.type_of(partition[0]) or "unknown").inc(len(records))
+            for partition, position in fetched.positions.items():
+                merger.advance(partition, position)
+            lag = self._lag
+            for partition, end in fetched.ends.items():
+                merger.observe_end(partition, end)
+                gauge = lag.get(partition)
+                if gauge is None:
+                    gauge = lag[partition] = metrics.CONSUMER_LAG.labels(partition[0], str(partition[1]))
+                gauge.set(end - fetched.positions.get(partition, end))
+        unconfirmed = merger.unconfirmed()
+        if unconfirmed:
+            try:
+                ends = await self.consumer.end_offsets(unconfirmed)
+            except EndsUnavailable as error:  # the broker is away: the merge waits, the loop goes on
+                log.warning("ends of %d partitions unavailable, the merge waits: %s", len(unconfirmed), error)
+                return
+            for partition, end in ends.items():
+                merger.confirm_end(partition, end)
+
+    def merge(self) -> list[Consumed]:
+        """The next batch in merge order, as far as the order is decided (backstop.pipeline.merge)."""
+        return self.merger.release(self.settings.batch_max_records)
+
+    async def apply(self, batch: list[Consumed]) -> Applied:
+        """The batch through dedupe, sequencing and the engine: consumed records in, a BatchResult out. In a
+        thread, so the previous batch's commit keeps the event loop (and its socket) moving meanwhile."""
+        started = time.perf_counter()
+        expected = self.processor.engine.last_seq
+        result = await self.runtime.offload(ingest_batch, self.processor, batch, self.topics)
+        return Applied(expected, result, len(batch), started, time.perf_counter())
+
+    async def project(self, applied: Applied) -> PendingCommit:
+        """The rest of the batch's transaction: the journal head and the projection rows (the rows touched, once
+        caught up). Whole-state work that became due starts here, before anything else can move the engine."""
+        settings, engine, result = self.settings, self.processor.engine, applied.result
+        self.caught_up = caught_up = self.merger.drained()
+        refresh_due = self.cadence.due(result, engine.last_seq, caught_up=caught_up)
+        self.refreshing.wanted |= refresh_due
+        if refresh_due:
+            self.progress.refresh_due_seq = engine.last_seq
+        every = settings.snapshot_every_events
+        self.snapshotting.wanted |= bool(every and result.journal
+                                         and engine.last_seq // every > applied.expected_seq // every)
+        self._start_due()
+        self.touched.add(result)
+        write_touched = refresh_due or caught_up  # catching up, touched rows wait (projections.Touched)
+        self.positions = (self.positions[0] + len(result.fund_entries), self.positions[1] + len(result.adl_events))
+        head = self._head()
+        rows = await self.runtime.offload(projections.build, engine, result, refresh_all=False,
+                                          touched=self.touched if write_touched else projections.Touched())
+        if write_touched:
+            self.touched = projections.Touched()
+        balances = {fund_id: float(engine.ledger.balance(ledger.fund(fund_id))) for fund_id in engine.funds}
+        phases_s = {"apply": applied.applied_at - applied.started, "project": time.perf_counter() - applied.applied_at}
+        return PendingCommit(applied.expected_seq, result, head, rows, balances, applied.started, applied.consumed,
+                             phases_s)
+
+    async def commit(self, pending: PendingCommit) -> None:
+        """Batch N commits in a task of its own while batch N+1 is applied in memory, and N+1's commit waits for
+        N's. If a commit fails, the run fails and the supervisor rebuilds the engine from the store, so the batch
+        that ran ahead is dropped (and applied again)."""
+        if self.committing is not None:
+            await self.committing
+        await self.behind.hand(await self.refreshing.take(), await self.snapshotting.take())
+        self.committing = asyncio.create_task(self._commit(pending))
+
+    async def housekeeping(self, *, batch_applied: bool) -> None:
+        """Beside a batch's commit: the ADL index catches up a slice after a backlog. With no batch: the work
+        that waits for a pause (waiting rows, forked results, the ADL index, the state hash)."""
+        engine = self.processor.engine
+        if batch_applied:
+            self.quiet_since = None
+            # Caught up after a backlog (a restart, a burst): the index catches up a slice per batch, beside the
+            # commit, rather than all of it (~1 s per 100,000 accounts) in the path of the first deleverage; a live
+            # stream seldom pauses for ADL_INDEX_QUIET_S. Small backlogs are left to the deleverage.
+            if self.caught_up and engine.adl_index_backlog() >= ADL_INDEX_SLICE:
+                await self.runtime.offload(engine.refresh_adl_index, ADL_INDEX_SLICE)
+            return
+        if self.committing is not None:  # nothing new: let the last commit land before idling
+            await self.committing
+            self.committing = None
+        if self.touched:  # rows that waited while catching up, and the input went quiet: write them now
+            await self._write_projections(self.touched)
+            self.touched = projections.Touched()
+        await self.behind.hand(await self.refreshing.take(), await self.snapshotting.take())
+        self._start_due()  # work due while the last child ran
+        now = asyncio.get_running_loop().time()
+        self.quiet_since = now if self.quiet_since is None else self.quiet_since
+        quiet_s = now - self.quiet_since
+        # Quiet for a moment: the ADL index catches up with the trading so far now, not in the next deleverage's
+        # path. Not at every pause while catching up: a busy account's rows would be rewritten at each one, where
+        # the next deleverage rewrites them once (9% of the service rate).
+        if quiet_s >= ADL_INDEX_QUIET_S and await self.runtime.offload(engine.refresh_adl_index):
+            self.progress.adl_index_seq = engine.last_seq
+        if self.state_hashed_at != engine.last_seq and quiet_s >= self.settings.state_hash_quiet_ms / 1000:
+            self.state_hashed_at = engine.last_seq  # once per quiet spell; in a thread: the relay keeps publishing
+            digest = await self.runtime.offload(state_hash, engine)
+            await self.store.record_state_hash(self.state_hashed_at, digest)
+
+    # ---------------------------------------------------------------- helpers
+    def _start_due(self) -> None:
+        """Only between engine steps: a forked child sees the state as it is now."""
+        processor = self.processor
+        self.refreshing.start_if_wanted(lambda: RefreshCopy.of(projections.full_refresh(processor.engine)))
+        self.snapshotting.start_if_wanted(lambda: snapshot_of(processor))
+
+    async def _write_projections(self, touched: projections.Touched | None) -> None:
         """Projection rows alone, in their own transaction: `touched`, or every row (None)."""
-        engine = processor.engine
-        rows = await asyncio.to_thread(projections.build, engine, BatchResult(), refresh_all=touched is None,
-                                       touched=projections.Touched.everything(engine) if touched is None else touched)
-        await self._commit(processor.engine.last_seq, BatchResult(), self._head(processor, positions), rows, {},
-                           time.perf_counter(), 0, {})
+        engine = self.processor.engine
+        rows = await self.runtime.offload(
+            projections.build, engine, BatchResult(), refresh_all=touched is None,
+            touched=projections.Touched.everything(engine) if touched is None else touched)
+        await self._commit(PendingCommit(engine.last_seq, BatchResult(), self._head(), rows, {}, time.perf_counter(),
+                                         0, {}))
         if touched is None:
             self.progress.refreshed_seq = engine.last_seq
 
-    @staticmethod
-    def _head(processor: Processor, positions: tuple[int, int]) -> Head:
+    def _head(self) -> Head:
+        processor = self.processor
         engine = processor.engine
         return Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head, processor.duplicates,
-                    processor.rejected, *positions)
+                    processor.rejected, *self.positions)
 
-    async def _commit(self, expected: int, result: BatchResult, head: Head, rows: projections.Projections,
-                      fund_balances: dict[str, float], started: float, consumed: int,
-                      phases_ms: dict[str, float]) -> None:
+    async def _commit(self, pending: PendingCommit) -> None:
         """One batch in one transaction; the head's expected seq guards against a second writer."""
         committing_at = time.perf_counter()
-        async with self.store.pool.acquire() as connection:
-            await self.store.write_batch(connection, expected_seq=expected, result=result, head=head,
-                                         projections=rows)
+        await self.store.commit(expected_seq=pending.expected_seq, result=pending.result, head=pending.head,
+                                projections=pending.rows)
         self.on_commit()
         faults.reached("after_commit")
-        if consumed:  # not for rows written alone (projections that waited)
-            self._observe(result, fund_balances, started, consumed, head.seq,
-                          phases_ms={**phases_ms, "commit": time.perf_counter() - committing_at})
+        if pending.consumed:  # not for rows written alone (projections that waited)
+            self._observe(pending, commit_s=time.perf_counter() - committing_at)
 
-    async def _fetch(self, consumer: AIOKafkaConsumer, only: set[tuple[str, int]] | None
-                     ) -> dict[TopicPartition, list[Any]]:
-        """One fetch; with `only`, the buffer is full and just those partitions are read (backpressure on the
-        others, which are paused for this fetch)."""
-        settings = self.settings
-        paused = [] if only is None else [tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in only]
-        if paused:
-            consumer.pause(*paused)
-        try:
-            fetched: dict[TopicPartition, list[Any]] = await consumer.getmany(
-                timeout_ms=settings.batch_max_wait_ms, max_records=settings.batch_max_records)
-        finally:
-            if paused:
-                consumer.resume(*paused)
-        return fetched
-
-    async def _assign(self, consumer: AIOKafkaConsumer, offsets: dict[tuple[str, int], int]) -> Merger:
-        partitions: list[TopicPartition] = []
-        for topic in self.topics.inputs:
-            available = await self._partitions(consumer, topic)
-            partitions.extend(TopicPartition(topic, p) for p in sorted(available))
-        consumer.assign(partitions)
-        merger = Merger(self.topics, max_buffered=self.settings.merge_max_buffered)
-        ends = await consumer.end_offsets(partitions) if partitions else {}
-        for tp in partitions:
-            position = offsets.get((tp.topic, tp.partition), 0)
-            if position:
-                consumer.seek(tp, position)
-            else:
-                await consumer.seek_to_beginning(tp)
-                position = await consumer.position(tp)
-            merger.assign((tp.topic, tp.partition), position)
-            merger.set_end((tp.topic, tp.partition), ends.get(tp, 0))
-        return merger
-
-    @staticmethod
-    async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-        for _ in range(50):
-            found = consumer.partitions_for_topic(topic)
-            if found:
-                return set(found)
-            await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"input topic {topic} does not exist (run `backstop topics create`)")
-
-    def _observe(self, result: BatchResult, fund_balances: dict[str, float], started: float, consumed: int,
-                 committed_seq: int, phases_ms: dict[str, float]) -> None:
+    def _observe(self, pending: PendingCommit, *, commit_s: float) -> None:
+        result = pending.result
         for row in result.journal:
             metrics.EVENTS_APPLIED.labels(row.type).inc()
         for record_type, count in result.duplicates.items():
@@ -356,19 +419,20 @@ class LedgerProcessor(SupervisedLoop):
             metrics.EVENTS_REJECTED.labels(letter.source_topic).inc()
         metrics.ADL_EVENTS.inc(len(result.adl_events))
         metrics.FUND_ENTRIES.inc(len(result.fund_entries))
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        metrics.BATCH_RECORDS.observe(consumed)
-        for fund_id, balance in fund_balances.items():
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - pending.started)
+        metrics.BATCH_RECORDS.observe(pending.consumed)
+        for fund_id, balance in pending.fund_balances.items():
             metrics.FUND_BALANCE.labels(fund_id).set(balance)
-        metrics.JOURNAL_SEQ.set(committed_seq)
-        self.progress.seq = committed_seq
+        metrics.JOURNAL_SEQ.set(pending.head.seq)
+        self.progress.seq = pending.head.seq
         self.progress.batches += 1
         if result.journal or result.dead_letters:
-            log.info(json.dumps({"event": "batch", "seq": committed_seq, "applied": len(result.journal),
-                                 "dead_letters": len(result.dead_letters),
-                                 "duplicates": sum(result.duplicates.values()), "adl_events": len(result.adl_events),
-                                 "ms": round((time.perf_counter() - started) * 1000, 2),
-                                 **{k: round(v * 1000, 2) for k, v in phases_ms.items()}}))
+            phases_ms = {name: round(seconds * 1000, 2) for name, seconds in
+                         {**pending.phases_s, "commit": commit_s}.items()}
+            log.info("batch", extra={"fields": {
+                "seq": pending.head.seq, "applied": len(result.journal), "dead_letters": len(result.dead_letters),
+                "duplicates": sum(result.duplicates.values()), "adl_events": len(result.adl_events),
+                "ms": round((time.perf_counter() - pending.started) * 1000, 2), **phases_ms}})
 
 
-__all__ = ["LedgerProcessor", "Progress", "asyncpg", "rebuild"]
+__all__ = ["LedgerProcessor", "LedgerRun", "Progress", "rebuild"]

@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from backstop import faults
-from backstop.adapters.postgres.store import RELAY_LOCK, OutboxRow, Store
+from backstop.adapters.postgres.store import RELAY_LOCK, OutboxRow
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
+from backstop.service.ports import OUTBOX_HEADER, LedgerStore, Partition, Runtime
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
-
-OUTBOX_HEADER = "backstop-outbox-id"
-RECORD_BATCH_BYTES = 512 << 10  # below the broker's default message.max.bytes (1 MiB)
 
 
 @lru_cache(maxsize=1 << 16)  # keys repeat (accounts, funds, symbols) and murmur2 is pure Python: ~3 us a call
@@ -37,13 +33,26 @@ def partition_for(key: str, partitions: int) -> int:
     return partition
 
 
+def to_send(rows: Sequence[OutboxRow], counts: Mapping[str, int],
+            published_up_to: Mapping[Partition, int]) -> list[tuple[OutboxRow, int]]:
+    """The rows with their partitions, less those already in Kafka: published before a crash, before the cursor
+    moved (every row of a partition up to the outbox id its last record carries)."""
+    pending = []
+    for row in rows:
+        partition = partition_for(row.key, counts[row.topic])
+        if row.id > published_up_to.get((row.topic, partition), 0):
+            pending.append((row, partition))
+    return pending
+
+
 class OutboxRelay(SupervisedLoop):
     name = "relay"
     lock_id = RELAY_LOCK
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: LedgerStore, runtime: Runtime) -> None:
         super().__init__(store)
         self.settings = settings
+        self.runtime = runtime
         self.topics = TopicNames(settings.topic_prefix)
         self.published = 0
         self.ready = False
@@ -58,17 +67,14 @@ class OutboxRelay(SupervisedLoop):
         self.ready = False
 
     async def run_locked(self) -> None:
-        settings = self.settings
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=5,
-            max_batch_size=RECORD_BATCH_BYTES,
-            client_id="backstop-relay", request_timeout_ms=30_000, ssl_context=settings.ssl_context(),
-            **settings.kafka_client_options())
-        await producer.start()
+        settings, checkpoint = self.settings, self.runtime.checkpoint
+        publisher = self.runtime.publisher(settings)
+        await publisher.start()
         try:
-            counts = {topic: len(await producer.partitions_for(topic)) for topic in self.topics.outputs}
-            published_up_to = await self._published_up_to(counts)
+            counts = await publisher.partition_counts(self.topics.outputs)
+            published_up_to = await publisher.last_outbox_ids(counts)
             self.ready = True
+            await checkpoint("relay_start")
             while not self.stopping:
                 self._woken.clear()  # before reading: a commit after the read wakes the wait below
                 rows = await self.store.unpublished(settings.relay_batch)
@@ -78,69 +84,18 @@ class OutboxRelay(SupervisedLoop):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._woken.wait(), settings.relay_idle_ms / 1000)
                     continue
-                sent = await self._send(producer, rows, counts, published_up_to)
+                sent = await publisher.send(to_send(rows, counts, published_up_to))
                 if sent:
                     faults.reached("relay_after_send")
+                    await checkpoint("relay_send")
                 await self.store.mark_published_up_to(rows[-1].id)
-                self.published += sent
+                await checkpoint("relay_mark")
+                for topic, count in sorted(sent.items()):
+                    metrics.RELAY_PUBLISHED.labels(topic).inc(count)
+                self.published += sum(sent.values())
         finally:
             self.ready = False
-            await producer.stop()
-
-    @staticmethod
-    async def _send(producer: AIOKafkaProducer, rows: list[OutboxRow], counts: dict[str, int],
-                    published_up_to: dict[tuple[str, int], int]) -> int:
-        """Send the rows not yet in Kafka, in id order per partition, and wait until all are acknowledged. Rows go
-        in record batches built here, one open batch per partition (a future per batch, not per record: the
-        per-record send path cost more than the rest of the relay)."""
-        open_batches: dict[tuple[str, int], Any] = {}
-        acks: list[asyncio.Future[Any]] = []
-        sent: Counter[str] = Counter()
-        for row in rows:
-            partition = partition_for(row.key, counts[row.topic])
-            if row.id <= published_up_to.get((row.topic, partition), 0):
-                continue  # already in Kafka: published before a crash, before the cursor moved
-            value, key = row.payload.encode(), row.key.encode()
-            headers = [(OUTBOX_HEADER, str(row.id).encode()), ("backstop-record-id", row.record_id.encode())]
-            batch = open_batches.get((row.topic, partition))
-            if batch is None or batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                if batch is not None:  # full: queue it and start the next one of this partition
-                    acks.append(await producer.send_batch(batch, row.topic, partition=partition))
-                batch = open_batches[(row.topic, partition)] = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    raise ValueError(f"outbox row {row.id} does not fit in an empty record batch")
-            sent[row.topic] += 1
-        for (topic, partition), batch in open_batches.items():
-            acks.append(await producer.send_batch(batch, topic, partition=partition))
-        for ack in acks:
-            await ack
-        for topic, count in sorted(sent.items()):
-            metrics.RELAY_PUBLISHED.labels(topic).inc(count)
-        return sum(sent.values())
-
-    async def _published_up_to(self, counts: dict[str, int]) -> dict[tuple[str, int], int]:
-        """Per output partition, the outbox id in the header of its last record."""
-        partitions = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
-                                    enable_auto_commit=False, isolation_level="read_committed",
-                                    client_id="backstop-relay-scan", ssl_context=self.settings.ssl_context(),
-                                    **self.settings.kafka_client_options())
-        await consumer.start()
-        try:
-            consumer.assign(partitions)
-            ends = await consumer.end_offsets(partitions)
-            found: dict[tuple[str, int], int] = {}
-            for tp in partitions:
-                if ends[tp] == 0:
-                    continue
-                consumer.seek(tp, ends[tp] - 1)
-                record = await asyncio.wait_for(consumer.getone(tp), timeout=30)
-                for name, value in record.headers or ():
-                    if name == OUTBOX_HEADER:
-                        found[(tp.topic, tp.partition)] = int(value)
-            return found
-        finally:
-            await consumer.stop()
+            await publisher.stop()
 
 
-__all__ = ["OUTBOX_HEADER", "OutboxRelay", "OutboxRow", "partition_for"]
+__all__ = ["OUTBOX_HEADER", "OutboxRelay", "OutboxRow", "partition_for", "to_send"]

@@ -5,14 +5,11 @@ retried: it stops the loop, as a broken rule must."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
-import asyncpg
-
-from backstop.adapters.postgres.store import Store
 from backstop.core.errors import InvariantViolation
 from backstop.service import metrics
+from backstop.service.ports import LedgerStore
 
 log = logging.getLogger("backstop.service")
 BACKOFF_FIRST_S = 0.5
@@ -23,7 +20,7 @@ class SupervisedLoop:
     name = "loop"
     lock_id = 0
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: LedgerStore) -> None:
         self.store = store
         self._stopping = asyncio.Event()
 
@@ -46,21 +43,15 @@ class SupervisedLoop:
                 self.on_error(error)
                 metrics.RESTARTS.labels(self.name).inc()
                 log.warning("%s failed (%s: %s); restarting in %.1fs", self.name, type(error).__name__, error,
-                            backoff)
+                            backoff, exc_info=error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     async def run(self) -> None:
         """Run once, holding this loop's lock (a second instance waits here as a standby)."""
-        async with self.store.pool.acquire() as lock_connection:
-            log.info("%s: waiting for its lock (one per database)", self.name)
-            await lock_connection.execute("SELECT pg_advisory_lock($1)", self.lock_id)
-            try:
-                await self.run_locked()
-            finally:
-                # the lock dies with its session; after a database crash there is nothing left to unlock
-                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
-                    await lock_connection.execute("SELECT pg_advisory_unlock($1)", self.lock_id)
+        log.info("%s: waiting for its lock (one per database)", self.name)
+        async with self.store.hold_lock(self.lock_id):
+            await self.run_locked()
 
     async def run_locked(self) -> None:
         raise NotImplementedError

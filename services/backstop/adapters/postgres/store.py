@@ -7,6 +7,7 @@ every batch that appends to the journal also writes a signed checkpoint of the h
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -184,7 +185,25 @@ class Store:
         rows = await self.pool.fetch(f"SELECT record FROM {table} ORDER BY position")
         return [orjson.loads(r["record"]) for r in rows]
 
+    @contextlib.asynccontextmanager
+    async def hold_lock(self, lock_id: int) -> AsyncIterator[None]:
+        """A session advisory lock, on a connection of its own: one holder per database, a second waits here (a
+        standby); the lock dies with its session."""
+        async with self.pool.acquire() as connection:
+            await connection.execute("SELECT pg_advisory_lock($1)", lock_id)
+            try:
+                yield
+            finally:
+                # after a database crash there is nothing left to unlock
+                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                    await connection.execute("SELECT pg_advisory_unlock($1)", lock_id)
+
     # ---------------------------------------------------------------- the batch transaction
+    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections) -> None:
+        async with self.pool.acquire() as connection:
+            await self.write_batch(connection, expected_seq=expected_seq, result=result, head=head,
+                                   projections=projections)
+
     async def write_batch(self, connection: asyncpg.Connection, *, expected_seq: int, result: BatchResult,
                           head: Head, projections: Projections) -> None:
         async with connection.transaction():
@@ -282,7 +301,10 @@ class Store:
         InvariantViolation with the reason."""
         if self.anchor is None:
             return
-        async with self.pool.acquire() as connection:
+        async with self.pool.acquire() as connection, connection.transaction(isolation="repeatable_read",
+                                                                               readonly=True):
+            # One snapshot for the head and its checkpoint: a worker joining as a standby reads them while the
+            # active one commits batches (each with its checkpoint).
             head_seq = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
             await self.anchored_head(connection, self.anchor, head_seq)
 

@@ -1,0 +1,309 @@
+"""The database in memory: MemoryDatabase holds what a PostgreSQL server would (committed transactions only, so it
+outlives a crash of the process), and MemoryStore is one process's session with it, implementing the LedgerStore
+port as backstop.adapters.postgres.store does: the batch transaction all or nothing, unique keys enforced, the
+journal head fenced, append-only tables that nothing here can change, a lock per id that dies with its session.
+
+Projection values are kept as text, as PostgreSQL's COPY sends them (None for NULL), so rows written by a batch
+and rows written by a refresh compare alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from backstop.adapters.postgres.store import Head, OutboxRow, RefreshCopy
+from backstop.core.errors import InvariantViolation
+from backstop.core.hashing import canonical_json, record_dict
+from backstop.pipeline.ingest import BatchResult, DeadLetter, JournalRow
+from backstop.pipeline.projections import Projections
+from backstop.service.ports import Partition
+
+GENESIS = "0" * 64
+Row = tuple[str | None, ...]
+
+
+class IntegrityError(Exception):
+    """A unique key would be broken: the transaction writes nothing (PostgreSQL's unique_violation)."""
+
+
+class SessionGone(Exception):
+    """The process this session belonged to has died."""
+
+
+def _text(values: Iterable[Any]) -> Row:
+    return tuple(None if value is None else str(value) for value in values)
+
+
+_COPY_ESCAPE = re.compile(r"\\(.)")
+_COPY_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+def _copy_value(value: str) -> str | None:
+    if value == "\\N":
+        return None
+    if "\\" not in value:
+        return value
+    return _COPY_ESCAPE.sub(lambda m: _COPY_UNESCAPES.get(m.group(1), m.group(1)), value)
+
+
+def _copy_rows(chunk: bytes) -> list[Row]:
+    """COPY text back into rows (the inverse of backstop.adapters.postgres.store.copy_text)."""
+    return [tuple(_copy_value(v) for v in line.split("\t")) for line in chunk.decode().split("\n") if line]
+
+
+@dataclass(slots=True)
+class MemoryDatabase:
+    journal: list[JournalRow] = field(default_factory=list)
+    consumed_offsets: dict[Partition, int] = field(default_factory=dict)
+    engine_head: dict[str, Any] | None = None
+    fund_ledger: list[tuple[str, str, int, str]] = field(default_factory=list)  # (id, hash, seq, record)
+    adl_events: list[tuple[str, str, int, str]] = field(default_factory=list)
+    findings: dict[str, int] = field(default_factory=dict)  # id -> seq
+    dead_letter: list[DeadLetter] = field(default_factory=list)
+    outbox: list[OutboxRow] = field(default_factory=list)
+    relay_cursor: int = 0
+    snapshots: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+    wallets: dict[tuple[str | None, ...], Row] = field(default_factory=dict)
+    positions: dict[tuple[str | None, ...], Row] = field(default_factory=dict)
+    funds: dict[str | None, Row] = field(default_factory=dict)
+    fund_lots: list[Row] = field(default_factory=list)
+    adl_queue: list[Row] = field(default_factory=list)
+    locks: dict[int, MemoryStore] = field(default_factory=dict)
+    transactions: int = 0  # committed, of any kind
+    keys: dict[str, set[Any]] = field(default_factory=lambda: {
+        "journal": set(), "journal_source": set(), "fund_ledger": set(), "adl_events": set(), "findings": set(),
+        "outbox": set(), "dead_letter": set()})  # the unique keys present, per table
+    _released: asyncio.Event | None = None
+
+    def released(self) -> asyncio.Event:
+        if self._released is None:
+            self._released = asyncio.Event()
+        return self._released
+
+
+class MemoryStore:
+    """One process's session. `interpose` runs at named points of each call (the simulator makes a commit slow,
+    fail before or after it lands, or kills the process there)."""
+
+    def __init__(self, database: MemoryDatabase,
+                 interpose: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.db = database
+        self._interpose = interpose
+        self.alive = True
+
+    async def _at(self, point: str) -> None:
+        if not self.alive:
+            raise SessionGone(point)
+        if self._interpose is not None:
+            await self._interpose(point)
+        if not self.alive:
+            raise SessionGone(point)
+
+    def kill(self) -> None:
+        """The process died: its session ends and its locks with it."""
+        self.alive = False
+        for lock_id, holder in list(self.db.locks.items()):
+            if holder is self:
+                del self.db.locks[lock_id]
+        self.db.released().set()
+
+    async def close(self) -> None:
+        self.kill()
+
+    # ---------------------------------------------------------------- reading state back
+    async def head(self) -> Head:
+        await self._at("head")
+        db = self.db
+        row = db.engine_head
+        if row is None:
+            return Head(0, "", GENESIS, GENESIS, 0, 0, len(db.fund_ledger), len(db.adl_events))
+        return Head(row["seq"], row["head_hash"], row["ledger_head"], row["adl_head"], row["duplicates"],
+                    row["rejected"], len(db.fund_ledger), len(db.adl_events))
+
+    async def offsets(self) -> dict[Partition, int]:
+        await self._at("offsets")
+        return dict(self.db.consumed_offsets)
+
+    async def latest_snapshot(self) -> tuple[int, dict[str, Any]] | None:
+        await self._at("latest_snapshot")
+        if not self.db.snapshots:
+            return None
+        seq = max(self.db.snapshots)
+        return seq, orjson.loads(self.db.snapshots[seq][1])
+
+    async def journal(self, *, after_seq: int = 0, chunk: int = 10_000) -> AsyncIterator[tuple[int, bytes]]:
+        last = after_seq
+        while True:
+            await self._at("journal")
+            rows = [row for row in self.db.journal if row.seq > last][:chunk]
+            for row in rows:
+                yield row.seq, row.payload
+            if len(rows) < chunk:
+                return
+            last = rows[-1].seq
+
+    async def records(self, table: str) -> list[dict[str, Any]]:
+        if table not in ("fund_ledger", "adl_events"):
+            raise ValueError(table)
+        return [orjson.loads(record) for *_, record in getattr(self.db, table)]
+
+    async def stored_hashes(self) -> dict[str, Any]:
+        row = self.db.engine_head
+        if row is None:
+            return {"seq": 0, "head_hash": None, "state_hash": None, "state_hash_seq": None}
+        return {key: row[key] for key in ("seq", "head_hash", "state_hash", "state_hash_seq")}
+
+    # ---------------------------------------------------------------- the batch transaction
+    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections) -> None:
+        await self._at("commit")
+        db = self.db
+        current = db.engine_head["seq"] if db.engine_head else 0
+        if current != expected_seq:
+            raise InvariantViolation(f"journal head moved: expected seq {expected_seq}, found {current}: another "
+                                     f"writer is active")
+        ledger_rows = [(e.id, e.hash, e.seq, canonical_json(record_dict(e)).decode()) for e in result.fund_entries]
+        adl_rows = [(e.id, e.hash, e.seq, canonical_json(record_dict(e)).decode()) for e in result.adl_events]
+        added, dead_letters = self._new_keys(result, head, ledger_rows, adl_rows)
+        # everything checked: the transaction lands whole, with no await in between
+        for table, keys in added.items():
+            db.keys[table] |= keys
+        db.journal.extend(result.journal)
+        db.fund_ledger.extend(ledger_rows)
+        db.adl_events.extend(adl_rows)
+        db.findings.update((f.id, f.seq) for f in result.findings)
+        db.dead_letter.extend(dead_letters)
+        first_id = db.outbox[-1].id + 1 if db.outbox else 1
+        db.outbox.extend(OutboxRow(first_id + i, m.topic, m.key, m.record_id, m.payload.decode())
+                         for i, m in enumerate(result.outbox))
+        self._project(projections)
+        db.consumed_offsets.update(result.next_offsets)
+        state = db.engine_head or {"state_hash": None, "state_hash_seq": None}
+        db.engine_head = {**state, "seq": head.seq, "head_hash": head.head_hash, "ledger_head": head.ledger_head,
+                          "adl_head": head.adl_head, "duplicates": head.duplicates, "rejected": head.rejected}
+        db.transactions += 1
+        await self._at("committed")
+
+    def _new_keys(self, result: BatchResult, head: Head, ledger_rows: list[tuple[str, str, int, str]],
+                  adl_rows: list[tuple[str, str, int, str]]) -> tuple[dict[str, set[Any]], list[DeadLetter]]:
+        """The unique keys the batch adds, per table (IntegrityError if one is present already), and the dead
+        letters to insert (ON CONFLICT DO NOTHING: one already there is skipped)."""
+        keys = self.db.keys
+        added: dict[str, set[Any]] = {name: set() for name in keys}
+
+        def add(table: str, key: Any) -> None:
+            if key in keys[table] or key in added[table]:
+                raise IntegrityError(f"{table}: {key!r} already present")
+            added[table].add(key)
+
+        for row in result.journal:
+            add("journal", row.seq)
+            add("journal_source", (row.source_topic, row.source_partition, row.source_offset))
+        seqs = keys["journal"] | added["journal"]
+        for table, rows, position in (("fund_ledger", ledger_rows, head.ledger_position),
+                                      ("adl_events", adl_rows, head.adl_position)):
+            stored = len(getattr(self.db, table))
+            if rows and position - len(rows) != stored:
+                raise IntegrityError(f"{table}: position {position - len(rows) + 1} does not follow {stored}")
+            for entry_id, entry_hash, seq, _ in rows:
+                add(table, entry_id)
+                add(table, entry_hash)
+                if seq not in seqs:
+                    raise IntegrityError(f"{table}: seq {seq} is not in the journal")
+        for finding in result.findings:
+            add("findings", finding.id)
+        for message in result.outbox:
+            add("outbox", message.record_id)
+        kept = []
+        for letter in result.dead_letters:
+            key = (letter.source_topic, letter.source_partition, letter.source_offset)
+            if key not in keys["dead_letter"] and key not in added["dead_letter"]:
+                added["dead_letter"].add(key)
+                kept.append(letter)
+        return added, kept
+
+    def _project(self, projections: Projections) -> None:
+        db = self.db
+        for row in projections.wallets:
+            text = _text(row)
+            db.wallets[text[:2]] = text
+        for account, symbol in projections.closed_positions:
+            db.positions.pop((account, symbol), None)
+        for row in projections.positions:
+            text = _text(row)
+            db.positions[text[:2]] = text
+        for row in projections.funds:
+            text = _text(row)
+            db.funds[text[0]] = text
+        if projections.lots is not None:
+            db.fund_lots = [_text(row) for row in projections.lots]
+        if projections.adl_queue is not None:
+            db.adl_queue = [_text(row) for row in projections.adl_queue]
+
+    # ---------------------------------------------------------------- written behind the batches
+    async def write_refresh(self, refresh: RefreshCopy) -> None:
+        """Rows updated where no later batch wrote them; no row created; the ADL queue replaced."""
+        await self._at("write_refresh")
+        db = self.db
+        for table, chunks in ((db.wallets, refresh.wallets), (db.positions, refresh.positions)):
+            for chunk in chunks:
+                for row in _copy_rows(chunk):
+                    stored = table.get(row[:2])
+                    if stored is not None and int(stored[-1] or 0) <= int(row[-1] or 0):
+                        table[row[:2]] = row
+        db.adl_queue = _copy_rows(refresh.adl_queue)
+        db.transactions += 1
+
+    async def write_snapshot(self, seq: int, state_hash: str, document: bytes) -> None:
+        await self._at("write_snapshot")
+        if seq in self.db.snapshots:
+            raise IntegrityError(f"snapshots: seq {seq} already present")
+        self.db.snapshots[seq] = (state_hash, document)
+        self.db.transactions += 1
+
+    async def record_state_hash(self, seq: int, value: str) -> None:
+        await self._at("record_state_hash")
+        head = self.db.engine_head
+        if head is not None and head["seq"] == seq:
+            head["state_hash"], head["state_hash_seq"] = value, seq
+            self.db.transactions += 1
+
+    # ---------------------------------------------------------------- outbox
+    async def unpublished(self, limit: int) -> list[OutboxRow]:
+        await self._at("unpublished")
+        cursor = self.db.relay_cursor
+        return [row for row in self.db.outbox if row.id > cursor][:limit]
+
+    async def mark_published_up_to(self, last_id: int) -> None:
+        await self._at("mark_published")
+        self.db.relay_cursor = max(self.db.relay_cursor, last_id)
+
+    async def outbox_backlog(self) -> int:
+        await self._at("outbox_backlog")
+        cursor = self.db.relay_cursor
+        return sum(1 for row in self.db.outbox if row.id > cursor)
+
+    # ---------------------------------------------------------------- one holder per lock
+    @contextlib.asynccontextmanager
+    async def hold_lock(self, lock_id: int) -> AsyncIterator[None]:
+        db = self.db
+        while True:
+            await self._at("lock")
+            if lock_id not in db.locks:
+                break
+            released = db.released()
+            released.clear()
+            await released.wait()
+        db.locks[lock_id] = self
+        try:
+            yield
+        finally:
+            if db.locks.get(lock_id) is self:
+                del db.locks[lock_id]
+                db.released().set()

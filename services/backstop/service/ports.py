@@ -1,0 +1,147 @@
+"""What the service's loops need from the outside world, as interfaces: the input topics (Consumer), the database
+(LedgerStore), the output topics (Publisher), and how whole-state and blocking work is run (Runtime).
+
+Each has a real implementation (aiokafka, asyncpg, forked children, threads) and an in-memory one beside it
+(backstop.adapters.memory, forked.Inline), and one contract test suite runs against both
+(tests/integration/test_contracts.py). The deterministic simulator (tests/sim) runs the real loops on the in-memory
+ones.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
+
+from backstop.adapters.postgres.store import Head, OutboxRow, RefreshCopy
+from backstop.pipeline.ingest import BatchResult, Consumed
+from backstop.pipeline.projections import Projections
+from backstop.settings import Settings
+
+Partition = tuple[str, int]
+OUTBOX_HEADER = "backstop-outbox-id"  # every published record carries its outbox id ...
+RECORD_ID_HEADER = "backstop-record-id"  # ... and its record id in these headers
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class EndsUnavailable(Exception):
+    """No answer to a request for ends (the broker is away): they stay unknown for now."""
+
+
+class Fetched(NamedTuple):
+    """What one fetch brought."""
+
+    records: dict[Partition, list[Consumed]]  # per partition, in offset order
+    positions: dict[Partition, int]  # every assigned partition's fetch position after it
+    ends: dict[Partition, int]  # the end the last fetch response for a partition carried (absent: none yet)
+
+
+class Consumer(Protocol):
+    """The input partitions, read from positions the caller chooses (no consumer group, nothing committed to Kafka)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def assign(self, topics: Sequence[str], positions: Mapping[Partition, int]
+                     ) -> tuple[dict[Partition, int], dict[Partition, int]]:
+        """Every partition of `topics`, each at its position in `positions` or, without one, at the start of its
+        log. Returns every partition's position and end."""
+        ...
+
+    async def fetch(self, *, only: set[Partition] | None, max_records: int, timeout_ms: int) -> Fetched:
+        """At most `max_records` records, waiting up to `timeout_ms` for some; with `only`, from those partitions
+        alone."""
+        ...
+
+    async def end_offsets(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
+        """Each partition's end, from a request made now (after every record fetched so far); EndsUnavailable when
+        no answer comes within the client's request timeout."""
+        ...
+
+
+class LedgerStore(Protocol):
+    """The database: the batch transaction, what recovery reads back, the work written behind, the outbox."""
+
+    async def head(self) -> Head: ...
+
+    async def offsets(self) -> dict[Partition, int]: ...
+
+    async def latest_snapshot(self) -> tuple[int, dict[str, Any]] | None: ...
+
+    def journal(self, *, after_seq: int = 0, chunk: int = 10_000) -> AsyncIterator[tuple[int, bytes]]: ...
+
+    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections) -> None:
+        """Everything one batch produced, in one transaction, only if the journal head is still at expected_seq."""
+        ...
+
+    async def write_refresh(self, refresh: RefreshCopy) -> None: ...
+
+    async def write_snapshot(self, seq: int, state_hash: str, document: bytes) -> None: ...
+
+    async def record_state_hash(self, seq: int, value: str) -> None: ...
+
+    async def unpublished(self, limit: int) -> list[OutboxRow]: ...
+
+    async def mark_published_up_to(self, last_id: int) -> None: ...
+
+    async def outbox_backlog(self) -> int: ...
+
+    def hold_lock(self, lock_id: int) -> AbstractAsyncContextManager[None]:
+        """One holder per database and lock id; a second waits here (a standby). The lock dies with the session."""
+        ...
+
+
+class Publisher(Protocol):
+    """The output topics, written by the outbox relay."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]: ...
+
+    async def last_outbox_ids(self, counts: Mapping[str, int]) -> dict[Partition, int]:
+        """Per output partition, the outbox id its last record carries (absent: an empty partition)."""
+        ...
+
+    async def send(self, rows: Sequence[tuple[OutboxRow, int]]) -> Counter[str]:
+        """Each (row, partition), in order per partition, acknowledged when this returns. Returns counts per topic."""
+        ...
+
+
+class BackgroundWork(Protocol[T]):
+    """One kind of whole-state work (a full projection refresh, a snapshot), off the batches' path (forked.py)."""
+
+    wanted: bool
+
+    def start_if_wanted(self, work: Callable[[], T]) -> None: ...
+
+    async def take(self) -> T | None: ...
+
+    def stop(self) -> None: ...
+
+
+class Offload(Protocol):
+    """Runs blocking work (the engine, building rows) off the event loop, as asyncio.to_thread does."""
+
+    def __call__(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]: ...
+
+
+async def no_checkpoint(step: str) -> None:
+    """Production: nothing happens between steps."""
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What the loops are built from. backstop.service.app.kafka_runtime() gives the real ones; the simulator gives
+    in-memory ones and a `checkpoint` that checks invariants and injects faults after every step."""
+
+    consumer: Callable[[Settings], Consumer]
+    publisher: Callable[[Settings], Publisher]
+    background: Callable[[str, dict[str, str]], BackgroundWork[Any]]
+    offload: Offload
+    checkpoint: Callable[[str], Awaitable[None]] = no_checkpoint

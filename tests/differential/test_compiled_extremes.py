@@ -1,0 +1,182 @@
+"""Both engines on journals at the numeric bounds of docs/design.md §9 (tests/extremes.py, the builder both fuzzers
+use): every output file byte-identical (fund ledger, ADL events, findings, dead letters, summary, accounts,
+snapshots), so the head hash and the state hash too; and a snapshot of the reference resumes alike in both.
+
+Values derived from a balance (TNC, equity shares, bankruptcy prices and their distance to the mark, a short lot's
+cost, liquidation prices, ADL scores) pass 256 bits at these bounds (§9.3); the compiled engine forms them in 512.
+`HYPOTHESIS_PROFILE=long` runs the long mode (tests/differential/conftest.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from differential.test_compiled_replay import assert_same, run
+from extremes import FINE, FUND_ID, IN_BOUND_POISON, ISSUE_19_POISON, build_journal, lines
+from scenario import fill, fund, funding, instrument, liquidation, mark, transfer
+
+T = TypeVar("T")
+
+
+class _Draws:
+    """extremes.Chooser over hypothesis draws."""
+
+    def __init__(self, draw: st.DrawFn) -> None:
+        self.draw = draw
+
+    def pick(self, options: Sequence[T]) -> T:
+        return self.draw(st.sampled_from(options))
+
+    def integer(self, low: int, high: int) -> int:
+        return self.draw(st.integers(low, high))
+
+
+@st.composite
+def extreme_journals(draw: st.DrawFn, max_events: int = 40) -> list[dict[str, Any]]:
+    return build_journal(_Draws(draw), draw(st.integers(1, max_events)))
+
+
+BIG, TOP, TINY = "9999999999999999.99999999", "9999999999.99999999", "0.00000001"  # largest MONEY and PRICE
+MOST = "999999999999.99999999"  # the largest QTY
+TIERS = (("1", "0.000000000000000001", "0"), (BIG, "0.999999999999999999", BIG))
+WORLD = [fund(FUND_ID, ratio="0"), *(instrument(symbol, fund_id=FUND_ID, tick=TINY, lot=TINY, tiers=TIERS)
+                                     for symbol in (FINE, "WIDE")),
+         transfer("seed", f"fund:{FUND_ID}", BIG), *(transfer(f"d{n}", f"x{n}", BIG) for n in range(4))]
+
+
+def round_trips(account: str, times: int) -> list[dict[str, Any]]:
+    """Buy the largest qty at the smallest price and sell it at the largest: about 10^22 realized each time."""
+    return [record for n in range(times) for record in (
+        fill(f"{account}-buy{n}", account, "buy", MOST, TINY, symbol=FINE),
+        fill(f"{account}-sell{n}", account, "sell", MOST, TOP, symbol=FINE))]
+
+
+# Values derived from a balance past 128 bits, in a journal short enough to read: x1 and x2 realize about 3 x 10^22
+# each, x3's isolated open at leverage 0.01 takes about 10^24 from its wallet. x2's tiny cross long then has a
+# bankruptcy price, a distance and an ADL score past 2^127 at their scale (it takes x1's first lot); x3's tiny cross
+# long a bankruptcy price, a liquidation price and, taken over, a lot whose computed BP is past it too; x1's short
+# lots carry its equity into their cost, the ADL price and the fund's gain.
+WIDE_EQUITY = [
+    *WORLD, *round_trips("x1", 3), *round_trips("x2", 3),
+    fill("x3-big", "x3", "buy", MOST, TOP, symbol="WIDE", mode="isolated", leverage="0.01"),
+    fill("x3-tiny", "x3", "buy", "0.00000002", TOP, symbol=FINE),
+    fill("x2-tiny", "x2", "buy", TINY, TOP, symbol=FINE),
+    fill("x1-short", "x1", "sell", "0.00000004", TOP, symbol=FINE),
+    mark("1", symbol=FINE),
+    liquidation("l1", "x1", "0.00000001", "1", symbol=FINE),
+    liquidation("l2", "x1", "0.00000001", "1", symbol=FINE, executions=[(TINY, "1")]),
+    funding("0.999999999999999999", TOP, symbol="WIDE"),
+    liquidation("l3", "x3", TINY, "0.5", symbol=FINE, bankruptcy_price="1"),
+]
+
+
+@given(journal=extreme_journals())
+@example(journal=[*WORLD, ISSUE_19_POISON, IN_BOUND_POISON, mark(TINY, symbol=FINE),
+                  liquidation("lp", "x0", MOST, TINY, symbol=FINE)])
+@example(journal=WIDE_EQUITY)
+def test_journals_at_the_bounds_replay_alike(journal: list[dict[str, Any]],
+                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+    directory = tmp_path_factory.mktemp("extremes")
+    path = directory / "journal.jsonl"
+    path.write_bytes(lines(journal))
+    reference = run(path, directory / "reference", "reference", snapshot_every=5)
+    compiled = run(path, directory / "compiled", "compiled", snapshot_every=5)
+    assert_same(reference, compiled)
+    snapshots = sorted((directory / "reference" / "snapshots").glob("*.json"))
+    if snapshots:  # the reference's last snapshot (wide lot costs and balances) resumes alike in both engines
+        assert_same(run(path, directory / "resumed-reference", "reference", from_snapshot=snapshots[-1]),
+                    run(path, directory / "resumed-compiled", "compiled", from_snapshot=snapshots[-1]))
+
+
+def test_the_wide_example_reaches_past_128_bits(tmp_path: Path) -> None:
+    """The example above is not vacuous: its accounts and ADL events hold values past 2^127 at 1e-8, where the
+    compiled engine's 128-bit values used to overflow (or wrap)."""
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(lines(WIDE_EQUITY))
+    reference = run(path, tmp_path / "reference", "reference")
+    compiled = run(path, tmp_path / "compiled", "compiled")
+    assert_same(reference, compiled)
+    documents = [orjson.loads(compiled["accounts.json"])]
+    documents += [orjson.loads(line) for name in ("adl-events.jsonl", "findings.jsonl", "fund-ledger.jsonl")
+                  for line in compiled[name].splitlines()]
+    past = {key for document in documents for key, value in _decimals(document) if abs(value) * 10**8 >= 2**127}
+    assert {"bankruptcy_price", "liquidation_price", "price", "score", "computed"} <= past, past
+
+
+def _decimals(document: Any, key: str = "") -> list[tuple[str, Decimal]]:
+    if isinstance(document, dict):
+        return [pair for name, item in document.items() for pair in _decimals(item, name)]
+    if isinstance(document, list):
+        return [pair for item in document for pair in _decimals(item, key)]
+    if isinstance(document, str) and document.lstrip("-").replace(".", "", 1).isdigit():
+        return [(key, Decimal(document))]
+    return []
+
+
+# Balances near BALANCE_BOUND (10^68) cannot come from a journal of any length a test can run (a posting adds at most
+# about 10^24 of new value), so they come from a snapshot: the state after HEAD with balances moved to 10^67 (from the
+# external account, so the ledger still sums to zero), then TAIL in both engines. Its TNC, equity shares, lot costs,
+# bankruptcy and liquidation prices, scores and the fund's inventory limit need up to about 340 bits, their products
+# up to about 380: the 512-bit path of every rule of docs/design.md §9.3.
+NEAR_BOUND = Decimal(10) ** 67
+HEAD = [fund("F", ratio="0"), fund("G", ratio="9999.999999999999999999", surplus="trader"),
+        instrument(FINE, fund_id="F", tick=TINY, lot=TINY, tiers=TIERS),
+        instrument("WIDE", fund_id="G", tick=TINY, lot=TINY, tiers=TIERS, fee_rate="0.005"),
+        *(transfer(f"h{n}", f"x{n}", "1000") for n in range(6)),
+        fill("h-x1", "x1", "sell", "0.00000004", "100", symbol=FINE),
+        fill("h-x2", "x2", "buy", "0.00000001", "100", symbol=FINE),
+        fill("h-x0", "x0", "buy", "0.00000001", "100", symbol=FINE),
+        fill("h-x4", "x4", "buy", "0.00000002", "100", symbol=FINE),
+        fill("h-x3", "x3", "buy", MOST, "100", symbol="WIDE", mode="isolated", leverage="0.01"),
+        fill("h-x5", "x5", "sell", "0.00000002", "100", symbol="WIDE")]
+MOVED = {"wallet:x1:USDT": NEAR_BOUND, "wallet:x2:USDT": NEAR_BOUND, "wallet:x4:USDT": -NEAR_BOUND,
+         "isolated:x3:WIDE": NEAR_BOUND, "fund:G": NEAR_BOUND, "wallet:x5:USDT": NEAR_BOUND}
+TAIL = [mark("50", symbol=FINE),
+        liquidation("t1", "x1", "0.00000002", "50", symbol=FINE),
+        liquidation("t2", "x4", TINY, "50", symbol=FINE, executions=[(TINY, "60")], bankruptcy_price="1"),
+        mark("150", symbol="WIDE"),
+        funding("0.5", "150", symbol="WIDE"),
+        fill("t-x3", "x3", "sell", "499999999999.99999999", "150", symbol="WIDE", mode="isolated", leverage="0.01"),
+        liquidation("t3", "x5", "0.00000002", "150", symbol="WIDE"),
+        fill("t-g", "fund:G", "buy", TINY, "150", symbol="WIDE")]
+
+
+def _moved(snapshot: Path, target: Path) -> Path:
+    """The snapshot with MOVED added to its balances (taken from the external account), hashed and sealed again."""
+    from backstop.core.hashing import canonical_json
+    from backstop.core.numbers import CONTEXT, text
+    from backstop.core.snapshot import sealed
+
+    document = orjson.loads(snapshot.read_bytes())
+    balances = document["engine"]["balances"]
+    for account, amount in MOVED.items():
+        balances[account] = text(CONTEXT.add(Decimal(balances.get(account, "0")), amount))
+        balances["external:USDT"] = text(CONTEXT.subtract(Decimal(balances["external:USDT"]), amount))
+    document["engine"]["balances"] = dict(sorted(balances.items()))
+    document["state_hash"] = hashlib.sha256(canonical_json(document["engine"])).hexdigest()
+    target.write_bytes(orjson.dumps(sealed(document), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return target
+
+
+def test_balances_near_the_bound_replay_alike(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(lines([*HEAD, *TAIL]))
+    run(path, tmp_path / "head", "reference", snapshot_every=len(HEAD))
+    snapshot = _moved(tmp_path / "head" / "snapshots" / f"snapshot-{len(HEAD):012d}.json", tmp_path / "moved.json")
+    reference = run(path, tmp_path / "reference", "reference", from_snapshot=snapshot)
+    compiled = run(path, tmp_path / "compiled", "compiled", from_snapshot=snapshot)
+    assert_same(reference, compiled)
+    adl = [orjson.loads(line) for line in compiled["adl-events.jsonl"].splitlines()]
+    assert len(adl) == 2 and max(abs(Decimal(event["score"])) for event in adl) * 10**12 >= 2**256
+    x4 = orjson.loads(compiled["accounts.json"])["x4"]["positions"][FINE]  # its wallet near -10^67
+    assert Decimal(x4["liquidation_price"]) * 10**8 >= 2**300
+    assert b"liquidation_gain" in compiled["fund-ledger.jsonl"] and b"bad_debt" in compiled["findings.jsonl"]

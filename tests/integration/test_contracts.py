@@ -1,0 +1,451 @@
+"""One contract per port, every implementation held to it: the in-memory ones (backstop.adapters.memory) and the
+real ones (PostgreSQL through asyncpg, Kafka through aiokafka). The simulator (tests/sim) runs the service on the
+in-memory ones, so what it shows holds for the real service only as far as these tests make them alike."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from backstop.adapters.kafka.consumer import KafkaConsumer
+from backstop.adapters.kafka.publisher import KafkaPublisher
+from backstop.adapters.memory.broker import MemoryBroker, MemoryConsumer, MemoryPublisher
+from backstop.adapters.memory.store import MemoryDatabase, MemoryStore
+from backstop.adapters.postgres.store import Head, OutboxRow, RefreshCopy, Store
+from backstop.core.engine import Engine
+from backstop.core.errors import InvariantViolation
+from backstop.core.processor import Processor
+from backstop.pipeline import projections
+from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch
+from backstop.pipeline.projections import FullRefresh, Projections
+from backstop.pipeline.topics import TopicNames
+from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, Consumer, LedgerStore, Publisher
+from backstop.service.relay import partition_for, to_send
+from backstop.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "02-adl-walks-queue.jsonl"
+TOPICS = TopicNames("contract.")
+D = Decimal
+
+
+# ------------------------------------------------------------------------------------------------ the store
+@dataclass
+class StoreUnderTest:
+    store: LedgerStore
+    other: Callable[[], Awaitable[LedgerStore]]  # a second session on the same database
+    table: Callable[[str], Awaitable[list[tuple[Any, ...]]]]  # a projection table's rows, values made comparable
+
+
+def comparable(value: Any) -> Any:
+    """PostgreSQL gives numerics back as Decimals, the memory store as the text COPY would send: compare numbers."""
+    if value is None or isinstance(value, int | Decimal):
+        return None if value is None else Decimal(value)
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        return value
+
+
+TABLES = {"account_wallets": "account_id, asset", "positions": "account_id, symbol", "funds": "fund_id",
+          "adl_queue": "symbol, side, rank", "fund_lots": "fund_id, liquidation_id"}
+
+
+@pytest_asyncio.fixture(params=["memory", "postgres"])
+async def under_test(request: pytest.FixtureRequest, databases: Any) -> AsyncIterator[StoreUnderTest]:
+    if request.param == "memory":
+        database = MemoryDatabase()
+        memory_tables = {"account_wallets": lambda: database.wallets.values(),
+                         "positions": lambda: database.positions.values(), "funds": lambda: database.funds.values(),
+                         "adl_queue": lambda: database.adl_queue, "fund_lots": lambda: database.fund_lots}
+
+        async def memory_table(name: str) -> list[tuple[Any, ...]]:
+            return sorted(tuple(comparable(v) for v in row) for row in memory_tables[name]())
+
+        async def memory_other() -> LedgerStore:
+            return MemoryStore(database)
+
+        yield StoreUnderTest(MemoryStore(database), memory_other, memory_table)
+        return
+    dsn = await databases.create(f"_ct{secrets.token_hex(3)}")
+    from backstop.adapters.postgres.migrations import migrate
+
+    await migrate(dsn)
+    opened: list[Store] = [await Store.open(dsn)]
+
+    async def pg_table(name: str) -> list[tuple[Any, ...]]:
+        connection = await asyncpg.connect(dsn)
+        try:
+            rows = await connection.fetch(f"SELECT * FROM {name} ORDER BY {TABLES[name]}")
+        finally:
+            await connection.close()
+        return sorted(tuple(comparable(v) for v in row) for row in rows)
+
+    async def pg_other() -> LedgerStore:
+        opened.append(await Store.open(dsn))
+        return opened[-1]
+
+    try:
+        yield StoreUnderTest(opened[0], pg_other, pg_table)
+    finally:
+        for store in opened:
+            await store.close()
+        await databases.drop(dsn)
+
+
+def as_consumed(lines: list[bytes]) -> list[Consumed]:
+    offsets: dict[str, int] = {}
+    batch = []
+    for line in lines:
+        document = orjson.loads(line)
+        topic = TOPICS.input(document.pop("type"))
+        offsets[topic] = offsets.get(topic, -1) + 1
+        batch.append(Consumed(topic, 0, offsets[topic], None, orjson.dumps(document)))
+    return batch
+
+
+class Batches:
+    """The example journal in two batches through the real engine: the results, heads and rows a commit takes."""
+
+    def __init__(self) -> None:
+        lines = EXAMPLE.read_bytes().splitlines()
+        consumed = as_consumed(lines)
+        self.processor = Processor(Engine())
+        self.positions = (0, 0)
+        self.first = self._batch(consumed[:9])
+        self.second = self._batch(consumed[9:])
+
+    def _batch(self, consumed: list[Consumed]) -> tuple[int, BatchResult, Head, Projections]:
+        processor, engine = self.processor, self.processor.engine
+        expected = engine.last_seq
+        result = ingest_batch(processor, consumed, TOPICS)
+        self.positions = (self.positions[0] + len(result.fund_entries), self.positions[1] + len(result.adl_events))
+        head = Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head, processor.duplicates,
+                    processor.rejected, *self.positions)
+        return expected, result, head, projections.build(engine, result, refresh_all=True,
+                                                          touched=projections.Touched.everything(engine))
+
+
+async def commit(store: LedgerStore, batch: tuple[int, BatchResult, Head, Projections]) -> None:
+    expected, result, head, rows = batch
+    await store.commit(expected_seq=expected, result=result, head=head, projections=rows)
+
+
+async def test_an_empty_store_has_the_genesis_head_and_nothing_else(under_test: StoreUnderTest) -> None:
+    store = under_test.store
+    assert await store.head() == Head(0, "", "0" * 64, "0" * 64, 0, 0, 0, 0)
+    assert await store.offsets() == {}
+    assert await store.latest_snapshot() is None
+    assert [row async for row in store.journal()] == []
+    assert await store.unpublished(10) == [] and await store.outbox_backlog() == 0
+
+
+async def test_a_commit_lands_whole_and_reads_back(under_test: StoreUnderTest) -> None:
+    store, batches = under_test.store, Batches()
+    await commit(store, batches.first)
+    await commit(store, batches.second)
+    _, result, head, _ = batches.second
+    assert await store.head() == head
+    assert await store.offsets() == {**batches.first[1].next_offsets, **result.next_offsets}
+    journal = [row async for row in store.journal(after_seq=3, chunk=4)]  # read in chunks
+    want = [(row.seq, row.payload) for row in batches.first[1].journal + result.journal]
+    assert journal == want[3:]
+    outbox = await store.unpublished(1000)
+    assert [(r.topic, r.key, r.record_id, r.payload) for r in outbox] == [
+        (m.topic, m.key, m.record_id, m.payload.decode()) for m in batches.first[1].outbox + result.outbox]
+    assert [r.id for r in outbox] == sorted(r.id for r in outbox)
+    engine = batches.processor.engine
+    everything = projections.build(engine, BatchResult(), refresh_all=True,
+                                   touched=projections.Touched.everything(engine))
+    assert await under_test.table("account_wallets") == sorted(tuple(map(comparable, r)) for r in everything.wallets)
+    assert await under_test.table("positions") == sorted(tuple(map(comparable, r)) for r in everything.positions)
+    assert await under_test.table("funds") == sorted(tuple(map(comparable, r)) for r in everything.funds)
+    assert await under_test.table("adl_queue") == sorted(tuple(map(comparable, r)) for r in everything.adl_queue or [])
+
+
+async def test_a_commit_against_a_moved_head_writes_nothing(under_test: StoreUnderTest) -> None:
+    store, batches = under_test.store, Batches()
+    with pytest.raises(InvariantViolation, match="journal head moved"):
+        await commit(store, batches.second)  # expects the head at the first batch's seq
+    assert await store.head() == Head(0, "", "0" * 64, "0" * 64, 0, 0, 0, 0)
+    assert await store.outbox_backlog() == 0
+
+
+async def test_a_commit_that_breaks_a_unique_key_writes_nothing(under_test: StoreUnderTest) -> None:
+    store, batches = under_test.store, Batches()
+    await commit(store, batches.first)
+    head, backlog = await store.head(), await store.outbox_backlog()
+    _, result, first_head, rows = batches.first
+    with pytest.raises(Exception):  # noqa: B017 (asyncpg's UniqueViolationError, the memory store's IntegrityError)
+        await store.commit(expected_seq=first_head.seq, result=result, head=first_head, projections=rows)
+    assert await store.head() == head and await store.outbox_backlog() == backlog
+    assert len([row async for row in store.journal()]) == first_head.seq
+
+
+async def test_the_state_hash_is_recorded_only_at_the_head(under_test: StoreUnderTest) -> None:
+    store, batches = under_test.store, Batches()
+    await commit(store, batches.first)
+    seq = batches.first[2].seq
+    await store.record_state_hash(seq - 1, "stale")
+    await store.record_state_hash(seq, "current")
+    hashes = await store.stored_hashes()  # type: ignore[attr-defined]
+    assert (hashes["state_hash"], hashes["state_hash_seq"]) == ("current", seq)
+
+
+async def test_the_latest_snapshot_is_read_back(under_test: StoreUnderTest) -> None:
+    store, batches = under_test.store, Batches()
+    await commit(store, batches.first)
+    await commit(store, batches.second)
+    await store.write_snapshot(3, "h3", b'{"at": 3}')
+    await store.write_snapshot(9, "h9", b'{"at": 9}')
+    assert await store.latest_snapshot() == (9, {"at": 9})
+
+
+async def test_the_outbox_cursor_only_moves_forward(under_test: StoreUnderTest) -> None:
+    store, batches = under_test.store, Batches()
+    await commit(store, batches.first)
+    rows = await store.unpublished(1000)
+    assert await store.unpublished(3) == rows[:3]
+    await store.mark_published_up_to(rows[4].id)
+    await store.mark_published_up_to(rows[1].id)  # never back
+    assert await store.unpublished(1000) == rows[5:] and await store.outbox_backlog() == len(rows) - 5
+
+
+def _position(account: str, seq: int, qty: str = "1") -> tuple[Any, ...]:
+    return (account, "BTCUSDT", D(qty), D("100000"), "isolated", D(10), D("10000"), D("101000"), None, D("90000"),
+            seq)
+
+
+async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_the_queue(
+        under_test: StoreUnderTest) -> None:
+    store = under_test.store
+    head = Head(0, "", "0" * 64, "0" * 64, 0, 0, 0, 0)
+    rows = Projections(wallets=[("newer", "USDT", D(1), 10), ("older", "USDT", D(1), 3)],
+                       positions=[_position("newer", 10), _position("older", 3), _position("we\tird\\x\n", 3)],
+                       closed_positions=[], funds=[], lots=None,
+                       adl_queue=[("BTCUSDT", "long", "gone", 1, D(1), 5, 2)])
+    await store.commit(expected_seq=0, result=BatchResult(), head=head, projections=rows)
+    refresh = FullRefresh(
+        5, [("newer", "USDT", D(2), 5), ("older", "USDT", D("2.50"), 5), ("absent", "USDT", D(2), 5)],
+        [_position("newer", 5, "2"), _position("older", 5, "2"), _position("we\tird\\x\n", 5, "2.000"),
+         _position("absent", 5, "2")],
+        [("BTCUSDT", "long", "we\tird\\x\n", 1, D("0.123456789012"), 5, 5)])
+    await store.write_refresh(RefreshCopy.of(refresh, chunk_rows=2))
+    assert [r[:4] for r in await under_test.table("account_wallets")] == [
+        ("newer", "USDT", D(1), D(10)), ("older", "USDT", D("2.5"), D(5))]
+    assert [(r[0], r[2], r[-1]) for r in await under_test.table("positions")] == [
+        ("newer", D(1), D(10)), ("older", D(2), D(5)), ("we\tird\\x\n", D(2), D(5))]
+    assert await under_test.table("adl_queue") == [("BTCUSDT", "long", "we\tird\\x\n", D(1), D("0.123456789012"),
+                                                    D(5), D(5))]
+
+
+async def test_a_lock_has_one_holder_and_a_second_waits(under_test: StoreUnderTest) -> None:
+    first, second = under_test.store, await under_test.other()
+    order: list[str] = []
+
+    async def standby() -> None:
+        async with second.hold_lock(42):
+            order.append("second holds")
+
+    async with first.hold_lock(42):
+        waiting = asyncio.create_task(standby())
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        order.append("first leaves")
+    await asyncio.wait_for(waiting, 30)
+    assert order == ["first leaves", "second holds"]
+
+
+# ------------------------------------------------------------------------------------------------ the consumer
+@dataclass
+class TopicsUnderTest:
+    make: Callable[[str, int], Awaitable[str]]  # (name, partitions) -> topic
+    append: Callable[[str, int, bytes], Awaitable[None]]
+    consumer: Callable[[], Consumer]
+
+
+@pytest_asyncio.fixture(params=["memory", "kafka"])
+async def topics(request: pytest.FixtureRequest) -> AsyncIterator[TopicsUnderTest]:
+    if request.param == "memory":
+        broker = MemoryBroker()
+
+        async def memory_make(name: str, partitions: int) -> str:
+            broker.create(name, partitions)
+            return name
+
+        async def memory_append(topic: str, partition: int, value: bytes) -> None:
+            broker.append(topic, partition, None, value)
+
+        yield TopicsUnderTest(memory_make, memory_append, lambda: MemoryConsumer(broker))
+        return
+    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+    make_topics = request.getfixturevalue("make_topics")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+
+    async def kafka_make(name: str, partitions: int) -> str:
+        [topic] = await asyncio.to_thread(make_topics, f"{name}{secrets.token_hex(3)}", partitions=partitions)
+        return str(topic)
+
+    async def kafka_append(topic: str, partition: int, value: bytes) -> None:
+        await producer.send_and_wait(topic, value, partition=partition)
+
+    try:
+        yield TopicsUnderTest(kafka_make, kafka_append,
+                              lambda: KafkaConsumer(Settings(kafka_bootstrap=bootstrap)))
+    finally:
+        await producer.stop()
+
+
+async def read_all(consumer: Consumer, count: int, **fetch: Any) -> dict[tuple[str, int], list[Consumed]]:
+    got: dict[tuple[str, int], list[Consumed]] = {}
+    for _ in range(100):
+        if sum(map(len, got.values())) >= count:
+            break
+        fetched = await consumer.fetch(**{"only": None, "max_records": 1000, "timeout_ms": 200, **fetch})
+        for partition, records in fetched.records.items():
+            got.setdefault(partition, []).extend(records)
+    return got
+
+
+async def test_a_consumer_reads_every_partition_in_offset_order_from_where_it_is_told(
+        topics: TopicsUnderTest) -> None:
+    fills = await topics.make("fills", 2)
+    marks = await topics.make("marks", 1)
+    for n in range(6):
+        await topics.append(fills, n % 2, b"f%d" % n)
+    await topics.append(marks, 0, b"m0")
+    consumer = topics.consumer()
+    await consumer.start()
+    try:
+        positions, ends = await consumer.assign([fills, marks], {(fills, 1): 1})
+        assert positions == {(fills, 0): 0, (fills, 1): 1, (marks, 0): 0}
+        assert ends == {(fills, 0): 3, (fills, 1): 3, (marks, 0): 1}
+        got = await read_all(consumer, 6, max_records=2)
+        assert {p: [(r.offset, r.value) for r in records] for p, records in got.items()} == {
+            (fills, 0): [(0, b"f0"), (1, b"f2"), (2, b"f4")], (fills, 1): [(1, b"f3"), (2, b"f5")],
+            (marks, 0): [(0, b"m0")]}
+        assert all(r.topic == p[0] and r.partition == p[1] for p, records in got.items() for r in records)
+        fetched = await consumer.fetch(only=None, max_records=10, timeout_ms=100)
+        assert fetched.records == {}
+        assert fetched.positions == ends and fetched.ends == ends
+        await topics.append(marks, 0, b"m1")  # an end asked for now sees what was appended since
+        assert await consumer.end_offsets([(marks, 0), (fills, 0)]) == {(marks, 0): 2, (fills, 0): 3}
+    finally:
+        await consumer.stop()
+
+
+async def test_a_consumer_fetches_only_the_partitions_it_is_asked_for(topics: TopicsUnderTest) -> None:
+    fills = await topics.make("fills", 1)
+    marks = await topics.make("marks", 1)
+    await topics.append(fills, 0, b"f0")
+    await topics.append(marks, 0, b"m0")
+    consumer = topics.consumer()
+    await consumer.start()
+    try:
+        await consumer.assign([fills, marks], {})
+        got = await read_all(consumer, 1, only={(marks, 0)})
+        assert list(got) == [(marks, 0)]
+        assert [r.value for r in (await read_all(consumer, 1))[(fills, 0)]] == [b"f0"]
+    finally:
+        await consumer.stop()
+
+
+async def test_a_consumer_refuses_a_topic_that_does_not_exist(topics: TopicsUnderTest) -> None:
+    consumer = topics.consumer()
+    await consumer.start()
+    try:
+        with pytest.raises(Exception, match="does not exist"):
+            await consumer.assign([f"contract.missing{secrets.token_hex(3)}"], {})
+    finally:
+        await consumer.stop()
+
+
+# ------------------------------------------------------------------------------------------------ the publisher
+@dataclass
+class OutputsUnderTest:
+    make: Callable[[str, int], Awaitable[str]]
+    publisher: Callable[[], Publisher]
+    read: Callable[[str, int], Awaitable[list[tuple[bytes, bytes, dict[str, bytes]]]]]  # (key, value, headers)
+
+
+@pytest_asyncio.fixture(params=["memory", "kafka"])
+async def outputs(request: pytest.FixtureRequest) -> AsyncIterator[OutputsUnderTest]:
+    if request.param == "memory":
+        broker = MemoryBroker()
+
+        async def memory_make(name: str, partitions: int) -> str:
+            broker.create(name, partitions)
+            return name
+
+        async def memory_read(topic: str, partition: int) -> list[tuple[bytes, bytes, dict[str, bytes]]]:
+            return [(r.key or b"", r.value or b"", dict(r.headers)) for r in broker.topics[topic][partition]]
+
+        yield OutputsUnderTest(memory_make, lambda: MemoryPublisher(broker), memory_read)
+        return
+    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+    make_topics = request.getfixturevalue("make_topics")
+
+    async def kafka_make(name: str, partitions: int) -> str:
+        [topic] = await asyncio.to_thread(make_topics, f"{name}{secrets.token_hex(3)}", partitions=partitions)
+        return str(topic)
+
+    async def kafka_read(topic: str, partition: int) -> list[tuple[bytes, bytes, dict[str, bytes]]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                    isolation_level="read_committed")
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            out: list[tuple[bytes, bytes, dict[str, bytes]]] = []
+            while len(out) < end:
+                for record in (await consumer.getmany(tp, timeout_ms=2000)).get(tp, []):
+                    out.append((record.key, record.value, dict(record.headers)))
+            return out
+        finally:
+            await consumer.stop()
+
+    yield OutputsUnderTest(kafka_make, lambda: KafkaPublisher(Settings(kafka_bootstrap=bootstrap)), kafka_read)
+
+
+async def test_a_publisher_writes_rows_in_order_per_partition_with_their_outbox_ids(outputs: OutputsUnderTest) -> None:
+    ledger = await outputs.make("ledger", 2)
+    journal = await outputs.make("journal", 1)
+    rows = [OutboxRow(i, ledger if i % 3 else journal, f"key-{i % 5}", f"r-{i}", f'{{"n": {i}}}')
+            for i in range(1, 31)]
+    publisher = outputs.publisher()
+    await publisher.start()
+    try:
+        counts = await publisher.partition_counts([ledger, journal])
+        assert counts == {ledger: 2, journal: 1}
+        assert await publisher.last_outbox_ids(counts) == {}
+        first = to_send(rows[:20], counts, {})
+        assert sum((await publisher.send(first)).values()) == 20
+        already = await publisher.last_outbox_ids(counts)
+        rest = to_send(rows, counts, already)  # a restart before the cursor moved: the first 20 are there
+        assert [row.id for row, _ in rest] == list(range(21, 31))
+        await publisher.send(rest)
+        last = await publisher.last_outbox_ids(counts)
+    finally:
+        await publisher.stop()
+    for topic, partitions in counts.items():
+        for partition in range(partitions):
+            want = [r for r in rows if r.topic == topic and partition_for(r.key, partitions) == partition]
+            got = await outputs.read(topic, partition)
+            assert got == [(r.key.encode(), r.payload.encode(), {OUTBOX_HEADER: str(r.id).encode(),
+                                                                  RECORD_ID_HEADER: r.record_id.encode()})
+                           for r in want]
+            assert last.get((topic, partition)) == (want[-1].id if want else None)
