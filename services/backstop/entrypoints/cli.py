@@ -368,28 +368,39 @@ def _cmd_statement(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from backstop.adapters.files import OutputError
-    from backstop.adapters.output_reader import OutputReadError, read_summary
-    from backstop.core.statement import StatementError, statement
+    from backstop.adapters.output_reader import OutputReadError, read_stream, read_summary
+    from backstop.core.statement import StatementError, account_entries, account_statement, statement
     from backstop.entrypoints.statement import default_target, parse_time, read_entries, write_statement
 
     directory = Path(args.dir)
-    target = Path(args.out) if args.out else default_target(args.fund, args.format)
+    name = args.fund if args.fund is not None else args.account
+    target = Path(args.out) if args.out else default_target(name, args.format)
     try:
-        funds = read_summary(directory)["funds"]
-        if args.fund not in funds:
-            raise ValueError(f"no fund {args.fund} in {directory} (its funds: {', '.join(sorted(funds)) or 'none'})")
-        entries = read_entries(directory)
-        result = statement(entries, args.fund, period_from=parse_time(args.period_from) if args.period_from else 0,
-                           period_to=parse_time(args.period_to) if args.period_to else 2**62)
-        write_statement(result, target, args.format, inputs=[directory / "fund-ledger.jsonl",
-                                                             directory / "summary.json"])
+        period = {"period_from": parse_time(args.period_from) if args.period_from else 0,
+                  "period_to": parse_time(args.period_to) if args.period_to else 2**62}
+        if args.fund is not None:
+            funds = read_summary(directory)["funds"]
+            if args.fund not in funds:
+                raise ValueError(f"no fund {args.fund} in {directory} (its funds: "
+                                 f"{', '.join(sorted(funds)) or 'none'})")
+            result = statement(read_entries(directory), args.fund, **period)
+            source = directory / "fund-ledger.jsonl"
+        else:
+            postings = read_stream(directory, "postings.jsonl")
+            if not account_entries(postings, args.account):
+                accounts = sorted({p[side] for p in postings for side in ("debit_account", "credit_account")})
+                raise ValueError(f"no postings move {args.account} in {directory} (its accounts: "
+                                 f"{', '.join(accounts[:12]) or 'none'}{' ...' if len(accounts) > 12 else ''})")
+            result = account_statement(postings, args.account, **period)
+            source = directory / "postings.jsonl"
+        write_statement(result, target, args.format, inputs=[source, directory / "summary.json"])
     except StatementError as error:
         print(f"backstop statement: {error}", file=sys.stderr)
         return 1
     except (OSError, ValueError, OutputError, OutputReadError) as error:
         print(f"backstop statement: {_os_message(error)}", file=sys.stderr)
         return 2
-    print(f"fund {args.fund}: opening {result.opening_balance}, flows "
+    print(f"{'fund' if args.fund is not None else 'account'} {name}: opening {result.opening_balance}, flows "
           + ", ".join(f"{k} {v}" for k, v in sorted(result.by_kind.items()))
           + f", closing {result.closing_balance} ({len(result.entries)} entries) -> {target}")
     return 0
@@ -551,13 +562,18 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     explain.set_defaults(handler=_cmd_explain)
 
-    statement = commands.add_parser("statement", help="a fund's statement over a period from a replay output dir")
+    statement = commands.add_parser("statement", help="a fund's or any ledger account's statement over a period "
+                                                      "from a replay output dir")
     statement.add_argument("dir", metavar="DIR", help="a `backstop replay` output directory")
-    statement.add_argument("--fund", required=True)
+    whose = statement.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--fund", help="a fund id: its fund-ledger entries")
+    whose.add_argument("--account", metavar="ACCOUNT", help="any account of the general ledger, as postings.jsonl "
+                                                            "names it (wallet:<account>:<asset>, fund:<fund>, "
+                                                            "settlement:<symbol>, fees:<asset>, external:<asset> ...)")
     statement.add_argument("--from", dest="period_from", metavar="TIME", help="ms since the epoch or ISO time (UTC)")
     statement.add_argument("--to", dest="period_to", metavar="TIME", help="exclusive; ms or ISO time")
     statement.add_argument("--format", choices=["csv", "json", "parquet"], default="csv")
-    statement.add_argument("--out", metavar="FILE", help="default: statement-<fund>.<format>")
+    statement.add_argument("--out", metavar="FILE", help="default: statement-<fund or account>.<format>")
     statement.set_defaults(handler=_cmd_statement)
 
     reconcile = commands.add_parser("reconcile", help="fund balances against the sum of their entries, by kind and "
