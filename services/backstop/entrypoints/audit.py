@@ -142,6 +142,7 @@ async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None
     try:
         ledger = await store.records("fund_ledger")
         events = await store.records("adl_events")
+        postings = await store.records("postings")
         stored = await store.stored_hashes()
         head = await store.head()
         funds = {r["fund_id"]: {"balance": str(r["balance"])} for r in await store.pool.fetch("SELECT * FROM funds")}
@@ -170,7 +171,8 @@ async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None
     summary = {"funds": funds, "ledger_head_hash": head.ledger_head if ledger else None,
                "head_hash": stored.get("head_hash"),
                "state_hash": stored.get("state_hash") if stored.get("state_hash_seq") == stored.get("seq") else None}
-    more, record_problem = verify_records(ledger, events, summary, [row[4] for row in rows], source="the database")
+    more, record_problem = verify_records(ledger, events, summary, [row[4] for row in rows], source="the database",
+                                          postings=postings)
     checked.extend(more)
     if record_problem is not None or not keys:
         return checked, record_problem
@@ -267,11 +269,9 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
             return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its ledger entries add up "
                              f"to {balances.get(fund_id, Decimal(0))}")
     checked.append(f"fund balances: {len(balances)} fund(s) equal the sum of their entries")
-    if postings is not None:
+    if postings is not None and lines is None:
         more, postings_problem = verify_postings(postings, summary, source=source)
-        checked += more
-        if postings_problem:
-            return checked, postings_problem
+        return checked + more, postings_problem
     if lines is None:
         return checked, None
     derived_postings: list[dict[str, Any]] = []
@@ -286,7 +286,11 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
         if problem:
             return checked, problem
         checked.append(f"{stream}: all {len(stored)} records re-derived from the journal")
-    if postings is not None:
+    if postings is not None:  # after the fund ledger and the ADL events: a rewrite of those is named by its record
+        more, problem = verify_postings(postings, summary, source=source)
+        checked += more
+        if problem:
+            return checked, problem
         problem = compare_streams("postings", postings, derived_postings[start.get("postings", 0):])
         if problem:
             return checked, problem
