@@ -287,10 +287,10 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
             return checked, problem
         checked.append(f"{stream}: all {len(stored)} records re-derived from the journal")
     if postings is not None:  # after the fund ledger and the ADL events: a rewrite of those is named by its record
-        more, problem = verify_postings(postings, summary, source=source)
+        more, postings_problem = verify_postings(postings, summary, source=source)
         checked += more
-        if problem:
-            return checked, problem
+        if postings_problem:
+            return checked, postings_problem
         problem = compare_streams("postings", postings, derived_postings[start.get("postings", 0):])
         if problem:
             return checked, problem
