@@ -28,6 +28,7 @@ from service_harness import (
 
 from backstop.entrypoints.cli import main as cli
 from backstop.entrypoints.kafka_tools import produce_file
+from backstop.service import metrics
 from backstop.service.app import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -310,8 +311,13 @@ async def test_a_full_merge_buffer_applies_backpressure_and_still_drains(tmp_pat
     generate(journal, events=20000, seed=5)
     roomy, small = await two_runs(databases, kafka_bootstrap, f"{topic_prefix}bp", journal, input_partitions=3)
     small = small.model_copy(update={"merge_max_buffered": 1000, "batch_max_records": 200})
+    held = []
     for settings in (roomy, small):
+        before = metrics.REGISTRY.get_sample_value("backstop_merge_backpressure_total") or 0.0
         async with in_process(settings) as (processor, _):
             await wait_caught_up(settings.dsn(), ends=await input_ends(settings), timeout=300)
             await wait_projections(processor)
+        held.append((metrics.REGISTRY.get_sample_value("backstop_merge_backpressure_total") or 0.0) - before)
+    # the small buffer filled and fetching was held to the partitions holding the order back; the roomy one never
+    assert held[0] == 0 and held[1] > 0, held
     await assert_same_outcome(roomy, small)

@@ -13,6 +13,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from service_harness import in_process, input_ends, prepare_database, settings_for, stored, wait_caught_up
 
 from backstop.core.snapshot import state_hash
@@ -20,6 +21,7 @@ from backstop.entrypoints.kafka_tools import produce_file
 from backstop.pipeline.ingest import Consumed, ingest_batch
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames
 from backstop.service.app import ensure_topics
+from backstop.wire.decode import MAX_RECORD_BYTES
 from fuzzing import SETUP, TEMPLATES, mutated
 from scenario import mark, run
 
@@ -91,3 +93,43 @@ async def test_fuzzed_records_through_kafka_are_dead_lettered_and_change_nothing
     assert have["head"]["head_hash"] == reference.engine.head_hash
     assert have["head"]["state_hash"] == state_hash(reference.engine)
 
+
+
+async def test_a_record_over_1_mib_through_kafka_is_dead_lettered(kafka_bootstrap: str, topic_prefix: str,
+                                                                   databases: Any) -> None:
+    """A venue's topic may accept records larger than backstop reads: one over MAX_RECORD_BYTES is dead-lettered
+    with its size and the limit, and the records around it apply as if it had never been sent."""
+    dsn = await databases.create("_big")
+    await prepare_database(dsn)
+    config = settings_for(kafka_bootstrap, dsn, f"{topic_prefix}big.", check_conservation=True)
+    ensure_topics(config)
+    topics = TopicNames(config.topic_prefix)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:  # the broker's default would refuse the record before backstop could see it
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topics.input("fill"),
+                                            configs={"max.message.bytes": str(4 << 20)})])
+    finally:
+        admin.close()
+    big = orjson.dumps({**TEMPLATES[0], "ts": max(r["ts"] for r in SETUP), "pad": "x" * (MAX_RECORD_BYTES + 1)})
+    final = mark("50100", ts=max(r["ts"] for r in SETUP) + 1)
+    with tempfile.TemporaryDirectory() as scratch:
+        journal = Path(scratch) / "setup.jsonl"
+        journal.write_bytes(b"\n".join(orjson.dumps(r) for r in SETUP) + b"\n")
+        await produce_file(config, journal)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True, acks="all",
+                                    max_request_size=8 << 20)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topics.input("fill"), big)
+        finally:
+            await producer.stop()
+        journal.write_bytes(orjson.dumps(final) + b"\n")
+        await produce_file(config, journal)
+        async with in_process(config):
+            await wait_caught_up(dsn, applied=len(SETUP) + 1, ends=await input_ends(config))
+    have = await stored(dsn)
+    reference, _ = run([*SETUP, final])
+    assert [row["reason"] for row in have["dead_letter"]] == [
+        f"record of {len(big)} bytes exceeds the limit of {MAX_RECORD_BYTES}"]
+    assert have["journal"] == len(SETUP) + 1
+    assert have["head"]["head_hash"] == reference.engine.head_hash

@@ -2,6 +2,7 @@
 //! state, the fund ledger and ADL. `apply` either rejects an event (nothing changed: every handler checks first
 //! and mutates after) or applies it and appends its outputs, canonical JSON, to the event's output buffers.
 
+use crate::adl_index::{AdlIndex, Candidates};
 use crate::canonical::{self, J, GENESIS_HASH};
 use crate::ledger::{Account, Ledger, Names};
 use crate::numbers::{
@@ -94,6 +95,8 @@ pub struct Engine {
     pub instruments: HashMap<u32, Instrument>,
     pub marks: HashMap<u32, i128>,
     pub positions: Positions,
+    /// finds the top of a queue without ranking every position exactly
+    pub adl_index: AdlIndex,
     pub last_seq: u64,
     pub newest_ts: Option<u64>,
     pub mark_ts: HashMap<u32, u64>,
@@ -121,6 +124,7 @@ impl Default for Engine {
             instruments: HashMap::default(),
             marks: HashMap::default(),
             positions: Positions::default(),
+            adl_index: AdlIndex::default(),
             last_seq: 0,
             newest_ts: None,
             mark_ts: HashMap::default(),
@@ -413,6 +417,7 @@ impl Engine {
                 self.positions.add(Position { account, symbol, qty, cost: value, margin_mode, leverage, adl_quantile })
             }
         }
+        self.adl_index.changed.mark(account);
         if margin_mode == MarginMode::Isolated {
             let initial_margin = ratio(I256::new(value), S16, I256::new(leverage.value), S8, S8, Rounding::HalfEven);
             let asset = self.instruments[&symbol].settle_asset;
@@ -453,7 +458,9 @@ impl Engine {
             if published != 0 {
                 self.quantile_closes.insert((account, symbol, side), published);
             }
+            self.adl_index.drop_position(account, symbol, side);
         }
+        self.adl_index.changed.mark(account);
         realized
     }
 
@@ -740,15 +747,8 @@ impl Engine {
         let lot = self.funds[&fund].lots[symbol_name][lot_index].clone();
         let symbol = lot.symbol;
         let opposite = lot.side.opposite();
-        let queue = self.adl_queue(symbol, opposite);
-        let count = queue.len();
-        let mut remaining = lot.qty;
-        let mut takes = Vec::with_capacity(queue.len());
-        for ranked in &queue {
-            let take = ranked.size.min(remaining);
-            takes.push(take);
-            remaining -= take;
-        }
+        let (queue, count) = self.adl_top(symbol, opposite, lot.qty);
+        let takes = takes(&queue, lot.qty);
         let mut left = lot.qty;
         for (rank, (ranked, take)) in queue.iter().zip(takes).enumerate() {
             if left == 0 {
@@ -910,13 +910,56 @@ impl Engine {
             .filter(|p| p.side() == side)
             .map(|p| self.rank(p))
             .collect();
+        self.order(&mut queue);
+        queue
+    }
+
+    fn order(&self, queue: &mut [Ranked]) {
         let names = &self.names;
         queue.sort_by(|a, b| {
             (a.past_bankruptcy, -a.score, -a.size)
                 .cmp(&(b.past_bankruptcy, -b.score, -b.size))
                 .then_with(|| names.name(a.account).cmp(names.name(b.account)))
         });
-        queue
+    }
+
+    /// The head of the (symbol, side) queue that covers qty, exactly ranked, and the queue's length: the index
+    /// (crate::adl_index) picks the candidates among which it lies, or says to rank everyone.
+    pub fn adl_top(&mut self, symbol: u32, side: Side, qty: i128) -> (Vec<Ranked>, usize) {
+        self.adl_index.refresh(&self.positions, &mut self.ledger, &self.instruments);
+        let mark = self.marks[&symbol];
+        let names = &self.names;
+        let candidates =
+            self.adl_index.candidates(symbol, side, mark, qty, |a, b| names.name(a).cmp(names.name(b)));
+        let count = self.adl_index.count(symbol, side);
+        debug_assert_eq!(count, self.positions.accounts_in(symbol).iter()
+            .filter(|&&account| self.positions.get(account, symbol).is_some_and(|p| p.side() == side)).count());
+        match candidates {
+            Candidates::Everyone => (self.adl_queue(symbol, side), count),
+            Candidates::Among(accounts) => {
+                let mut queue: Vec<Ranked> =
+                    accounts.iter().filter_map(|&account| self.positions.get(account, symbol)).map(|p| self.rank(p))
+                        .collect();
+                self.order(&mut queue);
+                (queue, count)
+            }
+        }
+    }
+
+    /// What a deleverage of qty on the (symbol, side) queue would take, without taking it: (account, rank, score,
+    /// take) of each counterparty, and the queue's length. `everyone`: rank every position (no index).
+    pub fn adl_head(&mut self, symbol: u32, side: Side, qty: i128, everyone: bool)
+                    -> (Vec<(u32, usize, Wide, i128)>, usize) {
+        let (queue, count) = if everyone {
+            let queue = self.adl_queue(symbol, side);
+            let count = queue.len();
+            (queue, count)
+        } else {
+            self.adl_top(symbol, side, qty)
+        };
+        let head = queue.iter().zip(takes(&queue, qty)).enumerate().filter(|(_, (_, take))| *take > 0)
+            .map(|(at, (ranked, take))| (ranked.account, at + 1, ranked.score, take)).collect();
+        (head, count)
     }
 
     /// The mark at which the position's margin balance equals its maintenance margin (1e-8), if a positive one. Its
@@ -1171,6 +1214,16 @@ pub fn maintenance(tiers: &[Tier], notional: i128) -> i128 {
         .unwrap_or_else(|| tiers.last().expect("an instrument has tiers"));
     let rounded = money(product(notional, tier.mmr), S16 + S18);
     (rounded - tier.maint_amount).max(0)
+}
+
+/// What each position of a queue gives to a lot of qty: as much as it holds, in queue order, until the lot is gone.
+pub fn takes(queue: &[Ranked], qty: i128) -> Vec<i128> {
+    let mut remaining = qty;
+    queue.iter().map(|ranked| {
+        let take = ranked.size.min(remaining);
+        remaining -= take;
+        take
+    }).collect()
 }
 
 /// 5 for the top 20% of ranked positions (rank 1 is the top) ... 1 for the bottom 20%.

@@ -2,6 +2,7 @@
 //! accounts, so the sum of all balances is zero by construction. Names are interned: an account is a small
 //! enum of ids, its name (`wallet:<account>:<asset>`, ...) is rendered only for documents.
 
+use crate::adl_index::Changed;
 use crate::numbers::{add, sub, wadd, wide256, Wide};
 use ethnum::I256;
 use rustc_hash::FxHashMap as HashMap;
@@ -63,6 +64,8 @@ impl Account {
 #[derive(Default, Clone, Debug)]
 pub struct Ledger {
     balances: HashMap<Account, I256>,
+    /// owners of the wallets and isolated margins posted to since the ADL index last looked
+    pub changed: Changed,
 }
 
 impl Ledger {
@@ -75,6 +78,11 @@ impl Ledger {
         let amount: I256 = amount.into();
         if amount == 0 {
             return;
+        }
+        for account in [source, destination] {
+            if let Account::Wallet { account, .. } | Account::Isolated { account, .. } = account {
+                self.changed.mark(account);
+            }
         }
         let from = self.balances.entry(source).or_insert(I256::ZERO);
         *from = sub(*from, amount);

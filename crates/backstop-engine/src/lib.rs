@@ -9,6 +9,7 @@ pub mod numbers;
 pub mod json;
 pub mod wire;
 pub mod canonical;
+pub mod adl_index;
 pub mod engine;
 pub mod ledger;
 pub mod processor;

@@ -2,6 +2,7 @@
 //! batch, releases the GIL while a batch runs, and turns engine errors into typed Python exceptions.
 
 use backstop_engine::processor::{Consumed, Processor};
+use backstop_engine::state::Side;
 use backstop_engine::{canonical, json, numbers, wire};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -100,6 +101,9 @@ fn canonical_chain_hash(raw: &[u8]) -> PyResult<String> {
     let value = canonical::from_json(&document).ok_or_else(|| PyValueError::new_err("a float"))?;
     Ok(canonical::chain_hash_of(&value))
 }
+
+/// One counterparty of a deleverage: account, rank, score, qty taken (decimal texts).
+type Counterparty = (String, usize, String, String);
 
 create_exception!(_engine, InvariantViolation, PyException,
                   "An internal rule of the compiled engine broke (a bug): the engine must not be used any more.");
@@ -202,6 +206,36 @@ impl Ledger {
 
     fn state_hash(&mut self, py: Python<'_>) -> PyResult<String> {
         py.detach(|| self.guarded(|processor| processor.state_hash()))
+    }
+
+    /// What a deleverage of qty (a QTY text) on the (symbol, side) queue would take, without taking it: (account,
+    /// rank, score, take) per counterparty and the queue's length. `everyone`: rank every position, not through
+    /// the index (tests and benchmarks compare the two).
+    #[pyo3(signature = (symbol, side, qty, *, everyone=false))]
+    fn adl_head(&mut self, py: Python<'_>, symbol: &str, side: &str, qty: &str, everyone: bool)
+                -> PyResult<(Vec<Counterparty>, usize)> {
+        let side = match side {
+            "long" => Side::Long,
+            "short" => Side::Short,
+            _ => return Err(PyValueError::new_err(format!("side must be long or short, not {side:?}"))),
+        };
+        let qty = numbers::parse(qty.as_bytes(), numbers::QTY)
+            .map_err(|_| PyValueError::new_err(format!("not a qty: {qty:?}")))?;
+        let Some(symbol) = self.processor.engine.names.find(symbol).filter(|id| self.processor.engine.marks.contains_key(id))
+        else {
+            return Err(PyValueError::new_err(format!("no mark for {symbol}")));
+        };
+        let (head, count) = py.detach(|| self.guarded(|processor| processor.engine.adl_head(symbol, side, qty, everyone)))?;
+        let names = &self.processor.engine.names;
+        let head = head.into_iter().map(|(account, rank, score, take)| {
+            (names.name(account).to_string(), rank, numbers::text_512(score, numbers::S12), numbers::text(take, numbers::S8))
+        }).collect();
+        Ok((head, count))
+    }
+
+    /// Bytes held by the ADL index's rows (not the positions themselves).
+    fn adl_index_bytes(&self) -> usize {
+        self.processor.engine.adl_index.memory_bytes()
     }
 
     fn snapshot_json<'py>(&mut self, py: Python<'py>, input_line: u64) -> PyResult<Bound<'py, PyBytes>> {

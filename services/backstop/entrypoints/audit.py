@@ -11,7 +11,7 @@ fresh replay with conservation checked after each event.
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from backstop.core.anchor import (
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import GENESIS_HASH, canonical_json, combine, record_dict
+from backstop.core.numbers import CONTEXT
 from backstop.core.processor import Applied, Processor
 from backstop.core.snapshot import state_hash
 from backstop.core.verify import Problem, check_chain, check_fund_balances, check_postings, compare_streams
@@ -332,7 +333,8 @@ def verify_postings(postings: list[dict[str, Any]], summary: dict[str, Any], *, 
             return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its postings leave "
                              f"{account} at {balances.get(account, Decimal(0))}")
     if not start and summary.get("ledger_sum") is not None:
-        total = sum(balances.values(), Decimal(0))
+        with localcontext(CONTEXT):  # exact: a default context rounds wide balances
+            total = sum(balances.values(), Decimal(0))
         if total != Decimal(summary["ledger_sum"]):
             return checked, f"{source}: ledger_sum {summary['ledger_sum']} but the postings leave a sum of {total}"
     if summary.get("funds"):

@@ -21,6 +21,7 @@ import orjson
 
 from backstop.pipeline.ingest import Consumed
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames
+from backstop.wire.decode import MAX_RECORD_BYTES
 
 Partition = tuple[str, int]
 _TYPE_RANK = {t: i for i, t in enumerate(INPUT_TYPES)}
@@ -28,8 +29,8 @@ _UNKNOWN_TS = -1  # undecodable records carry no ts: they go first, straight to 
 
 
 def event_time(message: Consumed) -> int:
-    """The record's ts; -1 when it has none (it will be dead-lettered)."""
-    if not message.value:
+    """The record's ts; -1 when it has none or is too large to read (it will be dead-lettered)."""
+    if not message.value or len(message.value) > MAX_RECORD_BYTES:
         return _UNKNOWN_TS
     try:
         document = orjson.loads(message.value)

@@ -270,6 +270,8 @@ class LedgerRun:
         ones that do); then, if records wait to be released, ask for the ends the merge needs confirmed."""
         merger, settings = self.merger, self.settings
         starved = merger.starved() if merger.full() else None
+        if starved is not None:
+            metrics.MERGE_BACKPRESSURE.inc()
         if starved is None or starved:
             fetched = await self.consumer.fetch(only=starved, max_records=settings.batch_max_records,
                                                 timeout_ms=settings.batch_max_wait_ms)
@@ -285,6 +287,7 @@ class LedgerRun:
                 if gauge is None:
                     gauge = lag[partition] = metrics.CONSUMER_LAG.labels(partition[0], str(partition[1]))
                 gauge.set(end - fetched.positions.get(partition, end))
+        metrics.MERGE_BUFFERED.set(merger.buffered)
         unconfirmed = merger.unconfirmed()
         if unconfirmed:
             try:

@@ -19,6 +19,9 @@ BATCH_SECONDS = Histogram("backstop_batch_seconds", "Time to apply and commit on
                           buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 BATCH_RECORDS = Histogram("backstop_batch_records", "Records per batch", registry=REGISTRY,
                           buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000, 50000))
+MERGE_BUFFERED = Gauge("backstop_merge_buffered", "Records fetched and waiting in the merge buffer", registry=REGISTRY)
+MERGE_BACKPRESSURE = Counter("backstop_merge_backpressure_total", "Fetches held to the partitions that hold the merge "
+                             "order back, because the merge buffer was full", registry=REGISTRY)
 CONSUMER_LAG = Gauge("backstop_consumer_lag", "Records not yet applied, per input partition",
                      ["topic", "partition"], registry=REGISTRY)
 FUND_BALANCE = Gauge("backstop_fund_balance", "Insurance fund balance", ["fund_id"], registry=REGISTRY)
