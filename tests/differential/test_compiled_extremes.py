@@ -47,7 +47,9 @@ def extreme_journals(draw: st.DrawFn, max_events: int = 40) -> list[dict[str, An
 
 BIG, TOP, TINY = "9999999999999999.99999999", "9999999999.99999999", "0.00000001"  # largest MONEY and PRICE
 MOST = "999999999999.99999999"  # the largest QTY
-TIERS = (("1", "0.000000000000000001", "0"), (BIG, "0.999999999999999999", BIG))
+# the second bracket's maint_amount is the cumulative amount the brackets imply (docs/design.md §7), as large as
+# a bracket edge written in MONEY lets it be
+TIERS = (("5000000000000000", "0.000000000000000001", "0"), (BIG, "0.999999999999999999", "4999999999999999.99"))
 WORLD = [fund(FUND_ID, ratio="0"), *(instrument(symbol, fund_id=FUND_ID, tick=TINY, lot=TINY, tiers=TIERS)
                                      for symbol in (FINE, "WIDE")),
          transfer("seed", f"fund:{FUND_ID}", BIG), *(transfer(f"d{n}", f"x{n}", BIG) for n in range(4))]

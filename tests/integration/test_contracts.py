@@ -22,7 +22,7 @@ from backstop.adapters.kafka.consumer import KafkaConsumer
 from backstop.adapters.kafka.publisher import KafkaPublisher
 from backstop.adapters.memory.broker import MemoryBroker, MemoryConsumer, MemoryPublisher
 from backstop.adapters.memory.store import MemoryDatabase, MemoryStore
-from backstop.adapters.postgres.store import Head, OutboxRow, RefreshCopy, Store
+from backstop.adapters.postgres.store import POSITION_COLUMNS, Head, OutboxRow, RefreshCopy, Store
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
 from backstop.core.processor import Processor
@@ -58,7 +58,7 @@ def comparable(value: Any) -> Any:
         return value
 
 
-TABLES = {"account_wallets": "account_id, asset", "positions": "account_id, symbol", "funds": "fund_id",
+TABLES = {"account_wallets": "account_id, asset", "positions": "account_id, symbol, position_side", "funds": "fund_id",
           "adl_queue": "symbol, side, rank", "fund_lots": "fund_id, liquidation_id"}
 
 
@@ -87,7 +87,9 @@ async def under_test(request: pytest.FixtureRequest, databases: Any) -> AsyncIte
     async def pg_table(name: str) -> list[tuple[Any, ...]]:
         connection = await asyncpg.connect(dsn)
         try:
-            rows = await connection.fetch(f"SELECT * FROM {name} ORDER BY {TABLES[name]}")
+            # positions: the store's column order (migration 0006 added position_side as the table's last column)
+            columns = ", ".join(POSITION_COLUMNS) if name == "positions" else "*"
+            rows = await connection.fetch(f"SELECT {columns} FROM {name} ORDER BY {TABLES[name]}")
         finally:
             await connection.close()
         return sorted(tuple(comparable(v) for v in row) for row in rows)
@@ -223,8 +225,8 @@ async def test_the_outbox_cursor_only_moves_forward(under_test: StoreUnderTest) 
 
 
 def _position(account: str, seq: int, qty: str = "1") -> tuple[Any, ...]:
-    return (account, "BTCUSDT", D(qty), D("100000"), "isolated", D(10), D("10000"), D("101000"), None, D("90000"),
-            seq)
+    return (account, "BTCUSDT", "both", D(qty), D("100000"), "isolated", D(10), D("10000"), D("101000"), None,
+            D("90000"), seq)
 
 
 async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_the_queue(
@@ -244,7 +246,7 @@ async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_th
     await store.write_refresh(RefreshCopy.of(refresh, chunk_rows=2))
     assert [r[:4] for r in await under_test.table("account_wallets")] == [
         ("newer", "USDT", D(1), D(10)), ("older", "USDT", D("2.5"), D(5))]
-    assert [(r[0], r[2], r[-1]) for r in await under_test.table("positions")] == [
+    assert [(r[0], r[3], r[-1]) for r in await under_test.table("positions")] == [
         ("newer", D(1), D(10)), ("older", D(2), D(5)), ("we\tird\\x\n", D(2), D(5))]
     assert await under_test.table("adl_queue") == [("BTCUSDT", "long", "we\tird\\x\n", D(1), D("0.123456789012"),
                                                     D(5), D(5))]

@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 from service_harness import in_process, settings_for, wait_caught_up, wait_refreshed
 
-from backstop.adapters.postgres.store import RefreshCopy, Store
+from backstop.adapters.postgres.store import POSITION_COLUMNS, RefreshCopy, Store
 from backstop.core.engine import Engine
 from backstop.core.processor import Processor
 from backstop.core.snapshot import restore, state_hash
@@ -32,8 +32,8 @@ ODD = "we\tird\\name\nwith\rescapes"  # every character COPY's text format escap
 
 
 def _position(account: str, seq: int, qty: str = "1") -> tuple[object, ...]:
-    return (account, "BTCUSDT", D(qty), D("100000"), "isolated", D(10), D("10000"), D("101000"), None, D("90000"),
-            seq)
+    return (account, "BTCUSDT", "both", D(qty), D("100000"), "isolated", D(10), D("10000"), D("101000"), None,
+            D("90000"), seq)
 
 
 async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_the_queue(
@@ -41,7 +41,8 @@ async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_th
     store = await Store.open(migrated_database)
     try:
         async with store.pool.acquire() as connection:
-            await connection.executemany("INSERT INTO positions VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            await connection.executemany(f"INSERT INTO positions ({', '.join(POSITION_COLUMNS)}) VALUES "
+                                         f"({', '.join(f'${n}' for n in range(1, len(POSITION_COLUMNS) + 1))})",
                                          [_position("newer", 10), _position("older", 3), _position(ODD, 3),
                                           _position("held", 3)])
             await connection.executemany("INSERT INTO account_wallets VALUES ($1, $2, $3, $4)",
@@ -127,13 +128,17 @@ def _failures() -> float:
                                              {"kind": "projection refresh"}) or 0.0
 
 
-async def _stored(dsn: str) -> tuple[list[tuple[object, ...]], dict[tuple[str, str], tuple[object, ...]], list[bytes]]:
+Rows = dict[tuple[str, str, str], tuple[object, ...]]
+
+
+async def _stored(dsn: str) -> tuple[list[tuple[object, ...]], Rows, list[bytes]]:
     """The ADL queue and position rows, and the journal in the service's order."""
     connection = await asyncpg.connect(dsn)
     try:
         queue = [tuple(r) for r in await connection.fetch(
             "SELECT symbol, side, account_id, rank, score, quantile, seq FROM adl_queue ORDER BY symbol, side, rank")]
-        positions = {(r[0], r[1]): tuple(r) for r in await connection.fetch("SELECT * FROM positions")}
+        positions = {(r[0], r[1], r[2]): tuple(r) for r in await connection.fetch(
+            f"SELECT {', '.join(POSITION_COLUMNS)} FROM positions")}
         lines = [r["payload"].encode() for r in await connection.fetch("SELECT payload FROM journal ORDER BY seq")]
     finally:
         await connection.close()
@@ -175,7 +180,7 @@ async def test_a_killed_refresh_child_is_reported_and_the_next_refresh_writes_th
     want = full_refresh(engine)
     assert queue == adl_rows(engine, engine.last_seq) == want.adl_queue
     assert len(queue) == 6000
-    assert positions == {(row[0], row[1]): row for row in want.positions}
+    assert positions == {(row[0], row[1], row[2]): row for row in want.positions}
 
 
 async def test_a_snapshot_taken_in_a_forked_child_is_the_state_at_its_seq(

@@ -151,6 +151,7 @@ async def _projections_match(dsn: str, replay_out: Path, journal: Path, *, queue
 
     from backstop.core.engine import Engine
     from backstop.core.processor import Processor
+    from backstop.core.state import position_label
     from backstop.pipeline.projections import adl_rows
     from backstop.wire.decode import decode_record
 
@@ -165,7 +166,8 @@ async def _projections_match(dsn: str, replay_out: Path, journal: Path, *, queue
     try:
         wallets = {(r["account_id"], r["asset"]): r["wallet"] for r in await connection.fetch(
             "SELECT * FROM account_wallets")}
-        positions = {(r["account_id"], r["symbol"]): r for r in await connection.fetch("SELECT * FROM positions")}
+        positions = {(r["account_id"], position_label(r["symbol"], r["position_side"])): r
+                     for r in await connection.fetch("SELECT * FROM positions")}  # accounts.json's keys
         fund_rows = {r["fund_id"]: r for r in await connection.fetch("SELECT * FROM funds")}
         stored_queue = [(r["symbol"], r["side"], r["account_id"], r["rank"], r["score"], r["quantile"])
                         for r in await connection.fetch("SELECT * FROM adl_queue ORDER BY symbol, side, rank")]

@@ -1,8 +1,9 @@
 """Hypothesis strategies: random but well-formed event streams over a small world (2 symbols, 6 accounts).
 
-Streams are meant to hit every rule: opens and closes in both margin modes, marks moving far enough to
-bankrupt accounts, liquidations with and without executions, fund fills, funding and transfers. Many
-records are rejected (a liquidation of a position that is not there); that is part of what is tested.
+Streams are meant to hit every rule: opens and closes in both margin modes, one-way and hedge mode (two accounts
+hold long and short sides), marks moving far enough to bankrupt accounts, liquidations with and without executions,
+fund fills, funding and transfers. Many records are rejected (a liquidation of a position that is not there); that
+is part of what is tested.
 """
 
 from __future__ import annotations
@@ -37,13 +38,20 @@ moves = st.integers(min_value=-250, max_value=250)  # in 100-tick steps: +-50% f
 lots = st.integers(min_value=1, max_value=3000)
 
 
+HEDGED = ("a4", "a5")  # accounts in hedge mode (docs/design.md §7); a few of their fills, and of others', mix modes
+
+
 @st.composite
 def fills(draw: st.DrawFn) -> dict[str, Any]:
     symbol = draw(symbols)
-    return fill(f"f{draw(st.integers(0, 10**9))}", draw(accounts), draw(st.sampled_from(["buy", "sell"])),
+    account = draw(accounts)
+    sides = ["long", "short"] if account in HEDGED else [None]
+    position_side = draw(st.sampled_from(sides) if draw(st.integers(0, 9)) else st.sampled_from(
+        [None, "both", "long", "short"]))
+    return fill(f"f{draw(st.integers(0, 10**9))}", account, draw(st.sampled_from(["buy", "sell"])),
                 _qty(symbol, draw(lots)), _price(symbol, draw(moves)), symbol=symbol,
                 mode=draw(st.sampled_from(["cross", "isolated"])), leverage=str(draw(st.integers(1, 50))),
-                fee=str(draw(st.integers(0, 500)) / Decimal(100)))
+                fee=str(draw(st.integers(0, 500)) / Decimal(100)), position_side=position_side)
 
 
 @st.composite
@@ -55,8 +63,11 @@ def fund_fills(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def marks(draw: st.DrawFn) -> dict[str, Any]:
+    """A mark; most are stamped when the journal is built, after the records before them (one drawn earlier would
+    be older than a liquidation's mark materialized since, and rejected as stale)."""
     symbol = draw(symbols)
-    return mark(_price(symbol, draw(moves)), symbol=symbol)
+    record = mark(_price(symbol, draw(moves)), symbol=symbol)
+    return {**record, "fresh": True} if draw(st.integers(0, 3)) else record
 
 
 @st.composite
@@ -92,16 +103,21 @@ def transfers(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def journals(draw: st.DrawFn, max_events: int = 60) -> list[dict[str, Any]]:
     """A fund, two instruments, deposits, then a random stream."""
+    stated = draw(st.booleans())  # maint_amount stated, or derived from the brackets (docs/design.md §7)
+    tolerance = draw(st.sampled_from([{}, {"mark_tolerance": "0"}, {"mark_tolerance": "0.1"}]))
     setup = [
         fund(surplus=draw(st.sampled_from(["fund", "trader"])), ratio=draw(st.sampled_from(["0", "0.5", "1", "5"]))),
         instrument("BTCUSDT", tick="0.1", lot="0.001",
-                   tiers=(("50000", "0.004", "0"), ("250000", "0.005", "50"), ("1000000", "0.01", "1300"))),
-        instrument("ETHUSDT", tick="0.01", lot="0.01", tiers=(("10000000", "0.01", "0"),)),
+                   tiers=tuple((n, m, a if stated else None) for n, m, a in (
+                       ("50000", "0.004", "0"), ("250000", "0.005", "50"), ("1000000", "0.01", "1300")))),
+        instrument("ETHUSDT", tick="0.01", lot="0.01", tiers=(("10000000", "0.01", "0"),), **tolerance),
+        # brackets whose stated amount is not the one they imply: rejected alike
+        instrument("XUSDT", tick="0.01", lot="0.01", tiers=(("1000", "0.01", "0"), ("2000", "0.02", "9"))),
         transfer("seed", "fund:MAIN", str(draw(st.integers(0, 200000)) or 1)),
         *[transfer(f"d-{a}", a, str(draw(st.integers(1000, 100000)))) for a in ACCOUNTS],
     ]
     opening = draw(st.lists(fills(), min_size=min(4, max_events), max_size=max(min(12, max_events), 0)))
-    stream = draw(st.lists(st.one_of(fills(), fills(), marks(), liquidations(), liquidations(), fund_closes(),
+    stream = draw(st.lists(st.one_of(fills(), fills(), marks(), marks(), liquidations(), liquidations(), fund_closes(),
                                      fund_fills(), fundings(), transfers()), max_size=max_events))
     return materialize(setup + opening + stream)
 
@@ -118,9 +134,12 @@ def materialize(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     processor = Processor(Engine())
     journal: list[dict[str, Any]] = []
+    newest = 0
     for item in items:
         engine = processor.engine
         record: dict[str, Any] | None = item
+        if item.get("fresh"):
+            record = {key: value for key, value in item.items() if key != "fresh"} | {"ts": newest + 1}
         if item.get("intent") == "liquidation":
             symbol, lot = item["symbol"], SYMBOLS[item["symbol"]][1]
             holders = sorted(engine.by_symbol.get(symbol, {}))
@@ -134,8 +153,9 @@ def materialize(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if part > 0:
                     executions.append((str(part), price))
                     left -= part
+            side = None if position.position_side == "both" else position.position_side
             record = liquidation(f"l{item['id']}", position.account_id, str(qty), item["mark"], symbol=symbol,
-                                 executions=executions)
+                                 executions=executions, position_side=side)
         elif item.get("intent") == "fund_close":
             symbol, lot = item["symbol"], SYMBOLS[item["symbol"]][1]
             lots = engine.funds["MAIN"].lots.get(symbol) if "MAIN" in engine.funds else None
@@ -149,4 +169,5 @@ def materialize(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         assert record is not None
         processor.process(decode_record(orjson.dumps(record)))
         journal.append(record)
+        newest = max(newest, record["ts"])
     return journal

@@ -56,7 +56,7 @@ def add_row(engine: Engine, row: dict[str, Any], mark: dict[str, Decimal]) -> No
     cost = row["qty"] * row["entry"]
     position = Position(row["account"], row["symbol"], row["qty"] * row["side"], cost, mode, D(10))
     engine.positions.add(position)
-    engine.by_symbol[row["symbol"]][row["account"]] = position
+    engine.by_symbol[row["symbol"]][position.key] = position
     upnl = position.unrealized_pnl(mark[row["symbol"]])
     if mode == "isolated":
         engine.ledger.balances[ledger.isolated(row["account"], row["symbol"])] = row["equity"] - upnl
@@ -69,7 +69,7 @@ def close_row(engine: Engine, account: str, symbol: str) -> None:
     position = engine.positions.get(account, symbol)
     if position is not None:
         engine.positions.remove(position)
-        del engine.by_symbol[symbol][account]
+        del engine.by_symbol[symbol][position.key]
         engine.adl_index.touch(account)
 
 

@@ -123,7 +123,7 @@ def test_journals_at_the_bounds_apply_or_reject_and_never_raise(journal: list[di
 def test_the_issue_19_poison_is_a_wire_rejection_naming_the_bound() -> None:
     with pytest.raises(InvalidRecord) as refused:
         decode_record(orjson.dumps(ISSUE_19_POISON))
-    assert str(refused.value).startswith("fill.qty: at most 12 integer and 8 fraction digits: \"99999999999999999999\"")
+    assert str(refused.value).startswith('fill.qty: at most 12 integer and 8 fraction digits: "99999999999999999999"')
     twin = dict(IN_BOUND_POISON, account_id="x2", fill_id="twin")  # its largest twin within the bounds applies
     processor, outcomes = run([*WORLD, twin])
     assert isinstance(outcomes[-1], Applied)

@@ -207,7 +207,7 @@ def reference(order: list[Consumed]) -> Reference:
 def account_rows_of(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
     rows = projections.build(engine, BatchResult(), refresh_all=True, touched=projections.Touched.everything(engine))
     return {"wallets": sorted(tuple(map(comparable, r[:3])) for r in rows.wallets),
-            "positions": sorted(tuple(map(comparable, r[:7])) for r in rows.positions),
+            "positions": sorted(tuple(map(comparable, r[:8])) for r in rows.positions),
             "funds": sorted(tuple(map(comparable, (r[0], r[4]))) for r in rows.funds)}
 
 
@@ -658,7 +658,7 @@ class Simulation:
         await self._leave(process, kill=False)
         db = self.db
         have = {"wallets": sorted(tuple(map(comparable, r[:3])) for r in db.wallets.values()),
-                "positions": sorted(tuple(map(comparable, r[:7])) for r in db.positions.values()),
+                "positions": sorted(tuple(map(comparable, r[:8])) for r in db.positions.values()),
                 "funds": sorted(tuple(map(comparable, (r[0], r[4]))) for r in db.funds.values())}
         if have != self.reference.accounts:
             raise self.fail(f"the account projections after a restart are not the reference's: {have} != "

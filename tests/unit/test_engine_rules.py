@@ -93,7 +93,7 @@ def test_venue_bankruptcy_price_mismatch_and_not_liquidatable_are_findings() -> 
     assert isinstance(last, Applied)
     kinds = {f.kind: f.details for f in last.effects.findings}
     assert kinds["not_liquidatable"] == {"margin_balance": "4000", "maintenance_margin": "490",
-                                         "mark_price": "49000"}
+                                         "mark_price": "49000", "not_liquidatable_at": "liquidation_mark"}
     assert kinds["bp_mismatch"]["computed"] == "45000" and kinds["bp_mismatch"]["venue"] == "45500"
 
 

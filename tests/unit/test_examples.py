@@ -121,6 +121,33 @@ def test_06_bad_debt_deleverages_all_inventory(tmp_path: Path) -> None:
     assert out["accounts"]["s1"]["wallet"] == "6000"
 
 
+def test_07_a_hedged_account_is_deleveraged_on_one_side(tmp_path: Path) -> None:
+    # Hedge mode (docs/design.md §7). h: cross long 1 and cross short 1 @ 100,000 (wallet 20,000); s: isolated short
+    # 1 @ 100,000, 10x -> margin 10,000, BP 110,000; o: cross long 0.5 @ 100,000 (wallet 50,000). Mark 109,000.
+    # s: 10,000 - 9,000 = 1,000 <= MM 1,090: liquidated; the fund (100) refuses the lot (109,000 > 1 x 100), so the
+    # lot is deleveraged against the long queue at its BP 110,000.
+    # h's long: TNC = 20,000 + 9,000 - 9,000 = 20,000, MM 1,090 on each side, share 20,000 x 1,090 / 2,180 = 10,000,
+    # BP (109,000 - 10,000) / 1 = 99,000, score 9,000 x 109,000 / (100,000 x (109,000 - 99,000)) = 0.981.
+    # o's long: share = TNC = 54,500, BP (54,500 - 54,500) / 0.5 = 0, score 4,500 x 109,000 / (50,000 x 109,000) = 0.09.
+    out = replay("07-hedge-deleveraged-one-side.jsonl", tmp_path)
+    assert out["summary"]["events_applied"] == 12
+    assert [(e["account_id"], e["side"], e["qty"], e["price"], e["rank"], e["score"], e["quantile"])
+            for e in out["adl-events"]] == [("h", "long", "1", "110000", 1, "0.981", 5)]
+    assert out["summary"]["funds"]["MAIN"]["balance"] == "100"  # took the lot at 110,000, gave it up at 110,000
+    assert out["findings"] == []
+    h = out["accounts"]["h"]
+    # h's long closed at 110,000: +10,000; its short stays, keyed BTCUSDT:short with a signed qty
+    assert h["wallet"] == "30000" and list(h["positions"]) == ["BTCUSDT:short"]
+    short = h["positions"]["BTCUSDT:short"]
+    # alone now: TNC = 30,000 - 9,000 = 21,000; BP (109,000 + 21,000) / 1 = 130,000;
+    # LP: 30,000 + (100,000 - P) = 0.01 P -> P = 130,000 / 1.01 = 128,712.87128713 (half-even at 1e-8)
+    assert (short["qty"], short["unrealized_pnl"], short["margin_balance"], short["bankruptcy_price"],
+            short["liquidation_price"]) == ("-1", "-9000", "21000", "130000", "128712.87128713")
+    assert out["accounts"]["o"]["positions"]["BTCUSDT"]["qty"] == "0.5"  # untouched
+    # s: its isolated margin of 10,000 is the whole loss of 1 x (110,000 - 100,000)
+    assert out["accounts"]["s"] == {"wallet": "0", "wallets": {"USDT": "0"}, "positions": {}}
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.jsonl")))
 def test_every_example_replays_to_the_same_hashes_twice(name: str, tmp_path: Path) -> None:
     first = replay(name, tmp_path / "a")["summary"]

@@ -39,6 +39,14 @@ def test_a_cross_liquidation_shows_the_tnc_share(capsys: pytest.CaptureFixture[s
     assert "bankruptcy price 92655.60165975" in out and "liquidation_gain 244.39834025" in out
 
 
+def test_a_hedge_side_is_explained_as_its_own_position(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = explain(capsys, "adl-12-0", "--journal", str(EXAMPLES / "07-hedge-deleveraged-one-side.jsonl"))
+    assert code == 0
+    # h's long side alone: share 20,000 x 1,090 / 2,180 = 10,000, own BP 109,000 - 10,000 (its short is not ranked)
+    assert ("rank 1 h: 1 @ 110000, score 0.981, quantile 5; BTCUSDT:long: PnL% 0.09 x leverage 10.9 (entry 100000, "
+            "own BP 99000)") in out
+
+
 def test_a_fund_entry_names_its_rule(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = explain(capsys, "fl-12-0", "--journal", str(EXAMPLES / "05-funding-and-fund-inventory.jsonl"))
     assert code == 0 and "1 x 108000 x 0.0001" in out and "funding -10.8 -> balance 199989.2" in out

@@ -49,16 +49,19 @@ def test_a_batch_rewrites_the_positions_it_touched_and_every_cross_position_of_a
     # moves with x's wallet
     assert sorted((r[0], r[1]) for r in rows.positions) == [("iso", "BTCUSDT"), ("x", "BTCUSDT"),
                                                             ("x", "ETHUSDT")]
-    assert rows.closed_positions == []
+    # every side a touched (account, symbol) does not hold is deleted (a row of it may remain from before a change
+    # of position mode); the one-way positions held are not
+    assert sorted(rows.closed_positions) == [("iso", "BTCUSDT", "long"), ("iso", "BTCUSDT", "short"),
+                                             ("x", "BTCUSDT", "long"), ("x", "BTCUSDT", "short")]
     assert sorted((w[0], w[1]) for w in rows.wallets) == [("iso", "USDT"), ("x", "USDT")]
     refreshed = projections.build(processor.engine, result, refresh_all=True)
     assert set(rows.positions) < set(refreshed.positions)  # the same rows as a full refresh writes
     engine = processor.engine
     for row in refreshed.positions:  # rows built with one memo per account hold the single-position views
-        position = engine.positions.get(row[0], row[1])
+        position = engine.positions.get(row[0], row[1], row[2])
         liquidation = engine.liquidation_price(position)
-        assert row[8] == liquidation
-        assert row[9] == engine.bankruptcy_price(position)
+        assert row[9] == liquidation
+        assert row[10] == engine.bankruptcy_price(position)
 
 
 def test_a_position_closed_in_the_batch_is_deleted_and_no_other() -> None:
@@ -66,7 +69,7 @@ def test_a_position_closed_in_the_batch_is_deleted_and_no_other() -> None:
     result = ingest_batch(processor, as_consumed([_fill("iso-btc-close", "iso", "BTCUSDT", "sell", "0.1",
                                                         "isolated")]), TOPICS)
     rows = projections.build(processor.engine, result, refresh_all=False)
-    assert rows.closed_positions == [("iso", "BTCUSDT")]
+    assert rows.closed_positions == [("iso", "BTCUSDT", side) for side in ("both", "long", "short")]
     assert rows.positions == []
 
 
@@ -101,7 +104,8 @@ def test_touched_rows_add_up_over_batches_and_everything_reaches_wallet_only_acc
     touched.add(second)
     rows = projections.build(processor.engine, BatchResult(), refresh_all=False, touched=touched)
     assert sorted((w[0], w[1]) for w in rows.wallets) == [("iso", "USDT"), ("w", "USDT")]
-    assert rows.closed_positions == [("iso", "BTCUSDT")]  # closed in the second batch, deleted all the same
+    # closed in the second batch, deleted all the same
+    assert rows.closed_positions == [("iso", "BTCUSDT", side) for side in ("both", "long", "short")]
     # after a restart every row is written from the engine: wallets of accounts without positions too
     everything = projections.build(processor.engine, BatchResult(), refresh_all=True,
                                    touched=projections.Touched.everything(processor.engine))

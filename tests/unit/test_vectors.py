@@ -206,9 +206,9 @@ def test_x3_bitmex_queue_is_walked_in_score_order() -> None:
     assert [(e.account_id, e.qty, e.price, e.rank, e.quantile) for e in outcome.effects.adl_events] == [
         ("A2", D(10), D(650), 1, 5), ("A5", D(10), D(650), 2, 5)]
     positions = engine.by_symbol["BNBUSDT"]
-    assert "A2" not in positions and positions["A5"].qty == D(10)
+    assert ("A2", "both") not in positions and positions["A5", "both"].qty == D(10)
     for untouched, qty in (("A1", 10), ("A3", 20), ("A4", 30), ("A6", 10)):
-        assert positions[untouched].qty == D(qty)
+        assert positions[untouched, "both"].qty == D(qty)
     assert engine.funds["BNB"].lots == {}  # the whole lot went to ADL, the fund holds nothing
 
 

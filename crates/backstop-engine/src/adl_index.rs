@@ -425,20 +425,20 @@ impl AdlIndex {
             self.built = true;
         }
         for account in accounts {
-            let symbols = positions.symbols_of(account);
+            let keys = positions.keys_of(account); // (symbol, position side): hedge sides are rows of their own
             let asset_of = |symbol: u32| instruments[&symbol].settle_asset;
-            for &symbol in symbols {
-                let Some(position) = positions.get(account, symbol) else { continue };
+            for &(symbol, position_side) in keys {
+                let Some(position) = positions.get(account, symbol, position_side) else { continue };
                 let book = self.books.entry(book_key(symbol, position.side())).or_default();
                 let asset = asset_of(symbol);
                 match position.margin_mode {
                     MarginMode::Isolated => {
-                        let base = ledger.balance(Account::Isolated { account, symbol });
+                        let base = ledger.balance(Account::Isolated { account, symbol, side: position_side });
                         book.put(account, Kind::Isolated, (position.size(), position.cost), base);
                     }
                     MarginMode::Cross => {
-                        let peers = symbols.iter().filter(|&&other| {
-                            positions.get(account, other).is_some_and(|p| p.margin_mode == MarginMode::Cross)
+                        let peers = keys.iter().filter(|&&(other, other_side)| {
+                            positions.get(account, other, other_side).is_some_and(|p| p.margin_mode == MarginMode::Cross)
                                 && asset_of(other) == asset
                         });
                         if peers.count() > 1 {

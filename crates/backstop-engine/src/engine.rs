@@ -6,13 +6,15 @@ use crate::adl_index::{AdlIndex, Candidates};
 use crate::canonical::{self, J, GENESIS_HASH};
 use crate::ledger::{Account, Ledger, Names};
 use crate::numbers::{
-    add, mul, pow10, ratio, rescale, sub, text, text_wide, wide_mul, Rounding, Shown, S12, S16, S18, S8,
+    add, mul, pow10, pow10_i128, ratio, rescale, sub, text, text_wide, wide_mul, Rounding, Shown, S12, S16, S18, S8,
 };
 use crate::numbers::{
     fit128, fit256, narrow_wide, text_512, wadd, wide, wide256, wmul, wpow10, wratio, wrescale, wsub, Wide,
 };
-use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Positions, Side, Tier};
-use crate::wire::{Body, Dec, MarginMode, Record, Side as TradeSide, Surplus};
+use crate::state::{
+    position_label, FundSpec, FundState, Instrument, Lot, Position, Positions, Side, Tier, DEFAULT_MARK_TOLERANCE,
+};
+use crate::wire::{Body, Dec, MarginMode, PositionSide, Record, Side as TradeSide, Surplus};
 use ethnum::I256;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
@@ -81,6 +83,7 @@ impl MarginView {
 #[derive(Clone, Debug)]
 pub struct Ranked {
     pub account: u32,
+    pub position_side: PositionSide,
     pub size: i128,
     pub score: Wide,
     pub past_bankruptcy: bool,
@@ -185,7 +188,7 @@ impl Engine {
             Body::Instrument { .. } => self.on_instrument(record)?,
             Body::Transfer { .. } => self.on_transfer(record, out)?,
             Body::Fill { .. } => self.on_fill(record, out)?,
-            Body::Mark { .. } => self.on_mark(record)?,
+            Body::Mark { .. } => self.on_mark(record, out)?,
             Body::Funding { .. } => self.on_funding(record, out)?,
             Body::Liquidation { .. } => self.on_liquidation(record, out)?,
         }
@@ -238,8 +241,9 @@ impl Engine {
     }
 
     fn on_instrument(&mut self, record: &Record<'_>) -> Result<(), Rejected> {
-        let Body::Instrument { symbol, settle_asset, tick_size, lot_size, tiers, liquidation_fee_rate, fund_id } =
-            &record.body
+        let Body::Instrument {
+            symbol, settle_asset, tick_size, lot_size, tiers, liquidation_fee_rate, fund_id, mark_tolerance,
+        } = &record.body
         else {
             unreachable!()
         };
@@ -264,10 +268,7 @@ impl Engine {
             return reject("mmr must be below 1");
         }
         let is_new = previous.is_none();
-        let tiers = tiers
-            .iter()
-            .map(|t| Tier { max_notional: t.max_notional.value, mmr: t.mmr.value, maint_amount: t.maint_amount.value })
-            .collect();
+        let tiers = checked_tiers(tiers)?;
         self.instruments.insert(symbol_id, Instrument {
             symbol: symbol_id,
             settle_asset: fund_asset,
@@ -276,6 +277,7 @@ impl Engine {
             tiers,
             liquidation_fee_rate: liquidation_fee_rate.value,
             fund_id: fund,
+            mark_tolerance: mark_tolerance.map_or(DEFAULT_MARK_TOLERANCE, |tolerance| tolerance.value),
         });
         if is_new {
             self.funds.get_mut(&fund).expect("checked").symbols.push(symbol_id);
@@ -343,7 +345,8 @@ impl Engine {
     }
 
     fn on_fill(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejected> {
-        let Body::Fill { fill_id, account_id, symbol, side, qty, price, fee, margin_mode, leverage } = &record.body
+        let Body::Fill { fill_id, account_id, symbol, side, qty, price, fee, margin_mode, leverage, position_side } =
+            &record.body
         else {
             unreachable!()
         };
@@ -352,16 +355,27 @@ impl Engine {
         self.check_steps(symbol_id, qty, Some(fill_price))?;
         self.cause.fill_id = Some(fill_id.to_string());
         if let Some(fund_name) = account_id.strip_prefix(FUND_ACCOUNT_PREFIX) {
-            return self.fund_fill(fund_name, symbol_id, *side, qty, fill_price, fee, out);
+            return self.fund_fill(fund_name, symbol_id, *side, qty, fill_price, fee, *position_side, out);
         }
         let account = self.names.id(account_id);
+        let position_side = *position_side;
+        self.check_position_mode(account, symbol_id, position_side)?;
         let delta = if *side == TradeSide::Buy { qty } else { -qty };
-        let held = self.positions.get(account, symbol_id).cloned();
+        let held = self.positions.get(account, symbol_id, position_side).cloned();
         if let Some(position) = &held {
             if position.margin_mode != *margin_mode {
-                return reject(format!("{account_id} holds {symbol} in {} margin; a {} fill cannot change it \
-                                       while the position is open", mode_name(position.margin_mode),
-                                      mode_name(*margin_mode)));
+                return reject(format!("{account_id} holds {} in {} margin; a {} fill cannot change it \
+                                       while the position is open", position_label(symbol, position_side),
+                                      mode_name(position.margin_mode), mode_name(*margin_mode)));
+            }
+        }
+        if position_side != PositionSide::Both && (position_side == PositionSide::Long) != (delta > 0) {
+            let held_size = held.as_ref().map_or(0, Position::size);
+            if qty > held_size {
+                // a hedge side is only reduced, never flipped
+                return reject(format!("{account_id} holds {} {}; a {} of {} would take it below zero",
+                                      Shown(held_size, S8), position_label(symbol, position_side),
+                                      if *side == TradeSide::Buy { "buy" } else { "sell" }, Shown(qty, S8)));
             }
         }
         let closing = held.as_ref().map_or(0, |p| if (p.qty > 0) != (delta > 0) { p.size().min(qty) } else { 0 });
@@ -383,11 +397,11 @@ impl Engine {
         }
         self.marks.entry(symbol_id).or_insert(fill_price);
         if closing > 0 {
-            self.reduce(account, symbol_id, closing, wide(closing * fill_price), "realized_pnl", out);
+            self.reduce(account, symbol_id, position_side, closing, wide(closing * fill_price), "realized_pnl", out);
         }
         if remaining > 0 {
-            self.open(account, symbol_id, if delta > 0 { remaining } else { -remaining }, fill_price, *margin_mode,
-                      *leverage, out);
+            self.open(account, symbol_id, position_side, if delta > 0 { remaining } else { -remaining }, fill_price,
+                      *margin_mode, *leverage, out);
         }
         let asset = self.instruments[&symbol_id].settle_asset;
         let wallet = Account::Wallet { account, asset };
@@ -400,11 +414,25 @@ impl Engine {
         Ok(())
     }
 
+    /// An account's positions in one symbol are all one-way (`both`) or all hedge sides, never mixed (section 7).
+    fn check_position_mode(&self, account: u32, symbol: u32, side: PositionSide) -> Result<(), Rejected> {
+        if let Some(held) = self.positions.in_symbol(account, symbol).next() {
+            if (held.position_side == PositionSide::Both) != (side == PositionSide::Both) {
+                let mode = if held.position_side == PositionSide::Both { "one-way" } else { "hedge" };
+                let symbol_name = self.names.name(symbol);
+                return reject(format!("{} holds {} in {mode} mode; a position_side {} record cannot mix modes in \
+                                       {symbol_name}", self.names.name(account),
+                                      position_label(symbol_name, held.position_side), side.name()));
+            }
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
-    fn open(&mut self, account: u32, symbol: u32, qty: i128, fill_price: i128, margin_mode: MarginMode,
-            leverage: Dec, out: &mut Outputs) {
+    fn open(&mut self, account: u32, symbol: u32, position_side: PositionSide, qty: i128, fill_price: i128,
+            margin_mode: MarginMode, leverage: Dec, out: &mut Outputs) {
         let value = qty.abs() * fill_price;
-        match self.positions.get_mut(account, symbol) {
+        match self.positions.get_mut(account, symbol, position_side) {
             Some(position) => {
                 position.qty += qty;
                 position.cost += value;
@@ -414,14 +442,16 @@ impl Engine {
                 let side = if qty > 0 { Side::Long } else { Side::Short };
                 // the same position back before its close was published: as if never gone
                 let adl_quantile = self.quantile_closes.remove(&(account, symbol, side)).unwrap_or(0);
-                self.positions.add(Position { account, symbol, qty, cost: value, margin_mode, leverage, adl_quantile })
+                self.positions.add(Position { account, symbol, qty, cost: value, margin_mode, leverage,
+                                              position_side, adl_quantile })
             }
         }
         self.adl_index.changed.mark(account);
         if margin_mode == MarginMode::Isolated {
             let initial_margin = ratio(I256::new(value), S16, I256::new(leverage.value), S8, S8, Rounding::HalfEven);
             let asset = self.instruments[&symbol].settle_asset;
-            self.post("initial_margin", Account::Wallet { account, asset }, Account::Isolated { account, symbol },
+            self.post("initial_margin", Account::Wallet { account, asset },
+                      Account::Isolated { account, symbol, side: position_side },
                       crate::numbers::narrow(initial_margin), asset, out);
         }
     }
@@ -429,11 +459,12 @@ impl Engine {
     /// Close qty of a trader's position for total proceeds (1e-16; a lot's cost share at a takeover or an ADL: 512
     /// bits); post realized PnL (as `kind`: a trade, the takeover of a liquidated position, a deleverage) and release
     /// margin.
-    fn reduce(&mut self, account: u32, symbol: u32, qty: i128, proceeds: Wide, kind: &'static str,
-              out: &mut Outputs) -> I256 {
+    #[allow(clippy::too_many_arguments)]
+    fn reduce(&mut self, account: u32, symbol: u32, position_side: PositionSide, qty: i128, proceeds: Wide,
+              kind: &'static str, out: &mut Outputs) -> I256 {
         let asset = self.instruments[&symbol].settle_asset;
         let wallet = Account::Wallet { account, asset };
-        let position = self.positions.get(account, symbol).expect("a held position").clone();
+        let position = self.positions.get(account, symbol, position_side).expect("a held position").clone();
         let size = position.size();
         let cost_share = share(position.cost, S16, qty, size);
         let realized_exact =
@@ -441,20 +472,20 @@ impl Engine {
         let realized = money_wide(realized_exact, S16);
         self.post(kind, Account::Settlement(symbol), wallet, realized, asset, out);
         if position.margin_mode == MarginMode::Isolated {
-            let margin_account = Account::Isolated { account, symbol };
+            let margin_account = Account::Isolated { account, symbol, side: position_side };
             let margin = self.ledger.balance(margin_account);
             let released = narrow_wide(share_wide(wide256(margin), S8, qty, size));
             self.post("margin_release", margin_account, wallet, released, asset, out);
         }
         let side = position.side();
-        let position = self.positions.get_mut(account, symbol).expect("a held position");
+        let position = self.positions.get_mut(account, symbol, position_side).expect("a held position");
         position.cost -= cost_share;
         position.qty -= if position.qty > 0 { qty } else { -qty };
         if position.qty == 0 {
             assert!(position.cost == 0, "closed position {}/{} kept cost", self.names.name(account),
-                    self.names.name(symbol));
+                    position_label(self.names.name(symbol), position_side));
             let published = position.adl_quantile;
-            self.positions.remove(account, symbol);
+            self.positions.remove(account, symbol, position_side);
             if published != 0 {
                 self.quantile_closes.insert((account, symbol, side), published);
             }
@@ -464,7 +495,7 @@ impl Engine {
         realized
     }
 
-    fn on_mark(&mut self, record: &Record<'_>) -> Result<(), Rejected> {
+    fn on_mark(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejected> {
         let Body::Mark { symbol, mark_price, .. } = &record.body else { unreachable!() };
         let symbol_id = self.instrument_of(symbol)?;
         if let Some(&in_force) = self.mark_ts.get(&symbol_id) {
@@ -475,6 +506,7 @@ impl Engine {
         }
         self.marks.insert(symbol_id, mark_price.value);
         self.mark_ts.insert(symbol_id, record.ts);
+        self.check_inventory(symbol_id, out);
         Ok(())
     }
 
@@ -495,13 +527,15 @@ impl Engine {
         let rate_price = product(mark_price.value, rate.value); // 1e-26
         let asset = self.instruments[&symbol_id].settle_asset;
         let mut payments = Vec::new();
-        let mut accounts = self.positions.accounts_in(symbol_id).to_vec();
-        accounts.sort_by(|a, b| self.names.name(*a).cmp(self.names.name(*b))); // postings in account order
-        for account in accounts {
-            let position = self.positions.get(account, symbol_id).expect("indexed");
+        let mut holders = self.positions.holders(symbol_id).to_vec();
+        // postings by account, then position side (docs/design.md section 10, "Postings")
+        holders.sort_by(|a, b| self.names.name(a.0).cmp(self.names.name(b.0)).then(a.1.name().cmp(b.1.name())));
+        for (account, side) in holders {
+            // each hedge side pays on its own signed qty
+            let position = self.positions.get(account, symbol_id, side).expect("indexed");
             let payment = money(mul(I256::new(position.qty), rate_price), S8 + S26);
             let payer = if position.margin_mode == MarginMode::Isolated {
-                Account::Isolated { account, symbol: symbol_id }
+                Account::Isolated { account, symbol: symbol_id, side }
             } else {
                 Account::Wallet { account, asset }
             };
@@ -522,8 +556,9 @@ impl Engine {
 
     // ------------------------------------------------------------------ liquidation and the fund
     fn on_liquidation(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejected> {
-        let Body::Liquidation { liquidation_id, account_id, symbol, qty, mark_price, bankruptcy_price, executions } =
-            &record.body
+        let Body::Liquidation {
+            liquidation_id, account_id, symbol, qty, mark_price, bankruptcy_price, executions, position_side,
+        } = &record.body
         else {
             unreachable!()
         };
@@ -533,8 +568,10 @@ impl Engine {
         }
         self.cause.liquidation_id = Some(liquidation_id.to_string());
         let account = self.names.find(account_id);
-        let position = account.and_then(|a| self.positions.get(a, symbol_id)).cloned();
-        let Some(position) = position else { return reject(format!("{account_id} holds no {symbol} position")) };
+        let position = account.and_then(|a| self.positions.get(a, symbol_id, *position_side)).cloned();
+        let Some(position) = position else {
+            return reject(format!("{account_id} holds no {} position", position_label(symbol, *position_side)));
+        };
         let account = position.account;
         let qty = qty.value;
         if qty > position.size() {
@@ -558,19 +595,16 @@ impl Engine {
         }
 
         let mark = mark_price.value;
+        // the published mark in force, and the account's margin at it
+        let in_force = self.mark_ts.contains_key(&symbol_id).then(|| self.marks[&symbol_id]);
+        let view_in_force = in_force.filter(|&m| m != mark).map(|_| self.margin_view(&position));
         self.marks.insert(symbol_id, mark);
         let mark_ts = self.mark_ts.get(&symbol_id).copied().unwrap_or(record.ts).max(record.ts);
         self.mark_ts.insert(symbol_id, mark_ts);
         let instrument = self.instruments[&symbol_id].clone();
         let view = self.margin_view(&position);
-        if !view.liquidatable() {
-            let details = vec![
-                ("margin_balance", J::Owned(text_512(view.margin_balance, S16))),
-                ("maintenance_margin", J::Owned(text_wide(view.maintenance_margin, S8))),
-                ("mark_price", J::Owned(text(mark, S8))),
-            ];
-            self.finding("not_liquidatable", Some(account), Some(liquidation_id), Some(symbol_id), details, out);
-        }
+        self.check_liquidation_mark(account, liquidation_id, symbol_id, mark, in_force, &view, view_in_force.as_ref(),
+                                    out);
         let size = position.size();
         // the equity behind (1e-8) and the lot's cost (1e-16) derive from a balance: 512 bits (section 9.3)
         let equity_behind = if qty == size {
@@ -613,7 +647,7 @@ impl Engine {
             liquidated_account: account,
             seq: self.seq,
         };
-        self.reduce(account, symbol_id, qty, lot_cost, "takeover", out);
+        self.reduce(account, symbol_id, position.position_side, qty, lot_cost, "takeover", out);
         let symbol_name = self.names.name(symbol_id).to_string();
         let fund_state = self.funds.get_mut(&fund).expect("an instrument's fund");
         fund_state.add_lot(&symbol_name, lot);
@@ -624,15 +658,110 @@ impl Engine {
         let remaining = self.funds[&fund].lots.get(&symbol_name).and_then(|lots| lots.get(lot_index))
             .filter(|lot| lot.liquidation_id == liquidation_id.as_ref() && lot.seq == self.seq)
             .map_or(0, |lot| lot.qty);
-        if remaining > 0 && !self.accepts_inventory(fund) {
-            self.deleverage(fund, &symbol_name, lot_index, out);
+        if remaining > 0 && !self.accepts_inventory(fund) && self.deleverage(fund, &symbol_name, lot_index, None, out) > 0
+        {
+            return Ok(()); // nobody left to take it: the mark's own check would find the same
         }
+        self.check_inventory(symbol_id, out);
         Ok(())
+    }
+
+    /// The liquidation's mark against the published mark in force (docs/design.md section 7): `mark_mismatch` beyond
+    /// the instrument's tolerance; `not_liquidatable` judged at both marks, saying at which it was not.
+    #[allow(clippy::too_many_arguments)]
+    fn check_liquidation_mark(&mut self, account: u32, liquidation_id: &str, symbol: u32, mark: i128,
+                              in_force: Option<i128>, view: &MarginView, view_in_force: Option<&MarginView>,
+                              out: &mut Outputs) {
+        let tolerance = self.instruments[&symbol].mark_tolerance;
+        if let Some(in_force) = in_force {
+            // |mark - in force| (1e-8) against tolerance (1e-18) x in force (1e-8): compared at 1e-26
+            if product((mark - in_force).abs(), pow10_i128(S18)) > product(tolerance, in_force) {
+                let details = vec![
+                    ("mark_price", J::Owned(text(mark, S8))),
+                    ("mark_in_force", J::Owned(text(in_force, S8))),
+                    ("tolerance", J::Owned(text(tolerance, S18))),
+                ];
+                self.finding("mark_mismatch", Some(account), Some(liquidation_id), Some(symbol), details, out);
+            }
+        }
+        let at_liquidation_mark = !view.liquidatable();
+        let at_mark_in_force = view_in_force.is_some_and(|v| !v.liquidatable());
+        if !(at_liquidation_mark || at_mark_in_force) {
+            return;
+        }
+        let mut details = vec![
+            ("margin_balance", J::Owned(text_512(view.margin_balance, S16))),
+            ("maintenance_margin", J::Owned(text_wide(view.maintenance_margin, S8))),
+            ("mark_price", J::Owned(text(mark, S8))),
+        ];
+        if let (Some(other), Some(in_force)) = (view_in_force, in_force) {
+            details.push(("mark_in_force", J::Owned(text(in_force, S8))));
+            details.push(("margin_balance_at_mark_in_force", J::Owned(text_512(other.margin_balance, S16))));
+            details.push(("maintenance_margin_at_mark_in_force", J::Owned(text_wide(other.maintenance_margin, S8))));
+        }
+        let at = if at_mark_in_force {
+            if at_liquidation_mark { "both" } else { "mark_in_force" }
+        } else if in_force == Some(mark) {
+            "both"
+        } else {
+            "liquidation_mark"
+        };
+        details.push(("not_liquidatable_at", J::Str(at)));
+        self.finding("not_liquidatable", Some(account), Some(liquidation_id), Some(symbol), details, out);
+    }
+
+    /// The fund's own trigger on a mark move (docs/design.md section 7): when the fund of `symbol` no longer accepts
+    /// its inventory at the new mark, it deleverages the excess of its net position in `symbol` at once, from its
+    /// lots on that side oldest first; a shortfall stops it.
+    fn check_inventory(&mut self, symbol: u32, out: &mut Outputs) {
+        let fund = self.instruments[&symbol].fund_id;
+        let symbol_name = self.names.name(symbol).to_string();
+        loop {
+            let net = self.funds[&fund].net_qty(symbol);
+            if net == 0 || self.accepts_inventory(fund) {
+                return;
+            }
+            let mut wanted = self.excess_qty(fund, symbol, net);
+            let side = if net > 0 { Side::Long } else { Side::Short };
+            let mut index = 0;
+            while wanted > 0 {
+                let Some(lots) = self.funds[&fund].lots.get(&symbol_name) else { break };
+                let Some(offset) = lots.iter().skip(index).position(|lot| lot.side == side) else { break };
+                index += offset;
+                let lot_qty = lots[index].qty;
+                let take = lot_qty.min(wanted);
+                wanted -= take;
+                if self.deleverage(fund, &symbol_name, index, Some(take), out) > 0 {
+                    return;
+                }
+                if take < lot_qty {
+                    index += 1; // the lot stays, partly taken; a lot taken whole left the list
+                }
+            }
+        }
+    }
+
+    /// The qty of `net` whose notional at mark is above the limit, rounded up to whole lots (docs/design.md section
+    /// 9.4); all of it when the fund's balance is not above zero.
+    fn excess_qty(&self, fund: u32, symbol: u32, net: i128) -> i128 {
+        let balance = self.ledger.balance(Account::Fund(fund));
+        if balance <= 0 {
+            return net.abs();
+        }
+        let fund_state = &self.funds[&fund];
+        // notional (1e-16) - ratio (1e-18) x balance (1e-8), at 1e-26
+        let excess = sub(mul(self.inventory_notional(fund_state), pow10(S26 - S16)),
+                         mul(I256::new(fund_state.spec.max_inventory_ratio), balance));
+        let instrument = &self.instruments[&symbol];
+        // CEILING(excess / (mark x lot)) whole lots: excess at 1e-26, mark x lot at 1e-16
+        let lots = ratio(excess, S26, product(self.marks[&symbol], instrument.lot_size), S16, 0, Rounding::Ceiling);
+        let wanted = crate::numbers::narrow(mul(lots, I256::new(instrument.lot_size)));
+        wanted.min(net.abs())
     }
 
     #[allow(clippy::too_many_arguments)]
     fn fund_fill(&mut self, fund_name: &str, symbol: u32, side: TradeSide, qty: i128, fill_price: i128, fee: i128,
-                 out: &mut Outputs) -> Result<(), Rejected> {
+                 position_side: PositionSide, out: &mut Outputs) -> Result<(), Rejected> {
         let Some(fund) = self.names.find(fund_name).filter(|id| self.funds.contains_key(id)) else {
             return reject(format!("unknown fund {fund_name}"));
         };
@@ -643,6 +772,11 @@ impl Engine {
         }
         let asset = instrument.settle_asset;
         let closing = if side == TradeSide::Sell { Side::Long } else { Side::Short };
+        if position_side != PositionSide::Both && position_side.name() != closing.name() {
+            return reject(format!("a fund's {} closes its {} lots; position_side {} does not",
+                                  if side == TradeSide::Buy { "buy" } else { "sell" }, closing.name(),
+                                  position_side.name()));
+        }
         let symbol_name = self.names.name(symbol).to_string();
         let held: i128 = self.funds[&fund].lots.get(&symbol_name)
             .map_or(0, |lots| lots.iter().filter(|lot| lot.side == closing).map(|lot| lot.qty).sum());
@@ -742,14 +876,17 @@ impl Engine {
         total
     }
 
-    /// Close the lot against opposite-side positions in ADL order until it is gone, at the lot's bankruptcy price.
-    fn deleverage(&mut self, fund: u32, symbol_name: &str, lot_index: usize, out: &mut Outputs) {
+    /// Close `qty` of the lot (all of it when None) against opposite-side positions in ADL order, at the lot's
+    /// bankruptcy price. Returns the qty nobody was left to take (an `adl_shortfall`).
+    fn deleverage(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: Option<i128>, out: &mut Outputs)
+                  -> i128 {
         let lot = self.funds[&fund].lots[symbol_name][lot_index].clone();
         let symbol = lot.symbol;
+        let wanted = qty.unwrap_or(lot.qty);
         let opposite = lot.side.opposite();
-        let (queue, count) = self.adl_top(symbol, opposite, lot.qty);
-        let takes = takes(&queue, lot.qty);
-        let mut left = lot.qty;
+        let (queue, count) = self.adl_top(symbol, opposite, wanted);
+        let takes = takes(&queue, wanted);
+        let mut left = wanted;
         for (rank, (ranked, take)) in queue.iter().zip(takes).enumerate() {
             if left == 0 {
                 break;
@@ -761,7 +898,7 @@ impl Engine {
                           self.cause.adl_event_id.replace(format!("adl-{}-{}", self.seq, self.counts.adl_events)));
             let (_, proceeds) = self.take_from_lot(fund, symbol_name, lot_index, take);
             left -= take;
-            self.reduce(ranked.account, symbol, take, proceeds, "adl", out);
+            self.reduce(ranked.account, symbol, ranked.position_side, take, proceeds, "adl", out);
             let rank = rank + 1;
             self.adl_event(fund, &lot, ranked.account, opposite, take, price_of_wide(proceeds, take), rank, ranked.score,
                            quantile(rank, count), out);
@@ -772,6 +909,7 @@ impl Engine {
             self.finding("adl_shortfall", Some(lot.liquidated_account), Some(&lot.liquidation_id), Some(symbol),
                          details, out);
         }
+        left
     }
 
     fn enforce_solvency(&mut self, (fund, balance_before): (u32, I256), out: &mut Outputs) {
@@ -789,7 +927,7 @@ impl Engine {
                         break;
                     }
                     let length = lots.len();
-                    self.deleverage(fund, &symbol_name, index, out);
+                    self.deleverage(fund, &symbol_name, index, None, out);
                     let now = self.funds[&fund].lots.get(&symbol_name).map_or(0, |lots| lots.len());
                     if now == length {
                         index += 1;
@@ -819,16 +957,16 @@ impl Engine {
 
     fn cross_positions(&self, account: u32, asset: u32) -> impl Iterator<Item = &Position> + '_ {
         self.positions
-            .symbols_of(account)
+            .keys_of(account)
             .iter()
-            .filter_map(move |&symbol| self.positions.get(account, symbol))
+            .filter_map(move |&(symbol, side)| self.positions.get(account, symbol, side))
             .filter(move |p| p.margin_mode == MarginMode::Cross && self.instruments[&p.symbol].settle_asset == asset)
     }
 
     pub fn margin_view(&self, position: &Position) -> MarginView {
         let (own_pnl, own_mm) = self.exposure(position);
         if position.margin_mode == MarginMode::Isolated {
-            let margin = self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol });
+            let margin = self.ledger.balance(isolated_account(position));
             let balance = wadd(wmul(wide256(margin), wpow10(S16 - S8)), wide(own_pnl));
             return MarginView { margin_balance: balance, maintenance_margin: I256::new(own_mm),
                                 position_maintenance: own_mm, equity_share: balance };
@@ -864,8 +1002,7 @@ impl Engine {
         let long = position.qty > 0;
         let rounding = if long { Rounding::Floor } else { Rounding::Ceiling };
         let numerator = if position.margin_mode == MarginMode::Isolated {
-            let margin = self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol });
-            let margin = wmul(wide256(margin), wpow10(S16 - S8));
+            let margin = wmul(wide256(self.ledger.balance(isolated_account(position))), wpow10(S16 - S8));
             if long { wsub(wide(position.cost), margin) } else { wadd(wide(position.cost), margin) }
         } else {
             let share = view.map_or_else(|| self.margin_view(position), |view| *view).equity_share;
@@ -897,16 +1034,24 @@ impl Engine {
         } else {
             (wide256(ratio(I256::new(pnl), S16, I256::new(cost), S16, S12, Rounding::HalfEven)), true)
         };
-        Ranked { account: position.account, size: position.size(), score, past_bankruptcy: past, bankruptcy }
+        Ranked { account: position.account, position_side: position.position_side, size: position.size(), score,
+                 past_bankruptcy: past, bankruptcy }
+    }
+
+    /// The account's position on one side of a symbol: its one-way position of that sign, or its hedge side.
+    pub fn position_on(&self, account: u32, symbol: u32, side: Side) -> Option<&Position> {
+        let hedge = if side == Side::Long { PositionSide::Long } else { PositionSide::Short };
+        self.positions.get(account, symbol, hedge)
+            .or_else(|| self.positions.get(account, symbol, PositionSide::Both).filter(|p| p.side() == side))
     }
 
     /// Every position of one symbol and side in ADL order (ties: the larger position, then the smaller account id).
     pub fn adl_queue(&self, symbol: u32, side: Side) -> Vec<Ranked> {
         let mut queue: Vec<Ranked> = self
             .positions
-            .accounts_in(symbol)
+            .holders(symbol)
             .iter()
-            .filter_map(|&account| self.positions.get(account, symbol))
+            .filter_map(|&(account, position_side)| self.positions.get(account, symbol, position_side))
             .filter(|p| p.side() == side)
             .map(|p| self.rank(p))
             .collect();
@@ -932,13 +1077,14 @@ impl Engine {
         let candidates =
             self.adl_index.candidates(symbol, side, mark, qty, |a, b| names.name(a).cmp(names.name(b)));
         let count = self.adl_index.count(symbol, side);
-        debug_assert_eq!(count, self.positions.accounts_in(symbol).iter()
-            .filter(|&&account| self.positions.get(account, symbol).is_some_and(|p| p.side() == side)).count());
+        debug_assert_eq!(count, self.positions.holders(symbol).iter()
+            .filter(|&&(account, held)| self.positions.get(account, symbol, held).is_some_and(|p| p.side() == side))
+            .count());
         match candidates {
             Candidates::Everyone => (self.adl_queue(symbol, side), count),
             Candidates::Among(accounts) => {
                 let mut queue: Vec<Ranked> =
-                    accounts.iter().filter_map(|&account| self.positions.get(account, symbol)).map(|p| self.rank(p))
+                    accounts.iter().filter_map(|&account| self.position_on(account, symbol, side)).map(|p| self.rank(p))
                         .collect();
                 self.order(&mut queue);
                 (queue, count)
@@ -967,14 +1113,13 @@ impl Engine {
     pub fn liquidation_price(&self, position: &Position) -> Option<Wide> {
         let instrument = &self.instruments[&position.symbol];
         let other = if position.margin_mode == MarginMode::Isolated {
-            wmul(wide256(self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol })),
-                 wpow10(S16 - S8))
+            wmul(wide256(self.ledger.balance(isolated_account(position))), wpow10(S16 - S8))
         } else {
             let asset = instrument.settle_asset;
             let mut other =
                 wmul(wide256(self.ledger.balance(Account::Wallet { account: position.account, asset })), wpow10(S16 - S8));
             for peer in self.cross_positions(position.account, asset) {
-                if peer.symbol == position.symbol {
+                if peer.symbol == position.symbol && peer.position_side == position.position_side {
                     continue;
                 }
                 let (pnl, mm) = self.exposure(peer);
@@ -1144,8 +1289,46 @@ impl Engine {
     }
 }
 
+/// A position's isolated margin account.
+pub fn isolated_account(position: &Position) -> Account {
+    Account::Isolated { account: position.account, symbol: position.symbol, side: position.position_side }
+}
+
 /// Scale of a rate times a price (1e-26).
 const S26: u32 = S18 + S8;
+
+/// Each bracket's maint_amount is the cumulative amount the brackets imply (docs/design.md section 7): cum_1 = 0,
+/// cum_i = cum_(i-1) + max_notional_(i-1) x (mmr_i - mmr_(i-1)) (exact, at 1e-26). A stated one must equal it; an
+/// omitted one is derived, and must be a MONEY value (>= 0, whole 1e-8, below 10^16).
+fn checked_tiers(tiers: &[crate::wire::Tier]) -> Result<Vec<Tier>, Rejected> {
+    let mut checked: Vec<Tier> = Vec::with_capacity(tiers.len());
+    let mut cumulative = I256::ZERO;
+    let unit = pow10(S26 - S8);
+    for (index, tier) in tiers.iter().enumerate() {
+        if let Some(previous) = checked.last() {
+            cumulative = add(cumulative, product(previous.max_notional, tier.mmr.value - previous.mmr));
+        }
+        let number = index + 1;
+        match tier.maint_amount {
+            None => {
+                if cumulative < 0 || cumulative % unit != 0 || cumulative >= mul(pow10(16 + S8), unit) {
+                    return reject(format!("bracket {number}: the brackets imply a maint_amount of {}, which is not \
+                                           an amount (>= 0, at most 16 integer and 8 fraction digits)",
+                                          text_wide(cumulative, S26)));
+                }
+            }
+            Some(stated) => {
+                if product(stated.value, pow10_i128(S26 - S8)) != cumulative {
+                    return reject(format!("bracket {number}: maint_amount {} is not the cumulative amount {} the \
+                                           brackets imply", Shown(stated.value, S8), text_wide(cumulative, S26)));
+                }
+            }
+        }
+        checked.push(Tier { max_notional: tier.max_notional.value, mmr: tier.mmr.value,
+                            maint_amount: crate::numbers::narrow(cumulative / unit) });
+    }
+    Ok(checked)
+}
 
 pub fn mode_name(mode: MarginMode) -> &'static str {
     match mode {

@@ -4,6 +4,7 @@
 
 use crate::adl_index::Changed;
 use crate::numbers::{add, sub, wadd, wide256, Wide};
+use crate::wire::PositionSide;
 use ethnum::I256;
 use rustc_hash::FxHashMap as HashMap;
 
@@ -36,7 +37,7 @@ impl Names {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Account {
     Wallet { account: u32, asset: u32 },
-    Isolated { account: u32, symbol: u32 },
+    Isolated { account: u32, symbol: u32, side: PositionSide },
     Fund(u32),
     Fees(u32),
     Settlement(u32),
@@ -48,9 +49,10 @@ impl Account {
     pub fn name(&self, names: &Names) -> String {
         match *self {
             Account::Wallet { account, asset } => format!("wallet:{}:{}", names.name(account), names.name(asset)),
-            Account::Isolated { account, symbol } => {
-                format!("isolated:{}:{}", names.name(account), names.name(symbol))
-            }
+            Account::Isolated { account, symbol, side } => match side {
+                PositionSide::Both => format!("isolated:{}:{}", names.name(account), names.name(symbol)),
+                side => format!("isolated:{}:{}:{}", names.name(account), names.name(symbol), side.name()),
+            },
             Account::Fund(fund) => format!("fund:{}", names.name(fund)),
             Account::Fees(asset) => format!("fees:{}", names.name(asset)),
             Account::Settlement(symbol) => format!("settlement:{}", names.name(symbol)),

@@ -4,13 +4,16 @@
 
 use crate::canonical::{self, J};
 use crate::engine::{
-    mode_name, money, money_wide, price_of, price_of_wide, Engine, Outputs, FUND_ACCOUNT_PREFIX, MAX_LATENESS_MS,
+    isolated_account, mode_name, money, money_wide, price_of, price_of_wide, Engine, Outputs, FUND_ACCOUNT_PREFIX,
+    MAX_LATENESS_MS,
 };
 use crate::json::{self, Dialect, Value};
 use crate::ledger::Account;
 use crate::numbers::{self, text, text_512, text_wide, Kind, Rounding, Wide, S16, S18, S8};
-use crate::state::{FundSpec, FundState, Instrument, Lot, Position, Side, Tier};
-use crate::wire::{self, Body, Dec, MarginMode, Record, Surplus};
+use crate::state::{
+    position_label, FundSpec, FundState, Instrument, Lot, Position, Side, Tier, DEFAULT_MARK_TOLERANCE,
+};
+use crate::wire::{self, Body, Dec, MarginMode, PositionSide, Record, Surplus};
 use ethnum::I256;
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::VecDeque;
@@ -459,25 +462,32 @@ impl Processor {
                 wallets.entry(*account).or_default().push((names.name(*asset), *balance));
             }
         }
-        let mut ranks: HashMap<(u32, u32), (usize, u8)> = HashMap::default();
+        // (account, symbol, direction) -> (rank, quantile): one position per direction of a symbol (section 7)
+        let mut ranks: HashMap<(u32, u32, Side), (usize, u8)> = HashMap::default();
         for (symbol, sides) in crate::quantiles::views_now(engine) {
-            for view in sides {
-                ranks.extend(view.ranks.iter().map(|&(account, rank, quantile)| ((account, symbol), (rank, quantile))));
+            for (view, side) in sides.iter().zip([Side::Long, Side::Short]) {
+                ranks.extend(view.ranks.iter().map(|&(account, rank, quantile)| ((account, symbol, side), (rank, quantile))));
             }
         }
         let mut accounts: Vec<u32> = wallets.keys().copied().collect();
         accounts.extend(engine.positions.of_account.keys().copied().filter(|a| !wallets.contains_key(a)));
         accounts.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+        // `<symbol>:long` and `<symbol>:short`, the keys of hedge positions (a one-way position is keyed by its symbol)
+        let hedge_labels: HashMap<(u32, PositionSide), String> = engine.instruments.keys()
+            .flat_map(|&symbol| [PositionSide::Long, PositionSide::Short]
+                .map(|side| ((symbol, side), position_label(names.name(symbol), side))))
+            .collect();
         let mut entries: Vec<(String, J<'_>)> = Vec::with_capacity(accounts.len() + engine.funds.len());
         for account in accounts {
             let mut own = wallets.remove(&account).unwrap_or_default();
             own.sort_by(|a, b| a.0.cmp(b.0));
             let primary = own.first().map_or_else(|| "0".to_string(), |(_, balance)| text_wide(*balance, S8));
-            let mut symbols: Vec<u32> = engine.positions.symbols_of(account).to_vec();
-            symbols.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
-            let positions = symbols.iter().map(|symbol| {
-                let position = engine.positions.get(account, *symbol).expect("indexed");
-                (names.name(*symbol), position_view(engine, position, ranks[&(account, *symbol)]))
+            let positions = positions_of(engine, account).into_iter().map(|position| {
+                let label = match position.position_side {
+                    PositionSide::Both => names.name(position.symbol),
+                    side => hedge_labels[&(position.symbol, side)].as_str(),
+                };
+                (label, position_view(engine, position, ranks[&(account, position.symbol, position.side())]))
             }).collect();
             entries.push((names.name(account).to_string(), J::Obj(vec![
                 ("wallet", J::Owned(primary)),
@@ -612,6 +622,10 @@ impl Processor {
                 tiers,
                 liquidation_fee_rate: decimal(field(i, "liquidation_fee_rate")?, S18)?,
                 fund_id: engine.names.id(string(field(i, "fund_id")?)?),
+                mark_tolerance: match field(i, "mark_tolerance") {
+                    Ok(value) => decimal(value, S18)?,
+                    Err(_) => DEFAULT_MARK_TOLERANCE,
+                },
             };
             engine.instruments.insert(symbol, instrument);
         }
@@ -644,6 +658,12 @@ impl Processor {
                 "isolated" => MarginMode::Isolated,
                 other => return Err(format!("unknown margin mode {other}")),
             };
+            let position_side = match field(p, "position_side").and_then(string) {
+                Err(_) => PositionSide::Both,
+                Ok("long") => PositionSide::Long,
+                Ok("short") => PositionSide::Short,
+                Ok(other) => return Err(format!("unknown position side {other}")),
+            };
             let position = Position {
                 account: engine.names.id(string(field(p, "account_id")?)?),
                 symbol: engine.names.id(string(field(p, "symbol")?)?),
@@ -651,9 +671,10 @@ impl Processor {
                 cost: decimal(field(p, "cost")?, S16)?,
                 margin_mode,
                 leverage: Dec { value: decimal(field(p, "leverage")?, S8)?, places: leverage.fraction.len() as u8 },
+                position_side,
                 adl_quantile: quantile_of(field(p, "adl_quantile")?)?,
             };
-            if engine.positions.get(position.account, position.symbol).is_some() || position.qty == 0 {
+            if engine.positions.get(position.account, position.symbol, position_side).is_some() || position.qty == 0 {
                 return Err("a position listed twice, or empty".into());
             }
             engine.positions.add(position);
@@ -729,9 +750,11 @@ fn fund_document<'e>(engine: &'e Engine, f: &'e FundState) -> J<'e> {
     ])
 }
 
+/// An instrument's specs; a version-2 field is written only when it is not its default, so that a version-1 journal
+/// keeps its state hash (backstop.core.snapshot).
 fn instrument_document<'e>(engine: &'e Engine, i: &'e Instrument) -> J<'e> {
     let names = &engine.names;
-    J::Obj(vec![
+    let mut entries = vec![
         ("symbol", J::Str(names.name(i.symbol))),
         ("settle_asset", J::Str(names.name(i.settle_asset))),
         ("tick_size", J::Owned(text(i.tick_size, S8))),
@@ -743,25 +766,31 @@ fn instrument_document<'e>(engine: &'e Engine, i: &'e Instrument) -> J<'e> {
             ("mmr", J::Owned(text(t.mmr, S18))),
             ("maint_amount", J::Owned(text(t.maint_amount, S8))),
         ])).collect())),
-    ])
+    ];
+    if i.mark_tolerance != DEFAULT_MARK_TOLERANCE {
+        entries.push(("mark_tolerance", J::Owned(text(i.mark_tolerance, S18))));
+    }
+    J::Obj(entries)
 }
 
-/// Every open position: accounts sorted, each account's positions by symbol.
+/// Every open position: accounts sorted, each account's positions by symbol, then long before short.
 fn positions_in_order(engine: &Engine) -> Vec<&Position> {
     let names = &engine.names;
     let mut accounts: Vec<u32> = engine.positions.of_account.keys().copied().collect();
     accounts.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
-    let mut out = Vec::new();
-    for account in accounts {
-        let mut symbols = engine.positions.symbols_of(account).to_vec();
-        symbols.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
-        out.extend(symbols.iter().filter_map(|s| engine.positions.get(account, *s)));
-    }
-    out
+    accounts.into_iter().flat_map(|account| positions_of(engine, account)).collect()
+}
+
+/// An account's positions by symbol, then position side (backstop.core.state.Positions.in_symbol_order).
+fn positions_of(engine: &Engine, account: u32) -> Vec<&Position> {
+    let names = &engine.names;
+    let mut keys = engine.positions.keys_of(account).to_vec();
+    keys.sort_by(|a, b| names.name(a.0).cmp(names.name(b.0)).then(a.1.cmp(&b.1)));
+    keys.iter().filter_map(|&(symbol, side)| engine.positions.get(account, symbol, side)).collect()
 }
 
 fn position_document<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
-    J::Obj(vec![
+    let mut entries = vec![
         ("account_id", J::Str(engine.names.name(p.account))),
         ("symbol", J::Str(engine.names.name(p.symbol))),
         ("qty", J::Owned(text(p.qty, S8))),
@@ -769,14 +798,19 @@ fn position_document<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
         ("margin_mode", J::Str(mode_name(p.margin_mode))),
         ("leverage", J::Owned(text(p.leverage.value, S8))),
         ("adl_quantile", J::Int(i128::from(p.adl_quantile))),
-    ])
+    ];
+    if p.position_side != PositionSide::Both {
+        // a version-1 journal keeps its state hash
+        entries.push(("position_side", J::Str(p.position_side.name())));
+    }
+    J::Obj(entries)
 }
 
 fn position_view<'e>(engine: &'e Engine, p: &'e Position, (rank, quantile): (usize, u8)) -> J<'e> {
     let mark = engine.marks[&p.symbol];
     let view = engine.margin_view(p);
     let (pnl, _) = engine.exposure(p);
-    let isolated = engine.ledger.balance(Account::Isolated { account: p.account, symbol: p.symbol });
+    let isolated = engine.ledger.balance(isolated_account(p));
     let liquidation = engine.liquidation_price(p).map_or_else(|| "0".to_string(), |price| text_512(price, S8));
     J::Obj(vec![
         ("qty", J::Owned(text(p.qty, S8))),
@@ -803,8 +837,14 @@ fn account_named(engine: &mut Engine, name: &str) -> Option<Account> {
         return Some(Account::Wallet { account: names.id(account), asset: names.id(asset) });
     }
     if let Some(rest) = name.strip_prefix("isolated:") {
+        // isolated:<account>:<symbol>, or with :long / :short after the symbol (a symbol is upper case)
+        let (rest, side) = match rest.rsplit_once(':')? {
+            (head, "long") => (head, PositionSide::Long),
+            (head, "short") => (head, PositionSide::Short),
+            _ => (rest, PositionSide::Both),
+        };
         let (account, symbol) = rest.rsplit_once(':')?;
-        return Some(Account::Isolated { account: names.id(account), symbol: names.id(symbol) });
+        return Some(Account::Isolated { account: names.id(account), symbol: names.id(symbol), side });
     }
     let (kind, rest) = name.split_once(':')?;
     let id = names.id(rest);

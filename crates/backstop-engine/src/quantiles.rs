@@ -9,7 +9,7 @@ use crate::ledger::Account;
 use crate::numbers::{text_512, wadd, wide, wide256, wmul, wpow10, wrescale, wsub, Rounding, Wide, S16, S8};
 use bnum::cast::As;
 use crate::state::Side;
-use crate::wire::MarginMode;
+use crate::wire::{MarginMode, PositionSide};
 use ethnum::I256;
 
 /// The quantile period of event time, in ms (as Binance updates its quantile estimates).
@@ -121,34 +121,35 @@ fn spread(key: f64) -> f64 {
 /// it was computed.
 struct Row {
     account: u32,
+    position_side: PositionSide,
     key: f64,
     exact: Option<Ranked>,
 }
 
 /// The quantiles of one symbol and side at a quantile point, as backstop.core.quantile_index computes them (see
 /// there why the result is the exact ranking's): (account, quantile) of every position whose quantile differs from
-/// the one published for it, and the summed size of its stressed positions.
-pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, u8)>, i128) {
+/// the one published for it (and its position side), and the summed size of its stressed positions.
+pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, PositionSide, u8)>, i128) {
     let Some(&mark) = engine.marks.get(&symbol) else { return (Vec::new(), 0) };
     let mark_float = mark as f64 / 1e8;
     let asset = engine.instruments[&symbol].settle_asset;
     let mut groups: [Vec<Row>; 2] = [Vec::new(), Vec::new()];
     let mut stressed: i128 = 0;
-    for &account in engine.positions.accounts_in(symbol) {
-        let position = engine.positions.get(account, symbol).expect("indexed");
+    for &(account, position_side) in engine.positions.holders(symbol) {
+        let position = engine.positions.get(account, symbol, position_side).expect("indexed");
         if position.side() != side {
             continue;
         }
         let cross = position.margin_mode == MarginMode::Cross;
-        let apart = cross && engine.positions.symbols_of(account).iter().any(|&other| {
-            other != symbol && engine.positions.get(account, other).is_some_and(|p| {
-                p.margin_mode == MarginMode::Cross && engine.instruments[&other].settle_asset == asset
-            })
+        // another cross position in the asset (another symbol, or the other hedge side): the index ranks it exactly
+        let apart = cross && engine.positions.keys_of(account).iter().any(|&(other, other_side)| {
+            (other, other_side) != (symbol, position_side) && engine.positions.get(account, other, other_side)
+                .is_some_and(|p| p.margin_mode == MarginMode::Cross && engine.instruments[&other].settle_asset == asset)
         });
         let base = if cross {
             engine.ledger.balance(Account::Wallet { account, asset })
         } else {
-            engine.ledger.balance(Account::Isolated { account, symbol })
+            engine.ledger.balance(Account::Isolated { account, symbol, side: position_side })
         };
         let (size, cost, base) = (position.size() as f64 / 1e8, position.cost as f64 / 1e16, base.as_f64() / 1e8);
         let notional = size * mark_float;
@@ -165,7 +166,7 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, u8)>
                 stressed += ranked.size;
             }
             let key = ranked.score.as_::<f64>() / 1e12;
-            groups[usize::from(ranked.past_bankruptcy)].push(Row { account, key, exact: Some(ranked) });
+            groups[usize::from(ranked.past_bankruptcy)].push(Row { account, position_side, key, exact: Some(ranked) });
         } else if equity > bound {
             let ratio = upnl / cost;
             let leverage = notional / equity;
@@ -175,10 +176,10 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, u8)>
             if clearly || (!clearly_not && is_stressed(&engine.rank(position), mark, side)) {
                 stressed += position.size();
             }
-            groups[0].push(Row { account, key, exact: None });
+            groups[0].push(Row { account, position_side, key, exact: None });
         } else {
             stressed += position.size(); // clearly past its bankruptcy price
-            groups[1].push(Row { account, key: upnl / cost, exact: None });
+            groups[1].push(Row { account, position_side, key: upnl / cost, exact: None });
         }
     }
     let count = groups[0].len() + groups[1].len();
@@ -188,8 +189,8 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, u8)>
         let quantiles = group_quantiles(engine, symbol, rows, offset, count, past == 1);
         offset += rows.len();
         for (row, quantile) in rows.iter().zip(quantiles) {
-            if engine.positions.get(row.account, symbol).expect("indexed").adl_quantile != quantile {
-                changes.push((row.account, quantile));
+            if engine.positions.get(row.account, symbol, row.position_side).expect("indexed").adl_quantile != quantile {
+                changes.push((row.account, row.position_side, quantile));
             }
         }
     }
@@ -234,7 +235,7 @@ fn group_quantiles(engine: &Engine, symbol: u32, rows: &mut [Row], offset: usize
         let first = rows.iter().filter(|row| row.key - spread(row.key) > high).count();
         for &i in &members {
             if rows[i].exact.is_none() {
-                let position = engine.positions.get(rows[i].account, symbol).expect("indexed");
+                let position = engine.positions.get(rows[i].account, symbol, rows[i].position_side).expect("indexed");
                 rows[i].exact = Some(engine.rank(position));
             }
             let exact = rows[i].exact.as_ref().expect("ranked");
@@ -273,7 +274,7 @@ pub fn publish(engine: &mut Engine, out: &mut Outputs) {
     let mut symbols: Vec<u32> = engine.instruments.keys().copied().collect();
     symbols.sort_by(|a, b| engine.names.name(*a).cmp(engine.names.name(*b)));
     let mut views: Vec<(u32, [SideView; 2])> = Vec::with_capacity(symbols.len());
-    let mut all_changes: Vec<[Vec<(u32, u8)>; 2]> = Vec::with_capacity(symbols.len());
+    let mut all_changes: Vec<[Vec<(u32, PositionSide, u8)>; 2]> = Vec::with_capacity(symbols.len());
     for &symbol in &symbols {
         let [(long, long_stressed), (short, short_stressed)] = SIDES.map(|side| side_changes(engine, symbol, side));
         views.push((symbol, [SideView { ranks: Vec::new(), stressed_size: long_stressed },
@@ -317,8 +318,9 @@ pub fn publish(engine: &mut Engine, out: &mut Outputs) {
                 .filter(|(_, s, d)| s == symbol && *d == side)
                 .map(|(account, _, _)| (*account, 0))
                 .collect();
-            for &(account, quantile) in side_changes {
-                engine.positions.get_mut(account, *symbol).expect("a ranked position").adl_quantile = quantile;
+            for &(account, position_side, quantile) in side_changes {
+                let position = engine.positions.get_mut(account, *symbol, position_side).expect("a ranked position");
+                position.adl_quantile = quantile;
                 changed.push((account, quantile));
             }
             changed.sort_by(|a, b| engine.names.name(a.0).cmp(engine.names.name(b.0)));

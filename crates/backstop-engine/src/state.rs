@@ -2,7 +2,7 @@
 //! Quantities and prices are integers at 1e-8, costs at 1e-16, rates at 1e-18 (docs/design.md section 9.2).
 
 use crate::numbers::Wide;
-use crate::wire::{Dec, MarginMode, Surplus};
+use crate::wire::{Dec, MarginMode, PositionSide, Surplus};
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -22,7 +22,12 @@ pub struct Instrument {
     pub tiers: Vec<Tier>,
     pub liquidation_fee_rate: i128,
     pub fund_id: u32,
+    /// how far (a rate, 1e-18) a liquidation's mark may be from the mark in force without a finding
+    pub mark_tolerance: i128,
 }
+
+/// docs/design.md section 7: 0.5% at 1e-18.
+pub const DEFAULT_MARK_TOLERANCE: i128 = 5_000_000_000_000_000;
 
 #[derive(Clone, Debug)]
 pub struct FundSpec {
@@ -53,7 +58,8 @@ impl Side {
     }
 }
 
-/// A one-way position: signed qty (long > 0) and the exact cost basis |qty| x entry.
+/// A position: signed qty (long > 0) and the exact cost basis |qty| x entry, keyed (account, symbol, position side):
+/// one per symbol in one-way mode (`Both`), one per side in hedge mode (`Long`, `Short`, whose qty has that sign).
 #[derive(Clone, Debug)]
 pub struct Position {
     pub account: u32,
@@ -62,6 +68,7 @@ pub struct Position {
     pub cost: i128,
     pub margin_mode: MarginMode,
     pub leverage: Dec,
+    pub position_side: PositionSide,
     /// The ADL quantile last published for it (crate::quantiles); 0: none.
     pub adl_quantile: u8,
 }
@@ -72,6 +79,15 @@ impl Position {
     }
     pub fn side(&self) -> Side {
         if self.qty > 0 { Side::Long } else { Side::Short }
+    }
+}
+
+/// How a position is named (accounts.json, isolated ledger accounts): the symbol in one-way mode, `<symbol>:long` /
+/// `<symbol>:short` in hedge mode.
+pub fn position_label(symbol: &str, side: PositionSide) -> String {
+    match side {
+        PositionSide::Both => symbol.to_string(),
+        other => format!("{symbol}:{}", other.name()),
     }
 }
 
@@ -113,47 +129,57 @@ impl FundState {
     }
 }
 
-/// Open positions: by (account, symbol), each account's symbols in the order they opened, each symbol's accounts.
+/// Open positions: by (account, symbol, position side), each account's keys in the order they opened, each symbol's
+/// holders.
 #[derive(Clone, Debug, Default)]
 pub struct Positions {
-    /// (account, symbol) -> the position and its place in `of_symbol[symbol]`
-    pub by_key: HashMap<(u32, u32), (Position, usize)>,
-    pub of_account: HashMap<u32, Vec<u32>>,
-    pub of_symbol: HashMap<u32, Vec<u32>>,
+    /// (account, symbol, position side) -> the position and its place in `of_symbol[symbol]`
+    pub by_key: HashMap<(u32, u32, PositionSide), (Position, usize)>,
+    pub of_account: HashMap<u32, Vec<(u32, PositionSide)>>,
+    pub of_symbol: HashMap<u32, Vec<(u32, PositionSide)>>,
 }
 
 impl Positions {
-    pub fn get(&self, account: u32, symbol: u32) -> Option<&Position> {
-        self.by_key.get(&(account, symbol)).map(|(position, _)| position)
+    pub fn get(&self, account: u32, symbol: u32, side: PositionSide) -> Option<&Position> {
+        self.by_key.get(&(account, symbol, side)).map(|(position, _)| position)
     }
-    pub fn get_mut(&mut self, account: u32, symbol: u32) -> Option<&mut Position> {
-        self.by_key.get_mut(&(account, symbol)).map(|(position, _)| position)
+    pub fn get_mut(&mut self, account: u32, symbol: u32, side: PositionSide) -> Option<&mut Position> {
+        self.by_key.get_mut(&(account, symbol, side)).map(|(position, _)| position)
     }
-    pub fn symbols_of(&self, account: u32) -> &[u32] {
+    /// The account's (symbol, position side) keys, in the order they opened.
+    pub fn keys_of(&self, account: u32) -> &[(u32, PositionSide)] {
         self.of_account.get(&account).map_or(&[], Vec::as_slice)
     }
-    pub fn accounts_in(&self, symbol: u32) -> &[u32] {
+    /// The (account, position side) keys of a symbol's positions.
+    pub fn holders(&self, symbol: u32) -> &[(u32, PositionSide)] {
         self.of_symbol.get(&symbol).map_or(&[], Vec::as_slice)
     }
-    pub fn add(&mut self, position: Position) {
-        let key = (position.account, position.symbol);
-        self.of_account.entry(position.account).or_default().push(position.symbol);
-        let accounts = self.of_symbol.entry(position.symbol).or_default();
-        accounts.push(position.account);
-        self.by_key.insert(key, (position, accounts.len() - 1));
+    /// The account's positions in a symbol: none, its one-way position, or its hedge sides.
+    pub fn in_symbol(&self, account: u32, symbol: u32) -> impl Iterator<Item = &Position> + '_ {
+        self.keys_of(account)
+            .iter()
+            .filter(move |(s, _)| *s == symbol)
+            .filter_map(move |(s, side)| self.get(account, *s, *side))
     }
-    pub fn remove(&mut self, account: u32, symbol: u32) {
-        let Some((_, at)) = self.by_key.remove(&(account, symbol)) else { return };
-        if let Some(symbols) = self.of_account.get_mut(&account) {
-            symbols.retain(|&s| s != symbol);
-            if symbols.is_empty() {
+    pub fn add(&mut self, position: Position) {
+        let key = (position.account, position.symbol, position.position_side);
+        self.of_account.entry(position.account).or_default().push((position.symbol, position.position_side));
+        let holders = self.of_symbol.entry(position.symbol).or_default();
+        holders.push((position.account, position.position_side));
+        self.by_key.insert(key, (position, holders.len() - 1));
+    }
+    pub fn remove(&mut self, account: u32, symbol: u32, side: PositionSide) {
+        let Some((_, at)) = self.by_key.remove(&(account, symbol, side)) else { return };
+        if let Some(keys) = self.of_account.get_mut(&account) {
+            keys.retain(|&key| key != (symbol, side));
+            if keys.is_empty() {
                 self.of_account.remove(&account);
             }
         }
-        let accounts = self.of_symbol.get_mut(&symbol).expect("indexed by symbol");
-        accounts.swap_remove(at);
-        if let Some(&moved) = accounts.get(at) {
-            self.by_key.get_mut(&(moved, symbol)).expect("indexed").1 = at;
+        let holders = self.of_symbol.get_mut(&symbol).expect("indexed by symbol");
+        holders.swap_remove(at);
+        if let Some(&(moved, moved_side)) = holders.get(at) {
+            self.by_key.get_mut(&(moved, symbol, moved_side)).expect("indexed").1 = at;
         }
     }
 }

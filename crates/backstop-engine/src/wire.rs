@@ -32,6 +32,25 @@ pub enum Surplus {
     Fund,
     Trader,
 }
+/// docs/design.md section 7: `both` is one-way mode, `long` and `short` are the sides of hedge mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PositionSide {
+    Both,
+    Long,
+    Short,
+}
+
+impl PositionSide {
+    pub fn name(self) -> &'static str {
+        match self {
+            PositionSide::Both => "both",
+            PositionSide::Long => "long",
+            PositionSide::Short => "short",
+        }
+    }
+}
+
+const POSITION_SIDES: &[&str] = &["both", "long", "short"];
 
 /// A decimal as the wire gave it: its value at the kind's scale, and how many fraction digits it was written
 /// with (Python's Decimal keeps them, and a reason that prints the Decimal shows them).
@@ -45,7 +64,8 @@ pub struct Dec {
 pub struct Tier {
     pub max_notional: Dec,
     pub mmr: Dec,
-    pub maint_amount: Dec,
+    /// None: derived from the brackets (docs/design.md section 7)
+    pub maint_amount: Option<Dec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +88,7 @@ pub enum Body<'a> {
         tiers: Vec<Tier>,
         liquidation_fee_rate: Dec,
         fund_id: Str<'a>,
+        mark_tolerance: Option<Dec>,
     },
     Transfer { transfer_id: Str<'a>, account_id: Str<'a>, asset: Str<'a>, amount: Dec },
     Fill {
@@ -80,6 +101,7 @@ pub enum Body<'a> {
         fee: Dec,
         margin_mode: MarginMode,
         leverage: Dec,
+        position_side: PositionSide,
     },
     Mark { symbol: Str<'a>, mark_price: Dec, index_price: Option<Dec> },
     Funding { symbol: Str<'a>, rate: Dec, mark_price: Dec },
@@ -91,6 +113,7 @@ pub enum Body<'a> {
         mark_price: Dec,
         bankruptcy_price: Option<Dec>,
         executions: Vec<Execution>,
+        position_side: PositionSide,
     },
 }
 
@@ -154,6 +177,8 @@ enum Check {
     Timestamp,
     Text(Text),
     Literal(&'static [&'static str]),
+    /// a literal with a default, the first option, when the key is absent (not when it is null)
+    OptionalLiteral(&'static [&'static str]),
     Decimal(Kind, Sign),
     OptionalDecimal(Kind, Sign),
     Tuple(&'static Model, usize, usize),
@@ -171,7 +196,7 @@ static TIER: Model = Model {
     fields: &[
         ("max_notional", Check::Decimal(MONEY, Sign::Positive)),
         ("mmr", Check::Decimal(RATE, Sign::Positive)),
-        ("maint_amount", Check::Decimal(MONEY, Sign::NonNegative)),
+        ("maint_amount", Check::OptionalDecimal(MONEY, Sign::NonNegative)),
     ],
 };
 static EXECUTION: Model = Model {
@@ -198,6 +223,7 @@ static INSTRUMENT: Model = Model {
         ("tiers", Check::Tuple(&TIER, 1, 64)),
         ("liquidation_fee_rate", Check::Decimal(RATE, Sign::NonNegative)),
         ("fund_id", Check::Text(IDENTIFIER)),
+        ("mark_tolerance", Check::OptionalDecimal(RATE, Sign::NonNegative)),
     ],
 };
 static TRANSFER: Model = Model {
@@ -223,6 +249,7 @@ static FILL: Model = Model {
         ("fee", Check::Decimal(MONEY, Sign::Any)),
         ("margin_mode", Check::Literal(&["cross", "isolated"])),
         ("leverage", Check::Decimal(LEVERAGE, Sign::LeverageRange)),
+        ("position_side", Check::OptionalLiteral(POSITION_SIDES)),
     ],
 };
 static MARK: Model = Model {
@@ -254,6 +281,7 @@ static LIQUIDATION: Model = Model {
         ("mark_price", Check::Decimal(PRICE, Sign::Positive)),
         ("bankruptcy_price", Check::OptionalDecimal(PRICE, Sign::Positive)),
         ("executions", Check::OptionalTuple(&EXECUTION, 1024)),
+        ("position_side", Check::OptionalLiteral(POSITION_SIDES)),
     ],
 };
 
@@ -339,7 +367,7 @@ fn last<'v, 'a>(entries: &'v [(Cow<'a, str>, Value<'a>)], name: &str) -> Option<
 }
 
 /// Most fields a model has.
-const MAX_FIELDS: usize = 12;
+const MAX_FIELDS: usize = 16;
 
 fn validate_model<'v, 'a>(model: &Model, value: &'v Value<'a>) -> Result<Vec<Field<'v, 'a>>, Error> {
     let Value::Object(entries) = value else {
@@ -357,7 +385,9 @@ fn validate_model<'v, 'a>(model: &Model, value: &'v Value<'a>) -> Result<Vec<Fie
     for ((name, check), slot) in model.fields.iter().zip(slots) {
         let field = match slot {
             None => match check {
-                Check::Tag | Check::OptionalDecimal(..) | Check::OptionalTuple(..) => Field::Absent,
+                Check::Tag | Check::OptionalDecimal(..) | Check::OptionalTuple(..) | Check::OptionalLiteral(..) => {
+                    Field::Absent
+                }
                 _ => return Err(Error::at(name, "Field required")),
             },
             Some(value) => validate_field(check, value).map_err(|error| error.inside(name))?,
@@ -407,14 +437,17 @@ fn validate_field<'v, 'a>(check: &Check, value: &'v Value<'a>) -> Result<Field<'
             }
             Ok(Field::Text(text))
         }
-        Check::Literal(options) => {
+        Check::Literal(options) | Check::OptionalLiteral(options) => {
             if let Value::Str(text) = value {
                 if let Some(index) = options.iter().position(|option| option == text) {
                     return Ok(Field::Choice(index));
                 }
             }
+            // pydantic: 'a' or 'b'; 'a', 'b' or 'c'
             let listed: Vec<String> = options.iter().map(|option| format!("'{option}'")).collect();
-            fail(format!("Input should be {}", listed.join(" or ")))
+            let (last, first) = listed.split_last().expect("options");
+            let shown = if first.is_empty() { last.clone() } else { format!("{} or {last}", first.join(", ")) };
+            fail(format!("Input should be {shown}"))
         }
         Check::Decimal(kind, sign) | Check::OptionalDecimal(kind, sign) => {
             if matches!(check, Check::OptionalDecimal(..)) && *value == Value::Null {
@@ -514,6 +547,16 @@ fn choice(field: &Field) -> usize {
         _ => unreachable!("validated as a literal"),
     }
 }
+/// An optional literal's option, its first (the default) when absent.
+fn choice_or_default(field: &Field) -> usize {
+    match field {
+        Field::Choice(index) => *index,
+        _ => 0,
+    }
+}
+fn position_side(field: &Field) -> PositionSide {
+    [PositionSide::Both, PositionSide::Long, PositionSide::Short][choice_or_default(field)]
+}
 fn items<'f, 'v, 'a>(field: &'f Field<'v, 'a>) -> &'f [Vec<Field<'v, 'a>>] {
     match field {
         Field::Items(items) => items,
@@ -532,11 +575,17 @@ fn dump(model: &Model, tag: Option<&str>, fields: &[Field], out: &mut String) {
         match field {
             Field::Absent if *name == "type" => write!(out, "\"{}\"", tag.unwrap_or_default()).expect("a String"),
             Field::Absent if matches!(model.fields[index].1, Check::OptionalTuple(..)) => out.push_str("[]"),
+            Field::Absent if matches!(model.fields[index].1, Check::OptionalLiteral(..)) => {
+                let Check::OptionalLiteral(options) = model.fields[index].1 else { unreachable!() };
+                write!(out, "\"{}\"", options[0]).expect("a String")
+            }
             Field::Absent => out.push_str("null"),
             Field::Int(value) => write!(out, "{value}").expect("a String"),
             Field::Text(text) => write!(out, "\"{text}\"").expect("a String"),
             Field::Choice(_) => {
-                let Check::Literal(options) = model.fields[index].1 else { unreachable!() };
+                let (Check::Literal(options) | Check::OptionalLiteral(options)) = model.fields[index].1 else {
+                    unreachable!()
+                };
                 write!(out, "\"{}\"", options[choice(field)]).expect("a String")
             }
             Field::Decimal(_, text) => write!(out, "\"{}\"", decimal_str(text)).expect("a String"),
@@ -623,10 +672,11 @@ fn build<'a>(tag: &str, model: &'static Model, f: Vec<Field<'_, 'a>>) -> Record<
             lot_size: dec(&f[5]),
             tiers: items(&f[6])
                 .iter()
-                .map(|t| Tier { max_notional: dec(&t[0]), mmr: dec(&t[1]), maint_amount: dec(&t[2]) })
+                .map(|t| Tier { max_notional: dec(&t[0]), mmr: dec(&t[1]), maint_amount: optional_dec(&t[2]) })
                 .collect(),
             liquidation_fee_rate: dec(&f[7]),
             fund_id: text(&f[8]),
+            mark_tolerance: optional_dec(&f[9]),
         },
         "transfer" => Body::Transfer {
             transfer_id: text(&f[2]),
@@ -644,6 +694,7 @@ fn build<'a>(tag: &str, model: &'static Model, f: Vec<Field<'_, 'a>>) -> Record<
             fee: dec(&f[8]),
             margin_mode: if choice(&f[9]) == 0 { MarginMode::Cross } else { MarginMode::Isolated },
             leverage: dec(&f[10]),
+            position_side: position_side(&f[11]),
         },
         "mark" => Body::Mark { symbol: text(&f[2]), mark_price: dec(&f[3]), index_price: optional_dec(&f[4]) },
         "funding" => Body::Funding { symbol: text(&f[2]), rate: dec(&f[3]), mark_price: dec(&f[4]) },
@@ -655,6 +706,7 @@ fn build<'a>(tag: &str, model: &'static Model, f: Vec<Field<'_, 'a>>) -> Record<
             mark_price: dec(&f[6]),
             bankruptcy_price: optional_dec(&f[7]),
             executions: items(&f[8]).iter().map(|e| Execution { qty: dec(&e[0]), price: dec(&e[1]) }).collect(),
+            position_side: position_side(&f[9]),
         },
         _ => unreachable!("a known tag"),
     };

@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from backstop.core.ledger import isolated_owner
 from backstop.core.state import Position, Positions
 
 Side = Literal["long", "short"]
@@ -330,7 +331,7 @@ class AdlIndex:
             if name.startswith("wallet:"):
                 self._dirty.add(name[7:name.rindex(":")])
             elif name.startswith("isolated:"):
-                self._dirty.add(name[9:name.rindex(":")])
+                self._dirty.add(isolated_owner(name))
 
     def refresh(self, positions: Positions, base_of: Callable[[Position], Decimal],
                 settle_asset: Callable[[str], str], limit: int | None = None) -> None:

@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal, getcontext, localcontext, setcontext
+from decimal import ROUND_CEILING, Decimal, getcontext, localcontext, setcontext
 from typing import Any, ClassVar, Literal, cast
 
 from backstop.core import adl, ledger, quantiles
@@ -29,6 +29,7 @@ from backstop.core.margin import (
 from backstop.core.numbers import (
     CONTEXT,
     MAX_COST,
+    MAX_MONEY,
     MAX_POSITION_QTY,
     MONEY_QUANTUM,
     ZERO,
@@ -43,6 +44,7 @@ from backstop.core.numbers import (
     share,
     surplus_cap,
     text,
+    whole_steps,
 )
 from backstop.core.ordering import check_lateness
 from backstop.core.records import (
@@ -56,7 +58,19 @@ from backstop.core.records import (
     Posting,
     PostingKind,
 )
-from backstop.core.state import FundSpec, FundState, Instrument, Lot, Position, Positions, Tier
+from backstop.core.state import (
+    DEFAULT_MARK_TOLERANCE,
+    FundSpec,
+    FundState,
+    Instrument,
+    Lot,
+    Position,
+    PositionKey,
+    Positions,
+    PositionSide,
+    Tier,
+    position_label,
+)
 from backstop.wire.inputs import (
     FUND_ACCOUNT_PREFIX,
     AnyRecord,
@@ -103,7 +117,7 @@ class MarginView:
         return self.margin_balance <= self.maintenance_margin
 
 
-Exposures = dict[str, tuple[Decimal, Decimal]]  # one account's positions: symbol -> (uPnL, MM) at the marks
+Exposures = dict[tuple[str, str], tuple[Decimal, Decimal]]  # one account's: (symbol, position_side) -> (uPnL, MM)
 
 
 def is_fund_account(account_id: str) -> bool:
@@ -119,11 +133,11 @@ class Engine:
         self.instruments: dict[str, Instrument] = {}
         self.marks: dict[str, Decimal] = {}
         self.positions = Positions()
-        self.by_symbol: dict[str, dict[str, Position]] = {}  # symbol -> account -> position
+        self.by_symbol: dict[str, dict[PositionKey, Position]] = {}  # symbol -> (account, position_side) -> position
         self.adl_index = AdlIndex()  # finds the top of a queue without ranking every position exactly
         self._leverages: dict[str, Decimal] = {}
         self._settle_assets: tuple[int, frozenset[str]] = (0, frozenset())  # (funds seen, their assets)
-        self._rank_cache: dict[str, tuple[Decimal, dict[str, tuple[tuple[Decimal, ...], adl.Ranked]]]] = {}
+        self._rank_cache: dict[str, tuple[Decimal, dict[PositionKey, tuple[tuple[Decimal, ...], adl.Ranked]]]] = {}
         self.last_seq = 0
         self.newest_ts: int | None = None  # the largest ts applied (backstop.core.ordering)
         self.mark_ts: dict[str, int] = {}  # symbol -> ts of the mark in force
@@ -220,13 +234,34 @@ class Engine:
             raise Rejected("tiers must have strictly increasing max_notional")
         if any(tier.mmr >= 1 for tier in record.tiers):
             raise Rejected("mmr must be below 1")
-        tiers = tuple(Tier(t.max_notional, t.mmr, t.maint_amount) for t in record.tiers)
+        tolerance = DEFAULT_MARK_TOLERANCE if record.mark_tolerance is None else record.mark_tolerance
         self.instruments[record.symbol] = Instrument(
-            record.symbol, record.settle_asset, record.tick_size, record.lot_size, tiers,
-            record.liquidation_fee_rate, record.fund_id)
+            record.symbol, record.settle_asset, record.tick_size, record.lot_size, self._checked_tiers(record),
+            record.liquidation_fee_rate, record.fund_id, tolerance)
         if previous is None:
             fund_state.symbols.append(record.symbol)
             self.by_symbol[record.symbol] = {}
+
+    @staticmethod
+    def _checked_tiers(record: InstrumentRecord) -> tuple[Tier, ...]:
+        """Each bracket's maint_amount is the cumulative amount the brackets imply (docs/design.md §7): cum_1 = 0,
+        cum_i = cum_(i-1) + max_notional_(i-1) x (mmr_i - mmr_(i-1)), which keeps MM continuous at every edge. A
+        stated one must equal it; an omitted one is derived, and must be a MONEY value (>= 0, whole 1e-8)."""
+        tiers: list[Tier] = []
+        cumulative = ZERO
+        for number, tier in enumerate(record.tiers, start=1):
+            if tiers:
+                previous = tiers[-1]
+                cumulative += CONTEXT.multiply(previous.max_notional, tier.mmr - previous.mmr)
+            if tier.maint_amount is None:
+                if cumulative < 0 or cumulative >= MAX_MONEY or not is_money(cumulative):
+                    raise Rejected(f"bracket {number}: the brackets imply a maint_amount of {text(cumulative)}, which "
+                                   f"is not an amount (>= 0, at most 16 integer and 8 fraction digits)")
+            elif tier.maint_amount != cumulative:
+                raise Rejected(f"bracket {number}: maint_amount {text(tier.maint_amount)} is not the cumulative "
+                               f"amount {text(cumulative)} the brackets imply")
+            tiers.append(Tier(tier.max_notional, tier.mmr, cumulative))
+        return tuple(tiers)
 
     # ------------------------------------------------------------------ money in and out
     def _on_transfer(self, record: TransferRecord) -> None:
@@ -264,11 +299,19 @@ class Engine:
         if is_fund_account(record.account_id):
             self._fund_fill(record, instrument)
             return
-        position = self.positions.get(record.account_id, record.symbol)
+        position_side = record.position_side
+        self._check_position_mode(record.account_id, record.symbol, position_side)
+        position = self.positions.get(record.account_id, record.symbol, position_side)
         if position is not None and position.margin_mode != record.margin_mode:
-            raise Rejected(f"{record.account_id} holds {record.symbol} in {position.margin_mode} margin; "
+            raise Rejected(f"{record.account_id} holds {position.label} in {position.margin_mode} margin; "
                            f"a {record.margin_mode} fill cannot change it while the position is open")
         delta = record.qty if record.side == "buy" else -record.qty
+        if position_side != "both" and (position_side == "long") != (delta > 0):
+            held_size = ZERO if position is None else position.size
+            if record.qty > held_size:  # a hedge side is only reduced, never flipped
+                label = position_label(record.symbol, position_side)
+                raise Rejected(f"{record.account_id} holds {text(held_size)} {label}; a {record.side} of "
+                               f"{text(record.qty)} would take it below zero")
         if position is not None and (position.qty > 0) == (delta > 0):
             self._check_growth(position, record.qty, record.price)
         self.marks.setdefault(record.symbol, record.price)
@@ -280,12 +323,20 @@ class Engine:
         if remaining > 0:
             held = position if position is not None and position.qty != 0 else None  # a flip closed it first
             self._open(record.account_id, instrument, remaining if delta > 0 else -remaining, record.price,
-                       record.margin_mode, record.leverage, held)
+                       record.margin_mode, record.leverage, held, position_side)
         wallet = ledger.wallet(record.account_id, instrument.settle_asset)
         self._post("fee", wallet, ledger.fees(instrument.settle_asset), record.fee, instrument.settle_asset)
         if self.ledger.balance(wallet) < 0:
             self._finding("negative_wallet", record.account_id, None, record.symbol,
                           {"wallet": text(self.ledger.balance(wallet)), "fill_id": record.fill_id})
+
+    def _check_position_mode(self, account_id: str, symbol: str, position_side: PositionSide) -> None:
+        """An account's positions in one symbol are all one-way (both) or all hedge sides, never mixed (§7)."""
+        for held in self.positions.in_symbol(account_id, symbol):
+            if (held.position_side == "both") != (position_side == "both"):
+                mode = "one-way" if held.position_side == "both" else "hedge"
+                raise Rejected(f"{account_id} holds {held.label} in {mode} mode; a position_side {position_side} "
+                               f"record cannot mix modes in {symbol}")
 
     @staticmethod
     def _check_growth(position: Position, qty: Decimal, fill_price: Decimal) -> None:
@@ -299,25 +350,27 @@ class Engine:
             raise Rejected(f"position cost would be {text(cost)}, above the bound 10^22")
 
     def _open(self, account_id: str, instrument: Instrument, qty: Decimal, fill_price: Decimal,
-              margin_mode: Literal["cross", "isolated"], leverage: Decimal, position: Position | None) -> None:
-        """Open or add to a position; `position`: the one the account holds in the symbol, if any."""
+              margin_mode: Literal["cross", "isolated"], leverage: Decimal, position: Position | None,
+              position_side: PositionSide) -> None:
+        """Open or add to a position; `position`: the one the account holds with that key, if any."""
         symbol = instrument.symbol
         value = CONTEXT.multiply(abs(qty), fill_price)
         self.adl_index.touch(account_id)
         leverage = self._leverages.setdefault(str(leverage), leverage)  # one object per spelling: ~100 B a position
         if position is None:
-            position = Position(account_id, symbol, qty, value, margin_mode, leverage)
+            position = Position(account_id, symbol, qty, value, margin_mode, leverage, position_side)
             if self.quantile_closes:  # the same position back before its close was published: as if never gone
                 position.adl_quantile = self.quantile_closes.pop((account_id, symbol, position.side), 0)
             self.positions.add(position)
-            self.by_symbol[symbol][account_id] = position
+            self.by_symbol[symbol][position.key] = position
         else:
             position.qty += qty
             position.cost += value
             position.leverage = leverage
         if margin_mode == "isolated":
             self._post("initial_margin", ledger.wallet(account_id, instrument.settle_asset),
-                       ledger.isolated(account_id, symbol), initial_margin(value, leverage), instrument.settle_asset)
+                       ledger.isolated(account_id, symbol, position_side), initial_margin(value, leverage),
+                       instrument.settle_asset)
 
     def _reduce(self, position: Position, qty: Decimal, proceeds: Decimal,
                 kind: Literal["realized_pnl", "takeover", "adl"]) -> Decimal:
@@ -332,16 +385,16 @@ class Engine:
         realized = money(proceeds - cost_share if position.qty > 0 else cost_share - proceeds)
         self._post(kind, ledger.settlement(position.symbol), wallet, realized, asset)
         if position.margin_mode == "isolated":
-            margin_account = ledger.isolated(position.account_id, position.symbol)
+            margin_account = ledger.isolated(position.account_id, position.symbol, position.position_side)
             released = share(self.ledger.balance(margin_account), qty, position.size)
             self._post("margin_release", margin_account, wallet, released, asset)
         position.cost -= cost_share
         position.qty -= qty if position.qty > 0 else -qty
         if position.qty == 0:
             if position.cost != 0:
-                raise InvariantViolation(f"closed position {position.account_id}/{position.symbol} kept cost")
+                raise InvariantViolation(f"closed position {position.account_id}/{position.label} kept cost")
             self.positions.remove(position)
-            del self.by_symbol[position.symbol][position.account_id]
+            del self.by_symbol[position.symbol][position.key]
             if position.adl_quantile:
                 self.quantile_closes[(position.account_id, position.symbol, side)] = position.adl_quantile
         return realized
@@ -354,6 +407,7 @@ class Engine:
                            f"{in_force})")
         self.marks[record.symbol] = record.mark_price
         self.mark_ts[record.symbol] = record.ts
+        self._check_inventory(record.symbol)
 
     def _on_funding(self, record: FundingRecord) -> None:
         instrument = self._instrument(record.symbol)
@@ -366,11 +420,12 @@ class Engine:
         self.funding_ts[record.symbol] = record.ts
         clearing = ledger.funding(record.symbol)
         book = self.by_symbol[record.symbol]
-        for account_id in sorted(book):  # postings in account order (docs/design.md §10, "Postings")
-            position = book[account_id]
+        for key in sorted(book):  # by account, then position side (docs/design.md §10, "Postings")
+            position = book[key]  # each hedge side pays on its own signed qty
             payment = funding_payment(position.qty, record.mark_price, record.rate)
-            payer = (ledger.isolated(position.account_id, position.symbol) if position.margin_mode == "isolated"
-                     else ledger.wallet(position.account_id, instrument.settle_asset))
+            payer = (ledger.isolated(position.account_id, position.symbol, position.position_side)
+                     if position.margin_mode == "isolated" else ledger.wallet(position.account_id,
+                                                                              instrument.settle_asset))
             self._post("funding", payer, clearing, payment, instrument.settle_asset)
         fund_state = self.funds[instrument.fund_id]
         payment = funding_payment(fund_state.net_qty(record.symbol), record.mark_price, record.rate)
@@ -384,9 +439,10 @@ class Engine:
         if is_fund_account(record.account_id):
             raise Rejected("a fund's inventory is not liquidated")
         self._liquidation_id = record.liquidation_id
-        position = self.positions.get(record.account_id, record.symbol)
+        position = self.positions.get(record.account_id, record.symbol, record.position_side)
         if position is None:
-            raise Rejected(f"{record.account_id} holds no {record.symbol} position")
+            raise Rejected(f"{record.account_id} holds no {position_label(record.symbol, record.position_side)} "
+                           f"position")
         if record.qty > position.size:
             raise Rejected(f"liquidation of {text(record.qty)} exceeds the position of {text(position.size)}")
         self._check_steps(instrument, record.qty, None)
@@ -400,14 +456,12 @@ class Engine:
         if abs(net) >= MAX_POSITION_QTY:
             raise Rejected(f"fund {instrument.fund_id} would hold {text(net)} {record.symbol}, above the bound 10^12")
 
+        in_force = self.marks[record.symbol] if record.symbol in self.mark_ts else None  # the published mark
+        view_in_force = self.margin_view(position) if in_force is not None and in_force != record.mark_price else None
         self.marks[record.symbol] = record.mark_price
         self.mark_ts[record.symbol] = max(self.mark_ts.get(record.symbol, record.ts), record.ts)
         view = self.margin_view(position)
-        if not view.liquidatable:
-            self._finding("not_liquidatable", record.account_id, record.liquidation_id, record.symbol, {
-                "margin_balance": text(view.margin_balance),
-                "maintenance_margin": text(view.maintenance_margin),
-                "mark_price": text(record.mark_price)})
+        self._check_liquidation_mark(record, instrument, in_force, view, view_in_force)
         equity_share = equity_behind(view.equity_share, record.qty, position.size)
         lot_cost = lot_cost_at_bankruptcy(position, record.qty, equity_share, record.mark_price)
         floor_cost = CONTEXT.multiply(record.qty, instrument.tick_size)
@@ -431,8 +485,34 @@ class Engine:
         fund_state.add_lot(lot)
         for execution in record.executions:
             self._realize(fund_state, lot, execution.qty, execution.price)
-        if lot.qty > 0 and not self._accepts_inventory(fund_state):
-            self._deleverage(fund_state, lot)
+        if lot.qty > 0 and not self._accepts_inventory(fund_state) and self._deleverage(fund_state, lot) > 0:
+            return  # nobody left to take it: the mark's own check would find the same
+        self._check_inventory(record.symbol)
+
+    def _check_liquidation_mark(self, record: LiquidationRecord, instrument: Instrument, in_force: Decimal | None,
+                                view: MarginView, view_in_force: MarginView | None) -> None:
+        """The liquidation's mark against the published mark in force (docs/design.md §7): `mark_mismatch` beyond
+        the instrument's tolerance; `not_liquidatable` judged at both marks, saying at which it was not."""
+        if in_force is not None and abs(record.mark_price - in_force) > CONTEXT.multiply(instrument.mark_tolerance,
+                                                                                          in_force):
+            self._finding("mark_mismatch", record.account_id, record.liquidation_id, record.symbol, {
+                "mark_price": text(record.mark_price), "mark_in_force": text(in_force),
+                "tolerance": text(instrument.mark_tolerance)})
+        at_liquidation_mark = not view.liquidatable
+        at_mark_in_force = view_in_force is not None and not view_in_force.liquidatable
+        if not (at_liquidation_mark or at_mark_in_force):
+            return
+        details = {"margin_balance": text(view.margin_balance), "maintenance_margin": text(view.maintenance_margin),
+                   "mark_price": text(record.mark_price)}
+        if view_in_force is not None and in_force is not None:
+            details |= {"mark_in_force": text(in_force),
+                        "margin_balance_at_mark_in_force": text(view_in_force.margin_balance),
+                        "maintenance_margin_at_mark_in_force": text(view_in_force.maintenance_margin)}
+        if at_mark_in_force:
+            details["not_liquidatable_at"] = "both" if at_liquidation_mark else "mark_in_force"
+        else:  # the mark in force is the liquidation's own, or there is none, or it liquidates the account
+            details["not_liquidatable_at"] = "both" if in_force == record.mark_price else "liquidation_mark"
+        self._finding("not_liquidatable", record.account_id, record.liquidation_id, record.symbol, details)
 
     def _fund_fill(self, record: FillRecord, instrument: Instrument) -> None:
         fund_id = record.account_id[len(FUND_ACCOUNT_PREFIX):]
@@ -440,6 +520,9 @@ class Engine:
         if instrument.fund_id != fund_id:
             raise Rejected(f"{record.symbol} belongs to fund {instrument.fund_id}, not {fund_id}")
         closing = "long" if record.side == "sell" else "short"
+        if record.position_side not in ("both", closing):
+            raise Rejected(f"a fund's {record.side} closes its {closing} lots; position_side {record.position_side} "
+                           f"does not")
         lots = [lot for lot in fund_state.lots.get(record.symbol, ()) if lot.side == closing]
         held = sum((lot.qty for lot in lots), ZERO)
         if record.qty > held:
@@ -494,6 +577,35 @@ class Engine:
         return self.inventory_notional(fund_state) <= CONTEXT.multiply(fund_state.spec.max_inventory_ratio,
                                                                       balance)
 
+    def _check_inventory(self, symbol: str) -> None:
+        """The fund's own trigger on a mark move (docs/design.md §7): when the fund of `symbol` no longer accepts its
+        inventory at the new mark, it deleverages the excess of its net position in `symbol` at once, from its lots
+        on that side oldest first, as it would a takeover's remainder; a shortfall stops it."""
+        instrument = self.instruments[symbol]
+        fund_state = self.funds[instrument.fund_id]
+        net = fund_state.net_qty(symbol)
+        while net != 0 and not self._accepts_inventory(fund_state):
+            wanted = self._excess_qty(fund_state, instrument, net)
+            side = "long" if net > 0 else "short"
+            for lot in [lot for lot in fund_state.lots[symbol] if lot.side == side]:
+                take = min(lot.qty, wanted)
+                if take == 0:
+                    break
+                wanted -= take
+                if self._deleverage(fund_state, lot, take) > 0:
+                    return
+            net = fund_state.net_qty(symbol)
+
+    def _excess_qty(self, fund_state: FundState, instrument: Instrument, net: Decimal) -> Decimal:
+        """The qty of `net` whose notional at mark is above the limit, rounded up to whole lots (docs/design.md
+        §9.4); all of it when the fund's balance is not above zero."""
+        balance = self.ledger.balance(ledger.fund(fund_state.spec.fund_id))
+        if balance <= 0:
+            return abs(net)
+        excess = self.inventory_notional(fund_state) - CONTEXT.multiply(fund_state.spec.max_inventory_ratio, balance)
+        wanted = whole_steps(excess, self.marks[instrument.symbol], instrument.lot_size, ROUND_CEILING)
+        return min(wanted, abs(net))
+
     def inventory_notional(self, fund_state: FundState) -> Decimal:
         """Sum over the fund's symbols of |net qty| x mark."""
         total = ZERO
@@ -501,27 +613,30 @@ class Engine:
             total += CONTEXT.multiply(abs(fund_state.net_qty(symbol)), self.marks[symbol])
         return total
 
-    def _deleverage(self, fund_state: FundState, lot: Lot) -> None:
-        """Close the lot against opposite-side positions in ADL order (or pro rata) until it is gone, at the lot's
-        bankruptcy price (the default; the fund realizes nothing) or at the mark (the fund realizes the
-        difference)."""
+    def _deleverage(self, fund_state: FundState, lot: Lot, qty: Decimal | None = None) -> Decimal:
+        """Close `qty` of the lot (all of it by default) against opposite-side positions in ADL order (or pro rata),
+        at the lot's bankruptcy price (the default; the fund realizes nothing) or at the mark (the fund realizes the
+        difference). Returns the qty nobody was left to take (an `adl_shortfall`)."""
         symbol = lot.symbol
+        wanted = lot.qty if qty is None else qty
         opposite: Literal["long", "short"] = "short" if lot.side == "long" else "long"
-        queue, count = self._adl_top(symbol, opposite, lot.qty)
+        queue, count = self._adl_top(symbol, opposite, wanted)
         if self.adl_policy.rule == "pro_rata":
-            takes = adl.pro_rata([r.position.size for r in queue], lot.qty, self.instruments[symbol].lot_size)
+            takes = adl.pro_rata([r.position.size for r in queue], wanted, self.instruments[symbol].lot_size)
         else:
             takes = []
-            remaining = lot.qty
+            remaining = wanted
             for ranked in queue:
                 takes.append(min(ranked.position.size, remaining))
                 remaining -= takes[-1]
         mark = self.marks[symbol]
+        left = wanted
         for rank, (ranked, take) in enumerate(zip(queue, takes, strict=True), start=1):
-            if lot.qty == 0:
+            if left == 0:
                 break
             if take == 0:
                 continue
+            left -= take
             counterparty = ranked.position
             causes = self._liquidation_id, self._adl_event_id
             self._liquidation_id = lot.liquidation_id
@@ -535,9 +650,10 @@ class Engine:
             self._adl_event(fund_state.spec.fund_id, lot, counterparty.account_id, opposite, take,
                             average_price(proceeds, take), rank, ranked.score, adl.quantile(rank, count))
             self._liquidation_id, self._adl_event_id = causes
-        if lot.qty > 0:
+        if left > 0:
             self._finding("adl_shortfall", lot.liquidated_account, lot.liquidation_id, symbol, {
-                "unfilled_qty": text(lot.qty), "counterparties": str(count)})
+                "unfilled_qty": text(left), "counterparties": str(count)})
+        return left
 
     def _enforce_solvency(self, funds_before: dict[str, Decimal]) -> None:
         """A fund below zero deleverages all of its inventory; the shortfall is recorded as bad debt."""
@@ -557,22 +673,23 @@ class Engine:
     def exposure(self, position: Position, memo: Exposures | None = None) -> tuple[Decimal, Decimal]:
         """(uPnL, maintenance margin) of a position at its mark. A caller that views several positions of one
         account passes one memo dict to every view, so each peer is computed once, not once per view."""
+        key = (position.symbol, position.position_side)
         if memo is not None:
-            known = memo.get(position.symbol)
+            known = memo.get(key)
             if known is not None:
                 return known
         mark = self.marks[position.symbol]
         result = (position.unrealized_pnl(mark), position_maintenance(position, self.instruments[position.symbol].tiers,
                                                                       mark))
         if memo is not None:
-            memo[position.symbol] = result
+            memo[key] = result
         return result
 
     def margin_view(self, position: Position, memo: Exposures | None = None) -> MarginView:
         memo = {} if memo is None else memo  # a cross position is its own peer: computed once either way
         own_pnl, own_mm = self.exposure(position, memo)
         if position.margin_mode == "isolated":
-            balance = self.ledger.balance(ledger.isolated(position.account_id, position.symbol)) + own_pnl
+            balance = self.ledger.balance(self._isolated_account(position)) + own_pnl
             return MarginView(balance, own_mm, own_mm, balance)
         asset = self.instruments[position.symbol].settle_asset
         tnc = self.ledger.balance(ledger.wallet(position.account_id, asset))
@@ -590,10 +707,15 @@ class Engine:
     def _bankruptcy_price(self, position: Position, memo: Exposures | None = None) -> Decimal:
         """The position's BP, rounded in the fund's favour (docs/design.md §9.4)."""
         if position.margin_mode == "isolated":
-            return isolated_bankruptcy_price(position,
-                                             self.ledger.balance(ledger.isolated(position.account_id, position.symbol)))
+            return isolated_bankruptcy_price(position, self.ledger.balance(self._isolated_account(position)))
         return bankruptcy_price(position, self.margin_view(position, memo).equity_share,
                                 self.marks[position.symbol])
+
+    def position_of(self, account_id: str, symbol: str, side: Literal["long", "short"]) -> Position:
+        """The account's open position of one direction on a symbol: its hedge side of that name, else its one-way
+        position (an account's positions on a symbol are all one-way or all hedge sides, docs/design.md §7)."""
+        book = self.by_symbol[symbol]
+        return book.get((account_id, side)) or book[(account_id, "both")]
 
     def adl_queue(self, symbol: str, side: Literal["long", "short"]) -> list[adl.Ranked]:
         """The positions of one symbol and side in ADL order (fund inventory is never in the queue)."""
@@ -623,8 +745,8 @@ class Engine:
         candidates = index.candidates(symbol, side, self.marks[symbol], qty)
         if candidates is None:
             return self.adl_queue(symbol, side), count
-        book = self.by_symbol[symbol]
-        return adl.order([self._ranked(book[a]) for a in candidates]), count
+        book = self.by_symbol[symbol]  # an account holds one position per side of a symbol: one-way or hedge
+        return adl.order([self._ranked(book.get((a, side)) or book[(a, "both")]) for a in candidates]), count
 
     def refresh_adl_index(self, limit: int | None = None) -> bool:
         """Bring the ADL index up to date with every change so far (or with `limit` of the accounts touched);
@@ -655,18 +777,22 @@ class Engine:
         if not alone:
             return adl.rank_position(position, mark, self._bankruptcy_price(position))
         numbers = (position.qty, position.cost, self._margin_base(position))
-        hit = cache.get(position.account_id)
+        hit = cache.get(position.key)
         if hit is not None and hit[0] == numbers and hit[1].position is position:
             return hit[1]
         ranked = adl.rank_position(position, mark, self._bankruptcy_price(position))
-        cache[position.account_id] = (numbers, ranked)
+        cache[position.key] = (numbers, ranked)
         return ranked
 
     def _margin_base(self, position: Position) -> Decimal:
         """B in the index's equity = B + uPnL: the isolated margin, or the wallet for a lone cross position."""
         if position.margin_mode == "isolated":
-            return self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
+            return self.ledger.balance(self._isolated_account(position))
         return self.ledger.balance(ledger.wallet(position.account_id, self.instruments[position.symbol].settle_asset))
+
+    @staticmethod
+    def _isolated_account(position: Position) -> str:
+        return ledger.isolated(position.account_id, position.symbol, position.position_side)
 
     def liquidation_price(self, position: Position, memo: Exposures | None = None) -> Decimal | None:
         with localcontext(CONTEXT):
@@ -675,7 +801,7 @@ class Engine:
     def _liquidation_price(self, position: Position, memo: Exposures | None = None) -> Decimal | None:
         instrument = self.instruments[position.symbol]
         if position.margin_mode == "isolated":
-            other = self.ledger.balance(ledger.isolated(position.account_id, position.symbol))
+            other = self.ledger.balance(self._isolated_account(position))
         else:
             other = self.ledger.balance(ledger.wallet(position.account_id, instrument.settle_asset))
             for peer in self._cross_positions(position.account_id, instrument.settle_asset):

@@ -9,7 +9,7 @@ compiled engine); no input within the bounds can reach it, so a posting that wou
 
 Ledger account names:
   wallet:<account>:<asset>        a trader's wallet (cross margin lives here)
-  isolated:<account>:<symbol>     a position's isolated margin
+  isolated:<account>:<symbol>     a position's isolated margin (:long or :short appended for a hedge-mode side)
   fund:<fund_id>                  an insurance fund
   fees:<asset>                    the exchange's fee income
   settlement:<symbol>             the market's side of realized PnL (trades between traders)
@@ -34,8 +34,19 @@ def wallet_owner(name: str) -> str | None:
     return name[7:name.rindex(":")] if name.startswith("wallet:") else None
 
 
-def isolated(account_id: str, symbol: str) -> str:
-    return f"isolated:{account_id}:{symbol}"
+def isolated(account_id: str, symbol: str, position_side: str = "both") -> str:
+    """A position's isolated margin: `isolated:<account>:<symbol>` in one-way mode (version 1's name), with `:long`
+    or `:short` after the symbol for a hedge-mode side (a symbol is upper case, so the name stays unambiguous)."""
+    return f"isolated:{account_id}:{symbol}" if position_side == "both" else \
+        f"isolated:{account_id}:{symbol}:{position_side}"
+
+
+def isolated_owner(name: str) -> str:
+    """The trader behind an isolated:<account>:<symbol>[:<side>] name."""
+    end = name.rindex(":")
+    if name.endswith((":long", ":short")):
+        end = name.rindex(":", 0, end)
+    return name[9:end]
 
 
 def fund(fund_id: str) -> str:

@@ -36,6 +36,7 @@ SCORE_QUANTUM = Decimal("1e-12")  # ADL scores and the explain-only ratios
 ZERO = Decimal(0)
 ONE = Decimal(1)
 MAX_POSITION_QTY = Decimal(10) ** 12  # §9.3: a position, and a fund's lots of one symbol and side, hold less
+MAX_MONEY = Decimal(10) ** 16  # §9.2: a MONEY field has at most 16 integer digits (a derived maint_amount too)
 MAX_COST = Decimal(10) ** 22  # §9.3: a position's cost basis stays below it
 BALANCE_BOUND = Decimal(10) ** 68  # §9.3: every ledger balance stays below it in magnitude (a 256-bit integer)
 LARGEST_PRICE = Decimal("9999999999.99999999")  # §9.2: the largest PRICE the wire admits (a record the engine writes)

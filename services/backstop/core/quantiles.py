@@ -128,10 +128,11 @@ def _changes_exact(engine: Engine) -> tuple[Changes, dict[tuple[str, str], Decim
     """Every position ranked exactly (any ADL policy)."""
     views = views_now(engine)
     changes: Changes = {}
-    for (symbol, side), view in views.items():
-        book = engine.by_symbol[symbol]
-        changes[(symbol, side)] = [(account_id, quantile) for account_id, (_, quantile) in view.ranks.items()
-                                   if book[account_id].adl_quantile != quantile]
+    for symbol in sorted(engine.instruments):
+        for side in SIDES:
+            changes[(symbol, side)] = [
+                (account_id, quantile) for account_id, (_, quantile) in views[(symbol, side)].ranks.items()
+                if engine.position_of(account_id, symbol, side).adl_quantile != quantile]
     return changes, stressed_of(views)
 
 
@@ -144,18 +145,16 @@ def _changes_indexed(engine: Engine) -> tuple[Changes, dict[tuple[str, str], Dec
     stressed: dict[tuple[str, str], Decimal] = {}
     for symbol in sorted(engine.instruments):
         mark = engine.marks.get(symbol)
-        book = engine.by_symbol[symbol]
-
-        def ranked(account_id: str) -> adl.Ranked:
-            return engine._ranked(book[account_id])  # noqa: B023 (used in this iteration only)
-
-        def published(account_id: str) -> int:
-            return book[account_id].adl_quantile  # noqa: B023
-
         for side in SIDES:
             rows = engine.adl_index.book(symbol, side)
             if mark is None or rows is None:
                 continue
+
+            def ranked(account_id: str) -> adl.Ranked:
+                return engine._ranked(engine.position_of(account_id, symbol, side))  # noqa: B023 (this side only)
+
+            def published(account_id: str) -> int:
+                return engine.position_of(account_id, symbol, side).adl_quantile  # noqa: B023
             changes[(symbol, side)], stressed[(symbol, side)] = side_quantiles(rows, mark, side, ranked, published)
     return changes, stressed
 
@@ -182,11 +181,10 @@ def publish(engine: Engine, seq: int, ts: int) -> list[AdlQuantileRecord]:
                 records.append(AdlRiskChange(SCHEMA_VERSION, next_id(), seq, ts, "risk", symbol, found.fund_id,
                                              found.level, money(found.capacity), money(found.stressed_long),
                                              money(found.stressed_short)))
-        book = engine.by_symbol[symbol]
         for side in SIDES:
             changed = closes.get((symbol, side), [])
             for account_id, quantile in changes.get((symbol, side), ()):
-                book[account_id].adl_quantile = quantile
+                engine.position_of(account_id, symbol, side).adl_quantile = quantile
                 changed.append((account_id, quantile))
             for account_id, quantile in sorted(changed):
                 records.append(AdlQuantileChange(SCHEMA_VERSION, next_id(), seq, ts, "quantile", account_id, symbol,

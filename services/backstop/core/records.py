@@ -12,7 +12,8 @@ from typing import Literal
 SCHEMA_VERSION = 1
 
 FundEntryKind = Literal["transfer", "liquidation_gain", "liquidation_loss", "fee", "funding"]
-FindingKind = Literal["not_liquidatable", "bp_mismatch", "bp_clamped", "negative_wallet", "bad_debt", "adl_shortfall"]
+FindingKind = Literal["not_liquidatable", "bp_mismatch", "bp_clamped", "negative_wallet", "bad_debt", "adl_shortfall",
+                      "mark_mismatch"]
 PostingKind = Literal["transfer", "fee", "initial_margin", "margin_release", "realized_pnl", "takeover", "adl",
                       "funding", "liquidation_gain", "liquidation_loss", "surplus_refund"]
 RiskLevel = Literal["low", "medium", "high"]

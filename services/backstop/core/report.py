@@ -75,7 +75,8 @@ def funds(engine: Engine) -> dict[str, Any]:
 
 
 def accounts(engine: Engine) -> dict[str, Any]:
-    """Every account with a wallet or an open position; a fund's inventory under fund:<fund_id>."""
+    """Every account with a wallet or an open position (keyed `<symbol>`, or `<symbol>:long` / `<symbol>:short` in
+    hedge mode); a fund's inventory under fund:<fund_id>."""
     wallets: dict[str, dict[str, str]] = {}
     for name, balance in engine.ledger.balances.items():
         if name.startswith("wallet:"):
@@ -87,7 +88,7 @@ def accounts(engine: Engine) -> dict[str, Any]:
         for account_id in sorted(set(wallets) | set(engine.positions)):
             account_wallets = dict(sorted(wallets.get(account_id, {}).items()))
             memo: Exposures = {}
-            positions = {p.symbol: _position(engine, p, memo, views[(p.symbol, p.side)].ranks[account_id])
+            positions = {p.label: _position(engine, p, memo, views[(p.symbol, p.side)].ranks[account_id])
                          for p in engine.positions.in_symbol_order(account_id)}
             primary = next(iter(account_wallets.values()), "0")
             result[account_id] = {"wallet": primary, "wallets": account_wallets, "positions": positions}
@@ -112,7 +113,7 @@ def _position(engine: Engine, position: Position, memo: Exposures, rank: tuple[i
     view = engine.margin_view(position, memo)
     unrealized, _ = engine.exposure(position, memo)
     liquidation = engine._liquidation_price(position, memo)
-    isolated = engine.ledger.balance(ledger.isolated(position.account_id, position.symbol))
+    isolated = engine.ledger.balance(ledger.isolated(position.account_id, position.symbol, position.position_side))
     return {
         "qty": text(position.qty),
         "entry_price": text(position.entry_price()),

@@ -51,8 +51,8 @@ class Simulator:
         engine = self.processor.engine
         results: list[tuple[AnyRecord, Outcome]] = []
         with localcontext(CONTEXT):
-            for account_id in sorted(engine.by_symbol[symbol]):
-                position = engine.by_symbol[symbol].get(account_id)
+            for key in sorted(engine.by_symbol[symbol]):  # (account, position_side): hedge sides one by one
+                position = engine.by_symbol[symbol].get(key)
                 if position is None or not engine.margin_view(position).liquidatable:
                     continue
                 record = self._order(position, ts)
@@ -80,6 +80,7 @@ class Simulator:
         record = decode_record(canonical_json({
             "type": "liquidation", "ts": ts, "liquidation_id": f"sim-{engine.last_seq + 1}",
             "account_id": position.account_id, "symbol": position.symbol, "qty": text(qty), "mark_price": text(mark),
-            "executions": [{"qty": text(filled), "price": text(fill)}] if filled > 0 else []}))
+            "executions": [{"qty": text(filled), "price": text(fill)}] if filled > 0 else [],
+            **({} if position.position_side == "both" else {"position_side": position.position_side})}))
         assert isinstance(record, LiquidationRecord)
         return record

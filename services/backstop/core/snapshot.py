@@ -13,7 +13,7 @@ from typing import Any
 from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.hashing import canonical_json
 from backstop.core.numbers import text
-from backstop.core.state import FundSpec, FundState, Instrument, Lot, Position, Tier
+from backstop.core.state import DEFAULT_MARK_TOLERANCE, FundSpec, FundState, Instrument, Lot, Position, Tier
 
 SNAPSHOT_VERSION = 3
 
@@ -39,25 +39,39 @@ def state_document(engine: Engine) -> dict[str, Any]:
                       "seq": lot.seq}
                      for symbol in sorted(f.lots) for lot in f.lots[symbol]],
         } for f in sorted(engine.funds.values(), key=lambda f: f.spec.fund_id)],
-        "instruments": [{
-            "symbol": i.symbol, "settle_asset": i.settle_asset, "tick_size": text(i.tick_size),
-            "lot_size": text(i.lot_size), "liquidation_fee_rate": text(i.liquidation_fee_rate),
-            "fund_id": i.fund_id,
-            "tiers": [{"max_notional": text(t.max_notional), "mmr": text(t.mmr),
-                       "maint_amount": text(t.maint_amount)} for t in i.tiers],
-        } for _, i in sorted(engine.instruments.items())],
+        "instruments": [_instrument_document(i) for _, i in sorted(engine.instruments.items())],
         "marks": {symbol: text(mark) for symbol, mark in sorted(engine.marks.items())},
         "newest_ts": engine.newest_ts,
         "mark_ts": dict(sorted(engine.mark_ts.items())),
         "funding_ts": dict(sorted(engine.funding_ts.items())),
-        "positions": [{
-            "account_id": p.account_id, "symbol": p.symbol, "qty": text(p.qty), "cost": text(p.cost),
-            "margin_mode": p.margin_mode, "leverage": text(p.leverage), "adl_quantile": p.adl_quantile,
-        } for account in sorted(engine.positions) for p in engine.positions.in_symbol_order(account)],
+        "positions": [_position_document(p) for account in sorted(engine.positions)
+                      for p in engine.positions.in_symbol_order(account)],
         "quantile_closes": [[account, symbol, side, quantile]
                             for (account, symbol, side), quantile in sorted(engine.quantile_closes.items())],
         "risk_levels": dict(sorted(engine.risk_levels.items())),
     }
+
+
+def _instrument_document(i: Instrument) -> dict[str, Any]:
+    """An instrument's specs; a version-2 field is written only when it is not its default, so that a version-1
+    journal keeps its state hash."""
+    document: dict[str, Any] = {
+        "symbol": i.symbol, "settle_asset": i.settle_asset, "tick_size": text(i.tick_size),
+        "lot_size": text(i.lot_size), "liquidation_fee_rate": text(i.liquidation_fee_rate), "fund_id": i.fund_id,
+        "tiers": [{"max_notional": text(t.max_notional), "mmr": text(t.mmr), "maint_amount": text(t.maint_amount)}
+                  for t in i.tiers]}
+    if i.mark_tolerance != DEFAULT_MARK_TOLERANCE:
+        document["mark_tolerance"] = text(i.mark_tolerance)
+    return document
+
+
+def _position_document(p: Position) -> dict[str, Any]:
+    document: dict[str, Any] = {"account_id": p.account_id, "symbol": p.symbol, "qty": text(p.qty),
+                                "cost": text(p.cost), "margin_mode": p.margin_mode, "leverage": text(p.leverage),
+                                "adl_quantile": p.adl_quantile}
+    if p.position_side != "both":  # a version-1 journal keeps its state hash
+        document["position_side"] = p.position_side
+    return document
 
 
 def state_hash(engine: Engine) -> str:
@@ -98,7 +112,7 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False) -> En
         tiers = tuple(Tier(_d(t["max_notional"]), _d(t["mmr"]), _d(t["maint_amount"])) for t in i["tiers"])
         engine.instruments[i["symbol"]] = Instrument(
             i["symbol"], i["settle_asset"], _d(i["tick_size"]), _d(i["lot_size"]), tiers,
-            _d(i["liquidation_fee_rate"]), i["fund_id"])
+            _d(i["liquidation_fee_rate"]), i["fund_id"], _d(i.get("mark_tolerance", str(DEFAULT_MARK_TOLERANCE))))
         engine.by_symbol[i["symbol"]] = {}
     engine.marks = {symbol: _d(mark) for symbol, mark in document["marks"].items()}
     engine.newest_ts = document["newest_ts"]
@@ -106,9 +120,9 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False) -> En
     engine.funding_ts = {symbol: int(ts) for symbol, ts in document["funding_ts"].items()}
     for p in document["positions"]:
         position = Position(p["account_id"], p["symbol"], _d(p["qty"]), _d(p["cost"]), p["margin_mode"],
-                            _d(p["leverage"]), int(p["adl_quantile"]))
+                            _d(p["leverage"]), p.get("position_side", "both"), int(p["adl_quantile"]))
         engine.positions.add(position)
-        engine.by_symbol[position.symbol][position.account_id] = position
+        engine.by_symbol[position.symbol][position.key] = position
         engine.adl_index.touch(position.account_id)
     engine.quantile_closes = {(account, symbol, side): int(quantile)
                               for account, symbol, side, quantile in document["quantile_closes"]}

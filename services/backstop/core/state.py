@@ -13,6 +13,15 @@ from backstop.core.numbers import CONTEXT, ZERO, average_price
 
 MarginMode = Literal["cross", "isolated"]
 SurplusPolicy = Literal["fund", "trader"]
+Side = Literal["long", "short"]
+PositionSide = Literal["both", "long", "short"]  # both: one-way mode; long, short: a hedge-mode side (§7)
+PositionKey = tuple[str, PositionSide]  # (account_id, position_side): a position among one symbol's
+
+
+def position_label(symbol: str, position_side: PositionSide) -> str:
+    """How a position is named (accounts.json, isolated ledger accounts): the symbol in one-way mode,
+    `<symbol>:long` / `<symbol>:short` in hedge mode (docs/design.md §7)."""
+    return symbol if position_side == "both" else f"{symbol}:{position_side}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,15 +31,19 @@ class Tier:
     maint_amount: Decimal
 
 
+DEFAULT_MARK_TOLERANCE = Decimal("0.005")  # docs/design.md §7: a liquidation's mark this far from the one in force
+
+
 @dataclass(frozen=True, slots=True)
 class Instrument:
     symbol: str
     settle_asset: str
     tick_size: Decimal
     lot_size: Decimal
-    tiers: tuple[Tier, ...]
+    tiers: tuple[Tier, ...]  # maint_amount checked against (or derived from) the brackets
     liquidation_fee_rate: Decimal
     fund_id: str
+    mark_tolerance: Decimal = DEFAULT_MARK_TOLERANCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +56,9 @@ class FundSpec:
 
 @dataclass(slots=True)
 class Position:
-    """A one-way position: signed qty (long > 0) and exact cost basis |qty| x entry."""
+    """A position: signed qty (long > 0) and exact cost basis |qty| x entry. One account holds one per symbol in
+    one-way mode (position_side both), or one per side in hedge mode (position_side long or short, whose qty has
+    that sign): a position is keyed (account, symbol, position_side)."""
 
     account_id: str
     symbol: str
@@ -51,11 +66,20 @@ class Position:
     cost: Decimal
     margin_mode: MarginMode
     leverage: Decimal
+    position_side: PositionSide = "both"
     adl_quantile: int = 0  # the quantile last published for it (docs/design.md §10, "ADL quantiles"); 0: none
 
     @property
-    def side(self) -> Literal["long", "short"]:
+    def side(self) -> Side:
         return "long" if self.qty > 0 else "short"
+
+    @property
+    def key(self) -> PositionKey:
+        return self.account_id, self.position_side
+
+    @property
+    def label(self) -> str:
+        return position_label(self.symbol, self.position_side)
 
     @property
     def size(self) -> Decimal:
@@ -80,26 +104,31 @@ class Positions:
     def __init__(self) -> None:
         self._of: dict[str, tuple[Position, ...]] = {}
 
-    def get(self, account_id: str, symbol: str) -> Position | None:
+    def get(self, account_id: str, symbol: str, position_side: PositionSide = "both") -> Position | None:
         for position in self._of.get(account_id, ()):
-            if position.symbol == symbol:
+            if position.symbol == symbol and position.position_side == position_side:
                 return position
         return None
+
+    def in_symbol(self, account_id: str, symbol: str) -> list[Position]:
+        """The account's positions in a symbol: none, its one-way position, or its hedge sides."""
+        return [position for position in self._of.get(account_id, ()) if position.symbol == symbol]
 
     def of(self, account_id: str) -> tuple[Position, ...]:
         return self._of.get(account_id, ())
 
     def in_symbol_order(self, account_id: str) -> list[Position]:
-        """The account's positions by symbol (reports and snapshots must not depend on the order they opened)."""
+        """The account's positions by symbol, then long before short (reports and snapshots must not depend on the
+        order they opened)."""
         held = self._of.get(account_id, ())
-        return list(held) if len(held) < 2 else sorted(held, key=lambda position: position.symbol)
+        return list(held) if len(held) < 2 else sorted(held, key=lambda p: (p.symbol, p.position_side))
 
     def add(self, position: Position) -> None:
-        """Open a position; its account must hold none in that symbol (a malformed snapshot could say so)."""
+        """Open a position; its account must hold none with its key (a malformed snapshot could say so)."""
         held = self._of.get(position.account_id, ())
         for other in held:  # a loop, not any() over a generator: this runs for every position opened
-            if other.symbol == position.symbol:
-                raise InvariantViolation(f"{position.account_id} already holds a {position.symbol} position")
+            if other.symbol == position.symbol and other.position_side == position.position_side:
+                raise InvariantViolation(f"{position.account_id} already holds a {position.label} position")
         self._of[position.account_id] = (*held, position)
 
     def remove(self, position: Position) -> None:
@@ -109,7 +138,7 @@ class Positions:
             return
         rest = tuple([p for p in held if p is not position])
         if len(rest) == len(held):
-            raise InvariantViolation(f"{position.account_id} holds no such {position.symbol} position to remove")
+            raise InvariantViolation(f"{position.account_id} holds no such {position.label} position to remove")
         if rest:
             self._of[position.account_id] = rest
         else:

@@ -134,7 +134,7 @@ def _before(engine: Engine, record: AnyRecord) -> dict[str, Any]:
 def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, Any]:
     engine = copy.deepcopy(engine)  # look ahead at the event's mark without touching the replay
     engine.marks[record.symbol] = record.mark_price
-    position = engine.positions.get(record.account_id, record.symbol)
+    position = engine.positions.get(record.account_id, record.symbol, record.position_side)
     if position is None:
         return {"position": None}
     with localcontext(CONTEXT):
@@ -143,7 +143,7 @@ def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, 
         account: dict[str, Any] = {
             "wallet": text(engine.ledger.balance(ledger.wallet(record.account_id, instrument.settle_asset))),
             "positions": {
-                p.symbol: {"qty": text(p.qty), "entry_price": text(p.entry_price()),
+                p.label: {"qty": text(p.qty), "entry_price": text(p.entry_price()),
                            "margin_mode": p.margin_mode, "mark_price": text(engine.marks[p.symbol]),
                            "unrealized_pnl": text(money(p.unrealized_pnl(engine.marks[p.symbol])))}
                 for p in engine.positions.of(record.account_id)},
@@ -151,7 +151,7 @@ def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, 
         share_part = equity_behind(view.equity_share, record.qty, position.size)  # as the engine takes it over
         bp = engine.bankruptcy_price(position)
         if position.margin_mode == "isolated":
-            margin = engine.ledger.balance(ledger.isolated(record.account_id, record.symbol))
+            margin = engine.ledger.balance(ledger.isolated(record.account_id, record.symbol, record.position_side))
             sign = "-" if position.qty > 0 else "+"
             rule = (f"isolated: BP = entry {sign} margin / |qty| = {text(position.entry_price())} "
                     f"{sign} {text(margin)} / {text(position.size)}")
@@ -162,7 +162,8 @@ def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, 
                     f"BP = mark {'-' if position.qty > 0 else '+'} share / qty")
         opposite: Any = "short" if position.qty > 0 else "long"
         queue = engine.adl_queue(record.symbol, opposite)
-        ranked = [{"rank": i, "account_id": r.position.account_id, "qty": text(r.position.qty),
+        ranked = [{"rank": i, "account_id": r.position.account_id, "position": r.position.label,  # a hedge side
+                   "qty": text(r.position.qty),
                    "entry_price": text(r.position.entry_price()), "bankruptcy_price": text(r.bankruptcy_price),
                    "pnl_ratio": text(r.pnl_ratio),
                    "leverage": text(leverage) if (leverage := r.leverage) is not None else "past its BP",
@@ -211,8 +212,8 @@ def render_text(explanation: dict[str, Any]) -> str:
         queue = {r["account_id"]: r for r in explanation.get("adl_queue_top10", [])}
         for event in explanation["adl_events"]:
             inputs = queue.get(event["account_id"])
-            why = (f"; PnL% {inputs['pnl_ratio']} x leverage {inputs['leverage']} (entry {inputs['entry_price']}, own "
-                   f"BP {inputs['bankruptcy_price']})") if inputs else ""
+            why = (f"; {inputs['position']}: PnL% {inputs['pnl_ratio']} x leverage {inputs['leverage']} (entry "
+                   f"{inputs['entry_price']}, own BP {inputs['bankruptcy_price']})") if inputs else ""
             lines.append(f"    rank {event['rank']} {event['account_id']}: {event['qty']} @ {event['price']}, score "
                          f"{event['score']}, quantile {event['quantile']}{why}")
     for finding in explanation["findings"]:

@@ -19,8 +19,10 @@ from typing import Any, NamedTuple
 from backstop.core import adl, ledger
 from backstop.core.engine import Engine, Exposures
 from backstop.core.numbers import CONTEXT, ZERO, money
-from backstop.core.state import Position
+from backstop.core.state import Position, PositionSide
 from backstop.pipeline.ingest import BatchResult
+
+POSITION_SIDES: tuple[PositionSide, ...] = ("both", "long", "short")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +31,7 @@ class Projections:
 
     wallets: list[tuple[str, str, Decimal, int]]
     positions: list[tuple[Any, ...]]
-    closed_positions: list[tuple[str, str]]
+    closed_positions: list[tuple[str, str, PositionSide]]  # (account, symbol, position_side)
     funds: list[tuple[Any, ...]]
     lots: list[tuple[Any, ...]] | None  # None: unchanged; otherwise the full set
     adl_queue: list[tuple[Any, ...]] | None
@@ -84,9 +86,9 @@ def position_row(engine: Engine, position: Position, seq: int, memo: Exposures) 
     """memo: one per account (see Engine.exposure)."""
     with localcontext(CONTEXT):
         liquidation = engine.liquidation_price(position, memo)
-        return (position.account_id, position.symbol, position.qty, position.entry_price(),
+        return (position.account_id, position.symbol, position.position_side, position.qty, position.entry_price(),
                 position.margin_mode, position.leverage,
-                engine.ledger.balance(ledger.isolated(position.account_id, position.symbol)),
+                engine.ledger.balance(ledger.isolated(position.account_id, position.symbol, position.position_side)),
                 engine.marks[position.symbol], liquidation, engine.bankruptcy_price(position, memo), seq)
 
 
@@ -110,13 +112,14 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
                 wallets.append((account_id, asset, engine.ledger.balances[name], seq))
         memo: Exposures = {}
         for symbol in symbols:
-            position = engine.positions.get(account_id, symbol)
             touched_here = refresh_all or (account_id, symbol) in touched.positions
-            if position is None:
-                if touched_here:
-                    closed.append((account_id, symbol))
-            elif touched_here or position.margin_mode == "cross":
-                positions.append(position_row(engine, position, seq, memo))
+            for position_side in POSITION_SIDES:  # one-way, or a hedge side: each its own row
+                position = engine.positions.get(account_id, symbol, position_side)
+                if position is None:
+                    if touched_here:
+                        closed.append((account_id, symbol, position_side))
+                elif touched_here or position.margin_mode == "cross":
+                    positions.append(position_row(engine, position, seq, memo))
     with localcontext(CONTEXT):
         funds = [(f.spec.fund_id, f.spec.settle_asset, f.spec.surplus, f.spec.max_inventory_ratio,
                   engine.ledger.balance(ledger.fund(f.spec.fund_id)),

@@ -1,4 +1,4 @@
-"""Input records of wire contract version 1 (docs/design.md section 5), strict.
+"""Input records of wire contract version 2 (docs/design.md sections 5 and 7), strict.
 
 Every decimal is a JSON string holding a plain decimal ("50000.5"): no exponent, no NaN or Infinity, no
 JSON number (a float would already have lost exactness). Each decimal field has a kind (docs/design.md §9.2)
@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # The syntax of every decimal, on the wire and in outputs: plain notation, no leading zeros, no exponent.
 DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$"
@@ -159,7 +159,7 @@ class FundRecord(_Record):
 class Tier(_Record):
     max_notional: PositiveMoney
     mmr: PositiveRate
-    maint_amount: NonNegativeMoney
+    maint_amount: NonNegativeMoney | None = None  # omitted: derived from the brackets (docs/design.md §7)
 
 
 class InstrumentRecord(_Record):
@@ -172,6 +172,7 @@ class InstrumentRecord(_Record):
     tiers: Annotated[tuple[Tier, ...], Field(min_length=1, max_length=64)]
     liquidation_fee_rate: NonNegativeRate
     fund_id: Identifier
+    mark_tolerance: NonNegativeRate | None = None  # omitted: DEFAULT_MARK_TOLERANCE (docs/design.md §7)
 
 
 class TransferRecord(_Record):
@@ -195,6 +196,7 @@ class FillRecord(_Record):
     fee: Money
     margin_mode: Literal["cross", "isolated"]
     leverage: Leverage
+    position_side: Literal["both", "long", "short"] = "both"  # docs/design.md §7: hedge mode
 
 
 class MarkRecord(_Record):
@@ -228,6 +230,7 @@ class LiquidationRecord(_Record):
     mark_price: Price
     bankruptcy_price: Price | None = None
     executions: Annotated[tuple[Execution, ...], Field(max_length=1024)] = ()
+    position_side: Literal["both", "long", "short"] = "both"  # the position liquidated (hedge mode: one side)
 
 
 AnyRecord = (

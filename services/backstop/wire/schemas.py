@@ -155,10 +155,11 @@ def asyncapi() -> dict[str, Any]:
             f"backstop-record-id): consumers drop duplicates by id.", incoming=False)
     return {
         "asyncapi": "3.0.0",
-        "id": "urn:backstop:topics:v1",
+        "id": "urn:backstop:topics:v2",
         "info": {
-            "title": "backstop topics", "version": "1",
-            "description": "Wire contract version 1 of backstop (docs/design.md §5). Decimals are JSON strings; "
+            "title": "backstop topics", "version": "2",
+            "description": "Wire contract version 2 of backstop (docs/design.md §5 and §7; a version-1 record is a "
+                           "valid version-2 record). Decimals are JSON strings; "
                            "timestamps are integer milliseconds. The prefix `backstop.` is configurable "
                            "(BACKSTOP_TOPIC_PREFIX).",
             "contact": {"name": "backstop maintainers"},

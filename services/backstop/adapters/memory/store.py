@@ -26,6 +26,7 @@ from backstop.pipeline.projections import Projections
 from backstop.service.ports import Partition
 
 GENESIS = "0" * 64
+POSITION_KEY = 3  # a position row's key: (account_id, symbol, position_side), as in PostgreSQL
 Row = tuple[str | None, ...]
 
 
@@ -233,11 +234,11 @@ class MemoryStore:
         for row in projections.wallets:
             text = _text(row)
             db.wallets[text[:2]] = text
-        for account, symbol in projections.closed_positions:
-            db.positions.pop((account, symbol), None)
+        for account, symbol, position_side in projections.closed_positions:
+            db.positions.pop((account, symbol, position_side), None)
         for row in projections.positions:
             text = _text(row)
-            db.positions[text[:2]] = text
+            db.positions[text[:POSITION_KEY]] = text
         for row in projections.funds:
             text = _text(row)
             db.funds[text[0]] = text
@@ -251,12 +252,12 @@ class MemoryStore:
         """Rows updated where no later batch wrote them; no row created; the ADL queue replaced."""
         await self._at("write_refresh")
         db = self.db
-        for table, chunks in ((db.wallets, refresh.wallets), (db.positions, refresh.positions)):
+        for table, chunks, key in ((db.wallets, refresh.wallets, 2), (db.positions, refresh.positions, POSITION_KEY)):
             for chunk in chunks:
                 for row in _copy_rows(chunk):
-                    stored = table.get(row[:2])
+                    stored = table.get(row[:key])
                     if stored is not None and int(stored[-1] or 0) <= int(row[-1] or 0):
-                        table[row[:2]] = row
+                        table[row[:key]] = row
         db.adl_queue = _copy_rows(refresh.adl_queue)
         db.transactions += 1
 

@@ -48,8 +48,9 @@ class OutboxRow(NamedTuple):  # one per published record: a NamedTuple is built 
 
 
 WALLET_COLUMNS = ["account_id", "asset", "wallet", "seq"]
-POSITION_COLUMNS = ["account_id", "symbol", "qty", "entry_price", "margin_mode", "leverage", "isolated_margin",
-                    "mark_price", "liquidation_price", "bankruptcy_price", "seq"]
+POSITION_COLUMNS = ["account_id", "symbol", "position_side", "qty", "entry_price", "margin_mode", "leverage",
+                    "isolated_margin", "mark_price", "liquidation_price", "bankruptcy_price", "seq"]
+KEY_COLUMNS = {"account_wallets": 2, "positions": 3}  # each projection's key: its first columns
 ADL_QUEUE_COLUMNS = ["symbol", "side", "account_id", "rank", "score", "quantile", "seq"]
 
 # COPY's text format: a tab between columns, \N for NULL, and these escaped inside a value.
@@ -360,11 +361,13 @@ class Store:
     async def _project(self, connection: asyncpg.Connection, projections: Projections) -> None:
         await _upsert(connection, "account_wallets", WALLET_COLUMNS, 2, projections.wallets)
         if projections.closed_positions:
+            closed = projections.closed_positions
             await connection.execute(
-                "DELETE FROM positions p USING unnest($1::text[], $2::text[]) AS c(account_id, symbol) "
-                "WHERE p.account_id = c.account_id AND p.symbol = c.symbol",
-                [a for a, _ in projections.closed_positions], [s for _, s in projections.closed_positions])
-        await _upsert(connection, "positions", POSITION_COLUMNS, 2, projections.positions)
+                "DELETE FROM positions p USING unnest($1::text[], $2::text[], $3::text[]) "
+                "AS c(account_id, symbol, position_side) "
+                "WHERE p.account_id = c.account_id AND p.symbol = c.symbol AND p.position_side = c.position_side",
+                [c[0] for c in closed], [c[1] for c in closed], [c[2] for c in closed])
+        await _upsert(connection, "positions", POSITION_COLUMNS, KEY_COLUMNS["positions"], projections.positions)
         await _upsert(connection, "funds", [
             "fund_id", "settle_asset", "surplus", "max_inventory_ratio", "balance", "bad_debt", "inventory_notional",
             "seq"], 1, projections.funds)
@@ -388,8 +391,9 @@ class Store:
         async with self.pool.acquire() as connection:
             for table, columns, chunks in (("account_wallets", WALLET_COLUMNS, refresh.wallets),
                                            ("positions", POSITION_COLUMNS, refresh.positions)):
-                staging, (first, second) = f"refresh_{table}", columns[:2]
-                updates = ", ".join(f"{c} = r.{c}" for c in columns[2:])
+                staging, keys = f"refresh_{table}", columns[:KEY_COLUMNS[table]]
+                updates = ", ".join(f"{c} = r.{c}" for c in columns[len(keys):])
+                same_key = " AND ".join(f"t.{c} = r.{c}" for c in keys)
                 for chunk in chunks:
                     async with connection.transaction():
                         await connection.execute(
@@ -397,10 +401,10 @@ class Store:
                         await connection.copy_to_table(staging, source=io.BytesIO(chunk), columns=columns,
                                                        format="text")
                         await connection.execute(
-                            f"WITH mine AS (SELECT t.ctid FROM {table} t JOIN {staging} r USING ({first}, {second}) "
+                            f"WITH mine AS (SELECT t.ctid FROM {table} t JOIN {staging} r USING ({', '.join(keys)}) "
                             f"WHERE t.seq <= r.seq FOR UPDATE OF t SKIP LOCKED) "
                             f"UPDATE {table} t SET {updates} FROM {staging} r, mine WHERE t.ctid = mine.ctid "
-                            f"AND t.{first} = r.{first} AND t.{second} = r.{second} AND t.seq <= r.seq")
+                            f"AND {same_key} AND t.seq <= r.seq")
             async with connection.transaction():
                 await connection.execute("DELETE FROM adl_queue")
                 await connection.copy_to_table("adl_queue", source=io.BytesIO(refresh.adl_queue),
