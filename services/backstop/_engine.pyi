@@ -23,7 +23,8 @@ class Ledger:
     """The compiled engine's state; every method takes or returns whole batches and documents as bytes."""
 
     def __init__(
-        self, *, strict: bool, snapshot_every: int, snapshot: bytes | None, check_conservation: bool = False
+        self, *, strict: bool, snapshot_every: int, snapshot: bytes | None, check_conservation: bool = False,
+        adl_quantiles: bool = False
     ) -> None: ...
     def events_applied(self) -> int: ...
     def apply_lines(

@@ -48,6 +48,7 @@ class EngineOptions:
     snapshot_every: int = 0  # a snapshot after every N applied events (0: none)
     check_conservation: bool = False
     adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
+    adl_quantiles: bool = False  # quantile points (docs/design.md §10): adl-quantiles.jsonl; off, it stays empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,8 @@ class ReferenceEngine:
     def __init__(self, options: EngineOptions, processor: Processor | None = None) -> None:
         self.options = options
         self.processor = processor or Processor(Engine(check_conservation=options.check_conservation,
-                                                       adl_policy=options.adl_policy))
+                                                       adl_policy=options.adl_policy,
+                                                       adl_quantiles=options.adl_quantiles))
         self._next_snapshot = self.processor.events_applied + options.snapshot_every
 
     @property
@@ -219,7 +221,8 @@ class ReferenceEngine:
     @classmethod
     def restored(cls, options: EngineOptions, document: dict[str, Any]) -> ReferenceEngine:
         """From a snapshot document whose envelope (seal, counters) the caller checked."""
-        engine = restore(document["engine"], check_conservation=options.check_conservation)
+        engine = restore(document["engine"], check_conservation=options.check_conservation,
+                         adl_quantiles=options.adl_quantiles)
         processor = Processor(engine, Deduper((key, ts) for key, ts in document["dedupe"]))
         if state_hash(engine) != document.get("state_hash"):
             raise SnapshotError("its state hash does not match its contents")
@@ -255,7 +258,8 @@ class CompiledEngine:
             raise EngineUnavailable("the compiled engine runs the default ADL policy only (bitmex, bankruptcy)")
         try:
             self._ledger = _engine.Ledger(strict=options.strict, snapshot_every=options.snapshot_every,
-                                          snapshot=snapshot, check_conservation=options.check_conservation)
+                                          snapshot=snapshot, check_conservation=options.check_conservation,
+                                          adl_quantiles=options.adl_quantiles)
         except ValueError as error:  # the reasons the reference's restore gives, or a state hash that does not match
             reason = str(error)
             raise SnapshotError(reason if reason.startswith("its state hash") else

@@ -70,6 +70,10 @@ def _check(cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("contract") / "demo"
     assert main(["demo", "--out", str(out), "--no-report"]) == 0
+    # the demo runs without quantile points (as replay by default): its journal replayed with them gives the records
+    points = out.parent / "points"
+    assert main(["replay", str(out / "input.jsonl"), "--adl-quantiles", "--out", str(points)]) == 0
+    (out / "adl-quantiles.jsonl").write_bytes((points / "adl-quantiles.jsonl").read_bytes())
     return out
 
 

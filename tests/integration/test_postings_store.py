@@ -39,7 +39,7 @@ async def test_every_posting_is_stored_append_only_published_and_audited(
         tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, migrated_database: str,
         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "replay"
-    assert await asyncio.to_thread(cli, ["replay", str(ADL_EXAMPLE), "--out", str(out)]) == 0
+    assert await asyncio.to_thread(cli, ["replay", str(ADL_EXAMPLE), "--adl-quantiles", "--out", str(out)]) == 0
     want = [json.loads(line) for line in (out / "postings.jsonl").read_text().splitlines()]
     quantiles = [json.loads(line) for line in (out / "adl-quantiles.jsonl").read_text().splitlines()]
     assert len(want) == 13 and quantiles

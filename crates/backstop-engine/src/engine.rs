@@ -111,6 +111,9 @@ pub struct Engine {
     pub quantile_closes: HashMap<(u32, u32, Side), u8>,
     /// The ADL risk level published per symbol.
     pub risk_levels: HashMap<u32, &'static str>,
+    /// Quantile points on (an option: ranking every side at each point costs more than the rest of a replay; they
+    /// never change the ledger or the head hash, docs/design.md section 10).
+    pub adl_quantiles: bool,
     settle_assets: HashSet<u32>,
     pub(crate) seq: u64,
     pub(crate) ts: u64,
@@ -137,6 +140,7 @@ impl Default for Engine {
             postings_head: GENESIS_HASH.to_string(),
             quantile_closes: HashMap::default(),
             risk_levels: HashMap::default(),
+            adl_quantiles: false,
             settle_assets: HashSet::default(),
             seq: 0,
             ts: 0,
@@ -200,7 +204,7 @@ impl Engine {
         if let Some(before) = before {
             self.enforce_solvency(before, out);
         }
-        if crate::quantiles::crosses_period(newest, record.ts) {
+        if self.adl_quantiles && crate::quantiles::crosses_period(newest, record.ts) {
             crate::quantiles::publish(self, out);
         }
         Ok(())

@@ -445,6 +445,7 @@ impl Processor {
             ("postings_head_hash", J::Str(&engine.postings_head)),
             ("postings", J::Int(self.postings as i128)),
             ("adl_quantiles", J::Int(self.adl_quantiles as i128)),
+            ("adl_quantile_points", J::Bool(engine.adl_quantiles)),
             ("ledger_sum", J::Owned(text_512(engine.ledger.sum(), S8))),
             ("funds", J::Obj(funds)),
             ("adl_risk", J::Obj(risk)),

@@ -140,13 +140,15 @@ impl Ledger {
 #[pymethods]
 impl Ledger {
     #[new]
-    #[pyo3(signature = (*, strict, snapshot_every, snapshot, check_conservation=false))]
-    fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>, check_conservation: bool) -> PyResult<Ledger> {
+    #[pyo3(signature = (*, strict, snapshot_every, snapshot, check_conservation=false, adl_quantiles=false))]
+    fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>, check_conservation: bool,
+           adl_quantiles: bool) -> PyResult<Ledger> {
         let mut processor = match snapshot {
             None => Processor::new(strict, snapshot_every),
             Some(raw) => Processor::restore(raw, strict, snapshot_every).map_err(PyValueError::new_err)?,
         };
         processor.check_conservation = check_conservation;
+        processor.engine.adl_quantiles = adl_quantiles;
         Ok(Ledger { processor, poisoned: None })
     }
 

@@ -125,8 +125,12 @@ def is_fund_account(account_id: str) -> bool:
 
 
 class Engine:
-    def __init__(self, *, check_conservation: bool = False, adl_policy: AdlPolicy | None = None) -> None:
+    def __init__(self, *, check_conservation: bool = False, adl_policy: AdlPolicy | None = None,
+                 adl_quantiles: bool = False) -> None:
         self.check_conservation = check_conservation
+        # quantile points (backstop.core.quantiles): an option, since ranking every side at each point costs more
+        # than the rest of a replay; they never change the ledger or the head hash (docs/design.md §10)
+        self.adl_quantiles = adl_quantiles
         self.adl_policy = adl_policy or AdlPolicy()
         self.ledger = ledger.Ledger(strict=check_conservation)
         self.funds: dict[str, FundState] = {}
@@ -183,7 +187,7 @@ class Engine:
                 self.newest_ts = record.ts
             if funds_before:
                 self._enforce_solvency(funds_before)
-            if quantiles.crosses_period(newest, record.ts):
+            if self.adl_quantiles and quantiles.crosses_period(newest, record.ts):
                 effects.adl_quantiles.extend(quantiles.publish(self, seq, record.ts))
             if self.check_conservation:
                 self.ledger.check_conservation()

@@ -34,6 +34,7 @@ def summary(processor: Processor) -> dict[str, Any]:
         "findings": processor.findings,
         "postings": processor.postings,
         "adl_quantiles": processor.adl_quantiles,
+        "adl_quantile_points": engine.adl_quantiles,
         "ledger_sum": text(ledger_sum(engine)),
         "funds": funds(engine),
         "adl_risk": adl_risk(engine, quantiles.views_now(engine)),

@@ -89,11 +89,11 @@ def seal_holds(document: dict[str, Any]) -> bool:
     return "snapshot_hash" in document and sealed(document)["snapshot_hash"] == document["snapshot_hash"]
 
 
-def restore(document: dict[str, Any], *, check_conservation: bool = False) -> Engine:
+def restore(document: dict[str, Any], *, check_conservation: bool = False, adl_quantiles: bool = False) -> Engine:
     if document.get("snapshot_version") != SNAPSHOT_VERSION:
         raise ValueError(f"unsupported snapshot version {document.get('snapshot_version')!r}")
     policy = document.get("adl_policy", {})
-    engine = Engine(check_conservation=check_conservation,
+    engine = Engine(check_conservation=check_conservation, adl_quantiles=adl_quantiles,
                     adl_policy=AdlPolicy(policy.get("rule", "bitmex"), policy.get("price", "bankruptcy")))
     engine.last_seq = int(document["seq"])
     engine.ledger_head = document["ledger_head"]

@@ -43,10 +43,11 @@ class AuditError(Exception):
     """The inputs of the audit cannot be read (exit 2)."""
 
 
-def derive(lines: list[bytes], postings: list[dict[str, Any]] | None = None
+def derive(lines: list[bytes], postings: list[dict[str, Any]] | None = None, *, adl_quantiles: bool = False
            ) -> tuple[Processor, list[dict[str, Any]], list[dict[str, Any]]]:
-    """Replay the journal with conservation checked after every event (the postings into `postings` if given)."""
-    processor = Processor(Engine(check_conservation=True))
+    """Replay the journal with conservation checked after every event (the postings into `postings` if given), with
+    quantile points as the outputs were written (they move the state hash, never the ledger)."""
+    processor = Processor(Engine(check_conservation=True, adl_quantiles=adl_quantiles))
     ledger: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for raw in lines:
@@ -88,6 +89,13 @@ def verify_output(out: Path, journal: Path | None) -> Outcome:
     lines = _journal(journal) if journal is not None else None
     return verify_records(ledger, events, summary, lines, source="summary.json",
                           counted={"findings": findings, "dead_letters": dead_letters}, postings=postings)
+
+
+def quantile_points(summary: dict[str, Any]) -> bool:
+    """Whether the outputs were written with quantile points: as summary.json records it; a summary from before it
+    was an option had them whenever it counts adl_quantiles."""
+    recorded = summary.get("adl_quantile_points")
+    return bool(recorded) if recorded is not None else "adl_quantiles" in summary
 
 
 def verify_counts(summary: dict[str, Any], *, ledger: list[dict[str, Any]], events: list[dict[str, Any]],
@@ -277,7 +285,8 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
         return checked, None
     derived_postings: list[dict[str, Any]] = []
     try:
-        processor, derived_ledger, derived_events = derive(lines, derived_postings)
+        processor, derived_ledger, derived_events = derive(lines, derived_postings,
+                                                           adl_quantiles=quantile_points(summary))
     except InvariantViolation as error:
         return checked, f"replaying the journal: conservation broken: {error}"
     checked.append(f"conservation: checked after each of {processor.events_applied} events")

@@ -114,7 +114,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                             strict=args.strict, snapshot_every=args.snapshot_every,
                             from_snapshot=Path(args.from_snapshot) if args.from_snapshot else None,
                             check_conservation=args.check_conservation,
-                            adl_policy=AdlPolicy(args.adl_rule, args.adl_price), engine=_engine_for(args))
+                            adl_policy=AdlPolicy(args.adl_rule, args.adl_price), adl_quantiles=_quantile_points(args),
+                            engine=_engine_for(args))
     stored: dict[str, Any] | None = None
     try:
         if args.journal:
@@ -171,6 +172,12 @@ async def _stored_journal(args: argparse.Namespace) -> tuple[list[bytes], dict[s
     return await kafka_journal(Settings(kafka_bootstrap=args.from_kafka))
 
 
+def _quantile_points(args: argparse.Namespace) -> bool:
+    """--adl-quantiles / --no-adl-quantiles; unsaid: off for a journal file, on for the service's journal (its
+    setting BACKSTOP_ADL_QUANTILES defaults to on), so that its state hash is reproduced."""
+    return bool(args.adl_quantiles) if args.adl_quantiles is not None else not args.journal
+
+
 def _compare_stored(result: dict[str, Any], stored: dict[str, Any]) -> int:
     problems = []
     for key in ("duplicates", "rejected"):  # the service's counts; its journal itself replays without either
@@ -183,7 +190,8 @@ def _compare_stored(result: dict[str, Any], stored: dict[str, Any]) -> int:
         problems.append(f"stored head hash {stored.get('head_hash')} != replayed {result['head_hash']}")
     if stored.get("state_hash") is not None and stored.get("state_hash_seq") == result["events_applied"]:
         if stored["state_hash"] != result["state_hash"]:
-            problems.append(f"stored state hash {stored['state_hash']} != replayed {result['state_hash']}")
+            problems.append(f"stored state hash {stored['state_hash']} != replayed {result['state_hash']} (quantile "
+                            f"points move it: replay with the service's BACKSTOP_ADL_QUANTILES setting)")
         else:
             print("stored state hash reproduced")
     for problem in problems:
@@ -499,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start from a snapshot written by --snapshot-every and replay the rest")
     replay.add_argument("--check-conservation", action="store_true",
                         help="re-check that all ledger balances sum to zero after every event")
+    replay.add_argument("--adl-quantiles", action=argparse.BooleanOptionalAction, default=None,
+                        help="publish ADL quantiles and risk levels at each quantile point of event time into "
+                             "adl-quantiles.jsonl, as the service does (default: off for a journal file, since it "
+                             "makes a replay slower; on with --from-postgres / --from-kafka, as the service)")
     replay.add_argument("--adl-rule", choices=["bitmex", "binance", "pro_rata"], default="bitmex",
                         help="ADL ranking rule (default bitmex, docs/design.md §4; what-if runs record theirs)")
     replay.add_argument("--adl-price", choices=["bankruptcy", "mark"], default="bankruptcy",

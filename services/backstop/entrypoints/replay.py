@@ -50,6 +50,7 @@ class ReplayOptions:
     from_snapshot: Path | None = None
     check_conservation: bool = False
     adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
+    adl_quantiles: bool = False  # quantile points: adl-quantiles.jsonl as the service publishes it (design §10)
     progress: bool | None = None  # None: on a terminal, for large files
     engine: EngineName = "reference"
 
@@ -173,7 +174,8 @@ def line_chunks(lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes
 def _open(options: ReplayOptions) -> tuple[LedgerEngine, int, dict[str, Any] | None]:
     """The engine (from the snapshot, if one is given), the lines to skip, and where the snapshot starts."""
     engine_options = EngineOptions(strict=options.strict, snapshot_every=options.snapshot_every,
-                                   check_conservation=options.check_conservation, adl_policy=options.adl_policy)
+                                   check_conservation=options.check_conservation, adl_policy=options.adl_policy,
+                                   adl_quantiles=options.adl_quantiles)
     if options.from_snapshot is None:
         return open_engine(options.engine, engine_options), 0, None
     raw, document = read_snapshot(options.from_snapshot)

@@ -112,16 +112,17 @@ class WriteBehind:
             self._task.cancel()  # a full refresh is rewritten at the next start; a snapshot is only a shortcut
 
 
-async def rebuild(store: LedgerStore, *, check_conservation: bool) -> tuple[Processor, Head]:
+async def rebuild(store: LedgerStore, *, check_conservation: bool, adl_quantiles: bool = True
+                  ) -> tuple[Processor, Head]:
     """The engine as PostgreSQL last committed it: latest snapshot, then the journal after it."""
     head = await store.head()
     snapshot = await store.latest_snapshot()
     if snapshot is None:
-        processor = Processor(Engine(check_conservation=check_conservation))
+        processor = Processor(Engine(check_conservation=check_conservation, adl_quantiles=adl_quantiles))
         after = 0
     else:
         after, document = snapshot
-        engine = restore(document["engine"], check_conservation=check_conservation)
+        engine = restore(document["engine"], check_conservation=check_conservation, adl_quantiles=adl_quantiles)
         processor = Processor(engine, Deduper((key, ts) for key, ts in document["dedupe"]))
     async for seq, payload in store.journal(after_seq=after):
         processor.process(decode_record(payload))
@@ -176,7 +177,8 @@ class LedgerProcessor(SupervisedLoop):
         self.progress.last_error = f"{type(error).__name__}: {error}"
 
     async def run_locked(self) -> None:
-        processor, head = await rebuild(self.store, check_conservation=self.settings.check_conservation)
+        processor, head = await rebuild(self.store, check_conservation=self.settings.check_conservation,
+                                        adl_quantiles=self.settings.adl_quantiles)
         offsets = await self.store.offsets()
         consumer = self.runtime.consumer(self.settings)
         await consumer.start()
