@@ -134,7 +134,8 @@ async def forge_journal(owner_dsn: str, change: Callable[[dict[str, Any]], bool]
             changed[seq] = canonical_json(record)
             break
     postings: list[dict[str, Any]] = []
-    processor, ledger, adl_events = derive([changed.get(seq, p) for seq, p in payloads.items()], postings)
+    processor, ledger, adl_events = derive([changed.get(seq, p) for seq, p in payloads.items()], postings,
+                                            adl_quantiles=True)  # as the service runs it
     await rewrite_as_owner(owner_dsn, ledger=ledger, adl_events=adl_events, journal=changed,
                            state=state_hash(processor.engine), postings=postings)
     return next(iter(changed))

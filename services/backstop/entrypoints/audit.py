@@ -177,9 +177,13 @@ async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None
         if problem:
             return checked, problem
         checked.extend(_anchor_lines(checkpoints, digest))
+    from backstop.settings import Settings
+
     summary = {"funds": funds, "ledger_head_hash": head.ledger_head if ledger else None,
                "head_hash": stored.get("head_hash"),
-               "state_hash": stored.get("state_hash") if stored.get("state_hash_seq") == stored.get("seq") else None}
+               "state_hash": stored.get("state_hash") if stored.get("state_hash_seq") == stored.get("seq") else None,
+               # the service's setting (BACKSTOP_ADL_QUANTILES, as it runs here): its state hash depends on it
+               "adl_quantile_points": Settings().adl_quantiles}
     more, record_problem = verify_records(ledger, events, summary, [row[4] for row in rows], source="the database",
                                           postings=postings)
     checked.extend(more)
