@@ -108,7 +108,7 @@ class CompiledBook:
     def __init__(self) -> None:
         from backstop import _engine
 
-        self.ledger = _engine.Ledger(strict=False, snapshot_every=0, snapshot=None)
+        self.ledger = _engine.Ledger(strict=False, snapshot_every=0, snapshot=None, ids=None)
         self.ts = T0
         self.line = 1
         self.apply(list(SETUP))
@@ -120,7 +120,7 @@ class CompiledBook:
             self.ts += 1
             record["ts"] = self.ts
         chunk = b"".join(orjson.dumps(record) + b"\n" for record in records)
-        _, _, _, dead, _, _ = self.ledger.apply_lines(chunk, self.line)
+        _, _, _, dead, _, _ = self.ledger.apply_lines(chunk, self.line, b"")
         if dead:
             raise SystemExit(f"the benchmark's own records were refused: {dead[:300]!r}")
         self.line += len(records)

@@ -3,7 +3,7 @@ benchmarks/README.md from it (render_results.py).
 
     benchmarks/run [--events N] [--seed S] [--service-events N] [--skip NAME ...] [--note TEXT]
 
-replay, incident, adl, memory need nothing; service and latency need the local servers
+replay, incident, adl, memory, idstore need nothing; service and latency need the local servers
 (deploy/local/postgres start && deploy/local/kafka start).
 """
 
@@ -20,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import adl_selection  # noqa: E402
+import idstore  # noqa: E402
 import incident  # noqa: E402
 import latency  # noqa: E402
 import machine  # noqa: E402
@@ -38,7 +39,7 @@ def main() -> None:
     parser.add_argument("--service-events", type=int, default=200_000, help="events for the service benchmark")
     parser.add_argument("--note", default="", help="conditions of this run, printed under the table's title")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["replay", "incident", "adl", "memory", "service", "latency"])
+                        choices=["replay", "incident", "adl", "memory", "idstore", "service", "latency"])
     args = parser.parse_args()
     now = datetime.datetime.now(datetime.UTC)  # a report's date, never a ledger input
     host = machine.describe()  # before the suite, so the load average is the one it started under
@@ -47,6 +48,7 @@ def main() -> None:
         ("incident", lambda: incident.run(437_000, 3_240_000, 11_279, 7)),
         ("adl", lambda: adl_selection.run(1_000_000, args.seed)),
         ("memory", lambda: memory.run(10_000, 250_000, 11)),
+        ("idstore", lambda: idstore.run([10_000_000, 100_000_000], 10_000_000, 7)),
         ("service", lambda: service.run(args.service_events, args.seed)),
         ("latency", lambda: latency.run([20_000, 1_000], 15, 10)),
     ]

@@ -20,23 +20,32 @@ class InvariantViolation(Exception):
     """An internal rule of the compiled engine broke (a bug): the engine must not be used any more."""
 
 class Ledger:
-    """The compiled engine's state; every method takes or returns whole batches and documents as bytes."""
+    """The compiled engine's state; every method takes or returns whole batches and documents as bytes. Held
+    identities cross as rows of 32 bytes (backstop.core.dedupe.HELD_ROW); a snapshot is (seq, its JSON, its
+    identity file)."""
 
     def __init__(
-        self, *, strict: bool, snapshot_every: int, snapshot: bytes | None, check_conservation: bool = False,
-        adl_quantiles: bool = False
+        self,
+        *,
+        strict: bool,
+        snapshot_every: int,
+        snapshot: bytes | None,
+        ids: bytes | None,
+        check_conservation: bool = False,
+        held_per_batch: bool = False,
+        adl_quantiles: bool = False,
     ) -> None: ...
     def events_applied(self) -> int: ...
     def apply_lines(
-        self, chunk: bytes, first_line: int
-    ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, list[tuple[int, bytes]], tuple[int, str] | None]: ...
+        self, chunk: bytes, first_line: int, held: bytes
+    ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, list[tuple[int, bytes, bytes]], tuple[int, str] | None]: ...
     def apply_records(
-        self, records: list[tuple[str, int, int, bytes | None]], prefix: str
-    ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, list[tuple[str, int]]]: ...
+        self, records: list[tuple[str, int, int, bytes | None]], prefix: str, held: bytes
+    ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, list[tuple[str, int]], bytes]: ...
     def summary_json(self) -> bytes: ...
     def accounts_json(self) -> bytes: ...
     def state_hash(self) -> str: ...
-    def snapshot_json(self, input_line: int) -> bytes: ...
+    def snapshot(self, input_line: int) -> tuple[int, bytes, bytes]: ...
     def adl_head(
         self, symbol: str, side: str, qty: str, *, everyone: bool = False
     ) -> tuple[list[tuple[str, int, str, str]], int]: ...

@@ -6,6 +6,10 @@
 A batch is raw journal bytes (whole lines of a JSONL file); what comes back is the output files' bytes, already
 canonical, so no Python object is made per record. Both engines give byte-identical outputs, head hash and state
 hash (tests/differential proves it), and a snapshot written by either resumes in either.
+
+Held identities (docs/design.md §4.1): an engine holds them all in memory (`held_ids="memory"`: replay; a snapshot
+carries them in its identity file), or the caller holds them (`"per_batch"`: the service, in PostgreSQL) and gives
+with each batch the held identities among its records; every other identity is then not held.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import orjson
 
 from backstop.adapters.files import RAW_KEEP_BYTES
 from backstop.adapters.journal_file import records
-from backstop.core.dedupe import Deduper
+from backstop.core.dedupe import BatchIds, unpack_rows
 from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.hashing import canonical_json, record_dict
+from backstop.core.idstore import IdStore
 from backstop.core.processor import Applied, Processor, Rejection
 from backstop.core.report import accounts, summary
 from backstop.core.snapshot import restore, sealed, state_document, state_hash
@@ -32,6 +37,7 @@ from backstop.wire.decode import InvalidRecord, decode_record
 
 EngineName = Literal["reference", "compiled"]
 ENGINES: tuple[EngineName, ...] = ("reference", "compiled")
+HeldIdsMode = Literal["memory", "per_batch"]
 
 
 class EngineUnavailable(Exception):
@@ -49,12 +55,33 @@ class EngineOptions:
     check_conservation: bool = False
     adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
     adl_quantiles: bool = False  # quantile points (docs/design.md §10): adl-quantiles.jsonl; off, it stays empty
+    held_ids: HeldIdsMode = "memory"  # "per_batch": the caller holds them and gives each batch's (no snapshots)
+
+    def __post_init__(self) -> None:
+        if self.held_ids == "per_batch" and self.snapshot_every:
+            raise ValueError("an engine whose identities are held per batch writes no snapshots")
+
+
+def snapshot_name(seq: int) -> str:
+    """The stem of a snapshot's files: snapshot-SEQ.json and its identity file snapshot-SEQ.ids."""
+    return f"snapshot-{seq:012d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A snapshot as `backstop replay` writes it: the document (snapshot-SEQ.json: indented, sorted keys, sealed)
+    and the identity file it names in `ids` (snapshot-SEQ.ids: every held identity, 32 bytes each, one canonical
+    form: docs/design.md §4.1). An engine restored with per-batch identities reads no identity file (`ids` b"")."""
+
+    seq: int
+    document: bytes
+    ids: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     """What one batch of lines produced: each output file's new bytes (canonical JSON lines), the snapshots due in
-    it (seq, the snapshot file's bytes), and, in strict mode, the bad line it stopped at."""
+    it, and, in strict mode, the bad line it stopped at."""
 
     fund_ledger: bytes
     adl_events: bytes
@@ -62,14 +89,15 @@ class BatchResult:
     dead_letters: bytes
     postings: bytes
     adl_quantiles: bytes
-    snapshots: tuple[tuple[int, bytes], ...]
+    snapshots: tuple[Snapshot, ...]
     stopped: tuple[int, str] | None
 
 
 @dataclass(frozen=True, slots=True)
 class RecordsResult:
     """What one consumed Kafka batch produced: the journal topic's records (one per accepted input), the outputs,
-    the dead-letter topic's records, and duplicates per record type; all canonical JSON lines."""
+    the dead-letter topic's records (canonical JSON lines), duplicates per record type, and the identities its
+    journal records hold (backstop.core.dedupe.HELD_ROW after HELD_ROW: the service's applied_ids rows)."""
 
     journal: bytes
     fund_ledger: bytes
@@ -79,6 +107,7 @@ class RecordsResult:
     postings: bytes
     adl_quantiles: bytes
     duplicates: dict[str, int]
+    held_ids: bytes
 
 
 Consumed = tuple[str, int, int, bytes | None]  # topic, partition, offset, value
@@ -90,12 +119,14 @@ class LedgerEngine(Protocol):
     @property
     def events_applied(self) -> int: ...
 
-    def apply_lines(self, chunk: bytes, first_line: int) -> BatchResult:
-        """Apply whole journal lines (the first numbered `first_line`); blank lines count but are skipped."""
+    def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
+        """Apply whole journal lines (the first numbered `first_line`); blank lines count but are skipped. `held`
+        (per-batch identities only): the held identities among the batch's records, HELD_ROW after HELD_ROW."""
         ...
 
-    def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
-        """Apply a consumed Kafka batch: the topic (under `topic_prefix`) names each record's type."""
+    def apply_records(self, records: Sequence[Consumed], topic_prefix: str, held: bytes = b"") -> RecordsResult:
+        """Apply a consumed Kafka batch: the topic (under `topic_prefix`) names each record's type. `held`: as for
+        apply_lines."""
         ...
 
     def summary(self) -> dict[str, Any]: ...
@@ -106,7 +137,7 @@ class LedgerEngine(Protocol):
 
     def state_hash(self) -> str: ...
 
-    def snapshot(self, input_line: int) -> dict[str, Any]: ...
+    def snapshot(self, input_line: int) -> Snapshot: ...
 
 
 def document_bytes(document: Any) -> bytes:
@@ -121,9 +152,15 @@ def journal_lines(chunk: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
         yield first_line + number - 1, record
 
 
-def dead_letter_line(line: int, reason: str, raw: bytes) -> bytes:
+def dead_letter_line(line: int, reason: str, raw: bytes, kind: str) -> bytes:
+    """`kind`: backstop.core.errors.RejectionKind."""
     text = raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace")
-    return canonical_json({"line": line, "reason": reason, "raw": text, "raw_truncated": len(raw) > RAW_KEEP_BYTES})
+    return canonical_json({"line": line, "kind": kind, "reason": reason, "raw": text,
+                           "raw_truncated": len(raw) > RAW_KEEP_BYTES})
+
+
+SNAPSHOT_COUNTERS = ("duplicates", "rejected", "conflicting_duplicates", "fund_entries", "adl_events", "findings",
+                     "postings", "adl_quantiles")
 
 
 # ------------------------------------------------------------------------------------------------ reference
@@ -136,19 +173,31 @@ class ReferenceEngine:
 
     def __init__(self, options: EngineOptions, processor: Processor | None = None) -> None:
         self.options = options
-        self.processor = processor or Processor(Engine(check_conservation=options.check_conservation,
-                                                       adl_policy=options.adl_policy,
-                                                       adl_quantiles=options.adl_quantiles))
+        if processor is None:
+            ids = BatchIds() if options.held_ids == "per_batch" else IdStore()
+            processor = Processor(Engine(check_conservation=options.check_conservation,
+                                         adl_policy=options.adl_policy, ids=ids,
+                                         adl_quantiles=options.adl_quantiles))
+        self.processor = processor
         self._next_snapshot = self.processor.events_applied + options.snapshot_every
 
     @property
     def events_applied(self) -> int:
         return self.processor.events_applied
 
-    def apply_lines(self, chunk: bytes, first_line: int) -> BatchResult:
+    def _begin(self, held: bytes) -> None:
+        """The batch's held identities (per-batch identities only)."""
+        ids = self.processor.engine.dedupe.ids
+        if isinstance(ids, BatchIds):
+            ids.begin(unpack_rows(held))
+        elif held:
+            raise ValueError("held identities given to an engine that holds its own")
+
+    def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
+        self._begin(held)
         ledger, adl, findings, dead = bytearray(), bytearray(), bytearray(), bytearray()
         postings, quantiles = bytearray(), bytearray()
-        snapshots: list[tuple[int, bytes]] = []
+        snapshots: list[Snapshot] = []
         processor, every = self.processor, self.options.snapshot_every
 
         def result(stopped: tuple[int, str] | None) -> BatchResult:
@@ -161,7 +210,7 @@ class ReferenceEngine:
                     record = decode_record(raw)
                 except InvalidRecord as error:
                     processor.reject_unparsed()
-                    dead += dead_letter_line(number, str(error), raw) + b"\n"
+                    dead += dead_letter_line(number, str(error), raw, "invalid") + b"\n"
                     if self.options.strict:
                         return result((number, str(error)))
                     continue
@@ -179,17 +228,24 @@ class ReferenceEngine:
                     for change in effects.adl_quantiles:
                         quantiles += canonical_json(record_dict(change)) + b"\n"
                     if every > 0 and outcome.seq >= self._next_snapshot:
-                        snapshots.append((outcome.seq, document_bytes(self.snapshot(number))))
+                        snapshots.append(self.snapshot(number))
                         self._next_snapshot = outcome.seq + every
                 elif isinstance(outcome, Rejection):
-                    dead += dead_letter_line(number, outcome.reason, raw) + b"\n"
+                    dead += dead_letter_line(number, outcome.reason, raw, outcome.kind) + b"\n"
                     if self.options.strict:
                         return result((number, outcome.reason))
         return result(None)
 
-    def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
+    def apply_records(self, records: Sequence[Consumed], topic_prefix: str, held: bytes = b"") -> RecordsResult:
+        self._begin(held)
         batch = [IngestConsumed(topic, partition, offset, None, value) for topic, partition, offset, value in records]
-        result = ingest_batch(self.processor, batch, TopicNames(topic_prefix))
+        dedupe = self.processor.engine.dedupe
+        recorded: list[bytes] = []
+        dedupe.recording = recorded
+        try:
+            result = ingest_batch(self.processor, batch, TopicNames(topic_prefix))
+        finally:
+            dedupe.recording = None
         return RecordsResult(
             b"".join(journal_record(row) + b"\n" for row in result.journal),
             b"".join(canonical_json(record_dict(entry)) + b"\n" for entry in result.fund_entries),
@@ -198,7 +254,7 @@ class ReferenceEngine:
             b"".join(canonical_json(record_dict(letter.record())) + b"\n" for letter in result.dead_letters),
             b"".join(canonical_json(record_dict(posting)) + b"\n" for posting in result.postings),
             b"".join(canonical_json(record_dict(change)) + b"\n" for change in result.adl_quantiles),
-            dict(result.duplicates))
+            dict(result.duplicates), b"".join(recorded))
 
     def summary(self) -> dict[str, Any]:
         return summary(self.processor)
@@ -209,25 +265,53 @@ class ReferenceEngine:
     def state_hash(self) -> str:
         return state_hash(self.processor.engine)
 
-    def snapshot(self, input_line: int) -> dict[str, Any]:
+    def snapshot(self, input_line: int) -> Snapshot:
         processor = self.processor
-        return sealed({"input_line": input_line, "engine": state_document(processor.engine),
-                       "state_hash": state_hash(processor.engine), "dedupe": processor.deduper.entries(),
-                       "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
-                                    "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
-                                    "findings": processor.findings, "postings": processor.postings,
-                                    "adl_quantiles": processor.adl_quantiles}})
+        engine = processor.engine
+        store = engine.dedupe.ids
+        if not isinstance(store, IdStore):
+            raise EngineUnavailable("an engine whose identities are held per batch writes no snapshots")
+        buffer = io.BytesIO()
+        sha256 = store.write(buffer)
+        name = snapshot_name(engine.last_seq)
+        document = sealed({
+            "input_line": input_line, "engine": state_document(engine), "state_hash": state_hash(engine),
+            "ids": {"file": f"{name}.ids", "sha256": sha256, "count": len(store)},
+            "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
+                         "conflicting_duplicates": processor.conflicting_duplicates,
+                         "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
+                         "findings": processor.findings, "postings": processor.postings,
+                         "adl_quantiles": processor.adl_quantiles}})
+        return Snapshot(engine.last_seq, document_bytes(document), buffer.getvalue())
 
     @classmethod
-    def restored(cls, options: EngineOptions, document: dict[str, Any]) -> ReferenceEngine:
-        """From a snapshot document whose envelope (seal, counters) the caller checked."""
-        engine = restore(document["engine"], check_conservation=options.check_conservation,
+    def restored(cls, options: EngineOptions, snapshot: Snapshot) -> ReferenceEngine:
+        """From a snapshot whose envelope (seal, counters, the identity file's SHA-256) the caller checked."""
+        try:
+            document = orjson.loads(snapshot.document)
+        except orjson.JSONDecodeError as error:
+            raise SnapshotError(f"not JSON: {error}") from None
+        if options.held_ids == "per_batch":
+            ids: IdStore | BatchIds = BatchIds()  # the caller holds them (PostgreSQL): the file is not read
+        else:
+            try:
+                ids, _ = IdStore.read(io.BytesIO(snapshot.ids))
+            except ValueError as error:
+                raise SnapshotError(f"{document['ids']['file']}: {error}") from None
+            if len(ids) != document["ids"]["count"]:
+                raise SnapshotError(f"{document['ids']['file']} holds {len(ids)} identities, not the "
+                                    f"{document['ids']['count']} it is named with")
+        engine = restore(document["engine"], check_conservation=options.check_conservation, ids=ids,
                          adl_quantiles=options.adl_quantiles)
-        processor = Processor(engine, Deduper((key, ts) for key, ts in document["dedupe"]))
         if state_hash(engine) != document.get("state_hash"):
             raise SnapshotError("its state hash does not match its contents")
+        if isinstance(ids, IdStore) and len(ids) != engine.dedupe.count:
+            raise SnapshotError(f"{document['ids']['file']} holds {len(ids)} identities, the state "
+                                f"{engine.dedupe.count}")
+        processor = Processor(engine)
         counters = document["counters"]
         processor.duplicates, processor.rejected = counters["duplicates"], counters["rejected"]
+        processor.conflicting_duplicates = counters["conflicting_duplicates"]
         processor.fund_entries, processor.adl_events = counters["fund_entries"], counters["adl_events"]
         processor.findings = counters["findings"]
         processor.postings, processor.adl_quantiles = counters["postings"], counters["adl_quantiles"]
@@ -251,33 +335,36 @@ class CompiledEngine:
 
     name: EngineName = "compiled"
 
-    def __init__(self, options: EngineOptions, snapshot: bytes | None = None) -> None:
+    def __init__(self, options: EngineOptions, snapshot: Snapshot | None = None) -> None:
         from backstop import _engine
 
         if options.adl_policy != AdlPolicy():
             raise EngineUnavailable("the compiled engine runs the default ADL policy only (bitmex, bankruptcy)")
+        self.options = options
         try:
             self._ledger = _engine.Ledger(strict=options.strict, snapshot_every=options.snapshot_every,
-                                          snapshot=snapshot, check_conservation=options.check_conservation,
+                                          snapshot=None if snapshot is None else snapshot.document,
+                                          ids=None if snapshot is None else snapshot.ids,
+                                          check_conservation=options.check_conservation,
+                                          held_per_batch=options.held_ids == "per_batch",
                                           adl_quantiles=options.adl_quantiles)
-        except ValueError as error:  # the reasons the reference's restore gives, or a state hash that does not match
-            reason = str(error)
-            raise SnapshotError(reason if reason.startswith("its state hash") else
-                                f"cannot restore the engine state ({reason})") from None
+        except ValueError as error:  # named as the reference names it (the state, its hash, the identity file)
+            raise SnapshotError(str(error)) from None
 
     @property
     def events_applied(self) -> int:
         return self._ledger.events_applied()
 
-    def apply_lines(self, chunk: bytes, first_line: int) -> BatchResult:
-        ledger, adl, findings, dead, postings, quantiles, snapshots, stopped = self._ledger.apply_lines(chunk,
-                                                                                                        first_line)
-        return BatchResult(ledger, adl, findings, dead, postings, quantiles, tuple(snapshots), stopped)
+    def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
+        ledger, adl, findings, dead, postings, quantiles, snapshots, stopped = self._ledger.apply_lines(
+            chunk, first_line, held)
+        return BatchResult(ledger, adl, findings, dead, postings, quantiles,
+                           tuple(Snapshot(*each) for each in snapshots), stopped)
 
-    def apply_records(self, records: Sequence[Consumed], topic_prefix: str) -> RecordsResult:
-        journal, ledger, adl, findings, dead, postings, quantiles, duplicates = self._ledger.apply_records(
-            list(records), topic_prefix)
-        return RecordsResult(journal, ledger, adl, findings, dead, postings, quantiles, dict(duplicates))
+    def apply_records(self, records: Sequence[Consumed], topic_prefix: str, held: bytes = b"") -> RecordsResult:
+        journal, ledger, adl, findings, dead, postings, quantiles, duplicates, held_ids = self._ledger.apply_records(
+            list(records), topic_prefix, held)
+        return RecordsResult(journal, ledger, adl, findings, dead, postings, quantiles, dict(duplicates), held_ids)
 
     def summary(self) -> dict[str, Any]:
         document: dict[str, Any] = orjson.loads(self._ledger.summary_json())
@@ -289,26 +376,22 @@ class CompiledEngine:
     def state_hash(self) -> str:
         return self._ledger.state_hash()
 
-    def snapshot(self, input_line: int) -> dict[str, Any]:
-        document: dict[str, Any] = orjson.loads(self._ledger.snapshot_json(input_line))
-        return document
+    def snapshot(self, input_line: int) -> Snapshot:
+        if self.options.held_ids == "per_batch":
+            raise EngineUnavailable("an engine whose identities are held per batch writes no snapshots")
+        return Snapshot(*self._ledger.snapshot(input_line))
 
 
 # ------------------------------------------------------------------------------------------------ opening
 
 
-def open_engine(name: EngineName, options: EngineOptions, snapshot: bytes | None = None) -> LedgerEngine:
-    """An engine from the start, or from a snapshot (a file's bytes) written by either engine."""
-    raw = snapshot
+def open_engine(name: EngineName, options: EngineOptions, snapshot: Snapshot | None = None) -> LedgerEngine:
+    """An engine from the start, or from a snapshot written by either engine."""
     if name == "compiled":
         missing = compiled_available()
         if missing is not None:
             raise EngineUnavailable(missing)
-        return CompiledEngine(options, raw)
-    if raw is None:
+        return CompiledEngine(options, snapshot)
+    if snapshot is None:
         return ReferenceEngine(options)
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise SnapshotError(f"not JSON: {error}") from None
-    return ReferenceEngine.restored(options, document)
+    return ReferenceEngine.restored(options, snapshot)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from backstop import _engine
 from backstop.core.engine import Engine
 from backstop.core.processor import Processor
-from backstop.engines import EngineOptions, ReferenceEngine, document_bytes
+from backstop.engines import EngineOptions, ReferenceEngine
 from backstop.wire.decode import decode_record
 from scenario import fill, mark, transfer
 
@@ -35,8 +35,8 @@ Head = list[tuple[str, int, Decimal, Decimal]]
 
 def compiled_from(engine: Engine) -> _engine.Ledger:
     """The compiled engine restored from a snapshot of the reference's state."""
-    raw = document_bytes(ReferenceEngine(EngineOptions(), Processor(engine)).snapshot(0))
-    return _engine.Ledger(strict=False, snapshot_every=0, snapshot=raw)
+    snapshot = ReferenceEngine(EngineOptions(), Processor(engine)).snapshot(0)
+    return _engine.Ledger(strict=False, snapshot_every=0, snapshot=snapshot.document, ids=snapshot.ids)
 
 
 def reference_head(engine: Engine, symbol: str, side: str, qty: Decimal) -> tuple[Head, int]:
@@ -66,7 +66,7 @@ def apply_both(engine: Engine, ledger: _engine.Ledger, records: list[dict[str, A
     lines = [orjson.dumps(record) for record in records]
     for line in lines:
         processor.process(decode_record(line))
-    ledger.apply_lines(b"".join(line + b"\n" for line in lines), 1)
+    ledger.apply_lines(b"".join(line + b"\n" for line in lines), 1, b"")
     assert ledger.events_applied() == engine.last_seq
 
 
@@ -202,6 +202,6 @@ def test_a_liquidation_block_at_one_mark_replays_alike(tmp_path: Path) -> None:
 
 
 def test_the_head_is_refused_for_unknown_names() -> None:
-    ledger = _engine.Ledger(strict=False, snapshot_every=0, snapshot=None)
+    ledger = _engine.Ledger(strict=False, snapshot_every=0, snapshot=None, ids=None)
     with pytest.raises(ValueError, match="no mark for BTCUSDT"):
         ledger.adl_head("BTCUSDT", "long", "1")

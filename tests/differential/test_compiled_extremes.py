@@ -153,7 +153,8 @@ TAIL = [mark("50", symbol=FINE),
 
 
 def _moved(snapshot: Path, target: Path) -> Path:
-    """The snapshot with MOVED added to its balances (taken from the external account), hashed and sealed again."""
+    """The snapshot with MOVED added to its balances (taken from the external account), hashed and sealed again;
+    its identity file beside it."""
     from backstop.core.hashing import canonical_json
     from backstop.core.numbers import CONTEXT, text
     from backstop.core.snapshot import sealed
@@ -166,6 +167,8 @@ def _moved(snapshot: Path, target: Path) -> Path:
     document["engine"]["balances"] = dict(sorted(balances.items()))
     document["state_hash"] = hashlib.sha256(canonical_json(document["engine"])).hexdigest()
     target.write_bytes(orjson.dumps(sealed(document), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    identities = snapshot.with_suffix(".ids")  # the identity file the snapshot names, beside it
+    (target.parent / identities.name).write_bytes(identities.read_bytes())
     return target
 
 

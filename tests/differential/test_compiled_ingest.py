@@ -13,23 +13,10 @@ from hypothesis import strategies as st
 
 from backstop.engines import CompiledEngine, Consumed, EngineOptions, LedgerEngine, ReferenceEngine
 from backstop.pipeline.topics import TopicNames
+from differential.alike import consumed
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.jsonl"))
 TOPICS = TopicNames("t.")
-
-
-def consumed(lines: list[bytes], *, keep_type: bool = False) -> list[Consumed]:
-    """Each line on its type's topic, offsets counting up per topic."""
-    offsets: dict[str, int] = {}
-    batch: list[Consumed] = []
-    for line in lines:
-        document = orjson.loads(line)
-        topic = TOPICS.input(document["type"])
-        if not keep_type:
-            del document["type"]
-        offsets[topic] = offsets.get(topic, -1) + 1
-        batch.append((topic, 0, offsets[topic], orjson.dumps(document)))
-    return batch
 
 
 def both() -> tuple[LedgerEngine, LedgerEngine]:

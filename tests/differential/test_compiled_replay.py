@@ -18,31 +18,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backstop.engines import EngineName
-from backstop.entrypoints.replay import ReplayError, ReplayOptions, replay
+from backstop.entrypoints.replay import ReplayError
+from differential.alike import assert_same, outputs, run
 from property.strategies import journals
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.jsonl"))
 SECTION_9_4_PENDING: set[str] = set()  # examples the reference does not yet replay as docs/design.md §9 says
-
-
-def outputs(directory: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*"))
-            if path.is_file()}
-
-
-def run(journal: Path, out: Path, engine: EngineName, **options: object) -> dict[str, bytes]:
-    replay(ReplayOptions(journal=journal, out=out, engine=engine, **options))  # type: ignore[arg-type]
-    return outputs(out)
-
-
-def assert_same(reference: dict[str, bytes], compiled: dict[str, bytes]) -> None:
-    assert sorted(reference) == sorted(compiled)
-    for name in reference:
-        if compiled[name] != reference[name]:
-            pairs = zip(reference[name].splitlines(), compiled[name].splitlines(), strict=False)
-            number, (expected, got) = next((n, pair) for n, pair in enumerate(pairs, 1) if pair[0] != pair[1])
-            context = reference[name].splitlines()[max(0, number - 8):number]
-            pytest.fail(f"{name} line {number}: reference {expected!r}, compiled {got!r}; before it: {context}")
 
 
 @pytest.mark.parametrize("journal", [

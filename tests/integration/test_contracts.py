@@ -26,7 +26,9 @@ from backstop.adapters.postgres.store import POSITION_COLUMNS, Head, OutboxRow, 
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
 from backstop.core.processor import Processor
+from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline import projections
+from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch
 from backstop.pipeline.projections import FullRefresh, Projections
 from backstop.pipeline.topics import TopicNames
@@ -123,7 +125,7 @@ class Batches:
     def __init__(self) -> None:
         lines = EXAMPLE.read_bytes().splitlines()
         consumed = as_consumed(lines)
-        self.processor = Processor(Engine())
+        self.processor = Processor(Engine(ids=ServiceIds()))  # the service's: a batch's identities for applied_ids
         self.positions = (0, 0)
         self.first = self._batch(consumed[:9])
         self.second = self._batch(consumed[9:])
@@ -209,9 +211,39 @@ async def test_the_latest_snapshot_is_read_back(under_test: StoreUnderTest) -> N
     store, batches = under_test.store, Batches()
     await commit(store, batches.first)
     await commit(store, batches.second)
-    await store.write_snapshot(3, "h3", b'{"at": 3}')
-    await store.write_snapshot(9, "h9", b'{"at": 9}')
-    assert await store.latest_snapshot() == (9, {"at": 9})
+    current = {"engine": {"snapshot_version": SNAPSHOT_VERSION, "at": 3}}
+    await store.write_snapshot(3, "h3", orjson.dumps(current))
+    assert await store.latest_snapshot() == (3, current)
+    await store.write_snapshot(9, "h9", orjson.dumps({"engine": {"snapshot_version": SNAPSHOT_VERSION - 1}}))
+    assert await store.latest_snapshot() == (3, current)  # an older version is passed over: the journal replays
+    newer = {"engine": {"snapshot_version": SNAPSHOT_VERSION, "at": 12}}
+    await store.write_snapshot(12, "h12", orjson.dumps(newer))
+    assert await store.latest_snapshot() == (12, newer)
+
+
+async def test_identities_are_held_with_their_batch_once_ever(under_test: StoreUnderTest) -> None:
+    store, batches = under_test.store, Batches()
+    assert await store.held_estimate() == 0
+    await commit(store, batches.first)
+    await commit(store, batches.second)
+    rows = sorted(batches.first[1].held_ids + batches.second[1].held_ids)
+    assert rows and len({row[0] for row in rows}) == len(rows)
+    keys = [row[0] for row in rows]
+    unknown = bytes(16)
+    assert sorted(await store.held([unknown, *keys[::2], keys[0]])) == rows[::2]  # one query, each row once
+    streamed: list[bytes] = []
+    await store.held_keys(streamed.append)
+    joined = b"".join(streamed)
+    assert sorted(joined[i:i + 16] for i in range(0, len(joined), 16)) == keys
+    await store.hold([rows[0], (unknown, bytes(8), 1)])  # a rebuild's: one held already, one not
+    assert sorted(await store.held([unknown, keys[0]])) == sorted([rows[0], (unknown, bytes(8), 1)])
+    # a batch that would hold an identity again commits nothing (the primary key refuses it)
+    _, _, head, projected = batches.second
+    again = BatchResult(held_ids=[rows[1]], next_offsets={("contract.fill", 0): 99})
+    before = (await store.head(), await store.offsets(), await store.outbox_backlog())
+    with pytest.raises(Exception):  # noqa: B017 (asyncpg's UniqueViolationError, the memory store's IntegrityError)
+        await store.commit(expected_seq=head.seq, result=again, head=head, projections=projected)
+    assert (await store.head(), await store.offsets(), await store.outbox_backlog()) == before
 
 
 async def test_the_outbox_cursor_only_moves_forward(under_test: StoreUnderTest) -> None:

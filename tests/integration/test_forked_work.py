@@ -211,4 +211,4 @@ async def test_a_snapshot_taken_in_a_forked_child_is_the_state_at_its_seq(
         assert row["state_hash"] == state_hash(replayed.engine)
         document = orjson.loads(row["document"])
         assert state_hash(restore(document["engine"])) == row["state_hash"]
-        assert [tuple(e) for e in document["dedupe"]] == [tuple(e) for e in replayed.deduper.entries()]
+        assert document.keys() == {"engine"}  # identities are PostgreSQL's (applied_ids), not the snapshot's

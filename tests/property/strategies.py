@@ -15,6 +15,7 @@ import orjson
 from hypothesis import strategies as st
 
 from backstop.core.engine import Engine
+from backstop.core.ordering import MAX_LATENESS_MS
 from backstop.core.processor import Processor
 from backstop.wire.decode import decode_record
 from scenario import fill, fund, funding, instrument, liquidation, mark, transfer
@@ -171,3 +172,38 @@ def materialize(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         journal.append(record)
         newest = max(newest, record["ts"])
     return journal
+
+
+# ---------------------------------------------------------------- event time (docs/design.md §4.1)
+T0 = 1_800_000_000_000
+HOUR = 3_600_000
+
+
+@st.composite
+def timed(draw: st.DrawFn, journal: list[dict[str, Any]], *, jitter: bool) -> list[dict[str, Any]]:
+    """The journal re-timed: steps of up to 2 s, now and then an hour or up to eleven hours of quiet; with `jitter`,
+    some records up to twice the lateness window behind (some of them late)."""
+    now, result = T0, []
+    for record in journal:
+        gap = draw(st.integers(0, 30))
+        now += HOUR if gap == 0 else draw(st.integers(HOUR, 11 * HOUR)) if gap == 1 else draw(st.integers(0, 2000))
+        behind = draw(st.integers(0, 2 * MAX_LATENESS_MS)) if jitter and draw(st.integers(0, 4)) == 0 else 0
+        result.append({**record, "ts": now - behind})
+    return result
+
+
+def outlier(kind: str, number: int, ts: int, symbol: str) -> dict[str, Any]:
+    """A valid record of `kind` but for its ts, with an identity of its own."""
+    price = str(SYMBOLS[symbol][2])
+    if kind == "fill":
+        return fill(f"outlier-{number}", "a0", "buy", str(SYMBOLS[symbol][1]), price, symbol=symbol, ts=ts)
+    if kind == "transfer":
+        return transfer(f"outlier-{number}", "a1", "10", ts=ts)
+    if kind == "mark":
+        return mark(price, symbol=symbol, ts=ts)
+    if kind == "funding":
+        return funding("0.0001", price, symbol=symbol, ts=ts)
+    return liquidation(f"outlier-{number}", "a2", str(SYMBOLS[symbol][1]), price, symbol=symbol, ts=ts)
+
+
+outlier_kinds = st.sampled_from(["fill", "transfer", "mark", "funding", "liquidation"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from decimal import Decimal
 from typing import Any
@@ -12,6 +13,7 @@ from strategies import journals
 
 from backstop.core import ledger
 from backstop.core.engine import Engine
+from backstop.core.idstore import IdStore
 from backstop.core.processor import Applied, Duplicate, Processor, Rejection
 from backstop.core.snapshot import restore, state_document, state_hash
 from backstop.wire.decode import decode_record
@@ -152,7 +154,12 @@ def test_snapshot_plus_tail_equals_the_whole(journal: list[dict[str, Any]], setu
     for split in sorted({setup_size, (len(journal) + setup_size) // 2, len(journal)}):
         head, _ = run(journal[:split])
         document = json.loads(orjson.dumps(state_document(head.engine)))  # through JSON, as on disk
-        resumed = Processor(restore(document, check_conservation=True), head.deduper)
+        held = io.BytesIO()
+        store = head.engine.dedupe.ids
+        assert isinstance(store, IdStore)
+        store.write(held)  # and the identities through their file
+        held.seek(0)
+        resumed = Processor(restore(document, check_conservation=True, ids=IdStore.read(held)[0]))
         assert state_hash(resumed.engine) == state_hash(head.engine)
         for record in journal[split:]:
             resumed.process(decode_record(orjson.dumps(record)))

@@ -1,7 +1,8 @@
 """Small journals drawn from a seed for the simulator: a fund, two instruments, deposits, then trading that
 moves marks far enough to bankrupt accounts, liquidations sized against the state so far (with and without
-executions), fund closes, funding and transfers. Timestamps repeat on purpose: records of one ts on several topics
-are ordered by the merge's tie-break. Many records are valid, some are rejected by the engine (that is tested too)."""
+executions), fund closes, funding, transfers, and identities sent again (identical or with other content).
+Timestamps repeat on purpose: records of one ts on several topics are ordered by the merge's tie-break. Many records
+are valid, some are rejected by the engine (that is tested too)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def journal(rng: random.Random, events: int) -> list[dict[str, Any]]:
         w.add({"type": "mark", "symbol": symbol, "mark_price": _price(symbol, 0)})
     moves = {symbol: 0 for symbol in SYMBOLS}
     modes = {(a, s): rng.choice(["cross", "isolated"]) for a in ACCOUNTS for s in SYMBOLS}  # mostly kept
-    kinds = ("fill", "fill", "fill", "mark", "mark", "liquidation", "liquidation", "fund_close", "funding", "transfer")
+    kinds = ("fill", "fill", "fill", "mark", "mark", "liquidation", "liquidation", "fund_close", "funding", "transfer",
+             "again")
     for _ in range(events):
         kind = rng.choice(kinds)
         symbol = rng.choice(sorted(SYMBOLS))
@@ -105,6 +107,15 @@ def journal(rng: random.Random, events: int) -> list[dict[str, Any]]:
             w.add({"type": "fill", "fill_id": w.next_id("fc"), "account_id": "fund:MAIN", "symbol": symbol,
                    "side": "sell" if side == "long" else "buy", "qty": str(_lots(symbol, held, rng.randint(1, 100))),
                    "price": _price(symbol, moves[symbol]), "fee": "0", "margin_mode": "cross", "leverage": "1"})
+        elif kind == "again":  # an identity sent again (docs/design.md §4.1): identical, or with other content
+            sent = [r for r in w.records if r["type"] in ("fill", "transfer", "liquidation")]
+            if not sent:
+                continue
+            again = dict(rng.choice(sent))
+            if rng.random() < 0.5:
+                field = "amount" if again["type"] == "transfer" else "qty"
+                again[field] = str(Decimal(again[field]) * 2)
+            w.add(again)
         elif kind == "funding":
             w.add({"type": "funding", "symbol": symbol, "rate": str(Decimal(rng.randint(-30, 30)) / 10000),
                    "mark_price": _price(symbol, moves[symbol])})

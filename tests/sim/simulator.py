@@ -41,6 +41,7 @@ from journals import journal
 
 from backstop.adapters.memory.broker import MemoryBroker, MemoryConsumer, MemoryPublisher, StoredRecord
 from backstop.adapters.memory.store import MemoryDatabase, MemoryStore
+from backstop.core.dedupe import HeldRow, content_digest, identity, key_digest
 from backstop.core.engine import Engine
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Processor
@@ -54,6 +55,7 @@ from backstop.service.ledger import LedgerProcessor
 from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, Partition, Runtime
 from backstop.service.relay import OutboxRelay, partition_for
 from backstop.settings import Settings
+from backstop.wire.decode import decode_record
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -170,6 +172,19 @@ class Reference:
     outbox: list[OutboxMessage] = field(default_factory=list)
     state_hash: str = ""
     accounts: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    held: list[HeldRow] = field(default_factory=list)  # the identities the journal's rows hold, in seq order
+
+
+def held_rows(journal: list[JournalRow]) -> list[HeldRow]:
+    """What applied_ids must hold for these journal rows (docs/design.md §4.1): each identity once, with its
+    content digest and the seq that holds it."""
+    rows = []
+    for row in journal:
+        record = decode_record(row.payload)
+        found = identity(record)
+        if found is not None:
+            rows.append((key_digest(found), content_digest(record), row.seq))
+    return rows
 
 
 def reference(order: list[Consumed]) -> Reference:
@@ -190,6 +205,7 @@ def reference(order: list[Consumed]) -> Reference:
         ref.hash_at_seq[engine.last_seq] = engine.head_hash
         ref.lengths.append((len(ref.fund_ledger), len(ref.adl_events), len(ref.dead_letters), len(ref.outbox)))
     engine = processor.engine
+    ref.held = held_rows(ref.journal)
     ref.state_hash = state_hash(engine)
     ref.accounts = account_rows_of(engine)
     # bad input never changes state: without the records dead-lettered, the same journal, ledger and state
@@ -432,6 +448,7 @@ class Simulation:
         self.published: dict[int, str] = {}  # outbox id -> record id
         self.published_at: dict[Partition, int] = {}  # per output partition: records checked
         self.cursor = 0
+        self.held_seen = 0  # identities of the reference checked in applied_ids
         self.written: tuple[int, int] = (-1, -1)
         self.appends = -1
         self.engine_at: tuple[int, int] | None = None
@@ -612,6 +629,16 @@ class Simulation:
                 if view(rows[index]) != want:
                     raise self.fail(f"{name} row {index + 1} differs from the reference after {step}")
             self.seen_rows[name] = (len(rows), rows[-1] if rows else None)
+        committed = ref.seq[length]  # applied_ids holds exactly the identities of the committed journal rows
+        held = ref.held
+        while self.held_seen < len(held) and held[self.held_seen][2] <= committed:
+            key = held[self.held_seen][0]
+            if db.applied_ids.get(key) != held[self.held_seen]:
+                raise self.fail(f"applied_ids: identity {key.hex()} of seq {held[self.held_seen][2]} is "
+                                f"{db.applied_ids.get(key)} after {step}")
+            self.held_seen += 1
+        if len(db.applied_ids) != self.held_seen:
+            raise self.fail(f"applied_ids holds {len(db.applied_ids)} identities, the journal's rows {self.held_seen}")
         if db.relay_cursor < self.cursor:
             raise self.fail("the relay cursor moved back")
         self.cursor = db.relay_cursor

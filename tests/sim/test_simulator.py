@@ -16,11 +16,13 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from simulator import SimulationFailure, simulate
 
 from backstop.pipeline import merge
+from backstop.pipeline.ingest import BatchResult
 from backstop.service import ledger, relay
 
 SHORT, LONG = 1000, 100_000
@@ -98,7 +100,28 @@ def _commits_not_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ledger.LedgerRun, "commit", commit)
 
 
-@pytest.mark.parametrize("bug", [_old_merge, _ends_never_confirmed, _relay_without_its_scan, _commits_not_waiting],
+def _identities_not_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The apply step skips its one lookup of the batch's identities (docs/design.md §4.1, In the service)."""
+    async def nothing(*args: object, **kwargs: object) -> None:
+        return None
+
+    monkeypatch.setattr(ledger, "resolve_identities", nothing)
+
+
+def _identities_not_committed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's identities are drained from memory but never reach applied_ids."""
+    ingest_batch = ledger.ingest_batch
+
+    def without_ids(*args: Any, **kwargs: Any) -> BatchResult:
+        result = ingest_batch(*args, **kwargs)
+        result.held_ids = []
+        return result
+
+    monkeypatch.setattr(ledger, "ingest_batch", without_ids)
+
+
+@pytest.mark.parametrize("bug", [_old_merge, _ends_never_confirmed, _relay_without_its_scan, _commits_not_waiting,
+                                 _identities_not_looked_up, _identities_not_committed],
                          ids=lambda bug: bug.__name__.strip("_"))
 def test_the_simulator_finds_these_bugs(bug: Callable[[pytest.MonkeyPatch], None],
                                         monkeypatch: pytest.MonkeyPatch) -> None:

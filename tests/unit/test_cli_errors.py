@@ -4,7 +4,9 @@ is wrong and exits 2. (A database that does not exist and a server that is down:
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -229,3 +231,30 @@ def test_produce_routes_by_type_and_key() -> None:
         "fill", b"u1", b'{"account_id":"u1","ts":1}')
     assert route(b'{"type": "mark", "symbol": "BTC", "ts": 1}', keep_type=True)[1:] == (
         b"BTC", b'{"type":"mark","symbol":"BTC","ts":1}')
+
+
+
+class _ClosedPipe:
+    """stdout whose reader has gone: every write raises as on a closed pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`backstop explain ... | head -1`: the closed pipe ends the command with SIGPIPE's status, no traceback."""
+    journal = Path(__file__).parents[2] / "examples" / "02-adl-walks-queue.jsonl"
+    sink = os.open(tmp_path / "stdout", os.O_WRONLY | os.O_CREAT)
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe(sink))
+    assert main(["explain", "liq-S", "--journal", str(journal)]) == 141
+    assert capsys.readouterr().err == ""

@@ -1,8 +1,10 @@
 //! The rules (backstop.core.engine, docs/design.md sections 4 and 9): a pure fold of journal events into margin
-//! state, the fund ledger and ADL. `apply` either rejects an event (nothing changed: every handler checks first
-//! and mutates after) or applies it and appends its outputs, canonical JSON, to the event's output buffers.
+//! state, the fund ledger and ADL. `apply` either refuses an event (nothing changed: admission comes first,
+//! docs/design.md §4.1, then every handler checks first and mutates after) or applies it and appends its outputs,
+//! canonical JSON, to the event's output buffers.
 
 use crate::adl_index::{AdlIndex, Candidates};
+use crate::admission::{Admission, Kind, Refusal};
 use crate::canonical::{self, J, GENESIS_HASH};
 use crate::ledger::{Account, Ledger, Names};
 use crate::numbers::{
@@ -19,7 +21,6 @@ use ethnum::I256;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 pub const SCHEMA_VERSION: i128 = 1;
-pub const MAX_LATENESS_MS: u64 = 600_000;
 pub const FUND_ACCOUNT_PREFIX: &str = "fund:";
 /// docs/design.md section 9.3: a position holds less than 10^12 (qty at 1e-8), costs less than 10^22 (at 1e-16).
 const MAX_POSITION_QTY: i128 = 100_000_000_000_000_000_000;
@@ -101,9 +102,10 @@ pub struct Engine {
     /// finds the top of a queue without ranking every position exactly
     pub adl_index: AdlIndex,
     pub last_seq: u64,
+    /// duplicates, the journal clock and the per-symbol clocks (docs/design.md §4.1)
+    pub admission: Admission,
+    /// The largest ts applied: quantile points (crate::quantiles).
     pub newest_ts: Option<u64>,
-    pub mark_ts: HashMap<u32, u64>,
-    pub funding_ts: HashMap<u32, u64>,
     pub ledger_head: String,
     pub adl_head: String,
     pub postings_head: String,
@@ -132,9 +134,8 @@ impl Default for Engine {
             positions: Positions::default(),
             adl_index: AdlIndex::default(),
             last_seq: 0,
+            admission: Admission::default(),
             newest_ts: None,
-            mark_ts: HashMap::default(),
-            funding_ts: HashMap::default(),
             ledger_head: GENESIS_HASH.to_string(),
             adl_head: GENESIS_HASH.to_string(),
             postings_head: GENESIS_HASH.to_string(),
@@ -169,19 +170,20 @@ impl Engine {
     }
 
     // ------------------------------------------------------------------ entry point
-    /// Apply one event at `seq` (the next one); Err: rejected, nothing changed.
-    pub fn apply(&mut self, record: &Record<'_>, seq: u64, out: &mut Outputs) -> Result<(), Rejected> {
+    /// Apply one event at `seq` (the next one); Err: refused (a duplicate, or rejected with its kind and reason),
+    /// nothing changed.
+    pub fn apply(&mut self, record: &Record<'_>, seq: u64, out: &mut Outputs) -> Result<(), Refusal> {
         assert!(seq == self.last_seq + 1, "journal gap: seq {seq} after {}", self.last_seq);
-        if let Some(newest) = self.newest_ts {
-            if record.ts + MAX_LATENESS_MS < newest {
-                return reject(format!(
-                    "ts {} is {} ms behind the newest applied event (ts {newest}); at most {MAX_LATENESS_MS} ms is \
-                     accepted",
-                    record.ts,
-                    newest - record.ts
-                ));
-            }
-        }
+        let admitted = self.admission.admit(record, seq)?; // duplicates first: one whenever it comes
+        let definition = matches!(record.body, Body::Fund { .. } | Body::Instrument { .. });
+        self.admission.clock.check(record.ts, definition)?;
+        self.apply_rules(record, seq, out).map_err(|reason| Refusal::Rejected(Kind::Rejected, reason))?;
+        self.admission.hold(admitted, seq);
+        self.admission.clock.advance(record.ts);
+        Ok(())
+    }
+
+    fn apply_rules(&mut self, record: &Record<'_>, seq: u64, out: &mut Outputs) -> Result<(), Rejected> {
         self.seq = seq;
         self.ts = record.ts;
         self.counts = EventCounts::default();
@@ -197,7 +199,7 @@ impl Engine {
             Body::Liquidation { .. } => self.on_liquidation(record, out)?,
         }
         self.last_seq = seq;
-        let newest = self.newest_ts;
+        let newest = self.newest_ts; // quantile points are periods of the newest ts applied (design section 10)
         if newest.is_none_or(|newest| record.ts > newest) {
             self.newest_ts = Some(record.ts);
         }
@@ -502,14 +504,14 @@ impl Engine {
     fn on_mark(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejected> {
         let Body::Mark { symbol, mark_price, .. } = &record.body else { unreachable!() };
         let symbol_id = self.instrument_of(symbol)?;
-        if let Some(&in_force) = self.mark_ts.get(&symbol_id) {
-            if record.ts < in_force {
-                return reject(format!("stale mark: ts {} is older than the {symbol} mark in force (ts {in_force})",
-                                      record.ts));
+        let admission = &mut self.admission;
+        if let Some(bound) = admission.mark_clock.bound(symbol, &admission.clock) {
+            if record.ts < bound {
+                return reject(format!("stale mark: ts {} is older than the {symbol} mark of ts {bound}", record.ts));
             }
         }
         self.marks.insert(symbol_id, mark_price.value);
-        self.mark_ts.insert(symbol_id, record.ts);
+        admission.mark_clock.applied(symbol, record.ts, &admission.clock);
         self.check_inventory(symbol_id, out);
         Ok(())
     }
@@ -520,13 +522,14 @@ impl Engine {
         if rate.value.abs() >= crate::numbers::pow10_i128(S18) {
             return reject(format!("funding rate {} is not a plausible rate", Shown(rate.value, S18)));
         }
-        if let Some(&last) = self.funding_ts.get(&symbol_id) {
+        let admission = &mut self.admission;
+        if let Some(last) = admission.funding_clock.bound(symbol, &admission.clock) {
             if record.ts <= last {
-                return reject(format!("funding for {symbol} at ts {} is not after the last one applied (ts {last}): \
-                                       that period was already charged", record.ts));
+                return reject(format!("stale funding: ts {} is not after the {symbol} funding of ts {last}",
+                                      record.ts));
             }
         }
-        self.funding_ts.insert(symbol_id, record.ts);
+        admission.funding_clock.applied(symbol, record.ts, &admission.clock);
         let clearing = Account::Funding(symbol_id);
         let rate_price = product(mark_price.value, rate.value); // 1e-26
         let asset = self.instruments[&symbol_id].settle_asset;
@@ -599,12 +602,13 @@ impl Engine {
         }
 
         let mark = mark_price.value;
-        // the published mark in force, and the account's margin at it
-        let in_force = self.mark_ts.contains_key(&symbol_id).then(|| self.marks[&symbol_id]);
+        // the published mark in force (one a mark or a liquidation set: a fill's price stands in before either), and
+        // the account's margin at it
+        let in_force = self.admission.mark_clock.seen(symbol).then(|| self.marks[&symbol_id]);
         let view_in_force = in_force.filter(|&m| m != mark).map(|_| self.margin_view(&position));
         self.marks.insert(symbol_id, mark);
-        let mark_ts = self.mark_ts.get(&symbol_id).copied().unwrap_or(record.ts).max(record.ts);
-        self.mark_ts.insert(symbol_id, mark_ts);
+        let admission = &mut self.admission;
+        admission.mark_clock.applied(symbol, record.ts, &admission.clock);
         let instrument = self.instruments[&symbol_id].clone();
         let view = self.margin_view(&position);
         self.check_liquidation_mark(account, liquidation_id, symbol_id, mark, in_force, &view, view_in_force.as_ref(),

@@ -1,76 +1,30 @@
-//! The journal processor (backstop.core.processor, backstop.core.dedupe): dedupe, sequence, apply, over a batch of
-//! journal lines, with the outputs as canonical bytes; and the documents of the state (backstop.core.report and
-//! backstop.core.snapshot): the summary, accounts.json, the state hash, snapshots and their restore.
+//! The journal processor (backstop.core.processor): sequence, apply, count, over a batch of journal lines, with the
+//! outputs as canonical bytes; and the documents of the state (backstop.core.report and backstop.core.snapshot):
+//! the summary, accounts.json, the state hash, snapshots (with their identity file) and their restore. What is a
+//! duplicate, late or ahead is the engine's to decide (crate::admission).
 
+use crate::admission::{self, Kind as RejectionKind, Refusal};
 use crate::canonical::{self, J};
+use crate::clock::{JournalClock, SymbolClock};
 use crate::engine::{
     isolated_account, mode_name, money, money_wide, price_of, price_of_wide, Engine, Outputs, FUND_ACCOUNT_PREFIX,
-    MAX_LATENESS_MS,
 };
+use crate::idtable::IdTable;
 use crate::json::{self, Dialect, Value};
 use crate::ledger::Account;
 use crate::numbers::{self, text, text_512, text_wide, Kind, Rounding, Wide, S16, S18, S8};
 use crate::state::{
     position_label, FundSpec, FundState, Instrument, Lot, Position, Side, Tier, DEFAULT_MARK_TOLERANCE,
 };
-use crate::wire::{self, Body, Dec, MarginMode, PositionSide, Record, Surplus};
+use crate::wire::{self, Dec, MarginMode, PositionSide, Surplus};
 use ethnum::I256;
 use rustc_hash::FxHashMap as HashMap;
-use std::collections::VecDeque;
-use std::sync::Arc;
 
-pub const SNAPSHOT_VERSION: i128 = 3;
+/// 3: the journal clock, the per-symbol clocks and what admission holds in the document; 4: the postings head, the
+/// newest ts applied and the ADL quantiles published.
+pub const SNAPSHOT_VERSION: i128 = 4;
 /// Bytes of a bad line kept in its dead letter.
 pub const RAW_KEEP_BYTES: usize = 4096;
-
-/// Applied keys with their ts, in the order they were applied; forgets those older than the lateness window.
-#[derive(Default, Clone, Debug)]
-pub struct Deduper {
-    keys: HashMap<Arc<str>, u64>,
-    order: VecDeque<(u64, Arc<str>)>,
-}
-
-impl Deduper {
-    pub fn is_duplicate(&self, key: &str) -> bool {
-        self.keys.contains_key(key)
-    }
-
-    pub fn remember(&mut self, key: String, ts: u64, newest_ts: u64) {
-        let key: Arc<str> = Arc::from(key);
-        self.keys.insert(Arc::clone(&key), ts);
-        self.order.push_back((ts, key));
-        let Some(cutoff) = newest_ts.checked_sub(MAX_LATENESS_MS) else { return };
-        while let Some((old_ts, _)) = self.order.front() {
-            if *old_ts >= cutoff {
-                break;
-            }
-            let (old_ts, old_key) = self.order.pop_front().expect("a front");
-            if self.keys.get(&old_key) == Some(&old_ts) {
-                self.keys.remove(&old_key);
-            }
-        }
-    }
-}
-
-/// backstop.core.dedupe.dedupe_key.
-pub fn dedupe_key(record: &Record<'_>) -> String {
-    match &record.body {
-        Body::Fill { fill_id, .. } => format!("fill\x1f{fill_id}"),
-        Body::Transfer { transfer_id, .. } => format!("transfer\x1f{transfer_id}"),
-        Body::Liquidation { liquidation_id, .. } => format!("liquidation\x1f{liquidation_id}"),
-        Body::Mark { symbol, mark_price, index_price } => {
-            let index = index_price.map_or(String::new(), |p| text(p.value, S8));
-            format!("mark\x1f{symbol}\x1f{}\x1f{}\x1f{index}", record.ts, text(mark_price.value, S8))
-        }
-        Body::Funding { symbol, rate, mark_price } => {
-            format!("funding\x1f{symbol}\x1f{}\x1f{}\x1f{}", record.ts, text(rate.value, S18),
-                    text(mark_price.value, S8))
-        }
-        Body::Fund { .. } | Body::Instrument { .. } => {
-            format!("{}\x1f{}", record.type_name(), record.dump.as_deref().unwrap_or_default())
-        }
-    }
-}
 
 /// Bytes of a consumed record kept in its dead letter (backstop.pipeline.ingest.RAW_KEEP_BYTES).
 pub const KAFKA_RAW_KEEP_BYTES: usize = 64 * 1024;
@@ -94,6 +48,8 @@ pub struct RecordsBatch {
     pub outputs: Outputs,
     pub dead_letters: Vec<u8>,
     pub duplicates: Vec<(&'static str, u64)>,
+    /// the identities the batch's journal rows hold, admission::HELD_ROW_BYTES each
+    pub held: Vec<u8>,
 }
 
 /// A reason as the dead-letter topic carries it: control characters written as \xNN (PostgreSQL text holds no NUL).
@@ -108,13 +64,16 @@ fn escaped_reason(reason: &str) -> String {
     out
 }
 
-fn kafka_dead_letter(out: &mut Vec<u8>, record: &Consumed<'_>, reason: &str) {
+/// A record of the dead-letter topic (backstop.pipeline.ingest.DeadLetterRecord), decided after `after_seq`.
+fn kafka_dead_letter(out: &mut Vec<u8>, record: &Consumed<'_>, kind: RejectionKind, reason: &str, after_seq: u64) {
     let raw = record.value.unwrap_or_default();
     let kept = String::from_utf8_lossy(&raw[..raw.len().min(KAFKA_RAW_KEEP_BYTES)]);
     let id = format!("dl-{}-{}-{}", record.topic, record.partition, record.offset);
     let reason = escaped_reason(reason);
     let document = J::Obj(vec![
+        ("after_seq", J::Int(after_seq as i128)),
         ("id", J::Str(&id)),
+        ("kind", J::Str(kind.name())),
         ("raw", J::Str(&kept)),
         ("reason", J::Str(&reason)),
         ("schema_version", J::Int(1)),
@@ -126,21 +85,31 @@ fn kafka_dead_letter(out: &mut Vec<u8>, record: &Consumed<'_>, reason: &str) {
     out.push(b'\n');
 }
 
+/// A snapshot due in a batch: its seq, its document, and how many identities its identity file holds (those held
+/// by a seq at most its own: `Processor::write_ids` writes the file after the batch, identities are never dropped).
+#[derive(Debug)]
+pub struct SnapshotDue {
+    pub seq: u64,
+    pub document: Vec<u8>,
+    pub ids: u64,
+}
+
 /// What one batch of lines produced (see backstop.engines.BatchResult).
 #[derive(Default, Debug)]
 pub struct Batch {
     pub outputs: Outputs,
     pub dead_letters: Vec<u8>,
-    pub snapshots: Vec<(u64, Vec<u8>)>,
+    pub snapshots: Vec<SnapshotDue>,
     pub stopped: Option<(u64, String)>,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Processor {
     pub engine: Engine,
-    pub deduper: Deduper,
     pub duplicates: u64,
     pub rejected: u64,
+    /// of the rejected: an identity held with other content
+    pub conflicting_duplicates: u64,
     pub fund_entries: u64,
     pub adl_events: u64,
     pub findings: u64,
@@ -162,9 +131,10 @@ fn is_blank(line: &[u8]) -> bool {
     line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'))
 }
 
-fn dead_letter(out: &mut Vec<u8>, line: u64, reason: &str, raw: &[u8]) {
+fn dead_letter(out: &mut Vec<u8>, line: u64, kind: RejectionKind, reason: &str, raw: &[u8]) {
     let kept = String::from_utf8_lossy(&raw[..raw.len().min(RAW_KEEP_BYTES)]);
     let document = J::Obj(vec![
+        ("kind", J::Str(kind.name())),
         ("line", J::Int(line as i128)),
         ("reason", J::Str(reason)),
         ("raw", J::Str(&kept)),
@@ -177,6 +147,35 @@ fn dead_letter(out: &mut Vec<u8>, line: u64, reason: &str, raw: &[u8]) {
 impl Processor {
     pub fn new(strict: bool, snapshot_every: u64) -> Processor {
         Processor { strict, snapshot_every, next_snapshot: snapshot_every, ..Processor::default() }
+    }
+
+    /// Identities held per batch: the caller gives each batch's (`begin_batch`); no snapshots.
+    pub fn with_held_per_batch(mut self) -> Processor {
+        assert!(self.snapshot_every == 0, "an engine whose identities are held per batch writes no snapshots");
+        self.engine.admission.per_batch = true;
+        self
+    }
+
+    /// The held identities among the next batch's records (per batch only; rows of admission::HELD_ROW_BYTES).
+    pub fn begin_batch(&mut self, held: &[u8]) -> Result<(), String> {
+        self.engine.admission.begin_batch(held)
+    }
+
+    /// A refusal counted: Err(kind, reason) for a dead letter, Ok for a duplicate.
+    fn refused(&mut self, refusal: Refusal) -> Result<(), (RejectionKind, String)> {
+        match refusal {
+            Refusal::Duplicate => {
+                self.duplicates += 1;
+                Ok(())
+            }
+            Refusal::Rejected(kind, reason) => {
+                self.rejected += 1;
+                if kind == RejectionKind::ConflictingDuplicate {
+                    self.conflicting_duplicates += 1;
+                }
+                Err((kind, reason))
+            }
+        }
     }
 
     pub fn events_applied(&self) -> u64 {
@@ -206,8 +205,8 @@ impl Processor {
             if is_blank(raw) {
                 continue;
             }
-            if let Err(reason) = self.apply_line(raw, number, batch) {
-                dead_letter(&mut batch.dead_letters, number, &reason, raw);
+            if let Err((kind, reason)) = self.apply_line(raw, number, batch) {
+                dead_letter(&mut batch.dead_letters, number, kind, &reason, raw);
                 if self.strict {
                     batch.stopped = Some((number, reason));
                     return;
@@ -217,7 +216,8 @@ impl Processor {
     }
 
     /// Apply a consumed Kafka batch (backstop.pipeline.ingest.ingest_batch): the topic names the type; each
-    /// accepted record becomes a journal row, each bad one a dead letter of the dead-letter topic.
+    /// accepted record becomes a journal row (and its identity a row of `held`), each bad one a dead letter of the
+    /// dead-letter topic.
     pub fn apply_records(&mut self, records: &[Consumed<'_>], prefix: &str) -> RecordsBatch {
         let mut batch = RecordsBatch::default();
         let mut duplicates: Vec<(&'static str, u64)> = Vec::new();
@@ -225,36 +225,37 @@ impl Processor {
             let record_type = record.topic.strip_prefix(prefix).and_then(|suffix| {
                 INPUT_SUFFIXES.iter().find(|(_, s)| *s == suffix).map(|(t, _)| *t)
             });
+            let after_seq = self.engine.last_seq;
             let Some(record_type) = record_type else {
-                kafka_dead_letter(&mut batch.dead_letters, record, &format!("not an input topic: {}", record.topic));
+                kafka_dead_letter(&mut batch.dead_letters, record, RejectionKind::Invalid,
+                                  &format!("not an input topic: {}", record.topic), after_seq);
                 continue;
             };
             let (decoded, payload) = match wire::decode_consumed(record.value, record_type, record.topic) {
                 Ok(decoded) => decoded,
                 Err(reason) => {
                     self.rejected += 1;
-                    kafka_dead_letter(&mut batch.dead_letters, record, &reason);
+                    kafka_dead_letter(&mut batch.dead_letters, record, RejectionKind::Invalid, &reason, after_seq);
                     continue;
                 }
             };
-            let key = dedupe_key(&decoded);
-            if self.deduper.is_duplicate(&key) {
-                self.duplicates += 1;
-                match duplicates.iter_mut().find(|(t, _)| *t == record_type) {
-                    Some((_, count)) => *count += 1,
-                    None => duplicates.push((record_type, 1)),
+            let before = counts(&batch.outputs);
+            let seq = self.engine.last_seq + 1;
+            if let Err(refusal) = self.engine.apply(&decoded, seq, &mut batch.outputs) {
+                match self.refused(refusal) {
+                    Ok(()) => match duplicates.iter_mut().find(|(t, _)| *t == record_type) {
+                        Some((_, count)) => *count += 1,
+                        None => duplicates.push((record_type, 1)),
+                    },
+                    Err((kind, reason)) => {
+                        kafka_dead_letter(&mut batch.dead_letters, record, kind, &reason, after_seq)
+                    }
                 }
                 continue;
             }
-            let before = counts(&batch.outputs);
-            let seq = self.engine.last_seq + 1;
-            if let Err(reason) = self.engine.apply(&decoded, seq, &mut batch.outputs) {
-                self.rejected += 1;
-                kafka_dead_letter(&mut batch.dead_letters, record, &reason);
-                continue;
+            if let Some((key, content)) = self.engine.admission.last_held {
+                admission::pack_row(&mut batch.held, key, content, seq);
             }
-            let newest = self.engine.newest_ts.unwrap_or(decoded.ts);
-            self.deduper.remember(key, decoded.ts, newest);
             self.count(before, &batch.outputs);
             let id = format!("j-{seq}");
             let payload_hash = canonical::sha256_hex(&payload);
@@ -276,32 +277,24 @@ impl Processor {
         batch
     }
 
-    fn apply_line(&mut self, raw: &[u8], number: u64, batch: &mut Batch) -> Result<(), String> {
+    fn apply_line(&mut self, raw: &[u8], number: u64, batch: &mut Batch) -> Result<(), (RejectionKind, String)> {
         let record = match wire::decode_line(raw) {
             Ok(record) => record,
             Err(reason) => {
                 self.rejected += 1;
-                return Err(reason);
+                return Err((RejectionKind::Invalid, reason));
             }
         };
-        let key = dedupe_key(&record);
-        if self.deduper.is_duplicate(&key) {
-            self.duplicates += 1;
-            return Ok(());
-        }
         let before = counts(&batch.outputs);
-        if let Err(reason) = self.engine.apply(&record, self.engine.last_seq + 1, &mut batch.outputs) {
-            self.rejected += 1;
-            return Err(reason);
+        if let Err(refusal) = self.engine.apply(&record, self.engine.last_seq + 1, &mut batch.outputs) {
+            return self.refused(refusal);
         }
-        let newest = self.engine.newest_ts.unwrap_or(record.ts);
-        self.deduper.remember(key, record.ts, newest);
         self.count(before, &batch.outputs);
         let seq = self.engine.last_seq;
         if self.snapshot_every > 0 && seq >= self.next_snapshot {
-            let mut document = self.snapshot_json(number);
+            let (mut document, ids) = self.snapshot_json(number);
             document.push(b'\n');
-            batch.snapshots.push((seq, document));
+            batch.snapshots.push(SnapshotDue { seq, document, ids });
             self.next_snapshot = seq + self.snapshot_every;
         }
         Ok(())
@@ -334,9 +327,16 @@ impl Processor {
             .map(|((account, symbol, side), quantile)| (names.name(*account), names.name(*symbol), side.name(), *quantile))
             .collect();
         closes.sort();
-        let by_name = |map: &HashMap<u32, u64>| -> J<'_> {
-            J::Obj(map.iter().map(|(symbol, ts)| (names.name(*symbol), J::Int(*ts as i128))).collect())
-        };
+        let admission = &engine.admission;
+        let latest = admission.latest_sorted();
+        let latest_hex: Vec<(String, String)> =
+            latest.into_iter().map(|(subject, digest)| (subject, format!("{digest:016x}"))).collect();
+        let head_hex: String = admission.head.iter().map(|byte| format!("{byte:02x}")).collect();
+        let dedupe = J::Obj(vec![
+            ("ids", J::Int(admission.count as i128)),
+            ("ids_head", J::Str(&head_hex)),
+            ("latest", J::Obj(latest_hex.iter().map(|(subject, hex)| (subject.as_str(), J::Str(hex))).collect())),
+        ]);
         let document = J::Obj(vec![
             ("snapshot_version", J::Int(SNAPSHOT_VERSION)),
             ("seq", J::Int(engine.last_seq as i128)),
@@ -348,9 +348,11 @@ impl Processor {
             ("funds", J::Arr(funds.iter().map(|f| fund_document(engine, f)).collect())),
             ("instruments", J::Arr(instruments.iter().map(|i| instrument_document(engine, i)).collect())),
             ("marks", J::Obj(engine.marks.iter().map(|(s, m)| (names.name(*s), J::Owned(text(*m, S8)))).collect())),
+            ("clock", clock_document(&admission.clock)),
             ("newest_ts", engine.newest_ts.map_or(J::Null, |ts| J::Int(ts as i128))),
-            ("mark_ts", by_name(&engine.mark_ts)),
-            ("funding_ts", by_name(&engine.funding_ts)),
+            ("dedupe", dedupe),
+            ("mark_clock", symbol_clock_document(&admission.mark_clock)),
+            ("funding_clock", symbol_clock_document(&admission.funding_clock)),
             ("positions", J::Arr(positions_in_order(engine).into_iter().map(|p| position_document(engine, p)).collect())),
             ("quantile_closes", J::Arr(closes.iter().map(|(account, symbol, side, quantile)| J::Arr(vec![
                 J::Str(account), J::Str(symbol), J::Str(side), J::Int(i128::from(*quantile))])).collect())),
@@ -363,22 +365,30 @@ impl Processor {
         canonical::sha256_hex(&self.state_document())
     }
 
-    /// A snapshot (backstop.engines.ReferenceEngine.snapshot) as written: indented, sorted keys.
-    pub fn snapshot_json(&self, input_line: u64) -> Vec<u8> {
+    /// A snapshot (backstop.engines.ReferenceEngine.snapshot) as written, indented with sorted keys, and how many
+    /// identities its identity file holds (`write_ids` writes that file: snapshot-SEQ.ids, which it names).
+    pub fn snapshot_json(&self, input_line: u64) -> (Vec<u8>, u64) {
+        assert!(!self.engine.admission.per_batch, "an engine whose identities are held per batch writes no snapshots");
         let state = self.state_document();
         let parsed = json::parse(&state, Dialect::File).expect("our own JSON");
         let engine_document = canonical::from_json(&parsed).expect("no floats");
         let state_hash = canonical::sha256_hex(&state);
-        let dedupe = J::Arr(self.deduper.order.iter()
-            .map(|(ts, key)| J::Arr(vec![J::Str(key), J::Int(*ts as i128)])).collect());
+        let seq = self.engine.last_seq;
+        let (ids_sha256, ids_count) = self.engine.admission.ids.file_sha256(seq);
+        let ids_file = format!("snapshot-{seq:012}.ids");
         let document = J::Obj(vec![
             ("input_line", J::Int(input_line as i128)),
             ("engine", engine_document),
             ("state_hash", J::Str(&state_hash)),
-            ("dedupe", dedupe),
+            ("ids", J::Obj(vec![
+                ("file", J::Str(&ids_file)),
+                ("sha256", J::Str(&ids_sha256)),
+                ("count", J::Int(ids_count as i128)),
+            ])),
             ("counters", J::Obj(vec![
                 ("duplicates", J::Int(self.duplicates as i128)),
                 ("rejected", J::Int(self.rejected as i128)),
+                ("conflicting_duplicates", J::Int(self.conflicting_duplicates as i128)),
                 ("fund_entries", J::Int(self.fund_entries as i128)),
                 ("adl_events", J::Int(self.adl_events as i128)),
                 ("findings", J::Int(self.findings as i128)),
@@ -392,7 +402,12 @@ impl Processor {
         entries.push(("snapshot_hash", J::Str(&seal)));
         let mut out = Vec::with_capacity(state.len() * 2);
         canonical::write_pretty(&mut out, &J::Obj(entries), 0);
-        out
+        (out, ids_count)
+    }
+
+    /// The identity file of a snapshot at `seq` (of `count` identities, as snapshot_json said), in pieces.
+    pub fn write_ids(&self, seq: u64, count: u64, sink: impl FnMut(&[u8])) {
+        self.engine.admission.ids.write_file(seq, count, sink);
     }
 
     /// backstop.core.report.summary, compact (the caller indents it).
@@ -434,6 +449,7 @@ impl Processor {
             ("events_applied", J::Int(self.events_applied() as i128)),
             ("duplicates", J::Int(self.duplicates as i128)),
             ("rejected", J::Int(self.rejected as i128)),
+            ("conflicting_duplicates", J::Int(self.conflicting_duplicates as i128)),
             ("last_seq", J::Int(engine.last_seq as i128)),
             ("head_hash", J::Str(&head)),
             ("ledger_head_hash", J::Str(&engine.ledger_head)),
@@ -535,23 +551,47 @@ impl Processor {
 
     // ------------------------------------------------------------------ restore
 
-    /// A processor from a snapshot written by either engine; Err: why it cannot be restored, named as the
-    /// reference's restore would fail ("KeyError: 'seq'", "ValueError: ..."), or a state hash that does not match.
-    pub fn restore(raw: &[u8], strict: bool, snapshot_every: u64) -> Result<Processor, String> {
-        let processor = Self::restore_state(raw, strict, snapshot_every).map_err(|error| {
-            if error.starts_with("KeyError") { error } else { format!("ValueError: {error}") }
-        })?;
-        let document = json::parse(raw, Dialect::File).expect("parsed before");
-        let stated = object(&document).and_then(|root| field(root, "state_hash")).and_then(string).ok();
+    /// A processor from a snapshot written by either engine: its document and the identity file it names (not
+    /// read when identities are held per batch). Fails as the reference's restore does: the identity file first,
+    /// then the state, then its state hash.
+    pub fn restore(raw: &[u8], ids: &[u8], strict: bool, snapshot_every: u64, per_batch: bool)
+                   -> Result<Processor, RestoreError> {
+        let as_state = |error: String| {
+            RestoreError::State(if error.starts_with("KeyError") { error } else { format!("ValueError: {error}") })
+        };
+        let document = json::parse(raw, Dialect::File).map_err(|_| as_state("not JSON".into()))?;
+        let root = object(&document).map_err(as_state)?;
+        let mut table = IdTable::default();
+        let mut named = None;
+        if !per_batch {
+            let ids_entry = object(field(root, "ids").map_err(as_state)?).map_err(as_state)?;
+            let file = string(field(ids_entry, "file").map_err(as_state)?).map_err(as_state)?.to_string();
+            let count = int(field(ids_entry, "count").map_err(as_state)?).map_err(as_state)?;
+            table = IdTable::read_file(ids).map_err(|error| RestoreError::Snapshot(format!("{file}: {error}")))?;
+            if table.len() as i128 != count {
+                return Err(RestoreError::Snapshot(format!(
+                    "{file} holds {} identities, not the {count} it is named with", table.len())));
+            }
+            named = Some(file);
+        }
+        let mut processor = Self::restore_state(root, strict, snapshot_every).map_err(as_state)?;
+        let held = processor.engine.admission.count;
+        processor.engine.admission.ids = table;
+        processor.engine.admission.per_batch = per_batch;
+        let stated = field(root, "state_hash").and_then(string).ok();
         if stated != Some(processor.state_hash().as_str()) {
-            return Err("its state hash does not match its contents".into());
+            return Err(RestoreError::Snapshot("its state hash does not match its contents".into()));
+        }
+        if let Some(file) = named {
+            let table_len = processor.engine.admission.ids.len();
+            if table_len != held {
+                return Err(RestoreError::Snapshot(format!("{file} holds {table_len} identities, the state {held}")));
+            }
         }
         Ok(processor)
     }
 
-    fn restore_state(raw: &[u8], strict: bool, snapshot_every: u64) -> Result<Processor, String> {
-        let document = json::parse(raw, Dialect::File).map_err(|_| "not JSON".to_string())?;
-        let root = object(&document)?;
+    fn restore_state(root: Entries<'_, '_>, strict: bool, snapshot_every: u64) -> Result<Processor, String> {
         let state = object(field(root, "engine")?)?;
         let version = field(state, "snapshot_version").and_then(int).ok();
         if version != Some(SNAPSHOT_VERSION) {
@@ -642,13 +682,11 @@ impl Processor {
             Value::Null => None,
             other => Some(int(other)? as u64),
         };
-        for (key, target) in [("mark_ts", 0), ("funding_ts", 1)] {
-            for (symbol, ts) in object(field(state, key)?)? {
-                let symbol = engine.names.id(symbol);
-                let ts = int(ts)? as u64;
-                if target == 0 { engine.mark_ts.insert(symbol, ts) } else { engine.funding_ts.insert(symbol, ts) };
-            }
-        }
+        let admission = &mut engine.admission;
+        admission.clock = restore_clock(field(state, "clock")?)?;
+        restore_dedupe(admission, field(state, "dedupe")?)?;
+        admission.mark_clock = restore_symbol_clock(field(state, "mark_clock")?)?;
+        admission.funding_clock = restore_symbol_clock(field(state, "funding_clock")?)?;
         for p in array(field(state, "positions")?)? {
             let p = object(p)?;
             let leverage_text = string(field(p, "leverage")?)?;
@@ -702,17 +740,10 @@ impl Processor {
             let symbol = engine.names.id(symbol);
             engine.risk_levels.insert(symbol, level);
         }
-        for entry in array(field(root, "dedupe")?)? {
-            let pair = array(entry)?;
-            let [key, ts] = pair else { return Err("a dedupe entry is not [key, ts]".into()) };
-            let (key, ts) = (string(key)?.to_string(), int(ts)? as u64);
-            let key: Arc<str> = Arc::from(key);
-            processor.deduper.keys.insert(Arc::clone(&key), ts);
-            processor.deduper.order.push_back((ts, key));
-        }
         let counters = object(field(root, "counters")?)?;
         processor.duplicates = int(field(counters, "duplicates")?)? as u64;
         processor.rejected = int(field(counters, "rejected")?)? as u64;
+        processor.conflicting_duplicates = int(field(counters, "conflicting_duplicates")?)? as u64;
         processor.fund_entries = int(field(counters, "fund_entries")?)? as u64;
         processor.adl_events = int(field(counters, "adl_events")?)? as u64;
         processor.findings = int(field(counters, "findings")?)? as u64;
@@ -721,6 +752,83 @@ impl Processor {
         processor.next_snapshot = processor.engine.last_seq + snapshot_every;
         Ok(processor)
     }
+}
+
+/// Why a snapshot cannot be restored: its state (named as the reference's restore fails: "KeyError: 'seq'",
+/// "ValueError: ..."), or the snapshot (its identity file, its state hash), named as it is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RestoreError {
+    State(String),
+    Snapshot(String),
+}
+
+fn restore_clock(value: &Value<'_>) -> Result<JournalClock, String> {
+    let malformed = || "malformed journal clock in the snapshot".to_string();
+    let clock = object(value)?;
+    let recent = array(field(clock, "recent")?).map_err(|_| malformed())?;
+    let recent = recent.iter().map(|ts| int(ts).map(|ts| ts as u64)).collect::<Result<Vec<u64>, _>>()?;
+    let ts = match field(clock, "ts")? {
+        Value::Null => None,
+        Value::Int(_) => Some(int(field(clock, "ts")?)? as u64),
+        _ => return Err(malformed()),
+    };
+    if recent.len() > crate::clock::WINDOW || (ts.is_some() == recent.is_empty()) {
+        return Err(malformed());
+    }
+    Ok(JournalClock { recent, ts })
+}
+
+fn restore_dedupe(admission: &mut crate::admission::Admission, value: &Value<'_>) -> Result<(), String> {
+    let malformed = || "malformed dedupe state in the snapshot".to_string();
+    let dedupe = object(value)?;
+    admission.count = int(field(dedupe, "ids")?)? as u64;
+    let head = hex_bytes(string(field(dedupe, "ids_head")?)?).ok_or_else(malformed)?;
+    admission.head = head.try_into().map_err(|_| malformed())?;
+    for (subject, digest) in object(field(dedupe, "latest")?)? {
+        let digest: [u8; 8] = hex_bytes(string(digest)?).and_then(|d| d.try_into().ok()).ok_or_else(malformed)?;
+        if !admission.restore_latest(subject, u64::from_be_bytes(digest)) {
+            return Err(malformed());
+        }
+    }
+    Ok(())
+}
+
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok()).collect()
+}
+
+fn restore_symbol_clock(value: &Value<'_>) -> Result<SymbolClock, String> {
+    let document = object(value)?;
+    let mut clock = SymbolClock::default();
+    for (symbol, ts) in object(field(document, "reached")?)? {
+        clock.reached.insert((**symbol).into(), int(ts)? as u64);
+    }
+    for (symbol, waiting) in object(field(document, "pending")?)? {
+        let waiting = array(waiting)?.iter().map(|ts| int(ts).map(|ts| ts as u64)).collect::<Result<Vec<_>, _>>()?;
+        clock.pending.insert((**symbol).into(), waiting);
+    }
+    Ok(clock)
+}
+
+/// The journal clock in the state document (backstop.core.ordering.JournalClock.document).
+fn clock_document(clock: &JournalClock) -> J<'_> {
+    J::Obj(vec![
+        ("recent", J::Arr(clock.recent.iter().map(|ts| J::Int(*ts as i128)).collect())),
+        ("ts", clock.ts.map_or(J::Null, |ts| J::Int(ts as i128))),
+    ])
+}
+
+/// A per-symbol clock in the state document (backstop.core.ordering.SymbolClock.document).
+fn symbol_clock_document(clock: &SymbolClock) -> J<'_> {
+    J::Obj(vec![
+        ("reached", J::Obj(clock.reached.iter().map(|(symbol, ts)| (&**symbol, J::Int(*ts as i128))).collect())),
+        ("pending", J::Obj(clock.pending.iter().map(|(symbol, waiting)| {
+            (&**symbol, J::Arr(waiting.iter().map(|ts| J::Int(*ts as i128)).collect()))
+        }).collect())),
+    ])
 }
 
 fn surplus_name(surplus: Surplus) -> &'static str {

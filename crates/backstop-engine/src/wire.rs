@@ -122,8 +122,6 @@ pub enum Body<'a> {
 pub struct Record<'a> {
     pub ts: u64,
     pub body: Body<'a>,
-    /// fund and instrument records: pydantic's model_dump_json, which their dedupe key is made of.
-    pub dump: Option<String>,
 }
 
 impl Record<'_> {
@@ -647,17 +645,11 @@ pub fn decimal_str(text: &str) -> String {
     out
 }
 
-fn build<'a>(tag: &str, model: &'static Model, f: Vec<Field<'_, 'a>>) -> Record<'a> {
+fn build<'a>(tag: &str, f: Vec<Field<'_, 'a>>) -> Record<'a> {
     let ts = match f[1] {
         Field::Int(ts) => ts,
         _ => unreachable!("ts validated"),
     };
-    let mut dump_text = None;
-    if tag == "fund" || tag == "instrument" {
-        let mut out = String::with_capacity(256);
-        dump(model, Some(tag), &f, &mut out);
-        dump_text = Some(out);
-    }
     let body = match tag {
         "fund" => Body::Fund {
             fund_id: text(&f[2]),
@@ -710,7 +702,7 @@ fn build<'a>(tag: &str, model: &'static Model, f: Vec<Field<'_, 'a>>) -> Record<
         },
         _ => unreachable!("a known tag"),
     };
-    Record { ts, body, dump: dump_text }
+    Record { ts, body }
 }
 
 const TAG_LIST: &str = "'fund', 'instrument', 'transfer', 'fill', 'mark', 'funding', 'liquidation'";
@@ -751,8 +743,8 @@ pub fn decode_line(raw: &[u8]) -> Result<Record<'_>, String> {
         return Err(format!("record of {} bytes exceeds the limit of {MAX_RECORD_BYTES}", raw.len()));
     }
     let document = json::parse(raw, Dialect::File).map_err(|_| "invalid JSON".to_string())?;
-    let (tag, model, fields) = validate_document(&document, None)?;
-    Ok(build(tag, model, fields))
+    let (tag, _, fields) = validate_document(&document, None)?;
+    Ok(build(tag, fields))
 }
 
 /// A consumed Kafka value of the topic of `record_type` (backstop.pipeline.ingest.decode_consumed): the record and
@@ -782,8 +774,8 @@ pub fn decode_consumed<'a>(value: Option<&'a [u8]>, record_type: &str, topic: &s
     if depth > json::MAX_DEPTH {
         return Err("invalid JSON".into());
     }
-    let (tag, model, fields) = validate_document(&document, Some(record_type))?;
-    let record = build(tag, model, fields);
+    let (tag, _, fields) = validate_document(&document, Some(record_type))?;
+    let record = build(tag, fields);
     let mut payload = Vec::with_capacity(raw.len() + 16);
     write_canonical(&document, &mut payload);
     Ok((record, payload))

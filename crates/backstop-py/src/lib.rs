@@ -1,7 +1,8 @@
 //! The PyO3 module `backstop._engine`: a thin skin over `backstop_engine`. It converts at the boundary once per
 //! batch, releases the GIL while a batch runs, and turns engine errors into typed Python exceptions.
 
-use backstop_engine::processor::{Consumed, Processor};
+use backstop_engine::idtable::IdTable;
+use backstop_engine::processor::{Consumed, Processor, RestoreError};
 use backstop_engine::state::Side;
 use backstop_engine::{canonical, json, numbers, wire};
 use pyo3::create_exception;
@@ -118,6 +119,18 @@ struct Ledger {
 }
 
 impl Ledger {
+    /// A snapshot's identity file as Python bytes, written straight into them.
+    fn ids_bytes<'py>(&self, py: Python<'py>, seq: u64, count: u64) -> PyResult<Bound<'py, PyBytes>> {
+        PyBytes::new_with(py, IdTable::file_len(count), |buffer: &mut [u8]| {
+            let mut at = 0;
+            self.processor.write_ids(seq, count, |piece| {
+                buffer[at..at + piece.len()].copy_from_slice(piece);
+                at += piece.len();
+            });
+            Ok(())
+        })
+    }
+
     fn guarded<T>(&mut self, work: impl FnOnce(&mut Processor) -> T) -> PyResult<T> {
         if let Some(reason) = &self.poisoned {
             return Err(InvariantViolation::new_err(format!("the engine stopped earlier: {reason}")));
@@ -139,13 +152,25 @@ impl Ledger {
 
 #[pymethods]
 impl Ledger {
+    /// A new engine, or one restored from a snapshot's document and its identity file (ValueError: why not, as
+    /// the reference names it). `held_per_batch`: the caller gives each batch's held identities.
     #[new]
-    #[pyo3(signature = (*, strict, snapshot_every, snapshot, check_conservation=false, adl_quantiles=false))]
-    fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>, check_conservation: bool,
-           adl_quantiles: bool) -> PyResult<Ledger> {
+    #[pyo3(signature = (*, strict, snapshot_every, snapshot, ids, check_conservation=false, held_per_batch=false,
+                        adl_quantiles=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>, ids: Option<&[u8]>, check_conservation: bool,
+           held_per_batch: bool, adl_quantiles: bool) -> PyResult<Ledger> {
+        if held_per_batch && snapshot_every > 0 {
+            return Err(PyValueError::new_err("an engine whose identities are held per batch writes no snapshots"));
+        }
         let mut processor = match snapshot {
+            None if held_per_batch => Processor::new(strict, snapshot_every).with_held_per_batch(),
             None => Processor::new(strict, snapshot_every),
-            Some(raw) => Processor::restore(raw, strict, snapshot_every).map_err(PyValueError::new_err)?,
+            Some(raw) => Processor::restore(raw, ids.unwrap_or_default(), strict, snapshot_every, held_per_batch)
+                .map_err(|error| PyValueError::new_err(match error {
+                    RestoreError::State(reason) => format!("cannot restore the engine state ({reason})"),
+                    RestoreError::Snapshot(reason) => reason,
+                }))?,
         };
         processor.check_conservation = check_conservation;
         processor.engine.adl_quantiles = adl_quantiles;
@@ -156,10 +181,15 @@ impl Ledger {
         self.processor.events_applied()
     }
 
-    fn apply_lines<'py>(&mut self, py: Python<'py>, chunk: &[u8], first_line: u64) -> PyResult<Bound<'py, PyTuple>> {
+    /// Whole journal lines; `held`: the batch's held identities (per batch only).
+    fn apply_lines<'py>(&mut self, py: Python<'py>, chunk: &[u8], first_line: u64, held: &[u8])
+                        -> PyResult<Bound<'py, PyTuple>> {
+        self.processor.begin_batch(held).map_err(PyValueError::new_err)?;
         let batch = py.detach(|| self.guarded(|processor| processor.apply_lines(chunk, first_line)))?;
-        let snapshots: Vec<(u64, Bound<'py, PyBytes>)> =
-            batch.snapshots.iter().map(|(seq, document)| (*seq, PyBytes::new(py, document))).collect();
+        let mut snapshots: Vec<(u64, Bound<'py, PyBytes>, Bound<'py, PyBytes>)> = Vec::new();
+        for due in &batch.snapshots {
+            snapshots.push((due.seq, PyBytes::new(py, &due.document), self.ids_bytes(py, due.seq, due.ids)?));
+        }
         (
             PyBytes::new(py, &batch.outputs.fund_ledger),
             PyBytes::new(py, &batch.outputs.adl_events),
@@ -173,9 +203,11 @@ impl Ledger {
             .into_pyobject(py)
     }
 
-    /// A consumed Kafka batch: (topic, partition, offset, value) per record, under the topic prefix.
-    fn apply_records<'py>(&mut self, py: Python<'py>, records: Vec<(String, i64, i64, Option<Vec<u8>>)>, prefix: &str)
-                          -> PyResult<Bound<'py, PyTuple>> {
+    /// A consumed Kafka batch: (topic, partition, offset, value) per record, under the topic prefix; `held`: the
+    /// batch's held identities (per batch only).
+    fn apply_records<'py>(&mut self, py: Python<'py>, records: Vec<(String, i64, i64, Option<Vec<u8>>)>, prefix: &str,
+                          held: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
+        self.processor.begin_batch(held).map_err(PyValueError::new_err)?;
         let consumed: Vec<Consumed<'_>> = records
             .iter()
             .map(|(topic, partition, offset, value)| Consumed {
@@ -192,6 +224,7 @@ impl Ledger {
             PyBytes::new(py, &batch.outputs.postings),
             PyBytes::new(py, &batch.outputs.adl_quantiles),
             batch.duplicates,
+            PyBytes::new(py, &batch.held),
         )
             .into_pyobject(py)
     }
@@ -240,10 +273,15 @@ impl Ledger {
         self.processor.engine.adl_index.memory_bytes()
     }
 
-    fn snapshot_json<'py>(&mut self, py: Python<'py>, input_line: u64) -> PyResult<Bound<'py, PyBytes>> {
-        let mut document = py.detach(|| self.guarded(|processor| processor.snapshot_json(input_line)))?;
+    /// (seq, the snapshot's document, its identity file).
+    fn snapshot<'py>(&mut self, py: Python<'py>, input_line: u64) -> PyResult<Bound<'py, PyTuple>> {
+        if self.processor.engine.admission.per_batch {
+            return Err(PyValueError::new_err("an engine whose identities are held per batch writes no snapshots"));
+        }
+        let (mut document, count) = py.detach(|| self.guarded(|processor| processor.snapshot_json(input_line)))?;
         document.push(b'\n');
-        Ok(PyBytes::new(py, &document))
+        let seq = self.processor.events_applied();
+        (seq, PyBytes::new(py, &document), self.ids_bytes(py, seq, count)?).into_pyobject(py)
     }
 }
 

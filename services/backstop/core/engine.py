@@ -1,9 +1,10 @@
 """The engine: a pure, synchronous fold of journal events into margin state, the fund ledger and ADL.
 
-`Engine.apply(record, seq)` either raises Rejected (nothing changed) or applies the event and returns its
-Effects. Every handler checks everything first and mutates after, so a rejection never leaves half an event
-behind, and the bounds on state of docs/design.md §9.3 are among those checks. All arithmetic runs in
-backstop.core.numbers.CONTEXT (exact), and every rounding is a named rule of §9.4 from backstop.core.numbers.
+`Engine.apply(record, seq)` raises AlreadyApplied or Rejected (nothing changed) or applies the event and returns
+its Effects. Admission comes first (docs/design.md §4.1: duplicates, then the journal clock); every handler checks
+everything first and mutates after, so a rejection never leaves half an event behind, and the bounds on state of
+docs/design.md §9.3 are among those checks. All arithmetic runs in backstop.core.numbers.CONTEXT (exact), and every
+rounding is a named rule of §9.4 from backstop.core.numbers.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any, ClassVar, Literal, cast
 
 from backstop.core import adl, ledger, quantiles
 from backstop.core.adl_index import AdlIndex
+from backstop.core.dedupe import Dedupe, HeldIds
 from backstop.core.errors import InvariantViolation, Rejected
 from backstop.core.hashing import GENESIS_HASH, chain_hash, combine
+from backstop.core.idstore import IdStore
 from backstop.core.margin import (
     bankruptcy_price,
     isolated_bankruptcy_price,
@@ -46,7 +49,7 @@ from backstop.core.numbers import (
     text,
     whole_steps,
 )
-from backstop.core.ordering import check_lateness
+from backstop.core.ordering import JournalClock, SymbolClock
 from backstop.core.records import (
     SCHEMA_VERSION,
     AdlEvent,
@@ -126,7 +129,7 @@ def is_fund_account(account_id: str) -> bool:
 
 class Engine:
     def __init__(self, *, check_conservation: bool = False, adl_policy: AdlPolicy | None = None,
-                 adl_quantiles: bool = False) -> None:
+                 ids: HeldIds | None = None, adl_quantiles: bool = False) -> None:
         self.check_conservation = check_conservation
         # quantile points (backstop.core.quantiles): an option, since ranking every side at each point costs more
         # than the rest of a replay; they never change the ledger or the head hash (docs/design.md §10)
@@ -143,9 +146,11 @@ class Engine:
         self._settle_assets: tuple[int, frozenset[str]] = (0, frozenset())  # (funds seen, their assets)
         self._rank_cache: dict[str, tuple[Decimal, dict[PositionKey, tuple[tuple[Decimal, ...], adl.Ranked]]]] = {}
         self.last_seq = 0
-        self.newest_ts: int | None = None  # the largest ts applied (backstop.core.ordering)
-        self.mark_ts: dict[str, int] = {}  # symbol -> ts of the mark in force
-        self.funding_ts: dict[str, int] = {}  # symbol -> ts of the last funding applied
+        self.dedupe = Dedupe(ids if ids is not None else IdStore())  # what was applied (backstop.core.dedupe)
+        self.clock = JournalClock()  # the journal's event time (backstop.core.ordering)
+        self.newest_ts: int | None = None  # the largest ts applied: quantile points (backstop.core.quantiles)
+        self.mark_clock = SymbolClock()  # marks and liquidations: an older mark is stale
+        self.funding_clock = SymbolClock()  # fundings: one not after the last is stale
         self.ledger_head = GENESIS_HASH
         self.adl_head = GENESIS_HASH
         self.postings_head = GENESIS_HASH
@@ -167,9 +172,9 @@ class Engine:
     def apply(self, record: AnyRecord, seq: int) -> Effects:
         if seq != self.last_seq + 1:
             raise InvariantViolation(f"journal gap: seq {seq} after {self.last_seq}")
-        late = check_lateness(record.ts, self.newest_ts)
-        if late is not None:
-            raise Rejected(late)
+        admission = self.dedupe.admit(record, seq)  # duplicates first: a record sent again is one whenever it comes
+        kind = record.type
+        self.clock.check(record.ts, definition=kind == "fund" or kind == "instrument")
         self._effects = effects = Effects()
         self._seq, self._ts = seq, record.ts
         self._transfer_id = self._fill_id = self._liquidation_id = self._adl_event_id = None
@@ -180,9 +185,11 @@ class Engine:
         try:
             funds = self._funds_of(record)
             funds_before = {fid: self.ledger.balance(ledger.fund(fid)) for fid in funds} if funds else None
-            self._handlers[record.type](self, record)
+            self._handlers[kind](self, record)
             self.last_seq = seq
-            newest = self.newest_ts
+            self.dedupe.hold(admission, seq)
+            self.clock.advance(record.ts)
+            newest = self.newest_ts  # quantile points are periods of the newest ts applied (design §10)
             if newest is None or record.ts > newest:
                 self.newest_ts = record.ts
             if funds_before:
@@ -405,23 +412,21 @@ class Engine:
 
     def _on_mark(self, record: MarkRecord) -> None:
         self._instrument(record.symbol)
-        in_force = self.mark_ts.get(record.symbol)
-        if in_force is not None and record.ts < in_force:
-            raise Rejected(f"stale mark: ts {record.ts} is older than the {record.symbol} mark in force (ts "
-                           f"{in_force})")
+        bound = self.mark_clock.bound(record.symbol, self.clock)
+        if bound is not None and record.ts < bound:
+            raise Rejected(f"stale mark: ts {record.ts} is older than the {record.symbol} mark of ts {bound}")
         self.marks[record.symbol] = record.mark_price
-        self.mark_ts[record.symbol] = record.ts
+        self.mark_clock.applied(record.symbol, record.ts, self.clock)
         self._check_inventory(record.symbol)
 
     def _on_funding(self, record: FundingRecord) -> None:
         instrument = self._instrument(record.symbol)
         if abs(record.rate) >= 1:
             raise Rejected(f"funding rate {text(record.rate)} is not a plausible rate")
-        last = self.funding_ts.get(record.symbol)
+        last = self.funding_clock.bound(record.symbol, self.clock)
         if last is not None and record.ts <= last:
-            raise Rejected(f"funding for {record.symbol} at ts {record.ts} is not after the last one applied (ts "
-                           f"{last}): that period was already charged")
-        self.funding_ts[record.symbol] = record.ts
+            raise Rejected(f"stale funding: ts {record.ts} is not after the {record.symbol} funding of ts {last}")
+        self.funding_clock.applied(record.symbol, record.ts, self.clock)
         clearing = ledger.funding(record.symbol)
         book = self.by_symbol[record.symbol]
         for key in sorted(book):  # by account, then position side (docs/design.md §10, "Postings")
@@ -460,10 +465,11 @@ class Engine:
         if abs(net) >= MAX_POSITION_QTY:
             raise Rejected(f"fund {instrument.fund_id} would hold {text(net)} {record.symbol}, above the bound 10^12")
 
-        in_force = self.marks[record.symbol] if record.symbol in self.mark_ts else None  # the published mark
+        # the published mark in force: one a mark or a liquidation set (a fill's price stands in before either)
+        in_force = self.marks[record.symbol] if self.mark_clock.seen(record.symbol) else None
         view_in_force = self.margin_view(position) if in_force is not None and in_force != record.mark_price else None
         self.marks[record.symbol] = record.mark_price
-        self.mark_ts[record.symbol] = max(self.mark_ts.get(record.symbol, record.ts), record.ts)
+        self.mark_clock.applied(record.symbol, record.ts, self.clock)
         view = self.margin_view(position)
         self._check_liquidation_mark(record, instrument, in_force, view, view_in_force)
         equity_share = equity_behind(view.equity_share, record.qty, position.size)

@@ -1,12 +1,12 @@
-"""The journal processor: dedupe, sequence, apply. Shared by `backstop replay` and the service."""
+"""The journal processor: sequence, apply, count. Shared by `backstop replay` and the service; what is a duplicate,
+late or ahead is the engine's to decide (Engine.apply: docs/design.md §4, Admission)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backstop.core.dedupe import Deduper, dedupe_key
 from backstop.core.engine import Effects, Engine
-from backstop.core.errors import Rejected
+from backstop.core.errors import AlreadyApplied, Rejected, RejectionKind
 from backstop.wire.inputs import AnyRecord
 
 
@@ -18,23 +18,24 @@ class Applied:
 
 @dataclass(frozen=True, slots=True)
 class Duplicate:
-    key: str
+    key: str  # what was applied already, and by which seq
 
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
     reason: str
+    kind: RejectionKind = "rejected"
 
 
 Outcome = Applied | Duplicate | Rejection
 
 
 class Processor:
-    def __init__(self, engine: Engine | None = None, deduper: Deduper | None = None) -> None:
+    def __init__(self, engine: Engine | None = None) -> None:
         self.engine = engine if engine is not None else Engine()
-        self.deduper = deduper if deduper is not None else Deduper()
         self.duplicates = 0
         self.rejected = 0
+        self.conflicting_duplicates = 0  # of the rejected: an identity held with other content
         self.fund_entries = 0
         self.adl_events = 0
         self.findings = 0
@@ -46,16 +47,16 @@ class Processor:
         return self.engine.last_seq
 
     def process(self, record: AnyRecord) -> Outcome:
-        key = dedupe_key(record)
-        if self.deduper.is_duplicate(key):
-            self.duplicates += 1
-            return Duplicate(key)
         try:
             effects = self.engine.apply(record, self.engine.last_seq + 1)
+        except AlreadyApplied as duplicate:
+            self.duplicates += 1
+            return Duplicate(str(duplicate))
         except Rejected as rejection:
             self.rejected += 1
-            return Rejection(str(rejection))
-        self.deduper.remember(key, record.ts, self.engine.newest_ts or record.ts)
+            if rejection.kind == "conflicting_duplicate":
+                self.conflicting_duplicates += 1
+            return Rejection(str(rejection), rejection.kind)
         self.fund_entries += len(effects.fund_entries)
         self.adl_events += len(effects.adl_events)
         self.findings += len(effects.findings)

@@ -23,6 +23,7 @@ def summary(processor: Processor) -> dict[str, Any]:
         "events_applied": processor.events_applied,
         "duplicates": processor.duplicates,
         "rejected": processor.rejected,
+        "conflicting_duplicates": processor.conflicting_duplicates,
         "last_seq": engine.last_seq,
         "head_hash": engine.head_hash,
         "ledger_head_hash": engine.ledger_head,

@@ -1,7 +1,9 @@
 """Engine state as a canonical document: the state hash, and snapshots that restore an engine exactly.
 
 The document lists everything that decides a future outcome (balances, specs, positions, lots in FIFO
-order, marks, hash heads, seq) in a canonical order; its SHA-256 is the state hash.
+order, marks, hash heads, seq, the journal clock, what dedupe holds) in a canonical order; its SHA-256 is the
+state hash. Held identities are in the document by their count and chain hash only: a snapshot carries them in a
+file of their own (IdStore.write, 32 bytes each) or, in the service, PostgreSQL holds them.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import hashlib
 from decimal import Decimal
 from typing import Any
 
+from backstop.core.dedupe import HeldIds
 from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.hashing import canonical_json
 from backstop.core.numbers import text
+from backstop.core.ordering import SymbolClock, clock_of
 from backstop.core.state import DEFAULT_MARK_TOLERANCE, FundSpec, FundState, Instrument, Lot, Position, Tier
 
-SNAPSHOT_VERSION = 3
+SNAPSHOT_VERSION = 4  # 3: the journal clock and dedupe in the document; 4: postings head and ADL quantiles
 
 
 def _d(value: str) -> Decimal:
@@ -41,9 +45,11 @@ def state_document(engine: Engine) -> dict[str, Any]:
         } for f in sorted(engine.funds.values(), key=lambda f: f.spec.fund_id)],
         "instruments": [_instrument_document(i) for _, i in sorted(engine.instruments.items())],
         "marks": {symbol: text(mark) for symbol, mark in sorted(engine.marks.items())},
+        "clock": engine.clock.document(),
         "newest_ts": engine.newest_ts,
-        "mark_ts": dict(sorted(engine.mark_ts.items())),
-        "funding_ts": dict(sorted(engine.funding_ts.items())),
+        "dedupe": engine.dedupe.document(),
+        "mark_clock": engine.mark_clock.document(),
+        "funding_clock": engine.funding_clock.document(),
         "positions": [_position_document(p) for account in sorted(engine.positions)
                       for p in engine.positions.in_symbol_order(account)],
         "quantile_closes": [[account, symbol, side, quantile]
@@ -89,12 +95,14 @@ def seal_holds(document: dict[str, Any]) -> bool:
     return "snapshot_hash" in document and sealed(document)["snapshot_hash"] == document["snapshot_hash"]
 
 
-def restore(document: dict[str, Any], *, check_conservation: bool = False, adl_quantiles: bool = False) -> Engine:
+def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: HeldIds | None = None,
+            adl_quantiles: bool = False) -> Engine:
+    """The engine of a state document; `ids`: the identities held up to its seq (default: none)."""
     if document.get("snapshot_version") != SNAPSHOT_VERSION:
         raise ValueError(f"unsupported snapshot version {document.get('snapshot_version')!r}")
     policy = document.get("adl_policy", {})
     engine = Engine(check_conservation=check_conservation, adl_quantiles=adl_quantiles,
-                    adl_policy=AdlPolicy(policy.get("rule", "bitmex"), policy.get("price", "bankruptcy")))
+                    adl_policy=AdlPolicy(policy.get("rule", "bitmex"), policy.get("price", "bankruptcy")), ids=ids)
     engine.last_seq = int(document["seq"])
     engine.ledger_head = document["ledger_head"]
     engine.adl_head = document["adl_head"]
@@ -115,9 +123,11 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False, adl_q
             _d(i["liquidation_fee_rate"]), i["fund_id"], _d(i.get("mark_tolerance", str(DEFAULT_MARK_TOLERANCE))))
         engine.by_symbol[i["symbol"]] = {}
     engine.marks = {symbol: _d(mark) for symbol, mark in document["marks"].items()}
+    engine.clock = clock_of(document["clock"])
     engine.newest_ts = document["newest_ts"]
-    engine.mark_ts = {symbol: int(ts) for symbol, ts in document["mark_ts"].items()}
-    engine.funding_ts = {symbol: int(ts) for symbol, ts in document["funding_ts"].items()}
+    engine.dedupe.restore(document["dedupe"])
+    engine.mark_clock = SymbolClock.of(document["mark_clock"])
+    engine.funding_clock = SymbolClock.of(document["funding_clock"])
     for p in document["positions"]:
         position = Position(p["account_id"], p["symbol"], _d(p["qty"]), _d(p["cost"]), p["margin_mode"],
                             _d(p["leverage"]), p.get("position_side", "both"), int(p["adl_quantile"]))

@@ -627,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
 # in 14 full passes). At 50,000: 0.9 s and 1.6 s, and no full pass. Batch commands only: a young pass over tens of
 # thousands of live objects pauses ~25 ms, which `serve` felt (latency benchmark at 1,000/s: max 70-84 ms, not ~41).
 BATCH_GC_YOUNG_THRESHOLD = 50_000
+SIGPIPE_EXIT = 128 + 13  # the status a shell shows for a command ended by SIGPIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -642,7 +643,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             client_log = logging.getLogger(name)
             if not any(isinstance(h, logging.NullHandler) for h in client_log.handlers):
                 client_log.addHandler(logging.NullHandler())
-    result: int = handler(args)
+    try:
+        result: int = handler(args)
+    except BrokenPipeError:
+        # the reader went away (`backstop explain ... | head`): stop quietly, as a command killed by SIGPIPE does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+        return SIGPIPE_EXIT
     return result
 
 

@@ -17,6 +17,7 @@ import orjson
 from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core import adl, ledger
 from backstop.core.engine import Engine, is_fund_account
+from backstop.core.errors import AlreadyApplied, Rejected
 from backstop.core.hashing import record_dict
 from backstop.core.numbers import CONTEXT, equity_behind, money, text
 from backstop.core.processor import Applied, Processor
@@ -50,10 +51,9 @@ def explain(identifier: str, journal_path: Path) -> dict[str, Any]:
             record = decode_record(raw)
         except InvalidRecord:
             continue
-        is_target = (seq is not None and processor.engine.last_seq + 1 == seq
-                     and not processor.deduper.is_duplicate(_key(record))) or (
+        is_target = (seq is not None and processor.engine.last_seq + 1 == seq and _admitted(processor, record)) or (
             liquidation_id is not None and isinstance(record, LiquidationRecord)
-            and record.liquidation_id == liquidation_id and not processor.deduper.is_duplicate(_key(record)))
+            and record.liquidation_id == liquidation_id and _admitted(processor, record))
         if not is_target:
             processor.process(record)
             continue
@@ -97,10 +97,13 @@ def _walk(explanation: dict[str, Any]) -> dict[str, Any]:
     return {"subject_postings": [p for p in explanation["postings"] if p.get(key) == subject["id"]]}
 
 
-def _key(record: AnyRecord) -> str:
-    from backstop.core.dedupe import dedupe_key
-
-    return dedupe_key(record)
+def _admitted(processor: Processor, record: AnyRecord) -> bool:
+    """Not a duplicate of what the journal applied before it (the engine's first check, without applying)."""
+    try:
+        processor.engine.dedupe.admit(record, processor.engine.last_seq + 1)
+    except (AlreadyApplied, Rejected):
+        return False
+    return True
 
 
 def _plain(value: Any) -> Any:

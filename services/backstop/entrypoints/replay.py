@@ -6,6 +6,7 @@ engine hands back each output file's bytes, which are appended as they come.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,16 +21,18 @@ from backstop.adapters.journal_file import JournalFile, JournalFileError
 from backstop.core.engine import AdlPolicy
 from backstop.core.snapshot import seal_holds
 from backstop.engines import (
+    SNAPSHOT_COUNTERS,
     EngineName,
     EngineOptions,
     EngineUnavailable,
     LedgerEngine,
+    Snapshot,
     SnapshotError,
     open_engine,
+    snapshot_name,
 )
 
 PROGRESS_MIN_BYTES = 8 << 20
-SNAPSHOT_COUNTERS = ("duplicates", "rejected", "fund_entries", "adl_events", "findings", "postings", "adl_quantiles")
 CHUNK_BYTES = 1 << 20  # lines handed to the engine at once
 
 
@@ -69,9 +72,10 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def read_snapshot(path: Path) -> tuple[bytes, dict[str, Any]]:
-    """A snapshot file's bytes and document, every field of its envelope checked (its seal, counters, line); the
-    engine that restores it checks the state itself."""
+def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
+    """A snapshot's files (its JSON and the identity file it names beside it) and its document, every field of its
+    envelope checked (its seal, counters, line, the identity file's name and SHA-256); the engine that restores it
+    checks the state and the identities themselves."""
     def corrupt(what: str) -> ReplayError:
         return ReplayError(f"snapshot {path} is corrupt: {what}", 2)
 
@@ -95,7 +99,28 @@ def read_snapshot(path: Path) -> tuple[bytes, dict[str, Any]]:
         value = document.get(name) if name == "input_line" else counters[name]
         if not _count(value):
             raise corrupt(f"{name} {value!r} is not a count (an integer >= 0)")
-    return raw, document
+    ids = _identity_file(path, document, corrupt)
+    state = document.get("engine")
+    seq = state.get("seq") if isinstance(state, dict) else None
+    return Snapshot(seq if isinstance(seq, int) else 0, raw, ids), document
+
+
+def _identity_file(path: Path, document: dict[str, Any], corrupt: Callable[[str], ReplayError]) -> bytes:
+    """The bytes of the identity file the snapshot names beside it, checked against the SHA-256 it is named with."""
+    named = document.get("ids")
+    if not (isinstance(named, dict) and sorted(named) == ["count", "file", "sha256"]
+            and isinstance(named["file"], str) and isinstance(named["sha256"], str) and _count(named["count"])
+            and Path(named["file"]).name == named["file"] and named["file"].endswith(".ids")):
+        raise corrupt("`ids` must name the identity file beside it: file (NAME.ids), sha256, count")
+    ids_path = path.parent / named["file"]
+    try:
+        ids = ids_path.read_bytes()
+    except OSError as error:
+        raise ReplayError(f"cannot read {ids_path}, the identities of snapshot {path}: {error.strerror or error}",
+                          2) from None
+    if hashlib.sha256(ids).hexdigest() != named["sha256"]:
+        raise corrupt(f"{named['file']} is not the identity file it names (its SHA-256 differs)")
+    return ids
 
 
 def snapshot_start(document: dict[str, Any]) -> dict[str, Any]:
@@ -178,9 +203,9 @@ def _open(options: ReplayOptions) -> tuple[LedgerEngine, int, dict[str, Any] | N
                                    adl_quantiles=options.adl_quantiles)
     if options.from_snapshot is None:
         return open_engine(options.engine, engine_options), 0, None
-    raw, document = read_snapshot(options.from_snapshot)
+    snapshot, document = read_snapshot(options.from_snapshot)
     try:
-        engine = open_engine(options.engine, engine_options, raw)
+        engine = open_engine(options.engine, engine_options, snapshot)
     except EngineUnavailable:
         raise
     except SnapshotError as error:
@@ -228,8 +253,9 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
             batch = engine.apply_lines(chunk, first_line)
             out.write_batch(batch.fund_ledger, batch.adl_events, batch.findings, batch.dead_letters, batch.postings,
                             batch.adl_quantiles)
-            for seq, document in batch.snapshots:
-                write_bytes(snapshots / f"snapshot-{seq:012d}.json", document)
+            for snapshot in batch.snapshots:  # the identities first: a snapshot never names a missing file
+                write_bytes(snapshots / f"{snapshot_name(snapshot.seq)}.ids", snapshot.ids)
+                write_bytes(snapshots / f"{snapshot_name(snapshot.seq)}.json", snapshot.document)
             if batch.stopped is not None:
                 line, reason = batch.stopped
                 raise ReplayError(f"line {line}: {reason}", 1)
@@ -239,4 +265,6 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
     if carried is not None:
         result["duplicates"] += carried.duplicates
         result["rejected"] += carried.rejected
+        result["conflicting_duplicates"] += sum(letter.get("kind") == "conflicting_duplicate"
+                                                for letter in carried.dead_letters)
     return result

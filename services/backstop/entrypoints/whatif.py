@@ -233,7 +233,7 @@ def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, o
             for applied_record, outcome in results:
                 if isinstance(outcome, Rejection):
                     metrics.rejected += 1
-                    files.dead_letter(number, outcome.reason, wire_line(applied_record))
+                    files.dead_letter(number, outcome.reason, wire_line(applied_record), outcome.kind)
                 if not isinstance(outcome, Applied):
                     continue
                 journal.write(wire_line(applied_record) + b"\n")

@@ -1,22 +1,27 @@
 """One consumed batch through dedupe, sequencing and the engine, into the rows the service persists.
 
-Pure: no I/O. The service reads a batch from Kafka, calls `ingest_batch`, and writes the returned
-`BatchResult` to PostgreSQL in one transaction (journal rows, effects, dead letters, outbox, offsets).
+The service reads a batch from Kafka, looks up the identities in it that only PostgreSQL can decide
+(`resolve_identities`, one query), calls `ingest_batch` (pure: no I/O), and writes the returned `BatchResult` to
+PostgreSQL in one transaction (journal rows, held identities, effects, dead letters, outbox, offsets).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
 
+from backstop.core.dedupe import HeldRow, identity, identity_of_fields, key_digest
+from backstop.core.errors import InvariantViolation, RejectionKind
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Applied, Duplicate, Processor
 from backstop.core.records import AdlEvent, AdlQuantileRecord, Finding, FundLedgerEntry, Posting
+from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.topics import TopicNames, input_key
-from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, shown, validate
+from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record, shown, validate
 from backstop.wire.inputs import RECORD_TYPES, AnyRecord
 
 RAW_KEEP_BYTES = 64 * 1024
@@ -52,16 +57,20 @@ class DeadLetter:
     source_offset: int
     reason: str
     raw: bytes
+    kind: RejectionKind | None  # None: read back from a row written before kinds were recorded
+    after_seq: int | None  # the journal seq it was decided after (None: as kind)
 
     def record(self) -> DeadLetterRecord:
         return DeadLetterRecord(1, f"dl-{self.source_topic}-{self.source_partition}-{self.source_offset}",
                                 self.source_topic, self.source_partition, self.source_offset, self.reason,
-                                self.raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace"))
+                                self.raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace"), self.kind,
+                                self.after_seq)
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterRecord:
-    """A record of the dead-letter topic: an input that was not applied, and why."""
+    """A record of the dead-letter topic: an input that was not applied, and why. `kind` and `after_seq` are None
+    only when read back from a row written before they were recorded (migration 0005)."""
 
     schema_version: int
     id: str
@@ -70,6 +79,8 @@ class DeadLetterRecord:
     source_offset: int
     reason: str
     raw: str  # the input as text (undecodable bytes replaced), at most 64 KiB
+    kind: RejectionKind | None  # what an auditor filters by (backstop.core.errors.RejectionKind)
+    after_seq: int | None  # the journal seq it was decided after: put back there, it replays to the same decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +126,7 @@ class BatchResult:
     postings: list[Posting] = field(default_factory=list)
     adl_quantiles: list[AdlQuantileRecord] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    held_ids: list[HeldRow] = field(default_factory=list)  # identities the batch's journal rows hold (applied_ids)
     outbox: list[OutboxMessage] = field(default_factory=list)
     duplicates: dict[str, int] = field(default_factory=dict)  # per record type
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -150,31 +162,58 @@ def decode_consumed(message: Consumed, record_type: str) -> tuple[AnyRecord, byt
     return validate(payload), payload, document
 
 
-def ingest_batch(processor: Processor, batch: list[Consumed], topics: TopicNames) -> BatchResult:
+Where = tuple[str, int, int]  # (topic, partition, offset) of a consumed record
+
+
+class PoisonRecord(Exception):
+    """The engine raised on a record, neither rejecting it nor breaking a rule it checks: a bug, which may have left
+    half the event applied. The batch is lost; the service rebuilds the engine from PostgreSQL and applies the
+    batch again with this record dead-lettered (`quarantine`) instead of crashing on it forever."""
+
+    def __init__(self, where: Where, reason: str) -> None:
+        super().__init__(f"{where[0]}[{where[1]}]@{where[2]}: {reason}")
+        self.where, self.reason = where, reason
+
+
+def ingest_batch(processor: Processor, batch: list[Consumed], topics: TopicNames,
+                 quarantine: dict[Where, str] | None = None) -> BatchResult:
+    """`quarantine`: records the engine raised on before (PoisonRecord), dead-lettered without being applied."""
     with processor.engine.decimal_context():
-        return _ingest(processor, batch, topics)
+        return _ingest(processor, batch, topics, quarantine or {})
 
 
-def _ingest(processor: Processor, batch: list[Consumed], topics: TopicNames) -> BatchResult:
+def _ingest(processor: Processor, batch: list[Consumed], topics: TopicNames, quarantine: dict[Where, str]
+            ) -> BatchResult:
     result = BatchResult()
     for message in batch:
         result.next_offsets[(message.topic, message.partition)] = message.offset + 1
         record_type = topics.type_of(message.topic)
         if record_type is None:
-            _dead(result, message, f"not an input topic: {message.topic}", topics)
+            _dead(result, message, f"not an input topic: {message.topic}", topics, "invalid", processor)
             continue
         try:
             record, payload, fields = decode_consumed(message, record_type)
         except InvalidRecord as error:
             processor.reject_unparsed()
-            _dead(result, message, str(error), topics)
+            _dead(result, message, str(error), topics, "invalid", processor)
             continue
-        outcome = processor.process(record)
+        where = (message.topic, message.partition, message.offset)
+        poison = quarantine.get(where)
+        if poison is not None:
+            processor.reject_unparsed()
+            _dead(result, message, poison, topics, "engine_error", processor)
+            continue
+        try:
+            outcome = processor.process(record)
+        except (InvariantViolation, MemoryError):
+            raise
+        except Exception as error:  # the engine's bug, not the input's fault: see PoisonRecord
+            raise PoisonRecord(where, f"engine error: {type(error).__name__}: {error}") from error
         if isinstance(outcome, Duplicate):
             result.duplicates[record_type] = result.duplicates.get(record_type, 0) + 1
             continue
         if not isinstance(outcome, Applied):
-            _dead(result, message, outcome.reason, topics)
+            _dead(result, message, outcome.reason, topics, outcome.kind, processor)
             continue
         row = JournalRow(outcome.seq, message.topic, message.partition, message.offset, record_type, record.ts,
                          payload, hashlib.sha256(payload).hexdigest())
@@ -203,7 +242,84 @@ def _ingest(processor: Processor, batch: list[Consumed], topics: TopicNames) -> 
             key = change.account_id if change.kind == "quantile" else change.symbol
             result.outbox.append(OutboxMessage(topics.adl_quantiles, key, change.id,
                                                canonical_json(record_dict(change))))
+    ids = processor.engine.dedupe.ids
+    if isinstance(ids, ServiceIds):
+        result.held_ids = ids.drain()
     return result
+
+
+# ---------------------------------------------------------------- identities: looked up before a batch is applied
+def batch_identities(batch: Iterable[Consumed], topics: TopicNames) -> list[bytes]:
+    """The key digests of the identities the batch's records carry, read from their JSON without decoding them
+    (a record that does not decode has none that matters: it is dead-lettered)."""
+    keys = []
+    for message in batch:
+        kind = topics.type_of(message.topic)
+        if kind is None or kind not in _IDENTIFIED or not message.value:
+            continue
+        try:
+            fields = orjson.loads(message.value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(fields, dict):
+            found = identity_of_fields(kind, fields)
+            if found is not None:
+                keys.append(key_digest(found))
+    return keys
+
+
+_IDENTIFIED = frozenset({"fill", "transfer", "liquidation", "funding"})
+HeldLookup = Callable[[list[bytes]], Awaitable[list[HeldRow]]]  # key digests -> the applied_ids rows among them
+
+
+async def resolve_identities(processor: Processor, keys: Iterable[bytes], lookup: HeldLookup, *,
+                             committed_seq: int | None = None) -> None:
+    """Look up, in one query, the identities of the next batch that the service's memory cannot decide; a no-op for
+    an engine that holds its identities in memory. `committed_seq`: the journal is committed up to there."""
+    ids = processor.engine.dedupe.ids
+    if isinstance(ids, ServiceIds):
+        await _resolve(ids, keys, lookup, committed_seq)
+
+
+async def _resolve(ids: ServiceIds, keys: Iterable[bytes], lookup: HeldLookup, committed_seq: int | None) -> None:
+    if committed_seq is not None:
+        ids.committed(committed_seq)
+    asked = ids.unresolved(keys)
+    ids.resolve(asked, await lookup(asked) if asked else [])
+
+
+async def batch_held(ids: ServiceIds, keys: list[bytes], lookup: HeldLookup, *,
+                     committed_seq: int | None = None) -> bytes:
+    """For an engine of the batch API whose identities are held per batch (backstop.engines, either engine): look
+    up, in one query, what memory cannot decide of the batch's identities (`batch_identities`), and return the held
+    ones among them (HELD_ROW rows: `held=` of apply_records). Give the result's `held_ids` to `ids.applied`."""
+    await _resolve(ids, keys, lookup, committed_seq)
+    return ids.answers(keys)
+
+
+REPLAY_CHUNK = 2000  # journal rows re-applied per identity lookup
+
+
+async def replay_journal(processor: Processor, rows: AsyncIterator[tuple[int, bytes]], lookup: HeldLookup) -> None:
+    """Re-apply stored journal rows (seq, payload) after the engine's seq, a chunk per lookup; each must apply as
+    its own seq (the identities PostgreSQL holds by that very seq are not held before it)."""
+    chunk: list[tuple[int, AnyRecord]] = []
+    async for seq, payload in rows:
+        chunk.append((seq, decode_record(payload)))
+        if len(chunk) >= REPLAY_CHUNK:
+            await _replay_chunk(processor, chunk, lookup)
+            chunk = []
+    await _replay_chunk(processor, chunk, lookup)
+
+
+async def _replay_chunk(processor: Processor, chunk: list[tuple[int, AnyRecord]], lookup: HeldLookup) -> None:
+    keys = [key_digest(found) for _, record in chunk if (found := identity(record)) is not None]
+    await resolve_identities(processor, keys, lookup)
+    with processor.engine.decimal_context():
+        for seq, record in chunk:
+            processor.process(record)
+            if processor.engine.last_seq != seq:
+                raise InvariantViolation(f"journal row {seq} did not re-apply as seq {seq}")
 
 
 # Per record type: does it name an account, a symbol? (getattr with a default on a model without the field goes
@@ -228,9 +344,10 @@ def _touch(result: BatchResult, record: AnyRecord) -> None:
 _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
 
 
-def _dead(result: BatchResult, message: Consumed, reason: str, topics: TopicNames) -> None:
+def _dead(result: BatchResult, message: Consumed, reason: str, topics: TopicNames, kind: RejectionKind,
+          processor: Processor) -> None:
     letter = DeadLetter(message.topic, message.partition, message.offset, reason.translate(_CONTROL_ESCAPES),
-                        message.value or b"")
+                        message.value or b"", kind, processor.engine.last_seq)
     result.dead_letters.append(letter)
     record = letter.record()
     result.outbox.append(OutboxMessage(topics.dead_letter, f"{message.topic}:{message.partition}", record.id,

@@ -23,21 +23,29 @@ from typing import Any, NamedTuple
 from backstop import faults
 from backstop.adapters.postgres.store import WRITER_LOCK, Head, RefreshCopy
 from backstop.core import ledger
-from backstop.core.dedupe import Deduper
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json
 from backstop.core.processor import Processor
 from backstop.core.snapshot import restore, state_document, state_hash
 from backstop.pipeline import projections
-from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch
+from backstop.pipeline.held_ids import ServiceIds
+from backstop.pipeline.ingest import (
+    BatchResult,
+    Consumed,
+    PoisonRecord,
+    Where,
+    batch_identities,
+    ingest_batch,
+    replay_journal,
+    resolve_identities,
+)
 from backstop.pipeline.merge import Merger
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
 from backstop.service.ports import BackgroundWork, Consumer, EndsUnavailable, LedgerStore, Partition, Runtime
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
-from backstop.wire.decode import decode_record
 
 log = logging.getLogger("backstop.ledger")
 ADL_INDEX_QUIET_S = 0.1  # input quiet this long: refresh the ADL index ahead of the next deleverage
@@ -60,12 +68,12 @@ class Progress:
     background_errors: dict[str, str] = field(default_factory=dict)  # forked work that failed, by kind
 
 
-Snapshot = tuple[int, str, bytes]  # (seq, state hash, canonical JSON of the engine's state and the deduper's)
+Snapshot = tuple[int, str, bytes]  # (seq, state hash, canonical JSON of the engine's state; identities: PostgreSQL)
 
 
 def snapshot_of(processor: Processor) -> Snapshot:
     engine = processor.engine
-    document = {"engine": state_document(engine), "dedupe": processor.deduper.entries()}
+    document = {"engine": state_document(engine)}
     return engine.last_seq, state_hash(engine), canonical_json(document)
 
 
@@ -114,20 +122,21 @@ class WriteBehind:
 
 async def rebuild(store: LedgerStore, *, check_conservation: bool, adl_quantiles: bool = True
                   ) -> tuple[Processor, Head]:
-    """The engine as PostgreSQL last committed it: latest snapshot, then the journal after it."""
+    """The engine as PostgreSQL last committed it: latest snapshot, then the journal after it; the identities it
+    holds are PostgreSQL's (applied_ids), behind a filter loaded here."""
     head = await store.head()
+    ids = ServiceIds(await store.held_estimate())
+    await store.held_keys(ids.load)
     snapshot = await store.latest_snapshot()
     if snapshot is None:
-        processor = Processor(Engine(check_conservation=check_conservation, adl_quantiles=adl_quantiles))
+        processor = Processor(Engine(check_conservation=check_conservation, ids=ids, adl_quantiles=adl_quantiles))
         after = 0
     else:
         after, document = snapshot
-        engine = restore(document["engine"], check_conservation=check_conservation, adl_quantiles=adl_quantiles)
-        processor = Processor(engine, Deduper((key, ts) for key, ts in document["dedupe"]))
-    async for seq, payload in store.journal(after_seq=after):
-        processor.process(decode_record(payload))
-        if processor.engine.last_seq != seq:
-            raise InvariantViolation(f"journal row {seq} did not re-apply as seq {seq}")
+        processor = Processor(restore(document["engine"], check_conservation=check_conservation, ids=ids,
+                                      adl_quantiles=adl_quantiles))
+    await replay_journal(processor, store.journal(after_seq=after), store.held)
+    await store.hold(ids.drain())  # a no-op, but for a journal written before applied_ids existed
     processor.duplicates, processor.rejected = head.duplicates, head.rejected
     if head.seq and processor.engine.head_hash != head.head_hash:
         raise InvariantViolation(f"rebuilt head hash {processor.engine.head_hash} != stored {head.head_hash} at "
@@ -170,11 +179,14 @@ class LedgerProcessor(SupervisedLoop):
         self.topics = TopicNames(settings.topic_prefix)
         self.progress = Progress()
         self.on_commit = on_commit  # wakes a relay in this process: outbox rows are waiting
+        self.quarantine: dict[Where, str] = {}  # records the engine raised on: dead-lettered when met again
         self.current: LedgerRun | None = None  # the run holding the lock, if any
 
     def on_error(self, error: Exception) -> None:
         self.progress.ready = False
         self.progress.last_error = f"{type(error).__name__}: {error}"
+        if isinstance(error, PoisonRecord):
+            self.quarantine[error.where] = error.reason
 
     async def run_locked(self) -> None:
         processor, head = await rebuild(self.store, check_conservation=self.settings.check_conservation,
@@ -204,6 +216,7 @@ class LedgerRun:
         settings = owner.settings
         self.settings, self.store, self.runtime, self.progress = settings, owner.store, owner.runtime, owner.progress
         self.topics, self.on_commit = owner.topics, owner.on_commit
+        self.quarantine = owner.quarantine  # the processor's: it outlives a run that failed on a record
         self.consumer = consumer
         self.processor = processor
         self.merger = Merger(self.topics, max_buffered=settings.merge_max_buffered)
@@ -309,7 +322,10 @@ class LedgerRun:
         thread, so the previous batch's commit keeps the event loop (and its socket) moving meanwhile."""
         started = time.perf_counter()
         expected = self.processor.engine.last_seq
-        result = await self.runtime.offload(ingest_batch, self.processor, batch, self.topics)
+        # What memory cannot decide of the batch's identities: one query, before the engine runs (§4.1).
+        await resolve_identities(self.processor, batch_identities(batch, self.topics), self.store.held,
+                                 committed_seq=self.progress.seq)
+        result = await self.runtime.offload(ingest_batch, self.processor, batch, self.topics, self.quarantine)
         return Applied(expected, result, len(batch), started, time.perf_counter())
 
     async def project(self, applied: Applied) -> PendingCommit:

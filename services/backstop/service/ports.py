@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from backstop.adapters.postgres.store import Head, OutboxRow, RefreshCopy
+from backstop.core.dedupe import HeldRow
 from backstop.pipeline.ingest import BatchResult, Consumed
 from backstop.pipeline.projections import Projections
 from backstop.settings import Settings
@@ -73,6 +74,23 @@ class LedgerStore(Protocol):
     async def latest_snapshot(self) -> tuple[int, dict[str, Any]] | None: ...
 
     def journal(self, *, after_seq: int = 0, chunk: int = 10_000) -> AsyncIterator[tuple[int, bytes]]: ...
+
+    async def held(self, keys: list[bytes]) -> list[HeldRow]:
+        """The held identities (applied_ids rows: key digest, content digest, seq) among these key digests: one
+        query."""
+        ...
+
+    async def held_estimate(self) -> int:
+        """About how many identities are held: for sizing a filter, not for deciding."""
+        ...
+
+    async def held_keys(self, sink: Callable[[bytes], None]) -> None:
+        """Every held key digest, to `sink` as concatenated 16-byte digests, a chunk at a time."""
+        ...
+
+    async def hold(self, rows: list[HeldRow]) -> None:
+        """Identities a rebuild re-applied, each inserted unless held already (a journal older than applied_ids)."""
+        ...
 
     async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections) -> None:
         """Everything one batch produced, in one transaction, only if the journal head is still at expected_seq."""

@@ -19,13 +19,16 @@ from typing import Any
 import orjson
 
 from backstop.adapters.postgres.store import Head, OutboxRow, RefreshCopy
+from backstop.core.dedupe import HeldRow
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json, record_dict
+from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.ingest import BatchResult, DeadLetter, JournalRow
 from backstop.pipeline.projections import Projections
 from backstop.service.ports import Partition
 
 GENESIS = "0" * 64
+HELD_KEYS_CHUNK = 65_536  # key digests per chunk handed to held_keys' sink, as a COPY streams them
 POSITION_KEY = 3  # a position row's key: (account_id, symbol, position_side), as in PostgreSQL
 Row = tuple[str | None, ...]
 
@@ -67,6 +70,7 @@ class MemoryDatabase:
     fund_ledger: list[tuple[str, str, int, str]] = field(default_factory=list)  # (id, hash, seq, record)
     adl_events: list[tuple[str, str, int, str]] = field(default_factory=list)
     findings: dict[str, int] = field(default_factory=dict)  # id -> seq
+    applied_ids: dict[bytes, HeldRow] = field(default_factory=dict)  # key digest -> (key, content digest, seq)
     dead_letter: list[DeadLetter] = field(default_factory=list)
     outbox: list[OutboxRow] = field(default_factory=list)
     relay_cursor: int = 0
@@ -80,7 +84,7 @@ class MemoryDatabase:
     transactions: int = 0  # committed, of any kind
     keys: dict[str, set[Any]] = field(default_factory=lambda: {
         "journal": set(), "journal_source": set(), "fund_ledger": set(), "adl_events": set(), "findings": set(),
-        "outbox": set(), "dead_letter": set()})  # the unique keys present, per table
+        "outbox": set(), "dead_letter": set(), "applied_ids": set()})  # the unique keys present, per table
     _released: asyncio.Event | None = None
 
     def released(self) -> asyncio.Event:
@@ -133,11 +137,39 @@ class MemoryStore:
         return dict(self.db.consumed_offsets)
 
     async def latest_snapshot(self) -> tuple[int, dict[str, Any]] | None:
+        """The latest snapshot this backstop can restore (one of an older snapshot version is passed over)."""
         await self._at("latest_snapshot")
-        if not self.db.snapshots:
-            return None
-        seq = max(self.db.snapshots)
-        return seq, orjson.loads(self.db.snapshots[seq][1])
+        for seq in sorted(self.db.snapshots, reverse=True):
+            document = orjson.loads(self.db.snapshots[seq][1])
+            engine = document.get("engine") if isinstance(document, dict) else None
+            if isinstance(engine, dict) and str(engine.get("snapshot_version")) == str(SNAPSHOT_VERSION):
+                return seq, document
+        return None
+
+    # ---------------------------------------------------------------- held identities (docs/design.md §4.1)
+    async def held(self, keys: list[bytes]) -> list[HeldRow]:
+        await self._at("held")
+        rows = self.db.applied_ids
+        return [rows[key] for key in dict.fromkeys(keys) if key in rows]
+
+    async def held_estimate(self) -> int:
+        await self._at("held_estimate")
+        return len(self.db.applied_ids)
+
+    async def held_keys(self, sink: Callable[[bytes], None]) -> None:
+        await self._at("held_keys")
+        keys = list(self.db.applied_ids)
+        for start in range(0, len(keys), HELD_KEYS_CHUNK):
+            sink(b"".join(keys[start:start + HELD_KEYS_CHUNK]))
+
+    async def hold(self, rows: list[HeldRow]) -> None:
+        """Identities a rebuild re-applied: each one not held yet is inserted (ON CONFLICT DO NOTHING)."""
+        await self._at("hold")
+        new = [row for row in rows if row[0] not in self.db.applied_ids]
+        if new:
+            self.db.applied_ids.update((row[0], row) for row in new)
+            self.db.keys["applied_ids"].update(row[0] for row in new)
+            self.db.transactions += 1
 
     async def journal(self, *, after_seq: int = 0, chunk: int = 10_000) -> AsyncIterator[tuple[int, bytes]]:
         last = after_seq
@@ -179,6 +211,7 @@ class MemoryStore:
         db.fund_ledger.extend(ledger_rows)
         db.adl_events.extend(adl_rows)
         db.findings.update((f.id, f.seq) for f in result.findings)
+        db.applied_ids.update((row[0], row) for row in result.held_ids)
         db.dead_letter.extend(dead_letters)
         first_id = db.outbox[-1].id + 1 if db.outbox else 1
         db.outbox.extend(OutboxRow(first_id + i, m.topic, m.key, m.record_id, m.payload.decode())
@@ -219,6 +252,8 @@ class MemoryStore:
                     raise IntegrityError(f"{table}: seq {seq} is not in the journal")
         for finding in result.findings:
             add("findings", finding.id)
+        for held_key, _, _ in result.held_ids:  # applied_ids' primary key: an identity held twice fails the batch
+            add("applied_ids", held_key)
         for message in result.outbox:
             add("outbox", message.record_id)
         kept = []

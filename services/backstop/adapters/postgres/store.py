@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import asyncpg
+import numpy as np
 import orjson
 
 from backstop import faults
 from backstop.core.anchor import JOURNAL_GENESIS, Anchor, Checkpoint, SignedCheckpoint, journal_step
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json, record_dict
+from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.ingest import BatchResult
 from backstop.pipeline.projections import FullRefresh, Projections
 
@@ -63,6 +65,41 @@ def copy_text(rows: Iterable[tuple[Any, ...]]) -> bytes:
                    for row in rows).encode()
 
 
+_COPY_HEADER = 19  # "PGCOPY\n\xff\r\n\0", 4 bytes of flags, 4 of the header extension's length
+_COPY_ROW = 22
+_COPY_ROW_PREFIX = b"\x00\x01\x00\x00\x00\x10"  # one field, 16 bytes long
+
+
+class _BinaryDigests:
+    """The output of COPY (SELECT <a bytea of 16-byte digests>) TO STDOUT (FORMAT binary), parsed as it streams."""
+
+    def __init__(self, sink: Callable[[bytes], None]) -> None:
+        self.sink = sink
+        self.buffer = b""
+        self.in_header = True
+
+    async def __call__(self, chunk: bytes) -> None:
+        data = self.buffer + chunk
+        if self.in_header:
+            extension = int.from_bytes(data[15:19], "big") if len(data) >= _COPY_HEADER else None
+            if extension is None or len(data) < _COPY_HEADER + extension:
+                self.buffer = data
+                return
+            data, self.in_header = data[_COPY_HEADER + extension:], False
+        whole = len(data) // _COPY_ROW * _COPY_ROW
+        rows = np.frombuffer(data, dtype=np.uint8, count=whole).reshape(-1, _COPY_ROW)
+        if len(rows):
+            if rows[:, :6].tobytes() != _COPY_ROW_PREFIX * len(rows):
+                raise InvariantViolation("applied_ids: a row that is not one 16-byte digest")
+            self.sink(rows[:, 6:].tobytes())
+        self.buffer = data[whole:]
+
+    def finish(self) -> None:
+        if self.buffer != b"\xff\xff":  # the trailer: a field count of -1
+            raise InvariantViolation("applied_ids: COPY ended in the middle of a row")
+
+
+HOLD_CHUNK_ROWS = 50_000  # identities per statement when a rebuild holds them again
 REFRESH_CHUNK_ROWS = 5000  # rows per transaction of a full refresh: a batch waits on its locks that long at most
 
 
@@ -139,8 +176,42 @@ class Store:
         return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
     async def latest_snapshot(self) -> tuple[int, dict[str, Any]] | None:
-        row = await self.pool.fetchrow("SELECT seq, document FROM snapshots ORDER BY seq DESC LIMIT 1")
+        """The latest snapshot this backstop can restore (one written by an older version is passed over: the
+        journal replays to the same state)."""
+        row = await self.pool.fetchrow(
+            "SELECT seq, document FROM snapshots WHERE (document::jsonb #>> '{engine,snapshot_version}') = $1 "
+            "ORDER BY seq DESC LIMIT 1", str(SNAPSHOT_VERSION))
         return None if row is None else (row["seq"], orjson.loads(row["document"]))
+
+    # ---------------------------------------------------------------- held identities (docs/design.md §4)
+    async def held(self, keys: list[bytes]) -> list[tuple[bytes, bytes, int]]:
+        """The applied_ids rows (key digest, content digest, seq) of these key digests: one query."""
+        rows = await self.pool.fetch("SELECT id_digest, content_digest, seq FROM applied_ids "
+                                     "WHERE id_digest = ANY($1::bytea[])", keys)
+        return [(r["id_digest"], r["content_digest"], r["seq"]) for r in rows]
+
+    async def held_estimate(self) -> int:
+        """About how many identities are held (the planner's count: for sizing a filter, not for deciding)."""
+        value = await self.pool.fetchval("SELECT reltuples::bigint FROM pg_class WHERE oid = 'applied_ids'::regclass")
+        return max(int(value or 0), 0)
+
+    async def held_keys(self, sink: Callable[[bytes], None]) -> None:
+        """Every held key digest, to `sink` as concatenated 16-byte digests, a chunk at a time: COPY's binary rows
+        of one 16-byte bytea are 22 bytes each (a 2-byte field count, a 4-byte length, the digest)."""
+        reader = _BinaryDigests(sink)
+        async with self.pool.acquire() as connection:
+            await connection.copy_from_query("SELECT id_digest FROM applied_ids", output=reader, format="binary")
+        reader.finish()
+
+    async def hold(self, rows: list[tuple[bytes, bytes, int]]) -> None:
+        """Held identities that a rebuild re-applied: they are there already, except in a database migrated while
+        its journal was older than applied_ids (then this fills it)."""
+        for start in range(0, len(rows), HOLD_CHUNK_ROWS):
+            chunk = rows[start:start + HOLD_CHUNK_ROWS]
+            await self.pool.execute(
+                "INSERT INTO applied_ids (id_digest, content_digest, seq) SELECT * FROM "
+                "unnest($1::bytea[], $2::bytea[], $3::bigint[]) ON CONFLICT (id_digest) DO NOTHING",
+                [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk])
 
     async def journal(self, *, after_seq: int = 0, chunk: int = 10_000) -> AsyncIterator[tuple[int, bytes]]:
         """(seq, payload) in seq order, read in chunks."""
@@ -171,13 +242,13 @@ class Store:
     async def checkpoints(self) -> list[SignedCheckpoint]:
         return [signed_checkpoint(r) for r in await self.pool.fetch("SELECT * FROM checkpoints ORDER BY seq")]
 
-    async def dead_letters(self) -> list[tuple[str, int, int, str, bytes]]:
-        """(source topic, partition, offset, reason, raw) of every input the service dead-lettered, in the order
-        it did."""
-        rows = await self.pool.fetch("SELECT source_topic, source_partition, source_offset, reason, raw "
-                                     "FROM dead_letter ORDER BY id")
-        return [(r["source_topic"], r["source_partition"], r["source_offset"], r["reason"], bytes(r["raw"]))
-                for r in rows]
+    async def dead_letters(self) -> list[tuple[str, int, int, str, bytes, Any, int | None]]:
+        """(source topic, partition, offset, reason, raw, kind, after_seq) of every input the service dead-lettered,
+        in the order it did (kind and after_seq are None on rows written before migration 0005)."""
+        rows = await self.pool.fetch("SELECT source_topic, source_partition, source_offset, reason, raw, kind, "
+                                     "after_seq FROM dead_letter ORDER BY id")
+        return [(r["source_topic"], r["source_partition"], r["source_offset"], r["reason"], bytes(r["raw"]),
+                 r["kind"], r["after_seq"]) for r in rows]
 
     async def records(self, table: str) -> list[dict[str, Any]]:
         """The stored fund-ledger entries, ADL events or postings, as published, in chain order."""
@@ -348,11 +419,15 @@ class Store:
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
                 [(f.id, f.seq, f.ts, f.kind, f.account_id, f.liquidation_id, f.symbol,
                   orjson.dumps(f.details).decode()) for f in result.findings])
+        if result.held_ids:  # the primary key refuses an identity held twice: the batch fails, nothing commits
+            await connection.copy_records_to_table("applied_ids", columns=["id_digest", "content_digest", "seq"],
+                                                   records=result.held_ids)
         if result.dead_letters:
             await connection.executemany(
-                "INSERT INTO dead_letter (source_topic, source_partition, source_offset, reason, raw) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                [(d.source_topic, d.source_partition, d.source_offset, d.reason, d.raw) for d in result.dead_letters])
+                "INSERT INTO dead_letter (source_topic, source_partition, source_offset, reason, raw, kind, after_seq) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                [(d.source_topic, d.source_partition, d.source_offset, d.reason, d.raw, d.kind, d.after_seq)
+                 for d in result.dead_letters])
         if result.outbox:
             await connection.copy_records_to_table("outbox", columns=["topic", "key", "record_id", "payload"],
                                                    records=[(m.topic, m.key, m.record_id, m.payload.decode())
