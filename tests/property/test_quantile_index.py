@@ -26,22 +26,22 @@ def exact(engine: Engine, symbol: str, side: Any) -> tuple[dict[str, int], Decim
 def indexed(engine: Engine, symbol: str, side: Any) -> tuple[dict[str, int], Decimal]:
     """What a quantile point computes, as changes against the quantiles published so far; those become published."""
     engine.refresh_adl_index()
-    book = engine.by_symbol[symbol]
     rows = engine.adl_index.book(symbol, side)
     if rows is None:
         return {}, D(0)
     from decimal import localcontext
 
     with localcontext(CONTEXT):
-        changes, stressed = side_quantiles(rows, engine.marks[symbol], side, lambda a: engine._ranked(book[a]),
-                                           lambda a: book[a].adl_quantile)
+        changes, stressed = side_quantiles(rows, engine.marks[symbol], side,
+                                           lambda a: engine._ranked(engine.position_of(a, symbol, side)),
+                                           lambda a: engine.position_of(a, symbol, side).adl_quantile)
     for account, quantile in changes:
-        book[account].adl_quantile = quantile
+        engine.position_of(account, symbol, side).adl_quantile = quantile
     return dict(changes), stressed
 
 
 def published(engine: Engine, symbol: str, side: str) -> dict[str, int]:
-    return {a: p.adl_quantile for a, p in engine.by_symbol[symbol].items() if p.side == side}
+    return {p.account_id: p.adl_quantile for p in engine.by_symbol[symbol].values() if p.side == side}
 
 
 @given(books(), st.sampled_from(["BTCUSDT", "ETHUSDT"]), st.sampled_from(["long", "short"]),
