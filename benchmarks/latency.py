@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from backstop.adapters.kafka import admin  # noqa: E402
-from backstop.entrypoints.kafka_tools import end_offsets, produce_file  # noqa: E402
+from backstop.adapters.kafka.tools import end_offsets, produce_file  # noqa: E402
 from backstop.pipeline.topics import TopicNames, input_key  # noqa: E402
 from backstop.service.app import ensure_topics  # noqa: E402
 from backstop.settings import Settings  # noqa: E402

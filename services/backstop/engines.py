@@ -23,12 +23,13 @@ import orjson
 
 from backstop.adapters.files import RAW_KEEP_BYTES
 from backstop.adapters.journal_file import records
+from backstop.core.adl_policy import document as policy_document
 from backstop.core.dedupe import BatchIds, unpack_rows
+from backstop.core.documents import accounts, summary
 from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.idstore import IdStore
 from backstop.core.processor import Applied, Processor, Rejection
-from backstop.core.report import accounts, summary
 from backstop.core.snapshot import restore, sealed, state_document, state_hash
 from backstop.pipeline.ingest import Consumed as IngestConsumed
 from backstop.pipeline.ingest import ingest_batch, journal_record
@@ -55,6 +56,7 @@ class EngineOptions:
     check_conservation: bool = False
     adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
     adl_quantiles: bool = False  # quantile points (docs/design.md §10): adl-quantiles.jsonl; off, it stays empty
+    full_adl_metrics: bool = False  # rank inversions and eligible quantiles per ADL round (docs/design.md §11.4)
     held_ids: HeldIdsMode = "memory"  # "per_batch": the caller holds them and gives each batch's (no snapshots)
 
     def __post_init__(self) -> None:
@@ -91,6 +93,7 @@ class BatchResult:
     adl_quantiles: bytes
     snapshots: tuple[Snapshot, ...]
     stopped: tuple[int, str] | None
+    adl_rounds: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +180,8 @@ class ReferenceEngine:
             ids = BatchIds() if options.held_ids == "per_batch" else IdStore()
             processor = Processor(Engine(check_conservation=options.check_conservation,
                                          adl_policy=options.adl_policy, ids=ids,
-                                         adl_quantiles=options.adl_quantiles))
+                                         adl_quantiles=options.adl_quantiles,
+                                         full_adl_metrics=options.full_adl_metrics))
         self.processor = processor
         self._next_snapshot = self.processor.events_applied + options.snapshot_every
 
@@ -195,14 +199,14 @@ class ReferenceEngine:
 
     def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
         self._begin(held)
-        ledger, adl, findings, dead = bytearray(), bytearray(), bytearray(), bytearray()
+        ledger, adl, findings, dead, rounds = bytearray(), bytearray(), bytearray(), bytearray(), bytearray()
         postings, quantiles = bytearray(), bytearray()
         snapshots: list[Snapshot] = []
         processor, every = self.processor, self.options.snapshot_every
 
         def result(stopped: tuple[int, str] | None) -> BatchResult:
             return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), bytes(postings),
-                               bytes(quantiles), tuple(snapshots), stopped)
+                               bytes(quantiles), tuple(snapshots), stopped, bytes(rounds))
 
         with processor.engine.decimal_context():
             for number, raw in journal_lines(chunk, first_line):
@@ -227,6 +231,8 @@ class ReferenceEngine:
                         postings += canonical_json(record_dict(posting)) + b"\n"
                     for change in effects.adl_quantiles:
                         quantiles += canonical_json(record_dict(change)) + b"\n"
+                    for round_ in effects.adl_rounds:
+                        rounds += canonical_json(round_.record) + b"\n"
                     if every > 0 and outcome.seq >= self._next_snapshot:
                         snapshots.append(self.snapshot(number))
                         self._next_snapshot = outcome.seq + every
@@ -302,7 +308,7 @@ class ReferenceEngine:
                 raise SnapshotError(f"{document['ids']['file']} holds {len(ids)} identities, not the "
                                     f"{document['ids']['count']} it is named with")
         engine = restore(document["engine"], check_conservation=options.check_conservation, ids=ids,
-                         adl_quantiles=options.adl_quantiles)
+                         adl_quantiles=options.adl_quantiles, full_adl_metrics=options.full_adl_metrics)
         if state_hash(engine) != document.get("state_hash"):
             raise SnapshotError("its state hash does not match its contents")
         if isinstance(ids, IdStore) and len(ids) != engine.dedupe.count:
@@ -338,8 +344,6 @@ class CompiledEngine:
     def __init__(self, options: EngineOptions, snapshot: Snapshot | None = None) -> None:
         from backstop import _engine
 
-        if options.adl_policy != AdlPolicy():
-            raise EngineUnavailable("the compiled engine runs the default ADL policy only (bitmex, bankruptcy)")
         self.options = options
         try:
             self._ledger = _engine.Ledger(strict=options.strict, snapshot_every=options.snapshot_every,
@@ -347,7 +351,9 @@ class CompiledEngine:
                                           ids=None if snapshot is None else snapshot.ids,
                                           check_conservation=options.check_conservation,
                                           held_per_batch=options.held_ids == "per_batch",
-                                          adl_quantiles=options.adl_quantiles)
+                                          adl_quantiles=options.adl_quantiles,
+                                          adl_policy=canonical_json(policy_document(options.adl_policy)),
+                                          full_adl_metrics=options.full_adl_metrics)
         except ValueError as error:  # named as the reference names it (the state, its hash, the identity file)
             raise SnapshotError(str(error)) from None
 
@@ -356,10 +362,10 @@ class CompiledEngine:
         return self._ledger.events_applied()
 
     def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
-        ledger, adl, findings, dead, postings, quantiles, snapshots, stopped = self._ledger.apply_lines(
+        ledger, adl, findings, dead, postings, quantiles, snapshots, stopped, rounds = self._ledger.apply_lines(
             chunk, first_line, held)
         return BatchResult(ledger, adl, findings, dead, postings, quantiles,
-                           tuple(Snapshot(*each) for each in snapshots), stopped)
+                           tuple(Snapshot(*each) for each in snapshots), stopped, rounds)
 
     def apply_records(self, records: Sequence[Consumed], topic_prefix: str, held: bytes = b"") -> RecordsResult:
         journal, ledger, adl, findings, dead, postings, quantiles, duplicates, held_ids = self._ledger.apply_records(

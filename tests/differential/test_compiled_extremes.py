@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 
 import orjson
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from differential.test_compiled_replay import assert_same, run
+from backstop.core.adl_policy import PRESETS, AdlPolicy
+from differential.test_compiled_replay import assert_same, policies, run
 from extremes import FINE, FUND_ID, IN_BOUND_POISON, ISSUE_19_POISON, build_journal, lines
 from scenario import fill, fund, funding, instrument, liquidation, mark, transfer
 
@@ -185,3 +186,69 @@ def test_balances_near_the_bound_replay_alike(tmp_path: Path) -> None:
     x4 = orjson.loads(compiled["accounts.json"])["x4"]["positions"][FINE]  # its wallet near -10^67
     assert Decimal(x4["liquidation_price"]) * 10**8 >= 2**300
     assert b"liquidation_gain" in compiled["fund-ledger.jsonl"] and b"bad_debt" in compiled["findings.jsonl"]
+
+
+# ------------------------------------------------------------------ the same bounds under every ADL policy (§11)
+# The policies' arithmetic (allocations over equity shares and the full haircut, deficits, haircuts, leverage and
+# PnL% of the round metrics, Binance's score over the margin balance, Bybit's PnL with the lots' costs, the
+# socialized shares of a shortfall) takes values derived from a balance: 512 bits in the compiled engine.
+
+
+def _run_both(path: Path, directory: Path, **options: object) -> dict[str, bytes]:
+    reference = run(path, directory / "reference", "reference", **options)
+    compiled = run(path, directory / "compiled", "compiled", **options)
+    assert_same(reference, compiled)
+    return compiled
+
+
+def _rounds_past_128_bits(compiled: dict[str, bytes]) -> set[str]:
+    """The fields of the ADL rounds (adl-rounds.jsonl) holding a value past 2^127 at 1e-8."""
+    documents = [orjson.loads(line) for line in compiled["adl-rounds.jsonl"].splitlines()]
+    return {key for document in documents for key, value in _decimals(document) if abs(value) * 10**8 >= 2**127}
+
+
+@pytest.mark.parametrize("policy", sorted(PRESETS))
+def test_the_wide_example_replays_alike_under_every_policy(policy: str, tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(lines(WIDE_EQUITY))
+    options = {"adl_policy": PRESETS[policy], "full_adl_metrics": True, "snapshot_every": 5}
+    compiled = _run_both(path, tmp_path / "whole", **options)
+    # the policy had rounds to play (socialized has none: its fund, seeded with the largest MONEY, never falls below
+    # its floor; the test below has its rounds)
+    assert bool(compiled["adl-rounds.jsonl"]) is (policy != "socialized"), policy
+    snapshot = sorted((tmp_path / "whole" / "reference" / "snapshots").glob("*.json"))[-1]
+    _run_both(path, tmp_path / "resumed", from_snapshot=snapshot, full_adl_metrics=True)
+
+
+# a rising market after HEAD: the longs facing x1's short lot profit, so Binance ranks them by their margin, a wallet
+# near 10^67 (the product of collateral and margin balance in its score's denominator passes 512 bits)
+RISING = [mark("150", symbol=FINE), liquidation("r1", "x1", "0.00000002", "150", symbol=FINE)]
+
+
+@pytest.mark.parametrize("tail", [TAIL, RISING], ids=["falling", "rising"])
+@pytest.mark.parametrize("policy", sorted(PRESETS))
+def test_balances_near_the_bound_replay_alike_under_every_policy(policy: str, tail: list[dict[str, Any]],
+                                                                 tmp_path: Path) -> None:
+    """The state near BALANCE_BOUND (above), taken under the policy (a snapshot carries it), then a tail in both
+    engines with the full round metrics: every round's figures come from balances near 10^67."""
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(lines([*HEAD, *tail]))
+    run(path, tmp_path / "head", "reference", snapshot_every=len(HEAD), adl_policy=PRESETS[policy])
+    snapshot = _moved(tmp_path / "head" / "snapshots" / f"snapshot-{len(HEAD):012d}.json", tmp_path / "moved.json")
+    compiled = _run_both(path, tmp_path, from_snapshot=snapshot, full_adl_metrics=True)
+    if policy == "socialized" and tail is RISING:  # its fund stays above its floor: no round
+        assert orjson.loads(compiled["summary.json"])["adl"]["rounds"] == 0
+        return
+    assert orjson.loads(compiled["summary.json"])["adl"]["rounds"] > 0, policy
+    assert _rounds_past_128_bits(compiled), policy  # e.g. the lot's bankruptcy price, haircut, deficit
+
+
+@given(journal=extreme_journals(), policy=policies, full=st.booleans())
+@settings(max_examples=60)
+def test_journals_at_the_bounds_replay_alike_under_generated_policies(
+        journal: list[dict[str, Any]], policy: AdlPolicy, full: bool,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    directory = tmp_path_factory.mktemp("extremes-policy")
+    path = directory / "journal.jsonl"
+    path.write_bytes(lines(journal))
+    _run_both(path, directory, adl_policy=policy, full_adl_metrics=full, snapshot_every=5)

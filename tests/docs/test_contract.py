@@ -69,7 +69,7 @@ def _check(cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("contract") / "demo"
-    assert main(["demo", "--out", str(out), "--no-report"]) == 0
+    assert main(["demo", "--out", str(out), "--no-report", "--no-policies"]) == 0
     # the demo runs without quantile points (as replay by default): its journal replayed with them gives the records
     points = out.parent / "points"
     assert main(["replay", str(out / "input.jsonl"), "--adl-quantiles", "--out", str(points)]) == 0

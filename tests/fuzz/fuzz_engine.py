@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: extremes
 with atheris.instrument_imports(include=["backstop"]):
     import orjson
 
+    from backstop.core.documents import summary
     from backstop.core.engine import Engine
     from backstop.core.processor import Processor
-    from backstop.core.report import summary
     from backstop.wire.decode import InvalidRecord, decode_record
 
 from extremes import FINE, FUND_ID, build

@@ -18,12 +18,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import orjson
 
+from backstop.adapters.kafka.tools import end_offsets, read_topic
 from backstop.adapters.postgres.migrations import migrate
 from backstop.adapters.postgres.roles import ServiceLogin, ensure_service_role
-from backstop.entrypoints.kafka_tools import end_offsets, read_topic
 from backstop.pipeline.topics import TopicNames
 from backstop.service.app import running
-from backstop.service.ledger import LedgerProcessor
+from backstop.service.ledger_loop import LedgerProcessor
 from backstop.settings import Settings
 
 BACKSTOP = Path(sys.executable).parent / "backstop"
@@ -285,7 +285,7 @@ async def two_runs(databases: Any, kafka_bootstrap: str, prefix: str, journal: P
                    **common: Any) -> tuple[Settings, Settings]:
     """A reference and a faulted setup: own databases (migrated) and topics, both filled with the same journal before
     any service starts (the order the service decides is a function of the topics' contents)."""
-    from backstop.entrypoints.kafka_tools import produce_file
+    from backstop.adapters.kafka.tools import produce_file
     from backstop.service.app import ensure_topics
 
     run_id = secrets.token_hex(2)

@@ -14,9 +14,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from service_harness import in_process, input_ends, published, settings_for, stored, wait_caught_up
 
+from backstop.adapters.kafka.tools import produce_file
 from backstop.core.dedupe import identity, key_digest
 from backstop.entrypoints.cli import main as cli
-from backstop.entrypoints.kafka_tools import produce_file
 from backstop.pipeline.topics import TopicNames, input_key
 from backstop.wire.decode import decode_record
 from scenario import fill, fund, instrument, liquidation, mark, transfer

@@ -18,12 +18,12 @@ import orjson
 import pytest
 from service_harness import ANCHOR_KEY_FILE, as_role, in_process, settings_for, stored, wait_caught_up
 
+from backstop.adapters.kafka.tools import produce_file
 from backstop.core.hashing import canonical_json, chain_hash, combine
 from backstop.core.numbers import text
 from backstop.core.snapshot import state_hash
 from backstop.entrypoints.audit import derive
 from backstop.entrypoints.cli import main as cli
-from backstop.entrypoints.kafka_tools import produce_file
 from backstop.service.app import ServeRefused, preflight
 from backstop.settings import Settings
 

@@ -15,8 +15,8 @@ import orjson
 import pytest
 from service_harness import in_process, settings_for, wait_caught_up
 
+from backstop.adapters.kafka.tools import produce_file, read_topic
 from backstop.entrypoints.cli import main as cli
-from backstop.entrypoints.kafka_tools import produce_file, read_topic
 from backstop.pipeline.topics import TopicNames
 from backstop.settings import Settings
 

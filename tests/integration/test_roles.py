@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from service_harness import ANCHOR_KEY_FILE, SERVICE_ROLE, as_role, in_process, settings_for, stored, wait_caught_up
 
-from backstop.entrypoints.kafka_tools import produce_file
+from backstop.adapters.kafka.tools import produce_file
 from backstop.service.app import ServeRefused
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from service_harness import ServeProcess, settings_for, wait_caught_up
 
-from backstop.entrypoints.kafka_tools import produce_file
+from backstop.adapters.kafka.tools import produce_file
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "02-adl-walks-queue.jsonl"

@@ -26,8 +26,8 @@ from service_harness import (
     wait_refreshed,
 )
 
+from backstop.adapters.kafka.tools import produce_file
 from backstop.entrypoints.cli import main as cli
-from backstop.entrypoints.kafka_tools import produce_file
 from backstop.service import metrics
 from backstop.service.app import ensure_topics
 

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from service_harness import in_process, input_ends, prepare_database, settings_for, stored, wait_caught_up
 
+from backstop.adapters.kafka.tools import produce_file
 from backstop.core.engine import Engine
 from backstop.core.processor import Processor
 from backstop.core.snapshot import state_hash
-from backstop.entrypoints.kafka_tools import produce_file
 from backstop.pipeline.ingest import Consumed, ingest_batch
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames
 from backstop.service.app import ensure_topics

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from backstop.core.documents import accounts, summary
 from backstop.core.engine import Engine
 from backstop.core.processor import Applied, Duplicate, Processor, Rejection
-from backstop.core.report import accounts, summary
 from backstop.core.snapshot import state_hash
 from backstop.entrypoints import cli
 from backstop.wire.decode import InvalidRecord, decode_record

@@ -51,7 +51,7 @@ from backstop.pipeline.ingest import BatchResult, Consumed, DeadLetter, JournalR
 from backstop.pipeline.merge import event_time
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames, input_key
 from backstop.service.forked import Inline
-from backstop.service.ledger import LedgerProcessor
+from backstop.service.ledger_loop import LedgerProcessor
 from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, Partition, Runtime
 from backstop.service.relay import OutboxRelay, partition_for
 from backstop.settings import Settings

@@ -23,7 +23,7 @@ from simulator import SimulationFailure, simulate
 
 from backstop.pipeline import merge
 from backstop.pipeline.ingest import BatchResult
-from backstop.service import ledger, relay
+from backstop.service import ledger_loop, relay
 
 SHORT, LONG = 1000, 100_000
 MAX_FAILURES = 5  # reported per run; the first is the one to replay
@@ -93,11 +93,11 @@ def _relay_without_its_scan(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _commits_not_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch's commit starts without waiting for the one before."""
-    async def commit(self: ledger.LedgerRun, pending: ledger.PendingCommit) -> None:
+    async def commit(self: ledger_loop.LedgerRun, pending: ledger_loop.PendingCommit) -> None:
         await self.behind.hand(await self.refreshing.take(), await self.snapshotting.take())
         self.committing = asyncio.create_task(self._commit(pending))
 
-    monkeypatch.setattr(ledger.LedgerRun, "commit", commit)
+    monkeypatch.setattr(ledger_loop.LedgerRun, "commit", commit)
 
 
 def _identities_not_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,19 +105,19 @@ def _identities_not_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
     async def nothing(*args: object, **kwargs: object) -> None:
         return None
 
-    monkeypatch.setattr(ledger, "resolve_identities", nothing)
+    monkeypatch.setattr(ledger_loop, "resolve_identities", nothing)
 
 
 def _identities_not_committed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch's identities are drained from memory but never reach applied_ids."""
-    ingest_batch = ledger.ingest_batch
+    ingest_batch = ledger_loop.ingest_batch
 
     def without_ids(*args: Any, **kwargs: Any) -> BatchResult:
         result = ingest_batch(*args, **kwargs)
         result.held_ids = []
         return result
 
-    monkeypatch.setattr(ledger, "ingest_batch", without_ids)
+    monkeypatch.setattr(ledger_loop, "ingest_batch", without_ids)
 
 
 @pytest.mark.parametrize("bug", [_old_merge, _ends_never_confirmed, _relay_without_its_scan, _commits_not_waiting,

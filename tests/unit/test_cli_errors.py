@@ -13,9 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from backstop.adapters.kafka.tools import route
 from backstop.core.hashing import canonical_json, chain_hash
 from backstop.entrypoints.cli import main
-from backstop.entrypoints.kafka_tools import route
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 EXAMPLE = EXAMPLES / "05-funding-and-fund-inventory.jsonl"

@@ -187,23 +187,26 @@ def test_adl_at_the_mark_lets_the_fund_realize_the_difference() -> None:
     assert processor.engine.ledger.balance(ledger.fund("BNB")) == 100 + 100
 
 
-def test_binance_ranking_uses_notional_over_margin_balance() -> None:
+def test_binance_ranking_is_its_published_leverage_pnl() -> None:
+    from backstop.core.adl import rank_binance
     from backstop.core.engine import AdlPolicy
-
-    _, events = _example_02_with(AdlPolicy(rule="binance"))
-    _, bitmex = _example_02_with(AdlPolicy())
-    # for one cross position, notional / (W + uPnL) = mark / (mark - BP): both rules give the same queue
-    assert [(e.account_id, e.qty, e.score) for e in events] == [(e.account_id, e.qty, e.score) for e in bitmex]
-
-    from backstop.core.adl import rank_binance, rank_position
     from backstop.core.state import Position
 
+    _, events = _example_02_with(AdlPolicy(rule="binance"))
+    # A2: cross long 10 @ 500 on a wallet of 1,667.5, mark 645: uPnL 1,450, MM 64.5, margin balance 3,117.5;
+    # max(0, 1450) / max(1, 1667.5) x 64.5 / 3117.5 = 93,525 / 5,198,431.25
+    assert [(e.account_id, e.qty, e.score) for e in events] == [("A2", D(10), D("0.017991004498")),
+                                                               ("A5", D(10), D("0.010912265386"))]
     isolated = Position("i", "BTCUSDT", D(1), D(10000), "isolated", D(10))
-    # isolated long 1 @ 10,000 with margin 1,000 at mark 12,000: equity 3,000, BP 9,000
-    assert rank_binance(isolated, D(12000), D(3000), D(9000)).leverage == D(4)
-    assert rank_position(isolated, D(12000), D(9000)).leverage == D(4)
-    # after the margin was topped up to 2,000 (BP 8,000): Binance's leverage is 12,000 / 4,000 = 3 as well
-    assert rank_binance(isolated, D(12000), D(4000), D(8000)).leverage == D(3)
+    # isolated long 1 @ 10,000 with margin 1,000 at mark 12,000: uPnL 2,000, margin balance 3,000, MM 120
+    ranked = rank_binance(isolated, D(12000), collateral=D(1000), margin_balance=D(3000), maintenance=D(120),
+                          equity=D(3000), bankruptcy=D(9000))
+    assert ranked.score == D("0.08")  # 2,000 / 1,000 x 120 / 3,000
+    assert ranked.leverage == D(4)  # explain's effective leverage: 12,000 / 3,000
+    # a losing position scores 0 (Binance: Pnl Percent = max(0, uPnL) / ...), and is not ranked last apart
+    losing = rank_binance(isolated, D(9500), collateral=D(1000), margin_balance=D(500), maintenance=D(95),
+                          equity=D(500), bankruptcy=D(9000))
+    assert (losing.score, losing.past_bankruptcy) == (D(0), False)
 
 
 BIG = [fund(ratio="0"), instrument(tiers=(("1000000000", "0.01", "0"),), tick="1", lot="1"),

@@ -129,7 +129,7 @@ def test_07_a_hedged_account_is_deleveraged_on_one_side(tmp_path: Path) -> None:
     # h's long: TNC = 20,000 + 9,000 - 9,000 = 20,000, MM 1,090 on each side, share 20,000 x 1,090 / 2,180 = 10,000,
     # BP (109,000 - 10,000) / 1 = 99,000, score 9,000 x 109,000 / (100,000 x (109,000 - 99,000)) = 0.981.
     # o's long: share = TNC = 54,500, BP (54,500 - 54,500) / 0.5 = 0, score 4,500 x 109,000 / (50,000 x 109,000) = 0.09.
-    out = replay("07-hedge-deleveraged-one-side.jsonl", tmp_path)
+    out = replay("12-hedge-deleveraged-one-side.jsonl", tmp_path)
     assert out["summary"]["events_applied"] == 12
     assert [(e["account_id"], e["side"], e["qty"], e["price"], e["rank"], e["score"], e["quantile"])
             for e in out["adl-events"]] == [("h", "long", "1", "110000", 1, "0.981", 5)]

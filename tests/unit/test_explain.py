@@ -40,7 +40,7 @@ def test_a_cross_liquidation_shows_the_tnc_share(capsys: pytest.CaptureFixture[s
 
 
 def test_a_hedge_side_is_explained_as_its_own_position(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = explain(capsys, "adl-12-0", "--journal", str(EXAMPLES / "07-hedge-deleveraged-one-side.jsonl"))
+    code, out, _ = explain(capsys, "adl-12-0", "--journal", str(EXAMPLES / "12-hedge-deleveraged-one-side.jsonl"))
     assert code == 0
     # h's long side alone: share 20,000 x 1,090 / 2,180 = 10,000, own BP 109,000 - 10,000 (its short is not ranked)
     assert ("rank 1 h: 1 @ 110000, score 0.981, quantile 5; BTCUSDT:long: PnL% 0.09 x leverage 10.9 (entry 100000, "

@@ -8,9 +8,9 @@ import orjson
 
 import venue_journals
 from backstop.core import ledger
+from backstop.core.documents import accounts
 from backstop.core.engine import Engine
 from backstop.core.processor import Applied, Processor, Rejection
-from backstop.core.report import accounts
 from backstop.core.simulation import SimulationParams, Simulator
 from backstop.wire.decode import decode_record
 from scenario import fill, fund, instrument, mark, run, transfer

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from backstop.core.report import summary
+from backstop.core.documents import summary
 from backstop.entrypoints.cli import main
 from scenario import fill, fund, instrument, run, transfer
 
@@ -44,7 +44,7 @@ def test_replay_audit_and_reconcile_agree_that_a_wide_ledger_balances(tmp_path: 
 def test_what_if_metrics_are_exact(tmp_path: Path) -> None:
     from decimal import Decimal
 
-    from backstop.entrypoints.whatif import Scenario, run_scenario
+    from backstop.scenarios import Scenario, run_scenario
     from backstop.wire.decode import decode_record
     from scenario import liquidation
 

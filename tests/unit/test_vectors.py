@@ -43,7 +43,7 @@ def test_b2_cumulative_amount_keeps_maintenance_continuous_at_every_edge() -> No
 
 def _isolated_position(side: str, qty: str, entry: str, leverage: str, tiers: tuple[tuple[str, str, str], ...],
                        mark_price: str) -> dict[str, str]:
-    from backstop.core.report import accounts
+    from backstop.core.documents import accounts
 
     processor, outcomes = run([
         fund(), instrument(tiers=tiers, tick="0.1"), transfer("d", "u", "1000000"),

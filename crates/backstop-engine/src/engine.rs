@@ -3,6 +3,7 @@
 //! docs/design.md §4.1, then every handler checks first and mutates after) or applies it and appends its outputs,
 //! canonical JSON, to the event's output buffers.
 
+use crate::adl::{self, Candidate, DrawdownState, Figures, Hit, Policy, Price, RunTotals, Rule};
 use crate::adl_index::{AdlIndex, Candidates};
 use crate::admission::{Admission, Kind, Refusal};
 use crate::canonical::{self, J, GENESIS_HASH};
@@ -37,6 +38,7 @@ pub struct Outputs {
     pub findings: Vec<u8>,
     pub postings: Vec<u8>,
     pub adl_quantiles: Vec<u8>,
+    pub adl_rounds: Vec<u8>,
     pub fund_entries: u64,
     pub adl_count: u64,
     pub finding_count: u64,
@@ -52,6 +54,7 @@ struct EventCounts {
     findings: u64,
     postings: u64,
     fund_postings: u64,
+    rounds: u64,
 }
 
 /// What the postings of the event in hand belong to (docs/design.md section 10, "Postings").
@@ -116,11 +119,35 @@ pub struct Engine {
     /// Quantile points on (an option: ranking every side at each point costs more than the rest of a replay; they
     /// never change the ledger or the head hash, docs/design.md section 10).
     pub adl_quantiles: bool,
+    /// The ADL policy (docs/design.md section 11) and, under Bybit's trigger, its state.
+    pub policy: Policy,
+    pub drawdown: DrawdownState,
+    /// Rank inversions and the eligible population per round (section 11.4); not state.
+    pub full_metrics: bool,
+    /// This run's rounds, ADL events and fund postings, summed (the summary's `adl`); not state.
+    pub totals: RunTotals,
     settle_assets: HashSet<u32>,
     pub(crate) seq: u64,
     pub(crate) ts: u64,
     counts: EventCounts,
     cause: Cause,
+    /// Each touched fund's balance and its symbols' PnL as the current event found them (Bybit's trigger).
+    drawdown_before: Option<FundValues>,
+}
+
+/// A fund, its balance (1e-8) and each of its symbols' PnL (1e-16), at one moment (Bybit's trigger).
+type FundValues = (u32, I256, Vec<(u32, Wide)>);
+
+/// Why a round happens (section 11.3) and, for a drawdown round, the reset proceeds of the whole lot (1e-16).
+type TakeoverRefusal = (&'static str, Option<Wide>);
+
+/// What a round starts from, by id (the record names them).
+struct Start {
+    trigger: &'static str,
+    fund: u32,
+    lot: Option<Lot>,
+    mark: Option<i128>,
+    balance: I256,
 }
 
 impl Default for Engine {
@@ -142,11 +169,16 @@ impl Default for Engine {
             quantile_closes: HashMap::default(),
             risk_levels: HashMap::default(),
             adl_quantiles: false,
+            policy: Policy::default(),
+            drawdown: DrawdownState::default(),
+            full_metrics: false,
+            totals: RunTotals::default(),
             settle_assets: HashSet::default(),
             seq: 0,
             ts: 0,
             counts: EventCounts::default(),
             cause: Cause::default(),
+            drawdown_before: None,
         }
     }
 }
@@ -188,7 +220,10 @@ impl Engine {
         self.ts = record.ts;
         self.counts = EventCounts::default();
         self.cause = Cause::default();
-        let before = self.fund_of(record).map(|fund| (fund, self.ledger.balance(Account::Fund(fund))));
+        let fund = self.fund_of(record);
+        let before = fund.map(|fund| (fund, self.ledger.balance(Account::Fund(fund))));
+        let drawdown = fund.filter(|_| self.policy.drawdown.is_some());
+        self.drawdown_before = drawdown.map(|fund| self.drawdown_values(fund));
         match &record.body {
             Body::Fund { .. } => self.on_fund(record)?,
             Body::Instrument { .. } => self.on_instrument(record)?,
@@ -205,6 +240,9 @@ impl Engine {
         }
         if let Some(before) = before {
             self.enforce_solvency(before, out);
+        }
+        if let Some(fund) = drawdown {
+            self.sample_drawdown(fund);
         }
         if self.adl_quantiles && crate::quantiles::crosses_period(newest, record.ts) {
             crate::quantiles::publish(self, out);
@@ -322,7 +360,7 @@ impl Engine {
         self.cause.transfer_id = Some(transfer_id.to_string());
         self.post("transfer", source, account, amount, asset_id, out);
         if let Some(fund) = fund {
-            self.fund_entry(fund, "transfer", I256::new(amount), None, source, out);
+            self.fund_entry(fund, "transfer", I256::new(amount), None, source, None, out);
         }
         Ok(())
     }
@@ -556,7 +594,7 @@ impl Engine {
         let payment = money(mul(I256::new(net), rate_price), S8 + S26);
         if payment != 0 {
             self.post("funding", Account::Fund(fund), clearing, payment, asset, out);
-            self.fund_entry(fund, "funding", I256::new(-payment), None, clearing, out);
+            self.fund_entry(fund, "funding", I256::new(-payment), None, clearing, Some(symbol_id), out);
         }
         Ok(())
     }
@@ -666,9 +704,12 @@ impl Engine {
         let remaining = self.funds[&fund].lots.get(&symbol_name).and_then(|lots| lots.get(lot_index))
             .filter(|lot| lot.liquidation_id == liquidation_id.as_ref() && lot.seq == self.seq)
             .map_or(0, |lot| lot.qty);
-        if remaining > 0 && !self.accepts_inventory(fund) && self.deleverage(fund, &symbol_name, lot_index, None, out) > 0
-        {
-            return Ok(()); // nobody left to take it: the mark's own check would find the same
+        if remaining > 0 {
+            if let Some((trigger, reset)) = self.takeover(fund, &symbol_name, lot_index) {
+                if self.deleverage(fund, &symbol_name, lot_index, trigger, reset, None, out) > 0 {
+                    return Ok(()); // nobody left to take it: the mark's own check would find the same
+                }
+            }
         }
         self.check_inventory(symbol_id, out);
         Ok(())
@@ -722,6 +763,10 @@ impl Engine {
     /// its inventory at the new mark, it deleverages the excess of its net position in `symbol` at once, from its
     /// lots on that side oldest first; a shortfall stops it.
     fn check_inventory(&mut self, symbol: u32, out: &mut Outputs) {
+        // under `socialized` and Bybit's drawdown trigger the fund keeps what it holds until an event of its own
+        if self.policy.rule == Rule::Socialized || self.policy.drawdown.is_some() {
+            return;
+        }
         let fund = self.instruments[&symbol].fund_id;
         let symbol_name = self.names.name(symbol).to_string();
         loop {
@@ -739,7 +784,7 @@ impl Engine {
                 let lot_qty = lots[index].qty;
                 let take = lot_qty.min(wanted);
                 wanted -= take;
-                if self.deleverage(fund, &symbol_name, index, Some(take), out) > 0 {
+                if self.deleverage(fund, &symbol_name, index, "inventory", None, Some(take), out) > 0 {
                     return;
                 }
                 if take < lot_qty {
@@ -752,14 +797,14 @@ impl Engine {
     /// The qty of `net` whose notional at mark is above the limit, rounded up to whole lots (docs/design.md section
     /// 9.4); all of it when the fund's balance is not above zero.
     fn excess_qty(&self, fund: u32, symbol: u32, net: i128) -> i128 {
-        let balance = self.ledger.balance(Account::Fund(fund));
-        if balance <= 0 {
+        let room = sub(self.ledger.balance(Account::Fund(fund)), I256::new(self.policy.floor));
+        if room <= 0 {
             return net.abs();
         }
         let fund_state = &self.funds[&fund];
-        // notional (1e-16) - ratio (1e-18) x balance (1e-8), at 1e-26
+        // notional (1e-16) - ratio (1e-18) x (balance - floor) (1e-8), at 1e-26
         let excess = sub(mul(self.inventory_notional(fund_state), pow10(S26 - S16)),
-                         mul(I256::new(fund_state.spec.max_inventory_ratio), balance));
+                         mul(I256::new(fund_state.spec.max_inventory_ratio), room));
         let instrument = &self.instruments[&symbol];
         // CEILING(excess / (mark x lot)) whole lots: excess at 1e-26, mark x lot at 1e-16
         let lots = ratio(excess, S26, product(self.marks[&symbol], instrument.lot_size), S16, 0, Rounding::Ceiling);
@@ -803,7 +848,7 @@ impl Engine {
         }
         if fee != 0 {
             self.post("fee", Account::Fund(fund), Account::Fees(asset), fee, asset, out);
-            self.fund_entry(fund, "fee", I256::new(-fee), None, Account::Fees(asset), out);
+            self.fund_entry(fund, "fee", I256::new(-fee), None, Account::Fees(asset), Some(symbol), out);
         }
         Ok(())
     }
@@ -811,9 +856,15 @@ impl Engine {
     /// The fund closes qty of a lot in the market; a gain is split per the surplus policy.
     fn realize(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128, fill_price: i128,
                out: &mut Outputs) {
-        let proceeds = qty * fill_price;
+        self.realize_proceeds(fund, symbol_name, lot_index, qty, wide(qty * fill_price), out);
+    }
+
+    /// The fund closes qty of a lot for total proceeds (1e-16); a gain is split per the surplus policy.
+    /// The proceeds are Wide: a drawdown round's derive from the lot's cost (section 9.3).
+    fn realize_proceeds(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128, proceeds: Wide,
+                        out: &mut Outputs) {
         let (lot, cost_share) = self.take_from_lot(fund, symbol_name, lot_index, qty);
-        let exact = if lot.side == Side::Long { wsub(wide(proceeds), cost_share) } else { wsub(cost_share, wide(proceeds)) };
+        let exact = if lot.side == Side::Long { wsub(proceeds, cost_share) } else { wsub(cost_share, proceeds) };
         let gain = money_wide(exact, S16);
         let instrument = &self.instruments[&lot.symbol];
         let (asset, fee_rate) = (instrument.settle_asset, instrument.liquidation_fee_rate);
@@ -822,17 +873,17 @@ impl Engine {
         let cause = self.cause.liquidation_id.replace(lot.liquidation_id.clone());
         if gain < 0 {
             self.post("liquidation_loss", Account::Fund(fund), source, -gain, asset, out);
-            self.fund_entry(fund, "liquidation_loss", gain, liquidation_id, source, out);
+            self.fund_entry(fund, "liquidation_loss", gain, liquidation_id, source, Some(lot.symbol), out);
         } else {
             let mut kept = gain;
             if self.funds[&fund].spec.surplus == Surplus::Trader {
-                kept = gain.min(I256::new(money(product(fee_rate, proceeds), S18 + S16)));
+                kept = gain.min(money_wide(wmul(wide(fee_rate), proceeds), S18 + S16));
                 self.post("surplus_refund", source, Account::Wallet { account: lot.liquidated_account, asset },
                           sub(gain, kept), asset, out);
             }
             if kept > 0 {
                 self.post("liquidation_gain", source, Account::Fund(fund), kept, asset, out);
-                self.fund_entry(fund, "liquidation_gain", kept, liquidation_id, source, out);
+                self.fund_entry(fund, "liquidation_gain", kept, liquidation_id, source, Some(lot.symbol), out);
             }
         }
         self.cause.liquidation_id = cause;
@@ -863,15 +914,35 @@ impl Engine {
         (before, cost_share)
     }
 
-    fn accepts_inventory(&self, fund: u32) -> bool {
+    /// None when the fund keeps the rest of a lot (sections 4 and 11.3): while its balance is above its floor and its
+    /// inventory's notional within max_inventory_ratio x (balance - floor); under Bybit's trigger, unless the
+    /// drawdown trigger is on; under `socialized`, always.
+    fn takeover(&mut self, fund: u32, symbol_name: &str, lot_index: usize) -> Option<TakeoverRefusal> {
+        if self.policy.rule == Rule::Socialized {
+            return None;
+        }
         let balance = self.ledger.balance(Account::Fund(fund));
-        if balance <= 0 {
+        let floor = I256::new(self.policy.floor);
+        if balance <= floor {
+            return Some(("takeover", None));
+        }
+        if self.policy.drawdown.is_some() {
+            return self.drawdown_takeover(fund, symbol_name, lot_index, balance).map(|reset| ("drawdown", Some(reset)));
+        }
+        (!self.accepts_inventory(fund)).then_some(("takeover", None))
+    }
+
+    /// Its balance above the policy's floor, and its inventory's notional within max_inventory_ratio x (balance -
+    /// floor).
+    fn accepts_inventory(&self, fund: u32) -> bool {
+        let room = sub(self.ledger.balance(Account::Fund(fund)), I256::new(self.policy.floor));
+        if room <= 0 {
             return false;
         }
         let fund_state = &self.funds[&fund];
-        // notional at 1e-16 against ratio (1e-18) x balance (1e-8): compared at 1e-26, in 512 bits (section 9.3)
+        // notional at 1e-16 against ratio (1e-18) x room (1e-8): compared at 1e-26, in 512 bits (section 9.3)
         let notional = self.inventory_notional(fund_state);
-        wmul(wide256(notional), wpow10(S26 - S16)) <= wmul(wide(fund_state.spec.max_inventory_ratio), wide256(balance))
+        wmul(wide256(notional), wpow10(S26 - S16)) <= wmul(wide(fund_state.spec.max_inventory_ratio), wide256(room))
     }
 
     /// Sum over the fund's symbols of |net qty| x mark, exact (1e-16).
@@ -884,17 +955,58 @@ impl Engine {
         total
     }
 
-    /// Close `qty` of the lot (all of it when None) against opposite-side positions in ADL order, at the lot's
-    /// bankruptcy price. Returns the qty nobody was left to take (an `adl_shortfall`).
-    fn deleverage(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: Option<i128>, out: &mut Outputs)
-                  -> i128 {
+    /// One ADL round (section 11): close `qty` of the lot (all of it when None) against opposite-side positions as
+    /// the policy's rule allocates it, at the lot's bankruptcy price (the fund realizes nothing), at the mark, or for
+    /// the reset proceeds of a drawdown round (the fund realizes the difference); then write the round's metrics.
+    /// Returns the qty nobody was left to take (an `adl_shortfall`).
+    #[allow(clippy::too_many_arguments)]
+    fn deleverage(&mut self, fund: u32, symbol_name: &str, lot_index: usize, trigger: &'static str,
+                  reset: Option<Wide>, qty: Option<i128>, out: &mut Outputs) -> i128 {
         let lot = self.funds[&fund].lots[symbol_name][lot_index].clone();
         let symbol = lot.symbol;
-        let wanted = qty.unwrap_or(lot.qty);
         let opposite = lot.side.opposite();
-        let (queue, count) = self.adl_top(symbol, opposite, wanted);
-        let takes = takes(&queue, wanted);
+        let mark = self.marks[&symbol];
+        let balance = self.ledger.balance(Account::Fund(fund));
+        let long = lot.side == Side::Long;
+        // the lot's cost, and so the deficit and the haircut, derive from a balance: 512 bits (section 9.3)
+        let wanted = qty.unwrap_or(lot.qty);
+        // the part of the lot this round closes (all of it, unless the fund's trigger on a mark takes its excess)
+        let round_lot = match qty {
+            None => lot.clone(),
+            Some(wanted) => Lot { qty: wanted, cost: share_wide(lot.cost, S16, wanted, lot.qty), ..lot.clone() },
+        };
+        let deficit = adl::deficit(long, round_lot.qty, round_lot.cost, mark);
+        let price_rule = match (reset, self.policy.price) {
+            (Some(_), _) => "reset",
+            (None, Price::Mark) => "mark",
+            (None, Price::Bankruptcy) => "bankruptcy",
+            (None, Price::Floor) => {
+                // OKX: at the mark while the fund can pay the deficit above its floor
+                let room = wmul(wide256(sub(balance, I256::new(self.policy.floor))), wpow10(S16 - S8));
+                if room >= deficit { "mark" } else { "bankruptcy" }
+            }
+        };
+        let value = wide(wanted * mark);
+        let whole = match price_rule {
+            "mark" => value,
+            "reset" => reset.expect("a reset round"),
+            _ => round_lot.cost,
+        };
+        let full_haircut = if long { wsub(whole, value) } else { wsub(value, whole) };
+        // BitMEX's queue walk needs only the head of the queue the index finds (the metrics rank nobody: they take
+        // every eligible position's figures apart); Binance's score and the allocations need every position ranked
+        let (queue, count) = if self.policy.rule == Rule::Bitmex {
+            self.adl_top(symbol, opposite, wanted)
+        } else {
+            let queue = self.adl_queue(symbol, opposite);
+            let count = queue.len();
+            (queue, count)
+        };
+        let eligible = self.full_metrics.then(|| self.eligible_figures(symbol, opposite, mark));
+        let takes = self.allocate(&queue, &round_lot, full_haircut);
+        let mut hits = Vec::new();
         let mut left = wanted;
+        let mut reset_left = reset;
         for (rank, (ranked, take)) in queue.iter().zip(takes).enumerate() {
             if left == 0 {
                 break;
@@ -904,28 +1016,113 @@ impl Engine {
             }
             let causes = (self.cause.liquidation_id.replace(lot.liquidation_id.clone()),
                           self.cause.adl_event_id.replace(format!("adl-{}-{}", self.seq, self.counts.adl_events)));
-            let (_, proceeds) = self.take_from_lot(fund, symbol_name, lot_index, take);
+            let position = self.positions.get(ranked.account, symbol, ranked.position_side).expect("a queued position");
+            let figures = self.figures(position, mark);
+            let proceeds = match (price_rule, reset_left) {
+                ("mark", _) => {
+                    self.realize(fund, symbol_name, lot_index, take, mark, out);
+                    wide(take * mark)
+                }
+                (_, Some(rest)) => {
+                    let proceeds = share_wide(rest, S16, take, left);
+                    reset_left = Some(wsub(rest, proceeds));
+                    self.realize_proceeds(fund, symbol_name, lot_index, take, proceeds, out);
+                    proceeds
+                }
+                _ => self.take_from_lot(fund, symbol_name, lot_index, take).1,
+            };
             left -= take;
             self.reduce(ranked.account, symbol, ranked.position_side, take, proceeds, "adl", out);
             let rank = rank + 1;
             self.adl_event(fund, &lot, ranked.account, opposite, take, price_of_wide(proceeds, take), rank, ranked.score,
                            quantile(rank, count), out);
             (self.cause.liquidation_id, self.cause.adl_event_id) = causes;
+            let at_mark = wide(take * mark); // the haircut: what the take gave up against the mark
+            let haircut = if opposite == Side::Short { wsub(proceeds, at_mark) } else { wsub(at_mark, proceeds) };
+            hits.push(Hit { figures, qty: take, haircut });
         }
         if left > 0 {
             let details = vec![("unfilled_qty", J::Owned(text(left, S8))), ("counterparties", J::Owned(count.to_string()))];
             self.finding("adl_shortfall", Some(lot.liquidated_account), Some(&lot.liquidation_id), Some(symbol),
                          details, out);
         }
+        let closed = wanted - left;
+        let start = Start { trigger, fund, lot: Some(round_lot), mark: Some(mark), balance };
+        self.round(start, deficit, Some(price_rule), closed, &hits, eligible.as_deref(), count, out);
         left
     }
 
-    fn enforce_solvency(&mut self, (fund, balance_before): (u32, I256), out: &mut Outputs) {
-        {
-            let balance = self.ledger.balance(Account::Fund(fund));
-            if balance >= 0 {
-                return;
+    /// The takes of one round, aligned with the queue (section 11.2).
+    fn allocate(&self, queue: &[Ranked], lot: &Lot, full_haircut: Wide) -> Vec<i128> {
+        let lot_size = self.instruments[&lot.symbol].lot_size;
+        match self.policy.rule {
+            Rule::ProRata => adl::pro_rata(&queue.iter().map(|r| r.size).collect::<Vec<_>>(), lot.qty, lot_size),
+            Rule::CappedProRata | Rule::MinMaxLeverage => {
+                let candidates: Vec<Candidate<'_>> = queue.iter().map(|ranked| {
+                    let position = self.positions.get(ranked.account, lot.symbol, ranked.position_side)
+                        .expect("a queued position");
+                    Candidate { account: ranked.account, name: self.names.name(ranked.account), size: position.size(),
+                                profit: self.exposure(position).0,
+                                equity: self.margin_view(position).equity_share }
+                }).collect();
+                if self.policy.rule == Rule::CappedProRata {
+                    adl::capped_pro_rata(&candidates, lot.qty, lot_size, full_haircut)
+                } else {
+                    adl::min_max_leverage(&candidates, lot.qty, lot_size, full_haircut)
+                }
             }
+            _ => takes(queue, lot.qty),
+        }
+    }
+
+    /// A position's figures at the mark for the round metrics.
+    fn figures(&self, position: &Position, mark: i128) -> Figures {
+        let view = self.margin_view(position);
+        Figures::of(position.account, position.size(), position.cost, self.exposure(position).0, view.equity_share, mark)
+    }
+
+    fn eligible_figures(&self, symbol: u32, side: Side, mark: i128) -> Vec<Figures> {
+        self.positions.holders(symbol).iter()
+            .filter_map(|&(account, position_side)| self.positions.get(account, symbol, position_side))
+            .filter(|p| p.side() == side)
+            .map(|p| self.figures(p, mark))
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn round(&mut self, start: Start, deficit: Wide, price_rule: Option<&str>, closed: i128, hits: &[Hit],
+             eligible: Option<&[Figures]>, count: usize, out: &mut Outputs) {
+        let id = format!("round-{}-{}", self.seq, self.counts.rounds);
+        let names = &self.names;
+        let lot = start.lot.as_ref();
+        let round_start = adl::RoundStart {
+            trigger: start.trigger,
+            fund: names.name(start.fund),
+            symbol: lot.map(|lot| names.name(lot.symbol)),
+            liquidation_id: lot.map(|lot| lot.liquidation_id.as_str()),
+            side: lot.map(|lot| lot.side.name()),
+            qty: lot.map(|lot| lot.qty),
+            cost: lot.map(|lot| lot.cost),
+            mark: start.mark,
+            fund_balance: start.balance,
+            floor: self.policy.floor,
+        };
+        let round = adl::write_round(&mut out.adl_rounds, names, &id, self.seq, self.ts, &self.policy, &round_start,
+                                     deficit, price_rule, closed, hits, eligible, count);
+        self.totals.add_round(&round, start.trigger == "socialized", hits, eligible);
+        self.counts.rounds += 1;
+    }
+
+    fn enforce_solvency(&mut self, (fund, balance_before): (u32, I256), out: &mut Outputs) {
+        let balance = self.ledger.balance(Account::Fund(fund));
+        let floor = I256::new(self.policy.floor);
+        if balance >= floor {
+            return;
+        }
+        let balance = if self.policy.rule == Rule::Socialized {
+            self.socialize(fund, sub(floor, balance), out);
+            self.ledger.balance(Account::Fund(fund))
+        } else {
             let symbols: Vec<String> = self.funds[&fund].lots.keys().cloned().collect();
             for symbol_name in symbols {
                 // every lot of the symbol, oldest first; a deleverage closes its lot or leaves it short of takers
@@ -935,21 +1132,158 @@ impl Engine {
                         break;
                     }
                     let length = lots.len();
-                    self.deleverage(fund, &symbol_name, index, None, out);
+                    self.deleverage(fund, &symbol_name, index, "solvency", None, None, out);
                     let now = self.funds[&fund].lots.get(&symbol_name).map_or(0, |lots| lots.len());
                     if now == length {
                         index += 1;
                     }
                 }
             }
-            if balance < balance_before {
-                let added = sub(balance_before.min(I256::ZERO), balance);
-                let details = vec![
-                    ("fund_id", J::Owned(self.names.name(fund).to_string())),
-                    ("balance", J::Owned(text_wide(balance, S8))),
-                    ("added", J::Owned(text_wide(added, S8))),
-                ];
-                self.finding("bad_debt", None, None, None, details, out);
+            balance
+        };
+        if balance < 0 && balance < balance_before {
+            let added = sub(balance_before.min(I256::ZERO), balance);
+            let details = vec![
+                ("fund_id", J::Owned(self.names.name(fund).to_string())),
+                ("balance", J::Owned(text_wide(balance, S8))),
+                ("added", J::Owned(text_wide(added, S8))),
+            ];
+            self.finding("bad_debt", None, None, None, details, out);
+        }
+    }
+
+    /// Socialized loss (section 11.2): the shortfall (1e-8) is taken from every position of the fund's symbols with
+    /// uPnL > 0 at its mark, in proportion and never beyond it, each as a posting from the position's margin to the
+    /// fund; no position is closed.
+    fn socialize(&mut self, fund: u32, shortfall: I256, out: &mut Outputs) {
+        let balance = self.ledger.balance(Account::Fund(fund));
+        let names = &self.names;
+        let mut symbols = self.funds[&fund].symbols.clone();
+        symbols.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+        let mut positions: Vec<Position> = Vec::new();
+        for &symbol in &symbols {
+            // (account, position side) by name, as the reference sorts its keys: hedge sides apart
+            let mut holders = self.positions.holders(symbol).to_vec();
+            holders.sort_by(|a, b| names.name(a.0).cmp(names.name(b.0)).then(a.1.name().cmp(b.1.name())));
+            positions.extend(holders.iter().filter_map(|&(a, side)| self.positions.get(a, symbol, side)).cloned());
+        }
+        let profits: Vec<i128> = positions.iter().map(|p| self.exposure(p).0).collect();
+        let labels: Vec<String> = positions.iter().map(|p| match p.position_side {
+            PositionSide::Both => names.name(p.symbol).to_string(),
+            side => format!("{}:{}", names.name(p.symbol), side.name()),
+        }).collect();
+        let keys: Vec<(&str, &str)> =
+            positions.iter().zip(&labels).map(|(p, label)| (names.name(p.account), label.as_str())).collect();
+        let shares = adl::socialized_shares(&profits, &keys, shortfall);
+        let eligible = self.full_metrics
+            .then(|| positions.iter().map(|p| self.figures(p, self.marks[&p.symbol])).collect::<Vec<_>>());
+        // every figure before the first posting moves a wallet
+        let taken: Vec<(Position, i128, Figures)> = positions.iter().zip(shares)
+            .filter(|(_, amount)| *amount > 0)
+            .map(|(p, amount)| (p.clone(), amount, self.figures(p, self.marks[&p.symbol])))
+            .collect();
+        let mut hits = Vec::with_capacity(taken.len());
+        for (position, amount, figures) in taken {
+            let source = if position.margin_mode == MarginMode::Isolated {
+                Account::Isolated { account: position.account, symbol: position.symbol, side: position.position_side }
+            } else {
+                Account::Wallet { account: position.account, asset: self.instruments[&position.symbol].settle_asset }
+            };
+            let asset = self.instruments[&position.symbol].settle_asset;
+            self.post("socialized_loss", source, Account::Fund(fund), amount, asset, out);
+            self.fund_entry(fund, "socialized_loss", I256::new(amount), None, source, None, out);
+            hits.push(Hit { figures, qty: 0, haircut: wide(amount * crate::numbers::pow10_i128(S16 - S8)) });
+        }
+        let start = Start { trigger: "socialized", fund, lot: None, mark: None, balance };
+        let deficit = wmul(wide256(shortfall), wpow10(S16 - S8));
+        self.round(start, deficit, None, 0, &hits, eligible.as_deref(), positions.len(), out);
+    }
+
+    // ------------------------------------------------------------------ Bybit's drawdown trigger (section 11.3)
+    /// The fund's PnL on a symbol (1e-16): realized, plus its lots of the symbol valued at the mark.
+    /// Wide: a lot's cost derives from a balance (section 9.3).
+    fn symbol_pnl(&self, fund: u32, symbol: u32) -> Wide {
+        let realized = self.drawdown.realized.get(&symbol).copied().unwrap_or(I256::ZERO);
+        let mut total = wmul(wide256(realized), wpow10(S16 - S8));
+        if let Some(lots) = self.funds[&fund].lots.get(self.names.name(symbol)) {
+            let mark = self.marks[&symbol];
+            for lot in lots {
+                let value = wide(lot.qty * mark);
+                total = wadd(total, if lot.side == Side::Long { wsub(value, lot.cost) } else { wsub(lot.cost, value) });
+            }
+        }
+        total
+    }
+
+    /// The fund's balance and each of its symbols' PnL, now.
+    fn drawdown_values(&self, fund: u32) -> FundValues {
+        let pnls = self.funds[&fund].symbols.iter().map(|&symbol| (symbol, self.symbol_pnl(fund, symbol))).collect();
+        (fund, self.ledger.balance(Account::Fund(fund)), pnls)
+    }
+
+    /// backstop.core.engine.Engine._drawdown_takeover: the reset proceeds (1e-16) when the trigger fires or is on.
+    fn drawdown_takeover(&mut self, fund: u32, symbol_name: &str, lot_index: usize, balance: I256) -> Option<Wide> {
+        let drawdown = self.policy.drawdown.expect("Bybit's trigger");
+        let lot = self.funds[&fund].lots[symbol_name][lot_index].clone();
+        let (window, ts, symbol) = (drawdown.window_ms, self.ts, lot.symbol);
+        let (_, balance_before, pnls_before) = self.drawdown_before.as_ref().expect("sampled before the event");
+        let pnl_before = pnls_before.iter().find(|(s, _)| *s == symbol).map(|(_, v)| *v).expect("a fund's symbol");
+        let pnl = self.symbol_pnl(fund, symbol);
+        let top_pnl = self.drawdown.pnls.get(&symbol).map_or(pnl.max(pnl_before), |w| w.maximum(ts, window,
+                                                                                            pnl.max(pnl_before)));
+        let current_balance = wide256(balance.max(*balance_before));
+        let top_balance = self.drawdown.balances.get(&fund).map_or(current_balance,
+                                                                    |w| w.maximum(ts, window, current_balance));
+        if top_balance <= Wide::ZERO {
+            return None;
+        }
+        // at 1e-26: the symbol's PnL at which the drawdown reaches ratio x the pool's top balance
+        let level = wsub(adl::at_26(top_pnl), adl::rate_of(drawdown.ratio, top_balance));
+        if adl::at_26(pnl) >= level && !self.drawdown.triggered.contains(&symbol) {
+            return None;
+        }
+        self.drawdown.triggered.insert(symbol);
+        let value = wide(lot.qty * self.marks[&symbol]);
+        let long = lot.side == Side::Long;
+        let lot_pnl = if long { wsub(value, lot.cost) } else { wsub(lot.cost, value) };
+        // what the symbol's PnL may still lose without the lot, down to the level (1e-26)
+        let room = wsub(wsub(adl::at_26(pnl), adl::at_26(lot_pnl)), level);
+        let (low, high) = (lot.cost.min(value), lot.cost.max(value));
+        let cost = adl::at_26(lot.cost);
+        let exact = if long { wsub(cost, room) } else { wadd(cost, room) };
+        if exact <= adl::at_26(low) {
+            return Some(low);
+        }
+        if exact >= adl::at_26(high) {
+            return Some(high);
+        }
+        // rounded to 1e-8 in the fund's favour (up when it sells a long lot, down when it buys back a short one)
+        let rounding = if long { Rounding::Ceiling } else { Rounding::Floor };
+        let rounded = wmul(wrescale(exact, S26, S8, rounding), wpow10(S16 - S8));
+        Some(if long { rounded.min(high) } else { rounded.max(low) })
+    }
+
+    /// After an event that may move a fund: the values it found and those it left join their windows; a symbol whose
+    /// drawdown is back above the stop level is switched off.
+    fn sample_drawdown(&mut self, fund: u32) {
+        let drawdown = self.policy.drawdown.expect("Bybit's trigger");
+        let (window, ts) = (drawdown.window_ms, self.ts);
+        let after = self.drawdown_values(fund);
+        let before = self.drawdown_before.take().expect("sampled before the event");
+        let state = &mut self.drawdown;
+        for (_, balance, pnls) in [&before, &after] {
+            state.balances.entry(fund).or_default().add(ts, wide256(*balance), window);
+            for (symbol, pnl) in pnls {
+                state.pnls.entry(*symbol).or_default().add(ts, *pnl, window);
+            }
+        }
+        let (_, balance, pnls) = after;
+        let top_balance = state.balances[&fund].maximum(ts, window, wide256(balance));
+        for (symbol, pnl) in pnls {
+            let stop_level = wsub(adl::at_26(state.pnls[&symbol].maximum(ts, window, pnl)),
+                                  adl::rate_of(drawdown.stop, top_balance));
+            if state.triggered.contains(&symbol) && (top_balance <= Wide::ZERO || adl::at_26(pnl) > stop_level) {
+                state.triggered.remove(&symbol);
             }
         }
     }
@@ -1022,6 +1356,9 @@ impl Engine {
 
     /// The ADL score of a position (docs/design.md section 9.4) and whether it is at or past its bankruptcy price.
     pub fn rank(&self, position: &Position) -> Ranked {
+        if self.policy.rule == Rule::Binance {
+            return self.rank_binance(position);
+        }
         let mark = self.marks[&position.symbol];
         let bankruptcy = self.bankruptcy_price(position);
         // the distance and the score derive from a balance: 512 bits (section 9.3)
@@ -1051,6 +1388,36 @@ impl Engine {
         let hedge = if side == Side::Long { PositionSide::Long } else { PositionSide::Short };
         self.positions.get(account, symbol, hedge)
             .or_else(|| self.positions.get(account, symbol, PositionSide::Both).filter(|p| p.side() == side))
+    }
+
+    /// Binance's published LeveragePnL (backstop.core.adl.rank_binance): max(uPnL, 0) x MM / (max(1, W) x (W + U)),
+    /// 0 for a losing or bankrupt position; W the collateral (isolated margin, or the cross wallet), W + U the margin
+    /// balance, MM the maintenance it is compared with.
+    fn rank_binance(&self, position: &Position) -> Ranked {
+        let view = self.margin_view(position);
+        let (pnl, _) = self.exposure(position);
+        let collateral = if position.margin_mode == MarginMode::Isolated {
+            self.ledger.balance(Account::Isolated { account: position.account, symbol: position.symbol,
+                                                    side: position.position_side })
+        } else {
+            let asset = self.instruments[&position.symbol].settle_asset;
+            self.ledger.balance(Account::Wallet { account: position.account, asset })
+        };
+        // the margin balance derives from a balance: 512 bits (section 9.3)
+        let score = if pnl <= 0 || view.margin_balance <= Wide::ZERO {
+            Wide::ZERO
+        } else {
+            let numerator = wmul(wide(pnl), wide256(view.maintenance_margin)); // 1e-24
+            let collateral = wide256(collateral.max(I256::new(adl::ONE_8)));
+            // collateral x margin balance (1e-24) can pass 512 bits (two balances near the bound, section 9.3); it is
+            // then more than twice the scaled numerator (a product of two bounded values), so the score rounds to 0
+            match collateral.checked_mul(view.margin_balance) {
+                Some(denominator) => wratio(numerator, S16 + S8, denominator, S8 + S16, S12, Rounding::HalfEven),
+                None => Wide::ZERO,
+            }
+        };
+        Ranked { account: position.account, position_side: position.position_side, size: position.size(), score,
+                 past_bankruptcy: false, bankruptcy: self.bankruptcy_price(position) }
     }
 
     /// Every position of one symbol and side in ADL order (ties: the larger position, then the smaller account id).
@@ -1104,7 +1471,8 @@ impl Engine {
     /// take) of each counterparty, and the queue's length. `everyone`: rank every position (no index).
     pub fn adl_head(&mut self, symbol: u32, side: Side, qty: i128, everyone: bool)
                     -> (Vec<(u32, usize, Wide, i128)>, usize) {
-        let (queue, count) = if everyone {
+        // the index ranks by BitMEX's score: another rule's queue ranks everyone
+        let (queue, count) = if everyone || self.policy.rule != Rule::Bitmex {
             let queue = self.adl_queue(symbol, side);
             let count = queue.len();
             (queue, count)
@@ -1214,8 +1582,15 @@ impl Engine {
         out.posting_count += 1;
     }
 
+    /// `symbol`: the symbol whose fund PnL the entry is (Bybit's trigger sums it per symbol, section 11.3).
+    #[allow(clippy::too_many_arguments)]
     fn fund_entry(&mut self, fund: u32, kind: &str, amount: I256, liquidation_id: Option<&str>, counter: Account,
-                  out: &mut Outputs) {
+                  symbol: Option<u32>, out: &mut Outputs) {
+        if let (Some(symbol), Some(_)) = (symbol, self.policy.drawdown) {
+            let realized = self.drawdown.realized.entry(symbol).or_insert(I256::ZERO);
+            *realized = crate::numbers::add(*realized, amount);
+        }
+        self.totals.add_fund_entry(self.names.name(fund), amount, self.ledger.balance(Account::Fund(fund)));
         let id = format!("fl-{}-{}", self.seq, self.counts.fund_entries);
         let counter_name = counter.name(&self.names);
         let balance = self.ledger.balance(Account::Fund(fund));
@@ -1248,6 +1623,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn adl_event(&mut self, fund: u32, lot: &Lot, account: u32, side: Side, qty: i128, fill_price: Wide, rank: usize,
                  score: Wide, quantile: usize, out: &mut Outputs) {
+        self.totals.add_event(qty, fill_price);
         let id = format!("adl-{}-{}", self.seq, self.counts.adl_events);
         let mut body = vec![
             ("schema_version", J::Int(SCHEMA_VERSION)),

@@ -13,6 +13,7 @@ pub mod content;
 pub mod idtable;
 pub mod clock;
 pub mod admission;
+pub mod adl;
 pub mod adl_index;
 pub mod engine;
 pub mod ledger;

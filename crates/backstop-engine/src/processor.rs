@@ -1,9 +1,10 @@
 //! The journal processor (backstop.core.processor): sequence, apply, count, over a batch of journal lines, with the
-//! outputs as canonical bytes; and the documents of the state (backstop.core.report and backstop.core.snapshot):
+//! outputs as canonical bytes; and the documents of the state (backstop.core.documents and backstop.core.snapshot):
 //! the summary, accounts.json, the state hash, snapshots (with their identity file) and their restore. What is a
 //! duplicate, late or ahead is the engine's to decide (crate::admission).
 
 use crate::admission::{self, Kind as RejectionKind, Refusal};
+use crate::adl::{Policy, WindowMax};
 use crate::canonical::{self, J};
 use crate::clock::{JournalClock, SymbolClock};
 use crate::engine::{
@@ -337,10 +338,10 @@ impl Processor {
             ("ids_head", J::Str(&head_hex)),
             ("latest", J::Obj(latest_hex.iter().map(|(subject, hex)| (subject.as_str(), J::Str(hex))).collect())),
         ]);
-        let document = J::Obj(vec![
+        let mut entries = vec![
             ("snapshot_version", J::Int(SNAPSHOT_VERSION)),
             ("seq", J::Int(engine.last_seq as i128)),
-            ("adl_policy", J::Obj(vec![("rule", J::Str("bitmex")), ("price", J::Str("bankruptcy"))])),
+            ("adl_policy", engine.policy.document()),
             ("ledger_head", J::Str(&engine.ledger_head)),
             ("adl_head", J::Str(&engine.adl_head)),
             ("postings_head", J::Str(&engine.postings_head)),
@@ -357,8 +358,12 @@ impl Processor {
             ("quantile_closes", J::Arr(closes.iter().map(|(account, symbol, side, quantile)| J::Arr(vec![
                 J::Str(account), J::Str(symbol), J::Str(side), J::Int(i128::from(*quantile))])).collect())),
             ("risk_levels", J::Obj(engine.risk_levels.iter().map(|(s, level)| (names.name(*s), J::Str(level))).collect())),
-        ]);
-        canonical::to_vec(&document)
+        ];
+        if engine.policy.drawdown.is_some() {
+            // only under Bybit's trigger: every other state hash stays as it was
+            entries.push(("adl_drawdown", engine.drawdown.document(names)));
+        }
+        canonical::to_vec(&J::Obj(entries))
     }
 
     pub fn state_hash(&self) -> String {
@@ -410,7 +415,7 @@ impl Processor {
         self.engine.admission.ids.write_file(seq, count, sink);
     }
 
-    /// backstop.core.report.summary, compact (the caller indents it).
+    /// backstop.core.documents.summary, compact (the caller indents it).
     pub fn summary_json(&self) -> Vec<u8> {
         let engine = &self.engine;
         let names = &engine.names;
@@ -465,11 +470,12 @@ impl Processor {
             ("ledger_sum", J::Owned(text_512(engine.ledger.sum(), S8))),
             ("funds", J::Obj(funds)),
             ("adl_risk", J::Obj(risk)),
+            ("adl", engine.totals.document()),
         ]);
         canonical::to_vec(&document)
     }
 
-    /// accounts.json as written (backstop.core.report.accounts): indented, sorted keys, a final newline.
+    /// accounts.json as written (backstop.core.documents.accounts): indented, sorted keys, a final newline.
     pub fn accounts_json(&self) -> Vec<u8> {
         let engine = &self.engine;
         let names = &engine.names;
@@ -597,12 +603,10 @@ impl Processor {
         if version != Some(SNAPSHOT_VERSION) {
             return Err(format!("unsupported snapshot version {}", version.map_or("None".into(), |v| v.to_string())));
         }
-        let policy = object(field(state, "adl_policy")?)?;
-        if string(field(policy, "rule")?)? != "bitmex" || string(field(policy, "price")?)? != "bankruptcy" {
-            return Err("the compiled engine restores the default ADL policy only".into());
-        }
+        let policy = Policy::from_document(field(state, "adl_policy")?)?;
         let mut processor = Processor::new(strict, snapshot_every);
         let engine = &mut processor.engine;
+        engine.policy = policy;
         engine.last_seq = int(field(state, "seq")?)? as u64;
         engine.ledger_head = string(field(state, "ledger_head")?)?.to_string();
         engine.adl_head = string(field(state, "adl_head")?)?.to_string();
@@ -740,6 +744,9 @@ impl Processor {
             let symbol = engine.names.id(symbol);
             engine.risk_levels.insert(symbol, level);
         }
+        if policy.drawdown.is_some() {
+            restore_drawdown(engine, object(field(state, "adl_drawdown")?)?)?;
+        }
         let counters = object(field(root, "counters")?)?;
         processor.duplicates = int(field(counters, "duplicates")?)? as u64;
         processor.rejected = int(field(counters, "rejected")?)? as u64;
@@ -789,6 +796,35 @@ fn restore_dedupe(admission: &mut crate::admission::Admission, value: &Value<'_>
         if !admission.restore_latest(subject, u64::from_be_bytes(digest)) {
             return Err(malformed());
         }
+    }
+    Ok(())
+}
+
+/// Bybit's trigger state from a state document's `adl_drawdown` (backstop.core.adl_drawdown.DrawdownState).
+fn restore_drawdown(engine: &mut Engine, document: Entries<'_, '_>) -> Result<(), String> {
+    let window = |rows: &Value<'_>, scale: u32| -> Result<WindowMax, String> {
+        let mut restored = WindowMax::default();
+        for row in array(rows)? {
+            let [ts, value] = array(row)? else { return Err("a window entry is not [ts, value]".into()) };
+            restored.entries.push_back((int(ts)? as u64, wide_512_decimal(value, scale)?));
+        }
+        Ok(restored)
+    };
+    for (fund, rows) in object(field(document, "balances")?)? {
+        let fund = engine.names.id(fund);
+        engine.drawdown.balances.insert(fund, window(rows, S8)?);
+    }
+    for (symbol, rows) in object(field(document, "pnls")?)? {
+        let symbol = engine.names.id(symbol);
+        engine.drawdown.pnls.insert(symbol, window(rows, S16)?);
+    }
+    for (symbol, value) in object(field(document, "realized")?)? {
+        let symbol = engine.names.id(symbol);
+        engine.drawdown.realized.insert(symbol, wide_decimal(value, S8)?);
+    }
+    for symbol in array(field(document, "triggered")?)? {
+        let symbol = engine.names.id(string(symbol)?);
+        engine.drawdown.triggered.insert(symbol);
     }
     Ok(())
 }

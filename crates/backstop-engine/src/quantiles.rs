@@ -3,10 +3,11 @@
 //! as a deleverage would rank it, and a record is published for each position whose quantile changed and each symbol
 //! whose risk level changed.
 
+use crate::adl::Rule;
 use crate::canonical::{self, J};
 use crate::engine::{quantile, Engine, Outputs, Ranked, SCHEMA_VERSION};
 use crate::ledger::Account;
-use crate::numbers::{text_512, wadd, wide, wide256, wmul, wpow10, wrescale, wsub, Rounding, Wide, S16, S8};
+use crate::numbers::{sub, text_512, wadd, wide, wide256, wmul, wpow10, wrescale, wsub, Rounding, Wide, S16, S8};
 use bnum::cast::As;
 use crate::state::Side;
 use crate::wire::{MarginMode, PositionSide};
@@ -59,7 +60,8 @@ pub fn side_view(engine: &Engine, symbol: u32, side: Side) -> SideView {
 /// What the fund can still take over before the takeover rule deleverages, at least 0 (1e-26).
 /// Derived from a balance: 512 bits (docs/design.md section 9.3).
 pub fn capacity(engine: &Engine, fund: u32) -> Wide {
-    let balance = engine.ledger.balance(Account::Fund(fund));
+    // the room above the ADL policy's floor (section 11)
+    let balance = sub(engine.ledger.balance(Account::Fund(fund)), I256::new(engine.policy.floor));
     if balance <= 0 {
         return Wide::ZERO;
     }
@@ -106,6 +108,17 @@ pub fn views_now(engine: &Engine) -> Vec<(u32, [SideView; 2])> {
 
 // ------------------------------------------------------------------ quantile points without ranking everyone
 
+/// The same with every position ranked exactly, as the ADL policy ranks (any rule but BitMEX's, whose score the
+/// float rows stand for).
+fn side_changes_exact(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, PositionSide, u8)>, i128) {
+    let view = side_view(engine, symbol, side);
+    let changes = view.ranks.iter().filter_map(|&(account, _, quantile)| {
+        let position = engine.position_on(account, symbol, side).expect("a ranked position");
+        (position.adl_quantile != quantile).then_some((account, position.position_side, quantile))
+    }).collect();
+    (changes, view.stressed_size)
+}
+
 /// The float margins of backstop.core.adl_index: a float score within RELATIVE_MARGIN x |score| + ABSOLUTE_MARGIN
 /// of the exact one; equity within `bound` of zero (or of the stress threshold) decided exactly.
 const RELATIVE_MARGIN: f64 = 1e-6;
@@ -130,6 +143,9 @@ struct Row {
 /// there why the result is the exact ranking's): (account, quantile) of every position whose quantile differs from
 /// the one published for it (and its position side), and the summed size of its stressed positions.
 pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, PositionSide, u8)>, i128) {
+    if engine.policy.rule != Rule::Bitmex {
+        return side_changes_exact(engine, symbol, side);
+    }
     let Some(&mark) = engine.marks.get(&symbol) else { return (Vec::new(), 0) };
     let mark_float = mark as f64 / 1e8;
     let asset = engine.instruments[&symbol].settle_asset;

@@ -1,6 +1,7 @@
 //! The PyO3 module `backstop._engine`: a thin skin over `backstop_engine`. It converts at the boundary once per
 //! batch, releases the GIL while a batch runs, and turns engine errors into typed Python exceptions.
 
+use backstop_engine::adl::Policy;
 use backstop_engine::idtable::IdTable;
 use backstop_engine::processor::{Consumed, Processor, RestoreError};
 use backstop_engine::state::Side;
@@ -153,19 +154,32 @@ impl Ledger {
 #[pymethods]
 impl Ledger {
     /// A new engine, or one restored from a snapshot's document and its identity file (ValueError: why not, as
-    /// the reference names it). `held_per_batch`: the caller gives each batch's held identities.
+    /// the reference names it). `held_per_batch`: the caller gives each batch's held identities. `adl_policy`: the
+    /// policy's state-document JSON (a snapshot carries its own); `full_adl_metrics`: rank inversions and the
+    /// eligible population per ADL round.
     #[new]
     #[pyo3(signature = (*, strict, snapshot_every, snapshot, ids, check_conservation=false, held_per_batch=false,
-                        adl_quantiles=false))]
+                        adl_quantiles=false, adl_policy=None, full_adl_metrics=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>, ids: Option<&[u8]>, check_conservation: bool,
-           held_per_batch: bool, adl_quantiles: bool) -> PyResult<Ledger> {
+           held_per_batch: bool, adl_quantiles: bool, adl_policy: Option<&[u8]>, full_adl_metrics: bool)
+           -> PyResult<Ledger> {
         if held_per_batch && snapshot_every > 0 {
             return Err(PyValueError::new_err("an engine whose identities are held per batch writes no snapshots"));
         }
         let mut processor = match snapshot {
-            None if held_per_batch => Processor::new(strict, snapshot_every).with_held_per_batch(),
-            None => Processor::new(strict, snapshot_every),
+            None => {
+                let mut processor = if held_per_batch {
+                    Processor::new(strict, snapshot_every).with_held_per_batch()
+                } else {
+                    Processor::new(strict, snapshot_every)
+                };
+                if let Some(raw) = adl_policy {
+                    let document = parsed_json(raw)?;
+                    processor.engine.policy = Policy::from_document(&document).map_err(PyValueError::new_err)?;
+                }
+                processor
+            }
             Some(raw) => Processor::restore(raw, ids.unwrap_or_default(), strict, snapshot_every, held_per_batch)
                 .map_err(|error| PyValueError::new_err(match error {
                     RestoreError::State(reason) => format!("cannot restore the engine state ({reason})"),
@@ -174,6 +188,8 @@ impl Ledger {
         };
         processor.check_conservation = check_conservation;
         processor.engine.adl_quantiles = adl_quantiles;
+        processor.engine.full_metrics = full_adl_metrics;
+        processor.engine.totals.full = full_adl_metrics;
         Ok(Ledger { processor, poisoned: None })
     }
 
@@ -199,6 +215,7 @@ impl Ledger {
             PyBytes::new(py, &batch.outputs.adl_quantiles),
             snapshots,
             batch.stopped,
+            PyBytes::new(py, &batch.outputs.adl_rounds),
         )
             .into_pyobject(py)
     }

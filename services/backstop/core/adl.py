@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from backstop.core.numbers import CONTEXT, ZERO, ratio, whole_steps
+from backstop.core.numbers import CONTEXT, ONE, ZERO, ratio, whole_steps
 from backstop.core.state import Position
 
 
@@ -36,8 +36,8 @@ class Ranked:
 
     @property
     def leverage(self) -> Decimal | None:
-        """The effective leverage, HALF_EVEN to 1e-12 (explain only); None when ranked last."""
-        return None if self.past_bankruptcy else ratio(*self.leverage_terms)
+        """The effective leverage, HALF_EVEN to 1e-12 (explain only); None when ranked last or without equity."""
+        return None if self.past_bankruptcy or self.leverage_terms[1] <= 0 else ratio(*self.leverage_terms)
 
     def sort_key(self) -> tuple[bool, Decimal, Decimal, str]:
         return (self.past_bankruptcy, -self.score, -self.position.size, self.position.account_id)
@@ -63,18 +63,23 @@ def rank_position(position: Position, mark: Decimal, bankruptcy: Decimal) -> Ran
     return Ranked(position, score(unrealized, cost, mark, distance), bankruptcy, False, unrealized, (mark, distance))
 
 
-def rank_binance(position: Position, mark: Decimal, equity: Decimal, bankruptcy: Decimal) -> Ranked:
-    """Binance's published rule: effective leverage = notional at mark / the position's margin balance (its equity
-    share), so the score is uPnL x notional / (cost x equity) or uPnL x equity / (cost x notional)."""
+def rank_binance(position: Position, mark: Decimal, *, collateral: Decimal, margin_balance: Decimal,
+                 maintenance: Decimal, equity: Decimal, bankruptcy: Decimal) -> Ranked:
+    """Binance's published LeveragePnL (its ADL FAQ): Pnl Percent = max(0, uPnL) / max(1, wallet balance), margin
+    ratio = maintenance margin / (wallet balance + uPnL) (0 when that is <= 0), score = their product, formed with
+    one division: max(uPnL, 0) x MM / (max(1, W) x (W + U)). W is the collateral (isolated margin, or the cross
+    wallet), W + U the margin balance and MM the maintenance it is compared with (isolated: the position's; cross:
+    the account's, so the margin ratio is the account's), uPnL the position's own. A losing or bankrupt position
+    scores 0; nothing is ranked last apart (ties: the larger position, then the smaller account id).
+    `equity` (the position's equity share) only feeds the explain-only effective leverage."""
     unrealized = position.unrealized_pnl(mark)
-    cost = position.cost
     notional = CONTEXT.multiply(position.size, mark)
-    if cost <= 0:
-        return Ranked(position, ZERO, bankruptcy, True, unrealized, (notional, equity))
-    if equity <= 0:
-        return Ranked(position, ratio(unrealized, cost), bankruptcy, True, unrealized, (notional, equity))
-    return Ranked(position, score(unrealized, cost, notional, equity), bankruptcy, False, unrealized,
-                  (notional, equity))
+    terms = (notional, equity)
+    if unrealized <= 0 or margin_balance <= 0:
+        return Ranked(position, ZERO, bankruptcy, False, unrealized, terms)
+    numerator = CONTEXT.multiply(unrealized, maintenance)
+    denominator = CONTEXT.multiply(max(collateral, ONE), margin_balance)
+    return Ranked(position, ratio(numerator, denominator), bankruptcy, False, unrealized, terms)
 
 
 def pro_rata(sizes: list[Decimal], total: Decimal, lot_size: Decimal) -> list[Decimal]:

@@ -81,8 +81,9 @@ class _Book:
     changed: set[int] = field(default_factory=set)  # slots written since they were scored
 
     pending: dict[int, tuple[float, ...]] = field(default_factory=dict)  # slot -> row, until flush()
-    # Groups of rows exactly alike, their slots by account id, kept between deleverages (sorting 100,000 account ids
-    # costs ~40 ms, and a group mostly just loses the members a deleverage took): (kind, size, cost, B) ->
+    # Groups of rows exactly alike, their slots by account id, kept between deleverages (sorting a large group's
+    # account ids again each time would cost more than the deleverage, and a group mostly just loses the members a
+    # deleverage took): (kind, size, cost, B) ->
     # (slots in account order, len(joined) when sorted). `joined`: slots given to a new account since, in order.
     tie_orders: dict[tuple[float, ...], tuple[npt.NDArray[np.intp], int]] = field(default_factory=dict)
     joined: list[int] = field(default_factory=list)

@@ -13,11 +13,14 @@ import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, Decimal, getcontext, localcontext, setcontext
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, getcontext, localcontext, setcontext
 from typing import Any, ClassVar, Literal, cast
 
-from backstop.core import adl, ledger, quantiles
+from backstop.core import adl, adl_rounds, ledger, quantiles
+from backstop.core.adl_allocation import Candidate, capped_pro_rata, min_max_leverage, socialized_shares
+from backstop.core.adl_drawdown import DrawdownState, WindowMax
 from backstop.core.adl_index import AdlIndex
+from backstop.core.adl_policy import AdlPolicy as AdlPolicy  # re-exported: the engine's option
 from backstop.core.dedupe import Dedupe, HeldIds
 from backstop.core.errors import InvariantViolation, Rejected
 from backstop.core.hashing import GENESIS_HASH, chain_hash, combine
@@ -35,6 +38,7 @@ from backstop.core.numbers import (
     MAX_MONEY,
     MAX_POSITION_QTY,
     MONEY_QUANTUM,
+    ONE,
     ZERO,
     average_price,
     cross_equity_share,
@@ -96,14 +100,15 @@ class Effects:
     findings: list[Finding] = field(default_factory=list)
     postings: list[Posting] = field(default_factory=list)
     adl_quantiles: list[AdlQuantileRecord] = field(default_factory=list)
+    adl_rounds: list[adl_rounds.Round] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
-class AdlPolicy:
-    """How deleveraging ranks and prices (what-if replays change it; the default is docs/design.md §4)."""
+class Takeover:
+    """Why the fund does not keep a lot (docs/design.md §11.3), and the reset proceeds of a drawdown round."""
 
-    rule: Literal["bitmex", "binance", "pro_rata"] = "bitmex"
-    price: Literal["bankruptcy", "mark"] = "bankruptcy"
+    trigger: Literal["takeover", "drawdown"]
+    reset: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +134,15 @@ def is_fund_account(account_id: str) -> bool:
 
 class Engine:
     def __init__(self, *, check_conservation: bool = False, adl_policy: AdlPolicy | None = None,
-                 ids: HeldIds | None = None, adl_quantiles: bool = False) -> None:
+                 ids: HeldIds | None = None, adl_quantiles: bool = False, full_adl_metrics: bool = False) -> None:
         self.check_conservation = check_conservation
         # quantile points (backstop.core.quantiles): an option, since ranking every side at each point costs more
         # than the rest of a replay; they never change the ledger or the head hash (docs/design.md §10)
         self.adl_quantiles = adl_quantiles
         self.adl_policy = adl_policy or AdlPolicy()
+        self.full_adl_metrics = full_adl_metrics  # rank inversions and the eligible population per round (§11.4)
+        self.drawdown = DrawdownState()  # Bybit's trigger (§11.3); empty under any other policy
+        self._drawdown_before: dict[str, tuple[Decimal, dict[str, Decimal]]] = {}  # as the current event found it
         self.ledger = ledger.Ledger(strict=check_conservation)
         self.funds: dict[str, FundState] = {}
         self.instruments: dict[str, Instrument] = {}
@@ -145,6 +153,9 @@ class Engine:
         self._leverages: dict[str, Decimal] = {}
         self._settle_assets: tuple[int, frozenset[str]] = (0, frozenset())  # (funds seen, their assets)
         self._rank_cache: dict[str, tuple[Decimal, dict[PositionKey, tuple[tuple[Decimal, ...], adl.Ranked]]]] = {}
+        # symbol -> (mark, (account, position_side) -> (its numbers, equity share, figures)), as _rank_cache
+        self._figures_cache: dict[str, tuple[Decimal, dict[PositionKey, tuple[tuple[Decimal, ...], Decimal,
+                                                                              adl_rounds.Figures]]]] = {}
         self.last_seq = 0
         self.dedupe = Dedupe(ids if ids is not None else IdStore())  # what was applied (backstop.core.dedupe)
         self.clock = JournalClock()  # the journal's event time (backstop.core.ordering)
@@ -185,6 +196,8 @@ class Engine:
         try:
             funds = self._funds_of(record)
             funds_before = {fid: self.ledger.balance(ledger.fund(fid)) for fid in funds} if funds else None
+            drawdown = self.adl_policy.drawdown is not None and funds_before is not None
+            self._drawdown_before = self._drawdown_values(funds) if drawdown else {}
             self._handlers[kind](self, record)
             self.last_seq = seq
             self.dedupe.hold(admission, seq)
@@ -194,6 +207,8 @@ class Engine:
                 self.newest_ts = record.ts
             if funds_before:
                 self._enforce_solvency(funds_before)
+                if drawdown:
+                    self._sample_drawdown(funds)
             if self.adl_quantiles and quantiles.crosses_period(newest, record.ts):
                 effects.adl_quantiles.extend(quantiles.publish(self, seq, record.ts))
             if self.check_conservation:
@@ -367,7 +382,7 @@ class Engine:
         symbol = instrument.symbol
         value = CONTEXT.multiply(abs(qty), fill_price)
         self.adl_index.touch(account_id)
-        leverage = self._leverages.setdefault(str(leverage), leverage)  # one object per spelling: ~100 B a position
+        leverage = self._leverages.setdefault(str(leverage), leverage)  # one object per spelling, not one per position
         if position is None:
             position = Position(account_id, symbol, qty, value, margin_mode, leverage, position_side)
             if self.quantile_closes:  # the same position back before its close was published: as if never gone
@@ -440,7 +455,7 @@ class Engine:
         payment = funding_payment(fund_state.net_qty(record.symbol), record.mark_price, record.rate)
         if payment != 0:
             self._post("funding", ledger.fund(instrument.fund_id), clearing, payment, instrument.settle_asset)
-            self._fund_entry(instrument.fund_id, "funding", -payment, None, clearing)
+            self._fund_entry(instrument.fund_id, "funding", -payment, None, clearing, symbol=record.symbol)
 
     # ------------------------------------------------------------------ liquidation and the fund
     def _on_liquidation(self, record: LiquidationRecord) -> None:
@@ -495,8 +510,10 @@ class Engine:
         fund_state.add_lot(lot)
         for execution in record.executions:
             self._realize(fund_state, lot, execution.qty, execution.price)
-        if lot.qty > 0 and not self._accepts_inventory(fund_state) and self._deleverage(fund_state, lot) > 0:
-            return  # nobody left to take it: the mark's own check would find the same
+        if lot.qty > 0:
+            refused = self._takeover(fund_state, lot)
+            if refused is not None and self._deleverage(fund_state, lot, refused.trigger, refused.reset) > 0:
+                return  # nobody left to take it: the mark's own check would find the same
         self._check_inventory(record.symbol)
 
     def _check_liquidation_mark(self, record: LiquidationRecord, instrument: Instrument, in_force: Decimal | None,
@@ -548,13 +565,17 @@ class Engine:
         if record.fee != 0:
             self._post("fee", ledger.fund(fund_id), ledger.fees(instrument.settle_asset), record.fee,
                        instrument.settle_asset)
-            self._fund_entry(fund_id, "fee", -record.fee, None, ledger.fees(instrument.settle_asset))
+            self._fund_entry(fund_id, "fee", -record.fee, None, ledger.fees(instrument.settle_asset),
+                             symbol=record.symbol)
 
     def _realize(self, fund_state: FundState, lot: Lot, qty: Decimal, fill_price: Decimal) -> None:
         """The fund closes qty of a lot in the market; a gain is split per the surplus policy."""
+        self._realize_proceeds(fund_state, lot, qty, CONTEXT.multiply(qty, fill_price))
+
+    def _realize_proceeds(self, fund_state: FundState, lot: Lot, qty: Decimal, proceeds: Decimal) -> None:
+        """The fund closes qty of a lot for total proceeds (exact); a gain is split per the surplus policy."""
         instrument = self.instruments[lot.symbol]
         asset = instrument.settle_asset
-        proceeds = CONTEXT.multiply(qty, fill_price)
         cost_share = self._take_from_lot(fund_state, lot, qty)
         gain = money(proceeds - cost_share if lot.side == "long" else cost_share - proceeds)
         fund_id = fund_state.spec.fund_id
@@ -562,7 +583,7 @@ class Engine:
         cause, self._liquidation_id = self._liquidation_id, lot.liquidation_id
         if gain < 0:
             self._post("liquidation_loss", ledger.fund(fund_id), source, -gain, asset)
-            self._fund_entry(fund_id, "liquidation_loss", gain, lot.liquidation_id, source)
+            self._fund_entry(fund_id, "liquidation_loss", gain, lot.liquidation_id, source, symbol=lot.symbol)
         else:
             kept = gain
             if fund_state.spec.surplus == "trader":
@@ -570,7 +591,7 @@ class Engine:
                 self._post("surplus_refund", source, ledger.wallet(lot.liquidated_account, asset), gain - kept, asset)
             if kept > 0:
                 self._post("liquidation_gain", source, ledger.fund(fund_id), kept, asset)
-                self._fund_entry(fund_id, "liquidation_gain", kept, lot.liquidation_id, source)
+                self._fund_entry(fund_id, "liquidation_gain", kept, lot.liquidation_id, source, symbol=lot.symbol)
         self._liquidation_id = cause
 
     def _take_from_lot(self, fund_state: FundState, lot: Lot, qty: Decimal) -> Decimal:
@@ -580,17 +601,34 @@ class Engine:
         fund_state.take_from_lot(lot, qty, cost_share)
         return cost_share
 
-    def _accepts_inventory(self, fund_state: FundState) -> bool:
+    def _takeover(self, fund_state: FundState, lot: Lot) -> Takeover | None:
+        """None when the fund keeps the rest of a lot (docs/design.md §4, §11.3): while its balance is above its floor
+        and its inventory's notional within max_inventory_ratio x (balance - floor); under Bybit's trigger, unless the
+        drawdown trigger is on; under `socialized`, always."""
+        policy = self.adl_policy
+        if policy.rule == "socialized":
+            return None
         balance = self.ledger.balance(ledger.fund(fund_state.spec.fund_id))
-        if balance <= 0:
-            return False
-        return self.inventory_notional(fund_state) <= CONTEXT.multiply(fund_state.spec.max_inventory_ratio,
-                                                                      balance)
+        if balance <= policy.floor:
+            return Takeover("takeover")
+        if policy.drawdown is not None:
+            return self._drawdown_takeover(fund_state, lot, balance)
+        return None if self._accepts_inventory(fund_state) else Takeover("takeover")
+
+    def _accepts_inventory(self, fund_state: FundState) -> bool:
+        """Its balance above the policy's floor, and its inventory's notional within max_inventory_ratio x (balance -
+        floor)."""
+        room = self.ledger.balance(ledger.fund(fund_state.spec.fund_id)) - self.adl_policy.floor
+        return room > 0 and self.inventory_notional(fund_state) <= CONTEXT.multiply(
+            fund_state.spec.max_inventory_ratio, room)
 
     def _check_inventory(self, symbol: str) -> None:
         """The fund's own trigger on a mark move (docs/design.md §7): when the fund of `symbol` no longer accepts its
         inventory at the new mark, it deleverages the excess of its net position in `symbol` at once, from its lots
-        on that side oldest first, as it would a takeover's remainder; a shortfall stops it."""
+        on that side oldest first, as it would a takeover's remainder; a shortfall stops it. Under `socialized` and
+        under Bybit's drawdown trigger the fund keeps what it holds until an event of its own (docs/design.md §11)."""
+        if self.adl_policy.rule == "socialized" or self.adl_policy.drawdown is not None:
+            return
         instrument = self.instruments[symbol]
         fund_state = self.funds[instrument.fund_id]
         net = fund_state.net_qty(symbol)
@@ -602,17 +640,17 @@ class Engine:
                 if take == 0:
                     break
                 wanted -= take
-                if self._deleverage(fund_state, lot, take) > 0:
+                if self._deleverage(fund_state, lot, "inventory", None, take) > 0:
                     return
             net = fund_state.net_qty(symbol)
 
     def _excess_qty(self, fund_state: FundState, instrument: Instrument, net: Decimal) -> Decimal:
         """The qty of `net` whose notional at mark is above the limit, rounded up to whole lots (docs/design.md
-        §9.4); all of it when the fund's balance is not above zero."""
-        balance = self.ledger.balance(ledger.fund(fund_state.spec.fund_id))
-        if balance <= 0:
+        §9.4); all of it when the fund's balance is not above the policy's floor."""
+        room = self.ledger.balance(ledger.fund(fund_state.spec.fund_id)) - self.adl_policy.floor
+        if room <= 0:
             return abs(net)
-        excess = self.inventory_notional(fund_state) - CONTEXT.multiply(fund_state.spec.max_inventory_ratio, balance)
+        excess = self.inventory_notional(fund_state) - CONTEXT.multiply(fund_state.spec.max_inventory_ratio, room)
         wanted = whole_steps(excess, self.marks[instrument.symbol], instrument.lot_size, ROUND_CEILING)
         return min(wanted, abs(net))
 
@@ -623,23 +661,36 @@ class Engine:
             total += CONTEXT.multiply(abs(fund_state.net_qty(symbol)), self.marks[symbol])
         return total
 
-    def _deleverage(self, fund_state: FundState, lot: Lot, qty: Decimal | None = None) -> Decimal:
-        """Close `qty` of the lot (all of it by default) against opposite-side positions in ADL order (or pro rata),
-        at the lot's bankruptcy price (the default; the fund realizes nothing) or at the mark (the fund realizes the
-        difference). Returns the qty nobody was left to take (an `adl_shortfall`)."""
+    def _deleverage(self, fund_state: FundState, lot: Lot, trigger: str = "takeover", reset: Decimal | None = None,
+                    qty: Decimal | None = None) -> Decimal:
+        """One ADL round (docs/design.md §11): close `qty` of the lot (all of it by default) against opposite-side
+        positions, as the policy's rule allocates it, at the lot's bankruptcy price (the fund realizes nothing), at
+        the mark, or for the reset proceeds of a drawdown round (the fund realizes the difference); then record the
+        round's metrics. Returns the qty nobody was left to take (an `adl_shortfall`)."""
         symbol = lot.symbol
+        policy = self.adl_policy
         wanted = lot.qty if qty is None else qty
+        cost = lot.cost if qty is None else share(lot.cost, wanted, lot.qty)  # the part of the lot this round closes
         opposite: Literal["long", "short"] = "short" if lot.side == "long" else "long"
-        queue, count = self._adl_top(symbol, opposite, wanted)
-        if self.adl_policy.rule == "pro_rata":
-            takes = adl.pro_rata([r.position.size for r in queue], wanted, self.instruments[symbol].lot_size)
-        else:
-            takes = []
-            remaining = wanted
-            for ranked in queue:
-                takes.append(min(ranked.position.size, remaining))
-                remaining -= takes[-1]
         mark = self.marks[symbol]
+        fund_id = fund_state.spec.fund_id
+        start = adl_rounds.RoundStart(trigger, fund_id, symbol, lot.liquidation_id, lot.side, wanted, cost, mark,
+                                      self.ledger.balance(ledger.fund(fund_id)), policy.floor)
+        deficit = adl_rounds.deficit(lot.side, wanted, cost, mark)
+        price_rule: str = policy.price
+        if reset is not None:
+            price_rule = "reset"
+        elif price_rule == "floor":  # OKX: at the mark while the fund can pay the deficit above its floor
+            price_rule = "mark" if start.fund_balance - policy.floor >= deficit else "bankruptcy"
+        value = CONTEXT.multiply(wanted, mark)
+        whole_price = {"bankruptcy": cost, "mark": value, "reset": reset}[price_rule]
+        assert whole_price is not None
+        full_haircut = whole_price - value if lot.side == "long" else value - whole_price
+        queue, count = self._adl_top(symbol, opposite, wanted)
+        eligible = self._eligible_figures(symbol, opposite, mark) if self.full_adl_metrics else None
+        takes = self._allocate(queue, lot, wanted, full_haircut)
+        hits: list[adl_rounds.Hit] = []
+        reset_left = reset
         left = wanted
         for rank, (ranked, take) in enumerate(zip(queue, takes, strict=True), start=1):
             if left == 0:
@@ -648,36 +699,206 @@ class Engine:
                 continue
             left -= take
             counterparty = ranked.position
+            figures = self._figures(counterparty, mark)
             causes = self._liquidation_id, self._adl_event_id
             self._liquidation_id = lot.liquidation_id
             self._adl_event_id = f"adl-{self._seq}-{len(self._effects.adl_events)}"  # the event made below
-            if self.adl_policy.price == "mark":
+            if price_rule == "mark":
                 proceeds = CONTEXT.multiply(take, mark)
                 self._realize(fund_state, lot, take, mark)
+            elif reset_left is not None:
+                proceeds = share(reset_left, take, lot.qty)
+                reset_left -= proceeds
+                self._realize_proceeds(fund_state, lot, take, proceeds)
             else:
                 proceeds = self._take_from_lot(fund_state, lot, take)
             self._reduce(counterparty, take, proceeds, "adl")
-            self._adl_event(fund_state.spec.fund_id, lot, counterparty.account_id, opposite, take,
+            self._adl_event(fund_id, lot, counterparty.account_id, opposite, take,
                             average_price(proceeds, take), rank, ranked.score, adl.quantile(rank, count))
             self._liquidation_id, self._adl_event_id = causes
+            at_mark = CONTEXT.multiply(take, mark)  # the haircut: what the take gave up against the mark
+            haircut = proceeds - at_mark if opposite == "short" else at_mark - proceeds
+            hits.append(adl_rounds.Hit(figures, take, haircut))
         if left > 0:
             self._finding("adl_shortfall", lot.liquidated_account, lot.liquidation_id, symbol, {
                 "unfilled_qty": text(left), "counterparties": str(count)})
+        self._round(start, deficit, price_rule, wanted - left, hits, eligible, count)
         return left
 
+    def _allocate(self, queue: list[adl.Ranked], lot: Lot, wanted: Decimal, full_haircut: Decimal) -> list[Decimal]:
+        """The takes of one round closing `wanted` of the lot, aligned with the queue (docs/design.md §11.2)."""
+        rule = self.adl_policy.rule
+        lot_size = self.instruments[lot.symbol].lot_size
+        if rule == "pro_rata":
+            return adl.pro_rata([r.position.size for r in queue], wanted, lot_size)
+        if rule in ("capped_pro_rata", "min_max_leverage"):
+            mark = self.marks[lot.symbol]
+            candidates = [Candidate(r.position.account_id, r.position.size, r.unrealized_pnl,
+                                    self._equity(r.position, mark)) for r in queue]
+            allocate = capped_pro_rata if rule == "capped_pro_rata" else min_max_leverage
+            return allocate(candidates, wanted, lot_size, full_haircut)
+        takes = []
+        remaining = wanted
+        for ranked in queue:
+            takes.append(min(ranked.position.size, remaining))
+            remaining -= takes[-1]
+        return takes
+
+    def _round(self, start: adl_rounds.RoundStart, deficit: Decimal, price_rule: str | None, closed: Decimal,
+               hits: list[adl_rounds.Hit], eligible: list[adl_rounds.Figures] | None, count: int) -> None:
+        rounds = self._effects.adl_rounds
+        rounds.append(adl_rounds.build(
+            round_id=f"round-{self._seq}-{len(rounds)}", seq=self._seq, ts=self._ts, policy=self.adl_policy.name,
+            start=start, deficit_=deficit, price_rule=price_rule, closed=closed, hits=hits, eligible=eligible,
+            eligible_count=count, sequential=self.adl_policy.sequential))
+
+    def _figures(self, position: Position, mark: Decimal) -> adl_rounds.Figures:
+        """A position's figures at the mark for the round metrics."""
+        return self._viewed(position, mark)[1]
+
+    def _equity(self, position: Position, mark: Decimal) -> Decimal:
+        """A position's equity share at the mark (margin_view's), as the allocations weigh it."""
+        return self._viewed(position, mark)[0]
+
+    def _viewed(self, position: Position, mark: Decimal) -> tuple[Decimal, adl_rounds.Figures]:
+        """(equity share, figures) at the mark, remembered like _ranked for positions whose equity depends on nothing
+        else: a block of rounds at one mark views the same eligible positions again and again."""
+        alone = position.margin_mode == "isolated" or len(self.positions.of(position.account_id)) == 1
+        cached_mark, cache = self._figures_cache.get(position.symbol, (None, {}))
+        if cached_mark != mark:
+            cache = {}
+            self._figures_cache[position.symbol] = (mark, cache)
+        numbers = (position.qty, position.cost, self._margin_base(position)) if alone else ()
+        if alone:
+            hit = cache.get(position.key)
+            if hit is not None and hit[0] == numbers:
+                return hit[1], hit[2]
+        equity = self.margin_view(position).equity_share
+        result = adl_rounds.figures(position.account_id, position.size, position.cost, position.unrealized_pnl(mark),
+                                    equity, mark)
+        if alone:
+            cache[position.key] = (numbers, equity, result)
+        return equity, result
+
+    def _eligible_figures(self, symbol: str, side: str, mark: Decimal) -> list[adl_rounds.Figures]:
+        want_long = side == "long"
+        return [self._figures(p, mark) for p in self.by_symbol[symbol].values() if (p.qty > 0) == want_long]
+
     def _enforce_solvency(self, funds_before: dict[str, Decimal]) -> None:
-        """A fund below zero deleverages all of its inventory; the shortfall is recorded as bad debt."""
+        """A fund that ends an event below its floor deleverages all of its inventory (or, under `socialized`, takes
+        the shortfall from the profitable positions of its symbols); a balance below zero that grew is bad debt."""
+        floor = self.adl_policy.floor
         for fund_id, before in funds_before.items():
             balance = self.ledger.balance(ledger.fund(fund_id))
-            if balance >= 0:
+            if balance >= floor:
                 continue
             fund_state = self.funds[fund_id]
-            for symbol in sorted(fund_state.lots):
-                for lot in list(fund_state.lots.get(symbol, ())):
-                    self._deleverage(fund_state, lot)
-            if balance < before:
+            if self.adl_policy.rule == "socialized":
+                self._socialize(fund_state, floor - balance)
+                balance = self.ledger.balance(ledger.fund(fund_id))
+            else:
+                for symbol in sorted(fund_state.lots):
+                    for lot in list(fund_state.lots.get(symbol, ())):
+                        self._deleverage(fund_state, lot, "solvency")
+            if balance < 0 and balance < before:
                 self._finding("bad_debt", None, None, None, {
                     "fund_id": fund_id, "balance": text(balance), "added": text(min(before, ZERO) - balance)})
+
+    def _socialize(self, fund_state: FundState, shortfall: Decimal) -> None:
+        """Socialized loss (docs/design.md §11.2): the shortfall is taken from every position of the fund's symbols
+        with uPnL > 0 at its mark, in proportion to it and never beyond it, each as a posting from the position's
+        margin (isolated margin, or the cross wallet) to the fund; no position is closed."""
+        fund_id = fund_state.spec.fund_id
+        start = adl_rounds.RoundStart("socialized", fund_id, None, None, None, None, None, None,
+                                      self.ledger.balance(ledger.fund(fund_id)), self.adl_policy.floor)
+        positions = [self.by_symbol[symbol][key] for symbol in sorted(fund_state.symbols)
+                     for key in sorted(self.by_symbol[symbol])]  # (account, position_side): hedge sides apart
+        profits = [p.unrealized_pnl(self.marks[p.symbol]) for p in positions]
+        keys = [(p.account_id, p.label) for p in positions]
+        eligible = ([self._figures(p, self.marks[p.symbol]) for p in positions] if self.full_adl_metrics else None)
+        taken = [(position, amount, self._figures(position, self.marks[position.symbol]))
+                 for position, amount in zip(positions, socialized_shares(profits, keys, shortfall), strict=True)
+                 if amount > 0]  # every figure before the first posting moves a wallet
+        hits = []
+        for position, amount, figures in taken:
+            settle_asset = self.instruments[position.symbol].settle_asset
+            source = (ledger.isolated(position.account_id, position.symbol, position.position_side)
+                      if position.margin_mode == "isolated" else ledger.wallet(position.account_id, settle_asset))
+            self._post("socialized_loss", source, ledger.fund(fund_id), amount, settle_asset)
+            self._fund_entry(fund_id, "socialized_loss", amount, None, source)
+            hits.append(adl_rounds.Hit(figures, ZERO, amount))
+        self._round(start, shortfall, None, ZERO, hits, eligible, len(positions))
+
+    # ------------------------------------------------------------------ Bybit's drawdown trigger (§11.3)
+    def _symbol_pnl(self, fund_state: FundState, symbol: str) -> Decimal:
+        """The fund's PnL on a symbol: realized, plus its lots of the symbol valued at the mark (exact)."""
+        total = self.drawdown.realized.get(symbol, ZERO)
+        lots = fund_state.lots.get(symbol)
+        if lots:
+            mark = self.marks[symbol]
+            for lot in lots:
+                value = CONTEXT.multiply(lot.qty, mark)
+                total += value - lot.cost if lot.side == "long" else lot.cost - value
+        return total
+
+    def _drawdown_values(self, funds: list[str]) -> dict[str, tuple[Decimal, dict[str, Decimal]]]:
+        """Each fund's balance and each of its symbols' PnL, now (nothing changes: the event may yet be rejected)."""
+        values = {}
+        for fund_id in funds:
+            fund_state = self.funds[fund_id]
+            values[fund_id] = (self.ledger.balance(ledger.fund(fund_id)),
+                               {symbol: self._symbol_pnl(fund_state, symbol) for symbol in fund_state.symbols})
+        return values
+
+    def _drawdown_takeover(self, fund_state: FundState, lot: Lot, balance: Decimal) -> Takeover | None:
+        """The trigger fires when the symbol's PnL (the lot in it, at the mark) is below its window maximum (with the
+        PnL the event found) by more than ratio x the pool's window maximum balance, or while it is on; the lot's
+        proceeds are then reset so that the drawdown stops at that level, between the lot's cost and its value at
+        the mark, rounded in the fund's favour to 1e-8."""
+        drawdown = self.adl_policy.drawdown
+        assert drawdown is not None
+        state, symbol, window, fund_id = self.drawdown, lot.symbol, drawdown.window_ms, fund_state.spec.fund_id
+        balance_before, pnls_before = self._drawdown_before[fund_id]
+        pnl = self._symbol_pnl(fund_state, symbol)
+        top_pnl = state.pnls.get(symbol, WindowMax()).maximum(self._ts, window, max(pnl, pnls_before[symbol]))
+        top_balance = state.balances.get(fund_id, WindowMax()).maximum(self._ts, window, max(balance, balance_before))
+        if top_balance <= 0:
+            return None
+        level = top_pnl - CONTEXT.multiply(drawdown.ratio, top_balance)
+        if pnl >= level and symbol not in state.triggered:
+            return None
+        state.triggered.add(symbol)
+        value = CONTEXT.multiply(lot.qty, self.marks[symbol])
+        lot_pnl = value - lot.cost if lot.side == "long" else lot.cost - value
+        room = pnl - lot_pnl - level  # what the symbol's PnL may still lose without the lot, down to the level
+        low, high = min(lot.cost, value), max(lot.cost, value)
+        exact = lot.cost - room if lot.side == "long" else lot.cost + room
+        if exact <= low or exact >= high:
+            return Takeover("drawdown", low if exact <= low else high)
+        if lot.side == "long":  # the fund sells the lot: rounded up, in its favour
+            return Takeover("drawdown", min(whole_steps(exact, ONE, MONEY_QUANTUM, ROUND_CEILING), high))
+        return Takeover("drawdown", max(whole_steps(exact, ONE, MONEY_QUANTUM, ROUND_FLOOR), low))
+
+    def _sample_drawdown(self, funds: list[str]) -> None:
+        """After an event that may move a fund: the balance and each symbol's PnL the event found, then those it
+        left, join their windows (at the event's ts); a symbol whose drawdown is back above the stop level is
+        switched off."""
+        drawdown = self.adl_policy.drawdown
+        assert drawdown is not None
+        state, ts, window = self.drawdown, self._ts, drawdown.window_ms
+        after = self._drawdown_values(funds)
+        for fund_id in funds:
+            balances = state.balances.setdefault(fund_id, WindowMax())
+            for balance, pnls in (self._drawdown_before[fund_id], after[fund_id]):
+                balances.add(ts, balance, window)
+                for symbol, pnl in pnls.items():
+                    state.pnls.setdefault(symbol, WindowMax()).add(ts, pnl, window)
+            balance, pnls = after[fund_id]
+            top_balance = balances.maximum(ts, window, balance)
+            for symbol, pnl in pnls.items():
+                stop_level = state.pnls[symbol].maximum(ts, window, pnl) - CONTEXT.multiply(drawdown.stop, top_balance)
+                if symbol in state.triggered and (top_balance <= 0 or pnl > stop_level):
+                    state.triggered.discard(symbol)
 
     # ------------------------------------------------------------------ views (used by reports too)
     def exposure(self, position: Position, memo: Exposures | None = None) -> tuple[Decimal, Decimal]:
@@ -734,9 +955,20 @@ class Engine:
             want_long = side == "long"
             candidates = [p for p in self.by_symbol[symbol].values() if (p.qty > 0) == want_long]
             if self.adl_policy.rule == "binance":
-                return adl.order([adl.rank_binance(p, mark, self.margin_view(p).equity_share,
-                                                   self._bankruptcy_price(p)) for p in candidates])
-            return adl.order([adl.rank_position(p, mark, self._bankruptcy_price(p)) for p in candidates])
+                return adl.order([self._rank_binance(p, mark) for p in candidates])
+            return adl.order([self._ranked(p) for p in candidates])
+
+    def _rank_binance(self, position: Position, mark: Decimal) -> adl.Ranked:
+        view = self.margin_view(position)
+        if position.margin_mode == "isolated":
+            collateral = self.ledger.balance(ledger.isolated(position.account_id, position.symbol,
+                                                             position.position_side))
+        else:
+            collateral = self.ledger.balance(ledger.wallet(position.account_id,
+                                                           self.instruments[position.symbol].settle_asset))
+        return adl.rank_binance(position, mark, collateral=collateral, margin_balance=view.margin_balance,
+                                maintenance=view.maintenance_margin, equity=view.equity_share,
+                                bankruptcy=self._bankruptcy_price(position))
 
     def _adl_top(self, symbol: str, side: Literal["long", "short"], qty: Decimal) -> tuple[list[adl.Ranked], int]:
         """The head of the ADL queue that covers qty, exactly ranked, and the queue's length. Under the BitMEX
@@ -761,8 +993,8 @@ class Engine:
     def refresh_adl_index(self, limit: int | None = None) -> bool:
         """Bring the ADL index up to date with every change so far (or with `limit` of the accounts touched);
         False if nothing had changed. Each deleverage does this first; a service calls it while its input is idle
-        or in slices after a backlog, so that the first deleverage after a burst of trading does not wait for it
-        (100,000 accounts: ~1 s). The index only picks candidates: when it is refreshed changes no outcome."""
+        or in slices after a backlog, so that the first deleverage after a burst of trading does not wait for it.
+        The index only picks candidates: when it is refreshed changes no outcome."""
         index = self.adl_index
         if self.adl_policy.rule != "bitmex" or not (self.ledger.touched or index.dirty):
             return False
@@ -851,7 +1083,11 @@ class Engine:
         postings.append(Posting(**body, hash=self.postings_head))
 
     def _fund_entry(self, fund_id: str, kind: FundEntryKind, amount: Decimal, liquidation_id: str | None,
-                    counter_account: str) -> None:
+                    counter_account: str, *, symbol: str | None = None) -> None:
+        """`symbol`: the symbol whose fund PnL the entry is (Bybit's trigger sums it per symbol, §11.3)."""
+        if symbol is not None and self.adl_policy.drawdown is not None:
+            realized = self.drawdown.realized
+            realized[symbol] = realized.get(symbol, ZERO) + amount
         entries = self._effects.fund_entries
         entry_id = f"fl-{self._seq}-{len(entries)}"
         postings = self._effects.postings

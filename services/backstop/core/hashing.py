@@ -25,7 +25,7 @@ def canonical_json(value: Any) -> bytes:
     return orjson.dumps(value, default=_default, option=orjson.OPT_SORT_KEYS)
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # dataclasses.fields() per call cost a replay ~3%
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # dataclasses.fields() per call showed in a replay's profile
 
 
 def record_dict(record: Any) -> dict[str, Any]:

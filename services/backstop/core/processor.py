@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backstop.core.adl_rounds import RunTotals
 from backstop.core.engine import Effects, Engine
 from backstop.core.errors import AlreadyApplied, Rejected, RejectionKind
 from backstop.wire.inputs import AnyRecord
@@ -41,6 +42,7 @@ class Processor:
         self.findings = 0
         self.postings = 0
         self.adl_quantiles = 0
+        self.adl_totals = RunTotals(full=self.engine.full_adl_metrics)  # this replay's rounds (summary's `adl`)
 
     @property
     def events_applied(self) -> int:
@@ -62,6 +64,13 @@ class Processor:
         self.findings += len(effects.findings)
         self.postings += len(effects.postings)
         self.adl_quantiles += len(effects.adl_quantiles)
+        totals = self.adl_totals
+        for entry in effects.fund_entries:
+            totals.add_fund_entry(entry.fund_id, entry.amount, entry.balance_after)
+        for event in effects.adl_events:
+            totals.add_event(event.qty, event.price)
+        for round_ in effects.adl_rounds:
+            totals.add_round(round_)
         return Applied(self.engine.last_seq, effects)
 
     def reject_unparsed(self) -> None:

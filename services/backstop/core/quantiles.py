@@ -82,10 +82,11 @@ def side_view(engine: Engine, symbol: str, side: Literal["long", "short"]) -> Si
 
 
 def capacity(engine: Engine, fund_id: str) -> Decimal:
-    """What the fund can still take over before the takeover rule deleverages (docs/design.md §4), at least 0."""
+    """What the fund can still take over before the takeover rule deleverages (docs/design.md §4, with the ADL
+    policy's floor of §11), at least 0."""
     fund_state = engine.funds[fund_id]
     with localcontext(CONTEXT):
-        balance = engine.ledger.balance(ledger.fund(fund_id))
+        balance = engine.ledger.balance(ledger.fund(fund_id)) - engine.adl_policy.floor  # the room above the floor
         if balance <= 0:
             return ZERO
         room = fund_state.spec.max_inventory_ratio * balance - engine.inventory_notional(fund_state)

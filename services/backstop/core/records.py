@@ -9,13 +9,18 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal
 
+# The one place for versions. CONTRACT_VERSION: the wire contract (input records, JSON Schemas, AsyncAPI; version 2
+# added hedge mode). SCHEMA_VERSION: the `schema_version` every output record carries (ledger entries, ADL events,
+# findings, rounds, dead letters, journal records); still 1, as version-2 inputs added no output field that changes
+# a version-1 record, so version-1 journals keep their hashes.
+CONTRACT_VERSION = 2
 SCHEMA_VERSION = 1
 
-FundEntryKind = Literal["transfer", "liquidation_gain", "liquidation_loss", "fee", "funding"]
+FundEntryKind = Literal["transfer", "liquidation_gain", "liquidation_loss", "fee", "funding", "socialized_loss"]
 FindingKind = Literal["not_liquidatable", "bp_mismatch", "bp_clamped", "negative_wallet", "bad_debt", "adl_shortfall",
                       "mark_mismatch"]
 PostingKind = Literal["transfer", "fee", "initial_margin", "margin_release", "realized_pnl", "takeover", "adl",
-                      "funding", "liquidation_gain", "liquidation_loss", "surplus_refund"]
+                      "funding", "liquidation_gain", "liquidation_loss", "surplus_refund", "socialized_loss"]
 RiskLevel = Literal["low", "medium", "high"]
 
 

@@ -12,8 +12,10 @@ import hashlib
 from decimal import Decimal
 from typing import Any
 
+from backstop.core import adl_policy
+from backstop.core.adl_drawdown import DrawdownState
 from backstop.core.dedupe import HeldIds
-from backstop.core.engine import AdlPolicy, Engine
+from backstop.core.engine import Engine
 from backstop.core.hashing import canonical_json
 from backstop.core.numbers import text
 from backstop.core.ordering import SymbolClock, clock_of
@@ -27,10 +29,17 @@ def _d(value: str) -> Decimal:
 
 
 def state_document(engine: Engine) -> dict[str, Any]:
+    document = _state_document(engine)
+    if engine.adl_policy.drawdown is not None:  # only under Bybit's trigger: every other state hash stays as it was
+        document["adl_drawdown"] = engine.drawdown.document()
+    return document
+
+
+def _state_document(engine: Engine) -> dict[str, Any]:
     return {
         "snapshot_version": SNAPSHOT_VERSION,
         "seq": engine.last_seq,
-        "adl_policy": {"rule": engine.adl_policy.rule, "price": engine.adl_policy.price},
+        "adl_policy": adl_policy.document(engine.adl_policy),
         "ledger_head": engine.ledger_head,
         "adl_head": engine.adl_head,
         "postings_head": engine.postings_head,
@@ -96,13 +105,15 @@ def seal_holds(document: dict[str, Any]) -> bool:
 
 
 def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: HeldIds | None = None,
-            adl_quantiles: bool = False) -> Engine:
+            adl_quantiles: bool = False, full_adl_metrics: bool = False) -> Engine:
     """The engine of a state document; `ids`: the identities held up to its seq (default: none)."""
     if document.get("snapshot_version") != SNAPSHOT_VERSION:
         raise ValueError(f"unsupported snapshot version {document.get('snapshot_version')!r}")
-    policy = document.get("adl_policy", {})
     engine = Engine(check_conservation=check_conservation, adl_quantiles=adl_quantiles,
-                    adl_policy=AdlPolicy(policy.get("rule", "bitmex"), policy.get("price", "bankruptcy")), ids=ids)
+                    adl_policy=adl_policy.from_document(document.get("adl_policy", {})), ids=ids,
+                    full_adl_metrics=full_adl_metrics)
+    if engine.adl_policy.drawdown is not None:
+        engine.drawdown = DrawdownState.restored(document["adl_drawdown"])
     engine.last_seq = int(document["seq"])
     engine.ledger_head = document["ledger_head"]
     engine.adl_head = document["adl_head"]

@@ -80,15 +80,12 @@ DEFAULT_ENGINE = "compiled"
 
 def _engine_for(args: argparse.Namespace) -> Literal["reference", "compiled"]:
     """The engine asked for, else the compiled one; the default falls back to the reference engine, saying so on
-    stderr, when the compiled engine is not built here or does not run the options asked for (an ADL policy other
-    than the default)."""
+    stderr, when the compiled engine is not built here."""
     from backstop.engines import compiled_available
 
     if args.engine is not None:
         chosen: Literal["reference", "compiled"] = args.engine
         return chosen
-    if (args.adl_rule, args.adl_price) != ("bitmex", "bankruptcy"):
-        return "reference"  # what-if policies are the reference engine's alone
     missing = compiled_available()
     if missing is None:
         return "compiled"
@@ -101,7 +98,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
-    from backstop.core.engine import AdlPolicy
     from backstop.engines import EngineUnavailable
     from backstop.entrypoints.replay import Carried, ReplayError, ReplayOptions, replay, replay_lines
 
@@ -110,11 +106,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print("backstop replay: give exactly one of INPUT.jsonl, --from-postgres DSN, --from-kafka BOOTSTRAP",
               file=sys.stderr)
         return 2
+    try:
+        policy = adl_policy_of(args)
+    except ValueError as error:
+        print(f"backstop replay: {error}", file=sys.stderr)
+        return 2
     options = ReplayOptions(journal=Path(args.journal) if args.journal else None, out=Path(args.out),
                             strict=args.strict, snapshot_every=args.snapshot_every,
                             from_snapshot=Path(args.from_snapshot) if args.from_snapshot else None,
-                            check_conservation=args.check_conservation,
-                            adl_policy=AdlPolicy(args.adl_rule, args.adl_price), adl_quantiles=_quantile_points(args),
+                            check_conservation=args.check_conservation, adl_policy=policy,
+                            adl_quantiles=_quantile_points(args), full_adl_metrics=args.adl_metrics == "full",
                             engine=_engine_for(args))
     stored: dict[str, Any] | None = None
     try:
@@ -315,7 +316,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
     from backstop.adapters.journal_file import JournalFileError
-    from backstop.entrypoints.kafka_tools import produce_file
+    from backstop.adapters.kafka.tools import produce_file
     from backstop.settings import Settings
 
     settings = Settings()
@@ -340,7 +341,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
 
     from aiokafka.errors import KafkaError
 
-    from backstop.entrypoints.kafka_tools import tail
+    from backstop.adapters.kafka.tools import tail
     from backstop.settings import Settings
 
     settings = Settings()
@@ -377,7 +378,7 @@ def _cmd_statement(args: argparse.Namespace) -> int:
 
     from backstop.adapters.files import OutputError
     from backstop.adapters.output_reader import OutputReadError, read_stream, read_summary
-    from backstop.core.statement import StatementError, account_entries, account_statement, statement
+    from backstop.core.fund_statement import StatementError, account_entries, account_statement, statement
     from backstop.entrypoints.statement import default_target, parse_time, read_entries, write_statement
 
     directory = Path(args.dir)
@@ -425,7 +426,7 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from backstop.adapters.output_reader import OutputReadError
-    from backstop.core.statement import StatementError
+    from backstop.core.fund_statement import StatementError
     from backstop.entrypoints.statement import reconcile
 
     try:
@@ -443,16 +444,22 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
 def _cmd_whatif(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from backstop.entrypoints.whatif import WhatIfError, WhatIfFile, load_params, render, whatif
+    from backstop.entrypoints.policy_lab import parse_policies, render_policies, whatif_policies
+    from backstop.entrypoints.whatif import render, whatif
+    from backstop.scenarios import WhatIfError, WhatIfFile, load_params
 
+    inputs = [Path(args.params)] if args.params else []
     try:
         params = load_params(Path(args.params)) if args.params else WhatIfFile()
-        comparison = whatif(Path(args.journal), params, Path(args.out), report=args.report,
-                            inputs=[Path(args.params)] if args.params else [])
+        if args.policies is not None:
+            comparison = whatif_policies(Path(args.journal), params, parse_policies(args.policies), Path(args.out),
+                                         report=args.report, inputs=inputs)
+        else:
+            comparison = whatif(Path(args.journal), params, Path(args.out), report=args.report, inputs=inputs)
     except WhatIfError as error:
         print(f"backstop whatif: {error}", file=sys.stderr)
         return 2
-    print(render(comparison))
+    print(render_policies(comparison) if args.policies is not None else render(comparison))
     print(f"runs, journals and comparison.json in {args.out}/" + (f"; report: {args.out}/report.html"
                                                                    if args.report else ""))
     return 0
@@ -463,19 +470,71 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from backstop.adapters.files import OutputError
     from backstop.entrypoints.demo import run_demo
-    from backstop.entrypoints.whatif import WhatIfError
+    from backstop.entrypoints.policy_lab import parse_policies
+    from backstop.scenarios import WhatIfError
 
     try:
+        policies = () if args.no_policies else tuple(parse_policies(args.policies))
         result = run_demo(Path(args.out), seed=args.seed, accounts=args.accounts, report=not args.no_report,
-                          progress=sys.stderr.isatty())
+                          progress=sys.stderr.isatty(), policies=policies)
     except (OutputError, WhatIfError, OSError) as error:
         print(f"backstop demo: {_os_message(error)}", file=sys.stderr)
         return 2
     print(f"backstop demo: {result['input_records']:,} input records, seed {args.seed}")
     print(result["table"])
     print(f"head hash  {result['summary']['head_hash']}")
-    print(f"outputs in {args.out}/" + ("" if args.no_report else f"; report: {args.out}/report.html"))
+    if policies:
+        print(f"\nADL policies on the same cascade (each run in {args.out}/policies/, its journal replays with "
+              f"backstop replay --adl-policy NAME):")
+        print(result["policies_table"])
+    print(f"outputs in {args.out}/" + ("" if args.no_report else f"; report: {args.out}/report.html" + (
+        f", {args.out}/policies/report.html" if policies else "")))
     return 0
+
+
+def add_adl_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ADL policy of a replay (docs/design.md §11): a preset and the options that adjust it."""
+    from backstop.core.adl_policy import PRESETS, PRICES
+
+    group = parser.add_argument_group("ADL policy (docs/design.md §11; what-if runs record theirs)")
+    group.add_argument("--adl-policy", choices=[*PRESETS, "bitmex"], default="queue", metavar="NAME",
+                       help=f"one of {', '.join(PRESETS)} (default queue: BitMEX's queue at the lot's BP, §4)")
+    group.add_argument("--adl-rule", dest="adl_policy", choices=[*PRESETS, "bitmex"], help=argparse.SUPPRESS)
+    group.add_argument("--adl-price", choices=PRICES, default=None,
+                       help="price counterparties are closed at: the lot's bankruptcy price (default), the mark, or "
+                            "floor (OKX: the mark while the fund can pay the deficit above its floor)")
+    group.add_argument("--adl-floor", type=_amount, default=None, metavar="AMOUNT",
+                       help="the fund's balance floor: it keeps inventory only above it (default 0)")
+    group.add_argument("--adl-drawdown", type=_amount, default=None, metavar="RATIO",
+                       help="Bybit's trigger: ADL when a symbol's fund PnL is more than RATIO of the pool's max "
+                            "balance below its max PnL over the window (bybit: 0.3)")
+    group.add_argument("--adl-stop", type=_amount, default=None, metavar="RATIO",
+                       help="... and it stops once that fall is back under RATIO (bybit: 0.25)")
+    group.add_argument("--adl-window-hours", type=_positive, default=None, metavar="H",
+                       help="the window of event time (bybit: 8)")
+    group.add_argument("--adl-metrics", choices=["basic", "full"], default="basic",
+                       help="full: also rank inversions and the eligible population's quantiles in adl-rounds.jsonl "
+                            "and the summary (O(N log N) per round over every opposite position)")
+
+
+def adl_policy_of(args: argparse.Namespace) -> Any:
+    """The AdlPolicy the options name; ValueError says what is wrong."""
+    from backstop.core.adl_policy import configured
+
+    return configured(args.adl_policy, price=args.adl_price, floor=args.adl_floor, drawdown_ratio=args.adl_drawdown,
+                      stop_ratio=args.adl_stop, window_hours=args.adl_window_hours)
+
+
+def _amount(value: str) -> Any:
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a decimal: {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise argparse.ArgumentTypeError(f"must be a decimal >= 0, not {value!r}")
+    return amount
 
 
 def _positive(value: str) -> int:
@@ -511,10 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="publish ADL quantiles and risk levels at each quantile point of event time into "
                              "adl-quantiles.jsonl, as the service does (default: off for a journal file, since it "
                              "makes a replay slower; on with --from-postgres / --from-kafka, as the service)")
-    replay.add_argument("--adl-rule", choices=["bitmex", "binance", "pro_rata"], default="bitmex",
-                        help="ADL ranking rule (default bitmex, docs/design.md §4; what-if runs record theirs)")
-    replay.add_argument("--adl-price", choices=["bankruptcy", "mark"], default="bankruptcy",
-                        help="price counterparties are closed at (default: the lot's bankruptcy price)")
+    add_adl_policy_arguments(replay)
     replay.add_argument("--engine", choices=ENGINE_CHOICES, default=None,
                         help=f"which engine applies the rules (default {DEFAULT_ENGINE}; the reference when the "
                              "compiled engine is not built here, or for an ADL policy other than the default)")
@@ -597,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "parameter set, side by side")
     whatif.add_argument("journal", metavar="INPUT.jsonl")
     whatif.add_argument("--params", metavar="ALT.toml", help="[baseline] and [alternative] overrides (see docs)")
+    whatif.add_argument("--policies", metavar="A,B,...",
+                        help="replay once per ADL policy (queue, binance, pro_rata, capped_pro_rata, min_max_leverage, "
+                             "socialized, bybit, okx) on the [baseline] scenario and compare their fairness")
     whatif.add_argument("--out", required=True, metavar="DIR")
     whatif.add_argument("--report", action="store_true", help="also write report.html with baseline and alternative "
                                                               "charted on the same axes")
@@ -608,6 +667,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=2025)
     demo.add_argument("--accounts", type=_positive, default=3000)
     demo.add_argument("--no-report", action="store_true", help="skip the HTML report and charts")
+    demo.add_argument("--policies", default="queue,pro_rata,capped_pro_rata,min_max_leverage,socialized",
+                      metavar="A,B,...", help="the ADL policies to compare on the same cascade (default: %(default)s)")
+    demo.add_argument("--no-policies", action="store_true", help="skip the ADL policy comparison")
     demo.set_defaults(handler=_cmd_demo)
 
     db = commands.add_parser("db", help="PostgreSQL schema management")
@@ -623,9 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # CPython collects its youngest generation every 700 net new container objects, and the whole heap each time it has
 # grown by a quarter. A replay's state is millions of long-lived objects with almost no reference cycles, so the
-# collector took 2.2 s of a 1,000,000-record replay (1.3 s in 9 full passes) and 5.0 s of the incident window (4.0 s
-# in 14 full passes). At 50,000: 0.9 s and 1.6 s, and no full pass. Batch commands only: a young pass over tens of
-# thousands of live objects pauses ~25 ms, which `serve` felt (latency benchmark at 1,000/s: max 70-84 ms, not ~41).
+# collector's full passes cost a large replay seconds for nothing; a higher young threshold removes them. Batch
+# commands only: a young pass over tens of thousands of live objects is a pause `serve` would feel in its latency.
 BATCH_GC_YOUNG_THRESHOLD = 50_000
 SIGPIPE_EXIT = 128 + 13  # the status a shell shows for a command ended by SIGPIPE
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
+from backstop.adapters.kafka.tools import journal_lines_from_kafka, read_topic
 from backstop.adapters.postgres.store import Store
 from backstop.core.hashing import GENESIS_HASH, combine, record_dict
-from backstop.entrypoints.kafka_tools import journal_lines_from_kafka, read_topic
 from backstop.pipeline.ingest import DeadLetter
 from backstop.pipeline.topics import TopicNames
 from backstop.settings import Settings

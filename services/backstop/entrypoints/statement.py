@@ -13,8 +13,8 @@ import orjson
 
 from backstop.adapters.files import write_file_atomically
 from backstop.adapters.output_reader import read_stream, read_summary
+from backstop.core.fund_statement import Statement, statement
 from backstop.core.numbers import CONTEXT
-from backstop.core.statement import Statement, statement
 
 ENTRY_COLUMNS = ("id", "seq", "ts", "fund_id", "kind", "amount", "balance_after", "liquidation_id", "counter_account",
                  "symbol", "hash")
@@ -47,7 +47,7 @@ def _columns(result: Statement) -> tuple[str, ...]:
 
 
 def _rows(result: Statement) -> list[dict[str, Any]]:
-    from backstop.core.statement import symbol_of
+    from backstop.core.fund_statement import symbol_of
 
     return [{**{c: e.get(c) for c in _columns(result) if c != "symbol"}, "symbol": symbol_of(e)}
             for e in result.entries]

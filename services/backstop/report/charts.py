@@ -1,6 +1,8 @@
-"""Charts of a run (or of two runs on the same axes): fund balance, liquidated and deleveraged notional per minute,
-the mark price path and the ADL queue depth. Values are exact decimals until they are drawn: a chart is the only
-place a float appears, and nothing returns from it to the ledger.
+"""Charts of a run (or of several runs on the same axes): fund balance, liquidated and deleveraged notional per
+minute, the mark price path, the ADL queue depth, and the fairness of ADL (docs/design.md §11.4): the haircut its
+rounds took against the budget they needed, and the leverage of the positions they hit against the eligible
+population. Values are exact decimals until they are drawn: a chart is the only place a float appears, and nothing
+returns from it to the ledger.
 
 Every chart has the same size and the same plot area, and every time axis the same span, in UTC, so charts stacked
 in a page line up minute for minute. Axes show plain numbers with thousands separators (no offset or exponent),
@@ -23,12 +25,12 @@ import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from backstop.entrypoints.whatif import RunMetrics
+from backstop.scenarios import RunMetrics
 
-# One colour per run (baseline, alternative); within a run, line styles tell series apart.
-RUN_COLORS = ("#1f5fa8", "#d1495b")
+# One colour per run (baseline, alternative, or one per ADL policy); within a run, line styles tell series apart.
+RUN_COLORS = ("#1f5fa8", "#d1495b", "#2a9d5c", "#e09f1f", "#7b4fa0", "#5f6b73", "#17becf", "#8c564b")
 SIZE_IN = (10.0, 3.4)
 DPI = 110
 # The plot area as fractions of the figure: fixed, so every chart's time axis starts and ends at the same pixel.
@@ -54,11 +56,18 @@ def _plain_numbers(value: float, _position: int, *, axes: Axes) -> str:
     return "0" if text.lstrip("-").strip("0.,") == "" else text
 
 
+def _plain_log(value: float, _position: int) -> str:
+    """A log axis's tick label, plainly: 0.1, 1, 10, 1,000."""
+    if value <= 0:
+        return ""
+    return f"{value:,.{max(0, -math.floor(math.log10(value)))}f}"
+
+
 def _span(runs: Sequence[tuple[str, RunMetrics]]) -> tuple[datetime.datetime, datetime.datetime]:
     """The time span every chart shows: all minutes of every series of every run, plus the last minute's width."""
     minutes: list[int] = []
     for _, run in runs:
-        minutes += [*run.minute_liquidated, *run.minute_deleveraged]
+        minutes += [*run.minute_liquidated, *run.minute_deleveraged, *run.minute_haircut]
         for by_minute in (*run.minute_fund.values(), *run.minute_mark.values()):
             minutes += list(by_minute)
         for depth in run.minute_queue.values():
@@ -101,17 +110,49 @@ def _label(run_label: str, text: str, runs: int) -> str:
     return f"{run_label}: {text}" if runs > 1 else text
 
 
-def _bars(axes: Axes, runs: Sequence[tuple[str, RunMetrics]], series_of: str, what: str) -> None:
-    """One bar per minute and run, the runs side by side within the minute (never stacked, never overlaid)."""
+def _bars(axes: Axes, runs: Sequence[tuple[str, RunMetrics]], series_of: str, what: str,
+          marks_of: str | None = None, marked: str = "") -> None:
+    """One bar per minute and run, the runs side by side within the minute (never stacked, never overlaid); with
+    `marks_of`, a second series drawn as a dash across each run's bar (what the bar is measured against)."""
     width = MINUTE * 0.8 / max(len(runs), 1)
     for index, ((label, run), color) in enumerate(zip(runs, RUN_COLORS, strict=False)):
         times, values = _series(getattr(run, series_of))
         if times:  # matplotlib cannot size bars on an empty time axis
             axes.bar([t + MINUTE * 0.1 + width * index for t in times], values, width=width, align="edge",
                      color=color, label=_label(label, what, len(runs)))
+        if marks_of is not None:
+            times, values = _series(getattr(run, marks_of))
+            if times:
+                axes.plot([t + MINUTE * 0.1 + width * (index + 0.5) for t in times], values, linestyle="none",
+                          marker="_", markersize=10, markeredgewidth=2.5, color="black",
+                          markerfacecolor=color, label=_label(label, marked, len(runs)))
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize=8, loc="upper right")
     axes.set_ylim(bottom=0)
+
+
+def _leverage(axes: Axes, runs: Sequence[tuple[str, RunMetrics]]) -> None:
+    """Per ADL round: the eligible population's p10 to p90 leverage as a band and its median as a dash, and the
+    leverage of every position the round hit as a dot, one colour per run, on a log scale."""
+    drawn = False
+    for (label, run), color in zip(runs, RUN_COLORS, strict=False):
+        bands = [(point.ts, point.eligible_leverage) for point in run.rounds if point.eligible_leverage is not None]
+        if bands:
+            times = [_time(ts) for ts, _ in bands]
+            axes.vlines(times, [float(q[0]) for _, q in bands], [float(q[2]) for _, q in bands], color=color,
+                        alpha=0.3, linewidth=4, label=_label(label, "eligible, p10 to p90 (x)", len(runs)))
+            axes.plot(times, [float(q[1]) for _, q in bands], linestyle="none", marker="_", markersize=8,
+                      color=color, label=_label(label, "eligible, median (x)", len(runs)))
+        hits = [(_time(point.ts), float(value)) for point in run.rounds for value in point.hit_leverage]
+        if hits:
+            axes.plot([t for t, _ in hits], [v for _, v in hits], linestyle="none", marker="o", markersize=3,
+                      color=color, label=_label(label, "deleveraged (x)", len(runs)))
+        drawn = drawn or bool(bands or hits)
+    if drawn:
+        axes.set_yscale("log")
+        axes.yaxis.set_major_formatter(FuncFormatter(_plain_log))
+        axes.yaxis.set_minor_formatter(NullFormatter())
+        axes.legend(fontsize=8, loc="upper right")
 
 
 def charts(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -> dict[str, bytes]:
@@ -164,4 +205,13 @@ def figures(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -
     axes.legend(fontsize=8, loc="upper left")
     axes.set_ylim(bottom=0)
     out["adl-queue-depth"] = figure
+
+    figure, axes = _axes("ADL haircut per minute against the budget its rounds needed", f"amount ({unit})", span)
+    _bars(axes, runs, "minute_haircut", f"haircut taken from counterparties ({unit})", "minute_needed",
+          f"needed: the deficit the fund could not pay ({unit})")
+    out["adl-haircut"] = figure
+
+    figure, axes = _axes("Leverage of the positions ADL hit against the eligible population", "leverage (x)", span)
+    _leverage(axes, runs)
+    out["adl-leverage"] = figure
     return out

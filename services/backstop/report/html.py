@@ -10,8 +10,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from backstop.entrypoints.whatif import RunMetrics
 from backstop.report.charts import charts
+from backstop.scenarios import RunMetrics
 
 
 def _number(value: Any) -> str:
@@ -26,6 +26,13 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def _at(document: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = document
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return "-" if value is None else value
+
+
 def figure_rows(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -> list[tuple[str, str, list[str]]]:
     """(figure, unit, one formatted value per run) for the summary table."""
     figures = [run.as_json() for _, run in runs]
@@ -36,6 +43,16 @@ def figure_rows(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str
             ("accounts liquidated", "accounts", "accounts_liquidated"),
             ("accounts deleveraged", "accounts", "accounts_deleveraged")]
     table = [(name, unit, [_number(f[key]) for f in figures]) for name, unit, key in rows]
+    fairness = [("ADL rounds", "count", ("rounds",)), ("ADL haircut", notional, ("haircut",)),
+                ("ADL needed budget", notional, ("needed",)), ("ADL overshoot", notional, ("overshoot",)),
+                ("ADL over-use", "haircut / needed", ("over_use",)),
+                ("worst share of a profit taken", "ratio", ("worst_share",)),
+                ("rank inversions by profit", "share of pairs", ("inversions", "profit")),
+                ("rank inversions by leverage", "share of pairs", ("inversions", "leverage")),
+                ("socialized loss", notional, ("socialized",))]
+    if any(f.get("adl") for f in figures):
+        table += [(name, unit, [_number(_at(f.get("adl") or {}, path)) for f in figures])
+                  for name, unit, path in fairness]
     for fund_id in sorted({fund_id for f in figures for fund_id in f["funds"]}):
         for key in ("final_balance", "min_balance", "max_drawdown", "bad_debt"):
             table.append((f"insurance fund {fund_id}: {key.replace('_', ' ')}", assets.get(fund_id, ""),
@@ -51,10 +68,20 @@ def _summary(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) 
     return f'<table class="figures"><tr><th></th>{head}<th>unit</th></tr>{body}</table>'
 
 
+def _policy_table(runs: Sequence[tuple[str, RunMetrics]], rows: Sequence[tuple[str, Sequence[str]]]) -> str:
+    head = "".join(f'<th class="n">{html.escape(label)}</th>' for label, _ in runs)
+    body = "".join(f"<tr><th>{html.escape(name)}</th>"
+                   + "".join(f'<td class="n">{html.escape(_number(value))}</td>' for value in values) + "</tr>"
+                   for name, values in rows)
+    return f'<h2>ADL policies compared</h2><table class="figures"><tr><th></th>{head}</tr>{body}</table>'
+
+
 def write_report(path: Path, title: str, runs: Sequence[tuple[str, RunMetrics]], facts: Sequence[tuple[str, str]],
-                 assets: Mapping[str, str]) -> dict[str, Path]:
+                 assets: Mapping[str, str], *, policy_table: Sequence[tuple[str, Sequence[str]]] | None = None
+                 ) -> dict[str, Path]:
     """Writes `path` (HTML) and the charts as PNG files beside it; returns the PNG paths by chart name. `assets`
-    maps each fund to its settlement asset (the unit of its balance)."""
+    maps each fund to its settlement asset (the unit of its balance); `policy_table`: the rows of an ADL policy
+    comparison (one value per run), shown above the charts."""
     images = charts(runs, assets)
     pngs = {}
     for name, data in images.items():
@@ -62,6 +89,7 @@ def write_report(path: Path, title: str, runs: Sequence[tuple[str, RunMetrics]],
         png.write_bytes(data)
         pngs[name] = png
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
+    comparison = _policy_table(runs, policy_table) if policy_table else ""
     figures = "".join(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
                       f'{base64.b64encode(data).decode()}"></figure>' for name, data in images.items())
     path.write_text(f"""<!doctype html>
@@ -70,6 +98,6 @@ def write_report(path: Path, title: str, runs: Sequence[tuple[str, RunMetrics]],
 table{{border-collapse:collapse;margin-bottom:1.5em}}
 th,td{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}}
 .n{{text-align:right;font-variant-numeric:tabular-nums}}figure{{margin:0 0 1em 0}}img{{width:100%}}</style></head>
-<body><h1>{html.escape(title)}</h1><table>{rows}</table>{_summary(runs, assets)}{figures}</body></html>
+<body><h1>{html.escape(title)}</h1><table>{rows}</table>{_summary(runs, assets)}{comparison}{figures}</body></html>
 """, encoding="utf-8")
     return pngs

@@ -26,7 +26,7 @@ from backstop.adapters.postgres.store import Store
 from backstop.core.errors import InvariantViolation
 from backstop.service import logs, metrics
 from backstop.service.forked import Background
-from backstop.service.ledger import LedgerProcessor
+from backstop.service.ledger_loop import LedgerProcessor
 from backstop.service.ports import Runtime
 from backstop.service.relay import OutboxRelay
 from backstop.settings import Settings

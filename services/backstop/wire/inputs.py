@@ -28,8 +28,6 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-SCHEMA_VERSION = 2
-
 # The syntax of every decimal, on the wire and in outputs: plain notation, no leading zeros, no exponent.
 DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$"
 _SYNTAX = re.compile(DECIMAL_PATTERN)

@@ -13,7 +13,15 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from backstop.core.records import AdlEvent, AdlQuantileChange, AdlRiskChange, Finding, FundLedgerEntry, Posting
+from backstop.core.records import (
+    CONTRACT_VERSION,
+    AdlEvent,
+    AdlQuantileChange,
+    AdlRiskChange,
+    Finding,
+    FundLedgerEntry,
+    Posting,
+)
 from backstop.pipeline.ingest import DeadLetterRecord, JournalRecord
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames, input_key_field
 from backstop.wire.inputs import DECIMAL_PATTERN, RECORD_TYPES
@@ -155,10 +163,11 @@ def asyncapi() -> dict[str, Any]:
             f"backstop-record-id): consumers drop duplicates by id.", incoming=False)
     return {
         "asyncapi": "3.0.0",
-        "id": "urn:backstop:topics:v2",
+        "id": f"urn:backstop:topics:v{CONTRACT_VERSION}",
         "info": {
-            "title": "backstop topics", "version": "2",
-            "description": "Wire contract version 2 of backstop (docs/design.md §5 and §7; a version-1 record is a "
+            "title": "backstop topics", "version": str(CONTRACT_VERSION),
+            "description": f"Wire contract version {CONTRACT_VERSION} of backstop (docs/design.md §5 and §7; a "
+                           "version-1 record is a "
                            "valid version-2 record). Decimals are JSON strings; "
                            "timestamps are integer milliseconds. The prefix `backstop.` is configurable "
                            "(BACKSTOP_TOPIC_PREFIX).",

@@ -39,6 +39,7 @@ def summary(processor: Processor) -> dict[str, Any]:
         "ledger_sum": text(ledger_sum(engine)),
         "funds": funds(engine),
         "adl_risk": adl_risk(engine, quantiles.views_now(engine)),
+        "adl": processor.adl_totals.document(),
     }
 
 

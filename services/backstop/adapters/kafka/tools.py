@@ -1,4 +1,5 @@
-"""Kafka command-line tools: produce a journal file to the input topics, tail an output topic, read the journal."""
+"""Kafka for the command-line tools: produce a journal file to the input topics, tail an output topic, read the
+journal topic (the service's own consumer and publisher are consumer.py and publisher.py beside it)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ from backstop.settings import Settings
 
 log = logging.getLogger("backstop.ledger")
 ADL_INDEX_QUIET_S = 0.1  # input quiet this long: refresh the ADL index ahead of the next deleverage
-ADL_INDEX_SLICE = 10_000  # caught up with a backlog of touched accounts: this many (~0.1 s) per batch
+ADL_INDEX_SLICE = 10_000  # caught up with a backlog of touched accounts: this many per batch
 
 
 @dataclass(slots=True)
@@ -370,7 +370,7 @@ class LedgerRun:
         if batch_applied:
             self.quiet_since = None
             # Caught up after a backlog (a restart, a burst): the index catches up a slice per batch, beside the
-            # commit, rather than all of it (~1 s per 100,000 accounts) in the path of the first deleverage; a live
+            # commit, rather than all of it in the path of the first deleverage; a live
             # stream seldom pauses for ADL_INDEX_QUIET_S. Small backlogs are left to the deleverage.
             if self.caught_up and engine.adl_index_backlog() >= ADL_INDEX_SLICE:
                 await self.runtime.offload(engine.refresh_adl_index, ADL_INDEX_SLICE)

@@ -1,0 +1,199 @@
+"""The ADL lab's policies and fairness metrics (docs/design.md §11) on the hand-worked journals of examples/, in both
+engines. Every expected number was worked out by hand from the rules (the arithmetic is in the comments).
+
+examples/07-adl-lab.jsonl, the base: fund LAB holds 100. L's isolated long 10 @ 100 (10x: margin 100, BP 90) is
+liquidated at mark 85; 4 are sold in the market at 70 (cost share 360, the fund loses 80: balance 20), and the fund
+refuses the other 6 (lot cost 540, BP 90; 6 x 85 = 510 of inventory > 1 x 20). The counterparties are four isolated
+shorts, at mark 85:
+
+    account  short @ entry  leverage  margin  uPnL (u)  equity  BP   leverage s x 85 / equity  BitMEX score
+    C1       10 @ 120       5x        240     350       590     144  1.440677966102            0.420197740113
+    C2        5 @ 100       20x       25      75        100     105  4.25                      0.6375
+    C3       20 @ 90        2x        900     100       1000    135  1.7                       0.094444444444
+    C4        5 @ 80        10x       40      -25       15      88   28.333333333333           negative
+
+The round's deficit is 540 - 6 x 85 = 30 (the shorts buy at 90 what is worth 85: 5 a unit); the fund could pay 20 of
+it, so 10 was needed.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backstop.engines import ENGINES, compiled_available
+from backstop.entrypoints.cli import main
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+D = Decimal
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    if name == "compiled" and compiled_available() is not None:
+        pytest.skip("the compiled engine is not built here")
+    return name
+
+
+def replay(tmp_path: Path, engine: str, example: str, *options: str) -> dict[str, Any]:
+    out = tmp_path / "out"
+    assert main(["replay", str(EXAMPLES / example), "--out", str(out), "--engine", engine, "--check-conservation",
+                 "--adl-metrics", "full", *options]) == 0
+    result: dict[str, Any] = {"summary": json.loads((out / "summary.json").read_text())}
+    for stream in ("fund-ledger", "adl-events", "adl-rounds", "findings", "dead-letter"):
+        result[stream] = [json.loads(line) for line in (out / f"{stream}.jsonl").read_text().splitlines()]
+    assert result["dead-letter"] == [] and result["summary"]["ledger_sum"] == "0"
+    return result
+
+
+def takes(out: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(e["account_id"], e["qty"], e["price"]) for e in out["adl-events"]]
+
+
+def figures(round_: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(round_[k] for k in ("deficit", "needed", "haircut", "overshoot", "over_use", "worst_share"))
+
+
+def test_the_queue_takes_the_top_of_the_queue_and_overshoots_what_was_needed(tmp_path: Path, engine: str) -> None:
+    out = replay(tmp_path, engine, "07-adl-lab.jsonl")
+    assert takes(out) == [("C2", "5", "90"), ("C1", "1", "90")]  # C2 ranks first (0.6375), then C1
+    [round_] = out["adl-rounds"]
+    assert (round_["id"], round_["trigger"], round_["policy"], round_["price"]) == (
+        "round-15-0", "takeover", "queue", "bankruptcy")
+    assert (round_["qty"], round_["closed"], round_["bankruptcy_price"], round_["fund_balance"]) == (
+        "6", "6", "90", "20")
+    # haircuts: C2 5 x 5 = 25 of its 75, C1 1 x 5 = 5 of its 350; H = 30 against 10 needed: 20 too much, 3 times
+    # the need; worst share 25 / (75 + 1e-8) = 0.33333333328888... -> 0.333333333289
+    assert figures(round_) == ("30", "10", "30", "20", "3", "0.333333333289")
+    # pairs (hit, hit later or never): (C2,C1) (C2,C3) (C2,C4) (C1,C3) (C1,C4) = 5. Higher profit later: C1 and C3
+    # after C2: 2 of 5. Higher leverage later: C4 after C2, C3 and C4 after C1: 3 of 5.
+    assert round_["inversions"] == {"profit": "0.4", "leverage": "0.6", "pairs": 5}
+    assert round_["hits"] == [
+        {"account_id": "C2", "qty": "5", "haircut": "25", "profit": "75", "leverage": "4.25", "pnl_pct": "0.15"},
+        {"account_id": "C1", "qty": "1", "haircut": "5", "profit": "350", "leverage": "1.440677966102",
+         "pnl_pct": "0.291666666667"}]
+    # eligible leverages 1.44, 1.7, 4.25, 28.33: nearest rank p10 = 1st, p50 = 2nd, p90 = 4th of 4
+    assert round_["leverage"]["eligible"] == {"count": 4, "p10": "1.440677966102", "p50": "1.7",
+                                              "p90": "28.333333333333", "max": "28.333333333333", "unbounded": 0}
+    assert round_["pnl_pct"]["hit"] == {"count": 2, "p10": "0.15", "p50": "0.15", "p90": "0.291666666667",
+                                        "max": "0.291666666667"}
+    adl = out["summary"]["adl"]
+    assert (adl["rounds"], adl["events"], adl["notional"], adl["overshoot"], adl["accounts_affected"]) == (
+        1, 2, "540", "20", 2)
+    assert adl["fund_max_drawdown"] == {"LAB": "80"}
+
+
+def test_pro_rata_spreads_by_size(tmp_path: Path, engine: str) -> None:
+    out = replay(tmp_path, engine, "07-adl-lab.jsonl", "--adl-policy", "pro_rata")
+    # 6 of 40 held: FLOOR(5 x 6 / 40) = 0, FLOOR(10 x 6 / 40) = 1, FLOOR(20 x 6 / 40) = 3, 0; the 2 lots left go
+    # in queue order: C2, C1. Events stay in queue order.
+    assert takes(out) == [("C2", "1", "90"), ("C1", "2", "90"), ("C3", "3", "90")]
+    [round_] = out["adl-rounds"]
+    # C3 gives 15 of its 100: the worst share, 15 / (100 + 1e-8)
+    assert figures(round_) == ("30", "10", "30", "20", "3", "0.149999999985")
+    # an allocation made at once: pairs (hit, never hit) = 3 x 1; C4 has the lowest profit and the highest leverage
+    assert round_["inversions"] == {"profit": "0", "leverage": "1", "pairs": 3}
+
+
+def test_capped_pro_rata_takes_in_proportion_to_profit(tmp_path: Path, engine: str) -> None:
+    out = replay(tmp_path, engine, "07-adl-lab.jsonl", "--adl-policy", "capped_pro_rata")
+    # profitable: C1 350, C2 75, C3 100 (U = 525). Caps: haircut 5 a unit, so FLOOR(u / 5) and the size: 10, 5, 20;
+    # nobody's cap binds (C1's 10 x 525 > 6 x 350). FLOOR(6 u / 525): C1 4, C2 0, C3 1; the lot left goes to the
+    # largest profit, C1: 5. C2, the top of the queue, gives nothing.
+    assert takes(out) == [("C1", "5", "90"), ("C3", "1", "90")]
+    [round_] = out["adl-rounds"]
+    # shares: C1 25 / 350, C3 5 / 100: the worst is 25 / (350 + 1e-8) = 0.0714285714265...
+    assert figures(round_) == ("30", "10", "30", "20", "3", "0.071428571427")
+    assert [e["rank"] for e in out["adl-events"]] == [2, 3]  # their places in the queue
+
+
+def test_min_max_leverage_water_fills_from_the_top(tmp_path: Path, engine: str) -> None:
+    out = replay(tmp_path, engine, "07-adl-lab.jsonl", "--adl-policy", "min_max_leverage")
+    # valued at the lot's price 90, F = 6 x equity - size x 30: C1 3,240, C2 450, C3 5,400, C4 -60 (bankrupt at 90:
+    # left for last). By size / F: C2 (0.0111), C3 (0.0037), C1 (0.0031). With C2 and C3: S = 25, Phi = 5,850,
+    # S - 6 = 19 and 19 x 3,240 >= 10 x 5,850, so the level stops above C1. C2 keeps 450 x 19 / 5,850 = 1.46:
+    # FLOOR((5 x 5850 - 450 x 19) / 5850) = 3; C3 FLOOR((20 x 5850 - 5400 x 19) / 5850) = 2; the lot left to C2: 4.
+    assert takes(out) == [("C2", "4", "90"), ("C3", "2", "90")]
+    [round_] = out["adl-rounds"]
+    assert figures(round_) == ("30", "10", "30", "20", "3", "0.266666666631")  # C2: 20 / (75 + 1e-8)
+
+
+def test_binance_ranks_by_its_leverage_pnl_where_bitmex_ranks_otherwise(tmp_path: Path, engine: str) -> None:
+    # examples/11: S's isolated short 10 @ 600 (12x, BP 650) liquidated at 645; the fund (100) refuses 6,450. Longs:
+    #   A: cross 10 @ 600 on a wallet of 1,000: uPnL 450, margin balance 1,450, MM 64.5, BP 500
+    #      BitMEX 450 x 645 / (6,000 x 145) = 0.333620689655; Binance 450 / 1,000 x 64.5 / 1,450 = 0.020017241379
+    #   B: cross 10 @ 400 on a wallet of 4,000: uPnL 2,450, margin balance 6,450, BP 0
+    #      BitMEX 2,450 x 645 / (4,000 x 645) = 0.6125;          Binance 2,450 / 4,000 x 64.5 / 6,450 = 0.006125
+    queue = replay(tmp_path / "queue", engine, "11-binance-leverage-pnl.jsonl")
+    binance = replay(tmp_path / "binance", engine, "11-binance-leverage-pnl.jsonl", "--adl-policy", "binance")
+    assert [(e["account_id"], e["score"]) for e in queue["adl-events"]] == [("B", "0.6125")]
+    assert [(e["account_id"], e["score"]) for e in binance["adl-events"]] == [("A", "0.020017241379")]
+    # the lot's BP 650 is above the mark: A sells at 650 what is worth 645, a haircut of -50 (a gain), no deficit
+    [round_] = binance["adl-rounds"]
+    assert (round_["deficit"], round_["haircut"], round_["hits"][0]["haircut"]) == ("0", "0", "-50")
+
+
+@pytest.mark.parametrize(("floor", "price", "fund"), [("0", "mark", "390"), ("400", "bankruptcy", "420")])
+def test_okx_deleverages_at_the_mark_while_the_fund_can_pay_above_its_floor(tmp_path: Path, engine: str, floor: str,
+                                                                           price: str, fund: str) -> None:
+    # examples/08 is 07 with a fund of 500: 420 after the market sale. It refuses the lot (510 of inventory > 420, or
+    # > 420 - 400 above a floor of 400). Floor 0: 420 - 0 >= the deficit 30, so at the mark: the fund pays the 30
+    # (C2 5 x 5, C1 1 x 5) and nobody is cut; floor 400: only 20 above it, so at the BP, as the queue.
+    out = replay(tmp_path, engine, "08-okx-floor.jsonl", "--adl-policy", "okx", "--adl-floor", floor)
+    [round_] = out["adl-rounds"]
+    assert (round_["price"], round_["floor"], out["summary"]["funds"]["LAB"]["balance"]) == (price, floor, fund)
+    at = "85" if price == "mark" else "90"
+    assert takes(out) == [("C2", "5", at), ("C1", "1", at)]
+    if price == "mark":
+        assert figures(round_) == ("30", "0", "0", "0", None, "0")
+        assert [(e["kind"], e["amount"]) for e in out["fund-ledger"][2:]] == [("liquidation_loss", "-25"),
+                                                                              ("liquidation_loss", "-5")]
+    else:
+        assert figures(round_) == ("30", "10", "30", "20", "3", "0.333333333289")
+
+
+def test_bybit_resets_the_price_so_that_the_drawdown_stops_at_30_percent(tmp_path: Path, engine: str) -> None:
+    # examples/09: pool POOL holds 1,000. M's isolated long 100 @ 100 (10x, BP 90) is liquidated at 86: the lot costs
+    # 9,000 and is worth 8,600. The symbol's fund PnL would fall from 0 to -400, below 0 - 0.3 x 1,000 = -300: the
+    # trigger fires, and the fund takes the loss down to -300, the winners the rest: proceeds 9,000 - 300 = 8,700,
+    # 87 a unit. W1 (short 60 @ 100, BitMEX first) buys 60 for 5,220, W2 40 for 3,480; the fund loses 180 + 120.
+    out = replay(tmp_path, engine, "09-bybit-drawdown.jsonl", "--adl-policy", "bybit")
+    assert takes(out) == [("W1", "60", "87"), ("W2", "40", "87"), ("W2", "10", "90")]
+    first, second = out["adl-rounds"]
+    assert (first["trigger"], first["price"], first["fund_balance"]) == ("drawdown", "reset", "1000")
+    # deficit 400, of which the fund could have paid all: the winners' 100 (1 a unit) is all overshoot
+    assert figures(first) == ("400", "0", "100", "100", None, "0.074074074073")  # W2: 40 / (540 + 1e-8)
+    # N's lot (10 @ 90, worth 860) while the trigger is on: the symbol is at -300 already, no room: at its BP
+    assert (second["trigger"], second["price"], figures(second)[:3]) == ("drawdown", "reset", ("40", "0", "40"))
+    assert out["summary"]["funds"]["POOL"]["balance"] == "700"
+    # the queue (Binance's inventory rule) would have taken all 400 from the winners and kept N's lot
+    queue = replay(tmp_path / "queue", engine, "09-bybit-drawdown.jsonl")
+    assert takes(queue) == [("W1", "60", "90"), ("W2", "40", "90")]
+    assert queue["summary"]["funds"]["POOL"]["balance"] == "1000"
+
+
+def test_socialized_loss_spreads_the_shortfall_over_profits(tmp_path: Path, engine: str) -> None:
+    # examples/10 is 07 with the market sale at 50: the fund loses 160 and ends at -60. Socialized: no position is
+    # closed (the fund keeps its 6); the 60 is taken from profits C1 350, C2 75, C3 100 (U = 525), FLOOR to 1e-8:
+    # 60 x 350 / 525 = 40, 60 x 75 / 525 = 8.571428571... -> 8.57142857, 60 x 100 / 525 = 11.428571428... ->
+    # 11.42857142; the 1e-8 left goes to the largest profit, C1.
+    out = replay(tmp_path, engine, "10-socialized-loss.jsonl", "--adl-policy", "socialized")
+    assert out["adl-events"] == []
+    assert [(e["kind"], e["amount"], e["counter_account"]) for e in out["fund-ledger"][2:]] == [
+        ("socialized_loss", "40.00000001", "isolated:C1:XUSDT"), ("socialized_loss", "8.57142857", "isolated:C2:XUSDT"),
+        ("socialized_loss", "11.42857142", "isolated:C3:XUSDT")]
+    summary = out["summary"]
+    assert (summary["funds"]["LAB"]["balance"], summary["funds"]["LAB"]["inventory"]) == ("0", {"XUSDT": "6"})
+    [round_] = out["adl-rounds"]
+    assert (round_["trigger"], round_["symbol"], round_["fund_balance"], round_["eligible"]) == (
+        "socialized", None, "-60", 4)
+    assert figures(round_) == ("60", "60", "60", "0", "1", "0.114285714311")  # C1: 40.00000001 / 350.00000001
+    assert (summary["adl"]["socialized"], summary["adl"]["accounts_affected"]) == ("60", 3)
+    assert out["findings"] == []  # no bad debt is left
+    queue = replay(tmp_path / "queue", engine, "10-socialized-loss.jsonl")
+    assert [f["kind"] for f in queue["findings"]] == ["bad_debt"]
