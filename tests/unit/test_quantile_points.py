@@ -5,12 +5,18 @@ so that the state hash (which holds the quantiles published) is reproduced eithe
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+from backstop.core import ledger, quantiles
+from backstop.core.adl_policy import AdlPolicy
+from backstop.core.engine import Engine
+from backstop.core.processor import Processor
 from backstop.entrypoints.cli import main
 from backstop.settings import Settings
+from backstop.wire.decode import decode_record
 
 ADL_EXAMPLE = Path(__file__).parents[2] / "examples" / "02-adl-walks-queue.jsonl"
 
@@ -60,3 +66,22 @@ def test_the_service_publishes_quantiles_by_default(monkeypatch: pytest.MonkeyPa
     assert Settings().adl_quantiles is True
     monkeypatch.setenv("BACKSTOP_ADL_QUANTILES", "false")
     assert Settings().adl_quantiles is False
+
+
+def test_the_funds_capacity_is_its_room_above_the_policys_floor() -> None:
+    """The risk level's capacity is what the takeover rule still lets the fund take (docs/design.md §10): with the ADL
+    lab's floor (§11), max_inventory_ratio x (balance - floor) - inventory notional, 0 at or below the floor."""
+    processor = Processor(Engine())
+    for line in ADL_EXAMPLE.read_bytes().splitlines():
+        processor.process(decode_record(line))
+    engine = processor.engine
+    [fund_id] = engine.funds
+    fund_state = engine.funds[fund_id]
+    balance = engine.ledger.balance(ledger.fund(fund_id))
+    ratio, notional = fund_state.spec.max_inventory_ratio, engine.inventory_notional(fund_state)
+    assert quantiles.capacity(engine, fund_id) == max(ratio * balance - notional, Decimal(0))
+    floor = balance / 4
+    engine.adl_policy = AdlPolicy(price="floor", floor=floor)
+    assert quantiles.capacity(engine, fund_id) == max(ratio * (balance - floor) - notional, Decimal(0))
+    engine.adl_policy = AdlPolicy(price="floor", floor=balance)
+    assert quantiles.capacity(engine, fund_id) == 0
