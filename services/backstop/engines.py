@@ -55,6 +55,7 @@ class EngineOptions:
     snapshot_every: int = 0  # a snapshot after every N applied events (0: none)
     check_conservation: bool = False
     adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
+    adl_quantiles: bool = False  # quantile points (docs/design.md §10): adl-quantiles.jsonl; off, it stays empty
     full_adl_metrics: bool = False  # rank inversions and eligible quantiles per ADL round (docs/design.md §11.4)
     held_ids: HeldIdsMode = "memory"  # "per_batch": the caller holds them and gives each batch's (no snapshots)
 
@@ -88,6 +89,8 @@ class BatchResult:
     adl_events: bytes
     findings: bytes
     dead_letters: bytes
+    postings: bytes
+    adl_quantiles: bytes
     snapshots: tuple[Snapshot, ...]
     stopped: tuple[int, str] | None
     adl_rounds: bytes = b""
@@ -104,6 +107,8 @@ class RecordsResult:
     adl_events: bytes
     findings: bytes
     dead_letters: bytes
+    postings: bytes
+    adl_quantiles: bytes
     duplicates: dict[str, int]
     held_ids: bytes
 
@@ -157,7 +162,8 @@ def dead_letter_line(line: int, reason: str, raw: bytes, kind: str) -> bytes:
                            "raw_truncated": len(raw) > RAW_KEEP_BYTES})
 
 
-SNAPSHOT_COUNTERS = ("duplicates", "rejected", "conflicting_duplicates", "fund_entries", "adl_events", "findings")
+SNAPSHOT_COUNTERS = ("duplicates", "rejected", "conflicting_duplicates", "fund_entries", "adl_events", "findings",
+                     "postings", "adl_quantiles")
 
 
 # ------------------------------------------------------------------------------------------------ reference
@@ -174,6 +180,7 @@ class ReferenceEngine:
             ids = BatchIds() if options.held_ids == "per_batch" else IdStore()
             processor = Processor(Engine(check_conservation=options.check_conservation,
                                          adl_policy=options.adl_policy, ids=ids,
+                                         adl_quantiles=options.adl_quantiles,
                                          full_adl_metrics=options.full_adl_metrics))
         self.processor = processor
         self._next_snapshot = self.processor.events_applied + options.snapshot_every
@@ -193,12 +200,13 @@ class ReferenceEngine:
     def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
         self._begin(held)
         ledger, adl, findings, dead, rounds = bytearray(), bytearray(), bytearray(), bytearray(), bytearray()
+        postings, quantiles = bytearray(), bytearray()
         snapshots: list[Snapshot] = []
         processor, every = self.processor, self.options.snapshot_every
 
         def result(stopped: tuple[int, str] | None) -> BatchResult:
-            return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), tuple(snapshots), stopped,
-                               bytes(rounds))
+            return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), bytes(postings),
+                               bytes(quantiles), tuple(snapshots), stopped, bytes(rounds))
 
         with processor.engine.decimal_context():
             for number, raw in journal_lines(chunk, first_line):
@@ -219,6 +227,10 @@ class ReferenceEngine:
                         adl += canonical_json(record_dict(event)) + b"\n"
                     for finding in effects.findings:
                         findings += canonical_json(record_dict(finding)) + b"\n"
+                    for posting in effects.postings:
+                        postings += canonical_json(record_dict(posting)) + b"\n"
+                    for change in effects.adl_quantiles:
+                        quantiles += canonical_json(record_dict(change)) + b"\n"
                     for round_ in effects.adl_rounds:
                         rounds += canonical_json(round_.record) + b"\n"
                     if every > 0 and outcome.seq >= self._next_snapshot:
@@ -246,6 +258,8 @@ class ReferenceEngine:
             b"".join(canonical_json(record_dict(event)) + b"\n" for event in result.adl_events),
             b"".join(canonical_json(record_dict(finding)) + b"\n" for finding in result.findings),
             b"".join(canonical_json(record_dict(letter.record())) + b"\n" for letter in result.dead_letters),
+            b"".join(canonical_json(record_dict(posting)) + b"\n" for posting in result.postings),
+            b"".join(canonical_json(record_dict(change)) + b"\n" for change in result.adl_quantiles),
             dict(result.duplicates), b"".join(recorded))
 
     def summary(self) -> dict[str, Any]:
@@ -272,7 +286,8 @@ class ReferenceEngine:
             "counters": {"duplicates": processor.duplicates, "rejected": processor.rejected,
                          "conflicting_duplicates": processor.conflicting_duplicates,
                          "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
-                         "findings": processor.findings}})
+                         "findings": processor.findings, "postings": processor.postings,
+                         "adl_quantiles": processor.adl_quantiles}})
         return Snapshot(engine.last_seq, document_bytes(document), buffer.getvalue())
 
     @classmethod
@@ -293,7 +308,7 @@ class ReferenceEngine:
                 raise SnapshotError(f"{document['ids']['file']} holds {len(ids)} identities, not the "
                                     f"{document['ids']['count']} it is named with")
         engine = restore(document["engine"], check_conservation=options.check_conservation, ids=ids,
-                         full_adl_metrics=options.full_adl_metrics)
+                         adl_quantiles=options.adl_quantiles, full_adl_metrics=options.full_adl_metrics)
         if state_hash(engine) != document.get("state_hash"):
             raise SnapshotError("its state hash does not match its contents")
         if isinstance(ids, IdStore) and len(ids) != engine.dedupe.count:
@@ -305,6 +320,7 @@ class ReferenceEngine:
         processor.conflicting_duplicates = counters["conflicting_duplicates"]
         processor.fund_entries, processor.adl_events = counters["fund_entries"], counters["adl_events"]
         processor.findings = counters["findings"]
+        processor.postings, processor.adl_quantiles = counters["postings"], counters["adl_quantiles"]
         return cls(options, processor)
 
 
@@ -335,6 +351,7 @@ class CompiledEngine:
                                           ids=None if snapshot is None else snapshot.ids,
                                           check_conservation=options.check_conservation,
                                           held_per_batch=options.held_ids == "per_batch",
+                                          adl_quantiles=options.adl_quantiles,
                                           adl_policy=canonical_json(policy_document(options.adl_policy)),
                                           full_adl_metrics=options.full_adl_metrics)
         except ValueError as error:  # named as the reference names it (the state, its hash, the identity file)
@@ -345,14 +362,15 @@ class CompiledEngine:
         return self._ledger.events_applied()
 
     def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
-        ledger, adl, findings, dead, snapshots, stopped, rounds = self._ledger.apply_lines(chunk, first_line, held)
-        return BatchResult(ledger, adl, findings, dead, tuple(Snapshot(*each) for each in snapshots), stopped,
-                           rounds)
+        ledger, adl, findings, dead, postings, quantiles, snapshots, stopped, rounds = self._ledger.apply_lines(
+            chunk, first_line, held)
+        return BatchResult(ledger, adl, findings, dead, postings, quantiles,
+                           tuple(Snapshot(*each) for each in snapshots), stopped, rounds)
 
     def apply_records(self, records: Sequence[Consumed], topic_prefix: str, held: bytes = b"") -> RecordsResult:
-        journal, ledger, adl, findings, dead, duplicates, held_ids = self._ledger.apply_records(
+        journal, ledger, adl, findings, dead, postings, quantiles, duplicates, held_ids = self._ledger.apply_records(
             list(records), topic_prefix, held)
-        return RecordsResult(journal, ledger, adl, findings, dead, dict(duplicates), held_ids)
+        return RecordsResult(journal, ledger, adl, findings, dead, postings, quantiles, dict(duplicates), held_ids)
 
     def summary(self) -> dict[str, Any]:
         document: dict[str, Any] = orjson.loads(self._ledger.summary_json())

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     adl_refresh_events: int = Field(50_000, ge=1)  # refresh the ADL queue projection at least this often ...
     adl_refresh_event_ms: int = Field(60_000, ge=1)  # ... or, when caught up, after this much event time
     check_conservation: bool = False
+    # ADL quantiles and risk levels at each quantile point of event time, on backstop.adl-quantiles (docs/design.md
+    # §10); `backstop replay --adl-quantiles` derives the same records from the journal
+    adl_quantiles: bool = True
     # The state hash at the head (every position and balance, hashed: 0.7 s at 137,000 positions) is recorded once
     # the input has been quiet this long, not at every pause of a live stream, which it would hold up each time.
     state_hash_quiet_ms: int = Field(1000, ge=0)

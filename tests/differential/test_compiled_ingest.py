@@ -20,7 +20,9 @@ TOPICS = TopicNames("t.")
 
 
 def both() -> tuple[LedgerEngine, LedgerEngine]:
-    return ReferenceEngine(EngineOptions()), CompiledEngine(EngineOptions())
+    """As the service runs them: quantile points on (its BACKSTOP_ADL_QUANTILES default)."""
+    options = EngineOptions(adl_quantiles=True)
+    return ReferenceEngine(options), CompiledEngine(options)
 
 
 def assert_alike(batches: list[list[Consumed]]) -> None:

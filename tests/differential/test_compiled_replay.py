@@ -4,8 +4,9 @@ snapshot written by either engine resumes in either with the same result.
 
 Journals: every example, and hypothesis-generated ones (tests/property/strategies.py: trading, marks, funding,
 liquidations with and without executions, fund fills, transfers; many records rejected on purpose), with bad lines
-and duplicates mixed in; under every ADL policy (docs/design.md §11), with the full round metrics (adl-rounds.jsonl).
-A difference is a rule that is not ported, or ported wrongly.
+and duplicates mixed in; each with quantile points off (replay's default) and on (the service's); under every ADL
+policy (docs/design.md §11), with the full round metrics (adl-rounds.jsonl). A difference is a rule that is not
+ported, or ported wrongly.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backstop.core.adl_policy import PRESETS, AdlPolicy, Drawdown
+from backstop.engines import EngineName
 from backstop.entrypoints.replay import ReplayError
 from differential.alike import assert_same, outputs, run
 from property.strategies import journals
@@ -30,26 +32,30 @@ SECTION_9_4_PENDING: set[str] = set()  # examples the reference does not yet rep
 @pytest.mark.parametrize("journal", [
     pytest.param(path, marks=pytest.mark.xfail(strict=True, reason="reference not yet on §9.4"))
     if path.stem in SECTION_9_4_PENDING else path for path in EXAMPLES], ids=lambda path: path.stem)
-def test_examples_replay_alike(journal: Path, tmp_path: Path) -> None:
-    reference = run(journal, tmp_path / "reference", "reference", snapshot_every=2)
-    compiled = run(journal, tmp_path / "compiled", "compiled", snapshot_every=2)
+@pytest.mark.parametrize("points", [False, True], ids=["points-off", "points-on"])
+def test_examples_replay_alike(journal: Path, points: bool, tmp_path: Path) -> None:
+    reference = run(journal, tmp_path / "reference", "reference", snapshot_every=2, adl_quantiles=points)
+    compiled = run(journal, tmp_path / "compiled", "compiled", snapshot_every=2, adl_quantiles=points)
     assert_same(reference, compiled)
 
 
 @pytest.mark.parametrize("journal", [path for path in EXAMPLES if path.stem not in SECTION_9_4_PENDING],
                          ids=lambda path: path.stem)
-def test_a_snapshot_of_either_engine_resumes_in_either(journal: Path, tmp_path: Path) -> None:
-    whole = run(journal, tmp_path / "whole", "reference", snapshot_every=4)
+@pytest.mark.parametrize("points", [False, True], ids=["points-off", "points-on"])
+def test_a_snapshot_of_either_engine_resumes_in_either(journal: Path, points: bool, tmp_path: Path) -> None:
+    whole = run(journal, tmp_path / "whole", "reference", snapshot_every=4, adl_quantiles=points)
     snapshots = sorted((tmp_path / "whole" / "snapshots").glob("*.json"))
     assert snapshots
     whole_summary = orjson.loads(whole["summary.json"])
     tails = []
     for writer in ("reference", "compiled"):
-        written = run(journal, tmp_path / f"by-{writer}", writer, snapshot_every=4)  # type: ignore[arg-type]
+        written = run(journal, tmp_path / f"by-{writer}", writer, snapshot_every=4,  # type: ignore[arg-type]
+                      adl_quantiles=points)
         snapshot = tmp_path / f"by-{writer}" / "snapshots" / snapshots[0].name
         assert written["snapshots/" + snapshots[0].name] == whole["snapshots/" + snapshots[0].name]
         for reader in ("reference", "compiled"):
-            tail = run(journal, tmp_path / f"{writer}-{reader}", reader, from_snapshot=snapshot)  # type: ignore[arg-type]
+            tail = run(journal, tmp_path / f"{writer}-{reader}", reader,  # type: ignore[arg-type]
+                       from_snapshot=snapshot, adl_quantiles=points)
             tails.append(tail)
             summary = orjson.loads(tail["summary.json"])
             assert summary.pop("from_snapshot")["seq"] > 0
@@ -77,9 +83,10 @@ noise = st.sampled_from([b"", b"   ", b"not json", b'{"type":"fill"}', b'{"type"
 
 
 @given(records=journals(), bad=st.lists(st.tuples(st.integers(0, 200), noise), max_size=4),
-       repeats=st.lists(st.integers(0, 200), max_size=4))
+       repeats=st.lists(st.integers(0, 200), max_size=4), points=st.booleans())
 def test_generated_journals_replay_alike(records: list[dict[str, object]], bad: list[tuple[int, bytes]],
-                                         repeats: list[int], tmp_path_factory: pytest.TempPathFactory) -> None:
+                                         repeats: list[int], points: bool,
+                                         tmp_path_factory: pytest.TempPathFactory) -> None:
     lines = [orjson.dumps(record) for record in records]
     for at in repeats:  # duplicates: a line sent again later
         if lines:
@@ -89,8 +96,8 @@ def test_generated_journals_replay_alike(records: list[dict[str, object]], bad: 
     directory = tmp_path_factory.mktemp("journal")
     journal = directory / "journal.jsonl"
     journal.write_bytes(b"\n".join(lines) + b"\n")
-    reference = run(journal, directory / "reference", "reference", snapshot_every=7)
-    compiled = run(journal, directory / "compiled", "compiled", snapshot_every=7)
+    reference = run(journal, directory / "reference", "reference", snapshot_every=7, adl_quantiles=points)
+    compiled = run(journal, directory / "compiled", "compiled", snapshot_every=7, adl_quantiles=points)
     assert_same(reference, compiled)
 
 
@@ -128,10 +135,27 @@ def test_a_position_whose_cost_rounded_away_ranks_alike(tmp_path: Path) -> None:
     assert_same(reference, compiled)
 
 
+@pytest.mark.parametrize("engine", ["reference", "compiled"])
+def test_quantile_points_change_neither_the_ledger_nor_the_head_hash(engine: EngineName, tmp_path: Path) -> None:
+    """Quantile points (docs/design.md §10) only publish: every other output and the head hash are the same with them
+    off and on; the state hash records the quantiles published, so it moves; summary.json says which it was."""
+    journal = next(path for path in EXAMPLES if path.stem.startswith("02-"))
+    off = run(journal, tmp_path / "off", engine)
+    on = run(journal, tmp_path / "on", engine, adl_quantiles=True)
+    assert off["adl-quantiles.jsonl"] == b""
+    assert on["adl-quantiles.jsonl"].count(b"\n") > 0
+    for name in ("fund-ledger.jsonl", "adl-events.jsonl", "postings.jsonl", "findings.jsonl", "dead-letter.jsonl",
+                 "accounts.json"):
+        assert on[name] == off[name], name
+    summary_off, summary_on = orjson.loads(off["summary.json"]), orjson.loads(on["summary.json"])
+    assert (summary_off["adl_quantile_points"], summary_on["adl_quantile_points"]) == (False, True)
+    assert summary_on["head_hash"] == summary_off["head_hash"]
+    assert summary_on["postings_head_hash"] == summary_off["postings_head_hash"]
+    assert summary_on["state_hash"] != summary_off["state_hash"]
 @pytest.mark.parametrize("policy", sorted(PRESETS))
 @pytest.mark.parametrize("journal", EXAMPLES, ids=lambda path: path.stem)
 def test_examples_replay_alike_under_every_policy(journal: Path, policy: str, tmp_path: Path) -> None:
-    options = {"adl_policy": PRESETS[policy], "full_adl_metrics": True, "snapshot_every": 3}
+    options = {"adl_policy": PRESETS[policy], "full_adl_metrics": True, "snapshot_every": 3, "adl_quantiles": True}
     reference = run(journal, tmp_path / "reference", "reference", **options)
     compiled = run(journal, tmp_path / "compiled", "compiled", **options)
     assert_same(reference, compiled)
@@ -148,14 +172,14 @@ policies = st.builds(
 ) | st.builds(AdlPolicy, rule=st.just("socialized"), floor=st.sampled_from([Decimal(0), Decimal("1000")]))
 
 
-@given(records=journals(), policy=policies, full=st.booleans())
+@given(records=journals(), policy=policies, full=st.booleans(), points=st.booleans())
 def test_generated_journals_replay_alike_under_every_policy(
-        records: list[dict[str, object]], policy: AdlPolicy, full: bool,
+        records: list[dict[str, object]], policy: AdlPolicy, full: bool, points: bool,
         tmp_path_factory: pytest.TempPathFactory) -> None:
     directory = tmp_path_factory.mktemp("journal")
     journal = directory / "journal.jsonl"
     journal.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in records))
-    options = {"adl_policy": policy, "full_adl_metrics": full, "snapshot_every": 9}
+    options = {"adl_policy": policy, "full_adl_metrics": full, "snapshot_every": 9, "adl_quantiles": points}
     reference = run(journal, directory / "reference", "reference", **options)
     compiled = run(journal, directory / "compiled", "compiled", **options)
     assert_same(reference, compiled)

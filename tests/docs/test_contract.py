@@ -70,6 +70,10 @@ def _check(cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("contract") / "demo"
     assert main(["demo", "--out", str(out), "--no-report", "--no-policies"]) == 0
+    # the demo runs without quantile points (as replay by default): its journal replayed with them gives the records
+    points = out.parent / "points"
+    assert main(["replay", str(out / "input.jsonl"), "--adl-quantiles", "--out", str(points)]) == 0
+    (out / "adl-quantiles.jsonl").write_bytes((points / "adl-quantiles.jsonl").read_bytes())
     return out
 
 
@@ -77,7 +81,7 @@ def test_parser_and_ajv_accept_the_contract_and_every_demo_record(demo: Path, tm
     done = _check(tmp_path, "--asyncapi", str(ASYNCAPI), "--schemas", str(SCHEMAS), "--records", str(demo))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "asyncapi: ok" in done.stdout
-    for stream in ("fund-ledger", "adl-events", "findings"):
+    for stream in ("fund-ledger", "adl-events", "findings", "postings", "adl-quantiles"):
         count = len((demo / f"{stream}.jsonl").read_text().splitlines())
         assert count > 0 and f"{stream}.jsonl: {count} of {count} valid" in done.stdout, done.stdout
 

@@ -33,7 +33,10 @@ LEDGER_COLUMNS = ["position", "id", "seq", "ts", "fund_id", "kind", "amount", "b
                   "counter_account", "prev_hash", "hash", "record"]
 ADL_COLUMNS = ["position", "id", "seq", "ts", "symbol", "liquidation_id", "fund_id", "account_id", "side", "qty",
                "price", "rank", "score", "quantile", "prev_hash", "hash", "record"]
-NUMERIC = {"amount", "balance_after", "qty", "price", "score"}
+POSTING_COLUMNS = ["position", "id", "seq", "ts", "kind", "debit_account", "credit_account", "asset", "amount",
+                   "debit_balance_after", "credit_balance_after", "transfer_id", "fill_id", "liquidation_id",
+                   "adl_event_id", "fund_entry_id", "prev_hash", "hash", "record"]
+NUMERIC = {"amount", "balance_after", "qty", "price", "score", "debit_balance_after", "credit_balance_after"}
 
 
 async def run_service(settings: Settings, owner_dsn: str, tmp_path: Path) -> None:
@@ -78,10 +81,11 @@ def rechain(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def rewrite_as_owner(owner_dsn: str, *, ledger: list[dict[str, Any]], adl_events: list[dict[str, Any]],
-                           journal: dict[int, bytes], state: str | None) -> None:
-    """As the tables' owner: the triggers off, the journal rows, the fund ledger, the ADL events, the fund balances
-    and the engine head replaced by a consistent forgery, the triggers on again."""
-    tables = ("journal", "fund_ledger", "adl_events")
+                           journal: dict[int, bytes], state: str | None,
+                           postings: list[dict[str, Any]] | None = None) -> None:
+    """As the tables' owner: the triggers off, the journal rows, the fund ledger, the ADL events, (given) the
+    postings, the fund balances and the engine head replaced by a consistent forgery, the triggers on again."""
+    tables = ("journal", "fund_ledger", "adl_events", "postings")
     ledger_head = ledger[-1]["hash"] if ledger else "0" * 64
     adl_head = adl_events[-1]["hash"] if adl_events else "0" * 64
     connection = await asyncpg.connect(owner_dsn)
@@ -93,7 +97,9 @@ async def rewrite_as_owner(owner_dsn: str, *, ledger: list[dict[str, Any]], adl_
                 await connection.execute("UPDATE journal SET payload = $2, payload_hash = $3 WHERE seq = $1", seq,
                                          payload.decode(), hashlib.sha256(payload).hexdigest())
             for table, columns, records in (("fund_ledger", LEDGER_COLUMNS, ledger),
-                                            ("adl_events", ADL_COLUMNS, adl_events)):
+                                            ("adl_events", ADL_COLUMNS, adl_events),
+                                            *((("postings", POSTING_COLUMNS, postings),) if postings is not None
+                                              else ())):
                 await connection.execute(f"DELETE FROM {table}")
                 rows = [[position, *(Decimal(r[c]) if c in NUMERIC else r[c] for c in columns[1:-1]),
                          canonical_json(r).decode()] for position, r in enumerate(records, start=1)]
@@ -127,9 +133,11 @@ async def forge_journal(owner_dsn: str, change: Callable[[dict[str, Any]], bool]
         if change(record):
             changed[seq] = canonical_json(record)
             break
-    processor, ledger, adl_events = derive([changed.get(seq, p) for seq, p in payloads.items()])
+    postings: list[dict[str, Any]] = []
+    processor, ledger, adl_events = derive([changed.get(seq, p) for seq, p in payloads.items()], postings,
+                                            adl_quantiles=True)  # as the service runs it
     await rewrite_as_owner(owner_dsn, ledger=ledger, adl_events=adl_events, journal=changed,
-                           state=state_hash(processor.engine))
+                           state=state_hash(processor.engine), postings=postings)
     return next(iter(changed))
 
 

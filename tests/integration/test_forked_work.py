@@ -173,7 +173,7 @@ async def test_a_killed_refresh_child_is_reported_and_the_next_refresh_writes_th
         await wait_refreshed(processor)
         assert errors == {}
     queue, positions, lines = await _stored(migrated_database)
-    replayed = Processor(Engine())
+    replayed = Processor(Engine(adl_quantiles=True))  # as the service runs it
     for line in lines:
         replayed.process(decode_record(line))
     engine = replayed.engine
@@ -204,7 +204,7 @@ async def test_a_snapshot_taken_in_a_forked_child_is_the_state_at_its_seq(
         await connection.close()
     seqs = [r["seq"] for r in rows]  # one at the batch that crossed each multiple of 2,500
     assert len(seqs) == 2 and 2500 <= seqs[0] < 3000 and 5000 <= seqs[1] < 5500, seqs
-    replayed = Processor(Engine())
+    replayed = Processor(Engine(adl_quantiles=True))  # as the service runs it
     for row in rows:
         while replayed.engine.last_seq < row["seq"]:
             replayed.process(decode_record(lines[replayed.engine.last_seq]))

@@ -36,7 +36,9 @@ EXAMPLES = sorted((REPO / "examples").glob("*.jsonl"))
 
 
 def replay_file(journal: Path, out: Path) -> dict[str, Any]:
-    assert cli(["replay", str(journal), "--out", str(out)]) == 0
+    """As the service runs the journal: with quantile points (BACKSTOP_ADL_QUANTILES defaults to on), which the state
+    hash depends on."""
+    assert cli(["replay", str(journal), "--adl-quantiles", "--out", str(out)]) == 0
     lines = {name: [json.loads(x) for x in (out / f"{name}.jsonl").read_text().splitlines()]
              for name in ("fund-ledger", "adl-events")}
     return {"summary": json.loads((out / "summary.json").read_text()), **lines}

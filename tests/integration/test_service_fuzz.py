@@ -17,6 +17,8 @@ from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from service_harness import in_process, input_ends, prepare_database, settings_for, stored, wait_caught_up
 
 from backstop.adapters.kafka.tools import produce_file
+from backstop.core.engine import Engine
+from backstop.core.processor import Processor
 from backstop.core.snapshot import state_hash
 from backstop.pipeline.ingest import Consumed, ingest_batch
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames
@@ -86,7 +88,7 @@ async def test_fuzzed_records_through_kafka_are_dead_lettered_and_change_nothing
             await produce_file(config, journal)               # exactly the good records' state
             await wait_caught_up(dsn, applied=len(SETUP) + 1, ends=await input_ends(config))  # state hash too
     have = await stored(dsn)
-    reference, _ = run([*SETUP, final])
+    reference, _ = run([*SETUP, final], processor=Processor(Engine(adl_quantiles=True)))  # as the service
     assert have["journal"] == len(SETUP) + 1
     assert len(have["dead_letter"]) == len(bad), (have["dead_letter"], bad)
     assert all(row["reason"] for row in have["dead_letter"])
@@ -128,7 +130,7 @@ async def test_a_record_over_1_mib_through_kafka_is_dead_lettered(kafka_bootstra
         async with in_process(config):
             await wait_caught_up(dsn, applied=len(SETUP) + 1, ends=await input_ends(config))
     have = await stored(dsn)
-    reference, _ = run([*SETUP, final])
+    reference, _ = run([*SETUP, final], processor=Processor(Engine(adl_quantiles=True)))  # as the service
     assert [row["reason"] for row in have["dead_letter"]] == [
         f"record of {len(big)} bytes exceeds the limit of {MAX_RECORD_BYTES}"]
     assert have["journal"] == len(SETUP) + 1

@@ -54,7 +54,8 @@ async def test_each_example_through_a_fresh_service_is_its_replay(config: tuple[
             assert expected == file_order(example)
         ordered = tmp_path / f"{name}.jsonl"
         ordered.write_bytes(b"\n".join(expected) + b"\n")
-        assert await asyncio.to_thread(cli, ["replay", str(ordered), "--out", str(tmp_path / name)]) == 0
+        assert await asyncio.to_thread(cli, ["replay", str(ordered), "--adl-quantiles", "--out",
+                                             str(tmp_path / name)]) == 0
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         await asyncio.to_thread(ensure_topics, settings)
         if how == "before":

@@ -63,8 +63,9 @@ def test_a_finished_replay_replaces_the_whole_directory(tmp_path: Path) -> None:
     assert (out / "snapshots").is_dir()
     assert main(["replay", str(OTHER), "--out", str(out)]) == 0
     assert not (out / "snapshots").exists()  # no snapshot of another journal left beside this one's summary
-    assert sorted(contents(out)) == ["accounts.json", "adl-events.jsonl", "adl-rounds.jsonl", "dead-letter.jsonl",
-                                     "findings.jsonl", "fund-ledger.jsonl", "summary.json"]
+    assert sorted(contents(out)) == ["accounts.json", "adl-events.jsonl", "adl-quantiles.jsonl", "adl-rounds.jsonl",
+                                     "dead-letter.jsonl", "findings.jsonl", "fund-ledger.jsonl", "postings.jsonl",
+                                     "summary.json"]
     assert json.loads((out / "summary.json").read_text())["adl_events"] == 2
     assert leftovers(tmp_path) == []
 

@@ -1,7 +1,8 @@
-"""Version-1 journals replay to the hashes they had before contract version 2 (docs/design.md §7), by both engines:
-the head hashes of every version-1 example as the engine of commit 68b5582 (before issue 21) computed them, and the
-state hashes as state document version 3 (admission, docs/design.md §4.1: the clocks and the held identities in the
-document) computed them before hedge mode was merged (branch h-admit at 99841e9)."""
+"""Version-1 journals replay to pinned hashes (docs/design.md §7), by both engines. The head hashes are those of
+commit 68b5582 (before issue 21) but for one move when the whole ledger was written (docs/design.md §9.7: a
+fund-ledger entry of a transfer names its transfer_id); the state hashes are those of state document version 4
+(admission's clocks and held identities, docs/design.md §4.1; the postings head, the newest ts and the ADL quantiles
+published, §10), with quantile points off. Hedge mode and contract version 2 moved none of them."""
 
 from __future__ import annotations
 
@@ -13,19 +14,19 @@ import pytest
 from backstop.entrypoints.replay import ReplayOptions, replay
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
-BEFORE_VERSION_2 = {  # example -> (head hash, state hash)
-    "01-isolated-liquidation-surplus": ("eb87cac3f458c36ff4518f24d534197a5d8c9e6f8931be85d365942cc655e3fe",
-                                        "3efa11ec8e024d6e7ea081fc26d7a4d7522e6091ec391d92750d93796552d134"),
-    "02-adl-walks-queue": ("fb4e2caafbb5589c50572885bc3d1a6e78e3fbf7ff6dcb1c62754d4679d3a492",
-                           "1894702034ca29807c08d85531e75f9516e4bdccda7d8b4e353e6643e10b986b"),
-    "03-cross-two-positions": ("1e8e992e51f7f95dad25e294b5b3af4886200025c8b035daf97b85399c3e5cec",
-                               "40b75e80d78fa4e93311da1919efdb2e5494a24050b362b16a4e25d358c6b2f8"),
-    "04-surplus-trader": ("69e4038e6dd78e9ddf1fff3a36ad63df9b4dd7e7ad9871ddf78ec0aa19013ea4",
-                          "9c6b52b08f4e04a749f4f18014cbd9788b6b214dba575f6c47f17da737977c67"),
-    "05-funding-and-fund-inventory": ("c7af858ada32c92dd7631c717a71dc14adf24282b99824a1a03b59722c1d0796",
-                                      "3ed37c179083c5c37a4415caa3270e0ba9bbfaf092128f4d6f13406825e15c10"),
-    "06-bad-debt": ("503f485b7ac61e57738aab63c4fcc83425a2ca5508630cbdd1db1cbf1e742712",
-                    "afcf592ab2900236ac0bf455b98ccf1a4040f8e5ac405608af67eeb3264c5531"),
+BEFORE_VERSION_2 = {  # example -> (head hash, state hash), quantile points off (replay's default)
+    "01-isolated-liquidation-surplus": ("c304a3fed80dab56a1c62fbdae970cd678c530d3694fd0c4cc8fe7e2f9be6c29",
+                                        "9f88a158fad89fa827d400cc5cc9963baa6ef9d31b6b771c9a8dc1e9c5525b96"),
+    "02-adl-walks-queue": ("ccd6cffbe0ad0397dbaa3c2f7586f60b1327bee5397d910275d0ea551d650e67",
+                           "a1c93df3d52e1aceb1526e1a66e2c6cbad5d11afe934f4cf2c3b67c33e383c7f"),
+    "03-cross-two-positions": ("92094b70197371da4fc7728c9f81f97b8807e56452c9099a6d2edd59123bc6ce",
+                               "d3cde9b239ea58960053062d33999163ac689c83c0ea9d627fa4d536aa82a0a2"),
+    "04-surplus-trader": ("b2d1efaf8329dedbc36d5e2cec8e239485fbe1e3e41be0843b09ae9571706176",
+                          "e5f1ace8fd622fd9e5c81c8820627503dd432244b91811976cfbb2ae1705bcda"),
+    "05-funding-and-fund-inventory": ("2e7fd9f358bebec671fc933b91186fe32dec04d659a01b872c0effed2e7c14e4",
+                                      "dacb31be18cc4478aaaafec06f369f147f78de4f08d06bbe1a580730a2e92edf"),
+    "06-bad-debt": ("2ceaa823ebbf08790e7e6076be059d5b1851a60dd81d95ed90482c3a045f7c45",
+                    "ce792ce7f7c2cd9f496012d78fb48b35da6661371d84df98fa5a3c61320d574c"),
 }
 
 

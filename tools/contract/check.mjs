@@ -7,7 +7,8 @@
 //    the version generators and brokers' tooling read today).
 // 2. ajv, a second JSON Schema implementation (the first is pydantic, which generated the schemas), validates every
 //    record of each replay output DIR against schemas/json: fund-ledger.jsonl, adl-events.jsonl, findings.jsonl,
-//    and the input records of journal.jsonl and input.jsonl by their type.
+//    postings.jsonl, adl-quantiles.jsonl (by their kind), and the input records of journal.jsonl and input.jsonl by
+//    their type.
 // Exit 0 when everything holds, 1 when something does not, 2 on bad arguments.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -20,6 +21,8 @@ const OUTPUT_FILES = {
   'fund-ledger.jsonl': () => 'output-fund-ledger-entry',
   'adl-events.jsonl': () => 'output-adl-event',
   'findings.jsonl': () => 'output-finding',
+  'postings.jsonl': () => 'output-posting',
+  'adl-quantiles.jsonl': (record) => (record.kind === 'risk' ? 'output-adl-risk' : 'output-adl-quantile'),
   'journal.jsonl': (record) => `input-${record.type}`,
   'input.jsonl': (record) => `input-${record.type}`,
 };

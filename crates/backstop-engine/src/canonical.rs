@@ -156,6 +156,29 @@ pub fn chain_hash_of(value: &J<'_>) -> String {
     sha256_hex(&to_vec(&body))
 }
 
+/// A chained record written once: `before` holds its keys that sort before "hash", `after` those after it (both
+/// non-empty objects). The hash is SHA-256 of the record without "hash" (backstop.core.hashing.chain_hash); the
+/// record with its hash is appended to `out`, and the hash returned.
+pub fn write_chained(out: &mut Vec<u8>, before: &J<'_>, after: &J<'_>) -> String {
+    let start = out.len();
+    write(out, before);
+    let middle = out.len() - 1; // the closing brace of `before`
+    out[middle] = b',';
+    write(out, after);
+    out[middle + 1] = b' '; // the opening brace of `after`, overwritten below
+    let mut hasher = Sha256::new();
+    hasher.update(&out[start..=middle]);
+    hasher.update(&out[middle + 2..]);
+    let hash = hex(&hasher.finalize());
+    let tail = out.split_off(middle + 2);
+    out.truncate(middle + 1);
+    out.extend_from_slice(b"\"hash\":\"");
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\",");
+    out.extend_from_slice(&tail);
+    hash
+}
+
 /// Lowercase hex of SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))

@@ -36,10 +36,14 @@ pub struct Outputs {
     pub fund_ledger: Vec<u8>,
     pub adl_events: Vec<u8>,
     pub findings: Vec<u8>,
+    pub postings: Vec<u8>,
+    pub adl_quantiles: Vec<u8>,
     pub adl_rounds: Vec<u8>,
     pub fund_entries: u64,
     pub adl_count: u64,
     pub finding_count: u64,
+    pub posting_count: u64,
+    pub quantile_count: u64,
 }
 
 /// Per-event counters for output ids (fl-<seq>-<n>, ...).
@@ -48,7 +52,18 @@ struct EventCounts {
     fund_entries: u64,
     adl_events: u64,
     findings: u64,
+    postings: u64,
+    fund_postings: u64,
     rounds: u64,
+}
+
+/// What the postings of the event in hand belong to (docs/design.md section 10, "Postings").
+#[derive(Default, Clone, Debug)]
+struct Cause {
+    transfer_id: Option<String>,
+    fill_id: Option<String>,
+    liquidation_id: Option<String>,
+    adl_event_id: Option<String>,
 }
 
 /// An account's margin at the current marks: the balance behind the position (isolated: margin + uPnL; cross:
@@ -68,7 +83,7 @@ impl MarginView {
     }
 }
 
-/// One position's place in the ADL queue.
+/// One position's place in the ADL queue, and the (rounded) bankruptcy price it was scored against.
 #[derive(Clone, Debug)]
 pub struct Ranked {
     pub account: u32,
@@ -76,6 +91,7 @@ pub struct Ranked {
     pub size: i128,
     pub score: Wide,
     pub past_bankruptcy: bool,
+    pub bankruptcy: Wide,
 }
 
 #[derive(Clone, Debug)]
@@ -91,8 +107,18 @@ pub struct Engine {
     pub last_seq: u64,
     /// duplicates, the journal clock and the per-symbol clocks (docs/design.md §4.1)
     pub admission: Admission,
+    /// The largest ts applied: quantile points (crate::quantiles).
+    pub newest_ts: Option<u64>,
     pub ledger_head: String,
     pub adl_head: String,
+    pub postings_head: String,
+    /// Quantiles published for positions since closed, by (account, symbol, side) (crate::quantiles).
+    pub quantile_closes: HashMap<(u32, u32, Side), u8>,
+    /// The ADL risk level published per symbol.
+    pub risk_levels: HashMap<u32, &'static str>,
+    /// Quantile points on (an option: ranking every side at each point costs more than the rest of a replay; they
+    /// never change the ledger or the head hash, docs/design.md section 10).
+    pub adl_quantiles: bool,
     /// The ADL policy (docs/design.md section 11) and, under Bybit's trigger, its state.
     pub policy: Policy,
     pub drawdown: DrawdownState,
@@ -101,9 +127,10 @@ pub struct Engine {
     /// This run's rounds, ADL events and fund postings, summed (the summary's `adl`); not state.
     pub totals: RunTotals,
     settle_assets: HashSet<u32>,
-    seq: u64,
-    ts: u64,
+    pub(crate) seq: u64,
+    pub(crate) ts: u64,
     counts: EventCounts,
+    cause: Cause,
     /// Each touched fund's balance and its symbols' PnL as the current event found them (Bybit's trigger).
     drawdown_before: Option<FundValues>,
 }
@@ -135,8 +162,13 @@ impl Default for Engine {
             adl_index: AdlIndex::default(),
             last_seq: 0,
             admission: Admission::default(),
+            newest_ts: None,
             ledger_head: GENESIS_HASH.to_string(),
             adl_head: GENESIS_HASH.to_string(),
+            postings_head: GENESIS_HASH.to_string(),
+            quantile_closes: HashMap::default(),
+            risk_levels: HashMap::default(),
+            adl_quantiles: false,
             policy: Policy::default(),
             drawdown: DrawdownState::default(),
             full_metrics: false,
@@ -145,6 +177,7 @@ impl Default for Engine {
             seq: 0,
             ts: 0,
             counts: EventCounts::default(),
+            cause: Cause::default(),
             drawdown_before: None,
         }
     }
@@ -186,6 +219,7 @@ impl Engine {
         self.seq = seq;
         self.ts = record.ts;
         self.counts = EventCounts::default();
+        self.cause = Cause::default();
         let fund = self.fund_of(record);
         let before = fund.map(|fund| (fund, self.ledger.balance(Account::Fund(fund))));
         let drawdown = fund.filter(|_| self.policy.drawdown.is_some());
@@ -200,11 +234,18 @@ impl Engine {
             Body::Liquidation { .. } => self.on_liquidation(record, out)?,
         }
         self.last_seq = seq;
+        let newest = self.newest_ts; // quantile points are periods of the newest ts applied (design section 10)
+        if newest.is_none_or(|newest| record.ts > newest) {
+            self.newest_ts = Some(record.ts);
+        }
         if let Some(before) = before {
             self.enforce_solvency(before, out);
         }
         if let Some(fund) = drawdown {
             self.sample_drawdown(fund);
+        }
+        if self.adl_quantiles && crate::quantiles::crosses_period(newest, record.ts) {
+            crate::quantiles::publish(self, out);
         }
         Ok(())
     }
@@ -290,7 +331,7 @@ impl Engine {
 
     // ------------------------------------------------------------------ money in and out
     fn on_transfer(&mut self, record: &Record<'_>, out: &mut Outputs) -> Result<(), Rejected> {
-        let Body::Transfer { account_id, asset, amount, .. } = &record.body else { unreachable!() };
+        let Body::Transfer { transfer_id, account_id, asset, amount } = &record.body else { unreachable!() };
         let amount = amount.value;
         if amount == 0 {
             return reject("transfer amount must not be zero");
@@ -316,7 +357,8 @@ impl Engine {
                                   text_wide(balance, S8), account.name(&self.names)));
         }
         let source = Account::External(asset_id);
-        self.ledger.post(source, account, amount);
+        self.cause.transfer_id = Some(transfer_id.to_string());
+        self.post("transfer", source, account, amount, asset_id, out);
         if let Some(fund) = fund {
             self.fund_entry(fund, "transfer", I256::new(amount), None, source, None, out);
         }
@@ -355,6 +397,7 @@ impl Engine {
         let symbol_id = self.instrument_of(symbol)?;
         let (qty, fill_price, fee) = (qty.value, price.value, fee.value);
         self.check_steps(symbol_id, qty, Some(fill_price))?;
+        self.cause.fill_id = Some(fill_id.to_string());
         if let Some(fund_name) = account_id.strip_prefix(FUND_ACCOUNT_PREFIX) {
             return self.fund_fill(fund_name, symbol_id, *side, qty, fill_price, fee, *position_side, out);
         }
@@ -398,15 +441,15 @@ impl Engine {
         }
         self.marks.entry(symbol_id).or_insert(fill_price);
         if closing > 0 {
-            self.reduce(account, symbol_id, position_side, closing, wide(closing * fill_price));
+            self.reduce(account, symbol_id, position_side, closing, wide(closing * fill_price), "realized_pnl", out);
         }
         if remaining > 0 {
             self.open(account, symbol_id, position_side, if delta > 0 { remaining } else { -remaining }, fill_price,
-                      *margin_mode, *leverage);
+                      *margin_mode, *leverage, out);
         }
         let asset = self.instruments[&symbol_id].settle_asset;
         let wallet = Account::Wallet { account, asset };
-        self.ledger.post(wallet, Account::Fees(asset), fee);
+        self.post("fee", wallet, Account::Fees(asset), fee, asset, out);
         let balance = self.ledger.balance(wallet);
         if balance < 0 {
             let details = vec![("wallet", J::Owned(text_wide(balance, S8))), ("fill_id", J::Str(fill_id))];
@@ -432,7 +475,7 @@ impl Engine {
 
     #[allow(clippy::too_many_arguments)]
     fn open(&mut self, account: u32, symbol: u32, position_side: PositionSide, qty: i128, fill_price: i128,
-            margin_mode: MarginMode, leverage: Dec) {
+            margin_mode: MarginMode, leverage: Dec, out: &mut Outputs) {
         let value = qty.abs() * fill_price;
         match self.positions.get_mut(account, symbol, position_side) {
             Some(position) => {
@@ -440,22 +483,30 @@ impl Engine {
                 position.cost += value;
                 position.leverage = leverage;
             }
-            None => self.positions.add(Position { account, symbol, qty, cost: value, margin_mode, leverage,
-                                                  position_side }),
+            None => {
+                let side = if qty > 0 { Side::Long } else { Side::Short };
+                // the same position back before its close was published: as if never gone
+                let adl_quantile = self.quantile_closes.remove(&(account, symbol, side)).unwrap_or(0);
+                self.positions.add(Position { account, symbol, qty, cost: value, margin_mode, leverage,
+                                              position_side, adl_quantile })
+            }
         }
         self.adl_index.changed.mark(account);
         if margin_mode == MarginMode::Isolated {
             let initial_margin = ratio(I256::new(value), S16, I256::new(leverage.value), S8, S8, Rounding::HalfEven);
             let asset = self.instruments[&symbol].settle_asset;
-            self.ledger.post(Account::Wallet { account, asset },
-                             Account::Isolated { account, symbol, side: position_side },
-                             crate::numbers::narrow(initial_margin));
+            self.post("initial_margin", Account::Wallet { account, asset },
+                      Account::Isolated { account, symbol, side: position_side },
+                      crate::numbers::narrow(initial_margin), asset, out);
         }
     }
 
     /// Close qty of a trader's position for total proceeds (1e-16; a lot's cost share at a takeover or an ADL: 512
-    /// bits); post realized PnL and release margin.
-    fn reduce(&mut self, account: u32, symbol: u32, position_side: PositionSide, qty: i128, proceeds: Wide) -> I256 {
+    /// bits); post realized PnL (as `kind`: a trade, the takeover of a liquidated position, a deleverage) and release
+    /// margin.
+    #[allow(clippy::too_many_arguments)]
+    fn reduce(&mut self, account: u32, symbol: u32, position_side: PositionSide, qty: i128, proceeds: Wide,
+              kind: &'static str, out: &mut Outputs) -> I256 {
         let asset = self.instruments[&symbol].settle_asset;
         let wallet = Account::Wallet { account, asset };
         let position = self.positions.get(account, symbol, position_side).expect("a held position").clone();
@@ -464,12 +515,12 @@ impl Engine {
         let realized_exact =
             if position.qty > 0 { wsub(proceeds, wide(cost_share)) } else { wsub(wide(cost_share), proceeds) };
         let realized = money_wide(realized_exact, S16);
-        self.ledger.post(Account::Settlement(symbol), wallet, realized);
+        self.post(kind, Account::Settlement(symbol), wallet, realized, asset, out);
         if position.margin_mode == MarginMode::Isolated {
             let margin_account = Account::Isolated { account, symbol, side: position_side };
             let margin = self.ledger.balance(margin_account);
             let released = narrow_wide(share_wide(wide256(margin), S8, qty, size));
-            self.ledger.post(margin_account, wallet, released);
+            self.post("margin_release", margin_account, wallet, released, asset, out);
         }
         let side = position.side();
         let position = self.positions.get_mut(account, symbol, position_side).expect("a held position");
@@ -478,7 +529,11 @@ impl Engine {
         if position.qty == 0 {
             assert!(position.cost == 0, "closed position {}/{} kept cost", self.names.name(account),
                     position_label(self.names.name(symbol), position_side));
+            let published = position.adl_quantile;
             self.positions.remove(account, symbol, position_side);
+            if published != 0 {
+                self.quantile_closes.insert((account, symbol, side), published);
+            }
             self.adl_index.drop_position(account, symbol, side);
         }
         self.adl_index.changed.mark(account);
@@ -518,7 +573,10 @@ impl Engine {
         let rate_price = product(mark_price.value, rate.value); // 1e-26
         let asset = self.instruments[&symbol_id].settle_asset;
         let mut payments = Vec::new();
-        for &(account, side) in self.positions.holders(symbol_id) {
+        let mut holders = self.positions.holders(symbol_id).to_vec();
+        // postings by account, then position side (docs/design.md section 10, "Postings")
+        holders.sort_by(|a, b| self.names.name(a.0).cmp(self.names.name(b.0)).then(a.1.name().cmp(b.1.name())));
+        for (account, side) in holders {
             // each hedge side pays on its own signed qty
             let position = self.positions.get(account, symbol_id, side).expect("indexed");
             let payment = money(mul(I256::new(position.qty), rate_price), S8 + S26);
@@ -530,13 +588,13 @@ impl Engine {
             payments.push((payer, payment));
         }
         for (payer, payment) in payments {
-            self.ledger.post(payer, clearing, payment);
+            self.post("funding", payer, clearing, payment, asset, out);
         }
         let fund = self.instruments[&symbol_id].fund_id;
         let net = self.funds[&fund].net_qty(symbol_id);
         let payment = money(mul(I256::new(net), rate_price), S8 + S26);
         if payment != 0 {
-            self.ledger.post(Account::Fund(fund), clearing, payment);
+            self.post("funding", Account::Fund(fund), clearing, payment, asset, out);
             self.fund_entry(fund, "funding", I256::new(-payment), None, clearing, Some(symbol_id), out);
         }
         Ok(())
@@ -554,6 +612,7 @@ impl Engine {
         if account_id.starts_with(FUND_ACCOUNT_PREFIX) {
             return reject("a fund's inventory is not liquidated");
         }
+        self.cause.liquidation_id = Some(liquidation_id.to_string());
         let account = self.names.find(account_id);
         let position = account.and_then(|a| self.positions.get(a, symbol_id, *position_side)).cloned();
         let Some(position) = position else {
@@ -635,7 +694,7 @@ impl Engine {
             liquidated_account: account,
             seq: self.seq,
         };
-        self.reduce(account, symbol_id, position.position_side, qty, lot_cost);
+        self.reduce(account, symbol_id, position.position_side, qty, lot_cost, "takeover", out);
         let symbol_name = self.names.name(symbol_id).to_string();
         let fund_state = self.funds.get_mut(&fund).expect("an instrument's fund");
         fund_state.add_lot(&symbol_name, lot);
@@ -789,7 +848,7 @@ impl Engine {
             remaining -= take;
         }
         if fee != 0 {
-            self.ledger.post(Account::Fund(fund), Account::Fees(asset), fee);
+            self.post("fee", Account::Fund(fund), Account::Fees(asset), fee, asset, out);
             self.fund_entry(fund, "fee", I256::new(-fee), None, Account::Fees(asset), Some(symbol), out);
         }
         Ok(())
@@ -812,20 +871,23 @@ impl Engine {
         let (asset, fee_rate) = (instrument.settle_asset, instrument.liquidation_fee_rate);
         let source = Account::Settlement(lot.symbol);
         let liquidation_id = Some(lot.liquidation_id.as_str());
+        let cause = self.cause.liquidation_id.replace(lot.liquidation_id.clone());
         if gain < 0 {
-            self.ledger.post(Account::Fund(fund), source, -gain);
+            self.post("liquidation_loss", Account::Fund(fund), source, -gain, asset, out);
             self.fund_entry(fund, "liquidation_loss", gain, liquidation_id, source, Some(lot.symbol), out);
-            return;
+        } else {
+            let mut kept = gain;
+            if self.funds[&fund].spec.surplus == Surplus::Trader {
+                kept = gain.min(money_wide(wmul(wide(fee_rate), proceeds), S18 + S16));
+                self.post("surplus_refund", source, Account::Wallet { account: lot.liquidated_account, asset },
+                          sub(gain, kept), asset, out);
+            }
+            if kept > 0 {
+                self.post("liquidation_gain", source, Account::Fund(fund), kept, asset, out);
+                self.fund_entry(fund, "liquidation_gain", kept, liquidation_id, source, Some(lot.symbol), out);
+            }
         }
-        let mut kept = gain;
-        if self.funds[&fund].spec.surplus == Surplus::Trader {
-            kept = gain.min(money_wide(wmul(wide(fee_rate), proceeds), S18 + S16));
-            self.ledger.post(source, Account::Wallet { account: lot.liquidated_account, asset }, sub(gain, kept));
-        }
-        if kept > 0 {
-            self.ledger.post(source, Account::Fund(fund), kept);
-            self.fund_entry(fund, "liquidation_gain", kept, liquidation_id, source, Some(lot.symbol), out);
-        }
+        self.cause.liquidation_id = cause;
     }
 
     /// Take qty out of a lot: its cost share (1e-16), the whole remainder for the whole lot. Returns the lot as it
@@ -953,6 +1015,8 @@ impl Engine {
             if take == 0 {
                 continue;
             }
+            let causes = (self.cause.liquidation_id.replace(lot.liquidation_id.clone()),
+                          self.cause.adl_event_id.replace(format!("adl-{}-{}", self.seq, self.counts.adl_events)));
             let position = self.positions.get(ranked.account, symbol, ranked.position_side).expect("a queued position");
             let figures = self.figures(position, mark);
             let proceeds = match (price_rule, reset_left) {
@@ -969,10 +1033,11 @@ impl Engine {
                 _ => self.take_from_lot(fund, symbol_name, lot_index, take).1,
             };
             left -= take;
-            self.reduce(ranked.account, symbol, ranked.position_side, take, proceeds);
+            self.reduce(ranked.account, symbol, ranked.position_side, take, proceeds, "adl", out);
             let rank = rank + 1;
             self.adl_event(fund, &lot, ranked.account, opposite, take, price_of_wide(proceeds, take), rank, ranked.score,
                            quantile(rank, count), out);
+            (self.cause.liquidation_id, self.cause.adl_event_id) = causes;
             let at_mark = wide(take * mark); // the haircut: what the take gave up against the mark
             let haircut = if opposite == Side::Short { wsub(proceeds, at_mark) } else { wsub(at_mark, proceeds) };
             hits.push(Hit { figures, qty: take, haircut });
@@ -1125,7 +1190,8 @@ impl Engine {
             } else {
                 Account::Wallet { account: position.account, asset: self.instruments[&position.symbol].settle_asset }
             };
-            self.ledger.post(source, Account::Fund(fund), amount);
+            let asset = self.instruments[&position.symbol].settle_asset;
+            self.post("socialized_loss", source, Account::Fund(fund), amount, asset, out);
             self.fund_entry(fund, "socialized_loss", I256::new(amount), None, source, None, out);
             hits.push(Hit { figures, qty: 0, haircut: wide(amount * crate::numbers::pow10_i128(S16 - S8)) });
         }
@@ -1315,11 +1381,11 @@ impl Engine {
             (wide256(ratio(I256::new(pnl), S16, I256::new(cost), S16, S12, Rounding::HalfEven)), true)
         };
         Ranked { account: position.account, position_side: position.position_side, size: position.size(), score,
-                 past_bankruptcy: past }
+                 past_bankruptcy: past, bankruptcy }
     }
 
     /// The account's position on one side of a symbol: its one-way position of that sign, or its hedge side.
-    fn position_on(&self, account: u32, symbol: u32, side: Side) -> Option<&Position> {
+    pub fn position_on(&self, account: u32, symbol: u32, side: Side) -> Option<&Position> {
         let hedge = if side == Side::Long { PositionSide::Long } else { PositionSide::Short };
         self.positions.get(account, symbol, hedge)
             .or_else(|| self.positions.get(account, symbol, PositionSide::Both).filter(|p| p.side() == side))
@@ -1352,7 +1418,7 @@ impl Engine {
             }
         };
         Ranked { account: position.account, position_side: position.position_side, size: position.size(), score,
-                 past_bankruptcy: false }
+                 past_bankruptcy: false, bankruptcy: self.bankruptcy_price(position) }
     }
 
     /// Every position of one symbol and side in ADL order (ties: the larger position, then the smaller account id).
@@ -1468,6 +1534,55 @@ impl Engine {
     }
 
     // ------------------------------------------------------------------ outputs
+    /// Move `amount` (money; negative: the other way) in the ledger and write its posting: amount > 0 from the debit
+    /// account to the credit account; nothing for zero. A posting to or from a fund names the fund-ledger entry the
+    /// caller writes next.
+    fn post(&mut self, kind: &str, source: Account, destination: Account, amount: impl Into<I256>, asset: u32,
+            out: &mut Outputs) {
+        let amount: I256 = amount.into();
+        self.ledger.post(source, destination, amount);
+        if amount == 0 {
+            return;
+        }
+        let (debit, credit, amount) = if amount < 0 { (destination, source, -amount) } else { (source, destination, amount) };
+        let id = format!("p-{}-{}", self.seq, self.counts.postings);
+        let touches_fund = matches!(debit, Account::Fund(_)) || matches!(credit, Account::Fund(_));
+        let fund_entry_id = touches_fund.then(|| format!("fl-{}-{}", self.seq, self.counts.fund_entries));
+        self.counts.fund_postings += u64::from(touches_fund);
+        let (debit_name, credit_name) = (debit.name(&self.names), credit.name(&self.names));
+        let cause = &self.cause;
+        fn optional(value: &Option<String>) -> J<'_> {
+            value.as_deref().map_or(J::Null, J::Str)
+        }
+        // the keys before "hash" and after it: the record is written once, the hash taken over both halves
+        let before = J::Obj(vec![
+            ("adl_event_id", optional(&cause.adl_event_id)),
+            ("amount", J::Wide(amount, S8)),
+            ("asset", J::Str(self.names.name(asset))),
+            ("credit_account", J::Str(&credit_name)),
+            ("credit_balance_after", J::Wide(self.ledger.balance(credit), S8)),
+            ("debit_account", J::Str(&debit_name)),
+            ("debit_balance_after", J::Wide(self.ledger.balance(debit), S8)),
+            ("fill_id", optional(&cause.fill_id)),
+            ("fund_entry_id", fund_entry_id.as_deref().map_or(J::Null, J::Str)),
+        ]);
+        let after = J::Obj(vec![
+            ("id", J::Str(&id)),
+            ("kind", J::Str(kind)),
+            ("liquidation_id", optional(&cause.liquidation_id)),
+            ("prev_hash", J::Str(&self.postings_head)),
+            ("schema_version", J::Int(SCHEMA_VERSION)),
+            ("seq", J::Int(self.seq as i128)),
+            ("transfer_id", optional(&cause.transfer_id)),
+            ("ts", J::Int(self.ts as i128)),
+        ]);
+        let hash = canonical::write_chained(&mut out.postings, &before, &after);
+        out.postings.push(b'\n');
+        self.postings_head = hash;
+        self.counts.postings += 1;
+        out.posting_count += 1;
+    }
+
     /// `symbol`: the symbol whose fund PnL the entry is (Bybit's trigger sums it per symbol, section 11.3).
     #[allow(clippy::too_many_arguments)]
     fn fund_entry(&mut self, fund: u32, kind: &str, amount: I256, liquidation_id: Option<&str>, counter: Account,
@@ -1480,6 +1595,9 @@ impl Engine {
         let id = format!("fl-{}-{}", self.seq, self.counts.fund_entries);
         let counter_name = counter.name(&self.names);
         let balance = self.ledger.balance(Account::Fund(fund));
+        let transfer_id = if kind == "transfer" { self.cause.transfer_id.as_deref() } else { None };
+        assert!(self.counts.fund_postings == self.counts.fund_entries + 1,
+                "fund-ledger entry {id} follows no posting to or from the fund");
         let mut body = vec![
             ("schema_version", J::Int(SCHEMA_VERSION)),
             ("id", J::Str(&id)),
@@ -1490,6 +1608,7 @@ impl Engine {
             ("amount", J::Wide(amount, S8)),
             ("balance_after", J::Wide(balance, S8)),
             ("liquidation_id", liquidation_id.map_or(J::Null, J::Str)),
+            ("transfer_id", transfer_id.map_or(J::Null, J::Str)),
             ("counter_account", J::Str(&counter_name)),
             ("prev_hash", J::Str(&self.ledger_head)),
         ];

@@ -18,4 +18,5 @@ pub mod adl_index;
 pub mod engine;
 pub mod ledger;
 pub mod processor;
+pub mod quantiles;
 pub mod state;

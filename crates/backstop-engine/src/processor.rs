@@ -21,8 +21,9 @@ use crate::wire::{self, Dec, MarginMode, PositionSide, Surplus};
 use ethnum::I256;
 use rustc_hash::FxHashMap as HashMap;
 
-/// 3: the journal clock, the per-symbol clocks and what admission holds in the document.
-pub const SNAPSHOT_VERSION: i128 = 3;
+/// 3: the journal clock, the per-symbol clocks and what admission holds in the document; 4: the postings head, the
+/// newest ts applied and the ADL quantiles published.
+pub const SNAPSHOT_VERSION: i128 = 4;
 /// Bytes of a bad line kept in its dead letter.
 pub const RAW_KEEP_BYTES: usize = 4096;
 
@@ -113,11 +114,17 @@ pub struct Processor {
     pub fund_entries: u64,
     pub adl_events: u64,
     pub findings: u64,
+    pub postings: u64,
+    pub adl_quantiles: u64,
     pub strict: bool,
     pub snapshot_every: u64,
     /// Check after every batch that the ledger's balances sum to zero (--check-conservation).
     pub check_conservation: bool,
     next_snapshot: u64,
+}
+
+fn counts(outputs: &Outputs) -> [u64; 5] {
+    [outputs.fund_entries, outputs.adl_count, outputs.finding_count, outputs.posting_count, outputs.quantile_count]
 }
 
 /// A blank line of the journal reader (backstop.adapters.journal_file): only spaces, tabs and carriage returns.
@@ -233,7 +240,7 @@ impl Processor {
                     continue;
                 }
             };
-            let before = (batch.outputs.fund_entries, batch.outputs.adl_count, batch.outputs.finding_count);
+            let before = counts(&batch.outputs);
             let seq = self.engine.last_seq + 1;
             if let Err(refusal) = self.engine.apply(&decoded, seq, &mut batch.outputs) {
                 match self.refused(refusal) {
@@ -250,9 +257,7 @@ impl Processor {
             if let Some((key, content)) = self.engine.admission.last_held {
                 admission::pack_row(&mut batch.held, key, content, seq);
             }
-            self.fund_entries += batch.outputs.fund_entries - before.0;
-            self.adl_events += batch.outputs.adl_count - before.1;
-            self.findings += batch.outputs.finding_count - before.2;
+            self.count(before, &batch.outputs);
             let id = format!("j-{seq}");
             let payload_hash = canonical::sha256_hex(&payload);
             let row = J::Obj(vec![
@@ -281,13 +286,11 @@ impl Processor {
                 return Err((RejectionKind::Invalid, reason));
             }
         };
-        let before = (batch.outputs.fund_entries, batch.outputs.adl_count, batch.outputs.finding_count);
+        let before = counts(&batch.outputs);
         if let Err(refusal) = self.engine.apply(&record, self.engine.last_seq + 1, &mut batch.outputs) {
             return self.refused(refusal);
         }
-        self.fund_entries += batch.outputs.fund_entries - before.0;
-        self.adl_events += batch.outputs.adl_count - before.1;
-        self.findings += batch.outputs.finding_count - before.2;
+        self.count(before, &batch.outputs);
         let seq = self.engine.last_seq;
         if self.snapshot_every > 0 && seq >= self.next_snapshot {
             let (mut document, ids) = self.snapshot_json(number);
@@ -296,6 +299,16 @@ impl Processor {
             self.next_snapshot = seq + self.snapshot_every;
         }
         Ok(())
+    }
+
+    /// Add what an applied event wrote (the outputs' counts after it, less `before`) to the totals.
+    fn count(&mut self, before: [u64; 5], outputs: &Outputs) {
+        let after = counts(outputs);
+        self.fund_entries += after[0] - before[0];
+        self.adl_events += after[1] - before[1];
+        self.findings += after[2] - before[2];
+        self.postings += after[3] - before[3];
+        self.adl_quantiles += after[4] - before[4];
     }
 
     // ------------------------------------------------------------------ documents
@@ -311,6 +324,10 @@ impl Processor {
         funds.sort_by(|a, b| names.name(a.spec.fund_id).cmp(names.name(b.spec.fund_id)));
         let mut instruments: Vec<&Instrument> = engine.instruments.values().collect();
         instruments.sort_by(|a, b| names.name(a.symbol).cmp(names.name(b.symbol)));
+        let mut closes: Vec<(&str, &str, &str, u8)> = engine.quantile_closes.iter()
+            .map(|((account, symbol, side), quantile)| (names.name(*account), names.name(*symbol), side.name(), *quantile))
+            .collect();
+        closes.sort();
         let admission = &engine.admission;
         let latest = admission.latest_sorted();
         let latest_hex: Vec<(String, String)> =
@@ -327,15 +344,20 @@ impl Processor {
             ("adl_policy", engine.policy.document()),
             ("ledger_head", J::Str(&engine.ledger_head)),
             ("adl_head", J::Str(&engine.adl_head)),
+            ("postings_head", J::Str(&engine.postings_head)),
             ("balances", J::Obj(balances.iter().map(|(name, balance)| (name.as_str(), J::Owned(text_wide(*balance, S8)))).collect())),
             ("funds", J::Arr(funds.iter().map(|f| fund_document(engine, f)).collect())),
             ("instruments", J::Arr(instruments.iter().map(|i| instrument_document(engine, i)).collect())),
             ("marks", J::Obj(engine.marks.iter().map(|(s, m)| (names.name(*s), J::Owned(text(*m, S8)))).collect())),
             ("clock", clock_document(&admission.clock)),
+            ("newest_ts", engine.newest_ts.map_or(J::Null, |ts| J::Int(ts as i128))),
             ("dedupe", dedupe),
             ("mark_clock", symbol_clock_document(&admission.mark_clock)),
             ("funding_clock", symbol_clock_document(&admission.funding_clock)),
             ("positions", J::Arr(positions_in_order(engine).into_iter().map(|p| position_document(engine, p)).collect())),
+            ("quantile_closes", J::Arr(closes.iter().map(|(account, symbol, side, quantile)| J::Arr(vec![
+                J::Str(account), J::Str(symbol), J::Str(side), J::Int(i128::from(*quantile))])).collect())),
+            ("risk_levels", J::Obj(engine.risk_levels.iter().map(|(s, level)| (names.name(*s), J::Str(level))).collect())),
         ];
         if engine.policy.drawdown.is_some() {
             // only under Bybit's trigger: every other state hash stays as it was
@@ -375,6 +397,8 @@ impl Processor {
                 ("fund_entries", J::Int(self.fund_entries as i128)),
                 ("adl_events", J::Int(self.adl_events as i128)),
                 ("findings", J::Int(self.findings as i128)),
+                ("postings", J::Int(self.postings as i128)),
+                ("adl_quantiles", J::Int(self.adl_quantiles as i128)),
             ])),
         ]);
         // sealed (backstop.core.snapshot.sealed): the SHA-256 of everything else in the document
@@ -415,6 +439,16 @@ impl Processor {
         }).collect();
         let head = engine.head_hash();
         let state_hash = self.state_hash();
+        let views = crate::quantiles::views_now(engine);
+        let risk = crate::quantiles::risks(engine, &views).into_iter().map(|(symbol, risk)| {
+            (names.name(symbol), J::Obj(vec![
+                ("fund_id", J::Str(names.name(risk.fund))),
+                ("risk_level", J::Str(risk.level)),
+                ("capacity", J::Owned(crate::quantiles::reported(risk.capacity, 26))),
+                ("stressed_notional_long", J::Owned(text_wide(reported(risk.stressed_long, S16), S8))),
+                ("stressed_notional_short", J::Owned(text_wide(reported(risk.stressed_short, S16), S8))),
+            ]))
+        }).collect();
         let document = J::Obj(vec![
             ("schema_version", J::Int(1)),
             ("events_applied", J::Int(self.events_applied() as i128)),
@@ -429,8 +463,13 @@ impl Processor {
             ("fund_ledger_entries", J::Int(self.fund_entries as i128)),
             ("adl_events", J::Int(self.adl_events as i128)),
             ("findings", J::Int(self.findings as i128)),
+            ("postings_head_hash", J::Str(&engine.postings_head)),
+            ("postings", J::Int(self.postings as i128)),
+            ("adl_quantiles", J::Int(self.adl_quantiles as i128)),
+            ("adl_quantile_points", J::Bool(engine.adl_quantiles)),
             ("ledger_sum", J::Owned(text_512(engine.ledger.sum(), S8))),
             ("funds", J::Obj(funds)),
+            ("adl_risk", J::Obj(risk)),
             ("adl", engine.totals.document()),
         ]);
         canonical::to_vec(&document)
@@ -444,6 +483,13 @@ impl Processor {
         for (account, balance) in engine.ledger.all_balances() {
             if let Account::Wallet { account, asset } = account {
                 wallets.entry(*account).or_default().push((names.name(*asset), *balance));
+            }
+        }
+        // (account, symbol, direction) -> (rank, quantile): one position per direction of a symbol (section 7)
+        let mut ranks: HashMap<(u32, u32, Side), (usize, u8)> = HashMap::default();
+        for (symbol, sides) in crate::quantiles::views_now(engine) {
+            for (view, side) in sides.iter().zip([Side::Long, Side::Short]) {
+                ranks.extend(view.ranks.iter().map(|&(account, rank, quantile)| ((account, symbol, side), (rank, quantile))));
             }
         }
         let mut accounts: Vec<u32> = wallets.keys().copied().collect();
@@ -464,7 +510,7 @@ impl Processor {
                     PositionSide::Both => names.name(position.symbol),
                     side => hedge_labels[&(position.symbol, side)].as_str(),
                 };
-                (label, position_view(engine, position))
+                (label, position_view(engine, position, ranks[&(account, position.symbol, position.side())]))
             }).collect();
             entries.push((names.name(account).to_string(), J::Obj(vec![
                 ("wallet", J::Owned(primary)),
@@ -564,6 +610,7 @@ impl Processor {
         engine.last_seq = int(field(state, "seq")?)? as u64;
         engine.ledger_head = string(field(state, "ledger_head")?)?.to_string();
         engine.adl_head = string(field(state, "adl_head")?)?.to_string();
+        engine.postings_head = string(field(state, "postings_head")?)?.to_string();
         for f in array(field(state, "funds")?)? {
             let f = object(f)?;
             let fund_id = engine.names.id(string(field(f, "fund_id")?)?);
@@ -635,6 +682,10 @@ impl Processor {
             let symbol = engine.names.id(symbol);
             engine.marks.insert(symbol, decimal(mark, S8)?);
         }
+        engine.newest_ts = match field(state, "newest_ts")? {
+            Value::Null => None,
+            other => Some(int(other)? as u64),
+        };
         let admission = &mut engine.admission;
         admission.clock = restore_clock(field(state, "clock")?)?;
         restore_dedupe(admission, field(state, "dedupe")?)?;
@@ -664,11 +715,34 @@ impl Processor {
                 margin_mode,
                 leverage: Dec { value: decimal(field(p, "leverage")?, S8)?, places: leverage.fraction.len() as u8 },
                 position_side,
+                adl_quantile: quantile_of(field(p, "adl_quantile")?)?,
             };
             if engine.positions.get(position.account, position.symbol, position_side).is_some() || position.qty == 0 {
                 return Err("a position listed twice, or empty".into());
             }
             engine.positions.add(position);
+        }
+        for entry in array(field(state, "quantile_closes")?)? {
+            let [account, symbol, side, quantile] = array(entry)? else {
+                return Err("a quantile close is not [account, symbol, side, quantile]".into());
+            };
+            let side = match string(side)? {
+                "long" => Side::Long,
+                "short" => Side::Short,
+                other => return Err(format!("unknown side {other}")),
+            };
+            let key = (engine.names.id(string(account)?), engine.names.id(string(symbol)?), side);
+            engine.quantile_closes.insert(key, quantile_of(quantile)?);
+        }
+        for (symbol, level) in object(field(state, "risk_levels")?)? {
+            let level = match string(level)? {
+                "low" => "low",
+                "medium" => "medium",
+                "high" => "high",
+                other => return Err(format!("unknown risk level {other}")),
+            };
+            let symbol = engine.names.id(symbol);
+            engine.risk_levels.insert(symbol, level);
         }
         if policy.drawdown.is_some() {
             restore_drawdown(engine, object(field(state, "adl_drawdown")?)?)?;
@@ -680,6 +754,8 @@ impl Processor {
         processor.fund_entries = int(field(counters, "fund_entries")?)? as u64;
         processor.adl_events = int(field(counters, "adl_events")?)? as u64;
         processor.findings = int(field(counters, "findings")?)? as u64;
+        processor.postings = int(field(counters, "postings")?)? as u64;
+        processor.adl_quantiles = int(field(counters, "adl_quantiles")?)? as u64;
         processor.next_snapshot = processor.engine.last_seq + snapshot_every;
         Ok(processor)
     }
@@ -866,6 +942,7 @@ fn position_document<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
         ("cost", J::Owned(text(p.cost, S16))),
         ("margin_mode", J::Str(mode_name(p.margin_mode))),
         ("leverage", J::Owned(text(p.leverage.value, S8))),
+        ("adl_quantile", J::Int(i128::from(p.adl_quantile))),
     ];
     if p.position_side != PositionSide::Both {
         // a version-1 journal keeps its state hash
@@ -874,7 +951,7 @@ fn position_document<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
     J::Obj(entries)
 }
 
-fn position_view<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
+fn position_view<'e>(engine: &'e Engine, p: &'e Position, (rank, quantile): (usize, u8)) -> J<'e> {
     let mark = engine.marks[&p.symbol];
     let view = engine.margin_view(p);
     let (pnl, _) = engine.exposure(p);
@@ -893,6 +970,8 @@ fn position_view<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
         ("margin_balance", J::Owned(text_wide(money_wide(view.margin_balance, S16), S8))),
         ("liquidation_price", J::Owned(liquidation)),
         ("bankruptcy_price", J::Owned(text_512(engine.bankruptcy_price_in(p, Some(&view)), S8))),
+        ("adl_rank", J::Int(rank as i128)),
+        ("adl_quantile", J::Int(i128::from(quantile))),
     ])
 }
 
@@ -954,6 +1033,13 @@ fn int(value: &Value<'_>) -> Result<i128, String> {
         Value::Int(text) => std::str::from_utf8(text).ok().and_then(|t| t.parse().ok()).ok_or("a number too large".into()),
         _ => Err("an integer was expected".into()),
     }
+}
+fn quantile_of(value: &Value<'_>) -> Result<u8, String> {
+    u8::try_from(int(value)?).ok().filter(|q| *q <= 5).ok_or_else(|| "a quantile is 0 to 5".to_string())
+}
+/// Reported money of an exact amount at `scale` (HALF_EVEN to 1e-8).
+fn reported(value: I256, scale: u32) -> I256 {
+    numbers::rescale(value, scale, S8, Rounding::HalfEven)
 }
 fn decimal(value: &Value<'_>, scale: u32) -> Result<i128, String> {
     let text = string(value)?;

@@ -37,7 +37,7 @@ pub struct FundSpec {
     pub max_inventory_ratio: i128,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {
     Long,
     Short,
@@ -69,6 +69,8 @@ pub struct Position {
     pub margin_mode: MarginMode,
     pub leverage: Dec,
     pub position_side: PositionSide,
+    /// The ADL quantile last published for it (crate::quantiles); 0: none.
+    pub adl_quantile: u8,
 }
 
 impl Position {

@@ -159,10 +159,11 @@ impl Ledger {
     /// eligible population per ADL round.
     #[new]
     #[pyo3(signature = (*, strict, snapshot_every, snapshot, ids, check_conservation=false, held_per_batch=false,
-                        adl_policy=None, full_adl_metrics=false))]
+                        adl_quantiles=false, adl_policy=None, full_adl_metrics=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>, ids: Option<&[u8]>, check_conservation: bool,
-           held_per_batch: bool, adl_policy: Option<&[u8]>, full_adl_metrics: bool) -> PyResult<Ledger> {
+           held_per_batch: bool, adl_quantiles: bool, adl_policy: Option<&[u8]>, full_adl_metrics: bool)
+           -> PyResult<Ledger> {
         if held_per_batch && snapshot_every > 0 {
             return Err(PyValueError::new_err("an engine whose identities are held per batch writes no snapshots"));
         }
@@ -186,6 +187,7 @@ impl Ledger {
                 }))?,
         };
         processor.check_conservation = check_conservation;
+        processor.engine.adl_quantiles = adl_quantiles;
         processor.engine.full_metrics = full_adl_metrics;
         processor.engine.totals.full = full_adl_metrics;
         Ok(Ledger { processor, poisoned: None })
@@ -209,6 +211,8 @@ impl Ledger {
             PyBytes::new(py, &batch.outputs.adl_events),
             PyBytes::new(py, &batch.outputs.findings),
             PyBytes::new(py, &batch.dead_letters),
+            PyBytes::new(py, &batch.outputs.postings),
+            PyBytes::new(py, &batch.outputs.adl_quantiles),
             snapshots,
             batch.stopped,
             PyBytes::new(py, &batch.outputs.adl_rounds),
@@ -234,6 +238,8 @@ impl Ledger {
             PyBytes::new(py, &batch.outputs.adl_events),
             PyBytes::new(py, &batch.outputs.findings),
             PyBytes::new(py, &batch.dead_letters),
+            PyBytes::new(py, &batch.outputs.postings),
+            PyBytes::new(py, &batch.outputs.adl_quantiles),
             batch.duplicates,
             PyBytes::new(py, &batch.held),
         )

@@ -1,7 +1,8 @@
 """File adapter: the replay output directory, written whole or not at all.
 
 Output files (the contract other tools rely on): summary.json, accounts.json, fund-ledger.jsonl,
-adl-events.jsonl, adl-rounds.jsonl, findings.jsonl, dead-letter.jsonl, and snapshots/ when asked for.
+adl-events.jsonl, adl-rounds.jsonl, findings.jsonl, dead-letter.jsonl, postings.jsonl, adl-quantiles.jsonl, and
+snapshots/ when asked for.
 
 Every command with `--out` writes into a temporary directory beside the target and renames it into place when it
 has finished: a failed run leaves the old directory as it was (never an old summary.json beside a new, truncated
@@ -28,7 +29,7 @@ from backstop.core.hashing import canonical_json, record_dict
 
 RAW_KEEP_BYTES = 4096
 REPLAY_OUTPUTS = ("summary.json", "accounts.json", "fund-ledger.jsonl", "adl-events.jsonl", "adl-rounds.jsonl",
-                  "findings.jsonl", "dead-letter.jsonl", "snapshots")
+                  "findings.jsonl", "dead-letter.jsonl", "postings.jsonl", "adl-quantiles.jsonl", "snapshots")
 
 
 class OutputError(Exception):
@@ -141,6 +142,8 @@ class OutputDir:
         self._rounds = self._open("adl-rounds.jsonl")
         self._findings = self._open("findings.jsonl")
         self._dead = self._open("dead-letter.jsonl")
+        self._postings = self._open("postings.jsonl")
+        self._quantiles = self._open("adl-quantiles.jsonl")
 
     def _open(self, name: str) -> IO[bytes]:
         return (self.root / name).open("wb", buffering=1 << 20)
@@ -152,17 +155,23 @@ class OutputDir:
             self._adl.write(canonical_json(record_dict(event)) + b"\n")
         for finding in effects.findings:
             self._findings.write(canonical_json(record_dict(finding)) + b"\n")
+        for posting in effects.postings:
+            self._postings.write(canonical_json(record_dict(posting)) + b"\n")
+        for change in effects.adl_quantiles:
+            self._quantiles.write(canonical_json(record_dict(change)) + b"\n")
         for round_ in effects.adl_rounds:
             self._rounds.write(canonical_json(round_.record) + b"\n")
 
     def write_batch(self, fund_ledger: bytes, adl_events: bytes, findings: bytes, dead_letters: bytes,
-                    adl_rounds: bytes = b"") -> None:
+                    postings: bytes = b"", adl_quantiles: bytes = b"", adl_rounds: bytes = b"") -> None:
         """A batch's output lines, already canonical (backstop.engines)."""
         self._ledger.write(fund_ledger)
         self._adl.write(adl_events)
         self._rounds.write(adl_rounds)
         self._findings.write(findings)
         self._dead.write(dead_letters)
+        self._postings.write(postings)
+        self._quantiles.write(adl_quantiles)
         self.dead_letters += dead_letters.count(b"\n")
 
     def dead_letter(self, line: int, reason: str, raw: bytes, kind: str) -> None:
@@ -177,7 +186,8 @@ class OutputDir:
         self.dead_letters += 1
 
     def close(self) -> None:
-        for handle in (self._ledger, self._adl, self._rounds, self._findings, self._dead):
+        for handle in (self._ledger, self._adl, self._rounds, self._findings, self._dead, self._postings,
+                       self._quantiles):
             handle.close()
 
     def __enter__(self) -> OutputDir:

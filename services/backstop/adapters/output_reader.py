@@ -71,6 +71,21 @@ class AdlEventRow(_Checked):
     hash: Text
 
 
+class PostingRow(_Checked):
+    id: Text
+    seq: Count
+    ts: Count
+    kind: Text
+    debit_account: Text
+    credit_account: Text
+    asset: Text
+    amount: DecimalText
+    debit_balance_after: DecimalText
+    credit_balance_after: DecimalText
+    prev_hash: Text
+    hash: Text
+
+
 class FindingRow(_Checked):
     id: Text
     seq: Count
@@ -118,7 +133,8 @@ class Summary(_Checked):
 
 
 STREAMS: dict[str, type[_Checked]] = {"fund-ledger.jsonl": FundLedgerRow, "adl-events.jsonl": AdlEventRow,
-                                      "findings.jsonl": FindingRow, "dead-letter.jsonl": DeadLetterRow}
+                                      "findings.jsonl": FindingRow, "dead-letter.jsonl": DeadLetterRow,
+                                      "postings.jsonl": PostingRow}
 
 
 def _bytes(path: Path) -> bytes:

@@ -45,8 +45,10 @@ UNTRUSTED_EQUITY = 1e-6  # |equity| below this share of (|B| + notional + cost):
 # could move the exact score by half of RELATIVE_MARGIN or more
 ROUNDING_SLACK = 1e-8 * 2 / RELATIVE_MARGIN
 FLUSH_ROWS = 4096  # pending rows written at once: the first build would otherwise hold a million tuples
-# (size, cost, B, kind) of an empty slot: clearly past bankruptcy on either side, so never a candidate
-EMPTY_ROW = (0.0, 1.0, -4.0, 0)
+# (size, cost, B, kind, size units high, low, published quantile) of an empty slot: clearly past bankruptcy on
+# either side, so never a candidate
+EMPTY_ROW = (0.0, 1.0, -4.0, 0, 0.0, 0.0, 0)
+UNITS_SPLIT = 10**10  # a size in units of 1e-8 (< 10^20) as high x UNITS_SPLIT + low: each part exact in a double
 # A row's kind: whether its float numbers stand for its exact ones (each decimal written in at most 15 characters,
 # so at most 15 significant digits: two such decimals are equal exactly when their nearest doubles are), and its
 # margin mode, which picks the exact bankruptcy formula. Only rows of one kind > 0 are compared for ties.
@@ -63,6 +65,11 @@ class _Book:
     cost: FloatArray = field(default_factory=lambda: np.zeros(0))
     base: FloatArray = field(default_factory=lambda: np.zeros(0))
     kind: KindArray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
+    # For the quantile points (backstop.core.quantile_index): the exact size in two parts, and the quantile last
+    # published for the row's position
+    units_high: FloatArray = field(default_factory=lambda: np.zeros(0))
+    units_low: FloatArray = field(default_factory=lambda: np.zeros(0))
+    published: KindArray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
     accounts: list[str | None] = field(default_factory=list)
     slot_of: dict[str, int] = field(default_factory=dict)
     free: list[int] = field(default_factory=list)
@@ -73,7 +80,7 @@ class _Book:
     scored: tuple[FloatArray, BoolArray, BoolArray] | None = None  # score, trusted, untrusted
     changed: set[int] = field(default_factory=set)  # slots written since they were scored
 
-    pending: dict[int, tuple[float, float, float, int]] = field(default_factory=dict)  # slot -> row, until flush()
+    pending: dict[int, tuple[float, ...]] = field(default_factory=dict)  # slot -> row, until flush()
     # Groups of rows exactly alike, their slots by account id, kept between deleverages (sorting a large group's
     # account ids again each time would cost more than the deleverage, and a group mostly just loses the members a
     # deleverage took): (kind, size, cost, B) ->
@@ -81,7 +88,8 @@ class _Book:
     tie_orders: dict[tuple[float, ...], tuple[npt.NDArray[np.intp], int]] = field(default_factory=dict)
     joined: list[int] = field(default_factory=list)
 
-    def put(self, account_id: str, size: float, cost: float, base: float, kind: int) -> None:
+    def put(self, account_id: str, size: float, cost: float, base: float, kind: int, units: int = 0,
+            published: int = 0) -> None:
         if self.exact:
             self.exact.discard(account_id)
         slot = self.slot_of.get(account_id)
@@ -91,7 +99,8 @@ class _Book:
             self.accounts[slot] = account_id
             if self.tie_orders:
                 self.joined.append(slot)
-        self.pending[slot] = (size, cost, base, kind)
+        high, low = divmod(units, UNITS_SPLIT)
+        self.pending[slot] = (size, cost, base, kind, high, low, published)
         if len(self.pending) >= FLUSH_ROWS:
             self.flush()
 
@@ -117,6 +126,7 @@ class _Book:
             rows = np.array(list(self.pending.values()))
             self.size[slots], self.cost[slots], self.base[slots] = rows[:, 0], rows[:, 1], rows[:, 2]
             self.kind[slots] = rows[:, 3]
+            self.units_high[slots], self.units_low[slots], self.published[slots] = rows[:, 4], rows[:, 5], rows[:, 6]
             self.changed.update(self.pending)
             self.pending.clear()
 
@@ -126,7 +136,10 @@ class _Book:
             capacity = max(1024, 2 * used)
             self.size, self.cost, self.base = (np.resize(a, capacity) for a in (self.size, self.cost, self.base))
             self.kind = np.resize(self.kind, capacity)
-            self.size[used:], self.cost[used:], self.base[used:], self.kind[used:] = EMPTY_ROW
+            self.units_high, self.units_low = np.resize(self.units_high, capacity), np.resize(self.units_low, capacity)
+            self.published = np.resize(self.published, capacity)
+            (self.size[used:], self.cost[used:], self.base[used:], self.kind[used:], self.units_high[used:],
+             self.units_low[used:], self.published[used:]) = EMPTY_ROW
         self.accounts.append(None)
         return used
 
@@ -346,7 +359,8 @@ class AdlIndex:
                     size, cost, base = str(position.size), str(position.cost), str(base_of(position))
                     exact = len(size) <= EXACT_DIGITS and len(cost) <= EXACT_DIGITS and len(base) <= EXACT_DIGITS
                     book.put(account_id, float(size), float(cost), float(base),
-                             (ISOLATED if position.margin_mode == "isolated" else CROSS) if exact else UNTIED)
+                             (ISOLATED if position.margin_mode == "isolated" else CROSS) if exact else UNTIED,
+                             int(position.size.scaleb(8)), position.adl_quantile)
             if not empty:  # rows of positions the account no longer holds (a call only where there is one)
                 for key, book in books.items():
                     if key not in keys and (account_id in book.slot_of or account_id in book.exact):
@@ -389,7 +403,12 @@ class AdlIndex:
         book = self._books.get((symbol, side))
         return 0 if book is None else len(book.slot_of) + len(book.exact)
 
+    def book(self, symbol: str, side: Side) -> _Book | None:
+        """The rows of one symbol and side (after a refresh), for backstop.core.quantile_index."""
+        return self._books.get((symbol, side))
+
     def memory_bytes(self) -> int:
         """Bytes held by the float rows and their scores (not the positions themselves)."""
-        return sum(b.size.nbytes + b.cost.nbytes + b.base.nbytes + b.kind.nbytes + sum(a.nbytes for a in b.scored or ())
+        return sum(b.size.nbytes + b.cost.nbytes + b.base.nbytes + b.kind.nbytes + b.units_high.nbytes
+                   + b.units_low.nbytes + b.published.nbytes + sum(a.nbytes for a in b.scored or ())
                    for b in self._books.values())

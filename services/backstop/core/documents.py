@@ -8,7 +8,7 @@ from __future__ import annotations
 from decimal import Decimal, localcontext
 from typing import Any
 
-from backstop.core import ledger
+from backstop.core import ledger, quantiles
 from backstop.core.engine import Engine, Exposures
 from backstop.core.numbers import CONTEXT, ZERO, money, text
 from backstop.core.processor import Processor
@@ -29,13 +29,27 @@ def summary(processor: Processor) -> dict[str, Any]:
         "ledger_head_hash": engine.ledger_head,
         "adl_head_hash": engine.adl_head,
         "state_hash": state_hash(engine),
+        "postings_head_hash": engine.postings_head,
         "fund_ledger_entries": processor.fund_entries,
         "adl_events": processor.adl_events,
         "findings": processor.findings,
+        "postings": processor.postings,
+        "adl_quantiles": processor.adl_quantiles,
+        "adl_quantile_points": engine.adl_quantiles,
         "ledger_sum": text(ledger_sum(engine)),
         "funds": funds(engine),
+        "adl_risk": adl_risk(engine, quantiles.views_now(engine)),
         "adl": processor.adl_totals.document(),
     }
+
+
+def adl_risk(engine: Engine, views: dict[tuple[str, str], quantiles.SideView]) -> dict[str, Any]:
+    """Each symbol's ADL risk level as the engine sees it now (backstop.core.quantiles), with its figures."""
+    with localcontext(CONTEXT):
+        return {symbol: {"fund_id": found.fund_id, "risk_level": found.level, "capacity": text(money(found.capacity)),
+                         "stressed_notional_long": text(money(found.stressed_long)),
+                         "stressed_notional_short": text(money(found.stressed_short))}
+                for symbol, found in quantiles.risks(engine, quantiles.stressed_of(views)).items()}
 
 
 def ledger_sum(engine: Engine) -> Decimal:
@@ -72,11 +86,13 @@ def accounts(engine: Engine) -> dict[str, Any]:
             account_id, asset = name[len("wallet:"):].rsplit(":", 1)
             wallets.setdefault(account_id, {})[asset] = text(balance)
     result: dict[str, Any] = {}
+    views = quantiles.views_now(engine)
     with localcontext(CONTEXT):  # once for the whole report: a context per position view cost more than some views
         for account_id in sorted(set(wallets) | set(engine.positions)):
             account_wallets = dict(sorted(wallets.get(account_id, {}).items()))
             memo: Exposures = {}
-            positions = {p.label: _position(engine, p, memo) for p in engine.positions.in_symbol_order(account_id)}
+            positions = {p.label: _position(engine, p, memo, views[(p.symbol, p.side)].ranks[account_id])
+                         for p in engine.positions.in_symbol_order(account_id)}
             primary = next(iter(account_wallets.values()), "0")
             result[account_id] = {"wallet": primary, "wallets": account_wallets, "positions": positions}
         for fund_id in sorted(engine.funds):
@@ -93,8 +109,9 @@ def accounts(engine: Engine) -> dict[str, Any]:
     return result
 
 
-def _position(engine: Engine, position: Position, memo: Exposures) -> dict[str, str]:
-    """One position's view; in CONTEXT (the caller's), memo as in Engine.exposure."""
+def _position(engine: Engine, position: Position, memo: Exposures, rank: tuple[int, int]) -> dict[str, Any]:
+    """One position's view; in CONTEXT (the caller's), memo as in Engine.exposure; rank: its place in the ADL queue
+    of its symbol and side now, and the quantile of that place."""
     mark = engine.marks[position.symbol]
     view = engine.margin_view(position, memo)
     unrealized, _ = engine.exposure(position, memo)
@@ -113,4 +130,6 @@ def _position(engine: Engine, position: Position, memo: Exposures) -> dict[str, 
         "margin_balance": text(money(view.margin_balance)),
         "liquidation_price": text(liquidation) if liquidation is not None else "0",
         "bankruptcy_price": text(engine._bankruptcy_price(position, memo)),
+        "adl_rank": rank[0],
+        "adl_quantile": rank[1],
     }

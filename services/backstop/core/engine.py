@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, getcontext, localcontext, setcontext
 from typing import Any, ClassVar, Literal, cast
 
-from backstop.core import adl, adl_rounds, ledger
+from backstop.core import adl, adl_rounds, ledger, quantiles
 from backstop.core.adl_allocation import Candidate, capped_pro_rata, min_max_leverage, socialized_shares
 from backstop.core.adl_drawdown import DrawdownState, WindowMax
 from backstop.core.adl_index import AdlIndex
@@ -57,10 +57,13 @@ from backstop.core.ordering import JournalClock, SymbolClock
 from backstop.core.records import (
     SCHEMA_VERSION,
     AdlEvent,
+    AdlQuantileRecord,
     Finding,
     FindingKind,
     FundEntryKind,
     FundLedgerEntry,
+    Posting,
+    PostingKind,
 )
 from backstop.core.state import (
     DEFAULT_MARK_TOLERANCE,
@@ -95,6 +98,8 @@ class Effects:
     fund_entries: list[FundLedgerEntry] = field(default_factory=list)
     adl_events: list[AdlEvent] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    postings: list[Posting] = field(default_factory=list)
+    adl_quantiles: list[AdlQuantileRecord] = field(default_factory=list)
     adl_rounds: list[adl_rounds.Round] = field(default_factory=list)
 
 
@@ -129,8 +134,11 @@ def is_fund_account(account_id: str) -> bool:
 
 class Engine:
     def __init__(self, *, check_conservation: bool = False, adl_policy: AdlPolicy | None = None,
-                 ids: HeldIds | None = None, full_adl_metrics: bool = False) -> None:
+                 ids: HeldIds | None = None, adl_quantiles: bool = False, full_adl_metrics: bool = False) -> None:
         self.check_conservation = check_conservation
+        # quantile points (backstop.core.quantiles): an option, since ranking every side at each point costs more
+        # than the rest of a replay; they never change the ledger or the head hash (docs/design.md §10)
+        self.adl_quantiles = adl_quantiles
         self.adl_policy = adl_policy or AdlPolicy()
         self.full_adl_metrics = full_adl_metrics  # rank inversions and the eligible population per round (§11.4)
         self.drawdown = DrawdownState()  # Bybit's trigger (§11.3); empty under any other policy
@@ -151,11 +159,22 @@ class Engine:
         self.last_seq = 0
         self.dedupe = Dedupe(ids if ids is not None else IdStore())  # what was applied (backstop.core.dedupe)
         self.clock = JournalClock()  # the journal's event time (backstop.core.ordering)
+        self.newest_ts: int | None = None  # the largest ts applied: quantile points (backstop.core.quantiles)
         self.mark_clock = SymbolClock()  # marks and liquidations: an older mark is stale
         self.funding_clock = SymbolClock()  # fundings: one not after the last is stale
         self.ledger_head = GENESIS_HASH
         self.adl_head = GENESIS_HASH
+        self.postings_head = GENESIS_HASH
+        # ADL quantiles on the wire (backstop.core.quantiles): the quantiles published for positions since closed,
+        # by (account, symbol, side), and the risk level published per symbol
+        self.quantile_closes: dict[tuple[str, str, str], int] = {}
+        self.risk_levels: dict[str, str] = {}
         self._effects = Effects()
+        # What the postings of the event in hand belong to (docs/design.md §10, "Postings")
+        self._transfer_id: str | None = None
+        self._fill_id: str | None = None
+        self._liquidation_id: str | None = None
+        self._adl_event_id: str | None = None
         self._context = CONTEXT.copy()  # this engine's own: apply() makes it current for the event
         self._seq = 0
         self._ts = 0
@@ -169,6 +188,7 @@ class Engine:
         self.clock.check(record.ts, definition=kind == "fund" or kind == "instrument")
         self._effects = effects = Effects()
         self._seq, self._ts = seq, record.ts
+        self._transfer_id = self._fill_id = self._liquidation_id = self._adl_event_id = None
         caller_context = getcontext()
         switch = caller_context is not self._context  # not already current (see decimal_context)
         if switch:
@@ -182,10 +202,15 @@ class Engine:
             self.last_seq = seq
             self.dedupe.hold(admission, seq)
             self.clock.advance(record.ts)
+            newest = self.newest_ts  # quantile points are periods of the newest ts applied (design §10)
+            if newest is None or record.ts > newest:
+                self.newest_ts = record.ts
             if funds_before:
                 self._enforce_solvency(funds_before)
                 if drawdown:
                     self._sample_drawdown(funds)
+            if self.adl_quantiles and quantiles.crosses_period(newest, record.ts):
+                effects.adl_quantiles.extend(quantiles.publish(self, seq, record.ts))
             if self.check_conservation:
                 self.ledger.check_conservation()
         finally:
@@ -285,7 +310,8 @@ class Engine:
             raise Rejected(f"withdrawal of {text(-amount)} exceeds the balance {text(self.ledger.balance(account))} of "
                            f"{account}")
         source = ledger.external(record.asset)
-        self.ledger.post(source, account, amount)
+        self._transfer_id = record.transfer_id
+        self._post("transfer", source, account, amount, record.asset)
         if is_fund_account(record.account_id):
             self._fund_entry(record.account_id[len(FUND_ACCOUNT_PREFIX):], "transfer", amount, None, source)
 
@@ -295,6 +321,7 @@ class Engine:
         self._check_steps(instrument, record.qty, record.price)
         if not is_money(record.fee):
             raise Rejected(f"fee {record.fee} has more decimals than the asset unit {MONEY_QUANTUM}")
+        self._fill_id = record.fill_id
         if is_fund_account(record.account_id):
             self._fund_fill(record, instrument)
             return
@@ -317,14 +344,14 @@ class Engine:
         remaining = record.qty
         if position is not None and (position.qty > 0) != (delta > 0):
             closed = min(position.size, remaining)
-            self._reduce(position, closed, CONTEXT.multiply(closed, record.price))
+            self._reduce(position, closed, CONTEXT.multiply(closed, record.price), "realized_pnl")
             remaining -= closed
         if remaining > 0:
             held = position if position is not None and position.qty != 0 else None  # a flip closed it first
             self._open(record.account_id, instrument, remaining if delta > 0 else -remaining, record.price,
                        record.margin_mode, record.leverage, held, position_side)
         wallet = ledger.wallet(record.account_id, instrument.settle_asset)
-        self.ledger.post(wallet, ledger.fees(instrument.settle_asset), record.fee)
+        self._post("fee", wallet, ledger.fees(instrument.settle_asset), record.fee, instrument.settle_asset)
         if self.ledger.balance(wallet) < 0:
             self._finding("negative_wallet", record.account_id, None, record.symbol,
                           {"wallet": text(self.ledger.balance(wallet)), "fill_id": record.fill_id})
@@ -359,6 +386,8 @@ class Engine:
         leverage = self._leverages.setdefault(str(leverage), leverage)  # one object per spelling, not one per position
         if position is None:
             position = Position(account_id, symbol, qty, value, margin_mode, leverage, position_side)
+            if self.quantile_closes:  # the same position back before its close was published: as if never gone
+                position.adl_quantile = self.quantile_closes.pop((account_id, symbol, position.side), 0)
             self.positions.add(position)
             self.by_symbol[symbol][position.key] = position
         else:
@@ -366,21 +395,26 @@ class Engine:
             position.cost += value
             position.leverage = leverage
         if margin_mode == "isolated":
-            self.ledger.post(ledger.wallet(account_id, instrument.settle_asset),
-                             ledger.isolated(account_id, symbol, position_side), initial_margin(value, leverage))
+            self._post("initial_margin", ledger.wallet(account_id, instrument.settle_asset),
+                       ledger.isolated(account_id, symbol, position_side), initial_margin(value, leverage),
+                       instrument.settle_asset)
 
-    def _reduce(self, position: Position, qty: Decimal, proceeds: Decimal) -> Decimal:
-        """Close qty of a trader's position for total proceeds; post realized PnL and release margin."""
+    def _reduce(self, position: Position, qty: Decimal, proceeds: Decimal,
+                kind: Literal["realized_pnl", "takeover", "adl"]) -> Decimal:
+        """Close qty of a trader's position for total proceeds; post realized PnL (as `kind`: a trade, the takeover
+        of a liquidated position, a deleverage) and release margin."""
         instrument = self.instruments[position.symbol]
-        wallet = ledger.wallet(position.account_id, instrument.settle_asset)
+        asset = instrument.settle_asset
+        wallet = ledger.wallet(position.account_id, asset)
         cost_share = share(position.cost, qty, position.size)
+        side = position.side
         self.adl_index.touch(position.account_id)
         realized = money(proceeds - cost_share if position.qty > 0 else cost_share - proceeds)
-        self.ledger.post(ledger.settlement(position.symbol), wallet, realized)
+        self._post(kind, ledger.settlement(position.symbol), wallet, realized, asset)
         if position.margin_mode == "isolated":
             margin_account = ledger.isolated(position.account_id, position.symbol, position.position_side)
             released = share(self.ledger.balance(margin_account), qty, position.size)
-            self.ledger.post(margin_account, wallet, released)
+            self._post("margin_release", margin_account, wallet, released, asset)
         position.cost -= cost_share
         position.qty -= qty if position.qty > 0 else -qty
         if position.qty == 0:
@@ -388,6 +422,8 @@ class Engine:
                 raise InvariantViolation(f"closed position {position.account_id}/{position.label} kept cost")
             self.positions.remove(position)
             del self.by_symbol[position.symbol][position.key]
+            if position.adl_quantile:
+                self.quantile_closes[(position.account_id, position.symbol, side)] = position.adl_quantile
         return realized
 
     def _on_mark(self, record: MarkRecord) -> None:
@@ -408,16 +444,18 @@ class Engine:
             raise Rejected(f"stale funding: ts {record.ts} is not after the {record.symbol} funding of ts {last}")
         self.funding_clock.applied(record.symbol, record.ts, self.clock)
         clearing = ledger.funding(record.symbol)
-        for position in self.by_symbol[record.symbol].values():  # each hedge side pays on its own signed qty
+        book = self.by_symbol[record.symbol]
+        for key in sorted(book):  # by account, then position side (docs/design.md §10, "Postings")
+            position = book[key]  # each hedge side pays on its own signed qty
             payment = funding_payment(position.qty, record.mark_price, record.rate)
             payer = (ledger.isolated(position.account_id, position.symbol, position.position_side)
                      if position.margin_mode == "isolated" else ledger.wallet(position.account_id,
                                                                               instrument.settle_asset))
-            self.ledger.post(payer, clearing, payment)
+            self._post("funding", payer, clearing, payment, instrument.settle_asset)
         fund_state = self.funds[instrument.fund_id]
         payment = funding_payment(fund_state.net_qty(record.symbol), record.mark_price, record.rate)
         if payment != 0:
-            self.ledger.post(ledger.fund(instrument.fund_id), clearing, payment)
+            self._post("funding", ledger.fund(instrument.fund_id), clearing, payment, instrument.settle_asset)
             self._fund_entry(instrument.fund_id, "funding", -payment, None, clearing, symbol=record.symbol)
 
     # ------------------------------------------------------------------ liquidation and the fund
@@ -425,6 +463,7 @@ class Engine:
         instrument = self._instrument(record.symbol)
         if is_fund_account(record.account_id):
             raise Rejected("a fund's inventory is not liquidated")
+        self._liquidation_id = record.liquidation_id
         position = self.positions.get(record.account_id, record.symbol, record.position_side)
         if position is None:
             raise Rejected(f"{record.account_id} holds no {position_label(record.symbol, record.position_side)} "
@@ -468,7 +507,7 @@ class Engine:
 
         lot = Lot(record.liquidation_id, record.symbol, position.side, record.qty, lot_cost, record.account_id,
                   self._seq)
-        self._reduce(position, record.qty, lot_cost)
+        self._reduce(position, record.qty, lot_cost, "takeover")
         fund_state.add_lot(lot)
         for execution in record.executions:
             self._realize(fund_state, lot, execution.qty, execution.price)
@@ -525,7 +564,8 @@ class Engine:
             self._realize(fund_state, lot, take, record.price)
             remaining -= take
         if record.fee != 0:
-            self.ledger.post(ledger.fund(fund_id), ledger.fees(instrument.settle_asset), record.fee)
+            self._post("fee", ledger.fund(fund_id), ledger.fees(instrument.settle_asset), record.fee,
+                       instrument.settle_asset)
             self._fund_entry(fund_id, "fee", -record.fee, None, ledger.fees(instrument.settle_asset),
                              symbol=record.symbol)
 
@@ -536,21 +576,24 @@ class Engine:
     def _realize_proceeds(self, fund_state: FundState, lot: Lot, qty: Decimal, proceeds: Decimal) -> None:
         """The fund closes qty of a lot for total proceeds (exact); a gain is split per the surplus policy."""
         instrument = self.instruments[lot.symbol]
+        asset = instrument.settle_asset
         cost_share = self._take_from_lot(fund_state, lot, qty)
         gain = money(proceeds - cost_share if lot.side == "long" else cost_share - proceeds)
         fund_id = fund_state.spec.fund_id
         source = ledger.settlement(lot.symbol)
+        cause, self._liquidation_id = self._liquidation_id, lot.liquidation_id
         if gain < 0:
-            self.ledger.post(ledger.fund(fund_id), source, -gain)
+            self._post("liquidation_loss", ledger.fund(fund_id), source, -gain, asset)
             self._fund_entry(fund_id, "liquidation_loss", gain, lot.liquidation_id, source, symbol=lot.symbol)
-            return
-        kept = gain
-        if fund_state.spec.surplus == "trader":
-            kept = min(gain, surplus_cap(instrument.liquidation_fee_rate, proceeds))
-            self.ledger.post(source, ledger.wallet(lot.liquidated_account, instrument.settle_asset), gain - kept)
-        if kept > 0:
-            self.ledger.post(source, ledger.fund(fund_id), kept)
-            self._fund_entry(fund_id, "liquidation_gain", kept, lot.liquidation_id, source, symbol=lot.symbol)
+        else:
+            kept = gain
+            if fund_state.spec.surplus == "trader":
+                kept = min(gain, surplus_cap(instrument.liquidation_fee_rate, proceeds))
+                self._post("surplus_refund", source, ledger.wallet(lot.liquidated_account, asset), gain - kept, asset)
+            if kept > 0:
+                self._post("liquidation_gain", source, ledger.fund(fund_id), kept, asset)
+                self._fund_entry(fund_id, "liquidation_gain", kept, lot.liquidation_id, source, symbol=lot.symbol)
+        self._liquidation_id = cause
 
     def _take_from_lot(self, fund_state: FundState, lot: Lot, qty: Decimal) -> Decimal:
         if qty > lot.qty:
@@ -658,6 +701,9 @@ class Engine:
             left -= take
             counterparty = ranked.position
             figures = self._figures(counterparty, mark)
+            causes = self._liquidation_id, self._adl_event_id
+            self._liquidation_id = lot.liquidation_id
+            self._adl_event_id = f"adl-{self._seq}-{len(self._effects.adl_events)}"  # the event made below
             if price_rule == "mark":
                 proceeds = CONTEXT.multiply(take, mark)
                 self._realize(fund_state, lot, take, mark)
@@ -667,9 +713,10 @@ class Engine:
                 self._realize_proceeds(fund_state, lot, take, proceeds)
             else:
                 proceeds = self._take_from_lot(fund_state, lot, take)
-            self._reduce(counterparty, take, proceeds)
+            self._reduce(counterparty, take, proceeds, "adl")
             self._adl_event(fund_id, lot, counterparty.account_id, opposite, take,
                             average_price(proceeds, take), rank, ranked.score, adl.quantile(rank, count))
+            self._liquidation_id, self._adl_event_id = causes
             at_mark = CONTEXT.multiply(take, mark)  # the haircut: what the take gave up against the mark
             haircut = proceeds - at_mark if opposite == "short" else at_mark - proceeds
             hits.append(adl_rounds.Hit(figures, take, haircut))
@@ -778,7 +825,7 @@ class Engine:
             settle_asset = self.instruments[position.symbol].settle_asset
             source = (ledger.isolated(position.account_id, position.symbol, position.position_side)
                       if position.margin_mode == "isolated" else ledger.wallet(position.account_id, settle_asset))
-            self.ledger.post(source, ledger.fund(fund_id), amount)
+            self._post("socialized_loss", source, ledger.fund(fund_id), amount, settle_asset)
             self._fund_entry(fund_id, "socialized_loss", amount, None, source)
             hits.append(adl_rounds.Hit(figures, ZERO, amount))
         self._round(start, shortfall, None, ZERO, hits, eligible, len(positions))
@@ -896,6 +943,12 @@ class Engine:
         return bankruptcy_price(position, self.margin_view(position, memo).equity_share,
                                 self.marks[position.symbol])
 
+    def position_of(self, account_id: str, symbol: str, side: Literal["long", "short"]) -> Position:
+        """The account's open position of one direction on a symbol: its hedge side of that name, else its one-way
+        position (an account's positions on a symbol are all one-way or all hedge sides, docs/design.md §7)."""
+        book = self.by_symbol[symbol]
+        return book.get((account_id, side)) or book[(account_id, "both")]
+
     def adl_queue(self, symbol: str, side: Literal["long", "short"]) -> list[adl.Ranked]:
         """The positions of one symbol and side in ADL order (fund inventory is never in the queue)."""
         with localcontext(CONTEXT):
@@ -1006,6 +1059,30 @@ class Engine:
                 if p.margin_mode == "cross" and self.instruments[p.symbol].settle_asset == asset]
 
     # ------------------------------------------------------------------ outputs
+    def _post(self, kind: PostingKind, source: str, destination: str, amount: Decimal, asset: str) -> None:
+        """Move amount (quantized money; negative: the other way) in the ledger and write its posting: amount > 0
+        from the debit account to the credit account; nothing for zero. A posting to or from a fund names the
+        fund-ledger entry the caller writes next."""
+        self.ledger.post(source, destination, amount)
+        if amount == 0:
+            return
+        if amount < 0:
+            source, destination, amount = destination, source, -amount
+        effects = self._effects
+        postings = effects.postings
+        balances = self.ledger.balances
+        touches_fund = source.startswith(FUND_ACCOUNT_PREFIX) or destination.startswith(FUND_ACCOUNT_PREFIX)
+        body: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION, "id": f"p-{self._seq}-{len(postings)}", "seq": self._seq,
+            "ts": self._ts, "kind": kind, "debit_account": source, "credit_account": destination, "asset": asset,
+            "amount": amount, "debit_balance_after": balances.get(source, ZERO),
+            "credit_balance_after": balances.get(destination, ZERO), "transfer_id": self._transfer_id,
+            "fill_id": self._fill_id, "liquidation_id": self._liquidation_id, "adl_event_id": self._adl_event_id,
+            "fund_entry_id": f"fl-{self._seq}-{len(effects.fund_entries)}" if touches_fund else None,
+            "prev_hash": self.postings_head}
+        self.postings_head = chain_hash(body)
+        postings.append(Posting(**body, hash=self.postings_head))
+
     def _fund_entry(self, fund_id: str, kind: FundEntryKind, amount: Decimal, liquidation_id: str | None,
                     counter_account: str, *, symbol: str | None = None) -> None:
         """`symbol`: the symbol whose fund PnL the entry is (Bybit's trigger sums it per symbol, §11.3)."""
@@ -1013,10 +1090,15 @@ class Engine:
             realized = self.drawdown.realized
             realized[symbol] = realized.get(symbol, ZERO) + amount
         entries = self._effects.fund_entries
+        entry_id = f"fl-{self._seq}-{len(entries)}"
+        postings = self._effects.postings
+        if not postings or postings[-1].fund_entry_id != entry_id:
+            raise InvariantViolation(f"fund-ledger entry {entry_id} follows no posting to or from the fund")
         body: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION, "id": f"fl-{self._seq}-{len(entries)}", "seq": self._seq,
+            "schema_version": SCHEMA_VERSION, "id": entry_id, "seq": self._seq,
             "ts": self._ts, "fund_id": fund_id, "kind": kind, "amount": amount,
             "balance_after": self.ledger.balance(ledger.fund(fund_id)), "liquidation_id": liquidation_id,
+            "transfer_id": self._transfer_id if kind == "transfer" else None,
             "counter_account": counter_account, "prev_hash": self.ledger_head}
         self.ledger_head = chain_hash(body)
         entries.append(FundLedgerEntry(**body, hash=self.ledger_head))

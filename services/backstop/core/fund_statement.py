@@ -1,5 +1,7 @@
-"""Fund statements: opening and closing balance over a period, every flow by kind and by symbol, and the check
-that opening + flows = closing. Pure: fund-ledger entries (dicts, as written and published) in, a statement out."""
+"""Statements: opening and closing balance over a period, every flow by kind and by symbol, and the check that
+opening + flows = closing. Pure: fund-ledger entries (a fund's statement) or postings (any account of the general
+ledger: a trader's wallet, an isolated margin, settlement, fees, external) as dicts, as written and published, in,
+a statement out."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def symbol_of(entry: dict[str, Any]) -> str:
 
 @dataclass(slots=True)
 class Statement:
-    fund_id: str
+    fund_id: str  # the fund, or the ledger account of an account statement
     period_from: int
     period_to: int
     opening_balance: Decimal = Decimal(0)
@@ -31,11 +33,12 @@ class Statement:
     by_kind: dict[str, Decimal] = field(default_factory=dict)
     by_symbol: dict[str, Decimal] = field(default_factory=dict)
     entries: list[dict[str, Any]] = field(default_factory=list)
+    names: str = "fund_id"  # what fund_id names: "fund_id", or "account" for an account statement
 
     def as_json(self) -> dict[str, Any]:
         with localcontext(CONTEXT):
             total = sum(self.by_kind.values(), Decimal(0))
-        return {"fund_id": self.fund_id, "from_ts": self.period_from, "to_ts": self.period_to,
+        return {self.names: self.fund_id, "from_ts": self.period_from, "to_ts": self.period_to,
                 "opening_balance": text(self.opening_balance), "closing_balance": text(self.closing_balance),
                 "total_flows": text(total),
                 "by_kind": {k: text(v) for k, v in sorted(self.by_kind.items())},
@@ -51,6 +54,37 @@ def statement(entries: Iterable[dict[str, Any]], fund_id: str, *, period_from: i
             return _statement(entries, fund_id, period_from=period_from, period_to=period_to)
     except ArithmeticError:
         raise StatementError("an amount or balance_after is not an exact decimal within the ledger's bounds") from None
+
+
+def account_entries(postings: Iterable[dict[str, Any]], account: str) -> list[dict[str, Any]]:
+    """The postings that move `account`, each as an entry of its statement: the amount signed (+ into it, - out of
+    it), its balance after, the other account and the causing ids."""
+    entries = []
+    for posting in postings:
+        if account not in (posting["debit_account"], posting["credit_account"]):
+            continue
+        into = posting["credit_account"] == account
+        amount = posting["amount"] if into else f"-{posting['amount']}"
+        entries.append({
+            "id": posting["id"], "seq": posting["seq"], "ts": posting["ts"], "account": account,
+            "kind": posting["kind"], "amount": amount,
+            "balance_after": posting["credit_balance_after" if into else "debit_balance_after"],
+            "counter_account": posting["debit_account" if into else "credit_account"],
+            **{key: posting.get(key) for key in CAUSES}, "hash": posting["hash"]})
+    return entries
+
+
+CAUSES = ("transfer_id", "fill_id", "liquidation_id", "adl_event_id", "fund_entry_id")
+
+
+def account_statement(postings: Iterable[dict[str, Any]], account: str, *, period_from: int,
+                      period_to: int) -> Statement:
+    """Any ledger account's statement from the postings (balances from 0 at the start of the ledger)."""
+    entries = [{**entry, "fund_id": account} for entry in account_entries(postings, account)]
+    result = statement(entries, account, period_from=period_from, period_to=period_to)
+    result.entries = [{k: v for k, v in entry.items() if k != "fund_id"} for entry in result.entries]
+    result.names = "account"
+    return result
 
 
 def _statement(entries: Iterable[dict[str, Any]], fund_id: str, *, period_from: int, period_to: int) -> Statement:

@@ -40,6 +40,8 @@ class Processor:
         self.fund_entries = 0
         self.adl_events = 0
         self.findings = 0
+        self.postings = 0
+        self.adl_quantiles = 0
         self.adl_totals = RunTotals(full=self.engine.full_adl_metrics)  # this replay's rounds (summary's `adl`)
 
     @property
@@ -60,6 +62,8 @@ class Processor:
         self.fund_entries += len(effects.fund_entries)
         self.adl_events += len(effects.adl_events)
         self.findings += len(effects.findings)
+        self.postings += len(effects.postings)
+        self.adl_quantiles += len(effects.adl_quantiles)
         totals = self.adl_totals
         for entry in effects.fund_entries:
             totals.add_fund_entry(entry.fund_id, entry.amount, entry.balance_after)

@@ -19,6 +19,9 @@ SCHEMA_VERSION = 1
 FundEntryKind = Literal["transfer", "liquidation_gain", "liquidation_loss", "fee", "funding", "socialized_loss"]
 FindingKind = Literal["not_liquidatable", "bp_mismatch", "bp_clamped", "negative_wallet", "bad_debt", "adl_shortfall",
                       "mark_mismatch"]
+PostingKind = Literal["transfer", "fee", "initial_margin", "margin_release", "realized_pnl", "takeover", "adl",
+                      "funding", "liquidation_gain", "liquidation_loss", "surplus_refund", "socialized_loss"]
+RiskLevel = Literal["low", "medium", "high"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +37,75 @@ class FundLedgerEntry:
     amount: Decimal
     balance_after: Decimal
     liquidation_id: str | None
+    transfer_id: str | None  # the transfer behind a `transfer` entry
     counter_account: str
     prev_hash: str
     hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One movement of the general ledger (docs/design.md §10, "Postings"): `amount` (> 0) leaves the debit account
+    and enters the credit account, whose balances after it are given; chained like the fund ledger. The causing ids
+    name the input behind it (transfer_id, fill_id), the liquidation its position or lot belongs to, the ADL event
+    it is part of, and the fund-ledger entry that shows it (a posting to or from a fund)."""
+
+    schema_version: int
+    id: str
+    seq: int
+    ts: int
+    kind: PostingKind
+    debit_account: str
+    credit_account: str
+    asset: str
+    amount: Decimal
+    debit_balance_after: Decimal
+    credit_balance_after: Decimal
+    transfer_id: str | None
+    fill_id: str | None
+    liquidation_id: str | None
+    adl_event_id: str | None
+    fund_entry_id: str | None
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdlQuantileChange:
+    """A position's ADL quantile as the engine ranks it at a quantile point (docs/design.md §10, "ADL quantiles"),
+    published when it differs from the one published before for that account, symbol and side; null: the position
+    is gone."""
+
+    schema_version: int
+    id: str
+    seq: int
+    ts: int
+    kind: Literal["quantile"]
+    account_id: str
+    symbol: str
+    side: Literal["long", "short"]
+    quantile: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AdlRiskChange:
+    """A symbol's ADL risk level at a quantile point, published when it differs from the one published before, with
+    the figures it was decided on (money half-even to 1e-8; the comparison is exact)."""
+
+    schema_version: int
+    id: str
+    seq: int
+    ts: int
+    kind: Literal["risk"]
+    symbol: str
+    fund_id: str
+    risk_level: RiskLevel
+    capacity: Decimal
+    stressed_notional_long: Decimal
+    stressed_notional_short: Decimal
+
+
+AdlQuantileRecord = AdlQuantileChange | AdlRiskChange
 
 
 @dataclass(frozen=True, slots=True)

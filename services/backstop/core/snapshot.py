@@ -21,7 +21,7 @@ from backstop.core.numbers import text
 from backstop.core.ordering import SymbolClock, clock_of
 from backstop.core.state import DEFAULT_MARK_TOLERANCE, FundSpec, FundState, Instrument, Lot, Position, Tier
 
-SNAPSHOT_VERSION = 3  # 3: the journal clock and dedupe in the document
+SNAPSHOT_VERSION = 4  # 3: the journal clock and dedupe in the document; 4: postings head and ADL quantiles
 
 
 def _d(value: str) -> Decimal:
@@ -42,6 +42,7 @@ def _state_document(engine: Engine) -> dict[str, Any]:
         "adl_policy": adl_policy.document(engine.adl_policy),
         "ledger_head": engine.ledger_head,
         "adl_head": engine.adl_head,
+        "postings_head": engine.postings_head,
         "balances": {k: text(v) for k, v in sorted(engine.ledger.balances.items()) if v != 0},
         "funds": [{
             "fund_id": f.spec.fund_id, "settle_asset": f.spec.settle_asset, "surplus": f.spec.surplus,
@@ -54,11 +55,15 @@ def _state_document(engine: Engine) -> dict[str, Any]:
         "instruments": [_instrument_document(i) for _, i in sorted(engine.instruments.items())],
         "marks": {symbol: text(mark) for symbol, mark in sorted(engine.marks.items())},
         "clock": engine.clock.document(),
+        "newest_ts": engine.newest_ts,
         "dedupe": engine.dedupe.document(),
         "mark_clock": engine.mark_clock.document(),
         "funding_clock": engine.funding_clock.document(),
         "positions": [_position_document(p) for account in sorted(engine.positions)
                       for p in engine.positions.in_symbol_order(account)],
+        "quantile_closes": [[account, symbol, side, quantile]
+                            for (account, symbol, side), quantile in sorted(engine.quantile_closes.items())],
+        "risk_levels": dict(sorted(engine.risk_levels.items())),
     }
 
 
@@ -77,7 +82,8 @@ def _instrument_document(i: Instrument) -> dict[str, Any]:
 
 def _position_document(p: Position) -> dict[str, Any]:
     document: dict[str, Any] = {"account_id": p.account_id, "symbol": p.symbol, "qty": text(p.qty),
-                                "cost": text(p.cost), "margin_mode": p.margin_mode, "leverage": text(p.leverage)}
+                                "cost": text(p.cost), "margin_mode": p.margin_mode, "leverage": text(p.leverage),
+                                "adl_quantile": p.adl_quantile}
     if p.position_side != "both":  # a version-1 journal keeps its state hash
         document["position_side"] = p.position_side
     return document
@@ -99,11 +105,11 @@ def seal_holds(document: dict[str, Any]) -> bool:
 
 
 def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: HeldIds | None = None,
-            full_adl_metrics: bool = False) -> Engine:
+            adl_quantiles: bool = False, full_adl_metrics: bool = False) -> Engine:
     """The engine of a state document; `ids`: the identities held up to its seq (default: none)."""
     if document.get("snapshot_version") != SNAPSHOT_VERSION:
         raise ValueError(f"unsupported snapshot version {document.get('snapshot_version')!r}")
-    engine = Engine(check_conservation=check_conservation,
+    engine = Engine(check_conservation=check_conservation, adl_quantiles=adl_quantiles,
                     adl_policy=adl_policy.from_document(document.get("adl_policy", {})), ids=ids,
                     full_adl_metrics=full_adl_metrics)
     if engine.adl_policy.drawdown is not None:
@@ -111,6 +117,7 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: 
     engine.last_seq = int(document["seq"])
     engine.ledger_head = document["ledger_head"]
     engine.adl_head = document["adl_head"]
+    engine.postings_head = document["postings_head"]
     engine.ledger.balances = {k: _d(v) for k, v in document["balances"].items()}
     for f in document["funds"]:
         spec = FundSpec(f["fund_id"], f["settle_asset"], f["surplus"], _d(f["max_inventory_ratio"]))
@@ -128,13 +135,17 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: 
         engine.by_symbol[i["symbol"]] = {}
     engine.marks = {symbol: _d(mark) for symbol, mark in document["marks"].items()}
     engine.clock = clock_of(document["clock"])
+    engine.newest_ts = document["newest_ts"]
     engine.dedupe.restore(document["dedupe"])
     engine.mark_clock = SymbolClock.of(document["mark_clock"])
     engine.funding_clock = SymbolClock.of(document["funding_clock"])
     for p in document["positions"]:
         position = Position(p["account_id"], p["symbol"], _d(p["qty"]), _d(p["cost"]), p["margin_mode"],
-                            _d(p["leverage"]), p.get("position_side", "both"))
+                            _d(p["leverage"]), p.get("position_side", "both"), int(p["adl_quantile"]))
         engine.positions.add(position)
         engine.by_symbol[position.symbol][position.key] = position
         engine.adl_index.touch(position.account_id)
+    engine.quantile_closes = {(account, symbol, side): int(quantile)
+                              for account, symbol, side, quantile in document["quantile_closes"]}
+    engine.risk_levels = dict(document["risk_levels"])
     return engine

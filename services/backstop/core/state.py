@@ -67,6 +67,7 @@ class Position:
     margin_mode: MarginMode
     leverage: Decimal
     position_side: PositionSide = "both"
+    adl_quantile: int = 0  # the quantile last published for it (docs/design.md §10, "ADL quantiles"); 0: none
 
     @property
     def side(self) -> Side:

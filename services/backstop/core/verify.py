@@ -85,3 +85,58 @@ def compare_streams(stream: str, stored: Sequence[dict[str, Any]], derived: Sequ
         record = derived[index] if len(stored) < len(derived) else stored[index]
         return Problem(stream, index, record.get("id"), f"{missing} this one", record.get("seq"))
     return None
+
+
+def check_postings(postings: Iterable[dict[str, Any]], *, opening_known: bool = True
+                   ) -> tuple[Problem | None, dict[str, Decimal], int]:
+    """The general ledger's postings (postings.jsonl): each moves an amount > 0 between two different accounts;
+    each account's balance after it is the one before (0 at the start of the ledger) less the amount for the debit
+    account, plus it for the credit account; and the balances of all accounts change by a sum of 0 in each seq.
+    After a snapshot (`opening_known` False) an account's balance before its first posting is taken from it.
+    Returns the first problem, the balances after the last posting and the number of seqs checked."""
+    balances: dict[str, Decimal] = {}
+    seq: object = None
+    opened: dict[str, Decimal] = {}  # account -> its balance before the current seq
+
+    def seq_sum_problem(index: int, record_id: str | None) -> Problem | None:
+        change = sum((balances[account] - before for account, before in opened.items()), Decimal(0))
+        if change != 0:
+            return Problem("postings", index, record_id, f"the balances of seq {seq} change by {change}, not 0", None
+                           if not isinstance(seq, int) else seq)
+        return None
+
+    seqs = 0
+    last_id: str | None = None
+    index = -1
+    with localcontext(CONTEXT):
+        for index, posting in enumerate(postings):
+            record_id, record_seq = posting.get("id"), posting.get("seq")
+            if record_seq != seq:
+                if seq is not None and (problem := seq_sum_problem(index - 1, last_id)):
+                    return problem, balances, seqs
+                seq, opened, seqs = record_seq, {}, seqs + 1
+            try:
+                amount = Decimal(posting["amount"])
+                sides = ((posting["debit_account"], -amount, Decimal(posting["debit_balance_after"])),
+                         (posting["credit_account"], amount, Decimal(posting["credit_balance_after"])))
+            except (KeyError, ArithmeticError, TypeError, ValueError):
+                return Problem("postings", index, record_id, "amount, accounts or balances missing or not exact "
+                                                             "decimals", record_seq), balances, seqs
+            if not amount > 0 or sides[0][0] == sides[1][0]:
+                return Problem("postings", index, record_id, f"amount {posting['amount']} from {sides[0][0]} to "
+                                                             f"{sides[1][0]}: a posting moves an amount > 0 between "
+                                                             f"two accounts", record_seq), balances, seqs
+            for account, change, after in sides:
+                before = balances.get(account)
+                if before is None:
+                    before = Decimal(0) if opening_known else after - change
+                opened.setdefault(account, before)
+                if before + change != after:
+                    return Problem("postings", index, record_id, f"{account} balance after {after} but its postings "
+                                                                 f"add up to {before + change}", record_seq), \
+                        balances, seqs
+                balances[account] = after
+            last_id = record_id
+        if seq is not None and (problem := seq_sum_problem(index, last_id)):
+            return problem, balances, seqs
+    return None, balances, seqs

@@ -2,14 +2,16 @@
 database against its journal and the checkpoints the service signed (docs/operations-security.md).
 
 Without the journal every file is checked against summary.json: each hash chain from its start to the head the
-summary records, every count (fund-ledger entries, ADL events, findings, dead letters), the head hash as the
-combination of the two chain heads, and every fund's balance as the sum of its entries. With the journal, every
-record is re-derived by a fresh replay with conservation checked after each event.
+summary records, every count (fund-ledger entries, ADL events, findings, dead letters, postings), the head hash as
+the combination of the two chain heads, every fund's balance as the sum of its entries, and the postings of the
+general ledger (each account's balance follows from its postings, the balances change by a sum of 0 in each seq,
+and end at the fund balances and the ledger sum of the summary). With the journal, every record is re-derived by a
+fresh replay with conservation checked after each event.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,10 @@ from backstop.core.anchor import (
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import GENESIS_HASH, canonical_json, combine, record_dict
+from backstop.core.numbers import CONTEXT
 from backstop.core.processor import Applied, Processor
 from backstop.core.snapshot import state_hash
-from backstop.core.verify import Problem, check_chain, check_fund_balances, compare_streams
+from backstop.core.verify import Problem, check_chain, check_fund_balances, check_postings, compare_streams
 from backstop.wire.decode import InvalidRecord, decode_record
 
 Outcome = tuple[list[str], Problem | str | None]
@@ -40,9 +43,11 @@ class AuditError(Exception):
     """The inputs of the audit cannot be read (exit 2)."""
 
 
-def derive(lines: list[bytes]) -> tuple[Processor, list[dict[str, Any]], list[dict[str, Any]]]:
-    """Replay the journal with conservation checked after every event."""
-    processor = Processor(Engine(check_conservation=True))
+def derive(lines: list[bytes], postings: list[dict[str, Any]] | None = None, *, adl_quantiles: bool = False
+           ) -> tuple[Processor, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Replay the journal with conservation checked after every event (the postings into `postings` if given), with
+    quantile points as the outputs were written (they move the state hash, never the ledger)."""
+    processor = Processor(Engine(check_conservation=True, adl_quantiles=adl_quantiles))
     ledger: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for raw in lines:
@@ -54,6 +59,8 @@ def derive(lines: list[bytes]) -> tuple[Processor, list[dict[str, Any]], list[di
         if isinstance(outcome, Applied):
             ledger.extend(orjson.loads(canonical_json(record_dict(e))) for e in outcome.effects.fund_entries)
             events.extend(orjson.loads(canonical_json(record_dict(e))) for e in outcome.effects.adl_events)
+            if postings is not None:
+                postings.extend(orjson.loads(canonical_json(record_dict(p))) for p in outcome.effects.postings)
     return processor, ledger, events
 
 
@@ -74,11 +81,21 @@ def verify_output(out: Path, journal: Path | None) -> Outcome:
         events = read_stream(out, "adl-events.jsonl")
         findings = read_stream(out, "findings.jsonl")
         dead_letters = read_stream(out, "dead-letter.jsonl")
+        # absent from the outputs of backstop before it wrote the whole ledger (and then not counted in the summary)
+        whole_ledger = summary.get("postings") is not None or (out / "postings.jsonl").exists()
+        postings = read_stream(out, "postings.jsonl") if whole_ledger else None
     except OutputReadError as error:
         raise AuditError(str(error)) from None
     lines = _journal(journal) if journal is not None else None
     return verify_records(ledger, events, summary, lines, source="summary.json",
-                          counted={"findings": findings, "dead_letters": dead_letters})
+                          counted={"findings": findings, "dead_letters": dead_letters}, postings=postings)
+
+
+def quantile_points(summary: dict[str, Any]) -> bool:
+    """Whether the outputs were written with quantile points: as summary.json records it; a summary from before it
+    was an option had them whenever it counts adl_quantiles."""
+    recorded = summary.get("adl_quantile_points")
+    return bool(recorded) if recorded is not None else "adl_quantiles" in summary
 
 
 def verify_counts(summary: dict[str, Any], *, ledger: list[dict[str, Any]], events: list[dict[str, Any]],
@@ -106,11 +123,12 @@ def verify_counts(summary: dict[str, Any], *, ledger: list[dict[str, Any]], even
 def verify_journal(journal: Path) -> Outcome:
     """A journal file alone: replay it with conservation checked after every event and check what it derives."""
     lines = _journal(journal)
+    postings: list[dict[str, Any]] = []
     try:
-        processor, ledger, events = derive(lines)
+        processor, ledger, events = derive(lines, postings)
     except InvariantViolation as error:
         return [], f"replaying {journal}: conservation broken: {error}"
-    checked, problem = verify_records(ledger, events, {}, None, source=str(journal))
+    checked, problem = verify_records(ledger, events, {}, None, source=str(journal), postings=postings)
     checked.insert(0, f"conservation: checked after each of {processor.events_applied} events; head hash "
                       f"{processor.engine.head_hash}")
     return checked, problem
@@ -133,6 +151,7 @@ async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None
     try:
         ledger = await store.records("fund_ledger")
         events = await store.records("adl_events")
+        postings = await store.records("postings")
         stored = await store.stored_hashes()
         head = await store.head()
         funds = {r["fund_id"]: {"balance": str(r["balance"])} for r in await store.pool.fetch("SELECT * FROM funds")}
@@ -158,10 +177,15 @@ async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None
         if problem:
             return checked, problem
         checked.extend(_anchor_lines(checkpoints, digest))
+    from backstop.settings import Settings
+
     summary = {"funds": funds, "ledger_head_hash": head.ledger_head if ledger else None,
                "head_hash": stored.get("head_hash"),
-               "state_hash": stored.get("state_hash") if stored.get("state_hash_seq") == stored.get("seq") else None}
-    more, record_problem = verify_records(ledger, events, summary, [row[4] for row in rows], source="the database")
+               "state_hash": stored.get("state_hash") if stored.get("state_hash_seq") == stored.get("seq") else None,
+               # the service's setting (BACKSTOP_ADL_QUANTILES, as it runs here): its state hash depends on it
+               "adl_quantile_points": Settings().adl_quantiles}
+    more, record_problem = verify_records(ledger, events, summary, [row[4] for row in rows], source="the database",
+                                          postings=postings)
     checked.extend(more)
     if record_problem is not None or not keys:
         return checked, record_problem
@@ -228,9 +252,10 @@ def _heads(ledger: list[dict[str, Any]], events: list[dict[str, Any]], summary: 
 
 def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], summary: dict[str, Any],
                    lines: list[bytes] | None, *, source: str,
-                   counted: dict[str, list[dict[str, Any]]] | None = None) -> Outcome:
-    """The chains, (with `counted`: the findings and dead letters) every count, the heads, the fund balances and
-    (with `lines`, the journal) every record re-derived."""
+                   counted: dict[str, list[dict[str, Any]]] | None = None,
+                   postings: list[dict[str, Any]] | None = None) -> Outcome:
+    """The chains, (with `counted`: the findings and dead letters) every count, the heads, the fund balances, (with
+    `postings`) the general ledger and (with `lines`, the journal) every record re-derived."""
     checked: list[str] = []
     start = summary.get("from_snapshot") or {}
     for stream, key, records in (("fund-ledger", "ledger_head_hash", ledger), ("adl-events", "adl_head_hash", events)):
@@ -257,10 +282,15 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
             return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its ledger entries add up "
                              f"to {balances.get(fund_id, Decimal(0))}")
     checked.append(f"fund balances: {len(balances)} fund(s) equal the sum of their entries")
+    if postings is not None and lines is None:
+        more, postings_problem = verify_postings(postings, summary, source=source)
+        return checked + more, postings_problem
     if lines is None:
         return checked, None
+    derived_postings: list[dict[str, Any]] = []
     try:
-        processor, derived_ledger, derived_events = derive(lines)
+        processor, derived_ledger, derived_events = derive(lines, derived_postings,
+                                                           adl_quantiles=quantile_points(summary))
     except InvariantViolation as error:
         return checked, f"replaying the journal: conservation broken: {error}"
     checked.append(f"conservation: checked after each of {processor.events_applied} events")
@@ -270,9 +300,57 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
         if problem:
             return checked, problem
         checked.append(f"{stream}: all {len(stored)} records re-derived from the journal")
+    if postings is not None:  # after the fund ledger and the ADL events: a rewrite of those is named by its record
+        more, postings_problem = verify_postings(postings, summary, source=source)
+        checked += more
+        if postings_problem:
+            return checked, postings_problem
+        problem = compare_streams("postings", postings, derived_postings[start.get("postings", 0):])
+        if problem:
+            return checked, problem
+        checked.append(f"postings: all {len(postings)} records re-derived from the journal")
     engine = processor.engine
     for key, value in (("head_hash", engine.head_hash), ("state_hash", state_hash(engine))):
         if summary.get(key) is not None and summary.get(key) != value:
             return checked, f"{source}: {key} {summary.get(key)} but the replay gives {value}"
     checked.append("head hash" + (" and state hash" if summary.get("state_hash") else "") + " reproduced")
+    return checked, None
+
+
+def verify_postings(postings: list[dict[str, Any]], summary: dict[str, Any], *, source: str) -> Outcome:
+    """The general ledger: its chain, count and head as the summary records them; every account's balance follows
+    from its postings and the balances change by a sum of 0 in each seq (core.verify.check_postings); the fund
+    accounts end at the funds' balances and (from the start of the ledger) all accounts at the ledger sum."""
+    start = summary.get("from_snapshot") or {}
+    problem = check_chain("postings", postings, first_prev=start.get("postings_head_hash", GENESIS_HASH))
+    if problem:
+        return [], problem
+    checked = [f"postings: hash chain of {len(postings)} records" + (
+        f" from the snapshot at seq {start['seq']}" if start else "")]
+    if summary.get("postings") is not None and len(postings) != summary["postings"] - start.get("postings", 0):
+        return checked, (f"{source}: postings {summary['postings']}" + (
+            f" ({start.get('postings', 0)} before the snapshot)" if start else "") +
+            f" but postings.jsonl holds {len(postings)} record(s): records were removed or added")
+    head = postings[-1]["hash"] if postings else start.get("postings_head_hash", GENESIS_HASH)
+    if summary.get("postings_head_hash") is not None and summary["postings_head_hash"] != head:
+        return checked, (f"{source}: postings_head_hash {summary['postings_head_hash']} but the postings chain ends "
+                         f"at {head}: records were removed, added or rewritten")
+    problem, balances, seqs = check_postings(postings, opening_known=not start)
+    if problem:
+        return checked, problem
+    checked.append(f"postings: every account's balance follows from its postings; the balances change by a sum of "
+                   f"0 in each of {seqs} seq(s)")
+    for fund_id, fund in summary.get("funds", {}).items():
+        account = f"fund:{fund_id}"
+        if (account in balances or not start) and balances.get(account, Decimal(0)) != Decimal(fund["balance"]):
+            return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its postings leave "
+                             f"{account} at {balances.get(account, Decimal(0))}")
+    if not start and summary.get("ledger_sum") is not None:
+        with localcontext(CONTEXT):  # exact: a default context rounds wide balances
+            total = sum(balances.values(), Decimal(0))
+        if total != Decimal(summary["ledger_sum"]):
+            return checked, f"{source}: ledger_sum {summary['ledger_sum']} but the postings leave a sum of {total}"
+    if summary.get("funds"):
+        checked.append("postings: the fund accounts end at the funds' balances" + (
+            "" if start else ", all accounts at the ledger sum"))
     return checked, None

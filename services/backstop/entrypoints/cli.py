@@ -115,7 +115,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                             strict=args.strict, snapshot_every=args.snapshot_every,
                             from_snapshot=Path(args.from_snapshot) if args.from_snapshot else None,
                             check_conservation=args.check_conservation, adl_policy=policy,
-                            full_adl_metrics=args.adl_metrics == "full", engine=_engine_for(args))
+                            adl_quantiles=_quantile_points(args), full_adl_metrics=args.adl_metrics == "full",
+                            engine=_engine_for(args))
     stored: dict[str, Any] | None = None
     try:
         if args.journal:
@@ -172,6 +173,12 @@ async def _stored_journal(args: argparse.Namespace) -> tuple[list[bytes], dict[s
     return await kafka_journal(Settings(kafka_bootstrap=args.from_kafka))
 
 
+def _quantile_points(args: argparse.Namespace) -> bool:
+    """--adl-quantiles / --no-adl-quantiles; unsaid: off for a journal file, on for the service's journal (its
+    setting BACKSTOP_ADL_QUANTILES defaults to on), so that its state hash is reproduced."""
+    return bool(args.adl_quantiles) if args.adl_quantiles is not None else not args.journal
+
+
 def _compare_stored(result: dict[str, Any], stored: dict[str, Any]) -> int:
     problems = []
     for key in ("duplicates", "rejected"):  # the service's counts; its journal itself replays without either
@@ -184,7 +191,8 @@ def _compare_stored(result: dict[str, Any], stored: dict[str, Any]) -> int:
         problems.append(f"stored head hash {stored.get('head_hash')} != replayed {result['head_hash']}")
     if stored.get("state_hash") is not None and stored.get("state_hash_seq") == result["events_applied"]:
         if stored["state_hash"] != result["state_hash"]:
-            problems.append(f"stored state hash {stored['state_hash']} != replayed {result['state_hash']}")
+            problems.append(f"stored state hash {stored['state_hash']} != replayed {result['state_hash']} (quantile "
+                            f"points move it: replay with the service's BACKSTOP_ADL_QUANTILES setting)")
         else:
             print("stored state hash reproduced")
     for problem in problems:
@@ -369,28 +377,39 @@ def _cmd_statement(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from backstop.adapters.files import OutputError
-    from backstop.adapters.output_reader import OutputReadError, read_summary
-    from backstop.core.fund_statement import StatementError, statement
+    from backstop.adapters.output_reader import OutputReadError, read_stream, read_summary
+    from backstop.core.fund_statement import StatementError, account_entries, account_statement, statement
     from backstop.entrypoints.statement import default_target, parse_time, read_entries, write_statement
 
     directory = Path(args.dir)
-    target = Path(args.out) if args.out else default_target(args.fund, args.format)
+    name = args.fund if args.fund is not None else args.account
+    target = Path(args.out) if args.out else default_target(name, args.format)
     try:
-        funds = read_summary(directory)["funds"]
-        if args.fund not in funds:
-            raise ValueError(f"no fund {args.fund} in {directory} (its funds: {', '.join(sorted(funds)) or 'none'})")
-        entries = read_entries(directory)
-        result = statement(entries, args.fund, period_from=parse_time(args.period_from) if args.period_from else 0,
-                           period_to=parse_time(args.period_to) if args.period_to else 2**62)
-        write_statement(result, target, args.format, inputs=[directory / "fund-ledger.jsonl",
-                                                             directory / "summary.json"])
+        period = {"period_from": parse_time(args.period_from) if args.period_from else 0,
+                  "period_to": parse_time(args.period_to) if args.period_to else 2**62}
+        if args.fund is not None:
+            funds = read_summary(directory)["funds"]
+            if args.fund not in funds:
+                raise ValueError(f"no fund {args.fund} in {directory} (its funds: "
+                                 f"{', '.join(sorted(funds)) or 'none'})")
+            result = statement(read_entries(directory), args.fund, **period)
+            source = directory / "fund-ledger.jsonl"
+        else:
+            postings = read_stream(directory, "postings.jsonl")
+            if not account_entries(postings, args.account):
+                accounts = sorted({p[side] for p in postings for side in ("debit_account", "credit_account")})
+                raise ValueError(f"no postings move {args.account} in {directory} (its accounts: "
+                                 f"{', '.join(accounts[:12]) or 'none'}{' ...' if len(accounts) > 12 else ''})")
+            result = account_statement(postings, args.account, **period)
+            source = directory / "postings.jsonl"
+        write_statement(result, target, args.format, inputs=[source, directory / "summary.json"])
     except StatementError as error:
         print(f"backstop statement: {error}", file=sys.stderr)
         return 1
     except (OSError, ValueError, OutputError, OutputReadError) as error:
         print(f"backstop statement: {_os_message(error)}", file=sys.stderr)
         return 2
-    print(f"fund {args.fund}: opening {result.opening_balance}, flows "
+    print(f"{'fund' if args.fund is not None else 'account'} {name}: opening {result.opening_balance}, flows "
           + ", ".join(f"{k} {v}" for k, v in sorted(result.by_kind.items()))
           + f", closing {result.closing_balance} ({len(result.entries)} entries) -> {target}")
     return 0
@@ -547,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start from a snapshot written by --snapshot-every and replay the rest")
     replay.add_argument("--check-conservation", action="store_true",
                         help="re-check that all ledger balances sum to zero after every event")
+    replay.add_argument("--adl-quantiles", action=argparse.BooleanOptionalAction, default=None,
+                        help="publish ADL quantiles and risk levels at each quantile point of event time into "
+                             "adl-quantiles.jsonl, as the service does (default: off for a journal file, since it "
+                             "makes a replay slower; on with --from-postgres / --from-kafka, as the service)")
     add_adl_policy_arguments(replay)
     replay.add_argument("--engine", choices=ENGINE_CHOICES, default=None,
                         help=f"which engine applies the rules (default {DEFAULT_ENGINE}; the reference when the "
@@ -595,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     produce.set_defaults(handler=_cmd_produce)
 
     tail = commands.add_parser("tail", help="print an output topic's records (JSON lines)")
-    tail.add_argument("stream", choices=["adl-events", "fund-ledger", "journal", "dead-letter"])
+    tail.add_argument("stream", choices=["adl-events", "fund-ledger", "journal", "dead-letter", "postings",
+                                        "adl-quantiles"])
     tail.add_argument("--follow", "-f", action="store_true", help="keep waiting for new records")
     tail.set_defaults(handler=_cmd_tail)
 
@@ -606,13 +630,18 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     explain.set_defaults(handler=_cmd_explain)
 
-    statement = commands.add_parser("statement", help="a fund's statement over a period from a replay output dir")
+    statement = commands.add_parser("statement", help="a fund's or any ledger account's statement over a period "
+                                                      "from a replay output dir")
     statement.add_argument("dir", metavar="DIR", help="a `backstop replay` output directory")
-    statement.add_argument("--fund", required=True)
+    whose = statement.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--fund", help="a fund id: its fund-ledger entries")
+    whose.add_argument("--account", metavar="ACCOUNT", help="any account of the general ledger, as postings.jsonl "
+                                                            "names it (wallet:<account>:<asset>, fund:<fund>, "
+                                                            "settlement:<symbol>, fees:<asset>, external:<asset> ...)")
     statement.add_argument("--from", dest="period_from", metavar="TIME", help="ms since the epoch or ISO time (UTC)")
     statement.add_argument("--to", dest="period_to", metavar="TIME", help="exclusive; ms or ISO time")
     statement.add_argument("--format", choices=["csv", "json", "parquet"], default="csv")
-    statement.add_argument("--out", metavar="FILE", help="default: statement-<fund>.<format>")
+    statement.add_argument("--out", metavar="FILE", help="default: statement-<fund or account>.<format>")
     statement.set_defaults(handler=_cmd_statement)
 
     reconcile = commands.add_parser("reconcile", help="fund balances against the sum of their entries, by kind and "

@@ -1,5 +1,9 @@
-"""`backstop explain ID`: the causal chain behind a fund-ledger entry, an ADL event or a liquidation, in words and
-numbers, re-derived from the journal (nothing is taken from the outputs on trust)."""
+"""`backstop explain ID`: the causal chain behind a fund-ledger entry, an ADL event, a posting or a liquidation, in
+words and numbers, re-derived from the journal (nothing is taken from the outputs on trust).
+
+Postings are walked both ways: from a liquidation, a fund entry or an ADL event to every posting it caused (a
+trader's wallet credited by a deleverage, the settlement account, the fund), and from a posting (p-SEQ-N) back to
+the fund entry, ADL event and liquidation, transfer or fill that caused it."""
 
 from __future__ import annotations
 
@@ -26,8 +30,8 @@ class ExplainError(Exception):
 
 
 def _target_seq(identifier: str) -> tuple[int | None, str | None]:
-    """(seq, liquidation id) from an output id (fl-SEQ-N, adl-SEQ-N) or a liquidation id."""
-    for prefix in ("fl-", "adl-"):
+    """(seq, liquidation id) from an output id (fl-SEQ-N, adl-SEQ-N, p-SEQ-N) or a liquidation id."""
+    for prefix in ("fl-", "adl-", "p-"):
         if identifier.startswith(prefix):
             parts = identifier[len(prefix):].split("-")
             if len(parts) == 2 and all(p.isdigit() for p in parts):
@@ -61,14 +65,36 @@ def explain(identifier: str, journal_path: Path) -> dict[str, Any]:
         explanation = {"id": identifier, "seq": outcome.seq, "event": orjson.loads(raw), **before,
                        "fund_ledger": [_plain(record_dict(e)) for e in effects.fund_entries],
                        "adl_events": [_plain(record_dict(e)) for e in effects.adl_events],
-                       "findings": [_plain(record_dict(f)) for f in effects.findings]}
+                       "findings": [_plain(record_dict(f)) for f in effects.findings],
+                       "postings": [_plain(record_dict(p)) for p in effects.postings]}
         if seq is not None:
-            wanted = [e for e in explanation["fund_ledger"] + explanation["adl_events"] if e["id"] == identifier]
+            wanted = [e for e in explanation["fund_ledger"] + explanation["adl_events"] + explanation["postings"]
+                      if e["id"] == identifier]
             if not wanted:
                 raise ExplainError(f"{identifier}: event {seq} produced no output with that id")
             explanation["subject"] = wanted[0]
+        explanation.update(_walk(explanation))
         return explanation
-    raise ExplainError(f"{identifier}: no such fund-ledger entry, ADL event or liquidation in {journal_path}")
+    raise ExplainError(f"{identifier}: no such fund-ledger entry, ADL event, posting or liquidation in "
+                       f"{journal_path}")
+
+
+CAUSES = ("liquidation_id", "adl_event_id", "fund_entry_id", "transfer_id", "fill_id")
+
+
+def _walk(explanation: dict[str, Any]) -> dict[str, Any]:
+    """Forward: the postings a fund entry or an ADL event caused. Backward: what caused a posting, as the records
+    of the same event (its fund entry, its ADL event) and the input ids it names."""
+    subject = explanation.get("subject")
+    if subject is None:
+        return {}
+    if subject["id"].startswith("p-"):
+        records = {r["id"]: r for r in explanation["fund_ledger"] + explanation["adl_events"]}
+        causes = {key: subject[key] for key in CAUSES if subject.get(key) is not None}
+        caused_by = {key: records[value] for key, value in causes.items() if value in records}
+        return {"causes": causes, "caused_by": caused_by}
+    key = "fund_entry_id" if subject["id"].startswith("fl-") else "adl_event_id"
+    return {"subject_postings": [p for p in explanation["postings"] if p.get(key) == subject["id"]]}
 
 
 def _admitted(processor: Processor, record: AnyRecord) -> bool:
@@ -195,4 +221,16 @@ def render_text(explanation: dict[str, Any]) -> str:
                          f"{event['score']}, quantile {event['quantile']}{why}")
     for finding in explanation["findings"]:
         lines.append(f"  finding {finding['kind']}: {finding['details']}")
+    if "causes" in explanation:
+        names = {"liquidation_id": "liquidation", "adl_event_id": "ADL event", "fund_entry_id": "fund entry",
+                 "transfer_id": "transfer", "fill_id": "fill"}
+        lines.append("  caused by: " + (", ".join(f"{names[k]} {v}" for k, v in explanation["causes"].items())
+                                        or "the event alone"))
+    if explanation["postings"]:
+        lines.append("  postings of the event (debit -> credit):")
+        for posting in explanation["postings"]:
+            causes = ", ".join(posting[k] for k in CAUSES if posting.get(k) is not None)
+            lines.append(f"    {posting['id']} {posting['kind']} {posting['amount']} {posting['asset']}: "
+                         f"{posting['debit_account']} -> {posting['credit_account']}" + (f" ({causes})" if causes
+                                                                                          else ""))
     return "\n".join(lines)

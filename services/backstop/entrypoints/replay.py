@@ -53,6 +53,7 @@ class ReplayOptions:
     from_snapshot: Path | None = None
     check_conservation: bool = False
     adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
+    adl_quantiles: bool = False  # quantile points: adl-quantiles.jsonl as the service publishes it (design §10)
     full_adl_metrics: bool = False
     progress: bool | None = None  # None: on a terminal, for large files
     engine: EngineName = "reference"
@@ -128,8 +129,10 @@ def snapshot_start(document: dict[str, Any]) -> dict[str, Any]:
     state, counters = document["engine"], document["counters"]
     funds = sorted(fund["fund_id"] for fund in state["funds"])
     return {"seq": state["seq"], "input_line": document["input_line"], "ledger_head_hash": state["ledger_head"],
-            "adl_head_hash": state["adl_head"], "fund_ledger_entries": counters["fund_entries"],
-            "adl_events": counters["adl_events"], "findings": counters["findings"],
+            "adl_head_hash": state["adl_head"], "postings_head_hash": state["postings_head"],
+            "fund_ledger_entries": counters["fund_entries"], "adl_events": counters["adl_events"],
+            "findings": counters["findings"], "postings": counters["postings"],
+            "adl_quantiles": counters["adl_quantiles"],
             "fund_balances": {f: state["balances"].get(f"fund:{f}", "0") for f in funds}}
 
 
@@ -198,7 +201,7 @@ def _open(options: ReplayOptions) -> tuple[LedgerEngine, int, dict[str, Any] | N
     """The engine (from the snapshot, if one is given), the lines to skip, and where the snapshot starts."""
     engine_options = EngineOptions(strict=options.strict, snapshot_every=options.snapshot_every,
                                    check_conservation=options.check_conservation, adl_policy=options.adl_policy,
-                                   full_adl_metrics=options.full_adl_metrics)
+                                   adl_quantiles=options.adl_quantiles, full_adl_metrics=options.full_adl_metrics)
     if options.from_snapshot is None:
         return open_engine(options.engine, engine_options), 0, None
     snapshot, document = read_snapshot(options.from_snapshot)
@@ -249,7 +252,8 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
         task = progress.add_task("replay", total=size)
         for first_line, chunk in chunks:
             batch = engine.apply_lines(chunk, first_line)
-            out.write_batch(batch.fund_ledger, batch.adl_events, batch.findings, batch.dead_letters, batch.adl_rounds)
+            out.write_batch(batch.fund_ledger, batch.adl_events, batch.findings, batch.dead_letters,
+                            postings=batch.postings, adl_quantiles=batch.adl_quantiles, adl_rounds=batch.adl_rounds)
             for snapshot in batch.snapshots:  # the identities first: a snapshot never names a missing file
                 write_bytes(snapshots / f"{snapshot_name(snapshot.seq)}.ids", snapshot.ids)
                 write_bytes(snapshots / f"{snapshot_name(snapshot.seq)}.json", snapshot.document)

@@ -18,6 +18,8 @@ from backstop.core.numbers import CONTEXT
 
 ENTRY_COLUMNS = ("id", "seq", "ts", "fund_id", "kind", "amount", "balance_after", "liquidation_id", "counter_account",
                  "symbol", "hash")
+ACCOUNT_COLUMNS = ("id", "seq", "ts", "account", "kind", "amount", "balance_after", "counter_account", "symbol",
+                   "transfer_id", "fill_id", "liquidation_id", "adl_event_id", "fund_entry_id", "hash")
 
 
 def parse_time(value: str) -> int:
@@ -40,10 +42,15 @@ def default_target(fund_id: str, fmt: str) -> Path:
     return Path(f"statement-{quote(fund_id, safe=':@')}.{fmt}")
 
 
+def _columns(result: Statement) -> tuple[str, ...]:
+    return ACCOUNT_COLUMNS if result.names == "account" else ENTRY_COLUMNS
+
+
 def _rows(result: Statement) -> list[dict[str, Any]]:
     from backstop.core.fund_statement import symbol_of
 
-    return [{**{c: e.get(c) for c in ENTRY_COLUMNS if c != "symbol"}, "symbol": symbol_of(e)} for e in result.entries]
+    return [{**{c: e.get(c) for c in _columns(result) if c != "symbol"}, "symbol": symbol_of(e)}
+            for e in result.entries]
 
 
 def write_statement(result: Statement, target: Path, fmt: str, *, inputs: list[Path]) -> None:
@@ -56,7 +63,7 @@ def write(result: Statement, target: Path, fmt: str) -> None:
         target.write_bytes(orjson.dumps(result.as_json(), option=orjson.OPT_INDENT_2) + b"\n")
     elif fmt == "csv":
         with target.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=ENTRY_COLUMNS)
+            writer = csv.DictWriter(handle, fieldnames=_columns(result))
             writer.writeheader()
             writer.writerows(_rows(result))
     elif fmt == "parquet":
@@ -66,10 +73,8 @@ def write(result: Statement, target: Path, fmt: str) -> None:
         rows = _rows(result)
         # amounts as exact decimals (38 digits, 8 places): never floats
         money = pa.decimal128(38, 8)
-        schema = pa.schema([("id", pa.string()), ("seq", pa.int64()), ("ts", pa.int64()), ("fund_id", pa.string()),
-                            ("kind", pa.string()), ("amount", money), ("balance_after", money),
-                            ("liquidation_id", pa.string()), ("counter_account", pa.string()),
-                            ("symbol", pa.string()), ("hash", pa.string())])
+        schema = pa.schema([(name, money if name in ("amount", "balance_after") else
+                             pa.int64() if name in ("seq", "ts") else pa.string()) for name in _columns(result)])
         columns = {name: [r[name] for r in rows] for name in schema.names}
         for name in ("amount", "balance_after"):
             columns[name] = [Decimal(v) for v in columns[name]]

@@ -18,7 +18,7 @@ from backstop.core.dedupe import HeldRow, identity, identity_of_fields, key_dige
 from backstop.core.errors import InvariantViolation, RejectionKind
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Applied, Duplicate, Processor
-from backstop.core.records import SCHEMA_VERSION, AdlEvent, Finding, FundLedgerEntry
+from backstop.core.records import SCHEMA_VERSION, AdlEvent, AdlQuantileRecord, Finding, FundLedgerEntry, Posting
 from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.topics import TopicNames, input_key
 from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record, shown, validate
@@ -124,6 +124,8 @@ class BatchResult:
     fund_entries: list[FundLedgerEntry] = field(default_factory=list)
     adl_events: list[AdlEvent] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    postings: list[Posting] = field(default_factory=list)
+    adl_quantiles: list[AdlQuantileRecord] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     held_ids: list[HeldRow] = field(default_factory=list)  # identities the batch's journal rows hold (applied_ids)
     outbox: list[OutboxMessage] = field(default_factory=list)
@@ -232,6 +234,15 @@ def _ingest(processor: Processor, batch: list[Consumed], topics: TopicNames, qua
             result.outbox.append(OutboxMessage(topics.adl_events, event.account_id, event.id,
                                                canonical_json(record_dict(event))))
         result.findings.extend(effects.findings)
+        for posting in effects.postings:
+            result.postings.append(posting)
+            result.outbox.append(OutboxMessage(topics.postings, posting.asset, posting.id,
+                                               canonical_json(record_dict(posting))))
+        for change in effects.adl_quantiles:
+            result.adl_quantiles.append(change)
+            key = change.account_id if change.kind == "quantile" else change.symbol
+            result.outbox.append(OutboxMessage(topics.adl_quantiles, key, change.id,
+                                               canonical_json(record_dict(change))))
     ids = processor.engine.dedupe.ids
     if isinstance(ids, ServiceIds):
         result.held_ids = ids.drain()

@@ -48,10 +48,19 @@ class TopicNames:
         return f"{self.prefix}dead-letter"
 
     @property
-    def outputs(self) -> tuple[str, ...]:
-        return (self.journal, self.fund_ledger, self.adl_events, self.dead_letter)
+    def postings(self) -> str:
+        return f"{self.prefix}postings"
 
-    def role(self, topic: str) -> Literal["input", "journal", "ledger", "events", "dead-letter"]:
+    @property
+    def adl_quantiles(self) -> str:
+        return f"{self.prefix}adl-quantiles"
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return (self.journal, self.fund_ledger, self.adl_events, self.dead_letter, self.postings, self.adl_quantiles)
+
+    def role(self, topic: str) -> Literal["input", "journal", "ledger", "events", "dead-letter", "postings",
+                                          "quantiles"]:
         if topic in self.inputs:
             return "input"
         if topic == self.journal:
@@ -60,6 +69,10 @@ class TopicNames:
             return "ledger"
         if topic == self.adl_events:
             return "events"
+        if topic == self.postings:
+            return "postings"
+        if topic == self.adl_quantiles:
+            return "quantiles"
         return "dead-letter"
 
 

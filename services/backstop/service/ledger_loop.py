@@ -120,7 +120,8 @@ class WriteBehind:
             self._task.cancel()  # a full refresh is rewritten at the next start; a snapshot is only a shortcut
 
 
-async def rebuild(store: LedgerStore, *, check_conservation: bool) -> tuple[Processor, Head]:
+async def rebuild(store: LedgerStore, *, check_conservation: bool, adl_quantiles: bool = True
+                  ) -> tuple[Processor, Head]:
     """The engine as PostgreSQL last committed it: latest snapshot, then the journal after it; the identities it
     holds are PostgreSQL's (applied_ids), behind a filter loaded here."""
     head = await store.head()
@@ -128,11 +129,12 @@ async def rebuild(store: LedgerStore, *, check_conservation: bool) -> tuple[Proc
     await store.held_keys(ids.load)
     snapshot = await store.latest_snapshot()
     if snapshot is None:
-        processor = Processor(Engine(check_conservation=check_conservation, ids=ids))
+        processor = Processor(Engine(check_conservation=check_conservation, ids=ids, adl_quantiles=adl_quantiles))
         after = 0
     else:
         after, document = snapshot
-        processor = Processor(restore(document["engine"], check_conservation=check_conservation, ids=ids))
+        processor = Processor(restore(document["engine"], check_conservation=check_conservation, ids=ids,
+                                      adl_quantiles=adl_quantiles))
     await replay_journal(processor, store.journal(after_seq=after), store.held)
     await store.hold(ids.drain())  # a no-op, but for a journal written before applied_ids existed
     processor.duplicates, processor.rejected = head.duplicates, head.rejected
@@ -187,7 +189,8 @@ class LedgerProcessor(SupervisedLoop):
             self.quarantine[error.where] = error.reason
 
     async def run_locked(self) -> None:
-        processor, head = await rebuild(self.store, check_conservation=self.settings.check_conservation)
+        processor, head = await rebuild(self.store, check_conservation=self.settings.check_conservation,
+                                        adl_quantiles=self.settings.adl_quantiles)
         offsets = await self.store.offsets()
         consumer = self.runtime.consumer(self.settings)
         await consumer.start()

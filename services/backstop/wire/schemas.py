@@ -13,7 +13,15 @@ from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from backstop.core.records import CONTRACT_VERSION, AdlEvent, Finding, FundLedgerEntry
+from backstop.core.records import (
+    CONTRACT_VERSION,
+    AdlEvent,
+    AdlQuantileChange,
+    AdlRiskChange,
+    Finding,
+    FundLedgerEntry,
+    Posting,
+)
 from backstop.pipeline.ingest import DeadLetterRecord, JournalRecord
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames, input_key_field
 from backstop.wire.inputs import DECIMAL_PATTERN, RECORD_TYPES
@@ -34,6 +42,9 @@ OUTPUT_RECORDS: dict[str, type[Any]] = {
     "finding": Finding,
     "journal-record": JournalRecord,
     "dead-letter-record": DeadLetterRecord,
+    "posting": Posting,
+    "adl-quantile": AdlQuantileChange,
+    "adl-risk": AdlRiskChange,
 }
 
 
@@ -52,13 +63,20 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     return result
 
 
-_OUTPUT_TOPICS = (
-    ("journal", "journal-record", "the key of the input record",
+_OUTPUT_TOPICS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("journal", ("journal-record",), "the key of the input record",
      "Every accepted input, in journal order (seq), kept forever: the log a replay starts from."),
-    ("fund_ledger", "fund-ledger-entry", "fund_id",
+    ("fund_ledger", ("fund-ledger-entry",), "fund_id",
      "Every transfer that touches an insurance fund, hash-chained, kept forever."),
-    ("adl_events", "adl-event", "account_id (the counterparty)", "Every counterparty reduced by auto-deleveraging."),
-    ("dead_letter", "dead-letter-record", "source topic:partition", "Every input that was not applied, and why."),
+    ("adl_events", ("adl-event",), "account_id (the counterparty)",
+     "Every counterparty reduced by auto-deleveraging."),
+    ("dead_letter", ("dead-letter-record",), "source topic:partition", "Every input that was not applied, and why."),
+    ("postings", ("posting",), "asset",
+     "Every posting of the general ledger (each movement of money between two ledger accounts), hash-chained, "
+     "kept forever."),
+    ("adl_quantiles", ("adl-quantile", "adl-risk"), "account_id (kind quantile) or symbol (kind risk)",
+     "Each change of a position's ADL quantile and of a symbol's ADL risk level, at the quantile points of event "
+     "time (`kind` tells the two apart)."),
 )
 KAFKA_BINDING_VERSION = "0.5.0"
 _OUTPUT_HEADERS = {
@@ -107,35 +125,40 @@ def asyncapi() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
 
-    def add(record: str, schema_name: str, address: str, key: str, description: str, *, incoming: bool) -> None:
-        components_schemas[schema_name] = _embedded(schema_name, schemas_by_name[schema_name], components_schemas)
-        message: dict[str, Any] = {
-            "name": record, "title": f"{record} record", "summary": description, "contentType": "application/json",
-            "payload": {"$ref": f"#/components/schemas/{schema_name}"},
-            "bindings": {"kafka": {"key": {"type": "string", "description": key},
-                                   "bindingVersion": KAFKA_BINDING_VERSION}}}
-        if not incoming:
-            message["headers"] = _OUTPUT_HEADERS
-        messages[record] = message
+    def add(records: tuple[str, ...], prefix: str, address: str, key: str, description: str, *,
+            incoming: bool) -> None:
+        """One channel for the topic, with a message (and its schema `<prefix><record>`) per record it carries."""
+        for record in records:
+            schema_name = f"{prefix}{record}"
+            components_schemas[schema_name] = _embedded(schema_name, schemas_by_name[schema_name], components_schemas)
+            message: dict[str, Any] = {
+                "name": record, "title": f"{record} record", "summary": description,
+                "contentType": "application/json", "payload": {"$ref": f"#/components/schemas/{schema_name}"},
+                "bindings": {"kafka": {"key": {"type": "string", "description": key},
+                                       "bindingVersion": KAFKA_BINDING_VERSION}}}
+            if not incoming:
+                message["headers"] = _OUTPUT_HEADERS
+            messages[record] = message
         channel_id = _camel(address.removeprefix(topics.prefix))
         channels[channel_id] = {
             "address": address, "title": address, "description": f"{description} Key: {key}.",
-            "messages": {record: {"$ref": f"#/components/messages/{record}"}},
+            "messages": {record: {"$ref": f"#/components/messages/{record}"} for record in records},
             "bindings": {"kafka": {"topic": address, "bindingVersion": KAFKA_BINDING_VERSION}}}
         action = "receive" if incoming else "send"
-        operations[f"{action}{_camel(record)}"] = {
+        named = " and ".join(records)
+        operations[f"{action}{_camel(records[0])}"] = {
             "action": action, "channel": {"$ref": f"#/channels/{channel_id}"},
-            "messages": [{"$ref": f"#/channels/{channel_id}/messages/{record}"}],
-            "summary": (f"backstop consumes {record} records." if incoming
-                        else f"backstop publishes {record} records through its outbox."),
+            "messages": [{"$ref": f"#/channels/{channel_id}/messages/{record}"} for record in records],
+            "summary": (f"backstop consumes {named} records." if incoming
+                        else f"backstop publishes {named} records through its outbox."),
             "tags": [{"name": "input" if incoming else "output"}]}
 
     for record_type in INPUT_TYPES:
-        add(record_type, f"input-{record_type}", topics.input(record_type), input_key_field(record_type),
+        add((record_type,), "input-", topics.input(record_type), input_key_field(record_type),
             f"Input: {record_type} records (the topic names the type; a `type` field may be present and must "
             f"agree).", incoming=True)
-    for attribute, schema_name, key, description in _OUTPUT_TOPICS:
-        add(schema_name, f"output-{schema_name}", getattr(topics, attribute), key,
+    for attribute, records, key, description in _OUTPUT_TOPICS:
+        add(records, "output-", getattr(topics, attribute), key,
             f"Output: {description} Each record carries a deterministic `id` (also in the header "
             f"backstop-record-id): consumers drop duplicates by id.", incoming=False)
     return {

@@ -21,7 +21,7 @@ class TopicPlan:
 
 def plan(topics: TopicNames, *, input_partitions: int, input_retention_ms: int, output_partitions: int,
          replication: int = 1) -> list[TopicPlan]:
-    """Inputs keep data per configuration; the journal and the fund ledger keep data forever."""
+    """Inputs keep data per configuration; the journal, the fund ledger and the postings keep data forever."""
     del replication  # part of the signature for callers; applied in create()
     inputs = [TopicPlan(name, input_partitions, {"retention.ms": str(input_retention_ms)}) for name in topics.inputs]
     outputs = [
@@ -29,6 +29,8 @@ def plan(topics: TopicNames, *, input_partitions: int, input_retention_ms: int, 
         TopicPlan(topics.fund_ledger, output_partitions, {"retention.ms": FOREVER, "retention.bytes": FOREVER}),
         TopicPlan(topics.adl_events, output_partitions, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
         TopicPlan(topics.dead_letter, 1, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
+        TopicPlan(topics.postings, output_partitions, {"retention.ms": FOREVER, "retention.bytes": FOREVER}),
+        TopicPlan(topics.adl_quantiles, output_partitions, {"retention.ms": str(30 * 24 * 3600 * 1000)}),
     ]
     return inputs + outputs
 

@@ -127,7 +127,8 @@ async def end_offsets(settings: Settings, topics: list[str]) -> dict[tuple[str, 
 async def tail(settings: Settings, stream: str, *, follow: bool) -> int:
     topics = TopicNames(settings.topic_prefix)
     topic = {"adl-events": topics.adl_events, "fund-ledger": topics.fund_ledger, "journal": topics.journal,
-             "dead-letter": topics.dead_letter}[stream]
+             "dead-letter": topics.dead_letter, "postings": topics.postings,
+             "adl-quantiles": topics.adl_quantiles}[stream]
     count = 0
     async for _, _, value in read_topic(settings, topic, follow=follow):
         sys.stdout.write(value.decode() + "\n")

@@ -251,8 +251,8 @@ class Store:
                  r["kind"], r["after_seq"]) for r in rows]
 
     async def records(self, table: str) -> list[dict[str, Any]]:
-        """The stored fund-ledger entries or ADL events, as published, in chain order."""
-        if table not in ("fund_ledger", "adl_events"):
+        """The stored fund-ledger entries, ADL events or postings, as published, in chain order."""
+        if table not in ("fund_ledger", "adl_events", "postings"):
             raise ValueError(table)
         rows = await self.pool.fetch(f"SELECT record FROM {table} ORDER BY position")
         return [orjson.loads(r["record"]) for r in rows]
@@ -402,6 +402,17 @@ class Store:
                 records=[(first + i, e.id, e.seq, e.ts, e.symbol, e.liquidation_id, e.fund_id, e.account_id, e.side,
                           e.qty, e.price, e.rank, e.score, e.quantile, e.prev_hash, e.hash,
                           canonical_json(record_dict(e)).decode()) for i, e in enumerate(result.adl_events)])
+        if result.postings:
+            # one writer holds the lock: the next position follows the stored ones
+            first = await connection.fetchval("SELECT coalesce(max(position), 0) + 1 FROM postings")
+            await connection.copy_records_to_table("postings", columns=[
+                "position", "id", "seq", "ts", "kind", "debit_account", "credit_account", "asset", "amount",
+                "debit_balance_after", "credit_balance_after", "transfer_id", "fill_id", "liquidation_id",
+                "adl_event_id", "fund_entry_id", "prev_hash", "hash", "record"],
+                records=[(first + i, p.id, p.seq, p.ts, p.kind, p.debit_account, p.credit_account, p.asset, p.amount,
+                          p.debit_balance_after, p.credit_balance_after, p.transfer_id, p.fill_id, p.liquidation_id,
+                          p.adl_event_id, p.fund_entry_id, p.prev_hash, p.hash,
+                          canonical_json(record_dict(p)).decode()) for i, p in enumerate(result.postings)])
         if result.findings:
             await connection.executemany(
                 "INSERT INTO findings (id, seq, ts, kind, account_id, liquidation_id, symbol, details) "
