@@ -171,3 +171,19 @@ def test_a_journal_alone_is_verified_by_replaying_it(capsys: pytest.CaptureFixtu
     assert main(["audit", "verify", "--journal", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
     assert "conservation: checked after each of 13 events" in out and "ledger verified" in out
+
+
+@pytest.mark.parametrize(("example", "policy"), [("07-adl-lab", "capped_pro_rata"), ("08-okx-floor", "okx"),
+                                                 ("09-bybit-drawdown", "bybit"), ("10-socialized-loss", "socialized")])
+def test_a_replay_under_another_adl_policy_verifies_against_its_journal(tmp_path: Path, example: str,
+                                                                        policy: str) -> None:
+    """summary.json records the policy, and the audit replays the journal under it (it replayed under the default
+    and failed every run of the ADL lab)."""
+    journal = Path(__file__).parents[2] / "examples" / f"{example}.jsonl"
+    out = tmp_path / "out"
+    assert main(["replay", str(journal), "--adl-policy", policy, "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["adl_policy"] != {"rule": "bitmex", "price": "bankruptcy"}
+    assert main(["audit", "verify", str(out), "--journal", str(journal)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "adl_policy": {"rule": "no such rule"}}))
+    assert main(["audit", "verify", str(out), "--journal", str(journal)]) == 1

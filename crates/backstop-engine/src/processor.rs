@@ -471,6 +471,7 @@ impl Processor {
             ("funds", J::Obj(funds)),
             ("adl_risk", J::Obj(risk)),
             ("adl", engine.totals.document()),
+            ("adl_policy", engine.policy.document()),
         ]);
         canonical::to_vec(&document)
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 from decimal import Decimal, localcontext
 from typing import Any
 
-from backstop.core import ledger, quantiles
+from backstop.core import adl_policy, ledger, quantiles
 from backstop.core.engine import Engine, Exposures
 from backstop.core.numbers import CONTEXT, ZERO, money, text
 from backstop.core.processor import Processor
@@ -40,6 +40,7 @@ def summary(processor: Processor) -> dict[str, Any]:
         "funds": funds(engine),
         "adl_risk": adl_risk(engine, quantiles.views_now(engine)),
         "adl": processor.adl_totals.document(),
+        "adl_policy": adl_policy.document(engine.adl_policy),  # what `audit verify` replays the journal under
     }
 
 

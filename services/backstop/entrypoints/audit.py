@@ -19,6 +19,8 @@ import orjson
 
 from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.adapters.output_reader import OutputReadError, read_stream, read_summary
+from backstop.core import adl_policy
+from backstop.core.adl_policy import AdlPolicy
 from backstop.core.anchor import (
     AnchorKey,
     AnchorKeyError,
@@ -43,11 +45,11 @@ class AuditError(Exception):
     """The inputs of the audit cannot be read (exit 2)."""
 
 
-def derive(lines: list[bytes], postings: list[dict[str, Any]] | None = None, *, adl_quantiles: bool = False
-           ) -> tuple[Processor, list[dict[str, Any]], list[dict[str, Any]]]:
+def derive(lines: list[bytes], postings: list[dict[str, Any]] | None = None, *, adl_quantiles: bool = False,
+           policy: AdlPolicy | None = None) -> tuple[Processor, list[dict[str, Any]], list[dict[str, Any]]]:
     """Replay the journal with conservation checked after every event (the postings into `postings` if given), with
     quantile points as the outputs were written (they move the state hash, never the ledger)."""
-    processor = Processor(Engine(check_conservation=True, adl_quantiles=adl_quantiles))
+    processor = Processor(Engine(check_conservation=True, adl_quantiles=adl_quantiles, adl_policy=policy))
     ledger: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for raw in lines:
@@ -289,8 +291,12 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
         return checked, None
     derived_postings: list[dict[str, Any]] = []
     try:
-        processor, derived_ledger, derived_events = derive(lines, derived_postings,
-                                                           adl_quantiles=quantile_points(summary))
+        policy = adl_policy.from_document(summary.get("adl_policy") or {})  # the policy the outputs were made under
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        return checked, f"{source}: summary.json: adl_policy is not a policy ({error})"
+    try:
+        processor, derived_ledger, derived_events = derive(
+            lines, derived_postings, adl_quantiles=quantile_points(summary), policy=policy)
     except InvariantViolation as error:
         return checked, f"replaying the journal: conservation broken: {error}"
     checked.append(f"conservation: checked after each of {processor.events_applied} events")
