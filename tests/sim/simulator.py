@@ -189,7 +189,7 @@ def held_rows(journal: list[JournalRow]) -> list[HeldRow]:
 
 def reference(order: list[Consumed]) -> Reference:
     ref = Reference(order)
-    processor = Processor(Engine(check_conservation=True))
+    processor = Processor(Engine(check_conservation=True, adl_quantiles=True))  # as the service (settings)
     for record in order:
         result = ingest_batch(processor, [record], TOPICS)
         ref.journal += result.journal
@@ -212,7 +212,7 @@ def reference(order: list[Consumed]) -> Reference:
     dead = {(d.source_topic, d.source_partition, d.source_offset) for d in ref.dead_letters}
     if not dead:
         return ref
-    clean = Processor(Engine(check_conservation=True))
+    clean = Processor(Engine(check_conservation=True, adl_quantiles=True))
     kept = ingest_batch(clean, [r for r in order if (r.topic, r.partition, r.offset) not in dead], TOPICS)
     if ([r.payload for r in kept.journal], clean.engine.head_hash, state_hash(clean.engine)) != (
             [r.payload for r in ref.journal], engine.head_hash, ref.state_hash):
