@@ -1062,13 +1062,6 @@ fn wide_512_decimal(value: &Value<'_>, scale: u32) -> Result<Wide, String> {
 }
 
 fn wide_decimal(value: &Value<'_>, scale: u32) -> Result<I256, String> {
-    let text = string(value)?;
-    let plain = numbers::plain(text.as_bytes()).map_err(|_| format!("not a decimal: {text}"))?;
-    if plain.fraction.len() as u32 > scale {
-        return Err(format!("not a decimal at 1e-{scale}: {text}"));
-    }
-    let digits = format!("{}{}{}", if plain.negative { "-" } else { "" }, std::str::from_utf8(plain.integer).unwrap_or("0"),
-                         std::str::from_utf8(plain.fraction).unwrap_or(""));
-    let value = I256::from_str_radix(&digits, 10).map_err(|_| format!("a decimal too large: {text}"))?;
-    Ok(numbers::rescale(value, plain.fraction.len() as u32, scale, Rounding::HalfEven))
+    let wide = wide_512_decimal(value, scale)?;
+    numbers::fit256(wide).ok_or_else(|| format!("a decimal too large: {}", string(value).unwrap_or_default()))
 }
