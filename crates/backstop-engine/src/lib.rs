@@ -18,5 +18,6 @@ pub mod adl_index;
 pub mod engine;
 pub mod ledger;
 pub mod processor;
+pub mod projection;
 pub mod quantiles;
 pub mod state;

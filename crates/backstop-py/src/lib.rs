@@ -4,6 +4,7 @@
 use backstop_engine::adl::Policy;
 use backstop_engine::idtable::IdTable;
 use backstop_engine::processor::{Consumed, Processor, RestoreError};
+use backstop_engine::projection;
 use backstop_engine::state::Side;
 use backstop_engine::{canonical, json, numbers, wire};
 use pyo3::create_exception;
@@ -288,6 +289,61 @@ impl Ledger {
     /// Bytes held by the ADL index's rows (not the positions themselves).
     fn adl_index_bytes(&self) -> usize {
         self.processor.engine.adl_index.memory_bytes()
+    }
+
+    /// The service's reading of the head: (last seq, head hash, ledger head, ADL head, duplicates, rejected).
+    fn head(&self) -> (u64, String, String, String, u64, u64) {
+        let processor = &self.processor;
+        let engine = &processor.engine;
+        (engine.last_seq, engine.head_hash(), engine.ledger_head.clone(), engine.adl_head.clone(),
+         processor.duplicates, processor.rejected)
+    }
+
+    /// The counters a service keeps in its store (a rebuilt engine carries on from them).
+    fn set_counters(&mut self, duplicates: u64, rejected: u64) {
+        self.processor.duplicates = duplicates;
+        self.processor.rejected = rejected;
+    }
+
+    /// The engine's state document (backstop.core.snapshot.state_document), canonical JSON: its SHA-256 is the
+    /// state hash.
+    fn state_document<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let document = py.detach(|| self.guarded(|processor| processor.state_document()))?;
+        Ok(PyBytes::new(py, &document))
+    }
+
+    /// The service's projection rows (backstop.pipeline.projections) as COPY text: (wallets, positions, closed
+    /// positions, funds, fund lots or None, ADL queue or None) for the accounts and (account, symbol) positions
+    /// given, or for every one (`everything`, with the ADL queue).
+    #[pyo3(signature = (accounts, positions, *, everything, lots))]
+    fn projection_rows<'py>(&mut self, py: Python<'py>, accounts: Vec<String>, positions: Vec<(String, String)>,
+                            everything: bool, lots: bool) -> PyResult<Bound<'py, PyTuple>> {
+        let wanted = projection::Wanted { accounts: &accounts, positions: &positions, everything, lots };
+        let rows = py.detach(|| self.guarded(|processor| projection::rows(&processor.engine, &wanted)))?;
+        (
+            PyBytes::new(py, &rows.wallets),
+            PyBytes::new(py, &rows.positions),
+            rows.closed,
+            PyBytes::new(py, &rows.funds),
+            rows.lots.map(|lots| PyBytes::new(py, &lots)),
+            rows.adl_queue.map(|queue| PyBytes::new(py, &queue)),
+        )
+            .into_pyobject(py)
+    }
+
+    /// Bring the ADL index up to date (each deleverage does so first); False when nothing had changed.
+    fn refresh_adl_index(&mut self, py: Python<'_>) -> PyResult<bool> {
+        py.detach(|| self.guarded(|processor| {
+            let engine = &mut processor.engine;
+            let pending = !engine.ledger.changed.is_empty();
+            engine.adl_index.refresh(&engine.positions, &mut engine.ledger, &engine.instruments);
+            pending
+        }))
+    }
+
+    /// About how many accounts the next refresh_adl_index rewrites.
+    fn adl_index_backlog(&self) -> usize {
+        self.processor.engine.ledger.changed.len()
     }
 
     /// (seq, the snapshot's document, its identity file).

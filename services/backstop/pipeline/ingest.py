@@ -329,6 +329,12 @@ _NAMES = {kind: ("account_id" in model.model_fields, "symbol" in model.model_fie
           for kind, model in RECORD_TYPES.items()}
 
 
+def record_names(record_type: str, fields: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(account, symbol) an applied record of this type names, from its fields (None: it names none)."""
+    has_account, has_symbol = _NAMES[record_type]
+    return fields.get("account_id") if has_account else None, fields.get("symbol") if has_symbol else None
+
+
 def _touch(result: BatchResult, record: AnyRecord) -> None:
     has_account, has_symbol = _NAMES[record.type]
     account = record.account_id if has_account else None  # type: ignore[union-attr]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +23,7 @@ from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.ingest import BatchResult, DeadLetter, JournalRow
-from backstop.pipeline.projections import Projections
+from backstop.pipeline.projections import Projections, Rows, copy_rows
 from backstop.service.ports import Partition
 
 GENESIS = "0" * 64
@@ -45,21 +44,9 @@ def _text(values: Iterable[Any]) -> Row:
     return tuple(None if value is None else str(value) for value in values)
 
 
-_COPY_ESCAPE = re.compile(r"\\(.)")
-_COPY_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
-
-
-def _copy_value(value: str) -> str | None:
-    if value == "\\N":
-        return None
-    if "\\" not in value:
-        return value
-    return _COPY_ESCAPE.sub(lambda m: _COPY_UNESCAPES.get(m.group(1), m.group(1)), value)
-
-
-def _copy_rows(chunk: bytes) -> list[Row]:
-    """COPY text back into rows (the inverse of backstop.adapters.postgres.store.copy_text)."""
-    return [tuple(_copy_value(v) for v in line.split("\t")) for line in chunk.decode().split("\n") if line]
+def _rows(rows: Rows) -> list[Row]:
+    """Projection rows as text, as PostgreSQL's COPY sends them."""
+    return copy_rows(rows) if isinstance(rows, bytes) else [_text(row) for row in rows]
 
 
 @dataclass(slots=True)
@@ -266,21 +253,18 @@ class MemoryStore:
 
     def _project(self, projections: Projections) -> None:
         db = self.db
-        for row in projections.wallets:
-            text = _text(row)
+        for text in _rows(projections.wallets):
             db.wallets[text[:2]] = text
         for account, symbol, position_side in projections.closed_positions:
             db.positions.pop((account, symbol, position_side), None)
-        for row in projections.positions:
-            text = _text(row)
+        for text in _rows(projections.positions):
             db.positions[text[:POSITION_KEY]] = text
-        for row in projections.funds:
-            text = _text(row)
+        for text in _rows(projections.funds):
             db.funds[text[0]] = text
         if projections.lots is not None:
-            db.fund_lots = [_text(row) for row in projections.lots]
+            db.fund_lots = _rows(projections.lots)
         if projections.adl_queue is not None:
-            db.adl_queue = [_text(row) for row in projections.adl_queue]
+            db.adl_queue = _rows(projections.adl_queue)
 
     # ---------------------------------------------------------------- written behind the batches
     async def write_refresh(self, refresh: RefreshCopy) -> None:
@@ -289,11 +273,11 @@ class MemoryStore:
         db = self.db
         for table, chunks, key in ((db.wallets, refresh.wallets, 2), (db.positions, refresh.positions, POSITION_KEY)):
             for chunk in chunks:
-                for row in _copy_rows(chunk):
+                for row in copy_rows(chunk):
                     stored = table.get(row[:key])
                     if stored is not None and int(stored[-1] or 0) <= int(row[-1] or 0):
                         table[row[:key]] = row
-        db.adl_queue = _copy_rows(refresh.adl_queue)
+        db.adl_queue = copy_rows(refresh.adl_queue)
         db.transactions += 1
 
     async def write_snapshot(self, seq: int, state_hash: str, document: bytes) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -23,7 +23,7 @@ from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.ingest import BatchResult
-from backstop.pipeline.projections import FullRefresh, Projections
+from backstop.pipeline.projections import FullRefresh, Projections, Rows
 
 WRITER_LOCK = 0x62616B77726974  # one ledger processor per database
 RELAY_LOCK = 0x62616B72656C61  # one outbox relay per database
@@ -120,15 +120,25 @@ class RefreshCopy(NamedTuple):
         return cls(refresh.seq, chunks(refresh.wallets), chunks(refresh.positions), copy_text(refresh.adl_queue))
 
 
+async def _copy(connection: asyncpg.Connection, table: str, columns: list[str], rows: Rows) -> None:
+    """Rows into a table by COPY: tuples, or COPY text as the compiled engine writes it."""
+    if not rows:
+        return
+    if isinstance(rows, bytes):
+        await connection.copy_to_table(table, source=io.BytesIO(rows), columns=columns, format="text")
+    else:
+        await connection.copy_records_to_table(table, records=rows, columns=columns)
+
+
 async def _upsert(connection: asyncpg.Connection, table: str, columns: list[str], key_columns: int,
-                  rows: Sequence[tuple[Any, ...]]) -> None:
+                  rows: Rows) -> None:
     """Insert or update many rows: COPY into a temporary table, then one INSERT ... ON CONFLICT (the key is the
     first `key_columns` columns). Table and column names are this module's constants, never input."""
     if not rows:
         return
     staging = f"staging_{table}"
     await connection.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
-    await connection.copy_records_to_table(staging, records=rows, columns=columns)
+    await _copy(connection, staging, columns, rows)
     names = ", ".join(columns)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[key_columns:])
     await connection.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} "
@@ -448,13 +458,12 @@ class Store:
             "seq"], 1, projections.funds)
         if projections.lots is not None:
             await connection.execute("DELETE FROM fund_lots")
-            await connection.copy_records_to_table("fund_lots", records=projections.lots, columns=[
+            await _copy(connection, "fund_lots", [
                 "fund_id", "liquidation_id", "symbol", "side", "qty", "cost", "bankruptcy_price",
-                "liquidated_account", "seq"])
+                "liquidated_account", "seq"], projections.lots)
         if projections.adl_queue is not None:
             await connection.execute("DELETE FROM adl_queue")
-            await connection.copy_records_to_table("adl_queue", records=projections.adl_queue,
-                                                   columns=ADL_QUEUE_COLUMNS)
+            await _copy(connection, "adl_queue", ADL_QUEUE_COLUMNS, projections.adl_queue)
 
     # ---------------------------------------------------------------- written behind the batches
     async def write_refresh(self, refresh: RefreshCopy) -> None:
