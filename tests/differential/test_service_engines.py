@@ -101,10 +101,10 @@ async def test_both_engines_give_the_service_the_same_rows(path: Path, size: int
     everything = [projection_numbers(engine.projections(BatchResult(), projections.Touched(), refresh_all=True))
                   for engine in (reference, compiled)]
     assert everything[0] == everything[1]
-    refreshes = [engine.full_refresh() for engine in (reference, compiled)]
-    assert [(r.seq, numbers(b"".join(r.wallets)), numbers(b"".join(r.positions)), numbers(r.adl_queue))
-            for r in refreshes][0] == [(r.seq, numbers(b"".join(r.wallets)), numbers(b"".join(r.positions)),
-                                        numbers(r.adl_queue)) for r in refreshes][1]
+    refresh, compiled_refresh = (
+        (r.seq, numbers(b"".join(r.wallets)), numbers(b"".join(r.positions)), numbers(r.adl_queue))
+        for r in (reference.full_refresh(), compiled.full_refresh()))
+    assert refresh == compiled_refresh
 
 
 @pytest.mark.parametrize("written_by", ENGINES)
