@@ -291,6 +291,8 @@ async def test_kill_9_anywhere_ends_with_the_ledger_of_an_uninterrupted_run(
 
     assert (await stored(faulted_dsn))["journal"] == expected
     await assert_same_outcome(reference, faulted)
+    log = (tmp_path / "faulted.log").read_text()
+    assert all(f"on the {engine} engine" in log for engine in engines)
 
 
 async def test_audit_verify_over_the_database_catches_a_doctored_row(tmp_path: Path, kafka_bootstrap: str,

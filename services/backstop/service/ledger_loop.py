@@ -222,7 +222,7 @@ class LedgerRun:
             await self._write_projections(None)
         self.progress.seq = engine.last_seq
         self.progress.ready = True
-        log.info("ledger processor ready at seq %d", engine.last_seq)
+        log.info("ledger processor ready at seq %d on the %s engine", engine.last_seq, engine.name)
         await self.runtime.checkpoint("start")
 
     async def turn(self) -> None:
