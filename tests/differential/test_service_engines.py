@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-from backstop.core.hashing import canonical_json, record_dict
 from backstop.engines import ENGINES, EngineName
 from backstop.pipeline import projections
 from backstop.pipeline.held_ids import ServiceIds
-from backstop.pipeline.ingest import BatchResult, Consumed
+from backstop.pipeline.ingest import BatchResult, Consumed, output_json
 from backstop.pipeline.service_engine import ServiceEngine, open_service_engine
 from differential.alike import TOPICS, consumed
 
@@ -66,7 +65,7 @@ def store_rows(result: BatchResult) -> dict[str, Any]:
         "journal": result.journal, "outbox": result.outbox, "held_ids": result.held_ids,
         "duplicates": result.duplicates, "next_offsets": result.next_offsets,
         "dead_letters": result.dead_letters,
-        "records": [canonical_json(record_dict(r)) for r in (*result.fund_entries, *result.adl_events,
+        "records": [output_json(r) for r in (*result.fund_entries, *result.adl_events,
                                                               *result.findings, *result.postings,
                                                               *result.adl_quantiles)],
         "touched": (result.touched_accounts, result.touched_positions),

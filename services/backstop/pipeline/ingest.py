@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import orjson
@@ -118,14 +119,37 @@ class OutboxMessage(NamedTuple):
     payload: bytes
 
 
+class OutputLine(NamedTuple):
+    """An output record as the compiled engine wrote it: its canonical JSON line, and that JSON parsed (decimals
+    stay text). Stored and published as it is: no record object is made, nothing is encoded again."""
+
+    fields: dict[str, Any]
+    line: bytes
+
+
+def output_values(record: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
+    """The named fields of an output record (a record of backstop.core.records, or an OutputLine)."""
+    if isinstance(record, OutputLine):
+        return itemgetter(*names)(record.fields) if len(names) > 1 else (record.fields[names[0]],)
+    return tuple(getattr(record, name) for name in names)
+
+
+def output_json(record: Any) -> bytes:
+    """The canonical JSON of an output record (a record of backstop.core.records, or an OutputLine)."""
+    return record.line if isinstance(record, OutputLine) else canonical_json(record_dict(record))
+
+
 @dataclass(slots=True)
 class BatchResult:
+    """What a batch produced. The output records are records of backstop.core.records (the reference engine) or
+    OutputLines (the compiled engine): read them with output_values and output_json."""
+
     journal: list[JournalRow] = field(default_factory=list)
-    fund_entries: list[FundLedgerEntry] = field(default_factory=list)
-    adl_events: list[AdlEvent] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-    postings: list[Posting] = field(default_factory=list)
-    adl_quantiles: list[AdlQuantileRecord] = field(default_factory=list)
+    fund_entries: list[FundLedgerEntry | OutputLine] = field(default_factory=list)
+    adl_events: list[AdlEvent | OutputLine] = field(default_factory=list)
+    findings: list[Finding | OutputLine] = field(default_factory=list)
+    postings: list[Posting | OutputLine] = field(default_factory=list)
+    adl_quantiles: list[AdlQuantileRecord | OutputLine] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     held_ids: list[HeldRow] = field(default_factory=list)  # identities the batch's journal rows hold (applied_ids)
     outbox: list[OutboxMessage] = field(default_factory=list)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import fields as dataclass_fields
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
 
@@ -26,7 +25,6 @@ from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json
 from backstop.core.processor import Processor
-from backstop.core.records import AdlEvent, AdlQuantileChange, AdlRiskChange, Finding, FundLedgerEntry, Posting
 from backstop.core.snapshot import restore, state_document, state_hash
 from backstop.engines import EngineName, compiled_available
 from backstop.pipeline import projections
@@ -39,6 +37,7 @@ from backstop.pipeline.ingest import (
     HeldLookup,
     JournalRow,
     OutboxMessage,
+    OutputLine,
     Where,
     batch_held,
     batch_identities,
@@ -206,28 +205,6 @@ class ReferenceService:
 # ------------------------------------------------------------------------------------------------ compiled
 
 
-def _decimal_fields(cls: type) -> frozenset[str]:
-    return frozenset(f.name for f in dataclass_fields(cls) if f.type in ("Decimal", Decimal))
-
-
-class _Output(NamedTuple):
-    cls: Callable[..., Any]
-    decimals: frozenset[str]
-
-
-_OUTPUTS: dict[type, _Output] = {cls: _Output(cls, _decimal_fields(cls))
-            for cls in (FundLedgerEntry, AdlEvent, Finding, Posting, AdlQuantileChange, AdlRiskChange)}
-
-
-def _record(cls: type, document: dict[str, Any]) -> Any:
-    """An output record from its canonical JSON, decimals as Decimal (canonical_json writes it back byte for
-    byte)."""
-    output = _OUTPUTS[cls]
-    decimals = output.decimals
-    return output.cls(**{name: Decimal(value) if name in decimals and value is not None else value
-                         for name, value in document.items()})
-
-
 def _lines(data: bytes) -> list[bytes]:
     return data.split(b"\n")[:-1] if data else []
 
@@ -347,30 +324,28 @@ class CompiledService:
         outbox: list[tuple[int, int, OutboxMessage]] = []
         self._journal(result, outbox, journal, topics)
         for line in _lines(ledger_lines):
-            entry = _record(FundLedgerEntry, orjson.loads(line))
+            entry = OutputLine(orjson.loads(line), line)
             result.fund_entries.append(entry)
-            outbox.append((entry.seq, 1, OutboxMessage(topics.fund_ledger, entry.fund_id, entry.id, line)))
+            fields = entry.fields
+            outbox.append((fields["seq"], 1, OutboxMessage(topics.fund_ledger, fields["fund_id"], fields["id"], line)))
         for line in _lines(adl):
-            event = _record(AdlEvent, orjson.loads(line))
+            event = OutputLine(orjson.loads(line), line)
             result.adl_events.append(event)
-            result.touched_accounts.add(event.account_id)
-            result.touched_positions.add((event.account_id, event.symbol))
-            outbox.append((event.seq, 2, OutboxMessage(topics.adl_events, event.account_id, event.id, line)))
-        result.findings.extend(_record(Finding, orjson.loads(line)) for line in _lines(findings))
+            fields = event.fields
+            account = fields["account_id"]
+            result.touched_accounts.add(account)
+            result.touched_positions.add((account, fields["symbol"]))
+            outbox.append((fields["seq"], 2, OutboxMessage(topics.adl_events, account, fields["id"], line)))
+        result.findings.extend(OutputLine(orjson.loads(line), line) for line in _lines(findings))
         for line in _lines(postings):
-            posting = _record(Posting, orjson.loads(line))
-            result.postings.append(posting)
-            outbox.append((posting.seq, 3, OutboxMessage(topics.postings, posting.asset, posting.id, line)))
+            fields = orjson.loads(line)
+            result.postings.append(OutputLine(fields, line))
+            outbox.append((fields["seq"], 3, OutboxMessage(topics.postings, fields["asset"], fields["id"], line)))
         for line in _lines(quantiles):
-            document = orjson.loads(line)
-            if document["kind"] == "quantile":
-                change = _record(AdlQuantileChange, document)
-                key = change.account_id
-            else:
-                change = _record(AdlRiskChange, document)
-                key = change.symbol
-            result.adl_quantiles.append(change)
-            outbox.append((change.seq, 4, OutboxMessage(topics.adl_quantiles, key, change.id, line)))
+            fields = orjson.loads(line)
+            result.adl_quantiles.append(OutputLine(fields, line))
+            key = fields["account_id"] if fields["kind"] == "quantile" else fields["symbol"]
+            outbox.append((fields["seq"], 4, OutboxMessage(topics.adl_quantiles, key, fields["id"], line)))
         self._dead_letters(result, outbox, dead, batch, topics)
         outbox.sort(key=lambda item: (item[0], item[1]))  # stable: each kind keeps its own order
         result.outbox = [message for _, _, message in outbox]

@@ -20,9 +20,8 @@ import orjson
 from backstop.adapters.postgres.store import Head, OutboxRow, RefreshCopy
 from backstop.core.dedupe import HeldRow
 from backstop.core.errors import InvariantViolation
-from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.snapshot import SNAPSHOT_VERSION
-from backstop.pipeline.ingest import BatchResult, DeadLetter, JournalRow
+from backstop.pipeline.ingest import BatchResult, DeadLetter, JournalRow, output_json, output_values
 from backstop.pipeline.projections import Projections, Rows, copy_rows
 from backstop.service.ports import Partition
 
@@ -30,6 +29,7 @@ GENESIS = "0" * 64
 HELD_KEYS_CHUNK = 65_536  # key digests per chunk handed to held_keys' sink, as a COPY streams them
 POSITION_KEY = 3  # a position row's key: (account_id, symbol, position_side), as in PostgreSQL
 Row = tuple[str | None, ...]
+_CHAINED = ("id", "hash", "seq")  # what the memory store keeps of a fund-ledger entry or an ADL event, beside its JSON
 
 
 class IntegrityError(Exception):
@@ -188,8 +188,8 @@ class MemoryStore:
         if current != expected_seq:
             raise InvariantViolation(f"journal head moved: expected seq {expected_seq}, found {current}: another "
                                      f"writer is active")
-        ledger_rows = [(e.id, e.hash, e.seq, canonical_json(record_dict(e)).decode()) for e in result.fund_entries]
-        adl_rows = [(e.id, e.hash, e.seq, canonical_json(record_dict(e)).decode()) for e in result.adl_events]
+        ledger_rows = [(*output_values(e, _CHAINED), output_json(e).decode()) for e in result.fund_entries]
+        adl_rows = [(*output_values(e, _CHAINED), output_json(e).decode()) for e in result.adl_events]
         added, dead_letters = self._new_keys(result, head, ledger_rows, adl_rows)
         # everything checked: the transaction lands whole, with no await in between
         for table, keys in added.items():
@@ -197,7 +197,7 @@ class MemoryStore:
         db.journal.extend(result.journal)
         db.fund_ledger.extend(ledger_rows)
         db.adl_events.extend(adl_rows)
-        db.findings.update((f.id, f.seq) for f in result.findings)
+        db.findings.update(output_values(f, ("id", "seq")) for f in result.findings)
         db.applied_ids.update((row[0], row) for row in result.held_ids)
         db.dead_letter.extend(dead_letters)
         first_id = db.outbox[-1].id + 1 if db.outbox else 1
@@ -238,7 +238,7 @@ class MemoryStore:
                 if seq not in seqs:
                     raise IntegrityError(f"{table}: seq {seq} is not in the journal")
         for finding in result.findings:
-            add("findings", finding.id)
+            add("findings", output_values(finding, ("id",))[0])
         for held_key, _, _ in result.held_ids:  # applied_ids' primary key: an identity held twice fails the batch
             add("applied_ids", held_key)
         for message in result.outbox:
