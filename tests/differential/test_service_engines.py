@@ -14,7 +14,7 @@ import pytest
 from backstop.engines import ENGINES, EngineName
 from backstop.pipeline import projections
 from backstop.pipeline.held_ids import ServiceIds
-from backstop.pipeline.ingest import BatchResult, Consumed, output_json
+from backstop.pipeline.ingest import BatchResult, Consumed, outbox_messages, output_json
 from backstop.pipeline.service_engine import ServiceEngine, open_service_engine
 from differential.alike import TOPICS, consumed
 
@@ -62,12 +62,11 @@ def projection_numbers(rows: projections.Projections) -> dict[str, Any]:
 def store_rows(result: BatchResult) -> dict[str, Any]:
     """Everything the store writes of a batch, as bytes and plain values."""
     return {
-        "journal": result.journal, "outbox": result.outbox, "held_ids": result.held_ids,
+        "journal": result.journal, "outbox": outbox_messages(result), "held_ids": result.held_ids,
         "duplicates": result.duplicates, "next_offsets": result.next_offsets,
         "dead_letters": result.dead_letters,
         "records": [output_json(r) for r in (*result.fund_entries, *result.adl_events,
-                                                              *result.findings, *result.postings,
-                                                              *result.adl_quantiles)],
+                                                              *result.findings, *result.postings)],
         "touched": (result.touched_accounts, result.touched_positions),
     }
 

@@ -36,13 +36,13 @@ pub struct Rows {
 }
 
 /// One COPY text row: a tab between values, \N for none, and backslash, tab and line ends escaped.
-struct Line<'o> {
+pub(crate) struct Line<'o> {
     out: &'o mut Vec<u8>,
     first: bool,
 }
 
 impl<'o> Line<'o> {
-    fn new(out: &'o mut Vec<u8>) -> Line<'o> {
+    pub(crate) fn new(out: &'o mut Vec<u8>) -> Line<'o> {
         Line { out, first: true }
     }
 
@@ -53,7 +53,7 @@ impl<'o> Line<'o> {
         self.first = false;
     }
 
-    fn text(mut self, value: &str) -> Self {
+    pub(crate) fn text(mut self, value: &str) -> Self {
         self.sep();
         for &byte in value.as_bytes() {
             match byte {
@@ -73,7 +73,7 @@ impl<'o> Line<'o> {
         self
     }
 
-    fn end(self) {
+    pub(crate) fn end(self) {
         self.out.push(b'\n');
     }
 }

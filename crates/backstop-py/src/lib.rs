@@ -4,7 +4,7 @@
 use backstop_engine::adl::Policy;
 use backstop_engine::idtable::IdTable;
 use backstop_engine::processor::{Consumed, Processor, RestoreError};
-use backstop_engine::projection;
+use backstop_engine::{outbox, projection};
 use backstop_engine::state::Side;
 use backstop_engine::{canonical, json, numbers, wire};
 use pyo3::create_exception;
@@ -77,6 +77,17 @@ fn wire_decode_consumed<'py>(py: Python<'py>, value: Option<&[u8]>, record_type:
         Ok((_, payload)) => (true, PyBytes::new(py, &payload)),
         Err(reason) => (false, PyBytes::new(py, reason.as_bytes())),
     }
+}
+
+/// A consumed batch's outbox rows as COPY text (topic, key, record id, payload), in the reference's order, from
+/// the output lines apply_records returned.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn outbox_copy<'py>(py: Python<'py>, prefix: &str, journal: &[u8], fund_ledger: &[u8], adl_events: &[u8],
+                    postings: &[u8], adl_quantiles: &[u8], dead_letters: &[u8]) -> Bound<'py, PyBytes> {
+    let outputs = outbox::Outputs { journal, fund_ledger, adl_events, postings, adl_quantiles, dead_letters };
+    let text = py.detach(|| outbox::copy_text(prefix, &outputs));
+    PyBytes::new(py, &text)
 }
 
 fn parsed_json(raw: &[u8]) -> PyResult<json::Value<'_>> {
@@ -370,5 +381,6 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(wire_decode_consumed, module)?)?;
     module.add_function(wrap_pyfunction!(canonical_reencode, module)?)?;
     module.add_function(wrap_pyfunction!(canonical_chain_hash, module)?)?;
+    module.add_function(wrap_pyfunction!(outbox_copy, module)?)?;
     Ok(())
 }

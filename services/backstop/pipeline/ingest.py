@@ -20,6 +20,7 @@ from backstop.core.errors import InvariantViolation, RejectionKind
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Applied, Duplicate, Processor
 from backstop.core.records import SCHEMA_VERSION, AdlEvent, AdlQuantileRecord, Finding, FundLedgerEntry, Posting
+from backstop.pipeline.copy_text import copy_rows
 from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.topics import TopicNames, input_key
 from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record, shown, validate
@@ -153,11 +154,20 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     held_ids: list[HeldRow] = field(default_factory=list)  # identities the batch's journal rows hold (applied_ids)
     outbox: list[OutboxMessage] = field(default_factory=list)
+    # outbox rows as COPY text (topic, key, record id, payload), after `outbox`: the compiled engine builds a batch's
+    # in Rust, so no Python object is made per published record
+    outbox_copy: bytes = b""
     duplicates: dict[str, int] = field(default_factory=dict)  # per record type
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     touched_accounts: set[str] = field(default_factory=set)
     touched_symbols: set[str] = field(default_factory=set)
     touched_positions: set[tuple[str, str]] = field(default_factory=set)  # (account, symbol)
+
+
+def outbox_messages(result: BatchResult) -> list[OutboxMessage]:
+    """Every outbox row of a batch, whichever form it came in (tests, the in-memory store)."""
+    return result.outbox + [OutboxMessage(str(topic), str(key), str(record_id), str(payload).encode())
+                            for topic, key, record_id, payload in copy_rows(result.outbox_copy)]
 
 
 def decode_consumed(message: Consumed, record_type: str) -> tuple[AnyRecord, bytes, dict[str, Any]]:

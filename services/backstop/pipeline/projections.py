@@ -11,7 +11,6 @@ until the service has caught up.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import localcontext
@@ -21,6 +20,7 @@ from backstop.core import adl, ledger
 from backstop.core.engine import Engine, Exposures
 from backstop.core.numbers import CONTEXT, ZERO, money
 from backstop.core.state import Position, PositionSide
+from backstop.pipeline.copy_text import copy_rows
 from backstop.pipeline.ingest import BatchResult
 
 POSITION_SIDES: tuple[PositionSide, ...] = ("both", "long", "short")
@@ -39,23 +39,6 @@ class Projections:
     funds: Rows
     lots: Rows | None  # None: unchanged; otherwise the full set
     adl_queue: Rows | None
-
-
-_COPY_ESCAPE = re.compile(r"\\(.)")
-_COPY_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
-
-
-def _copy_value(value: str) -> str | None:
-    if value == "\\N":
-        return None
-    if "\\" not in value:
-        return value
-    return _COPY_ESCAPE.sub(lambda m: _COPY_UNESCAPES.get(m.group(1), m.group(1)), value)
-
-
-def copy_rows(text: bytes) -> list[tuple[str | None, ...]]:
-    """COPY text back into rows of text (None for NULL): the inverse of backstop.adapters.postgres.store.copy_text."""
-    return [tuple(_copy_value(v) for v in line.split("\t")) for line in text.decode().split("\n") if line]
 
 
 def rows_of(rows: Rows) -> list[tuple[Any, ...]]:

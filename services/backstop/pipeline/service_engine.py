@@ -36,7 +36,6 @@ from backstop.pipeline.ingest import (
     DeadLetter,
     HeldLookup,
     JournalRow,
-    OutboxMessage,
     OutputLine,
     Where,
     batch_held,
@@ -46,7 +45,7 @@ from backstop.pipeline.ingest import (
     replay_journal,
     resolve_identities,
 )
-from backstop.pipeline.topics import TopicNames, input_key
+from backstop.pipeline.topics import TopicNames
 
 log = logging.getLogger("backstop.ledger")
 
@@ -234,7 +233,10 @@ class CompiledService:
     name: EngineName = "compiled"
 
     def __init__(self, ledger: Any, ids: ServiceIds) -> None:
+        from backstop import _engine
+
         self.ledger, self.ids = ledger, ids
+        self._outbox_copy, self._violation = _engine.outbox_copy, _engine.InvariantViolation
 
     @classmethod
     def open(cls, ids: ServiceIds, state: dict[str, Any] | None, *, check_conservation: bool,
@@ -259,11 +261,9 @@ class CompiledService:
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A panic inside the compiled engine (a broken invariant) poisons it: the service stops, as it does on the
         reference's InvariantViolation."""
-        from backstop import _engine
-
         try:
             return method(*args, **kwargs)
-        except _engine.InvariantViolation as error:
+        except self._violation as error:
             raise InvariantViolation(f"compiled engine: {error}") from error
 
     @property
@@ -319,44 +319,27 @@ class CompiledService:
         result = BatchResult()
         for message in batch:
             result.next_offsets[(message.topic, message.partition)] = message.offset + 1
-        # The outbox in the reference's order: each journal row, then what its record caused (fund entries, ADL
-        # events, postings, quantile records); a dead letter after the rows of the seq it was decided after.
-        outbox: list[tuple[int, int, OutboxMessage]] = []
-        self._journal(result, outbox, journal, topics)
+        self._journal(result, journal)
         for line in _lines(ledger_lines):
-            entry = OutputLine(orjson.loads(line), line)
-            result.fund_entries.append(entry)
-            fields = entry.fields
-            outbox.append((fields["seq"], 1, OutboxMessage(topics.fund_ledger, fields["fund_id"], fields["id"], line)))
+            result.fund_entries.append(OutputLine(orjson.loads(line), line))
         for line in _lines(adl):
             event = OutputLine(orjson.loads(line), line)
             result.adl_events.append(event)
-            fields = event.fields
-            account = fields["account_id"]
+            account = event.fields["account_id"]
             result.touched_accounts.add(account)
-            result.touched_positions.add((account, fields["symbol"]))
-            outbox.append((fields["seq"], 2, OutboxMessage(topics.adl_events, account, fields["id"], line)))
+            result.touched_positions.add((account, event.fields["symbol"]))
         result.findings.extend(OutputLine(orjson.loads(line), line) for line in _lines(findings))
-        for line in _lines(postings):
-            fields = orjson.loads(line)
-            result.postings.append(OutputLine(fields, line))
-            outbox.append((fields["seq"], 3, OutboxMessage(topics.postings, fields["asset"], fields["id"], line)))
-        for line in _lines(quantiles):
-            fields = orjson.loads(line)
-            result.adl_quantiles.append(OutputLine(fields, line))
-            key = fields["account_id"] if fields["kind"] == "quantile" else fields["symbol"]
-            outbox.append((fields["seq"], 4, OutboxMessage(topics.adl_quantiles, key, fields["id"], line)))
-        self._dead_letters(result, outbox, dead, batch, topics)
-        outbox.sort(key=lambda item: (item[0], item[1]))  # stable: each kind keeps its own order
-        result.outbox = [message for _, _, message in outbox]
+        result.postings.extend(OutputLine(orjson.loads(line), line) for line in _lines(postings))
+        # quantile records are only published: they reach the outbox alone, never a Python object
+        self._dead_letters(result, dead, batch)
+        result.outbox_copy = self._outbox_copy(topics.prefix, journal, ledger_lines, adl, postings, quantiles, dead)
         result.duplicates = dict(duplicates)
         self.ids.applied(held_ids)
         result.held_ids = self.ids.drain()
         return result
 
     @staticmethod
-    def _journal(result: BatchResult, outbox: list[tuple[int, int, OutboxMessage]], journal: bytes,
-                 topics: TopicNames) -> None:
+    def _journal(result: BatchResult, journal: bytes) -> None:
         for line in _lines(journal):
             row = orjson.loads(line)
             fields = row["record"]
@@ -364,8 +347,6 @@ class CompiledService:
             result.journal.append(JournalRow(row["seq"], row["source_topic"], row["source_partition"],
                                              row["source_offset"], record_type, row["ts"], _payload(line),
                                              row["payload_hash"]))
-            outbox.append((row["seq"], 0, OutboxMessage(topics.journal, input_key(record_type, fields), row["id"],
-                                                        line)))
             account, symbol = record_names(record_type, fields)
             if account is not None:
                 result.touched_accounts.add(account)
@@ -375,8 +356,7 @@ class CompiledService:
                     result.touched_positions.add((account, symbol))
 
     @staticmethod
-    def _dead_letters(result: BatchResult, outbox: list[tuple[int, int, OutboxMessage]], dead: bytes,
-                      batch: list[Consumed], topics: TopicNames) -> None:
+    def _dead_letters(result: BatchResult, dead: bytes, batch: list[Consumed]) -> None:
         lines = _lines(dead)
         if not lines:
             return
@@ -387,8 +367,6 @@ class CompiledService:
             result.dead_letters.append(DeadLetter(topic, partition, offset, letter["reason"],
                                                   values.get((topic, partition, offset)) or b"", letter["kind"],
                                                   letter["after_seq"]))
-            outbox.append((letter["after_seq"], 5, OutboxMessage(topics.dead_letter, f"{topic}:{partition}",
-                                                                letter["id"], line)))
 
     def projections(self, result: BatchResult, touched: projections.Touched, *, refresh_all: bool
                     ) -> projections.Projections:

@@ -21,8 +21,9 @@ from backstop.adapters.postgres.store import Head, OutboxRow, RefreshCopy
 from backstop.core.dedupe import HeldRow
 from backstop.core.errors import InvariantViolation
 from backstop.core.snapshot import SNAPSHOT_VERSION
-from backstop.pipeline.ingest import BatchResult, DeadLetter, JournalRow, output_json, output_values
-from backstop.pipeline.projections import Projections, Rows, copy_rows
+from backstop.pipeline.copy_text import copy_rows
+from backstop.pipeline.ingest import BatchResult, DeadLetter, JournalRow, outbox_messages, output_json, output_values
+from backstop.pipeline.projections import Projections, Rows
 from backstop.service.ports import Partition
 
 GENESIS = "0" * 64
@@ -202,7 +203,7 @@ class MemoryStore:
         db.dead_letter.extend(dead_letters)
         first_id = db.outbox[-1].id + 1 if db.outbox else 1
         db.outbox.extend(OutboxRow(first_id + i, m.topic, m.key, m.record_id, m.payload.decode())
-                         for i, m in enumerate(result.outbox))
+                         for i, m in enumerate(outbox_messages(result)))
         self._project(projections)
         db.consumed_offsets.update(result.next_offsets)
         state = db.engine_head or {"state_hash": None, "state_hash_seq": None}
@@ -241,7 +242,7 @@ class MemoryStore:
             add("findings", output_values(finding, ("id",))[0])
         for held_key, _, _ in result.held_ids:  # applied_ids' primary key: an identity held twice fails the batch
             add("applied_ids", held_key)
-        for message in result.outbox:
+        for message in outbox_messages(result):
             add("outbox", message.record_id)
         kept = []
         for letter in result.dead_letters:

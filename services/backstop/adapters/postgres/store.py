@@ -60,6 +60,7 @@ ADL_EVENT_COLUMNS = ("id", "seq", "ts", "symbol", "liquidation_id", "fund_id", "
 POSTING_COLUMNS = ("id", "seq", "ts", "kind", "debit_account", "credit_account", "asset", "amount",
                    "debit_balance_after", "credit_balance_after", "transfer_id", "fill_id", "liquidation_id",
                    "adl_event_id", "fund_entry_id", "prev_hash", "hash")
+OUTBOX_COLUMNS = ["topic", "key", "record_id", "payload"]
 FINDING_COLUMNS = ("id", "seq", "ts", "kind", "account_id", "liquidation_id", "symbol", "details")
 
 # COPY's text format: a tab between columns, \N for NULL, and these escaped inside a value.
@@ -431,9 +432,12 @@ class Store:
                 [(d.source_topic, d.source_partition, d.source_offset, d.reason, d.raw, d.kind, d.after_seq)
                  for d in result.dead_letters])
         if result.outbox:
-            await connection.copy_records_to_table("outbox", columns=["topic", "key", "record_id", "payload"],
+            await connection.copy_records_to_table("outbox", columns=OUTBOX_COLUMNS,
                                                    records=[(m.topic, m.key, m.record_id, m.payload.decode())
                                                             for m in result.outbox])
+        if result.outbox_copy:
+            await connection.copy_to_table("outbox", source=io.BytesIO(result.outbox_copy), columns=OUTBOX_COLUMNS,
+                                           format="text")
 
     async def _project(self, connection: asyncpg.Connection, projections: Projections) -> None:
         await _upsert(connection, "account_wallets", WALLET_COLUMNS, 2, projections.wallets)
