@@ -123,3 +123,25 @@ async def test_a_snapshot_written_by_either_engine_restores_in_either(written_by
     after = await drive(restored, journal[half:])
     assert [step["head"][:4] for step in after] == [step["head"][:4] for step in await drive(straight, journal[half:])]
     assert restored.state_hash() == straight.state_hash()
+
+
+def test_without_the_compiled_engine_the_service_runs_the_reference_and_says_so_once(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from backstop.pipeline import service_engine
+
+    monkeypatch.setattr(service_engine, "compiled_available", lambda: "the compiled engine is not built")
+    monkeypatch.setattr(service_engine, "_fell_back", [])
+    assert [opened("compiled").name for _ in range(3)] == ["reference"] * 3
+    said = [r.getMessage() for r in caplog.records if "not built" in r.getMessage()]
+    assert said == ["the compiled engine is not built; the service runs the reference engine (Python) meanwhile"]
+
+
+def test_settings_choose_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backstop.settings import Settings
+
+    assert Settings().engine == "compiled"
+    monkeypatch.setenv("BACKSTOP_ENGINE", "reference")
+    assert Settings().engine == "reference"
+    monkeypatch.setenv("BACKSTOP_ENGINE", "fast")
+    with pytest.raises(ValueError, match="compiled"):
+        Settings()
