@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 
 from backstop.adapters.postgres.store import REFRESH_CHUNK_ROWS, RefreshCopy
-from backstop.core.dedupe import identity_of_fields, key_digest
+from backstop.core.dedupe import content_digest, identity_of_fields, key_digest, unpack_rows
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json
@@ -46,6 +46,7 @@ from backstop.pipeline.ingest import (
     resolve_identities,
 )
 from backstop.pipeline.topics import TopicNames
+from backstop.wire.decode import decode_record
 
 log = logging.getLogger("backstop.ledger")
 
@@ -285,15 +286,19 @@ class CompiledService:
             await self._replay_chunk(chunk, lookup)
 
     async def _replay_chunk(self, chunk: list[tuple[int, bytes]], lookup: HeldLookup) -> None:
-        keys = []
-        for _, payload in chunk:
+        keys: dict[bytes, tuple[int, bytes]] = {}
+        for seq, payload in chunk:
             fields = orjson.loads(payload)
             found = identity_of_fields(fields["type"], fields)
             if found is not None:
-                keys.append(key_digest(found))
+                keys[key_digest(found)] = (seq, payload)
         # PostgreSQL holds each row's identity by that row's seq: held by the very seq applying it, it is not
         # held before it, so the rows re-apply as themselves.
-        held = await batch_held(self.ids, keys, lookup)
+        held = await batch_held(self.ids, list(keys), lookup)
+        for key in keys.keys() - {key for key, _, _ in unpack_rows(held)}:
+            # a journal written before applied_ids existed: the rebuild holds the identity (store.hold)
+            seq, payload = keys[key]
+            self.ids.add(key, content_digest(decode_record(payload)), seq)
         result = self._call(self.ledger.apply_lines, b"".join(payload + b"\n" for _, payload in chunk), 1, held)
         seq = self.last_seq
         if result[3] or seq != chunk[-1][0]:
