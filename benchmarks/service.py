@@ -1,7 +1,7 @@
 """Service benchmark: events/s of the service end to end (Kafka in -> PostgreSQL -> Kafka out) beside a raw
 aiokafka consumer reading the same topics and doing nothing, measured in the same run.
 
-    python benchmarks/service.py [--events 200000] [--seed 42]
+    python benchmarks/service.py [--events 200000] [--seed 42] [--engine compiled|reference]
 
 Needs the local servers (deploy/local/kafka start, deploy/local/postgres start) or BACKSTOP_KAFKA_BOOTSTRAP and
 BACKSTOP_BENCH_PG_DSN (a role that may create databases and roles). Creates its own database and topics, drops them
@@ -110,11 +110,11 @@ async def service_until_done(settings: Settings, dsn: str, ends: dict[tuple[str,
                 return time.perf_counter() - started
 
 
-async def run_async(events: int, seed: int) -> dict[str, Any]:
+async def run_async(events: int, seed: int, engine: str = "compiled") -> dict[str, Any]:
     run_id = secrets.token_hex(3)
     database = f"backstop_bench_{run_id}"
     settings = Settings(kafka_bootstrap=os.environ.get("BACKSTOP_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-                        topic_prefix=f"bench_{run_id}.", input_partitions=3, output_partitions=3)
+                        topic_prefix=f"bench_{run_id}.", input_partitions=3, output_partitions=3, engine=engine)
     journal = journal_for(events, seed)
     server = await asyncpg.connect(SERVER_DSN)
     await server.execute(f'CREATE DATABASE "{database}"')
@@ -144,7 +144,7 @@ async def run_async(events: int, seed: int) -> dict[str, Any]:
     return {
         "name": "service",
         "input": {"records": records, "seed": seed, "events_applied": applied, "outputs_published": published,
-                  "input_partitions": 3},
+                  "input_partitions": 3, "engine": engine},
         "figures": [
             {"figure": "service end to end (Kafka -> PostgreSQL -> Kafka)", "value": round(service_rate),
              "unit": "records/s", "baseline": "raw aiokafka consume", "baseline_value": round(raw_rate),
@@ -154,16 +154,17 @@ async def run_async(events: int, seed: int) -> dict[str, Any]:
     }
 
 
-def run(events: int, seed: int) -> dict[str, Any]:
-    return asyncio.run(run_async(events, seed))
+def run(events: int, seed: int, engine: str = "compiled") -> dict[str, Any]:
+    return asyncio.run(run_async(events, seed, engine))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--engine", choices=("compiled", "reference"), default="compiled")
     args = parser.parse_args()
-    print(json.dumps(run(args.events, args.seed), indent=2))
+    print(json.dumps(run(args.events, args.seed, args.engine), indent=2))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     adl_refresh_events: int = Field(50_000, ge=1)  # refresh the ADL queue projection at least this often ...
     adl_refresh_event_ms: int = Field(60_000, ge=1)  # ... or, when caught up, after this much event time
     check_conservation: bool = False
+    # the ledger engine the service applies batches with (docs/engines.md): the compiled one, or the Python
+    # reference; without a built compiled engine the service runs the reference and says so once
+    engine: Literal["compiled", "reference"] = "compiled"
     # ADL quantiles and risk levels at each quantile point of event time, on backstop.adl-quantiles (docs/design.md
     # §10); `backstop replay --adl-quantiles` derives the same records from the journal
     adl_quantiles: bool = True

@@ -79,6 +79,7 @@ class ServeProcess:
                "BACKSTOP_RELAY_BATCH": str(settings.relay_batch),
                "BACKSTOP_SNAPSHOT_EVERY_EVENTS": str(settings.snapshot_every_events),
                "BACKSTOP_STATE_HASH_QUIET_MS": str(settings.state_hash_quiet_ms),
+               "BACKSTOP_ENGINE": settings.engine,
                "BACKSTOP_CHECK_CONSERVATION": "true"}
         if settings.anchor_key_file is not None:
             env["BACKSTOP_ANCHOR_KEY_FILE"] = str(settings.anchor_key_file)

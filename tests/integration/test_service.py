@@ -27,9 +27,11 @@ from service_harness import (
 )
 
 from backstop.adapters.kafka.tools import produce_file
+from backstop.engines import EngineName
 from backstop.entrypoints.cli import main as cli
 from backstop.service import metrics
 from backstop.service.app import ensure_topics
+from backstop.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.jsonl"))
@@ -238,8 +240,12 @@ def _generated_journal(path: Path, events: int, seed: int) -> Path:
     return path
 
 
+@pytest.mark.parametrize("engines", [("compiled",), ("reference", "compiled")], ids=["compiled", "switching"])
 async def test_kill_9_anywhere_ends_with_the_ledger_of_an_uninterrupted_run(
-        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
+        engines: tuple[EngineName, ...], tmp_path: Path, kafka_bootstrap: str, topic_prefix: str,
+        databases: Any) -> None:
+    """`engines`: the faulted run's processes take them in turn (switching: each restart rebuilds on the other
+    engine from what the one before wrote, snapshots included); the uninterrupted run is on the compiled engine."""
     journal = _generated_journal(tmp_path / "journal.jsonl", 3000, seed=7)
     reference, faulted = await two_runs(databases, kafka_bootstrap, f"{topic_prefix}k", journal,
                                         input_partitions=3, batch_max_records=150, relay_batch=40,
@@ -261,17 +267,22 @@ async def test_kill_9_anywhere_ends_with_the_ledger_of_an_uninterrupted_run(
     # reference is the service itself, uninterrupted
     expected = (await stored(reference_dsn))["journal"]
 
+    starts = iter(range(10))
+
+    def faulted_on_next_engine() -> Settings:
+        return faulted.model_copy(update={"engine": engines[next(starts) % len(engines)]})
+
     for fault in ("in_transaction@3", "after_commit@4", "relay_after_send@3", "in_transaction@2"):
-        crashed = ServeProcess(faulted, tmp_path / "faulted.log", fault=fault)
+        crashed = ServeProcess(faulted_on_next_engine(), tmp_path / "faulted.log", fault=fault)
         assert crashed.wait_exit(timeout=180) == -9, f"{fault}: {(tmp_path / 'faulted.log').read_text()[-2000:]}"
         crashed.stop()
-    serve = ServeProcess(faulted, tmp_path / "faulted.log")
+    serve = ServeProcess(faulted_on_next_engine(), tmp_path / "faulted.log")
     try:
         serve.wait_healthy()
         await asyncio.sleep(1.0)
         serve.kill()  # and once more from outside, at whatever point it is
         serve.stop()
-        serve = ServeProcess(faulted, tmp_path / "faulted.log")
+        serve = ServeProcess(faulted_on_next_engine(), tmp_path / "faulted.log")
         serve.wait_healthy()
         await wait_caught_up(faulted_dsn, applied=expected, ends=await input_ends(faulted), timeout=180)
         serve.wait_projections()
@@ -280,6 +291,8 @@ async def test_kill_9_anywhere_ends_with_the_ledger_of_an_uninterrupted_run(
 
     assert (await stored(faulted_dsn))["journal"] == expected
     await assert_same_outcome(reference, faulted)
+    log = (tmp_path / "faulted.log").read_text()
+    assert all(f"on the {engine} engine" in log for engine in engines)
 
 
 async def test_audit_verify_over_the_database_catches_a_doctored_row(tmp_path: Path, kafka_bootstrap: str,

@@ -46,6 +46,7 @@ from backstop.core.engine import Engine
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Processor
 from backstop.core.snapshot import state_hash
+from backstop.engines import ENGINES, EngineName
 from backstop.pipeline import projections
 from backstop.pipeline.ingest import BatchResult, Consumed, DeadLetter, JournalRow, OutboxMessage, ingest_batch
 from backstop.pipeline.merge import event_time
@@ -344,13 +345,16 @@ class Process:
 
     def __init__(self, sim: Simulation, number: int) -> None:
         self.sim, self.name = sim, f"process {number}"
+        # the engine of this process: a restart may switch engines, rebuilding from what the other one wrote
+        self.engine: EngineName = sim.engine or sim.rng.choice(ENGINES)
+        settings = sim.settings.model_copy(update={"engine": self.engine})
         self.store = MemoryStore(sim.db, interpose=self._store_point)
         runtime = Runtime(consumer=lambda _: MemoryConsumer(sim.broker, sim.disorder,
                                                             request_timeout_s=REQUEST_TIMEOUT_S),
                           publisher=lambda _: MemoryPublisher(sim.broker, interpose=self._publish_point),
                           background=self._background, offload=sim.offload, checkpoint=self._checkpoint)
-        self.relay = OutboxRelay(sim.settings, self.store, runtime)
-        self.ledger = LedgerProcessor(sim.settings, self.store, runtime, on_commit=self.relay.wake)
+        self.relay = OutboxRelay(settings, self.store, runtime)
+        self.ledger = LedgerProcessor(settings, self.store, runtime, on_commit=self.relay.wake)
         self.tasks = [asyncio.create_task(self.ledger.run_forever()), asyncio.create_task(self.relay.run_forever())]
         self.alive = True
 
@@ -423,11 +427,13 @@ class Report:
     checks: int
     live: bool
     trace: list[tuple[str, str, float]]  # every step and crash, in order, with its simulated time
+    engines: list[str]  # each process's engine, in the order they started
 
 
 class Simulation:
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, engine: EngineName | None = None) -> None:
         self.seed = seed
+        self.engine = engine  # None: each process draws its engine from the seed
         self.scenario = scenario(seed)
         self.rng = self.scenario.rng
         self.settings = self.scenario.settings
@@ -507,7 +513,8 @@ class Simulation:
         self._final()
         await self._projections_after_a_restart()
         return Report(self.seed, len(self.reference.order), len(self.reference.journal), self.faults.injected,
-                      len(self.processes), self.now(), self.checks, scenario.live, self.trace)
+                      len(self.processes), self.now(), self.checks, scenario.live, self.trace,
+                      [process.engine for process in self.processes])
 
     async def _produce(self) -> None:
         """Every record in merge order, each appended after the one before: there at the start, or while the
@@ -571,18 +578,19 @@ class Simulation:
             self.appends = self.broker.appends
             self._check_published()
         run = process.ledger.current
-        engine_at = (id(run), run.processor.engine.last_seq) if run is not None else None
+        engine_at = (id(run), run.engine.last_seq) if run is not None else None
         if run is not None and engine_at != self.engine_at:
             self.engine_at = engine_at
-            engine = run.processor.engine
-            total = sum(engine.ledger.balances.values(), Decimal(0))
+            engine = run.engine
+            total = engine.ledger_sum()
             if total != 0:
-                raise self.fail(f"conservation: the balances sum to {total} after {step}")
+                raise self.fail(f"conservation: the balances sum to {total} after {step} ({engine.name} engine)")
             head = self.db.engine_head
-            if head is not None and engine.last_seq < head["seq"]:
-                raise self.fail(f"the engine at seq {engine.last_seq} is behind the stored head {head['seq']}")
-            if engine.last_seq and engine.head_hash != self.reference.hash_at_seq.get(engine.last_seq):
-                raise self.fail(f"the engine's head hash at seq {engine.last_seq} is not the reference's")
+            seq, head_hash = engine.head()[:2]
+            if head is not None and seq < head["seq"]:
+                raise self.fail(f"the engine at seq {seq} is behind the stored head {head['seq']}")
+            if seq and head_hash != self.reference.hash_at_seq.get(seq):
+                raise self.fail(f"the {engine.name} engine's head hash at seq {seq} is not the reference's")
 
     def _check_store(self, step: str) -> None:
         db, ref = self.db, self.reference
@@ -692,13 +700,14 @@ class Simulation:
                             f"{self.reference.accounts}")
 
 
-def simulate(seed: int) -> Report:
-    """One seed, start to end, on a loop of its own; raises SimulationFailure naming the seed."""
+def simulate(seed: int, engine: EngineName | None = None) -> Report:
+    """One seed, start to end, on a loop of its own; raises SimulationFailure naming the seed. `engine`: every
+    process runs it (None: each process draws one from the seed, so restarts switch engines too)."""
     loop = VirtualClockLoop()
     previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)  # the service logs every fault it rides out; here that is noise
     try:
-        return loop.run_until_complete(Simulation(seed).run())
+        return loop.run_until_complete(Simulation(seed, engine).run())
     finally:
         logging.disable(previous)
         for task in asyncio.all_tasks(loop):

@@ -75,6 +75,11 @@ impl Ledger {
         self.balances.get(&account).copied().unwrap_or(I256::ZERO)
     }
 
+    /// Whether the account has a balance, zero included (it was posted to).
+    pub fn holds(&self, account: Account) -> bool {
+        self.balances.contains_key(&account)
+    }
+
     /// Move `amount` (money, 1e-8) from `source` to `destination`; a negative amount moves the other way.
     pub fn post(&mut self, source: Account, destination: Account, amount: impl Into<I256>) {
         let amount: I256 = amount.into();

@@ -17,6 +17,8 @@ pub mod adl;
 pub mod adl_index;
 pub mod engine;
 pub mod ledger;
+pub mod outbox;
 pub mod processor;
+pub mod projection;
 pub mod quantiles;
 pub mod state;

@@ -4,6 +4,7 @@
 use backstop_engine::adl::Policy;
 use backstop_engine::idtable::IdTable;
 use backstop_engine::processor::{Consumed, Processor, RestoreError};
+use backstop_engine::{outbox, projection};
 use backstop_engine::state::Side;
 use backstop_engine::{canonical, json, numbers, wire};
 use pyo3::create_exception;
@@ -76,6 +77,17 @@ fn wire_decode_consumed<'py>(py: Python<'py>, value: Option<&[u8]>, record_type:
         Ok((_, payload)) => (true, PyBytes::new(py, &payload)),
         Err(reason) => (false, PyBytes::new(py, reason.as_bytes())),
     }
+}
+
+/// A consumed batch's outbox rows as COPY text (topic, key, record id, payload), in the reference's order, from
+/// the output lines apply_records returned.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn outbox_copy<'py>(py: Python<'py>, prefix: &str, journal: &[u8], fund_ledger: &[u8], adl_events: &[u8],
+                    postings: &[u8], adl_quantiles: &[u8], dead_letters: &[u8]) -> Bound<'py, PyBytes> {
+    let outputs = outbox::Outputs { journal, fund_ledger, adl_events, postings, adl_quantiles, dead_letters };
+    let text = py.detach(|| outbox::copy_text(prefix, &outputs));
+    PyBytes::new(py, &text)
 }
 
 fn parsed_json(raw: &[u8]) -> PyResult<json::Value<'_>> {
@@ -290,6 +302,61 @@ impl Ledger {
         self.processor.engine.adl_index.memory_bytes()
     }
 
+    /// The service's reading of the head: (last seq, head hash, ledger head, ADL head, duplicates, rejected).
+    fn head(&self) -> (u64, String, String, String, u64, u64) {
+        let processor = &self.processor;
+        let engine = &processor.engine;
+        (engine.last_seq, engine.head_hash(), engine.ledger_head.clone(), engine.adl_head.clone(),
+         processor.duplicates, processor.rejected)
+    }
+
+    /// The counters a service keeps in its store (a rebuilt engine carries on from them).
+    fn set_counters(&mut self, duplicates: u64, rejected: u64) {
+        self.processor.duplicates = duplicates;
+        self.processor.rejected = rejected;
+    }
+
+    /// The engine's state document (backstop.core.snapshot.state_document), canonical JSON: its SHA-256 is the
+    /// state hash.
+    fn state_document<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let document = py.detach(|| self.guarded(|processor| processor.state_document()))?;
+        Ok(PyBytes::new(py, &document))
+    }
+
+    /// The service's projection rows (backstop.pipeline.projections) as COPY text: (wallets, positions, closed
+    /// positions, funds, fund lots or None, ADL queue or None) for the accounts and (account, symbol) positions
+    /// given, or for every one (`everything`, with the ADL queue).
+    #[pyo3(signature = (accounts, positions, *, everything, lots))]
+    fn projection_rows<'py>(&mut self, py: Python<'py>, accounts: Vec<String>, positions: Vec<(String, String)>,
+                            everything: bool, lots: bool) -> PyResult<Bound<'py, PyTuple>> {
+        let wanted = projection::Wanted { accounts: &accounts, positions: &positions, everything, lots };
+        let rows = py.detach(|| self.guarded(|processor| projection::rows(&processor.engine, &wanted)))?;
+        (
+            PyBytes::new(py, &rows.wallets),
+            PyBytes::new(py, &rows.positions),
+            rows.closed,
+            PyBytes::new(py, &rows.funds),
+            rows.lots.map(|lots| PyBytes::new(py, &lots)),
+            rows.adl_queue.map(|queue| PyBytes::new(py, &queue)),
+        )
+            .into_pyobject(py)
+    }
+
+    /// Bring the ADL index up to date (each deleverage does so first); False when nothing had changed.
+    fn refresh_adl_index(&mut self, py: Python<'_>) -> PyResult<bool> {
+        py.detach(|| self.guarded(|processor| {
+            let engine = &mut processor.engine;
+            let pending = !engine.ledger.changed.is_empty();
+            engine.adl_index.refresh(&engine.positions, &mut engine.ledger, &engine.instruments);
+            pending
+        }))
+    }
+
+    /// About how many accounts the next refresh_adl_index rewrites.
+    fn adl_index_backlog(&self) -> usize {
+        self.processor.engine.ledger.changed.len()
+    }
+
     /// (seq, the snapshot's document, its identity file).
     fn snapshot<'py>(&mut self, py: Python<'py>, input_line: u64) -> PyResult<Bound<'py, PyTuple>> {
         if self.processor.engine.admission.per_batch {
@@ -314,5 +381,6 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(wire_decode_consumed, module)?)?;
     module.add_function(wrap_pyfunction!(canonical_reencode, module)?)?;
     module.add_function(wrap_pyfunction!(canonical_chain_hash, module)?)?;
+    module.add_function(wrap_pyfunction!(outbox_copy, module)?)?;
     Ok(())
 }

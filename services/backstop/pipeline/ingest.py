@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import orjson
@@ -19,6 +20,7 @@ from backstop.core.errors import InvariantViolation, RejectionKind
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Applied, Duplicate, Processor
 from backstop.core.records import SCHEMA_VERSION, AdlEvent, AdlQuantileRecord, Finding, FundLedgerEntry, Posting
+from backstop.pipeline.copy_text import copy_rows
 from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.topics import TopicNames, input_key
 from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record, shown, validate
@@ -118,22 +120,54 @@ class OutboxMessage(NamedTuple):
     payload: bytes
 
 
+class OutputLine(NamedTuple):
+    """An output record as the compiled engine wrote it: its canonical JSON line, and that JSON parsed (decimals
+    stay text). Stored and published as it is: no record object is made, nothing is encoded again."""
+
+    fields: dict[str, Any]
+    line: bytes
+
+
+def output_values(record: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
+    """The named fields of an output record (a record of backstop.core.records, or an OutputLine)."""
+    if isinstance(record, OutputLine):
+        return itemgetter(*names)(record.fields) if len(names) > 1 else (record.fields[names[0]],)
+    return tuple(getattr(record, name) for name in names)
+
+
+def output_json(record: Any) -> bytes:
+    """The canonical JSON of an output record (a record of backstop.core.records, or an OutputLine)."""
+    return record.line if isinstance(record, OutputLine) else canonical_json(record_dict(record))
+
+
 @dataclass(slots=True)
 class BatchResult:
+    """What a batch produced. The output records are records of backstop.core.records (the reference engine) or
+    OutputLines (the compiled engine): read them with output_values and output_json."""
+
     journal: list[JournalRow] = field(default_factory=list)
-    fund_entries: list[FundLedgerEntry] = field(default_factory=list)
-    adl_events: list[AdlEvent] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-    postings: list[Posting] = field(default_factory=list)
-    adl_quantiles: list[AdlQuantileRecord] = field(default_factory=list)
+    fund_entries: list[FundLedgerEntry | OutputLine] = field(default_factory=list)
+    adl_events: list[AdlEvent | OutputLine] = field(default_factory=list)
+    findings: list[Finding | OutputLine] = field(default_factory=list)
+    postings: list[Posting | OutputLine] = field(default_factory=list)
+    adl_quantiles: list[AdlQuantileRecord | OutputLine] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     held_ids: list[HeldRow] = field(default_factory=list)  # identities the batch's journal rows hold (applied_ids)
     outbox: list[OutboxMessage] = field(default_factory=list)
+    # outbox rows as COPY text (topic, key, record id, payload), after `outbox`: the compiled engine builds a batch's
+    # in Rust, so no Python object is made per published record
+    outbox_copy: bytes = b""
     duplicates: dict[str, int] = field(default_factory=dict)  # per record type
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     touched_accounts: set[str] = field(default_factory=set)
     touched_symbols: set[str] = field(default_factory=set)
     touched_positions: set[tuple[str, str]] = field(default_factory=set)  # (account, symbol)
+
+
+def outbox_messages(result: BatchResult) -> list[OutboxMessage]:
+    """Every outbox row of a batch, whichever form it came in (tests, the in-memory store)."""
+    return result.outbox + [OutboxMessage(str(topic), str(key), str(record_id), str(payload).encode())
+                            for topic, key, record_id, payload in copy_rows(result.outbox_copy)]
 
 
 def decode_consumed(message: Consumed, record_type: str) -> tuple[AnyRecord, bytes, dict[str, Any]]:
@@ -327,6 +361,12 @@ async def _replay_chunk(processor: Processor, chunk: list[tuple[int, AnyRecord]]
 # through pydantic's __getattr__ in Python.)
 _NAMES = {kind: ("account_id" in model.model_fields, "symbol" in model.model_fields)
           for kind, model in RECORD_TYPES.items()}
+
+
+def record_names(record_type: str, fields: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(account, symbol) an applied record of this type names, from its fields (None: it names none)."""
+    has_account, has_symbol = _NAMES[record_type]
+    return fields.get("account_id") if has_account else None, fields.get("symbol") if has_symbol else None
 
 
 def _touch(result: BatchResult, record: AnyRecord) -> None:

@@ -13,28 +13,37 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal, localcontext
+from decimal import localcontext
 from typing import Any, NamedTuple
 
 from backstop.core import adl, ledger
 from backstop.core.engine import Engine, Exposures
 from backstop.core.numbers import CONTEXT, ZERO, money
 from backstop.core.state import Position, PositionSide
+from backstop.pipeline.copy_text import copy_rows
 from backstop.pipeline.ingest import BatchResult
 
 POSITION_SIDES: tuple[PositionSide, ...] = ("both", "long", "short")
+
+
+Rows = list[tuple[Any, ...]] | bytes  # tuples (the reference engine), or COPY text (the compiled engine)
 
 
 @dataclass(frozen=True, slots=True)
 class Projections:
     """Derived rows to upsert with the batch (see backstop.pipeline.projections)."""
 
-    wallets: list[tuple[str, str, Decimal, int]]
-    positions: list[tuple[Any, ...]]
-    closed_positions: list[tuple[str, str, PositionSide]]  # (account, symbol, position_side)
-    funds: list[tuple[Any, ...]]
-    lots: list[tuple[Any, ...]] | None  # None: unchanged; otherwise the full set
-    adl_queue: list[tuple[Any, ...]] | None
+    wallets: Rows
+    positions: Rows
+    closed_positions: list[tuple[str, str, str]]  # (account, symbol, position_side)
+    funds: Rows
+    lots: Rows | None  # None: unchanged; otherwise the full set
+    adl_queue: Rows | None
+
+
+def rows_of(rows: Rows) -> list[tuple[Any, ...]]:
+    """Rows as tuples, whichever form they came in."""
+    return copy_rows(rows) if isinstance(rows, bytes) else rows
 
 
 @dataclass(slots=True)
@@ -102,7 +111,9 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
     assets = sorted({f.spec.settle_asset for f in engine.funds.values()})
     symbols = sorted(engine.instruments)
     accounts: Iterable[str] = sorted(touched.accounts | (set(engine.positions) if refresh_all else set()))
-    wallets, positions, closed = [], [], []
+    wallets: list[tuple[Any, ...]] = []
+    positions: list[tuple[Any, ...]] = []
+    closed: list[tuple[str, str, str]] = []
     for account_id in accounts:
         if account_id.startswith("fund:"):
             continue
@@ -147,7 +158,7 @@ class FullRefresh(NamedTuple):
 
 def full_refresh(engine: Engine) -> FullRefresh:
     rows = build(engine, BatchResult(), refresh_all=True, touched=Touched.everything(engine))
-    return FullRefresh(engine.last_seq, rows.wallets, rows.positions, rows.adl_queue or [])
+    return FullRefresh(engine.last_seq, rows_of(rows.wallets), rows_of(rows.positions), rows_of(rows.adl_queue or []))
 
 
 def adl_rows(engine: Engine, seq: int) -> list[tuple[Any, ...]]:

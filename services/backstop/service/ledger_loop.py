@@ -22,25 +22,13 @@ from typing import Any, NamedTuple
 
 from backstop import faults
 from backstop.adapters.postgres.store import WRITER_LOCK, Head, RefreshCopy
-from backstop.core import ledger
-from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
-from backstop.core.hashing import canonical_json
-from backstop.core.processor import Processor
-from backstop.core.snapshot import restore, state_document, state_hash
+from backstop.engines import EngineName
 from backstop.pipeline import projections
 from backstop.pipeline.held_ids import ServiceIds
-from backstop.pipeline.ingest import (
-    BatchResult,
-    Consumed,
-    PoisonRecord,
-    Where,
-    batch_identities,
-    ingest_batch,
-    replay_journal,
-    resolve_identities,
-)
+from backstop.pipeline.ingest import BatchResult, Consumed, PoisonRecord, Where
 from backstop.pipeline.merge import Merger
+from backstop.pipeline.service_engine import ServiceEngine, Snapshot, fund_balances, open_service_engine
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
 from backstop.service.ports import BackgroundWork, Consumer, EndsUnavailable, LedgerStore, Partition, Runtime
@@ -66,15 +54,6 @@ class Progress:
     refresh_due_seq: int = 0  # the seq at which a full refresh was last due: settled once refreshed_seq reaches it
     snapshot_seq: int = 0  # the seq of the last snapshot written
     background_errors: dict[str, str] = field(default_factory=dict)  # forked work that failed, by kind
-
-
-Snapshot = tuple[int, str, bytes]  # (seq, state hash, canonical JSON of the engine's state; identities: PostgreSQL)
-
-
-def snapshot_of(processor: Processor) -> Snapshot:
-    engine = processor.engine
-    document = {"engine": state_document(engine)}
-    return engine.last_seq, state_hash(engine), canonical_json(document)
 
 
 class WriteBehind:
@@ -120,28 +99,24 @@ class WriteBehind:
             self._task.cancel()  # a full refresh is rewritten at the next start; a snapshot is only a shortcut
 
 
-async def rebuild(store: LedgerStore, *, check_conservation: bool, adl_quantiles: bool = True
-                  ) -> tuple[Processor, Head]:
-    """The engine as PostgreSQL last committed it: latest snapshot, then the journal after it; the identities it
-    holds are PostgreSQL's (applied_ids), behind a filter loaded here."""
+async def rebuild(store: LedgerStore, *, check_conservation: bool, adl_quantiles: bool = True,
+                  engine: EngineName = "compiled") -> tuple[ServiceEngine, Head]:
+    """The engine (`engine`: compiled or reference) as PostgreSQL last committed it: latest snapshot (written under
+    either engine), then the journal after it; the identities it holds are PostgreSQL's (applied_ids), behind a
+    filter loaded here."""
     head = await store.head()
     ids = ServiceIds(await store.held_estimate())
     await store.held_keys(ids.load)
     snapshot = await store.latest_snapshot()
-    if snapshot is None:
-        processor = Processor(Engine(check_conservation=check_conservation, ids=ids, adl_quantiles=adl_quantiles))
-        after = 0
-    else:
-        after, document = snapshot
-        processor = Processor(restore(document["engine"], check_conservation=check_conservation, ids=ids,
-                                      adl_quantiles=adl_quantiles))
-    await replay_journal(processor, store.journal(after_seq=after), store.held)
+    after, state = (0, None) if snapshot is None else (snapshot[0], snapshot[1]["engine"])
+    opened = open_service_engine(engine, ids, state, check_conservation=check_conservation, adl_quantiles=adl_quantiles)
+    await opened.replay(store.journal(after_seq=after), store.held)
     await store.hold(ids.drain())  # a no-op, but for a journal written before applied_ids existed
-    processor.duplicates, processor.rejected = head.duplicates, head.rejected
-    if head.seq and processor.engine.head_hash != head.head_hash:
-        raise InvariantViolation(f"rebuilt head hash {processor.engine.head_hash} != stored {head.head_hash} at "
-                                 f"seq {head.seq}")
-    return processor, head
+    opened.set_counters(head.duplicates, head.rejected)
+    rebuilt = opened.head()
+    if head.seq and rebuilt.head_hash != head.head_hash:
+        raise InvariantViolation(f"rebuilt head hash {rebuilt.head_hash} != stored {head.head_hash} at seq {head.seq}")
+    return opened, head
 
 
 class Applied(NamedTuple):
@@ -189,12 +164,12 @@ class LedgerProcessor(SupervisedLoop):
             self.quarantine[error.where] = error.reason
 
     async def run_locked(self) -> None:
-        processor, head = await rebuild(self.store, check_conservation=self.settings.check_conservation,
-                                        adl_quantiles=self.settings.adl_quantiles)
+        engine, head = await rebuild(self.store, check_conservation=self.settings.check_conservation,
+                                     adl_quantiles=self.settings.adl_quantiles, engine=self.settings.engine)
         offsets = await self.store.offsets()
         consumer = self.runtime.consumer(self.settings)
         await consumer.start()
-        self.current = run = LedgerRun(self, consumer, processor, head)
+        self.current = run = LedgerRun(self, consumer, engine, head)
         try:
             await run.start(offsets)
             while not self.stopping:
@@ -212,17 +187,17 @@ class LedgerRun:
     these fields; each turn is named steps: fetch, merge, then apply, project and commit a batch, then housekeeping.
     Only this run touches the engine, one step at a time; the runtime's checkpoint runs after every step."""
 
-    def __init__(self, owner: LedgerProcessor, consumer: Consumer, processor: Processor, head: Head) -> None:
+    def __init__(self, owner: LedgerProcessor, consumer: Consumer, engine: ServiceEngine, head: Head) -> None:
         settings = owner.settings
         self.settings, self.store, self.runtime, self.progress = settings, owner.store, owner.runtime, owner.progress
         self.topics, self.on_commit = owner.topics, owner.on_commit
         self.quarantine = owner.quarantine  # the processor's: it outlives a run that failed on a record
         self.consumer = consumer
-        self.processor = processor
+        self.engine = engine
         self.merger = Merger(self.topics, max_buffered=settings.merge_max_buffered)
         self.positions = (head.ledger_position, head.adl_position)  # rows in the fund ledger and the ADL events
         self.cadence = projections.RefreshCadence(settings.adl_refresh_events, settings.adl_refresh_event_ms,
-                                                  processor.engine.last_seq)
+                                                  engine.last_seq)
         self.touched = projections.Touched()  # rows batches touched while catching up, not written yet
         self.caught_up = False  # as of the last batch: nothing buffered and nothing unread
         self.committing: asyncio.Task[None] | None = None  # batch N commits while batch N+1 is applied
@@ -241,13 +216,13 @@ class LedgerRun:
         for partition in sorted(positions):
             self.merger.assign(partition, positions[partition])
             self.merger.confirm_end(partition, ends[partition])
-        engine = self.processor.engine
+        engine = self.engine
         # Projection rows still waiting when the last run stopped were lost with it: rewrite every row.
         if engine.last_seq:
             await self._write_projections(None)
         self.progress.seq = engine.last_seq
         self.progress.ready = True
-        log.info("ledger processor ready at seq %d", engine.last_seq)
+        log.info("ledger processor ready at seq %d on the %s engine", engine.last_seq, engine.name)
         await self.runtime.checkpoint("start")
 
     async def turn(self) -> None:
@@ -321,17 +296,17 @@ class LedgerRun:
         """The batch through dedupe, sequencing and the engine: consumed records in, a BatchResult out. In a
         thread, so the previous batch's commit keeps the event loop (and its socket) moving meanwhile."""
         started = time.perf_counter()
-        expected = self.processor.engine.last_seq
+        engine = self.engine
+        expected = engine.last_seq
         # What memory cannot decide of the batch's identities: one query, before the engine runs (§4.1).
-        await resolve_identities(self.processor, batch_identities(batch, self.topics), self.store.held,
-                                 committed_seq=self.progress.seq)
-        result = await self.runtime.offload(ingest_batch, self.processor, batch, self.topics, self.quarantine)
+        keys = await engine.prepare(batch, self.topics, self.store.held, committed_seq=self.progress.seq)
+        result = await self.runtime.offload(engine.apply, batch, self.topics, keys, self.quarantine)
         return Applied(expected, result, len(batch), started, time.perf_counter())
 
     async def project(self, applied: Applied) -> PendingCommit:
         """The rest of the batch's transaction: the journal head and the projection rows (the rows touched, once
         caught up). Whole-state work that became due starts here, before anything else can move the engine."""
-        settings, engine, result = self.settings, self.processor.engine, applied.result
+        settings, engine, result = self.settings, self.engine, applied.result
         self.caught_up = caught_up = self.merger.drained()
         refresh_due = self.cadence.due(result, engine.last_seq, caught_up=caught_up)
         self.refreshing.wanted |= refresh_due
@@ -345,11 +320,11 @@ class LedgerRun:
         write_touched = refresh_due or caught_up  # catching up, touched rows wait (projections.Touched)
         self.positions = (self.positions[0] + len(result.fund_entries), self.positions[1] + len(result.adl_events))
         head = self._head()
-        rows = await self.runtime.offload(projections.build, engine, result, refresh_all=False,
-                                          touched=self.touched if write_touched else projections.Touched())
+        rows = await self.runtime.offload(engine.projections, result,
+                                          self.touched if write_touched else projections.Touched(), refresh_all=False)
         if write_touched:
             self.touched = projections.Touched()
-        balances = {fund_id: float(engine.ledger.balance(ledger.fund(fund_id))) for fund_id in engine.funds}
+        balances = fund_balances(rows)
         phases_s = {"apply": applied.applied_at - applied.started, "project": time.perf_counter() - applied.applied_at}
         return PendingCommit(applied.expected_seq, result, head, rows, balances, applied.started, applied.consumed,
                              phases_s)
@@ -366,7 +341,7 @@ class LedgerRun:
     async def housekeeping(self, *, batch_applied: bool) -> None:
         """Beside a batch's commit: the ADL index catches up a slice after a backlog. With no batch: the work
         that waits for a pause (waiting rows, forked results, the ADL index, the state hash)."""
-        engine = self.processor.engine
+        engine = self.engine
         if batch_applied:
             self.quiet_since = None
             # Caught up after a backlog (a restart, a burst): the index catches up a slice per batch, beside the
@@ -393,32 +368,28 @@ class LedgerRun:
             self.progress.adl_index_seq = engine.last_seq
         if self.state_hashed_at != engine.last_seq and quiet_s >= self.settings.state_hash_quiet_ms / 1000:
             self.state_hashed_at = engine.last_seq  # once per quiet spell; in a thread: the relay keeps publishing
-            digest = await self.runtime.offload(state_hash, engine)
+            digest = await self.runtime.offload(engine.state_hash)
             await self.store.record_state_hash(self.state_hashed_at, digest)
 
     # ---------------------------------------------------------------- helpers
     def _start_due(self) -> None:
         """Only between engine steps: a forked child sees the state as it is now."""
-        processor = self.processor
-        self.refreshing.start_if_wanted(lambda: RefreshCopy.of(projections.full_refresh(processor.engine)))
-        self.snapshotting.start_if_wanted(lambda: snapshot_of(processor))
+        engine = self.engine
+        self.refreshing.start_if_wanted(engine.full_refresh)
+        self.snapshotting.start_if_wanted(engine.snapshot)
 
     async def _write_projections(self, touched: projections.Touched | None) -> None:
         """Projection rows alone, in their own transaction: `touched`, or every row (None)."""
-        engine = self.processor.engine
-        rows = await self.runtime.offload(
-            projections.build, engine, BatchResult(), refresh_all=touched is None,
-            touched=projections.Touched.everything(engine) if touched is None else touched)
+        engine = self.engine
+        rows = await self.runtime.offload(engine.projections, BatchResult(), touched or projections.Touched(),
+                                          refresh_all=touched is None)
         await self._commit(PendingCommit(engine.last_seq, BatchResult(), self._head(), rows, {}, time.perf_counter(),
                                          0, {}))
         if touched is None:
             self.progress.refreshed_seq = engine.last_seq
 
     def _head(self) -> Head:
-        processor = self.processor
-        engine = processor.engine
-        return Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head, processor.duplicates,
-                    processor.rejected, *self.positions)
+        return Head(*self.engine.head(), *self.positions)
 
     async def _commit(self, pending: PendingCommit) -> None:
         """One batch in one transaction; the head's expected seq guards against a second writer."""

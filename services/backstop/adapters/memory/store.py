@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,16 +20,17 @@ import orjson
 from backstop.adapters.postgres.store import Head, OutboxRow, RefreshCopy
 from backstop.core.dedupe import HeldRow
 from backstop.core.errors import InvariantViolation
-from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.snapshot import SNAPSHOT_VERSION
-from backstop.pipeline.ingest import BatchResult, DeadLetter, JournalRow
-from backstop.pipeline.projections import Projections
+from backstop.pipeline.copy_text import copy_rows
+from backstop.pipeline.ingest import BatchResult, DeadLetter, JournalRow, outbox_messages, output_json, output_values
+from backstop.pipeline.projections import Projections, Rows
 from backstop.service.ports import Partition
 
 GENESIS = "0" * 64
 HELD_KEYS_CHUNK = 65_536  # key digests per chunk handed to held_keys' sink, as a COPY streams them
 POSITION_KEY = 3  # a position row's key: (account_id, symbol, position_side), as in PostgreSQL
 Row = tuple[str | None, ...]
+_CHAINED = ("id", "hash", "seq")  # what the memory store keeps of a fund-ledger entry or an ADL event, beside its JSON
 
 
 class IntegrityError(Exception):
@@ -45,21 +45,9 @@ def _text(values: Iterable[Any]) -> Row:
     return tuple(None if value is None else str(value) for value in values)
 
 
-_COPY_ESCAPE = re.compile(r"\\(.)")
-_COPY_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
-
-
-def _copy_value(value: str) -> str | None:
-    if value == "\\N":
-        return None
-    if "\\" not in value:
-        return value
-    return _COPY_ESCAPE.sub(lambda m: _COPY_UNESCAPES.get(m.group(1), m.group(1)), value)
-
-
-def _copy_rows(chunk: bytes) -> list[Row]:
-    """COPY text back into rows (the inverse of backstop.adapters.postgres.store.copy_text)."""
-    return [tuple(_copy_value(v) for v in line.split("\t")) for line in chunk.decode().split("\n") if line]
+def _rows(rows: Rows) -> list[Row]:
+    """Projection rows as text, as PostgreSQL's COPY sends them."""
+    return copy_rows(rows) if isinstance(rows, bytes) else [_text(row) for row in rows]
 
 
 @dataclass(slots=True)
@@ -201,8 +189,8 @@ class MemoryStore:
         if current != expected_seq:
             raise InvariantViolation(f"journal head moved: expected seq {expected_seq}, found {current}: another "
                                      f"writer is active")
-        ledger_rows = [(e.id, e.hash, e.seq, canonical_json(record_dict(e)).decode()) for e in result.fund_entries]
-        adl_rows = [(e.id, e.hash, e.seq, canonical_json(record_dict(e)).decode()) for e in result.adl_events]
+        ledger_rows = [(*output_values(e, _CHAINED), output_json(e).decode()) for e in result.fund_entries]
+        adl_rows = [(*output_values(e, _CHAINED), output_json(e).decode()) for e in result.adl_events]
         added, dead_letters = self._new_keys(result, head, ledger_rows, adl_rows)
         # everything checked: the transaction lands whole, with no await in between
         for table, keys in added.items():
@@ -210,12 +198,12 @@ class MemoryStore:
         db.journal.extend(result.journal)
         db.fund_ledger.extend(ledger_rows)
         db.adl_events.extend(adl_rows)
-        db.findings.update((f.id, f.seq) for f in result.findings)
+        db.findings.update(output_values(f, ("id", "seq")) for f in result.findings)
         db.applied_ids.update((row[0], row) for row in result.held_ids)
         db.dead_letter.extend(dead_letters)
         first_id = db.outbox[-1].id + 1 if db.outbox else 1
         db.outbox.extend(OutboxRow(first_id + i, m.topic, m.key, m.record_id, m.payload.decode())
-                         for i, m in enumerate(result.outbox))
+                         for i, m in enumerate(outbox_messages(result)))
         self._project(projections)
         db.consumed_offsets.update(result.next_offsets)
         state = db.engine_head or {"state_hash": None, "state_hash_seq": None}
@@ -251,10 +239,10 @@ class MemoryStore:
                 if seq not in seqs:
                     raise IntegrityError(f"{table}: seq {seq} is not in the journal")
         for finding in result.findings:
-            add("findings", finding.id)
+            add("findings", output_values(finding, ("id",))[0])
         for held_key, _, _ in result.held_ids:  # applied_ids' primary key: an identity held twice fails the batch
             add("applied_ids", held_key)
-        for message in result.outbox:
+        for message in outbox_messages(result):
             add("outbox", message.record_id)
         kept = []
         for letter in result.dead_letters:
@@ -266,21 +254,18 @@ class MemoryStore:
 
     def _project(self, projections: Projections) -> None:
         db = self.db
-        for row in projections.wallets:
-            text = _text(row)
+        for text in _rows(projections.wallets):
             db.wallets[text[:2]] = text
         for account, symbol, position_side in projections.closed_positions:
             db.positions.pop((account, symbol, position_side), None)
-        for row in projections.positions:
-            text = _text(row)
+        for text in _rows(projections.positions):
             db.positions[text[:POSITION_KEY]] = text
-        for row in projections.funds:
-            text = _text(row)
+        for text in _rows(projections.funds):
             db.funds[text[0]] = text
         if projections.lots is not None:
-            db.fund_lots = [_text(row) for row in projections.lots]
+            db.fund_lots = _rows(projections.lots)
         if projections.adl_queue is not None:
-            db.adl_queue = [_text(row) for row in projections.adl_queue]
+            db.adl_queue = _rows(projections.adl_queue)
 
     # ---------------------------------------------------------------- written behind the batches
     async def write_refresh(self, refresh: RefreshCopy) -> None:
@@ -289,11 +274,11 @@ class MemoryStore:
         db = self.db
         for table, chunks, key in ((db.wallets, refresh.wallets, 2), (db.positions, refresh.positions, POSITION_KEY)):
             for chunk in chunks:
-                for row in _copy_rows(chunk):
+                for row in copy_rows(chunk):
                     stored = table.get(row[:key])
                     if stored is not None and int(stored[-1] or 0) <= int(row[-1] or 0):
                         table[row[:key]] = row
-        db.adl_queue = _copy_rows(refresh.adl_queue)
+        db.adl_queue = copy_rows(refresh.adl_queue)
         db.transactions += 1
 
     async def write_snapshot(self, seq: int, state_hash: str, document: bytes) -> None:

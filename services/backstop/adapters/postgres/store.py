@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -20,10 +20,9 @@ import orjson
 from backstop import faults
 from backstop.core.anchor import JOURNAL_GENESIS, Anchor, Checkpoint, SignedCheckpoint, journal_step
 from backstop.core.errors import InvariantViolation
-from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.snapshot import SNAPSHOT_VERSION
-from backstop.pipeline.ingest import BatchResult
-from backstop.pipeline.projections import FullRefresh, Projections
+from backstop.pipeline.ingest import BatchResult, output_json, output_values
+from backstop.pipeline.projections import FullRefresh, Projections, Rows
 
 WRITER_LOCK = 0x62616B77726974  # one ledger processor per database
 RELAY_LOCK = 0x62616B72656C61  # one outbox relay per database
@@ -54,6 +53,15 @@ POSITION_COLUMNS = ["account_id", "symbol", "position_side", "qty", "entry_price
                     "isolated_margin", "mark_price", "liquidation_price", "bankruptcy_price", "seq"]
 KEY_COLUMNS = {"account_wallets": 2, "positions": 3}  # each projection's key: its first columns
 ADL_QUEUE_COLUMNS = ["symbol", "side", "account_id", "rank", "score", "quantile", "seq"]
+FUND_LEDGER_COLUMNS = ("id", "seq", "ts", "fund_id", "kind", "amount", "balance_after", "liquidation_id",
+                       "counter_account", "prev_hash", "hash")
+ADL_EVENT_COLUMNS = ("id", "seq", "ts", "symbol", "liquidation_id", "fund_id", "account_id", "side", "qty", "price",
+                     "rank", "score", "quantile", "prev_hash", "hash")
+POSTING_COLUMNS = ("id", "seq", "ts", "kind", "debit_account", "credit_account", "asset", "amount",
+                   "debit_balance_after", "credit_balance_after", "transfer_id", "fill_id", "liquidation_id",
+                   "adl_event_id", "fund_entry_id", "prev_hash", "hash")
+OUTBOX_COLUMNS = ["topic", "key", "record_id", "payload"]
+FINDING_COLUMNS = ("id", "seq", "ts", "kind", "account_id", "liquidation_id", "symbol", "details")
 
 # COPY's text format: a tab between columns, \N for NULL, and these escaped inside a value.
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -120,15 +128,25 @@ class RefreshCopy(NamedTuple):
         return cls(refresh.seq, chunks(refresh.wallets), chunks(refresh.positions), copy_text(refresh.adl_queue))
 
 
+async def _copy(connection: asyncpg.Connection, table: str, columns: list[str], rows: Rows) -> None:
+    """Rows into a table by COPY: tuples, or COPY text as the compiled engine writes it."""
+    if not rows:
+        return
+    if isinstance(rows, bytes):
+        await connection.copy_to_table(table, source=io.BytesIO(rows), columns=columns, format="text")
+    else:
+        await connection.copy_records_to_table(table, records=rows, columns=columns)
+
+
 async def _upsert(connection: asyncpg.Connection, table: str, columns: list[str], key_columns: int,
-                  rows: Sequence[tuple[Any, ...]]) -> None:
+                  rows: Rows) -> None:
     """Insert or update many rows: COPY into a temporary table, then one INSERT ... ON CONFLICT (the key is the
     first `key_columns` columns). Table and column names are this module's constants, never input."""
     if not rows:
         return
     staging = f"staging_{table}"
     await connection.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
-    await connection.copy_records_to_table(staging, records=rows, columns=columns)
+    await _copy(connection, staging, columns, rows)
     names = ", ".join(columns)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[key_columns:])
     await connection.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} "
@@ -386,39 +404,24 @@ class Store:
                 "seq", "source_topic", "source_partition", "source_offset", "type", "ts", "payload", "payload_hash"],
                 records=[(r.seq, r.source_topic, r.source_partition, r.source_offset, r.type, r.ts,
                           r.payload.decode(), r.payload_hash) for r in result.journal])
-        if result.fund_entries:
-            first = head.ledger_position - len(result.fund_entries) + 1
-            await connection.copy_records_to_table("fund_ledger", columns=[
-                "position", "id", "seq", "ts", "fund_id", "kind", "amount", "balance_after", "liquidation_id",
-                "counter_account", "prev_hash", "hash", "record"],
-                records=[(first + i, e.id, e.seq, e.ts, e.fund_id, e.kind, e.amount, e.balance_after,
-                          e.liquidation_id, e.counter_account, e.prev_hash, e.hash,
-                          canonical_json(record_dict(e)).decode()) for i, e in enumerate(result.fund_entries)])
-        if result.adl_events:
-            first = head.adl_position - len(result.adl_events) + 1
-            await connection.copy_records_to_table("adl_events", columns=[
-                "position", "id", "seq", "ts", "symbol", "liquidation_id", "fund_id", "account_id", "side", "qty",
-                "price", "rank", "score", "quantile", "prev_hash", "hash", "record"],
-                records=[(first + i, e.id, e.seq, e.ts, e.symbol, e.liquidation_id, e.fund_id, e.account_id, e.side,
-                          e.qty, e.price, e.rank, e.score, e.quantile, e.prev_hash, e.hash,
-                          canonical_json(record_dict(e)).decode()) for i, e in enumerate(result.adl_events)])
-        if result.postings:
-            # one writer holds the lock: the next position follows the stored ones
-            first = await connection.fetchval("SELECT coalesce(max(position), 0) + 1 FROM postings")
-            await connection.copy_records_to_table("postings", columns=[
-                "position", "id", "seq", "ts", "kind", "debit_account", "credit_account", "asset", "amount",
-                "debit_balance_after", "credit_balance_after", "transfer_id", "fill_id", "liquidation_id",
-                "adl_event_id", "fund_entry_id", "prev_hash", "hash", "record"],
-                records=[(first + i, p.id, p.seq, p.ts, p.kind, p.debit_account, p.credit_account, p.asset, p.amount,
-                          p.debit_balance_after, p.credit_balance_after, p.transfer_id, p.fill_id, p.liquidation_id,
-                          p.adl_event_id, p.fund_entry_id, p.prev_hash, p.hash,
-                          canonical_json(record_dict(p)).decode()) for i, p in enumerate(result.postings)])
+        for table, records, first, columns in (
+                ("fund_ledger", result.fund_entries, head.ledger_position - len(result.fund_entries) + 1,
+                 FUND_LEDGER_COLUMNS),
+                ("adl_events", result.adl_events, head.adl_position - len(result.adl_events) + 1, ADL_EVENT_COLUMNS),
+                ("postings", result.postings, None, POSTING_COLUMNS)):
+            if not records:
+                continue
+            if first is None:  # one writer holds the lock: the next position follows the stored ones
+                first = await connection.fetchval(f"SELECT coalesce(max(position), 0) + 1 FROM {table}")
+            # each row: its position, its columns, and its record's canonical JSON (stored as it was published)
+            await connection.copy_records_to_table(table, columns=["position", *columns, "record"], records=[
+                (first + i, *output_values(r, columns), output_json(r).decode()) for i, r in enumerate(records)])
         if result.findings:
+            rows = [output_values(f, FINDING_COLUMNS) for f in result.findings]
             await connection.executemany(
                 "INSERT INTO findings (id, seq, ts, kind, account_id, liquidation_id, symbol, details) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
-                [(f.id, f.seq, f.ts, f.kind, f.account_id, f.liquidation_id, f.symbol,
-                  orjson.dumps(f.details).decode()) for f in result.findings])
+                [(*row[:-1], orjson.dumps(row[-1]).decode()) for row in rows])
         if result.held_ids:  # the primary key refuses an identity held twice: the batch fails, nothing commits
             await connection.copy_records_to_table("applied_ids", columns=["id_digest", "content_digest", "seq"],
                                                    records=result.held_ids)
@@ -429,9 +432,12 @@ class Store:
                 [(d.source_topic, d.source_partition, d.source_offset, d.reason, d.raw, d.kind, d.after_seq)
                  for d in result.dead_letters])
         if result.outbox:
-            await connection.copy_records_to_table("outbox", columns=["topic", "key", "record_id", "payload"],
+            await connection.copy_records_to_table("outbox", columns=OUTBOX_COLUMNS,
                                                    records=[(m.topic, m.key, m.record_id, m.payload.decode())
                                                             for m in result.outbox])
+        if result.outbox_copy:
+            await connection.copy_to_table("outbox", source=io.BytesIO(result.outbox_copy), columns=OUTBOX_COLUMNS,
+                                           format="text")
 
     async def _project(self, connection: asyncpg.Connection, projections: Projections) -> None:
         await _upsert(connection, "account_wallets", WALLET_COLUMNS, 2, projections.wallets)
@@ -448,13 +454,12 @@ class Store:
             "seq"], 1, projections.funds)
         if projections.lots is not None:
             await connection.execute("DELETE FROM fund_lots")
-            await connection.copy_records_to_table("fund_lots", records=projections.lots, columns=[
+            await _copy(connection, "fund_lots", [
                 "fund_id", "liquidation_id", "symbol", "side", "qty", "cost", "bankruptcy_price",
-                "liquidated_account", "seq"])
+                "liquidated_account", "seq"], projections.lots)
         if projections.adl_queue is not None:
             await connection.execute("DELETE FROM adl_queue")
-            await connection.copy_records_to_table("adl_queue", records=projections.adl_queue,
-                                                   columns=ADL_QUEUE_COLUMNS)
+            await _copy(connection, "adl_queue", ADL_QUEUE_COLUMNS, projections.adl_queue)
 
     # ---------------------------------------------------------------- written behind the batches
     async def write_refresh(self, refresh: RefreshCopy) -> None:

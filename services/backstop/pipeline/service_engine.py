@@ -1,0 +1,431 @@
+"""The service's one engine port: what the ledger loop (backstop.service.ledger_loop) asks of an engine, and its two
+implementations (docs/service.md, "The engine"):
+
+- `ReferenceService`: the Python reference engine (backstop.core), driven record by record (backstop.pipeline.ingest);
+- `CompiledService`: the compiled engine (backstop._engine), one call per consumed batch, its outputs canonical bytes.
+
+Both take a consumed batch with its held identities resolved beforehand (PostgreSQL holds them: ServiceIds), give the
+same BatchResult (the rows the store writes, byte for byte), the same head, state hash and snapshot document (a
+snapshot written under one restores in the other), and projection rows equal as numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+from backstop.adapters.postgres.store import REFRESH_CHUNK_ROWS, RefreshCopy
+from backstop.core.dedupe import content_digest, identity_of_fields, key_digest, unpack_rows
+from backstop.core.engine import Engine
+from backstop.core.errors import InvariantViolation
+from backstop.core.hashing import canonical_json
+from backstop.core.processor import Processor
+from backstop.core.snapshot import restore, state_document, state_hash
+from backstop.engines import EngineName, compiled_available
+from backstop.pipeline import projections
+from backstop.pipeline.held_ids import ServiceIds
+from backstop.pipeline.ingest import (
+    REPLAY_CHUNK,
+    BatchResult,
+    Consumed,
+    DeadLetter,
+    HeldLookup,
+    JournalRow,
+    OutputLine,
+    Where,
+    batch_held,
+    batch_identities,
+    ingest_batch,
+    record_names,
+    replay_journal,
+    resolve_identities,
+)
+from backstop.pipeline.topics import TopicNames
+from backstop.wire.decode import decode_record
+
+log = logging.getLogger("backstop.ledger")
+
+Snapshot = tuple[int, str, bytes]  # (seq, state hash, canonical JSON of {"engine": the state document})
+
+
+class EngineHead(NamedTuple):
+    """The engine's side of the journal head (backstop.adapters.postgres.store.Head less the output positions)."""
+
+    seq: int
+    head_hash: str
+    ledger_head: str
+    adl_head: str
+    duplicates: int
+    rejected: int
+
+
+class ServiceEngine(Protocol):
+    """The engine as the service drives it. Only the ledger loop's task touches it, one step at a time; `apply`,
+    `projections`, `full_refresh`, `snapshot`, `state_hash` and `refresh_adl_index` are blocking (offloaded or run in
+    a forked child)."""
+
+    name: EngineName
+    ids: ServiceIds
+
+    @property
+    def last_seq(self) -> int: ...
+
+    def head(self) -> EngineHead: ...
+
+    async def replay(self, rows: AsyncIterator[tuple[int, bytes]], lookup: HeldLookup) -> None:
+        """Re-apply stored journal rows (seq, payload) after the engine's seq; each must apply as its own seq."""
+        ...
+
+    def set_counters(self, duplicates: int, rejected: int) -> None:
+        """The counters the store keeps (a rebuilt engine carries on from them)."""
+        ...
+
+    async def prepare(self, batch: list[Consumed], topics: TopicNames, lookup: HeldLookup, *,
+                      committed_seq: int) -> list[bytes]:
+        """Look up, in one query, what memory cannot decide of the batch's identities; returns their key digests
+        for `apply`."""
+        ...
+
+    def apply(self, batch: list[Consumed], topics: TopicNames, keys: list[bytes], quarantine: dict[Where, str]
+              ) -> BatchResult:
+        """The batch through dedupe, sequencing and the rules: the rows the store writes, held identities included."""
+        ...
+
+    def projections(self, result: BatchResult, touched: projections.Touched, *, refresh_all: bool
+                    ) -> projections.Projections:
+        """Rows after `result`: wallets and positions of `touched` (every one with refresh_all), funds, lots when
+        the inventory may have changed, the ADL queue with refresh_all."""
+        ...
+
+    def full_refresh(self) -> RefreshCopy:
+        """Every wallet and position row and the ADL queue as COPY text (in a forked child)."""
+        ...
+
+    def snapshot(self) -> Snapshot: ...
+
+    def state_hash(self) -> str: ...
+
+    def ledger_sum(self) -> Decimal:
+        """The sum of every ledger balance: zero when the ledger balances."""
+        ...
+
+    def refresh_adl_index(self, limit: int | None = None) -> bool:
+        """Bring the ADL index up to date (or `limit` accounts of it); False if nothing had changed."""
+        ...
+
+    def adl_index_backlog(self) -> int: ...
+
+
+def fund_balances(rows: projections.Projections) -> dict[str, float]:
+    """Each fund's balance from its projection row, for the metrics."""
+    return {str(row[0]): float(row[4]) for row in projections.rows_of(rows.funds)}
+
+
+# ------------------------------------------------------------------------------------------------ reference
+
+
+class ReferenceService:
+    """backstop.core behind the port: records decoded and applied one at a time (backstop.pipeline.ingest)."""
+
+    name: EngineName = "reference"
+
+    def __init__(self, processor: Processor, ids: ServiceIds) -> None:
+        self.processor, self.ids = processor, ids
+
+    @classmethod
+    def open(cls, ids: ServiceIds, state: dict[str, Any] | None, *, check_conservation: bool,
+             adl_quantiles: bool) -> ReferenceService:
+        engine = Engine(check_conservation=check_conservation, ids=ids, adl_quantiles=adl_quantiles) \
+            if state is None else restore(state, check_conservation=check_conservation, ids=ids,
+                                          adl_quantiles=adl_quantiles)
+        return cls(Processor(engine), ids)
+
+    @property
+    def engine(self) -> Engine:
+        return self.processor.engine
+
+    @property
+    def last_seq(self) -> int:
+        return self.processor.engine.last_seq
+
+    def head(self) -> EngineHead:
+        processor = self.processor
+        engine = processor.engine
+        return EngineHead(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head,
+                          processor.duplicates, processor.rejected)
+
+    async def replay(self, rows: AsyncIterator[tuple[int, bytes]], lookup: HeldLookup) -> None:
+        await replay_journal(self.processor, rows, lookup)
+
+    def set_counters(self, duplicates: int, rejected: int) -> None:
+        self.processor.duplicates, self.processor.rejected = duplicates, rejected
+
+    async def prepare(self, batch: list[Consumed], topics: TopicNames, lookup: HeldLookup, *,
+                      committed_seq: int) -> list[bytes]:
+        keys = batch_identities(batch, topics)
+        await resolve_identities(self.processor, keys, lookup, committed_seq=committed_seq)
+        return keys
+
+    def apply(self, batch: list[Consumed], topics: TopicNames, keys: list[bytes], quarantine: dict[Where, str]
+              ) -> BatchResult:
+        return ingest_batch(self.processor, batch, topics, quarantine)
+
+    def projections(self, result: BatchResult, touched: projections.Touched, *, refresh_all: bool
+                    ) -> projections.Projections:
+        engine = self.processor.engine
+        if refresh_all:
+            touched = projections.Touched.everything(engine)
+        return projections.build(engine, result, refresh_all=refresh_all, touched=touched)
+
+    def full_refresh(self) -> RefreshCopy:
+        return RefreshCopy.of(projections.full_refresh(self.processor.engine))
+
+    def snapshot(self) -> Snapshot:
+        engine = self.processor.engine
+        return engine.last_seq, state_hash(engine), canonical_json({"engine": state_document(engine)})
+
+    def state_hash(self) -> str:
+        return state_hash(self.processor.engine)
+
+    def ledger_sum(self) -> Decimal:
+        return sum(self.processor.engine.ledger.balances.values(), Decimal(0))
+
+    def refresh_adl_index(self, limit: int | None = None) -> bool:
+        return self.processor.engine.refresh_adl_index(limit)
+
+    def adl_index_backlog(self) -> int:
+        return self.processor.engine.adl_index_backlog()
+
+
+# ------------------------------------------------------------------------------------------------ compiled
+
+
+def _lines(data: bytes) -> list[bytes]:
+    return data.split(b"\n")[:-1] if data else []
+
+
+def _chunks(text: bytes, rows: int = REFRESH_CHUNK_ROWS) -> list[bytes]:
+    """COPY text in pieces of `rows` lines (a transaction each: RefreshCopy)."""
+    lines = text.splitlines(keepends=True)
+    return [b"".join(lines[start:start + rows]) for start in range(0, len(lines), rows)]
+
+
+_SNAPSHOT_COUNTERS = ("duplicates", "rejected", "conflicting_duplicates", "fund_entries", "adl_events", "findings",
+                      "postings", "adl_quantiles")
+_RECORD_AT = b'"record":'
+_RECORD_END = b',"schema_version":'
+
+
+def _payload(line: bytes) -> bytes:
+    """The journal payload inside a journal record's canonical JSON, whose keys are sorted: after "payload_hash"
+    (hex) comes "record", then "schema_version" and keys whose values are numbers and topic names."""
+    return line[line.index(_RECORD_AT) + len(_RECORD_AT):line.rindex(_RECORD_END)]
+
+
+class CompiledService:
+    """backstop._engine.Ledger behind the port: a consumed batch crosses into Rust once, its held identities given
+    with it; the rows come back as canonical JSON lines and projection rows as COPY text."""
+
+    name: EngineName = "compiled"
+
+    def __init__(self, ledger: Any, ids: ServiceIds) -> None:
+        from backstop import _engine
+
+        self.ledger, self.ids = ledger, ids
+        self._outbox_copy, self._violation = _engine.outbox_copy, _engine.InvariantViolation
+
+    @classmethod
+    def open(cls, ids: ServiceIds, state: dict[str, Any] | None, *, check_conservation: bool,
+             adl_quantiles: bool) -> CompiledService:
+        from backstop import _engine
+
+        snapshot = None
+        if state is not None:
+            document = canonical_json(state)
+            # a snapshot file's envelope around the state; its counters are the store's (set_counters)
+            snapshot = canonical_json({"engine": orjson.Fragment(document),
+                                       "state_hash": hashlib.sha256(document).hexdigest(),
+                                       "counters": dict.fromkeys(_SNAPSHOT_COUNTERS, 0)})
+        try:
+            ledger = _engine.Ledger(strict=False, snapshot_every=0, snapshot=snapshot, ids=None,
+                                    check_conservation=check_conservation, held_per_batch=True,
+                                    adl_quantiles=adl_quantiles)
+        except ValueError as error:
+            raise InvariantViolation(f"the compiled engine cannot restore the stored snapshot: {error}") from None
+        return cls(ledger, ids)
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A panic inside the compiled engine (a broken invariant) poisons it: the service stops, as it does on the
+        reference's InvariantViolation."""
+        try:
+            return method(*args, **kwargs)
+        except self._violation as error:
+            raise InvariantViolation(f"compiled engine: {error}") from error
+
+    @property
+    def last_seq(self) -> int:
+        seq: int = self.ledger.head()[0]
+        return seq
+
+    def head(self) -> EngineHead:
+        return EngineHead(*self.ledger.head())
+
+    async def replay(self, rows: AsyncIterator[tuple[int, bytes]], lookup: HeldLookup) -> None:
+        chunk: list[tuple[int, bytes]] = []
+        async for row in rows:
+            chunk.append(row)
+            if len(chunk) >= REPLAY_CHUNK:
+                await self._replay_chunk(chunk, lookup)
+                chunk = []
+        if chunk:
+            await self._replay_chunk(chunk, lookup)
+
+    async def _replay_chunk(self, chunk: list[tuple[int, bytes]], lookup: HeldLookup) -> None:
+        keys: dict[bytes, tuple[int, bytes]] = {}
+        for seq, payload in chunk:
+            fields = orjson.loads(payload)
+            found = identity_of_fields(fields["type"], fields)
+            if found is not None:
+                keys[key_digest(found)] = (seq, payload)
+        # PostgreSQL holds each row's identity by that row's seq: held by the very seq applying it, it is not
+        # held before it, so the rows re-apply as themselves.
+        held = await batch_held(self.ids, list(keys), lookup)
+        for key in keys.keys() - {key for key, _, _ in unpack_rows(held)}:
+            # a journal written before applied_ids existed: the rebuild holds the identity (store.hold)
+            seq, payload = keys[key]
+            self.ids.add(key, content_digest(decode_record(payload)), seq)
+        result = self._call(self.ledger.apply_lines, b"".join(payload + b"\n" for _, payload in chunk), 1, held)
+        seq = self.last_seq
+        if result[3] or seq != chunk[-1][0]:
+            raise InvariantViolation(f"journal rows {chunk[0][0]} to {chunk[-1][0]} did not re-apply as themselves "
+                                     f"(the engine is at seq {seq}): {result[3][:200]!r}")
+
+    def set_counters(self, duplicates: int, rejected: int) -> None:
+        self.ledger.set_counters(duplicates, rejected)
+
+    async def prepare(self, batch: list[Consumed], topics: TopicNames, lookup: HeldLookup, *,
+                      committed_seq: int) -> list[bytes]:
+        keys = batch_identities(batch, topics)
+        await batch_held(self.ids, keys, lookup, committed_seq=committed_seq)  # answered again in apply
+        return keys
+
+    def apply(self, batch: list[Consumed], topics: TopicNames, keys: list[bytes], quarantine: dict[Where, str]
+              ) -> BatchResult:
+        # quarantine: records the reference engine raised on; the compiled engine has none (a panic stops it)
+        held = self.ids.answers(keys)
+        journal, ledger_lines, adl, findings, dead, postings, quantiles, duplicates, held_ids = self._call(
+            self.ledger.apply_records, [(m.topic, m.partition, m.offset, m.value) for m in batch], topics.prefix,
+            held)
+        result = BatchResult()
+        for message in batch:
+            result.next_offsets[(message.topic, message.partition)] = message.offset + 1
+        self._journal(result, journal)
+        for line in _lines(ledger_lines):
+            result.fund_entries.append(OutputLine(orjson.loads(line), line))
+        for line in _lines(adl):
+            event = OutputLine(orjson.loads(line), line)
+            result.adl_events.append(event)
+            account = event.fields["account_id"]
+            result.touched_accounts.add(account)
+            result.touched_positions.add((account, event.fields["symbol"]))
+        result.findings.extend(OutputLine(orjson.loads(line), line) for line in _lines(findings))
+        result.postings.extend(OutputLine(orjson.loads(line), line) for line in _lines(postings))
+        # quantile records are only published: they reach the outbox alone, never a Python object
+        self._dead_letters(result, dead, batch)
+        result.outbox_copy = self._outbox_copy(topics.prefix, journal, ledger_lines, adl, postings, quantiles, dead)
+        result.duplicates = dict(duplicates)
+        self.ids.applied(held_ids)
+        result.held_ids = self.ids.drain()
+        return result
+
+    @staticmethod
+    def _journal(result: BatchResult, journal: bytes) -> None:
+        for line in _lines(journal):
+            row = orjson.loads(line)
+            fields = row["record"]
+            record_type = fields["type"]
+            result.journal.append(JournalRow(row["seq"], row["source_topic"], row["source_partition"],
+                                             row["source_offset"], record_type, row["ts"], _payload(line),
+                                             row["payload_hash"]))
+            account, symbol = record_names(record_type, fields)
+            if account is not None:
+                result.touched_accounts.add(account)
+            if symbol is not None:
+                result.touched_symbols.add(symbol)
+                if account is not None:
+                    result.touched_positions.add((account, symbol))
+
+    @staticmethod
+    def _dead_letters(result: BatchResult, dead: bytes, batch: list[Consumed]) -> None:
+        lines = _lines(dead)
+        if not lines:
+            return
+        values = {(m.topic, m.partition, m.offset): m.value for m in batch}
+        for line in lines:
+            letter = orjson.loads(line)
+            topic, partition, offset = letter["source_topic"], letter["source_partition"], letter["source_offset"]
+            result.dead_letters.append(DeadLetter(topic, partition, offset, letter["reason"],
+                                                  values.get((topic, partition, offset)) or b"", letter["kind"],
+                                                  letter["after_seq"]))
+
+    def projections(self, result: BatchResult, touched: projections.Touched, *, refresh_all: bool
+                    ) -> projections.Projections:
+        lots = refresh_all or any(r.type == "liquidation" for r in result.journal) or any(
+            a.startswith("fund:") for a in result.touched_accounts)
+        wallets, positions, closed, funds, fund_lots, adl_queue = self._call(
+            self.ledger.projection_rows, sorted(touched.accounts), sorted(touched.positions),
+            everything=refresh_all, lots=lots)
+        return projections.Projections(wallets, positions, closed, funds, fund_lots, adl_queue)
+
+    def full_refresh(self) -> RefreshCopy:
+        wallets, positions, _, _, _, adl_queue = self._call(self.ledger.projection_rows, [], [], everything=True,
+                                                            lots=False)
+        return RefreshCopy(self.last_seq, _chunks(wallets), _chunks(positions), adl_queue or b"")
+
+    def snapshot(self) -> Snapshot:
+        document = self._call(self.ledger.state_document)
+        return self.last_seq, hashlib.sha256(document).hexdigest(), b'{"engine":' + document + b"}"
+
+    def state_hash(self) -> str:
+        digest: str = self._call(self.ledger.state_hash)
+        return digest
+
+    def ledger_sum(self) -> Decimal:
+        return Decimal(orjson.loads(self._call(self.ledger.summary_json))["ledger_sum"])
+
+    def refresh_adl_index(self, limit: int | None = None) -> bool:
+        refreshed: bool = self._call(self.ledger.refresh_adl_index)  # whole: the compiled index is fast
+        return refreshed
+
+    def adl_index_backlog(self) -> int:
+        backlog: int = self.ledger.adl_index_backlog()
+        return backlog
+
+
+# ------------------------------------------------------------------------------------------------ opening
+
+_fell_back: list[str] = []  # said once per process
+
+
+def engine_to_run(wanted: EngineName) -> EngineName:
+    """The engine the settings ask for, or the reference when the compiled one is not built here (said once)."""
+    if wanted == "compiled":
+        missing = compiled_available()
+        if missing is not None:
+            if not _fell_back:
+                _fell_back.append(missing)
+                log.warning("%s; the service runs the reference engine (Python) meanwhile", missing)
+            return "reference"
+    return wanted
+
+
+def open_service_engine(name: EngineName, ids: ServiceIds, state: dict[str, Any] | None, *,
+                        check_conservation: bool, adl_quantiles: bool) -> ServiceEngine:
+    """An engine from the start, or from a stored snapshot's state document (written by either engine)."""
+    opener = CompiledService.open if engine_to_run(name) == "compiled" else ReferenceService.open
+    return opener(ids, state, check_conservation=check_conservation, adl_quantiles=adl_quantiles)

@@ -1,0 +1,166 @@
+"""The service's engine port (backstop.pipeline.service_engine) on both engines: the same consumed batches give the
+same rows for the store (journal, fund ledger, ADL events, postings, findings, quantile records, dead letters, the
+outbox in the same order, held identities), the same head and state hash, projection rows equal as numbers, and
+the same snapshot document, which restores in either engine."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backstop.engines import ENGINES, EngineName
+from backstop.pipeline import projections
+from backstop.pipeline.held_ids import ServiceIds
+from backstop.pipeline.ingest import BatchResult, Consumed, outbox_messages, output_json
+from backstop.pipeline.service_engine import ServiceEngine, open_service_engine
+from differential.alike import TOPICS, consumed
+
+ROOT = Path(__file__).resolve().parents[2]
+JOURNALS = sorted((ROOT / "examples").glob("*.jsonl"))
+
+
+def batches(path: Path, size: int) -> list[list[Consumed]]:
+    """The journal as consumed records, with bad input among them: undecodable, invalid, on a topic that is no
+    input, and a record sent again (a duplicate)."""
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    records = [Consumed(topic, partition, offset, None, value)
+               for topic, partition, offset, value in consumed(lines)]
+    middle = len(records) // 2
+    records[middle:middle] = [Consumed(TOPICS.input("fill"), 1, 0, None, b'{"not json'),
+                              Consumed(TOPICS.input("mark"), 1, 0, None, b'{"symbol": "BTCUSDT", "ts": 1}'),
+                              Consumed("t.unknown", 0, 0, None, b"{}")]
+    records.append(records[1])
+    return [records[start:start + size] for start in range(0, len(records), size)]
+
+
+async def no_lookup(keys: list[bytes]) -> list[tuple[bytes, bytes, int]]:
+    return []
+
+
+def comparable(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return value
+
+
+def numbers(rows: projections.Rows | None) -> list[tuple[Any, ...]] | None:
+    return None if rows is None else sorted(tuple(map(comparable, row)) for row in projections.rows_of(rows))
+
+
+def projection_numbers(rows: projections.Projections) -> dict[str, Any]:
+    return {"wallets": numbers(rows.wallets), "positions": numbers(rows.positions),
+            "closed": sorted(rows.closed_positions), "funds": numbers(rows.funds), "lots": numbers(rows.lots),
+            "adl_queue": numbers(rows.adl_queue)}
+
+
+def store_rows(result: BatchResult) -> dict[str, Any]:
+    """Everything the store writes of a batch, as bytes and plain values."""
+    return {
+        "journal": result.journal, "outbox": outbox_messages(result), "held_ids": result.held_ids,
+        "duplicates": result.duplicates, "next_offsets": result.next_offsets,
+        "dead_letters": result.dead_letters,
+        "records": [output_json(r) for r in (*result.fund_entries, *result.adl_events,
+                                                              *result.findings, *result.postings)],
+        "touched": (result.touched_accounts, result.touched_positions),
+    }
+
+
+async def drive(engine: ServiceEngine, journal: list[list[Consumed]]) -> list[dict[str, Any]]:
+    seen = []
+    for batch in journal:
+        keys = await engine.prepare(batch, TOPICS, no_lookup, committed_seq=0)
+        result = engine.apply(batch, TOPICS, keys, {})
+        touched = projections.Touched(result.touched_accounts, result.touched_positions)
+        seen.append({**store_rows(result), "head": engine.head(),
+                     "rows": projection_numbers(engine.projections(result, touched, refresh_all=False))})
+    return seen
+
+
+def opened(name: EngineName, state: dict[str, Any] | None = None) -> ServiceEngine:
+    return open_service_engine(name, ServiceIds(), state, check_conservation=True, adl_quantiles=True)
+
+
+@pytest.mark.parametrize("path", JOURNALS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("size", [1, 7, 5000])
+async def test_both_engines_give_the_service_the_same_rows(path: Path, size: int) -> None:
+    journal = batches(path, size)
+    reference, compiled = opened("reference"), opened("compiled")
+    assert reference.name == "reference" and compiled.name == "compiled"
+    assert await drive(reference, journal) == await drive(compiled, journal)
+    assert reference.state_hash() == compiled.state_hash()
+    assert reference.snapshot() == compiled.snapshot()
+    assert reference.ledger_sum() == compiled.ledger_sum() == 0
+    everything = [projection_numbers(engine.projections(BatchResult(), projections.Touched(), refresh_all=True))
+                  for engine in (reference, compiled)]
+    assert everything[0] == everything[1]
+    refresh, compiled_refresh = (
+        (r.seq, numbers(b"".join(r.wallets)), numbers(b"".join(r.positions)), numbers(r.adl_queue))
+        for r in (reference.full_refresh(), compiled.full_refresh()))
+    assert refresh == compiled_refresh
+
+
+@pytest.mark.parametrize("written_by", ENGINES)
+@pytest.mark.parametrize("restored_in", ENGINES)
+async def test_a_snapshot_written_by_either_engine_restores_in_either(written_by: EngineName,
+                                                                      restored_in: EngineName) -> None:
+    import orjson
+
+    journal = batches(ROOT / "examples" / "07-adl-lab.jsonl", 5)
+    half = len(journal) // 2
+    writer = opened(written_by)
+    await drive(writer, journal[:half])
+    seq, state_hash, document = writer.snapshot()
+    restored = opened(restored_in, orjson.loads(document)["engine"])
+    assert (restored.last_seq, restored.state_hash()) == (seq, state_hash)
+    straight = opened(restored_in)
+    await drive(straight, journal[:half])
+    after = await drive(restored, journal[half:])
+    assert [step["head"][:4] for step in after] == [step["head"][:4] for step in await drive(straight, journal[half:])]
+    assert restored.state_hash() == straight.state_hash()
+
+
+def test_without_the_compiled_engine_the_service_runs_the_reference_and_says_so_once(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from backstop.pipeline import service_engine
+
+    monkeypatch.setattr(service_engine, "compiled_available", lambda: "the compiled engine is not built")
+    monkeypatch.setattr(service_engine, "_fell_back", [])
+    assert [opened("compiled").name for _ in range(3)] == ["reference"] * 3
+    said = [r.getMessage() for r in caplog.records if "not built" in r.getMessage()]
+    assert said == ["the compiled engine is not built; the service runs the reference engine (Python) meanwhile"]
+
+
+def test_settings_choose_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from backstop.settings import Settings
+
+    assert Settings().engine == "compiled"
+    monkeypatch.setenv("BACKSTOP_ENGINE", "reference")
+    assert Settings().engine == "reference"
+    monkeypatch.setenv("BACKSTOP_ENGINE", "fast")
+    with pytest.raises(ValueError, match="compiled"):
+        Settings()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_rebuild_over_a_journal_older_than_applied_ids_holds_its_identities(engine: EngineName) -> None:
+    """Journal rows whose identities the table does not hold (written before it existed) are re-applied as
+    themselves, and the rebuild hands their identities to store.hold."""
+    writer = opened("reference")
+    [batch] = batches(ROOT / "examples" / "07-adl-lab.jsonl", 5000)
+    written = writer.apply(batch, TOPICS, await writer.prepare(batch, TOPICS, no_lookup, committed_seq=0), {})
+    assert written.held_ids
+
+    async def journal() -> Any:
+        for row in written.journal:
+            yield row.seq, row.payload
+
+    rebuilt = opened(engine)
+    await rebuilt.replay(journal(), no_lookup)
+    assert rebuilt.head() == writer.head()._replace(duplicates=0, rejected=0)
+    assert sorted(rebuilt.ids.drain()) == sorted(written.held_ids)
