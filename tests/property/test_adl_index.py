@@ -16,6 +16,7 @@ from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.processor import Processor
 from backstop.core.snapshot import state_hash
 from backstop.core.state import Position
+from backstop.core.valuation import LINEAR
 from backstop.wire.decode import decode_record
 from scenario import fund, instrument, run, transfer
 
@@ -57,7 +58,7 @@ def add_row(engine: Engine, row: dict[str, Any], mark: dict[str, Decimal]) -> No
     position = Position(row["account"], row["symbol"], row["qty"] * row["side"], cost, mode, D(10))
     engine.positions.add(position)
     engine.by_symbol[row["symbol"]][position.key] = position
-    upnl = position.unrealized_pnl(mark[row["symbol"]])
+    upnl = position.unrealized_pnl(mark[row["symbol"]], LINEAR)
     if mode == "isolated":
         engine.ledger.balances[ledger.isolated(row["account"], row["symbol"])] = row["equity"] - upnl
     else:  # the wallet makes this position's equity the drawn one (other cross positions move it further)

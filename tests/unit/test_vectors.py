@@ -14,6 +14,7 @@ from backstop.core.engine import Engine
 from backstop.core.margin import bracket, maintenance_margin
 from backstop.core.processor import Applied, Processor
 from backstop.core.state import Position, Tier
+from backstop.core.valuation import LINEAR
 from backstop.wire.decode import decode_record
 from scenario import fill, fund, instrument, liquidation, mark, run, transfer
 
@@ -96,7 +97,7 @@ def _dydx_takeover(side: str, wallet: str, close_qty: str) -> tuple[Decimal, Dec
         fill("open", "t", side, "0.1", "50000"), liquidation("liq", "t", close_qty, "50000")])
     assert all(isinstance(o, Applied) for o in outcomes), outcomes
     lot = processor.engine.funds["MAIN"].lots["BTCUSDT"][0]
-    return lot.bankruptcy_price(), lot.cost
+    return lot.bankruptcy_price(LINEAR), lot.cost
 
 
 def test_q1_cross_long_bankruptcy_price() -> None:
@@ -118,7 +119,7 @@ def test_q3_partial_close_has_the_same_bankruptcy_price(close_qty: str, quote_sh
     # entry 60,000 with 1,000 of wallet: TNC = 1,000 - 1,000 = 0, so BP = mark = 50,000 (quote -5,000)
     assert all(isinstance(o, Applied) for o in outcomes)
     lot = processor.engine.funds["MAIN"].lots["BTCUSDT"][0]
-    assert lot.bankruptcy_price() == D(50000)
+    assert lot.bankruptcy_price(LINEAR) == D(50000)
     assert lot.cost == D(quote_share)
 
 
@@ -166,7 +167,7 @@ def test_q12_short_surplus_policy_trader(bought_at: str, fee_rate: str, fund_del
 
 def _ranked(qty: str, entry: str, mark_price: str, bp: str) -> tuple[Decimal, Decimal | None, Decimal]:
     position = Position("a", "BTCUSDT", D(qty), abs(D(qty)) * D(entry), "cross", D(10))
-    ranked = rank_position(position, D(mark_price), D(bp))
+    ranked = rank_position(position, D(mark_price), D(bp), LINEAR)
     return ranked.pnl_ratio, ranked.leverage, ranked.score
 
 
@@ -195,7 +196,7 @@ def test_x3_bitmex_queue_is_walked_in_score_order() -> None:
         assert isinstance(processor.process(decode_record(raw)), Applied)
     engine = processor.engine
     engine.marks["BNBUSDT"] = D(645)
-    queue = order([rank_position(p, D(645), engine.bankruptcy_price(p))
+    queue = order([rank_position(p, D(645), engine.bankruptcy_price(p), LINEAR)
                    for p in engine.by_symbol["BNBUSDT"].values() if p.qty > 0])
     assert [(r.position.account_id, r.score) for r in queue] == [
         ("A2", D("0.6")), ("A5", D("0.5")), ("A4", D("0.4")), ("A1", D("0.3")), ("A6", D("0.2")),
@@ -219,7 +220,7 @@ def _cross_pnl(sequence: list[dict[str, str]], mark_price: str) -> tuple[Decimal
     engine = processor.engine
     position = engine.positions.get("v", "BTCUSDT")
     realized = engine.ledger.balance(ledger.wallet("v", "USDT")) - 1000
-    return position.qty, realized, position.unrealized_pnl(D(mark_price))
+    return position.qty, realized, position.unrealized_pnl(D(mark_price), LINEAR)
 
 
 def test_v2_fill_that_crosses_zero_closes_then_opens() -> None:
