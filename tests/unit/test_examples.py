@@ -194,7 +194,8 @@ def test_14_inverse_funding_and_a_coin_fund_selling_its_lots_fifo(tmp_path: Path
     # Mark 43,800: b's N = V(600, 43800) = 1.3698630136986301, equity 0.0050119863013699 <= MM 0.00684932; behind
     # 0.00501199, lot cost 1.3748750036986301; b realizes -0.124875 (its margin): wallet 0.875.
     # Funding at 44,000: the fund's net 1,600 long pays HALF_EVEN(V(1600, 44000) x 0.0001) =
-    # HALF_EVEN(3.6363636363636364 x 0.0001) = 0.00036364; m receives the same: wallet 4 + 0.00033333 + 0.00036364 = 4.00069697.
+    # HALF_EVEN(3.6363636363636364 x 0.0001) = 0.00036364; m receives the same: wallet 4 + 0.00033333 + 0.00036364 =
+    # 4.00069697.
     # The fund sells 1,200 @ 44,500, FIFO: all of a's lot: proceeds V(1000, 44500) = 2.2471910112359551, gain
     # HALF_EVEN(2.1997916722222222 - 2.2471910112359551) = -0.04739934; then 200 of b's 600: cost share
     # HALF_EVEN(1.3748750036986301 x 200 / 600) = 0.45829167, proceeds V(200, 44500) = 0.4494382022471910, gain
