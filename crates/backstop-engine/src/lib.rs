@@ -20,3 +20,4 @@ pub mod ledger;
 pub mod processor;
 pub mod quantiles;
 pub mod state;
+pub mod valuation;
