@@ -133,8 +133,13 @@ def load_params(path: Path) -> WhatIfFile:
 
 
 def wire_line(record: AnyRecord) -> bytes:
-    """The record as a journal line: canonical JSON, decimals in plain notation (never an exponent)."""
-    return canonical_json(record.model_dump())
+    """The record as a journal line: canonical JSON, decimals in plain notation (never an exponent). A linear
+    instrument's line leaves the inverse fields out (docs/design.md §7), as a journal written before them did, so
+    that a reader of that contract reads it."""
+    document = record.model_dump()
+    if isinstance(record, InstrumentRecord) and record.contract_type == "linear" and record.contract_size is None:
+        del document["contract_type"], document["contract_size"]
+    return canonical_json(document)
 
 
 def _changed_by(record: AnyRecord) -> str:
