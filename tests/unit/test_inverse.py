@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +22,7 @@ from backstop.core.engine import Engine
 from backstop.core.processor import Applied, Processor, Rejection
 from backstop.core.snapshot import restore, state_document, state_hash
 from backstop.core.valuation import LINEAR, Valuation
+from backstop.entrypoints.cli import main
 from backstop.wire.decode import decode_record
 from scenario import fill, fund, funding, instrument, liquidation, mark, run, transfer
 
@@ -287,3 +290,27 @@ def test_an_inverse_journal_conserves_money_and_books_every_lot_in_the_funds_fav
         if position.cost > 0:
             harmonic = Fraction(position.size * 100) / Fraction(position.cost)
             assert position.entry_price(valuation) == rounded(harmonic, 8)
+
+
+# ------------------------------------------------------------------------------------------------ reports
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def test_explain_and_statements_speak_the_inverse_rules_in_the_coin(capsys: pytest.CaptureFixture[str],
+                                                                   tmp_path: Path) -> None:
+    journal = EXAMPLES / "14-inverse-funding-and-fifo.jsonl"
+    assert main(["explain", "--journal", str(journal), "liq-a", "--json"]) == 0
+    explanation = orjson.loads(capsys.readouterr().out)
+    # a's isolated margin after funding: 0.2 - 0.00020833; BP = FLOOR(100,000 / (2 + 0.19979167))
+    assert explanation["bankruptcy"]["rule"] == ("isolated, inverse: BP = |qty| x contract_size / (cost + margin) = "
+                                                 "100000 / (2 + 0.19979167)")
+    assert explanation["bankruptcy"]["bankruptcy_price"] == str(rounded(Fraction(100000) / Fraction("2.19979167"),
+                                                                        8, "floor")) == "45458.85020102"
+    assert explanation["account_before"]["positions"]["BTCUSD"]["entry_price"] == "50000"
+    assert main(["explain", "--journal", str(journal), "fl-16-0"]) == 0
+    assert "1600 x 100 / 44000 x 0.0001" in capsys.readouterr().out
+    out = tmp_path / "out"
+    assert main(["replay", str(journal), "--engine", "reference", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["statement", str(out), "--account", "wallet:m:BTC"]) == 0
+    assert "funding 0.00069697, transfer 4, closing 4.00069697" in capsys.readouterr().out
