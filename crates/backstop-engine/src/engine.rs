@@ -1922,3 +1922,82 @@ pub fn takes(queue: &[Ranked], qty: i128) -> Vec<i128> {
 pub fn quantile(rank: usize, count: usize) -> usize {
     5 - (rank - 1) * 5 / count
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processor::Processor;
+
+    const E8: i128 = 100_000_000;
+    const WORLD: &str = concat!(
+        r#"{"type":"fund","ts":1,"fund_id":"COIN","settle_asset":"BTC","surplus":"fund","max_inventory_ratio":"1"}"#, "\n",
+        r#"{"type":"instrument","ts":1,"symbol":"BTCUSD","settle_asset":"BTC","tick_size":"0.5","lot_size":"1","tiers":[{"max_notional":"1000","mmr":"0.005"}],"liquidation_fee_rate":"0.005","fund_id":"COIN","contract_type":"inverse","contract_size":"100"}"#, "\n",
+        r#"{"type":"transfer","ts":1,"transfer_id":"d","account_id":"a","asset":"BTC","amount":"1"}"#, "\n");
+
+    fn replay(lines: &str) -> (Processor, String) {
+        let mut processor = Processor::new(false, 0);
+        let batch = processor.apply_lines(format!("{WORLD}{lines}").as_bytes(), 1);
+        (processor, String::from_utf8(batch.dead_letters).expect("UTF-8"))
+    }
+
+    fn fill(id: &str, side: &str, qty: &str, price: &str) -> String {
+        fill_of("BTCUSD", id, side, qty, price)
+    }
+
+    fn fill_of(symbol: &str, id: &str, side: &str, qty: &str, price: &str) -> String {
+        format!(concat!(r#"{{"type":"fill","ts":2,"fill_id":"{}","account_id":"a","symbol":"{}","side":"{}","#,
+                        r#""qty":"{}","price":"{}","fee":"0","margin_mode":"cross","leverage":"10"}}"#, "\n"),
+                id, symbol, side, qty, price)
+    }
+
+    #[test]
+    fn an_inverse_long_realizes_coin_pnl_against_its_harmonic_entry() {
+        let lines = [fill("b1", "buy", "1", "40000"), fill("b2", "buy", "1", "60000"), fill("s1", "sell", "1", "50000")];
+        let (processor, dead) = replay(&lines.concat());
+        assert!(dead.is_empty(), "{dead}");
+        let engine = &processor.engine;
+        let (account, asset) = (engine.names.find("a").unwrap(), engine.names.find("BTC").unwrap());
+        // C = 0.0025 + 0.0016666666666667; the half sold takes HALF_EVEN(C / 2) = 0.00208333 of it, against proceeds
+        // of 100 / 50000 = 0.002: a long in coin gains 0.00008333 (it sold above its harmonic entry of 48000)
+        assert_eq!(engine.ledger.balance(Account::Wallet { account, asset }), I256::new(E8 + 8_333));
+        let position = engine.positions.get(account, engine.names.find("BTCUSD").unwrap(), PositionSide::Both).unwrap();
+        assert_eq!(position.cost, 41_666_666_666_667 - 20_833_300_000_000);
+    }
+
+    #[test]
+    fn max_face_refuses_an_open_and_a_growth() {
+        // contracts of 10^6: 10^8 of them reach the bound
+        let big = concat!(r#"{"type":"instrument","ts":1,"symbol":"BIGUSD","settle_asset":"BTC","tick_size":"0.5","#,
+                          r#""lot_size":"1","tiers":[{"max_notional":"1000","mmr":"0.005"}],"liquidation_fee_rate":"0","#,
+                          r#""fund_id":"COIN","contract_type":"inverse","contract_size":"1000000"}"#, "\n");
+        let lines = [big.to_string(), fill_of("BIGUSD", "big", "buy", "100000000", "50000"),
+                     fill_of("BIGUSD", "ok", "buy", "99999999", "50000"), fill_of("BIGUSD", "more", "buy", "1", "50000"),
+                     fill_of("BIGUSD", "flip", "sell", "199999999", "50000")];
+        let (_, dead) = replay(&lines.concat());
+        let reasons: Vec<&str> = dead.lines().map(|line| line.split("\"reason\":\"").nth(1).unwrap()).collect();
+        assert_eq!(reasons.len(), 3, "{dead}");
+        for reason in reasons {
+            assert!(reason.starts_with("position face value would be 100000000000000, above the bound 10^14"), "{dead}");
+        }
+    }
+
+    #[test]
+    fn an_inverse_lot_is_clamped_at_one_tick_and_at_the_largest_price() {
+        let (processor, _) = replay("");
+        let instrument = &processor.engine.instruments[&processor.engine.names.find("BTCUSD").unwrap()];
+        let valuation = instrument.valuation;
+        // 2 contracts of 100: a cost above V(2, 0.5) = 400 is a price below one tick
+        let at_tick = wide(valuation.value(2 * E8, instrument.tick_size));
+        assert_eq!(at_tick, wide(400 * E8 * E8));
+        assert_eq!(clamped_lot_cost(instrument, 2 * E8, wadd(at_tick, Wide::ONE)), Some((at_tick, instrument.tick_size)));
+        assert_eq!(clamped_lot_cost(instrument, 2 * E8, at_tick), None);
+        // a cost at or below 0 (a short with more equity than value) is above every price
+        let lowest = wide(valuation.value(2 * E8, LARGEST_PRICE));
+        assert_eq!(lowest, wide(2 * E8)); // 200 / 9999999999.99999999 = 2.00000000000000000200e-8
+        assert_eq!(clamped_lot_cost(instrument, 2 * E8, wide(-5)), Some((lowest, LARGEST_PRICE)));
+        assert_eq!(clamped_lot_cost(instrument, 2 * E8, lowest), None);
+        // a linear lot is clamped only below one tick
+        let linear = Instrument { valuation: crate::valuation::LINEAR, ..instrument.clone() };
+        assert_eq!(clamped_lot_cost(&linear, 2 * E8, wide(-5)), Some((wide(2 * E8 * 50_000_000), 50_000_000)));
+    }
+}
