@@ -104,13 +104,17 @@ def test_instrument_checks_refuse_alike(tmp_path: Path) -> None:
         instrument("LINEAR", fund_id="COIN", asset="BTC", contract_size="100"),
         instrument("BTCUSD", fund_id="COIN", asset="BTC", tick="0.5", lot="1",
                    tiers=(("2", "0.004", None), ("10", "0.005", None)), contract_type="inverse",
-                   contract_size="100.0"),  # the same content: a duplicate
+                   contract_size="100.0"),  # the same contract: a redefinition that changes nothing
         instrument("BTCUSD", fund_id="COIN", asset="BTC", tick="0.5", lot="1",
                    tiers=(("2", "0.004", None), ("10", "0.005", None)), contract_type="inverse", contract_size="10"),
         instrument("BTCUSD", fund_id="COIN", asset="BTC", tick="0.5", lot="1",
                    tiers=(("2", "0.004", None), ("10", "0.005", None))),
+        # a linear instrument with its version-2 defaults spelled out is the same content: a duplicate
+        plain := instrument("PLAIN", fund_id="COIN", asset="BTC"),
+        {**plain, "contract_type": "linear", "contract_size": None},
     ]
     outputs = _both(tmp_path, records)
+    assert orjson.loads(outputs["summary.json"])["duplicates"] == 1
     reasons = [orjson.loads(line)["reason"] for line in outputs["dead-letter.jsonl"].splitlines()]
     assert reasons == ["instrument NOSIZE: an inverse instrument needs a contract_size",
                        "instrument LINEAR: only an inverse instrument has a contract_size",
