@@ -364,3 +364,25 @@ def test_simulation_liquidates_an_inverse_position_down_to_the_next_bracket() ->
                if record.type == "liquidation"]
     assert [(record.account_id, record.qty) for record in decided] == [("a", D(54000))]
     assert simulator.processor.engine.positions.get("a", "BTCUSD").qty == 46000  # type: ignore[union-attr]
+
+
+def test_hedge_sides_of_an_inverse_symbol_share_the_cross_equity_by_maintenance_margin() -> None:
+    # u (wallet 1 BTC) holds a cross long and a cross short of 1,000 @ 50,000 (cost 2 each). At 45,000: N =
+    # V(1000, 45000) = 2.2222222222222222 on each side; uPnL -0.2222222222222222 (long: C - N) and +0.2222222222222222
+    # (short: N - C); TNC 1; MM 0.01111111 each, so each side's share is CEILING(1 x 1/2) = 0.5. Long BP =
+    # FLOOR(100,000 / (N + 0.5)), short BP = CEILING(100,000 / (N - 0.5)).
+    processor, outcomes = run([*coin_market(u="1", m="1"),
+                               fill("ul", "u", "buy", "1000", "50000", symbol="BTCUSD", position_side="long"),
+                               fill("us", "u", "sell", "1000", "50000", symbol="BTCUSD", position_side="short"),
+                               fill("m1", "m", "sell", "1000", "50000", symbol="BTCUSD"),
+                               fill("m2", "m", "buy", "1000", "50000", symbol="BTCUSD"),
+                               mark("45000", symbol="BTCUSD")])
+    assert reasons(outcomes) == []
+    positions = accounts(processor.engine)["u"]["positions"]
+    long, short = positions["BTCUSD:long"], positions["BTCUSD:short"]
+    notional = value(1000, 45000)
+    assert (long["unrealized_pnl"], short["unrealized_pnl"]) == ("-0.22222222", "0.22222222")
+    assert long["margin_balance"] == short["margin_balance"] == "1"
+    assert long["bankruptcy_price"] == str(rounded(Fraction(100000) / (notional + Fraction("0.5")), 8, "floor"))
+    assert short["bankruptcy_price"] == str(rounded(Fraction(100000) / (notional - Fraction("0.5")), 8, "ceiling"))
+    assert (long["bankruptcy_price"], short["bankruptcy_price"]) == ("36734.69387755", "58064.51612904")
