@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backstop.core import ledger
+from backstop.core.adl_policy import PRESETS, preset
 from backstop.core.documents import accounts
 from backstop.core.engine import Engine
 from backstop.core.processor import Applied, Processor, Rejection
@@ -314,3 +315,74 @@ def test_explain_and_statements_speak_the_inverse_rules_in_the_coin(capsys: pyte
     capsys.readouterr()
     assert main(["statement", str(out), "--account", "wallet:m:BTC"]) == 0
     assert "funding 0.00069697, transfer 4, closing 4.00069697" in capsys.readouterr().out
+
+
+def _adl_journal(fund_balance: str = "0.001") -> list[dict[str, Any]]:
+    """s's isolated short 1,000 @ 50,000 (C 2, M 0.2) liquidated at 55,400 (equity 0.0050541516245487 <= MM
+    0.00902527); the longs l1 (500 @ 50,000) and l2 (500 @ 40,000) are on the other side."""
+    return [*coin_market(fund_balance, s="1", l1="1", l2="1"), btc("s", "sell", "1000", "50000", "isolated"),
+            btc("l1", "buy", "500", "50000"), btc("l2", "buy", "500", "40000"), mark("55400", symbol="BTCUSD"),
+            liquidation("liq-s", "s", "1000", "55400", symbol="BTCUSD"), mark("56000", symbol="BTCUSD"),
+            funding("0.0001", "56000", symbol="BTCUSD")]
+
+
+@pytest.mark.parametrize("policy", sorted(PRESETS))
+def test_every_adl_policy_runs_an_inverse_round_in_value_space(policy: str) -> None:
+    engine = Engine(check_conservation=True, adl_policy=preset(policy), adl_quantiles=True, full_adl_metrics=True)
+    _, outcomes = run(_adl_journal(), processor=Processor(engine))
+    assert reasons(outcomes) == []
+    rounds = [r.record for o in outcomes if isinstance(o, Applied) for r in o.effects.adl_rounds]
+    if policy in ("socialized", "bybit"):
+        # the fund keeps every lot (socialized), or its PnL on the symbol has not fallen (Bybit's trigger: the short
+        # lot, long in value space, is worth V(1000, 55400) - cost > 0 at the mark)
+        assert rounds == []
+        return
+    (round_,) = rounds
+    # the short lot's cost V(1000, 55400) - CEILING(0.0050541516245487) = 1.7999999916245487: its BP HALF_EVEN(100,000 /
+    # cost) = 55,555.55581406; at 55,400 closing it costs V(1000, 55400) = 1.8050541516245487 > the cost, so the lot
+    # (long in value space) has no deficit, and its takers (short in value space) give up nothing against the mark
+    assert (round_["bankruptcy_price"], round_["deficit"], round_["haircut"]) == (
+        rounded(Fraction(100000) / Fraction("1.7999999916245487"), 8), D(0), D(0))
+    assert round_["closed"] == D(1000)
+    assert engine.ledger.balance(ledger.funding("BTCUSD")) == 0
+
+
+def test_simulation_liquidates_an_inverse_position_down_to_the_next_bracket() -> None:
+    # brackets: V <= 1 BTC at 1%, <= 100 at 5% (cum 0.04). a: isolated long 100,000 contracts (s = 1) @ 50,000 at 10x
+    # (C 2, M 0.2). At 46,000: N = 2.1739130434782609 (bracket 2); equity 0.2 + 2 - N = 0.0260869565217391 <= MM
+    # HALF_EVEN(N x 0.05) - 0.04 = 0.06869565: liquidated, keeping FLOOR(1 x 46,000 / (1 x 1)) = 46,000 contracts (worth
+    # 1 BTC, the first bracket's ceiling): the order closes 54,000.
+    from backstop.core.simulation import SimulationParams, Simulator
+
+    tiers = (("1", "0.01", "0"), ("100", "0.05", None))
+    records = [fund("COIN", asset="BTC"), inverse(size="1", tick="0.5", tiers=tiers),
+               transfer("seed", "fund:COIN", "100", asset="BTC"), transfer("d-a", "a", "1", asset="BTC"),
+               transfer("d-m", "m", "10", asset="BTC"), btc("a", "buy", "100000", "50000", "isolated"),
+               btc("m", "sell", "100000", "50000"), mark("46000", symbol="BTCUSD")]
+    simulator = Simulator(Processor(Engine(check_conservation=True)), SimulationParams())
+    decided = [record for raw in records for record, _ in simulator.process(decode_record(orjson.dumps(raw)))
+               if record.type == "liquidation"]
+    assert [(record.account_id, record.qty) for record in decided] == [("a", D(54000))]
+    assert simulator.processor.engine.positions.get("a", "BTCUSD").qty == 46000  # type: ignore[union-attr]
+
+
+def test_hedge_sides_of_an_inverse_symbol_share_the_cross_equity_by_maintenance_margin() -> None:
+    # u (wallet 1 BTC) holds a cross long and a cross short of 1,000 @ 50,000 (cost 2 each). At 45,000: N =
+    # V(1000, 45000) = 2.2222222222222222 on each side; uPnL -0.2222222222222222 (long: C - N) and +0.2222222222222222
+    # (short: N - C); TNC 1; MM 0.01111111 each, so each side's share is CEILING(1 x 1/2) = 0.5. Long BP =
+    # FLOOR(100,000 / (N + 0.5)), short BP = CEILING(100,000 / (N - 0.5)).
+    processor, outcomes = run([*coin_market(u="1", m="1"),
+                               fill("ul", "u", "buy", "1000", "50000", symbol="BTCUSD", position_side="long"),
+                               fill("us", "u", "sell", "1000", "50000", symbol="BTCUSD", position_side="short"),
+                               fill("m1", "m", "sell", "1000", "50000", symbol="BTCUSD"),
+                               fill("m2", "m", "buy", "1000", "50000", symbol="BTCUSD"),
+                               mark("45000", symbol="BTCUSD")])
+    assert reasons(outcomes) == []
+    positions = accounts(processor.engine)["u"]["positions"]
+    long, short = positions["BTCUSD:long"], positions["BTCUSD:short"]
+    notional = value(1000, 45000)
+    assert (long["unrealized_pnl"], short["unrealized_pnl"]) == ("-0.22222222", "0.22222222")
+    assert long["margin_balance"] == short["margin_balance"] == "1"
+    assert long["bankruptcy_price"] == str(rounded(Fraction(100000) / (notional + Fraction("0.5")), 8, "floor"))
+    assert short["bankruptcy_price"] == str(rounded(Fraction(100000) / (notional - Fraction("0.5")), 8, "ceiling"))
+    assert (long["bankruptcy_price"], short["bankruptcy_price"]) == ("36734.69387755", "58064.51612904")
