@@ -1419,8 +1419,13 @@ impl Engine {
         let distance = if position.qty > 0 { wsub(wide(mark), bankruptcy) } else { wsub(bankruptcy, wide(mark)) };
         let (pnl, _) = self.exposure(position);
         let cost = position.cost;
-        // the leverage is mark / distance, or BP / distance for an inverse contract (N / equity, section 9.4)
-        let scale = if self.instruments[&position.symbol].valuation.inverse() { bankruptcy } else { wide(mark) };
+        // the leverage is mark / distance, or BP / distance for an inverse contract (N / equity, section 9.4), its BP
+        // at least the price quantum there (a long's BP can round down to 0)
+        let scale = if self.instruments[&position.symbol].valuation.inverse() {
+            bankruptcy.max(Wide::ONE)
+        } else {
+            wide(mark)
+        };
         let (score, past) = if cost <= 0 {
             (Wide::ZERO, true) // a remainder whose cost rounded away: no PnL% to rank by
         } else if distance > Wide::ZERO {
@@ -1715,12 +1720,15 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn adl_event(&mut self, fund: u32, lot: &Lot, account: u32, side: Side, qty: i128, fill_price: Wide, rank: usize,
                  score: Wide, quantile: usize, out: &mut Outputs) {
-        // the event's notional: qty x price, or V(qty, price) for an inverse contract
+        // the event's notional: qty x price, or V(qty, price) for an inverse contract (0 at a reported price of 0,
+        // which stands for a value of 0)
         let valuation = self.instruments[&lot.symbol].valuation;
-        let notional = if valuation.inverse() {
-            wide256(valuation.value_wide(qty, fit128(fill_price).expect("an inverse ADL price is a PRICE")))
-        } else {
+        let notional = if !valuation.inverse() {
             wmul(wide(qty), fill_price)
+        } else if fill_price == Wide::ZERO {
+            Wide::ZERO
+        } else {
+            wide256(valuation.value_wide(qty, fit128(fill_price).expect("an inverse ADL price is a PRICE")))
         };
         self.totals.add_event(notional);
         let id = format!("adl-{}-{}", self.seq, self.counts.adl_events);
