@@ -21,9 +21,7 @@ def test_examples_table_matches_a_replay(tmp_path: Path) -> None:
     for name_cell, _, balances_cell, adl_cell in rows:
         name = name_cell.strip().strip("`")
         out = tmp_path / name
-        # inverse examples: the reference engine until the compiled engine's rules (branch inv-rust) are merged
-        engine = ["--engine", "reference"] if name.startswith(("13-inverse", "14-inverse")) else []
-        assert main(["replay", str(EXAMPLES / name), "--out", str(out), *engine]) == 0
+        assert main(["replay", str(EXAMPLES / name), "--out", str(out)]) == 0
         summary = json.loads((out / "summary.json").read_text())
         for pair in balances_cell.split(","):
             fund_id, balance = pair.split()

@@ -33,9 +33,8 @@ from backstop.service.app import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.jsonl"))
-# Inverse contracts: `backstop replay` runs them in the reference engine (as the service does) until the compiled
-# engine's rules (branch inv-rust) are merged; then this set is emptied.
-REFERENCE_ONLY = {"13-inverse-isolated-liquidations", "14-inverse-funding-and-fifo"}
+# Examples `backstop replay` runs in the reference engine (none: the compiled engine has the inverse rules too).
+REFERENCE_ONLY: set[str] = set()
 
 
 def engine_for(example: Path) -> list[str]:

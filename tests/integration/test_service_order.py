@@ -54,10 +54,8 @@ async def test_each_example_through_a_fresh_service_is_its_replay(config: tuple[
             assert expected == file_order(example)
         ordered = tmp_path / f"{name}.jsonl"
         ordered.write_bytes(b"\n".join(expected) + b"\n")
-        # inverse examples: the reference engine until the compiled one's rules (branch inv-rust) are merged
-        engine = ["--engine", "reference"] if example.stem.split("-")[1:2] == ["inverse"] else []
         assert await asyncio.to_thread(cli, ["replay", str(ordered), "--adl-quantiles", "--out",
-                                             str(tmp_path / name), *engine]) == 0
+                                             str(tmp_path / name)]) == 0
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         await asyncio.to_thread(ensure_topics, settings)
         if how == "before":

@@ -18,9 +18,8 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 D = Decimal
 
 
-# Inverse contracts run in the reference engine until the compiled engine's rules (branch inv-rust) are merged: then
-# this set is emptied and the examples replay in the default engine like the others.
-REFERENCE_ONLY = {"13-inverse-isolated-liquidations.jsonl", "14-inverse-funding-and-fifo.jsonl"}
+# Examples only the reference engine replays (none: the compiled engine has the inverse rules too).
+REFERENCE_ONLY: set[str] = set()
 
 
 def replay(name: str, out: Path) -> dict[str, Any]:
