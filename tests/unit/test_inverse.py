@@ -432,3 +432,27 @@ def test_inverse_journals_at_the_wire_bounds_never_break_the_engine(records: lis
     engine = processor.engine
     accounts(engine)  # every report figure can be formed
     assert state_hash(restore(orjson.loads(orjson.dumps(state_document(engine))))) == state_hash(engine)
+
+
+def test_the_funds_trigger_on_a_mark_move_deleverages_the_excess_in_contracts() -> None:
+    # a: isolated long 1,000 @ 50,000 (C 2, M 0.2), liquidated at 45,000: equity 0.2 + 2 - 2.2222222222222222 ->
+    # behind CEILING = -0.02222222, lot cost 2.2222222222222222 - 0.02222222 = 2.2000000022222222. The fund (2.3 BTC,
+    # ratio 1) keeps it: V(1000, 45000) = 2.2222222222222222 <= 2.3. At 40,000 the lot (long in contracts) is worth
+    # V(1000, 40000) = 2.5: excess 0.2, qty CEILING(0.2 x 40,000 / (100 x 1)) = 80 contracts, deleveraged against m's
+    # short at the lot's BP: proceeds HALF_EVEN(2.2000000022222222 x 80 / 1,000) = 0.176, price HALF_EVEN(8,000 / 0.176)
+    # = 45,454.54545455; then V(920, 40000) = 2.3 is accepted. m realizes (a short: proceeds - cost share) 0.176 -
+    # HALF_EVEN(2 x 80 / 1,000) = 0.016.
+    processor, outcomes = run([*coin_market("2.3", a="1", m="1"), btc("a", "buy", "1000", "50000", "isolated"),
+                               btc("m", "sell", "1000", "50000"), mark("45000", symbol="BTCUSD"),
+                               liquidation("liq-a", "a", "1000", "45000", symbol="BTCUSD"),
+                               mark("40000", symbol="BTCUSD")])
+    assert reasons(outcomes) == []
+    assert isinstance(outcomes[-2], Applied) and outcomes[-2].effects.adl_events == []
+    last = outcomes[-1]
+    assert isinstance(last, Applied)
+    assert [(e.account_id, e.side, e.qty, e.price) for e in last.effects.adl_events] == [
+        ("m", "short", D(80), D("45454.54545455"))]
+    assert [(r.record["trigger"], r.record["qty"]) for r in last.effects.adl_rounds] == [("inventory", D(80))]
+    engine = processor.engine
+    assert engine.funds["COIN"].net_qty("BTCUSD") == 920
+    assert engine.ledger.balance(ledger.wallet("m", "BTC")) == D("1.016")
