@@ -456,3 +456,25 @@ def test_the_funds_trigger_on_a_mark_move_deleverages_the_excess_in_contracts() 
     engine = processor.engine
     assert engine.funds["COIN"].net_qty("BTCUSD") == 920
     assert engine.ledger.balance(ledger.wallet("m", "BTC")) == D("1.016")
+
+
+def test_bybits_drawdown_trigger_resets_an_inverse_lots_proceeds_in_value_space() -> None:
+    # a: isolated long 1,000 @ 50,000 (C 2, M 0.2) liquidated at 40,000: equity 0.2 + 2 - 2.5 = -0.3, so the lot costs
+    # V + equity = 2.2 and is worth 2.5 at the mark: the fund's PnL on it (an inverse long is short in value space)
+    # is 2.2 - 2.5 = -0.3. Fund 0.5 BTC: level = 0 - 0.3 x 0.5 = -0.15 > -0.3, so the trigger fires; room = (-0.3 -
+    # (-0.3)) - (-0.15) = 0.15 and the reset proceeds are C + room = 2.35 (between 2.2 and 2.5; FLOOR for a lot short
+    # in value space): the fund loses 0.15, down to the level, and m (short in contracts) pays 2.35 for what is worth
+    # 2.5, at HALF_EVEN(100,000 / 2.35) = 42,553.19148936, realizing 2.35 - 2 = 0.35.
+    engine = Engine(check_conservation=True, adl_policy=preset("bybit"))
+    processor, outcomes = run([*coin_market("0.5", a="1", m="1"), btc("a", "buy", "1000", "50000", "isolated"),
+                               btc("m", "sell", "1000", "50000"), mark("40000", symbol="BTCUSD"),
+                               liquidation("liq-a", "a", "1000", "40000", symbol="BTCUSD")],
+                              processor=Processor(engine))
+    assert reasons(outcomes) == []
+    last = outcomes[-1]
+    assert isinstance(last, Applied)
+    assert [(r.record["trigger"], r.record["price"]) for r in last.effects.adl_rounds] == [("drawdown", "reset")]
+    assert [(e.account_id, e.qty, e.price) for e in last.effects.adl_events] == [("m", D(1000), D("42553.19148936"))]
+    assert [(e.kind, e.amount) for e in last.effects.fund_entries] == [("liquidation_loss", D("-0.15"))]
+    assert engine.ledger.balance(ledger.fund("COIN")) == D("0.35")
+    assert engine.ledger.balance(ledger.wallet("m", "BTC")) == D("1.35")
