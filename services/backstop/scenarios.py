@@ -298,7 +298,7 @@ def _observe_exactly(metrics: RunMetrics, engine: Engine, record: AnyRecord, out
             record.account_id, Decimal(0)) + record.qty
     for event in outcome.effects.adl_events:
         metrics.adl_events += 1
-        deleveraged = engine.instruments[event.symbol].valuation.value(event.qty, event.price)
+        deleveraged = engine.instruments[event.symbol].valuation.reported_value(event.qty, event.price)
         metrics.adl_notional += deleveraged
         metrics.deleveraged_by_account[event.account_id] = metrics.deleveraged_by_account.get(
             event.account_id, Decimal(0)) + event.qty

@@ -386,3 +386,95 @@ def test_hedge_sides_of_an_inverse_symbol_share_the_cross_equity_by_maintenance_
     assert long["bankruptcy_price"] == str(rounded(Fraction(100000) / (notional + Fraction("0.5")), 8, "floor"))
     assert short["bankruptcy_price"] == str(rounded(Fraction(100000) / (notional - Fraction("0.5")), 8, "ceiling"))
     assert (long["bankruptcy_price"], short["bankruptcy_price"]) == ("36734.69387755", "58064.51612904")
+
+
+@st.composite
+def extreme_inverse_journals(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Contract sizes, prices and quantities at the wire's bounds: values that round to nothing, faces at MAX_FACE,
+    lots clamped at either end."""
+    size = draw(st.sampled_from(["0.00000001", "1", "100", "9999999999.99999999"]))
+    prices = st.sampled_from(["0.00000001", "0.5", "1", "50000", "9999999999.99999999"])
+    quantities = st.sampled_from(["1", "7", "10000", "99999999", "999999999999"])
+    records = [fund("COIN", asset="BTC"),
+               inverse(size=size, tick="0.00000001", tiers=(("1", "0.01", "0"), ("9999999999999999", "0.5", None))),
+               transfer("seed", "fund:COIN", draw(st.sampled_from(["0.00000001", "9999999999999999"])), asset="BTC"),
+               *(transfer(f"d-{a}", a, draw(st.sampled_from(["0.00000001", "1", "9999999999999999"])), asset="BTC")
+                 for a in "abc")]
+    for step in range(draw(st.integers(1, 10))):
+        account = draw(st.sampled_from("abc"))
+        kind = draw(st.sampled_from(["fill", "fill", "mark", "funding", "liquidation"]))
+        price = draw(prices)
+        if kind == "fill":
+            side, qty = draw(st.sampled_from(["buy", "sell"])), draw(quantities)
+            mode = draw(st.sampled_from(["cross", "isolated"]))
+            leverage = draw(st.sampled_from(["0.01", "1", "1000"]))
+            records += [fill(f"f{step}", account, side, qty, price, symbol="BTCUSD", mode=mode, leverage=leverage),
+                        fill(f"g{step}", "c" if account != "c" else "a", "sell" if side == "buy" else "buy", qty,
+                             price, symbol="BTCUSD", mode=mode, leverage=leverage)]
+        elif kind == "mark":
+            records.append(mark(price, symbol="BTCUSD"))
+        elif kind == "funding":
+            records.append(funding(draw(st.sampled_from(["0.0001", "-0.9"])), price, symbol="BTCUSD"))
+        else:
+            records.append(liquidation(f"liq{step}", account, draw(quantities), price, symbol="BTCUSD",
+                                       executions=[("1", draw(prices))]))
+    return records
+
+
+@settings(max_examples=150, deadline=None)
+@given(extreme_inverse_journals())
+def test_inverse_journals_at_the_wire_bounds_never_break_the_engine(records: list[dict[str, Any]]) -> None:
+    """Every record is applied or rejected with a reason (no exception, no inexact arithmetic), money is conserved
+    after every event, and a restored snapshot has the same state hash."""
+    processor = Processor(Engine(check_conservation=True))
+    for record in records:
+        processor.process(decode_record(orjson.dumps(record)))
+    engine = processor.engine
+    accounts(engine)  # every report figure can be formed
+    assert state_hash(restore(orjson.loads(orjson.dumps(state_document(engine))))) == state_hash(engine)
+
+
+def test_the_funds_trigger_on_a_mark_move_deleverages_the_excess_in_contracts() -> None:
+    # a: isolated long 1,000 @ 50,000 (C 2, M 0.2), liquidated at 45,000: equity 0.2 + 2 - 2.2222222222222222 ->
+    # behind CEILING = -0.02222222, lot cost 2.2222222222222222 - 0.02222222 = 2.2000000022222222. The fund (2.3 BTC,
+    # ratio 1) keeps it: V(1000, 45000) = 2.2222222222222222 <= 2.3. At 40,000 the lot (long in contracts) is worth
+    # V(1000, 40000) = 2.5: excess 0.2, qty CEILING(0.2 x 40,000 / (100 x 1)) = 80 contracts, deleveraged against m's
+    # short at the lot's BP: proceeds HALF_EVEN(2.2000000022222222 x 80 / 1,000) = 0.176, price HALF_EVEN(8,000 / 0.176)
+    # = 45,454.54545455; then V(920, 40000) = 2.3 is accepted. m realizes (a short: proceeds - cost share) 0.176 -
+    # HALF_EVEN(2 x 80 / 1,000) = 0.016.
+    processor, outcomes = run([*coin_market("2.3", a="1", m="1"), btc("a", "buy", "1000", "50000", "isolated"),
+                               btc("m", "sell", "1000", "50000"), mark("45000", symbol="BTCUSD"),
+                               liquidation("liq-a", "a", "1000", "45000", symbol="BTCUSD"),
+                               mark("40000", symbol="BTCUSD")])
+    assert reasons(outcomes) == []
+    assert isinstance(outcomes[-2], Applied) and outcomes[-2].effects.adl_events == []
+    last = outcomes[-1]
+    assert isinstance(last, Applied)
+    assert [(e.account_id, e.side, e.qty, e.price) for e in last.effects.adl_events] == [
+        ("m", "short", D(80), D("45454.54545455"))]
+    assert [(r.record["trigger"], r.record["qty"]) for r in last.effects.adl_rounds] == [("inventory", D(80))]
+    engine = processor.engine
+    assert engine.funds["COIN"].net_qty("BTCUSD") == 920
+    assert engine.ledger.balance(ledger.wallet("m", "BTC")) == D("1.016")
+
+
+def test_bybits_drawdown_trigger_resets_an_inverse_lots_proceeds_in_value_space() -> None:
+    # a: isolated long 1,000 @ 50,000 (C 2, M 0.2) liquidated at 40,000: equity 0.2 + 2 - 2.5 = -0.3, so the lot costs
+    # V + equity = 2.2 and is worth 2.5 at the mark: the fund's PnL on it (an inverse long is short in value space)
+    # is 2.2 - 2.5 = -0.3. Fund 0.5 BTC: level = 0 - 0.3 x 0.5 = -0.15 > -0.3, so the trigger fires; room = (-0.3 -
+    # (-0.3)) - (-0.15) = 0.15 and the reset proceeds are C + room = 2.35 (between 2.2 and 2.5; FLOOR for a lot short
+    # in value space): the fund loses 0.15, down to the level, and m (short in contracts) pays 2.35 for what is worth
+    # 2.5, at HALF_EVEN(100,000 / 2.35) = 42,553.19148936, realizing 2.35 - 2 = 0.35.
+    engine = Engine(check_conservation=True, adl_policy=preset("bybit"))
+    processor, outcomes = run([*coin_market("0.5", a="1", m="1"), btc("a", "buy", "1000", "50000", "isolated"),
+                               btc("m", "sell", "1000", "50000"), mark("40000", symbol="BTCUSD"),
+                               liquidation("liq-a", "a", "1000", "40000", symbol="BTCUSD")],
+                              processor=Processor(engine))
+    assert reasons(outcomes) == []
+    last = outcomes[-1]
+    assert isinstance(last, Applied)
+    assert [(r.record["trigger"], r.record["price"]) for r in last.effects.adl_rounds] == [("drawdown", "reset")]
+    assert [(e.account_id, e.qty, e.price) for e in last.effects.adl_events] == [("m", D(1000), D("42553.19148936"))]
+    assert [(e.kind, e.amount) for e in last.effects.fund_entries] == [("liquidation_loss", D("-0.15"))]
+    assert engine.ledger.balance(ledger.fund("COIN")) == D("0.35")
+    assert engine.ledger.balance(ledger.wallet("m", "BTC")) == D("1.35")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from backstop.core.numbers import CONTEXT, ONE, ZERO, ratio, whole_steps
+from backstop.core.numbers import CONTEXT, ONE, PRICE_QUANTUM, ZERO, ratio, whole_steps
 from backstop.core.state import Position
 from backstop.core.valuation import Valuation
 
@@ -55,11 +55,11 @@ def score(unrealized_pnl: Decimal, cost: Decimal, mark: Decimal, distance: Decim
 def rank_position(position: Position, mark: Decimal, bankruptcy: Decimal, valuation: Valuation) -> Ranked:
     """Score one position against its own (rounded) BP: distance = mark - BP for a long, BP - mark for a short.
     Its leverage is mark / distance, or BP / distance for an inverse contract (N / equity: docs/design.md §9.4), so
-    the score's `mark` is the BP there."""
+    the score's `mark` is the BP there, at least the price quantum 1e-8 (a long's BP can round down to 0)."""
     unrealized = position.unrealized_pnl(mark, valuation)
     cost = position.cost
     distance = mark - bankruptcy if position.qty > 0 else bankruptcy - mark
-    scale = bankruptcy if valuation.inverse else mark
+    scale = max(bankruptcy, PRICE_QUANTUM) if valuation.inverse else mark  # a long's BP may floor to 0
     if cost <= 0:  # a remainder whose cost rounded away: no PnL% to rank by
         return Ranked(position, ZERO, bankruptcy, True, unrealized, (scale, distance))
     if distance <= 0:

@@ -37,6 +37,13 @@ class Valuation:
             return CONTEXT.multiply(qty, price)
         return div(CONTEXT.multiply(qty, size), price, VALUE_QUANTUM, ROUND_HALF_EVEN)
 
+    def reported_value(self, qty: Decimal, reported_price: Decimal) -> Decimal:
+        """The value of qty at a reported price (an ADL event's, summed in summaries): V(qty, price), and 0 at a
+        reported price of 0, which stands for a value of 0 (reported_price)."""
+        if reported_price == 0:
+            return ZERO
+        return self.value(qty, reported_price)
+
     def signed_value(self, qty: Decimal, price: Decimal) -> Decimal:
         """The value of a signed qty, signed as the qty (funding: a long pays when the rate is positive)."""
         value = self.value(abs(qty), price)
