@@ -343,8 +343,21 @@ def inverse_extreme_journals(draw: st.DrawFn, max_events: int = 30) -> list[dict
     return journal
 
 
+# The fund's excess in coin (a lot of INVTOP valued at a mark of 1e-8: 10^18) in contracts of INVTINY at 50000 passes
+# any qty before it is capped at the net qty (the compiled engine overflowed there).
+HUGE_EXCESS = [
+    *INVERSE_WORLD,
+    fill("xf0", "x0", "buy", TINY, TINY, symbol="INVTINY", leverage="0.01"),
+    fill("xf1", "x0", "buy", "1", TINY, symbol="INVTOP", leverage="0.01"),
+    liquidation("xl7", "x0", TINY, TINY, symbol="INVTINY"),
+    liquidation("xl8", "x0", "1", TINY, symbol="INVTOP"),
+    mark("50000", symbol="INVTINY"),
+]
+
+
 @given(journal=inverse_extreme_journals())
 @example(journal=INVERSE_EDGES)
+@example(journal=HUGE_EXCESS)
 def test_inverse_journals_at_the_bounds_replay_alike(journal: list[dict[str, Any]],
                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
     directory = tmp_path_factory.mktemp("inverse-extremes")

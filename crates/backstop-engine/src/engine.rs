@@ -845,8 +845,9 @@ impl Engine {
             Some(contract_size) => ratio(mul(excess, I256::new(mark)), S26 + S8, product(contract_size,
                                          instrument.lot_size), S16, 0, Rounding::Ceiling),
         };
-        let wanted = crate::numbers::narrow(mul(lots, I256::new(instrument.lot_size)));
-        wanted.min(net.abs())
+        // at most the net qty: an inverse excess (coin of every symbol of the fund) in contracts of this symbol at its
+        // mark can pass any qty
+        crate::numbers::narrow(mul(lots, I256::new(instrument.lot_size)).min(I256::new(net.abs())))
     }
 
     #[allow(clippy::too_many_arguments)]
