@@ -466,10 +466,9 @@ def test_bybits_drawdown_trigger_resets_an_inverse_lots_proceeds_in_value_space(
     # in value space): the fund loses 0.15, down to the level, and m (short in contracts) pays 2.35 for what is worth
     # 2.5, at HALF_EVEN(100,000 / 2.35) = 42,553.19148936, realizing 2.35 - 2 = 0.35.
     engine = Engine(check_conservation=True, adl_policy=preset("bybit"))
-    processor, outcomes = run([*coin_market("0.5", a="1", m="1"), btc("a", "buy", "1000", "50000", "isolated"),
-                               btc("m", "sell", "1000", "50000"), mark("40000", symbol="BTCUSD"),
-                               liquidation("liq-a", "a", "1000", "40000", symbol="BTCUSD")],
-                              processor=Processor(engine))
+    _, outcomes = run([*coin_market("0.5", a="1", m="1"), btc("a", "buy", "1000", "50000", "isolated"),
+                       btc("m", "sell", "1000", "50000"), mark("40000", symbol="BTCUSD"),
+                       liquidation("liq-a", "a", "1000", "40000", symbol="BTCUSD")], processor=Processor(engine))
     assert reasons(outcomes) == []
     last = outcomes[-1]
     assert isinstance(last, Applied)
