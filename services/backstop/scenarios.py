@@ -133,8 +133,13 @@ def load_params(path: Path) -> WhatIfFile:
 
 
 def wire_line(record: AnyRecord) -> bytes:
-    """The record as a journal line: canonical JSON, decimals in plain notation (never an exponent)."""
-    return canonical_json(record.model_dump())
+    """The record as a journal line: canonical JSON, decimals in plain notation (never an exponent). A linear
+    instrument's line leaves the inverse fields out (docs/design.md §7), as a journal written before them did, so
+    that a reader of that contract reads it."""
+    document = record.model_dump()
+    if isinstance(record, InstrumentRecord) and record.contract_type == "linear" and record.contract_size is None:
+        del document["contract_type"], document["contract_size"]
+    return canonical_json(document)
 
 
 def _changed_by(record: AnyRecord) -> str:
@@ -284,20 +289,20 @@ def _observe_exactly(metrics: RunMetrics, engine: Engine, record: AnyRecord, out
             positions = engine.by_symbol[record.symbol].values()
             longs = sum(1 for p in positions if p.qty > 0)
             queue[minute] = (longs, len(engine.by_symbol[record.symbol]) - longs)
-    if isinstance(record, LiquidationRecord):
-        metrics.minute_liquidated[minute] = metrics.minute_liquidated.get(minute, Decimal(0)) + (
-            record.qty * record.mark_price)
+    if isinstance(record, LiquidationRecord):  # notionals: qty x price, V(qty, price) for an inverse contract
+        liquidated = engine.instruments[record.symbol].valuation.value(record.qty, record.mark_price)
+        metrics.minute_liquidated[minute] = metrics.minute_liquidated.get(minute, Decimal(0)) + liquidated
         metrics.liquidations += 1
-        metrics.liquidated_notional += record.qty * record.mark_price
+        metrics.liquidated_notional += liquidated
         metrics.liquidated_by_account[record.account_id] = metrics.liquidated_by_account.get(
             record.account_id, Decimal(0)) + record.qty
     for event in outcome.effects.adl_events:
         metrics.adl_events += 1
-        metrics.adl_notional += event.qty * event.price
+        deleveraged = engine.instruments[event.symbol].valuation.reported_value(event.qty, event.price)
+        metrics.adl_notional += deleveraged
         metrics.deleveraged_by_account[event.account_id] = metrics.deleveraged_by_account.get(
             event.account_id, Decimal(0)) + event.qty
-        metrics.minute_deleveraged[minute] = metrics.minute_deleveraged.get(minute, Decimal(0)) + (
-            event.qty * event.price)
+        metrics.minute_deleveraged[minute] = metrics.minute_deleveraged.get(minute, Decimal(0)) + deleveraged
     for round_ in outcome.effects.adl_rounds:
         metrics.minute_haircut[minute] = metrics.minute_haircut.get(minute, Decimal(0)) + round_.haircut
         metrics.minute_needed[minute] = metrics.minute_needed.get(minute, Decimal(0)) + round_.needed

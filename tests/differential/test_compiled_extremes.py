@@ -252,3 +252,141 @@ def test_journals_at_the_bounds_replay_alike_under_generated_policies(
     path = directory / "journal.jsonl"
     path.write_bytes(lines(journal))
     _run_both(path, directory, adl_policy=policy, full_adl_metrics=full, snapshot_every=5)
+
+
+# ------------------------------------------------------------------ inverse contracts at their bounds (§7, §9.3)
+# An inverse position's face |q| x s stays below MAX_FACE (10^14), so with prices down to 1e-8 every value V(q, P) =
+# |q| x s / P stays below 10^22, as a linear one does; the contract sizes span the PRICE kind. Fills of the largest
+# face at the smallest price carry costs near MAX_COST, a short's round trip realizes about 10^22 of the coin, and the
+# lots taken over are clamped at one tick and at the largest PRICE.
+INVERSE_SIZES = {"INVTINY": TINY, "INVONE": "1", "INVUSD": "100", "INVTOP": TOP}
+# the largest qty whose face is below 10^14 (QTY's own bound for the small sizes)
+FACE_QTY = {"INVTINY": MOST, "INVONE": MOST, "INVUSD": "999999999999.99999999", "INVTOP": "10000"}
+INVERSE_PRICES = (TINY, "0.5", "1", "50000", TOP)
+INVERSE_WORLD = [
+    fund("COINX", asset="XBT", ratio="0"),
+    *(instrument(symbol, fund_id="COINX", asset="XBT", tick=TINY, lot=TINY, tiers=TIERS, contract_type="inverse",
+                 contract_size=size) for symbol, size in INVERSE_SIZES.items()),
+    transfer("seed-x", "fund:COINX", BIG, asset="XBT"),
+    *(transfer(f"dx{n}", f"x{n}", BIG, asset="XBT") for n in range(4)),
+]
+INVERSE_EDGES = [
+    *INVERSE_WORLD,
+    # MAX_FACE: 10000 x 9999999999.99999999 is below 10^14, 10000.00000001 is not (at once, or grown)
+    fill("x0-face", "x0", "sell", "10000", TINY, symbol="INVTOP"),
+    fill("x1-over", "x1", "buy", "10000.00000001", TOP, symbol="INVTOP"),
+    fill("x1-long", "x1", "buy", "9999.99999999", TOP, symbol="INVTOP"),
+    fill("x1-grow", "x1", "buy", "0.00000002", TOP, symbol="INVTOP"),
+    # a short's round trips: sold at the largest price (a cost of about 10^4), bought back at the smallest (a value
+    # near 10^22): the short's coin gain
+    *(record for n in range(3) for record in (
+        fill(f"x2-sell{n}", "x2", "sell", "9999.99999999", TOP, symbol="INVTOP"),
+        fill(f"x2-buy{n}", "x2", "buy", "9999.99999999", TINY, symbol="INVTOP"))),
+    fill("x3-tiny", "x3", "buy", TINY, TOP, symbol="INVTINY"),
+    fill("x2-tiny", "x2", "sell", MOST, TINY, symbol="INVTINY", mode="isolated", leverage="0.01"),
+    fill("x3-usd", "x3", "buy", "999999999999.99999999", "50000", symbol="INVUSD", mode="isolated", leverage="1000"),
+    fill("x0-usd", "x0", "sell", "0.00000003", "50000", symbol="INVUSD"),
+    mark(TINY, symbol="INVUSD"),
+    mark(TOP, symbol="INVTOP"),
+    funding("0.999999999999999999", TINY, symbol="INVUSD"),
+    funding("-0.999999999999999999", TOP, symbol="INVTOP"),
+    liquidation("lx3", "x3", "999999999999.99999999", TINY, symbol="INVUSD", executions=[(TINY, TOP)],
+                bankruptcy_price="1"),
+    liquidation("lx0", "x0", "0.00000001", TOP, symbol="INVTOP"),
+    liquidation("lx1", "x1", "9999.99999999", "0.5", symbol="INVTOP"),
+    liquidation("lx2", "x2", MOST, TOP, symbol="INVTINY"),
+    fill("fund-x", "fund:COINX", "buy", TINY, TINY, symbol="INVTINY"),
+]
+
+
+@st.composite
+def inverse_extreme_journals(draw: st.DrawFn, max_events: int = 30) -> list[dict[str, Any]]:
+    """The inverse world at its bounds: fills of the largest faces and the smallest, at the bounds of PRICE, marks
+    and fundings there, and liquidations of what is held (qty resolved against the reference's state)."""
+    from backstop.core.engine import Engine
+    from backstop.core.numbers import text
+    from backstop.core.processor import Processor
+    from backstop.wire.decode import decode_record
+
+    processor = Processor(Engine())
+    journal: list[dict[str, Any]] = []
+    for record in INVERSE_WORLD:
+        processor.process(decode_record(orjson.dumps(record)))
+        journal.append(record)
+    for number in range(draw(st.integers(1, max_events))):
+        symbol = draw(st.sampled_from(sorted(INVERSE_SIZES)))
+        kind = draw(st.sampled_from(["fill", "fill", "fill", "mark", "funding", "liquidation", "liquidation"]))
+        price = draw(st.sampled_from(INVERSE_PRICES))
+        record: dict[str, Any]
+        if kind == "fill":
+            qty = draw(st.sampled_from([TINY, "1", FACE_QTY[symbol], "10000.00000001", MOST]))
+            record = fill(f"xf{number}", f"x{draw(st.integers(0, 3))}", draw(st.sampled_from(["buy", "sell"])), qty,
+                          price, symbol=symbol, mode=draw(st.sampled_from(["cross", "isolated"])),
+                          leverage=draw(st.sampled_from(["0.01", "1", "1000"])))
+        elif kind == "mark":
+            record = mark(price, symbol=symbol)
+        elif kind == "funding":
+            record = funding(draw(st.sampled_from(["0.999999999999999999", "-0.5", "0.000000000000000001"])), price,
+                             symbol=symbol)
+        else:
+            held = sorted(processor.engine.by_symbol.get(symbol, {}).items())
+            if not held:
+                continue
+            _, position = held[draw(st.integers(0, len(held) - 1))]
+            qty = position.size if draw(st.booleans()) else min(position.size, Decimal(TINY))
+            side = None if position.position_side == "both" else position.position_side
+            record = liquidation(f"xl{number}", position.account_id, text(qty), price, symbol=symbol,
+                                 executions=[(TINY, draw(st.sampled_from(INVERSE_PRICES)))] if draw(st.booleans())
+                                 else [], position_side=side)
+        processor.process(decode_record(orjson.dumps(record)))
+        journal.append(record)
+    return journal
+
+
+# The fund's excess in coin (a lot of INVTOP valued at a mark of 1e-8: 10^18) in contracts of INVTINY at 50000 passes
+# any qty before it is capped at the net qty (the compiled engine overflowed there).
+HUGE_EXCESS = [
+    *INVERSE_WORLD,
+    fill("xf0", "x0", "buy", TINY, TINY, symbol="INVTINY", leverage="0.01"),
+    fill("xf1", "x0", "buy", "1", TINY, symbol="INVTOP", leverage="0.01"),
+    liquidation("xl7", "x0", TINY, TINY, symbol="INVTINY"),
+    liquidation("xl8", "x0", "1", TINY, symbol="INVTOP"),
+    mark("50000", symbol="INVTINY"),
+]
+
+
+@given(journal=inverse_extreme_journals())
+@example(journal=INVERSE_EDGES)
+@example(journal=HUGE_EXCESS)
+def test_inverse_journals_at_the_bounds_replay_alike(journal: list[dict[str, Any]],
+                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    directory = tmp_path_factory.mktemp("inverse-extremes")
+    path = directory / "journal.jsonl"
+    path.write_bytes(lines(journal))
+    reference = run(path, directory / "reference", "reference", snapshot_every=5, adl_quantiles=True)
+    compiled = run(path, directory / "compiled", "compiled", snapshot_every=5, adl_quantiles=True)
+    assert_same(reference, compiled)
+    snapshots = sorted((directory / "reference" / "snapshots").glob("*.json"))
+    if snapshots:
+        assert_same(run(path, directory / "resumed-reference", "reference", from_snapshot=snapshots[-1]),
+                    run(path, directory / "resumed-compiled", "compiled", from_snapshot=snapshots[-1]))
+
+
+def test_the_inverse_edges_reach_the_bounds(tmp_path: Path) -> None:
+    """INVERSE_EDGES is not vacuous: MAX_FACE refuses the contract beyond it, and clamped lots and values near 10^22
+    come out alike."""
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(lines(INVERSE_EDGES))
+    compiled = _run_both(path, tmp_path, full_adl_metrics=True, adl_quantiles=True)
+    reasons = [orjson.loads(line)["reason"] for line in compiled["dead-letter.jsonl"].splitlines()]
+    assert reasons[:2] == ["position face value would be 100000000000099.9998999999999999, above the bound 10^14"] * 2
+    assert b'"bp_clamped"' in compiled["findings.jsonl"]
+    accounts = orjson.loads(compiled["accounts.json"])
+    assert Decimal(accounts["x2"]["wallets"]["XBT"]) > Decimal(BIG) + Decimal(10) ** 22  # the round trips' gains
+
+
+@pytest.mark.parametrize("policy", sorted(PRESETS))
+def test_the_inverse_edges_replay_alike_under_every_policy(policy: str, tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(lines(INVERSE_EDGES))
+    _run_both(path, tmp_path, adl_policy=PRESETS[policy], full_adl_metrics=True, snapshot_every=7)

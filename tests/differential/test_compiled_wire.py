@@ -68,8 +68,15 @@ def record(kind: str, draw: st.DrawFn) -> dict[str, Any]:
     if kind == "instrument":
         tiers = [{name: draw(decimal_text(k)) for name, k in DECIMALS["tier"].items()}
                  for _ in range(draw(st.integers(0, 3)))]
-        return {"type": "instrument", "ts": ts, "symbol": draw(symbols), "settle_asset": draw(assets),
-                "tiers": tiers, "fund_id": draw(identifiers), **d}
+        result = {"type": "instrument", "ts": ts, "symbol": draw(symbols), "settle_asset": draw(assets),
+                  "tiers": tiers, "fund_id": draw(identifiers), **d}
+        # contract version 2's inverse contracts: either field, both or neither (the engine, not the wire, pairs them)
+        contract_type = draw(st.sampled_from([None, "linear", "inverse", "inverse", "Inverse", ""]))
+        if contract_type is not None:
+            result["contract_type"] = contract_type
+        if draw(st.booleans()):
+            result["contract_size"] = draw(st.one_of(decimal_text("PRICE"), st.none()))
+        return result
     if kind == "transfer":
         return {"type": "transfer", "ts": ts, "transfer_id": draw(identifiers), "account_id": draw(identifiers),
                 "asset": draw(assets), **d}
@@ -208,6 +215,14 @@ CRAFTED = [
     encode([*INSTRUMENT.items(), ("tiers", [1, *[TIER] * 70])]), encode([*INSTRUMENT.items(), ("tiers", [1, 2])]),
     encode([*INSTRUMENT.items(), ("tiers", [{**TIER, "x": 1, "mmr": 5}])]),
     encode([*INSTRUMENT.items(), ("tiers", [{"mmr": "0.1"}])]), encode([*INSTRUMENT.items(), ("tiers", None)]),
+    encode([*INSTRUMENT.items(), ("contract_type", "inverse"), ("contract_size", "100")]),
+    encode([*INSTRUMENT.items(), ("contract_type", "inverse"), ("contract_size", "0")]),
+    encode([*INSTRUMENT.items(), ("contract_type", "inverse"), ("contract_size", "12345678901")]),
+    encode([*INSTRUMENT.items(), ("contract_type", "inverse"), ("contract_size", "0.000000001")]),
+    encode([*INSTRUMENT.items(), ("contract_type", "inverse"), ("contract_size", 100)]),
+    encode([*INSTRUMENT.items(), ("contract_type", "quanto"), ("contract_size", "1")]),
+    encode([*INSTRUMENT.items(), ("contract_type", None)]), encode([*INSTRUMENT.items(), ("contract_size", None)]),
+    encode([*INSTRUMENT.items(), ("contract_type", "linear"), ("contract_size", "-1")]),
     b'{"type":"liquidation","executions":null}', b'{"\\u0074ype":"fill"}', b'{"type":"fi\\u006cl"}',
     b'{"type":"fill"} ', b' {"type":"fill"}\r\n', b'{"type":"fill","ts":"\\ud83d\\ude00"}',
     *(encode([*FILL.items(), ("leverage", value)]) for value in ("0.01", "0.009", "1000", "1000.00000000",

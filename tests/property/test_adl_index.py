@@ -16,6 +16,7 @@ from backstop.core.engine import AdlPolicy, Engine
 from backstop.core.processor import Processor
 from backstop.core.snapshot import state_hash
 from backstop.core.state import Position
+from backstop.core.valuation import LINEAR
 from backstop.wire.decode import decode_record
 from scenario import fund, instrument, run, transfer
 
@@ -57,7 +58,7 @@ def add_row(engine: Engine, row: dict[str, Any], mark: dict[str, Decimal]) -> No
     position = Position(row["account"], row["symbol"], row["qty"] * row["side"], cost, mode, D(10))
     engine.positions.add(position)
     engine.by_symbol[row["symbol"]][position.key] = position
-    upnl = position.unrealized_pnl(mark[row["symbol"]])
+    upnl = position.unrealized_pnl(mark[row["symbol"]], LINEAR)
     if mode == "isolated":
         engine.ledger.balances[ledger.isolated(row["account"], row["symbol"])] = row["equity"] - upnl
     else:  # the wallet makes this position's equity the drawn one (other cross positions move it further)
@@ -409,3 +410,57 @@ def test_a_refresh_in_slices_leaves_the_rest_touched_and_the_deleverage_still_ex
     full = engine.adl_queue(symbol, side)  # type: ignore[arg-type]
     assert engine.adl_index.pending == 0
     assert count == len(full) and head(fast, qty) == head(full, qty)
+
+
+@st.composite
+def inverse_books(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Inverse BTCUSD positions (contract size 100, money in BTC) around the mark, equity from past bankruptcy to a
+    hair above zero; some accounts also hold a linear BTC-settled position in cross margin."""
+    rows = []
+    for number in range(draw(st.integers(1, 30))):
+        entry = D(50000) * D(draw(st.integers(500, 1500))) / 1000
+        rows.append({"account": f"i{number:02d}", "symbol": "BTCUSD", "side": draw(st.sampled_from([1, -1])),
+                     "qty": D(draw(st.integers(1, 5000))), "entry": entry.quantize(D("0.5")),
+                     "mode": draw(st.sampled_from(["cross", "isolated"])),
+                     "equity": draw(st.sampled_from([D("-1"), D(0), D("1e-8"), D("0.01")])
+                                    | st.decimals(-10, 100, places=8)),
+                     "linear": draw(st.booleans())})
+    return rows
+
+
+@given(inverse_books(), st.sampled_from(["long", "short"]), st.integers(1, 20000), st.integers(800, 1200))
+def test_an_inverse_symbol_is_ranked_exactly_whatever_the_index_holds(rows: list[dict[str, Any]], side: str,
+                                                                      qty: int, move: int) -> None:
+    """The index's float rows score linear positions only: a deleverage in an inverse symbol ranks its side exactly
+    (docs/design.md §7), and linear rows of the same accounts do not disturb it."""
+    from backstop.core.valuation import Valuation
+
+    processor, _ = run([fund("COIN", asset="BTC"),
+                        instrument("BTCUSD", fund_id="COIN", asset="BTC", tick="0.5", lot="1",
+                                   contract_type="inverse", contract_size="100"),
+                        instrument("ETHBTC", fund_id="COIN", asset="BTC", tick="0.00001", lot="0.01")])
+    engine = processor.engine
+    valuation = Valuation(D(100))
+    engine.marks.update({"BTCUSD": D(50000), "ETHBTC": D("0.05")})
+    for row in rows:
+        position = Position(row["account"], "BTCUSD", row["qty"] * row["side"], valuation.value(row["qty"],
+                            row["entry"]), row["mode"], D(10))
+        engine.positions.add(position)
+        engine.by_symbol["BTCUSD"][position.key] = position
+        upnl = position.unrealized_pnl(D(50000), valuation)
+        account = (ledger.isolated(row["account"], "BTCUSD") if row["mode"] == "isolated"
+                   else ledger.wallet(row["account"], "BTC"))
+        engine.ledger.balances[account] = row["equity"] - upnl
+        if row["linear"]:
+            other = Position(row["account"], "ETHBTC", D(1), D("0.05"), "isolated", D(10))
+            engine.positions.add(other)
+            engine.by_symbol["ETHBTC"][other.key] = other
+        engine.adl_index.touch(row["account"])
+    engine.refresh_adl_index()
+    engine.marks["BTCUSD"] = (D(50000) * move / 1000).quantize(D("0.5"))
+    full = engine.adl_queue("BTCUSD", side)  # type: ignore[arg-type]
+    fast, count = engine._adl_top("BTCUSD", side, D(qty))  # type: ignore[arg-type]
+    assert count == len(full)
+    assert head(fast, D(qty)) == head(full, D(qty))
+    linear, _ = engine._adl_top("ETHBTC", "long", D(1))
+    assert head(linear, D(1)) == head(engine.adl_queue("ETHBTC", "long"), D(1))

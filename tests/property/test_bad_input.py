@@ -18,6 +18,8 @@ from backstop.wire.decode import InvalidRecord, decode_record
 from fuzzing import SETUP, TEMPLATES, mutated
 from scenario import run
 
+BLANK = b" \t\r"  # what the journal readers skip as a blank line (bytes.strip() would also take \x0b, \x0c)
+
 
 @given(st.one_of(mutated(), st.binary(max_size=300)))
 def test_bad_input_is_refused_with_a_reason_and_changes_nothing(raw: bytes) -> None:
@@ -74,13 +76,13 @@ def test_backstop_replay_dead_letters_fuzzed_lines_and_the_rest_replays_alone(fu
         dead_lines = {letter["line"] for letter in dead}
         parts = journal.read_bytes().split(b"\n")
         for number, part in enumerate(parts, start=1):
-            if part.strip():
+            if part.strip(BLANK):
                 try:
                     decode_record(part.rstrip(b"\r"))
                 except InvalidRecord:
                     assert number in dead_lines, f"line {number} does not decode but was not dead-lettered"
         summary = orjson.loads(Path(scratch, "out", "summary.json").read_bytes())
-        read = sum(1 for part in parts if part.strip())
+        read = sum(1 for part in parts if part.strip(BLANK))
         assert summary["events_applied"] + summary["duplicates"] + summary["rejected"] == read
         clean.write_bytes(b"\n".join(p for n, p in enumerate(parts, start=1) if n not in dead_lines))
         assert cli.main(["replay", str(clean), "--out", f"{scratch}/clean", "--strict"]) == 0

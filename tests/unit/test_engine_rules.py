@@ -10,6 +10,7 @@ import pytest
 from backstop.core import ledger
 from backstop.core.processor import Applied, Duplicate, Rejection
 from backstop.core.snapshot import state_hash
+from backstop.core.valuation import LINEAR
 from scenario import fill, fund, funding, instrument, liquidation, mark, run, transfer
 
 D = Decimal
@@ -199,12 +200,12 @@ def test_binance_ranking_is_its_published_leverage_pnl() -> None:
                                                                ("A5", D(10), D("0.010912265386"))]
     isolated = Position("i", "BTCUSDT", D(1), D(10000), "isolated", D(10))
     # isolated long 1 @ 10,000 with margin 1,000 at mark 12,000: uPnL 2,000, margin balance 3,000, MM 120
-    ranked = rank_binance(isolated, D(12000), collateral=D(1000), margin_balance=D(3000), maintenance=D(120),
+    ranked = rank_binance(isolated, D(12000), LINEAR, collateral=D(1000), margin_balance=D(3000), maintenance=D(120),
                           equity=D(3000), bankruptcy=D(9000))
     assert ranked.score == D("0.08")  # 2,000 / 1,000 x 120 / 3,000
     assert ranked.leverage == D(4)  # explain's effective leverage: 12,000 / 3,000
     # a losing position scores 0 (Binance: Pnl Percent = max(0, uPnL) / ...), and is not ranked last apart
-    losing = rank_binance(isolated, D(9500), collateral=D(1000), margin_balance=D(500), maintenance=D(95),
+    losing = rank_binance(isolated, D(9500), LINEAR, collateral=D(1000), margin_balance=D(500), maintenance=D(95),
                           equity=D(500), bankruptcy=D(9000))
     assert (losing.score, losing.past_bankruptcy) == (D(0), False)
 

@@ -18,8 +18,13 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 D = Decimal
 
 
+# Examples only the reference engine replays (none: the compiled engine has the inverse rules too).
+REFERENCE_ONLY: set[str] = set()
+
+
 def replay(name: str, out: Path) -> dict[str, Any]:
-    assert main(["replay", str(EXAMPLES / name), "--out", str(out), "--check-conservation"]) == 0
+    engine = ["--engine", "reference"] if name in REFERENCE_ONLY else []
+    assert main(["replay", str(EXAMPLES / name), "--out", str(out), "--check-conservation", *engine]) == 0
     result: dict[str, Any] = {
         "summary": json.loads((out / "summary.json").read_text()),
         "accounts": json.loads((out / "accounts.json").read_text()),
@@ -146,6 +151,75 @@ def test_07_a_hedged_account_is_deleveraged_on_one_side(tmp_path: Path) -> None:
     assert out["accounts"]["o"]["positions"]["BTCUSDT"]["qty"] == "0.5"  # untouched
     # s: its isolated margin of 10,000 is the whole loss of 1 x (110,000 - 100,000)
     assert out["accounts"]["s"] == {"wallet": "0", "wallets": {"USDT": "0"}, "positions": {}}
+
+
+def test_13_inverse_isolated_liquidations_with_a_surplus_and_a_loss(tmp_path: Path) -> None:
+    # Inverse BTCUSD (docs/design.md §7): contract_size 100 USD, money in BTC, V(q, P) = HALF_EVEN(q x 100 / P, 1e-16).
+    # a and b: isolated long 1,000 @ 50,000, 10x: cost C = V(1000, 50000) = 2, margin 0.2 each; BP = FLOOR(100,000 /
+    # (C + M)) = FLOOR(45,454.5454...) = 45,454.54545454. m: cross short 2,000 @ 50,000 (cost 4, wallet 2).
+    # Mark 45,600: N = V(1000, 45600) = 2.19298245614035087719... -> 2.1929824561403509; uPnL = C - N =
+    # -0.1929824561403509; equity 0.0070175438596491 <= MM HALF_EVEN(N x 0.005) = 0.01096491: liquidatable.
+    # Equity behind = CEILING(0.0070175438596491, 1e-8) = 0.00701755; the lot's cost (an inverse long takes
+    # V + equity) = 2.2000000061403509 (C + M = 2.2 and the rounding in the fund's favour); its BP HALF_EVEN(100,000 /
+    # 2.2000000061403509) = 45,454.54532768. Each trader realizes HALF_EVEN(2 - 2.2000000061403509) = -0.20000001 and
+    # gets 0.2 of margin back: wallet 0.8 + 0.2 - 0.20000001 = 0.79999999.
+    # a's lot sold at 45,500: proceeds V(1000, 45500) = 2.1978021978021978; gain (a long lot: cost - proceeds)
+    # HALF_EVEN(0.0021978083381531) = 0.00219781. b's at 45,000: proceeds 2.2222222222222222, loss
+    # HALF_EVEN(-0.0222222160818713) = -0.02222222. Fund: 1 + 0.00219781 - 0.02222222 = 0.97997559.
+    out = replay("13-inverse-isolated-liquidations.jsonl", tmp_path)
+    assert [(e["kind"], e["amount"], e["balance_after"], e["liquidation_id"]) for e in out["fund-ledger"]] == [
+        ("transfer", "1", "1", None), ("liquidation_gain", "0.00219781", "1.00219781", "liq-a"),
+        ("liquidation_loss", "-0.02222222", "0.97997559", "liq-b")]
+    assert out["findings"] == [] and out["adl-events"] == []
+    assert out["accounts"]["a"]["wallets"] == out["accounts"]["b"]["wallets"] == {"BTC": "0.79999999"}
+    m = out["accounts"]["m"]["positions"]["BTCUSD"]
+    # m at 45,600: N = V(2000, 45600) = 4.3859649122807018, uPnL = N - C = 0.38596491 (reported), TNC = 2 + uPnL,
+    # MM HALF_EVEN(N x 0.005) = 0.02192982; share CEILING(TNC) = 2.38596492; BP = CEILING(200,000 / (N - share)) =
+    # 100,000.00038597; LP = HALF_EVEN(200,000 x (1 - 0.005) / (C - wallet)) = 99,500 (V(2000, 99500) <= 50).
+    assert (m["qty"], m["entry_price"], m["cost"], m["unrealized_pnl"], m["maintenance_margin"], m["margin_balance"],
+            m["bankruptcy_price"], m["liquidation_price"]) == (
+        "-2000", "50000", "4", "0.38596491", "0.02192982", "2.38596491", "100000.00038597", "99500")
+
+
+def test_14_inverse_funding_and_a_coin_fund_selling_its_lots_fifo(tmp_path: Path) -> None:
+    # a: isolated long 1,000 @ 50,000, 10x (C 2, M 0.2); b: isolated long 600 @ 48,000, 10x (C = 60,000 / 48,000 =
+    # 1.25, M 0.125); m: cross short 1,600 (C 3.25, wallet 4). Fund COIN: 10 BTC.
+    # Funding at mark 48,000, rate 0.0001: a pays HALF_EVEN(V(1000, 48000) x 0.0001) = HALF_EVEN(2.0833333333333333 x
+    # 0.0001) = 0.00020833 from its margin; b pays 1.25 x 0.0001 = 0.000125; m receives HALF_EVEN(3.3333333333333333 x
+    # 0.0001) = 0.00033333: the clearing account ends at 0. M_a = 0.19979167, M_b = 0.124875.
+    # Mark 45,000: a's N = 2.2222222222222222, equity 0.19979167 + 2 - N = -0.0224305522222222, equity behind CEILING ->
+    # -0.02243055, lot cost N + equity = 2.1997916722222222 (BP 45,458.85015511); a realizes HALF_EVEN(2 - cost) =
+    # -0.19979167, exactly its margin: wallet 0.8. The fund keeps the lot (V(1000, 45000) <= 1 x 10).
+    # Mark 43,800: b's N = V(600, 43800) = 1.3698630136986301, equity 0.0050119863013699 <= MM 0.00684932; behind
+    # 0.00501199, lot cost 1.3748750036986301; b realizes -0.124875 (its margin): wallet 0.875.
+    # Funding at 44,000: the fund's net 1,600 long pays HALF_EVEN(V(1600, 44000) x 0.0001) =
+    # HALF_EVEN(3.6363636363636364 x 0.0001) = 0.00036364; m receives the same: wallet 4 + 0.00033333 + 0.00036364 =
+    # 4.00069697.
+    # The fund sells 1,200 @ 44,500, FIFO: all of a's lot: proceeds V(1000, 44500) = 2.2471910112359551, gain
+    # HALF_EVEN(2.1997916722222222 - 2.2471910112359551) = -0.04739934; then 200 of b's 600: cost share
+    # HALF_EVEN(1.3748750036986301 x 200 / 600) = 0.45829167, proceeds V(200, 44500) = 0.4494382022471910, gain
+    # HALF_EVEN(0.0088534677528090) = 0.00885347. Fund: 10 - 0.00036364 - 0.04739934 + 0.00885347 = 9.96109049.
+    # b's lot keeps 400 at cost 1.3748750036986301 - 0.45829167 = 0.9165833336986301: BP HALF_EVEN(40,000 / cost) =
+    # 43,640.33092178.
+    out = replay("14-inverse-funding-and-fifo.jsonl", tmp_path)
+    assert [(e["kind"], e["amount"], e["balance_after"]) for e in out["fund-ledger"]] == [
+        ("transfer", "10", "10"), ("funding", "-0.00036364", "9.99963636"),
+        ("liquidation_loss", "-0.04739934", "9.95223702"), ("liquidation_gain", "0.00885347", "9.96109049")]
+    assert [e["liquidation_id"] for e in out["fund-ledger"][2:]] == ["liq-a", "liq-b"]
+    assert out["findings"] == [] and out["adl-events"] == []
+    accounts = out["accounts"]
+    assert (accounts["a"]["wallet"], accounts["b"]["wallet"], accounts["m"]["wallet"]) == ("0.8", "0.875",
+                                                                                           "4.00069697")
+    assert accounts["fund:COIN"]["positions"]["BTCUSD"] == {
+        "qty": "400", "mark_price": "43800",
+        "lots": [{"liquidation_id": "liq-b", "side": "long", "qty": "400", "bankruptcy_price": "43640.33092178",
+                  "seq": 15}]}
+    m = accounts["m"]["positions"]["BTCUSD"]
+    # the harmonic entry: 1,600 x 100 / 3.25 = 49,230.76923077; m's wallet covers more than its short can lose, so no
+    # price bankrupts it (the largest PRICE) and none liquidates it ("0")
+    assert (m["entry_price"], m["unrealized_pnl"], m["bankruptcy_price"], m["liquidation_price"]) == (
+        "49230.76923077", "0.40296804", "9999999999.99999999", "0")
+    assert out["summary"]["funds"]["COIN"]["inventory_notional"] == "0.91324201"  # V(400, 43800), reported
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.jsonl")))

@@ -6,6 +6,7 @@ import itertools
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 
 from backstop.core import ledger
@@ -14,6 +15,7 @@ from backstop.core.engine import Engine
 from backstop.core.margin import bracket, maintenance_margin
 from backstop.core.processor import Applied, Processor
 from backstop.core.state import Position, Tier
+from backstop.core.valuation import LINEAR
 from backstop.wire.decode import decode_record
 from scenario import fill, fund, instrument, liquidation, mark, run, transfer
 
@@ -96,7 +98,7 @@ def _dydx_takeover(side: str, wallet: str, close_qty: str) -> tuple[Decimal, Dec
         fill("open", "t", side, "0.1", "50000"), liquidation("liq", "t", close_qty, "50000")])
     assert all(isinstance(o, Applied) for o in outcomes), outcomes
     lot = processor.engine.funds["MAIN"].lots["BTCUSDT"][0]
-    return lot.bankruptcy_price(), lot.cost
+    return lot.bankruptcy_price(LINEAR), lot.cost
 
 
 def test_q1_cross_long_bankruptcy_price() -> None:
@@ -118,7 +120,7 @@ def test_q3_partial_close_has_the_same_bankruptcy_price(close_qty: str, quote_sh
     # entry 60,000 with 1,000 of wallet: TNC = 1,000 - 1,000 = 0, so BP = mark = 50,000 (quote -5,000)
     assert all(isinstance(o, Applied) for o in outcomes)
     lot = processor.engine.funds["MAIN"].lots["BTCUSDT"][0]
-    assert lot.bankruptcy_price() == D(50000)
+    assert lot.bankruptcy_price(LINEAR) == D(50000)
     assert lot.cost == D(quote_share)
 
 
@@ -166,7 +168,7 @@ def test_q12_short_surplus_policy_trader(bought_at: str, fee_rate: str, fund_del
 
 def _ranked(qty: str, entry: str, mark_price: str, bp: str) -> tuple[Decimal, Decimal | None, Decimal]:
     position = Position("a", "BTCUSDT", D(qty), abs(D(qty)) * D(entry), "cross", D(10))
-    ranked = rank_position(position, D(mark_price), D(bp))
+    ranked = rank_position(position, D(mark_price), D(bp), LINEAR)
     return ranked.pnl_ratio, ranked.leverage, ranked.score
 
 
@@ -195,7 +197,7 @@ def test_x3_bitmex_queue_is_walked_in_score_order() -> None:
         assert isinstance(processor.process(decode_record(raw)), Applied)
     engine = processor.engine
     engine.marks["BNBUSDT"] = D(645)
-    queue = order([rank_position(p, D(645), engine.bankruptcy_price(p))
+    queue = order([rank_position(p, D(645), engine.bankruptcy_price(p), LINEAR)
                    for p in engine.by_symbol["BNBUSDT"].values() if p.qty > 0])
     assert [(r.position.account_id, r.score) for r in queue] == [
         ("A2", D("0.6")), ("A5", D("0.5")), ("A4", D("0.4")), ("A1", D("0.3")), ("A6", D("0.2")),
@@ -219,7 +221,7 @@ def _cross_pnl(sequence: list[dict[str, str]], mark_price: str) -> tuple[Decimal
     engine = processor.engine
     position = engine.positions.get("v", "BTCUSDT")
     realized = engine.ledger.balance(ledger.wallet("v", "USDT")) - 1000
-    return position.qty, realized, position.unrealized_pnl(D(mark_price))
+    return position.qty, realized, position.unrealized_pnl(D(mark_price), LINEAR)
 
 
 def test_v2_fill_that_crosses_zero_closes_then_opens() -> None:
@@ -231,3 +233,82 @@ def test_v3_adding_to_a_position_averages_the_entry() -> None:
     qty, realized, unrealized = _cross_pnl([fill("1", "v", "buy", "1", "100"), fill("2", "v", "buy", "1", "90")],
                                            "60")
     assert (qty, realized, unrealized) == (D(2), D(0), D(-70))
+
+
+# ------------------------------------------------------------------------------------ inverse (docs/design.md §7)
+# Binance COIN-M BTCUSD (contract size 100 USD), brackets by notional in BTC: the maximum positions of "Leverage and
+# Margin in Coin-Margined Futures Contracts" (5, 10, 20, 50, 100, 200, 400 BTC) with maintenance rates half the initial
+# ones; the cumulative amounts are derived (maint_amount omitted), and the FAQ's 11.605 BTC at 300 BTC is one of them.
+BINANCE_COIN_M = (("5", "0.004", None), ("10", "0.005", None), ("20", "0.01", None), ("50", "0.025", None),
+                  ("100", "0.05", None), ("200", "0.1", None), ("400", "0.125", None), ("1000", "0.15", None),
+                  ("1000000", "0.25", None))
+
+
+def _coin_m(records: list[dict[str, object]], *, size: str = "100", tiers: object = BINANCE_COIN_M,
+            tick: str = "0.1") -> Processor:
+    processor, outcomes = run([fund("COIN", asset="BTC"), instrument(
+        "BTCUSD", fund_id="COIN", asset="BTC", tiers=tiers, tick=tick, lot="1", contract_type="inverse",
+        contract_size=size), transfer("seed", "fund:COIN", "1000", asset="BTC"), *records])
+    assert all(isinstance(o, Applied) for o in outcomes), outcomes
+    return processor
+
+
+def _coin_position(processor: Processor, account: str = "u") -> dict[str, str]:
+    from backstop.core.documents import accounts
+
+    position: dict[str, str] = accounts(processor.engine)[account]["positions"]["BTCUSD"]
+    return position
+
+
+def test_c1_coin_m_maintenance_amount_is_derived_from_the_brackets() -> None:
+    processor = _coin_m([])
+    tiers = processor.engine.instruments["BTCUSD"].tiers
+    assert (tiers[6].mmr, tiers[6].maint_amount) == (D("0.125"), D("11.605"))  # the FAQ's 300 BTC position
+    assert tiers[4].maint_amount == D(50) * (D("0.05") - D("0.025")) + tiers[3].maint_amount
+
+
+def test_c2_coin_m_maintenance_margin_of_100_contracts_at_25000() -> None:
+    processor = _coin_m([transfer("d", "u", "1", asset="BTC"), fill("f", "u", "buy", "100", "25000", symbol="BTCUSD"),
+                         mark("25000", symbol="BTCUSD")])
+    # notional 100 x 100 / 25,000 = 0.4 BTC (level 1): MM = 0.4 x 0.4% - 0 = 0.0016 BTC
+    assert _coin_position(processor)["maintenance_margin"] == "0.0016"
+
+
+def test_c3_coin_m_cross_long_liquidation_price() -> None:
+    # wallet 101 BTC, long 100,000 contracts (10,000,000 USD) @ 45,000: C = 222.2222222222222222 BTC. Level 7 (200-400
+    # BTC): LP = 10^7 x 1.125 / (101 + C + 11.605) = 33,599.41860562 (its notional 297.62 BTC is in level 7).
+    processor = _coin_m([transfer("d", "u", "101", asset="BTC"),
+                         fill("f", "u", "buy", "100000", "45000", symbol="BTCUSD")])
+    position = _coin_position(processor)
+    assert position["liquidation_price"] == "33599.41860562"
+    assert D(position["liquidation_price"]).quantize(D("0.1")) == D("33599.4")  # Binance's calculator
+
+
+def _xbtusd(side: str, qty: str, entry: str, leverage: str) -> Processor:
+    """BitMEX XBTUSD: contract size 1 USD, tick 0.5, maintenance 0.5%; an isolated position."""
+    return _coin_m([transfer("d", "u", "100", asset="BTC"),
+                    fill("f", "u", side, qty, entry, symbol="BTCUSD", mode="isolated", leverage=leverage)],
+                   size="1", tiers=(("1000000", "0.005", "0"),), tick="0.5")
+
+
+def test_x7_bitmex_inverse_pnl_of_a_long_closed_higher() -> None:
+    processor = _xbtusd("buy", "100000", "10000", "100")
+    assert processor.engine.ledger.balance(ledger.isolated("u", "BTCUSD")) == D("0.1")  # 10 XBT at 100x
+    processor.process(decode_record(orjson.dumps(fill("g", "u", "sell", "100000", "10500", symbol="BTCUSD",
+                                                      mode="isolated", leverage="100"))))
+    # 100,000 x (1 / 10,000 - 1 / 10,500) = 10 - 9.5238095238095238 = 0.4761904761904762 -> 0.47619048 XBT
+    assert processor.engine.ledger.balance(ledger.wallet("u", "BTC")) == D(100) + D("0.47619048")
+
+
+def test_x8_bitmex_isolated_bankruptcy_prices() -> None:
+    # 200,000 contracts @ 10,000 (20 XBT) at 20x: margin 1 XBT. Long: 200,000 / (20 + 1) = 9,523.8095238..., FLOOR;
+    # short: 200,000 / (20 - 1) = 10,526.3157894..., CEILING (BitMEX: entry x L / (L + 1), entry x L / (L - 1))
+    assert _coin_position(_xbtusd("buy", "200000", "10000", "20"))["bankruptcy_price"] == "9523.8095238"
+    assert _coin_position(_xbtusd("sell", "200000", "10000", "20"))["bankruptcy_price"] == "10526.31578948"
+
+
+def test_x9_bitmex_liquidation_price_with_maintenance_at_mark() -> None:
+    # backstop charges maintenance on the value at the mark: long 200,000 x 1.005 / (1 + 20) = 9,571.42857143; short
+    # 200,000 x 0.995 / (20 - 1) = 10,473.68421053. BitMEX adds 0.5% of the entry (and funding) to the BP instead.
+    assert _coin_position(_xbtusd("buy", "200000", "10000", "20"))["liquidation_price"] == "9571.42857143"
+    assert _coin_position(_xbtusd("sell", "200000", "10000", "20"))["liquidation_price"] == "10473.68421053"

@@ -132,7 +132,7 @@ DESIGN_9_2 = {
     "instrument.tick_size": ("PRICE", "> 0"), "instrument.lot_size": ("QTY", "> 0"),
     "instrument.tiers[].max_notional": ("MONEY", "> 0"), "instrument.tiers[].mmr": ("RATE", "> 0"),
     "instrument.tiers[].maint_amount": ("MONEY", ">= 0"), "instrument.liquidation_fee_rate": ("RATE", ">= 0"),
-    "instrument.mark_tolerance": ("RATE", ">= 0"),
+    "instrument.mark_tolerance": ("RATE", ">= 0"), "instrument.contract_size": ("PRICE", "> 0"),
     "transfer.amount": ("MONEY", "signed"),
     "fill.qty": ("QTY", "> 0"), "fill.price": ("PRICE", "> 0"), "fill.fee": ("MONEY", "signed"),
     "fill.leverage": ("LEVERAGE", "0.01 to 1000"),

@@ -370,9 +370,10 @@ pub struct Figures {
 }
 
 impl Figures {
-    pub fn of(account: u32, size: i128, cost: i128, profit: i128, equity: Wide, mark: i128) -> Figures {
-        let leverage = (equity > Wide::ZERO)
-            .then(|| wratio(wide256(wide_mul(size, mark)), S16, equity, S16, S12, Rounding::HalfEven));
+    /// notional: the position's value at the mark (1e-16).
+    pub fn of(account: u32, cost: i128, profit: i128, equity: Wide, notional: i128) -> Figures {
+        let leverage =
+            (equity > Wide::ZERO).then(|| wratio(wide(notional), S16, equity, S16, S12, Rounding::HalfEven));
         let pnl_pct = if cost != 0 {
             wide256(ratio(I256::new(profit), S16, I256::new(cost), S16, S12, Rounding::HalfEven))
         } else {
@@ -404,6 +405,8 @@ pub struct RoundStart<'a> {
     pub side: Option<&'static str>,
     pub qty: Option<i128>,
     pub cost: Option<Wide>,
+    /// the lot's reported bankruptcy price (1e-8): the price of its cost
+    pub bankruptcy_price: Option<Wide>,
     pub mark: Option<i128>,
     pub fund_balance: I256,
     pub floor: i128,
@@ -496,8 +499,7 @@ fn money_text(value: Wide) -> J<'static> {
 const EPSILON_16: i128 = 100_000_000; // 1e-8 at 1e-16: the worst share's epsilon
 
 /// The deficit of a lot at the mark (1e-16): cost - qty x mark for a long lot, the mirror for a short, never < 0.
-pub fn deficit(long: bool, qty: i128, cost: Wide, mark: i128) -> Wide {
-    let value = wide(qty * mark);
+pub fn deficit(long: bool, cost: Wide, value: Wide) -> Wide {
     let loss = if long { wsub(cost, value) } else { wsub(value, cost) };
     loss.max(Wide::ZERO)
 }
@@ -571,10 +573,7 @@ pub fn write_round(out: &mut Vec<u8>, names: &crate::ledger::Names, id: &str, se
         ("qty", start.qty.map_or(J::Null, |q| J::Dec(q, S8))),
         ("closed", J::Dec(closed, S8)),
         ("mark_price", start.mark.map_or(J::Null, |m| J::Dec(m, S8))),
-        ("bankruptcy_price", match (start.qty, start.cost) {
-            (Some(qty), Some(cost)) => J::Owned(text_512(crate::engine::price_of_wide(cost, qty), S8)),
-            _ => J::Null,
-        }),
+        ("bankruptcy_price", start.bankruptcy_price.map_or(J::Null, |price| J::Owned(text_512(price, S8)))),
         ("price", optional(price_rule)),
         ("fund_balance", J::Wide(start.fund_balance, S8)),
         ("floor", J::Dec(start.floor, S8)),
@@ -657,9 +656,10 @@ impl RunTotals {
         }
     }
 
-    pub fn add_event(&mut self, qty: i128, fill_price: Wide) {
+    /// An ADL event worth `notional` (1e-16: qty x price, or V(qty, price) for an inverse contract).
+    pub fn add_event(&mut self, notional: Wide) {
         self.events += 1;
-        self.notional = wadd(self.notional, wmul(wide(qty), fill_price));
+        self.notional = wadd(self.notional, notional);
     }
 
     pub fn add_fund_entry(&mut self, fund: &str, amount: I256, balance_after: I256) {

@@ -8,7 +8,7 @@
 use crate::idtable::Key;
 use crate::json::write_string;
 use crate::numbers::{write_scaled, S18, S8};
-use crate::wire::{Body, Dec, MarginMode, PositionSide, Record, Side, Surplus};
+use crate::wire::{Body, ContractType, Dec, MarginMode, PositionSide, Record, Side, Surplus};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 
@@ -144,7 +144,15 @@ pub fn content_document(record: &Record<'_>, out: &mut Vec<u8>) {
         }
         Body::Instrument {
             symbol, settle_asset, tick_size, lot_size, tiers, liquidation_fee_rate, fund_id, mark_tolerance,
+            contract_type, contract_size,
         } => {
+            // contract version 2 fields holding their defaults (linear, no size) are left out
+            if let Some(contract_size) = contract_size {
+                o.decimal("contract_size", *contract_size, S8);
+            }
+            if *contract_type != ContractType::Linear {
+                o.text("contract_type", contract_type.name());
+            }
             o.text("fund_id", fund_id);
             o.decimal("liquidation_fee_rate", *liquidation_fee_rate, S18);
             o.decimal("lot_size", *lot_size, S8);

@@ -17,7 +17,8 @@ use crate::numbers::{
 use crate::state::{
     position_label, FundSpec, FundState, Instrument, Lot, Position, Positions, Side, Tier, DEFAULT_MARK_TOLERANCE,
 };
-use crate::wire::{Body, Dec, MarginMode, PositionSide, Record, Side as TradeSide, Surplus};
+use crate::valuation::{Valuation, LARGEST_PRICE, MAX_FACE};
+use crate::wire::{Body, ContractType, Dec, MarginMode, PositionSide, Record, Side as TradeSide, Surplus};
 use ethnum::I256;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
@@ -287,6 +288,7 @@ impl Engine {
     fn on_instrument(&mut self, record: &Record<'_>) -> Result<(), Rejected> {
         let Body::Instrument {
             symbol, settle_asset, tick_size, lot_size, tiers, liquidation_fee_rate, fund_id, mark_tolerance,
+            contract_type, contract_size,
         } = &record.body
         else {
             unreachable!()
@@ -305,6 +307,19 @@ impl Engine {
                 return reject(format!("instrument {symbol} cannot move to another fund or settlement asset"));
             }
         }
+        // linear, or inverse with its contract size: only an inverse instrument has one (docs/design.md section 7)
+        let valuation = match (contract_type, contract_size) {
+            (ContractType::Inverse, None) => {
+                return reject(format!("instrument {symbol}: an inverse instrument needs a contract_size"))
+            }
+            (ContractType::Linear, Some(_)) => {
+                return reject(format!("instrument {symbol}: only an inverse instrument has a contract_size"))
+            }
+            (_, size) => Valuation { contract_size: size.map(|size| size.value) },
+        };
+        if previous.is_some_and(|previous| previous.valuation != valuation) {
+            return reject(format!("instrument {symbol} cannot change its contract_type or contract_size"));
+        }
         if tiers.windows(2).any(|pair| pair[1].max_notional.value <= pair[0].max_notional.value) {
             return reject("tiers must have strictly increasing max_notional");
         }
@@ -322,6 +337,7 @@ impl Engine {
             liquidation_fee_rate: liquidation_fee_rate.value,
             fund_id: fund,
             mark_tolerance: mark_tolerance.map_or(DEFAULT_MARK_TOLERANCE, |tolerance| tolerance.value),
+            valuation,
         });
         if is_new {
             self.funds.get_mut(&fund).expect("checked").symbols.push(symbol_id);
@@ -424,24 +440,27 @@ impl Engine {
         }
         let closing = held.as_ref().map_or(0, |p| if (p.qty > 0) != (delta > 0) { p.size().min(qty) } else { 0 });
         let remaining = qty - closing;
-        if remaining > 0 {
-            let (size, cost) = match &held {
-                Some(p) if closing == 0 => (p.size(), p.cost),
-                _ => (0, 0),
-            };
-            let grown_size = size + remaining;
-            let grown_cost = add(I256::new(cost), product(remaining, fill_price));
-            if grown_size >= MAX_POSITION_QTY {
-                return reject(format!("position would hold {}, above the bound 10^12", Shown(grown_size, S8)));
+        let valuation = self.instruments[&symbol_id].valuation;
+        match &held {
+            Some(p) if closing == 0 => {
+                let grown_size = p.size() + remaining;
+                let grown_cost = add(I256::new(p.cost), valuation.value_wide(remaining, fill_price));
+                if grown_size >= MAX_POSITION_QTY {
+                    return reject(format!("position would hold {}, above the bound 10^12", Shown(grown_size, S8)));
+                }
+                if grown_cost >= I256::new(MAX_COST) {
+                    return reject(format!("position cost would be {}, above the bound 10^22",
+                                          text_wide(grown_cost, S16)));
+                }
+                check_face(valuation, grown_size)?;
             }
-            if grown_cost >= I256::new(MAX_COST) {
-                return reject(format!("position cost would be {}, above the bound 10^22",
-                                      text_wide(grown_cost, S16)));
-            }
+            // a new position, or the part of a fill that flips one: within the linear bounds by its wire bounds
+            _ => check_face(valuation, remaining)?,
         }
         self.marks.entry(symbol_id).or_insert(fill_price);
         if closing > 0 {
-            self.reduce(account, symbol_id, position_side, closing, wide(closing * fill_price), "realized_pnl", out);
+            let proceeds = wide(valuation.value(closing, fill_price));
+            self.reduce(account, symbol_id, position_side, closing, proceeds, "realized_pnl", out);
         }
         if remaining > 0 {
             self.open(account, symbol_id, position_side, if delta > 0 { remaining } else { -remaining }, fill_price,
@@ -476,7 +495,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn open(&mut self, account: u32, symbol: u32, position_side: PositionSide, qty: i128, fill_price: i128,
             margin_mode: MarginMode, leverage: Dec, out: &mut Outputs) {
-        let value = qty.abs() * fill_price;
+        let value = self.instruments[&symbol].valuation.value(qty.abs(), fill_price);
         match self.positions.get_mut(account, symbol, position_side) {
             Some(position) => {
                 position.qty += qty;
@@ -507,13 +526,16 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn reduce(&mut self, account: u32, symbol: u32, position_side: PositionSide, qty: i128, proceeds: Wide,
               kind: &'static str, out: &mut Outputs) -> I256 {
-        let asset = self.instruments[&symbol].settle_asset;
+        let (asset, valuation) = (self.instruments[&symbol].settle_asset, self.instruments[&symbol].valuation);
         let wallet = Account::Wallet { account, asset };
         let position = self.positions.get(account, symbol, position_side).expect("a held position").clone();
         let size = position.size();
         let cost_share = share(position.cost, S16, qty, size);
-        let realized_exact =
-            if position.qty > 0 { wsub(proceeds, wide(cost_share)) } else { wsub(wide(cost_share), proceeds) };
+        let realized_exact = if valuation.value_long(position.qty > 0) {
+            wsub(proceeds, wide(cost_share))
+        } else {
+            wsub(wide(cost_share), proceeds)
+        };
         let realized = money_wide(realized_exact, S16);
         self.post(kind, Account::Settlement(symbol), wallet, realized, asset, out);
         if position.margin_mode == MarginMode::Isolated {
@@ -570,8 +592,10 @@ impl Engine {
         }
         admission.funding_clock.applied(symbol, record.ts, &admission.clock);
         let clearing = Account::Funding(symbol_id);
-        let rate_price = product(mark_price.value, rate.value); // 1e-26
-        let asset = self.instruments[&symbol_id].settle_asset;
+        let (mark, rate) = (mark_price.value, rate.value);
+        let (asset, valuation) = (self.instruments[&symbol_id].settle_asset, self.instruments[&symbol_id].valuation);
+        // HALF_EVEN(V(q, mark) x rate) to 1e-8, signed by q: the value (1e-16) times the rate (1e-18)
+        let payment_of = |qty: i128| money(product(valuation.signed_value(qty, mark), rate), S16 + S18);
         let mut payments = Vec::new();
         let mut holders = self.positions.holders(symbol_id).to_vec();
         // postings by account, then position side (docs/design.md section 10, "Postings")
@@ -579,7 +603,7 @@ impl Engine {
         for (account, side) in holders {
             // each hedge side pays on its own signed qty
             let position = self.positions.get(account, symbol_id, side).expect("indexed");
-            let payment = money(mul(I256::new(position.qty), rate_price), S8 + S26);
+            let payment = payment_of(position.qty);
             let payer = if position.margin_mode == MarginMode::Isolated {
                 Account::Isolated { account, symbol: symbol_id, side }
             } else {
@@ -592,7 +616,7 @@ impl Engine {
         }
         let fund = self.instruments[&symbol_id].fund_id;
         let net = self.funds[&fund].net_qty(symbol_id);
-        let payment = money(mul(I256::new(net), rate_price), S8 + S26);
+        let payment = payment_of(net);
         if payment != 0 {
             self.post("funding", Account::Fund(fund), clearing, payment, asset, out);
             self.fund_entry(fund, "funding", I256::new(-payment), None, clearing, Some(symbol_id), out);
@@ -639,6 +663,11 @@ impl Engine {
             return reject(format!("fund {} would hold {} {symbol}, above the bound 10^12", self.names.name(fund),
                                   Shown(net, S8)));
         }
+        let valuation = self.instruments[&symbol_id].valuation;
+        if valuation.inverse() && valuation.face(net) >= I256::new(MAX_FACE) {
+            return reject(format!("fund {} would hold a face value of {} in {symbol}, above the bound 10^14",
+                                  self.names.name(fund), text_wide(valuation.face(net), S16)));
+        }
 
         let mark = mark_price.value;
         // the published mark in force (one a mark or a liquidation set: a fill's price stands in before either), and
@@ -659,21 +688,22 @@ impl Engine {
         } else {
             wratio(wmul(view.equity_share, wide(qty)), S16 + S8, wide(size), S8, S8, Rounding::Ceiling)
         };
-        let value = wide(qty * mark);
+        let value = wide(valuation.value(qty, mark));
         let equity_16 = wmul(equity_behind, wpow10(S16 - S8));
-        let mut lot_cost = if position.qty > 0 { wsub(value, equity_16) } else { wadd(value, equity_16) };
-        let floor_cost = wide(qty * instrument.tick_size);
-        if lot_cost < floor_cost {
-            let computed = price_of_wide(lot_cost, qty);
+        let mut lot_cost =
+            if valuation.value_long(position.qty > 0) { wsub(value, equity_16) } else { wadd(value, equity_16) };
+        if let Some((clamped_cost, clamped_price)) = clamped_lot_cost(&instrument, qty, lot_cost) {
+            // no price within the wire's reaches zero equity: the lot is taken at the nearest one
+            let computed = valuation.price(qty, lot_cost, Rounding::HalfEven);
             let details = vec![
                 ("computed", J::Owned(text_512(computed, S8))),
-                ("clamped_to", J::Owned(text(instrument.tick_size, S8))),
+                ("clamped_to", J::Owned(text(clamped_price, S8))),
                 ("equity_share", J::Owned(text_512(equity_behind, S8))),
             ];
             self.finding("bp_clamped", Some(account), Some(liquidation_id), Some(symbol_id), details, out);
-            lot_cost = floor_cost;
+            lot_cost = clamped_cost;
         }
-        let computed_bp = price_of_wide(lot_cost, qty);
+        let computed_bp = valuation.price(qty, lot_cost, Rounding::HalfEven);
         if let Some(venue) = bankruptcy_price {
             if wsub(wide(venue.value), computed_bp).unsigned_abs() > wide(instrument.tick_size).unsigned_abs() {
                 let details = vec![
@@ -807,10 +837,17 @@ impl Engine {
         let excess = sub(mul(self.inventory_notional(fund_state), pow10(S26 - S16)),
                          mul(I256::new(fund_state.spec.max_inventory_ratio), room));
         let instrument = &self.instruments[&symbol];
-        // CEILING(excess / (mark x lot)) whole lots: excess at 1e-26, mark x lot at 1e-16
-        let lots = ratio(excess, S26, product(self.marks[&symbol], instrument.lot_size), S16, 0, Rounding::Ceiling);
-        let wanted = crate::numbers::narrow(mul(lots, I256::new(instrument.lot_size)));
-        wanted.min(net.abs())
+        let mark = self.marks[&symbol];
+        let lots = match instrument.valuation.contract_size {
+            // CEILING(excess / (mark x lot)) whole lots: excess at 1e-26, mark x lot at 1e-16
+            None => ratio(excess, S26, product(mark, instrument.lot_size), S16, 0, Rounding::Ceiling),
+            // inverse: CEILING(excess x mark / (s x lot)): excess x mark at 1e-34, s x lot at 1e-16
+            Some(contract_size) => ratio(mul(excess, I256::new(mark)), S26 + S8, product(contract_size,
+                                         instrument.lot_size), S16, 0, Rounding::Ceiling),
+        };
+        // at most the net qty: an inverse excess (coin of every symbol of the fund) in contracts of this symbol at its
+        // mark can pass any qty
+        crate::numbers::narrow(mul(lots, I256::new(instrument.lot_size)).min(I256::new(net.abs())))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -857,7 +894,9 @@ impl Engine {
     /// The fund closes qty of a lot in the market; a gain is split per the surplus policy.
     fn realize(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128, fill_price: i128,
                out: &mut Outputs) {
-        self.realize_proceeds(fund, symbol_name, lot_index, qty, wide(qty * fill_price), out);
+        let symbol = self.funds[&fund].lots[symbol_name][lot_index].symbol;
+        let proceeds = wide(self.instruments[&symbol].valuation.value(qty, fill_price));
+        self.realize_proceeds(fund, symbol_name, lot_index, qty, proceeds, out);
     }
 
     /// The fund closes qty of a lot for total proceeds (1e-16); a gain is split per the surplus policy.
@@ -865,9 +904,13 @@ impl Engine {
     fn realize_proceeds(&mut self, fund: u32, symbol_name: &str, lot_index: usize, qty: i128, proceeds: Wide,
                         out: &mut Outputs) {
         let (lot, cost_share) = self.take_from_lot(fund, symbol_name, lot_index, qty);
-        let exact = if lot.side == Side::Long { wsub(proceeds, cost_share) } else { wsub(cost_share, proceeds) };
-        let gain = money_wide(exact, S16);
         let instrument = &self.instruments[&lot.symbol];
+        let exact = if instrument.valuation.value_long(lot.side == Side::Long) {
+            wsub(proceeds, cost_share)
+        } else {
+            wsub(cost_share, proceeds)
+        };
+        let gain = money_wide(exact, S16);
         let (asset, fee_rate) = (instrument.settle_asset, instrument.liquidation_fee_rate);
         let source = Account::Settlement(lot.symbol);
         let liquidation_id = Some(lot.liquidation_id.as_str());
@@ -951,7 +994,8 @@ impl Engine {
         let mut total = I256::ZERO;
         for lots in fund_state.lots.values() {
             let symbol = lots.front().expect("no empty lot list").symbol;
-            total = add(total, product(fund_state.net_qty(symbol).abs(), self.marks[&symbol]));
+            let value = self.instruments[&symbol].valuation.value(fund_state.net_qty(symbol).abs(), self.marks[&symbol]);
+            total = add(total, I256::new(value));
         }
         total
     }
@@ -968,7 +1012,9 @@ impl Engine {
         let opposite = lot.side.opposite();
         let mark = self.marks[&symbol];
         let balance = self.ledger.balance(Account::Fund(fund));
-        let long = lot.side == Side::Long;
+        let valuation = self.instruments[&symbol].valuation;
+        // long in value space: a linear long lot, an inverse short one (docs/design.md section 7)
+        let long = valuation.value_long(lot.side == Side::Long);
         // the lot's cost, and so the deficit and the haircut, derive from a balance: 512 bits (section 9.3)
         let wanted = qty.unwrap_or(lot.qty);
         // the part of the lot this round closes (all of it, unless the fund's trigger on a mark takes its excess)
@@ -976,7 +1022,8 @@ impl Engine {
             None => lot.clone(),
             Some(wanted) => Lot { qty: wanted, cost: share_wide(lot.cost, S16, wanted, lot.qty), ..lot.clone() },
         };
-        let deficit = adl::deficit(long, round_lot.qty, round_lot.cost, mark);
+        let value = wide(valuation.value(wanted, mark));
+        let deficit = adl::deficit(long, round_lot.cost, value);
         let price_rule = match (reset, self.policy.price) {
             (Some(_), _) => "reset",
             (None, Price::Mark) => "mark",
@@ -987,7 +1034,6 @@ impl Engine {
                 if room >= deficit { "mark" } else { "bankruptcy" }
             }
         };
-        let value = wide(wanted * mark);
         let whole = match price_rule {
             "mark" => value,
             "reset" => reset.expect("a reset round"),
@@ -1022,7 +1068,7 @@ impl Engine {
             let proceeds = match (price_rule, reset_left) {
                 ("mark", _) => {
                     self.realize(fund, symbol_name, lot_index, take, mark, out);
-                    wide(take * mark)
+                    wide(valuation.value(take, mark))
                 }
                 (_, Some(rest)) => {
                     let proceeds = share_wide(rest, S16, take, left);
@@ -1035,11 +1081,12 @@ impl Engine {
             left -= take;
             self.reduce(ranked.account, symbol, ranked.position_side, take, proceeds, "adl", out);
             let rank = rank + 1;
-            self.adl_event(fund, &lot, ranked.account, opposite, take, price_of_wide(proceeds, take), rank, ranked.score,
-                           quantile(rank, count), out);
+            self.adl_event(fund, &lot, ranked.account, opposite, take, valuation.reported_price(take, proceeds), rank,
+                           ranked.score, quantile(rank, count), out);
             (self.cause.liquidation_id, self.cause.adl_event_id) = causes;
-            let at_mark = wide(take * mark); // the haircut: what the take gave up against the mark
-            let haircut = if opposite == Side::Short { wsub(proceeds, at_mark) } else { wsub(at_mark, proceeds) };
+            let at_mark = wide(valuation.value(take, mark)); // the haircut: what the take gave up against the mark
+            // the taker is on the other side of the lot in value space too
+            let haircut = if long { wsub(proceeds, at_mark) } else { wsub(at_mark, proceeds) };
             hits.push(Hit { figures, qty: take, haircut });
         }
         if left > 0 {
@@ -1079,7 +1126,8 @@ impl Engine {
     /// A position's figures at the mark for the round metrics.
     fn figures(&self, position: &Position, mark: i128) -> Figures {
         let view = self.margin_view(position);
-        Figures::of(position.account, position.size(), position.cost, self.exposure(position).0, view.equity_share, mark)
+        let notional = self.instruments[&position.symbol].valuation.value(position.size(), mark);
+        Figures::of(position.account, position.cost, self.exposure(position).0, view.equity_share, notional)
     }
 
     fn eligible_figures(&self, symbol: u32, side: Side, mark: i128) -> Vec<Figures> {
@@ -1104,6 +1152,7 @@ impl Engine {
             side: lot.map(|lot| lot.side.name()),
             qty: lot.map(|lot| lot.qty),
             cost: lot.map(|lot| lot.cost),
+            bankruptcy_price: lot.map(|lot| self.instruments[&lot.symbol].valuation.reported_price(lot.qty, lot.cost)),
             mark: start.mark,
             fund_balance: start.balance,
             floor: self.policy.floor,
@@ -1207,10 +1256,14 @@ impl Engine {
         let realized = self.drawdown.realized.get(&symbol).copied().unwrap_or(I256::ZERO);
         let mut total = wmul(wide256(realized), wpow10(S16 - S8));
         if let Some(lots) = self.funds[&fund].lots.get(self.names.name(symbol)) {
-            let mark = self.marks[&symbol];
+            let (mark, valuation) = (self.marks[&symbol], self.instruments[&symbol].valuation);
             for lot in lots {
-                let value = wide(lot.qty * mark);
-                total = wadd(total, if lot.side == Side::Long { wsub(value, lot.cost) } else { wsub(lot.cost, value) });
+                let value = wide(valuation.value(lot.qty, mark));
+                total = wadd(total, if valuation.value_long(lot.side == Side::Long) {
+                    wsub(value, lot.cost)
+                } else {
+                    wsub(lot.cost, value)
+                });
             }
         }
         total
@@ -1244,8 +1297,9 @@ impl Engine {
             return None;
         }
         self.drawdown.triggered.insert(symbol);
-        let value = wide(lot.qty * self.marks[&symbol]);
-        let long = lot.side == Side::Long;
+        let valuation = self.instruments[&symbol].valuation;
+        let value = wide(valuation.value(lot.qty, self.marks[&symbol]));
+        let long = valuation.value_long(lot.side == Side::Long); // in value space (section 7)
         let lot_pnl = if long { wsub(value, lot.cost) } else { wsub(lot.cost, value) };
         // what the symbol's PnL may still lose without the lot, down to the level (1e-26)
         let room = wsub(wsub(adl::at_26(pnl), adl::at_26(lot_pnl)), level);
@@ -1258,7 +1312,7 @@ impl Engine {
         if exact >= adl::at_26(high) {
             return Some(high);
         }
-        // rounded to 1e-8 in the fund's favour (up when it sells a long lot, down when it buys back a short one)
+        // rounded to 1e-8 in the fund's favour (up when it sells a lot's value, down when it buys one back)
         let rounding = if long { Rounding::Ceiling } else { Rounding::Floor };
         let rounded = wmul(wrescale(exact, S26, S8, rounding), wpow10(S16 - S8));
         Some(if long { rounded.min(high) } else { rounded.max(low) })
@@ -1292,10 +1346,10 @@ impl Engine {
     // ------------------------------------------------------------------ views
     /// (uPnL at 1e-16, maintenance margin at 1e-8) of a position at its mark.
     pub fn exposure(&self, position: &Position) -> (i128, i128) {
-        let mark = self.marks[&position.symbol];
-        let value = position.size() * mark;
-        let pnl = if position.qty > 0 { value - position.cost } else { position.cost - value };
-        (pnl, maintenance(&self.instruments[&position.symbol].tiers, value))
+        let instrument = &self.instruments[&position.symbol];
+        let value = instrument.valuation.value(position.size(), self.marks[&position.symbol]);
+        let pnl = if instrument.valuation.value_long(position.qty > 0) { value - position.cost } else { position.cost - value };
+        (pnl, maintenance(&instrument.tiers, value))
     }
 
     fn cross_positions(&self, account: u32, asset: u32) -> impl Iterator<Item = &Position> + '_ {
@@ -1341,18 +1395,18 @@ impl Engine {
     /// bankruptcy_price with the position's margin view already at hand (a cross position needs it). It derives from a
     /// balance (its distance to the mark is up to share / size): 512 bits.
     pub fn bankruptcy_price_in(&self, position: &Position, view: Option<&MarginView>) -> Wide {
-        let size = wide(position.size());
-        let long = position.qty > 0;
-        let rounding = if long { Rounding::Floor } else { Rounding::Ceiling };
-        let numerator = if position.margin_mode == MarginMode::Isolated {
+        let valuation = self.instruments[&position.symbol].valuation;
+        // the value at bankruptcy: minus the equity for a long in value space, plus it else
+        let long = valuation.value_long(position.qty > 0);
+        let value = if position.margin_mode == MarginMode::Isolated {
             let margin = wmul(wide256(self.ledger.balance(isolated_account(position))), wpow10(S16 - S8));
             if long { wsub(wide(position.cost), margin) } else { wadd(wide(position.cost), margin) }
         } else {
             let share = view.map_or_else(|| self.margin_view(position), |view| *view).equity_share;
-            let value = wide(position.size() * self.marks[&position.symbol]);
+            let value = wide(valuation.value(position.size(), self.marks[&position.symbol]));
             if long { wsub(value, share) } else { wadd(value, share) }
         };
-        wratio(numerator, S16, size, S8, S8, rounding)
+        valuation.bankruptcy_price(value, position.size(), position.qty > 0)
     }
 
     /// The ADL score of a position (docs/design.md section 9.4) and whether it is at or past its bankruptcy price.
@@ -1366,14 +1420,21 @@ impl Engine {
         let distance = if position.qty > 0 { wsub(wide(mark), bankruptcy) } else { wsub(bankruptcy, wide(mark)) };
         let (pnl, _) = self.exposure(position);
         let cost = position.cost;
+        // the leverage is mark / distance, or BP / distance for an inverse contract (N / equity, section 9.4), its BP
+        // at least the price quantum there (a long's BP can round down to 0)
+        let scale = if self.instruments[&position.symbol].valuation.inverse() {
+            bankruptcy.max(Wide::ONE)
+        } else {
+            wide(mark)
+        };
         let (score, past) = if cost <= 0 {
             (Wide::ZERO, true) // a remainder whose cost rounded away: no PnL% to rank by
         } else if distance > Wide::ZERO {
             let score = if pnl >= 0 {
-                wratio(wide256(product(pnl, mark)), S16 + S8, wmul(wide(cost), distance), S16 + S8, S12,
+                wratio(wmul(wide(pnl), scale), S16 + S8, wmul(wide(cost), distance), S16 + S8, S12,
                        Rounding::HalfEven)
             } else {
-                wratio(wmul(wide(pnl), distance), S16 + S8, wide256(product(cost, mark)), S16 + S8, S12,
+                wratio(wmul(wide(pnl), distance), S16 + S8, wmul(wide(cost), scale), S16 + S8, S12,
                        Rounding::HalfEven)
             };
             (score, false)
@@ -1447,6 +1508,12 @@ impl Engine {
     /// The head of the (symbol, side) queue that covers qty, exactly ranked, and the queue's length: the index
     /// (crate::adl_index) picks the candidates among which it lies, or says to rank everyone.
     pub fn adl_top(&mut self, symbol: u32, side: Side, qty: i128) -> (Vec<Ranked>, usize) {
+        if self.instruments[&symbol].valuation.inverse() {
+            // the index's float rows score linear contracts only
+            let queue = self.adl_queue(symbol, side);
+            let count = queue.len();
+            return (queue, count);
+        }
         self.adl_index.refresh(&self.positions, &mut self.ledger, &self.instruments);
         let mark = self.marks[&symbol];
         let names = &self.names;
@@ -1506,31 +1573,61 @@ impl Engine {
             other
         };
         let size = position.size();
+        let valuation = instrument.valuation;
         let signed_cost = if position.qty > 0 { position.cost } else { -position.cost };
         let candidate_at = |tier: &Tier| -> Option<Wide> {
-            // q - size x mmr at 1e-26; (signed_cost - other - maint) at 1e-16
-            let denominator = sub(mul(I256::new(position.qty), pow10(S18)), product(size, tier.mmr));
-            if denominator == 0 {
-                return None;
+            let maint = wide(tier.maint_amount * 100_000_000); // 1e-16
+            match valuation.contract_size {
+                None => {
+                    // q - size x mmr at 1e-26; (signed_cost - other - maint) at 1e-16
+                    let denominator = sub(mul(I256::new(position.qty), pow10(S18)), product(size, tier.mmr));
+                    if denominator == 0 {
+                        return None;
+                    }
+                    let numerator = wsub(wsub(wide(signed_cost), other), maint);
+                    Some(wratio(numerator, S16, wide256(denominator), S26, S8, Rounding::HalfEven))
+                }
+                Some(_) => {
+                    // |q| s (1 + mmr) / (other + C + maint) for a long, |q| s (1 - mmr) / (C - other - maint) for a
+                    // short: the face x (1 +/- mmr) at 1e-34, the denominator at 1e-16; none unless it is positive
+                    let face = wide256(valuation.face(size));
+                    let one = wpow10(S18);
+                    let (factor, denominator) = if position.qty > 0 {
+                        (wadd(one, wide(tier.mmr)), wadd(wadd(other, wide(position.cost)), maint))
+                    } else {
+                        (wsub(one, wide(tier.mmr)), wsub(wsub(wide(position.cost), other), maint))
+                    };
+                    if denominator <= Wide::ZERO {
+                        return None;
+                    }
+                    Some(wratio(wmul(face, factor), S16 + S18, denominator, S16, S8, Rounding::HalfEven))
+                }
             }
-            let numerator = wsub(wsub(wide(signed_cost), other), wide(tier.maint_amount * 100_000_000));
-            Some(wratio(numerator, S16, wide256(denominator), S26, S8, Rounding::HalfEven))
+        };
+        // the notional at a candidate price (1e-16): size x P, or V(size, P) for an inverse contract
+        let notional_at = |price: Wide| -> Wide {
+            if valuation.inverse() {
+                wratio(wide256(valuation.face(size)), S16, price, S8, S16, Rounding::HalfEven)
+            } else {
+                wmul(wide(size), price)
+            }
         };
         let mut lower = Wide::ZERO;
         for tier in &instrument.tiers {
             let ceiling = wide(tier.max_notional * 100_000_000);
             if let Some(candidate) = candidate_at(tier) {
-                let notional = wmul(wide(size), candidate);
-                if candidate > Wide::ZERO && lower < notional && notional <= ceiling {
-                    return Some(candidate);
+                if candidate > Wide::ZERO {
+                    let notional = notional_at(candidate);
+                    if lower < notional && notional <= ceiling {
+                        return Some(candidate);
+                    }
                 }
             }
             lower = ceiling;
         }
         let last = instrument.tiers.last().expect("an instrument has tiers");
         let candidate = candidate_at(last)?;
-        (candidate > Wide::ZERO && wmul(wide(size), candidate) > wide(last.max_notional * 100_000_000))
-            .then_some(candidate)
+        (candidate > Wide::ZERO && notional_at(candidate) > wide(last.max_notional * 100_000_000)).then_some(candidate)
     }
 
     // ------------------------------------------------------------------ outputs
@@ -1624,7 +1721,17 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn adl_event(&mut self, fund: u32, lot: &Lot, account: u32, side: Side, qty: i128, fill_price: Wide, rank: usize,
                  score: Wide, quantile: usize, out: &mut Outputs) {
-        self.totals.add_event(qty, fill_price);
+        // the event's notional: qty x price, or V(qty, price) for an inverse contract (0 at a reported price of 0,
+        // which stands for a value of 0)
+        let valuation = self.instruments[&lot.symbol].valuation;
+        let notional = if !valuation.inverse() {
+            wmul(wide(qty), fill_price)
+        } else if fill_price == Wide::ZERO {
+            Wide::ZERO
+        } else {
+            wide256(valuation.value_wide(qty, fit128(fill_price).expect("an inverse ADL price is a PRICE")))
+        };
+        self.totals.add_event(notional);
         let id = format!("adl-{}-{}", self.seq, self.counts.adl_events);
         let mut body = vec![
             ("schema_version", J::Int(SCHEMA_VERSION)),
@@ -1672,6 +1779,32 @@ impl Engine {
         self.counts.findings += 1;
         out.finding_count += 1;
     }
+}
+
+/// MAX_FACE (docs/design.md section 9.3): an inverse position's |q| x s stays below 10^14.
+fn check_face(valuation: Valuation, size: i128) -> Result<(), Rejected> {
+    let face = valuation.face(size);
+    if valuation.inverse() && face >= I256::new(MAX_FACE) {
+        return reject(format!("position face value would be {}, above the bound 10^14", text_wide(face, S16)));
+    }
+    Ok(())
+}
+
+/// The lot's cost clamped to a price the wire admits, and that price, or None when its price is one (docs/design.md
+/// section 9.4): linear, at least qty x tick_size; inverse, its price qty x s / cost within [tick_size, largest
+/// PRICE].
+fn clamped_lot_cost(instrument: &Instrument, qty: i128, lot_cost: Wide) -> Option<(Wide, i128)> {
+    let valuation = instrument.valuation;
+    if !valuation.inverse() {
+        let floor_cost = wide(qty * instrument.tick_size);
+        return (lot_cost < floor_cost).then_some((floor_cost, instrument.tick_size));
+    }
+    let lowest_cost = wide(valuation.value(qty, LARGEST_PRICE));
+    if lot_cost < lowest_cost {
+        return Some((lowest_cost, LARGEST_PRICE));
+    }
+    let highest_cost = wide(valuation.value(qty, instrument.tick_size));
+    (lot_cost > highest_cost).then_some((highest_cost, instrument.tick_size))
 }
 
 /// A position's isolated margin account.
@@ -1797,4 +1930,83 @@ pub fn takes(queue: &[Ranked], qty: i128) -> Vec<i128> {
 /// 5 for the top 20% of ranked positions (rank 1 is the top) ... 1 for the bottom 20%.
 pub fn quantile(rank: usize, count: usize) -> usize {
     5 - (rank - 1) * 5 / count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processor::Processor;
+
+    const E8: i128 = 100_000_000;
+    const WORLD: &str = concat!(
+        r#"{"type":"fund","ts":1,"fund_id":"COIN","settle_asset":"BTC","surplus":"fund","max_inventory_ratio":"1"}"#, "\n",
+        r#"{"type":"instrument","ts":1,"symbol":"BTCUSD","settle_asset":"BTC","tick_size":"0.5","lot_size":"1","tiers":[{"max_notional":"1000","mmr":"0.005"}],"liquidation_fee_rate":"0.005","fund_id":"COIN","contract_type":"inverse","contract_size":"100"}"#, "\n",
+        r#"{"type":"transfer","ts":1,"transfer_id":"d","account_id":"a","asset":"BTC","amount":"1"}"#, "\n");
+
+    fn replay(lines: &str) -> (Processor, String) {
+        let mut processor = Processor::new(false, 0);
+        let batch = processor.apply_lines(format!("{WORLD}{lines}").as_bytes(), 1);
+        (processor, String::from_utf8(batch.dead_letters).expect("UTF-8"))
+    }
+
+    fn fill(id: &str, side: &str, qty: &str, price: &str) -> String {
+        fill_of("BTCUSD", id, side, qty, price)
+    }
+
+    fn fill_of(symbol: &str, id: &str, side: &str, qty: &str, price: &str) -> String {
+        format!(concat!(r#"{{"type":"fill","ts":2,"fill_id":"{}","account_id":"a","symbol":"{}","side":"{}","#,
+                        r#""qty":"{}","price":"{}","fee":"0","margin_mode":"cross","leverage":"10"}}"#, "\n"),
+                id, symbol, side, qty, price)
+    }
+
+    #[test]
+    fn an_inverse_long_realizes_coin_pnl_against_its_harmonic_entry() {
+        let lines = [fill("b1", "buy", "1", "40000"), fill("b2", "buy", "1", "60000"), fill("s1", "sell", "1", "50000")];
+        let (processor, dead) = replay(&lines.concat());
+        assert!(dead.is_empty(), "{dead}");
+        let engine = &processor.engine;
+        let (account, asset) = (engine.names.find("a").unwrap(), engine.names.find("BTC").unwrap());
+        // C = 0.0025 + 0.0016666666666667; the half sold takes HALF_EVEN(C / 2) = 0.00208333 of it, against proceeds
+        // of 100 / 50000 = 0.002: a long in coin gains 0.00008333 (it sold above its harmonic entry of 48000)
+        assert_eq!(engine.ledger.balance(Account::Wallet { account, asset }), I256::new(E8 + 8_333));
+        let position = engine.positions.get(account, engine.names.find("BTCUSD").unwrap(), PositionSide::Both).unwrap();
+        assert_eq!(position.cost, 41_666_666_666_667 - 20_833_300_000_000);
+    }
+
+    #[test]
+    fn max_face_refuses_an_open_and_a_growth() {
+        // contracts of 10^6: 10^8 of them reach the bound
+        let big = concat!(r#"{"type":"instrument","ts":1,"symbol":"BIGUSD","settle_asset":"BTC","tick_size":"0.5","#,
+                          r#""lot_size":"1","tiers":[{"max_notional":"1000","mmr":"0.005"}],"liquidation_fee_rate":"0","#,
+                          r#""fund_id":"COIN","contract_type":"inverse","contract_size":"1000000"}"#, "\n");
+        let lines = [big.to_string(), fill_of("BIGUSD", "big", "buy", "100000000", "50000"),
+                     fill_of("BIGUSD", "ok", "buy", "99999999", "50000"), fill_of("BIGUSD", "more", "buy", "1", "50000"),
+                     fill_of("BIGUSD", "flip", "sell", "199999999", "50000")];
+        let (_, dead) = replay(&lines.concat());
+        let reasons: Vec<&str> = dead.lines().map(|line| line.split("\"reason\":\"").nth(1).unwrap()).collect();
+        assert_eq!(reasons.len(), 3, "{dead}");
+        for reason in reasons {
+            assert!(reason.starts_with("position face value would be 100000000000000, above the bound 10^14"), "{dead}");
+        }
+    }
+
+    #[test]
+    fn an_inverse_lot_is_clamped_at_one_tick_and_at_the_largest_price() {
+        let (processor, _) = replay("");
+        let instrument = &processor.engine.instruments[&processor.engine.names.find("BTCUSD").unwrap()];
+        let valuation = instrument.valuation;
+        // 2 contracts of 100: a cost above V(2, 0.5) = 400 is a price below one tick
+        let at_tick = wide(valuation.value(2 * E8, instrument.tick_size));
+        assert_eq!(at_tick, wide(400 * E8 * E8));
+        assert_eq!(clamped_lot_cost(instrument, 2 * E8, wadd(at_tick, Wide::ONE)), Some((at_tick, instrument.tick_size)));
+        assert_eq!(clamped_lot_cost(instrument, 2 * E8, at_tick), None);
+        // a cost at or below 0 (a short with more equity than value) is above every price
+        let lowest = wide(valuation.value(2 * E8, LARGEST_PRICE));
+        assert_eq!(lowest, wide(2 * E8)); // 200 / 9999999999.99999999 = 2.00000000000000000200e-8
+        assert_eq!(clamped_lot_cost(instrument, 2 * E8, wide(-5)), Some((lowest, LARGEST_PRICE)));
+        assert_eq!(clamped_lot_cost(instrument, 2 * E8, lowest), None);
+        // a linear lot is clamped only below one tick
+        let linear = Instrument { valuation: crate::valuation::LINEAR, ..instrument.clone() };
+        assert_eq!(clamped_lot_cost(&linear, 2 * E8, wide(-5)), Some((wide(2 * E8 * 50_000_000), 50_000_000)));
+    }
 }

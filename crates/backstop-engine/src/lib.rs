@@ -22,3 +22,4 @@ pub mod processor;
 pub mod projection;
 pub mod quantiles;
 pub mod state;
+pub mod valuation;

@@ -8,12 +8,13 @@ use crate::adl::{Policy, WindowMax};
 use crate::canonical::{self, J};
 use crate::clock::{JournalClock, SymbolClock};
 use crate::engine::{
-    isolated_account, mode_name, money, money_wide, price_of, price_of_wide, Engine, Outputs, FUND_ACCOUNT_PREFIX,
+    isolated_account, mode_name, money, money_wide, Engine, Outputs, FUND_ACCOUNT_PREFIX,
 };
 use crate::idtable::IdTable;
 use crate::json::{self, Dialect, Value};
 use crate::ledger::Account;
 use crate::numbers::{self, text, text_512, text_wide, Kind, Rounding, Wide, S16, S18, S8};
+use crate::valuation::{Valuation, LINEAR};
 use crate::state::{
     position_label, FundSpec, FundState, Instrument, Lot, Position, Side, Tier, DEFAULT_MARK_TOLERANCE,
 };
@@ -529,7 +530,8 @@ impl Processor {
                     ("liquidation_id", J::Str(&lot.liquidation_id)),
                     ("side", J::Str(lot.side.name())),
                     ("qty", J::Owned(text(lot.qty, S8))),
-                    ("bankruptcy_price", J::Owned(text_512(price_of_wide(lot.cost, lot.qty), S8))),
+                    ("bankruptcy_price", J::Owned(text_512(
+                        engine.instruments[&symbol_id].valuation.reported_price(lot.qty, lot.cost), S8))),
                     ("seq", J::Int(lot.seq as i128)),
                 ])).collect();
                 (symbol.as_str(), J::Obj(vec![
@@ -671,6 +673,10 @@ impl Processor {
                 mark_tolerance: match field(i, "mark_tolerance") {
                     Ok(value) => decimal(value, S18)?,
                     Err(_) => DEFAULT_MARK_TOLERANCE,
+                },
+                valuation: match field(i, "contract_type").ok().map(string).transpose()? {
+                    Some("inverse") => Valuation { contract_size: Some(decimal(field(i, "contract_size")?, S8)?) },
+                    _ => LINEAR,
                 },
             };
             engine.instruments.insert(symbol, instrument);
@@ -916,6 +922,11 @@ fn instrument_document<'e>(engine: &'e Engine, i: &'e Instrument) -> J<'e> {
     if i.mark_tolerance != DEFAULT_MARK_TOLERANCE {
         entries.push(("mark_tolerance", J::Owned(text(i.mark_tolerance, S18))));
     }
+    if let Some(contract_size) = i.valuation.contract_size {
+        // inverse only: a linear instrument keeps its state hash
+        entries.push(("contract_type", J::Str("inverse")));
+        entries.push(("contract_size", J::Owned(text(contract_size, S8))));
+    }
     J::Obj(entries)
 }
 
@@ -960,7 +971,8 @@ fn position_view<'e>(engine: &'e Engine, p: &'e Position, (rank, quantile): (usi
     let liquidation = engine.liquidation_price(p).map_or_else(|| "0".to_string(), |price| text_512(price, S8));
     J::Obj(vec![
         ("qty", J::Owned(text(p.qty, S8))),
-        ("entry_price", J::Owned(text(price_of(p.cost, p.size()), S8))),
+        ("entry_price", J::Owned(text_512(
+            engine.instruments[&p.symbol].valuation.reported_price(p.size(), numbers::wide(p.cost)), S8))),
         ("cost", J::Owned(text(p.cost, S16))),
         ("margin_mode", J::Str(mode_name(p.margin_mode))),
         ("leverage", J::Owned(text(p.leverage.value, S8))),

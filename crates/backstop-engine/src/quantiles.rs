@@ -48,9 +48,10 @@ pub fn side_view(engine: &Engine, symbol: u32, side: Side) -> SideView {
     let queue = engine.adl_queue(symbol, side);
     let count = queue.len();
     let mut view = SideView { ranks: Vec::with_capacity(count), stressed_size: 0 };
+    let inverse = engine.instruments[&symbol].valuation.inverse();
     for (index, ranked) in queue.iter().enumerate() {
         view.ranks.push((ranked.account, index + 1, quantile(index + 1, count) as u8));
-        if is_stressed(ranked, mark, side) {
+        if is_stressed(ranked, mark, side, inverse) {
             view.stressed_size += ranked.size;
         }
     }
@@ -84,8 +85,10 @@ pub fn risks(engine: &Engine, views: &[(u32, [SideView; 2])]) -> Vec<(u32, Risk)
                 room
             }
         };
-        let mark = engine.marks.get(symbol).copied().unwrap_or(0);
-        let notional = |view: &SideView| crate::numbers::wide_mul(view.stressed_size, mark); // 1e-16
+        let mark = engine.marks.get(symbol).copied();
+        let valuation = engine.instruments[symbol].valuation;
+        // V(stressed size, mark), 1e-16: one rounding per side for an inverse contract
+        let notional = |view: &SideView| mark.map_or(I256::ZERO, |mark| valuation.value_wide(view.stressed_size, mark));
         let (stressed_long, stressed_short) = (notional(&sides[0]), notional(&sides[1]));
         let stressed = wmul(wide256(stressed_long.max(stressed_short)), wpow10(10)); // 1e-26
         let level = if room == Wide::ZERO || stressed >= room {
@@ -143,7 +146,8 @@ struct Row {
 /// there why the result is the exact ranking's): (account, quantile) of every position whose quantile differs from
 /// the one published for it (and its position side), and the summed size of its stressed positions.
 pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, PositionSide, u8)>, i128) {
-    if engine.policy.rule != Rule::Bitmex {
+    // the float rows stand for BitMEX's score of a linear contract
+    if engine.policy.rule != Rule::Bitmex || engine.instruments[&symbol].valuation.inverse() {
         return side_changes_exact(engine, symbol, side);
     }
     let Some(&mark) = engine.marks.get(&symbol) else { return (Vec::new(), 0) };
@@ -178,7 +182,7 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, Posi
         };
         if apart || equity.abs() <= bound {
             let ranked = engine.rank(position);
-            if is_stressed(&ranked, mark, side) {
+            if is_stressed(&ranked, mark, side, false) {
                 stressed += ranked.size;
             }
             let key = ranked.score.as_::<f64>() / 1e12;
@@ -189,7 +193,7 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, Posi
             let key = if ratio >= 0.0 { ratio * leverage } else { ratio / leverage };
             let (clearly, clearly_not) = (STRESS_LEVERAGE as f64 * equity + 11.0 * bound < notional,
                                           STRESS_LEVERAGE as f64 * equity - 11.0 * bound > notional);
-            if clearly || (!clearly_not && is_stressed(&engine.rank(position), mark, side)) {
+            if clearly || (!clearly_not && is_stressed(&engine.rank(position), mark, side, false)) {
                 stressed += position.size();
             }
             groups[0].push(Row { account, position_side, key, exact: None });
@@ -213,9 +217,11 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side) -> (Vec<(u32, Posi
     (changes, stressed)
 }
 
-fn is_stressed(ranked: &Ranked, mark: i128, side: Side) -> bool {
+/// Effective leverage STRESS_LEVERAGE or more, or past its own (rounded) bankruptcy price: within 1/STRESS_LEVERAGE
+/// of the mark (an inverse contract: of its BP, its leverage being BP / distance).
+fn is_stressed(ranked: &Ranked, mark: i128, side: Side, inverse: bool) -> bool {
     let distance = if side == Side::Long { wsub(wide(mark), ranked.bankruptcy) } else { wsub(ranked.bankruptcy, wide(mark)) };
-    wmul(distance, wide(STRESS_LEVERAGE)) <= wide(mark)
+    wmul(distance, wide(STRESS_LEVERAGE)) <= if inverse { ranked.bankruptcy } else { wide(mark) }
 }
 
 /// The quantile of every row of a group ranked after `offset` others (of `count`): floats where they decide, the

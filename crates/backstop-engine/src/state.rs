@@ -2,6 +2,7 @@
 //! Quantities and prices are integers at 1e-8, costs at 1e-16, rates at 1e-18 (docs/design.md section 9.2).
 
 use crate::numbers::Wide;
+use crate::valuation::Valuation;
 use crate::wire::{Dec, MarginMode, PositionSide, Surplus};
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::{BTreeMap, VecDeque};
@@ -24,6 +25,8 @@ pub struct Instrument {
     pub fund_id: u32,
     /// how far (a rate, 1e-18) a liquidation's mark may be from the mark in force without a finding
     pub mark_tolerance: i128,
+    /// linear, or inverse with its contract size (docs/design.md section 7)
+    pub valuation: Valuation,
 }
 
 /// docs/design.md section 7: 0.5% at 1e-18.

@@ -52,6 +52,25 @@ impl PositionSide {
 
 const POSITION_SIDES: &[&str] = &["both", "long", "short"];
 
+/// docs/design.md section 7: a linear contract (the default) is valued qty x price in its settle asset, an inverse
+/// one qty x contract_size / price in its coin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContractType {
+    Linear,
+    Inverse,
+}
+
+impl ContractType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ContractType::Linear => "linear",
+            ContractType::Inverse => "inverse",
+        }
+    }
+}
+
+const CONTRACT_TYPES: &[&str] = &["linear", "inverse"];
+
 /// A decimal as the wire gave it: its value at the kind's scale, and how many fraction digits it was written
 /// with (Python's Decimal keeps them, and a reason that prints the Decimal shows them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +108,8 @@ pub enum Body<'a> {
         liquidation_fee_rate: Dec,
         fund_id: Str<'a>,
         mark_tolerance: Option<Dec>,
+        contract_type: ContractType,
+        contract_size: Option<Dec>,
     },
     Transfer { transfer_id: Str<'a>, account_id: Str<'a>, asset: Str<'a>, amount: Dec },
     Fill {
@@ -222,6 +243,8 @@ static INSTRUMENT: Model = Model {
         ("liquidation_fee_rate", Check::Decimal(RATE, Sign::NonNegative)),
         ("fund_id", Check::Text(IDENTIFIER)),
         ("mark_tolerance", Check::OptionalDecimal(RATE, Sign::NonNegative)),
+        ("contract_type", Check::OptionalLiteral(CONTRACT_TYPES)),
+        ("contract_size", Check::OptionalDecimal(PRICE, Sign::Positive)),
     ],
 };
 static TRANSFER: Model = Model {
@@ -669,6 +692,8 @@ fn build<'a>(tag: &str, f: Vec<Field<'_, 'a>>) -> Record<'a> {
             liquidation_fee_rate: dec(&f[7]),
             fund_id: text(&f[8]),
             mark_tolerance: optional_dec(&f[9]),
+            contract_type: [ContractType::Linear, ContractType::Inverse][choice_or_default(&f[10])],
+            contract_size: optional_dec(&f[11]),
         },
         "transfer" => Body::Transfer {
             transfer_id: text(&f[2]),

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from backstop.core.numbers import CONTEXT, ONE, ZERO, ratio, whole_steps
+from backstop.core.numbers import CONTEXT, ONE, PRICE_QUANTUM, ZERO, ratio, whole_steps
 from backstop.core.state import Position
+from backstop.core.valuation import Valuation
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,20 +52,24 @@ def score(unrealized_pnl: Decimal, cost: Decimal, mark: Decimal, distance: Decim
     return ratio(CONTEXT.multiply(unrealized_pnl, distance), CONTEXT.multiply(cost, mark))
 
 
-def rank_position(position: Position, mark: Decimal, bankruptcy: Decimal) -> Ranked:
-    """Score one position against its own (rounded) BP: distance = mark - BP for a long, BP - mark for a short."""
-    unrealized = position.unrealized_pnl(mark)
+def rank_position(position: Position, mark: Decimal, bankruptcy: Decimal, valuation: Valuation) -> Ranked:
+    """Score one position against its own (rounded) BP: distance = mark - BP for a long, BP - mark for a short.
+    Its leverage is mark / distance, or BP / distance for an inverse contract (N / equity: docs/design.md §9.4), so
+    the score's `mark` is the BP there, at least the price quantum 1e-8 (a long's BP can round down to 0)."""
+    unrealized = position.unrealized_pnl(mark, valuation)
     cost = position.cost
     distance = mark - bankruptcy if position.qty > 0 else bankruptcy - mark
+    scale = max(bankruptcy, PRICE_QUANTUM) if valuation.inverse else mark  # a long's BP may floor to 0
     if cost <= 0:  # a remainder whose cost rounded away: no PnL% to rank by
-        return Ranked(position, ZERO, bankruptcy, True, unrealized, (mark, distance))
+        return Ranked(position, ZERO, bankruptcy, True, unrealized, (scale, distance))
     if distance <= 0:
-        return Ranked(position, ratio(unrealized, cost), bankruptcy, True, unrealized, (mark, distance))
-    return Ranked(position, score(unrealized, cost, mark, distance), bankruptcy, False, unrealized, (mark, distance))
+        return Ranked(position, ratio(unrealized, cost), bankruptcy, True, unrealized, (scale, distance))
+    return Ranked(position, score(unrealized, cost, scale, distance), bankruptcy, False, unrealized,
+                  (scale, distance))
 
 
-def rank_binance(position: Position, mark: Decimal, *, collateral: Decimal, margin_balance: Decimal,
-                 maintenance: Decimal, equity: Decimal, bankruptcy: Decimal) -> Ranked:
+def rank_binance(position: Position, mark: Decimal, valuation: Valuation, *, collateral: Decimal,
+                 margin_balance: Decimal, maintenance: Decimal, equity: Decimal, bankruptcy: Decimal) -> Ranked:
     """Binance's published LeveragePnL (its ADL FAQ): Pnl Percent = max(0, uPnL) / max(1, wallet balance), margin
     ratio = maintenance margin / (wallet balance + uPnL) (0 when that is <= 0), score = their product, formed with
     one division: max(uPnL, 0) x MM / (max(1, W) x (W + U)). W is the collateral (isolated margin, or the cross
@@ -72,8 +77,8 @@ def rank_binance(position: Position, mark: Decimal, *, collateral: Decimal, marg
     the account's, so the margin ratio is the account's), uPnL the position's own. A losing or bankrupt position
     scores 0; nothing is ranked last apart (ties: the larger position, then the smaller account id).
     `equity` (the position's equity share) only feeds the explain-only effective leverage."""
-    unrealized = position.unrealized_pnl(mark)
-    notional = CONTEXT.multiply(position.size, mark)
+    unrealized = position.unrealized_pnl(mark, valuation)
+    notional = valuation.value(position.size, mark)
     terms = (notional, equity)
     if unrealized <= 0 or margin_balance <= 0:
         return Ranked(position, ZERO, bankruptcy, False, unrealized, terms)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from typing import Any
 
-from backstop.core.numbers import CONTEXT, MONEY_QUANTUM, ZERO, average_price, money, ratio, text
+from backstop.core.numbers import CONTEXT, MONEY_QUANTUM, ZERO, money, ratio, text
 from backstop.core.records import SCHEMA_VERSION
 
 EPSILON = MONEY_QUANTUM  # the worst share's epsilon: x / (u + 1e-8), so that a profit of 0 divides
@@ -35,8 +35,9 @@ class Figures:
     pnl_pct: Decimal
 
 
-def figures(account_id: str, size: Decimal, cost: Decimal, profit: Decimal, equity: Decimal, mark: Decimal) -> Figures:
-    leverage = ratio(CONTEXT.multiply(size, mark), equity) if equity > 0 else None
+def figures(account_id: str, cost: Decimal, profit: Decimal, equity: Decimal, notional: Decimal) -> Figures:
+    """notional: the position's value at the mark (size x mark, or V(size, mark) for an inverse contract)."""
+    leverage = ratio(notional, equity) if equity > 0 else None
     return Figures(account_id, profit, leverage, ratio(profit, cost) if cost != 0 else ZERO)
 
 
@@ -152,12 +153,13 @@ class RoundStart:
     mark: Decimal | None
     fund_balance: Decimal
     floor: Decimal
+    bankruptcy_price: Decimal | None = None  # the lot part's reported BP (its cost's price, HALF_EVEN 1e-8)
 
 
-def deficit(side: str, qty: Decimal, cost: Decimal, mark: Decimal) -> Decimal:
-    """The lot's loss at the mark: cost - qty x mark for a long lot, qty x mark - cost for a short one, never < 0."""
-    value = CONTEXT.multiply(qty, mark)
-    return max(cost - value if side == "long" else value - cost, ZERO)
+def deficit(value_long: bool, cost: Decimal, value: Decimal) -> Decimal:
+    """The lot's loss at the mark, value its value there: cost - value for a lot long in value space (a linear long,
+    an inverse short), value - cost else, never < 0."""
+    return max(cost - value if value_long else value - cost, ZERO)
 
 
 def needed(deficit_: Decimal, fund_balance: Decimal, floor: Decimal) -> Decimal:
@@ -184,8 +186,8 @@ def build(*, round_id: str, seq: int, ts: int, policy: str, start: RoundStart, d
         "leverage": {"hit": hit_leverage, "eligible": None}, "pnl_pct": {"hit": hit_pnl, "eligible": None},
         "inversions": None, "hits": None,
     }
-    if start.qty is not None and start.cost is not None:
-        record["bankruptcy_price"] = average_price(start.cost, start.qty)
+    if start.bankruptcy_price is not None:
+        record["bankruptcy_price"] = start.bankruptcy_price
     counted = None
     if eligible is not None:
         record["leverage"]["eligible"], record["pnl_pct"]["eligible"] = _distribution(eligible)
@@ -257,9 +259,10 @@ class RunTotals:
             else:
                 leverage[member.leverage] += 1
 
-    def add_event(self, qty: Decimal, fill_price: Decimal) -> None:
+    def add_event(self, notional: Decimal) -> None:
+        """An ADL event worth `notional` (qty x price, or V(qty, price) for an inverse contract)."""
         self.events += 1
-        self.notional = CONTEXT.add(self.notional, CONTEXT.multiply(qty, fill_price))
+        self.notional = CONTEXT.add(self.notional, notional)
 
     def add_fund_entry(self, fund_id: str, amount: Decimal, balance_after: Decimal) -> None:
         peak = max(self.fund_peak.get(fund_id, CONTEXT.subtract(balance_after, amount)), balance_after)

@@ -101,8 +101,9 @@ def accounts(engine: Engine) -> dict[str, Any]:
             inventory: dict[str, Any] = {}
             for symbol in sorted(state.lots):
                 net = state.net_qty(symbol)
+                valuation = engine.instruments[symbol].valuation
                 lots = [{"liquidation_id": lot.liquidation_id, "side": lot.side, "qty": text(lot.qty),
-                         "bankruptcy_price": text(lot.bankruptcy_price()), "seq": lot.seq}
+                         "bankruptcy_price": text(lot.bankruptcy_price(valuation)), "seq": lot.seq}
                         for lot in state.lots[symbol]]
                 inventory[symbol] = {"qty": text(net), "mark_price": text(engine.marks[symbol]), "lots": lots}
             result[ledger.fund(fund_id)] = {
@@ -120,7 +121,7 @@ def _position(engine: Engine, position: Position, memo: Exposures, rank: tuple[i
     isolated = engine.ledger.balance(ledger.isolated(position.account_id, position.symbol, position.position_side))
     return {
         "qty": text(position.qty),
-        "entry_price": text(position.entry_price()),
+        "entry_price": text(position.entry_price(engine.instruments[position.symbol].valuation)),
         "cost": text(position.cost),
         "margin_mode": position.margin_mode,
         "leverage": text(position.leverage),

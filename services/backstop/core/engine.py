@@ -34,13 +34,13 @@ from backstop.core.margin import (
 )
 from backstop.core.numbers import (
     CONTEXT,
+    LARGEST_PRICE,
     MAX_COST,
     MAX_MONEY,
     MAX_POSITION_QTY,
     MONEY_QUANTUM,
     ONE,
     ZERO,
-    average_price,
     cross_equity_share,
     equity_behind,
     funding_payment,
@@ -78,6 +78,7 @@ from backstop.core.state import (
     Tier,
     position_label,
 )
+from backstop.core.valuation import LINEAR, MAX_FACE, Valuation
 from backstop.wire.inputs import (
     FUND_ACCOUNT_PREFIX,
     AnyRecord,
@@ -255,6 +256,9 @@ class Engine:
         if previous is not None and (previous.fund_id, previous.settle_asset) != (record.fund_id,
                                                                                   record.settle_asset):
             raise Rejected(f"instrument {record.symbol} cannot move to another fund or settlement asset")
+        valuation = self._valuation(record)
+        if previous is not None and previous.valuation != valuation:
+            raise Rejected(f"instrument {record.symbol} cannot change its contract_type or contract_size")
         ceilings = [tier.max_notional for tier in record.tiers]
         if any(b <= a for a, b in itertools.pairwise(ceilings)):
             raise Rejected("tiers must have strictly increasing max_notional")
@@ -263,10 +267,21 @@ class Engine:
         tolerance = DEFAULT_MARK_TOLERANCE if record.mark_tolerance is None else record.mark_tolerance
         self.instruments[record.symbol] = Instrument(
             record.symbol, record.settle_asset, record.tick_size, record.lot_size, self._checked_tiers(record),
-            record.liquidation_fee_rate, record.fund_id, tolerance)
+            record.liquidation_fee_rate, record.fund_id, tolerance, valuation)
         if previous is None:
             fund_state.symbols.append(record.symbol)
             self.by_symbol[record.symbol] = {}
+
+    @staticmethod
+    def _valuation(record: InstrumentRecord) -> Valuation:
+        """Linear, or inverse with its contract_size (docs/design.md §7): only an inverse instrument has one."""
+        if record.contract_type == "inverse":
+            if record.contract_size is None:
+                raise Rejected(f"instrument {record.symbol}: an inverse instrument needs a contract_size")
+            return Valuation(record.contract_size)
+        if record.contract_size is not None:
+            raise Rejected(f"instrument {record.symbol}: only an inverse instrument has a contract_size")
+        return LINEAR
 
     @staticmethod
     def _checked_tiers(record: InstrumentRecord) -> tuple[Tier, ...]:
@@ -338,13 +353,16 @@ class Engine:
                 label = position_label(record.symbol, position_side)
                 raise Rejected(f"{record.account_id} holds {text(held_size)} {label}; a {record.side} of "
                                f"{text(record.qty)} would take it below zero")
+        valuation = instrument.valuation
         if position is not None and (position.qty > 0) == (delta > 0):
-            self._check_growth(position, record.qty, record.price)
+            self._check_growth(position, record.qty, record.price, valuation)
+        elif valuation.inverse:  # a new position, or the part of a fill that flips one (§9.3: MAX_FACE)
+            self._check_face(record.qty - (ZERO if position is None else min(position.size, record.qty)), valuation)
         self.marks.setdefault(record.symbol, record.price)
         remaining = record.qty
         if position is not None and (position.qty > 0) != (delta > 0):
             closed = min(position.size, remaining)
-            self._reduce(position, closed, CONTEXT.multiply(closed, record.price), "realized_pnl")
+            self._reduce(position, closed, valuation.value(closed, record.price), "realized_pnl")
             remaining -= closed
         if remaining > 0:
             held = position if position is not None and position.qty != 0 else None  # a flip closed it first
@@ -365,23 +383,32 @@ class Engine:
                 raise Rejected(f"{account_id} holds {held.label} in {mode} mode; a position_side {position_side} "
                                f"record cannot mix modes in {symbol}")
 
-    @staticmethod
-    def _check_growth(position: Position, qty: Decimal, fill_price: Decimal) -> None:
-        """The bounds of docs/design.md §9.3 on a position a fill grows (a new or flipped position is within them:
-        its qty and price are)."""
+    @classmethod
+    def _check_growth(cls, position: Position, qty: Decimal, fill_price: Decimal, valuation: Valuation) -> None:
+        """The bounds of docs/design.md §9.3 on a position a fill grows (a new or flipped linear position is within
+        them: its qty and price are)."""
         size = position.size + qty
         if size >= MAX_POSITION_QTY:
             raise Rejected(f"position would hold {text(size)}, above the bound 10^12")
-        cost = position.cost + CONTEXT.multiply(qty, fill_price)
+        cost = position.cost + valuation.value(qty, fill_price)
         if cost >= MAX_COST:
             raise Rejected(f"position cost would be {text(cost)}, above the bound 10^22")
+        if valuation.inverse:
+            cls._check_face(size, valuation)
+
+    @staticmethod
+    def _check_face(size: Decimal, valuation: Valuation) -> None:
+        """MAX_FACE (docs/design.md §9.3): an inverse position's |q| x s stays below 10^14."""
+        face = valuation.face(size)
+        if face >= MAX_FACE:
+            raise Rejected(f"position face value would be {text(face)}, above the bound 10^14")
 
     def _open(self, account_id: str, instrument: Instrument, qty: Decimal, fill_price: Decimal,
               margin_mode: Literal["cross", "isolated"], leverage: Decimal, position: Position | None,
               position_side: PositionSide) -> None:
         """Open or add to a position; `position`: the one the account holds with that key, if any."""
         symbol = instrument.symbol
-        value = CONTEXT.multiply(abs(qty), fill_price)
+        value = instrument.valuation.value(abs(qty), fill_price)
         self.adl_index.touch(account_id)
         leverage = self._leverages.setdefault(str(leverage), leverage)  # one object per spelling, not one per position
         if position is None:
@@ -409,7 +436,8 @@ class Engine:
         cost_share = share(position.cost, qty, position.size)
         side = position.side
         self.adl_index.touch(position.account_id)
-        realized = money(proceeds - cost_share if position.qty > 0 else cost_share - proceeds)
+        realized = money(proceeds - cost_share if instrument.valuation.value_long(position.qty > 0)
+                         else cost_share - proceeds)
         self._post(kind, ledger.settlement(position.symbol), wallet, realized, asset)
         if position.margin_mode == "isolated":
             margin_account = ledger.isolated(position.account_id, position.symbol, position.position_side)
@@ -444,16 +472,18 @@ class Engine:
             raise Rejected(f"stale funding: ts {record.ts} is not after the {record.symbol} funding of ts {last}")
         self.funding_clock.applied(record.symbol, record.ts, self.clock)
         clearing = ledger.funding(record.symbol)
+        valuation = instrument.valuation
         book = self.by_symbol[record.symbol]
         for key in sorted(book):  # by account, then position side (docs/design.md §10, "Postings")
             position = book[key]  # each hedge side pays on its own signed qty
-            payment = funding_payment(position.qty, record.mark_price, record.rate)
+            payment = funding_payment(valuation.signed_value(position.qty, record.mark_price), record.rate)
             payer = (ledger.isolated(position.account_id, position.symbol, position.position_side)
                      if position.margin_mode == "isolated" else ledger.wallet(position.account_id,
                                                                               instrument.settle_asset))
             self._post("funding", payer, clearing, payment, instrument.settle_asset)
         fund_state = self.funds[instrument.fund_id]
-        payment = funding_payment(fund_state.net_qty(record.symbol), record.mark_price, record.rate)
+        payment = funding_payment(valuation.signed_value(fund_state.net_qty(record.symbol), record.mark_price),
+                                  record.rate)
         if payment != 0:
             self._post("funding", ledger.fund(instrument.fund_id), clearing, payment, instrument.settle_asset)
             self._fund_entry(instrument.fund_id, "funding", -payment, None, clearing, symbol=record.symbol)
@@ -480,6 +510,10 @@ class Engine:
         net = fund_state.net_qty(record.symbol) + (record.qty if position.qty > 0 else -record.qty)
         if abs(net) >= MAX_POSITION_QTY:
             raise Rejected(f"fund {instrument.fund_id} would hold {text(net)} {record.symbol}, above the bound 10^12")
+        valuation = instrument.valuation
+        if valuation.inverse and valuation.face(net) >= MAX_FACE:
+            raise Rejected(f"fund {instrument.fund_id} would hold a face value of {text(valuation.face(net))} in "
+                           f"{record.symbol}, above the bound 10^14")
 
         # the published mark in force: one a mark or a liquidation set (a fill's price stands in before either)
         in_force = self.marks[record.symbol] if self.mark_clock.seen(record.symbol) else None
@@ -489,16 +523,17 @@ class Engine:
         view = self.margin_view(position)
         self._check_liquidation_mark(record, instrument, in_force, view, view_in_force)
         equity_share = equity_behind(view.equity_share, record.qty, position.size)
-        lot_cost = lot_cost_at_bankruptcy(position, record.qty, equity_share, record.mark_price)
-        floor_cost = CONTEXT.multiply(record.qty, instrument.tick_size)
-        if lot_cost < floor_cost:
-            # BP below one tick: the equity behind the position exceeds its value (or, for a short, the account
-            # is underwater by more than it): no price reaches zero equity, so the lot is taken at one tick.
+        lot_cost = lot_cost_at_bankruptcy(position, record.qty, equity_share, record.mark_price, valuation)
+        clamped = self._clamped_lot_cost(instrument, record.qty, lot_cost)
+        if clamped is not None:
+            # BP below one tick (or, inverse, above the largest price): the equity behind the position exceeds its
+            # value, or the account is underwater by more than it: no price reaches zero equity within the wire's
+            # prices, so the lot is taken at the nearest one.
             self._finding("bp_clamped", record.account_id, record.liquidation_id, record.symbol, {
-                "computed": text(average_price(lot_cost, record.qty)), "clamped_to": text(instrument.tick_size),
+                "computed": text(valuation.price(record.qty, lot_cost)), "clamped_to": text(clamped[1]),
                 "equity_share": text(equity_share)})
-            lot_cost = floor_cost
-        computed_bp = average_price(lot_cost, record.qty)
+            lot_cost = clamped[0]
+        computed_bp = valuation.price(record.qty, lot_cost)
         venue_bp = record.bankruptcy_price
         if venue_bp is not None and abs(venue_bp - computed_bp) > instrument.tick_size:
             self._finding("bp_mismatch", record.account_id, record.liquidation_id, record.symbol, {
@@ -516,6 +551,20 @@ class Engine:
             if refused is not None and self._deleverage(fund_state, lot, refused.trigger, refused.reset) > 0:
                 return  # nobody left to take it: the mark's own check would find the same
         self._check_inventory(record.symbol)
+
+    @staticmethod
+    def _clamped_lot_cost(instrument: Instrument, qty: Decimal, lot_cost: Decimal) -> tuple[Decimal, Decimal] | None:
+        """(cost, price) of the lot clamped to a price the wire admits, or None when its price is one (§9.4): linear,
+        at least qty x tick_size; inverse, its price qty x s / cost within [tick_size, largest PRICE]."""
+        valuation = instrument.valuation
+        if not valuation.inverse:
+            floor_cost = CONTEXT.multiply(qty, instrument.tick_size)
+            return (floor_cost, instrument.tick_size) if lot_cost < floor_cost else None
+        lowest_cost = valuation.value(qty, LARGEST_PRICE)
+        if lot_cost < lowest_cost:
+            return lowest_cost, LARGEST_PRICE
+        highest_cost = valuation.value(qty, instrument.tick_size)
+        return (highest_cost, instrument.tick_size) if lot_cost > highest_cost else None
 
     def _check_liquidation_mark(self, record: LiquidationRecord, instrument: Instrument, in_force: Decimal | None,
                                 view: MarginView, view_in_force: MarginView | None) -> None:
@@ -571,14 +620,15 @@ class Engine:
 
     def _realize(self, fund_state: FundState, lot: Lot, qty: Decimal, fill_price: Decimal) -> None:
         """The fund closes qty of a lot in the market; a gain is split per the surplus policy."""
-        self._realize_proceeds(fund_state, lot, qty, CONTEXT.multiply(qty, fill_price))
+        self._realize_proceeds(fund_state, lot, qty, self.instruments[lot.symbol].valuation.value(qty, fill_price))
 
     def _realize_proceeds(self, fund_state: FundState, lot: Lot, qty: Decimal, proceeds: Decimal) -> None:
         """The fund closes qty of a lot for total proceeds (exact); a gain is split per the surplus policy."""
         instrument = self.instruments[lot.symbol]
         asset = instrument.settle_asset
         cost_share = self._take_from_lot(fund_state, lot, qty)
-        gain = money(proceeds - cost_share if lot.side == "long" else cost_share - proceeds)
+        gain = money(proceeds - cost_share if instrument.valuation.value_long(lot.side == "long")
+                     else cost_share - proceeds)
         fund_id = fund_state.spec.fund_id
         source = ledger.settlement(lot.symbol)
         cause, self._liquidation_id = self._liquidation_id, lot.liquidation_id
@@ -652,14 +702,15 @@ class Engine:
         if room <= 0:
             return abs(net)
         excess = self.inventory_notional(fund_state) - CONTEXT.multiply(fund_state.spec.max_inventory_ratio, room)
-        wanted = whole_steps(excess, self.marks[instrument.symbol], instrument.lot_size, ROUND_CEILING)
+        wanted = instrument.valuation.qty_of(excess, self.marks[instrument.symbol], instrument.lot_size,
+                                             ROUND_CEILING)
         return min(wanted, abs(net))
 
     def inventory_notional(self, fund_state: FundState) -> Decimal:
-        """Sum over the fund's symbols of |net qty| x mark."""
+        """Sum over the fund's symbols of V(|net qty|, mark)."""
         total = ZERO
         for symbol in fund_state.lots:
-            total += CONTEXT.multiply(abs(fund_state.net_qty(symbol)), self.marks[symbol])
+            total += self.instruments[symbol].valuation.value(abs(fund_state.net_qty(symbol)), self.marks[symbol])
         return total
 
     def _deleverage(self, fund_state: FundState, lot: Lot, trigger: str = "takeover", reset: Decimal | None = None,
@@ -675,18 +726,21 @@ class Engine:
         opposite: Literal["long", "short"] = "short" if lot.side == "long" else "long"
         mark = self.marks[symbol]
         fund_id = fund_state.spec.fund_id
+        valuation = self.instruments[symbol].valuation
+        lot_value_long = valuation.value_long(lot.side == "long")
         start = adl_rounds.RoundStart(trigger, fund_id, symbol, lot.liquidation_id, lot.side, wanted, cost, mark,
-                                      self.ledger.balance(ledger.fund(fund_id)), policy.floor)
-        deficit = adl_rounds.deficit(lot.side, wanted, cost, mark)
+                                      self.ledger.balance(ledger.fund(fund_id)), policy.floor,
+                                      valuation.reported_price(wanted, cost))
+        value = valuation.value(wanted, mark)
+        deficit = adl_rounds.deficit(lot_value_long, cost, value)
         price_rule: str = policy.price
         if reset is not None:
             price_rule = "reset"
         elif price_rule == "floor":  # OKX: at the mark while the fund can pay the deficit above its floor
             price_rule = "mark" if start.fund_balance - policy.floor >= deficit else "bankruptcy"
-        value = CONTEXT.multiply(wanted, mark)
         whole_price = {"bankruptcy": cost, "mark": value, "reset": reset}[price_rule]
         assert whole_price is not None
-        full_haircut = whole_price - value if lot.side == "long" else value - whole_price
+        full_haircut = whole_price - value if lot_value_long else value - whole_price
         queue, count = self._adl_top(symbol, opposite, wanted)
         eligible = self._eligible_figures(symbol, opposite, mark) if self.full_adl_metrics else None
         takes = self._allocate(queue, lot, wanted, full_haircut)
@@ -705,7 +759,7 @@ class Engine:
             self._liquidation_id = lot.liquidation_id
             self._adl_event_id = f"adl-{self._seq}-{len(self._effects.adl_events)}"  # the event made below
             if price_rule == "mark":
-                proceeds = CONTEXT.multiply(take, mark)
+                proceeds = valuation.value(take, mark)
                 self._realize(fund_state, lot, take, mark)
             elif reset_left is not None:
                 proceeds = share(reset_left, take, lot.qty)
@@ -715,10 +769,10 @@ class Engine:
                 proceeds = self._take_from_lot(fund_state, lot, take)
             self._reduce(counterparty, take, proceeds, "adl")
             self._adl_event(fund_id, lot, counterparty.account_id, opposite, take,
-                            average_price(proceeds, take), rank, ranked.score, adl.quantile(rank, count))
+                            valuation.reported_price(take, proceeds), rank, ranked.score, adl.quantile(rank, count))
             self._liquidation_id, self._adl_event_id = causes
-            at_mark = CONTEXT.multiply(take, mark)  # the haircut: what the take gave up against the mark
-            haircut = proceeds - at_mark if opposite == "short" else at_mark - proceeds
+            at_mark = valuation.value(take, mark)  # the haircut: what the take gave up against the mark
+            haircut = proceeds - at_mark if lot_value_long else at_mark - proceeds  # the taker: the other side
             hits.append(adl_rounds.Hit(figures, take, haircut))
         if left > 0:
             self._finding("adl_shortfall", lot.liquidated_account, lot.liquidation_id, symbol, {
@@ -775,8 +829,9 @@ class Engine:
             if hit is not None and hit[0] == numbers:
                 return hit[1], hit[2]
         equity = self.margin_view(position).equity_share
-        result = adl_rounds.figures(position.account_id, position.size, position.cost, position.unrealized_pnl(mark),
-                                    equity, mark)
+        valuation = self.instruments[position.symbol].valuation
+        result = adl_rounds.figures(position.account_id, position.cost, position.unrealized_pnl(mark, valuation),
+                                    equity, valuation.value(position.size, mark))
         if alone:
             cache[position.key] = (numbers, equity, result)
         return equity, result
@@ -814,7 +869,7 @@ class Engine:
                                       self.ledger.balance(ledger.fund(fund_id)), self.adl_policy.floor)
         positions = [self.by_symbol[symbol][key] for symbol in sorted(fund_state.symbols)
                      for key in sorted(self.by_symbol[symbol])]  # (account, position_side): hedge sides apart
-        profits = [p.unrealized_pnl(self.marks[p.symbol]) for p in positions]
+        profits = [p.unrealized_pnl(self.marks[p.symbol], self.instruments[p.symbol].valuation) for p in positions]
         keys = [(p.account_id, p.label) for p in positions]
         eligible = ([self._figures(p, self.marks[p.symbol]) for p in positions] if self.full_adl_metrics else None)
         taken = [(position, amount, self._figures(position, self.marks[position.symbol]))
@@ -837,9 +892,10 @@ class Engine:
         lots = fund_state.lots.get(symbol)
         if lots:
             mark = self.marks[symbol]
+            valuation = self.instruments[symbol].valuation
             for lot in lots:
-                value = CONTEXT.multiply(lot.qty, mark)
-                total += value - lot.cost if lot.side == "long" else lot.cost - value
+                value = valuation.value(lot.qty, mark)
+                total += value - lot.cost if valuation.value_long(lot.side == "long") else lot.cost - value
         return total
 
     def _drawdown_values(self, funds: list[str]) -> dict[str, tuple[Decimal, dict[str, Decimal]]]:
@@ -869,14 +925,15 @@ class Engine:
         if pnl >= level and symbol not in state.triggered:
             return None
         state.triggered.add(symbol)
-        value = CONTEXT.multiply(lot.qty, self.marks[symbol])
-        lot_pnl = value - lot.cost if lot.side == "long" else lot.cost - value
+        value = self.instruments[symbol].valuation.value(lot.qty, self.marks[symbol])
+        value_long = self.instruments[symbol].valuation.value_long(lot.side == "long")  # in value space (§7)
+        lot_pnl = value - lot.cost if value_long else lot.cost - value
         room = pnl - lot_pnl - level  # what the symbol's PnL may still lose without the lot, down to the level
         low, high = min(lot.cost, value), max(lot.cost, value)
-        exact = lot.cost - room if lot.side == "long" else lot.cost + room
+        exact = lot.cost - room if value_long else lot.cost + room
         if exact <= low or exact >= high:
             return Takeover("drawdown", low if exact <= low else high)
-        if lot.side == "long":  # the fund sells the lot: rounded up, in its favour
+        if value_long:  # the fund sells the lot's value: rounded up, in its favour
             return Takeover("drawdown", min(whole_steps(exact, ONE, MONEY_QUANTUM, ROUND_CEILING), high))
         return Takeover("drawdown", max(whole_steps(exact, ONE, MONEY_QUANTUM, ROUND_FLOOR), low))
 
@@ -911,8 +968,9 @@ class Engine:
             if known is not None:
                 return known
         mark = self.marks[position.symbol]
-        result = (position.unrealized_pnl(mark), position_maintenance(position, self.instruments[position.symbol].tiers,
-                                                                      mark))
+        instrument = self.instruments[position.symbol]
+        result = (position.unrealized_pnl(mark, instrument.valuation),
+                  position_maintenance(position, instrument.tiers, mark, instrument.valuation))
         if memo is not None:
             memo[key] = result
         return result
@@ -938,10 +996,12 @@ class Engine:
 
     def _bankruptcy_price(self, position: Position, memo: Exposures | None = None) -> Decimal:
         """The position's BP, rounded in the fund's favour (docs/design.md §9.4)."""
+        valuation = self.instruments[position.symbol].valuation
         if position.margin_mode == "isolated":
-            return isolated_bankruptcy_price(position, self.ledger.balance(self._isolated_account(position)))
+            return isolated_bankruptcy_price(position, self.ledger.balance(self._isolated_account(position)),
+                                             valuation)
         return bankruptcy_price(position, self.margin_view(position, memo).equity_share,
-                                self.marks[position.symbol])
+                                self.marks[position.symbol], valuation)
 
     def position_of(self, account_id: str, symbol: str, side: Literal["long", "short"]) -> Position:
         """The account's open position of one direction on a symbol: its hedge side of that name, else its one-way
@@ -967,9 +1027,9 @@ class Engine:
         else:
             collateral = self.ledger.balance(ledger.wallet(position.account_id,
                                                            self.instruments[position.symbol].settle_asset))
-        return adl.rank_binance(position, mark, collateral=collateral, margin_balance=view.margin_balance,
-                                maintenance=view.maintenance_margin, equity=view.equity_share,
-                                bankruptcy=self._bankruptcy_price(position))
+        return adl.rank_binance(position, mark, self.instruments[position.symbol].valuation, collateral=collateral,
+                                margin_balance=view.margin_balance, maintenance=view.maintenance_margin,
+                                equity=view.equity_share, bankruptcy=self._bankruptcy_price(position))
 
     def _adl_top(self, symbol: str, side: Literal["long", "short"], qty: Decimal) -> tuple[list[adl.Ranked], int]:
         """The head of the ADL queue that covers qty, exactly ranked, and the queue's length. Under the BitMEX
@@ -979,8 +1039,8 @@ class Engine:
 
     def _adl_top_in_context(self, symbol: str, side: Literal["long", "short"], qty: Decimal
                             ) -> tuple[list[adl.Ranked], int]:
-        if self.adl_policy.rule != "bitmex":
-            queue = self.adl_queue(symbol, side)
+        if self.adl_policy.rule != "bitmex" or self.instruments[symbol].valuation.inverse:
+            queue = self.adl_queue(symbol, side)  # the index's float rows score linear contracts only
             return queue, len(queue)
         index = self.adl_index
         self.refresh_adl_index()
@@ -1018,12 +1078,14 @@ class Engine:
             self._rank_cache[position.symbol] = (mark, cache)
         alone = position.margin_mode == "isolated" or len(self.positions.of(position.account_id)) == 1
         if not alone:
-            return adl.rank_position(position, mark, self._bankruptcy_price(position))
+            return adl.rank_position(position, mark, self._bankruptcy_price(position),
+                                     self.instruments[position.symbol].valuation)
         numbers = (position.qty, position.cost, self._margin_base(position))
         hit = cache.get(position.key)
         if hit is not None and hit[0] == numbers and hit[1].position is position:
             return hit[1]
-        ranked = adl.rank_position(position, mark, self._bankruptcy_price(position))
+        ranked = adl.rank_position(position, mark, self._bankruptcy_price(position),
+                                   self.instruments[position.symbol].valuation)
         cache[position.key] = (numbers, ranked)
         return ranked
 
@@ -1052,7 +1114,7 @@ class Engine:
                     continue
                 pnl, mm = self.exposure(peer, memo)
                 other += pnl - mm
-        return liquidation_price(position, instrument.tiers, other)
+        return liquidation_price(position, instrument.tiers, other, instrument.valuation)
 
     def _cross_positions(self, account_id: str, asset: str) -> list[Position]:
         return [p for p in self.positions.of(account_id)

@@ -11,6 +11,7 @@ from decimal import Decimal
 from backstop.core import numbers
 from backstop.core.numbers import CONTEXT, ZERO
 from backstop.core.state import Position, Tier
+from backstop.core.valuation import Valuation
 
 
 def bracket(tiers: Sequence[Tier], notional: Decimal) -> Tier:
@@ -27,60 +28,82 @@ def maintenance_margin(tiers: Sequence[Tier], notional: Decimal) -> Decimal:
     return numbers.maintenance(notional, tier.mmr, tier.maint_amount)
 
 
-def position_maintenance(position: Position, tiers: Sequence[Tier], mark: Decimal) -> Decimal:
-    return maintenance_margin(tiers, CONTEXT.multiply(position.size, mark))
+def position_maintenance(position: Position, tiers: Sequence[Tier], mark: Decimal, valuation: Valuation) -> Decimal:
+    """MM of a position, its bracket chosen by its notional at mark N = V(size, mark) (docs/design.md §7)."""
+    return maintenance_margin(tiers, valuation.value(position.size, mark))
 
 
-def lot_cost_at_bankruptcy(position: Position, qty: Decimal, equity_behind: Decimal, mark: Decimal) -> Decimal:
-    """Cost of `qty` of the position at its bankruptcy price, given the equity behind that qty (exact).
+def lot_cost_at_bankruptcy(position: Position, qty: Decimal, equity_behind: Decimal, mark: Decimal,
+                           valuation: Valuation) -> Decimal:
+    """Value of `qty` of the position at its bankruptcy price, given the equity behind that qty (exact).
 
-    Long: qty x mark - equity; short: qty x mark + equity. For an isolated position the equity is
-    margin + uPnL, which reduces to the textbook cost - margin (BP = E - M/q) whatever the mark.
+    Long in value space (a linear long, an inverse short): V(qty, mark) - equity; else V(qty, mark) + equity. For an
+    isolated position the equity is margin + uPnL, which reduces to the textbook cost -/+ margin whatever the mark.
     """
-    value = CONTEXT.multiply(qty, mark)
-    return value - equity_behind if position.qty > 0 else value + equity_behind
+    value = valuation.value(qty, mark)
+    return value - equity_behind if valuation.value_long(position.qty > 0) else value + equity_behind
 
 
-def bankruptcy_price(position: Position, equity_share: Decimal, mark: Decimal) -> Decimal:
-    """The price at which the position's share of the account's equity is zero: (size x mark -/+ share) / size,
-    FLOOR for a long and CEILING for a short to 1e-8."""
-    numerator = lot_cost_at_bankruptcy(position, position.size, equity_share, mark)
-    return numbers.bankruptcy_price(numerator, position.size, long=position.qty > 0)
+def bankruptcy_price(position: Position, equity_share: Decimal, mark: Decimal, valuation: Valuation) -> Decimal:
+    """The price at which the position's share of the account's equity is zero: the price of its value at bankruptcy
+    (V(size, mark) -/+ share), FLOOR for a long and CEILING for a short to 1e-8."""
+    value = lot_cost_at_bankruptcy(position, position.size, equity_share, mark, valuation)
+    return valuation.bankruptcy_price(value, position.size, long=position.qty > 0)
 
 
-def isolated_bankruptcy_price(position: Position, margin: Decimal) -> Decimal:
-    """(cost - margin) / size for a long, (cost + margin) / size for a short, FLOOR / CEILING to 1e-8: needs no mark
-    and no maintenance margin."""
-    long = position.qty > 0
-    return numbers.bankruptcy_price(position.cost - margin if long else position.cost + margin, position.size,
-                                    long=long)
+def isolated_bankruptcy_price(position: Position, margin: Decimal, valuation: Valuation) -> Decimal:
+    """The price of cost -/+ margin (minus for a long in value space), FLOOR for a long and CEILING for a short to
+    1e-8: needs no mark and no maintenance margin."""
+    cost = position.cost
+    value = cost - margin if valuation.value_long(position.qty > 0) else cost + margin
+    return valuation.bankruptcy_price(value, position.size, long=position.qty > 0)
 
 
-def liquidation_price(position: Position, tiers: Sequence[Tier], other_equity: Decimal) -> Decimal | None:
+def liquidation_price(position: Position, tiers: Sequence[Tier], other_equity: Decimal,
+                      valuation: Valuation) -> Decimal | None:
     """The mark at which this position's margin balance equals its maintenance margin.
 
     other_equity: for isolated, the isolated margin; for cross, wallet + sum over the account's other cross
-    positions of (uPnL - MM) at their marks. Solves other + q(P - E) = |q| P mmr - cum per bracket, P rounded
-    HALF_EVEN to 1e-8, and keeps the bracket whose notional at the rounded P lies inside it (the bracket is
-    re-chosen at the liquidation price, as Binance does). None when no positive price liquidates the position.
+    positions of (uPnL - MM) at their marks. Solves other + uPnL(P) = MM(P) per bracket, P rounded HALF_EVEN to
+    1e-8, and keeps the bracket whose notional at the rounded P lies inside it (the bracket is re-chosen at the
+    liquidation price, as Binance does). None when no positive price liquidates the position.
     """
-    q = position.qty
-    signed_cost = position.cost if q > 0 else -position.cost
+    candidate_of = _candidate if valuation.contract_size is None else _inverse_candidate
     lower = ZERO
     for tier in tiers:
-        candidate = _candidate(position, signed_cost - other_equity - tier.maint_amount, tier.mmr)
-        if candidate is not None and candidate > 0 and lower < CONTEXT.multiply(position.size, candidate) <= \
+        candidate = candidate_of(position, tier, other_equity, valuation)
+        if candidate is not None and candidate > 0 and lower < valuation.value(position.size, candidate) <= \
                 tier.max_notional:
             return candidate
         lower = tier.max_notional
     last = tiers[-1]
-    candidate = _candidate(position, signed_cost - other_equity - last.maint_amount, last.mmr)
-    if candidate is not None and candidate > 0 and CONTEXT.multiply(position.size, candidate) > last.max_notional:
+    candidate = candidate_of(position, last, other_equity, valuation)
+    if candidate is not None and candidate > 0 and valuation.value(position.size, candidate) > last.max_notional:
         return candidate
     return None
 
 
-def _candidate(position: Position, numerator: Decimal, mmr: Decimal) -> Decimal | None:
-    """One bracket's price; None where q - |q| mmr = 0 (mmr = 1 for a long: the engine admits only mmr < 1)."""
-    denominator = position.qty - CONTEXT.multiply(position.size, mmr)
-    return None if denominator == 0 else numbers.liquidation_candidate(numerator, denominator)
+def _candidate(position: Position, tier: Tier, other_equity: Decimal, valuation: Valuation) -> Decimal | None:
+    """One bracket's linear price, (signed cost - other - maint_amount) / (q - |q| mmr); None where the denominator
+    is 0 (mmr = 1 for a long: the engine admits only mmr < 1)."""
+    signed_cost = position.cost if position.qty > 0 else -position.cost
+    denominator = position.qty - CONTEXT.multiply(position.size, tier.mmr)
+    if denominator == 0:
+        return None
+    return numbers.liquidation_candidate(signed_cost - other_equity - tier.maint_amount, denominator)
+
+
+def _inverse_candidate(position: Position, tier: Tier, other_equity: Decimal, valuation: Valuation
+                       ) -> Decimal | None:
+    """One bracket's inverse price: |q| s (1 + mmr) / (other + C + maint_amount) for a long, |q| s (1 - mmr) /
+    (C - other - maint_amount) for a short; None where the denominator is not positive."""
+    face = valuation.face(position.size)
+    if position.qty > 0:
+        numerator = face + CONTEXT.multiply(face, tier.mmr)
+        denominator = other_equity + position.cost + tier.maint_amount
+    else:
+        numerator = face - CONTEXT.multiply(face, tier.mmr)
+        denominator = position.cost - other_equity - tier.maint_amount
+    if denominator <= 0:
+        return None
+    return numbers.liquidation_candidate(numerator, denominator)

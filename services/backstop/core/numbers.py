@@ -107,9 +107,10 @@ def maintenance(notional: Decimal, mmr: Decimal, maint_amount: Decimal) -> Decim
     return max(money(CONTEXT.multiply(notional, mmr)) - maint_amount, ZERO)
 
 
-def funding_payment(qty: Decimal, mark: Decimal, rate: Decimal) -> Decimal:
-    """What a (signed) qty pays at a funding: HALF_EVEN(qty x mark x rate) to 1e-8."""
-    return money(CONTEXT.multiply(CONTEXT.multiply(qty, mark), rate))
+def funding_payment(signed_value: Decimal, rate: Decimal) -> Decimal:
+    """What a position worth signed_value at the funding's mark pays (signed as its qty): HALF_EVEN(value x rate)
+    to 1e-8 (linear: qty x mark x rate)."""
+    return money(CONTEXT.multiply(signed_value, rate))
 
 
 def cross_equity_share(tnc: Decimal, position_mm: Decimal, total_mm: Decimal) -> Decimal:

@@ -68,7 +68,7 @@ class Processor:
         for entry in effects.fund_entries:
             totals.add_fund_entry(entry.fund_id, entry.amount, entry.balance_after)
         for event in effects.adl_events:
-            totals.add_event(event.qty, event.price)
+            totals.add_event(self.engine.instruments[event.symbol].valuation.reported_value(event.qty, event.price))
         for round_ in effects.adl_rounds:
             totals.add_round(round_)
         return Applied(self.engine.last_seq, effects)

@@ -120,7 +120,7 @@ def side_quantiles(book: _Book, mark: Decimal, side: Side, ranked: Callable[[str
     stressed = _stressed_size(book, mark, ranked, trusted_slots, past_slots, (equity, bound, notional))
     with localcontext(CONTEXT):
         for r in exact.values():
-            if is_stressed(r, mark):
+            if is_stressed(r, mark, inverse=False):
                 stressed += r.position.size
     return changes, stressed
 
@@ -167,7 +167,8 @@ def _stressed_size(book: _Book, mark: Decimal, ranked: Callable[[str], Ranked], 
     clearly = trusted_slots[STRESS_LEVERAGE * equity + (STRESS_LEVERAGE + 1) * bound < notional]
     unclear = trusted_slots[(STRESS_LEVERAGE * equity + (STRESS_LEVERAGE + 1) * bound >= notional)
                             & (STRESS_LEVERAGE * equity - (STRESS_LEVERAGE + 1) * bound <= notional)]
-    decided = [slot for slot in unclear.tolist() if is_stressed(ranked(book.accounts[slot] or ""), mark)]
+    decided = [slot for slot in unclear.tolist() if is_stressed(ranked(book.accounts[slot] or ""), mark,
+                                                                           inverse=False)]
     slots = np.concatenate([clearly, past_slots, np.array(decided, dtype=np.intp)]).astype(np.intp)
     units = (int(book.units_high[slots].astype(np.int64).sum()) * UNITS_SPLIT
              + int(book.units_low[slots].astype(np.int64).sum()))

@@ -56,11 +56,12 @@ class Risk:
     stressed_short: Decimal
 
 
-def is_stressed(ranked: adl.Ranked, mark: Decimal) -> bool:
-    """Within 1/STRESS_LEVERAGE of the mark of its own (rounded) bankruptcy price, or past it."""
+def is_stressed(ranked: adl.Ranked, mark: Decimal, *, inverse: bool) -> bool:
+    """Effective leverage STRESS_LEVERAGE or more, or past its own (rounded) bankruptcy price: within
+    1/STRESS_LEVERAGE of the mark (an inverse contract: of its BP, its leverage being BP / distance)."""
     bankruptcy = ranked.bankruptcy_price
     distance = mark - bankruptcy if ranked.position.qty > 0 else bankruptcy - mark
-    return distance * STRESS_LEVERAGE <= mark
+    return distance * STRESS_LEVERAGE <= (bankruptcy if inverse else mark)
 
 
 def side_view(engine: Engine, symbol: str, side: Literal["long", "short"]) -> SideView:
@@ -72,10 +73,11 @@ def side_view(engine: Engine, symbol: str, side: Literal["long", "short"]) -> Si
     queue = engine.adl_queue(symbol, side)
     count = len(queue)
     stressed = ZERO
+    inverse = engine.instruments[symbol].valuation.inverse
     with localcontext(CONTEXT):
         for rank, ranked in enumerate(queue, start=1):
             view.ranks[ranked.position.account_id] = (rank, adl.quantile(rank, count))
-            if is_stressed(ranked, mark):
+            if is_stressed(ranked, mark, inverse=inverse):
                 stressed += ranked.position.size
     view.stressed_size = stressed
     return view
@@ -103,9 +105,12 @@ def risks(engine: Engine, stressed_sizes: dict[tuple[str, str], Decimal]) -> dic
             room = capacities.get(fund_id)
             if room is None:
                 room = capacities[fund_id] = capacity(engine, fund_id)
-            mark = engine.marks.get(symbol, ZERO)
-            stressed_long = stressed_sizes.get((symbol, "long"), ZERO) * mark
-            stressed_short = stressed_sizes.get((symbol, "short"), ZERO) * mark
+            mark = engine.marks.get(symbol)
+            valuation = engine.instruments[symbol].valuation
+            stressed_long = stressed_short = ZERO
+            if mark is not None:  # V(stressed size, mark): one rounding per side for an inverse contract
+                stressed_long = valuation.value(stressed_sizes.get((symbol, "long"), ZERO), mark)
+                stressed_short = valuation.value(stressed_sizes.get((symbol, "short"), ZERO), mark)
             stressed = max(stressed_long, stressed_short)
             level: RiskLevel = ("high" if room == 0 or stressed >= room else "medium" if 2 * stressed >= room
                                 else "low")
@@ -149,6 +154,13 @@ def _changes_indexed(engine: Engine) -> tuple[Changes, dict[tuple[str, str], Dec
         for side in SIDES:
             rows = engine.adl_index.book(symbol, side)
             if mark is None or rows is None:
+                continue
+            if engine.instruments[symbol].valuation.inverse:  # the index's float rows score linear contracts only
+                view = side_view(engine, symbol, side)
+                changes[(symbol, side)] = [
+                    (account_id, quantile) for account_id, (_, quantile) in view.ranks.items()
+                    if engine.position_of(account_id, symbol, side).adl_quantile != quantile]
+                stressed[(symbol, side)] = view.stressed_size
                 continue
 
             def ranked(account_id: str) -> adl.Ranked:

@@ -18,7 +18,7 @@ check. The decisions are the exact check's (a test runs both).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal, localcontext
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 
 from backstop.core import ledger
 from backstop.core.hashing import canonical_json
@@ -92,8 +92,8 @@ class Simulator:
                 if position is None:
                     continue
                 account_id = position.account_id
-                if self.prefilter and (position.margin_mode == "isolated" or
-                                       len(engine.positions.of(account_id)) == 1):
+                if self.prefilter and not instrument.valuation.inverse and (
+                        position.margin_mode == "isolated" or len(engine.positions.of(account_id)) == 1):
                     margin = engine.ledger.balance(ledger.isolated(account_id, symbol, position.position_side)
                                                    if position.margin_mode == "isolated"
                                                    else ledger.wallet(account_id, instrument.settle_asset))
@@ -111,10 +111,10 @@ class Simulator:
         mark = engine.marks[position.symbol]
         qty = position.size
         if self.params.partial:
-            tier = bracket(instrument.tiers, position.size * mark)
+            tier = bracket(instrument.tiers, instrument.valuation.value(position.size, mark))
             lower = [t.max_notional for t in instrument.tiers if t.max_notional < tier.max_notional]
             if lower:  # step down one bracket: keep what fits under the next lower bracket's ceiling
-                keep = whole_steps(lower[-1], mark, instrument.lot_size)
+                keep = instrument.valuation.qty_of(lower[-1], mark, instrument.lot_size, ROUND_FLOOR)
                 qty = max(position.size - keep, instrument.lot_size)
         slip = (mark * self.params.slippage_bps).scaleb(-4)  # basis points: exact
         if position.qty > 0:  # the order sells: below the mark, rounded down to the tick

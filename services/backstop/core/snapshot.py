@@ -20,6 +20,7 @@ from backstop.core.hashing import canonical_json
 from backstop.core.numbers import text
 from backstop.core.ordering import SymbolClock, clock_of
 from backstop.core.state import DEFAULT_MARK_TOLERANCE, FundSpec, FundState, Instrument, Lot, Position, Tier
+from backstop.core.valuation import LINEAR, Valuation
 
 SNAPSHOT_VERSION = 4  # 3: the journal clock and dedupe in the document; 4: postings head and ADL quantiles
 
@@ -77,6 +78,9 @@ def _instrument_document(i: Instrument) -> dict[str, Any]:
                   for t in i.tiers]}
     if i.mark_tolerance != DEFAULT_MARK_TOLERANCE:
         document["mark_tolerance"] = text(i.mark_tolerance)
+    if i.valuation.contract_size is not None:  # inverse only: a linear instrument keeps its state hash
+        document["contract_type"] = "inverse"
+        document["contract_size"] = text(i.valuation.contract_size)
     return document
 
 
@@ -131,7 +135,8 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: 
         tiers = tuple(Tier(_d(t["max_notional"]), _d(t["mmr"]), _d(t["maint_amount"])) for t in i["tiers"])
         engine.instruments[i["symbol"]] = Instrument(
             i["symbol"], i["settle_asset"], _d(i["tick_size"]), _d(i["lot_size"]), tiers,
-            _d(i["liquidation_fee_rate"]), i["fund_id"], _d(i.get("mark_tolerance", str(DEFAULT_MARK_TOLERANCE))))
+            _d(i["liquidation_fee_rate"]), i["fund_id"], _d(i.get("mark_tolerance", str(DEFAULT_MARK_TOLERANCE))),
+            Valuation(_d(i["contract_size"])) if i.get("contract_type") == "inverse" else LINEAR)
         engine.by_symbol[i["symbol"]] = {}
     engine.marks = {symbol: _d(mark) for symbol, mark in document["marks"].items()}
     engine.clock = clock_of(document["clock"])

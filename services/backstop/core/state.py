@@ -9,7 +9,8 @@ from decimal import Decimal
 from typing import Literal
 
 from backstop.core.errors import InvariantViolation
-from backstop.core.numbers import CONTEXT, ZERO, average_price
+from backstop.core.numbers import ZERO
+from backstop.core.valuation import LINEAR, Valuation
 
 MarginMode = Literal["cross", "isolated"]
 SurplusPolicy = Literal["fund", "trader"]
@@ -44,6 +45,11 @@ class Instrument:
     liquidation_fee_rate: Decimal
     fund_id: str
     mark_tolerance: Decimal = DEFAULT_MARK_TOLERANCE
+    valuation: Valuation = LINEAR  # linear, or inverse with its contract_size (docs/design.md §7)
+
+    @property
+    def contract_type(self) -> Literal["linear", "inverse"]:
+        return "inverse" if self.valuation.inverse else "linear"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +91,15 @@ class Position:
     def size(self) -> Decimal:
         return abs(self.qty)
 
-    def entry_price(self) -> Decimal:
-        """The reported entry price: HALF_EVEN(cost / size) to 1e-8 (the rules use the exact cost, never this)."""
-        return average_price(self.cost, self.size)
+    def entry_price(self, valuation: Valuation) -> Decimal:
+        """The reported entry price: HALF_EVEN(cost / size) to 1e-8, or the harmonic HALF_EVEN(size x s / cost) of an
+        inverse contract (the rules use the exact cost, never this)."""
+        return valuation.reported_price(self.size, self.cost)
 
-    def unrealized_pnl(self, mark: Decimal) -> Decimal:
-        value = CONTEXT.multiply(self.size, mark)
-        return value - self.cost if self.qty > 0 else self.cost - value
+    def unrealized_pnl(self, mark: Decimal, valuation: Valuation) -> Decimal:
+        """Value at mark - cost for a long in value space (a linear long, an inverse short), cost - value else."""
+        value = valuation.value(self.size, mark)
+        return value - self.cost if valuation.value_long(self.qty > 0) else self.cost - value
 
 
 class Positions:
@@ -166,9 +174,9 @@ class Lot:
     liquidated_account: str
     seq: int
 
-    def bankruptcy_price(self) -> Decimal:
-        """The reported BP of the lot: HALF_EVEN(cost / qty) to 1e-8 (the rules use the exact cost, never this)."""
-        return average_price(self.cost, self.qty)
+    def bankruptcy_price(self, valuation: Valuation) -> Decimal:
+        """The reported BP of the lot: the price of its cost, HALF_EVEN to 1e-8 (the rules use the exact cost)."""
+        return valuation.reported_price(self.qty, self.cost)
 
 
 @dataclass(slots=True)

@@ -21,6 +21,7 @@ from backstop.core.errors import AlreadyApplied, Rejected
 from backstop.core.hashing import record_dict
 from backstop.core.numbers import CONTEXT, equity_behind, money, text
 from backstop.core.processor import Applied, Processor
+from backstop.core.valuation import LINEAR
 from backstop.wire.decode import InvalidRecord, decode_record
 from backstop.wire.inputs import AnyRecord, FillRecord, FundingRecord, LiquidationRecord, TransferRecord
 
@@ -116,15 +117,25 @@ def _before(engine: Engine, record: AnyRecord) -> dict[str, Any]:
         return {"kind": "liquidation", **_liquidation_inputs(engine, record)}
     if isinstance(record, FillRecord) and is_fund_account(record.account_id):
         fund_state = engine.funds.get(record.account_id[len("fund:"):])
+        spec = engine.instruments.get(record.symbol)
+        valuation = spec.valuation if spec else LINEAR
         lots = [{"liquidation_id": lot.liquidation_id, "side": lot.side, "qty": text(lot.qty),
-                 "bankruptcy_price": text(lot.bankruptcy_price())}
+                 "bankruptcy_price": text(lot.bankruptcy_price(valuation))}
                 for lot in (fund_state.lots.get(record.symbol, ()) if fund_state else ())]
+        gain = ("gain = cost share - qty x size / price for a long lot (coin-margined)" if valuation.inverse
+                else "gain = qty x (price - BP) for a long lot")
         return {"kind": "fund fill", "lots_before": lots,
-                "rule": "the fill realizes the fund's lots of the closing side FIFO; gain = qty x (price - BP) "
-                        "for a long lot, reversed for a short; the fee is paid by the fund"}
+                "rule": f"the fill realizes the fund's lots of the closing side FIFO; {gain}, reversed for a short; "
+                        "the fee is paid by the fund"}
     if isinstance(record, FundingRecord):
         instrument = engine.instruments.get(record.symbol)
         net = engine.funds[instrument.fund_id].net_qty(record.symbol) if instrument else Decimal(0)
+        if instrument is not None and instrument.valuation.inverse:
+            return {"kind": "funding", "fund_net_qty": text(net),
+                    "rule": "each position pays qty x contract_size / mark x rate in the coin (longs pay when the "
+                            "rate is positive); the fund pays on its net inventory: " + f"{text(net)} x "
+                            f"{text(instrument.valuation.face(Decimal(1)))} / {text(record.mark_price)} x "
+                            f"{text(record.rate)}"}
         return {"kind": "funding", "fund_net_qty": text(net),
                 "rule": "each position pays qty x mark x rate (longs pay when the rate is positive); the fund "
                         "pays on its net inventory: " + f"{text(net)} x {text(record.mark_price)} x "
@@ -143,31 +154,41 @@ def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, 
     with localcontext(CONTEXT):
         view = engine.margin_view(position)
         instrument = engine.instruments[record.symbol]
+        valuation = instrument.valuation
         account: dict[str, Any] = {
             "wallet": text(engine.ledger.balance(ledger.wallet(record.account_id, instrument.settle_asset))),
             "positions": {
-                p.label: {"qty": text(p.qty), "entry_price": text(p.entry_price()),
-                           "margin_mode": p.margin_mode, "mark_price": text(engine.marks[p.symbol]),
-                           "unrealized_pnl": text(money(p.unrealized_pnl(engine.marks[p.symbol])))}
+                p.label: {"qty": text(p.qty),
+                          "entry_price": text(p.entry_price(engine.instruments[p.symbol].valuation)),
+                          "margin_mode": p.margin_mode, "mark_price": text(engine.marks[p.symbol]),
+                          "unrealized_pnl": text(money(p.unrealized_pnl(engine.marks[p.symbol],
+                                                                        engine.instruments[p.symbol].valuation)))}
                 for p in engine.positions.of(record.account_id)},
         }
         share_part = equity_behind(view.equity_share, record.qty, position.size)  # as the engine takes it over
         bp = engine.bankruptcy_price(position)
         if position.margin_mode == "isolated":
             margin = engine.ledger.balance(ledger.isolated(record.account_id, record.symbol, record.position_side))
-            sign = "-" if position.qty > 0 else "+"
-            rule = (f"isolated: BP = entry {sign} margin / |qty| = {text(position.entry_price())} "
-                    f"{sign} {text(margin)} / {text(position.size)}")
+            sign = "-" if valuation.value_long(position.qty > 0) else "+"
+            if valuation.inverse:
+                rule = (f"isolated, inverse: BP = |qty| x contract_size / (cost {sign} margin) = "
+                        f"{text(valuation.face(position.size))} / ({text(position.cost)} {sign} {text(margin)})")
+            else:
+                rule = (f"isolated: BP = entry {sign} margin / |qty| = {text(position.entry_price(valuation))} "
+                        f"{sign} {text(margin)} / {text(position.size)}")
         else:
             rule = (f"cross: the account's TNC {text(money(view.margin_balance))} is shared by maintenance margin; "
                     f"this position's share = TNC x MM {text(money(view.position_maintenance))} / TMM "
                     f"{text(money(view.maintenance_margin))} = {text(money(view.equity_share))}; "
-                    f"BP = mark {'-' if position.qty > 0 else '+'} share / qty")
+                    + (f"BP = |qty| x contract_size / (qty x contract_size / mark "
+                       f"{'-' if valuation.value_long(position.qty > 0) else '+'} share)" if valuation.inverse else
+                       f"BP = mark {'-' if position.qty > 0 else '+'} share / qty"))
         opposite: Any = "short" if position.qty > 0 else "long"
         queue = engine.adl_queue(record.symbol, opposite)
         ranked = [{"rank": i, "account_id": r.position.account_id, "position": r.position.label,  # a hedge side
                    "qty": text(r.position.qty),
-                   "entry_price": text(r.position.entry_price()), "bankruptcy_price": text(r.bankruptcy_price),
+                   "entry_price": text(r.position.entry_price(valuation)),
+                   "bankruptcy_price": text(r.bankruptcy_price),
                    "pnl_ratio": text(r.pnl_ratio),
                    "leverage": text(leverage) if (leverage := r.leverage) is not None else "past its BP",
                    "score": text(r.score), "quantile": adl.quantile(i, len(queue))}

@@ -95,7 +95,8 @@ def position_row(engine: Engine, position: Position, seq: int, memo: Exposures) 
     """memo: one per account (see Engine.exposure)."""
     with localcontext(CONTEXT):
         liquidation = engine.liquidation_price(position, memo)
-        return (position.account_id, position.symbol, position.position_side, position.qty, position.entry_price(),
+        return (position.account_id, position.symbol, position.position_side, position.qty,
+                position.entry_price(engine.instruments[position.symbol].valuation),
                 position.margin_mode, position.leverage,
                 engine.ledger.balance(ledger.isolated(position.account_id, position.symbol, position.position_side)),
                 engine.marks[position.symbol], liquidation, engine.bankruptcy_price(position, memo), seq)
@@ -139,7 +140,7 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
         inventory_changed = refresh_all or any(r.type == "liquidation" for r in result.journal) or any(
             a.startswith("fund:") for a in result.touched_accounts)
         lots = [(f.spec.fund_id, lot.liquidation_id, lot.symbol, lot.side, lot.qty, lot.cost,
-                 lot.bankruptcy_price(), lot.liquidated_account, lot.seq)
+                 lot.bankruptcy_price(engine.instruments[lot.symbol].valuation), lot.liquidated_account, lot.seq)
                 for f in engine.funds.values() for queue in f.lots.values() for lot in queue] \
             if inventory_changed else None
     return Projections(wallets, positions, closed, funds, lots, adl_rows(engine, seq) if refresh_all else None)

@@ -171,6 +171,9 @@ class InstrumentRecord(_Record):
     liquidation_fee_rate: NonNegativeRate
     fund_id: Identifier
     mark_tolerance: NonNegativeRate | None = None  # omitted: DEFAULT_MARK_TOLERANCE (docs/design.md §7)
+    # docs/design.md §7, inverse contracts: the quote value of one contract, required for (and only for) inverse
+    contract_type: Literal["linear", "inverse"] = "linear"
+    contract_size: Price | None = None
 
 
 class TransferRecord(_Record):
