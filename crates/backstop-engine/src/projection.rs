@@ -3,9 +3,9 @@
 //! every one. Each figure is the accounts report's (docs/design.md section 9.4: prices as the rules round them,
 //! money at 1e-8), so a row equals, as a number, the reference's.
 
-use crate::engine::{isolated_account, money, price_of, quantile, Engine};
+use crate::engine::{isolated_account, money, quantile, Engine};
 use crate::ledger::Account;
-use crate::numbers::{text, text_512, text_wide, S12, S16, S8};
+use crate::numbers::{text, text_512, text_wide, wide, S12, S16, S8};
 use crate::state::{Position, Side};
 use crate::wire::{MarginMode, PositionSide, Surplus};
 use ethnum::I256;
@@ -108,7 +108,7 @@ fn position_row(out: &mut Vec<u8>, engine: &Engine, p: &Position, seq: &str) {
         .text(names.name(p.symbol))
         .text(p.position_side.name())
         .text(&text(p.qty, S8))
-        .text(&text(price_of(p.cost, p.size()), S8))
+        .text(&text_512(engine.instruments[&p.symbol].valuation.reported_price(p.size(), wide(p.cost)), S8))
         .text(mode_name(p.margin_mode))
         .text(&text(p.leverage.value, S8))
         .text(&text_wide(engine.ledger.balance(isolated_account(p)), S8))
@@ -193,7 +193,7 @@ pub fn rows(engine: &Engine, wanted: &Wanted<'_>) -> Rows {
                     .text(lot.side.name())
                     .text(&text(lot.qty, S8))
                     .text(&text_512(lot.cost, S16))
-                    .text(&text_512(crate::engine::price_of_wide(lot.cost, lot.qty), S8))
+                    .text(&text_512(engine.instruments[&lot.symbol].valuation.reported_price(lot.qty, lot.cost), S8))
                     .text(names.name(lot.liquidated_account))
                     .text(&lot.seq.to_string())
                     .end();
