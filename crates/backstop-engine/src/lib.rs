@@ -19,4 +19,5 @@ pub mod engine;
 pub mod ledger;
 pub mod processor;
 pub mod quantiles;
+pub mod simulation;
 pub mod state;
