@@ -27,6 +27,7 @@ from backstop.core.adl_policy import document as policy_document
 from backstop.core.dedupe import BatchIds, unpack_rows
 from backstop.core.documents import accounts, summary
 from backstop.core.engine import AdlPolicy, Effects, Engine
+from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.idstore import IdStore
 from backstop.core.numbers import text
@@ -435,6 +436,18 @@ class CompiledEngine:
 
 
 # ------------------------------------------------------------------------------------------------ opening
+
+
+def invariant_errors() -> tuple[type[Exception], ...]:
+    """What an engine stops with when one of its invariants breaks (conservation, with check_conservation)."""
+    errors: list[type[Exception]] = [InvariantViolation]
+    try:
+        from backstop import _engine
+    except ImportError:
+        return tuple(errors)
+    errors.append(_engine.InvariantViolation)
+    return tuple(errors)
+
 
 
 def open_engine(name: EngineName, options: EngineOptions, snapshot: Snapshot | None = None) -> LedgerEngine:
