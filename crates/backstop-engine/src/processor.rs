@@ -331,6 +331,9 @@ impl Processor {
     /// is a dead letter of the mark's line).
     fn simulate(&mut self, simulation: Simulation, symbol: &str, ts: u64, number: u64, batch: &mut Batch) {
         let Some(symbol) = self.engine.names.find(symbol) else { return };
+        if !simulation::any_liquidatable(&self.engine, symbol) {
+            return;
+        }
         for (account, side) in simulation::visiting_order(&self.engine, symbol) {
             let Some(position) = self.engine.positions.get(account, symbol, side) else { continue };
             if !self.engine.margin_view(position).liquidatable() {

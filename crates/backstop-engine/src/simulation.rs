@@ -49,6 +49,14 @@ pub fn visiting_order(engine: &Engine, symbol: u32) -> Vec<(u32, PositionSide)> 
     keys
 }
 
+/// Whether any position of the symbol is liquidatable now. The visit liquidates nothing when none is (nothing
+/// changes the state between its checks then), so it need not sort them.
+pub fn any_liquidatable(engine: &Engine, symbol: u32) -> bool {
+    engine.positions.holders(symbol).iter().any(|&(account, side)| {
+        engine.positions.get(account, symbol, side).is_some_and(|p| engine.margin_view(p).liquidatable())
+    })
+}
+
 /// What a partial liquidation keeps of a position: as many whole lots as fit under `ceiling` (the next lower
 /// bracket's max_notional, money at 1e-8) at the mark, FLOOR(ceiling / (mark x lot_size)) x lot_size. The one
 /// place this is computed (an instrument whose notional is figured otherwise figures it here).
