@@ -21,7 +21,15 @@ from backstop.core.adl_policy import AdlPolicy, configured
 from backstop.core.hashing import canonical_json
 from backstop.core.numbers import CONTEXT, money, text
 from backstop.core.simulation import SimulationParams
-from backstop.engines import BatchResult, EngineName, EngineOptions, EngineUnavailable, document_bytes, open_engine
+from backstop.engines import (
+    BatchResult,
+    EngineName,
+    EngineOptions,
+    EngineUnavailable,
+    document_bytes,
+    invariant_errors,
+    open_engine,
+)
 from backstop.wire.decode import InvalidRecord, decode_record, describe
 from backstop.wire.inputs import (
     AnyRecord,
@@ -254,6 +262,9 @@ def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, o
             except InvalidRecord as error:
                 raise WhatIfError(f"the {label} scenario's simulation, after journal line {lines[-1][0]}, decided a "
                                   f"liquidation the wire contract refuses: {error}") from None
+            except invariant_errors() as error:  # a bug, never the input's fault: said in one line, not a traceback
+                raise WhatIfError(f"the {label} scenario's run stopped in the {engine} engine at or before journal "
+                                  f"line {lines[-1][0]}: {error}") from None
             files.write_batch(result.fund_ledger, result.adl_events, result.findings, result.dead_letters,
                               result.postings, result.adl_quantiles, result.adl_rounds)
             journal.write(result.journal)

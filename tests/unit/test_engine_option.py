@@ -59,3 +59,16 @@ def test_without_the_compiled_engine_the_reference_runs_saying_so(command: str, 
     assert main([*commands(replayed.parent / "asked")[command], "--engine", "compiled"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and missing in error
+
+
+def test_an_engine_that_stops_is_said_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from backstop.core.errors import InvariantViolation
+
+    def broken(*_: object, **__: object) -> None:
+        raise InvariantViolation("ledger does not balance")
+
+    monkeypatch.setattr(engines.ReferenceEngine, "apply_lines", broken)
+    assert main([*commands(tmp_path / "w")["whatif"], "--engine", "reference"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "stopped in the reference engine" in error and "does not balance" in error
