@@ -66,7 +66,7 @@ def build(positions: int, seed: int, alike: bool = False) -> Engine:
                 mode = "cross" if rng.random() < 0.1 else "isolated"
             engine.ledger.post(ledger.external("USDT"), ledger.wallet(account, "USDT"),
                                initial_margin(qty * entry, leverage))
-            engine._open(account, instrument, -qty, entry, mode, leverage, None)  # type: ignore[arg-type]
+            engine._open(account, instrument, -qty, entry, mode, leverage, None, "both")  # type: ignore[arg-type]
     return engine
 
 
@@ -120,7 +120,7 @@ class CompiledBook:
             self.ts += 1
             record["ts"] = self.ts
         chunk = b"".join(orjson.dumps(record) + b"\n" for record in records)
-        _, _, _, dead, _, _ = self.ledger.apply_lines(chunk, self.line, b"")
+        dead = self.ledger.apply_lines(chunk, self.line, b"")[3]  # the dead letters
         if dead:
             raise SystemExit(f"the benchmark's own records were refused: {dead[:300]!r}")
         self.line += len(records)

@@ -427,7 +427,19 @@ pub fn write_scaled(out: &mut Vec<u8>, value: i128, scale: u32) {
 fn write_magnitude(out: &mut Vec<u8>, magnitude: u128, scale: u32) {
     let mut digits = [0u8; 40];
     let mut count = 0;
+    // 128-bit division is a library call: split off 19-digit chunks once, then divide in 64 bits
+    const CHUNK: u128 = 10_000_000_000_000_000_000;
     let mut rest = magnitude;
+    while rest > u128::from(u64::MAX) {
+        let mut chunk = (rest % CHUNK) as u64;
+        rest /= CHUNK;
+        for _ in 0..19 {
+            digits[count] = b'0' + (chunk % 10) as u8;
+            count += 1;
+            chunk /= 10;
+        }
+    }
+    let mut rest = rest as u64;
     loop {
         digits[count] = b'0' + (rest % 10) as u8;
         count += 1;
@@ -533,6 +545,25 @@ mod tests {
         assert_eq!(text(i128::MAX, 16), "17014118346046923173168.7303715884105727");
         assert_eq!(text_wide(pow10(70) * -3 + 1, 34), "-2999999999999999999999999999999999999.9999999999999999999999999999999999");
         assert_eq!(text_wide(pow10(70), 70), "1");
+    }
+
+    /// The canonical text as the decimal digits of the magnitude, placed by the scale (the slow, obvious way).
+    fn text_by_digits(value: i128, scale: u32) -> String {
+        let digits = format!("{:0>width$}", value.unsigned_abs(), width = scale as usize + 1);
+        let (whole, fraction) = digits.split_at(digits.len() - scale as usize);
+        let fraction = fraction.trim_end_matches('0');
+        let sign = if value < 0 { "-" } else { "" };
+        if fraction.is_empty() { format!("{sign}{whole}") } else { format!("{sign}{whole}.{fraction}") }
+    }
+
+    proptest! {
+        #[test]
+        fn text_matches_the_digits(value in any::<i128>(), wide in any::<bool>(), scale in 0u32..=18) {
+            // any::<i128> is mostly huge: also cover values that fit 64 bits, where the fast path runs
+            let value = if wide { value } else { value % (1i128 << 66) };
+            prop_assume!(value != 0);
+            prop_assert_eq!(text(value, scale), text_by_digits(value, scale));
+        }
     }
 
     #[test]
