@@ -3,8 +3,8 @@ benchmarks/README.md from it (render_results.py).
 
     benchmarks/run [--events N] [--seed S] [--service-events N] [--skip NAME ...] [--note TEXT]
 
-replay, profile (needs Linux perf), incident, adl, memory, idstore need nothing; service and latency need the
-local servers (deploy/local/postgres start && deploy/local/kafka start).
+replay, profile (needs Linux perf), scenarios, incident, adl, memory, idstore need nothing; service and
+latency need the local servers (deploy/local/postgres start && deploy/local/kafka start).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import memory  # noqa: E402
 import render_results  # noqa: E402
 import replay  # noqa: E402
 import replay_profile  # noqa: E402
+import scenarios  # noqa: E402
 import service  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -40,13 +41,15 @@ def main() -> None:
     parser.add_argument("--service-events", type=int, default=200_000, help="events for the service benchmark")
     parser.add_argument("--note", default="", help="conditions of this run, printed under the table's title")
     parser.add_argument("--skip", action="append", default=[],
-                        choices=["replay", "profile", "incident", "adl", "memory", "idstore", "service", "latency"])
+                        choices=["replay", "profile", "scenarios", "incident", "adl", "memory", "idstore",
+                                 "service", "latency"])
     args = parser.parse_args()
     now = datetime.datetime.now(datetime.UTC)  # a report's date, never a ledger input
     host = machine.describe()  # before the suite, so the load average is the one it started under
     runs: list[tuple[str, Any]] = [
         ("replay", lambda: replay.run(args.events, args.seed, ["compiled", "reference"])),
         ("profile", lambda: replay_profile.run(args.events, args.seed)),
+        ("scenarios", lambda: scenarios.run(3000, 2025)),
         ("incident", lambda: incident.run(437_000, 3_240_000, 11_279, 7)),
         ("adl", lambda: adl_selection.run(1_000_000, args.seed)),
         ("memory", lambda: memory.run(10_000, 250_000, 11)),

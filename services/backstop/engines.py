@@ -26,10 +26,13 @@ from backstop.adapters.journal_file import records
 from backstop.core.adl_policy import document as policy_document
 from backstop.core.dedupe import BatchIds, unpack_rows
 from backstop.core.documents import accounts, summary
-from backstop.core.engine import AdlPolicy, Engine
+from backstop.core.engine import AdlPolicy, Effects, Engine
+from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.idstore import IdStore
+from backstop.core.numbers import text
 from backstop.core.processor import Applied, Processor, Rejection
+from backstop.core.simulation import SimulationParams, Simulator
 from backstop.core.snapshot import restore, sealed, state_document, state_hash
 from backstop.pipeline.ingest import Consumed as IngestConsumed
 from backstop.pipeline.ingest import ingest_batch, journal_record
@@ -58,6 +61,8 @@ class EngineOptions:
     adl_quantiles: bool = False  # quantile points (docs/design.md §10): adl-quantiles.jsonl; off, it stays empty
     full_adl_metrics: bool = False  # rank inversions and eligible quantiles per ADL round (docs/design.md §11.4)
     held_ids: HeldIdsMode = "memory"  # "per_batch": the caller holds them and gives each batch's (no snapshots)
+    simulation: SimulationParams | None = None  # simulation mode (backstop.core.simulation): liquidations decided
+    journal: bool = False  # each batch returns the applied records' lines (BatchResult.journal)
 
     def __post_init__(self) -> None:
         if self.held_ids == "per_batch" and self.snapshot_every:
@@ -94,6 +99,7 @@ class BatchResult:
     snapshots: tuple[Snapshot, ...]
     stopped: tuple[int, str] | None
     adl_rounds: bytes = b""
+    journal: bytes = b""  # with EngineOptions.journal: each applied record's line (a decided liquidation's as written)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +140,10 @@ class LedgerEngine(Protocol):
 
     def summary(self) -> dict[str, Any]: ...
 
+    def queue_depth(self, symbol: str) -> tuple[int, int]:
+        """(long positions, positions) of a symbol: its ADL queues' depth."""
+        ...
+
     def accounts_json(self) -> bytes:
         """accounts.json, as written (indented, sorted keys, a final newline)."""
         ...
@@ -169,6 +179,34 @@ SNAPSHOT_COUNTERS = ("duplicates", "rejected", "conflicting_duplicates", "fund_e
 # ------------------------------------------------------------------------------------------------ reference
 
 
+@dataclass(slots=True)
+class _Lines:
+    """A batch's output lines as they are written."""
+
+    ledger: bytearray = field(default_factory=bytearray)
+    adl: bytearray = field(default_factory=bytearray)
+    findings: bytearray = field(default_factory=bytearray)
+    dead: bytearray = field(default_factory=bytearray)
+    postings: bytearray = field(default_factory=bytearray)
+    quantiles: bytearray = field(default_factory=bytearray)
+    rounds: bytearray = field(default_factory=bytearray)
+    journal: bytearray = field(default_factory=bytearray)
+
+    def add(self, effects: Effects) -> None:
+        for entry in effects.fund_entries:
+            self.ledger += canonical_json(record_dict(entry)) + b"\n"
+        for event in effects.adl_events:
+            self.adl += canonical_json(record_dict(event)) + b"\n"
+        for finding in effects.findings:
+            self.findings += canonical_json(record_dict(finding)) + b"\n"
+        for posting in effects.postings:
+            self.postings += canonical_json(record_dict(posting)) + b"\n"
+        for change in effects.adl_quantiles:
+            self.quantiles += canonical_json(record_dict(change)) + b"\n"
+        for round_ in effects.adl_rounds:
+            self.rounds += canonical_json(round_.record) + b"\n"
+
+
 class ReferenceEngine:
     """backstop.core.processor.Processor behind the batch API."""
 
@@ -183,6 +221,7 @@ class ReferenceEngine:
                                          adl_quantiles=options.adl_quantiles,
                                          full_adl_metrics=options.full_adl_metrics))
         self.processor = processor
+        self.simulator = None if options.simulation is None else Simulator(processor, options.simulation)
         self._next_snapshot = self.processor.events_applied + options.snapshot_every
 
     @property
@@ -199,14 +238,14 @@ class ReferenceEngine:
 
     def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
         self._begin(held)
-        ledger, adl, findings, dead, rounds = bytearray(), bytearray(), bytearray(), bytearray(), bytearray()
-        postings, quantiles = bytearray(), bytearray()
+        out = _Lines()
         snapshots: list[Snapshot] = []
-        processor, every = self.processor, self.options.snapshot_every
+        processor, every, simulator = self.processor, self.options.snapshot_every, self.simulator
 
         def result(stopped: tuple[int, str] | None) -> BatchResult:
-            return BatchResult(bytes(ledger), bytes(adl), bytes(findings), bytes(dead), bytes(postings),
-                               bytes(quantiles), tuple(snapshots), stopped, bytes(rounds))
+            return BatchResult(bytes(out.ledger), bytes(out.adl), bytes(out.findings), bytes(out.dead),
+                               bytes(out.postings), bytes(out.quantiles), tuple(snapshots), stopped, bytes(out.rounds),
+                               bytes(out.journal))
 
         with processor.engine.decimal_context():
             for number, raw in journal_lines(chunk, first_line):
@@ -214,32 +253,26 @@ class ReferenceEngine:
                     record = decode_record(raw)
                 except InvalidRecord as error:
                     processor.reject_unparsed()
-                    dead += dead_letter_line(number, str(error), raw, "invalid") + b"\n"
+                    out.dead += dead_letter_line(number, str(error), raw, "invalid") + b"\n"
                     if self.options.strict:
                         return result((number, str(error)))
                     continue
-                outcome = processor.process(record)
-                if isinstance(outcome, Applied):
-                    effects = outcome.effects
-                    for entry in effects.fund_entries:
-                        ledger += canonical_json(record_dict(entry)) + b"\n"
-                    for event in effects.adl_events:
-                        adl += canonical_json(record_dict(event)) + b"\n"
-                    for finding in effects.findings:
-                        findings += canonical_json(record_dict(finding)) + b"\n"
-                    for posting in effects.postings:
-                        postings += canonical_json(record_dict(posting)) + b"\n"
-                    for change in effects.adl_quantiles:
-                        quantiles += canonical_json(record_dict(change)) + b"\n"
-                    for round_ in effects.adl_rounds:
-                        rounds += canonical_json(round_.record) + b"\n"
-                    if every > 0 and outcome.seq >= self._next_snapshot:
-                        snapshots.append(self.snapshot(number))
-                        self._next_snapshot = outcome.seq + every
-                elif isinstance(outcome, Rejection):
-                    dead += dead_letter_line(number, outcome.reason, raw, outcome.kind) + b"\n"
-                    if self.options.strict:
-                        return result((number, outcome.reason))
+                # simulation mode: the record's outcome, then those of the liquidations it decided (each a line of
+                # its own, as pydantic dumps it; a rejected one is a dead letter of this line)
+                for applied, outcome in (simulator.process(record) if simulator is not None
+                                         else ((record, processor.process(record)),)):
+                    line = raw if applied is record else canonical_json(applied.model_dump())
+                    if isinstance(outcome, Applied):
+                        if self.options.journal:
+                            out.journal += line + b"\n"
+                        out.add(outcome.effects)
+                        if every > 0 and outcome.seq >= self._next_snapshot:
+                            snapshots.append(self.snapshot(number))
+                            self._next_snapshot = outcome.seq + every
+                    elif isinstance(outcome, Rejection):
+                        out.dead += dead_letter_line(number, outcome.reason, line, outcome.kind) + b"\n"
+                        if self.options.strict and applied is record:
+                            return result((number, outcome.reason))
         return result(None)
 
     def apply_records(self, records: Sequence[Consumed], topic_prefix: str, held: bytes = b"") -> RecordsResult:
@@ -264,6 +297,10 @@ class ReferenceEngine:
 
     def summary(self) -> dict[str, Any]:
         return summary(self.processor)
+
+    def queue_depth(self, symbol: str) -> tuple[int, int]:
+        positions = self.processor.engine.by_symbol.get(symbol, {})
+        return sum(1 for p in positions.values() if p.qty > 0), len(positions)
 
     def accounts_json(self) -> bytes:
         return document_bytes(accounts(self.processor.engine))
@@ -336,6 +373,10 @@ def compiled_available() -> str | None:
     return None
 
 
+def _simulation(params: SimulationParams) -> tuple[str, bool, str]:
+    return text(params.slippage_bps), params.partial, text(params.market_fill)
+
+
 class CompiledEngine:
     """backstop._engine.Ledger (crates/backstop-engine) behind the batch API: a batch crosses the boundary once."""
 
@@ -353,7 +394,10 @@ class CompiledEngine:
                                           held_per_batch=options.held_ids == "per_batch",
                                           adl_quantiles=options.adl_quantiles,
                                           adl_policy=canonical_json(policy_document(options.adl_policy)),
-                                          full_adl_metrics=options.full_adl_metrics)
+                                          full_adl_metrics=options.full_adl_metrics,
+                                          simulation=None if options.simulation is None else _simulation(
+                                              options.simulation),
+                                          journal=options.journal)
         except ValueError as error:  # named as the reference names it (the state, its hash, the identity file)
             raise SnapshotError(str(error)) from None
 
@@ -362,10 +406,10 @@ class CompiledEngine:
         return self._ledger.events_applied()
 
     def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
-        ledger, adl, findings, dead, postings, quantiles, snapshots, stopped, rounds = self._ledger.apply_lines(
-            chunk, first_line, held)
+        ledger, adl, findings, dead, postings, quantiles, snapshots, stopped, rounds, journal = (
+            self._ledger.apply_lines(chunk, first_line, held))
         return BatchResult(ledger, adl, findings, dead, postings, quantiles,
-                           tuple(Snapshot(*each) for each in snapshots), stopped, rounds)
+                           tuple(Snapshot(*each) for each in snapshots), stopped, rounds, journal)
 
     def apply_records(self, records: Sequence[Consumed], topic_prefix: str, held: bytes = b"") -> RecordsResult:
         journal, ledger, adl, findings, dead, postings, quantiles, duplicates, held_ids = self._ledger.apply_records(
@@ -375,6 +419,9 @@ class CompiledEngine:
     def summary(self) -> dict[str, Any]:
         document: dict[str, Any] = orjson.loads(self._ledger.summary_json())
         return document
+
+    def queue_depth(self, symbol: str) -> tuple[int, int]:
+        return self._ledger.queue_depth(symbol)
 
     def accounts_json(self) -> bytes:
         return self._ledger.accounts_json()
@@ -389,6 +436,18 @@ class CompiledEngine:
 
 
 # ------------------------------------------------------------------------------------------------ opening
+
+
+def invariant_errors() -> tuple[type[Exception], ...]:
+    """What an engine stops with when one of its invariants breaks (conservation, with check_conservation)."""
+    errors: list[type[Exception]] = [InvariantViolation]
+    try:
+        from backstop import _engine
+    except ImportError:
+        return tuple(errors)
+    errors.append(_engine.InvariantViolation)
+    return tuple(errors)
+
 
 
 def open_engine(name: EngineName, options: EngineOptions, snapshot: Snapshot | None = None) -> LedgerEngine:

@@ -15,22 +15,27 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, ValidationError
 
-from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, write_json
+from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, write_bytes, write_json
 from backstop.adapters.journal_file import JournalFileError, read_journal
-from backstop.core import ledger
 from backstop.core.adl_policy import AdlPolicy, configured
-from backstop.core.documents import accounts, summary
-from backstop.core.engine import Engine
 from backstop.core.hashing import canonical_json
 from backstop.core.numbers import CONTEXT, money, text
-from backstop.core.processor import Applied, Processor, Rejection
-from backstop.core.simulation import SimulationParams, Simulator
+from backstop.core.simulation import SimulationParams
+from backstop.core.valuation import LINEAR, Valuation
+from backstop.engines import (
+    BatchResult,
+    EngineName,
+    EngineOptions,
+    EngineUnavailable,
+    document_bytes,
+    invariant_errors,
+    open_engine,
+)
 from backstop.wire.decode import InvalidRecord, decode_record, describe
 from backstop.wire.inputs import (
     AnyRecord,
     FundRecord,
     InstrumentRecord,
-    LiquidationRecord,
     MarkRecord,
     NonNegativeDecimal,
     Tier,
@@ -216,6 +221,10 @@ class RunMetrics:
     minute_needed: dict[int, Decimal] = field(default_factory=dict)
     rounds: list[RoundPoint] = field(default_factory=list)
     adl: dict[str, Any] = field(default_factory=dict)  # the engine summary's `adl` (docs/design.md §11.4)
+    valuations: dict[str, Valuation] = field(default_factory=dict)  # symbol -> linear or inverse, from the journal
+
+    def valuation(self, symbol: str) -> Valuation:
+        return self.valuations.get(symbol, LINEAR)
 
     def as_json(self) -> dict[str, Any]:
         with localcontext(CONTEXT):
@@ -232,92 +241,146 @@ class RunMetrics:
             "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected, "adl": self.adl}
 
 
+OBSERVED_LINES = 4096  # lines handed to the engine at once between the points the metrics look at its state
+
+
 def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, out: Path, *, label: str = "run",
                  progress: Callable[[int], None] | None = None, full_adl_metrics: bool = True,
-                 ) -> tuple[RunMetrics, dict[str, Any]]:
+                 engine: EngineName = "reference") -> tuple[RunMetrics, dict[str, Any]]:
     """Replay (line number, record) pairs under a scenario into `out` (the usual replay files plus journal.jsonl
-    and scenario.json)."""
-    processor = Processor(Engine(adl_policy=scenario.adl.adl_policy(), full_adl_metrics=full_adl_metrics))
-    simulator = Simulator(processor, SimulationParams(scenario.simulation.slippage_bps, scenario.simulation.partial,
-                                                      scenario.simulation.market_fill)) if scenario.simulation else None
+    and scenario.json) on either engine. The metrics are read from what the engine wrote (its journal and outputs),
+    and from its ADL queues' depth after the first mark of every minute of each symbol, so both engines give the
+    same metrics when they give the same files."""
+    options = EngineOptions(adl_policy=scenario.adl.adl_policy(), full_adl_metrics=full_adl_metrics, journal=True,
+                            simulation=None if scenario.simulation is None else SimulationParams(
+                                scenario.simulation.slippage_bps, scenario.simulation.partial,
+                                scenario.simulation.market_fill))
+    try:
+        ledger_engine = open_engine(engine, options)
+    except EngineUnavailable as error:
+        raise WhatIfError(str(error)) from None
     metrics = RunMetrics()
     out.mkdir(parents=True, exist_ok=True)
     with OutputDir(out) as files, (out / "journal.jsonl").open("wb") as journal:
+        def apply(lines: list[tuple[int, bytes]]) -> bytes:
+            """The lines through the engine, its outputs written and observed; the journal lines it applied."""
+            if not lines:
+                return b""
+            chunk, first = numbered_chunk(lines)
+            try:
+                result = ledger_engine.apply_lines(chunk, first)
+            except InvalidRecord as error:
+                raise WhatIfError(f"the {label} scenario's simulation, after journal line {lines[-1][0]}, decided a "
+                                  f"liquidation the wire contract refuses: {error}") from None
+            except invariant_errors() as error:  # a bug, never the input's fault: said in one line, not a traceback
+                raise WhatIfError(f"the {label} scenario's run stopped in the {engine} engine at or before journal "
+                                  f"line {lines[-1][0]}: {error}") from None
+            files.write_batch(result.fund_ledger, result.adl_events, result.findings, result.dead_letters,
+                              result.postings, result.adl_quantiles, result.adl_rounds)
+            journal.write(result.journal)
+            metrics.rejected += result.dead_letters.count(b"\n")
+            _observe(metrics, result)
+            lines.clear()
+            return result.journal
+
+        pending: list[tuple[int, bytes]] = []
         for done, (number, original) in enumerate(records, start=1):
             if progress is not None and done % 500 == 0:
                 progress(done)
             record = scenario_record(number, original, scenario, label)
-            try:
-                results = simulator.process(record) if simulator else [(record, processor.process(record))]
-            except InvalidRecord as error:
-                raise WhatIfError(f"the {label} scenario's simulation, after journal line {number}, decided a "
-                                  f"liquidation the wire contract refuses: {error}") from None
-            for applied_record, outcome in results:
-                if isinstance(outcome, Rejection):
-                    metrics.rejected += 1
-                    files.dead_letter(number, outcome.reason, wire_line(applied_record), outcome.kind)
-                if not isinstance(outcome, Applied):
-                    continue
-                journal.write(wire_line(applied_record) + b"\n")
-                files.effects(outcome.effects)
-                _observe(metrics, processor.engine, applied_record, outcome)
+            line = wire_line(record)
+            if isinstance(record, MarkRecord) and _minute(record.ts) not in metrics.minute_queue.get(record.symbol, {}):
+                apply(pending)  # the queues' depth after this mark (and what it decided) is a metric
+                if apply([(number, line)]):
+                    metrics.minute_queue.setdefault(record.symbol, {})[_minute(record.ts)] = (
+                        ledger_engine.queue_depth(record.symbol))
+                continue
+            pending.append((number, line))
+            if len(pending) >= OBSERVED_LINES:
+                apply(pending)
+        apply(pending)
     write_json(out / "scenario.json", orjson.loads(scenario.model_dump_json()))
-    result = summary(processor)
+    result = ledger_engine.summary()
     result["dead_letters"] = files.dead_letters
     metrics.adl = result["adl"]
-    write_json(out / "summary.json", result)
-    write_json(out / "accounts.json", accounts(processor.engine))
-    for fund_id in processor.engine.funds:
-        balance = processor.engine.ledger.balance(ledger.fund(fund_id))
-        metrics.fund_final[fund_id] = balance
-        metrics.fund_min.setdefault(fund_id, balance)
-        metrics.fund_drawdown.setdefault(fund_id, Decimal(0))
+    write_bytes(out / "summary.json", document_bytes(result))
+    write_bytes(out / "accounts.json", ledger_engine.accounts_json())
+    with localcontext(CONTEXT):
+        for fund_id, fund in result["funds"].items():
+            balance = Decimal(fund["balance"])
+            metrics.fund_final[fund_id] = balance
+            metrics.fund_min.setdefault(fund_id, balance)
+            metrics.fund_drawdown.setdefault(fund_id, Decimal(0))
     return metrics, result
 
 
-def _observe(metrics: RunMetrics, engine: Engine, record: AnyRecord, outcome: Applied) -> None:
+def numbered_chunk(lines: Sequence[tuple[int, bytes]]) -> tuple[bytes, int]:
+    """Numbered lines (ascending) as one chunk of journal lines and the number of its first: a gap in the numbers
+    (a line read_records left out) is a blank line, so every line keeps its number in the outputs."""
+    first = expected = lines[0][0]
+    parts: list[bytes] = []
+    for number, line in lines:
+        parts.extend(b"" for _ in range(number - expected))
+        parts.append(line)
+        expected = number + 1
+    return b"\n".join(parts) + b"\n", first
+
+
+def _minute(ts: int) -> int:
+    return ts - ts % 60_000
+
+
+def _observe(metrics: RunMetrics, result: BatchResult) -> None:
     with localcontext(CONTEXT):  # exact sums and products, as the engine's (a default context rounds wide ones)
-        _observe_exactly(metrics, engine, record, outcome)
+        _observe_exactly(metrics, result)
 
 
-def _observe_exactly(metrics: RunMetrics, engine: Engine, record: AnyRecord, outcome: Applied) -> None:
-    minute = record.ts - record.ts % 60_000
-    if isinstance(record, MarkRecord):
-        metrics.minute_mark.setdefault(record.symbol, {})[minute] = record.mark_price
-        queue = metrics.minute_queue.setdefault(record.symbol, {})
-        if minute not in queue:
-            positions = engine.by_symbol[record.symbol].values()
-            longs = sum(1 for p in positions if p.qty > 0)
-            queue[minute] = (longs, len(engine.by_symbol[record.symbol]) - longs)
-    if isinstance(record, LiquidationRecord):  # notionals: qty x price, V(qty, price) for an inverse contract
-        liquidated = engine.instruments[record.symbol].valuation.value(record.qty, record.mark_price)
-        metrics.minute_liquidated[minute] = metrics.minute_liquidated.get(minute, Decimal(0)) + liquidated
-        metrics.liquidations += 1
-        metrics.liquidated_notional += liquidated
-        metrics.liquidated_by_account[record.account_id] = metrics.liquidated_by_account.get(
-            record.account_id, Decimal(0)) + record.qty
-    for event in outcome.effects.adl_events:
+def _lines(raw: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in raw.splitlines()]
+
+
+def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
+    """The batch's journal and outputs into the metrics; each output counts in the minute of its ts (its record's)."""
+    for record in _lines(result.journal):
+        minute = _minute(record["ts"])
+        if record["type"] == "instrument":  # notionals are V(qty, price): qty x price, or inverse (§7)
+            size = record.get("contract_size") if record.get("contract_type") == "inverse" else None
+            metrics.valuations[record["symbol"]] = Valuation(None if size is None else Decimal(size))
+        elif record["type"] == "mark":
+            metrics.minute_mark.setdefault(record["symbol"], {})[minute] = Decimal(record["mark_price"])
+        elif record["type"] == "liquidation":
+            qty = Decimal(record["qty"])
+            notional = metrics.valuation(record["symbol"]).value(qty, Decimal(record["mark_price"]))
+            metrics.minute_liquidated[minute] = metrics.minute_liquidated.get(minute, Decimal(0)) + notional
+            metrics.liquidations += 1
+            metrics.liquidated_notional += notional
+            account = record["account_id"]
+            metrics.liquidated_by_account[account] = metrics.liquidated_by_account.get(account, Decimal(0)) + qty
+    for event in _lines(result.adl_events):
+        minute, qty = _minute(event["ts"]), Decimal(event["qty"])
+        notional = metrics.valuation(event["symbol"]).reported_value(qty, Decimal(event["price"]))
         metrics.adl_events += 1
-        deleveraged = engine.instruments[event.symbol].valuation.reported_value(event.qty, event.price)
-        metrics.adl_notional += deleveraged
-        metrics.deleveraged_by_account[event.account_id] = metrics.deleveraged_by_account.get(
-            event.account_id, Decimal(0)) + event.qty
-        metrics.minute_deleveraged[minute] = metrics.minute_deleveraged.get(minute, Decimal(0)) + deleveraged
-    for round_ in outcome.effects.adl_rounds:
-        metrics.minute_haircut[minute] = metrics.minute_haircut.get(minute, Decimal(0)) + round_.haircut
-        metrics.minute_needed[minute] = metrics.minute_needed.get(minute, Decimal(0)) + round_.needed
-        eligible = round_.record["leverage"]["eligible"]
-        metrics.rounds.append(RoundPoint(record.ts, tuple(h.figures.leverage for h in round_.hits
-                                                           if h.figures.leverage is not None),
-                                         (eligible["p10"], eligible["p50"], eligible["p90"])
-                                         if eligible is not None and eligible["count"] else None))
-    for entry in outcome.effects.fund_entries:
-        fund_id, balance = entry.fund_id, entry.balance_after
+        metrics.adl_notional += notional
+        account = event["account_id"]
+        metrics.deleveraged_by_account[account] = metrics.deleveraged_by_account.get(account, Decimal(0)) + qty
+        metrics.minute_deleveraged[minute] = metrics.minute_deleveraged.get(minute, Decimal(0)) + notional
+    for round_ in _lines(result.adl_rounds):
+        minute = _minute(round_["ts"])
+        metrics.minute_haircut[minute] = metrics.minute_haircut.get(minute, Decimal(0)) + Decimal(round_["haircut"])
+        metrics.minute_needed[minute] = metrics.minute_needed.get(minute, Decimal(0)) + Decimal(round_["needed"])
+        eligible = round_["leverage"]["eligible"]
+        hits = round_["hits"] or ()
+        metrics.rounds.append(RoundPoint(
+            round_["ts"], tuple(Decimal(hit["leverage"]) for hit in hits if hit["leverage"] is not None),
+            (Decimal(eligible["p10"]), Decimal(eligible["p50"]), Decimal(eligible["p90"]))
+            if eligible is not None and eligible["count"] else None))
+    for entry in _lines(result.fund_ledger):
+        fund_id, balance = entry["fund_id"], Decimal(entry["balance_after"])
         peak = max(metrics.fund_peak.get(fund_id, balance), balance)
         metrics.fund_peak[fund_id] = peak
         metrics.fund_min[fund_id] = min(metrics.fund_min.get(fund_id, balance), balance)
         metrics.fund_drawdown[fund_id] = max(metrics.fund_drawdown.get(fund_id, Decimal(0)), peak - balance)
-        metrics.minute_fund.setdefault(fund_id, {})[minute] = balance
+        metrics.minute_fund.setdefault(fund_id, {})[_minute(entry["ts"])] = balance
 
 
 def read_records(path: Path) -> list[tuple[int, AnyRecord]]:

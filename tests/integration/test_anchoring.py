@@ -21,7 +21,6 @@ from service_harness import ANCHOR_KEY_FILE, as_role, in_process, settings_for, 
 from backstop.adapters.kafka.tools import produce_file
 from backstop.core.hashing import canonical_json, chain_hash, combine
 from backstop.core.numbers import text
-from backstop.core.snapshot import state_hash
 from backstop.entrypoints.audit import derive
 from backstop.entrypoints.cli import main as cli
 from backstop.service.app import ServeRefused, preflight
@@ -134,10 +133,10 @@ async def forge_journal(owner_dsn: str, change: Callable[[dict[str, Any]], bool]
             changed[seq] = canonical_json(record)
             break
     postings: list[dict[str, Any]] = []
-    processor, ledger, adl_events = derive([changed.get(seq, p) for seq, p in payloads.items()], postings,
-                                            adl_quantiles=True)  # as the service runs it
+    derived, ledger, adl_events = derive([changed.get(seq, p) for seq, p in payloads.items()], postings,
+                                         adl_quantiles=True)  # as the service runs it
     await rewrite_as_owner(owner_dsn, ledger=ledger, adl_events=adl_events, journal=changed,
-                           state=state_hash(processor.engine), postings=postings)
+                           state=derived.state_hash(), postings=postings)
     return next(iter(changed))
 
 

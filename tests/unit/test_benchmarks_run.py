@@ -36,6 +36,8 @@ def figures(result: dict[str, Any]) -> set[str]:
       "memory per open position (state + index, compiled engine)"}),
     ("incident.py", ("--accounts", "2000", "--events", "20000", "--block", "50", "--seed", "5"),
      {"backstop replay wall time", "backstop replay rate"}),
+    ("scenarios.py", ("--accounts", "30", "--seed", "5"),
+     {"backstop demo (5 runs) wall time (compiled engine)", "backstop whatif (2 runs) wall time (reference engine)"}),
 ])
 def test_benchmark_runs_and_reports_its_figures(script: str, args: tuple[str, ...], expected: set[str]) -> None:
     result = run(script, *args)

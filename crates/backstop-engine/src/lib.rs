@@ -21,5 +21,6 @@ pub mod outbox;
 pub mod processor;
 pub mod projection;
 pub mod quantiles;
+pub mod simulation;
 pub mod state;
 pub mod valuation;

@@ -18,7 +18,8 @@ use crate::valuation::{Valuation, LINEAR};
 use crate::state::{
     position_label, FundSpec, FundState, Instrument, Lot, Position, Side, Tier, DEFAULT_MARK_TOLERANCE,
 };
-use crate::wire::{self, Dec, MarginMode, PositionSide, Surplus};
+use crate::simulation::{self, Simulation};
+use crate::wire::{self, Body, Dec, MarginMode, PositionSide, Record, Surplus};
 use ethnum::I256;
 use rustc_hash::FxHashMap as HashMap;
 
@@ -103,6 +104,9 @@ pub struct Batch {
     pub dead_letters: Vec<u8>,
     pub snapshots: Vec<SnapshotDue>,
     pub stopped: Option<(u64, String)>,
+    /// the applied records' lines (with `Processor::journal`): the input line as given, a decided liquidation as
+    /// the simulation writes it
+    pub journal: Vec<u8>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -121,6 +125,10 @@ pub struct Processor {
     pub snapshot_every: u64,
     /// Check after every batch that the ledger's balances sum to zero (--check-conservation).
     pub check_conservation: bool,
+    /// Simulation mode (crate::simulation): liquidations decided after each mark, the log's own dropped.
+    pub simulation: Option<Simulation>,
+    /// Write each applied record's line to `Batch::journal` (a what-if run's journal.jsonl).
+    pub journal: bool,
     next_snapshot: u64,
 }
 
@@ -287,11 +295,28 @@ impl Processor {
                 return Err((RejectionKind::Invalid, reason));
             }
         };
+        if self.simulation.is_some() && matches!(record.body, Body::Liquidation { .. }) {
+            return Ok(()); // simulation mode decides liquidations itself: the log's own are dropped
+        }
+        let applied = self.apply_record(&record, raw, number, batch)?;
+        if let (true, Some(simulation), Body::Mark { symbol, .. }) = (applied, self.simulation, &record.body) {
+            self.simulate(simulation, symbol, record.ts, number, batch);
+        }
+        Ok(())
+    }
+
+    /// Apply one decoded record (its line `raw`): Ok(true) applied, Ok(false) a duplicate.
+    fn apply_record(&mut self, record: &Record<'_>, raw: &[u8], number: u64, batch: &mut Batch)
+                    -> Result<bool, (RejectionKind, String)> {
         let before = counts(&batch.outputs);
-        if let Err(refusal) = self.engine.apply(&record, self.engine.last_seq + 1, &mut batch.outputs) {
-            return self.refused(refusal);
+        if let Err(refusal) = self.engine.apply(record, self.engine.last_seq + 1, &mut batch.outputs) {
+            return self.refused(refusal).map(|()| false);
         }
         self.count(before, &batch.outputs);
+        if self.journal {
+            batch.journal.extend_from_slice(raw);
+            batch.journal.push(b'\n');
+        }
         let seq = self.engine.last_seq;
         if self.snapshot_every > 0 && seq >= self.next_snapshot {
             let (mut document, ids) = self.snapshot_json(number);
@@ -299,7 +324,29 @@ impl Processor {
             batch.snapshots.push(SnapshotDue { seq, document, ids });
             self.next_snapshot = seq + self.snapshot_every;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Simulation mode after an applied mark of `symbol` (journal line `number`): each liquidatable position of the
+    /// symbol liquidated by the order the simulation decides, applied as a journal line of its own (a rejected one
+    /// is a dead letter of the mark's line).
+    fn simulate(&mut self, simulation: Simulation, symbol: &str, ts: u64, number: u64, batch: &mut Batch) {
+        let Some(symbol) = self.engine.names.find(symbol) else { return };
+        if !simulation::any_liquidatable(&self.engine, symbol) {
+            return;
+        }
+        for (account, side) in simulation::visiting_order(&self.engine, symbol) {
+            let Some(position) = self.engine.positions.get(account, symbol, side) else { continue };
+            if !self.engine.margin_view(position).liquidatable() {
+                continue;
+            }
+            let line = simulation.order(&self.engine, position, ts, self.engine.last_seq + 1);
+            let record = wire::decode_line(&line)
+                .unwrap_or_else(|reason| panic!("the simulation decided a liquidation the wire refuses: {reason}"));
+            if let Err((kind, reason)) = self.apply_record(&record, &line, number, batch) {
+                dead_letter(&mut batch.dead_letters, number, kind, &reason, &line);
+            }
+        }
     }
 
     /// Add what an applied event wrote (the outputs' counts after it, less `before`) to the totals.

@@ -4,6 +4,7 @@
 use backstop_engine::adl::Policy;
 use backstop_engine::idtable::IdTable;
 use backstop_engine::processor::{Consumed, Processor, RestoreError};
+use backstop_engine::simulation::Simulation;
 use backstop_engine::{outbox, projection};
 use backstop_engine::state::Side;
 use backstop_engine::{canonical, json, numbers, wire};
@@ -116,6 +117,24 @@ fn canonical_chain_hash(raw: &[u8]) -> PyResult<String> {
     Ok(canonical::chain_hash_of(&value))
 }
 
+/// Simulation parameters from their texts: rates (1e-18), slippage below 10,000 bp, the market's part at most 1.
+fn simulation_params(slippage_bps: &str, partial: bool, market_fill: &str) -> PyResult<Simulation> {
+    let rate = |text: &str, what: &str| {
+        numbers::parse(text.as_bytes(), numbers::RATE)
+            .ok()
+            .filter(|value| *value >= 0)
+            .ok_or_else(|| PyValueError::new_err(format!("{what} must be a decimal >= 0 with at most 4 integer and \
+                                                           18 fraction digits, not {text:?}")))
+    };
+    let one = numbers::pow10_i128(numbers::S18);
+    let slippage_bps = rate(slippage_bps, "slippage_bps")?;
+    let market_fill = rate(market_fill, "market_fill")?;
+    if slippage_bps >= 10_000 * one || market_fill > one {
+        return Err(PyValueError::new_err("slippage_bps must be below 10000 and market_fill at most 1"));
+    }
+    Ok(Simulation { slippage_bps, partial, market_fill })
+}
+
 /// One counterparty of a deleverage: account, rank, score, qty taken (decimal texts).
 type Counterparty = (String, usize, String, String);
 
@@ -168,14 +187,16 @@ impl Ledger {
     /// A new engine, or one restored from a snapshot's document and its identity file (ValueError: why not, as
     /// the reference names it). `held_per_batch`: the caller gives each batch's held identities. `adl_policy`: the
     /// policy's state-document JSON (a snapshot carries its own); `full_adl_metrics`: rank inversions and the
-    /// eligible population per ADL round.
+    /// eligible population per ADL round. `simulation`: (slippage_bps, partial, market_fill), the decimals as text
+    /// (simulation mode: crate::simulation); `journal`: each batch returns the applied records' lines.
     #[new]
     #[pyo3(signature = (*, strict, snapshot_every, snapshot, ids, check_conservation=false, held_per_batch=false,
-                        adl_quantiles=false, adl_policy=None, full_adl_metrics=false))]
+                        adl_quantiles=false, adl_policy=None, full_adl_metrics=false, simulation=None,
+                        journal=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(strict: bool, snapshot_every: u64, snapshot: Option<&[u8]>, ids: Option<&[u8]>, check_conservation: bool,
-           held_per_batch: bool, adl_quantiles: bool, adl_policy: Option<&[u8]>, full_adl_metrics: bool)
-           -> PyResult<Ledger> {
+           held_per_batch: bool, adl_quantiles: bool, adl_policy: Option<&[u8]>, full_adl_metrics: bool,
+           simulation: Option<(String, bool, String)>, journal: bool) -> PyResult<Ledger> {
         if held_per_batch && snapshot_every > 0 {
             return Err(PyValueError::new_err("an engine whose identities are held per batch writes no snapshots"));
         }
@@ -202,6 +223,10 @@ impl Ledger {
         processor.engine.adl_quantiles = adl_quantiles;
         processor.engine.full_metrics = full_adl_metrics;
         processor.engine.totals.full = full_adl_metrics;
+        processor.journal = journal;
+        if let Some((slippage_bps, partial, market_fill)) = simulation {
+            processor.simulation = Some(simulation_params(&slippage_bps, partial, &market_fill)?);
+        }
         Ok(Ledger { processor, poisoned: None })
     }
 
@@ -228,8 +253,22 @@ impl Ledger {
             snapshots,
             batch.stopped,
             PyBytes::new(py, &batch.outputs.adl_rounds),
+            PyBytes::new(py, &batch.journal),
         )
             .into_pyobject(py)
+    }
+
+    /// (long positions, positions) of a symbol: the depth of its ADL queues (0, 0 for a symbol unknown).
+    fn queue_depth(&self, symbol: &str) -> (usize, usize) {
+        let engine = &self.processor.engine;
+        let Some(symbol) = engine.names.find(symbol) else { return (0, 0) };
+        let holders = engine.positions.holders(symbol);
+        let longs = holders
+            .iter()
+            .filter_map(|&(account, side)| engine.positions.get(account, symbol, side))
+            .filter(|position| position.qty > 0)
+            .count();
+        (longs, holders.len())
     }
 
     /// A consumed Kafka batch: (topic, partition, offset, value) per record, under the topic prefix; `held`: the

@@ -25,7 +25,7 @@ from backstop.core.hashing import canonical_json
 from backstop.core.margin import bracket
 from backstop.core.numbers import CONTEXT, LARGEST_PRICE, ONE, text, whole_steps
 from backstop.core.processor import Applied, Outcome, Processor
-from backstop.core.state import Position
+from backstop.core.state import Instrument, Position
 from backstop.wire.decode import decode_record
 from backstop.wire.inputs import AnyRecord, LiquidationRecord, MarkRecord
 
@@ -60,6 +60,14 @@ def surely_safe(position: Position, mark: float, margin: float, tiers: tuple[tup
         maintenance = notional * mmr - maint_amount
     slack = FLOAT_SLACK * (abs(margin) + notional + cost) + MONEY_SLACK
     return equity - max(maintenance, 0.0) > slack
+
+
+def keep(instrument: Instrument, mark: Decimal, ceiling: Decimal) -> Decimal:
+    """What a partial liquidation keeps of a position: the whole lots that fit under `ceiling` (the next lower
+    bracket's max_notional) at the mark, FLOOR(ceiling / (mark x lot_size)) x lot_size, or for an inverse contract
+    FLOOR(ceiling x mark / (contract_size x lot_size)) x lot_size. The one place this is computed, as
+    crate::simulation::keep is in the compiled engine."""
+    return instrument.valuation.qty_of(ceiling, mark, instrument.lot_size, ROUND_FLOOR)
 
 
 class Simulator:
@@ -114,8 +122,7 @@ class Simulator:
             tier = bracket(instrument.tiers, instrument.valuation.value(position.size, mark))
             lower = [t.max_notional for t in instrument.tiers if t.max_notional < tier.max_notional]
             if lower:  # step down one bracket: keep what fits under the next lower bracket's ceiling
-                keep = instrument.valuation.qty_of(lower[-1], mark, instrument.lot_size, ROUND_FLOOR)
-                qty = max(position.size - keep, instrument.lot_size)
+                qty = max(position.size - keep(instrument, mark, lower[-1]), instrument.lot_size)
         slip = (mark * self.params.slippage_bps).scaleb(-4)  # basis points: exact
         if position.qty > 0:  # the order sells: below the mark, rounded down to the tick
             fill = whole_steps(mark - slip, ONE, instrument.tick_size)

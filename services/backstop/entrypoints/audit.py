@@ -6,7 +6,8 @@ summary records, every count (fund-ledger entries, ADL events, findings, dead le
 the combination of the two chain heads, every fund's balance as the sum of its entries, and the postings of the
 general ledger (each account's balance follows from its postings, the balances change by a sum of 0 in each seq,
 and end at the fund balances and the ledger sum of the summary). With the journal, every record is re-derived by a
-fresh replay with conservation checked after each event.
+fresh replay on either engine (`--engine`), with conservation checked after each event (the reference) or each batch
+of lines (the compiled engine).
 """
 
 from __future__ import annotations
@@ -29,14 +30,10 @@ from backstop.core.anchor import (
     check_journal,
     check_signatures,
 )
-from backstop.core.engine import Engine
-from backstop.core.errors import InvariantViolation
-from backstop.core.hashing import GENESIS_HASH, canonical_json, combine, record_dict
+from backstop.core.hashing import GENESIS_HASH, combine
 from backstop.core.numbers import CONTEXT
-from backstop.core.processor import Applied, Processor
-from backstop.core.snapshot import state_hash
 from backstop.core.verify import Problem, check_chain, check_fund_balances, check_postings, compare_streams
-from backstop.wire.decode import InvalidRecord, decode_record
+from backstop.engines import EngineName, EngineOptions, LedgerEngine, invariant_errors, open_engine
 
 Outcome = tuple[list[str], Problem | str | None]
 
@@ -45,25 +42,43 @@ class AuditError(Exception):
     """The inputs of the audit cannot be read (exit 2)."""
 
 
+DERIVE_CHUNK_BYTES = 1 << 20  # journal lines handed to the engine at once
+
+
 def derive(lines: list[bytes], postings: list[dict[str, Any]] | None = None, *, adl_quantiles: bool = False,
-           policy: AdlPolicy | None = None) -> tuple[Processor, list[dict[str, Any]], list[dict[str, Any]]]:
-    """Replay the journal with conservation checked after every event (the postings into `postings` if given), with
-    quantile points as the outputs were written (they move the state hash, never the ledger)."""
-    processor = Processor(Engine(check_conservation=True, adl_quantiles=adl_quantiles, adl_policy=policy))
+           policy: AdlPolicy | None = None, engine: EngineName = "reference",
+           ) -> tuple[LedgerEngine, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Replay the journal on the engine named with conservation checked (the postings into `postings` if given),
+    with quantile points as the outputs were written (they move the state hash, never the ledger). The reference
+    engine checks conservation after every event, the compiled one after every batch of lines."""
+    ledger_engine = open_engine(engine, EngineOptions(check_conservation=True, adl_quantiles=adl_quantiles,
+                                                      adl_policy=policy or AdlPolicy()))
     ledger: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
+    batch: list[bytes] = []
+    size = 0
+
+    def apply() -> None:
+        result = ledger_engine.apply_lines(b"".join(line + b"\n" for line in batch), 1)
+        ledger.extend(orjson.loads(line) for line in result.fund_ledger.splitlines())
+        events.extend(orjson.loads(line) for line in result.adl_events.splitlines())
+        if postings is not None:
+            postings.extend(orjson.loads(line) for line in result.postings.splitlines())
+        batch.clear()
+
     for raw in lines:
-        try:
-            outcome = processor.process(decode_record(raw))
-        except InvalidRecord:
-            processor.reject_unparsed()
-            continue
-        if isinstance(outcome, Applied):
-            ledger.extend(orjson.loads(canonical_json(record_dict(e))) for e in outcome.effects.fund_entries)
-            events.extend(orjson.loads(canonical_json(record_dict(e))) for e in outcome.effects.adl_events)
-            if postings is not None:
-                postings.extend(orjson.loads(canonical_json(record_dict(p))) for p in outcome.effects.postings)
-    return processor, ledger, events
+        batch.append(raw)
+        size += len(raw) + 1
+        if size >= DERIVE_CHUNK_BYTES:
+            apply()
+            size = 0
+    apply()
+    return ledger_engine, ledger, events
+
+
+def conservation_checked(engine: LedgerEngine) -> str:
+    return (f"conservation: checked after each of {engine.events_applied} events" if engine.name == "reference"
+            else f"conservation: checked after every batch of lines ({engine.events_applied} events)")
 
 
 def _journal(journal: Path) -> list[bytes]:
@@ -73,8 +88,9 @@ def _journal(journal: Path) -> list[bytes]:
         raise AuditError(str(error)) from None
 
 
-def verify_output(out: Path, journal: Path | None) -> Outcome:
-    """A replay output directory (and the journal it came from). Returns (what was checked, the first problem)."""
+def verify_output(out: Path, journal: Path | None, engine: EngineName = "reference") -> Outcome:
+    """A replay output directory (and the journal it came from, replayed on `engine`). Returns (what was checked,
+    the first problem)."""
     if not out.is_dir():
         raise AuditError(f"{out} is not a directory (give a `backstop replay` output directory)")
     try:
@@ -90,7 +106,8 @@ def verify_output(out: Path, journal: Path | None) -> Outcome:
         raise AuditError(str(error)) from None
     lines = _journal(journal) if journal is not None else None
     return verify_records(ledger, events, summary, lines, source="summary.json",
-                          counted={"findings": findings, "dead_letters": dead_letters}, postings=postings)
+                          counted={"findings": findings, "dead_letters": dead_letters}, postings=postings,
+                          engine=engine)
 
 
 def quantile_points(summary: dict[str, Any]) -> bool:
@@ -122,22 +139,21 @@ def verify_counts(summary: dict[str, Any], *, ledger: list[dict[str, Any]], even
             f"{len(dead_letters)} dead letters, as summary.json says"], None
 
 
-def verify_journal(journal: Path) -> Outcome:
-    """A journal file alone: replay it with conservation checked after every event and check what it derives."""
+def verify_journal(journal: Path, engine: EngineName = "reference") -> Outcome:
+    """A journal file alone: replay it on `engine` with conservation checked and check what it derives."""
     lines = _journal(journal)
     postings: list[dict[str, Any]] = []
     try:
-        processor, ledger, events = derive(lines, postings)
-    except InvariantViolation as error:
+        derived, ledger, events = derive(lines, postings, engine=engine)
+    except invariant_errors() as error:
         return [], f"replaying {journal}: conservation broken: {error}"
     checked, problem = verify_records(ledger, events, {}, None, source=str(journal), postings=postings)
-    checked.insert(0, f"conservation: checked after each of {processor.events_applied} events; head hash "
-                      f"{processor.engine.head_hash}")
+    checked.insert(0, f"{conservation_checked(derived)}; head hash {derived.summary()['head_hash']}")
     return checked, problem
 
 
-async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None
-                          ) -> Outcome:
+async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None,
+                          engine: EngineName = "reference") -> Outcome:
     """The service's database: its stored journal (rows without gaps, payload hashes), its records against that
     journal and its head; with anchor keys, all of it against the checkpoints the service signed (docs/
     operations-security.md)."""
@@ -187,7 +203,7 @@ async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None
                # the service's setting (BACKSTOP_ADL_QUANTILES, as it runs here): its state hash depends on it
                "adl_quantile_points": Settings().adl_quantiles}
     more, record_problem = verify_records(ledger, events, summary, [row[4] for row in rows], source="the database",
-                                          postings=postings)
+                                          postings=postings, engine=engine)
     checked.extend(more)
     if record_problem is not None or not keys:
         return checked, record_problem
@@ -255,7 +271,7 @@ def _heads(ledger: list[dict[str, Any]], events: list[dict[str, Any]], summary: 
 def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], summary: dict[str, Any],
                    lines: list[bytes] | None, *, source: str,
                    counted: dict[str, list[dict[str, Any]]] | None = None,
-                   postings: list[dict[str, Any]] | None = None) -> Outcome:
+                   postings: list[dict[str, Any]] | None = None, engine: EngineName = "reference") -> Outcome:
     """The chains, (with `counted`: the findings and dead letters) every count, the heads, the fund balances, (with
     `postings`) the general ledger and (with `lines`, the journal) every record re-derived."""
     checked: list[str] = []
@@ -295,14 +311,14 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         return checked, f"{source}: summary.json: adl_policy is not a policy ({error})"
     try:
-        processor, derived_ledger, derived_events = derive(
-            lines, derived_postings, adl_quantiles=quantile_points(summary), policy=policy)
-    except InvariantViolation as error:
+        derived, derived_ledger, derived_events = derive(
+            lines, derived_postings, adl_quantiles=quantile_points(summary), policy=policy, engine=engine)
+    except invariant_errors() as error:
         return checked, f"replaying the journal: conservation broken: {error}"
-    checked.append(f"conservation: checked after each of {processor.events_applied} events")
-    for stream, key, stored, derived in (("fund-ledger", "fund_ledger_entries", ledger, derived_ledger),
+    checked.append(conservation_checked(derived))
+    for stream, key, stored, records in (("fund-ledger", "fund_ledger_entries", ledger, derived_ledger),
                                          ("adl-events", "adl_events", events, derived_events)):
-        problem = compare_streams(stream, stored, derived[start.get(key, 0):])
+        problem = compare_streams(stream, stored, records[start.get(key, 0):])
         if problem:
             return checked, problem
         checked.append(f"{stream}: all {len(stored)} records re-derived from the journal")
@@ -315,8 +331,7 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
         if problem:
             return checked, problem
         checked.append(f"postings: all {len(postings)} records re-derived from the journal")
-    engine = processor.engine
-    for key, value in (("head_hash", engine.head_hash), ("state_hash", state_hash(engine))):
+    for key, value in (("head_hash", derived.summary()["head_hash"]), ("state_hash", derived.state_hash())):
         if summary.get(key) is not None and summary.get(key) != value:
             return checked, f"{source}: {key} {summary.get(key)} but the replay gives {value}"
     checked.append("head hash" + (" and state hash" if summary.get("state_hash") else "") + " reproduced")

@@ -78,6 +78,12 @@ ENGINE_CHOICES = ("reference", "compiled")
 DEFAULT_ENGINE = "compiled"
 
 
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default=None,
+                        help=f"which engine applies the rules (default {DEFAULT_ENGINE}; the reference when the "
+                             "compiled engine is not built here, saying so)")
+
+
 def _engine_for(args: argparse.Namespace) -> Literal["reference", "compiled"]:
     """The engine asked for, else the compiled one; the default falls back to the reference engine, saying so on
     stderr, when the compiled engine is not built here."""
@@ -225,6 +231,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
+    from backstop.engines import EngineUnavailable
     from backstop.entrypoints.audit import AuditError, verify_journal, verify_output, verify_postgres
 
     if sum(map(bool, (args.out, args.dsn))) > 1 or not (args.out or args.dsn or args.journal):
@@ -234,14 +241,16 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
     if args.anchor_key_file and not args.dsn:
         print("backstop audit verify: --anchor-key-file goes with --dsn", file=sys.stderr)
         return 2
+    engine = _engine_for(args)
     try:
         if args.dsn:
-            checked, problem = asyncio.run(verify_postgres(args.dsn, [Path(f) for f in args.anchor_key_file or ()]))
+            checked, problem = asyncio.run(verify_postgres(args.dsn, [Path(f) for f in args.anchor_key_file or ()],
+                                                           engine))
         elif not args.out:
-            checked, problem = verify_journal(Path(args.journal))
+            checked, problem = verify_journal(Path(args.journal), engine)
         else:
-            checked, problem = verify_output(Path(args.out), Path(args.journal) if args.journal else None)
-    except AuditError as error:
+            checked, problem = verify_output(Path(args.out), Path(args.journal) if args.journal else None, engine)
+    except (AuditError, EngineUnavailable) as error:
         print(f"backstop audit verify: {error}", file=sys.stderr)
         return 2
     for line in checked:
@@ -451,11 +460,13 @@ def _cmd_whatif(args: argparse.Namespace) -> int:
     inputs = [Path(args.params)] if args.params else []
     try:
         params = load_params(Path(args.params)) if args.params else WhatIfFile()
+        engine = _engine_for(args)
         if args.policies is not None:
             comparison = whatif_policies(Path(args.journal), params, parse_policies(args.policies), Path(args.out),
-                                         report=args.report, inputs=inputs)
+                                         report=args.report, inputs=inputs, engine=engine)
         else:
-            comparison = whatif(Path(args.journal), params, Path(args.out), report=args.report, inputs=inputs)
+            comparison = whatif(Path(args.journal), params, Path(args.out), report=args.report, inputs=inputs,
+                                engine=engine)
     except WhatIfError as error:
         print(f"backstop whatif: {error}", file=sys.stderr)
         return 2
@@ -476,7 +487,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         policies = () if args.no_policies else tuple(parse_policies(args.policies))
         result = run_demo(Path(args.out), seed=args.seed, accounts=args.accounts, report=not args.no_report,
-                          progress=sys.stderr.isatty(), policies=policies)
+                          progress=sys.stderr.isatty(), policies=policies, engine=_engine_for(args))
     except (OutputError, WhatIfError, OSError) as error:
         print(f"backstop demo: {_os_message(error)}", file=sys.stderr)
         return 2
@@ -571,9 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "adl-quantiles.jsonl, as the service does (default: off for a journal file, since it "
                              "makes a replay slower; on with --from-postgres / --from-kafka, as the service)")
     add_adl_policy_arguments(replay)
-    replay.add_argument("--engine", choices=ENGINE_CHOICES, default=None,
-                        help=f"which engine applies the rules (default {DEFAULT_ENGINE}; the reference when the "
-                             "compiled engine is not built here, or for an ADL policy other than the default)")
+    add_engine_argument(replay)
     replay.set_defaults(handler=_cmd_replay)
 
     schemas = commands.add_parser("schemas", help="write (or --check) the JSON Schemas of the wire records")
@@ -594,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --dsn: check the stored history against the checkpoints the service signed with "
                              "this key (BACKSTOP_ANCHOR_KEY_FILE); repeat it for the keys of earlier periods")
     verify.add_argument("--journal", metavar="INPUT.jsonl", help="the journal it came from: re-derive everything")
+    add_engine_argument(verify)
     verify.set_defaults(handler=_cmd_audit_verify)
 
     serve = commands.add_parser("serve", help="run the service: Kafka in, PostgreSQL and Kafka out "
@@ -659,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     whatif.add_argument("--out", required=True, metavar="DIR")
     whatif.add_argument("--report", action="store_true", help="also write report.html with baseline and alternative "
                                                               "charted on the same axes")
+    add_engine_argument(whatif)
     whatif.set_defaults(handler=_cmd_whatif)
 
     demo = commands.add_parser("demo", help="a seeded cascade on the real BTCUSDT path of 10 Oct 2025, through "
@@ -670,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--policies", default="queue,pro_rata,capped_pro_rata,min_max_leverage,socialized",
                       metavar="A,B,...", help="the ADL policies to compare on the same cascade (default: %(default)s)")
     demo.add_argument("--no-policies", action="store_true", help="skip the ADL policy comparison")
+    add_engine_argument(demo)
     demo.set_defaults(handler=_cmd_demo)
 
     db = commands.add_parser("db", help="PostgreSQL schema management")

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from backstop.adapters.files import staged_dir, write_json
 from backstop.adapters.journal_file import journal_bytes
 from backstop.demo_journal import journal
+from backstop.engines import EngineName
 from backstop.entrypoints.policy_lab import (
     DEFAULT_POLICIES,
     compare_policies,
@@ -27,7 +28,7 @@ DEMO_OUTPUTS = (*RUN_OUTPUTS, "input.jsonl", "report.html", "report-*.png", "pol
 
 
 def run_demo(out: Path, *, seed: int, accounts: int, report: bool, progress: bool,
-             policies: tuple[str, ...] = DEFAULT_POLICIES) -> dict[str, Any]:
+             policies: tuple[str, ...] = DEFAULT_POLICIES, engine: EngineName = "reference") -> dict[str, Any]:
     """The demo's input, run and report into `out`, which appears whole when they have finished. `policies`: the ADL
     policies to compare on the same cascade (the demo's own run is `queue`'s), into out/policies."""
     with staged_dir(out, owned=DEMO_OUTPUTS) as staging:
@@ -38,10 +39,10 @@ def run_demo(out: Path, *, seed: int, accounts: int, report: bool, progress: boo
         with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), disable=not progress, transient=True) as bar:
             task = bar.add_task("10 Oct 2025 cascade", total=len(records) * (1 + len(others)))
-            metrics, summary = run_scenario(records, DEMO_SCENARIO, staging, label="demo",
+            metrics, summary = run_scenario(records, DEMO_SCENARIO, staging, label="demo", engine=engine,
                                             progress=lambda done: bar.update(task, completed=done))
             runs, summaries = run_policies(
-                records, DEMO_SCENARIO, others, staging / "policies",
+                records, DEMO_SCENARIO, others, staging / "policies", engine=engine,
                 progress=lambda name, done: bar.update(task, completed=len(records) * (1 + others.index(name)) + done))
         run_table = render_run(metrics.as_json(), "demo")
         result = {"summary": summary, "metrics": metrics.as_json(), "table": run_table, "input_records": len(records)}

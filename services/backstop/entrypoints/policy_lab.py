@@ -14,6 +14,7 @@ from typing import Any
 
 from backstop.adapters.files import OutputError, staged_dir, write_json
 from backstop.core.adl_policy import PRESETS
+from backstop.engines import EngineName
 from backstop.entrypoints.whatif import WHATIF_OUTPUTS
 from backstop.scenarios import RunMetrics, Scenario, WhatIfError, WhatIfFile, read_records, run_scenario
 from backstop.wire.inputs import AnyRecord
@@ -94,21 +95,22 @@ def render_policies(comparison: dict[str, Any]) -> str:
 
 
 def run_policies(records: Sequence[tuple[int, AnyRecord]], base: Scenario, policies: Sequence[str], out: Path, *,
-                 progress: Callable[[str, int], None] | None = None
+                 progress: Callable[[str, int], None] | None = None, engine: EngineName = "reference",
                  ) -> tuple[dict[str, RunMetrics], dict[str, dict[str, Any]]]:
-    """One run per policy into out/<policy>: (metrics, summaries) by policy."""
+    """One run per policy (on `engine`) into out/<policy>: (metrics, summaries) by policy."""
     runs: dict[str, RunMetrics] = {}
     summaries: dict[str, dict[str, Any]] = {}
     for name in policies:
         scenario = base.model_copy(update={"adl": base.adl.with_policy(name)})
         scenario.adl.adl_policy()  # a bad combination (a floor below 0, ...) is refused before the run
         tick = (lambda done, name=name: progress(name, done)) if progress is not None else None
-        runs[name], summaries[name] = run_scenario(records, scenario, out / name, label=name, progress=tick)
+        runs[name], summaries[name] = run_scenario(records, scenario, out / name, label=name, progress=tick,
+                                                   engine=engine)
     return runs, summaries
 
 
 def whatif_policies(journal: Path, params: WhatIfFile, policies: Sequence[str], out: Path, *, report: bool = False,
-                    inputs: Sequence[Path] = ()) -> dict[str, Any]:
+                    inputs: Sequence[Path] = (), engine: EngineName = "reference") -> dict[str, Any]:
     """Every policy's run and the comparison into `out`, which appears whole when they have finished."""
     if params.alternative != Scenario():
         raise WhatIfError("--policies runs every policy on the [baseline] scenario: the parameter file's "
@@ -116,7 +118,7 @@ def whatif_policies(journal: Path, params: WhatIfFile, policies: Sequence[str], 
     records = read_records(journal)
     try:
         with staged_dir(out, owned=WHATIF_OUTPUTS, inputs=[journal, *inputs]) as staging:
-            runs, summaries = run_policies(records, params.baseline, policies, staging)
+            runs, summaries = run_policies(records, params.baseline, policies, staging, engine=engine)
             comparison = compare_policies(runs, {name: s["head_hash"] for name, s in summaries.items()})
             write_json(staging / "comparison.json", comparison)
             if report:

@@ -40,6 +40,7 @@ from typing import Any
 
 from backstop.adapters.files import OutputError, staged_dir, write_json
 from backstop.core.adl_policy import PRESETS
+from backstop.engines import EngineName
 from backstop.scenarios import (
     RunMetrics,
     WhatIfError,
@@ -89,14 +90,16 @@ def render(comparison: dict[str, Any]) -> str:
 
 
 def whatif(journal: Path, params: WhatIfFile, out: Path, *, report: bool = False,
-           inputs: Sequence[Path] = ()) -> dict[str, Any]:
-    """Both runs and the comparison into `out`, which appears whole when they have finished (or not at all);
-    `inputs` (the parameter file) must not lie inside it, nor may the journal."""
+           inputs: Sequence[Path] = (), engine: EngineName = "reference") -> dict[str, Any]:
+    """Both runs (on `engine`) and the comparison into `out`, which appears whole when they have finished (or not
+    at all); `inputs` (the parameter file) must not lie inside it, nor may the journal."""
     records = read_records(journal)
     try:
         with staged_dir(out, owned=WHATIF_OUTPUTS, inputs=[journal, *inputs]) as staging:
-            base, base_summary = run_scenario(records, params.baseline, staging / "baseline", label="baseline")
-            alt, alt_summary = run_scenario(records, params.alternative, staging / "alternative", label="alternative")
+            base, base_summary = run_scenario(records, params.baseline, staging / "baseline", label="baseline",
+                                              engine=engine)
+            alt, alt_summary = run_scenario(records, params.alternative, staging / "alternative", label="alternative",
+                                            engine=engine)
             comparison = compare(base, alt)
             write_json(staging / "comparison.json", comparison)
             if report:
