@@ -33,7 +33,7 @@ def indexed(engine: Engine, symbol: str, side: Any) -> tuple[dict[str, int], Dec
 
     with localcontext(CONTEXT):
         changes, stressed = side_quantiles(rows, engine.marks[symbol], side,
-                                           lambda a: engine._ranked(engine.position_of(a, symbol, side)),
+                                           lambda a: engine.ranked(engine.position_of(a, symbol, side)),
                                            lambda a: engine.position_of(a, symbol, side).adl_quantile)
     for account, quantile in changes:
         engine.position_of(account, symbol, side).adl_quantile = quantile

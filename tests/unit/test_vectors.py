@@ -166,24 +166,24 @@ def test_q12_short_surplus_policy_trader(bought_at: str, fee_rate: str, fund_del
     assert delta == D(fund_delta)
 
 
-def _ranked(qty: str, entry: str, mark_price: str, bp: str) -> tuple[Decimal, Decimal | None, Decimal]:
+def ranked(qty: str, entry: str, mark_price: str, bp: str) -> tuple[Decimal, Decimal | None, Decimal]:
     position = Position("a", "BTCUSDT", D(qty), abs(D(qty)) * D(entry), "cross", D(10))
     ranked = rank_position(position, D(mark_price), D(bp), LINEAR)
     return ranked.pnl_ratio, ranked.leverage, ranked.score
 
 
 def test_x4_profitable_long_score() -> None:
-    assert _ranked("1", "10000", "12000", "9000") == (D("0.2"), D(4), D("0.8"))
+    assert ranked("1", "10000", "12000", "9000") == (D("0.2"), D(4), D("0.8"))
 
 
 def test_x5_losing_long_score() -> None:
-    pnl, leverage, score = _ranked("1", "10000", "9500", "9000")
+    pnl, leverage, score = ranked("1", "10000", "9500", "9000")
     assert (pnl, leverage) == (D("-0.05"), D(19))
     assert score.quantize(D("0.0000001")) == D("-0.0026316")
 
 
 def test_x6_profitable_short_score() -> None:
-    pnl, leverage, score = _ranked("-1", "10000", "8000", "11000")
+    pnl, leverage, score = ranked("-1", "10000", "8000", "11000")
     assert pnl == D("0.2")
     assert leverage is not None and leverage.quantize(D("0.0001")) == D("2.6667")
     assert score.quantize(D("0.00001")) == D("0.53333")

@@ -117,7 +117,7 @@ def _position(engine: Engine, position: Position, memo: Exposures, rank: tuple[i
     mark = engine.marks[position.symbol]
     view = engine.margin_view(position, memo)
     unrealized, _ = engine.exposure(position, memo)
-    liquidation = engine._liquidation_price(position, memo)
+    liquidation = engine.liquidation_price(position, memo)
     isolated = engine.ledger.balance(ledger.isolated(position.account_id, position.symbol, position.position_side))
     return {
         "qty": text(position.qty),
@@ -131,7 +131,7 @@ def _position(engine: Engine, position: Position, memo: Exposures, rank: tuple[i
         "maintenance_margin": text(view.position_maintenance),
         "margin_balance": text(money(view.margin_balance)),
         "liquidation_price": text(liquidation) if liquidation is not None else "0",
-        "bankruptcy_price": text(engine._bankruptcy_price(position, memo)),
+        "bankruptcy_price": text(engine.bankruptcy_price(position, memo)),
         "adl_rank": rank[0],
         "adl_quantile": rank[1],
     }

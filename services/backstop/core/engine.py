@@ -816,7 +816,7 @@ class Engine:
         return self._viewed(position, mark)[0]
 
     def _viewed(self, position: Position, mark: Decimal) -> tuple[Decimal, adl_rounds.Figures]:
-        """(equity share, figures) at the mark, remembered like _ranked for positions whose equity depends on nothing
+        """(equity share, figures) at the mark, remembered like ranked for positions whose equity depends on nothing
         else: a block of rounds at one mark views the same eligible positions again and again."""
         alone = position.margin_mode == "isolated" or len(self.positions.of(position.account_id)) == 1
         cached_mark, cache = self._figures_cache.get(position.symbol, (None, {}))
@@ -1017,7 +1017,7 @@ class Engine:
             candidates = [p for p in self.by_symbol[symbol].values() if (p.qty > 0) == want_long]
             if self.adl_policy.rule == "binance":
                 return adl.order([self._rank_binance(p, mark) for p in candidates])
-            return adl.order([self._ranked(p) for p in candidates])
+            return adl.order([self.ranked(p) for p in candidates])
 
     def _rank_binance(self, position: Position, mark: Decimal) -> adl.Ranked:
         view = self.margin_view(position)
@@ -1049,7 +1049,7 @@ class Engine:
         if candidates is None:
             return self.adl_queue(symbol, side), count
         book = self.by_symbol[symbol]  # an account holds one position per side of a symbol: one-way or hedge
-        return adl.order([self._ranked(book.get((a, side)) or book[(a, "both")]) for a in candidates]), count
+        return adl.order([self.ranked(book.get((a, side)) or book[(a, "both")]) for a in candidates]), count
 
     def refresh_adl_index(self, limit: int | None = None) -> bool:
         """Bring the ADL index up to date with every change so far (or with `limit` of the accounts touched);
@@ -1067,7 +1067,7 @@ class Engine:
         """About how many accounts the next refresh_adl_index rewrites (ledger accounts touched count one each)."""
         return self.adl_index.pending + len(self.ledger.touched)
 
-    def _ranked(self, position: Position) -> adl.Ranked:
+    def ranked(self, position: Position) -> adl.Ranked:
         """adl.rank_position, remembered while the mark and the position's own numbers stay the same: a block of
         deleverages at one mark re-ranks the same candidates many times. Only for positions whose rank depends on
         nothing else (isolated, or the account's only position)."""

@@ -164,7 +164,7 @@ def _changes_indexed(engine: Engine) -> tuple[Changes, dict[tuple[str, str], Dec
                 continue
 
             def ranked(account_id: str) -> adl.Ranked:
-                return engine._ranked(engine.position_of(account_id, symbol, side))  # noqa: B023 (this side only)
+                return engine.ranked(engine.position_of(account_id, symbol, side))  # noqa: B023 (this side only)
 
             def published(account_id: str) -> int:
                 return engine.position_of(account_id, symbol, side).adl_quantile  # noqa: B023
