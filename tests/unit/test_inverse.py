@@ -313,7 +313,7 @@ def test_explain_and_statements_speak_the_inverse_rules_in_the_coin(capsys: pyte
     out = tmp_path / "out"
     assert main(["replay", str(journal), "--engine", "reference", "--out", str(out)]) == 0
     capsys.readouterr()
-    assert main(["statement", str(out), "--account", "wallet:m:BTC"]) == 0
+    assert main(["statement", str(out), "--account", "wallet:m:BTC", "--out", str(tmp_path / "wallet.csv")]) == 0
     assert "funding 0.00069697, transfer 4, closing 4.00069697" in capsys.readouterr().out
 
 
