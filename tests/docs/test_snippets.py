@@ -156,8 +156,10 @@ def test_page_snippets_run(page: str, tmp_path: Path, page_servers: Servers | No
     printed = outputs(done.stdout)
     if done.returncode != 0:
         last = max(printed, default=0)
+        logs = "".join(f"\n--- {log.relative_to(tmp_path)} ends:\n{log.read_text(errors='replace')[-2000:]}"
+                       for log in sorted(tmp_path.rglob("*.log")))
         pytest.fail(f"{page_blocks[last].where}: the block failed (exit {done.returncode}):\n"
-                    f"{page_blocks[last].code}\n--- it printed:\n{printed.get(last, '')}", pytrace=False)
+                    f"{page_blocks[last].code}\n--- it printed:\n{printed.get(last, '')}{logs}", pytrace=False)
     for number, block in enumerate(page_blocks):
         if block.kind == "output":
             missing = missing_output(block.code, printed.get(number - 1, ""))

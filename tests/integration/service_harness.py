@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
+import pytest
 
 from backstop.adapters.kafka.tools import end_offsets, read_topic
 from backstop.adapters.postgres.migrations import migrate
@@ -142,7 +143,12 @@ class ServeProcess:
             return body.decode()
 
     def wait_exit(self, timeout: float = 90) -> int:
-        return self.process.wait(timeout=timeout)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"the service did not exit within {timeout:g} s; its log ends:\n"
+                        f"{self.log.read_text(errors='replace')[-3000:]}", pytrace=False)
 
     def kill(self) -> None:
         if self.process.poll() is None:

@@ -326,10 +326,13 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
     from backstop.adapters.journal_file import JournalFileError
     from backstop.adapters.kafka.tools import produce_file
+    from backstop.service.app import ensure_topics
     from backstop.settings import Settings
 
     settings = Settings()
     try:
+        # the topics as the service lays them out, so producing before the service's first start loses nothing
+        ensure_topics(settings)
         produced = asyncio.run(produce_file(settings, Path(args.journal)))
     except JournalFileError as error:
         print(f"backstop produce: {error}", file=sys.stderr)
