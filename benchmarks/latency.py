@@ -39,9 +39,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from backstop.adapters.kafka import admin  # noqa: E402
-from backstop.adapters.kafka.tools import end_offsets, produce_file  # noqa: E402
+from backstop.adapters.kafka.tools import end_offsets, ensure_topics, produce_file  # noqa: E402
 from backstop.pipeline.topics import TopicNames, input_key  # noqa: E402
-from backstop.service.app import ensure_topics  # noqa: E402
 from backstop.settings import Settings  # noqa: E402
 from service import SERVER_DSN, _with_database, anchor_key_file, drop_database, prepare_database  # noqa: E402
 

@@ -34,11 +34,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from backstop.adapters.kafka import admin  # noqa: E402
-from backstop.adapters.kafka.tools import end_offsets, produce_file  # noqa: E402
+from backstop.adapters.kafka.tools import end_offsets, ensure_topics, produce_file  # noqa: E402
 from backstop.adapters.postgres.migrations import migrate  # noqa: E402
 from backstop.adapters.postgres.roles import ServiceLogin, ensure_service_role  # noqa: E402
 from backstop.pipeline.topics import TopicNames  # noqa: E402
-from backstop.service.app import ensure_topics, running  # noqa: E402
+from backstop.service.app import running  # noqa: E402
 from backstop.settings import Settings  # noqa: E402
 from replay import journal_for  # noqa: E402
 

@@ -151,14 +151,19 @@ def test_page_snippets_run(page: str, tmp_path: Path, page_servers: Servers | No
     if page_servers is not None:
         text = page_servers.substitute(text)
         environment.update(page_servers.environment())
-    done = subprocess.run(["bash", "-c", text], cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=SCRIPT_LIMIT_S, check=False)
-    printed = outputs(done.stdout)
-    if done.returncode != 0:
+    try:
+        done = subprocess.run(["bash", "-c", text], cwd=tmp_path, env=environment, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=SCRIPT_LIMIT_S, check=False)
+        stdout, failure = done.stdout, f"the block failed (exit {done.returncode})" if done.returncode else ""
+    except subprocess.TimeoutExpired as hung:
+        stdout = hung.stdout.decode(errors="replace") if isinstance(hung.stdout, bytes) else hung.stdout or ""
+        failure = f"the page did not finish within {SCRIPT_LIMIT_S} s"
+    printed = outputs(stdout)
+    if failure:
         last = max(printed, default=0)
         logs = "".join(f"\n--- {log.relative_to(tmp_path)} ends:\n{log.read_text(errors='replace')[-2000:]}"
                        for log in sorted(tmp_path.rglob("*.log")))
-        pytest.fail(f"{page_blocks[last].where}: the block failed (exit {done.returncode}):\n"
+        pytest.fail(f"{page_blocks[last].where}: {failure}:\n"
                     f"{page_blocks[last].code}\n--- it printed:\n{printed.get(last, '')}{logs}", pytrace=False)
     for number, block in enumerate(page_blocks):
         if block.kind == "output":

@@ -292,8 +292,7 @@ async def two_runs(databases: Any, kafka_bootstrap: str, prefix: str, journal: P
                    **common: Any) -> tuple[Settings, Settings]:
     """A reference and a faulted setup: own databases (migrated) and topics, both filled with the same journal before
     any service starts (the order the service decides is a function of the topics' contents)."""
-    from backstop.adapters.kafka.tools import produce_file
-    from backstop.service.app import ensure_topics
+    from backstop.adapters.kafka.tools import ensure_topics, produce_file
 
     run_id = secrets.token_hex(2)
     runs = []

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from service_harness import free_port, in_process, settings_for, stored, wait_caught_up
 
+from backstop.adapters.kafka.tools import ensure_topics
 from backstop.entrypoints.cli import main as cli
-from backstop.service.app import ensure_topics
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "01-isolated-liquidation-surplus.jsonl"
@@ -35,19 +35,22 @@ async def test_produce_names_what_it_cannot_route_and_the_stored_counts_reach_th
         tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, migrated_database: str,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}cli.")
-    ensure_topics(settings)
     monkeypatch.setenv("BACKSTOP_KAFKA_BOOTSTRAP", kafka_bootstrap)
     monkeypatch.setenv("BACKSTOP_TOPIC_PREFIX", settings.topic_prefix)
+    monkeypatch.setenv("BACKSTOP_INPUT_PARTITIONS", str(settings.input_partitions))
+    monkeypatch.setenv("BACKSTOP_OUTPUT_PARTITIONS", str(settings.output_partitions))
     journal, unroutable = _journal_with_bad_lines(tmp_path)
+    # before the service ever ran: produce creates the topics as the service lays them out
+    assert await asyncio.to_thread(cli, ["produce", str(journal)]) == 1  # some lines were not sent
+    assert ensure_topics(settings) == []
+    captured = capsys.readouterr()
+    named = [line for line in captured.err.splitlines() if " not sent: " in line]
+    assert [int(line.split(" line ")[1].split()[0]) for line in named] == unroutable, captured.err
+    assert "not JSON" in named[0] and "no known \"type\"" in named[1] and "not a JSON object" in named[2]
+    assert "no account_id to key a fill record by" in named[3]
+    assert captured.out.strip() == ("produced 2 fund, 2 instrument, 6 transfer, 5 fill, 3 mark, 2 liquidation; "
+                                    "4 line(s) not sent")
     async with in_process(settings):
-        assert await asyncio.to_thread(cli, ["produce", str(journal)]) == 1  # some lines were not sent
-        captured = capsys.readouterr()
-        named = [line for line in captured.err.splitlines() if " not sent: " in line]
-        assert [int(line.split(" line ")[1].split()[0]) for line in named] == unroutable, captured.err
-        assert "not JSON" in named[0] and "no known \"type\"" in named[1] and "not a JSON object" in named[2]
-        assert "no account_id to key a fill record by" in named[3]
-        assert captured.out.strip() == ("produced 2 fund, 2 instrument, 6 transfer, 5 fill, 3 mark, 2 liquidation; "
-                                        "4 line(s) not sent")
         await wait_caught_up(migrated_database, applied=9)
         for _ in range(150):  # the duplicates and dead letters come after the last applied record
             have = await stored(migrated_database)

@@ -15,14 +15,13 @@ import asyncpg
 import orjson
 from service_harness import in_process, settings_for, wait_caught_up, wait_refreshed
 
-from backstop.adapters.kafka.tools import produce_file
+from backstop.adapters.kafka.tools import ensure_topics, produce_file
 from backstop.adapters.postgres.store import POSITION_COLUMNS, RefreshCopy, Store
 from backstop.core.engine import Engine
 from backstop.core.processor import Processor
 from backstop.core.snapshot import restore, state_hash
 from backstop.pipeline.projections import FullRefresh, adl_rows, full_refresh
 from backstop.service import metrics
-from backstop.service.app import ensure_topics
 from backstop.wire.decode import decode_record
 
 D = Decimal

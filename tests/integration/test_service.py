@@ -26,11 +26,10 @@ from service_harness import (
     wait_refreshed,
 )
 
-from backstop.adapters.kafka.tools import produce_file
+from backstop.adapters.kafka.tools import ensure_topics, produce_file
 from backstop.engines import EngineName
 from backstop.entrypoints.cli import main as cli
 from backstop.service import metrics
-from backstop.service.app import ensure_topics
 from backstop.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,13 +16,12 @@ from hypothesis import strategies as st
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 from service_harness import in_process, input_ends, prepare_database, settings_for, stored, wait_caught_up
 
-from backstop.adapters.kafka.tools import produce_file
+from backstop.adapters.kafka.tools import ensure_topics, produce_file
 from backstop.core.engine import Engine
 from backstop.core.processor import Processor
 from backstop.core.snapshot import state_hash
 from backstop.pipeline.ingest import Consumed, ingest_batch
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames
-from backstop.service.app import ensure_topics
 from backstop.wire.decode import MAX_RECORD_BYTES
 from fuzzing import SETUP, TEMPLATES, mutated
 from scenario import mark, run

@@ -20,10 +20,11 @@ from aiokafka import AIOKafkaProducer
 from service_harness import in_process, input_ends, prepare_database, settings_for, stored, wait_caught_up
 
 from backstop.adapters.kafka.consumer import KafkaConsumer
+from backstop.adapters.kafka.tools import ensure_topics
 from backstop.core.hashing import canonical_json
 from backstop.entrypoints.cli import main as cli
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames, input_key
-from backstop.service.app import ensure_topics, kafka_runtime
+from backstop.service.app import kafka_runtime
 from backstop.service.relay import partition_for
 
 REPO = Path(__file__).resolve().parents[2]

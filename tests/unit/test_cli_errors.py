@@ -201,9 +201,9 @@ def _closed_port() -> int:
     return port
 
 
-@pytest.mark.parametrize("command", [["produce", str(EXAMPLE)], ["tail", "journal"],
+@pytest.mark.parametrize("command", [["produce", str(EXAMPLE)], ["topics", "create"], ["tail", "journal"],
                                      ["replay", "--from-kafka", "{bootstrap}", "--out", "{tmp}/o"]],
-                         ids=lambda c: c[0])
+                         ids=lambda c: "-".join(c[:2]) if c[0] == "topics" else c[0])
 def test_kafka_that_is_down(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
                             command: list[str]) -> None:
     bootstrap = f"127.0.0.1:{_closed_port()}"

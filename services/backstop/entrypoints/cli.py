@@ -281,11 +281,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_topics_create(args: argparse.Namespace) -> int:
-    from backstop.service.app import ensure_topics
+    from kafka.errors import KafkaError
+
+    from backstop.adapters.kafka.tools import ensure_topics
     from backstop.settings import Settings
 
     settings = Settings()
-    created = ensure_topics(settings)
+    try:
+        created = ensure_topics(settings)
+    except (KafkaError, OSError) as error:
+        print(f"backstop topics create: Kafka at {settings.kafka_bootstrap}: {_one_line(error)}", file=sys.stderr)
+        return 2
     print(f"created {len(created)} topic(s){': ' + ', '.join(created) if created else ' (all existed)'}")
     return 0
 
@@ -323,21 +329,20 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from aiokafka.errors import KafkaError
+    from kafka.errors import KafkaError as AdminError
 
     from backstop.adapters.journal_file import JournalFileError
     from backstop.adapters.kafka.tools import produce_file
-    from backstop.service.app import ensure_topics
     from backstop.settings import Settings
 
     settings = Settings()
     try:
         # the topics as the service lays them out, so producing before the service's first start loses nothing
-        ensure_topics(settings)
-        produced = asyncio.run(produce_file(settings, Path(args.journal)))
+        produced = asyncio.run(produce_file(settings, Path(args.journal), create_topics=True))
     except JournalFileError as error:
         print(f"backstop produce: {error}", file=sys.stderr)
         return 2
-    except (KafkaError, OSError) as error:
+    except (KafkaError, AdminError, OSError) as error:
         print(f"backstop produce: Kafka at {settings.kafka_bootstrap}: {_one_line(error)} (lines before the error "
               f"may have been sent)", file=sys.stderr)
         return 2

@@ -18,9 +18,9 @@ import faust
 from faust.app.base import BootStrategy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from backstop.adapters.kafka import admin
 from backstop.adapters.kafka.consumer import KafkaConsumer
 from backstop.adapters.kafka.publisher import KafkaPublisher
+from backstop.adapters.kafka.tools import ensure_topics
 from backstop.adapters.postgres.roles import rewrite_powers
 from backstop.adapters.postgres.store import Store
 from backstop.core.errors import InvariantViolation
@@ -37,16 +37,6 @@ log = logging.getLogger("backstop.service")
 def kafka_runtime() -> Runtime:
     """The real loops: aiokafka, forked children for whole-state work, threads for the engine."""
     return Runtime(consumer=KafkaConsumer, publisher=KafkaPublisher, background=Background, offload=asyncio.to_thread)
-
-
-def ensure_topics(settings: Settings) -> list[str]:
-    from backstop.pipeline.topics import TopicNames
-
-    plans = admin.plan(TopicNames(settings.topic_prefix), input_partitions=settings.input_partitions,
-                       input_retention_ms=settings.input_retention_ms, output_partitions=settings.output_partitions)
-    created, _ = admin.create(settings.kafka_bootstrap, plans, replication=settings.replication_factor,
-                              client_kwargs=settings.kafka_client_options())
-    return created
 
 
 class ServeRefused(Exception):

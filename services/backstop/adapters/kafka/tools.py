@@ -13,6 +13,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from backstop.adapters.journal_file import JournalFile
+from backstop.adapters.kafka import admin
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames, input_key, input_key_field
 from backstop.settings import Settings
 
@@ -52,9 +53,20 @@ def route(raw: bytes, *, keep_type: bool) -> tuple[str, bytes, bytes]:
     return record_type, input_key(record_type, document).encode(), orjson.dumps(document)
 
 
-async def produce_file(settings: Settings, path: Path, *, keep_type: bool = False) -> Produced:
+def ensure_topics(settings: Settings) -> list[str]:
+    """The contract's topics as the service lays them out (partitions, retention); returns the ones created."""
+    plans = admin.plan(TopicNames(settings.topic_prefix), input_partitions=settings.input_partitions,
+                       input_retention_ms=settings.input_retention_ms, output_partitions=settings.output_partitions)
+    created, _ = admin.create(settings.kafka_bootstrap, plans, replication=settings.replication_factor,
+                              client_kwargs=settings.kafka_client_options())
+    return created
+
+
+async def produce_file(settings: Settings, path: Path, *, keep_type: bool = False,
+                       create_topics: bool = False) -> Produced:
     """Each line to its type's topic, keyed per the contract, with an idempotent producer. A line that cannot be
-    routed is not sent and is listed in the result with its reason; the lines after it are sent."""
+    routed is not sent and is listed in the result with its reason; the lines after it are sent. `create_topics`:
+    the missing topics are created first (after the producer connected, so a broker that is down fails fast)."""
     topics = TopicNames(settings.topic_prefix)
     journal = JournalFile.open(path)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all",
@@ -63,6 +75,8 @@ async def produce_file(settings: Settings, path: Path, *, keep_type: bool = Fals
     await _started(producer)
     produced = Produced()
     try:
+        if create_topics:
+            await asyncio.to_thread(ensure_topics, settings)
         pending = []
         for number, raw in journal.lines():
             try:
