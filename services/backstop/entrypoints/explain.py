@@ -54,15 +54,15 @@ def explain(identifier: str, journal_path: Path) -> dict[str, Any]:
         raise ExplainError(str(error)) from None
     seq, liquidation_id = _target_seq(identifier)
     ledger_engine = ReferenceEngine(EngineOptions())
+    refused: str | None = None  # why the liquidation was not applied, when it was in the journal but refused
     for number, raw, record in _candidates(ledger_engine, lines, seq, liquidation_id):
         before = _before(ledger_engine.engine, record)
         applied = ledger_engine.events_applied
         result = ledger_engine.apply_lines(raw + b"\n", number)
-        if ledger_engine.events_applied == applied:
-            letter = orjson.loads(result.dead_letters) if result.dead_letters else None
-            if letter is None or letter["kind"] == "conflicting_duplicate":
-                continue  # a duplicate of what the journal applied before: the event is further on
-            raise ExplainError(f"{identifier}: the journal event was not applied: {letter['reason']}")
+        if ledger_engine.events_applied == applied:  # a duplicate or a rejection: the event is further on, if at all
+            if result.dead_letters:
+                refused = orjson.loads(result.dead_letters)["reason"]
+            continue
         explanation = {"id": identifier, "seq": applied + 1, "event": orjson.loads(raw), **before,
                        **_outputs(result)}
         if seq is not None:
@@ -73,6 +73,8 @@ def explain(identifier: str, journal_path: Path) -> dict[str, Any]:
             explanation["subject"] = wanted[0]
         explanation.update(_walk(explanation))
         return explanation
+    if liquidation_id is not None and refused is not None:
+        raise ExplainError(f"{identifier}: the journal event was not applied: {refused}")
     raise ExplainError(f"{identifier}: no such fund-ledger entry, ADL event, posting or liquidation in "
                        f"{journal_path}")
 
