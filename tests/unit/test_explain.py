@@ -108,3 +108,17 @@ def test_explain_hands_the_journal_to_the_engine_in_batches(tmp_path: Path, caps
     code, out, _ = explain(capsys, "liq-S", "--journal", str(journal), "--json")
     assert code == 0 and json.loads(out)["seq"] == 1019
     assert calls == [len(lines) - 1 + 1000, 1]  # up to the event, then the event alone
+
+
+def test_a_liquidation_id_spelled_with_a_json_escape_is_found(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    lines = ADL_JOURNAL.read_bytes().splitlines()
+    journal = tmp_path / "escaped.jsonl"
+    journal.write_bytes(b"\n".join([*lines[:18], lines[18].replace(b'"liq-S"', b'"liq\\u002dS"')]) + b"\n")
+    code, out, _ = explain(capsys, "liq-S", "--journal", str(journal), "--json")
+    assert code == 0 and json.loads(out)["seq"] == 19
+
+
+def test_an_output_id_of_seq_zero_is_no_such_entry(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = explain(capsys, "fl-0-0", "--journal", str(ADL_JOURNAL))
+    assert code == 2 and "no such fund-ledger entry" in err

@@ -84,7 +84,10 @@ def _candidates(ledger_engine: ReferenceEngine, lines: list[tuple[int, bytes]], 
     """The lines that may be the event, each with its record, the engine holding what every line before it applied.
     The other lines go through the engine in batches: a line applies at most one event, so a batch that cannot
     reach seq - 1 stops short of the event, and a line without the liquidation's id is not it."""
+    if seq is not None and seq < 1:
+        return  # no event has that seq
     pending: list[tuple[int, bytes]] = []
+    wanted = None if liquidation_id is None else liquidation_id.encode()
 
     def flush() -> None:
         if pending:
@@ -96,8 +99,8 @@ def _candidates(ledger_engine: ReferenceEngine, lines: list[tuple[int, bytes]], 
             if ledger_engine.events_applied + len(pending) >= seq - 1:
                 flush()
             may_be = ledger_engine.events_applied == seq - 1
-        else:
-            may_be = liquidation_id is not None and liquidation_id.encode() in raw
+        else:  # the id as written, or a line with an escape, which may spell it otherwise
+            may_be = wanted is not None and (wanted in raw or b"\\" in raw)
         record = _decoded(raw) if may_be else None
         if record is not None and (seq is not None or (
                 isinstance(record, LiquidationEvent) and record.liquidation_id == liquidation_id)):
