@@ -6,11 +6,12 @@ position.
     python benchmarks/adl_selection.py [--positions 1000000] [--seed 42] [--engines compiled,reference]
 
 The same book in both engines: each account deposits its margin and opens a BTCUSDT short around the mark, 90%
-isolated and 10% cross, leverage 2x-100x. The compiled engine gets it as journal lines (a deposit and a fill per
-account, through its own decode and apply path); the reference through its open path (a million fills would only
-time its decoding). Between two deleverages the mark moves and a thousand accounts change (compiled: a deposit
-each; reference: touched), then one deleverage's selection is timed: refreshing the changed rows, scoring at the
-new mark, choosing the candidates and ranking them exactly.
+isolated and 10% cross, leverage 2x-100x: a deposit and a fill per account, through each engine's own checks and
+rules. The compiled engine gets them as journal lines (through its own decode); the reference as the core's events
+(backstop.core.events: a million fills decoded would mostly time the wire models). Between two deleverages the mark
+moves and a thousand accounts change (a deposit each), then one deleverage's selection is timed (the compiled
+engine's Ledger.adl_head, the reference's Engine.adl_top): refreshing the changed rows, scoring at the new mark,
+choosing the candidates and ranking them exactly.
 A second state holds 100,000 shorts exactly alike (same size, entry, leverage and margin), where the float scores
 cannot pick a few: the index must break the exact ties itself (`--alike N`).
 """
@@ -22,16 +23,26 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Iterator
 from decimal import Decimal, localcontext
 from typing import Any
 
-from backstop.core import ledger
+import orjson
+
 from backstop.core.engine import Engine
-from backstop.core.numbers import CONTEXT, initial_margin
-from backstop.core.processor import Processor
+from backstop.core.events import Event, FillEvent, MarkEvent, TransferEvent
+from backstop.core.numbers import CONTEXT, ZERO, initial_margin
+from backstop.core.processor import Applied, Processor
 from backstop.wire.decode import decode_record
 
 D = Decimal
+T0 = 1_760_000_000_000
+SETUP = (
+    {"type": "fund", "ts": T0, "fund_id": "BTC", "settle_asset": "USDT", "surplus": "fund", "max_inventory_ratio": "1"},
+    {"type": "instrument", "ts": T0, "symbol": "BTCUSDT", "settle_asset": "USDT", "tick_size": "0.1",
+     "lot_size": "0.001", "tiers": [{"max_notional": "1000000000", "mmr": "0.004", "maint_amount": "0"}],
+     "liquidation_fee_rate": "0.005", "fund_id": "BTC"})
+Short = tuple[str, Decimal, Decimal, Decimal, str, Decimal]  # account, qty, entry, leverage, margin mode, deposit
 
 
 def rss_bytes() -> int:
@@ -39,67 +50,31 @@ def rss_bytes() -> int:
         return int(handle.read().split()[1]) * 4096
 
 
-def build(positions: int, seed: int, alike: bool = False) -> Engine:
-    import orjson
-
-    processor = Processor(Engine())
-    for record in (
-            {"type": "fund", "ts": 1, "fund_id": "BTC", "settle_asset": "USDT", "surplus": "fund",
-             "max_inventory_ratio": "1"},
-            {"type": "instrument", "ts": 1, "symbol": "BTCUSDT", "settle_asset": "USDT", "tick_size": "0.1",
-             "lot_size": "0.001", "tiers": [{"max_notional": "1000000000", "mmr": "0.004", "maint_amount": "0"}],
-             "liquidation_fee_rate": "0.005", "fund_id": "BTC"}):
-        processor.process(decode_record(orjson.dumps(record)))
-    engine = processor.engine
-    engine.marks["BTCUSDT"] = D("110000")
-    instrument = engine.instruments["BTCUSDT"]
+def shorts(positions: int, seed: int, alike: bool = False) -> Iterator[Short]:
+    """The book, the same for both engines: each account's short and the initial margin it deposits for it."""
     rng = random.Random(seed)
-    with localcontext(CONTEXT):  # through the engine's own open path: margin posted, index touched
-        for number in range(positions):
-            account = f"acct-{number:07d}"
-            if alike:
-                qty, entry, leverage, mode = D(1), D(110_000), D(10), "isolated"
-            else:
-                qty = D(rng.randint(1, 5000)) / 1000
-                entry = D(rng.randint(95_000_0, 125_000_0)) / 10
-                leverage = D(rng.choice(("2", "3", "5", "10", "20", "25", "50", "75", "100")))
-                mode = "cross" if rng.random() < 0.1 else "isolated"
-            engine.ledger.post(ledger.external("USDT"), ledger.wallet(account, "USDT"),
-                               initial_margin(qty * entry, leverage))
-            engine._open(account, instrument, -qty, entry, mode, leverage, None, "both")  # type: ignore[arg-type]
-    return engine
+    for number in range(positions):
+        if alike:
+            qty, entry, leverage, mode = D(1), D(110_000), D(10), "isolated"
+        else:
+            qty = D(rng.randint(1, 5000)) / 1000
+            entry = D(rng.randint(95_000_0, 125_000_0)) / 10
+            leverage = D(rng.choice(("2", "3", "5", "10", "20", "25", "50", "75", "100")))
+            mode = "cross" if rng.random() < 0.1 else "isolated"
+        with localcontext(CONTEXT):
+            margin = initial_margin(qty * entry, leverage)
+        yield f"acct-{number:07d}", qty, entry, leverage, mode, margin
 
 
-def select(engine: Engine, positions: int, rng: random.Random, rounds: int) -> tuple[list[float], list[int]]:
-    """Each round: a new mark, a thousand accounts touched, then one deleverage's selection, timed."""
-    times, counterparties = [], []
+def deleverages(positions: int, rng: random.Random, rounds: int) -> Iterator[tuple[Decimal, list[str], Decimal]]:
+    """Each round's new mark, the accounts that change before it (a deposit each) and the qty deleveraged."""
     for _ in range(rounds):
-        engine.marks["BTCUSDT"] = D(rng.randint(100_000_0, 115_000_0)) / 10
-        for number in rng.sample(range(positions), min(1000, positions)):  # accounts traded since the last one
-            engine.adl_index.touch(f"acct-{number:07d}")
-        qty = D(rng.randint(1000, 50000)) / 1000
-        started = time.perf_counter()
-        queue, count = engine._adl_top("BTCUSDT", "short", qty)
-        times.append(time.perf_counter() - started)
-        assert count == positions
-        left, used = qty, 0
-        for ranked in queue:
-            if left <= 0:
-                break
-            left -= min(ranked.position.size, left)
-            used += 1
-        counterparties.append(used)
-    return times, counterparties
+        mark = D(rng.randint(100_000_0, 115_000_0)) / 10
+        changed = [f"acct-{number:07d}" for number in rng.sample(range(positions), min(1000, positions))]
+        yield mark, changed, D(rng.randint(1000, 50000)) / 1000
 
 
 # ------------------------------------------------------------------------------------------------ compiled engine
-
-T0 = 1_760_000_000_000
-SETUP = (
-    {"type": "fund", "ts": T0, "fund_id": "BTC", "settle_asset": "USDT", "surplus": "fund", "max_inventory_ratio": "1"},
-    {"type": "instrument", "ts": T0, "symbol": "BTCUSDT", "settle_asset": "USDT", "tick_size": "0.1",
-     "lot_size": "0.001", "tiers": [{"max_notional": "1000000000", "mmr": "0.004", "maint_amount": "0"}],
-     "liquidation_fee_rate": "0.005", "fund_id": "BTC"})
 
 
 class CompiledBook:
@@ -111,11 +86,9 @@ class CompiledBook:
         self.ledger = _engine.Ledger(strict=False, snapshot_every=0, snapshot=None, ids=None)
         self.ts = T0
         self.line = 1
-        self.apply(list(SETUP))
+        self.apply([dict(record) for record in SETUP])
 
     def apply(self, records: list[dict[str, Any]]) -> None:
-        import orjson
-
         for record in records:
             self.ts += 1
             record["ts"] = self.ts
@@ -127,21 +100,10 @@ class CompiledBook:
 
 
 def compiled_book(positions: int, seed: int, alike: bool = False) -> CompiledBook:
-    """The reference's build() as journal lines: a deposit of the initial margin and a short per account."""
+    """The book as journal lines: a deposit of the initial margin and a short per account."""
     book = CompiledBook()
-    rng = random.Random(seed)
     batch: list[dict[str, Any]] = []
-    for number in range(positions):
-        account = f"acct-{number:07d}"
-        if alike:
-            qty, entry, leverage, mode = D(1), D(110_000), D(10), "isolated"
-        else:
-            qty = D(rng.randint(1, 5000)) / 1000
-            entry = D(rng.randint(95_000_0, 125_000_0)) / 10
-            leverage = D(rng.choice(("2", "3", "5", "10", "20", "25", "50", "75", "100")))
-            mode = "cross" if rng.random() < 0.1 else "isolated"
-        with localcontext(CONTEXT):
-            margin = initial_margin(qty * entry, leverage)
+    for number, (account, qty, entry, leverage, mode, margin) in enumerate(shorts(positions, seed, alike)):
         batch += [{"type": "transfer", "transfer_id": f"d-{number}", "account_id": account, "asset": "USDT",
                    "amount": format(margin, "f")},
                   {"type": "fill", "fill_id": f"f-{number}", "account_id": account, "symbol": "BTCUSDT",
@@ -158,13 +120,10 @@ def compiled_select(book: CompiledBook, positions: int, rng: random.Random, roun
                     ) -> tuple[list[float], list[int]]:
     """Each round: a new mark, a thousand accounts changed (a deposit each), then one deleverage's selection, timed."""
     times, counterparties = [], []
-    for round_number in range(rounds):
-        mark = D(rng.randint(100_000_0, 115_000_0)) / 10
-        changed = [{"type": "transfer", "transfer_id": f"r{round_number}-{number}",
-                    "account_id": f"acct-{number:07d}", "asset": "USDT", "amount": "0.00000001"}
-                   for number in rng.sample(range(positions), min(1000, positions))]
-        book.apply([{"type": "mark", "symbol": "BTCUSDT", "mark_price": format(mark, "f")}, *changed])
-        qty = D(rng.randint(1000, 50000)) / 1000
+    for round_number, (mark, changed, qty) in enumerate(deleverages(positions, rng, rounds)):
+        book.apply([{"type": "mark", "symbol": "BTCUSDT", "mark_price": format(mark, "f")},
+                    *({"type": "transfer", "transfer_id": f"r{round_number}-{account}", "account_id": account,
+                       "asset": "USDT", "amount": "0.00000001"} for account in changed)])
         started = time.perf_counter()
         head, count = book.ledger.adl_head("BTCUSDT", "short", format(qty, "f"))
         times.append(time.perf_counter() - started)
@@ -219,13 +178,67 @@ def run_compiled(positions: int, seed: int, rounds: int = 20, alike: int = 100_0
 # ------------------------------------------------------------------------------------------------ reference engine
 
 
+class ReferenceBook:
+    """The reference engine fed the same records as the core's events; ts moves as the compiled book's."""
+
+    def __init__(self) -> None:
+        self.processor = Processor(Engine())
+        self.engine = self.processor.engine
+        self.ts = T0
+        for record in SETUP:
+            self.apply(decode_record(orjson.dumps({**record, "ts": self.tick()})))
+
+    def tick(self) -> int:
+        self.ts += 1
+        return self.ts
+
+    def apply(self, event: Event) -> None:
+        outcome = self.processor.process(event)
+        if not isinstance(outcome, Applied):
+            raise SystemExit(f"the benchmark's own record was refused: {outcome}")
+
+
+def reference_book(positions: int, seed: int, alike: bool = False) -> ReferenceBook:
+    book = ReferenceBook()
+    with book.engine.decimal_context():
+        for number, (account, qty, entry, leverage, mode, margin) in enumerate(shorts(positions, seed, alike)):
+            book.apply(TransferEvent(book.tick(), f"d-{number}", account, "USDT", margin))
+            book.apply(FillEvent(book.tick(), f"f-{number}", account, "BTCUSDT", "sell", qty, entry, ZERO,
+                                 "cross" if mode == "cross" else "isolated", leverage))
+        book.apply(MarkEvent(book.tick(), "BTCUSDT", D(110_000)))
+    return book
+
+
+def select(book: ReferenceBook, positions: int, rng: random.Random, rounds: int) -> tuple[list[float], list[int]]:
+    """Each round: a new mark, a thousand accounts changed (a deposit each), then one deleverage's selection, timed."""
+    times, counterparties = [], []
+    for round_number, (mark, changed, qty) in enumerate(deleverages(positions, rng, rounds)):
+        with book.engine.decimal_context():
+            book.apply(MarkEvent(book.tick(), "BTCUSDT", mark))
+            for account in changed:
+                book.apply(TransferEvent(book.tick(), f"r{round_number}-{account}", account, "USDT",
+                                         D("0.00000001")))
+        started = time.perf_counter()
+        queue, count = book.engine.adl_top("BTCUSDT", "short", qty)
+        times.append(time.perf_counter() - started)
+        assert count == positions
+        left, used = qty, 0
+        for ranked in queue:
+            if left <= 0:
+                break
+            left -= min(ranked.position.size, left)
+            used += 1
+        counterparties.append(used)
+    return times, counterparties
+
+
 def run_alike(positions: int, seed: int, rounds: int = 10) -> dict[str, Any]:
     """Selection among positions exactly alike, beside the exact ranking of all of them."""
-    engine = build(positions, seed, alike=True)
-    engine._adl_top("BTCUSDT", "short", D("0.001"))
-    times, _ = select(engine, positions, random.Random(seed + 1), rounds)
+    book = reference_book(positions, seed, alike=True)
+    book.engine.adl_top("BTCUSDT", "short", D("0.001"))
+    times, _ = select(book, positions, random.Random(seed + 1), rounds)
     started = time.perf_counter()
-    engine.adl_queue("BTCUSDT", "short")
+    book.engine.adl_queue("BTCUSDT", "short")
     full_s = time.perf_counter() - started
     median = statistics.median(times)
     return {"figure": f"choose counterparties among {positions:,} positions exactly alike (median, reference engine)",
@@ -236,17 +249,17 @@ def run_alike(positions: int, seed: int, rounds: int = 10) -> dict[str, Any]:
 def run_reference(positions: int, seed: int, rounds: int = 20, alike: int = 100_000) -> tuple[list[dict[str, Any]],
                                                                                              int]:
     before = rss_bytes()
-    engine = build(positions, seed)
+    book = reference_book(positions, seed)
     started = time.perf_counter()
-    engine._adl_top("BTCUSDT", "short", D("0.001"))  # the first call builds the index rows for every account
+    book.engine.adl_top("BTCUSDT", "short", D("0.001"))  # the first call builds the index rows for every account
     build_s = time.perf_counter() - started
     per_position = (rss_bytes() - before) / positions
-    times, counterparties = select(engine, positions, random.Random(seed + 1), rounds)
+    times, counterparties = select(book, positions, random.Random(seed + 1), rounds)
     started = time.perf_counter()
-    full = engine.adl_queue("BTCUSDT", "short")
+    full = book.engine.adl_queue("BTCUSDT", "short")
     full_s = time.perf_counter() - started
     assert len(full) == positions
-    del engine, full
+    del book, full
     median = statistics.median(times)
     return [
         {"figure": "choose counterparties (median, reference engine)", "value": round(median * 1000, 1), "unit": "ms",

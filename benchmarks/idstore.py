@@ -89,10 +89,10 @@ def measure_store(size: int, seed: int, report: Any) -> None:
     insert_s, sample = _fill(lambda key: store.add(key, content, next(seq)), size, seed)
     store.flush()
     grown = rss_bytes() - before
-    passed = sum(store._filter.might(key) for key in misses[:100_000]) / 100_000
+    passed = sum(store.filter_passes(key) for key in misses[:100_000]) / 100_000
     report.put({"insert_ns": insert_s / size * 1e9, "miss_ns": _timed_lookups(store.held, misses) * 1e9,
                 "hit_ns": _timed_lookups(store.held, sample) * 1e9, "bytes_per_id": grown / size,
-                "array_bytes_per_id": store.nbytes / size, "filter_passes": passed, "runs": len(store._runs)})
+                "array_bytes_per_id": store.nbytes / size, "filter_passes": passed, "runs": store.runs})
 
 
 def measure_filter(size: int, seed: int, report: Any) -> None:

@@ -22,7 +22,7 @@ import orjson
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from backstop.wire.decode import decode_record  # noqa: E402
+from backstop.wire.decode import decode_model  # noqa: E402
 from journal_gen import VERSION as JOURNAL_VERSION  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def validate_only(path: Path) -> tuple[int, float]:
     count = 0
     with path.open("rb") as handle:
         for line in handle:
-            decode_record(line.rstrip(b"\n"))
+            decode_model(line.rstrip(b"\n"))
             count += 1
     return count, time.perf_counter() - started
 

@@ -37,7 +37,8 @@ from backstop.core.snapshot import restore, sealed, state_document, state_hash
 from backstop.pipeline.ingest import Consumed as IngestConsumed
 from backstop.pipeline.ingest import ingest_batch, journal_record
 from backstop.pipeline.topics import TopicNames
-from backstop.wire.decode import InvalidRecord, decode_record
+from backstop.wire.decode import InvalidRecord, decode_record, through_contract
+from backstop.wire.translate import wire_document
 
 EngineName = Literal["reference", "compiled"]
 ENGINES: tuple[EngineName, ...] = ("reference", "compiled")
@@ -221,12 +222,18 @@ class ReferenceEngine:
                                          adl_quantiles=options.adl_quantiles,
                                          full_adl_metrics=options.full_adl_metrics))
         self.processor = processor
-        self.simulator = None if options.simulation is None else Simulator(processor, options.simulation)
+        self.simulator = None if options.simulation is None else Simulator(processor, options.simulation,
+                                                                            contract=through_contract)
         self._next_snapshot = self.processor.events_applied + options.snapshot_every
 
     @property
     def events_applied(self) -> int:
         return self.processor.events_applied
+
+    @property
+    def engine(self) -> Engine:
+        """The core engine, for reading its state between batches (explain reads the state before an event)."""
+        return self.processor.engine
 
     def _begin(self, held: bytes) -> None:
         """The batch's held identities (per-batch identities only)."""
@@ -258,10 +265,10 @@ class ReferenceEngine:
                         return result((number, str(error)))
                     continue
                 # simulation mode: the record's outcome, then those of the liquidations it decided (each a line of
-                # its own, as pydantic dumps it; a rejected one is a dead letter of this line)
+                # its own, as its wire record dumps it; a rejected one is a dead letter of this line)
                 for applied, outcome in (simulator.process(record) if simulator is not None
                                          else ((record, processor.process(record)),)):
-                    line = raw if applied is record else canonical_json(applied.model_dump())
+                    line = raw if applied is record else canonical_json(wire_document(applied))
                     if isinstance(outcome, Applied):
                         if self.options.journal:
                             out.journal += line + b"\n"

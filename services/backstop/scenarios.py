@@ -31,7 +31,7 @@ from backstop.engines import (
     invariant_errors,
     open_engine,
 )
-from backstop.wire.decode import InvalidRecord, decode_record, describe
+from backstop.wire.decode import InvalidRecord, decode_model, describe
 from backstop.wire.inputs import (
     AnyRecord,
     FundRecord,
@@ -164,7 +164,7 @@ def scenario_record(number: int, original: AnyRecord, scenario: Scenario, label:
     if record is original:
         return record
     try:
-        return decode_record(wire_line(record))
+        return decode_model(wire_line(record))
     except InvalidRecord as error:
         raise WhatIfError(f"the {label} scenario's {_changed_by(record)} makes journal line {number} a record the "
                           f"wire contract refuses: {error}") from None
@@ -392,7 +392,7 @@ def read_records(path: Path) -> list[tuple[int, AnyRecord]]:
     records = []
     for number, raw in lines:
         try:
-            records.append((number, decode_record(raw)))
+            records.append((number, decode_model(raw)))
         except InvalidRecord:
             continue  # a what-if compares what the engine does with valid input; replay reports bad lines
     return records

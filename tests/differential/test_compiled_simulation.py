@@ -24,7 +24,7 @@ from backstop.demo_journal import journal as demo_journal
 from backstop.engines import ENGINES, EngineName
 from backstop.entrypoints.demo import DEMO_SCENARIO, run_demo
 from backstop.scenarios import AdlSection, Scenario, SimulationSection, read_records, run_scenario
-from backstop.wire.decode import InvalidRecord, decode_record
+from backstop.wire.decode import InvalidRecord, decode_model
 from backstop.wire.inputs import AnyRecord
 from differential.alike import assert_same, outputs, run
 from property.strategies import journals
@@ -66,7 +66,7 @@ def _records(lines: list[dict[str, object]]) -> list[tuple[int, AnyRecord]]:
     records = []
     for number, line in enumerate(lines, start=1):
         try:
-            records.append((number, decode_record(orjson.dumps(line))))
+            records.append((number, decode_model(orjson.dumps(line))))
         except InvalidRecord:
             continue
     return records

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 
 from backstop import _engine
 from backstop.pipeline.ingest import Consumed, decode_consumed
-from backstop.wire.decode import InvalidRecord, decode_record
+from backstop.wire.decode import InvalidRecord, decode_model
 
 # Until the wire bounds of docs/design.md section 9.2 are in the models, decimals beyond them (but inside the
 # older, wider pattern) are not generated: the two engines would rightly disagree on them.
 try:
-    decode_record(orjson.dumps({"type": "mark", "ts": 1, "symbol": "S", "mark_price": "0.123456789"}))
+    decode_model(orjson.dumps({"type": "mark", "ts": 1, "symbol": "S", "mark_price": "0.123456789"}))
     BOUNDED_MODELS = False
 except InvalidRecord:
     BOUNDED_MODELS = True
@@ -156,7 +156,7 @@ def raw_records(draw: st.DrawFn) -> tuple[str, bytes]:
 
 def reference_line(raw: bytes) -> tuple[bool, str]:
     try:
-        return True, decode_record(raw).model_dump_json()
+        return True, decode_model(raw).model_dump_json()
     except InvalidRecord as error:
         return False, str(error)
 

@@ -93,7 +93,7 @@ def test_the_index_picks_what_the_full_ranking_picks(rows: list[dict[str, Any]],
     engine.marks[symbol] = (MARK[symbol] * move / 1000).quantize(D("0.1"))  # the mark moves after the build
     qty = lots * LOT[symbol]
     full = engine.adl_queue(symbol, side)  # type: ignore[arg-type]
-    fast, count = engine._adl_top(symbol, side, qty)  # type: ignore[arg-type]
+    fast, count = engine.adl_top(symbol, side, qty)  # type: ignore[arg-type]
     assert count == len(full)
     assert head(fast, qty) == head(full, qty)
 
@@ -124,7 +124,7 @@ def test_the_index_allows_for_the_rounded_bankruptcy_price(book: tuple[list[dict
     rows, mark = book
     engine = engine_with(rows, {**MARK, "MEMEUSDT": mark})
     full = engine.adl_queue("MEMEUSDT", side)  # type: ignore[arg-type]
-    fast, count = engine._adl_top("MEMEUSDT", side, D(qty))  # type: ignore[arg-type]
+    fast, count = engine.adl_top("MEMEUSDT", side, D(qty))  # type: ignore[arg-type]
     assert count == len(full)
     assert head(fast, D(qty)) == head(full, D(qty))
 
@@ -135,7 +135,7 @@ def test_a_hair_above_bankruptcy_ranks_first_and_the_index_finds_it() -> None:
     rows.append({"account": "z-hair", "symbol": "BTCUSDT", "side": -1, "qty": D("1"), "entry": D("51000"),
                  "mode": "cross", "equity": D("1e-8")})  # in profit, leverage 5e12: the top of the queue
     engine = engine_with(rows, MARK)
-    fast, count = engine._adl_top("BTCUSDT", "short", D("1.5"))
+    fast, count = engine.adl_top("BTCUSDT", "short", D("1.5"))
     assert count == 2001
     assert head(fast, D("1.5"))[0][::2] == ("z-hair", D("1"))
     assert head(fast, D("1.5")) == head(engine.adl_queue("BTCUSDT", "short"), D("1.5"))
@@ -145,7 +145,7 @@ def test_a_hair_above_bankruptcy_ranks_first_and_the_index_finds_it() -> None:
 class _RankEverything(Engine):
     """The engine without the index: every deleverage ranks every position exactly."""
 
-    def _adl_top(self, symbol: str, side: Any, qty: Decimal) -> tuple[list[Any], int]:
+    def adl_top(self, symbol: str, side: Any, qty: Decimal) -> tuple[list[Any], int]:
         queue = self.adl_queue(symbol, side)
         return queue, len(queue)
 
@@ -178,7 +178,7 @@ def test_at_one_mark_the_index_follows_what_changed_between_deleverages(
     rescores only the rows that changed; it still picks what ranking everything picks."""
     engine = engine_with(rows, MARK)
     qty = lots * LOT[symbol]
-    engine._adl_top(symbol, side, qty)  # type: ignore[arg-type]  # scored at this mark
+    engine.adl_top(symbol, side, qty)  # type: ignore[arg-type]  # scored at this mark
     for number, amount in moves:  # margin moves in and out of some accounts between two deleverages
         book = engine.positions.of(f"a{number:02d}")
         if book:
@@ -186,7 +186,7 @@ def test_at_one_mark_the_index_follows_what_changed_between_deleverages(
             name = (ledger.isolated(position.account_id, position.symbol) if position.margin_mode == "isolated"
                     else ledger.wallet(position.account_id, "USDT"))
             engine.ledger.post(ledger.external("USDT"), name, amount)
-    fast, _ = engine._adl_top(symbol, side, qty)  # type: ignore[arg-type]
+    fast, _ = engine.adl_top(symbol, side, qty)  # type: ignore[arg-type]
     assert head(fast, qty) == head(engine.adl_queue(symbol, side), qty)  # type: ignore[arg-type]
 
 
@@ -194,11 +194,11 @@ def test_an_account_that_rises_to_the_top_between_two_deleverages_at_one_mark_is
     rows = [{"account": f"a{n:04d}", "symbol": "BTCUSDT", "side": -1, "qty": D("1"), "entry": D(50001 + n),
              "mode": "isolated", "equity": D("10000")} for n in range(2000)]
     engine = engine_with(rows, MARK)
-    first = head(engine._adl_top("BTCUSDT", "short", D("1.5"))[0], D("1.5"))
+    first = head(engine.adl_top("BTCUSDT", "short", D("1.5"))[0], D("1.5"))
     assert "a1000" not in [account for account, _, _ in first]
     # a1000 takes out nearly all its margin: leverage ~5,000x, so it now heads the queue
     engine.ledger.post(ledger.isolated("a1000", "BTCUSDT"), ledger.external("USDT"), D("9990"))
-    fast, _ = engine._adl_top("BTCUSDT", "short", D("1.5"))
+    fast, _ = engine.adl_top("BTCUSDT", "short", D("1.5"))
     assert head(fast, D("1.5"))[0][0] == "a1000"
     assert head(fast, D("1.5")) == head(engine.adl_queue("BTCUSDT", "short"), D("1.5"))
 
@@ -315,7 +315,7 @@ def test_positions_exactly_alike_are_ranked_by_account_id_through_the_index(rows
     engine = engine_with(rows, MARK)
     engine.marks["BTCUSDT"] = (MARK["BTCUSDT"] * move / 1000).quantize(D("0.1"))
     qty = lots * LOT["BTCUSDT"]
-    fast, count = engine._adl_top("BTCUSDT", "short", qty)
+    fast, count = engine.adl_top("BTCUSDT", "short", qty)
     assert count == len(rows)
     assert head(fast, qty) == head(engine.adl_queue("BTCUSDT", "short"), qty)
 
@@ -332,7 +332,7 @@ def test_ties_are_thinned_only_where_the_doubles_stand_for_the_exact_numbers() -
     engine.marks["BTCUSDT"] = D("1000200000")  # uPnL 1,000,100,000: equity 100,000 and 99,999.99999999
     wallets = {engine.ledger.balance(ledger.wallet(account, "USDT")) for account in ("a0000", "zz")}
     assert len(wallets) == 2 and len({float(wallet) for wallet in wallets}) == 1
-    fast, count = engine._adl_top("BTCUSDT", "long", D("1.5"))
+    fast, count = engine.adl_top("BTCUSDT", "long", D("1.5"))
     full = engine.adl_queue("BTCUSDT", "long")
     assert [ranked.position.account_id for ranked in full[:3]] == ["zz", "a0000", "a0001"]
     assert full[0].score > full[1].score == full[1000].score
@@ -351,8 +351,8 @@ def test_refreshing_the_index_ahead_of_a_deleverage_changes_nothing_and_leaves_i
         engine.ledger.post(ledger.isolated("a123", "BTCUSDT"), ledger.external("USDT"), D("990"))
     assert ahead.adl_index.dirty or ahead.ledger.touched  # the margin moved: the next refresh has work again
     assert ahead.refresh_adl_index() is True
-    assert head(ahead._adl_top("BTCUSDT", "short", D("2.5"))[0], D("2.5")) == \
-        head(lazy._adl_top("BTCUSDT", "short", D("2.5"))[0], D("2.5")) == \
+    assert head(ahead.adl_top("BTCUSDT", "short", D("2.5"))[0], D("2.5")) == \
+        head(lazy.adl_top("BTCUSDT", "short", D("2.5"))[0], D("2.5")) == \
         head(lazy.adl_queue("BTCUSDT", "short"), D("2.5"))
     binance = engine_with(rows, MARK)
     binance.adl_policy = AdlPolicy(rule="binance")
@@ -368,7 +368,7 @@ def test_ties_stay_right_through_deleverages_that_change_the_groups(rows: list[d
     a slot freed since the last deleverage: every deleverage still picks what ranking everything picks."""
     engine = engine_with(rows, MARK)
     mark = {"BTCUSDT": engine.marks["BTCUSDT"]}
-    engine._adl_top("BTCUSDT", "short", LOT["BTCUSDT"])  # the groups sorted once
+    engine.adl_top("BTCUSDT", "short", LOT["BTCUSDT"])  # the groups sorted once
     joined, nudged = 0, rows[0]
     first = sorted(rows, key=lambda r: r["account"])[:16]  # the accounts the deleverages reach
     for action, pick, lots in steps:
@@ -387,7 +387,7 @@ def test_ties_stay_right_through_deleverages_that_change_the_groups(rows: list[d
             joined += 1
             add_row(engine, dict(row, account=f"a{joined:04d}"), mark)
         qty = lots * LOT["BTCUSDT"]
-        fast, count = engine._adl_top("BTCUSDT", "short", qty)
+        fast, count = engine.adl_top("BTCUSDT", "short", qty)
         full = engine.adl_queue("BTCUSDT", "short")
         assert count == len(full)
         assert head(fast, qty) == head(full, qty)
@@ -406,7 +406,7 @@ def test_a_refresh_in_slices_leaves_the_rest_touched_and_the_deleverage_still_ex
     assert engine.adl_index.pending == max(touched - limit, 0)
     engine.marks[symbol] = (MARK[symbol] * move / 1000).quantize(D("0.1"))
     qty = lots * LOT[symbol]
-    fast, count = engine._adl_top(symbol, side, qty)  # type: ignore[arg-type]
+    fast, count = engine.adl_top(symbol, side, qty)  # type: ignore[arg-type]
     full = engine.adl_queue(symbol, side)  # type: ignore[arg-type]
     assert engine.adl_index.pending == 0
     assert count == len(full) and head(fast, qty) == head(full, qty)
@@ -459,8 +459,8 @@ def test_an_inverse_symbol_is_ranked_exactly_whatever_the_index_holds(rows: list
     engine.refresh_adl_index()
     engine.marks["BTCUSD"] = (D(50000) * move / 1000).quantize(D("0.5"))
     full = engine.adl_queue("BTCUSD", side)  # type: ignore[arg-type]
-    fast, count = engine._adl_top("BTCUSD", side, D(qty))  # type: ignore[arg-type]
+    fast, count = engine.adl_top("BTCUSD", side, D(qty))  # type: ignore[arg-type]
     assert count == len(full)
     assert head(fast, D(qty)) == head(full, D(qty))
-    linear, _ = engine._adl_top("ETHBTC", "long", D(1))
+    linear, _ = engine.adl_top("ETHBTC", "long", D(1))
     assert head(linear, D(1)) == head(engine.adl_queue("ETHBTC", "long"), D(1))

@@ -11,10 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backstop.core.engine import Engine
+from backstop.core.hashing import canonical_json
 from backstop.core.processor import Processor
 from backstop.core.simulation import SimulationParams, Simulator
-from backstop.scenarios import wire_line
 from backstop.wire.decode import decode_record
+from backstop.wire.translate import wire_document
 from property.strategies import journals
 
 
@@ -24,7 +25,7 @@ def simulated(records: list[dict[str, object]], *, prefilter: bool, slippage: De
     lines = []
     for record in records:
         for applied, _ in simulator.process(decode_record(orjson.dumps(record))):
-            lines.append(wire_line(applied))
+            lines.append(canonical_json(wire_document(applied)))
     return lines, processor.engine.head_hash
 
 

@@ -55,3 +55,70 @@ def test_a_fund_entry_names_its_rule(capsys: pytest.CaptureFixture[str]) -> None
 def test_an_unknown_id_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = explain(capsys, "fl-99-0", "--journal", str(EXAMPLES / "05-funding-and-fund-inventory.jsonl"))
     assert code == 2 and "no such fund-ledger entry" in err
+
+
+ADL_JOURNAL = EXAMPLES / "02-adl-walks-queue.jsonl"
+
+
+def test_a_duplicate_before_the_event_and_bad_lines_do_not_move_the_target(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Lines that apply nothing (a duplicate, an undecodable line, a rejected fill) sit right before the event: the
+    explanation is the same as on the clean journal, at the same seq."""
+    lines = ADL_JOURNAL.read_bytes().splitlines()
+    liquidation = lines[18]
+    rejected = lines[10].replace(b'"f-A1"', b'"f-X"').replace(b'"qty": "10"', b'"qty": "10.001"')
+    noisy = tmp_path / "noisy.jsonl"
+    noisy.write_bytes(b"\n".join([*lines[:18], lines[17], b"{not json", rejected, liquidation, liquidation,
+                                  *lines[19:]]) + b"\n")
+    for identifier in ("liq-S", "adl-19-0", "adl-19-1", "p-19-2"):
+        _, clean, _ = explain(capsys, identifier, "--journal", str(ADL_JOURNAL), "--json")
+        code, out, _ = explain(capsys, identifier, "--journal", str(noisy), "--json")
+        assert code == 0 and json.loads(out) == json.loads(clean), identifier
+
+
+def test_a_liquidation_the_engine_rejects_is_explained_by_its_reason(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    lines = ADL_JOURNAL.read_bytes().splitlines()
+    journal = tmp_path / "too-much.jsonl"
+    journal.write_bytes(b"\n".join([*lines[:18], lines[18].replace(b'"qty": "20"', b'"qty": "25"')]) + b"\n")
+    code, _, err = explain(capsys, "liq-S", "--journal", str(journal))
+    assert code == 2
+    assert err == ("backstop explain: liq-S: the journal event was not applied: liquidation of 25 exceeds the "
+                   "position of 20\n")
+
+
+def test_explain_hands_the_journal_to_the_engine_in_batches(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch API, as replay and audit use it: not a call per line on the way to the event."""
+    from backstop.engines import ReferenceEngine
+
+    lines = ADL_JOURNAL.read_bytes().splitlines()
+    marks = [b'{"type": "mark", "ts": 1760126459%03d, "symbol": "BNBUSDT", "mark_price": "645"}' % i
+             for i in range(1000)]
+    journal = tmp_path / "long.jsonl"
+    journal.write_bytes(b"\n".join([*lines[:17], *marks, *lines[17:]]) + b"\n")
+    calls = []
+    apply_lines = ReferenceEngine.apply_lines
+
+    def counted(self: ReferenceEngine, chunk: bytes, first_line: int, held: bytes = b"") -> object:
+        calls.append(chunk.count(b"\n"))
+        return apply_lines(self, chunk, first_line, held)
+
+    monkeypatch.setattr(ReferenceEngine, "apply_lines", counted)
+    code, out, _ = explain(capsys, "liq-S", "--journal", str(journal), "--json")
+    assert code == 0 and json.loads(out)["seq"] == 1019
+    assert calls == [len(lines) - 1 + 1000, 1]  # up to the event, then the event alone
+
+
+def test_a_liquidation_id_spelled_with_a_json_escape_is_found(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    lines = ADL_JOURNAL.read_bytes().splitlines()
+    journal = tmp_path / "escaped.jsonl"
+    journal.write_bytes(b"\n".join([*lines[:18], lines[18].replace(b'"liq-S"', b'"liq\\u002dS"')]) + b"\n")
+    code, out, _ = explain(capsys, "liq-S", "--journal", str(journal), "--json")
+    assert code == 0 and json.loads(out)["seq"] == 19
+
+
+def test_an_output_id_of_seq_zero_is_no_such_entry(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = explain(capsys, "fl-0-0", "--journal", str(ADL_JOURNAL))
+    assert code == 2 and "no such fund-ledger entry" in err

@@ -9,7 +9,8 @@ import orjson
 from backstop.core.engine import Engine
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Processor
-from backstop.pipeline.ingest import Consumed, JournalRecord, ingest_batch
+from backstop.core.records import JournalRecord
+from backstop.pipeline.ingest import Consumed, ingest_batch
 from backstop.pipeline.topics import TopicNames
 from backstop.wire.decode import decode_record
 

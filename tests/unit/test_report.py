@@ -45,11 +45,11 @@ def test_what_if_metrics_are_exact(tmp_path: Path) -> None:
     from decimal import Decimal
 
     from backstop.scenarios import Scenario, run_scenario
-    from backstop.wire.decode import decode_record
+    from backstop.wire.decode import decode_model
     from scenario import liquidation
 
     qty, mark = "999999999999.12345678", "9999999999.12345678"
-    records = [decode_record(orjson.dumps(r)) for r in (
+    records = [decode_model(orjson.dumps(r)) for r in (
         fund(), instrument(tick="0.00000001", lot="0.00000001"), transfer("seed", "fund:MAIN", "1000"),
         transfer("d", "u", "9999999999999999"), fill("open", "u", "buy", qty, mark, mode="isolated", leverage="1000"),
         liquidation("liq", "u", qty, mark))]

@@ -16,24 +16,26 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable
-from typing import Any, NamedTuple, Protocol, cast, get_origin
+from dataclasses import MISSING, fields
+from typing import Any, NamedTuple, Protocol, cast
 
 import orjson
-from pydantic import BaseModel
 
 from backstop.core.errors import AlreadyApplied, Rejected
-from backstop.core.numbers import text
-from backstop.wire.inputs import (
-    RECORD_TYPES,
-    AnyRecord,
-    FillRecord,
-    FundingRecord,
-    FundRecord,
-    InstrumentRecord,
-    LiquidationRecord,
-    MarkRecord,
-    TransferRecord,
+from backstop.core.events import (
+    EVENT_TYPES,
+    Event,
+    Execution,
+    FillEvent,
+    FundEvent,
+    FundingEvent,
+    InstrumentEvent,
+    LiquidationEvent,
+    MarkEvent,
+    StatedTier,
+    TransferEvent,
 )
+from backstop.core.numbers import text
 
 KEY_BYTES = 16  # an identity's digest: a collision among 10^8 identities has a chance of about 10^-23
 CONTENT_BYTES = 8  # a content's digest: another content passes for the same one with a chance of 2^-64
@@ -98,18 +100,16 @@ class BatchIds:
         return self._count  # held by this engine since it started (the rest are the caller's)
 
 
-def identity(record: AnyRecord) -> str | None:
+def identity(record: Event) -> str | None:
     """`kind:id` of a fill, transfer, liquidation or funding (`funding:SYMBOL:ts`); None for other types."""
-    kind = record.type  # not isinstance: a pydantic model class checks instances in Python
-    if kind == "fill":
-        return f"fill:{cast(FillRecord, record).fill_id}"
-    if kind == "transfer":
-        return f"transfer:{cast(TransferRecord, record).transfer_id}"
-    if kind == "liquidation":
-        return f"liquidation:{cast(LiquidationRecord, record).liquidation_id}"
-    if kind == "funding":
-        funding = cast(FundingRecord, record)
-        return f"funding:{funding.symbol}:{funding.ts}"
+    if isinstance(record, FillEvent):
+        return f"fill:{record.fill_id}"
+    if isinstance(record, TransferEvent):
+        return f"transfer:{record.transfer_id}"
+    if isinstance(record, LiquidationEvent):
+        return f"liquidation:{record.liquidation_id}"
+    if isinstance(record, FundingEvent):
+        return f"funding:{record.symbol}:{record.ts}"
     return None
 
 
@@ -132,12 +132,11 @@ def identity_of_fields(kind: str, fields: dict[str, Any]) -> str | None:
 _ID_FIELDS = {"fill": "fill_id", "transfer": "transfer_id", "liquidation": "liquidation_id", "funding": "ts"}
 
 
-def subject(record: AnyRecord) -> str:
+def subject(record: Event) -> str:
     """`type:name` of a mark, fund or instrument: the last applied record per subject is remembered."""
-    kind = record.type
-    if kind == "fund":
-        return f"fund:{cast(FundRecord, record).fund_id}"
-    return f"{kind}:{cast(MarkRecord | InstrumentRecord, record).symbol}"
+    if isinstance(record, FundEvent):
+        return f"fund:{record.fund_id}"
+    return f"{record.type}:{cast(MarkEvent | InstrumentEvent, record).symbol}"
 
 
 def describe(identity_text: str) -> str:
@@ -153,29 +152,35 @@ def key_digest(identity_text: str) -> bytes:
     return hashlib.sha256(identity_text.encode()).digest()[:KEY_BYTES]
 
 
-# Per record type: its optional fields with their defaults (left out of the content when they hold the default,
-# so that "absent" and "the default" are the same content, and a field added later with a default changes no
-# digest) and the fields that hold nested records.
-_OPTIONAL = {kind: tuple((name, info.default) for name, info in model.model_fields.items()
-                         if not info.is_required() and name != "type") for kind, model in RECORD_TYPES.items()}
-_NESTED = {kind: tuple(name for name, info in model.model_fields.items() if get_origin(info.annotation) is tuple)
-           for kind, model in RECORD_TYPES.items()}
+# Per record type: its fields; its optional fields with their defaults (left out of the content when they hold the
+# default, so that "absent" and "the default" are the same content, and a field added later with a default changes
+# no digest); the fields that hold nested records.
+_FIELDS = {kind: tuple(f.name for f in fields(event)) for kind, event in EVENT_TYPES.items()}
+_OPTIONAL = {kind: tuple((f.name, f.default) for f in fields(event) if f.default is not MISSING)
+             for kind, event in EVENT_TYPES.items()}
+_NESTED = {kind: tuple(f.name for f in fields(event) if str(f.type).startswith("tuple["))
+           for kind, event in EVENT_TYPES.items()}
 
 
 def _plain(value: Any) -> Any:
+    """A field's value in the content: nested records (tiers, executions) as objects of every field."""
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
-    if isinstance(value, BaseModel):
-        return {name: _plain(item) for name, item in value.__dict__.items()}
+    if isinstance(value, StatedTier):
+        return {"max_notional": value.max_notional, "mmr": value.mmr, "maint_amount": value.maint_amount}
+    if isinstance(value, Execution):
+        return {"qty": value.qty, "price": value.price}
     return value
 
 
-def content_document(record: AnyRecord) -> dict[str, Any]:
+def content_document(record: Event) -> dict[str, Any]:
     """The record as the engine sees it: every field with its value (type included), optional fields at their
     default left out, nested records as objects. Its canonical JSON (sorted keys, decimals in the §9.5 text, so that
     "1.0" and "1" are the same) is what "the same content" compares."""
     kind = record.type
-    document = dict(record.__dict__)
+    document: dict[str, Any] = {"type": kind}
+    for name in _FIELDS[kind]:
+        document[name] = getattr(record, name)
     for name, default in _OPTIONAL[kind]:
         if document[name] == default:
             del document[name]
@@ -185,7 +190,7 @@ def content_document(record: AnyRecord) -> dict[str, Any]:
     return document
 
 
-def content_digest(record: AnyRecord) -> bytes:
+def content_digest(record: Event) -> bytes:
     """The first CONTENT_BYTES of the SHA-256 of content_document's canonical JSON (backstop.core.hashing's:
     sorted keys, decimals as §9.5 text; the only values orjson hands back here are decimals)."""
     document = orjson.dumps(content_document(record), default=text, option=orjson.OPT_SORT_KEYS)
@@ -214,7 +219,7 @@ class Dedupe:
         self.latest: dict[str, bytes] = {}  # subject -> content digest
         self.recording: list[bytes] | None = None  # when a list: HELD_ROW of each identity held, as they are held
 
-    def admit(self, record: AnyRecord, seq: int) -> Admission:
+    def admit(self, record: Event, seq: int) -> Admission:
         """Raise AlreadyApplied or Rejected (conflicting_duplicate) for a record already held; else what applying it
         at `seq` will hold."""
         content = content_digest(record)

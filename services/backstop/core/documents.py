@@ -12,6 +12,7 @@ from backstop.core import adl_policy, ledger, quantiles
 from backstop.core.engine import Engine, Exposures
 from backstop.core.numbers import CONTEXT, ZERO, money, text
 from backstop.core.processor import Processor
+from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import state_hash
 from backstop.core.state import Position
 
@@ -19,7 +20,7 @@ from backstop.core.state import Position
 def summary(processor: Processor) -> dict[str, Any]:
     engine = processor.engine
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "events_applied": processor.events_applied,
         "duplicates": processor.duplicates,
         "rejected": processor.rejected,

@@ -1,6 +1,7 @@
 """The engine: a pure, synchronous fold of journal events into margin state, the fund ledger and ADL.
 
-`Engine.apply(record, seq)` raises AlreadyApplied or Rejected (nothing changed) or applies the event and returns
+`Engine.apply(record, seq)` takes one of the core's events (backstop.core.events, which the wire layer translates
+valid input records into) and raises AlreadyApplied or Rejected (nothing changed) or applies the event and returns
 its Effects. Admission comes first (docs/design.md §4.1: duplicates, then the journal clock); every handler checks
 everything first and mutates after, so a rejection never leaves half an event behind, and the bounds on state of
 docs/design.md §9.3 are among those checks. All arithmetic runs in backstop.core.numbers.CONTEXT (exact), and every
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, getcontext, localcontext, setcontext
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal
 
 from backstop.core import adl, adl_rounds, ledger, quantiles
 from backstop.core.adl_allocation import Candidate, capped_pro_rata, min_max_leverage, socialized_shares
@@ -23,6 +24,17 @@ from backstop.core.adl_index import AdlIndex
 from backstop.core.adl_policy import AdlPolicy as AdlPolicy  # re-exported: the engine's option
 from backstop.core.dedupe import Dedupe, HeldIds
 from backstop.core.errors import InvariantViolation, Rejected
+from backstop.core.events import (
+    FUND_ACCOUNT_PREFIX,
+    Event,
+    FillEvent,
+    FundEvent,
+    FundingEvent,
+    InstrumentEvent,
+    LiquidationEvent,
+    MarkEvent,
+    TransferEvent,
+)
 from backstop.core.hashing import GENESIS_HASH, chain_hash, combine
 from backstop.core.idstore import IdStore
 from backstop.core.margin import (
@@ -79,17 +91,6 @@ from backstop.core.state import (
     position_label,
 )
 from backstop.core.valuation import LINEAR, MAX_FACE, Valuation
-from backstop.wire.inputs import (
-    FUND_ACCOUNT_PREFIX,
-    AnyRecord,
-    FillRecord,
-    FundingRecord,
-    FundRecord,
-    InstrumentRecord,
-    LiquidationRecord,
-    MarkRecord,
-    TransferRecord,
-)
 
 
 @dataclass(slots=True)
@@ -181,7 +182,7 @@ class Engine:
         self._ts = 0
 
     # ------------------------------------------------------------------ entry point
-    def apply(self, record: AnyRecord, seq: int) -> Effects:
+    def apply(self, record: Event, seq: int) -> Effects:
         if seq != self.last_seq + 1:
             raise InvariantViolation(f"journal gap: seq {seq} after {self.last_seq}")
         admission = self.dedupe.admit(record, seq)  # duplicates first: a record sent again is one whenever it comes
@@ -235,7 +236,7 @@ class Engine:
         return combine(self.ledger_head, self.adl_head)
 
     # ------------------------------------------------------------------ definitions
-    def _on_fund(self, record: FundRecord) -> None:
+    def _on_fund(self, record: FundEvent) -> None:
         existing = self.funds.get(record.fund_id)
         if existing is not None and existing.spec.settle_asset != record.settle_asset:
             raise Rejected(f"fund {record.fund_id} settles in {existing.spec.settle_asset}; cannot change asset")
@@ -245,7 +246,7 @@ class Engine:
         else:
             existing.spec = spec
 
-    def _on_instrument(self, record: InstrumentRecord) -> None:
+    def _on_instrument(self, record: InstrumentEvent) -> None:
         fund_state = self.funds.get(record.fund_id)
         if fund_state is None:
             raise Rejected(f"unknown fund {record.fund_id}")
@@ -273,7 +274,7 @@ class Engine:
             self.by_symbol[record.symbol] = {}
 
     @staticmethod
-    def _valuation(record: InstrumentRecord) -> Valuation:
+    def _valuation(record: InstrumentEvent) -> Valuation:
         """Linear, or inverse with its contract_size (docs/design.md §7): only an inverse instrument has one."""
         if record.contract_type == "inverse":
             if record.contract_size is None:
@@ -284,7 +285,7 @@ class Engine:
         return LINEAR
 
     @staticmethod
-    def _checked_tiers(record: InstrumentRecord) -> tuple[Tier, ...]:
+    def _checked_tiers(record: InstrumentEvent) -> tuple[Tier, ...]:
         """Each bracket's maint_amount is the cumulative amount the brackets imply (docs/design.md §7): cum_1 = 0,
         cum_i = cum_(i-1) + max_notional_(i-1) x (mmr_i - mmr_(i-1)), which keeps MM continuous at every edge. A
         stated one must equal it; an omitted one is derived, and must be a MONEY value (>= 0, whole 1e-8)."""
@@ -305,7 +306,7 @@ class Engine:
         return tuple(tiers)
 
     # ------------------------------------------------------------------ money in and out
-    def _on_transfer(self, record: TransferRecord) -> None:
+    def _on_transfer(self, record: TransferEvent) -> None:
         amount = record.amount
         if amount == 0:
             raise Rejected("transfer amount must not be zero")
@@ -331,7 +332,7 @@ class Engine:
             self._fund_entry(record.account_id[len(FUND_ACCOUNT_PREFIX):], "transfer", amount, None, source)
 
     # ------------------------------------------------------------------ trading
-    def _on_fill(self, record: FillRecord) -> None:
+    def _on_fill(self, record: FillEvent) -> None:
         instrument = self._instrument(record.symbol)
         self._check_steps(instrument, record.qty, record.price)
         if not is_money(record.fee):
@@ -454,7 +455,7 @@ class Engine:
                 self.quantile_closes[(position.account_id, position.symbol, side)] = position.adl_quantile
         return realized
 
-    def _on_mark(self, record: MarkRecord) -> None:
+    def _on_mark(self, record: MarkEvent) -> None:
         self._instrument(record.symbol)
         bound = self.mark_clock.bound(record.symbol, self.clock)
         if bound is not None and record.ts < bound:
@@ -463,7 +464,7 @@ class Engine:
         self.mark_clock.applied(record.symbol, record.ts, self.clock)
         self._check_inventory(record.symbol)
 
-    def _on_funding(self, record: FundingRecord) -> None:
+    def _on_funding(self, record: FundingEvent) -> None:
         instrument = self._instrument(record.symbol)
         if abs(record.rate) >= 1:
             raise Rejected(f"funding rate {text(record.rate)} is not a plausible rate")
@@ -489,7 +490,7 @@ class Engine:
             self._fund_entry(instrument.fund_id, "funding", -payment, None, clearing, symbol=record.symbol)
 
     # ------------------------------------------------------------------ liquidation and the fund
-    def _on_liquidation(self, record: LiquidationRecord) -> None:
+    def _on_liquidation(self, record: LiquidationEvent) -> None:
         instrument = self._instrument(record.symbol)
         if is_fund_account(record.account_id):
             raise Rejected("a fund's inventory is not liquidated")
@@ -566,7 +567,7 @@ class Engine:
         highest_cost = valuation.value(qty, instrument.tick_size)
         return (highest_cost, instrument.tick_size) if lot_cost > highest_cost else None
 
-    def _check_liquidation_mark(self, record: LiquidationRecord, instrument: Instrument, in_force: Decimal | None,
+    def _check_liquidation_mark(self, record: LiquidationEvent, instrument: Instrument, in_force: Decimal | None,
                                 view: MarginView, view_in_force: MarginView | None) -> None:
         """The liquidation's mark against the published mark in force (docs/design.md §7): `mark_mismatch` beyond
         the instrument's tolerance; `not_liquidatable` judged at both marks, saying at which it was not."""
@@ -591,7 +592,7 @@ class Engine:
             details["not_liquidatable_at"] = "both" if in_force == record.mark_price else "liquidation_mark"
         self._finding("not_liquidatable", record.account_id, record.liquidation_id, record.symbol, details)
 
-    def _fund_fill(self, record: FillRecord, instrument: Instrument) -> None:
+    def _fund_fill(self, record: FillEvent, instrument: Instrument) -> None:
         fund_id = record.account_id[len(FUND_ACCOUNT_PREFIX):]
         fund_state = self._fund(fund_id)
         if instrument.fund_id != fund_id:
@@ -741,7 +742,7 @@ class Engine:
         whole_price = {"bankruptcy": cost, "mark": value, "reset": reset}[price_rule]
         assert whole_price is not None
         full_haircut = whole_price - value if lot_value_long else value - whole_price
-        queue, count = self._adl_top(symbol, opposite, wanted)
+        queue, count = self.adl_top(symbol, opposite, wanted)
         eligible = self._eligible_figures(symbol, opposite, mark) if self.full_adl_metrics else None
         takes = self._allocate(queue, lot, wanted, full_haircut)
         hits: list[adl_rounds.Hit] = []
@@ -1031,9 +1032,11 @@ class Engine:
                                 margin_balance=view.margin_balance, maintenance=view.maintenance_margin,
                                 equity=view.equity_share, bankruptcy=self._bankruptcy_price(position))
 
-    def _adl_top(self, symbol: str, side: Literal["long", "short"], qty: Decimal) -> tuple[list[adl.Ranked], int]:
-        """The head of the ADL queue that covers qty, exactly ranked, and the queue's length. Under the BitMEX
-        rule the index picks the candidates (backstop.core.adl_index); otherwise every position is ranked."""
+    def adl_top(self, symbol: str, side: Literal["long", "short"], qty: Decimal) -> tuple[list[adl.Ranked], int]:
+        """The head of the ADL queue that covers qty, exactly ranked, and the queue's length: the counterparties a
+        deleverage of qty against this side works through, first to last (the compiled engine's Ledger.adl_head).
+        Under the BitMEX rule the index picks the candidates (backstop.core.adl_index); otherwise every position is
+        ranked. The index is brought up to date first; nothing else changes."""
         with localcontext(CONTEXT):  # as adl_queue: the exact ranking is the same whoever calls
             return self._adl_top_in_context(symbol, side, qty)
 
@@ -1208,14 +1211,13 @@ class Engine:
         if fill_price is not None and not is_multiple(fill_price, instrument.tick_size):
             raise Rejected(f"price {text(fill_price)} is not a multiple of the tick size {text(instrument.tick_size)}")
 
-    def _funds_of(self, record: AnyRecord) -> list[str]:
+    def _funds_of(self, record: Event) -> list[str]:
         """The funds whose balance this event may move (checked for solvency afterwards): liquidations, funding and
         the fund's own fills. Transfers into a fund cannot overdraw it, and trades between traders, marks and
         definitions do not touch it."""
-        kind = record.type  # not isinstance: a pydantic model class checks instances in Python (3% of a replay)
-        if kind == "liquidation" or kind == "funding" or (
-                kind == "fill" and is_fund_account(cast(FillRecord, record).account_id)):
-            instrument = self.instruments.get(cast(FillRecord | LiquidationRecord | FundingRecord, record).symbol)
+        if isinstance(record, (LiquidationEvent, FundingEvent)) or (
+                isinstance(record, FillEvent) and is_fund_account(record.account_id)):
+            instrument = self.instruments.get(record.symbol)
             return [instrument.fund_id] if instrument is not None else []
         return []
 

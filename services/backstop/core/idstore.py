@@ -193,6 +193,16 @@ class IdStore:
         """Memory of the arrays and the filter (the recent dict aside: at most RECENT_LIMIT entries)."""
         return sum(column.nbytes for run in self._runs for column in run.columns()) + self._filter.nbytes
 
+    @property
+    def runs(self) -> int:
+        """How many sorted runs a lookup that passes the filter may search (benchmarks/idstore.py reports it)."""
+        return len(self._runs)
+
+    def filter_passes(self, key: bytes) -> bool:
+        """Whether the filter lets a lookup of `key` go on to the runs: True for every key held in them, and for
+        a few others (its false positives, which benchmarks/idstore.py measures)."""
+        return self._filter.might(key)
+
     # ---------------------------------------------------------------- snapshots: a binary file beside the JSON
     def write(self, handle: BinaryIO) -> str:
         """Write every identity in the file's one form (FILE_MAGIC, a run count of 1 and the run's length, then its

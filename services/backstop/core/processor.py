@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from backstop.core.adl_rounds import RunTotals
 from backstop.core.engine import Effects, Engine
 from backstop.core.errors import AlreadyApplied, Rejected, RejectionKind
-from backstop.wire.inputs import AnyRecord
+from backstop.core.events import Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ class Processor:
     def events_applied(self) -> int:
         return self.engine.last_seq
 
-    def process(self, record: AnyRecord) -> Outcome:
+    def process(self, record: Event) -> Outcome:
         try:
             effects = self.engine.apply(record, self.engine.last_seq + 1)
         except AlreadyApplied as duplicate:

@@ -1,4 +1,6 @@
-"""Output records of wire contract version 1: frozen, slotted, built only by the engine.
+"""Output records of wire contract version 1, every one of them, and the versions: frozen, slotted, built by the
+engine (ledger entries, postings, ADL events and quantiles, findings) or by the journal's writer around it (journal
+records, dead letters).
 
 Their JSON Schemas are generated from these classes (backstop.wire.schemas); there is no second copy.
 """
@@ -7,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
+
+from backstop.core.errors import RejectionKind
 
 # The one place for versions. CONTRACT_VERSION: the wire contract (input records, JSON Schemas, AsyncAPI; version 2
 # added hedge mode). SCHEMA_VERSION: the `schema_version` every output record carries (ledger entries, ADL events,
@@ -143,3 +147,34 @@ class Finding:
     liquidation_id: str | None
     symbol: str | None
     details: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """A record of the dead-letter topic: an input that was not applied, and why. `kind` and `after_seq` are None
+    only when read back from a row written before they were recorded (migration 0005)."""
+
+    schema_version: int
+    id: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    reason: str
+    raw: str  # the input as text (undecodable bytes replaced), at most 64 KiB
+    kind: RejectionKind | None  # what an auditor filters by (backstop.core.errors.RejectionKind)
+    after_seq: int | None  # the journal seq it was decided after: put back there, it replays to the same decision
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    """A record of the journal topic: one accepted input with the seq that orders it."""
+
+    schema_version: int
+    id: str
+    seq: int
+    ts: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    payload_hash: str  # sha256 of the canonical JSON of `record`
+    record: dict[str, Any]  # the input record as `backstop replay` reads it (with its "type")

@@ -17,17 +17,16 @@ check. The decisions are the exact check's (a test runs both).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 
 from backstop.core import ledger
-from backstop.core.hashing import canonical_json
+from backstop.core.events import Event, Execution, LiquidationEvent, MarkEvent
 from backstop.core.margin import bracket
 from backstop.core.numbers import CONTEXT, LARGEST_PRICE, ONE, text, whole_steps
 from backstop.core.processor import Applied, Outcome, Processor
 from backstop.core.state import Instrument, Position
-from backstop.wire.decode import decode_record
-from backstop.wire.inputs import AnyRecord, LiquidationRecord, MarkRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,27 +69,36 @@ def keep(instrument: Instrument, mark: Decimal, ceiling: Decimal) -> Decimal:
     return instrument.valuation.qty_of(ceiling, mark, instrument.lot_size, ROUND_FLOOR)
 
 
+DecidedCheck = Callable[[LiquidationEvent], LiquidationEvent]
+
+
 class Simulator:
-    def __init__(self, processor: Processor, params: SimulationParams, *, prefilter: bool = True) -> None:
+    """`contract`: what a decided liquidation passes through before it is applied, as every input record does (the
+    application gives the wire contract's check, backstop.wire.decode.through_contract, so that the run's journal
+    replays); None: applied as decided."""
+
+    def __init__(self, processor: Processor, params: SimulationParams, *, prefilter: bool = True,
+                 contract: DecidedCheck | None = None) -> None:
         self.processor = processor
         self.params = params
         self.prefilter = prefilter  # the float check before the exact one (off: every position checked exactly)
+        self.contract = contract
         self.dropped_liquidations = 0
 
-    def process(self, record: AnyRecord) -> list[tuple[AnyRecord, Outcome]]:
+    def process(self, record: Event) -> list[tuple[Event, Outcome]]:
         """The record's outcome, then those of the liquidations it triggered (each with its record)."""
-        if isinstance(record, LiquidationRecord):
+        if isinstance(record, LiquidationEvent):
             self.dropped_liquidations += 1
             return []
         outcome = self.processor.process(record)
-        results: list[tuple[AnyRecord, Outcome]] = [(record, outcome)]
-        if isinstance(record, MarkRecord) and isinstance(outcome, Applied):
+        results: list[tuple[Event, Outcome]] = [(record, outcome)]
+        if isinstance(record, MarkEvent) and isinstance(outcome, Applied):
             results.extend(self._liquidate(record.symbol, record.ts))
         return results
 
-    def _liquidate(self, symbol: str, ts: int) -> list[tuple[AnyRecord, Outcome]]:
+    def _liquidate(self, symbol: str, ts: int) -> list[tuple[Event, Outcome]]:
         engine = self.processor.engine
-        results: list[tuple[AnyRecord, Outcome]] = []
+        results: list[tuple[Event, Outcome]] = []
         instrument = engine.instruments[symbol]
         tiers = tuple((float(t.max_notional), float(t.mmr), float(t.maint_amount)) for t in instrument.tiers)
         mark = float(engine.marks[symbol])
@@ -113,7 +121,7 @@ class Simulator:
                 results.append((record, self.processor.process(record)))
         return results
 
-    def _order(self, position: Position, ts: int) -> LiquidationRecord:
+    def _order(self, position: Position, ts: int) -> LiquidationEvent:
         engine = self.processor.engine
         instrument = engine.instruments[position.symbol]
         mark = engine.marks[position.symbol]
@@ -130,10 +138,10 @@ class Simulator:
             fill = whole_steps(mark + slip, ONE, instrument.tick_size, ROUND_CEILING)
         fill = min(max(fill, instrument.tick_size), whole_steps(LARGEST_PRICE, ONE, instrument.tick_size))
         filled = whole_steps(qty * self.params.market_fill, ONE, instrument.lot_size)
-        record = decode_record(canonical_json({
-            "type": "liquidation", "ts": ts, "liquidation_id": f"sim-{engine.last_seq + 1}",
-            "account_id": position.account_id, "symbol": position.symbol, "qty": text(qty), "mark_price": text(mark),
-            "executions": [{"qty": text(filled), "price": text(fill)}] if filled > 0 else [],
-            **({} if position.position_side == "both" else {"position_side": position.position_side})}))
-        assert isinstance(record, LiquidationRecord)
-        return record
+        # each decimal as the journal line writes it and a replay reads it back
+        record = LiquidationEvent(
+            ts, f"sim-{engine.last_seq + 1}", position.account_id, position.symbol, Decimal(text(qty)),
+            Decimal(text(mark)),
+            executions=(Execution(Decimal(text(filled)), Decimal(text(fill))),) if filled > 0 else (),
+            position_side=position.position_side)
+        return record if self.contract is None else self.contract(record)

@@ -8,6 +8,8 @@ the fund entry, ADL event and liquidation, transfer or fill that caused it."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from dataclasses import fields
 from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,12 @@ import orjson
 from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core import adl, ledger
 from backstop.core.engine import Engine, is_fund_account
-from backstop.core.errors import AlreadyApplied, Rejected
-from backstop.core.hashing import record_dict
+from backstop.core.events import Event, FillEvent, FundingEvent, LiquidationEvent, TransferEvent
 from backstop.core.numbers import CONTEXT, equity_behind, money, text
-from backstop.core.processor import Applied, Processor
+from backstop.core.records import AdlEvent, Finding, FundLedgerEntry, Posting
 from backstop.core.valuation import LINEAR
+from backstop.engines import BatchResult, EngineOptions, ReferenceEngine
 from backstop.wire.decode import InvalidRecord, decode_record
-from backstop.wire.inputs import AnyRecord, FillRecord, FundingRecord, LiquidationRecord, TransferRecord
 
 
 class ExplainError(Exception):
@@ -40,34 +41,30 @@ def _target_seq(identifier: str) -> tuple[int | None, str | None]:
     return None, identifier
 
 
+PENDING_LINES = 4096  # journal lines handed to the engine at once on the way to the target
+
+
 def explain(identifier: str, journal_path: Path) -> dict[str, Any]:
+    """Replay the journal through the batch API of the reference engine (backstop.engines, as replay and audit do;
+    the reference, because the state before the event is read from its objects) up to the event, read the state
+    before it, then apply the event alone and take its outputs from the lines the engine wrote."""
     try:
-        lines = [raw for _, raw in read_journal(journal_path)]
+        lines = read_journal(journal_path)
     except JournalFileError as error:
         raise ExplainError(str(error)) from None
     seq, liquidation_id = _target_seq(identifier)
-    processor = Processor(Engine())
-    for raw in lines:
-        try:
-            record = decode_record(raw)
-        except InvalidRecord:
+    ledger_engine = ReferenceEngine(EngineOptions())
+    refused: str | None = None  # why the liquidation was not applied, when it was in the journal but refused
+    for number, raw, record in _candidates(ledger_engine, lines, seq, liquidation_id):
+        before = _before(ledger_engine.engine, record)
+        applied = ledger_engine.events_applied
+        result = ledger_engine.apply_lines(raw + b"\n", number)
+        if ledger_engine.events_applied == applied:  # a duplicate or a rejection: the event is further on, if at all
+            if result.dead_letters:
+                refused = orjson.loads(result.dead_letters)["reason"]
             continue
-        is_target = (seq is not None and processor.engine.last_seq + 1 == seq and _admitted(processor, record)) or (
-            liquidation_id is not None and isinstance(record, LiquidationRecord)
-            and record.liquidation_id == liquidation_id and _admitted(processor, record))
-        if not is_target:
-            processor.process(record)
-            continue
-        before = _before(processor.engine, record)
-        outcome = processor.process(record)
-        if not isinstance(outcome, Applied):
-            raise ExplainError(f"{identifier}: the journal event was not applied: {outcome}")
-        effects = outcome.effects
-        explanation = {"id": identifier, "seq": outcome.seq, "event": orjson.loads(raw), **before,
-                       "fund_ledger": [_plain(record_dict(e)) for e in effects.fund_entries],
-                       "adl_events": [_plain(record_dict(e)) for e in effects.adl_events],
-                       "findings": [_plain(record_dict(f)) for f in effects.findings],
-                       "postings": [_plain(record_dict(p)) for p in effects.postings]}
+        explanation = {"id": identifier, "seq": applied + 1, "event": orjson.loads(raw), **before,
+                       **_outputs(result)}
         if seq is not None:
             wanted = [e for e in explanation["fund_ledger"] + explanation["adl_events"] + explanation["postings"]
                       if e["id"] == identifier]
@@ -76,8 +73,64 @@ def explain(identifier: str, journal_path: Path) -> dict[str, Any]:
             explanation["subject"] = wanted[0]
         explanation.update(_walk(explanation))
         return explanation
+    if liquidation_id is not None and refused is not None:
+        raise ExplainError(f"{identifier}: the journal event was not applied: {refused}")
     raise ExplainError(f"{identifier}: no such fund-ledger entry, ADL event, posting or liquidation in "
                        f"{journal_path}")
+
+
+def _candidates(ledger_engine: ReferenceEngine, lines: list[tuple[int, bytes]], seq: int | None,
+                liquidation_id: str | None) -> Iterator[tuple[int, bytes, Event]]:
+    """The lines that may be the event, each with its record, the engine holding what every line before it applied.
+    The other lines go through the engine in batches: a line applies at most one event, so a batch that cannot
+    reach seq - 1 stops short of the event, and a line without the liquidation's id is not it."""
+    if seq is not None and seq < 1:
+        return  # no event has that seq
+    pending: list[tuple[int, bytes]] = []
+    wanted = None if liquidation_id is None else liquidation_id.encode()
+
+    def flush() -> None:
+        if pending:
+            ledger_engine.apply_lines(b"".join(raw + b"\n" for _, raw in pending), pending[0][0])
+            pending.clear()
+
+    for number, raw in lines:
+        if seq is not None:
+            if ledger_engine.events_applied + len(pending) >= seq - 1:
+                flush()
+            may_be = ledger_engine.events_applied == seq - 1
+        else:  # the id as written, or a line with an escape, which may spell it otherwise
+            may_be = wanted is not None and (wanted in raw or b"\\" in raw)
+        record = _decoded(raw) if may_be else None
+        if record is not None and (seq is not None or (
+                isinstance(record, LiquidationEvent) and record.liquidation_id == liquidation_id)):
+            flush()
+            yield number, raw, record
+            continue
+        pending.append((number, raw))
+        if len(pending) >= PENDING_LINES:
+            flush()
+
+
+def _decoded(raw: bytes) -> Event | None:
+    try:
+        return decode_record(raw)
+    except InvalidRecord:
+        return None  # the engine dead-letters it: it changes nothing
+
+
+# The output files' records, their fields in the order the records declare them (the explanation's key order).
+_OUTPUTS = (("fund_ledger", FundLedgerEntry), ("adl_events", AdlEvent), ("findings", Finding), ("postings", Posting))
+
+
+def _outputs(result: BatchResult) -> dict[str, list[dict[str, Any]]]:
+    """The event's outputs, read from the lines the engine wrote."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for name, record in _OUTPUTS:
+        order = [field.name for field in fields(record)]
+        found[name] = [{key: document[key] for key in order}
+                       for document in map(orjson.loads, getattr(result, name).splitlines())]
+    return found
 
 
 CAUSES = ("liquidation_id", "adl_event_id", "fund_entry_id", "transfer_id", "fill_id")
@@ -98,24 +151,11 @@ def _walk(explanation: dict[str, Any]) -> dict[str, Any]:
     return {"subject_postings": [p for p in explanation["postings"] if p.get(key) == subject["id"]]}
 
 
-def _admitted(processor: Processor, record: AnyRecord) -> bool:
-    """Not a duplicate of what the journal applied before it (the engine's first check, without applying)."""
-    try:
-        processor.engine.dedupe.admit(record, processor.engine.last_seq + 1)
-    except (AlreadyApplied, Rejected):
-        return False
-    return True
-
-
-def _plain(value: Any) -> Any:
-    return orjson.loads(orjson.dumps(value, default=lambda v: text(v) if isinstance(v, Decimal) else str(v)))
-
-
-def _before(engine: Engine, record: AnyRecord) -> dict[str, Any]:
+def _before(engine: Engine, record: Event) -> dict[str, Any]:
     """What the engine knew right before the event, as far as the event's rules use it."""
-    if isinstance(record, LiquidationRecord):
+    if isinstance(record, LiquidationEvent):
         return {"kind": "liquidation", **_liquidation_inputs(engine, record)}
-    if isinstance(record, FillRecord) and is_fund_account(record.account_id):
+    if isinstance(record, FillEvent) and is_fund_account(record.account_id):
         fund_state = engine.funds.get(record.account_id[len("fund:"):])
         spec = engine.instruments.get(record.symbol)
         valuation = spec.valuation if spec else LINEAR
@@ -127,7 +167,7 @@ def _before(engine: Engine, record: AnyRecord) -> dict[str, Any]:
         return {"kind": "fund fill", "lots_before": lots,
                 "rule": f"the fill realizes the fund's lots of the closing side FIFO; {gain}, reversed for a short; "
                         "the fee is paid by the fund"}
-    if isinstance(record, FundingRecord):
+    if isinstance(record, FundingEvent):
         instrument = engine.instruments.get(record.symbol)
         net = engine.funds[instrument.fund_id].net_qty(record.symbol) if instrument else Decimal(0)
         if instrument is not None and instrument.valuation.inverse:
@@ -140,12 +180,12 @@ def _before(engine: Engine, record: AnyRecord) -> dict[str, Any]:
                 "rule": "each position pays qty x mark x rate (longs pay when the rate is positive); the fund "
                         "pays on its net inventory: " + f"{text(net)} x {text(record.mark_price)} x "
                         f"{text(record.rate)}"}
-    if isinstance(record, TransferRecord):
+    if isinstance(record, TransferEvent):
         return {"kind": "transfer", "rule": "a top-up (+) or draw (-) of the fund from outside the venue"}
     return {"kind": record.type}
 
 
-def _liquidation_inputs(engine: Engine, record: LiquidationRecord) -> dict[str, Any]:
+def _liquidation_inputs(engine: Engine, record: LiquidationEvent) -> dict[str, Any]:
     engine = copy.deepcopy(engine)  # look ahead at the event's mark without touching the replay
     engine.marks[record.symbol] = record.mark_price
     position = engine.positions.get(record.account_id, record.symbol, record.position_side)

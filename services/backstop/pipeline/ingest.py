@@ -17,14 +17,23 @@ import orjson
 
 from backstop.core.dedupe import HeldRow, identity, identity_of_fields, key_digest
 from backstop.core.errors import InvariantViolation, RejectionKind
+from backstop.core.events import EVENT_TYPES, Event
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Applied, Duplicate, Processor
-from backstop.core.records import SCHEMA_VERSION, AdlEvent, AdlQuantileRecord, Finding, FundLedgerEntry, Posting
+from backstop.core.records import (
+    SCHEMA_VERSION,
+    AdlEvent,
+    AdlQuantileRecord,
+    DeadLetterRecord,
+    Finding,
+    FundLedgerEntry,
+    Posting,
+)
 from backstop.pipeline.copy_text import copy_rows
 from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.topics import TopicNames, input_key
 from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record, shown, validate
-from backstop.wire.inputs import RECORD_TYPES, AnyRecord
+from backstop.wire.translate import to_event
 
 RAW_KEEP_BYTES = 64 * 1024
 
@@ -67,37 +76,6 @@ class DeadLetter:
                                 self.source_topic, self.source_partition, self.source_offset, self.reason,
                                 self.raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace"), self.kind,
                                 self.after_seq)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRecord:
-    """A record of the dead-letter topic: an input that was not applied, and why. `kind` and `after_seq` are None
-    only when read back from a row written before they were recorded (migration 0005)."""
-
-    schema_version: int
-    id: str
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    reason: str
-    raw: str  # the input as text (undecodable bytes replaced), at most 64 KiB
-    kind: RejectionKind | None  # what an auditor filters by (backstop.core.errors.RejectionKind)
-    after_seq: int | None  # the journal seq it was decided after: put back there, it replays to the same decision
-
-
-@dataclass(frozen=True, slots=True)
-class JournalRecord:
-    """A record of the journal topic: one accepted input with the seq that orders it."""
-
-    schema_version: int
-    id: str
-    seq: int
-    ts: int
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    payload_hash: str  # sha256 of the canonical JSON of `record`
-    record: dict[str, Any]  # the input record as `backstop replay` reads it (with its "type")
 
 
 def journal_record(row: JournalRow) -> bytes:
@@ -170,12 +148,13 @@ def outbox_messages(result: BatchResult) -> list[OutboxMessage]:
                             for topic, key, record_id, payload in copy_rows(result.outbox_copy)]
 
 
-def decode_consumed(message: Consumed, record_type: str) -> tuple[AnyRecord, bytes, dict[str, Any]]:
+def decode_consumed(message: Consumed, record_type: str) -> tuple[Event, bytes, dict[str, Any]]:
     """Decode a Kafka value: the topic names the type; a `type` field, if present, must agree.
 
-    Returns the record, its canonical JSON (with its type: the journal payload, a line `backstop replay` reads)
-    and that JSON as a dict. orjson parses it (strict JSON; a duplicate key keeps its last value) and writes it
-    again with sorted keys, which the models then validate: the compiled engine does the same in one pass."""
+    Returns the record as the core's event (backstop.wire.translate), its canonical JSON (with its type: the journal
+    payload, a line `backstop replay` reads) and that JSON as a dict. orjson parses it (strict JSON; a duplicate key
+    keeps its last value) and writes it again with sorted keys, which the models then validate: the compiled engine
+    does the same in one pass."""
     value = message.value
     if value is None:
         raise InvalidRecord("empty record (tombstone)")
@@ -194,7 +173,7 @@ def decode_consumed(message: Consumed, record_type: str) -> tuple[AnyRecord, byt
         payload = canonical_json(document)
     except orjson.JSONEncodeError:  # nested deeper than orjson writes, which is deeper than the models read
         raise InvalidRecord("invalid JSON") from None
-    return validate(payload), payload, document
+    return to_event(validate(payload)), payload, document
 
 
 Where = tuple[str, int, int]  # (topic, partition, offset) of a consumed record
@@ -338,7 +317,7 @@ REPLAY_CHUNK = 2000  # journal rows re-applied per identity lookup
 async def replay_journal(processor: Processor, rows: AsyncIterator[tuple[int, bytes]], lookup: HeldLookup) -> None:
     """Re-apply stored journal rows (seq, payload) after the engine's seq, a chunk per lookup; each must apply as
     its own seq (the identities PostgreSQL holds by that very seq are not held before it)."""
-    chunk: list[tuple[int, AnyRecord]] = []
+    chunk: list[tuple[int, Event]] = []
     async for seq, payload in rows:
         chunk.append((seq, decode_record(payload)))
         if len(chunk) >= REPLAY_CHUNK:
@@ -347,7 +326,7 @@ async def replay_journal(processor: Processor, rows: AsyncIterator[tuple[int, by
     await _replay_chunk(processor, chunk, lookup)
 
 
-async def _replay_chunk(processor: Processor, chunk: list[tuple[int, AnyRecord]], lookup: HeldLookup) -> None:
+async def _replay_chunk(processor: Processor, chunk: list[tuple[int, Event]], lookup: HeldLookup) -> None:
     keys = [key_digest(found) for _, record in chunk if (found := identity(record)) is not None]
     await resolve_identities(processor, keys, lookup)
     with processor.engine.decimal_context():
@@ -357,10 +336,9 @@ async def _replay_chunk(processor: Processor, chunk: list[tuple[int, AnyRecord]]
                 raise InvariantViolation(f"journal row {seq} did not re-apply as seq {seq}")
 
 
-# Per record type: does it name an account, a symbol? (getattr with a default on a model without the field goes
-# through pydantic's __getattr__ in Python.)
-_NAMES = {kind: ("account_id" in model.model_fields, "symbol" in model.model_fields)
-          for kind, model in RECORD_TYPES.items()}
+# Per record type: does it name an account, a symbol?
+_NAMES = {kind: ("account_id" in event.__dataclass_fields__, "symbol" in event.__dataclass_fields__)
+          for kind, event in EVENT_TYPES.items()}
 
 
 def record_names(record_type: str, fields: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -369,7 +347,7 @@ def record_names(record_type: str, fields: dict[str, Any]) -> tuple[str | None, 
     return fields.get("account_id") if has_account else None, fields.get("symbol") if has_symbol else None
 
 
-def _touch(result: BatchResult, record: AnyRecord) -> None:
+def _touch(result: BatchResult, record: Event) -> None:
     has_account, has_symbol = _NAMES[record.type]
     account = record.account_id if has_account else None  # type: ignore[union-attr]
     if account is not None:

@@ -1,4 +1,4 @@
-"""Bytes to a validated input record, or a clear reason why not.
+"""Bytes to a validated input record, or a clear reason why not; the record as the core's event (decode_record).
 
 The reason is canonical, so that the compiled engine (crates/backstop-engine/src/wire.rs) writes the same bytes into
 dead letters: the first error in pydantic's order (keys that are not fields, in input order; then the fields in
@@ -9,12 +9,15 @@ between parsers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import orjson
 from pydantic import ValidationError
 
+from backstop.core.events import Event
+from backstop.core.hashing import canonical_json
 from backstop.wire.inputs import INPUT_ADAPTER, KINDS, AnyRecord, decimal_reason, quoted
+from backstop.wire.translate import to_event, wire_document
 
 MAX_RECORD_BYTES = 1 << 20
 QUOTED_CHARS = 40
@@ -59,7 +62,25 @@ def validate(raw: bytes) -> AnyRecord:
         raise InvalidRecord(describe(error)) from None
 
 
-def decode_record(raw: bytes) -> AnyRecord:
+def decode_model(raw: bytes) -> AnyRecord:
+    """A record's bytes, within the size limit, validated: the wire model (for tools that change records)."""
     if len(raw) > MAX_RECORD_BYTES:
         raise InvalidRecord(f"record of {len(raw)} bytes exceeds the limit of {MAX_RECORD_BYTES}")
     return validate(raw)
+
+
+def decode_record(raw: bytes) -> Event:
+    """A record's bytes, validated, as the event the core applies (backstop.wire.translate)."""
+    return to_event(decode_model(raw))
+
+
+E = TypeVar("E", bound=Event)
+
+
+def through_contract(event: E) -> E:
+    """An event the engine made itself (a liquidation the simulation decided) as a replay will read its journal line:
+    validated by the contract, its decimals read back from their text; InvalidRecord if the contract refuses it."""
+    decoded = decode_record(canonical_json(wire_document(event)))
+    if type(decoded) is not type(event):  # the type is written from the event's own: never another
+        raise InvalidRecord(f"a {event.type} event read back as a {decoded.type} record")
+    return cast(E, decoded)

@@ -138,8 +138,6 @@ Symbol = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r
 Asset = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=r"^[A-Z0-9]+$")]
 Timestamp = Annotated[int, Field(ge=0, le=2**53)]
 
-FUND_ACCOUNT_PREFIX = "fund:"
-
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)

@@ -18,11 +18,12 @@ from backstop.core.records import (
     AdlEvent,
     AdlQuantileChange,
     AdlRiskChange,
+    DeadLetterRecord,
     Finding,
     FundLedgerEntry,
+    JournalRecord,
     Posting,
 )
-from backstop.pipeline.ingest import DeadLetterRecord, JournalRecord
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames, input_key_field
 from backstop.wire.inputs import DECIMAL_PATTERN, RECORD_TYPES
 
