@@ -3,13 +3,14 @@
 The writer holds a session advisory lock (one ledger processor per database); every batch also checks that the
 journal head it extends is the one it read (fencing), so a stale writer can never interleave. With an anchor key,
 every batch that appends to the journal also writes a signed checkpoint of the history (backstop.core.anchor).
+The relay reads what it publishes from the tables the batches wrote, each after a cursor of its own (unpublished).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,8 +22,9 @@ from backstop import faults
 from backstop.core.anchor import JOURNAL_GENESIS, Anchor, Checkpoint, SignedCheckpoint, journal_step
 from backstop.core.errors import InvariantViolation
 from backstop.core.snapshot import SNAPSHOT_VERSION
-from backstop.pipeline.ingest import BatchResult, output_json, output_values
+from backstop.pipeline.ingest import BatchResult, JournalRow, journal_record, output_json, output_values
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
+from backstop.pipeline.topics import TopicNames, input_key
 
 WRITER_LOCK = 0x62616B77726974  # one ledger processor per database
 RELAY_LOCK = 0x62616B72656C61  # one outbox relay per database
@@ -40,12 +42,45 @@ class Head:
     adl_position: int
 
 
+OUTBOX = "outbox"  # the relay's source of what has no table of its own (ADL quantile records, dead letters)
+TABLE_SOURCES = ("journal", "fund_ledger", "adl_events", "postings")  # published from their own tables
+
+
 class OutboxRow(NamedTuple):  # one per published record: a NamedTuple is built 3x faster than a frozen dataclass
-    id: int
+    id: int  # its place in its source: the outbox id, the journal seq, or the position in its table
     topic: str
     key: str
     record_id: str
     payload: str
+    source: str = OUTBOX  # the table it is read from (OUTBOX or one of TABLE_SOURCES)
+
+
+# Each table source: the query of its next rows after its cursor, as (id, key, record id, published JSON); the
+# journal's record is built from its columns (journal_relay_row).
+_SOURCE_QUERIES = {
+    "journal": "SELECT seq, source_topic, source_partition, source_offset, type, ts, payload, payload_hash "
+               "FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
+    "fund_ledger": "SELECT position, fund_id, id, record FROM fund_ledger WHERE position > $1 ORDER BY position "
+                   "LIMIT $2",
+    "adl_events": "SELECT position, account_id, id, record FROM adl_events WHERE position > $1 ORDER BY position "
+                  "LIMIT $2",
+    "postings": "SELECT position, asset, id, record FROM postings WHERE position > $1 ORDER BY position LIMIT $2",
+}
+# Rows not yet published, over every source: the outbox's ids may have gaps (a rolled-back batch), the journal's
+# seqs and the tables' positions have none.
+RELAY_BACKLOG_SQL = (
+    "SELECT (SELECT count(*) FROM outbox WHERE id > (SELECT published_up_to FROM relay_cursor)) + "
+    "(SELECT coalesce(sum(greatest(last - published_up_to, 0)), 0)::bigint FROM relay_sources JOIN (VALUES "
+    "('journal', (SELECT coalesce(max(seq), 0) FROM journal)), "
+    "('fund_ledger', (SELECT coalesce(max(position), 0) FROM fund_ledger)), "
+    "('adl_events', (SELECT coalesce(max(position), 0) FROM adl_events)), "
+    "('postings', (SELECT coalesce(max(position), 0) FROM postings))) AS t(source, last) USING (source))")
+
+
+def journal_relay_row(row: JournalRow) -> tuple[str, str, str]:
+    """A journal row as the relay publishes it: (key, record id, the journal record's canonical JSON)."""
+    key = input_key(row.type, orjson.loads(row.payload))
+    return key, f"j-{row.seq}", journal_record(row).decode()
 
 
 WALLET_COLUMNS = ["account_id", "asset", "wallet", "seq"]
@@ -504,18 +539,45 @@ class Store:
         row = await self.pool.fetchrow("SELECT seq, head_hash, state_hash, state_hash_seq FROM engine_head")
         return dict(row) if row else {"seq": 0, "head_hash": None, "state_hash": None, "state_hash_seq": None}
 
-    # ---------------------------------------------------------------- outbox
-    async def unpublished(self, limit: int) -> list[OutboxRow]:
-        """The next rows after the relay's cursor, in id order."""
-        rows = await self.pool.fetch("SELECT id, topic, key, record_id, payload FROM outbox WHERE id > "
-                                     "(SELECT published_up_to FROM relay_cursor) ORDER BY id LIMIT $1", limit)
-        return [OutboxRow._make(r) for r in rows]  # the columns in the order of the fields
+    # ---------------------------------------------------------------- the relay's sources
+    async def unpublished(self, limit: int, topics: TopicNames) -> list[OutboxRow]:
+        """The next rows of every source after its cursor, at most `limit` of each, each source in its own order.
+        While outbox rows written before the tables became sources (migration 0008) wait, only those."""
+        async with self.pool.acquire() as connection:
+            cursor, legacy_up_to = await connection.fetchrow("SELECT published_up_to, legacy_up_to FROM relay_cursor")
+            rows = [OutboxRow(*r) for r in await connection.fetch(  # the columns in the order of the fields
+                "SELECT id, topic, key, record_id, payload FROM outbox WHERE id > $1 ORDER BY id LIMIT $2",
+                cursor, limit)]
+            if cursor < legacy_up_to:
+                return rows
+            cursors = dict(await connection.fetch("SELECT source, published_up_to FROM relay_sources"))
+            for source in TABLE_SOURCES:
+                found = await connection.fetch(_SOURCE_QUERIES[source], cursors[source], limit)
+                if source == "journal":
+                    topic = topics.journal
+                    for r in found:
+                        journal_row = JournalRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6].encode(), r[7])
+                        rows.append(OutboxRow(r[0], topic, *journal_relay_row(journal_row), source))
+                else:
+                    topic = topics.of_source(source)
+                    rows.extend(OutboxRow(r[0], topic, r[1], r[2], r[3], source) for r in found)
+        return rows
 
-    async def mark_published_up_to(self, last_id: int) -> None:
-        """Every outbox row up to last_id is in Kafka (the cursor never moves back)."""
-        await self.pool.execute("UPDATE relay_cursor SET published_up_to = $1 WHERE published_up_to < $1", last_id)
+    async def mark_published(self, up_to: Mapping[str, int]) -> None:
+        """Every row of each source up to its id in `up_to` is in Kafka (no cursor ever moves back)."""
+        outbox = up_to.get(OUTBOX)
+        tables = sorted((source, last) for source, last in up_to.items() if source != OUTBOX)
+        async with self.pool.acquire() as connection, connection.transaction():
+            if outbox is not None:
+                await connection.execute("UPDATE relay_cursor SET published_up_to = $1 WHERE published_up_to < $1",
+                                         outbox)
+            if tables:
+                await connection.execute(
+                    "UPDATE relay_sources s SET published_up_to = u.up_to FROM unnest($1::text[], $2::bigint[]) "
+                    "AS u(source, up_to) WHERE s.source = u.source AND s.published_up_to < u.up_to",
+                    [source for source, _ in tables], [last for _, last in tables])
 
     async def outbox_backlog(self) -> int:
-        value: int = await self.pool.fetchval(
-            "SELECT count(*) FROM outbox WHERE id > (SELECT published_up_to FROM relay_cursor)")
-        return value
+        """Rows not yet published, over every source."""
+        backlog: int = await self.pool.fetchval(RELAY_BACKLOG_SQL)
+        return backlog
