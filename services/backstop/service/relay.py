@@ -42,6 +42,8 @@ def to_send(rows: Sequence[OutboxRow], counts: Mapping[str, int],
             published_up_to: Mapping[Partition, tuple[str, int]]) -> list[tuple[OutboxRow, int]]:
     """The rows with their partitions, less those already in Kafka: published before a crash, before their cursor
     moved (every row of a partition up to the place its last record's header names, in that header's source)."""
+    if not published_up_to:  # nothing to pass over (the usual case, once the relay is past what it found)
+        return [(row, partition_for(row.key, counts[row.topic])) for row in rows]
     pending = []
     for row in rows:
         partition = partition_for(row.key, counts[row.topic])
@@ -49,6 +51,15 @@ def to_send(rows: Sequence[OutboxRow], counts: Mapping[str, int],
         if last is None or row.id > last[1] or place_header(row) != last[0]:
             pending.append((row, partition))
     return pending
+
+
+def still_ahead(published_up_to: Mapping[Partition, tuple[str, int]], rows: Sequence[OutboxRow],
+                sent_up_to: Mapping[str, int]) -> dict[Partition, tuple[str, int]]:
+    """The places found at start that rows not yet read may still be at or before: a partition's place is passed
+    once its source's rows were read up to it (each topic has one source, found from the rows read)."""
+    source_of = {(row.topic, place_header(row)): row.source for row in rows}
+    return {partition: place for partition, place in published_up_to.items()
+            if (source := source_of.get((partition[0], place[0]))) is None or sent_up_to[source] < place[1]}
 
 
 def last_of_each_source(rows: Sequence[OutboxRow]) -> dict[str, int]:
@@ -99,7 +110,10 @@ class OutboxRelay(SupervisedLoop):
                 if sent:
                     faults.reached("relay_after_send")
                     await checkpoint("relay_send")
-                await self.store.mark_published(last_of_each_source(rows))
+                sent_up_to = last_of_each_source(rows)
+                await self.store.mark_published(sent_up_to)
+                if published_up_to:
+                    published_up_to = still_ahead(published_up_to, rows, sent_up_to)
                 await checkpoint("relay_mark")
                 for topic, count in sorted(sent.items()):
                     metrics.RELAY_PUBLISHED.labels(topic).inc(count)

@@ -21,8 +21,9 @@ import orjson
 from backstop import faults
 from backstop.core.anchor import JOURNAL_GENESIS, Anchor, Checkpoint, SignedCheckpoint, journal_step
 from backstop.core.errors import InvariantViolation
+from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import SNAPSHOT_VERSION
-from backstop.pipeline.ingest import BatchResult, JournalRow, journal_record, output_json, output_values
+from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
 from backstop.pipeline.topics import TopicNames, input_key
 
@@ -66,10 +67,11 @@ _SOURCE_QUERIES = {
                   "LIMIT $2",
     "postings": "SELECT position, asset, id, record FROM postings WHERE position > $1 ORDER BY position LIMIT $2",
 }
-# Rows not yet published, over every source: the outbox's ids may have gaps (a rolled-back batch), the journal's
-# seqs and the tables' positions have none.
+# Rows not yet published, over every source, from each source's last id and its cursor (index lookups, not a
+# count): the journal's seqs and the tables' positions have no gaps; an outbox id a rolled-back batch took is counted
+# too, so the outbox's part is an upper bound, exact at zero.
 RELAY_BACKLOG_SQL = (
-    "SELECT (SELECT count(*) FROM outbox WHERE id > (SELECT published_up_to FROM relay_cursor)) + "
+    "SELECT (SELECT greatest(coalesce(max(id), 0) - (SELECT published_up_to FROM relay_cursor), 0) FROM outbox) + "
     "(SELECT coalesce(sum(greatest(last - published_up_to, 0)), 0)::bigint FROM relay_sources JOIN (VALUES "
     "('journal', (SELECT coalesce(max(seq), 0) FROM journal)), "
     "('fund_ledger', (SELECT coalesce(max(position), 0) FROM fund_ledger)), "
@@ -78,9 +80,16 @@ RELAY_BACKLOG_SQL = (
 
 
 def journal_relay_row(row: JournalRow) -> tuple[str, str, str]:
-    """A journal row as the relay publishes it: (key, record id, the journal record's canonical JSON)."""
+    """A journal row as the relay publishes it: (key, record id, the journal record's canonical JSON). The JSON is
+    journal_record's, written out in its sorted key order (the payload is canonical JSON already; the hash is hex;
+    the topic is encoded as JSON); test_ingest and the relay tests hold it to journal_record's bytes."""
     key = input_key(row.type, orjson.loads(row.payload))
-    return key, f"j-{row.seq}", journal_record(row).decode()
+    seq = row.seq
+    return key, f"j-{seq}", (
+        f'{{"id":"j-{seq}","payload_hash":"{row.payload_hash}","record":{row.payload.decode()},'
+        f'"schema_version":{SCHEMA_VERSION},"seq":{seq},"source_offset":{row.source_offset},'
+        f'"source_partition":{row.source_partition},"source_topic":{orjson.dumps(row.source_topic).decode()},'
+        f'"ts":{row.ts}}}')
 
 
 WALLET_COLUMNS = ["account_id", "asset", "wallet", "seq"]
