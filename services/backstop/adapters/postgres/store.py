@@ -56,17 +56,33 @@ class OutboxRow(NamedTuple):  # one per published record: a NamedTuple is built 
     source: str = OUTBOX  # the table it is read from (OUTBOX or one of TABLE_SOURCES)
 
 
-# Each table source: the query of its next rows after its cursor, as (id, key, record id, published JSON); the
-# journal's record is built from its columns (journal_relay_row).
-_SOURCE_QUERIES = {
-    "journal": "SELECT seq, source_topic, source_partition, source_offset, type, ts, payload, payload_hash "
-               "FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
-    "fund_ledger": "SELECT position, fund_id, id, record FROM fund_ledger WHERE position > $1 ORDER BY position "
-                   "LIMIT $2",
-    "adl_events": "SELECT position, account_id, id, record FROM adl_events WHERE position > $1 ORDER BY position "
-                  "LIMIT $2",
-    "postings": "SELECT position, asset, id, record FROM postings WHERE position > $1 ORDER BY position LIMIT $2",
-}
+# The relay's next rows: at most $1 of every source after its cursor, in one statement (one round trip, one
+# snapshot), sorted by source (in RELAY_SOURCES order) and then by id. Each row: its source's rank, its id, and
+# either the outbox's topic, key, record id and payload, a table's key, record id and stored record, or the journal
+# row's columns, of which the relay builds the journal record (journal_relay_row). The tables wait while outbox rows
+# written before they became sources (migration 0008, legacy_up_to) do.
+RELAY_SOURCES = (OUTBOX, *TABLE_SOURCES)
+_TABLES_READY = "(SELECT published_up_to >= legacy_up_to FROM relay_cursor)"
+
+
+def _after_cursor(source: str) -> str:
+    return f"(SELECT published_up_to FROM relay_sources WHERE source = '{source}')"
+
+
+UNPUBLISHED_SQL = (
+    "SELECT * FROM ("
+    "(SELECT 0 AS rank, id, topic, key, record_id, payload, NULL::text AS source_topic, NULL::int AS "
+    "source_partition, NULL::bigint AS source_offset, NULL::bigint AS ts, NULL::text AS payload_hash FROM outbox "
+    "WHERE id > (SELECT published_up_to FROM relay_cursor) ORDER BY id LIMIT $1) "
+    "UNION ALL (SELECT 1, seq, type, NULL, NULL, payload, source_topic, source_partition, source_offset, ts, "
+    f"payload_hash FROM journal WHERE {_TABLES_READY} AND seq > {_after_cursor('journal')} ORDER BY seq LIMIT $1) "
+    "UNION ALL (SELECT 2, position, NULL, fund_id, id, record, NULL, NULL, NULL, NULL, NULL FROM fund_ledger "
+    f"WHERE {_TABLES_READY} AND position > {_after_cursor('fund_ledger')} ORDER BY position LIMIT $1) "
+    "UNION ALL (SELECT 3, position, NULL, account_id, id, record, NULL, NULL, NULL, NULL, NULL FROM adl_events "
+    f"WHERE {_TABLES_READY} AND position > {_after_cursor('adl_events')} ORDER BY position LIMIT $1) "
+    "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL FROM postings "
+    f"WHERE {_TABLES_READY} AND position > {_after_cursor('postings')} ORDER BY position LIMIT $1)"
+    ") AS next ORDER BY rank, id")
 # Rows not yet published, over every source, from each source's last id and its cursor (index lookups, not a
 # count): the journal's seqs and the tables' positions have no gaps; an outbox id a rolled-back batch took is counted
 # too, so the outbox's part is an upper bound, exact at zero.
@@ -550,26 +566,21 @@ class Store:
 
     # ---------------------------------------------------------------- the relay's sources
     async def unpublished(self, limit: int, topics: TopicNames) -> list[OutboxRow]:
-        """The next rows of every source after its cursor, at most `limit` of each, each source in its own order.
-        While outbox rows written before the tables became sources (migration 0008) wait, only those."""
-        async with self.pool.acquire() as connection:
-            cursor, legacy_up_to = await connection.fetchrow("SELECT published_up_to, legacy_up_to FROM relay_cursor")
-            rows = [OutboxRow(*r) for r in await connection.fetch(  # the columns in the order of the fields
-                "SELECT id, topic, key, record_id, payload FROM outbox WHERE id > $1 ORDER BY id LIMIT $2",
-                cursor, limit)]
-            if cursor < legacy_up_to:
-                return rows
-            cursors = dict(await connection.fetch("SELECT source, published_up_to FROM relay_sources"))
-            for source in TABLE_SOURCES:
-                found = await connection.fetch(_SOURCE_QUERIES[source], cursors[source], limit)
-                if source == "journal":
-                    topic = topics.journal
-                    for r in found:
-                        journal_row = JournalRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6].encode(), r[7])
-                        rows.append(OutboxRow(r[0], topic, *journal_relay_row(journal_row), source))
-                else:
-                    topic = topics.of_source(source)
-                    rows.extend(OutboxRow(r[0], topic, r[1], r[2], r[3], source) for r in found)
+        """The next rows of every source after its cursor, at most `limit` of each, each source in its own order
+        (one statement: UNPUBLISHED_SQL). While outbox rows written before the tables became sources (migration
+        0008) wait, only those."""
+        found = await self.pool.fetch(UNPUBLISHED_SQL, limit)
+        table_topics = [topics.of_source(source) for source in TABLE_SOURCES]
+        rows = []
+        for r in found:
+            rank = r[0]
+            if rank == 0:
+                rows.append(OutboxRow(r[1], r[2], r[3], r[4], r[5]))
+            elif rank == 1:  # the journal: its record built from the row
+                journal_row = JournalRow(r[1], r[6], r[7], r[8], r[2], r[9], r[5].encode(), r[10])
+                rows.append(OutboxRow(r[1], table_topics[0], *journal_relay_row(journal_row), "journal"))
+            else:
+                rows.append(OutboxRow(r[1], table_topics[rank - 1], r[3], r[4], r[5], TABLE_SOURCES[rank - 1]))
         return rows
 
     async def mark_published(self, up_to: Mapping[str, int]) -> None:
