@@ -22,6 +22,7 @@ import pytest
 from backstop.adapters.kafka.tools import end_offsets, read_topic
 from backstop.adapters.postgres.migrations import migrate
 from backstop.adapters.postgres.roles import ServiceLogin, ensure_service_role
+from backstop.adapters.postgres.store import RELAY_BACKLOG_SQL
 from backstop.pipeline.topics import TopicNames
 from backstop.service.app import running
 from backstop.service.ledger_loop import LedgerProcessor
@@ -175,8 +176,7 @@ async def wait_caught_up(dsn: str, *, applied: int | None = None, ends: dict[tup
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             seq = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
-            backlog = await connection.fetchval(
-                "SELECT count(*) FROM outbox WHERE id > (SELECT published_up_to FROM relay_cursor)")
+            backlog = await connection.fetchval(RELAY_BACKLOG_SQL)
             offsets = {(r["topic"], r["partition"]): r["next_offset"]
                        for r in await connection.fetch("SELECT * FROM consumed_offsets")}
             consumed = ends is None or all(offsets.get(tp, 0) >= end for tp, end in ends.items() if end > 0)

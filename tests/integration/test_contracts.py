@@ -22,18 +22,27 @@ from backstop.adapters.kafka.consumer import KafkaConsumer
 from backstop.adapters.kafka.publisher import KafkaPublisher
 from backstop.adapters.memory.broker import MemoryBroker, MemoryConsumer, MemoryPublisher
 from backstop.adapters.memory.store import MemoryDatabase, MemoryStore
-from backstop.adapters.postgres.store import POSITION_COLUMNS, Head, OutboxRow, RefreshCopy, Store
+from backstop.adapters.postgres.store import (
+    OUTBOX,
+    POSITION_COLUMNS,
+    TABLE_SOURCES,
+    Head,
+    OutboxRow,
+    RefreshCopy,
+    Store,
+    journal_relay_row,
+)
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
 from backstop.core.processor import Processor
 from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline import projections
 from backstop.pipeline.held_ids import ServiceIds
-from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch
+from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch, output_json
 from backstop.pipeline.projections import FullRefresh, Projections
 from backstop.pipeline.topics import TopicNames
-from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, Consumer, LedgerStore, Publisher
-from backstop.service.relay import partition_for, to_send
+from backstop.service.ports import OUTBOX_HEADER, POSITION_HEADER, RECORD_ID_HEADER, Consumer, LedgerStore, Publisher
+from backstop.service.relay import last_of_each_source, partition_for, still_ahead, to_send
 from backstop.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +137,8 @@ class Batches:
         self.processor = Processor(Engine(ids=ServiceIds()))  # the service's: a batch's identities for applied_ids
         self.positions = (0, 0)
         self.first = self._batch(consumed[:9])
-        self.second = self._batch(consumed[9:])
+        bad = [Consumed(TOPICS.input("fill"), 0, offset, None, b"{nope") for offset in (10_000, 10_001)]
+        self.second = self._batch([*consumed[9:], *bad])  # dead letters: the outbox has rows too
 
     def _batch(self, consumed: list[Consumed]) -> tuple[int, BatchResult, Head, Projections]:
         processor, engine = self.processor, self.processor.engine
@@ -139,6 +149,18 @@ class Batches:
                     processor.rejected, *self.positions)
         return expected, result, head, projections.build(engine, result, refresh_all=True,
                                                           touched=projections.Touched.everything(engine))
+
+
+def published_rows(results: list[BatchResult]) -> list[tuple[str, str, str, str]]:
+    """(topic, key, record id, payload) of what the relay publishes for these batches, in the order the store
+    gives them: the outbox's rows, then each table source's."""
+    rows = [(m.topic, m.key, m.record_id, m.payload.decode()) for r in results for m in r.outbox]
+    rows += [(TOPICS.journal, *journal_relay_row(row)) for r in results for row in r.journal]
+    for topic, records, key in ((TOPICS.fund_ledger, "fund_entries", "fund_id"),
+                                (TOPICS.adl_events, "adl_events", "account_id"),
+                                (TOPICS.postings, "postings", "asset")):
+        rows += [(topic, getattr(e, key), e.id, output_json(e).decode()) for r in results for e in getattr(r, records)]
+    return rows
 
 
 async def commit(store: LedgerStore, batch: tuple[int, BatchResult, Head, Projections]) -> None:
@@ -152,7 +174,7 @@ async def test_an_empty_store_has_the_genesis_head_and_nothing_else(under_test: 
     assert await store.offsets() == {}
     assert await store.latest_snapshot() is None
     assert [row async for row in store.journal()] == []
-    assert await store.unpublished(10) == [] and await store.outbox_backlog() == 0
+    assert await store.unpublished(10, TOPICS) == [] and await store.outbox_backlog() == 0
 
 
 async def test_a_commit_lands_whole_and_reads_back(under_test: StoreUnderTest) -> None:
@@ -165,10 +187,13 @@ async def test_a_commit_lands_whole_and_reads_back(under_test: StoreUnderTest) -
     journal = [row async for row in store.journal(after_seq=3, chunk=4)]  # read in chunks
     want = [(row.seq, row.payload) for row in batches.first[1].journal + result.journal]
     assert journal == want[3:]
-    outbox = await store.unpublished(1000)
-    assert [(r.topic, r.key, r.record_id, r.payload) for r in outbox] == [
-        (m.topic, m.key, m.record_id, m.payload.decode()) for m in batches.first[1].outbox + result.outbox]
-    assert [r.id for r in outbox] == sorted(r.id for r in outbox)
+    relayed = await store.unpublished(1000, TOPICS)
+    both = [batches.first[1], result]
+    assert [(r.topic, r.key, r.record_id, r.payload) for r in relayed] == published_rows(both)
+    for source in (OUTBOX, *TABLE_SOURCES):  # each source in its own order: outbox ids, seqs, positions 1, 2, 3 ...
+        ids = [r.id for r in relayed if r.source == source]
+        assert ids == (sorted(ids) if source == OUTBOX else list(range(1, len(ids) + 1)))
+    assert await store.outbox_backlog() == len(relayed)
     engine = batches.processor.engine
     everything = projections.build(engine, BatchResult(), refresh_all=True,
                                    touched=projections.Touched.everything(engine))
@@ -246,14 +271,20 @@ async def test_identities_are_held_with_their_batch_once_ever(under_test: StoreU
     assert (await store.head(), await store.offsets(), await store.outbox_backlog()) == before
 
 
-async def test_the_outbox_cursor_only_moves_forward(under_test: StoreUnderTest) -> None:
+async def test_each_relay_cursor_only_moves_forward(under_test: StoreUnderTest) -> None:
     store, batches = under_test.store, Batches()
     await commit(store, batches.first)
-    rows = await store.unpublished(1000)
-    assert await store.unpublished(3) == rows[:3]
-    await store.mark_published_up_to(rows[4].id)
-    await store.mark_published_up_to(rows[1].id)  # never back
-    assert await store.unpublished(1000) == rows[5:] and await store.outbox_backlog() == len(rows) - 5
+    await commit(store, batches.second)
+    rows = await store.unpublished(1000, TOPICS)
+    of = {source: [r for r in rows if r.source == source] for source in (OUTBOX, *TABLE_SOURCES)}
+    assert all(of.values()), {source: len(found) for source, found in of.items()}  # every source has rows
+    assert await store.unpublished(3, TOPICS) == [r for found in of.values() for r in found[:3]]  # 3 of each
+    await store.mark_published({"journal": of["journal"][4].id, "postings": of["postings"][0].id,
+                                OUTBOX: of[OUTBOX][1].id})
+    await store.mark_published({"journal": of["journal"][1].id, OUTBOX: of[OUTBOX][0].id})  # never back
+    rest = {**of, "journal": of["journal"][5:], "postings": of["postings"][1:], OUTBOX: of[OUTBOX][2:]}
+    assert await store.unpublished(1000, TOPICS) == [r for found in rest.values() for r in found]
+    assert await store.outbox_backlog() == len(rows) - 8
 
 
 def _position(account: str, seq: int, qty: str = "1") -> tuple[Any, ...]:
@@ -455,31 +486,56 @@ async def outputs(request: pytest.FixtureRequest) -> AsyncIterator[OutputsUnderT
     yield OutputsUnderTest(kafka_make, lambda: KafkaPublisher(Settings(kafka_bootstrap=bootstrap)), kafka_read)
 
 
-async def test_a_publisher_writes_rows_in_order_per_partition_with_their_outbox_ids(outputs: OutputsUnderTest) -> None:
+async def test_a_publisher_writes_rows_in_order_per_partition_with_their_places(outputs: OutputsUnderTest) -> None:
     ledger = await outputs.make("ledger", 2)
     journal = await outputs.make("journal", 1)
-    rows = [OutboxRow(i, ledger if i % 3 else journal, f"key-{i % 5}", f"r-{i}", f'{{"n": {i}}}')
-            for i in range(1, 31)]
+    quantiles = await outputs.make("quantiles", 2)
+    # each topic fed by one source: the journal and the fund ledger from their tables, quantiles from the outbox
+    rows = [OutboxRow(i // 3 + 1, [journal, ledger, quantiles][i % 3], f"key-{i % 5}", f"r-{i}", f'{{"n": {i}}}',
+                      ["journal", "fund_ledger", OUTBOX][i % 3]) for i in range(45)]
     publisher = outputs.publisher()
     await publisher.start()
     try:
-        counts = await publisher.partition_counts([ledger, journal])
-        assert counts == {ledger: 2, journal: 1}
-        assert await publisher.last_outbox_ids(counts) == {}
-        first = to_send(rows[:20], counts, {})
-        assert sum((await publisher.send(first)).values()) == 20
-        already = await publisher.last_outbox_ids(counts)
-        rest = to_send(rows, counts, already)  # a restart before the cursor moved: the first 20 are there
-        assert [row.id for row, _ in rest] == list(range(21, 31))
+        counts = await publisher.partition_counts([ledger, journal, quantiles])
+        assert counts == {ledger: 2, journal: 1, quantiles: 2}
+        assert await publisher.last_published(counts) == {}
+        first = to_send(rows[:30], counts, {})
+        assert sum((await publisher.send(first)).values()) == 30
+        already = await publisher.last_published(counts)
+        rest = to_send(rows, counts, already)  # a restart before the cursors moved: the first 30 are there
+        assert [row.record_id for row, _ in rest] == [f"r-{i}" for i in range(30, 45)]
         await publisher.send(rest)
-        last = await publisher.last_outbox_ids(counts)
+        last = await publisher.last_published(counts)
     finally:
         await publisher.stop()
     for topic, partitions in counts.items():
         for partition in range(partitions):
             want = [r for r in rows if r.topic == topic and partition_for(r.key, partitions) == partition]
             got = await outputs.read(topic, partition)
-            assert got == [(r.key.encode(), r.payload.encode(), {OUTBOX_HEADER: str(r.id).encode(),
+            header = OUTBOX_HEADER if topic == quantiles else POSITION_HEADER
+            assert got == [(r.key.encode(), r.payload.encode(), {header: str(r.id).encode(),
                                                                   RECORD_ID_HEADER: r.record_id.encode()})
                            for r in want]
-            assert last.get((topic, partition)) == (want[-1].id if want else None)
+            assert last.get((topic, partition)) == ((header, want[-1].id) if want else None)
+
+
+def test_a_place_in_another_source_passes_nothing_over() -> None:
+    """After the upgrade to table sources, a journal partition's last record may be an outbox row (its copy in the
+    outbox, published before): journal rows from the table are sent whatever their seq."""
+    row = OutboxRow(3, "t.journal", "k", "j-3", "{}", "journal")
+    counts = {"t.journal": 1}
+    assert to_send([row], counts, {("t.journal", 0): (OUTBOX_HEADER, 90)}) == [(row, 0)]
+    assert to_send([row], counts, {("t.journal", 0): (POSITION_HEADER, 3)}) == []
+    assert to_send([row], counts, {("t.journal", 0): (POSITION_HEADER, 2)}) == [(row, 0)]
+
+
+def test_a_place_found_at_start_is_forgotten_once_its_source_is_read_past_it() -> None:
+    found = {("t.journal", 0): (POSITION_HEADER, 7), ("t.journal", 1): (OUTBOX_HEADER, 40),
+             ("t.adl-quantiles", 0): (OUTBOX_HEADER, 30), ("t.postings", 0): (POSITION_HEADER, 9)}
+    rows = [OutboxRow(5, "t.journal", "a", "j-5", "{}", "journal"),
+            OutboxRow(8, "t.journal", "b", "j-8", "{}", "journal"),
+            OutboxRow(30, "t.adl-quantiles", "c", "q-1", "{}", OUTBOX)]
+    # the journal read up to 8 passes its place 7; an outbox place on the journal topic has no outbox rows of that
+    # topic read to pass it (kept); the outbox read up to 30 passes 30; postings not read at all: kept
+    assert still_ahead(found, rows, last_of_each_source(rows)) == {("t.journal", 1): (OUTBOX_HEADER, 40),
+                                                                   ("t.postings", 0): (POSITION_HEADER, 9)}

@@ -123,7 +123,7 @@ async def test_the_service_role_cannot_rewrite_the_record(kafka_bootstrap: str, 
                 "TRUNCATE fund_ledger", "UPDATE journal SET payload = '{}'", "DELETE FROM journal",
                 "TRUNCATE journal", "UPDATE adl_events SET qty = 0", "UPDATE checkpoints SET mac = ''",
                 "DELETE FROM checkpoints", "TRUNCATE checkpoints", "UPDATE outbox SET payload = ''",
-                "DELETE FROM outbox", "DELETE FROM relay_cursor",
+                "DELETE FROM outbox", "DELETE FROM relay_cursor", "DELETE FROM relay_sources",
                 # alter, drop, become the owner
                 "ALTER TABLE fund_ledger ADD COLUMN note text", "ALTER TABLE fund_ledger RENAME TO fund_ledger_old",
                 f"ALTER TABLE fund_ledger OWNER TO {SERVICE_ROLE}", "DROP TABLE fund_ledger",
@@ -144,6 +144,8 @@ async def test_the_service_role_cannot_rewrite_the_record(kafka_bootstrap: str, 
             await reader.execute("INSERT INTO findings (id, seq, ts, kind, details) VALUES ('x', 1, 1, 'x', '{}')")
         with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
             await reader.execute("UPDATE relay_cursor SET published_up_to = 0")
+        with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+            await reader.execute("UPDATE relay_sources SET published_up_to = 0")
     finally:
         await reader.close()
 

@@ -41,6 +41,7 @@ from journals import journal
 
 from backstop.adapters.memory.broker import MemoryBroker, MemoryConsumer, MemoryPublisher, StoredRecord
 from backstop.adapters.memory.store import MemoryDatabase, MemoryStore
+from backstop.adapters.postgres.store import OUTBOX, TABLE_SOURCES
 from backstop.core.dedupe import HeldRow, content_digest, identity, key_digest
 from backstop.core.engine import Engine
 from backstop.core.hashing import canonical_json, record_dict
@@ -53,7 +54,7 @@ from backstop.pipeline.merge import event_time
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames, input_key
 from backstop.service.forked import Inline
 from backstop.service.ledger_loop import LedgerProcessor
-from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, Partition, Runtime
+from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, Partition, Runtime, place_in_headers
 from backstop.service.relay import OutboxRelay, partition_for
 from backstop.settings import Settings
 from backstop.wire.decode import decode_record
@@ -62,6 +63,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 PREFIX = "sim."
 TOPICS = TopicNames(PREFIX)
+SOURCE_OF = {TOPICS.of_source(source): source for source in TABLE_SOURCES}  # a table source's topic -> the source
 POOL_SIZE = 48  # journals drawn once per process; each seed picks one and spreads it its own way
 POLL_S = 0.1  # how often (simulated) the simulator looks at the processes
 TIME_LIMIT_S = 3600.0  # simulated: a seed that has not finished by then has stopped making progress
@@ -451,11 +453,11 @@ class Simulation:
         self.prefix = 0  # records of the merge order consumed (committed offsets)
         self.offsets: dict[Partition, int] = {}
         self.seen_rows: dict[str, tuple[int, object]] = {}
-        self.published: dict[int, str] = {}  # outbox id -> record id
+        self.published: dict[tuple[str, int], str] = {}  # (source, its id) -> record id
         self.published_at: dict[Partition, int] = {}  # per output partition: records checked
-        self.cursor = 0
+        self.cursors: dict[str, int] = {}  # each relay source's cursor, as last seen
         self.held_seen = 0  # identities of the reference checked in applied_ids
-        self.written: tuple[int, int] = (-1, -1)
+        self.written: tuple[int, ...] = (-1,)
         self.appends = -1
         self.engine_at: tuple[int, int] | None = None
 
@@ -557,7 +559,7 @@ class Simulation:
         db, ref = self.db, self.reference
         head = db.engine_head
         return (self.prefix == len(ref.order) and head is not None and head["state_hash_seq"] == head["seq"]
-                and len(self.published) == len(ref.outbox))
+                and len(self.published) == len(ref.outbox) + sum(map(len, db.relayed.values())))
 
     # ---------------------------------------------------------------- the invariants
     def check(self, process: Process, step: str) -> None:
@@ -570,7 +572,7 @@ class Simulation:
     def _check(self, process: Process, step: str) -> None:
         self.checks += 1
         self.trace.append((process.name, step, self.now()))
-        written = (self.db.transactions, self.db.relay_cursor)
+        written = (self.db.transactions, self.db.relay_cursor, *self.db.relay_cursors.values())
         if written != self.written:  # what can change the tables
             self.written = written
             self._check_store(step)
@@ -647,25 +649,34 @@ class Simulation:
             self.held_seen += 1
         if len(db.applied_ids) != self.held_seen:
             raise self.fail(f"applied_ids holds {len(db.applied_ids)} identities, the journal's rows {self.held_seen}")
-        if db.relay_cursor < self.cursor:
-            raise self.fail("the relay cursor moved back")
-        self.cursor = db.relay_cursor
+        cursors = {OUTBOX: db.relay_cursor, **db.relay_cursors}
+        for source, cursor in cursors.items():
+            if cursor < self.cursors.get(source, 0):
+                raise self.fail(f"the relay cursor of {source} moved back")
+        self.cursors = cursors
 
     def _check_published(self) -> None:
-        outbox = self.db.outbox
+        db = self.db
         for topic in TOPICS.outputs:
             for number, log in enumerate(self.broker.topics[topic]):
                 start = self.published_at.get((topic, number), 0)
                 for record in log[start:]:
                     headers = dict(record.headers)
-                    outbox_id, record_id = int(headers[OUTBOX_HEADER]), headers[RECORD_ID_HEADER].decode()
-                    if outbox_id in self.published:
-                        raise self.fail(f"exactly once: outbox row {outbox_id} ({record_id}) published twice")
-                    row = outbox[outbox_id - 1] if 0 < outbox_id <= len(outbox) else None
-                    if row is None or (row.record_id, row.payload.encode(), row.topic) != (
-                            record_id, record.value, topic):
-                        raise self.fail(f"published record {record_id} is not outbox row {outbox_id}")
-                    self.published[outbox_id] = record_id
+                    place, record_id = place_in_headers(record.headers), headers[RECORD_ID_HEADER].decode()
+                    if place is None:
+                        raise self.fail(f"published record {record_id} names no place in a source")
+                    header, row_id = place
+                    source = OUTBOX if header == OUTBOX_HEADER else SOURCE_OF[topic]
+                    if (source, row_id) in self.published:
+                        raise self.fail(f"exactly once: {source} row {row_id} ({record_id}) published twice")
+                    rows = db.outbox if source == OUTBOX else db.relayed[source]
+                    row = rows[row_id - 1] if 0 < row_id <= len(rows) else None
+                    if row is None or (row.id, row.record_id, row.payload.encode()) != (row_id, record_id,
+                                                                                        record.value):
+                        raise self.fail(f"published record {record_id} is not {source} row {row_id}")
+                    if source == OUTBOX and row.topic != topic:
+                        raise self.fail(f"outbox row {row_id} was published to {topic}, not {row.topic}")
+                    self.published[(source, row_id)] = record_id
                 self.published_at[(topic, number)] = len(log)
 
     def _final(self) -> None:
@@ -676,8 +687,10 @@ class Simulation:
             raise self.fail(f"only {self.prefix} of {len(ref.order)} records consumed")
         if head is None or head["state_hash"] != ref.state_hash or head["state_hash_seq"] != ref.seq[-1]:
             raise self.fail("the state hash recorded at the head is not the reference's")
-        if sorted(self.published) != [row.id for row in self.db.outbox]:
-            raise self.fail("exactly once: an outbox row was never published")
+        every = [(OUTBOX, row.id) for row in self.db.outbox] + [
+            (source, row.id) for source, rows in self.db.relayed.items() for row in rows]
+        if sorted(self.published) != sorted(every):
+            raise self.fail("exactly once: a row was never published")
 
     async def _projections_after_a_restart(self) -> None:
         """Every start rewrites every projection row from the rebuilt engine (the rows a crash lost, or a refresh

@@ -2,7 +2,9 @@
 
 The service reads a batch from Kafka, looks up the identities in it that only PostgreSQL can decide
 (`resolve_identities`, one query), calls `ingest_batch` (pure: no I/O), and writes the returned `BatchResult` to
-PostgreSQL in one transaction (journal rows, held identities, effects, dead letters, outbox, offsets).
+PostgreSQL in one transaction (journal rows, held identities, effects, dead letters, outbox, offsets). The outbox
+gets only what has no table of its own (quantile records, dead letters): the relay publishes the journal rows and the
+effects from their tables (backstop.service.relay).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from backstop.core.records import (
 )
 from backstop.pipeline.copy_text import copy_rows
 from backstop.pipeline.held_ids import ServiceIds
-from backstop.pipeline.topics import TopicNames, input_key
+from backstop.pipeline.topics import TopicNames
 from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record, shown, validate
 from backstop.wire.translate import to_event
 
@@ -131,7 +133,7 @@ class BatchResult:
     adl_quantiles: list[AdlQuantileRecord | OutputLine] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     held_ids: list[HeldRow] = field(default_factory=list)  # identities the batch's journal rows hold (applied_ids)
-    outbox: list[OutboxMessage] = field(default_factory=list)
+    outbox: list[OutboxMessage] = field(default_factory=list)  # quantile records and dead letters
     # outbox rows as COPY text (topic, key, record id, payload), after `outbox`: the compiled engine builds a batch's
     # in Rust, so no Python object is made per published record
     outbox_copy: bytes = b""
@@ -206,7 +208,7 @@ def _ingest(processor: Processor, batch: list[Consumed], topics: TopicNames, qua
             _dead(result, message, f"not an input topic: {message.topic}", topics, "invalid", processor)
             continue
         try:
-            record, payload, fields = decode_consumed(message, record_type)
+            record, payload, _ = decode_consumed(message, record_type)
         except InvalidRecord as error:
             processor.reject_unparsed()
             _dead(result, message, str(error), topics, "invalid", processor)
@@ -231,26 +233,18 @@ def _ingest(processor: Processor, batch: list[Consumed], topics: TopicNames, qua
             continue
         row = JournalRow(outcome.seq, message.topic, message.partition, message.offset, record_type, record.ts,
                          payload, hashlib.sha256(payload).hexdigest())
-        result.journal.append(row)
-        result.outbox.append(OutboxMessage(topics.journal, input_key(record_type, fields), f"j-{row.seq}",
-                                           journal_record(row)))
+        result.journal.append(row)  # published from the journal table (the relay), as are the effects below
         _touch(result, record)
         effects = outcome.effects
         for entry in effects.fund_entries:
             result.fund_entries.append(entry)
-            result.outbox.append(OutboxMessage(topics.fund_ledger, entry.fund_id, entry.id,
-                                               canonical_json(record_dict(entry))))
         for event in effects.adl_events:
             result.adl_events.append(event)
             result.touched_accounts.add(event.account_id)
             result.touched_positions.add((event.account_id, event.symbol))
-            result.outbox.append(OutboxMessage(topics.adl_events, event.account_id, event.id,
-                                               canonical_json(record_dict(event))))
         result.findings.extend(effects.findings)
         for posting in effects.postings:
             result.postings.append(posting)
-            result.outbox.append(OutboxMessage(topics.postings, posting.asset, posting.id,
-                                               canonical_json(record_dict(posting))))
         for change in effects.adl_quantiles:
             result.adl_quantiles.append(change)
             key = change.account_id if change.kind == "quantile" else change.symbol

@@ -335,9 +335,10 @@ class CompiledService:
             result.touched_positions.add((account, event.fields["symbol"]))
         result.findings.extend(OutputLine(orjson.loads(line), line) for line in _lines(findings))
         result.postings.extend(OutputLine(orjson.loads(line), line) for line in _lines(postings))
-        # quantile records are only published: they reach the outbox alone, never a Python object
+        # quantile records are only published: they reach the outbox alone, never a Python object; the other
+        # records are published from their own tables
         self._dead_letters(result, dead, batch)
-        result.outbox_copy = self._outbox_copy(topics.prefix, journal, ledger_lines, adl, postings, quantiles, dead)
+        result.outbox_copy = self._outbox_copy(topics.prefix, b"", b"", b"", b"", quantiles, dead)
         result.duplicates = dict(duplicates)
         self.ids.applied(held_ids)
         result.held_ids = self.ids.drain()

@@ -59,6 +59,11 @@ class TopicNames:
     def outputs(self) -> tuple[str, ...]:
         return (self.journal, self.fund_ledger, self.adl_events, self.dead_letter, self.postings, self.adl_quantiles)
 
+    def of_source(self, source: str) -> str:
+        """The output topic the relay publishes a table source to (backstop.adapters.postgres.store.TABLE_SOURCES)."""
+        return {"journal": self.journal, "fund_ledger": self.fund_ledger, "adl_events": self.adl_events,
+                "postings": self.postings}[source]
+
     def role(self, topic: str) -> Literal["input", "journal", "ledger", "events", "dead-letter", "postings",
                                           "quantiles"]:
         if topic in self.inputs:

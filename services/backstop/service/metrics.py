@@ -26,8 +26,8 @@ CONSUMER_LAG = Gauge("backstop_consumer_lag", "Records not yet applied, per inpu
                      ["topic", "partition"], registry=REGISTRY)
 FUND_BALANCE = Gauge("backstop_fund_balance", "Insurance fund balance", ["fund_id"], registry=REGISTRY)
 JOURNAL_SEQ = Gauge("backstop_journal_seq", "Last applied journal seq", registry=REGISTRY)
-OUTBOX_BACKLOG = Gauge("backstop_outbox_backlog", "Outbox rows not yet published", registry=REGISTRY)
-RELAY_PUBLISHED = Counter("backstop_relay_published_total", "Records published by the outbox relay", ["topic"],
+OUTBOX_BACKLOG = Gauge("backstop_outbox_backlog", "Rows not yet published, over every relay source", registry=REGISTRY)
+RELAY_PUBLISHED = Counter("backstop_relay_published_total", "Records published by the relay", ["topic"],
                           registry=REGISTRY)
 RESTARTS = Counter("backstop_loop_restarts_total", "Loop restarts after an error", ["loop"], registry=REGISTRY)
 BACKGROUND_SECONDS = Histogram("backstop_background_seconds", "Forked whole-state work (refresh, snapshot), from the "

@@ -10,20 +10,22 @@ ones.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
-from backstop.adapters.postgres.store import Head, OutboxRow, RefreshCopy
+from backstop.adapters.postgres.store import OUTBOX, Head, OutboxRow, RefreshCopy
 from backstop.core.dedupe import HeldRow
 from backstop.pipeline.ingest import BatchResult, Consumed
 from backstop.pipeline.projections import Projections
+from backstop.pipeline.topics import TopicNames
 from backstop.settings import Settings
 
 Partition = tuple[str, int]
-OUTBOX_HEADER = "backstop-outbox-id"  # every published record carries its outbox id ...
-RECORD_ID_HEADER = "backstop-record-id"  # ... and its record id in these headers
+OUTBOX_HEADER = "backstop-outbox-id"  # a record from the outbox carries its outbox id, ...
+POSITION_HEADER = "backstop-position"  # ... one from its own table its seq or position there, ...
+RECORD_ID_HEADER = "backstop-record-id"  # ... and every record its record id, in these headers
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -102,11 +104,19 @@ class LedgerStore(Protocol):
 
     async def record_state_hash(self, seq: int, value: str) -> None: ...
 
-    async def unpublished(self, limit: int) -> list[OutboxRow]: ...
+    async def unpublished(self, limit: int, topics: TopicNames) -> list[OutboxRow]:
+        """The next rows of every relay source (the outbox, and the journal, fund ledger, ADL events and postings
+        tables) after its cursor, at most `limit` of each, each source in its own order; while outbox rows written
+        before the tables became sources wait, only those."""
+        ...
 
-    async def mark_published_up_to(self, last_id: int) -> None: ...
+    async def mark_published(self, up_to: Mapping[str, int]) -> None:
+        """Every row of each source up to its id in `up_to` is in Kafka (no cursor moves back)."""
+        ...
 
-    async def outbox_backlog(self) -> int: ...
+    async def outbox_backlog(self) -> int:
+        """Rows not yet published, over every source."""
+        ...
 
     def hold_lock(self, lock_id: int) -> AbstractAsyncContextManager[None]:
         """One holder per database and lock id; a second waits here (a standby). The lock dies with the session."""
@@ -122,8 +132,9 @@ class Publisher(Protocol):
 
     async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]: ...
 
-    async def last_outbox_ids(self, counts: Mapping[str, int]) -> dict[Partition, int]:
-        """Per output partition, the outbox id its last record carries (absent: an empty partition)."""
+    async def last_published(self, counts: Mapping[str, int]) -> dict[Partition, tuple[str, int]]:
+        """Per output partition, the header its last record carries its place in (OUTBOX_HEADER or POSITION_HEADER)
+        and that place (absent: an empty partition)."""
         ...
 
     async def send(self, rows: Sequence[tuple[OutboxRow, int]]) -> Counter[str]:
@@ -147,6 +158,19 @@ class Offload(Protocol):
     """Runs blocking work (the engine, building rows) off the event loop, as asyncio.to_thread does."""
 
     def __call__(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]: ...
+
+
+def place_header(row: OutboxRow) -> str:
+    """The header a published row carries its place in its source in."""
+    return OUTBOX_HEADER if row.source == OUTBOX else POSITION_HEADER
+
+
+def place_in_headers(headers: Iterable[tuple[str, bytes]]) -> tuple[str, int] | None:
+    """The place a published record's headers name: (its header, the id there); None on a record without one."""
+    for name, value in headers:
+        if name in (OUTBOX_HEADER, POSITION_HEADER):
+            return name, int(value)
+    return None
 
 
 async def no_checkpoint(step: str) -> None:

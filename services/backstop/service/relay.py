@@ -1,17 +1,22 @@
-"""The outbox relay: publishes outbox rows, in id order, with an idempotent producer, exactly once per record id.
+"""The relay: publishes what the ledger processor committed, with an idempotent producer, exactly once per record id.
 
-Each row goes to the partition Kafka's default partitioner gives its key (murmur2), chosen here explicitly, and
-carries its outbox id in a header. The relay reads the rows after its cursor (relay_cursor) and moves the cursor
-only once Kafka acknowledged every row up to it. Rows of one partition are published in id order, so on start the
-relay reads the last record of every output partition: every row of that partition with an id up to that record's
-header is already in Kafka (a crash between publishing and moving the cursor leaves exactly such rows) and is
-passed over without being sent again. No record id is published twice; per key, order is kept.
+It reads each source after a cursor of its own, in the order the source keeps: the journal (by seq), the fund
+ledger, the ADL events and the postings (by position) from their own tables, and from the outbox (by id) what has no
+table of its own (ADL quantile records, dead letters). Every output topic is fed by one source. Each row goes to the
+partition Kafka's default partitioner gives its key (murmur2), chosen here explicitly, and carries its place in its
+source in a header (POSITION_HEADER for a table's seq or position, OUTBOX_HEADER for an outbox id). A source's cursor
+moves only once Kafka acknowledged every row up to it. Rows of one partition are published in their source's order,
+so on start the relay reads the last record of every output partition: every row of that partition whose place is up
+to the one that record's header names is already in Kafka (a crash between publishing and moving the cursor leaves
+exactly such rows) and is passed over without being sent again. No record id is published twice; per key, order is
+kept. Outbox rows written before the tables became sources (migration 0008) are published before any table row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
@@ -21,7 +26,7 @@ from backstop import faults
 from backstop.adapters.postgres.store import RELAY_LOCK, OutboxRow
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics
-from backstop.service.ports import OUTBOX_HEADER, LedgerStore, Partition, Runtime
+from backstop.service.ports import OUTBOX_HEADER, POSITION_HEADER, LedgerStore, Partition, Runtime, place_header
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
 
@@ -34,15 +39,32 @@ def partition_for(key: str, partitions: int) -> int:
 
 
 def to_send(rows: Sequence[OutboxRow], counts: Mapping[str, int],
-            published_up_to: Mapping[Partition, int]) -> list[tuple[OutboxRow, int]]:
-    """The rows with their partitions, less those already in Kafka: published before a crash, before the cursor
-    moved (every row of a partition up to the outbox id its last record carries)."""
+            published_up_to: Mapping[Partition, tuple[str, int]]) -> list[tuple[OutboxRow, int]]:
+    """The rows with their partitions, less those already in Kafka: published before a crash, before their cursor
+    moved (every row of a partition up to the place its last record's header names, in that header's source)."""
+    if not published_up_to:  # nothing to pass over (the usual case, once the relay is past what it found)
+        return [(row, partition_for(row.key, counts[row.topic])) for row in rows]
     pending = []
     for row in rows:
         partition = partition_for(row.key, counts[row.topic])
-        if row.id > published_up_to.get((row.topic, partition), 0):
+        last = published_up_to.get((row.topic, partition))
+        if last is None or row.id > last[1] or place_header(row) != last[0]:
             pending.append((row, partition))
     return pending
+
+
+def still_ahead(published_up_to: Mapping[Partition, tuple[str, int]], rows: Sequence[OutboxRow],
+                sent_up_to: Mapping[str, int]) -> dict[Partition, tuple[str, int]]:
+    """The places found at start that rows not yet read may still be at or before: a partition's place is passed
+    once its source's rows were read up to it (each topic has one source, found from the rows read)."""
+    source_of = {(row.topic, place_header(row)): row.source for row in rows}
+    return {partition: place for partition, place in published_up_to.items()
+            if (source := source_of.get((partition[0], place[0]))) is None or sent_up_to[source] < place[1]}
+
+
+def last_of_each_source(rows: Sequence[OutboxRow]) -> dict[str, int]:
+    """The last row's id per source (each source's rows come in its order)."""
+    return {row.source: row.id for row in rows}
 
 
 class OutboxRelay(SupervisedLoop):
@@ -72,14 +94,14 @@ class OutboxRelay(SupervisedLoop):
         await publisher.start()
         try:
             counts = await publisher.partition_counts(self.topics.outputs)
-            published_up_to = await publisher.last_outbox_ids(counts)
+            published_up_to = await publisher.last_published(counts)
             self.ready = True
             await checkpoint("relay_start")
             while not self.stopping:
                 self._woken.clear()  # before reading: a commit after the read wakes the wait below
-                rows = await self.store.unpublished(settings.relay_batch)
-                metrics.OUTBOX_BACKLOG.set(len(rows) if len(rows) < settings.relay_batch
-                                           else await self.store.outbox_backlog())
+                rows = await self.store.unpublished(settings.relay_batch, self.topics)
+                full = max(Counter(row.source for row in rows).values(), default=0) >= settings.relay_batch
+                metrics.OUTBOX_BACKLOG.set(await self.store.outbox_backlog() if full else len(rows))
                 if not rows:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._woken.wait(), settings.relay_idle_ms / 1000)
@@ -88,7 +110,10 @@ class OutboxRelay(SupervisedLoop):
                 if sent:
                     faults.reached("relay_after_send")
                     await checkpoint("relay_send")
-                await self.store.mark_published_up_to(rows[-1].id)
+                sent_up_to = last_of_each_source(rows)
+                await self.store.mark_published(sent_up_to)
+                if published_up_to:
+                    published_up_to = still_ahead(published_up_to, rows, sent_up_to)
                 await checkpoint("relay_mark")
                 for topic, count in sorted(sent.items()):
                     metrics.RELAY_PUBLISHED.labels(topic).inc(count)
@@ -98,4 +123,5 @@ class OutboxRelay(SupervisedLoop):
             await publisher.stop()
 
 
-__all__ = ["OUTBOX_HEADER", "OutboxRelay", "OutboxRow", "partition_for", "to_send"]
+__all__ = ["OUTBOX_HEADER", "POSITION_HEADER", "OutboxRelay", "OutboxRow", "last_of_each_source", "partition_for",
+           "to_send"]

@@ -85,8 +85,12 @@ _OUTPUT_HEADERS = {
     "properties": {
         "backstop-record-id": {"type": "string", "description": "The record's deterministic `id`: consumers drop "
                                                                 "a record whose id they have seen."},
-        "backstop-outbox-id": {"type": "string", "description": "The outbox row that published the record (the "
-                                                                "relay's own bookkeeping)."},
+        "backstop-outbox-id": {"type": "string", "description": "The outbox row that published the record, on "
+                                                                "records published from the outbox (the relay's own "
+                                                                "bookkeeping)."},
+        "backstop-position": {"type": "string", "description": "The record's seq in the journal or position in its "
+                                                               "table, on records published from their own table "
+                                                               "(the relay's own bookkeeping)."},
     },
 }
 
@@ -151,7 +155,7 @@ def asyncapi() -> dict[str, Any]:
             "action": action, "channel": {"$ref": f"#/channels/{channel_id}"},
             "messages": [{"$ref": f"#/channels/{channel_id}/messages/{record}"} for record in records],
             "summary": (f"backstop consumes {named} records." if incoming
-                        else f"backstop publishes {named} records through its outbox."),
+                        else f"backstop publishes {named} records from its database (a relay)."),
             "tags": [{"name": "input" if incoming else "output"}]}
 
     for record_type in INPUT_TYPES:
@@ -175,7 +179,7 @@ def asyncapi() -> dict[str, Any]:
             "contact": {"name": "backstop maintainers"},
             "license": {"name": "Apache-2.0", "url": "https://www.apache.org/licenses/LICENSE-2.0"},
             "tags": [{"name": "input", "description": "Topics the venue writes and backstop consumes."},
-                     {"name": "output", "description": "Topics backstop publishes, through its outbox."}]},
+                     {"name": "output", "description": "Topics backstop publishes from its database (a relay)."}]},
         "defaultContentType": "application/json",
         "servers": {
             "local": {"host": "127.0.0.1:9092", "protocol": "kafka", "title": "local broker",

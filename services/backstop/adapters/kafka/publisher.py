@@ -1,6 +1,6 @@
 """The output topics through aiokafka: an idempotent producer sending record batches built here, one open batch per
 partition (a future per batch, not per record: the per-record send path cost more than the rest of the relay),
-each record carrying its outbox id in a header."""
+each record carrying its place in its source (its outbox id, or its seq or position in its own table) in a header."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from backstop.adapters.kafka.consumer import stop_consumer
 from backstop.adapters.postgres.store import OutboxRow
-from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, Partition
+from backstop.service.ports import RECORD_ID_HEADER, Partition, place_header, place_in_headers
 from backstop.settings import Settings
 
 RECORD_BATCH_BYTES = 512 << 10  # below the broker's default message.max.bytes (1 MiB)
@@ -43,7 +43,7 @@ class KafkaPublisher:
         sent: Counter[str] = Counter()
         for row, partition in rows:
             value, key = row.payload.encode(), row.key.encode()
-            headers = [(OUTBOX_HEADER, str(row.id).encode()), (RECORD_ID_HEADER, row.record_id.encode())]
+            headers = [(place_header(row), str(row.id).encode()), (RECORD_ID_HEADER, row.record_id.encode())]
             batch = open_batches.get((row.topic, partition))
             if batch is None or batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 if batch is not None:  # full: queue it and start the next one of this partition
@@ -58,7 +58,7 @@ class KafkaPublisher:
             await ack
         return sent
 
-    async def last_outbox_ids(self, counts: Mapping[str, int]) -> dict[Partition, int]:
+    async def last_published(self, counts: Mapping[str, int]) -> dict[Partition, tuple[str, int]]:
         """Reads the last record of every output partition."""
         settings = self.settings
         partitions = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
@@ -70,15 +70,15 @@ class KafkaPublisher:
         try:
             consumer.assign(partitions)
             ends = await consumer.end_offsets(partitions)
-            found: dict[Partition, int] = {}
+            found: dict[Partition, tuple[str, int]] = {}
             for tp in partitions:
                 if ends[tp] == 0:
                     continue
                 consumer.seek(tp, ends[tp] - 1)
                 record = await asyncio.wait_for(consumer.getone(tp), timeout=30)
-                for name, value in record.headers or ():
-                    if name == OUTBOX_HEADER:
-                        found[(tp.topic, tp.partition)] = int(value)
+                place = place_in_headers(record.headers or ())
+                if place is not None:
+                    found[(tp.topic, tp.partition)] = place
             return found
         finally:
             await stop_consumer(consumer)

@@ -17,7 +17,7 @@ from typing import NamedTuple, Protocol
 
 from backstop.adapters.postgres.store import OutboxRow
 from backstop.pipeline.ingest import Consumed
-from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, EndsUnavailable, Fetched, Partition
+from backstop.service.ports import RECORD_ID_HEADER, EndsUnavailable, Fetched, Partition, place_header, place_in_headers
 
 WAIT_STEP_S = 0.05  # a fetch with nothing to hand out looks again this often until its timeout
 
@@ -221,13 +221,14 @@ class MemoryPublisher:
     async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
         return {topic: self.broker.partitions(topic) for topic in topics}
 
-    async def last_outbox_ids(self, counts: Mapping[str, int]) -> dict[Partition, int]:
-        found: dict[Partition, int] = {}
+    async def last_published(self, counts: Mapping[str, int]) -> dict[Partition, tuple[str, int]]:
+        found: dict[Partition, tuple[str, int]] = {}
         for topic, partitions in counts.items():
             for number in range(partitions):
                 log = self.broker.topics[topic][number]
-                if log:
-                    found[(topic, number)] = int(dict(log[-1].headers)[OUTBOX_HEADER])
+                place = place_in_headers(log[-1].headers) if log else None
+                if place is not None:
+                    found[(topic, number)] = place
         return found
 
     async def send(self, rows: Sequence[tuple[OutboxRow, int]]) -> Counter[str]:
@@ -236,6 +237,6 @@ class MemoryPublisher:
             if self._interpose is not None:
                 await self._interpose("publish")
             self.broker.append(row.topic, partition, row.key.encode(), row.payload.encode(),
-                               ((OUTBOX_HEADER, str(row.id).encode()), (RECORD_ID_HEADER, row.record_id.encode())))
+                               ((place_header(row), str(row.id).encode()), (RECORD_ID_HEADER, row.record_id.encode())))
             sent[row.topic] += 1
         return sent

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from backstop.adapters.postgres.store import Head, OutboxRow, RefreshCopy
+from backstop.adapters.postgres.store import OUTBOX, TABLE_SOURCES, Head, OutboxRow, RefreshCopy, journal_relay_row
 from backstop.core.dedupe import HeldRow
 from backstop.core.errors import InvariantViolation
 from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.copy_text import copy_rows
 from backstop.pipeline.ingest import BatchResult, DeadLetter, JournalRow, outbox_messages, output_json, output_values
 from backstop.pipeline.projections import Projections, Rows
+from backstop.pipeline.topics import TopicNames
 from backstop.service.ports import Partition
 
 GENESIS = "0" * 64
@@ -62,6 +63,10 @@ class MemoryDatabase:
     dead_letter: list[DeadLetter] = field(default_factory=list)
     outbox: list[OutboxRow] = field(default_factory=list)
     relay_cursor: int = 0
+    # what the relay reads of the journal, fund ledger, ADL events and postings tables (their topic is the relay's
+    # to name), and its cursor in each
+    relayed: dict[str, list[OutboxRow]] = field(default_factory=lambda: {s: [] for s in TABLE_SOURCES})
+    relay_cursors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLE_SOURCES, 0))
     snapshots: dict[int, tuple[str, bytes]] = field(default_factory=dict)
     wallets: dict[tuple[str | None, ...], Row] = field(default_factory=dict)
     positions: dict[tuple[str | None, ...], Row] = field(default_factory=dict)
@@ -204,6 +209,7 @@ class MemoryStore:
         first_id = db.outbox[-1].id + 1 if db.outbox else 1
         db.outbox.extend(OutboxRow(first_id + i, m.topic, m.key, m.record_id, m.payload.decode())
                          for i, m in enumerate(outbox_messages(result)))
+        self._relayed(result)
         self._project(projections)
         db.consumed_offsets.update(result.next_offsets)
         state = db.engine_head or {"state_hash": None, "state_hash_seq": None}
@@ -211,6 +217,19 @@ class MemoryStore:
                           "adl_head": head.adl_head, "duplicates": head.duplicates, "rejected": head.rejected}
         db.transactions += 1
         await self._at("committed")
+
+    def _relayed(self, result: BatchResult) -> None:
+        """The batch's rows of each table source, as the PostgreSQL store reads them for the relay."""
+        relayed = self.db.relayed
+        journal = relayed["journal"]
+        journal.extend(OutboxRow(row.seq, "", *journal_relay_row(row), "journal") for row in result.journal)
+        for source, records, key in (("fund_ledger", result.fund_entries, "fund_id"),
+                                     ("adl_events", result.adl_events, "account_id"),
+                                     ("postings", result.postings, "asset")):
+            rows, first = relayed[source], len(relayed[source]) + 1  # positions 1, 2, 3 ...
+            rows.extend(OutboxRow(first + i, "", str(output_values(r, (key,))[0]),
+                                  str(output_values(r, ("id",))[0]), output_json(r).decode(), source)
+                        for i, r in enumerate(records))
 
     def _new_keys(self, result: BatchResult, head: Head, ledger_rows: list[tuple[str, str, int, str]],
                   adl_rows: list[tuple[str, str, int, str]]) -> tuple[dict[str, set[Any]], list[DeadLetter]]:
@@ -296,19 +315,31 @@ class MemoryStore:
             self.db.transactions += 1
 
     # ---------------------------------------------------------------- outbox
-    async def unpublished(self, limit: int) -> list[OutboxRow]:
+    async def unpublished(self, limit: int, topics: TopicNames) -> list[OutboxRow]:
         await self._at("unpublished")
-        cursor = self.db.relay_cursor
-        return [row for row in self.db.outbox if row.id > cursor][:limit]
+        db = self.db
+        cursor = db.relay_cursor
+        rows = [row for row in db.outbox if row.id > cursor][:limit]
+        for source in TABLE_SOURCES:
+            after, topic = db.relay_cursors[source], topics.of_source(source)
+            rows.extend(row._replace(topic=topic) for row in db.relayed[source][after:after + limit])
+        return rows
 
-    async def mark_published_up_to(self, last_id: int) -> None:
+    async def mark_published(self, up_to: Mapping[str, int]) -> None:
         await self._at("mark_published")
-        self.db.relay_cursor = max(self.db.relay_cursor, last_id)
+        db = self.db
+        for source, last in up_to.items():
+            if source == OUTBOX:
+                db.relay_cursor = max(db.relay_cursor, last)
+            else:
+                db.relay_cursors[source] = max(db.relay_cursors[source], last)
 
     async def outbox_backlog(self) -> int:
         await self._at("outbox_backlog")
-        cursor = self.db.relay_cursor
-        return sum(1 for row in self.db.outbox if row.id > cursor)
+        db = self.db
+        cursor = db.relay_cursor
+        return sum(1 for row in db.outbox if row.id > cursor) + sum(
+            len(db.relayed[source]) - db.relay_cursors[source] for source in TABLE_SOURCES)
 
     # ---------------------------------------------------------------- one holder per lock
     @contextlib.asynccontextmanager

@@ -3,13 +3,14 @@
 The writer holds a session advisory lock (one ledger processor per database); every batch also checks that the
 journal head it extends is the one it read (fencing), so a stale writer can never interleave. With an anchor key,
 every batch that appends to the journal also writes a signed checkpoint of the history (backstop.core.anchor).
+The relay reads what it publishes from the tables the batches wrote, each after a cursor of its own (unpublished).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -20,9 +21,11 @@ import orjson
 from backstop import faults
 from backstop.core.anchor import JOURNAL_GENESIS, Anchor, Checkpoint, SignedCheckpoint, journal_step
 from backstop.core.errors import InvariantViolation
+from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import SNAPSHOT_VERSION
-from backstop.pipeline.ingest import BatchResult, output_json, output_values
+from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
+from backstop.pipeline.topics import TopicNames, input_key
 
 WRITER_LOCK = 0x62616B77726974  # one ledger processor per database
 RELAY_LOCK = 0x62616B72656C61  # one outbox relay per database
@@ -40,12 +43,69 @@ class Head:
     adl_position: int
 
 
+OUTBOX = "outbox"  # the relay's source of what has no table of its own (ADL quantile records, dead letters)
+TABLE_SOURCES = ("journal", "fund_ledger", "adl_events", "postings")  # published from their own tables
+
+
 class OutboxRow(NamedTuple):  # one per published record: a NamedTuple is built 3x faster than a frozen dataclass
-    id: int
+    id: int  # its place in its source: the outbox id, the journal seq, or the position in its table
     topic: str
     key: str
     record_id: str
     payload: str
+    source: str = OUTBOX  # the table it is read from (OUTBOX or one of TABLE_SOURCES)
+
+
+# The relay's next rows: at most $1 of every source after its cursor, in one statement (one round trip, one
+# snapshot), sorted by source (in RELAY_SOURCES order) and then by id. Each row: its source's rank, its id, and
+# either the outbox's topic, key, record id and payload, a table's key, record id and stored record, or the journal
+# row's columns, of which the relay builds the journal record (journal_relay_row). The tables wait while outbox rows
+# written before they became sources (migration 0008, legacy_up_to) do.
+RELAY_SOURCES = (OUTBOX, *TABLE_SOURCES)
+_TABLES_READY = "(SELECT published_up_to >= legacy_up_to FROM relay_cursor)"
+
+
+def _after_cursor(source: str) -> str:
+    return f"(SELECT published_up_to FROM relay_sources WHERE source = '{source}')"
+
+
+UNPUBLISHED_SQL = (
+    "SELECT * FROM ("
+    "(SELECT 0 AS rank, id, topic, key, record_id, payload, NULL::text AS source_topic, NULL::int AS "
+    "source_partition, NULL::bigint AS source_offset, NULL::bigint AS ts, NULL::text AS payload_hash FROM outbox "
+    "WHERE id > (SELECT published_up_to FROM relay_cursor) ORDER BY id LIMIT $1) "
+    "UNION ALL (SELECT 1, seq, type, NULL, NULL, payload, source_topic, source_partition, source_offset, ts, "
+    f"payload_hash FROM journal WHERE {_TABLES_READY} AND seq > {_after_cursor('journal')} ORDER BY seq LIMIT $1) "
+    "UNION ALL (SELECT 2, position, NULL, fund_id, id, record, NULL, NULL, NULL, NULL, NULL FROM fund_ledger "
+    f"WHERE {_TABLES_READY} AND position > {_after_cursor('fund_ledger')} ORDER BY position LIMIT $1) "
+    "UNION ALL (SELECT 3, position, NULL, account_id, id, record, NULL, NULL, NULL, NULL, NULL FROM adl_events "
+    f"WHERE {_TABLES_READY} AND position > {_after_cursor('adl_events')} ORDER BY position LIMIT $1) "
+    "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL FROM postings "
+    f"WHERE {_TABLES_READY} AND position > {_after_cursor('postings')} ORDER BY position LIMIT $1)"
+    ") AS next ORDER BY rank, id")
+# Rows not yet published, over every source, from each source's last id and its cursor (index lookups, not a
+# count): the journal's seqs and the tables' positions have no gaps; an outbox id a rolled-back batch took is counted
+# too, so the outbox's part is an upper bound, exact at zero.
+RELAY_BACKLOG_SQL = (
+    "SELECT (SELECT greatest(coalesce(max(id), 0) - (SELECT published_up_to FROM relay_cursor), 0) FROM outbox) + "
+    "(SELECT coalesce(sum(greatest(last - published_up_to, 0)), 0)::bigint FROM relay_sources JOIN (VALUES "
+    "('journal', (SELECT coalesce(max(seq), 0) FROM journal)), "
+    "('fund_ledger', (SELECT coalesce(max(position), 0) FROM fund_ledger)), "
+    "('adl_events', (SELECT coalesce(max(position), 0) FROM adl_events)), "
+    "('postings', (SELECT coalesce(max(position), 0) FROM postings))) AS t(source, last) USING (source))")
+
+
+def journal_relay_row(row: JournalRow) -> tuple[str, str, str]:
+    """A journal row as the relay publishes it: (key, record id, the journal record's canonical JSON). The JSON is
+    journal_record's, written out in its sorted key order (the payload is canonical JSON already; the hash is hex;
+    the topic is encoded as JSON); test_ingest and the relay tests hold it to journal_record's bytes."""
+    key = input_key(row.type, orjson.loads(row.payload))
+    seq = row.seq
+    return key, f"j-{seq}", (
+        f'{{"id":"j-{seq}","payload_hash":"{row.payload_hash}","record":{row.payload.decode()},'
+        f'"schema_version":{SCHEMA_VERSION},"seq":{seq},"source_offset":{row.source_offset},'
+        f'"source_partition":{row.source_partition},"source_topic":{orjson.dumps(row.source_topic).decode()},'
+        f'"ts":{row.ts}}}')
 
 
 WALLET_COLUMNS = ["account_id", "asset", "wallet", "seq"]
@@ -504,18 +564,40 @@ class Store:
         row = await self.pool.fetchrow("SELECT seq, head_hash, state_hash, state_hash_seq FROM engine_head")
         return dict(row) if row else {"seq": 0, "head_hash": None, "state_hash": None, "state_hash_seq": None}
 
-    # ---------------------------------------------------------------- outbox
-    async def unpublished(self, limit: int) -> list[OutboxRow]:
-        """The next rows after the relay's cursor, in id order."""
-        rows = await self.pool.fetch("SELECT id, topic, key, record_id, payload FROM outbox WHERE id > "
-                                     "(SELECT published_up_to FROM relay_cursor) ORDER BY id LIMIT $1", limit)
-        return [OutboxRow._make(r) for r in rows]  # the columns in the order of the fields
+    # ---------------------------------------------------------------- the relay's sources
+    async def unpublished(self, limit: int, topics: TopicNames) -> list[OutboxRow]:
+        """The next rows of every source after its cursor, at most `limit` of each, each source in its own order
+        (one statement: UNPUBLISHED_SQL). While outbox rows written before the tables became sources (migration
+        0008) wait, only those."""
+        found = await self.pool.fetch(UNPUBLISHED_SQL, limit)
+        table_topics = [topics.of_source(source) for source in TABLE_SOURCES]
+        rows = []
+        for r in found:
+            rank = r[0]
+            if rank == 0:
+                rows.append(OutboxRow(r[1], r[2], r[3], r[4], r[5]))
+            elif rank == 1:  # the journal: its record built from the row
+                journal_row = JournalRow(r[1], r[6], r[7], r[8], r[2], r[9], r[5].encode(), r[10])
+                rows.append(OutboxRow(r[1], table_topics[0], *journal_relay_row(journal_row), "journal"))
+            else:
+                rows.append(OutboxRow(r[1], table_topics[rank - 1], r[3], r[4], r[5], TABLE_SOURCES[rank - 1]))
+        return rows
 
-    async def mark_published_up_to(self, last_id: int) -> None:
-        """Every outbox row up to last_id is in Kafka (the cursor never moves back)."""
-        await self.pool.execute("UPDATE relay_cursor SET published_up_to = $1 WHERE published_up_to < $1", last_id)
+    async def mark_published(self, up_to: Mapping[str, int]) -> None:
+        """Every row of each source up to its id in `up_to` is in Kafka (no cursor ever moves back)."""
+        outbox = up_to.get(OUTBOX)
+        tables = sorted((source, last) for source, last in up_to.items() if source != OUTBOX)
+        async with self.pool.acquire() as connection, connection.transaction():
+            if outbox is not None:
+                await connection.execute("UPDATE relay_cursor SET published_up_to = $1 WHERE published_up_to < $1",
+                                         outbox)
+            if tables:
+                await connection.execute(
+                    "UPDATE relay_sources s SET published_up_to = u.up_to FROM unnest($1::text[], $2::bigint[]) "
+                    "AS u(source, up_to) WHERE s.source = u.source AND s.published_up_to < u.up_to",
+                    [source for source, _ in tables], [last for _, last in tables])
 
     async def outbox_backlog(self) -> int:
-        value: int = await self.pool.fetchval(
-            "SELECT count(*) FROM outbox WHERE id > (SELECT published_up_to FROM relay_cursor)")
-        return value
+        """Rows not yet published, over every source."""
+        backlog: int = await self.pool.fetchval(RELAY_BACKLOG_SQL)
+        return backlog
