@@ -21,6 +21,7 @@ use crate::valuation::{Valuation, LARGEST_PRICE, MAX_FACE};
 use crate::wire::{Body, ContractType, Dec, MarginMode, PositionSide, Record, Side as TradeSide, Surplus};
 use ethnum::I256;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::fmt::Write as _;
 
 pub const SCHEMA_VERSION: i128 = 1;
 pub const FUND_ACCOUNT_PREFIX: &str = "fund:";
@@ -134,6 +135,8 @@ pub struct Engine {
     cause: Cause,
     /// Each touched fund's balance and its symbols' PnL as the current event found them (Bybit's trigger).
     drawdown_before: Option<FundValues>,
+    /// A posting's texts, written here without an allocation per posting (`post`); not state.
+    posting_texts: String,
 }
 
 /// A fund, its balance (1e-8) and each of its symbols' PnL (1e-16), at one moment (Bybit's trigger).
@@ -180,6 +183,7 @@ impl Default for Engine {
             counts: EventCounts::default(),
             cause: Cause::default(),
             drawdown_before: None,
+            posting_texts: String::new(),
         }
     }
 }
@@ -1642,11 +1646,22 @@ impl Engine {
             return;
         }
         let (debit, credit, amount) = if amount < 0 { (destination, source, -amount) } else { (source, destination, amount) };
-        let id = format!("p-{}-{}", self.seq, self.counts.postings);
         let touches_fund = matches!(debit, Account::Fund(_)) || matches!(credit, Account::Fund(_));
-        let fund_entry_id = touches_fund.then(|| format!("fl-{}-{}", self.seq, self.counts.fund_entries));
         self.counts.fund_postings += u64::from(touches_fund);
-        let (debit_name, credit_name) = (debit.name(&self.names), credit.name(&self.names));
+        // the record's texts in one buffer kept across postings: debit, credit, id, fund-ledger entry id
+        let mut texts = std::mem::take(&mut self.posting_texts);
+        texts.clear();
+        debit.push_name(&self.names, &mut texts);
+        let debit_end = texts.len();
+        credit.push_name(&self.names, &mut texts);
+        let credit_end = texts.len();
+        let _ = write!(texts, "p-{}-{}", self.seq, self.counts.postings);
+        let id_end = texts.len();
+        if touches_fund {
+            let _ = write!(texts, "fl-{}-{}", self.seq, self.counts.fund_entries);
+        }
+        let (debit_name, credit_name, id) = (&texts[..debit_end], &texts[debit_end..credit_end], &texts[credit_end..id_end]);
+        let fund_entry_id = touches_fund.then(|| &texts[id_end..]);
         let cause = &self.cause;
         fn optional(value: &Option<String>) -> J<'_> {
             value.as_deref().map_or(J::Null, J::Str)
@@ -1656,15 +1671,15 @@ impl Engine {
             ("adl_event_id", optional(&cause.adl_event_id)),
             ("amount", J::Wide(amount, S8)),
             ("asset", J::Str(self.names.name(asset))),
-            ("credit_account", J::Str(&credit_name)),
+            ("credit_account", J::Str(credit_name)),
             ("credit_balance_after", J::Wide(self.ledger.balance(credit), S8)),
-            ("debit_account", J::Str(&debit_name)),
+            ("debit_account", J::Str(debit_name)),
             ("debit_balance_after", J::Wide(self.ledger.balance(debit), S8)),
             ("fill_id", optional(&cause.fill_id)),
-            ("fund_entry_id", fund_entry_id.as_deref().map_or(J::Null, J::Str)),
+            ("fund_entry_id", fund_entry_id.map_or(J::Null, J::Str)),
         ]);
         let after = J::Obj(vec![
-            ("id", J::Str(&id)),
+            ("id", J::Str(id)),
             ("kind", J::Str(kind)),
             ("liquidation_id", optional(&cause.liquidation_id)),
             ("prev_hash", J::Str(&self.postings_head)),
@@ -1675,6 +1690,8 @@ impl Engine {
         ]);
         let hash = canonical::write_chained(&mut out.postings, &before, &after);
         out.postings.push(b'\n');
+        drop((before, after));
+        self.posting_texts = texts;
         self.postings_head = hash;
         self.counts.postings += 1;
         out.posting_count += 1;

@@ -18,6 +18,7 @@ pub mod adl_index;
 pub mod engine;
 pub mod ledger;
 pub mod outbox;
+pub mod output_files;
 pub mod processor;
 pub mod projection;
 pub mod quantiles;

@@ -196,7 +196,12 @@ impl Processor {
     /// (backstop.adapters.journal_file): a record is the bytes between two `\n`, a `\r` right before the `\n` is
     /// dropped, blank lines are counted and skipped.
     pub fn apply_lines(&mut self, chunk: &[u8], first_line: u64) -> Batch {
-        let mut batch = Batch::default();
+        self.apply_lines_into(chunk, first_line, Outputs::default())
+    }
+
+    /// `apply_lines` writing the outputs into `outputs` (empty; its buffers' memory reused: crate::output_files).
+    pub fn apply_lines_into(&mut self, chunk: &[u8], first_line: u64, outputs: Outputs) -> Batch {
+        let mut batch = Batch { outputs, ..Batch::default() };
         self.apply_chunk(chunk, first_line, &mut batch);
         if self.check_conservation {
             let total = self.engine.ledger.sum();

@@ -5,6 +5,7 @@ use backstop_engine::adl::Policy;
 use backstop_engine::idtable::IdTable;
 use backstop_engine::processor::{Consumed, Processor, RestoreError};
 use backstop_engine::simulation::Simulation;
+use backstop_engine::output_files::{OutputFiles, WriteError};
 use backstop_engine::{outbox, projection};
 use backstop_engine::state::Side;
 use backstop_engine::{canonical, json, numbers, wire};
@@ -12,7 +13,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::types::PyTuple;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -148,6 +149,19 @@ create_exception!(_engine, InvariantViolation, PyException,
 struct Ledger {
     processor: Processor,
     poisoned: Option<String>,
+    /// the replay's output files, when the engine writes them itself (write_outputs)
+    files: Option<OutputFiles>,
+}
+
+/// A write error as Python's OSError (errno, its text, the file), as a failed `open(...).write` raises it.
+fn os_error(failure: WriteError) -> PyErr {
+    let text = failure.error.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+    let path = failure.path.to_string_lossy().into_owned();
+    match failure.error.raw_os_error() {
+        Some(code) => PyOSError::new_err((code, text, path)),
+        None => PyOSError::new_err(format!("cannot write {path}: {text}")),
+    }
 }
 
 impl Ledger {
@@ -227,7 +241,7 @@ impl Ledger {
         if let Some((slippage_bps, partial, market_fill)) = simulation {
             processor.simulation = Some(simulation_params(&slippage_bps, partial, &market_fill)?);
         }
-        Ok(Ledger { processor, poisoned: None })
+        Ok(Ledger { processor, poisoned: None, files: None })
     }
 
     fn events_applied(&self) -> u64 {
@@ -238,7 +252,19 @@ impl Ledger {
     fn apply_lines<'py>(&mut self, py: Python<'py>, chunk: &[u8], first_line: u64, held: &[u8])
                         -> PyResult<Bound<'py, PyTuple>> {
         self.processor.begin_batch(held).map_err(PyValueError::new_err)?;
-        let batch = py.detach(|| self.guarded(|processor| processor.apply_lines(chunk, first_line)))?;
+        let batch = py.detach(|| {
+            let mut files = self.files.take();
+            let outputs = files.as_mut().map(OutputFiles::outputs).unwrap_or_default();
+            let applied = self.guarded(|processor| processor.apply_lines_into(chunk, first_line, outputs));
+            let handed = match (applied, files.as_mut()) {
+                (Ok(mut batch), Some(writer)) => {
+                    writer.hand_over(std::mem::take(&mut batch.outputs)).map(|()| batch).map_err(os_error)
+                }
+                (applied, _) => applied,
+            };
+            self.files = files;
+            handed
+        })?;
         let mut snapshots: Vec<(u64, Bound<'py, PyBytes>, Bound<'py, PyBytes>)> = Vec::new();
         for due in &batch.snapshots {
             snapshots.push((due.seq, PyBytes::new(py, &due.document), self.ids_bytes(py, due.seq, due.ids)?));
@@ -256,6 +282,26 @@ impl Ledger {
             PyBytes::new(py, &batch.journal),
         )
             .into_pyobject(py)
+    }
+
+    /// From now on write the output files of apply_lines (all but dead-letter.jsonl: output_files::FILE_NAMES)
+    /// into `directory` from a thread of the engine's own; apply_lines returns them empty. OSError: a file that
+    /// cannot be created.
+    fn write_outputs(&mut self, py: Python<'_>, directory: std::path::PathBuf) -> PyResult<()> {
+        if self.files.is_some() {
+            return Err(PyValueError::new_err("the engine writes its output files already"));
+        }
+        self.files = Some(py.detach(|| OutputFiles::create(&directory)).map_err(os_error)?);
+        Ok(())
+    }
+
+    /// Write everything handed over, close the files and stop their thread (nothing when none were opened).
+    /// OSError: the first write that failed.
+    fn finish_outputs(&mut self, py: Python<'_>) -> PyResult<()> {
+        match self.files.take() {
+            Some(mut files) => py.detach(|| files.finish()).map_err(os_error),
+            None => Ok(()),
+        }
     }
 
     /// (long positions, positions) of a symbol: the depth of its ADL queues (0, 0 for a symbol unknown).

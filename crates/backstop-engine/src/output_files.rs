@@ -1,0 +1,201 @@
+//! The replay's output files written by a thread of their own (docs/engines.md, "The replay's pipeline"): the
+//! engine fills a batch's output buffers, hands them to the writer through a bounded channel and goes on with the
+//! next batch, while the writer appends them to their files (the kernel's copy into the page cache runs on the
+//! other core). Emptied buffers come back for the next batches, so their memory is allocated once, not per batch.
+//! The first write error stops the writer; the engine's next hand-over (or `finish`) returns it.
+
+use crate::engine::Outputs;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+/// The files, in the order of `Buffers::parts`.
+pub const FILE_NAMES: [&str; 6] = ["fund-ledger.jsonl", "adl-events.jsonl", "adl-rounds.jsonl", "findings.jsonl",
+                                   "postings.jsonl", "adl-quantiles.jsonl"];
+
+/// Batches handed over and not yet written: the engine runs at most this far ahead of the writer.
+const QUEUE_BATCHES: usize = 2;
+
+/// One batch's output bytes, a buffer per file.
+#[derive(Default, Debug)]
+pub struct Buffers {
+    pub parts: [Vec<u8>; 6],
+}
+
+impl Buffers {
+    /// Exchange these buffers with the output lines of `outputs` (its counts stay).
+    fn swap_with(&mut self, outputs: &mut Outputs) {
+        let [ledger, adl, rounds, findings, postings, quantiles] = &mut self.parts;
+        std::mem::swap(ledger, &mut outputs.fund_ledger);
+        std::mem::swap(adl, &mut outputs.adl_events);
+        std::mem::swap(rounds, &mut outputs.adl_rounds);
+        std::mem::swap(findings, &mut outputs.findings);
+        std::mem::swap(postings, &mut outputs.postings);
+        std::mem::swap(quantiles, &mut outputs.adl_quantiles);
+    }
+}
+
+/// A write error with the file it happened on.
+#[derive(Debug)]
+pub struct WriteError {
+    pub path: PathBuf,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "cannot write {}: {}", self.path.display(), self.error)
+    }
+}
+
+/// The writer thread of one output directory.
+#[derive(Debug)]
+pub struct OutputFiles {
+    full: Option<SyncSender<Buffers>>,
+    /// in a Mutex only to be Sync (the Python object holding it must be); always reached through `&mut self`
+    emptied: Mutex<Receiver<Buffers>>,
+    writer: Option<JoinHandle<Result<(), WriteError>>>,
+}
+
+impl OutputFiles {
+    /// Create (or truncate) the files in `directory` and start their writer.
+    pub fn create(directory: &Path) -> Result<OutputFiles, WriteError> {
+        let mut files = Vec::with_capacity(FILE_NAMES.len());
+        for name in FILE_NAMES {
+            let path = directory.join(name);
+            match File::create(&path) {
+                Ok(file) => files.push((path, file)),
+                Err(error) => return Err(WriteError { path, error }),
+            }
+        }
+        OutputFiles::start(files)
+    }
+
+    /// Start the writer of files opened already, in the order of FILE_NAMES.
+    pub fn start(files: Vec<(PathBuf, File)>) -> Result<OutputFiles, WriteError> {
+        let (full, to_write) = mpsc::sync_channel::<Buffers>(QUEUE_BATCHES);
+        // the writer returns each batch's buffers once written: at most every batch queued, the one being
+        // written and the engine's own can be in flight, so this channel never blocks the writer
+        let (written, emptied) = mpsc::sync_channel::<Buffers>(QUEUE_BATCHES + 2);
+        let writer = std::thread::Builder::new()
+            .name("backstop-output-writer".to_string())
+            .spawn(move || write_all(files, to_write, written))
+            .map_err(|error| WriteError { path: PathBuf::from("the output writer thread"), error })?;
+        Ok(OutputFiles { full: Some(full), emptied: Mutex::new(emptied), writer: Some(writer) })
+    }
+
+    /// Empty outputs for the next batch, in buffers the writer has emptied (their memory kept) when one has come
+    /// back.
+    pub fn outputs(&mut self) -> Outputs {
+        let mut outputs = Outputs::default();
+        let emptied = self.emptied.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Ok(mut buffers) = emptied.try_recv() {
+            buffers.swap_with(&mut outputs);
+        }
+        outputs
+    }
+
+    /// Hand a batch's output lines to the writer. Err: the writer stopped on an error (the files are incomplete).
+    pub fn hand_over(&mut self, mut outputs: Outputs) -> Result<(), WriteError> {
+        let mut buffers = Buffers::default();
+        buffers.swap_with(&mut outputs);
+        let Some(full) = &self.full else { return self.finish() };
+        if full.send(buffers).is_err() {
+            return self.finish(); // the writer stopped: its error
+        }
+        Ok(())
+    }
+
+    /// Write what was handed over, flush and close the files; the first write error, if any.
+    pub fn finish(&mut self) -> Result<(), WriteError> {
+        self.full = None; // the writer ends when the channel is empty and closed
+        match self.writer.take() {
+            Some(writer) => writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for OutputFiles {
+    fn drop(&mut self) {
+        let _ = self.finish(); // never leave the thread writing behind its owner; the error was the owner's to ask
+    }
+}
+
+fn write_all(files: Vec<(PathBuf, File)>, to_write: Receiver<Buffers>, written: SyncSender<Buffers>)
+             -> Result<(), WriteError> {
+    let mut files = files;
+    for mut buffers in to_write {
+        for ((path, file), part) in files.iter_mut().zip(&mut buffers.parts) {
+            if !part.is_empty() {
+                file.write_all(part).map_err(|error| WriteError { path: path.clone(), error })?;
+                part.clear();
+            }
+        }
+        let _ = written.try_send(buffers); // the engine may have finished: then the buffers are simply freed
+    }
+    for (path, file) in &mut files {
+        file.flush().map_err(|error| WriteError { path: path.clone(), error })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let directory = std::env::temp_dir().join(format!("backstop-output-files-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        std::fs::create_dir_all(&directory).unwrap();
+        directory
+    }
+
+    #[test]
+    fn batches_are_appended_in_order_and_buffers_come_back() {
+        let directory = scratch("order");
+        let mut files = OutputFiles::create(&directory).unwrap();
+        let mut expected = Vec::new();
+        for batch in 0..50u32 {
+            let mut outputs = files.outputs();
+            assert!(outputs.postings.is_empty() && outputs.fund_ledger.is_empty());
+            let line = format!("{{\"batch\":{batch}}}\n").repeat(1 + batch as usize % 7);
+            outputs.postings.extend_from_slice(line.as_bytes());
+            outputs.fund_ledger.extend_from_slice(b"x\n");
+            expected.extend_from_slice(line.as_bytes());
+            files.hand_over(outputs).unwrap();
+        }
+        files.finish().unwrap();
+        assert_eq!(std::fs::read(directory.join("postings.jsonl")).unwrap(), expected);
+        assert_eq!(std::fs::read(directory.join("fund-ledger.jsonl")).unwrap(), b"x\n".repeat(50));
+        assert_eq!(std::fs::read(directory.join("adl-events.jsonl")).unwrap(), b"");
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+
+    #[test]
+    fn a_write_error_stops_the_writer_and_is_returned_with_its_file() {
+        let Ok(full) = File::options().write(true).open("/dev/full") else { return }; // writes fail: ENOSPC
+        let directory = scratch("full");
+        let mut files: Vec<(PathBuf, File)> =
+            FILE_NAMES.iter().map(|name| (directory.join(name), File::create(directory.join(name)).unwrap())).collect();
+        files[4] = (PathBuf::from("/dev/full"), full);
+        let mut writer = OutputFiles::start(files).unwrap();
+        let mut first_error = None;
+        for _ in 0..10 {
+            let mut outputs = writer.outputs();
+            outputs.postings.extend_from_slice(b"{}\n");
+            if let Err(error) = writer.hand_over(outputs) {
+                first_error = Some(error);
+                break;
+            }
+        }
+        let error = first_error.or_else(|| writer.finish().err()).expect("the write error");
+        assert_eq!(error.path, PathBuf::from("/dev/full"));
+        assert!(error.to_string().starts_with("cannot write /dev/full: "), "{error}");
+        assert!(writer.finish().is_ok(), "the error is returned once, the thread is gone");
+        std::fs::remove_dir_all(directory).unwrap();
+    }
+}
