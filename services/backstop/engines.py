@@ -153,6 +153,10 @@ class LedgerEngine(Protocol):
 
     def summary(self) -> dict[str, Any]: ...
 
+    def summary_and_accounts(self) -> tuple[dict[str, Any], bytes]:
+        """summary() and accounts_json() at once (the compiled engine computes them side by side)."""
+        ...
+
     def queue_depth(self, symbol: str) -> tuple[int, int]:
         """(long positions, positions) of a symbol: its ADL queues' depth."""
         ...
@@ -321,6 +325,9 @@ class ReferenceEngine:
     def summary(self) -> dict[str, Any]:
         return summary(self.processor)
 
+    def summary_and_accounts(self) -> tuple[dict[str, Any], bytes]:
+        return self.summary(), self.accounts_json()
+
     def queue_depth(self, symbol: str) -> tuple[int, int]:
         positions = self.processor.engine.by_symbol.get(symbol, {})
         return sum(1 for p in positions.values() if p.qty > 0), len(positions)
@@ -449,6 +456,11 @@ class CompiledEngine:
     def summary(self) -> dict[str, Any]:
         document: dict[str, Any] = orjson.loads(self._ledger.summary_json())
         return document
+
+    def summary_and_accounts(self) -> tuple[dict[str, Any], bytes]:
+        summary_json, accounts = self._ledger.summary_and_accounts()
+        document: dict[str, Any] = orjson.loads(summary_json)
+        return document, accounts
 
     def queue_depth(self, symbol: str) -> tuple[int, int]:
         return self._ledger.queue_depth(symbol)

@@ -41,6 +41,8 @@ pub struct Outputs {
     pub postings: Vec<u8>,
     pub adl_quantiles: Vec<u8>,
     pub adl_rounds: Vec<u8>,
+    /// the postings whose hashes are left to fill, in order (Engine::defer_postings_hash)
+    pub unhashed_postings: Vec<canonical::Unhashed>,
     pub fund_entries: u64,
     pub adl_count: u64,
     pub finding_count: u64,
@@ -137,6 +139,9 @@ pub struct Engine {
     drawdown_before: Option<FundValues>,
     /// A posting's texts, written here without an allocation per posting (`post`); not state.
     posting_texts: String,
+    /// Leave each posting's prev_hash and hash to the output writer (Outputs::unhashed_postings): `postings_head`
+    /// is then the head before the first of them until the writer gives the chain's head back. Not state.
+    pub defer_postings_hash: bool,
 }
 
 /// A fund, its balance (1e-8) and each of its symbols' PnL (1e-16), at one moment (Bybit's trigger).
@@ -184,6 +189,7 @@ impl Default for Engine {
             cause: Cause::default(),
             drawdown_before: None,
             posting_texts: String::new(),
+            defer_postings_hash: false,
         }
     }
 }
@@ -1666,7 +1672,8 @@ impl Engine {
         fn optional(value: &Option<String>) -> J<'_> {
             value.as_deref().map_or(J::Null, J::Str)
         }
-        // the keys before "hash" and after it: the record is written once, the hash taken over both halves
+        // the keys before "hash", between it and "prev_hash", and after: the record is written once, its hashes
+        // filled in at once or, deferred, by the output writer in the chain's order (crate::output_files)
         let before = J::Obj(vec![
             ("adl_event_id", optional(&cause.adl_event_id)),
             ("amount", J::Wide(amount, S8)),
@@ -1678,21 +1685,26 @@ impl Engine {
             ("fill_id", optional(&cause.fill_id)),
             ("fund_entry_id", fund_entry_id.map_or(J::Null, J::Str)),
         ]);
-        let after = J::Obj(vec![
+        let middle = J::Obj(vec![
             ("id", J::Str(id)),
             ("kind", J::Str(kind)),
             ("liquidation_id", optional(&cause.liquidation_id)),
-            ("prev_hash", J::Str(&self.postings_head)),
+        ]);
+        let after = J::Obj(vec![
             ("schema_version", J::Int(SCHEMA_VERSION)),
             ("seq", J::Int(self.seq as i128)),
             ("transfer_id", optional(&cause.transfer_id)),
             ("ts", J::Int(self.ts as i128)),
         ]);
-        let hash = canonical::write_chained(&mut out.postings, &before, &after);
+        let written = canonical::write_chained_unhashed(&mut out.postings, &before, &middle, &after);
         out.postings.push(b'\n');
-        drop((before, after));
+        drop((before, middle, after));
         self.posting_texts = texts;
-        self.postings_head = hash;
+        if self.defer_postings_hash {
+            out.unhashed_postings.push(written);
+        } else {
+            canonical::fill_chained(&mut out.postings, &written, &mut self.postings_head);
+        }
         self.counts.postings += 1;
         out.posting_count += 1;
     }

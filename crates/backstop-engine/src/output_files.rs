@@ -4,26 +4,41 @@
 //! other core). Emptied buffers come back for the next batches, so their memory is allocated once, not per batch.
 //! The first write error stops the writer; the engine's next hand-over (or `finish`) returns it.
 
+use crate::canonical::{fill_chained, Unhashed};
 use crate::engine::Outputs;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// The files, in the order of `Buffers::parts`.
 pub const FILE_NAMES: [&str; 6] = ["fund-ledger.jsonl", "adl-events.jsonl", "adl-rounds.jsonl", "findings.jsonl",
                                    "postings.jsonl", "adl-quantiles.jsonl"];
 
+/// The postings file's place in FILE_NAMES and `Buffers::parts`.
+const POSTINGS: usize = 4;
+
 /// Batches handed over and not yet written: the engine runs at most this far ahead of the writer.
 const QUEUE_BATCHES: usize = 2;
 
-/// One batch's output bytes, a buffer per file.
+/// One batch's output bytes, a buffer per file, and the postings whose hashes the writer fills in.
 #[derive(Default, Debug)]
 pub struct Buffers {
     pub parts: [Vec<u8>; 6],
+    pub unhashed_postings: Vec<Unhashed>,
 }
+
+/// What the writer has done: batches written, the postings chain's head after them, whether it has stopped.
+#[derive(Debug)]
+struct Progress {
+    written: u64,
+    postings_head: String,
+    stopped: bool,
+}
+
+type Shared = Arc<(Mutex<Progress>, Condvar)>;
 
 impl Buffers {
     /// Exchange these buffers with the output lines of `outputs` (its counts stay).
@@ -35,6 +50,7 @@ impl Buffers {
         std::mem::swap(findings, &mut outputs.findings);
         std::mem::swap(postings, &mut outputs.postings);
         std::mem::swap(quantiles, &mut outputs.adl_quantiles);
+        std::mem::swap(&mut self.unhashed_postings, &mut outputs.unhashed_postings);
     }
 }
 
@@ -43,6 +59,17 @@ impl Buffers {
 pub struct WriteError {
     pub path: PathBuf,
     pub error: io::Error,
+}
+
+impl WriteError {
+    /// The same error again (io::Error is not Clone): the writer's error is returned to every later call.
+    fn again(&self) -> WriteError {
+        let error = match self.error.raw_os_error() {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(self.error.kind(), self.error.to_string()),
+        };
+        WriteError { path: self.path.clone(), error }
+    }
 }
 
 impl std::fmt::Display for WriteError {
@@ -58,11 +85,16 @@ pub struct OutputFiles {
     /// in a Mutex only to be Sync (the Python object holding it must be); always reached through `&mut self`
     emptied: Mutex<Receiver<Buffers>>,
     writer: Option<JoinHandle<Result<(), WriteError>>>,
+    progress: Shared,
+    handed: u64,
+    /// the error the writer stopped with, once it has been joined
+    failure: Option<WriteError>,
 }
 
 impl OutputFiles {
-    /// Create (or truncate) the files in `directory` and start their writer.
-    pub fn create(directory: &Path) -> Result<OutputFiles, WriteError> {
+    /// Create (or truncate) the files in `directory` and start their writer; `postings_head`: the head of the
+    /// postings chain before the first posting it fills.
+    pub fn create(directory: &Path, postings_head: &str) -> Result<OutputFiles, WriteError> {
         let mut files = Vec::with_capacity(FILE_NAMES.len());
         for name in FILE_NAMES {
             let path = directory.join(name);
@@ -71,20 +103,32 @@ impl OutputFiles {
                 Err(error) => return Err(WriteError { path, error }),
             }
         }
-        OutputFiles::start(files)
+        OutputFiles::start(files, postings_head)
     }
 
     /// Start the writer of files opened already, in the order of FILE_NAMES.
-    pub fn start(files: Vec<(PathBuf, File)>) -> Result<OutputFiles, WriteError> {
+    pub fn start(files: Vec<(PathBuf, File)>, postings_head: &str) -> Result<OutputFiles, WriteError> {
+        let progress: Shared = Arc::new((
+            Mutex::new(Progress { written: 0, postings_head: postings_head.to_string(), stopped: false }),
+            Condvar::new(),
+        ));
+        let shared = Arc::clone(&progress);
         let (full, to_write) = mpsc::sync_channel::<Buffers>(QUEUE_BATCHES);
         // the writer returns each batch's buffers once written: at most every batch queued, the one being
         // written and the engine's own can be in flight, so this channel never blocks the writer
         let (written, emptied) = mpsc::sync_channel::<Buffers>(QUEUE_BATCHES + 2);
         let writer = std::thread::Builder::new()
             .name("backstop-output-writer".to_string())
-            .spawn(move || write_all(files, to_write, written))
+            .spawn(move || {
+                let result = write_all(files, to_write, written, &shared);
+                let (progress, changed) = &*shared;
+                progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).stopped = true;
+                changed.notify_all();
+                result
+            })
             .map_err(|error| WriteError { path: PathBuf::from("the output writer thread"), error })?;
-        Ok(OutputFiles { full: Some(full), emptied: Mutex::new(emptied), writer: Some(writer) })
+        Ok(OutputFiles { full: Some(full), emptied: Mutex::new(emptied), writer: Some(writer), progress, handed: 0,
+                        failure: None })
     }
 
     /// Empty outputs for the next batch, in buffers the writer has emptied (their memory kept) when one has come
@@ -106,16 +150,36 @@ impl OutputFiles {
         if full.send(buffers).is_err() {
             return self.finish(); // the writer stopped: its error
         }
+        self.handed += 1;
         Ok(())
     }
 
-    /// Write what was handed over, flush and close the files; the first write error, if any.
+    /// The postings chain's head once everything handed over is written (it waits for the writer).
+    pub fn postings_head(&mut self) -> Result<String, WriteError> {
+        let (progress, changed) = &*self.progress;
+        let mut state = progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while state.written < self.handed && !state.stopped {
+            state = changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        if state.written == self.handed {
+            return Ok(state.postings_head.clone());
+        }
+        drop(state);
+        self.finish()?;
+        Err(WriteError { path: PathBuf::from("the output files"),
+                         error: io::Error::other("the output writer stopped before it wrote every batch") })
+    }
+
+    /// Write what was handed over, flush and close the files; the first write error, if any (again at every
+    /// later call).
     pub fn finish(&mut self) -> Result<(), WriteError> {
         self.full = None; // the writer ends when the channel is empty and closed
-        match self.writer.take() {
-            Some(writer) => writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            None => Ok(()),
+        if let Some(writer) = self.writer.take() {
+            if let Err(error) = writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)) {
+                self.failure = Some(error);
+            }
         }
+        self.failure.as_ref().map_or(Ok(()), |error| Err(error.again()))
     }
 }
 
@@ -125,10 +189,16 @@ impl Drop for OutputFiles {
     }
 }
 
-fn write_all(files: Vec<(PathBuf, File)>, to_write: Receiver<Buffers>, written: SyncSender<Buffers>)
+fn write_all(files: Vec<(PathBuf, File)>, to_write: Receiver<Buffers>, written: SyncSender<Buffers>, shared: &Shared)
              -> Result<(), WriteError> {
     let mut files = files;
+    let (progress, changed) = &**shared;
+    let mut postings_head = progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).postings_head.clone();
     for mut buffers in to_write {
+        let postings = &mut buffers.parts[POSTINGS];
+        for posting in buffers.unhashed_postings.drain(..) {
+            fill_chained(postings, &posting, &mut postings_head);
+        }
         for ((path, file), part) in files.iter_mut().zip(&mut buffers.parts) {
             if !part.is_empty() {
                 file.write_all(part).map_err(|error| WriteError { path: path.clone(), error })?;
@@ -136,6 +206,10 @@ fn write_all(files: Vec<(PathBuf, File)>, to_write: Receiver<Buffers>, written: 
             }
         }
         let _ = written.try_send(buffers); // the engine may have finished: then the buffers are simply freed
+        let mut state = progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.written += 1;
+        state.postings_head.clone_from(&postings_head);
+        changed.notify_all();
     }
     for (path, file) in &mut files {
         file.flush().map_err(|error| WriteError { path: path.clone(), error })?;
@@ -157,7 +231,7 @@ mod tests {
     #[test]
     fn batches_are_appended_in_order_and_buffers_come_back() {
         let directory = scratch("order");
-        let mut files = OutputFiles::create(&directory).unwrap();
+        let mut files = OutputFiles::create(&directory, crate::canonical::GENESIS_HASH).unwrap();
         let mut expected = Vec::new();
         for batch in 0..50u32 {
             let mut outputs = files.outputs();
@@ -176,13 +250,38 @@ mod tests {
     }
 
     #[test]
+    fn postings_hashed_by_the_writer_are_those_hashed_at_once() {
+        let journal: &[u8] = include_bytes!("../../../examples/02-adl-walks-queue.jsonl");
+        let mut at_once = crate::processor::Processor::new(false, 0);
+        let whole = at_once.apply_lines(journal, 1);
+        assert!(whole.outputs.posting_count > 3);
+        for lines_per_batch in [1, 2, 5] {
+            let directory = scratch(&format!("deferred-{lines_per_batch}"));
+            let mut deferred = crate::processor::Processor::new(false, 0);
+            let mut files = OutputFiles::create(&directory, &deferred.engine.postings_head).unwrap();
+            let lines: Vec<&[u8]> = journal.split_inclusive(|&b| b == b'\n').collect();
+            for (index, batch) in lines.chunks(lines_per_batch).enumerate() {
+                deferred.engine.defer_postings_hash = true;
+                let outputs = files.outputs();
+                let applied = deferred.apply_lines_into(&batch.concat(), 1 + (index * lines_per_batch) as u64, outputs);
+                files.hand_over(applied.outputs).unwrap();
+            }
+            assert_eq!(files.postings_head().unwrap(), at_once.engine.postings_head);
+            files.finish().unwrap();
+            assert_eq!(std::fs::read(directory.join("postings.jsonl")).unwrap(), whole.outputs.postings);
+            assert_eq!(std::fs::read(directory.join("fund-ledger.jsonl")).unwrap(), whole.outputs.fund_ledger);
+            std::fs::remove_dir_all(directory).unwrap();
+        }
+    }
+
+    #[test]
     fn a_write_error_stops_the_writer_and_is_returned_with_its_file() {
         let Ok(full) = File::options().write(true).open("/dev/full") else { return }; // writes fail: ENOSPC
         let directory = scratch("full");
         let mut files: Vec<(PathBuf, File)> =
             FILE_NAMES.iter().map(|name| (directory.join(name), File::create(directory.join(name)).unwrap())).collect();
         files[4] = (PathBuf::from("/dev/full"), full);
-        let mut writer = OutputFiles::start(files).unwrap();
+        let mut writer = OutputFiles::start(files, crate::canonical::GENESIS_HASH).unwrap();
         let mut first_error = None;
         for _ in 0..10 {
             let mut outputs = writer.outputs();
@@ -195,7 +294,8 @@ mod tests {
         let error = first_error.or_else(|| writer.finish().err()).expect("the write error");
         assert_eq!(error.path, PathBuf::from("/dev/full"));
         assert!(error.to_string().starts_with("cannot write /dev/full: "), "{error}");
-        assert!(writer.finish().is_ok(), "the error is returned once, the thread is gone");
+        assert_eq!(writer.finish().unwrap_err().path, PathBuf::from("/dev/full"), "the error, again");
+        assert_eq!(writer.postings_head().unwrap_err().path, PathBuf::from("/dev/full"));
         std::fs::remove_dir_all(directory).unwrap();
     }
 }

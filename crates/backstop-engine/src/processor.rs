@@ -529,6 +529,15 @@ impl Processor {
         canonical::to_vec(&document)
     }
 
+    /// summary_json and accounts_json side by side, on two threads (the end of a replay: both only read the state).
+    pub fn summary_and_accounts(&self) -> (Vec<u8>, Vec<u8>) {
+        std::thread::scope(|scope| {
+            let accounts = scope.spawn(|| self.accounts_json());
+            let summary = self.summary_json();
+            (summary, accounts.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        })
+    }
+
     /// accounts.json as written (backstop.core.documents.accounts): indented, sorted keys, a final newline.
     pub fn accounts_json(&self) -> Vec<u8> {
         let engine = &self.engine;

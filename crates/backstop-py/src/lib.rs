@@ -151,6 +151,9 @@ struct Ledger {
     poisoned: Option<String>,
     /// the replay's output files, when the engine writes them itself (write_outputs)
     files: Option<OutputFiles>,
+    /// the output writer fills in the postings' hashes (write_outputs without snapshots: a snapshot due inside a
+    /// batch needs the chain's head there)
+    deferred_hashes: bool,
 }
 
 /// A write error as Python's OSError (errno, its text, the file), as a failed `open(...).write` raises it.
@@ -175,6 +178,15 @@ impl Ledger {
             });
             Ok(())
         })
+    }
+
+    /// The postings chain's head from the output writer, once it has filled in every hash handed to it (nothing to
+    /// do when it fills none): before anything reads or extends the chain outside apply_lines.
+    fn settled(&mut self, py: Python<'_>) -> PyResult<()> {
+        if let (Some(files), true) = (self.files.as_mut(), self.deferred_hashes) {
+            self.processor.engine.postings_head = py.detach(|| files.postings_head()).map_err(os_error)?;
+        }
+        Ok(())
     }
 
     fn guarded<T>(&mut self, work: impl FnOnce(&mut Processor) -> T) -> PyResult<T> {
@@ -241,7 +253,7 @@ impl Ledger {
         if let Some((slippage_bps, partial, market_fill)) = simulation {
             processor.simulation = Some(simulation_params(&slippage_bps, partial, &market_fill)?);
         }
-        Ok(Ledger { processor, poisoned: None, files: None })
+        Ok(Ledger { processor, poisoned: None, files: None, deferred_hashes: false })
     }
 
     fn events_applied(&self) -> u64 {
@@ -255,7 +267,13 @@ impl Ledger {
         let batch = py.detach(|| {
             let mut files = self.files.take();
             let outputs = files.as_mut().map(OutputFiles::outputs).unwrap_or_default();
-            let applied = self.guarded(|processor| processor.apply_lines_into(chunk, first_line, outputs));
+            let deferred = self.deferred_hashes;
+            let applied = self.guarded(|processor| {
+                processor.engine.defer_postings_hash = deferred;
+                let batch = processor.apply_lines_into(chunk, first_line, outputs);
+                processor.engine.defer_postings_hash = false;
+                batch
+            });
             let handed = match (applied, files.as_mut()) {
                 (Ok(mut batch), Some(writer)) => {
                     writer.hand_over(std::mem::take(&mut batch.outputs)).map(|()| batch).map_err(os_error)
@@ -291,17 +309,22 @@ impl Ledger {
         if self.files.is_some() {
             return Err(PyValueError::new_err("the engine writes its output files already"));
         }
-        self.files = Some(py.detach(|| OutputFiles::create(&directory)).map_err(os_error)?);
+        let head = &self.processor.engine.postings_head;
+        self.files = Some(py.detach(|| OutputFiles::create(&directory, head)).map_err(os_error)?);
+        self.deferred_hashes = self.processor.snapshot_every == 0;
         Ok(())
     }
 
     /// Write everything handed over, close the files and stop their thread (nothing when none were opened).
     /// OSError: the first write that failed.
     fn finish_outputs(&mut self, py: Python<'_>) -> PyResult<()> {
-        match self.files.take() {
+        let settled = self.settled(py);
+        self.deferred_hashes = false;
+        let finished = match self.files.take() {
             Some(mut files) => py.detach(|| files.finish()).map_err(os_error),
             None => Ok(()),
-        }
+        };
+        settled.and(finished)
     }
 
     /// (long positions, positions) of a symbol: the depth of its ADL queues (0, 0 for a symbol unknown).
@@ -321,6 +344,7 @@ impl Ledger {
     /// batch's held identities (per batch only).
     fn apply_records<'py>(&mut self, py: Python<'py>, records: Vec<(String, i64, i64, Option<Vec<u8>>)>, prefix: &str,
                           held: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
+        self.settled(py)?;
         self.processor.begin_batch(held).map_err(PyValueError::new_err)?;
         let consumed: Vec<Consumed<'_>> = records
             .iter()
@@ -344,8 +368,16 @@ impl Ledger {
     }
 
     fn summary_json<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        self.settled(py)?;
         let document = py.detach(|| self.guarded(|processor| processor.summary_json()))?;
         Ok(PyBytes::new(py, &document))
+    }
+
+    /// (summary_json, accounts_json), computed side by side.
+    fn summary_and_accounts<'py>(&mut self, py: Python<'py>) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        self.settled(py)?;
+        let (summary, accounts) = py.detach(|| self.guarded(|processor| processor.summary_and_accounts()))?;
+        Ok((PyBytes::new(py, &summary), PyBytes::new(py, &accounts)))
     }
 
     fn accounts_json<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
@@ -354,6 +386,7 @@ impl Ledger {
     }
 
     fn state_hash(&mut self, py: Python<'_>) -> PyResult<String> {
+        self.settled(py)?;
         py.detach(|| self.guarded(|processor| processor.state_hash()))
     }
 
@@ -404,6 +437,7 @@ impl Ledger {
     /// The engine's state document (backstop.core.snapshot.state_document), canonical JSON: its SHA-256 is the
     /// state hash.
     fn state_document<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        self.settled(py)?;
         let document = py.detach(|| self.guarded(|processor| processor.state_document()))?;
         Ok(PyBytes::new(py, &document))
     }
@@ -444,6 +478,7 @@ impl Ledger {
 
     /// (seq, the snapshot's document, its identity file).
     fn snapshot<'py>(&mut self, py: Python<'py>, input_line: u64) -> PyResult<Bound<'py, PyTuple>> {
+        self.settled(py)?;
         if self.processor.engine.admission.per_batch {
             return Err(PyValueError::new_err("an engine whose identities are held per batch writes no snapshots"));
         }
