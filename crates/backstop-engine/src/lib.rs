@@ -15,6 +15,7 @@ pub mod clock;
 pub mod admission;
 pub mod adl;
 pub mod adl_index;
+pub mod appender;
 pub mod engine;
 pub mod ledger;
 pub mod outbox;

@@ -4,10 +4,10 @@
 //! other core). Emptied buffers come back for the next batches, so their memory is allocated once, not per batch.
 //! The first write error stops the writer; the engine's next hand-over (or `finish`) returns it.
 
+use crate::appender::Appender;
 use crate::canonical::{fill_chained, Unhashed};
 use crate::engine::Outputs;
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -98,8 +98,8 @@ impl OutputFiles {
         let mut files = Vec::with_capacity(FILE_NAMES.len());
         for name in FILE_NAMES {
             let path = directory.join(name);
-            match File::create(&path) {
-                Ok(file) => files.push((path, file)),
+            match Appender::create(path.clone()) {
+                Ok(file) => files.push(file),
                 Err(error) => return Err(WriteError { path, error }),
             }
         }
@@ -107,7 +107,7 @@ impl OutputFiles {
     }
 
     /// Start the writer of files opened already, in the order of FILE_NAMES.
-    pub fn start(files: Vec<(PathBuf, File)>, postings_head: &str) -> Result<OutputFiles, WriteError> {
+    pub fn start(files: Vec<Appender>, postings_head: &str) -> Result<OutputFiles, WriteError> {
         let progress: Shared = Arc::new((
             Mutex::new(Progress { written: 0, postings_head: postings_head.to_string(), stopped: false }),
             Condvar::new(),
@@ -189,7 +189,7 @@ impl Drop for OutputFiles {
     }
 }
 
-fn write_all(files: Vec<(PathBuf, File)>, to_write: Receiver<Buffers>, written: SyncSender<Buffers>, shared: &Shared)
+fn write_all(files: Vec<Appender>, to_write: Receiver<Buffers>, written: SyncSender<Buffers>, shared: &Shared)
              -> Result<(), WriteError> {
     let mut files = files;
     let (progress, changed) = &**shared;
@@ -199,9 +199,9 @@ fn write_all(files: Vec<(PathBuf, File)>, to_write: Receiver<Buffers>, written: 
         for posting in buffers.unhashed_postings.drain(..) {
             fill_chained(postings, &posting, &mut postings_head);
         }
-        for ((path, file), part) in files.iter_mut().zip(&mut buffers.parts) {
+        for (file, part) in files.iter_mut().zip(&mut buffers.parts) {
             if !part.is_empty() {
-                file.write_all(part).map_err(|error| WriteError { path: path.clone(), error })?;
+                file.append(part).map_err(|error| WriteError { path: file.path.clone(), error })?;
                 part.clear();
             }
         }
@@ -211,8 +211,8 @@ fn write_all(files: Vec<(PathBuf, File)>, to_write: Receiver<Buffers>, written: 
         state.postings_head.clone_from(&postings_head);
         changed.notify_all();
     }
-    for (path, file) in &mut files {
-        file.flush().map_err(|error| WriteError { path: path.clone(), error })?;
+    for file in &mut files {
+        file.finish().map_err(|error| WriteError { path: file.path.clone(), error })?;
     }
     Ok(())
 }
@@ -276,11 +276,11 @@ mod tests {
 
     #[test]
     fn a_write_error_stops_the_writer_and_is_returned_with_its_file() {
-        let Ok(full) = File::options().write(true).open("/dev/full") else { return }; // writes fail: ENOSPC
+        let Ok(full) = std::fs::File::options().write(true).open("/dev/full") else { return }; // writes fail: ENOSPC
         let directory = scratch("full");
-        let mut files: Vec<(PathBuf, File)> =
-            FILE_NAMES.iter().map(|name| (directory.join(name), File::create(directory.join(name)).unwrap())).collect();
-        files[4] = (PathBuf::from("/dev/full"), full);
+        let mut files: Vec<Appender> =
+            FILE_NAMES.iter().map(|name| Appender::create(directory.join(name)).unwrap()).collect();
+        files[POSTINGS] = Appender::buffered(PathBuf::from("/dev/full"), full);
         let mut writer = OutputFiles::start(files, crate::canonical::GENESIS_HASH).unwrap();
         let mut first_error = None;
         for _ in 0..10 {
