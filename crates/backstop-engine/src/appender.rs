@@ -134,4 +134,27 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), expected);
         std::fs::remove_file(path).unwrap();
     }
+
+    #[test]
+    fn a_refused_direct_write_falls_back_to_ordinary_writes() {
+        let path = std::env::temp_dir().join(format!("backstop-appender-refused-{}", std::process::id()));
+        let mut appender = Appender::create(path.clone()).unwrap();
+        if !appender.is_direct() {
+            std::fs::remove_file(path).unwrap();
+            return; // this filesystem takes no O_DIRECT: nothing to fall back from
+        }
+        let first = vec![b'x'; BLOCK];
+        appender.append(&first).unwrap();
+        // storage out of alignment by a byte: the device refuses the next block (EINVAL), as a filesystem might
+        let mut storage = vec![0u8; 4 * BLOCK];
+        appender.start = storage.as_ptr().align_offset(BLOCK) + 1;
+        std::mem::swap(&mut appender.storage, &mut storage);
+        let second: Vec<u8> = (0..BLOCK + 100).map(|i| b'a' + (i % 26) as u8).collect();
+        appender.append(&second).unwrap();
+        assert!(!appender.is_direct());
+        appender.append(b"tail").unwrap();
+        appender.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), [first.as_slice(), &second, b"tail"].concat());
+        std::fs::remove_file(path).unwrap();
+    }
 }
