@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-from backstop.adapters.files import RAW_KEEP_BYTES
+from backstop.adapters.files import RAW_KEEP_BYTES, write_bytes
 from backstop.adapters.journal_file import records
 from backstop.core.adl_policy import document as policy_document
 from backstop.core.dedupe import BatchIds, unpack_rows
@@ -153,8 +153,9 @@ class LedgerEngine(Protocol):
 
     def summary(self) -> dict[str, Any]: ...
 
-    def summary_and_accounts(self) -> tuple[dict[str, Any], bytes]:
-        """summary() and accounts_json() at once (the compiled engine computes them side by side)."""
+    def summary_writing_accounts(self, accounts_path: Path) -> dict[str, Any]:
+        """summary(), with accounts_json() written to `accounts_path` (the compiled engine builds and writes it
+        beside the summary). OSError: it could not be written."""
         ...
 
     def queue_depth(self, symbol: str) -> tuple[int, int]:
@@ -325,8 +326,9 @@ class ReferenceEngine:
     def summary(self) -> dict[str, Any]:
         return summary(self.processor)
 
-    def summary_and_accounts(self) -> tuple[dict[str, Any], bytes]:
-        return self.summary(), self.accounts_json()
+    def summary_writing_accounts(self, accounts_path: Path) -> dict[str, Any]:
+        write_bytes(accounts_path, self.accounts_json())
+        return self.summary()
 
     def queue_depth(self, symbol: str) -> tuple[int, int]:
         positions = self.processor.engine.by_symbol.get(symbol, {})
@@ -457,10 +459,9 @@ class CompiledEngine:
         document: dict[str, Any] = orjson.loads(self._ledger.summary_json())
         return document
 
-    def summary_and_accounts(self) -> tuple[dict[str, Any], bytes]:
-        summary_json, accounts = self._ledger.summary_and_accounts()
-        document: dict[str, Any] = orjson.loads(summary_json)
-        return document, accounts
+    def summary_writing_accounts(self, accounts_path: Path) -> dict[str, Any]:
+        document: dict[str, Any] = orjson.loads(self._ledger.summary_writing_accounts(str(accounts_path)))
+        return document
 
     def queue_depth(self, symbol: str) -> tuple[int, int]:
         return self._ledger.queue_depth(symbol)

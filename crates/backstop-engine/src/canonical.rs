@@ -189,77 +189,19 @@ pub fn write_chained(out: &mut Vec<u8>, before: &J<'_>, after: &J<'_>) -> String
     hash
 }
 
-/// Where a chained record written by `write_chained_unhashed` keeps the room for its hash and its prev_hash.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Unhashed {
-    start: usize,
-    /// the comma that ends the keys before "hash" (the closing brace of `before`)
-    before_end: usize,
-    hash_at: usize,
-    /// the comma before the keys between "hash" and "prev_hash" (the opening brace of `middle`)
-    middle_open: usize,
-    prev_at: usize,
-    end: usize,
-}
-
-/// A chained record whose hash and prev_hash are filled in later, by `fill_chained`, in the chain's order (so on
-/// another thread than the one that wrote it: crate::output_files): `before` holds its keys that sort before
-/// "hash", `middle` those between "hash" and "prev_hash", `after` those after "prev_hash" (each a non-empty object).
-pub fn write_chained_unhashed(out: &mut Vec<u8>, before: &J<'_>, middle: &J<'_>, after: &J<'_>) -> Unhashed {
-    const ROOM: [u8; 64] = [b'0'; 64];
-    let start = out.len();
-    write(out, before);
-    let before_end = out.len() - 1;
-    out[before_end] = b',';
-    out.extend_from_slice(b"\"hash\":\"");
-    let hash_at = out.len();
-    out.extend_from_slice(&ROOM);
-    out.push(b'"');
-    let middle_open = out.len();
-    write(out, middle);
-    out[middle_open] = b',';
-    let middle_close = out.len() - 1;
-    out[middle_close] = b',';
-    out.extend_from_slice(b"\"prev_hash\":\"");
-    let prev_at = out.len();
-    out.extend_from_slice(&ROOM);
-    out.push(b'"');
-    let after_open = out.len();
-    write(out, after);
-    out[after_open] = b',';
-    Unhashed { start, before_end, hash_at, middle_open, prev_at, end: out.len() }
-}
-
-/// Fill the record `written` in `buffer` with its prev_hash, the chain's `head` (64 hex digits), and its hash (the
-/// SHA-256 of the record without "hash": backstop.core.hashing.chain_hash), which becomes the head.
-pub fn fill_chained(buffer: &mut [u8], written: &Unhashed, head: &mut String) {
-    buffer[written.prev_at..written.prev_at + 64].copy_from_slice(head.as_bytes());
-    let mut hasher = Sha256::new();
-    hasher.update(&buffer[written.start..=written.before_end]);
-    hasher.update(&buffer[written.middle_open + 1..written.end]);
-    let digest = hasher.finalize();
-    head.clear();
-    push_hex(head, &digest);
-    buffer[written.hash_at..written.hash_at + 64].copy_from_slice(head.as_bytes());
-}
-
 /// Lowercase hex of SHA-256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
 fn hex(digest: &[u8]) -> String {
-    let mut out = String::with_capacity(digest.len() * 2);
-    push_hex(&mut out, digest);
-    out
-}
-
-fn push_hex(out: &mut String, digest: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(digest.len() * 2);
     for &byte in digest {
         out.push(DIGITS[(byte >> 4) as usize] as char);
         out.push(DIGITS[(byte & 15) as usize] as char);
     }
+    out
 }
 
 /// backstop.core.hashing.combine: SHA-256 of the hashes joined by ":".
@@ -315,30 +257,6 @@ mod tests {
                                 ("id", J::Str("p-1-0")), ("seq", J::Int(1))]);
         assert_eq!(out, [b"earlier\n".as_slice(), &to_vec(&whole)].concat());
         assert_eq!(chain_hash_of(&whole), hash);
-    }
-
-    #[test]
-    fn a_record_filled_later_is_the_record_chained_at_once() {
-        let before = J::Obj(vec![("amount", J::Dec(15, 1)), ("fund", J::Str("a\"b,\"prev_hash\":\""))]);
-        let middle = J::Obj(vec![("id", J::Str("p-1-0")), ("kind", J::Str("fee"))]);
-        let after = J::Obj(vec![("seq", J::Int(1)), ("ts", J::Int(7))]);
-        let mut head = GENESIS_HASH.to_string();
-        let mut expected = Vec::new();
-        let mut later = b"earlier\n".to_vec();
-        let mut marks = Vec::new();
-        for _ in 0..3 {
-            let prev = head.clone();
-            let whole_after = J::Obj(vec![("id", J::Str("p-1-0")), ("kind", J::Str("fee")), ("prev_hash", J::Str(&prev)),
-                                          ("seq", J::Int(1)), ("ts", J::Int(7))]);
-            head = write_chained(&mut expected, &before, &whole_after);
-            marks.push(write_chained_unhashed(&mut later, &before, &middle, &after));
-        }
-        let mut filled_head = GENESIS_HASH.to_string();
-        for mark in &marks {
-            fill_chained(&mut later, mark, &mut filled_head);
-        }
-        assert_eq!(later, [b"earlier\n".as_slice(), &expected].concat());
-        assert_eq!(filled_head, head);
     }
 
     #[test]

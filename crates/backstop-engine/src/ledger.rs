@@ -31,6 +31,16 @@ impl Names {
     pub fn name(&self, id: u32) -> &str {
         &self.names[id as usize]
     }
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+    /// The names from id `first` on, in id order (a copy interning them in this order gets the same ids).
+    pub fn since(&self, first: usize) -> &[String] {
+        &self.names[first.min(self.names.len())..]
+    }
 }
 
 /// A ledger account; the numbers are ids in `Names`.

@@ -20,6 +20,7 @@ pub mod engine;
 pub mod ledger;
 pub mod outbox;
 pub mod output_files;
+pub mod posting;
 pub mod processor;
 pub mod projection;
 pub mod quantiles;

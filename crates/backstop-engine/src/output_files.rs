@@ -5,8 +5,9 @@
 //! The first write error stops the writer; the engine's next hand-over (or `finish`) returns it.
 
 use crate::appender::Appender;
-use crate::canonical::{fill_chained, Unhashed};
 use crate::engine::Outputs;
+use crate::ledger::Names;
+use crate::posting::Posting;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -23,11 +24,13 @@ const POSTINGS: usize = 4;
 /// Batches handed over and not yet written: the engine runs at most this far ahead of the writer.
 const QUEUE_BATCHES: usize = 2;
 
-/// One batch's output bytes, a buffer per file, and the postings whose hashes the writer fills in.
+/// One batch's output bytes, a buffer per file; the postings whose records the writer writes, and the names
+/// interned since the last batch (the writer's copy of the engine's names, for those records).
 #[derive(Default, Debug)]
 pub struct Buffers {
     pub parts: [Vec<u8>; 6],
-    pub unhashed_postings: Vec<Unhashed>,
+    pub postings: Vec<Posting>,
+    pub new_names: Vec<String>,
 }
 
 /// What the writer has done: batches written, the postings chain's head after them, whether it has stopped.
@@ -50,7 +53,7 @@ impl Buffers {
         std::mem::swap(findings, &mut outputs.findings);
         std::mem::swap(postings, &mut outputs.postings);
         std::mem::swap(quantiles, &mut outputs.adl_quantiles);
-        std::mem::swap(&mut self.unhashed_postings, &mut outputs.unhashed_postings);
+        std::mem::swap(&mut self.postings, &mut outputs.deferred_postings);
     }
 }
 
@@ -87,6 +90,8 @@ pub struct OutputFiles {
     writer: Option<JoinHandle<Result<(), WriteError>>>,
     progress: Shared,
     handed: u64,
+    /// how many of the engine's names the writer has
+    names_sent: usize,
     /// the error the writer stopped with, once it has been joined
     failure: Option<WriteError>,
 }
@@ -128,7 +133,7 @@ impl OutputFiles {
             })
             .map_err(|error| WriteError { path: PathBuf::from("the output writer thread"), error })?;
         Ok(OutputFiles { full: Some(full), emptied: Mutex::new(emptied), writer: Some(writer), progress, handed: 0,
-                        failure: None })
+                        names_sent: 0, failure: None })
     }
 
     /// Empty outputs for the next batch, in buffers the writer has emptied (their memory kept) when one has come
@@ -142,10 +147,13 @@ impl OutputFiles {
         outputs
     }
 
-    /// Hand a batch's output lines to the writer. Err: the writer stopped on an error (the files are incomplete).
-    pub fn hand_over(&mut self, mut outputs: Outputs) -> Result<(), WriteError> {
+    /// Hand a batch's outputs to the writer, with the engine's `names` (its postings name accounts and assets).
+    /// Err: the writer stopped on an error (the files are incomplete).
+    pub fn hand_over(&mut self, mut outputs: Outputs, names: &Names) -> Result<(), WriteError> {
         let mut buffers = Buffers::default();
         buffers.swap_with(&mut outputs);
+        buffers.new_names = names.since(self.names_sent).to_vec();
+        self.names_sent = names.len();
         let Some(full) = &self.full else { return self.finish() };
         if full.send(buffers).is_err() {
             return self.finish(); // the writer stopped: its error
@@ -194,10 +202,14 @@ fn write_all(files: Vec<Appender>, to_write: Receiver<Buffers>, written: SyncSen
     let mut files = files;
     let (progress, changed) = &**shared;
     let mut postings_head = progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).postings_head.clone();
+    let (mut names, mut texts) = (Names::default(), String::new());
     for mut buffers in to_write {
+        for name in buffers.new_names.drain(..) {
+            names.id(&name);
+        }
         let postings = &mut buffers.parts[POSTINGS];
-        for posting in buffers.unhashed_postings.drain(..) {
-            fill_chained(postings, &posting, &mut postings_head);
+        for posting in buffers.postings.drain(..) {
+            posting.write(&names, &mut texts, postings, &mut postings_head);
         }
         for (file, part) in files.iter_mut().zip(&mut buffers.parts) {
             if !part.is_empty() {
@@ -240,7 +252,7 @@ mod tests {
             outputs.postings.extend_from_slice(line.as_bytes());
             outputs.fund_ledger.extend_from_slice(b"x\n");
             expected.extend_from_slice(line.as_bytes());
-            files.hand_over(outputs).unwrap();
+            files.hand_over(outputs, &Names::default()).unwrap();
         }
         files.finish().unwrap();
         assert_eq!(std::fs::read(directory.join("postings.jsonl")).unwrap(), expected);
@@ -250,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn postings_hashed_by_the_writer_are_those_hashed_at_once() {
+    fn postings_written_by_the_writer_are_those_written_at_once() {
         let journal: &[u8] = include_bytes!("../../../examples/02-adl-walks-queue.jsonl");
         let mut at_once = crate::processor::Processor::new(false, 0);
         let whole = at_once.apply_lines(journal, 1);
@@ -261,10 +273,10 @@ mod tests {
             let mut files = OutputFiles::create(&directory, &deferred.engine.postings_head).unwrap();
             let lines: Vec<&[u8]> = journal.split_inclusive(|&b| b == b'\n').collect();
             for (index, batch) in lines.chunks(lines_per_batch).enumerate() {
-                deferred.engine.defer_postings_hash = true;
+                deferred.engine.defer_postings = true;
                 let outputs = files.outputs();
                 let applied = deferred.apply_lines_into(&batch.concat(), 1 + (index * lines_per_batch) as u64, outputs);
-                files.hand_over(applied.outputs).unwrap();
+                files.hand_over(applied.outputs, &deferred.engine.names).unwrap();
             }
             assert_eq!(files.postings_head().unwrap(), at_once.engine.postings_head);
             files.finish().unwrap();
@@ -286,7 +298,7 @@ mod tests {
         for _ in 0..10 {
             let mut outputs = writer.outputs();
             outputs.postings.extend_from_slice(b"{}\n");
-            if let Err(error) = writer.hand_over(outputs) {
+            if let Err(error) = writer.hand_over(outputs, &Names::default()) {
                 first_error = Some(error);
                 break;
             }

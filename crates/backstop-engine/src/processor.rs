@@ -529,10 +529,14 @@ impl Processor {
         canonical::to_vec(&document)
     }
 
-    /// summary_json and accounts_json side by side, on two threads (the end of a replay: both only read the state).
-    pub fn summary_and_accounts(&self) -> (Vec<u8>, Vec<u8>) {
+    /// summary_json, and accounts_json handed to `consume` (e.g. to write it), side by side on two threads (the end
+    /// of a replay: both only read the state).
+    pub fn summary_and_accounts<R: Send>(&self, consume: impl FnOnce(Vec<u8>) -> R + Send) -> (Vec<u8>, R) {
         std::thread::scope(|scope| {
-            let accounts = scope.spawn(|| self.accounts_json());
+            let accounts = std::thread::Builder::new()
+                .name("backstop-accounts".to_string())
+                .spawn_scoped(scope, || consume(self.accounts_json()))
+                .expect("a thread for accounts.json");
             let summary = self.summary_json();
             (summary, accounts.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         })

@@ -5,6 +5,7 @@ use backstop_engine::adl::Policy;
 use backstop_engine::idtable::IdTable;
 use backstop_engine::processor::{Consumed, Processor, RestoreError};
 use backstop_engine::simulation::Simulation;
+use backstop_engine::appender::Appender;
 use backstop_engine::output_files::{OutputFiles, WriteError};
 use backstop_engine::{outbox, projection};
 use backstop_engine::state::Side;
@@ -151,8 +152,8 @@ struct Ledger {
     poisoned: Option<String>,
     /// the replay's output files, when the engine writes them itself (write_outputs)
     files: Option<OutputFiles>,
-    /// the output writer fills in the postings' hashes (write_outputs without snapshots: a snapshot due inside a
-    /// batch needs the chain's head there)
+    /// the output writer writes the postings' records and their hash chain (write_outputs without snapshots: a
+    /// snapshot due inside a batch needs the chain's head there)
     deferred_hashes: bool,
 }
 
@@ -269,14 +270,15 @@ impl Ledger {
             let outputs = files.as_mut().map(OutputFiles::outputs).unwrap_or_default();
             let deferred = self.deferred_hashes;
             let applied = self.guarded(|processor| {
-                processor.engine.defer_postings_hash = deferred;
+                processor.engine.defer_postings = deferred;
                 let batch = processor.apply_lines_into(chunk, first_line, outputs);
-                processor.engine.defer_postings_hash = false;
+                processor.engine.defer_postings = false;
                 batch
             });
+            let names = &self.processor.engine.names;
             let handed = match (applied, files.as_mut()) {
                 (Ok(mut batch), Some(writer)) => {
-                    writer.hand_over(std::mem::take(&mut batch.outputs)).map(|()| batch).map_err(os_error)
+                    writer.hand_over(std::mem::take(&mut batch.outputs), names).map(|()| batch).map_err(os_error)
                 }
                 (applied, _) => applied,
             };
@@ -373,11 +375,20 @@ impl Ledger {
         Ok(PyBytes::new(py, &document))
     }
 
-    /// (summary_json, accounts_json), computed side by side.
-    fn summary_and_accounts<'py>(&mut self, py: Python<'py>) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    /// summary_json, with accounts.json written to `path` (O_DIRECT where the filesystem takes it), built and
+    /// written beside the summary. OSError: the file could not be written.
+    fn summary_writing_accounts<'py>(&mut self, py: Python<'py>, path: std::path::PathBuf)
+                                     -> PyResult<Bound<'py, PyBytes>> {
         self.settled(py)?;
-        let (summary, accounts) = py.detach(|| self.guarded(|processor| processor.summary_and_accounts()))?;
-        Ok((PyBytes::new(py, &summary), PyBytes::new(py, &accounts)))
+        let write = |accounts: Vec<u8>| -> Result<(), WriteError> {
+            let failed = |error| WriteError { path: path.clone(), error };
+            let mut file = Appender::create(path.clone()).map_err(failed)?;
+            file.append(&accounts).map_err(failed)?;
+            file.finish().map_err(failed)
+        };
+        let (summary, written) = py.detach(|| self.guarded(|processor| processor.summary_and_accounts(write)))?;
+        written.map_err(os_error)?;
+        Ok(PyBytes::new(py, &summary))
     }
 
     fn accounts_json<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {

@@ -227,11 +227,10 @@ def _replay(options: ReplayOptions, chunks: Callable[[int], Iterable[tuple[int, 
     try:
         with staged_dir(options.out, owned=REPLAY_OUTPUTS, inputs=inputs) as out_path, \
                 engine_files(engine, out_path) as elsewhere:
-            result, accounts = _replay_into(out_path, options, engine, chunks(skip), size, carried, elsewhere)
+            result = _replay_into(out_path, options, engine, chunks(skip), size, carried, elsewhere)
             if start is not None:
                 result["from_snapshot"] = start
             write_json(out_path / "summary.json", result)
-            write_bytes(out_path / "accounts.json", accounts)
     except OutputError as error:
         raise ReplayError(str(error), 2) from None
     except JournalFileError as error:
@@ -257,8 +256,8 @@ def engine_files(engine: LedgerEngine, out_path: Path) -> Iterator[Collection[st
 
 
 def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, chunks: Iterable[tuple[int, bytes]],
-                 size: int, carried: Carried | None, elsewhere: Collection[str] = ()) -> tuple[dict[str, Any], bytes]:
-    """The summary and accounts.json after the chunks are applied and their outputs written into `out_path`."""
+                 size: int, carried: Carried | None, elsewhere: Collection[str] = ()) -> dict[str, Any]:
+    """The summary after the chunks are applied and their outputs written into `out_path`, accounts.json too."""
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and
                                                                    size >= PROGRESS_MIN_BYTES)
     snapshots = out_path / "snapshots"
@@ -281,11 +280,11 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
                 line, reason = batch.stopped
                 raise ReplayError(f"line {line}: {reason}", 1)
             progress.advance(task, len(chunk))
-    result, accounts = engine.summary_and_accounts()
+    result = engine.summary_writing_accounts(out_path / "accounts.json")
     result["dead_letters"] = out.dead_letters
     if carried is not None:
         result["duplicates"] += carried.duplicates
         result["rejected"] += carried.rejected
         result["conflicting_duplicates"] += sum(letter.get("kind") == "conflicting_duplicate"
                                                 for letter in carried.dead_letters)
-    return result, accounts
+    return result
