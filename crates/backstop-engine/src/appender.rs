@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 /// The alignment and the unit of an O_DIRECT write: a page, a multiple of every logical block size in use.
 const BLOCK: usize = 4096;
+/// At most this many bytes are gathered at once (a large append, e.g. accounts.json, goes in pieces: the buffer
+/// stays small).
+const PIECE: usize = 4 << 20;
 
 #[derive(Debug)]
 pub struct Appender {
@@ -57,9 +60,19 @@ impl Appender {
     }
 
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if !self.direct {
-            return self.file.write_all(bytes);
+        let mut at = 0;
+        while at < bytes.len() {
+            if !self.direct {
+                return self.file.write_all(&bytes[at..]);
+            }
+            let end = (at + PIECE).min(bytes.len());
+            self.append_piece(&bytes[at..end])?;
+            at = end;
         }
+        Ok(())
+    }
+
+    fn append_piece(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.gather(bytes);
         let whole = self.len / BLOCK * BLOCK;
         if whole == 0 {
@@ -123,13 +136,14 @@ mod tests {
         let mut appender = Appender::create(path.clone()).unwrap();
         let mut expected = Vec::new();
         let mut state = 7u64;
-        for _ in 0..200 {
+        for round in 0..200 {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let size = (state >> 40) as usize % (3 * BLOCK);
+            let size = if round == 100 { 2 * PIECE + 5 } else { (state >> 40) as usize % (3 * BLOCK) };
             let piece: Vec<u8> = (0..size).map(|i| b'a' + ((i + expected.len()) % 26) as u8).collect();
             appender.append(&piece).unwrap();
             expected.extend_from_slice(&piece);
         }
+        assert!(appender.storage.len() <= 2 * (PIECE + BLOCK) + BLOCK, "the buffer stays small");
         appender.finish().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), expected);
         std::fs::remove_file(path).unwrap();

@@ -46,7 +46,8 @@ impl Posting {
         if let Some(entry) = self.fund_entry {
             let _ = write!(texts, "fl-{}-{entry}", self.seq);
         }
-        let (debit_name, credit_name, id) = (&texts[..debit_end], &texts[debit_end..credit_end], &texts[credit_end..id_end]);
+        let (debit_name, credit_name) = (&texts[..debit_end], &texts[debit_end..credit_end]);
+        let id = &texts[credit_end..id_end];
         let fund_entry_id = self.fund_entry.map(|_| &texts[id_end..]);
         fn optional(value: &Option<String>) -> J<'_> {
             value.as_deref().map_or(J::Null, J::Str)
