@@ -243,8 +243,8 @@ def _replay(options: ReplayOptions, chunks: Callable[[int], Iterable[tuple[int, 
 @contextlib.contextmanager
 def engine_files(engine: LedgerEngine, out_path: Path) -> Iterator[Collection[str]]:
     """The output files the engine writes itself into `out_path` (ENGINE_WRITTEN, or none), all written and closed
-    when the block ends: after the summary and accounts.json, which the writer overlaps. When the block raises, its
-    error is the one reported (the staged output is discarded whatever the writer says)."""
+    when the block ends, if not before. When the block raises, its error is the one reported (the staged output is
+    discarded whatever the writer says)."""
     elsewhere = ENGINE_WRITTEN if engine.write_outputs(out_path) else ()
     try:
         yield elsewhere
@@ -280,6 +280,7 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
                 line, reason = batch.stopped
                 raise ReplayError(f"line {line}: {reason}", 1)
             progress.advance(task, len(chunk))
+    engine.finish_outputs()  # the writer's buffers are freed before the documents are built
     result = engine.summary_writing_accounts(out_path / "accounts.json")
     result["dead_letters"] = out.dead_letters
     if carried is not None:
