@@ -39,6 +39,11 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
 )
 OTHER = "other"
 _LINE = re.compile(r"^\s*([0-9.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*?)\s*$")
+# The compiled replay's threads as perf names them (at most 15 characters): the output writer (formats nothing, fills
+# in the postings' hash chain and writes the files) and the one that builds accounts.json beside the summary; the
+# rest is the engine's own thread (and Python's).
+THREADS = (("the output writer thread", "backstop-output"), ("the accounts.json thread", "backstop-accoun"))
+_THREAD_LINE = re.compile(r"^\s*([0-9.]+)%\s+(.+?)\s*$")
 
 
 def categorize(report: str) -> dict[str, float]:
@@ -53,6 +58,18 @@ def categorize(report: str) -> dict[str, float]:
         name = next((name for name, pattern in CATEGORIES if re.search(pattern, where)), OTHER)
         shares[name] += percent
     return {name: round(share, 1) for name, share in shares.items()}
+
+
+def thread_shares(report: str) -> dict[str, float]:
+    """perf report lines (`--sort comm`), in percent of all samples per thread of THREADS, the rest the engine's."""
+    by_name: dict[str, float] = {}
+    for line in report.splitlines():
+        match = _THREAD_LINE.match(line)
+        if match is not None:
+            by_name[match.group(2)] = by_name.get(match.group(2), 0.0) + float(match.group(1))
+    shares = {label: by_name.pop(name, 0.0) for label, name in THREADS}
+    return {"the engine's thread (and Python)": round(sum(by_name.values()), 1)} | {
+        label: round(share, 1) for label, share in shares.items()}
 
 
 def run(events: int, seed: int, journal: Path | None = None) -> dict[str, Any] | None:
@@ -73,6 +90,8 @@ def run(events: int, seed: int, journal: Path | None = None) -> dict[str, Any] |
         written = sum(file.stat().st_size for file in out.iterdir())
         report = subprocess.run([perf, "report", "-i", str(data), "--no-children", "--sort", "dso,symbol",
                                  "--stdio", "-q"], capture_output=True, text=True, check=True).stdout
+        by_thread = subprocess.run([perf, "report", "-i", str(data), "--no-children", "--sort", "comm", "--stdio",
+                                    "-q"], capture_output=True, text=True, check=True).stdout
     shares = categorize(report)
     read = path.stat().st_size
     return {
@@ -80,7 +99,9 @@ def run(events: int, seed: int, journal: Path | None = None) -> dict[str, Any] |
         "input": {"records": sum(1 for _ in path.open("rb")), "bytes_read": read, "bytes_written": written,
                   "written_per_byte_read": round(written / read, 1)},
         "figures": [{"figure": f"share of samples: {name}", "value": share, "unit": "%"}
-                    for name, share in shares.items()],
+                    for name, share in shares.items()]
+                   + [{"figure": f"share of samples on {name}", "value": share, "unit": "%"}
+                      for name, share in thread_shares(by_thread).items()],
     }
 
 

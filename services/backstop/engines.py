@@ -17,11 +17,12 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import orjson
 
-from backstop.adapters.files import RAW_KEEP_BYTES
+from backstop.adapters.files import RAW_KEEP_BYTES, write_bytes
 from backstop.adapters.journal_file import records
 from backstop.core.adl_policy import document as policy_document
 from backstop.core.dedupe import BatchIds, unpack_rows
@@ -139,7 +140,24 @@ class LedgerEngine(Protocol):
         apply_lines."""
         ...
 
+    def write_outputs(self, directory: Path) -> bool:
+        """From now on write the output files of apply_lines (ENGINE_WRITTEN: all but dead-letter.jsonl) into
+        `directory` itself, and return them empty in BatchResult: True. False: this engine does not, the caller
+        writes what apply_lines returns. OSError: a file that cannot be created."""
+        ...
+
+    def finish_outputs(self) -> None:
+        """Everything write_outputs took written and the files closed (nothing without write_outputs). Call it
+        before the files are read or the directory moved, also when the replay failed. OSError: the first write
+        that failed."""
+        ...
+
     def summary(self) -> dict[str, Any]: ...
+
+    def summary_writing_accounts(self, accounts_path: Path) -> dict[str, Any]:
+        """summary(), with accounts_json() written to `accounts_path` (the compiled engine builds and writes it
+        beside the summary). OSError: it could not be written."""
+        ...
 
     def queue_depth(self, symbol: str) -> tuple[int, int]:
         """(long positions, positions) of a symbol: its ADL queues' depth."""
@@ -172,6 +190,10 @@ def dead_letter_line(line: int, reason: str, raw: bytes, kind: str) -> bytes:
     return canonical_json({"line": line, "kind": kind, "reason": reason, "raw": text,
                            "raw_truncated": len(raw) > RAW_KEEP_BYTES})
 
+
+# The output files an engine writes itself after write_outputs (the compiled engine: crate output_files).
+ENGINE_WRITTEN = ("fund-ledger.jsonl", "adl-events.jsonl", "adl-rounds.jsonl", "findings.jsonl", "postings.jsonl",
+                  "adl-quantiles.jsonl")
 
 SNAPSHOT_COUNTERS = ("duplicates", "rejected", "conflicting_duplicates", "fund_entries", "adl_events", "findings",
                      "postings", "adl_quantiles")
@@ -302,8 +324,18 @@ class ReferenceEngine:
             b"".join(canonical_json(record_dict(change)) + b"\n" for change in result.adl_quantiles),
             dict(result.duplicates), b"".join(recorded))
 
+    def write_outputs(self, directory: Path) -> bool:
+        return False
+
+    def finish_outputs(self) -> None:
+        pass
+
     def summary(self) -> dict[str, Any]:
         return summary(self.processor)
+
+    def summary_writing_accounts(self, accounts_path: Path) -> dict[str, Any]:
+        write_bytes(accounts_path, self.accounts_json())
+        return self.summary()
 
     def queue_depth(self, symbol: str) -> tuple[int, int]:
         positions = self.processor.engine.by_symbol.get(symbol, {})
@@ -423,8 +455,19 @@ class CompiledEngine:
             list(records), topic_prefix, held)
         return RecordsResult(journal, ledger, adl, findings, dead, postings, quantiles, dict(duplicates), held_ids)
 
+    def write_outputs(self, directory: Path) -> bool:
+        self._ledger.write_outputs(str(directory))
+        return True
+
+    def finish_outputs(self) -> None:
+        self._ledger.finish_outputs()
+
     def summary(self) -> dict[str, Any]:
         document: dict[str, Any] = orjson.loads(self._ledger.summary_json())
+        return document
+
+    def summary_writing_accounts(self, accounts_path: Path) -> dict[str, Any]:
+        document: dict[str, Any] = orjson.loads(self._ledger.summary_writing_accounts(str(accounts_path)))
         return document
 
     def queue_depth(self, symbol: str) -> tuple[int, int]:

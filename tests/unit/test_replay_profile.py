@@ -37,3 +37,14 @@ def test_each_sample_lands_in_its_category_once() -> None:
 
 def test_lines_that_are_not_samples_are_ignored() -> None:
     assert sum(replay_profile.categorize("# comment\n\n  no percent here\n").values()) == 0
+
+
+def test_samples_are_split_by_thread() -> None:
+    report = """
+    61.50%  python
+    30.00%  backstop-output
+     8.00%  backstop-accoun
+     0.50%  perf
+"""
+    assert replay_profile.thread_shares(report) == {
+        "the engine's thread (and Python)": 62.0, "the output writer thread": 30.0, "the accounts.json thread": 8.0}

@@ -66,7 +66,7 @@ pub fn write(out: &mut Vec<u8>, value: &J<'_>) {
                 out.push(b':');
                 write(out, value);
             };
-            if entries.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+            if entries.windows(2).all(|pair| key_before(pair[0].0, pair[1].0)) {
                 entries.iter().enumerate().for_each(|(index, entry)| write_entry(index, entry));
             } else {
                 let mut order: Vec<&(&str, J<'_>)> = entries.iter().collect();
@@ -76,6 +76,14 @@ pub fn write(out: &mut Vec<u8>, value: &J<'_>) {
             out.push(b'}');
         }
         J::Raw(bytes) => out.extend_from_slice(bytes),
+    }
+}
+
+/// a < b, by their first bytes when they differ (most keys of a record do: no call to memcmp).
+fn key_before(a: &str, b: &str) -> bool {
+    match (a.as_bytes().first(), b.as_bytes().first()) {
+        (Some(x), Some(y)) if x != y => x < y,
+        _ => a < b,
     }
 }
 
@@ -158,24 +166,26 @@ pub fn chain_hash_of(value: &J<'_>) -> String {
 
 /// A chained record written once: `before` holds its keys that sort before "hash", `after` those after it (both
 /// non-empty objects). The hash is SHA-256 of the record without "hash" (backstop.core.hashing.chain_hash); the
-/// record with its hash is appended to `out`, and the hash returned.
+/// record with its hash is appended to `out`, and the hash returned. Written in place: the hash's digits fill the
+/// room left for them, and the opening brace of `after` becomes the comma after the hash.
 pub fn write_chained(out: &mut Vec<u8>, before: &J<'_>, after: &J<'_>) -> String {
+    const KEY: &[u8] = b"\"hash\":\"";
     let start = out.len();
     write(out, before);
     let middle = out.len() - 1; // the closing brace of `before`
     out[middle] = b',';
+    out.extend_from_slice(KEY);
+    let digits = out.len();
+    out.extend_from_slice(&[b'0'; 64]);
+    out.push(b'"');
+    let opening = out.len();
     write(out, after);
-    out[middle + 1] = b' '; // the opening brace of `after`, overwritten below
     let mut hasher = Sha256::new();
     hasher.update(&out[start..=middle]);
-    hasher.update(&out[middle + 2..]);
+    hasher.update(&out[opening + 1..]);
     let hash = hex(&hasher.finalize());
-    let tail = out.split_off(middle + 2);
-    out.truncate(middle + 1);
-    out.extend_from_slice(b"\"hash\":\"");
-    out.extend_from_slice(hash.as_bytes());
-    out.extend_from_slice(b"\",");
-    out.extend_from_slice(&tail);
+    out[digits..digits + 64].copy_from_slice(hash.as_bytes());
+    out[opening] = b',';
     hash
 }
 
@@ -234,6 +244,19 @@ mod tests {
         write_pretty(&mut out, &value, 0);
         let expected = "{\n  \"a\": [\n    1,\n    {\n      \"x\": {}\n    }\n  ],\n  \"b\": {\n    \"c\": \"x\",\n    \"d\": []\n  },\n  \"n\": null\n}";
         assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_chained_record_is_written_once_with_its_hash() {
+        let before = J::Obj(vec![("amount", J::Dec(15, 1)), ("fund", J::Str("a\"b"))]);
+        let after = J::Obj(vec![("id", J::Str("p-1-0")), ("seq", J::Int(1))]);
+        let mut out = b"earlier\n".to_vec();
+        let hash = write_chained(&mut out, &before, &after);
+        assert_eq!(hash, sha256_hex(br#"{"amount":"1.5","fund":"a\"b","id":"p-1-0","seq":1}"#));
+        let whole = J::Obj(vec![("amount", J::Dec(15, 1)), ("fund", J::Str("a\"b")), ("hash", J::Str(&hash)),
+                                ("id", J::Str("p-1-0")), ("seq", J::Int(1))]);
+        assert_eq!(out, [b"earlier\n".as_slice(), &to_vec(&whole)].concat());
+        assert_eq!(chain_hash_of(&whole), hash);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::adl_index::{AdlIndex, Candidates};
 use crate::admission::{Admission, Kind, Refusal};
 use crate::canonical::{self, J, GENESIS_HASH};
 use crate::ledger::{Account, Ledger, Names};
+use crate::posting::Posting;
 use crate::numbers::{
     add, mul, pow10, pow10_i128, ratio, rescale, sub, text, text_wide, wide_mul, Rounding, Shown, S12, S16, S18, S8,
 };
@@ -40,6 +41,8 @@ pub struct Outputs {
     pub postings: Vec<u8>,
     pub adl_quantiles: Vec<u8>,
     pub adl_rounds: Vec<u8>,
+    /// the postings whose records are left to write, in order (Engine::defer_postings)
+    pub deferred_postings: Vec<Posting>,
     pub fund_entries: u64,
     pub adl_count: u64,
     pub finding_count: u64,
@@ -134,6 +137,11 @@ pub struct Engine {
     cause: Cause,
     /// Each touched fund's balance and its symbols' PnL as the current event found them (Bybit's trigger).
     drawdown_before: Option<FundValues>,
+    /// A posting's texts, written here without an allocation per posting (`post`); not state.
+    posting_texts: String,
+    /// Leave each posting's record to the output writer (Outputs::deferred_postings): `postings_head` is then the
+    /// head before the first of them until the writer gives the chain's head back. Not state.
+    pub defer_postings: bool,
 }
 
 /// A fund, its balance (1e-8) and each of its symbols' PnL (1e-16), at one moment (Bybit's trigger).
@@ -180,6 +188,8 @@ impl Default for Engine {
             counts: EventCounts::default(),
             cause: Cause::default(),
             drawdown_before: None,
+            posting_texts: String::new(),
+            defer_postings: false,
         }
     }
 }
@@ -1634,48 +1644,33 @@ impl Engine {
     /// Move `amount` (money; negative: the other way) in the ledger and write its posting: amount > 0 from the debit
     /// account to the credit account; nothing for zero. A posting to or from a fund names the fund-ledger entry the
     /// caller writes next.
-    fn post(&mut self, kind: &str, source: Account, destination: Account, amount: impl Into<I256>, asset: u32,
-            out: &mut Outputs) {
+    fn post(&mut self, kind: &'static str, source: Account, destination: Account, amount: impl Into<I256>,
+            asset: u32, out: &mut Outputs) {
         let amount: I256 = amount.into();
         self.ledger.post(source, destination, amount);
         if amount == 0 {
             return;
         }
         let (debit, credit, amount) = if amount < 0 { (destination, source, -amount) } else { (source, destination, amount) };
-        let id = format!("p-{}-{}", self.seq, self.counts.postings);
         let touches_fund = matches!(debit, Account::Fund(_)) || matches!(credit, Account::Fund(_));
-        let fund_entry_id = touches_fund.then(|| format!("fl-{}-{}", self.seq, self.counts.fund_entries));
         self.counts.fund_postings += u64::from(touches_fund);
-        let (debit_name, credit_name) = (debit.name(&self.names), credit.name(&self.names));
         let cause = &self.cause;
-        fn optional(value: &Option<String>) -> J<'_> {
-            value.as_deref().map_or(J::Null, J::Str)
+        let posting = Posting {
+            kind, debit, credit, amount,
+            debit_balance_after: self.ledger.balance(debit),
+            credit_balance_after: self.ledger.balance(credit),
+            asset, seq: self.seq, number: self.counts.postings, ts: self.ts,
+            fund_entry: touches_fund.then_some(self.counts.fund_entries),
+            adl_event_id: cause.adl_event_id.clone(),
+            fill_id: cause.fill_id.clone(),
+            liquidation_id: cause.liquidation_id.clone(),
+            transfer_id: cause.transfer_id.clone(),
+        };
+        if self.defer_postings {
+            out.deferred_postings.push(posting);
+        } else {
+            posting.write(&self.names, &mut self.posting_texts, &mut out.postings, &mut self.postings_head);
         }
-        // the keys before "hash" and after it: the record is written once, the hash taken over both halves
-        let before = J::Obj(vec![
-            ("adl_event_id", optional(&cause.adl_event_id)),
-            ("amount", J::Wide(amount, S8)),
-            ("asset", J::Str(self.names.name(asset))),
-            ("credit_account", J::Str(&credit_name)),
-            ("credit_balance_after", J::Wide(self.ledger.balance(credit), S8)),
-            ("debit_account", J::Str(&debit_name)),
-            ("debit_balance_after", J::Wide(self.ledger.balance(debit), S8)),
-            ("fill_id", optional(&cause.fill_id)),
-            ("fund_entry_id", fund_entry_id.as_deref().map_or(J::Null, J::Str)),
-        ]);
-        let after = J::Obj(vec![
-            ("id", J::Str(&id)),
-            ("kind", J::Str(kind)),
-            ("liquidation_id", optional(&cause.liquidation_id)),
-            ("prev_hash", J::Str(&self.postings_head)),
-            ("schema_version", J::Int(SCHEMA_VERSION)),
-            ("seq", J::Int(self.seq as i128)),
-            ("transfer_id", optional(&cause.transfer_id)),
-            ("ts", J::Int(self.ts as i128)),
-        ]);
-        let hash = canonical::write_chained(&mut out.postings, &before, &after);
-        out.postings.push(b'\n');
-        self.postings_head = hash;
         self.counts.postings += 1;
         out.posting_count += 1;
     }

@@ -31,6 +31,16 @@ impl Names {
     pub fn name(&self, id: u32) -> &str {
         &self.names[id as usize]
     }
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+    /// The names from id `first` on, in id order (a copy interning them in this order gets the same ids).
+    pub fn since(&self, first: usize) -> &[String] {
+        &self.names[first.min(self.names.len())..]
+    }
 }
 
 /// A ledger account; the numbers are ids in `Names`.
@@ -47,17 +57,31 @@ pub enum Account {
 
 impl Account {
     pub fn name(&self, names: &Names) -> String {
-        match *self {
-            Account::Wallet { account, asset } => format!("wallet:{}:{}", names.name(account), names.name(asset)),
-            Account::Isolated { account, symbol, side } => match side {
-                PositionSide::Both => format!("isolated:{}:{}", names.name(account), names.name(symbol)),
-                side => format!("isolated:{}:{}:{}", names.name(account), names.name(symbol), side.name()),
-            },
-            Account::Fund(fund) => format!("fund:{}", names.name(fund)),
-            Account::Fees(asset) => format!("fees:{}", names.name(asset)),
-            Account::Settlement(symbol) => format!("settlement:{}", names.name(symbol)),
-            Account::Funding(symbol) => format!("funding:{}", names.name(symbol)),
-            Account::External(asset) => format!("external:{}", names.name(asset)),
+        let mut out = String::new();
+        self.push_name(names, &mut out);
+        out
+    }
+
+    /// The name appended to `out` (no allocation of its own: a posting names two accounts).
+    pub fn push_name(&self, names: &Names, out: &mut String) {
+        let (kind, first, second) = match *self {
+            Account::Wallet { account, asset } => ("wallet:", account, Some(asset)),
+            Account::Isolated { account, symbol, .. } => ("isolated:", account, Some(symbol)),
+            Account::Fund(fund) => ("fund:", fund, None),
+            Account::Fees(asset) => ("fees:", asset, None),
+            Account::Settlement(symbol) => ("settlement:", symbol, None),
+            Account::Funding(symbol) => ("funding:", symbol, None),
+            Account::External(asset) => ("external:", asset, None),
+        };
+        out.push_str(kind);
+        out.push_str(names.name(first));
+        if let Some(second) = second {
+            out.push(':');
+            out.push_str(names.name(second));
+        }
+        if let Account::Isolated { side: side @ (PositionSide::Long | PositionSide::Short), .. } = *self {
+            out.push(':');
+            out.push_str(side.name());
         }
     }
 }

@@ -196,7 +196,12 @@ impl Processor {
     /// (backstop.adapters.journal_file): a record is the bytes between two `\n`, a `\r` right before the `\n` is
     /// dropped, blank lines are counted and skipped.
     pub fn apply_lines(&mut self, chunk: &[u8], first_line: u64) -> Batch {
-        let mut batch = Batch::default();
+        self.apply_lines_into(chunk, first_line, Outputs::default())
+    }
+
+    /// `apply_lines` writing the outputs into `outputs` (empty; its buffers' memory reused: crate::output_files).
+    pub fn apply_lines_into(&mut self, chunk: &[u8], first_line: u64, outputs: Outputs) -> Batch {
+        let mut batch = Batch { outputs, ..Batch::default() };
         self.apply_chunk(chunk, first_line, &mut batch);
         if self.check_conservation {
             let total = self.engine.ledger.sum();
@@ -522,6 +527,19 @@ impl Processor {
             ("adl_policy", engine.policy.document()),
         ]);
         canonical::to_vec(&document)
+    }
+
+    /// summary_json, and accounts_json handed to `consume` (e.g. to write it), side by side on two threads (the end
+    /// of a replay: both only read the state).
+    pub fn summary_and_accounts<R: Send>(&self, consume: impl FnOnce(Vec<u8>) -> R + Send) -> (Vec<u8>, R) {
+        std::thread::scope(|scope| {
+            let accounts = std::thread::Builder::new()
+                .name("backstop-accounts".to_string())
+                .spawn_scoped(scope, || consume(self.accounts_json()))
+                .expect("a thread for accounts.json");
+            let summary = self.summary_json();
+            (summary, accounts.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        })
     }
 
     /// accounts.json as written (backstop.core.documents.accounts): indented, sorted keys, a final newline.

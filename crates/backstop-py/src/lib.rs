@@ -5,6 +5,8 @@ use backstop_engine::adl::Policy;
 use backstop_engine::idtable::IdTable;
 use backstop_engine::processor::{Consumed, Processor, RestoreError};
 use backstop_engine::simulation::Simulation;
+use backstop_engine::appender::Appender;
+use backstop_engine::output_files::{OutputFiles, WriteError};
 use backstop_engine::{outbox, projection};
 use backstop_engine::state::Side;
 use backstop_engine::{canonical, json, numbers, wire};
@@ -12,7 +14,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::types::PyTuple;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -148,6 +150,22 @@ create_exception!(_engine, InvariantViolation, PyException,
 struct Ledger {
     processor: Processor,
     poisoned: Option<String>,
+    /// the replay's output files, when the engine writes them itself (write_outputs)
+    files: Option<OutputFiles>,
+    /// the output writer writes the postings' records and their hash chain (write_outputs without snapshots: a
+    /// snapshot due inside a batch needs the chain's head there)
+    deferred_hashes: bool,
+}
+
+/// A write error as Python's OSError (errno, its text, the file), as a failed `open(...).write` raises it.
+fn os_error(failure: WriteError) -> PyErr {
+    let text = failure.error.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text).to_string();
+    let path = failure.path.to_string_lossy().into_owned();
+    match failure.error.raw_os_error() {
+        Some(code) => PyOSError::new_err((code, text, path)),
+        None => PyOSError::new_err(format!("cannot write {path}: {text}")),
+    }
 }
 
 impl Ledger {
@@ -161,6 +179,15 @@ impl Ledger {
             });
             Ok(())
         })
+    }
+
+    /// The postings chain's head from the output writer, once it has filled in every hash handed to it (nothing to
+    /// do when it fills none): before anything reads or extends the chain outside apply_lines.
+    fn settled(&mut self, py: Python<'_>) -> PyResult<()> {
+        if let (Some(files), true) = (self.files.as_mut(), self.deferred_hashes) {
+            self.processor.engine.postings_head = py.detach(|| files.postings_head()).map_err(os_error)?;
+        }
+        Ok(())
     }
 
     fn guarded<T>(&mut self, work: impl FnOnce(&mut Processor) -> T) -> PyResult<T> {
@@ -227,7 +254,7 @@ impl Ledger {
         if let Some((slippage_bps, partial, market_fill)) = simulation {
             processor.simulation = Some(simulation_params(&slippage_bps, partial, &market_fill)?);
         }
-        Ok(Ledger { processor, poisoned: None })
+        Ok(Ledger { processor, poisoned: None, files: None, deferred_hashes: false })
     }
 
     fn events_applied(&self) -> u64 {
@@ -238,7 +265,26 @@ impl Ledger {
     fn apply_lines<'py>(&mut self, py: Python<'py>, chunk: &[u8], first_line: u64, held: &[u8])
                         -> PyResult<Bound<'py, PyTuple>> {
         self.processor.begin_batch(held).map_err(PyValueError::new_err)?;
-        let batch = py.detach(|| self.guarded(|processor| processor.apply_lines(chunk, first_line)))?;
+        let batch = py.detach(|| {
+            let mut files = self.files.take();
+            let outputs = files.as_mut().map(OutputFiles::outputs).unwrap_or_default();
+            let deferred = self.deferred_hashes;
+            let applied = self.guarded(|processor| {
+                processor.engine.defer_postings = deferred;
+                let batch = processor.apply_lines_into(chunk, first_line, outputs);
+                processor.engine.defer_postings = false;
+                batch
+            });
+            let names = &self.processor.engine.names;
+            let handed = match (applied, files.as_mut()) {
+                (Ok(mut batch), Some(writer)) => {
+                    writer.hand_over(std::mem::take(&mut batch.outputs), names).map(|()| batch).map_err(os_error)
+                }
+                (applied, _) => applied,
+            };
+            self.files = files;
+            handed
+        })?;
         let mut snapshots: Vec<(u64, Bound<'py, PyBytes>, Bound<'py, PyBytes>)> = Vec::new();
         for due in &batch.snapshots {
             snapshots.push((due.seq, PyBytes::new(py, &due.document), self.ids_bytes(py, due.seq, due.ids)?));
@@ -258,6 +304,31 @@ impl Ledger {
             .into_pyobject(py)
     }
 
+    /// From now on write the output files of apply_lines (all but dead-letter.jsonl: output_files::FILE_NAMES)
+    /// into `directory` from a thread of the engine's own; apply_lines returns them empty. OSError: a file that
+    /// cannot be created.
+    fn write_outputs(&mut self, py: Python<'_>, directory: std::path::PathBuf) -> PyResult<()> {
+        if self.files.is_some() {
+            return Err(PyValueError::new_err("the engine writes its output files already"));
+        }
+        let head = &self.processor.engine.postings_head;
+        self.files = Some(py.detach(|| OutputFiles::create(&directory, head)).map_err(os_error)?);
+        self.deferred_hashes = self.processor.snapshot_every == 0;
+        Ok(())
+    }
+
+    /// Write everything handed over, close the files and stop their thread (nothing when none were opened).
+    /// OSError: the first write that failed.
+    fn finish_outputs(&mut self, py: Python<'_>) -> PyResult<()> {
+        let settled = self.settled(py);
+        self.deferred_hashes = false;
+        let finished = match self.files.take() {
+            Some(mut files) => py.detach(|| files.finish()).map_err(os_error),
+            None => Ok(()),
+        };
+        settled.and(finished)
+    }
+
     /// (long positions, positions) of a symbol: the depth of its ADL queues (0, 0 for a symbol unknown).
     fn queue_depth(&self, symbol: &str) -> (usize, usize) {
         let engine = &self.processor.engine;
@@ -275,6 +346,7 @@ impl Ledger {
     /// batch's held identities (per batch only).
     fn apply_records<'py>(&mut self, py: Python<'py>, records: Vec<(String, i64, i64, Option<Vec<u8>>)>, prefix: &str,
                           held: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
+        self.settled(py)?;
         self.processor.begin_batch(held).map_err(PyValueError::new_err)?;
         let consumed: Vec<Consumed<'_>> = records
             .iter()
@@ -298,8 +370,25 @@ impl Ledger {
     }
 
     fn summary_json<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        self.settled(py)?;
         let document = py.detach(|| self.guarded(|processor| processor.summary_json()))?;
         Ok(PyBytes::new(py, &document))
+    }
+
+    /// summary_json, with accounts.json written to `path` (O_DIRECT where the filesystem takes it), built and
+    /// written beside the summary. OSError: the file could not be written.
+    fn summary_writing_accounts<'py>(&mut self, py: Python<'py>, path: std::path::PathBuf)
+                                     -> PyResult<Bound<'py, PyBytes>> {
+        self.settled(py)?;
+        let write = |accounts: Vec<u8>| -> Result<(), WriteError> {
+            let failed = |error| WriteError { path: path.clone(), error };
+            let mut file = Appender::create(path.clone()).map_err(failed)?;
+            file.append(&accounts).map_err(failed)?;
+            file.finish().map_err(failed)
+        };
+        let (summary, written) = py.detach(|| self.guarded(|processor| processor.summary_and_accounts(write)))?;
+        written.map_err(os_error)?;
+        Ok(PyBytes::new(py, &summary))
     }
 
     fn accounts_json<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
@@ -308,6 +397,7 @@ impl Ledger {
     }
 
     fn state_hash(&mut self, py: Python<'_>) -> PyResult<String> {
+        self.settled(py)?;
         py.detach(|| self.guarded(|processor| processor.state_hash()))
     }
 
@@ -358,6 +448,7 @@ impl Ledger {
     /// The engine's state document (backstop.core.snapshot.state_document), canonical JSON: its SHA-256 is the
     /// state hash.
     fn state_document<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        self.settled(py)?;
         let document = py.detach(|| self.guarded(|processor| processor.state_document()))?;
         Ok(PyBytes::new(py, &document))
     }
@@ -398,6 +489,7 @@ impl Ledger {
 
     /// (seq, the snapshot's document, its identity file).
     fn snapshot<'py>(&mut self, py: Python<'py>, input_line: u64) -> PyResult<Bound<'py, PyTuple>> {
+        self.settled(py)?;
         if self.processor.engine.admission.per_batch {
             return Err(PyValueError::new_err("an engine whose identities are held per batch writes no snapshots"));
         }

@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -130,11 +130,34 @@ def write_file_atomically(target: Path, write: Callable[[Path], object], *, inpu
         raise
 
 
-class OutputDir:
-    """Streams effects and dead letters into the output directory as they happen."""
+class _Sink(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+    def close(self) -> None: ...
 
-    def __init__(self, root: Path) -> None:
+
+class _WrittenElsewhere:
+    """A file another writer writes: only nothing may be written to it here."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def write(self, data: bytes, /) -> int:
+        if data:
+            raise ValueError(f"{self.name} is written by the engine, not here")
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class OutputDir:
+    """Streams effects and dead letters into the output directory as they happen. `elsewhere`: the files another
+    writer writes (the compiled engine's own thread, backstop.engines.ENGINE_WRITTEN): left alone here, and their
+    bytes in write_batch must be empty."""
+
+    def __init__(self, root: Path, *, elsewhere: Collection[str] = ()) -> None:
         self.root = root
+        self.elsewhere = frozenset(elsewhere)
         root.mkdir(parents=True, exist_ok=True)
         self.dead_letters = 0
         self._ledger = self._open("fund-ledger.jsonl")
@@ -145,7 +168,9 @@ class OutputDir:
         self._postings = self._open("postings.jsonl")
         self._quantiles = self._open("adl-quantiles.jsonl")
 
-    def _open(self, name: str) -> IO[bytes]:
+    def _open(self, name: str) -> _Sink:
+        if name in self.elsewhere:
+            return _WrittenElsewhere(name)
         return (self.root / name).open("wb", buffering=1 << 20)
 
     def effects(self, effects: Effects) -> None:

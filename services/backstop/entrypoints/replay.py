@@ -1,14 +1,16 @@
 """`backstop replay`: run a JSONL journal through a ledger engine and write the output directory.
 
 The journal goes to the engine in chunks of whole lines (backstop.engines: the batch API both engines serve); the
-engine hands back each output file's bytes, which are appended as they come.
+engine hands back each output file's bytes, which are appended as they come, or (the compiled engine) writes them
+itself from a thread of its own while it applies the next chunk (docs/engines.md, "The replay's pipeline").
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from backstop.adapters.journal_file import JournalFile, JournalFileError
 from backstop.core.engine import AdlPolicy
 from backstop.core.snapshot import seal_holds
 from backstop.engines import (
+    ENGINE_WRITTEN,
     SNAPSHOT_COUNTERS,
     EngineName,
     EngineOptions,
@@ -222,12 +225,12 @@ def _replay(options: ReplayOptions, chunks: Callable[[int], Iterable[tuple[int, 
     engine, skip, start = _open(options)
     inputs = [path for path in (options.journal, options.from_snapshot) if path is not None]
     try:
-        with staged_dir(options.out, owned=REPLAY_OUTPUTS, inputs=inputs) as out_path:
-            result = _replay_into(out_path, options, engine, chunks(skip), size, carried)
+        with staged_dir(options.out, owned=REPLAY_OUTPUTS, inputs=inputs) as out_path, \
+                engine_files(engine, out_path) as elsewhere:
+            result = _replay_into(out_path, options, engine, chunks(skip), size, carried, elsewhere)
             if start is not None:
                 result["from_snapshot"] = start
             write_json(out_path / "summary.json", result)
-            write_bytes(out_path / "accounts.json", engine.accounts_json())
     except OutputError as error:
         raise ReplayError(str(error), 2) from None
     except JournalFileError as error:
@@ -237,14 +240,30 @@ def _replay(options: ReplayOptions, chunks: Callable[[int], Iterable[tuple[int, 
     return result
 
 
+@contextlib.contextmanager
+def engine_files(engine: LedgerEngine, out_path: Path) -> Iterator[Collection[str]]:
+    """The output files the engine writes itself into `out_path` (ENGINE_WRITTEN, or none), all written and closed
+    when the block ends, if not before. When the block raises, its error is the one reported (the staged output is
+    discarded whatever the writer says)."""
+    elsewhere = ENGINE_WRITTEN if engine.write_outputs(out_path) else ()
+    try:
+        yield elsewhere
+    except BaseException:
+        with contextlib.suppress(OSError):
+            engine.finish_outputs()
+        raise
+    engine.finish_outputs()
+
+
 def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, chunks: Iterable[tuple[int, bytes]],
-                 size: int, carried: Carried | None) -> dict[str, Any]:
+                 size: int, carried: Carried | None, elsewhere: Collection[str] = ()) -> dict[str, Any]:
+    """The summary after the chunks are applied and their outputs written into `out_path`, accounts.json too."""
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and
                                                                    size >= PROGRESS_MIN_BYTES)
     snapshots = out_path / "snapshots"
     if options.snapshot_every > 0:
         snapshots.mkdir()
-    with OutputDir(out_path) as out, Progress(
+    with OutputDir(out_path, elsewhere=elsewhere) as out, Progress(
             "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
             TimeRemainingColumn(), disable=not show, transient=True) as progress:
         for letter in carried.dead_letters if carried is not None else ():
@@ -261,7 +280,8 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
                 line, reason = batch.stopped
                 raise ReplayError(f"line {line}: {reason}", 1)
             progress.advance(task, len(chunk))
-    result = engine.summary()
+    engine.finish_outputs()  # the writer's buffers are freed before the documents are built
+    result = engine.summary_writing_accounts(out_path / "accounts.json")
     result["dead_letters"] = out.dead_letters
     if carried is not None:
         result["duplicates"] += carried.duplicates
