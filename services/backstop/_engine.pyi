@@ -16,12 +16,10 @@ def wire_decode_consumed(value: bytes | None, record_type: str, topic: str) -> t
 def canonical_reencode(raw: bytes, pretty: bool) -> bytes: ...
 def canonical_chain_hash(raw: bytes) -> str: ...
 
-# The service: a consumed batch's outbox rows as COPY text (topic, key, record id, payload), in the reference's
-# order, from the output lines Ledger.apply_records returned.
-def outbox_copy(
-    prefix: str, journal: bytes, fund_ledger: bytes, adl_events: bytes, postings: bytes, adl_quantiles: bytes,
-    dead_letters: bytes,
-) -> bytes: ...
+# The service: a consumed batch's outbox rows (quantile records and dead letters; the rest is published from its
+# own table) as COPY text (topic, key, record id, payload), in the reference's order, from the output lines
+# Ledger.apply_records returned.
+def outbox_copy(prefix: str, adl_quantiles: bytes, dead_letters: bytes) -> bytes: ...
 
 class InvariantViolation(Exception):
     """An internal rule of the compiled engine broke (a bug): the engine must not be used any more."""

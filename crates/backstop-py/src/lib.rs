@@ -82,13 +82,11 @@ fn wire_decode_consumed<'py>(py: Python<'py>, value: Option<&[u8]>, record_type:
     }
 }
 
-/// A consumed batch's outbox rows as COPY text (topic, key, record id, payload), in the reference's order, from
-/// the output lines apply_records returned.
+/// A consumed batch's outbox rows (quantile records and dead letters) as COPY text (topic, key, record id,
+/// payload), in the reference's order, from the output lines apply_records returned.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
-fn outbox_copy<'py>(py: Python<'py>, prefix: &str, journal: &[u8], fund_ledger: &[u8], adl_events: &[u8],
-                    postings: &[u8], adl_quantiles: &[u8], dead_letters: &[u8]) -> Bound<'py, PyBytes> {
-    let outputs = outbox::Outputs { journal, fund_ledger, adl_events, postings, adl_quantiles, dead_letters };
+fn outbox_copy<'py>(py: Python<'py>, prefix: &str, adl_quantiles: &[u8], dead_letters: &[u8]) -> Bound<'py, PyBytes> {
+    let outputs = outbox::Outputs { adl_quantiles, dead_letters };
     let text = py.detach(|| outbox::copy_text(prefix, &outputs));
     PyBytes::new(py, &text)
 }

@@ -338,7 +338,7 @@ class CompiledService:
         # quantile records are only published: they reach the outbox alone, never a Python object; the other
         # records are published from their own tables
         self._dead_letters(result, dead, batch)
-        result.outbox_copy = self._outbox_copy(topics.prefix, b"", b"", b"", b"", quantiles, dead)
+        result.outbox_copy = self._outbox_copy(topics.prefix, quantiles, dead)
         result.duplicates = dict(duplicates)
         self.ids.applied(held_ids)
         result.held_ids = self.ids.drain()
