@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, Validati
 from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, write_bytes, write_json
 from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core.adl_policy import AdlPolicy, configured
+from backstop.core.events import fund_id_of, is_fund_account
 from backstop.core.hashing import canonical_json
 from backstop.core.numbers import CONTEXT, money, text
 from backstop.core.simulation import SimulationParams
@@ -153,7 +154,7 @@ def _changed_by(record: AnyRecord) -> str:
     if isinstance(record, InstrumentRecord):
         return f"instruments.{record.symbol}"
     if isinstance(record, TransferRecord):
-        return f"funds.{record.account_id.removeprefix('fund:')}.balance_scale"
+        return f"funds.{fund_id_of(record.account_id)}.balance_scale"
     return record.type
 
 
@@ -180,8 +181,8 @@ def transform(record: AnyRecord, scenario: Scenario) -> AnyRecord:
         change_i = scenario.instruments[record.symbol]
         return record.model_copy(update={k: v for k, v in (("tiers", change_i.tiers), (
             "liquidation_fee_rate", change_i.liquidation_fee_rate)) if v is not None})
-    if isinstance(record, TransferRecord) and record.account_id.startswith("fund:"):
-        change_f = scenario.funds.get(record.account_id[len("fund:"):])
+    if isinstance(record, TransferRecord) and is_fund_account(record.account_id):
+        change_f = scenario.funds.get(fund_id_of(record.account_id))
         if change_f is not None and change_f.balance_scale is not None:
             with localcontext(CONTEXT):
                 return record.model_copy(update={"amount": money(record.amount * change_f.balance_scale)})

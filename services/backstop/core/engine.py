@@ -25,7 +25,6 @@ from backstop.core.adl_policy import AdlPolicy as AdlPolicy  # re-exported: the 
 from backstop.core.dedupe import Dedupe, HeldIds
 from backstop.core.errors import InvariantViolation, Rejected
 from backstop.core.events import (
-    FUND_ACCOUNT_PREFIX,
     Event,
     FillEvent,
     FundEvent,
@@ -34,6 +33,8 @@ from backstop.core.events import (
     LiquidationEvent,
     MarkEvent,
     TransferEvent,
+    fund_id_of,
+    is_fund_account,
 )
 from backstop.core.hashing import GENESIS_HASH, chain_hash, combine
 from backstop.core.idstore import IdStore
@@ -128,10 +129,6 @@ class MarginView:
 
 
 Exposures = dict[tuple[str, str], tuple[Decimal, Decimal]]  # one account's: (symbol, position_side) -> (uPnL, MM)
-
-
-def is_fund_account(account_id: str) -> bool:
-    return account_id.startswith(FUND_ACCOUNT_PREFIX)
 
 
 class Engine:
@@ -313,7 +310,7 @@ class Engine:
         if not is_money(amount):
             raise Rejected(f"amount {amount} has more decimals than the asset unit {MONEY_QUANTUM}")
         if is_fund_account(record.account_id):
-            fund_state = self._fund(record.account_id[len(FUND_ACCOUNT_PREFIX):])
+            fund_state = self._fund(fund_id_of(record.account_id))
             if record.asset != fund_state.spec.settle_asset:
                 raise Rejected(f"fund {fund_state.spec.fund_id} holds {fund_state.spec.settle_asset}, "
                                f"not {record.asset}")
@@ -329,7 +326,7 @@ class Engine:
         self._transfer_id = record.transfer_id
         self._post("transfer", source, account, amount, record.asset)
         if is_fund_account(record.account_id):
-            self._fund_entry(record.account_id[len(FUND_ACCOUNT_PREFIX):], "transfer", amount, None, source)
+            self._fund_entry(fund_id_of(record.account_id), "transfer", amount, None, source)
 
     # ------------------------------------------------------------------ trading
     def _on_fill(self, record: FillEvent) -> None:
@@ -593,7 +590,7 @@ class Engine:
         self._finding("not_liquidatable", record.account_id, record.liquidation_id, record.symbol, details)
 
     def _fund_fill(self, record: FillEvent, instrument: Instrument) -> None:
-        fund_id = record.account_id[len(FUND_ACCOUNT_PREFIX):]
+        fund_id = fund_id_of(record.account_id)
         fund_state = self._fund(fund_id)
         if instrument.fund_id != fund_id:
             raise Rejected(f"{record.symbol} belongs to fund {instrument.fund_id}, not {fund_id}")
@@ -1136,7 +1133,7 @@ class Engine:
         effects = self._effects
         postings = effects.postings
         balances = self.ledger.balances
-        touches_fund = source.startswith(FUND_ACCOUNT_PREFIX) or destination.startswith(FUND_ACCOUNT_PREFIX)
+        touches_fund = is_fund_account(source) or is_fund_account(destination)
         body: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION, "id": f"p-{self._seq}-{len(postings)}", "seq": self._seq,
             "ts": self._ts, "kind": kind, "debit_account": source, "credit_account": destination, "asset": asset,

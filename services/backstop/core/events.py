@@ -18,6 +18,15 @@ from backstop.core.state import MarginMode, PositionSide, SurplusPolicy
 FUND_ACCOUNT_PREFIX = "fund:"  # an account id that names an insurance fund: "fund:<fund_id>"
 
 
+def is_fund_account(account_id: str) -> bool:
+    return account_id.startswith(FUND_ACCOUNT_PREFIX)
+
+
+def fund_id_of(account_id: str) -> str:
+    """The fund a fund account names (an account id that names none comes back unchanged)."""
+    return account_id.removeprefix(FUND_ACCOUNT_PREFIX)
+
+
 @dataclass(frozen=True, slots=True)
 class FundEvent:
     """An insurance fund defined or redefined (its settlement asset never changes)."""

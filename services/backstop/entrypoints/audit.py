@@ -31,6 +31,7 @@ from backstop.core.anchor import (
     check_signatures,
 )
 from backstop.core.hashing import GENESIS_HASH, combine
+from backstop.core.ledger import fund as fund_account
 from backstop.core.numbers import CONTEXT
 from backstop.core.verify import Problem, check_chain, check_fund_balances, check_postings, compare_streams
 from backstop.engines import EngineName, EngineOptions, LedgerEngine, invariant_errors, open_engine
@@ -362,7 +363,7 @@ def verify_postings(postings: list[dict[str, Any]], summary: dict[str, Any], *, 
     checked.append(f"postings: every account's balance follows from its postings; the balances change by a sum of "
                    f"0 in each of {seqs} seq(s)")
     for fund_id, fund in summary.get("funds", {}).items():
-        account = f"fund:{fund_id}"
+        account = fund_account(fund_id)
         if (account in balances or not start) and balances.get(account, Decimal(0)) != Decimal(fund["balance"]):
             return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its postings leave "
                              f"{account} at {balances.get(account, Decimal(0))}")

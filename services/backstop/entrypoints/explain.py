@@ -18,8 +18,16 @@ import orjson
 
 from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core import adl, ledger
-from backstop.core.engine import Engine, is_fund_account
-from backstop.core.events import Event, FillEvent, FundingEvent, LiquidationEvent, TransferEvent
+from backstop.core.engine import Engine
+from backstop.core.events import (
+    Event,
+    FillEvent,
+    FundingEvent,
+    LiquidationEvent,
+    TransferEvent,
+    fund_id_of,
+    is_fund_account,
+)
 from backstop.core.numbers import CONTEXT, equity_behind, money, text
 from backstop.core.records import AdlEvent, Finding, FundLedgerEntry, Posting
 from backstop.core.valuation import LINEAR
@@ -156,7 +164,7 @@ def _before(engine: Engine, record: Event) -> dict[str, Any]:
     if isinstance(record, LiquidationEvent):
         return {"kind": "liquidation", **_liquidation_inputs(engine, record)}
     if isinstance(record, FillEvent) and is_fund_account(record.account_id):
-        fund_state = engine.funds.get(record.account_id[len("fund:"):])
+        fund_state = engine.funds.get(fund_id_of(record.account_id))
         spec = engine.instruments.get(record.symbol)
         valuation = spec.valuation if spec else LINEAR
         lots = [{"liquidation_id": lot.liquidation_id, "side": lot.side, "qty": text(lot.qty),

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, OutputError, staged_dir, write_bytes, write_json
 from backstop.adapters.journal_file import JournalFile, JournalFileError
 from backstop.core.engine import AdlPolicy
+from backstop.core.ledger import fund as fund_account
 from backstop.core.snapshot import seal_holds
 from backstop.engines import (
     ENGINE_WRITTEN,
@@ -136,7 +137,7 @@ def snapshot_start(document: dict[str, Any]) -> dict[str, Any]:
             "fund_ledger_entries": counters["fund_entries"], "adl_events": counters["adl_events"],
             "findings": counters["findings"], "postings": counters["postings"],
             "adl_quantiles": counters["adl_quantiles"],
-            "fund_balances": {f: state["balances"].get(f"fund:{f}", "0") for f in funds}}
+            "fund_balances": {f: state["balances"].get(fund_account(f), "0") for f in funds}}
 
 
 def replay(options: ReplayOptions) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from backstop.core import adl, ledger
 from backstop.core.engine import Engine, Exposures
+from backstop.core.events import is_fund_account
 from backstop.core.numbers import CONTEXT, ZERO, money
 from backstop.core.state import Position, PositionSide
 from backstop.pipeline.copy_text import copy_rows
@@ -116,7 +117,7 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
     positions: list[tuple[Any, ...]] = []
     closed: list[tuple[str, str, str]] = []
     for account_id in accounts:
-        if account_id.startswith("fund:"):
+        if is_fund_account(account_id):
             continue
         for asset in assets:
             name = ledger.wallet(account_id, asset)
@@ -138,7 +139,7 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
                   max(-engine.ledger.balance(ledger.fund(f.spec.fund_id)), ZERO),
                   money(engine.inventory_notional(f)), seq) for f in engine.funds.values()]
         inventory_changed = refresh_all or any(r.type == "liquidation" for r in result.journal) or any(
-            a.startswith("fund:") for a in result.touched_accounts)
+            is_fund_account(a) for a in result.touched_accounts)
         lots = [(f.spec.fund_id, lot.liquidation_id, lot.symbol, lot.side, lot.qty, lot.cost,
                  lot.bankruptcy_price(engine.instruments[lot.symbol].valuation), lot.liquidated_account, lot.seq)
                 for f in engine.funds.values() for queue in f.lots.values() for lot in queue] \

@@ -23,6 +23,7 @@ from backstop.adapters.postgres.store import REFRESH_CHUNK_ROWS, RefreshCopy
 from backstop.core.dedupe import content_digest, identity_of_fields, key_digest, unpack_rows
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
+from backstop.core.events import is_fund_account
 from backstop.core.hashing import canonical_json
 from backstop.core.processor import Processor
 from backstop.core.snapshot import restore, state_document, state_hash
@@ -377,7 +378,7 @@ class CompiledService:
     def projections(self, result: BatchResult, touched: projections.Touched, *, refresh_all: bool
                     ) -> projections.Projections:
         lots = refresh_all or any(r.type == "liquidation" for r in result.journal) or any(
-            a.startswith("fund:") for a in result.touched_accounts)
+            is_fund_account(a) for a in result.touched_accounts)
         wallets, positions, closed, funds, fund_lots, adl_queue = self._call(
             self.ledger.projection_rows, sorted(touched.accounts), sorted(touched.positions),
             everything=refresh_all, lots=lots)
