@@ -24,6 +24,13 @@ def outbox_copy(prefix: str, adl_quantiles: bytes, dead_letters: bytes) -> bytes
 class InvariantViolation(Exception):
     """An internal rule of the compiled engine broke (a bug): the engine must not be used any more."""
 
+class RecordPanic(InvariantViolation):
+    """The compiled engine panicked while applying one record (a bug): the engine must not be used any more. `args`
+    is (where, reason): where is the record's journal line (apply_lines) or its index in the batch
+    (apply_records)."""
+
+    args: tuple[int, str]
+
 class Ledger:
     """The compiled engine's state; every method takes or returns whole batches and documents as bytes. Held
     identities cross as rows of 32 bytes (backstop.core.dedupe.HELD_ROW); a snapshot is (seq, its JSON, its
@@ -45,6 +52,9 @@ class Ledger:
         journal: bool = False,
     ) -> None: ...
     def events_applied(self) -> int: ...
+    # A fault hook for tests only (backstop.faults.engine_panic_on): from now on panic right after applying the record
+    # with this fill, transfer or liquidation id.
+    def _panic_on(self, record_id: str) -> None: ...
     def apply_lines(
         self, chunk: bytes, first_line: int, held: bytes
     ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, list[tuple[int, bytes, bytes]], tuple[int, str] | None,
@@ -54,8 +64,11 @@ class Ledger:
     def write_outputs(self, directory: str) -> None: ...
     def finish_outputs(self) -> None: ...
     def queue_depth(self, symbol: str) -> tuple[int, int]: ...
+    # quarantined: (index in the batch, reason) of records an engine failed on in an earlier run: dead-lettered as
+    # engine_error once they decode, never applied.
     def apply_records(
-        self, records: list[tuple[str, int, int, bytes | None]], prefix: str, held: bytes
+        self, records: list[tuple[str, int, int, bytes | None]], prefix: str, held: bytes,
+        quarantined: list[tuple[int, str]] = ...,
     ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, list[tuple[str, int]], bytes]: ...
     def summary_json(self) -> bytes: ...
     def accounts_json(self) -> bytes: ...

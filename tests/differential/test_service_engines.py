@@ -9,6 +9,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from backstop.engines import ENGINES, EngineName
@@ -164,3 +165,44 @@ async def test_a_rebuild_over_a_journal_older_than_applied_ids_holds_its_identit
     await rebuilt.replay(journal(), no_lookup)
     assert rebuilt.head() == writer.head()._replace(duplicates=0, rejected=0)
     assert sorted(rebuilt.ids.drain()) == sorted(written.held_ids)
+
+
+async def test_a_record_an_engine_fails_on_is_a_poison_record_then_dead_lettered_alike(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fault hook (backstop.faults.engine_panic_on) fails each engine right after it applied a fill: the compiled
+    engine's panic and the reference's exception both come out as the PoisonRecord naming that record, the compiled
+    engine refuses every later call, and engines opened afresh with that record quarantined give the same rows, its
+    dead letter (engine_error) included."""
+    from backstop import faults
+    from backstop.core.errors import InvariantViolation
+    from backstop.pipeline.ingest import PoisonRecord
+
+    journal = batches(ROOT / "examples" / "02-adl-walks-queue.jsonl", 4)
+    flat = [record for batch in journal for record in batch]
+    victim = next(r for r in flat if r.topic == TOPICS.input("fill") and b'"fill_id"' in (r.value or b""))
+    fill_id = orjson.loads(victim.value or b"")["fill_id"]
+    where = (victim.topic, victim.partition, victim.offset)
+    monkeypatch.setenv(faults.ENGINE_PANIC_ENV, fill_id)
+    reasons = {}
+    for name in ENGINES:
+        engine = opened(name)
+        with pytest.raises(PoisonRecord) as raised:
+            await drive(engine, journal)
+        assert raised.value.where == where
+        assert raised.value.reason.startswith("engine error: ") and fill_id in raised.value.reason
+        reasons[name] = raised.value.reason
+        if name == "compiled":
+            with pytest.raises(InvariantViolation, match="the engine stopped earlier"):
+                engine.state_hash()
+    quarantined = {}
+    for name in ENGINES:
+        engine = opened(name)
+        seen = []
+        for batch in journal:
+            keys = await engine.prepare(batch, TOPICS, no_lookup, committed_seq=0)
+            seen.append(store_rows(engine.apply(batch, TOPICS, keys, {where: reasons["compiled"]})))
+        quarantined[name] = seen, engine.head(), engine.state_hash()
+    assert quarantined["reference"] == quarantined["compiled"]
+    letters = [letter for step in quarantined["compiled"][0] for letter in step["dead_letters"]]
+    assert [(letter.kind, letter.reason) for letter in letters if letter.kind == "engine_error"] == [
+        ("engine_error", reasons["compiled"])]

@@ -21,6 +21,7 @@ import orjson
 from backstop import faults
 from backstop.core.anchor import JOURNAL_GENESIS, Anchor, Checkpoint, SignedCheckpoint, journal_step
 from backstop.core.errors import InvariantViolation
+from backstop.core.hashing import GENESIS_HASH
 from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values
@@ -214,7 +215,7 @@ async def _upsert(connection: asyncpg.Connection, table: str, columns: list[str]
 
 
 CHECKPOINT_COLUMNS = ["seq", "prev_seq", "adopted_seq", "journal_digest", "head_hash", "ledger_head", "ledger_entries",
-                      "adl_head", "adl_events"]
+                      "adl_head", "adl_events", "postings_head", "postings_count"]  # the last two: migration 0009
 ADOPTION_CHUNK_ROWS = 50_000
 
 
@@ -226,7 +227,8 @@ class Store:
     def __init__(self, pool: asyncpg.Pool, anchor: Anchor | None = None) -> None:
         self.pool = pool
         self.anchor = anchor
-        self._anchored: tuple[int, str] | None = None  # (seq, journal digest) of the last checkpoint committed here
+        # the last checkpoint committed here: (seq, journal digest, postings count, postings head)
+        self._anchored: tuple[int, str, int, str] | None = None
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 4, anchor: Anchor | None = None) -> Store:
@@ -376,16 +378,24 @@ class Store:
                 head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected)
             faults.reached("in_transaction")
         if signed is not None:
-            self._anchored = (signed.checkpoint.seq, signed.checkpoint.journal_digest)
+            checkpoint = signed.checkpoint
+            self._anchored = (checkpoint.seq, checkpoint.journal_digest, checkpoint.postings_count or 0,
+                              checkpoint.postings_head or GENESIS_HASH)
 
     # ---------------------------------------------------------------- checkpoints
     async def _sign(self, connection: asyncpg.Connection, anchor: Anchor, expected_seq: int, result: BatchResult,
                     head: Head) -> SignedCheckpoint:
-        """The batch's checkpoint: the journal digest carried on over its rows, and the heads it leaves."""
+        """The batch's checkpoint: the journal digest carried on over its rows, and the heads it leaves (the postings'
+        carried on over the batch's postings, or read from the table, which holds them already)."""
         if self._anchored is not None and self._anchored[0] == expected_seq:
             prev_seq, digest, adopted_seq = expected_seq, self._anchored[1], 0
+            postings_count, postings_head = self._anchored[2] + len(result.postings), self._anchored[3]
+            if result.postings:
+                postings_head = output_values(result.postings[-1], ("hash",))[0]
         else:
             prev_seq, digest, adopted_seq = await self.anchored_head(connection, anchor, expected_seq)
+            last = await connection.fetchrow("SELECT position, hash FROM postings ORDER BY position DESC LIMIT 1")
+            postings_count, postings_head = (last["position"], last["hash"]) if last else (0, GENESIS_HASH)
         if result.journal[0].seq != expected_seq + 1 or result.journal[-1].seq != head.seq:
             raise InvariantViolation(f"the batch's journal rows run from seq {result.journal[0].seq} to "
                                      f"{result.journal[-1].seq}, not from {expected_seq + 1} to {head.seq}")
@@ -393,7 +403,8 @@ class Store:
             digest = journal_step(digest, row.seq, row.source_topic, row.source_partition, row.source_offset,
                                   row.payload_hash)
         signed = anchor.key.sign(Checkpoint(head.seq, prev_seq, adopted_seq, digest, head.head_hash, head.ledger_head,
-                                            head.ledger_position, head.adl_head, head.adl_position))
+                                            head.ledger_position, head.adl_head, head.adl_position, postings_head,
+                                            postings_count))
         checkpoint = signed.checkpoint
         await connection.execute(
             f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}, key_id, mac) "
