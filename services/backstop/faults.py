@@ -5,10 +5,11 @@ BACKSTOP_FAULT_INJECT="point@n[,point@n...]" kills the process the n-th time it 
 1 in this process). Points: `in_transaction` (rows written, not committed), `after_commit` (committed, before the
 next fetch), `relay_after_send` (published to Kafka, the relay cursor not yet moved). Unset in production: a no-op.
 
-BACKSTOP_FAULT_ENGINE_PANIC=<record id> makes every engine opened in this process fail right after applying the
-record with that fill, transfer or liquidation id, as a bug in the rules would (its effects half made): the
-compiled engine panics (backstop._engine.Ledger._panic_on), the reference engine raises. Read when an engine is
-opened (backstop.engines.open_engine, backstop.pipeline.service_engine). Unset in production: a no-op.
+BACKSTOP_FAULT_ENGINE_PANIC=<record id> makes an engine fail right after applying the record with that fill,
+transfer or liquidation id, as a bug in the rules would (its effects half made): the compiled engine panics
+(backstop._engine.Ledger._panic_on) wherever it is opened (backstop.engines, the service), the reference engine
+raises in the service (backstop.pipeline.service_engine). Read when an engine is opened. Unset in production: a
+no-op.
 """
 
 from __future__ import annotations

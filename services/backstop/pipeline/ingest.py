@@ -182,7 +182,8 @@ Where = tuple[str, int, int]  # (topic, partition, offset) of a consumed record
 
 
 class PoisonRecord(Exception):
-    """The engine raised on a record, neither rejecting it nor breaking a rule it checks: a bug, which may have left
+    """The engine raised on a record (the reference) or panicked while applying it (the compiled engine:
+    backstop.pipeline.service_engine), neither rejecting it nor breaking a rule it checks: a bug, which may have left
     half the event applied. The batch is lost; the service rebuilds the engine from PostgreSQL and applies the
     batch again with this record dead-lettered (`quarantine`) instead of crashing on it forever."""
 
