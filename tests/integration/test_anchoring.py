@@ -295,7 +295,13 @@ async def test_the_checkpoints_sign_the_postings_and_a_rewritten_posting_is_name
         tmp_path: Path, capsys: pytest.CaptureFixture[str], kafka_bootstrap: str, topic_prefix: str,
         migrated_database: str) -> None:
     settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}anchor{secrets.token_hex(2)}.")
-    await run_service(settings, migrated_database, tmp_path)
+    lines_of = EXAMPLE.read_bytes().splitlines(keepends=True)
+    for number, part in enumerate((lines_of[:7], lines_of[7:])):  # a restart between: it signs on from seq 7
+        path = tmp_path / f"part{number}.jsonl"
+        path.write_bytes(b"".join(part))
+        async with in_process(settings):
+            await produce_file(settings, path)
+            await wait_caught_up(migrated_database, applied=7 if number == 0 else 14)
     postings = [orjson.loads(r["record"]) for r in
                 await owner_rows(migrated_database, "SELECT record FROM postings ORDER BY position")]
     signed = await owner_rows(migrated_database, "SELECT seq, postings_head, postings_count FROM checkpoints")

@@ -379,23 +379,28 @@ class Store:
             faults.reached("in_transaction")
         if signed is not None:
             checkpoint = signed.checkpoint
-            self._anchored = (checkpoint.seq, checkpoint.journal_digest, checkpoint.postings_count or 0,
-                              checkpoint.postings_head or GENESIS_HASH)
+            assert checkpoint.postings_count is not None and checkpoint.postings_head is not None  # _sign signs both
+            self._anchored = (checkpoint.seq, checkpoint.journal_digest, checkpoint.postings_count,
+                              checkpoint.postings_head)
 
     # ---------------------------------------------------------------- checkpoints
     async def _sign(self, connection: asyncpg.Connection, anchor: Anchor, expected_seq: int, result: BatchResult,
                     head: Head) -> SignedCheckpoint:
-        """The batch's checkpoint: the journal digest carried on over its rows, and the heads it leaves (the postings'
-        carried on over the batch's postings, or read from the table, which holds them already)."""
+        """The batch's checkpoint: the journal digest and the postings' head and count carried on over its rows from
+        the checkpoint it follows (or, after a checkpoint signed before migration 0009 or an adoption, the postings
+        read from the table, which holds the batch's already), and the heads it leaves."""
         if self._anchored is not None and self._anchored[0] == expected_seq:
             prev_seq, digest, adopted_seq = expected_seq, self._anchored[1], 0
-            postings_count, postings_head = self._anchored[2] + len(result.postings), self._anchored[3]
-            if result.postings:
-                postings_head = output_values(result.postings[-1], ("hash",))[0]
+            postings: tuple[int, str] | None = self._anchored[2], self._anchored[3]
         else:
-            prev_seq, digest, adopted_seq = await self.anchored_head(connection, anchor, expected_seq)
+            prev_seq, digest, adopted_seq, postings = await self.anchored_head(connection, anchor, expected_seq)
+        if postings is None:
             last = await connection.fetchrow("SELECT position, hash FROM postings ORDER BY position DESC LIMIT 1")
             postings_count, postings_head = (last["position"], last["hash"]) if last else (0, GENESIS_HASH)
+        else:
+            postings_count, postings_head = postings[0] + len(result.postings), postings[1]
+            if result.postings:
+                postings_head = output_values(result.postings[-1], ("hash",))[0]
         if result.journal[0].seq != expected_seq + 1 or result.journal[-1].seq != head.seq:
             raise InvariantViolation(f"the batch's journal rows run from seq {result.journal[0].seq} to "
                                      f"{result.journal[-1].seq}, not from {expected_seq + 1} to {head.seq}")
@@ -413,18 +418,22 @@ class Store:
         return signed
 
     async def anchored_head(self, connection: asyncpg.Connection, anchor: Anchor, head_seq: int
-                            ) -> tuple[int, str, int]:
-        """(the seq of the checkpoint to follow, the journal digest there, the seq adopted) for signing on from the
-        journal head `head_seq`. That head must carry a checkpoint this key signed, else the history is new to this
-        key: it is signed on only if the operator adopted exactly this head (BACKSTOP_ANCHOR_ADOPT), never silently,
-        or an owner who rewrote the history and removed its checkpoints would have it signed."""
+                            ) -> tuple[int, str, int, tuple[int, str] | None]:
+        """(the seq of the checkpoint to follow, the journal digest there, the seq adopted, the postings' count and
+        head there: None when that checkpoint does not sign them) for signing on from the journal head `head_seq`.
+        That head must carry a checkpoint this key signed, else the history is new to this key: it is signed on only
+        if the operator adopted exactly this head (BACKSTOP_ANCHOR_ADOPT), never silently, or an owner who rewrote
+        the history and removed its checkpoints would have it signed."""
         row = await connection.fetchrow("SELECT * FROM checkpoints ORDER BY seq DESC LIMIT 1")
         if row is None and head_seq == 0:
-            return 0, JOURNAL_GENESIS, 0
+            return 0, JOURNAL_GENESIS, 0, (0, GENESIS_HASH)
         if row is not None and row["seq"] == head_seq:
             signed = signed_checkpoint(row)
             if anchor.key.verifies(signed):
-                return head_seq, signed.checkpoint.journal_digest, 0
+                checkpoint = signed.checkpoint
+                postings = None if checkpoint.postings_count is None or checkpoint.postings_head is None \
+                    else (checkpoint.postings_count, checkpoint.postings_head)
+                return head_seq, checkpoint.journal_digest, 0, postings
             problem = (f"the checkpoint at the journal's head (seq {head_seq}) does not verify with this anchor key "
                        f"(key id {anchor.key.key_id}; the checkpoint names {signed.key_id})")
         elif row is None:
@@ -440,7 +449,7 @@ class Store:
         if digest != adopt.journal_digest:
             raise InvariantViolation(f"BACKSTOP_ANCHOR_ADOPT names journal digest {adopt.journal_digest} at seq "
                                      f"{head_seq}, but the stored journal gives {digest}")
-        return 0, digest, head_seq
+        return 0, digest, head_seq, None
 
     @staticmethod
     async def journal_digest(connection: asyncpg.Connection, through_seq: int) -> str:
