@@ -379,9 +379,8 @@ class Store:
             faults.reached("in_transaction")
         if signed is not None:
             checkpoint = signed.checkpoint
-            assert checkpoint.postings_count is not None and checkpoint.postings_head is not None  # _sign signs both
-            self._anchored = (checkpoint.seq, checkpoint.journal_digest, checkpoint.postings_count,
-                              checkpoint.postings_head)
+            self._anchored = (checkpoint.seq, checkpoint.journal_digest, checkpoint.postings_count or 0,
+                              checkpoint.postings_head or GENESIS_HASH)  # both signed by _sign
 
     # ---------------------------------------------------------------- checkpoints
     async def _sign(self, connection: asyncpg.Connection, anchor: Anchor, expected_seq: int, result: BatchResult,
