@@ -206,3 +206,25 @@ async def test_a_record_an_engine_fails_on_is_a_poison_record_then_dead_lettered
     letters = [letter for step in quarantined["compiled"][0] for letter in step["dead_letters"]]
     assert [(letter.kind, letter.reason) for letter in letters if letter.kind == "engine_error"] == [
         ("engine_error", reasons["compiled"])]
+
+
+async def test_a_stored_journal_row_the_compiled_engine_panics_on_stops_the_rebuild_naming_its_seq(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A committed row cannot be quarantined: a rebuild that panics on one stops the service and names its seq."""
+    from backstop import faults
+    from backstop.core.errors import InvariantViolation
+
+    lines = [line for line in (ROOT / "examples" / "02-adl-walks-queue.jsonl").read_bytes().splitlines()
+             if line.strip()]
+    rows = [(seq, orjson.dumps(orjson.loads(line))) for seq, line in enumerate(lines, start=1)]
+    victim = next(seq for seq, payload in rows if orjson.loads(payload).get("fill_id") == "f-A1")
+    monkeypatch.setenv(faults.ENGINE_PANIC_ENV, "f-A1")
+
+    async def stored() -> Any:
+        for row in rows:
+            yield row
+
+    with pytest.raises(InvariantViolation, match=rf"^compiled engine: journal row {victim} does not re-apply, the "
+                                                 rf"engine panicked on it: fault hook: panic after applying record "
+                                                 rf"f-A1$"):
+        await opened("compiled").replay(stored(), no_lookup)

@@ -322,7 +322,15 @@ class CompiledService:
             # a journal written before applied_ids existed: the rebuild holds the identity (store.hold)
             seq, payload = keys[key]
             self.ids.add(key, content_digest(decode_record(payload)), seq)
-        result = self._call(self.ledger.apply_lines, b"".join(payload + b"\n" for _, payload in chunk), 1, held)
+        try:
+            result = self._call(self.ledger.apply_lines, b"".join(payload + b"\n" for _, payload in chunk), 1, held)
+        except InvariantViolation as error:
+            panic = error.__cause__
+            if not isinstance(panic, self._record_panic):
+                raise
+            line, reason = panic.args  # a committed row cannot be quarantined: the service stops, naming it
+            raise InvariantViolation(f"compiled engine: journal row {chunk[line - 1][0]} does not re-apply, the "
+                                     f"engine panicked on it: {reason}") from panic
         seq = self.last_seq
         if result[3] or seq != chunk[-1][0]:
             raise InvariantViolation(f"journal rows {chunk[0][0]} to {chunk[-1][0]} did not re-apply as themselves "
