@@ -1,7 +1,9 @@
 //! The service's outbox rows for a consumed batch (backstop.pipeline.ingest's order), as COPY text: topic, key,
 //! record id and the record's canonical JSON, one row per record that has no table of its own to be published
 //! from (the relay reads the journal, fund ledger, ADL events and postings from theirs): the quantile records of a
-//! seq, then a dead letter decided after that seq, in the order the reference engine writes them.
+//! seq, then a dead letter decided after that seq, in the order the reference engine writes them. And the rows of
+//! a table the relay publishes from (the postings), as COPY text built from their output lines, so the service
+//! never parses a record it stores as it was published.
 
 use crate::json::{self, Dialect, Value};
 use crate::projection::Line;
@@ -78,9 +80,42 @@ pub fn copy_text(prefix: &str, outputs: &Outputs<'_>) -> Vec<u8> {
     out
 }
 
+/// Output records (canonical JSON lines) as COPY text of a table that stores them as published: a `position` from
+/// `first_position` on, the named top-level fields (text as it is, integers as their digits, null or missing as
+/// NULL), then the line itself (the `record` column).
+pub fn table_copy(lines: &[u8], columns: &[&str], first_position: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines.len() * 2 + 64);
+    let records = lines.split(|&b| b == b'\n').filter(|line| !line.is_empty());
+    for (position, line) in (first_position..).zip(records) {
+        let document = json::parse(line, Dialect::File).expect("the engine's own canonical JSON");
+        let mut row = Line::new(&mut out).text(&position.to_string());
+        for &name in columns {
+            row = match field(&document, name) {
+                Some(Value::Str(text)) => row.text(text),
+                Some(Value::Int(digits)) => row.text(std::str::from_utf8(digits).expect("ASCII digits")),
+                Some(Value::Bool(flag)) => row.text(if *flag { "true" } else { "false" }),
+                _ => row.null(),
+            };
+        }
+        row.text(std::str::from_utf8(line).expect("UTF-8 JSON")).end();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_rows_carry_positions_fields_and_the_line() {
+        let lines = b"{\"amount\":\"1.5\",\"fill_id\":null,\"id\":\"p-1\",\"note\":\"a\\tb\",\"seq\":7}\n\
+                      {\"amount\":\"2\",\"id\":\"p-2\",\"seq\":8}\n";
+        let text = String::from_utf8(table_copy(lines, &["id", "seq", "amount", "fill_id"], 41)).unwrap();
+        assert_eq!(text, "41\tp-1\t7\t1.5\t\\N\t{\"amount\":\"1.5\",\"fill_id\":null,\"id\":\"p-1\",\
+                          \"note\":\"a\\\\tb\",\"seq\":7}\n\
+                          42\tp-2\t8\t2\t\\N\t{\"amount\":\"2\",\"id\":\"p-2\",\"seq\":8}\n");
+        assert!(table_copy(b"", &["id"], 1).is_empty());
+    }
 
     #[test]
     fn rows_follow_the_reference_order() {

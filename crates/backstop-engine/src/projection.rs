@@ -67,7 +67,7 @@ impl<'o> Line<'o> {
         self
     }
 
-    fn null(mut self) -> Self {
+    pub(crate) fn null(mut self) -> Self {
         self.sep();
         self.out.extend_from_slice(b"\\N");
         self

@@ -23,6 +23,7 @@ from backstop.core.anchor import JOURNAL_GENESIS, Anchor, Checkpoint, SignedChec
 from backstop.core.errors import InvariantViolation
 from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import SNAPSHOT_VERSION
+from backstop.pipeline.copy_text import table_copy
 from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
 from backstop.pipeline.topics import TopicNames, input_key
@@ -476,6 +477,11 @@ class Store:
             # each row: its position, its columns, and its record's canonical JSON (stored as it was published)
             await connection.copy_records_to_table(table, columns=["position", *columns, "record"], records=[
                 (first + i, *output_values(r, columns), output_json(r).decode()) for i, r in enumerate(records)])
+        if result.posting_lines:  # the compiled engine's, after `postings`: their COPY text is built in Rust
+            first = await connection.fetchval("SELECT coalesce(max(position), 0) + 1 FROM postings")
+            text = table_copy(result.posting_lines, POSTING_COLUMNS, first)
+            await connection.copy_to_table("postings", source=io.BytesIO(text),
+                                           columns=["position", *POSTING_COLUMNS, "record"], format="text")
         if result.findings:
             rows = [output_values(f, FINDING_COLUMNS) for f in result.findings]
             await connection.executemany(
