@@ -143,14 +143,15 @@ def cpu_per_record(before: dict[str, float | None], after: dict[str, float | Non
             else round((end - start) / records * 1e6, 1) for name in before}
 
 
-TABLE_INSERTS_SQL = "SELECT relname, n_tup_ins FROM pg_stat_user_tables"
+TABLE_WRITES_SQL = "SELECT relname, n_tup_ins, n_tup_upd + n_tup_del AS changed FROM pg_stat_user_tables"
 
 
-async def pg_writes(connection: asyncpg.Connection) -> tuple[dict[str, int], str]:
-    """Rows inserted per table so far (the statistics of sessions that ended or went idle), and the WAL position."""
+async def pg_writes(connection: asyncpg.Connection) -> tuple[dict[str, tuple[int, int]], str]:
+    """Rows inserted, and rows updated or deleted, per table so far (the statistics of sessions that ended or went
+    idle), and the WAL position."""
     await connection.execute("SELECT pg_stat_clear_snapshot()")
-    inserts = {r["relname"]: r["n_tup_ins"] for r in await connection.fetch(TABLE_INSERTS_SQL)}
-    return inserts, await connection.fetchval("SELECT pg_current_wal_lsn()::text")
+    writes = {r["relname"]: (r["n_tup_ins"], r["changed"]) for r in await connection.fetch(TABLE_WRITES_SQL)}
+    return writes, await connection.fetchval("SELECT pg_current_wal_lsn()::text")
 
 
 # every record the relay published: the journal, fund-ledger, ADL event and posting rows and the outbox's
@@ -272,13 +273,16 @@ async def run_async(events: int, seed: int, engine: str = "compiled") -> dict[st
     service_rate, raw_rate = records / service_s, records / raw_s
     cpu_us = {name: None if seconds is None else round(seconds / records * 1e6, 1)
               for name, seconds in service_cpu_s.items()}
-    rows = {table: inserts_after.get(table, 0) - inserts_before.get(table, 0) for table in sorted(inserts_after)}
+    rows = {table: inserts_after[table][0] - inserts_before.get(table, (0, 0))[0] for table in sorted(inserts_after)}
+    changed = {table: inserts_after[table][1] - inserts_before.get(table, (0, 0))[1] for table in sorted(inserts_after)}
     profile = {
         "cpu_us_per_record": cpu_us,
         "cpu_us_per_record_total": round(sum(v for v in cpu_us.values() if v is not None), 1),
         "cpu_cores_busy": round(sum(v for v in service_cpu_s.values() if v is not None) / service_s, 2),
         "raw_consume_cpu_us_per_record": raw_cpu,
         "pg_rows_per_record": {table: round(count / records, 3) for table, count in rows.items() if count},
+        "pg_rows_updated_or_deleted_per_record": {table: round(count / records, 3)
+                                                  for table, count in changed.items() if count},
         "pg_wal_bytes_per_record": round(float(wal_bytes) / records),
     }
     return {
@@ -310,6 +314,9 @@ def cpu_figures(profile: dict[str, Any]) -> list[dict[str, Any]]:
                     "unit": "us"})
     figures.append({"figure": "PostgreSQL rows inserted per input record",
                     "value": round(sum(profile["pg_rows_per_record"].values()), 2), "unit": "rows"})
+    figures.append({"figure": "PostgreSQL rows updated or deleted per input record (projections, cursors)",
+                    "value": round(sum(profile["pg_rows_updated_or_deleted_per_record"].values()), 2),
+                    "unit": "rows"})
     figures.append({"figure": "PostgreSQL WAL per input record", "value": profile["pg_wal_bytes_per_record"],
                     "unit": "bytes"})
     return figures

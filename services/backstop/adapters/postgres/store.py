@@ -8,6 +8,7 @@ The relay reads what it publishes from the tables the batches wrote, each after 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -479,15 +480,15 @@ class Store:
                 (first + i, *output_values(r, columns), output_json(r).decode()) for i, r in enumerate(records)])
         if result.posting_lines:  # the compiled engine's, after `postings`: their COPY text is built in Rust
             first = await connection.fetchval("SELECT coalesce(max(position), 0) + 1 FROM postings")
-            text = table_copy(result.posting_lines, POSTING_COLUMNS, first)
+            # built in a thread (Rust, without the GIL): the event loop meanwhile serves the relay and the consumer
+            text = await asyncio.get_running_loop().run_in_executor(
+                None, table_copy, result.posting_lines, POSTING_COLUMNS, first)
             await connection.copy_to_table("postings", source=io.BytesIO(text),
                                            columns=["position", *POSTING_COLUMNS, "record"], format="text")
-        if result.findings:
+        if result.findings:  # by COPY: one statement, not one per finding
             rows = [output_values(f, FINDING_COLUMNS) for f in result.findings]
-            await connection.executemany(
-                "INSERT INTO findings (id, seq, ts, kind, account_id, liquidation_id, symbol, details) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
-                [(*row[:-1], orjson.dumps(row[-1]).decode()) for row in rows])
+            await connection.copy_records_to_table("findings", columns=list(FINDING_COLUMNS), records=[
+                (*row[:-1], orjson.dumps(row[-1]).decode()) for row in rows])
         if result.held_ids:  # the primary key refuses an identity held twice: the batch fails, nothing commits
             await connection.copy_records_to_table("applied_ids", columns=["id_digest", "content_digest", "seq"],
                                                    records=result.held_ids)
