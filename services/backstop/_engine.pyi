@@ -21,6 +21,10 @@ def canonical_chain_hash(raw: bytes) -> str: ...
 # Ledger.apply_records returned.
 def outbox_copy(prefix: str, adl_quantiles: bytes, dead_letters: bytes) -> bytes: ...
 
+# The service: output records (canonical JSON lines, as Ledger.apply_records returned them) as COPY text of a table
+# that stores them as published: a position from first_position on, the named fields, the line as the record column.
+def table_copy(lines: bytes, columns: list[str], first_position: int) -> bytes: ...
+
 class InvariantViolation(Exception):
     """An internal rule of the compiled engine broke (a bug): the engine must not be used any more."""
 

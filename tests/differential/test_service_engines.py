@@ -15,7 +15,7 @@ import pytest
 from backstop.engines import ENGINES, EngineName
 from backstop.pipeline import projections
 from backstop.pipeline.held_ids import ServiceIds
-from backstop.pipeline.ingest import BatchResult, Consumed, outbox_messages, output_json
+from backstop.pipeline.ingest import BatchResult, Consumed, outbox_messages, output_json, posting_records
 from backstop.pipeline.service_engine import ServiceEngine, open_service_engine
 from differential.alike import TOPICS, consumed
 
@@ -67,7 +67,7 @@ def store_rows(result: BatchResult) -> dict[str, Any]:
         "duplicates": result.duplicates, "next_offsets": result.next_offsets,
         "dead_letters": result.dead_letters,
         "records": [output_json(r) for r in (*result.fund_entries, *result.adl_events,
-                                                              *result.findings, *result.postings)],
+                                                              *result.findings, *posting_records(result))],
         "touched": (result.touched_accounts, result.touched_positions),
     }
 

@@ -91,6 +91,15 @@ fn outbox_copy<'py>(py: Python<'py>, prefix: &str, adl_quantiles: &[u8], dead_le
     PyBytes::new(py, &text)
 }
 
+/// The service: output lines (the postings) as COPY text of the table that stores them as published (a position from
+/// `first_position` on, the named fields, the line as `record`).
+#[pyfunction]
+fn table_copy<'py>(py: Python<'py>, lines: &[u8], columns: Vec<String>, first_position: u64) -> Bound<'py, PyBytes> {
+    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let text = py.detach(|| outbox::table_copy(lines, &names, first_position));
+    PyBytes::new(py, &text)
+}
+
 fn parsed_json(raw: &[u8]) -> PyResult<json::Value<'_>> {
     json::parse(raw, json::Dialect::File).map_err(|_| PyValueError::new_err("invalid JSON"))
 }
@@ -552,5 +561,6 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(canonical_reencode, module)?)?;
     module.add_function(wrap_pyfunction!(canonical_chain_hash, module)?)?;
     module.add_function(wrap_pyfunction!(outbox_copy, module)?)?;
+    module.add_function(wrap_pyfunction!(table_copy, module)?)?;
     Ok(())
 }

@@ -130,6 +130,9 @@ class BatchResult:
     adl_events: list[AdlEvent | OutputLine] = field(default_factory=list)
     findings: list[Finding | OutputLine] = field(default_factory=list)
     postings: list[Posting | OutputLine] = field(default_factory=list)
+    # postings as the compiled engine writes them, after `postings`: canonical JSON lines, stored and published as
+    # they are (the store's COPY text is built from them in Rust), so no Python object is made per posting
+    posting_lines: bytes = b""
     adl_quantiles: list[AdlQuantileRecord | OutputLine] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     held_ids: list[HeldRow] = field(default_factory=list)  # identities the batch's journal rows hold (applied_ids)
@@ -148,6 +151,11 @@ def outbox_messages(result: BatchResult) -> list[OutboxMessage]:
     """Every outbox row of a batch, whichever form it came in (tests, the in-memory store)."""
     return result.outbox + [OutboxMessage(str(topic), str(key), str(record_id), str(payload).encode())
                             for topic, key, record_id, payload in copy_rows(result.outbox_copy)]
+
+
+def posting_records(result: BatchResult) -> list[Posting | OutputLine]:
+    """Every posting of a batch as a record, whichever form it came in (tests, the in-memory store)."""
+    return result.postings + [OutputLine(orjson.loads(line), line) for line in result.posting_lines.splitlines()]
 
 
 def decode_consumed(message: Consumed, record_type: str) -> tuple[Event, bytes, dict[str, Any]]:

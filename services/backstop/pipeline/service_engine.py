@@ -378,7 +378,7 @@ class CompiledService:
             result.touched_accounts.add(account)
             result.touched_positions.add((account, event.fields["symbol"]))
         result.findings.extend(OutputLine(orjson.loads(line), line) for line in _lines(findings))
-        result.postings.extend(OutputLine(orjson.loads(line), line) for line in _lines(postings))
+        result.posting_lines = postings  # stored and published as they are: never parsed here
         # quantile records are only published: they reach the outbox alone, never a Python object; the other
         # records are published from their own tables
         self._dead_letters(result, dead, batch)

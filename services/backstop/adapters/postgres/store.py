@@ -8,6 +8,7 @@ The relay reads what it publishes from the tables the batches wrote, each after 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -24,6 +25,7 @@ from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import GENESIS_HASH
 from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import SNAPSHOT_VERSION
+from backstop.pipeline.copy_text import table_copy
 from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
 from backstop.pipeline.topics import TopicNames, input_key
@@ -495,12 +497,17 @@ class Store:
             # each row: its position, its columns, and its record's canonical JSON (stored as it was published)
             await connection.copy_records_to_table(table, columns=["position", *columns, "record"], records=[
                 (first + i, *output_values(r, columns), output_json(r).decode()) for i, r in enumerate(records)])
-        if result.findings:
+        if result.posting_lines:  # the compiled engine's, after `postings`: their COPY text is built in Rust
+            first = await connection.fetchval("SELECT coalesce(max(position), 0) + 1 FROM postings")
+            # built in a thread (Rust, without the GIL): the event loop meanwhile serves the relay and the consumer
+            text = await asyncio.get_running_loop().run_in_executor(
+                None, table_copy, result.posting_lines, POSTING_COLUMNS, first)
+            await connection.copy_to_table("postings", source=io.BytesIO(text),
+                                           columns=["position", *POSTING_COLUMNS, "record"], format="text")
+        if result.findings:  # by COPY: one statement, not one per finding
             rows = [output_values(f, FINDING_COLUMNS) for f in result.findings]
-            await connection.executemany(
-                "INSERT INTO findings (id, seq, ts, kind, account_id, liquidation_id, symbol, details) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
-                [(*row[:-1], orjson.dumps(row[-1]).decode()) for row in rows])
+            await connection.copy_records_to_table("findings", columns=list(FINDING_COLUMNS), records=[
+                (*row[:-1], orjson.dumps(row[-1]).decode()) for row in rows])
         if result.held_ids:  # the primary key refuses an identity held twice: the batch fails, nothing commits
             await connection.copy_records_to_table("applied_ids", columns=["id_digest", "content_digest", "seq"],
                                                    records=result.held_ids)
