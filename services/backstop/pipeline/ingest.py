@@ -153,6 +153,18 @@ def outbox_messages(result: BatchResult) -> list[OutboxMessage]:
                             for topic, key, record_id, payload in copy_rows(result.outbox_copy)]
 
 
+def posting_tail(result: BatchResult) -> tuple[int, str | None]:
+    """How many postings a batch made and the last one's hash (the chain's new head; None: none made), whichever form
+    they came in: only the last line is parsed."""
+    lines = result.posting_lines.rstrip(b"\n")
+    if lines:
+        last: str = orjson.loads(lines.rsplit(b"\n", 1)[-1])["hash"]
+        return len(result.postings) + lines.count(b"\n") + 1, last
+    if result.postings:
+        return len(result.postings), output_values(result.postings[-1], ("hash",))[0]
+    return 0, None
+
+
 def posting_records(result: BatchResult) -> list[Posting | OutputLine]:
     """Every posting of a batch as a record, whichever form it came in (tests, the in-memory store)."""
     return result.postings + [OutputLine(orjson.loads(line), line) for line in result.posting_lines.splitlines()]

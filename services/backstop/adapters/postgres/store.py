@@ -26,7 +26,7 @@ from backstop.core.hashing import GENESIS_HASH
 from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.copy_text import table_copy
-from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values
+from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values, posting_tail
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
 from backstop.pipeline.topics import TopicNames, input_key
 
@@ -399,9 +399,8 @@ class Store:
             last = await connection.fetchrow("SELECT position, hash FROM postings ORDER BY position DESC LIMIT 1")
             postings_count, postings_head = (last["position"], last["hash"]) if last else (0, GENESIS_HASH)
         else:
-            postings_count, postings_head = postings[0] + len(result.postings), postings[1]
-            if result.postings:
-                postings_head = output_values(result.postings[-1], ("hash",))[0]
+            made, last_hash = posting_tail(result)
+            postings_count, postings_head = postings[0] + made, last_hash or postings[1]
         if result.journal[0].seq != expected_seq + 1 or result.journal[-1].seq != head.seq:
             raise InvariantViolation(f"the batch's journal rows run from seq {result.journal[0].seq} to "
                                      f"{result.journal[-1].seq}, not from {expected_seq + 1} to {head.seq}")
