@@ -7,6 +7,7 @@ use crate::adl::{self, Candidate, DrawdownState, Figures, Hit, Policy, Price, Ru
 use crate::adl_index::{AdlIndex, Candidates};
 use crate::admission::{Admission, Kind, Refusal};
 use crate::canonical::{self, J, GENESIS_HASH};
+use crate::content::Digests;
 use crate::ledger::{Account, Ledger, Names};
 use crate::posting::Posting;
 use crate::numbers::{
@@ -216,8 +217,18 @@ impl Engine {
     /// Apply one event at `seq` (the next one); Err: refused (a duplicate, or rejected with its kind and reason),
     /// nothing changed.
     pub fn apply(&mut self, record: &Record<'_>, seq: u64, out: &mut Outputs) -> Result<(), Refusal> {
+        self.apply_digested(record, None, seq, out)
+    }
+
+    /// `apply`, with the record's admission digests when they were computed ahead (crate::decode_stage).
+    pub fn apply_digested(&mut self, record: &Record<'_>, digests: Option<Digests>, seq: u64, out: &mut Outputs)
+                          -> Result<(), Refusal> {
         assert!(seq == self.last_seq + 1, "journal gap: seq {seq} after {}", self.last_seq);
-        let admitted = self.admission.admit(record, seq)?; // duplicates first: one whenever it comes
+        // duplicates first: one whenever it comes
+        let admitted = match digests {
+            Some(digests) => self.admission.admit_digested(record, digests, seq)?,
+            None => self.admission.admit(record, seq)?,
+        };
         let definition = matches!(record.body, Body::Fund { .. } | Body::Instrument { .. });
         self.admission.clock.check(record.ts, definition)?;
         self.apply_rules(record, seq, out).map_err(|reason| Refusal::Rejected(Kind::Rejected, reason))?;

@@ -10,11 +10,14 @@ use crate::clock::{JournalClock, SymbolClock};
 use crate::engine::{
     isolated_account, mode_name, money, money_wide, Engine, Outputs, FUND_ACCOUNT_PREFIX,
 };
+use crate::content::Digests;
+use crate::decode_stage::{self, Line, Stage};
 use crate::idtable::IdTable;
 use crate::json::{self, Dialect, Value};
 use crate::ledger::Account;
 use crate::numbers::{self, text, text_512, text_wide, Kind, Rounding, Wide, S16, S18, S8};
 use crate::valuation::{Valuation, LINEAR};
+use crate::quantiles::SideView;
 use crate::state::{
     position_label, FundSpec, FundState, Instrument, Lot, Position, Side, Tier, DEFAULT_MARK_TOLERANCE,
 };
@@ -129,16 +132,13 @@ pub struct Processor {
     pub simulation: Option<Simulation>,
     /// Write each applied record's line to `Batch::journal` (a what-if run's journal.jsonl).
     pub journal: bool,
+    /// When a batch of lines is decoded on a thread of its own, ahead of the rules (crate::decode_stage).
+    pub decode_stage: Stage,
     next_snapshot: u64,
 }
 
 fn counts(outputs: &Outputs) -> [u64; 5] {
     [outputs.fund_entries, outputs.adl_count, outputs.finding_count, outputs.posting_count, outputs.quantile_count]
-}
-
-/// A blank line of the journal reader (backstop.adapters.journal_file): only spaces, tabs and carriage returns.
-fn is_blank(line: &[u8]) -> bool {
-    line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'))
 }
 
 fn dead_letter(out: &mut Vec<u8>, line: u64, kind: RejectionKind, reason: &str, raw: &[u8]) {
@@ -211,23 +211,15 @@ impl Processor {
     }
 
     fn apply_chunk(&mut self, chunk: &[u8], first_line: u64, batch: &mut Batch) {
-        for (offset, line) in chunk.split_inclusive(|&b| b == b'\n').enumerate() {
-            let number = first_line + offset as u64;
-            let raw = match line {
-                [rest @ .., b'\r', b'\n'] | [rest @ .., b'\n'] => rest,
-                whole => whole,
-            };
-            if is_blank(raw) {
-                continue;
+        decode_stage::each_line(chunk, first_line, self.decode_stage, |line| {
+            let Err((kind, reason)) = self.apply_line(&line, batch) else { return true };
+            dead_letter(&mut batch.dead_letters, line.number, kind, &reason, line.raw);
+            if self.strict {
+                batch.stopped = Some((line.number, reason));
+                return false;
             }
-            if let Err((kind, reason)) = self.apply_line(raw, number, batch) {
-                dead_letter(&mut batch.dead_letters, number, kind, &reason, raw);
-                if self.strict {
-                    batch.stopped = Some((number, reason));
-                    return;
-                }
-            }
-        }
+            true
+        });
     }
 
     /// Apply a consumed Kafka batch (backstop.pipeline.ingest.ingest_batch): the topic names the type; each
@@ -292,29 +284,31 @@ impl Processor {
         batch
     }
 
-    fn apply_line(&mut self, raw: &[u8], number: u64, batch: &mut Batch) -> Result<(), (RejectionKind, String)> {
-        let record = match wire::decode_line(raw) {
-            Ok(record) => record,
+    fn apply_line(&mut self, line: &Line<'_>, batch: &mut Batch) -> Result<(), (RejectionKind, String)> {
+        let (record, digests) = match &line.decoded {
+            Ok(decoded) => decoded,
             Err(reason) => {
                 self.rejected += 1;
-                return Err((RejectionKind::Invalid, reason));
+                return Err((RejectionKind::Invalid, reason.clone()));
             }
         };
         if self.simulation.is_some() && matches!(record.body, Body::Liquidation { .. }) {
             return Ok(()); // simulation mode decides liquidations itself: the log's own are dropped
         }
-        let applied = self.apply_record(&record, raw, number, batch)?;
+        let applied = self.apply_record(record, Some(*digests), line.raw, line.number, batch)?;
         if let (true, Some(simulation), Body::Mark { symbol, .. }) = (applied, self.simulation, &record.body) {
-            self.simulate(simulation, symbol, record.ts, number, batch);
+            self.simulate(simulation, symbol, record.ts, line.number, batch);
         }
         Ok(())
     }
 
     /// Apply one decoded record (its line `raw`): Ok(true) applied, Ok(false) a duplicate.
-    fn apply_record(&mut self, record: &Record<'_>, raw: &[u8], number: u64, batch: &mut Batch)
-                    -> Result<bool, (RejectionKind, String)> {
+    /// `digests`: the record's admission digests when the decode stage computed them.
+    fn apply_record(&mut self, record: &Record<'_>, digests: Option<Digests>, raw: &[u8], number: u64,
+                    batch: &mut Batch) -> Result<bool, (RejectionKind, String)> {
         let before = counts(&batch.outputs);
-        if let Err(refusal) = self.engine.apply(record, self.engine.last_seq + 1, &mut batch.outputs) {
+        let seq = self.engine.last_seq + 1;
+        if let Err(refusal) = self.engine.apply_digested(record, digests, seq, &mut batch.outputs) {
             return self.refused(refusal).map(|()| false);
         }
         self.count(before, &batch.outputs);
@@ -348,7 +342,7 @@ impl Processor {
             let line = simulation.order(&self.engine, position, ts, self.engine.last_seq + 1);
             let record = wire::decode_line(&line)
                 .unwrap_or_else(|reason| panic!("the simulation decided a liquidation the wire refuses: {reason}"));
-            if let Err((kind, reason)) = self.apply_record(&record, &line, number, batch) {
+            if let Err((kind, reason)) = self.apply_record(&record, None, &line, number, batch) {
                 dead_letter(&mut batch.dead_letters, number, kind, &reason, &line);
             }
         }
@@ -470,6 +464,12 @@ impl Processor {
 
     /// backstop.core.documents.summary, compact (the caller indents it).
     pub fn summary_json(&self) -> Vec<u8> {
+        self.summary_json_with(&crate::quantiles::views_now(&self.engine))
+    }
+
+    /// summary_json from the ADL views of every symbol's sides (crate::quantiles::views_now), which accounts.json
+    /// also reads.
+    fn summary_json_with(&self, views: &[(u32, [SideView; 2])]) -> Vec<u8> {
         let engine = &self.engine;
         let names = &engine.names;
         let mut fund_ids: Vec<u32> = engine.funds.keys().copied().collect();
@@ -492,8 +492,7 @@ impl Processor {
         }).collect();
         let head = engine.head_hash();
         let state_hash = self.state_hash();
-        let views = crate::quantiles::views_now(engine);
-        let risk = crate::quantiles::risks(engine, &views).into_iter().map(|(symbol, risk)| {
+        let risk = crate::quantiles::risks(engine, views).into_iter().map(|(symbol, risk)| {
             (names.name(symbol), J::Obj(vec![
                 ("fund_id", J::Str(names.name(risk.fund))),
                 ("risk_level", J::Str(risk.level)),
@@ -530,20 +529,27 @@ impl Processor {
     }
 
     /// summary_json, and accounts_json handed to `consume` (e.g. to write it), side by side on two threads (the end
-    /// of a replay: both only read the state).
+    /// of a replay: both only read the state), from one ranking of every ADL queue.
     pub fn summary_and_accounts<R: Send>(&self, consume: impl FnOnce(Vec<u8>) -> R + Send) -> (Vec<u8>, R) {
+        let views = crate::quantiles::views_now(&self.engine);
         std::thread::scope(|scope| {
             let accounts = std::thread::Builder::new()
                 .name("backstop-accounts".to_string())
-                .spawn_scoped(scope, || consume(self.accounts_json()))
+                .spawn_scoped(scope, || consume(self.accounts_json_with(&views, crate::parallel::threads())))
                 .expect("a thread for accounts.json");
-            let summary = self.summary_json();
+            let summary = self.summary_json_with(&views);
             (summary, accounts.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         })
     }
 
     /// accounts.json as written (backstop.core.documents.accounts): indented, sorted keys, a final newline.
     pub fn accounts_json(&self) -> Vec<u8> {
+        self.accounts_json_with(&crate::quantiles::views_now(&self.engine), crate::parallel::threads())
+    }
+
+    /// accounts.json from the ADL views, its entries (accounts and funds, by name) rendered in contiguous pieces on
+    /// up to `threads` threads and joined in order: the same bytes however it is split.
+    fn accounts_json_with(&self, views: &[(u32, [SideView; 2])], threads: usize) -> Vec<u8> {
         let engine = &self.engine;
         let names = &engine.names;
         let mut wallets: HashMap<u32, Vec<(&str, I256)>> = HashMap::default();
@@ -552,25 +558,33 @@ impl Processor {
                 wallets.entry(*account).or_default().push((names.name(*asset), *balance));
             }
         }
+        wallets.values_mut().for_each(|own| own.sort_by(|a, b| a.0.cmp(b.0)));
         // (account, symbol, direction) -> (rank, quantile): one position per direction of a symbol (section 7)
         let mut ranks: HashMap<(u32, u32, Side), (usize, u8)> = HashMap::default();
-        for (symbol, sides) in crate::quantiles::views_now(engine) {
+        for (symbol, sides) in views {
             for (view, side) in sides.iter().zip([Side::Long, Side::Short]) {
-                ranks.extend(view.ranks.iter().map(|&(account, rank, quantile)| ((account, symbol, side), (rank, quantile))));
+                ranks.extend(view.ranks.iter().map(|&(account, rank, quantile)| ((account, *symbol, side), (rank, quantile))));
             }
         }
-        let mut accounts: Vec<u32> = wallets.keys().copied().collect();
-        accounts.extend(engine.positions.of_account.keys().copied().filter(|a| !wallets.contains_key(a)));
-        accounts.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
         // `<symbol>:long` and `<symbol>:short`, the keys of hedge positions (a one-way position is keyed by its symbol)
         let hedge_labels: HashMap<(u32, PositionSide), String> = engine.instruments.keys()
             .flat_map(|&symbol| [PositionSide::Long, PositionSide::Short]
                 .map(|side| ((symbol, side), position_label(names.name(symbol), side))))
             .collect();
-        let mut entries: Vec<(String, J<'_>)> = Vec::with_capacity(accounts.len() + engine.funds.len());
-        for account in accounts {
-            let mut own = wallets.remove(&account).unwrap_or_default();
-            own.sort_by(|a, b| a.0.cmp(b.0));
+        // the document's entries by name: accounts, then funds as `fund:<id>` (a stable sort keeps that order for
+        // equal names)
+        let mut entries: Vec<(std::borrow::Cow<'_, str>, Entry)> = wallets.keys().copied()
+            .chain(engine.positions.of_account.keys().copied().filter(|a| !wallets.contains_key(a)))
+            .map(|account| (names.name(account).into(), Entry::Account(account)))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut fund_ids: Vec<u32> = engine.funds.keys().copied().collect();
+        fund_ids.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+        entries.extend(fund_ids.into_iter().map(|fund| (format!("{FUND_ACCOUNT_PREFIX}{}", names.name(fund)).into(),
+                                                        Entry::Fund(fund))));
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let account_value = |account: u32| {
+            let own: &[(&str, I256)] = wallets.get(&account).map_or(&[], Vec::as_slice);
             let primary = own.first().map_or_else(|| "0".to_string(), |(_, balance)| text_wide(*balance, S8));
             let positions = positions_of(engine, account).into_iter().map(|position| {
                 let label = match position.position_side {
@@ -579,15 +593,13 @@ impl Processor {
                 };
                 (label, position_view(engine, position, ranks[&(account, position.symbol, position.side())]))
             }).collect();
-            entries.push((names.name(account).to_string(), J::Obj(vec![
+            J::Obj(vec![
                 ("wallet", J::Owned(primary)),
                 ("wallets", J::Obj(own.iter().map(|(asset, b)| (*asset, J::Owned(text_wide(*b, S8)))).collect())),
                 ("positions", J::Obj(positions)),
-            ])));
-        }
-        let mut fund_ids: Vec<u32> = engine.funds.keys().copied().collect();
-        fund_ids.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
-        for fund in fund_ids {
+            ])
+        };
+        let fund_value = |fund: u32| {
             let state = &engine.funds[&fund];
             let inventory = state.lots.iter().map(|(symbol, lots)| {
                 let symbol_id = lots[0].symbol;
@@ -605,19 +617,35 @@ impl Processor {
                     ("lots", J::Arr(lots)),
                 ]))
             }).collect();
-            entries.push((format!("{FUND_ACCOUNT_PREFIX}{}", names.name(fund)), J::Obj(vec![
+            J::Obj(vec![
                 ("wallet", J::Owned(text_wide(engine.ledger.balance(Account::Fund(fund)), S8))),
                 ("positions", J::Obj(inventory)),
-            ])));
-        }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out = Vec::with_capacity(1024 + 400 * entries.len());
+            ])
+        };
+        // each entry as `,\n  "name": {...}`, each value dropped as soon as it is written
+        let pieces = threads.clamp(1, entries.len().max(1));
+        let per_piece = entries.len().div_ceil(pieces);
+        let parts = crate::parallel::map(pieces, pieces, |piece| {
+            let mine = &entries[(piece * per_piece).min(entries.len())..((piece + 1) * per_piece).min(entries.len())];
+            let mut out = Vec::with_capacity(1024 + 600 * mine.len());
+            for (name, entry) in mine {
+                out.extend_from_slice(b",\n  ");
+                json::write_string(&mut out, name);
+                out.extend_from_slice(b": ");
+                let value = match *entry {
+                    Entry::Account(account) => account_value(account),
+                    Entry::Fund(fund) => fund_value(fund),
+                };
+                canonical::write_pretty(&mut out, &value, 1);
+            }
+            out
+        });
+        let length: usize = parts.iter().map(Vec::len).sum();
+        let mut out = Vec::with_capacity(length + 3);
         out.push(b'{');
-        for (index, (name, value)) in entries.iter().enumerate() {
-            out.extend_from_slice(if index > 0 { b",\n  " } else { b"\n  " });
-            json::write_string(&mut out, name);
-            out.extend_from_slice(b": ");
-            canonical::write_pretty(&mut out, value, 1);
+        for part in &parts {
+            // the first entry's comma dropped
+            out.extend_from_slice(if out.len() == 1 && !part.is_empty() { &part[1..] } else { part });
         }
         out.extend_from_slice(if entries.is_empty() { b"}\n" } else { b"\n}\n" });
         out
@@ -1004,6 +1032,13 @@ fn positions_in_order(engine: &Engine) -> Vec<&Position> {
 }
 
 /// An account's positions by symbol, then position side (backstop.core.state.Positions.in_symbol_order).
+/// An entry of accounts.json: an account's wallets and positions, or a fund's balance and inventory.
+#[derive(Clone, Copy)]
+enum Entry {
+    Account(u32),
+    Fund(u32),
+}
+
 fn positions_of(engine: &Engine, account: u32) -> Vec<&Position> {
     let names = &engine.names;
     let mut keys = engine.positions.keys_of(account).to_vec();
