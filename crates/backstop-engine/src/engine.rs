@@ -23,6 +23,7 @@ use crate::valuation::{Valuation, LARGEST_PRICE, MAX_FACE};
 use crate::wire::{Body, ContractType, Dec, MarginMode, PositionSide, Record, Side as TradeSide, Surplus};
 use ethnum::I256;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::sync::Arc;
 
 pub const SCHEMA_VERSION: i128 = 1;
 pub const FUND_ACCOUNT_PREFIX: &str = "fund:";
@@ -65,10 +66,10 @@ struct EventCounts {
 /// What the postings of the event in hand belong to (docs/design.md section 10, "Postings").
 #[derive(Default, Clone, Debug)]
 struct Cause {
-    transfer_id: Option<String>,
-    fill_id: Option<String>,
-    liquidation_id: Option<String>,
-    adl_event_id: Option<String>,
+    transfer_id: Option<Arc<str>>,
+    fill_id: Option<Arc<str>>,
+    liquidation_id: Option<Arc<str>>,
+    adl_event_id: Option<Arc<str>>,
 }
 
 /// An account's margin at the current marks: the balance behind the position (isolated: margin + uPnL; cross:
@@ -394,7 +395,7 @@ impl Engine {
                                   text_wide(balance, S8), account.name(&self.names)));
         }
         let source = Account::External(asset_id);
-        self.cause.transfer_id = Some(transfer_id.to_string());
+        self.cause.transfer_id = Some(Arc::from(&**transfer_id));
         self.post("transfer", source, account, amount, asset_id, out);
         if let Some(fund) = fund {
             self.fund_entry(fund, "transfer", I256::new(amount), None, source, None, out);
@@ -434,7 +435,7 @@ impl Engine {
         let symbol_id = self.instrument_of(symbol)?;
         let (qty, fill_price, fee) = (qty.value, price.value, fee.value);
         self.check_steps(symbol_id, qty, Some(fill_price))?;
-        self.cause.fill_id = Some(fill_id.to_string());
+        self.cause.fill_id = Some(Arc::from(&**fill_id));
         if let Some(fund_name) = account_id.strip_prefix(FUND_ACCOUNT_PREFIX) {
             return self.fund_fill(fund_name, symbol_id, *side, qty, fill_price, fee, *position_side, out);
         }
@@ -657,7 +658,7 @@ impl Engine {
         if account_id.starts_with(FUND_ACCOUNT_PREFIX) {
             return reject("a fund's inventory is not liquidated");
         }
-        self.cause.liquidation_id = Some(liquidation_id.to_string());
+        self.cause.liquidation_id = Some(Arc::from(&**liquidation_id));
         let account = self.names.find(account_id);
         let position = account.and_then(|a| self.positions.get(a, symbol_id, *position_side)).cloned();
         let Some(position) = position else {
@@ -935,7 +936,7 @@ impl Engine {
         let (asset, fee_rate) = (instrument.settle_asset, instrument.liquidation_fee_rate);
         let source = Account::Settlement(lot.symbol);
         let liquidation_id = Some(lot.liquidation_id.as_str());
-        let cause = self.cause.liquidation_id.replace(lot.liquidation_id.clone());
+        let cause = self.cause.liquidation_id.replace(Arc::from(lot.liquidation_id.as_str()));
         if gain < 0 {
             self.post("liquidation_loss", Account::Fund(fund), source, -gain, asset, out);
             self.fund_entry(fund, "liquidation_loss", gain, liquidation_id, source, Some(lot.symbol), out);
@@ -1082,8 +1083,9 @@ impl Engine {
             if take == 0 {
                 continue;
             }
-            let causes = (self.cause.liquidation_id.replace(lot.liquidation_id.clone()),
-                          self.cause.adl_event_id.replace(format!("adl-{}-{}", self.seq, self.counts.adl_events)));
+            let causes = (self.cause.liquidation_id.replace(Arc::from(lot.liquidation_id.as_str())),
+                          self.cause.adl_event_id.replace(Arc::from(format!("adl-{}-{}", self.seq,
+                                                                            self.counts.adl_events))));
             let position = self.positions.get(ranked.account, symbol, ranked.position_side).expect("a queued position");
             let figures = self.figures(position, mark);
             let proceeds = match (price_rule, reset_left) {
@@ -1658,18 +1660,22 @@ impl Engine {
     fn post(&mut self, kind: &'static str, source: Account, destination: Account, amount: impl Into<I256>,
             asset: u32, out: &mut Outputs) {
         let amount: I256 = amount.into();
-        self.ledger.post(source, destination, amount);
         if amount == 0 {
             return;
         }
-        let (debit, credit, amount) = if amount < 0 { (destination, source, -amount) } else { (source, destination, amount) };
+        let (source_after, destination_after) = self.ledger.post(source, destination, amount);
+        let (debit, credit, amount, debit_balance_after, credit_balance_after) = if amount < 0 {
+            (destination, source, -amount, destination_after, source_after)
+        } else {
+            (source, destination, amount, source_after, destination_after)
+        };
         let touches_fund = matches!(debit, Account::Fund(_)) || matches!(credit, Account::Fund(_));
         self.counts.fund_postings += u64::from(touches_fund);
         let cause = &self.cause;
         let posting = Posting {
             kind, debit, credit, amount,
-            debit_balance_after: self.ledger.balance(debit),
-            credit_balance_after: self.ledger.balance(credit),
+            debit_balance_after,
+            credit_balance_after,
             asset, seq: self.seq, number: self.counts.postings, ts: self.ts,
             fund_entry: touches_fund.then_some(self.counts.fund_entries),
             adl_event_id: cause.adl_event_id.clone(),

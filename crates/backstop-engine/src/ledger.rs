@@ -104,11 +104,12 @@ impl Ledger {
         self.balances.contains_key(&account)
     }
 
-    /// Move `amount` (money, 1e-8) from `source` to `destination`; a negative amount moves the other way.
-    pub fn post(&mut self, source: Account, destination: Account, amount: impl Into<I256>) {
+    /// Move `amount` (money, 1e-8) from `source` to `destination`; a negative amount moves the other way. The
+    /// balances of both after it (a zero amount: none moved, the balances as they are).
+    pub fn post(&mut self, source: Account, destination: Account, amount: impl Into<I256>) -> (I256, I256) {
         let amount: I256 = amount.into();
         if amount == 0 {
-            return;
+            return (self.balance(source), self.balance(destination));
         }
         for account in [source, destination] {
             if let Account::Wallet { account, .. } | Account::Isolated { account, .. } = account {
@@ -123,6 +124,7 @@ impl Ledger {
         // docs/design.md section 9.3: no reachable balance comes near 10^68 units; one that does is a bug
         let bound = crate::numbers::pow10(68 + crate::numbers::S8);
         assert!(from_after.abs() < bound && to.abs() < bound, "a posting takes a balance beyond the bound 10^68");
+        (from_after, *to)
     }
 
     /// Every non-zero balance.

@@ -9,6 +9,7 @@ use crate::ledger::{Account, Names};
 use crate::numbers::S8;
 use ethnum::I256;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct Posting {
@@ -26,10 +27,11 @@ pub struct Posting {
     pub ts: u64,
     /// the fund-ledger entry it belongs to (fl-<seq>-<n>), when it moves a fund's balance
     pub fund_entry: Option<u64>,
-    pub adl_event_id: Option<String>,
-    pub fill_id: Option<String>,
-    pub liquidation_id: Option<String>,
-    pub transfer_id: Option<String>,
+    /// shared with the event's other postings (one allocation per event, none per posting)
+    pub adl_event_id: Option<Arc<str>>,
+    pub fill_id: Option<Arc<str>>,
+    pub liquidation_id: Option<Arc<str>>,
+    pub transfer_id: Option<Arc<str>>,
 }
 
 impl Posting {
@@ -49,7 +51,7 @@ impl Posting {
         let (debit_name, credit_name) = (&texts[..debit_end], &texts[debit_end..credit_end]);
         let id = &texts[credit_end..id_end];
         let fund_entry_id = self.fund_entry.map(|_| &texts[id_end..]);
-        fn optional(value: &Option<String>) -> J<'_> {
+        fn optional(value: &Option<Arc<str>>) -> J<'_> {
             value.as_deref().map_or(J::Null, J::Str)
         }
         // the keys before "hash" and after it: the record is written once, the hash taken over both halves
