@@ -501,14 +501,16 @@ impl Engine {
 
     /// An account's positions in one symbol are all one-way (`both`) or all hedge sides, never mixed (section 7).
     fn check_position_mode(&self, account: u32, symbol: u32, side: PositionSide) -> Result<(), Rejected> {
-        // in side order, not in the order the positions were opened (a restored state lists them sorted)
-        if let Some(held) = self.positions.in_symbol(account, symbol).min_by_key(|p| p.position_side.name()) {
-            if (held.position_side == PositionSide::Both) != (side == PositionSide::Both) {
-                let mode = if held.position_side == PositionSide::Both { "one-way" } else { "hedge" };
+        // in side order, not in the order the positions were opened (a restored state lists them sorted); the
+        // account's keys name its positions, so none is looked up (PositionSide orders as its names sort)
+        let held = self.positions.keys_of(account).iter().filter(|(s, _)| *s == symbol).map(|&(_, side)| side).min();
+        if let Some(held) = held {
+            if (held == PositionSide::Both) != (side == PositionSide::Both) {
+                let mode = if held == PositionSide::Both { "one-way" } else { "hedge" };
                 let symbol_name = self.names.name(symbol);
                 return reject(format!("{} holds {} in {mode} mode; a position_side {} record cannot mix modes in \
                                        {symbol_name}", self.names.name(account),
-                                      position_label(symbol_name, held.position_side), side.name()));
+                                      position_label(symbol_name, held), side.name()));
             }
         }
         Ok(())
