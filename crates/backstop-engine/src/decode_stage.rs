@@ -84,15 +84,18 @@ fn each_line_decoded_by<'a>(chunk: &'a [u8], first_line: u64, stage: Stage,
     let group_lines = stage.group_lines.max(1);
     std::thread::scope(|scope| {
         let (decoded, to_apply) = mpsc::sync_channel::<Vec<Line<'a>>>(GROUPS_AHEAD);
+        // groups the rules have emptied go back to the decoder, their memory kept (at most every group in flight)
+        let (emptied, to_fill) = mpsc::sync_channel::<Vec<Line<'a>>>(GROUPS_AHEAD + 2);
         let decoder = std::thread::Builder::new()
             .name("backstop-decode".to_string())
             .spawn_scoped(scope, move || {
+                let fresh = || to_fill.try_recv().unwrap_or_else(|_| Vec::with_capacity(group_lines));
                 let mut scratch = Vec::new();
-                let mut group = Vec::with_capacity(group_lines);
+                let mut group = fresh();
                 for (number, raw) in records(chunk, first_line) {
                     group.push(decode(number, raw, &mut scratch));
                     if group.len() == group_lines {
-                        let full = std::mem::replace(&mut group, Vec::with_capacity(group_lines));
+                        let full = std::mem::replace(&mut group, fresh());
                         if decoded.send(full).is_err() {
                             return; // the rules stopped
                         }
@@ -103,12 +106,13 @@ fn each_line_decoded_by<'a>(chunk: &'a [u8], first_line: u64, stage: Stage,
                 }
             })
             .expect("a thread for the decode stage");
-        'groups: for group in &to_apply {
-            for line in group {
+        'groups: for mut group in &to_apply {
+            for line in group.drain(..) {
                 if !apply(line) {
                     break 'groups;
                 }
             }
+            let _ = emptied.try_send(group);
         }
         drop(to_apply); // a decoder still sending stops
         if let Err(panic) = decoder.join() {
