@@ -54,16 +54,23 @@ fn pipeline(data: &[u8], out: &std::path::Path) {
     let started = Instant::now();
     let mut processor = Processor::new(false, 0);
     let mut files = OutputFiles::create(out, &processor.engine.postings_head).expect("the output files");
+    let mut waited = std::time::Duration::ZERO;
     for (first_line, chunk) in chunks(data) {
         processor.engine.defer_postings = true;
         let batch = processor.apply_lines_into(chunk, first_line, files.outputs());
+        let handing = Instant::now();
         files.hand_over(batch.outputs, &processor.engine.names).expect("written");
+        waited += handing.elapsed();
     }
     let applied = started.elapsed();
+    eprintln!("the engine waited for the writer {:.2} s", waited.as_secs_f64());
     processor.engine.postings_head = files.postings_head().expect("written");
     processor.engine.defer_postings = false;
+    let caught_up = started.elapsed();
     files.finish().expect("written");
     let finished = started.elapsed();
+    eprintln!("the writer caught up +{:.2} s, closed the files +{:.2} s", (caught_up - applied).as_secs_f64(),
+              (finished - caught_up).as_secs_f64());
     let (summary, accounts) = processor.summary_and_accounts(|accounts| accounts.len());
     println!("{} events: applied in {:.2} s, writer done +{:.2} s, summary and accounts +{:.2} s ({} + {} bytes)",
              processor.events_applied(), applied.as_secs_f64(), (finished - applied).as_secs_f64(),
