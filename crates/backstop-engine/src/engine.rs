@@ -1709,23 +1709,25 @@ impl Engine {
         let transfer_id = if kind == "transfer" { self.cause.transfer_id.as_deref() } else { None };
         assert!(self.counts.fund_postings == self.counts.fund_entries + 1,
                 "fund-ledger entry {id} follows no posting to or from the fund");
-        let mut body = vec![
-            ("schema_version", J::Int(SCHEMA_VERSION)),
-            ("id", J::Str(&id)),
-            ("seq", J::Int(self.seq as i128)),
-            ("ts", J::Int(self.ts as i128)),
-            ("fund_id", J::Str(self.names.name(fund))),
-            ("kind", J::Str(kind)),
+        // the keys before "hash" and after it, in key order: the record is written once, the hash taken over both
+        let before = J::Obj(vec![
             ("amount", J::Wide(amount, S8)),
             ("balance_after", J::Wide(balance, S8)),
-            ("liquidation_id", liquidation_id.map_or(J::Null, J::Str)),
-            ("transfer_id", transfer_id.map_or(J::Null, J::Str)),
             ("counter_account", J::Str(&counter_name)),
+            ("fund_id", J::Str(self.names.name(fund))),
+        ]);
+        let after = J::Obj(vec![
+            ("id", J::Str(&id)),
+            ("kind", J::Str(kind)),
+            ("liquidation_id", liquidation_id.map_or(J::Null, J::Str)),
             ("prev_hash", J::Str(&self.ledger_head)),
-        ];
-        let hash = canonical::sha256_hex(&canonical::to_vec(&J::Obj(body.clone())));
-        body.push(("hash", J::Str(&hash)));
-        canonical::write(&mut out.fund_ledger, &J::Obj(body));
+            ("schema_version", J::Int(SCHEMA_VERSION)),
+            ("seq", J::Int(self.seq as i128)),
+            ("transfer_id", transfer_id.map_or(J::Null, J::Str)),
+            ("ts", J::Int(self.ts as i128)),
+        ]);
+        let hash = canonical::write_chained(&mut out.fund_ledger, &before, &after);
+        drop((before, after));
         out.fund_ledger.push(b'\n');
         self.ledger_head = hash;
         self.counts.fund_entries += 1;
@@ -1777,16 +1779,17 @@ impl Engine {
                details: Vec<(&str, J<'_>)>, out: &mut Outputs) {
         let id = format!("finding-{}-{}", self.seq, self.counts.findings);
         let name = |id: Option<u32>| id.map_or(J::Null, |id| J::Str(self.names.name(id)));
+        // in key order: written as it stands, not sorted first
         let body = J::Obj(vec![
-            ("schema_version", J::Int(SCHEMA_VERSION)),
-            ("id", J::Str(&id)),
-            ("seq", J::Int(self.seq as i128)),
-            ("ts", J::Int(self.ts as i128)),
-            ("kind", J::Str(kind)),
             ("account_id", name(account)),
-            ("liquidation_id", liquidation_id.map_or(J::Null, J::Str)),
-            ("symbol", name(symbol)),
             ("details", J::Obj(details)),
+            ("id", J::Str(&id)),
+            ("kind", J::Str(kind)),
+            ("liquidation_id", liquidation_id.map_or(J::Null, J::Str)),
+            ("schema_version", J::Int(SCHEMA_VERSION)),
+            ("seq", J::Int(self.seq as i128)),
+            ("symbol", name(symbol)),
+            ("ts", J::Int(self.ts as i128)),
         ]);
         canonical::write(&mut out.findings, &body);
         out.findings.push(b'\n');
