@@ -372,8 +372,8 @@ pub fn write_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let bytes = text.as_bytes();
     let mut run = 0;
-    // most strings (names, ids, hashes) need no escape: skip them eight bytes at a time up to the first word that
-    // may hold one, then go byte by byte
+    // most strings (names, ids, hashes) need no escape: skip them a machine word at a time up to the first word
+    // that may hold one, then go byte by byte
     let clean = bytes.chunks_exact(8).take_while(|word| !may_need_escape(word)).count() * 8;
     for (i, &byte) in bytes.iter().enumerate().skip(clean) {
         let escape: &[u8] = match byte {
@@ -402,7 +402,7 @@ pub fn write_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
-/// Whether any of eight bytes is a control character, `"` or `\` (exact, by a trick of "Bit Twiddling Hacks": a
+/// Whether any byte of a word is a control character, `"` or `\` (exact, by a trick of "Bit Twiddling Hacks": a
 /// word has a byte below n when (w minus n in every byte) & !w & the high bit of every byte is not zero).
 fn may_need_escape(word: &[u8]) -> bool {
     const ONES: u64 = u64::MAX / 255;
