@@ -6,9 +6,10 @@
 //!
 //! With OUT it runs the replay's pipeline (docs/engines.md, "The replay's pipeline"): chunks of whole lines
 //! (CHUNK_BYTES, as Python reads them), the postings left to the output writer's thread, which writes the files
-//! into OUT, then the summary and accounts.json side by side; it says how long the engine waited for the writer, and how long the writer ran
-//! on after the engine had finished. `--writer` first applies the whole journal keeping every chunk's outputs, then
-//! times the writer alone on them: what it can write per second when nothing else waits on it.
+//! into OUT, then the summary and accounts.json side by side; it says how long the engine waited for the writer,
+//! and how long the writer ran on after the engine had finished. `--writer` first applies the whole journal keeping
+//! every chunk's outputs, then times the writer alone on them: what it can write per second when nothing else
+//! waits on it.
 use backstop_engine::engine::Outputs;
 use backstop_engine::ledger::Names;
 use backstop_engine::output_files::OutputFiles;
