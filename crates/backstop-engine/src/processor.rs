@@ -367,6 +367,19 @@ impl Processor {
         let mut balances: Vec<(String, I256)> =
             engine.ledger.balances().map(|(account, balance)| (account.name(names), *balance)).collect();
         balances.sort();
+        // the balances object as canonical JSON at once (names sorted, amounts as strings): no value per balance
+        let mut balances_json = Vec::with_capacity(2 + 64 * balances.len());
+        balances_json.push(b'{');
+        for (index, (name, balance)) in balances.iter().enumerate() {
+            if index > 0 {
+                balances_json.push(b',');
+            }
+            json::write_string(&mut balances_json, name);
+            balances_json.extend_from_slice(b":\"");
+            numbers::write_scaled_wide(&mut balances_json, *balance, S8);
+            balances_json.push(b'"');
+        }
+        balances_json.push(b'}');
         let mut funds: Vec<&FundState> = engine.funds.values().collect();
         funds.sort_by(|a, b| names.name(a.spec.fund_id).cmp(names.name(b.spec.fund_id)));
         let mut instruments: Vec<&Instrument> = engine.instruments.values().collect();
@@ -392,7 +405,7 @@ impl Processor {
             ("ledger_head", J::Str(&engine.ledger_head)),
             ("adl_head", J::Str(&engine.adl_head)),
             ("postings_head", J::Str(&engine.postings_head)),
-            ("balances", J::Obj(balances.iter().map(|(name, balance)| (name.as_str(), J::Owned(text_wide(*balance, S8)))).collect())),
+            ("balances", J::Raw(&balances_json)),
             ("funds", J::Arr(funds.iter().map(|f| fund_document(engine, f)).collect())),
             ("instruments", J::Arr(instruments.iter().map(|i| instrument_document(engine, i)).collect())),
             ("marks", J::Obj(engine.marks.iter().map(|(s, m)| (names.name(*s), J::Owned(text(*m, S8)))).collect())),
@@ -594,9 +607,9 @@ impl Processor {
                 (label, position_view(engine, position, ranks[&(account, position.symbol, position.side())]))
             }).collect();
             J::Obj(vec![
+                ("positions", J::Obj(positions)),
                 ("wallet", J::Owned(primary)),
                 ("wallets", J::Obj(own.iter().map(|(asset, b)| (*asset, J::Owned(text_wide(*b, S8)))).collect())),
-                ("positions", J::Obj(positions)),
             ])
         };
         let fund_value = |fund: u32| {
@@ -1047,19 +1060,20 @@ fn positions_of(engine: &Engine, account: u32) -> Vec<&Position> {
 }
 
 fn position_document<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
+    // in key order: written as it stands
     let mut entries = vec![
         ("account_id", J::Str(engine.names.name(p.account))),
-        ("symbol", J::Str(engine.names.name(p.symbol))),
-        ("qty", J::Owned(text(p.qty, S8))),
-        ("cost", J::Owned(text(p.cost, S16))),
-        ("margin_mode", J::Str(mode_name(p.margin_mode))),
-        ("leverage", J::Owned(text(p.leverage.value, S8))),
         ("adl_quantile", J::Int(i128::from(p.adl_quantile))),
+        ("cost", J::Owned(text(p.cost, S16))),
+        ("leverage", J::Owned(text(p.leverage.value, S8))),
+        ("margin_mode", J::Str(mode_name(p.margin_mode))),
     ];
     if p.position_side != PositionSide::Both {
         // a version-1 journal keeps its state hash
         entries.push(("position_side", J::Str(p.position_side.name())));
     }
+    entries.push(("qty", J::Owned(text(p.qty, S8))));
+    entries.push(("symbol", J::Str(engine.names.name(p.symbol))));
     J::Obj(entries)
 }
 
@@ -1069,22 +1083,23 @@ fn position_view<'e>(engine: &'e Engine, p: &'e Position, (rank, quantile): (usi
     let (pnl, _) = engine.exposure(p);
     let isolated = engine.ledger.balance(isolated_account(p));
     let liquidation = engine.liquidation_price(p).map_or_else(|| "0".to_string(), |price| text_512(price, S8));
+    // in key order: written as it stands
     J::Obj(vec![
-        ("qty", J::Owned(text(p.qty, S8))),
+        ("adl_quantile", J::Int(i128::from(quantile))),
+        ("adl_rank", J::Int(rank as i128)),
+        ("bankruptcy_price", J::Owned(text_512(engine.bankruptcy_price_in(p, Some(&view)), S8))),
+        ("cost", J::Owned(text(p.cost, S16))),
         ("entry_price", J::Owned(text_512(
             engine.instruments[&p.symbol].valuation.reported_price(p.size(), numbers::wide(p.cost)), S8))),
-        ("cost", J::Owned(text(p.cost, S16))),
-        ("margin_mode", J::Str(mode_name(p.margin_mode))),
-        ("leverage", J::Owned(text(p.leverage.value, S8))),
         ("isolated_margin", J::Owned(text_wide(isolated, S8))),
-        ("mark_price", J::Owned(text(mark, S8))),
-        ("unrealized_pnl", J::Owned(text(money(I256::new(pnl), S16), S8))),
+        ("leverage", J::Owned(text(p.leverage.value, S8))),
+        ("liquidation_price", J::Owned(liquidation)),
         ("maintenance_margin", J::Owned(text(view.position_maintenance, S8))),
         ("margin_balance", J::Owned(text_wide(money_wide(view.margin_balance, S16), S8))),
-        ("liquidation_price", J::Owned(liquidation)),
-        ("bankruptcy_price", J::Owned(text_512(engine.bankruptcy_price_in(p, Some(&view)), S8))),
-        ("adl_rank", J::Int(rank as i128)),
-        ("adl_quantile", J::Int(i128::from(quantile))),
+        ("margin_mode", J::Str(mode_name(p.margin_mode))),
+        ("mark_price", J::Owned(text(mark, S8))),
+        ("qty", J::Owned(text(p.qty, S8))),
+        ("unrealized_pnl", J::Owned(text(money(I256::new(pnl), S16), S8))),
     ])
 }
 
