@@ -366,7 +366,7 @@ impl Processor {
         let names = &engine.names;
         let mut balances: Vec<(String, I256)> =
             engine.ledger.balances().map(|(account, balance)| (account.name(names), *balance)).collect();
-        balances.sort();
+        balances.sort_unstable(); // names are unique: the order is the stable sort's
         // the balances object as canonical JSON at once (names sorted, amounts as strings): no value per balance
         let mut balances_json = Vec::with_capacity(2 + 64 * balances.len());
         balances_json.push(b'{');
@@ -1040,11 +1040,10 @@ fn instrument_document<'e>(engine: &'e Engine, i: &'e Instrument) -> J<'e> {
 fn positions_in_order(engine: &Engine) -> Vec<&Position> {
     let names = &engine.names;
     let mut accounts: Vec<u32> = engine.positions.of_account.keys().copied().collect();
-    accounts.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+    accounts.sort_unstable_by(|a, b| names.name(*a).cmp(names.name(*b))); // names are unique
     accounts.into_iter().flat_map(|account| positions_of(engine, account)).collect()
 }
 
-/// An account's positions by symbol, then position side (backstop.core.state.Positions.in_symbol_order).
 /// An entry of accounts.json: an account's wallets and positions, or a fund's balance and inventory.
 #[derive(Clone, Copy)]
 enum Entry {
@@ -1052,6 +1051,7 @@ enum Entry {
     Fund(u32),
 }
 
+/// An account's positions by symbol, then position side (backstop.core.state.Positions.in_symbol_order).
 fn positions_of(engine: &Engine, account: u32) -> Vec<&Position> {
     let names = &engine.names;
     let mut keys = engine.positions.keys_of(account).to_vec();
