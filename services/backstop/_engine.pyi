@@ -21,8 +21,19 @@ def canonical_chain_hash(raw: bytes) -> str: ...
 # Ledger.apply_records returned.
 def outbox_copy(prefix: str, adl_quantiles: bytes, dead_letters: bytes) -> bytes: ...
 
+# The service: output records (canonical JSON lines, as Ledger.apply_records returned them) as COPY text of a table
+# that stores them as published: a position from first_position on, the named fields, the line as the record column.
+def table_copy(lines: bytes, columns: list[str], first_position: int) -> bytes: ...
+
 class InvariantViolation(Exception):
     """An internal rule of the compiled engine broke (a bug): the engine must not be used any more."""
+
+class RecordPanic(InvariantViolation):
+    """The compiled engine panicked while applying one record (a bug): the engine must not be used any more. `args`
+    is (where, reason): where is the record's journal line (apply_lines) or its index in the batch
+    (apply_records)."""
+
+    args: tuple[int, str]
 
 class Ledger:
     """The compiled engine's state; every method takes or returns whole batches and documents as bytes. Held
@@ -45,6 +56,9 @@ class Ledger:
         journal: bool = False,
     ) -> None: ...
     def events_applied(self) -> int: ...
+    # A fault hook for tests only (backstop.faults.engine_panic_on): from now on panic right after applying the record
+    # with this fill, transfer or liquidation id.
+    def _panic_on(self, record_id: str) -> None: ...
     def apply_lines(
         self, chunk: bytes, first_line: int, held: bytes
     ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, list[tuple[int, bytes, bytes]], tuple[int, str] | None,
@@ -54,8 +68,11 @@ class Ledger:
     def write_outputs(self, directory: str) -> None: ...
     def finish_outputs(self) -> None: ...
     def queue_depth(self, symbol: str) -> tuple[int, int]: ...
+    # quarantined: (index in the batch, reason) of records an engine failed on in an earlier run: dead-lettered as
+    # engine_error once they decode, never applied.
     def apply_records(
-        self, records: list[tuple[str, int, int, bytes | None]], prefix: str, held: bytes
+        self, records: list[tuple[str, int, int, bytes | None]], prefix: str, held: bytes,
+        quarantined: list[tuple[int, str]] = ...,
     ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, list[tuple[str, int]], bytes]: ...
     def summary_json(self) -> bytes: ...
     def accounts_json(self) -> bytes: ...

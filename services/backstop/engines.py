@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
+from backstop import faults
 from backstop.adapters.files import RAW_KEEP_BYTES, write_bytes
 from backstop.adapters.journal_file import records
 from backstop.core.adl_policy import document as policy_document
@@ -52,6 +53,24 @@ class EngineUnavailable(Exception):
 
 class SnapshotError(ValueError):
     """A snapshot that cannot be restored (corrupt, or of another version)."""
+
+
+class EngineFailure(InvariantViolation):
+    """The compiled engine panicked while applying the record on journal line `line` (a bug in the engine, never the
+    input's fault). The engine is not used again: a command says it in one line and writes no output."""
+
+    def __init__(self, engine: EngineName, line: int, reason: str) -> None:
+        super().__init__(self.naming(engine, line, reason, "the journal"))
+        self.engine, self.line, self.reason = engine, line, reason
+
+    @staticmethod
+    def naming(engine: EngineName, line: int, reason: str, source: str) -> str:
+        return (f"the {engine} engine failed on the record at line {line} of {source} (a bug in the engine, not in "
+                f"the input): {reason}")
+
+    def of(self, source: object) -> str:
+        """The one line a command says, naming the journal."""
+        return self.naming(self.engine, self.line, self.reason, str(source))
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,14 +458,22 @@ class CompiledEngine:
                                           journal=options.journal)
         except ValueError as error:  # named as the reference names it (the state, its hash, the identity file)
             raise SnapshotError(str(error)) from None
+        self._record_panic = _engine.RecordPanic
+        fail_on = faults.engine_panic_on()
+        if fail_on is not None:
+            self._ledger._panic_on(fail_on)
 
     @property
     def events_applied(self) -> int:
         return self._ledger.events_applied()
 
     def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
-        ledger, adl, findings, dead, postings, quantiles, snapshots, stopped, rounds, journal = (
-            self._ledger.apply_lines(chunk, first_line, held))
+        try:
+            ledger, adl, findings, dead, postings, quantiles, snapshots, stopped, rounds, journal = (
+                self._ledger.apply_lines(chunk, first_line, held))
+        except self._record_panic as error:
+            line, reason = error.args
+            raise EngineFailure(self.name, line, reason) from None
         return BatchResult(ledger, adl, findings, dead, postings, quantiles,
                            tuple(Snapshot(*each) for each in snapshots), stopped, rounds, journal)
 

@@ -9,12 +9,13 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from backstop.engines import ENGINES, EngineName
 from backstop.pipeline import projections
 from backstop.pipeline.held_ids import ServiceIds
-from backstop.pipeline.ingest import BatchResult, Consumed, outbox_messages, output_json
+from backstop.pipeline.ingest import BatchResult, Consumed, outbox_messages, output_json, posting_records
 from backstop.pipeline.service_engine import ServiceEngine, open_service_engine
 from differential.alike import TOPICS, consumed
 
@@ -66,7 +67,7 @@ def store_rows(result: BatchResult) -> dict[str, Any]:
         "duplicates": result.duplicates, "next_offsets": result.next_offsets,
         "dead_letters": result.dead_letters,
         "records": [output_json(r) for r in (*result.fund_entries, *result.adl_events,
-                                                              *result.findings, *result.postings)],
+                                                              *result.findings, *posting_records(result))],
         "touched": (result.touched_accounts, result.touched_positions),
     }
 
@@ -164,3 +165,66 @@ async def test_a_rebuild_over_a_journal_older_than_applied_ids_holds_its_identit
     await rebuilt.replay(journal(), no_lookup)
     assert rebuilt.head() == writer.head()._replace(duplicates=0, rejected=0)
     assert sorted(rebuilt.ids.drain()) == sorted(written.held_ids)
+
+
+async def test_a_record_an_engine_fails_on_is_a_poison_record_then_dead_lettered_alike(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fault hook (backstop.faults.engine_panic_on) fails each engine right after it applied a fill: the compiled
+    engine's panic and the reference's exception both come out as the PoisonRecord naming that record, the compiled
+    engine refuses every later call, and engines opened afresh with that record quarantined give the same rows, its
+    dead letter (engine_error) included."""
+    from backstop import faults
+    from backstop.core.errors import InvariantViolation
+    from backstop.pipeline.ingest import PoisonRecord
+
+    journal = batches(ROOT / "examples" / "02-adl-walks-queue.jsonl", 4)
+    flat = [record for batch in journal for record in batch]
+    victim = next(r for r in flat if r.topic == TOPICS.input("fill") and b'"fill_id"' in (r.value or b""))
+    fill_id = orjson.loads(victim.value or b"")["fill_id"]
+    where = (victim.topic, victim.partition, victim.offset)
+    monkeypatch.setenv(faults.ENGINE_PANIC_ENV, fill_id)
+    reasons = {}
+    for name in ENGINES:
+        engine = opened(name)
+        with pytest.raises(PoisonRecord) as raised:
+            await drive(engine, journal)
+        assert raised.value.where == where
+        assert raised.value.reason.startswith("engine error: ") and fill_id in raised.value.reason
+        reasons[name] = raised.value.reason
+        if name == "compiled":
+            with pytest.raises(InvariantViolation, match="the engine stopped earlier"):
+                engine.state_hash()
+    quarantined = {}
+    for name in ENGINES:
+        engine = opened(name)
+        seen = []
+        for batch in journal:
+            keys = await engine.prepare(batch, TOPICS, no_lookup, committed_seq=0)
+            seen.append(store_rows(engine.apply(batch, TOPICS, keys, {where: reasons["compiled"]})))
+        quarantined[name] = seen, engine.head(), engine.state_hash()
+    assert quarantined["reference"] == quarantined["compiled"]
+    letters = [letter for step in quarantined["compiled"][0] for letter in step["dead_letters"]]
+    assert [(letter.kind, letter.reason) for letter in letters if letter.kind == "engine_error"] == [
+        ("engine_error", reasons["compiled"])]
+
+
+async def test_a_stored_journal_row_the_compiled_engine_panics_on_stops_the_rebuild_naming_its_seq(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A committed row cannot be quarantined: a rebuild that panics on one stops the service and names its seq."""
+    from backstop import faults
+    from backstop.core.errors import InvariantViolation
+
+    lines = [line for line in (ROOT / "examples" / "02-adl-walks-queue.jsonl").read_bytes().splitlines()
+             if line.strip()]
+    rows = [(seq, orjson.dumps(orjson.loads(line))) for seq, line in enumerate(lines, start=1)]
+    victim = next(seq for seq, payload in rows if orjson.loads(payload).get("fill_id") == "f-A1")
+    monkeypatch.setenv(faults.ENGINE_PANIC_ENV, "f-A1")
+
+    async def stored() -> Any:
+        for row in rows:
+            yield row
+
+    with pytest.raises(InvariantViolation, match=rf"^compiled engine: journal row {victim} does not re-apply, the "
+                                                 rf"engine panicked on it: fault hook: panic after applying record "
+                                                 rf"f-A1$"):
+        await opened("compiled").replay(stored(), no_lookup)

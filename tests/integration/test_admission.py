@@ -11,9 +11,11 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 from service_harness import in_process, input_ends, published, settings_for, stored, wait_caught_up
 
+from backstop import faults
 from backstop.adapters.kafka.tools import produce_file
 from backstop.core.dedupe import identity, key_digest
 from backstop.entrypoints.cli import main as cli
@@ -208,3 +210,52 @@ async def test_the_filter_loads_every_held_identity_from_one_binary_copy(migrate
         assert sorted(found) == sorted([(keys[0], bytes(8), 1), (keys[-1], bytes(8), count)])
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("engine", ["compiled", "reference"])
+async def test_a_record_an_engine_fails_on_is_dead_lettered_after_the_rebuild_and_nothing_else_is_lost_or_doubled(
+        engine: str, tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, migrated_database: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fault hook (backstop.faults.engine_panic_on) fails the engine right after it applied fill `boom`, its
+    effects half made: the compiled engine panics, the reference raises. The batch is lost, the engine rebuilt from
+    PostgreSQL, and `boom` dead-lettered (engine_error) when met again; the rest is the replay of the journal
+    without it."""
+    monkeypatch.setenv(faults.ENGINE_PANIC_ENV, "boom")
+    boom = fill("boom", "v", "sell", "0.001", "50000", ts=T0 + 4000)
+    after = [fill("after-1", "v", "sell", "0.001", "50000", ts=T0 + 5000), mark("49000", ts=T0 + 6000),
+             liquidation("liq-u", "u", "0.02", "49000", ts=T0 + 7000), fill("after-2", "w", "buy", "0.001", "49000",
+                                                                           ts=T0 + 8000)]
+    setup = [fund(ratio="0", ts=T0), *SETUP[1:]]  # the fund keeps no inventory: the liquidation deleverages
+    journal = write(tmp_path / "journal.jsonl", [*setup, *OPEN, boom, *after])
+    clean = write(tmp_path / "clean.jsonl", [*setup, *OPEN, *after])
+    assert cli(["replay", str(clean), "--out", str(tmp_path / "replay"), "--adl-quantiles", "--engine", engine]) == 0
+    expected = replay(clean, tmp_path / "replay-default")
+    summary = json.loads((tmp_path / "replay" / "summary.json").read_text())
+    assert expected["adl-events"] and summary["head_hash"] == expected["summary"]["head_hash"]
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}fail{engine}.", engine=engine)
+    async with in_process(settings) as (processor, _):
+        await produce_file(settings, journal)
+        await wait_caught_up(migrated_database, ends=await input_ends(settings))
+        assert processor.progress.ready
+        assert processor.quarantine and all(reason.startswith("engine error: ")
+                                            for reason in processor.quarantine.values())
+    dead = await rows(migrated_database, "SELECT source_topic, source_offset, kind, reason FROM dead_letter")
+    assert len(dead) == 1, dead
+    assert dead[0]["source_topic"].endswith(".fills") and dead[0]["source_offset"] == len(OPEN)
+    assert dead[0]["kind"] == "engine_error" and "fault hook" in dead[0]["reason"] and "\n" not in dead[0]["reason"]
+    have = await stored(migrated_database)
+    assert have["journal"] == summary["events_applied"]
+    assert have["head"]["head_hash"] == summary["head_hash"]
+    assert have["head"]["state_hash"] == summary["state_hash"]
+    assert have["head"]["rejected"] == 1
+    assert have["fund_ledger"] == expected["fund-ledger"] and have["adl_events"] == expected["adl-events"]
+    postings = await rows(migrated_database, "SELECT record FROM postings ORDER BY position")
+    assert [orjson.loads(r["record"]) for r in postings] == [
+        orjson.loads(line) for line in (tmp_path / "replay" / "postings.jsonl").read_bytes().splitlines()]
+    out = await published(settings)
+    for stream in ("journal", "fund-ledger", "adl-events"):
+        ids = [r["id"] for r in out[stream]]
+        assert len(ids) == len(set(ids)), f"{stream}: published twice"
+    assert len(out["journal"]) == summary["events_applied"]
+    assert [r["kind"] for r in out["dead-letter"]] == ["engine_error"]
+    await assert_identities_held_once(migrated_database)

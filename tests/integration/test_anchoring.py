@@ -281,3 +281,119 @@ async def test_the_service_signs_on_only_from_a_head_it_signed_or_an_operator_ad
     assert code == 0, lines
     assert ("ok    checkpoint at seq 15: the history up to seq 14 was adopted by an operator (BACKSTOP_ANCHOR_ADOPT), "
             "not signed as it was written") in lines
+
+
+async def owner_rows(owner_dsn: str, query: str) -> list[dict[str, Any]]:
+    connection = await asyncpg.connect(owner_dsn)
+    try:
+        return [dict(r) for r in await connection.fetch(query)]
+    finally:
+        await connection.close()
+
+
+async def test_the_checkpoints_sign_the_postings_and_a_rewritten_posting_is_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], kafka_bootstrap: str, topic_prefix: str,
+        migrated_database: str) -> None:
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}anchor{secrets.token_hex(2)}.")
+    lines_of = EXAMPLE.read_bytes().splitlines(keepends=True)
+    for number, part in enumerate((lines_of[:7], lines_of[7:])):  # a restart between: it signs on from seq 7
+        path = tmp_path / f"part{number}.jsonl"
+        path.write_bytes(b"".join(part))
+        async with in_process(settings):
+            await produce_file(settings, path)
+            await wait_caught_up(migrated_database, applied=7 if number == 0 else 14)
+    postings = [orjson.loads(r["record"]) for r in
+                await owner_rows(migrated_database, "SELECT record FROM postings ORDER BY position")]
+    signed = await owner_rows(migrated_database, "SELECT seq, postings_head, postings_count FROM checkpoints")
+    assert postings and signed
+    for row in signed:  # every checkpoint signs the postings chain as it stood at its seq
+        upto = [p for p in postings if p["seq"] <= row["seq"]]
+        assert (row["postings_count"], row["postings_head"]) == (len(upto), upto[-1]["hash"] if upto else "0" * 64)
+    code, lines = await asyncio.to_thread(verify, migrated_database, capsys, ANCHOR_KEY_FILE)
+    assert code == 0, lines
+    assert f"ok    postings: head and count as signed at each of the {len(signed)} checkpoints that sign them" in lines
+
+    # The owner rewrites one posting (a bigger amount) and makes the chain consistent again.
+    before = await stored(migrated_database)
+    forged = [dict(p) for p in postings]
+    target = forged[-1]
+    target["amount"] = text(Decimal(target["amount"]) * 2)
+    previous = forged[-2]["hash"] if len(forged) > 1 else "0" * 64
+    target["prev_hash"] = previous
+    target["hash"] = chain_hash({k: v for k, v in target.items() if k != "hash"})
+    await rewrite_as_owner(migrated_database, ledger=before["fund_ledger"], adl_events=before["adl_events"],
+                           journal={}, state=None, postings=forged)
+    code, lines = await asyncio.to_thread(verify, migrated_database, capsys, ANCHOR_KEY_FILE)
+    assert code == 1
+    assert "postings" in failure(lines) and target["id"] in failure(lines), lines
+
+    # The owner moves the signed postings head along with it: the signature no longer verifies.
+    connection = await asyncpg.connect(migrated_database)
+    try:
+        async with connection.transaction():
+            await connection.execute("ALTER TABLE checkpoints DISABLE TRIGGER USER")
+            await connection.execute("UPDATE checkpoints SET postings_head = $1 WHERE seq = 14", target["hash"])
+            await connection.execute("ALTER TABLE checkpoints ENABLE TRIGGER USER")
+    finally:
+        await connection.close()
+    code, lines = await asyncio.to_thread(verify, migrated_database, capsys, ANCHOR_KEY_FILE)
+    assert failure(lines) == "checkpoint at seq 14: its signature does not verify: the checkpoint was altered"
+
+
+async def test_checkpoints_signed_before_migration_0009_still_verify_after_the_upgrade(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], kafka_bootstrap: str, topic_prefix: str,
+        migrated_database: str) -> None:
+    """The first part signed as a service before 0009 did (no postings columns, the MAC over the fields it had); the
+    database is then upgraded (0009 applied), the service restarted on it signs the second part with the postings,
+    and the whole history verifies: the old checkpoints as they were signed, the new ones with their postings."""
+    from backstop.adapters.postgres.migrations import migrate
+    from backstop.core.anchor import AnchorKey, Checkpoint
+
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}anchor{secrets.token_hex(2)}.")
+    lines_of = EXAMPLE.read_bytes().splitlines(keepends=True)
+    first = tmp_path / "first.jsonl"
+    first.write_bytes(b"".join(lines_of[:7]))
+    async with in_process(settings):
+        await produce_file(settings, first)
+        await wait_caught_up(migrated_database, applied=7)
+    key = AnchorKey.from_bytes(ANCHOR_KEY_FILE.read_bytes(), source="test key")
+    connection = await asyncpg.connect(migrated_database)
+    try:
+        old = await connection.fetch("SELECT * FROM checkpoints ORDER BY seq")
+        async with connection.transaction():  # the database as 0008 left it, with the checkpoints 0008 signed
+            await connection.execute("ALTER TABLE checkpoints DISABLE TRIGGER USER")
+            await connection.execute("ALTER TABLE checkpoints DROP COLUMN postings_head, DROP COLUMN postings_count")
+            for row in old:
+                resigned = key.sign(Checkpoint(*(row[c] for c in (
+                    "seq", "prev_seq", "adopted_seq", "journal_digest", "head_hash", "ledger_head", "ledger_entries",
+                    "adl_head", "adl_events"))))
+                await connection.execute("UPDATE checkpoints SET mac = $2 WHERE seq = $1", row["seq"], resigned.mac)
+            await connection.execute("ALTER TABLE checkpoints ENABLE TRIGGER USER")
+            await connection.execute("DELETE FROM schema_migrations WHERE version = '0009'")
+        assert await migrate(migrated_database) == ["0009"]
+        assert all(r["postings_head"] is None and r["postings_count"] is None
+                   for r in await connection.fetch("SELECT * FROM checkpoints"))
+    finally:
+        await connection.close()
+    code, lines = await asyncio.to_thread(verify, migrated_database, capsys, ANCHOR_KEY_FILE)
+    assert code == 0, lines
+    assert (f"ok    postings: head and count as signed at each of the 0 checkpoints that sign them (the {len(old)} "
+            f"signed before migration 0009 do not)") in lines
+
+    second = tmp_path / "second.jsonl"
+    second.write_bytes(b"".join(lines_of[7:]))
+    async with in_process(settings):
+        await produce_file(settings, second)
+        await wait_caught_up(migrated_database, applied=14)
+    rows = await owner_rows(migrated_database,
+                            "SELECT seq, postings_head, postings_count FROM checkpoints ORDER BY seq")
+    assert [r["seq"] for r in rows[:len(old)]] == [r["seq"] for r in old]
+    assert all(r["postings_count"] is None for r in rows[:len(old)])
+    postings = await owner_rows(migrated_database, "SELECT position, hash FROM postings ORDER BY position")
+    assert (rows[-1]["seq"], rows[-1]["postings_count"], rows[-1]["postings_head"]) == (
+        14, len(postings), postings[-1]["hash"])
+    code, lines = await asyncio.to_thread(verify, migrated_database, capsys, ANCHOR_KEY_FILE)
+    assert code == 0, lines
+    signing = len(rows) - len(old)
+    assert (f"ok    postings: head and count as signed at each of the {signing} checkpoints that sign them (the "
+            f"{len(old)} signed before migration 0009 do not)") in lines

@@ -132,3 +132,36 @@ async def test_the_relay_cursor_migration_starts_after_the_rows_already_publishe
         assert "published" not in columns
     finally:
         await connection.close()
+
+
+async def test_the_postings_lose_their_account_indexes_and_keep_their_rows_and_constraints(empty_database: str,
+                                                                                         tmp_path: Path) -> None:
+    """0010 drops the postings' indexes by account (the write path's largest cost): a database migrated before it
+    keeps every posting, and the constraints of the record still refuse a posting twice or one without its seq."""
+    before = tmp_path / "before"
+    before.mkdir()
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        if path.name < "0010":
+            shutil.copy(path, before / path.name)
+    await migrate(empty_database, before)
+    insert = ("INSERT INTO postings (position, id, seq, ts, kind, debit_account, credit_account, asset, amount, "
+              "debit_balance_after, credit_balance_after, prev_hash, hash, record) "
+              "VALUES ($1, $2, $3, 0, 'fee', 'wallet:a:USDT', 'fund:F', 'USDT', 1, -1, 1, 'p', $4, '{}')")
+    connection = await asyncpg.connect(empty_database)
+    try:
+        await connection.execute("INSERT INTO journal VALUES (1, 't', 0, 0, 'fill', 0, '{}', 'h')")
+        await connection.executemany(insert, [(1, "p-1", 1, "h1"), (2, "p-2", 1, "h2")])
+        indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'postings'"
+        assert {"postings_debit", "postings_credit"} <= {r["indexname"] for r in await connection.fetch(indexes)}
+        assert await migrate(empty_database) == ["0010"]
+        assert {r["indexname"] for r in await connection.fetch(indexes)} == {
+            "postings_pkey", "postings_id_key", "postings_hash_key", "postings_liquidation"}
+        assert [tuple(r) for r in await connection.fetch("SELECT position, id FROM postings ORDER BY position")] == [
+            (1, "p-1"), (2, "p-2")]
+        await connection.execute(insert, 3, "p-3", 1, "h3")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await connection.execute(insert, 4, "p-1", 1, "h4")
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await connection.execute(insert, 4, "p-4", 2, "h4")
+    finally:
+        await connection.close()

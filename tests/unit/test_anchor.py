@@ -25,7 +25,7 @@ from backstop.core.anchor import (
     check_signatures,
     journal_step,
 )
-from backstop.core.hashing import GENESIS_HASH, combine
+from backstop.core.hashing import GENESIS_HASH, canonical_json, combine
 from backstop.entrypoints.cli import build_parser, main
 from backstop.settings import Settings
 
@@ -152,6 +152,56 @@ def test_a_rewritten_ledger_is_placed_between_two_checkpoints() -> None:
         f"{'f' * 16}, the checkpoint signed 3 with head {str(entries[2]['hash'])[:16]}")
     assert check_heads(signed, entries[:3], []) is not None  # the last entry removed
 
+
+
+def with_postings(signed: list[SignedCheckpoint], postings: list[dict[str, object]]) -> list[SignedCheckpoint]:
+    """The same checkpoints signed as the service signs them since migration 0009: with the postings' head and count."""
+    out = []
+    for each in signed:
+        seq = each.checkpoint.seq
+        count = sum(1 for p in postings if int(str(p["seq"])) <= seq)
+        head = str(postings[count - 1]["hash"]) if count else GENESIS_HASH
+        out.append(KEY.sign(dataclasses.replace(each.checkpoint, postings_head=head, postings_count=count)))
+    return out
+
+
+def test_a_checkpoint_signed_before_migration_0009_keeps_its_message_and_verifies() -> None:
+    """A checkpoint without the postings is the message a service before 0009 signed, field for field, so its MAC
+    verifies as it was written; with them, the message covers both and neither can be altered or dropped."""
+    old = checkpoints(journal(3), [3], [])[0]
+    checkpoint = old.checkpoint
+    before_0009 = b"backstop checkpoint v1\n" + canonical_json({
+        "seq": 3, "prev_seq": 0, "adopted_seq": 0, "journal_digest": checkpoint.journal_digest,
+        "head_hash": checkpoint.head_hash, "ledger_head": GENESIS_HASH, "ledger_entries": 0, "adl_head": GENESIS_HASH,
+        "adl_events": 0})
+    assert checkpoint.message() == before_0009
+    assert old.mac == hmac.new(b"k" * 40, before_0009, hashlib.sha256).hexdigest()
+    signed = with_postings([old], ledger([1, 2]))[0]
+    assert KEY.verifies(signed) and signed.mac != old.mac
+    for name, value in (("postings_head", "1" * 64), ("postings_count", 1), ("postings_head", None),
+                        ("postings_count", None)):
+        assert not KEY.verifies(dataclasses.replace(signed, checkpoint=dataclasses.replace(signed.checkpoint,
+                                                                                            **{name: value}))), name
+    assert not KEY.verifies(dataclasses.replace(signed, checkpoint=dataclasses.replace(
+        signed.checkpoint, postings_head=None, postings_count=None)))  # stripped back to the old form
+
+
+def test_rewritten_postings_are_placed_between_two_checkpoints() -> None:
+    rows, postings = journal(9), ledger([1, 2, 5, 5, 8])
+    signed = with_postings(checkpoints(rows, [3, 6, 9], []), postings)
+    assert check_signatures(signed, [KEY]) is None
+    assert check_heads(signed, [], [], postings) is None
+    forged = [*postings[:3], {"seq": 5, "hash": "f" * 64}, postings[4]]
+    assert check_heads(signed, [], [], forged) == (
+        f"postings rewritten between seq 4 and seq 6: up to seq 6 the stored records are 4 with head {'f' * 16}, the "
+        f"checkpoint signed 4 with head {str(postings[3]['hash'])[:16]}")
+    assert check_heads(signed, [], [], postings[:4]) == (
+        f"postings rewritten between seq 7 and seq 9: up to seq 9 the stored records are 4 with head "
+        f"{str(postings[3]['hash'])[:16]}, the checkpoint signed 5 with head {str(postings[4]['hash'])[:16]}")
+    # checkpoints signed before 0009 carry no postings: only the ones signed since are checked
+    upgraded = [*checkpoints(rows, [3, 6], []), *with_postings(checkpoints(rows, [3, 6, 9], []), postings)[2:]]
+    assert check_heads(upgraded, [], [], postings) is None
+    assert check_heads(upgraded, [], [], postings[:4]) is not None
 
 def test_the_scram_verifier_is_the_one_of_rfc_7677() -> None:
     """RFC 7677's exchange (user "user", password "pencil"): the server's signature and the client's proof follow

@@ -15,7 +15,8 @@ use crate::wire::Record;
 use rustc_hash::FxHashMap as HashMap;
 use sha2::{Digest, Sha256};
 
-/// What an auditor filters dead letters by (backstop.core.errors.RejectionKind; `engine_error` is the service's).
+/// What an auditor filters dead letters by (backstop.core.errors.RejectionKind; `engine_error` is the service's:
+/// a record the engine failed on in an earlier run, dead-lettered when met again).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Invalid,
@@ -23,6 +24,7 @@ pub enum Kind {
     Late,
     Ahead,
     ConflictingDuplicate,
+    EngineError,
 }
 
 impl Kind {
@@ -33,6 +35,7 @@ impl Kind {
             Kind::Late => "late",
             Kind::Ahead => "ahead",
             Kind::ConflictingDuplicate => "conflicting_duplicate",
+            Kind::EngineError => "engine_error",
         }
     }
 }

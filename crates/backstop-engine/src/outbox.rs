@@ -1,7 +1,9 @@
 //! The service's outbox rows for a consumed batch (backstop.pipeline.ingest's order), as COPY text: topic, key,
 //! record id and the record's canonical JSON, one row per record that has no table of its own to be published
 //! from (the relay reads the journal, fund ledger, ADL events and postings from theirs): the quantile records of a
-//! seq, then a dead letter decided after that seq, in the order the reference engine writes them.
+//! seq, then a dead letter decided after that seq, in the order the reference engine writes them. And the rows of
+//! a table the relay publishes from (the postings), as COPY text built from their output lines, so the service
+//! never parses a record it stores as it was published.
 
 use crate::json::{self, Dialect, Value};
 use crate::projection::Line;
@@ -78,9 +80,166 @@ pub fn copy_text(prefix: &str, outputs: &Outputs<'_>) -> Vec<u8> {
     out
 }
 
+/// Output records (canonical JSON lines) as COPY text of a table that stores them as published: a `position` from
+/// `first_position` on, the named top-level fields (text as it is, integers as their digits, null or missing as
+/// NULL), then the line itself (the `record` column).
+pub fn table_copy(lines: &[u8], columns: &[&str], first_position: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines.len() * 2 + 64);
+    let mut flat: Vec<(&[u8], Scalar<'_>)> = Vec::with_capacity(32);
+    let records = lines.split(|&b| b == b'\n').filter(|line| !line.is_empty());
+    for (position, line) in (first_position..).zip(records) {
+        let mut row = Line::new(&mut out).text(&position.to_string());
+        if flat_fields(line, &mut flat) {
+            for &name in columns {
+                let found = flat.iter().rev().find(|(key, _)| *key == name.as_bytes()).map(|(_, value)| value);
+                row = match found {
+                    Some(Scalar::Text(raw)) => row.text(std::str::from_utf8(raw).expect("UTF-8 JSON")),
+                    Some(Scalar::Null) | None => row.null(),
+                };
+            }
+        } else {
+            let document = json::parse(line, Dialect::File).expect("the engine's own canonical JSON");
+            for &name in columns {
+                row = match field(&document, name) {
+                    Some(Value::Str(text)) => row.text(text),
+                    Some(Value::Int(digits)) => row.text(std::str::from_utf8(digits).expect("ASCII digits")),
+                    Some(Value::Bool(flag)) => row.text(if *flag { "true" } else { "false" }),
+                    _ => row.null(),
+                };
+            }
+        }
+        row.text(std::str::from_utf8(line).expect("UTF-8 JSON")).end();
+    }
+    out
+}
+
+/// A top-level value of a flat record, as its column text: a string without escapes (its characters), an integer
+/// (its digits), true or false; or null.
+enum Scalar<'a> {
+    Text(&'a [u8]),
+    Null,
+}
+
+/// The top-level fields of a JSON object whose values are all plain strings (no escapes), integers, booleans or
+/// null, read without building a document (most output records); false for anything else (a nested value, an
+/// escape, a fraction), which the full parser then reads.
+fn flat_fields<'a>(line: &'a [u8], fields: &mut Vec<(&'a [u8], Scalar<'a>)>) -> bool {
+    fields.clear();
+    let end = line.len();
+    if end < 2 || line[0] != b'{' || line[end - 1] != b'}' {
+        return false;
+    }
+    let mut at = 1;
+    if end == 2 {
+        return true;
+    }
+    loop {
+        let Some((key, after)) = plain_string(line, at) else { return false };
+        if line.get(after) != Some(&b':') {
+            return false;
+        }
+        at = after + 1;
+        let value = match line.get(at) {
+            Some(b'"') => {
+                let Some((text, after)) = plain_string(line, at) else { return false };
+                at = after;
+                Scalar::Text(text)
+            }
+            Some(b'n') if line[at..].starts_with(b"null") => {
+                at += 4;
+                Scalar::Null
+            }
+            Some(b't') if line[at..].starts_with(b"true") => {
+                at += 4;
+                Scalar::Text(b"true")
+            }
+            Some(b'f') if line[at..].starts_with(b"false") => {
+                at += 5;
+                Scalar::Text(b"false")
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                let start = at;
+                at += 1;
+                while at < end && line[at].is_ascii_digit() {
+                    at += 1;
+                }
+                if line[start..at] == *b"-" {
+                    return false;
+                }
+                Scalar::Text(&line[start..at])
+            }
+            _ => return false,
+        };
+        fields.push((key, value));
+        match line.get(at) {
+            Some(b',') => at += 1,
+            Some(b'}') if at == end - 1 => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// The characters of the string starting at `at` (a quote) and the index after its closing quote, if it holds no
+/// escape and no control character.
+fn plain_string(line: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    if line.get(at) != Some(&b'"') {
+        return None;
+    }
+    let start = at + 1;
+    let length = line[start..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    let close = start + length;
+    (line[close] == b'"').then(|| (&line[start..close], close + 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_rows_carry_positions_fields_and_the_line() {
+        let lines = b"{\"amount\":\"1.5\",\"fill_id\":null,\"id\":\"p-1\",\"note\":\"a\\tb\",\"seq\":7}\n\
+                      {\"amount\":\"2\",\"id\":\"p-2\",\"seq\":8}\n";
+        let text = String::from_utf8(table_copy(lines, &["id", "seq", "amount", "fill_id"], 41)).unwrap();
+        assert_eq!(text, "41\tp-1\t7\t1.5\t\\N\t{\"amount\":\"1.5\",\"fill_id\":null,\"id\":\"p-1\",\
+                          \"note\":\"a\\\\tb\",\"seq\":7}\n\
+                          42\tp-2\t8\t2\t\\N\t{\"amount\":\"2\",\"id\":\"p-2\",\"seq\":8}\n");
+        assert!(table_copy(b"", &["id"], 1).is_empty());
+    }
+
+    #[test]
+    fn the_flat_reading_agrees_with_the_parser() {
+        let columns = ["id", "seq", "amount", "flag", "gone", "neg", "nested"];
+        for (line, flat_expected) in [
+            (&b"{\"amount\":\"1.5\",\"flag\":true,\"id\":\"p-1\",\"neg\":-3,\"seq\":7}"[..], true),
+            (b"{\"flag\":false,\"gone\":null,\"id\":\"\xc3\xa9\",\"seq\":0}", true),
+            (b"{\"id\":\"a\\\"b\",\"seq\":1}", false), // an escape: the parser reads it
+            (b"{\"id\":\"p\",\"nested\":{\"a\":1},\"seq\":2}", false), // a nested value: the parser reads it
+            (b"{\"amount\":1.25,\"id\":\"p\"}", false), // a fraction: the parser reads it
+            (b"{}", true),
+        ] {
+            let mut flat = Vec::new();
+            let fast = flat_fields(line, &mut flat);
+            let document = json::parse(line, Dialect::File).unwrap();
+            if fast {
+                for name in columns {
+                    let expected = match field(&document, name) {
+                        Some(Value::Str(text)) => Some(text.as_bytes().to_vec()),
+                        Some(Value::Int(digits)) => Some(digits.to_vec()),
+                        Some(Value::Bool(flag)) => Some(if *flag { b"true".to_vec() } else { b"false".to_vec() }),
+                        _ => None,
+                    };
+                    let got = flat.iter().rev().find(|(key, _)| *key == name.as_bytes()).and_then(|(_, v)| match v {
+                        Scalar::Text(raw) => Some(raw.to_vec()),
+                        Scalar::Null => None,
+                    });
+                    assert_eq!(got, expected, "{name} of {}", String::from_utf8_lossy(line));
+                }
+            }
+            assert_eq!(fast, flat_expected, "{}", String::from_utf8_lossy(line));
+        }
+        let text = String::from_utf8(table_copy(b"{\"id\":\"a\\\"b\",\"seq\":1}\n", &["id", "seq"], 5)).unwrap();
+        assert_eq!(text, "5\ta\"b\t1\t{\"id\":\"a\\\\\"b\",\"seq\":1}\n");
+    }
 
     #[test]
     fn rows_follow_the_reference_order() {

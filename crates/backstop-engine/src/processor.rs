@@ -44,6 +44,9 @@ pub struct Consumed<'a> {
     pub partition: i64,
     pub offset: i64,
     pub value: Option<&'a [u8]>,
+    /// The reason the engine failed on this record in an earlier run (the service's quarantine): once it decodes it
+    /// is dead-lettered as `engine_error`, never applied, as backstop.pipeline.ingest does.
+    pub quarantined: Option<&'a str>,
 }
 
 /// What one consumed batch produced (see backstop.engines.RecordsResult): the journal topic's records, the outputs,
@@ -134,6 +137,13 @@ pub struct Processor {
     pub journal: bool,
     /// When a batch of lines is decoded on a thread of its own, ahead of the rules (crate::decode_stage).
     pub decode_stage: Stage,
+    /// The record a batch is at while it runs (its journal line in apply_lines, its index in the batch in
+    /// apply_records), None between batches: a panic inside the rules names the record (backstop-py catches it, and
+    /// the engine is never used again).
+    pub applying: Option<u64>,
+    /// A fault hook for tests (backstop.faults.engine_panic_on), None otherwise: panic right after the record with
+    /// this id (fill, transfer or liquidation id) has applied, as a bug in the rules would, its effects half made.
+    pub panic_on: Option<String>,
     next_snapshot: u64,
 }
 
@@ -212,6 +222,7 @@ impl Processor {
 
     fn apply_chunk(&mut self, chunk: &[u8], first_line: u64, batch: &mut Batch) {
         decode_stage::each_line(chunk, first_line, self.decode_stage, |line| {
+            self.applying = Some(line.number);
             let Err((kind, reason)) = self.apply_line(&line, batch) else { return true };
             dead_letter(&mut batch.dead_letters, line.number, kind, &reason, line.raw);
             if self.strict {
@@ -220,6 +231,7 @@ impl Processor {
             }
             true
         });
+        self.applying = None;
     }
 
     /// Apply a consumed Kafka batch (backstop.pipeline.ingest.ingest_batch): the topic names the type; each
@@ -228,7 +240,8 @@ impl Processor {
     pub fn apply_records(&mut self, records: &[Consumed<'_>], prefix: &str) -> RecordsBatch {
         let mut batch = RecordsBatch::default();
         let mut duplicates: Vec<(&'static str, u64)> = Vec::new();
-        for record in records {
+        for (index, record) in records.iter().enumerate() {
+            self.applying = Some(index as u64);
             let record_type = record.topic.strip_prefix(prefix).and_then(|suffix| {
                 INPUT_SUFFIXES.iter().find(|(_, s)| *s == suffix).map(|(t, _)| *t)
             });
@@ -246,9 +259,18 @@ impl Processor {
                     continue;
                 }
             };
+            if let Some(reason) = record.quarantined {
+                self.rejected += 1;
+                kafka_dead_letter(&mut batch.dead_letters, record, RejectionKind::EngineError, reason, after_seq);
+                continue;
+            }
             let before = counts(&batch.outputs);
             let seq = self.engine.last_seq + 1;
-            if let Err(refusal) = self.engine.apply(&decoded, seq, &mut batch.outputs) {
+            let applied = self.engine.apply(&decoded, seq, &mut batch.outputs);
+            if applied.is_ok() {
+                self.fault_hook(&decoded);
+            }
+            if let Err(refusal) = applied {
                 match self.refused(refusal) {
                     Ok(()) => match duplicates.iter_mut().find(|(t, _)| *t == record_type) {
                         Some((_, count)) => *count += 1,
@@ -280,8 +302,22 @@ impl Processor {
             canonical::write(&mut batch.journal, &row);
             batch.journal.push(b'\n');
         }
+        self.applying = None;
         batch.duplicates = duplicates;
         batch
+    }
+
+    /// The fault hook (`panic_on`): never fires unless a test set it.
+    fn fault_hook(&self, record: &Record<'_>) {
+        let Some(wanted) = &self.panic_on else { return };
+        let id = match &record.body {
+            Body::Transfer { transfer_id: id, .. } | Body::Fill { fill_id: id, .. }
+            | Body::Liquidation { liquidation_id: id, .. } => id,
+            _ => return,
+        };
+        if id == wanted {
+            panic!("fault hook: panic after applying record {wanted}");
+        }
     }
 
     fn apply_line(&mut self, line: &Line<'_>, batch: &mut Batch) -> Result<(), (RejectionKind, String)> {
@@ -311,6 +347,7 @@ impl Processor {
         if let Err(refusal) = self.engine.apply_digested(record, digests, seq, &mut batch.outputs) {
             return self.refused(refusal).map(|()| false);
         }
+        self.fault_hook(record);
         self.count(before, &batch.outputs);
         if self.journal {
             batch.journal.extend_from_slice(raw);
@@ -1191,4 +1228,51 @@ fn wide_512_decimal(value: &Value<'_>, scale: u32) -> Result<Wide, String> {
 fn wide_decimal(value: &Value<'_>, scale: u32) -> Result<I256, String> {
     let wide = wide_512_decimal(value, scale)?;
     numbers::fit256(wide).ok_or_else(|| format!("a decimal too large: {}", string(value).unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    const SETUP: &[u8] = b"{\"type\":\"fund\",\"ts\":1,\"fund_id\":\"F\",\"settle_asset\":\"USDT\",\"surplus\":\"fund\",\
+        \"max_inventory_ratio\":\"1\"}\n\
+        {\"type\":\"transfer\",\"ts\":2,\"transfer_id\":\"t-1\",\"account_id\":\"a\",\"asset\":\"USDT\",\"amount\":\"5\"}\n\
+        {\"type\":\"transfer\",\"ts\":3,\"transfer_id\":\"t-2\",\"account_id\":\"a\",\"asset\":\"USDT\",\"amount\":\"7\"}\n";
+
+    #[test]
+    fn a_panic_while_a_line_applies_leaves_its_line_number_and_none_outside_a_batch() {
+        let mut processor = Processor::new(false, 0);
+        processor.panic_on = Some("t-2".to_string());
+        let panicked = catch_unwind(AssertUnwindSafe(|| processor.apply_lines(SETUP, 10)));
+        assert!(panicked.is_err());
+        assert_eq!(processor.applying, Some(12));
+
+        let mut clean = Processor::new(false, 0);
+        clean.apply_lines(SETUP, 1);
+        assert_eq!((clean.applying, clean.events_applied()), (None, 3));
+    }
+
+    #[test]
+    fn a_quarantined_record_is_dead_lettered_as_an_engine_error_and_a_panic_names_its_index() {
+        let values: Vec<&[u8]> = SETUP.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let topics = ["t.funds", "t.transfers", "t.transfers"];
+        let consumed = |quarantined: Option<&'static str>| -> Vec<Consumed<'_>> {
+            values.iter().zip(topics).enumerate().map(|(offset, (value, topic))| Consumed {
+                topic, partition: 0, offset: offset as i64, value: Some(value),
+                quarantined: if offset == 1 { quarantined } else { None },
+            }).collect()
+        };
+        let mut processor = Processor::new(false, 0);
+        let batch = processor.apply_records(&consumed(Some("engine error: panic: boom")), "t.");
+        let letter = String::from_utf8(batch.dead_letters).unwrap();
+        assert!(letter.contains("\"kind\":\"engine_error\"") && letter.contains("engine error: panic: boom"), "{letter}");
+        assert_eq!((processor.events_applied(), processor.rejected, processor.applying), (2, 1, None));
+
+        let mut failing = Processor::new(false, 0);
+        failing.panic_on = Some("t-2".to_string());
+        let records = consumed(None);
+        assert!(catch_unwind(AssertUnwindSafe(|| failing.apply_records(&records, "t."))).is_err());
+        assert_eq!(failing.applying, Some(2));
+    }
 }

@@ -55,7 +55,12 @@ impl<'o> Line<'o> {
 
     pub(crate) fn text(mut self, value: &str) -> Self {
         self.sep();
-        for &byte in value.as_bytes() {
+        let bytes = value.as_bytes();
+        if !bytes.iter().any(|&byte| matches!(byte, b'\\' | b'\t' | b'\n' | b'\r')) {
+            self.out.extend_from_slice(bytes); // the usual case: nothing to escape, one copy
+            return self;
+        }
+        for &byte in bytes {
             match byte {
                 b'\\' => self.out.extend_from_slice(b"\\\\"),
                 b'\t' => self.out.extend_from_slice(b"\\t"),
@@ -67,7 +72,7 @@ impl<'o> Line<'o> {
         self
     }
 
-    fn null(mut self) -> Self {
+    pub(crate) fn null(mut self) -> Self {
         self.sep();
         self.out.extend_from_slice(b"\\N");
         self

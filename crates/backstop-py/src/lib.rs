@@ -91,6 +91,15 @@ fn outbox_copy<'py>(py: Python<'py>, prefix: &str, adl_quantiles: &[u8], dead_le
     PyBytes::new(py, &text)
 }
 
+/// The service: output lines (the postings) as COPY text of the table that stores them as published (a position from
+/// `first_position` on, the named fields, the line as `record`).
+#[pyfunction]
+fn table_copy<'py>(py: Python<'py>, lines: &[u8], columns: Vec<String>, first_position: u64) -> Bound<'py, PyBytes> {
+    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let text = py.detach(|| outbox::table_copy(lines, &names, first_position));
+    PyBytes::new(py, &text)
+}
+
 fn parsed_json(raw: &[u8]) -> PyResult<json::Value<'_>> {
     json::parse(raw, json::Dialect::File).map_err(|_| PyValueError::new_err("invalid JSON"))
 }
@@ -140,10 +149,14 @@ type Counterparty = (String, usize, String, String);
 
 create_exception!(_engine, InvariantViolation, PyException,
                   "An internal rule of the compiled engine broke (a bug): the engine must not be used any more.");
+create_exception!(_engine, RecordPanic, InvariantViolation,
+                  "The compiled engine panicked while applying one record (a bug): args are (where, reason), where \
+                   the record's journal line (apply_lines) or its index in the batch (apply_records). The engine \
+                   must not be used any more.");
 
 /// The compiled engine's state behind backstop.engines.CompiledEngine. A batch crosses the boundary once, with the
 /// GIL released while it runs; a panic inside (an overflow, a broken invariant) poisons the engine and surfaces as
-/// InvariantViolation.
+/// RecordPanic when it came while a record applied (naming the record), else as InvariantViolation.
 #[pyclass(module = "backstop._engine")]
 struct Ledger {
     processor: Processor,
@@ -192,7 +205,10 @@ impl Ledger {
         if let Some(reason) = &self.poisoned {
             return Err(InvariantViolation::new_err(format!("the engine stopped earlier: {reason}")));
         }
-        match catch_unwind(AssertUnwindSafe(|| work(&mut self.processor))) {
+        GUARDED.set(true);
+        let outcome = catch_unwind(AssertUnwindSafe(|| work(&mut self.processor)));
+        GUARDED.set(false);
+        match outcome {
             Ok(value) => Ok(value),
             Err(panic) => {
                 let reason = panic
@@ -201,7 +217,10 @@ impl Ledger {
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_else(|| "a panic".to_string());
                 self.poisoned = Some(reason.clone());
-                Err(InvariantViolation::new_err(reason))
+                Err(match self.processor.applying.take() {
+                    Some(at) => RecordPanic::new_err((at, reason)),
+                    None => InvariantViolation::new_err(reason),
+                })
             }
         }
     }
@@ -257,6 +276,12 @@ impl Ledger {
 
     fn events_applied(&self) -> u64 {
         self.processor.events_applied()
+    }
+
+    /// A fault hook for tests only (backstop.faults.engine_panic_on): from now on the engine panics right after
+    /// applying the record with this id (fill, transfer or liquidation id), as a bug in the rules would.
+    fn _panic_on(&mut self, record_id: String) {
+        self.processor.panic_on = Some(record_id);
     }
 
     /// Whole journal lines; `held`: the batch's held identities (per batch only).
@@ -341,17 +366,24 @@ impl Ledger {
     }
 
     /// A consumed Kafka batch: (topic, partition, offset, value) per record, under the topic prefix; `held`: the
-    /// batch's held identities (per batch only).
+    /// batch's held identities (per batch only); `quarantined`: (index in the batch, reason) of the records the engine
+    /// failed on in an earlier run, dead-lettered as engine_error instead of applied.
+    #[pyo3(signature = (records, prefix, held, quarantined=Vec::new()))]
     fn apply_records<'py>(&mut self, py: Python<'py>, records: Vec<(String, i64, i64, Option<Vec<u8>>)>, prefix: &str,
-                          held: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
+                          held: &[u8], quarantined: Vec<(usize, String)>) -> PyResult<Bound<'py, PyTuple>> {
         self.settled(py)?;
         self.processor.begin_batch(held).map_err(PyValueError::new_err)?;
-        let consumed: Vec<Consumed<'_>> = records
+        let mut consumed: Vec<Consumed<'_>> = records
             .iter()
             .map(|(topic, partition, offset, value)| Consumed {
-                topic, partition: *partition, offset: *offset, value: value.as_deref(),
+                topic, partition: *partition, offset: *offset, value: value.as_deref(), quarantined: None,
             })
             .collect();
+        for (index, reason) in &quarantined {
+            let record = consumed.get_mut(*index)
+                .ok_or_else(|| PyValueError::new_err(format!("quarantined index {index} is not in the batch")))?;
+            record.quarantined = Some(reason);
+        }
         let batch = py.detach(|| self.guarded(|processor| processor.apply_records(&consumed, prefix)))?;
         (
             PyBytes::new(py, &batch.journal),
@@ -498,10 +530,28 @@ impl Ledger {
     }
 }
 
+thread_local! {
+    /// Set while `Ledger::guarded` runs work on this thread: a panic there is reported by the exception it raises.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The panic hook: quiet for a panic `guarded` catches (its message travels in the exception, so a command says it
+/// in one line), the default hook's report for any other.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !GUARDED.get() {
+            default(info);
+        }
+    }));
+}
+
 #[pymodule]
 fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    install_panic_hook();
     module.add("VERSION", backstop_engine::VERSION)?;
     module.add("InvariantViolation", module.py().get_type::<InvariantViolation>())?;
+    module.add("RecordPanic", module.py().get_type::<RecordPanic>())?;
     module.add_class::<Ledger>()?;
     module.add_function(wrap_pyfunction!(numbers_text, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_parse, module)?)?;
@@ -511,5 +561,6 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(canonical_reencode, module)?)?;
     module.add_function(wrap_pyfunction!(canonical_chain_hash, module)?)?;
     module.add_function(wrap_pyfunction!(outbox_copy, module)?)?;
+    module.add_function(wrap_pyfunction!(table_copy, module)?)?;
     Ok(())
 }

@@ -4,8 +4,9 @@ the checks `backstop audit verify --dsn --anchor-key-file` runs against them. Pu
 The owner of the service's tables can switch the append-only triggers off, rewrite the journal and every record
 derived from it, and recompute every hash chain, so that the stored history is consistent again. The owner cannot
 sign: in the transaction of every batch that appends to the journal, the service signs (HMAC-SHA256, with a key the
-database never sees) the journal digest (a chain over every journal row), the fund-ledger and ADL heads and counts
-as of the batch's last seq. Each signed value covers everything before it, so the last checkpoint vouches for the
+database never sees) the journal digest (a chain over every journal row), the fund-ledger, ADL and postings heads
+and counts as of the batch's last seq (the postings since migration 0009: a checkpoint signed before it has none,
+and verifies as it was signed). Each signed value covers everything before it, so the last checkpoint vouches for the
 whole history and the earlier ones say where a rewrite starts. docs/operations-security.md says what this cannot
 catch.
 """
@@ -51,12 +52,19 @@ class Checkpoint:
     ledger_entries: int
     adl_head: str
     adl_events: int
+    # the postings chain (docs/design.md §10, "Postings"): its head and count; None in a checkpoint signed before
+    # migration 0009, whose message has neither
+    postings_head: str | None = None
+    postings_count: int | None = None
 
     def message(self) -> bytes:
-        return _MAC_DOMAIN + canonical_json({
+        fields: dict[str, Any] = {
             "seq": self.seq, "prev_seq": self.prev_seq, "adopted_seq": self.adopted_seq,
             "journal_digest": self.journal_digest, "head_hash": self.head_hash, "ledger_head": self.ledger_head,
-            "ledger_entries": self.ledger_entries, "adl_head": self.adl_head, "adl_events": self.adl_events})
+            "ledger_entries": self.ledger_entries, "adl_head": self.adl_head, "adl_events": self.adl_events}
+        if self.postings_head is not None or self.postings_count is not None:
+            fields |= {"postings_head": self.postings_head, "postings_count": self.postings_count}
+        return _MAC_DOMAIN + canonical_json(fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,20 +195,25 @@ def _heads(records: Sequence[dict[str, Any]], seq: int, start: int) -> tuple[int
 
 
 def check_heads(checkpoints: Sequence[SignedCheckpoint], ledger: Sequence[dict[str, Any]],
-                adl_events: Sequence[dict[str, Any]]) -> str | None:
-    """The stored fund ledger and ADL events (in chain order) give, at every checkpoint, the heads and counts
-    signed there."""
-    ledger_at = adl_at = matched = 0
+                adl_events: Sequence[dict[str, Any]], postings: Sequence[dict[str, Any]] = ()) -> str | None:
+    """The stored fund ledger, ADL events and postings (each in chain order) give, at every checkpoint, the heads and
+    counts signed there (the postings' at the checkpoints that sign them: those signed since migration 0009)."""
+    ledger_at = adl_at = postings_at = matched = 0
     for signed in checkpoints:
         checkpoint = signed.checkpoint
         ledger_at, ledger_head = _heads(ledger, checkpoint.seq, ledger_at)
         adl_at, adl_head = _heads(adl_events, checkpoint.seq, adl_at)
-        for stream, count, head, signed_count, signed_head in (
-                ("fund ledger", ledger_at, ledger_head, checkpoint.ledger_entries, checkpoint.ledger_head),
-                ("ADL events", adl_at, adl_head, checkpoint.adl_events, checkpoint.adl_head)):
+        postings_at, postings_head = _heads(postings, checkpoint.seq, postings_at)
+        streams: list[tuple[str, int, str, int | None, str | None]] = [
+            ("fund ledger", ledger_at, ledger_head, checkpoint.ledger_entries, checkpoint.ledger_head),
+            ("ADL events", adl_at, adl_head, checkpoint.adl_events, checkpoint.adl_head)]
+        if checkpoint.postings_head is not None:
+            streams.append(("postings", postings_at, postings_head, checkpoint.postings_count,
+                            checkpoint.postings_head))
+        for stream, count, head, signed_count, signed_head in streams:
             if (count, head) != (signed_count, signed_head):
                 return (f"{_rewritten(stream, checkpoint.seq, matched)}: up to seq {checkpoint.seq} the stored "
                         f"records are {count} with head {head[:16]}, the checkpoint signed {signed_count} with head "
-                        f"{signed_head[:16]}")
+                        f"{(signed_head or '')[:16]}")
         matched = checkpoint.seq
     return None

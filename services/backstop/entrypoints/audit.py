@@ -34,7 +34,7 @@ from backstop.core.hashing import GENESIS_HASH, combine
 from backstop.core.ledger import fund as fund_account
 from backstop.core.numbers import CONTEXT
 from backstop.core.verify import Problem, check_chain, check_fund_balances, check_postings, compare_streams
-from backstop.engines import EngineName, EngineOptions, LedgerEngine, invariant_errors, open_engine
+from backstop.engines import EngineFailure, EngineName, EngineOptions, LedgerEngine, invariant_errors, open_engine
 
 Outcome = tuple[list[str], Problem | str | None]
 
@@ -146,6 +146,8 @@ def verify_journal(journal: Path, engine: EngineName = "reference") -> Outcome:
     postings: list[dict[str, Any]] = []
     try:
         derived, ledger, events = derive(lines, postings, engine=engine)
+    except EngineFailure as error:
+        raise AuditError(error.of(journal)) from None
     except invariant_errors() as error:
         return [], f"replaying {journal}: conservation broken: {error}"
     checked, problem = verify_records(ledger, events, {}, None, source=str(journal), postings=postings)
@@ -208,10 +210,14 @@ async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None,
     checked.extend(more)
     if record_problem is not None or not keys:
         return checked, record_problem
-    problem = check_heads(checkpoints, ledger, events)
+    problem = check_heads(checkpoints, ledger, events, postings)
     if problem is None:
         checked.append(f"fund ledger and ADL events: heads and counts as signed at each of the {len(checkpoints)} "
                        f"checkpoints")
+        signing = sum(1 for signed in checkpoints if signed.checkpoint.postings_head is not None)
+        checked.append(f"postings: head and count as signed at each of the {signing} checkpoints that sign them"
+                       + (f" (the {len(checkpoints) - signing} signed before migration 0009 do not)"
+                          if signing < len(checkpoints) else ""))
     return checked, problem
 
 
@@ -314,6 +320,8 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
     try:
         derived, derived_ledger, derived_events = derive(
             lines, derived_postings, adl_quantiles=quantile_points(summary), policy=policy, engine=engine)
+    except EngineFailure as error:
+        raise AuditError(error.of(f"the journal of {source}")) from None
     except invariant_errors() as error:
         return checked, f"replaying the journal: conservation broken: {error}"
     checked.append(conservation_checked(derived))

@@ -26,6 +26,7 @@ from backstop.core.snapshot import seal_holds
 from backstop.engines import (
     ENGINE_WRITTEN,
     SNAPSHOT_COUNTERS,
+    EngineFailure,
     EngineName,
     EngineOptions,
     EngineUnavailable,
@@ -238,6 +239,8 @@ def _replay(options: ReplayOptions, chunks: Callable[[int], Iterable[tuple[int, 
         raise ReplayError(str(error), 2) from None
     except OSError as error:
         raise ReplayError(f"cannot write {options.out}: {error.strerror or error}", 2) from None
+    except EngineFailure as error:  # the staged output is discarded: nothing partial is left
+        raise ReplayError(error.of(options.journal or "the stored journal"), 2) from None
     return result
 
 

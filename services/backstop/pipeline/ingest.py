@@ -130,6 +130,9 @@ class BatchResult:
     adl_events: list[AdlEvent | OutputLine] = field(default_factory=list)
     findings: list[Finding | OutputLine] = field(default_factory=list)
     postings: list[Posting | OutputLine] = field(default_factory=list)
+    # postings as the compiled engine writes them, after `postings`: canonical JSON lines, stored and published as
+    # they are (the store's COPY text is built from them in Rust), so no Python object is made per posting
+    posting_lines: bytes = b""
     adl_quantiles: list[AdlQuantileRecord | OutputLine] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     held_ids: list[HeldRow] = field(default_factory=list)  # identities the batch's journal rows hold (applied_ids)
@@ -148,6 +151,23 @@ def outbox_messages(result: BatchResult) -> list[OutboxMessage]:
     """Every outbox row of a batch, whichever form it came in (tests, the in-memory store)."""
     return result.outbox + [OutboxMessage(str(topic), str(key), str(record_id), str(payload).encode())
                             for topic, key, record_id, payload in copy_rows(result.outbox_copy)]
+
+
+def posting_tail(result: BatchResult) -> tuple[int, str | None]:
+    """How many postings a batch made and the last one's hash (the chain's new head; None: none made), whichever form
+    they came in: only the last line is parsed."""
+    lines = result.posting_lines.rstrip(b"\n")
+    if lines:
+        last: str = orjson.loads(lines.rsplit(b"\n", 1)[-1])["hash"]
+        return len(result.postings) + lines.count(b"\n") + 1, last
+    if result.postings:
+        return len(result.postings), output_values(result.postings[-1], ("hash",))[0]
+    return 0, None
+
+
+def posting_records(result: BatchResult) -> list[Posting | OutputLine]:
+    """Every posting of a batch as a record, whichever form it came in (tests, the in-memory store)."""
+    return result.postings + [OutputLine(orjson.loads(line), line) for line in result.posting_lines.splitlines()]
 
 
 def decode_consumed(message: Consumed, record_type: str) -> tuple[Event, bytes, dict[str, Any]]:
@@ -182,7 +202,8 @@ Where = tuple[str, int, int]  # (topic, partition, offset) of a consumed record
 
 
 class PoisonRecord(Exception):
-    """The engine raised on a record, neither rejecting it nor breaking a rule it checks: a bug, which may have left
+    """The engine raised on a record (the reference) or panicked while applying it (the compiled engine:
+    backstop.pipeline.service_engine), neither rejecting it nor breaking a rule it checks: a bug, which may have left
     half the event applied. The batch is lost; the service rebuilds the engine from PostgreSQL and applies the
     batch again with this record dead-lettered (`quarantine`) instead of crashing on it forever."""
 

@@ -19,13 +19,14 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
+from backstop import faults
 from backstop.adapters.postgres.store import REFRESH_CHUNK_ROWS, RefreshCopy
 from backstop.core.dedupe import content_digest, identity_of_fields, key_digest, unpack_rows
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
-from backstop.core.events import is_fund_account
+from backstop.core.events import Event, is_fund_account
 from backstop.core.hashing import canonical_json
-from backstop.core.processor import Processor
+from backstop.core.processor import Outcome, Processor
 from backstop.core.snapshot import restore, state_document, state_hash
 from backstop.engines import EngineName, compiled_available
 from backstop.pipeline import projections
@@ -38,6 +39,7 @@ from backstop.pipeline.ingest import (
     HeldLookup,
     JournalRow,
     OutputLine,
+    PoisonRecord,
     Where,
     batch_held,
     batch_identities,
@@ -130,6 +132,21 @@ def fund_balances(rows: projections.Projections) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------ reference
 
 
+class FaultyProcessor(Processor):
+    """The fault hook (backstop.faults.engine_panic_on) on the reference engine: it raises right after applying the
+    record with that id, as a bug in the rules would, which backstop.pipeline.ingest turns into a PoisonRecord."""
+
+    def __init__(self, engine: Engine, fail_on: str) -> None:
+        super().__init__(engine)
+        self.fail_on = fail_on
+
+    def process(self, record: Event) -> Outcome:
+        outcome = super().process(record)
+        if self.fail_on in (getattr(record, name, None) for name in ("fill_id", "transfer_id", "liquidation_id")):
+            raise faults.EngineFault(f"fault hook: raised after applying record {self.fail_on}")
+        return outcome
+
+
 class ReferenceService:
     """backstop.core behind the port: records decoded and applied one at a time (backstop.pipeline.ingest)."""
 
@@ -144,7 +161,8 @@ class ReferenceService:
         engine = Engine(check_conservation=check_conservation, ids=ids, adl_quantiles=adl_quantiles) \
             if state is None else restore(state, check_conservation=check_conservation, ids=ids,
                                           adl_quantiles=adl_quantiles)
-        return cls(Processor(engine), ids)
+        fail_on = faults.engine_panic_on()
+        return cls(Processor(engine) if fail_on is None else FaultyProcessor(engine, fail_on), ids)
 
     @property
     def engine(self) -> Engine:
@@ -239,6 +257,7 @@ class CompiledService:
 
         self.ledger, self.ids = ledger, ids
         self._outbox_copy, self._violation = _engine.outbox_copy, _engine.InvariantViolation
+        self._record_panic = _engine.RecordPanic
 
     @classmethod
     def open(cls, ids: ServiceIds, state: dict[str, Any] | None, *, check_conservation: bool,
@@ -258,11 +277,14 @@ class CompiledService:
                                     adl_quantiles=adl_quantiles)
         except ValueError as error:
             raise InvariantViolation(f"the compiled engine cannot restore the stored snapshot: {error}") from None
+        fail_on = faults.engine_panic_on()
+        if fail_on is not None:
+            ledger._panic_on(fail_on)
         return cls(ledger, ids)
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """A panic inside the compiled engine (a broken invariant) poisons it: the service stops, as it does on the
-        reference's InvariantViolation."""
+        """A panic inside the compiled engine outside a record (a broken invariant) poisons it: the service stops, as
+        it does on the reference's InvariantViolation. One while a record applies is apply's (a PoisonRecord)."""
         try:
             return method(*args, **kwargs)
         except self._violation as error:
@@ -300,7 +322,15 @@ class CompiledService:
             # a journal written before applied_ids existed: the rebuild holds the identity (store.hold)
             seq, payload = keys[key]
             self.ids.add(key, content_digest(decode_record(payload)), seq)
-        result = self._call(self.ledger.apply_lines, b"".join(payload + b"\n" for _, payload in chunk), 1, held)
+        try:
+            result = self._call(self.ledger.apply_lines, b"".join(payload + b"\n" for _, payload in chunk), 1, held)
+        except InvariantViolation as error:
+            panic = error.__cause__
+            if not isinstance(panic, self._record_panic):
+                raise
+            line, reason = panic.args  # a committed row cannot be quarantined: the service stops, naming it
+            raise InvariantViolation(f"compiled engine: journal row {chunk[line - 1][0]} does not re-apply, the "
+                                     f"engine panicked on it: {reason}") from panic
         seq = self.last_seq
         if result[3] or seq != chunk[-1][0]:
             raise InvariantViolation(f"journal rows {chunk[0][0]} to {chunk[-1][0]} did not re-apply as themselves "
@@ -317,11 +347,24 @@ class CompiledService:
 
     def apply(self, batch: list[Consumed], topics: TopicNames, keys: list[bytes], quarantine: dict[Where, str]
               ) -> BatchResult:
-        # quarantine: records the reference engine raised on; the compiled engine has none (a panic stops it)
         held = self.ids.answers(keys)
-        journal, ledger_lines, adl, findings, dead, postings, quantiles, duplicates, held_ids = self._call(
-            self.ledger.apply_records, [(m.topic, m.partition, m.offset, m.value) for m in batch], topics.prefix,
-            held)
+        # quarantine: records an engine failed on in an earlier run, dead-lettered as engine_error this time
+        quarantined = [(index, reason) for index, m in enumerate(batch)
+                       if (reason := quarantine.get((m.topic, m.partition, m.offset))) is not None]
+        try:
+            journal, ledger_lines, adl, findings, dead, postings, quantiles, duplicates, held_ids = (
+                self.ledger.apply_records([(m.topic, m.partition, m.offset, m.value) for m in batch], topics.prefix,
+                                          held, quarantined))
+        except self._record_panic as error:
+            # the reference's path (backstop.pipeline.ingest): the batch is lost, the run fails, the supervisor
+            # rebuilds the engine from PostgreSQL (this one, poisoned, is never used again) and the record is
+            # dead-lettered when met again
+            index, reason = error.args
+            message = batch[index]
+            raise PoisonRecord((message.topic, message.partition, message.offset),
+                               f"engine error: panic: {reason}") from error
+        except self._violation as error:
+            raise InvariantViolation(f"compiled engine: {error}") from error
         result = BatchResult()
         for message in batch:
             result.next_offsets[(message.topic, message.partition)] = message.offset + 1
@@ -335,7 +378,7 @@ class CompiledService:
             result.touched_accounts.add(account)
             result.touched_positions.add((account, event.fields["symbol"]))
         result.findings.extend(OutputLine(orjson.loads(line), line) for line in _lines(findings))
-        result.postings.extend(OutputLine(orjson.loads(line), line) for line in _lines(postings))
+        result.posting_lines = postings  # stored and published as they are: never parsed here
         # quantile records are only published: they reach the outbox alone, never a Python object; the other
         # records are published from their own tables
         self._dead_letters(result, dead, batch)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -403,8 +404,8 @@ class LedgerRun:
 
     def _observe(self, pending: PendingCommit, *, commit_s: float) -> None:
         result = pending.result
-        for row in result.journal:
-            metrics.EVENTS_APPLIED.labels(row.type).inc()
+        for record_type, count in Counter(row.type for row in result.journal).items():  # a labels() lookup per type
+            metrics.EVENTS_APPLIED.labels(record_type).inc(count)
         for record_type, count in result.duplicates.items():
             metrics.EVENTS_DUPLICATE.labels(record_type).inc(count)
         for letter in result.dead_letters:

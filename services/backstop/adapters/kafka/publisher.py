@@ -40,18 +40,21 @@ class KafkaPublisher:
         producer = self._producer
         open_batches: dict[Partition, Any] = {}
         acks: list[asyncio.Future[Any]] = []
-        sent: Counter[str] = Counter()
+        sent: Counter[str] = Counter(row.topic for row, _ in rows)
+        header_of: dict[str, str] = {}  # a source's place header, found once per send
         for row, partition in rows:
-            value, key = row.payload.encode(), row.key.encode()
-            headers = [(place_header(row), str(row.id).encode()), (RECORD_ID_HEADER, row.record_id.encode())]
-            batch = open_batches.get((row.topic, partition))
+            value, key, topic, source = row.payload.encode(), row.key.encode(), row.topic, row.source
+            header = header_of.get(source)
+            if header is None:
+                header = header_of[source] = place_header(row)
+            headers = [(header, str(row.id).encode()), (RECORD_ID_HEADER, row.record_id.encode())]
+            batch = open_batches.get((topic, partition))
             if batch is None or batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 if batch is not None:  # full: queue it and start the next one of this partition
-                    acks.append(await producer.send_batch(batch, row.topic, partition=partition))
-                batch = open_batches[(row.topic, partition)] = producer.create_batch()
+                    acks.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = open_batches[(topic, partition)] = producer.create_batch()
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     raise ValueError(f"outbox row {row.id} does not fit in an empty record batch")
-            sent[row.topic] += 1
         for (topic, partition), batch in open_batches.items():
             acks.append(await producer.send_batch(batch, topic, partition=partition))
         for ack in acks:

@@ -22,7 +22,15 @@ from backstop.core.dedupe import HeldRow
 from backstop.core.errors import InvariantViolation
 from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.copy_text import copy_rows
-from backstop.pipeline.ingest import BatchResult, DeadLetter, JournalRow, outbox_messages, output_json, output_values
+from backstop.pipeline.ingest import (
+    BatchResult,
+    DeadLetter,
+    JournalRow,
+    outbox_messages,
+    output_json,
+    output_values,
+    posting_records,
+)
 from backstop.pipeline.projections import Projections, Rows
 from backstop.pipeline.topics import TopicNames
 from backstop.service.ports import Partition
@@ -225,7 +233,7 @@ class MemoryStore:
         journal.extend(OutboxRow(row.seq, "", *journal_relay_row(row), "journal") for row in result.journal)
         for source, records, key in (("fund_ledger", result.fund_entries, "fund_id"),
                                      ("adl_events", result.adl_events, "account_id"),
-                                     ("postings", result.postings, "asset")):
+                                     ("postings", posting_records(result), "asset")):
             rows, first = relayed[source], len(relayed[source]) + 1  # positions 1, 2, 3 ...
             rows.extend(OutboxRow(first + i, "", str(output_values(r, (key,))[0]),
                                   str(output_values(r, ("id",))[0]), output_json(r).decode(), source)

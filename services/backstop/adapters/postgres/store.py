@@ -8,6 +8,7 @@ The relay reads what it publishes from the tables the batches wrote, each after 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -21,9 +22,11 @@ import orjson
 from backstop import faults
 from backstop.core.anchor import JOURNAL_GENESIS, Anchor, Checkpoint, SignedCheckpoint, journal_step
 from backstop.core.errors import InvariantViolation
+from backstop.core.hashing import GENESIS_HASH
 from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import SNAPSHOT_VERSION
-from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values
+from backstop.pipeline.copy_text import table_copy
+from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values, posting_tail
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
 from backstop.pipeline.topics import TopicNames, input_key
 
@@ -214,7 +217,7 @@ async def _upsert(connection: asyncpg.Connection, table: str, columns: list[str]
 
 
 CHECKPOINT_COLUMNS = ["seq", "prev_seq", "adopted_seq", "journal_digest", "head_hash", "ledger_head", "ledger_entries",
-                      "adl_head", "adl_events"]
+                      "adl_head", "adl_events", "postings_head", "postings_count"]  # the last two: migration 0009
 ADOPTION_CHUNK_ROWS = 50_000
 
 
@@ -226,7 +229,8 @@ class Store:
     def __init__(self, pool: asyncpg.Pool, anchor: Anchor | None = None) -> None:
         self.pool = pool
         self.anchor = anchor
-        self._anchored: tuple[int, str] | None = None  # (seq, journal digest) of the last checkpoint committed here
+        # the last checkpoint committed here: (seq, journal digest, postings count, postings head)
+        self._anchored: tuple[int, str, int, str] | None = None
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 4, anchor: Anchor | None = None) -> Store:
@@ -376,16 +380,27 @@ class Store:
                 head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected)
             faults.reached("in_transaction")
         if signed is not None:
-            self._anchored = (signed.checkpoint.seq, signed.checkpoint.journal_digest)
+            checkpoint = signed.checkpoint
+            self._anchored = (checkpoint.seq, checkpoint.journal_digest, checkpoint.postings_count or 0,
+                              checkpoint.postings_head or GENESIS_HASH)  # both signed by _sign
 
     # ---------------------------------------------------------------- checkpoints
     async def _sign(self, connection: asyncpg.Connection, anchor: Anchor, expected_seq: int, result: BatchResult,
                     head: Head) -> SignedCheckpoint:
-        """The batch's checkpoint: the journal digest carried on over its rows, and the heads it leaves."""
+        """The batch's checkpoint: the journal digest and the postings' head and count carried on over its rows from
+        the checkpoint it follows (or, after a checkpoint signed before migration 0009 or an adoption, the postings
+        read from the table, which holds the batch's already), and the heads it leaves."""
         if self._anchored is not None and self._anchored[0] == expected_seq:
             prev_seq, digest, adopted_seq = expected_seq, self._anchored[1], 0
+            postings: tuple[int, str] | None = self._anchored[2], self._anchored[3]
         else:
-            prev_seq, digest, adopted_seq = await self.anchored_head(connection, anchor, expected_seq)
+            prev_seq, digest, adopted_seq, postings = await self.anchored_head(connection, anchor, expected_seq)
+        if postings is None:
+            last = await connection.fetchrow("SELECT position, hash FROM postings ORDER BY position DESC LIMIT 1")
+            postings_count, postings_head = (last["position"], last["hash"]) if last else (0, GENESIS_HASH)
+        else:
+            made, last_hash = posting_tail(result)
+            postings_count, postings_head = postings[0] + made, last_hash or postings[1]
         if result.journal[0].seq != expected_seq + 1 or result.journal[-1].seq != head.seq:
             raise InvariantViolation(f"the batch's journal rows run from seq {result.journal[0].seq} to "
                                      f"{result.journal[-1].seq}, not from {expected_seq + 1} to {head.seq}")
@@ -393,7 +408,8 @@ class Store:
             digest = journal_step(digest, row.seq, row.source_topic, row.source_partition, row.source_offset,
                                   row.payload_hash)
         signed = anchor.key.sign(Checkpoint(head.seq, prev_seq, adopted_seq, digest, head.head_hash, head.ledger_head,
-                                            head.ledger_position, head.adl_head, head.adl_position))
+                                            head.ledger_position, head.adl_head, head.adl_position, postings_head,
+                                            postings_count))
         checkpoint = signed.checkpoint
         await connection.execute(
             f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}, key_id, mac) "
@@ -402,18 +418,22 @@ class Store:
         return signed
 
     async def anchored_head(self, connection: asyncpg.Connection, anchor: Anchor, head_seq: int
-                            ) -> tuple[int, str, int]:
-        """(the seq of the checkpoint to follow, the journal digest there, the seq adopted) for signing on from the
-        journal head `head_seq`. That head must carry a checkpoint this key signed, else the history is new to this
-        key: it is signed on only if the operator adopted exactly this head (BACKSTOP_ANCHOR_ADOPT), never silently,
-        or an owner who rewrote the history and removed its checkpoints would have it signed."""
+                            ) -> tuple[int, str, int, tuple[int, str] | None]:
+        """(the seq of the checkpoint to follow, the journal digest there, the seq adopted, the postings' count and
+        head there: None when that checkpoint does not sign them) for signing on from the journal head `head_seq`.
+        That head must carry a checkpoint this key signed, else the history is new to this key: it is signed on only
+        if the operator adopted exactly this head (BACKSTOP_ANCHOR_ADOPT), never silently, or an owner who rewrote
+        the history and removed its checkpoints would have it signed."""
         row = await connection.fetchrow("SELECT * FROM checkpoints ORDER BY seq DESC LIMIT 1")
         if row is None and head_seq == 0:
-            return 0, JOURNAL_GENESIS, 0
+            return 0, JOURNAL_GENESIS, 0, (0, GENESIS_HASH)
         if row is not None and row["seq"] == head_seq:
             signed = signed_checkpoint(row)
             if anchor.key.verifies(signed):
-                return head_seq, signed.checkpoint.journal_digest, 0
+                checkpoint = signed.checkpoint
+                postings = None if checkpoint.postings_count is None or checkpoint.postings_head is None \
+                    else (checkpoint.postings_count, checkpoint.postings_head)
+                return head_seq, checkpoint.journal_digest, 0, postings
             problem = (f"the checkpoint at the journal's head (seq {head_seq}) does not verify with this anchor key "
                        f"(key id {anchor.key.key_id}; the checkpoint names {signed.key_id})")
         elif row is None:
@@ -429,7 +449,7 @@ class Store:
         if digest != adopt.journal_digest:
             raise InvariantViolation(f"BACKSTOP_ANCHOR_ADOPT names journal digest {adopt.journal_digest} at seq "
                                      f"{head_seq}, but the stored journal gives {digest}")
-        return 0, digest, head_seq
+        return 0, digest, head_seq, None
 
     @staticmethod
     async def journal_digest(connection: asyncpg.Connection, through_seq: int) -> str:
@@ -476,12 +496,17 @@ class Store:
             # each row: its position, its columns, and its record's canonical JSON (stored as it was published)
             await connection.copy_records_to_table(table, columns=["position", *columns, "record"], records=[
                 (first + i, *output_values(r, columns), output_json(r).decode()) for i, r in enumerate(records)])
-        if result.findings:
+        if result.posting_lines:  # the compiled engine's, after `postings`: their COPY text is built in Rust
+            first = await connection.fetchval("SELECT coalesce(max(position), 0) + 1 FROM postings")
+            # built in a thread (Rust, without the GIL): the event loop meanwhile serves the relay and the consumer
+            text = await asyncio.get_running_loop().run_in_executor(
+                None, table_copy, result.posting_lines, POSTING_COLUMNS, first)
+            await connection.copy_to_table("postings", source=io.BytesIO(text),
+                                           columns=["position", *POSTING_COLUMNS, "record"], format="text")
+        if result.findings:  # by COPY: one statement, not one per finding
             rows = [output_values(f, FINDING_COLUMNS) for f in result.findings]
-            await connection.executemany(
-                "INSERT INTO findings (id, seq, ts, kind, account_id, liquidation_id, symbol, details) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)",
-                [(*row[:-1], orjson.dumps(row[-1]).decode()) for row in rows])
+            await connection.copy_records_to_table("findings", columns=list(FINDING_COLUMNS), records=[
+                (*row[:-1], orjson.dumps(row[-1]).decode()) for row in rows])
         if result.held_ids:  # the primary key refuses an identity held twice: the batch fails, nothing commits
             await connection.copy_records_to_table("applied_ids", columns=["id_digest", "content_digest", "seq"],
                                                    records=result.held_ids)
