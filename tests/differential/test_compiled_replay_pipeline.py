@@ -8,12 +8,14 @@ reference's one-line error and no output.
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -101,3 +103,20 @@ def test_a_strict_stop_inside_a_chunk_decoded_ahead_is_the_references_one_line(j
         assert list(out.parent.iterdir()) == [], "a partial output was left behind"
         said[engine] = done.stderr
     assert said["compiled"] == said["reference"]
+
+
+def test_a_panic_in_the_rules_inside_a_chunk_decoded_ahead_names_its_line(journal: Path, tmp_path: Path) -> None:
+    """The decode stage runs ahead of the rules: a panic while a record applies still names that record's line."""
+    from backstop import faults
+
+    lines = journal.read_bytes().splitlines()
+    number, fill_id = next((n, orjson.loads(line)["fill_id"]) for n, line in enumerate(lines, 1)
+                           if n > 2000 and b'"type":"fill"' in line)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "backstop.entrypoints.cli", "replay", str(journal), "--out", str(out),
+                           "--engine", "compiled"], capture_output=True, text=True, check=False,
+                          env={**os.environ, faults.ENGINE_PANIC_ENV: fill_id})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"failed on the record at line {number} of " in done.stderr, done.stderr
+    assert f"panic after applying record {fill_id}" in done.stderr and "panicked" not in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == [], "a partial output was left behind"
