@@ -39,10 +39,12 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
 )
 OTHER = "other"
 _LINE = re.compile(r"^\s*([0-9.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*?)\s*$")
-# The compiled replay's threads as perf names them (at most 15 characters): the output writer (formats nothing, fills
-# in the postings' hash chain and writes the files) and the one that builds accounts.json beside the summary; the
-# rest is the engine's own thread (and Python's).
-THREADS = (("the output writer thread", "backstop-output"), ("the accounts.json thread", "backstop-accoun"))
+# The compiled replay's threads as perf names them (at most 15 characters): the decode stage (decodes and validates
+# each chunk's lines and their admission digests ahead of the rules), the output writer (formats the postings,
+# chains them and writes the files) and the one that builds accounts.json beside the summary; the rest is the
+# engine's own thread (and Python's, and the helpers that rank the ADL queues and render accounts.json's pieces).
+THREADS = (("the decode thread", "backstop-decode"), ("the output writer thread", "backstop-output"),
+           ("the accounts.json thread", "backstop-accoun"))
 _THREAD_LINE = re.compile(r"^\s*([0-9.]+)%\s+(.+?)\s*$")
 
 

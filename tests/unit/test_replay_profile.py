@@ -41,10 +41,12 @@ def test_lines_that_are_not_samples_are_ignored() -> None:
 
 def test_samples_are_split_by_thread() -> None:
     report = """
-    61.50%  python
+    46.50%  python
+    15.00%  backstop-decode
     30.00%  backstop-output
      8.00%  backstop-accoun
      0.50%  perf
 """
     assert replay_profile.thread_shares(report) == {
-        "the engine's thread (and Python)": 62.0, "the output writer thread": 30.0, "the accounts.json thread": 8.0}
+        "the engine's thread (and Python)": 47.0, "the decode thread": 15.0, "the output writer thread": 30.0,
+        "the accounts.json thread": 8.0}

@@ -9,7 +9,7 @@
 //! is not held.
 
 use crate::clock::{JournalClock, SymbolClock, TimeRefusal};
-use crate::content::{admits, content_digest, describe, key_digest, Admits, SubjectKind};
+use crate::content::{admits, describe, Admits, Digests, SubjectKind};
 use crate::idtable::{Held, IdTable, Key};
 use crate::wire::Record;
 use rustc_hash::FxHashMap as HashMap;
@@ -96,22 +96,36 @@ impl Admission {
     /// Steps 1 and 2: Err for a record held already; else what applying it at `seq` will hold. An identity held by
     /// a later seq (a rebuild re-applying rows whose identities the caller holds by those very seqs) is not held.
     pub fn admit<'r>(&mut self, record: &'r Record<'_>, seq: u64) -> Result<Admitted<'r>, Refusal> {
-        let content = content_digest(record, &mut self.document);
+        let digests = Digests::of(record, &mut self.document);
+        self.admit_digested(record, digests, seq)
+    }
+
+    /// `admit` with the record's digests computed already (`Digests::of` of this record).
+    pub fn admit_digested<'r>(&mut self, record: &'r Record<'_>, digests: Digests, seq: u64)
+                              -> Result<Admitted<'r>, Refusal> {
+        let content = digests.content;
         self.last_held = None;
-        match admits(record, &mut self.identity) {
-            Admits::Subject(kind, name) => {
+        match digests.key {
+            None => {
+                let Admits::Subject(kind, name) = admits(record, &mut self.identity) else {
+                    unreachable!("a record without a key digest has a subject")
+                };
                 if self.latest[kind as usize].get(name) == Some(&content) {
                     return Err(Refusal::Duplicate);
                 }
                 Ok(Admitted { held: Holds::Subject(kind, name), content })
             }
-            Admits::Identity(_) => {
-                let key = key_digest(&self.identity);
+            Some(key) => {
+                // the identity's text, for the reason only (rare: the digests stand for it otherwise)
+                let named = |identity: &mut Vec<u8>| {
+                    admits(record, identity);
+                    describe(identity)
+                };
                 match self.ids.get(key) {
                     Some(held) if held.seq < seq && held.content == content => Err(Refusal::Duplicate),
                     Some(held) if held.seq < seq => Err(Refusal::Rejected(Kind::ConflictingDuplicate, format!(
-                        "conflicting_duplicate: {} is held by seq {} with other content", describe(&self.identity),
-                        held.seq))),
+                        "conflicting_duplicate: {} is held by seq {} with other content",
+                        named(&mut self.identity), held.seq))),
                     _ => Ok(Admitted { held: Holds::Identity(key), content }),
                 }
             }

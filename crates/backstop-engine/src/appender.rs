@@ -1,9 +1,9 @@
 //! An output file appended to in whole aligned blocks with O_DIRECT (Linux), where the filesystem allows it: the
 //! device reads the bytes from this process's memory, so the kernel copies nothing into the page cache (on a
 //! virtual machine that copy is most of what writing a replay's output costs: docs/performance.md). The bytes are
-//! gathered in an aligned buffer, written a whole number of blocks at a time, and the last partial block is
-//! written without O_DIRECT when the file is finished. A filesystem that refuses O_DIRECT (when the file is opened,
-//! or at its first write) gets ordinary buffered writes.
+//! gathered in an aligned buffer (or formatted straight into it: `append_with`), written a whole number of blocks
+//! at a time, and the last partial block is written without O_DIRECT when the file is finished. A filesystem that
+//! refuses O_DIRECT (when the file is opened, or at its first write) gets ordinary buffered writes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -20,10 +20,9 @@ pub struct Appender {
     pub path: PathBuf,
     file: File,
     direct: bool,
-    /// bytes not yet written, at `storage[start..start + len]`, `start` aligned to BLOCK in memory
+    /// bytes not yet written, at `storage[start..]`, `start` aligned to BLOCK in memory
     storage: Vec<u8>,
     start: usize,
-    len: usize,
 }
 
 #[cfg(target_os = "linux")]
@@ -41,7 +40,7 @@ impl Appender {
     /// Create (or truncate) the file, with O_DIRECT when the filesystem takes it.
     pub fn create(path: PathBuf) -> io::Result<Appender> {
         match open_direct(&path) {
-            Ok(file) => Ok(Appender { path, file, direct: true, storage: Vec::new(), start: 0, len: 0 }),
+            Ok(file) => Ok(Appender { path, file, direct: true, storage: Vec::new(), start: 0 }),
             Err(_) => {
                 let file = File::create(&path)?;
                 Ok(Appender::buffered(path, file))
@@ -51,7 +50,7 @@ impl Appender {
 
     /// Ordinary writes to a file opened already.
     pub fn buffered(path: PathBuf, file: File) -> Appender {
-        Appender { path, file, direct: false, storage: Vec::new(), start: 0, len: 0 }
+        Appender { path, file, direct: false, storage: Vec::new(), start: 0 }
     }
 
     /// Whether the blocks go to the device without the page cache.
@@ -60,29 +59,43 @@ impl Appender {
     }
 
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut at = 0;
-        while at < bytes.len() {
-            if !self.direct {
-                return self.file.write_all(&bytes[at..]);
-            }
-            let end = (at + PIECE).min(bytes.len());
-            self.append_piece(&bytes[at..end])?;
-            at = end;
+        for piece in bytes.chunks(PIECE) {
+            self.append_with(|pending| pending.extend_from_slice(piece))?;
         }
         Ok(())
     }
 
-    fn append_piece(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.gather(bytes);
-        let whole = self.len / BLOCK * BLOCK;
+    /// Append what `fill` writes to the end of the buffer it is lent, in place: the bytes are written from where
+    /// they were formatted, not copied there first (the output writer formats the postings so). Whole blocks are
+    /// written at once.
+    pub fn append_with(&mut self, fill: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        if !self.direct {
+            self.storage.clear();
+            fill(&mut self.storage);
+            return self.file.write_all(&self.storage);
+        }
+        if self.storage.capacity() == 0 {
+            self.realign();
+        }
+        let before = self.storage.as_ptr();
+        fill(&mut self.storage);
+        if self.storage.as_ptr() != before {
+            self.realign(); // grown elsewhere in memory: the pending bytes aligned again (rare: it keeps its size)
+        }
+        self.write_blocks()
+    }
+
+    /// Write the pending whole blocks; the rest moves to the front.
+    fn write_blocks(&mut self) -> io::Result<()> {
+        let whole = (self.storage.len() - self.start) / BLOCK * BLOCK;
         if whole == 0 {
             return Ok(());
         }
         let at = self.file.stream_position()?;
         match self.file.write_all(&self.storage[self.start..self.start + whole]) {
             Ok(()) => {
-                self.storage.copy_within(self.start + whole..self.start + self.len, self.start);
-                self.len -= whole;
+                self.storage.copy_within(self.start + whole.., self.start);
+                self.storage.truncate(self.storage.len() - whole);
                 Ok(())
             }
             Err(error) if error.kind() == io::ErrorKind::InvalidInput => self.fall_back(at),
@@ -92,36 +105,37 @@ impl Appender {
 
     /// Write what is left (the last partial block) and flush.
     pub fn finish(&mut self) -> io::Result<()> {
-        if self.direct && self.len > 0 {
+        if self.direct && self.storage.len() > self.start {
             let mut tail = OpenOptions::new().append(true).open(&self.path)?;
-            tail.write_all(&self.storage[self.start..self.start + self.len])?;
-            self.len = 0;
+            tail.write_all(&self.storage[self.start..])?;
+            self.storage.truncate(self.start);
         }
         self.file.flush()
     }
 
-    /// Add bytes to the pending ones, in storage whose aligned window has room for them.
-    fn gather(&mut self, bytes: &[u8]) {
-        if self.start + self.len + bytes.len() > self.storage.len() {
-            let mut storage = vec![0u8; 2 * (self.len + bytes.len()) + BLOCK];
-            let start = storage.as_ptr().align_offset(BLOCK);
-            storage[start..start + self.len].copy_from_slice(&self.storage[self.start..self.start + self.len]);
-            (self.storage, self.start) = (storage, start);
+    /// The pending bytes moved into storage of their own whose window starts on a block (unless theirs does).
+    fn realign(&mut self) {
+        let pending = &self.storage[self.start.min(self.storage.len())..];
+        if self.storage.capacity() > 0 && self.storage.as_ptr().wrapping_add(self.start).align_offset(BLOCK) == 0 {
+            return;
         }
-        let at = self.start + self.len;
-        self.storage[at..at + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
+        let mut storage: Vec<u8> = Vec::with_capacity(2 * pending.len() + 2 * BLOCK);
+        let start = storage.as_ptr().align_offset(BLOCK);
+        storage.resize(start, 0);
+        storage.extend_from_slice(pending);
+        (self.storage, self.start) = (storage, start);
     }
 
     /// The filesystem refused an O_DIRECT write (EINVAL) begun at `at`: the pending bytes it did not take, and
     /// every later write, through an ordinary descriptor from where the file had got to.
     fn fall_back(&mut self, at: u64) -> io::Result<()> {
         let reached = self.file.stream_position()?;
-        let done = usize::try_from(reached.saturating_sub(at)).unwrap_or(usize::MAX).min(self.len);
+        let pending = &self.storage[self.start..];
+        let done = usize::try_from(reached.saturating_sub(at)).unwrap_or(usize::MAX).min(pending.len());
         let mut file = OpenOptions::new().write(true).open(&self.path)?;
         file.seek(SeekFrom::Start(reached))?;
-        file.write_all(&self.storage[self.start + done..self.start + self.len])?;
-        (self.file, self.direct, self.storage, self.start, self.len) = (file, false, Vec::new(), 0, 0);
+        file.write_all(&pending[done..])?;
+        (self.file, self.direct, self.storage, self.start) = (file, false, Vec::new(), 0);
         Ok(())
     }
 }
@@ -143,7 +157,7 @@ mod tests {
             appender.append(&piece).unwrap();
             expected.extend_from_slice(&piece);
         }
-        assert!(appender.storage.len() <= 2 * (PIECE + BLOCK) + BLOCK, "the buffer stays small");
+        assert!(appender.storage.capacity() <= 4 * (PIECE + BLOCK), "the buffer stays small");
         appender.finish().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), expected);
         std::fs::remove_file(path).unwrap();
@@ -159,12 +173,14 @@ mod tests {
         }
         let first = vec![b'x'; BLOCK];
         appender.append(&first).unwrap();
-        // storage out of alignment by a byte: the device refuses the next block (EINVAL), as a filesystem might
-        let mut storage = vec![0u8; 4 * BLOCK];
+        // storage out of alignment by a byte, and room enough that it stays there: the device refuses the next
+        // block (EINVAL), as a filesystem might
+        let mut storage: Vec<u8> = Vec::with_capacity(8 * BLOCK);
         appender.start = storage.as_ptr().align_offset(BLOCK) + 1;
-        std::mem::swap(&mut appender.storage, &mut storage);
+        storage.resize(appender.start, 0);
+        appender.storage = storage;
         let second: Vec<u8> = (0..BLOCK + 100).map(|i| b'a' + (i % 26) as u8).collect();
-        appender.append(&second).unwrap();
+        appender.append_with(|pending| pending.extend_from_slice(&second)).unwrap();
         assert!(!appender.is_direct());
         appender.append(b"tail").unwrap();
         appender.finish().unwrap();

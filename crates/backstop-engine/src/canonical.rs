@@ -108,10 +108,16 @@ pub fn write_pretty(out: &mut Vec<u8>, value: &J<'_>, level: usize) {
             out.push(b']');
         }
         J::Obj(entries) if !entries.is_empty() => {
-            let mut order: Vec<usize> = (0..entries.len()).collect();
-            order.sort_unstable_by(|&a, &b| entries[a].0.cmp(entries[b].0));
+            // entries given in key order are written as they stand (no order to allocate)
+            let sorted = entries.windows(2).all(|pair| key_before(pair[0].0, pair[1].0));
+            let mut order: Vec<usize> = Vec::new();
+            if !sorted {
+                order.extend(0..entries.len());
+                order.sort_unstable_by(|&a, &b| entries[a].0.cmp(entries[b].0));
+            }
             out.push(b'{');
-            for (index, &at) in order.iter().enumerate() {
+            for index in 0..entries.len() {
+                let at = order.get(index).copied().unwrap_or(index);
                 if index > 0 {
                     out.push(b',');
                 }
@@ -194,7 +200,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn hex(digest: &[u8]) -> String {
+/// Lowercase hex of a digest.
+pub fn hex(digest: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(digest.len() * 2);
     for &byte in digest {

@@ -85,6 +85,26 @@ pub fn key_digest(identity: &[u8]) -> Key {
     Key::from_bytes(digest[..16].try_into().expect("16 bytes"))
 }
 
+/// A record's admission digests, which depend on the record alone: its content digest C and, when it has an
+/// identity, its key digest K (the decode stage computes them ahead of the rules: crate::decode_stage).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digests {
+    pub content: u64,
+    pub key: Option<Key>,
+}
+
+impl Digests {
+    /// `scratch`: a buffer lent for the documents (no allocation per record).
+    pub fn of(record: &Record<'_>, scratch: &mut Vec<u8>) -> Digests {
+        let content = content_digest(record, scratch);
+        let key = match admits(record, scratch) {
+            Admits::Identity(_) => Some(key_digest(scratch)),
+            Admits::Subject(..) => None,
+        };
+        Digests { content, key }
+    }
+}
+
 /// C: the first 8 bytes of the SHA-256 of the record's content document (written into `out`), read big-endian.
 pub fn content_digest(record: &Record<'_>, out: &mut Vec<u8>) -> u64 {
     out.clear();

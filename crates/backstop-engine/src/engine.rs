@@ -7,6 +7,7 @@ use crate::adl::{self, Candidate, DrawdownState, Figures, Hit, Policy, Price, Ru
 use crate::adl_index::{AdlIndex, Candidates};
 use crate::admission::{Admission, Kind, Refusal};
 use crate::canonical::{self, J, GENESIS_HASH};
+use crate::content::Digests;
 use crate::ledger::{Account, Ledger, Names};
 use crate::posting::Posting;
 use crate::numbers::{
@@ -22,6 +23,7 @@ use crate::valuation::{Valuation, LARGEST_PRICE, MAX_FACE};
 use crate::wire::{Body, ContractType, Dec, MarginMode, PositionSide, Record, Side as TradeSide, Surplus};
 use ethnum::I256;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::sync::Arc;
 
 pub const SCHEMA_VERSION: i128 = 1;
 pub const FUND_ACCOUNT_PREFIX: &str = "fund:";
@@ -64,10 +66,10 @@ struct EventCounts {
 /// What the postings of the event in hand belong to (docs/design.md section 10, "Postings").
 #[derive(Default, Clone, Debug)]
 struct Cause {
-    transfer_id: Option<String>,
-    fill_id: Option<String>,
-    liquidation_id: Option<String>,
-    adl_event_id: Option<String>,
+    transfer_id: Option<Arc<str>>,
+    fill_id: Option<Arc<str>>,
+    liquidation_id: Option<Arc<str>>,
+    adl_event_id: Option<Arc<str>>,
 }
 
 /// An account's margin at the current marks: the balance behind the position (isolated: margin + uPnL; cross:
@@ -216,8 +218,18 @@ impl Engine {
     /// Apply one event at `seq` (the next one); Err: refused (a duplicate, or rejected with its kind and reason),
     /// nothing changed.
     pub fn apply(&mut self, record: &Record<'_>, seq: u64, out: &mut Outputs) -> Result<(), Refusal> {
+        self.apply_digested(record, None, seq, out)
+    }
+
+    /// `apply`, with the record's admission digests when they were computed ahead (crate::decode_stage).
+    pub fn apply_digested(&mut self, record: &Record<'_>, digests: Option<Digests>, seq: u64, out: &mut Outputs)
+                          -> Result<(), Refusal> {
         assert!(seq == self.last_seq + 1, "journal gap: seq {seq} after {}", self.last_seq);
-        let admitted = self.admission.admit(record, seq)?; // duplicates first: one whenever it comes
+        // duplicates first: one whenever it comes
+        let admitted = match digests {
+            Some(digests) => self.admission.admit_digested(record, digests, seq)?,
+            None => self.admission.admit(record, seq)?,
+        };
         let definition = matches!(record.body, Body::Fund { .. } | Body::Instrument { .. });
         self.admission.clock.check(record.ts, definition)?;
         self.apply_rules(record, seq, out).map_err(|reason| Refusal::Rejected(Kind::Rejected, reason))?;
@@ -383,7 +395,7 @@ impl Engine {
                                   text_wide(balance, S8), account.name(&self.names)));
         }
         let source = Account::External(asset_id);
-        self.cause.transfer_id = Some(transfer_id.to_string());
+        self.cause.transfer_id = Some(Arc::from(&**transfer_id));
         self.post("transfer", source, account, amount, asset_id, out);
         if let Some(fund) = fund {
             self.fund_entry(fund, "transfer", I256::new(amount), None, source, None, out);
@@ -423,7 +435,7 @@ impl Engine {
         let symbol_id = self.instrument_of(symbol)?;
         let (qty, fill_price, fee) = (qty.value, price.value, fee.value);
         self.check_steps(symbol_id, qty, Some(fill_price))?;
-        self.cause.fill_id = Some(fill_id.to_string());
+        self.cause.fill_id = Some(Arc::from(&**fill_id));
         if let Some(fund_name) = account_id.strip_prefix(FUND_ACCOUNT_PREFIX) {
             return self.fund_fill(fund_name, symbol_id, *side, qty, fill_price, fee, *position_side, out);
         }
@@ -489,14 +501,16 @@ impl Engine {
 
     /// An account's positions in one symbol are all one-way (`both`) or all hedge sides, never mixed (section 7).
     fn check_position_mode(&self, account: u32, symbol: u32, side: PositionSide) -> Result<(), Rejected> {
-        // in side order, not in the order the positions were opened (a restored state lists them sorted)
-        if let Some(held) = self.positions.in_symbol(account, symbol).min_by_key(|p| p.position_side.name()) {
-            if (held.position_side == PositionSide::Both) != (side == PositionSide::Both) {
-                let mode = if held.position_side == PositionSide::Both { "one-way" } else { "hedge" };
+        // in side order, not in the order the positions were opened (a restored state lists them sorted); the
+        // account's keys name its positions, so none is looked up (PositionSide orders as its names sort)
+        let held = self.positions.keys_of(account).iter().filter(|(s, _)| *s == symbol).map(|&(_, side)| side).min();
+        if let Some(held) = held {
+            if (held == PositionSide::Both) != (side == PositionSide::Both) {
+                let mode = if held == PositionSide::Both { "one-way" } else { "hedge" };
                 let symbol_name = self.names.name(symbol);
                 return reject(format!("{} holds {} in {mode} mode; a position_side {} record cannot mix modes in \
                                        {symbol_name}", self.names.name(account),
-                                      position_label(symbol_name, held.position_side), side.name()));
+                                      position_label(symbol_name, held), side.name()));
             }
         }
         Ok(())
@@ -646,7 +660,7 @@ impl Engine {
         if account_id.starts_with(FUND_ACCOUNT_PREFIX) {
             return reject("a fund's inventory is not liquidated");
         }
-        self.cause.liquidation_id = Some(liquidation_id.to_string());
+        self.cause.liquidation_id = Some(Arc::from(&**liquidation_id));
         let account = self.names.find(account_id);
         let position = account.and_then(|a| self.positions.get(a, symbol_id, *position_side)).cloned();
         let Some(position) = position else {
@@ -924,7 +938,7 @@ impl Engine {
         let (asset, fee_rate) = (instrument.settle_asset, instrument.liquidation_fee_rate);
         let source = Account::Settlement(lot.symbol);
         let liquidation_id = Some(lot.liquidation_id.as_str());
-        let cause = self.cause.liquidation_id.replace(lot.liquidation_id.clone());
+        let cause = self.cause.liquidation_id.replace(Arc::from(lot.liquidation_id.as_str()));
         if gain < 0 {
             self.post("liquidation_loss", Account::Fund(fund), source, -gain, asset, out);
             self.fund_entry(fund, "liquidation_loss", gain, liquidation_id, source, Some(lot.symbol), out);
@@ -1071,8 +1085,9 @@ impl Engine {
             if take == 0 {
                 continue;
             }
-            let causes = (self.cause.liquidation_id.replace(lot.liquidation_id.clone()),
-                          self.cause.adl_event_id.replace(format!("adl-{}-{}", self.seq, self.counts.adl_events)));
+            let causes = (self.cause.liquidation_id.replace(Arc::from(lot.liquidation_id.as_str())),
+                          self.cause.adl_event_id.replace(Arc::from(format!("adl-{}-{}", self.seq,
+                                                                            self.counts.adl_events))));
             let position = self.positions.get(ranked.account, symbol, ranked.position_side).expect("a queued position");
             let figures = self.figures(position, mark);
             let proceeds = match (price_rule, reset_left) {
@@ -1647,18 +1662,22 @@ impl Engine {
     fn post(&mut self, kind: &'static str, source: Account, destination: Account, amount: impl Into<I256>,
             asset: u32, out: &mut Outputs) {
         let amount: I256 = amount.into();
-        self.ledger.post(source, destination, amount);
         if amount == 0 {
             return;
         }
-        let (debit, credit, amount) = if amount < 0 { (destination, source, -amount) } else { (source, destination, amount) };
+        let (source_after, destination_after) = self.ledger.post(source, destination, amount);
+        let (debit, credit, amount, debit_balance_after, credit_balance_after) = if amount < 0 {
+            (destination, source, -amount, destination_after, source_after)
+        } else {
+            (source, destination, amount, source_after, destination_after)
+        };
         let touches_fund = matches!(debit, Account::Fund(_)) || matches!(credit, Account::Fund(_));
         self.counts.fund_postings += u64::from(touches_fund);
         let cause = &self.cause;
         let posting = Posting {
             kind, debit, credit, amount,
-            debit_balance_after: self.ledger.balance(debit),
-            credit_balance_after: self.ledger.balance(credit),
+            debit_balance_after,
+            credit_balance_after,
             asset, seq: self.seq, number: self.counts.postings, ts: self.ts,
             fund_entry: touches_fund.then_some(self.counts.fund_entries),
             adl_event_id: cause.adl_event_id.clone(),
@@ -1690,23 +1709,25 @@ impl Engine {
         let transfer_id = if kind == "transfer" { self.cause.transfer_id.as_deref() } else { None };
         assert!(self.counts.fund_postings == self.counts.fund_entries + 1,
                 "fund-ledger entry {id} follows no posting to or from the fund");
-        let mut body = vec![
-            ("schema_version", J::Int(SCHEMA_VERSION)),
-            ("id", J::Str(&id)),
-            ("seq", J::Int(self.seq as i128)),
-            ("ts", J::Int(self.ts as i128)),
-            ("fund_id", J::Str(self.names.name(fund))),
-            ("kind", J::Str(kind)),
+        // the keys before "hash" and after it, in key order: the record is written once, the hash taken over both
+        let before = J::Obj(vec![
             ("amount", J::Wide(amount, S8)),
             ("balance_after", J::Wide(balance, S8)),
-            ("liquidation_id", liquidation_id.map_or(J::Null, J::Str)),
-            ("transfer_id", transfer_id.map_or(J::Null, J::Str)),
             ("counter_account", J::Str(&counter_name)),
+            ("fund_id", J::Str(self.names.name(fund))),
+        ]);
+        let after = J::Obj(vec![
+            ("id", J::Str(&id)),
+            ("kind", J::Str(kind)),
+            ("liquidation_id", liquidation_id.map_or(J::Null, J::Str)),
             ("prev_hash", J::Str(&self.ledger_head)),
-        ];
-        let hash = canonical::sha256_hex(&canonical::to_vec(&J::Obj(body.clone())));
-        body.push(("hash", J::Str(&hash)));
-        canonical::write(&mut out.fund_ledger, &J::Obj(body));
+            ("schema_version", J::Int(SCHEMA_VERSION)),
+            ("seq", J::Int(self.seq as i128)),
+            ("transfer_id", transfer_id.map_or(J::Null, J::Str)),
+            ("ts", J::Int(self.ts as i128)),
+        ]);
+        let hash = canonical::write_chained(&mut out.fund_ledger, &before, &after);
+        drop((before, after));
         out.fund_ledger.push(b'\n');
         self.ledger_head = hash;
         self.counts.fund_entries += 1;
@@ -1758,16 +1779,17 @@ impl Engine {
                details: Vec<(&str, J<'_>)>, out: &mut Outputs) {
         let id = format!("finding-{}-{}", self.seq, self.counts.findings);
         let name = |id: Option<u32>| id.map_or(J::Null, |id| J::Str(self.names.name(id)));
+        // in key order: written as it stands, not sorted first
         let body = J::Obj(vec![
-            ("schema_version", J::Int(SCHEMA_VERSION)),
-            ("id", J::Str(&id)),
-            ("seq", J::Int(self.seq as i128)),
-            ("ts", J::Int(self.ts as i128)),
-            ("kind", J::Str(kind)),
             ("account_id", name(account)),
-            ("liquidation_id", liquidation_id.map_or(J::Null, J::Str)),
-            ("symbol", name(symbol)),
             ("details", J::Obj(details)),
+            ("id", J::Str(&id)),
+            ("kind", J::Str(kind)),
+            ("liquidation_id", liquidation_id.map_or(J::Null, J::Str)),
+            ("schema_version", J::Int(SCHEMA_VERSION)),
+            ("seq", J::Int(self.seq as i128)),
+            ("symbol", name(symbol)),
+            ("ts", J::Int(self.ts as i128)),
         ]);
         canonical::write(&mut out.findings, &body);
         out.findings.push(b'\n');

@@ -372,7 +372,10 @@ pub fn write_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let bytes = text.as_bytes();
     let mut run = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
+    // most strings (names, ids, hashes) need no escape: skip them a machine word at a time up to the first word
+    // that may hold one, then go byte by byte
+    let clean = bytes.chunks_exact(8).take_while(|word| !may_need_escape(word)).count() * 8;
+    for (i, &byte) in bytes.iter().enumerate().skip(clean) {
         let escape: &[u8] = match byte {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -399,9 +402,62 @@ pub fn write_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
+/// Whether any byte of a word is a control character, `"` or `\` (exact, by a trick of "Bit Twiddling Hacks": a
+/// word has a byte below n when (w minus n in every byte) & !w & the high bit of every byte is not zero).
+fn may_need_escape(word: &[u8]) -> bool {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES * 0x80;
+    let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
+    (below(w, 0x20) | below(w ^ (ONES * u64::from(b'"')), 1) | below(w ^ (ONES * u64::from(b'\\')), 1)) != 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// write_string byte by byte, as it was before words were skipped.
+    fn escaped_byte_by_byte(text: &str) -> Vec<u8> {
+        let mut out = vec![b'"'];
+        for &byte in text.as_bytes() {
+            match byte {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                8 => out.extend_from_slice(b"\\b"),
+                12 => out.extend_from_slice(b"\\f"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0..=0x1f => out.extend_from_slice(format!("\\u{byte:04x}").as_bytes()),
+                _ => out.push(byte),
+            }
+        }
+        out.push(b'"');
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn strings_are_escaped_as_byte_by_byte(text in "(\\PC|[\\x00-\\x20\"\\\\\\x7f]){0,40}", prefix in "[a-z0-9-]{0,17}") {
+            for text in [text.clone(), format!("{prefix}{text}")] {
+                let mut out = Vec::new();
+                write_string(&mut out, &text);
+                prop_assert_eq!(out, escaped_byte_by_byte(&text));
+            }
+        }
+    }
+
+    #[test]
+    fn every_byte_that_needs_an_escape_is_seen_in_its_word() {
+        for byte in 0u8..=255 {
+            for at in 0..8 {
+                let mut word = *b"abcdefgh";
+                word[at] = byte;
+                assert_eq!(may_need_escape(&word), byte < 0x20 || byte == b'"' || byte == b'\\', "{byte} at {at}");
+            }
+        }
+    }
 
     fn ok(text: &str, dialect: Dialect) -> bool {
         parse(text.as_bytes(), dialect).is_ok()

@@ -11,8 +11,53 @@ use rustc_hash::FxHashMap as HashMap;
 /// Strings the engine meets again and again (account ids, symbols, assets, fund ids), as small integers.
 #[derive(Default, Clone, Debug)]
 pub struct Names {
-    ids: HashMap<String, u32>,
+    ids: HashMap<Key, u32>,
     names: Vec<String>,
+}
+
+/// A name as the id map holds it: a short one (most account ids and symbols) inside the map's own slot, so a
+/// lookup compares it without following a pointer to another cache line; a long one on the heap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Key {
+    Inline { length: u8, bytes: [u8; Key::INLINE] },
+    Heap(Box<str>),
+}
+
+impl Key {
+    const INLINE: usize = 22;
+
+    fn new(name: &str) -> Key {
+        match name.len() {
+            length @ 0..=Key::INLINE => {
+                let mut bytes = [0u8; Key::INLINE];
+                bytes[..length].copy_from_slice(name.as_bytes());
+                Key::Inline { length: length as u8, bytes }
+            }
+            _ => Key::Heap(name.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Inline { length, bytes } => {
+                std::str::from_utf8(&bytes[..*length as usize]).expect("copied from a str")
+            }
+            Key::Heap(name) => name,
+        }
+    }
+}
+
+/// Hashed as the str it holds, so that a map of keys is looked up by &str.
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
 }
 
 impl Names {
@@ -22,7 +67,7 @@ impl Names {
         }
         let id = self.names.len() as u32;
         self.names.push(name.to_string());
-        self.ids.insert(name.to_string(), id);
+        self.ids.insert(Key::new(name), id);
         id
     }
     pub fn find(&self, name: &str) -> Option<u32> {
@@ -104,11 +149,12 @@ impl Ledger {
         self.balances.contains_key(&account)
     }
 
-    /// Move `amount` (money, 1e-8) from `source` to `destination`; a negative amount moves the other way.
-    pub fn post(&mut self, source: Account, destination: Account, amount: impl Into<I256>) {
+    /// Move `amount` (money, 1e-8) from `source` to `destination`; a negative amount moves the other way. The
+    /// balances of both after it (a zero amount: none moved, the balances as they are).
+    pub fn post(&mut self, source: Account, destination: Account, amount: impl Into<I256>) -> (I256, I256) {
         let amount: I256 = amount.into();
         if amount == 0 {
-            return;
+            return (self.balance(source), self.balance(destination));
         }
         for account in [source, destination] {
             if let Account::Wallet { account, .. } | Account::Isolated { account, .. } = account {
@@ -123,6 +169,7 @@ impl Ledger {
         // docs/design.md section 9.3: no reachable balance comes near 10^68 units; one that does is a bug
         let bound = crate::numbers::pow10(68 + crate::numbers::S8);
         assert!(from_after.abs() < bound && to.abs() < bound, "a posting takes a balance beyond the bound 10^68");
+        (from_after, *to)
     }
 
     /// Every non-zero balance.
@@ -156,6 +203,20 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_short_and_long_get_one_id_each() {
+        let mut names = Names::default();
+        let long = "an-account-id-longer-than-a-key-holds-inside";
+        let words = ["u", "", "acct-012656", "exactly-twenty-two-byt", "exactly-twenty-three-by", long, "é€"];
+        let ids: Vec<u32> = words.iter().map(|word| names.id(word)).collect();
+        assert_eq!(ids, (0..words.len() as u32).collect::<Vec<_>>());
+        for (word, id) in words.iter().zip(&ids) {
+            assert_eq!((names.id(word), names.find(word), names.name(*id)), (*id, Some(*id), *word));
+        }
+        assert_eq!(names.find("acct-01265"), None);
+        assert_eq!(names.len(), words.len());
+    }
     use crate::numbers::{pow10, text_512, S8};
 
     #[test]

@@ -207,16 +207,21 @@ fn write_all(files: Vec<Appender>, to_write: Receiver<Buffers>, written: SyncSen
         for name in buffers.new_names.drain(..) {
             names.id(&name);
         }
-        let postings = &mut buffers.parts[POSTINGS];
-        for posting in buffers.postings.drain(..) {
-            posting.write(&names, &mut texts, postings, &mut postings_head);
-        }
         for (file, part) in files.iter_mut().zip(&mut buffers.parts) {
             if !part.is_empty() {
                 file.append(part).map_err(|error| WriteError { path: file.path.clone(), error })?;
                 part.clear();
             }
         }
+        // the postings' records after the postings file's bytes the engine wrote (none when it defers them),
+        // formatted straight into the file's pending buffer
+        let file = &mut files[POSTINGS];
+        let postings = &mut buffers.postings;
+        file.append_with(|pending| {
+            for posting in postings.drain(..) {
+                posting.write(&names, &mut texts, pending, &mut postings_head);
+            }
+        }).map_err(|error| WriteError { path: file.path.clone(), error })?;
         let _ = written.try_send(buffers); // the engine may have finished: then the buffers are simply freed
         let mut state = progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         state.written += 1;

@@ -3,12 +3,14 @@
 //! order (crate::output_files), so that formatting and hashing the largest output run beside the rules. Both write
 //! it with `Posting::write`: the same bytes either way.
 
-use crate::canonical::{self, J};
+use crate::canonical;
+use crate::json::write_string;
 use crate::engine::SCHEMA_VERSION;
 use crate::ledger::{Account, Names};
-use crate::numbers::S8;
+use crate::numbers::{write_scaled_wide, S8};
 use ethnum::I256;
-use std::fmt::Write as _;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct Posting {
@@ -26,56 +28,180 @@ pub struct Posting {
     pub ts: u64,
     /// the fund-ledger entry it belongs to (fl-<seq>-<n>), when it moves a fund's balance
     pub fund_entry: Option<u64>,
-    pub adl_event_id: Option<String>,
-    pub fill_id: Option<String>,
-    pub liquidation_id: Option<String>,
-    pub transfer_id: Option<String>,
+    /// shared with the event's other postings (one allocation per event, none per posting)
+    pub adl_event_id: Option<Arc<str>>,
+    pub fill_id: Option<Arc<str>>,
+    pub liquidation_id: Option<Arc<str>>,
+    pub transfer_id: Option<Arc<str>>,
 }
 
 impl Posting {
     /// Its record appended to `out` (a line), chained after `head`, which becomes its hash. `texts`: a buffer kept
-    /// across postings for the names and ids (no allocation per posting).
+    /// across postings for the account names (no allocation per posting). The record is canonical JSON written key
+    /// by key in sorted order (the keys are this function's own; every text from the input is escaped), the hash
+    /// taken over it without `hash`, then written into the room left for it: what `write_chained` writes for the
+    /// same record as a tree (a test holds them equal).
     pub fn write(&self, names: &Names, texts: &mut String, out: &mut Vec<u8>, head: &mut String) {
         texts.clear();
         self.debit.push_name(names, texts);
         let debit_end = texts.len();
         self.credit.push_name(names, texts);
-        let credit_end = texts.len();
-        let _ = write!(texts, "p-{}-{}", self.seq, self.number);
-        let id_end = texts.len();
-        if let Some(entry) = self.fund_entry {
-            let _ = write!(texts, "fl-{}-{entry}", self.seq);
+        let (debit_name, credit_name) = (&texts[..debit_end], &texts[debit_end..]);
+        let start = out.len();
+        out.extend_from_slice(b"{\"adl_event_id\":");
+        optional(out, &self.adl_event_id);
+        out.extend_from_slice(b",\"amount\":");
+        decimal(out, self.amount);
+        out.extend_from_slice(b",\"asset\":");
+        write_string(out, names.name(self.asset));
+        out.extend_from_slice(b",\"credit_account\":");
+        write_string(out, credit_name);
+        out.extend_from_slice(b",\"credit_balance_after\":");
+        decimal(out, self.credit_balance_after);
+        out.extend_from_slice(b",\"debit_account\":");
+        write_string(out, debit_name);
+        out.extend_from_slice(b",\"debit_balance_after\":");
+        decimal(out, self.debit_balance_after);
+        out.extend_from_slice(b",\"fill_id\":");
+        optional(out, &self.fill_id);
+        out.extend_from_slice(b",\"fund_entry_id\":");
+        match self.fund_entry {
+            Some(entry) => id(out, b"fl-", self.seq, entry),
+            None => out.extend_from_slice(b"null"),
         }
-        let (debit_name, credit_name) = (&texts[..debit_end], &texts[debit_end..credit_end]);
-        let id = &texts[credit_end..id_end];
-        let fund_entry_id = self.fund_entry.map(|_| &texts[id_end..]);
-        fn optional(value: &Option<String>) -> J<'_> {
+        out.push(b',');
+        let middle = out.len(); // the record without "hash" is out[start..middle] then what follows the hash
+        out.extend_from_slice(b"\"hash\":\"");
+        let digits = out.len();
+        out.extend_from_slice(&[b'0'; 64]);
+        out.extend_from_slice(b"\",");
+        let after = out.len();
+        out.extend_from_slice(b"\"id\":");
+        id(out, b"p-", self.seq, self.number);
+        out.extend_from_slice(b",\"kind\":");
+        write_string(out, self.kind);
+        out.extend_from_slice(b",\"liquidation_id\":");
+        optional(out, &self.liquidation_id);
+        out.extend_from_slice(b",\"prev_hash\":");
+        write_string(out, head);
+        out.extend_from_slice(b",\"schema_version\":");
+        canonical::write_int(out, SCHEMA_VERSION);
+        out.extend_from_slice(b",\"seq\":");
+        canonical::write_int(out, i128::from(self.seq));
+        out.extend_from_slice(b",\"transfer_id\":");
+        optional(out, &self.transfer_id);
+        out.extend_from_slice(b",\"ts\":");
+        canonical::write_int(out, i128::from(self.ts));
+        out.push(b'}');
+        let mut hasher = Sha256::new();
+        hasher.update(&out[start..middle]);
+        hasher.update(&out[after..]);
+        let hash = canonical::hex(&hasher.finalize());
+        out[digits..digits + 64].copy_from_slice(hash.as_bytes());
+        out.push(b'\n');
+        *head = hash;
+    }
+}
+
+fn optional(out: &mut Vec<u8>, value: &Option<Arc<str>>) {
+    match value {
+        Some(text) => write_string(out, text),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// An amount (1e-8) as a JSON string.
+fn decimal(out: &mut Vec<u8>, value: I256) {
+    out.push(b'"');
+    write_scaled_wide(out, value, S8);
+    out.push(b'"');
+}
+
+/// An output id `<prefix><seq>-<number>` as a JSON string (digits only: nothing to escape).
+fn id(out: &mut Vec<u8>, prefix: &[u8], seq: u64, number: u64) {
+    out.push(b'"');
+    out.extend_from_slice(prefix);
+    canonical::write_int(out, i128::from(seq));
+    out.push(b'-');
+    canonical::write_int(out, i128::from(number));
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canonical::J;
+    use crate::wire::PositionSide;
+    use proptest::prelude::*;
+    
+    /// The record as a tree through `write_chained`, as postings were written before `write` wrote them key by key.
+    fn write_by_tree(posting: &Posting, names: &Names, out: &mut Vec<u8>, head: &mut String) {
+        let (debit, credit) = (posting.debit.name(names), posting.credit.name(names));
+        let id = format!("p-{}-{}", posting.seq, posting.number);
+        let fund_entry_id = posting.fund_entry.map(|entry| format!("fl-{}-{entry}", posting.seq));
+        fn optional(value: &Option<Arc<str>>) -> J<'_> {
             value.as_deref().map_or(J::Null, J::Str)
         }
-        // the keys before "hash" and after it: the record is written once, the hash taken over both halves
         let before = J::Obj(vec![
-            ("adl_event_id", optional(&self.adl_event_id)),
-            ("amount", J::Wide(self.amount, S8)),
-            ("asset", J::Str(names.name(self.asset))),
-            ("credit_account", J::Str(credit_name)),
-            ("credit_balance_after", J::Wide(self.credit_balance_after, S8)),
-            ("debit_account", J::Str(debit_name)),
-            ("debit_balance_after", J::Wide(self.debit_balance_after, S8)),
-            ("fill_id", optional(&self.fill_id)),
-            ("fund_entry_id", fund_entry_id.map_or(J::Null, J::Str)),
+            ("adl_event_id", optional(&posting.adl_event_id)),
+            ("amount", J::Wide(posting.amount, S8)),
+            ("asset", J::Str(names.name(posting.asset))),
+            ("credit_account", J::Str(&credit)),
+            ("credit_balance_after", J::Wide(posting.credit_balance_after, S8)),
+            ("debit_account", J::Str(&debit)),
+            ("debit_balance_after", J::Wide(posting.debit_balance_after, S8)),
+            ("fill_id", optional(&posting.fill_id)),
+            ("fund_entry_id", fund_entry_id.as_deref().map_or(J::Null, J::Str)),
         ]);
         let after = J::Obj(vec![
-            ("id", J::Str(id)),
-            ("kind", J::Str(self.kind)),
-            ("liquidation_id", optional(&self.liquidation_id)),
+            ("id", J::Str(&id)),
+            ("kind", J::Str(posting.kind)),
+            ("liquidation_id", optional(&posting.liquidation_id)),
             ("prev_hash", J::Str(head)),
             ("schema_version", J::Int(SCHEMA_VERSION)),
-            ("seq", J::Int(self.seq as i128)),
-            ("transfer_id", optional(&self.transfer_id)),
-            ("ts", J::Int(self.ts as i128)),
+            ("seq", J::Int(posting.seq as i128)),
+            ("transfer_id", optional(&posting.transfer_id)),
+            ("ts", J::Int(posting.ts as i128)),
         ]);
         let hash = canonical::write_chained(out, &before, &after);
         out.push(b'\n');
+        drop((before, after));
         *head = hash;
+    }
+
+    fn text() -> impl Strategy<Value = Option<Arc<str>>> {
+        proptest::option::of("(\\PC|[\"\\\\\\x00-\\x1f]){0,30}".prop_map(|text: String| Arc::from(text)))
+    }
+
+    fn balance() -> impl Strategy<Value = I256> {
+        prop_oneof![any::<i64>().prop_map(I256::from), any::<i128>().prop_map(|v| I256::from(v) * I256::from(1_000_000_007))]
+    }
+
+    proptest! {
+        #[test]
+        fn a_posting_written_key_by_key_is_the_tree_written_canonically(
+            ids in (text(), text(), text(), text()), amounts in (balance(), balance(), balance()),
+            account in "(\\PC|[\"\\\\]){0,24}", numbers in (any::<u64>(), any::<u64>(), any::<u64>()),
+            fund_entry in proptest::option::of(any::<u64>()), side in 0..3usize,
+        ) {
+            let mut names = Names::default();
+            let (account, asset, symbol) = (names.id(&account), names.id("USDT"), names.id("BTC\"USDT"));
+            let side = [PositionSide::Both, PositionSide::Long, PositionSide::Short][side];
+            let posting = Posting {
+                kind: "liquidation_gain", debit: Account::Isolated { account, symbol, side },
+                credit: Account::Wallet { account, asset }, amount: amounts.0,
+                debit_balance_after: amounts.1, credit_balance_after: amounts.2, asset,
+                seq: numbers.0, number: numbers.1, ts: numbers.2, fund_entry,
+                adl_event_id: ids.0, fill_id: ids.1, liquidation_id: ids.2, transfer_id: ids.3,
+            };
+            let (mut by_keys, mut by_tree) = (b"earlier\n".to_vec(), b"earlier\n".to_vec());
+            let (mut head_keys, mut head_tree) = (canonical::GENESIS_HASH.to_string(), canonical::GENESIS_HASH.to_string());
+            for _ in 0..2 {
+                posting.write(&names, &mut String::new(), &mut by_keys, &mut head_keys);
+                write_by_tree(&posting, &names, &mut by_tree, &mut head_tree);
+            }
+            prop_assert_eq!(String::from_utf8(by_keys).unwrap(), String::from_utf8(by_tree).unwrap());
+            prop_assert_eq!(head_keys, head_tree);
+        }
     }
 }

@@ -10,11 +10,14 @@ use crate::clock::{JournalClock, SymbolClock};
 use crate::engine::{
     isolated_account, mode_name, money, money_wide, Engine, Outputs, FUND_ACCOUNT_PREFIX,
 };
+use crate::content::Digests;
+use crate::decode_stage::{self, Line, Stage};
 use crate::idtable::IdTable;
 use crate::json::{self, Dialect, Value};
 use crate::ledger::Account;
 use crate::numbers::{self, text, text_512, text_wide, Kind, Rounding, Wide, S16, S18, S8};
 use crate::valuation::{Valuation, LINEAR};
+use crate::quantiles::SideView;
 use crate::state::{
     position_label, FundSpec, FundState, Instrument, Lot, Position, Side, Tier, DEFAULT_MARK_TOLERANCE,
 };
@@ -132,6 +135,8 @@ pub struct Processor {
     pub simulation: Option<Simulation>,
     /// Write each applied record's line to `Batch::journal` (a what-if run's journal.jsonl).
     pub journal: bool,
+    /// When a batch of lines is decoded on a thread of its own, ahead of the rules (crate::decode_stage).
+    pub decode_stage: Stage,
     /// The record a batch is at while it runs (its journal line in apply_lines, its index in the batch in
     /// apply_records), None between batches: a panic inside the rules names the record (backstop-py catches it, and
     /// the engine is never used again).
@@ -144,11 +149,6 @@ pub struct Processor {
 
 fn counts(outputs: &Outputs) -> [u64; 5] {
     [outputs.fund_entries, outputs.adl_count, outputs.finding_count, outputs.posting_count, outputs.quantile_count]
-}
-
-/// A blank line of the journal reader (backstop.adapters.journal_file): only spaces, tabs and carriage returns.
-fn is_blank(line: &[u8]) -> bool {
-    line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'))
 }
 
 fn dead_letter(out: &mut Vec<u8>, line: u64, kind: RejectionKind, reason: &str, raw: &[u8]) {
@@ -221,29 +221,17 @@ impl Processor {
     }
 
     fn apply_chunk(&mut self, chunk: &[u8], first_line: u64, batch: &mut Batch) {
-        self.apply_lines_of(chunk, first_line, batch);
+        decode_stage::each_line(chunk, first_line, self.decode_stage, |line| {
+            self.applying = Some(line.number);
+            let Err((kind, reason)) = self.apply_line(&line, batch) else { return true };
+            dead_letter(&mut batch.dead_letters, line.number, kind, &reason, line.raw);
+            if self.strict {
+                batch.stopped = Some((line.number, reason));
+                return false;
+            }
+            true
+        });
         self.applying = None;
-    }
-
-    fn apply_lines_of(&mut self, chunk: &[u8], first_line: u64, batch: &mut Batch) {
-        for (offset, line) in chunk.split_inclusive(|&b| b == b'\n').enumerate() {
-            let number = first_line + offset as u64;
-            self.applying = Some(number);
-            let raw = match line {
-                [rest @ .., b'\r', b'\n'] | [rest @ .., b'\n'] => rest,
-                whole => whole,
-            };
-            if is_blank(raw) {
-                continue;
-            }
-            if let Err((kind, reason)) = self.apply_line(raw, number, batch) {
-                dead_letter(&mut batch.dead_letters, number, kind, &reason, raw);
-                if self.strict {
-                    batch.stopped = Some((number, reason));
-                    return;
-                }
-            }
-        }
     }
 
     /// Apply a consumed Kafka batch (backstop.pipeline.ingest.ingest_batch): the topic names the type; each
@@ -332,29 +320,31 @@ impl Processor {
         }
     }
 
-    fn apply_line(&mut self, raw: &[u8], number: u64, batch: &mut Batch) -> Result<(), (RejectionKind, String)> {
-        let record = match wire::decode_line(raw) {
-            Ok(record) => record,
+    fn apply_line(&mut self, line: &Line<'_>, batch: &mut Batch) -> Result<(), (RejectionKind, String)> {
+        let (record, digests) = match &line.decoded {
+            Ok(decoded) => decoded,
             Err(reason) => {
                 self.rejected += 1;
-                return Err((RejectionKind::Invalid, reason));
+                return Err((RejectionKind::Invalid, reason.clone()));
             }
         };
         if self.simulation.is_some() && matches!(record.body, Body::Liquidation { .. }) {
             return Ok(()); // simulation mode decides liquidations itself: the log's own are dropped
         }
-        let applied = self.apply_record(&record, raw, number, batch)?;
+        let applied = self.apply_record(record, Some(*digests), line.raw, line.number, batch)?;
         if let (true, Some(simulation), Body::Mark { symbol, .. }) = (applied, self.simulation, &record.body) {
-            self.simulate(simulation, symbol, record.ts, number, batch);
+            self.simulate(simulation, symbol, record.ts, line.number, batch);
         }
         Ok(())
     }
 
     /// Apply one decoded record (its line `raw`): Ok(true) applied, Ok(false) a duplicate.
-    fn apply_record(&mut self, record: &Record<'_>, raw: &[u8], number: u64, batch: &mut Batch)
-                    -> Result<bool, (RejectionKind, String)> {
+    /// `digests`: the record's admission digests when the decode stage computed them.
+    fn apply_record(&mut self, record: &Record<'_>, digests: Option<Digests>, raw: &[u8], number: u64,
+                    batch: &mut Batch) -> Result<bool, (RejectionKind, String)> {
         let before = counts(&batch.outputs);
-        if let Err(refusal) = self.engine.apply(record, self.engine.last_seq + 1, &mut batch.outputs) {
+        let seq = self.engine.last_seq + 1;
+        if let Err(refusal) = self.engine.apply_digested(record, digests, seq, &mut batch.outputs) {
             return self.refused(refusal).map(|()| false);
         }
         self.fault_hook(record);
@@ -389,7 +379,7 @@ impl Processor {
             let line = simulation.order(&self.engine, position, ts, self.engine.last_seq + 1);
             let record = wire::decode_line(&line)
                 .unwrap_or_else(|reason| panic!("the simulation decided a liquidation the wire refuses: {reason}"));
-            if let Err((kind, reason)) = self.apply_record(&record, &line, number, batch) {
+            if let Err((kind, reason)) = self.apply_record(&record, None, &line, number, batch) {
                 dead_letter(&mut batch.dead_letters, number, kind, &reason, &line);
             }
         }
@@ -413,7 +403,20 @@ impl Processor {
         let names = &engine.names;
         let mut balances: Vec<(String, I256)> =
             engine.ledger.balances().map(|(account, balance)| (account.name(names), *balance)).collect();
-        balances.sort();
+        balances.sort_unstable(); // names are unique: the order is the stable sort's
+        // the balances object as canonical JSON at once (names sorted, amounts as strings): no value per balance
+        let mut balances_json = Vec::with_capacity(2 + 64 * balances.len());
+        balances_json.push(b'{');
+        for (index, (name, balance)) in balances.iter().enumerate() {
+            if index > 0 {
+                balances_json.push(b',');
+            }
+            json::write_string(&mut balances_json, name);
+            balances_json.extend_from_slice(b":\"");
+            numbers::write_scaled_wide(&mut balances_json, *balance, S8);
+            balances_json.push(b'"');
+        }
+        balances_json.push(b'}');
         let mut funds: Vec<&FundState> = engine.funds.values().collect();
         funds.sort_by(|a, b| names.name(a.spec.fund_id).cmp(names.name(b.spec.fund_id)));
         let mut instruments: Vec<&Instrument> = engine.instruments.values().collect();
@@ -439,7 +442,7 @@ impl Processor {
             ("ledger_head", J::Str(&engine.ledger_head)),
             ("adl_head", J::Str(&engine.adl_head)),
             ("postings_head", J::Str(&engine.postings_head)),
-            ("balances", J::Obj(balances.iter().map(|(name, balance)| (name.as_str(), J::Owned(text_wide(*balance, S8)))).collect())),
+            ("balances", J::Raw(&balances_json)),
             ("funds", J::Arr(funds.iter().map(|f| fund_document(engine, f)).collect())),
             ("instruments", J::Arr(instruments.iter().map(|i| instrument_document(engine, i)).collect())),
             ("marks", J::Obj(engine.marks.iter().map(|(s, m)| (names.name(*s), J::Owned(text(*m, S8)))).collect())),
@@ -511,6 +514,12 @@ impl Processor {
 
     /// backstop.core.documents.summary, compact (the caller indents it).
     pub fn summary_json(&self) -> Vec<u8> {
+        self.summary_json_with(&crate::quantiles::views_now(&self.engine))
+    }
+
+    /// summary_json from the ADL views of every symbol's sides (crate::quantiles::views_now), which accounts.json
+    /// also reads.
+    fn summary_json_with(&self, views: &[(u32, [SideView; 2])]) -> Vec<u8> {
         let engine = &self.engine;
         let names = &engine.names;
         let mut fund_ids: Vec<u32> = engine.funds.keys().copied().collect();
@@ -533,8 +542,7 @@ impl Processor {
         }).collect();
         let head = engine.head_hash();
         let state_hash = self.state_hash();
-        let views = crate::quantiles::views_now(engine);
-        let risk = crate::quantiles::risks(engine, &views).into_iter().map(|(symbol, risk)| {
+        let risk = crate::quantiles::risks(engine, views).into_iter().map(|(symbol, risk)| {
             (names.name(symbol), J::Obj(vec![
                 ("fund_id", J::Str(names.name(risk.fund))),
                 ("risk_level", J::Str(risk.level)),
@@ -571,20 +579,27 @@ impl Processor {
     }
 
     /// summary_json, and accounts_json handed to `consume` (e.g. to write it), side by side on two threads (the end
-    /// of a replay: both only read the state).
+    /// of a replay: both only read the state), from one ranking of every ADL queue.
     pub fn summary_and_accounts<R: Send>(&self, consume: impl FnOnce(Vec<u8>) -> R + Send) -> (Vec<u8>, R) {
+        let views = crate::quantiles::views_now(&self.engine);
         std::thread::scope(|scope| {
             let accounts = std::thread::Builder::new()
                 .name("backstop-accounts".to_string())
-                .spawn_scoped(scope, || consume(self.accounts_json()))
+                .spawn_scoped(scope, || consume(self.accounts_json_with(&views, crate::parallel::threads())))
                 .expect("a thread for accounts.json");
-            let summary = self.summary_json();
+            let summary = self.summary_json_with(&views);
             (summary, accounts.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         })
     }
 
     /// accounts.json as written (backstop.core.documents.accounts): indented, sorted keys, a final newline.
     pub fn accounts_json(&self) -> Vec<u8> {
+        self.accounts_json_with(&crate::quantiles::views_now(&self.engine), crate::parallel::threads())
+    }
+
+    /// accounts.json from the ADL views, its entries (accounts and funds, by name) rendered in contiguous pieces on
+    /// up to `threads` threads and joined in order: the same bytes however it is split.
+    fn accounts_json_with(&self, views: &[(u32, [SideView; 2])], threads: usize) -> Vec<u8> {
         let engine = &self.engine;
         let names = &engine.names;
         let mut wallets: HashMap<u32, Vec<(&str, I256)>> = HashMap::default();
@@ -593,25 +608,33 @@ impl Processor {
                 wallets.entry(*account).or_default().push((names.name(*asset), *balance));
             }
         }
+        wallets.values_mut().for_each(|own| own.sort_by(|a, b| a.0.cmp(b.0)));
         // (account, symbol, direction) -> (rank, quantile): one position per direction of a symbol (section 7)
         let mut ranks: HashMap<(u32, u32, Side), (usize, u8)> = HashMap::default();
-        for (symbol, sides) in crate::quantiles::views_now(engine) {
+        for (symbol, sides) in views {
             for (view, side) in sides.iter().zip([Side::Long, Side::Short]) {
-                ranks.extend(view.ranks.iter().map(|&(account, rank, quantile)| ((account, symbol, side), (rank, quantile))));
+                ranks.extend(view.ranks.iter().map(|&(account, rank, quantile)| ((account, *symbol, side), (rank, quantile))));
             }
         }
-        let mut accounts: Vec<u32> = wallets.keys().copied().collect();
-        accounts.extend(engine.positions.of_account.keys().copied().filter(|a| !wallets.contains_key(a)));
-        accounts.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
         // `<symbol>:long` and `<symbol>:short`, the keys of hedge positions (a one-way position is keyed by its symbol)
         let hedge_labels: HashMap<(u32, PositionSide), String> = engine.instruments.keys()
             .flat_map(|&symbol| [PositionSide::Long, PositionSide::Short]
                 .map(|side| ((symbol, side), position_label(names.name(symbol), side))))
             .collect();
-        let mut entries: Vec<(String, J<'_>)> = Vec::with_capacity(accounts.len() + engine.funds.len());
-        for account in accounts {
-            let mut own = wallets.remove(&account).unwrap_or_default();
-            own.sort_by(|a, b| a.0.cmp(b.0));
+        // the document's entries by name: accounts, then funds as `fund:<id>` (a stable sort keeps that order for
+        // equal names)
+        let mut entries: Vec<(std::borrow::Cow<'_, str>, Entry)> = wallets.keys().copied()
+            .chain(engine.positions.of_account.keys().copied().filter(|a| !wallets.contains_key(a)))
+            .map(|account| (names.name(account).into(), Entry::Account(account)))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut fund_ids: Vec<u32> = engine.funds.keys().copied().collect();
+        fund_ids.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+        entries.extend(fund_ids.into_iter().map(|fund| (format!("{FUND_ACCOUNT_PREFIX}{}", names.name(fund)).into(),
+                                                        Entry::Fund(fund))));
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let account_value = |account: u32| {
+            let own: &[(&str, I256)] = wallets.get(&account).map_or(&[], Vec::as_slice);
             let primary = own.first().map_or_else(|| "0".to_string(), |(_, balance)| text_wide(*balance, S8));
             let positions = positions_of(engine, account).into_iter().map(|position| {
                 let label = match position.position_side {
@@ -620,15 +643,13 @@ impl Processor {
                 };
                 (label, position_view(engine, position, ranks[&(account, position.symbol, position.side())]))
             }).collect();
-            entries.push((names.name(account).to_string(), J::Obj(vec![
+            J::Obj(vec![
+                ("positions", J::Obj(positions)),
                 ("wallet", J::Owned(primary)),
                 ("wallets", J::Obj(own.iter().map(|(asset, b)| (*asset, J::Owned(text_wide(*b, S8)))).collect())),
-                ("positions", J::Obj(positions)),
-            ])));
-        }
-        let mut fund_ids: Vec<u32> = engine.funds.keys().copied().collect();
-        fund_ids.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
-        for fund in fund_ids {
+            ])
+        };
+        let fund_value = |fund: u32| {
             let state = &engine.funds[&fund];
             let inventory = state.lots.iter().map(|(symbol, lots)| {
                 let symbol_id = lots[0].symbol;
@@ -646,19 +667,35 @@ impl Processor {
                     ("lots", J::Arr(lots)),
                 ]))
             }).collect();
-            entries.push((format!("{FUND_ACCOUNT_PREFIX}{}", names.name(fund)), J::Obj(vec![
+            J::Obj(vec![
                 ("wallet", J::Owned(text_wide(engine.ledger.balance(Account::Fund(fund)), S8))),
                 ("positions", J::Obj(inventory)),
-            ])));
-        }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out = Vec::with_capacity(1024 + 400 * entries.len());
+            ])
+        };
+        // each entry as `,\n  "name": {...}`, each value dropped as soon as it is written
+        let pieces = threads.clamp(1, entries.len().max(1));
+        let per_piece = entries.len().div_ceil(pieces);
+        let parts = crate::parallel::map(pieces, pieces, |piece| {
+            let mine = &entries[(piece * per_piece).min(entries.len())..((piece + 1) * per_piece).min(entries.len())];
+            let mut out = Vec::with_capacity(1024 + 600 * mine.len());
+            for (name, entry) in mine {
+                out.extend_from_slice(b",\n  ");
+                json::write_string(&mut out, name);
+                out.extend_from_slice(b": ");
+                let value = match *entry {
+                    Entry::Account(account) => account_value(account),
+                    Entry::Fund(fund) => fund_value(fund),
+                };
+                canonical::write_pretty(&mut out, &value, 1);
+            }
+            out
+        });
+        let length: usize = parts.iter().map(Vec::len).sum();
+        let mut out = Vec::with_capacity(length + 3);
         out.push(b'{');
-        for (index, (name, value)) in entries.iter().enumerate() {
-            out.extend_from_slice(if index > 0 { b",\n  " } else { b"\n  " });
-            json::write_string(&mut out, name);
-            out.extend_from_slice(b": ");
-            canonical::write_pretty(&mut out, value, 1);
+        for part in &parts {
+            // the first entry's comma dropped
+            out.extend_from_slice(if out.len() == 1 && !part.is_empty() { &part[1..] } else { part });
         }
         out.extend_from_slice(if entries.is_empty() { b"}\n" } else { b"\n}\n" });
         out
@@ -1040,8 +1077,15 @@ fn instrument_document<'e>(engine: &'e Engine, i: &'e Instrument) -> J<'e> {
 fn positions_in_order(engine: &Engine) -> Vec<&Position> {
     let names = &engine.names;
     let mut accounts: Vec<u32> = engine.positions.of_account.keys().copied().collect();
-    accounts.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+    accounts.sort_unstable_by(|a, b| names.name(*a).cmp(names.name(*b))); // names are unique
     accounts.into_iter().flat_map(|account| positions_of(engine, account)).collect()
+}
+
+/// An entry of accounts.json: an account's wallets and positions, or a fund's balance and inventory.
+#[derive(Clone, Copy)]
+enum Entry {
+    Account(u32),
+    Fund(u32),
 }
 
 /// An account's positions by symbol, then position side (backstop.core.state.Positions.in_symbol_order).
@@ -1053,19 +1097,20 @@ fn positions_of(engine: &Engine, account: u32) -> Vec<&Position> {
 }
 
 fn position_document<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
+    // in key order: written as it stands
     let mut entries = vec![
         ("account_id", J::Str(engine.names.name(p.account))),
-        ("symbol", J::Str(engine.names.name(p.symbol))),
-        ("qty", J::Owned(text(p.qty, S8))),
-        ("cost", J::Owned(text(p.cost, S16))),
-        ("margin_mode", J::Str(mode_name(p.margin_mode))),
-        ("leverage", J::Owned(text(p.leverage.value, S8))),
         ("adl_quantile", J::Int(i128::from(p.adl_quantile))),
+        ("cost", J::Owned(text(p.cost, S16))),
+        ("leverage", J::Owned(text(p.leverage.value, S8))),
+        ("margin_mode", J::Str(mode_name(p.margin_mode))),
     ];
     if p.position_side != PositionSide::Both {
         // a version-1 journal keeps its state hash
         entries.push(("position_side", J::Str(p.position_side.name())));
     }
+    entries.push(("qty", J::Owned(text(p.qty, S8))));
+    entries.push(("symbol", J::Str(engine.names.name(p.symbol))));
     J::Obj(entries)
 }
 
@@ -1075,22 +1120,23 @@ fn position_view<'e>(engine: &'e Engine, p: &'e Position, (rank, quantile): (usi
     let (pnl, _) = engine.exposure(p);
     let isolated = engine.ledger.balance(isolated_account(p));
     let liquidation = engine.liquidation_price(p).map_or_else(|| "0".to_string(), |price| text_512(price, S8));
+    // in key order: written as it stands
     J::Obj(vec![
-        ("qty", J::Owned(text(p.qty, S8))),
+        ("adl_quantile", J::Int(i128::from(quantile))),
+        ("adl_rank", J::Int(rank as i128)),
+        ("bankruptcy_price", J::Owned(text_512(engine.bankruptcy_price_in(p, Some(&view)), S8))),
+        ("cost", J::Owned(text(p.cost, S16))),
         ("entry_price", J::Owned(text_512(
             engine.instruments[&p.symbol].valuation.reported_price(p.size(), numbers::wide(p.cost)), S8))),
-        ("cost", J::Owned(text(p.cost, S16))),
-        ("margin_mode", J::Str(mode_name(p.margin_mode))),
-        ("leverage", J::Owned(text(p.leverage.value, S8))),
         ("isolated_margin", J::Owned(text_wide(isolated, S8))),
-        ("mark_price", J::Owned(text(mark, S8))),
-        ("unrealized_pnl", J::Owned(text(money(I256::new(pnl), S16), S8))),
+        ("leverage", J::Owned(text(p.leverage.value, S8))),
+        ("liquidation_price", J::Owned(liquidation)),
         ("maintenance_margin", J::Owned(text(view.position_maintenance, S8))),
         ("margin_balance", J::Owned(text_wide(money_wide(view.margin_balance, S16), S8))),
-        ("liquidation_price", J::Owned(liquidation)),
-        ("bankruptcy_price", J::Owned(text_512(engine.bankruptcy_price_in(p, Some(&view)), S8))),
-        ("adl_rank", J::Int(rank as i128)),
-        ("adl_quantile", J::Int(i128::from(quantile))),
+        ("margin_mode", J::Str(mode_name(p.margin_mode))),
+        ("mark_price", J::Owned(text(mark, S8))),
+        ("qty", J::Owned(text(p.qty, S8))),
+        ("unrealized_pnl", J::Owned(text(money(I256::new(pnl), S16), S8))),
     ])
 }
 

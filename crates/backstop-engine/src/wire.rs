@@ -847,6 +847,16 @@ fn write_canonical(value: &Value<'_>, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn position_sides_order_as_their_names_sort() {
+        // the engine takes an account's first side in a symbol by this order (Engine::check_position_mode)
+        let mut sides = [PositionSide::Short, PositionSide::Both, PositionSide::Long];
+        sides.sort();
+        let mut names = sides.map(PositionSide::name);
+        names.sort();
+        assert_eq!(sides.map(PositionSide::name), names);
+    }
+
     const FILL_LINE: &str = r#"{"type":"fill","ts":1,"fill_id":"f1","account_id":"u1","symbol":"BTCUSDT","side":"buy","qty":"1.5","price":"50000.5","fee":"0","margin_mode":"cross","leverage":"10"}"#;
 
     fn reason(line: &str) -> String {
