@@ -19,7 +19,12 @@ pub fn map<T: Send>(count: usize, threads: usize, work: impl Fn(usize) -> T + Sy
     let work = &work;
     std::thread::scope(|scope| {
         let helpers: Vec<_> = (1..threads)
-            .map(|first| scope.spawn(move || (first..count).step_by(threads).map(work).collect::<Vec<T>>()))
+            .map(|first| {
+                std::thread::Builder::new()
+                    .name("backstop-parallel".to_string())
+                    .spawn_scoped(scope, move || (first..count).step_by(threads).map(work).collect::<Vec<T>>())
+                    .expect("a helper thread")
+            })
             .collect();
         let mut columns: Vec<std::vec::IntoIter<T>> = Vec::with_capacity(threads);
         columns.push((0..count).step_by(threads).map(work).collect::<Vec<T>>().into_iter());

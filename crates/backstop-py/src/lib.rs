@@ -536,11 +536,14 @@ thread_local! {
 }
 
 /// The panic hook: quiet for a panic `guarded` catches (its message travels in the exception, so a command says it
-/// in one line), the default hook's report for any other.
+/// in one line), and for one on the engine's own threads (named `backstop-…`: decode, output writer, accounts,
+/// parallel helpers), which raise it again on the thread that waits for them; the default hook's report for any
+/// other.
 fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if !GUARDED.get() {
+        let engine_thread = std::thread::current().name().is_some_and(|name| name.starts_with("backstop-"));
+        if !GUARDED.get() && !engine_thread {
             default(info);
         }
     }));
