@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ from backstop.settings import Settings
 BACKSTOP = Path(sys.executable).parent / "backstop"
 SERVICE_ROLE = "backstop_svc"  # the service's login role, as `backstop db migrate` creates it (no password: trust)
 ANCHOR_KEY_FILE = Path(__file__).with_name("test-only-anchor.key")  # a key for tests, never for a real service
+MIGRATIONS = Path(__file__).resolve().parents[2] / "schemas" / "postgres"
 
 
 def as_role(dsn: str, role: str) -> str:
@@ -38,6 +40,16 @@ def as_role(dsn: str, role: str) -> str:
     parts = urlsplit(dsn)
     host = parts.netloc.split("@")[-1]
     return urlunsplit((parts.scheme, f"{role}@{host}", parts.path, parts.query, parts.fragment))
+
+
+async def migrate_before(dsn: str, scratch: Path, first_left_out: str) -> None:
+    """The schema as it stood before migration `first_left_out` (e.g. "0008"): an older database, to upgrade."""
+    before = scratch / f"before-{first_left_out}"
+    before.mkdir()
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        if path.name < first_left_out:
+            shutil.copy(path, before / path.name)
+    await migrate(dsn, before)
 
 
 async def prepare_database(dsn: str) -> None:

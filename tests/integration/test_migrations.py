@@ -10,13 +10,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from service_harness import MIGRATIONS, migrate_before
 
 from backstop.adapters.postgres.migrations import MigrationError, discover, migrate
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-MIGRATIONS = REPO / "schemas" / "postgres"
 
 
 async def _cli_migrate(dsn: str, migrations_dir: Path | None = None) -> tuple[int, str, str]:
@@ -114,12 +112,7 @@ async def test_the_relay_cursor_migration_starts_after_the_rows_already_publishe
                                                                                   tmp_path: Path) -> None:
     """0003 replaces the per-row published flag with one cursor: it starts right before the first unpublished row
     of an outbox that has a published prefix, and no row is published twice or skipped."""
-    before = tmp_path / "before"
-    before.mkdir()
-    for path in sorted(MIGRATIONS.glob("*.sql")):
-        if path.name < "0003":
-            shutil.copy(path, before / path.name)
-    await migrate(empty_database, before)
+    await migrate_before(empty_database, tmp_path, "0003")
     connection = await asyncpg.connect(empty_database)
     try:
         await connection.executemany(
@@ -138,12 +131,7 @@ async def test_the_postings_lose_their_account_indexes_and_keep_their_rows_and_c
                                                                                          tmp_path: Path) -> None:
     """0010 drops the postings' indexes by account (the write path's largest cost): a database migrated before it
     keeps every posting, and the constraints of the record still refuse a posting twice or one without its seq."""
-    before = tmp_path / "before"
-    before.mkdir()
-    for path in sorted(MIGRATIONS.glob("*.sql")):
-        if path.name < "0010":
-            shutil.copy(path, before / path.name)
-    await migrate(empty_database, before)
+    await migrate_before(empty_database, tmp_path, "0010")
     insert = ("INSERT INTO postings (position, id, seq, ts, kind, debit_account, credit_account, asset, amount, "
               "debit_balance_after, credit_balance_after, prev_hash, hash, record) "
               "VALUES ($1, $2, $3, 0, 'fee', 'wallet:a:USDT', 'fund:F', 'USDT', 1, -1, 1, 'p', $4, '{}')")

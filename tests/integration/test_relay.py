@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
+from service_harness import migrate_before
 
 from backstop.adapters.kafka.publisher import RECORD_BATCH_BYTES, KafkaPublisher
 from backstop.adapters.kafka.tools import ensure_topics, read_topic
@@ -30,7 +30,6 @@ from backstop.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "02-adl-walks-queue.jsonl"
-MIGRATIONS = REPO / "schemas" / "postgres"
 
 PARTITIONS = 2
 
@@ -97,12 +96,7 @@ async def test_an_outbox_written_before_the_upgrade_drains_first_then_the_tables
                         output_partitions=2, relay_batch=5, relay_idle_ms=10, pg_dsn=SecretStr(empty_database))
     topics = TopicNames(settings.topic_prefix)
     ensure_topics(settings)
-    before = tmp_path / "before"
-    before.mkdir()
-    for path in sorted(MIGRATIONS.glob("*.sql")):
-        if path.name < "0008":
-            shutil.copy(path, before / path.name)
-    await migrate(empty_database, before)
+    await migrate_before(empty_database, tmp_path, "0008")
     lines = EXAMPLE.read_bytes().splitlines()
     processor, positions, offsets = Processor(Engine(ids=ServiceIds())), [0, 0], dict[str, int]()
 

@@ -349,8 +349,9 @@ class CompiledService:
               ) -> BatchResult:
         held = self.ids.answers(keys)
         # quarantine: records an engine failed on in an earlier run, dead-lettered as engine_error this time
-        quarantined = [(index, reason) for index, m in enumerate(batch)
-                       if (reason := quarantine.get((m.topic, m.partition, m.offset))) is not None]
+        quarantined = [] if not quarantine else [
+            (index, reason) for index, m in enumerate(batch)
+            if (reason := quarantine.get((m.topic, m.partition, m.offset))) is not None]
         try:
             journal, ledger_lines, adl, findings, dead, postings, quantiles, duplicates, held_ids = (
                 self.ledger.apply_records([(m.topic, m.partition, m.offset, m.value) for m in batch], topics.prefix,
