@@ -141,7 +141,7 @@ async def test_the_postings_lose_their_account_indexes_and_keep_their_rows_and_c
         await connection.executemany(insert, [(1, "p-1", 1, "h1"), (2, "p-2", 1, "h2")])
         indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'postings'"
         assert {"postings_debit", "postings_credit"} <= {r["indexname"] for r in await connection.fetch(indexes)}
-        assert await migrate(empty_database) == ["0010"]
+        assert (await migrate(empty_database))[0] == "0010"
         assert {r["indexname"] for r in await connection.fetch(indexes)} == {
             "postings_pkey", "postings_id_key", "postings_hash_key", "postings_liquidation"}
         assert [tuple(r) for r in await connection.fetch("SELECT position, id FROM postings ORDER BY position")] == [

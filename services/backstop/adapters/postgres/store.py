@@ -26,7 +26,14 @@ from backstop.core.hashing import GENESIS_HASH
 from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.copy_text import table_copy
-from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values, posting_tail
+from backstop.pipeline.ingest import (
+    BatchResult,
+    JournalRow,
+    output_json,
+    output_values,
+    posting_tail,
+    quantile_block_rows,
+)
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
 from backstop.pipeline.topics import TopicNames, input_key
 
@@ -72,20 +79,42 @@ def _after_cursor(source: str) -> str:
     return f"(SELECT published_up_to FROM relay_sources WHERE source = '{source}')"
 
 
+# The outbox's rows are those whose records before them (a block counts its records: migration 0011) number fewer
+# than $1, read by their narrow columns first, so a block's payload is read only if its row is taken; each carries
+# its record count and the outbox cursor (a block's records up to the cursor are in Kafka).
 UNPUBLISHED_SQL = (
     "SELECT * FROM ("
-    "(SELECT 0 AS rank, id, topic, key, record_id, payload, NULL::text AS source_topic, NULL::int AS "
-    "source_partition, NULL::bigint AS source_offset, NULL::bigint AS ts, NULL::text AS payload_hash FROM outbox "
-    "WHERE id > (SELECT published_up_to FROM relay_cursor) ORDER BY id LIMIT $1) "
+    "(SELECT 0 AS rank, o.id, o.topic, o.key, o.record_id, o.payload, NULL::text AS source_topic, NULL::int AS "
+    "source_partition, NULL::bigint AS source_offset, NULL::bigint AS ts, NULL::text AS payload_hash, o.records, "
+    "c.published_up_to AS after FROM relay_cursor c, (SELECT id, sum(coalesce(records, 1)) OVER (ORDER BY id) - "
+    "coalesce(records, 1) AS before FROM (SELECT id, records FROM outbox WHERE id > (SELECT published_up_to FROM "
+    "relay_cursor) ORDER BY id LIMIT $1) AS n) AS w JOIN outbox o USING (id) WHERE w.before < $1) "
     "UNION ALL (SELECT 1, seq, type, NULL, NULL, payload, source_topic, source_partition, source_offset, ts, "
-    f"payload_hash FROM journal WHERE {_TABLES_READY} AND seq > {_after_cursor('journal')} ORDER BY seq LIMIT $1) "
-    "UNION ALL (SELECT 2, position, NULL, fund_id, id, record, NULL, NULL, NULL, NULL, NULL FROM fund_ledger "
-    f"WHERE {_TABLES_READY} AND position > {_after_cursor('fund_ledger')} ORDER BY position LIMIT $1) "
-    "UNION ALL (SELECT 3, position, NULL, account_id, id, record, NULL, NULL, NULL, NULL, NULL FROM adl_events "
-    f"WHERE {_TABLES_READY} AND position > {_after_cursor('adl_events')} ORDER BY position LIMIT $1) "
-    "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL FROM postings "
+    f"payload_hash, NULL, NULL FROM journal WHERE {_TABLES_READY} AND seq > {_after_cursor('journal')} "
+    "ORDER BY seq LIMIT $1) "
+    "UNION ALL (SELECT 2, position, NULL, fund_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
+    f"fund_ledger WHERE {_TABLES_READY} AND position > {_after_cursor('fund_ledger')} ORDER BY position LIMIT $1) "
+    "UNION ALL (SELECT 3, position, NULL, account_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
+    f"adl_events WHERE {_TABLES_READY} AND position > {_after_cursor('adl_events')} ORDER BY position LIMIT $1) "
+    "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM postings "
     f"WHERE {_TABLES_READY} AND position > {_after_cursor('postings')} ORDER BY position LIMIT $1)"
     ") AS next ORDER BY rank, id")
+# A batch's quantile block: $1 records take $1 ids of the outbox's sequence in one statement (one writer holds the
+# lock), the last of them the row's id.
+QUANTILE_BLOCK_SQL = (
+    "INSERT INTO outbox (id, records, topic, payload) VALUES (setval(pg_get_serial_sequence('outbox', 'id'), "
+    "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1), $1, $2, $3)")
+
+
+def block_rows(last_id: int, records: int, topic: str, block: str, after: int) -> list[OutboxRow]:
+    """A block's records as the relay publishes them: ids `last_id - records + 1` to `last_id`, less those up to
+    `after` (the cursor: in Kafka already)."""
+    rows = quantile_block_rows(block)
+    if len(rows) != records:
+        raise InvariantViolation(f"outbox block {last_id} holds {len(rows)} records, its row says {records}")
+    first = last_id - records + 1
+    return [OutboxRow(first + i, topic, key, record_id, line)
+            for i, (key, record_id, line) in enumerate(rows) if first + i > after]
 # Rows not yet published, over every source, from each source's last id and its cursor (index lookups, not a
 # count): the journal's seqs and the tables' positions have no gaps; an outbox id a rolled-back batch took is counted
 # too, so the outbox's part is an upper bound, exact at zero.
@@ -516,6 +545,9 @@ class Store:
                 "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
                 [(d.source_topic, d.source_partition, d.source_offset, d.reason, d.raw, d.kind, d.after_seq)
                  for d in result.dead_letters])
+        if result.quantile_block:  # before the dead letters, as the reference engine writes them
+            await connection.execute(QUANTILE_BLOCK_SQL, result.quantile_block.count(b"\n"), result.quantile_topic,
+                                     result.quantile_block.decode())
         if result.outbox:
             await connection.copy_records_to_table("outbox", columns=OUTBOX_COLUMNS,
                                                    records=[(m.topic, m.key, m.record_id, m.payload.decode())
@@ -600,7 +632,10 @@ class Store:
         for r in found:
             rank = r[0]
             if rank == 0:
-                rows.append(OutboxRow(r[1], r[2], r[3], r[4], r[5]))
+                if r[11] is None:
+                    rows.append(OutboxRow(r[1], r[2], r[3], r[4], r[5]))
+                else:
+                    rows.extend(block_rows(r[1], r[11], r[2], r[5], r[12]))
             elif rank == 1:  # the journal: its record built from the row
                 journal_row = JournalRow(r[1], r[6], r[7], r[8], r[2], r[9], r[5].encode(), r[10])
                 rows.append(OutboxRow(r[1], table_topics[0], *journal_relay_row(journal_row), "journal"))
