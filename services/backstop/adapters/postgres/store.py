@@ -260,6 +260,9 @@ class Store:
         self.anchor = anchor
         # the last checkpoint committed here: (seq, journal digest, postings count, postings head)
         self._anchored: tuple[int, str, int, str] | None = None
+        # (journal seq, postings stored then) after the last batch committed here: the next batch at that seq numbers
+        # its postings on from there without asking (one writer holds the lock; the head check fences the rest)
+        self._postings_at: tuple[int, int] | None = None
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 4, anchor: Anchor | None = None) -> Store:
@@ -394,7 +397,8 @@ class Store:
             if (current or 0) != expected_seq:
                 raise InvariantViolation(f"journal head moved: expected seq {expected_seq}, found {current}: "
                                          f"another writer is active")
-            await self._append(connection, result, head)
+            postings_before = await self._postings_before(connection, expected_seq)
+            await self._append(connection, result, head, postings_before)
             signed = await self._sign(connection, self.anchor, expected_seq, result, head) \
                 if self.anchor is not None and result.journal else None
             await self._project(connection, projections)
@@ -408,6 +412,7 @@ class Store:
                 "head_hash = $2, ledger_head = $3, adl_head = $4, duplicates = $5, rejected = $6",
                 head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected)
             faults.reached("in_transaction")
+        self._postings_at = (head.seq, postings_before + posting_tail(result)[0])
         if signed is not None:
             checkpoint = signed.checkpoint
             self._anchored = (checkpoint.seq, checkpoint.journal_digest, checkpoint.postings_count or 0,
@@ -507,7 +512,17 @@ class Store:
             head_seq = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
             await self.anchored_head(connection, self.anchor, head_seq)
 
-    async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head) -> None:
+    async def _postings_before(self, connection: asyncpg.Connection, expected_seq: int) -> int:
+        """The postings stored before the batch (their positions have no gaps): carried on from the batch committed
+        here last if this one extends it, else read (at start, after another writer, after a commit whose outcome
+        is unknown)."""
+        if self._postings_at is not None and self._postings_at[0] == expected_seq:
+            return self._postings_at[1]
+        stored: int = await connection.fetchval("SELECT coalesce(max(position), 0) FROM postings")
+        return stored
+
+    async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head,
+                      postings_before: int) -> None:
         if result.journal:
             await connection.copy_records_to_table("journal", columns=[
                 "seq", "source_topic", "source_partition", "source_offset", "type", "ts", "payload", "payload_hash"],
@@ -520,13 +535,13 @@ class Store:
                 ("postings", result.postings, None, POSTING_COLUMNS)):
             if not records:
                 continue
-            if first is None:  # one writer holds the lock: the next position follows the stored ones
-                first = await connection.fetchval(f"SELECT coalesce(max(position), 0) + 1 FROM {table}")
+            if first is None:  # the postings (the reference engine's records)
+                first = postings_before + 1
             # each row: its position, its columns, and its record's canonical JSON (stored as it was published)
             await connection.copy_records_to_table(table, columns=["position", *columns, "record"], records=[
                 (first + i, *output_values(r, columns), output_json(r).decode()) for i, r in enumerate(records)])
         if result.posting_lines:  # the compiled engine's, after `postings`: their COPY text is built in Rust
-            first = await connection.fetchval("SELECT coalesce(max(position), 0) + 1 FROM postings")
+            first = postings_before + len(result.postings) + 1
             # built in a thread (Rust, without the GIL): the event loop meanwhile serves the relay and the consumer
             text = await asyncio.get_running_loop().run_in_executor(
                 None, table_copy, result.posting_lines, POSTING_COLUMNS, first)
