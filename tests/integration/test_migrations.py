@@ -174,7 +174,7 @@ async def test_every_effect_row_still_names_a_journal_seq_once_checked_per_state
                          "$2::bigint[], $3::bigint[], $4::text[], $5::jsonb[])",
                          lambda n, seq: (f"f-{n}", seq, 0, "k", "{}")),
         }
-        for table, (sql, row) in inserts.items():
+        for sql, row in inserts.values():
             for rows, refused in (([row(1, 1), row(2, 2)], False), ([row(3, 2), row(4, 3)], True)):
                 columns = [list(column) for column in zip(*rows, strict=True)]
                 if refused:

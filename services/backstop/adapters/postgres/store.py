@@ -32,7 +32,6 @@ from backstop.pipeline.ingest import (
     output_json,
     output_values,
     posting_tail,
-    quantile_block_rows,
 )
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
 from backstop.pipeline.topics import TopicNames, input_key
@@ -108,13 +107,22 @@ QUANTILE_BLOCK_SQL = (
 
 def block_rows(last_id: int, records: int, topic: str, block: str, after: int) -> list[OutboxRow]:
     """A block's records as the relay publishes them: ids `last_id - records + 1` to `last_id`, less those up to
-    `after` (the cursor: in Kafka already)."""
-    rows = quantile_block_rows(block)
-    if len(rows) != records:
-        raise InvariantViolation(f"outbox block {last_id} holds {len(rows)} records, its row says {records}")
+    `after` (the cursor: in Kafka already), each keyed as quantile_block_rows keys it (one pass, no list between:
+    this runs once per quantile record the service publishes)."""
+    lines = block.split("\n")
+    if lines.pop() or len(lines) != records:
+        raise InvariantViolation(f"outbox block {last_id} holds {len(lines)} records, its row says {records}")
     first = last_id - records + 1
-    return [OutboxRow(first + i, topic, key, record_id, line)
-            for i, (key, record_id, line) in enumerate(rows) if first + i > after]
+    skip = max(after - first + 1, 0)
+    rows: list[OutboxRow] = []
+    append, loads = rows.append, orjson.loads
+    for place, line in enumerate(lines[skip:] if skip else lines, first + skip):
+        fields = loads(line)
+        append(OutboxRow(place, topic, fields["account_id"] if fields["kind"] == "quantile" else fields["symbol"],
+                         fields["id"], line))
+    return rows
+
+
 # Rows not yet published, over every source, from each source's last id and its cursor (index lookups, not a
 # count): the journal's seqs and the tables' positions have no gaps; an outbox id a rolled-back batch took is counted
 # too, so the outbox's part is an upper bound, exact at zero.
