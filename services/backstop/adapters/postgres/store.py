@@ -26,13 +26,7 @@ from backstop.core.hashing import GENESIS_HASH
 from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.copy_text import table_copy
-from backstop.pipeline.ingest import (
-    BatchResult,
-    JournalRow,
-    output_json,
-    output_values,
-    posting_tail,
-)
+from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values, posting_tail
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
 from backstop.pipeline.topics import TopicNames, input_key
 
