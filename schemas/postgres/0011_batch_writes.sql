@@ -15,6 +15,15 @@ ALTER TABLE outbox ALTER COLUMN key DROP NOT NULL, ALTER COLUMN record_id DROP N
 ALTER TABLE outbox ADD CONSTRAINT outbox_record_or_block
     CHECK ((records IS NULL) = (key IS NOT NULL AND record_id IS NOT NULL)) NOT VALID;
 
+-- A block is megabytes of text, compressed when stored: lz4 costs the server about a third of the CPU of the
+-- default (pglz) for such a block, writing and reading. Kept at the default on a server built without lz4.
+DO $$
+BEGIN
+    ALTER TABLE outbox ALTER COLUMN payload SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported THEN
+    RAISE NOTICE 'this server has no lz4: the outbox keeps the default compression';
+END $$;
+
 -- The writer takes a block's ids in one statement: setval(nextval() + n - 1), which needs UPDATE on the sequence.
 GRANT UPDATE ON SEQUENCE outbox_id_seq TO backstop_service;
 
