@@ -3,7 +3,9 @@ on a chosen record.
 
 BACKSTOP_FAULT_INJECT="point@n[,point@n...]" kills the process the n-th time it reaches `point` (counted from
 1 in this process). Points: `in_transaction` (rows written, not committed), `after_commit` (committed, before the
-next fetch), `relay_after_send` (published to Kafka, the relay cursor not yet moved). Unset in production: a no-op.
+next fetch), `relay_after_send` (published to Kafka, the relay cursor not yet moved), `relay_part_acked` (the
+first of a send's record batches acknowledged by Kafka, the others perhaps not: part of a round, often part of a
+quantile block). Unset in production: a no-op.
 
 BACKSTOP_FAULT_ENGINE_PANIC=<record id> makes an engine fail right after applying the record with that fill,
 transfer or liquidation id, as a bug in the rules would (its effects half made): the compiled engine panics

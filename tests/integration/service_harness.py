@@ -257,7 +257,8 @@ async def published(settings: Settings) -> dict[str, list[dict[str, Any]]]:
     topics = TopicNames(settings.topic_prefix)
     result: dict[str, list[dict[str, Any]]] = {}
     for name, topic in (("journal", topics.journal), ("fund-ledger", topics.fund_ledger),
-                        ("adl-events", topics.adl_events), ("dead-letter", topics.dead_letter)):
+                        ("adl-events", topics.adl_events), ("dead-letter", topics.dead_letter),
+                        ("adl-quantiles", topics.adl_quantiles), ("postings", topics.postings)):
         result[name] = [orjson.loads(v) async for _, _, v in read_topic(settings, topic, follow=False,
                                                                         idle_timeout_s=1.0)]
     return result
@@ -349,7 +350,7 @@ async def assert_same_outcome(reference: Settings, faulted: Settings, context: s
     assert have["head"]["head_hash"] == want["head"]["head_hash"], context
     assert have["head"]["state_hash"] == want["head"]["state_hash"], context
     out_want, out_have = await published(reference), await published(faulted)
-    for stream in ("journal", "fund-ledger", "adl-events"):
+    for stream in ("journal", "fund-ledger", "adl-events", "adl-quantiles", "postings"):
         ids = [r["id"] for r in out_have[stream]]
         assert len(ids) == len(set(ids)), f"{stream}: a record id was published twice {context}"
         assert sorted(ids) == sorted(r["id"] for r in out_want[stream]), f"{stream} {context}"

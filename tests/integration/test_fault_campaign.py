@@ -42,9 +42,9 @@ SHORT, LONG = 20, 1000
 EVENTS_PER_FAULT = 1200  # measured: a fault lets the worker apply ~500-1,300 events; faults need input left
 FULL_BATCHES = {"batch_max_records": 5000, "relay_batch": 2000}  # reference and tail (the merge orders)
 SEED = int(os.environ.get("BACKSTOP_FAULT_SEED") or secrets.randbelow(2**32))
-KINDS = ("in_transaction", "after_commit", "relay_after_send", "external_kill", "postgres_crash", "broker_restart",
-         "worker_handover")
-WEIGHTS = (3, 3, 2, 3, 1, 1, 1)
+KINDS = ("in_transaction", "after_commit", "relay_after_send", "relay_part_acked", "external_kill", "postgres_crash",
+         "broker_restart", "worker_handover")
+WEIGHTS = (3, 3, 2, 2, 3, 1, 1, 1)
 SURVIVED = ("postgres_crash", "broker_restart", "worker_handover")  # the service goes on: no exit code to check
 
 
@@ -85,7 +85,7 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
                 print(f"fault campaign: {number - 1} faults done in {time.monotonic() - started:.0f} s, "
                       f"journal at seq {await seq_of(faulted_dsn)} of ~{events}, landed {landed}", flush=True)
         kind = rng.choices(KINDS, WEIGHTS)[0]
-        if kind in ("in_transaction", "after_commit", "relay_after_send"):
+        if kind in ("in_transaction", "after_commit", "relay_after_send", "relay_part_acked"):
             serve = ServeProcess(faulted, log, fault=f"{kind}@{rng.randint(1, 4)}")
             code = await _exit_or_done(serve, faulted_dsn, ends)
         else:

@@ -141,7 +141,7 @@ async def test_the_postings_lose_their_account_indexes_and_keep_their_rows_and_c
         await connection.executemany(insert, [(1, "p-1", 1, "h1"), (2, "p-2", 1, "h2")])
         indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'postings'"
         assert {"postings_debit", "postings_credit"} <= {r["indexname"] for r in await connection.fetch(indexes)}
-        assert await migrate(empty_database) == ["0010"]
+        assert (await migrate(empty_database))[0] == "0010"
         assert {r["indexname"] for r in await connection.fetch(indexes)} == {
             "postings_pkey", "postings_id_key", "postings_hash_key", "postings_liquidation"}
         assert [tuple(r) for r in await connection.fetch("SELECT position, id FROM postings ORDER BY position")] == [
@@ -151,5 +151,48 @@ async def test_the_postings_lose_their_account_indexes_and_keep_their_rows_and_c
             await connection.execute(insert, 4, "p-1", 1, "h4")
         with pytest.raises(asyncpg.ForeignKeyViolationError):
             await connection.execute(insert, 4, "p-4", 2, "h4")
+    finally:
+        await connection.close()
+
+
+async def test_every_effect_row_still_names_a_journal_seq_once_checked_per_statement(empty_database: str,
+                                                                                    tmp_path: Path) -> None:
+    """0011 checks the seq of the postings, held identities, findings, fund-ledger entries and ADL events once per
+    statement instead of row by row: a statement with one row whose seq is not in the journal writes nothing and
+    fails as the foreign key did; rows written before the upgrade stay."""
+    await migrate_before(empty_database, tmp_path, "0011")
+    connection = await asyncpg.connect(empty_database)
+    try:
+        await connection.execute("INSERT INTO journal VALUES (1, 't', 0, 0, 'fill', 0, '{}', 'h'), "
+                                 "(2, 't', 0, 1, 'fill', 0, '{}', 'h')")
+        await connection.execute("INSERT INTO applied_ids VALUES ($1, $2, 1)", b"a" * 16, b"c" * 8)
+        assert (await migrate(empty_database))[0] == "0011"
+        inserts = {
+            "applied_ids": ("INSERT INTO applied_ids SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[])",
+                            lambda n, seq: (b"%015d" % n + b"k", b"c" * 8, seq)),
+            "findings": ("INSERT INTO findings (id, seq, ts, kind, details) SELECT * FROM unnest($1::text[], "
+                         "$2::bigint[], $3::bigint[], $4::text[], $5::jsonb[])",
+                         lambda n, seq: (f"f-{n}", seq, 0, "k", "{}")),
+        }
+        for sql, row in inserts.values():
+            for rows, refused in (([row(1, 1), row(2, 2)], False), ([row(3, 2), row(4, 3)], True)):
+                columns = [list(column) for column in zip(*rows, strict=True)]
+                if refused:
+                    with pytest.raises(asyncpg.ForeignKeyViolationError, match="seq 3 is not in the journal"):
+                        await connection.execute(sql, *columns)
+                else:
+                    await connection.execute(sql, *columns)
+        assert await connection.fetchval("SELECT count(*) FROM applied_ids") == 3  # the old row and two new
+        assert await connection.fetchval("SELECT count(*) FROM findings") == 2
+        compression = await connection.fetchval(
+            "SELECT attcompression FROM pg_attribute WHERE attrelid = 'outbox'::regclass AND attname = 'payload'")
+        try:  # a quantile block is stored with lz4 where the server has it
+            await connection.execute("CREATE TEMP TABLE lz4_here (t text COMPRESSION lz4)")
+            assert compression == b"l"
+        except asyncpg.FeatureNotSupportedError:
+            assert compression != b"l"
+        triggers = {r["tgname"] for r in await connection.fetch("SELECT tgname FROM pg_trigger")}
+        assert {f"{t}_seq_in_journal" for t in ("postings", "applied_ids", "findings", "fund_ledger",
+                                                "adl_events")} <= triggers
     finally:
         await connection.close()

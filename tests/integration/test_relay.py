@@ -8,7 +8,9 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
 from service_harness import migrate_before
@@ -16,12 +18,20 @@ from service_harness import migrate_before
 from backstop.adapters.kafka.publisher import RECORD_BATCH_BYTES, KafkaPublisher
 from backstop.adapters.kafka.tools import ensure_topics, read_topic
 from backstop.adapters.postgres.migrations import migrate
-from backstop.adapters.postgres.store import Head, OutboxRow, Store, journal_relay_row
+from backstop.adapters.postgres.store import OUTBOX, Head, OutboxRow, Store, journal_relay_row
 from backstop.core.engine import Engine
 from backstop.core.processor import Processor
 from backstop.pipeline import projections
 from backstop.pipeline.held_ids import ServiceIds
-from backstop.pipeline.ingest import BatchResult, Consumed, OutboxMessage, ingest_batch, journal_record, output_json
+from backstop.pipeline.ingest import (
+    BatchResult,
+    Consumed,
+    OutboxMessage,
+    ingest_batch,
+    journal_record,
+    output_json,
+    quantile_block_rows,
+)
 from backstop.pipeline.topics import TopicNames
 from backstop.service.app import kafka_runtime
 from backstop.service.ports import OUTBOX_HEADER
@@ -162,3 +172,106 @@ async def test_an_outbox_written_before_the_upgrade_drains_first_then_the_tables
         assert sorted(i for found in got.values() for i in found) == sorted(ids), topic  # each once, none lost
         for partition, found in got.items():
             assert found == [i for i in ids if i in found], (topic, partition)  # in the source's order
+
+
+async def test_a_quantile_block_published_in_part_before_a_crash_is_completed_once(
+        kafka_bootstrap: str, topic_prefix: str, empty_database: str) -> None:
+    """A batch's quantile records are one outbox row (migration 0011), split by the relay into one Kafka record each,
+    as one row per record gave them (key, headers, bytes). A crash after part of the block reached Kafka and before
+    the cursor moved leaves each partition a prefix of its records: the relay's restart sends the rest, each once,
+    in order per partition."""
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=f"{topic_prefix}block{secrets.token_hex(3)}.",
+                        output_partitions=3, relay_batch=5, relay_idle_ms=10, pg_dsn=SecretStr(empty_database))
+    topics = TopicNames(settings.topic_prefix)
+    ensure_topics(settings)
+    await migrate(empty_database)
+    processor = Processor(Engine(ids=ServiceIds(), adl_quantiles=True))  # as the service runs it
+    engine = processor.engine
+    result = ingest_batch(processor, as_consumed(EXAMPLE.read_bytes().splitlines(), topics, {}), topics)
+    head = Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head, processor.duplicates,
+                processor.rejected, len(result.fund_entries), len(result.adl_events))
+    expected = quantile_block_rows(result.quantile_block.decode())
+    assert len(expected) >= 6 and len({partition_for(key, 3) for key, _, _ in expected}) == 3
+    store = await Store.open(empty_database)
+    publisher = KafkaPublisher(settings)
+    await publisher.start()
+    try:
+        await store.commit(expected_seq=0, result=result, head=head, projections=projections.build(
+            engine, result, refresh_all=True, touched=projections.Touched.everything(engine)))
+        assert [tuple(r) for r in await store.pool.fetch("SELECT id, records FROM outbox")] == [
+            (len(expected), len(expected))]  # one row, its records' ids 1 to n
+        block = [r for r in await store.unpublished(1000, topics) if r.source == OUTBOX]
+        assert [(r.id, r.topic, r.key, r.record_id, r.payload) for r in block] == [
+            (i, topics.adl_quantiles, *record) for i, record in enumerate(expected, 1)]
+        counts = await publisher.partition_counts(topics.outputs)
+        await publisher.send(to_send(block[:len(block) // 2], counts, {}))  # then a crash: the cursor did not move
+        relay = OutboxRelay(settings, store, kafka_runtime())
+        task = asyncio.create_task(relay.run_forever())
+        for _ in range(300):
+            if relay.ready and await store.outbox_backlog() == 0:
+                break
+            await asyncio.sleep(0.05)
+        relay.stop()
+        relay.wake()
+        await task
+    finally:
+        await publisher.stop()
+        await store.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topics.adl_quantiles, p) for p in range(3)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        got: dict[int, list[tuple[int, str, str, str]]] = {p: [] for p in range(3)}
+        while sum(map(len, got.values())) < sum(ends.values()):  # a record missing fails below, one too many too
+            for tp, records in (await consumer.getmany(timeout_ms=2000)).items():
+                for record in records:
+                    headers = dict(record.headers)
+                    got[tp.partition].append((int(headers[OUTBOX_HEADER]), record.key.decode(),
+                                              headers["backstop-record-id"].decode(), record.value.decode()))
+    finally:
+        await consumer.stop()
+    for partition in range(3):  # each record once, in id order, with the key, id and bytes of its line
+        assert got[partition] == [(i, *r) for i, r in enumerate(expected, 1) if partition_for(r[0], 3) == partition]
+
+
+async def test_outbox_rows_written_before_migration_0011_are_read_as_before_and_blocks_follow_them(
+        topic_prefix: str, empty_database: str, tmp_path: Path) -> None:
+    """A database upgraded to quantile blocks: the rows written before (one record each) are read as they were, a
+    block written after takes the next ids, the cursor passes over what is published, and a row that is neither a
+    record nor a block is refused."""
+    topics = TopicNames(f"{topic_prefix}up11.")
+    await migrate_before(empty_database, tmp_path, "0011")
+    store = await Store.open(empty_database)
+    try:
+        await store.pool.copy_records_to_table("outbox", columns=["topic", "key", "record_id", "payload"], records=[
+            (topics.dead_letter, "t:0", f"dl-t-0-{n}", f'{{"n":{n}}}') for n in range(3)])  # the old writer's rows
+        await migrate(empty_database)
+        processor = Processor(Engine(ids=ServiceIds(), adl_quantiles=True))
+        engine = processor.engine
+        result = ingest_batch(processor, as_consumed(EXAMPLE.read_bytes().splitlines(), topics, {}), topics)
+        head = Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head, processor.duplicates,
+                    processor.rejected, len(result.fund_entries), len(result.adl_events))
+        await store.commit(expected_seq=0, result=result, head=head, projections=projections.build(
+            engine, result, refresh_all=True, touched=projections.Touched.everything(engine)))
+        block = quantile_block_rows(result.quantile_block.decode())
+        old = [(n + 1, topics.dead_letter, "t:0", f"dl-t-0-{n}", f'{{"n":{n}}}') for n in range(3)]
+        new = [(n, topics.adl_quantiles, *record) for n, record in enumerate(block, 4)]
+
+        async def outbox(limit: int) -> list[tuple[int, str, str, str, str]]:
+            return [(r.id, r.topic, r.key, r.record_id, r.payload) for r in await store.unpublished(limit, topics)
+                    if r.source == OUTBOX]
+
+        assert await outbox(1000) == old + new
+        assert await outbox(3) == old  # a block is read whole, once fewer than the limit of records precede it
+        assert await outbox(4) == old + new
+        await store.mark_published({OUTBOX: 2})
+        assert await outbox(1000) == old[2:] + new and await store.outbox_backlog() >= len(new) + 1
+        await store.mark_published({OUTBOX: 5})  # a cursor inside a block: the records after it only
+        assert await outbox(1000) == new[2:]
+        with pytest.raises(asyncpg.CheckViolationError):
+            await store.pool.execute("INSERT INTO outbox (topic, payload) VALUES ('t', '{}')")
+    finally:
+        await store.close()

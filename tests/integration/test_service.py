@@ -280,7 +280,8 @@ async def test_kill_9_anywhere_ends_with_the_ledger_of_an_uninterrupted_run(
 
     # each fault must find work left, whatever the timing: the first three commit at most 2 + 4 + 1 of the 20 or more
     # batches (3,000 records, at most 150 a batch), so the last process still has rows to relay
-    for fault in ("in_transaction@3", "after_commit@4", "in_transaction@2", "relay_after_send@3"):
+    for fault in ("in_transaction@3", "after_commit@4", "in_transaction@2", "relay_after_send@3",
+                  "relay_part_acked@2"):
         crashed = ServeProcess(faulted_on_next_engine(), tmp_path / "faulted.log", fault=fault)
         assert crashed.wait_exit(timeout=180) == -9, f"{fault}: {(tmp_path / 'faulted.log').read_text()[-2000:]}"
         crashed.stop()

@@ -3,8 +3,9 @@
 The service reads a batch from Kafka, looks up the identities in it that only PostgreSQL can decide
 (`resolve_identities`, one query), calls `ingest_batch` (pure: no I/O), and writes the returned `BatchResult` to
 PostgreSQL in one transaction (journal rows, held identities, effects, dead letters, outbox, offsets). The outbox
-gets only what has no table of its own (quantile records, dead letters): the relay publishes the journal rows and the
-effects from their tables (backstop.service.relay).
+gets only what has no table of its own: the batch's quantile records as one block (their canonical JSON lines, in
+order) and its dead letters; the relay publishes the journal rows and the effects from their tables
+(backstop.service.relay).
 """
 
 from __future__ import annotations
@@ -136,9 +137,14 @@ class BatchResult:
     adl_quantiles: list[AdlQuantileRecord | OutputLine] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     held_ids: list[HeldRow] = field(default_factory=list)  # identities the batch's journal rows hold (applied_ids)
-    outbox: list[OutboxMessage] = field(default_factory=list)  # quantile records and dead letters
+    # the quantile records as one outbox row: their canonical JSON lines, each ended by a newline, in order (the
+    # relay splits it into the records it publishes: quantile_block_rows), so no row and no Python object is made per
+    # quantile record when the batch is written
+    quantile_block: bytes = b""
+    quantile_topic: str = ""  # the topic of the block's records
+    outbox: list[OutboxMessage] = field(default_factory=list)  # dead letters, after the block
     # outbox rows as COPY text (topic, key, record id, payload), after `outbox`: the compiled engine builds a batch's
-    # in Rust, so no Python object is made per published record
+    # in Rust
     outbox_copy: bytes = b""
     duplicates: dict[str, int] = field(default_factory=dict)  # per record type
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -147,9 +153,23 @@ class BatchResult:
     touched_positions: set[tuple[str, str]] = field(default_factory=set)  # (account, symbol)
 
 
+def quantile_block_rows(block: str) -> list[tuple[str, str, str]]:
+    """A block of quantile records (canonical JSON lines) as (key, record id, the line) per record, in order: a
+    position's quantile is keyed by its account, a symbol's risk level by its symbol."""
+    rows = []
+    for line in block.split("\n")[:-1]:  # each line ends with a newline (canonical JSON holds none)
+        fields = orjson.loads(line)
+        key = fields["account_id"] if fields["kind"] == "quantile" else fields["symbol"]
+        rows.append((key, fields["id"], line))
+    return rows
+
+
 def outbox_messages(result: BatchResult) -> list[OutboxMessage]:
-    """Every outbox row of a batch, whichever form it came in (tests, the in-memory store)."""
-    return result.outbox + [OutboxMessage(str(topic), str(key), str(record_id), str(payload).encode())
+    """Every record a batch publishes through the outbox, in the outbox's order, whichever form it came in (tests,
+    the in-memory store): the quantile block's records, then the dead letters."""
+    quantiles = [OutboxMessage(result.quantile_topic, key, record_id, line.encode())
+                 for key, record_id, line in quantile_block_rows(result.quantile_block.decode())]
+    return quantiles + result.outbox + [OutboxMessage(str(topic), str(key), str(record_id), str(payload).encode())
                             for topic, key, record_id, payload in copy_rows(result.outbox_copy)]
 
 
@@ -222,6 +242,7 @@ def ingest_batch(processor: Processor, batch: list[Consumed], topics: TopicNames
 def _ingest(processor: Processor, batch: list[Consumed], topics: TopicNames, quarantine: dict[Where, str]
             ) -> BatchResult:
     result = BatchResult()
+    quantile_lines: list[bytes] = []
     for message in batch:
         result.next_offsets[(message.topic, message.partition)] = message.offset + 1
         record_type = topics.type_of(message.topic)
@@ -268,9 +289,9 @@ def _ingest(processor: Processor, batch: list[Consumed], topics: TopicNames, qua
             result.postings.append(posting)
         for change in effects.adl_quantiles:
             result.adl_quantiles.append(change)
-            key = change.account_id if change.kind == "quantile" else change.symbol
-            result.outbox.append(OutboxMessage(topics.adl_quantiles, key, change.id,
-                                               canonical_json(record_dict(change))))
+            quantile_lines.append(canonical_json(record_dict(change)))
+    if quantile_lines:
+        result.quantile_block, result.quantile_topic = b"\n".join(quantile_lines) + b"\n", topics.adl_quantiles
     ids = processor.engine.dedupe.ids
     if isinstance(ids, ServiceIds):
         result.held_ids = ids.drain()

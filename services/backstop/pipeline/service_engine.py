@@ -380,10 +380,12 @@ class CompiledService:
             result.touched_positions.add((account, event.fields["symbol"]))
         result.findings.extend(OutputLine(orjson.loads(line), line) for line in _lines(findings))
         result.posting_lines = postings  # stored and published as they are: never parsed here
-        # quantile records are only published: they reach the outbox alone, never a Python object; the other
-        # records are published from their own tables
+        # quantile records are only published: the engine's lines are the batch's one outbox block as they are,
+        # never a Python object; the other records are published from their own tables
         self._dead_letters(result, dead, batch)
-        result.outbox_copy = self._outbox_copy(topics.prefix, quantiles, dead)
+        result.quantile_block, result.quantile_topic = quantiles, topics.adl_quantiles
+        if dead:
+            result.outbox_copy = self._outbox_copy(topics.prefix, b"", dead)
         result.duplicates = dict(duplicates)
         self.ids.applied(held_ids)
         result.held_ids = self.ids.drain()

@@ -2,7 +2,8 @@
 
 It reads each source after a cursor of its own, in the order the source keeps: the journal (by seq), the fund
 ledger, the ADL events and the postings (by position) from their own tables, and from the outbox (by id) what has no
-table of its own (ADL quantile records, dead letters). Every output topic is fed by one source. Each row goes to the
+table of its own (ADL quantile records, a batch's as one row that the store splits into records with an outbox id
+each; dead letters). Every output topic is fed by one source. Each row goes to the
 partition Kafka's default partitioner gives its key (murmur2), chosen here explicitly, and carries its place in its
 source in a header (POSITION_HEADER for a table's seq or position, OUTBOX_HEADER for an outbox id). A source's cursor
 moves only once Kafka acknowledged every row up to it. Rows of one partition are published in their source's order,

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from backstop import faults
 from backstop.adapters.kafka.consumer import stop_consumer
 from backstop.adapters.postgres.store import OutboxRow
 from backstop.service.ports import RECORD_ID_HEADER, Partition, place_header, place_in_headers
@@ -57,8 +58,10 @@ class KafkaPublisher:
                     raise ValueError(f"outbox row {row.id} does not fit in an empty record batch")
         for (topic, partition), batch in open_batches.items():
             acks.append(await producer.send_batch(batch, topic, partition=partition))
-        for ack in acks:
+        for number, ack in enumerate(acks):
             await ack
+            if number == 0 and len(acks) > 1:
+                faults.reached("relay_part_acked")  # some of the rows in Kafka, maybe not the rest
         return sent
 
     async def last_published(self, counts: Mapping[str, int]) -> dict[Partition, tuple[str, int]]:

@@ -10,6 +10,7 @@ and rows written by a refresh compare alike.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,11 @@ class SessionGone(Exception):
     """The process this session belonged to has died."""
 
 
+def _block_records(result: BatchResult) -> int:
+    """The records of a batch's quantile block (stored as one row, before its dead letters)."""
+    return result.quantile_block.count(b"\n")
+
+
 def _text(values: Iterable[Any]) -> Row:
     return tuple(None if value is None else str(value) for value in values)
 
@@ -69,7 +75,8 @@ class MemoryDatabase:
     findings: dict[str, int] = field(default_factory=dict)  # id -> seq
     applied_ids: dict[bytes, HeldRow] = field(default_factory=dict)  # key digest -> (key, content digest, seq)
     dead_letter: list[DeadLetter] = field(default_factory=list)
-    outbox: list[OutboxRow] = field(default_factory=list)
+    outbox: list[OutboxRow] = field(default_factory=list)  # a row per record, ids 1, 2, 3 ...
+    outbox_rows: list[int] = field(default_factory=list)  # the last id of each stored row (a block: its records')
     relay_cursor: int = 0
     # what the relay reads of the journal, fund ledger, ADL events and postings tables (their topic is the relay's
     # to name), and its cursor in each
@@ -215,8 +222,12 @@ class MemoryStore:
         db.applied_ids.update((row[0], row) for row in result.held_ids)
         db.dead_letter.extend(dead_letters)
         first_id = db.outbox[-1].id + 1 if db.outbox else 1
+        messages = outbox_messages(result)
         db.outbox.extend(OutboxRow(first_id + i, m.topic, m.key, m.record_id, m.payload.decode())
-                         for i, m in enumerate(outbox_messages(result)))
+                         for i, m in enumerate(messages))
+        blocked = _block_records(result)  # one stored row, its records' ids taken together; the rest one row each
+        db.outbox_rows.extend([first_id + blocked - 1] if blocked else [])
+        db.outbox_rows.extend(range(first_id + blocked, first_id + len(messages)))
         self._relayed(result)
         self._project(projections)
         db.consumed_offsets.update(result.next_offsets)
@@ -269,7 +280,7 @@ class MemoryStore:
             add("findings", output_values(finding, ("id",))[0])
         for held_key, _, _ in result.held_ids:  # applied_ids' primary key: an identity held twice fails the batch
             add("applied_ids", held_key)
-        for message in outbox_messages(result):
+        for message in outbox_messages(result)[_block_records(result):]:  # a block's records have no unique key
             add("outbox", message.record_id)
         kept = []
         for letter in result.dead_letters:
@@ -327,7 +338,15 @@ class MemoryStore:
         await self._at("unpublished")
         db = self.db
         cursor = db.relay_cursor
-        rows = [row for row in db.outbox if row.id > cursor][:limit]
+        # as PostgreSQL reads them: the stored rows after the cursor with fewer than `limit` records before them
+        rows: list[OutboxRow] = []
+        index = bisect.bisect_right(db.outbox_rows, cursor)
+        start, before = db.outbox_rows[index - 1] if index else 0, 0
+        for end in db.outbox_rows[index:index + limit]:
+            if before >= limit:
+                break
+            rows.extend(row for row in db.outbox[start:end] if row.id > cursor)
+            start, before = end, before + end - start
         for source in TABLE_SOURCES:
             after, topic = db.relay_cursors[source], topics.of_source(source)
             rows.extend(row._replace(topic=topic) for row in db.relayed[source][after:after + limit])

@@ -72,20 +72,51 @@ def _after_cursor(source: str) -> str:
     return f"(SELECT published_up_to FROM relay_sources WHERE source = '{source}')"
 
 
+# The outbox's rows are those whose records before them (a block counts its records: migration 0011) number fewer
+# than $1, read by their narrow columns first, so a block's payload is read only if its row is taken; each carries
+# its record count and the outbox cursor (a block's records up to the cursor are in Kafka).
 UNPUBLISHED_SQL = (
     "SELECT * FROM ("
-    "(SELECT 0 AS rank, id, topic, key, record_id, payload, NULL::text AS source_topic, NULL::int AS "
-    "source_partition, NULL::bigint AS source_offset, NULL::bigint AS ts, NULL::text AS payload_hash FROM outbox "
-    "WHERE id > (SELECT published_up_to FROM relay_cursor) ORDER BY id LIMIT $1) "
+    "(SELECT 0 AS rank, o.id, o.topic, o.key, o.record_id, o.payload, NULL::text AS source_topic, NULL::int AS "
+    "source_partition, NULL::bigint AS source_offset, NULL::bigint AS ts, NULL::text AS payload_hash, o.records, "
+    "c.published_up_to AS after FROM relay_cursor c, (SELECT id, sum(coalesce(records, 1)) OVER (ORDER BY id) - "
+    "coalesce(records, 1) AS before FROM (SELECT id, records FROM outbox WHERE id > (SELECT published_up_to FROM "
+    "relay_cursor) ORDER BY id LIMIT $1) AS n) AS w JOIN outbox o USING (id) WHERE w.before < $1) "
     "UNION ALL (SELECT 1, seq, type, NULL, NULL, payload, source_topic, source_partition, source_offset, ts, "
-    f"payload_hash FROM journal WHERE {_TABLES_READY} AND seq > {_after_cursor('journal')} ORDER BY seq LIMIT $1) "
-    "UNION ALL (SELECT 2, position, NULL, fund_id, id, record, NULL, NULL, NULL, NULL, NULL FROM fund_ledger "
-    f"WHERE {_TABLES_READY} AND position > {_after_cursor('fund_ledger')} ORDER BY position LIMIT $1) "
-    "UNION ALL (SELECT 3, position, NULL, account_id, id, record, NULL, NULL, NULL, NULL, NULL FROM adl_events "
-    f"WHERE {_TABLES_READY} AND position > {_after_cursor('adl_events')} ORDER BY position LIMIT $1) "
-    "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL FROM postings "
+    f"payload_hash, NULL, NULL FROM journal WHERE {_TABLES_READY} AND seq > {_after_cursor('journal')} "
+    "ORDER BY seq LIMIT $1) "
+    "UNION ALL (SELECT 2, position, NULL, fund_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
+    f"fund_ledger WHERE {_TABLES_READY} AND position > {_after_cursor('fund_ledger')} ORDER BY position LIMIT $1) "
+    "UNION ALL (SELECT 3, position, NULL, account_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
+    f"adl_events WHERE {_TABLES_READY} AND position > {_after_cursor('adl_events')} ORDER BY position LIMIT $1) "
+    "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM postings "
     f"WHERE {_TABLES_READY} AND position > {_after_cursor('postings')} ORDER BY position LIMIT $1)"
     ") AS next ORDER BY rank, id")
+# A batch's quantile block: $1 records take $1 ids of the outbox's sequence in one statement (one writer holds the
+# lock), the last of them the row's id.
+QUANTILE_BLOCK_SQL = (
+    "INSERT INTO outbox (id, records, topic, payload) VALUES (setval(pg_get_serial_sequence('outbox', 'id'), "
+    "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1), $1, $2, $3)")
+
+
+def block_rows(last_id: int, records: int, topic: str, block: str, after: int) -> list[OutboxRow]:
+    """A block's records as the relay publishes them: ids `last_id - records + 1` to `last_id`, less those up to
+    `after` (the cursor: in Kafka already), each keyed as quantile_block_rows keys it (one pass, no list between:
+    this runs once per quantile record the service publishes)."""
+    lines = block.split("\n")
+    if lines.pop() or len(lines) != records:
+        raise InvariantViolation(f"outbox block {last_id} holds {len(lines)} records, its row says {records}")
+    first = last_id - records + 1
+    skip = max(after - first + 1, 0)
+    rows: list[OutboxRow] = []
+    append, loads = rows.append, orjson.loads
+    for place, line in enumerate(lines[skip:] if skip else lines, first + skip):
+        fields = loads(line)
+        append(OutboxRow(place, topic, fields["account_id"] if fields["kind"] == "quantile" else fields["symbol"],
+                         fields["id"], line))
+    return rows
+
+
 # Rows not yet published, over every source, from each source's last id and its cursor (index lookups, not a
 # count): the journal's seqs and the tables' positions have no gaps; an outbox id a rolled-back batch took is counted
 # too, so the outbox's part is an upper bound, exact at zero.
@@ -231,6 +262,9 @@ class Store:
         self.anchor = anchor
         # the last checkpoint committed here: (seq, journal digest, postings count, postings head)
         self._anchored: tuple[int, str, int, str] | None = None
+        # (journal seq, postings stored then) after the last batch committed here: the next batch at that seq numbers
+        # its postings on from there without asking (one writer holds the lock; the head check fences the rest)
+        self._postings_at: tuple[int, int] | None = None
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 4, anchor: Anchor | None = None) -> Store:
@@ -365,7 +399,8 @@ class Store:
             if (current or 0) != expected_seq:
                 raise InvariantViolation(f"journal head moved: expected seq {expected_seq}, found {current}: "
                                          f"another writer is active")
-            await self._append(connection, result, head)
+            postings_before = await self._postings_before(connection, expected_seq)
+            await self._append(connection, result, head, postings_before)
             signed = await self._sign(connection, self.anchor, expected_seq, result, head) \
                 if self.anchor is not None and result.journal else None
             await self._project(connection, projections)
@@ -379,6 +414,7 @@ class Store:
                 "head_hash = $2, ledger_head = $3, adl_head = $4, duplicates = $5, rejected = $6",
                 head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected)
             faults.reached("in_transaction")
+        self._postings_at = (head.seq, postings_before + posting_tail(result)[0])
         if signed is not None:
             checkpoint = signed.checkpoint
             self._anchored = (checkpoint.seq, checkpoint.journal_digest, checkpoint.postings_count or 0,
@@ -478,7 +514,17 @@ class Store:
             head_seq = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
             await self.anchored_head(connection, self.anchor, head_seq)
 
-    async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head) -> None:
+    async def _postings_before(self, connection: asyncpg.Connection, expected_seq: int) -> int:
+        """The postings stored before the batch (their positions have no gaps): carried on from the batch committed
+        here last if this one extends it, else read (at start, after another writer, after a commit whose outcome
+        is unknown)."""
+        if self._postings_at is not None and self._postings_at[0] == expected_seq:
+            return self._postings_at[1]
+        stored: int = await connection.fetchval("SELECT coalesce(max(position), 0) FROM postings")
+        return stored
+
+    async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head,
+                      postings_before: int) -> None:
         if result.journal:
             await connection.copy_records_to_table("journal", columns=[
                 "seq", "source_topic", "source_partition", "source_offset", "type", "ts", "payload", "payload_hash"],
@@ -491,13 +537,13 @@ class Store:
                 ("postings", result.postings, None, POSTING_COLUMNS)):
             if not records:
                 continue
-            if first is None:  # one writer holds the lock: the next position follows the stored ones
-                first = await connection.fetchval(f"SELECT coalesce(max(position), 0) + 1 FROM {table}")
+            if first is None:  # the postings (the reference engine's records)
+                first = postings_before + 1
             # each row: its position, its columns, and its record's canonical JSON (stored as it was published)
             await connection.copy_records_to_table(table, columns=["position", *columns, "record"], records=[
                 (first + i, *output_values(r, columns), output_json(r).decode()) for i, r in enumerate(records)])
         if result.posting_lines:  # the compiled engine's, after `postings`: their COPY text is built in Rust
-            first = await connection.fetchval("SELECT coalesce(max(position), 0) + 1 FROM postings")
+            first = postings_before + len(result.postings) + 1
             # built in a thread (Rust, without the GIL): the event loop meanwhile serves the relay and the consumer
             text = await asyncio.get_running_loop().run_in_executor(
                 None, table_copy, result.posting_lines, POSTING_COLUMNS, first)
@@ -516,6 +562,9 @@ class Store:
                 "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
                 [(d.source_topic, d.source_partition, d.source_offset, d.reason, d.raw, d.kind, d.after_seq)
                  for d in result.dead_letters])
+        if result.quantile_block:  # before the dead letters, as the reference engine writes them
+            await connection.execute(QUANTILE_BLOCK_SQL, result.quantile_block.count(b"\n"), result.quantile_topic,
+                                     result.quantile_block.decode())
         if result.outbox:
             await connection.copy_records_to_table("outbox", columns=OUTBOX_COLUMNS,
                                                    records=[(m.topic, m.key, m.record_id, m.payload.decode())
@@ -600,7 +649,10 @@ class Store:
         for r in found:
             rank = r[0]
             if rank == 0:
-                rows.append(OutboxRow(r[1], r[2], r[3], r[4], r[5]))
+                if r[11] is None:
+                    rows.append(OutboxRow(r[1], r[2], r[3], r[4], r[5]))
+                else:
+                    rows.extend(block_rows(r[1], r[11], r[2], r[5], r[12]))
             elif rank == 1:  # the journal: its record built from the row
                 journal_row = JournalRow(r[1], r[6], r[7], r[8], r[2], r[9], r[5].encode(), r[10])
                 rows.append(OutboxRow(r[1], table_topics[0], *journal_relay_row(journal_row), "journal"))
