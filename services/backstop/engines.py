@@ -171,7 +171,8 @@ class LedgerEngine(Protocol):
 
     def summary_writing_accounts(self, accounts_path: Path) -> dict[str, Any]:
         """summary(), with accounts_json() written to `accounts_path` (the compiled engine builds and writes it
-        beside the summary). OSError: it could not be written."""
+        beside the summary, and, after write_outputs, while it still writes the last postings: finish_outputs may
+        come after it). OSError: it could not be written, or an output file could not."""
         ...
 
     def queue_depth(self, symbol: str) -> tuple[int, int]:

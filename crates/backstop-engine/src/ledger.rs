@@ -3,6 +3,7 @@
 //! enum of ids, its name (`wallet:<account>:<asset>`, ...) is rendered only for documents.
 
 use crate::adl_index::Changed;
+use crate::json::write_string_body;
 use crate::numbers::{add, sub, wadd, wide256, Wide};
 use crate::wire::PositionSide;
 use ethnum::I256;
@@ -107,9 +108,62 @@ impl Account {
         out
     }
 
-    /// The name appended to `out` (no allocation of its own: a posting names two accounts).
+    /// The name appended to `out` (no allocation of its own).
     pub fn push_name(&self, names: &Names, out: &mut String) {
-        let (kind, first, second) = match *self {
+        let (kind, first, second) = self.parts();
+        out.push_str(kind);
+        out.push_str(names.name(first));
+        if let Some(second) = second {
+            out.push(':');
+            out.push_str(names.name(second));
+        }
+        if let Some(side) = self.side_suffix() {
+            out.push(':');
+            out.push_str(side);
+        }
+    }
+
+    /// The name as a JSON string appended to `out`: what json::write_string writes of `name`, written from its parts
+    /// (a posting names two accounts: no name is put together first).
+    pub fn write_json_name(&self, names: &Names, out: &mut Vec<u8>) {
+        let (kind, first, second) = self.parts();
+        out.push(b'"');
+        out.extend_from_slice(kind.as_bytes()); // the kinds and sides need no escape
+        write_string_body(out, names.name(first));
+        if let Some(second) = second {
+            out.push(b':');
+            write_string_body(out, names.name(second));
+        }
+        if let Some(side) = self.side_suffix() {
+            out.push(b':');
+            out.extend_from_slice(side.as_bytes());
+        }
+        out.push(b'"');
+    }
+
+    /// The kinds of names (with their colons) in the order their names sort: no kind's text begins another's, so
+    /// names sort by kind first, then by the rest of the name.
+    pub const KINDS: [&'static str; 7] = ["external:", "fees:", "fund:", "funding:", "isolated:", "settlement:", "wallet:"];
+
+    /// Its kind's place in KINDS, with the rest of its name (after the kind) appended to `out`: names sort as these
+    /// pairs do.
+    pub fn sort_parts(&self, names: &Names, out: &mut String) -> u8 {
+        let (kind, first, second) = self.parts();
+        out.push_str(names.name(first));
+        if let Some(second) = second {
+            out.push(':');
+            out.push_str(names.name(second));
+        }
+        if let Some(side) = self.side_suffix() {
+            out.push(':');
+            out.push_str(side);
+        }
+        Account::KINDS.iter().position(|known| *known == kind).expect("a kind of KINDS") as u8
+    }
+
+    /// The name's kind (with its colon) and the ids it names.
+    fn parts(&self) -> (&'static str, u32, Option<u32>) {
+        match *self {
             Account::Wallet { account, asset } => ("wallet:", account, Some(asset)),
             Account::Isolated { account, symbol, .. } => ("isolated:", account, Some(symbol)),
             Account::Fund(fund) => ("fund:", fund, None),
@@ -117,16 +171,14 @@ impl Account {
             Account::Settlement(symbol) => ("settlement:", symbol, None),
             Account::Funding(symbol) => ("funding:", symbol, None),
             Account::External(asset) => ("external:", asset, None),
-        };
-        out.push_str(kind);
-        out.push_str(names.name(first));
-        if let Some(second) = second {
-            out.push(':');
-            out.push_str(names.name(second));
         }
-        if let Account::Isolated { side: side @ (PositionSide::Long | PositionSide::Short), .. } = *self {
-            out.push(':');
-            out.push_str(side.name());
+    }
+
+    /// A hedge side's isolated margin ends in its side (`:long`, `:short`).
+    fn side_suffix(&self) -> Option<&'static str> {
+        match *self {
+            Account::Isolated { side: side @ (PositionSide::Long | PositionSide::Short), .. } => Some(side.name()),
+            _ => None,
         }
     }
 }

@@ -295,8 +295,10 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
                 line, reason = batch.stopped
                 raise ReplayError(f"line {line}: {reason}", 1)
             advance(len(chunk))
-    engine.finish_outputs()  # the writer's buffers are freed before the documents are built
+    # accounts.json is built while the engine's writer still writes the last chunks' postings; the summary takes the
+    # postings chain's head from it (docs/engines.md, "The replay's pipeline")
     result = engine.summary_writing_accounts(out_path / "accounts.json")
+    engine.finish_outputs()
     result["dead_letters"] = out.dead_letters
     if carried is not None:
         result["duplicates"] += carried.duplicates
