@@ -168,18 +168,12 @@ def file_chunks(journal: JournalFile, skip: int = 0) -> Iterator[tuple[int, byte
                 if not handle.readline():
                     return
                 number += 1
-            rest = b""
             while block := handle.read(CHUNK_BYTES):
-                data = rest + block
-                end = data.rfind(b"\n") + 1
-                if end == 0:
-                    rest = data
-                    continue
-                chunk, rest = data[:end], data[end:]
+                # the block's last line completed from the file: the chunk is copied once, not cut from a copy
+                tail = b"" if block.endswith(b"\n") else handle.readline()
+                chunk = block + tail if tail else block
                 yield number, chunk
                 number += chunk.count(b"\n")
-            if rest:
-                yield number, rest
     except OSError as error:
         raise JournalFileError(f"cannot read journal {journal.path}: {error.strerror or error}") from None
 
