@@ -221,7 +221,10 @@ impl Processor {
     }
 
     fn apply_chunk(&mut self, chunk: &[u8], first_line: u64, batch: &mut Batch) {
-        decode_stage::each_line(chunk, first_line, self.decode_stage, |line| {
+        decode_stage::each_line(chunk, first_line, self.decode_stage, |line, after| {
+            if let Some(Line { decoded: Ok((_, Digests { key: Some(key), .. })), .. }) = after.first() {
+                self.engine.admission.ids.prefetch(*key); // its identity's slot, while this line applies
+            }
             self.applying = Some(line.number);
             let Err((kind, reason)) = self.apply_line(&line, batch) else { return true };
             dead_letter(&mut batch.dead_letters, line.number, kind, &reason, line.raw);
