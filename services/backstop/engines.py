@@ -18,29 +18,25 @@ import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 
 from backstop import faults
 from backstop.adapters.files import RAW_KEEP_BYTES, write_bytes
 from backstop.adapters.journal_file import records
+from backstop.core.adl_policy import AdlPolicy
 from backstop.core.adl_policy import document as policy_document
-from backstop.core.dedupe import BatchIds, unpack_rows
-from backstop.core.documents import accounts, summary
-from backstop.core.engine import AdlPolicy, Effects, Engine
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json, record_dict
-from backstop.core.idstore import IdStore
 from backstop.core.numbers import text
-from backstop.core.processor import Applied, Processor, Rejection
-from backstop.core.simulation import SimulationParams, Simulator
-from backstop.core.snapshot import restore, sealed, state_document, state_hash
-from backstop.pipeline.ingest import Consumed as IngestConsumed
-from backstop.pipeline.ingest import ingest_batch, journal_record
-from backstop.pipeline.topics import TopicNames
-from backstop.wire.decode import InvalidRecord, decode_record, through_contract
-from backstop.wire.translate import wire_document
+
+if TYPE_CHECKING:
+    # The reference engine's modules (numpy, pydantic through the wire layer) are imported where it runs, so that a
+    # command on the compiled engine never loads them (its start-up: docs/engines.md, "Performance").
+    from backstop.core.engine import Effects, Engine
+    from backstop.core.processor import Processor
+    from backstop.core.simulation import SimulationParams
 
 EngineName = Literal["reference", "compiled"]
 ENGINES: tuple[EngineName, ...] = ("reference", "compiled")
@@ -175,7 +171,8 @@ class LedgerEngine(Protocol):
 
     def summary_writing_accounts(self, accounts_path: Path) -> dict[str, Any]:
         """summary(), with accounts_json() written to `accounts_path` (the compiled engine builds and writes it
-        beside the summary). OSError: it could not be written."""
+        beside the summary, and, after write_outputs, while it still writes the last postings: finish_outputs may
+        come after it). OSError: it could not be written, or an output file could not."""
         ...
 
     def queue_depth(self, symbol: str) -> tuple[int, int]:
@@ -255,6 +252,13 @@ class ReferenceEngine:
     name: EngineName = "reference"
 
     def __init__(self, options: EngineOptions, processor: Processor | None = None) -> None:
+        from backstop.core.dedupe import BatchIds
+        from backstop.core.engine import Engine
+        from backstop.core.idstore import IdStore
+        from backstop.core.processor import Processor
+        from backstop.core.simulation import Simulator
+        from backstop.wire.decode import through_contract
+
         self.options = options
         if processor is None:
             ids = BatchIds() if options.held_ids == "per_batch" else IdStore()
@@ -278,6 +282,8 @@ class ReferenceEngine:
 
     def _begin(self, held: bytes) -> None:
         """The batch's held identities (per-batch identities only)."""
+        from backstop.core.dedupe import BatchIds, unpack_rows
+
         ids = self.processor.engine.dedupe.ids
         if isinstance(ids, BatchIds):
             ids.begin(unpack_rows(held))
@@ -285,6 +291,10 @@ class ReferenceEngine:
             raise ValueError("held identities given to an engine that holds its own")
 
     def apply_lines(self, chunk: bytes, first_line: int, held: bytes = b"") -> BatchResult:
+        from backstop.core.processor import Applied, Rejection
+        from backstop.wire.decode import InvalidRecord, decode_record
+        from backstop.wire.translate import wire_document
+
         self._begin(held)
         out = _Lines()
         snapshots: list[Snapshot] = []
@@ -324,6 +334,10 @@ class ReferenceEngine:
         return result(None)
 
     def apply_records(self, records: Sequence[Consumed], topic_prefix: str, held: bytes = b"") -> RecordsResult:
+        from backstop.pipeline.ingest import Consumed as IngestConsumed
+        from backstop.pipeline.ingest import ingest_batch, journal_record
+        from backstop.pipeline.topics import TopicNames
+
         self._begin(held)
         batch = [IngestConsumed(topic, partition, offset, None, value) for topic, partition, offset, value in records]
         dedupe = self.processor.engine.dedupe
@@ -350,6 +364,8 @@ class ReferenceEngine:
         pass
 
     def summary(self) -> dict[str, Any]:
+        from backstop.core.documents import summary
+
         return summary(self.processor)
 
     def summary_writing_accounts(self, accounts_path: Path) -> dict[str, Any]:
@@ -361,12 +377,19 @@ class ReferenceEngine:
         return sum(1 for p in positions.values() if p.qty > 0), len(positions)
 
     def accounts_json(self) -> bytes:
+        from backstop.core.documents import accounts
+
         return document_bytes(accounts(self.processor.engine))
 
     def state_hash(self) -> str:
+        from backstop.core.snapshot import state_hash
+
         return state_hash(self.processor.engine)
 
     def snapshot(self, input_line: int) -> Snapshot:
+        from backstop.core.idstore import IdStore
+        from backstop.core.snapshot import sealed, state_document, state_hash
+
         processor = self.processor
         engine = processor.engine
         store = engine.dedupe.ids
@@ -388,6 +411,11 @@ class ReferenceEngine:
     @classmethod
     def restored(cls, options: EngineOptions, snapshot: Snapshot) -> ReferenceEngine:
         """From a snapshot whose envelope (seal, counters, the identity file's SHA-256) the caller checked."""
+        from backstop.core.dedupe import BatchIds
+        from backstop.core.idstore import IdStore
+        from backstop.core.processor import Processor
+        from backstop.core.snapshot import restore, state_hash
+
         try:
             document = orjson.loads(snapshot.document)
         except orjson.JSONDecodeError as error:

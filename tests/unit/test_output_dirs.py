@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import backstop.engines
+import backstop.wire.decode
 from backstop.adapters.files import OutputError, staged_dir, write_file_atomically
 from backstop.entrypoints.cli import main
 from backstop.wire.decode import decode_record
@@ -40,7 +40,7 @@ def test_a_failed_replay_leaves_the_old_output_as_it_was(tmp_path: Path, monkeyp
             raise RuntimeError("crash")
         return decode_record(raw)
 
-    monkeypatch.setattr(backstop.engines, "decode_record", failing)  # the reference engine decodes
+    monkeypatch.setattr(backstop.wire.decode, "decode_record", failing)  # the reference engine decodes
     with pytest.raises(RuntimeError, match="crash"):
         main(["replay", str(OTHER), "--out", str(out), "--engine", "reference"])
     assert contents(out) == before

@@ -107,3 +107,21 @@ def test_every_field_of_a_snapshot_is_checked(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err
     assert f"snapshot {snapshot} is corrupt: {message}" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 1 << 20])
+def test_the_journal_goes_to_the_engine_in_chunks_of_whole_lines(chunk_bytes: int, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from backstop.adapters.journal_file import JournalFile
+    from backstop.entrypoints import replay as replay_module
+
+    monkeypatch.setattr(replay_module, "CHUNK_BYTES", chunk_bytes)
+    data = b'{"a":1}\n\n{"b":2}\r\n' + b"x" * 100 + b"\n  \n{\"last\": true}"  # a long line, no final newline
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(data)
+    for skip in (0, 2):
+        chunks = list(replay_module.file_chunks(JournalFile.open(journal), skip))
+        assert b"".join(chunk for _, chunk in chunks) == b"".join(data.splitlines(keepends=True)[skip:])
+        assert all(chunk.endswith(b"\n") for _, chunk in chunks[:-1])
+        numbers = [number for number, _ in chunks]
+        assert numbers == [skip + 1 + sum(chunk.count(b"\n") for _, chunk in chunks[:at]) for at in range(len(chunks))]

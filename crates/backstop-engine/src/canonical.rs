@@ -202,13 +202,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Lowercase hex of a digest.
 pub fn hex(digest: &[u8]) -> String {
+    let mut out = vec![0u8; digest.len() * 2];
+    write_hex(&mut out, digest);
+    String::from_utf8(out).expect("hex digits")
+}
+
+/// `hex(digest)` written into `out` (two bytes per byte of the digest).
+pub fn write_hex(out: &mut [u8], digest: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(digest.len() * 2);
-    for &byte in digest {
-        out.push(DIGITS[(byte >> 4) as usize] as char);
-        out.push(DIGITS[(byte & 15) as usize] as char);
+    for (pair, &byte) in out.chunks_exact_mut(2).zip(digest) {
+        pair[0] = DIGITS[(byte >> 4) as usize];
+        pair[1] = DIGITS[(byte & 15) as usize];
     }
-    out
 }
 
 /// backstop.core.hashing.combine: SHA-256 of the hashes joined by ":".

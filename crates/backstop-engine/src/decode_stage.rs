@@ -63,19 +63,22 @@ pub fn decode<'a>(number: u64, raw: &'a [u8], scratch: &mut Vec<u8>) -> Line<'a>
     Line { number, raw, decoded }
 }
 
-/// `apply` on each line of the chunk in order, until it returns false (a strict replay stopping at a bad line).
-pub fn each_line<'a>(chunk: &'a [u8], first_line: u64, stage: Stage, apply: impl FnMut(Line<'a>) -> bool) {
+/// `apply` on each line of the chunk in order, until it returns false (a strict replay stopping at a bad line). With
+/// each line come the lines decoded after it that are at hand (the rest of its group; none when decoded in line),
+/// which the rules may look ahead at (to prefetch what they will read).
+pub fn each_line<'a>(chunk: &'a [u8], first_line: u64, stage: Stage,
+                     apply: impl FnMut(Line<'a>, &[Line<'a>]) -> bool) {
     each_line_decoded_by(chunk, first_line, stage, decode, apply)
 }
 
 /// `each_line` with the decoding function given (tests make it fail).
 fn each_line_decoded_by<'a>(chunk: &'a [u8], first_line: u64, stage: Stage,
                             decode: impl Fn(u64, &'a [u8], &mut Vec<u8>) -> Line<'a> + Send,
-                            mut apply: impl FnMut(Line<'a>) -> bool) {
+                            mut apply: impl FnMut(Line<'a>, &[Line<'a>]) -> bool) {
     if chunk.len() < stage.min_bytes {
         let mut scratch = Vec::new();
         for (number, raw) in records(chunk, first_line) {
-            if !apply(decode(number, raw, &mut scratch)) {
+            if !apply(decode(number, raw, &mut scratch), &[]) {
                 return;
             }
         }
@@ -107,11 +110,13 @@ fn each_line_decoded_by<'a>(chunk: &'a [u8], first_line: u64, stage: Stage,
             })
             .expect("a thread for the decode stage");
         'groups: for mut group in &to_apply {
-            for line in group.drain(..) {
-                if !apply(line) {
+            let mut lines = group.drain(..);
+            while let Some(line) = lines.next() {
+                if !apply(line, lines.as_slice()) {
                     break 'groups;
                 }
             }
+            drop(lines);
             let _ = emptied.try_send(group);
         }
         drop(to_apply); // a decoder still sending stops
@@ -129,7 +134,12 @@ mod tests {
 
     fn decoded_lines(chunk: &[u8], stage: Stage) -> Vec<(u64, Vec<u8>, Result<Digests, String>)> {
         let mut seen = Vec::new();
-        each_line(chunk, 5, stage, |line| {
+        let mut ahead: Vec<u64> = Vec::new(); // the numbers of the lines at hand after each line
+        each_line(chunk, 5, stage, |line, after| {
+            if let Some(expected) = ahead.first() {
+                assert_eq!(*expected, line.number, "the line looked ahead at comes next");
+            }
+            ahead = after.iter().map(|next| next.number).collect();
             seen.push((line.number, line.raw.to_vec(), line.decoded.map(|(_, digests)| digests)));
             true
         });
@@ -150,7 +160,7 @@ mod tests {
     fn a_stop_ends_the_decoder_and_keeps_what_was_applied() {
         for stage in [Stage::IN_LINE, Stage { min_bytes: 0, group_lines: 2 }] {
             let mut applied = Vec::new();
-            each_line(JOURNAL, 1, stage, |line| {
+            each_line(JOURNAL, 1, stage, |line, _| {
                 applied.push(line.number);
                 applied.len() < 3
             });
@@ -166,7 +176,7 @@ mod tests {
                 each_line_decoded_by(JOURNAL, 1, stage, |number, raw, scratch| {
                     assert!(number != 4, "cannot decode line {number}");
                     decode(number, raw, scratch)
-                }, |line| {
+                }, |line, _| {
                     applied.push(line.number);
                     true
                 })

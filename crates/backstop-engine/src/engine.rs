@@ -139,8 +139,6 @@ pub struct Engine {
     cause: Cause,
     /// Each touched fund's balance and its symbols' PnL as the current event found them (Bybit's trigger).
     drawdown_before: Option<FundValues>,
-    /// A posting's texts, written here without an allocation per posting (`post`); not state.
-    posting_texts: String,
     /// Leave each posting's record to the output writer (Outputs::deferred_postings): `postings_head` is then the
     /// head before the first of them until the writer gives the chain's head back. Not state.
     pub defer_postings: bool,
@@ -190,7 +188,6 @@ impl Default for Engine {
             counts: EventCounts::default(),
             cause: Cause::default(),
             drawdown_before: None,
-            posting_texts: String::new(),
             defer_postings: false,
         }
     }
@@ -1688,7 +1685,7 @@ impl Engine {
         if self.defer_postings {
             out.deferred_postings.push(posting);
         } else {
-            posting.write(&self.names, &mut self.posting_texts, &mut out.postings, &mut self.postings_head);
+            posting.write(&self.names, &mut out.postings, &mut self.postings_head);
         }
         self.counts.postings += 1;
         out.posting_count += 1;

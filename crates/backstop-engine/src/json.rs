@@ -370,6 +370,13 @@ fn orjson_int_range(text: &[u8]) -> bool {
 /// \r \t or \u00XX, everything else (DEL and non-ASCII included) as it is.
 pub fn write_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
+    write_string_body(out, text);
+    out.push(b'"');
+}
+
+/// A string's JSON escapes without the quotes: a string written in pieces (a name joined from names) is the pieces'
+/// bodies one after the other, each escape standing for one character.
+pub fn write_string_body(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     let mut run = 0;
     // most strings (names, ids, hashes) need no escape: skip them a machine word at a time up to the first word
@@ -399,7 +406,6 @@ pub fn write_string(out: &mut Vec<u8>, text: &str) {
         run = i + 1;
     }
     out.extend_from_slice(&bytes[run..]);
-    out.push(b'"');
 }
 
 /// Whether any byte of a word is a control character, `"` or `\` (exact, by a trick of "Bit Twiddling Hacks": a

@@ -3,6 +3,7 @@
 //! enum of ids, its name (`wallet:<account>:<asset>`, ...) is rendered only for documents.
 
 use crate::adl_index::Changed;
+use crate::json::write_string_body;
 use crate::numbers::{add, sub, wadd, wide256, Wide};
 use crate::wire::PositionSide;
 use ethnum::I256;
@@ -107,9 +108,62 @@ impl Account {
         out
     }
 
-    /// The name appended to `out` (no allocation of its own: a posting names two accounts).
+    /// The name appended to `out` (no allocation of its own).
     pub fn push_name(&self, names: &Names, out: &mut String) {
-        let (kind, first, second) = match *self {
+        let (kind, first, second) = self.parts();
+        out.push_str(kind);
+        out.push_str(names.name(first));
+        if let Some(second) = second {
+            out.push(':');
+            out.push_str(names.name(second));
+        }
+        if let Some(side) = self.side_suffix() {
+            out.push(':');
+            out.push_str(side);
+        }
+    }
+
+    /// The name as a JSON string appended to `out`: what json::write_string writes of `name`, written from its parts
+    /// (a posting names two accounts: no name is put together first).
+    pub fn write_json_name(&self, names: &Names, out: &mut Vec<u8>) {
+        let (kind, first, second) = self.parts();
+        out.push(b'"');
+        out.extend_from_slice(kind.as_bytes()); // the kinds and sides need no escape
+        write_string_body(out, names.name(first));
+        if let Some(second) = second {
+            out.push(b':');
+            write_string_body(out, names.name(second));
+        }
+        if let Some(side) = self.side_suffix() {
+            out.push(b':');
+            out.extend_from_slice(side.as_bytes());
+        }
+        out.push(b'"');
+    }
+
+    /// The kinds of names (with their colons) in the order their names sort: no kind's text begins another's, so
+    /// names sort by kind first, then by the rest of the name.
+    pub const KINDS: [&'static str; 7] = ["external:", "fees:", "fund:", "funding:", "isolated:", "settlement:", "wallet:"];
+
+    /// Its kind's place in KINDS, with the rest of its name (after the kind) appended to `out`: names sort as these
+    /// pairs do.
+    pub fn sort_parts(&self, names: &Names, out: &mut String) -> u8 {
+        let (kind, first, second) = self.parts();
+        out.push_str(names.name(first));
+        if let Some(second) = second {
+            out.push(':');
+            out.push_str(names.name(second));
+        }
+        if let Some(side) = self.side_suffix() {
+            out.push(':');
+            out.push_str(side);
+        }
+        Account::KINDS.iter().position(|known| *known == kind).expect("a kind of KINDS") as u8
+    }
+
+    /// The name's kind (with its colon) and the ids it names.
+    fn parts(&self) -> (&'static str, u32, Option<u32>) {
+        match *self {
             Account::Wallet { account, asset } => ("wallet:", account, Some(asset)),
             Account::Isolated { account, symbol, .. } => ("isolated:", account, Some(symbol)),
             Account::Fund(fund) => ("fund:", fund, None),
@@ -117,36 +171,76 @@ impl Account {
             Account::Settlement(symbol) => ("settlement:", symbol, None),
             Account::Funding(symbol) => ("funding:", symbol, None),
             Account::External(asset) => ("external:", asset, None),
-        };
-        out.push_str(kind);
-        out.push_str(names.name(first));
-        if let Some(second) = second {
-            out.push(':');
-            out.push_str(names.name(second));
         }
-        if let Account::Isolated { side: side @ (PositionSide::Long | PositionSide::Short), .. } = *self {
-            out.push(':');
-            out.push_str(side.name());
+    }
+
+    /// A hedge side's isolated margin ends in its side (`:long`, `:short`).
+    fn side_suffix(&self) -> Option<&'static str> {
+        match *self {
+            Account::Isolated { side: side @ (PositionSide::Long | PositionSide::Short), .. } => Some(side.name()),
+            _ => None,
         }
     }
 }
 
-/// Balances at the money scale (1e-8) in 256 bits (docs/design.md section 9.3).
+/// Balances at the money scale (1e-8) in 256 bits (docs/design.md section 9.3). Each account's wallet in the asset it
+/// first held sits in a dense array by account id (most accounts hold one asset: the wallet a record names is found
+/// without hashing, in one place in memory); every other balance in a map.
 #[derive(Default, Clone, Debug)]
 pub struct Ledger {
     balances: HashMap<Account, I256>,
+    wallets: Vec<WalletSlot>,
     /// owners of the wallets and isolated margins posted to since the ADL index last looked
     pub changed: Changed,
 }
 
+/// A wallet in the dense array: `held` once it has a balance (zero included), then for good.
+#[derive(Clone, Copy, Debug)]
+struct WalletSlot {
+    account: Account,
+    held: bool,
+    balance: I256,
+}
+
+const EMPTY_SLOT: WalletSlot = WalletSlot { account: Account::External(u32::MAX), held: false, balance: I256::ZERO };
+
 impl Ledger {
+    /// The dense slot of a wallet: its own, or the free slot of its account (None: another asset holds the slot, or
+    /// not a wallet).
+    fn slot(&self, account: Account) -> Option<&WalletSlot> {
+        let Account::Wallet { account: owner, .. } = account else { return None };
+        self.wallets.get(owner as usize).filter(|slot| slot.held && slot.account == account)
+    }
+
+    /// The balance of `account` to change, created at zero: in the dense slot when it is the account's first wallet
+    /// (or its slot is free), else in the map.
+    fn entry(&mut self, account: Account) -> &mut I256 {
+        if let Account::Wallet { account: owner, .. } = account {
+            let at = owner as usize;
+            if at >= self.wallets.len() {
+                self.wallets.resize(at + 1, EMPTY_SLOT);
+            }
+            let slot = &mut self.wallets[at];
+            if !slot.held {
+                *slot = WalletSlot { account, held: true, balance: I256::ZERO };
+            }
+            if slot.account == account {
+                return &mut self.wallets[at].balance;
+            }
+        }
+        self.balances.entry(account).or_insert(I256::ZERO)
+    }
+
     pub fn balance(&self, account: Account) -> I256 {
-        self.balances.get(&account).copied().unwrap_or(I256::ZERO)
+        match self.slot(account) {
+            Some(slot) => slot.balance,
+            None => self.balances.get(&account).copied().unwrap_or(I256::ZERO),
+        }
     }
 
     /// Whether the account has a balance, zero included (it was posted to).
     pub fn holds(&self, account: Account) -> bool {
-        self.balances.contains_key(&account)
+        self.slot(account).is_some() || self.balances.contains_key(&account)
     }
 
     /// Move `amount` (money, 1e-8) from `source` to `destination`; a negative amount moves the other way. The
@@ -161,39 +255,44 @@ impl Ledger {
                 self.changed.mark(account);
             }
         }
-        let from = self.balances.entry(source).or_insert(I256::ZERO);
+        let from = self.entry(source);
         *from = sub(*from, amount);
         let from_after = *from;
-        let to = self.balances.entry(destination).or_insert(I256::ZERO);
+        let to = self.entry(destination);
         *to = add(*to, amount);
+        let to_after = *to;
         // docs/design.md section 9.3: no reachable balance comes near 10^68 units; one that does is a bug
         let bound = crate::numbers::pow10(68 + crate::numbers::S8);
-        assert!(from_after.abs() < bound && to.abs() < bound, "a posting takes a balance beyond the bound 10^68");
-        (from_after, *to)
+        assert!(from_after.abs() < bound && to_after.abs() < bound, "a posting takes a balance beyond the bound 10^68");
+        (from_after, to_after)
     }
 
-    /// Every non-zero balance.
+    /// Every non-zero balance (in no particular order).
     pub fn balances(&self) -> impl Iterator<Item = (&Account, &I256)> {
-        self.balances.iter().filter(|(_, balance)| **balance != I256::ZERO)
+        self.all_balances().filter(|(_, balance)| **balance != I256::ZERO)
     }
 
-    /// Every balance the ledger holds, zero ones included (an account whose postings cancelled out).
+    /// Every balance the ledger holds, zero ones included (an account whose postings cancelled out), in no particular
+    /// order.
     pub fn all_balances(&self) -> impl Iterator<Item = (&Account, &I256)> {
-        self.balances.iter()
+        let wallets = self.wallets.iter().filter(|slot| slot.held).map(|slot| (&slot.account, &slot.balance));
+        wallets.chain(self.balances.iter())
     }
 
     pub fn set(&mut self, account: Account, balance: I256) {
-        self.balances.insert(account, balance);
+        *self.entry(account) = balance;
     }
 
     /// The sum of every balance: in 256 bits while the partial sums fit, else in 512 (each balance is below 10^68,
     /// a sum of many need not be).
     pub fn sum(&self) -> Wide {
         let mut total = I256::ZERO;
-        for balance in self.balances.values() {
+        for (_, balance) in self.all_balances() {
             match total.checked_add(*balance) {
                 Some(sum) => total = sum,
-                None => return self.balances.values().fold(Wide::ZERO, |total, balance| wadd(total, wide256(*balance))),
+                None => {
+                    return self.all_balances().fold(Wide::ZERO, |total, (_, balance)| wadd(total, wide256(*balance)))
+                }
             }
         }
         wide256(total)
@@ -218,6 +317,37 @@ mod tests {
         assert_eq!(names.len(), words.len());
     }
     use crate::numbers::{pow10, text_512, S8};
+
+    #[test]
+    fn a_wallet_is_the_same_balance_in_its_slot_or_in_the_map() {
+        let (alice, bob, usdt, usdc) = (3, 9, 1, 2);
+        let wallet = |account, asset| Account::Wallet { account, asset };
+        let mut ledger = Ledger::default();
+        assert!(!ledger.holds(wallet(alice, usdt)) && ledger.balance(wallet(alice, usdt)) == 0);
+        ledger.post(Account::External(usdt), wallet(alice, usdt), 500); // alice's slot: USDT
+        ledger.post(Account::External(usdc), wallet(alice, usdc), 70); // her second asset: in the map
+        ledger.post(wallet(alice, usdc), wallet(bob, usdc), 30); // bob's slot: USDC
+        let after = ledger.post(wallet(alice, usdt), wallet(alice, usdt), 11); // to itself: nothing moves
+        assert_eq!(after, (I256::from(489), I256::from(500)));
+        ledger.post(wallet(bob, usdc), Account::Fees(usdc), 30); // bob's wallet back to zero: still held
+        assert_eq!([ledger.balance(wallet(alice, usdt)), ledger.balance(wallet(alice, usdc)),
+                    ledger.balance(wallet(bob, usdc)), ledger.balance(wallet(bob, usdt))],
+                   [I256::from(500), I256::from(40), I256::ZERO, I256::ZERO]);
+        assert!(ledger.holds(wallet(bob, usdc)) && !ledger.holds(wallet(bob, usdt)));
+        let mut all: Vec<(Account, I256)> = ledger.all_balances().map(|(a, b)| (*a, *b)).collect();
+        all.sort_by_key(|(account, _)| format!("{account:?}"));
+        assert_eq!(all.len(), 6); // two externals, fees, alice's two wallets, bob's zero wallet
+        assert_eq!(ledger.balances().count(), 5);
+        assert_eq!(ledger.sum(), Wide::ZERO);
+        // restored in another order (a snapshot's balances are sorted by name): the same balances
+        let mut restored = Ledger::default();
+        for (account, balance) in all.iter().rev() {
+            restored.set(*account, *balance);
+        }
+        let mut again: Vec<(Account, I256)> = restored.all_balances().map(|(a, b)| (*a, *b)).collect();
+        again.sort_by_key(|(account, _)| format!("{account:?}"));
+        assert_eq!(again, all);
+    }
 
     #[test]
     fn a_sum_of_balances_near_the_bound_passes_256_bits_exactly() {

@@ -202,7 +202,7 @@ fn write_all(files: Vec<Appender>, to_write: Receiver<Buffers>, written: SyncSen
     let mut files = files;
     let (progress, changed) = &**shared;
     let mut postings_head = progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).postings_head.clone();
-    let (mut names, mut texts) = (Names::default(), String::new());
+    let mut names = Names::default();
     for mut buffers in to_write {
         for name in buffers.new_names.drain(..) {
             names.id(&name);
@@ -219,7 +219,7 @@ fn write_all(files: Vec<Appender>, to_write: Receiver<Buffers>, written: SyncSen
         let postings = &mut buffers.postings;
         file.append_with(|pending| {
             for posting in postings.drain(..) {
-                posting.write(&names, &mut texts, pending, &mut postings_head);
+                posting.write(&names, pending, &mut postings_head);
             }
         }).map_err(|error| WriteError { path: file.path.clone(), error })?;
         let _ = written.try_send(buffers); // the engine may have finished: then the buffers are simply freed

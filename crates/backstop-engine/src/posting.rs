@@ -36,17 +36,12 @@ pub struct Posting {
 }
 
 impl Posting {
-    /// Its record appended to `out` (a line), chained after `head`, which becomes its hash. `texts`: a buffer kept
-    /// across postings for the account names (no allocation per posting). The record is canonical JSON written key
-    /// by key in sorted order (the keys are this function's own; every text from the input is escaped), the hash
-    /// taken over it without `hash`, then written into the room left for it: what `write_chained` writes for the
-    /// same record as a tree (a test holds them equal).
-    pub fn write(&self, names: &Names, texts: &mut String, out: &mut Vec<u8>, head: &mut String) {
-        texts.clear();
-        self.debit.push_name(names, texts);
-        let debit_end = texts.len();
-        self.credit.push_name(names, texts);
-        let (debit_name, credit_name) = (&texts[..debit_end], &texts[debit_end..]);
+    /// Its record appended to `out` (a line), chained after `head`, which becomes its hash. The record is canonical
+    /// JSON written key by key in sorted order (the keys are this function's own; every text from the input is
+    /// escaped, an account's name from its parts), the hash taken over it without `hash`, then written into the room
+    /// left for it: what `write_chained` writes for the same record as a tree (a test holds them equal). Nothing is
+    /// allocated per posting.
+    pub fn write(&self, names: &Names, out: &mut Vec<u8>, head: &mut String) {
         let start = out.len();
         out.extend_from_slice(b"{\"adl_event_id\":");
         optional(out, &self.adl_event_id);
@@ -55,11 +50,11 @@ impl Posting {
         out.extend_from_slice(b",\"asset\":");
         write_string(out, names.name(self.asset));
         out.extend_from_slice(b",\"credit_account\":");
-        write_string(out, credit_name);
+        self.credit.write_json_name(names, out);
         out.extend_from_slice(b",\"credit_balance_after\":");
         decimal(out, self.credit_balance_after);
         out.extend_from_slice(b",\"debit_account\":");
-        write_string(out, debit_name);
+        self.debit.write_json_name(names, out);
         out.extend_from_slice(b",\"debit_balance_after\":");
         decimal(out, self.debit_balance_after);
         out.extend_from_slice(b",\"fill_id\":");
@@ -96,10 +91,10 @@ impl Posting {
         let mut hasher = Sha256::new();
         hasher.update(&out[start..middle]);
         hasher.update(&out[after..]);
-        let hash = canonical::hex(&hasher.finalize());
-        out[digits..digits + 64].copy_from_slice(hash.as_bytes());
+        canonical::write_hex(&mut out[digits..digits + 64], &hasher.finalize());
         out.push(b'\n');
-        *head = hash;
+        head.clear();
+        head.push_str(std::str::from_utf8(&out[digits..digits + 64]).expect("hex digits"));
     }
 }
 
@@ -197,7 +192,7 @@ mod tests {
             let (mut by_keys, mut by_tree) = (b"earlier\n".to_vec(), b"earlier\n".to_vec());
             let (mut head_keys, mut head_tree) = (canonical::GENESIS_HASH.to_string(), canonical::GENESIS_HASH.to_string());
             for _ in 0..2 {
-                posting.write(&names, &mut String::new(), &mut by_keys, &mut head_keys);
+                posting.write(&names, &mut by_keys, &mut head_keys);
                 write_by_tree(&posting, &names, &mut by_tree, &mut head_tree);
             }
             prop_assert_eq!(String::from_utf8(by_keys).unwrap(), String::from_utf8(by_tree).unwrap());

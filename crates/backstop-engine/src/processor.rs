@@ -14,7 +14,7 @@ use crate::content::Digests;
 use crate::decode_stage::{self, Line, Stage};
 use crate::idtable::IdTable;
 use crate::json::{self, Dialect, Value};
-use crate::ledger::Account;
+use crate::ledger::{Account, Names};
 use crate::numbers::{self, text, text_512, text_wide, Kind, Rounding, Wide, S16, S18, S8};
 use crate::valuation::{Valuation, LINEAR};
 use crate::quantiles::SideView;
@@ -221,7 +221,10 @@ impl Processor {
     }
 
     fn apply_chunk(&mut self, chunk: &[u8], first_line: u64, batch: &mut Batch) {
-        decode_stage::each_line(chunk, first_line, self.decode_stage, |line| {
+        decode_stage::each_line(chunk, first_line, self.decode_stage, |line, after| {
+            if let Some(Line { decoded: Ok((_, Digests { key: Some(key), .. })), .. }) = after.first() {
+                self.engine.admission.ids.prefetch(*key); // its identity's slot, while this line applies
+            }
             self.applying = Some(line.number);
             let Err((kind, reason)) = self.apply_line(&line, batch) else { return true };
             dead_letter(&mut batch.dead_letters, line.number, kind, &reason, line.raw);
@@ -399,24 +402,15 @@ impl Processor {
 
     /// The state document (backstop.core.snapshot.state_document): everything that decides a future outcome.
     pub fn state_document(&self) -> Vec<u8> {
+        self.state_document_at(&self.engine.postings_head)
+    }
+
+    /// The state document with the postings chain's head given (the output writer's, while the engine's own is the
+    /// one before the postings it left to the writer).
+    fn state_document_at(&self, postings_head: &str) -> Vec<u8> {
         let engine = &self.engine;
         let names = &engine.names;
-        let mut balances: Vec<(String, I256)> =
-            engine.ledger.balances().map(|(account, balance)| (account.name(names), *balance)).collect();
-        balances.sort_unstable(); // names are unique: the order is the stable sort's
-        // the balances object as canonical JSON at once (names sorted, amounts as strings): no value per balance
-        let mut balances_json = Vec::with_capacity(2 + 64 * balances.len());
-        balances_json.push(b'{');
-        for (index, (name, balance)) in balances.iter().enumerate() {
-            if index > 0 {
-                balances_json.push(b',');
-            }
-            json::write_string(&mut balances_json, name);
-            balances_json.extend_from_slice(b":\"");
-            numbers::write_scaled_wide(&mut balances_json, *balance, S8);
-            balances_json.push(b'"');
-        }
-        balances_json.push(b'}');
+        let balances_json = balances_json(engine);
         let mut funds: Vec<&FundState> = engine.funds.values().collect();
         funds.sort_by(|a, b| names.name(a.spec.fund_id).cmp(names.name(b.spec.fund_id)));
         let mut instruments: Vec<&Instrument> = engine.instruments.values().collect();
@@ -435,13 +429,14 @@ impl Processor {
             ("ids_head", J::Str(&head_hex)),
             ("latest", J::Obj(latest_hex.iter().map(|(subject, hex)| (subject.as_str(), J::Str(hex))).collect())),
         ]);
+        let positions_json = positions_json(engine);
         let mut entries = vec![
             ("snapshot_version", J::Int(SNAPSHOT_VERSION)),
             ("seq", J::Int(engine.last_seq as i128)),
             ("adl_policy", engine.policy.document()),
             ("ledger_head", J::Str(&engine.ledger_head)),
             ("adl_head", J::Str(&engine.adl_head)),
-            ("postings_head", J::Str(&engine.postings_head)),
+            ("postings_head", J::Str(postings_head)),
             ("balances", J::Raw(&balances_json)),
             ("funds", J::Arr(funds.iter().map(|f| fund_document(engine, f)).collect())),
             ("instruments", J::Arr(instruments.iter().map(|i| instrument_document(engine, i)).collect())),
@@ -451,7 +446,7 @@ impl Processor {
             ("dedupe", dedupe),
             ("mark_clock", symbol_clock_document(&admission.mark_clock)),
             ("funding_clock", symbol_clock_document(&admission.funding_clock)),
-            ("positions", J::Arr(positions_in_order(engine).into_iter().map(|p| position_document(engine, p)).collect())),
+            ("positions", J::Raw(&positions_json)),
             ("quantile_closes", J::Arr(closes.iter().map(|(account, symbol, side, quantile)| J::Arr(vec![
                 J::Str(account), J::Str(symbol), J::Str(side), J::Int(i128::from(*quantile))])).collect())),
             ("risk_levels", J::Obj(engine.risk_levels.iter().map(|(s, level)| (names.name(*s), J::Str(level))).collect())),
@@ -514,12 +509,12 @@ impl Processor {
 
     /// backstop.core.documents.summary, compact (the caller indents it).
     pub fn summary_json(&self) -> Vec<u8> {
-        self.summary_json_with(&crate::quantiles::views_now(&self.engine))
+        self.summary_json_with(&crate::quantiles::views_now(&self.engine), &self.engine.postings_head)
     }
 
     /// summary_json from the ADL views of every symbol's sides (crate::quantiles::views_now), which accounts.json
     /// also reads.
-    fn summary_json_with(&self, views: &[(u32, [SideView; 2])]) -> Vec<u8> {
+    fn summary_json_with(&self, views: &[(u32, [SideView; 2])], postings_head: &str) -> Vec<u8> {
         let engine = &self.engine;
         let names = &engine.names;
         let mut fund_ids: Vec<u32> = engine.funds.keys().copied().collect();
@@ -541,7 +536,7 @@ impl Processor {
             ]))
         }).collect();
         let head = engine.head_hash();
-        let state_hash = self.state_hash();
+        let state_hash = canonical::sha256_hex(&self.state_document_at(postings_head));
         let risk = crate::quantiles::risks(engine, views).into_iter().map(|(symbol, risk)| {
             (names.name(symbol), J::Obj(vec![
                 ("fund_id", J::Str(names.name(risk.fund))),
@@ -565,7 +560,7 @@ impl Processor {
             ("fund_ledger_entries", J::Int(self.fund_entries as i128)),
             ("adl_events", J::Int(self.adl_events as i128)),
             ("findings", J::Int(self.findings as i128)),
-            ("postings_head_hash", J::Str(&engine.postings_head)),
+            ("postings_head_hash", J::Str(postings_head)),
             ("postings", J::Int(self.postings as i128)),
             ("adl_quantiles", J::Int(self.adl_quantiles as i128)),
             ("adl_quantile_points", J::Bool(engine.adl_quantiles)),
@@ -578,28 +573,55 @@ impl Processor {
         canonical::to_vec(&document)
     }
 
-    /// summary_json, and accounts_json handed to `consume` (e.g. to write it), side by side on two threads (the end
-    /// of a replay: both only read the state), from one ranking of every ADL queue.
-    pub fn summary_and_accounts<R: Send>(&self, consume: impl FnOnce(Vec<u8>) -> R + Send) -> (Vec<u8>, R) {
+    /// summary_json, and accounts_json handed to `consume` in pieces (the document is the pieces in order: e.g. to
+    /// write it), side by side on two threads (the end of a replay: both only read the state), from one ranking of
+    /// every ADL queue.
+    pub fn summary_and_accounts<R: Send>(&self, consume: impl FnOnce(Vec<Vec<u8>>) -> R + Send) -> (Vec<u8>, R) {
         let views = crate::quantiles::views_now(&self.engine);
+        let settled = || Ok::<_, ()>(self.engine.postings_head.clone());
+        let (summary, accounts, _) = self.summary_and_accounts_with(&views, settled, consume).expect("no error");
+        (summary, accounts)
+    }
+
+    /// summary_and_accounts at the end of a replay whose output writer may still be writing the last postings: the
+    /// ADL views and accounts.json (which read no posting) are built while `settle` waits for the writer and gives
+    /// the postings chain's head, which the summary and the state hash then read, and which the engine keeps. Err:
+    /// the writer's error (accounts.json is built and handed to `consume` all the same).
+    pub fn summary_and_accounts_settling<R: Send, E>(&mut self, settle: impl FnOnce() -> Result<String, E>,
+                                                     consume: impl FnOnce(Vec<Vec<u8>>) -> R + Send)
+                                                     -> Result<(Vec<u8>, R), E> {
+        let views = crate::quantiles::views_now(&self.engine);
+        let (summary, accounts, head) = self.summary_and_accounts_with(&views, settle, consume)?;
+        self.engine.postings_head = head;
+        Ok((summary, accounts))
+    }
+
+    /// The summary at the postings head `settle` gives (on this thread, once accounts.json is under way on another)
+    /// beside accounts.json handed to `consume`; and that head.
+    fn summary_and_accounts_with<R: Send, E>(&self, views: &[(u32, [SideView; 2])],
+                                             settle: impl FnOnce() -> Result<String, E>,
+                                             consume: impl FnOnce(Vec<Vec<u8>>) -> R + Send)
+                                             -> Result<(Vec<u8>, R, String), E> {
         std::thread::scope(|scope| {
             let accounts = std::thread::Builder::new()
                 .name("backstop-accounts".to_string())
-                .spawn_scoped(scope, || consume(self.accounts_json_with(&views, crate::parallel::threads())))
+                .spawn_scoped(scope, || consume(self.accounts_json_with(views, crate::parallel::threads())))
                 .expect("a thread for accounts.json");
-            let summary = self.summary_json_with(&views);
-            (summary, accounts.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            let summary = settle().map(|head| (self.summary_json_with(views, &head), head));
+            let accounts = accounts.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            summary.map(|(summary, head)| (summary, accounts, head))
         })
     }
 
     /// accounts.json as written (backstop.core.documents.accounts): indented, sorted keys, a final newline.
     pub fn accounts_json(&self) -> Vec<u8> {
-        self.accounts_json_with(&crate::quantiles::views_now(&self.engine), crate::parallel::threads())
+        self.accounts_json_with(&crate::quantiles::views_now(&self.engine), crate::parallel::threads()).concat()
     }
 
     /// accounts.json from the ADL views, its entries (accounts and funds, by name) rendered in contiguous pieces on
-    /// up to `threads` threads and joined in order: the same bytes however it is split.
-    fn accounts_json_with(&self, views: &[(u32, [SideView; 2])], threads: usize) -> Vec<u8> {
+    /// up to `threads` threads: the document is the pieces in order (never joined on the way to a file), the same
+    /// bytes however it is split.
+    fn accounts_json_with(&self, views: &[(u32, [SideView; 2])], threads: usize) -> Vec<Vec<u8>> {
         let engine = &self.engine;
         let names = &engine.names;
         let mut wallets: HashMap<u32, Vec<(&str, I256)>> = HashMap::default();
@@ -623,16 +645,25 @@ impl Processor {
             .collect();
         // the document's entries by name: accounts, then funds as `fund:<id>` (a stable sort keeps that order for
         // equal names)
-        let mut entries: Vec<(std::borrow::Cow<'_, str>, Entry)> = wallets.keys().copied()
+        let mut accounts: Vec<u32> = wallets.keys().copied()
             .chain(engine.positions.of_account.keys().copied().filter(|a| !wallets.contains_key(a)))
-            .map(|account| (names.name(account).into(), Entry::Account(account)))
             .collect();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        sort_by_name(&mut accounts, names);
         let mut fund_ids: Vec<u32> = engine.funds.keys().copied().collect();
-        fund_ids.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
-        entries.extend(fund_ids.into_iter().map(|fund| (format!("{FUND_ACCOUNT_PREFIX}{}", names.name(fund)).into(),
-                                                        Entry::Fund(fund))));
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        sort_by_name(&mut fund_ids, names);
+        let funds: Vec<(String, u32)> =
+            fund_ids.into_iter().map(|fund| (format!("{FUND_ACCOUNT_PREFIX}{}", names.name(fund)), fund)).collect();
+        // the two sorted lists merged by name, an account before a fund of the same name
+        let mut entries: Vec<(&str, Entry)> = Vec::with_capacity(accounts.len() + funds.len());
+        let mut funds_left = funds.iter().peekable();
+        for account in accounts {
+            let name = names.name(account);
+            while let Some((label, fund)) = funds_left.next_if(|(label, _)| label.as_str() < name) {
+                entries.push((label, Entry::Fund(*fund)));
+            }
+            entries.push((name, Entry::Account(account)));
+        }
+        entries.extend(funds_left.map(|(label, fund)| (label.as_str(), Entry::Fund(*fund))));
         let account_value = |account: u32| {
             let own: &[(&str, I256)] = wallets.get(&account).map_or(&[], Vec::as_slice);
             let primary = own.first().map_or_else(|| "0".to_string(), |(_, balance)| text_wide(*balance, S8));
@@ -672,14 +703,15 @@ impl Processor {
                 ("positions", J::Obj(inventory)),
             ])
         };
-        // each entry as `,\n  "name": {...}`, each value dropped as soon as it is written
+        // each entry as `,\n  "name": {...}` (the first as `{\n  "name": ...`), each value dropped as soon as it is
+        // written
         let pieces = threads.clamp(1, entries.len().max(1));
         let per_piece = entries.len().div_ceil(pieces);
         let parts = crate::parallel::map(pieces, pieces, |piece| {
             let mine = &entries[(piece * per_piece).min(entries.len())..((piece + 1) * per_piece).min(entries.len())];
             let mut out = Vec::with_capacity(1024 + 600 * mine.len());
-            for (name, entry) in mine {
-                out.extend_from_slice(b",\n  ");
+            for (index, (name, entry)) in mine.iter().enumerate() {
+                out.extend_from_slice(if piece == 0 && index == 0 { b"{\n  " } else { b",\n  " });
                 json::write_string(&mut out, name);
                 out.extend_from_slice(b": ");
                 let value = match *entry {
@@ -690,15 +722,12 @@ impl Processor {
             }
             out
         });
-        let length: usize = parts.iter().map(Vec::len).sum();
-        let mut out = Vec::with_capacity(length + 3);
-        out.push(b'{');
-        for part in &parts {
-            // the first entry's comma dropped
-            out.extend_from_slice(if out.len() == 1 && !part.is_empty() { &part[1..] } else { part });
+        if entries.is_empty() {
+            return vec![b"{}\n".to_vec()];
         }
-        out.extend_from_slice(if entries.is_empty() { b"}\n" } else { b"\n}\n" });
-        out
+        let mut parts = parts;
+        parts.push(b"\n}\n".to_vec());
+        parts
     }
 
     // ------------------------------------------------------------------ restore
@@ -1073,12 +1102,70 @@ fn instrument_document<'e>(engine: &'e Engine, i: &'e Instrument) -> J<'e> {
     J::Obj(entries)
 }
 
-/// Every open position: accounts sorted, each account's positions by symbol, then long before short.
-fn positions_in_order(engine: &Engine) -> Vec<&Position> {
+/// The ids in the order of their names (names are unique: one order whatever the sort), compared first on their
+/// first bytes, so that most comparisons read no name (`prefix_key`).
+pub fn sort_by_name(ids: &mut [u32], names: &Names) {
+    let mut keyed: Vec<(u128, u32)> = ids.iter().map(|&id| (prefix_key(names.name(id).as_bytes()), id)).collect();
+    keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| names.name(a.1).cmp(names.name(b.1))));
+    for (slot, (_, id)) in ids.iter_mut().zip(keyed) {
+        *slot = id;
+    }
+}
+
+/// A text's first 16 bytes as a big-endian number, zero-padded: prefix_key(a) < prefix_key(b) only when a < b, so a
+/// sort on (key, text) is the sort on text.
+fn prefix_key(text: &[u8]) -> u128 {
+    let mut bytes = [0u8; 16];
+    let length = text.len().min(16);
+    bytes[..length].copy_from_slice(&text[..length]);
+    u128::from_be_bytes(bytes)
+}
+
+/// The state document's `balances` object as canonical JSON (names sorted, amounts as strings), written at once:
+/// no name or value allocated per balance. Names sort by their kind (Account::sort_parts), then by the rest of the
+/// name, compared on its first bytes first.
+fn balances_json(engine: &Engine) -> Vec<u8> {
+    let mut rests = String::new();
+    let mut rows: Vec<(u8, u128, u32, u32, I256)> = engine.ledger.balances().map(|(account, balance)| {
+        let start = rests.len();
+        let kind = account.sort_parts(&engine.names, &mut rests);
+        (kind, prefix_key(&rests.as_bytes()[start..]), start as u32, rests.len() as u32, *balance)
+    }).collect();
+    let rest = |row: &(u8, u128, u32, u32, I256)| &rests[row.2 as usize..row.3 as usize];
+    rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| rest(a).cmp(rest(b))));
+    let mut out = Vec::with_capacity(2 + 64 * rows.len());
+    out.push(b'{');
+    for (index, row) in rows.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(Account::KINDS[row.0 as usize].as_bytes()); // a kind needs no escape
+        json::write_string_body(&mut out, rest(row));
+        out.extend_from_slice(b"\":\"");
+        numbers::write_scaled_wide(&mut out, row.4, S8);
+        out.push(b'"');
+    }
+    out.push(b'}');
+    out
+}
+
+/// The state document's `positions` array as canonical JSON: every open position, accounts sorted, each account's
+/// positions by symbol, then position side (backstop.core.snapshot), each written key by key.
+fn positions_json(engine: &Engine) -> Vec<u8> {
     let names = &engine.names;
     let mut accounts: Vec<u32> = engine.positions.of_account.keys().copied().collect();
-    accounts.sort_unstable_by(|a, b| names.name(*a).cmp(names.name(*b))); // names are unique
-    accounts.into_iter().flat_map(|account| positions_of(engine, account)).collect()
+    sort_by_name(&mut accounts, names);
+    let mut out = Vec::with_capacity(2 + 200 * engine.positions.by_key.len());
+    out.push(b'[');
+    for position in accounts.into_iter().flat_map(|account| positions_of(engine, account)) {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        write_position(&mut out, engine, position);
+    }
+    out.push(b']');
+    out
 }
 
 /// An entry of accounts.json: an account's wallets and positions, or a fund's balance and inventory.
@@ -1096,22 +1183,33 @@ fn positions_of(engine: &Engine, account: u32) -> Vec<&Position> {
     keys.iter().filter_map(|&(symbol, side)| engine.positions.get(account, symbol, side)).collect()
 }
 
-fn position_document<'e>(engine: &'e Engine, p: &'e Position) -> J<'e> {
-    // in key order: written as it stands
-    let mut entries = vec![
-        ("account_id", J::Str(engine.names.name(p.account))),
-        ("adl_quantile", J::Int(i128::from(p.adl_quantile))),
-        ("cost", J::Owned(text(p.cost, S16))),
-        ("leverage", J::Owned(text(p.leverage.value, S8))),
-        ("margin_mode", J::Str(mode_name(p.margin_mode))),
-    ];
+/// A position in the state document, its keys in order (backstop.core.snapshot).
+fn write_position(out: &mut Vec<u8>, engine: &Engine, p: &Position) {
+    let decimal = |out: &mut Vec<u8>, value: i128, scale: u32| {
+        out.push(b'"');
+        numbers::write_scaled(out, value, scale);
+        out.push(b'"');
+    };
+    out.extend_from_slice(b"{\"account_id\":");
+    json::write_string(out, engine.names.name(p.account));
+    out.extend_from_slice(b",\"adl_quantile\":");
+    canonical::write_int(out, i128::from(p.adl_quantile));
+    out.extend_from_slice(b",\"cost\":");
+    decimal(out, p.cost, S16);
+    out.extend_from_slice(b",\"leverage\":");
+    decimal(out, p.leverage.value, S8);
+    out.extend_from_slice(b",\"margin_mode\":");
+    json::write_string(out, mode_name(p.margin_mode));
     if p.position_side != PositionSide::Both {
         // a version-1 journal keeps its state hash
-        entries.push(("position_side", J::Str(p.position_side.name())));
+        out.extend_from_slice(b",\"position_side\":");
+        json::write_string(out, p.position_side.name());
     }
-    entries.push(("qty", J::Owned(text(p.qty, S8))));
-    entries.push(("symbol", J::Str(engine.names.name(p.symbol))));
-    J::Obj(entries)
+    out.extend_from_slice(b",\"qty\":");
+    decimal(out, p.qty, S8);
+    out.extend_from_slice(b",\"symbol\":");
+    json::write_string(out, engine.names.name(p.symbol));
+    out.push(b'}');
 }
 
 fn position_view<'e>(engine: &'e Engine, p: &'e Position, (rank, quantile): (usize, u8)) -> J<'e> {
@@ -1251,6 +1349,59 @@ mod tests {
         let mut clean = Processor::new(false, 0);
         clean.apply_lines(SETUP, 1);
         assert_eq!((clean.applying, clean.events_applied()), (None, 3));
+    }
+
+    #[test]
+    fn accounts_json_is_the_same_bytes_however_its_pieces_are_cut() {
+        let empty = Processor::new(false, 0);
+        assert_eq!(empty.accounts_json(), b"{}\n");
+        let mut processor = Processor::new(false, 0);
+        processor.apply_lines(include_bytes!("../../../examples/02-adl-walks-queue.jsonl"), 1);
+        processor.apply_lines(include_bytes!("../../../examples/05-funding-and-fund-inventory.jsonl"), 100);
+        let views = crate::quantiles::views_now(&processor.engine);
+        let whole = processor.accounts_json_with(&views, 1).concat();
+        assert!(whole.starts_with(b"{\n  \"") && whole.ends_with(b"\n}\n"));
+        for threads in [2, 3, 8, 64] {
+            let pieces = processor.accounts_json_with(&views, threads);
+            assert!(pieces.len() > 2, "{threads} threads: pieces and the closing one");
+            assert_eq!(String::from_utf8(pieces.concat()).unwrap(), String::from_utf8(whole.clone()).unwrap());
+        }
+        let (summary, written) = processor.summary_and_accounts(|pieces| pieces.concat());
+        assert_eq!((summary, written), (processor.summary_json(), whole));
+    }
+
+    #[test]
+    fn names_sort_by_their_kind_then_the_rest_as_the_whole_names_do() {
+        let mut names = Names::default();
+        let words = ["a", "a-1", "a:b", "b", "", "\u{e9}", "a\u{0}", "fund", "acct-0000000000000000001",
+                     "acct-0000000000000000002", "acct-00000000000000000010"];
+        let ids: Vec<u32> = words.iter().map(|word| names.id(word)).collect();
+        let mut accounts = Vec::new();
+        for &first in &ids {
+            for &second in &ids {
+                accounts.push(Account::Wallet { account: first, asset: second });
+                for side in [PositionSide::Both, PositionSide::Long, PositionSide::Short] {
+                    accounts.push(Account::Isolated { account: first, symbol: second, side });
+                }
+            }
+            accounts.extend([Account::Fund(first), Account::Fees(first), Account::Settlement(first),
+                             Account::Funding(first), Account::External(first)]);
+        }
+        let mut by_name: Vec<String> = accounts.iter().map(|account| account.name(&names)).collect();
+        by_name.sort();
+        let mut by_parts: Vec<(u8, String)> = accounts.iter().map(|account| {
+            let mut rest = String::new();
+            (account.sort_parts(&names, &mut rest), rest)
+        }).collect();
+        by_parts.sort();
+        let joined: Vec<String> =
+            by_parts.into_iter().map(|(kind, rest)| format!("{}{rest}", Account::KINDS[kind as usize])).collect();
+        assert_eq!(joined, by_name);
+        let mut sorted = ids.clone();
+        sort_by_name(&mut sorted, &names);
+        let mut expected = ids;
+        expected.sort_by(|a, b| names.name(*a).cmp(names.name(*b)));
+        assert_eq!(sorted, expected);
     }
 
     #[test]

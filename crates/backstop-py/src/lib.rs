@@ -406,17 +406,30 @@ impl Ledger {
     }
 
     /// summary_json, with accounts.json written to `path` (O_DIRECT where the filesystem takes it), built and
-    /// written beside the summary. OSError: the file could not be written.
+    /// written beside the summary; while the output writer (write_outputs) still writes the last postings,
+    /// accounts.json is under way beside it, and the summary waits for the postings chain's head. OSError: the file
+    /// could not be written, or the output writer's error.
     fn summary_writing_accounts<'py>(&mut self, py: Python<'py>, path: std::path::PathBuf)
                                      -> PyResult<Bound<'py, PyBytes>> {
-        self.settled(py)?;
-        let write = |accounts: Vec<u8>| -> Result<(), WriteError> {
+        let write = |pieces: Vec<Vec<u8>>| -> Result<(), WriteError> {
             let failed = |error| WriteError { path: path.clone(), error };
             let mut file = Appender::create(path.clone()).map_err(failed)?;
-            file.append(&accounts).map_err(failed)?;
+            for piece in pieces {
+                file.append(&piece).map_err(failed)?; // each piece freed once written
+            }
             file.finish().map_err(failed)
         };
-        let (summary, written) = py.detach(|| self.guarded(|processor| processor.summary_and_accounts(write)))?;
+        let mut files = self.files.take();
+        let deferred = self.deferred_hashes;
+        let outcome = py.detach(|| self.guarded(|processor| {
+            let head = processor.engine.postings_head.clone();
+            processor.summary_and_accounts_settling(|| match (files.as_mut(), deferred) {
+                (Some(files), true) => files.postings_head(),
+                _ => Ok(head),
+            }, write)
+        }));
+        self.files = files;
+        let (summary, written) = outcome?.map_err(os_error)?;
         written.map_err(os_error)?;
         Ok(PyBytes::new(py, &summary))
     }

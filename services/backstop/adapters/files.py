@@ -20,12 +20,14 @@ import shutil
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from backstop.core.engine import Effects
 from backstop.core.hashing import canonical_json, record_dict
+
+if TYPE_CHECKING:
+    from backstop.core.engine import Effects  # the reference engine's, imported only where it runs
 
 RAW_KEEP_BYTES = 4096
 REPLAY_OUTPUTS = ("summary.json", "accounts.json", "fund-ledger.jsonl", "adl-events.jsonl", "adl-rounds.jsonl",

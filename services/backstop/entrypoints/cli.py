@@ -101,7 +101,6 @@ def _engine_for(args: argparse.Namespace) -> Literal["reference", "compiled"]:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    import asyncio
     from pathlib import Path
 
     from backstop.engines import EngineUnavailable
@@ -128,6 +127,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         if args.journal:
             result = replay(options)
         else:
+            import asyncio  # only a stored journal is read asynchronously
+
             try:
                 lines, stored = asyncio.run(_stored_journal(args))
             except _store_errors() as error:

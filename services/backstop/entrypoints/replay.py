@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, OutputError, staged_dir, write_bytes, write_json
 from backstop.adapters.journal_file import JournalFile, JournalFileError
-from backstop.core.engine import AdlPolicy
+from backstop.core.adl_policy import AdlPolicy
 from backstop.core.ledger import fund as fund_account
-from backstop.core.snapshot import seal_holds
 from backstop.engines import (
     ENGINE_WRITTEN,
     SNAPSHOT_COUNTERS,
@@ -82,6 +80,8 @@ def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
     """A snapshot's files (its JSON and the identity file it names beside it) and its document, every field of its
     envelope checked (its seal, counters, line, the identity file's name and SHA-256); the engine that restores it
     checks the state and the identities themselves."""
+    from backstop.core.snapshot import seal_holds  # the reference's modules: only a resumed replay needs them
+
     def corrupt(what: str) -> ReplayError:
         return ReplayError(f"snapshot {path} is corrupt: {what}", 2)
 
@@ -168,18 +168,12 @@ def file_chunks(journal: JournalFile, skip: int = 0) -> Iterator[tuple[int, byte
                 if not handle.readline():
                     return
                 number += 1
-            rest = b""
             while block := handle.read(CHUNK_BYTES):
-                data = rest + block
-                end = data.rfind(b"\n") + 1
-                if end == 0:
-                    rest = data
-                    continue
-                chunk, rest = data[:end], data[end:]
+                # the block's last line completed from the file: the chunk is copied once, not cut from a copy
+                tail = b"" if block.endswith(b"\n") else handle.readline()
+                chunk = block + tail if tail else block
                 yield number, chunk
                 number += chunk.count(b"\n")
-            if rest:
-                yield number, rest
     except OSError as error:
         raise JournalFileError(f"cannot read journal {journal.path}: {error.strerror or error}") from None
 
@@ -259,6 +253,20 @@ def engine_files(engine: LedgerEngine, out_path: Path) -> Iterator[Collection[st
     engine.finish_outputs()
 
 
+@contextlib.contextmanager
+def progress_bar(show: bool, size: int) -> Iterator[Callable[[int], None]]:
+    """`advance(bytes)` of a transient progress bar on stderr, or of nothing (rich is imported only to show one)."""
+    if not show:
+        yield lambda _done: None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), transient=True) as progress:
+        task = progress.add_task("replay", total=size)
+        yield lambda done: progress.advance(task, done)
+
+
 def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, chunks: Iterable[tuple[int, bytes]],
                  size: int, carried: Carried | None, elsewhere: Collection[str] = ()) -> dict[str, Any]:
     """The summary after the chunks are applied and their outputs written into `out_path`, accounts.json too."""
@@ -267,12 +275,9 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
     snapshots = out_path / "snapshots"
     if options.snapshot_every > 0:
         snapshots.mkdir()
-    with OutputDir(out_path, elsewhere=elsewhere) as out, Progress(
-            "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TimeRemainingColumn(), disable=not show, transient=True) as progress:
+    with OutputDir(out_path, elsewhere=elsewhere) as out, progress_bar(show, size) as advance:
         for letter in carried.dead_letters if carried is not None else ():
             out.dead_letter_record(letter)
-        task = progress.add_task("replay", total=size)
         for first_line, chunk in chunks:
             batch = engine.apply_lines(chunk, first_line)
             out.write_batch(batch.fund_ledger, batch.adl_events, batch.findings, batch.dead_letters,
@@ -283,9 +288,11 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
             if batch.stopped is not None:
                 line, reason = batch.stopped
                 raise ReplayError(f"line {line}: {reason}", 1)
-            progress.advance(task, len(chunk))
-    engine.finish_outputs()  # the writer's buffers are freed before the documents are built
+            advance(len(chunk))
+    # accounts.json is built while the engine's writer still writes the last chunks' postings; the summary takes the
+    # postings chain's head from it (docs/engines.md, "The replay's pipeline")
     result = engine.summary_writing_accounts(out_path / "accounts.json")
+    engine.finish_outputs()
     result["dead_letters"] = out.dead_letters
     if carried is not None:
         result["duplicates"] += carried.duplicates
