@@ -97,6 +97,8 @@ struct Book {
     exact_size: Vec<i128>,
     exact_cost: Vec<i128>,
     exact_base: Vec<i128>,
+    /// the quantile last published for the row's position (crate::quantiles), 0 for none
+    published: Vec<u8>,
     slot_of: HashMap<u32, u32>,
     free: Vec<u32>,
     /// the rows near the top at one mark, kept between deleverages at that mark
@@ -148,6 +150,7 @@ impl Book {
                 self.exact_size.push(0);
                 self.exact_cost.push(0);
                 self.exact_base.push(0);
+                self.published.push(0);
                 self.kind.len() - 1
             }
         };
@@ -156,8 +159,10 @@ impl Book {
         slot
     }
 
-    fn write(&mut self, slot: usize, kind: Kind, (size, cost, base): (i128, i128, Option<i128>), floats: (f64, f64, f64)) {
+    fn write(&mut self, slot: usize, kind: Kind, (size, cost, base): (i128, i128, Option<i128>), floats: (f64, f64, f64),
+             published: u8) {
         self.kind[slot] = kind;
+        self.published[slot] = published;
         (self.size[slot], self.cost[slot], self.base[slot]) = floats;
         self.exact_size[slot] = size;
         self.exact_cost[slot] = cost;
@@ -175,24 +180,25 @@ impl Book {
         self.changed = Vec::new();
     }
 
-    fn put(&mut self, account: u32, mode: Kind, (size, cost): (i128, i128), base: ethnum::I256) {
+    fn put(&mut self, account: u32, mode: Kind, (size, cost): (i128, i128), base: ethnum::I256, published: u8) {
         let slot = self.slot(account);
         let narrow = i128::try_from(base).ok();
         let kind = if narrow.is_some() { mode } else { Kind::Untied };
         let floats = (size as f64 / UNITS, cost as f64 / (UNITS * UNITS), base.as_f64() / UNITS);
-        self.write(slot, kind, (size, cost, narrow), floats);
+        self.write(slot, kind, (size, cost, narrow), floats, published);
     }
 
-    fn put_exact(&mut self, account: u32) {
+    /// An `Exact` row keeps its exact size and cost (a quantile point values it from them), not its doubles.
+    fn put_exact(&mut self, account: u32, (size, cost): (i128, i128), published: u8) {
         let slot = self.slot(account);
-        self.write(slot, Kind::Exact, (0, 0, Some(0)), EXACT_ROW);
+        self.write(slot, Kind::Exact, (size, cost, Some(0)), EXACT_ROW, published);
     }
 
     fn drop_account(&mut self, account: u32) {
         if let Some(slot) = self.slot_of.remove(&account) {
             let at = slot as usize;
             self.account[at] = u32::MAX;
-            self.write(at, Kind::Empty, (0, 0, Some(0)), EMPTY_ROW);
+            self.write(at, Kind::Empty, (0, 0, Some(0)), EMPTY_ROW, 0);
             self.free.push(slot);
         }
     }
@@ -434,7 +440,7 @@ impl AdlIndex {
                 match position.margin_mode {
                     MarginMode::Isolated => {
                         let base = ledger.balance(Account::Isolated { account, symbol, side: position_side });
-                        book.put(account, Kind::Isolated, (position.size(), position.cost), base);
+                        book.put(account, Kind::Isolated, (position.size(), position.cost), base, position.adl_quantile);
                     }
                     MarginMode::Cross => {
                         let peers = keys.iter().filter(|&&(other, other_side)| {
@@ -442,10 +448,10 @@ impl AdlIndex {
                                 && asset_of(other) == asset
                         });
                         if peers.count() > 1 {
-                            book.put_exact(account);
+                            book.put_exact(account, (position.size(), position.cost), position.adl_quantile);
                         } else {
                             let base = ledger.balance(Account::Wallet { account, asset });
-                            book.put(account, Kind::Cross, (position.size(), position.cost), base);
+                            book.put(account, Kind::Cross, (position.size(), position.cost), base, position.adl_quantile);
                         }
                     }
                 }
@@ -500,14 +506,102 @@ impl AdlIndex {
         }
     }
 
+    /// The rows of one symbol and side as a quantile point reads them (after a refresh).
+    pub fn rows(&self, symbol: u32, side: Side) -> Option<Rows<'_>> {
+        self.books.get(&book_key(symbol, side)).map(|book| Rows { book })
+    }
+
+    /// Every book's rows, with its symbol and side, in no particular order.
+    pub fn all_rows(&self) -> impl Iterator<Item = (u32, Side, Rows<'_>)> {
+        self.books.iter().map(|(&(symbol, long), book)| (symbol, if long { Side::Long } else { Side::Short }, Rows { book }))
+    }
+
+    /// Record the quantile published for an account's position of that symbol and side, where it has a row (one
+    /// it has not is written when the account's row is, from its position).
+    pub fn set_published(&mut self, symbol: u32, side: Side, account: u32, quantile: u8) {
+        if let Some(book) = self.books.get_mut(&book_key(symbol, side)) {
+            if let Some(&slot) = book.slot_of.get(&account) {
+                book.published[slot as usize] = quantile;
+            }
+        }
+    }
+
     /// Bytes the rows hold (capacity of every column and the slot maps), not the positions themselves.
     pub fn memory_bytes(&self) -> usize {
         self.books.values().map(|book| {
             let slots = book.kind.capacity();
             let scored = book.scored.as_ref().map_or(0, |s| s.pool.capacity() * 16 + s.always.capacity() * 4);
-            slots * (1 + 4 + 3 * 8 + 3 * 16) + book.slot_of.capacity() * 9 + book.free.capacity() * 4
+            slots * (1 + 4 + 3 * 8 + 3 * 16 + 1) + book.slot_of.capacity() * 9 + book.free.capacity() * 4
                 + book.changed.capacity() * 4 + scored
         }).sum()
+    }
+}
+
+/// What a row of a book holds, for a quantile point (crate::quantiles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Row {
+    /// a free slot
+    Empty,
+    /// a position whose score follows from its (size, cost, B) doubles
+    Scored,
+    /// a cross position of an account with cross positions in several symbols of one asset: its equity share
+    /// depends on other marks
+    Apart,
+}
+
+/// One symbol and side's rows, slot by slot: what each holds, its account, its (size, cost, B) doubles and the
+/// quantile last published for its position.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    book: &'a Book,
+}
+
+impl Rows<'_> {
+    /// Slots, free ones included.
+    pub fn slots(&self) -> usize {
+        self.book.kind.len()
+    }
+
+    /// Open positions.
+    pub fn count(&self) -> usize {
+        self.book.rows()
+    }
+
+    #[inline]
+    pub fn row(&self, slot: usize) -> Row {
+        match self.book.kind[slot] {
+            Kind::Empty => Row::Empty,
+            Kind::Exact => Row::Apart,
+            Kind::Isolated | Kind::Cross | Kind::Untied => Row::Scored,
+        }
+    }
+
+    #[inline]
+    pub fn account(&self, slot: usize) -> u32 {
+        self.book.account[slot]
+    }
+
+    /// (size, cost, B) as doubles, in units of 1.
+    #[inline]
+    pub fn floats(&self, slot: usize) -> (f64, f64, f64) {
+        (self.book.size[slot], self.book.cost[slot], self.book.base[slot])
+    }
+
+    /// The exact size (1e-8) of a row.
+    #[inline]
+    pub fn exact_size(&self, slot: usize) -> i128 {
+        self.book.exact_size[slot]
+    }
+
+    /// The exact cost (1e-16) of a row.
+    #[inline]
+    pub fn exact_cost(&self, slot: usize) -> i128 {
+        self.book.exact_cost[slot]
+    }
+
+    #[inline]
+    pub fn published(&self, slot: usize) -> u8 {
+        self.book.published[slot]
     }
 }
 
