@@ -17,7 +17,7 @@
 //! those integers, never on doubles (two different balances can share a double).
 
 use crate::ledger::{Account, Ledger};
-use crate::state::{Instrument, Positions, Side};
+use crate::state::{Instrument, Position, Positions, Side};
 use crate::wire::MarginMode;
 use rustc_hash::FxHashMap as HashMap;
 
@@ -430,23 +430,24 @@ impl AdlIndex {
             accounts = positions.of_account.keys().copied().collect();
             self.built = true;
         }
+        let mut held: Vec<(&Position, u32)> = Vec::new(); // an account's positions and their settlement assets
         for account in accounts {
-            let keys = positions.keys_of(account); // (symbol, position side): hedge sides are rows of their own
-            let asset_of = |symbol: u32| instruments[&symbol].settle_asset;
-            for &(symbol, position_side) in keys {
-                let Some(position) = positions.get(account, symbol, position_side) else { continue };
+            // (symbol, position side): hedge sides are rows of their own
+            held.clear();
+            held.extend(positions.keys_of(account).iter()
+                .filter_map(|&(symbol, position_side)| positions.get(account, symbol, position_side))
+                .map(|position| (position, instruments[&position.symbol].settle_asset)));
+            for &(position, asset) in &held {
+                let (symbol, position_side) = (position.symbol, position.position_side);
                 let book = self.books.entry(book_key(symbol, position.side())).or_default();
-                let asset = asset_of(symbol);
                 match position.margin_mode {
                     MarginMode::Isolated => {
                         let base = ledger.balance(Account::Isolated { account, symbol, side: position_side });
                         book.put(account, Kind::Isolated, (position.size(), position.cost), base, position.adl_quantile);
                     }
                     MarginMode::Cross => {
-                        let peers = keys.iter().filter(|&&(other, other_side)| {
-                            positions.get(account, other, other_side).is_some_and(|p| p.margin_mode == MarginMode::Cross)
-                                && asset_of(other) == asset
-                        });
+                        let peers = held.iter()
+                            .filter(|(other, other_asset)| other.margin_mode == MarginMode::Cross && *other_asset == asset);
                         if peers.count() > 1 {
                             book.put_exact(account, (position.size(), position.cost), position.adl_quantile);
                         } else {

@@ -157,20 +157,24 @@ struct Row {
     published: u8,
 }
 
+/// An apart row's uPnL (1e-16) and maintenance margin (1e-8), and the place of its account's totals.
+type ApartRow = (i128, i128, u32);
+
 /// The rows the index keeps apart (cross positions of accounts with cross positions in several symbols of one
 /// asset), valued exactly once a quantile point from the index's rows: per book, (uPnL at 1e-16, maintenance margin
-/// at 1e-8) of each such row in slot order; per account and asset, its cross margin balance and summed maintenance
-/// margin (Engine::cross_totals), as doubles.
+/// at 1e-8, its account's totals) of each such row in slot order; per account and asset, its cross margin balance
+/// and summed maintenance margin (Engine::cross_totals), as doubles.
 #[derive(Default)]
 pub struct Apart {
-    exposures: FxHashMap<(u32, bool), Vec<(i128, i128)>>,
-    totals: FxHashMap<(u32, u32), (f64, f64)>,
+    exposures: FxHashMap<(u32, bool), Vec<ApartRow>>,
+    totals: Vec<(f64, f64)>,
 }
 
 impl Apart {
     /// From the index's rows (refreshed first); the sums are exact, so the books' order does not matter.
     pub fn of(engine: &Engine) -> Apart {
-        let mut sums: FxHashMap<(u32, u32), (Wide, I256)> = FxHashMap::default();
+        let mut places: FxHashMap<(u32, u32), u32> = FxHashMap::default(); // (account, asset) -> its sums
+        let mut sums: Vec<(Wide, I256)> = Vec::new();
         let mut exposures = FxHashMap::default();
         for (symbol, side, book) in engine.adl_index.all_rows() {
             let instrument = &engine.instruments[&symbol];
@@ -180,18 +184,21 @@ impl Apart {
                 let account = book.account(slot);
                 let (pnl, maintenance) = exposure_at(instrument, engine.marks[&symbol], side == Side::Long,
                                                      book.exact_size(slot), book.exact_cost(slot));
-                rows.push((pnl, maintenance));
-                let sum = sums.entry((account, asset)).or_insert_with(|| {
-                    (wmul(wide256(engine.ledger.balance(Account::Wallet { account, asset })), wpow10(S16 - S8)), I256::ZERO)
+                let place = *places.entry((account, asset)).or_insert_with(|| {
+                    let wallet = engine.ledger.balance(Account::Wallet { account, asset });
+                    sums.push((wmul(wide256(wallet), wpow10(S16 - S8)), I256::ZERO));
+                    (sums.len() - 1) as u32
                 });
+                let sum = &mut sums[place as usize];
                 *sum = (wadd(sum.0, wide(pnl)), add(sum.1, I256::new(maintenance)));
+                rows.push((pnl, maintenance, place));
             }
             if !rows.is_empty() {
                 exposures.insert((symbol, side == Side::Long), rows);
             }
         }
         let totals = sums.into_iter()
-            .map(|(key, (balance, maintenance))| (key, (balance.as_::<f64>() / 1e16, maintenance.as_f64() / 1e8)))
+            .map(|(balance, maintenance)| (balance.as_::<f64>() / 1e16, maintenance.as_f64() / 1e8))
             .collect();
         Apart { exposures, totals }
     }
@@ -251,8 +258,8 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side, apart: &Apart) -> 
                 Floats { equity: base + upnl, bound, upnl, cost, notional, size: book.exact_size(slot) }
             }
             IndexRow::Apart => {
-                let &(pnl, own) = apart_exposures.next().expect("an exposure per apart row");
-                let (balance, maintenance) = apart.totals[&(account, asset)];
+                let &(pnl, own, place) = apart_exposures.next().expect("an exposure per apart row");
+                let (balance, maintenance) = apart.totals[place as usize];
                 debug_assert_eq!(engine.exposure(position_of(account)), (pnl, own));
                 debug_assert_eq!(engine.cross_totals(account, asset).0.as_::<f64>() / 1e16, balance);
                 let (exact_size, exact_cost) = (book.exact_size(slot), book.exact_cost(slot));
@@ -429,15 +436,12 @@ fn split_at_places(order: &mut [(f64, u32)], places: &[usize]) {
     split_at_places(after, &later);
 }
 
-/// A quantile record, as canonical::write writes its object (keys sorted), without building it.
-#[allow(clippy::too_many_arguments)]
-fn write_quantile_record(out: &mut Vec<u8>, account: &str, (seq, written): (u64, usize), quantile: u8, side: Side,
-                         symbol: &str, ts: u64) {
+/// A quantile record, as canonical::write writes its object (keys sorted), without building it: the account and
+/// the id's place among the point's records, then the point's parts (QuantileParts) around the quantile.
+fn write_quantile_record(out: &mut Vec<u8>, account: &str, written: usize, quantile: u8, parts: &QuantileParts) {
     out.extend_from_slice(b"{\"account_id\":");
     write_string(out, account);
-    out.extend_from_slice(b",\"id\":\"aq-");
-    write_int(out, i128::from(seq));
-    out.push(b'-');
+    out.extend_from_slice(&parts.id);
     write_int(out, written as i128);
     out.extend_from_slice(b"\",\"kind\":\"quantile\",\"quantile\":");
     if quantile == 0 {
@@ -445,17 +449,34 @@ fn write_quantile_record(out: &mut Vec<u8>, account: &str, (seq, written): (u64,
     } else {
         write_int(out, i128::from(quantile));
     }
-    out.extend_from_slice(b",\"schema_version\":");
-    write_int(out, SCHEMA_VERSION);
-    out.extend_from_slice(b",\"seq\":");
-    write_int(out, i128::from(seq));
-    out.extend_from_slice(b",\"side\":");
-    write_string(out, side.name());
-    out.extend_from_slice(b",\"symbol\":");
-    write_string(out, symbol);
-    out.extend_from_slice(b",\"ts\":");
-    write_int(out, i128::from(ts));
-    out.extend_from_slice(b"}\n");
+    out.extend_from_slice(&parts.tail);
+}
+
+/// What a point's quantile records of one symbol and side share: the id up to its place, and the fields after the
+/// quantile.
+struct QuantileParts {
+    id: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl QuantileParts {
+    fn new(seq: u64, ts: u64, side: Side, symbol: &str) -> QuantileParts {
+        let mut id = b",\"id\":\"aq-".to_vec();
+        write_int(&mut id, i128::from(seq));
+        id.push(b'-');
+        let mut tail = b",\"schema_version\":".to_vec();
+        write_int(&mut tail, SCHEMA_VERSION);
+        tail.extend_from_slice(b",\"seq\":");
+        write_int(&mut tail, i128::from(seq));
+        tail.extend_from_slice(b",\"side\":");
+        write_string(&mut tail, side.name());
+        tail.extend_from_slice(b",\"symbol\":");
+        write_string(&mut tail, symbol);
+        tail.extend_from_slice(b",\"ts\":");
+        write_int(&mut tail, i128::from(ts));
+        tail.extend_from_slice(b"}\n");
+        QuantileParts { id, tail }
+    }
 }
 
 /// Reported money of an exact amount at `scale` (HALF_EVEN to 1e-8), as text: a capacity derives from a balance
@@ -521,9 +542,9 @@ pub fn publish(engine: &mut Engine, out: &mut Outputs) {
             }
             let names = &engine.names;
             changed.sort_by(|a, b| names.name(a.0).cmp(names.name(b.0)));
+            let parts = QuantileParts::new(seq, ts, side, names.name(*symbol));
             for (account, quantile) in changed {
-                write_quantile_record(&mut out.adl_quantiles, names.name(account), (seq, written), quantile, side,
-                                      names.name(*symbol), ts);
+                write_quantile_record(&mut out.adl_quantiles, names.name(account), written, quantile, &parts);
                 out.quantile_count += 1;
                 written += 1;
             }
@@ -686,7 +707,8 @@ mod tests {
     fn a_quantile_record_is_written_as_its_canonical_object() {
         for (account, quantile) in [("a001", 3u8), ("quote\"back\\slash", 0), ("ünïcode\u{1}", 5)] {
             let mut fast = Vec::new();
-            write_quantile_record(&mut fast, account, (123_456, 7), quantile, Side::Short, "BTCUSDT", 1_760_000_000_000);
+            let parts = QuantileParts::new(123_456, 1_760_000_000_000, Side::Short, "BTCUSDT");
+            write_quantile_record(&mut fast, account, 7, quantile, &parts);
             let id = "aq-123456-7";
             let fields = vec![
                 ("kind", J::Str("quantile")),
