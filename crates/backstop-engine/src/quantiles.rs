@@ -137,22 +137,22 @@ fn side_changes_exact(engine: &Engine, symbol: u32, side: Side) -> (Vec<Change>,
     (changes, view.stressed_size)
 }
 
-/// The float margins of backstop.core.adl_index: a float score within RELATIVE_MARGIN x |score| + ABSOLUTE_MARGIN
-/// of the exact one; equity within `bound` of zero (or of the stress threshold) decided exactly.
+/// The float margins of backstop.core.adl_index and backstop.core.quantile_index: equity within `bound` of zero
+/// (or of the stress threshold) is decided exactly; beyond it a float score lies within RELATIVE_MARGIN x |score|
+/// (the rounded bankruptcy price and equity share), SCORE_ERROR (the quantum of an exact score) and the
+/// cancellation in uPnL = notional - cost (FLOAT_ERROR of notional + cost), which a leverage (or its inverse) scales.
 const RELATIVE_MARGIN: f64 = 1e-6;
-const ABSOLUTE_MARGIN: f64 = 1e-6;
 const UNTRUSTED_EQUITY: f64 = 1e-6;
 const ROUNDING_SLACK: f64 = 1e-8 * 2.0 / RELATIVE_MARGIN;
+const FLOAT_ERROR: f64 = 1e-15;
+const SCORE_ERROR: f64 = 1e-12;
 
-fn spread(key: f64) -> f64 {
-    key.abs() * RELATIVE_MARGIN + ABSOLUTE_MARGIN
-}
-
-/// A row of a group: its account, its key (float score, or uPnL / cost past bankruptcy), its exact rank where it
-/// was computed, and the quantile last published for its position.
+/// A row of a group: its account, its key (float score, or uPnL / cost past bankruptcy), how far its exact score
+/// can lie from the key, its exact rank where it was computed, and the quantile last published for its position.
 struct Row {
     account: u32,
     key: f64,
+    spread: f64,
     exact: Option<Ranked>,
     published: u8,
 }
@@ -288,12 +288,16 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side, apart: &Apart) -> 
                 if clearly || (!clearly_not && is_stressed(&engine.rank(position_of(account)), mark, side, false)) {
                     stressed += size;
                 }
-                groups[0].push(Row { account, key, exact: None, published });
+                let cancellation = FLOAT_ERROR * (notional + cost) / cost * leverage.max(1.0 / leverage);
+                let spread = key.abs() * RELATIVE_MARGIN + SCORE_ERROR + cancellation;
+                groups[0].push(Row { account, key, spread, exact: None, published });
                 continue;
             }
         } else if equity < -bound && (upnl / cost).is_finite() {
             stressed += size; // clearly past its bankruptcy price
-            groups[1].push(Row { account, key: upnl / cost, exact: None, published });
+            let key = upnl / cost; // its exact score is uPnL / cost, no bankruptcy price in it
+            let spread = key.abs() * FLOAT_ERROR + SCORE_ERROR + FLOAT_ERROR * (notional + cost) / cost;
+            groups[1].push(Row { account, key, spread, exact: None, published });
             continue;
         }
         // too close to zero (or to a double's range) to trust: ranked exactly
@@ -302,7 +306,8 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side, apart: &Apart) -> 
             stressed += ranked.size;
         }
         let key = ranked.score.as_::<f64>() / 1e12;
-        groups[usize::from(ranked.past_bankruptcy)].push(Row { account, key, exact: Some(ranked), published });
+        let spread = key.abs() * FLOAT_ERROR;
+        groups[usize::from(ranked.past_bankruptcy)].push(Row { account, key, spread, exact: Some(ranked), published });
     }
     let count = groups[0].len() + groups[1].len();
     let mut changes = Vec::new();
@@ -333,8 +338,8 @@ fn is_stressed(ranked: &Ranked, mark: i128, side: Side, inverse: bool) -> bool {
 /// exact ranking at the (at most four) places where the quantile changes.
 ///
 /// The rows are split by key at the cuts, highest first (selection, not a sort): segment s holds the places from
-/// one after cut s - 1 to cut s. At a cut, the hull [low, high] of the intervals (key ± spread) of the lowest key
-/// before it and the highest after it widens over every row whose interval meets it until none more does: those
+/// one after cut s - 1 to cut s. At a cut, the hull [low, high] of the intervals (key ± spread: the exact score
+/// lies in it) of the lowest key before it and the highest after it widens over every row whose interval meets it until none more does: those
 /// rows' exact scores lie in the hull, every other row's outside it, above or below. So the run is ranked exactly
 /// after the rows above it, and a row in no run is certainly in its segment's band. A segment whose intervals all
 /// miss the hull (its least low and greatest high tell) is not looked into.
@@ -354,21 +359,23 @@ fn group_quantiles(rows: &mut [Row], (offset, count): (usize, usize), past: bool
     let mut order: Vec<(f64, u32)> = rows.iter().enumerate().map(|(i, row)| (row.key, i as u32)).collect();
     let starts: Vec<usize> = std::iter::once(0).chain(cuts.iter().map(|cut| cut + 1)).collect();
     split_at_places(&mut order, &starts[1..]);
-    let low: Vec<f64> = order.iter().map(|&(key, _)| key - spread(key)).collect();
-    let high: Vec<f64> = order.iter().map(|&(key, _)| key + spread(key)).collect();
+    let low: Vec<f64> = order.iter().map(|&(key, i)| key - rows[i as usize].spread).collect();
+    let high: Vec<f64> = order.iter().map(|&(key, i)| key + rows[i as usize].spread).collect();
     let segment = |s: usize| starts[s]..starts.get(s + 1).copied().unwrap_or(n);
-    // per segment: its lowest and highest key, its least low and greatest high
-    let bounds: Vec<(f64, f64, f64, f64)> = (0..starts.len()).map(|s| {
-        segment(s).fold((f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY), |(a, b, c, d), at| {
-            (a.min(order[at].0), b.max(order[at].0), c.min(low[at]), d.max(high[at]))
+    // per segment: the places of its lowest and highest key, its least low and greatest high
+    let bounds: Vec<(usize, usize, f64, f64)> = (0..starts.len()).map(|s| {
+        let first = starts[s];
+        segment(s).fold((first, first, f64::INFINITY, f64::NEG_INFINITY), |(lowest, highest, least, greatest), at| {
+            let key = order[at].0;
+            (if key < order[lowest].0 { at } else { lowest }, if key > order[highest].0 { at } else { highest },
+             least.min(low[at]), greatest.max(high[at]))
         })
     }).collect();
     let mut place: Vec<Option<usize>> = vec![None; n]; // exact places, by row
     let mut run: Vec<usize> = Vec::new();
     for c in 0..cuts.len() {
-        let (above, below) = (bounds[c].0, bounds[c + 1].1);
-        let (mut hull_low, mut hull_high) = ((above - spread(above)).min(below - spread(below)),
-                                             (above + spread(above)).max(below + spread(below)));
+        let (above, below) = (bounds[c].0, bounds[c + 1].1); // the lowest key before the cut, the highest after
+        let (mut hull_low, mut hull_high) = (low[above].min(low[below]), high[above].max(high[below]));
         let first = loop {
             run.clear();
             let (mut wider_low, mut wider_high) = (hull_low, hull_high);
@@ -728,8 +735,8 @@ mod tests {
         }
     }
 
-    /// Keys anywhere within their spread of the exact scores, which tie often and lie closer than a spread apart
-    /// (so runs chain across many rows): the quantiles are those of the exact order.
+    /// Keys anywhere within their spreads (of every size) of the exact scores, which tie often and lie closer than
+    /// a spread apart (so runs chain across many rows): the quantiles are those of the exact order.
     #[test]
     fn a_group_s_quantiles_are_the_exact_order_s_however_far_the_keys_stray() {
         let mut random = Random(11);
@@ -748,8 +755,11 @@ mod tests {
             }).collect();
             let mut rows: Vec<Row> = ranked.iter().map(|r| {
                 let exact = r.score.as_::<f64>() / 1e12;
-                let stray = (random.below(2001) as f64 - 1000.0) / 1000.0 * 0.999 * spread(exact) / (1.0 + RELATIVE_MARGIN);
-                Row { account: r.account, key: exact + stray, exact: None, published: 0 }
+                let spread = exact.abs() * [0.0, 1e-9, 1e-6][random.below(3) as usize]
+                    + [0.0, SCORE_ERROR, 1e-9, 1e-6][random.below(4) as usize];
+                // within the spread with room for the rounding of the sum
+                let stray = (random.below(2001) as f64 - 1000.0) / 1000.0 * 0.999 * spread;
+                Row { account: r.account, key: exact + stray, spread, exact: None, published: 0 }
             }).collect();
             let got = group_quantiles(&mut rows, (offset, count), false, |account| ranked[account as usize].clone(),
                                       |a, b| a.cmp(&b));
