@@ -148,12 +148,11 @@ const FLOAT_ERROR: f64 = 1e-15;
 const SCORE_ERROR: f64 = 1e-12;
 
 /// A row of a group: its account, its key (float score, or uPnL / cost past bankruptcy), how far its exact score
-/// can lie from the key, its exact rank where it was computed, and the quantile last published for its position.
+/// can lie from the key, and the quantile last published for its position.
 struct Row {
     account: u32,
     key: f64,
     spread: f64,
-    exact: Option<Ranked>,
     published: u8,
 }
 
@@ -279,25 +278,26 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side, apart: &Apart) -> 
         let published = book.published(slot);
         let Floats { equity, bound, upnl, cost, notional, size } = floats;
         if equity > bound {
-            let ratio = upnl / cost;
-            let leverage = notional / equity;
-            let key = if ratio >= 0.0 { ratio * leverage } else { ratio / leverage };
+            let per_cost = 1.0 / cost;
+            let ratio = upnl * per_cost;
+            let (leverage, inverse) = (notional / equity, equity / notional);
+            let key = ratio * if ratio >= 0.0 { leverage } else { inverse };
             if key.is_finite() {
                 let (clearly, clearly_not) = (STRESS_LEVERAGE as f64 * equity + 11.0 * bound < notional,
                                               STRESS_LEVERAGE as f64 * equity - 11.0 * bound > notional);
                 if clearly || (!clearly_not && is_stressed(&engine.rank(position_of(account)), mark, side, false)) {
                     stressed += size;
                 }
-                let cancellation = FLOAT_ERROR * (notional + cost) / cost * leverage.max(1.0 / leverage);
+                let cancellation = FLOAT_ERROR * (notional + cost) * per_cost * leverage.max(inverse);
                 let spread = key.abs() * RELATIVE_MARGIN + SCORE_ERROR + cancellation;
-                groups[0].push(Row { account, key, spread, exact: None, published });
+                groups[0].push(Row { account, key, spread, published });
                 continue;
             }
         } else if equity < -bound && (upnl / cost).is_finite() {
             stressed += size; // clearly past its bankruptcy price
             let key = upnl / cost; // its exact score is uPnL / cost, no bankruptcy price in it
             let spread = key.abs() * FLOAT_ERROR + SCORE_ERROR + FLOAT_ERROR * (notional + cost) / cost;
-            groups[1].push(Row { account, key, spread, exact: None, published });
+            groups[1].push(Row { account, key, spread, published });
             continue;
         }
         // too close to zero (or to a double's range) to trust: ranked exactly
@@ -307,12 +307,12 @@ pub fn side_changes(engine: &Engine, symbol: u32, side: Side, apart: &Apart) -> 
         }
         let key = ranked.score.as_::<f64>() / 1e12;
         let spread = key.abs() * FLOAT_ERROR;
-        groups[usize::from(ranked.past_bankruptcy)].push(Row { account, key, spread, exact: Some(ranked), published });
+        groups[usize::from(ranked.past_bankruptcy)].push(Row { account, key, spread, published });
     }
     let count = groups[0].len() + groups[1].len();
     let mut changes = Vec::new();
     let mut offset = 0;
-    for (past, rows) in groups.iter_mut().enumerate() {
+    for (past, rows) in groups.iter().enumerate() {
         let exact = |account: u32| engine.rank(position_of(account));
         let name_order = |a: u32, b: u32| engine.names.name(a).cmp(engine.names.name(b));
         let quantiles = group_quantiles(rows, (offset, count), past == 1, exact, name_order);
@@ -344,7 +344,7 @@ fn is_stressed(ranked: &Ranked, mark: i128, side: Side, inverse: bool) -> bool {
 /// after the rows above it, and a row in no run is certainly in its segment's band. A segment whose intervals all
 /// miss the hull (its least low and greatest high tell) is not looked into.
 /// `exact` ranks an account's position exactly, `name_order` orders two accounts by id (the queue's last key).
-fn group_quantiles(rows: &mut [Row], (offset, count): (usize, usize), past: bool, exact: impl Fn(u32) -> Ranked,
+fn group_quantiles(rows: &[Row], (offset, count): (usize, usize), past: bool, exact: impl Fn(u32) -> Ranked,
                    name_order: impl Fn(u32, u32) -> std::cmp::Ordering) -> Vec<u8> {
     let n = rows.len();
     let mut cuts: Vec<usize> = (1..5)
@@ -399,21 +399,18 @@ fn group_quantiles(rows: &mut [Row], (offset, count): (usize, usize), past: bool
             }
             (hull_low, hull_high) = (wider_low, wider_high);
         };
-        let mut members: Vec<usize> = run.iter().map(|&at| order[at].1 as usize).collect();
-        for &i in &members {
-            let row = &mut rows[i];
-            if row.exact.is_none() {
-                row.exact = Some(exact(row.account));
-            }
-            let exact = row.exact.as_ref().expect("ranked");
-            assert!(exact.past_bankruptcy == past, "a row's float score put it on the wrong side of its bankruptcy price");
+        let mut members: Vec<(usize, Ranked)> = run.iter().map(|&at| {
+            let i = order[at].1 as usize;
+            (i, exact(rows[i].account))
+        }).collect();
+        for (_, ranked) in &members {
+            assert!(ranked.past_bankruptcy == past, "a row's float score put it on the wrong side of its bankruptcy price");
         }
-        members.sort_by(|&a, &b| {
-            let (a, b) = (rows[a].exact.as_ref().expect("ranked"), rows[b].exact.as_ref().expect("ranked"));
+        members.sort_by(|(_, a), (_, b)| {
             (-a.score, -a.size).cmp(&(-b.score, -b.size)).then_with(|| name_order(a.account, b.account))
         });
-        for (at, &i) in members.iter().enumerate() {
-            place[i] = Some(first + at);
+        for (at, (i, _)) in members.iter().enumerate() {
+            place[*i] = Some(first + at);
         }
     }
     let mut quantiles = vec![0u8; n];
@@ -753,15 +750,15 @@ mod tests {
                 past_bankruptcy: false,
                 bankruptcy: Wide::ZERO,
             }).collect();
-            let mut rows: Vec<Row> = ranked.iter().map(|r| {
+            let rows: Vec<Row> = ranked.iter().map(|r| {
                 let exact = r.score.as_::<f64>() / 1e12;
                 let spread = exact.abs() * [0.0, 1e-9, 1e-6][random.below(3) as usize]
                     + [0.0, SCORE_ERROR, 1e-9, 1e-6][random.below(4) as usize];
                 // within the spread with room for the rounding of the sum
                 let stray = (random.below(2001) as f64 - 1000.0) / 1000.0 * 0.999 * spread;
-                Row { account: r.account, key: exact + stray, spread, exact: None, published: 0 }
+                Row { account: r.account, key: exact + stray, spread, published: 0 }
             }).collect();
-            let got = group_quantiles(&mut rows, (offset, count), false, |account| ranked[account as usize].clone(),
+            let got = group_quantiles(&rows, (offset, count), false, |account| ranked[account as usize].clone(),
                                       |a, b| a.cmp(&b));
             let mut order: Vec<&Ranked> = ranked.iter().collect();
             order.sort_by_key(|r| (-r.score, -r.size, r.account));
