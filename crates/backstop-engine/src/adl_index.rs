@@ -38,7 +38,8 @@ const UNITS: f64 = 1e8;
 
 /// What a row stands for. `Isolated` and `Cross` rows are scored in doubles and grouped on their exact numbers;
 /// `Untied` rows are scored but never grouped (a B beyond 128 bits); `Exact` rows are always candidates (an account
-/// with cross positions in several symbols of one asset: its equity share depends on other marks).
+/// with cross positions in several symbols of one asset: its equity share depends on other marks), and keep the
+/// position's size and cost and the account's wallet as integers for the quantile points (crate::quantiles).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 enum Kind {
@@ -47,6 +48,8 @@ enum Kind {
     Cross,
     Untied,
     Exact,
+    /// an `Exact` row whose wallet is beyond 128 bits (not kept in the row)
+    ExactWide,
 }
 
 /// Accounts whose positions or balances changed since the index last looked (the ledger marks the owners of the
@@ -188,10 +191,12 @@ impl Book {
         self.write(slot, kind, (size, cost, narrow), floats, published);
     }
 
-    /// An `Exact` row keeps its exact size and cost (a quantile point values it from them), not its doubles.
-    fn put_exact(&mut self, account: u32, (size, cost): (i128, i128), published: u8) {
+    /// An `Exact` row keeps its exact size, cost and wallet (a quantile point values it from them), not doubles.
+    fn put_exact(&mut self, account: u32, (size, cost): (i128, i128), wallet: ethnum::I256, published: u8) {
         let slot = self.slot(account);
-        self.write(slot, Kind::Exact, (size, cost, Some(0)), EXACT_ROW, published);
+        let narrow = i128::try_from(wallet).ok();
+        let kind = if narrow.is_some() { Kind::Exact } else { Kind::ExactWide };
+        self.write(slot, kind, (size, cost, narrow), EXACT_ROW, published);
     }
 
     fn drop_account(&mut self, account: u32) {
@@ -448,11 +453,11 @@ impl AdlIndex {
                     MarginMode::Cross => {
                         let peers = held.iter()
                             .filter(|(other, other_asset)| other.margin_mode == MarginMode::Cross && *other_asset == asset);
+                        let wallet = ledger.balance(Account::Wallet { account, asset });
                         if peers.count() > 1 {
-                            book.put_exact(account, (position.size(), position.cost), position.adl_quantile);
+                            book.put_exact(account, (position.size(), position.cost), wallet, position.adl_quantile);
                         } else {
-                            let base = ledger.balance(Account::Wallet { account, asset });
-                            book.put(account, Kind::Cross, (position.size(), position.cost), base, position.adl_quantile);
+                            book.put(account, Kind::Cross, (position.size(), position.cost), wallet, position.adl_quantile);
                         }
                     }
                 }
@@ -572,7 +577,7 @@ impl Rows<'_> {
     pub fn row(&self, slot: usize) -> Row {
         match self.book.kind[slot] {
             Kind::Empty => Row::Empty,
-            Kind::Exact => Row::Apart,
+            Kind::Exact | Kind::ExactWide => Row::Apart,
             Kind::Isolated | Kind::Cross | Kind::Untied => Row::Scored,
         }
     }
@@ -592,6 +597,12 @@ impl Rows<'_> {
     #[inline]
     pub fn exact_size(&self, slot: usize) -> i128 {
         self.book.exact_size[slot]
+    }
+
+    /// The wallet (1e-8) of an `Apart` row's account in the row's settlement asset, where it fits 128 bits.
+    #[inline]
+    pub fn wallet(&self, slot: usize) -> Option<i128> {
+        (self.book.kind[slot] == Kind::Exact).then(|| self.book.exact_base[slot])
     }
 
     /// The exact cost (1e-16) of a row.

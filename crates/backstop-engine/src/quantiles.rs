@@ -184,7 +184,8 @@ impl Apart {
                 let (pnl, maintenance) = exposure_at(instrument, engine.marks[&symbol], side == Side::Long,
                                                      book.exact_size(slot), book.exact_cost(slot));
                 let place = *places.entry((account, asset)).or_insert_with(|| {
-                    let wallet = engine.ledger.balance(Account::Wallet { account, asset });
+                    let wallet = book.wallet(slot).map_or_else(|| engine.ledger.balance(Account::Wallet { account, asset }),
+                                                               I256::new);
                     sums.push((wmul(wide256(wallet), wpow10(S16 - S8)), I256::ZERO));
                     (sums.len() - 1) as u32
                 });
