@@ -355,7 +355,8 @@ fn group_quantiles(rows: &[Row], (offset, count): (usize, usize), past: bool, ex
         .collect();
     cuts.dedup();
     if cuts.is_empty() {
-        return vec![quantile(offset + 1, count) as u8; n];
+        // one band (or no row at all, and perhaps no position in the side: no quantile to compute)
+        return if n == 0 { Vec::new() } else { vec![quantile(offset + 1, count) as u8; n] };
     }
     let mut order: Vec<(f64, u32)> = rows.iter().enumerate().map(|(i, row)| (row.key, i as u32)).collect();
     let starts: Vec<usize> = std::iter::once(0).chain(cuts.iter().map(|cut| cut + 1)).collect();
@@ -706,6 +707,24 @@ mod tests {
             }
             assert!(seen.iter().all(|&count| count > 50), "seed {seed}: changes, apart rows, past bankruptcy {seen:?}");
         }
+    }
+
+    /// A side whose positions have all closed keeps its book (free slots only), and a group can be empty: a point
+    /// publishes the closes and computes no quantile.
+    #[test]
+    fn a_point_over_a_side_whose_positions_all_closed() {
+        let mut processor = Processor::new(false, 0);
+        apply(&mut processor, &(SETUP.to_string() + concat!(
+            r#"{"type":"transfer","ts":2,"transfer_id":"u","account_id":"a","asset":"USDT","amount":"1000"}"#, "\n",
+            r#"{"type":"fill","ts":2,"fill_id":"f1","account_id":"a","symbol":"BTCUSDT","side":"buy","qty":"0.01","price":"50000","fee":"0","margin_mode":"cross","leverage":"10"}"#, "\n")));
+        assert_eq!(check_point(&mut processor.engine)[0], 1);
+        apply(&mut processor, concat!(
+            r#"{"type":"fill","ts":3,"fill_id":"f2","account_id":"a","symbol":"BTCUSDT","side":"sell","qty":"0.01","price":"50000","fee":"0","margin_mode":"cross","leverage":"10"}"#, "\n"));
+        assert_eq!(check_point(&mut processor.engine)[0], 0);
+        let symbol = processor.engine.names.find("BTCUSDT").unwrap();
+        let rows = processor.engine.adl_index.rows(symbol, Side::Long).expect("the book stays");
+        assert_eq!((rows.count(), rows.slots()), (0, 1));
+        assert!(group_quantiles(&[], (0, 0), false, |_| unreachable!(), |a, b| a.cmp(&b)).is_empty());
     }
 
     #[test]
