@@ -208,3 +208,40 @@ def test_a_snapshot_under_a_policy_resumes_in_either_engine(journal: str, policy
             assert {**summary, "adl": None} == {**whole_summary, "adl": None}, (writer, reader)
     # (accounts.json of a resumed replay leaves out wallets at zero, which a whole replay lists: compared among tails)
     assert all(tail == tails[0] for tail in tails)
+
+
+def test_quantile_points_over_a_side_whose_positions_all_closed(tmp_path: Path) -> None:
+    """A point, then every position of a side closes (the index keeps the side's book, with free slots only), then
+    the next point: both engines publish the closes and nothing else, alike."""
+    ts = 1_760_000_000_000
+    records: list[dict[str, object]] = [
+        {"type": "fund", "ts": ts, "fund_id": "F", "settle_asset": "USDT", "surplus": "fund",
+         "max_inventory_ratio": "1"},
+        {"type": "instrument", "ts": ts, "symbol": "BTCUSDT", "settle_asset": "USDT", "tick_size": "0.1",
+         "lot_size": "0.001", "tiers": [{"max_notional": "1000000", "mmr": "0.004", "maint_amount": "0"}],
+         "liquidation_fee_rate": "0.005", "fund_id": "F"},
+    ]
+    for number, side in enumerate(["buy", "sell", "buy"]):
+        records += [
+            {"type": "transfer", "ts": ts, "transfer_id": f"d{number}", "account_id": f"a{number}", "asset": "USDT",
+             "amount": "1000"},
+            {"type": "fill", "ts": ts, "fill_id": f"o{number}", "account_id": f"a{number}", "symbol": "BTCUSDT",
+             "side": side, "qty": "0.01", "price": "50000", "fee": "0", "margin_mode": "cross", "leverage": "10"},
+        ]
+    records += [
+        {"type": "mark", "ts": ts + 30_000, "symbol": "BTCUSDT", "mark_price": "50100"},  # a point: every quantile
+        {"type": "fill", "ts": ts + 31_000, "fill_id": "c0", "account_id": "a0", "symbol": "BTCUSDT", "side": "sell",
+         "qty": "0.01", "price": "50100", "fee": "0", "margin_mode": "cross", "leverage": "10"},
+        {"type": "fill", "ts": ts + 31_000, "fill_id": "c2", "account_id": "a2", "symbol": "BTCUSDT", "side": "sell",
+         "qty": "0.01", "price": "50100", "fee": "0", "margin_mode": "cross", "leverage": "10"},
+        {"type": "mark", "ts": ts + 60_000, "symbol": "BTCUSDT", "mark_price": "50200"},  # the longs' nulls
+        {"type": "mark", "ts": ts + 90_000, "symbol": "BTCUSDT", "mark_price": "50300"},  # no long left
+    ]
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in records))
+    reference = run(journal, tmp_path / "reference", "reference", adl_quantiles=True)
+    compiled = run(journal, tmp_path / "compiled", "compiled", adl_quantiles=True)
+    assert_same(reference, compiled)
+    published = [orjson.loads(line) for line in reference["adl-quantiles.jsonl"].splitlines()]
+    assert [(r["account_id"], r["quantile"]) for r in published if r["kind"] == "quantile" and r["side"] == "long"
+            and r["seq"] > published[0]["seq"]] == [("a0", None), ("a2", None)]

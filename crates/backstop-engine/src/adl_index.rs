@@ -17,7 +17,7 @@
 //! those integers, never on doubles (two different balances can share a double).
 
 use crate::ledger::{Account, Ledger};
-use crate::state::{Instrument, Positions, Side};
+use crate::state::{Instrument, Position, Positions, Side};
 use crate::wire::MarginMode;
 use rustc_hash::FxHashMap as HashMap;
 
@@ -38,7 +38,8 @@ const UNITS: f64 = 1e8;
 
 /// What a row stands for. `Isolated` and `Cross` rows are scored in doubles and grouped on their exact numbers;
 /// `Untied` rows are scored but never grouped (a B beyond 128 bits); `Exact` rows are always candidates (an account
-/// with cross positions in several symbols of one asset: its equity share depends on other marks).
+/// with cross positions in several symbols of one asset: its equity share depends on other marks), and keep the
+/// position's size and cost and the account's wallet as integers for the quantile points (crate::quantiles).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 enum Kind {
@@ -47,6 +48,8 @@ enum Kind {
     Cross,
     Untied,
     Exact,
+    /// an `Exact` row whose wallet is beyond 128 bits (not kept in the row)
+    ExactWide,
 }
 
 /// Accounts whose positions or balances changed since the index last looked (the ledger marks the owners of the
@@ -97,6 +100,8 @@ struct Book {
     exact_size: Vec<i128>,
     exact_cost: Vec<i128>,
     exact_base: Vec<i128>,
+    /// the quantile last published for the row's position (crate::quantiles), 0 for none
+    published: Vec<u8>,
     slot_of: HashMap<u32, u32>,
     free: Vec<u32>,
     /// the rows near the top at one mark, kept between deleverages at that mark
@@ -148,6 +153,7 @@ impl Book {
                 self.exact_size.push(0);
                 self.exact_cost.push(0);
                 self.exact_base.push(0);
+                self.published.push(0);
                 self.kind.len() - 1
             }
         };
@@ -156,8 +162,10 @@ impl Book {
         slot
     }
 
-    fn write(&mut self, slot: usize, kind: Kind, (size, cost, base): (i128, i128, Option<i128>), floats: (f64, f64, f64)) {
+    fn write(&mut self, slot: usize, kind: Kind, (size, cost, base): (i128, i128, Option<i128>), floats: (f64, f64, f64),
+             published: u8) {
         self.kind[slot] = kind;
+        self.published[slot] = published;
         (self.size[slot], self.cost[slot], self.base[slot]) = floats;
         self.exact_size[slot] = size;
         self.exact_cost[slot] = cost;
@@ -175,24 +183,27 @@ impl Book {
         self.changed = Vec::new();
     }
 
-    fn put(&mut self, account: u32, mode: Kind, (size, cost): (i128, i128), base: ethnum::I256) {
+    fn put(&mut self, account: u32, mode: Kind, (size, cost): (i128, i128), base: ethnum::I256, published: u8) {
         let slot = self.slot(account);
         let narrow = i128::try_from(base).ok();
         let kind = if narrow.is_some() { mode } else { Kind::Untied };
         let floats = (size as f64 / UNITS, cost as f64 / (UNITS * UNITS), base.as_f64() / UNITS);
-        self.write(slot, kind, (size, cost, narrow), floats);
+        self.write(slot, kind, (size, cost, narrow), floats, published);
     }
 
-    fn put_exact(&mut self, account: u32) {
+    /// An `Exact` row keeps its exact size, cost and wallet (a quantile point values it from them), not doubles.
+    fn put_exact(&mut self, account: u32, (size, cost): (i128, i128), wallet: ethnum::I256, published: u8) {
         let slot = self.slot(account);
-        self.write(slot, Kind::Exact, (0, 0, Some(0)), EXACT_ROW);
+        let narrow = i128::try_from(wallet).ok();
+        let kind = if narrow.is_some() { Kind::Exact } else { Kind::ExactWide };
+        self.write(slot, kind, (size, cost, narrow), EXACT_ROW, published);
     }
 
     fn drop_account(&mut self, account: u32) {
         if let Some(slot) = self.slot_of.remove(&account) {
             let at = slot as usize;
             self.account[at] = u32::MAX;
-            self.write(at, Kind::Empty, (0, 0, Some(0)), EMPTY_ROW);
+            self.write(at, Kind::Empty, (0, 0, Some(0)), EMPTY_ROW, 0);
             self.free.push(slot);
         }
     }
@@ -424,28 +435,29 @@ impl AdlIndex {
             accounts = positions.of_account.keys().copied().collect();
             self.built = true;
         }
+        let mut held: Vec<(&Position, u32)> = Vec::new(); // an account's positions and their settlement assets
         for account in accounts {
-            let keys = positions.keys_of(account); // (symbol, position side): hedge sides are rows of their own
-            let asset_of = |symbol: u32| instruments[&symbol].settle_asset;
-            for &(symbol, position_side) in keys {
-                let Some(position) = positions.get(account, symbol, position_side) else { continue };
+            // (symbol, position side): hedge sides are rows of their own
+            held.clear();
+            held.extend(positions.keys_of(account).iter()
+                .filter_map(|&(symbol, position_side)| positions.get(account, symbol, position_side))
+                .map(|position| (position, instruments[&position.symbol].settle_asset)));
+            for &(position, asset) in &held {
+                let (symbol, position_side) = (position.symbol, position.position_side);
                 let book = self.books.entry(book_key(symbol, position.side())).or_default();
-                let asset = asset_of(symbol);
                 match position.margin_mode {
                     MarginMode::Isolated => {
                         let base = ledger.balance(Account::Isolated { account, symbol, side: position_side });
-                        book.put(account, Kind::Isolated, (position.size(), position.cost), base);
+                        book.put(account, Kind::Isolated, (position.size(), position.cost), base, position.adl_quantile);
                     }
                     MarginMode::Cross => {
-                        let peers = keys.iter().filter(|&&(other, other_side)| {
-                            positions.get(account, other, other_side).is_some_and(|p| p.margin_mode == MarginMode::Cross)
-                                && asset_of(other) == asset
-                        });
+                        let peers = held.iter()
+                            .filter(|(other, other_asset)| other.margin_mode == MarginMode::Cross && *other_asset == asset);
+                        let wallet = ledger.balance(Account::Wallet { account, asset });
                         if peers.count() > 1 {
-                            book.put_exact(account);
+                            book.put_exact(account, (position.size(), position.cost), wallet, position.adl_quantile);
                         } else {
-                            let base = ledger.balance(Account::Wallet { account, asset });
-                            book.put(account, Kind::Cross, (position.size(), position.cost), base);
+                            book.put(account, Kind::Cross, (position.size(), position.cost), wallet, position.adl_quantile);
                         }
                     }
                 }
@@ -500,14 +512,108 @@ impl AdlIndex {
         }
     }
 
+    /// The rows of one symbol and side as a quantile point reads them (after a refresh).
+    pub fn rows(&self, symbol: u32, side: Side) -> Option<Rows<'_>> {
+        self.books.get(&book_key(symbol, side)).map(|book| Rows { book })
+    }
+
+    /// Every book's rows, with its symbol and side, in no particular order.
+    pub fn all_rows(&self) -> impl Iterator<Item = (u32, Side, Rows<'_>)> {
+        self.books.iter().map(|(&(symbol, long), book)| (symbol, if long { Side::Long } else { Side::Short }, Rows { book }))
+    }
+
+    /// Record the quantile published for an account's position of that symbol and side, where it has a row (one
+    /// it has not is written when the account's row is, from its position).
+    pub fn set_published(&mut self, symbol: u32, side: Side, account: u32, quantile: u8) {
+        if let Some(book) = self.books.get_mut(&book_key(symbol, side)) {
+            if let Some(&slot) = book.slot_of.get(&account) {
+                book.published[slot as usize] = quantile;
+            }
+        }
+    }
+
     /// Bytes the rows hold (capacity of every column and the slot maps), not the positions themselves.
     pub fn memory_bytes(&self) -> usize {
         self.books.values().map(|book| {
             let slots = book.kind.capacity();
             let scored = book.scored.as_ref().map_or(0, |s| s.pool.capacity() * 16 + s.always.capacity() * 4);
-            slots * (1 + 4 + 3 * 8 + 3 * 16) + book.slot_of.capacity() * 9 + book.free.capacity() * 4
+            slots * (1 + 4 + 3 * 8 + 3 * 16 + 1) + book.slot_of.capacity() * 9 + book.free.capacity() * 4
                 + book.changed.capacity() * 4 + scored
         }).sum()
+    }
+}
+
+/// What a row of a book holds, for a quantile point (crate::quantiles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Row {
+    /// a free slot
+    Empty,
+    /// a position whose score follows from its (size, cost, B) doubles
+    Scored,
+    /// a cross position of an account with cross positions in several symbols of one asset: its equity share
+    /// depends on other marks
+    Apart,
+}
+
+/// One symbol and side's rows, slot by slot: what each holds, its account, its (size, cost, B) doubles and the
+/// quantile last published for its position.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    book: &'a Book,
+}
+
+impl Rows<'_> {
+    /// Slots, free ones included.
+    pub fn slots(&self) -> usize {
+        self.book.kind.len()
+    }
+
+    /// Open positions.
+    pub fn count(&self) -> usize {
+        self.book.rows()
+    }
+
+    #[inline]
+    pub fn row(&self, slot: usize) -> Row {
+        match self.book.kind[slot] {
+            Kind::Empty => Row::Empty,
+            Kind::Exact | Kind::ExactWide => Row::Apart,
+            Kind::Isolated | Kind::Cross | Kind::Untied => Row::Scored,
+        }
+    }
+
+    #[inline]
+    pub fn account(&self, slot: usize) -> u32 {
+        self.book.account[slot]
+    }
+
+    /// (size, cost, B) as doubles, in units of 1.
+    #[inline]
+    pub fn floats(&self, slot: usize) -> (f64, f64, f64) {
+        (self.book.size[slot], self.book.cost[slot], self.book.base[slot])
+    }
+
+    /// The exact size (1e-8) of a row.
+    #[inline]
+    pub fn exact_size(&self, slot: usize) -> i128 {
+        self.book.exact_size[slot]
+    }
+
+    /// The wallet (1e-8) of an `Apart` row's account in the row's settlement asset, where it fits 128 bits.
+    #[inline]
+    pub fn wallet(&self, slot: usize) -> Option<i128> {
+        (self.book.kind[slot] == Kind::Exact).then(|| self.book.exact_base[slot])
+    }
+
+    /// The exact cost (1e-16) of a row.
+    #[inline]
+    pub fn exact_cost(&self, slot: usize) -> i128 {
+        self.book.exact_cost[slot]
+    }
+
+    #[inline]
+    pub fn published(&self, slot: usize) -> u8 {
+        self.book.published[slot]
     }
 }
 

@@ -1368,10 +1368,8 @@ impl Engine {
     // ------------------------------------------------------------------ views
     /// (uPnL at 1e-16, maintenance margin at 1e-8) of a position at its mark.
     pub fn exposure(&self, position: &Position) -> (i128, i128) {
-        let instrument = &self.instruments[&position.symbol];
-        let value = instrument.valuation.value(position.size(), self.marks[&position.symbol]);
-        let pnl = if instrument.valuation.value_long(position.qty > 0) { value - position.cost } else { position.cost - value };
-        (pnl, maintenance(&instrument.tiers, value))
+        exposure_at(&self.instruments[&position.symbol], self.marks[&position.symbol], position.qty > 0,
+                    position.size(), position.cost)
     }
 
     fn cross_positions(&self, account: u32, asset: u32) -> impl Iterator<Item = &Position> + '_ {
@@ -1382,6 +1380,20 @@ impl Engine {
             .filter(move |p| p.margin_mode == MarginMode::Cross && self.instruments[&p.symbol].settle_asset == asset)
     }
 
+    /// An account's cross margin in one asset: its margin balance (the wallet and the uPnL of its cross positions
+    /// there, 1e-16) and their summed maintenance margin (1e-8).
+    pub fn cross_totals(&self, account: u32, asset: u32) -> (Wide, I256) {
+        let wallet = self.ledger.balance(Account::Wallet { account, asset });
+        let mut tnc = wmul(wide256(wallet), wpow10(S16 - S8));
+        let mut tmm = I256::ZERO;
+        for other in self.cross_positions(account, asset) {
+            let (pnl, mm) = self.exposure(other);
+            tnc = wadd(tnc, wide(pnl));
+            tmm = add(tmm, I256::new(mm));
+        }
+        (tnc, tmm)
+    }
+
     pub fn margin_view(&self, position: &Position) -> MarginView {
         let (own_pnl, own_mm) = self.exposure(position);
         if position.margin_mode == MarginMode::Isolated {
@@ -1390,15 +1402,7 @@ impl Engine {
             return MarginView { margin_balance: balance, maintenance_margin: I256::new(own_mm),
                                 position_maintenance: own_mm, equity_share: balance };
         }
-        let asset = self.instruments[&position.symbol].settle_asset;
-        let wallet = self.ledger.balance(Account::Wallet { account: position.account, asset });
-        let mut tnc = wmul(wide256(wallet), wpow10(S16 - S8));
-        let mut tmm = I256::ZERO;
-        for other in self.cross_positions(position.account, asset) {
-            let (pnl, mm) = self.exposure(other);
-            tnc = wadd(tnc, wide(pnl));
-            tmm = add(tmm, I256::new(mm));
-        }
+        let (tnc, tmm) = self.cross_totals(position.account, self.instruments[&position.symbol].settle_asset);
         let share = if tmm == 0 {
             tnc
         } else {
@@ -1918,6 +1922,13 @@ pub fn share_wide(total: Wide, scale: u32, part: i128, whole: i128) -> Wide {
 /// price_of on a Wide cost (a lot's, or its share at an ADL).
 pub fn price_of_wide(cost: Wide, qty: i128) -> Wide {
     wratio(cost, S16, wide(qty), S8, S8, Rounding::HalfEven)
+}
+
+/// Engine::exposure of a position given by its numbers: long or short, size (1e-8), cost (1e-16), at `mark`.
+pub fn exposure_at(instrument: &Instrument, mark: i128, long: bool, size: i128, cost: i128) -> (i128, i128) {
+    let value = instrument.valuation.value(size, mark);
+    let pnl = if instrument.valuation.value_long(long) { value - cost } else { cost - value };
+    (pnl, maintenance(&instrument.tiers, value))
 }
 
 /// The maintenance bracket for a notional (1e-16): the first whose max_notional covers it, else the last; MM =
