@@ -332,6 +332,33 @@ async def test_a_lock_has_one_holder_and_a_second_waits(under_test: StoreUnderTe
     assert order == ["first leaves", "second holds"]
 
 
+async def test_a_lock_whose_unlock_failed_is_not_kept_by_the_pool(empty_database: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool does not reset a released connection's session (no unlock-all per release): a lock whose unlock
+    failed ends with its session, and the pool goes on with a new connection."""
+    store = await Store.open(empty_database, max_size=1)
+    execute = asyncpg.Connection.execute
+
+    async def unlock_cancelled(self: asyncpg.Connection, query: str, *args: Any, **kwargs: Any) -> str:
+        if "pg_advisory_unlock(" in query:
+            raise asyncio.CancelledError  # cancelled on its way out
+        return await execute(self, query, *args, **kwargs)
+
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            async with store.hold_lock(43):
+                monkeypatch.setattr(asyncpg.Connection, "execute", unlock_cancelled)
+        monkeypatch.undo()
+        other = await asyncpg.connect(empty_database)
+        try:
+            assert await other.fetchval("SELECT pg_try_advisory_lock(43)") is True
+        finally:
+            await other.close()
+        assert await store.pool.fetchval("SELECT pg_try_advisory_lock(44)") is True
+    finally:
+        await store.close()
+
+
 # ------------------------------------------------------------------------------------------------ the consumer
 @dataclass
 class TopicsUnderTest:

@@ -79,7 +79,9 @@ class KafkaConsumer:
         finally:
             if paused:
                 consumer.resume(*paused)
-        records = {(tp.topic, tp.partition): [Consumed(r.topic, r.partition, r.offset, r.key, r.value) for r in batch]
+        new = tuple.__new__  # a NamedTuple's own __new__ is a Python call per record
+        records = {(tp.topic, tp.partition): [new(Consumed, (r.topic, r.partition, r.offset, r.key, r.value))
+                                              for r in batch]
                    for tp, batch in fetched.items()}
         positions: dict[Partition, int] = {}
         ends: dict[Partition, int] = {}

@@ -109,11 +109,11 @@ def block_rows(last_id: int, records: int, topic: str, block: str, after: int) -
     first = last_id - records + 1
     skip = max(after - first + 1, 0)
     rows: list[OutboxRow] = []
-    append, loads = rows.append, orjson.loads
+    append, loads, new = rows.append, orjson.loads, tuple.__new__
     for place, line in enumerate(lines[skip:] if skip else lines, first + skip):
         fields = loads(line)
-        append(OutboxRow(place, topic, fields["account_id"] if fields["kind"] == "quantile" else fields["symbol"],
-                         fields["id"], line))
+        append(new(OutboxRow, (place, topic, fields["account_id"] if fields["kind"] == "quantile" else fields["symbol"],
+                               fields["id"], line, OUTBOX)))
     return rows
 
 
@@ -252,6 +252,13 @@ CHECKPOINT_COLUMNS = ["seq", "prev_seq", "adopted_seq", "journal_digest", "head_
 ADOPTION_CHUNK_ROWS = 50_000
 
 
+async def _session_kept(connection: asyncpg.Connection) -> None:
+    """The pool's reset of a released connection: none. asyncpg rolls back a transaction left open before this runs;
+    its default reset is another round trip per release (unlocking advisory locks, closing cursors, resetting
+    settings), and the store leaves nothing of the kind in a session: cursors live in transactions, no setting is
+    changed, and hold_lock unlocks its lock or ends the session."""
+
+
 def signed_checkpoint(row: asyncpg.Record) -> SignedCheckpoint:
     return SignedCheckpoint(Checkpoint(*(row[c] for c in CHECKPOINT_COLUMNS)), row["key_id"], row["mac"])
 
@@ -269,7 +276,7 @@ class Store:
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 4, anchor: Anchor | None = None) -> Store:
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=30,
-                                         command_timeout=120)
+                                         command_timeout=120, reset=_session_kept)
         return cls(pool, anchor)
 
     async def close(self) -> None:
@@ -382,9 +389,14 @@ class Store:
             try:
                 yield
             finally:
-                # after a database crash there is nothing left to unlock
-                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                try:
                     await connection.execute("SELECT pg_advisory_unlock($1)", lock_id)
+                except BaseException as error:
+                    # the pool keeps a released connection's session as it is (_session_kept): one that may still
+                    # hold the lock is ended, and its session with it
+                    connection.terminate()
+                    if not isinstance(error, (asyncpg.InterfaceError, asyncpg.PostgresError, OSError)):
+                        raise  # after a database crash there is nothing left to unlock
 
     # ---------------------------------------------------------------- the batch transaction
     async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections) -> None:
@@ -645,19 +657,20 @@ class Store:
         0008) wait, only those."""
         found = await self.pool.fetch(UNPUBLISHED_SQL, limit)
         table_topics = [topics.of_source(source) for source in TABLE_SOURCES]
-        rows = []
+        rows: list[OutboxRow] = []
+        append, new = rows.append, tuple.__new__  # a NamedTuple's own __new__ is a Python call per row
         for r in found:
             rank = r[0]
             if rank == 0:
                 if r[11] is None:
-                    rows.append(OutboxRow(r[1], r[2], r[3], r[4], r[5]))
+                    append(new(OutboxRow, (r[1], r[2], r[3], r[4], r[5], OUTBOX)))
                 else:
                     rows.extend(block_rows(r[1], r[11], r[2], r[5], r[12]))
             elif rank == 1:  # the journal: its record built from the row
-                journal_row = JournalRow(r[1], r[6], r[7], r[8], r[2], r[9], r[5].encode(), r[10])
-                rows.append(OutboxRow(r[1], table_topics[0], *journal_relay_row(journal_row), "journal"))
+                journal_row = new(JournalRow, (r[1], r[6], r[7], r[8], r[2], r[9], r[5].encode(), r[10]))
+                append(new(OutboxRow, (r[1], table_topics[0], *journal_relay_row(journal_row), "journal")))
             else:
-                rows.append(OutboxRow(r[1], table_topics[rank - 1], r[3], r[4], r[5], TABLE_SOURCES[rank - 1]))
+                append(new(OutboxRow, (r[1], table_topics[rank - 1], r[3], r[4], r[5], TABLE_SOURCES[rank - 1])))
         return rows
 
     async def mark_published(self, up_to: Mapping[str, int]) -> None:
