@@ -55,6 +55,20 @@ def as_consumed(lines: list[bytes], topics: TopicNames, offsets: dict[str, int])
     return batch
 
 
+async def relay_until_drained(settings: Settings, store: Store) -> None:
+    """Runs a relay until every stored row is in Kafka (or 15 s passed: the test's topic check then says what is
+    missing), then stops it."""
+    relay = OutboxRelay(settings, store, kafka_runtime())
+    task = asyncio.create_task(relay.run_forever())
+    for _ in range(300):
+        if relay.ready and await store.outbox_backlog() == 0:
+            break
+        await asyncio.sleep(0.05)
+    relay.stop()
+    relay.wake()
+    await task
+
+
 async def test_rows_beyond_one_record_batch_arrive_once_each_in_order(kafka_bootstrap: str,
                                                                      make_topics: Callable[..., list[str]]) -> None:
     [topic] = make_topics("relay-batches", partitions=PARTITIONS)
@@ -145,15 +159,7 @@ async def test_an_outbox_written_before_the_upgrade_drains_first_then_the_tables
         expected, new, head, rows = batch([*as_consumed(lines[12:], topics, offsets), *bad])
         assert new.journal and new.postings and {m.topic for m in new.outbox} == {topics.dead_letter}
         await store.commit(expected_seq=expected, result=new, head=head, projections=rows)
-        relay = OutboxRelay(settings, store, kafka_runtime())
-        task = asyncio.create_task(relay.run_forever())
-        for _ in range(300):
-            if relay.ready and await store.outbox_backlog() == 0:
-                break
-            await asyncio.sleep(0.05)
-        relay.stop()
-        relay.wake()
-        await task
+        await relay_until_drained(settings, store)
         # what each topic must hold, in its source's order: the tables' and the outbox's
         order = {topics.journal: [f"j-{r.seq}" for r in old.journal + new.journal],
                  topics.dead_letter: [r.record_id for r in outbox if r.topic == topics.dead_letter] + [
@@ -205,15 +211,7 @@ async def test_a_quantile_block_published_in_part_before_a_crash_is_completed_on
             (i, topics.adl_quantiles, *record) for i, record in enumerate(expected, 1)]
         counts = await publisher.partition_counts(topics.outputs)
         await publisher.send(to_send(block[:len(block) // 2], counts, {}))  # then a crash: the cursor did not move
-        relay = OutboxRelay(settings, store, kafka_runtime())
-        task = asyncio.create_task(relay.run_forever())
-        for _ in range(300):
-            if relay.ready and await store.outbox_backlog() == 0:
-                break
-            await asyncio.sleep(0.05)
-        relay.stop()
-        relay.wake()
-        await task
+        await relay_until_drained(settings, store)
     finally:
         await publisher.stop()
         await store.close()

@@ -110,8 +110,13 @@ impl Account {
 
     /// The name appended to `out` (no allocation of its own).
     pub fn push_name(&self, names: &Names, out: &mut String) {
+        out.push_str(self.parts().0);
+        self.push_rest(names, out);
+    }
+
+    /// The name after its kind appended to `out`; returns the kind.
+    fn push_rest(&self, names: &Names, out: &mut String) -> &'static str {
         let (kind, first, second) = self.parts();
-        out.push_str(kind);
         out.push_str(names.name(first));
         if let Some(second) = second {
             out.push(':');
@@ -121,6 +126,7 @@ impl Account {
             out.push(':');
             out.push_str(side);
         }
+        kind
     }
 
     /// The name as a JSON string appended to `out`: what json::write_string writes of `name`, written from its parts
@@ -148,16 +154,7 @@ impl Account {
     /// Its kind's place in KINDS, with the rest of its name (after the kind) appended to `out`: names sort as these
     /// pairs do.
     pub fn sort_parts(&self, names: &Names, out: &mut String) -> u8 {
-        let (kind, first, second) = self.parts();
-        out.push_str(names.name(first));
-        if let Some(second) = second {
-            out.push(':');
-            out.push_str(names.name(second));
-        }
-        if let Some(side) = self.side_suffix() {
-            out.push(':');
-            out.push_str(side);
-        }
+        let kind = self.push_rest(names, out);
         Account::KINDS.iter().position(|known| *known == kind).expect("a kind of KINDS") as u8
     }
 
