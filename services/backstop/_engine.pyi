@@ -16,10 +16,10 @@ def wire_decode_consumed(value: bytes | None, record_type: str, topic: str) -> t
 def canonical_reencode(raw: bytes, pretty: bool) -> bytes: ...
 def canonical_chain_hash(raw: bytes) -> str: ...
 
-# The service: a consumed batch's outbox rows (quantile records and dead letters; the rest is published from its
-# own table) as COPY text (topic, key, record id, payload), in the reference's order, from the output lines
-# Ledger.apply_records returned.
-def outbox_copy(prefix: str, adl_quantiles: bytes, dead_letters: bytes) -> bytes: ...
+# The service: a consumed batch's dead letters as outbox rows in COPY text (topic, key, record id, payload), from
+# the lines Ledger.apply_records returned (its quantile records are one outbox block; the rest is published from
+# its own tables).
+def outbox_copy(prefix: str, dead_letters: bytes) -> bytes: ...
 
 # The service: output records (canonical JSON lines, as Ledger.apply_records returned them) as COPY text of a table
 # that stores them as published: a position from first_position on, the named fields, the line as the record column.

@@ -7,6 +7,7 @@ import asyncio
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
@@ -55,6 +56,12 @@ def as_consumed(lines: list[bytes], topics: TopicNames, offsets: dict[str, int])
     return batch
 
 
+def outbox_record(record: Any) -> tuple[int, str, str, str]:
+    """A record the relay published from the outbox: its outbox id, key, record id and bytes."""
+    headers = dict(record.headers)
+    return (int(headers[OUTBOX_HEADER]), record.key.decode(), headers["backstop-record-id"].decode(),
+            record.value.decode())
+
 async def relay_until_drained(settings: Settings, store: Store) -> None:
     """Runs a relay until every stored row is in Kafka (or 15 s passed: the test's topic check then says what is
     missing), then stops it."""
@@ -100,10 +107,7 @@ async def test_rows_beyond_one_record_batch_arrive_once_each_in_order(kafka_boot
             if sum(map(len, got.values())) >= len(expected):
                 break
             for tp, records in (await consumer.getmany(timeout_ms=2000)).items():
-                for record in records:
-                    headers = dict(record.headers)
-                    got[tp.partition].append((int(headers[OUTBOX_HEADER]), record.key.decode(),
-                                              headers["backstop-record-id"].decode(), record.value.decode()))
+                got[tp.partition].extend(map(outbox_record, records))
     finally:
         await consumer.stop()
     for partition in range(PARTITIONS):
@@ -225,10 +229,7 @@ async def test_a_quantile_block_published_in_part_before_a_crash_is_completed_on
         got: dict[int, list[tuple[int, str, str, str]]] = {p: [] for p in range(3)}
         while sum(map(len, got.values())) < sum(ends.values()):  # a record missing fails below, one too many too
             for tp, records in (await consumer.getmany(timeout_ms=2000)).items():
-                for record in records:
-                    headers = dict(record.headers)
-                    got[tp.partition].append((int(headers[OUTBOX_HEADER]), record.key.decode(),
-                                              headers["backstop-record-id"].decode(), record.value.decode()))
+                got[tp.partition].extend(map(outbox_record, records))
     finally:
         await consumer.stop()
     for partition in range(3):  # each record once, in id order, with the key, id and bytes of its line

@@ -1,18 +1,11 @@
-//! The service's outbox rows for a consumed batch (backstop.pipeline.ingest's order), as COPY text: topic, key,
-//! record id and the record's canonical JSON, one row per record that has no table of its own to be published
-//! from (the relay reads the journal, fund ledger, ADL events and postings from theirs): the quantile records of a
-//! seq, then a dead letter decided after that seq, in the order the reference engine writes them. And the rows of
-//! a table the relay publishes from (the postings), as COPY text built from their output lines, so the service
-//! never parses a record it stores as it was published.
+//! The service's outbox rows for a consumed batch's dead letters, as COPY text: topic, key, record id and the
+//! record's canonical JSON (the relay reads the journal, fund ledger, ADL events and postings from their own
+//! tables, and a batch's quantile records from the one outbox row that holds them as the engine wrote them). And the
+//! rows of a table the relay publishes from (the postings), as COPY text built from their output lines, so the
+//! service never parses a record it stores as it was published.
 
 use crate::json::{self, Dialect, Value};
 use crate::projection::Line;
-
-/// The output lines of one batch that go through the outbox, as `Processor::apply_records` returns them.
-pub struct Outputs<'a> {
-    pub adl_quantiles: &'a [u8],
-    pub dead_letters: &'a [u8],
-}
 
 fn field<'v, 'a>(value: &'v Value<'a>, name: &str) -> Option<&'v Value<'a>> {
     match value {
@@ -30,52 +23,18 @@ fn text(value: Option<&Value<'_>>) -> String {
     }
 }
 
-fn int(value: Option<&Value<'_>>) -> u64 {
-    match value {
-        Some(Value::Int(digits)) => std::str::from_utf8(digits).ok().and_then(|t| t.parse().ok()).unwrap_or(0),
-        _ => 0,
-    }
-}
-
-struct Row {
-    seq: u64,
-    kind: u8,
-    topic: &'static str,
-    key: String,
-    id: String,
-    line: usize,
-}
-
-/// The outbox rows as COPY text (columns topic, key, record_id, payload) under the topic prefix.
-pub fn copy_text(prefix: &str, outputs: &Outputs<'_>) -> Vec<u8> {
-    let sources: [(&[u8], u8, &'static str); 2] = [
-        (outputs.adl_quantiles, 0, "adl-quantiles"),
-        (outputs.dead_letters, 1, "dead-letter"),
-    ];
-    let mut lines: Vec<&[u8]> = Vec::new();
-    let mut rows: Vec<Row> = Vec::new();
-    for (blob, kind, topic) in sources {
-        for line in blob.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
-            let document = json::parse(line, Dialect::File).expect("the engine's own canonical JSON");
-            let get = |name: &str| field(&document, name);
-            let (seq, key) = match kind {
-                0 => {
-                    let by = if text(get("kind")) == "quantile" { "account_id" } else { "symbol" };
-                    (int(get("seq")), text(get(by)))
-                }
-                _ => (int(get("after_seq")),
-                      format!("{}:{}", text(get("source_topic")), text(get("source_partition")))),
-            };
-            rows.push(Row { seq, kind, topic, key, id: text(get("id")), line: lines.len() });
-            lines.push(line);
-        }
-    }
-    rows.sort_by_key(|row| (row.seq, row.kind)); // stable: each kind keeps its own order
-    let mut out = Vec::with_capacity(lines.iter().map(|line| line.len() + 64).sum());
-    for row in rows {
-        let topic = format!("{prefix}{}", row.topic);
-        Line::new(&mut out).text(&topic).text(&row.key).text(&row.id)
-            .text(std::str::from_utf8(lines[row.line]).expect("UTF-8 JSON")).end();
+/// A batch's dead letters (the lines `Processor::apply_records` returns, in its order) as outbox rows in COPY text
+/// (columns topic, key, record_id, payload) under the topic prefix, keyed by the consumed record's topic and
+/// partition.
+pub fn copy_text(prefix: &str, dead_letters: &[u8]) -> Vec<u8> {
+    let topic = format!("{prefix}dead-letter");
+    let mut out = Vec::with_capacity(dead_letters.len() * 2 + 64);
+    for line in dead_letters.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+        let document = json::parse(line, Dialect::File).expect("the engine's own canonical JSON");
+        let get = |name: &str| field(&document, name);
+        let key = format!("{}:{}", text(get("source_topic")), text(get("source_partition")));
+        Line::new(&mut out).text(&topic).text(&key).text(&text(get("id")))
+            .text(std::str::from_utf8(line).expect("UTF-8 JSON")).end();
     }
     out
 }
@@ -242,17 +201,14 @@ mod tests {
     }
 
     #[test]
-    fn rows_follow_the_reference_order() {
-        let quantiles = b"{\"account_id\":\"a\",\"id\":\"aq-1-0\",\"kind\":\"quantile\",\"seq\":1}\n\
-                          {\"id\":\"aq-2-0\",\"kind\":\"risk\",\"seq\":2,\"symbol\":\"S\"}\n";
-        let dead = b"{\"after_seq\":1,\"id\":\"dl-t-0-5\",\"source_partition\":0,\"source_topic\":\"t\"}\n";
-        let outputs = Outputs { adl_quantiles: quantiles, dead_letters: dead };
-        let text = String::from_utf8(copy_text("x.", &outputs)).unwrap();
+    fn dead_letters_are_keyed_by_their_source() {
+        let dead = b"{\"after_seq\":1,\"id\":\"dl-t-0-5\",\"source_partition\":0,\"source_topic\":\"t\"}\n\
+                     {\"after_seq\":3,\"id\":\"dl-u-2-7\",\"source_partition\":2,\"source_topic\":\"u\"}\n";
+        let text = String::from_utf8(copy_text("x.", dead)).unwrap();
         let ids: Vec<(&str, &str, &str)> = text.lines().map(|l| {
             let mut parts = l.split('\t');
             (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap())
         }).collect();
-        assert_eq!(ids, vec![("x.adl-quantiles", "a", "aq-1-0"), ("x.dead-letter", "t:0", "dl-t-0-5"),
-                             ("x.adl-quantiles", "S", "aq-2-0")]);
+        assert_eq!(ids, vec![("x.dead-letter", "t:0", "dl-t-0-5"), ("x.dead-letter", "u:2", "dl-u-2-7")]);
     }
 }

@@ -82,12 +82,11 @@ fn wire_decode_consumed<'py>(py: Python<'py>, value: Option<&[u8]>, record_type:
     }
 }
 
-/// A consumed batch's outbox rows (quantile records and dead letters) as COPY text (topic, key, record id,
-/// payload), in the reference's order, from the output lines apply_records returned.
+/// A consumed batch's dead letters as outbox rows in COPY text (topic, key, record id, payload), from the lines
+/// apply_records returned.
 #[pyfunction]
-fn outbox_copy<'py>(py: Python<'py>, prefix: &str, adl_quantiles: &[u8], dead_letters: &[u8]) -> Bound<'py, PyBytes> {
-    let outputs = outbox::Outputs { adl_quantiles, dead_letters };
-    let text = py.detach(|| outbox::copy_text(prefix, &outputs));
+fn outbox_copy<'py>(py: Python<'py>, prefix: &str, dead_letters: &[u8]) -> Bound<'py, PyBytes> {
+    let text = py.detach(|| outbox::copy_text(prefix, dead_letters));
     PyBytes::new(py, &text)
 }
 

@@ -153,14 +153,19 @@ class BatchResult:
     touched_positions: set[tuple[str, str]] = field(default_factory=set)  # (account, symbol)
 
 
+def quantile_key(fields: dict[str, Any]) -> str:
+    """A quantile record's Kafka key: a position's quantile is keyed by its account, a symbol's risk level by its
+    symbol."""
+    key: str = fields["account_id"] if fields["kind"] == "quantile" else fields["symbol"]
+    return key
+
+
 def quantile_block_rows(block: str) -> list[tuple[str, str, str]]:
-    """A block of quantile records (canonical JSON lines) as (key, record id, the line) per record, in order: a
-    position's quantile is keyed by its account, a symbol's risk level by its symbol."""
+    """A block of quantile records (canonical JSON lines) as (key, record id, the line) per record, in order."""
     rows = []
     for line in block.split("\n")[:-1]:  # each line ends with a newline (canonical JSON holds none)
         fields = orjson.loads(line)
-        key = fields["account_id"] if fields["kind"] == "quantile" else fields["symbol"]
-        rows.append((key, fields["id"], line))
+        rows.append((quantile_key(fields), fields["id"], line))
     return rows
 
 

@@ -385,7 +385,7 @@ class CompiledService:
         self._dead_letters(result, dead, batch)
         result.quantile_block, result.quantile_topic = quantiles, topics.adl_quantiles
         if dead:
-            result.outbox_copy = self._outbox_copy(topics.prefix, b"", dead)
+            result.outbox_copy = self._outbox_copy(topics.prefix, dead)
         result.duplicates = dict(duplicates)
         self.ids.applied(held_ids)
         result.held_ids = self.ids.drain()

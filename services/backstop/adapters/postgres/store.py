@@ -26,7 +26,7 @@ from backstop.core.hashing import GENESIS_HASH
 from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.copy_text import table_copy
-from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values, posting_tail
+from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values, posting_tail, quantile_key
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
 from backstop.pipeline.topics import TopicNames, input_key
 
@@ -101,7 +101,7 @@ QUANTILE_BLOCK_SQL = (
 
 def block_rows(last_id: int, records: int, topic: str, block: str, after: int) -> list[OutboxRow]:
     """A block's records as the relay publishes them: ids `last_id - records + 1` to `last_id`, less those up to
-    `after` (the cursor: in Kafka already), each keyed as quantile_block_rows keys it (one pass, no list between:
+    `after` (the cursor: in Kafka already), each keyed by quantile_key (one pass, no list between:
     this runs once per quantile record the service publishes)."""
     lines = block.split("\n")
     if lines.pop() or len(lines) != records:
@@ -112,8 +112,7 @@ def block_rows(last_id: int, records: int, topic: str, block: str, after: int) -
     append, loads, new = rows.append, orjson.loads, tuple.__new__
     for place, line in enumerate(lines[skip:] if skip else lines, first + skip):
         fields = loads(line)
-        append(new(OutboxRow, (place, topic, fields["account_id"] if fields["kind"] == "quantile" else fields["symbol"],
-                               fields["id"], line, OUTBOX)))
+        append(new(OutboxRow, (place, topic, quantile_key(fields), fields["id"], line, OUTBOX)))
     return rows
 
 
