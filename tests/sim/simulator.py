@@ -410,10 +410,10 @@ class Process:
 
     async def _publish_point(self, point: str) -> None:
         sim = self.sim
-        if sim.faults.draw("publish fails part-way", 0.005):
+        if sim.faults.draw("publish fails part-way", 0.005 * sim.publish_faults):
             sim.count_block_cut()
             raise ConnectionError("simulated: publish failed part-way")
-        if sim.faults.draw("crash while publishing", 0.003):
+        if sim.faults.draw("crash while publishing", 0.003 * sim.publish_faults):
             sim.count_block_cut()
             self.crash("while publishing")
 
@@ -445,9 +445,10 @@ class Report:
 
 
 class Simulation:
-    def __init__(self, seed: int, engine: EngineName | None = None) -> None:
+    def __init__(self, seed: int, engine: EngineName | None = None, publish_faults: float = 1.0) -> None:
         self.seed = seed
         self.engine = engine  # None: each process draws its engine from the seed
+        self.publish_faults = publish_faults  # how much likelier than by default a fault is while publishing
         self.scenario = scenario(seed)
         self.rng = self.scenario.rng
         self.settings = self.scenario.settings
@@ -748,14 +749,15 @@ class Simulation:
                             f"{self.reference.accounts}")
 
 
-def simulate(seed: int, engine: EngineName | None = None) -> Report:
+def simulate(seed: int, engine: EngineName | None = None, publish_faults: float = 1.0) -> Report:
     """One seed, start to end, on a loop of its own; raises SimulationFailure naming the seed. `engine`: every
-    process runs it (None: each process draws one from the seed, so restarts switch engines too)."""
+    process runs it (None: each process draws one from the seed, so restarts switch engines too); `publish_faults`
+    multiplies the odds of a fault while the relay publishes."""
     loop = VirtualClockLoop()
     previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)  # the service logs every fault it rides out; here that is noise
     try:
-        return loop.run_until_complete(Simulation(seed, engine).run())
+        return loop.run_until_complete(Simulation(seed, engine, publish_faults).run())
     finally:
         logging.disable(previous)
         for task in asyncio.all_tasks(loop):
