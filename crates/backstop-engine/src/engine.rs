@@ -219,6 +219,16 @@ impl Engine {
     }
 
     /// `apply`, with the record's admission digests when they were computed ahead (crate::decode_stage).
+    /// A hint, changing nothing: have the CPU bring into its cache the dense records of `account_name` that a fill
+    /// or liquidation reads first (its position keys, its wallet), while an earlier record applies. With hundreds
+    /// of thousands of accounts they are seldom in the cache already.
+    pub fn prefetch_account(&self, account_name: &str) {
+        if let Some(account) = self.names.find(account_name) {
+            self.positions.of_account.prefetch(account);
+            self.ledger.prefetch_wallet(account);
+        }
+    }
+
     pub fn apply_digested(&mut self, record: &Record<'_>, digests: Option<Digests>, seq: u64, out: &mut Outputs)
                           -> Result<(), Refusal> {
         assert!(seq == self.last_seq + 1, "journal gap: seq {seq} after {}", self.last_seq);

@@ -186,7 +186,7 @@ impl Default for IdTable {
 
 /// A prefetch of the cache line at `address` (none where the CPU has no such instruction here).
 #[inline]
-fn prefetch_line(address: *const i8) {
+pub(crate) fn prefetch_line(address: *const i8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it reads no byte into the program and faults on no address
     unsafe {

@@ -378,11 +378,13 @@ pub fn write_string(out: &mut Vec<u8>, text: &str) {
 /// bodies one after the other, each escape standing for one character.
 pub fn write_string_body(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
+    // most strings (names, ids, hashes) need no escape: checked whole first, then copied at once
+    if !needs_escape(bytes) {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut run = 0;
-    // most strings (names, ids, hashes) need no escape: skip them a machine word at a time up to the first word
-    // that may hold one, then go byte by byte
-    let clean = bytes.chunks_exact(8).take_while(|word| !may_need_escape(word)).count() * 8;
-    for (i, &byte) in bytes.iter().enumerate().skip(clean) {
+    for (i, &byte) in bytes.iter().enumerate() {
         let escape: &[u8] = match byte {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -408,14 +410,18 @@ pub fn write_string_body(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(&bytes[run..]);
 }
 
-/// Whether any byte of a word is a control character, `"` or `\` (exact, by a trick of "Bit Twiddling Hacks": a
-/// word has a byte below n when (w minus n in every byte) & !w & the high bit of every byte is not zero).
-fn may_need_escape(word: &[u8]) -> bool {
-    const ONES: u64 = u64::MAX / 255;
-    const HIGH: u64 = ONES * 0x80;
-    let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
-    (below(w, 0x20) | below(w ^ (ONES * u64::from(b'"')), 1) | below(w ^ (ONES * u64::from(b'\\')), 1)) != 0
+/// Whether any byte of `bytes` is a control character, `"` or `\`: sixteen bytes at a time, each block without a
+/// branch inside it (so the compiler checks a block with vector compares), the last few bytes one by one.
+pub fn needs_escape(bytes: &[u8]) -> bool {
+    let escaped = |byte: u8| (byte < 0x20) | (byte == b'"') | (byte == b'\\');
+    let mut blocks = bytes.chunks_exact(16);
+    for block in &mut blocks {
+        let block: &[u8; 16] = block.try_into().expect("sixteen bytes");
+        if block.iter().fold(false, |any, &byte| any | escaped(byte)) {
+            return true;
+        }
+    }
+    blocks.remainder().iter().any(|&byte| escaped(byte))
 }
 
 #[cfg(test)]
@@ -455,14 +461,17 @@ mod tests {
     }
 
     #[test]
-    fn every_byte_that_needs_an_escape_is_seen_in_its_word() {
+    fn every_byte_that_needs_an_escape_is_seen_wherever_it_is() {
         for byte in 0u8..=255 {
-            for at in 0..8 {
-                let mut word = *b"abcdefgh";
-                word[at] = byte;
-                assert_eq!(may_need_escape(&word), byte < 0x20 || byte == b'"' || byte == b'\\', "{byte} at {at}");
+            for length in [1, 15, 16, 17, 40] {
+                for at in 0..length {
+                    let mut text = vec![b'a'; length];
+                    text[at] = byte;
+                    assert_eq!(needs_escape(&text), byte < 0x20 || byte == b'"' || byte == b'\\', "{byte} at {at} of {length}");
+                }
             }
         }
+        assert!(!needs_escape(b""));
     }
 
     fn ok(text: &str, dialect: Dialect) -> bool {

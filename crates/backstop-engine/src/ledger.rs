@@ -14,6 +14,11 @@ use rustc_hash::FxHashMap as HashMap;
 pub struct Names {
     ids: HashMap<Key, u32>,
     names: Vec<String>,
+    /// every name's JSON string body (json::write_string_body), one after the other: escaped once when interned,
+    /// so the records that name it (most of all the postings, two account names each) copy it from one contiguous
+    /// block without checking it again; name id's body ends at `json_ends[id]`
+    json: Vec<u8>,
+    json_ends: Vec<usize>,
 }
 
 /// A name as the id map holds it: a short one (most account ids and symbols) inside the map's own slot, so a
@@ -68,6 +73,8 @@ impl Names {
         }
         let id = self.names.len() as u32;
         self.names.push(name.to_string());
+        write_string_body(&mut self.json, name);
+        self.json_ends.push(self.json.len());
         self.ids.insert(Key::new(name), id);
         id
     }
@@ -76,6 +83,12 @@ impl Names {
     }
     pub fn name(&self, id: u32) -> &str {
         &self.names[id as usize]
+    }
+    /// The name's JSON string body: what json::write_string_body writes of `name(id)`.
+    pub fn json_body(&self, id: u32) -> &[u8] {
+        let id = id as usize;
+        let start = if id == 0 { 0 } else { self.json_ends[id - 1] };
+        &self.json[start..self.json_ends[id]]
     }
     pub fn len(&self) -> usize {
         self.names.len()
@@ -135,10 +148,10 @@ impl Account {
         let (kind, first, second) = self.parts();
         out.push(b'"');
         out.extend_from_slice(kind.as_bytes()); // the kinds and sides need no escape
-        write_string_body(out, names.name(first));
+        out.extend_from_slice(names.json_body(first));
         if let Some(second) = second {
             out.push(b':');
-            write_string_body(out, names.name(second));
+            out.extend_from_slice(names.json_body(second));
         }
         if let Some(side) = self.side_suffix() {
             out.push(b':');
@@ -228,6 +241,14 @@ impl Ledger {
         self.balances.entry(account).or_insert(I256::ZERO)
     }
 
+    /// A hint, changing nothing: the dense slot of the account's first wallet brought into the cache
+    /// (crate::engine::Engine::prefetch_account).
+    pub fn prefetch_wallet(&self, owner: u32) {
+        if let Some(slot) = self.wallets.get(owner as usize) {
+            crate::idtable::prefetch_line(std::ptr::from_ref(slot).cast());
+        }
+    }
+
     pub fn balance(&self, account: Account) -> I256 {
         match self.slot(account) {
             Some(slot) => slot.balance,
@@ -312,6 +333,19 @@ mod tests {
         }
         assert_eq!(names.find("acct-01265"), None);
         assert_eq!(names.len(), words.len());
+    }
+
+    #[test]
+    fn a_names_json_body_is_its_escaped_text() {
+        let mut names = Names::default();
+        let words = ["", "acct-1", "a\"quote", "back\\slash", "tab\tand\u{1}", "é€", "", "acct-1", "x"];
+        for word in words {
+            let id = names.id(word);
+            let mut escaped = Vec::new();
+            write_string_body(&mut escaped, word);
+            assert_eq!(names.json_body(id), escaped.as_slice(), "{word:?}");
+        }
+        assert_eq!(names.json_body(names.find("a\"quote").unwrap()), b"a\\\"quote");
     }
     use crate::numbers::{pow10, text_512, S8};
 

@@ -565,6 +565,22 @@ mod tests {
         if fraction.is_empty() { format!("{sign}{whole}") } else { format!("{sign}{whole}.{fraction}") }
     }
 
+    #[test]
+    fn text_matches_the_digits_around_every_power_of_ten() {
+        let mut values = vec![0i128, 1, 9, u64::MAX as i128, u64::MAX as i128 - 1, i64::MAX as i128 + 1];
+        for power in 0..20u32 {
+            let p = 10i128.pow(power);
+            values.extend([p - 1, p, p + 1, 7 * p, 123_456_789 * p % u64::MAX as i128]);
+        }
+        for value in values {
+            for scale in 0..=19 {
+                for signed in [value, -value] {
+                    assert_eq!(text(signed, scale), text_by_digits(signed, scale), "{signed} at scale {scale}");
+                }
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn text_matches_the_digits(value in any::<i128>(), width in 0u32..4, zeros in 0u32..20, scale in 0u32..=40) {

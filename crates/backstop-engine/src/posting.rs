@@ -47,8 +47,9 @@ impl Posting {
         optional(out, &self.adl_event_id);
         out.extend_from_slice(b",\"amount\":");
         decimal(out, self.amount);
-        out.extend_from_slice(b",\"asset\":");
-        write_string(out, names.name(self.asset));
+        out.extend_from_slice(b",\"asset\":\"");
+        out.extend_from_slice(names.json_body(self.asset));
+        out.push(b'"');
         out.extend_from_slice(b",\"credit_account\":");
         self.credit.write_json_name(names, out);
         out.extend_from_slice(b",\"credit_balance_after\":");

@@ -222,8 +222,14 @@ impl Processor {
 
     fn apply_chunk(&mut self, chunk: &[u8], first_line: u64, batch: &mut Batch) {
         decode_stage::each_line(chunk, first_line, self.decode_stage, |line, after| {
-            if let Some(Line { decoded: Ok((_, Digests { key: Some(key), .. })), .. }) = after.first() {
-                self.engine.admission.ids.prefetch(*key); // its identity's slot, while this line applies
+            if let Some(Line { decoded: Ok((next, digests)), .. }) = after.first() {
+                // what the next line will read, brought into the cache while this one applies
+                if let Some(key) = digests.key {
+                    self.engine.admission.ids.prefetch(key); // its identity's slot
+                }
+                if let Body::Fill { account_id, .. } | Body::Liquidation { account_id, .. } = &next.body {
+                    self.engine.prefetch_account(account_id); // its account's position keys and wallet
+                }
             }
             self.applying = Some(line.number);
             let Err((kind, reason)) = self.apply_line(&line, batch) else { return true };

@@ -138,8 +138,112 @@ impl FundState {
 pub struct Positions {
     /// (account, symbol, position side) -> the position and its place in `of_symbol[symbol]`
     pub by_key: HashMap<(u32, u32, PositionSide), (Position, usize)>,
-    pub of_account: HashMap<u32, Vec<(u32, PositionSide)>>,
+    pub of_account: KeysByAccount,
     pub of_symbol: HashMap<u32, Vec<(u32, PositionSide)>>,
+}
+
+/// A position's key within its account: (symbol, position side).
+pub type AccountKey = (u32, PositionSide);
+
+/// Each account's position keys in the order they opened, by account id. The rules read them on every fill (the
+/// position mode check) and liquidation, for accounts that number hundreds of thousands: so they sit in a dense
+/// array found without hashing, an account's first keys inside its own slot (most accounts hold one or two
+/// positions), one cache line where a map would cost two or three.
+#[derive(Clone, Debug, Default)]
+pub struct KeysByAccount {
+    slots: Vec<KeysSlot>,
+    /// the keys of accounts holding more than fit in a slot
+    more: HashMap<u32, Vec<AccountKey>>,
+    /// how many accounts hold a position
+    holders: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct KeysSlot {
+    /// the slot's own index: the account `KeysByAccount::keys` names
+    account: u32,
+    /// how many keys the account has (above INLINE_KEYS they are all in `more`)
+    count: u32,
+    inline: [AccountKey; INLINE_KEYS],
+}
+
+const INLINE_KEYS: usize = 2;
+
+impl KeysByAccount {
+    /// The account's keys, in the order they opened.
+    pub fn get(&self, account: u32) -> &[AccountKey] {
+        match self.slots.get(account as usize) {
+            Some(slot) if slot.count as usize <= INLINE_KEYS => &slot.inline[..slot.count as usize],
+            Some(_) => &self.more[&account],
+            None => &[],
+        }
+    }
+
+    /// A hint, changing nothing: the account's slot brought into the cache (crate::engine::Engine::prefetch_account).
+    pub fn prefetch(&self, account: u32) {
+        if let Some(slot) = self.slots.get(account as usize) {
+            crate::idtable::prefetch_line(std::ptr::from_ref(slot).cast());
+        }
+    }
+
+    /// The accounts holding a position (in id order).
+    pub fn keys(&self) -> impl Iterator<Item = &u32> + '_ {
+        self.slots.iter().filter(|slot| slot.count > 0).map(|slot| &slot.account)
+    }
+
+    pub fn len(&self) -> usize {
+        self.holders
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.holders == 0
+    }
+
+    fn push(&mut self, account: u32, key: AccountKey) {
+        let at = account as usize;
+        if at >= self.slots.len() {
+            let empty = |index: usize| KeysSlot { account: index as u32, count: 0,
+                                                  inline: [(0, PositionSide::Both); INLINE_KEYS] };
+            let start = self.slots.len();
+            self.slots.extend((start..=at).map(empty));
+        }
+        let slot = &mut self.slots[at];
+        let count = slot.count as usize;
+        if count == 0 {
+            self.holders += 1;
+        }
+        if count < INLINE_KEYS {
+            slot.inline[count] = key;
+        } else if count == INLINE_KEYS {
+            self.more.insert(account, slot.inline.iter().copied().chain([key]).collect());
+        } else {
+            self.more.get_mut(&account).expect("an account with more keys").push(key);
+        }
+        slot.count += 1;
+    }
+
+    /// The key removed from the account's (the others keep their order).
+    fn remove(&mut self, account: u32, key: AccountKey) {
+        let Some(slot) = self.slots.get_mut(account as usize) else { return };
+        let count = slot.count as usize;
+        if count <= INLINE_KEYS {
+            let Some(at) = slot.inline[..count].iter().position(|&held| held == key) else { return };
+            slot.inline.copy_within(at + 1..count, at);
+            slot.count -= 1;
+            if slot.count == 0 {
+                self.holders -= 1;
+            }
+            return;
+        }
+        let keys = self.more.get_mut(&account).expect("an account with more keys");
+        let Some(at) = keys.iter().position(|&held| held == key) else { return };
+        keys.remove(at);
+        slot.count -= 1;
+        if keys.len() <= INLINE_KEYS {
+            slot.inline[..keys.len()].copy_from_slice(keys);
+            self.more.remove(&account);
+        }
+    }
 }
 
 impl Positions {
@@ -151,7 +255,7 @@ impl Positions {
     }
     /// The account's (symbol, position side) keys, in the order they opened.
     pub fn keys_of(&self, account: u32) -> &[(u32, PositionSide)] {
-        self.of_account.get(&account).map_or(&[], Vec::as_slice)
+        self.of_account.get(account)
     }
     /// The (account, position side) keys of a symbol's positions.
     pub fn holders(&self, symbol: u32) -> &[(u32, PositionSide)] {
@@ -166,23 +270,55 @@ impl Positions {
     }
     pub fn add(&mut self, position: Position) {
         let key = (position.account, position.symbol, position.position_side);
-        self.of_account.entry(position.account).or_default().push((position.symbol, position.position_side));
+        self.of_account.push(position.account, (position.symbol, position.position_side));
         let holders = self.of_symbol.entry(position.symbol).or_default();
         holders.push((position.account, position.position_side));
         self.by_key.insert(key, (position, holders.len() - 1));
     }
     pub fn remove(&mut self, account: u32, symbol: u32, side: PositionSide) {
         let Some((_, at)) = self.by_key.remove(&(account, symbol, side)) else { return };
-        if let Some(keys) = self.of_account.get_mut(&account) {
-            keys.retain(|&key| key != (symbol, side));
-            if keys.is_empty() {
-                self.of_account.remove(&account);
-            }
-        }
+        self.of_account.remove(account, (symbol, side));
         let holders = self.of_symbol.get_mut(&symbol).expect("indexed by symbol");
         holders.swap_remove(at);
         if let Some(&(moved, moved_side)) = holders.get(at) {
             self.by_key.get_mut(&(moved, symbol, moved_side)).expect("indexed").1 = at;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn keys_by_account_hold_what_a_map_of_lists_holds(
+            steps in proptest::collection::vec((0u32..6, 0u32..4, 0usize..3, any::<bool>()), 0..200),
+        ) {
+            let sides = [PositionSide::Both, PositionSide::Long, PositionSide::Short];
+            let (mut dense, mut model) = (KeysByAccount::default(), BTreeMap::<u32, Vec<AccountKey>>::new());
+            for (account, symbol, side, add) in steps {
+                let key = (symbol, sides[side]);
+                let held = model.get(&account).is_some_and(|keys| keys.contains(&key));
+                if add && !held {
+                    dense.push(account, key);
+                    model.entry(account).or_default().push(key);
+                } else if !add {
+                    dense.remove(account, key);
+                    if let Some(keys) = model.get_mut(&account) {
+                        keys.retain(|&k| k != key);
+                        if keys.is_empty() {
+                            model.remove(&account);
+                        }
+                    }
+                }
+                for account in 0..7 {
+                    prop_assert_eq!(dense.get(account), model.get(&account).map_or(&[][..], Vec::as_slice));
+                }
+                prop_assert_eq!(dense.keys().copied().collect::<Vec<_>>(), model.keys().copied().collect::<Vec<_>>());
+                prop_assert_eq!(dense.len(), model.len());
+            }
         }
     }
 }
