@@ -127,6 +127,9 @@ class BatchResult:
     OutputLines (the compiled engine): read them with output_values and output_json."""
 
     journal: list[JournalRow] = field(default_factory=list)
+    # the journal rows as COPY text, as the compiled engine builds them in Rust (its journal lines' columns), so the
+    # commit encodes none; empty: the store encodes `journal` (store.journal_copy_text, the same bytes)
+    journal_copy: bytes = b""
     fund_entries: list[FundLedgerEntry | OutputLine] = field(default_factory=list)
     adl_events: list[AdlEvent | OutputLine] = field(default_factory=list)
     findings: list[Finding | OutputLine] = field(default_factory=list)

@@ -166,6 +166,16 @@ def copy_text(rows: Iterable[tuple[Any, ...]]) -> bytes:
                    for row in rows).encode()
 
 
+JOURNAL_COLUMNS = ["seq", "source_topic", "source_partition", "source_offset", "type", "ts", "payload", "payload_hash"]
+
+
+def journal_copy_text(rows: Iterable[JournalRow]) -> bytes:
+    """Journal rows as COPY text of JOURNAL_COLUMNS: the reference engine's; the compiled engine's are built in Rust
+    from its journal lines (backstop._engine.journal_copy), and test_store_copy holds the two byte-identical."""
+    return copy_text((r.seq, r.source_topic, r.source_partition, r.source_offset, r.type, r.ts, r.payload.decode(),
+                      r.payload_hash) for r in rows)
+
+
 _COPY_HEADER = 19  # "PGCOPY\n\xff\r\n\0", 4 bytes of flags, 4 of the header extension's length
 _COPY_ROW = 22
 _COPY_ROW_PREFIX = b"\x00\x01\x00\x00\x00\x10"  # one field, 16 bytes long
@@ -536,11 +546,10 @@ class Store:
 
     async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head,
                       postings_before: int) -> None:
-        if result.journal:
-            await connection.copy_records_to_table("journal", columns=[
-                "seq", "source_topic", "source_partition", "source_offset", "type", "ts", "payload", "payload_hash"],
-                records=[(r.seq, r.source_topic, r.source_partition, r.source_offset, r.type, r.ts,
-                          r.payload.decode(), r.payload_hash) for r in result.journal])
+        if result.journal:  # the compiled engine's COPY text as it is, or the reference's rows encoded here
+            text = result.journal_copy or journal_copy_text(result.journal)
+            await connection.copy_to_table("journal", source=io.BytesIO(text), columns=JOURNAL_COLUMNS,
+                                           format="text")
         for table, records, first, columns in (
                 ("fund_ledger", result.fund_entries, head.ledger_position - len(result.fund_entries) + 1,
                  FUND_LEDGER_COLUMNS),
