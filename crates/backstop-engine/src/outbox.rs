@@ -79,7 +79,7 @@ pub fn table_copy(lines: &[u8], columns: &[&str], first_position: u64) -> Vec<u8
 pub fn quantile_keys(block: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(block.len() / 4 + 16);
     let mut flat: Vec<(&[u8], Scalar<'_>)> = Vec::with_capacity(16);
-    let mut push = |out: &mut Vec<u8>, text: &[u8]| {
+    let push = |out: &mut Vec<u8>, text: &[u8]| {
         out.extend_from_slice(text);
         out.push(b'\n');
     };
