@@ -25,6 +25,13 @@ def outbox_copy(prefix: str, dead_letters: bytes) -> bytes: ...
 # that stores them as published: a position from first_position on, the named fields, the line as the record column.
 def table_copy(lines: bytes, columns: list[str], first_position: int) -> bytes: ...
 
+# The service: a consumed batch's journal lines (as Ledger.apply_records returned them) as COPY text of the journal
+# table (backstop.adapters.postgres.store.JOURNAL_COLUMNS).
+def journal_copy(journal: bytes) -> bytes: ...
+
+# The service: a quantile block's records' Kafka keys and record ids (each ended by a newline), stored with the block.
+def quantile_keys(block: bytes) -> bytes: ...
+
 class InvariantViolation(Exception):
     """An internal rule of the compiled engine broke (a bug): the engine must not be used any more."""
 

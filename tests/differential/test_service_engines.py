@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from backstop.adapters.postgres.store import block_keys, journal_copy_text
 from backstop.engines import ENGINES, EngineName
 from backstop.pipeline import projections
 from backstop.pipeline.held_ids import ServiceIds
@@ -61,9 +62,17 @@ def projection_numbers(rows: projections.Projections) -> dict[str, Any]:
 
 
 def store_rows(result: BatchResult) -> dict[str, Any]:
-    """Everything the store writes of a batch, as bytes and plain values."""
+    """Everything the store writes of a batch, as bytes and plain values: the journal's COPY text as the store sends
+    it (the compiled engine's built in Rust, the reference's encoded in Python), which is also what Python encodes of
+    the compiled engine's rows."""
+    if result.journal_copy:
+        assert result.journal_copy == journal_copy_text(result.journal)
+    if result.quantile_keys:
+        assert result.quantile_keys == block_keys(result.quantile_block)
     return {
-        "journal": result.journal, "outbox": outbox_messages(result), "held_ids": result.held_ids,
+        "journal": result.journal, "journal_copy": result.journal_copy or journal_copy_text(result.journal),
+        "quantile_keys": result.quantile_keys or block_keys(result.quantile_block),
+        "outbox": outbox_messages(result), "held_ids": result.held_ids,
         "duplicates": result.duplicates, "next_offsets": result.next_offsets,
         "dead_letters": result.dead_letters,
         "records": [output_json(r) for r in (*result.fund_entries, *result.adl_events,

@@ -274,3 +274,43 @@ async def test_outbox_rows_written_before_migration_0011_are_read_as_before_and_
             await store.pool.execute("INSERT INTO outbox (topic, payload) VALUES ('t', '{}')")
     finally:
         await store.close()
+
+
+async def test_a_block_written_before_migration_0012_is_read_from_its_lines_and_one_after_from_its_keys(
+        topic_prefix: str, empty_database: str, tmp_path: Path) -> None:
+    """Migration 0012 stores a block's keys and record ids beside its lines, so the relay parses none of them: a
+    block written before it (no keys) is read from its lines, one written after from its keys, the same records
+    either way; a row that is no block cannot carry keys."""
+    topics = TopicNames(f"{topic_prefix}up12.")
+    await migrate_before(empty_database, tmp_path, "0012")
+    processor = Processor(Engine(ids=ServiceIds(), adl_quantiles=True))
+    old = ingest_batch(processor, as_consumed(EXAMPLE.read_bytes().splitlines(), topics, {}), topics)
+    expected = quantile_block_rows(old.quantile_block.decode())
+    store = await Store.open(empty_database)
+    try:
+        await store.pool.execute(  # the block as the writer before 0012 wrote it
+            "INSERT INTO outbox (id, records, topic, payload) VALUES (setval(pg_get_serial_sequence('outbox', 'id'), "
+            "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1), $1, $2, $3)", len(expected),
+            topics.adl_quantiles, old.quantile_block.decode())
+        assert (await migrate(empty_database))[0] == "0012"
+        processor = Processor(Engine(ids=ServiceIds(), adl_quantiles=True))
+        engine = processor.engine
+        result = ingest_batch(processor, as_consumed(EXAMPLE.read_bytes().splitlines(), topics, {}), topics)
+        head = Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head, processor.duplicates,
+                    processor.rejected, len(result.fund_entries), len(result.adl_events))
+        await store.commit(expected_seq=0, result=result, head=head, projections=projections.build(
+            engine, result, refresh_all=True, touched=projections.Touched.everything(engine)))
+        n = len(expected)
+        assert [(r["id"], r["keys"] is None) for r in await store.pool.fetch("SELECT id, keys FROM outbox")] == [
+            (n, True), (2 * n, False)]
+        rows = [(r.id, r.topic, r.key, r.record_id, r.payload) for r in await store.unpublished(1000, topics)
+                if r.source == OUTBOX]
+        assert rows == [(i, topics.adl_quantiles, *record) for i, record in enumerate(expected + expected, 1)]
+        await store.mark_published({OUTBOX: n + 2})  # a cursor inside the keyed block: the records after it only
+        assert [r.id for r in await store.unpublished(1000, topics) if r.source == OUTBOX] == list(
+            range(n + 3, 2 * n + 1))
+        with pytest.raises(asyncpg.CheckViolationError):
+            await store.pool.execute("INSERT INTO outbox (topic, key, record_id, payload, keys) "
+                                     "VALUES ('t', 'k', 'r', '{}', 'k\nr\n')")
+    finally:
+        await store.close()

@@ -12,6 +12,7 @@ pub mod canonical;
 pub mod content;
 pub mod decode_stage;
 pub mod idtable;
+pub mod journal_copy;
 pub mod clock;
 pub mod admission;
 pub mod adl;

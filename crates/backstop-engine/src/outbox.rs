@@ -7,7 +7,7 @@
 use crate::json::{self, Dialect, Value};
 use crate::projection::Line;
 
-fn field<'v, 'a>(value: &'v Value<'a>, name: &str) -> Option<&'v Value<'a>> {
+pub(crate) fn field<'v, 'a>(value: &'v Value<'a>, name: &str) -> Option<&'v Value<'a>> {
     match value {
         Value::Object(entries) => entries.iter().rev().find(|(key, _)| key == name).map(|(_, v)| v),
         _ => None,
@@ -72,9 +72,41 @@ pub fn table_copy(lines: &[u8], columns: &[&str], first_position: u64) -> Vec<u8
     out
 }
 
+/// A quantile block's records (canonical JSON lines, as the engine wrote them) as the relay publishes them: for
+/// each, its Kafka key (the account of a position's quantile, the symbol of a risk level) and its record id, each
+/// ended by a newline (identifiers hold none). Stored with the block (migration 0012), so the relay parses none of
+/// its lines.
+pub fn quantile_keys(block: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(block.len() / 4 + 16);
+    let mut flat: Vec<(&[u8], Scalar<'_>)> = Vec::with_capacity(16);
+    let push = |out: &mut Vec<u8>, text: &[u8]| {
+        out.extend_from_slice(text);
+        out.push(b'\n');
+    };
+    for line in block.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+        if flat_fields(line, &mut flat) {
+            let get = |name: &str| match flat.iter().rev().find(|(key, _)| *key == name.as_bytes()) {
+                Some((_, Scalar::Text(raw))) => *raw,
+                _ => panic!("a quantile record without its {name}"),
+            };
+            push(&mut out, get(if get("kind") == b"quantile" { "account_id" } else { "symbol" }));
+            push(&mut out, get("id"));
+        } else {
+            let document = json::parse(line, Dialect::File).expect("the engine's own canonical JSON");
+            let get = |name: &str| match field(&document, name) {
+                Some(Value::Str(text)) => text.as_bytes().to_vec(),
+                _ => panic!("a quantile record without its {name}"),
+            };
+            push(&mut out, &get(if get("kind") == b"quantile" { "account_id" } else { "symbol" }));
+            push(&mut out, &get("id"));
+        }
+    }
+    out
+}
+
 /// A top-level value of a flat record, as its column text: a string without escapes (its characters), an integer
 /// (its digits), true or false; or null.
-enum Scalar<'a> {
+pub(crate) enum Scalar<'a> {
     Text(&'a [u8]),
     Null,
 }
@@ -82,7 +114,7 @@ enum Scalar<'a> {
 /// The top-level fields of a JSON object whose values are all plain strings (no escapes), integers, booleans or
 /// null, read without building a document (most output records); false for anything else (a nested value, an
 /// escape, a fraction), which the full parser then reads.
-fn flat_fields<'a>(line: &'a [u8], fields: &mut Vec<(&'a [u8], Scalar<'a>)>) -> bool {
+pub(crate) fn flat_fields<'a>(line: &'a [u8], fields: &mut Vec<(&'a [u8], Scalar<'a>)>) -> bool {
     fields.clear();
     let end = line.len();
     if end < 2 || line[0] != b'{' || line[end - 1] != b'}' {
@@ -210,5 +242,15 @@ mod tests {
             (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap())
         }).collect();
         assert_eq!(ids, vec![("x.dead-letter", "t:0", "dl-t-0-5"), ("x.dead-letter", "u:2", "dl-u-2-7")]);
+    }
+
+    #[test]
+    fn quantile_keys_name_each_records_key_and_id() {
+        let block = b"{\"account_id\":\"A1\",\"id\":\"aq-5-0\",\"kind\":\"quantile\",\"quantile\":null,\"seq\":5,\
+                      \"side\":\"long\",\"symbol\":\"BTCUSDT\"}\n\
+                      {\"capacity\":\"1.5\",\"fund_id\":\"f\",\"id\":\"aq-5-1\",\"kind\":\"risk\",\"symbol\":\"ETHUSDT\"}\n\
+                      {\"account_id\":\"A2\",\"id\":\"aq-6-0\",\"kind\":\"quantile\",\"note\":{\"a\":1},\"symbol\":\"X\"}\n";
+        assert_eq!(quantile_keys(block), b"A1\naq-5-0\nETHUSDT\naq-5-1\nA2\naq-6-0\n");
+        assert!(quantile_keys(b"").is_empty());
     }
 }

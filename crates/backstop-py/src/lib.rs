@@ -99,6 +99,20 @@ fn table_copy<'py>(py: Python<'py>, lines: &[u8], columns: Vec<String>, first_po
     PyBytes::new(py, &text)
 }
 
+/// The service: a consumed batch's journal lines (as apply_records returned them) as COPY text of the journal table.
+#[pyfunction]
+fn journal_copy<'py>(py: Python<'py>, journal: &[u8]) -> Bound<'py, PyBytes> {
+    let text = py.detach(|| backstop_engine::journal_copy::journal_copy(journal));
+    PyBytes::new(py, &text)
+}
+
+/// The service: a quantile block's records' Kafka keys and record ids, each ended by a newline, stored with the block.
+#[pyfunction]
+fn quantile_keys<'py>(py: Python<'py>, block: &[u8]) -> Bound<'py, PyBytes> {
+    let text = py.detach(|| outbox::quantile_keys(block));
+    PyBytes::new(py, &text)
+}
+
 fn parsed_json(raw: &[u8]) -> PyResult<json::Value<'_>> {
     json::parse(raw, json::Dialect::File).map_err(|_| PyValueError::new_err("invalid JSON"))
 }
@@ -577,5 +591,7 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(canonical_chain_hash, module)?)?;
     module.add_function(wrap_pyfunction!(outbox_copy, module)?)?;
     module.add_function(wrap_pyfunction!(table_copy, module)?)?;
+    module.add_function(wrap_pyfunction!(journal_copy, module)?)?;
+    module.add_function(wrap_pyfunction!(quantile_keys, module)?)?;
     Ok(())
 }

@@ -127,6 +127,9 @@ class BatchResult:
     OutputLines (the compiled engine): read them with output_values and output_json."""
 
     journal: list[JournalRow] = field(default_factory=list)
+    # the journal rows as COPY text, as the compiled engine builds them in Rust (its journal lines' columns), so the
+    # commit encodes none; empty: the store encodes `journal` (store.journal_copy_text, the same bytes)
+    journal_copy: bytes = b""
     fund_entries: list[FundLedgerEntry | OutputLine] = field(default_factory=list)
     adl_events: list[AdlEvent | OutputLine] = field(default_factory=list)
     findings: list[Finding | OutputLine] = field(default_factory=list)
@@ -141,6 +144,10 @@ class BatchResult:
     # relay splits it into the records it publishes: quantile_block_rows), so no row and no Python object is made per
     # quantile record when the batch is written
     quantile_block: bytes = b""
+    # each of the block's records' key and then its id, each ended by a newline, stored with the block (migration
+    # 0012) so the relay parses none of its lines: the compiled engine's built in Rust; empty: the store builds them
+    # from the block (store.block_keys, the same bytes)
+    quantile_keys: bytes = b""
     quantile_topic: str = ""  # the topic of the block's records
     outbox: list[OutboxMessage] = field(default_factory=list)  # dead letters, after the block
     # outbox rows as COPY text (topic, key, record id, payload), after `outbox`: the compiled engine builds a batch's

@@ -257,6 +257,7 @@ class CompiledService:
 
         self.ledger, self.ids = ledger, ids
         self._outbox_copy, self._violation = _engine.outbox_copy, _engine.InvariantViolation
+        self._journal_copy, self._quantile_keys = _engine.journal_copy, _engine.quantile_keys
         self._record_panic = _engine.RecordPanic
 
     @classmethod
@@ -370,6 +371,7 @@ class CompiledService:
         for message in batch:
             result.next_offsets[(message.topic, message.partition)] = message.offset + 1
         self._journal(result, journal)
+        result.journal_copy = self._journal_copy(journal)  # in Rust, without the GIL: the commit encodes nothing
         for line in _lines(ledger_lines):
             result.fund_entries.append(OutputLine(orjson.loads(line), line))
         for line in _lines(adl):
@@ -384,6 +386,8 @@ class CompiledService:
         # never a Python object; the other records are published from their own tables
         self._dead_letters(result, dead, batch)
         result.quantile_block, result.quantile_topic = quantiles, topics.adl_quantiles
+        if quantiles:  # their keys and ids, stored beside them for the relay: in Rust, without the GIL
+            result.quantile_keys = self._quantile_keys(quantiles)
         if dead:
             result.outbox_copy = self._outbox_copy(topics.prefix, dead)
         result.duplicates = dict(duplicates)

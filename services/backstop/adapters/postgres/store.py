@@ -13,6 +13,7 @@ import contextlib
 import io
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import islice, repeat
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -26,9 +27,17 @@ from backstop.core.hashing import GENESIS_HASH
 from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.copy_text import table_copy
-from backstop.pipeline.ingest import BatchResult, JournalRow, output_json, output_values, posting_tail, quantile_key
+from backstop.pipeline.ingest import (
+    BatchResult,
+    JournalRow,
+    output_json,
+    output_values,
+    posting_tail,
+    quantile_block_rows,
+    quantile_key,
+)
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
-from backstop.pipeline.topics import TopicNames, input_key
+from backstop.pipeline.topics import TopicNames, input_key, input_key_field
 
 WRITER_LOCK = 0x62616B77726974  # one ledger processor per database
 RELAY_LOCK = 0x62616B72656C61  # one outbox relay per database
@@ -74,46 +83,58 @@ def _after_cursor(source: str) -> str:
 
 # The outbox's rows are those whose records before them (a block counts its records: migration 0011) number fewer
 # than $1, read by their narrow columns first, so a block's payload is read only if its row is taken; each carries
-# its record count and the outbox cursor (a block's records up to the cursor are in Kafka).
+# its record count, the outbox cursor (a block's records up to the cursor are in Kafka) and a block's keys.
 UNPUBLISHED_SQL = (
     "SELECT * FROM ("
     "(SELECT 0 AS rank, o.id, o.topic, o.key, o.record_id, o.payload, NULL::text AS source_topic, NULL::int AS "
     "source_partition, NULL::bigint AS source_offset, NULL::bigint AS ts, NULL::text AS payload_hash, o.records, "
-    "c.published_up_to AS after FROM relay_cursor c, (SELECT id, sum(coalesce(records, 1)) OVER (ORDER BY id) - "
-    "coalesce(records, 1) AS before FROM (SELECT id, records FROM outbox WHERE id > (SELECT published_up_to FROM "
+    "c.published_up_to AS after, o.keys FROM relay_cursor c, (SELECT id, sum(coalesce(records, 1)) OVER (ORDER BY "
+    "id) - coalesce(records, 1) AS before FROM (SELECT id, records FROM outbox WHERE id > (SELECT published_up_to FROM "
     "relay_cursor) ORDER BY id LIMIT $1) AS n) AS w JOIN outbox o USING (id) WHERE w.before < $1) "
     "UNION ALL (SELECT 1, seq, type, NULL, NULL, payload, source_topic, source_partition, source_offset, ts, "
-    f"payload_hash, NULL, NULL FROM journal WHERE {_TABLES_READY} AND seq > {_after_cursor('journal')} "
+    f"payload_hash, NULL, NULL, NULL FROM journal WHERE {_TABLES_READY} AND seq > {_after_cursor('journal')} "
     "ORDER BY seq LIMIT $1) "
-    "UNION ALL (SELECT 2, position, NULL, fund_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
+    "UNION ALL (SELECT 2, position, NULL, fund_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
     f"fund_ledger WHERE {_TABLES_READY} AND position > {_after_cursor('fund_ledger')} ORDER BY position LIMIT $1) "
-    "UNION ALL (SELECT 3, position, NULL, account_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
+    "UNION ALL (SELECT 3, position, NULL, account_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
     f"adl_events WHERE {_TABLES_READY} AND position > {_after_cursor('adl_events')} ORDER BY position LIMIT $1) "
-    "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM postings "
-    f"WHERE {_TABLES_READY} AND position > {_after_cursor('postings')} ORDER BY position LIMIT $1)"
+    "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
+    f"postings WHERE {_TABLES_READY} AND position > {_after_cursor('postings')} ORDER BY position LIMIT $1)"
     ") AS next ORDER BY rank, id")
 # A batch's quantile block: $1 records take $1 ids of the outbox's sequence in one statement (one writer holds the
-# lock), the last of them the row's id.
+# lock), the last of them the row's id; $4 their keys and ids (migration 0012).
 QUANTILE_BLOCK_SQL = (
-    "INSERT INTO outbox (id, records, topic, payload) VALUES (setval(pg_get_serial_sequence('outbox', 'id'), "
-    "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1), $1, $2, $3)")
+    "INSERT INTO outbox (id, records, topic, payload, keys) VALUES (setval(pg_get_serial_sequence('outbox', 'id'), "
+    "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1), $1, $2, $3, $4)")
 
 
-def block_rows(last_id: int, records: int, topic: str, block: str, after: int) -> list[OutboxRow]:
+def block_rows(last_id: int, records: int, topic: str, block: str, after: int, keys: str | None) -> list[OutboxRow]:
     """A block's records as the relay publishes them: ids `last_id - records + 1` to `last_id`, less those up to
-    `after` (the cursor: in Kafka already), each keyed by quantile_key (one pass, no list between:
-    this runs once per quantile record the service publishes)."""
+    `after` (the cursor: in Kafka already), each with the key and id stored beside its line (`keys`: migration 0012),
+    so no line is parsed; a block written before 0012 (no keys) has each line parsed for them (quantile_key). This
+    runs once per quantile record the service publishes."""
     lines = block.split("\n")
     if lines.pop() or len(lines) != records:
         raise InvariantViolation(f"outbox block {last_id} holds {len(lines)} records, its row says {records}")
     first = last_id - records + 1
     skip = max(after - first + 1, 0)
-    rows: list[OutboxRow] = []
-    append, loads, new = rows.append, orjson.loads, tuple.__new__
-    for place, line in enumerate(lines[skip:] if skip else lines, first + skip):
-        fields = loads(line)
-        append(new(OutboxRow, (place, topic, quantile_key(fields), fields["id"], line, OUTBOX)))
-    return rows
+    if keys is None:
+        return [tuple.__new__(OutboxRow, (place, topic, quantile_key(fields := orjson.loads(line)), fields["id"],
+                                          line, OUTBOX))
+                for place, line in enumerate(lines[skip:] if skip else lines, first + skip)]
+    named = keys.split("\n")
+    if named.pop() or len(named) != 2 * records:
+        raise InvariantViolation(f"outbox block {last_id} names {len(named) // 2} keys for its {records} records")
+    return list(map(tuple.__new__, repeat(OutboxRow), zip(
+        range(first + skip, last_id + 1), repeat(topic), islice(named, 2 * skip, None, 2),
+        islice(named, 2 * skip + 1, None, 2), islice(lines, skip, None), repeat(OUTBOX))))
+
+
+def block_keys(block: bytes) -> bytes:
+    """A quantile block's keys and record ids as stored with it (migration 0012): each record's key, then its id,
+    each ended by a newline. The compiled engine's are built in Rust (backstop._engine.quantile_keys), the same bytes
+    (tests/differential/test_service_engines.py)."""
+    return "".join(f"{key}\n{record_id}\n" for key, record_id, _ in quantile_block_rows(block.decode())).encode()
 
 
 # Rows not yet published, over every source, from each source's last id and its cursor (index lookups, not a
@@ -129,16 +150,41 @@ RELAY_BACKLOG_SQL = (
 
 
 def journal_relay_row(row: JournalRow) -> tuple[str, str, str]:
-    """A journal row as the relay publishes it: (key, record id, the journal record's canonical JSON). The JSON is
-    journal_record's, written out in its sorted key order (the payload is canonical JSON already; the hash is hex;
-    the topic is encoded as JSON); test_ingest and the relay tests hold it to journal_record's bytes."""
-    key = input_key(row.type, orjson.loads(row.payload))
-    seq = row.seq
-    return key, f"j-{seq}", (
-        f'{{"id":"j-{seq}","payload_hash":"{row.payload_hash}","record":{row.payload.decode()},'
-        f'"schema_version":{SCHEMA_VERSION},"seq":{seq},"source_offset":{row.source_offset},'
-        f'"source_partition":{row.source_partition},"source_topic":{orjson.dumps(row.source_topic).decode()},'
-        f'"ts":{row.ts}}}')
+    """A journal row as the relay publishes it: (key, record id, the journal record's canonical JSON)."""
+    return journal_record_text(row.seq, row.source_topic, row.source_partition, row.source_offset, row.type, row.ts,
+                               row.payload.decode(), row.payload_hash)
+
+
+# The key field of each input type (input_key_field) as it opens its value in a record's canonical JSON.
+_KEY_OPENS = {record_type: f'"{input_key_field(record_type)}":"' for record_type in (
+    "fund", "instrument", "transfer", "fill", "mark", "funding", "liquidation")}
+
+
+def journal_key(record_type: str, payload: str) -> str:
+    """The journal record's Kafka key (input_key) read from its payload without parsing it: a stored payload is the
+    canonical JSON of a validated input record, whose key field is an identifier or a symbol (no quote, no escape)
+    and no nested value has a field of that name, so the field opens once and its value ends at the next quote.
+    Anything else (a name found twice, or not at all) is parsed."""
+    opens = _KEY_OPENS.get(record_type)
+    if opens is not None:
+        at = payload.find(opens)
+        if at >= 0 and payload.find(opens, at + 1) < 0:
+            start = at + len(opens)
+            return payload[start:payload.index('"', start)]
+    return input_key(record_type, orjson.loads(payload))
+
+
+def journal_record_text(seq: int, source_topic: str, source_partition: int, source_offset: int, record_type: str,
+                        ts: int, payload: str, payload_hash: str) -> tuple[str, str, str]:
+    """A journal row's columns as the relay publishes them: (key, record id, the journal record's canonical JSON).
+    The JSON is journal_record's, written out in its sorted key order (the payload is canonical JSON already; the hash
+    is hex; the topic is encoded as JSON); test_ingest and the relay tests hold it to journal_record's bytes, and
+    test_store_text the key to input_key."""
+    return journal_key(record_type, payload), f"j-{seq}", (
+        f'{{"id":"j-{seq}","payload_hash":"{payload_hash}","record":{payload},'
+        f'"schema_version":{SCHEMA_VERSION},"seq":{seq},"source_offset":{source_offset},'
+        f'"source_partition":{source_partition},"source_topic":{orjson.dumps(source_topic).decode()},'
+        f'"ts":{ts}}}')
 
 
 WALLET_COLUMNS = ["account_id", "asset", "wallet", "seq"]
@@ -164,6 +210,16 @@ def copy_text(rows: Iterable[tuple[Any, ...]]) -> bytes:
     """Rows of str, int, Decimal and None as COPY text (a Decimal's str is a valid numeric, exponent and all)."""
     return "".join("\t".join("\\N" if value is None else str(value).translate(_COPY_ESCAPES) for value in row) + "\n"
                    for row in rows).encode()
+
+
+JOURNAL_COLUMNS = ["seq", "source_topic", "source_partition", "source_offset", "type", "ts", "payload", "payload_hash"]
+
+
+def journal_copy_text(rows: Iterable[JournalRow]) -> bytes:
+    """Journal rows as COPY text of JOURNAL_COLUMNS: the reference engine's; the compiled engine's are built in Rust
+    from its journal lines (backstop._engine.journal_copy), and test_store_copy holds the two byte-identical."""
+    return copy_text((r.seq, r.source_topic, r.source_partition, r.source_offset, r.type, r.ts, r.payload.decode(),
+                      r.payload_hash) for r in rows)
 
 
 _COPY_HEADER = 19  # "PGCOPY\n\xff\r\n\0", 4 bytes of flags, 4 of the header extension's length
@@ -536,11 +592,10 @@ class Store:
 
     async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head,
                       postings_before: int) -> None:
-        if result.journal:
-            await connection.copy_records_to_table("journal", columns=[
-                "seq", "source_topic", "source_partition", "source_offset", "type", "ts", "payload", "payload_hash"],
-                records=[(r.seq, r.source_topic, r.source_partition, r.source_offset, r.type, r.ts,
-                          r.payload.decode(), r.payload_hash) for r in result.journal])
+        if result.journal:  # the compiled engine's COPY text as it is, or the reference's rows encoded here
+            text = result.journal_copy or journal_copy_text(result.journal)
+            await connection.copy_to_table("journal", source=io.BytesIO(text), columns=JOURNAL_COLUMNS,
+                                           format="text")
         for table, records, first, columns in (
                 ("fund_ledger", result.fund_entries, head.ledger_position - len(result.fund_entries) + 1,
                  FUND_LEDGER_COLUMNS),
@@ -574,8 +629,9 @@ class Store:
                 [(d.source_topic, d.source_partition, d.source_offset, d.reason, d.raw, d.kind, d.after_seq)
                  for d in result.dead_letters])
         if result.quantile_block:  # before the dead letters, as the reference engine writes them
+            keys = result.quantile_keys or block_keys(result.quantile_block)
             await connection.execute(QUANTILE_BLOCK_SQL, result.quantile_block.count(b"\n"), result.quantile_topic,
-                                     result.quantile_block.decode())
+                                     result.quantile_block.decode(), keys.decode())
         if result.outbox:
             await connection.copy_records_to_table("outbox", columns=OUTBOX_COLUMNS,
                                                    records=[(m.topic, m.key, m.record_id, m.payload.decode())
@@ -664,10 +720,10 @@ class Store:
                 if r[11] is None:
                     append(new(OutboxRow, (r[1], r[2], r[3], r[4], r[5], OUTBOX)))
                 else:
-                    rows.extend(block_rows(r[1], r[11], r[2], r[5], r[12]))
-            elif rank == 1:  # the journal: its record built from the row
-                journal_row = new(JournalRow, (r[1], r[6], r[7], r[8], r[2], r[9], r[5].encode(), r[10]))
-                append(new(OutboxRow, (r[1], table_topics[0], *journal_relay_row(journal_row), "journal")))
+                    rows.extend(block_rows(r[1], r[11], r[2], r[5], r[12], r[13]))
+            elif rank == 1:  # the journal: its record built from the row's columns
+                append(new(OutboxRow, (r[1], table_topics[0], *journal_record_text(
+                    r[1], r[6], r[7], r[8], r[2], r[9], r[5], r[10]), "journal")))
             else:
                 append(new(OutboxRow, (r[1], table_topics[rank - 1], r[3], r[4], r[5], TABLE_SOURCES[rank - 1])))
         return rows
