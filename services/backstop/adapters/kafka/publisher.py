@@ -20,17 +20,6 @@ from backstop.settings import Settings
 RECORD_BATCH_BYTES = 512 << 10  # below the broker's default message.max.bytes (1 MiB)
 
 
-def _append(batch: Any, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> bool:
-    """A record appended to an aiokafka BatchBuilder as its own append does it (aiokafka 0.14, pinned), without
-    that method's two Python calls per record (no serializer is set): the compiled record batch builder's append,
-    then the batch's record count. False: the batch is full, and closed."""
-    if batch._builder.append(batch._relative_offset, None, key, value, headers) is None:
-        batch.close()
-        return False
-    batch._relative_offset += 1
-    return True
-
-
 class KafkaPublisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -61,11 +50,11 @@ class KafkaPublisher:
                 header = header_of[source] = place_header(row)
             headers = [(header, b"%d" % row.id), (RECORD_ID_HEADER, row.record_id.encode())]
             batch = open_batches.get((topic, partition))
-            if batch is None or not _append(batch, key, value, headers):
+            if batch is None or batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                 if batch is not None:  # full: queue it and start the next one of this partition
                     acks.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = open_batches[(topic, partition)] = producer.create_batch()
-                if not _append(batch, key, value, headers):
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     raise ValueError(f"outbox row {row.id} does not fit in an empty record batch")
         for (topic, partition), batch in open_batches.items():
             acks.append(await producer.send_batch(batch, topic, partition=partition))
