@@ -39,6 +39,7 @@ from backstop.settings import Settings
 log = logging.getLogger("backstop.ledger")
 ADL_INDEX_QUIET_S = 0.1  # input quiet this long: refresh the ADL index ahead of the next deleverage
 ADL_INDEX_SLICE = 10_000  # caught up with a backlog of touched accounts: this many per batch
+GATHER_POLL_MS = 2  # a batch gathering during a commit: how long a fetch waits for more input before the loop looks
 
 
 @dataclass(slots=True)
@@ -252,9 +253,7 @@ class LedgerRun:
             await self.commit(pending)
             await checkpoint("commit")
             await self.housekeeping(batch_applied=True)
-        elif self.gathered:  # the batch grows until the committer is free: let the commit land, then it closes
-            await self._landed()
-        else:
+        elif not self.gathered:  # while gathering, a turn only fetches: the batch grows until the commit lands
             await self.housekeeping(batch_applied=False)
         await checkpoint("housekeeping")
 
@@ -280,9 +279,13 @@ class LedgerRun:
         if starved is not None:
             metrics.MERGE_BACKPRESSURE.inc()
         if starved is None or starved:
-            # Records gathered wait only for the committer: take what has arrived, wait for nothing more.
-            fetched = await self.consumer.fetch(only=starved, max_records=settings.batch_max_records,
-                                                timeout_ms=0 if self.gathered else settings.batch_max_wait_ms)
+            # Records gathered wait only for the committer: the loop goes on draining the consumer (so that its
+            # next fetch goes out and what arrives during the commit joins the batch) and looks at the commit
+            # every GATHER_POLL_MS.
+            fetched = await self.consumer.fetch(
+                only=starved, max_records=settings.batch_max_records,
+                timeout_ms=min(GATHER_POLL_MS, settings.batch_max_wait_ms) if self.gathered
+                else settings.batch_max_wait_ms)
             if self.tracing:
                 self._trace_fetched(fetched.records)
             for partition, records in fetched.records.items():
