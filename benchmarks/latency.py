@@ -2,12 +2,18 @@
 consumer, p50/p99/max, while a background load of fills and marks runs at a fixed rate.
 
     python benchmarks/latency.py [--rate 20000] [--seconds 15] [--probes-per-second 10] [--counterparties 1000]
+                                 [--trace]
 
 `backstop serve` runs as its own process, as in production; this process produces the load and the probes and
 consumes the ADL topic. The clock starts just before a probe is handed to the producer (so the figure includes
 the append) and stops when the consumer receives the first ADL event carrying that liquidation_id. Every probe
 deleverages: the fund's max_inventory_ratio is 0, and 1,000 shorts (--counterparties), all alike, stand on the
 other side. Needs the local servers, like benchmarks/service.py.
+
+With --trace the service logs its stage stamps (BACKSTOP_TRACE_STAGES) and the result says, per stage, where the
+probes' time went (p50, p99, max in ms): into the service's consumer, the event-time merge, the engine, the projection
+rows, the wait for the batch before to commit, the commit, the relay's wait, its read, the publish until Kafka
+acknowledged it, and back out to this consumer.
 
 Baseline, same run: each probe is also sent to a scratch topic that nothing processes, and the same consumer
 reads it back: the raw Kafka hop (append, then readable downstream) under the same load.
@@ -80,7 +86,8 @@ def prelude(probes: int, shorts: int = SHORTS) -> list[dict[str, Any]]:
 def serve(settings: Settings, log: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "BACKSTOP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "BACKSTOP_PG_DSN": settings.dsn(),
            "BACKSTOP_ANCHOR_KEY_FILE": str(settings.anchor_key_file),
-           "BACKSTOP_TOPIC_PREFIX": settings.topic_prefix, "BACKSTOP_WEB_PORT": str(port)}
+           "BACKSTOP_TOPIC_PREFIX": settings.topic_prefix, "BACKSTOP_WEB_PORT": str(port),
+           "BACKSTOP_TRACE_STAGES": str(settings.trace_stages).lower()}
     return subprocess.Popen([str(BACKSTOP), "serve"], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, cwd=log.parent)  # faust puts its data dir in the cwd
 
@@ -103,10 +110,15 @@ async def wait_consumed(dsn: str, ends: dict[tuple[str, int], int], timeout: flo
     raise TimeoutError("the service did not consume the prelude")
 
 
-async def measure(settings: Settings, rate: int, seconds: float, probes_per_second: int) -> dict[str, Any]:
+async def measure(settings: Settings, rate: int, seconds: float, probes_per_second: int,
+                  probes_seen: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The latencies; with `probes_seen`, per probe its input partition and offset, when it was sent and when its
+    first ADL event came back, with that event's position (for the stage breakdown)."""
     topics = TopicNames(settings.topic_prefix)
     sent: dict[str, float] = {}
     latency: dict[str, float] = {}
+    positions: dict[str, int] = {}
+    probe_acks: dict[str, asyncio.Future[Any]] = {}
     hop: dict[str, float] = {}  # the baseline: the same probe through Kafka alone
     echo = f"{settings.topic_prefix}echo"
     consumer = AIOKafkaConsumer(topics.adl_events, echo, bootstrap_servers=settings.kafka_bootstrap, group_id=None,
@@ -124,6 +136,9 @@ async def measure(settings: Settings, rate: int, seconds: float, probes_per_seco
                     seen = hop if record.topic == echo else latency
                     if liquidation_id in sent and liquidation_id not in seen:
                         seen[liquidation_id] = now - sent[liquidation_id]
+                        if seen is latency:
+                            headers = dict(record.headers or ())
+                            positions[liquidation_id] = int(headers.get("backstop-position", b"0"))
 
     reader = asyncio.create_task(read_adl())
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=2,
@@ -155,7 +170,9 @@ async def measure(settings: Settings, rate: int, seconds: float, probes_per_seco
                           "symbol": "BTCUSDT", "qty": "0.01", "mark_price": "100000", "executions": []}
                 sent[liquidation_id] = time.perf_counter()
                 probe_key = input_key("liquidation", record).encode()
-                pending.append(await producer.send(topics.input("liquidation"), orjson.dumps(record), key=probe_key))
+                probe_acks[liquidation_id] = await producer.send(topics.input("liquidation"), orjson.dumps(record),
+                                                                  key=probe_key)
+                pending.append(probe_acks[liquidation_id])
                 pending.append(await producer.send(echo, orjson.dumps(record), key=probe_key))
                 probes += 1
             if len(pending) > 20000:
@@ -171,11 +188,63 @@ async def measure(settings: Settings, rate: int, seconds: float, probes_per_seco
         reader.cancel()
         await producer.stop()
         await consumer.stop()
+    if probes_seen is not None:
+        for liquidation_id, ack in probe_acks.items():
+            metadata = ack.result()
+            probes_seen[liquidation_id] = {"partition": metadata.partition, "offset": metadata.offset,
+                                           "sent": sent[liquidation_id], "position": positions.get(liquidation_id),
+                                           "received": sent[liquidation_id] + latency.get(liquidation_id, 0.0)}
     if len(latency) < len(sent) or len(hop) < len(sent):
         raise RuntimeError(f"of {len(sent)} probes, {len(latency)} came back as ADL events and {len(hop)} through "
                            f"the scratch topic")
     return {"background_rate": round(produced / offered_s), "probes": len(sent),
             **_percentiles(latency.values()), **{f"hop_{k}": v for k, v in _percentiles(hop.values()).items()}}
+
+
+STAGES = (("kafka_in", "sent", "fetched"), ("merge", "fetched", "released"), ("gather", "released", "closed"),
+          ("apply", "closed", "applied"),
+          ("project", "applied", "projected"), ("commit_wait", "projected", "commit_start"),
+          ("commit", "commit_start", "committed"), ("relay_wait", "committed", "read"),
+          ("relay_read", "read", "read_done"), ("publish", "read_done", "acked"), ("kafka_out", "acked", "received"))
+
+
+def stages(probes: dict[str, dict[str, Any]], serve_log: Path) -> dict[str, Any]:
+    """Where each probe's time went, from the service's trace lines: the batch that held its liquidation, the relay
+    round that published its ADL event. Stamps on both sides are the machine's monotonic clock."""
+    batches: dict[tuple[int, int], dict[str, Any]] = {}
+    rounds: list[dict[str, Any]] = []
+    sizes: list[int] = []
+    for line in serve_log.read_bytes().splitlines():
+        if b'"backstop.trace"' not in line:
+            continue
+        entry = orjson.loads(line)
+        if entry["message"] == "batch stages":
+            sizes.append(entry["records"])
+            for partition, offset, fetched, released in entry["liquidations"]:
+                batches[(partition, offset)] = {**entry, "fetched": fetched, "released": released}
+        elif "adl_events" in entry["up_to"]:
+            rounds.append(entry)
+    spans: dict[str, list[float]] = {name: [] for name, _, _ in STAGES}
+    for probe in probes.values():
+        batch = batches.get((probe["partition"], probe["offset"]))
+        relay_round = next((r for r in rounds if probe["position"] is not None
+                            and r["up_to"]["adl_events"] >= probe["position"]), None)
+        if batch is None or relay_round is None:
+            continue
+        stamps = {**batch, **{k: relay_round[k] for k in ("read", "read_done", "acked")}, "sent": probe["sent"],
+                  "received": probe["received"]}
+        for name, start, end in STAGES:
+            spans[name].append(stamps[end] - stamps[start])
+    traced = len(spans["kafka_in"])
+    return {"probes_traced": traced, "batches": len(sizes),
+            "batch_records": _spread(sizes),
+            **({f"{name}_ms": _percentiles(values) for name, values in spans.items()} if traced else {})}
+
+
+def _spread(values: list[int]) -> dict[str, int]:
+    ordered = sorted(values) or [0]
+    return {"p50": ordered[len(ordered) // 2], "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+            "max": ordered[-1]}
 
 
 def _percentiles(seconds: Any) -> dict[str, float]:
@@ -186,7 +255,7 @@ def _percentiles(seconds: Any) -> dict[str, float]:
 
 
 async def run_async(rate: int, seconds: float, probes_per_second: int, shorts: int = SHORTS,
-                    serve_log: Path | None = None) -> dict[str, Any]:
+                    serve_log: Path | None = None, traced: bool = False) -> dict[str, Any]:
     run_id = secrets.token_hex(3)
     database = f"backstop_latency_{run_id}"
     settings = Settings(kafka_bootstrap=os.environ.get("BACKSTOP_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
@@ -210,13 +279,16 @@ async def run_async(rate: int, seconds: float, probes_per_second: int, shorts: i
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", 0))
                 port = probe.getsockname()[1]
-            process = serve(settings, log, port)
+            process = serve(settings.model_copy(update={"trace_stages": traced}), log, port)
             await wait_consumed(settings.dsn(), await end_offsets(settings, list(TopicNames(
                 settings.topic_prefix).inputs)), timeout=300)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
                 assert response.status == 200
+            probes: dict[str, dict[str, Any]] | None = {} if traced else None
             try:
-                result = await measure(settings, rate, seconds, probes_per_second)
+                result = await measure(settings, rate, seconds, probes_per_second, probes)
+                if probes is not None:
+                    result["stages"] = stages(probes, log)
             finally:
                 if serve_log is not None:
                     shutil.copyfile(log, serve_log)
@@ -232,11 +304,11 @@ async def run_async(rate: int, seconds: float, probes_per_second: int, shorts: i
 
 
 def run(rates: list[int], seconds: float, probes_per_second: int, shorts: int = SHORTS,
-        serve_log: Path | None = None) -> dict[str, Any]:
+        serve_log: Path | None = None, traced: bool = False) -> dict[str, Any]:
     figures, runs = [], {}
     for rate in rates:
         log = None if serve_log is None else serve_log.with_name(f"{serve_log.stem}-{rate}{serve_log.suffix}")
-        result = asyncio.run(run_async(rate, seconds, probes_per_second, shorts, log))
+        result = asyncio.run(run_async(rate, seconds, probes_per_second, shorts, log, traced))
         runs[f"rate_{rate}"] = result
         for name in ("p50_ms", "p99_ms", "max_ms"):
             hop = result[f"hop_{name}"]
@@ -246,7 +318,8 @@ def run(rates: list[int], seconds: float, probes_per_second: int, shorts: int = 
                             "ratio": round(result[name] / hop, 1) if hop else ""})
     return {"name": "latency", "input": {"seconds": seconds, "probes_per_second": probes_per_second,
                                         "counterparties": shorts, **{k: v["probes"] for k, v in runs.items()}},
-            "figures": figures}
+            "figures": figures,
+            **({"stages": {k: v["stages"] for k, v in runs.items()}} if traced else {})}
 
 
 def main() -> None:
@@ -258,9 +331,11 @@ def main() -> None:
     parser.add_argument("--counterparties", type=int, default=SHORTS,
                         help="open BTC shorts on the other side (the state the service holds); default 1000")
     parser.add_argument("--serve-log", type=Path, help="keep the service's log here (one file per rate)")
+    parser.add_argument("--trace", action="store_true", help="the service logs its stage stamps; the result says "
+                        "where the probes' time went, stage by stage")
     args = parser.parse_args()
     print(json.dumps(run(args.rate or [20000, 1000], args.seconds, args.probes_per_second, args.counterparties,
-                         args.serve_log), indent=2))
+                         args.serve_log, args.trace), indent=2))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     # The state hash at the head (every position and balance, hashed: 0.7 s at 137,000 positions) is recorded once
     # the input has been quiet this long, not at every pause of a live stream, which it would hold up each time.
     state_hash_quiet_ms: int = Field(1000, ge=0)
+    # stage stamps per batch and per relay round in the log (backstop.service.trace), for measuring latency
+    trace_stages: bool = False
 
     # the outbox relay
     relay_batch: int = Field(2000, ge=1, le=100_000)

@@ -31,7 +31,7 @@ from backstop.pipeline.ingest import BatchResult, Consumed, PoisonRecord, Where
 from backstop.pipeline.merge import Merger
 from backstop.pipeline.service_engine import ServiceEngine, Snapshot, fund_balances, open_service_engine
 from backstop.pipeline.topics import TopicNames
-from backstop.service import metrics
+from backstop.service import metrics, trace
 from backstop.service.ports import BackgroundWork, Consumer, EndsUnavailable, LedgerStore, Partition, Runtime
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
@@ -39,6 +39,7 @@ from backstop.settings import Settings
 log = logging.getLogger("backstop.ledger")
 ADL_INDEX_QUIET_S = 0.1  # input quiet this long: refresh the ADL index ahead of the next deleverage
 ADL_INDEX_SLICE = 10_000  # caught up with a backlog of touched accounts: this many per batch
+GATHER_POLL_MS = 2  # a batch gathering during a commit: how long a fetch waits for more input before the loop looks
 
 
 @dataclass(slots=True)
@@ -141,6 +142,7 @@ class PendingCommit(NamedTuple):
     started: float
     consumed: int  # 0: projection rows written alone
     phases_s: dict[str, float]
+    stamps: dict[str, Any] | None = None  # the batch's stage stamps, when traced (backstop.service.trace)
 
 
 class LedgerProcessor(SupervisedLoop):
@@ -202,6 +204,7 @@ class LedgerRun:
         self.touched = projections.Touched()  # rows batches touched while catching up, not written yet
         self.caught_up = False  # as of the last batch: nothing buffered and nothing unread
         self.committing: asyncio.Task[None] | None = None  # batch N commits while batch N+1 is applied
+        self.gathered: list[Consumed] = []  # released in merge order, waiting for the committer (`merge`)
         self.quiet_since: float | None = None  # the loop's clock when the input went quiet (None: not quiet)
         self.state_hashed_at = -1
         # Whole-state work runs in forked children (backstop.service.forked), off the batches' path.
@@ -211,6 +214,9 @@ class LedgerRun:
                                                                              self.progress.background_errors)
         self.behind = WriteBehind(self.store, self.progress)
         self._lag: dict[Partition, Any] = {}  # the lag gauge of each partition (labels() is a locked lookup)
+        self.tracing = settings.trace_stages
+        # traced: when each liquidation was fetched, and released by the merge
+        self.fetched_at: dict[tuple[str, int, int], list[float]] = {}
 
     async def start(self, offsets: dict[Partition, int]) -> None:
         positions, ends = await self.consumer.assign(self.topics.inputs, offsets)
@@ -233,13 +239,22 @@ class LedgerRun:
         batch = self.merge()
         await checkpoint("merge")
         if batch:
+            stamps = self._trace(batch) if self.tracing else None
             applied = await self.apply(batch)
+            if stamps is not None:
+                stamps["applied"] = trace.now()
             await checkpoint("apply")
             pending = await self.project(applied)
             await checkpoint("project")
+            if stamps is not None:
+                stamps.update(projected=trace.now(), first_seq=applied.expected_seq + 1,
+                              seq=pending.head.seq)
+                pending = pending._replace(stamps=stamps)
             await self.commit(pending)
             await checkpoint("commit")
-        await self.housekeeping(batch_applied=bool(batch))
+            await self.housekeeping(batch_applied=True)
+        elif not self.gathered:  # while gathering, a turn only fetches: the batch grows until the commit lands
+            await self.housekeeping(batch_applied=False)
         await checkpoint("housekeeping")
 
     async def finish(self) -> None:
@@ -264,8 +279,15 @@ class LedgerRun:
         if starved is not None:
             metrics.MERGE_BACKPRESSURE.inc()
         if starved is None or starved:
-            fetched = await self.consumer.fetch(only=starved, max_records=settings.batch_max_records,
-                                                timeout_ms=settings.batch_max_wait_ms)
+            # Records gathered wait only for the committer: the loop goes on draining the consumer (so that its
+            # next fetch goes out and what arrives during the commit joins the batch) and looks at the commit
+            # every GATHER_POLL_MS.
+            fetched = await self.consumer.fetch(
+                only=starved, max_records=settings.batch_max_records,
+                timeout_ms=min(GATHER_POLL_MS, settings.batch_max_wait_ms) if self.gathered
+                else settings.batch_max_wait_ms)
+            if self.tracing:
+                self._trace_fetched(fetched.records)
             for partition, records in fetched.records.items():
                 merger.add(partition, records)  # before advance: add drops records below the offset reached
                 metrics.EVENTS_IN.labels(self.topics.type_of(partition[0]) or "unknown").inc(len(records))
@@ -290,8 +312,24 @@ class LedgerRun:
                 merger.confirm_end(partition, end)
 
     def merge(self) -> list[Consumed]:
-        """The next batch in merge order, as far as the order is decided (backstop.pipeline.merge)."""
-        return self.merger.release(self.settings.batch_max_records)
+        """The next batch in merge order, as far as the order is decided (backstop.pipeline.merge). Caught up, a
+        batch closes once the batch before it has committed: meanwhile the records released are gathered, so what
+        arrives during a commit goes into the next one, not into the one after (a record waits for at most the
+        commit in flight and its own). Behind, or full, it closes at once and is applied while the batch before
+        commits. The order is the merge's either way: only where batches begin and end moves, and nothing the
+        service decides depends on that."""
+        limit = self.settings.batch_max_records
+        gathered = self.gathered
+        released = self.merger.release(limit - len(gathered))
+        if self.tracing and released:
+            self._trace_released(released)
+        gathered.extend(released)
+        committing = self.committing
+        if not gathered or (len(gathered) < limit and committing is not None and not committing.done()
+                            and self.merger.drained()):
+            return []
+        self.gathered = []
+        return gathered
 
     async def apply(self, batch: list[Consumed]) -> Applied:
         """The batch through dedupe, sequencing and the engine: consumed records in, a BatchResult out. In a
@@ -351,9 +389,7 @@ class LedgerRun:
             if self.caught_up and engine.adl_index_backlog() >= ADL_INDEX_SLICE:
                 await self.runtime.offload(engine.refresh_adl_index, ADL_INDEX_SLICE)
             return
-        if self.committing is not None:  # nothing new: let the last commit land before idling
-            await self.committing
-            self.committing = None
+        await self._landed()  # nothing new: let the last commit land before idling
         if self.touched:  # rows that waited while catching up, and the input went quiet: write them now
             await self._write_projections(self.touched)
             self.touched = projections.Touched()
@@ -373,6 +409,33 @@ class LedgerRun:
             await self.store.record_state_hash(self.state_hashed_at, digest)
 
     # ---------------------------------------------------------------- helpers
+    async def _landed(self) -> None:
+        """The commit in flight has landed (its failure fails the run)."""
+        if self.committing is not None:
+            await self.committing
+            self.committing = None
+
+    def _trace_fetched(self, records: dict[Partition, list[Consumed]]) -> None:
+        fetched_at, at, topic = self.fetched_at, trace.now(), self.topics.input("liquidation")
+        for (record_topic, partition), consumed in records.items():
+            if record_topic == topic:
+                for record in consumed:
+                    fetched_at[(record_topic, partition, record.offset)] = [at]
+
+    def _trace_released(self, released: list[Consumed]) -> None:
+        fetched_at, at = self.fetched_at, trace.now()
+        for c in released:
+            stamps = fetched_at.get((c.topic, c.partition, c.offset))
+            if stamps is not None:
+                stamps.append(at)
+
+    def _trace(self, batch: list[Consumed]) -> dict[str, Any]:
+        fetched_at = self.fetched_at
+        liquidations = [[c.partition, c.offset, *fetched_at.pop((c.topic, c.partition, c.offset))]
+                        for c in batch if (c.topic, c.partition, c.offset) in fetched_at]
+        return {"closed": trace.now(), "records": len(batch), "buffered": self.merger.buffered,
+                "liquidations": liquidations}
+
     def _start_due(self) -> None:
         """Only between engine steps: a forked child sees the state as it is now."""
         engine = self.engine
@@ -395,8 +458,11 @@ class LedgerRun:
     async def _commit(self, pending: PendingCommit) -> None:
         """One batch in one transaction; the head's expected seq guards against a second writer."""
         committing_at = time.perf_counter()
+        commit_start = trace.now()
         await self.store.commit(expected_seq=pending.expected_seq, result=pending.result, head=pending.head,
                                 projections=pending.rows)
+        if pending.stamps is not None:
+            trace.batch({**pending.stamps, "commit_start": commit_start, "committed": trace.now()})
         self.on_commit()
         faults.reached("after_commit")
         if pending.consumed:  # not for rows written alone (projections that waited)

@@ -26,7 +26,7 @@ from aiokafka.partitioner import murmur2
 from backstop import faults
 from backstop.adapters.postgres.store import RELAY_LOCK, OutboxRow
 from backstop.pipeline.topics import TopicNames
-from backstop.service import metrics
+from backstop.service import metrics, trace
 from backstop.service.ports import OUTBOX_HEADER, POSITION_HEADER, LedgerStore, Partition, Runtime, place_header
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
@@ -80,11 +80,14 @@ class OutboxRelay(SupervisedLoop):
         self.published = 0
         self.ready = False
         self._woken = asyncio.Event()
+        self._woken_at = 0.0  # traced: when the last wake came (backstop.service.trace)
 
     def wake(self) -> None:
         """A batch was committed (by the processor in this process): look at the outbox now, not at the next poll.
         A processor in another process is seen by polling every `relay_idle_ms`."""
         self._woken.set()
+        if self.settings.trace_stages:
+            self._woken_at = trace.now()
 
     def on_error(self, error: Exception) -> None:
         self.ready = False
@@ -98,9 +101,12 @@ class OutboxRelay(SupervisedLoop):
             published_up_to = await publisher.last_published(counts)
             self.ready = True
             await checkpoint("relay_start")
+            tracing = settings.trace_stages
             while not self.stopping:
                 self._woken.clear()  # before reading: a commit after the read wakes the wait below
+                read_at = trace.now() if tracing else 0.0
                 rows = await self.store.unpublished(settings.relay_batch, self.topics)
+                read_done = trace.now() if tracing else 0.0
                 full = max(Counter(row.source for row in rows).values(), default=0) >= settings.relay_batch
                 metrics.OUTBOX_BACKLOG.set(await self.store.outbox_backlog() if full else len(rows))
                 if not rows:
@@ -111,10 +117,14 @@ class OutboxRelay(SupervisedLoop):
                 if sent:
                     faults.reached("relay_after_send")
                     await checkpoint("relay_send")
+                acked = trace.now() if tracing else 0.0
                 sent_up_to = last_of_each_source(rows)
                 await self.store.mark_published(sent_up_to)
                 if published_up_to:
                     published_up_to = still_ahead(published_up_to, rows, sent_up_to)
+                if tracing:
+                    trace.relay_round({"woken": self._woken_at, "read": read_at, "read_done": read_done,
+                                       "acked": acked, "marked": trace.now(), "rows": len(rows), "up_to": sent_up_to})
                 await checkpoint("relay_mark")
                 for topic, count in sorted(sent.items()):
                     metrics.RELAY_PUBLISHED.labels(topic).inc(count)

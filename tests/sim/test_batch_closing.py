@@ -1,0 +1,100 @@
+"""When the ledger processor closes a batch (docs/service-loop.md, "When a batch closes"): caught up, what arrives
+while a commit is in flight joins the next batch, which closes once that commit has landed, so a record waits for at
+most the commit in flight and its own; behind, a batch closes at once and is applied while the one before commits.
+Run on the in-memory ports; the simulator checks that the outputs never depend on where batches end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+
+from backstop.adapters.memory.broker import MemoryBroker, MemoryConsumer, MemoryPublisher
+from backstop.adapters.memory.store import MemoryDatabase, MemoryStore
+from backstop.adapters.postgres.store import Head
+from backstop.pipeline.ingest import BatchResult
+from backstop.pipeline.projections import Projections
+from backstop.pipeline.topics import TopicNames
+from backstop.service.forked import Inline
+from backstop.service.ledger_loop import LedgerProcessor
+from backstop.service.ports import Runtime
+from backstop.settings import Settings
+
+T = TypeVar("T")
+TOPICS = TopicNames("t.")
+T0 = 1_760_000_000_000
+
+
+def fund(number: int) -> bytes:
+    return orjson.dumps({"type": "fund", "ts": T0 + number, "fund_id": f"F{number}", "settle_asset": "USDT",
+                         "surplus": "fund", "max_inventory_ratio": "0"})
+
+
+class HeldStore(MemoryStore):
+    """Each batch's commit waits at its start until the test lets it land; records which offsets each one wrote."""
+
+    def __init__(self, database: MemoryDatabase) -> None:
+        super().__init__(database)
+        self.gate = asyncio.Event()
+        self.entered = 0
+        self.batches: list[list[int]] = []
+
+    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections) -> None:
+        if result.journal:
+            self.entered += 1
+            await self.gate.wait()
+            self.batches.append([row.source_offset for row in result.journal])
+        await super().commit(expected_seq=expected_seq, result=result, head=head, projections=projections)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+async def batches_committed() -> list[list[int]]:
+    """Fund F0 is applied and its commit held; F1 is fetched meanwhile, then F2 is appended; then the commits land."""
+    broker = MemoryBroker()
+    for topic in TOPICS.inputs:
+        broker.create(topic, 1)
+    for topic in TOPICS.outputs:
+        broker.create(topic, 1)
+    store = HeldStore(MemoryDatabase())
+    consumers: list[MemoryConsumer] = []
+
+    def consumer(_: Settings) -> MemoryConsumer:
+        consumers.append(MemoryConsumer(broker))
+        return consumers[-1]
+
+    async def offload(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return func(*args, **kwargs)
+
+    runtime = Runtime(consumer=consumer, publisher=lambda _: MemoryPublisher(broker),
+                      background=lambda kind, errors: Inline(kind, errors), offload=offload)
+    settings = Settings(topic_prefix="t.", batch_max_wait_ms=5, adl_quantiles=False)
+    processor = LedgerProcessor(settings, store, runtime)
+    task = asyncio.create_task(processor.run_forever())
+    try:
+        await until(lambda: processor.progress.ready)
+        funds = TOPICS.input("fund"), 0
+        broker.append(*funds, b"F0", fund(0))
+        await until(lambda: store.entered == 1)  # F0's commit is in flight
+        broker.append(*funds, b"F1", fund(1))
+        await until(lambda: consumers[-1].position[funds] == 2)  # F1 fetched while F0 commits
+        for _ in range(50):  # the loop settles: F1 applied (a batch of its own) or gathered
+            await asyncio.sleep(0)
+        broker.append(*funds, b"F2", fund(2))
+        store.gate.set()
+        await until(lambda: sum(map(len, store.batches)) == 3)
+        return store.batches
+    finally:
+        processor.stop()
+        await task
+
+
+def test_a_record_that_arrives_during_a_commit_joins_the_next_batch() -> None:
+    """F1 came while F0 committed, F2 before F0 landed: both are in the batch that closes once F0 has landed. (A
+    batch closed at once would have committed F1 alone and F2 after it.)"""
+    assert asyncio.run(batches_committed()) == [[0], [1, 2]]
