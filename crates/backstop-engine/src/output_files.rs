@@ -30,6 +30,8 @@ const QUEUE_BATCHES: usize = 2;
 pub struct Buffers {
     pub parts: [Vec<u8>; 6],
     pub postings: Vec<Posting>,
+    /// the ids the postings name (Outputs::posting_ids)
+    pub posting_ids: Vec<u8>,
     pub new_names: Vec<String>,
 }
 
@@ -54,6 +56,7 @@ impl Buffers {
         std::mem::swap(postings, &mut outputs.postings);
         std::mem::swap(quantiles, &mut outputs.adl_quantiles);
         std::mem::swap(&mut self.postings, &mut outputs.deferred_postings);
+        std::mem::swap(&mut self.posting_ids, &mut outputs.posting_ids);
     }
 }
 
@@ -216,12 +219,13 @@ fn write_all(files: Vec<Appender>, to_write: Receiver<Buffers>, written: SyncSen
         // the postings' records after the postings file's bytes the engine wrote (none when it defers them),
         // formatted straight into the file's pending buffer
         let file = &mut files[POSTINGS];
-        let postings = &mut buffers.postings;
+        let (postings, ids) = (&mut buffers.postings, &buffers.posting_ids);
         file.append_with(|pending| {
             for posting in postings.drain(..) {
-                posting.write(&names, pending, &mut postings_head);
+                posting.write(&names, ids, pending, &mut postings_head);
             }
         }).map_err(|error| WriteError { path: file.path.clone(), error })?;
+        buffers.posting_ids.clear();
         let _ = written.try_send(buffers); // the engine may have finished: then the buffers are simply freed
         let mut state = progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         state.written += 1;
