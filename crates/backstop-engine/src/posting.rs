@@ -127,6 +127,15 @@ impl Posting {
     }
 }
 
+impl Posting {
+    /// A hint, changing nothing: the names its record copies brought into the cache, in two steps (`body`: false,
+    /// where each name's text starts; then true, the text), each some postings ahead of the one being written.
+    pub fn prefetch_names(&self, names: &Names, body: bool) {
+        self.debit.prefetch_json_name(names, body);
+        self.credit.prefetch_json_name(names, body);
+    }
+}
+
 fn optional(out: &mut Vec<u8>, ids: &[u8], value: Option<IdSpan>) {
     match value {
         Some(span) => write_string(out, span.text(ids)),
