@@ -9,7 +9,7 @@ use crate::admission::{Admission, Kind, Refusal};
 use crate::canonical::{self, J, GENESIS_HASH};
 use crate::content::Digests;
 use crate::ledger::{Account, Ledger, Names};
-use crate::posting::Posting;
+use crate::posting::{IdSpan, Posting};
 use crate::numbers::{
     add, mul, pow10, pow10_i128, ratio, rescale, sub, text, text_wide, wide_mul, Rounding, Shown, S12, S16, S18, S8,
 };
@@ -23,7 +23,6 @@ use crate::valuation::{Valuation, LARGEST_PRICE, MAX_FACE};
 use crate::wire::{Body, ContractType, Dec, MarginMode, PositionSide, Record, Side as TradeSide, Surplus};
 use ethnum::I256;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use std::sync::Arc;
 
 pub const SCHEMA_VERSION: i128 = 1;
 pub const FUND_ACCOUNT_PREFIX: &str = "fund:";
@@ -45,6 +44,8 @@ pub struct Outputs {
     pub adl_rounds: Vec<u8>,
     /// the postings whose records are left to write, in order (Engine::defer_postings)
     pub deferred_postings: Vec<Posting>,
+    /// the ids the postings name (their events' fill, transfer, liquidation and ADL event ids), each once per event
+    pub posting_ids: Vec<u8>,
     pub fund_entries: u64,
     pub adl_count: u64,
     pub finding_count: u64,
@@ -65,11 +66,12 @@ struct EventCounts {
 
 /// What the postings of the event in hand belong to (docs/design.md section 10, "Postings").
 #[derive(Default, Clone, Debug)]
+/// The ids sit in the event's `Outputs::posting_ids`.
 struct Cause {
-    transfer_id: Option<Arc<str>>,
-    fill_id: Option<Arc<str>>,
-    liquidation_id: Option<Arc<str>>,
-    adl_event_id: Option<Arc<str>>,
+    transfer_id: Option<IdSpan>,
+    fill_id: Option<IdSpan>,
+    liquidation_id: Option<IdSpan>,
+    adl_event_id: Option<IdSpan>,
 }
 
 /// An account's margin at the current marks: the balance behind the position (isolated: margin + uPnL; cross:
@@ -250,6 +252,9 @@ impl Engine {
         self.ts = record.ts;
         self.counts = EventCounts::default();
         self.cause = Cause::default();
+        if !self.defer_postings {
+            out.posting_ids.clear(); // the earlier events' postings are written: their ids are read no more
+        }
         let fund = self.fund_of(record);
         let before = fund.map(|fund| (fund, self.ledger.balance(Account::Fund(fund))));
         let drawdown = fund.filter(|_| self.policy.drawdown.is_some());
@@ -402,7 +407,7 @@ impl Engine {
                                   text_wide(balance, S8), account.name(&self.names)));
         }
         let source = Account::External(asset_id);
-        self.cause.transfer_id = Some(Arc::from(&**transfer_id));
+        self.cause.transfer_id = Some(IdSpan::push(&mut out.posting_ids, transfer_id));
         self.post("transfer", source, account, amount, asset_id, out);
         if let Some(fund) = fund {
             self.fund_entry(fund, "transfer", I256::new(amount), None, source, None, out);
@@ -442,7 +447,7 @@ impl Engine {
         let symbol_id = self.instrument_of(symbol)?;
         let (qty, fill_price, fee) = (qty.value, price.value, fee.value);
         self.check_steps(symbol_id, qty, Some(fill_price))?;
-        self.cause.fill_id = Some(Arc::from(&**fill_id));
+        self.cause.fill_id = Some(IdSpan::push(&mut out.posting_ids, fill_id));
         if let Some(fund_name) = account_id.strip_prefix(FUND_ACCOUNT_PREFIX) {
             return self.fund_fill(fund_name, symbol_id, *side, qty, fill_price, fee, *position_side, out);
         }
@@ -667,7 +672,7 @@ impl Engine {
         if account_id.starts_with(FUND_ACCOUNT_PREFIX) {
             return reject("a fund's inventory is not liquidated");
         }
-        self.cause.liquidation_id = Some(Arc::from(&**liquidation_id));
+        self.cause.liquidation_id = Some(IdSpan::push(&mut out.posting_ids, liquidation_id));
         let account = self.names.find(account_id);
         let position = account.and_then(|a| self.positions.get(a, symbol_id, *position_side)).cloned();
         let Some(position) = position else {
@@ -945,7 +950,7 @@ impl Engine {
         let (asset, fee_rate) = (instrument.settle_asset, instrument.liquidation_fee_rate);
         let source = Account::Settlement(lot.symbol);
         let liquidation_id = Some(lot.liquidation_id.as_str());
-        let cause = self.cause.liquidation_id.replace(Arc::from(lot.liquidation_id.as_str()));
+        let cause = self.cause.liquidation_id.replace(IdSpan::push(&mut out.posting_ids, &lot.liquidation_id));
         if gain < 0 {
             self.post("liquidation_loss", Account::Fund(fund), source, -gain, asset, out);
             self.fund_entry(fund, "liquidation_loss", gain, liquidation_id, source, Some(lot.symbol), out);
@@ -1092,9 +1097,14 @@ impl Engine {
             if take == 0 {
                 continue;
             }
-            let causes = (self.cause.liquidation_id.replace(Arc::from(lot.liquidation_id.as_str())),
-                          self.cause.adl_event_id.replace(Arc::from(format!("adl-{}-{}", self.seq,
-                                                                            self.counts.adl_events))));
+            let adl_event_id = IdSpan::write(&mut out.posting_ids, |ids| {
+                ids.extend_from_slice(b"adl-");
+                canonical::write_int(ids, i128::from(self.seq));
+                ids.push(b'-');
+                canonical::write_int(ids, i128::from(self.counts.adl_events));
+            });
+            let causes = (self.cause.liquidation_id.replace(IdSpan::push(&mut out.posting_ids, &lot.liquidation_id)),
+                          self.cause.adl_event_id.replace(adl_event_id));
             let position = self.positions.get(ranked.account, symbol, ranked.position_side).expect("a queued position");
             let figures = self.figures(position, mark);
             let proceeds = match (price_rule, reset_left) {
@@ -1691,15 +1701,15 @@ impl Engine {
             credit_balance_after,
             asset, seq: self.seq, number: self.counts.postings, ts: self.ts,
             fund_entry: touches_fund.then_some(self.counts.fund_entries),
-            adl_event_id: cause.adl_event_id.clone(),
-            fill_id: cause.fill_id.clone(),
-            liquidation_id: cause.liquidation_id.clone(),
-            transfer_id: cause.transfer_id.clone(),
+            adl_event_id: cause.adl_event_id,
+            fill_id: cause.fill_id,
+            liquidation_id: cause.liquidation_id,
+            transfer_id: cause.transfer_id,
         };
         if self.defer_postings {
             out.deferred_postings.push(posting);
         } else {
-            posting.write(&self.names, &mut out.postings, &mut self.postings_head);
+            posting.write(&self.names, &out.posting_ids, &mut out.postings, &mut self.postings_head);
         }
         self.counts.postings += 1;
         out.posting_count += 1;
@@ -1717,7 +1727,7 @@ impl Engine {
         let id = format!("fl-{}-{}", self.seq, self.counts.fund_entries);
         let counter_name = counter.name(&self.names);
         let balance = self.ledger.balance(Account::Fund(fund));
-        let transfer_id = if kind == "transfer" { self.cause.transfer_id.as_deref() } else { None };
+        let transfer_id = self.cause.transfer_id.filter(|_| kind == "transfer").map(|span| span.text(&out.posting_ids));
         assert!(self.counts.fund_postings == self.counts.fund_entries + 1,
                 "fund-ledger entry {id} follows no posting to or from the fund");
         // the keys before "hash" and after it, in key order: the record is written once, the hash taken over both

@@ -90,6 +90,17 @@ impl Names {
         let start = if id == 0 { 0 } else { self.json_ends[id - 1] };
         &self.json[start..self.json_ends[id]]
     }
+    /// A hint, changing nothing: where `json_body(id)` starts brought into the cache (`body`: false), or its text
+    /// (`body`: true; cheap once its start is cached). The output writer reads the names of postings ahead so.
+    pub fn prefetch_json_body(&self, id: u32, body: bool) {
+        let id = id as usize;
+        if id >= self.json_ends.len() {
+            return;
+        }
+        let start = if id == 0 { &0 } else { &self.json_ends[id - 1] };
+        let address = if body { self.json.as_ptr().wrapping_add(*start) } else { std::ptr::from_ref(start).cast() };
+        crate::idtable::prefetch_line(address.cast());
+    }
     pub fn len(&self) -> usize {
         self.names.len()
     }
@@ -181,6 +192,16 @@ impl Account {
             Account::Settlement(symbol) => ("settlement:", symbol, None),
             Account::Funding(symbol) => ("funding:", symbol, None),
             Account::External(asset) => ("external:", asset, None),
+        }
+    }
+
+    /// A hint, changing nothing: what `write_json_name` reads of `names` brought into the cache
+    /// (Names::prefetch_json_body).
+    pub fn prefetch_json_name(&self, names: &Names, body: bool) {
+        let (_, first, second) = self.parts();
+        names.prefetch_json_body(first, body);
+        if let Some(second) = second {
+            names.prefetch_json_body(second, body);
         }
     }
 

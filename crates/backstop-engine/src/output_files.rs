@@ -24,12 +24,18 @@ const POSTINGS: usize = 4;
 /// Batches handed over and not yet written: the engine runs at most this far ahead of the writer.
 const QUEUE_BATCHES: usize = 2;
 
+/// How many postings ahead of the one it writes the writer asks for the names' places (and half as many ahead, for
+/// their texts).
+const PREFETCH_AHEAD: usize = 8;
+
 /// One batch's output bytes, a buffer per file; the postings whose records the writer writes, and the names
 /// interned since the last batch (the writer's copy of the engine's names, for those records).
 #[derive(Default, Debug)]
 pub struct Buffers {
     pub parts: [Vec<u8>; 6],
     pub postings: Vec<Posting>,
+    /// the ids the postings name (Outputs::posting_ids)
+    pub posting_ids: Vec<u8>,
     pub new_names: Vec<String>,
 }
 
@@ -54,6 +60,7 @@ impl Buffers {
         std::mem::swap(postings, &mut outputs.postings);
         std::mem::swap(quantiles, &mut outputs.adl_quantiles);
         std::mem::swap(&mut self.postings, &mut outputs.deferred_postings);
+        std::mem::swap(&mut self.posting_ids, &mut outputs.posting_ids);
     }
 }
 
@@ -216,12 +223,22 @@ fn write_all(files: Vec<Appender>, to_write: Receiver<Buffers>, written: SyncSen
         // the postings' records after the postings file's bytes the engine wrote (none when it defers them),
         // formatted straight into the file's pending buffer
         let file = &mut files[POSTINGS];
-        let postings = &mut buffers.postings;
+        let (postings, ids) = (&mut buffers.postings, &buffers.posting_ids);
         file.append_with(|pending| {
-            for posting in postings.drain(..) {
-                posting.write(&names, pending, &mut postings_head);
+            // the names of the postings ahead brought into the cache, where each starts, then its text: with
+            // hundreds of thousands of accounts they are seldom there already
+            for at in 0..postings.len() {
+                if let Some(ahead) = postings.get(at + PREFETCH_AHEAD) {
+                    ahead.prefetch_names(&names, false);
+                }
+                if let Some(ahead) = postings.get(at + PREFETCH_AHEAD / 2) {
+                    ahead.prefetch_names(&names, true);
+                }
+                postings[at].write(&names, ids, pending, &mut postings_head);
             }
+            postings.clear();
         }).map_err(|error| WriteError { path: file.path.clone(), error })?;
+        buffers.posting_ids.clear();
         let _ = written.try_send(buffers); // the engine may have finished: then the buffers are simply freed
         let mut state = progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         state.written += 1;

@@ -1162,7 +1162,7 @@ fn positions_json(engine: &Engine) -> Vec<u8> {
     let names = &engine.names;
     let mut accounts: Vec<u32> = engine.positions.of_account.keys().copied().collect();
     sort_by_name(&mut accounts, names);
-    let mut out = Vec::with_capacity(2 + 200 * engine.positions.by_key.len());
+    let mut out = Vec::with_capacity(2 + 200 * engine.positions.len());
     out.push(b'[');
     for position in accounts.into_iter().flat_map(|account| positions_of(engine, account)) {
         if out.len() > 1 {

@@ -136,8 +136,10 @@ impl FundState {
 /// holders.
 #[derive(Clone, Debug, Default)]
 pub struct Positions {
-    /// (account, symbol, position side) -> the position and its place in `of_symbol[symbol]`
-    pub by_key: HashMap<(u32, u32, PositionSide), (Position, usize)>,
+    /// the positions, each with its place in `of_symbol[symbol]`, at the index its account's slot names; a closed
+    /// position's index is reused (`free`), so an open one's never moves
+    slab: Vec<(Position, usize)>,
+    free: Vec<u32>,
     pub of_account: KeysByAccount,
     pub of_symbol: HashMap<u32, Vec<(u32, PositionSide)>>,
 }
@@ -145,15 +147,16 @@ pub struct Positions {
 /// A position's key within its account: (symbol, position side).
 pub type AccountKey = (u32, PositionSide);
 
-/// Each account's position keys in the order they opened, by account id. The rules read them on every fill (the
-/// position mode check) and liquidation, for accounts that number hundreds of thousands: so they sit in a dense
-/// array found without hashing, an account's first keys inside its own slot (most accounts hold one or two
-/// positions), one cache line where a map would cost two or three.
+/// Each account's position keys in the order they opened, by account id, each with the index of its position in
+/// `Positions`. The rules read them on every fill (the position mode check, then the position) and liquidation, for
+/// accounts that number hundreds of thousands: so they sit in a dense array found without hashing, an account's
+/// first keys inside its own slot (most accounts hold one or two positions), one cache line where a map would cost
+/// two or three.
 #[derive(Clone, Debug, Default)]
 pub struct KeysByAccount {
     slots: Vec<KeysSlot>,
-    /// the keys of accounts holding more than fit in a slot
-    more: HashMap<u32, Vec<AccountKey>>,
+    /// the keys, and their positions' indices, of accounts holding more than fit in a slot
+    more: HashMap<u32, (Vec<AccountKey>, Vec<u32>)>,
     /// how many accounts hold a position
     holders: usize,
 }
@@ -165,6 +168,8 @@ struct KeysSlot {
     /// how many keys the account has (above INLINE_KEYS they are all in `more`)
     count: u32,
     inline: [AccountKey; INLINE_KEYS],
+    /// the index of each inline key's position
+    index: [u32; INLINE_KEYS],
 }
 
 const INLINE_KEYS: usize = 2;
@@ -174,9 +179,21 @@ impl KeysByAccount {
     pub fn get(&self, account: u32) -> &[AccountKey] {
         match self.slots.get(account as usize) {
             Some(slot) if slot.count as usize <= INLINE_KEYS => &slot.inline[..slot.count as usize],
-            Some(_) => &self.more[&account],
+            Some(_) => &self.more[&account].0,
             None => &[],
         }
+    }
+
+    /// The index of the position the account holds under `key`.
+    pub fn find(&self, account: u32, key: AccountKey) -> Option<u32> {
+        let slot = self.slots.get(account as usize)?;
+        let count = slot.count as usize;
+        if count <= INLINE_KEYS {
+            let at = slot.inline[..count].iter().position(|&held| held == key)?;
+            return Some(slot.index[at]);
+        }
+        let (keys, indices) = &self.more[&account];
+        keys.iter().position(|&held| held == key).map(|at| indices[at])
     }
 
     /// A hint, changing nothing: the account's slot brought into the cache (crate::engine::Engine::prefetch_account).
@@ -199,11 +216,12 @@ impl KeysByAccount {
         self.holders == 0
     }
 
-    fn push(&mut self, account: u32, key: AccountKey) {
+    fn push(&mut self, account: u32, key: AccountKey, index: u32) {
         let at = account as usize;
         if at >= self.slots.len() {
-            let empty = |index: usize| KeysSlot { account: index as u32, count: 0,
-                                                  inline: [(0, PositionSide::Both); INLINE_KEYS] };
+            let empty = |slot: usize| KeysSlot { account: slot as u32, count: 0,
+                                                 inline: [(0, PositionSide::Both); INLINE_KEYS],
+                                                 index: [0; INLINE_KEYS] };
             let start = self.slots.len();
             self.slots.extend((start..=at).map(empty));
         }
@@ -214,44 +232,63 @@ impl KeysByAccount {
         }
         if count < INLINE_KEYS {
             slot.inline[count] = key;
+            slot.index[count] = index;
         } else if count == INLINE_KEYS {
-            self.more.insert(account, slot.inline.iter().copied().chain([key]).collect());
+            let keys = slot.inline.iter().copied().chain([key]).collect();
+            let indices = slot.index.iter().copied().chain([index]).collect();
+            self.more.insert(account, (keys, indices));
         } else {
-            self.more.get_mut(&account).expect("an account with more keys").push(key);
+            let (keys, indices) = self.more.get_mut(&account).expect("an account with more keys");
+            keys.push(key);
+            indices.push(index);
         }
         slot.count += 1;
     }
 
-    /// The key removed from the account's (the others keep their order).
-    fn remove(&mut self, account: u32, key: AccountKey) {
-        let Some(slot) = self.slots.get_mut(account as usize) else { return };
+    /// The key removed from the account's (the others keep their order); the index of its position.
+    fn remove(&mut self, account: u32, key: AccountKey) -> Option<u32> {
+        let slot = self.slots.get_mut(account as usize)?;
         let count = slot.count as usize;
         if count <= INLINE_KEYS {
-            let Some(at) = slot.inline[..count].iter().position(|&held| held == key) else { return };
+            let at = slot.inline[..count].iter().position(|&held| held == key)?;
+            let index = slot.index[at];
             slot.inline.copy_within(at + 1..count, at);
+            slot.index.copy_within(at + 1..count, at);
             slot.count -= 1;
             if slot.count == 0 {
                 self.holders -= 1;
             }
-            return;
+            return Some(index);
         }
-        let keys = self.more.get_mut(&account).expect("an account with more keys");
-        let Some(at) = keys.iter().position(|&held| held == key) else { return };
+        let (keys, indices) = self.more.get_mut(&account).expect("an account with more keys");
+        let at = keys.iter().position(|&held| held == key)?;
         keys.remove(at);
+        let index = indices.remove(at);
         slot.count -= 1;
         if keys.len() <= INLINE_KEYS {
             slot.inline[..keys.len()].copy_from_slice(keys);
+            slot.index[..keys.len()].copy_from_slice(indices);
             self.more.remove(&account);
         }
+        Some(index)
     }
 }
 
 impl Positions {
     pub fn get(&self, account: u32, symbol: u32, side: PositionSide) -> Option<&Position> {
-        self.by_key.get(&(account, symbol, side)).map(|(position, _)| position)
+        let index = self.of_account.find(account, (symbol, side))?;
+        Some(&self.slab[index as usize].0)
     }
     pub fn get_mut(&mut self, account: u32, symbol: u32, side: PositionSide) -> Option<&mut Position> {
-        self.by_key.get_mut(&(account, symbol, side)).map(|(position, _)| position)
+        let index = self.of_account.find(account, (symbol, side))?;
+        Some(&mut self.slab[index as usize].0)
+    }
+    /// How many positions are open.
+    pub fn len(&self) -> usize {
+        self.slab.len() - self.free.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
     /// The account's (symbol, position side) keys, in the order they opened.
     pub fn keys_of(&self, account: u32) -> &[(u32, PositionSide)] {
@@ -268,20 +305,33 @@ impl Positions {
             .filter(move |(s, _)| *s == symbol)
             .filter_map(move |(s, side)| self.get(account, *s, *side))
     }
+    /// A position not held yet (the caller checks).
     pub fn add(&mut self, position: Position) {
-        let key = (position.account, position.symbol, position.position_side);
-        self.of_account.push(position.account, (position.symbol, position.position_side));
+        let (account, key) = (position.account, (position.symbol, position.position_side));
         let holders = self.of_symbol.entry(position.symbol).or_default();
         holders.push((position.account, position.position_side));
-        self.by_key.insert(key, (position, holders.len() - 1));
+        let entry = (position, holders.len() - 1);
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slab[index as usize] = entry;
+                index
+            }
+            None => {
+                self.slab.push(entry);
+                u32::try_from(self.slab.len() - 1).expect("fewer positions than u32 counts")
+            }
+        };
+        self.of_account.push(account, key, index);
     }
     pub fn remove(&mut self, account: u32, symbol: u32, side: PositionSide) {
-        let Some((_, at)) = self.by_key.remove(&(account, symbol, side)) else { return };
-        self.of_account.remove(account, (symbol, side));
+        let Some(index) = self.of_account.remove(account, (symbol, side)) else { return };
+        self.free.push(index);
+        let at = self.slab[index as usize].1;
         let holders = self.of_symbol.get_mut(&symbol).expect("indexed by symbol");
         holders.swap_remove(at);
         if let Some(&(moved, moved_side)) = holders.get(at) {
-            self.by_key.get_mut(&(moved, symbol, moved_side)).expect("indexed").1 = at;
+            let moved = self.of_account.find(moved, (symbol, moved_side)).expect("indexed");
+            self.slab[moved as usize].1 = at;
         }
     }
 }
@@ -297,27 +347,79 @@ mod tests {
             steps in proptest::collection::vec((0u32..6, 0u32..4, 0usize..3, any::<bool>()), 0..200),
         ) {
             let sides = [PositionSide::Both, PositionSide::Long, PositionSide::Short];
-            let (mut dense, mut model) = (KeysByAccount::default(), BTreeMap::<u32, Vec<AccountKey>>::new());
-            for (account, symbol, side, add) in steps {
+            let (mut dense, mut model) = (KeysByAccount::default(), BTreeMap::<u32, Vec<(AccountKey, u32)>>::new());
+            for (step, (account, symbol, side, add)) in steps.into_iter().enumerate() {
                 let key = (symbol, sides[side]);
-                let held = model.get(&account).is_some_and(|keys| keys.contains(&key));
-                if add && !held {
-                    dense.push(account, key);
-                    model.entry(account).or_default().push(key);
+                let held = model.get(&account).and_then(|keys| keys.iter().find(|(k, _)| *k == key)).map(|&(_, i)| i);
+                if add && held.is_none() {
+                    dense.push(account, key, step as u32);
+                    model.entry(account).or_default().push((key, step as u32));
                 } else if !add {
-                    dense.remove(account, key);
+                    prop_assert_eq!(dense.remove(account, key), held);
                     if let Some(keys) = model.get_mut(&account) {
-                        keys.retain(|&k| k != key);
+                        keys.retain(|&(k, _)| k != key);
                         if keys.is_empty() {
                             model.remove(&account);
                         }
                     }
                 }
                 for account in 0..7 {
-                    prop_assert_eq!(dense.get(account), model.get(&account).map_or(&[][..], Vec::as_slice));
+                    let keys: Vec<AccountKey> = model.get(&account).map_or(vec![], |keys| keys.iter().map(|&(k, _)| k).collect());
+                    prop_assert_eq!(dense.get(account), &keys[..]);
+                    for symbol in 0..4 {
+                        for side in sides {
+                            let index = model.get(&account)
+                                .and_then(|keys| keys.iter().find(|(k, _)| *k == (symbol, side))).map(|&(_, i)| i);
+                            prop_assert_eq!(dense.find(account, (symbol, side)), index);
+                        }
+                    }
                 }
                 prop_assert_eq!(dense.keys().copied().collect::<Vec<_>>(), model.keys().copied().collect::<Vec<_>>());
                 prop_assert_eq!(dense.len(), model.len());
+            }
+        }
+
+        #[test]
+        fn positions_hold_what_a_map_holds(
+            steps in proptest::collection::vec((0u32..6, 0u32..3, 0usize..3, any::<bool>(), 1i128..100), 0..200),
+        ) {
+            let sides = [PositionSide::Both, PositionSide::Long, PositionSide::Short];
+            let mut positions = Positions::default();
+            let mut model = BTreeMap::<(u32, u32, PositionSide), i128>::new();
+            let mut symbol_order = BTreeMap::<u32, Vec<(u32, PositionSide)>>::new();
+            for (account, symbol, side, add, qty) in steps {
+                let side = sides[side];
+                let key = (account, symbol, side);
+                if add && !model.contains_key(&key) {
+                    positions.add(Position { account, symbol, qty, cost: qty, margin_mode: MarginMode::Cross,
+                                             leverage: Dec { value: 1, places: 0 }, position_side: side,
+                                             adl_quantile: 0 });
+                    model.insert(key, qty);
+                    symbol_order.entry(symbol).or_default().push((account, side));
+                } else if add {
+                    positions.get_mut(account, symbol, side).unwrap().qty += qty;
+                    *model.get_mut(&key).unwrap() += qty;
+                } else {
+                    positions.remove(account, symbol, side);
+                    if model.remove(&key).is_some() {
+                        let holders = symbol_order.get_mut(&symbol).unwrap();
+                        let at = holders.iter().position(|&h| h == (account, side)).unwrap();
+                        holders.swap_remove(at);
+                    }
+                }
+                prop_assert_eq!(positions.len(), model.len());
+                for account in 0..7 {
+                    for symbol in 0..4 {
+                        for side in sides {
+                            let held = positions.get(account, symbol, side);
+                            prop_assert_eq!(held.map(|p| (p.account, p.symbol, p.position_side, p.qty)),
+                                            model.get(&(account, symbol, side)).map(|&q| (account, symbol, side, q)));
+                        }
+                    }
+                }
+                for (symbol, holders) in &symbol_order {
+                    prop_assert_eq!(positions.holders(*symbol), &holders[..]);
+                }
             }
         }
     }
