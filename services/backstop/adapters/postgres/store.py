@@ -217,7 +217,8 @@ JOURNAL_COLUMNS = ["seq", "source_topic", "source_partition", "source_offset", "
 
 def journal_copy_text(rows: Iterable[JournalRow]) -> bytes:
     """Journal rows as COPY text of JOURNAL_COLUMNS: the reference engine's; the compiled engine's are built in Rust
-    from its journal lines (backstop._engine.journal_copy), and test_store_copy holds the two byte-identical."""
+    from its journal lines (backstop._engine.journal_copy), and tests/differential/test_service_engines.py holds the
+    two byte-identical."""
     return copy_text((r.seq, r.source_topic, r.source_partition, r.source_offset, r.type, r.ts, r.payload.decode(),
                       r.payload_hash) for r in rows)
 
