@@ -236,6 +236,18 @@ async def test_a_quantile_block_published_in_part_before_a_crash_is_completed_on
         assert got[partition] == [(i, *r) for i, r in enumerate(expected, 1) if partition_for(r[0], 3) == partition]
 
 
+async def commit_example(store: Store, topics: TopicNames) -> BatchResult:
+    """The example journal applied with ADL quantiles on and committed as the first batch; its result."""
+    processor = Processor(Engine(ids=ServiceIds(), adl_quantiles=True))
+    engine = processor.engine
+    result = ingest_batch(processor, as_consumed(EXAMPLE.read_bytes().splitlines(), topics, {}), topics)
+    head = Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head, processor.duplicates,
+                processor.rejected, len(result.fund_entries), len(result.adl_events))
+    await store.commit(expected_seq=0, result=result, head=head, projections=projections.build(
+        engine, result, refresh_all=True, touched=projections.Touched.everything(engine)))
+    return result
+
+
 async def test_outbox_rows_written_before_migration_0011_are_read_as_before_and_blocks_follow_them(
         topic_prefix: str, empty_database: str, tmp_path: Path) -> None:
     """A database upgraded to quantile blocks: the rows written before (one record each) are read as they were, a
@@ -248,13 +260,7 @@ async def test_outbox_rows_written_before_migration_0011_are_read_as_before_and_
         await store.pool.copy_records_to_table("outbox", columns=["topic", "key", "record_id", "payload"], records=[
             (topics.dead_letter, "t:0", f"dl-t-0-{n}", f'{{"n":{n}}}') for n in range(3)])  # the old writer's rows
         await migrate(empty_database)
-        processor = Processor(Engine(ids=ServiceIds(), adl_quantiles=True))
-        engine = processor.engine
-        result = ingest_batch(processor, as_consumed(EXAMPLE.read_bytes().splitlines(), topics, {}), topics)
-        head = Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head, processor.duplicates,
-                    processor.rejected, len(result.fund_entries), len(result.adl_events))
-        await store.commit(expected_seq=0, result=result, head=head, projections=projections.build(
-            engine, result, refresh_all=True, touched=projections.Touched.everything(engine)))
+        result = await commit_example(store, topics)
         block = quantile_block_rows(result.quantile_block.decode())
         old = [(n + 1, topics.dead_letter, "t:0", f"dl-t-0-{n}", f'{{"n":{n}}}') for n in range(3)]
         new = [(n, topics.adl_quantiles, *record) for n, record in enumerate(block, 4)]
@@ -293,13 +299,7 @@ async def test_a_block_written_before_migration_0012_is_read_from_its_lines_and_
             "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1), $1, $2, $3)", len(expected),
             topics.adl_quantiles, old.quantile_block.decode())
         assert (await migrate(empty_database))[0] == "0012"
-        processor = Processor(Engine(ids=ServiceIds(), adl_quantiles=True))
-        engine = processor.engine
-        result = ingest_batch(processor, as_consumed(EXAMPLE.read_bytes().splitlines(), topics, {}), topics)
-        head = Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head, processor.duplicates,
-                    processor.rejected, len(result.fund_entries), len(result.adl_events))
-        await store.commit(expected_seq=0, result=result, head=head, projections=projections.build(
-            engine, result, refresh_all=True, touched=projections.Touched.everything(engine)))
+        await commit_example(store, topics)
         n = len(expected)
         assert [(r["id"], r["keys"] is None) for r in await store.pool.fetch("SELECT id, keys FROM outbox")] == [
             (n, True), (2 * n, False)]
