@@ -432,7 +432,7 @@ impl AdlIndex {
         let mut accounts = self.changed.drain();
         accounts.extend(ledger.changed.drain());
         if !self.built {
-            accounts = positions.of_account.keys().copied().collect();
+            accounts = positions.of_account.keys().collect();
             self.built = true;
         }
         let mut held: Vec<(&Position, u32)> = Vec::new(); // an account's positions and their settlement assets

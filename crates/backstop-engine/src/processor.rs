@@ -652,7 +652,7 @@ impl Processor {
         // the document's entries by name: accounts, then funds as `fund:<id>` (a stable sort keeps that order for
         // equal names)
         let mut accounts: Vec<u32> = wallets.keys().copied()
-            .chain(engine.positions.of_account.keys().copied().filter(|a| !wallets.contains_key(a)))
+            .chain(engine.positions.of_account.keys().filter(|a| !wallets.contains_key(a)))
             .collect();
         sort_by_name(&mut accounts, names);
         let mut fund_ids: Vec<u32> = engine.funds.keys().copied().collect();
@@ -1160,7 +1160,7 @@ fn balances_json(engine: &Engine) -> Vec<u8> {
 /// positions by symbol, then position side (backstop.core.snapshot), each written key by key.
 fn positions_json(engine: &Engine) -> Vec<u8> {
     let names = &engine.names;
-    let mut accounts: Vec<u32> = engine.positions.of_account.keys().copied().collect();
+    let mut accounts: Vec<u32> = engine.positions.of_account.keys().collect();
     sort_by_name(&mut accounts, names);
     let mut out = Vec::with_capacity(2 + 200 * engine.positions.len());
     out.push(b'[');

@@ -139,7 +139,7 @@ pub fn rows(engine: &Engine, wanted: &Wanted<'_>) -> Rows {
                 accounts.push(names.name(*account).to_string());
             }
         }
-        accounts.extend(engine.positions.of_account.keys().map(|&a| names.name(a).to_string()));
+        accounts.extend(engine.positions.of_account.keys().map(|a| names.name(a).to_string()));
     }
     accounts.sort();
     accounts.dedup();
