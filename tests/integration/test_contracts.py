@@ -29,6 +29,7 @@ from backstop.adapters.postgres.store import (
     Head,
     OutboxRow,
     RefreshCopy,
+    StaleRow,
     Store,
     journal_relay_row,
 )
@@ -294,10 +295,13 @@ def _position(account: str, seq: int, qty: str = "1") -> tuple[Any, ...]:
 
 async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_the_queue(
         under_test: StoreUnderTest) -> None:
+    """And removes (and names) a position row older than its seq that it does not hold: closed by then, its batch's
+    rows still waiting."""
     store = under_test.store
     head = Head(0, "", "0" * 64, "0" * 64, 0, 0, 0, 0)
     rows = Projections(wallets=[("newer", "USDT", D(1), 10), ("older", "USDT", D(1), 3)],
-                       positions=[_position("newer", 10), _position("older", 3), _position("we\tird\\x\n", 3)],
+                       positions=[_position("newer", 10), _position("older", 3), _position("we\tird\\x\n", 3),
+                                  _position("stale", 4), _position("closed later", 10)],
                        closed_positions=[], funds=[], lots=None,
                        adl_queue=[("BTCUSDT", "long", "gone", 1, D(1), 5, 2)])
     await store.commit(expected_seq=0, result=BatchResult(), head=head, projections=rows)
@@ -306,11 +310,12 @@ async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_th
         [_position("newer", 5, "2"), _position("older", 5, "2"), _position("we\tird\\x\n", 5, "2.000"),
          _position("absent", 5, "2")],
         [("BTCUSDT", "long", "we\tird\\x\n", 1, D("0.123456789012"), 5, 5)])
-    await store.write_refresh(RefreshCopy.of(refresh, chunk_rows=2))
+    assert await store.write_refresh(RefreshCopy.of(refresh, chunk_rows=2)) == [
+        StaleRow("stale", "BTCUSDT", "both", 4)]
     assert [r[:4] for r in await under_test.table("account_wallets")] == [
         ("newer", "USDT", D(1), D(10)), ("older", "USDT", D("2.5"), D(5))]
     assert [(r[0], r[3], r[-1]) for r in await under_test.table("positions")] == [
-        ("newer", D(1), D(10)), ("older", D(2), D(5)), ("we\tird\\x\n", D(2), D(5))]
+        ("closed later", D(1), D(10)), ("newer", D(1), D(10)), ("older", D(2), D(5)), ("we\tird\\x\n", D(2), D(5))]
     assert await under_test.table("adl_queue") == [("BTCUSDT", "long", "we\tird\\x\n", D(1), D("0.123456789012"),
                                                     D(5), D(5))]
 

@@ -90,7 +90,7 @@ class WriteBehind:
 
     async def _write(self, refresh: RefreshCopy | None, snapshot: Snapshot | None) -> None:
         if refresh is not None:
-            await self.store.write_refresh(refresh)
+            metrics.PROJECTION_ROWS_REMOVED.inc(len(await self.store.write_refresh(refresh)))
             self.progress.refreshed_seq = refresh.seq
         if snapshot is not None:
             await self.store.write_snapshot(*snapshot)

@@ -33,5 +33,7 @@ RESTARTS = Counter("backstop_loop_restarts_total", "Loop restarts after an error
 BACKGROUND_SECONDS = Histogram("backstop_background_seconds", "Forked whole-state work (refresh, snapshot), from the "
                                "fork to its result taken", ["kind"], registry=REGISTRY,
                                buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+PROJECTION_ROWS_REMOVED = Counter("backstop_projection_rows_removed_total", "Position rows a full refresh removed: "
+                                  "closed by its seq while the batches' rows waited", registry=REGISTRY)
 BACKGROUND_FAILURES = Counter("backstop_background_failures_total", "Forked whole-state work whose child did not "
                               "deliver", ["kind"], registry=REGISTRY)

@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
-from backstop.adapters.postgres.store import OUTBOX, Head, OutboxRow, RefreshCopy
+from backstop.adapters.postgres.store import OUTBOX, Head, OutboxRow, RefreshCopy, StaleRow
 from backstop.core.dedupe import HeldRow
 from backstop.pipeline.ingest import BatchResult, Consumed
 from backstop.pipeline.projections import Projections
@@ -98,7 +98,10 @@ class LedgerStore(Protocol):
         """Everything one batch produced, in one transaction, only if the journal head is still at expected_seq."""
         ...
 
-    async def write_refresh(self, refresh: RefreshCopy) -> None: ...
+    async def write_refresh(self, refresh: RefreshCopy) -> list[StaleRow]:
+        """The refresh written (backstop.adapters.postgres.store.Store.write_refresh); the position rows it removed:
+        closed by its seq, and no batch had written them since."""
+        ...
 
     async def write_snapshot(self, seq: int, state_hash: str, document: bytes) -> None: ...
 

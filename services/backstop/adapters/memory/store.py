@@ -18,7 +18,15 @@ from typing import Any
 
 import orjson
 
-from backstop.adapters.postgres.store import OUTBOX, TABLE_SOURCES, Head, OutboxRow, RefreshCopy, journal_relay_row
+from backstop.adapters.postgres.store import (
+    OUTBOX,
+    TABLE_SOURCES,
+    Head,
+    OutboxRow,
+    RefreshCopy,
+    StaleRow,
+    journal_relay_row,
+)
 from backstop.core.dedupe import HeldRow
 from backstop.core.errors import InvariantViolation
 from backstop.core.snapshot import SNAPSHOT_VERSION
@@ -306,8 +314,9 @@ class MemoryStore:
             db.adl_queue = _rows(projections.adl_queue)
 
     # ---------------------------------------------------------------- written behind the batches
-    async def write_refresh(self, refresh: RefreshCopy) -> None:
-        """Rows updated where no later batch wrote them; no row created; the ADL queue replaced."""
+    async def write_refresh(self, refresh: RefreshCopy) -> list[StaleRow]:
+        """Rows updated where no later batch wrote them; no row created; position rows still older than the
+        refresh (closed by then) removed and returned; the ADL queue replaced."""
         await self._at("write_refresh")
         db = self.db
         for table, chunks, key in ((db.wallets, refresh.wallets, 2), (db.positions, refresh.positions, POSITION_KEY)):
@@ -316,8 +325,14 @@ class MemoryStore:
                     stored = table.get(row[:key])
                     if stored is not None and int(stored[-1] or 0) <= int(row[-1] or 0):
                         table[row[:key]] = row
+        stale = sorted(StaleRow(str(key[0]), str(key[1]), str(key[2]), int(row[-1] or 0))
+                       for key, row in db.positions.items()
+                       if int(row[-1] or 0) < refresh.seq)
+        for gone in stale:
+            del db.positions[(gone.account_id, gone.symbol, gone.position_side)]
         db.adl_queue = copy_rows(refresh.adl_queue)
         db.transactions += 1
+        return stale
 
     async def write_snapshot(self, seq: int, state_hash: str, document: bytes) -> None:
         await self._at("write_snapshot")

@@ -278,6 +278,15 @@ class RefreshCopy(NamedTuple):
         return cls(refresh.seq, chunks(refresh.wallets), chunks(refresh.positions), copy_text(refresh.adl_queue))
 
 
+class StaleRow(NamedTuple):
+    """A position row a full refresh removed: absent at the refresh's seq, and written last at `seq`, before it."""
+
+    account_id: str
+    symbol: str
+    position_side: str
+    seq: int
+
+
 async def _copy(connection: asyncpg.Connection, table: str, columns: list[str], rows: Rows) -> None:
     """Rows into a table by COPY: tuples, or COPY text as the compiled engine writes it."""
     if not rows:
@@ -664,12 +673,17 @@ class Store:
             await _copy(connection, "adl_queue", ADL_QUEUE_COLUMNS, projections.adl_queue)
 
     # ---------------------------------------------------------------- written behind the batches
-    async def write_refresh(self, refresh: RefreshCopy) -> None:
+    async def write_refresh(self, refresh: RefreshCopy) -> list[StaleRow]:
         """A full refresh as of refresh.seq, beside the batch transactions: wallet and position rows updated where
         no later batch has written them (a row that does not exist stays so: new and closed rows are the batches'
         to write), in short transactions that never wait for a row: a row a batch holds is skipped, since that
         batch writes it as of a later seq (so the refresh can never be part of a deadlock); then the ADL queue,
-        which only full refreshes write, replaced in one transaction."""
+        which only full refreshes write, replaced in one transaction.
+
+        Every position open at refresh.seq now has a row as of that seq or later, so a row still older than it was
+        closed by then and no batch has written it since: catching up, the batches' rows wait (Touched), and a
+        refresh may be as of a batch that did not write them. Those rows are removed, and returned (one a failed
+        batch held is removed too, and rewritten by the restart that failure causes)."""
         async with self.pool.acquire() as connection:
             for table, columns, chunks in (("account_wallets", WALLET_COLUMNS, refresh.wallets),
                                            ("positions", POSITION_COLUMNS, refresh.positions)):
@@ -688,9 +702,14 @@ class Store:
                             f"UPDATE {table} t SET {updates} FROM {staging} r, mine WHERE t.ctid = mine.ctid "
                             f"AND {same_key} AND t.seq <= r.seq")
             async with connection.transaction():
+                stale = await connection.fetch(
+                    "WITH stale AS (SELECT ctid FROM positions WHERE seq < $1 FOR UPDATE SKIP LOCKED) "
+                    "DELETE FROM positions t USING stale WHERE t.ctid = stale.ctid "
+                    "RETURNING t.account_id, t.symbol, t.position_side, t.seq", refresh.seq)
                 await connection.execute("DELETE FROM adl_queue")
                 await connection.copy_to_table("adl_queue", source=io.BytesIO(refresh.adl_queue),
                                                columns=ADL_QUEUE_COLUMNS, format="text")
+        return sorted(StaleRow(r[0], r[1], r[2], int(r[3])) for r in stale)
 
     async def write_snapshot(self, seq: int, state_hash: str, document: bytes) -> None:
         """Only once the journal up to seq is committed: recovery starts from the latest snapshot."""
