@@ -364,11 +364,10 @@ async def assert_same_outcome(reference: Settings, faulted: Settings, context: s
     rows_want, rows_have = await account_rows(reference.dsn()), await account_rows(faulted.dsn())
     for table, expected in rows_want.items():
         extra, missing = sorted(set(rows_have[table]) - set(expected)), sorted(set(expected) - set(rows_have[table]))
-        if extra or missing:  # the rows in full (their seq says which write left them)
-            extra, missing = (await whole_rows(faulted.dsn(), table, extra[:5]),
-                              await whole_rows(reference.dsn(), table, missing[:5]))
-        assert not extra and not missing, f"{table}: rows not in the reference {extra}, rows missing " \
-                                          f"{missing} {context}"
+        if extra or missing:  # shown in full (their seq says which write left them)
+            raise AssertionError(f"{table}: rows not in the reference {extra[:5]} "
+                                 f"{await whole_rows(faulted.dsn(), table, extra[:5])}, rows missing {missing[:5]} "
+                                 f"{await whole_rows(reference.dsn(), table, missing[:5])} {context}")
     out_want, out_have = await published(reference), await published(faulted)
     for stream in ("journal", "fund-ledger", "adl-events", "adl-quantiles", "postings"):
         ids = [r["id"] for r in out_have[stream]]
