@@ -142,8 +142,8 @@ async def test_the_postings_lose_their_account_indexes_and_keep_their_rows_and_c
         indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'postings'"
         assert {"postings_debit", "postings_credit"} <= {r["indexname"] for r in await connection.fetch(indexes)}
         assert (await migrate(empty_database))[0] == "0010"
-        assert {r["indexname"] for r in await connection.fetch(indexes)} == {
-            "postings_pkey", "postings_id_key", "postings_hash_key", "postings_liquidation"}
+        assert {r["indexname"] for r in await connection.fetch(indexes)} == {  # 0013 dropped the hash's
+            "postings_pkey", "postings_id_key", "postings_liquidation"}
         assert [tuple(r) for r in await connection.fetch("SELECT position, id FROM postings ORDER BY position")] == [
             (1, "p-1"), (2, "p-2")]
         await connection.execute(insert, 3, "p-3", 1, "h3")
@@ -151,6 +151,38 @@ async def test_the_postings_lose_their_account_indexes_and_keep_their_rows_and_c
             await connection.execute(insert, 4, "p-1", 1, "h4")
         with pytest.raises(asyncpg.ForeignKeyViolationError):
             await connection.execute(insert, 4, "p-4", 2, "h4")
+    finally:
+        await connection.close()
+
+
+async def test_the_chains_hashes_lose_their_unique_indexes_and_the_ids_keep_theirs(empty_database: str,
+                                                                                  tmp_path: Path) -> None:
+    """0013 drops the UNIQUE constraint on the postings', fund-ledger entries' and ADL events' hash (the chain walk
+    checks the hashes): rows written before stay, an id is still refused twice, and nothing else changed."""
+    await migrate_before(empty_database, tmp_path, "0013")
+    insert = ("INSERT INTO postings (position, id, seq, ts, kind, debit_account, credit_account, asset, amount, "
+              "debit_balance_after, credit_balance_after, prev_hash, hash, record) "
+              "VALUES ($1, $2, 1, 0, 'fee', 'wallet:a:USDT', 'fund:F', 'USDT', 1, -1, 1, 'p', $3, '{}')")
+    constraints = ("SELECT conrelid::regclass::text AS owner, conname FROM pg_constraint "
+                   "WHERE conrelid IN ('postings'::regclass, 'fund_ledger'::regclass, 'adl_events'::regclass) "
+                   "AND contype = 'u'")
+    connection = await asyncpg.connect(empty_database)
+    try:
+        await connection.execute("INSERT INTO journal VALUES (1, 't', 0, 0, 'fill', 0, '{}', 'h')")
+        await connection.execute(insert, 1, "p-1", "h1")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await connection.execute(insert, 2, "p-2", "h1")
+        before = {tuple(r) for r in await connection.fetch(constraints)}
+        assert (await migrate(empty_database))[0] == "0013"
+        after = {tuple(r) for r in await connection.fetch(constraints)}
+        assert before - after == {("postings", "postings_hash_key"), ("fund_ledger", "fund_ledger_hash_key"),
+                                  ("adl_events", "adl_events_hash_key")}
+        assert after == {("postings", "postings_id_key"), ("fund_ledger", "fund_ledger_id_key"),
+                         ("adl_events", "adl_events_id_key")}
+        assert [tuple(r) for r in await connection.fetch("SELECT position, id, hash FROM postings")] == [
+            (1, "p-1", "h1")]
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await connection.execute(insert, 2, "p-1", "h2")
     finally:
         await connection.close()
 
