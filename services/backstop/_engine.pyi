@@ -1,5 +1,7 @@
 """The compiled engine (crates/backstop-py): the typed surface Python sees. Built by maturin."""
 
+from collections.abc import Sequence
+
 VERSION: str
 
 # Numbers (docs/design.md section 9), exposed for the differential tests: integers travel as decimal strings
@@ -26,11 +28,25 @@ def outbox_copy(prefix: str, dead_letters: bytes) -> bytes: ...
 def table_copy(lines: bytes, columns: list[str], first_position: int) -> bytes: ...
 
 # The service: a consumed batch's journal lines (as Ledger.apply_records returned them) as COPY text of the journal
-# table (backstop.adapters.postgres.store.JOURNAL_COLUMNS).
-def journal_copy(journal: bytes) -> bytes: ...
+# table (backstop.adapters.postgres.store.JOURNAL_COLUMNS), and from the same pass what the service reads of the rows:
+# (rows, first seq, last seq, the last one's ts, [(type, count)], accounts, symbols, [(account, symbol)]).
+def journal_copy_and_facts(journal: bytes) -> tuple[bytes, tuple[int, int, int, int, list[tuple[str, int]], list[str],
+                                                                  list[str], list[tuple[str, str]]]]: ...
+# The checkpoints' journal digest after those lines, from the digest before them (backstop.core.anchor.journal_step).
+def journal_digest(digest: str, journal: bytes) -> str: ...
 
 # The service: a quantile block's records' Kafka keys and record ids (each ended by a newline), stored with the block.
 def quantile_keys(block: bytes) -> bytes: ...
+
+# The relay: rows (OutboxRow: place, topic, key, record id, payload, source) as Kafka record batches (v2, no
+# compression, one timestamp), each record headed by its place (under place_headers[source]) and its record id; each
+# to partitions[i], or else Kafka's default partitioner's for its key over counts[topic]. (topic, partition, records,
+# batch) in sending order; the producer state is written by seal_batch.
+def record_batches(rows: list[Sequence[int | str]], counts: dict[str, int], place_headers: dict[str, str],
+                   record_id_header: str, timestamp_ms: int, max_bytes: int, partitions: list[int] | None = None
+                   ) -> list[tuple[str, int, int, bytes]]: ...
+def seal_batch(batch: bytes, producer_id: int, producer_epoch: int, base_sequence: int) -> bytes: ...
+def kafka_partition(key: bytes, partitions: int) -> int: ...
 
 class InvariantViolation(Exception):
     """An internal rule of the compiled engine broke (a bug): the engine must not be used any more."""

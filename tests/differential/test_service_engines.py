@@ -13,10 +13,18 @@ import orjson
 import pytest
 
 from backstop.adapters.postgres.store import block_keys, journal_copy_text
+from backstop.core.hashing import GENESIS_HASH
 from backstop.engines import ENGINES, EngineName
 from backstop.pipeline import projections
 from backstop.pipeline.held_ids import ServiceIds
-from backstop.pipeline.ingest import BatchResult, Consumed, outbox_messages, output_json, posting_records
+from backstop.pipeline.ingest import (
+    BatchResult,
+    Consumed,
+    JournalFacts,
+    outbox_messages,
+    output_json,
+    posting_records,
+)
 from backstop.pipeline.service_engine import ServiceEngine, open_service_engine
 from differential.alike import TOPICS, consumed
 
@@ -66,18 +74,22 @@ def store_rows(result: BatchResult) -> dict[str, Any]:
     it (the compiled engine's built in Rust, the reference's encoded in Python), which is also what Python encodes of
     the compiled engine's rows."""
     if result.journal_copy:
-        assert result.journal_copy == journal_copy_text(result.journal)
+        assert result.journal_copy == journal_copy_text(result.journal_rows())
+        # what the service reads of the rows, found in Rust without them, is what the rows say
+        assert result.journal_facts() == JournalFacts.of_rows(result.journal_rows())
     if result.quantile_keys:
         assert result.quantile_keys == block_keys(result.quantile_block)
     return {
-        "journal": result.journal, "journal_copy": result.journal_copy or journal_copy_text(result.journal),
+        "journal": result.journal_rows(), "facts": result.journal_facts(),
+        "journal_copy": result.journal_copy or journal_copy_text(result.journal_rows()),
+        "digest": result.journal_digest(GENESIS_HASH),
         "quantile_keys": result.quantile_keys or block_keys(result.quantile_block),
         "outbox": outbox_messages(result), "held_ids": result.held_ids,
         "duplicates": result.duplicates, "next_offsets": result.next_offsets,
         "dead_letters": result.dead_letters,
         "records": [output_json(r) for r in (*result.fund_entries, *result.adl_events,
                                                               *result.findings, *posting_records(result))],
-        "touched": (result.touched_accounts, result.touched_positions),
+        "touched": (result.touched_accounts, result.touched_symbols, result.touched_positions),
     }
 
 

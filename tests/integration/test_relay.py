@@ -7,7 +7,7 @@ import asyncio
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import orjson
@@ -76,9 +76,11 @@ async def relay_until_drained(settings: Settings, store: Store) -> None:
     await task
 
 
+@pytest.mark.parametrize("engine", ["compiled", "reference"])  # record batches encoded in Rust, or by aiokafka
 async def test_rows_beyond_one_record_batch_arrive_once_each_in_order(kafka_bootstrap: str,
-                                                                     make_topics: Callable[..., list[str]]) -> None:
-    [topic] = make_topics("relay-batches", partitions=PARTITIONS)
+                                                                     make_topics: Callable[..., list[str]],
+                                                                     engine: Literal["compiled", "reference"]) -> None:
+    [topic] = make_topics(f"relay-batches-{engine}", partitions=PARTITIONS)
     payload = "x" * 1000
     rows = [OutboxRow(i, topic, f"account-{i % 7}", f"r-{i}", f'{{"n": {i}, "pad": "{payload}"}}')
             for i in range(1, 4001)]
@@ -86,7 +88,7 @@ async def test_rows_beyond_one_record_batch_arrive_once_each_in_order(kafka_boot
         size = sum(len(r.payload) for r in rows if partition_for(r.key, PARTITIONS) == partition)
         assert size > 2 * RECORD_BATCH_BYTES
     already = {(topic, 0): (OUTBOX_HEADER, 300)}  # partition 0 holds every row up to id 300 from before a crash
-    publisher = KafkaPublisher(Settings(kafka_bootstrap=kafka_bootstrap))
+    publisher = KafkaPublisher(Settings(kafka_bootstrap=kafka_bootstrap, engine=engine))
     await publisher.start()
     try:
         sent = await publisher.send(to_send(rows, {topic: PARTITIONS}, already))

@@ -42,16 +42,17 @@ class HeldStore(MemoryStore):
         self.batches: list[list[int]] = []
 
     async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections) -> None:
-        if result.journal:
+        if result.journal_facts().rows:
             self.entered += 1
             await self.gate.wait()
-            self.batches.append([row.source_offset for row in result.journal])
+            self.batches.append([row.source_offset for row in result.journal_rows()])
         await super().commit(expected_seq=expected_seq, result=result, head=head, projections=projections)
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.001)
+async def until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    async with asyncio.timeout(seconds):  # a condition that never holds fails the test instead of hanging it
+        while not condition():
+            await asyncio.sleep(0.001)
 
 
 async def batches_committed() -> list[list[int]]:

@@ -13,6 +13,7 @@ pub mod content;
 pub mod decode_stage;
 pub mod idtable;
 pub mod journal_copy;
+pub mod kafka_batch;
 pub mod clock;
 pub mod admission;
 pub mod adl;

@@ -7,7 +7,7 @@ use backstop_engine::processor::{Consumed, Processor, RestoreError};
 use backstop_engine::simulation::Simulation;
 use backstop_engine::appender::Appender;
 use backstop_engine::output_files::{OutputFiles, WriteError};
-use backstop_engine::{outbox, projection};
+use backstop_engine::{kafka_batch, outbox, projection};
 use backstop_engine::state::Side;
 use backstop_engine::{canonical, json, numbers, wire};
 use pyo3::create_exception;
@@ -16,7 +16,9 @@ use pyo3::types::PyTuple;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use pyo3::types::PyBytes;
+use std::collections::HashMap;
 
 fn wide(value: &str) -> PyResult<numbers::Wide> {
     numbers::Wide::from_str_radix(value, 10)
@@ -99,11 +101,24 @@ fn table_copy<'py>(py: Python<'py>, lines: &[u8], columns: Vec<String>, first_po
     PyBytes::new(py, &text)
 }
 
-/// The service: a consumed batch's journal lines (as apply_records returned them) as COPY text of the journal table.
+/// What the service reads of a batch's journal rows: (rows, first seq, last seq, the last one's ts, [(type, count)]
+/// in first-come order, accounts, symbols, [(account, symbol)]).
+type JournalFactsTuple = (u64, u64, u64, i64, Vec<(String, u64)>, Vec<String>, Vec<String>, Vec<(String, String)>);
+
+/// The service: a consumed batch's journal lines as COPY text of the journal table (journal_copy) and, from the same
+/// pass, what the service reads of its rows.
 #[pyfunction]
-fn journal_copy<'py>(py: Python<'py>, journal: &[u8]) -> Bound<'py, PyBytes> {
-    let text = py.detach(|| backstop_engine::journal_copy::journal_copy(journal));
-    PyBytes::new(py, &text)
+fn journal_copy_and_facts<'py>(py: Python<'py>, journal: &[u8]) -> (Bound<'py, PyBytes>, JournalFactsTuple) {
+    let (text, facts) = py.detach(|| backstop_engine::journal_copy::journal_copy_and_facts(journal));
+    (PyBytes::new(py, &text), (facts.rows, facts.first_seq, facts.last_seq, facts.last_ts, facts.types,
+                               facts.accounts.into_iter().collect(), facts.symbols.into_iter().collect(),
+                               facts.positions.into_iter().collect()))
+}
+
+/// The service: the checkpoints' journal digest after a batch's journal lines, from the digest before them.
+#[pyfunction]
+fn journal_digest(py: Python<'_>, digest: &str, journal: &[u8]) -> String {
+    py.detach(|| backstop_engine::journal_copy::journal_digest(digest, journal))
 }
 
 /// The service: a quantile block's records' Kafka keys and record ids, each ended by a newline, stored with the block.
@@ -111,6 +126,83 @@ fn journal_copy<'py>(py: Python<'py>, journal: &[u8]) -> Bound<'py, PyBytes> {
 fn quantile_keys<'py>(py: Python<'py>, block: &[u8]) -> Bound<'py, PyBytes> {
     let text = py.detach(|| outbox::quantile_keys(block));
     PyBytes::new(py, &text)
+}
+
+/// A relay row: its place in its source, topic, key, record id, payload and source (`OutboxRow`).
+type RelayRow = (i64, PyBackedStr, PyBackedStr, PyBackedStr, PyBackedStr, PyBackedStr);
+
+/// The relay: rows as Kafka record batches, each record headed by its place (under its source's header name) and
+/// its record id, in the partition of `partitions` (one per row) or else Kafka's default partitioner's for its key
+/// over its topic's count. Returns (topic, partition, records, batch) in sending order: a partition's batches in
+/// its rows' order. Each batch is below `max_bytes` unless one record alone is not.
+#[pyfunction]
+#[pyo3(signature = (rows, counts, place_headers, record_id_header, timestamp_ms, max_bytes, partitions=None))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn record_batches<'py>(py: Python<'py>, rows: Vec<RelayRow>, counts: HashMap<String, u32>,
+                       place_headers: HashMap<String, String>, record_id_header: &str, timestamp_ms: i64,
+                       max_bytes: usize, partitions: Option<Vec<u32>>)
+                       -> PyResult<Vec<(String, u32, i32, Bound<'py, PyBytes>)>> {
+    if partitions.as_ref().is_some_and(|chosen| chosen.len() != rows.len()) {
+        return Err(PyValueError::new_err("one partition per row"));
+    }
+    let mut open: HashMap<(&str, u32), kafka_batch::BatchEncoder> = HashMap::new();
+    let mut order: Vec<(&str, u32)> = Vec::new();
+    let mut done: Vec<((&str, u32), kafka_batch::BatchEncoder)> = Vec::new();
+    let mut place = Vec::with_capacity(20);
+    for (index, (id, topic, key, record_id, payload, source)) in rows.iter().enumerate() {
+        let topic: &str = topic;
+        let partition = match &partitions {
+            Some(chosen) => chosen[index],
+            None => {
+                let count = *counts.get(topic)
+                    .ok_or_else(|| PyValueError::new_err(format!("no partition count for topic {topic}")))?;
+                kafka_batch::partition_for(key.as_bytes(), count)
+            }
+        };
+        let header = place_headers.get(&**source)
+            .ok_or_else(|| PyValueError::new_err(format!("no place header for source {}", &**source)))?;
+        place.clear();
+        place.extend_from_slice(id.to_string().as_bytes());
+        let headers: [(&[u8], &[u8]); 2] = [(header.as_bytes(), &place), (record_id_header.as_bytes(),
+                                                                             record_id.as_bytes())];
+        let encoder = open.entry((topic, partition)).or_insert_with(|| {
+            order.push((topic, partition));
+            kafka_batch::BatchEncoder::new(timestamp_ms, max_bytes)
+        });
+        if !encoder.append(key.as_bytes(), payload.as_bytes(), &headers) {
+            let full = std::mem::replace(encoder, kafka_batch::BatchEncoder::new(timestamp_ms, max_bytes));
+            done.push(((topic, partition), full));
+            encoder.append(key.as_bytes(), payload.as_bytes(), &headers);
+        }
+    }
+    done.extend(order.into_iter().map(|at| (at, open.remove(&at).expect("an open batch per partition seen"))));
+    Ok(done.into_iter()
+        .map(|((topic, partition), encoder)| {
+            let records = encoder.records();
+            (topic.to_string(), partition, records, PyBytes::new(py, &encoder.finish()))
+        })
+        .collect())
+}
+
+/// The relay: a record batch of record_batches with the producer state it is sent with, and its CRC.
+#[pyfunction]
+fn seal_batch<'py>(py: Python<'py>, batch: &[u8], producer_id: i64, producer_epoch: i16, base_sequence: i32)
+                   -> PyResult<Bound<'py, PyBytes>> {
+    if batch.len() < 61 {
+        return Err(PyValueError::new_err("not a record batch"));
+    }
+    let mut sealed = batch.to_vec();
+    kafka_batch::seal(&mut sealed, producer_id, producer_epoch, base_sequence);
+    Ok(PyBytes::new(py, &sealed))
+}
+
+/// Kafka's default partitioner for a key (tests compare it with aiokafka's).
+#[pyfunction]
+fn kafka_partition(key: &[u8], partitions: u32) -> PyResult<u32> {
+    if partitions == 0 {
+        return Err(PyValueError::new_err("a topic has at least one partition"));
+    }
+    Ok(kafka_batch::partition_for(key, partitions))
 }
 
 fn parsed_json(raw: &[u8]) -> PyResult<json::Value<'_>> {
@@ -591,7 +683,11 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(canonical_chain_hash, module)?)?;
     module.add_function(wrap_pyfunction!(outbox_copy, module)?)?;
     module.add_function(wrap_pyfunction!(table_copy, module)?)?;
-    module.add_function(wrap_pyfunction!(journal_copy, module)?)?;
+    module.add_function(wrap_pyfunction!(journal_copy_and_facts, module)?)?;
+    module.add_function(wrap_pyfunction!(journal_digest, module)?)?;
     module.add_function(wrap_pyfunction!(quantile_keys, module)?)?;
+    module.add_function(wrap_pyfunction!(record_batches, module)?)?;
+    module.add_function(wrap_pyfunction!(seal_batch, module)?)?;
+    module.add_function(wrap_pyfunction!(kafka_partition, module)?)?;
     Ok(())
 }

@@ -11,6 +11,7 @@ order) and its dead letters; the relay publishes the journal rows and the effect
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from backstop.core.anchor import journal_step
 from backstop.core.dedupe import HeldRow, identity, identity_of_fields, key_digest
 from backstop.core.errors import InvariantViolation, RejectionKind
 from backstop.core.events import EVENT_TYPES, Event
@@ -62,6 +64,42 @@ class JournalRow(NamedTuple):
     ts: int
     payload: bytes  # the record's canonical wire form, the line `backstop replay` reads
     payload_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class JournalFacts:
+    """What the service reads of a batch's journal rows besides storing them: the compiled engine's found in Rust in
+    the pass that builds the rows' COPY text (backstop._engine.journal_copy_and_facts: no Python step per row), the
+    reference engine's from its rows (of_rows)."""
+
+    rows: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    last_ts: int = 0  # the last row's
+    types: dict[str, int] = field(default_factory=dict)  # applied records per type
+
+    @classmethod
+    def of_rows(cls, rows: list[JournalRow]) -> JournalFacts:
+        if not rows:
+            return cls()
+        return cls(len(rows), rows[0].seq, rows[-1].seq, rows[-1].ts, dict(Counter(row.type for row in rows)))
+
+
+_RECORD_AT = b'"record":'
+_RECORD_END = b',"schema_version":'
+
+
+def journal_rows_of_lines(lines: bytes) -> list[JournalRow]:
+    """The compiled engine's journal lines (journal records' canonical JSON, one a line) as rows."""
+    rows = []
+    for line in lines.split(b"\n")[:-1] if lines else ():
+        row = orjson.loads(line)
+        # the payload as stored: the bytes inside the line, whose keys are sorted, so after "payload_hash" (hex)
+        # comes "record", then "schema_version" and keys whose values are numbers and topic names
+        payload = line[line.index(_RECORD_AT) + len(_RECORD_AT):line.rindex(_RECORD_END)]
+        rows.append(JournalRow(row["seq"], row["source_topic"], row["source_partition"], row["source_offset"],
+                               row["record"]["type"], row["ts"], payload, row["payload_hash"]))
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +164,12 @@ class BatchResult:
     """What a batch produced. The output records are records of backstop.core.records (the reference engine) or
     OutputLines (the compiled engine): read them with output_values and output_json."""
 
+    # the reference engine's journal rows; the compiled engine's stay its journal lines (journal_lines) unless
+    # asked for: read them with journal_rows(), and what the service needs of them with journal_facts()
     journal: list[JournalRow] = field(default_factory=list)
+    journal_lines: bytes = b""
+    # the compiled engine's, found beside the COPY text below; the reference's from its rows when first asked
+    facts: JournalFacts | None = None
     # the journal rows as COPY text, as the compiled engine builds them in Rust (its journal lines' columns), so the
     # commit encodes none; empty: the store encodes `journal` (store.journal_copy_text, the same bytes)
     journal_copy: bytes = b""
@@ -158,6 +201,29 @@ class BatchResult:
     touched_accounts: set[str] = field(default_factory=set)
     touched_symbols: set[str] = field(default_factory=set)
     touched_positions: set[tuple[str, str]] = field(default_factory=set)  # (account, symbol)
+
+    def journal_facts(self) -> JournalFacts:
+        if self.facts is None:
+            self.facts = JournalFacts.of_rows(self.journal)
+        return self.facts
+
+    def journal_rows(self) -> list[JournalRow]:
+        """The journal rows, the compiled engine's parsed from its lines when first asked (the in-memory store,
+        tests): the service's path stores journal_copy and reads journal_facts()."""
+        if self.journal_lines and not self.journal:
+            self.journal = journal_rows_of_lines(self.journal_lines)
+        return self.journal
+
+    def journal_digest(self, digest: str) -> str:
+        """The checkpoints' journal digest after this batch's rows, from `digest` before them (core.anchor)."""
+        if self.journal_lines:
+            from backstop import _engine  # only the compiled engine writes journal lines
+
+            return _engine.journal_digest(digest, self.journal_lines)
+        for row in self.journal:
+            digest = journal_step(digest, row.seq, row.source_topic, row.source_partition, row.source_offset,
+                                  row.payload_hash)
+        return digest
 
 
 def quantile_key(fields: dict[str, Any]) -> str:
@@ -387,12 +453,6 @@ async def _replay_chunk(processor: Processor, chunk: list[tuple[int, Event]], lo
 # Per record type: does it name an account, a symbol?
 _NAMES = {kind: ("account_id" in event.__dataclass_fields__, "symbol" in event.__dataclass_fields__)
           for kind, event in EVENT_TYPES.items()}
-
-
-def record_names(record_type: str, fields: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(account, symbol) an applied record of this type names, from its fields (None: it names none)."""
-    has_account, has_symbol = _NAMES[record_type]
-    return fields.get("account_id") if has_account else None, fields.get("symbol") if has_symbol else None
 
 
 def _touch(result: BatchResult, record: Event) -> None:

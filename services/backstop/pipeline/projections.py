@@ -60,10 +60,11 @@ class RefreshCadence:
     last_ts: int | None = None
 
     def due(self, result: BatchResult, seq: int, *, caught_up: bool) -> bool:
-        if not result.journal:
+        facts = result.journal_facts()
+        if not facts.rows:
             return False
-        newest = result.journal[-1].ts
-        due = (seq - self.last_seq >= self.every_events or any(row.type == "funding" for row in result.journal)
+        newest = facts.last_ts
+        due = (seq - self.last_seq >= self.every_events or "funding" in facts.types
                or (caught_up and (self.last_ts is None or newest - self.last_ts >= self.every_event_ms)))
         if due:
             self.last_seq, self.last_ts = seq, newest
@@ -138,7 +139,7 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
                   engine.ledger.balance(ledger.fund(f.spec.fund_id)),
                   max(-engine.ledger.balance(ledger.fund(f.spec.fund_id)), ZERO),
                   money(engine.inventory_notional(f)), seq) for f in engine.funds.values()]
-        inventory_changed = refresh_all or any(r.type == "liquidation" for r in result.journal) or any(
+        inventory_changed = refresh_all or "liquidation" in result.journal_facts().types or any(
             is_fund_account(a) for a in result.touched_accounts)
         lots = [(f.spec.fund_id, lot.liquidation_id, lot.symbol, lot.side, lot.qty, lot.cost,
                  lot.bankruptcy_price(engine.instruments[lot.symbol].valuation), lot.liquidated_account, lot.seq)

@@ -37,14 +37,13 @@ from backstop.pipeline.ingest import (
     Consumed,
     DeadLetter,
     HeldLookup,
-    JournalRow,
+    JournalFacts,
     OutputLine,
     PoisonRecord,
     Where,
     batch_held,
     batch_identities,
     ingest_batch,
-    record_names,
     replay_journal,
     resolve_identities,
 )
@@ -236,14 +235,6 @@ def _chunks(text: bytes, rows: int = REFRESH_CHUNK_ROWS) -> list[bytes]:
 
 _SNAPSHOT_COUNTERS = ("duplicates", "rejected", "conflicting_duplicates", "fund_entries", "adl_events", "findings",
                       "postings", "adl_quantiles")
-_RECORD_AT = b'"record":'
-_RECORD_END = b',"schema_version":'
-
-
-def _payload(line: bytes) -> bytes:
-    """The journal payload inside a journal record's canonical JSON, whose keys are sorted: after "payload_hash"
-    (hex) comes "record", then "schema_version" and keys whose values are numbers and topic names."""
-    return line[line.index(_RECORD_AT) + len(_RECORD_AT):line.rindex(_RECORD_END)]
 
 
 class CompiledService:
@@ -257,7 +248,7 @@ class CompiledService:
 
         self.ledger, self.ids = ledger, ids
         self._outbox_copy, self._violation = _engine.outbox_copy, _engine.InvariantViolation
-        self._journal_copy, self._quantile_keys = _engine.journal_copy, _engine.quantile_keys
+        self._journal_copy, self._quantile_keys = _engine.journal_copy_and_facts, _engine.quantile_keys
         self._record_panic = _engine.RecordPanic
 
     @classmethod
@@ -370,8 +361,15 @@ class CompiledService:
         result = BatchResult()
         for message in batch:
             result.next_offsets[(message.topic, message.partition)] = message.offset + 1
-        self._journal(result, journal)
-        result.journal_copy = self._journal_copy(journal)  # in Rust, without the GIL: the commit encodes nothing
+        # the journal rows' COPY text and what the service reads of them, in Rust without the GIL: the commit
+        # encodes nothing and no row becomes a Python object (journal_rows() parses them if ever asked)
+        result.journal_lines = journal
+        result.journal_copy, (rows, first, last, last_ts, types, accounts, symbols, positions) = (
+            self._journal_copy(journal))
+        result.facts = JournalFacts(rows, first, last, last_ts, dict(types))
+        result.touched_accounts.update(accounts)
+        result.touched_symbols.update(symbols)
+        result.touched_positions.update(positions)
         for line in _lines(ledger_lines):
             result.fund_entries.append(OutputLine(orjson.loads(line), line))
         for line in _lines(adl):
@@ -396,23 +394,6 @@ class CompiledService:
         return result
 
     @staticmethod
-    def _journal(result: BatchResult, journal: bytes) -> None:
-        for line in _lines(journal):
-            row = orjson.loads(line)
-            fields = row["record"]
-            record_type = fields["type"]
-            result.journal.append(JournalRow(row["seq"], row["source_topic"], row["source_partition"],
-                                             row["source_offset"], record_type, row["ts"], _payload(line),
-                                             row["payload_hash"]))
-            account, symbol = record_names(record_type, fields)
-            if account is not None:
-                result.touched_accounts.add(account)
-            if symbol is not None:
-                result.touched_symbols.add(symbol)
-                if account is not None:
-                    result.touched_positions.add((account, symbol))
-
-    @staticmethod
     def _dead_letters(result: BatchResult, dead: bytes, batch: list[Consumed]) -> None:
         lines = _lines(dead)
         if not lines:
@@ -427,7 +408,7 @@ class CompiledService:
 
     def projections(self, result: BatchResult, touched: projections.Touched, *, refresh_all: bool
                     ) -> projections.Projections:
-        lots = refresh_all or any(r.type == "liquidation" for r in result.journal) or any(
+        lots = refresh_all or "liquidation" in result.journal_facts().types or any(
             is_fund_account(a) for a in result.touched_accounts)
         wallets, positions, closed, funds, fund_lots, adl_queue = self._call(
             self.ledger.projection_rows, sorted(touched.accounts), sorted(touched.positions),

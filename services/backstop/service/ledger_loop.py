@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -352,7 +351,7 @@ class LedgerRun:
         if refresh_due:
             self.progress.refresh_due_seq = engine.last_seq
         every = settings.snapshot_every_events
-        self.snapshotting.wanted |= bool(every and result.journal
+        self.snapshotting.wanted |= bool(every and result.journal_facts().rows
                                          and engine.last_seq // every > applied.expected_seq // every)
         self._start_due()
         self.touched.add(result)
@@ -470,7 +469,8 @@ class LedgerRun:
 
     def _observe(self, pending: PendingCommit, *, commit_s: float) -> None:
         result = pending.result
-        for record_type, count in Counter(row.type for row in result.journal).items():  # a labels() lookup per type
+        facts = result.journal_facts()
+        for record_type, count in facts.types.items():  # a labels() lookup per type
             metrics.EVENTS_APPLIED.labels(record_type).inc(count)
         for record_type, count in result.duplicates.items():
             metrics.EVENTS_DUPLICATE.labels(record_type).inc(count)
@@ -485,11 +485,11 @@ class LedgerRun:
         metrics.JOURNAL_SEQ.set(pending.head.seq)
         self.progress.seq = pending.head.seq
         self.progress.batches += 1
-        if result.journal or result.dead_letters:
+        if facts.rows or result.dead_letters:
             phases_ms = {name: round(seconds * 1000, 2) for name, seconds in
                          {**pending.phases_s, "commit": commit_s}.items()}
             log.info("batch", extra={"fields": {
-                "seq": pending.head.seq, "applied": len(result.journal), "dead_letters": len(result.dead_letters),
+                "seq": pending.head.seq, "applied": facts.rows, "dead_letters": len(result.dead_letters),
                 "duplicates": sum(result.duplicates.values()), "adl_events": len(result.adl_events),
                 "ms": round((time.perf_counter() - pending.started) * 1000, 2), **phases_ms}})
 

@@ -19,39 +19,41 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
-
-from aiokafka.partitioner import murmur2
+from operator import attrgetter
 
 from backstop import faults
 from backstop.adapters.postgres.store import RELAY_LOCK, OutboxRow
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics, trace
-from backstop.service.ports import OUTBOX_HEADER, POSITION_HEADER, LedgerStore, Partition, Runtime, place_header
+from backstop.service.ports import (
+    OUTBOX_HEADER,
+    POSITION_HEADER,
+    LedgerStore,
+    Outgoing,
+    Partition,
+    Runtime,
+    partition_for,
+    place_header,
+)
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
 
 
-@lru_cache(maxsize=1 << 16)  # keys repeat (accounts, funds, symbols) and murmur2 is pure Python
-def partition_for(key: str, partitions: int) -> int:
-    """Kafka's default partitioner for a keyed record."""
-    partition: int = (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
-    return partition
-
-
 def to_send(rows: Sequence[OutboxRow], counts: Mapping[str, int],
-            published_up_to: Mapping[Partition, tuple[str, int]]) -> list[tuple[OutboxRow, int]]:
-    """The rows with their partitions, less those already in Kafka: published before a crash, before their cursor
-    moved (every row of a partition up to the place its last record's header names, in that header's source)."""
+            published_up_to: Mapping[Partition, tuple[str, int]]) -> Outgoing:
+    """The rows to publish, less those already in Kafka: published before a crash, before their cursor moved (every
+    row of a partition up to the place its last record's header names, in that header's source). Their partitions
+    are left to the publisher unless some rows had to be passed over, which needed them."""
     if not published_up_to:  # nothing to pass over (the usual case, once the relay is past what it found)
-        return [(row, partition_for(row.key, counts[row.topic])) for row in rows]
-    pending = []
+        return Outgoing(rows)
+    pending, partitions = [], []
     for row in rows:
         partition = partition_for(row.key, counts[row.topic])
         last = published_up_to.get((row.topic, partition))
         if last is None or row.id > last[1] or place_header(row) != last[0]:
-            pending.append((row, partition))
-    return pending
+            pending.append(row)
+            partitions.append(partition)
+    return Outgoing(pending, partitions)
 
 
 def still_ahead(published_up_to: Mapping[Partition, tuple[str, int]], rows: Sequence[OutboxRow],
@@ -63,9 +65,12 @@ def still_ahead(published_up_to: Mapping[Partition, tuple[str, int]], rows: Sequ
             if (source := source_of.get((partition[0], place[0]))) is None or sent_up_to[source] < place[1]}
 
 
+_source, _id = attrgetter("source"), attrgetter("id")
+
+
 def last_of_each_source(rows: Sequence[OutboxRow]) -> dict[str, int]:
     """The last row's id per source (each source's rows come in its order)."""
-    return {row.source: row.id for row in rows}
+    return dict(zip(map(_source, rows), map(_id, rows), strict=True))
 
 
 class OutboxRelay(SupervisedLoop):
@@ -107,7 +112,7 @@ class OutboxRelay(SupervisedLoop):
                 read_at = trace.now() if tracing else 0.0
                 rows = await self.store.unpublished(settings.relay_batch, self.topics)
                 read_done = trace.now() if tracing else 0.0
-                full = max(Counter(row.source for row in rows).values(), default=0) >= settings.relay_batch
+                full = max(Counter(map(_source, rows)).values(), default=0) >= settings.relay_batch
                 metrics.OUTBOX_BACKLOG.set(await self.store.outbox_backlog() if full else len(rows))
                 if not rows:
                     with contextlib.suppress(TimeoutError):

@@ -1,24 +1,121 @@
-"""The output topics through aiokafka: an idempotent producer sending record batches built here, one open batch per
-partition (a future per batch, not per record: the per-record send path cost more than the rest of the relay),
-each record carrying its place in its source (its outbox id, or its seq or position in its own table) in a header.
-No linger: the batches handed over are whole, and a linger only held each one back before it was sent."""
+"""The output topics through aiokafka: an idempotent producer sending record batches built here, whole (a future
+per batch, not per record: the per-record send path cost more than the rest of the relay), each record carrying its
+place in its source (its outbox id, or its seq or position in its own table) and its record id in headers, every
+record of a send with the same timestamp. No linger: the batches handed over are whole, and a linger only held each
+one back before it was sent.
+
+The batches are encoded in Rust (backstop._engine.record_batches, crates/backstop-engine/src/kafka_batch.rs: no
+Python step per record) where the service runs the compiled engine, else record by record with aiokafka's own batch
+builder; both give the same bytes (tests/differential/test_kafka_batches.py). A batch encoded in Rust reaches
+aiokafka as the batch builder its public `create_batch()` returns would (EncodedBatch): aiokafka asks it for its
+record count, then gives it the producer id, epoch and base sequence it is sent with, then asks for its bytes."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from backstop import faults
 from backstop.adapters.kafka.consumer import stop_consumer
-from backstop.adapters.postgres.store import OutboxRow
-from backstop.service.ports import RECORD_ID_HEADER, Partition, place_header, place_in_headers
+from backstop.adapters.postgres.store import OUTBOX, TABLE_SOURCES
+from backstop.service.ports import (
+    OUTBOX_HEADER,
+    POSITION_HEADER,
+    RECORD_ID_HEADER,
+    Outgoing,
+    Partition,
+    partition_for,
+    place_header,
+    place_in_headers,
+)
 from backstop.settings import Settings
 
 RECORD_BATCH_BYTES = 512 << 10  # below the broker's default message.max.bytes (1 MiB)
+PLACE_HEADERS = {OUTBOX: OUTBOX_HEADER, **dict.fromkeys(TABLE_SOURCES, POSITION_HEADER)}  # as place_header gives
+
+# (topic, partition, records, the batch) in sending order: a partition's batches in its rows' order
+Batches = list[tuple[str, int, int, Any]]
+
+
+class EncodedBatch:
+    """A record batch the compiled relay encoded, in the shape of aiokafka's BatchBuilder (what the producer's
+    accumulator and sender call of it): closed to appends, sealed with the producer's state when first built."""
+
+    def __init__(self, data: bytes, records: int) -> None:
+        self._data, self._records = data, records
+        self._state = (-1, -1, 0)  # a producer without idempotence never sets one
+        self._buffer: bytes | None = None
+
+    def append(self, **_: Any) -> None:
+        return None  # full: a record sent to this partition meanwhile starts a batch of its own
+
+    def close(self) -> None:
+        pass
+
+    def closed(self) -> bool:
+        return True
+
+    def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
+        self._state = (producer_id, producer_epoch, base_sequence)
+
+    def _build(self) -> bytes:
+        if self._buffer is None:  # once: a retry resends the same bytes, as aiokafka's builder does
+            from backstop import _engine
+
+            self._buffer = _engine.seal_batch(self._data, *self._state)
+        return self._buffer
+
+    def size(self) -> int:
+        return len(self._data)
+
+    def record_count(self) -> int:
+        return self._records
+
+
+def compiled_batches(outgoing: Outgoing, counts: Mapping[str, int], timestamp_ms: int,
+                     max_bytes: int = RECORD_BATCH_BYTES) -> Batches:
+    """The rows as record batches encoded in Rust."""
+    from backstop import _engine
+
+    rows, partitions = outgoing
+    encoded = _engine.record_batches(rows if isinstance(rows, list) else list(rows), dict(counts), PLACE_HEADERS,
+                                     RECORD_ID_HEADER, timestamp_ms, max_bytes,
+                                     None if partitions is None else list(partitions))
+    return [(topic, partition, records, EncodedBatch(data, records)) for topic, partition, records, data in encoded]
+
+
+def python_batches(outgoing: Outgoing, counts: Mapping[str, int], timestamp_ms: int,
+                   max_bytes: int = RECORD_BATCH_BYTES) -> Batches:
+    """The rows as record batches of aiokafka's builder, record by record: the same bytes as compiled_batches."""
+    rows, partitions = outgoing
+    if partitions is None:
+        partitions = [partition_for(row.key, counts[row.topic]) for row in rows]
+    done: Batches = []
+    open_batches: dict[Partition, BatchBuilder] = {}
+    header_of: dict[str, str] = {}  # a source's place header, found once per send
+    for row, partition in zip(rows, partitions, strict=True):
+        value, key, topic, source = row.payload.encode(), row.key.encode(), row.topic, row.source
+        header = header_of.get(source)
+        if header is None:
+            header = header_of[source] = place_header(row)
+        headers = [(header, b"%d" % row.id), (RECORD_ID_HEADER, row.record_id.encode())]
+        batch = open_batches.get((topic, partition))
+        if batch is None or batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
+            if batch is not None:  # full: it goes first, and the next one of this partition starts
+                done.append((topic, partition, batch.record_count(), batch))
+            batch = open_batches[(topic, partition)] = BatchBuilder(max_bytes, 0)
+            if batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
+                raise ValueError(f"outbox row {row.id} does not fit in an empty record batch")
+    done.extend((topic, partition, batch.record_count(), batch)
+                for (topic, partition), batch in open_batches.items())
+    return done
 
 
 class KafkaPublisher:
@@ -28,6 +125,8 @@ class KafkaPublisher:
             bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=0,
             max_batch_size=RECORD_BATCH_BYTES, client_id="backstop-relay", request_timeout_ms=30_000,
             ssl_context=settings.ssl_context(), **settings.kafka_client_options())
+        self._encode = compiled_batches if settings.engine == "compiled" and _compiled() else python_batches
+        self._counts: dict[str, int] = {}
 
     async def start(self) -> None:
         await self._producer.start()
@@ -36,28 +135,21 @@ class KafkaPublisher:
         await self._producer.stop()
 
     async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
-        return {topic: len(await self._producer.partitions_for(topic)) for topic in topics}
+        self._counts = {topic: len(await self._producer.partitions_for(topic)) for topic in topics}
+        return dict(self._counts)
 
-    async def send(self, rows: Sequence[tuple[OutboxRow, int]]) -> Counter[str]:
+    async def send(self, outgoing: Outgoing) -> Counter[str]:
         producer = self._producer
-        open_batches: dict[Partition, Any] = {}
+        if outgoing.partitions is None:
+            topics = set(map(attrgetter("topic"), outgoing.rows))
+            if not topics <= self._counts.keys():
+                await self.partition_counts(sorted(topics | self._counts.keys()))
+        # the records' timestamp (Kafka's CreateTime, metadata only: no record carries it)
+        batches = self._encode(outgoing, self._counts, int(time.time() * 1000))
+        sent: Counter[str] = Counter()
         acks: list[asyncio.Future[Any]] = []
-        sent: Counter[str] = Counter(row.topic for row, _ in rows)
-        header_of: dict[str, str] = {}  # a source's place header, found once per send
-        for row, partition in rows:
-            value, key, topic, source = row.payload.encode(), row.key.encode(), row.topic, row.source
-            header = header_of.get(source)
-            if header is None:
-                header = header_of[source] = place_header(row)
-            headers = [(header, b"%d" % row.id), (RECORD_ID_HEADER, row.record_id.encode())]
-            batch = open_batches.get((topic, partition))
-            if batch is None or batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                if batch is not None:  # full: queue it and start the next one of this partition
-                    acks.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = open_batches[(topic, partition)] = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                    raise ValueError(f"outbox row {row.id} does not fit in an empty record batch")
-        for (topic, partition), batch in open_batches.items():
+        for topic, partition, records, batch in batches:
+            sent[topic] += records
             acks.append(await producer.send_batch(batch, topic, partition=partition))
         for number, ack in enumerate(acks):
             await ack
@@ -89,3 +181,11 @@ class KafkaPublisher:
             return found
         finally:
             await stop_consumer(consumer)
+
+
+def _compiled() -> bool:
+    try:
+        from backstop import _engine  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -15,9 +15,17 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
-from backstop.adapters.postgres.store import OutboxRow
 from backstop.pipeline.ingest import Consumed
-from backstop.service.ports import RECORD_ID_HEADER, EndsUnavailable, Fetched, Partition, place_header, place_in_headers
+from backstop.service.ports import (
+    RECORD_ID_HEADER,
+    EndsUnavailable,
+    Fetched,
+    Outgoing,
+    Partition,
+    partition_for,
+    place_header,
+    place_in_headers,
+)
 
 WAIT_STEP_S = 0.05  # a fetch with nothing to hand out looks again this often until its timeout
 
@@ -231,9 +239,12 @@ class MemoryPublisher:
                     found[(topic, number)] = place
         return found
 
-    async def send(self, rows: Sequence[tuple[OutboxRow, int]]) -> Counter[str]:
+    async def send(self, outgoing: Outgoing) -> Counter[str]:
         sent: Counter[str] = Counter()
-        for row, partition in rows:
+        rows, partitions = outgoing
+        if partitions is None:
+            partitions = [partition_for(row.key, self.broker.partitions(row.topic)) for row in rows]
+        for row, partition in zip(rows, partitions, strict=True):
             if self._interpose is not None:
                 await self._interpose("publish")
             self.broker.append(row.topic, partition, row.key.encode(), row.payload.encode(),

@@ -223,7 +223,7 @@ class MemoryStore:
         # everything checked: the transaction lands whole, with no await in between
         for table, keys in added.items():
             db.keys[table] |= keys
-        db.journal.extend(result.journal)
+        db.journal.extend(result.journal_rows())
         db.fund_ledger.extend(ledger_rows)
         db.adl_events.extend(adl_rows)
         db.findings.update(output_values(f, ("id", "seq")) for f in result.findings)
@@ -249,7 +249,7 @@ class MemoryStore:
         """The batch's rows of each table source, as the PostgreSQL store reads them for the relay."""
         relayed = self.db.relayed
         journal = relayed["journal"]
-        journal.extend(OutboxRow(row.seq, "", *journal_relay_row(row), "journal") for row in result.journal)
+        journal.extend(OutboxRow(row.seq, "", *journal_relay_row(row), "journal") for row in result.journal_rows())
         for source, records, key in (("fund_ledger", result.fund_entries, "fund_id"),
                                      ("adl_events", result.adl_events, "account_id"),
                                      ("postings", posting_records(result), "asset")):
@@ -270,7 +270,7 @@ class MemoryStore:
                 raise IntegrityError(f"{table}: {key!r} already present")
             added[table].add(key)
 
-        for row in result.journal:
+        for row in result.journal_rows():
             add("journal", row.seq)
             add("journal_source", (row.source_topic, row.source_partition, row.source_offset))
         seqs = keys["journal"] | added["journal"]

@@ -479,7 +479,7 @@ class Store:
             postings_before = await self._postings_before(connection, expected_seq)
             await self._append(connection, result, head, postings_before)
             signed = await self._sign(connection, self.anchor, expected_seq, result, head) \
-                if self.anchor is not None and result.journal else None
+                if self.anchor is not None and result.journal_facts().rows else None
             await self._project(connection, projections)
             await connection.executemany(
                 "INSERT INTO consumed_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) "
@@ -514,12 +514,11 @@ class Store:
         else:
             made, last_hash = posting_tail(result)
             postings_count, postings_head = postings[0] + made, last_hash or postings[1]
-        if result.journal[0].seq != expected_seq + 1 or result.journal[-1].seq != head.seq:
-            raise InvariantViolation(f"the batch's journal rows run from seq {result.journal[0].seq} to "
-                                     f"{result.journal[-1].seq}, not from {expected_seq + 1} to {head.seq}")
-        for row in result.journal:
-            digest = journal_step(digest, row.seq, row.source_topic, row.source_partition, row.source_offset,
-                                  row.payload_hash)
+        facts = result.journal_facts()
+        if facts.first_seq != expected_seq + 1 or facts.last_seq != head.seq:
+            raise InvariantViolation(f"the batch's journal rows run from seq {facts.first_seq} to "
+                                     f"{facts.last_seq}, not from {expected_seq + 1} to {head.seq}")
+        digest = result.journal_digest(digest)
         signed = anchor.key.sign(Checkpoint(head.seq, prev_seq, adopted_seq, digest, head.head_hash, head.ledger_head,
                                             head.ledger_position, head.adl_head, head.adl_position, postings_head,
                                             postings_count))
@@ -602,7 +601,7 @@ class Store:
 
     async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head,
                       postings_before: int) -> None:
-        if result.journal:  # the compiled engine's COPY text as it is, or the reference's rows encoded here
+        if result.journal_facts().rows:  # the compiled engine's COPY text as it is, or the reference's rows encoded
             text = result.journal_copy or journal_copy_text(result.journal)
             await connection.copy_to_table("journal", source=io.BytesIO(text), columns=JOURNAL_COLUMNS,
                                            format="text")
