@@ -127,18 +127,21 @@ async def test_the_relay_cursor_migration_starts_after_the_rows_already_publishe
         await connection.close()
 
 
+POSTING_INSERT = ("INSERT INTO postings (position, id, seq, ts, kind, debit_account, credit_account, asset, amount, "
+                  "debit_balance_after, credit_balance_after, prev_hash, hash, record) "
+                  "VALUES ($1, $2, $3, 0, 'fee', 'wallet:a:USDT', 'fund:F', 'USDT', 1, -1, 1, 'p', $4, '{}')")
+JOURNAL_ROW = "INSERT INTO journal VALUES (1, 't', 0, 0, 'fill', 0, '{}', 'h')"
+
+
 async def test_the_postings_lose_their_account_indexes_and_keep_their_rows_and_constraints(empty_database: str,
                                                                                          tmp_path: Path) -> None:
     """0010 drops the postings' indexes by account (the write path's largest cost): a database migrated before it
     keeps every posting, and the constraints of the record still refuse a posting twice or one without its seq."""
     await migrate_before(empty_database, tmp_path, "0010")
-    insert = ("INSERT INTO postings (position, id, seq, ts, kind, debit_account, credit_account, asset, amount, "
-              "debit_balance_after, credit_balance_after, prev_hash, hash, record) "
-              "VALUES ($1, $2, $3, 0, 'fee', 'wallet:a:USDT', 'fund:F', 'USDT', 1, -1, 1, 'p', $4, '{}')")
     connection = await asyncpg.connect(empty_database)
     try:
-        await connection.execute("INSERT INTO journal VALUES (1, 't', 0, 0, 'fill', 0, '{}', 'h')")
-        await connection.executemany(insert, [(1, "p-1", 1, "h1"), (2, "p-2", 1, "h2")])
+        await connection.execute(JOURNAL_ROW)
+        await connection.executemany(POSTING_INSERT, [(1, "p-1", 1, "h1"), (2, "p-2", 1, "h2")])
         indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'postings'"
         assert {"postings_debit", "postings_credit"} <= {r["indexname"] for r in await connection.fetch(indexes)}
         assert (await migrate(empty_database))[0] == "0010"
@@ -146,11 +149,11 @@ async def test_the_postings_lose_their_account_indexes_and_keep_their_rows_and_c
             "postings_pkey", "postings_id_key", "postings_liquidation"}
         assert [tuple(r) for r in await connection.fetch("SELECT position, id FROM postings ORDER BY position")] == [
             (1, "p-1"), (2, "p-2")]
-        await connection.execute(insert, 3, "p-3", 1, "h3")
+        await connection.execute(POSTING_INSERT, 3, "p-3", 1, "h3")
         with pytest.raises(asyncpg.UniqueViolationError):
-            await connection.execute(insert, 4, "p-1", 1, "h4")
+            await connection.execute(POSTING_INSERT, 4, "p-1", 1, "h4")
         with pytest.raises(asyncpg.ForeignKeyViolationError):
-            await connection.execute(insert, 4, "p-4", 2, "h4")
+            await connection.execute(POSTING_INSERT, 4, "p-4", 2, "h4")
     finally:
         await connection.close()
 
@@ -160,18 +163,15 @@ async def test_the_chains_hashes_lose_their_unique_indexes_and_the_ids_keep_thei
     """0013 drops the UNIQUE constraint on the postings', fund-ledger entries' and ADL events' hash (the chain walk
     checks the hashes): rows written before stay, an id is still refused twice, and nothing else changed."""
     await migrate_before(empty_database, tmp_path, "0013")
-    insert = ("INSERT INTO postings (position, id, seq, ts, kind, debit_account, credit_account, asset, amount, "
-              "debit_balance_after, credit_balance_after, prev_hash, hash, record) "
-              "VALUES ($1, $2, 1, 0, 'fee', 'wallet:a:USDT', 'fund:F', 'USDT', 1, -1, 1, 'p', $3, '{}')")
     constraints = ("SELECT conrelid::regclass::text AS owner, conname FROM pg_constraint "
                    "WHERE conrelid IN ('postings'::regclass, 'fund_ledger'::regclass, 'adl_events'::regclass) "
                    "AND contype = 'u'")
     connection = await asyncpg.connect(empty_database)
     try:
-        await connection.execute("INSERT INTO journal VALUES (1, 't', 0, 0, 'fill', 0, '{}', 'h')")
-        await connection.execute(insert, 1, "p-1", "h1")
+        await connection.execute(JOURNAL_ROW)
+        await connection.execute(POSTING_INSERT, 1, "p-1", 1, "h1")
         with pytest.raises(asyncpg.UniqueViolationError):
-            await connection.execute(insert, 2, "p-2", "h1")
+            await connection.execute(POSTING_INSERT, 2, "p-2", 1, "h1")
         before = {tuple(r) for r in await connection.fetch(constraints)}
         assert (await migrate(empty_database))[0] == "0013"
         after = {tuple(r) for r in await connection.fetch(constraints)}
@@ -182,7 +182,7 @@ async def test_the_chains_hashes_lose_their_unique_indexes_and_the_ids_keep_thei
         assert [tuple(r) for r in await connection.fetch("SELECT position, id, hash FROM postings")] == [
             (1, "p-1", "h1")]
         with pytest.raises(asyncpg.UniqueViolationError):
-            await connection.execute(insert, 2, "p-1", "h2")
+            await connection.execute(POSTING_INSERT, 2, "p-1", 1, "h2")
     finally:
         await connection.close()
 
