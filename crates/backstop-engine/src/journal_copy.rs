@@ -111,12 +111,7 @@ fn each_row(journal: &[u8], mut visit: impl FnMut(Row<'_>)) {
 }
 
 /// The journal lines (canonical JSON, one a line, as the engine wrote them) as COPY text of the journal table's
-/// JOURNAL_COLUMNS.
-pub fn journal_copy(journal: &[u8]) -> Vec<u8> {
-    journal_copy_and_facts(journal).0
-}
-
-/// journal_copy, and the rows' JournalFacts from the same pass.
+/// JOURNAL_COLUMNS, and the rows' JournalFacts from the same pass.
 pub fn journal_copy_and_facts(journal: &[u8]) -> (Vec<u8>, JournalFacts) {
     let mut out = Vec::with_capacity(journal.len() + journal.len() / 8 + 64);
     let mut facts = JournalFacts::default();
@@ -185,13 +180,13 @@ mod tests {
                         {\"id\":\"j-8\",\"payload_hash\":\"cd34\",\"record\":{\"executions\":[{\"price\":\"1\",\
                         \"qty\":\"2\"}],\"note\":\"a\\\\b\",\"ts\":4,\"type\":\"liquidation\"},\"schema_version\":1,\
                         \"seq\":8,\"source_offset\":0,\"source_partition\":0,\"source_topic\":\"in.liq\",\"ts\":4}\n";
-        let text = String::from_utf8(journal_copy(journal)).unwrap();
+        let (text, facts) = journal_copy_and_facts(journal);
+        let text = String::from_utf8(text).unwrap();
         assert_eq!(text, "7\tin.transfers\t2\t41\ttransfer\t3\t{\"account_id\":\"A1\",\"amount\":\"5\",\"ts\":3,\
                           \"type\":\"transfer\"}\tab12\n\
                           8\tin.liq\t0\t0\tliquidation\t4\t{\"executions\":[{\"price\":\"1\",\"qty\":\"2\"}],\
                           \"note\":\"a\\\\\\\\b\",\"ts\":4,\"type\":\"liquidation\"}\tcd34\n");
-        assert!(journal_copy(b"").is_empty());
-        let (_, facts) = journal_copy_and_facts(journal);
+        assert!(journal_copy_and_facts(b"").0.is_empty());
         assert_eq!(facts, JournalFacts {
             rows: 2, first_seq: 7, last_seq: 8, last_ts: 4,
             types: vec![("transfer".to_string(), 1), ("liquidation".to_string(), 1)],

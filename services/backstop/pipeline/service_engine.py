@@ -248,7 +248,7 @@ class CompiledService:
 
         self.ledger, self.ids = ledger, ids
         self._outbox_copy, self._violation = _engine.outbox_copy, _engine.InvariantViolation
-        self._journal_copy, self._quantile_keys = _engine.journal_copy_and_facts, _engine.quantile_keys
+        self._journal_copy_and_facts, self._quantile_keys = _engine.journal_copy_and_facts, _engine.quantile_keys
         self._record_panic = _engine.RecordPanic
 
     @classmethod
@@ -365,7 +365,7 @@ class CompiledService:
         # encodes nothing and no row becomes a Python object (journal_rows() parses them if ever asked)
         result.journal_lines = journal
         result.journal_copy, (rows, first, last, last_ts, types, accounts, symbols, positions) = (
-            self._journal_copy(journal))
+            self._journal_copy_and_facts(journal))
         result.facts = JournalFacts(rows, first, last, last_ts, dict(types))
         result.touched_accounts.update(accounts)
         result.touched_symbols.update(symbols)

@@ -144,8 +144,8 @@ class Publisher(Protocol):
         ...
 
     async def send(self, outgoing: Outgoing) -> Counter[str]:
-        """Each row to its partition, in order per partition, acknowledged when this returns. Returns counts per
-        topic."""
+        """Each row to its partition, in order per partition, acknowledged when this returns (rows without their
+        partitions: after partition_counts for their topics). Returns counts per topic."""
         ...
 
 

@@ -16,7 +16,6 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from operator import attrgetter
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -25,6 +24,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from backstop import faults
 from backstop.adapters.kafka.consumer import stop_consumer
 from backstop.adapters.postgres.store import OUTBOX, TABLE_SOURCES
+from backstop.engines import compiled_available
 from backstop.service.ports import (
     OUTBOX_HEADER,
     POSITION_HEADER,
@@ -125,7 +125,8 @@ class KafkaPublisher:
             bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=0,
             max_batch_size=RECORD_BATCH_BYTES, client_id="backstop-relay", request_timeout_ms=30_000,
             ssl_context=settings.ssl_context(), **settings.kafka_client_options())
-        self._encode = compiled_batches if settings.engine == "compiled" and _compiled() else python_batches
+        compiled = settings.engine == "compiled" and compiled_available() is None
+        self._encode = compiled_batches if compiled else python_batches
         self._counts: dict[str, int] = {}
 
     async def start(self) -> None:
@@ -140,10 +141,6 @@ class KafkaPublisher:
 
     async def send(self, outgoing: Outgoing) -> Counter[str]:
         producer = self._producer
-        if outgoing.partitions is None:
-            topics = set(map(attrgetter("topic"), outgoing.rows))
-            if not topics <= self._counts.keys():
-                await self.partition_counts(sorted(topics | self._counts.keys()))
         # the records' timestamp (Kafka's CreateTime, metadata only: no record carries it)
         batches = self._encode(outgoing, self._counts, int(time.time() * 1000))
         sent: Counter[str] = Counter()
@@ -181,11 +178,3 @@ class KafkaPublisher:
             return found
         finally:
             await stop_consumer(consumer)
-
-
-def _compiled() -> bool:
-    try:
-        from backstop import _engine  # noqa: F401
-    except ImportError:
-        return False
-    return True
