@@ -459,6 +459,12 @@ def compiled_available() -> str | None:
     return None
 
 
+def runs_compiled(engine: str) -> bool:
+    """Whether work named for `engine` ("compiled" or "reference") runs in Rust here: the service's relay reads and
+    encodes its rows there only when the compiled engine is chosen and built."""
+    return engine == "compiled" and compiled_available() is None
+
+
 def _simulation(params: SimulationParams) -> tuple[str, bool, str]:
     return text(params.slippage_bps), params.partial, text(params.market_fill)
 

@@ -42,8 +42,16 @@ from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch, output_json
 from backstop.pipeline.projections import FullRefresh, Projections
 from backstop.pipeline.topics import TopicNames
-from backstop.service.ports import OUTBOX_HEADER, POSITION_HEADER, RECORD_ID_HEADER, Consumer, LedgerStore, Publisher
-from backstop.service.relay import last_of_each_source, partition_for, still_ahead, to_send
+from backstop.service.ports import (
+    OUTBOX_HEADER,
+    POSITION_HEADER,
+    RECORD_ID_HEADER,
+    Consumer,
+    LedgerStore,
+    Publisher,
+    RowList,
+)
+from backstop.service.relay import partition_for, still_ahead, to_send
 from backstop.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -569,10 +577,10 @@ def test_a_place_in_another_source_passes_nothing_over() -> None:
 def test_a_place_found_at_start_is_forgotten_once_its_source_is_read_past_it() -> None:
     found = {("t.journal", 0): (POSITION_HEADER, 7), ("t.journal", 1): (OUTBOX_HEADER, 40),
              ("t.adl-quantiles", 0): (OUTBOX_HEADER, 30), ("t.postings", 0): (POSITION_HEADER, 9)}
-    rows = [OutboxRow(5, "t.journal", "a", "j-5", "{}", "journal"),
-            OutboxRow(8, "t.journal", "b", "j-8", "{}", "journal"),
-            OutboxRow(30, "t.adl-quantiles", "c", "q-1", "{}", OUTBOX)]
+    rows = RowList([OutboxRow(5, "t.journal", "a", "j-5", "{}", "journal"),
+                    OutboxRow(8, "t.journal", "b", "j-8", "{}", "journal"),
+                    OutboxRow(30, "t.adl-quantiles", "c", "q-1", "{}", OUTBOX)])
     # the journal read up to 8 passes its place 7; an outbox place on the journal topic has no outbox rows of that
     # topic read to pass it (kept); the outbox read up to 30 passes 30; postings not read at all: kept
-    assert still_ahead(found, rows, last_of_each_source(rows)) == {("t.journal", 1): (OUTBOX_HEADER, 40),
+    assert still_ahead(found, rows, dict(rows.last_of_each_source())) == {("t.journal", 1): (OUTBOX_HEADER, 40),
                                                                    ("t.postings", 0): (POSITION_HEADER, 9)}

@@ -79,6 +79,7 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
     log = tmp_path / "faulted.log"
     ends = await input_ends(faulted)
     landed: dict[str, int] = dict.fromkeys(KINDS, 0)
+    slowest_start = 0.0  # a server's start after its fault: the service goes on meanwhile, with the input it holds
     for number in range(1, faults + 1):
         if number % max(10, faults // 20) == 0:
             with capsys.disabled():
@@ -108,7 +109,9 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
                     ("kafka", "stop", "start")
                 local(server, down)
                 await asyncio.sleep(rng.uniform(0.1, 0.5))
+                restarting = time.monotonic()
                 local(server, up)
+                slowest_start = max(slowest_start, time.monotonic() - restarting)
                 await _progress_or_done(faulted_dsn, before, ends)  # it recovered by itself and went on
             code = -9 if kind == "external_kill" else 0
         serve.stop()
@@ -126,7 +129,10 @@ async def test_fault_campaign(tmp_path: Path, kafka_bootstrap: str, topic_prefix
         print(f"fault campaign: seed {SEED}: faults that landed: {landed}")
 
     await assert_same_outcome(reference, faulted, f"(seed {SEED})")
-    assert sum(landed.values()) >= faults // 2, f"too few faults landed mid-stream: {landed} (seed {SEED})"
+    assert sum(landed.values()) >= faults // 2, (
+        f"too few faults landed mid-stream: {landed} (seed {SEED}); the slowest server start took "
+        f"{slowest_start:.0f} s, during which the service applies what it fetched (a broker holding thousands of "
+        f"partitions from earlier runs starts slowly: deploy/local/kafka stop, remove .local/kafka/data, start)")
 
 
 async def _progress_or_done(dsn: str, before: int, ends: dict[tuple[str, int], int], timeout: float = 120) -> None:

@@ -35,7 +35,7 @@ from backstop.pipeline.ingest import (
 )
 from backstop.pipeline.topics import TopicNames
 from backstop.service.app import kafka_runtime
-from backstop.service.ports import OUTBOX_HEADER
+from backstop.service.ports import OUTBOX_HEADER, RECORD_ID_HEADER, RowList, place_header
 from backstop.service.relay import OutboxRelay, partition_for, to_send
 from backstop.settings import Settings
 
@@ -61,6 +61,26 @@ def outbox_record(record: Any) -> tuple[int, str, str, str]:
     headers = dict(record.headers)
     return (int(headers[OUTBOX_HEADER]), record.key.decode(), headers["backstop-record-id"].decode(),
             record.value.decode())
+
+async def read_both(store: Store, limit: int, topics: TopicNames) -> list[OutboxRow]:
+    """store.unpublished's rows, after checking the compiled relay's read of the same statement's COPY text gives
+    the same rows, summaries, rows to pass over and record batches (backstop._engine.RelayRows)."""
+    rows, was = RowList(await store.unpublished(limit, topics)), store.relay_in_rust
+    store.relay_in_rust = True
+    try:
+        held = await store.relay_read(limit, topics)
+    finally:
+        store.relay_in_rust = was
+    assert [OutboxRow(*fields) for fields in held.rows()] == rows
+    assert (len(held), held.last_of_each_source(), held.most_of_one_source(), held.topic_sources()) == (
+        len(rows), rows.last_of_each_source(), rows.most_of_one_source(), rows.topic_sources())
+    counts = {topic: 3 for topic in topics.outputs}
+    published = {(row.topic, partition_for(row.key, 3)): (place_header(row), row.id) for row in rows[::4]}
+    assert held.without_published(counts, published).rows() == rows.without_published(counts, published)
+    assert held.record_batches(counts, RECORD_ID_HEADER, 1, 300) == rows.record_batches(counts, RECORD_ID_HEADER,
+                                                                                      1, 300)
+    return rows
+
 
 async def relay_until_drained(settings: Settings, store: Store) -> None:
     """Runs a relay until every stored row is in Kafka (or 15 s passed: the test's topic check then says what is
@@ -140,7 +160,7 @@ async def test_an_outbox_written_before_the_upgrade_drains_first_then_the_tables
         return expected, result, head, projections.build(engine, result, refresh_all=True,
                                                           touched=projections.Touched.everything(engine))
 
-    store = await Store.open(empty_database)
+    store = await Store.open(empty_database, relay_in_rust=True)  # the relay as the service runs it
     publisher = KafkaPublisher(settings)
     await publisher.start()
     try:
@@ -204,7 +224,7 @@ async def test_a_quantile_block_published_in_part_before_a_crash_is_completed_on
                 processor.rejected, len(result.fund_entries), len(result.adl_events))
     expected = quantile_block_rows(result.quantile_block.decode())
     assert len(expected) >= 6 and len({partition_for(key, 3) for key, _, _ in expected}) == 3
-    store = await Store.open(empty_database)
+    store = await Store.open(empty_database, relay_in_rust=True)  # the relay as the service runs it
     publisher = KafkaPublisher(settings)
     await publisher.start()
     try:
@@ -212,7 +232,7 @@ async def test_a_quantile_block_published_in_part_before_a_crash_is_completed_on
             engine, result, refresh_all=True, touched=projections.Touched.everything(engine)))
         assert [tuple(r) for r in await store.pool.fetch("SELECT id, records FROM outbox")] == [
             (len(expected), len(expected))]  # one row, its records' ids 1 to n
-        block = [r for r in await store.unpublished(1000, topics) if r.source == OUTBOX]
+        block = [r for r in await read_both(store, 1000, topics) if r.source == OUTBOX]
         assert [(r.id, r.topic, r.key, r.record_id, r.payload) for r in block] == [
             (i, topics.adl_quantiles, *record) for i, record in enumerate(expected, 1)]
         counts = await publisher.partition_counts(topics.outputs)
@@ -268,7 +288,7 @@ async def test_outbox_rows_written_before_migration_0011_are_read_as_before_and_
         new = [(n, topics.adl_quantiles, *record) for n, record in enumerate(block, 4)]
 
         async def outbox(limit: int) -> list[tuple[int, str, str, str, str]]:
-            return [(r.id, r.topic, r.key, r.record_id, r.payload) for r in await store.unpublished(limit, topics)
+            return [(r.id, r.topic, r.key, r.record_id, r.payload) for r in await read_both(store, limit, topics)
                     if r.source == OUTBOX]
 
         assert await outbox(1000) == old + new
@@ -305,14 +325,51 @@ async def test_a_block_written_before_migration_0012_is_read_from_its_lines_and_
         n = len(expected)
         assert [(r["id"], r["keys"] is None) for r in await store.pool.fetch("SELECT id, keys FROM outbox")] == [
             (n, True), (2 * n, False)]
-        rows = [(r.id, r.topic, r.key, r.record_id, r.payload) for r in await store.unpublished(1000, topics)
+        rows = [(r.id, r.topic, r.key, r.record_id, r.payload) for r in await read_both(store, 1000, topics)
                 if r.source == OUTBOX]
         assert rows == [(i, topics.adl_quantiles, *record) for i, record in enumerate(expected + expected, 1)]
         await store.mark_published({OUTBOX: n + 2})  # a cursor inside the keyed block: the records after it only
-        assert [r.id for r in await store.unpublished(1000, topics) if r.source == OUTBOX] == list(
+        assert [r.id for r in await read_both(store, 1000, topics) if r.source == OUTBOX] == list(
             range(n + 3, 2 * n + 1))
         with pytest.raises(asyncpg.CheckViolationError):
             await store.pool.execute("INSERT INTO outbox (topic, key, record_id, payload, keys) "
                                      "VALUES ('t', 'k', 'r', '{}', 'k\nr\n')")
+    finally:
+        await store.close()
+
+
+async def test_the_compiled_relay_reads_every_source_as_the_store_does_escapes_included(
+        topic_prefix: str, empty_database: str) -> None:
+    """Every source after cursors the relay can leave, read by the compiled relay from the statement's COPY text and
+    by the store row by row: the same rows, including dead letters whose bad input holds what COPY text escapes
+    (tabs, newlines, backslashes) and more (quotes, control characters, non-ASCII)."""
+    topics = TopicNames(f"{topic_prefix}read{secrets.token_hex(3)}.")
+    await migrate(empty_database)
+    processor = Processor(Engine(ids=ServiceIds(), adl_quantiles=True))
+    engine = processor.engine
+    awkward = [rb'{"account_id": "a\tb\\c\n", "x": "' + "é".encode() + rb'\u0001\"' + b"\t\x7f" + rb'"}',
+               rb"not json \\ \t at all", rb'{"fill_id": "f\r\u2028", "account_id": 7}']
+    batches = [as_consumed(EXAMPLE.read_bytes().splitlines(), topics, {}),
+               [Consumed(topics.input("fill"), 0, n, b"k\tk", raw) for n, raw in enumerate(awkward)]]
+    store = await Store.open(empty_database)
+    try:
+        entries = events = 0
+        for batch in batches:
+            seq = engine.last_seq
+            result = ingest_batch(processor, batch, topics)
+            entries, events = entries + len(result.fund_entries), events + len(result.adl_events)
+            head = Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head, processor.duplicates,
+                        processor.rejected, entries, events)
+            await store.commit(expected_seq=seq, result=result, head=head, projections=projections.build(
+                engine, result, refresh_all=True, touched=projections.Touched.everything(engine)))
+        rows = await read_both(store, 1000, topics)
+        assert {row.source for row in rows} == {OUTBOX, "journal", "fund_ledger", "adl_events", "postings"}
+        assert sum(row.topic == topics.dead_letter for row in rows) == len(awkward)
+        for limit in (1, 2, 7):
+            await read_both(store, limit, topics)
+        block = [row for row in rows if row.source == OUTBOX]
+        cursors = {OUTBOX: block[2].id, "journal": 3, "postings": 1}  # the outbox's inside the quantile block
+        await store.mark_published(cursors)
+        assert await read_both(store, 1000, topics) == [row for row in rows if row.id > cursors.get(row.source, 0)]
     finally:
         await store.close()

@@ -28,7 +28,8 @@ from backstop.pipeline.ingest import BatchResult, Consumed, batch_identities
 from backstop.pipeline.projections import Projections
 from backstop.pipeline.service_engine import CompiledService, ReferenceService
 from backstop.pipeline.topics import TopicNames
-from backstop.service import ledger_loop, relay
+from backstop.service import ledger_loop
+from backstop.service.ports import RowList
 
 SHORT, LONG = 1000, 100_000
 ONE_ENGINE_SEEDS = 200
@@ -120,8 +121,7 @@ def _ends_never_confirmed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _relay_without_its_scan(monkeypatch: pytest.MonkeyPatch) -> None:
     """The relay forgets what the output topics already hold after a crash."""
-    to_send = relay.to_send
-    monkeypatch.setattr(relay, "to_send", lambda rows, counts, published: to_send(rows, counts, {}))
+    monkeypatch.setattr(RowList, "without_published", lambda self, counts, published: self)
 
 
 def _commits_not_waiting(monkeypatch: pytest.MonkeyPatch) -> None:

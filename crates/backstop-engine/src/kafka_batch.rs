@@ -3,6 +3,8 @@
 //! state (tests/differential/test_kafka_batches.py compares them), and the partition Kafka's default partitioner gives a key.
 //! A batch is encoded without its producer state, which the producer assigns only when it sends it (`seal`).
 
+use rustc_hash::FxHashMap as HashMap;
+
 /// Kafka's default partitioner for a keyed record: murmur2 of the key, its sign bit cleared, modulo the count.
 pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     (murmur2(key) & 0x7fff_ffff) as u32 % partitions
@@ -139,6 +141,49 @@ impl BatchEncoder {
         seal(&mut batch, -1, -1, 0);
         batch
     }
+}
+
+/// One record to publish: its topic and partition, key and value, its place in its source under the source's
+/// header, and its record id under its header (the relay's two headers, in that order).
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub place_header: &'a str,
+    pub place: i64,
+    pub record_id_header: &'a str,
+    pub record_id: &'a str,
+}
+
+/// Records as record batches: (topic, partition, records, batch) in sending order, a partition's batches in its
+/// records' order, each below `max_bytes` unless one record alone is not (a full batch goes first and the next
+/// one of its partition starts).
+pub fn encode<'a>(records: impl IntoIterator<Item = Record<'a>>, timestamp_ms: i64, max_bytes: usize)
+                  -> Vec<(&'a str, u32, i32, Vec<u8>)> {
+    let mut open: HashMap<(&str, u32), BatchEncoder> = HashMap::default();
+    let mut order: Vec<(&str, u32)> = Vec::new();
+    let mut done: Vec<((&str, u32), BatchEncoder)> = Vec::new();
+    let mut place = Vec::with_capacity(20);
+    for record in records {
+        place.clear();
+        place.extend_from_slice(record.place.to_string().as_bytes());
+        let headers: [(&[u8], &[u8]); 2] = [(record.place_header.as_bytes(), &place),
+                                            (record.record_id_header.as_bytes(), record.record_id.as_bytes())];
+        let at = (record.topic, record.partition);
+        let encoder = open.entry(at).or_insert_with(|| {
+            order.push(at);
+            BatchEncoder::new(timestamp_ms, max_bytes)
+        });
+        if !encoder.append(record.key, record.value, &headers) {
+            let full = std::mem::replace(encoder, BatchEncoder::new(timestamp_ms, max_bytes));
+            done.push((at, full));
+            encoder.append(record.key, record.value, &headers);
+        }
+    }
+    done.extend(order.into_iter().map(|at| (at, open.remove(&at).expect("an open batch per partition seen"))));
+    done.into_iter().map(|((topic, partition), encoder)| (topic, partition, encoder.records(), encoder.finish()))
+        .collect()
 }
 
 /// Writes the producer's id, epoch and base sequence into a finished batch and its CRC after them.

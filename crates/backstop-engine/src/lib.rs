@@ -28,6 +28,7 @@ pub mod posting;
 pub mod processor;
 pub mod projection;
 pub mod quantiles;
+pub mod relay_rows;
 pub mod simulation;
 pub mod state;
 pub mod valuation;

@@ -7,7 +7,7 @@ use backstop_engine::processor::{Consumed, Processor, RestoreError};
 use backstop_engine::simulation::Simulation;
 use backstop_engine::appender::Appender;
 use backstop_engine::output_files::{OutputFiles, WriteError};
-use backstop_engine::{kafka_batch, outbox, projection};
+use backstop_engine::{kafka_batch, outbox, projection, relay_rows};
 use backstop_engine::state::Side;
 use backstop_engine::{canonical, json, numbers, wire};
 use pyo3::create_exception;
@@ -137,18 +137,14 @@ type RelayRow = (i64, PyBackedStr, PyBackedStr, PyBackedStr, PyBackedStr, PyBack
 /// its rows' order. Each batch is below `max_bytes` unless one record alone is not.
 #[pyfunction]
 #[pyo3(signature = (rows, counts, place_headers, record_id_header, timestamp_ms, max_bytes, partitions=None))]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[allow(clippy::too_many_arguments)]
 fn record_batches<'py>(py: Python<'py>, rows: Vec<RelayRow>, counts: HashMap<String, u32>,
                        place_headers: HashMap<String, String>, record_id_header: &str, timestamp_ms: i64,
-                       max_bytes: usize, partitions: Option<Vec<u32>>)
-                       -> PyResult<Vec<(String, u32, i32, Bound<'py, PyBytes>)>> {
+                       max_bytes: usize, partitions: Option<Vec<u32>>) -> PyResult<Vec<RecordBatch<'py>>> {
     if partitions.as_ref().is_some_and(|chosen| chosen.len() != rows.len()) {
         return Err(PyValueError::new_err("one partition per row"));
     }
-    let mut open: HashMap<(&str, u32), kafka_batch::BatchEncoder> = HashMap::new();
-    let mut order: Vec<(&str, u32)> = Vec::new();
-    let mut done: Vec<((&str, u32), kafka_batch::BatchEncoder)> = Vec::new();
-    let mut place = Vec::with_capacity(20);
+    let mut records = Vec::with_capacity(rows.len());
     for (index, (id, topic, key, record_id, payload, source)) in rows.iter().enumerate() {
         let topic: &str = topic;
         let partition = match &partitions {
@@ -159,29 +155,90 @@ fn record_batches<'py>(py: Python<'py>, rows: Vec<RelayRow>, counts: HashMap<Str
                 kafka_batch::partition_for(key.as_bytes(), count)
             }
         };
-        let header = place_headers.get(&**source)
+        let place_header = place_headers.get(&**source)
             .ok_or_else(|| PyValueError::new_err(format!("no place header for source {}", &**source)))?;
-        place.clear();
-        place.extend_from_slice(id.to_string().as_bytes());
-        let headers: [(&[u8], &[u8]); 2] = [(header.as_bytes(), &place), (record_id_header.as_bytes(),
-                                                                             record_id.as_bytes())];
-        let encoder = open.entry((topic, partition)).or_insert_with(|| {
-            order.push((topic, partition));
-            kafka_batch::BatchEncoder::new(timestamp_ms, max_bytes)
-        });
-        if !encoder.append(key.as_bytes(), payload.as_bytes(), &headers) {
-            let full = std::mem::replace(encoder, kafka_batch::BatchEncoder::new(timestamp_ms, max_bytes));
-            done.push(((topic, partition), full));
-            encoder.append(key.as_bytes(), payload.as_bytes(), &headers);
-        }
+        records.push(kafka_batch::Record { topic, partition, key: key.as_bytes(), value: payload.as_bytes(),
+                                           place_header, place: *id, record_id_header, record_id });
     }
-    done.extend(order.into_iter().map(|at| (at, open.remove(&at).expect("an open batch per partition seen"))));
-    Ok(done.into_iter()
-        .map(|((topic, partition), encoder)| {
-            let records = encoder.records();
-            (topic.to_string(), partition, records, PyBytes::new(py, &encoder.finish()))
-        })
+    let batches = py.detach(|| kafka_batch::encode(records, timestamp_ms, max_bytes));
+    Ok(batches.into_iter()
+        .map(|(topic, partition, count, batch)| (topic.to_string(), partition, count, PyBytes::new(py, &batch)))
         .collect())
+}
+
+/// (topic, partition, records, batch) of record_batches.
+type RecordBatch<'py> = (String, u32, i32, Bound<'py, PyBytes>);
+
+/// The relay's rows of one read, held in Rust (backstop_engine::relay_rows): read from the COPY text of the store's
+/// statement over every source, published as record batches, never one Python object per row.
+#[pyclass(module = "backstop._engine", frozen)]
+struct RelayRows {
+    read: relay_rows::RelayRows,
+    place_headers: HashMap<String, String>,
+}
+
+impl RelayRows {
+    fn place_header(&self) -> impl Fn(relay_rows::Source) -> String + '_ {
+        |source| self.place_headers[source.name()].clone()
+    }
+}
+
+#[pymethods]
+impl RelayRows {
+    /// `copy`: the statement's COPY text; `table_topics`: the journal's, fund ledger's, ADL events' and
+    /// postings' topics; `place_headers`: each source's place header. ValueError: text the statement cannot give.
+    #[new]
+    fn new(py: Python<'_>, copy: &[u8], table_topics: Vec<String>, place_headers: HashMap<String, String>)
+           -> PyResult<Self> {
+        if let Some(source) = relay_rows::Source::ALL.iter().find(|s| !place_headers.contains_key(s.name())) {
+            return Err(PyValueError::new_err(format!("no place header for source {}", source.name())));
+        }
+        let read = py.detach(|| relay_rows::RelayRows::from_copy(copy, &table_topics))
+            .map_err(PyValueError::new_err)?;
+        Ok(RelayRows { read, place_headers })
+    }
+
+    fn __len__(&self) -> usize {
+        self.read.rows.len()
+    }
+
+    /// The rows as (id, topic, key, record id, payload, source) tuples (`OutboxRow`'s fields).
+    fn rows(&self) -> Vec<(i64, &str, &str, &str, &str, &str)> {
+        self.read.rows.iter().map(|row| (row.id, self.read.topics[row.topic].as_str(), row.key.as_str(),
+                                         row.record_id.as_str(), row.payload.as_str(), row.source.name()))
+            .collect()
+    }
+
+    fn last_of_each_source(&self) -> Vec<(&'static str, i64)> {
+        self.read.last_of_each_source().into_iter().map(|(source, id)| (source.name(), id)).collect()
+    }
+
+    fn most_of_one_source(&self) -> usize {
+        self.read.most_of_one_source()
+    }
+
+    fn topic_sources(&self) -> Vec<(String, &'static str)> {
+        self.read.topic_sources().into_iter().map(|(topic, source)| (topic.to_string(), source.name())).collect()
+    }
+
+    /// The rows less those a partition's last record shows in Kafka already (relay.to_send's rule).
+    fn without_published(&self, py: Python<'_>, counts: HashMap<String, u32>,
+                         published: HashMap<(String, u32), (String, i64)>) -> PyResult<Self> {
+        let read = py.detach(|| self.read.without_published(&counts, self.place_header(), &published))
+            .map_err(PyValueError::new_err)?;
+        Ok(RelayRows { read, place_headers: self.place_headers.clone() })
+    }
+
+    /// The rows as record batches (record_batches' result for the same rows).
+    fn record_batches<'py>(&self, py: Python<'py>, counts: HashMap<String, u32>, record_id_header: &str,
+                           timestamp_ms: i64, max_bytes: usize) -> PyResult<Vec<RecordBatch<'py>>> {
+        let batches = py.detach(|| self.read.record_batches(&counts, self.place_header(), record_id_header,
+                                                            timestamp_ms, max_bytes))
+            .map_err(PyValueError::new_err)?;
+        Ok(batches.into_iter()
+            .map(|(topic, partition, count, batch)| (topic, partition, count, PyBytes::new(py, &batch)))
+            .collect())
+    }
 }
 
 /// The relay: a record batch of record_batches with the producer state it is sent with, and its CRC.
@@ -674,6 +731,7 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("InvariantViolation", module.py().get_type::<InvariantViolation>())?;
     module.add("RecordPanic", module.py().get_type::<RecordPanic>())?;
     module.add_class::<Ledger>()?;
+    module.add_class::<RelayRows>()?;
     module.add_function(wrap_pyfunction!(numbers_text, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_parse, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_div, module)?)?;

@@ -24,6 +24,7 @@ from backstop.adapters.kafka.tools import ensure_topics
 from backstop.adapters.postgres.roles import rewrite_powers
 from backstop.adapters.postgres.store import Store
 from backstop.core.errors import InvariantViolation
+from backstop.engines import runs_compiled
 from backstop.service import logs, metrics
 from backstop.service.forked import Background
 from backstop.service.ledger_loop import LedgerProcessor
@@ -96,7 +97,8 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def ledger_and_relay() -> None:
-        store = await Store.open(settings.dsn(), max_size=6, anchor=settings.anchor())
+        store = await Store.open(settings.dsn(), max_size=6, anchor=settings.anchor(),
+                                 relay_in_rust=runs_compiled(settings.engine))
         runtime = kafka_runtime()
         relay = OutboxRelay(settings, store, runtime)
         processor = LedgerProcessor(settings, store, runtime, on_commit=relay.wake)
@@ -153,7 +155,8 @@ async def running(settings: Settings, runtime: Runtime | None = None
     anchor key is optional here."""
     await preflight(settings, require_anchor=False)
     await asyncio.to_thread(ensure_topics, settings)
-    store = await Store.open(settings.dsn(), max_size=6, anchor=settings.anchor())
+    store = await Store.open(settings.dsn(), max_size=6, anchor=settings.anchor(),
+                             relay_in_rust=runs_compiled(settings.engine))
     runtime = runtime or kafka_runtime()
     relay = OutboxRelay(settings, store, runtime)
     processor = LedgerProcessor(settings, store, runtime, on_commit=relay.wake)

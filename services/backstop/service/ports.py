@@ -14,11 +14,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from aiokafka.partitioner import murmur2
 
-from backstop.adapters.postgres.store import OUTBOX, Head, OutboxRow, RefreshCopy, StaleRow
+from backstop.adapters.postgres.store import OUTBOX, TABLE_SOURCES, Head, OutboxRow, RefreshCopy, StaleRow
 from backstop.core.dedupe import HeldRow
 from backstop.pipeline.ingest import BatchResult, Consumed
 from backstop.pipeline.projections import Projections
@@ -116,6 +117,10 @@ class LedgerStore(Protocol):
         before the tables became sources wait, only those."""
         ...
 
+    async def relay_read(self, limit: int, topics: TopicNames) -> RelayRead:
+        """unpublished's rows, as the relay reads them: held in Rust where the service runs the compiled engine."""
+        ...
+
     async def mark_published(self, up_to: Mapping[str, int]) -> None:
         """Every row of each source up to its id in `up_to` is in Kafka (no cursor moves back)."""
         ...
@@ -167,13 +172,56 @@ class Offload(Protocol):
     def __call__(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]: ...
 
 
+# (topic, partition, records, the batch's bytes before its producer state) in sending order
+EncodedBatches = list[tuple[str, int, int, bytes]]
+
+
+class RelayRead(Protocol):
+    """One read of the relay's sources (LedgerStore.relay_read), each source's rows in its order: rows as Python
+    tuples (RowList), or held by the compiled engine (backstop._engine.RelayRows: no Python object per row)."""
+
+    def __len__(self) -> int: ...
+
+    def rows(self) -> Sequence[tuple[int, str, str, str, str, str]]:
+        """OutboxRow's fields of each row."""
+        ...
+
+    def last_of_each_source(self) -> list[tuple[str, int]]:
+        """The last row's id per source that has rows."""
+        ...
+
+    def most_of_one_source(self) -> int: ...
+
+    def topic_sources(self) -> list[tuple[str, str]]:
+        """Each topic that has rows and its source (a topic has one)."""
+        ...
+
+    def without_published(self, counts: dict[str, int], published: dict[Partition, tuple[str, int]]
+                          ) -> RelayRead:
+        """The rows less those already in Kafka (relay.to_send's rule)."""
+        ...
+
+    def record_batches(self, counts: dict[str, int], record_id_header: str, timestamp_ms: int, max_bytes: int
+                       ) -> EncodedBatches:
+        """The rows as record batches encoded in Rust (backstop._engine.record_batches)."""
+        ...
+
+
 class Outgoing(NamedTuple):
     """Rows for the publisher, in their sources' order, and each one's partition; None: each goes to the partition
     Kafka's default partitioner gives its key over its topic's partitions (partition_for), which the publisher works
-    out (the compiled relay in Rust, without a Python step per row)."""
+    out (the compiled relay in Rust, without a Python step per row). Rows held in Rust are published without ever
+    becoming Python objects (publisher.compiled_batches); the other publishers read them as OutboxRows (listed)."""
 
-    rows: Sequence[OutboxRow]
+    rows: Sequence[OutboxRow] | RelayRead
     partitions: Sequence[int] | None = None
+
+
+def listed(rows: Sequence[OutboxRow] | RelayRead) -> Sequence[OutboxRow]:
+    """Rows as OutboxRows (those held in Rust copied out)."""
+    if isinstance(rows, Sequence):
+        return rows
+    return [OutboxRow(*fields) for fields in rows.rows()]
 
 
 @lru_cache(maxsize=1 << 16)  # keys repeat (accounts, funds, symbols) and murmur2 is pure Python
@@ -183,9 +231,50 @@ def partition_for(key: str, partitions: int) -> int:
     return partition
 
 
+PLACE_HEADERS = {OUTBOX: OUTBOX_HEADER, **dict.fromkeys(TABLE_SOURCES, POSITION_HEADER)}  # each source's
+
+
 def place_header(row: OutboxRow) -> str:
     """The header a published row carries its place in its source in."""
     return OUTBOX_HEADER if row.source == OUTBOX else POSITION_HEADER
+
+
+class RowList(list[OutboxRow]):
+    """A relay read as OutboxRows (the in-memory store's, and PostgreSQL's where the relay runs the reference)."""
+
+    def rows(self) -> RowList:
+        return self
+
+    def last_of_each_source(self) -> list[tuple[str, int]]:
+        return list(dict(zip(map(_source, self), map(_id, self), strict=True)).items())
+
+    def most_of_one_source(self) -> int:
+        return max(Counter(map(_source, self)).values(), default=0)
+
+    def topic_sources(self) -> list[tuple[str, str]]:
+        return list(dict(zip(map(_topic, self), map(_source, self), strict=True)).items())
+
+    def without_published(self, counts: dict[str, int], published: dict[Partition, tuple[str, int]]) -> RowList:
+        """to_send's rule: a row is passed over when its partition's last record names its header and a place at or
+        after its own."""
+        return RowList(row for row in self
+                       if not passed_over(row, partition_for(row.key, counts[row.topic]), published))
+
+    def record_batches(self, counts: dict[str, int], record_id_header: str, timestamp_ms: int, max_bytes: int
+                       ) -> EncodedBatches:
+        from backstop import _engine
+
+        return _engine.record_batches(self, counts, PLACE_HEADERS, record_id_header, timestamp_ms, max_bytes)
+
+
+_source, _id, _topic = attrgetter("source"), attrgetter("id"), attrgetter("topic")
+
+
+def passed_over(row: OutboxRow, partition: int, published: Mapping[Partition, tuple[str, int]]) -> bool:
+    """Whether a row is in Kafka already: its partition's last record, found at start (`published`), names its
+    place header and a place at or after its own (rows of a partition are published in their source's order)."""
+    last = published.get((row.topic, partition))
+    return last is not None and row.id <= last[1] and place_header(row) == last[0]
 
 
 def place_in_headers(headers: Iterable[tuple[str, bytes]]) -> tuple[str, int] | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from operator import attrgetter
 
@@ -27,13 +26,15 @@ from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics, trace
 from backstop.service.ports import (
     OUTBOX_HEADER,
+    PLACE_HEADERS,
     POSITION_HEADER,
     LedgerStore,
     Outgoing,
     Partition,
+    RelayRead,
     Runtime,
     partition_for,
-    place_header,
+    passed_over,
 )
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
@@ -49,20 +50,20 @@ def to_send(rows: Sequence[OutboxRow], counts: Mapping[str, int],
     pending, partitions = [], []
     for row in rows:
         partition = partition_for(row.key, counts[row.topic])
-        last = published_up_to.get((row.topic, partition))
-        if last is None or row.id > last[1] or place_header(row) != last[0]:
+        if not passed_over(row, partition, published_up_to):
             pending.append(row)
             partitions.append(partition)
     return Outgoing(pending, partitions)
 
 
-def still_ahead(published_up_to: Mapping[Partition, tuple[str, int]], rows: Sequence[OutboxRow],
+def still_ahead(published_up_to: Mapping[Partition, tuple[str, int]], rows: RelayRead,
                 sent_up_to: Mapping[str, int]) -> dict[Partition, tuple[str, int]]:
     """The places found at start that rows not yet read may still be at or before: a partition's place is passed
     once its source's rows were read up to it (each topic has one source, found from the rows read)."""
-    source_of = {(row.topic, place_header(row)): row.source for row in rows}
+    source_of = dict(rows.topic_sources())
     return {partition: place for partition, place in published_up_to.items()
-            if (source := source_of.get((partition[0], place[0]))) is None or sent_up_to[source] < place[1]}
+            if (source := source_of.get(partition[0])) is None or PLACE_HEADERS[source] != place[0]
+            or sent_up_to[source] < place[1]}
 
 
 _source, _id = attrgetter("source"), attrgetter("id")
@@ -110,20 +111,21 @@ class OutboxRelay(SupervisedLoop):
             while not self.stopping:
                 self._woken.clear()  # before reading: a commit after the read wakes the wait below
                 read_at = trace.now() if tracing else 0.0
-                rows = await self.store.unpublished(settings.relay_batch, self.topics)
+                rows = await self.store.relay_read(settings.relay_batch, self.topics)
                 read_done = trace.now() if tracing else 0.0
-                full = max(Counter(map(_source, rows)).values(), default=0) >= settings.relay_batch
+                full = rows.most_of_one_source() >= settings.relay_batch
                 metrics.OUTBOX_BACKLOG.set(await self.store.outbox_backlog() if full else len(rows))
                 if not rows:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._woken.wait(), settings.relay_idle_ms / 1000)
                     continue
-                sent = await publisher.send(to_send(rows, counts, published_up_to))
+                pending = rows.without_published(counts, published_up_to) if published_up_to else rows
+                sent = await publisher.send(Outgoing(pending))
                 if sent:
                     faults.reached("relay_after_send")
                     await checkpoint("relay_send")
                 acked = trace.now() if tracing else 0.0
-                sent_up_to = last_of_each_source(rows)
+                sent_up_to = dict(rows.last_of_each_source())
                 await self.store.mark_published(sent_up_to)
                 if published_up_to:
                     published_up_to = still_ahead(published_up_to, rows, sent_up_to)

@@ -23,14 +23,13 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from backstop import faults
 from backstop.adapters.kafka.consumer import stop_consumer
-from backstop.adapters.postgres.store import OUTBOX, TABLE_SOURCES
-from backstop.engines import compiled_available
+from backstop.engines import runs_compiled
 from backstop.service.ports import (
-    OUTBOX_HEADER,
-    POSITION_HEADER,
+    PLACE_HEADERS,
     RECORD_ID_HEADER,
     Outgoing,
     Partition,
+    listed,
     partition_for,
     place_header,
     place_in_headers,
@@ -38,7 +37,6 @@ from backstop.service.ports import (
 from backstop.settings import Settings
 
 RECORD_BATCH_BYTES = 512 << 10  # below the broker's default message.max.bytes (1 MiB)
-PLACE_HEADERS = {OUTBOX: OUTBOX_HEADER, **dict.fromkeys(TABLE_SOURCES, POSITION_HEADER)}  # as place_header gives
 
 # (topic, partition, records, the batch) in sending order: a partition's batches in its rows' order
 Batches = list[tuple[str, int, int, Any]]
@@ -81,20 +79,23 @@ class EncodedBatch:
 
 def compiled_batches(outgoing: Outgoing, counts: Mapping[str, int], timestamp_ms: int,
                      max_bytes: int = RECORD_BATCH_BYTES) -> Batches:
-    """The rows as record batches encoded in Rust."""
+    """The rows as record batches encoded in Rust: rows held there (the relay's read) without a Python step."""
     from backstop import _engine
 
     rows, partitions = outgoing
-    encoded = _engine.record_batches(rows if isinstance(rows, list) else list(rows), dict(counts), PLACE_HEADERS,
-                                     RECORD_ID_HEADER, timestamp_ms, max_bytes,
-                                     None if partitions is None else list(partitions))
+    if isinstance(rows, Sequence):
+        encoded = _engine.record_batches(rows if isinstance(rows, list) else list(rows), dict(counts), PLACE_HEADERS,
+                                         RECORD_ID_HEADER, timestamp_ms, max_bytes,
+                                         None if partitions is None else list(partitions))
+    else:
+        encoded = rows.record_batches(dict(counts), RECORD_ID_HEADER, timestamp_ms, max_bytes)
     return [(topic, partition, records, EncodedBatch(data, records)) for topic, partition, records, data in encoded]
 
 
 def python_batches(outgoing: Outgoing, counts: Mapping[str, int], timestamp_ms: int,
                    max_bytes: int = RECORD_BATCH_BYTES) -> Batches:
     """The rows as record batches of aiokafka's builder, record by record: the same bytes as compiled_batches."""
-    rows, partitions = outgoing
+    rows, partitions = listed(outgoing.rows), outgoing.partitions
     if partitions is None:
         partitions = [partition_for(row.key, counts[row.topic]) for row in rows]
     done: Batches = []
@@ -125,8 +126,7 @@ class KafkaPublisher:
             bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=0,
             max_batch_size=RECORD_BATCH_BYTES, client_id="backstop-relay", request_timeout_ms=30_000,
             ssl_context=settings.ssl_context(), **settings.kafka_client_options())
-        compiled = settings.engine == "compiled" and compiled_available() is None
-        self._encode = compiled_batches if compiled else python_batches
+        self._encode = compiled_batches if runs_compiled(settings.engine) else python_batches
         self._counts: dict[str, int] = {}
 
     async def start(self) -> None:

@@ -22,6 +22,7 @@ from backstop.service.ports import (
     Fetched,
     Outgoing,
     Partition,
+    listed,
     partition_for,
     place_header,
     place_in_headers,
@@ -241,7 +242,7 @@ class MemoryPublisher:
 
     async def send(self, outgoing: Outgoing) -> Counter[str]:
         sent: Counter[str] = Counter()
-        rows, partitions = outgoing
+        rows, partitions = listed(outgoing.rows), outgoing.partitions
         if partitions is None:
             partitions = [partition_for(row.key, self.broker.partitions(row.topic)) for row in rows]
         for row, partition in zip(rows, partitions, strict=True):

@@ -42,7 +42,7 @@ from backstop.pipeline.ingest import (
 )
 from backstop.pipeline.projections import Projections, Rows
 from backstop.pipeline.topics import TopicNames
-from backstop.service.ports import Partition
+from backstop.service.ports import Partition, RowList
 
 GENESIS = "0" * 64
 HELD_KEYS_CHUNK = 65_536  # key digests per chunk handed to held_keys' sink, as a COPY streams them
@@ -366,6 +366,9 @@ class MemoryStore:
             after, topic = db.relay_cursors[source], topics.of_source(source)
             rows.extend(row._replace(topic=topic) for row in db.relayed[source][after:after + limit])
         return rows
+
+    async def relay_read(self, limit: int, topics: TopicNames) -> RowList:
+        return RowList(await self.unpublished(limit, topics))
 
     async def mark_published(self, up_to: Mapping[str, int]) -> None:
         await self._at("mark_published")

@@ -14,7 +14,7 @@ import io
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice, repeat
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
 import numpy as np
@@ -38,6 +38,9 @@ from backstop.pipeline.ingest import (
 )
 from backstop.pipeline.projections import FullRefresh, Projections, Rows
 from backstop.pipeline.topics import TopicNames, input_key, input_key_field
+
+if TYPE_CHECKING:  # the ports name this module's types
+    from backstop.service.ports import RelayRead
 
 WRITER_LOCK = 0x62616B77726974  # one ledger processor per database
 RELAY_LOCK = 0x62616B72656C61  # one outbox relay per database
@@ -81,26 +84,37 @@ def _after_cursor(source: str) -> str:
     return f"(SELECT published_up_to FROM relay_sources WHERE source = '{source}')"
 
 
-# The outbox's rows are those whose records before them (a block counts its records: migration 0011) number fewer
-# than $1, read by their narrow columns first, so a block's payload is read only if its row is taken; each carries
-# its record count, the outbox cursor (a block's records up to the cursor are in Kafka) and a block's keys.
-UNPUBLISHED_SQL = (
-    "SELECT * FROM ("
-    "(SELECT 0 AS rank, o.id, o.topic, o.key, o.record_id, o.payload, NULL::text AS source_topic, NULL::int AS "
-    "source_partition, NULL::bigint AS source_offset, NULL::bigint AS ts, NULL::text AS payload_hash, o.records, "
-    "c.published_up_to AS after, o.keys FROM relay_cursor c, (SELECT id, sum(coalesce(records, 1)) OVER (ORDER BY "
-    "id) - coalesce(records, 1) AS before FROM (SELECT id, records FROM outbox WHERE id > (SELECT published_up_to FROM "
-    "relay_cursor) ORDER BY id LIMIT $1) AS n) AS w JOIN outbox o USING (id) WHERE w.before < $1) "
-    "UNION ALL (SELECT 1, seq, type, NULL, NULL, payload, source_topic, source_partition, source_offset, ts, "
-    f"payload_hash, NULL, NULL, NULL FROM journal WHERE {_TABLES_READY} AND seq > {_after_cursor('journal')} "
-    "ORDER BY seq LIMIT $1) "
-    "UNION ALL (SELECT 2, position, NULL, fund_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
-    f"fund_ledger WHERE {_TABLES_READY} AND position > {_after_cursor('fund_ledger')} ORDER BY position LIMIT $1) "
-    "UNION ALL (SELECT 3, position, NULL, account_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
-    f"adl_events WHERE {_TABLES_READY} AND position > {_after_cursor('adl_events')} ORDER BY position LIMIT $1) "
-    "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
-    f"postings WHERE {_TABLES_READY} AND position > {_after_cursor('postings')} ORDER BY position LIMIT $1)"
-    ") AS next ORDER BY rank, id")
+def unpublished_sql(limit: str) -> str:
+    """The relay's next rows (UNPUBLISHED_SQL), at most `limit` of every source: "$1" for a prepared statement,
+    digits for a COPY (which takes no parameter). The outbox's rows are those whose records before them (a block
+    counts its records: migration 0011) number fewer than the limit, read by their narrow columns first, so a
+    block's payload is read only if its row is taken; each carries its record count, the outbox cursor (a block's
+    records up to the cursor are in Kafka) and a block's keys."""
+    after = _after_cursor
+    return (
+        "SELECT * FROM ("
+        "(SELECT 0 AS rank, o.id, o.topic, o.key, o.record_id, o.payload, NULL::text AS source_topic, NULL::int AS "
+        "source_partition, NULL::bigint AS source_offset, NULL::bigint AS ts, NULL::text AS payload_hash, "
+        "o.records, c.published_up_to AS after, o.keys FROM relay_cursor c, (SELECT id, sum(coalesce(records, 1)) "
+        "OVER (ORDER BY id) - coalesce(records, 1) AS before FROM (SELECT id, records FROM outbox WHERE id > (SELECT "
+        f"published_up_to FROM relay_cursor) ORDER BY id LIMIT {limit}) AS n) AS w JOIN outbox o USING (id) "
+        f"WHERE w.before < {limit}) "
+        "UNION ALL (SELECT 1, seq, type, NULL, NULL, payload, source_topic, source_partition, source_offset, ts, "
+        f"payload_hash, NULL, NULL, NULL FROM journal WHERE {_TABLES_READY} AND seq > {after('journal')} "
+        f"ORDER BY seq LIMIT {limit}) "
+        "UNION ALL (SELECT 2, position, NULL, fund_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL "
+        f"FROM fund_ledger WHERE {_TABLES_READY} AND position > {after('fund_ledger')} ORDER BY position "
+        f"LIMIT {limit}) "
+        "UNION ALL (SELECT 3, position, NULL, account_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL "
+        f"FROM adl_events WHERE {_TABLES_READY} AND position > {after('adl_events')} ORDER BY position "
+        f"LIMIT {limit}) "
+        "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
+        f"postings WHERE {_TABLES_READY} AND position > {after('postings')} ORDER BY position LIMIT {limit})"
+        ") AS next ORDER BY rank, id")
+
+
+UNPUBLISHED_SQL = unpublished_sql("$1")
+
 # A batch's quantile block: $1 records take $1 ids of the outbox's sequence in one statement (one writer holds the
 # lock), the last of them the row's id; $4 their keys and ids (migration 0012).
 QUANTILE_BLOCK_SQL = (
@@ -329,9 +343,10 @@ def signed_checkpoint(row: asyncpg.Record) -> SignedCheckpoint:
 
 
 class Store:
-    def __init__(self, pool: asyncpg.Pool, anchor: Anchor | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, anchor: Anchor | None = None, *, relay_in_rust: bool = False) -> None:
         self.pool = pool
         self.anchor = anchor
+        self.relay_in_rust = relay_in_rust  # relay_read: the rows' COPY text read into the compiled engine
         # the last checkpoint committed here: (seq, journal digest, postings count, postings head)
         self._anchored: tuple[int, str, int, str] | None = None
         # (journal seq, postings stored then) after the last batch committed here: the next batch at that seq numbers
@@ -339,10 +354,11 @@ class Store:
         self._postings_at: tuple[int, int] | None = None
 
     @classmethod
-    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 4, anchor: Anchor | None = None) -> Store:
+    async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 4, anchor: Anchor | None = None,
+                   relay_in_rust: bool = False) -> Store:
         pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=30,
                                          command_timeout=120, reset=_session_kept)
-        return cls(pool, anchor)
+        return cls(pool, anchor, relay_in_rust=relay_in_rust)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -746,6 +762,26 @@ class Store:
             else:
                 append(new(OutboxRow, (r[1], table_topics[rank - 1], r[3], r[4], r[5], TABLE_SOURCES[rank - 1])))
         return rows
+
+    async def relay_read(self, limit: int, topics: TopicNames) -> RelayRead:
+        """unpublished's rows; where the relay runs in Rust, the statement's COPY text read by the compiled engine
+        (backstop._engine.RelayRows: the same rows, tests/integration/test_relay_read.py), so no row becomes a
+        Python object."""
+        from backstop.service.ports import PLACE_HEADERS, RowList
+
+        if not self.relay_in_rust:
+            return RowList(await self.unpublished(limit, topics))
+        from backstop import _engine
+
+        chunks: list[bytes] = []
+
+        async def take(chunk: bytes) -> None:
+            chunks.append(chunk)
+
+        async with self.pool.acquire() as connection:
+            await connection.copy_from_query(unpublished_sql(str(int(limit))), output=take)
+        return _engine.RelayRows(b"".join(chunks), [topics.of_source(source) for source in TABLE_SOURCES],
+                                 PLACE_HEADERS)
 
     async def mark_published(self, up_to: Mapping[str, int]) -> None:
         """Every row of each source up to its id in `up_to` is in Kafka (no cursor ever moves back)."""

@@ -1,0 +1,443 @@
+//! The relay's next rows as it publishes them, read from the COPY text of the store's one statement over every
+//! source (backstop.adapters.postgres.store.UNPUBLISHED_SQL, its columns in that order), so that no published row
+//! becomes a Python object: a quantile block split into its records with their stored keys, the journal's records
+//! built from their columns (backstop.adapters.postgres.store.journal_record_text), each with its topic, Kafka key,
+//! record id and place in its source. Then, for the relay, the rows already in Kafka passed over and the rest as
+//! record batches (crate::kafka_batch).
+
+use crate::engine::SCHEMA_VERSION;
+use crate::json::{self, Dialect, Value};
+use crate::kafka_batch::{self, Record};
+use crate::outbox::{field, quantile_keys};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+/// Where a row is read from, in the order the statement gives them (its `rank` column).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Source {
+    Outbox,
+    Journal,
+    FundLedger,
+    AdlEvents,
+    Postings,
+}
+
+impl Source {
+    pub const ALL: [Source; 5] = [Source::Outbox, Source::Journal, Source::FundLedger, Source::AdlEvents,
+                                  Source::Postings];
+
+    /// As backstop.adapters.postgres.store names it (OUTBOX, TABLE_SOURCES).
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Outbox => "outbox",
+            Source::Journal => "journal",
+            Source::FundLedger => "fund_ledger",
+            Source::AdlEvents => "adl_events",
+            Source::Postings => "postings",
+        }
+    }
+}
+
+/// One record to publish: its place in its source (outbox id, journal seq or table position), its topic (an index
+/// into `RelayRows::topics`), Kafka key, record id and value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayRow {
+    pub id: i64,
+    pub topic: usize,
+    pub key: String,
+    pub record_id: String,
+    pub payload: String,
+    pub source: Source,
+}
+
+/// The rows of one read, each source's in its order, sources in `Source::ALL` order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RelayRows {
+    pub topics: Vec<String>,
+    pub rows: Vec<RelayRow>,
+}
+
+/// The Kafka key field of each input type (backstop.pipeline.topics.input_key_field).
+fn key_field(record_type: &str) -> &'static str {
+    match record_type {
+        "fund" => "fund_id",
+        "mark" | "funding" | "instrument" => "symbol",
+        _ => "account_id",
+    }
+}
+
+/// A journal record's Kafka key read from its payload (backstop.adapters.postgres.store.journal_key): the key
+/// field's string value where the field opens once, else the parsed record's field.
+fn journal_key(record_type: &str, payload: &str) -> Result<String, String> {
+    let opens = format!("\"{}\":\"", key_field(record_type));
+    if let Some(at) = payload.find(&opens) {
+        if !payload[at + 1..].contains(&opens) {
+            let start = at + opens.len();
+            if let Some(length) = payload[start..].find('"') {
+                return Ok(payload[start..start + length].to_string());
+            }
+        }
+    }
+    let document = json::parse(payload.as_bytes(), Dialect::File)
+        .map_err(|error| format!("journal payload is not JSON: {error:?}"))?;
+    match field(&document, key_field(record_type)) {
+        Some(Value::Str(text)) => Ok(text.to_string()),
+        Some(Value::Int(digits)) => Ok(String::from_utf8_lossy(digits).into_owned()),
+        _ => Err(format!("a {record_type} journal record without its {}", key_field(record_type))),
+    }
+}
+
+/// A journal row's record as the relay publishes it: journal_record's canonical JSON, its keys in sorted order.
+#[allow(clippy::too_many_arguments)]
+fn journal_record(seq: i64, topic: &str, partition: i64, offset: i64, ts: i64, payload: &str, hash: &str)
+                  -> String {
+    let mut out = String::with_capacity(payload.len() + topic.len() + 200);
+    out.push_str("{\"id\":\"j-");
+    out.push_str(&seq.to_string());
+    out.push_str("\",\"payload_hash\":\"");
+    out.push_str(hash);
+    out.push_str("\",\"record\":");
+    out.push_str(payload);
+    out.push_str(&format!(",\"schema_version\":{SCHEMA_VERSION},\"seq\":{seq},\"source_offset\":{offset},\
+                           \"source_partition\":{partition},\"source_topic\":"));
+    let mut topic_json = Vec::with_capacity(topic.len() + 2);
+    json::write_string(&mut topic_json, topic);
+    out.push_str(std::str::from_utf8(&topic_json).expect("JSON text of a str"));
+    out.push_str(&format!(",\"ts\":{ts}}}"));
+    out
+}
+
+/// One COPY text row's values (None: NULL), its escapes undone (PostgreSQL's text format).
+fn copy_values(line: &[u8]) -> Vec<Option<Cow<'_, [u8]>>> {
+    line.split(|&byte| byte == b'\t')
+        .map(|raw| match raw {
+            b"\\N" => None,
+            _ if !raw.contains(&b'\\') => Some(Cow::Borrowed(raw)),
+            _ => Some(Cow::Owned(unescape(raw))),
+        })
+        .collect()
+}
+
+fn unescape(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut at = 0;
+    while at < raw.len() {
+        let byte = raw[at];
+        at += 1;
+        if byte != b'\\' || at == raw.len() {
+            out.push(byte);
+            continue;
+        }
+        let next = raw[at];
+        at += 1;
+        match next {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut value = u32::from(next - b'0');
+                for _ in 0..2 {
+                    match raw.get(at) {
+                        Some(&digit @ b'0'..=b'7') => {
+                            value = value * 8 + u32::from(digit - b'0');
+                            at += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(value as u8);
+            }
+            b'x' if raw.get(at).is_some_and(u8::is_ascii_hexdigit) => {
+                let mut value = 0u32;
+                for _ in 0..2 {
+                    match raw.get(at).and_then(|&digit| (digit as char).to_digit(16)) {
+                        Some(digit) => {
+                            value = value * 16 + digit;
+                            at += 1;
+                        }
+                        None => break,
+                    }
+                }
+                out.push(value as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+struct Columns<'a>(Vec<Option<Cow<'a, [u8]>>>);
+
+impl Columns<'_> {
+    fn text(&self, at: usize) -> Result<&str, String> {
+        match self.0.get(at) {
+            Some(Some(value)) => std::str::from_utf8(value).map_err(|_| format!("column {at} is not UTF-8")),
+            _ => Err(format!("column {at} is NULL or missing")),
+        }
+    }
+
+    fn optional(&self, at: usize) -> Result<Option<&str>, String> {
+        match self.0.get(at) {
+            Some(None) => Ok(None),
+            _ => self.text(at).map(Some),
+        }
+    }
+
+    fn int(&self, at: usize) -> Result<i64, String> {
+        let text = self.text(at)?;
+        text.parse().map_err(|_| format!("column {at} is not an integer: {text:?}"))
+    }
+}
+
+impl RelayRows {
+    /// The rows of the statement's COPY text: outbox rows published on their own topic, tables' on
+    /// `table_topics` (one per table source, in `Source::ALL` order after the outbox).
+    pub fn from_copy(copy: &[u8], table_topics: &[String]) -> Result<RelayRows, String> {
+        if table_topics.len() != 4 {
+            return Err("one topic per table source".to_string());
+        }
+        let mut read = RelayRows { topics: table_topics.to_vec(), rows: Vec::new() };
+        for line in copy.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+            let columns = Columns(copy_values(line));
+            if columns.0.len() != 14 {
+                return Err(format!("a relay row of {} columns, not 14", columns.0.len()));
+            }
+            read.push_row(&columns)?;
+        }
+        Ok(read)
+    }
+
+    fn topic(&mut self, name: &str) -> usize {
+        match self.topics.iter().position(|known| known == name) {
+            Some(at) => at,
+            None => {
+                self.topics.push(name.to_string());
+                self.topics.len() - 1
+            }
+        }
+    }
+
+    fn push_row(&mut self, columns: &Columns<'_>) -> Result<(), String> {
+        let id = columns.int(1)?;
+        let source = match columns.int(0)? {
+            0 => Source::Outbox,
+            1 => Source::Journal,
+            2 => Source::FundLedger,
+            3 => Source::AdlEvents,
+            4 => Source::Postings,
+            rank => return Err(format!("a relay row of source rank {rank}")),
+        };
+        let row = |topic, key: &str, record_id: &str, payload: String| RelayRow {
+            id, topic, key: key.to_string(), record_id: record_id.to_string(), payload, source };
+        match source {
+            Source::Outbox => {
+                let topic = self.topic(columns.text(2)?);
+                match columns.optional(11)? {
+                    None => {
+                        let one = row(topic, columns.text(3)?, columns.text(4)?, columns.text(5)?.to_string());
+                        self.rows.push(one);
+                    }
+                    Some(records) => self.push_block(id, topic, records, columns)?,
+                }
+            }
+            Source::Journal => {
+                let (record_type, payload) = (columns.text(2)?, columns.text(5)?);
+                let record = journal_record(id, columns.text(6)?, columns.int(7)?, columns.int(8)?, columns.int(9)?,
+                                            payload, columns.text(10)?);
+                let one = row(0, &journal_key(record_type, payload)?, &format!("j-{id}"), record);
+                self.rows.push(one);
+            }
+            _ => {
+                let topic = Source::ALL.iter().position(|&known| known == source).expect("a source") - 1;
+                let one = row(topic, columns.text(3)?, columns.text(4)?, columns.text(5)?.to_string());
+                self.rows.push(one);
+            }
+        }
+        Ok(())
+    }
+
+    /// A quantile block's records (backstop.adapters.postgres.store.block_rows): ids `last_id - records + 1` to
+    /// `last_id`, less those up to the outbox cursor, each with the key and id stored beside its line (or, for a
+    /// block written before migration 0012, read from its line).
+    fn push_block(&mut self, last_id: i64, topic: usize, records: &str, columns: &Columns<'_>)
+                  -> Result<(), String> {
+        let records: i64 = records.parse().map_err(|_| format!("outbox block {last_id}: records {records:?}"))?;
+        let (block, after) = (columns.text(5)?, columns.int(12)?);
+        let lines: Vec<&str> = block.split_terminator('\n').collect();
+        if !block.ends_with('\n') || lines.len() as i64 != records {
+            return Err(format!("outbox block {last_id} holds {} records, its row says {records}", lines.len()));
+        }
+        let derived;
+        let keys = match columns.optional(13)? {
+            Some(keys) => keys,
+            None => {
+                derived = String::from_utf8(quantile_keys(block.as_bytes())).map_err(|_| "keys not UTF-8")?;
+                &derived
+            }
+        };
+        let named: Vec<&str> = keys.split_terminator('\n').collect();
+        if !keys.ends_with('\n') || named.len() as i64 != 2 * records {
+            return Err(format!("outbox block {last_id} names {} keys for its {records} records", named.len() / 2));
+        }
+        let first = last_id - records + 1;
+        let skip = (after - first + 1).clamp(0, records) as usize;
+        for (at, line) in lines.iter().enumerate().skip(skip) {
+            self.rows.push(RelayRow { id: first + at as i64, topic, key: named[2 * at].to_string(),
+                                      record_id: named[2 * at + 1].to_string(), payload: line.to_string(),
+                                      source: Source::Outbox });
+        }
+        Ok(())
+    }
+
+    /// The last row's id of each source that has rows.
+    pub fn last_of_each_source(&self) -> Vec<(Source, i64)> {
+        let mut last: Vec<(Source, i64)> = Vec::new();
+        for row in &self.rows {
+            match last.last_mut() {
+                Some((source, id)) if *source == row.source => *id = row.id,
+                _ => last.push((row.source, row.id)),
+            }
+        }
+        last
+    }
+
+    /// The most rows any one source gave.
+    pub fn most_of_one_source(&self) -> usize {
+        Source::ALL.iter().map(|&source| self.rows.iter().filter(|row| row.source == source).count())
+            .max().unwrap_or(0)
+    }
+
+    /// Each topic that has rows and the source they come from (a topic has one source).
+    pub fn topic_sources(&self) -> Vec<(&str, Source)> {
+        let mut found: Vec<(&str, Source)> = Vec::new();
+        for row in &self.rows {
+            let topic = self.topics[row.topic].as_str();
+            if !found.iter().any(|(known, _)| *known == topic) {
+                found.push((topic, row.source));
+            }
+        }
+        found
+    }
+
+    /// The rows less those already in Kafka (backstop.service.relay.to_send): a row whose partition's last record
+    /// names, in `published` (by topic and partition), the same place header and a place at or after its own.
+    pub fn without_published(&self, counts: &HashMap<String, u32>, place_header: impl Fn(Source) -> String,
+                             published: &HashMap<(String, u32), (String, i64)>) -> Result<RelayRows, String> {
+        let mut kept = RelayRows { topics: self.topics.clone(), rows: Vec::with_capacity(self.rows.len()) };
+        for row in &self.rows {
+            let topic = &self.topics[row.topic];
+            let partition = kafka_batch::partition_for(row.key.as_bytes(), count_of(counts, topic)?);
+            let passed = published.get(&(topic.clone(), partition))
+                .is_some_and(|(header, last)| row.id <= *last && *header == place_header(row.source));
+            if !passed {
+                kept.rows.push(row.clone());
+            }
+        }
+        Ok(kept)
+    }
+
+    /// The rows as record batches (kafka_batch::encode): each to the partition its key gives over its topic's
+    /// count, with its place under its source's header and its record id.
+    pub fn record_batches(&self, counts: &HashMap<String, u32>, place_header: impl Fn(Source) -> String,
+                          record_id_header: &str, timestamp_ms: i64, max_bytes: usize)
+                          -> Result<Vec<EncodedBatch>, String> {
+        let headers: Vec<(Source, String)> = Source::ALL.iter().map(|&source| (source, place_header(source)))
+            .collect();
+        let header_of = |source| &headers.iter().find(|(known, _)| *known == source).expect("every source").1;
+        let mut records = Vec::with_capacity(self.rows.len());
+        for row in &self.rows {
+            let topic = &self.topics[row.topic];
+            records.push(Record {
+                topic, partition: kafka_batch::partition_for(row.key.as_bytes(), count_of(counts, topic)?),
+                key: row.key.as_bytes(), value: row.payload.as_bytes(), place_header: header_of(row.source),
+                place: row.id, record_id_header, record_id: &row.record_id,
+            });
+        }
+        Ok(kafka_batch::encode(records, timestamp_ms, max_bytes).into_iter()
+            .map(|(topic, partition, count, batch)| (topic.to_string(), partition, count, batch)).collect())
+    }
+}
+
+/// (topic, partition, records, the batch) of `RelayRows::record_batches`.
+pub type EncodedBatch = (String, u32, i32, Vec<u8>);
+
+fn count_of(counts: &HashMap<String, u32>, topic: &str) -> Result<u32, String> {
+    counts.get(topic).copied().ok_or_else(|| format!("no partition count for topic {topic}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::projection::Line;
+
+    fn topics() -> Vec<String> {
+        ["t.journal", "t.fund", "t.adl", "t.postings"].map(str::to_string).to_vec()
+    }
+
+    #[test]
+    fn copy_escapes_are_undone() {
+        let mut out = Vec::new();
+        Line::new(&mut out).text("a\tb\\c\nd\re").null().text("").end();
+        let values = copy_values(&out[..out.len() - 1]);
+        assert_eq!(values, vec![Some(Cow::Borrowed(&b"a\tb\\c\nd\re"[..])), None, Some(Cow::Borrowed(&b""[..]))]);
+        assert_eq!(unescape(b"\\101\\x42\\v\\q"), b"AB\x0bq");
+    }
+
+    #[test]
+    fn a_journal_row_becomes_its_record_with_its_key() {
+        let copy = "1\t7\tfill\t\\N\t\\N\t{\"account_id\":\"a-1\",\"note\":\"x\\\\\\\"y\"}\tin.fills\t2\t40\t1000\tab\
+                    \t\\N\t\\N\t\\N\n";
+        let rows = RelayRows::from_copy(copy.as_bytes(), &topics()).unwrap();
+        assert_eq!(rows.rows.len(), 1);
+        let row = &rows.rows[0];
+        assert_eq!((row.id, row.topic, row.key.as_str(), row.record_id.as_str()), (7, 0, "a-1", "j-7"));
+        assert_eq!(row.payload, "{\"id\":\"j-7\",\"payload_hash\":\"ab\",\"record\":{\"account_id\":\"a-1\",\
+                                 \"note\":\"x\\\"y\"},\"schema_version\":1,\"seq\":7,\"source_offset\":40,\
+                                 \"source_partition\":2,\"source_topic\":\"in.fills\",\"ts\":1000}");
+    }
+
+    #[test]
+    fn a_key_named_twice_is_read_from_the_parsed_record() {
+        assert_eq!(journal_key("mark", "{\"symbol\":\"BTC\",\"x\":{\"symbol\":\"ETH\"}}").unwrap(), "BTC");
+        assert_eq!(journal_key("fund", "{\"fund_id\":\"F\"}").unwrap(), "F");
+        assert!(journal_key("fill", "{\"symbol\":\"BTC\"}").is_err());
+    }
+
+    #[test]
+    fn a_block_is_split_after_the_cursor_and_sources_are_summed_up() {
+        let block = "{\"account_id\":\"a\",\"id\":\"q-1\",\"kind\":\"quantile\"}\\n\
+                     {\"id\":\"q-2\",\"kind\":\"risk\",\"symbol\":\"BTC\"}\\n";
+        let copy = format!("0\t12\tt.quantiles\t\\N\t\\N\t{block}\t\\N\t\\N\t\\N\t\\N\t\\N\t2\t11\t\\N\n\
+                            4\t3\t\\N\tUSDT\tp-3\t{{}}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n");
+        let rows = RelayRows::from_copy(copy.as_bytes(), &topics()).unwrap();
+        let got: Vec<_> = rows.rows.iter().map(|r| (r.id, rows.topics[r.topic].as_str(), r.key.as_str(),
+                                                   r.record_id.as_str(), r.source)).collect();
+        assert_eq!(got, vec![(12, "t.quantiles", "BTC", "q-2", Source::Outbox),
+                             (3, "t.postings", "USDT", "p-3", Source::Postings)]);
+        assert_eq!(rows.last_of_each_source(), vec![(Source::Outbox, 12), (Source::Postings, 3)]);
+        assert_eq!(rows.most_of_one_source(), 1);
+        assert_eq!(rows.topic_sources(), vec![("t.quantiles", Source::Outbox), ("t.postings", Source::Postings)]);
+    }
+
+    #[test]
+    fn rows_already_published_are_passed_over() {
+        let copy = "2\t5\t\\N\tBTC\tfl-5\t{}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n\
+                    2\t6\t\\N\tBTC\tfl-6\t{}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n";
+        let rows = RelayRows::from_copy(copy.as_bytes(), &topics()).unwrap();
+        let counts = HashMap::from([("t.fund".to_string(), 1)]);
+        let header = |source: Source| if source == Source::Outbox { "o" } else { "p" }.to_string();
+        let at = |header: &str, last| HashMap::from([(("t.fund".to_string(), 0), (header.to_string(), last))]);
+        let kept = |published| rows.without_published(&counts, header, &published).unwrap().rows.len();
+        assert_eq!((kept(at("p", 5)), kept(at("o", 9)), kept(at("p", 6)), kept(HashMap::new())), (1, 2, 0, 2));
+    }
+
+    #[test]
+    fn bad_copy_text_is_an_error() {
+        assert!(RelayRows::from_copy(b"1\t2\n", &topics()).is_err());
+        assert!(RelayRows::from_copy(b"9\t1\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n",
+                                     &topics()).is_err());
+    }
+}
