@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping, Sequence
-from operator import attrgetter
 
 from backstop import faults
 from backstop.adapters.postgres.store import RELAY_LOCK, OutboxRow
@@ -64,14 +63,6 @@ def still_ahead(published_up_to: Mapping[Partition, tuple[str, int]], rows: Rela
     return {partition: place for partition, place in published_up_to.items()
             if (source := source_of.get(partition[0])) is None or PLACE_HEADERS[source] != place[0]
             or sent_up_to[source] < place[1]}
-
-
-_source, _id = attrgetter("source"), attrgetter("id")
-
-
-def last_of_each_source(rows: Sequence[OutboxRow]) -> dict[str, int]:
-    """The last row's id per source (each source's rows come in its order)."""
-    return dict(zip(map(_source, rows), map(_id, rows), strict=True))
 
 
 class OutboxRelay(SupervisedLoop):
@@ -141,5 +132,5 @@ class OutboxRelay(SupervisedLoop):
             await publisher.stop()
 
 
-__all__ = ["OUTBOX_HEADER", "POSITION_HEADER", "OutboxRelay", "OutboxRow", "last_of_each_source", "partition_for",
+__all__ = ["OUTBOX_HEADER", "POSITION_HEADER", "OutboxRelay", "OutboxRow", "partition_for",
            "to_send"]
