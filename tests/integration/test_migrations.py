@@ -187,6 +187,27 @@ async def test_the_chains_hashes_lose_their_unique_indexes_and_the_ids_keep_thei
         await connection.close()
 
 
+async def test_the_projections_leave_room_on_each_page_for_their_rows_next_versions(empty_database: str,
+                                                                                     tmp_path: Path) -> None:
+    """0014 sets the fillfactor of the tables the projections rewrite in place (so an update stays on its page, a
+    HOT update); rows written before stay as they are, and nothing else changes."""
+    await migrate_before(empty_database, tmp_path, "0014")
+    options = "SELECT relname, reloptions FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
+    connection = await asyncpg.connect(empty_database)
+    try:
+        await connection.execute("INSERT INTO account_wallets (account_id, asset, wallet, seq) "
+                                 "VALUES ('a-1', 'USDT', 10, 1)")
+        before = {r["relname"]: r["reloptions"] for r in await connection.fetch(options)}
+        assert (await migrate(empty_database))[0] == "0014"
+        after = {r["relname"]: r["reloptions"] for r in await connection.fetch(options)}
+        changed = {name: after[name] for name in after if after[name] != before[name]}
+        assert changed == {name: ["fillfactor=70"] for name in ("account_wallets", "positions", "funds", "fund_lots")}
+        assert [tuple(r) for r in await connection.fetch("SELECT account_id, asset, seq FROM account_wallets")] == [
+            ("a-1", "USDT", 1)]
+    finally:
+        await connection.close()
+
+
 async def test_every_effect_row_still_names_a_journal_seq_once_checked_per_statement(empty_database: str,
                                                                                     tmp_path: Path) -> None:
     """0011 checks the seq of the postings, held identities, findings, fund-ledger entries and ADL events once per
