@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -204,6 +204,8 @@ def journal_record_text(seq: int, source_topic: str, source_partition: int, sour
 WALLET_COLUMNS = ["account_id", "asset", "wallet", "seq"]
 POSITION_COLUMNS = ["account_id", "symbol", "position_side", "qty", "entry_price", "margin_mode", "leverage",
                     "isolated_margin", "mark_price", "liquidation_price", "bankruptcy_price", "seq"]
+FUND_COLUMNS = ["fund_id", "settle_asset", "surplus", "max_inventory_ratio", "balance", "bad_debt",
+                "inventory_notional", "seq"]
 KEY_COLUMNS = {"account_wallets": 2, "positions": 3}  # each projection's key: its first columns
 ADL_QUEUE_COLUMNS = ["symbol", "side", "account_id", "rank", "score", "quantile", "seq"]
 FUND_LEDGER_COLUMNS = ("id", "seq", "ts", "fund_id", "kind", "amount", "balance_after", "liquidation_id",
@@ -311,19 +313,30 @@ async def _copy(connection: asyncpg.Connection, table: str, columns: list[str], 
         await connection.copy_records_to_table(table, records=rows, columns=columns)
 
 
-async def _upsert(connection: asyncpg.Connection, table: str, columns: list[str], key_columns: int,
-                  rows: Rows) -> None:
-    """Insert or update many rows: COPY into a temporary table, then one INSERT ... ON CONFLICT (the key is the
-    first `key_columns` columns). Table and column names are this module's constants, never input."""
-    if not rows:
-        return
-    staging = f"staging_{table}"
-    await connection.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
-    await _copy(connection, staging, columns, rows)
-    names = ", ".join(columns)
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[key_columns:])
-    await connection.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} "
-                             f"ON CONFLICT ({', '.join(columns[:key_columns])}) DO UPDATE SET {updates}")
+Upsert = tuple[str, list[str], int, Rows]  # a table, its columns, how many of them are its key, the rows
+
+
+async def _upsert(connection: asyncpg.Connection, upserts: list[Upsert], before: Callable[[], Awaitable[None]]
+                  ) -> None:
+    """Insert or update many rows of several tables: each table's rows by COPY into a temporary table of its own,
+    then `before` (what must precede the writes), then one INSERT ... ON CONFLICT per table (its key: the first
+    `key_columns` columns), all of them in one round trip, as are the temporary tables' creation. Table and column
+    names are this module's constants, never input."""
+    upserts = [upsert for upsert in upserts if upsert[3]]
+    if upserts:
+        await connection.execute("; ".join(f"CREATE TEMP TABLE IF NOT EXISTS staging_{table} (LIKE {table}) "
+                                           f"ON COMMIT DELETE ROWS" for table, _, _, _ in upserts))
+    for table, columns, _, rows in upserts:
+        await _copy(connection, f"staging_{table}", columns, rows)
+    await before()
+    statements = []
+    for table, columns, key_columns, _ in upserts:
+        names = ", ".join(columns)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[key_columns:])
+        statements.append(f"INSERT INTO {table} ({names}) SELECT {names} FROM staging_{table} "
+                          f"ON CONFLICT ({', '.join(columns[:key_columns])}) DO UPDATE SET {updates}")
+    if statements:
+        await connection.execute("; ".join(statements))
 
 
 CHECKPOINT_COLUMNS = ["seq", "prev_seq", "adopted_seq", "journal_digest", "head_hash", "ledger_head", "ledger_entries",
@@ -666,18 +679,20 @@ class Store:
                                            format="text")
 
     async def _project(self, connection: asyncpg.Connection, projections: Projections) -> None:
-        await _upsert(connection, "account_wallets", WALLET_COLUMNS, 2, projections.wallets)
-        if projections.closed_positions:
+        async def delete_closed() -> None:  # before the positions' upsert: a key closed and opened again stays
+            if not projections.closed_positions:
+                return
             closed = projections.closed_positions
             await connection.execute(
                 "DELETE FROM positions p USING unnest($1::text[], $2::text[], $3::text[]) "
                 "AS c(account_id, symbol, position_side) "
                 "WHERE p.account_id = c.account_id AND p.symbol = c.symbol AND p.position_side = c.position_side",
                 [c[0] for c in closed], [c[1] for c in closed], [c[2] for c in closed])
-        await _upsert(connection, "positions", POSITION_COLUMNS, KEY_COLUMNS["positions"], projections.positions)
-        await _upsert(connection, "funds", [
-            "fund_id", "settle_asset", "surplus", "max_inventory_ratio", "balance", "bad_debt", "inventory_notional",
-            "seq"], 1, projections.funds)
+
+        await _upsert(connection, [
+            ("account_wallets", WALLET_COLUMNS, KEY_COLUMNS["account_wallets"], projections.wallets),
+            ("positions", POSITION_COLUMNS, KEY_COLUMNS["positions"], projections.positions),
+            ("funds", FUND_COLUMNS, 1, projections.funds)], delete_closed)
         if projections.lots is not None:
             await connection.execute("DELETE FROM fund_lots")
             await _copy(connection, "fund_lots", [
