@@ -322,7 +322,7 @@ impl RelayRows {
         found
     }
 
-    /// The rows less those already in Kafka (backstop.service.relay.to_send): a row whose partition's last record
+    /// The rows less those already in Kafka (backstop.service.ports.passed_over): a row whose partition's last record
     /// names, in `published` (by topic and partition), the same place header and a place at or after its own.
     pub fn without_published(&self, counts: &HashMap<String, u32>, place_header: impl Fn(Source) -> String,
                              published: &HashMap<(String, u32), (String, i64)>) -> Result<RelayRows, String> {

@@ -221,7 +221,7 @@ impl RelayRows {
         self.read.topic_sources().into_iter().map(|(topic, source)| (topic.to_string(), source.name())).collect()
     }
 
-    /// The rows less those a partition's last record shows in Kafka already (relay.to_send's rule).
+    /// The rows less those a partition's last record shows in Kafka already (ports.passed_over's rule).
     fn without_published(&self, py: Python<'_>, counts: HashMap<String, u32>,
                          published: HashMap<(String, u32), (String, i64)>) -> PyResult<Self> {
         let read = py.detach(|| self.read.without_published(&counts, self.place_header(), &published))

@@ -198,7 +198,7 @@ class RelayRead(Protocol):
 
     def without_published(self, counts: dict[str, int], published: dict[Partition, tuple[str, int]]
                           ) -> RelayRead:
-        """The rows less those already in Kafka (relay.to_send's rule)."""
+        """The rows less those already in Kafka (passed_over)."""
         ...
 
     def record_batches(self, counts: dict[str, int], record_id_header: str, timestamp_ms: int, max_bytes: int
@@ -255,8 +255,7 @@ class RowList(list[OutboxRow]):
         return list(dict(zip(map(_topic, self), map(_source, self), strict=True)).items())
 
     def without_published(self, counts: dict[str, int], published: dict[Partition, tuple[str, int]]) -> RowList:
-        """to_send's rule: a row is passed over when its partition's last record names its header and a place at or
-        after its own."""
+        """The rows less those already in Kafka (passed_over)."""
         return RowList(row for row in self
                        if not passed_over(row, partition_for(row.key, counts[row.topic]), published))
 

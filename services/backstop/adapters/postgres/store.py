@@ -780,7 +780,7 @@ class Store:
 
     async def relay_read(self, limit: int, topics: TopicNames) -> RelayRead:
         """unpublished's rows; where the relay runs in Rust, the statement's COPY text read by the compiled engine
-        (backstop._engine.RelayRows: the same rows, tests/integration/test_relay_read.py), so no row becomes a
+        (backstop._engine.RelayRows: the same rows, tests/integration/test_relay.py::read_both), so no row becomes a
         Python object."""
         from backstop.service.ports import PLACE_HEADERS, RowList
 
