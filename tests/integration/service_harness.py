@@ -42,14 +42,15 @@ def as_role(dsn: str, role: str) -> str:
     return urlunsplit((parts.scheme, f"{role}@{host}", parts.path, parts.query, parts.fragment))
 
 
-async def migrate_before(dsn: str, scratch: Path, first_left_out: str) -> None:
-    """The schema as it stood before migration `first_left_out` (e.g. "0008"): an older database, to upgrade."""
+async def migrate_before(dsn: str, scratch: Path, first_left_out: str) -> list[str]:
+    """The schema as it stood before migration `first_left_out` (e.g. "0008"): an older database, to upgrade (or
+    one upgraded that far). Returns the versions applied now."""
     before = scratch / f"before-{first_left_out}"
     before.mkdir()
     for path in sorted(MIGRATIONS.glob("*.sql")):
         if path.name < first_left_out:
             shutil.copy(path, before / path.name)
-    await migrate(dsn, before)
+    return await migrate(dsn, before)
 
 
 async def prepare_database(dsn: str) -> None:

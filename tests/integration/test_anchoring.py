@@ -32,9 +32,7 @@ LEDGER_COLUMNS = ["position", "id", "seq", "ts", "fund_id", "kind", "amount", "b
                   "counter_account", "prev_hash", "hash", "record"]
 ADL_COLUMNS = ["position", "id", "seq", "ts", "symbol", "liquidation_id", "fund_id", "account_id", "side", "qty",
                "price", "rank", "score", "quantile", "prev_hash", "hash", "record"]
-POSTING_COLUMNS = ["position", "id", "seq", "ts", "kind", "debit_account", "credit_account", "asset", "amount",
-                   "debit_balance_after", "credit_balance_after", "transfer_id", "fill_id", "liquidation_id",
-                   "adl_event_id", "fund_entry_id", "prev_hash", "hash", "record"]
+POSTING_COLUMNS = ["position", "id", "seq", "asset", "record"]  # posting_records: the rest is in the record (0015)
 NUMERIC = {"amount", "balance_after", "qty", "price", "score", "debit_balance_after", "credit_balance_after"}
 
 
@@ -84,7 +82,7 @@ async def rewrite_as_owner(owner_dsn: str, *, ledger: list[dict[str, Any]], adl_
                            postings: list[dict[str, Any]] | None = None) -> None:
     """As the tables' owner: the triggers off, the journal rows, the fund ledger, the ADL events, (given) the
     postings, the fund balances and the engine head replaced by a consistent forgery, the triggers on again."""
-    tables = ("journal", "fund_ledger", "adl_events", "postings")
+    tables = ("journal", "fund_ledger", "adl_events", "posting_records")
     ledger_head = ledger[-1]["hash"] if ledger else "0" * 64
     adl_head = adl_events[-1]["hash"] if adl_events else "0" * 64
     connection = await asyncpg.connect(owner_dsn)
@@ -97,7 +95,7 @@ async def rewrite_as_owner(owner_dsn: str, *, ledger: list[dict[str, Any]], adl_
                                          payload.decode(), hashlib.sha256(payload).hexdigest())
             for table, columns, records in (("fund_ledger", LEDGER_COLUMNS, ledger),
                                             ("adl_events", ADL_COLUMNS, adl_events),
-                                            *((("postings", POSTING_COLUMNS, postings),) if postings is not None
+                                            *((("posting_records", POSTING_COLUMNS, postings),) if postings is not None
                                               else ())):
                 await connection.execute(f"DELETE FROM {table}")
                 rows = [[position, *(Decimal(r[c]) if c in NUMERIC else r[c] for c in columns[1:-1]),

@@ -6,9 +6,11 @@ import asyncio
 import os
 import shutil
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 from service_harness import MIGRATIONS, migrate_before
 
@@ -144,7 +146,7 @@ async def test_the_postings_lose_their_account_indexes_and_keep_their_rows_and_c
         await connection.executemany(POSTING_INSERT, [(1, "p-1", 1, "h1"), (2, "p-2", 1, "h2")])
         indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'postings'"
         assert {"postings_debit", "postings_credit"} <= {r["indexname"] for r in await connection.fetch(indexes)}
-        assert (await migrate(empty_database))[0] == "0010"
+        assert (await migrate_before(empty_database, tmp_path, "0015"))[0] == "0010"  # 0015 tested below
         assert {r["indexname"] for r in await connection.fetch(indexes)} == {  # 0013 dropped the hash's
             "postings_pkey", "postings_id_key", "postings_liquidation"}
         assert [tuple(r) for r in await connection.fetch("SELECT position, id FROM postings ORDER BY position")] == [
@@ -173,7 +175,7 @@ async def test_the_chains_hashes_lose_their_unique_indexes_and_the_ids_keep_thei
         with pytest.raises(asyncpg.UniqueViolationError):
             await connection.execute(POSTING_INSERT, 2, "p-2", 1, "h1")
         before = {tuple(r) for r in await connection.fetch(constraints)}
-        assert (await migrate(empty_database))[0] == "0013"
+        assert (await migrate_before(empty_database, tmp_path, "0015"))[0] == "0013"  # 0015 tested below
         after = {tuple(r) for r in await connection.fetch(constraints)}
         assert before - after == {("postings", "postings_hash_key"), ("fund_ledger", "fund_ledger_hash_key"),
                                   ("adl_events", "adl_events_hash_key")}
@@ -198,12 +200,64 @@ async def test_the_projections_leave_room_on_each_page_for_their_rows_next_versi
         await connection.execute("INSERT INTO account_wallets (account_id, asset, wallet, seq) "
                                  "VALUES ('a-1', 'USDT', 10, 1)")
         before = {r["relname"]: r["reloptions"] for r in await connection.fetch(options)}
-        assert (await migrate(empty_database))[0] == "0014"
+        assert (await migrate_before(empty_database, tmp_path, "0015"))[0] == "0014"  # 0015 renames a table
         after = {r["relname"]: r["reloptions"] for r in await connection.fetch(options)}
         changed = {name: after[name] for name in after if after[name] != before[name]}
         assert changed == {name: ["fillfactor=70"] for name in ("account_wallets", "positions", "funds", "fund_lots")}
         assert [tuple(r) for r in await connection.fetch("SELECT account_id, asset, seq FROM account_wallets")] == [
             ("a-1", "USDT", 1)]
+    finally:
+        await connection.close()
+
+
+POSTING_RECORD = {"adl_event_id": None, "amount": "12.5", "asset": "USDT", "credit_account": "fund:F",
+                  "credit_balance_after": "12.5", "debit_account": "wallet:a:USDT", "debit_balance_after": "-12.5",
+                  "fill_id": "f-1", "fund_entry_id": None, "hash": "h1", "id": "p-1-0", "kind": "fee",
+                  "liquidation_id": None, "prev_hash": "0" * 64, "schema_version": 1, "seq": 1, "transfer_id": None,
+                  "ts": 1760000000000}
+
+
+async def test_the_postings_are_stored_once_and_read_with_every_column_as_before(empty_database: str,
+                                                                                 tmp_path: Path) -> None:
+    """0015 keeps of each posting its record and the columns the write path and the relay use (position, id, seq,
+    asset) in `posting_records`; `postings` becomes a view of every column 0007 defined, from the record. A posting
+    written before reads the same through the view; one written after reads as it was written; the table stays
+    append-only and its seq checked; the id's UNIQUE index is gone (audit verify compares every stored posting with
+    a replay's)."""
+    await migrate_before(empty_database, tmp_path, "0015")
+    record = orjson.dumps(POSTING_RECORD, option=orjson.OPT_SORT_KEYS).decode()
+    every_column = ("SELECT position, id, seq, ts, kind, debit_account, credit_account, asset, amount, "
+                    "debit_balance_after, credit_balance_after, transfer_id, fill_id, liquidation_id, adl_event_id, "
+                    "fund_entry_id, prev_hash, hash, record FROM postings ORDER BY position")
+    connection = await asyncpg.connect(empty_database)
+    try:
+        await connection.execute(JOURNAL_ROW)
+        await connection.execute(
+            "INSERT INTO postings (position, id, seq, ts, kind, debit_account, credit_account, asset, amount, "
+            "debit_balance_after, credit_balance_after, fill_id, prev_hash, hash, record) "
+            "VALUES (1, 'p-1-0', 1, 1760000000000, 'fee', 'wallet:a:USDT', 'fund:F', 'USDT', 12.5, -12.5, 12.5, "
+            "'f-1', $1, 'h1', $2)", "0" * 64, record)
+        before = [tuple(r) for r in await connection.fetch(every_column)]
+        assert (await migrate(empty_database)) == ["0015"]
+        assert [tuple(r) for r in await connection.fetch(every_column)] == before
+        assert before[0][:9] == (1, "p-1-0", 1, 1760000000000, "fee", "wallet:a:USDT", "fund:F", "USDT",
+                                 Decimal("12.5"))
+        columns = [r["column_name"] for r in await connection.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'posting_records' "
+            "ORDER BY ordinal_position")]
+        assert columns == ["position", "id", "seq", "asset", "record"]
+        indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'posting_records'"
+        assert {r["indexname"] for r in await connection.fetch(indexes)} == {"posting_records_pkey"}
+        again = record.replace('"id":"p-1-0"', '"id":"p-1-1"').replace('"hash":"h1"', '"hash":"h2"')
+        insert = "INSERT INTO posting_records (position, id, seq, asset, record) VALUES ($1, $2, $3, 'USDT', $4)"
+        await connection.execute(insert, 2, "p-1-1", 1, again)
+        assert [r["hash"] for r in await connection.fetch(every_column)] == ["h1", "h2"]
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="seq 2 is not in the journal"):
+            await connection.execute(insert, 3, "p-2-0", 2, again)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await connection.execute(insert, 2, "p-1-2", 1, again)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await connection.execute("DELETE FROM posting_records")
     finally:
         await connection.close()
 
@@ -245,7 +299,7 @@ async def test_every_effect_row_still_names_a_journal_seq_once_checked_per_state
         except asyncpg.FeatureNotSupportedError:
             assert compression != b"l"
         triggers = {r["tgname"] for r in await connection.fetch("SELECT tgname FROM pg_trigger")}
-        assert {f"{t}_seq_in_journal" for t in ("postings", "applied_ids", "findings", "fund_ledger",
-                                                "adl_events")} <= triggers
+        assert {f"{t}_seq_in_journal" for t in ("posting_records", "applied_ids", "findings", "fund_ledger",
+                                                "adl_events")} <= triggers  # 0015 renamed the postings' table
     finally:
         await connection.close()

@@ -109,7 +109,7 @@ def unpublished_sql(limit: str) -> str:
         f"FROM adl_events WHERE {_TABLES_READY} AND position > {after('adl_events')} ORDER BY position "
         f"LIMIT {limit}) "
         "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
-        f"postings WHERE {_TABLES_READY} AND position > {after('postings')} ORDER BY position LIMIT {limit})"
+        f"posting_records WHERE {_TABLES_READY} AND position > {after('postings')} ORDER BY position LIMIT {limit})"
         ") AS next ORDER BY rank, id")
 
 
@@ -160,7 +160,7 @@ RELAY_BACKLOG_SQL = (
     "('journal', (SELECT coalesce(max(seq), 0) FROM journal)), "
     "('fund_ledger', (SELECT coalesce(max(position), 0) FROM fund_ledger)), "
     "('adl_events', (SELECT coalesce(max(position), 0) FROM adl_events)), "
-    "('postings', (SELECT coalesce(max(position), 0) FROM postings))) AS t(source, last) USING (source))")
+    "('postings', (SELECT coalesce(max(position), 0) FROM posting_records))) AS t(source, last) USING (source))")
 
 
 def journal_relay_row(row: JournalRow) -> tuple[str, str, str]:
@@ -212,9 +212,8 @@ FUND_LEDGER_COLUMNS = ("id", "seq", "ts", "fund_id", "kind", "amount", "balance_
                        "counter_account", "prev_hash", "hash")
 ADL_EVENT_COLUMNS = ("id", "seq", "ts", "symbol", "liquidation_id", "fund_id", "account_id", "side", "qty", "price",
                      "rank", "score", "quantile", "prev_hash", "hash")
-POSTING_COLUMNS = ("id", "seq", "ts", "kind", "debit_account", "credit_account", "asset", "amount",
-                   "debit_balance_after", "credit_balance_after", "transfer_id", "fill_id", "liquidation_id",
-                   "adl_event_id", "fund_entry_id", "prev_hash", "hash")
+# a posting's columns beside its record (migration 0015): the relay's record id and key, the seq checked per statement
+POSTING_COLUMNS = ("id", "seq", "asset")
 OUTBOX_COLUMNS = ["topic", "key", "record_id", "payload"]
 FINDING_COLUMNS = ("id", "seq", "ts", "kind", "account_id", "liquidation_id", "symbol", "details")
 
@@ -538,7 +537,8 @@ class Store:
         else:
             prev_seq, digest, adopted_seq, postings = await self.anchored_head(connection, anchor, expected_seq)
         if postings is None:
-            last = await connection.fetchrow("SELECT position, hash FROM postings ORDER BY position DESC LIMIT 1")
+            last = await connection.fetchrow("SELECT position, record::jsonb ->> 'hash' AS hash FROM posting_records "
+                                             "ORDER BY position DESC LIMIT 1")
             postings_count, postings_head = (last["position"], last["hash"]) if last else (0, GENESIS_HASH)
         else:
             made, last_hash = posting_tail(result)
@@ -638,7 +638,7 @@ class Store:
                 ("fund_ledger", result.fund_entries, head.ledger_position - len(result.fund_entries) + 1,
                  FUND_LEDGER_COLUMNS),
                 ("adl_events", result.adl_events, head.adl_position - len(result.adl_events) + 1, ADL_EVENT_COLUMNS),
-                ("postings", result.postings, None, POSTING_COLUMNS)):
+                ("posting_records", result.postings, None, POSTING_COLUMNS)):
             if not records:
                 continue
             if first is None:  # the postings (the reference engine's records)
@@ -651,7 +651,7 @@ class Store:
             # built in a thread (Rust, without the GIL): the event loop meanwhile serves the relay and the consumer
             text = await asyncio.get_running_loop().run_in_executor(
                 None, table_copy, result.posting_lines, POSTING_COLUMNS, first)
-            await connection.copy_to_table("postings", source=io.BytesIO(text),
+            await connection.copy_to_table("posting_records", source=io.BytesIO(text),
                                            columns=["position", *POSTING_COLUMNS, "record"], format="text")
         if result.findings:  # by COPY: one statement, not one per finding
             rows = [output_values(f, FINDING_COLUMNS) for f in result.findings]
