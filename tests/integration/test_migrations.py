@@ -15,6 +15,7 @@ import pytest
 from service_harness import MIGRATIONS, migrate_before
 
 from backstop.adapters.postgres.migrations import MigrationError, discover, migrate
+from backstop.adapters.postgres.store import JOURNAL_COLUMNS
 
 pytestmark = pytest.mark.integration
 
@@ -238,7 +239,7 @@ async def test_the_postings_are_stored_once_and_read_with_every_column_as_before
             "VALUES (1, 'p-1-0', 1, 1760000000000, 'fee', 'wallet:a:USDT', 'fund:F', 'USDT', 12.5, -12.5, 12.5, "
             "'f-1', $1, 'h1', $2)", "0" * 64, record)
         before = [tuple(r) for r in await connection.fetch(every_column)]
-        assert (await migrate(empty_database)) == ["0015"]
+        assert (await migrate(empty_database))[0] == "0015"
         assert [tuple(r) for r in await connection.fetch(every_column)] == before
         assert before[0][:9] == (1, "p-1-0", 1, 1760000000000, "fee", "wallet:a:USDT", "fund:F", "USDT",
                                  Decimal("12.5"))
@@ -301,5 +302,49 @@ async def test_every_effect_row_still_names_a_journal_seq_once_checked_per_state
         triggers = {r["tgname"] for r in await connection.fetch("SELECT tgname FROM pg_trigger")}
         assert {f"{t}_seq_in_journal" for t in ("posting_records", "applied_ids", "findings", "fund_ledger",
                                                 "adl_events")} <= triggers  # 0015 renamed the postings' table
+    finally:
+        await connection.close()
+
+
+def journal_rows(seqs: range | list[int]) -> list[tuple[int, str, int, int, str, int, str, str]]:
+    return [(seq, "t", 0, seq, "fill", 0, "{}", "h") for seq in seqs]
+
+
+async def test_the_journal_is_held_gapless_and_an_effect_rows_seq_checked_by_its_range(empty_database: str,
+                                                                                      tmp_path: Path) -> None:
+    """0016: a journal with a gap is not upgraded (nothing changes); once upgraded, an insert into the journal must
+    continue it from its last seq without a gap, and an effect row's seq must lie between 1 and the journal's last,
+    the same rule and error as the row-by-row lookup it replaces."""
+    await migrate_before(empty_database, tmp_path, "0016")
+    connection = await asyncpg.connect(empty_database)
+    columns = JOURNAL_COLUMNS
+    try:
+        await connection.copy_records_to_table("journal", columns=columns, records=journal_rows([1, 2, 4]))
+        with pytest.raises(asyncpg.DataError, match=r"not gapless from seq 1 \(3 rows, the last seq 4\)"):
+            await migrate(empty_database)
+        assert "0016" not in await _applied(empty_database)
+        async with connection.transaction():  # the gap mended as an owner can, the triggers off
+            await connection.execute("ALTER TABLE journal DISABLE TRIGGER USER")
+            await connection.execute("DELETE FROM journal WHERE seq = 4")
+            await connection.execute("ALTER TABLE journal ENABLE TRIGGER USER")
+        assert await migrate(empty_database) == ["0016"]
+
+        for seqs, error, message in (([4, 5], asyncpg.IntegrityConstraintViolationError, "seqs 4 to 5 .2 rows. do "
+                                      "not continue the journal at seq 3 without a gap"),
+                                     ([3, 5], asyncpg.IntegrityConstraintViolationError, "seqs 3 to 5 .2 rows."),
+                                     ([2, 3], asyncpg.UniqueViolationError, "journal_pkey")):
+            with pytest.raises(error, match=message):
+                await connection.copy_records_to_table("journal", columns=columns, records=journal_rows(seqs))
+        await connection.copy_records_to_table("journal", columns=columns, records=journal_rows(range(3, 6)))
+        await connection.execute("INSERT INTO journal VALUES (6, 't', 0, 6, 'fill', 0, '{}', 'h')")
+        assert await connection.fetchval("SELECT count(*) = max(seq) FROM journal")
+
+        insert = "INSERT INTO applied_ids SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bigint[])"
+        for number, (seqs, missing) in enumerate((([1, 7], "7"), ([0, 2], "0"), ([6, 9, 8], "(9|8)"))):
+            keys = [b"%014d%02d" % (number, i) for i in range(len(seqs))]
+            with pytest.raises(asyncpg.ForeignKeyViolationError, match=f"seq {missing} is not in the journal"):
+                await connection.execute(insert, keys, [b"c" * 8] * len(seqs), seqs)
+        await connection.execute(insert, [b"a" * 16, b"b" * 16], [b"c" * 8] * 2, [1, 6])
+        assert await connection.fetchval("SELECT count(*) FROM applied_ids") == 2  # only the statement within range
     finally:
         await connection.close()
