@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import logging
 import os
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from backstop import __version__
+from backstop.collector import raise_young_threshold
 
 
 class DsnArgument(argparse.Action):
@@ -704,11 +704,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# CPython collects its youngest generation every 700 net new container objects, and the whole heap each time it has
-# grown by a quarter. A replay's state is millions of long-lived objects with almost no reference cycles, so the
-# collector's full passes cost a large replay seconds for nothing; a higher young threshold removes them. Batch
-# commands only: a young pass over tens of thousands of live objects is a pause `serve` would feel in its latency.
-BATCH_GC_YOUNG_THRESHOLD = 50_000
 SIGPIPE_EXIT = 128 + 13  # the status a shell shows for a command ended by SIGPIPE
 
 
@@ -719,8 +714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
+    raise_young_threshold()
     if handler is not _cmd_serve:
-        gc.set_threshold(BATCH_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         for name in ("aiokafka", "kafka"):  # a tool says what failed in one line; the clients' logs would repeat it
             client_log = logging.getLogger(name)
             if not any(isinstance(h, logging.NullHandler) for h in client_log.handlers):

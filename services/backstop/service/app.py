@@ -23,6 +23,7 @@ from backstop.adapters.kafka.publisher import KafkaPublisher
 from backstop.adapters.kafka.tools import ensure_topics
 from backstop.adapters.postgres.roles import rewrite_powers
 from backstop.adapters.postgres.store import Store
+from backstop.collector import raise_young_threshold
 from backstop.core.errors import InvariantViolation
 from backstop.engines import runs_compiled
 from backstop.service import logs, metrics
@@ -154,6 +155,7 @@ async def running(settings: Settings, runtime: Runtime | None = None
     benchmarks); stopped and awaited on exit. Refuses, as `serve` does, a role that could rewrite the record; an
     anchor key is optional here."""
     await preflight(settings, require_anchor=False)
+    raise_young_threshold()  # as `backstop serve` runs (backstop.collector)
     await asyncio.to_thread(ensure_topics, settings)
     store = await Store.open(settings.dsn(), max_size=6, anchor=settings.anchor(),
                              relay_in_rust=runs_compiled(settings.engine))
