@@ -109,7 +109,7 @@ def unpublished_sql(limit: str) -> str:
         f"FROM adl_events WHERE {_TABLES_READY} AND position > {after('adl_events')} ORDER BY position "
         f"LIMIT {limit}) "
         "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
-        f"posting_records WHERE {_TABLES_READY} AND position > {after('postings')} ORDER BY position LIMIT {limit})"
+        f"postings WHERE {_TABLES_READY} AND position > {after('postings')} ORDER BY position LIMIT {limit})"
         ") AS next ORDER BY rank, id")
 
 
@@ -160,7 +160,7 @@ RELAY_BACKLOG_SQL = (
     "('journal', (SELECT coalesce(max(seq), 0) FROM journal)), "
     "('fund_ledger', (SELECT coalesce(max(position), 0) FROM fund_ledger)), "
     "('adl_events', (SELECT coalesce(max(position), 0) FROM adl_events)), "
-    "('postings', (SELECT coalesce(max(position), 0) FROM posting_records))) AS t(source, last) USING (source))")
+    "('postings', (SELECT coalesce(max(position), 0) FROM postings))) AS t(source, last) USING (source))")
 
 
 def journal_relay_row(row: JournalRow) -> tuple[str, str, str]:
@@ -212,7 +212,9 @@ FUND_LEDGER_COLUMNS = ("id", "seq", "ts", "fund_id", "kind", "amount", "balance_
                        "counter_account", "prev_hash", "hash")
 ADL_EVENT_COLUMNS = ("id", "seq", "ts", "symbol", "liquidation_id", "fund_id", "account_id", "side", "qty", "price",
                      "rank", "score", "quantile", "prev_hash", "hash")
-# a posting's columns beside its record (migration 0015): the relay's record id and key, the seq checked per statement
+# a posting's columns beside its record in `posting_records` (migration 0015), which the store writes: the relay's
+# record id and key, the seq checked per statement. It reads the view `postings`, which parses a record only for a
+# column the table does not hold.
 POSTING_COLUMNS = ("id", "seq", "asset")
 OUTBOX_COLUMNS = ["topic", "key", "record_id", "payload"]
 FINDING_COLUMNS = ("id", "seq", "ts", "kind", "account_id", "liquidation_id", "symbol", "details")
@@ -537,8 +539,7 @@ class Store:
         else:
             prev_seq, digest, adopted_seq, postings = await self.anchored_head(connection, anchor, expected_seq)
         if postings is None:
-            last = await connection.fetchrow("SELECT position, record::jsonb ->> 'hash' AS hash FROM posting_records "
-                                             "ORDER BY position DESC LIMIT 1")
+            last = await connection.fetchrow("SELECT position, hash FROM postings ORDER BY position DESC LIMIT 1")
             postings_count, postings_head = (last["position"], last["hash"]) if last else (0, GENESIS_HASH)
         else:
             made, last_hash = posting_tail(result)
