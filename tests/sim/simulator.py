@@ -443,6 +443,7 @@ class Report:
     trace: list[tuple[str, str, float]]  # every step and crash, in order, with its simulated time
     engines: list[str]  # each process's engine, in the order they started
     blocks_cut: int  # publish faults that left a quantile block part published
+    relay_rounds: Counter[str]  # relay rounds with rows, by where they came from (handed over or read)
 
 
 class Simulation:
@@ -548,7 +549,8 @@ class Simulation:
         await self._projections_after_a_restart()
         return Report(self.seed, len(self.reference.order), len(self.reference.journal), self.faults.injected,
                       len(self.processes), self.now(), self.checks, scenario.live, self.trace,
-                      [process.engine for process in self.processes], self.blocks_cut)
+                      [process.engine for process in self.processes], self.blocks_cut,
+                      sum((process.relay.rounds for process in self.processes), Counter()))
 
     async def _produce(self) -> None:
         """Every record in merge order, each appended after the one before: there at the start, or while the

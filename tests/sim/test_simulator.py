@@ -30,6 +30,7 @@ from backstop.pipeline.service_engine import CompiledService, ReferenceService
 from backstop.pipeline.topics import TopicNames
 from backstop.service import ledger_loop
 from backstop.service.ports import RowList
+from backstop.service.relay import OutboxRelay
 
 SHORT, LONG = 1000, 100_000
 ONE_ENGINE_SEEDS = 200
@@ -49,6 +50,7 @@ def test_every_seed_keeps_every_invariant(pytestconfig: pytest.Config, capsys: p
     started = time.perf_counter()
     failures: list[str] = []
     faults: Counter[str] = Counter()
+    rounds: Counter[str] = Counter()
     records = processes = checks = live = 0
     for seed in seeds:
         try:
@@ -59,6 +61,7 @@ def test_every_seed_keeps_every_invariant(pytestconfig: pytest.Config, capsys: p
                 break
             continue
         faults.update(report.faults)
+        rounds.update(report.relay_rounds)
         records += report.records
         processes += report.processes
         checks += report.checks
@@ -66,8 +69,11 @@ def test_every_seed_keeps_every_invariant(pytestconfig: pytest.Config, capsys: p
     with capsys.disabled():
         print(f"simulator: {len(seeds)} seeds in {time.perf_counter() - started:.1f} s: {records} records "
               f"({live} seeds appended them while the service ran), {sum(faults.values())} faults, {processes} "
-              f"processes, {checks} invariant checks; faults: {dict(sorted(faults.items()))}")
+              f"processes, {checks} invariant checks; relay rounds {dict(sorted(rounds.items()))}; faults: "
+              f"{dict(sorted(faults.items()))}")
     assert not failures, "\n".join(failures)
+    if len(seeds) >= 100:  # both of the relay's ways ran: rows handed over by their commit, and rows read back
+        assert rounds["handed"] > 0 and rounds["read"] > 0, rounds
 
 
 def test_a_seed_replays_exactly() -> None:
@@ -124,6 +130,14 @@ def _relay_without_its_scan(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(RowList, "without_published", lambda self, counts, published: self)
 
 
+def _handed_rows_taken_unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay publishes what a commit handed over without checking that it follows what was published."""
+    def taken(self: OutboxRelay) -> Any:
+        return self._handed.popleft() if self._handed else None
+
+    monkeypatch.setattr(OutboxRelay, "_next_handed", taken)
+
+
 def _commits_not_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch's commit starts without waiting for the one before."""
     async def commit(self: ledger_loop.LedgerRun, pending: ledger_loop.PendingCommit) -> None:
@@ -166,8 +180,9 @@ def _closed_positions_kept(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(engine, "projections", keeping)
 
 
-@pytest.mark.parametrize("bug", [_old_merge, _ends_never_confirmed, _relay_without_its_scan, _commits_not_waiting,
-                                 _identities_not_looked_up, _identities_not_committed, _closed_positions_kept],
+@pytest.mark.parametrize("bug", [_old_merge, _ends_never_confirmed, _relay_without_its_scan,
+                                 _handed_rows_taken_unchecked, _commits_not_waiting, _identities_not_looked_up,
+                                 _identities_not_committed, _closed_positions_kept],
                          ids=lambda bug: bug.__name__.strip("_"))
 def test_the_simulator_finds_these_bugs(bug: Callable[[pytest.MonkeyPatch], None],
                                         monkeypatch: pytest.MonkeyPatch) -> None:

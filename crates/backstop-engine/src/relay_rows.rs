@@ -57,6 +57,29 @@ pub struct RelayRows {
     pub rows: Vec<RelayRow>,
 }
 
+/// What one batch wrote to the relay's sources (backstop.adapters.postgres.store.Committed): its quantile block,
+/// its journal rows' and postings' COPY text as the store sent them, and its fund-ledger entries and ADL events as
+/// (position, key, record id, record).
+pub struct Commit<'a> {
+    pub block: Option<Block<'a>>,
+    pub journal_copy: &'a [u8],
+    pub fund_ledger: &'a [(i64, String, String, String)],
+    pub adl_events: &'a [(i64, String, String, String)],
+    pub posting_copy: &'a [u8],
+}
+
+/// A quantile block as stored: its row's id (its last record's), its records' topic, lines and keys.
+pub struct Block<'a> {
+    pub last_id: i64,
+    pub topic: &'a str,
+    pub lines: &'a str,
+    pub keys: &'a str,
+}
+
+fn copy_lines(copy: &[u8]) -> impl Iterator<Item = &[u8]> {
+    copy.split(|&byte| byte == b'\n').filter(|line| !line.is_empty())
+}
+
 /// The Kafka key field of each input type (backstop.pipeline.topics.input_key_field).
 fn key_field(record_type: &str) -> &'static str {
     match record_type {
@@ -200,12 +223,52 @@ impl RelayRows {
             return Err("one topic per table source".to_string());
         }
         let mut read = RelayRows { topics: table_topics.to_vec(), rows: Vec::new() };
-        for line in copy.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
+        for line in copy_lines(copy) {
             let columns = Columns(copy_values(line));
             if columns.0.len() != 14 {
                 return Err(format!("a relay row of {} columns, not 14", columns.0.len()));
             }
             read.push_row(&columns)?;
+        }
+        Ok(read)
+    }
+
+    /// The rows one batch's commit wrote, as a read of them after the cursors they follow would give them (no row
+    /// passed over): what the relay publishes without reading them back (backstop.service.relay).
+    pub fn from_commit(commit: &Commit<'_>, table_topics: &[String]) -> Result<RelayRows, String> {
+        if table_topics.len() != 4 {
+            return Err("one topic per table source".to_string());
+        }
+        let mut read = RelayRows { topics: table_topics.to_vec(), rows: Vec::new() };
+        if let Some(block) = &commit.block {
+            let topic = read.topic(block.topic);
+            let records = block.lines.matches('\n').count() as i64;
+            read.push_block(block.last_id, topic, records, block.lines, 0, Some(block.keys))?;
+        }
+        for line in copy_lines(commit.journal_copy) {
+            // the journal's columns: seq, source_topic, source_partition, source_offset, type, ts, payload, hash
+            let columns = Columns(copy_values(line));
+            if columns.0.len() != 8 {
+                return Err(format!("a journal row of {} columns, not 8", columns.0.len()));
+            }
+            let seq = columns.int(0)?;
+            read.push_journal(seq, columns.text(4)?, columns.text(1)?, columns.int(2)?, columns.int(3)?,
+                              columns.int(5)?, columns.text(6)?, columns.text(7)?)?;
+        }
+        for (source, rows) in [(Source::FundLedger, commit.fund_ledger), (Source::AdlEvents, commit.adl_events)] {
+            let topic = Source::ALL.iter().position(|&known| known == source).expect("a source") - 1;
+            read.rows.extend(rows.iter().map(|(id, key, record_id, payload)| RelayRow {
+                id: *id, topic, key: key.clone(), record_id: record_id.clone(), payload: payload.clone(), source }));
+        }
+        for line in copy_lines(commit.posting_copy) {
+            // the postings' columns: position, id, seq, asset, record
+            let columns = Columns(copy_values(line));
+            if columns.0.len() != 5 {
+                return Err(format!("a posting row of {} columns, not 5", columns.0.len()));
+            }
+            read.rows.push(RelayRow { id: columns.int(0)?, topic: 3, key: columns.text(3)?.to_string(),
+                                      record_id: columns.text(1)?.to_string(), payload: columns.text(4)?.to_string(),
+                                      source: Source::Postings });
         }
         Ok(read)
     }
@@ -240,16 +303,17 @@ impl RelayRows {
                         let one = row(topic, columns.text(3)?, columns.text(4)?, columns.text(5)?.to_string());
                         self.rows.push(one);
                     }
-                    Some(records) => self.push_block(id, topic, records, columns)?,
+                    Some(records) => {
+                        let records: i64 = records.parse()
+                            .map_err(|_| format!("outbox block {id}: records {records:?}"))?;
+                        self.push_block(id, topic, records, columns.text(5)?, columns.int(12)?,
+                                        columns.optional(13)?)?;
+                    }
                 }
             }
-            Source::Journal => {
-                let (record_type, payload) = (columns.text(2)?, columns.text(5)?);
-                let record = journal_record(id, columns.text(6)?, columns.int(7)?, columns.int(8)?, columns.int(9)?,
-                                            payload, columns.text(10)?);
-                let one = row(0, &journal_key(record_type, payload)?, &format!("j-{id}"), record);
-                self.rows.push(one);
-            }
+            Source::Journal => self.push_journal(id, columns.text(2)?, columns.text(6)?, columns.int(7)?,
+                                                 columns.int(8)?, columns.int(9)?, columns.text(5)?,
+                                                 columns.text(10)?)?,
             _ => {
                 let topic = Source::ALL.iter().position(|&known| known == source).expect("a source") - 1;
                 let one = row(topic, columns.text(3)?, columns.text(4)?, columns.text(5)?.to_string());
@@ -259,19 +323,28 @@ impl RelayRows {
         Ok(())
     }
 
+    /// A journal row's record (journal_record), keyed as its input was.
+    #[allow(clippy::too_many_arguments)]
+    fn push_journal(&mut self, seq: i64, record_type: &str, topic: &str, partition: i64, offset: i64, ts: i64,
+                    payload: &str, hash: &str) -> Result<(), String> {
+        let key = journal_key(record_type, payload)?;
+        let payload = journal_record(seq, topic, partition, offset, ts, payload, hash);
+        self.rows.push(RelayRow { id: seq, topic: 0, key, record_id: format!("j-{seq}"), payload,
+                                  source: Source::Journal });
+        Ok(())
+    }
+
     /// A quantile block's records (backstop.adapters.postgres.store.block_rows): ids `last_id - records + 1` to
     /// `last_id`, less those up to the outbox cursor, each with the key and id stored beside its line (or, for a
     /// block written before migration 0012, read from its line).
-    fn push_block(&mut self, last_id: i64, topic: usize, records: &str, columns: &Columns<'_>)
-                  -> Result<(), String> {
-        let records: i64 = records.parse().map_err(|_| format!("outbox block {last_id}: records {records:?}"))?;
-        let (block, after) = (columns.text(5)?, columns.int(12)?);
+    fn push_block(&mut self, last_id: i64, topic: usize, records: i64, block: &str, after: i64,
+                  keys: Option<&str>) -> Result<(), String> {
         let lines: Vec<&str> = block.split_terminator('\n').collect();
         if !block.ends_with('\n') || lines.len() as i64 != records {
             return Err(format!("outbox block {last_id} holds {} records, its row says {records}", lines.len()));
         }
         let derived;
-        let keys = match columns.optional(13)? {
+        let keys = match keys {
             Some(keys) => keys,
             None => {
                 derived = String::from_utf8(quantile_keys(block.as_bytes())).map_err(|_| "keys not UTF-8")?;
@@ -420,6 +493,30 @@ mod tests {
         assert_eq!(rows.last_of_each_source(), vec![(Source::Outbox, 12), (Source::Postings, 3)]);
         assert_eq!(rows.most_of_one_source(), 1);
         assert_eq!(rows.topic_sources(), vec![("t.quantiles", Source::Outbox), ("t.postings", Source::Postings)]);
+    }
+
+    #[test]
+    fn a_commit_gives_the_rows_a_read_after_its_cursors_gives() {
+        let block = "{\"account_id\":\"a\",\"id\":\"q-1\",\"kind\":\"quantile\"}\n\
+                     {\"id\":\"q-2\",\"kind\":\"risk\",\"symbol\":\"BTC\"}\n";
+        let keys = "a\nq-1\nBTC\nq-2\n";
+        let payload = "{\"account_id\":\"a-1\",\"note\":\"x\\\\\\\"y\"}";
+        let read = format!(
+            "0\t12\tt.quantiles\t\\N\t\\N\t{}\t\\N\t\\N\t\\N\t\\N\t\\N\t2\t10\t{}\n\
+             1\t7\tfill\t\\N\t\\N\t{payload}\tin.fills\t2\t40\t1000\tab\t\\N\t\\N\t\\N\n\
+             2\t5\t\\N\tF\tfl-5\t{{\"x\":1}}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n\
+             4\t3\t\\N\tUSDT\tp-3\t{{}}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n",
+            block.replace('\n', "\\n"), keys.replace('\n', "\\n"));
+        let journal = format!("7\tin.fills\t2\t40\tfill\t1000\t{payload}\tab\n");
+        let fund = [(5, "F".to_string(), "fl-5".to_string(), "{\"x\":1}".to_string())];
+        let commit = Commit { block: Some(Block { last_id: 12, topic: "t.quantiles", lines: block, keys }),
+                              journal_copy: journal.as_bytes(), fund_ledger: &fund, adl_events: &[],
+                              posting_copy: b"3\tp-3\t7\tUSDT\t{}\n" };
+        let handed = RelayRows::from_commit(&commit, &topics()).unwrap();
+        assert_eq!(handed, RelayRows::from_copy(read.as_bytes(), &topics()).unwrap());
+        assert_eq!(handed.last_of_each_source(), vec![(Source::Outbox, 12), (Source::Journal, 7),
+                                                      (Source::FundLedger, 5), (Source::Postings, 3)]);
+        assert!(RelayRows::from_commit(&Commit { posting_copy: b"3\tp-3\n", ..commit }, &topics()).is_err());
     }
 
     #[test]

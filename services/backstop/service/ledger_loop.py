@@ -31,7 +31,15 @@ from backstop.pipeline.merge import Merger
 from backstop.pipeline.service_engine import ServiceEngine, Snapshot, fund_balances, open_service_engine
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics, trace
-from backstop.service.ports import BackgroundWork, Consumer, EndsUnavailable, LedgerStore, Partition, Runtime
+from backstop.service.ports import (
+    BackgroundWork,
+    Committed,
+    Consumer,
+    EndsUnavailable,
+    LedgerStore,
+    Partition,
+    Runtime,
+)
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
 
@@ -149,13 +157,13 @@ class LedgerProcessor(SupervisedLoop):
     lock_id = WRITER_LOCK
 
     def __init__(self, settings: Settings, store: LedgerStore, runtime: Runtime,
-                 on_commit: Callable[[], None] = lambda: None) -> None:
+                 on_commit: Callable[[Committed | None], None] = lambda committed: None) -> None:
         super().__init__(store)
         self.settings = settings
         self.runtime = runtime
         self.topics = TopicNames(settings.topic_prefix)
         self.progress = Progress()
-        self.on_commit = on_commit  # wakes a relay in this process: outbox rows are waiting
+        self.on_commit = on_commit  # hands a relay in this process what each batch wrote for it to publish
         self.quarantine: dict[Where, str] = {}  # records the engine raised on: dead-lettered when met again
         self.current: LedgerRun | None = None  # the run holding the lock, if any
 
@@ -458,11 +466,11 @@ class LedgerRun:
         """One batch in one transaction; the head's expected seq guards against a second writer."""
         committing_at = time.perf_counter()
         commit_start = trace.now()
-        await self.store.commit(expected_seq=pending.expected_seq, result=pending.result, head=pending.head,
-                                projections=pending.rows)
+        committed = await self.store.commit(expected_seq=pending.expected_seq, result=pending.result,
+                                            head=pending.head, projections=pending.rows)
         if pending.stamps is not None:
             trace.batch({**pending.stamps, "commit_start": commit_start, "committed": trace.now()})
-        self.on_commit()
+        self.on_commit(committed)
         faults.reached("after_commit")
         if pending.consumed:  # not for rows written alone (projections that waited)
             self._observe(pending, commit_s=time.perf_counter() - committing_at)

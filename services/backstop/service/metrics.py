@@ -29,6 +29,9 @@ JOURNAL_SEQ = Gauge("backstop_journal_seq", "Last applied journal seq", registry
 OUTBOX_BACKLOG = Gauge("backstop_outbox_backlog", "Rows not yet published, over every relay source", registry=REGISTRY)
 RELAY_PUBLISHED = Counter("backstop_relay_published_total", "Records published by the relay", ["topic"],
                           registry=REGISTRY)
+RELAY_ROUNDS = Counter("backstop_relay_rounds_total", "Relay rounds that published rows, by where the rows came from: "
+                       "handed over by the commit that wrote them, or read from the store", ["rows"],
+                       registry=REGISTRY)
 RESTARTS = Counter("backstop_loop_restarts_total", "Loop restarts after an error", ["loop"], registry=REGISTRY)
 BACKGROUND_SECONDS = Histogram("backstop_background_seconds", "Forked whole-state work (refresh, snapshot), from the "
                                "fork to its result taken", ["kind"], registry=REGISTRY,

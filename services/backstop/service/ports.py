@@ -98,8 +98,11 @@ class LedgerStore(Protocol):
         """Identities a rebuild re-applied, each inserted unless held already (a journal older than applied_ids)."""
         ...
 
-    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections) -> None:
-        """Everything one batch produced, in one transaction, only if the journal head is still at expected_seq."""
+    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections
+                     ) -> Committed | None:
+        """Everything one batch produced, in one transaction, only if the journal head is still at expected_seq.
+        Returns what it wrote to the relay's sources, for a relay in this process to publish without reading it back
+        (None: the relay reads it)."""
         ...
 
     async def write_refresh(self, refresh: RefreshCopy) -> list[StaleRow]:
@@ -123,6 +126,10 @@ class LedgerStore(Protocol):
 
     async def mark_published(self, up_to: Mapping[str, int]) -> None:
         """Every row of each source up to its id in `up_to` is in Kafka (no cursor moves back)."""
+        ...
+
+    async def published_places(self) -> dict[str, int]:
+        """Each relay source's cursor: every row up to that place is in Kafka."""
         ...
 
     async def outbox_backlog(self) -> int:
@@ -204,6 +211,21 @@ class RelayRead(Protocol):
     def record_batches(self, counts: dict[str, int], record_id_header: str, timestamp_ms: int, max_bytes: int
                        ) -> EncodedBatches:
         """The rows as record batches encoded in Rust (backstop._engine.record_batches)."""
+        ...
+
+
+class Committed(Protocol):
+    """What one batch's commit wrote to the relay's sources, handed to the relay of the same process so that it
+    publishes the rows without reading them back (backstop.service.relay)."""
+
+    @property
+    def before(self) -> Mapping[str, int]:
+        """Every relay source's last place before the batch: its rows of each source follow that place, with no row
+        of another writer between."""
+        ...
+
+    def relay_rows(self, topics: TopicNames) -> RelayRead:
+        """The batch's rows as a read of the relay's sources after `before` would give them (blocking: offload)."""
         ...
 
 

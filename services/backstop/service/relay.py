@@ -11,12 +11,19 @@ so on start the relay reads the last record of every output partition: every row
 to the one that record's header names is already in Kafka (a crash between publishing and moving the cursor leaves
 exactly such rows) and is passed over without being sent again. No record id is published twice; per key, order is
 kept. Outbox rows written before the tables became sources (migration 0008) are published before any table row.
+
+The processor of the same process hands over what each batch's commit wrote (ports.Committed): the relay publishes
+those rows as they are, without reading them back, when they follow what it has published in every source (each
+source's place before the batch equal to its cursor: no row of another writer, and none it has not published,
+between). Otherwise (a batch the relay read already, one handed over while it restarted, a processor in another
+process, a batch whose rows the store could not name) it reads the store, which is always right.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 
 from backstop import faults
@@ -27,6 +34,7 @@ from backstop.service.ports import (
     OUTBOX_HEADER,
     PLACE_HEADERS,
     POSITION_HEADER,
+    Committed,
     LedgerStore,
     Outgoing,
     Partition,
@@ -65,6 +73,9 @@ def still_ahead(published_up_to: Mapping[Partition, tuple[str, int]], rows: Rela
             or sent_up_to[source] < place[1]}
 
 
+HANDED_MAX = 64  # batches handed over and not yet published: beyond, they are dropped and the store is read
+
+
 class OutboxRelay(SupervisedLoop):
     name = "relay"
     lock_id = RELAY_LOCK
@@ -78,13 +89,36 @@ class OutboxRelay(SupervisedLoop):
         self.ready = False
         self._woken = asyncio.Event()
         self._woken_at = 0.0  # traced: when the last wake came (backstop.service.trace)
+        self._handed: deque[Committed] = deque()  # batches handed over by the processor, in commit order
+        self._taking = False  # whether batches are handed over now (the relay runs, holding its lock)
+        self._unread = True  # whether the store may hold rows not handed over: read it next
+        self._cursors: dict[str, int] = {}  # each source's place published up to, as stored
+        self.rounds: Counter[str] = Counter()  # rounds with rows, by where they came from: "handed" or "read"
 
-    def wake(self) -> None:
-        """A batch was committed (by the processor in this process): look at the outbox now, not at the next poll.
-        A processor in another process is seen by polling every `relay_idle_ms`."""
+    def wake(self, committed: Committed | None = None) -> None:
+        """A batch was committed by the processor in this process: `committed`, what it wrote for the relay (None:
+        read the store). Publish it now, not at the next poll; a processor in another process is seen by polling
+        every `relay_idle_ms`."""
+        if committed is None or len(self._handed) >= HANDED_MAX:
+            self._handed.clear()
+            self._unread = True
+        elif self._taking:
+            self._handed.append(committed)
         self._woken.set()
         if self.settings.trace_stages:
             self._woken_at = trace.now()
+
+    def _next_handed(self) -> Committed | None:
+        """The batch handed over next if its rows follow exactly what has been published in every source; else
+        none, and the store is read."""
+        if not self._handed:
+            return None
+        handed = self._handed.popleft()
+        if handed.before == self._cursors:
+            return handed
+        self._handed.clear()
+        self._unread = True
+        return None
 
     def on_error(self, error: Exception) -> None:
         self.ready = False
@@ -96,20 +130,35 @@ class OutboxRelay(SupervisedLoop):
         try:
             counts = await publisher.partition_counts(self.topics.outputs)
             published_up_to = await publisher.last_published(counts)
+            self._handed.clear()
+            self._taking, self._unread = True, True
+            self._cursors = await self.store.published_places()
             self.ready = True
             await checkpoint("relay_start")
             tracing = settings.trace_stages
             while not self.stopping:
-                self._woken.clear()  # before reading: a commit after the read wakes the wait below
+                self._woken.clear()  # before looking: a commit after the look wakes the wait below
+                handed = self._next_handed()
+                if handed is None and not self._unread:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._woken.wait(), settings.relay_idle_ms / 1000)
+                    self._unread |= not self._woken.is_set()  # quiet for a while: poll the store
+                    continue
                 read_at = trace.now() if tracing else 0.0
-                rows = await self.store.relay_read(settings.relay_batch, self.topics)
+                if handed is not None:  # built in a thread: Rust, without the GIL
+                    rows = await self.runtime.offload(handed.relay_rows, self.topics)
+                else:
+                    self._unread = False  # a commit's wake during the read sets it again
+                    rows = await self.store.relay_read(settings.relay_batch, self.topics)
+                    self._unread |= bool(rows)  # more may wait behind a full read
                 read_done = trace.now() if tracing else 0.0
                 full = rows.most_of_one_source() >= settings.relay_batch
                 metrics.OUTBOX_BACKLOG.set(await self.store.outbox_backlog() if full else len(rows))
                 if not rows:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._woken.wait(), settings.relay_idle_ms / 1000)
                     continue
+                origin = "read" if handed is None else "handed"
+                self.rounds[origin] += 1
+                metrics.RELAY_ROUNDS.labels(origin).inc()
                 pending = rows.without_published(counts, published_up_to) if published_up_to else rows
                 sent = await publisher.send(Outgoing(pending))
                 if sent:
@@ -118,6 +167,8 @@ class OutboxRelay(SupervisedLoop):
                 acked = trace.now() if tracing else 0.0
                 sent_up_to = dict(rows.last_of_each_source())
                 await self.store.mark_published(sent_up_to)
+                for source, last in sent_up_to.items():
+                    self._cursors[source] = max(self._cursors.get(source, last), last)
                 if published_up_to:
                     published_up_to = still_ahead(published_up_to, rows, sent_up_to)
                 if tracing:
@@ -128,7 +179,8 @@ class OutboxRelay(SupervisedLoop):
                     metrics.RELAY_PUBLISHED.labels(topic).inc(count)
                 self.published += sum(sent.values())
         finally:
-            self.ready = False
+            self.ready = self._taking = False
+            self._handed.clear()
             await publisher.stop()
 
 

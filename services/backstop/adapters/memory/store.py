@@ -109,6 +109,19 @@ class MemoryDatabase:
         return self._released
 
 
+@dataclass(frozen=True, slots=True)
+class HandedRows:
+    """What one batch's commit wrote to the relay's sources (ports.Committed): the rows as unpublished reads them,
+    the tables' without their topic (given by the relay's topic names)."""
+
+    before: dict[str, int]
+    rows: list[OutboxRow]
+
+    def relay_rows(self, topics: TopicNames) -> RowList:
+        return RowList(row if row.source == OUTBOX else row._replace(topic=topics.of_source(row.source))
+                       for row in self.rows)
+
+
 class MemoryStore:
     """One process's session. `interpose` runs at named points of each call (the simulator makes a commit slow,
     fail before or after it lands, or kills the process there)."""
@@ -210,7 +223,8 @@ class MemoryStore:
         return {key: row[key] for key in ("seq", "head_hash", "state_hash", "state_hash_seq")}
 
     # ---------------------------------------------------------------- the batch transaction
-    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections) -> None:
+    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections
+                     ) -> HandedRows:
         await self._at("commit")
         db = self.db
         current = db.engine_head["seq"] if db.engine_head else 0
@@ -221,6 +235,8 @@ class MemoryStore:
         adl_rows = [(*output_values(e, _CHAINED), output_json(e).decode()) for e in result.adl_events]
         added, dead_letters = self._new_keys(result, head, ledger_rows, adl_rows)
         # everything checked: the transaction lands whole, with no await in between
+        before = {OUTBOX: db.outbox[-1].id if db.outbox else 0, "journal": expected_seq,
+                  **{source: len(db.relayed[source]) for source in TABLE_SOURCES if source != "journal"}}
         for table, keys in added.items():
             db.keys[table] |= keys
         db.journal.extend(result.journal_rows())
@@ -237,6 +253,8 @@ class MemoryStore:
         db.outbox_rows.extend([first_id + blocked - 1] if blocked else [])
         db.outbox_rows.extend(range(first_id + blocked, first_id + len(messages)))
         self._relayed(result)
+        handed = HandedRows(before, [*db.outbox[len(db.outbox) - len(messages):], *(
+            row for source in TABLE_SOURCES for row in db.relayed[source][before[source]:])])
         self._project(projections)
         db.consumed_offsets.update(result.next_offsets)
         state = db.engine_head or {"state_hash": None, "state_hash_seq": None}
@@ -244,6 +262,7 @@ class MemoryStore:
                           "adl_head": head.adl_head, "duplicates": head.duplicates, "rejected": head.rejected}
         db.transactions += 1
         await self._at("committed")
+        return handed
 
     def _relayed(self, result: BatchResult) -> None:
         """The batch's rows of each table source, as the PostgreSQL store reads them for the relay."""
@@ -378,6 +397,10 @@ class MemoryStore:
                 db.relay_cursor = max(db.relay_cursor, last)
             else:
                 db.relay_cursors[source] = max(db.relay_cursors[source], last)
+
+    async def published_places(self) -> dict[str, int]:
+        await self._at("published_places")
+        return {OUTBOX: self.db.relay_cursor, **self.db.relay_cursors}
 
     async def outbox_backlog(self) -> int:
         await self._at("outbox_backlog")

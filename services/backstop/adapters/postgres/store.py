@@ -119,7 +119,7 @@ UNPUBLISHED_SQL = unpublished_sql("$1")
 # lock), the last of them the row's id; $4 their keys and ids (migration 0012).
 QUANTILE_BLOCK_SQL = (
     "INSERT INTO outbox (id, records, topic, payload, keys) VALUES (setval(pg_get_serial_sequence('outbox', 'id'), "
-    "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1), $1, $2, $3, $4)")
+    "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1), $1, $2, $3, $4) RETURNING id")
 
 
 def block_rows(last_id: int, records: int, topic: str, block: str, after: int, keys: str | None) -> list[OutboxRow]:
@@ -356,6 +356,44 @@ def signed_checkpoint(row: asyncpg.Record) -> SignedCheckpoint:
     return SignedCheckpoint(Checkpoint(*(row[c] for c in CHECKPOINT_COLUMNS)), row["key_id"], row["mac"])
 
 
+@dataclass(slots=True)
+class Written:
+    """What _append sent of a batch that the relay's rows are built from."""
+
+    journal_copy: bytes = b""
+    posting_copy: bytes = b""  # the compiled engine's postings' COPY text
+    block_id: int = 0  # the quantile block's row id (its last record's); 0: no block
+    block_keys: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedRows:
+    """What one batch's commit wrote to the relay's sources (ports.Committed), as the store sent it: made into the
+    relay's rows in Rust when the relay takes them (backstop._engine.RelayRows.committed, the same rows as
+    relay_read's: tests/integration/test_relay.py)."""
+
+    before: dict[str, int]
+    block: tuple[int, str, str, str] | None  # (row id, topic, lines, keys)
+    journal_copy: bytes
+    fund_ledger: list[tuple[int, str, str, str]]  # (position, key, record id, record)
+    adl_events: list[tuple[int, str, str, str]]
+    posting_copy: bytes
+
+    def relay_rows(self, topics: TopicNames) -> RelayRead:
+        from backstop import _engine
+        from backstop.service.ports import PLACE_HEADERS
+
+        return _engine.RelayRows.committed(self.block, self.journal_copy, self.fund_ledger, self.adl_events,
+                                           self.posting_copy, [topics.of_source(s) for s in TABLE_SOURCES],
+                                           PLACE_HEADERS)
+
+
+def _relayed(records: list[Any], last_position: int, key: str) -> list[tuple[int, str, str, str]]:
+    """A table's rows of the batch as the relay reads them: (position, key, record id, record)."""
+    first = last_position - len(records) + 1
+    return [(first + i, *output_values(r, (key, "id")), output_json(r).decode()) for i, r in enumerate(records)]
+
+
 class Store:
     def __init__(self, pool: asyncpg.Pool, anchor: Anchor | None = None, *, relay_in_rust: bool = False) -> None:
         self.pool = pool
@@ -363,9 +401,11 @@ class Store:
         self.relay_in_rust = relay_in_rust  # relay_read: the rows' COPY text read into the compiled engine
         # the last checkpoint committed here: (seq, journal digest, postings count, postings head)
         self._anchored: tuple[int, str, int, str] | None = None
-        # (journal seq, postings stored then) after the last batch committed here: the next batch at that seq numbers
-        # its postings on from there without asking (one writer holds the lock; the head check fences the rest)
-        self._postings_at: tuple[int, int] | None = None
+        # (journal seq, postings stored then, the outbox's last id then) after the last batch committed here: the
+        # next batch at that seq numbers its postings on from there, and hands the relay the places its rows follow,
+        # without asking (one writer holds the lock; the head check fences the rest). The outbox's id: None when
+        # not known (after rows the sequence numbered in a COPY).
+        self._places_at: tuple[int, int, int | None] | None = None
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 4, anchor: Anchor | None = None,
@@ -494,20 +534,23 @@ class Store:
                         raise  # after a database crash there is nothing left to unlock
 
     # ---------------------------------------------------------------- the batch transaction
-    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections) -> None:
+    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections
+                     ) -> CommittedRows | None:
         async with self.pool.acquire() as connection:
-            await self.write_batch(connection, expected_seq=expected_seq, result=result, head=head,
-                                   projections=projections)
+            return await self.write_batch(connection, expected_seq=expected_seq, result=result, head=head,
+                                          projections=projections)
 
     async def write_batch(self, connection: asyncpg.Connection, *, expected_seq: int, result: BatchResult,
-                          head: Head, projections: Projections) -> None:
+                          head: Head, projections: Projections) -> CommittedRows | None:
+        """The batch in one transaction; what it wrote to the relay's sources where the relay runs in Rust and
+        every place its rows follow is known (None: the relay reads them back)."""
         async with connection.transaction():
             current = await connection.fetchval("SELECT seq FROM engine_head FOR UPDATE")
             if (current or 0) != expected_seq:
                 raise InvariantViolation(f"journal head moved: expected seq {expected_seq}, found {current}: "
                                          f"another writer is active")
-            postings_before = await self._postings_before(connection, expected_seq)
-            await self._append(connection, result, head, postings_before)
+            postings_before, outbox_before = await self._stored_before(connection, expected_seq)
+            written = await self._append(connection, result, head, postings_before)
             signed = await self._sign(connection, self.anchor, expected_seq, result, head) \
                 if self.anchor is not None and result.journal_facts().rows else None
             await self._project(connection, projections)
@@ -521,11 +564,23 @@ class Store:
                 "head_hash = $2, ledger_head = $3, adl_head = $4, duplicates = $5, rejected = $6",
                 head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected)
             faults.reached("in_transaction")
-        self._postings_at = (head.seq, postings_before + posting_tail(result)[0])
+        numbered = bool(result.outbox or result.outbox_copy)  # rows the outbox's sequence numbered: ids not known
+        outbox_after = None if numbered else written.block_id or outbox_before
+        self._places_at = (head.seq, postings_before + posting_tail(result)[0], outbox_after)
         if signed is not None:
             checkpoint = signed.checkpoint
             self._anchored = (checkpoint.seq, checkpoint.journal_digest, checkpoint.postings_count or 0,
                               checkpoint.postings_head or GENESIS_HASH)  # both signed by _sign
+        if not self.relay_in_rust or numbered or outbox_before is None or result.postings:
+            return None
+        return CommittedRows(
+            {OUTBOX: outbox_before, "journal": expected_seq,
+             "fund_ledger": head.ledger_position - len(result.fund_entries),
+             "adl_events": head.adl_position - len(result.adl_events), "postings": postings_before},
+            (written.block_id, result.quantile_topic, result.quantile_block.decode(), written.block_keys.decode())
+            if written.block_id else None,
+            written.journal_copy, _relayed(result.fund_entries, head.ledger_position, "fund_id"),
+            _relayed(result.adl_events, head.adl_position, "account_id"), written.posting_copy)
 
     # ---------------------------------------------------------------- checkpoints
     async def _sign(self, connection: asyncpg.Connection, anchor: Anchor, expected_seq: int, result: BatchResult,
@@ -620,19 +675,22 @@ class Store:
             head_seq = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
             await self.anchored_head(connection, self.anchor, head_seq)
 
-    async def _postings_before(self, connection: asyncpg.Connection, expected_seq: int) -> int:
-        """The postings stored before the batch (their positions have no gaps): carried on from the batch committed
-        here last if this one extends it, else read (at start, after another writer, after a commit whose outcome
-        is unknown)."""
-        if self._postings_at is not None and self._postings_at[0] == expected_seq:
-            return self._postings_at[1]
-        stored: int = await connection.fetchval("SELECT coalesce(max(position), 0) FROM postings")
-        return stored
+    async def _stored_before(self, connection: asyncpg.Connection, expected_seq: int) -> tuple[int, int | None]:
+        """The postings stored before the batch (their positions have no gaps) and the outbox's last id: carried on
+        from the batch committed here last if this one extends it, else read (at start, after another writer, after
+        a commit whose outcome is unknown, after rows the outbox's sequence numbered)."""
+        places = self._places_at
+        if places is not None and places[0] == expected_seq and places[2] is not None:
+            return places[1], places[2]
+        row = await connection.fetchrow("SELECT (SELECT coalesce(max(position), 0) FROM postings), "
+                                        "(SELECT coalesce(max(id), 0) FROM outbox)")
+        return row[0], row[1]
 
     async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head,
-                      postings_before: int) -> None:
+                      postings_before: int) -> Written:
+        written = Written()
         if result.journal_facts().rows:  # the compiled engine's COPY text as it is, or the reference's rows encoded
-            text = result.journal_copy or journal_copy_text(result.journal)
+            text = written.journal_copy = result.journal_copy or journal_copy_text(result.journal)
             await connection.copy_to_table("journal", source=io.BytesIO(text), columns=JOURNAL_COLUMNS,
                                            format="text")
         for table, records, first, columns in (
@@ -650,7 +708,7 @@ class Store:
         if result.posting_lines:  # the compiled engine's, after `postings`: their COPY text is built in Rust
             first = postings_before + len(result.postings) + 1
             # built in a thread (Rust, without the GIL): the event loop meanwhile serves the relay and the consumer
-            text = await asyncio.get_running_loop().run_in_executor(
+            text = written.posting_copy = await asyncio.get_running_loop().run_in_executor(
                 None, table_copy, result.posting_lines, POSTING_COLUMNS, first)
             await connection.copy_to_table("posting_records", source=io.BytesIO(text),
                                            columns=["position", *POSTING_COLUMNS, "record"], format="text")
@@ -668,9 +726,10 @@ class Store:
                 [(d.source_topic, d.source_partition, d.source_offset, d.reason, d.raw, d.kind, d.after_seq)
                  for d in result.dead_letters])
         if result.quantile_block:  # before the dead letters, as the reference engine writes them
-            keys = result.quantile_keys or block_keys(result.quantile_block)
-            await connection.execute(QUANTILE_BLOCK_SQL, result.quantile_block.count(b"\n"), result.quantile_topic,
-                                     result.quantile_block.decode(), keys.decode())
+            keys = written.block_keys = result.quantile_keys or block_keys(result.quantile_block)
+            written.block_id = await connection.fetchval(
+                QUANTILE_BLOCK_SQL, result.quantile_block.count(b"\n"), result.quantile_topic,
+                result.quantile_block.decode(), keys.decode())
         if result.outbox:
             await connection.copy_records_to_table("outbox", columns=OUTBOX_COLUMNS,
                                                    records=[(m.topic, m.key, m.record_id, m.payload.decode())
@@ -678,6 +737,7 @@ class Store:
         if result.outbox_copy:
             await connection.copy_to_table("outbox", source=io.BytesIO(result.outbox_copy), columns=OUTBOX_COLUMNS,
                                            format="text")
+        return written
 
     async def _project(self, connection: asyncpg.Connection, projections: Projections) -> None:
         async def delete_closed() -> None:  # before the positions' upsert: a key closed and opened again stays
@@ -812,6 +872,12 @@ class Store:
                     "UPDATE relay_sources s SET published_up_to = u.up_to FROM unnest($1::text[], $2::bigint[]) "
                     "AS u(source, up_to) WHERE s.source = u.source AND s.published_up_to < u.up_to",
                     [source for source, _ in tables], [last for _, last in tables])
+
+    async def published_places(self) -> dict[str, int]:
+        """Each relay source's cursor."""
+        rows = await self.pool.fetch("SELECT $1::text, published_up_to FROM relay_cursor UNION ALL "
+                                     "SELECT source, published_up_to FROM relay_sources", OUTBOX)
+        return {source: place for source, place in rows}
 
     async def outbox_backlog(self) -> int:
         """Rows not yet published, over every source."""
