@@ -217,11 +217,11 @@ async def raw_consume(settings: Settings, ends: dict[tuple[str, int], int], mete
 
 
 async def service_until_done(settings: Settings, ends: dict[tuple[str, int], int], meter: CpuMeter
-                             ) -> tuple[float, dict[str, float | None]]:
-    """Seconds from the service's start until every input is consumed and every output published, and the CPU
-    seconds of each process over that window."""
+                             ) -> tuple[float, dict[str, float | None], dict[str, int]]:
+    """Seconds from the service's start until every input is consumed and every output published, the CPU
+    seconds of each process over that window, and the relay's rounds by where their rows came from."""
     before, started = meter.read(), time.perf_counter()
-    async with running(settings) as (processor, _relay):
+    async with running(settings) as (processor, relay):
         store = processor.store
         while True:
             await asyncio.sleep(0.05)
@@ -231,7 +231,7 @@ async def service_until_done(settings: Settings, ends: dict[tuple[str, int], int
                     await store.outbox_backlog() == 0:
                 elapsed, after = time.perf_counter() - started, meter.read()
                 return elapsed, {name: None if (start := before[name]) is None or (end := after[name]) is None
-                                 else end - start for name in before}
+                                 else end - start for name in before}, dict(sorted(relay.rounds.items()))
 
 
 async def run_async(events: int, seed: int, engine: str = "compiled") -> dict[str, Any]:
@@ -255,7 +255,7 @@ async def run_async(events: int, seed: int, engine: str = "compiled") -> dict[st
             meter = await CpuMeter.find(connection, settings.kafka_bootstrap)
             records, raw_s, raw_cpu = await raw_consume(settings, ends, meter)
             inserts_before, wal_before = await pg_writes(connection)
-            service_s, service_cpu_s = await service_until_done(settings, ends, meter)
+            service_s, service_cpu_s, relay_rounds = await service_until_done(settings, ends, meter)
             await asyncio.sleep(1)  # the service's sessions ended: their statistics reach pg_stat_user_tables
             inserts_after, _ = await pg_writes(connection)
             wal_bytes = await connection.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)",
@@ -284,6 +284,7 @@ async def run_async(events: int, seed: int, engine: str = "compiled") -> dict[st
         "pg_rows_updated_or_deleted_per_record": {table: round(count / records, 3)
                                                   for table, count in changed.items() if count},
         "pg_wal_bytes_per_record": round(float(wal_bytes) / records),
+        "relay_rounds": relay_rounds,
     }
     return {
         "name": "service",

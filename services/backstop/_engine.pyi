@@ -50,12 +50,13 @@ def seal_batch(batch: bytes, producer_id: int, producer_epoch: int, base_sequenc
 # The relay's rows of one read, held in Rust: from the COPY text of store.unpublished_sql's statement (table_topics:
 # the journal's, fund ledger's, ADL events' and postings' topics; place_headers: each source's). ValueError: text
 # that statement cannot give. committed(): the rows one batch's commit wrote (block: (row id, topic, lines, keys);
-# the journal's and postings' COPY text as sent; fund ledger and ADL events as (position, key, record id, record)).
+# the other outbox rows', the journal's and postings' COPY text as sent, the outbox's with ids; fund ledger and ADL
+# events as (position, key, record id, record)).
 # rows(): OutboxRow's fields; record_batches: record_batches' result for them.
 class RelayRows:
     def __init__(self, copy: bytes, table_topics: list[str], place_headers: dict[str, str]) -> None: ...
     @staticmethod
-    def committed(block: tuple[int, str, str, str] | None, journal_copy: bytes,
+    def committed(block: tuple[int, str, str, str] | None, outbox_copy: bytes, journal_copy: bytes,
                   fund_ledger: list[tuple[int, str, str, str]], adl_events: list[tuple[int, str, str, str]],
                   posting_copy: bytes, table_topics: list[str], place_headers: dict[str, str]) -> RelayRows: ...
     def __len__(self) -> int: ...

@@ -58,10 +58,11 @@ pub struct RelayRows {
 }
 
 /// What one batch wrote to the relay's sources (backstop.adapters.postgres.store.Committed): its quantile block,
-/// its journal rows' and postings' COPY text as the store sent them, and its fund-ledger entries and ADL events as
-/// (position, key, record id, record).
+/// its other outbox rows' (id, topic, key, record id, payload), journal rows' and postings' COPY text as the store
+/// sent them, and its fund-ledger entries and ADL events as (position, key, record id, record).
 pub struct Commit<'a> {
     pub block: Option<Block<'a>>,
+    pub outbox_copy: &'a [u8],
     pub journal_copy: &'a [u8],
     pub fund_ledger: &'a [(i64, String, String, String)],
     pub adl_events: &'a [(i64, String, String, String)],
@@ -244,6 +245,16 @@ impl RelayRows {
             let topic = read.topic(block.topic);
             let records = block.lines.matches('\n').count() as i64;
             read.push_block(block.last_id, topic, records, block.lines, 0, Some(block.keys))?;
+        }
+        for line in copy_lines(commit.outbox_copy) {
+            let columns = Columns(copy_values(line));
+            if columns.0.len() != 5 {
+                return Err(format!("an outbox row of {} columns, not 5", columns.0.len()));
+            }
+            let topic = read.topic(columns.text(1)?);
+            read.rows.push(RelayRow { id: columns.int(0)?, topic, key: columns.text(2)?.to_string(),
+                                      record_id: columns.text(3)?.to_string(), payload: columns.text(4)?.to_string(),
+                                      source: Source::Outbox });
         }
         for line in copy_lines(commit.journal_copy) {
             // the journal's columns: seq, source_topic, source_partition, source_offset, type, ts, payload, hash
@@ -503,6 +514,7 @@ mod tests {
         let payload = "{\"account_id\":\"a-1\",\"note\":\"x\\\\\\\"y\"}";
         let read = format!(
             "0\t12\tt.quantiles\t\\N\t\\N\t{}\t\\N\t\\N\t\\N\t\\N\t\\N\t2\t10\t{}\n\
+             0\t13\tt.dead\tk\td-1\t{{\"a\":\"\\t\"}}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n\
              1\t7\tfill\t\\N\t\\N\t{payload}\tin.fills\t2\t40\t1000\tab\t\\N\t\\N\t\\N\n\
              2\t5\t\\N\tF\tfl-5\t{{\"x\":1}}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n\
              4\t3\t\\N\tUSDT\tp-3\t{{}}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n",
@@ -510,11 +522,11 @@ mod tests {
         let journal = format!("7\tin.fills\t2\t40\tfill\t1000\t{payload}\tab\n");
         let fund = [(5, "F".to_string(), "fl-5".to_string(), "{\"x\":1}".to_string())];
         let commit = Commit { block: Some(Block { last_id: 12, topic: "t.quantiles", lines: block, keys }),
-                              journal_copy: journal.as_bytes(), fund_ledger: &fund, adl_events: &[],
+                              outbox_copy: b"13\tt.dead\tk\td-1\t{\"a\":\"\\t\"}\n", journal_copy: journal.as_bytes(), fund_ledger: &fund, adl_events: &[],
                               posting_copy: b"3\tp-3\t7\tUSDT\t{}\n" };
         let handed = RelayRows::from_commit(&commit, &topics()).unwrap();
         assert_eq!(handed, RelayRows::from_copy(read.as_bytes(), &topics()).unwrap());
-        assert_eq!(handed.last_of_each_source(), vec![(Source::Outbox, 12), (Source::Journal, 7),
+        assert_eq!(handed.last_of_each_source(), vec![(Source::Outbox, 13), (Source::Journal, 7),
                                                       (Source::FundLedger, 5), (Source::Postings, 3)]);
         assert!(RelayRows::from_commit(&Commit { posting_copy: b"3\tp-3\n", ..commit }, &topics()).is_err());
     }

@@ -199,11 +199,13 @@ impl RelayRows {
     }
 
     /// The rows one batch's commit wrote (relay_rows::RelayRows::from_commit): `block`, its quantile block as
-    /// (row id, topic, lines, keys); the journal's and the postings' COPY text as the store sent it; the fund
-    /// ledger's and ADL events' rows as (position, key, record id, record). ValueError: text the store cannot send.
+    /// (row id, topic, lines, keys); its other outbox rows', the journal's and the postings' COPY text as the store
+    /// sent it (the outbox's with each row's id first); the fund ledger's and ADL events' rows as (position, key,
+    /// record id, record). ValueError: text the store cannot send.
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
-    fn committed(py: Python<'_>, block: Option<(i64, String, String, String)>, journal_copy: &[u8],
+    fn committed(py: Python<'_>, block: Option<(i64, String, String, String)>, outbox_copy: &[u8],
+                 journal_copy: &[u8],
                  fund_ledger: Vec<(i64, String, String, String)>, adl_events: Vec<(i64, String, String, String)>,
                  posting_copy: &[u8], table_topics: Vec<String>, place_headers: HashMap<String, String>)
                  -> PyResult<Self> {
@@ -214,7 +216,7 @@ impl RelayRows {
             let block = block.as_ref().map(|(last_id, topic, lines, keys)| relay_rows::Block {
                 last_id: *last_id, topic, lines, keys });
             relay_rows::RelayRows::from_commit(&relay_rows::Commit {
-                block, journal_copy, fund_ledger: &fund_ledger, adl_events: &adl_events, posting_copy,
+                block, outbox_copy, journal_copy, fund_ledger: &fund_ledger, adl_events: &adl_events, posting_copy,
             }, &table_topics)
         }).map_err(PyValueError::new_err)?;
         Ok(RelayRows { read, place_headers })

@@ -224,6 +224,11 @@ class Committed(Protocol):
         of another writer between."""
         ...
 
+    @property
+    def after(self) -> Mapping[str, int]:
+        """Every relay source's last place after the batch (its last row's, or `before`'s)."""
+        ...
+
     def relay_rows(self, topics: TopicNames) -> RelayRead:
         """The batch's rows as a read of the relay's sources after `before` would give them (blocking: offload)."""
         ...

@@ -74,6 +74,11 @@ def still_ahead(published_up_to: Mapping[Partition, tuple[str, int]], rows: Rela
 
 
 HANDED_MAX = 64  # batches handed over and not yet published: beyond, they are dropped and the store is read
+# While the processor of this process hands its batches over, the relay polls the store this rarely instead of every
+# relay_idle_ms: a poll finds nothing new then (a batch handed over is published from what its commit wrote), and
+# one that meets a commit landing reads that batch back. A processor in another process (after a failover) is seen
+# by the first poll after its last hand-off.
+HANDED_POLL_S = 1.0
 
 
 class OutboxRelay(SupervisedLoop):
@@ -92,6 +97,7 @@ class OutboxRelay(SupervisedLoop):
         self._handed: deque[Committed] = deque()  # batches handed over by the processor, in commit order
         self._taking = False  # whether batches are handed over now (the relay runs, holding its lock)
         self._unread = True  # whether the store may hold rows not handed over: read it next
+        self._handed_lately = False  # the last wake handed a batch over (the store is polled only every HANDED_POLL_S)
         self._cursors: dict[str, int] = {}  # each source's place published up to, as stored
         self.rounds: Counter[str] = Counter()  # rounds with rows, by where they came from: "handed" or "read"
 
@@ -104,20 +110,23 @@ class OutboxRelay(SupervisedLoop):
             self._unread = True
         elif self._taking:
             self._handed.append(committed)
+        self._handed_lately = committed is not None
         self._woken.set()
         if self.settings.trace_stages:
             self._woken_at = trace.now()
 
     def _next_handed(self) -> Committed | None:
-        """The batch handed over next if its rows follow exactly what has been published in every source; else
-        none, and the store is read."""
-        if not self._handed:
-            return None
-        handed = self._handed.popleft()
-        if handed.before == self._cursors:
-            return handed
-        self._handed.clear()
-        self._unread = True
+        """The next batch handed over whose rows follow exactly what has been published in every source, passing
+        over those a read of the store published already; at one that neither follows nor was published (rows not
+        handed over lie between), none: the store is read."""
+        cursors = self._cursors
+        while self._handed:
+            handed = self._handed.popleft()
+            if handed.before == cursors:
+                return handed
+            if any(place > cursors.get(source, -1) for source, place in handed.after.items()):
+                self._handed.clear()
+                self._unread = True
         return None
 
     def on_error(self, error: Exception) -> None:
@@ -140,9 +149,11 @@ class OutboxRelay(SupervisedLoop):
                 self._woken.clear()  # before looking: a commit after the look wakes the wait below
                 handed = self._next_handed()
                 if handed is None and not self._unread:
+                    idle_s = HANDED_POLL_S if self._handed_lately else settings.relay_idle_ms / 1000
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._woken.wait(), settings.relay_idle_ms / 1000)
-                    self._unread |= not self._woken.is_set()  # quiet for a while: poll the store
+                        await asyncio.wait_for(self._woken.wait(), idle_s)
+                    if not self._woken.is_set():  # quiet for a while: poll the store
+                        self._unread, self._handed_lately = True, False
                     continue
                 read_at = trace.now() if tracing else 0.0
                 if handed is not None:  # built in a thread: Rust, without the GIL
@@ -178,6 +189,8 @@ class OutboxRelay(SupervisedLoop):
                 for topic, count in sorted(sent.items()):
                     metrics.RELAY_PUBLISHED.labels(topic).inc(count)
                 self.published += sum(sent.values())
+                if not self._handed and not self._unread:  # caught up with every batch it knows of
+                    metrics.OUTBOX_BACKLOG.set(0)
         finally:
             self.ready = self._taking = False
             self._handed.clear()

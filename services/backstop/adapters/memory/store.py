@@ -117,6 +117,10 @@ class HandedRows:
     before: dict[str, int]
     rows: list[OutboxRow]
 
+    @property
+    def after(self) -> dict[str, int]:
+        return {**self.before, **{row.source: row.id for row in self.rows}}
+
     def relay_rows(self, topics: TopicNames) -> RowList:
         return RowList(row if row.source == OUTBOX else row._replace(topic=topics.of_source(row.source))
                        for row in self.rows)

@@ -122,6 +122,11 @@ QUANTILE_BLOCK_SQL = (
     "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1), $1, $2, $3, $4) RETURNING id")
 
 
+# $1 ids of the outbox's sequence taken in one statement (one writer holds the lock): the last of them.
+RESERVE_OUTBOX_IDS_SQL = ("SELECT setval(pg_get_serial_sequence('outbox', 'id'), "
+                          "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1)")
+
+
 def block_rows(last_id: int, records: int, topic: str, block: str, after: int, keys: str | None) -> list[OutboxRow]:
     """A block's records as the relay publishes them: ids `last_id - records + 1` to `last_id`, less those up to
     `after` (the cursor: in Kafka already), each with the key and id stored beside its line (`keys`: migration 0012),
@@ -364,6 +369,8 @@ class Written:
     posting_copy: bytes = b""  # the compiled engine's postings' COPY text
     block_id: int = 0  # the quantile block's row id (its last record's); 0: no block
     block_keys: bytes = b""
+    outbox_copy: bytes = b""  # the compiled engine's other outbox rows as sent, each with its id first
+    outbox_last: int = 0  # their last id; 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +380,9 @@ class CommittedRows:
     relay_read's: tests/integration/test_relay.py)."""
 
     before: dict[str, int]
+    after: dict[str, int]
     block: tuple[int, str, str, str] | None  # (row id, topic, lines, keys)
+    outbox_copy: bytes  # the other outbox rows: id, topic, key, record id, payload
     journal_copy: bytes
     fund_ledger: list[tuple[int, str, str, str]]  # (position, key, record id, record)
     adl_events: list[tuple[int, str, str, str]]
@@ -383,9 +392,9 @@ class CommittedRows:
         from backstop import _engine
         from backstop.service.ports import PLACE_HEADERS
 
-        return _engine.RelayRows.committed(self.block, self.journal_copy, self.fund_ledger, self.adl_events,
-                                           self.posting_copy, [topics.of_source(s) for s in TABLE_SOURCES],
-                                           PLACE_HEADERS)
+        return _engine.RelayRows.committed(self.block, self.outbox_copy, self.journal_copy, self.fund_ledger,
+                                           self.adl_events, self.posting_copy,
+                                           [topics.of_source(s) for s in TABLE_SOURCES], PLACE_HEADERS)
 
 
 def _relayed(records: list[Any], last_position: int, key: str) -> list[tuple[int, str, str, str]]:
@@ -564,22 +573,25 @@ class Store:
                 "head_hash = $2, ledger_head = $3, adl_head = $4, duplicates = $5, rejected = $6",
                 head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected)
             faults.reached("in_transaction")
-        numbered = bool(result.outbox or result.outbox_copy)  # rows the outbox's sequence numbered: ids not known
-        outbox_after = None if numbered else written.block_id or outbox_before
-        self._places_at = (head.seq, postings_before + posting_tail(result)[0], outbox_after)
+        numbered = bool(result.outbox)  # rows the outbox's sequence numbered as it inserted them: ids not known
+        outbox_after = written.outbox_last or written.block_id or outbox_before
+        postings_after = postings_before + posting_tail(result)[0]
+        self._places_at = (head.seq, postings_after, None if numbered else outbox_after)
         if signed is not None:
             checkpoint = signed.checkpoint
             self._anchored = (checkpoint.seq, checkpoint.journal_digest, checkpoint.postings_count or 0,
                               checkpoint.postings_head or GENESIS_HASH)  # both signed by _sign
-        if not self.relay_in_rust or numbered or outbox_before is None or result.postings:
+        if not self.relay_in_rust or numbered or result.postings:
             return None
         return CommittedRows(
             {OUTBOX: outbox_before, "journal": expected_seq,
              "fund_ledger": head.ledger_position - len(result.fund_entries),
              "adl_events": head.adl_position - len(result.adl_events), "postings": postings_before},
+            {OUTBOX: outbox_after, "journal": head.seq, "fund_ledger": head.ledger_position,
+             "adl_events": head.adl_position, "postings": postings_after},
             (written.block_id, result.quantile_topic, result.quantile_block.decode(), written.block_keys.decode())
             if written.block_id else None,
-            written.journal_copy, _relayed(result.fund_entries, head.ledger_position, "fund_id"),
+            written.outbox_copy, written.journal_copy, _relayed(result.fund_entries, head.ledger_position, "fund_id"),
             _relayed(result.adl_events, head.adl_position, "account_id"), written.posting_copy)
 
     # ---------------------------------------------------------------- checkpoints
@@ -675,7 +687,7 @@ class Store:
             head_seq = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
             await self.anchored_head(connection, self.anchor, head_seq)
 
-    async def _stored_before(self, connection: asyncpg.Connection, expected_seq: int) -> tuple[int, int | None]:
+    async def _stored_before(self, connection: asyncpg.Connection, expected_seq: int) -> tuple[int, int]:
         """The postings stored before the batch (their positions have no gaps) and the outbox's last id: carried on
         from the batch committed here last if this one extends it, else read (at start, after another writer, after
         a commit whose outcome is unknown, after rows the outbox's sequence numbered)."""
@@ -734,8 +746,12 @@ class Store:
             await connection.copy_records_to_table("outbox", columns=OUTBOX_COLUMNS,
                                                    records=[(m.topic, m.key, m.record_id, m.payload.decode())
                                                             for m in result.outbox])
-        if result.outbox_copy:
-            await connection.copy_to_table("outbox", source=io.BytesIO(result.outbox_copy), columns=OUTBOX_COLUMNS,
+        if result.outbox_copy:  # their ids taken first, so that the relay can be handed the rows as stored
+            lines = result.outbox_copy.split(b"\n")[:-1]  # a row per line: COPY text escapes a newline in a value
+            written.outbox_last = await connection.fetchval(RESERVE_OUTBOX_IDS_SQL, len(lines))
+            first = written.outbox_last - len(lines) + 1
+            text = written.outbox_copy = b"".join(b"%d\t%b\n" % (first + i, line) for i, line in enumerate(lines))
+            await connection.copy_to_table("outbox", source=io.BytesIO(text), columns=["id", *OUTBOX_COLUMNS],
                                            format="text")
         return written
 
