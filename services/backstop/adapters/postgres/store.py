@@ -115,16 +115,15 @@ def unpublished_sql(limit: str) -> str:
 
 UNPUBLISHED_SQL = unpublished_sql("$1")
 
-# A batch's quantile block: $1 records take $1 ids of the outbox's sequence in one statement (one writer holds the
-# lock), the last of them the row's id; $4 their keys and ids (migration 0012).
-QUANTILE_BLOCK_SQL = (
-    "INSERT INTO outbox (id, records, topic, payload, keys) VALUES (setval(pg_get_serial_sequence('outbox', 'id'), "
-    "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1), $1, $2, $3, $4) RETURNING id")
-
-
-# $1 ids of the outbox's sequence taken in one statement (one writer holds the lock): the last of them.
-RESERVE_OUTBOX_IDS_SQL = ("SELECT setval(pg_get_serial_sequence('outbox', 'id'), "
-                          "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1)")
+# $1 ids of the outbox's sequence taken in one expression (one writer holds the lock): the last of them.
+_TAKE_OUTBOX_IDS = ("setval(pg_get_serial_sequence('outbox', 'id'), "
+                    "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1)")
+# A batch's quantile block: its $1 records take $1 ids, the last of them the row's id; $4 their keys and ids
+# (migration 0012).
+QUANTILE_BLOCK_SQL = (f"INSERT INTO outbox (id, records, topic, payload, keys) VALUES ({_TAKE_OUTBOX_IDS}, $1, $2, $3, "
+                      f"$4) RETURNING id")
+# The ids of $1 outbox rows, taken before their COPY, which names them.
+RESERVE_OUTBOX_IDS_SQL = f"SELECT {_TAKE_OUTBOX_IDS}"
 
 
 def block_rows(last_id: int, records: int, topic: str, block: str, after: int, keys: str | None) -> list[OutboxRow]:
