@@ -1,8 +1,8 @@
 """The service's path in both engines (docs/design.md §4.1, In the service): consumed Kafka batches through
 `apply_records` with identities held per batch — the held ones among each batch's records looked up once per batch
-from a table standing in for applied_ids, behind the service's filter (backstop.pipeline.held_ids.ServiceIds) —
-decide exactly what an engine holding every identity in memory decides, and what `backstop replay` of the same
-records decides; after a restart from a snapshot too.
+from a table standing in for applied_ids, behind the service's filter (backstop.pipeline.held_ids.ServiceIds; the
+compiled service's in Rust, _engine.HeldIds) — decide exactly what an engine holding every identity in memory
+decides, and what `backstop replay` of the same records decides; after a restart from a snapshot too.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backstop.core.dedupe import HeldRow
+from backstop import _engine
+from backstop.core.dedupe import HeldRow, pack_rows, unpack_rows
 from backstop.core.ordering import MAX_AHEAD_MS, MAX_LATENESS_MS
 from backstop.engines import ENGINES, Consumed, EngineName, EngineOptions, LedgerEngine, RecordsResult, open_engine
 from backstop.pipeline.held_ids import ServiceIds
@@ -48,20 +49,31 @@ class AppliedIds:
 
 
 class Service:
-    """An engine of the batch API whose identities are held per batch, and what the service keeps beside it."""
+    """An engine of the batch API whose identities are held per batch, and what the service keeps beside it: the
+    reference's filter (ServiceIds, the identities read from each record's JSON) or the compiled service's
+    (_engine.HeldIds, the identities of the records that decode, computed in Rust)."""
 
     def __init__(self, name: EngineName, table: AppliedIds, snapshot: Any = None) -> None:
         self.table = table
-        self.ids = ServiceIds()
+        self.ids: ServiceIds | _engine.HeldIds = ServiceIds() if name == "reference" else _engine.HeldIds()
         self.ids.load(b"".join(table.rows))  # a start loads the filter from applied_ids
         self.engine = open_engine(name, EngineOptions(held_ids="per_batch"), snapshot)
 
     def apply(self, batch: list[Consumed]) -> RecordsResult:
-        keys = batch_identities([IngestConsumed(t, p, o, None, v) for t, p, o, v in batch], TOPICS)
-        held = asyncio.run(batch_held(self.ids, keys, self.table.held, committed_seq=self.engine.events_applied))
+        committed = self.engine.events_applied
+        if isinstance(self.ids, ServiceIds):
+            keys = batch_identities([IngestConsumed(t, p, o, None, v) for t, p, o, v in batch], TOPICS)
+            held = asyncio.run(batch_held(self.ids, keys, self.table.held, committed_seq=committed))
+        else:  # as backstop.pipeline.service_engine.CompiledService does
+            packed = _engine.batch_keys(batch, PREFIX)
+            asked = self.ids.unresolved(packed, committed)
+            found = asyncio.run(self.table.held([asked[at:at + 16] for at in range(0, len(asked), 16)]))
+            self.ids.resolve(asked, pack_rows(found))
+            held = self.ids.answers(packed)
         result = self.engine.apply_records(batch, PREFIX, held)
         self.ids.applied(result.held_ids)
-        self.table.hold(self.ids.drain())  # the batch's transaction
+        drained = self.ids.drain()
+        self.table.hold(drained if isinstance(drained, list) else unpack_rows(drained))  # the batch's transaction
         return result
 
 

@@ -16,7 +16,6 @@ from backstop.adapters.postgres.store import block_keys, journal_copy_text
 from backstop.core.hashing import GENESIS_HASH
 from backstop.engines import ENGINES, EngineName
 from backstop.pipeline import projections
-from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.ingest import (
     BatchResult,
     Consumed,
@@ -65,8 +64,8 @@ def numbers(rows: projections.Rows | None) -> list[tuple[Any, ...]] | None:
 
 def projection_numbers(rows: projections.Projections) -> dict[str, Any]:
     return {"wallets": numbers(rows.wallets), "positions": numbers(rows.positions),
-            "closed": sorted(rows.closed_positions), "funds": numbers(rows.funds), "lots": numbers(rows.lots),
-            "adl_queue": numbers(rows.adl_queue)}
+            "closed": sorted(projections.rows_of(rows.closed_positions)), "funds": numbers(rows.funds),
+            "lots": numbers(rows.lots), "adl_queue": numbers(rows.adl_queue)}
 
 
 def store_rows(result: BatchResult) -> dict[str, Any]:
@@ -96,8 +95,8 @@ def store_rows(result: BatchResult) -> dict[str, Any]:
 async def drive(engine: ServiceEngine, journal: list[list[Consumed]]) -> list[dict[str, Any]]:
     seen = []
     for batch in journal:
-        keys = await engine.prepare(batch, TOPICS, no_lookup, committed_seq=0)
-        result = engine.apply(batch, TOPICS, keys, {})
+        await engine.prepare(batch, engine.identities(batch, TOPICS), no_lookup, committed_seq=0)
+        result = engine.apply(batch, TOPICS, {})
         touched = projections.Touched(result.touched_accounts, result.touched_positions)
         seen.append({**store_rows(result), "head": engine.head(),
                      "rows": projection_numbers(engine.projections(result, touched, refresh_all=False))})
@@ -105,7 +104,7 @@ async def drive(engine: ServiceEngine, journal: list[list[Consumed]]) -> list[di
 
 
 def opened(name: EngineName, state: dict[str, Any] | None = None) -> ServiceEngine:
-    return open_service_engine(name, ServiceIds(), state, check_conservation=True, adl_quantiles=True)
+    return open_service_engine(name, state, check_conservation=True, adl_quantiles=True)
 
 
 @pytest.mark.parametrize("path", JOURNALS, ids=lambda p: p.stem)
@@ -175,7 +174,8 @@ async def test_a_rebuild_over_a_journal_older_than_applied_ids_holds_its_identit
     themselves, and the rebuild hands their identities to store.hold."""
     writer = opened("reference")
     [batch] = batches(ROOT / "examples" / "07-adl-lab.jsonl", 5000)
-    written = writer.apply(batch, TOPICS, await writer.prepare(batch, TOPICS, no_lookup, committed_seq=0), {})
+    await writer.prepare(batch, writer.identities(batch, TOPICS), no_lookup, committed_seq=0)
+    written = writer.apply(batch, TOPICS, {})
     assert written.held_ids
 
     async def journal() -> Any:
@@ -185,7 +185,7 @@ async def test_a_rebuild_over_a_journal_older_than_applied_ids_holds_its_identit
     rebuilt = opened(engine)
     await rebuilt.replay(journal(), no_lookup)
     assert rebuilt.head() == writer.head()._replace(duplicates=0, rejected=0)
-    assert sorted(rebuilt.ids.drain()) == sorted(written.held_ids)
+    assert sorted(rebuilt.drain_held()) == sorted(written.held_ids)
 
 
 async def test_a_record_an_engine_fails_on_is_a_poison_record_then_dead_lettered_alike(
@@ -220,8 +220,8 @@ async def test_a_record_an_engine_fails_on_is_a_poison_record_then_dead_lettered
         engine = opened(name)
         seen = []
         for batch in journal:
-            keys = await engine.prepare(batch, TOPICS, no_lookup, committed_seq=0)
-            seen.append(store_rows(engine.apply(batch, TOPICS, keys, {where: reasons["compiled"]})))
+            await engine.prepare(batch, engine.identities(batch, TOPICS), no_lookup, committed_seq=0)
+            seen.append(store_rows(engine.apply(batch, TOPICS, {where: reasons["compiled"]})))
         quarantined[name] = seen, engine.head(), engine.state_hash()
     assert quarantined["reference"] == quarantined["compiled"]
     letters = [letter for step in quarantined["compiled"][0] for letter in step["dead_letters"]]

@@ -396,7 +396,7 @@ async def test_a_commit_hands_over_the_rows_a_read_after_its_cursors_gives(topic
     included."""
     topics = TopicNames(f"{topic_prefix}handed{secrets.token_hex(3)}.")
     await migrate(empty_database)
-    engine = open_service_engine("compiled", ServiceIds(), None, check_conservation=True, adl_quantiles=True)
+    engine = open_service_engine("compiled", None, check_conservation=True, adl_quantiles=True)
     records = as_consumed(EXAMPLE.read_bytes().splitlines(), topics, {})
     records[5:5] = [Consumed(topics.input("fill"), 1, 0, None, b'{"not json')]
     store = await Store.open(empty_database, relay_in_rust=True)
@@ -405,8 +405,8 @@ async def test_a_commit_hands_over_the_rows_a_read_after_its_cursors_gives(topic
         positions, topics_seen = (0, 0), set()
         for start in range(0, len(records), 4):
             batch, seq = records[start:start + 4], engine.last_seq
-            result = engine.apply(batch, topics, await engine.prepare(batch, topics, store.held, committed_seq=seq),
-                                  {})
+            await engine.prepare(batch, engine.identities(batch, topics), store.held, committed_seq=seq)
+            result = engine.apply(batch, topics, {})
             positions = (positions[0] + len(result.fund_entries), positions[1] + len(result.adl_events))
             committed = await store.commit(
                 expected_seq=seq, result=result, head=Head(*engine.head(), *positions),

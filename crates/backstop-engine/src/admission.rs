@@ -216,7 +216,7 @@ pub fn pack_row(out: &mut Vec<u8>, key: Key, content: u64, seq: u64) {
     out.extend_from_slice(&seq.to_be_bytes());
 }
 
-fn unpack_row(row: &[u8]) -> (Key, u64, u64) {
+pub fn unpack_row(row: &[u8]) -> (Key, u64, u64) {
     let word = |at: usize| u64::from_be_bytes(row[at..at + 8].try_into().expect("8 bytes"));
     (Key { high: word(0), low: word(8) }, word(16), word(24))
 }

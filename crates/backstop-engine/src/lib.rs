@@ -11,6 +11,7 @@ pub mod wire;
 pub mod canonical;
 pub mod content;
 pub mod decode_stage;
+pub mod held_ids;
 pub mod idtable;
 pub mod journal_copy;
 pub mod kafka_batch;

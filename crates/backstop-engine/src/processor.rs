@@ -38,6 +38,12 @@ const INPUT_SUFFIXES: [(&str, &str); 7] = [("fund", "funds"), ("instrument", "in
                                            ("fill", "fills"), ("mark", "marks"), ("funding", "funding"),
                                            ("liquidation", "liquidations")];
 
+/// The record type an input topic under `prefix` carries (None: not an input topic).
+pub fn input_type(topic: &str, prefix: &str) -> Option<&'static str> {
+    let suffix = topic.strip_prefix(prefix)?;
+    INPUT_SUFFIXES.iter().find(|(_, s)| *s == suffix).map(|(t, _)| *t)
+}
+
 /// One consumed Kafka record.
 pub struct Consumed<'a> {
     pub topic: &'a str,
@@ -251,9 +257,7 @@ impl Processor {
         let mut duplicates: Vec<(&'static str, u64)> = Vec::new();
         for (index, record) in records.iter().enumerate() {
             self.applying = Some(index as u64);
-            let record_type = record.topic.strip_prefix(prefix).and_then(|suffix| {
-                INPUT_SUFFIXES.iter().find(|(_, s)| *s == suffix).map(|(t, _)| *t)
-            });
+            let record_type = input_type(record.topic, prefix);
             let after_seq = self.engine.last_seq;
             let Some(record_type) = record_type else {
                 kafka_dead_letter(&mut batch.dead_letters, record, RejectionKind::Invalid,

@@ -24,12 +24,13 @@ pub struct Wanted<'a> {
     pub lots: bool,
 }
 
-/// COPY text per table (columns as backstop.adapters.postgres.store names them) and the positions to delete.
+/// COPY text per table (columns as backstop.adapters.postgres.store names them), the positions to delete among
+/// them (account, symbol, position side).
 #[derive(Default)]
 pub struct Rows {
     pub wallets: Vec<u8>,
     pub positions: Vec<u8>,
-    pub closed: Vec<(String, String, &'static str)>,
+    pub closed: Vec<u8>,
     pub funds: Vec<u8>,
     pub lots: Option<Vec<u8>>,
     pub adl_queue: Option<Vec<u8>>,
@@ -163,7 +164,9 @@ pub fn rows(engine: &Engine, wanted: &Wanted<'_>) -> Rows {
             let here = wanted.everything || touched.contains(&(account_name.as_str(), symbol_name.as_str()));
             for side in SIDES {
                 match account.and_then(|account| engine.positions.get(account, *symbol, side)) {
-                    None if here => rows.closed.push((account_name.clone(), symbol_name.clone(), side.name())),
+                    None if here => {
+                        Line::new(&mut rows.closed).text(account_name).text(symbol_name).text(side.name()).end()
+                    }
                     None => {}
                     Some(position) if here || position.margin_mode == MarginMode::Cross => {
                         position_row(&mut rows.positions, engine, position, &seq);

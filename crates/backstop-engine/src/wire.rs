@@ -776,6 +776,19 @@ pub fn decode_line(raw: &[u8]) -> Result<Record<'_>, String> {
 /// its canonical JSON with its type (the journal payload).
 pub fn decode_consumed<'a>(value: Option<&'a [u8]>, record_type: &str, topic: &str)
                            -> Result<(Record<'a>, Vec<u8>), String> {
+    let mut payload = Vec::with_capacity(value.map_or(0, <[u8]>::len) + 16);
+    let record = decode_consumed_into(value, record_type, topic, Some(&mut payload))?;
+    Ok((record, payload))
+}
+
+/// `decode_consumed`'s record alone (what the service's identity lookup needs), its canonical JSON not written.
+pub fn decode_consumed_record<'a>(value: Option<&'a [u8]>, record_type: &str, topic: &str)
+                                  -> Result<Record<'a>, String> {
+    decode_consumed_into(value, record_type, topic, None)
+}
+
+fn decode_consumed_into<'a>(value: Option<&'a [u8]>, record_type: &str, topic: &str, payload: Option<&mut Vec<u8>>)
+                            -> Result<Record<'a>, String> {
     if model_of(record_type).is_none() {
         return Err(format!("not an input topic: {topic}"));
     }
@@ -801,9 +814,10 @@ pub fn decode_consumed<'a>(value: Option<&'a [u8]>, record_type: &str, topic: &s
     }
     let (tag, _, fields) = validate_document(&document, Some(record_type))?;
     let record = build(tag, fields);
-    let mut payload = Vec::with_capacity(raw.len() + 16);
-    write_canonical(&document, &mut payload);
-    Ok((record, payload))
+    if let Some(payload) = payload {
+        write_canonical(&document, payload);
+    }
+    Ok(record)
 }
 
 /// Canonical JSON (orjson, sorted keys) of a valid record's document: strings, integers, null, arrays, objects.

@@ -2,7 +2,8 @@
 //! batch, releases the GIL while a batch runs, and turns engine errors into typed Python exceptions.
 
 use backstop_engine::adl::Policy;
-use backstop_engine::idtable::IdTable;
+use backstop_engine::held_ids;
+use backstop_engine::idtable::{IdTable, Key};
 use backstop_engine::processor::{Consumed, Processor, RestoreError};
 use backstop_engine::simulation::Simulation;
 use backstop_engine::appender::Appender;
@@ -16,7 +17,7 @@ use pyo3::types::PyTuple;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedStr;
+use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::PyBytes;
 use std::collections::HashMap;
 
@@ -340,6 +341,105 @@ create_exception!(_engine, RecordPanic, InvariantViolation,
                    the record's journal line (apply_lines) or its index in the batch (apply_records). The engine \
                    must not be used any more.");
 
+/// The service's held identities behind the compiled engine (backstop_engine::held_ids; the reference keeps the
+/// same decisions in backstop.pipeline.held_ids.ServiceIds): key digests, HELD_ROW rows and answers cross as bytes,
+/// never one Python object per identity. A misuse (an identity asked about but never looked up) raises
+/// InvariantViolation; ragged bytes ValueError.
+#[pyclass(module = "backstop._engine")]
+struct HeldIds {
+    ids: held_ids::HeldIds,
+}
+
+fn violation(reason: String) -> PyErr {
+    InvariantViolation::new_err(reason)
+}
+
+#[pymethods]
+impl HeldIds {
+    #[new]
+    #[pyo3(signature = (expected=0))]
+    fn new(expected: usize) -> HeldIds {
+        HeldIds { ids: held_ids::HeldIds::new(expected) }
+    }
+
+    fn __len__(&self) -> usize {
+        self.ids.len() as usize
+    }
+
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.ids.nbytes()
+    }
+
+    /// Concatenated 16-byte key digests PostgreSQL holds (at start).
+    fn load(&mut self, keys: &[u8]) -> PyResult<()> {
+        self.ids.load(keys).map_err(PyValueError::new_err)
+    }
+
+    /// One identity a rebuild re-applied that PostgreSQL did not hold (a journal older than applied_ids).
+    fn add(&mut self, key: &[u8], content: &[u8], seq: u64) -> PyResult<()> {
+        let key: &[u8; 16] = key.try_into().map_err(|_| PyValueError::new_err("a key digest is 16 bytes"))?;
+        let content: [u8; 8] = content.try_into().map_err(|_| PyValueError::new_err("a content digest is 8 bytes"))?;
+        self.ids.add(Key::from_bytes(key), u64::from_be_bytes(content), seq);
+        Ok(())
+    }
+
+    /// Of a batch's key digests (concatenated), those only PostgreSQL can decide, sorted and concatenated; first,
+    /// with `committed_seq`, the journal is committed up to there (recent identities up to it may be dropped).
+    #[pyo3(signature = (keys, committed_seq=None))]
+    fn unresolved<'py>(&mut self, py: Python<'py>, keys: &[u8], committed_seq: Option<u64>)
+                       -> PyResult<Bound<'py, PyBytes>> {
+        if let Some(seq) = committed_seq {
+            self.ids.committed(seq);
+        }
+        let keys = held_ids::split_keys(keys).map_err(PyValueError::new_err)?;
+        let asked: Vec<u8> = self.ids.unresolved(&keys).into_iter().flat_map(Key::to_bytes).collect();
+        Ok(PyBytes::new(py, &asked))
+    }
+
+    /// What PostgreSQL holds of `asked` (concatenated key digests), as HELD_ROW rows: the next batch's answers.
+    fn resolve(&mut self, asked: &[u8], found: &[u8]) -> PyResult<()> {
+        let asked = held_ids::split_keys(asked).map_err(PyValueError::new_err)?;
+        self.ids.resolve(&asked, found).map_err(PyValueError::new_err)
+    }
+
+    /// The held identities among a batch's key digests, as HELD_ROW rows: `held` of apply_records.
+    fn answers<'py>(&self, py: Python<'py>, keys: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let keys = held_ids::split_keys(keys).map_err(PyValueError::new_err)?;
+        Ok(PyBytes::new(py, &self.ids.answers(&keys).map_err(violation)?))
+    }
+
+    /// The HELD_ROW rows a batch applied (apply_records' last output): held here from now on.
+    fn applied(&mut self, rows: &[u8]) -> PyResult<()> {
+        self.ids.applied(rows).map_err(PyValueError::new_err)
+    }
+
+    /// The identities applied since the last drain, as HELD_ROW rows, for the batch's transaction.
+    fn drain<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.ids.drain())
+    }
+
+    fn committed(&mut self, seq: u64) {
+        self.ids.committed(seq);
+    }
+}
+
+/// The key digests (concatenated) of the identities a consumed batch's records carry, in order: of each record that
+/// decodes as its topic's type under `prefix`. Records as apply_records takes them; the GIL is released meanwhile.
+#[pyfunction]
+fn batch_keys<'py>(py: Python<'py>, records: Vec<(PyBackedStr, i64, i64, Option<PyBackedBytes>)>, prefix: &str)
+                   -> Bound<'py, PyBytes> {
+    let keys: Vec<u8> = py.detach(|| {
+        let consumed: Vec<Consumed<'_>> = records.iter()
+            .map(|(topic, partition, offset, value)| Consumed {
+                topic, partition: *partition, offset: *offset, value: value.as_deref(), quarantined: None,
+            })
+            .collect();
+        held_ids::batch_keys(&consumed, prefix).into_iter().flat_map(Key::to_bytes).collect()
+    });
+    PyBytes::new(py, &keys)
+}
+
 /// The compiled engine's state behind backstop.engines.CompiledEngine. A batch crosses the boundary once, with the
 /// GIL released while it runs; a panic inside (an overflow, a broken invariant) poisons the engine and surfaces as
 /// RecordPanic when it came while a record applied (naming the record), else as InvariantViolation.
@@ -555,7 +655,8 @@ impl Ledger {
     /// batch's held identities (per batch only); `quarantined`: (index in the batch, reason) of the records the engine
     /// failed on in an earlier run, dead-lettered as engine_error instead of applied.
     #[pyo3(signature = (records, prefix, held, quarantined=Vec::new()))]
-    fn apply_records<'py>(&mut self, py: Python<'py>, records: Vec<(String, i64, i64, Option<Vec<u8>>)>, prefix: &str,
+    fn apply_records<'py>(&mut self, py: Python<'py>, records: Vec<(PyBackedStr, i64, i64, Option<PyBackedBytes>)>,
+                          prefix: &str,
                           held: &[u8], quarantined: Vec<(usize, String)>) -> PyResult<Bound<'py, PyTuple>> {
         self.settled(py)?;
         self.processor.begin_batch(held).map_err(PyValueError::new_err)?;
@@ -693,7 +794,7 @@ impl Ledger {
         (
             PyBytes::new(py, &rows.wallets),
             PyBytes::new(py, &rows.positions),
-            rows.closed,
+            PyBytes::new(py, &rows.closed),
             PyBytes::new(py, &rows.funds),
             rows.lots.map(|lots| PyBytes::new(py, &lots)),
             rows.adl_queue.map(|queue| PyBytes::new(py, &queue)),
@@ -756,6 +857,8 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("RecordPanic", module.py().get_type::<RecordPanic>())?;
     module.add_class::<Ledger>()?;
     module.add_class::<RelayRows>()?;
+    module.add_class::<HeldIds>()?;
+    module.add_function(wrap_pyfunction!(batch_keys, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_text, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_parse, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_div, module)?)?;

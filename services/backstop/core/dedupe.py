@@ -69,6 +69,11 @@ def pack_rows(rows: Iterable[HeldRow]) -> bytes:
     return b"".join(pack(*row) for row in rows)
 
 
+def split_keys(keys: bytes) -> list[bytes]:
+    """Concatenated key digests, one by one."""
+    return [keys[at:at + KEY_BYTES] for at in range(0, len(keys), KEY_BYTES)]
+
+
 def unpack_rows(data: bytes) -> list[HeldRow]:
     if len(data) % HELD_ROW.size:
         raise ValueError(f"held identities of {len(data)} bytes: not a whole number of {HELD_ROW.size}-byte rows")

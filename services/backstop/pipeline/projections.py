@@ -36,7 +36,7 @@ class Projections:
 
     wallets: Rows
     positions: Rows
-    closed_positions: list[tuple[str, str, str]]  # (account, symbol, position_side)
+    closed_positions: Rows  # (account, symbol, position_side) of the rows to delete
     funds: Rows
     lots: Rows | None  # None: unchanged; otherwise the full set
     adl_queue: Rows | None
@@ -116,7 +116,7 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
     accounts: Iterable[str] = sorted(touched.accounts | (set(engine.positions) if refresh_all else set()))
     wallets: list[tuple[Any, ...]] = []
     positions: list[tuple[Any, ...]] = []
-    closed: list[tuple[str, str, str]] = []
+    closed: list[tuple[Any, ...]] = []
     for account_id in accounts:
         if is_fund_account(account_id):
             continue

@@ -21,7 +21,15 @@ import orjson
 
 from backstop import faults
 from backstop.adapters.postgres.store import REFRESH_CHUNK_ROWS, RefreshCopy
-from backstop.core.dedupe import content_digest, identity_of_fields, key_digest, unpack_rows
+from backstop.core.dedupe import (
+    HeldRow,
+    content_digest,
+    identity_of_fields,
+    key_digest,
+    pack_rows,
+    split_keys,
+    unpack_rows,
+)
 from backstop.core.engine import Engine
 from backstop.core.errors import InvariantViolation
 from backstop.core.events import Event, is_fund_account
@@ -41,7 +49,6 @@ from backstop.pipeline.ingest import (
     OutputLine,
     PoisonRecord,
     Where,
-    batch_held,
     batch_identities,
     ingest_batch,
     replay_journal,
@@ -72,10 +79,17 @@ class ServiceEngine(Protocol):
     a forked child)."""
 
     name: EngineName
-    ids: ServiceIds
 
     @property
     def last_seq(self) -> int: ...
+
+    def load_held(self, keys: bytes) -> None:
+        """Concatenated key digests PostgreSQL holds (at start, before `replay`)."""
+        ...
+
+    def drain_held(self) -> list[HeldRow]:
+        """The identities applied since the last drain, for applied_ids."""
+        ...
 
     def head(self) -> EngineHead: ...
 
@@ -87,15 +101,18 @@ class ServiceEngine(Protocol):
         """The counters the store keeps (a rebuilt engine carries on from them)."""
         ...
 
-    async def prepare(self, batch: list[Consumed], topics: TopicNames, lookup: HeldLookup, *,
-                      committed_seq: int) -> list[bytes]:
-        """Look up, in one query, what memory cannot decide of the batch's identities; returns their key digests
-        for `apply`."""
+    def identities(self, batch: list[Consumed], topics: TopicNames) -> bytes:
+        """The key digests (concatenated) of the identities the batch's records carry (blocking: offloaded)."""
         ...
 
-    def apply(self, batch: list[Consumed], topics: TopicNames, keys: list[bytes], quarantine: dict[Where, str]
-              ) -> BatchResult:
-        """The batch through dedupe, sequencing and the rules: the rows the store writes, held identities included."""
+    async def prepare(self, batch: list[Consumed], keys: bytes, lookup: HeldLookup, *, committed_seq: int) -> None:
+        """Look up, in one query, what memory cannot decide of the batch's identities (`keys`), for the `apply` of
+        this very batch, which comes next."""
+        ...
+
+    def apply(self, batch: list[Consumed], topics: TopicNames, quarantine: dict[Where, str]) -> BatchResult:
+        """The batch `prepare` was last given through dedupe, sequencing and the rules: the rows the store writes,
+        held identities included."""
         ...
 
     def projections(self, result: BatchResult, touched: projections.Touched, *, refresh_all: bool
@@ -171,6 +188,12 @@ class ReferenceService:
     def last_seq(self) -> int:
         return self.processor.engine.last_seq
 
+    def load_held(self, keys: bytes) -> None:
+        self.ids.load(keys)
+
+    def drain_held(self) -> list[HeldRow]:
+        return self.ids.drain()
+
     def head(self) -> EngineHead:
         processor = self.processor
         engine = processor.engine
@@ -183,14 +206,13 @@ class ReferenceService:
     def set_counters(self, duplicates: int, rejected: int) -> None:
         self.processor.duplicates, self.processor.rejected = duplicates, rejected
 
-    async def prepare(self, batch: list[Consumed], topics: TopicNames, lookup: HeldLookup, *,
-                      committed_seq: int) -> list[bytes]:
-        keys = batch_identities(batch, topics)
-        await resolve_identities(self.processor, keys, lookup, committed_seq=committed_seq)
-        return keys
+    def identities(self, batch: list[Consumed], topics: TopicNames) -> bytes:
+        return b"".join(batch_identities(batch, topics))
 
-    def apply(self, batch: list[Consumed], topics: TopicNames, keys: list[bytes], quarantine: dict[Where, str]
-              ) -> BatchResult:
+    async def prepare(self, batch: list[Consumed], keys: bytes, lookup: HeldLookup, *, committed_seq: int) -> None:
+        await resolve_identities(self.processor, split_keys(keys), lookup, committed_seq=committed_seq)
+
+    def apply(self, batch: list[Consumed], topics: TopicNames, quarantine: dict[Where, str]) -> BatchResult:
         return ingest_batch(self.processor, batch, topics, quarantine)
 
     def projections(self, result: BatchResult, touched: projections.Touched, *, refresh_all: bool
@@ -237,22 +259,31 @@ _SNAPSHOT_COUNTERS = ("duplicates", "rejected", "conflicting_duplicates", "fund_
                       "postings", "adl_quantiles")
 
 
+Records = list[tuple[str, int, int, bytes | None]]  # a consumed batch as the compiled engine takes it
+
+
 class CompiledService:
     """backstop._engine.Ledger behind the port: a consumed batch crosses into Rust once, its held identities given
-    with it; the rows come back as canonical JSON lines and projection rows as COPY text."""
+    with it; the rows come back as canonical JSON lines and projection rows as COPY text. Its held identities are
+    Rust's too (_engine.HeldIds: ServiceIds' decisions), so no identity becomes a Python object on the way."""
 
     name: EngineName = "compiled"
 
-    def __init__(self, ledger: Any, ids: ServiceIds) -> None:
+    def __init__(self, ledger: Any, ids: Any) -> None:
         from backstop import _engine
 
         self.ledger, self.ids = ledger, ids
+        # the batch `identities` and `prepare` were last given: its records as apply_records takes them, and the
+        # held identities among them
+        self._records: tuple[list[Consumed], Records] | None = None
+        self._held_rows: tuple[list[Consumed], bytes] | None = None
+        self._batch_keys = _engine.batch_keys
         self._outbox_copy, self._violation = _engine.outbox_copy, _engine.InvariantViolation
         self._journal_copy_and_facts, self._quantile_keys = _engine.journal_copy_and_facts, _engine.quantile_keys
         self._record_panic = _engine.RecordPanic
 
     @classmethod
-    def open(cls, ids: ServiceIds, state: dict[str, Any] | None, *, check_conservation: bool,
+    def open(cls, held_expected: int, state: dict[str, Any] | None, *, check_conservation: bool,
              adl_quantiles: bool) -> CompiledService:
         from backstop import _engine
 
@@ -272,7 +303,7 @@ class CompiledService:
         fail_on = faults.engine_panic_on()
         if fail_on is not None:
             ledger._panic_on(fail_on)
-        return cls(ledger, ids)
+        return cls(ledger, _engine.HeldIds(held_expected))
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A panic inside the compiled engine outside a record (a broken invariant) poisons it: the service stops, as
@@ -286,6 +317,12 @@ class CompiledService:
     def last_seq(self) -> int:
         seq: int = self.ledger.head()[0]
         return seq
+
+    def load_held(self, keys: bytes) -> None:
+        self.ids.load(keys)
+
+    def drain_held(self) -> list[HeldRow]:
+        return unpack_rows(self.ids.drain())
 
     def head(self) -> EngineHead:
         return EngineHead(*self.ledger.head())
@@ -309,7 +346,7 @@ class CompiledService:
                 keys[key_digest(found)] = (seq, payload)
         # PostgreSQL holds each row's identity by that row's seq: held by the very seq applying it, it is not
         # held before it, so the rows re-apply as themselves.
-        held = await batch_held(self.ids, list(keys), lookup)
+        held = await self._held(b"".join(keys), lookup, None)
         for key in keys.keys() - {key for key, _, _ in unpack_rows(held)}:
             # a journal written before applied_ids existed: the rebuild holds the identity (store.hold)
             seq, payload = keys[key]
@@ -331,23 +368,36 @@ class CompiledService:
     def set_counters(self, duplicates: int, rejected: int) -> None:
         self.ledger.set_counters(duplicates, rejected)
 
-    async def prepare(self, batch: list[Consumed], topics: TopicNames, lookup: HeldLookup, *,
-                      committed_seq: int) -> list[bytes]:
-        keys = batch_identities(batch, topics)
-        await batch_held(self.ids, keys, lookup, committed_seq=committed_seq)  # answered again in apply
+    async def _held(self, keys: bytes, lookup: HeldLookup, committed_seq: int | None) -> bytes:
+        """The held identities among `keys` (concatenated digests) as HELD_ROW rows, after one query for what
+        memory cannot decide (none when the filter rules every one out)."""
+        asked = self.ids.unresolved(keys, committed_seq)
+        found = await lookup(split_keys(asked)) if asked else []
+        self.ids.resolve(asked, pack_rows(found))
+        answers: bytes = self._call(self.ids.answers, keys)
+        return answers
+
+    def identities(self, batch: list[Consumed], topics: TopicNames) -> bytes:
+        records: Records = [(m.topic, m.partition, m.offset, m.value) for m in batch]
+        self._records = batch, records  # as apply_records takes them: built once
+        keys: bytes = self._batch_keys(records, topics.prefix)  # each record decoded in Rust, without the GIL
         return keys
 
-    def apply(self, batch: list[Consumed], topics: TopicNames, keys: list[bytes], quarantine: dict[Where, str]
-              ) -> BatchResult:
-        held = self.ids.answers(keys)
+    async def prepare(self, batch: list[Consumed], keys: bytes, lookup: HeldLookup, *, committed_seq: int) -> None:
+        self._held_rows = batch, await self._held(keys, lookup, committed_seq)
+
+    def apply(self, batch: list[Consumed], topics: TopicNames, quarantine: dict[Where, str]) -> BatchResult:
+        (given, records), (looked_up, held) = self._records or ((), []), self._held_rows or ((), b"")
+        self._records = self._held_rows = None
+        if given is not batch or looked_up is not batch:
+            raise InvariantViolation("a batch was applied without its identities looked up (identities, prepare)")
         # quarantine: records an engine failed on in an earlier run, dead-lettered as engine_error this time
         quarantined = [] if not quarantine else [
             (index, reason) for index, m in enumerate(batch)
             if (reason := quarantine.get((m.topic, m.partition, m.offset))) is not None]
         try:
             journal, ledger_lines, adl, findings, dead, postings, quantiles, duplicates, held_ids = (
-                self.ledger.apply_records([(m.topic, m.partition, m.offset, m.value) for m in batch], topics.prefix,
-                                          held, quarantined))
+                self.ledger.apply_records(records, topics.prefix, held, quarantined))
         except self._record_panic as error:
             # the reference's path (backstop.pipeline.ingest): the batch is lost, the run fails, the supervisor
             # rebuilds the engine from PostgreSQL (this one, poisoned, is never used again) and the record is
@@ -390,7 +440,7 @@ class CompiledService:
             result.outbox_copy = self._outbox_copy(topics.prefix, dead)
         result.duplicates = dict(duplicates)
         self.ids.applied(held_ids)
-        result.held_ids = self.ids.drain()
+        result.held_ids = self.drain_held()
         return result
 
     @staticmethod
@@ -457,8 +507,12 @@ def engine_to_run(wanted: EngineName) -> EngineName:
     return wanted
 
 
-def open_service_engine(name: EngineName, ids: ServiceIds, state: dict[str, Any] | None, *,
-                        check_conservation: bool, adl_quantiles: bool) -> ServiceEngine:
-    """An engine from the start, or from a stored snapshot's state document (written by either engine)."""
-    opener = CompiledService.open if engine_to_run(name) == "compiled" else ReferenceService.open
-    return opener(ids, state, check_conservation=check_conservation, adl_quantiles=adl_quantiles)
+def open_service_engine(name: EngineName, state: dict[str, Any] | None, *, check_conservation: bool,
+                        adl_quantiles: bool, held_expected: int = 0) -> ServiceEngine:
+    """An engine from the start, or from a stored snapshot's state document (written by either engine); its filter
+    of held identities sized for `held_expected` of them (load_held)."""
+    if engine_to_run(name) == "compiled":
+        return CompiledService.open(held_expected, state, check_conservation=check_conservation,
+                                    adl_quantiles=adl_quantiles)
+    return ReferenceService.open(ServiceIds(held_expected), state, check_conservation=check_conservation,
+                                 adl_quantiles=adl_quantiles)

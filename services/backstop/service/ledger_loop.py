@@ -25,7 +25,6 @@ from backstop.adapters.postgres.store import WRITER_LOCK, Head, RefreshCopy
 from backstop.core.errors import InvariantViolation
 from backstop.engines import EngineName
 from backstop.pipeline import projections
-from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.ingest import BatchResult, Consumed, PoisonRecord, Where
 from backstop.pipeline.merge import Merger
 from backstop.pipeline.service_engine import ServiceEngine, Snapshot, fund_balances, open_service_engine
@@ -114,13 +113,13 @@ async def rebuild(store: LedgerStore, *, check_conservation: bool, adl_quantiles
     either engine), then the journal after it; the identities it holds are PostgreSQL's (applied_ids), behind a
     filter loaded here."""
     head = await store.head()
-    ids = ServiceIds(await store.held_estimate())
-    await store.held_keys(ids.load)
     snapshot = await store.latest_snapshot()
     after, state = (0, None) if snapshot is None else (snapshot[0], snapshot[1]["engine"])
-    opened = open_service_engine(engine, ids, state, check_conservation=check_conservation, adl_quantiles=adl_quantiles)
+    opened = open_service_engine(engine, state, check_conservation=check_conservation, adl_quantiles=adl_quantiles,
+                                 held_expected=await store.held_estimate())
+    await store.held_keys(opened.load_held)
     await opened.replay(store.journal(after_seq=after), store.held)
-    await store.hold(ids.drain())  # a no-op, but for a journal written before applied_ids existed
+    await store.hold(opened.drain_held())  # a no-op, but for a journal written before applied_ids existed
     opened.set_counters(head.duplicates, head.rejected)
     rebuilt = opened.head()
     if head.seq and rebuilt.head_hash != head.head_hash:
@@ -345,8 +344,9 @@ class LedgerRun:
         engine = self.engine
         expected = engine.last_seq
         # What memory cannot decide of the batch's identities: one query, before the engine runs (§4.1).
-        keys = await engine.prepare(batch, self.topics, self.store.held, committed_seq=self.progress.seq)
-        result = await self.runtime.offload(engine.apply, batch, self.topics, keys, self.quarantine)
+        keys = await self.runtime.offload(engine.identities, batch, self.topics)
+        await engine.prepare(batch, keys, self.store.held, committed_seq=self.progress.seq)
+        result = await self.runtime.offload(engine.apply, batch, self.topics, self.quarantine)
         return Applied(expected, result, len(batch), started, time.perf_counter())
 
     async def project(self, applied: Applied) -> PendingCommit:

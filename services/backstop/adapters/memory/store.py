@@ -325,7 +325,7 @@ class MemoryStore:
         db = self.db
         for text in _rows(projections.wallets):
             db.wallets[text[:2]] = text
-        for account, symbol, position_side in projections.closed_positions:
+        for account, symbol, position_side in _rows(projections.closed_positions):
             db.positions.pop((account, symbol, position_side), None)
         for text in _rows(projections.positions):
             db.positions[text[:POSITION_KEY]] = text

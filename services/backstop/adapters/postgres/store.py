@@ -321,16 +321,21 @@ async def _copy(connection: asyncpg.Connection, table: str, columns: list[str], 
 Upsert = tuple[str, list[str], int, Rows]  # a table, its columns, how many of them are its key, the rows
 
 
-async def _upsert(connection: asyncpg.Connection, upserts: list[Upsert], before: Callable[[], Awaitable[None]]
-                  ) -> None:
-    """Insert or update many rows of several tables: each table's rows by COPY into a temporary table of its own,
-    then `before` (what must precede the writes), then one INSERT ... ON CONFLICT per table (its key: the first
-    `key_columns` columns), all of them in one round trip, as are the temporary tables' creation. Table and column
-    names are this module's constants, never input."""
+async def _upsert(connection: asyncpg.Connection, upserts: list[Upsert], before: Callable[[], Awaitable[None]],
+                  closed: Rows) -> None:
+    """Insert or update many rows of several tables: each table's rows by COPY into a temporary table of its own
+    (and the `closed` positions' keys into staging_closed), then `before` (what must precede the writes), then one
+    INSERT ... ON CONFLICT per table (its key: the first `key_columns` columns), all of them in one round trip, as
+    are the temporary tables' creation. Table and column names are this module's constants, never input."""
     upserts = [upsert for upsert in upserts if upsert[3]]
-    if upserts:
-        await connection.execute("; ".join(f"CREATE TEMP TABLE IF NOT EXISTS staging_{table} (LIKE {table}) "
-                                           f"ON COMMIT DELETE ROWS" for table, _, _, _ in upserts))
+    created = [f"CREATE TEMP TABLE IF NOT EXISTS staging_{table} (LIKE {table}) ON COMMIT DELETE ROWS"
+               for table, _, _, _ in upserts]
+    if closed:
+        created.append("CREATE TEMP TABLE IF NOT EXISTS staging_closed (account_id text, symbol text, "
+                       "position_side text) ON COMMIT DELETE ROWS")
+    if created:
+        await connection.execute("; ".join(created))
+    await _copy(connection, "staging_closed", POSITION_COLUMNS[:KEY_COLUMNS["positions"]], closed)
     for table, columns, _, rows in upserts:
         await _copy(connection, f"staging_{table}", columns, rows)
     await before()
@@ -755,20 +760,18 @@ class Store:
         return written
 
     async def _project(self, connection: asyncpg.Connection, projections: Projections) -> None:
+        closed = projections.closed_positions
+
         async def delete_closed() -> None:  # before the positions' upsert: a key closed and opened again stays
-            if not projections.closed_positions:
-                return
-            closed = projections.closed_positions
-            await connection.execute(
-                "DELETE FROM positions p USING unnest($1::text[], $2::text[], $3::text[]) "
-                "AS c(account_id, symbol, position_side) "
-                "WHERE p.account_id = c.account_id AND p.symbol = c.symbol AND p.position_side = c.position_side",
-                [c[0] for c in closed], [c[1] for c in closed], [c[2] for c in closed])
+            if closed:  # their keys by COPY (a key per touched position and side: more rows than the upserts')
+                await connection.execute(
+                    "DELETE FROM positions p USING staging_closed c WHERE p.account_id = c.account_id "
+                    "AND p.symbol = c.symbol AND p.position_side = c.position_side")
 
         await _upsert(connection, [
             ("account_wallets", WALLET_COLUMNS, KEY_COLUMNS["account_wallets"], projections.wallets),
             ("positions", POSITION_COLUMNS, KEY_COLUMNS["positions"], projections.positions),
-            ("funds", FUND_COLUMNS, 1, projections.funds)], delete_closed)
+            ("funds", FUND_COLUMNS, 1, projections.funds)], delete_closed, closed)
         if projections.lots is not None:
             await connection.execute("DELETE FROM fund_lots")
             await _copy(connection, "fund_lots", [
