@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from backstop import _engine
 from backstop.pipeline.ingest import Consumed, decode_consumed
+from backstop.pipeline.merge import event_times
 from backstop.wire.decode import InvalidRecord, decode_model
 
 # Until the wire bounds of docs/design.md section 9.2 are in the models, decimals beyond them (but inside the
@@ -180,6 +181,22 @@ def test_journal_lines_and_kafka_values_decode_alike(case: tuple[str, bytes]) ->
     kind, raw = case
     assert _engine.wire_decode_line(raw) == reference_line(raw), raw
     assert _engine.wire_decode_consumed(raw, kind, TOPIC_OF[kind]) == reference_consumed(raw, kind), raw
+    assert _engine.event_times([raw]) == event_times([raw]), raw  # the service's merge reads the same ts
+
+
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=30), st.builds(
+    lambda ts, wrap: wrap.replace(b"@", json.dumps(ts).encode() if not isinstance(ts, bytes) else ts),
+    st.one_of(st.integers(-(1 << 70), 1 << 70), st.floats(allow_nan=False), st.booleans(), st.text(max_size=3),
+              st.none(), st.sampled_from([b"1e3", b"-0", b"1.0", b"NaN", b"[1]", b'{"ts":1}', b"18446744073709551616",
+                                          b"18446744073709551615", b"-9223372036854775809", b"00"])),
+    st.sampled_from([b'{"ts":@}', b'{"a":1,"ts":@,"ts":2}', b'{"ts":2,"ts":@}', b'{"x":{"ts":@}}', b"[@]",
+                     b' {"ts" : @ } ', b'{"ts":@', b'{"ts":@}x'])))))
+@example([b'{"ts":1}', b"", None, b"[" * 1025 + b"]" * 1025, b'{"ts":1,"x":' + b"[" * 1024 + b"]" * 1024 + b"}",
+          b'{"ts":7,"x":"' + b"a" * (1 << 20) + b'"}'])
+def test_the_merge_reads_event_times_alike(values: list[bytes | None]) -> None:
+    """backstop.pipeline.merge.event_time against the compiled engine's reading (the service's merge uses it where
+    the compiled engine runs): the last top-level integer ts orjson reads, else -1."""
+    assert _engine.event_times(values) == event_times(values), values
 
 
 @given(st.sampled_from(sorted(TOPIC_OF)), st.integers(0, 300))

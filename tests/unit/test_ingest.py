@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -10,8 +11,8 @@ from backstop.adapters.postgres.store import journal_relay_row
 from backstop.core.engine import Engine
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Processor
-from backstop.core.records import JournalRecord
-from backstop.pipeline.ingest import Consumed, ingest_batch
+from backstop.core.records import JournalRecord, Posting
+from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch, posting_tail
 from backstop.pipeline.topics import TopicNames, input_key
 from backstop.wire.decode import decode_record
 
@@ -97,3 +98,18 @@ def test_a_reason_quoting_control_characters_is_escaped() -> None:
     (letter,) = result.dead_letters
     assert "\x00" not in letter.reason and "\n" not in letter.reason
     assert "X\\x00\\x0a" in letter.reason
+
+
+def test_posting_tail_counts_the_compiled_lines_after_the_reference_records_and_reads_the_last_hash() -> None:
+    def tail(lines: bytes, records: int = 0) -> tuple[int, str | None]:
+        result = BatchResult()
+        result.posting_lines = lines
+        result.postings = [Posting(1, f"p-{n}", n, 0, "transfer", "a", "b", "USDT", Decimal(1), Decimal(-1), Decimal(1),
+                                   None, None, None, None, None, "0" * 64, f"r{n}") for n in range(records)]
+        return posting_tail(result)
+
+    assert tail(b"") == (0, None)
+    assert tail(b"", records=2) == (2, "r1")
+    assert tail(b'{"hash":"a"}\n') == (1, "a")
+    assert tail(b'{"hash":"a"}\n{"hash":"b"}\n', records=1) == (3, "b")
+    assert tail(b'{"hash":"a"}\n{"hash":"b"}') == (2, "b")  # a last line without its newline

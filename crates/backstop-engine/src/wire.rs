@@ -772,6 +772,20 @@ pub fn decode_line(raw: &[u8]) -> Result<Record<'_>, String> {
     Ok(build(tag, fields))
 }
 
+/// A consumed value's event time as the service's merge orders it (backstop.pipeline.merge.event_time): its top-level
+/// integer `ts` as orjson reads it (the last of duplicate keys), or -1 when it has none: no value, one over
+/// MAX_RECORD_BYTES, not JSON orjson reads, not an object, a `ts` that is not an integer. Nothing is allocated but
+/// the parse.
+pub fn event_time(value: Option<&[u8]>) -> i128 {
+    let Some(raw) = value.filter(|raw| !raw.is_empty() && raw.len() <= MAX_RECORD_BYTES) else { return -1 };
+    let Ok((Value::Object(entries), _)) = json::parse_with_depth(raw, Dialect::Kafka) else { return -1 };
+    match last(&entries, "ts") {
+        // the Kafka dialect keeps as integers exactly orjson's: [-2^63, 2^64), which i128 holds
+        Some(Value::Int(text)) => std::str::from_utf8(text).ok().and_then(|text| text.parse().ok()).unwrap_or(-1),
+        _ => -1,
+    }
+}
+
 /// A consumed Kafka value of the topic of `record_type` (backstop.pipeline.ingest.decode_consumed): the record and
 /// its canonical JSON with its type (the journal payload).
 pub fn decode_consumed<'a>(value: Option<&'a [u8]>, record_type: &str, topic: &str)

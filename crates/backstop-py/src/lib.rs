@@ -424,6 +424,12 @@ impl HeldIds {
     }
 }
 
+/// The event time of each consumed value (backstop.pipeline.merge.event_time, the same rule): one call per fetch.
+#[pyfunction]
+fn event_times(values: Vec<Option<PyBackedBytes>>) -> Vec<i128> {
+    values.iter().map(|value| wire::event_time(value.as_deref())).collect()
+}
+
 /// The key digests (concatenated) of the identities a consumed batch's records carry, in order: of each record that
 /// decodes as its topic's type under `prefix`. Records as apply_records takes them; the GIL is released meanwhile.
 #[pyfunction]
@@ -859,6 +865,7 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<RelayRows>()?;
     module.add_class::<HeldIds>()?;
     module.add_function(wrap_pyfunction!(batch_keys, module)?)?;
+    module.add_function(wrap_pyfunction!(event_times, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_text, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_parse, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_div, module)?)?;

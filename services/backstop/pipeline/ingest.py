@@ -253,11 +253,12 @@ def outbox_messages(result: BatchResult) -> list[OutboxMessage]:
 
 def posting_tail(result: BatchResult) -> tuple[int, str | None]:
     """How many postings a batch made and the last one's hash (the chain's new head; None: none made), whichever form
-    they came in: only the last line is parsed."""
-    lines = result.posting_lines.rstrip(b"\n")
-    if lines:
-        last: str = orjson.loads(lines.rsplit(b"\n", 1)[-1])["hash"]
-        return len(result.postings) + lines.count(b"\n") + 1, last
+    they came in: only the last line is parsed, and the lines (megabytes a batch) are never copied."""
+    lines = result.posting_lines
+    end = len(lines) - 1 if lines.endswith(b"\n") else len(lines)
+    if end > 0:
+        last: str = orjson.loads(lines[lines.rfind(b"\n", 0, end) + 1:end])["hash"]
+        return len(result.postings) + lines.count(b"\n", 0, end) + 1, last
     if result.postings:
         return len(result.postings), output_values(result.postings[-1], ("hash",))[0]
     return 0, None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 
@@ -40,11 +40,23 @@ def event_time(message: Consumed) -> int:
     return ts if isinstance(ts, int) and not isinstance(ts, bool) else _UNKNOWN_TS
 
 
+def event_times(values: Sequence[bytes | None]) -> list[int]:
+    """`event_time` of each value (the compiled engine's _engine.event_times reads the same, one call per fetch)."""
+    return [event_time(Consumed("", 0, 0, None, value)) for value in values]
+
+
+EventTimes = Callable[[list[bytes | None]], list[int]]
+
+
 class Merger:
-    def __init__(self, topics: TopicNames, *, max_buffered: int = 100_000) -> None:
+    """`event_times`: how a fetch's records get their event times (this module's, or the compiled engine's)."""
+
+    def __init__(self, topics: TopicNames, *, max_buffered: int = 100_000, event_times: EventTimes = event_times
+                 ) -> None:
         self.topics = topics
         self.max_buffered = max_buffered
-        self.buffers: dict[Partition, deque[Consumed]] = {}
+        self.event_times = event_times
+        self.buffers: dict[Partition, deque[tuple[int, Consumed]]] = {}  # each record after its event time
         self.next_fetch: dict[Partition, int] = {}  # offset after the last record buffered
         self.end_offsets: dict[Partition, int] = {}  # ends the broker reported; a partition without one is unknown
         self.arrivals = 0  # fetches that brought records, so far
@@ -81,7 +93,8 @@ class Merger:
             messages = [m for m in messages if m.offset >= reached]
             if not messages:
                 return
-        self.buffers.setdefault(partition, deque()).extend(messages)
+        times = self.event_times([m.value for m in messages])
+        self.buffers.setdefault(partition, deque()).extend(zip(times, messages, strict=True))
         self.next_fetch[partition] = messages[-1].offset + 1
         self.buffered += len(messages)
         self.arrivals += 1
@@ -93,17 +106,18 @@ class Merger:
         """Nothing buffered and nothing unread as far as the last fetch knew: the input is caught up."""
         return self.buffered == 0 and not any(self._unread(p) for p in self.buffers)
 
-    def _sort_key(self, message: Consumed) -> tuple[int, int, str, int, int]:
+    def _sort_key(self, timed: tuple[int, Consumed]) -> tuple[int, int, str, int, int]:
+        ts, message = timed
         record_type = self.topics.type_of(message.topic)
         rank = _TYPE_RANK.get(record_type, -1) if record_type else -1
-        return (event_time(message), rank, message.topic, message.partition, message.offset)
+        return (ts, rank, message.topic, message.partition, message.offset)
 
     def _unread(self, partition: Partition) -> bool:
         """Its end is unknown, or records below it are not fetched yet."""
         end = self.end_offsets.get(partition)
         return end is None or self.next_fetch.get(partition, 0) < end
 
-    def _waiting(self, partition: Partition, buffer: deque[Consumed]) -> bool:
+    def _waiting(self, partition: Partition, buffer: deque[tuple[int, Consumed]]) -> bool:
         """Nothing buffered, and not known to have nothing more: its next record could come before any other."""
         return not buffer and (self._unread(partition) or self.confirmed.get(partition, -1) < self.arrivals)
 
@@ -132,7 +146,7 @@ class Merger:
         while heads and len(released) < limit:
             _, partition = heapq.heappop(heads)
             buffer = self.buffers[partition]
-            released.append(buffer.popleft())
+            released.append(buffer.popleft()[1])
             self.buffered -= 1
             if buffer:
                 heapq.heappush(heads, (self._sort_key(buffer[0]), partition))

@@ -23,10 +23,10 @@ from typing import Any, NamedTuple
 from backstop import faults
 from backstop.adapters.postgres.store import WRITER_LOCK, Head, RefreshCopy
 from backstop.core.errors import InvariantViolation
-from backstop.engines import EngineName
+from backstop.engines import EngineName, runs_compiled
 from backstop.pipeline import projections
 from backstop.pipeline.ingest import BatchResult, Consumed, PoisonRecord, Where
-from backstop.pipeline.merge import Merger
+from backstop.pipeline.merge import EventTimes, Merger, event_times
 from backstop.pipeline.service_engine import ServiceEngine, Snapshot, fund_balances, open_service_engine
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics, trace
@@ -105,6 +105,16 @@ class WriteBehind:
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()  # a full refresh is rewritten at the next start; a snapshot is only a shortcut
+
+
+def _event_times(engine: EngineName) -> EventTimes:
+    """The merge reads each fetched record's event time in Rust where the compiled engine runs (one call per fetch,
+    no document a Python object), else in Python: the same rule (tests/differential/test_compiled_wire.py)."""
+    if runs_compiled(engine):
+        from backstop import _engine
+
+        return _engine.event_times
+    return event_times
 
 
 async def rebuild(store: LedgerStore, *, check_conservation: bool, adl_quantiles: bool = True,
@@ -203,7 +213,8 @@ class LedgerRun:
         self.quarantine = owner.quarantine  # the processor's: it outlives a run that failed on a record
         self.consumer = consumer
         self.engine = engine
-        self.merger = Merger(self.topics, max_buffered=settings.merge_max_buffered)
+        self.merger = Merger(self.topics, max_buffered=settings.merge_max_buffered,
+                             event_times=_event_times(settings.engine))
         self.positions = (head.ledger_position, head.adl_position)  # rows in the fund ledger and the ADL events
         self.cadence = projections.RefreshCadence(settings.adl_refresh_events, settings.adl_refresh_event_ms,
                                                   engine.last_seq)
