@@ -424,6 +424,12 @@ impl HeldIds {
     }
 }
 
+/// How many lines `data` holds (its newlines), counted without the GIL: a batch's postings are megabytes.
+#[pyfunction]
+fn line_count(py: Python<'_>, data: &[u8]) -> usize {
+    py.detach(|| data.iter().filter(|&&byte| byte == b'\n').count())
+}
+
 /// The event time of each consumed value (backstop.pipeline.merge.event_time, the same rule): one call per fetch.
 #[pyfunction]
 fn event_times(values: Vec<Option<PyBackedBytes>>) -> Vec<i128> {
@@ -866,6 +872,7 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<HeldIds>()?;
     module.add_function(wrap_pyfunction!(batch_keys, module)?)?;
     module.add_function(wrap_pyfunction!(event_times, module)?)?;
+    module.add_function(wrap_pyfunction!(line_count, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_text, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_parse, module)?)?;
     module.add_function(wrap_pyfunction!(numbers_div, module)?)?;

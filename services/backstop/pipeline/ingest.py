@@ -256,9 +256,11 @@ def posting_tail(result: BatchResult) -> tuple[int, str | None]:
     they came in: only the last line is parsed, and the lines (megabytes a batch) are never copied."""
     lines = result.posting_lines
     end = len(lines) - 1 if lines.endswith(b"\n") else len(lines)
-    if end > 0:
+    if end > 0:  # only the compiled engine writes lines, so it is there: it counts them without the GIL
+        from backstop._engine import line_count
+
         last: str = orjson.loads(lines[lines.rfind(b"\n", 0, end) + 1:end])["hash"]
-        return len(result.postings) + lines.count(b"\n", 0, end) + 1, last
+        return len(result.postings) + line_count(lines) + (end == len(lines)), last  # a last line without "\n"
     if result.postings:
         return len(result.postings), output_values(result.postings[-1], ("hash",))[0]
     return 0, None
