@@ -40,7 +40,7 @@ from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline import projections
 from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch, output_json
-from backstop.pipeline.projections import FullRefresh, Projections
+from backstop.pipeline.projections import FullRefresh, Projections, Rows
 from backstop.pipeline.topics import TopicNames
 from backstop.service.ports import (
     OUTBOX_HEADER,
@@ -326,6 +326,29 @@ async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_th
         ("closed later", D(1), D(10)), ("newer", D(1), D(10)), ("older", D(2), D(5)), ("we\tird\\x\n", D(2), D(5))]
     assert await under_test.table("adl_queue") == [("BTCUSDT", "long", "we\tird\\x\n", D(1), D("0.123456789012"),
                                                     D(5), D(5))]
+
+
+@pytest.mark.parametrize("form", ["tuples", "copy text"])
+async def test_a_batch_deletes_the_positions_it_closed_and_keeps_one_it_opened_again(
+        under_test: StoreUnderTest, form: str) -> None:
+    """Closed positions come as tuples (the reference) or COPY text (the compiled engine: split by the server when it
+    escapes nothing, else read back here); a key closed and written again in the same batch stays."""
+    store, weird = under_test.store, "we\tird\\x\n"
+    head = Head(0, "", "0" * 64, "0" * 64, 0, 0, 0, 0)
+    opened = [_position(name, 1) for name in ("a", "b", "c", weird)]
+    await store.commit(expected_seq=0, result=BatchResult(), head=head, projections=Projections(
+        wallets=[], positions=opened, closed_positions=[], funds=[], lots=None, adl_queue=None))
+    for closed in ([("a", "BTCUSDT", "both"), ("b", "BTCUSDT", "both"), ("x", "BTCUSDT", "long")],
+                   [(weird, "BTCUSDT", "both")]):
+        rows: Rows = closed if form == "tuples" else b"".join(
+            b"%s\t%s\t%s\n" % tuple(copy_escaped(value) for value in key) for key in closed)
+        await store.commit(expected_seq=0, result=BatchResult(), head=head, projections=Projections(
+            wallets=[], positions=[_position("b", 2)], closed_positions=rows, funds=[], lots=None, adl_queue=None))
+    assert [(r[0], r[-1]) for r in await under_test.table("positions")] == [("b", D(2)), ("c", D(1))]
+
+
+def copy_escaped(value: str) -> bytes:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").encode()
 
 
 async def test_a_lock_has_one_holder_and_a_second_waits(under_test: StoreUnderTest) -> None:
