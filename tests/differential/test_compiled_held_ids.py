@@ -23,7 +23,7 @@ from backstop.core.ordering import MAX_AHEAD_MS, MAX_LATENESS_MS
 from backstop.engines import ENGINES, Consumed, EngineName, EngineOptions, LedgerEngine, RecordsResult, open_engine
 from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.ingest import Consumed as IngestConsumed
-from backstop.pipeline.ingest import batch_held, batch_identities
+from backstop.pipeline.ingest import batch_identities
 from differential.alike import TOPICS, consumed, run
 from differential.test_compiled_admission import admission_journal
 from property.strategies import SYMBOLS, journals, outlier, outlier_kinds, timed
@@ -61,9 +61,12 @@ class Service:
 
     def apply(self, batch: list[Consumed]) -> RecordsResult:
         committed = self.engine.events_applied
-        if isinstance(self.ids, ServiceIds):
+        if isinstance(self.ids, ServiceIds):  # as the service's reference path does (ingest.resolve_identities)
             keys = batch_identities([IngestConsumed(t, p, o, None, v) for t, p, o, v in batch], TOPICS)
-            held = asyncio.run(batch_held(self.ids, keys, self.table.held, committed_seq=committed))
+            self.ids.committed(committed)
+            asked = self.ids.unresolved(keys)
+            self.ids.resolve(asked, asyncio.run(self.table.held(asked)) if asked else [])
+            held = self.ids.answers(keys)
         else:  # as backstop.pipeline.service_engine.CompiledService does
             packed = _engine.batch_keys(batch, PREFIX)
             asked = self.ids.unresolved(packed, committed)

@@ -167,12 +167,9 @@ impl Admission {
                 Err("held identities given to an engine that holds its own".into())
             };
         }
-        if rows.len() % HELD_ROW_BYTES != 0 {
-            return Err(format!("held identities of {} bytes: not a whole number of {HELD_ROW_BYTES}-byte rows",
-                               rows.len()));
-        }
+        let rows = held_rows(rows)?;
         self.ids.clear();
-        for row in rows.chunks_exact(HELD_ROW_BYTES) {
+        for row in rows {
             let (key, content, seq) = unpack_row(row);
             if seq < 1 {
                 return Err("a held identity's seq is at least 1".into());
@@ -214,6 +211,15 @@ pub fn pack_row(out: &mut Vec<u8>, key: Key, content: u64, seq: u64) {
     out.extend_from_slice(&key.to_bytes());
     out.extend_from_slice(&content.to_be_bytes());
     out.extend_from_slice(&seq.to_be_bytes());
+}
+
+/// HELD_ROW rows one by one; Err for bytes that are not a whole number of them.
+pub fn held_rows(data: &[u8]) -> Result<std::slice::ChunksExact<'_, u8>, String> {
+    if data.len() % HELD_ROW_BYTES != 0 {
+        return Err(format!("held identities of {} bytes: not a whole number of {HELD_ROW_BYTES}-byte rows",
+                           data.len()));
+    }
+    Ok(data.chunks_exact(HELD_ROW_BYTES))
 }
 
 pub fn unpack_row(row: &[u8]) -> (Key, u64, u64) {

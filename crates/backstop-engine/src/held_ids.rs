@@ -7,7 +7,7 @@
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::admission::{pack_row, unpack_row, HELD_ROW_BYTES};
+use crate::admission::{held_rows, pack_row, unpack_row, HELD_ROW_BYTES};
 use crate::content::{admits, key_digest, Admits};
 use crate::idtable::{Held, Key};
 use crate::processor::{input_type, Consumed};
@@ -138,7 +138,7 @@ impl HeldIds {
     /// What PostgreSQL holds of `asked` (HELD_ROW rows of applied_ids): the answers for the next batch.
     pub fn resolve(&mut self, asked: &[Key], found: &[u8]) -> Result<(), String> {
         let mut resolved: FxHashMap<Key, Option<Held>> = asked.iter().map(|key| (*key, None)).collect();
-        for row in rows(found)? {
+        for row in held_rows(found)? {
             let (key, content, seq) = unpack_row(row);
             resolved.insert(key, Some(Held { content, seq }));
         }
@@ -163,7 +163,7 @@ impl HeldIds {
 
     /// The identities a batch applied (its HELD_ROW rows): held here as `add` holds them.
     pub fn applied(&mut self, applied: &[u8]) -> Result<(), String> {
-        for row in rows(applied)? {
+        for row in held_rows(applied)? {
             let (key, content, seq) = unpack_row(row);
             self.add(key, content, seq);
         }
@@ -204,14 +204,6 @@ pub fn split_keys(keys: &[u8]) -> Result<Vec<Key>, String> {
         return Err(format!("key digests of {} bytes: not a whole number of {KEY_BYTES}-byte keys", keys.len()));
     }
     Ok(keys.chunks_exact(KEY_BYTES).map(|key| Key::from_bytes(key.try_into().expect("16 bytes"))).collect())
-}
-
-fn rows(data: &[u8]) -> Result<std::slice::ChunksExact<'_, u8>, String> {
-    if data.len() % HELD_ROW_BYTES != 0 {
-        return Err(format!("held identities of {} bytes: not a whole number of {HELD_ROW_BYTES}-byte rows",
-                           data.len()));
-    }
-    Ok(data.chunks_exact(HELD_ROW_BYTES))
 }
 
 /// The key digests of the identities a consumed batch's records carry, in order: those of every record that

@@ -419,15 +419,6 @@ async def _resolve(ids: ServiceIds, keys: Iterable[bytes], lookup: HeldLookup, c
     ids.resolve(asked, await lookup(asked) if asked else [])
 
 
-async def batch_held(ids: ServiceIds, keys: list[bytes], lookup: HeldLookup, *,
-                     committed_seq: int | None = None) -> bytes:
-    """For an engine of the batch API whose identities are held per batch (backstop.engines, either engine): look
-    up, in one query, what memory cannot decide of the batch's identities (`batch_identities`), and return the held
-    ones among them (HELD_ROW rows: `held=` of apply_records). Give the result's `held_ids` to `ids.applied`."""
-    await _resolve(ids, keys, lookup, committed_seq)
-    return ids.answers(keys)
-
-
 REPLAY_CHUNK = 2000  # journal rows re-applied per identity lookup
 
 

@@ -15,7 +15,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 
@@ -56,6 +56,9 @@ from backstop.pipeline.ingest import (
 )
 from backstop.pipeline.topics import TopicNames
 from backstop.wire.decode import decode_record
+
+if TYPE_CHECKING:  # the compiled module is imported where it runs (engine_to_run)
+    from backstop._engine import HeldIds
 
 log = logging.getLogger("backstop.ledger")
 
@@ -269,7 +272,7 @@ class CompiledService:
 
     name: EngineName = "compiled"
 
-    def __init__(self, ledger: Any, ids: Any) -> None:
+    def __init__(self, ledger: Any, ids: HeldIds) -> None:
         from backstop import _engine
 
         self.ledger, self.ids = ledger, ids
