@@ -156,7 +156,8 @@ async def pg_writes(connection: asyncpg.Connection) -> tuple[dict[str, tuple[int
 
 # every record the relay published: the journal, fund-ledger, ADL event and posting rows and the outbox's
 PUBLISHED_SQL = ("SELECT (SELECT count(*) FROM journal) + (SELECT count(*) FROM fund_ledger) + "
-                 "(SELECT count(*) FROM adl_events) + (SELECT count(*) FROM postings) + (SELECT count(*) FROM outbox)")
+                 "(SELECT count(*) FROM adl_events) + (SELECT coalesce(sum(postings), 0) FROM posting_blocks) + "
+                 "(SELECT count(*) FROM outbox)")
 SERVER_DSN = os.environ.get("BACKSTOP_BENCH_PG_DSN", "postgresql://backstop@127.0.0.1:5432/backstop")  # the owner
 
 

@@ -32,7 +32,6 @@ LEDGER_COLUMNS = ["position", "id", "seq", "ts", "fund_id", "kind", "amount", "b
                   "counter_account", "prev_hash", "hash", "record"]
 ADL_COLUMNS = ["position", "id", "seq", "ts", "symbol", "liquidation_id", "fund_id", "account_id", "side", "qty",
                "price", "rank", "score", "quantile", "prev_hash", "hash", "record"]
-POSTING_COLUMNS = ["position", "id", "seq", "asset", "record"]  # posting_records: the rest is in the record (0015)
 NUMERIC = {"amount", "balance_after", "qty", "price", "score", "debit_balance_after", "credit_balance_after"}
 
 
@@ -82,7 +81,7 @@ async def rewrite_as_owner(owner_dsn: str, *, ledger: list[dict[str, Any]], adl_
                            postings: list[dict[str, Any]] | None = None) -> None:
     """As the tables' owner: the triggers off, the journal rows, the fund ledger, the ADL events, (given) the
     postings, the fund balances and the engine head replaced by a consistent forgery, the triggers on again."""
-    tables = ("journal", "fund_ledger", "adl_events", "posting_records")
+    tables = ("journal", "fund_ledger", "adl_events", "posting_blocks")
     ledger_head = ledger[-1]["hash"] if ledger else "0" * 64
     adl_head = adl_events[-1]["hash"] if adl_events else "0" * 64
     connection = await asyncpg.connect(owner_dsn)
@@ -93,10 +92,15 @@ async def rewrite_as_owner(owner_dsn: str, *, ledger: list[dict[str, Any]], adl_
             for seq, payload in journal.items():
                 await connection.execute("UPDATE journal SET payload = $2, payload_hash = $3 WHERE seq = $1", seq,
                                          payload.decode(), hashlib.sha256(payload).hexdigest())
+            if postings is not None:  # one block of them all (migration 0017)
+                await connection.execute("DELETE FROM posting_blocks")
+                if postings:
+                    await connection.execute(
+                        "INSERT INTO posting_blocks (last_position, postings, first_seq, last_seq, records) "
+                        "VALUES ($1, $2, $3, $4, $5)", len(postings), len(postings), postings[0]["seq"],
+                        postings[-1]["seq"], "".join(canonical_json(p).decode() + "\n" for p in postings))
             for table, columns, records in (("fund_ledger", LEDGER_COLUMNS, ledger),
-                                            ("adl_events", ADL_COLUMNS, adl_events),
-                                            *((("posting_records", POSTING_COLUMNS, postings),) if postings is not None
-                                              else ())):
+                                            ("adl_events", ADL_COLUMNS, adl_events)):
                 await connection.execute(f"DELETE FROM {table}")
                 rows = [[position, *(Decimal(r[c]) if c in NUMERIC else r[c] for c in columns[1:-1]),
                          canonical_json(r).decode()] for position, r in enumerate(records, start=1)]

@@ -239,7 +239,7 @@ async def test_the_postings_are_stored_once_and_read_with_every_column_as_before
             "VALUES (1, 'p-1-0', 1, 1760000000000, 'fee', 'wallet:a:USDT', 'fund:F', 'USDT', 12.5, -12.5, 12.5, "
             "'f-1', $1, 'h1', $2)", "0" * 64, record)
         before = [tuple(r) for r in await connection.fetch(every_column)]
-        assert (await migrate(empty_database))[0] == "0015"
+        assert await migrate_before(empty_database, tmp_path, "0016") == ["0015"]
         assert [tuple(r) for r in await connection.fetch(every_column)] == before
         assert before[0][:9] == (1, "p-1-0", 1, 1760000000000, "fee", "wallet:a:USDT", "fund:F", "USDT",
                                  Decimal("12.5"))
@@ -300,8 +300,8 @@ async def test_every_effect_row_still_names_a_journal_seq_once_checked_per_state
         except asyncpg.FeatureNotSupportedError:
             assert compression != b"l"
         triggers = {r["tgname"] for r in await connection.fetch("SELECT tgname FROM pg_trigger")}
-        assert {f"{t}_seq_in_journal" for t in ("posting_records", "applied_ids", "findings", "fund_ledger",
-                                                "adl_events")} <= triggers  # 0015 renamed the postings' table
+        assert {f"{t}_seq_in_journal" for t in ("applied_ids", "findings", "fund_ledger", "adl_events")} <= triggers
+        assert "posting_blocks_continue" in triggers  # 0017: a block per batch, its seqs checked as it is inserted
     finally:
         await connection.close()
 
@@ -327,7 +327,7 @@ async def test_the_journal_is_held_gapless_and_an_effect_rows_seq_checked_by_its
             await connection.execute("ALTER TABLE journal DISABLE TRIGGER USER")
             await connection.execute("DELETE FROM journal WHERE seq = 4")
             await connection.execute("ALTER TABLE journal ENABLE TRIGGER USER")
-        assert await migrate(empty_database) == ["0016"]
+        assert (await migrate(empty_database))[0] == "0016"
 
         for seqs, error, message in (([4, 5], asyncpg.IntegrityConstraintViolationError, "seqs 4 to 5 .2 rows. do "
                                       "not continue the journal at seq 3 without a gap"),
@@ -346,5 +346,93 @@ async def test_the_journal_is_held_gapless_and_an_effect_rows_seq_checked_by_its
                 await connection.execute(insert, keys, [b"c" * 8] * len(seqs), seqs)
         await connection.execute(insert, [b"a" * 16, b"b" * 16], [b"c" * 8] * 2, [1, 6])
         assert await connection.fetchval("SELECT count(*) FROM applied_ids") == 2  # only the statement within range
+    finally:
+        await connection.close()
+
+
+def posting_record(position: int, seq: int, asset: str = "USDT") -> str:
+    record = POSTING_RECORD | {"id": f"p-{seq}-{position}", "seq": seq, "asset": asset, "hash": f"h{position}"}
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
+
+
+EVERY_POSTING_COLUMN = ("SELECT position, id, seq, ts, kind, debit_account, credit_account, asset, amount, "
+                        "debit_balance_after, credit_balance_after, transfer_id, fill_id, liquidation_id, "
+                        "adl_event_id, fund_entry_id, prev_hash, hash, record FROM postings ORDER BY position")
+
+
+async def test_the_postings_move_into_blocks_read_as_before_and_a_block_must_continue_them(empty_database: str,
+                                                                                          tmp_path: Path) -> None:
+    """0017: the postings written before move into blocks and read through the view `postings` as they did, every
+    column; a new block (a batch's postings, one row) must continue the positions without a gap and name seqs in the
+    journal, none before the last block's; blocks are append-only."""
+    await migrate_before(empty_database, tmp_path, "0017")
+    connection = await asyncpg.connect(empty_database)
+    try:
+        await connection.executemany("INSERT INTO journal VALUES ($1, 't', 0, $1, 'fill', 0, '{}', 'h')",
+                                     [(seq,) for seq in (1, 2, 3)])
+        await connection.executemany(
+            "INSERT INTO posting_records (position, id, seq, asset, record) VALUES ($1, $2, $3, $4, $5)",
+            [(position, f"p-{seq}-{position}", seq, "USDT", posting_record(position, seq))
+             for position, seq in ((1, 1), (2, 1), (3, 2))])
+        before = [tuple(r) for r in await connection.fetch(EVERY_POSTING_COLUMN)]
+        assert [r[:3] for r in before] == [(1, "p-1-1", 1), (2, "p-1-2", 1), (3, "p-2-3", 2)]
+        assert await migrate(empty_database) == ["0017"]
+        assert [tuple(r) for r in await connection.fetch(EVERY_POSTING_COLUMN)] == before
+        assert await connection.fetchval("SELECT to_regclass('posting_records')") is None
+        assert [tuple(r) for r in await connection.fetch(
+            "SELECT last_position, postings, first_seq, last_seq FROM posting_blocks")] == [(3, 3, 1, 2)]
+
+        insert = ("INSERT INTO posting_blocks (last_position, postings, first_seq, last_seq, records) "
+                  "VALUES ($1, $2, $3, $4, $5)")
+
+        def block(first: int, seqs: list[int]) -> tuple[int, int, int, int, str]:
+            lines = "".join(posting_record(first + i, seq, "BTC") + "\n" for i, seq in enumerate(seqs))
+            return first + len(seqs) - 1, len(seqs), seqs[0], seqs[-1], lines
+
+        await connection.execute(insert, *block(4, [2, 3]))
+        rows = await connection.fetch(EVERY_POSTING_COLUMN)
+        assert [(r["position"], r["id"], r["seq"], r["asset"]) for r in rows][3:] == [(4, "p-2-4", 2, "BTC"),
+                                                                                     (5, "p-3-5", 3, "BTC")]
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="postings 7 to 7 do not continue"):
+            await connection.execute(insert, *block(7, [3]))  # position 6 skipped
+        with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="postings 5 to 5 do not continue"):
+            await connection.execute(insert, *block(5, [3]))  # position 5 again
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="seq 4 is not in the journal"):
+            await connection.execute(insert, *block(6, [3, 4]))
+        with pytest.raises(asyncpg.ForeignKeyViolationError, match="seq 2 is not in the journal after seq 3"):
+            await connection.execute(insert, *block(6, [2]))  # before the last block's last
+        with pytest.raises(asyncpg.CheckViolationError):
+            await connection.execute(insert, 6, 1, 3, 2, "x\n")  # its last seq before its first
+        await connection.execute(insert, *block(6, [3]))
+        assert await connection.fetchval("SELECT count(*) FROM postings") == 6
+        for statement in ("UPDATE posting_blocks SET records = ''", "DELETE FROM posting_blocks",
+                          "TRUNCATE posting_blocks"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await connection.execute(statement)
+        compression = await connection.fetchval(
+            "SELECT attcompression FROM pg_attribute WHERE attrelid = 'posting_blocks'::regclass "
+            "AND attname = 'records'")
+        try:  # stored with lz4 where the server has it
+            await connection.execute("CREATE TEMP TABLE lz4_here (t text COMPRESSION lz4)")
+            assert compression == b"l"
+        except asyncpg.FeatureNotSupportedError:
+            assert compression != b"l"
+    finally:
+        await connection.close()
+
+
+async def test_postings_with_a_gap_are_not_moved_into_blocks(empty_database: str, tmp_path: Path) -> None:
+    """0017 refuses, changing nothing, postings whose positions are not gapless from 1."""
+    await migrate_before(empty_database, tmp_path, "0017")
+    connection = await asyncpg.connect(empty_database)
+    try:
+        await connection.execute(JOURNAL_ROW)
+        await connection.executemany(
+            "INSERT INTO posting_records (position, id, seq, asset, record) VALUES ($1, $2, 1, 'USDT', $3)",
+            [(position, f"p-1-{position}", posting_record(position, 1)) for position in (1, 3)])
+        with pytest.raises(asyncpg.DataError, match="not gapless from position 1"):
+            await migrate(empty_database)
+        assert await connection.fetchval("SELECT count(*) FROM posting_records") == 2
+        assert await connection.fetchval("SELECT to_regclass('posting_blocks')") is None
     finally:
         await connection.close()

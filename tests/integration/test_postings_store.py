@@ -63,19 +63,22 @@ async def test_every_posting_is_stored_append_only_published_and_audited(
         assert [r["position"] for r in rows] == list(range(1, len(want) + 1))
         assert (rows[0]["debit_account"], rows[0]["credit_account"], str(rows[0]["amount"])) == (
             "external:USDT", "fund:BNB", "100")
-        for statement in ("UPDATE posting_records SET record = '{}'", "DELETE FROM posting_records",
-                          "TRUNCATE posting_records"):
+        blocks = await owner.fetch("SELECT last_position, postings, first_seq, last_seq, records FROM posting_blocks")
+        assert sum(b["postings"] for b in blocks) == len(want)  # a block per batch that made postings (0017)
+        assert [orjson.loads(line) for b in blocks for line in b["records"].splitlines()] == want
+        for statement in ("UPDATE posting_blocks SET records = ''", "DELETE FROM posting_blocks",
+                          "TRUNCATE posting_blocks"):
             with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError, match="append-only"):
                 await owner.execute(statement)  # the owner is stopped by the trigger
         with pytest.raises(asyncpg.exceptions.ObjectNotInPrerequisiteStateError):
-            await owner.execute("DELETE FROM postings")  # the view of every column (migration 0015) is read-only
+            await owner.execute("DELETE FROM postings")  # the view of every column (migrations 0015, 0017) is read-only
     finally:
         await owner.close()
     service = await asyncpg.connect(settings.dsn())
     try:
-        for statement in ("UPDATE posting_records SET record = '{}'", "DELETE FROM posting_records",
-                          "TRUNCATE posting_records",
-                          "ALTER TABLE posting_records DISABLE TRIGGER posting_records_append_only"):
+        for statement in ("UPDATE posting_blocks SET records = ''", "DELETE FROM posting_blocks",
+                          "TRUNCATE posting_blocks",
+                          "ALTER TABLE posting_blocks DISABLE TRIGGER posting_blocks_append_only"):
             with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError) as refused:
                 await service.execute(statement)
             assert "append-only" not in str(refused.value), statement  # refused for want of a privilege

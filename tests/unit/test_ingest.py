@@ -12,7 +12,16 @@ from backstop.core.engine import Engine
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Processor
 from backstop.core.records import JournalRecord, Posting
-from backstop.pipeline.ingest import BatchResult, Consumed, ingest_batch, posting_tail
+from backstop.pipeline.ingest import (
+    BatchResult,
+    Consumed,
+    PostingBlock,
+    ingest_batch,
+    last_posting_hash,
+    output_json,
+    posting_block,
+    posting_tail,
+)
 from backstop.pipeline.topics import TopicNames, input_key
 from backstop.wire.decode import decode_record
 
@@ -113,3 +122,22 @@ def test_posting_tail_counts_the_compiled_lines_after_the_reference_records_and_
     assert tail(b'{"hash":"a"}\n') == (1, "a")
     assert tail(b'{"hash":"a"}\n{"hash":"b"}\n', records=1) == (3, "b")
     assert tail(b'{"hash":"a"}\n{"hash":"b"}') == (2, "b")  # a last line without its newline
+
+
+def test_a_batchs_postings_are_one_block_whichever_engine_made_them() -> None:
+    """posting_block: the reference engine's records become the lines the compiled engine writes, in order and
+    before the lines; the block's count and first and last seqs are the postings'."""
+    records = [Posting(seq, f"p-{seq}-{n}", seq, 0, "transfer", "a", "b", "USDT", Decimal(1), Decimal(-1), Decimal(1),
+                       None, None, None, None, None, "0" * 64, f"r{seq}") for n, seq in enumerate((4, 4, 6))]
+    lines = b"".join(output_json(r) + b"\n" for r in records)
+
+    def block(postings: list[Posting], posting_lines: bytes) -> PostingBlock | None:
+        result = BatchResult()
+        result.postings, result.posting_lines = postings, posting_lines
+        return posting_block(result)
+
+    assert block([], b"") is None
+    assert block(records, b"") == block([], lines) == PostingBlock(lines, 3, 4, 6)
+    assert block(records[:1], b"".join(lines.splitlines(keepends=True)[1:])) == PostingBlock(lines, 3, 4, 6)
+    assert block([], lines.rstrip(b"\n")) == PostingBlock(lines, 3, 4, 6)  # a last line without its newline
+    assert last_posting_hash(lines.decode()) == "r6" == last_posting_hash(lines.decode().rstrip("\n"))

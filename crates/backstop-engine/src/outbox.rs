@@ -1,8 +1,7 @@
 //! The service's outbox rows for a consumed batch's dead letters, as COPY text: topic, key, record id and the
 //! record's canonical JSON (the relay reads the journal, fund ledger, ADL events and postings from their own
 //! tables, and a batch's quantile records from the one outbox row that holds them as the engine wrote them). And the
-//! rows of a table the relay publishes from (the postings), as COPY text built from their output lines, so the
-//! service never parses a record it stores as it was published.
+//! flat reading of a canonical JSON record's top-level fields that the relay's keys are read with.
 
 use crate::json::{self, Dialect, Value};
 use crate::projection::Line;
@@ -35,39 +34,6 @@ pub fn copy_text(prefix: &str, dead_letters: &[u8]) -> Vec<u8> {
         let key = format!("{}:{}", text(get("source_topic")), text(get("source_partition")));
         Line::new(&mut out).text(&topic).text(&key).text(&text(get("id")))
             .text(std::str::from_utf8(line).expect("UTF-8 JSON")).end();
-    }
-    out
-}
-
-/// Output records (canonical JSON lines) as COPY text of a table that stores them as published: a `position` from
-/// `first_position` on, the named top-level fields (text as it is, integers as their digits, null or missing as
-/// NULL), then the line itself (the `record` column).
-pub fn table_copy(lines: &[u8], columns: &[&str], first_position: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(lines.len() * 2 + 64);
-    let mut flat: Vec<(&[u8], Scalar<'_>)> = Vec::with_capacity(32);
-    let records = lines.split(|&b| b == b'\n').filter(|line| !line.is_empty());
-    for (position, line) in (first_position..).zip(records) {
-        let mut row = Line::new(&mut out).text(&position.to_string());
-        if flat_fields(line, &mut flat) {
-            for &name in columns {
-                let found = flat.iter().rev().find(|(key, _)| *key == name.as_bytes()).map(|(_, value)| value);
-                row = match found {
-                    Some(Scalar::Text(raw)) => row.text(std::str::from_utf8(raw).expect("UTF-8 JSON")),
-                    Some(Scalar::Null) | None => row.null(),
-                };
-            }
-        } else {
-            let document = json::parse(line, Dialect::File).expect("the engine's own canonical JSON");
-            for &name in columns {
-                row = match field(&document, name) {
-                    Some(Value::Str(text)) => row.text(text),
-                    Some(Value::Int(digits)) => row.text(std::str::from_utf8(digits).expect("ASCII digits")),
-                    Some(Value::Bool(flag)) => row.text(if *flag { "true" } else { "false" }),
-                    _ => row.null(),
-                };
-            }
-        }
-        row.text(std::str::from_utf8(line).expect("UTF-8 JSON")).end();
     }
     out
 }
@@ -187,17 +153,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_rows_carry_positions_fields_and_the_line() {
-        let lines = b"{\"amount\":\"1.5\",\"fill_id\":null,\"id\":\"p-1\",\"note\":\"a\\tb\",\"seq\":7}\n\
-                      {\"amount\":\"2\",\"id\":\"p-2\",\"seq\":8}\n";
-        let text = String::from_utf8(table_copy(lines, &["id", "seq", "amount", "fill_id"], 41)).unwrap();
-        assert_eq!(text, "41\tp-1\t7\t1.5\t\\N\t{\"amount\":\"1.5\",\"fill_id\":null,\"id\":\"p-1\",\
-                          \"note\":\"a\\\\tb\",\"seq\":7}\n\
-                          42\tp-2\t8\t2\t\\N\t{\"amount\":\"2\",\"id\":\"p-2\",\"seq\":8}\n");
-        assert!(table_copy(b"", &["id"], 1).is_empty());
-    }
-
-    #[test]
     fn the_flat_reading_agrees_with_the_parser() {
         let columns = ["id", "seq", "amount", "flag", "gone", "neg", "nested"];
         for (line, flat_expected) in [
@@ -228,8 +183,6 @@ mod tests {
             }
             assert_eq!(fast, flat_expected, "{}", String::from_utf8_lossy(line));
         }
-        let text = String::from_utf8(table_copy(b"{\"id\":\"a\\\"b\",\"seq\":1}\n", &["id", "seq"], 5)).unwrap();
-        assert_eq!(text, "5\ta\"b\t1\t{\"id\":\"a\\\\\"b\",\"seq\":1}\n");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use crate::engine::SCHEMA_VERSION;
 use crate::json::{self, Dialect, Value};
 use crate::kafka_batch::{self, Record};
-use crate::outbox::{field, quantile_keys};
+use crate::outbox::{field, flat_fields, quantile_keys, Scalar};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -58,15 +58,16 @@ pub struct RelayRows {
 }
 
 /// What one batch wrote to the relay's sources (backstop.adapters.postgres.store.Committed): its quantile block,
-/// its other outbox rows' (id, topic, key, record id, payload), journal rows' and postings' COPY text as the store
-/// sent them, and its fund-ledger entries and ADL events as (position, key, record id, record).
+/// its other outbox rows' (id, topic, key, record id, payload) and journal rows' COPY text as the store sent them,
+/// its fund-ledger entries and ADL events as (position, key, record id, record), and its posting block (the last
+/// posting's position and the lines).
 pub struct Commit<'a> {
     pub block: Option<Block<'a>>,
     pub outbox_copy: &'a [u8],
     pub journal_copy: &'a [u8],
     pub fund_ledger: &'a [(i64, String, String, String)],
     pub adl_events: &'a [(i64, String, String, String)],
-    pub posting_copy: &'a [u8],
+    pub postings: Option<(i64, &'a str)>,
 }
 
 /// A quantile block as stored: its row's id (its last record's), its records' topic, lines and keys.
@@ -109,6 +110,27 @@ fn journal_key(record_type: &str, payload: &str) -> Result<String, String> {
         Some(Value::Int(digits)) => Ok(String::from_utf8_lossy(digits).into_owned()),
         _ => Err(format!("a {record_type} journal record without its {}", key_field(record_type))),
     }
+}
+
+/// String fields of a record's canonical JSON (None: one is missing or not a string): read flat where the record
+/// allows (crate::outbox::flat_fields), else parsed.
+fn text_fields<'a, const N: usize>(line: &'a str, names: [&str; N], flat: &mut Vec<(&'a [u8], Scalar<'a>)>)
+                                   -> Option<[String; N]> {
+    let found: [Option<String>; N] = if flat_fields(line.as_bytes(), flat) {
+        names.map(|name| match flat.iter().rev().find(|(key, _)| *key == name.as_bytes()) {
+            Some((_, Scalar::Text(raw))) => std::str::from_utf8(raw).ok().map(str::to_string),
+            _ => None,
+        })
+    } else {
+        let document = json::parse(line.as_bytes(), Dialect::File).ok()?;
+        names.map(|name| match field(&document, name) {
+            Some(Value::Str(text)) => Some(text.to_string()),
+            _ => None,
+        })
+    };
+    let mut values = found.into_iter();
+    let all: Vec<String> = values.by_ref().map_while(|value| value).collect();
+    all.try_into().ok()
 }
 
 /// A journal row's record as the relay publishes it: journal_record's canonical JSON, its keys in sorted order.
@@ -271,15 +293,9 @@ impl RelayRows {
             read.rows.extend(rows.iter().map(|(id, key, record_id, payload)| RelayRow {
                 id: *id, topic, key: key.clone(), record_id: record_id.clone(), payload: payload.clone(), source }));
         }
-        for line in copy_lines(commit.posting_copy) {
-            // the postings' columns: position, id, seq, asset, record
-            let columns = Columns(copy_values(line));
-            if columns.0.len() != 5 {
-                return Err(format!("a posting row of {} columns, not 5", columns.0.len()));
-            }
-            read.rows.push(RelayRow { id: columns.int(0)?, topic: 3, key: columns.text(3)?.to_string(),
-                                      record_id: columns.text(1)?.to_string(), payload: columns.text(4)?.to_string(),
-                                      source: Source::Postings });
+        if let Some((last_position, lines)) = commit.postings {
+            let records = lines.matches('\n').count() as i64;
+            read.push_postings(last_position, records, lines, 0)?;
         }
         Ok(read)
     }
@@ -325,6 +341,10 @@ impl RelayRows {
             Source::Journal => self.push_journal(id, columns.text(2)?, columns.text(6)?, columns.int(7)?,
                                                  columns.int(8)?, columns.int(9)?, columns.text(5)?,
                                                  columns.text(10)?)?,
+            Source::Postings if columns.optional(11)?.is_some() => {
+                let records = columns.int(11)?;
+                self.push_postings(id, records, columns.text(5)?, columns.int(12)?)?;
+            }
             _ => {
                 let topic = Source::ALL.iter().position(|&known| known == source).expect("a source") - 1;
                 let one = row(topic, columns.text(3)?, columns.text(4)?, columns.text(5)?.to_string());
@@ -372,6 +392,27 @@ impl RelayRows {
             self.rows.push(RelayRow { id: first + at as i64, topic, key: named[2 * at].to_string(),
                                       record_id: named[2 * at + 1].to_string(), payload: line.to_string(),
                                       source: Source::Outbox });
+        }
+        Ok(())
+    }
+
+    /// A posting block's records (migration 0017): positions `last_position - records + 1` to `last_position`, less
+    /// those up to `after` (the postings' cursor), each keyed by its asset and named by its id, read from its line.
+    fn push_postings(&mut self, last_position: i64, records: i64, block: &str, after: i64) -> Result<(), String> {
+        let lines: Vec<&str> = block.split_terminator('\n').collect();
+        if !block.ends_with('\n') || lines.len() as i64 != records {
+            return Err(format!("posting block {last_position} holds {} postings, its row says {records}",
+                               lines.len()));
+        }
+        let first = last_position - records + 1;
+        let skip = (after - first + 1).clamp(0, records) as usize;
+        let mut flat = Vec::new();
+        for (at, line) in lines.iter().enumerate().skip(skip) {
+            let id = first + at as i64;
+            let [key, record_id] = text_fields(line, ["asset", "id"], &mut flat)
+                .ok_or_else(|| format!("posting {id}: its record names no asset or id"))?;
+            self.rows.push(RelayRow { id, topic: 3, key, record_id, payload: line.to_string(),
+                                      source: Source::Postings });
         }
         Ok(())
     }
@@ -512,23 +553,31 @@ mod tests {
                      {\"id\":\"q-2\",\"kind\":\"risk\",\"symbol\":\"BTC\"}\n";
         let keys = "a\nq-1\nBTC\nq-2\n";
         let payload = "{\"account_id\":\"a-1\",\"note\":\"x\\\\\\\"y\"}";
+        // a block of positions 2 to 4, 2 published already: a read gives 3 and 4, as does a commit of 3 and 4
+        let postings = "{\"asset\":\"USDT\",\"id\":\"p-2\"}\n{\"asset\":\"USDT\",\"id\":\"p-3\",\"n\":\"a\\\"b\"}\n\
+                        {\"asset\":\"BTC\",\"id\":\"p-4\"}\n";
+        let committed: String = postings.split_inclusive('\n').skip(1).collect();
         let read = format!(
             "0\t12\tt.quantiles\t\\N\t\\N\t{}\t\\N\t\\N\t\\N\t\\N\t\\N\t2\t10\t{}\n\
              0\t13\tt.dead\tk\td-1\t{{\"a\":\"\\t\"}}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n\
              1\t7\tfill\t\\N\t\\N\t{payload}\tin.fills\t2\t40\t1000\tab\t\\N\t\\N\t\\N\n\
              2\t5\t\\N\tF\tfl-5\t{{\"x\":1}}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n\
-             4\t3\t\\N\tUSDT\tp-3\t{{}}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n",
-            block.replace('\n', "\\n"), keys.replace('\n', "\\n"));
+             4\t4\t\\N\t\\N\t\\N\t{}\t\\N\t\\N\t\\N\t\\N\t\\N\t3\t2\t\\N\n",
+            block.replace('\n', "\\n"), keys.replace('\n', "\\n"), postings.replace('\\', "\\\\").replace('\n', "\\n"));
         let journal = format!("7\tin.fills\t2\t40\tfill\t1000\t{payload}\tab\n");
         let fund = [(5, "F".to_string(), "fl-5".to_string(), "{\"x\":1}".to_string())];
         let commit = Commit { block: Some(Block { last_id: 12, topic: "t.quantiles", lines: block, keys }),
                               outbox_copy: b"13\tt.dead\tk\td-1\t{\"a\":\"\\t\"}\n", journal_copy: journal.as_bytes(), fund_ledger: &fund, adl_events: &[],
-                              posting_copy: b"3\tp-3\t7\tUSDT\t{}\n" };
+                              postings: Some((4, &committed)) };
         let handed = RelayRows::from_commit(&commit, &topics()).unwrap();
         assert_eq!(handed, RelayRows::from_copy(read.as_bytes(), &topics()).unwrap());
         assert_eq!(handed.last_of_each_source(), vec![(Source::Outbox, 13), (Source::Journal, 7),
-                                                      (Source::FundLedger, 5), (Source::Postings, 3)]);
-        assert!(RelayRows::from_commit(&Commit { posting_copy: b"3\tp-3\n", ..commit }, &topics()).is_err());
+                                                      (Source::FundLedger, 5), (Source::Postings, 4)]);
+        let keyed: Vec<_> = handed.rows.iter().filter(|r| r.source == Source::Postings)
+            .map(|r| (r.id, r.key.as_str(), r.record_id.as_str())).collect();
+        assert_eq!(keyed, vec![(3, "USDT", "p-3"), (4, "BTC", "p-4")]);
+        assert!(RelayRows::from_commit(&Commit { postings: Some((4, "{\"id\":\"p-4\"}\n")), ..commit }, &topics())
+            .is_err());
     }
 
     #[test]

@@ -93,15 +93,6 @@ fn outbox_copy<'py>(py: Python<'py>, prefix: &str, dead_letters: &[u8]) -> Bound
     PyBytes::new(py, &text)
 }
 
-/// The service: output lines (the postings) as COPY text of the table that stores them as published (a position from
-/// `first_position` on, the named fields, the line as `record`).
-#[pyfunction]
-fn table_copy<'py>(py: Python<'py>, lines: &[u8], columns: Vec<String>, first_position: u64) -> Bound<'py, PyBytes> {
-    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
-    let text = py.detach(|| outbox::table_copy(lines, &names, first_position));
-    PyBytes::new(py, &text)
-}
-
 /// What the service reads of a batch's journal rows: (rows, first seq, last seq, the last one's ts, [(type, count)]
 /// in first-come order, accounts, symbols, [(account, symbol)]).
 type JournalFactsTuple = (u64, u64, u64, i64, Vec<(String, u64)>, Vec<String>, Vec<String>, Vec<(String, String)>);
@@ -200,24 +191,29 @@ impl RelayRows {
     }
 
     /// The rows one batch's commit wrote (relay_rows::RelayRows::from_commit): `block`, its quantile block as
-    /// (row id, topic, lines, keys); its other outbox rows', the journal's and the postings' COPY text as the store
-    /// sent it (the outbox's with each row's id first); the fund ledger's and ADL events' rows as (position, key,
-    /// record id, record). ValueError: text the store cannot send.
+    /// (row id, topic, lines, keys); its other outbox rows' and the journal's COPY text as the store sent it (the
+    /// outbox's with each row's id first); the fund ledger's and ADL events' rows as (position, key, record id,
+    /// record); its posting block as (last position, lines). ValueError: text the store cannot send.
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
     fn committed(py: Python<'_>, block: Option<(i64, String, String, String)>, outbox_copy: &[u8],
                  journal_copy: &[u8],
                  fund_ledger: Vec<(i64, String, String, String)>, adl_events: Vec<(i64, String, String, String)>,
-                 posting_copy: &[u8], table_topics: Vec<String>, place_headers: HashMap<String, String>)
-                 -> PyResult<Self> {
+                 postings: Option<(i64, PyBackedBytes)>, table_topics: Vec<String>,
+                 place_headers: HashMap<String, String>) -> PyResult<Self> {
         if let Some(source) = relay_rows::Source::ALL.iter().find(|s| !place_headers.contains_key(s.name())) {
             return Err(PyValueError::new_err(format!("no place header for source {}", source.name())));
         }
         let read = py.detach(|| {
             let block = block.as_ref().map(|(last_id, topic, lines, keys)| relay_rows::Block {
                 last_id: *last_id, topic, lines, keys });
+            let postings = match &postings {
+                Some((last, lines)) => Some((*last, std::str::from_utf8(lines)
+                    .map_err(|_| "the posting block is not UTF-8".to_string())?)),
+                None => None,
+            };
             relay_rows::RelayRows::from_commit(&relay_rows::Commit {
-                block, outbox_copy, journal_copy, fund_ledger: &fund_ledger, adl_events: &adl_events, posting_copy,
+                block, outbox_copy, journal_copy, fund_ledger: &fund_ledger, adl_events: &adl_events, postings,
             }, &table_topics)
         }).map_err(PyValueError::new_err)?;
         Ok(RelayRows { read, place_headers })
@@ -881,7 +877,6 @@ fn _engine(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(canonical_reencode, module)?)?;
     module.add_function(wrap_pyfunction!(canonical_chain_hash, module)?)?;
     module.add_function(wrap_pyfunction!(outbox_copy, module)?)?;
-    module.add_function(wrap_pyfunction!(table_copy, module)?)?;
     module.add_function(wrap_pyfunction!(journal_copy_and_facts, module)?)?;
     module.add_function(wrap_pyfunction!(journal_digest, module)?)?;
     module.add_function(wrap_pyfunction!(quantile_keys, module)?)?;

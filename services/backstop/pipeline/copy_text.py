@@ -1,5 +1,4 @@
-"""PostgreSQL's COPY text format: read back (what the compiled engine writes for projections and the outbox), and
-built by the compiled engine from output lines (table_copy)."""
+"""PostgreSQL's COPY text format read back (what the compiled engine writes for projections and the outbox)."""
 
 from __future__ import annotations
 
@@ -21,11 +20,3 @@ def copy_rows(text: bytes) -> list[tuple[str | None, ...]]:
     """COPY text back into rows of text (None for NULL): the inverse of backstop.adapters.postgres.store.copy_text."""
     return [tuple(_copy_value(v) for v in line.split("\t")) for line in text.decode().split("\n") if line]
 
-
-def table_copy(lines: bytes, columns: tuple[str, ...], first_position: int) -> bytes:
-    """Output records as the compiled engine wrote them (canonical JSON lines) as COPY text of a table that stores
-    them as published: a position from `first_position` on, the named fields, the line as `record`. Only the
-    compiled engine writes such lines, so it is there."""
-    from backstop import _engine
-
-    return _engine.table_copy(lines, list(columns), first_position)

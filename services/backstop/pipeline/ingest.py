@@ -266,6 +266,39 @@ def posting_tail(result: BatchResult) -> tuple[int, str | None]:
     return 0, None
 
 
+class PostingBlock(NamedTuple):
+    """A batch's postings as stored (posting_blocks, migration 0017): their lines in chain order, each ended by a
+    newline, how many, and the journal seqs of the first and the last."""
+
+    lines: bytes
+    postings: int
+    first_seq: int
+    last_seq: int
+
+
+def posting_block(result: BatchResult) -> PostingBlock | None:
+    """The batch's postings as one block (None: it made none), whichever form they came in: the compiled engine's
+    lines as they are (only the first and the last parsed), the reference engine's records as their lines."""
+    count = posting_tail(result)[0]
+    if not count:
+        return None
+    lines = result.posting_lines
+    if lines and not lines.endswith(b"\n"):
+        lines += b"\n"
+    if result.postings:
+        lines = b"".join(output_json(p) + b"\n" for p in result.postings) + lines
+    first = orjson.loads(lines[:lines.index(b"\n")])
+    last = orjson.loads(lines[lines.rfind(b"\n", 0, len(lines) - 1) + 1:-1])
+    return PostingBlock(lines, count, first["seq"], last["seq"])
+
+
+def last_posting_hash(lines: str) -> str:
+    """The hash of a block's last posting (the chain's head after it)."""
+    end = len(lines) - 1 if lines.endswith("\n") else len(lines)
+    hash_: str = orjson.loads(lines[lines.rfind("\n", 0, end) + 1:end])["hash"]
+    return hash_
+
+
 def posting_records(result: BatchResult) -> list[Posting | OutputLine]:
     """Every posting of a batch as a record, whichever form it came in (tests, the in-memory store)."""
     return result.postings + [OutputLine(orjson.loads(line), line) for line in result.posting_lines.splitlines()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +90,7 @@ class MemoryDatabase:
     # to name), and its cursor in each
     relayed: dict[str, list[OutboxRow]] = field(default_factory=lambda: {s: [] for s in TABLE_SOURCES})
     relay_cursors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLE_SOURCES, 0))
+    posting_blocks: list[int] = field(default_factory=list)  # the last position of each stored block (a batch's)
     snapshots: dict[int, tuple[str, bytes]] = field(default_factory=dict)
     wallets: dict[tuple[str | None, ...], Row] = field(default_factory=dict)
     positions: dict[tuple[str | None, ...], Row] = field(default_factory=dict)
@@ -124,6 +125,19 @@ class HandedRows:
     def relay_rows(self, topics: TopicNames) -> RowList:
         return RowList(row if row.source == OUTBOX else row._replace(topic=topics.of_source(row.source))
                        for row in self.rows)
+
+
+def _whole_rows(rows: list[OutboxRow], ends: list[int], after: int, limit: int) -> Iterator[OutboxRow]:
+    """A source stored in blocks (the outbox, the postings) as PostgreSQL reads it: the rows after `after` of the
+    stored rows (`ends`: the last id of each) with fewer than `limit` records before them, a block counted whole;
+    `rows` holds a row per record, ids 1, 2, 3 ..."""
+    index = bisect.bisect_right(ends, after)
+    start, before = ends[index - 1] if index else 0, 0
+    for end in ends[index:index + limit]:
+        if before >= limit:
+            break
+        yield from (row for row in rows[start:end] if row.id > after)
+        start, before = end, before + end - start
 
 
 class MemoryStore:
@@ -280,6 +294,8 @@ class MemoryStore:
             rows.extend(OutboxRow(first + i, "", str(output_values(r, (key,))[0]),
                                   str(output_values(r, ("id",))[0]), output_json(r).decode(), source)
                         for i, r in enumerate(records))
+            if source == "postings" and records:  # one stored row (migration 0017)
+                self.db.posting_blocks.append(len(rows))
 
     def _new_keys(self, result: BatchResult, head: Head, ledger_rows: list[tuple[str, str, int, str]],
                   adl_rows: list[tuple[str, str, int, str]]) -> tuple[dict[str, set[Any]], list[DeadLetter]]:
@@ -376,18 +392,12 @@ class MemoryStore:
         await self._at("unpublished")
         db = self.db
         cursor = db.relay_cursor
-        # as PostgreSQL reads them: the stored rows after the cursor with fewer than `limit` records before them
-        rows: list[OutboxRow] = []
-        index = bisect.bisect_right(db.outbox_rows, cursor)
-        start, before = db.outbox_rows[index - 1] if index else 0, 0
-        for end in db.outbox_rows[index:index + limit]:
-            if before >= limit:
-                break
-            rows.extend(row for row in db.outbox[start:end] if row.id > cursor)
-            start, before = end, before + end - start
+        rows = list(_whole_rows(db.outbox, db.outbox_rows, cursor, limit))
         for source in TABLE_SOURCES:
             after, topic = db.relay_cursors[source], topics.of_source(source)
-            rows.extend(row._replace(topic=topic) for row in db.relayed[source][after:after + limit])
+            found = _whole_rows(db.relayed[source], db.posting_blocks, after, limit) if source == "postings" \
+                else db.relayed[source][after:after + limit]
+            rows.extend(row._replace(topic=topic) for row in found)
         return rows
 
     async def relay_read(self, limit: int, topics: TopicNames) -> RowList:

@@ -8,7 +8,6 @@ The relay reads what it publishes from the tables the batches wrote, each after 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -26,12 +25,13 @@ from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import GENESIS_HASH
 from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import SNAPSHOT_VERSION
-from backstop.pipeline.copy_text import table_copy
 from backstop.pipeline.ingest import (
     BatchResult,
     JournalRow,
+    last_posting_hash,
     output_json,
     output_values,
+    posting_block,
     posting_tail,
     quantile_block_rows,
     quantile_key,
@@ -89,7 +89,8 @@ def unpublished_sql(limit: str) -> str:
     digits for a COPY (which takes no parameter). The outbox's rows are those whose records before them (a block
     counts its records: migration 0011) number fewer than the limit, read by their narrow columns first, so a
     block's payload is read only if its row is taken; each carries its record count, the outbox cursor (a block's
-    records up to the cursor are in Kafka) and a block's keys."""
+    records up to the cursor are in Kafka) and a block's keys. The postings' blocks (migration 0017) are taken the
+    same way, each with its count and the postings' cursor; their lines name their keys and ids."""
     after = _after_cursor
     return (
         "SELECT * FROM ("
@@ -108,8 +109,11 @@ def unpublished_sql(limit: str) -> str:
         "UNION ALL (SELECT 3, position, NULL, account_id, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL "
         f"FROM adl_events WHERE {_TABLES_READY} AND position > {after('adl_events')} ORDER BY position "
         f"LIMIT {limit}) "
-        "UNION ALL (SELECT 4, position, NULL, asset, id, record, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM "
-        f"postings WHERE {_TABLES_READY} AND position > {after('postings')} ORDER BY position LIMIT {limit})"
+        "UNION ALL (SELECT 4, b.last_position, NULL, NULL, NULL, b.records, NULL, NULL, NULL, NULL, NULL, b.postings, "
+        f"{after('postings')}, NULL FROM (SELECT last_position, sum(postings) OVER (ORDER BY last_position) - postings "
+        "AS before FROM (SELECT last_position, postings FROM posting_blocks WHERE "
+        f"{_TABLES_READY} AND last_position > {after('postings')} ORDER BY last_position LIMIT {limit}) AS n) AS w "
+        f"JOIN posting_blocks b USING (last_position) WHERE w.before < {limit})"
         ") AS next ORDER BY rank, id")
 
 
@@ -148,6 +152,20 @@ def block_rows(last_id: int, records: int, topic: str, block: str, after: int, k
         islice(named, 2 * skip + 1, None, 2), islice(lines, skip, None), repeat(OUTBOX))))
 
 
+def posting_block_rows(last_position: int, records: int, topic: str, block: str, after: int) -> list[OutboxRow]:
+    """A posting block's records as the relay publishes them (migration 0017): positions `last_position - records +
+    1` to `last_position`, less those up to `after` (the postings' cursor), each keyed by its asset and named by its
+    id, read from its line (the compiled relay's: backstop._engine.RelayRows)."""
+    lines = block.split("\n")
+    if lines.pop() or len(lines) != records:
+        raise InvariantViolation(f"posting block {last_position} holds {len(lines)} postings, its row says {records}")
+    first = last_position - records + 1
+    skip = max(after - first + 1, 0)
+    return [tuple.__new__(OutboxRow, (place, topic, (fields := orjson.loads(line))["asset"], fields["id"], line,
+                                      "postings"))
+            for place, line in enumerate(lines[skip:], first + skip)]
+
+
 def block_keys(block: bytes) -> bytes:
     """A quantile block's keys and record ids as stored with it (migration 0012): each record's key, then its id,
     each ended by a newline. The compiled engine's are built in Rust (backstop._engine.quantile_keys), the same bytes
@@ -164,7 +182,7 @@ RELAY_BACKLOG_SQL = (
     "('journal', (SELECT coalesce(max(seq), 0) FROM journal)), "
     "('fund_ledger', (SELECT coalesce(max(position), 0) FROM fund_ledger)), "
     "('adl_events', (SELECT coalesce(max(position), 0) FROM adl_events)), "
-    "('postings', (SELECT coalesce(max(position), 0) FROM postings))) AS t(source, last) USING (source))")
+    "('postings', (SELECT coalesce(max(last_position), 0) FROM posting_blocks))) AS t(source, last) USING (source))")
 
 
 def journal_relay_row(row: JournalRow) -> tuple[str, str, str]:
@@ -216,10 +234,10 @@ FUND_LEDGER_COLUMNS = ("id", "seq", "ts", "fund_id", "kind", "amount", "balance_
                        "counter_account", "prev_hash", "hash")
 ADL_EVENT_COLUMNS = ("id", "seq", "ts", "symbol", "liquidation_id", "fund_id", "account_id", "side", "qty", "price",
                      "rank", "score", "quantile", "prev_hash", "hash")
-# a posting's columns beside its record in `posting_records` (migration 0015), which the store writes: the relay's
-# record id and key, the seq checked per statement. It reads the view `postings`, which parses a record only for a
-# column the table does not hold.
-POSTING_COLUMNS = ("id", "seq", "asset")
+# A batch's postings, one row (migration 0017): the last one's position, their count, the journal seqs of the first
+# and the last, their lines. Readers read the view `postings`, a row per posting.
+POSTING_BLOCK_SQL = ("INSERT INTO posting_blocks (last_position, postings, first_seq, last_seq, records) "
+                     "VALUES ($1, $2, $3, $4, $5)")
 OUTBOX_COLUMNS = ["topic", "key", "record_id", "payload"]
 FINDING_COLUMNS = ("id", "seq", "ts", "kind", "account_id", "liquidation_id", "symbol", "details")
 
@@ -377,7 +395,7 @@ class Written:
     """What _append sent of a batch that the relay's rows are built from."""
 
     journal_copy: bytes = b""
-    posting_copy: bytes = b""  # the compiled engine's postings' COPY text
+    postings: tuple[int, bytes] | None = None  # the posting block: its last position and its lines
     block_id: int = 0  # the quantile block's row id (its last record's); 0: no block
     block_keys: bytes = b""
     outbox_copy: bytes = b""  # the compiled engine's other outbox rows as sent, each with its id first
@@ -397,14 +415,14 @@ class CommittedRows:
     journal_copy: bytes
     fund_ledger: list[tuple[int, str, str, str]]  # (position, key, record id, record)
     adl_events: list[tuple[int, str, str, str]]
-    posting_copy: bytes
+    postings: tuple[int, bytes] | None  # the posting block: its last position and its lines
 
     def relay_rows(self, topics: TopicNames) -> RelayRead:
         from backstop import _engine
         from backstop.service.ports import PLACE_HEADERS
 
         return _engine.RelayRows.committed(self.block, self.outbox_copy, self.journal_copy, self.fund_ledger,
-                                           self.adl_events, self.posting_copy,
+                                           self.adl_events, self.postings,
                                            [topics.of_source(s) for s in TABLE_SOURCES], PLACE_HEADERS)
 
 
@@ -532,6 +550,9 @@ class Store:
         """The stored fund-ledger entries, ADL events or postings, as published, in chain order."""
         if table not in ("fund_ledger", "adl_events", "postings"):
             raise ValueError(table)
+        if table == "postings":  # their blocks in order, split (the view sorts every posting by a derived position)
+            blocks = await self.pool.fetch("SELECT records FROM posting_blocks ORDER BY last_position")
+            return [orjson.loads(line) for b in blocks for line in b["records"].splitlines()]
         rows = await self.pool.fetch(f"SELECT record FROM {table} ORDER BY position")
         return [orjson.loads(r["record"]) for r in rows]
 
@@ -603,7 +624,7 @@ class Store:
             (written.block_id, result.quantile_topic, result.quantile_block.decode(), written.block_keys.decode())
             if written.block_id else None,
             written.outbox_copy, written.journal_copy, _relayed(result.fund_entries, head.ledger_position, "fund_id"),
-            _relayed(result.adl_events, head.adl_position, "account_id"), written.posting_copy)
+            _relayed(result.adl_events, head.adl_position, "account_id"), written.postings)
 
     # ---------------------------------------------------------------- checkpoints
     async def _sign(self, connection: asyncpg.Connection, anchor: Anchor, expected_seq: int, result: BatchResult,
@@ -617,8 +638,9 @@ class Store:
         else:
             prev_seq, digest, adopted_seq, postings = await self.anchored_head(connection, anchor, expected_seq)
         if postings is None:
-            last = await connection.fetchrow("SELECT position, hash FROM postings ORDER BY position DESC LIMIT 1")
-            postings_count, postings_head = (last["position"], last["hash"]) if last else (0, GENESIS_HASH)
+            last = await connection.fetchrow(
+                "SELECT last_position, records FROM posting_blocks ORDER BY last_position DESC LIMIT 1")
+            postings_count, postings_head = (last[0], last_posting_hash(last[1])) if last else (0, GENESIS_HASH)
         else:
             made, last_hash = posting_tail(result)
             postings_count, postings_head = postings[0] + made, last_hash or postings[1]
@@ -705,7 +727,7 @@ class Store:
         places = self._places_at
         if places is not None and places[0] == expected_seq and places[2] is not None:
             return places[1], places[2]
-        row = await connection.fetchrow("SELECT (SELECT coalesce(max(position), 0) FROM postings), "
+        row = await connection.fetchrow("SELECT (SELECT coalesce(max(last_position), 0) FROM posting_blocks), "
                                         "(SELECT coalesce(max(id), 0) FROM outbox)")
         return row[0], row[1]
 
@@ -719,22 +741,18 @@ class Store:
         for table, records, first, columns in (
                 ("fund_ledger", result.fund_entries, head.ledger_position - len(result.fund_entries) + 1,
                  FUND_LEDGER_COLUMNS),
-                ("adl_events", result.adl_events, head.adl_position - len(result.adl_events) + 1, ADL_EVENT_COLUMNS),
-                ("posting_records", result.postings, None, POSTING_COLUMNS)):
+                ("adl_events", result.adl_events, head.adl_position - len(result.adl_events) + 1, ADL_EVENT_COLUMNS)):
             if not records:
                 continue
-            if first is None:  # the postings (the reference engine's records)
-                first = postings_before + 1
             # each row: its position, its columns, and its record's canonical JSON (stored as it was published)
             await connection.copy_records_to_table(table, columns=["position", *columns, "record"], records=[
                 (first + i, *output_values(r, columns), output_json(r).decode()) for i, r in enumerate(records)])
-        if result.posting_lines:  # the compiled engine's, after `postings`: their COPY text is built in Rust
-            first = postings_before + len(result.postings) + 1
-            # built in a thread (Rust, without the GIL): the event loop meanwhile serves the relay and the consumer
-            text = written.posting_copy = await asyncio.get_running_loop().run_in_executor(
-                None, table_copy, result.posting_lines, POSTING_COLUMNS, first)
-            await connection.copy_to_table("posting_records", source=io.BytesIO(text),
-                                           columns=["position", *POSTING_COLUMNS, "record"], format="text")
+        block = posting_block(result)
+        if block is not None:  # one row, the lines as the engine wrote them (the trigger checks its place and seqs)
+            last_position = postings_before + block.postings
+            written.postings = (last_position, block.lines)
+            await connection.execute(POSTING_BLOCK_SQL, last_position, block.postings, block.first_seq, block.last_seq,
+                                     block.lines.decode())
         if result.findings:  # by COPY: one statement, not one per finding
             rows = [output_values(f, FINDING_COLUMNS) for f in result.findings]
             await connection.copy_records_to_table("findings", columns=list(FINDING_COLUMNS), records=[
@@ -863,6 +881,8 @@ class Store:
             elif rank == 1:  # the journal: its record built from the row's columns
                 append(new(OutboxRow, (r[1], table_topics[0], *journal_record_text(
                     r[1], r[6], r[7], r[8], r[2], r[9], r[5], r[10]), "journal")))
+            elif r[11] is not None:  # a posting block
+                rows.extend(posting_block_rows(r[1], r[11], table_topics[rank - 1], r[5], r[12]))
             else:
                 append(new(OutboxRow, (r[1], table_topics[rank - 1], r[3], r[4], r[5], TABLE_SOURCES[rank - 1])))
         return rows
