@@ -423,7 +423,11 @@ impl HeldIds {
 /// How many lines `data` holds (its newlines), counted without the GIL: a batch's postings are megabytes.
 #[pyfunction]
 fn line_count(py: Python<'_>, data: &[u8]) -> usize {
-    py.detach(|| data.iter().filter(|&&byte| byte == b'\n').count())
+    // counted in chunks of at most 255 bytes into a byte-wide sum, which the compiler vectorizes (a usize count per
+    // byte it does not)
+    py.detach(|| data.chunks(255)
+        .map(|chunk| usize::from(chunk.iter().fold(0u8, |count, &byte| count + u8::from(byte == b'\n'))))
+        .sum())
 }
 
 /// The event time of each consumed value (backstop.pipeline.merge.event_time, the same rule): one call per fetch.
