@@ -11,6 +11,7 @@ use crate::kafka_batch::{self, Record};
 use crate::outbox::{field, flat_fields, quantile_keys, Scalar};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 /// Where a row is read from, in the order the statement gives them (its `rank` column).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -39,22 +40,38 @@ impl Source {
 }
 
 /// One record to publish: its place in its source (outbox id, journal seq or table position), its topic (an index
-/// into `RelayRows::topics`), Kafka key, record id and value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// into `RelayRows::topics`), and where its Kafka key, record id and value lie in its read's text
+/// (`RelayRows::key`, `record_id`, `payload`).
+#[derive(Clone, Copy, Debug)]
 pub struct RelayRow {
     pub id: i64,
     pub topic: usize,
-    pub key: String,
-    pub record_id: String,
-    pub payload: String,
+    key: Span,
+    record_id: Span,
+    payload: Span,
     pub source: Source,
 }
 
-/// The rows of one read, each source's in its order, sources in `Source::ALL` order.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Where a text lies in `RelayRows::text`.
+type Span = (usize, usize);
+
+/// The rows of one read, each source's in its order, sources in `Source::ALL` order. Their keys, record ids and
+/// values lie side by side in one text: a read of tens of thousands of rows makes a few allocations, not three a row.
+#[derive(Clone, Debug, Default)]
 pub struct RelayRows {
     pub topics: Vec<String>,
     pub rows: Vec<RelayRow>,
+    text: String,
+}
+
+impl PartialEq for RelayRows {
+    /// The same topics and the same rows, wherever their texts lie.
+    fn eq(&self, other: &RelayRows) -> bool {
+        let view = |rows: &RelayRows, row: &RelayRow| (row.id, row.topic, row.source, rows.key(row).to_string(),
+                                                        rows.record_id(row).to_string(), rows.payload(row).to_string());
+        self.topics == other.topics && self.rows.len() == other.rows.len()
+            && self.rows.iter().zip(&other.rows).all(|(a, b)| view(self, a) == view(other, b))
+    }
 }
 
 /// What one batch wrote to the relay's sources (backstop.adapters.postgres.store.Committed): its quantile block,
@@ -135,22 +152,15 @@ fn text_fields<'a, const N: usize>(line: &'a str, names: [&str; N], flat: &mut V
 
 /// A journal row's record as the relay publishes it: journal_record's canonical JSON, its keys in sorted order.
 #[allow(clippy::too_many_arguments)]
-fn journal_record(seq: i64, topic: &str, partition: i64, offset: i64, ts: i64, payload: &str, hash: &str)
-                  -> String {
-    let mut out = String::with_capacity(payload.len() + topic.len() + 200);
-    out.push_str("{\"id\":\"j-");
-    out.push_str(&seq.to_string());
-    out.push_str("\",\"payload_hash\":\"");
-    out.push_str(hash);
-    out.push_str("\",\"record\":");
-    out.push_str(payload);
-    out.push_str(&format!(",\"schema_version\":{SCHEMA_VERSION},\"seq\":{seq},\"source_offset\":{offset},\
-                           \"source_partition\":{partition},\"source_topic\":"));
+fn journal_record(out: &mut String, seq: i64, topic: &str, partition: i64, offset: i64, ts: i64, payload: &str,
+                  hash: &str) {
+    let _ = write!(out, "{{\"id\":\"j-{seq}\",\"payload_hash\":\"{hash}\",\"record\":{payload},\
+                         \"schema_version\":{SCHEMA_VERSION},\"seq\":{seq},\"source_offset\":{offset},\
+                         \"source_partition\":{partition},\"source_topic\":");
     let mut topic_json = Vec::with_capacity(topic.len() + 2);
     json::write_string(&mut topic_json, topic);
     out.push_str(std::str::from_utf8(&topic_json).expect("JSON text of a str"));
-    out.push_str(&format!(",\"ts\":{ts}}}"));
-    out
+    let _ = write!(out, ",\"ts\":{ts}}}");
 }
 
 /// One COPY text row's values (None: NULL), its escapes undone (PostgreSQL's text format).
@@ -245,7 +255,7 @@ impl RelayRows {
         if table_topics.len() != 4 {
             return Err("one topic per table source".to_string());
         }
-        let mut read = RelayRows { topics: table_topics.to_vec(), rows: Vec::new() };
+        let mut read = RelayRows { topics: table_topics.to_vec(), ..RelayRows::default() };
         for line in copy_lines(copy) {
             let columns = Columns(copy_values(line));
             if columns.0.len() != 14 {
@@ -262,7 +272,7 @@ impl RelayRows {
         if table_topics.len() != 4 {
             return Err("one topic per table source".to_string());
         }
-        let mut read = RelayRows { topics: table_topics.to_vec(), rows: Vec::new() };
+        let mut read = RelayRows { topics: table_topics.to_vec(), ..RelayRows::default() };
         if let Some(block) = &commit.block {
             let topic = read.topic(block.topic);
             let records = block.lines.matches('\n').count() as i64;
@@ -274,9 +284,7 @@ impl RelayRows {
                 return Err(format!("an outbox row of {} columns, not 5", columns.0.len()));
             }
             let topic = read.topic(columns.text(1)?);
-            read.rows.push(RelayRow { id: columns.int(0)?, topic, key: columns.text(2)?.to_string(),
-                                      record_id: columns.text(3)?.to_string(), payload: columns.text(4)?.to_string(),
-                                      source: Source::Outbox });
+            read.push(columns.int(0)?, topic, columns.text(2)?, columns.text(3)?, columns.text(4)?, Source::Outbox);
         }
         for line in copy_lines(commit.journal_copy) {
             // the journal's columns: seq, source_topic, source_partition, source_offset, type, ts, payload, hash
@@ -290,8 +298,9 @@ impl RelayRows {
         }
         for (source, rows) in [(Source::FundLedger, commit.fund_ledger), (Source::AdlEvents, commit.adl_events)] {
             let topic = Source::ALL.iter().position(|&known| known == source).expect("a source") - 1;
-            read.rows.extend(rows.iter().map(|(id, key, record_id, payload)| RelayRow {
-                id: *id, topic, key: key.clone(), record_id: record_id.clone(), payload: payload.clone(), source }));
+            for (id, key, record_id, payload) in rows {
+                read.push(*id, topic, key, record_id, payload, source);
+            }
         }
         if let Some((last_position, lines)) = commit.postings {
             let records = lines.matches('\n').count() as i64;
@@ -320,16 +329,11 @@ impl RelayRows {
             4 => Source::Postings,
             rank => return Err(format!("a relay row of source rank {rank}")),
         };
-        let row = |topic, key: &str, record_id: &str, payload: String| RelayRow {
-            id, topic, key: key.to_string(), record_id: record_id.to_string(), payload, source };
         match source {
             Source::Outbox => {
                 let topic = self.topic(columns.text(2)?);
                 match columns.optional(11)? {
-                    None => {
-                        let one = row(topic, columns.text(3)?, columns.text(4)?, columns.text(5)?.to_string());
-                        self.rows.push(one);
-                    }
+                    None => self.push(id, topic, columns.text(3)?, columns.text(4)?, columns.text(5)?, source),
                     Some(records) => {
                         let records: i64 = records.parse()
                             .map_err(|_| format!("outbox block {id}: records {records:?}"))?;
@@ -347,8 +351,7 @@ impl RelayRows {
             }
             _ => {
                 let topic = Source::ALL.iter().position(|&known| known == source).expect("a source") - 1;
-                let one = row(topic, columns.text(3)?, columns.text(4)?, columns.text(5)?.to_string());
-                self.rows.push(one);
+                self.push(id, topic, columns.text(3)?, columns.text(4)?, columns.text(5)?, source);
             }
         }
         Ok(())
@@ -358,10 +361,13 @@ impl RelayRows {
     #[allow(clippy::too_many_arguments)]
     fn push_journal(&mut self, seq: i64, record_type: &str, topic: &str, partition: i64, offset: i64, ts: i64,
                     payload: &str, hash: &str) -> Result<(), String> {
-        let key = journal_key(record_type, payload)?;
-        let payload = journal_record(seq, topic, partition, offset, ts, payload, hash);
-        self.rows.push(RelayRow { id: seq, topic: 0, key, record_id: format!("j-{seq}"), payload,
-                                  source: Source::Journal });
+        let key = self.put(&journal_key(record_type, payload)?);
+        let start = self.text.len();
+        let _ = write!(self.text, "j-{seq}");
+        let record_id = (start, self.text.len());
+        journal_record(&mut self.text, seq, topic, partition, offset, ts, payload, hash);
+        let payload = (record_id.1, self.text.len());
+        self.rows.push(RelayRow { id: seq, topic: 0, key, record_id, payload, source: Source::Journal });
         Ok(())
     }
 
@@ -389,9 +395,7 @@ impl RelayRows {
         let first = last_id - records + 1;
         let skip = (after - first + 1).clamp(0, records) as usize;
         for (at, line) in lines.iter().enumerate().skip(skip) {
-            self.rows.push(RelayRow { id: first + at as i64, topic, key: named[2 * at].to_string(),
-                                      record_id: named[2 * at + 1].to_string(), payload: line.to_string(),
-                                      source: Source::Outbox });
+            self.push(first + at as i64, topic, named[2 * at], named[2 * at + 1], line, Source::Outbox);
         }
         Ok(())
     }
@@ -411,10 +415,33 @@ impl RelayRows {
             let id = first + at as i64;
             let [key, record_id] = text_fields(line, ["asset", "id"], &mut flat)
                 .ok_or_else(|| format!("posting {id}: its record names no asset or id"))?;
-            self.rows.push(RelayRow { id, topic: 3, key, record_id, payload: line.to_string(),
-                                      source: Source::Postings });
+            self.push(id, 3, &key, &record_id, line, Source::Postings);
         }
         Ok(())
+    }
+
+    /// A row whose key, record id and value are copied into the read's text.
+    fn push(&mut self, id: i64, topic: usize, key: &str, record_id: &str, payload: &str, source: Source) {
+        let (key, record_id, payload) = (self.put(key), self.put(record_id), self.put(payload));
+        self.rows.push(RelayRow { id, topic, key, record_id, payload, source });
+    }
+
+    fn put(&mut self, text: &str) -> Span {
+        let start = self.text.len();
+        self.text.push_str(text);
+        (start, self.text.len())
+    }
+
+    pub fn key(&self, row: &RelayRow) -> &str {
+        &self.text[row.key.0..row.key.1]
+    }
+
+    pub fn record_id(&self, row: &RelayRow) -> &str {
+        &self.text[row.record_id.0..row.record_id.1]
+    }
+
+    pub fn payload(&self, row: &RelayRow) -> &str {
+        &self.text[row.payload.0..row.payload.1]
     }
 
     /// The last row's id of each source that has rows.
@@ -451,14 +478,15 @@ impl RelayRows {
     /// names, in `published` (by topic and partition), the same place header and a place at or after its own.
     pub fn without_published(&self, counts: &HashMap<String, u32>, place_header: impl Fn(Source) -> String,
                              published: &HashMap<(String, u32), (String, i64)>) -> Result<RelayRows, String> {
-        let mut kept = RelayRows { topics: self.topics.clone(), rows: Vec::with_capacity(self.rows.len()) };
+        let mut kept = RelayRows { topics: self.topics.clone(), rows: Vec::with_capacity(self.rows.len()),
+                                   text: self.text.clone() };
         for row in &self.rows {
             let topic = &self.topics[row.topic];
-            let partition = kafka_batch::partition_for(row.key.as_bytes(), count_of(counts, topic)?);
+            let partition = kafka_batch::partition_for(self.key(row).as_bytes(), count_of(counts, topic)?);
             let passed = published.get(&(topic.clone(), partition))
                 .is_some_and(|(header, last)| row.id <= *last && *header == place_header(row.source));
             if !passed {
-                kept.rows.push(row.clone());
+                kept.rows.push(*row);
             }
         }
         Ok(kept)
@@ -476,9 +504,9 @@ impl RelayRows {
         for row in &self.rows {
             let topic = &self.topics[row.topic];
             records.push(Record {
-                topic, partition: kafka_batch::partition_for(row.key.as_bytes(), count_of(counts, topic)?),
-                key: row.key.as_bytes(), value: row.payload.as_bytes(), place_header: header_of(row.source),
-                place: row.id, record_id_header, record_id: &row.record_id,
+                topic, partition: kafka_batch::partition_for(self.key(row).as_bytes(), count_of(counts, topic)?),
+                key: self.key(row).as_bytes(), value: self.payload(row).as_bytes(), place_header: header_of(row.source),
+                place: row.id, record_id_header, record_id: self.record_id(row),
             });
         }
         Ok(kafka_batch::encode(records, timestamp_ms, max_bytes).into_iter()
@@ -518,8 +546,8 @@ mod tests {
         let rows = RelayRows::from_copy(copy.as_bytes(), &topics()).unwrap();
         assert_eq!(rows.rows.len(), 1);
         let row = &rows.rows[0];
-        assert_eq!((row.id, row.topic, row.key.as_str(), row.record_id.as_str()), (7, 0, "a-1", "j-7"));
-        assert_eq!(row.payload, "{\"id\":\"j-7\",\"payload_hash\":\"ab\",\"record\":{\"account_id\":\"a-1\",\
+        assert_eq!((row.id, row.topic, rows.key(row), rows.record_id(row)), (7, 0, "a-1", "j-7"));
+        assert_eq!(rows.payload(row), "{\"id\":\"j-7\",\"payload_hash\":\"ab\",\"record\":{\"account_id\":\"a-1\",\
                                  \"note\":\"x\\\"y\"},\"schema_version\":1,\"seq\":7,\"source_offset\":40,\
                                  \"source_partition\":2,\"source_topic\":\"in.fills\",\"ts\":1000}");
     }
@@ -538,8 +566,8 @@ mod tests {
         let copy = format!("0\t12\tt.quantiles\t\\N\t\\N\t{block}\t\\N\t\\N\t\\N\t\\N\t\\N\t2\t11\t\\N\n\
                             4\t3\t\\N\tUSDT\tp-3\t{{}}\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t\\N\n");
         let rows = RelayRows::from_copy(copy.as_bytes(), &topics()).unwrap();
-        let got: Vec<_> = rows.rows.iter().map(|r| (r.id, rows.topics[r.topic].as_str(), r.key.as_str(),
-                                                   r.record_id.as_str(), r.source)).collect();
+        let got: Vec<_> = rows.rows.iter().map(|r| (r.id, rows.topics[r.topic].as_str(), rows.key(r),
+                                                   rows.record_id(r), r.source)).collect();
         assert_eq!(got, vec![(12, "t.quantiles", "BTC", "q-2", Source::Outbox),
                              (3, "t.postings", "USDT", "p-3", Source::Postings)]);
         assert_eq!(rows.last_of_each_source(), vec![(Source::Outbox, 12), (Source::Postings, 3)]);
@@ -574,7 +602,7 @@ mod tests {
         assert_eq!(handed.last_of_each_source(), vec![(Source::Outbox, 13), (Source::Journal, 7),
                                                       (Source::FundLedger, 5), (Source::Postings, 4)]);
         let keyed: Vec<_> = handed.rows.iter().filter(|r| r.source == Source::Postings)
-            .map(|r| (r.id, r.key.as_str(), r.record_id.as_str())).collect();
+            .map(|r| (r.id, handed.key(r), handed.record_id(r))).collect();
         assert_eq!(keyed, vec![(3, "USDT", "p-3"), (4, "BTC", "p-4")]);
         assert!(RelayRows::from_commit(&Commit { postings: Some((4, "{\"id\":\"p-4\"}\n")), ..commit }, &topics())
             .is_err());

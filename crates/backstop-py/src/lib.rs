@@ -225,8 +225,8 @@ impl RelayRows {
 
     /// The rows as (id, topic, key, record id, payload, source) tuples (`OutboxRow`'s fields).
     fn rows(&self) -> Vec<(i64, &str, &str, &str, &str, &str)> {
-        self.read.rows.iter().map(|row| (row.id, self.read.topics[row.topic].as_str(), row.key.as_str(),
-                                         row.record_id.as_str(), row.payload.as_str(), row.source.name()))
+        self.read.rows.iter().map(|row| (row.id, self.read.topics[row.topic].as_str(), self.read.key(row),
+                                         self.read.record_id(row), self.read.payload(row), row.source.name()))
             .collect()
     }
 
