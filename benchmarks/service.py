@@ -154,10 +154,11 @@ async def pg_writes(connection: asyncpg.Connection) -> tuple[dict[str, tuple[int
     return writes, await connection.fetchval("SELECT pg_current_wal_lsn()::text")
 
 
-# every record the relay published: the journal, fund-ledger, ADL event and posting rows and the outbox's
+# every record the relay published: the journal's, fund ledger's, ADL events', postings' (a block: its postings) and
+# the outbox's (a block: its records)
 PUBLISHED_SQL = ("SELECT (SELECT count(*) FROM journal) + (SELECT count(*) FROM fund_ledger) + "
                  "(SELECT count(*) FROM adl_events) + (SELECT coalesce(sum(postings), 0) FROM posting_blocks) + "
-                 "(SELECT count(*) FROM outbox)")
+                 "(SELECT coalesce(sum(coalesce(records, 1)), 0) FROM outbox)")
 SERVER_DSN = os.environ.get("BACKSTOP_BENCH_PG_DSN", "postgresql://backstop@127.0.0.1:5432/backstop")  # the owner
 
 
