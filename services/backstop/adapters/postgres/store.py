@@ -552,7 +552,7 @@ class Store:
             raise ValueError(table)
         if table == "postings":  # their blocks in order, split (the view sorts every posting by a derived position)
             blocks = await self.pool.fetch("SELECT records FROM posting_blocks ORDER BY last_position")
-            return [orjson.loads(line) for b in blocks for line in b["records"].splitlines()]
+            return [orjson.loads(line) for b in blocks for line in b["records"].split("\n")[:-1]]  # each ends "\n"
         rows = await self.pool.fetch(f"SELECT record FROM {table} ORDER BY position")
         return [orjson.loads(r["record"]) for r in rows]
 
