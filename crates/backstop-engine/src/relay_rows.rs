@@ -145,9 +145,7 @@ fn text_fields<'a, const N: usize>(line: &'a str, names: [&str; N], flat: &mut V
             _ => None,
         })
     };
-    let mut values = found.into_iter();
-    let all: Vec<String> = values.by_ref().map_while(|value| value).collect();
-    all.try_into().ok()
+    found.iter().all(Option::is_some).then(|| found.map(Option::unwrap_or_default))
 }
 
 /// A journal row's record as the relay publishes it: journal_record's canonical JSON, its keys in sorted order.

@@ -255,12 +255,11 @@ def posting_tail(result: BatchResult) -> tuple[int, str | None]:
     """How many postings a batch made and the last one's hash (the chain's new head; None: none made), whichever form
     they came in: only the last line is parsed, and the lines (megabytes a batch) are never copied."""
     lines = result.posting_lines
-    end = len(lines) - 1 if lines.endswith(b"\n") else len(lines)
-    if end > 0:  # only the compiled engine writes lines, so it is there: it counts them without the GIL
-        from backstop._engine import line_count
+    if len(lines) > lines.endswith(b"\n"):  # only the compiled engine writes lines, so it is there
+        from backstop._engine import line_count  # counts them without the GIL
 
-        last: str = orjson.loads(lines[lines.rfind(b"\n", 0, end) + 1:end])["hash"]
-        return len(result.postings) + line_count(lines) + (end == len(lines)), last  # a last line without "\n"
+        last: str = orjson.loads(_last_line(lines))["hash"]
+        return len(result.postings) + line_count(lines) + (not lines.endswith(b"\n")), last  # a last line without "\n"
     if result.postings:
         return len(result.postings), output_values(result.postings[-1], ("hash",))[0]
     return 0, None
@@ -288,8 +287,13 @@ def posting_block(result: BatchResult) -> PostingBlock | None:
     if result.postings:
         lines = b"".join(output_json(p) + b"\n" for p in result.postings) + lines
     first = orjson.loads(lines[:lines.index(b"\n")])
-    last = orjson.loads(lines[lines.rfind(b"\n", 0, len(lines) - 1) + 1:-1])
-    return PostingBlock(lines, count, first["seq"], last["seq"])
+    return PostingBlock(lines, count, first["seq"], orjson.loads(_last_line(lines))["seq"])
+
+
+def _last_line(lines: bytes) -> bytes:
+    """The last line of lines that end with a newline or not (without copying the rest)."""
+    end = len(lines) - 1 if lines.endswith(b"\n") else len(lines)
+    return lines[lines.rfind(b"\n", 0, end) + 1:end]
 
 
 def last_posting_hash(lines: str) -> str:
