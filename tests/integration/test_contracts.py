@@ -305,29 +305,32 @@ def _position(account: str, seq: int, qty: str = "1") -> tuple[Any, ...]:
             D("90000"), seq)
 
 
-async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_the_queue(
+async def test_a_refresh_updates_only_rows_older_than_its_seq_and_replaces_the_queue(
         under_test: StoreUnderTest) -> None:
     """And removes (and names) a position row older than its seq that it does not hold: closed by then, its batch's
-    rows still waiting."""
+    rows still waiting. A row as of its own seq was written from the state it was computed from: not written again
+    (given other values here, to show it)."""
     store = under_test.store
     head = Head(0, "", "0" * 64, "0" * 64, 0, 0, 0, 0)
-    rows = Projections(wallets=[("newer", "USDT", D(1), 10), ("older", "USDT", D(1), 3)],
+    rows = Projections(wallets=[("newer", "USDT", D(1), 10), ("older", "USDT", D(1), 3), ("same", "USDT", D(1), 5)],
                        positions=[_position("newer", 10), _position("older", 3), _position("we\tird\\x\n", 3),
-                                  _position("stale", 4), _position("closed later", 10)],
+                                  _position("stale", 4), _position("closed later", 10), _position("same", 5)],
                        closed_positions=[], funds=[], lots=None,
                        adl_queue=[("BTCUSDT", "long", "gone", 1, D(1), 5, 2)])
     await store.commit(expected_seq=0, result=BatchResult(), head=head, projections=rows)
     refresh = FullRefresh(
-        5, [("newer", "USDT", D(2), 5), ("older", "USDT", D("2.50"), 5), ("absent", "USDT", D(2), 5)],
+        5, [("newer", "USDT", D(2), 5), ("older", "USDT", D("2.50"), 5), ("absent", "USDT", D(2), 5),
+            ("same", "USDT", D(2), 5)],
         [_position("newer", 5, "2"), _position("older", 5, "2"), _position("we\tird\\x\n", 5, "2.000"),
-         _position("absent", 5, "2")],
+         _position("absent", 5, "2"), _position("same", 5, "2")],
         [("BTCUSDT", "long", "we\tird\\x\n", 1, D("0.123456789012"), 5, 5)])
     assert await store.write_refresh(RefreshCopy.of(refresh, chunk_rows=2)) == [
         StaleRow("stale", "BTCUSDT", "both", 4)]
     assert [r[:4] for r in await under_test.table("account_wallets")] == [
-        ("newer", "USDT", D(1), D(10)), ("older", "USDT", D("2.5"), D(5))]
+        ("newer", "USDT", D(1), D(10)), ("older", "USDT", D("2.5"), D(5)), ("same", "USDT", D(1), D(5))]
     assert [(r[0], r[3], r[-1]) for r in await under_test.table("positions")] == [
-        ("closed later", D(1), D(10)), ("newer", D(1), D(10)), ("older", D(2), D(5)), ("we\tird\\x\n", D(2), D(5))]
+        ("closed later", D(1), D(10)), ("newer", D(1), D(10)), ("older", D(2), D(5)), ("same", D(1), D(5)),
+        ("we\tird\\x\n", D(2), D(5))]
     assert await under_test.table("adl_queue") == [("BTCUSDT", "long", "we\tird\\x\n", D(1), D("0.123456789012"),
                                                     D(5), D(5))]
 

@@ -1,5 +1,5 @@
 """Whole-state work in forked children (backstop.service.forked), written behind the batches: the full projection
-refresh never overwrites a row a newer batch wrote and holds the engine's exact numbers and ranking; a child that
+refresh never overwrites a row a batch wrote as of its seq or later and holds the engine's exact numbers and ranking; a child that
 dies is reported while the service goes on; a snapshot is the state at its seq."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _position(account: str, seq: int, qty: str = "1") -> tuple[object, ...]:
             D("90000"), seq)
 
 
-async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_the_queue(
+async def test_a_refresh_updates_only_rows_older_than_its_seq_and_replaces_the_queue(
         migrated_database: str) -> None:
     store = await Store.open(migrated_database)
     try:
@@ -43,14 +43,14 @@ async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_th
             await connection.executemany(f"INSERT INTO positions ({', '.join(POSITION_COLUMNS)}) VALUES "
                                          f"({', '.join(f'${n}' for n in range(1, len(POSITION_COLUMNS) + 1))})",
                                          [_position("newer", 10), _position("older", 3), _position(ODD, 3),
-                                          _position("held", 3)])
+                                          _position("held", 3), _position("same", 5)])
             await connection.executemany("INSERT INTO account_wallets VALUES ($1, $2, $3, $4)",
                                          [("newer", "USDT", D(1), 10), ("older", "USDT", D(1), 3)])
             await connection.execute("INSERT INTO adl_queue VALUES ('BTCUSDT', 'long', 'gone', 1, 1, 5, 2)")
             refresh = FullRefresh(
                 5, [("newer", "USDT", D(2), 5), ("older", "USDT", D("2.50"), 5), ("absent", "USDT", D(2), 5)],
                 [_position("newer", 5, "2"), _position("older", 5, "2"), _position(ODD, 5, "2.000"),
-                 _position("absent", 5, "2"), _position("held", 5, "2")],
+                 _position("absent", 5, "2"), _position("held", 5, "2"), _position("same", 5, "2")],
                 [("BTCUSDT", "long", ODD, 1, D("0.123456789012"), 5, 5), ("BTCUSDT", "long", "older", 2, D("-1E-12"),
                                                                           1, 5)])
             # a batch's transaction holds "held" (it is writing it as of a later seq): the refresh skips it and
@@ -72,9 +72,10 @@ async def test_a_refresh_updates_only_rows_no_newer_than_its_seq_and_replaces_th
                 "SELECT symbol, side, account_id, rank, score, quantile, seq FROM adl_queue ORDER BY rank")]
     finally:
         await store.close()
-    # the row a later batch wrote is kept; older rows take the refresh's numbers; no row is created
+    # the row a later batch wrote is kept, and one as of the refresh's seq (written from the same state: given
+    # other numbers here to show it); older rows take the refresh's numbers; no row is created
     assert positions == {"newer": (D(1), 10, None), "older": (D(2), 5, None), ODD: (D("2.000"), 5, None),
-                         "held": (D(1), 3, None)}
+                         "held": (D(1), 3, None), "same": (D(1), 5, None)}
     assert wallets == {"newer": (D(1), 10), "older": (D("2.50"), 5)}
     assert queue == refresh.adl_queue
     assert str(queue[0][4]) == "0.123456789012"  # the numeric keeps the score's scale

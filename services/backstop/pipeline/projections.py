@@ -151,7 +151,7 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
 class FullRefresh(NamedTuple):
     """Every wallet and position row and the whole ADL queue, as of seq: what moves with the marks (and, after
     funding, every wallet). The service computes it in a forked child (backstop.service.forked) and writes it over
-    the rows no newer than seq, so a row a later batch wrote is kept."""
+    the rows older than seq, so a row a later batch wrote is kept (and one as of seq already holds these values)."""
 
     seq: int
     wallets: list[tuple[Any, ...]]

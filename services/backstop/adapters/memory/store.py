@@ -354,15 +354,16 @@ class MemoryStore:
 
     # ---------------------------------------------------------------- written behind the batches
     async def write_refresh(self, refresh: RefreshCopy) -> list[StaleRow]:
-        """Rows updated where no later batch wrote them; no row created; position rows still older than the
-        refresh (closed by then) removed and returned; the ADL queue replaced."""
+        """Rows updated where only earlier batches wrote them (one as of the refresh's seq holds its values); no row
+        created; position rows still older than the refresh (closed by then) removed and returned; the ADL queue
+        replaced."""
         await self._at("write_refresh")
         db = self.db
         for table, chunks, key in ((db.wallets, refresh.wallets, 2), (db.positions, refresh.positions, POSITION_KEY)):
             for chunk in chunks:
                 for row in copy_rows(chunk):
                     stored = table.get(row[:key])
-                    if stored is not None and int(stored[-1] or 0) <= int(row[-1] or 0):
+                    if stored is not None and int(stored[-1] or 0) < int(row[-1] or 0):
                         table[row[:key]] = row
         stale = sorted(StaleRow(str(key[0]), str(key[1]), str(key[2]), int(row[-1] or 0))
                        for key, row in db.positions.items()

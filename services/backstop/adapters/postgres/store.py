@@ -815,10 +815,12 @@ class Store:
     # ---------------------------------------------------------------- written behind the batches
     async def write_refresh(self, refresh: RefreshCopy) -> list[StaleRow]:
         """A full refresh as of refresh.seq, beside the batch transactions: wallet and position rows updated where
-        no later batch has written them (a row that does not exist stays so: new and closed rows are the batches'
-        to write), in short transactions that never wait for a row: a row a batch holds is skipped, since that
-        batch writes it as of a later seq (so the refresh can never be part of a deadlock); then the ADL queue,
-        which only full refreshes write, replaced in one transaction.
+        only earlier batches have written them (a row that does not exist stays so: new and closed rows are the
+        batches' to write; a row as of refresh.seq itself was written from the very state the refresh was, so it
+        already holds the refresh's values, and catching up that is most rows: the batch at which a refresh falls
+        due writes every row touched since the last one), in short transactions that never wait for a row: a row a
+        batch holds is skipped, since that batch writes it as of a later seq (so the refresh can never be part of a
+        deadlock); then the ADL queue, which only full refreshes write, replaced in one transaction.
 
         Every position open at refresh.seq now has a row as of that seq or later, so a row still older than it was
         closed by then and no batch has written it since: catching up, the batches' rows wait (Touched), and a
@@ -838,9 +840,9 @@ class Store:
                                                        format="text")
                         await connection.execute(
                             f"WITH mine AS (SELECT t.ctid FROM {table} t JOIN {staging} r USING ({', '.join(keys)}) "
-                            f"WHERE t.seq <= r.seq FOR UPDATE OF t SKIP LOCKED) "
+                            f"WHERE t.seq < r.seq FOR UPDATE OF t SKIP LOCKED) "
                             f"UPDATE {table} t SET {updates} FROM {staging} r, mine WHERE t.ctid = mine.ctid "
-                            f"AND {same_key} AND t.seq <= r.seq")
+                            f"AND {same_key} AND t.seq < r.seq")
             async with connection.transaction():
                 stale = await connection.fetch(
                     "WITH stale AS (SELECT ctid FROM positions WHERE seq < $1 FOR UPDATE SKIP LOCKED) "
