@@ -16,7 +16,7 @@ import orjson
 from service_harness import in_process, settings_for, wait_caught_up, wait_refreshed
 
 from backstop.adapters.kafka.tools import ensure_topics, produce_file
-from backstop.adapters.postgres.store import POSITION_COLUMNS, RefreshCopy, Store
+from backstop.adapters.postgres.store import POSITION_COLUMNS, RefreshCopy, StaleRow, Store
 from backstop.core.engine import Engine
 from backstop.core.processor import Processor
 from backstop.core.snapshot import restore, state_hash
@@ -79,6 +79,31 @@ async def test_a_refresh_updates_only_rows_older_than_its_seq_and_replaces_the_q
     assert wallets == {"newer": (D(1), 10), "older": (D("2.50"), 5)}
     assert queue == refresh.adl_queue
     assert str(queue[0][4]) == "0.123456789012"  # the numeric keeps the score's scale
+
+
+async def test_a_refresh_removes_stale_rows_in_a_transaction_of_their_own_before_it_rewrites_the_queue(
+        migrated_database: str) -> None:
+    """A batch that closes a position whose row the refresh is removing waits for that removal only: while the
+    queue's rewrite waits here (a lock held on the queue), the stale row is already gone for everyone."""
+    store = await Store.open(migrated_database)
+    blocker = await asyncpg.connect(migrated_database)
+    try:
+        await blocker.execute(f"INSERT INTO positions ({', '.join(POSITION_COLUMNS)}) VALUES "
+                              f"({', '.join(f'${n}' for n in range(1, len(POSITION_COLUMNS) + 1))})",
+                              *_position("stale", 3))
+        refresh = FullRefresh(5, [], [], [("BTCUSDT", "long", "other", 1, D("0.5"), 5, 5)])
+        async with blocker.transaction():
+            await blocker.execute("LOCK TABLE adl_queue IN SHARE MODE")  # the queue's rewrite waits for this
+            writing = asyncio.create_task(store.write_refresh(RefreshCopy.of(refresh)))
+            async with asyncio.timeout(30):
+                while await store.pool.fetchval("SELECT count(*) FROM positions"):
+                    await asyncio.sleep(0.01)
+            assert not writing.done()
+        assert await asyncio.wait_for(writing, 30) == [StaleRow("stale", "BTCUSDT", "both", 3)]
+        assert await blocker.fetchval("SELECT account_id FROM adl_queue") == "other"
+    finally:
+        await blocker.close()
+        await store.close()
 
 
 def _journal(path: Path, accounts: int) -> Path:

@@ -820,7 +820,9 @@ class Store:
         already holds the refresh's values, and catching up that is most rows: the batch at which a refresh falls
         due writes every row touched since the last one), in short transactions that never wait for a row: a row a
         batch holds is skipped, since that batch writes it as of a later seq (so the refresh can never be part of a
-        deadlock); then the ADL queue, which only full refreshes write, replaced in one transaction.
+        deadlock); then the ADL queue, which only full refreshes write, replaced in one transaction, after the
+        stale rows below are removed in one of their own (a batch that closes such a row waits for it: for that
+        statement, not for the queue's rewrite).
 
         Every position open at refresh.seq now has a row as of that seq or later, so a row still older than it was
         closed by then and no batch has written it since: catching up, the batches' rows wait (Touched), and a
@@ -843,11 +845,11 @@ class Store:
                             f"WHERE t.seq < r.seq FOR UPDATE OF t SKIP LOCKED) "
                             f"UPDATE {table} t SET {updates} FROM {staging} r, mine WHERE t.ctid = mine.ctid "
                             f"AND {same_key} AND t.seq < r.seq")
+            stale = await connection.fetch(  # a transaction of its own: a batch may wait for these rows
+                "WITH stale AS (SELECT ctid FROM positions WHERE seq < $1 FOR UPDATE SKIP LOCKED) "
+                "DELETE FROM positions t USING stale WHERE t.ctid = stale.ctid "
+                "RETURNING t.account_id, t.symbol, t.position_side, t.seq", refresh.seq)
             async with connection.transaction():
-                stale = await connection.fetch(
-                    "WITH stale AS (SELECT ctid FROM positions WHERE seq < $1 FOR UPDATE SKIP LOCKED) "
-                    "DELETE FROM positions t USING stale WHERE t.ctid = stale.ctid "
-                    "RETURNING t.account_id, t.symbol, t.position_side, t.seq", refresh.seq)
                 await connection.execute("DELETE FROM adl_queue")
                 await connection.copy_to_table("adl_queue", source=io.BytesIO(refresh.adl_queue),
                                                columns=ADL_QUEUE_COLUMNS, format="text")
