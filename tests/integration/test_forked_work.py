@@ -1,6 +1,6 @@
 """Whole-state work in forked children (backstop.service.forked), written behind the batches: the full projection
-refresh never overwrites a row a batch wrote as of its seq or later and holds the engine's exact numbers and ranking; a child that
-dies is reported while the service goes on; a snapshot is the state at its seq."""
+refresh never overwrites a row a batch wrote as of its seq or later and holds the engine's exact numbers and ranking;
+a child that dies is reported while the service goes on; a snapshot is the state at its seq."""
 
 from __future__ import annotations
 
