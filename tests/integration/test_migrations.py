@@ -376,7 +376,7 @@ async def test_the_postings_move_into_blocks_read_as_before_and_a_block_must_con
              for position, seq in ((1, 1), (2, 1), (3, 2))])
         before = [tuple(r) for r in await connection.fetch(EVERY_POSTING_COLUMN)]
         assert [r[:3] for r in before] == [(1, "p-1-1", 1), (2, "p-1-2", 1), (3, "p-2-3", 2)]
-        assert await migrate(empty_database) == ["0017"]
+        assert await migrate_before(empty_database, tmp_path, "0018") == ["0017"]
         assert [tuple(r) for r in await connection.fetch(EVERY_POSTING_COLUMN)] == before
         assert await connection.fetchval("SELECT to_regclass('posting_records')") is None
         assert [tuple(r) for r in await connection.fetch(
@@ -434,5 +434,26 @@ async def test_postings_with_a_gap_are_not_moved_into_blocks(empty_database: str
             await migrate(empty_database)
         assert await connection.fetchval("SELECT count(*) FROM posting_records") == 2
         assert await connection.fetchval("SELECT to_regclass('posting_blocks')") is None
+    finally:
+        await connection.close()
+
+
+async def test_the_adl_queue_loses_its_primary_key_and_keeps_its_rows(empty_database: str, tmp_path: Path) -> None:
+    """0018: the queue, replaced whole by each refresh, is left without an index (its key cost the refresh most of
+    its time); its rows stay, and nothing else changes."""
+    await migrate_before(empty_database, tmp_path, "0018")
+    indexes = "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'adl_queue'::regclass"
+    every_index = "SELECT indexrelid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid " \
+                  "WHERE c.relnamespace = 'public'::regnamespace"
+    connection = await asyncpg.connect(empty_database)
+    try:
+        await connection.execute("INSERT INTO adl_queue VALUES ('BTCUSDT', 'long', 'a-1', 1, 0.5, 5, 7)")
+        assert [r[0] for r in await connection.fetch(indexes)] == ["adl_queue_pkey"]
+        before = {r[0] for r in await connection.fetch(every_index)}
+        assert await migrate(empty_database) == ["0018"]
+        assert await connection.fetch(indexes) == []
+        assert {r[0] for r in await connection.fetch(every_index)} == before - {"adl_queue_pkey"}
+        assert [tuple(r) for r in await connection.fetch("SELECT * FROM adl_queue")] == [
+            ("BTCUSDT", "long", "a-1", 1, Decimal("0.5"), 5, 7)]
     finally:
         await connection.close()
