@@ -512,8 +512,8 @@ class CompiledEngine:
                            tuple(Snapshot(*each) for each in snapshots), stopped, rounds, journal)
 
     def apply_records(self, records: Sequence[Consumed], topic_prefix: str, held: bytes = b"") -> RecordsResult:
-        journal, ledger, adl, findings, dead, postings, quantiles, duplicates, held_ids = self._ledger.apply_records(
-            list(records), topic_prefix, held)
+        journal, ledger, adl, findings, dead, postings, quantiles, duplicates, held_ids, _ = (
+            self._ledger.apply_records(list(records), topic_prefix, held))
         return RecordsResult(journal, ledger, adl, findings, dead, postings, quantiles, dict(duplicates), held_ids)
 
     def write_outputs(self, directory: Path) -> bool:

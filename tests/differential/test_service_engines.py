@@ -88,7 +88,8 @@ def store_rows(result: BatchResult) -> dict[str, Any]:
         "dead_letters": result.dead_letters,
         "records": [output_json(r) for r in (*result.fund_entries, *result.adl_events,
                                                               *result.findings, *posting_records(result))],
-        "touched": (result.touched_accounts, result.touched_symbols, result.touched_positions),
+        "touched": (result.touched_accounts, result.touched_symbols, result.touched_positions,
+                    result.closed_positions),
     }
 
 
@@ -97,7 +98,7 @@ async def drive(engine: ServiceEngine, journal: list[list[Consumed]]) -> list[di
     for batch in journal:
         await engine.prepare(batch, engine.identities(batch, TOPICS), no_lookup, committed_seq=0)
         result = engine.apply(batch, TOPICS, {})
-        touched = projections.Touched(result.touched_accounts, result.touched_positions)
+        touched = projections.Touched.of(result)
         seen.append({**store_rows(result), "head": engine.head(),
                      "rows": projection_numbers(engine.projections(result, touched, refresh_all=False))})
     return seen
@@ -124,6 +125,22 @@ async def test_both_engines_give_the_service_the_same_rows(path: Path, size: int
         (r.seq, numbers(b"".join(r.wallets)), numbers(b"".join(r.positions)), numbers(r.adl_queue))
         for r in (reference.full_refresh(), compiled.full_refresh()))
     assert refresh == compiled_refresh
+
+
+async def test_both_engines_name_the_positions_a_batch_closed() -> None:
+    """The rows a batch deletes are the positions the engine closed (fills, liquidations, deleverages): the same in
+    both engines, batch by batch."""
+    journal = batches(ROOT / "examples" / "07-adl-lab.jsonl", 5)
+    named = []
+    for engine in (opened("reference"), opened("compiled")):
+        closed = []
+        for batch in journal:
+            await engine.prepare(batch, engine.identities(batch, TOPICS), no_lookup, committed_seq=0)
+            closed.append(sorted(engine.apply(batch, TOPICS, {}).closed_positions))
+        named.append(closed)
+    assert named[0] == named[1]
+    # the example's last batch: L's position is liquidated and C2's is taken whole by the deleverage
+    assert named[0] == [[], [], [], [("C2", "XUSDT", "both"), ("L", "XUSDT", "both")]]
 
 
 @pytest.mark.parametrize("written_by", ENGINES)

@@ -420,9 +420,7 @@ async def test_a_commit_hands_over_the_rows_a_read_after_its_cursors_gives(topic
             positions = (positions[0] + len(result.fund_entries), positions[1] + len(result.adl_events))
             committed = await store.commit(
                 expected_seq=seq, result=result, head=Head(*engine.head(), *positions),
-                projections=engine.projections(result, projections.Touched(result.touched_accounts,
-                                                                           result.touched_positions),
-                                               refresh_all=False))
+                projections=engine.projections(result, projections.Touched.of(result), refresh_all=False))
             read = RowList(await read_both(store, 100_000, topics))
             assert committed is not None
             assert committed.before == await store.published_places()

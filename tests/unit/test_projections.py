@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import orjson
@@ -49,10 +50,9 @@ def test_a_batch_rewrites_the_positions_it_touched_and_every_cross_position_of_a
     # moves with x's wallet
     assert sorted((r[0], r[1]) for r in rows.positions) == [("iso", "BTCUSDT"), ("x", "BTCUSDT"),
                                                             ("x", "ETHUSDT")]
-    # every side a touched (account, symbol) does not hold is deleted (a row of it may remain from before a change
-    # of position mode); the one-way positions held are not
-    assert sorted(rows.closed_positions) == [("iso", "BTCUSDT", "long"), ("iso", "BTCUSDT", "short"),
-                                             ("x", "BTCUSDT", "long"), ("x", "BTCUSDT", "short")]
+    # nothing closed, nothing deleted (a side a touched pair does not hold has no row: a row goes when its position
+    # closes, and a change of position mode in a symbol needs every position of it closed first)
+    assert rows.closed_positions == []
     assert sorted((w[0], w[1]) for w in rows.wallets) == [("iso", "USDT"), ("x", "USDT")]
     refreshed = projections.build(processor.engine, result, refresh_all=True)
     assert set(rows.positions) < set(refreshed.positions)  # the same rows as a full refresh writes
@@ -68,9 +68,25 @@ def test_a_position_closed_in_the_batch_is_deleted_and_no_other() -> None:
     processor = _setup()
     result = ingest_batch(processor, as_consumed([_fill("iso-btc-close", "iso", "BTCUSDT", "sell", "0.1",
                                                         "isolated")]), TOPICS)
+    assert result.closed_positions == {("iso", "BTCUSDT", "both")}  # named by the engine as it closed
     rows = projections.build(processor.engine, result, refresh_all=False)
-    assert rows.closed_positions == [("iso", "BTCUSDT", side) for side in ("both", "long", "short")]
+    assert rows.closed_positions == [("iso", "BTCUSDT", "both")]
     assert rows.positions == []
+    # a full rewrite deletes every side no one holds, whatever closed
+    everything = projections.build(processor.engine, BatchResult(), refresh_all=True)
+    assert {key for key in everything.closed_positions if key[0] == "iso" and key[1] == "BTCUSDT"} == {
+        ("iso", "BTCUSDT", side) for side in ("both", "long", "short")}
+
+
+def test_a_position_closed_and_opened_again_is_written_not_deleted() -> None:
+    processor = _setup()
+    result = ingest_batch(processor, as_consumed([
+        _fill("iso-btc-close", "iso", "BTCUSDT", "sell", "0.1", "isolated"),
+        _fill("iso-btc-again", "iso", "BTCUSDT", "buy", "0.2", "isolated")]), TOPICS)
+    assert result.closed_positions == {("iso", "BTCUSDT", "both")}
+    rows = projections.build(processor.engine, result, refresh_all=False)
+    assert rows.closed_positions == []
+    assert [(r[0], r[1], r[2], r[3]) for r in rows.positions] == [("iso", "BTCUSDT", "both", Decimal("0.2"))]
 
 
 def _applied(*tss: int) -> BatchResult:
@@ -105,7 +121,7 @@ def test_touched_rows_add_up_over_batches_and_everything_reaches_wallet_only_acc
     rows = projections.build(processor.engine, BatchResult(), refresh_all=False, touched=touched)
     assert sorted((w[0], w[1]) for w in rows.wallets) == [("iso", "USDT"), ("w", "USDT")]
     # closed in the second batch, deleted all the same
-    assert rows.closed_positions == [("iso", "BTCUSDT", side) for side in ("both", "long", "short")]
+    assert rows.closed_positions == [("iso", "BTCUSDT", "both")]
     # after a restart every row is written from the engine: wallets of accounts without positions too
     everything = projections.build(processor.engine, BatchResult(), refresh_all=True,
                                    touched=projections.Touched.everything(processor.engine))

@@ -51,6 +51,8 @@ pub struct Outputs {
     pub finding_count: u64,
     pub posting_count: u64,
     pub quantile_count: u64,
+    /// the positions the events closed (account, symbol, side), in order: the rows a projection deletes
+    pub closed_positions: Vec<(u32, u32, PositionSide)>,
 }
 
 /// Per-event counters for output ids (fl-<seq>-<n>, ...).
@@ -589,6 +591,7 @@ impl Engine {
                     position_label(self.names.name(symbol), position_side));
             let published = position.adl_quantile;
             self.positions.remove(account, symbol, position_side);
+            out.closed_positions.push((account, symbol, position_side));
             if published != 0 {
                 self.quantile_closes.insert((account, symbol, side), published);
             }

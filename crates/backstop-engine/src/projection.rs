@@ -14,12 +14,14 @@ use rustc_hash::FxHashSet as HashSet;
 const SIDES: [PositionSide; 3] = [PositionSide::Both, PositionSide::Long, PositionSide::Short];
 const FUND_PREFIX: &str = "fund:";
 
-/// What to write: the rows of `accounts` (their wallets, their cross positions, and the closed or open positions
-/// of `positions`), or of every account (`everything`); fund lots only when `lots`, the ADL queue only with
-/// `everything`.
+/// What to write: the rows of `accounts` (their wallets and their cross positions), of `positions` (account,
+/// symbol: the positions held), and the deletion of `closed` (account, symbol, side: positions the batches closed)
+/// that are not held again; or of every account (`everything`: every side not held is deleted); fund lots only when
+/// `lots`, the ADL queue only with `everything`.
 pub struct Wanted<'a> {
     pub accounts: &'a [String],
     pub positions: &'a [(String, String)],
+    pub closed: &'a [(String, String, String)],
     pub everything: bool,
     pub lots: bool,
 }
@@ -164,7 +166,7 @@ pub fn rows(engine: &Engine, wanted: &Wanted<'_>) -> Rows {
             let here = wanted.everything || touched.contains(&(account_name.as_str(), symbol_name.as_str()));
             for side in SIDES {
                 match account.and_then(|account| engine.positions.get(account, *symbol, side)) {
-                    None if here => {
+                    None if wanted.everything => {
                         Line::new(&mut rows.closed).text(account_name).text(symbol_name).text(side.name()).end()
                     }
                     None => {}
@@ -173,6 +175,19 @@ pub fn rows(engine: &Engine, wanted: &Wanted<'_>) -> Rows {
                     }
                     Some(_) => {}
                 }
+            }
+        }
+    }
+    if !wanted.everything {
+        let mut closed: Vec<&(String, String, String)> = wanted.closed.iter().collect();
+        closed.sort();
+        closed.dedup();
+        for (account_name, symbol_name, side_name) in closed {
+            let side = SIDES.into_iter().find(|side| side.name() == side_name);
+            let held = names.find(account_name).zip(names.find(symbol_name)).zip(side)
+                .is_some_and(|((account, symbol), side)| engine.positions.get(account, symbol, side).is_some());
+            if !held {
+                Line::new(&mut rows.closed).text(account_name).text(symbol_name).text(side_name).end();
             }
         }
     }
@@ -251,7 +266,8 @@ mod tests {
     fn an_empty_engine_has_no_rows_but_closes_what_was_touched() {
         let engine = Engine::default();
         let accounts = vec!["acct-1".to_string()];
-        let rows = rows(&engine, &Wanted { accounts: &accounts, positions: &[], everything: true, lots: false });
+        let wanted = Wanted { accounts: &accounts, positions: &[], closed: &[], everything: true, lots: false };
+        let rows = rows(&engine, &wanted);
         assert!(rows.wallets.is_empty() && rows.positions.is_empty() && rows.closed.is_empty());
         assert_eq!(rows.lots, Some(Vec::new()));
         assert_eq!(rows.adl_queue, Some(Vec::new()));

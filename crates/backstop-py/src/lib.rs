@@ -665,7 +665,8 @@ impl Ledger {
 
     /// A consumed Kafka batch: (topic, partition, offset, value) per record, under the topic prefix; `held`: the
     /// batch's held identities (per batch only); `quarantined`: (index in the batch, reason) of the records the engine
-    /// failed on in an earlier run, dead-lettered as engine_error instead of applied.
+    /// failed on in an earlier run, dead-lettered as engine_error instead of applied. The last item: the positions
+    /// the batch closed, (account, symbol, side) in order.
     #[pyo3(signature = (records, prefix, held, quarantined=Vec::new()))]
     fn apply_records<'py>(&mut self, py: Python<'py>, records: Vec<(PyBackedStr, i64, i64, Option<PyBackedBytes>)>,
                           prefix: &str,
@@ -684,6 +685,10 @@ impl Ledger {
             record.quarantined = Some(reason);
         }
         let batch = py.detach(|| self.guarded(|processor| processor.apply_records(&consumed, prefix)))?;
+        let names = &self.processor.engine.names;
+        let closed: Vec<(&str, &str, &str)> = batch.outputs.closed_positions.iter()
+            .map(|&(account, symbol, side)| (names.name(account), names.name(symbol), side.name()))
+            .collect();
         (
             PyBytes::new(py, &batch.journal),
             PyBytes::new(py, &batch.outputs.fund_ledger),
@@ -694,6 +699,7 @@ impl Ledger {
             PyBytes::new(py, &batch.outputs.adl_quantiles),
             batch.duplicates,
             PyBytes::new(py, &batch.held),
+            closed,
         )
             .into_pyobject(py)
     }
@@ -797,11 +803,14 @@ impl Ledger {
 
     /// The service's projection rows (backstop.pipeline.projections) as COPY text: (wallets, positions, closed
     /// positions, funds, fund lots or None, ADL queue or None) for the accounts and (account, symbol) positions
-    /// given, or for every one (`everything`, with the ADL queue).
-    #[pyo3(signature = (accounts, positions, *, everything, lots))]
+    /// given and the deletion of the `closed` (account, symbol, side) not held again, or for every one (`everything`,
+    /// with the ADL queue).
+    #[pyo3(signature = (accounts, positions, *, everything, lots, closed=Vec::new()))]
     fn projection_rows<'py>(&mut self, py: Python<'py>, accounts: Vec<String>, positions: Vec<(String, String)>,
-                            everything: bool, lots: bool) -> PyResult<Bound<'py, PyTuple>> {
-        let wanted = projection::Wanted { accounts: &accounts, positions: &positions, everything, lots };
+                            everything: bool, lots: bool, closed: Vec<(String, String, String)>)
+                            -> PyResult<Bound<'py, PyTuple>> {
+        let wanted = projection::Wanted { accounts: &accounts, positions: &positions, closed: &closed, everything,
+                                          lots };
         let rows = py.detach(|| self.guarded(|processor| projection::rows(&processor.engine, &wanted)))?;
         (
             PyBytes::new(py, &rows.wallets),

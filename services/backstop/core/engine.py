@@ -104,6 +104,7 @@ class Effects:
     postings: list[Posting] = field(default_factory=list)
     adl_quantiles: list[AdlQuantileRecord] = field(default_factory=list)
     adl_rounds: list[adl_rounds.Round] = field(default_factory=list)
+    closed_positions: list[tuple[str, str, PositionSide]] = field(default_factory=list)  # (account, symbol, side)
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,6 +448,7 @@ class Engine:
             if position.cost != 0:
                 raise InvariantViolation(f"closed position {position.account_id}/{position.label} kept cost")
             self.positions.remove(position)
+            self._effects.closed_positions.append((position.account_id, position.symbol, position.position_side))
             del self.by_symbol[position.symbol][position.key]
             if position.adl_quantile:
                 self.quantile_closes[(position.account_id, position.symbol, side)] = position.adl_quantile

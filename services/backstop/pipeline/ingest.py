@@ -201,6 +201,7 @@ class BatchResult:
     touched_accounts: set[str] = field(default_factory=set)
     touched_symbols: set[str] = field(default_factory=set)
     touched_positions: set[tuple[str, str]] = field(default_factory=set)  # (account, symbol)
+    closed_positions: set[tuple[str, str, str]] = field(default_factory=set)  # (account, symbol, side) closed
 
     def journal_facts(self) -> JournalFacts:
         if self.facts is None:
@@ -405,6 +406,7 @@ def _ingest(processor: Processor, batch: list[Consumed], topics: TopicNames, qua
         result.findings.extend(effects.findings)
         for posting in effects.postings:
             result.postings.append(posting)
+        result.closed_positions.update(effects.closed_positions)
         for change in effects.adl_quantiles:
             result.adl_quantiles.append(change)
             quantile_lines.append(canonical_json(record_dict(change)))

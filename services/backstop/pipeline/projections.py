@@ -2,7 +2,8 @@
 
 Wallets are rewritten for the accounts batches touched, and positions for the (account, symbol) pairs they
 touched plus every cross position of a touched account (a wallet change moves their liquidation and bankruptcy
-prices; an isolated position in another symbol did not change); funds every batch; fund lots when the
+prices; an isolated position in another symbol did not change); the positions the engine closed are deleted unless
+held again (a full rewrite deletes every side no account holds); funds every batch; fund lots when the
 inventory may have changed; the ADL queue (and every position's liquidation and bankruptcy price, which move with
 the marks) when RefreshCadence says so, as a FullRefresh that the service computes in a forked child. Once caught
 up, touched rows go with every batch; catching up, they are collected (Touched) until the next full refresh or
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import localcontext
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from backstop.core import adl, ledger
 from backstop.core.engine import Engine, Exposures
@@ -79,13 +80,21 @@ class Touched:
 
     accounts: set[str] = field(default_factory=set)
     positions: set[tuple[str, str]] = field(default_factory=set)  # (account, symbol)
+    # (account, symbol, side) the engine closed: their rows go unless held again. Only these: every side a touched
+    # pair does not hold was ~30 keys looked up in the table per row deleted
+    closed: set[tuple[str, str, str]] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, result: BatchResult) -> Touched:
+        return cls(set(result.touched_accounts), set(result.touched_positions), set(result.closed_positions))
 
     def add(self, result: BatchResult) -> None:
         self.accounts |= result.touched_accounts
         self.positions |= result.touched_positions
+        self.closed |= result.closed_positions
 
     def __bool__(self) -> bool:
-        return bool(self.accounts or self.positions)
+        return bool(self.accounts or self.positions or self.closed)
 
     @classmethod
     def everything(cls, engine: Engine) -> Touched:
@@ -109,7 +118,7 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
     """Rows after `result`; wallets and positions for `touched` (default: what this batch touched), or for every
     account with refresh_all."""
     if touched is None:
-        touched = Touched(result.touched_accounts, result.touched_positions)
+        touched = Touched.of(result)
     seq = engine.last_seq
     assets = sorted({f.spec.settle_asset for f in engine.funds.values()})
     symbols = sorted(engine.instruments)
@@ -130,10 +139,13 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
             for position_side in POSITION_SIDES:  # one-way, or a hedge side: each its own row
                 position = engine.positions.get(account_id, symbol, position_side)
                 if position is None:
-                    if touched_here:
+                    if refresh_all:
                         closed.append((account_id, symbol, position_side))
                 elif touched_here or position.margin_mode == "cross":
                     positions.append(position_row(engine, position, seq, memo))
+    if not refresh_all:
+        closed = [(account_id, symbol, side) for account_id, symbol, side in sorted(touched.closed)
+                  if engine.positions.get(account_id, symbol, cast(PositionSide, side)) is None]
     with localcontext(CONTEXT):
         funds = [(f.spec.fund_id, f.spec.settle_asset, f.spec.surplus, f.spec.max_inventory_ratio,
                   engine.ledger.balance(ledger.fund(f.spec.fund_id)),

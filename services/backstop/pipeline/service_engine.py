@@ -399,7 +399,7 @@ class CompiledService:
             (index, reason) for index, m in enumerate(batch)
             if (reason := quarantine.get((m.topic, m.partition, m.offset))) is not None]
         try:
-            journal, ledger_lines, adl, findings, dead, postings, quantiles, duplicates, held_ids = (
+            journal, ledger_lines, adl, findings, dead, postings, quantiles, duplicates, held_ids, closed = (
                 self.ledger.apply_records(records, topics.prefix, held, quarantined))
         except self._record_panic as error:
             # the reference's path (backstop.pipeline.ingest): the batch is lost, the run fails, the supervisor
@@ -423,6 +423,7 @@ class CompiledService:
         result.touched_accounts.update(accounts)
         result.touched_symbols.update(symbols)
         result.touched_positions.update(positions)
+        result.closed_positions.update(closed)
         for line in _lines(ledger_lines):
             result.fund_entries.append(OutputLine(orjson.loads(line), line))
         for line in _lines(adl):
@@ -465,7 +466,7 @@ class CompiledService:
             is_fund_account(a) for a in result.touched_accounts)
         wallets, positions, closed, funds, fund_lots, adl_queue = self._call(
             self.ledger.projection_rows, sorted(touched.accounts), sorted(touched.positions),
-            everything=refresh_all, lots=lots)
+            everything=refresh_all, lots=lots, closed=sorted(touched.closed))
         return projections.Projections(wallets, positions, closed, funds, fund_lots, adl_queue)
 
     def full_refresh(self) -> RefreshCopy:
