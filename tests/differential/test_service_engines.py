@@ -114,7 +114,8 @@ async def test_both_engines_give_the_service_the_same_rows(path: Path, size: int
     journal = batches(path, size)
     reference, compiled = opened("reference"), opened("compiled")
     assert reference.name == "reference" and compiled.name == "compiled"
-    assert await drive(reference, journal) == await drive(compiled, journal)
+    seen = await drive(reference, journal)
+    assert seen == await drive(compiled, journal)
     assert reference.state_hash() == compiled.state_hash()
     assert reference.snapshot() == compiled.snapshot()
     assert reference.ledger_sum() == compiled.ledger_sum() == 0
@@ -124,6 +125,13 @@ async def test_both_engines_give_the_service_the_same_rows(path: Path, size: int
     refresh, compiled_refresh = (
         (r.seq, numbers(b"".join(r.wallets)), numbers(b"".join(r.positions)), numbers(r.adl_queue))
         for r in (reference.full_refresh(), compiled.full_refresh()))
+    assert refresh == compiled_refresh
+    # less the rows the last batch wrote as of the same seq
+    accounts, _, pairs, _ = seen[-1]["touched"]
+    last = projections.Touched(set(accounts), set(pairs))
+    refresh, compiled_refresh = (
+        (r.seq, numbers(b"".join(r.wallets)), numbers(b"".join(r.positions)), numbers(r.adl_queue))
+        for r in (reference.full_refresh(last), compiled.full_refresh(last)))
     assert refresh == compiled_refresh
 
 

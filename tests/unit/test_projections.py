@@ -127,3 +127,24 @@ def test_touched_rows_add_up_over_batches_and_everything_reaches_wallet_only_acc
                                    touched=projections.Touched.everything(processor.engine))
     assert sorted(w[0] for w in everything.wallets) == ["iso", "w", "x"]
     assert projections.build(processor.engine, BatchResult(), refresh_all=True).wallets != everything.wallets
+
+
+def test_a_full_refresh_leaves_out_exactly_the_rows_a_batch_writes_as_of_its_seq() -> None:
+    """Catching up, the batch at which a refresh falls due writes every row touched since the last one, from the
+    state the refresh reads: the refresh leaves those out, and the two together are every row."""
+    processor = _setup()
+    more = orjson.dumps({"type": "transfer", "ts": TS, "transfer_id": "dep-iso-2", "account_id": "iso",
+                         "asset": "USDT", "amount": "5"})
+    result = ingest_batch(processor, as_consumed([_fill("x-btc-2", "x", "BTCUSDT", "sell", "0.05", "cross"), more]),
+                          TOPICS)
+    touched = projections.Touched.of(result)
+    batch = projections.build(processor.engine, result, refresh_all=False, touched=touched)
+    everything = projections.full_refresh(processor.engine)
+    refresh = projections.full_refresh(processor.engine, written=touched)
+    assert sorted(refresh.positions + list(batch.positions)) == sorted(everything.positions)
+    assert sorted(refresh.wallets + list(batch.wallets)) == sorted(everything.wallets)
+    assert not set(refresh.positions) & set(batch.positions)
+    assert [r[0] for r in refresh.wallets] == []  # both accounts with a wallet were touched
+    # x's positions are cross: the batch writes them; iso's are isolated and a transfer names no symbol
+    assert sorted((r[0], r[1]) for r in refresh.positions) == [("iso", "BTCUSDT"), ("iso", "ETHUSDT")]
+    assert refresh.adl_queue == everything.adl_queue

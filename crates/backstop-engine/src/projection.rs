@@ -24,6 +24,10 @@ pub struct Wanted<'a> {
     pub closed: &'a [(String, String, String)],
     pub everything: bool,
     pub lots: bool,
+    /// what a batch writes as of the same seq, left out: the wallets and cross positions of `written_accounts`,
+    /// the positions of `written_positions` (account, symbol)
+    pub written_accounts: &'a [String],
+    pub written_positions: &'a [(String, String)],
 }
 
 /// COPY text per table (columns as backstop.adapters.postgres.store names them), the positions to delete among
@@ -129,7 +133,7 @@ fn position_row(out: &mut Vec<u8>, engine: &Engine, p: &Position, seq: &str) {
 }
 
 /// The rows `wanted` names, as of the engine's last seq.
-pub fn rows(engine: &Engine, wanted: &Wanted<'_>) -> Rows {
+pub fn rows<'a>(engine: &Engine, wanted: &Wanted<'a>) -> Rows {
     let names = &engine.names;
     let seq = engine.last_seq.to_string();
     let mut rows = Rows::default();
@@ -146,14 +150,18 @@ pub fn rows(engine: &Engine, wanted: &Wanted<'_>) -> Rows {
     }
     accounts.sort();
     accounts.dedup();
-    let touched: HashSet<(&str, &str)> =
-        wanted.positions.iter().map(|(account, symbol)| (account.as_str(), symbol.as_str())).collect();
+    let pairs = |given: &'a [(String, String)]| -> HashSet<(&'a str, &'a str)> {
+        given.iter().map(|(account, symbol)| (account.as_str(), symbol.as_str())).collect()
+    };
+    let (touched, written_pairs) = (pairs(wanted.positions), pairs(wanted.written_positions));
+    let written_accounts: HashSet<&str> = wanted.written_accounts.iter().map(String::as_str).collect();
     for account_name in &accounts {
         if account_name.starts_with(FUND_PREFIX) {
             continue;
         }
         let account = names.find(account_name);
-        if let Some(account) = account {
+        let written = written_accounts.contains(account_name.as_str());
+        if let Some(account) = account.filter(|_| !written) {
             for (asset_name, asset) in &assets {
                 let wallet = Account::Wallet { account, asset: *asset };
                 if engine.ledger.holds(wallet) {
@@ -163,17 +171,21 @@ pub fn rows(engine: &Engine, wanted: &Wanted<'_>) -> Rows {
             }
         }
         for (symbol_name, symbol) in &symbols {
-            let here = wanted.everything || touched.contains(&(account_name.as_str(), symbol_name.as_str()));
+            let pair = (account_name.as_str(), symbol_name.as_str());
+            let here = wanted.everything || touched.contains(&pair);
+            let written_pair = written && written_pairs.contains(&pair);
             for side in SIDES {
                 match account.and_then(|account| engine.positions.get(account, *symbol, side)) {
                     None if wanted.everything => {
                         Line::new(&mut rows.closed).text(account_name).text(symbol_name).text(side.name()).end()
                     }
                     None => {}
-                    Some(position) if here || position.margin_mode == MarginMode::Cross => {
-                        position_row(&mut rows.positions, engine, position, &seq);
+                    Some(position) => {
+                        let cross = position.margin_mode == MarginMode::Cross;
+                        if (here || cross) && !(written_pair || written && cross) {
+                            position_row(&mut rows.positions, engine, position, &seq);
+                        }
                     }
-                    Some(_) => {}
                 }
             }
         }
@@ -266,7 +278,8 @@ mod tests {
     fn an_empty_engine_has_no_rows_but_closes_what_was_touched() {
         let engine = Engine::default();
         let accounts = vec!["acct-1".to_string()];
-        let wanted = Wanted { accounts: &accounts, positions: &[], closed: &[], everything: true, lots: false };
+        let wanted = Wanted { accounts: &accounts, positions: &[], closed: &[], everything: true, lots: false,
+                              written_accounts: &[], written_positions: &[] };
         let rows = rows(&engine, &wanted);
         assert!(rows.wallets.is_empty() && rows.positions.is_empty() && rows.closed.is_empty());
         assert_eq!(rows.lots, Some(Vec::new()));

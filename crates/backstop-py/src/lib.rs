@@ -804,13 +804,18 @@ impl Ledger {
     /// The service's projection rows (backstop.pipeline.projections) as COPY text: (wallets, positions, closed
     /// positions, funds, fund lots or None, ADL queue or None) for the accounts and (account, symbol) positions
     /// given and the deletion of the `closed` (account, symbol, side) not held again, or for every one (`everything`,
-    /// with the ADL queue).
-    #[pyo3(signature = (accounts, positions, *, everything, lots, closed=Vec::new()))]
+    /// with the ADL queue, less what a batch writes as of the same seq: the wallets and cross positions of
+    /// `written_accounts`, the positions of `written_positions`).
+    #[pyo3(signature = (accounts, positions, *, everything, lots, closed=Vec::new(), written_accounts=Vec::new(),
+                        written_positions=Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
     fn projection_rows<'py>(&mut self, py: Python<'py>, accounts: Vec<String>, positions: Vec<(String, String)>,
-                            everything: bool, lots: bool, closed: Vec<(String, String, String)>)
+                            everything: bool, lots: bool, closed: Vec<(String, String, String)>,
+                            written_accounts: Vec<String>, written_positions: Vec<(String, String)>)
                             -> PyResult<Bound<'py, PyTuple>> {
         let wanted = projection::Wanted { accounts: &accounts, positions: &positions, closed: &closed, everything,
-                                          lots };
+                                          lots, written_accounts: &written_accounts,
+                                          written_positions: &written_positions };
         let rows = py.detach(|| self.guarded(|processor| projection::rows(&processor.engine, &wanted)))?;
         (
             PyBytes::new(py, &rows.wallets),

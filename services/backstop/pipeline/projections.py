@@ -113,10 +113,11 @@ def position_row(engine: Engine, position: Position, seq: int, memo: Exposures) 
                 engine.marks[position.symbol], liquidation, engine.bankruptcy_price(position, memo), seq)
 
 
-def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: Touched | None = None
-          ) -> Projections:
+def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: Touched | None = None,
+          written: Touched | None = None) -> Projections:
     """Rows after `result`; wallets and positions for `touched` (default: what this batch touched), or for every
-    account with refresh_all."""
+    account with refresh_all, less the rows `written` names (its accounts' wallets and cross positions, its pairs'
+    positions: what a batch writes as of the same seq)."""
     if touched is None:
         touched = Touched.of(result)
     seq = engine.last_seq
@@ -126,23 +127,28 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
     wallets: list[tuple[Any, ...]] = []
     positions: list[tuple[Any, ...]] = []
     closed: list[tuple[Any, ...]] = []
+    skip = written or Touched()
     for account_id in accounts:
         if is_fund_account(account_id):
             continue
+        written_here = account_id in skip.accounts
         for asset in assets:
             name = ledger.wallet(account_id, asset)
-            if name in engine.ledger.balances:
+            if name in engine.ledger.balances and not written_here:
                 wallets.append((account_id, asset, engine.ledger.balances[name], seq))
         memo: Exposures = {}
         for symbol in symbols:
             touched_here = refresh_all or (account_id, symbol) in touched.positions
+            written_pair = written_here and (account_id, symbol) in skip.positions
             for position_side in POSITION_SIDES:  # one-way, or a hedge side: each its own row
                 position = engine.positions.get(account_id, symbol, position_side)
                 if position is None:
                     if refresh_all:
                         closed.append((account_id, symbol, position_side))
-                elif touched_here or position.margin_mode == "cross":
-                    positions.append(position_row(engine, position, seq, memo))
+                else:
+                    cross = position.margin_mode == "cross"
+                    if (touched_here or cross) and not (written_pair or (written_here and cross)):
+                        positions.append(position_row(engine, position, seq, memo))
     if not refresh_all:
         closed = [(account_id, symbol, side) for account_id, symbol, side in sorted(touched.closed)
                   if engine.positions.get(account_id, symbol, cast(PositionSide, side)) is None]
@@ -171,8 +177,9 @@ class FullRefresh(NamedTuple):
     adl_queue: list[tuple[Any, ...]]
 
 
-def full_refresh(engine: Engine) -> FullRefresh:
-    rows = build(engine, BatchResult(), refresh_all=True, touched=Touched.everything(engine))
+def full_refresh(engine: Engine, written: Touched | None = None) -> FullRefresh:
+    """`written`: the rows a batch writes as of the same seq, left out (see build)."""
+    rows = build(engine, BatchResult(), refresh_all=True, touched=Touched.everything(engine), written=written)
     return FullRefresh(engine.last_seq, rows_of(rows.wallets), rows_of(rows.positions), rows_of(rows.adl_queue or []))
 
 

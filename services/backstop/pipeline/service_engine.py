@@ -54,6 +54,7 @@ from backstop.pipeline.ingest import (
     replay_journal,
     resolve_identities,
 )
+from backstop.pipeline.projections import Touched
 from backstop.pipeline.topics import TopicNames
 from backstop.wire.decode import decode_record
 
@@ -124,8 +125,9 @@ class ServiceEngine(Protocol):
         the inventory may have changed, the ADL queue with refresh_all."""
         ...
 
-    def full_refresh(self) -> RefreshCopy:
-        """Every wallet and position row and the ADL queue as COPY text (in a forked child)."""
+    def full_refresh(self, written: Touched | None = None) -> RefreshCopy:
+        """Every wallet and position row and the ADL queue as COPY text (in a forked child), less the rows `written`
+        names: those a batch writes as of the same seq (projections.build)."""
         ...
 
     def snapshot(self) -> Snapshot: ...
@@ -225,8 +227,8 @@ class ReferenceService:
             touched = projections.Touched.everything(engine)
         return projections.build(engine, result, refresh_all=refresh_all, touched=touched)
 
-    def full_refresh(self) -> RefreshCopy:
-        return RefreshCopy.of(projections.full_refresh(self.processor.engine))
+    def full_refresh(self, written: Touched | None = None) -> RefreshCopy:
+        return RefreshCopy.of(projections.full_refresh(self.processor.engine, written))
 
     def snapshot(self) -> Snapshot:
         engine = self.processor.engine
@@ -469,9 +471,11 @@ class CompiledService:
             everything=refresh_all, lots=lots, closed=sorted(touched.closed))
         return projections.Projections(wallets, positions, closed, funds, fund_lots, adl_queue)
 
-    def full_refresh(self) -> RefreshCopy:
-        wallets, positions, _, _, _, adl_queue = self._call(self.ledger.projection_rows, [], [], everything=True,
-                                                            lots=False)
+    def full_refresh(self, written: Touched | None = None) -> RefreshCopy:
+        written = written or Touched()
+        wallets, positions, _, _, _, adl_queue = self._call(
+            self.ledger.projection_rows, [], [], everything=True, lots=False,
+            written_accounts=sorted(written.accounts), written_positions=sorted(written.positions))
         return RefreshCopy(self.last_seq, _chunks(wallets), _chunks(positions), adl_queue or b"")
 
     def snapshot(self) -> Snapshot:

@@ -69,7 +69,9 @@ class WriteBehind:
     time, in transactions of its own: a full refresh is ~2 s of PostgreSQL's time at 100,000 positions, which in a
     batch's transaction held up every batch behind it. Of work that lands while a write runs, the newest of each
     kind waits for the next. A snapshot at seq S is written only once batch S has committed (recovery starts
-    from the latest snapshot); a failed write fails the loop, as a failed commit does."""
+    from the latest snapshot), and so is a refresh as of S (it leaves out the rows batch S writes, which its
+    removal of older rows would otherwise take for closed); a failed write fails the loop, as a failed commit
+    does."""
 
     def __init__(self, store: LedgerStore, progress: Progress) -> None:
         self.store, self.progress = store, progress
@@ -87,11 +89,13 @@ class WriteBehind:
                 return
             await self._task  # raises what the write raised
             self._task = None
-        snapshot = self._snapshot
-        ready = snapshot if snapshot is not None and snapshot[0] <= self.progress.seq else None  # batch S committed
-        if self._refresh is not None or ready is not None:
-            self._task = asyncio.create_task(self._write(self._refresh, ready))
-            self._refresh = None
+        # each once batch S has committed: a refresh as of S leaves out the rows batch S writes
+        snapshot, refresh, committed = self._snapshot, self._refresh, self.progress.seq
+        ready = snapshot if snapshot is not None and snapshot[0] <= committed else None
+        refresh = refresh if refresh is not None and refresh.seq <= committed else None
+        if refresh is not None or ready is not None:
+            self._task = asyncio.create_task(self._write(refresh, ready))
+            self._refresh = None if refresh is not None else self._refresh
             self._snapshot = None if ready is not None else snapshot
 
     async def _write(self, refresh: RefreshCopy | None, snapshot: Snapshot | None) -> None:
@@ -372,9 +376,10 @@ class LedgerRun:
         every = settings.snapshot_every_events
         self.snapshotting.wanted |= bool(every and result.journal_facts().rows
                                          and engine.last_seq // every > applied.expected_seq // every)
-        self._start_due()
         self.touched.add(result)
         write_touched = refresh_due or caught_up  # catching up, touched rows wait (projections.Touched)
+        # this batch writes its touched rows as of this seq: a refresh that starts now leaves them out
+        self._start_due(written=self.touched if write_touched else None)
         self.positions = (self.positions[0] + len(result.fund_entries), self.positions[1] + len(result.adl_events))
         head = self._head()
         rows = await self.runtime.offload(engine.projections, result,
@@ -454,10 +459,11 @@ class LedgerRun:
         return {"closed": trace.now(), "records": len(batch), "buffered": self.merger.buffered,
                 "liquidations": liquidations}
 
-    def _start_due(self) -> None:
-        """Only between engine steps: a forked child sees the state as it is now."""
+    def _start_due(self, written: projections.Touched | None = None) -> None:
+        """Only between engine steps: a forked child sees the state as it is now. `written`: the rows a batch writes
+        as of this seq (a refresh as of it leaves them out)."""
         engine = self.engine
-        self.refreshing.start_if_wanted(engine.full_refresh)
+        self.refreshing.start_if_wanted(lambda: engine.full_refresh(written))
         self.snapshotting.start_if_wanted(engine.snapshot)
 
     async def _write_projections(self, touched: projections.Touched | None) -> None:
