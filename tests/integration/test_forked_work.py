@@ -106,6 +106,26 @@ async def test_a_refresh_removes_stale_rows_in_a_transaction_of_their_own_before
         await store.close()
 
 
+async def test_two_replacements_of_the_adl_queue_at_once_leave_the_later_one_alone(migrated_database: str) -> None:
+    """The queue has no key (migration 0018): a refresh that replaces it while another replacement is in flight (a
+    stopping run's, say) waits for it, then deletes its rows too; without the lock each would keep the other's."""
+    store = await Store.open(migrated_database)
+    other = await asyncpg.connect(migrated_database)
+    try:
+        refresh = FullRefresh(5, [], [], [("BTCUSDT", "long", "new", 1, D("0.5"), 5, 5)])
+        async with other.transaction():
+            await other.execute("DELETE FROM adl_queue")
+            await other.execute("INSERT INTO adl_queue VALUES ('BTCUSDT', 'long', 'old', 1, 0.25, 5, 4)")
+            writing = asyncio.create_task(store.write_refresh(RefreshCopy.of(refresh)))
+            await asyncio.sleep(0.5)
+            assert not writing.done()  # waits for the replacement in flight
+        await asyncio.wait_for(writing, 30)
+        assert [r[0] for r in await other.fetch("SELECT account_id FROM adl_queue")] == ["new"]
+    finally:
+        await other.close()
+        await store.close()
+
+
 def _journal(path: Path, accounts: int) -> Path:
     """Definitions, then a deposit and a BTCUSDT position for each account, then a mark."""
     lines = list(DEFINITIONS)

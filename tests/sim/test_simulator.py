@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import os
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -74,6 +75,17 @@ def test_every_seed_keeps_every_invariant(pytestconfig: pytest.Config, capsys: p
     assert not failures, "\n".join(failures)
     if len(seeds) >= 100:  # both of the relay's ways ran: rows handed over by their commit, and rows read back
         assert rounds["handed"] > 0 and rounds["read"] > 0, rounds
+
+
+def test_a_process_killed_while_its_relay_waited_still_stops() -> None:
+    """This seed once ran forever: a process was killed while its relay waited for a commit's wake, asyncio.wait_for
+    (Python 3.11) returned the wake and dropped the cancel, and the relay, its session gone, restarted without end.
+    The relay now waits with asyncio.timeout, and a supervised loop whose task was cancelled never restarts."""
+    ended: list[Any] = []
+    runner = threading.Thread(target=lambda: ended.append(simulate(862735222828)), daemon=True)
+    runner.start()
+    runner.join(120)
+    assert ended, "the simulation did not end"
 
 
 def test_a_seed_replays_exactly() -> None:

@@ -378,8 +378,10 @@ class LedgerRun:
                                          and engine.last_seq // every > applied.expected_seq // every)
         self.touched.add(result)
         write_touched = refresh_due or caught_up  # catching up, touched rows wait (projections.Touched)
-        # this batch writes its touched rows as of this seq: a refresh that starts now leaves them out
-        self._start_due(written=self.touched if write_touched else None)
+        # this batch writes its touched rows as of this seq: a refresh that starts now leaves them out, and is written
+        # once a batch at this seq has committed; so only if this one is the first at it (it applied an event)
+        advanced = engine.last_seq > applied.expected_seq
+        self._start_due(written=self.touched if write_touched and advanced else None)
         self.positions = (self.positions[0] + len(result.fund_entries), self.positions[1] + len(result.adl_events))
         head = self._head()
         rows = await self.runtime.offload(engine.projections, result,

@@ -150,8 +150,9 @@ class OutboxRelay(SupervisedLoop):
                 handed = self._next_handed()
                 if handed is None and not self._unread:
                     idle_s = HANDED_POLL_S if self._handed_lately else settings.relay_idle_ms / 1000
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._woken.wait(), idle_s)
+                    with contextlib.suppress(TimeoutError):  # not wait_for: on 3.11 it can swallow a cancel
+                        async with asyncio.timeout(idle_s):
+                            await self._woken.wait()
                     if not self._woken.is_set():  # quiet for a while: poll the store
                         self._unread, self._handed_lately = True, False
                     continue

@@ -1,6 +1,7 @@
 """What the ledger processor and the outbox relay share: one instance per database (an advisory lock, held on a
 connection of its own), and restarts after an error with a bounded backoff. An InvariantViolation is never
-retried: it stops the loop, as a broken rule must."""
+retried: it stops the loop, as a broken rule must; nor is an error of a loop whose task was cancelled (a cleanup
+that failed on the way out, or a cancellation an await swallowed, must not start it again)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ class SupervisedLoop:
             except (InvariantViolation, asyncio.CancelledError):
                 raise
             except Exception as error:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError(f"{self.name} was cancelled") from error
                 self.on_error(error)
                 metrics.RESTARTS.labels(self.name).inc()
                 log.warning("%s failed (%s: %s); restarting in %.1fs", self.name, type(error).__name__, error,

@@ -366,12 +366,17 @@ async def _upsert(connection: asyncpg.Connection, upserts: list[Upsert], before:
 CHECKPOINT_COLUMNS = ["seq", "prev_seq", "adopted_seq", "journal_digest", "head_hash", "ledger_head", "ledger_entries",
                       "adl_head", "adl_events", "postings_head", "postings_count"]  # the last two: migration 0009
 ADOPTION_CHUNK_ROWS = 50_000
-# The positions a batch closed (a key per side of each touched position without one: about 1.5 per input record).
+# The positions a batch closed and does not hold again (as the engine named them; every side no one holds after a
+# start, which rewrites every row).
 # As three text[] parameters, asyncpg checks each element against abstract classes (0.9 µs a key); the compiled
 # engine's COPY text goes instead as one text parameter that the server splits into lines and values, which is exact
 # when the text escapes nothing (no tab, newline or backslash in a value: the wire contract keeps them out of
 # account ids, symbols and sides).
 _CLOSED_MATCH = "WHERE p.account_id = c.account_id AND p.symbol = c.symbol AND p.position_side = c.position_side"
+# The ADL queue is replaced whole, by a refresh or a start's rewrite; it has no key (migration 0018), so two
+# replacements at once (a refresh of a run that is stopping, the next run's rewrite) would each delete only the rows
+# their statement saw and leave both sets. The lock (one holder at a time; readers are not held up) puts them in turn.
+REPLACE_ADL_QUEUE_SQL = "LOCK TABLE adl_queue IN SHARE ROW EXCLUSIVE MODE; DELETE FROM adl_queue"
 DELETE_CLOSED_SQL = ("DELETE FROM positions p USING unnest($1::text[], $2::text[], $3::text[]) "
                      f"AS c(account_id, symbol, position_side) {_CLOSED_MATCH}")
 DELETE_CLOSED_LINES_SQL = (
@@ -809,7 +814,7 @@ class Store:
                 "fund_id", "liquidation_id", "symbol", "side", "qty", "cost", "bankruptcy_price",
                 "liquidated_account", "seq"], projections.lots)
         if projections.adl_queue is not None:
-            await connection.execute("DELETE FROM adl_queue")
+            await connection.execute(REPLACE_ADL_QUEUE_SQL)
             await _copy(connection, "adl_queue", ADL_QUEUE_COLUMNS, projections.adl_queue)
 
     # ---------------------------------------------------------------- written behind the batches
@@ -850,7 +855,7 @@ class Store:
                 "DELETE FROM positions t USING stale WHERE t.ctid = stale.ctid "
                 "RETURNING t.account_id, t.symbol, t.position_side, t.seq", refresh.seq)
             async with connection.transaction():
-                await connection.execute("DELETE FROM adl_queue")
+                await connection.execute(REPLACE_ADL_QUEUE_SQL)
                 await connection.copy_to_table("adl_queue", source=io.BytesIO(refresh.adl_queue),
                                                columns=ADL_QUEUE_COLUMNS, format="text")
         return sorted(StaleRow(r[0], r[1], r[2], int(r[3])) for r in stale)
