@@ -172,7 +172,8 @@ class KafkaPublisher:
                 if ends[tp] == 0:
                     continue
                 consumer.seek(tp, ends[tp] - 1)
-                record = await asyncio.wait_for(consumer.getone(tp), timeout=30)
+                async with asyncio.timeout(30):  # not wait_for: on 3.11 it can drop a cancel
+                    record = await consumer.getone(tp)
                 place = place_in_headers(record.headers or ())
                 if place is not None:
                     found[(tp.topic, tp.partition)] = place
