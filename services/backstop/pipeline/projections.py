@@ -80,8 +80,8 @@ class Touched:
 
     accounts: set[str] = field(default_factory=set)
     positions: set[tuple[str, str]] = field(default_factory=set)  # (account, symbol)
-    # (account, symbol, side) the engine closed: their rows go unless held again. Only these: every side a touched
-    # pair does not hold was ~30 keys looked up in the table per row deleted
+    # (account, symbol, side) the engine closed: their rows go unless held again (no other side can have a row: a
+    # row goes when its position closes, and a symbol's position mode changes only once every position in it closed)
     closed: set[tuple[str, str, str]] = field(default_factory=set)
 
     @classmethod
