@@ -125,3 +125,51 @@ def test_the_journal_goes_to_the_engine_in_chunks_of_whole_lines(chunk_bytes: in
         assert all(chunk.endswith(b"\n") for _, chunk in chunks[:-1])
         numbers = [number for number, _ in chunks]
         assert numbers == [skip + 1 + sum(chunk.count(b"\n") for _, chunk in chunks[:at]) for at in range(len(chunks))]
+
+
+def test_read_ahead_yields_every_item_in_order_each_made_while_the_one_before_is_used() -> None:
+    import threading
+
+    from backstop.entrypoints.replay import read_ahead
+
+    made_in: list[str] = []
+
+    def items() -> Any:
+        for n in range(5):
+            made_in.append(threading.current_thread().name)
+            yield n
+
+    assert list(read_ahead(items())) == [0, 1, 2, 3, 4]
+    assert all(name.startswith("backstop-read") for name in made_in), made_in
+    assert list(read_ahead(iter(()))) == []
+
+
+def test_read_ahead_raises_a_reading_error_where_its_item_would_have_been() -> None:
+    from backstop.entrypoints.replay import read_ahead
+
+    def items() -> Any:
+        yield 1
+        yield 2
+        raise OSError("disk gone")
+
+    got: list[int] = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in read_ahead(items()):
+            got.append(item)
+    assert got == [1, 2], "every item made before the error is used first"
+
+
+def test_read_ahead_stops_reading_when_its_user_stops() -> None:
+    from backstop.entrypoints.replay import read_ahead
+
+    made: list[int] = []
+
+    def items() -> Any:
+        for n in range(1000):
+            made.append(n)
+            yield n
+
+    ahead = read_ahead(items())
+    assert next(ahead) == 0
+    ahead.close()  # a --strict stop: the reader is joined, having read at most one item ahead
+    assert made == [0, 1]

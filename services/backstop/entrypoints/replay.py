@@ -11,9 +11,10 @@ import contextlib
 import hashlib
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -35,6 +36,7 @@ from backstop.engines import (
     snapshot_name,
 )
 
+T = TypeVar("T")
 PROGRESS_MIN_BYTES = 8 << 20
 CHUNK_BYTES = 8 << 20  # lines handed to the engine at once (docs/engines.md, "The replay's pipeline": why 8 MiB)
 
@@ -148,7 +150,7 @@ def replay(options: ReplayOptions) -> dict[str, Any]:
         journal = JournalFile.open(options.journal)
     except JournalFileError as error:
         raise ReplayError(str(error), 2) from None
-    return _replay(options, lambda skip: file_chunks(journal, skip), journal.size, None)
+    return _replay(options, lambda skip: read_ahead(file_chunks(journal, skip)), journal.size, None)
 
 
 def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[int, bytes]]], size: int, *,
@@ -176,6 +178,23 @@ def file_chunks(journal: JournalFile, skip: int = 0) -> Iterator[tuple[int, byte
                 number += chunk.count(b"\n")
     except OSError as error:
         raise JournalFileError(f"cannot read journal {journal.path}: {error.strerror or error}") from None
+
+
+class _End:
+    """What read_ahead's reader returns past the last item."""
+
+
+def read_ahead(items: Iterable[T]) -> Iterator[T]:
+    """The items of `items`, each made in a thread while the one before is used: the next chunk of a journal is read
+    (the kernel's copy into a fresh 8 MiB buffer, its lines counted) while the engine applies this one without the
+    GIL, off the engine's path. An error made reading is raised where the item it spoils would have been."""
+    iterator = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="backstop-read") as reader:
+        end = _End()
+        pending = reader.submit(next, iterator, end)
+        while not isinstance(item := pending.result(), _End):
+            pending = reader.submit(next, iterator, end)
+            yield item
 
 
 def line_chunks(lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
