@@ -190,3 +190,50 @@ def test_a_replay_under_another_adl_policy_verifies_against_its_journal(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     (out / "summary.json").write_text(json.dumps({**summary, "adl_policy": {"rule": "no such rule"}}))
     assert main(["audit", "verify", str(out), "--journal", str(journal)]) == 1
+
+
+def _set(path: Path, key: str, value: object) -> None:
+    document = json.loads(path.read_text())
+    document[key] = value
+    path.write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda out: rewrite(out / "findings.jsonl", lambda r: [{**r[0], "kind": "adl_shortfall"}, *r[1:]]),
+     "findings record 1 (finding-14-0, seq 14): differs from the replay: kind: stored 'adl_shortfall'"),
+    (lambda out: _set(out / "summary.json", "events_applied", 99),
+     "summary.json: events_applied 99 but the replay of the journal gives 14"),
+    (lambda out: _set(out / "summary.json", "duplicates", 3), "summary.json: duplicates 3 but the replay"),
+    (lambda out: (out / "accounts.json").write_text("null"),
+     "accounts.json differs from the one the replay of the journal writes"),
+    (lambda out: rewrite(out / "adl-rounds.jsonl", lambda r: [{**r[0], "haircut": "1"}]),
+     "adl-rounds record 1"),
+])
+def test_every_file_is_held_to_the_replay_of_the_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         damage: Callable[[Path], object], message: str) -> None:
+    """Files without a hash chain (findings, ADL rounds, accounts.json, the summary's figures) are derived again and
+    compared too: a change that leaves every chain, count and head intact is still caught."""
+    journal = EXAMPLES / "06-bad-debt.jsonl"
+    out = replayed(tmp_path, journal)
+    damage(out)
+    assert verify(out, None, capsys)[0] == 0, "the chains, counts and heads do not see it"
+    code, text = verify(out, journal, capsys)
+    assert code == 1 and message in text, text
+
+
+def test_dead_letters_are_held_to_the_replay_of_the_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    journal = _with_two_bad_lines(tmp_path)
+    out = replayed(tmp_path, journal)
+    assert verify(out, journal, capsys)[0] == 0
+    rewrite(out / "dead-letter.jsonl", lambda r: r[::-1])
+    code, text = verify(out, journal, capsys)
+    assert code == 1 and "dead-letter record 1" in text and "line: stored 15, replay gives 14" in text, text
+
+
+def test_adl_files_are_counted_without_the_journal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["replay", str(ADL_EXAMPLE), "--out", str(out), "--adl-quantiles"]) == 0
+    assert verify(out, None, capsys)[0] == 0
+    rewrite(out / "adl-quantiles.jsonl", lambda r: r[:-1])
+    code, text = verify(out, None, capsys)
+    assert code == 1 and "of adl-quantiles.jsonl but it holds" in text, text

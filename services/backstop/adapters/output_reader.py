@@ -92,6 +92,12 @@ class FindingRow(_Checked):
     kind: Text
 
 
+class SeqRow(_Checked):
+    """An ADL round or a quantile record: an id and the seq that made it."""
+    id: Text
+    seq: Count
+
+
 class DeadLetterRow(_Checked):
     reason: Text
     raw: Text
@@ -134,7 +140,8 @@ class Summary(_Checked):
 
 STREAMS: dict[str, type[_Checked]] = {"fund-ledger.jsonl": FundLedgerRow, "adl-events.jsonl": AdlEventRow,
                                       "findings.jsonl": FindingRow, "dead-letter.jsonl": DeadLetterRow,
-                                      "postings.jsonl": PostingRow}
+                                      "postings.jsonl": PostingRow, "adl-rounds.jsonl": SeqRow,
+                                      "adl-quantiles.jsonl": SeqRow}
 
 
 def _bytes(path: Path) -> bytes:

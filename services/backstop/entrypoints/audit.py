@@ -5,13 +5,17 @@ Without the journal every file is checked against summary.json: each hash chain 
 summary records, every count (fund-ledger entries, ADL events, findings, dead letters, postings), the head hash as
 the combination of the two chain heads, every fund's balance as the sum of its entries, and the postings of the
 general ledger (each account's balance follows from its postings, the balances change by a sum of 0 in each seq,
-and end at the fund balances and the ledger sum of the summary). With the journal, every record is re-derived by a
-fresh replay on either engine (`--engine`), with conservation checked after each event (the reference) or each batch
-of lines (the compiled engine).
+and end at the fund balances and the ledger sum of the summary). With the journal, every file is derived again by a
+fresh replay on either engine (`--engine`), under the ADL policy and options summary.json records, with conservation
+checked after each event (the reference) or each batch of lines (the compiled engine), and compared with the stored
+one: every record of every stream, accounts.json byte for byte, and summary.json field by field.
 """
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ from backstop.core.verify import Problem, check_chain, check_fund_balances, chec
 from backstop.engines import EngineFailure, EngineName, EngineOptions, LedgerEngine, invariant_errors, open_engine
 
 Outcome = tuple[list[str], Problem | str | None]
+Records = list[dict[str, Any]]
 
 
 class AuditError(Exception):
@@ -44,6 +49,26 @@ class AuditError(Exception):
 
 
 DERIVE_CHUNK_BYTES = 1 << 20  # journal lines handed to the engine at once
+# summary.json's fields a replay from a snapshot cannot share with a whole one: where it started, its dead letters
+# (those after the snapshot) and its ADL figures (the rounds after the snapshot)
+_FROM_SNAPSHOT_ONLY = ("from_snapshot", "dead_letters", "adl")
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """A fresh replay of the journal: the records the stored ones must equal, its hashes, and how it checked
+    conservation."""
+
+    ledger: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    postings: list[dict[str, Any]]
+    head_hash: str
+    state_hash: str
+    conservation: str
+
+
+class Unreproducible(Exception):
+    """What the stored outputs say about how they were made cannot be replayed (a problem, not an error)."""
 
 
 def derive(lines: list[bytes], postings: list[dict[str, Any]] | None = None, *, adl_quantiles: bool = False,
@@ -77,6 +102,46 @@ def derive(lines: list[bytes], postings: list[dict[str, Any]] | None = None, *, 
     return ledger_engine, ledger, events
 
 
+def derived_by_engine(lines: list[bytes], summary: dict[str, Any], engine: EngineName) -> Derived:
+    """The journal's lines applied in memory under the policy summary.json records."""
+    postings: list[dict[str, Any]] = []
+    derived, ledger, events = derive(lines, postings, adl_quantiles=quantile_points(summary),
+                                     policy=_policy(summary), engine=engine)
+    return Derived(ledger, events, postings, derived.summary()["head_hash"], derived.state_hash(),
+                   conservation_checked(derived))
+
+
+def _policy(summary: dict[str, Any]) -> AdlPolicy:
+    """The ADL policy the outputs were made under."""
+    try:
+        return adl_policy.from_document(summary.get("adl_policy") or {})
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise Unreproducible(f"summary.json: adl_policy is not a policy ({error})") from None
+
+
+def replayed(journal: Path, summary: dict[str, Any], engine: EngineName, into: Path) -> Derived:
+    """`backstop replay` of the journal into `into`, with conservation checked, as summary.json says the outputs
+    were made (ADL policy and metrics, quantile points), from its first line."""
+    from backstop.entrypoints.replay import ReplayError, ReplayOptions, replay
+
+    adl = summary.get("adl")
+    options = ReplayOptions(journal=journal, out=into, check_conservation=True, adl_policy=_policy(summary),
+                            adl_quantiles=quantile_points(summary), engine=engine,
+                            full_adl_metrics=isinstance(adl, dict) and adl.get("metrics") == "full")
+    try:
+        result = replay(options)
+    except ReplayError as error:
+        raise AuditError(f"replaying {journal}: {error}") from None
+    try:
+        ledger, events, postings = (read_stream(into, name)
+                                    for name in ("fund-ledger.jsonl", "adl-events.jsonl", "postings.jsonl"))
+    except OutputReadError as error:
+        raise AuditError(f"reading the replay of {journal}: {error}") from None
+    checked = ("each event" if engine == "reference" else "every batch of lines")
+    return Derived(ledger, events, postings, result["head_hash"], result["state_hash"],
+                   f"conservation: checked after {checked} ({result['events_applied']} events)")
+
+
 def conservation_checked(engine: LedgerEngine) -> str:
     return (f"conservation: checked after each of {engine.events_applied} events" if engine.name == "reference"
             else f"conservation: checked after every batch of lines ({engine.events_applied} events)")
@@ -105,10 +170,86 @@ def verify_output(out: Path, journal: Path | None, engine: EngineName = "referen
         postings = read_stream(out, "postings.jsonl") if whole_ledger else None
     except OutputReadError as error:
         raise AuditError(str(error)) from None
-    lines = _journal(journal) if journal is not None else None
-    return verify_records(ledger, events, summary, lines, source="summary.json",
-                          counted={"findings": findings, "dead_letters": dead_letters}, postings=postings,
-                          engine=engine)
+    counted = {"findings": findings, "dead_letters": dead_letters}
+    if journal is None:
+        checked, problem = verify_records(ledger, events, summary, None, source="summary.json", counted=counted,
+                                          postings=postings)
+        if problem is not None:
+            return checked, problem
+        more, problem = verify_adl_files(out, summary)
+        return checked + more, problem
+    with tempfile.TemporaryDirectory(prefix="backstop-audit-") as scratch:
+        into = Path(scratch) / "derived"
+        checked, problem = verify_records(ledger, events, summary, lambda: replayed(journal, summary, engine, into),
+                                          source="summary.json", counted=counted, postings=postings)
+        if problem is not None:
+            return checked, problem
+        more, problem = verify_other_files(out, into, summary)
+        return checked + more, problem
+
+
+def verify_adl_files(out: Path, summary: dict[str, Any]) -> Outcome:
+    """Without the journal: adl-rounds.jsonl and adl-quantiles.jsonl hold records, as many as summary.json
+    counts (older outputs have neither file)."""
+    start = summary.get("from_snapshot") or {}
+    adl = summary.get("adl")
+    expected = {"adl-rounds.jsonl": adl.get("rounds") if isinstance(adl, dict) else None,
+                "adl-quantiles.jsonl": None if summary.get("adl_quantiles") is None
+                else summary["adl_quantiles"] - start.get("adl_quantiles", 0)}
+    checked: list[str] = []
+    for name, count in expected.items():
+        if not (out / name).exists() and count is None:
+            continue
+        try:
+            records = read_stream(out, name)
+        except OutputReadError as error:
+            raise AuditError(str(error)) from None
+        if count is not None and len(records) != count:
+            return checked, (f"summary.json counts {count} record(s) of {name} but it holds {len(records)}: records "
+                             f"were removed or added")
+        checked.append(f"{name}: {len(records)} records, as summary.json counts")
+    return checked, None
+
+
+def verify_other_files(out: Path, derived: Path, summary: dict[str, Any]) -> Outcome:
+    """The files without a hash chain, against the fresh replay's: findings, dead letters, ADL rounds and quantile
+    records one by one (after the snapshot the outputs started from), accounts.json byte for byte and summary.json
+    field by field."""
+    start = summary.get("from_snapshot") or {}
+    seq, line = start.get("seq", 0), start.get("input_line", 0)
+    after: dict[str, Callable[[Records], Records]] = {
+        "findings.jsonl": lambda records: records[start.get("findings", 0):],
+        "dead-letter.jsonl": lambda records: [r for r in records if r.get("line", line + 1) > line],
+        "adl-rounds.jsonl": lambda records: [r for r in records if r["seq"] > seq],
+        "adl-quantiles.jsonl": lambda records: [r for r in records if r["seq"] > seq]}
+    checked: list[str] = []
+    for name, kept in after.items():
+        try:
+            stored = read_stream(out, name)
+            problem = compare_streams(name.removesuffix(".jsonl"), stored, kept(read_stream(derived, name)))
+        except OutputReadError as error:
+            raise AuditError(str(error)) from None
+        if problem:
+            return checked, problem
+        checked.append(f"{name}: all {len(stored)} records re-derived from the journal")
+    try:
+        same_accounts = (out / "accounts.json").read_bytes() == (derived / "accounts.json").read_bytes()
+        replay_summary = read_summary(derived)
+    except OSError as error:
+        raise AuditError(f"cannot read accounts.json: {error.strerror or error}") from None
+    if not same_accounts:
+        return checked, "accounts.json differs from the one the replay of the journal writes"
+    checked.append("accounts.json: byte for byte as the replay of the journal writes it")
+    ignored = _FROM_SNAPSHOT_ONLY if start else ()
+    differing = sorted(key for key in summary.keys() | replay_summary.keys()
+                       if key not in ignored and summary.get(key) != replay_summary.get(key))
+    if differing:
+        key = differing[0]
+        return checked, (f"summary.json: {key} {orjson.dumps(summary.get(key)).decode()[:200]} but the replay of the "
+                         f"journal gives {orjson.dumps(replay_summary.get(key)).decode()[:200]}")
+    checked.append("summary.json: every field as the replay of the journal gives it" +
+                   (f" (but {', '.join(ignored)}: those of a replay from a snapshot)" if ignored else ""))
+    return checked, None
 
 
 def quantile_points(summary: dict[str, Any]) -> bool:
@@ -205,8 +346,9 @@ async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None,
                "state_hash": stored.get("state_hash") if stored.get("state_hash_seq") == stored.get("seq") else None,
                # the service's setting (BACKSTOP_ADL_QUANTILES, as it runs here): its state hash depends on it
                "adl_quantile_points": Settings().adl_quantiles}
-    more, record_problem = verify_records(ledger, events, summary, [row[4] for row in rows], source="the database",
-                                          postings=postings, engine=engine)
+    lines = [row[4] for row in rows]
+    more, record_problem = verify_records(ledger, events, summary, lambda: derived_by_engine(lines, summary, engine),
+                                          source="the database", postings=postings)
     checked.extend(more)
     if record_problem is not None or not keys:
         return checked, record_problem
@@ -276,11 +418,12 @@ def _heads(ledger: list[dict[str, Any]], events: list[dict[str, Any]], summary: 
 
 
 def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], summary: dict[str, Any],
-                   lines: list[bytes] | None, *, source: str,
+                   derive_again: Callable[[], Derived] | None, *, source: str,
                    counted: dict[str, list[dict[str, Any]]] | None = None,
-                   postings: list[dict[str, Any]] | None = None, engine: EngineName = "reference") -> Outcome:
+                   postings: list[dict[str, Any]] | None = None) -> Outcome:
     """The chains, (with `counted`: the findings and dead letters) every count, the heads, the fund balances, (with
-    `postings`) the general ledger and (with `lines`, the journal) every record re-derived."""
+    `postings`) the general ledger and (with `derive_again`, a fresh replay of the journal, run once the rest holds)
+    every record re-derived and the hashes reproduced."""
     checked: list[str] = []
     start = summary.get("from_snapshot") or {}
     for stream, key, records in (("fund-ledger", "ledger_head_hash", ledger), ("adl-events", "adl_head_hash", events)):
@@ -307,26 +450,22 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
             return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its ledger entries add up "
                              f"to {balances.get(fund_id, Decimal(0))}")
     checked.append(f"fund balances: {len(balances)} fund(s) equal the sum of their entries")
-    if postings is not None and lines is None:
+    if postings is not None and derive_again is None:
         more, postings_problem = verify_postings(postings, summary, source=source)
         return checked + more, postings_problem
-    if lines is None:
+    if derive_again is None:
         return checked, None
-    derived_postings: list[dict[str, Any]] = []
     try:
-        policy = adl_policy.from_document(summary.get("adl_policy") or {})  # the policy the outputs were made under
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
-        return checked, f"{source}: summary.json: adl_policy is not a policy ({error})"
-    try:
-        derived, derived_ledger, derived_events = derive(
-            lines, derived_postings, adl_quantiles=quantile_points(summary), policy=policy, engine=engine)
+        derived = derive_again()
+    except Unreproducible as error:
+        return checked, f"{source}: {error}"
     except EngineFailure as error:
         raise AuditError(error.of(f"the journal of {source}")) from None
     except invariant_errors() as error:
         return checked, f"replaying the journal: conservation broken: {error}"
-    checked.append(conservation_checked(derived))
-    for stream, key, stored, records in (("fund-ledger", "fund_ledger_entries", ledger, derived_ledger),
-                                         ("adl-events", "adl_events", events, derived_events)):
+    checked.append(derived.conservation)
+    for stream, key, stored, records in (("fund-ledger", "fund_ledger_entries", ledger, derived.ledger),
+                                         ("adl-events", "adl_events", events, derived.events)):
         problem = compare_streams(stream, stored, records[start.get(key, 0):])
         if problem:
             return checked, problem
@@ -336,11 +475,11 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
         checked += more
         if postings_problem:
             return checked, postings_problem
-        problem = compare_streams("postings", postings, derived_postings[start.get("postings", 0):])
+        problem = compare_streams("postings", postings, derived.postings[start.get("postings", 0):])
         if problem:
             return checked, problem
         checked.append(f"postings: all {len(postings)} records re-derived from the journal")
-    for key, value in (("head_hash", derived.summary()["head_hash"]), ("state_hash", derived.state_hash())):
+    for key, value in (("head_hash", derived.head_hash), ("state_hash", derived.state_hash)):
         if summary.get(key) is not None and summary.get(key) != value:
             return checked, f"{source}: {key} {summary.get(key)} but the replay gives {value}"
     checked.append("head hash" + (" and state hash" if summary.get("state_hash") else "") + " reproduced")
