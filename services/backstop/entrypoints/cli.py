@@ -585,8 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--from-snapshot", metavar="FILE",
                         help="start from a snapshot written by --snapshot-every and replay the rest")
     replay.add_argument("--check-conservation", action="store_true",
-                        help="re-check that all ledger balances sum to zero after every event (the reference engine) or "
-                             "every batch of lines (the compiled one)")
+                        help="re-check that all ledger balances sum to zero after every event (the reference "
+                             "engine) or every batch of lines (the compiled one)")
     replay.add_argument("--adl-quantiles", action=argparse.BooleanOptionalAction, default=None,
                         help="publish ADL quantiles and risk levels at each quantile point of event time into "
                              "adl-quantiles.jsonl, as the service does (default: off for a journal file, since it "
