@@ -148,6 +148,7 @@ def _whatif(tmp_path: Path, toml: str) -> list[str]:
      "the alternative scenario's funds.BNB.balance_scale makes journal line 3 a record the wire contract refuses: "
      "transfer.amount: "),
     ("[alternative\n", "bad parameter file"),
+    ('[alternative.adl]\nfloor = "0.000000001"\n', "the fund floor must have at most 8 decimals"),
 ])
 def test_whatif_parameters_that_cannot_make_a_replayable_run_are_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, message: str) -> None:
@@ -258,3 +259,62 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path, monkey
     monkeypatch.setattr(sys, "stdout", _ClosedPipe(sink))
     assert main(["explain", "liq-S", "--journal", str(journal)]) == 141
     assert capsys.readouterr().err == ""
+
+
+def refused(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Runs the command; it must exit 2 without a traceback, its error (argparse's after its usage line, or the
+    command's one line) the last line of stderr, which is returned."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse: the usage, then the error
+        code = int(str(exit_.code))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, (code, err)
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--snapshot-every", "-1"], "--snapshot-every: must be a whole number from 0 to"),
+    (["--snapshot-every", "99999999999999999999999"], "--snapshot-every: must be a whole number from 0 to"),
+    (["--adl-floor", "0.000000001"], "the fund floor must have at most 8 decimals"),
+    (["--adl-floor", "1E+400"], "the fund floor must be >= 0 and below 1e16"),
+    (["--adl-policy", "bybit", "--adl-drawdown", "0.0000000000000000000001"], "the ratios must have at most 8"),
+    (["--adl-policy", "bybit", "--adl-window-hours", "99999999999999999999"], "--adl-window-hours: must be a whole"),
+])
+@pytest.mark.parametrize("engine", ["compiled", "reference"])
+def test_option_values_out_of_bounds_are_refused_on_both_engines(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str, engine: str) -> None:
+    """Both engines read the policy's amounts at 1e-8 and the counts as 64-bit integers: a value past either is
+    refused before anything runs (it was a traceback on one engine and a run on the other)."""
+    command = ["replay", str(EXAMPLE), "--out", str(tmp_path / "r"), "--engine", engine, *argv]
+    assert message in refused(capsys, command)
+    assert not (tmp_path / "r").exists()
+
+
+def test_statement_and_demo_bounds(tmp_path: Path, replayed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "is after the latest event time" in refused(
+        capsys, ["statement", str(replayed), "--fund", "MAIN", "--from", "99999999999999999999999999"])
+    assert "not a time" in refused(capsys, ["statement", str(replayed), "--fund", "MAIN", "--to", "soon"])
+    assert "--accounts: must be a whole number from 1 to 50000" in refused(
+        capsys, ["demo", "--accounts", "99999999999999999999", "--out", str(tmp_path / "d")])
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGTERM mid-replay: the staged output is discarded, one line says so, the status is SIGINT's (130)."""
+    import signal
+
+    from backstop.entrypoints import replay as replay_module
+
+    real = replay_module.OutputDir.write_batch
+
+    def write_then_terminate(self: object, *args: object, **kwargs: object) -> None:
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(replay_module.OutputDir, "write_batch", write_then_terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "r")]) == 130
+    assert capsys.readouterr().err.strip() == "backstop replay: interrupted; nothing was written"
+    assert list(tmp_path.iterdir()) == [], "no output directory, staged or not"
+    assert signal.getsignal(signal.SIGTERM) == before, "the handler is the command's only"

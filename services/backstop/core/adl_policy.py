@@ -11,15 +11,21 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, get_args
 
-from backstop.core.numbers import ZERO, text
+from backstop.core.numbers import CONTEXT, MAX_MONEY, MONEY_QUANTUM, ZERO, text
 
 Rule = Literal["bitmex", "binance", "pro_rata", "capped_pro_rata", "min_max_leverage", "socialized"]
 Price = Literal["bankruptcy", "mark", "floor"]
 RULES: tuple[Rule, ...] = get_args(Rule)
 PRICES: tuple[Price, ...] = get_args(Price)
 HOUR_MS = 3_600_000
+MAX_WINDOW_MS = 1_000_000 * HOUR_MS  # a drawdown window: more than a century, far inside both engines' integers
 # the queue walks: counterparties are reduced one after another in ranking order (the others allocate at once)
 SEQUENTIAL_RULES = frozenset({"bitmex", "binance"})
+
+
+def _at_quantum(value: Decimal) -> bool:
+    """A finite decimal with at most 8 decimals (a bounded one: the caller checked its size)."""
+    return CONTEXT.remainder(value, MONEY_QUANTUM) == 0  # exact: no rounding to trap
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,16 +52,22 @@ class AdlPolicy:
             raise ValueError(f"unknown ADL rule {self.rule!r}")
         if self.price not in PRICES:
             raise ValueError(f"unknown ADL price {self.price!r}")
-        if self.floor < 0:
-            raise ValueError("the fund floor must be >= 0")
+        # amounts and ratios at the ledger's quantum (both engines read them at 1e-8), within the money bound
+        if not (self.floor.is_finite() and 0 <= self.floor < MAX_MONEY):
+            raise ValueError(f"the fund floor must be >= 0 and below 1e16, not {self.floor}")
+        if not _at_quantum(self.floor):
+            raise ValueError(f"the fund floor must have at most 8 decimals, not {self.floor}")
         drawdown = self.drawdown
         if drawdown is not None:
             if self.rule == "socialized":
                 raise ValueError("the drawdown trigger decides when to deleverage; socialized never deleverages")
             if not (0 < drawdown.ratio <= 1 and 0 <= drawdown.stop <= drawdown.ratio):
                 raise ValueError("drawdown: 0 < ratio <= 1 and 0 <= stop <= ratio")
-            if drawdown.window_ms <= 0:
-                raise ValueError("drawdown: the window must be > 0 ms")
+            if not (_at_quantum(drawdown.ratio) and _at_quantum(drawdown.stop)):
+                raise ValueError(f"drawdown: the ratios must have at most 8 decimals, not {drawdown.ratio} and "
+                                 f"{drawdown.stop}")
+            if not 0 < drawdown.window_ms <= MAX_WINDOW_MS:
+                raise ValueError(f"drawdown: the window must be > 0 ms and at most {MAX_WINDOW_MS // HOUR_MS} hours")
 
     @property
     def sequential(self) -> bool:

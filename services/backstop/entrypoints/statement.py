@@ -22,11 +22,20 @@ ACCOUNT_COLUMNS = ("id", "seq", "ts", "account", "kind", "amount", "balance_afte
                    "transfer_id", "fill_id", "liquidation_id", "adl_event_id", "fund_entry_id", "hash")
 
 
+LATEST_MS = 2**53  # the latest event time the wire takes (backstop.wire.inputs.Timestamp)
+
+
 def parse_time(value: str) -> int:
-    """Milliseconds since the epoch, or an ISO date/time (UTC unless it says otherwise)."""
+    """Milliseconds since the epoch (at most LATEST_MS), or an ISO date/time (UTC unless it says otherwise);
+    ValueError says what is wrong."""
     if value.isdigit():
+        if len(value) > 16 or int(value) > LATEST_MS:
+            raise ValueError(f"time {value[:40]} is after the latest event time, {LATEST_MS} ms")
         return int(value)
-    moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    try:
+        moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a time: {value[:40]!r} (ms since the epoch, or ISO 8601)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return int(moment.timestamp() * 1000)
