@@ -122,3 +122,21 @@ def test_a_liquidation_id_spelled_with_a_json_escape_is_found(tmp_path: Path,
 def test_an_output_id_of_seq_zero_is_no_such_entry(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = explain(capsys, "fl-0-0", "--journal", str(ADL_JOURNAL))
     assert code == 2 and "no such fund-ledger entry" in err
+
+
+@pytest.mark.parametrize("policy", ["queue", "pro_rata", "capped_pro_rata", "socialized"])
+def test_an_adl_event_is_explained_under_the_policy_it_was_made_under(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str) -> None:
+    """explain re-derives under the policy it is given, as the replay ran: each ADL event it names is the one the
+    replay wrote (under the default it explained another ledger)."""
+    journal = EXAMPLES / "07-adl-lab.jsonl"
+    assert main(["replay", str(journal), "--out", str(tmp_path / "o"), "--adl-policy", policy]) == 0
+    capsys.readouterr()
+    events = [json.loads(line) for line in (tmp_path / "o" / "adl-events.jsonl").read_text().splitlines()]
+    assert events or policy == "socialized"
+    for event in events:
+        code, out, err = explain(capsys, event["id"], "--journal", str(journal), "--adl-policy", policy, "--json")
+        assert code == 0, err
+        explanation = json.loads(out)
+        assert explanation["subject"] == event
+        assert explanation["adl_policy"]["rule"] == ("bitmex" if policy == "queue" else policy)

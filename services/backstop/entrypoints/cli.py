@@ -382,8 +382,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from backstop.entrypoints.explain import ExplainError, explain, render_text
 
     try:
-        explanation = explain(args.id, Path(args.journal))
-    except ExplainError as error:
+        explanation = explain(args.id, Path(args.journal), adl_policy_of(args))
+    except (ExplainError, ValueError) as error:
         print(f"backstop explain: {error}", file=sys.stderr)
         return 2
     if args.json:
@@ -668,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("id", help="fl-SEQ-N, adl-SEQ-N, or a liquidation id")
     explain.add_argument("--journal", required=True, metavar="INPUT.jsonl")
     explain.add_argument("--json", action="store_true", help="machine-readable output")
+    add_adl_policy_arguments(explain)  # as the outputs were made: their summary.json's adl_policy
     explain.set_defaults(handler=_cmd_explain)
 
     statement = commands.add_parser("statement", help="a fund's or any ledger account's statement over a period "

@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 
 from backstop.adapters.journal_file import JournalFileError, read_journal
-from backstop.core import adl, ledger
+from backstop.core import adl, adl_policy, ledger
+from backstop.core.adl_policy import AdlPolicy
 from backstop.core.engine import Engine
 from backstop.core.events import (
     Event,
@@ -52,16 +53,18 @@ def _target_seq(identifier: str) -> tuple[int | None, str | None]:
 PENDING_LINES = 4096  # journal lines handed to the engine at once on the way to the target
 
 
-def explain(identifier: str, journal_path: Path) -> dict[str, Any]:
+def explain(identifier: str, journal_path: Path, policy: AdlPolicy | None = None) -> dict[str, Any]:
     """Replay the journal through the batch API of the reference engine (backstop.engines, as replay and audit do;
-    the reference, because the state before the event is read from its objects) up to the event, read the state
-    before it, then apply the event alone and take its outputs from the lines the engine wrote."""
+    the reference, because the state before the event is read from its objects) up to the event, under the ADL
+    policy the outputs were made under, read the state before it, then apply the event alone and take its outputs
+    from the lines the engine wrote."""
+    policy = policy or AdlPolicy()
     try:
         lines = read_journal(journal_path)
     except JournalFileError as error:
         raise ExplainError(str(error)) from None
     seq, liquidation_id = _target_seq(identifier)
-    ledger_engine = ReferenceEngine(EngineOptions())
+    ledger_engine = ReferenceEngine(EngineOptions(adl_policy=policy))
     refused: str | None = None  # why the liquidation was not applied, when it was in the journal but refused
     for number, raw, record in _candidates(ledger_engine, lines, seq, liquidation_id):
         before = _before(ledger_engine.engine, record)
@@ -71,8 +74,8 @@ def explain(identifier: str, journal_path: Path) -> dict[str, Any]:
             if result.dead_letters:
                 refused = orjson.loads(result.dead_letters)["reason"]
             continue
-        explanation = {"id": identifier, "seq": applied + 1, "event": orjson.loads(raw), **before,
-                       **_outputs(result)}
+        explanation = {"id": identifier, "seq": applied + 1, "event": orjson.loads(raw),
+                       "adl_policy": adl_policy.document(policy), **before, **_outputs(result)}
         if seq is not None:
             wanted = [e for e in explanation["fund_ledger"] + explanation["adl_events"] + explanation["postings"]
                       if e["id"] == identifier]
@@ -257,6 +260,8 @@ def _liquidation_inputs(engine: Engine, record: LiquidationEvent) -> dict[str, A
 def render_text(explanation: dict[str, Any]) -> str:
     lines = [f"{explanation['id']}: journal seq {explanation['seq']}, a {explanation['kind']} event",
              f"  event: {orjson.dumps(explanation['event']).decode()}"]
+    if explanation["adl_policy"] != adl_policy.document(AdlPolicy()):
+        lines.append(f"  under the ADL policy {orjson.dumps(explanation['adl_policy']).decode()}")
     if "subject" in explanation:
         lines.append(f"  subject: {orjson.dumps(explanation['subject']).decode()}")
     if explanation.get("kind") == "liquidation" and explanation.get("account_before"):
