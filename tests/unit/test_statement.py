@@ -54,3 +54,26 @@ def test_reconcile_passes_and_catches_a_balance_that_does_not_add_up(out: Path,
     (out / "summary.json").write_text(json.dumps(summary))
     assert main(["reconcile", str(out)]) == 1
     assert "entries add up to 200245.96, summary reports 200245.97" in capsys.readouterr().out
+
+
+def test_outputs_of_a_replay_from_a_snapshot_open_at_the_snapshot_s_balances(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A replay from a snapshot writes only the entries after it: statements and reconcile open at the balances
+    the snapshot held (summary.json's from_snapshot), as audit verify does."""
+    journal = Path(__file__).parents[2] / "examples" / "06-bad-debt.jsonl"
+    whole, tail = tmp_path / "whole", tmp_path / "tail"
+    assert main(["replay", str(journal), "--out", str(whole), "--snapshot-every", "5"]) == 0
+    assert main(["replay", str(journal), "--out", str(tail), "--from-snapshot",
+                 str(whole / "snapshots" / "snapshot-000000000010.json")]) == 0
+    capsys.readouterr()
+    assert main(["reconcile", str(tail)]) == 0
+    assert "fund MAIN: opening 500 (the snapshot's), closing -100 USDT" in capsys.readouterr().out
+    for directory in (whole, tail):
+        assert main(["statement", str(directory), "--fund", "MAIN", "--format", "json",
+                     "--out", str(tmp_path / f"{directory.name}.json")]) == 0
+        assert main(["statement", str(directory), "--account", "fund:MAIN", "--format", "json",
+                     "--out", str(tmp_path / f"{directory.name}-account.json")]) == 0
+    closing = {name: json.loads((tmp_path / f"{name}.json").read_text())["closing_balance"]
+               for name in ("whole", "tail", "whole-account", "tail-account")}
+    assert set(closing.values()) == {"-100"}, closing
+    assert json.loads((tmp_path / "tail.json").read_text())["opening_balance"] == "500"

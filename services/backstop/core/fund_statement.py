@@ -46,12 +46,14 @@ class Statement:
                 "entries": self.entries}
 
 
-def statement(entries: Iterable[dict[str, Any]], fund_id: str, *, period_from: int, period_to: int) -> Statement:
-    """Entries with period_from <= ts < period_to; balances from the chain's balance_after. Sums are exact (CONTEXT);
-    an amount beyond what the engine can hold is a StatementError."""
+def statement(entries: Iterable[dict[str, Any]], fund_id: str, *, period_from: int, period_to: int,
+              opening: Decimal = Decimal(0)) -> Statement:
+    """Entries with period_from <= ts < period_to; balances from the chain's balance_after, from `opening` (the
+    balance before the first entry: 0 at the start of the ledger, or the snapshot's that a replay started from).
+    Sums are exact (CONTEXT); an amount beyond what the engine can hold is a StatementError."""
     try:
         with localcontext(CONTEXT):
-            return _statement(entries, fund_id, period_from=period_from, period_to=period_to)
+            return _statement(entries, fund_id, period_from=period_from, period_to=period_to, opening=opening)
     except ArithmeticError:
         raise StatementError("an amount or balance_after is not an exact decimal within the ledger's bounds") from None
 
@@ -78,18 +80,24 @@ CAUSES = ("transfer_id", "fill_id", "liquidation_id", "adl_event_id", "fund_entr
 
 
 def account_statement(postings: Iterable[dict[str, Any]], account: str, *, period_from: int,
-                      period_to: int) -> Statement:
-    """Any ledger account's statement from the postings (balances from 0 at the start of the ledger)."""
+                      period_to: int, from_start: bool = True) -> Statement:
+    """Any ledger account's statement from the postings: balances from 0 at the start of the ledger, or (postings
+    after a snapshot, `from_start` false) from the balance before the account's first posting."""
     entries = [{**entry, "fund_id": account} for entry in account_entries(postings, account)]
-    result = statement(entries, account, period_from=period_from, period_to=period_to)
+    opening = Decimal(0)
+    if entries and not from_start:
+        with localcontext(CONTEXT):
+            opening = Decimal(entries[0]["balance_after"]) - Decimal(entries[0]["amount"])
+    result = statement(entries, account, period_from=period_from, period_to=period_to, opening=opening)
     result.entries = [{k: v for k, v in entry.items() if k != "fund_id"} for entry in result.entries]
     result.names = "account"
     return result
 
 
-def _statement(entries: Iterable[dict[str, Any]], fund_id: str, *, period_from: int, period_to: int) -> Statement:
+def _statement(entries: Iterable[dict[str, Any]], fund_id: str, *, period_from: int, period_to: int,
+               opening: Decimal) -> Statement:
     result = Statement(fund_id, period_from, period_to)
-    balance = Decimal(0)
+    result.opening_balance = balance = opening
     for entry in entries:
         if entry["fund_id"] != fund_id:
             continue

@@ -399,7 +399,13 @@ def _cmd_statement(args: argparse.Namespace) -> int:
     from backstop.adapters.files import OutputError
     from backstop.adapters.output_reader import OutputReadError, read_stream, read_summary
     from backstop.core.fund_statement import StatementError, account_entries, account_statement, statement
-    from backstop.entrypoints.statement import default_target, parse_time, read_entries, write_statement
+    from backstop.entrypoints.statement import (
+        default_target,
+        opening_balance,
+        parse_time,
+        read_entries,
+        write_statement,
+    )
 
     directory = Path(args.dir)
     name = args.fund if args.fund is not None else args.account
@@ -407,12 +413,14 @@ def _cmd_statement(args: argparse.Namespace) -> int:
     try:
         period = {"period_from": parse_time(args.period_from) if args.period_from else 0,
                   "period_to": parse_time(args.period_to) if args.period_to else 2**62}
+        summary = read_summary(directory)
         if args.fund is not None:
-            funds = read_summary(directory)["funds"]
+            funds = summary["funds"]
             if args.fund not in funds:
                 raise ValueError(f"no fund {args.fund} in {directory} (its funds: "
                                  f"{', '.join(sorted(funds)) or 'none'})")
-            result = statement(read_entries(directory), args.fund, **period)
+            result = statement(read_entries(directory), args.fund, **period,
+                               opening=opening_balance(summary, args.fund))
             source = directory / "fund-ledger.jsonl"
         else:
             postings = read_stream(directory, "postings.jsonl")
@@ -420,7 +428,7 @@ def _cmd_statement(args: argparse.Namespace) -> int:
                 accounts = sorted({p[side] for p in postings for side in ("debit_account", "credit_account")})
                 raise ValueError(f"no postings move {args.account} in {directory} (its accounts: "
                                  f"{', '.join(accounts[:12]) or 'none'}{' ...' if len(accounts) > 12 else ''})")
-            result = account_statement(postings, args.account, **period)
+            result = account_statement(postings, args.account, **period, from_start=not summary.get("from_snapshot"))
             source = directory / "postings.jsonl"
         write_statement(result, target, args.format, inputs=[source, directory / "summary.json"])
     except StatementError as error:

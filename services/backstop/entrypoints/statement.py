@@ -94,17 +94,25 @@ def write(result: Statement, target: Path, fmt: str) -> None:
         raise ValueError(f"unknown format {fmt}")
 
 
+def opening_balance(summary: dict[str, Any], fund_id: str) -> Decimal:
+    """A fund's balance before the output's first entry: 0, or the snapshot's that the replay started from."""
+    return Decimal((summary.get("from_snapshot") or {}).get("fund_balances", {}).get(fund_id, "0"))
+
+
 def reconcile(out_dir: Path) -> tuple[list[str], list[str]]:
-    """(lines of the report, problems): per fund, opening 0 + flows by kind = the balance the summary reports."""
+    """(lines of the report, problems): per fund, its opening balance (0, or the snapshot's) + flows by kind = the
+    balance the summary reports."""
     summary = read_summary(out_dir)
     entries = read_entries(out_dir)
     lines, problems = [], []
     if summary.get("ledger_sum") != "0":
         problems.append(f"the general ledger does not balance: sum {summary.get('ledger_sum')}")
     for fund_id, fund in sorted(summary["funds"].items()):
-        result = statement(entries, fund_id, period_from=0, period_to=2**62)
+        result = statement(entries, fund_id, period_from=0, period_to=2**62, opening=opening_balance(summary, fund_id))
         reported = Decimal(fund["balance"])
-        lines.append(f"fund {fund_id}: opening 0, closing {result.closing_balance} {fund['settle_asset']}")
+        lines.append(f"fund {fund_id}: opening {result.opening_balance}"
+                     + (" (the snapshot's)" if summary.get("from_snapshot") else "")
+                     + f", closing {result.closing_balance} {fund['settle_asset']}")
         for kind, amount in sorted(result.by_kind.items()):
             lines.append(f"  {kind:<18} {amount:>22}")
         for symbol, amount in sorted(result.by_symbol.items()):
