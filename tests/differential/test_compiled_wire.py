@@ -226,6 +226,10 @@ CRAFTED = [
     encode([*FILL.items(), ("ts", 2**64)]), encode([*FILL.items(), ("ts", 2**64 - 1)]),
     encode([*FILL.items(), ("ts", -(2**63) - 1)]), encode([*FILL.items(), ("ts", -(2**63))]),
     encode([*FILL.items(), ("ts", 10**400)]), encode([*FILL.items(), ("ts", 2**53 + 1)]),
+    # Python's int takes at most 4,300 characters (the sign counted): one more is invalid JSON on a journal line
+    *(b'{"type":"fill","ts":1,"x":' + sign + b"9" * digits + b"}"
+      for sign, digits in ((b"", 4300), (b"", 4301), (b"-", 4299), (b"-", 4300))),
+    b'{"type":"fill","ts":' + b"9" * 4301 + b"}",
     encode([*FILL.items(), ("ts", 1e308)]), encode([*FILL.items(), ("ts", -0.0)]), b'{"type":"fill","ts":1e400}',
     b'{"type":"fill","ts":-0}', encode([*FILL.items(), ("side", None)]), encode([*FILL.items(), ("type", True)]),
     encode([*INSTRUMENT.items(), ("tiers", [TIER] * 65)]), encode([*INSTRUMENT.items(), ("tiers", [TIER] * 64)]),

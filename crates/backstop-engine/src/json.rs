@@ -18,6 +18,9 @@ use std::borrow::Cow;
 pub const MAX_DEPTH: usize = 200;
 /// orjson's: a container inside this many containers is refused.
 pub const ORJSON_MAX_DEPTH: usize = 1024;
+/// jiter makes a large integer a Python int, whose conversion refuses more than 4,300 digits (Python's default
+/// `sys.get_int_max_str_digits()`); it counts the literal's sign too: a longer integer literal is invalid JSON.
+pub const PYTHON_INT_MAX_CHARS: usize = 4300;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -247,6 +250,9 @@ impl<'a> Parser<'a> {
         }
         let text = &self.input[start..self.at];
         if self.dialect == Dialect::File {
+            if integer && text.len() > PYTHON_INT_MAX_CHARS {
+                return Err(Invalid);
+            }
             return Ok(if integer { Value::Int(text) } else { Value::Float });
         }
         if integer && orjson_int_range(text) {
@@ -489,6 +495,13 @@ mod tests {
         assert!(!ok("NaN", Dialect::Kafka) && !ok("1e400", Dialect::Kafka));
         assert_eq!(parse(b"123456789012345678901234567890", Dialect::Kafka), Ok(Value::Float));
         assert_eq!(parse(b"18446744073709551615", Dialect::Kafka), Ok(Value::Int(b"18446744073709551615")));
+        // jiter's integers go through Python's int, which takes at most 4,300 characters, the sign counted
+        let nines = |count: usize| "9".repeat(count);
+        assert!(parse(nines(4300).as_bytes(), Dialect::File).is_ok());
+        assert!(parse(nines(4301).as_bytes(), Dialect::File).is_err());
+        assert!(parse(format!("-{}", nines(4299)).as_bytes(), Dialect::File).is_ok());
+        assert!(parse(format!("-{}", nines(4300)).as_bytes(), Dialect::File).is_err());
+        assert_eq!(parse(format!("{}.5", nines(5000)).as_bytes(), Dialect::File), Ok(Value::Float));
         assert_eq!(parse(b"-9223372036854775809", Dialect::Kafka), Ok(Value::Float));
     }
 
