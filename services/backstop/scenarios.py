@@ -252,6 +252,7 @@ def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, o
     and scenario.json) on either engine. The metrics are read from what the engine wrote (its journal and outputs),
     and from its ADL queues' depth after the first mark of every minute of each symbol, so both engines give the
     same metrics when they give the same files."""
+    _names_exist(records, scenario, label)
     options = EngineOptions(adl_policy=scenario.adl.adl_policy(), full_adl_metrics=full_adl_metrics, journal=True,
                             simulation=None if scenario.simulation is None else SimulationParams(
                                 scenario.simulation.slippage_bps, scenario.simulation.partial,
@@ -276,6 +277,7 @@ def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, o
             except invariant_errors() as error:  # a bug, never the input's fault: said in one line, not a traceback
                 raise WhatIfError(f"the {label} scenario's run stopped in the {engine} engine at or before journal "
                                   f"line {lines[-1][0]}: {error}") from None
+            _changes_applied(result.dead_letters, changed, label)
             files.write_batch(result.fund_ledger, result.adl_events, result.findings, result.dead_letters,
                               result.postings, result.adl_quantiles, result.adl_rounds)
             journal.write(result.journal)
@@ -285,10 +287,13 @@ def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, o
             return result.journal
 
         pending: list[tuple[int, bytes]] = []
+        changed: dict[int, str] = {}  # line -> what of the scenario changed its record
         for done, (number, original) in enumerate(records, start=1):
             if progress is not None and done % 500 == 0:
                 progress(done)
             record = scenario_record(number, original, scenario, label)
+            if record is not original:
+                changed[number] = _changed_by(record)
             line = wire_line(record)
             if isinstance(record, MarkRecord) and _minute(record.ts) not in metrics.minute_queue.get(record.symbol, {}):
                 apply(pending)  # the queues' depth after this mark (and what it decided) is a metric
@@ -313,6 +318,28 @@ def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, o
             metrics.fund_min.setdefault(fund_id, balance)
             metrics.fund_drawdown.setdefault(fund_id, Decimal(0))
     return metrics, result
+
+
+def _names_exist(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, label: str) -> None:
+    """Each fund and instrument the scenario changes has a record in the journal (else the change would do
+    nothing, silently)."""
+    for kind, named, present in (
+            ("fund", scenario.funds, {r.fund_id for _, r in records if isinstance(r, FundRecord)}),
+            ("instrument", scenario.instruments, {r.symbol for _, r in records if isinstance(r, InstrumentRecord)})):
+        for name in sorted(set(named) - present):
+            raise WhatIfError(f"the {label} scenario changes {kind} {name}, which no {kind} record of the journal "
+                              f"has (its {kind}s: {', '.join(sorted(present)) or 'none'})")
+
+
+def _changes_applied(dead_letters: bytes, changed: dict[int, str], label: str) -> None:
+    """A record the scenario changed that the engine then refused (a maintenance rate of 2, say) would leave a run
+    of a different market, silently: refused, with the engine's reason."""
+    for line in dead_letters.splitlines():
+        letter = orjson.loads(line)
+        number = letter.get("line")
+        if number in changed:
+            raise WhatIfError(f"the {label} scenario's {changed[number]} makes journal line {number} a record the "
+                              f"engine refuses: {letter['reason']}")
 
 
 def numbered_chunk(lines: Sequence[tuple[int, bytes]]) -> tuple[bytes, int]:

@@ -149,6 +149,13 @@ def _whatif(tmp_path: Path, toml: str) -> list[str]:
      "transfer.amount: "),
     ("[alternative\n", "bad parameter file"),
     ('[alternative.adl]\nfloor = "0.000000001"\n', "the fund floor must have at most 8 decimals"),
+    ('[alternative.funds.NOPE]\nsurplus = "trader"\n',
+     "the alternative scenario changes fund NOPE, which no fund record of the journal has (its funds: BNB)"),
+    ('[baseline.instruments.NOPE]\nliquidation_fee_rate = "0.01"\n',
+     "the baseline scenario changes instrument NOPE, which no instrument record of the journal has"),
+    ('[alternative.instruments.BNBUSDT]\ntiers = [{max_notional = "50000", mmr = "2", maint_amount = "0"}]\n',
+     "the alternative scenario's instruments.BNBUSDT makes journal line 2 a record the engine refuses: mmr must be "
+     "below 1"),
 ])
 def test_whatif_parameters_that_cannot_make_a_replayable_run_are_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, message: str) -> None:
