@@ -173,3 +173,25 @@ def test_read_ahead_stops_reading_when_its_user_stops() -> None:
     assert next(ahead) == 0
     ahead.close()  # a --strict stop: the reader is joined, having read at most one item ahead
     assert made == [0, 1]
+
+
+def test_a_snapshot_resumes_under_its_own_policy_and_refuses_another(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The policy travels in the snapshot: without policy options the tail runs under it; options that name
+    another are refused (they were ignored)."""
+    journal = ROOT / "examples" / "07-adl-lab.jsonl"
+    whole = tmp_path / "whole"
+    assert main(["replay", str(journal), "--out", str(whole), "--adl-policy", "pro_rata", "--snapshot-every", "5"]) == 0
+    snapshot = str(whole / "snapshots" / "snapshot-000000000010.json")
+    capsys.readouterr()
+    for other in (["--adl-policy", "queue"], ["--adl-price", "mark"]):
+        assert main(["replay", str(journal), "--out", str(tmp_path / "r"), "--from-snapshot", snapshot, *other]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"backstop replay: snapshot {snapshot} was made under the ADL policy "
+                              '{"price":"bankruptcy","rule":"pro_rata"}, not {"price":'), err
+        assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
+    head = json.loads((whole / "summary.json").read_text())["head_hash"]
+    for same in ([], ["--adl-policy", "pro_rata"]):
+        out = tmp_path / f"r{len(same)}"
+        assert main(["replay", str(journal), "--out", str(out), "--from-snapshot", snapshot, *same]) == 0
+        assert json.loads((out / "summary.json").read_text())["head_hash"] == head

@@ -527,8 +527,9 @@ def add_adl_policy_arguments(parser: argparse.ArgumentParser) -> None:
     from backstop.core.adl_policy import PRESETS, PRICES
 
     group = parser.add_argument_group("ADL policy (docs/design.md §11; what-if runs record theirs)")
-    group.add_argument("--adl-policy", choices=[*PRESETS, "bitmex"], default="queue", metavar="NAME",
-                       help=f"one of {', '.join(PRESETS)} (default queue: BitMEX's queue at the lot's BP, §4)")
+    group.add_argument("--adl-policy", choices=[*PRESETS, "bitmex"], default=None, metavar="NAME",
+                       help=f"one of {', '.join(PRESETS)} (default queue: BitMEX's queue at the lot's BP, §4; "
+                            f"from a snapshot, the snapshot's)")
     group.add_argument("--adl-rule", dest="adl_policy", choices=[*PRESETS, "bitmex"], help=argparse.SUPPRESS)
     group.add_argument("--adl-price", choices=PRICES, default=None,
                        help="price counterparties are closed at: the lot's bankruptcy price (default), the mark, or "
@@ -548,11 +549,15 @@ def add_adl_policy_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def adl_policy_of(args: argparse.Namespace) -> Any:
-    """The AdlPolicy the options name; ValueError says what is wrong."""
+    """The AdlPolicy the options name, None if none is given; ValueError says what is wrong."""
     from backstop.core.adl_policy import configured
 
-    return configured(args.adl_policy, price=args.adl_price, floor=args.adl_floor, drawdown_ratio=args.adl_drawdown,
-                      stop_ratio=args.adl_stop, window_hours=args.adl_window_hours)
+    options = (args.adl_policy, args.adl_price, args.adl_floor, args.adl_drawdown, args.adl_stop,
+               args.adl_window_hours)
+    if all(option is None for option in options):
+        return None
+    return configured(args.adl_policy or "queue", price=args.adl_price, floor=args.adl_floor,
+                      drawdown_ratio=args.adl_drawdown, stop_ratio=args.adl_stop, window_hours=args.adl_window_hours)
 
 
 def _amount(value: str) -> Any:

@@ -12,7 +12,7 @@ import hashlib
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ import orjson
 
 from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, OutputError, staged_dir, write_bytes, write_json
 from backstop.adapters.journal_file import JournalFile, JournalFileError
+from backstop.core import adl_policy
 from backstop.core.adl_policy import AdlPolicy
 from backstop.core.ledger import fund as fund_account
 from backstop.engines import (
@@ -57,7 +58,7 @@ class ReplayOptions:
     snapshot_every: int = 0
     from_snapshot: Path | None = None
     check_conservation: bool = False
-    adl_policy: AdlPolicy = field(default_factory=AdlPolicy)
+    adl_policy: AdlPolicy | None = None  # None: the default, or (--from-snapshot) the snapshot's
     adl_quantiles: bool = False  # quantile points: adl-quantiles.jsonl as the service publishes it (design §10)
     full_adl_metrics: bool = False
     progress: bool | None = None  # None: on a terminal, for large files
@@ -218,11 +219,21 @@ def line_chunks(lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes
 def _open(options: ReplayOptions) -> tuple[LedgerEngine, int, dict[str, Any] | None]:
     """The engine (from the snapshot, if one is given), the lines to skip, and where the snapshot starts."""
     engine_options = EngineOptions(strict=options.strict, snapshot_every=options.snapshot_every,
-                                   check_conservation=options.check_conservation, adl_policy=options.adl_policy,
+                                   check_conservation=options.check_conservation,
+                                   adl_policy=options.adl_policy or AdlPolicy(),
                                    adl_quantiles=options.adl_quantiles, full_adl_metrics=options.full_adl_metrics)
     if options.from_snapshot is None:
         return open_engine(options.engine, engine_options), 0, None
     snapshot, document = read_snapshot(options.from_snapshot)
+    # the policy travels in the snapshot: one given beside it must be the same
+    made_under = document["engine"].get("adl_policy")
+    if options.adl_policy is not None and isinstance(made_under, dict):
+        given = adl_policy.document(options.adl_policy)
+        if made_under != given:
+            raise ReplayError(f"snapshot {options.from_snapshot} was made under the ADL policy "
+                              f"{orjson.dumps(made_under, option=orjson.OPT_SORT_KEYS).decode()}, not "
+                              f"{orjson.dumps(given, option=orjson.OPT_SORT_KEYS).decode()}: resume it "
+                              f"under its own policy (no policy options) or the same options", 2)
     try:
         engine = open_engine(options.engine, engine_options, snapshot)
     except EngineUnavailable:
