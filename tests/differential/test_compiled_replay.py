@@ -245,3 +245,27 @@ def test_quantile_points_over_a_side_whose_positions_all_closed(tmp_path: Path) 
     published = [orjson.loads(line) for line in reference["adl-quantiles.jsonl"].splitlines()]
     assert [(r["account_id"], r["quantile"]) for r in published if r["kind"] == "quantile" and r["side"] == "long"
             and r["seq"] > published[0]["seq"]] == [("a0", None), ("a2", None)]
+
+
+@pytest.mark.parametrize(("path", "value"), [(("seq",), "12"), (("seq",), 12.0), (("seq",), True),
+                                             (("balances", "fund:MAIN"), 200000.5)])
+def test_a_resealed_snapshot_with_a_value_of_the_wrong_json_type_is_refused_by_both(
+        path: tuple[str, ...], value: object, tmp_path: Path) -> None:
+    """A hand-edited snapshot, sealed again: a seq as a string or a float, a balance as a number. The compiled engine
+    refused it and the reference read it; both refuse it now."""
+    from backstop.core.snapshot import sealed
+
+    journal = EXAMPLES[0].parent / "05-funding-and-fund-inventory.jsonl"
+    whole = run(journal, tmp_path / "whole", "reference", snapshot_every=12)
+    [name] = [name for name in whole if name.startswith("snapshots/") and name.endswith(".json")]
+    document = orjson.loads(whole[name])
+    target = document["engine"]
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    edited = tmp_path / "whole" / name
+    edited.write_bytes(orjson.dumps(sealed(document)))
+    for engine in ("reference", "compiled"):
+        with pytest.raises(ReplayError, match="is corrupt") as refused:
+            run(journal, tmp_path / f"from-{engine}", engine, from_snapshot=edited)  # type: ignore[arg-type]
+        assert refused.value.exit_code == 2

@@ -195,3 +195,30 @@ def test_a_snapshot_resumes_under_its_own_policy_and_refuses_another(tmp_path: P
         out = tmp_path / f"r{len(same)}"
         assert main(["replay", str(journal), "--out", str(out), "--from-snapshot", snapshot, *same]) == 0
         assert json.loads((out / "summary.json").read_text())["head_hash"] == head
+
+
+def test_a_snapshot_refuses_a_journal_it_was_not_taken_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """snapshot-SEQ.journal records the SHA-256 of the lines the snapshot applied; a resumed run continues it, so
+    its own snapshots record the same; a journal that is shorter or differs before the snapshot is refused."""
+    lines = EXAMPLE.read_bytes().splitlines(keepends=True)
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(b"".join(lines[:3]) + b"\n" + lines[3].replace(b"\n", b"\r\n") + b"".join(lines[4:]))
+    whole, tail = tmp_path / "whole", tmp_path / "tail"
+    assert main(["replay", str(journal), "--out", str(whole), "--snapshot-every", "4"]) == 0
+    first = whole / "snapshots" / "snapshot-000000000004.json"
+    recorded = json.loads(first.with_suffix(".journal").read_text())
+    taken = journal.read_bytes().splitlines(keepends=True)[:recorded["input_line"]]
+    assert recorded["sha256"] == hashlib.sha256(b"".join(taken)).hexdigest()
+    assert main(["replay", str(journal), "--out", str(tail), "--snapshot-every", "4", "--from-snapshot",
+                 str(first)]) == 0
+    later = "snapshots/snapshot-000000000008.journal"
+    assert (tail / later).read_bytes() == (whole / later).read_bytes(), "the digest goes on from the snapshot's"
+    capsys.readouterr()
+    for name, content in (("edited", journal.read_bytes().replace(b'"200000"', b'"1"', 1)),
+                          ("short", b"".join(taken[:-1]))):
+        other = tmp_path / f"{name}.jsonl"
+        other.write_bytes(content)
+        assert main(["replay", str(other), "--out", str(tmp_path / name), "--from-snapshot", str(first)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "it was taken on another journal" in err, err
+        assert not (tmp_path / name).exists()

@@ -26,7 +26,18 @@ SNAPSHOT_VERSION = 4  # 3: the journal clock and dedupe in the document; 4: post
 
 
 def _d(value: str) -> Decimal:
+    """A decimal of the state: a JSON string, as the state document writes it (the compiled engine reads nothing
+    else, so neither does the reference)."""
+    if not isinstance(value, str):
+        raise ValueError(f"a decimal must be a JSON string, not {value!r}")
     return Decimal(value)
+
+
+def _int(value: object) -> int:
+    """A count or seq of the state: a JSON integer (not a string, a float or a boolean)."""
+    if type(value) is not int:
+        raise ValueError(f"an integer must be a JSON integer, not {value!r}")
+    return value
 
 
 def state_document(engine: Engine) -> dict[str, Any]:
@@ -118,7 +129,7 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: 
                     full_adl_metrics=full_adl_metrics)
     if engine.adl_policy.drawdown is not None:
         engine.drawdown = DrawdownState.restored(document["adl_drawdown"])
-    engine.last_seq = int(document["seq"])
+    engine.last_seq = _int(document["seq"])
     engine.ledger_head = document["ledger_head"]
     engine.adl_head = document["adl_head"]
     engine.postings_head = document["postings_head"]
@@ -129,7 +140,7 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: 
         for lot in f["lots"]:
             state.add_lot(Lot(
                 lot["liquidation_id"], lot["symbol"], lot["side"], _d(lot["qty"]), _d(lot["cost"]),
-                lot["liquidated_account"], int(lot["seq"])))
+                lot["liquidated_account"], _int(lot["seq"])))
         engine.funds[spec.fund_id] = state
     for i in document["instruments"]:
         tiers = tuple(Tier(_d(t["max_notional"]), _d(t["mmr"]), _d(t["maint_amount"])) for t in i["tiers"])
@@ -140,17 +151,17 @@ def restore(document: dict[str, Any], *, check_conservation: bool = False, ids: 
         engine.by_symbol[i["symbol"]] = {}
     engine.marks = {symbol: _d(mark) for symbol, mark in document["marks"].items()}
     engine.clock = clock_of(document["clock"])
-    engine.newest_ts = document["newest_ts"]
+    engine.newest_ts = None if document["newest_ts"] is None else _int(document["newest_ts"])
     engine.dedupe.restore(document["dedupe"])
     engine.mark_clock = SymbolClock.of(document["mark_clock"])
     engine.funding_clock = SymbolClock.of(document["funding_clock"])
     for p in document["positions"]:
         position = Position(p["account_id"], p["symbol"], _d(p["qty"]), _d(p["cost"]), p["margin_mode"],
-                            _d(p["leverage"]), p.get("position_side", "both"), int(p["adl_quantile"]))
+                            _d(p["leverage"]), p.get("position_side", "both"), _int(p["adl_quantile"]))
         engine.positions.add(position)
         engine.by_symbol[position.symbol][position.key] = position
         engine.adl_index.touch(position.account_id)
-    engine.quantile_closes = {(account, symbol, side): int(quantile)
+    engine.quantile_closes = {(account, symbol, side): _int(quantile)
                               for account, symbol, side, quantile in document["quantile_closes"]}
     engine.risk_levels = dict(document["risk_levels"])
     return engine

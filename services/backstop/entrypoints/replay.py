@@ -36,6 +36,8 @@ from backstop.engines import (
     open_engine,
     snapshot_name,
 )
+from backstop.entrypoints import snapshot_journal
+from backstop.entrypoints.snapshot_journal import JournalMismatch, Prefix
 
 T = TypeVar("T")
 PROGRESS_MIN_BYTES = 8 << 20
@@ -216,15 +218,24 @@ def line_chunks(lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes
         yield first, b"\n".join(parts) + b"\n"
 
 
-def _open(options: ReplayOptions) -> tuple[LedgerEngine, int, dict[str, Any] | None]:
-    """The engine (from the snapshot, if one is given), the lines to skip, and where the snapshot starts."""
+def _open(options: ReplayOptions) -> tuple[LedgerEngine, int, dict[str, Any] | None, Prefix | None]:
+    """The engine (from the snapshot, if one is given), the lines to skip, where the snapshot starts, and the digest
+    of the journal's lines so far (None: a store's journal resumed from a snapshot, whose lines are not read)."""
     engine_options = EngineOptions(strict=options.strict, snapshot_every=options.snapshot_every,
                                    check_conservation=options.check_conservation,
                                    adl_policy=options.adl_policy or AdlPolicy(),
                                    adl_quantiles=options.adl_quantiles, full_adl_metrics=options.full_adl_metrics)
     if options.from_snapshot is None:
-        return open_engine(options.engine, engine_options), 0, None
+        return open_engine(options.engine, engine_options), 0, None, Prefix()
     snapshot, document = read_snapshot(options.from_snapshot)
+    prefix = None
+    if options.journal is not None:
+        try:
+            prefix = snapshot_journal.check(options.from_snapshot, options.journal, int(document["input_line"]))
+        except JournalMismatch as error:
+            raise ReplayError(str(error), 2) from None
+        except OSError as error:
+            raise ReplayError(f"cannot read journal {options.journal}: {error.strerror or error}", 2) from None
     # the policy travels in the snapshot: one given beside it must be the same
     made_under = document["engine"].get("adl_policy")
     if options.adl_policy is not None and isinstance(made_under, dict):
@@ -243,17 +254,18 @@ def _open(options: ReplayOptions) -> tuple[LedgerEngine, int, dict[str, Any] | N
     except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as error:
         raise ReplayError(f"snapshot {options.from_snapshot} is corrupt: cannot restore the engine state "
                           f"({type(error).__name__}: {error})", 2) from None
-    return engine, int(document["input_line"]), snapshot_start(document)
+    return engine, int(document["input_line"]), snapshot_start(document), prefix
 
 
 def _replay(options: ReplayOptions, chunks: Callable[[int], Iterable[tuple[int, bytes]]], size: int,
             carried: Carried | None) -> dict[str, Any]:
-    engine, skip, start = _open(options)
+    engine, skip, start, prefix = _open(options)
     inputs = [path for path in (options.journal, options.from_snapshot) if path is not None]
     try:
         with staged_dir(options.out, owned=REPLAY_OUTPUTS, inputs=inputs) as out_path, \
                 engine_files(engine, out_path) as elsewhere:
-            result = _replay_into(out_path, options, engine, chunks(skip), size, carried, elsewhere)
+            result = _replay_into(out_path, options, engine, chunks(skip), size, carried, elsewhere,
+                                  prefix if options.snapshot_every > 0 else None)
             if start is not None:
                 result["from_snapshot"] = start
             write_json(out_path / "summary.json", result)
@@ -298,8 +310,10 @@ def progress_bar(show: bool, size: int) -> Iterator[Callable[[int], None]]:
 
 
 def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, chunks: Iterable[tuple[int, bytes]],
-                 size: int, carried: Carried | None, elsewhere: Collection[str] = ()) -> dict[str, Any]:
-    """The summary after the chunks are applied and their outputs written into `out_path`, accounts.json too."""
+                 size: int, carried: Carried | None, elsewhere: Collection[str] = (),
+                 prefix: Prefix | None = None) -> dict[str, Any]:
+    """The summary after the chunks are applied and their outputs written into `out_path`, accounts.json too; with
+    `prefix`, each snapshot's journal file beside it (snapshot_journal)."""
     show = options.progress if options.progress is not None else (sys.stderr.isatty() and
                                                                    size >= PROGRESS_MIN_BYTES)
     snapshots = out_path / "snapshots"
@@ -313,8 +327,15 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
             out.write_batch(batch.fund_ledger, batch.adl_events, batch.findings, batch.dead_letters,
                             postings=batch.postings, adl_quantiles=batch.adl_quantiles, adl_rounds=batch.adl_rounds)
             for snapshot in batch.snapshots:  # the identities first: a snapshot never names a missing file
-                write_bytes(snapshots / f"{snapshot_name(snapshot.seq)}.ids", snapshot.ids)
-                write_bytes(snapshots / f"{snapshot_name(snapshot.seq)}.json", snapshot.document)
+                name = snapshot_name(snapshot.seq)
+                write_bytes(snapshots / f"{name}.ids", snapshot.ids)
+                if prefix is not None:
+                    line = snapshot_journal.input_line(snapshot.document)
+                    write_bytes(snapshots / f"{name}{snapshot_journal.SUFFIX}",
+                                snapshot_journal.record_bytes(line, prefix.through(chunk, first_line, line)))
+                write_bytes(snapshots / f"{name}.json", snapshot.document)
+            if prefix is not None:
+                prefix.add(chunk)
             if batch.stopped is not None:
                 line, reason = batch.stopped
                 raise ReplayError(f"line {line}: {reason}", 1)
