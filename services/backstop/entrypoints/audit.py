@@ -137,14 +137,17 @@ def replayed(journal: Path, summary: dict[str, Any], engine: EngineName, into: P
                                     for name in ("fund-ledger.jsonl", "adl-events.jsonl", "postings.jsonl"))
     except OutputReadError as error:
         raise AuditError(f"reading the replay of {journal}: {error}") from None
-    checked = ("each event" if engine == "reference" else "every batch of lines")
     return Derived(ledger, events, postings, result["head_hash"], result["state_hash"],
-                   f"conservation: checked after {checked} ({result['events_applied']} events)")
+                   conservation_said(engine, result["events_applied"]))
 
 
 def conservation_checked(engine: LedgerEngine) -> str:
-    return (f"conservation: checked after each of {engine.events_applied} events" if engine.name == "reference"
-            else f"conservation: checked after every batch of lines ({engine.events_applied} events)")
+    return conservation_said(engine.name, engine.events_applied)
+
+
+def conservation_said(engine: EngineName, events: int) -> str:
+    return (f"conservation: checked after each of {events} events" if engine == "reference"
+            else f"conservation: checked after every batch of lines ({events} events)")
 
 
 def _journal(journal: Path) -> list[bytes]:
