@@ -292,9 +292,9 @@ def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, o
             if progress is not None and done % 500 == 0:
                 progress(done)
             record = scenario_record(number, original, scenario, label)
-            if record is not original:
-                changed[number] = _changed_by(record)
             line = wire_line(record)
+            if record is not original and line != wire_line(original):
+                changed[number] = _changed_by(record)
             if isinstance(record, MarkRecord) and _minute(record.ts) not in metrics.minute_queue.get(record.symbol, {}):
                 apply(pending)  # the queues' depth after this mark (and what it decided) is a metric
                 if apply([(number, line)]):
@@ -337,7 +337,8 @@ def _changes_applied(dead_letters: bytes, changed: dict[int, str], label: str) -
     for line in dead_letters.splitlines():
         letter = orjson.loads(line)
         number = letter.get("line")
-        if number in changed:
+        # refused for what it holds: not a duplicate, a late or an early record, which it would be unchanged too
+        if number in changed and letter.get("kind") in ("invalid", "rejected"):
             raise WhatIfError(f"the {label} scenario's {changed[number]} makes journal line {number} a record the "
                               f"engine refuses: {letter['reason']}")
 

@@ -237,3 +237,41 @@ def test_adl_files_are_counted_without_the_journal(tmp_path: Path, capsys: pytes
     rewrite(out / "adl-quantiles.jsonl", lambda r: r[:-1])
     code, text = verify(out, None, capsys)
     assert code == 1 and "of adl-quantiles.jsonl but it holds" in text, text
+
+
+def test_outputs_of_a_stored_journal_are_held_to_the_journal_apart_from_what_the_service_carried(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`replay --from-postgres` adds what the service counted beside its journal (duplicates, its dead letters):
+    summary.json's `carried` says how much, and the audit against the exported journal sets it aside."""
+    from backstop.adapters.journal_file import read_journal
+    from backstop.entrypoints.replay import Carried, ReplayOptions, replay_lines
+
+    lines = [raw for _, raw in read_journal(ADL_EXAMPLE)]
+    letter = {"kind": "invalid", "reason": "invalid JSON", "raw": "{", "source_topic": "backstop.fills",
+              "source_partition": 0, "source_offset": 7}
+    out = tmp_path / "stored"
+    replay_lines(ReplayOptions(journal=None, out=out), lambda skip: list(enumerate(lines, start=1))[skip:],
+                 sum(len(raw) + 1 for raw in lines), carried=Carried(2, 1, [letter]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["carried"] == {"duplicates": 2, "rejected": 1, "conflicting_duplicates": 0, "dead_letters": 1}
+    code, text = verify(out, ADL_EXAMPLE, capsys)
+    assert code == 0 and "summary.json: every field as the replay of the journal gives it" in text, text
+    _set(out / "summary.json", "duplicates", summary["duplicates"] + 1)
+    code, text = verify(out, ADL_EXAMPLE, capsys)
+    assert code == 1 and "summary.json: duplicates 3 but the replay of the journal gives 2" in text, text
+
+
+@pytest.mark.parametrize("engine", ["compiled", "reference"])
+def test_a_replay_from_a_snapshot_with_wallets_at_zero_verifies_against_its_journal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], engine: str) -> None:
+    """A snapshot holds no wallet at zero, so accounts.json of a replay from it lists none where a whole replay
+    lists them: the audit compares the two with those aside (it failed every such replay)."""
+    journal = EXAMPLES / "07-adl-lab.jsonl"
+    whole, tail = tmp_path / "whole", tmp_path / "tail"
+    assert main(["replay", str(journal), "--out", str(whole), "--snapshot-every", "2"]) == 0
+    assert main(["replay", str(journal), "--out", str(tail), "--from-snapshot",
+                 str(whole / "snapshots" / "snapshot-000000000012.json")]) == 0
+    assert (whole / "accounts.json").read_bytes() != (tail / "accounts.json").read_bytes()
+    capsys.readouterr()
+    assert main(["audit", "verify", str(tail), "--journal", str(journal), "--engine", engine]) == 0
+    assert "accounts.json: as the replay of the journal writes it (wallets at zero aside)" in capsys.readouterr().out

@@ -62,3 +62,21 @@ def test_a_bad_parameter_file_is_refused(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["whatif", str(EXAMPLES / "01-isolated-liquidation-surplus.jsonl"), "--params", str(toml), "--out",
                  str(tmp_path / "o")]) == 2
     assert "bad parameter file" in capsys.readouterr().err
+
+
+def test_a_changed_record_the_journal_dead_letters_anyway_is_not_blamed_on_the_parameters(tmp_path: Path) -> None:
+    """A duplicate of the fund's seed transfer with other content is dead-lettered by any replay; scaling the
+    fund's transfers changes it too, and the run goes on (only a refusal of what a change made is refused)."""
+    lines = (EXAMPLES / "07-adl-lab.jsonl").read_text().splitlines()
+    seed = next(line for line in lines if '"transfer"' in line and "fund:" in line)
+    twin = json.loads(seed)
+    twin["amount"] = str(int(twin["amount"]) + 1)
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text("\n".join([*lines[:lines.index(seed) + 1], json.dumps(twin), *lines[lines.index(seed) + 1:]])
+                       + "\n")
+    fund = json.loads(next(line for line in lines if '"fund"' in line))["fund_id"]
+    params = tmp_path / "p.toml"
+    params.write_text(f'[alternative.funds.{fund}]\nbalance_scale = "2"\n')
+    assert main(["whatif", str(journal), "--params", str(params), "--out", str(tmp_path / "w")]) == 0
+    letters = [json.loads(x) for x in (tmp_path / "w" / "alternative" / "dead-letter.jsonl").read_text().splitlines()]
+    assert [letter["kind"] for letter in letters] == ["conflicting_duplicate"]

@@ -765,8 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
         return SIGPIPE_EXIT
     except KeyboardInterrupt:
-        # Ctrl-C or SIGTERM: whatever the command was writing was discarded on the way out (staged directories)
-        print(f"backstop {args.command}: interrupted; nothing was written", file=sys.stderr)
+        # Ctrl-C or SIGTERM: an output directory or file being written was discarded on the way out (staged)
+        print(f"backstop {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
     return result
 

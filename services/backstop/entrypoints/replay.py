@@ -324,6 +324,8 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
             out.dead_letter_record(letter)
         for first_line, chunk in chunks:
             batch = engine.apply_lines(chunk, first_line)
+            if prefix is not None:
+                prefix.begin(chunk, first_line)
             out.write_batch(batch.fund_ledger, batch.adl_events, batch.findings, batch.dead_letters,
                             postings=batch.postings, adl_quantiles=batch.adl_quantiles, adl_rounds=batch.adl_rounds)
             for snapshot in batch.snapshots:  # the identities first: a snapshot never names a missing file
@@ -332,10 +334,10 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
                 if prefix is not None:
                     line = snapshot_journal.input_line(snapshot.document)
                     write_bytes(snapshots / f"{name}{snapshot_journal.SUFFIX}",
-                                snapshot_journal.record_bytes(line, prefix.through(chunk, first_line, line)))
+                                snapshot_journal.record_bytes(line, prefix.through(line)))
                 write_bytes(snapshots / f"{name}.json", snapshot.document)
             if prefix is not None:
-                prefix.add(chunk)
+                prefix.end()
             if batch.stopped is not None:
                 line, reason = batch.stopped
                 raise ReplayError(f"line {line}: {reason}", 1)
@@ -346,8 +348,12 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
     engine.finish_outputs()
     result["dead_letters"] = out.dead_letters
     if carried is not None:
+        # what the service counted that its journal does not hold, in the totals and apart (so that the outputs
+        # can be held to a replay of the journal alone: audit verify)
+        conflicting = sum(letter.get("kind") == "conflicting_duplicate" for letter in carried.dead_letters)
+        result["carried"] = {"duplicates": carried.duplicates, "rejected": carried.rejected,
+                             "conflicting_duplicates": conflicting, "dead_letters": len(carried.dead_letters)}
         result["duplicates"] += carried.duplicates
         result["rejected"] += carried.rejected
-        result["conflicting_duplicates"] += sum(letter.get("kind") == "conflicting_duplicate"
-                                                for letter in carried.dead_letters)
+        result["conflicting_duplicates"] += conflicting
     return result

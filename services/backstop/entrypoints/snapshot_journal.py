@@ -21,24 +21,29 @@ class JournalMismatch(Exception):
 
 
 class Prefix:
-    """The SHA-256 of a journal's bytes from its first line on, as its chunks are handed to the engine."""
+    """The SHA-256 of a journal's bytes from its first line on, as its chunks are handed to the engine: `begin` a
+    chunk, take the digest `through` each snapshot's line in it (ascending), `end` it."""
 
     def __init__(self, sha: Any | None = None) -> None:
         self.sha = sha if sha is not None else hashlib.sha256()
+        self.chunk, self.at, self.line = b"", 0, 0
 
-    def add(self, chunk: bytes) -> None:
-        self.sha.update(chunk)
+    def begin(self, chunk: bytes, first_line: int) -> None:
+        self.chunk, self.at, self.line = chunk, 0, first_line - 1
 
-    def through(self, chunk: bytes, first_line: int, line: int) -> str:
-        """The digest of every line up to `line`, which lies in `chunk` (whose first line is `first_line`), the
-        chunk's bytes not yet added."""
-        end = 0
-        for _ in range(line - first_line + 1):
-            found = chunk.find(b"\n", end)
-            end = len(chunk) if found < 0 else found + 1
-        sha = self.sha.copy()
-        sha.update(memoryview(chunk)[:end])
-        return str(sha.hexdigest())
+    def through(self, line: int) -> str:
+        """The digest of every line up to `line`, which lies in the chunk begun (at or after the last asked)."""
+        start = self.at
+        for _ in range(line - self.line):
+            found = self.chunk.find(b"\n", self.at)
+            self.at = len(self.chunk) if found < 0 else found + 1
+        self.line = line
+        self.sha.update(memoryview(self.chunk)[start:self.at])
+        return str(self.sha.copy().hexdigest())
+
+    def end(self) -> None:
+        self.sha.update(memoryview(self.chunk)[self.at:])
+        self.chunk, self.at = b"", 0
 
 
 def input_line(document: bytes) -> int:
