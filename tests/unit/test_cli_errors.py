@@ -325,3 +325,12 @@ def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path: Path, monkeypatch: pyte
     assert capsys.readouterr().err.strip() == "backstop replay: interrupted"
     assert list(tmp_path.iterdir()) == [], "no output directory, staged or not"
     assert signal.getsignal(signal.SIGTERM) == before, "the handler is the command's only"
+
+
+def test_a_usage_error_is_one_line_naming_the_command_and_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["replay", "--snapshot-every", "x"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("backstop replay: argument --snapshot-every:")
+    assert err.endswith("(see backstop replay --help)\n")

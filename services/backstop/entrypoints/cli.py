@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from backstop import __version__
 from backstop.collector import raise_young_threshold
@@ -596,8 +596,16 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A usage error in one line that names the command and where its help is (argparse prints the usage first);
+    every subcommand's parser is of this class too (add_subparsers takes the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="backstop",
         description="Event-sourced insurance-fund and ADL ledger for perpetual-futures venues.",
     )
