@@ -334,3 +334,18 @@ def test_a_usage_error_is_one_line_naming_the_command_and_its_help(capsys: pytes
     assert exit_.value.code == 2 and err.count("\n") == 1, err
     assert err.startswith("backstop replay: argument --snapshot-every:")
     assert err.endswith("(see backstop replay --help)\n")
+
+
+def test_an_interrupt_that_c_code_turned_into_its_own_error_is_still_an_interrupt(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A signal that lands in a callback of C code (orjson's `default`, serializing a Decimal) comes out as that
+    code's error, caused by the KeyboardInterrupt: it is reported as the interrupt it is."""
+    from backstop.entrypoints import replay as replay_module
+
+    def interrupted_in_orjson(self: object, *args: object, **kwargs: object) -> None:
+        raise TypeError("Type is not JSON serializable: decimal.Decimal") from KeyboardInterrupt()
+
+    monkeypatch.setattr(replay_module.OutputDir, "write_batch", interrupted_in_orjson)
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "r"), "--engine", "reference"]) == 130
+    assert capsys.readouterr().err.strip() == "backstop replay: interrupted"
+    assert list(tmp_path.iterdir()) == []

@@ -776,7 +776,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Ctrl-C or SIGTERM: an output directory or file being written was discarded on the way out (staged)
         print(f"backstop {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
+    except Exception as error:
+        if not _interrupted(error):
+            raise
+        # the interrupt came inside a callback of C code, which turned it into an error of its own (orjson's
+        # `default`: a TypeError caused by it)
+        print(f"backstop {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
     return result
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of `error`."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 @contextlib.contextmanager
