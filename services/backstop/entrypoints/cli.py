@@ -522,8 +522,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_adl_policy_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ADL policy of a replay (docs/design.md §11): a preset and the options that adjust it."""
+def add_adl_policy_arguments(parser: argparse.ArgumentParser, *, metrics: bool = True) -> None:
+    """The ADL policy of a replay (docs/design.md §11): a preset and the options that adjust it (and, `metrics`,
+    which fairness figures its rounds record)."""
     from backstop.core.adl_policy import PRESETS, PRICES
 
     group = parser.add_argument_group("ADL policy (docs/design.md §11; what-if runs record theirs)")
@@ -543,6 +544,8 @@ def add_adl_policy_arguments(parser: argparse.ArgumentParser) -> None:
                        help="... and it stops once that fall is back under RATIO (bybit: 0.25)")
     group.add_argument("--adl-window-hours", type=_positive, default=None, metavar="H",
                        help="the window of event time (bybit: 8)")
+    if not metrics:
+        return
     group.add_argument("--adl-metrics", choices=["basic", "full"], default="basic",
                        help="full: also rank inversions and the eligible population's quantiles in adl-rounds.jsonl "
                             "and the summary (O(N log N) per round over every opposite position)")
@@ -689,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("id", help="fl-SEQ-N, adl-SEQ-N, or a liquidation id")
     explain.add_argument("--journal", required=True, metavar="INPUT.jsonl")
     explain.add_argument("--json", action="store_true", help="machine-readable output")
-    add_adl_policy_arguments(explain)  # as the outputs were made: their summary.json's adl_policy
+    add_adl_policy_arguments(explain, metrics=False)  # as the outputs were made: their summary.json's adl_policy
     explain.set_defaults(handler=_cmd_explain)
 
     statement = commands.add_parser("statement", help="a fund's or any ledger account's statement over a period "
