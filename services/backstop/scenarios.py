@@ -334,6 +334,8 @@ def _names_exist(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, l
 def _changes_applied(dead_letters: bytes, changed: dict[int, str], label: str) -> None:
     """A record the scenario changed that the engine then refused (a maintenance rate of 2, say) would leave a run
     of a different market, silently: refused, with the engine's reason."""
+    if not changed:
+        return
     for line in dead_letters.splitlines():
         letter = orjson.loads(line)
         number = letter.get("line")

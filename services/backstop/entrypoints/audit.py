@@ -187,7 +187,8 @@ def verify_output(out: Path, journal: Path | None, engine: EngineName = "referen
                                           source="summary.json", counted=counted, postings=postings)
         if problem is not None:
             return checked, problem
-        more, problem = verify_other_files(out, into, summary)
+        more, problem = verify_other_files(out, into, summary, {"findings.jsonl": findings,
+                                                                "dead-letter.jsonl": dead_letters})
         return checked + more, problem
 
 
@@ -228,10 +229,10 @@ def verify_adl_files(out: Path, summary: dict[str, Any]) -> Outcome:
     return checked, None
 
 
-def verify_other_files(out: Path, derived: Path, summary: dict[str, Any]) -> Outcome:
+def verify_other_files(out: Path, derived: Path, summary: dict[str, Any], read: dict[str, Records]) -> Outcome:
     """The files without a hash chain, against the fresh replay's: findings, dead letters, ADL rounds and quantile
     records one by one (after the snapshot the outputs started from), accounts.json byte for byte and summary.json
-    field by field."""
+    field by field. `read`: the stored streams already read, by file name."""
     start, carried = summary.get("from_snapshot") or {}, summary.get("carried") or {}
     seq, line = start.get("seq", 0), start.get("input_line", 0)
     after: dict[str, Callable[[Records], Records]] = {
@@ -242,7 +243,7 @@ def verify_other_files(out: Path, derived: Path, summary: dict[str, Any]) -> Out
     checked: list[str] = []
     for name, kept in after.items():
         try:
-            stored = read_stream(out, name)
+            stored = read[name] if name in read else read_stream(out, name)
             if name == "dead-letter.jsonl":  # the service's own come first: the journal does not hold them
                 stored = stored[carried.get("dead_letters", 0):]
             problem = compare_streams(name.removesuffix(".jsonl"), stored, kept(read_stream(derived, name)))

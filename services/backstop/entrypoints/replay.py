@@ -153,22 +153,26 @@ def replay(options: ReplayOptions) -> dict[str, Any]:
         journal = JournalFile.open(options.journal)
     except JournalFileError as error:
         raise ReplayError(str(error), 2) from None
-    return _replay(options, lambda skip: read_ahead(file_chunks(journal, skip)), journal.size, None)
+    return _replay(options, lambda skip, offset: read_ahead(file_chunks(journal, skip, offset)), journal.size, None)
 
 
 def replay_lines(options: ReplayOptions, lines: Callable[[int], Iterable[tuple[int, bytes]]], size: int, *,
                  carried: Carried | None = None) -> dict[str, Any]:
     """Replay (line number, raw record) pairs; `lines(skip)` yields those after the first `skip` lines. The output
     directory appears whole when the replay has finished, or not at all."""
-    return _replay(options, lambda skip: line_chunks(lines(skip)), size, carried)
+    return _replay(options, lambda skip, _offset: line_chunks(lines(skip)), size, carried)
 
 
-def file_chunks(journal: JournalFile, skip: int = 0) -> Iterator[tuple[int, bytes]]:
-    """(number of its first line, whole lines) of a journal file after its first `skip` lines, about CHUNK_BYTES
-    each; the engines read lines by the journal reader's rule (backstop.adapters.journal_file)."""
+def file_chunks(journal: JournalFile, skip: int = 0, offset: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(number of its first line, whole lines) of a journal file after its first `skip` lines (which end at byte
+    `offset`, when that is known), about CHUNK_BYTES each; the engines read lines by the journal reader's rule
+    (backstop.adapters.journal_file)."""
     number = 1
     try:
         with journal.path.open("rb") as handle:
+            if offset is not None:
+                handle.seek(offset)
+                number = skip + 1
             while number <= skip:
                 if not handle.readline():
                     return
@@ -257,14 +261,16 @@ def _open(options: ReplayOptions) -> tuple[LedgerEngine, int, dict[str, Any] | N
     return engine, int(document["input_line"]), snapshot_start(document), prefix
 
 
-def _replay(options: ReplayOptions, chunks: Callable[[int], Iterable[tuple[int, bytes]]], size: int,
+def _replay(options: ReplayOptions, chunks: Callable[[int, int | None], Iterable[tuple[int, bytes]]], size: int,
             carried: Carried | None) -> dict[str, Any]:
     engine, skip, start, prefix = _open(options)
     inputs = [path for path in (options.journal, options.from_snapshot) if path is not None]
     try:
         with staged_dir(options.out, owned=REPLAY_OUTPUTS, inputs=inputs) as out_path, \
                 engine_files(engine, out_path) as elsewhere:
-            result = _replay_into(out_path, options, engine, chunks(skip), size, carried, elsewhere,
+            # the lines a snapshot applied were read once, to check them (snapshot_journal): the rest starts there
+            start_at = prefix.offset if prefix is not None and skip else None
+            result = _replay_into(out_path, options, engine, chunks(skip, start_at), size, carried, elsewhere,
                                   prefix if options.snapshot_every > 0 else None)
             if start is not None:
                 result["from_snapshot"] = start

@@ -24,8 +24,9 @@ class Prefix:
     """The SHA-256 of a journal's bytes from its first line on, as its chunks are handed to the engine: `begin` a
     chunk, take the digest `through` each snapshot's line in it (ascending), `end` it."""
 
-    def __init__(self, sha: Any | None = None) -> None:
+    def __init__(self, sha: Any | None = None, offset: int = 0) -> None:
         self.sha = sha if sha is not None else hashlib.sha256()
+        self.offset = offset  # the bytes hashed before the first chunk (where the lines a snapshot applied end)
         self.chunk, self.at, self.line = b"", 0, 0
 
     def begin(self, chunk: bytes, first_line: int) -> None:
@@ -64,12 +65,13 @@ def record_bytes(lines: int, digest: str) -> bytes:
 
 def check(snapshot: Path, journal: Path, lines: int) -> Prefix:
     """The first `lines` lines of `journal` hashed, and held to the digest the snapshot's journal file records;
-    JournalMismatch when the journal is shorter or differs. The digest so far goes on with the lines after."""
-    sha, read = hashlib.sha256(), 0
+    JournalMismatch when the journal is shorter or differs. The digest so far goes on with the lines after, which
+    start at its `offset`."""
+    sha, read, offset = hashlib.sha256(), 0, 0
     with journal.open("rb") as handle:
         while read < lines and (line := handle.readline()):
             sha.update(line)
-            read += 1
+            read, offset = read + 1, offset + len(line)
     if read < lines:
         raise JournalMismatch(f"{journal} has {read} lines, but snapshot {snapshot} was taken after line {lines}: "
                               f"it was taken on another journal")
@@ -83,4 +85,4 @@ def check(snapshot: Path, journal: Path, lines: int) -> Prefix:
         if held != (lines, sha.hexdigest()):
             raise JournalMismatch(f"the first {lines} lines of {journal} are not those snapshot {snapshot} was taken "
                                   f"on (their SHA-256 differs from {recorded.name}'s): it was taken on another journal")
-    return Prefix(sha)
+    return Prefix(sha, offset)
