@@ -53,6 +53,9 @@ BAD: list[Consumed] = [
     ("t.marks", 0, 109, b'{"zz":1,"ts":1,"aa":2,"zz":3,"symbol":"A","mark_price":"1"}'),
     ("t.marks", 0, 110, b"\xff\xfe"),
     ("t.marks", 0, 111, b'{"ts":1,"symbol":"A","mark_price":"1","x":' + b"[" * 300 + b"]" * 300 + b"}"),
+    ("t.marks", 0, 112, b'{"ts":1,"symbol":"A","mark_price":"1","\\u0074s":2}'),
+    ("t.liquidations", 0, 113, b'{"ts":1,"liquidation_id":"l","account_id":"u","symbol":"A","qty":"1",'
+                               b'"mark_price":"1","executions":[{"qty":"1","price":"1","qty":"2"}]}'),
 ]
 
 

@@ -128,7 +128,7 @@ def raw_records(draw: st.DrawFn) -> tuple[str, bytes]:
     kind = draw(st.sampled_from(sorted(TOPIC_OF)))
     entries = list(record(kind, draw).items())
     mutation = draw(st.sampled_from(["none", "none", "drop", "add", "replace", "replace", "duplicate", "nested",
-                                     "wrap", "bytes"]))
+                                     "inner duplicate", "wrap", "bytes"]))
     if mutation == "drop" and entries:
         del entries[draw(st.integers(0, len(entries) - 1))]
     elif mutation == "add":
@@ -140,6 +140,17 @@ def raw_records(draw: st.DrawFn) -> tuple[str, bytes]:
         key, _ = entries[draw(st.integers(0, len(entries) - 1))]
         entries.insert(draw(st.integers(0, len(entries))), (key, draw(json_values)))
     raw = encode(entries)
+    if mutation == "duplicate" and draw(st.booleans()):  # the repeat spelled with escapes: the same key unescaped
+        key = entries[draw(st.integers(0, len(entries) - 1))][0]
+        spelled = json.dumps(key, ensure_ascii=False)[1:-1]
+        escaped = "".join(f"\\u{ord(c):04x}" if c.isascii() and c.isalnum() and draw(st.booleans()) else c
+                          for c in spelled)
+        raw = raw[:-1] + b"," + f'"{escaped}"'.encode() + b":" + json.dumps(draw(json_values)).encode() + b"}"
+    if mutation == "inner duplicate":  # a repeat inside a nested object, perhaps after or before one outside
+        inner = draw(st.sampled_from([b'{"a":1,"a":2}', b'[{"qty":"1"},{"qty":"1","qty":"2"}]', b'{"a":{"b":1}}',
+                                      b'{"x":"{\\"y\\":1,\\"y\\":2}"}']))
+        key = draw(st.sampled_from([key for key, _ in entries] + ["executions", "extra"]))
+        raw = raw[:-1] + b"," + json.dumps(key).encode() + b":" + inner + b"}"
     if mutation == "nested":
         key = draw(st.sampled_from([key for key, _ in entries] + ["extra"]))
         depth = draw(st.integers(195, 205))
@@ -173,6 +184,7 @@ def reference_consumed(raw: bytes | None, kind: str) -> tuple[bool, bytes]:
 @given(raw_records())
 @example(("fill", b'{"type":"fill","ts":NaN}'))
 @example(("fill", b'{"type":"fill","type":"mark","ts":1}'))
+@example(("fill", b'{"type":"fill","ts":1,"\\u0074s":2,"x":{"a":1,"a":2}}'))
 @example(("mark", b'{"ts":1,"symbol":"A","mark_price":"1","index_price":null,"zz":1,"aa":[]}'))
 @example(("instrument", b'{"type":"instrument","tiers":' + orjson.dumps([{}] * 70) + b"}"))
 @example(("fill", b"\xef\xbb\xbf{}"))

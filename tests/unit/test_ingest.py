@@ -84,6 +84,8 @@ def test_bad_input_goes_to_dead_letter_and_offsets_still_advance() -> None:
                                                                      "symbol": "NOPE", "mark_price": "1"})),
         Consumed("t.unknown", 3, 7, None, b"{}"),
         Consumed(TOPICS.input("fill"), 0, 103, None, good[10].value),  # a fill sent again
+        # sent again with a second qty: which one a reader takes is the parser's choice, so neither is applied
+        Consumed(TOPICS.input("fill"), 0, 104, None, good[10].value[:-1] + b',"qty":"999"}'),
     ]
     result = ingest_batch(processor, good + bad, TOPICS)
     reasons = [(d.source_topic, d.source_offset, d.reason) for d in result.dead_letters]
@@ -93,11 +95,12 @@ def test_bad_input_goes_to_dead_letter_and_offsets_still_advance() -> None:
         ("t.fills", 102, 'type: "mark" is not "fill", the type of the topic t.fills'),
         ("t.marks", 100, "unknown symbol NOPE"),
         ("t.unknown", 7, "not an input topic: t.unknown"),
+        ("t.fills", 104, 'duplicate key "qty"'),
     ]
     assert result.duplicates == {"fill": 1}
-    assert result.next_offsets[("t.fills", 0)] == 104 and result.next_offsets[("t.unknown", 3)] == 8
+    assert result.next_offsets[("t.fills", 0)] == 105 and result.next_offsets[("t.unknown", 3)] == 8
     assert len(result.journal) == len(lines)
-    assert sum(1 for m in result.outbox if m.topic == "t.dead-letter") == 5
+    assert sum(1 for m in result.outbox if m.topic == "t.dead-letter") == 6
 
 
 def test_a_reason_quoting_control_characters_is_escaped() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -12,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backstop.wire import schemas
-from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record
+from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record, repeated_key
 from backstop.wire.inputs import (
     KINDS,
     LEVERAGE_RANGE,
@@ -100,6 +101,70 @@ def test_non_negative_decimals_accept_zero_in_any_spelling(value: str, accepted:
 ])
 def test_malformed_records_are_rejected_with_the_field_and_the_rule(raw: bytes, reason: str) -> None:
     assert reason in reason_for(raw)
+
+
+def _with_repeat(record: dict[str, object], key: str, value: object, *, at: int) -> bytes:
+    entries = list(record.items())
+    entries.insert(at, (key, value))
+    return ("{" + ",".join(f"{orjson.dumps(k).decode()}:{orjson.dumps(v).decode()}" for k, v in entries) + "}").encode()
+
+
+def test_a_key_repeated_in_an_object_is_refused_wherever_it_is() -> None:
+    """Parsers differ on which of two equal keys counts (first, last, or an error): the ledger refuses the record
+    rather than apply one reading of it. The first repeat in input order is named; keys compare unescaped."""
+    # even a repeat with the same value, and one that would otherwise pass validation
+    assert reason_for(_with_repeat(GOOD, "qty", GOOD["qty"], at=0)) == 'duplicate key "qty"'
+    assert reason_for(_with_repeat(GOOD, "qty", "1000", at=len(GOOD))) == 'duplicate key "qty"'
+    assert reason_for(with_field(extra=1).replace(b'"extra"', b'"fee":"0","\\u0065xtra"')) == 'duplicate key "fee"'
+    assert reason_for(orjson.dumps(GOOD)[:-1] + b',"\\u0074s":2}') == 'duplicate key "ts"'
+    liquidated = liquidation("l", "u", "1", "1", executions=[("1", "5")])
+    inner = orjson.dumps(liquidated).replace(b'"price":"5"', b'"price":"5","qty":"2"')
+    assert reason_for(inner) == 'duplicate key "qty"'
+    # before the models (an unknown key), after the syntax (invalid JSON wins)
+    assert reason_for(_with_repeat({**GOOD, "zz": 1}, "zz", 2, at=0)) == 'duplicate key "zz"'
+    assert reason_for(_with_repeat(GOOD, "qty", "1", at=0)[:-1] + b",}") == "invalid JSON"
+    # the same key in two objects, and keys inside strings, are no repeats
+    assert reason_for(orjson.dumps({**GOOD, "fill_id": '{"a":1,"a":2}'})).startswith("fill.fill_id: String should")
+    assert decode_record(orjson.dumps({**GOOD, "fill_id": "a:b:c"})).fill_id == "a:b:c"
+    assert len(decode_record(orjson.dumps(liquidation("l", "u", "1", "1",
+                                                      executions=[("1", "5"), ("1", "6")]))).executions) == 2
+
+
+def _first_repeat(value: object) -> str | None:
+    """The oracle, on the document's structure (objects as lists of pairs): keys in input order, each before its
+    value."""
+    if isinstance(value, list) and value and all(isinstance(item, tuple) for item in value):
+        seen: set[str] = set()
+        for key, inner in value:
+            if key in seen:
+                return str(key)
+            seen.add(key)
+            if (found := _first_repeat(inner)) is not None:
+                return found
+    elif isinstance(value, list):
+        for inner in value:
+            if (found := _first_repeat(inner)) is not None:
+                return found
+    return None
+
+
+keys = st.sampled_from(["a", "b", "qty", "ts", "é", "a:b", '{"a":1}'])
+documents = st.recursive(st.one_of(st.none(), st.integers(), keys), lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.lists(st.tuples(keys, inner), max_size=4)), max_leaves=10)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, list) and value and all(isinstance(item, tuple) for item in value):
+        return "{" + ",".join(f"{json.dumps(k)}:{_text(v)}" for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_text(item) for item in value) + "]"
+    return json.dumps(value)
+
+
+@given(documents)
+def test_the_first_repeated_key_is_found_in_input_order(document: object) -> None:
+    raw = _text(document).encode()
+    assert repeated_key(raw, orjson.loads(raw)) == _first_repeat(document)
 
 
 def test_oversized_records_are_rejected_before_parsing() -> None:

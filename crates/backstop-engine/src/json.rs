@@ -11,6 +11,8 @@
 //! `ORJSON_MAX_DEPTH` (so a Kafka value nested deeper than jiter reads is refused later, after its type is checked:
 //! `Parsed::depth` tells).
 //! A refusal carries no detail: the two parsers' messages differ, so the canonical reason is "invalid JSON".
+//! A record's parse (`parse_record`) also names the first key, in input order, that repeats one before it in its
+//! object (backstop.wire.decode.repeated_key): the wire refuses it in both dialects.
 
 use std::borrow::Cow;
 
@@ -47,6 +49,30 @@ pub enum Value<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Invalid;
 
+/// Why a record's JSON is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    Invalid,
+    /// The first key, in input order, that repeats a key before it in the same object.
+    RepeatedKey(String),
+}
+
+/// An object holding more keys than this looks a key up in a set (a record has a dozen; a hostile one, 100,000).
+const LINEAR_KEYS: usize = 16;
+
+/// A record's JSON: the value and its depth as `parse_with_depth` gives them, unless a key repeats in an object.
+/// In the File dialect a value nested too deep is invalid first; in the Kafka dialect the caller checks the depth.
+pub fn parse_record(input: &[u8], dialect: Dialect) -> Result<(Value<'_>, usize), Refused> {
+    let (value, depth, repeated) = run(input, dialect).map_err(|Invalid| Refused::Invalid)?;
+    if dialect == Dialect::File && depth > MAX_DEPTH {
+        return Err(Refused::Invalid);
+    }
+    match repeated {
+        Some(key) => Err(Refused::RepeatedKey(key)),
+        None => Ok((value, depth)),
+    }
+}
+
 pub fn parse(input: &[u8], dialect: Dialect) -> Result<Value<'_>, Invalid> {
     let (value, depth) = parse_with_depth(input, dialect)?;
     if depth > MAX_DEPTH {
@@ -58,7 +84,11 @@ pub fn parse(input: &[u8], dialect: Dialect) -> Result<Value<'_>, Invalid> {
 /// The value and how many containers its deepest value is inside (which a Kafka caller checks against
 /// MAX_DEPTH once it has checked the record's type, as the reference does).
 pub fn parse_with_depth(input: &[u8], dialect: Dialect) -> Result<(Value<'_>, usize), Invalid> {
-    let mut parser = Parser { input, at: 0, dialect, deepest: 0 };
+    run(input, dialect).map(|(value, depth, _)| (value, depth))
+}
+
+fn run(input: &[u8], dialect: Dialect) -> Result<(Value<'_>, usize, Option<String>), Invalid> {
+    let mut parser = Parser { input, at: 0, dialect, deepest: 0, repeated: None };
     parser.skip_ws();
     let mut value = parser.value(0)?;
     parser.skip_ws();
@@ -68,7 +98,7 @@ pub fn parse_with_depth(input: &[u8], dialect: Dialect) -> Result<(Value<'_>, us
     if dialect == Dialect::Kafka {
         normalize(&mut value);
     }
-    Ok((value, parser.deepest))
+    Ok((value, parser.deepest, parser.repeated))
 }
 
 /// What orjson's dict and its sorted dump do to objects: the last of duplicate keys wins, keys in order.
@@ -97,6 +127,9 @@ struct Parser<'a> {
     at: usize,
     dialect: Dialect,
     deepest: usize,
+    /// The first key found repeating one before it in its object (found in input order: a key is checked before
+    /// its value is parsed).
+    repeated: Option<String>,
 }
 
 impl<'a> Parser<'a> {
@@ -179,7 +212,8 @@ impl<'a> Parser<'a> {
     fn object(&mut self, depth: usize) -> Result<Value<'a>, Invalid> {
         self.at += 1;
         self.skip_ws();
-        let mut entries = Vec::with_capacity(12);
+        let mut entries: Vec<(Cow<'a, str>, Value<'a>)> = Vec::with_capacity(12);
+        let mut keys: Option<rustc_hash::FxHashSet<Cow<'a, str>>> = None; // past LINEAR_KEYS keys
         if self.peek() == Some(b'}') {
             self.at += 1;
             return Ok(Value::Object(entries));
@@ -189,6 +223,19 @@ impl<'a> Parser<'a> {
                 return Err(Invalid);
             }
             let key = self.string()?;
+            if self.repeated.is_none() {
+                let repeats = match &mut keys {
+                    Some(set) => !set.insert(key.clone()),
+                    None if entries.len() < LINEAR_KEYS => entries.iter().any(|(earlier, _)| *earlier == key),
+                    None => {
+                        let set = keys.insert(entries.iter().map(|(earlier, _)| earlier.clone()).collect());
+                        !set.insert(key.clone())
+                    }
+                };
+                if repeats {
+                    self.repeated = Some(key.to_string());
+                }
+            }
             self.skip_ws();
             if self.peek() != Some(b':') {
                 return Err(Invalid);
@@ -453,6 +500,35 @@ mod tests {
         }
         out.push(b'"');
         out
+    }
+
+    fn repeated(input: &str, dialect: Dialect) -> Result<(), Refused> {
+        parse_record(input.as_bytes(), dialect).map(|_| ())
+    }
+
+    #[test]
+    fn a_repeated_key_is_named_first_in_input_order() {
+        let key = |k: &str| Err(Refused::RepeatedKey(k.to_string()));
+        for dialect in [Dialect::File, Dialect::Kafka] {
+            assert_eq!(repeated(r#"{"a":1,"b":2,"a":3}"#, dialect), key("a"));
+            // the inner object's repeat comes first in the input, though its object closes first either way
+            assert_eq!(repeated(r#"{"a":{"x":1,"x":2},"a":1}"#, dialect), key("x"));
+            assert_eq!(repeated(r#"{"a":1,"a":2,"b":{"x":1,"x":2}}"#, dialect), key("a"));
+            // keys compare unescaped; the same key in two objects is no repeat
+            assert_eq!(repeated(r#"{"ts":1,"\u0074s":2}"#, dialect), key("ts"));
+            assert_eq!(repeated(r#"[{"a":1},{"a":2}]"#, dialect), Ok(()));
+            assert_eq!(repeated(r#"{"s":"{\"a\":1,\"a\":2}"}"#, dialect), Ok(()));
+            // invalid JSON after a repeat is invalid JSON
+            assert_eq!(repeated(r#"{"a":1,"a":2,}"#, dialect), Err(Refused::Invalid));
+            // an object of many keys looks them up in a set: the repeat is still found, and only the first named
+            let many: Vec<String> = (0..100).map(|n| format!(r#""k{n}":{n}"#)).collect();
+            let text = format!(r#"{{{},"k40":1,"k7":2}}"#, many.join(","));
+            assert_eq!(repeated(&text, dialect), key("k40"));
+        }
+        // the File dialect refuses a value nested too deep before it names a repeat
+        let deep = format!(r#"{{"a":1,"a":2,"b":{}{}}}"#, "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert_eq!(repeated(&deep, Dialect::File), Err(Refused::Invalid));
+        assert_eq!(repeated(&deep, Dialect::Kafka), key("a"));
     }
 
     proptest! {

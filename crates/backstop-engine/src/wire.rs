@@ -750,12 +750,20 @@ fn validate_document<'v, 'a>(document: &'v Value<'a>, topic_type: Option<&str>)
     Ok((tag, model, fields))
 }
 
+/// The reason a record's JSON is refused (backstop.wire.decode).
+fn refused(refusal: json::Refused) -> String {
+    match refusal {
+        json::Refused::Invalid => "invalid JSON".into(),
+        json::Refused::RepeatedKey(key) => format!("duplicate key {}", quote(&key)),
+    }
+}
+
 /// pydantic's model_dump_json of a valid journal line (tests compare it with the reference's).
 pub fn line_dump(raw: &[u8]) -> Result<String, String> {
     if raw.len() > MAX_RECORD_BYTES {
         return Err(format!("record of {} bytes exceeds the limit of {MAX_RECORD_BYTES}", raw.len()));
     }
-    let document = json::parse(raw, Dialect::File).map_err(|_| "invalid JSON".to_string())?;
+    let (document, _) = json::parse_record(raw, Dialect::File).map_err(refused)?;
     let (tag, model, fields) = validate_document(&document, None)?;
     let mut out = String::new();
     dump(model, Some(tag), &fields, &mut out);
@@ -767,7 +775,7 @@ pub fn decode_line(raw: &[u8]) -> Result<Record<'_>, String> {
     if raw.len() > MAX_RECORD_BYTES {
         return Err(format!("record of {} bytes exceeds the limit of {MAX_RECORD_BYTES}", raw.len()));
     }
-    let document = json::parse(raw, Dialect::File).map_err(|_| "invalid JSON".to_string())?;
+    let (document, _) = json::parse_record(raw, Dialect::File).map_err(refused)?;
     let (tag, _, fields) = validate_document(&document, None)?;
     Ok(build(tag, fields))
 }
@@ -810,8 +818,7 @@ fn decode_consumed_into<'a>(value: Option<&'a [u8]>, record_type: &str, topic: &
     if raw.len() > MAX_RECORD_BYTES {
         return Err(format!("record of {} bytes exceeds the limit of {MAX_RECORD_BYTES}", raw.len()));
     }
-    let (mut document, depth) =
-        json::parse_with_depth(raw, Dialect::Kafka).map_err(|_| "invalid JSON".to_string())?;
+    let (mut document, depth) = json::parse_record(raw, Dialect::Kafka).map_err(refused)?;
     let Value::Object(entries) = &mut document else { return Err("Input should be an object".into()) };
     match last(entries, "type") {
         None => {

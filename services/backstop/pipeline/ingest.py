@@ -37,7 +37,7 @@ from backstop.core.records import (
 from backstop.pipeline.copy_text import copy_rows
 from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.topics import TopicNames
-from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record, shown, validate
+from backstop.wire.decode import MAX_RECORD_BYTES, InvalidRecord, decode_record, refuse_repeated_key, shown, validate
 from backstop.wire.translate import to_event
 
 RAW_KEEP_BYTES = 64 * 1024
@@ -313,8 +313,8 @@ def decode_consumed(message: Consumed, record_type: str) -> tuple[Event, bytes, 
     """Decode a Kafka value: the topic names the type; a `type` field, if present, must agree.
 
     Returns the record as the core's event (backstop.wire.translate), its canonical JSON (with its type: the journal
-    payload, a line `backstop replay` reads) and that JSON as a dict. orjson parses it (strict JSON; a duplicate key
-    keeps its last value) and writes it again with sorted keys, which the models then validate: the compiled engine
+    payload, a line `backstop replay` reads) and that JSON as a dict. orjson parses it (strict JSON; a key repeated in
+    an object is refused) and writes it again with sorted keys, which the models then validate: the compiled engine
     does the same in one pass."""
     value = message.value
     if value is None:
@@ -325,6 +325,7 @@ def decode_consumed(message: Consumed, record_type: str) -> tuple[Event, bytes, 
         document = orjson.loads(value)
     except orjson.JSONDecodeError:
         raise InvalidRecord("invalid JSON") from None
+    refuse_repeated_key(value, document)
     if not isinstance(document, dict):
         raise InvalidRecord("Input should be an object")
     declared = document.setdefault("type", record_type)

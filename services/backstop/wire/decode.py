@@ -4,14 +4,17 @@ The reason is canonical, so that the compiled engine (crates/backstop-engine/src
 dead letters: the first error in pydantic's order (keys that are not fields, in input order; then the fields in
 declaration order), as `<field path>: <message>`. A bad decimal's reason is decimal_reason's (docs/design.md §9.2),
 its input quoted as a JSON string; a JSON syntax error is "invalid JSON" without the parser's detail, which differs
-between parsers.
+between parsers. A key repeated within one object is refused after the syntax and before the models
+(`repeated_key`): parsers disagree on which of the two counts, so another reader could read another record.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar, cast
 
 import orjson
+import pydantic_core
 from pydantic import ValidationError
 
 from backstop.core.events import Event
@@ -54,6 +57,48 @@ def describe(error: ValidationError) -> str:
     return f"{location}: {message}" if location else message
 
 
+# a JSON string token, with the colon that makes it a key, or a brace: in valid JSON, scanned from the start, string
+# tokens never overlap and every brace outside them opens or closes an object
+_STRING_OR_BRACE = re.compile(rb'"(?:[^"\\]|\\.)*"(\s*:)?|[{}]', re.DOTALL)
+
+
+def repeated_key(raw: bytes, document: Any) -> str | None:
+    """The first key, in input order, that repeats a key before it in the same object of `raw`, which is valid JSON
+    that parses to `document` (whose objects kept one of each key); None when no key repeats. The exact scan runs
+    only when `raw` has more colons than `document` has keys (a colon outside a string follows a key)."""
+    if raw.count(b":") == _key_count(document):
+        return None
+    objects: list[set[str]] = []
+    for token in _STRING_OR_BRACE.finditer(raw):
+        if token[0] == b"{":
+            objects.append(set())
+        elif token[0] == b"}":
+            objects.pop()
+        elif token[1] is not None:
+            key: str = orjson.loads(raw[token.start():token.start(1)])
+            if key in objects[-1]:
+                return key
+            objects[-1].add(key)
+    return None
+
+
+def _key_count(document: Any) -> int:
+    count, waiting = 0, [document]
+    while waiting:  # no recursion: a Kafka value may nest 1,024 deep
+        value = waiting.pop()
+        if isinstance(value, dict):
+            count += len(value)
+            waiting.extend(value.values())
+        elif isinstance(value, list):
+            waiting.extend(value)
+    return count
+
+
+def refuse_repeated_key(raw: bytes, document: Any) -> None:
+    if (key := repeated_key(raw, document)) is not None:
+        raise InvalidRecord(f"duplicate key {quoted(key)}")
+
+
 def validate(raw: bytes) -> AnyRecord:
     """The models on a record's bytes, without the size limit (the caller applied it)."""
     try:
@@ -66,6 +111,12 @@ def decode_model(raw: bytes) -> AnyRecord:
     """A record's bytes, within the size limit, validated: the wire model (for tools that change records)."""
     if len(raw) > MAX_RECORD_BYTES:
         raise InvalidRecord(f"record of {len(raw)} bytes exceeds the limit of {MAX_RECORD_BYTES}")
+    try:
+        document = pydantic_core.from_json(raw)  # the models' own parser: it refuses what validate does as JSON
+    except ValueError:
+        pass  # validate says "invalid JSON"
+    else:
+        refuse_repeated_key(raw, document)
     return validate(raw)
 
 
