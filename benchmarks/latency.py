@@ -291,6 +291,7 @@ async def run_async(rate: int, seconds: float, probes_per_second: int, shorts: i
                     result["stages"] = stages(probes, log)
             finally:
                 if serve_log is not None:
+                    serve_log.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(log, serve_log)
     finally:
         if process is not None:

@@ -23,6 +23,7 @@ from backstop.adapters.kafka.publisher import KafkaPublisher
 from backstop.adapters.memory.broker import MemoryBroker, MemoryConsumer, MemoryPublisher
 from backstop.adapters.memory.store import MemoryDatabase, MemoryStore
 from backstop.adapters.postgres.store import (
+    INLINE_ROWS,
     OUTBOX,
     POSITION_COLUMNS,
     TABLE_SOURCES,
@@ -31,6 +32,7 @@ from backstop.adapters.postgres.store import (
     RefreshCopy,
     StaleRow,
     Store,
+    copy_text,
     journal_relay_row,
 )
 from backstop.core.engine import Engine
@@ -352,6 +354,28 @@ async def test_a_batch_deletes_the_positions_it_closed_and_keeps_one_it_opened_a
         await store.commit(expected_seq=0, result=BatchResult(), head=head, projections=Projections(
             wallets=[], positions=[_position("b", 2)], closed_positions=rows, funds=[], lots=None, adl_queue=None))
     assert [(r[0], r[-1]) for r in await under_test.table("positions")] == [("b", D(2)), ("c", D(1))]
+
+
+@pytest.mark.parametrize("form", ["tuples", "copy text", "copy text escaped", "copy text, many rows"])
+async def test_projection_rows_land_alike_in_every_form(under_test: StoreUnderTest, form: str) -> None:
+    """Wallets, positions and funds as tuples (the reference) or COPY text (the compiled engine): a few lines that
+    escape nothing but NULL go as parameters of one statement, others by COPY; inserted, then updated, alike."""
+    store = under_test.store
+    head = Head(0, "", "0" * 64, "0" * 64, 0, 0, 0, 0)
+    names = ["a", "b:c", "we\\ird" if form == "copy text escaped" else "d"]
+    names += [f"n{i}" for i in range(INLINE_ROWS + 1)] if form == "copy text, many rows" else []
+    fund = ("F", "USDT", "fund", D("0.5"), D("1000.25"), D("0"), D("7.5"), 1)
+    for seq, qty in ((1, "1"), (2, "2.5")):
+        wallets = [(name, "USDT", D(qty) * 100, seq) for name in names]
+        positions = [_position(name, seq, qty) for name in names]
+        funds = [(*fund[:4], D(qty), *fund[5:7], seq)]
+        rows = (wallets, positions, funds) if form == "tuples" else tuple(copy_text(r) for r in
+                                                                          (wallets, positions, funds))
+        await store.commit(expected_seq=0, result=BatchResult(), head=head, projections=Projections(
+            wallets=rows[0], positions=rows[1], closed_positions=[], funds=rows[2], lots=None, adl_queue=None))
+    assert await under_test.table("account_wallets") == sorted(tuple(map(comparable, r)) for r in wallets)
+    assert await under_test.table("positions") == sorted(tuple(map(comparable, r)) for r in positions)
+    assert await under_test.table("funds") == [tuple(map(comparable, funds[0]))]
 
 
 def copy_escaped(value: str) -> bytes:

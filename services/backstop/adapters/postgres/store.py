@@ -340,13 +340,52 @@ async def _copy(connection: asyncpg.Connection, table: str, columns: list[str], 
 Upsert = tuple[str, list[str], int, Rows]  # a table, its columns, how many of them are its key, the rows
 
 
+# A batch caught up writes a few projection rows per table, where a COPY's round trips into a temporary table, and its
+# creation, cost more than the rows (~1 ms a table): up to this many rows a table, the COPY text goes as a parameter.
+INLINE_ROWS = 64
+
+
+def _inline_text(rows: Rows) -> str | None:
+    """COPY text of at most INLINE_ROWS rows that escapes nothing but NULL (\\N, a whole value: COPY doubles every
+    backslash of a value), so that splitting it at tabs and newlines gives each value's text exactly."""
+    if not isinstance(rows, bytes) or rows.count(b"\n") > INLINE_ROWS or b"\\" in rows.replace(b"\\N", b""):
+        return None
+    return rows.decode()
+
+
+def _inline_insert(table: str, columns: list[str] | tuple[str, ...], parameter: int, key_columns: int = 0) -> str:
+    """One table's INSERT from COPY text in a parameter (`_inline_text`), ON CONFLICT of its key (its first
+    `key_columns` columns) an update, if it has one: each line's values, by column name, read by the table's own row
+    type (json_populate_record: each value's text through its column type's input, as COPY reads it)."""
+    names = ", ".join(columns)
+    keys = "ARRAY[" + ", ".join(f"'{c}'" for c in columns) + "]"
+    sql = (f"INSERT INTO {table} ({names}) SELECT {', '.join(f'r.{c}' for c in columns)} "
+           f"FROM unnest(string_to_array(rtrim(${parameter}, E'\\n'), E'\\n')) AS line, "
+           f"json_populate_record(NULL::{table}, json_object({keys}, "
+           f"array_replace(string_to_array(line, E'\\t'), '\\N', NULL))) AS r")
+    if key_columns:
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[key_columns:])
+        sql += f" ON CONFLICT ({', '.join(columns[:key_columns])}) DO UPDATE SET {updates}"
+    return sql
+
+
 async def _upsert(connection: asyncpg.Connection, upserts: list[Upsert], before: Callable[[], Awaitable[None]]
                   ) -> None:
     """Insert or update many rows of several tables: each table's rows by COPY into a temporary table of its own,
     then `before` (what must precede the writes), then one INSERT ... ON CONFLICT per table (its key: the first
-    `key_columns` columns), all of them in one round trip, as are the temporary tables' creation. Table and column
+    `key_columns` columns), all of them in one round trip, as are the temporary tables' creation. When every table's
+    rows are few COPY text lines (`_inline_text`), `before`, then one statement writes them all. Table and column
     names are this module's constants, never input."""
     upserts = [upsert for upsert in upserts if upsert[3]]
+    texts = [_inline_text(rows) for _, _, _, rows in upserts]
+    if upserts and all(text is not None for text in texts):
+        await before()
+        statements = [_inline_insert(table, columns, n, key_columns)
+                      for n, (table, columns, key_columns, _) in enumerate(upserts, start=1)]
+        await connection.execute(statements[0] if len(statements) == 1 else
+                                 "WITH " + ", ".join(f"u{n} AS ({sql})" for n, sql in enumerate(statements))
+                                 + " SELECT", *texts)
+        return
     if upserts:
         await connection.execute("; ".join(f"CREATE TEMP TABLE IF NOT EXISTS staging_{table} (LIKE {table}) "
                                            f"ON COMMIT DELETE ROWS" for table, _, _, _ in upserts))
@@ -363,6 +402,15 @@ async def _upsert(connection: asyncpg.Connection, upserts: list[Upsert], before:
         await connection.execute("; ".join(statements))
 
 
+INLINE_JOURNAL_SQL = _inline_insert("journal", JOURNAL_COLUMNS, 1)
+# A batch's consumed offsets and its journal head: one statement (two tables, so no row is written twice).
+HEAD_AND_OFFSETS_SQL = (
+    "WITH offsets AS (INSERT INTO consumed_offsets (topic, partition, next_offset) "
+    "SELECT * FROM unnest($7::text[], $8::int[], $9::bigint[]) "
+    "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset) "
+    "INSERT INTO engine_head (singleton, seq, head_hash, ledger_head, adl_head, duplicates, rejected) "
+    "VALUES (true, $1, $2, $3, $4, $5, $6) ON CONFLICT (singleton) DO UPDATE SET seq = $1, "
+    "head_hash = $2, ledger_head = $3, adl_head = $4, duplicates = $5, rejected = $6")
 CHECKPOINT_COLUMNS = ["seq", "prev_seq", "adopted_seq", "journal_digest", "head_hash", "ledger_head", "ledger_entries",
                       "adl_head", "adl_events", "postings_head", "postings_count"]  # the last two: migration 0009
 ADOPTION_CHUNK_ROWS = 50_000
@@ -601,15 +649,10 @@ class Store:
             signed = await self._sign(connection, self.anchor, expected_seq, result, head) \
                 if self.anchor is not None and result.journal_facts().rows else None
             await self._project(connection, projections)
-            await connection.executemany(
-                "INSERT INTO consumed_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) "
-                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-                [(t, p, o) for (t, p), o in sorted(result.next_offsets.items())])
+            offsets = sorted(result.next_offsets.items())
             await connection.execute(  # the state hash at the head is recorded apart (record_state_hash)
-                "INSERT INTO engine_head (singleton, seq, head_hash, ledger_head, adl_head, duplicates, rejected) "
-                "VALUES (true, $1, $2, $3, $4, $5, $6) ON CONFLICT (singleton) DO UPDATE SET seq = $1, "
-                "head_hash = $2, ledger_head = $3, adl_head = $4, duplicates = $5, rejected = $6",
-                head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected)
+                HEAD_AND_OFFSETS_SQL, head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates,
+                head.rejected, [t for (t, _), _ in offsets], [p for (_, p), _ in offsets], [o for _, o in offsets])
             faults.reached("in_transaction")
         numbered = bool(result.outbox)  # rows the outbox's sequence numbered as it inserted them: ids not known
         outbox_after = written.outbox_last or written.block_id or outbox_before
@@ -744,8 +787,11 @@ class Store:
         written = Written()
         if result.journal_facts().rows:  # the compiled engine's COPY text as it is, or the reference's rows encoded
             text = written.journal_copy = result.journal_copy or journal_copy_text(result.journal)
-            await connection.copy_to_table("journal", source=io.BytesIO(text), columns=JOURNAL_COLUMNS,
-                                           format="text")
+            if (inline := _inline_text(text)) is not None:  # a few rows: one statement, not COPY's round trips
+                await connection.execute(INLINE_JOURNAL_SQL, inline)
+            else:
+                await connection.copy_to_table("journal", source=io.BytesIO(text), columns=JOURNAL_COLUMNS,
+                                               format="text")
         for table, records, first, columns in (
                 ("fund_ledger", result.fund_entries, head.ledger_position - len(result.fund_entries) + 1,
                  FUND_LEDGER_COLUMNS),
