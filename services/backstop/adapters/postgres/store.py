@@ -414,6 +414,10 @@ HEAD_AND_OFFSETS_SQL = (
     "head_hash = $2, ledger_head = $3, adl_head = $4, duplicates = $5, rejected = $6")
 CHECKPOINT_COLUMNS = ["seq", "prev_seq", "adopted_seq", "journal_digest", "head_hash", "ledger_head", "ledger_entries",
                       "adl_head", "adl_events", "postings_head", "postings_count"]  # the last two: migration 0009
+# ... and the batch's signed checkpoint (`_sign`), in parameters 10 on
+SIGNED_HEAD_AND_OFFSETS_SQL = HEAD_AND_OFFSETS_SQL.replace("WITH ", (
+    f"WITH checkpoint AS (INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}, key_id, mac) "
+    f"VALUES ({', '.join(f'${n}' for n in range(10, len(CHECKPOINT_COLUMNS) + 12))})), "), 1)
 ADOPTION_CHUNK_ROWS = 50_000
 # The positions a batch closed and does not hold again (as the engine named them; every side no one holds after a
 # start, which rewrites every row).
@@ -651,9 +655,13 @@ class Store:
                 if self.anchor is not None and result.journal_facts().rows else None
             await self._project(connection, projections)
             offsets = sorted(result.next_offsets.items())
-            await connection.execute(  # the state hash at the head is recorded apart (record_state_hash)
-                HEAD_AND_OFFSETS_SQL, head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates,
-                head.rejected, [t for (t, _), _ in offsets], [p for (_, p), _ in offsets], [o for _, o in offsets])
+            arguments = [head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected,
+                         [t for (t, _), _ in offsets], [p for (_, p), _ in offsets], [o for _, o in offsets]]
+            if signed is not None:  # the batch's checkpoint in the same statement
+                arguments += [*(getattr(signed.checkpoint, c) for c in CHECKPOINT_COLUMNS), signed.key_id, signed.mac]
+            # the state hash at the head is recorded apart (record_state_hash)
+            await connection.execute(HEAD_AND_OFFSETS_SQL if signed is None else SIGNED_HEAD_AND_OFFSETS_SQL,
+                                     *arguments)
             faults.reached("in_transaction")
         numbered = bool(result.outbox)  # rows the outbox's sequence numbered as it inserted them: ids not known
         outbox_after = written.outbox_last or written.block_id or outbox_before
@@ -679,9 +687,10 @@ class Store:
     # ---------------------------------------------------------------- checkpoints
     async def _sign(self, connection: asyncpg.Connection, anchor: Anchor, expected_seq: int, result: BatchResult,
                     head: Head) -> SignedCheckpoint:
-        """The batch's checkpoint: the journal digest and the postings' head and count carried on over its rows from
-        the checkpoint it follows (or, after a checkpoint signed before migration 0009 or an adoption, the postings
-        read from the table, which holds the batch's already), and the heads it leaves."""
+        """The batch's checkpoint, signed (write_batch writes it with the head): the journal digest and the postings'
+        head and count carried on over its rows from the checkpoint it follows (or, after a checkpoint signed before
+        migration 0009 or an adoption, the postings read from the table, which holds the batch's already), and the
+        heads it leaves."""
         if self._anchored is not None and self._anchored[0] == expected_seq:
             prev_seq, digest, adopted_seq = expected_seq, self._anchored[1], 0
             postings: tuple[int, str] | None = self._anchored[2], self._anchored[3]
@@ -701,15 +710,9 @@ class Store:
         # SHA-256 over the batch's journal lines, in a thread (Rust without the GIL, under the compiled engine): the
         # event loop meanwhile serves the consumer and the relay
         digest = await asyncio.get_running_loop().run_in_executor(None, result.journal_digest, digest)
-        signed = anchor.key.sign(Checkpoint(head.seq, prev_seq, adopted_seq, digest, head.head_hash, head.ledger_head,
-                                            head.ledger_position, head.adl_head, head.adl_position, postings_head,
-                                            postings_count))
-        checkpoint = signed.checkpoint
-        await connection.execute(
-            f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}, key_id, mac) "
-            f"VALUES ({', '.join(f'${n}' for n in range(1, len(CHECKPOINT_COLUMNS) + 3))})",
-            *(getattr(checkpoint, c) for c in CHECKPOINT_COLUMNS), signed.key_id, signed.mac)
-        return signed
+        return anchor.key.sign(Checkpoint(head.seq, prev_seq, adopted_seq, digest, head.head_hash, head.ledger_head,
+                                          head.ledger_position, head.adl_head, head.adl_position, postings_head,
+                                          postings_count))
 
     async def anchored_head(self, connection: asyncpg.Connection, anchor: Anchor, head_seq: int
                             ) -> tuple[int, str, int, tuple[int, str] | None]:
