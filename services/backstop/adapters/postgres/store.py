@@ -418,6 +418,12 @@ CHECKPOINT_COLUMNS = ["seq", "prev_seq", "adopted_seq", "journal_digest", "head_
 SIGNED_HEAD_AND_OFFSETS_SQL = HEAD_AND_OFFSETS_SQL.replace("WITH ", (
     f"WITH checkpoint AS (INSERT INTO checkpoints ({', '.join(CHECKPOINT_COLUMNS)}, key_id, mac) "
     f"VALUES ({', '.join(f'${n}' for n in range(10, len(CHECKPOINT_COLUMNS) + 12))})), "), 1)
+# The relay's cursors, every source's in one statement (so in one transaction, and one round trip): the outbox's
+# ($1, NULL when it did not move) and the tables' (source names and places in $2 and $3).
+MARK_PUBLISHED_SQL = (
+    "WITH outbox AS (UPDATE relay_cursor SET published_up_to = $1::bigint WHERE published_up_to < $1::bigint) "
+    "UPDATE relay_sources s SET published_up_to = u.up_to FROM unnest($2::text[], $3::bigint[]) "
+    "AS u(source, up_to) WHERE s.source = u.source AND s.published_up_to < u.up_to")
 ADOPTION_CHUNK_ROWS = 50_000
 # The positions a batch closed and does not hold again (as the engine named them; every side no one holds after a
 # start, which rewrites every row).
@@ -971,17 +977,9 @@ class Store:
 
     async def mark_published(self, up_to: Mapping[str, int]) -> None:
         """Every row of each source up to its id in `up_to` is in Kafka (no cursor ever moves back)."""
-        outbox = up_to.get(OUTBOX)
         tables = sorted((source, last) for source, last in up_to.items() if source != OUTBOX)
-        async with self.pool.acquire() as connection, connection.transaction():
-            if outbox is not None:
-                await connection.execute("UPDATE relay_cursor SET published_up_to = $1 WHERE published_up_to < $1",
-                                         outbox)
-            if tables:
-                await connection.execute(
-                    "UPDATE relay_sources s SET published_up_to = u.up_to FROM unnest($1::text[], $2::bigint[]) "
-                    "AS u(source, up_to) WHERE s.source = u.source AND s.published_up_to < u.up_to",
-                    [source for source, _ in tables], [last for _, last in tables])
+        await self.pool.execute(MARK_PUBLISHED_SQL, up_to.get(OUTBOX), [source for source, _ in tables],
+                                [last for _, last in tables])
 
     async def published_places(self) -> dict[str, int]:
         """Each relay source's cursor."""
