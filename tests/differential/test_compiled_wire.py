@@ -241,6 +241,10 @@ CRAFTED = [
     # Python's int takes at most 4,300 characters (the sign counted): one more is invalid JSON on a journal line
     *(b'{"type":"fill","ts":1,"x":' + sign + b"9" * digits + b"}"
       for sign, digits in ((b"", 4300), (b"", 4301), (b"-", 4299), (b"-", 4300))),
+    # ... and so is a number whose integer part is longer, a fraction or exponent after it or not, a repeat before it
+    *(b'{"type":"fill","a":1,"a":2,"x":' + sign + b"9" * digits + tail + b"}"
+      for sign, digits in ((b"", 4300), (b"", 4301), (b"-", 4300)) for tail in (b".5", b"e5", b"E-2")),
+    b'{"type":"fill","ts":1,"x":1.' + b"0" * 6000 + b"1}", b'{"type":"fill","ts":1,"x":1e' + b"1" * 5000 + b"}",
     b'{"type":"fill","ts":' + b"9" * 4301 + b"}",
     encode([*FILL.items(), ("ts", 1e308)]), encode([*FILL.items(), ("ts", -0.0)]), b'{"type":"fill","ts":1e400}',
     b'{"type":"fill","ts":-0}', encode([*FILL.items(), ("side", None)]), encode([*FILL.items(), ("type", True)]),

@@ -21,7 +21,8 @@ pub const MAX_DEPTH: usize = 200;
 /// orjson's: a container inside this many containers is refused.
 pub const ORJSON_MAX_DEPTH: usize = 1024;
 /// jiter makes a large integer a Python int, whose conversion refuses more than 4,300 digits (Python's default
-/// `sys.get_int_max_str_digits()`); it counts the literal's sign too: a longer integer literal is invalid JSON.
+/// `sys.get_int_max_str_digits()`); it counts the literal's sign too: a longer integer literal is invalid JSON, and
+/// so is a number whose integer part is longer, whatever fraction or exponent follows it.
 pub const PYTHON_INT_MAX_CHARS: usize = 4300;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +58,8 @@ pub enum Refused {
     RepeatedKey(String),
 }
 
-/// An object holding more keys than this looks a key up in a set (a record has a dozen; a hostile one, 100,000).
+/// An object holding more keys than this looks a key up in a set (a record has a dozen; a hostile one, 100,000,
+/// chosen to collide in a hash without a seed).
 const LINEAR_KEYS: usize = 16;
 
 /// A record's JSON: the value and its depth as `parse_with_depth` gives them, unless a key repeats in an object.
@@ -213,7 +215,7 @@ impl<'a> Parser<'a> {
         self.at += 1;
         self.skip_ws();
         let mut entries: Vec<(Cow<'a, str>, Value<'a>)> = Vec::with_capacity(12);
-        let mut keys: Option<rustc_hash::FxHashSet<Cow<'a, str>>> = None; // past LINEAR_KEYS keys
+        let mut keys: Option<std::collections::HashSet<Cow<'a, str>>> = None; // past LINEAR_KEYS keys
         if self.peek() == Some(b'}') {
             self.at += 1;
             return Ok(Value::Object(entries));
@@ -228,6 +230,8 @@ impl<'a> Parser<'a> {
                     Some(set) => !set.insert(key.clone()),
                     None if entries.len() < LINEAR_KEYS => entries.iter().any(|(earlier, _)| *earlier == key),
                     None => {
+                        // std's hasher, seeded per process: a hostile record cannot choose keys that collide (the
+                        // set only answers "seen?", so the seed reaches no output)
                         let set = keys.insert(entries.iter().map(|(earlier, _)| earlier.clone()).collect());
                         !set.insert(key.clone())
                     }
@@ -297,7 +301,8 @@ impl<'a> Parser<'a> {
         }
         let text = &self.input[start..self.at];
         if self.dialect == Dialect::File {
-            if integer && text.len() > PYTHON_INT_MAX_CHARS {
+            // jiter reads the integer part (its sign too) as an int first, fraction or exponent after it or not
+            if int_start + int_digits - start > PYTHON_INT_MAX_CHARS {
                 return Err(Invalid);
             }
             return Ok(if integer { Value::Int(text) } else { Value::Float });
@@ -577,7 +582,12 @@ mod tests {
         assert!(parse(nines(4301).as_bytes(), Dialect::File).is_err());
         assert!(parse(format!("-{}", nines(4299)).as_bytes(), Dialect::File).is_ok());
         assert!(parse(format!("-{}", nines(4300)).as_bytes(), Dialect::File).is_err());
-        assert_eq!(parse(format!("{}.5", nines(5000)).as_bytes(), Dialect::File), Ok(Value::Float));
+        // ... and so does a number's integer part, whatever follows it (pydantic_core.from_json)
+        assert_eq!(parse(format!("{}.5", nines(4300)).as_bytes(), Dialect::File), Ok(Value::Float));
+        assert!(parse(format!("{}.5", nines(4301)).as_bytes(), Dialect::File).is_err());
+        assert!(parse(format!("-{}e5", nines(4300)).as_bytes(), Dialect::File).is_err());
+        assert_eq!(parse(format!("1.{}", nines(5000)).as_bytes(), Dialect::File), Ok(Value::Float));
+        assert_eq!(parse(format!("0.{}1", "0".repeat(5000)).as_bytes(), Dialect::Kafka), Ok(Value::Float));
         assert_eq!(parse(b"-9223372036854775809", Dialect::Kafka), Ok(Value::Float));
     }
 

@@ -59,7 +59,7 @@ def describe(error: ValidationError) -> str:
 
 # a JSON string token, with the colon that makes it a key, or a brace: in valid JSON, scanned from the start, string
 # tokens never overlap and every brace outside them opens or closes an object
-_STRING_OR_BRACE = re.compile(rb'"(?:[^"\\]|\\.)*"(\s*:)?|[{}]', re.DOTALL)
+_STRING_OR_BRACE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"(\s*:)?|[{}]', re.DOTALL)  # unrolled: no alternation per byte
 
 
 def repeated_key(raw: bytes, document: Any) -> str | None:

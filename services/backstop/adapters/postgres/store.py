@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice, repeat
@@ -346,10 +347,16 @@ Upsert = tuple[str, list[str], int, Rows]  # a table, its columns, how many of t
 INLINE_ROWS = 32
 
 
+_NULL_VALUE = re.compile(rb"(?<![^\t\n])\\N(?![^\t\n])")  # \N as a whole value: COPY text's NULL
+
+
 def _inline_text(rows: Rows) -> str | None:
-    """COPY text of at most INLINE_ROWS rows that escapes nothing but NULL (\\N, a whole value: COPY doubles every
-    backslash of a value), so that splitting it at tabs and newlines gives each value's text exactly."""
-    if not isinstance(rows, bytes) or rows.count(b"\n") > INLINE_ROWS or b"\\" in rows.replace(b"\\N", b""):
+    """COPY text of at most INLINE_ROWS rows, each ending in a newline and none empty, that escapes nothing but
+    NULL (every backslash in a whole value \\N), so that splitting it at newlines and tabs gives each value's text
+    exactly."""
+    if not isinstance(rows, bytes) or not rows.endswith(b"\n") or rows.count(b"\n") > INLINE_ROWS \
+            or rows.startswith(b"\n") or b"\n\n" in rows \
+            or rows.count(b"\\") != len(_NULL_VALUE.findall(rows)):
         return None
     return rows.decode()
 
@@ -361,9 +368,9 @@ def _inline_insert(table: str, columns: list[str] | tuple[str, ...], parameter: 
     names = ", ".join(columns)
     keys = "ARRAY[" + ", ".join(f"'{c}'" for c in columns) + "]"
     sql = (f"INSERT INTO {table} ({names}) SELECT {', '.join(f'r.{c}' for c in columns)} "
-           f"FROM unnest(string_to_array(rtrim(${parameter}, E'\\n'), E'\\n')) AS line, "
+           f"FROM unnest(string_to_array(left(${parameter}, -1), E'\\n')) AS line, "
            f"json_populate_record(NULL::{table}, json_object({keys}, "
-           f"array_replace(string_to_array(line, E'\\t'), '\\N', NULL))) AS r")
+           f"array_replace(string_to_array(line, E'\\t'), E'\\\\N', NULL))) AS r")
     if key_columns:
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns[key_columns:])
         sql += f" ON CONFLICT ({', '.join(columns[:key_columns])}) DO UPDATE SET {updates}"
@@ -404,6 +411,10 @@ async def _upsert(connection: asyncpg.Connection, upserts: list[Upsert], before:
 
 
 INLINE_JOURNAL_SQL = _inline_insert("journal", JOURNAL_COLUMNS, 1)
+INLINE_HELD_SQL = ("INSERT INTO applied_ids (id_digest, content_digest, seq) "
+                   "SELECT decode(k[1], 'hex'), decode(k[2], 'hex'), k[3]::bigint "
+                   "FROM unnest(string_to_array(left($1, -1), E'\\n')) AS line, "
+                   "string_to_array(line, E'\\t') AS k")
 # A batch's consumed offsets and its journal head: one statement (two tables, so no row is written twice).
 HEAD_AND_OFFSETS_SQL = (
     "WITH offsets AS (INSERT INTO consumed_offsets (topic, partition, next_offset) "
@@ -821,9 +832,13 @@ class Store:
             rows = [output_values(f, FINDING_COLUMNS) for f in result.findings]
             await connection.copy_records_to_table("findings", columns=list(FINDING_COLUMNS), records=[
                 (*row[:-1], orjson.dumps(row[-1]).decode()) for row in rows])
-        if result.held_ids:  # the primary key refuses an identity held twice: the batch fails, nothing commits
+        held = result.held_ids  # the primary key refuses an identity held twice: the batch fails, nothing commits
+        if len(held) > INLINE_ROWS:
             await connection.copy_records_to_table("applied_ids", columns=["id_digest", "content_digest", "seq"],
-                                                   records=result.held_ids)
+                                                   records=held)
+        elif held:
+            await connection.execute(INLINE_HELD_SQL, "".join(f"{key.hex()}\t{content.hex()}\t{seq}\n"
+                                                              for key, content, seq in held))
         if result.dead_letters:
             await connection.executemany(
                 "INSERT INTO dead_letter (source_topic, source_partition, source_offset, reason, raw, kind, after_seq) "
