@@ -282,6 +282,20 @@ async def test_identities_are_held_with_their_batch_once_ever(under_test: StoreU
     assert (await store.head(), await store.offsets(), await store.outbox_backlog()) == before
 
 
+async def test_an_identity_past_its_batchs_journal_rows_fails_the_batch(under_test: StoreUnderTest) -> None:
+    """The check that an identity's seq is in the journal holds where a small batch writes its journal rows and its
+    identities in one statement (it runs at the statement's end, with the journal's rows in)."""
+    store, batches = under_test.store, Batches()
+    expected, result, head, rows = batches.first
+    assert 0 < len(result.held_ids) <= INLINE_ROWS and result.journal_facts().rows <= INLINE_ROWS
+    key, content, _ = result.held_ids[-1]
+    result.held_ids[-1] = (key, content, head.seq + 1)
+    with pytest.raises(Exception, match=f"seq {head.seq + 1} is not in the journal"):
+        await store.commit(expected_seq=expected, result=result, head=head, projections=rows)
+    assert await store.head() == Head(0, "", "0" * 64, "0" * 64, 0, 0, 0, 0)
+    assert [row async for row in store.journal()] == []
+
+
 async def test_each_relay_cursor_only_moves_forward(under_test: StoreUnderTest) -> None:
     store, batches = under_test.store, Batches()
     await commit(store, batches.first)

@@ -325,8 +325,10 @@ class MemoryStore:
                     raise IntegrityError(f"{table}: seq {seq} is not in the journal")
         for finding in result.findings:
             add("findings", output_values(finding, ("id",))[0])
-        for held_key, _, _ in result.held_ids:  # applied_ids' primary key: an identity held twice fails the batch
+        for held_key, _, seq in result.held_ids:  # applied_ids' primary key: an identity held twice fails the batch
             add("applied_ids", held_key)
+            if seq not in seqs:
+                raise IntegrityError(f"applied_ids: seq {seq} is not in the journal")
         for message in outbox_messages(result)[_block_records(result):]:  # a block's records have no unique key
             add("outbox", message.record_id)
         kept = []

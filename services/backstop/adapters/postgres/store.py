@@ -23,6 +23,7 @@ import orjson
 
 from backstop import faults
 from backstop.core.anchor import JOURNAL_GENESIS, Anchor, Checkpoint, SignedCheckpoint, journal_step
+from backstop.core.dedupe import HeldRow
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import GENESIS_HASH
 from backstop.core.records import SCHEMA_VERSION
@@ -377,6 +378,10 @@ def _inline_insert(table: str, columns: list[str] | tuple[str, ...], parameter: 
     return sql
 
 
+def _held_text(held: list[HeldRow]) -> str:
+    return "".join(f"{key.hex()}\t{content.hex()}\t{seq}\n" for key, content, seq in held)
+
+
 async def _upsert(connection: asyncpg.Connection, upserts: list[Upsert], before: Callable[[], Awaitable[None]]
                   ) -> None:
     """Insert or update many rows of several tables: each table's rows by COPY into a temporary table of its own,
@@ -411,10 +416,20 @@ async def _upsert(connection: asyncpg.Connection, upserts: list[Upsert], before:
 
 
 INLINE_JOURNAL_SQL = _inline_insert("journal", JOURNAL_COLUMNS, 1)
-INLINE_HELD_SQL = ("INSERT INTO applied_ids (id_digest, content_digest, seq) "
-                   "SELECT decode(k[1], 'hex'), decode(k[2], 'hex'), k[3]::bigint "
-                   "FROM unnest(string_to_array(left($1, -1), E'\\n')) AS line, "
-                   "string_to_array(line, E'\\t') AS k")
+
+
+def _inline_held_sql(parameter: int) -> str:
+    """Held identities from a text parameter: a line each, the two digests in hex and the seq."""
+    return ("INSERT INTO applied_ids (id_digest, content_digest, seq) "
+            "SELECT decode(k[1], 'hex'), decode(k[2], 'hex'), k[3]::bigint "
+            f"FROM unnest(string_to_array(left(${parameter}, -1), E'\\n')) AS line, "
+            "string_to_array(line, E'\\t') AS k")
+
+
+INLINE_HELD_SQL = _inline_held_sql(1)
+# a small batch's journal rows and the identities they hold: one statement (the check that each identity's seq is in
+# the journal runs at its end, when the journal's rows are in)
+INLINE_JOURNAL_AND_HELD_SQL = f"WITH journal_rows AS ({INLINE_JOURNAL_SQL}) {_inline_held_sql(2)}"
 # A batch's consumed offsets and its journal head: one statement (two tables, so no row is written twice).
 HEAD_AND_OFFSETS_SQL = (
     "WITH offsets AS (INSERT INTO consumed_offsets (topic, partition, next_offset) "
@@ -808,11 +823,17 @@ class Store:
         written = Written()
         if result.journal_facts().rows:  # the compiled engine's COPY text as it is, or the reference's rows encoded
             text = written.journal_copy = result.journal_copy or journal_copy_text(result.journal)
-            if (inline := _inline_text(text)) is not None:  # a few rows: one statement, not COPY's round trips
-                await connection.execute(INLINE_JOURNAL_SQL, inline)
-            else:
+            held = result.held_ids
+            if (inline := _inline_text(text)) is None:
                 await connection.copy_to_table("journal", source=io.BytesIO(text), columns=JOURNAL_COLUMNS,
                                                format="text")
+            elif 0 < len(held) <= INLINE_ROWS:  # a few rows: one statement, not COPY's round trips
+                await connection.execute(INLINE_JOURNAL_AND_HELD_SQL, inline, _held_text(held))
+                held = []
+            else:
+                await connection.execute(INLINE_JOURNAL_SQL, inline)
+        else:
+            held = result.held_ids
         for table, records, first, columns in (
                 ("fund_ledger", result.fund_entries, head.ledger_position - len(result.fund_entries) + 1,
                  FUND_LEDGER_COLUMNS),
@@ -832,13 +853,12 @@ class Store:
             rows = [output_values(f, FINDING_COLUMNS) for f in result.findings]
             await connection.copy_records_to_table("findings", columns=list(FINDING_COLUMNS), records=[
                 (*row[:-1], orjson.dumps(row[-1]).decode()) for row in rows])
-        held = result.held_ids  # the primary key refuses an identity held twice: the batch fails, nothing commits
+        # the primary key refuses an identity held twice: the batch fails, nothing commits
         if len(held) > INLINE_ROWS:
             await connection.copy_records_to_table("applied_ids", columns=["id_digest", "content_digest", "seq"],
                                                    records=held)
         elif held:
-            await connection.execute(INLINE_HELD_SQL, "".join(f"{key.hex()}\t{content.hex()}\t{seq}\n"
-                                                              for key, content, seq in held))
+            await connection.execute(INLINE_HELD_SQL, _held_text(held))
         if result.dead_letters:
             await connection.executemany(
                 "INSERT INTO dead_letter (source_topic, source_partition, source_offset, reason, raw, kind, after_seq) "
