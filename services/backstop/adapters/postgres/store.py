@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -362,7 +363,8 @@ def _inline_text(rows: Rows) -> str | None:
     return rows.decode()
 
 
-def _inline_insert(table: str, columns: list[str] | tuple[str, ...], parameter: int, key_columns: int = 0) -> str:
+@functools.cache
+def _inline_insert(table: str, columns: tuple[str, ...], parameter: int, key_columns: int = 0) -> str:
     """One table's INSERT from COPY text in a parameter (`_inline_text`), ON CONFLICT of its key (its first
     `key_columns` columns) an update, if it has one: each line's values, by column name, read by the table's own row
     type (json_populate_record: each value's text through its column type's input, as COPY reads it)."""
@@ -382,23 +384,22 @@ def _held_text(held: list[HeldRow]) -> str:
     return "".join(f"{key.hex()}\t{content.hex()}\t{seq}\n" for key, content, seq in held)
 
 
+Inline = tuple[str, list[str], int, str]  # an upsert's table, columns and key width, its rows as COPY text
+
+
 async def _upsert(connection: asyncpg.Connection, upserts: list[Upsert], before: Callable[[], Awaitable[None]]
-                  ) -> None:
+                  ) -> list[Inline]:
     """Insert or update many rows of several tables: each table's rows by COPY into a temporary table of its own,
     then `before` (what must precede the writes), then one INSERT ... ON CONFLICT per table (its key: the first
     `key_columns` columns), all of them in one round trip, as are the temporary tables' creation. When every table's
-    rows are few COPY text lines (`_inline_text`), `before`, then one statement writes them all. Table and column
-    names are this module's constants, never input."""
+    rows are few COPY text lines (`_inline_text`), only `before`: the rows are returned, for the transaction's last
+    statement to write (`_with_inline`). Table and column names are this module's constants, never input."""
     upserts = [upsert for upsert in upserts if upsert[3]]
     texts = [_inline_text(rows) for _, _, _, rows in upserts]
     if upserts and all(text is not None for text in texts):
         await before()
-        statements = [_inline_insert(table, columns, n, key_columns)
-                      for n, (table, columns, key_columns, _) in enumerate(upserts, start=1)]
-        await connection.execute(statements[0] if len(statements) == 1 else
-                                 "WITH " + ", ".join(f"u{n} AS ({sql})" for n, sql in enumerate(statements))
-                                 + " SELECT", *texts)
-        return
+        return [(table, columns, key_columns, text) for (table, columns, key_columns, _), text
+                in zip(upserts, texts, strict=True) if text is not None]
     if upserts:
         await connection.execute("; ".join(f"CREATE TEMP TABLE IF NOT EXISTS staging_{table} (LIKE {table}) "
                                            f"ON COMMIT DELETE ROWS" for table, _, _, _ in upserts))
@@ -413,9 +414,20 @@ async def _upsert(connection: asyncpg.Connection, upserts: list[Upsert], before:
                           f"ON CONFLICT ({', '.join(columns[:key_columns])}) DO UPDATE SET {updates}")
     if statements:
         await connection.execute("; ".join(statements))
+    return []
 
 
-INLINE_JOURNAL_SQL = _inline_insert("journal", JOURNAL_COLUMNS, 1)
+def _with_inline(sql: str, inline: list[Inline], first: int) -> str:
+    """A statement that begins WITH, writing the inline upserts first in CTEs of their own, their COPY texts in
+    parameters `first` on."""
+    if not inline:
+        return sql
+    upserts = ", ".join(f"upsert_{table} AS ({_inline_insert(table, tuple(columns), first + n, key_columns)})"
+                        for n, (table, columns, key_columns, _) in enumerate(inline))
+    return sql.replace("WITH ", f"WITH {upserts}, ", 1)
+
+
+INLINE_JOURNAL_SQL = _inline_insert("journal", tuple(JOURNAL_COLUMNS), 1)
 
 
 def _inline_held_sql(parameter: int) -> str:
@@ -685,15 +697,16 @@ class Store:
             written = await self._append(connection, result, head, postings_before)
             signed = await self._sign(connection, self.anchor, expected_seq, result, head) \
                 if self.anchor is not None and result.journal_facts().rows else None
-            await self._project(connection, projections)
+            inline = await self._project(connection, projections)
             offsets = sorted(result.next_offsets.items())
             arguments = [head.seq, head.head_hash, head.ledger_head, head.adl_head, head.duplicates, head.rejected,
                          [t for (t, _), _ in offsets], [p for (_, p), _ in offsets], [o for _, o in offsets]]
             if signed is not None:  # the batch's checkpoint in the same statement
                 arguments += [*(getattr(signed.checkpoint, c) for c in CHECKPOINT_COLUMNS), signed.key_id, signed.mac]
-            # the state hash at the head is recorded apart (record_state_hash)
-            await connection.execute(HEAD_AND_OFFSETS_SQL if signed is None else SIGNED_HEAD_AND_OFFSETS_SQL,
-                                     *arguments)
+            # and a small batch's projection rows; the state hash at the head is recorded apart (record_state_hash)
+            sql = _with_inline(HEAD_AND_OFFSETS_SQL if signed is None else SIGNED_HEAD_AND_OFFSETS_SQL, inline,
+                               len(arguments) + 1)
+            await connection.execute(sql, *arguments, *(text for *_, text in inline))
             faults.reached("in_transaction")
         numbered = bool(result.outbox)  # rows the outbox's sequence numbered as it inserted them: ids not known
         outbox_after = written.outbox_last or written.block_id or outbox_before
@@ -883,7 +896,9 @@ class Store:
                                            format="text")
         return written
 
-    async def _project(self, connection: asyncpg.Connection, projections: Projections) -> None:
+    async def _project(self, connection: asyncpg.Connection, projections: Projections) -> list[Inline]:
+        """The projection rows, but a small batch's wallets, positions and funds: those are returned, for the batch's
+        last statement (`_upsert`)."""
         closed = projections.closed_positions
 
         async def delete_closed() -> None:  # before the positions' upsert: a key closed and opened again stays
@@ -895,7 +910,7 @@ class Store:
             accounts, symbols, sides = zip(*rows_of(closed), strict=True)
             await connection.execute(DELETE_CLOSED_SQL, accounts, symbols, sides)
 
-        await _upsert(connection, [
+        inline = await _upsert(connection, [
             ("account_wallets", WALLET_COLUMNS, KEY_COLUMNS["account_wallets"], projections.wallets),
             ("positions", POSITION_COLUMNS, KEY_COLUMNS["positions"], projections.positions),
             ("funds", FUND_COLUMNS, 1, projections.funds)], delete_closed)
@@ -907,6 +922,7 @@ class Store:
         if projections.adl_queue is not None:
             await connection.execute(REPLACE_ADL_QUEUE_SQL)
             await _copy(connection, "adl_queue", ADL_QUEUE_COLUMNS, projections.adl_queue)
+        return inline
 
     # ---------------------------------------------------------------- written behind the batches
     async def write_refresh(self, refresh: RefreshCopy) -> list[StaleRow]:
