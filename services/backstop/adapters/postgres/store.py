@@ -834,9 +834,9 @@ class Store:
     async def _append(self, connection: asyncpg.Connection, result: BatchResult, head: Head,
                       postings_before: int) -> Written:
         written = Written()
+        held = result.held_ids  # the primary key refuses an identity held twice: the batch fails, nothing commits
         if result.journal_facts().rows:  # the compiled engine's COPY text as it is, or the reference's rows encoded
             text = written.journal_copy = result.journal_copy or journal_copy_text(result.journal)
-            held = result.held_ids
             if (inline := _inline_text(text)) is None:
                 await connection.copy_to_table("journal", source=io.BytesIO(text), columns=JOURNAL_COLUMNS,
                                                format="text")
@@ -845,8 +845,6 @@ class Store:
                 held = []
             else:
                 await connection.execute(INLINE_JOURNAL_SQL, inline)
-        else:
-            held = result.held_ids
         for table, records, first, columns in (
                 ("fund_ledger", result.fund_entries, head.ledger_position - len(result.fund_entries) + 1,
                  FUND_LEDGER_COLUMNS),
@@ -866,7 +864,6 @@ class Store:
             rows = [output_values(f, FINDING_COLUMNS) for f in result.findings]
             await connection.copy_records_to_table("findings", columns=list(FINDING_COLUMNS), records=[
                 (*row[:-1], orjson.dumps(row[-1]).decode()) for row in rows])
-        # the primary key refuses an identity held twice: the batch fails, nothing commits
         if len(held) > INLINE_ROWS:
             await connection.copy_records_to_table("applied_ids", columns=["id_digest", "content_digest", "seq"],
                                                    records=held)
