@@ -388,7 +388,7 @@ class ReferenceEngine:
 
     def snapshot(self, input_line: int) -> Snapshot:
         from backstop.core.idstore import IdStore
-        from backstop.core.snapshot import sealed, state_document, state_hash
+        from backstop.core.snapshot import sealed, state_document, state_hash, wallets_at_zero
 
         processor = self.processor
         engine = processor.engine
@@ -405,7 +405,8 @@ class ReferenceEngine:
                          "conflicting_duplicates": processor.conflicting_duplicates,
                          "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
                          "findings": processor.findings, "postings": processor.postings,
-                         "adl_quantiles": processor.adl_quantiles}})
+                         "adl_quantiles": processor.adl_quantiles},
+            "wallets_at_zero": wallets_at_zero(engine)})
         return Snapshot(engine.last_seq, document_bytes(document), buffer.getvalue())
 
     @classmethod
@@ -414,7 +415,7 @@ class ReferenceEngine:
         from backstop.core.dedupe import BatchIds
         from backstop.core.idstore import IdStore
         from backstop.core.processor import Processor
-        from backstop.core.snapshot import restore, state_hash
+        from backstop.core.snapshot import hold_wallets_at_zero, restore, state_hash
 
         try:
             document = orjson.loads(snapshot.document)
@@ -437,6 +438,7 @@ class ReferenceEngine:
         if isinstance(ids, IdStore) and len(ids) != engine.dedupe.count:
             raise SnapshotError(f"{document['ids']['file']} holds {len(ids)} identities, the state "
                                 f"{engine.dedupe.count}")
+        hold_wallets_at_zero(engine, document.get("wallets_at_zero", []))  # none in the service's stored state
         processor = Processor(engine)
         counters = document["counters"]
         processor.duplicates, processor.rejected = counters["duplicates"], counters["rejected"]

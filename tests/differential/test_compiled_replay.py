@@ -206,8 +206,9 @@ def test_a_snapshot_under_a_policy_resumes_in_either_engine(journal: str, policy
             summary = orjson.loads(tail["summary.json"])
             summary.pop("from_snapshot")
             assert {**summary, "adl": None} == {**whole_summary, "adl": None}, (writer, reader)
-    # (accounts.json of a resumed replay leaves out wallets at zero, which a whole replay lists: compared among tails)
+    # every output after the snapshot, accounts.json included (the snapshot carries the wallets at zero)
     assert all(tail == tails[0] for tail in tails)
+    assert tails[0]["accounts.json"] == whole["accounts.json"]
 
 
 def test_quantile_points_over_a_side_whose_positions_all_closed(tmp_path: Path) -> None:

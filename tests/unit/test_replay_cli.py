@@ -84,6 +84,11 @@ def _seal(document: dict[str, object]) -> dict[str, object]:
     return {**body, "snapshot_hash": hashlib.sha256(canonical_json(body)).hexdigest()}
 
 
+def _a_wallet_with_a_balance(document: dict[str, Any]) -> list[str]:
+    name = next(name for name in document["engine"]["balances"] if name.startswith("wallet:"))
+    return [name[len("wallet:"):name.rindex(":")], name[name.rindex(":") + 1:]]
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda d: {**d, "counters": {**d["counters"], "rejected": -5}}, "its snapshot hash does not match"),
     (lambda d: {**d, "input_line": d["input_line"] + 1}, "its snapshot hash does not match"),
@@ -91,6 +96,12 @@ def _seal(document: dict[str, object]) -> dict[str, object]:
     (lambda d: _seal({**d, "counters": {**d["counters"], "findings": "1"}}), "findings '1' is not a count"),
     (lambda d: _seal({**d, "input_line": True}), "input_line True is not a count"),
     (lambda d: _seal({**d, "counters": {"rejected": 0}}), "counters must be exactly duplicates, rejected"),
+    (lambda d: _seal({k: v for k, v in d.items() if k != "wallets_at_zero"}), "no wallets_at_zero (a snapshot of an"),
+    (lambda d: _seal({**d, "wallets_at_zero": [["u1"]]}), "wallets_at_zero must be a list of [account, asset] pairs"),
+    (lambda d: _seal({**d, "wallets_at_zero": [["u2", "USDT"], ["u1", "USDT"]]}), "wallets_at_zero must be sorted"),
+    (lambda d: _seal({**d, "wallets_at_zero": [["u1", "USDT"], ["u1", "USDT"]]}), "wallets_at_zero must be sorted"),
+    (lambda d: _seal({**d, "wallets_at_zero": [_a_wallet_with_a_balance(d)]}),
+     "wallets_at_zero names wallet wallet:"),
     (lambda d: _seal({**d, "engine": {}}), "cannot restore the engine state (ValueError: unsupported snapshot"),
     (lambda d: _seal({**d, "engine": {"snapshot_version": d["engine"]["snapshot_version"]}}),
      "cannot restore the engine state (KeyError"),

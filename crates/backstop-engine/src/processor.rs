@@ -502,6 +502,8 @@ impl Processor {
                 ("postings", J::Int(self.postings as i128)),
                 ("adl_quantiles", J::Int(self.adl_quantiles as i128)),
             ])),
+            ("wallets_at_zero", J::Arr(self.wallets_at_zero().into_iter()
+                .map(|(account, asset)| J::Arr(vec![J::Str(account), J::Str(asset)])).collect())),
         ]);
         // sealed (backstop.core.snapshot.sealed): the SHA-256 of everything else in the document
         let J::Obj(mut entries) = document else { unreachable!() };
@@ -510,6 +512,20 @@ impl Processor {
         let mut out = Vec::with_capacity(state.len() * 2);
         canonical::write_pretty(&mut out, &J::Obj(entries), 0);
         (out, ids_count)
+    }
+
+    /// (account, asset) of every wallet the ledger holds at zero, sorted (backstop.core.snapshot.wallets_at_zero):
+    /// not state, but accounts.json lists them, so a snapshot file carries them beside the state.
+    fn wallets_at_zero(&self) -> Vec<(&str, &str)> {
+        let names = &self.engine.names;
+        let mut wallets: Vec<(&str, &str)> = self.engine.ledger.all_balances()
+            .filter_map(|(account, balance)| match *account {
+                Account::Wallet { account, asset } if *balance == I256::ZERO => Some((names.name(account), names.name(asset))),
+                _ => None,
+            })
+            .collect();
+        wallets.sort_unstable();
+        wallets
     }
 
     /// The identity file of a snapshot at `seq` (of `count` identities, as snapshot_json said), in pieces.
@@ -945,6 +961,18 @@ impl Processor {
         processor.findings = int(field(counters, "findings")?)? as u64;
         processor.postings = int(field(counters, "postings")?)? as u64;
         processor.adl_quantiles = int(field(counters, "adl_quantiles")?)? as u64;
+        // held again at zero (a snapshot file's; the service's stored state has none): accounts.json lists them
+        if let Ok(wallets) = field(root, "wallets_at_zero") {
+            for pair in array(wallets)? {
+                let [account, asset] = array(pair)? else { return Err("a wallet at zero is [account, asset]".into()) };
+                let engine = &mut processor.engine;
+                let wallet = Account::Wallet { account: engine.names.id(string(account)?),
+                                               asset: engine.names.id(string(asset)?) };
+                if !engine.ledger.holds(wallet) {
+                    engine.ledger.set(wallet, I256::ZERO);
+                }
+            }
+        }
         processor.next_snapshot = processor.engine.last_seq + snapshot_every;
         Ok(processor)
     }
@@ -1359,6 +1387,28 @@ mod tests {
         let mut clean = Processor::new(false, 0);
         clean.apply_lines(SETUP, 1);
         assert_eq!((clean.applying, clean.events_applied()), (None, 3));
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_wallets_at_zero_that_accounts_json_lists() {
+        let mut processor = Processor::new(false, 0);
+        processor.apply_lines(SETUP, 1);
+        processor.apply_lines(b"{\"type\":\"transfer\",\"ts\":4,\"transfer_id\":\"t-3\",\"account_id\":\"a\",\
+            \"asset\":\"USDT\",\"amount\":\"-12\"}\n", 4);
+        assert_eq!(processor.wallets_at_zero(), [("a", "USDT")]);
+        let (document, count) = processor.snapshot_json(4);
+        let mut ids = Vec::new();
+        processor.write_ids(processor.engine.last_seq, count, |piece| ids.extend_from_slice(piece));
+        let restored = Processor::restore(&document, &ids, false, 0, false).expect("its own snapshot");
+        assert_eq!(restored.state_hash(), processor.state_hash());
+        assert_eq!(String::from_utf8(restored.accounts_json()).unwrap(),
+                   String::from_utf8(processor.accounts_json()).unwrap());
+        // without them (the service's stored state), the state is the same and the wallet goes unlisted
+        let text = String::from_utf8(document).unwrap().replace("\"wallets_at_zero\"", "\"unread\"");
+        let bare = Processor::restore(text.as_bytes(), &ids, false, 0, false).expect("no wallets at zero");
+        assert_eq!(bare.state_hash(), processor.state_hash());
+        let listed = |accounts: Vec<u8>| String::from_utf8(accounts).unwrap().contains("\n  \"a\": {");
+        assert!(listed(processor.accounts_json()) && !listed(bare.accounts_json()));
     }
 
     #[test]

@@ -12,12 +12,12 @@ import hashlib
 from decimal import Decimal
 from typing import Any
 
-from backstop.core import adl_policy
+from backstop.core import adl_policy, ledger
 from backstop.core.adl_drawdown import DrawdownState
 from backstop.core.dedupe import HeldIds
 from backstop.core.engine import Engine
 from backstop.core.hashing import canonical_json
-from backstop.core.numbers import text
+from backstop.core.numbers import ZERO, text
 from backstop.core.ordering import SymbolClock, clock_of
 from backstop.core.state import DEFAULT_MARK_TOLERANCE, FundSpec, FundState, Instrument, Lot, Position, Tier
 from backstop.core.valuation import LINEAR, Valuation
@@ -106,6 +106,21 @@ def _position_document(p: Position) -> dict[str, Any]:
 
 def state_hash(engine: Engine) -> str:
     return hashlib.sha256(canonical_json(state_document(engine))).hexdigest()
+
+
+def wallets_at_zero(engine: Engine) -> list[list[str]]:
+    """[account, asset] of every wallet the ledger holds at zero, sorted. Not state (a wallet at zero decides nothing,
+    so the state document leaves it out), but accounts.json lists it: a snapshot file carries these beside the state
+    so that a replay resumed from it lists the same wallets as the whole replay."""
+    return sorted([name[7:name.rindex(":")], name[name.rindex(":") + 1:]]
+                  for name, balance in engine.ledger.balances.items() if name.startswith("wallet:") and balance == 0)
+
+
+def hold_wallets_at_zero(engine: Engine, wallets: list[list[str]]) -> None:
+    """The wallets of a snapshot's `wallets_at_zero` held again at zero (read_snapshot checked that none holds a
+    balance in the state)."""
+    for account_id, asset in wallets:
+        engine.ledger.balances.setdefault(ledger.wallet(account_id, asset), ZERO)
 
 
 def sealed(document: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from backstop.adapters.journal_file import JournalFile, JournalFileError
 from backstop.core import adl_policy
 from backstop.core.adl_policy import AdlPolicy
 from backstop.core.ledger import fund as fund_account
+from backstop.core.ledger import wallet as wallet_account
 from backstop.engines import (
     ENGINE_WRITTEN,
     SNAPSHOT_COUNTERS,
@@ -112,8 +114,26 @@ def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
             raise corrupt(f"{name} {value!r} is not a count (an integer >= 0)")
     ids = _identity_file(path, document, corrupt)
     state = document.get("engine")
+    _check_wallets_at_zero(document, state, corrupt)
     seq = state.get("seq") if isinstance(state, dict) else None
     return Snapshot(seq if isinstance(seq, int) else 0, raw, ids), document
+
+
+def _check_wallets_at_zero(document: dict[str, Any], state: Any, corrupt: Callable[[str], ReplayError]) -> None:
+    """`wallets_at_zero`: [account, asset] pairs, sorted and distinct, none a wallet with a balance in the state."""
+    if "wallets_at_zero" not in document:
+        raise corrupt("no wallets_at_zero (a snapshot of an older backstop: write it again with --snapshot-every)")
+    wallets = document["wallets_at_zero"]
+    if not (isinstance(wallets, list) and all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) and part for part in pair)
+            for pair in wallets)):
+        raise corrupt("wallets_at_zero must be a list of [account, asset] pairs of names")
+    if any(earlier >= later for earlier, later in itertools.pairwise(wallets)):
+        raise corrupt("wallets_at_zero must be sorted, each pair once")
+    balances = state.get("balances") if isinstance(state, dict) else None
+    held = next((pair for pair in wallets if isinstance(balances, dict) and wallet_account(*pair) in balances), None)
+    if held is not None:
+        raise corrupt(f"wallets_at_zero names wallet {wallet_account(*held)}, which holds a balance")
 
 
 def _identity_file(path: Path, document: dict[str, Any], corrupt: Callable[[str], ReplayError]) -> bytes:
