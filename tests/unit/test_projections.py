@@ -95,18 +95,46 @@ def _applied(*tss: int) -> BatchResult:
     return result
 
 
+def _none() -> int:
+    return 0
+
+
 def test_the_full_refresh_runs_every_n_events_and_on_event_time_only_once_caught_up() -> None:
     cadence = projections.RefreshCadence(every_events=100, every_event_ms=60_000, last_seq=0)
-    assert not cadence.due(_applied(1_000), 10, caught_up=False)  # catching up: event time does not count
-    assert cadence.due(_applied(2_000), 20, caught_up=True)  # caught up for the first time
-    assert not cadence.due(_applied(30_000), 30, caught_up=True)  # 28 s of event time since
-    assert not cadence.due(_applied(900_000), 40, caught_up=False)  # far ahead in event time, but catching up
-    assert cadence.due(_applied(900_001), 50, caught_up=True)
-    assert cadence.due(_applied(900_002), 150, caught_up=False)  # 100 events since the last refresh
-    assert not cadence.due(BatchResult(), 150, caught_up=True)  # nothing applied
+    assert not cadence.due(_applied(1_000), 10, caught_up=False, positions=_none)  # catching up: no event time
+    assert cadence.due(_applied(2_000), 20, caught_up=True, positions=_none)  # caught up for the first time
+    assert not cadence.due(_applied(30_000), 30, caught_up=True, positions=_none)  # 28 s of event time since
+    assert not cadence.due(_applied(900_000), 40, caught_up=False, positions=_none)  # far ahead, but catching up
+    assert cadence.due(_applied(900_001), 50, caught_up=True, positions=_none)
+    assert cadence.due(_applied(900_002), 150, caught_up=False, positions=_none)  # 100 events since the last
+    assert not cadence.due(BatchResult(), 150, caught_up=True, positions=_none)  # nothing applied
     funding = _applied(900_003)
     funding.journal[0] = JournalRow(151, "t.funding", 0, 1, "funding", 900_003, b"", "")
-    assert cadence.due(funding, 151, caught_up=False)  # funding moves every wallet
+    assert cadence.due(funding, 151, caught_up=False, positions=_none)  # funding moves every wallet
+
+
+def test_catching_up_the_full_refresh_waits_longer_the_more_positions_it_rewrites() -> None:
+    """Every 100 events, but no sooner than 4 per position open at the last refresh; the touched rows still go
+    every 100 events, and funding and event time once caught up still refresh."""
+    held = [50]
+    cadence = projections.RefreshCadence(every_events=100, every_event_ms=60_000, last_seq=0, per_position=4)
+    due = [seq for seq in range(1, 501) if cadence.due(_applied(seq), seq, caught_up=False, positions=lambda: held[0])]
+    assert due == [100, 300, 500]  # 50 positions: 200 events apart
+    cadence = projections.RefreshCadence(every_events=100, every_event_ms=60_000, last_seq=0, per_position=4)
+    flushed = []
+    for seq in range(1, 501):
+        held[0] = 10 if seq > 100 else 50  # positions closed after the first refresh: it still waits 200 events
+        if not cadence.due(_applied(seq), seq, caught_up=False, positions=lambda: held[0]) and cadence.touched_due(
+                seq, caught_up=False):
+            flushed.append(seq)
+    assert cadence.last_seq == 500 and flushed == [200]  # refreshed at 100, 300 (10 then: 100 apart), 400, 500
+    funding = _applied(501)
+    funding.journal[0] = JournalRow(501, "t.funding", 0, 1, "funding", 501, b"", "")
+    assert cadence.due(funding, 501, caught_up=False, positions=lambda: 10_000)
+    assert not cadence.due(_applied(502), 600, caught_up=False, positions=_none)  # 40,000 events from now
+    assert cadence.touched_due(601, caught_up=False)  # the touched rows: 100 events
+    assert cadence.touched_due(602, caught_up=True)  # and with every batch once caught up
+    assert cadence.due(_applied(70_000), 603, caught_up=True, positions=_none)  # a minute of event time
 
 
 def test_touched_rows_add_up_over_batches_and_everything_reaches_wallet_only_accounts() -> None:

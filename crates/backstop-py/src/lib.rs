@@ -843,6 +843,11 @@ impl Ledger {
         self.processor.engine.ledger.changed.len()
     }
 
+    /// How many positions are open (each side of a hedge counts).
+    fn open_positions(&self) -> usize {
+        self.processor.engine.positions.len()
+    }
+
     /// (seq, the snapshot's document, its identity file).
     fn snapshot<'py>(&mut self, py: Python<'py>, input_line: u64) -> PyResult<Bound<'py, PyTuple>> {
         self.settled(py)?;

@@ -12,7 +12,7 @@ until the service has caught up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import localcontext
 from typing import Any, NamedTuple, cast
@@ -50,25 +50,45 @@ def rows_of(rows: Rows) -> list[tuple[Any, ...]]:
 
 @dataclass(slots=True)
 class RefreshCadence:
-    """When the full projection (the ADL queue and every position) is rewritten: every `every_events` events; after
-    funding (it moves every wallet); and, once the service has caught up with its input, the first time and then
-    every `every_event_ms` of event time. Catching up, event time runs far ahead of the clock, and a queue written
-    at every minute of it would be overwritten a batch later: the refreshes would cost more than the batches."""
+    """When the full projection (every position and the ADL queue) is rewritten, and when the rows batches touched
+    while catching up are written.
+
+    The full refresh: every `every_events` events, and catching up no sooner than `per_position` events per position
+    open at the last one; after funding (it moves every wallet); and, once the service has caught up with its input,
+    the first time and then every `every_event_ms` of event time. A refresh rewrites every position, so its cost
+    grows with the state where the events' does not: at a fixed count of events, 100,000 positions would be four
+    rows an event, and a service catching up would spend itself on refreshes. Catching up, event time runs far ahead
+    of the clock, and a queue written at every minute of it would be overwritten a batch later. The touched rows go
+    with every batch once caught up, and catching up with a refresh or every `every_events` events, whichever comes
+    first (they hold the balances, which the count of positions does not slow)."""
 
     every_events: int
     every_event_ms: int
     last_seq: int
+    per_position: int = 0
     last_ts: int | None = None
+    interval: int = 0  # events the next refresh by count waits for, past every_events: set at each refresh
+    touched_seq: int | None = None  # when the touched rows were last written (None: last_seq)
 
-    def due(self, result: BatchResult, seq: int, *, caught_up: bool) -> bool:
+    def due(self, result: BatchResult, seq: int, *, caught_up: bool, positions: Callable[[], int]) -> bool:
+        """`positions`: how many the engine holds open (asked only when a refresh falls due)."""
         facts = result.journal_facts()
         if not facts.rows:
             return False
         newest = facts.last_ts
-        due = (seq - self.last_seq >= self.every_events or "funding" in facts.types
+        due = (seq - self.last_seq >= max(self.every_events, self.interval) or "funding" in facts.types
                or (caught_up and (self.last_ts is None or newest - self.last_ts >= self.every_event_ms)))
         if due:
-            self.last_seq, self.last_ts = seq, newest
+            self.last_seq, self.last_ts, self.touched_seq = seq, newest, seq
+            self.interval = self.per_position * positions()
+        return due
+
+    def touched_due(self, seq: int, *, caught_up: bool) -> bool:
+        """Whether the rows touched since they were last written go with this batch (a refresh's batch aside)."""
+        last = self.last_seq if self.touched_seq is None else self.touched_seq
+        due = caught_up or seq - last >= self.every_events
+        if due:
+            self.touched_seq = seq
         return due
 
 

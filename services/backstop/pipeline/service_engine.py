@@ -144,6 +144,10 @@ class ServiceEngine(Protocol):
 
     def adl_index_backlog(self) -> int: ...
 
+    def open_positions(self) -> int:
+        """How many positions are open (each side of a hedge counts)."""
+        ...
+
 
 def fund_balances(rows: projections.Projections) -> dict[str, float]:
     """Each fund's balance from its projection row, for the metrics."""
@@ -245,6 +249,10 @@ class ReferenceService:
 
     def adl_index_backlog(self) -> int:
         return self.processor.engine.adl_index_backlog()
+
+    def open_positions(self) -> int:
+        positions = self.processor.engine.positions
+        return sum(len(positions.of(account_id)) for account_id in positions)
 
 
 # ------------------------------------------------------------------------------------------------ compiled
@@ -496,6 +504,10 @@ class CompiledService:
     def adl_index_backlog(self) -> int:
         backlog: int = self.ledger.adl_index_backlog()
         return backlog
+
+    def open_positions(self) -> int:
+        count: int = self.ledger.open_positions()
+        return count
 
 
 # ------------------------------------------------------------------------------------------------ opening

@@ -221,7 +221,7 @@ class LedgerRun:
                              event_times=_event_times(settings.engine))
         self.positions = (head.ledger_position, head.adl_position)  # rows in the fund ledger and the ADL events
         self.cadence = projections.RefreshCadence(settings.adl_refresh_events, settings.adl_refresh_event_ms,
-                                                  engine.last_seq)
+                                                  engine.last_seq, settings.adl_refresh_events_per_position)
         self.touched = projections.Touched()  # rows batches touched while catching up, not written yet
         self.caught_up = False  # as of the last batch: nothing buffered and nothing unread
         self.committing: asyncio.Task[None] | None = None  # batch N commits while batch N+1 is applied
@@ -369,7 +369,7 @@ class LedgerRun:
         caught up). Whole-state work that became due starts here, before anything else can move the engine."""
         settings, engine, result = self.settings, self.engine, applied.result
         self.caught_up = caught_up = self.merger.drained()
-        refresh_due = self.cadence.due(result, engine.last_seq, caught_up=caught_up)
+        refresh_due = self.cadence.due(result, engine.last_seq, caught_up=caught_up, positions=engine.open_positions)
         self.refreshing.wanted |= refresh_due
         if refresh_due:
             self.progress.refresh_due_seq = engine.last_seq
@@ -377,7 +377,8 @@ class LedgerRun:
         self.snapshotting.wanted |= bool(every and result.journal_facts().rows
                                          and engine.last_seq // every > applied.expected_seq // every)
         self.touched.add(result)
-        write_touched = refresh_due or caught_up  # catching up, touched rows wait (projections.Touched)
+        # catching up, touched rows wait (projections.Touched) for a refresh or a count of events
+        write_touched = refresh_due or self.cadence.touched_due(engine.last_seq, caught_up=caught_up)
         # this batch writes its touched rows as of this seq: a refresh that starts now leaves them out, and is written
         # once a batch at this seq has committed; so only if this one is the first at it (it applied an event)
         advanced = engine.last_seq > applied.expected_seq
