@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     snapshot_every_events: int = Field(100_000, ge=0)  # 0: never
     adl_refresh_events: int = Field(50_000, ge=1)  # refresh the ADL queue projection at least this often ...
     adl_refresh_event_ms: int = Field(60_000, ge=1)  # ... or, when caught up, after this much event time
-    # catching up, no sooner than this many events per open position (a refresh rewrites every one; 0: no bound)
+    # ... but by count no sooner than this many events per open position (a refresh rewrites every one; 0: none)
     adl_refresh_events_per_position: int = Field(4, ge=0)
     check_conservation: bool = False
     # the ledger engine the service applies batches with (docs/engines.md): the compiled one, or the Python

@@ -276,3 +276,35 @@ def test_a_replay_from_a_snapshot_with_wallets_at_zero_verifies_byte_for_byte(
     capsys.readouterr()
     assert main(["audit", "verify", str(tail), "--journal", str(journal), "--engine", engine]) == 0
     assert "accounts.json: as the replay of the journal writes it, byte for byte" in capsys.readouterr().out
+    # a wallet at zero gone from the tail fails it
+    accounts = orjson.loads((tail / "accounts.json").read_bytes())
+    account_id = next(name for name, account in accounts.items() if "0" in account.get("wallets", {}).values())
+    (tail / "accounts.json").write_bytes((tail / "accounts.json").read_bytes().replace(
+        f'"{account_id}"'.encode(), b'"renamed"', 1))
+    assert main(["audit", "verify", str(tail), "--journal", str(journal), "--engine", engine]) == 1
+    assert "accounts.json differs from the one the replay of the journal writes" in capsys.readouterr().out
+
+
+def test_outputs_resumed_from_an_older_snapshot_verify_with_the_wallets_at_zero_aside(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An older backstop's snapshot carried no wallet at zero, so the tail listed none, and its summary's
+    `from_snapshot` does not count them: the audit compares accounts.json with those aside, and says so."""
+    journal = EXAMPLES / "07-adl-lab.jsonl"
+    whole, tail = tmp_path / "whole", tmp_path / "tail"
+    assert main(["replay", str(journal), "--out", str(whole), "--snapshot-every", "2"]) == 0
+    assert main(["replay", str(journal), "--out", str(tail), "--from-snapshot",
+                 str(whole / "snapshots" / "snapshot-000000000012.json")]) == 0
+    summary = orjson.loads((tail / "summary.json").read_bytes())
+    assert summary["from_snapshot"].pop("wallets_at_zero") > 0
+    (tail / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    accounts = orjson.loads((tail / "accounts.json").read_bytes())
+    older = {name: account if "wallets" not in account  # a fund
+             else {**account, "wallets": {a: v for a, v in account["wallets"].items() if v != "0"}}
+             for name, account in accounts.items() if "wallets" not in account or account.get("positions")
+             or any(v != "0" for v in account["wallets"].values())}
+    assert older != accounts
+    (tail / "accounts.json").write_bytes(orjson.dumps(older, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    capsys.readouterr()
+    assert main(["audit", "verify", str(tail), "--journal", str(journal)]) == 0
+    assert "(wallets at zero aside: the snapshot these outputs resumed from did not carry them)" in \
+        capsys.readouterr().out

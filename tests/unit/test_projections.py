@@ -137,6 +137,19 @@ def test_catching_up_the_full_refresh_waits_longer_the_more_positions_it_rewrite
     assert cadence.due(_applied(70_000), 603, caught_up=True, positions=_none)  # a minute of event time
 
 
+def test_caught_up_or_just_started_the_count_of_events_waits_for_the_positions_too() -> None:
+    """Started over 1,000 positions (every row just written): no refresh by count for 4,000 events, caught up or
+    not; event time once caught up still refreshes, and sets the next wait from the positions then."""
+    cadence = projections.RefreshCadence(every_events=100, every_event_ms=60_000, last_seq=0, per_position=4,
+                                         interval=4_000)
+    assert cadence.due(_applied(1), 1, caught_up=True, positions=lambda: 1_000)  # caught up for the first time
+    due = [seq for seq in range(2, 9_000) if cadence.due(_applied(2), seq, caught_up=seq % 2 == 0,
+                                                         positions=lambda: 1_000)]
+    assert due == [4_001, 8_001]
+    assert cadence.due(_applied(60_002), 8_002, caught_up=True, positions=lambda: 10)  # a minute of event time
+    assert cadence.due(_applied(60_002), 8_102, caught_up=False, positions=_none)  # 10 positions: 100 events
+
+
 def test_touched_rows_add_up_over_batches_and_everything_reaches_wallet_only_accounts() -> None:
     processor = _setup()
     touched = projections.Touched()

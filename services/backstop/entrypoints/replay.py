@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import re
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, OutputError, stag
 from backstop.adapters.journal_file import JournalFile, JournalFileError
 from backstop.core import adl_policy
 from backstop.core.adl_policy import AdlPolicy
+from backstop.core.events import is_fund_account
 from backstop.core.ledger import fund as fund_account
 from backstop.core.ledger import wallet as wallet_account
 from backstop.engines import (
@@ -40,6 +42,7 @@ from backstop.engines import (
 )
 from backstop.entrypoints import snapshot_journal
 from backstop.entrypoints.snapshot_journal import JournalMismatch, Prefix
+from backstop.wire.inputs import IDENTIFIER_CHARS, IDENTIFIER_MAX
 
 T = TypeVar("T")
 PROGRESS_MIN_BYTES = 8 << 20
@@ -77,6 +80,7 @@ class Carried:
     duplicates: int
     rejected: int
     dead_letters: list[dict[str, Any]]
+
 
 
 def _count(value: Any) -> bool:
@@ -120,20 +124,28 @@ def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
 
 
 def _check_wallets_at_zero(document: dict[str, Any], state: Any, corrupt: Callable[[str], ReplayError]) -> None:
-    """`wallets_at_zero`: [account, asset] pairs, sorted and distinct, none a wallet with a balance in the state."""
+    """`wallets_at_zero`: [account, asset] pairs, sorted and distinct, each a wallet a journal could have made (a
+    trader's account id, an asset a fund of the state settles in) and none one the state holds a balance of."""
     if "wallets_at_zero" not in document:
         raise corrupt("no wallets_at_zero (a snapshot of an older backstop: write it again with --snapshot-every)")
     wallets = document["wallets_at_zero"]
     if not (isinstance(wallets, list) and all(
-            isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) and part for part in pair)
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)
             for pair in wallets)):
         raise corrupt("wallets_at_zero must be a list of [account, asset] pairs of names")
     if any(earlier >= later for earlier, later in itertools.pairwise(wallets)):
         raise corrupt("wallets_at_zero must be sorted, each pair once")
+    funds = state.get("funds") if isinstance(state, dict) else None
+    assets = {f.get("settle_asset") for f in funds if isinstance(f, dict)} if isinstance(funds, list) else set()
     balances = state.get("balances") if isinstance(state, dict) else None
-    held = next((pair for pair in wallets if isinstance(balances, dict) and wallet_account(*pair) in balances), None)
-    if held is not None:
-        raise corrupt(f"wallets_at_zero names wallet {wallet_account(*held)}, which holds a balance")
+    for account_id, asset in wallets:
+        if (not re.fullmatch(IDENTIFIER_CHARS, account_id) or len(account_id) > IDENTIFIER_MAX
+                or is_fund_account(account_id) or asset not in assets):
+            raise corrupt(f"wallets_at_zero names [{account_id!r}, {asset!r}], not a trader's wallet in an asset a "
+                          f"fund of the state settles in")
+        if isinstance(balances, dict) and wallet_account(account_id, asset) in balances:
+            raise corrupt(f"wallets_at_zero names wallet {wallet_account(account_id, asset)}, which the state lists "
+                          f"among its balances")
 
 
 def _identity_file(path: Path, document: dict[str, Any], corrupt: Callable[[str], ReplayError]) -> bytes:
@@ -162,7 +174,7 @@ def snapshot_start(document: dict[str, Any]) -> dict[str, Any]:
             "adl_head_hash": state["adl_head"], "postings_head_hash": state["postings_head"],
             "fund_ledger_entries": counters["fund_entries"], "adl_events": counters["adl_events"],
             "findings": counters["findings"], "postings": counters["postings"],
-            "adl_quantiles": counters["adl_quantiles"],
+            "adl_quantiles": counters["adl_quantiles"], "wallets_at_zero": len(document["wallets_at_zero"]),
             "fund_balances": {f: state["balances"].get(fund_account(f), "0") for f in funds}}
 
 

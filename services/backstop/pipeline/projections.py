@@ -6,8 +6,8 @@ prices; an isolated position in another symbol did not change); the positions th
 held again (a full rewrite deletes every side no account holds); funds every batch; fund lots when the
 inventory may have changed; the ADL queue (and every position's liquidation and bankruptcy price, which move with
 the marks) when RefreshCadence says so, as a FullRefresh that the service computes in a forked child. Once caught
-up, touched rows go with every batch; catching up, they are collected (Touched) until the next full refresh or
-until the service has caught up.
+up, touched rows go with every batch; catching up, they are collected (Touched) until the next full refresh, a
+count of events (RefreshCadence.touched_due) or the service has caught up.
 """
 
 from __future__ import annotations
@@ -53,14 +53,15 @@ class RefreshCadence:
     """When the full projection (every position and the ADL queue) is rewritten, and when the rows batches touched
     while catching up are written.
 
-    The full refresh: every `every_events` events, and catching up no sooner than `per_position` events per position
-    open at the last one; after funding (it moves every wallet); and, once the service has caught up with its input,
-    the first time and then every `every_event_ms` of event time. A refresh rewrites every position, so its cost
-    grows with the state where the events' does not: at a fixed count of events, 100,000 positions would be four
-    rows an event, and a service catching up would spend itself on refreshes. Catching up, event time runs far ahead
-    of the clock, and a queue written at every minute of it would be overwritten a batch later. The touched rows go
-    with every batch once caught up, and catching up with a refresh or every `every_events` events, whichever comes
-    first (they hold the balances, which the count of positions does not slow)."""
+    The full refresh: after `every_events` events, or `per_position` events per position open at the last one
+    (or at the start), whichever is more; after funding (it moves every wallet); and, once the service has caught
+    up with its input, the first time and then every `every_event_ms` of event time. A refresh rewrites every
+    position, so its cost grows with the state where the events' does not: at a fixed count of events, 100,000
+    positions would be four rows an event, and a service catching up would spend itself on refreshes. Catching up,
+    event time runs far ahead of the clock, and a queue written at every minute of it would be overwritten a batch
+    later. The touched rows go with every batch once caught up, and catching up with a refresh or every
+    `every_events` events, whichever comes first (they hold the balances, which the count of positions does not
+    slow)."""
 
     every_events: int
     every_event_ms: int

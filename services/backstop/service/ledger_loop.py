@@ -220,8 +220,10 @@ class LedgerRun:
         self.merger = Merger(self.topics, max_buffered=settings.merge_max_buffered,
                              event_times=_event_times(settings.engine))
         self.positions = (head.ledger_position, head.adl_position)  # rows in the fund ledger and the ADL events
+        per_position = settings.adl_refresh_events_per_position  # start() has just written every row
         self.cadence = projections.RefreshCadence(settings.adl_refresh_events, settings.adl_refresh_event_ms,
-                                                  engine.last_seq, settings.adl_refresh_events_per_position)
+                                                  engine.last_seq, per_position,
+                                                  interval=per_position * engine.open_positions())
         self.touched = projections.Touched()  # rows batches touched while catching up, not written yet
         self.caught_up = False  # as of the last batch: nothing buffered and nothing unread
         self.committing: asyncio.Task[None] | None = None  # batch N commits while batch N+1 is applied
