@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     batch_max_wait_ms: int = Field(50, ge=1, le=10_000)
     merge_max_buffered: int = Field(200_000, ge=1000)
     snapshot_every_events: int = Field(100_000, ge=0)  # 0: never
+    # ... but no sooner than this many events per open position (a snapshot writes every one; 0: no such bound)
+    snapshot_events_per_position: int = Field(4, ge=0)
     adl_refresh_events: int = Field(50_000, ge=1)  # refresh the ADL queue projection at least this often ...
     adl_refresh_event_ms: int = Field(60_000, ge=1)  # ... or, when caught up, after this much event time
     # ... but by count no sooner than this many events per open position (a refresh rewrites every one; 0: none)

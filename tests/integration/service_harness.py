@@ -65,7 +65,10 @@ def settings_for(bootstrap: str, dsn: str, prefix: str, *, role: str = SERVICE_R
     values: dict[str, Any] = {"kafka_bootstrap": bootstrap, "pg_dsn": as_role(dsn, role), "topic_prefix": prefix,
                               "input_partitions": 1, "output_partitions": 3, "batch_max_wait_ms": 20,
                               "relay_idle_ms": 10, "check_conservation": True, "state_hash_quiet_ms": 100,
-                              "anchor_key_file": ANCHOR_KEY_FILE}
+                              "anchor_key_file": ANCHOR_KEY_FILE,
+                              # the tests' snapshots fall at each multiple of snapshot_every_events, restores of them
+                              # under faults included, however many positions are open
+                              "snapshot_events_per_position": 0}
     values.update(overrides)
     return Settings(**values)
 
@@ -93,6 +96,7 @@ class ServeProcess:
                "BACKSTOP_BATCH_MAX_WAIT_MS": str(settings.batch_max_wait_ms),
                "BACKSTOP_RELAY_BATCH": str(settings.relay_batch),
                "BACKSTOP_SNAPSHOT_EVERY_EVENTS": str(settings.snapshot_every_events),
+               "BACKSTOP_SNAPSHOT_EVENTS_PER_POSITION": str(settings.snapshot_events_per_position),
                "BACKSTOP_STATE_HASH_QUIET_MS": str(settings.state_hash_quiet_ms),
                "BACKSTOP_ENGINE": settings.engine,
                "BACKSTOP_CHECK_CONSERVATION": "true"}

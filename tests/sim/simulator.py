@@ -287,7 +287,7 @@ def scenario(seed: int) -> Scenario:
         "adl_refresh_event_ms": rng.choice((1, 60_000)), "state_hash_quiet_ms": rng.choice((0, 50, 300)),
         "relay_batch": rng.choice((1, 3, 2000)), "relay_idle_ms": rng.choice((20, 100)),
         # by the seed, not the stream: the seeds' other choices stay as they were
-        "adl_refresh_events_per_position": (0, 4)[seed % 2]})
+        "adl_refresh_events_per_position": (0, 4)[seed % 2], "snapshot_events_per_position": (0, 4)[seed // 2 % 2]})
     return Scenario(seed, rng, settings, partitions, rng.choice((1, 2, 3)), rng.random() < 0.5,
                     reference(merge_order(consumed)), bad, repeated)
 

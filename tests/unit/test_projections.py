@@ -189,3 +189,22 @@ def test_a_full_refresh_leaves_out_exactly_the_rows_a_batch_writes_as_of_its_seq
     # x's positions are cross: the batch writes them; iso's are isolated and a transfer names no symbol
     assert sorted((r[0], r[1]) for r in refresh.positions) == [("iso", "BTCUSDT"), ("iso", "ETHUSDT")]
     assert refresh.adl_queue == everything.adl_queue
+
+
+def test_a_snapshot_falls_at_multiples_of_its_count_but_waits_for_the_positions_it_writes() -> None:
+    from backstop.service.ledger_loop import SnapshotCadence
+
+    held = [0]
+    cadence = SnapshotCadence(every=100, per_position=4, last_seq=0, interval=0)
+    due = []
+    for seq in range(1, 1_001):
+        held[0] = 60 if seq > 200 else 10
+        if cadence.due(_applied(seq), seq - 1, seq, positions=lambda: held[0]):
+            due.append(seq)
+    # 10 positions: every multiple; from 200 on, 60 positions: 240 events, so every third multiple
+    assert due == [100, 200, 300, 600, 900]
+    assert not SnapshotCadence(every=0, per_position=4, last_seq=0, interval=0).due(_applied(1), 0, 100, lambda: 0)
+    assert not cadence.due(BatchResult(), 1_199, 1_200, lambda: 0)  # a batch that applied nothing
+    started = SnapshotCadence(every=100, per_position=4, last_seq=1_000, interval=400)  # a restart over 100
+    assert [seq for seq in range(1_001, 2_001) if started.due(_applied(seq), seq - 1, seq, lambda: 100)] == [1_400,
+                                                                                                           1_800]

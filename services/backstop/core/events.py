@@ -16,6 +16,8 @@ from typing import ClassVar, Literal
 from backstop.core.state import MarginMode, PositionSide, SurplusPolicy
 
 FUND_ACCOUNT_PREFIX = "fund:"  # an account id that names an insurance fund: "fund:<fund_id>"
+# the ids the wire accepts (backstop.wire.inputs.Identifier: accounts, funds, fills...), held to in snapshots too
+IDENTIFIER_CHARS, IDENTIFIER_MAX = r"[A-Za-z0-9_.:@/-]+", 128
 
 
 def is_fund_account(account_id: str) -> bool:

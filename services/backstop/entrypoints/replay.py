@@ -24,7 +24,7 @@ from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, OutputError, stag
 from backstop.adapters.journal_file import JournalFile, JournalFileError
 from backstop.core import adl_policy
 from backstop.core.adl_policy import AdlPolicy
-from backstop.core.events import is_fund_account
+from backstop.core.events import IDENTIFIER_CHARS, IDENTIFIER_MAX, is_fund_account
 from backstop.core.ledger import fund as fund_account
 from backstop.core.ledger import wallet as wallet_account
 from backstop.engines import (
@@ -42,7 +42,6 @@ from backstop.engines import (
 )
 from backstop.entrypoints import snapshot_journal
 from backstop.entrypoints.snapshot_journal import JournalMismatch, Prefix
-from backstop.wire.inputs import IDENTIFIER_CHARS, IDENTIFIER_MAX
 
 T = TypeVar("T")
 PROGRESS_MIN_BYTES = 8 << 20

@@ -64,6 +64,26 @@ class Progress:
     background_errors: dict[str, str] = field(default_factory=dict)  # forked work that failed, by kind
 
 
+@dataclass(slots=True)
+class SnapshotCadence:
+    """A snapshot at each multiple of `every` events (0: none), but no sooner than `per_position` events per position
+    open at the last one (or at the start): a snapshot writes every position, so at a fixed count of events its cost
+    grows with the state where the events' does not. A restart applies at most that many events again."""
+
+    every: int
+    per_position: int
+    last_seq: int
+    interval: int
+
+    def due(self, result: BatchResult, expected_seq: int, seq: int, positions: Callable[[], int]) -> bool:
+        every = self.every
+        due = bool(every and result.journal_facts().rows and seq // every > expected_seq // every
+                   and seq - self.last_seq >= self.interval)
+        if due:
+            self.last_seq, self.interval = seq, self.per_position * positions()
+        return due
+
+
 class WriteBehind:
     """Writes what forked children computed (backstop.service.forked) beside the batch commits, one write at a
     time, in transactions of its own: a full refresh is ~2 s of PostgreSQL's time at 100,000 positions, which in a
@@ -220,10 +240,12 @@ class LedgerRun:
         self.merger = Merger(self.topics, max_buffered=settings.merge_max_buffered,
                              event_times=_event_times(settings.engine))
         self.positions = (head.ledger_position, head.adl_position)  # rows in the fund ledger and the ADL events
-        per_position = settings.adl_refresh_events_per_position  # start() has just written every row
+        per_position, positions = settings.adl_refresh_events_per_position, engine.open_positions()
         self.cadence = projections.RefreshCadence(settings.adl_refresh_events, settings.adl_refresh_event_ms,
-                                                  engine.last_seq, per_position,
-                                                  interval=per_position * engine.open_positions())
+                                                  engine.last_seq, per_position,  # start() has just written every row
+                                                  interval=per_position * positions)
+        self.snapshot_cadence = SnapshotCadence(settings.snapshot_every_events, settings.snapshot_events_per_position,
+                                                engine.last_seq, settings.snapshot_events_per_position * positions)
         self.touched = projections.Touched()  # rows batches touched while catching up, not written yet
         self.caught_up = False  # as of the last batch: nothing buffered and nothing unread
         self.committing: asyncio.Task[None] | None = None  # batch N commits while batch N+1 is applied
@@ -369,15 +391,14 @@ class LedgerRun:
     async def project(self, applied: Applied) -> PendingCommit:
         """The rest of the batch's transaction: the journal head and the projection rows (the rows touched, once
         caught up). Whole-state work that became due starts here, before anything else can move the engine."""
-        settings, engine, result = self.settings, self.engine, applied.result
+        engine, result = self.engine, applied.result
         self.caught_up = caught_up = self.merger.drained()
         refresh_due = self.cadence.due(result, engine.last_seq, caught_up=caught_up, positions=engine.open_positions)
         self.refreshing.wanted |= refresh_due
         if refresh_due:
             self.progress.refresh_due_seq = engine.last_seq
-        every = settings.snapshot_every_events
-        self.snapshotting.wanted |= bool(every and result.journal_facts().rows
-                                         and engine.last_seq // every > applied.expected_seq // every)
+        self.snapshotting.wanted |= self.snapshot_cadence.due(result, applied.expected_seq, engine.last_seq,
+                                                              engine.open_positions)
         self.touched.add(result)
         # catching up, touched rows wait (projections.Touched) for a refresh or a count of events
         write_touched = refresh_due or self.cadence.touched_due(engine.last_seq, caught_up=caught_up)

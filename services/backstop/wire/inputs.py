@@ -28,6 +28,8 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
+from backstop.core.events import IDENTIFIER_CHARS, IDENTIFIER_MAX
+
 # The syntax of every decimal, on the wire and in outputs: plain notation, no leading zeros, no exponent.
 DECIMAL_PATTERN = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$"
 _SYNTAX = re.compile(DECIMAL_PATTERN)
@@ -133,7 +135,6 @@ Leverage = Annotated[Decimal, _PlainDecimal(LEVERAGE, LEVERAGE_RANGE)]
 DecimalStr = Annotated[Decimal, _PlainDecimal(PARAMETER, SIGNED)]
 PositiveDecimal = Annotated[Decimal, _PlainDecimal(PARAMETER, POSITIVE)]
 NonNegativeDecimal = Annotated[Decimal, _PlainDecimal(PARAMETER, NON_NEGATIVE)]
-IDENTIFIER_CHARS, IDENTIFIER_MAX = r"[A-Za-z0-9_.:@/-]+", 128  # also held to in a snapshot's wallets at zero
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=IDENTIFIER_MAX, pattern=f"^{IDENTIFIER_CHARS}$")]
 Symbol = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Z0-9_-]+$")]
 Asset = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=r"^[A-Z0-9]+$")]
