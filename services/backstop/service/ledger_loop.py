@@ -142,10 +142,10 @@ def _event_times(engine: EngineName) -> EventTimes:
 
 
 async def rebuild(store: LedgerStore, *, check_conservation: bool, adl_quantiles: bool = True,
-                  engine: EngineName = "compiled") -> tuple[ServiceEngine, Head]:
+                  engine: EngineName = "compiled") -> tuple[ServiceEngine, Head, int]:
     """The engine (`engine`: compiled or reference) as PostgreSQL last committed it: latest snapshot (written under
     either engine), then the journal after it; the identities it holds are PostgreSQL's (applied_ids), behind a
-    filter loaded here."""
+    filter loaded here. Also the seq of that snapshot (0: none)."""
     head = await store.head()
     snapshot = await store.latest_snapshot()
     after, state = (0, None) if snapshot is None else (snapshot[0], snapshot[1]["engine"])
@@ -158,7 +158,7 @@ async def rebuild(store: LedgerStore, *, check_conservation: bool, adl_quantiles
     rebuilt = opened.head()
     if head.seq and rebuilt.head_hash != head.head_hash:
         raise InvariantViolation(f"rebuilt head hash {rebuilt.head_hash} != stored {head.head_hash} at seq {head.seq}")
-    return opened, head
+    return opened, head, after
 
 
 class Applied(NamedTuple):
@@ -207,12 +207,13 @@ class LedgerProcessor(SupervisedLoop):
             self.quarantine[error.where] = error.reason
 
     async def run_locked(self) -> None:
-        engine, head = await rebuild(self.store, check_conservation=self.settings.check_conservation,
-                                     adl_quantiles=self.settings.adl_quantiles, engine=self.settings.engine)
+        settings = self.settings
+        engine, head, snapshot_seq = await rebuild(self.store, check_conservation=settings.check_conservation,
+                                                   adl_quantiles=settings.adl_quantiles, engine=settings.engine)
         offsets = await self.store.offsets()
         consumer = self.runtime.consumer(self.settings)
         await consumer.start()
-        self.current = run = LedgerRun(self, consumer, engine, head)
+        self.current = run = LedgerRun(self, consumer, engine, head, snapshot_seq)
         try:
             await run.start(offsets)
             while not self.stopping:
@@ -230,7 +231,9 @@ class LedgerRun:
     these fields; each turn is named steps: fetch, merge, then apply, project and commit a batch, then housekeeping.
     Only this run touches the engine, one step at a time; the runtime's checkpoint runs after every step."""
 
-    def __init__(self, owner: LedgerProcessor, consumer: Consumer, engine: ServiceEngine, head: Head) -> None:
+    def __init__(self, owner: LedgerProcessor, consumer: Consumer, engine: ServiceEngine, head: Head,
+                 snapshot_seq: int) -> None:
+        """`snapshot_seq`: the snapshot the engine was rebuilt from (the next one waits from there)."""
         settings = owner.settings
         self.settings, self.store, self.runtime, self.progress = settings, owner.store, owner.runtime, owner.progress
         self.topics, self.on_commit = owner.topics, owner.on_commit
@@ -245,7 +248,7 @@ class LedgerRun:
                                                   engine.last_seq, per_position,  # start() has just written every row
                                                   interval=per_position * positions)
         self.snapshot_cadence = SnapshotCadence(settings.snapshot_every_events, settings.snapshot_events_per_position,
-                                                engine.last_seq, settings.snapshot_events_per_position * positions)
+                                                snapshot_seq, settings.snapshot_events_per_position * positions)
         self.touched = projections.Touched()  # rows batches touched while catching up, not written yet
         self.caught_up = False  # as of the last batch: nothing buffered and nothing unread
         self.committing: asyncio.Task[None] | None = None  # batch N commits while batch N+1 is applied
