@@ -67,8 +67,8 @@ class Progress:
 @dataclass(slots=True)
 class SnapshotCadence:
     """A snapshot at each multiple of `every` events (0: none), but no sooner than `per_position` events per position
-    open at the last one (or at the start): a snapshot writes every position, so at a fixed count of events its cost
-    grows with the state where the events' does not. A restart applies at most that many events again."""
+    open at the last one (after a restart, counted from the one the engine was rebuilt from): a snapshot writes every
+    position, so at a fixed count of events its cost grows with the state where the events' does not."""
 
     every: int
     per_position: int
