@@ -84,8 +84,8 @@ def accounts(engine: Engine) -> dict[str, Any]:
     hedge mode); a fund's inventory under fund:<fund_id>."""
     wallets: dict[str, dict[str, str]] = {}
     for name, balance in engine.ledger.balances.items():
-        if name.startswith("wallet:"):
-            account_id, asset = name[len("wallet:"):].rsplit(":", 1)
+        if (parts := ledger.wallet_parts(name)) is not None:
+            account_id, asset = parts
             wallets.setdefault(account_id, {})[asset] = text(balance)
     result: dict[str, Any] = {}
     views = quantiles.views_now(engine)

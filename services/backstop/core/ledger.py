@@ -34,6 +34,15 @@ def wallet_owner(name: str) -> str | None:
     return name[7:name.rindex(":")] if name.startswith("wallet:") else None
 
 
+def wallet_parts(name: str) -> tuple[str, str] | None:
+    """(account, asset) of a wallet:<account>:<asset> name (None for any other ledger account); an account id may
+    hold a colon, an asset never does."""
+    if not name.startswith("wallet:"):
+        return None
+    end = name.rindex(":")
+    return name[7:end], name[end + 1:]
+
+
 def isolated(account_id: str, symbol: str, position_side: str = "both") -> str:
     """A position's isolated margin: `isolated:<account>:<symbol>` in one-way mode (version 1's name), with `:long`
     or `:short` after the symbol for a hedge-mode side (a symbol is upper case, so the name stays unambiguous)."""

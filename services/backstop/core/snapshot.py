@@ -112,8 +112,8 @@ def wallets_at_zero(engine: Engine) -> list[list[str]]:
     """[account, asset] of every wallet the ledger holds at zero, sorted. Not state (a wallet at zero decides nothing,
     so the state document leaves it out), but accounts.json lists it: a snapshot file carries these beside the state
     so that a replay resumed from it lists the same wallets as the whole replay."""
-    return sorted([name[7:name.rindex(":")], name[name.rindex(":") + 1:]]
-                  for name, balance in engine.ledger.balances.items() if name.startswith("wallet:") and balance == 0)
+    return sorted([*parts] for name, balance in engine.ledger.balances.items()
+                  if balance == 0 and (parts := ledger.wallet_parts(name)) is not None)
 
 
 def hold_wallets_at_zero(engine: Engine, wallets: list[list[str]]) -> None:
