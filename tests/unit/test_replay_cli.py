@@ -126,6 +126,20 @@ def test_every_field_of_a_snapshot_is_checked(tmp_path: Path, capsys: pytest.Cap
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("engine", ["reference", "compiled"])
+def test_a_resealed_snapshot_with_a_malformed_fund_is_refused_in_one_line(
+        engine: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "w"), "--snapshot-every", "10"]) == 0
+    snapshot = next((tmp_path / "w" / "snapshots").glob("*.json"))
+    document = json.loads(snapshot.read_text())
+    funds = [{**document["engine"]["funds"][0], "settle_asset": []}, *document["engine"]["funds"][1:]]
+    snapshot.write_text(json.dumps(_seal({**document, "engine": {**document["engine"], "funds": funds}})))
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "r"), "--from-snapshot", str(snapshot),
+                 "--engine", engine]) == 2
+    err = capsys.readouterr().err
+    assert f"snapshot {snapshot} is corrupt: " in err and len(err.splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 1 << 20])
 def test_the_journal_goes_to_the_engine_in_chunks_of_whole_lines(chunk_bytes: int, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:

@@ -135,7 +135,9 @@ def _check_wallets_at_zero(document: dict[str, Any], state: Any, corrupt: Callab
     if any(earlier >= later for earlier, later in itertools.pairwise(wallets)):
         raise corrupt("wallets_at_zero must be sorted, each pair once")
     funds = state.get("funds") if isinstance(state, dict) else None
-    assets = {f.get("settle_asset") for f in funds if isinstance(f, dict)} if isinstance(funds, list) else set()
+    # only names: a malformed fund is the engines' to refuse when they restore the state
+    assets = {asset for fund in funds if isinstance(fund, dict) and isinstance(asset := fund.get("settle_asset"), str)
+              } if isinstance(funds, list) else set()
     balances = state.get("balances") if isinstance(state, dict) else None
     for account_id, asset in wallets:
         if (not re.fullmatch(IDENTIFIER_CHARS, account_id) or len(account_id) > IDENTIFIER_MAX
