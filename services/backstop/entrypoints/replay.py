@@ -88,9 +88,11 @@ def _count(value: Any) -> bool:
 
 def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
     """A snapshot's files (its JSON and the identity file it names beside it) and its document, every field of its
-    envelope checked (its seal, counters, line, the identity file's name and SHA-256); the engine that restores it
-    checks the state and the identities themselves."""
-    from backstop.core.snapshot import seal_holds  # the reference's modules: only a resumed replay needs them
+    envelope checked (its seal, counters, line, the identity file's name and SHA-256) and its state held to what a
+    journal could have made (backstop.wire.snapshot_state); the engine that restores it checks the identities."""
+    # the reference's modules and pydantic: only a resumed replay loads them
+    from backstop.core.snapshot import SNAPSHOT_VERSION, seal_holds
+    from backstop.wire.snapshot_state import state_problem
 
     def corrupt(what: str) -> ReplayError:
         return ReplayError(f"snapshot {path} is corrupt: {what}", 2)
@@ -117,6 +119,9 @@ def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
             raise corrupt(f"{name} {value!r} is not a count (an integer >= 0)")
     ids = _identity_file(path, document, corrupt)
     state = document.get("engine")
+    if isinstance(state, dict) and state.get("snapshot_version") == SNAPSHOT_VERSION and (
+            problem := state_problem(state)):  # another version: the engines say which they read
+        raise corrupt(problem)
     _check_wallets_at_zero(document, state, corrupt)
     seq = state.get("seq") if isinstance(state, dict) else None
     return Snapshot(seq if isinstance(seq, int) else 0, raw, ids), document

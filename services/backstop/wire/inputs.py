@@ -71,7 +71,12 @@ RATE = Kind("RATE", 4, 18)
 LEVERAGE = Kind("LEVERAGE", 4, 8)
 # Not a wire kind: decimal parameters of tools (what-if files), bounded as wire decimals were in version 1.
 PARAMETER = Kind("PARAMETER", 20, 18)
-KINDS = {kind.name: kind for kind in (QTY, PRICE, MONEY, RATE, LEVERAGE, PARAMETER)}
+# Not wire kinds: numbers of the engine state a snapshot carries (docs/design.md §9.3; backstop.wire.snapshot_state):
+# a position's cost basis (MAX_COST, at 1e-16), a lot's cost (< 2^280 at 1e-16) and a ledger balance (BALANCE_BOUND).
+COST = Kind("COST", 22, 16)
+LOT_COST = Kind("LOT_COST", 69, 16)
+BALANCE = Kind("BALANCE", 68, 8)
+KINDS = {kind.name: kind for kind in (QTY, PRICE, MONEY, RATE, LEVERAGE, PARAMETER, COST, LOT_COST, BALANCE)}
 
 # A field's sign rule, and the reason when a decimal within its kind's digits breaks it.
 SIGNED, POSITIVE, NON_NEGATIVE, LEVERAGE_RANGE = "signed", "> 0", ">= 0", "0.01 to 1000"
@@ -98,7 +103,7 @@ def decimal_reason(value: object, kind: Kind, sign: str) -> str:
     return SIGN_REASONS[sign] or f"not a {kind.name} decimal: {quoted(value)}"
 
 
-class _PlainDecimal:
+class PlainDecimal:
     """A decimal field: a JSON string matching its kind's pattern for its sign, turned into a Decimal. The check is
     one pattern that pydantic-core runs in Rust (a Python validator per field made decoding and validating markedly
     slower: benchmarks/replay.py's validate_only). Its error carries the kind and the sign; backstop.wire.decode asks
@@ -122,19 +127,19 @@ class _PlainDecimal:
         return f"a plain decimal string of kind {self.kind.name}: {self.kind.bound_text()}{sign}"
 
 
-Qty = Annotated[Decimal, _PlainDecimal(QTY, POSITIVE)]
-Price = Annotated[Decimal, _PlainDecimal(PRICE, POSITIVE)]
-Money = Annotated[Decimal, _PlainDecimal(MONEY, SIGNED)]
-PositiveMoney = Annotated[Decimal, _PlainDecimal(MONEY, POSITIVE)]
-NonNegativeMoney = Annotated[Decimal, _PlainDecimal(MONEY, NON_NEGATIVE)]
-Rate = Annotated[Decimal, _PlainDecimal(RATE, SIGNED)]
-PositiveRate = Annotated[Decimal, _PlainDecimal(RATE, POSITIVE)]
-NonNegativeRate = Annotated[Decimal, _PlainDecimal(RATE, NON_NEGATIVE)]
-Leverage = Annotated[Decimal, _PlainDecimal(LEVERAGE, LEVERAGE_RANGE)]
+Qty = Annotated[Decimal, PlainDecimal(QTY, POSITIVE)]
+Price = Annotated[Decimal, PlainDecimal(PRICE, POSITIVE)]
+Money = Annotated[Decimal, PlainDecimal(MONEY, SIGNED)]
+PositiveMoney = Annotated[Decimal, PlainDecimal(MONEY, POSITIVE)]
+NonNegativeMoney = Annotated[Decimal, PlainDecimal(MONEY, NON_NEGATIVE)]
+Rate = Annotated[Decimal, PlainDecimal(RATE, SIGNED)]
+PositiveRate = Annotated[Decimal, PlainDecimal(RATE, POSITIVE)]
+NonNegativeRate = Annotated[Decimal, PlainDecimal(RATE, NON_NEGATIVE)]
+Leverage = Annotated[Decimal, PlainDecimal(LEVERAGE, LEVERAGE_RANGE)]
 # Tool parameters (not wire fields).
-DecimalStr = Annotated[Decimal, _PlainDecimal(PARAMETER, SIGNED)]
-PositiveDecimal = Annotated[Decimal, _PlainDecimal(PARAMETER, POSITIVE)]
-NonNegativeDecimal = Annotated[Decimal, _PlainDecimal(PARAMETER, NON_NEGATIVE)]
+DecimalStr = Annotated[Decimal, PlainDecimal(PARAMETER, SIGNED)]
+PositiveDecimal = Annotated[Decimal, PlainDecimal(PARAMETER, POSITIVE)]
+NonNegativeDecimal = Annotated[Decimal, PlainDecimal(PARAMETER, NON_NEGATIVE)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=IDENTIFIER_MAX, pattern=f"^{IDENTIFIER_CHARS}$")]
 Symbol = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Z0-9_-]+$")]
 Asset = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=r"^[A-Z0-9]+$")]
@@ -260,7 +265,7 @@ def decimal_fields() -> dict[str, tuple[Kind, str]]:
         for name, info in model.model_fields.items():
             annotations = [info.annotation, *get_args(info.annotation)]
             for item in [*info.metadata, *(m for a in annotations for m in getattr(a, "__metadata__", ()))]:
-                if isinstance(item, _PlainDecimal):
+                if isinstance(item, PlainDecimal):
                     found[f"{prefix}.{name}"] = (item.kind, item.sign)
             for annotation in (a for outer in annotations for a in (outer, *get_args(outer))):
                 if isinstance(annotation, type) and issubclass(annotation, _Record):
