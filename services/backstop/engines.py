@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import orjson
 
 from backstop import faults
-from backstop.adapters.files import RAW_KEEP_BYTES, write_bytes
+from backstop.adapters.files import RAW_KEEP_BYTES, pretty_json, write_bytes
 from backstop.adapters.journal_file import records
 from backstop.core.adl_policy import AdlPolicy
 from backstop.core.adl_policy import document as policy_document
@@ -186,11 +186,6 @@ class LedgerEngine(Protocol):
     def state_hash(self) -> str: ...
 
     def snapshot(self, input_line: int) -> Snapshot: ...
-
-
-def document_bytes(document: Any) -> bytes:
-    """A JSON document as the output files hold it: indented, sorted keys, a final newline."""
-    return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 
 def journal_lines(chunk: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
@@ -379,7 +374,7 @@ class ReferenceEngine:
     def accounts_json(self) -> bytes:
         from backstop.core.documents import accounts
 
-        return document_bytes(accounts(self.processor.engine))
+        return pretty_json(accounts(self.processor.engine))
 
     def state_hash(self) -> str:
         from backstop.core.snapshot import state_hash
@@ -407,7 +402,7 @@ class ReferenceEngine:
                          "findings": processor.findings, "postings": processor.postings,
                          "adl_quantiles": processor.adl_quantiles},
             "wallets_at_zero": wallets_at_zero(engine)})
-        return Snapshot(engine.last_seq, document_bytes(document), buffer.getvalue())
+        return Snapshot(engine.last_seq, pretty_json(document), buffer.getvalue())
 
     @classmethod
     def restored(cls, options: EngineOptions, snapshot: Snapshot) -> ReferenceEngine:

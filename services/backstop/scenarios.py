@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, ValidationError
 
-from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, write_bytes, write_json
+from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, pretty_json, write_bytes, write_json
 from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core.adl_policy import AdlPolicy, configured
 from backstop.core.events import fund_id_of, is_fund_account
@@ -28,7 +28,6 @@ from backstop.engines import (
     EngineName,
     EngineOptions,
     EngineUnavailable,
-    document_bytes,
     invariant_errors,
     open_engine,
 )
@@ -309,7 +308,7 @@ def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, o
     result = ledger_engine.summary()
     result["dead_letters"] = files.dead_letters
     metrics.adl = result["adl"]
-    write_bytes(out / "summary.json", document_bytes(result))
+    write_bytes(out / "summary.json", pretty_json(result))
     write_bytes(out / "accounts.json", ledger_engine.accounts_json())
     with localcontext(CONTEXT):
         for fund_id, fund in result["funds"].items():

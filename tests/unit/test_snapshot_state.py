@@ -89,6 +89,28 @@ FORGERIES: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
     ("an empty pending mark clock", lambda s: s["mark_clock"]["pending"].update({"BTCUSDT": []}),
      "engine.mark_clock.pending.BTCUSDT: Tuple should have at least 1 item"),
     ("a head that is not a SHA-256", lambda s: s.update(ledger_head="00"), "engine.ledger_head: String should match"),
+    ("a negative cost", lambda s: _position(s, cost="-1"), "engine.positions.0.cost: must be >= 0"),
+    ("a position of a fund's account", lambda s: _position(s, account_id="fund:MAIN"),
+     "engine.positions.0.account_id: fund:MAIN is a fund's account, not a trader's"),
+    ("a lot liquidated from a fund's account", lambda s: _lot(s, liquidated_account="fund:MAIN"),
+     "engine.funds.0.lots.0.liquidated_account: fund:MAIN is a fund's account, not a trader's"),
+    ("a fund's net inventory beyond the bound", lambda s: next(f for f in s["funds"] if f["lots"])["lots"].extend(
+        [{**next(f for f in s["funds"] if f["lots"])["lots"][0], "qty": "999999999999"}] * 2),
+     "engine: fund MAIN holds a net"),
+    ("a wallet of a fund's account", lambda s: s["balances"].update({"wallet:fund:MAIN:USDT": "0"}),
+     "engine: a wallet or isolated margin of fund:MAIN, a fund's account"),
+    ("a maint_amount the brackets do not imply", lambda s: s["instruments"][0]["tiers"][0].update(maint_amount="1"),
+     "engine.instruments.0: bracket 1: maint_amount 1 is not the 0 the brackets imply"),
+    ("a dedupe subject admission never makes", lambda s: s["dedupe"]["latest"].update({"fill:x": "00" * 8}),
+     "engine.dedupe.latest.fill:x.[key]: String should match pattern"),
+    ("an ADL policy the reference refuses", lambda s: s.update(adl_policy={"rule": "bitmex", "price": "bankruptcy",
+                                                                           "floor": "-5"}),
+     "engine.adl_policy: not an ADL policy: the fund floor must be >= 0"),
+    ("an ADL policy spelt otherwise", lambda s: s.update(adl_policy={"rule": "bitmex", "price": "bankruptcy",
+                                                                     "floor": "0"}),
+     "engine.adl_policy: not an ADL policy as a snapshot writes one"),
+    ("a key holding a newline", lambda s: s["balances"].update({"wallet:a\nb:USDT": "0"}),
+     "engine.balances.wallet:a\\x0ab:USDT.[key]: String should match pattern"),
 ]
 
 
@@ -101,3 +123,25 @@ def test_a_forged_state_is_refused_in_one_line(tmp_path: Path, change: Callable[
     change(state)
     problem = state_problem(state)
     assert problem is not None and problem.startswith(message) and "\n" not in problem, problem
+
+
+def test_balances_at_the_bound_sum_exactly(tmp_path: Path) -> None:
+    state = _snapshots(tmp_path, "05-funding-and-fund-inventory")[10]
+    big = "9" * 67 + ".99999999"  # 75 significant digits: a float or a 28-digit context would lose the last ones
+    state["balances"] = {"wallet:a:USDT": big, "wallet:b:USDT": "0.00000001", "external:USDT": f"-{'1' + '0' * 67}"}
+    assert state_problem(state) is None
+    state["balances"]["wallet:b:USDT"] = "0.00000002"
+    assert state_problem(state) == "engine: the balances must sum to zero, each within 10^68 (they sum to 1E-8)"
+
+
+def test_a_repeated_key_is_refused_whichever_value_comes_first(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    journal = ROOT / "examples" / "05-funding-and-fund-inventory.jsonl"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["replay", str(journal), "--out", str(tmp_path / "w"), "--snapshot-every", "10"]) == 0
+    snapshot = next((tmp_path / "w" / "snapshots").glob("*.json"))
+    text = snapshot.read_text()
+    first = text.index('"balances": {') + len('"balances": {')
+    snapshot.write_text(text[:first] + '"fund:MAIN": 5,' + text[first:])  # the seal covers the parsed document
+    assert main(["replay", str(journal), "--out", str(tmp_path / "r"), "--from-snapshot", str(snapshot)]) == 2
+    assert capsys.readouterr().err.strip().endswith('is corrupt: key "fund:MAIN" repeats in an object')

@@ -40,7 +40,12 @@ class OutputError(Exception):
 
 def write_json(path: Path, document: Any) -> None:
     """Pretty, sorted JSON written atomically (temp file + rename)."""
-    write_bytes(path, orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    write_bytes(path, pretty_json(document))
+
+
+def pretty_json(document: Any) -> bytes:
+    """The bytes of a JSON file the commands write (summary.json, accounts.json, snapshots): indented, keys sorted."""
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 
 def write_bytes(path: Path, content: bytes) -> None:

@@ -20,7 +20,15 @@ from typing import Any, TypeVar
 
 import orjson
 
-from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, OutputError, staged_dir, write_bytes, write_json
+from backstop.adapters.files import (
+    REPLAY_OUTPUTS,
+    OutputDir,
+    OutputError,
+    pretty_json,
+    staged_dir,
+    write_bytes,
+    write_json,
+)
 from backstop.adapters.journal_file import JournalFile, JournalFileError
 from backstop.core import adl_policy
 from backstop.core.adl_policy import AdlPolicy
@@ -37,6 +45,7 @@ from backstop.engines import (
     LedgerEngine,
     Snapshot,
     SnapshotError,
+    invariant_errors,
     open_engine,
     snapshot_name,
 )
@@ -92,6 +101,8 @@ def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
     journal could have made (backstop.wire.snapshot_state); the engine that restores it checks the identities."""
     # the reference's modules and pydantic: only a resumed replay loads them
     from backstop.core.snapshot import SNAPSHOT_VERSION, seal_holds
+    from backstop.wire.decode import repeated_key
+    from backstop.wire.inputs import quoted
     from backstop.wire.snapshot_state import state_problem
 
     def corrupt(what: str) -> ReplayError:
@@ -106,6 +117,9 @@ def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
         raise corrupt(f"not JSON ({error})") from None
     if not isinstance(document, dict):
         raise corrupt("not a JSON object")
+    # which of a repeated key's values counts would be each engine's choice; a file as written repeats none
+    if pretty_json(document) != raw and (key := repeated_key(raw, document)) is not None:
+        raise corrupt(f"key {quoted(key)} repeats in an object")
     if "snapshot_hash" not in document:
         raise corrupt("no snapshot_hash (a snapshot of an older backstop: write it again with --snapshot-every)")
     if not seal_holds(document):
@@ -320,8 +334,20 @@ def _replay(options: ReplayOptions, chunks: Callable[[int, int | None], Iterable
     except OSError as error:
         raise ReplayError(f"cannot write {options.out}: {error.strerror or error}", 2) from None
     except EngineFailure as error:  # the staged output is discarded: nothing partial is left
-        raise ReplayError(error.of(options.journal or "the stored journal"), 2) from None
+        source = options.journal or "the stored journal"
+        raise ReplayError(error.of(source) if options.from_snapshot is None else
+                          f"the {error.engine} engine stopped on the record at line {error.line} of {source}: "
+                          f"{error.reason}{_resumed(options)}", 2) from None
+    except invariant_errors() as error:  # the reference's: said in one line, as the compiled engine's
+        raise ReplayError(f"the {engine.name} engine stopped: {error}{_resumed(options)}", 2) from None
     return result
+
+
+def _resumed(options: ReplayOptions) -> str:
+    """Why an engine may stop in a replay from a snapshot without a bug: a state within the checked rules that no
+    journal makes (balances a forger set near the bound 10^68)."""
+    return "" if options.from_snapshot is None else \
+        f" (resumed from {options.from_snapshot}, whose state may be one no journal makes)"
 
 
 @contextlib.contextmanager

@@ -72,9 +72,10 @@ LEVERAGE = Kind("LEVERAGE", 4, 8)
 # Not a wire kind: decimal parameters of tools (what-if files), bounded as wire decimals were in version 1.
 PARAMETER = Kind("PARAMETER", 20, 18)
 # Not wire kinds: numbers of the engine state a snapshot carries (docs/design.md §9.3; backstop.wire.snapshot_state):
-# a position's cost basis (MAX_COST, at 1e-16), a lot's cost (< 2^280 at 1e-16) and a ledger balance (BALANCE_BOUND).
+# a position's cost basis (MAX_COST, at 1e-16), a lot's cost (< 2^280 at 1e-16; held below 10^68 here, which no
+# journal reaches either) and a ledger balance (BALANCE_BOUND).
 COST = Kind("COST", 22, 16)
-LOT_COST = Kind("LOT_COST", 69, 16)
+LOT_COST = Kind("LOT_COST", 68, 16)
 BALANCE = Kind("BALANCE", 68, 8)
 KINDS = {kind.name: kind for kind in (QTY, PRICE, MONEY, RATE, LEVERAGE, PARAMETER, COST, LOT_COST, BALANCE)}
 
