@@ -95,6 +95,8 @@ def _a_wallet_with_a_balance(document: dict[str, Any]) -> list[str]:
     (lambda d: _seal({**d, "counters": {**d["counters"], "rejected": -5}}), "rejected -5 is not a count"),
     (lambda d: _seal({**d, "counters": {**d["counters"], "findings": "1"}}), "findings '1' is not a count"),
     (lambda d: _seal({**d, "input_line": True}), "input_line True is not a count"),
+    (lambda d: _seal({**d, "counters": {**d["counters"], "postings": 2**64 - 1}}),
+     "postings 18446744073709551615 is not a count"),
     (lambda d: _seal({**d, "counters": {"rejected": 0}}), "counters must be exactly duplicates, rejected"),
     (lambda d: _seal({k: v for k, v in d.items() if k != "wallets_at_zero"}), "no wallets_at_zero (a snapshot of an"),
     (lambda d: _seal({**d, "wallets_at_zero": [["u1"]]}), "wallets_at_zero must be a list of [account, asset] pairs"),

@@ -94,9 +94,14 @@ FORGERIES: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
      "engine.positions.0.account_id: fund:MAIN is a fund's account, not a trader's"),
     ("a lot liquidated from a fund's account", lambda s: _lot(s, liquidated_account="fund:MAIN"),
      "engine.funds.0.lots.0.liquidated_account: fund:MAIN is a fund's account, not a trader's"),
-    ("a fund's net inventory beyond the bound", lambda s: next(f for f in s["funds"] if f["lots"])["lots"].extend(
-        [{**next(f for f in s["funds"] if f["lots"])["lots"][0], "qty": "999999999999"}] * 2),
-     "engine: fund MAIN holds a net"),
+    ("a lot beyond the bound on a qty", lambda s: _lot(s, qty="1000000000000"),
+     'engine.funds.0.lots.0.qty: at most 12 integer and 8 fraction digits: "1000000000000"'),
+    ("a snapshot version written as a fraction", lambda s: s.update(snapshot_version=4.0),
+     "engine.snapshot_version: Input should be a valid integer"),
+    ("a drawdown window written as a fraction", lambda s: s.update(adl_policy={
+        "rule": "bitmex", "price": "bankruptcy",
+        "drawdown": {"ratio": "0.3", "stop": "0.25", "window_ms": 28800000.0}}),
+     "engine.adl_policy: not an ADL policy as a snapshot writes one"),
     ("a wallet of a fund's account", lambda s: s["balances"].update({"wallet:fund:MAIN:USDT": "0"}),
      "engine: a wallet or isolated margin of fund:MAIN, a fund's account"),
     ("a maint_amount the brackets do not imply", lambda s: s["instruments"][0]["tiers"][0].update(maint_amount="1"),

@@ -655,7 +655,9 @@ impl Engine {
         }
         let fund = self.instruments[&symbol_id].fund_id;
         let net = self.funds[&fund].net_qty(symbol_id);
-        let payment = payment_of(net);
+        // the fund's net is bounded only lot by lot (its lots leave one side at a time): valued in 256 bits
+        let value = valuation.value_wide(net.abs(), mark);
+        let payment = money(mul(if net < 0 { -value } else { value }, I256::new(rate)), S16 + S18);
         if payment != 0 {
             self.post("funding", Account::Fund(fund), clearing, payment, asset, out);
             self.fund_entry(fund, "funding", I256::new(-payment), None, clearing, Some(symbol_id), out);
@@ -1033,8 +1035,9 @@ impl Engine {
         let mut total = I256::ZERO;
         for lots in fund_state.lots.values() {
             let symbol = lots.front().expect("no empty lot list").symbol;
-            let value = self.instruments[&symbol].valuation.value(fund_state.net_qty(symbol).abs(), self.marks[&symbol]);
-            total = add(total, I256::new(value));
+            let value = self.instruments[&symbol].valuation.value_wide(fund_state.net_qty(symbol).abs(),
+                                                                         self.marks[&symbol]);
+            total = add(total, value);
         }
         total
     }

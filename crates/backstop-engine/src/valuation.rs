@@ -11,7 +11,7 @@
 //! Widths (docs/design.md section 9.3): an inverse position's face |q| x s stays below MAX_FACE, so with P >= 1e-8
 //! every value stays below 10^22, as a linear one does: at 1e-16 it fits an i128.
 
-use crate::numbers::{narrow, ratio, wide, wide_mul, wmul, wratio, Rounding, Wide, S16, S8};
+use crate::numbers::{mul128, narrow, ratio, wide, wide_mul, wmul, wratio, Rounding, Wide, S16, S8};
 use ethnum::I256;
 
 /// The largest PRICE, 9999999999.99999999 at 1e-8: the price of an inverse value <= 0.
@@ -43,10 +43,11 @@ impl Valuation {
         }
     }
 
-    /// V(size, P) at 1e-16 of a size within the bounds (a position, a lot, a fund's net): below 10^22.
+    /// V(size, P) at 1e-16 of a size within the bounds (a position, a lot): below 10^22. A fund's net in a symbol
+    /// has no such bound (its lots leave one side at a time): value_wide.
     pub fn value(self, size: i128, price: i128) -> i128 {
         match self.contract_size {
-            None => size * price,
+            None => mul128(size, price),
             Some(_) => narrow(self.value_wide(size, price)),
         }
     }

@@ -92,7 +92,8 @@ class Carried:
 
 
 def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A count both engines hold (a signed 64-bit integer, as the state's counts)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
@@ -130,11 +131,12 @@ def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
     for name in ("input_line", *SNAPSHOT_COUNTERS):
         value = document.get(name) if name == "input_line" else counters[name]
         if not _count(value):
-            raise corrupt(f"{name} {value!r} is not a count (an integer >= 0)")
+            raise corrupt(f"{name} {value!r} is not a count (an integer from 0 below 2^63)")
     ids = _identity_file(path, document, corrupt)
     state = document.get("engine")
+    # a state of another version: the engines say which they read (4.0 is this version, and refused)
     if isinstance(state, dict) and state.get("snapshot_version") == SNAPSHOT_VERSION and (
-            problem := state_problem(state)):  # another version: the engines say which they read
+            problem := state_problem(state)):
         raise corrupt(problem)
     _check_wallets_at_zero(document, state, corrupt)
     seq = state.get("seq") if isinstance(state, dict) else None
@@ -335,19 +337,20 @@ def _replay(options: ReplayOptions, chunks: Callable[[int, int | None], Iterable
         raise ReplayError(f"cannot write {options.out}: {error.strerror or error}", 2) from None
     except EngineFailure as error:  # the staged output is discarded: nothing partial is left
         source = options.journal or "the stored journal"
-        raise ReplayError(error.of(source) if options.from_snapshot is None else
-                          f"the {error.engine} engine stopped on the record at line {error.line} of {source}: "
-                          f"{error.reason}{_resumed(options)}", 2) from None
+        raise ReplayError(f"the {error.engine} engine stopped on the record at line {error.line} of {source}: "
+                          f"{error.reason}{resumed}" if (resumed := _resumed(options, error.reason)) else
+                          error.of(source), 2) from None
     except invariant_errors() as error:  # the reference's: said in one line, as the compiled engine's
-        raise ReplayError(f"the {engine.name} engine stopped: {error}{_resumed(options)}", 2) from None
+        raise ReplayError(f"the {engine.name} engine stopped: {error}{_resumed(options, str(error))}", 2) from None
     return result
 
 
-def _resumed(options: ReplayOptions) -> str:
+def _resumed(options: ReplayOptions, reason: str) -> str:
     """Why an engine may stop in a replay from a snapshot without a bug: a state within the checked rules that no
-    journal makes (balances a forger set near the bound 10^68)."""
-    return "" if options.from_snapshot is None else \
-        f" (resumed from {options.from_snapshot}, whose state may be one no journal makes)"
+    journal makes, whose balances a forger set near the bound 10^68 (any other stop is the engine's)."""
+    if options.from_snapshot is None or "beyond the bound 10^68" not in reason:
+        return ""
+    return f" (resumed from {options.from_snapshot}, whose state may be one no journal makes)"
 
 
 @contextlib.contextmanager

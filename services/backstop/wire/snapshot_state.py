@@ -3,7 +3,7 @@
 A snapshot's hashes prove only that nothing changed since someone sealed it; anyone can seal a state of their own.
 So the state is held to what a journal could have made: every name as the wire allows it (a trader's never a fund's),
 every number within its kind and the bounds on state (docs/design.md §9.2, §9.3: a position's size, cost and face, a
-fund's net inventory per symbol), every symbol one the state defines, each position once and on the side its qty says,
+lot's), every symbol one the state defines, each position once and on the side its qty says,
 the instruments' own rules, the ADL policy's, and a ledger whose balances sum to zero, exactly. Both engines then read
 only states their rules were written for, and accept the same files. A state within these rules can still carry
 balances no journal reaches (a forger's, near the bound 10^68) and drive one past it: each engine then stops at its
@@ -22,9 +22,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from backstop.core import adl_policy
 from backstop.core.events import is_fund_account
+from backstop.core.hashing import canonical_json
 from backstop.core.ledger import isolated_owner, wallet_owner
-from backstop.core.numbers import BALANCE_BOUND, CONTEXT, MAX_POSITION_QTY
+from backstop.core.numbers import BALANCE_BOUND, CONTEXT
 from backstop.core.ordering import WINDOW
+from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.core.valuation import MAX_FACE
 from backstop.wire.decode import describe
 from backstop.wire.inputs import (
@@ -187,7 +189,7 @@ def _a_policy(document: dict[str, Any]) -> dict[str, Any]:
         policy = adl_policy.from_document(document)
     except (ValueError, ArithmeticError, TypeError, KeyError) as error:
         raise ValueError(f"not an ADL policy: {error}") from None
-    if adl_policy.document(policy) != document:
+    if canonical_json(adl_policy.document(policy)) != canonical_json(document):  # bytes: 1.0 is not 1, true not 1
         raise ValueError("not an ADL policy as a snapshot writes one")
     return document
 
@@ -197,6 +199,7 @@ class State(BaseModel):
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
+    snapshot_version: Annotated[int, Field(ge=SNAPSHOT_VERSION, le=SNAPSHOT_VERSION)]
     seq: Count
     newest_ts: Timestamp | None
     ledger_head: Head
@@ -224,7 +227,7 @@ class State(BaseModel):
             raise ValueError("a fund or an instrument is listed twice")
         self._references(funds, instruments)
         self._positions(instruments)
-        self._inventory(instruments)
+        self._lots(instruments)
         self._ledger()
         return self
 
@@ -268,16 +271,15 @@ class State(BaseModel):
             if size is not None and CONTEXT.multiply(abs(position.qty), size) >= MAX_FACE:
                 raise ValueError(f"a {position.symbol} position of {position.qty} has a face value above 10^14")
 
-    def _inventory(self, instruments: dict[str, Instrument]) -> None:
-        """A fund's net inventory per symbol within MAX_POSITION_QTY, and an inverse one's face within MAX_FACE."""
+    def _lots(self, instruments: dict[str, Instrument]) -> None:
+        """An inverse lot's face within MAX_FACE, as the liquidated position's was (the engine bounds a fund's lots one
+        by one: its net in a symbol can pass them once its lots of one side leave)."""
         for fund in self.funds:
-            by_symbol = itertools.groupby(sorted(fund.lots, key=lambda lot: lot.symbol), lambda lot: lot.symbol)
-            for symbol, lots in by_symbol:
-                with localcontext(CONTEXT):
-                    net = sum((lot.qty if lot.side == "long" else -lot.qty for lot in lots), Decimal(0))
-                size = instruments[symbol].contract_size
-                if abs(net) >= MAX_POSITION_QTY or (size is not None and CONTEXT.multiply(abs(net), size) >= MAX_FACE):
-                    raise ValueError(f"fund {fund.fund_id} holds a net {net} {symbol}, beyond the bounds on state")
+            for lot in fund.lots:
+                size = instruments[lot.symbol].contract_size
+                if size is not None and CONTEXT.multiply(lot.qty, size) >= MAX_FACE:
+                    raise ValueError(f"fund {fund.fund_id}: a {lot.symbol} lot of {lot.qty} has a face value above "
+                                     f"10^14")
 
     def _ledger(self) -> None:
         """No wallet or isolated margin of a fund's account; every balance within 10^68, and all summing to zero."""
