@@ -195,7 +195,8 @@ def _a_policy(document: dict[str, Any]) -> dict[str, Any]:
 
 
 class State(BaseModel):
-    """The fields of the state the rules read; the engine's bookkeeping passes through to its restore."""
+    """Every field of a state document (backstop.core.snapshot.state_document); a field of no version is left to
+    the state hash, which the engines recompute without it."""
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
