@@ -31,7 +31,8 @@ def wallet(account_id: str, asset: str) -> str:
 
 def wallet_owner(name: str) -> str | None:
     """The trader behind a wallet:<account>:<asset> name (None for any other ledger account)."""
-    return name[7:name.rindex(":")] if name.startswith("wallet:") else None
+    parts = wallet_parts(name)
+    return None if parts is None else parts[0]
 
 
 def wallet_parts(name: str) -> tuple[str, str] | None:

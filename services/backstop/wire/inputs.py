@@ -142,8 +142,9 @@ DecimalStr = Annotated[Decimal, PlainDecimal(PARAMETER, SIGNED)]
 PositiveDecimal = Annotated[Decimal, PlainDecimal(PARAMETER, POSITIVE)]
 NonNegativeDecimal = Annotated[Decimal, PlainDecimal(PARAMETER, NON_NEGATIVE)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=IDENTIFIER_MAX, pattern=f"^{IDENTIFIER_CHARS}$")]
-Symbol = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Z0-9_-]+$")]
-Asset = Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=r"^[A-Z0-9]+$")]
+SYMBOL_CHARS, SYMBOL_MAX, ASSET_CHARS, ASSET_MAX = r"[A-Z0-9_-]", 32, r"[A-Z0-9]", 16
+Symbol = Annotated[str, StringConstraints(min_length=1, max_length=SYMBOL_MAX, pattern=f"^{SYMBOL_CHARS}+$")]
+Asset = Annotated[str, StringConstraints(min_length=1, max_length=ASSET_MAX, pattern=f"^{ASSET_CHARS}+$")]
 Timestamp = Annotated[int, Field(ge=0, le=2**53)]
 
 

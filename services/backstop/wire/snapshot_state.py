@@ -21,7 +21,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from backstop.core import adl_policy
-from backstop.core.events import is_fund_account
+from backstop.core.events import IDENTIFIER_CHARS, IDENTIFIER_MAX, is_fund_account
 from backstop.core.hashing import canonical_json
 from backstop.core.ledger import isolated_owner, wallet_owner
 from backstop.core.numbers import BALANCE_BOUND, CONTEXT
@@ -30,12 +30,16 @@ from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.core.valuation import MAX_FACE
 from backstop.wire.decode import describe
 from backstop.wire.inputs import (
+    ASSET_CHARS,
+    ASSET_MAX,
     BALANCE,
     COST,
     LOT_COST,
     NON_NEGATIVE,
     QTY,
     SIGNED,
+    SYMBOL_CHARS,
+    SYMBOL_MAX,
     Asset,
     Identifier,
     Leverage,
@@ -69,14 +73,14 @@ def _a_trader(account_id: str) -> str:
 
 
 Trader = Annotated[Identifier, AfterValidator(_a_trader)]
-_ACCOUNT = r"[A-Za-z0-9_.:@/-]{1,128}"
+_ACCOUNT = f"{IDENTIFIER_CHARS.removesuffix('+')}{{1,{IDENTIFIER_MAX}}}"
+_SYMBOL, _ASSET = f"{SYMBOL_CHARS}{{1,{SYMBOL_MAX}}}", f"{ASSET_CHARS}{{1,{ASSET_MAX}}}"
 # every ledger account a journal can make (backstop.core.ledger); an account id may hold a colon
 LedgerAccount = Annotated[str, StringConstraints(pattern=(
-    rf"^(?:wallet:{_ACCOUNT}:[A-Z0-9]{{1,16}}|isolated:{_ACCOUNT}:[A-Z0-9_-]{{1,32}}(?::long|:short)?"
-    r"|fund:[A-Za-z0-9_.:@/-]{1,128}|(?:fees|external):[A-Z0-9]{1,16}|(?:settlement|funding):[A-Z0-9_-]{1,32})$"))]
+    f"^(?:wallet:{_ACCOUNT}:{_ASSET}|isolated:{_ACCOUNT}:{_SYMBOL}(?::long|:short)?|fund:{_ACCOUNT}"
+    f"|(?:fees|external):{_ASSET}|(?:settlement|funding):{_SYMBOL})$"))]
 # the subjects whose last record admission remembers (backstop.core.dedupe.subject)
-Subject = Annotated[str, StringConstraints(
-    pattern=r"^(?:fund:[A-Za-z0-9_.:@/-]{1,128}|(?:instrument|mark):[A-Z0-9_-]{1,32})$")]
+Subject = Annotated[str, StringConstraints(pattern=f"^(?:fund:{_ACCOUNT}|(?:instrument|mark):{_SYMBOL})$")]
 
 
 class _Part(BaseModel):
