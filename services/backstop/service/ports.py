@@ -38,6 +38,15 @@ class EndsUnavailable(Exception):
     """No answer to a request for ends (the broker is away): they stay unknown for now."""
 
 
+class InputGap(Exception):
+    """A stored input position outside its partition's log: records deleted (retention) before the service read
+    them, or the topic created again. The run stops there, unless BACKSTOP_INPUT_GAP=skip (settings.input_gap)."""
+
+
+class InputPartitionsGrew(Exception):
+    """An input topic has more partitions than the run reads: the run restarts, which reads them all."""
+
+
 class Fetched(NamedTuple):
     """What one fetch brought."""
 
@@ -56,7 +65,8 @@ class Consumer(Protocol):
     async def assign(self, topics: Sequence[str], positions: Mapping[Partition, int]
                      ) -> tuple[dict[Partition, int], dict[Partition, int]]:
         """Every partition of `topics`, each at its position in `positions` or, without one, at the start of its
-        log. Returns every partition's position and end."""
+        log. Returns every partition's position and end. A position outside its partition's log raises InputGap
+        (unless settings.input_gap is "skip": then it reads from the start)."""
         ...
 
     async def fetch(self, *, only: set[Partition] | None, max_records: int, timeout_ms: int) -> Fetched:
@@ -304,10 +314,11 @@ def passed_over(row: OutboxRow, partition: int, published: Mapping[Partition, tu
 
 
 def place_in_headers(headers: Iterable[tuple[str, bytes]]) -> tuple[str, int] | None:
-    """The place a published record's headers name: (its header, the id there); None on a record without one."""
+    """The place a published record's headers name: (its header, the id there); None on a record without one, or
+    whose header holds no id (another producer's record: the store's cursors say what was published)."""
     for name, value in headers:
         if name in (OUTBOX_HEADER, POSITION_HEADER):
-            return name, int(value)
+            return (name, int(value)) if value.isascii() and value.isdigit() else None
     return None
 
 

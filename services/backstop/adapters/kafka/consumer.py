@@ -1,20 +1,25 @@
 """The input topics through aiokafka: partitions assigned explicitly (no consumer group, nothing committed to
-Kafka: the offsets live in PostgreSQL), read_committed, in batches."""
+Kafka: the offsets live in PostgreSQL), read_committed, in batches. A stored position outside its partition's log
+is never moved silently (aiokafka's auto_offset_reset is "none"): records deleted before they were read stop the
+run (InputGap) unless settings.input_gap says to skip them; a topic grown by partitions restarts it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, OffsetOutOfRangeError
 
 from backstop.pipeline.ingest import Consumed
-from backstop.service.ports import EndsUnavailable, Fetched, Partition
+from backstop.service.ports import EndsUnavailable, Fetched, InputGap, InputPartitionsGrew, Partition
 from backstop.settings import Settings
 
+log = logging.getLogger("backstop.service")
 METADATA_WAIT_S = 5.0  # a topic created just now appears in the metadata within this long
+METADATA_MAX_AGE_MS = 30_000  # how soon partitions added to an input topic are seen (aiokafka's default: 5 min)
 
 
 class KafkaConsumer:
@@ -27,11 +32,14 @@ class KafkaConsumer:
 
     def __init__(self, settings: Settings, *, max_partition_fetch_bytes: int = 4 << 20) -> None:
         common = {"bootstrap_servers": settings.kafka_bootstrap, "group_id": None, "enable_auto_commit": False,
-                  "auto_offset_reset": "earliest", "isolation_level": "read_committed", "request_timeout_ms": 30_000,
+                  "auto_offset_reset": "none", "isolation_level": "read_committed", "request_timeout_ms": 30_000,
                   "ssl_context": settings.ssl_context(), **settings.kafka_client_options()}
         self._consumer = AIOKafkaConsumer(client_id="backstop-ledger", fetch_max_bytes=32 << 20,
-                                          max_partition_fetch_bytes=max_partition_fetch_bytes, **common)
+                                          max_partition_fetch_bytes=max_partition_fetch_bytes,
+                                          metadata_max_age_ms=METADATA_MAX_AGE_MS, **common)
         self._offsets = AIOKafkaConsumer(client_id="backstop-ledger-offsets", **common)
+        self._skip_gaps = settings.input_gap == "skip"
+        self._counts: dict[str, int] = {}  # the partitions of each topic the run reads
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -45,27 +53,50 @@ class KafkaConsumer:
                      ) -> tuple[dict[Partition, int], dict[Partition, int]]:
         """All seeks at once: the partitions without a stored position start at their log's start offset, asked
         for in one request (a seek_to_beginning and position() per partition, one after another, each waited for
-        the fetch in flight, and /health said 503 meanwhile)."""
+        the fetch in flight, and /health said 503 meanwhile). A stored position outside its log is a gap
+        (`_outside`)."""
         partitions: list[TopicPartition] = []
+        self._counts = {}
         for topic in topics:
-            partitions.extend(TopicPartition(topic, p) for p in sorted(await self._partitions(topic)))
+            found = sorted(await self._partitions(topic))
+            self._counts[topic] = len(found)
+            partitions.extend(TopicPartition(topic, p) for p in found)
         offsets = self._offsets
         offsets.assign(partitions)
         for tp in partitions:  # a valid position, and paused: this client never fetches
             offsets.seek(tp, 0)
         if partitions:
             offsets.pause(*partitions)
-        missing = [tp for tp in partitions if (tp.topic, tp.partition) not in positions]
-        starts = await self._ask(offsets.beginning_offsets(missing)) if missing else {}
+        starts = await self._ask(offsets.beginning_offsets(partitions)) if partitions else {}
+        ends = await self.end_offsets([(tp.topic, tp.partition) for tp in partitions])
         consumer = self._consumer
         consumer.assign(partitions)
         assigned: dict[Partition, int] = {}
         for tp in partitions:
-            position = positions.get((tp.topic, tp.partition))
-            position = starts[(tp.topic, tp.partition)] if position is None else position
+            partition = (tp.topic, tp.partition)
+            start, position = starts[partition], positions.get(partition)
+            if position is None:
+                position = start
+            elif not start <= position <= ends[partition]:
+                position = self._outside(partition, position, start, ends[partition])
             consumer.seek(tp, position)
-            assigned[(tp.topic, tp.partition)] = position
-        return assigned, await self.end_offsets(list(assigned))
+            assigned[partition] = position
+        return assigned, ends
+
+    def _outside(self, partition: Partition, position: int, start: int, end: int) -> int:
+        """Where to read a partition whose stored position lies outside its log [start, end]: nowhere (InputGap),
+        or, where settings.input_gap is "skip", from its start, said in the log."""
+        topic, number = partition
+        if position < start:
+            gap = (f"input {topic}[{number}]: offsets {position} to {start - 1} were deleted (retention) before the "
+                   f"service read them")
+        else:
+            gap = (f"input {topic}[{number}]: the stored position {position} lies beyond the log's end {end} (was "
+                   f"the topic created again?)")
+        if not self._skip_gaps:
+            raise InputGap(f"{gap}; set BACKSTOP_INPUT_GAP=skip to read on from offset {start} without them")
+        log.warning("%s; BACKSTOP_INPUT_GAP=skip: reading on from offset %d", gap, start)
+        return start
 
     async def fetch(self, *, only: set[Partition] | None, max_records: int, timeout_ms: int) -> Fetched:
         """One getmany; with `only`, the other partitions are paused for it (backpressure)."""
@@ -76,9 +107,16 @@ class KafkaConsumer:
             consumer.pause(*paused)
         try:
             fetched = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except OffsetOutOfRangeError as error:  # deleted while the run lagged: a restart says what is missing
+            raise InputGap(f"input records deleted before the service read them ({error}); restarting") from error
         finally:
             if paused:
                 consumer.resume(*paused)
+        for topic, count in self._counts.items():  # the metadata refreshed at least every METADATA_MAX_AGE_MS
+            grown = len(consumer.partitions_for_topic(topic) or ())
+            if grown > count:
+                raise InputPartitionsGrew(f"input topic {topic} has {grown} partitions, {count} when the run "
+                                          f"started: restarting to read them all")
         new = tuple.__new__  # a NamedTuple's own __new__ is a Python call per record
         records = {(tp.topic, tp.partition): [new(Consumed, (r.topic, r.partition, r.offset, r.key, r.value))
                                               for r in batch]

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from backstop import faults
@@ -156,24 +157,31 @@ class KafkaPublisher:
         return sent
 
     async def last_published(self, counts: Mapping[str, int]) -> dict[Partition, tuple[str, int]]:
-        """Reads the last record of every output partition."""
+        """Reads the last record of every output partition that still holds one. A partition whose records have
+        all expired (retention: 30 days on some topics) has none to read: its start offset is its end, and the
+        store's cursors say what was published there (the crash window this read closes is seconds long)."""
         settings = self.settings
         partitions = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
+        # "none": a seek below the log start (the record expired meanwhile) raises instead of waiting at the end
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
                                     enable_auto_commit=False, isolation_level="read_committed",
-                                    client_id="backstop-relay-scan", ssl_context=settings.ssl_context(),
-                                    **settings.kafka_client_options())
+                                    auto_offset_reset="none", client_id="backstop-relay-scan",
+                                    ssl_context=settings.ssl_context(), **settings.kafka_client_options())
         await consumer.start()
         try:
             consumer.assign(partitions)
             ends = await consumer.end_offsets(partitions)
+            starts = await consumer.beginning_offsets(partitions)
             found: dict[Partition, tuple[str, int]] = {}
             for tp in partitions:
-                if ends[tp] == 0:
+                if ends[tp] <= starts[tp]:
                     continue
                 consumer.seek(tp, ends[tp] - 1)
-                async with asyncio.timeout(30):  # not wait_for: on 3.11 it can drop a cancel
-                    record = await consumer.getone(tp)
+                try:
+                    async with asyncio.timeout(30):  # not wait_for: on 3.11 it can drop a cancel
+                        record = await consumer.getone(tp)
+                except OffsetOutOfRangeError:
+                    continue  # expired since the ends were asked for
                 place = place_in_headers(record.headers or ())
                 if place is not None:
                     found[(tp.topic, tp.partition)] = place

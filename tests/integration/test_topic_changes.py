@@ -1,0 +1,126 @@
+"""The topics changing under the service, as retention and operators change them: an output partition whose records
+all expired, input records deleted before the service read them, partitions added to an input topic. Nothing is
+passed over silently and nothing stops for good.
+
+DeleteRecords moves a partition's log start exactly as retention does."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from kafka import TopicPartition
+from kafka.admin import KafkaAdminClient, NewPartitions
+from service_harness import in_process, input_ends, settings_for, wait_caught_up
+
+from backstop.adapters.kafka import consumer as kafka_consumer
+from backstop.adapters.kafka.tools import end_offsets, produce_file
+from backstop.pipeline.topics import TopicNames
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "01-isolated-liquidation-surplus.jsonl"  # 9 events, transfers on offsets 0 to 2
+T0 = 1760000000000
+
+
+def transfer(transfer_id: str, ts: int) -> bytes:
+    return orjson.dumps({"ts": ts, "transfer_id": transfer_id, "account_id": "u9", "asset": "USDT", "amount": "1"})
+
+
+async def send(bootstrap: str, topic: str, values: list[bytes], partition: int | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=b"u9", partition=partition)
+    finally:
+        await producer.stop()
+
+
+def delete_records(bootstrap: str, partition: TopicPartition, before: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="backstop-tests")
+    try:
+        admin.delete_records({partition: before}, timeout_ms=30_000)
+    finally:
+        admin.close()
+
+
+async def applied_transfers(dsn: str) -> list[str]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch("SELECT payload FROM journal WHERE type = 'transfer' ORDER BY seq")
+        return [orjson.loads(row["payload"])["transfer_id"] for row in rows]
+    finally:
+        await connection.close()
+
+
+async def until(condition: Any, what: str, timeout: float = 60) -> None:
+    for _ in range(int(timeout / 0.1)):
+        if condition():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"not within {timeout:g} s: {what}", pytrace=False)
+
+
+async def test_a_relay_starts_over_an_output_partition_whose_records_all_expired(
+        kafka_bootstrap: str, topic_prefix: str, migrated_database: str) -> None:
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}oexp.")
+    topics = TopicNames(settings.topic_prefix)
+    async with in_process(settings):
+        await produce_file(settings, EXAMPLE)
+        await send(kafka_bootstrap, topics.input("fill"), [b"{not json"])
+        await wait_caught_up(migrated_database, applied=9)
+    ends = await end_offsets(settings, [topics.dead_letter])
+    assert ends[(topics.dead_letter, 0)] == 1
+    delete_records(kafka_bootstrap, TopicPartition(topics.dead_letter, 0), 1)  # its 30 days have passed
+    async with in_process(settings) as (_, relay):
+        await until(lambda: relay.ready, "the relay ready after its start")
+        await send(kafka_bootstrap, topics.input("fill"), [b"{still not json"])
+        await wait_caught_up(migrated_database, applied=9, ends=await input_ends(settings))
+    assert await end_offsets(settings, [topics.dead_letter]) == {(topics.dead_letter, 0): 2}
+
+
+async def test_input_deleted_before_it_was_read_stops_the_processor_until_it_is_told_to_skip(
+        kafka_bootstrap: str, topic_prefix: str, migrated_database: str) -> None:
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}igap.")
+    transfers = TopicNames(settings.topic_prefix).input("transfer")
+    async with in_process(settings):
+        await produce_file(settings, EXAMPLE)
+        await wait_caught_up(migrated_database, applied=9)
+    # while the service is away: offsets 3 to 7 are written, then deleted before it reads them
+    await send(kafka_bootstrap, transfers, [transfer(f"gone-{n}", T0 + 10 + n) for n in range(5)]
+               + [transfer("kept", T0 + 20)])
+    delete_records(kafka_bootstrap, TopicPartition(transfers, 0), 8)
+    expected = (f"InputGap: input {transfers}[0]: offsets 3 to 7 were deleted (retention) before the service read "
+                f"them; set BACKSTOP_INPUT_GAP=skip to read on from offset 8 without them")
+    async with in_process(settings) as (processor, _):
+        await until(lambda: processor.progress.last_error == expected,
+                    f"the processor reporting {expected!r} (it has {processor.progress.last_error!r})")
+        assert not processor.progress.ready
+    assert await applied_transfers(migrated_database) == ["t1", "t2", "t3"]
+    async with in_process(settings.model_copy(update={"input_gap": "skip"})):
+        await wait_caught_up(migrated_database, applied=10)
+    assert await applied_transfers(migrated_database) == ["t1", "t2", "t3", "kept"]
+
+
+async def test_partitions_added_to_an_input_topic_are_read_without_a_restart(
+        kafka_bootstrap: str, topic_prefix: str, migrated_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kafka_consumer, "METADATA_MAX_AGE_MS", 500)
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}grow.")
+    transfers = TopicNames(settings.topic_prefix).input("transfer")
+    async with in_process(settings) as (processor, _):
+        await produce_file(settings, EXAMPLE)
+        await wait_caught_up(migrated_database, applied=9)
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="backstop-tests")
+        try:
+            admin.create_partitions({transfers: NewPartitions(total_count=2)})
+        finally:
+            admin.close()
+        await send(kafka_bootstrap, transfers, [transfer("on-the-new-partition", T0 + 10)], partition=1)
+        await wait_caught_up(migrated_database, applied=10)
+        assert processor.progress.ready
+    assert await applied_transfers(migrated_database) == ["t1", "t2", "t3", "on-the-new-partition"]
