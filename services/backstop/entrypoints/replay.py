@@ -134,16 +134,18 @@ def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
             raise corrupt(f"{name} {value!r} is not a count (an integer from 0 below 2^63)")
     ids = _identity_file(path, document, corrupt)
     state = document.get("engine")
+    if not isinstance(state, dict):
+        raise corrupt("engine, the engine state, must be an object")
     # a state of another version: the engines say which they read (4.0 is this version, and refused)
-    if isinstance(state, dict) and state.get("snapshot_version") == SNAPSHOT_VERSION and (
-            problem := state_problem(state)):
+    if state.get("snapshot_version") == SNAPSHOT_VERSION and (problem := state_problem(state)):
         raise corrupt(problem)
     _check_wallets_at_zero(document, state, corrupt)
-    seq = state.get("seq") if isinstance(state, dict) else None
+    seq = state.get("seq")
     return Snapshot(seq if isinstance(seq, int) else 0, raw, ids), document
 
 
-def _check_wallets_at_zero(document: dict[str, Any], state: Any, corrupt: Callable[[str], ReplayError]) -> None:
+def _check_wallets_at_zero(document: dict[str, Any], state: dict[str, Any],
+                           corrupt: Callable[[str], ReplayError]) -> None:
     """`wallets_at_zero`: [account, asset] pairs, sorted and distinct, each a wallet a journal could have made (a
     trader's account id, an asset a fund of the state settles in) and none one the state holds a balance of."""
     if "wallets_at_zero" not in document:
@@ -155,11 +157,11 @@ def _check_wallets_at_zero(document: dict[str, Any], state: Any, corrupt: Callab
         raise corrupt("wallets_at_zero must be a list of [account, asset] pairs of names")
     if any(earlier >= later for earlier, later in itertools.pairwise(wallets)):
         raise corrupt("wallets_at_zero must be sorted, each pair once")
-    funds = state.get("funds") if isinstance(state, dict) else None
+    funds = state.get("funds")
     # only names: a malformed fund is the engines' to refuse when they restore the state
     assets = {asset for fund in funds if isinstance(fund, dict) and isinstance(asset := fund.get("settle_asset"), str)
               } if isinstance(funds, list) else set()
-    balances = state.get("balances") if isinstance(state, dict) else None
+    balances = state.get("balances")
     for account_id, asset in wallets:
         if (not re.fullmatch(IDENTIFIER_CHARS, account_id) or len(account_id) > IDENTIFIER_MAX
                 or is_fund_account(account_id) or asset not in assets):

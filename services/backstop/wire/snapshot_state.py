@@ -298,6 +298,11 @@ class State(BaseModel):
             raise ValueError(f"the balances must sum to zero, each within 10^68 (they sum to {total})")
 
 
+def _escaped(found: re.Match[str]) -> str:
+    code = ord(found[0])
+    return f"\\x{code:02x}" if code <= 0xff else f"\\u{code:04x}"
+
+
 def state_problem(document: Any) -> str | None:
     """Why a snapshot's engine state is not one a journal could have made (one line), or None."""
     if not isinstance(document, dict):
@@ -306,7 +311,7 @@ def state_problem(document: Any) -> str | None:
         State.model_validate_json(orjson.dumps(document))  # JSON's types: an array is a tuple
     except ValidationError as error:
         problem = f"engine{'.' if error.errors()[0]['loc'] else ': '}{describe(error)}"
-        # a forged key can hold any character: one line, whatever it holds
-        return re.sub(r"[\x00-\x1f\x7f]", lambda found: f"\\x{ord(found[0]):02x}", problem)
+        # a forged key can hold any character: one line, whatever it holds (C0, DEL, C1 and Unicode's line breaks)
+        return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", _escaped, problem)
     return None
 
