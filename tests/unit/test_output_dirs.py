@@ -5,6 +5,9 @@ directory holding what the command does not write, is refused before anything is
 from __future__ import annotations
 
 import json
+import os
+import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -146,6 +149,17 @@ def test_a_file_output_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
         write_file_atomically(target, lambda path: path.write_text("new"), inputs=[tmp_path / "." / "s.csv"])
     write_file_atomically(target, lambda path: path.write_text("new"))
     assert target.read_text() == "new"
+
+
+def test_a_file_output_to_a_pipe_is_written_through_it_not_renamed_over_it(tmp_path: Path) -> None:
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    write_file_atomically(pipe, lambda path: path.write_bytes(b"statement"))
+    reader.join(timeout=10)
+    assert read == [b"statement"] and stat.S_ISFIFO(pipe.stat().st_mode) and leftovers(tmp_path) == []
 
 
 def test_a_statement_over_its_own_input_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -120,7 +120,9 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 
 
 def write_file_atomically(target: Path, write: Callable[[Path], object], *, inputs: Iterable[Path] = ()) -> None:
-    """`write(temporary)` beside `target`, then renamed over it; the directory must exist, no input is the target."""
+    """`write(temporary)` beside `target`, then renamed over it; the directory must exist, no input is the target.
+    A target that is neither a regular file nor missing (a device such as /dev/null or /dev/stdout, a pipe) is
+    written in place: a rename would replace the device's node with a file."""
     resolved = target.resolve()
     if resolved.is_dir():
         raise OutputError(f"output file {target} is a directory")
@@ -128,6 +130,9 @@ def write_file_atomically(target: Path, write: Callable[[Path], object], *, inpu
         raise OutputError(f"cannot write {target}: directory {target.parent} does not exist")
     if any(path.resolve() == resolved for path in inputs):
         raise OutputError(f"output file {target} is one of the inputs")
+    if resolved.exists() and not resolved.is_file():
+        write(resolved)
+        return
     temporary = _beside(resolved, "partial")
     try:
         write(temporary)
