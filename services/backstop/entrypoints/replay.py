@@ -136,7 +136,10 @@ def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
     state = document.get("engine")
     if not isinstance(state, dict):
         raise corrupt("engine, the engine state, must be an object")
-    # a state of another version: the engines say which they read (4.0 is this version, and refused)
+    version = state.get("snapshot_version")
+    if type(version) is not int:  # True is an int to isinstance; the engines read an integer only
+        raise corrupt(f"engine.snapshot_version {version!r} is not an integer")
+    # a state of another version: the engines say which they read
     if state.get("snapshot_version") == SNAPSHOT_VERSION and (problem := state_problem(state)):
         raise corrupt(problem)
     _check_wallets_at_zero(document, state, corrupt)
