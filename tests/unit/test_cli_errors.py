@@ -73,9 +73,30 @@ def _fund_without_balance(out: Path) -> None:
     (out / "summary.json").write_text(json.dumps(summary))
 
 
+def _repeated_amount(out: Path) -> None:
+    lines = (out / "fund-ledger.jsonl").read_bytes().split(b"\n")
+    lines[0] = lines[0].replace(b'"amount":', b'"amount":"999","amount":', 1)  # the chain covers the later value
+    (out / "fund-ledger.jsonl").write_bytes(b"\n".join(lines))
+
+
+def _balance_past_the_bound(out: Path) -> None:
+    summary = json.loads((out / "summary.json").read_text())
+    summary["funds"]["MAIN"]["balance"] = "9" * 200
+    (out / "summary.json").write_text(json.dumps(summary))
+
+
+def _repeated_summary_key(out: Path) -> None:
+    text = (out / "summary.json").read_text()
+    (out / "summary.json").write_text(text.replace('"duplicates":', '"duplicates": 7, "duplicates":', 1))
+
+
 CORRUPT_OUTPUTS: list[tuple[Callable[[Path], None], str]] = [
+    (_repeated_amount, 'fund-ledger.jsonl line 1: key "amount" repeats in an object'),
+    (_balance_past_the_bound, "summary.json: funds.MAIN.balance: not an amount as backstop writes one"),
+    (_repeated_summary_key, 'summary.json: key "duplicates" repeats in an object'),
     (_list_line, "fund-ledger.jsonl line 1: not a JSON object"),
-    (_abc_amount, "fund-ledger.jsonl line 2: amount: not a plain decimal: 'abc'"),
+    (_abc_amount, "fund-ledger.jsonl line 2: amount: not an amount as backstop writes one (a plain decimal below "
+                  "10^68 at 1e-8): 'abc'"),
     (_no_fund_id, "fund-ledger.jsonl line 1: fund_id: Field required"),
     (_summary_list, "summary.json: not a JSON object"),
     (_fund_without_balance, "summary.json: funds.MAIN.balance: Field required"),
@@ -94,6 +115,15 @@ def test_a_corrupt_output_directory_is_named_in_one_line(
     monkeypatch.chdir(tmp_path)
     assert message in one_line_error(capsys, [*command, str(out)])
     assert not list(tmp_path.glob("statement-*"))
+
+
+@pytest.mark.parametrize("accounts", [b"{", b"[]", b'{"u1": {}, "u1": {}}'])
+def test_a_corrupt_accounts_file_is_named_without_the_journal_too(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], accounts: bytes) -> None:
+    out = tmp_path / "out"
+    assert main(["replay", str(EXAMPLE), "--out", str(out)]) == 0
+    (out / "accounts.json").write_bytes(accounts)
+    assert f"{out / 'accounts.json'}" in one_line_error(capsys, ["audit", "verify", str(out)])
 
 
 @pytest.fixture

@@ -14,9 +14,11 @@ from typing import Annotated, Any
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from backstop.wire.decode import describe
+from backstop.adapters.files import pretty_json
+from backstop.wire.decode import describe, repeated_key
 
 _PLAIN_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
+_BALANCE = re.compile(r"-?(0|[1-9][0-9]{0,67})(\.[0-9]{1,8})?")
 
 
 def _plain_decimal(value: str) -> str:
@@ -25,8 +27,17 @@ def _plain_decimal(value: str) -> str:
     return value
 
 
-# Plain decimal text as backstop writes it (no exponent); the bounds are the writer's, not checked again here.
+def _balance(value: str) -> str:
+    if not _BALANCE.fullmatch(value):
+        raise ValueError(f"not an amount as backstop writes one (a plain decimal below 10^68 at 1e-8): "
+                         f"{value[:40]!r}{'...' if len(value) > 40 else ''}")
+    return value
+
+
+# Plain decimal text as backstop writes it (no exponent); the bounds are the writer's, not checked again here ...
 DecimalText = Annotated[str, Field(strict=True), AfterValidator(_plain_decimal)]
+# ... but for the ledger's amounts and balances, which the tools add up (docs/design.md §9.3: below 10^68 at 1e-8)
+BalanceText = Annotated[str, Field(strict=True), AfterValidator(_balance)]
 Count = Annotated[int, Field(strict=True, ge=0)]
 Text = Annotated[str, Field(strict=True)]
 
@@ -45,8 +56,8 @@ class FundLedgerRow(_Checked):
     ts: Count
     fund_id: Text
     kind: Text
-    amount: DecimalText
-    balance_after: DecimalText
+    amount: BalanceText
+    balance_after: BalanceText
     liquidation_id: Text | None
     counter_account: Text
     prev_hash: Text
@@ -79,9 +90,9 @@ class PostingRow(_Checked):
     debit_account: Text
     credit_account: Text
     asset: Text
-    amount: DecimalText
-    debit_balance_after: DecimalText
-    credit_balance_after: DecimalText
+    amount: BalanceText
+    debit_balance_after: BalanceText
+    credit_balance_after: BalanceText
     prev_hash: Text
     hash: Text
 
@@ -104,9 +115,9 @@ class DeadLetterRow(_Checked):
 
 
 class FundSummary(_Checked):
-    balance: DecimalText
+    balance: BalanceText
     settle_asset: Text
-    bad_debt: DecimalText
+    bad_debt: BalanceText
 
 
 class SnapshotStart(_Checked):
@@ -118,7 +129,7 @@ class SnapshotStart(_Checked):
     fund_ledger_entries: Count
     adl_events: Count
     findings: Count
-    fund_balances: dict[str, DecimalText]
+    fund_balances: dict[str, BalanceText]
 
 
 class Summary(_Checked):
@@ -151,14 +162,24 @@ def _bytes(path: Path) -> bytes:
         raise OutputReadError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def read_summary(out: Path) -> dict[str, Any]:
-    path = out / "summary.json"
+def read_object(path: Path) -> dict[str, Any]:
+    """A JSON file the commands write (summary.json, accounts.json): one object, no key repeated in any of its
+    objects (which of a repeated key's values counts would be each reader's choice)."""
+    raw = _bytes(path)
     try:
-        document = orjson.loads(_bytes(path))
+        document = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise OutputReadError(f"cannot read {path}: not JSON ({error})") from None
     if not isinstance(document, dict):
         raise OutputReadError(f"cannot read {path}: not a JSON object")
+    if pretty_json(document) != raw and (key := repeated_key(raw, document)) is not None:
+        raise OutputReadError(f"{path}: key {orjson.dumps(key).decode()} repeats in an object")
+    return document
+
+
+def read_summary(out: Path) -> dict[str, Any]:
+    path = out / "summary.json"
+    document = read_object(path)
     try:
         Summary.model_validate(document)
     except ValidationError as error:
@@ -179,6 +200,8 @@ def read_stream(out: Path, name: str) -> list[dict[str, Any]]:
             raise OutputReadError(f"{path} line {number}: not JSON ({error})") from None
         if not isinstance(record, dict):
             raise OutputReadError(f"{path} line {number}: not a JSON object")
+        if orjson.dumps(record) != line and (key := repeated_key(line, record)) is not None:
+            raise OutputReadError(f"{path} line {number}: key {orjson.dumps(key).decode()} repeats in an object")
         try:
             model.model_validate(record)
         except ValidationError as error:

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from backstop.adapters.journal_file import JournalFileError, read_journal
-from backstop.adapters.output_reader import OutputReadError, read_stream, read_summary
+from backstop.adapters.output_reader import OutputReadError, read_object, read_stream, read_summary
 from backstop.core import adl_policy
 from backstop.core.adl_policy import AdlPolicy
 from backstop.core.anchor import (
@@ -175,6 +175,10 @@ def verify_output(out: Path, journal: Path | None, engine: EngineName = "referen
         raise AuditError(str(error)) from None
     counted = {"findings": findings, "dead_letters": dead_letters}
     if journal is None:
+        try:  # its contents only a replay of the journal can check; its shape is checked here
+            read_object(out / "accounts.json")
+        except OutputReadError as error:
+            raise AuditError(str(error)) from None
         checked, problem = verify_records(ledger, events, summary, None, source="summary.json", counted=counted,
                                           postings=postings)
         if problem is not None:
