@@ -401,7 +401,7 @@ class ReferenceEngine:
                          "fund_entries": processor.fund_entries, "adl_events": processor.adl_events,
                          "findings": processor.findings, "postings": processor.postings,
                          "adl_quantiles": processor.adl_quantiles},
-            "wallets_at_zero": wallets_at_zero(engine)})
+            "wallets_at_zero": wallets_at_zero(engine), "adl_quantile_points": engine.adl_quantiles})
         return Snapshot(engine.last_seq, pretty_json(document), buffer.getvalue())
 
     @classmethod

@@ -241,6 +241,40 @@ def test_a_snapshot_resumes_under_its_own_policy_and_refuses_another(tmp_path: P
         assert json.loads((out / "summary.json").read_text())["head_hash"] == head
 
 
+@pytest.mark.parametrize("engine", ["reference", "compiled"])
+@pytest.mark.parametrize("taken_with", [True, False])
+def test_a_snapshot_resumes_with_quantile_points_as_its_run_had_them(
+        engine: str, taken_with: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Quantile points change the state and adl-quantiles.jsonl: the other setting on resume is refused; the same
+    gives the whole run's outputs. A snapshot of a backstop before the field says so only by its quantile records."""
+    on, off = "--adl-quantiles", "--no-adl-quantiles"
+    flag, other = (on, off) if taken_with else (off, on)
+    whole = tmp_path / "whole"
+    assert main(["replay", str(EXAMPLE), "--out", str(whole), "--snapshot-every", "10", flag, "--engine", engine]) == 0
+    snapshot = whole / "snapshots" / "snapshot-000000000010.json"
+    document = json.loads(snapshot.read_text())
+    assert document["adl_quantile_points"] is taken_with
+    assert (document["counters"]["adl_quantiles"] > 0) is taken_with
+    capsys.readouterr()
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "r"), "--from-snapshot", str(snapshot), other]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"backstop replay: snapshot {snapshot} was taken with ADL quantile points "
+                   f"{'on' if taken_with else 'off'}: resume it with {flag}, as its run was\n")
+    tail = tmp_path / "tail"
+    assert main(["replay", str(EXAMPLE), "--out", str(tail), "--from-snapshot", str(snapshot), flag, "--engine",
+                 engine]) == 0
+    hashes = [{key: json.loads((out / "summary.json").read_text())[key] for key in ("state_hash", "head_hash")}
+              for out in (whole, tail)]
+    assert hashes[0] == hashes[1]
+    older = _seal({k: v for k, v in document.items() if k != "adl_quantile_points"})
+    snapshot.write_text(json.dumps(older))
+    refused = main(["replay", str(EXAMPLE), "--out", str(tmp_path / "o"), "--from-snapshot", str(snapshot), other])
+    assert refused == (2 if taken_with else 0), "an older snapshot with quantile records was taken with them on"
+    snapshot.write_text(json.dumps(_seal({**document, "adl_quantile_points": "yes"})))
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "y"), "--from-snapshot", str(snapshot), flag]) == 2
+    assert "is corrupt: adl_quantile_points must be true or false" in capsys.readouterr().err
+
+
 def test_a_snapshot_refuses_a_journal_it_was_not_taken_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """snapshot-SEQ.journal records the SHA-256 of the lines the snapshot applied; a resumed run continues it, so
     its own snapshots record the same; a journal that is shorter or differs before the snapshot is refused."""

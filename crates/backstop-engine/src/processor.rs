@@ -504,6 +504,8 @@ impl Processor {
             ])),
             ("wallets_at_zero", J::Arr(self.wallets_at_zero().into_iter()
                 .map(|(account, asset)| J::Arr(vec![J::Str(account), J::Str(asset)])).collect())),
+            // whether quantile points ran: a resume must run them alike (adl-quantiles.jsonl, the state hash)
+            ("adl_quantile_points", J::Bool(self.engine.adl_quantiles)),
         ]);
         // sealed (backstop.core.snapshot.sealed): the SHA-256 of everything else in the document
         let J::Obj(mut entries) = document else { unreachable!() };

@@ -133,6 +133,8 @@ def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
         if not _count(value):
             raise corrupt(f"{name} {value!r} is not a count (an integer from 0 below 2^63)")
     ids = _identity_file(path, document, corrupt)
+    if not isinstance(document.get("adl_quantile_points", False), bool):
+        raise corrupt("adl_quantile_points must be true or false")
     state = document.get("engine")
     if not isinstance(state, dict):
         raise corrupt("engine, the engine state, must be an object")
@@ -299,6 +301,13 @@ def _open(options: ReplayOptions) -> tuple[LedgerEngine, int, dict[str, Any] | N
             raise ReplayError(str(error), 2) from None
         except OSError as error:
             raise ReplayError(f"cannot read journal {options.journal}: {error.strerror or error}", 2) from None
+    # quantile points change the state and adl-quantiles.jsonl: a resume runs them as the snapshot's run did (a
+    # snapshot of a backstop before it says so only when its run published quantile records)
+    taken_with = document.get("adl_quantile_points", True if document["counters"]["adl_quantiles"] else None)
+    if taken_with is not None and taken_with != options.adl_quantiles:
+        flag = "--adl-quantiles" if taken_with else "--no-adl-quantiles"
+        raise ReplayError(f"snapshot {options.from_snapshot} was taken with ADL quantile points "
+                          f"{'on' if taken_with else 'off'}: resume it with {flag}, as its run was", 2)
     # the policy travels in the snapshot: one given beside it must be the same
     made_under = document["engine"].get("adl_policy")
     if options.adl_policy is not None and isinstance(made_under, dict):
