@@ -77,3 +77,12 @@ def test_outputs_of_a_replay_from_a_snapshot_open_at_the_snapshot_s_balances(
                for name in ("whole", "tail", "whole-account", "tail-account")}
     assert set(closing.values()) == {"-100"}, closing
     assert json.loads((tmp_path / "tail.json").read_text())["opening_balance"] == "500"
+    capsys.readouterr()
+    for period in (["--from", "1700000000000"], ["--to", "1760000000001"]):
+        for selected in (["--fund", "MAIN"], ["--account", "fund:MAIN"]):
+            assert main(["statement", str(tail), *selected, *period, "--out", str(tmp_path / "p.csv")]) == 2
+            err = capsys.readouterr().err
+            assert err == (f"backstop statement: {tail} holds only what came after the snapshot at seq 10: a statement "
+                           f"over a period needs the outputs of a replay from the journal's start (without --from "
+                           f"and --to, it runs from the snapshot's balances)\n")
+            assert not (tmp_path / "p.csv").exists()

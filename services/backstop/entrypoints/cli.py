@@ -414,6 +414,13 @@ def _cmd_statement(args: argparse.Namespace) -> int:
         period = {"period_from": parse_time(args.period_from) if args.period_from else 0,
                   "period_to": parse_time(args.period_to) if args.period_to else 2**62}
         summary = read_summary(directory)
+        start = summary.get("from_snapshot")
+        if start and (args.period_from or args.period_to):
+            # entries before the snapshot are not here, and event times do not say which came before it (a record
+            # applied earlier can carry a later ts): no period of such a directory can be told right
+            raise ValueError(f"{directory} holds only what came after the snapshot at seq {start['seq']}: a "
+                             f"statement over a period needs the outputs of a replay from the journal's start "
+                             f"(without --from and --to, it runs from the snapshot's balances)")
         if args.fund is not None:
             funds = summary["funds"]
             if args.fund not in funds:
