@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, pretty_json, write_bytes, write_json
 from backstop.adapters.journal_file import JournalFileError, read_journal
@@ -88,7 +88,7 @@ class AdlSection(_Strict):
     floor: NonNegativeDecimal | None = None
     drawdown_ratio: NonNegativeDecimal | None = None
     stop_ratio: NonNegativeDecimal | None = None
-    window_hours: Annotated[int, AfterValidator(_positive_hours)] | None = None
+    window_hours: Annotated[int, Field(strict=True), AfterValidator(_positive_hours)] | None = None
 
     def adl_policy(self) -> AdlPolicy:
         """The policy the section names; WhatIfError says what is wrong with it."""

@@ -171,6 +171,7 @@ def _whatif(tmp_path: Path, toml: str) -> list[str]:
      "alternative.simulation.market_fill: must be at most 1"),
     ('[alternative.simulation]\nmarket_fill = "1.5"\n', "alternative.simulation.market_fill: must be at most 1"),
     ('[alternative.simulation]\npartial = "yes"\n', "alternative.simulation.partial: Input should be a valid boolean"),
+    ("[alternative.adl]\nwindow_hours = true\n", "alternative.adl.window_hours: Input should be a valid integer"),
     ('[alternative.simulation]\nslippage_bps = "10000"\n', "alternative.simulation.slippage_bps: must be below 10000"),
     ('[alternative.funds.BNB]\nbalance_scale = 1e18\n', "alternative.funds.BNB.balance_scale: a decimal must be a "
                                                         "JSON string"),
@@ -332,6 +333,10 @@ def test_statement_and_demo_bounds(tmp_path: Path, replayed: Path, capsys: pytes
     assert "is after the latest event time" in refused(
         capsys, ["statement", str(replayed), "--fund", "MAIN", "--from", "99999999999999999999999999"])
     assert "not a time" in refused(capsys, ["statement", str(replayed), "--fund", "MAIN", "--to", "soon"])
+    assert "not a time: '\u0661\u0667'" in refused(
+        capsys, ["statement", str(replayed), "--fund", "MAIN", "--from", "\u0661\u0667"])  # Arabic-Indic digits
+    assert "--from 5 is after --to 1" in refused(
+        capsys, ["statement", str(replayed), "--fund", "MAIN", "--from", "5", "--to", "1"])
     assert "--accounts: must be a whole number from 1 to 50000" in refused(
         capsys, ["demo", "--accounts", "99999999999999999999", "--out", str(tmp_path / "d")])
 

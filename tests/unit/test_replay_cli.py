@@ -275,6 +275,22 @@ def test_a_snapshot_resumes_with_quantile_points_as_its_run_had_them(
     assert "is corrupt: adl_quantile_points must be true or false" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("recorded", ["[]", '{"input_line": 10.0, "sha256": "%s"}\n',
+                                      '{"input_line": 10, "sha256": "%s", "more": 1}\n',
+                                      '{"input_line": 10, "input_line": 10, "sha256": "%s"}\n', "{"])
+def test_a_snapshot_journal_file_not_as_written_is_refused_in_one_line(
+        recorded: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    whole = tmp_path / "whole"
+    assert main(["replay", str(EXAMPLE), "--out", str(whole), "--snapshot-every", "10"]) == 0
+    snapshot = whole / "snapshots" / "snapshot-000000000010.json"
+    sha256 = json.loads(snapshot.with_suffix(".journal").read_text())["sha256"]
+    snapshot.with_suffix(".journal").write_text(recorded.replace("%s", sha256))
+    capsys.readouterr()
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "r"), "--from-snapshot", str(snapshot)]) == 2
+    err = capsys.readouterr().err
+    assert f"{snapshot.with_suffix('.journal')} cannot be read: " in err and len(err.splitlines()) == 1, err
+
+
 def test_a_snapshot_refuses_a_journal_it_was_not_taken_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """snapshot-SEQ.journal records the SHA-256 of the lines the snapshot applied; a resumed run continues it, so
     its own snapshots record the same; a journal that is shorter or differs before the snapshot is refused."""

@@ -413,6 +413,8 @@ def _cmd_statement(args: argparse.Namespace) -> int:
     try:
         period = {"period_from": parse_time(args.period_from) if args.period_from else 0,
                   "period_to": parse_time(args.period_to) if args.period_to else 2**62}
+        if period["period_from"] > period["period_to"]:
+            raise ValueError(f"--from {args.period_from} is after --to {args.period_to}")
         summary = read_summary(directory)
         start = summary.get("from_snapshot")
         if start and (args.period_from or args.period_to):
@@ -549,7 +551,7 @@ def add_adl_policy_arguments(parser: argparse.ArgumentParser, *, metrics: bool =
                             "balance below its max PnL over the window (bybit: 0.3)")
     group.add_argument("--adl-stop", type=_amount, default=None, metavar="RATIO",
                        help="... and it stops once that fall is back under RATIO (bybit: 0.25)")
-    group.add_argument("--adl-window-hours", type=_positive, default=None, metavar="H",
+    group.add_argument("--adl-window-hours", type=_window_hours, default=None, metavar="H",
                        help="the window of event time (bybit: 8)")
     if not metrics:
         return
@@ -590,7 +592,7 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
     """An option's whole number from `low` to `high`, or argparse's one-line error."""
 
     def parse(value: str) -> int:
-        if not value.isdigit() or not low <= int(value) <= high:
+        if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
             raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, not {value[:40]!r}")
         return int(value)
 
@@ -598,6 +600,12 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
 
 
 _count, _positive, _demo_accounts = _whole(0, MAX_COUNT), _whole(1, MAX_COUNT), _whole(1, MAX_DEMO_ACCOUNTS)
+
+
+def _window_hours(value: str) -> int:
+    from backstop.core.adl_policy import HOUR_MS, MAX_WINDOW_MS
+
+    return _whole(1, MAX_WINDOW_MS // HOUR_MS)(value)
 
 
 class _OneLineErrors(argparse.ArgumentParser):

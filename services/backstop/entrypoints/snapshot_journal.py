@@ -59,7 +59,7 @@ def input_line(document: bytes) -> int:
     return int(document[at:end])
 
 
-def record_bytes(lines: int, digest: str) -> bytes:
+def record_bytes(lines: Any, digest: Any) -> bytes:
     return orjson.dumps({"input_line": lines, "sha256": digest}) + b"\n"
 
 
@@ -78,10 +78,16 @@ def check(snapshot: Path, journal: Path, lines: int) -> Prefix:
     recorded = snapshot.with_suffix(SUFFIX)
     if recorded.exists():
         try:
-            expected = orjson.loads(recorded.read_bytes())
-            held = (expected["input_line"], expected["sha256"])
-        except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as error:
+            raw = recorded.read_bytes()
+            expected = orjson.loads(raw)
+        except (OSError, orjson.JSONDecodeError) as error:
             raise JournalMismatch(f"{recorded} cannot be read: {error}") from None
+        # exactly as record_bytes writes it: an input_line of 6.0, a key repeated or another key is not this file
+        if not isinstance(expected, dict) or type(expected.get("input_line")) is not int or raw != record_bytes(
+                expected["input_line"], expected.get("sha256")):
+            raise JournalMismatch(f"{recorded} cannot be read: not {{\"input_line\": N, \"sha256\": ...}} as a "
+                                  f"replay writes it")
+        held = (expected["input_line"], expected["sha256"])
         if held != (lines, sha.hexdigest()):
             raise JournalMismatch(f"the first {lines} lines of {journal} are not those snapshot {snapshot} was taken "
                                   f"on (their SHA-256 differs from {recorded.name}'s): it was taken on another journal")

@@ -28,7 +28,7 @@ LATEST_MS = 2**53  # the latest event time the wire takes (backstop.wire.inputs.
 def parse_time(value: str) -> int:
     """Milliseconds since the epoch (at most LATEST_MS), or an ISO date/time (UTC unless it says otherwise);
     ValueError says what is wrong."""
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() takes other scripts' digits too
         if len(value) > 16 or int(value) > LATEST_MS:
             raise ValueError(f"time {value[:40]} is after the latest event time, {LATEST_MS} ms")
         return int(value)
