@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # ... but by count no sooner than this many events per open position (a refresh rewrites every one; 0: none)
     adl_refresh_events_per_position: int = Field(4, ge=0)
     check_conservation: bool = False
-    # input records deleted (retention) before the service read them: "refuse" stops the ledger processor there
+    # input records deleted (retention) before the service read them: "refuse" holds the ledger processor there
     # (/health says which partition and offsets); "skip" reads on from the log's start and logs the gap
     input_gap: Literal["refuse", "skip"] = "refuse"
     # the ledger engine the service applies batches with (docs/engines.md): the compiled one, or the Python

@@ -49,6 +49,7 @@ from backstop.service.ports import (
     POSITION_HEADER,
     RECORD_ID_HEADER,
     Consumer,
+    InputGap,
     LedgerStore,
     Publisher,
     RowList,
@@ -541,6 +542,19 @@ async def test_a_consumer_refuses_a_topic_that_does_not_exist(topics: TopicsUnde
     try:
         with pytest.raises(Exception, match="does not exist"):
             await consumer.assign([f"contract.missing{secrets.token_hex(3)}"], {})
+    finally:
+        await consumer.stop()
+
+
+async def test_a_consumer_refuses_a_stored_position_beyond_the_log_s_end(topics: TopicsUnderTest) -> None:
+    fills = await topics.make("fills", 1)
+    await topics.append(fills, 0, b"f0")
+    consumer = topics.consumer()
+    await consumer.start()
+    try:
+        assert await consumer.assign([fills], {(fills, 0): 1}) == ({(fills, 0): 1}, {(fills, 0): 1})
+        with pytest.raises(InputGap, match=rf"^input {fills}\[0\]: the stored position 5 lies beyond the log's end 1"):
+            await consumer.assign([fills], {(fills, 0): 5})
     finally:
         await consumer.stop()
 

@@ -198,11 +198,13 @@ def _closed_positions_kept(monkeypatch: pytest.MonkeyPatch) -> None:
                          ids=lambda bug: bug.__name__.strip("_"))
 def test_the_simulator_finds_these_bugs(bug: Callable[[pytest.MonkeyPatch], None],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The simulator has teeth: each of these bugs put back into the service fails a seed among the first 100."""
+    """The simulator has teeth: each of these bugs put back into the service fails a seed among the first 200
+    (which seed first reaches a bug moves with the service's steps: a start that reads its input before the
+    rebuild moved the relay's bug from seed 78 to seed 104)."""
     bug(monkeypatch)
-    for seed in range(100):
+    for seed in range(200):
         try:
             simulate(seed)
         except SimulationFailure:
             return
-    pytest.fail(f"no seed of 100 found {bug.__name__}")
+    pytest.fail(f"no seed of 200 found {bug.__name__}")

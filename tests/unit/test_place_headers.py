@@ -13,8 +13,9 @@ def test_a_record_of_the_relay_names_its_place(header: str) -> None:
     assert place_in_headers([(RECORD_ID_HEADER, b"r-1"), (header, b"1234")]) == (header, 1234)
 
 
-@pytest.mark.parametrize("value", [b"", b"x1", b"-1", b" 12", b"1.5", "\u0661".encode()])
-def test_a_place_header_without_an_id_names_no_place(value: bytes) -> None:
+@pytest.mark.parametrize("value", [b"", b"x1", b"-1", b" 12", b"1.5", "\u0661".encode(), None, b"9" * 5000,
+                                   b"9" * 20])
+def test_a_place_header_without_an_id_names_no_place(value: bytes | None) -> None:
     assert place_in_headers([(POSITION_HEADER, value)]) is None
 
 

@@ -99,6 +99,12 @@ class Merger:
         self.buffered += len(messages)
         self.arrivals += 1
 
+    def reached(self) -> dict[Partition, int]:
+        """Each partition with nothing buffered, and the offset its fetch reached: every record below it has been
+        released, or was a transaction's marker or an aborted record, which the consumer passes over."""
+        return {partition: self.next_fetch[partition] for partition, buffer in self.buffers.items()
+                if not buffer and partition in self.next_fetch}
+
     def full(self) -> bool:
         return self.buffered >= self.max_buffered
 

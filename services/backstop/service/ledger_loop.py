@@ -208,20 +208,24 @@ class LedgerProcessor(SupervisedLoop):
 
     async def run_locked(self) -> None:
         settings = self.settings
-        engine, head, snapshot_seq = await rebuild(self.store, check_conservation=settings.check_conservation,
-                                                   adl_quantiles=settings.adl_quantiles, engine=settings.engine)
         offsets = await self.store.offsets()
         consumer = self.runtime.consumer(self.settings)
         await consumer.start()
-        self.current = run = LedgerRun(self, consumer, engine, head, snapshot_seq)
+        run: LedgerRun | None = None
         try:
-            await run.start(offsets)
+            # the input first: a stored offset outside its log (InputGap) stops the run before a rebuild for nothing
+            assigned = await consumer.assign(self.topics.inputs, offsets)
+            engine, head, snapshot_seq = await rebuild(self.store, check_conservation=settings.check_conservation,
+                                                       adl_quantiles=settings.adl_quantiles, engine=settings.engine)
+            self.current = run = LedgerRun(self, consumer, engine, head, snapshot_seq)
+            await run.start(offsets, assigned)
             while not self.stopping:
                 await run.turn()
             await run.finish()
         finally:
             self.current = None
-            run.close()
+            if run is not None:
+                run.close()
             self.progress.ready = False
             await consumer.stop()
 
@@ -253,6 +257,9 @@ class LedgerRun:
         self.caught_up = False  # as of the last batch: nothing buffered and nothing unread
         self.committing: asyncio.Task[None] | None = None  # batch N commits while batch N+1 is applied
         self.gathered: list[Consumed] = []  # released in merge order, waiting for the committer (`merge`)
+        # per partition, the offset the last batch stores, and the offsets the next one may store (`merge`)
+        self.stored: dict[Partition, int] = {}
+        self.reached: dict[Partition, int] = {}
         self.quiet_since: float | None = None  # the loop's clock when the input went quiet (None: not quiet)
         self.state_hashed_at = -1
         # Whole-state work runs in forked children (backstop.service.forked), off the batches' path.
@@ -266,8 +273,11 @@ class LedgerRun:
         # traced: when each liquidation was fetched, and released by the merge
         self.fetched_at: dict[tuple[str, int, int], list[float]] = {}
 
-    async def start(self, offsets: dict[Partition, int]) -> None:
-        positions, ends = await self.consumer.assign(self.topics.inputs, offsets)
+    async def start(self, offsets: dict[Partition, int],
+                    assigned: tuple[dict[Partition, int], dict[Partition, int]]) -> None:
+        """`offsets`: as stored; `assigned`: the consumer's positions and ends (Consumer.assign)."""
+        positions, ends = assigned
+        self.stored = dict(offsets)
         for partition in sorted(positions):
             self.merger.assign(partition, positions[partition])
             self.merger.confirm_end(partition, ends[partition])
@@ -377,6 +387,7 @@ class LedgerRun:
                             and self.merger.drained()):
             return []
         self.gathered = []
+        self.reached = self.merger.reached()
         return gathered
 
     async def apply(self, batch: list[Consumed]) -> Applied:
@@ -389,7 +400,20 @@ class LedgerRun:
         keys = await self.runtime.offload(engine.identities, batch, self.topics)
         await engine.prepare(batch, keys, self.store.held, committed_seq=self.progress.seq)
         result = await self.runtime.offload(engine.apply, batch, self.topics, self.quarantine)
+        self._store_reached(result.next_offsets)
         return Applied(expected, result, len(batch), started, time.perf_counter())
+
+    def _store_reached(self, next_offsets: dict[Partition, int]) -> None:
+        """The batch stores, beside each partition's offset after its last record in it, the offset the fetch had
+        reached where nothing of a partition was left to release when the batch closed: past a transaction's marker
+        or aborted records after its last record, which the consumer never hands over. Otherwise retention could
+        later delete a stored offset that held only a marker, and the next start would take it for input lost
+        (InputGap). Only offsets that move are written (a row per partition in each batch would cost PostgreSQL)."""
+        stored = self.stored
+        for partition, offset in self.reached.items():
+            if offset > next_offsets.get(partition, stored.get(partition, -1)):
+                next_offsets[partition] = offset
+        stored.update(next_offsets)
 
     async def project(self, applied: Applied) -> PendingCommit:
         """The rest of the batch's transaction: the journal head and the projection rows (the rows touched, once

@@ -40,7 +40,8 @@ class EndsUnavailable(Exception):
 
 class InputGap(Exception):
     """A stored input position outside its partition's log: records deleted (retention) before the service read
-    them, or the topic created again. The run stops there, unless BACKSTOP_INPUT_GAP=skip (settings.input_gap)."""
+    them, or a topic created again with fewer records. The processor does not apply past it (it tries again, not
+    ready, /health saying why) unless BACKSTOP_INPUT_GAP=skip (settings.input_gap)."""
 
 
 class InputPartitionsGrew(Exception):
@@ -71,7 +72,8 @@ class Consumer(Protocol):
 
     async def fetch(self, *, only: set[Partition] | None, max_records: int, timeout_ms: int) -> Fetched:
         """At most `max_records` records, waiting up to `timeout_ms` for some; with `only`, from those partitions
-        alone."""
+        alone. InputGap when a position fell out of its log meanwhile (retention), InputPartitionsGrew when an input
+        topic has more partitions than assigned: the run restarts on either."""
         ...
 
     async def end_offsets(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
@@ -313,12 +315,13 @@ def passed_over(row: OutboxRow, partition: int, published: Mapping[Partition, tu
     return last is not None and row.id <= last[1] and place_header(row) == last[0]
 
 
-def place_in_headers(headers: Iterable[tuple[str, bytes]]) -> tuple[str, int] | None:
+def place_in_headers(headers: Iterable[tuple[str, bytes | None]]) -> tuple[str, int] | None:
     """The place a published record's headers name: (its header, the id there); None on a record without one, or
     whose header holds no id (another producer's record: the store's cursors say what was published)."""
     for name, value in headers:
         if name in (OUTBOX_HEADER, POSITION_HEADER):
-            return (name, int(value)) if value.isascii() and value.isdigit() else None
+            # an id below 2^63: 19 digits at most (int() of thousands refuses to run)
+            return (name, int(value)) if value and len(value) <= 19 and value.isascii() and value.isdigit() else None
     return None
 
 

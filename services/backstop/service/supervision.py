@@ -10,11 +10,12 @@ import logging
 
 from backstop.core.errors import InvariantViolation
 from backstop.service import metrics
-from backstop.service.ports import LedgerStore
+from backstop.service.ports import InputGap, InputPartitionsGrew, LedgerStore
 
 log = logging.getLogger("backstop.service")
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
+_SAID_IN_FULL = (InputGap, InputPartitionsGrew)  # their message is the whole story: no traceback in the log
 
 
 class SupervisedLoop:
@@ -47,7 +48,7 @@ class SupervisedLoop:
                 self.on_error(error)
                 metrics.RESTARTS.labels(self.name).inc()
                 log.warning("%s failed (%s: %s); restarting in %.1fs", self.name, type(error).__name__, error,
-                            backoff, exc_info=error)
+                            backoff, exc_info=None if isinstance(error, _SAID_IN_FULL) else error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 

@@ -90,11 +90,12 @@ class KafkaConsumer:
         if position < start:
             gap = (f"input {topic}[{number}]: offsets {position} to {start - 1} were deleted (retention) before the "
                    f"service read them")
+            remedy = f"read on from offset {start} without them"
         else:
-            gap = (f"input {topic}[{number}]: the stored position {position} lies beyond the log's end {end} (was "
-                   f"the topic created again?)")
+            gap = f"input {topic}[{number}]: the stored position {position} lies beyond the log's end {end}"
+            remedy = f"read the partition from offset {start} (a topic created again?)"
         if not self._skip_gaps:
-            raise InputGap(f"{gap}; set BACKSTOP_INPUT_GAP=skip to read on from offset {start} without them")
+            raise InputGap(f"{gap}; set BACKSTOP_INPUT_GAP=skip to {remedy}")
         log.warning("%s; BACKSTOP_INPUT_GAP=skip: reading on from offset %d", gap, start)
         return start
 

@@ -20,6 +20,7 @@ from backstop.service.ports import (
     RECORD_ID_HEADER,
     EndsUnavailable,
     Fetched,
+    InputGap,
     Outgoing,
     Partition,
     listed,
@@ -142,11 +143,17 @@ class MemoryConsumer:
 
     async def assign(self, topics: Sequence[str], positions: Mapping[Partition, int]
                      ) -> tuple[dict[Partition, int], dict[Partition, int]]:
+        """As the port says; a log here starts at 0 (nothing expires), so only a position beyond its end is a gap."""
         partitions = [(topic, number) for topic in topics for number in range(self.broker.partitions(topic))]
         for partition in partitions:
             self.position[partition] = self.first[partition] = positions.get(partition, 0)
             self.buffered[partition] = []
-        return dict(self.position), await self.end_offsets(partitions)
+        ends = await self.end_offsets(partitions)
+        for partition, position in self.position.items():
+            if position > ends[partition]:
+                raise InputGap(f"input {partition[0]}[{partition[1]}]: the stored position {position} lies beyond "
+                               f"the log's end {ends[partition]}")
+        return dict(self.position), ends
 
     async def fetch(self, *, only: set[Partition] | None, max_records: int, timeout_ms: int) -> Fetched:
         loop = asyncio.get_running_loop()
