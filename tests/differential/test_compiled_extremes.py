@@ -368,8 +368,10 @@ def test_inverse_journals_at_the_bounds_replay_alike(journal: list[dict[str, Any
     assert_same(reference, compiled)
     snapshots = sorted((directory / "reference" / "snapshots").glob("*.json"))
     if snapshots:
-        assert_same(run(path, directory / "resumed-reference", "reference", from_snapshot=snapshots[-1]),
-                    run(path, directory / "resumed-compiled", "compiled", from_snapshot=snapshots[-1]))
+        assert_same(run(path, directory / "resumed-reference", "reference", from_snapshot=snapshots[-1],
+                        adl_quantiles=True),
+                    run(path, directory / "resumed-compiled", "compiled", from_snapshot=snapshots[-1],
+                        adl_quantiles=True))
 
 
 def test_the_inverse_edges_reach_the_bounds(tmp_path: Path) -> None:

@@ -204,7 +204,7 @@ def _set(path: Path, key: str, value: object) -> None:
     (lambda out: _set(out / "summary.json", "events_applied", 99),
      "summary.json: events_applied 99 but the replay of the journal gives 14"),
     (lambda out: _set(out / "summary.json", "duplicates", 3), "summary.json: duplicates 3 but the replay"),
-    (lambda out: (out / "accounts.json").write_text("null"),
+    (lambda out: (out / "accounts.json").write_text("{}"),  # an object, as without the journal it must be
      "accounts.json differs from the one the replay of the journal writes"),
     (lambda out: rewrite(out / "adl-rounds.jsonl", lambda r: [{**r[0], "haircut": "1"}]),
      "adl-rounds record 1"),
