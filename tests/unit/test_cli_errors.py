@@ -96,7 +96,7 @@ CORRUPT_OUTPUTS: list[tuple[Callable[[Path], None], str]] = [
     (_repeated_summary_key, 'summary.json: key "duplicates" repeats in an object'),
     (_list_line, "fund-ledger.jsonl line 1: not a JSON object"),
     (_abc_amount, "fund-ledger.jsonl line 2: amount: not an amount as backstop writes one (a plain decimal below "
-                  "10^68 at 1e-8): 'abc'"),
+                  "10^69 at 1e-8): 'abc'"),
     (_no_fund_id, "fund-ledger.jsonl line 1: fund_id: Field required"),
     (_summary_list, "summary.json: not a JSON object"),
     (_fund_without_balance, "summary.json: funds.MAIN.balance: Field required"),

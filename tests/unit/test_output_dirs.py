@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -160,6 +162,16 @@ def test_a_file_output_to_a_pipe_is_written_through_it_not_renamed_over_it(tmp_p
     write_file_atomically(pipe, lambda path: path.write_bytes(b"statement"))
     reader.join(timeout=10)
     assert read == [b"statement"] and stat.S_ISFIFO(pipe.stat().st_mode) and leftovers(tmp_path) == []
+
+
+def test_a_statement_to_dev_stdout_goes_down_the_pipe_and_its_summary_to_stderr(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["replay", str(EXAMPLE), "--out", str(out)]) == 0
+    done = subprocess.run([sys.executable, "-m", "backstop.entrypoints.cli", "statement", str(out), "--fund", "MAIN",
+                           "--out", "/dev/stdout"], capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"id,seq,ts,fund_id") and b"opening" not in done.stdout
+    assert done.stderr.startswith(b"fund MAIN: opening ") and done.stderr.endswith(b"-> /dev/stdout\n")
 
 
 def test_a_statement_over_its_own_input_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,6 +17,7 @@ import fnmatch
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -119,10 +120,20 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)  # the new output is in place; a leftover .old-* is only clutter
 
 
+def written_in_place(target: Path) -> bool:
+    """Whether an output file is written through rather than renamed over: a target that exists and is not a
+    regular file (a device such as /dev/null, a pipe, a terminal), or a name under /dev or /proc (/dev/stdout,
+    /dev/fd/N: whatever descriptor it stands for, a file that stdout was redirected to included)."""
+    try:
+        mode = os.stat(target).st_mode  # through /proc's links to the descriptor itself, which resolve() cannot
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) or target.absolute().parts[1:2] in (("dev",), ("proc",))
+
+
 def write_file_atomically(target: Path, write: Callable[[Path], object], *, inputs: Iterable[Path] = ()) -> None:
     """`write(temporary)` beside `target`, then renamed over it; the directory must exist, no input is the target.
-    A target that is neither a regular file nor missing (a device such as /dev/null or /dev/stdout, a pipe) is
-    written in place: a rename would replace the device's node with a file."""
+    A target `written_in_place` is written through instead: a rename would replace a device's node with a file."""
     resolved = target.resolve()
     if resolved.is_dir():
         raise OutputError(f"output file {target} is a directory")
@@ -130,8 +141,8 @@ def write_file_atomically(target: Path, write: Callable[[Path], object], *, inpu
         raise OutputError(f"cannot write {target}: directory {target.parent} does not exist")
     if any(path.resolve() == resolved for path in inputs):
         raise OutputError(f"output file {target} is one of the inputs")
-    if resolved.exists() and not resolved.is_file():
-        write(resolved)
+    if written_in_place(target):
+        write(target)
         return
     temporary = _beside(resolved, "partial")
     try:

@@ -19,6 +19,7 @@ from backstop.wire.decode import describe, repeated_key
 
 _PLAIN_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 _BALANCE = re.compile(r"-?(0|[1-9][0-9]{0,67})(\.[0-9]{1,8})?")
+_AMOUNT = re.compile(r"-?(0|[1-9][0-9]{0,68})(\.[0-9]{1,8})?")  # a difference of two balances: below 2 x 10^68
 
 
 def _plain_decimal(value: str) -> str:
@@ -27,17 +28,22 @@ def _plain_decimal(value: str) -> str:
     return value
 
 
-def _balance(value: str) -> str:
-    if not _BALANCE.fullmatch(value):
-        raise ValueError(f"not an amount as backstop writes one (a plain decimal below 10^68 at 1e-8): "
-                         f"{value[:40]!r}{'...' if len(value) > 40 else ''}")
-    return value
+def _bounded(pattern: re.Pattern[str], bound: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"not an amount as backstop writes one (a plain decimal below {bound} at 1e-8): "
+                             f"{value[:40]!r}{'...' if len(value) > 40 else ''}")
+        return value
+
+    return AfterValidator(check)
 
 
 # Plain decimal text as backstop writes it (no exponent); the bounds are the writer's, not checked again here ...
 DecimalText = Annotated[str, Field(strict=True), AfterValidator(_plain_decimal)]
-# ... but for the ledger's amounts and balances, which the tools add up (docs/design.md §9.3: below 10^68 at 1e-8)
-BalanceText = Annotated[str, Field(strict=True), AfterValidator(_balance)]
+# ... but for the ledger's balances and amounts, which the tools add up (docs/design.md §9.3: balances below 10^68
+# at 1e-8, so an amount, the difference of two, below 2 x 10^68)
+BalanceText = Annotated[str, Field(strict=True), _bounded(_BALANCE, "10^68")]
+AmountText = Annotated[str, Field(strict=True), _bounded(_AMOUNT, "10^69")]
 Count = Annotated[int, Field(strict=True, ge=0)]
 Text = Annotated[str, Field(strict=True)]
 
@@ -56,7 +62,7 @@ class FundLedgerRow(_Checked):
     ts: Count
     fund_id: Text
     kind: Text
-    amount: BalanceText
+    amount: AmountText
     balance_after: BalanceText
     liquidation_id: Text | None
     counter_account: Text
@@ -90,7 +96,7 @@ class PostingRow(_Checked):
     debit_account: Text
     credit_account: Text
     asset: Text
-    amount: BalanceText
+    amount: AmountText
     debit_balance_after: BalanceText
     credit_balance_after: BalanceText
     prev_hash: Text

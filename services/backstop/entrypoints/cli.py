@@ -303,7 +303,7 @@ def _cmd_journal_export(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
-    from backstop.adapters.files import OutputError, write_file_atomically
+    from backstop.adapters.files import OutputError, write_file_atomically, written_in_place
     from backstop.adapters.journal_file import journal_bytes
     from backstop.entrypoints.sources import postgres_journal
     from backstop.settings import Settings
@@ -319,7 +319,7 @@ def _cmd_journal_export(args: argparse.Namespace) -> int:
         print(f"backstop journal export: {_os_message(error)}", file=sys.stderr)
         return 2
     print(f"wrote {len(lines)} journal records (seq 1..{len(lines)}, head hash {stored.get('head_hash')}) "
-          f"to {args.out}")
+          f"to {args.out}", file=sys.stderr if written_in_place(Path(args.out)) else sys.stdout)
     return 0
 
 
@@ -396,7 +396,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_statement(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from backstop.adapters.files import OutputError
+    from backstop.adapters.files import OutputError, written_in_place
     from backstop.adapters.output_reader import OutputReadError, read_stream, read_summary
     from backstop.core.fund_statement import StatementError, account_entries, account_statement, statement
     from backstop.entrypoints.statement import (
@@ -448,7 +448,8 @@ def _cmd_statement(args: argparse.Namespace) -> int:
         return 2
     print(f"{'fund' if args.fund is not None else 'account'} {name}: opening {result.opening_balance}, flows "
           + ", ".join(f"{k} {v}" for k, v in sorted(result.by_kind.items()))
-          + f", closing {result.closing_balance} ({len(result.entries)} entries) -> {target}")
+          + f", closing {result.closing_balance} ({len(result.entries)} entries) -> {target}",
+          file=sys.stderr if written_in_place(target) else sys.stdout)  # not into the statement on stdout
     return 0
 
 
