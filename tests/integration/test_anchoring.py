@@ -201,6 +201,40 @@ async def test_a_rewritten_fund_ledger_amount_is_named_by_its_seq(
         f"'{ledger[0]['amount']}', replay gives '{first['amount']}'"), lines
 
 
+@pytest.mark.parametrize(("table", "tampering"), [
+    ("fund_ledger", "UPDATE fund_ledger SET amount = amount * 10, balance_after = balance_after * 10 "
+                    "WHERE position = 1"),
+    ("adl_events", "UPDATE adl_events SET qty = qty * 100, price = 1 WHERE position = 1"),
+    ("journal", "INSERT INTO journal (seq, source_topic, source_partition, source_offset, type, ts, payload, "
+                "payload_hash) SELECT seq + 1, source_topic, source_partition, source_offset + 100, type, ts, payload, "
+                "payload_hash FROM journal WHERE seq = (SELECT max(seq) FROM journal)"),
+])
+async def test_columns_unlike_their_records_and_a_journal_past_the_head_fail_without_a_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], kafka_bootstrap: str, topic_prefix: str,
+        migrated_database: str, table: str, tampering: str) -> None:
+    """Queries read the columns, the chains and checkpoints cover the records: the two must agree. A journal row the
+    service's commit did not write (the engine head is behind it) fails too."""
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}anchor{secrets.token_hex(2)}.")
+    await run_service(settings, migrated_database, tmp_path)
+    assert (await asyncio.to_thread(verify, migrated_database, capsys))[0] == 0
+    connection = await asyncpg.connect(migrated_database)
+    try:
+        async with connection.transaction():
+            await connection.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+            await connection.execute(tampering)
+            await connection.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+    finally:
+        await connection.close()
+    code, lines = await asyncio.to_thread(verify, migrated_database, capsys)
+    assert code == 1
+    if table == "journal":
+        assert failure(lines) == "the journal runs to seq 15, the engine head is at seq 14", lines
+    else:
+        assert failure(lines).startswith(f"{table} row 1 (") and failure(lines).endswith(
+            "its columns differ from its record (the record is what the chain and the checkpoints cover; queries "
+            "read the columns)"), lines
+
+
 async def test_a_history_rewritten_consistently_is_caught_only_by_the_checkpoints(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], kafka_bootstrap: str, topic_prefix: str,
         migrated_database: str) -> None:

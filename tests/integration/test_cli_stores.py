@@ -8,6 +8,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import asyncpg
 import pytest
 from service_harness import free_port, in_process, settings_for, stored, wait_caught_up
 
@@ -71,6 +72,27 @@ async def test_produce_names_what_it_cannot_route_and_the_stored_counts_reach_th
     capsys.readouterr()
     assert await asyncio.to_thread(cli, ["audit", "verify", str(out)]) == 0
     assert "2 dead letters, as summary.json says" in capsys.readouterr().out
+    assert await asyncio.to_thread(cli, ["audit", "verify", "--dsn", migrated_database, "--journal",
+                                         str(journal)]) == 2
+    assert capsys.readouterr().err == ("backstop audit verify: --journal does not go with --dsn (the database's own "
+                                       "journal is replayed)\n")
+
+    connection = await asyncpg.connect(migrated_database)  # a hole in the journal, as its owner could make one
+    try:
+        async with connection.transaction():
+            await connection.execute("ALTER TABLE journal DISABLE TRIGGER USER")
+            await connection.execute("DELETE FROM fund_ledger WHERE seq = 5")
+            await connection.execute("DELETE FROM adl_events WHERE seq = 5")
+            await connection.execute("DELETE FROM journal WHERE seq = 5")
+            await connection.execute("ALTER TABLE journal ENABLE TRIGGER USER")
+    finally:
+        await connection.close()
+    for argv in (["journal", "export", "--dsn", migrated_database, "--out", str(tmp_path / "gap.jsonl")],
+                 ["replay", "--from-postgres", migrated_database, "--out", str(tmp_path / "gap")]):
+        assert await asyncio.to_thread(cli, argv) == 2
+        assert capsys.readouterr().err.endswith("cannot read the stored journal: ValueError: the stored journal has a "
+                                                "gap: seq 6 follows seq 4\n")
+    assert not (tmp_path / "gap.jsonl").exists() and not (tmp_path / "gap").exists()
 
 
 async def test_a_store_that_cannot_be_read_is_one_line_and_exit_2(
@@ -84,7 +106,9 @@ async def test_a_store_that_cannot_be_read_is_one_line_and_exit_2(
             (["replay", "--from-postgres", missing, "--out", str(tmp_path / "o")], "does not exist"),
             (["journal", "export", "--dsn", missing, "--out", str(tmp_path / "j.jsonl")], "does not exist"),
             (["journal", "export", "--dsn", down, "--out", str(tmp_path / "j.jsonl")], "Connect call failed"),
-            (["replay", "--from-postgres", down, "--out", str(tmp_path / "o")], "Connect call failed")):
+            (["replay", "--from-postgres", down, "--out", str(tmp_path / "o")], "Connect call failed"),
+            (["db", "migrate", "--dsn", missing], "does not exist"),
+            (["db", "migrate", "--dsn", down], "Connect call failed")):
         assert await asyncio.to_thread(cli, argv) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err, err

@@ -384,3 +384,16 @@ def test_an_interrupt_that_c_code_turned_into_its_own_error_is_still_an_interrup
     assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "r"), "--engine", "reference"]) == 130
     assert capsys.readouterr().err.strip() == "backstop replay: interrupted"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("variable", "value", "argv", "message"), [
+    ("BACKSTOP_WEB_PORT", "x", ["db", "migrate"], "Input should be a valid integer"),
+    ("BACKSTOP_INPUT_GAP", "maybe", ["serve"], "Input should be 'refuse' or 'skip'"),
+    ("BACKSTOP_BATCH_MAX_RECORDS", "-5", ["serve"], "Input should be greater than or equal to 1"),
+])
+def test_a_setting_the_settings_refuse_is_one_line_naming_the_variable(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str,
+        argv: list[str], message: str) -> None:
+    monkeypatch.setenv(variable, value)
+    line = one_line_error(capsys, argv)
+    assert line.startswith(f"backstop {argv[0]}: bad setting {variable}={value!r}: {message}"), line

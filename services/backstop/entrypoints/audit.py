@@ -356,6 +356,8 @@ async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None,
         funds = {r["fund_id"]: {"balance": str(r["balance"])} for r in await store.pool.fetch("SELECT * FROM funds")}
         rows = [row async for row in store.journal_rows()]
         checkpoints = await store.checkpoints()
+        unlike = [found for table in ("fund_ledger", "adl_events")
+                  if (found := await store.columns_unlike_record(table)) is not None]
     except asyncpg.UndefinedTableError as error:
         raise AuditError(f"the database is not a migrated backstop database ({error}): backstop db migrate") from None
     except (asyncpg.PostgresError, OSError) as error:
@@ -369,8 +371,14 @@ async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None,
     journal_problem, last_seq, digest = check_journal(rows, checkpoints if keys else [])
     if journal_problem:
         return checked, journal_problem
+    if stored.get("seq") is not None and last_seq != stored["seq"]:  # a row the service's commit did not write
+        return checked, f"the journal runs to seq {last_seq}, the engine head is at seq {stored['seq']}"
     checked.append(f"journal: {last_seq} rows without gaps, each payload_hash that of its payload; journal digest "
                    f"at seq {last_seq}: {digest}")
+    if unlike:
+        return checked, (f"{unlike[0]}: its columns differ from its record (the record is what the chain and the "
+                         f"checkpoints cover; queries read the columns)")
+    checked.append("fund ledger and ADL events: every row's columns as its record says")
     if keys:
         problem = _anchored_head(checkpoints, last_seq, stored.get("seq"))
         if problem:

@@ -58,12 +58,15 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
     except MigrationError as error:
         print(f"backstop db migrate: refused: {error}", file=sys.stderr)
         return 1
-    except (OSError, TimeoutError) as error:
-        print(f"backstop db migrate: cannot reach PostgreSQL ({error}); is it running? "
+    except (OSError, TimeoutError) as error:  # a store that cannot be read: 2, as every command says it
+        print(f"backstop db migrate: cannot reach PostgreSQL ({_one_line(error)}); is it running? "
               "(deploy/local/postgres start)", file=sys.stderr)
-        return 1
+        return 2
+    except (asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError) as error:
+        print(f"backstop db migrate: cannot use the database ({_one_line(error)})", file=sys.stderr)
+        return 2
     except asyncpg.PostgresError as error:
-        print(f"backstop db migrate: PostgreSQL refused ({type(error).__name__}: {error}); "
+        print(f"backstop db migrate: PostgreSQL refused ({_one_line(error)}); "
               "nothing of the failing migration was applied", file=sys.stderr)
         return 1
     except (ValueError, asyncpg.InterfaceError) as error:  # a DSN asyncpg cannot use (another scheme, bad syntax)
@@ -243,6 +246,10 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
         return 2
     if args.anchor_key_file and not args.dsn:
         print("backstop audit verify: --anchor-key-file goes with --dsn", file=sys.stderr)
+        return 2
+    if args.dsn and args.journal:  # the database is checked against the journal it stores
+        print("backstop audit verify: --journal does not go with --dsn (the database's own journal is replayed)",
+              file=sys.stderr)
         return 2
     engine = _engine_for(args)
     try:
@@ -451,6 +458,17 @@ def _cmd_statement(args: argparse.Namespace) -> int:
           + f", closing {result.closing_balance} ({len(result.entries)} entries) -> {target}",
           file=sys.stderr if written_in_place(target) else sys.stdout)  # not into the statement on stdout
     return 0
+
+
+def _bad_setting(error: BaseException) -> str | None:
+    """One line for a BACKSTOP_* environment variable the settings refuse (pydantic is loaded once settings are
+    read; a command that never reads them never loads it)."""
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is None or not isinstance(error, pydantic.ValidationError) or error.title != "Settings":
+        return None
+    first = error.errors()[0]
+    name = f"BACKSTOP_{first['loc'][0]}".upper() if first["loc"] else "a BACKSTOP_* setting"
+    return f"bad setting {name}={str(first.get('input'))[:60]!r}: {first['msg']}"
 
 
 def _os_message(error: BaseException) -> str:
@@ -790,6 +808,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"backstop {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
     except Exception as error:
+        setting = _bad_setting(error)
+        if setting is not None:
+            print(f"backstop {args.command}: {setting}", file=sys.stderr)
+            return 2
         if not _interrupted(error):
             raise
         # the interrupt came inside a callback of C code, which turned it into an error of its own (orjson's

@@ -535,6 +535,18 @@ def _relayed(records: list[Any], last_position: int, key: str) -> list[tuple[int
     return [(first + i, *output_values(r, (key, "id")), output_json(r).decode()) for i, r in enumerate(records)]
 
 
+# the columns a fund-ledger entry's or ADL event's row repeats of its record, with their SQL types
+_RECORD_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "fund_ledger": (("id", "text"), ("seq", "bigint"), ("ts", "bigint"), ("fund_id", "text"), ("kind", "text"),
+                    ("amount", "numeric"), ("balance_after", "numeric"), ("liquidation_id", "text"),
+                    ("counter_account", "text"), ("prev_hash", "text"), ("hash", "text")),
+    "adl_events": (("id", "text"), ("seq", "bigint"), ("ts", "bigint"), ("symbol", "text"),
+                   ("liquidation_id", "text"), ("fund_id", "text"), ("account_id", "text"), ("side", "text"),
+                   ("qty", "numeric"), ("price", "numeric"), ("rank", "int"), ("score", "numeric"),
+                   ("quantile", "int"), ("prev_hash", "text"), ("hash", "text")),
+}
+
+
 class Store:
     def __init__(self, pool: asyncpg.Pool, anchor: Anchor | None = None, *, relay_in_rust: bool = False) -> None:
         self.pool = pool
@@ -658,6 +670,14 @@ class Store:
             return [orjson.loads(line) for b in blocks for line in b["records"].split("\n")[:-1]]  # each ends "\n"
         rows = await self.pool.fetch(f"SELECT record FROM {table} ORDER BY position")
         return [orjson.loads(r["record"]) for r in rows]
+
+    async def columns_unlike_record(self, table: str) -> str | None:
+        """The first fund-ledger entry or ADL event (in chain order) whose columns, which queries read, are not its
+        `record`, which the chain and the checkpoints cover; None when every row agrees."""
+        columns = _RECORD_COLUMNS[table]
+        differs = " OR ".join(f"(record::jsonb->>'{name}')::{kind} IS DISTINCT FROM {name}" for name, kind in columns)
+        row = await self.pool.fetchrow(f"SELECT position, id FROM {table} WHERE {differs} ORDER BY position LIMIT 1")
+        return None if row is None else f"{table} row {row['position']} ({row['id']})"
 
     @contextlib.asynccontextmanager
     async def hold_lock(self, lock_id: int) -> AsyncIterator[None]:
