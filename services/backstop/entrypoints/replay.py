@@ -142,7 +142,7 @@ def read_snapshot(path: Path) -> tuple[Snapshot, dict[str, Any]]:
     if type(version) is not int:  # True is an int to isinstance; the engines read an integer only
         raise corrupt(f"engine.snapshot_version {version!r} is not an integer")
     # a state of another version: the engines say which they read
-    if state.get("snapshot_version") == SNAPSHOT_VERSION and (problem := state_problem(state)):
+    if version == SNAPSHOT_VERSION and (problem := state_problem(state)):
         raise corrupt(problem)
     _check_wallets_at_zero(document, state, corrupt)
     seq = state.get("seq")
