@@ -113,3 +113,11 @@ async def test_a_store_that_cannot_be_read_is_one_line_and_exit_2(
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists() and not (tmp_path / "j.jsonl").exists()
+
+
+async def test_exporting_a_journal_nothing_was_stored_in_yet_writes_an_empty_file_and_says_so(
+        tmp_path: Path, migrated_database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "empty.jsonl"
+    assert await asyncio.to_thread(cli, ["journal", "export", "--dsn", migrated_database, "--out", str(out)]) == 0
+    assert out.read_bytes() == b""
+    assert capsys.readouterr().out == f"wrote an empty journal (nothing stored yet) to {out}\n"

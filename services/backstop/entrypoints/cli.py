@@ -325,8 +325,9 @@ def _cmd_journal_export(args: argparse.Namespace) -> int:
     except (OutputError, OSError) as error:
         print(f"backstop journal export: {_os_message(error)}", file=sys.stderr)
         return 2
-    print(f"wrote {len(lines)} journal records (seq 1..{len(lines)}, head hash {stored.get('head_hash')}) "
-          f"to {args.out}", file=sys.stderr if written_in_place(Path(args.out)) else sys.stdout)
+    what = (f"{len(lines)} journal records (seq 1..{len(lines)}, head hash {stored.get('head_hash')})" if lines
+            else "an empty journal (nothing stored yet)")
+    print(f"wrote {what} to {args.out}", file=sys.stderr if written_in_place(Path(args.out)) else sys.stdout)
     return 0
 
 

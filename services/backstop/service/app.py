@@ -74,6 +74,22 @@ async def preflight(settings: Settings, *, require_anchor: bool = True) -> None:
         await store.close()
 
 
+def topics_ready(settings: Settings, *, timeout_ms: int = 30_000) -> None:
+    """The contract's topics exist (created where missing); a broker that cannot be reached within timeout_ms is
+    ServeRefused, in one line, rather than a traceback (the orchestrator restarts the service)."""
+    from kafka.errors import KafkaError
+
+    try:
+        created = ensure_topics(settings, timeout_ms=timeout_ms)
+    except KafkaError as error:
+        said = " ".join(str(error).split())  # kafka-python's errors start with their class's name; not all do
+        said = said if said.startswith(type(error).__name__) else f"{type(error).__name__}: {said}"
+        raise ServeRefused(f"cannot reach Kafka at {settings.kafka_bootstrap} (BACKSTOP_KAFKA_BOOTSTRAP) within "
+                           f"{timeout_ms / 1000:g} s: {said}") from None
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+
+
 class _LifecycleOnly(BootStrategy):
     """faust hosts the worker lifecycle, the tasks and the web views; it joins no consumer group and owns no
     producer, so a restarted worker never waits for a killed one's group session to expire."""
@@ -138,9 +154,7 @@ def serve(settings: Settings) -> None:
     finally:
         loop.close()
     logs.configure(logging.INFO)
-    created = ensure_topics(settings)
-    if created:
-        log.info("created topics: %s", ", ".join(created))
+    topics_ready(settings)
     app = create_app(settings)
     # quiet, and no spinner: faust would print a banner and terminal codes beside the JSON lines
     worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False, override_logging=False, quiet=True)

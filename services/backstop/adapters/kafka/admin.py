@@ -37,9 +37,10 @@ def plan(topics: TopicNames, *, input_partitions: int, input_retention_ms: int, 
 
 def create(bootstrap: str, plans: list[TopicPlan], *, replication: int = 1, timeout_ms: int = 30_000,
            client_kwargs: dict[str, object] | None = None) -> tuple[list[str], list[str]]:
-    """Create what is missing; returns (created, already there). Existing topics are left as they are."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="backstop-admin",
-                             request_timeout_ms=timeout_ms, **(client_kwargs or {}))
+    """Create what is missing; returns (created, already there). Existing topics are left as they are. A broker
+    that cannot be reached within timeout_ms raises kafka.errors.KafkaError."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="backstop-admin", request_timeout_ms=timeout_ms,
+                             bootstrap_timeout_ms=timeout_ms, **(client_kwargs or {}))
     try:
         existing = set(admin.list_topics())
         missing = [p for p in plans if p.name not in existing]

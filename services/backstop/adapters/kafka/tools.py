@@ -53,12 +53,12 @@ def route(raw: bytes, *, keep_type: bool) -> tuple[str, bytes, bytes]:
     return record_type, input_key(record_type, document).encode(), orjson.dumps(document)
 
 
-def ensure_topics(settings: Settings) -> list[str]:
+def ensure_topics(settings: Settings, *, timeout_ms: int = 30_000) -> list[str]:
     """The contract's topics as the service lays them out (partitions, retention); returns the ones created."""
     plans = admin.plan(TopicNames(settings.topic_prefix), input_partitions=settings.input_partitions,
                        input_retention_ms=settings.input_retention_ms, output_partitions=settings.output_partitions)
     created, _ = admin.create(settings.kafka_bootstrap, plans, replication=settings.replication_factor,
-                              client_kwargs=settings.kafka_client_options())
+                              timeout_ms=timeout_ms, client_kwargs=settings.kafka_client_options())
     return created
 
 
