@@ -102,7 +102,7 @@ async def test_input_deleted_before_it_was_read_stops_the_processor_until_it_is_
     async with in_process(settings) as (processor, _):
         await until(lambda: processor.progress.last_error == expected,
                     f"the processor reporting {expected!r} (it has {processor.progress.last_error!r})")
-        assert not processor.progress.ready
+        assert not processor.progress.ready and processor.progress.seq == 9  # the stored head, for /health
     assert await applied_transfers(migrated_database) == ["t1", "t2", "t3"]
     async with in_process(settings.model_copy(update={"input_gap": "skip"})):
         await wait_caught_up(migrated_database, applied=10)
