@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from service_harness import free_port, in_process, settings_for, stored, wait_caught_up
+from service_harness import ServeProcess, free_port, in_process, settings_for, stored, wait_caught_up
 
 from backstop.adapters.kafka.tools import ensure_topics
 from backstop.entrypoints.cli import main as cli
@@ -90,9 +90,20 @@ async def test_produce_names_what_it_cannot_route_and_the_stored_counts_reach_th
     for argv in (["journal", "export", "--dsn", migrated_database, "--out", str(tmp_path / "gap.jsonl")],
                  ["replay", "--from-postgres", migrated_database, "--out", str(tmp_path / "gap")]):
         assert await asyncio.to_thread(cli, argv) == 2
-        assert capsys.readouterr().err.endswith("cannot read the stored journal: ValueError: the stored journal has a "
-                                                "gap: seq 6 follows seq 4\n")
+        assert capsys.readouterr().err.endswith("cannot read the stored journal: InvariantViolation: the stored "
+                                                "journal has a gap: seq 5 is missing\n")
     assert not (tmp_path / "gap.jsonl").exists() and not (tmp_path / "gap").exists()
+    # the service will not rebuild past it: it stops (no retry), its relay stopped first, and its last line says why
+    log = tmp_path / "serve.log"
+    service = ServeProcess(settings, log)
+    try:
+        assert await asyncio.to_thread(service.wait_exit) == 1
+    finally:
+        service.stop()
+    lines = log.read_text().splitlines()
+    assert json.loads(lines[-1])["message"] == ("backstop serve: stopped: InvariantViolation: the stored journal has a "
+                                                "gap: seq 5 is missing"), lines[-5:]
+    assert not [line for line in lines if "relay failed" in line]
 
 
 async def test_a_store_that_cannot_be_read_is_one_line_and_exit_2(

@@ -167,7 +167,10 @@ def _store_errors() -> tuple[type[BaseException], ...]:
     import asyncpg
     from aiokafka.errors import KafkaError
 
-    return OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError
+    from backstop.core.errors import InvariantViolation
+
+    return (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError,
+            InvariantViolation)
 
 
 def _one_line(error: BaseException) -> str:
@@ -279,7 +282,7 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from backstop.core.anchor import AnchorKeyError
-    from backstop.service.app import ServeRefused, serve
+    from backstop.service.app import ServeRefused, ServeStopped, serve
     from backstop.settings import Settings
 
     try:
@@ -287,6 +290,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (ServeRefused, AnchorKeyError) as error:
         print(f"backstop serve: {error}", file=sys.stderr)
         return 2
+    except ServeStopped as error:
+        print(f"backstop serve: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -45,6 +45,11 @@ class ServeRefused(Exception):
     """The service will not start; the message says why, in one line."""
 
 
+class ServeStopped(Exception):
+    """The service stopped on an error it does not retry (an InvariantViolation); the message says which, in one
+    line (the log holds its traceback)."""
+
+
 NO_ANCHOR_KEY = ("BACKSTOP_ANCHOR_KEY_FILE is not set: the service signs a checkpoint of the stored history with "
                  "every batch, with a key the database never sees (docs/operations-security.md); make one with "
                  "`openssl rand -hex 32 > anchor.key` and keep it away from the database")
@@ -102,6 +107,23 @@ class ServiceApp(faust.App):
     BootStrategy = _LifecycleOnly
 
 
+async def _both_until_one_stops(processor: LedgerProcessor, relay: OutboxRelay) -> None:
+    """Both loops; when one stops (an InvariantViolation: a broken rule is never retried), the other is stopped and
+    awaited before the store closes under it, and the first one's error is raised."""
+    tasks = [asyncio.create_task(processor.run_forever()), asyncio.create_task(relay.run_forever())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        processor.stop()
+        relay.stop()
+        for task in tasks:
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+
+
 def create_app(settings: Settings) -> faust.App:
     app = ServiceApp(
         f"{settings.topic_prefix}service", broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
@@ -121,7 +143,7 @@ def create_app(settings: Settings) -> faust.App:
         processor = LedgerProcessor(settings, store, runtime, on_commit=relay.wake)
         state.update(store=store, processor=processor, relay=relay)
         try:
-            await asyncio.gather(processor.run_forever(), relay.run_forever())
+            await _both_until_one_stops(processor, relay)
         finally:
             await store.close()
 
@@ -147,7 +169,7 @@ def create_app(settings: Settings) -> faust.App:
 
 
 def serve(settings: Settings) -> None:
-    """Runs until stopped; raises ServeRefused (or AnchorKeyError) before starting anything."""
+    """Runs until stopped; raises ServeRefused (or AnchorKeyError) before starting anything, ServeStopped after."""
     loop = asyncio.new_event_loop()  # not asyncio.run: it leaves no current loop, and faust's worker wants one
     try:
         loop.run_until_complete(preflight(settings))
@@ -159,7 +181,14 @@ def serve(settings: Settings) -> None:
     # quiet, and no spinner: faust would print a banner and terminal codes beside the JSON lines
     worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False, override_logging=False, quiet=True)
     worker.spinner = None
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        reason = worker.crash_reason
+        if reason is None:
+            raise
+        said = " ".join(str(reason).split())
+        raise ServeStopped(f"stopped: {type(reason).__name__}: {said}") from None
 
 
 @contextlib.asynccontextmanager

@@ -625,11 +625,15 @@ class Store:
                 [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk])
 
     async def journal(self, *, after_seq: int = 0, chunk: int = 10_000) -> AsyncIterator[tuple[int, bytes]]:
-        """(seq, payload) in seq order, read in chunks."""
+        """(seq, payload) in seq order, read in chunks; a seq missing (a row its owner deleted) is an
+        InvariantViolation naming it."""
         last = after_seq
         while True:
             rows = await self.pool.fetch("SELECT seq, payload FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
                                          last, chunk)
+            if rows and rows[-1]["seq"] - last != len(rows):  # seqs are unique and sorted: then one is missing
+                missing = next(last + n for n, row in enumerate(rows, 1) if row["seq"] != last + n)
+                raise InvariantViolation(f"the stored journal has a gap: seq {missing} is missing")
             for row in rows:
                 yield row["seq"], row["payload"].encode()
             if len(rows) < chunk:
