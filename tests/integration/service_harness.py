@@ -76,6 +76,30 @@ def settings_for(bootstrap: str, dsn: str, prefix: str, *, role: str = SERVICE_R
 in_process = running  # the ledger processor and the relay as tasks of the test's event loop
 
 
+def recreate_topic(bootstrap: str, topic: str, partitions: int, config: dict[str, str] | None = None) -> None:
+    """Delete the topic and create it again (a new topic id, an empty log), as an operator might: Kafka deletes a
+    topic in the background, so the creation is tried again until the name is free."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="backstop-test-admin")
+    try:
+        admin.delete_topics([topic], timeout_ms=30_000)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=config or {})], timeout_ms=30_000,
+                                    wait_for_metadata=True)
+                return
+            except TopicAlreadyExistsError:  # still being deleted
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        admin.close()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -17,6 +18,7 @@ import orjson
 import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from service_harness import recreate_topic
 
 from backstop.adapters.kafka.consumer import KafkaConsumer
 from backstop.adapters.kafka.publisher import KafkaPublisher
@@ -187,6 +189,20 @@ async def test_an_empty_store_has_the_genesis_head_and_nothing_else(under_test: 
     assert await store.latest_snapshot() is None
     assert [row async for row in store.journal()] == []
     assert await store.unpublished(10, TOPICS) == [] and await store.outbox_backlog() == 0
+
+
+async def test_input_topic_ids_are_stored_and_replaced(under_test: StoreUnderTest) -> None:
+    store, batches = under_test.store, Batches()
+    await commit(store, batches.first)
+    positions = await store.offsets()
+    assert await store.input_topic_ids() == {}
+    topics = sorted({topic for topic, _ in positions})
+    first = {topic: str(uuid.UUID(int=n + 1)) for n, topic in enumerate(topics)}
+    await store.adopt_input_topics(first)
+    assert await store.input_topic_ids() == first
+    again = {topics[0]: str(uuid.UUID(int=99))}
+    await store.adopt_input_topics(again)
+    assert await store.input_topic_ids() == {**first, **again} and await store.offsets() == positions
 
 
 async def test_a_commit_lands_whole_and_reads_back(under_test: StoreUnderTest) -> None:
@@ -447,6 +463,7 @@ class TopicsUnderTest:
     make: Callable[[str, int], Awaitable[str]]  # (name, partitions) -> topic
     append: Callable[[str, int, bytes], Awaitable[None]]
     consumer: Callable[[], Consumer]
+    make_again: Callable[[str, int], Awaitable[None]]  # the topic deleted and created again
 
 
 @pytest_asyncio.fixture(params=["memory", "kafka"])
@@ -461,7 +478,11 @@ async def topics(request: pytest.FixtureRequest) -> AsyncIterator[TopicsUnderTes
         async def memory_append(topic: str, partition: int, value: bytes) -> None:
             broker.append(topic, partition, None, value)
 
-        yield TopicsUnderTest(memory_make, memory_append, lambda: MemoryConsumer(broker))
+        async def memory_make_again(topic: str, partitions: int) -> None:
+            broker.delete(topic)
+            broker.create(topic, partitions)
+
+        yield TopicsUnderTest(memory_make, memory_append, lambda: MemoryConsumer(broker), memory_make_again)
         return
     bootstrap: str = request.getfixturevalue("kafka_bootstrap")
     make_topics = request.getfixturevalue("make_topics")
@@ -475,9 +496,12 @@ async def topics(request: pytest.FixtureRequest) -> AsyncIterator[TopicsUnderTes
     async def kafka_append(topic: str, partition: int, value: bytes) -> None:
         await producer.send_and_wait(topic, value, partition=partition)
 
+    async def kafka_make_again(topic: str, partitions: int) -> None:
+        await asyncio.to_thread(recreate_topic, bootstrap, topic, partitions)
+
     try:
         yield TopicsUnderTest(kafka_make, kafka_append,
-                              lambda: KafkaConsumer(Settings(kafka_bootstrap=bootstrap)))
+                              lambda: KafkaConsumer(Settings(kafka_bootstrap=bootstrap)), kafka_make_again)
     finally:
         await producer.stop()
 
@@ -532,6 +556,25 @@ async def test_a_consumer_fetches_only_the_partitions_it_is_asked_for(topics: To
         got = await read_all(consumer, 1, only={(marks, 0)})
         assert list(got) == [(marks, 0)]
         assert [r.value for r in (await read_all(consumer, 1))[(fills, 0)]] == [b"f0"]
+    finally:
+        await consumer.stop()
+
+
+async def test_a_consumer_names_each_topic_s_id_which_changes_when_the_topic_is_created_again(
+        topics: TopicsUnderTest) -> None:
+    fills = await topics.make("fills", 1)
+    marks = await topics.make("marks", 1)
+    missing = f"contract.missing{secrets.token_hex(3)}"
+    consumer = topics.consumer()
+    await consumer.start()
+    try:
+        ids = await consumer.topic_ids([fills, marks, missing])
+        assert sorted(ids) == sorted([fills, marks]) and ids[fills] != ids[marks]
+        assert all(uuid.UUID(topic_id) for topic_id in ids.values())
+        assert await consumer.topic_ids([fills]) == {fills: ids[fills]}
+        await topics.make_again(fills, 1)
+        again = await consumer.topic_ids([fills, marks])
+        assert again[marks] == ids[marks] and again[fills] not in (ids[fills], ids[marks])
     finally:
         await consumer.stop()
 

@@ -450,10 +450,27 @@ async def test_the_adl_queue_loses_its_primary_key_and_keeps_its_rows(empty_data
         await connection.execute("INSERT INTO adl_queue VALUES ('BTCUSDT', 'long', 'a-1', 1, 0.5, 5, 7)")
         assert [r[0] for r in await connection.fetch(indexes)] == ["adl_queue_pkey"]
         before = {r[0] for r in await connection.fetch(every_index)}
-        assert await migrate(empty_database) == ["0018"]
+        assert await migrate_before(empty_database, tmp_path, "0019") == ["0018"]
         assert await connection.fetch(indexes) == []
         assert {r[0] for r in await connection.fetch(every_index)} == before - {"adl_queue_pkey"}
         assert [tuple(r) for r in await connection.fetch("SELECT * FROM adl_queue")] == [
             ("BTCUSDT", "long", "a-1", 1, Decimal("0.5"), 5, 7)]
+    finally:
+        await connection.close()
+
+
+async def test_input_topic_ids_start_empty_and_the_service_may_write_them(empty_database: str, tmp_path: Path) -> None:
+    """0019: a table of each input topic's id, empty on a database that has read input already (the service takes
+    the ids at its next start); the service's role may insert and update it, not delete from it."""
+    await migrate_before(empty_database, tmp_path, "0019")
+    connection = await asyncpg.connect(empty_database)
+    try:
+        await connection.execute("INSERT INTO consumed_offsets VALUES ('bt.transfers', 0, 3)")
+        assert await migrate(empty_database) == ["0019"]
+        assert await connection.fetch("SELECT * FROM input_topics") == []
+        grants = await connection.fetch("SELECT privilege_type FROM information_schema.role_table_grants WHERE "
+                                        "table_name = 'input_topics' AND grantee = 'backstop_service'")
+        assert sorted(r[0] for r in grants) == ["INSERT", "SELECT", "UPDATE"]
+        assert await connection.fetchval("SELECT next_offset FROM consumed_offsets") == 3
     finally:
         await connection.close()

@@ -1,6 +1,6 @@
 """The topics changing under the service, as retention and operators change them: an output partition whose records
-all expired, input records deleted before the service read them, partitions added to an input topic. Nothing is
-passed over silently and nothing stops for good.
+all expired, input records deleted before the service read them, an input topic deleted and created again,
+partitions added to an input topic. Nothing is passed over silently and nothing stops for good.
 
 DeleteRecords moves a partition's log start exactly as retention does."""
 
@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from kafka import TopicPartition
 from kafka.admin import KafkaAdminClient, NewPartitions
-from service_harness import in_process, input_ends, settings_for, wait_caught_up
+from service_harness import in_process, input_ends, recreate_topic, settings_for, wait_caught_up
 
 from backstop.adapters.kafka import consumer as kafka_consumer
 from backstop.adapters.kafka.tools import end_offsets, produce_file
@@ -107,6 +107,66 @@ async def test_input_deleted_before_it_was_read_stops_the_processor_until_it_is_
     async with in_process(settings.model_copy(update={"input_gap": "skip"})):
         await wait_caught_up(migrated_database, applied=10)
     assert await applied_transfers(migrated_database) == ["t1", "t2", "t3", "kept"]
+
+
+async def test_an_input_topic_created_again_holds_the_processor_until_it_is_told_to_read_the_new_one(
+        kafka_bootstrap: str, topic_prefix: str, migrated_database: str) -> None:
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}again.")
+    transfers = TopicNames(settings.topic_prefix).input("transfer")
+    async with in_process(settings):
+        await produce_file(settings, EXAMPLE)
+        await wait_caught_up(migrated_database, applied=9)
+    connection = await asyncpg.connect(migrated_database)
+    try:
+        first_id = await connection.fetchval("SELECT topic_id::text FROM input_topics WHERE topic = $1", transfers)
+    finally:
+        await connection.close()
+    # while the service is away the topic is deleted and created again, and gets more records than the old one had:
+    # read on from the stored position 3, the new topic's offsets 0 to 2 would be passed over without a word
+    await asyncio.to_thread(recreate_topic, kafka_bootstrap, transfers, 1)
+    await send(kafka_bootstrap, transfers, [transfer(f"new-{n}", T0 + 10 + n) for n in range(5)])
+    async with in_process(settings) as (processor, _):
+        await until(lambda: processor.progress.last_error is not None, "the processor holding")
+        error = processor.progress.last_error
+        assert error is not None and error.startswith(
+            f"InputGap: input topic {transfers} was deleted and created again (its id was {first_id}, now "), error
+        assert error.endswith(") after the service read the old one up to the positions stored (next offsets: [0] 3);"
+                              " set BACKSTOP_INPUT_GAP=skip to read the new topic on from those positions, without its"
+                              " records below them"), error
+        assert not processor.progress.ready and processor.progress.seq == 9
+    assert await applied_transfers(migrated_database) == ["t1", "t2", "t3"]
+    async with in_process(settings.model_copy(update={"input_gap": "skip"})):
+        await wait_caught_up(migrated_database, applied=11)
+    assert await applied_transfers(migrated_database) == ["t1", "t2", "t3", "new-3", "new-4"]
+    async with in_process(settings) as (processor, _):  # the new topic's id is the one stored now: no hold
+        await until(lambda: processor.progress.ready, "the processor ready on the new topic")
+        assert processor.progress.last_error is None
+
+
+async def test_a_stored_position_beyond_a_partition_s_end_holds_until_the_log_reaches_it_even_told_to_skip(
+        kafka_bootstrap: str, topic_prefix: str, migrated_database: str) -> None:
+    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}short.", input_gap="skip")
+    transfers = TopicNames(settings.topic_prefix).input("transfer")
+    async with in_process(settings):
+        await produce_file(settings, EXAMPLE)
+        await wait_caught_up(migrated_database, applied=9)
+    connection = await asyncpg.connect(migrated_database)  # as a database migrated after the topic was made again
+    try:
+        await connection.execute("DELETE FROM input_topics")
+    finally:
+        await connection.close()
+    await asyncio.to_thread(recreate_topic, kafka_bootstrap, transfers, 1)
+    await send(kafka_bootstrap, transfers, [transfer("short-0", T0 + 10)])
+    async with in_process(settings) as (processor, _):
+        # read from the start, the new offset 0 would repeat t1's place in the journal: the service waits for 3
+        expected = (f"InputGap: input {transfers}[0]: the stored position 3 lies beyond the log's end 1 (a topic "
+                    f"created again, or records the broker lost); the service reads on once the log reaches offset 3"
+                    f" (the offsets below it name records the journal holds)")
+        await until(lambda: processor.progress.last_error == expected,
+                    f"the processor reporting {expected!r} (it has {processor.progress.last_error!r})")
+        await send(kafka_bootstrap, transfers, [transfer(f"short-{n}", T0 + 10 + n) for n in (1, 2, 3)])
+        await wait_caught_up(migrated_database, applied=10)
+    assert await applied_transfers(migrated_database) == ["t1", "t2", "t3", "short-3"]
 
 
 async def test_a_transaction_s_marker_after_the_last_record_read_is_no_gap_once_deleted(

@@ -35,6 +35,7 @@ from backstop.service.ports import (
     Committed,
     Consumer,
     EndsUnavailable,
+    InputGap,
     LedgerStore,
     Partition,
     Runtime,
@@ -214,7 +215,9 @@ class LedgerProcessor(SupervisedLoop):
         await consumer.start()
         run: LedgerRun | None = None
         try:
-            # the input first: a stored offset outside its log (InputGap) stops the run before a rebuild for nothing
+            # the input first: a topic created again or a stored offset outside its log (InputGap) stops the run
+            # before a rebuild for nothing
+            await self._same_topics(consumer, offsets)
             assigned = await consumer.assign(self.topics.inputs, offsets)
             engine, head, snapshot_seq = await rebuild(self.store, check_conservation=settings.check_conservation,
                                                        adl_quantiles=settings.adl_quantiles, engine=settings.engine)
@@ -229,6 +232,31 @@ class LedgerProcessor(SupervisedLoop):
                 run.close()
             self.progress.ready = False
             await consumer.stop()
+
+
+    async def _same_topics(self, consumer: Consumer, offsets: dict[Partition, int]) -> None:
+        """Each input topic's id is the one stored when the service first read it. A topic deleted and created again
+        (a new id) holds the run (InputGap): the stored positions were read in the old log; read on from them, the
+        new one's records below them would be passed over, and read from its start they would repeat the (topic,
+        partition, offset) of records the journal holds. Where settings.input_gap is "skip" the new id is stored and
+        the new topic read on from the stored positions, said in the log. A topic seen for the first time has its
+        id stored."""
+        ids = await consumer.topic_ids(self.topics.inputs)
+        stored = await self.store.input_topic_ids()
+        for topic in sorted(topic for topic, topic_id in ids.items() if stored.get(topic, topic_id) != topic_id):
+            read = ", ".join(f"[{number}] {offset}" for (name, number), offset in sorted(offsets.items())
+                             if name == topic) or "none"
+            said = (f"input topic {topic} was deleted and created again (its id was {stored[topic]}, now "
+                    f"{ids[topic]}) after the service read the old one up to the positions stored (next offsets: "
+                    f"{read})")
+            if self.settings.input_gap != "skip":
+                raise InputGap(f"{said}; set BACKSTOP_INPUT_GAP=skip to read the new topic on from those positions, "
+                               f"without its records below them")
+            log.warning("%s; BACKSTOP_INPUT_GAP=skip: reading the new topic on from them, without its records below "
+                        "them", said)
+        new = {topic: topic_id for topic, topic_id in ids.items() if stored.get(topic) != topic_id}
+        if new:
+            await self.store.adopt_input_topics(new)
 
 
 class LedgerRun:

@@ -40,8 +40,8 @@ class EndsUnavailable(Exception):
 
 class InputGap(Exception):
     """A stored input position outside its partition's log: records deleted (retention) before the service read
-    them, or a topic created again with fewer records. The processor does not apply past it (it tries again, not
-    ready, /health saying why) unless BACKSTOP_INPUT_GAP=skip (settings.input_gap)."""
+    them, or a topic created again (a new topic id, or fewer records than were read). The processor does not apply
+    past it (it tries again, not ready, /health saying why) unless BACKSTOP_INPUT_GAP=skip (settings.input_gap)."""
 
 
 class InputPartitionsGrew(Exception):
@@ -63,11 +63,17 @@ class Consumer(Protocol):
 
     async def stop(self) -> None: ...
 
+    async def topic_ids(self, topics: Sequence[str]) -> dict[str, str]:
+        """The id Kafka gave each of `topics` when it created it (a topic deleted and created again has a new one);
+        a topic that does not exist, or a broker that gives no ids, is left out."""
+        ...
+
     async def assign(self, topics: Sequence[str], positions: Mapping[Partition, int]
                      ) -> tuple[dict[Partition, int], dict[Partition, int]]:
         """Every partition of `topics`, each at its position in `positions` or, without one, at the start of its
         log. Returns every partition's position and end. A position outside its partition's log raises InputGap
-        (unless settings.input_gap is "skip": then it reads from the start)."""
+        (unless settings.input_gap is "skip" and the position lies below the log's start: then it reads from the
+        start)."""
         ...
 
     async def fetch(self, *, only: set[Partition] | None, max_records: int, timeout_ms: int) -> Fetched:
@@ -88,6 +94,14 @@ class LedgerStore(Protocol):
     async def head(self) -> Head: ...
 
     async def offsets(self) -> dict[Partition, int]: ...
+
+    async def input_topic_ids(self) -> dict[str, str]:
+        """Each input topic's id as the service first read the topic (migration 0019)."""
+        ...
+
+    async def adopt_input_topics(self, ids: Mapping[str, str]) -> None:
+        """Store these topics' ids (in place of any stored)."""
+        ...
 
     async def latest_snapshot(self) -> tuple[int, dict[str, Any]] | None: ...
 

@@ -57,6 +57,23 @@ def create(bootstrap: str, plans: list[TopicPlan], *, replication: int = 1, time
         admin.close()
 
 
+NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"  # a broker before Kafka 2.8 gives topics no id
+
+
+def topic_ids(bootstrap: str, names: list[str], *, timeout_ms: int = 30_000,
+              client_kwargs: dict[str, object] | None = None) -> dict[str, str]:
+    """The id Kafka gave each of these topics when it created it; a topic that does not exist, or has no id, is
+    left out."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="backstop-admin", request_timeout_ms=timeout_ms,
+                             bootstrap_timeout_ms=timeout_ms, **(client_kwargs or {}))
+    try:
+        described = admin.describe_topics(names) if names else []
+    finally:
+        admin.close()
+    return {topic["name"]: str(topic["topic_id"]) for topic in described
+            if topic["error_code"] == 0 and topic["topic_id"] and str(topic["topic_id"]) != NO_TOPIC_ID}
+
+
 def delete(bootstrap: str, names: list[str], *, timeout_ms: int = 30_000) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="backstop-admin", request_timeout_ms=timeout_ms)
     try:

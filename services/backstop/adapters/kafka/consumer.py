@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaTimeoutError, OffsetOutOfRangeError
 
+from backstop.adapters.kafka import admin
 from backstop.pipeline.ingest import Consumed
 from backstop.service.ports import EndsUnavailable, Fetched, InputGap, InputPartitionsGrew, Partition
 from backstop.settings import Settings
@@ -39,6 +40,7 @@ class KafkaConsumer:
                                           metadata_max_age_ms=METADATA_MAX_AGE_MS, **common)
         self._offsets = AIOKafkaConsumer(client_id="backstop-ledger-offsets", **common)
         self._skip_gaps = settings.input_gap == "skip"
+        self._settings = settings
         self._counts: dict[str, int] = {}  # the partitions of each topic the run reads
 
     async def start(self) -> None:
@@ -48,6 +50,12 @@ class KafkaConsumer:
     async def stop(self) -> None:
         await stop_consumer(self._offsets)
         await stop_consumer(self._consumer)
+
+    async def topic_ids(self, topics: Sequence[str]) -> dict[str, str]:
+        """From kafka-python's admin client, in a thread (aiokafka's metadata requests predate topic ids)."""
+        settings = self._settings
+        options = {**settings.kafka_client_options(), "ssl_context": settings.ssl_context()}
+        return await asyncio.to_thread(admin.topic_ids, settings.kafka_bootstrap, list(topics), client_kwargs=options)
 
     async def assign(self, topics: Sequence[str], positions: Mapping[Partition, int]
                      ) -> tuple[dict[Partition, int], dict[Partition, int]]:
@@ -84,18 +92,19 @@ class KafkaConsumer:
         return assigned, ends
 
     def _outside(self, partition: Partition, position: int, start: int, end: int) -> int:
-        """Where to read a partition whose stored position lies outside its log [start, end]: nowhere (InputGap),
-        or, where settings.input_gap is "skip", from its start, said in the log."""
+        """Where to read a partition whose stored position lies outside its log [start, end]. Below its start (records
+        deleted before they were read): nowhere (InputGap), or, where settings.input_gap is "skip", from its start,
+        said in the log. Beyond its end (a topic created again, or records the broker lost): nowhere until the log
+        reaches the position, skip or not, since the offsets below it name records the journal holds."""
         topic, number = partition
-        if position < start:
-            gap = (f"input {topic}[{number}]: offsets {position} to {start - 1} were deleted (retention) before the "
-                   f"service read them")
-            remedy = f"read on from offset {start} without them"
-        else:
-            gap = f"input {topic}[{number}]: the stored position {position} lies beyond the log's end {end}"
-            remedy = f"read the partition from offset {start} (a topic created again?)"
+        if position > end:
+            raise InputGap(f"input {topic}[{number}]: the stored position {position} lies beyond the log's end {end} "
+                           f"(a topic created again, or records the broker lost); the service reads on once the log "
+                           f"reaches offset {position} (the offsets below it name records the journal holds)")
+        gap = (f"input {topic}[{number}]: offsets {position} to {start - 1} were deleted (retention) before the "
+               f"service read them")
         if not self._skip_gaps:
-            raise InputGap(f"{gap}; set BACKSTOP_INPUT_GAP=skip to {remedy}")
+            raise InputGap(f"{gap}; set BACKSTOP_INPUT_GAP=skip to read on from offset {start} without them")
         log.warning("%s; BACKSTOP_INPUT_GAP=skip: reading on from offset %d", gap, start)
         return start
 

@@ -11,6 +11,7 @@ pauses between responses during which producers append, deliveries repeated, par
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import NamedTuple, Protocol
@@ -47,10 +48,18 @@ class MemoryBroker:
 
     def __init__(self) -> None:
         self.topics: dict[str, list[list[StoredRecord]]] = {}
+        self.ids: dict[str, str] = {}  # each topic's id, new each time it is created (as Kafka's topic ids)
+        self.created = 0  # topics created so far
         self.appends = 0  # records appended so far, to every topic
 
     def create(self, topic: str, partitions: int) -> None:
-        self.topics.setdefault(topic, [[] for _ in range(partitions)])
+        if topic not in self.topics:
+            self.topics[topic] = [[] for _ in range(partitions)]
+            self.created += 1
+            self.ids[topic] = str(uuid.UUID(int=self.created))
+
+    def delete(self, topic: str) -> None:
+        del self.topics[topic], self.ids[topic]
 
     def partitions(self, topic: str) -> int:
         if topic not in self.topics:
@@ -141,6 +150,9 @@ class MemoryConsumer:
     async def stop(self) -> None:
         self.started = False
 
+    async def topic_ids(self, topics: Sequence[str]) -> dict[str, str]:
+        return {topic: self.broker.ids[topic] for topic in topics if topic in self.broker.ids}
+
     async def assign(self, topics: Sequence[str], positions: Mapping[Partition, int]
                      ) -> tuple[dict[Partition, int], dict[Partition, int]]:
         """As the port says; a log here starts at 0 (nothing expires), so only a position beyond its end is a gap."""
@@ -152,7 +164,9 @@ class MemoryConsumer:
         for partition, position in self.position.items():
             if position > ends[partition]:
                 raise InputGap(f"input {partition[0]}[{partition[1]}]: the stored position {position} lies beyond "
-                               f"the log's end {ends[partition]}")
+                               f"the log's end {ends[partition]} (a topic created again, or records the broker "
+                               f"lost); the service reads on once the log reaches offset {position} (the offsets "
+                               f"below it name records the journal holds)")
         return dict(self.position), ends
 
     async def fetch(self, *, only: set[Partition] | None, max_records: int, timeout_ms: int) -> Fetched:

@@ -77,6 +77,7 @@ def _rows(rows: Rows) -> list[Row]:
 class MemoryDatabase:
     journal: list[JournalRow] = field(default_factory=list)
     consumed_offsets: dict[Partition, int] = field(default_factory=dict)
+    input_topics: dict[str, str] = field(default_factory=dict)  # topic -> its id when the service first read it
     engine_head: dict[str, Any] | None = None
     fund_ledger: list[tuple[str, str, int, str]] = field(default_factory=list)  # (id, hash, seq, record)
     adl_events: list[tuple[str, str, int, str]] = field(default_factory=list)
@@ -182,6 +183,15 @@ class MemoryStore:
     async def offsets(self) -> dict[Partition, int]:
         await self._at("offsets")
         return dict(self.db.consumed_offsets)
+
+    async def input_topic_ids(self) -> dict[str, str]:
+        await self._at("input_topic_ids")
+        return dict(self.db.input_topics)
+
+    async def adopt_input_topics(self, ids: Mapping[str, str]) -> None:
+        await self._at("adopt_input_topics")
+        self.db.input_topics.update(ids)
+        self.db.transactions += 1
 
     async def latest_snapshot(self) -> tuple[int, dict[str, Any]] | None:
         """The latest snapshot this backstop can restore (one of an older snapshot version is passed over)."""

@@ -586,6 +586,14 @@ class Store:
         rows = await self.pool.fetch("SELECT topic, partition, next_offset FROM consumed_offsets")
         return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
+    async def input_topic_ids(self) -> dict[str, str]:
+        rows = await self.pool.fetch("SELECT topic, topic_id FROM input_topics")
+        return {r["topic"]: str(r["topic_id"]) for r in rows}
+
+    async def adopt_input_topics(self, ids: Mapping[str, str]) -> None:
+        await self.pool.executemany("INSERT INTO input_topics (topic, topic_id) VALUES ($1, $2::uuid) ON CONFLICT "
+                                    "(topic) DO UPDATE SET topic_id = EXCLUDED.topic_id", sorted(ids.items()))
+
     async def latest_snapshot(self) -> tuple[int, dict[str, Any]] | None:
         """The latest snapshot this backstop can restore (one written by an older version is passed over: the
         journal replays to the same state)."""
