@@ -233,7 +233,6 @@ class LedgerProcessor(SupervisedLoop):
             self.progress.ready = False
             await consumer.stop()
 
-
     async def _same_topics(self, consumer: Consumer, offsets: dict[Partition, int]) -> None:
         """Each input topic's id is the one stored when the service first read it. A topic deleted and created again
         (a new id) holds the run (InputGap): the stored positions were read in the old log; read on from them, the
