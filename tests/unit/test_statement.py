@@ -56,6 +56,32 @@ def test_reconcile_passes_and_catches_a_balance_that_does_not_add_up(out: Path,
     assert "entries add up to 200245.96, summary reports 200245.97" in capsys.readouterr().out
 
 
+def test_reconcile_says_entries_that_do_not_follow_as_a_mismatch(out: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    ledger = out / "fund-ledger.jsonl"
+    ledger.write_text(ledger.read_text().replace('"amount":"-43.24"', '"amount":"-42.24"'))
+    assert main(["reconcile", str(out)]) == 1
+    said = capsys.readouterr().out
+    assert said.splitlines()[0] == ("MISMATCH fund MAIN: fl-13-1: balance_after 200245.96 does not follow from "
+                                    "200289.2 + -42.24"), said
+
+
+def test_reconcile_holds_each_fund_to_its_account_in_the_general_ledger(out: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Fund ledger and summary rewritten alike (reconcile checks no hash; audit verify does): the postings, which
+    the rewrite left alone, tell."""
+    ledger = out / "fund-ledger.jsonl"
+    ledger.write_text(ledger.read_text().replace('"amount":"-43.24","balance_after":"200245.96"',
+                                                 '"amount":"-42.24","balance_after":"200246.96"'))
+    summary = json.loads((out / "summary.json").read_text())
+    summary["funds"]["MAIN"]["balance"] = "200246.96"
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert main(["reconcile", str(out)]) == 1
+    said = capsys.readouterr().out.splitlines()
+    assert [line for line in said if line.startswith("MISMATCH")] == [
+        "MISMATCH fund MAIN: its postings leave fund:MAIN at 200245.96, summary reports 200246.96"], said
+
+
 def test_outputs_of_a_replay_from_a_snapshot_open_at_the_snapshot_s_balances(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A replay from a snapshot writes only the entries after it: statements and reconcile open at the balances

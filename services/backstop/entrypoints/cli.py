@@ -489,15 +489,15 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from backstop.adapters.output_reader import OutputReadError
-    from backstop.core.fund_statement import StatementError
     from backstop.entrypoints.statement import reconcile
 
     try:
         lines, problems = reconcile(Path(args.dir))
-    except (OSError, ValueError, OutputReadError, StatementError) as error:
+    except (OSError, ValueError, OutputReadError) as error:
         print(f"backstop reconcile: {_os_message(error)}", file=sys.stderr)
         return 2
-    print("\n".join(lines))
+    for line in lines:
+        print(line)
     for problem in problems:
         print(f"MISMATCH {problem}")
     print("reconciled" if not problems else f"{len(problems)} mismatch(es)")

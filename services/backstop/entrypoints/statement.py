@@ -13,8 +13,10 @@ import orjson
 
 from backstop.adapters.files import write_file_atomically
 from backstop.adapters.output_reader import read_stream, read_summary
-from backstop.core.fund_statement import Statement, statement
+from backstop.core.fund_statement import Statement, StatementError, statement
+from backstop.core.ledger import fund as fund_account
 from backstop.core.numbers import CONTEXT
+from backstop.core.verify import check_postings
 
 ENTRY_COLUMNS = ("id", "seq", "ts", "fund_id", "kind", "amount", "balance_after", "liquidation_id", "counter_account",
                  "symbol", "hash")
@@ -101,15 +103,27 @@ def opening_balance(summary: dict[str, Any], fund_id: str) -> Decimal:
 
 def reconcile(out_dir: Path) -> tuple[list[str], list[str]]:
     """(lines of the report, problems): per fund, its opening balance (0, or the snapshot's) + flows by kind = the
-    balance the summary reports."""
+    balance the summary reports = the balance its account ends at in the general ledger (postings.jsonl), and its
+    bad debt that balance's; the general ledger sums to zero. Entries that do not add up are a problem too."""
     summary = read_summary(out_dir)
     entries = read_entries(out_dir)
-    lines, problems = [], []
+    lines: list[str] = []
+    problems: list[str] = []
     if summary.get("ledger_sum") != "0":
         problems.append(f"the general ledger does not balance: sum {summary.get('ledger_sum')}")
+    posted = _posted_balances(out_dir, summary, problems)
     for fund_id, fund in sorted(summary["funds"].items()):
-        result = statement(entries, fund_id, period_from=0, period_to=2**62, opening=opening_balance(summary, fund_id))
         reported = Decimal(fund["balance"])
+        account = fund_account(fund_id)
+        if posted is not None and posted.get(account, reported) != reported:
+            problems.append(f"fund {fund_id}: its postings leave {account} at {posted[account]}, summary reports "
+                            f"{reported}")
+        try:
+            result = statement(entries, fund_id, period_from=0, period_to=2**62,
+                               opening=opening_balance(summary, fund_id))
+        except StatementError as error:
+            problems.append(f"fund {fund_id}: {error}")
+            continue
         lines.append(f"fund {fund_id}: opening {result.opening_balance}"
                      + (" (the snapshot's)" if summary.get("from_snapshot") else "")
                      + f", closing {result.closing_balance} {fund['settle_asset']}")
@@ -124,3 +138,17 @@ def reconcile(out_dir: Path) -> tuple[list[str], list[str]]:
         if Decimal(fund["bad_debt"]) != bad_debt:
             problems.append(f"fund {fund_id}: bad debt {fund['bad_debt']} does not match the balance {reported}")
     return lines, problems
+
+
+def _posted_balances(out_dir: Path, summary: dict[str, Any], problems: list[str]) -> dict[str, Decimal] | None:
+    """Each account's balance after the general ledger's last posting (an account a replay from a snapshot never
+    posted to is left out: its balance is the snapshot's); None without postings.jsonl (an older backstop's
+    outputs) or when the postings do not follow (said in `problems`)."""
+    if not (out_dir / "postings.jsonl").exists():
+        return None
+    start = summary.get("from_snapshot")
+    problem, balances, _ = check_postings(read_stream(out_dir, "postings.jsonl"), opening_known=not start)
+    if problem is not None:
+        problems.append(str(problem))
+        return None
+    return balances if start else {**{fund_account(f): Decimal(0) for f in summary["funds"]}, **balances}
