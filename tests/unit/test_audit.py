@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from backstop.core.documents import SUMMARY_KEYS
 from backstop.core.hashing import canonical_json, chain_hash, combine
 from backstop.entrypoints.cli import main
 
@@ -126,6 +127,15 @@ def _lines(path: Path) -> list[str]:
         (out / "findings.jsonl").read_text() * 2), "summary.json: findings 1 but findings.jsonl holds 2 record(s)"),
     (None, lambda out: (out / "dead-letter.jsonl").write_text(""),
      "summary.json: dead_letters 2 but dead-letter.jsonl holds 0 record(s)"),
+    # a summary cut down to hide a file: every key a replay writes is wanted
+    (EXAMPLES / "10-socialized-loss.jsonl", lambda out: (
+        _summary_without(out, "postings", "postings_head_hash"), (out / "postings.jsonl").unlink()),
+     "summary.json has no postings, postings_head_hash: every replay writes them"),
+    (None, lambda out: _summary_without(out, "dead_letters", "last_seq", "schema_version"),
+     "summary.json has no dead_letters, last_seq, schema_version: every replay writes them"),
+    # bad debt is the fund's negative balance, nothing else
+    (EXAMPLES / "06-bad-debt.jsonl", lambda out: _summary_with(out, ("funds", "MAIN", "bad_debt"), "50"),
+     "summary.json: fund MAIN bad_debt 50 but its balance is -100 (bad debt is a negative balance)"),
 ])
 def test_the_files_are_held_to_the_summary_without_the_journal(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], journal: Path | None, damage: Callable[[Path], object],
@@ -135,6 +145,29 @@ def test_the_files_are_held_to_the_summary_without_the_journal(
     damage(out)
     code, text = verify(out, None, capsys)
     assert code == 1 and message in text, text
+
+
+def _summary_without(out: Path, *keys: str) -> None:
+    summary = json.loads((out / "summary.json").read_text())
+    for key in keys:
+        del summary[key]
+    (out / "summary.json").write_text(json.dumps(summary))
+
+
+def _summary_with(out: Path, path: tuple[str, ...], value: object) -> None:
+    summary = json.loads((out / "summary.json").read_text())
+    inner = summary
+    for key in path[:-1]:
+        inner = inner[key]
+    inner[path[-1]] = value
+    (out / "summary.json").write_text(json.dumps(summary))
+
+
+def test_every_key_of_a_summary_is_one_audit_verify_wants(tmp_path: Path) -> None:
+    for engine in ("reference", "compiled"):
+        out = tmp_path / engine
+        assert main(["replay", str(EXAMPLE), "--out", str(out), "--engine", engine]) == 0
+        assert set(json.loads((out / "summary.json").read_text())) == SUMMARY_KEYS
 
 
 def _with_two_bad_lines(tmp_path: Path) -> Path:

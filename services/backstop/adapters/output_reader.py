@@ -150,6 +150,10 @@ class Summary(_Checked):
     adl_events: Count
     findings: Count
     dead_letters: Count | None = None  # absent from the summaries of backstop before it counted them
+    postings: Count | None = None  # ... and before it wrote the general ledger (audit verify wants them all)
+    postings_head_hash: Text | None = None
+    last_seq: Count | None = None
+    adl_quantiles: Count | None = None
     ledger_sum: DecimalText
     funds: dict[str, FundSummary]
     from_snapshot: SnapshotStart | None = None

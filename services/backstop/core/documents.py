@@ -16,6 +16,14 @@ from backstop.core.records import SCHEMA_VERSION
 from backstop.core.snapshot import state_hash
 from backstop.core.state import Position
 
+# Every key of a replay's summary.json: summary()'s, and the dead letters' count the replay adds (a replay from a
+# snapshot adds `from_snapshot`, one from a store `carried`). `audit verify` refuses a summary without one of them.
+SUMMARY_KEYS = frozenset({
+    "schema_version", "events_applied", "duplicates", "rejected", "conflicting_duplicates", "last_seq", "head_hash",
+    "ledger_head_hash", "adl_head_hash", "state_hash", "postings_head_hash", "fund_ledger_entries", "adl_events",
+    "findings", "postings", "adl_quantiles", "adl_quantile_points", "ledger_sum", "funds", "adl_risk", "adl",
+    "adl_policy", "dead_letters"})
+
 
 def summary(processor: Processor) -> dict[str, Any]:
     engine = processor.engine

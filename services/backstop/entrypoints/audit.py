@@ -34,6 +34,7 @@ from backstop.core.anchor import (
     check_journal,
     check_signatures,
 )
+from backstop.core.documents import SUMMARY_KEYS
 from backstop.core.hashing import GENESIS_HASH, combine
 from backstop.core.ledger import fund as fund_account
 from backstop.core.numbers import CONTEXT
@@ -164,13 +165,15 @@ def verify_output(out: Path, journal: Path | None, engine: EngineName = "referen
         raise AuditError(f"{out} is not a directory (give a `backstop replay` output directory)")
     try:
         summary = read_summary(out)
+        missing = sorted(SUMMARY_KEYS - summary.keys())
+        if missing:
+            return [], (f"summary.json has no {', '.join(missing)}: every replay writes them (a summary cut down, or "
+                        f"one written by an older backstop: replay its journal again)")
         ledger = read_stream(out, "fund-ledger.jsonl")
         events = read_stream(out, "adl-events.jsonl")
         findings = read_stream(out, "findings.jsonl")
         dead_letters = read_stream(out, "dead-letter.jsonl")
-        # absent from the outputs of backstop before it wrote the whole ledger (and then not counted in the summary)
-        whole_ledger = summary.get("postings") is not None or (out / "postings.jsonl").exists()
-        postings = read_stream(out, "postings.jsonl") if whole_ledger else None
+        postings = read_stream(out, "postings.jsonl")
     except OutputReadError as error:
         raise AuditError(str(error)) from None
     counted = {"findings": findings, "dead_letters": dead_letters}
@@ -494,7 +497,11 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
         if balances.get(fund_id, Decimal(0)) != Decimal(fund["balance"]):
             return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its ledger entries add up "
                              f"to {balances.get(fund_id, Decimal(0))}")
-    checked.append(f"fund balances: {len(balances)} fund(s) equal the sum of their entries")
+        if Decimal(fund["bad_debt"]) != max(-Decimal(fund["balance"]), Decimal(0)):
+            return checked, (f"{source}: fund {fund_id} bad_debt {fund['bad_debt']} but its balance is "
+                             f"{fund['balance']} (bad debt is a negative balance)")
+    checked.append(f"fund balances: {len(balances)} fund(s) equal the sum of their entries, bad debt their negative "
+                   f"balance")
     if postings is not None and derive_again is None:
         more, postings_problem = verify_postings(postings, summary, source=source)
         return checked + more, postings_problem
