@@ -339,6 +339,11 @@ def test_statement_and_demo_bounds(tmp_path: Path, replayed: Path, capsys: pytes
         capsys, ["statement", str(replayed), "--fund", "MAIN", "--from", "5", "--to", "1"])
     assert "--accounts: must be a whole number from 1 to 50000" in refused(
         capsys, ["demo", "--accounts", "99999999999999999999", "--out", str(tmp_path / "d")])
+    # random.seed(-7) is random.seed(7): a negative seed would name another seed's cascade
+    assert "--seed: must be a whole number from 0 to" in refused(capsys, ["demo", "--seed=-7", "--out", str(tmp_path)])
+    for bad, said in (("", "not a time: ''"), ("0001-01-01", "is outside the event times, 1970-01-01 to"),
+                      ("2025-10-10T00:00:00.0005Z", "is finer than a millisecond")):
+        assert said in refused(capsys, ["statement", str(replayed), "--fund", "MAIN", f"--from={bad}"])
 
 
 def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

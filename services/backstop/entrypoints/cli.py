@@ -414,6 +414,7 @@ def _cmd_statement(args: argparse.Namespace) -> int:
     from backstop.adapters.output_reader import OutputReadError, read_stream, read_summary
     from backstop.core.fund_statement import StatementError, account_entries, account_statement, statement
     from backstop.entrypoints.statement import (
+        OPEN_END,
         default_target,
         opening_balance,
         parse_time,
@@ -425,13 +426,13 @@ def _cmd_statement(args: argparse.Namespace) -> int:
     name = args.fund if args.fund is not None else args.account
     target = Path(args.out) if args.out else default_target(name, args.format)
     try:
-        period = {"period_from": parse_time(args.period_from) if args.period_from else 0,
-                  "period_to": parse_time(args.period_to) if args.period_to else 2**62}
+        period = {"period_from": parse_time(args.period_from) if args.period_from is not None else 0,
+                  "period_to": parse_time(args.period_to) if args.period_to is not None else OPEN_END}
         if period["period_from"] > period["period_to"]:
             raise ValueError(f"--from {args.period_from} is after --to {args.period_to}")
         summary = read_summary(directory)
         start = summary.get("from_snapshot")
-        if start and (args.period_from or args.period_to):
+        if start and (args.period_from is not None or args.period_to is not None):
             # entries before the snapshot are not here, and event times do not say which came before it (a record
             # applied earlier can carry a later ts): no period of such a directory can be told right
             raise ValueError(f"{directory} holds only what came after the snapshot at seq {start['seq']}: a "
@@ -460,9 +461,9 @@ def _cmd_statement(args: argparse.Namespace) -> int:
     except (OSError, ValueError, OutputError, OutputReadError) as error:
         print(f"backstop statement: {_os_message(error)}", file=sys.stderr)
         return 2
+    flows = ", ".join(f"{k} {v}" for k, v in sorted(result.by_kind.items())) or "none"
     print(f"{'fund' if args.fund is not None else 'account'} {name}: opening {result.opening_balance}, flows "
-          + ", ".join(f"{k} {v}" for k, v in sorted(result.by_kind.items()))
-          + f", closing {result.closing_balance} ({len(result.entries)} entries) -> {target}",
+          f"{flows}, closing {result.closing_balance} ({len(result.entries)} entries) -> {target}",
           file=sys.stderr if written_in_place(target) else sys.stdout)  # not into the statement on stdout
     return 0
 
@@ -765,7 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="a seeded cascade on the real BTCUSDT path of 10 Oct 2025, through "
                                             "simulation mode, with a report")
     demo.add_argument("--out", default="out/demo", metavar="DIR")
-    demo.add_argument("--seed", type=int, default=2025)
+    demo.add_argument("--seed", type=_count, default=2025, metavar="N",
+                      help="the cascade's seed, a whole number >= 0 (default: %(default)s)")
     demo.add_argument("--accounts", type=_demo_accounts, default=3000,
                       help=f"accounts in the cascade, 1 to {MAX_DEMO_ACCOUNTS:,} (default: %(default)s)")
     demo.add_argument("--no-report", action="store_true", help="skip the HTML report and charts")

@@ -25,6 +25,7 @@ ACCOUNT_COLUMNS = ("id", "seq", "ts", "account", "kind", "amount", "balance_afte
 
 
 LATEST_MS = 2**53  # the latest event time the wire takes (backstop.wire.inputs.Timestamp)
+OPEN_END = LATEST_MS + 1  # a period's end without --to (exclusive): past every event time
 
 
 def parse_time(value: str) -> int:
@@ -40,7 +41,13 @@ def parse_time(value: str) -> int:
         raise ValueError(f"not a time: {value[:40]!r} (ms since the epoch, or ISO 8601)") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
-    return int(moment.timestamp() * 1000)
+    if moment.microsecond % 1000:
+        raise ValueError(f"time {value[:40]} is finer than a millisecond (event times are whole milliseconds)")
+    since = moment - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)  # exact: no float on the way
+    ms = since.days * 86_400_000 + since.seconds * 1000 + since.microseconds // 1000
+    if not 0 <= ms <= LATEST_MS:
+        raise ValueError(f"time {value[:40]} is outside the event times, 1970-01-01 to {LATEST_MS} ms")
+    return ms
 
 
 def read_entries(out_dir: Path) -> list[dict[str, Any]]:
@@ -119,7 +126,7 @@ def reconcile(out_dir: Path) -> tuple[list[str], list[str]]:
             problems.append(f"fund {fund_id}: its postings leave {account} at {posted[account]}, summary reports "
                             f"{reported}")
         try:
-            result = statement(entries, fund_id, period_from=0, period_to=2**62,
+            result = statement(entries, fund_id, period_from=0, period_to=OPEN_END,
                                opening=opening_balance(summary, fund_id))
         except StatementError as error:
             problems.append(f"fund {fund_id}: {error}")
