@@ -413,8 +413,10 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
         metrics.minute_fund.setdefault(fund_id, {})[_minute(entry["ts"])] = balance
 
 
-def read_records(path: Path) -> list[tuple[int, AnyRecord]]:
-    """(line number, record) of every valid record of the journal."""
+def read_records(path: Path, left_out: list[tuple[int, str]] | None = None) -> list[tuple[int, AnyRecord]]:
+    """(line number, record) of every valid record of the journal; each line that is not one goes to `left_out`,
+    (line number, reason): a what-if compares what the engine does with valid input, and its caller says what it
+    left out (replay dead-letters such lines)."""
     try:
         lines = read_journal(path)
     except JournalFileError as error:
@@ -423,8 +425,9 @@ def read_records(path: Path) -> list[tuple[int, AnyRecord]]:
     for number, raw in lines:
         try:
             records.append((number, decode_model(raw)))
-        except InvalidRecord:
-            continue  # a what-if compares what the engine does with valid input; replay reports bad lines
+        except InvalidRecord as error:
+            if left_out is not None:
+                left_out.append((number, str(error)))
     return records
 
 

@@ -80,3 +80,21 @@ def test_a_changed_record_the_journal_dead_letters_anyway_is_not_blamed_on_the_p
     assert main(["whatif", str(journal), "--params", str(params), "--out", str(tmp_path / "w")]) == 0
     letters = [json.loads(x) for x in (tmp_path / "w" / "alternative" / "dead-letter.jsonl").read_text().splitlines()]
     assert [letter["kind"] for letter in letters] == ["conflicting_duplicate"]
+
+
+@pytest.mark.parametrize("policies", [[], ["--policies", "queue,pro_rata"]])
+def test_lines_that_are_not_records_are_left_out_and_said(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          policies: list[str]) -> None:
+    journal = tmp_path / "with-bad.jsonl"
+    journal.write_bytes((EXAMPLES / "02-adl-walks-queue.jsonl").read_bytes() + b"\x00garbage\n[1]\n")
+    assert main(["whatif", str(journal), "--out", str(tmp_path / "out"), *policies]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"backstop whatif: 2 line(s) of {journal} are not valid records, left out of every run (first: "
+                   f"line 20: invalid JSON); `backstop replay` dead-letters them\n"), err
+    # the runs are those of the journal without them
+    clean = tmp_path / "clean.jsonl"
+    clean.write_bytes((EXAMPLES / "02-adl-walks-queue.jsonl").read_bytes())
+    assert main(["whatif", str(clean), "--out", str(tmp_path / "clean-out"), *policies]) == 0
+    assert capsys.readouterr().err == ""
+    comparisons = [json.loads((tmp_path / d / "comparison.json").read_text()) for d in ("out", "clean-out")]
+    assert comparisons[0] == comparisons[1]

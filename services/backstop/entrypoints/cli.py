@@ -513,18 +513,23 @@ def _cmd_whatif(args: argparse.Namespace) -> int:
     from backstop.scenarios import WhatIfError, WhatIfFile, load_params
 
     inputs = [Path(args.params)] if args.params else []
+    left_out: list[tuple[int, str]] = []
     try:
         params = load_params(Path(args.params)) if args.params else WhatIfFile()
         engine = _engine_for(args)
         if args.policies is not None:
             comparison = whatif_policies(Path(args.journal), params, parse_policies(args.policies), Path(args.out),
-                                         report=args.report, inputs=inputs, engine=engine)
+                                         report=args.report, inputs=inputs, engine=engine, left_out=left_out)
         else:
             comparison = whatif(Path(args.journal), params, Path(args.out), report=args.report, inputs=inputs,
-                                engine=engine)
+                                engine=engine, left_out=left_out)
     except WhatIfError as error:
         print(f"backstop whatif: {error}", file=sys.stderr)
         return 2
+    if left_out:
+        number, reason = left_out[0]
+        print(f"backstop whatif: {len(left_out)} line(s) of {args.journal} are not valid records, left out of every "
+              f"run (first: line {number}: {reason[:200]}); `backstop replay` dead-letters them", file=sys.stderr)
     print(render_policies(comparison) if args.policies is not None else render(comparison))
     print(f"runs, journals and comparison.json in {args.out}/" + (f"; report: {args.out}/report.html"
                                                                    if args.report else ""))

@@ -110,12 +110,14 @@ def run_policies(records: Sequence[tuple[int, AnyRecord]], base: Scenario, polic
 
 
 def whatif_policies(journal: Path, params: WhatIfFile, policies: Sequence[str], out: Path, *, report: bool = False,
-                    inputs: Sequence[Path] = (), engine: EngineName = "reference") -> dict[str, Any]:
-    """Every policy's run and the comparison into `out`, which appears whole when they have finished."""
+                    inputs: Sequence[Path] = (), engine: EngineName = "reference",
+                    left_out: list[tuple[int, str]] | None = None) -> dict[str, Any]:
+    """Every policy's run and the comparison into `out`, which appears whole when they have finished; the journal's
+    lines that are not valid records go to `left_out` (read_records)."""
     if params.alternative != Scenario():
         raise WhatIfError("--policies runs every policy on the [baseline] scenario: the parameter file's "
                           "[alternative] has no place here")
-    records = read_records(journal)
+    records = read_records(journal, left_out)
     try:
         with staged_dir(out, owned=WHATIF_OUTPUTS, inputs=[journal, *inputs]) as staging:
             runs, summaries = run_policies(records, params.baseline, policies, staging, engine=engine)

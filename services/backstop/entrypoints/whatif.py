@@ -90,10 +90,12 @@ def render(comparison: dict[str, Any]) -> str:
 
 
 def whatif(journal: Path, params: WhatIfFile, out: Path, *, report: bool = False,
-           inputs: Sequence[Path] = (), engine: EngineName = "reference") -> dict[str, Any]:
+           inputs: Sequence[Path] = (), engine: EngineName = "reference",
+           left_out: list[tuple[int, str]] | None = None) -> dict[str, Any]:
     """Both runs (on `engine`) and the comparison into `out`, which appears whole when they have finished (or not
-    at all); `inputs` (the parameter file) must not lie inside it, nor may the journal."""
-    records = read_records(journal)
+    at all); `inputs` (the parameter file) must not lie inside it, nor may the journal. The journal's lines that are
+    not valid records go to `left_out` (read_records)."""
+    records = read_records(journal, left_out)
     try:
         with staged_dir(out, owned=WHATIF_OUTPUTS, inputs=[journal, *inputs]) as staging:
             base, base_summary = run_scenario(records, params.baseline, staging / "baseline", label="baseline",
