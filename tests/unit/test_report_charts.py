@@ -102,3 +102,13 @@ def test_summary_has_separators_and_units(tmp_path: Path) -> None:
     write_report(tmp_path / "report.html", "t", RUNS, [("input", "x")], ASSETS)
     page = (tmp_path / "report.html").read_text()
     assert "1,303,159.15848793" in page and page.count("data:image/png;base64,") == 7  # with the ADL lab's two
+
+
+def test_runs_with_nothing_to_chart_draw_empty_charts_without_a_warning() -> None:
+    import warnings
+
+    empty = [("baseline", RunMetrics()), ("alternative", RunMetrics())]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warned of a legend with no entries
+        drawn = charts(empty, {})
+    assert len(drawn) == 7 and all(data.startswith(b"\x89PNG") for data in drawn.values())

@@ -17,6 +17,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
+from typing import Literal
 
 import matplotlib
 
@@ -126,9 +127,14 @@ def _bars(axes: Axes, runs: Sequence[tuple[str, RunMetrics]], series_of: str, wh
                 axes.plot([t + MINUTE * 0.1 + width * (index + 0.5) for t in times], values, linestyle="none",
                           marker="_", markersize=10, markeredgewidth=2.5, color="black",
                           markerfacecolor=color, label=_label(label, marked, len(runs)))
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize=8, loc="upper right")
+    _legend(axes, "upper right")
     axes.set_ylim(bottom=0)
+
+
+def _legend(axes: Axes, where: Literal["upper right", "upper left"]) -> None:
+    """The chart's legend, if anything was drawn with a label (a run with no such event draws nothing)."""
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=8, loc=where)
 
 
 def _leverage(axes: Axes, runs: Sequence[tuple[str, RunMetrics]]) -> None:
@@ -152,7 +158,7 @@ def _leverage(axes: Axes, runs: Sequence[tuple[str, RunMetrics]]) -> None:
         axes.set_yscale("log")
         axes.yaxis.set_major_formatter(FuncFormatter(_plain_log))
         axes.yaxis.set_minor_formatter(NullFormatter())
-        axes.legend(fontsize=8, loc="upper right")
+        _legend(axes, "upper right")
 
 
 def charts(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -> dict[str, bytes]:
@@ -174,7 +180,7 @@ def figures(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -
             axes.step(times, values, where="post", color=color, linestyle=style,
                       label=_label(label, f"insurance fund {fund_id} ({_unit(assets, [fund_id])})", len(runs)))
     axes.axhline(0, color="black", linewidth=0.8)
-    axes.legend(fontsize=8, loc="upper right")
+    _legend(axes, "upper right")
     out["fund-balance"] = figure
 
     figure, axes = _axes("Liquidated notional per minute (quantity x mark)", f"notional ({unit})", span)
@@ -190,7 +196,7 @@ def figures(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -
     for symbol, style in zip(sorted(run.minute_mark), ("-", "--", ":", "-."), strict=False):
         times, values = _series(run.minute_mark[symbol])
         axes.plot(times, values, color=RUN_COLORS[0], linestyle=style, label=f"{symbol} mark price")
-    axes.legend(fontsize=8, loc="upper right")
+    _legend(axes, "upper right")
     out["mark-price"] = figure
 
     figure, axes = _axes("ADL queue depth: open positions per side", "open positions", span)
@@ -202,7 +208,7 @@ def figures(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -
                       label=_label(label, f"{symbol} longs", len(runs)))
             axes.plot(times, [depth[k][1] for k in keys], color=color, linestyle="--",
                       label=_label(label, f"{symbol} shorts", len(runs)))
-    axes.legend(fontsize=8, loc="upper left")
+    _legend(axes, "upper left")
     axes.set_ylim(bottom=0)
     out["adl-queue-depth"] = figure
 
