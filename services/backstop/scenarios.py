@@ -127,14 +127,26 @@ class WhatIfFile(_Strict):
 
 
 def load_params(path: Path) -> WhatIfFile:
+    """The parameter file, every section checked (an ADL policy's options together too); WhatIfError names the file
+    and what is wrong."""
     try:
-        return WhatIfFile.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+        text = path.read_text(encoding="utf-8")
+        if text.startswith("\ufeff"):
+            raise WhatIfError(f"bad parameter file {path}: it starts with a byte order mark (BOM); save it as UTF-8 "
+                              f"without one")
+        params = WhatIfFile.model_validate(tomllib.loads(text))
     except OSError as error:
         raise WhatIfError(f"cannot read parameter file {path}: {error.strerror or error}") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise WhatIfError(f"bad parameter file {path}: {error}") from None
     except ValidationError as error:
         raise WhatIfError(f"bad parameter file {path}: {describe(error)}") from None
+    for name in ("baseline", "alternative"):
+        try:
+            getattr(params, name).adl.adl_policy()
+        except WhatIfError as error:
+            raise WhatIfError(f"bad parameter file {path}: [{name}.adl] {error}") from None
+    return params
 
 
 def wire_line(record: AnyRecord) -> bytes:

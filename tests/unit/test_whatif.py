@@ -98,3 +98,21 @@ def test_lines_that_are_not_records_are_left_out_and_said(tmp_path: Path, capsys
     assert capsys.readouterr().err == ""
     comparisons = [json.loads((tmp_path / d / "comparison.json").read_text()) for d in ("out", "clean-out")]
     assert comparisons[0] == comparisons[1]
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    (b'\xef\xbb\xbf[alternative.adl]\nrule = "pro_rata"\n', "it starts with a byte order mark (BOM)"),
+    (b'[alternative.adl]\npolicy = "bybit"\nwindow_hours = 99999999\n',
+     "[alternative.adl] bad ADL policy: drawdown: the window must be > 0 ms and at most 1000000 hours"),
+    (b'[baseline.adl]\nstop_ratio = "0.5"\n',
+     "[baseline.adl] bad ADL policy: drawdown: 0 < ratio <= 1 and 0 <= stop <= ratio, not ratio 0.3 and stop 0.5"),
+])
+def test_a_parameter_file_is_refused_naming_the_file_and_the_section(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, said: str) -> None:
+    toml = tmp_path / "p.toml"
+    toml.write_bytes(content)
+    assert main(["whatif", str(EXAMPLES / "02-adl-walks-queue.jsonl"), "--params", str(toml), "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"backstop whatif: bad parameter file {toml}: {said}") and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()

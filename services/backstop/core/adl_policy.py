@@ -62,7 +62,8 @@ class AdlPolicy:
             if self.rule == "socialized":
                 raise ValueError("the drawdown trigger decides when to deleverage; socialized never deleverages")
             if not (0 < drawdown.ratio <= 1 and 0 <= drawdown.stop <= drawdown.ratio):
-                raise ValueError("drawdown: 0 < ratio <= 1 and 0 <= stop <= ratio")
+                raise ValueError(f"drawdown: 0 < ratio <= 1 and 0 <= stop <= ratio, not ratio {drawdown.ratio} and "
+                                 f"stop {drawdown.stop} (a stop given alone is held to the ratio's default)")
             if not (_at_quantum(drawdown.ratio) and _at_quantum(drawdown.stop)):
                 raise ValueError(f"drawdown: the ratios must have at most 8 decimals, not {drawdown.ratio} and "
                                  f"{drawdown.stop}")
