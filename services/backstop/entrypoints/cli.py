@@ -570,8 +570,8 @@ def add_adl_policy_arguments(parser: argparse.ArgumentParser, *, metrics: bool =
 
     group = parser.add_argument_group("ADL policy (docs/design.md §11; what-if runs record theirs)")
     group.add_argument("--adl-policy", choices=[*PRESETS, "bitmex"], default=None, metavar="NAME",
-                       help=f"one of {', '.join(PRESETS)} (default queue: BitMEX's queue at the lot's BP, §4; "
-                            f"from a snapshot, the snapshot's)")
+                       help=f"one of {', '.join(PRESETS)} (default queue: BitMEX's queue at the lot's BP, §4, "
+                            f"also named bitmex; from a snapshot, the snapshot's)")
     group.add_argument("--adl-rule", dest="adl_policy", choices=[*PRESETS, "bitmex"], help=argparse.SUPPRESS)
     group.add_argument("--adl-price", choices=PRICES, default=None,
                        help="price counterparties are closed at: the lot's bankruptcy price (default), the mark, or "
@@ -730,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser("explain", help="the causal chain behind a fund-ledger entry, an ADL event or a "
                                                   "liquidation, re-derived from the journal")
-    explain.add_argument("id", help="fl-SEQ-N, adl-SEQ-N, or a liquidation id")
+    explain.add_argument("id", help="fl-SEQ-N (fund ledger), adl-SEQ-N (ADL event), p-SEQ-N (posting), or a liquidation id")
     explain.add_argument("--journal", required=True, metavar="INPUT.jsonl")
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     add_adl_policy_arguments(explain, metrics=False)  # as the outputs were made: their summary.json's adl_policy
