@@ -125,6 +125,10 @@ class Settings(BaseSettings):
                                               if self.kafka_sasl_password else None)
         return options
 
+    def kafka_admin_options(self) -> dict[str, Any]:
+        """kafka_client_options and the SSL context, for kafka-python's admin client."""
+        return {**self.kafka_client_options(), "ssl_context": self.ssl_context()}
+
     def ssl_context(self) -> Any:
         if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
             return None

@@ -109,7 +109,8 @@ async def rewrite_as_owner(owner_dsn: str, *, ledger: list[dict[str, Any]], adl_
                     f"VALUES ({', '.join(f'${n}' for n in range(1, len(columns) + 1))})", rows)
             balances = {r["fund_id"]: Decimal(r["balance_after"]) for r in ledger}
             for fund_id, balance in balances.items():
-                await connection.execute("UPDATE funds SET balance = $2 WHERE fund_id = $1", fund_id, balance)
+                await connection.execute("UPDATE funds SET balance = $2, bad_debt = greatest(-$2::numeric, 0) "
+                                         "WHERE fund_id = $1", fund_id, balance)
             await connection.execute("UPDATE engine_head SET ledger_head = $1, adl_head = $2, head_hash = $3, "
                                      "state_hash = coalesce($4, state_hash)", ledger_head, adl_head,
                                      combine(ledger_head, adl_head), state)
@@ -208,12 +209,14 @@ async def test_a_rewritten_fund_ledger_amount_is_named_by_its_seq(
     ("journal", "INSERT INTO journal (seq, source_topic, source_partition, source_offset, type, ts, payload, "
                 "payload_hash) SELECT seq + 1, source_topic, source_partition, source_offset + 100, type, ts, payload, "
                 "payload_hash FROM journal WHERE seq = (SELECT max(seq) FROM journal)"),
+    ("funds", "UPDATE funds SET bad_debt = 7"),
 ])
 async def test_columns_unlike_their_records_and_a_journal_past_the_head_fail_without_a_key(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], kafka_bootstrap: str, topic_prefix: str,
         migrated_database: str, table: str, tampering: str) -> None:
     """Queries read the columns, the chains and checkpoints cover the records: the two must agree. A journal row the
-    service's commit did not write (the engine head is behind it) fails too."""
+    service's commit did not write (the engine head is behind it) fails too, and a fund's bad debt that is not its
+    balance's negative part."""
     settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}anchor{secrets.token_hex(2)}.")
     await run_service(settings, migrated_database, tmp_path)
     assert (await asyncio.to_thread(verify, migrated_database, capsys))[0] == 0
@@ -229,6 +232,8 @@ async def test_columns_unlike_their_records_and_a_journal_past_the_head_fail_wit
     assert code == 1
     if table == "journal":
         assert failure(lines) == "the journal runs to seq 15, the engine head is at seq 14", lines
+    elif table == "funds":  # the projection a query reads: its bad debt is the balance's negative part
+        assert failure(lines).startswith("the database: fund MAIN bad_debt 7 but its balance is "), lines
     else:
         assert failure(lines).startswith(f"{table} row 1 (") and failure(lines).endswith(
             "its columns differ from its record (the record is what the chain and the checkpoints cover; queries "

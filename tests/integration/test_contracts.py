@@ -71,6 +71,7 @@ class StoreUnderTest:
     store: LedgerStore
     other: Callable[[], Awaitable[LedgerStore]]  # a second session on the same database
     table: Callable[[str], Awaitable[list[tuple[Any, ...]]]]  # a projection table's rows, values made comparable
+    delete_journal_row: Callable[[int], Awaitable[None]]  # as the journal's owner could (the seq's effects too)
 
 
 def comparable(value: Any) -> Any:
@@ -101,7 +102,10 @@ async def under_test(request: pytest.FixtureRequest, databases: Any) -> AsyncIte
         async def memory_other() -> LedgerStore:
             return MemoryStore(database)
 
-        yield StoreUnderTest(MemoryStore(database), memory_other, memory_table)
+        async def memory_delete(seq: int) -> None:
+            database.journal = [row for row in database.journal if row.seq != seq]
+
+        yield StoreUnderTest(MemoryStore(database), memory_other, memory_table, memory_delete)
         return
     dsn = await databases.create(f"_ct{secrets.token_hex(3)}")
     from backstop.adapters.postgres.migrations import migrate
@@ -123,8 +127,19 @@ async def under_test(request: pytest.FixtureRequest, databases: Any) -> AsyncIte
         opened.append(await Store.open(dsn))
         return opened[-1]
 
+    async def pg_delete(seq: int) -> None:
+        connection = await asyncpg.connect(dsn)
+        try:
+            async with connection.transaction():
+                await connection.execute("ALTER TABLE journal DISABLE TRIGGER USER")
+                for table in ("fund_ledger", "adl_events", "findings", "applied_ids", "journal"):
+                    await connection.execute(f"DELETE FROM {table} WHERE seq = $1", seq)
+                await connection.execute("ALTER TABLE journal ENABLE TRIGGER USER")
+        finally:
+            await connection.close()
+
     try:
-        yield StoreUnderTest(opened[0], pg_other, pg_table)
+        yield StoreUnderTest(opened[0], pg_other, pg_table, pg_delete)
     finally:
         for store in opened:
             await store.close()
@@ -203,6 +218,18 @@ async def test_input_topic_ids_are_stored_and_replaced(under_test: StoreUnderTes
     again = {topics[0]: str(uuid.UUID(int=99))}
     await store.adopt_input_topics(again)
     assert await store.input_topic_ids() == {**first, **again} and await store.offsets() == positions
+
+
+async def test_a_journal_read_back_with_a_row_missing_names_the_seq(under_test: StoreUnderTest) -> None:
+    store, batches = under_test.store, Batches()
+    await commit(store, batches.first)
+    await commit(store, batches.second)
+    seqs = [seq async for seq, _ in store.journal()]
+    await under_test.delete_journal_row(seqs[2])
+    for after, chunk in ((0, 10_000), (0, 2), (seqs[1], 1)):  # the gap inside a chunk, at its start, at its end
+        with pytest.raises(InvariantViolation, match=f"^the stored journal has a gap: seq {seqs[2]} is missing$"):
+            _ = [row async for row in store.journal(after_seq=after, chunk=chunk)]
+    assert [seq async for seq, _ in store.journal(after_seq=seqs[2])] == seqs[3:]  # after it: nothing missing
 
 
 async def test_a_commit_lands_whole_and_reads_back(under_test: StoreUnderTest) -> None:

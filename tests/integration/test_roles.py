@@ -124,6 +124,7 @@ async def test_the_service_role_cannot_rewrite_the_record(kafka_bootstrap: str, 
                 "TRUNCATE journal", "UPDATE adl_events SET qty = 0", "UPDATE checkpoints SET mac = ''",
                 "DELETE FROM checkpoints", "TRUNCATE checkpoints", "UPDATE outbox SET payload = ''",
                 "DELETE FROM outbox", "DELETE FROM relay_cursor", "DELETE FROM relay_sources",
+                "DELETE FROM input_topics", "TRUNCATE input_topics",
                 # alter, drop, become the owner
                 "ALTER TABLE fund_ledger ADD COLUMN note text", "ALTER TABLE fund_ledger RENAME TO fund_ledger_old",
                 f"ALTER TABLE fund_ledger OWNER TO {SERVICE_ROLE}", "DROP TABLE fund_ledger",

@@ -1,5 +1,6 @@
-"""`backstop serve` with no broker at BACKSTOP_KAFKA_BOOTSTRAP is refused in one line (the CLI prints it, exit 2:
-tests/integration/test_roles.py) once the topic check gives up, not a traceback in the JSON logs."""
+"""`backstop serve` with no broker at BACKSTOP_KAFKA_BOOTSTRAP is refused (ServeRefused, which the CLI prints as one
+line, exit 2, as tests/integration/test_roles.py shows for the other refusals) once the topic check gives up, not a
+traceback in the JSON logs; a bootstrap address that cannot be parsed is refused the same way."""
 
 from __future__ import annotations
 
@@ -26,3 +27,10 @@ def test_no_broker_is_refused_in_one_line_naming_the_setting() -> None:
     message = str(refused.value)
     assert message.startswith(f"cannot reach Kafka at {bootstrap} (BACKSTOP_KAFKA_BOOTSTRAP) within 2 s: "), message
     assert "\n" not in message
+
+
+def test_a_bootstrap_address_that_cannot_be_parsed_is_refused_in_one_line() -> None:
+    with pytest.raises(ServeRefused) as refused:
+        topics_ready(Settings(kafka_bootstrap="127.0.0.1:notaport"), timeout_ms=2000)
+    assert str(refused.value).startswith("cannot create the topics on Kafka at 127.0.0.1:notaport "
+                                         "(BACKSTOP_KAFKA_BOOTSTRAP): "), str(refused.value)

@@ -356,7 +356,8 @@ async def verify_postgres(dsn: str, anchor_key_files: list[Path] | None = None,
         postings = await store.records("postings")
         stored = await store.stored_hashes()
         head = await store.head()
-        funds = {r["fund_id"]: {"balance": str(r["balance"])} for r in await store.pool.fetch("SELECT * FROM funds")}
+        funds = {r["fund_id"]: {"balance": str(r["balance"]), "bad_debt": str(r["bad_debt"])}
+                 for r in await store.pool.fetch("SELECT * FROM funds")}
         rows = [row async for row in store.journal_rows()]
         checkpoints = await store.checkpoints()
         unlike = [found for table in ("fund_ledger", "adl_events")
@@ -497,7 +498,7 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
         if balances.get(fund_id, Decimal(0)) != Decimal(fund["balance"]):
             return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its ledger entries add up "
                              f"to {balances.get(fund_id, Decimal(0))}")
-        if Decimal(fund["bad_debt"]) != max(-Decimal(fund["balance"]), Decimal(0)):
+        if "bad_debt" in fund and Decimal(fund["bad_debt"]) != max(-Decimal(fund["balance"]), Decimal(0)):
             return checked, (f"{source}: fund {fund_id} bad_debt {fund['bad_debt']} but its balance is "
                              f"{fund['balance']} (bad debt is a negative balance)")
     checked.append(f"fund balances: {len(balances)} fund(s) equal the sum of their entries, bad debt their negative "

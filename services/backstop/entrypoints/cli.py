@@ -730,7 +730,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser("explain", help="the causal chain behind a fund-ledger entry, an ADL event or a "
                                                   "liquidation, re-derived from the journal")
-    explain.add_argument("id", help="fl-SEQ-N (fund ledger), adl-SEQ-N (ADL event), p-SEQ-N (posting), or a liquidation id")
+    explain.add_argument("id", help="fl-SEQ-N (fund ledger), adl-SEQ-N (ADL event), p-SEQ-N (posting), or a "
+                                    "liquidation id")
     explain.add_argument("--journal", required=True, metavar="INPUT.jsonl")
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     add_adl_policy_arguments(explain, metrics=False)  # as the outputs were made: their summary.json's adl_policy

@@ -80,17 +80,20 @@ async def preflight(settings: Settings, *, require_anchor: bool = True) -> None:
 
 
 def topics_ready(settings: Settings, *, timeout_ms: int = 30_000) -> None:
-    """The contract's topics exist (created where missing); a broker that cannot be reached within timeout_ms is
-    ServeRefused, in one line, rather than a traceback (the orchestrator restarts the service)."""
-    from kafka.errors import KafkaError
+    """The contract's topics exist (created where missing); a broker that cannot be reached within timeout_ms, or
+    refuses to create them, is ServeRefused, in one line, rather than a traceback (the orchestrator restarts the
+    service)."""
+    from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
     try:
         created = ensure_topics(settings, timeout_ms=timeout_ms)
-    except KafkaError as error:
+    except (KafkaError, ValueError) as error:  # ValueError: a bootstrap address kafka-python cannot parse
         said = " ".join(str(error).split())  # kafka-python's errors start with their class's name; not all do
         said = said if said.startswith(type(error).__name__) else f"{type(error).__name__}: {said}"
-        raise ServeRefused(f"cannot reach Kafka at {settings.kafka_bootstrap} (BACKSTOP_KAFKA_BOOTSTRAP) within "
-                           f"{timeout_ms / 1000:g} s: {said}") from None
+        where = f"Kafka at {settings.kafka_bootstrap} (BACKSTOP_KAFKA_BOOTSTRAP)"
+        if isinstance(error, KafkaConnectionError | KafkaTimeoutError):
+            raise ServeRefused(f"cannot reach {where} within {timeout_ms / 1000:g} s: {said}") from None
+        raise ServeRefused(f"cannot create the topics on {where}: {said}") from None
     if created:
         log.info("created topics: %s", ", ".join(created))
 

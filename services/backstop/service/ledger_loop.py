@@ -238,13 +238,15 @@ class LedgerProcessor(SupervisedLoop):
         (a new id) holds the run (InputGap): the stored positions were read in the old log; read on from them, the
         new one's records below them would be passed over, and read from its start they would repeat the (topic,
         partition, offset) of records the journal holds. Where settings.input_gap is "skip" the new id is stored and
-        the new topic read on from the stored positions, said in the log. A topic seen for the first time has its
-        id stored."""
+        the new topic read on from the stored positions, said in the log. A topic seen for the first time, or one
+        created again before any of its records was stored, has its id stored."""
         ids = await consumer.topic_ids(self.topics.inputs)
         stored = await self.store.input_topic_ids()
         for topic in sorted(topic for topic, topic_id in ids.items() if stored.get(topic, topic_id) != topic_id):
             read = ", ".join(f"[{number}] {offset}" for (name, number), offset in sorted(offsets.items())
-                             if name == topic) or "none"
+                             if name == topic)
+            if not read:  # nothing of the old topic was stored: the new one is read from its start
+                continue
             said = (f"input topic {topic} was deleted and created again (its id was {stored[topic]}, now "
                     f"{ids[topic]}) after the service read the old one up to the positions stored (next offsets: "
                     f"{read})")

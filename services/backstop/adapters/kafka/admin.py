@@ -70,8 +70,9 @@ def topic_ids(bootstrap: str, names: list[str], *, timeout_ms: int = 30_000,
         described = admin.describe_topics(names) if names else []
     finally:
         admin.close()
+    # a broker before 2.8 answers with an older metadata version, which has no topic_id at all
     return {topic["name"]: str(topic["topic_id"]) for topic in described
-            if topic["error_code"] == 0 and topic["topic_id"] and str(topic["topic_id"]) != NO_TOPIC_ID}
+            if topic["error_code"] == 0 and topic.get("topic_id") and str(topic["topic_id"]) != NO_TOPIC_ID}
 
 
 def delete(bootstrap: str, names: list[str], *, timeout_ms: int = 30_000) -> None:

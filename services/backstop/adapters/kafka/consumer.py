@@ -21,6 +21,7 @@ from backstop.settings import Settings
 log = logging.getLogger("backstop.service")
 METADATA_WAIT_S = 5.0  # a topic created just now appears in the metadata within this long
 METADATA_MAX_AGE_MS = 30_000  # how soon partitions added to an input topic are seen (aiokafka's default: 5 min)
+TOPIC_IDS_TIMEOUT_MS = 10_000  # the run's start asks for the input topics' ids: a broker away fails it this soon
 
 
 class KafkaConsumer:
@@ -52,10 +53,11 @@ class KafkaConsumer:
         await stop_consumer(self._consumer)
 
     async def topic_ids(self, topics: Sequence[str]) -> dict[str, str]:
-        """From kafka-python's admin client, in a thread (aiokafka's metadata requests predate topic ids)."""
+        """From kafka-python's admin client, in a thread (aiokafka's metadata requests predate topic ids), which a
+        stop cannot cancel: its timeout is short."""
         settings = self._settings
-        options = {**settings.kafka_client_options(), "ssl_context": settings.ssl_context()}
-        return await asyncio.to_thread(admin.topic_ids, settings.kafka_bootstrap, list(topics), client_kwargs=options)
+        return await asyncio.to_thread(admin.topic_ids, settings.kafka_bootstrap, list(topics),
+                                       timeout_ms=TOPIC_IDS_TIMEOUT_MS, client_kwargs=settings.kafka_admin_options())
 
     async def assign(self, topics: Sequence[str], positions: Mapping[Partition, int]
                      ) -> tuple[dict[Partition, int], dict[Partition, int]]:

@@ -58,7 +58,7 @@ def ensure_topics(settings: Settings, *, timeout_ms: int = 30_000) -> list[str]:
     plans = admin.plan(TopicNames(settings.topic_prefix), input_partitions=settings.input_partitions,
                        input_retention_ms=settings.input_retention_ms, output_partitions=settings.output_partitions)
     created, _ = admin.create(settings.kafka_bootstrap, plans, replication=settings.replication_factor,
-                              timeout_ms=timeout_ms, client_kwargs=settings.kafka_client_options())
+                              timeout_ms=timeout_ms, client_kwargs=settings.kafka_admin_options())
     return created
 
 

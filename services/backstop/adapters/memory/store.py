@@ -26,6 +26,7 @@ from backstop.adapters.postgres.store import (
     RefreshCopy,
     StaleRow,
     journal_relay_row,
+    refuse_journal_gap,
 )
 from backstop.core.dedupe import HeldRow
 from backstop.core.errors import InvariantViolation
@@ -233,6 +234,7 @@ class MemoryStore:
         while True:
             await self._at("journal")
             rows = [row for row in self.db.journal if row.seq > last][:chunk]
+            refuse_journal_gap(last, [row.seq for row in rows])
             for row in rows:
                 yield row.seq, row.payload
             if len(rows) < chunk:

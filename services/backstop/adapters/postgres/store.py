@@ -189,6 +189,14 @@ RELAY_BACKLOG_SQL = (
     "('postings', (SELECT coalesce(max(last_position), 0) FROM posting_blocks))) AS t(source, last) USING (source))")
 
 
+def refuse_journal_gap(after: int, seqs: list[int]) -> None:
+    """The journal's rows read after seq `after`, in seq order, follow it without a gap (a row its owner deleted);
+    InvariantViolation names the first seq missing."""
+    if seqs and seqs[-1] - after != len(seqs):  # seqs are unique and sorted: then one is missing
+        missing = next(after + n for n, seq in enumerate(seqs, 1) if seq != after + n)
+        raise InvariantViolation(f"the stored journal has a gap: seq {missing} is missing")
+
+
 def journal_relay_row(row: JournalRow) -> tuple[str, str, str]:
     """A journal row as the relay publishes it: (key, record id, the journal record's canonical JSON)."""
     return journal_record_text(row.seq, row.source_topic, row.source_partition, row.source_offset, row.type, row.ts,
@@ -639,9 +647,7 @@ class Store:
         while True:
             rows = await self.pool.fetch("SELECT seq, payload FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
                                          last, chunk)
-            if rows and rows[-1]["seq"] - last != len(rows):  # seqs are unique and sorted: then one is missing
-                missing = next(last + n for n, row in enumerate(rows, 1) if row["seq"] != last + n)
-                raise InvariantViolation(f"the stored journal has a gap: seq {missing} is missing")
+            refuse_journal_gap(last, [row["seq"] for row in rows])
             for row in rows:
                 yield row["seq"], row["payload"].encode()
             if len(rows) < chunk:
