@@ -130,11 +130,11 @@ async def under_test(request: pytest.FixtureRequest, databases: Any) -> AsyncIte
     async def pg_delete(seq: int) -> None:
         connection = await asyncpg.connect(dsn)
         try:
-            async with connection.transaction():
-                await connection.execute("ALTER TABLE journal DISABLE TRIGGER USER")
+            async with connection.transaction():  # the append-only triggers off, as only the owner can
                 for table in ("fund_ledger", "adl_events", "findings", "applied_ids", "journal"):
+                    await connection.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
                     await connection.execute(f"DELETE FROM {table} WHERE seq = $1", seq)
-                await connection.execute("ALTER TABLE journal ENABLE TRIGGER USER")
+                    await connection.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
         finally:
             await connection.close()
 
