@@ -21,6 +21,7 @@ from service_harness import in_process, input_ends, recreate_topic, settings_for
 from backstop.adapters.kafka import consumer as kafka_consumer
 from backstop.adapters.kafka.tools import end_offsets, produce_file
 from backstop.pipeline.topics import TopicNames
+from backstop.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "01-isolated-liquidation-surplus.jsonl"  # 9 events, transfers on offsets 0 to 2
@@ -60,6 +61,15 @@ async def applied_transfers(dsn: str) -> list[str]:
         await connection.close()
 
 
+async def example_applied(settings: Settings, dsn: str) -> tuple[Settings, str]:
+    """The example through a service on `settings` (its database's owner: `dsn`), stopped once it is applied; and the
+    transfers topic."""
+    async with in_process(settings):
+        await produce_file(settings, EXAMPLE)
+        await wait_caught_up(dsn, applied=9)
+    return settings, TopicNames(settings.topic_prefix).input("transfer")
+
+
 async def until(condition: Any, what: str, timeout: float = 60) -> None:
     for _ in range(int(timeout / 0.1)):
         if condition():
@@ -88,11 +98,8 @@ async def test_a_relay_starts_over_an_output_partition_whose_records_all_expired
 
 async def test_input_deleted_before_it_was_read_stops_the_processor_until_it_is_told_to_skip(
         kafka_bootstrap: str, topic_prefix: str, migrated_database: str) -> None:
-    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}igap.")
-    transfers = TopicNames(settings.topic_prefix).input("transfer")
-    async with in_process(settings):
-        await produce_file(settings, EXAMPLE)
-        await wait_caught_up(migrated_database, applied=9)
+    settings, transfers = await example_applied(
+        settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}igap."), migrated_database)
     # while the service is away: offsets 3 to 7 are written, then deleted before it reads them
     await send(kafka_bootstrap, transfers, [transfer(f"gone-{n}", T0 + 10 + n) for n in range(5)]
                + [transfer("kept", T0 + 20)])
@@ -111,11 +118,8 @@ async def test_input_deleted_before_it_was_read_stops_the_processor_until_it_is_
 
 async def test_an_input_topic_created_again_holds_the_processor_until_it_is_told_to_read_the_new_one(
         kafka_bootstrap: str, topic_prefix: str, migrated_database: str) -> None:
-    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}again.")
-    transfers = TopicNames(settings.topic_prefix).input("transfer")
-    async with in_process(settings):
-        await produce_file(settings, EXAMPLE)
-        await wait_caught_up(migrated_database, applied=9)
+    settings, transfers = await example_applied(settings_for(kafka_bootstrap, migrated_database,
+                                                             f"{topic_prefix}again."), migrated_database)
     connection = await asyncpg.connect(migrated_database)
     try:
         first_id = await connection.fetchval("SELECT topic_id::text FROM input_topics WHERE topic = $1", transfers)
@@ -145,11 +149,9 @@ async def test_an_input_topic_created_again_holds_the_processor_until_it_is_told
 
 async def test_a_stored_position_beyond_a_partition_s_end_holds_until_the_log_reaches_it_even_told_to_skip(
         kafka_bootstrap: str, topic_prefix: str, migrated_database: str) -> None:
-    settings = settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}short.", input_gap="skip")
-    transfers = TopicNames(settings.topic_prefix).input("transfer")
-    async with in_process(settings):
-        await produce_file(settings, EXAMPLE)
-        await wait_caught_up(migrated_database, applied=9)
+    settings, transfers = await example_applied(settings_for(kafka_bootstrap, migrated_database,
+                                                             f"{topic_prefix}short.", input_gap="skip"),
+                                                migrated_database)
     connection = await asyncpg.connect(migrated_database)  # as a database migrated after the topic was made again
     try:
         await connection.execute("DELETE FROM input_topics")
