@@ -52,6 +52,8 @@ async def restarted() -> tuple[int, int, int]:
         await until(lambda: second.progress.ready)
         run = second.current
         assert run is not None
+        # the new run rewrote every projection row at start: /health says they are settled at its head
+        assert second.progress.refresh_due_seq == second.progress.refreshed_seq == 5
         return first.progress.snapshot_seq, run.snapshot_cadence.last_seq, run.engine.last_seq
     finally:
         second.stop()

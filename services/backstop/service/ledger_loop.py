@@ -315,6 +315,7 @@ class LedgerRun:
         # Projection rows still waiting when the last run stopped were lost with it: rewrite every row.
         if engine.last_seq:
             await self._write_projections(None)
+        self.progress.refresh_due_seq = engine.last_seq  # that rewrite was the refresh due now (/health: settled)
         self.progress.seq = engine.last_seq
         self.progress.ready = True
         log.info("ledger processor ready at seq %d on the %s engine", engine.last_seq, engine.name)
