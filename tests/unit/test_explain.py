@@ -140,3 +140,24 @@ def test_an_adl_event_is_explained_under_the_policy_it_was_made_under(
         explanation = json.loads(out)
         assert explanation["subject"] == event
         assert explanation["adl_policy"]["rule"] == ("bitmex" if policy == "queue" else policy)
+
+
+@pytest.mark.parametrize(("example", "event_id", "policy", "heading", "inputs"), [
+    ("02-adl-walks-queue.jsonl", "adl-19-1", "queue",
+     "deleveraged (at the lot's bankruptcy price, in ADL-queue order):", "PnL% 0.29 x leverage 1.724137931034"),
+    # Binance's score is not PnL% x leverage: the inputs are listed, not multiplied
+    ("02-adl-walks-queue.jsonl", "adl-19-1", "binance",
+     "deleveraged (at the lot's bankruptcy price, in ADL-queue order):", "PnL% 0.29, leverage 1.724137931034"),
+    ("08-okx-floor.jsonl", "adl-15-0", "okx", "deleveraged (at the mark when the fund's balance above its floor covers "
+     "the lot's deficit, else at the lot's bankruptcy price, in ADL-queue order):", "rank 1 C2: 5 @ 85"),
+    ("09-bybit-drawdown.jsonl", "adl-13-0", "bybit", "deleveraged (at the lot's bankruptcy price; a drawdown round at "
+     "its reset proceeds, in ADL-queue order):", "rank 1 W1: 60 @ 87"),
+])
+def test_the_text_says_the_price_rule_and_score_of_the_policy(
+        capsys: pytest.CaptureFixture[str], example: str, event_id: str, policy: str, heading: str,
+        inputs: str) -> None:
+    code, out, _ = explain(capsys, event_id, "--journal", str(EXAMPLES / example), "--adl-policy", policy)
+    assert code == 0
+    lines = out.splitlines()
+    at = lines.index(f"  {heading}")
+    assert inputs in "\n".join(lines[at + 1:at + 3]), out

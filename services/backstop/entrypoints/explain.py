@@ -257,6 +257,12 @@ def _liquidation_inputs(engine: Engine, record: LiquidationEvent) -> dict[str, A
     }
 
 
+# How a deleverage's price is set, per the policy's price rule (docs/design.md §11.3)
+PRICE_RULES = {"bankruptcy": "at the lot's bankruptcy price", "mark": "at the mark",
+               "floor": "at the mark when the fund's balance above its floor covers the lot's deficit, else at the "
+                        "lot's bankruptcy price"}
+
+
 def render_text(explanation: dict[str, Any]) -> str:
     lines = [f"{explanation['id']}: journal seq {explanation['seq']}, a {explanation['kind']} event",
              f"  event: {orjson.dumps(explanation['event']).decode()}"]
@@ -285,12 +291,18 @@ def render_text(explanation: dict[str, Any]) -> str:
         lines.append(f"  fund {entry['fund_id']}: {entry['kind']} {entry['amount']} -> balance "
                      f"{entry['balance_after']} ({entry['id']})")
     if explanation["adl_events"]:
-        lines.append("  deleveraged (at the lot's bankruptcy price, in ADL order):")
+        policy = explanation["adl_policy"]
+        lines.append(f"  deleveraged ({PRICE_RULES[policy['price']]}"
+                     + ("; a drawdown round at its reset proceeds" if "drawdown" in policy else "")
+                     + ", in ADL-queue order):")
         queue = {r["account_id"]: r for r in explanation.get("adl_queue_top10", [])}
         for event in explanation["adl_events"]:
             inputs = queue.get(event["account_id"])
-            why = (f"; {inputs['position']}: PnL% {inputs['pnl_ratio']} x leverage {inputs['leverage']} (entry "
-                   f"{inputs['entry_price']}, own BP {inputs['bankruptcy_price']})") if inputs else ""
+            # BitMEX's score is PnL% x leverage, or PnL% / leverage below 0 (§4); another rule's is neither
+            joined = (", " if policy["rule"] != "bitmex" else " / " if inputs and inputs["pnl_ratio"].startswith("-")
+                      else " x ")
+            why = (f"; {inputs['position']}: PnL% {inputs['pnl_ratio']}{joined}leverage {inputs['leverage']} "
+                   f"(entry {inputs['entry_price']}, own BP {inputs['bankruptcy_price']})") if inputs else ""
             lines.append(f"    rank {event['rank']} {event['account_id']}: {event['qty']} @ {event['price']}, score "
                          f"{event['score']}, quantile {event['quantile']}{why}")
     for finding in explanation["findings"]:
