@@ -222,6 +222,9 @@ class RunMetrics:
     fund_final: dict[str, Decimal] = field(default_factory=dict)
     liquidated_by_account: dict[str, Decimal] = field(default_factory=dict)
     deleveraged_by_account: dict[str, Decimal] = field(default_factory=dict)
+    # what happened to each account that ADL or a liquidation touched, to tell runs apart: each liquidation (symbol,
+    # qty), deleverage (symbol, side, qty, price) and socialized loss (fund, amount), in order
+    outcomes_by_account: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     rejected: int = 0
     # per minute of event time (ms of the minute's start) -> value, for the report's charts
     minute_liquidated: dict[int, Decimal] = field(default_factory=dict)
@@ -398,6 +401,8 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
             metrics.liquidated_notional += notional
             account = record["account_id"]
             metrics.liquidated_by_account[account] = metrics.liquidated_by_account.get(account, Decimal(0)) + qty
+            metrics.outcomes_by_account.setdefault(account, []).append(
+                ("liquidated", record["symbol"], record.get("position_side", "both"), record["qty"]))
     for event in _lines(result.adl_events):
         minute, qty = _minute(event["ts"]), Decimal(event["qty"])
         notional = metrics.valuation(event["symbol"]).reported_value(qty, Decimal(event["price"]))
@@ -405,6 +410,8 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
         metrics.adl_notional += notional
         account = event["account_id"]
         metrics.deleveraged_by_account[account] = metrics.deleveraged_by_account.get(account, Decimal(0)) + qty
+        metrics.outcomes_by_account.setdefault(account, []).append(
+            ("deleveraged", event["symbol"], event.get("position_side", "both"), event["qty"], event["price"]))
         metrics.minute_deleveraged[minute] = metrics.minute_deleveraged.get(minute, Decimal(0)) + notional
     for round_ in _lines(result.adl_rounds):
         minute = _minute(round_["ts"])
@@ -418,6 +425,9 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
             if eligible is not None and eligible["count"] else None))
     for entry in _lines(result.fund_ledger):
         fund_id, balance = entry["fund_id"], Decimal(entry["balance_after"])
+        if entry["kind"] == "socialized_loss":  # from wallet:<account>:<asset> or isolated:<account>:<symbol>
+            account = entry["counter_account"].split(":", 1)[1].rsplit(":", 1)[0]  # an account id may hold ":"
+            metrics.outcomes_by_account.setdefault(account, []).append(("socialized_loss", fund_id, entry["amount"]))
         peak = max(metrics.fund_peak.get(fund_id, balance), balance)
         metrics.fund_peak[fund_id] = peak
         metrics.fund_min[fund_id] = min(metrics.fund_min.get(fund_id, balance), balance)

@@ -116,3 +116,16 @@ def test_a_parameter_file_is_refused_naming_the_file_and_the_section(
     err = capsys.readouterr().err
     assert err.startswith(f"backstop whatif: bad parameter file {toml}: {said}") and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("example", "policy", "affected"), [
+    # the same quantities at another price: OKX closes C1 and C2 at the mark (85), the queue at the lot's BP (90)
+    ("08-okx-floor.jsonl", "okx", ["C1", "C2"]),
+    # C3 is not deleveraged in either run, but pays a socialized loss in the alternative
+    ("10-socialized-loss.jsonl", "socialized", ["C1", "C2", "C3"]),
+])
+def test_accounts_affected_differently_count_prices_and_socialized_losses(tmp_path: Path, example: str, policy: str,
+                                                                          affected: list[str]) -> None:
+    result = run(tmp_path, example, f'[alternative.adl]\npolicy = "{policy}"\n')
+    assert result["accounts_affected_differently_sample"] == affected
+    assert result["accounts_affected_differently"] == len(affected)

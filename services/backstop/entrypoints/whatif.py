@@ -53,11 +53,11 @@ WHATIF_OUTPUTS = ("baseline", "alternative", *PRESETS, "bitmex", "comparison.jso
 
 
 def compare(base: RunMetrics, alt: RunMetrics) -> dict[str, Any]:
+    """The two runs' figures, and the accounts whose liquidations, deleverages (quantity and price) or socialized
+    losses differ between them."""
     accounts_differ = sorted(
-        a for a in set(base.liquidated_by_account) | set(alt.liquidated_by_account) | set(base.deleveraged_by_account)
-        | set(alt.deleveraged_by_account)
-        if (base.liquidated_by_account.get(a), base.deleveraged_by_account.get(a))
-        != (alt.liquidated_by_account.get(a), alt.deleveraged_by_account.get(a)))
+        a for a in set(base.outcomes_by_account) | set(alt.outcomes_by_account)
+        if base.outcomes_by_account.get(a) != alt.outcomes_by_account.get(a))
     return {"baseline": base.as_json(), "alternative": alt.as_json(),
             "accounts_affected_differently": len(accounts_differ),
             "accounts_affected_differently_sample": accounts_differ[:20]}
