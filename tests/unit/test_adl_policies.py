@@ -197,3 +197,45 @@ def test_socialized_loss_spreads_the_shortfall_over_profits(tmp_path: Path, engi
     assert out["findings"] == []  # no bad debt is left
     queue = replay(tmp_path / "queue", engine, "10-socialized-loss.jsonl")
     assert [f["kind"] for f in queue["findings"]] == ["bad_debt"]
+
+
+STUCK_LOT = [  # L's isolated long 10 @ 100 (BP 90) liquidated at 85 with no short to take it: the fund of 1 refuses it
+    {"type": "fund", "ts": 1760126400000, "fund_id": "LAB", "settle_asset": "USDT", "surplus": "fund",
+     "max_inventory_ratio": "1"},
+    {"type": "instrument", "ts": 1760126400000, "symbol": "XUSDT", "settle_asset": "USDT", "tick_size": "0.01",
+     "lot_size": "1", "tiers": [{"max_notional": "1000000000", "mmr": "0.01", "maint_amount": "0"}],
+     "liquidation_fee_rate": "0.005", "fund_id": "LAB"},
+    {"type": "transfer", "ts": 1760126400000, "transfer_id": "seed", "account_id": "fund:LAB", "asset": "USDT",
+     "amount": "1"},
+    {"type": "transfer", "ts": 1760126400000, "transfer_id": "d-L", "account_id": "L", "asset": "USDT",
+     "amount": "100"},
+    {"type": "fill", "ts": 1760126402000, "fill_id": "f-L", "account_id": "L", "symbol": "XUSDT", "side": "buy",
+     "qty": "10", "price": "100", "fee": "0", "margin_mode": "isolated", "leverage": "10"},
+    {"type": "mark", "ts": 1760126460000, "symbol": "XUSDT", "mark_price": "85"},
+    {"type": "liquidation", "ts": 1760126460500, "liquidation_id": "liq-L", "account_id": "L", "symbol": "XUSDT",
+     "qty": "10", "mark_price": "85", "executions": []},
+    # each mark retries the lot: a round without a taker
+    *({"type": "mark", "ts": 1760126460000 + minute * 60_000, "symbol": "XUSDT", "mark_price": "85"}
+      for minute in (1, 2, 3)),
+    # then a short opens, and the next mark's round closes the lot against it
+    {"type": "transfer", "ts": 1760126650000, "transfer_id": "d-S", "account_id": "S", "asset": "USDT",
+     "amount": "1000"},
+    {"type": "fill", "ts": 1760126660000, "fill_id": "f-S", "account_id": "S", "symbol": "XUSDT", "side": "sell",
+     "qty": "10", "price": "86", "fee": "0", "margin_mode": "isolated", "leverage": "2"},
+    {"type": "mark", "ts": 1760126700000, "symbol": "XUSDT", "mark_price": "85"},
+]
+
+
+def test_a_lot_retried_without_a_taker_counts_its_deficit_once(tmp_path: Path, engine: str) -> None:
+    """Each round of the lot has D = 10 x 90 - 10 x 85 = 50 and B = 50 - (1 - 0) = 49; the first four find no taker.
+    The summary counts them (rounds_without_takers) but sums D, B and H over the round that took: over_use 50 / 49."""
+    journal = tmp_path / "stuck.jsonl"
+    journal.write_text("".join(json.dumps(record) + "\n" for record in STUCK_LOT))
+    out = tmp_path / "out"
+    assert main(["replay", str(journal), "--out", str(out), "--engine", engine, "--adl-metrics", "full"]) == 0
+    rounds = [json.loads(line) for line in (out / "adl-rounds.jsonl").read_text().splitlines()]
+    assert [(r["trigger"], r["closed"], r["deficit"], r["needed"], r["counterparties"]) for r in rounds] == [
+        ("takeover", "0", "50", "49", 0), *[("inventory", "0", "50", "49", 0)] * 3, ("inventory", "10", "50", "49", 1)]
+    adl = json.loads((out / "summary.json").read_text())["adl"]
+    assert (adl["rounds"], adl["rounds_without_takers"], adl["deficit"], adl["needed"], adl["haircut"],
+            adl["over_use"]) == (5, 4, "50", "49", "50", "1.020408163265")

@@ -602,6 +602,9 @@ pub fn write_round(out: &mut Vec<u8>, names: &crate::ledger::Names, id: &str, se
 pub struct RunTotals {
     pub full: bool,
     rounds: u64,
+    /// rounds nobody was taken from (a lot no position could take, retried at each later trigger): their deficit
+    /// and need are left out of the sums, which would count the same lot again at every retry
+    rounds_without_takers: u64,
     events: u64,
     notional: Wide,
     deficit: Wide,
@@ -624,10 +627,14 @@ pub struct RunTotals {
 impl RunTotals {
     pub fn add_round(&mut self, round: &Round, socialized: bool, hits: &[Hit], eligible: Option<&[Figures]>) {
         self.rounds += 1;
-        self.deficit = wadd(self.deficit, round.deficit);
-        self.needed = wadd(self.needed, round.needed);
-        self.haircut = wadd(self.haircut, round.haircut);
-        self.overshoot = wadd(self.overshoot, wsub(round.haircut, round.needed).max(Wide::ZERO));
+        if hits.is_empty() {
+            self.rounds_without_takers += 1;
+        } else {
+            self.deficit = wadd(self.deficit, round.deficit);
+            self.needed = wadd(self.needed, round.needed);
+            self.haircut = wadd(self.haircut, round.haircut);
+            self.overshoot = wadd(self.overshoot, wsub(round.haircut, round.needed).max(Wide::ZERO));
+        }
         if socialized {
             self.socialized = wadd(self.socialized, round.haircut);
         }
@@ -708,6 +715,7 @@ impl RunTotals {
         J::Obj(vec![
             ("metrics", J::Str(if self.full { "full" } else { "basic" })),
             ("rounds", J::Int(self.rounds as i128)),
+            ("rounds_without_takers", J::Int(self.rounds_without_takers as i128)),
             ("events", J::Int(self.events as i128)),
             ("notional", money_text(self.notional)),
             ("deficit", money_text(self.deficit)),

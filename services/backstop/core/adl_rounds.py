@@ -208,6 +208,9 @@ class RunTotals:
 
     full: bool = False
     rounds: int = 0
+    # rounds nobody was taken from (a lot no position could take, retried at each later trigger): their deficit and
+    # need are left out of the sums, which would count the same lot again at every retry
+    rounds_without_takers: int = 0
     events: int = 0
     notional: Decimal = ZERO
     deficit: Decimal = ZERO
@@ -232,10 +235,13 @@ class RunTotals:
     def _add_round(self, round_: Round) -> None:
         record = round_.record
         self.rounds += 1
-        self.deficit += round_.deficit
-        self.needed += round_.needed
-        self.haircut += round_.haircut
-        self.overshoot += max(round_.haircut - round_.needed, ZERO)
+        if not round_.hits:
+            self.rounds_without_takers += 1
+        else:
+            self.deficit += round_.deficit
+            self.needed += round_.needed
+            self.haircut += round_.haircut
+            self.overshoot += max(round_.haircut - round_.needed, ZERO)
         if record["trigger"] == "socialized":
             self.socialized += round_.haircut
         self.worst_share = max(self.worst_share, record["worst_share"])
@@ -279,7 +285,8 @@ class RunTotals:
             return texts(result)
 
         return texts({
-            "metrics": "full" if self.full else "basic", "rounds": self.rounds, "events": self.events,
+            "metrics": "full" if self.full else "basic", "rounds": self.rounds,
+            "rounds_without_takers": self.rounds_without_takers, "events": self.events,
             "notional": money(self.notional), "deficit": money(self.deficit), "needed": money(self.needed),
             "haircut": money(self.haircut), "overshoot": money(self.overshoot),
             "over_use": ratio(self.haircut, self.needed) if self.needed > 0 else None,

@@ -24,6 +24,7 @@ DEFAULT_POLICIES = ("queue", "pro_rata", "capped_pro_rata", "min_max_leverage", 
 # (row, the figure's path in a run's metrics): the fairness of each policy, then what it cost the funds.
 ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ADL rounds", ("adl", "rounds")),
+    ("  of them without a taker", ("adl", "rounds_without_takers")),
     ("ADL events", ("adl_events",)),
     ("ADL notional", ("adl_notional",)),
     ("deficit", ("adl", "deficit")),
