@@ -425,10 +425,11 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
             if eligible is not None and eligible["count"] else None))
     for entry in _lines(result.fund_ledger):
         fund_id, balance = entry["fund_id"], Decimal(entry["balance_after"])
+        before = balance - Decimal(entry["amount"])
         if entry["kind"] == "socialized_loss":  # from wallet:<account>:<asset> or isolated:<account>:<symbol>
             account = entry["counter_account"].split(":", 1)[1].rsplit(":", 1)[0]  # an account id may hold ":"
             metrics.outcomes_by_account.setdefault(account, []).append(("socialized_loss", fund_id, entry["amount"]))
-        peak = max(metrics.fund_peak.get(fund_id, balance), balance)
+        peak = max(metrics.fund_peak.get(fund_id, before), balance)  # from the balance before the first, as §11.4
         metrics.fund_peak[fund_id] = peak
         metrics.fund_min[fund_id] = min(metrics.fund_min.get(fund_id, balance), balance)
         metrics.fund_drawdown[fund_id] = max(metrics.fund_drawdown.get(fund_id, Decimal(0)), peak - balance)

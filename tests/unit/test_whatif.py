@@ -129,3 +129,16 @@ def test_accounts_affected_differently_count_prices_and_socialized_losses(tmp_pa
     result = run(tmp_path, example, f'[alternative.adl]\npolicy = "{policy}"\n')
     assert result["accounts_affected_differently_sample"] == affected
     assert result["accounts_affected_differently"] == len(affected)
+
+
+def test_a_fund_s_drawdown_counts_from_its_balance_before_its_first_entry(tmp_path: Path) -> None:
+    """examples/06 without the fund's seed: its first entry is the loss of 600, a fall from 0 (as summary.json's
+    adl.fund_max_drawdown counts it)."""
+    journal = tmp_path / "no-seed.jsonl"
+    journal.write_text("".join(line + "\n" for line in (EXAMPLES / "06-bad-debt.jsonl").read_text().splitlines()
+                               if "fund:MAIN" not in line))
+    assert main(["whatif", str(journal), "--out", str(tmp_path / "out")]) == 0
+    comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert comparison["baseline"]["funds"]["MAIN"] == {"final_balance": "-600", "min_balance": "-600",
+                                                       "max_drawdown": "600", "bad_debt": "600"}
+    assert comparison["baseline"]["adl"]["fund_max_drawdown"] == {"MAIN": "600"}
