@@ -239,3 +239,18 @@ def test_a_lot_retried_without_a_taker_counts_its_deficit_once(tmp_path: Path, e
     adl = json.loads((out / "summary.json").read_text())["adl"]
     assert (adl["rounds"], adl["rounds_without_takers"], adl["deficit"], adl["needed"], adl["haircut"],
             adl["over_use"]) == (5, 4, "50", "49", "50", "1.020408163265")
+
+
+def test_an_older_summary_without_rounds_without_takers_verifies_where_there_were_none(tmp_path: Path) -> None:
+    """A summary written before rounds without a taker were counted apart has no rounds_without_takers: where the
+    journal has none its sums are the same and it verifies against the journal; where it has some they differ, and
+    audit verify says why."""
+    stuck = tmp_path / "stuck.jsonl"
+    stuck.write_text("".join(json.dumps(record) + "\n" for record in STUCK_LOT))
+    for journal, verified in ((EXAMPLES / "07-adl-lab.jsonl", True), (stuck, False)):
+        out = tmp_path / journal.stem
+        assert main(["replay", str(journal), "--out", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        del summary["adl"]["rounds_without_takers"]
+        (out / "summary.json").write_text(json.dumps(summary))
+        assert (main(["audit", "verify", str(out), "--journal", str(journal)]) == 0) is verified
