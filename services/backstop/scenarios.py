@@ -20,6 +20,7 @@ from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core.adl_policy import AdlPolicy, configured
 from backstop.core.events import fund_id_of, is_fund_account
 from backstop.core.hashing import canonical_json
+from backstop.core.ledger import bad_debt, isolated_owner, wallet_owner
 from backstop.core.numbers import CONTEXT, money, text
 from backstop.core.simulation import SimulationParams
 from backstop.core.valuation import LINEAR, Valuation
@@ -251,7 +252,7 @@ class RunMetrics:
             "adl_events": self.adl_events, "adl_notional": text(money(self.adl_notional)),
             "funds": {f: {"final_balance": text(self.fund_final[f]), "min_balance": text(self.fund_min[f]),
                           "max_drawdown": text(self.fund_drawdown[f]),
-                          "bad_debt": text(max(-self.fund_final[f], Decimal(0)))} for f in sorted(self.fund_final)},
+                          "bad_debt": text(bad_debt(self.fund_final[f]))} for f in sorted(self.fund_final)},
             "accounts_liquidated": len(self.liquidated_by_account),
             "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected, "adl": self.adl}
 
@@ -426,8 +427,9 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
     for entry in _lines(result.fund_ledger):
         fund_id, balance = entry["fund_id"], Decimal(entry["balance_after"])
         before = balance - Decimal(entry["amount"])
-        if entry["kind"] == "socialized_loss":  # from wallet:<account>:<asset> or isolated:<account>:<symbol>
-            account = entry["counter_account"].split(":", 1)[1].rsplit(":", 1)[0]  # an account id may hold ":"
+        if entry["kind"] == "socialized_loss":  # from a wallet or an isolated margin account
+            counter = entry["counter_account"]
+            account = wallet_owner(counter) or isolated_owner(counter)
             metrics.outcomes_by_account.setdefault(account, []).append(("socialized_loss", fund_id, entry["amount"]))
         peak = max(metrics.fund_peak.get(fund_id, before), balance)  # from the balance before the first, as §11.4
         metrics.fund_peak[fund_id] = peak

@@ -80,7 +80,7 @@ def funds(engine: Engine) -> dict[str, Any]:
                 "settle_asset": state.spec.settle_asset,
                 "surplus": state.spec.surplus,
                 "max_inventory_ratio": text(state.spec.max_inventory_ratio),
-                "bad_debt": text(max(-balance, ZERO)),
+                "bad_debt": text(ledger.bad_debt(balance)),
                 "inventory_notional": text(money(engine.inventory_notional(state))),
                 "inventory": {symbol: text(state.net_qty(symbol)) for symbol in sorted(state.lots)},
             }

@@ -63,6 +63,12 @@ def fund(fund_id: str) -> str:
     return f"fund:{fund_id}"
 
 
+def bad_debt(balance: Decimal) -> Decimal:
+    """A fund's bad debt: the negative part of its balance, exact in any decimal context (copy_negate does not
+    round, where unary minus rounds in the current context)."""
+    return balance.copy_negate() if balance < 0 else ZERO
+
+
 def fees(asset: str) -> str:
     return f"fees:{asset}"
 

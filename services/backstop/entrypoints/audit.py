@@ -36,6 +36,7 @@ from backstop.core.anchor import (
 )
 from backstop.core.documents import SUMMARY_KEYS
 from backstop.core.hashing import GENESIS_HASH, combine
+from backstop.core.ledger import bad_debt
 from backstop.core.ledger import fund as fund_account
 from backstop.core.numbers import CONTEXT
 from backstop.core.verify import Problem, check_chain, check_fund_balances, check_postings, compare_streams
@@ -505,8 +506,7 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
         if balances.get(fund_id, Decimal(0)) != Decimal(fund["balance"]):
             return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its ledger entries add up "
                              f"to {balances.get(fund_id, Decimal(0))}")
-        balance = Decimal(fund["balance"])  # copy_negate: exact, where unary minus rounds in the default context
-        if "bad_debt" in fund and Decimal(fund["bad_debt"]) != (balance.copy_negate() if balance < 0 else 0):
+        if "bad_debt" in fund and Decimal(fund["bad_debt"]) != bad_debt(Decimal(fund["balance"])):
             return checked, (f"{source}: fund {fund_id} bad_debt {fund['bad_debt']} but its balance is "
                              f"{fund['balance']} (bad debt is a negative balance)")
     checked.append(f"fund balances: {len(balances)} fund(s) equal the sum of their entries, bad debt their negative "

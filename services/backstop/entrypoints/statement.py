@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -14,8 +14,8 @@ import orjson
 from backstop.adapters.files import write_file_atomically
 from backstop.adapters.output_reader import read_stream, read_summary
 from backstop.core.fund_statement import Statement, StatementError, statement
+from backstop.core.ledger import bad_debt
 from backstop.core.ledger import fund as fund_account
-from backstop.core.numbers import CONTEXT
 from backstop.core.verify import check_postings
 
 ENTRY_COLUMNS = ("id", "seq", "ts", "fund_id", "kind", "amount", "balance_after", "liquidation_id", "counter_account",
@@ -140,9 +140,7 @@ def reconcile(out_dir: Path) -> tuple[list[str], list[str]]:
             lines.append(f"  symbol {symbol:<11} {amount:>22}")
         if result.closing_balance != reported:
             problems.append(f"fund {fund_id}: entries add up to {result.closing_balance}, summary reports {reported}")
-        with localcontext(CONTEXT):  # exact, as the summary computed it (a default context rounds wide balances)
-            bad_debt = max(-reported, Decimal(0))
-        if Decimal(fund["bad_debt"]) != bad_debt:
+        if Decimal(fund["bad_debt"]) != bad_debt(reported):
             problems.append(f"fund {fund_id}: bad debt {fund['bad_debt']} does not match the balance {reported}")
     return lines, problems
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, cast
 from backstop.core import adl, ledger
 from backstop.core.engine import Engine, Exposures
 from backstop.core.events import is_fund_account
-from backstop.core.numbers import CONTEXT, ZERO, money
+from backstop.core.numbers import CONTEXT, money
 from backstop.core.state import Position, PositionSide
 from backstop.pipeline.copy_text import copy_rows
 from backstop.pipeline.ingest import BatchResult
@@ -176,7 +176,7 @@ def build(engine: Engine, result: BatchResult, *, refresh_all: bool, touched: To
     with localcontext(CONTEXT):
         funds = [(f.spec.fund_id, f.spec.settle_asset, f.spec.surplus, f.spec.max_inventory_ratio,
                   engine.ledger.balance(ledger.fund(f.spec.fund_id)),
-                  max(-engine.ledger.balance(ledger.fund(f.spec.fund_id)), ZERO),
+                  ledger.bad_debt(engine.ledger.balance(ledger.fund(f.spec.fund_id))),
                   money(engine.inventory_notional(f)), seq) for f in engine.funds.values()]
         inventory_changed = refresh_all or "liquidation" in result.journal_facts().types or any(
             is_fund_account(a) for a in result.touched_accounts)
