@@ -112,3 +112,40 @@ def test_outputs_of_a_replay_from_a_snapshot_open_at_the_snapshot_s_balances(
                            f"over a period needs the outputs of a replay from the journal's start (without --from "
                            f"and --to, it runs from the snapshot's balances)\n")
             assert not (tmp_path / "p.csv").exists()
+
+
+LATE = [  # B is applied after A but carries an earlier time (within the 10 minutes a record may come late)
+    {"type": "fund", "ts": 1760000000000, "fund_id": "F", "settle_asset": "USDT", "surplus": "fund",
+     "max_inventory_ratio": "1"},
+    {"type": "transfer", "ts": 1760000300000, "transfer_id": "A", "account_id": "fund:F", "asset": "USDT",
+     "amount": "100"},
+    {"type": "transfer", "ts": 1760000060000, "transfer_id": "B", "account_id": "fund:F", "asset": "USDT",
+     "amount": "7"},
+]
+
+
+@pytest.mark.parametrize(("period", "opening", "closing", "seqs"), [
+    (["--from", "1760000100000"], "7", "107", [2]),  # B before the period, A in it
+    (["--to", "1760000100000"], "0", "7", [3]),  # B in it, A after
+    (["--from", "1760000000000", "--to", "1760000100000"], "0", "7", [3]),
+])
+def test_a_period_takes_entries_by_event_time_where_times_go_back(
+        tmp_path: Path, period: list[str], opening: str, closing: str, seqs: list[int]) -> None:
+    journal = tmp_path / "late.jsonl"
+    journal.write_text("".join(json.dumps(record) + "\n" for record in LATE))
+    assert main(["replay", str(journal), "--out", str(tmp_path / "out")]) == 0
+    for source in (["--fund", "F"], ["--account", "fund:F"]):
+        target = tmp_path / "s.json"
+        assert main(["statement", str(tmp_path / "out"), *source, *period, "--format", "json",
+                     "--out", str(target)]) == 0
+        s = json.loads(target.read_text())
+        assert (s["opening_balance"], s["closing_balance"]) == (opening, closing)
+        assert [e["seq"] for e in s["entries"]] == seqs
+
+
+def test_a_settlement_account_statement_names_its_symbol(out: Path, tmp_path: Path) -> None:
+    target = tmp_path / "s.json"
+    assert main(["statement", str(out), "--account", "settlement:BTCUSDT", "--format", "json",
+                 "--out", str(target)]) == 0
+    s = json.loads(target.read_text())
+    assert list(s["by_symbol"]) == ["BTCUSDT"] and s["entries"]

@@ -461,9 +461,10 @@ def _cmd_statement(args: argparse.Namespace) -> int:
     except (OSError, ValueError, OutputError, OutputReadError) as error:
         print(f"backstop statement: {_os_message(error)}", file=sys.stderr)
         return 2
-    flows = ", ".join(f"{k} {v}" for k, v in sorted(result.by_kind.items())) or "none"
-    print(f"{'fund' if args.fund is not None else 'account'} {name}: opening {result.opening_balance}, flows "
-          f"{flows}, closing {result.closing_balance} ({len(result.entries)} entries) -> {target}",
+    figures = result.as_json()  # canonical decimals, as the statement writes them
+    flows = ", ".join(f"{k} {v}" for k, v in figures["by_kind"].items()) or "none"
+    print(f"{'fund' if args.fund is not None else 'account'} {name}: opening {figures['opening_balance']}, flows "
+          f"{flows}, closing {figures['closing_balance']} ({len(result.entries)} entries) -> {target}",
           file=sys.stderr if written_in_place(target) else sys.stdout)  # not into the statement on stdout
     return 0
 
