@@ -133,6 +133,13 @@ def _lines(path: Path) -> list[str]:
      "summary.json has no postings, postings_head_hash: every replay writes them"),
     (None, lambda out: _summary_without(out, "dead_letters", "last_seq", "schema_version"),
      "summary.json has no dead_letters, last_seq, schema_version: every replay writes them"),
+    # a count or head set to null would leave its check undone
+    (EXAMPLES / "10-socialized-loss.jsonl", lambda out: (
+        _summary_with(out, ("postings",), None), _summary_with(out, ("postings_head_hash",), None)),
+     "summary.json: postings, postings_head_hash null: every replay writes a value"),
+    # a fund cut from the summary still has its entries and postings
+    (EXAMPLES / "06-bad-debt.jsonl", lambda out: _summary_with(out, ("funds",), {}),
+     "summary.json: fund MAIN has ledger entries but is not among its funds"),
     # bad debt is the fund's negative balance, nothing else
     (EXAMPLES / "06-bad-debt.jsonl", lambda out: _summary_with(out, ("funds", "MAIN", "bad_debt"), "50"),
      "summary.json: fund MAIN bad_debt 50 but its balance is -100 (bad debt is a negative balance)"),
@@ -341,3 +348,78 @@ def test_outputs_resumed_from_an_older_snapshot_verify_with_the_wallets_at_zero_
     assert main(["audit", "verify", str(tail), "--journal", str(journal)]) == 0
     assert "(wallets at zero aside: the snapshot these outputs resumed from did not carry them)" in \
         capsys.readouterr().out
+
+
+def test_a_fund_cut_from_the_summary_is_a_reconcile_mismatch(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = replayed(tmp_path, EXAMPLES / "06-bad-debt.jsonl")
+    _summary_with(out, ("funds",), {})
+    assert main(["reconcile", str(out)]) == 1
+    assert "fund MAIN: entries or postings of it, but summary.json does not list it" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda s: s["from_snapshot"].update(postings="x"), "from_snapshot.postings"),
+    (lambda s: s["from_snapshot"].update(input_line="x"), "from_snapshot.input_line"),
+    (lambda s: s["from_snapshot"].update(seq=0), "from_snapshot.seq"),
+    (lambda s: s.update(carried=[1, 2]), "carried"),
+    (lambda s: s.update(carried={"duplicates": 0, "rejected": 0, "conflicting_duplicates": 0, "dead_letters": 0,
+                                 "events_applied": 100}), "carried.events_applied"),
+])
+def test_a_summary_of_the_wrong_shape_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         change: Callable[[dict[str, object]], None],
+                                                         message: str) -> None:
+    whole, tail = tmp_path / "whole", tmp_path / "tail"
+    assert main(["replay", str(ADL_EXAMPLE), "--out", str(whole), "--snapshot-every", "10"]) == 0
+    assert main(["replay", str(ADL_EXAMPLE), "--out", str(tail), "--from-snapshot",
+                 str(whole / "snapshots" / "snapshot-000000000010.json")]) == 0
+    summary = json.loads((tail / "summary.json").read_text())
+    change(summary)
+    (tail / "summary.json").write_text(json.dumps(summary))
+    capsys.readouterr()
+    for journal in (None, ADL_EXAMPLE):
+        assert main(["audit", "verify", str(tail), *(["--journal", str(journal)] if journal else [])]) == 2
+        error = capsys.readouterr().err
+        assert message in error and error.count("\n") == 1, error
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    # the ADL figures of the rounds after the snapshot: derived again from a snapshot at the same seq
+    (lambda s: s["adl"].update(haircut="123456"), 'summary.json: adl {"accounts_affected"'),
+    # a start the journal does not have there
+    (lambda s: s["from_snapshot"].update(seq=9), "summary.json: from_snapshot"),
+    (lambda s: s["from_snapshot"].update(input_line=99),
+     "from_snapshot: input_line 99, but the journal has fewer lines"),
+])
+def test_a_replay_from_a_snapshot_is_held_to_a_replay_from_the_same_snapshot(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], change: Callable[[dict[str, object]], None],
+        message: str) -> None:
+    whole, tail = tmp_path / "whole", tmp_path / "tail"
+    assert main(["replay", str(ADL_EXAMPLE), "--out", str(whole), "--snapshot-every", "10"]) == 0
+    assert main(["replay", str(ADL_EXAMPLE), "--out", str(tail), "--from-snapshot",
+                 str(whole / "snapshots" / "snapshot-000000000010.json")]) == 0
+    code, text = verify(tail, ADL_EXAMPLE, capsys)
+    assert code == 0 and "(from a snapshot of it at seq 10, as these outputs were made)" in text, text
+    summary = json.loads((tail / "summary.json").read_text())
+    change(summary)
+    (tail / "summary.json").write_text(json.dumps(summary))
+    code, text = verify(tail, ADL_EXAMPLE, capsys)
+    assert code == 1 and message in text, text
+
+
+def test_the_service_s_dead_letters_set_aside_are_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from backstop.adapters.journal_file import read_journal
+    from backstop.entrypoints.replay import Carried, ReplayOptions, replay_lines
+
+    lines = [raw for _, raw in read_journal(ADL_EXAMPLE)]
+    letter = {"kind": "invalid", "reason": "invalid JSON", "raw": "{", "source_topic": "backstop.fills",
+              "source_partition": 0, "source_offset": 7}
+    out = tmp_path / "stored"
+    replay_lines(ReplayOptions(journal=None, out=out), lambda skip: list(enumerate(lines, start=1))[skip:],
+                 sum(len(raw) + 1 for raw in lines), carried=Carried(2, 1, [letter]))
+    code, text = verify(out, ADL_EXAMPLE, capsys)
+    assert code == 0, text
+    assert "dead-letter.jsonl: all 0 records re-derived from the journal (the service's 1 before them set aside" \
+        in text
+    assert "(the service's counts set aside: conflicting_duplicates 0, dead_letters 1, duplicates 2, rejected 1)" \
+        in text

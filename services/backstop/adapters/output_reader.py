@@ -127,15 +127,31 @@ class FundSummary(_Checked):
 
 
 class SnapshotStart(_Checked):
-    """Where a replay from a snapshot took over: its files hold what came after."""
+    """Where a replay from a snapshot took over: its files hold what came after (the fields an older backstop did
+    not write may be absent, never of another type)."""
 
-    seq: Count
+    seq: Annotated[int, Field(strict=True, ge=1)]  # a snapshot follows an applied event, on its line
+    input_line: Annotated[int, Field(strict=True, ge=1)]
     ledger_head_hash: Text
     adl_head_hash: Text
+    postings_head_hash: Text | None = None
     fund_ledger_entries: Count
     adl_events: Count
     findings: Count
+    postings: Count | None = None
+    adl_quantiles: Count | None = None
+    wallets_at_zero: Count | None = None
     fund_balances: dict[str, BalanceText]
+
+
+class CarriedCounts(_Checked):
+    """What the service counted beside its journal (a replay --from-postgres or --from-kafka): these keys only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    duplicates: Count
+    rejected: Count
+    conflicting_duplicates: Count
+    dead_letters: Count
 
 
 class Summary(_Checked):
@@ -157,6 +173,7 @@ class Summary(_Checked):
     ledger_sum: DecimalText
     funds: dict[str, FundSummary]
     from_snapshot: SnapshotStart | None = None
+    carried: CarriedCounts | None = None
 
 
 STREAMS: dict[str, type[_Checked]] = {"fund-ledger.jsonl": FundLedgerRow, "adl-events.jsonl": AdlEventRow,

@@ -51,9 +51,9 @@ class AuditError(Exception):
 
 
 DERIVE_CHUNK_BYTES = 1 << 20  # journal lines handed to the engine at once
-# summary.json's fields a replay from a snapshot cannot share with a whole one: where it started, its dead letters
-# (those after the snapshot) and its ADL figures (the rounds after the snapshot)
-_FROM_SNAPSHOT_ONLY = ("from_snapshot", "dead_letters", "adl")
+# summary.json's counts and heads the checks hold the files to: a replay writes each (its model lets older ones be
+# absent, which SUMMARY_KEYS refuses here)
+_NEVER_NULL = ("dead_letters", "postings", "postings_head_hash", "last_seq", "adl_quantiles")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +143,48 @@ def replayed(journal: Path, summary: dict[str, Any], engine: EngineName, into: P
                    conservation_said(engine, result["events_applied"]))
 
 
+def resumed_summary(journal: Path, summary: dict[str, Any], engine: EngineName, scratch: Path) -> dict[str, Any]:
+    """The summary.json of a replay from the snapshot the outputs say they took over from: the journal's lines up to
+    the snapshot's replayed with a snapshot at its seq, then the whole journal resumed from it, as `backstop replay
+    --from-snapshot` does. Its `from_snapshot`, `dead_letters` and `adl` (the rounds after the snapshot) are what
+    the outputs' must be; a start the journal does not reach is Unreproducible."""
+    from backstop.engines import snapshot_name
+    from backstop.entrypoints.replay import ReplayError, ReplayOptions, replay
+
+    start = summary["from_snapshot"]
+    seq, line = start["seq"], start["input_line"]
+    try:
+        raw = journal.read_bytes()
+    except OSError as error:
+        raise AuditError(f"cannot read {journal}: {error.strerror or error}") from None
+    end = -1
+    for _ in range(line):
+        end = raw.find(b"\n", end + 1)
+        if end < 0:
+            raise Unreproducible(f"from_snapshot: input_line {line}, but the journal has fewer lines")
+    head = scratch / "to-snapshot.jsonl"
+    head.write_bytes(raw[:end + 1])
+    adl = summary.get("adl")
+    full = isinstance(adl, dict) and adl.get("metrics") == "full"
+    try:
+        replay(ReplayOptions(journal=head, out=scratch / "to-snapshot", snapshot_every=seq, engine=engine,
+                             adl_policy=_policy(summary), adl_quantiles=quantile_points(summary),
+                             full_adl_metrics=full))
+        snapshot = scratch / "to-snapshot" / "snapshots" / f"{snapshot_name(seq)}.json"
+        if not snapshot.exists():
+            raise Unreproducible(f"from_snapshot: seq {seq} at input_line {line}, but the journal's first {line} "
+                                 f"lines apply another number of events")
+        result = replay(ReplayOptions(journal=journal, out=scratch / "resumed", from_snapshot=snapshot,
+                                      engine=engine, full_adl_metrics=full))
+    except ReplayError as error:
+        raise Unreproducible(f"from_snapshot: a replay from a snapshot at seq {seq} fails: {error}") from None
+    del result
+    try:
+        return read_summary(scratch / "resumed")
+    except OutputReadError as error:
+        raise AuditError(f"reading the replay of {journal} from a snapshot: {error}") from None
+
+
 def conservation_checked(engine: LedgerEngine) -> str:
     return conservation_said(engine.name, engine.events_applied)
 
@@ -170,6 +212,9 @@ def verify_output(out: Path, journal: Path | None, engine: EngineName = "referen
         if missing:
             return [], (f"summary.json has no {', '.join(missing)}: every replay writes them (a summary cut down, or "
                         f"one written by an older backstop: replay its journal again)")
+        nulls = sorted(key for key in _NEVER_NULL if summary[key] is None)
+        if nulls:
+            return [], f"summary.json: {', '.join(nulls)} null: every replay writes a value (the checks need it)"
         ledger = read_stream(out, "fund-ledger.jsonl")
         events = read_stream(out, "adl-events.jsonl")
         findings = read_stream(out, "findings.jsonl")
@@ -196,7 +241,8 @@ def verify_output(out: Path, journal: Path | None, engine: EngineName = "referen
         if problem is not None:
             return checked, problem
         more, problem = verify_other_files(out, into, summary, {"findings.jsonl": findings,
-                                                                "dead-letter.jsonl": dead_letters})
+                                                                "dead-letter.jsonl": dead_letters},
+                                           lambda: resumed_summary(journal, summary, engine, Path(scratch)))
         return checked + more, problem
 
 
@@ -237,10 +283,12 @@ def verify_adl_files(out: Path, summary: dict[str, Any]) -> Outcome:
     return checked, None
 
 
-def verify_other_files(out: Path, derived: Path, summary: dict[str, Any], read: dict[str, Records]) -> Outcome:
+def verify_other_files(out: Path, derived: Path, summary: dict[str, Any], read: dict[str, Records],
+                       resumed: Callable[[], dict[str, Any]]) -> Outcome:
     """The files without a hash chain, against the fresh replay's: findings, dead letters, ADL rounds and quantile
     records one by one (after the snapshot the outputs started from), accounts.json byte for byte and summary.json
-    field by field. `read`: the stored streams already read, by file name."""
+    field by field (outputs of a replay from a snapshot: against `resumed()`, the summary of a replay from a snapshot
+    of the journal at the same seq). `read`: the stored streams already read, by file name."""
     start, carried = summary.get("from_snapshot") or {}, summary.get("carried") or {}
     seq, line = start.get("seq", 0), start.get("input_line", 0)
     after: dict[str, Callable[[Records], Records]] = {
@@ -259,7 +307,9 @@ def verify_other_files(out: Path, derived: Path, summary: dict[str, Any], read: 
             raise AuditError(str(error)) from None
         if problem:
             return checked, problem
-        checked.append(f"{name}: all {len(stored)} records re-derived from the journal")
+        aside = carried.get("dead_letters", 0) if name == "dead-letter.jsonl" else 0
+        checked.append(f"{name}: all {len(stored)} records re-derived from the journal" + (
+            f" (the service's {aside} before them set aside: its journal does not hold them)" if aside else ""))
     try:
         stored_accounts = (out / "accounts.json").read_bytes()
         derived_accounts = (derived / "accounts.json").read_bytes()
@@ -275,7 +325,13 @@ def verify_other_files(out: Path, derived: Path, summary: dict[str, Any], read: 
     checked.append("accounts.json: as the replay of the journal writes it" + (
         " (wallets at zero aside: the snapshot these outputs resumed from did not carry them)" if older
         else ", byte for byte"))
-    ignored = _FROM_SNAPSHOT_ONLY if start else ()
+    if start:
+        try:
+            replay_summary = resumed()
+        except Unreproducible as error:
+            return checked, f"summary.json: {error}"
+        if older:  # an older backstop's from_snapshot: the fields it wrote
+            replay_summary["from_snapshot"] = {k: v for k, v in replay_summary["from_snapshot"].items() if k in start}
     for key, count in carried.items():  # the totals hold what the service counted beside the journal
         if key != "dead_letters" and isinstance(summary.get(key), int):
             replay_summary[key] = replay_summary.get(key, 0) + count
@@ -290,13 +346,15 @@ def verify_other_files(out: Path, derived: Path, summary: dict[str, Any], read: 
             return checked, (f"summary.json: adl was written by an older backstop, which summed the deficit of the "
                              f"{without} round(s) without a taker too: replay the journal with this one")
     differing = sorted(key for key in summary.keys() | replay_summary.keys()
-                       if key not in ignored and summary.get(key) != replay_summary.get(key))
+                       if summary.get(key) != replay_summary.get(key))
     if differing:
         key = differing[0]
         return checked, (f"summary.json: {key} {orjson.dumps(summary.get(key)).decode()[:200]} but the replay of the "
                          f"journal gives {orjson.dumps(replay_summary.get(key)).decode()[:200]}")
-    checked.append("summary.json: every field as the replay of the journal gives it" +
-                   (f" (but {', '.join(ignored)}: those of a replay from a snapshot)" if ignored else ""))
+    checked.append("summary.json: every field as the replay of the journal gives it" + (
+        f" (from a snapshot of it at seq {start['seq']}, as these outputs were made)" if start else "") + (
+        f" (the service's counts set aside: {', '.join(f'{k} {v}' for k, v in carried.items())})" if carried
+        else ""))
     return checked, None
 
 
@@ -502,6 +560,9 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
     balance_problem, balances = check_fund_balances(ledger, opening=opening)
     if balance_problem:
         return checked, balance_problem
+    unlisted = sorted(balances.keys() - summary["funds"].keys()) if "funds" in summary else []
+    if unlisted:
+        return checked, f"{source}: fund {unlisted[0]} has ledger entries but is not among its funds"
     for fund_id, fund in summary.get("funds", {}).items():
         if balances.get(fund_id, Decimal(0)) != Decimal(fund["balance"]):
             return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its ledger entries add up "
@@ -570,7 +631,12 @@ def verify_postings(postings: list[dict[str, Any]], summary: dict[str, Any], *, 
         return checked, problem
     checked.append(f"postings: every account's balance follows from its postings; the balances change by a sum of "
                    f"0 in each of {seqs} seq(s)")
-    for fund_id, fund in summary.get("funds", {}).items():
+    funds = summary.get("funds", {})
+    unlisted = sorted(account for account in balances if "funds" in summary and account.startswith("fund:")
+                      and account.removeprefix("fund:") not in funds)
+    if unlisted:
+        return checked, f"{source}: {unlisted[0]} has postings but its fund is not among the summary's funds"
+    for fund_id, fund in funds.items():
         account = fund_account(fund_id)
         if (account in balances or not start) and balances.get(account, Decimal(0)) != Decimal(fund["balance"]):
             return checked, (f"{source}: fund {fund_id} balance {fund['balance']} but its postings leave "

@@ -119,6 +119,11 @@ def reconcile(out_dir: Path) -> tuple[list[str], list[str]]:
     if summary.get("ledger_sum") != "0":
         problems.append(f"the general ledger does not balance: sum {summary.get('ledger_sum')}")
     posted = _posted_balances(out_dir, summary, problems)
+    unlisted = sorted({str(entry["fund_id"]) for entry in entries} - summary["funds"].keys()
+                      | {account.removeprefix("fund:") for account in posted or () if account.startswith("fund:")}
+                      - summary["funds"].keys())
+    problems.extend(f"fund {fund_id}: entries or postings of it, but summary.json does not list it"
+                    for fund_id in unlisted)
     for fund_id, fund in sorted(summary["funds"].items()):
         reported = Decimal(fund["balance"])
         account = fund_account(fund_id)
