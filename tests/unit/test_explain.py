@@ -161,3 +161,62 @@ def test_the_text_says_the_price_rule_and_score_of_the_policy(
     lines = out.splitlines()
     at = lines.index(f"  {heading}")
     assert inputs in "\n".join(lines[at + 1:at + 3]), out
+
+
+_FUND_AND_TRADES = [
+    {"type": "fund", "ts": 1760000000000, "fund_id": "F", "settle_asset": "USDT", "surplus": "fund",
+     "max_inventory_ratio": "1"},
+    {"type": "instrument", "ts": 1760000000000, "symbol": "XUSDT", "settle_asset": "USDT", "tick_size": "0.01",
+     "lot_size": "0.001", "tiers": [{"max_notional": "100000", "mmr": "0.01"}], "liquidation_fee_rate": "0.005",
+     "fund_id": "F"},
+    {"type": "transfer", "ts": 1760000000000, "transfer_id": "top", "account_id": "fund:F", "asset": "USDT",
+     "amount": "1000"},
+    {"type": "transfer", "ts": 1760000000000, "transfer_id": "da", "account_id": "a", "asset": "USDT", "amount": "200"},
+    {"type": "transfer", "ts": 1760000000000, "transfer_id": "db", "account_id": "b", "asset": "USDT",
+     "amount": "3000"},
+    {"type": "transfer", "ts": 1760000000000, "transfer_id": "ds", "account_id": "s", "asset": "USDT",
+     "amount": "5000"},
+    {"type": "fill", "ts": 1760000001000, "fill_id": "fa", "account_id": "a", "symbol": "XUSDT", "side": "buy",
+     "qty": "2", "price": "400", "fee": "0", "margin_mode": "isolated", "leverage": "4"},
+    {"type": "fill", "ts": 1760000001000, "fill_id": "fb", "account_id": "b", "symbol": "XUSDT", "side": "buy",
+     "qty": "10", "price": "450", "fee": "0", "margin_mode": "isolated", "leverage": "1.5"},
+    {"type": "fill", "ts": 1760000001000, "fill_id": "fs", "account_id": "s", "symbol": "XUSDT", "side": "sell",
+     "qty": "3", "price": "700", "fee": "0", "margin_mode": "cross", "leverage": "5"},
+    {"type": "mark", "ts": 1760000060000, "symbol": "XUSDT", "mark_price": "290"},
+    # the fund keeps a's lot (bankruptcy price 400 - 200 / 2 = 300)
+    {"type": "liquidation", "ts": 1760000060500, "liquidation_id": "liq-a", "account_id": "a", "symbol": "XUSDT",
+     "qty": "2", "mark_price": "290"},
+]
+
+
+def _journal(tmp_path: Path, *records: dict[str, object]) -> Path:
+    path = tmp_path / "journal.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*_FUND_AND_TRADES, *records]))
+    return path
+
+
+def test_a_deleverage_of_an_earlier_liquidation_s_lot_names_that_lot(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """b's liquidation leaves the fund below zero, which deleverages the lot a's liquidation left: its price is a's
+    bankruptcy price (300), not b's (150)."""
+    journal = _journal(tmp_path, {"type": "mark", "ts": 1760000180000, "symbol": "XUSDT", "mark_price": "149"},
+                       {"type": "liquidation", "ts": 1760000180500, "liquidation_id": "liq-b", "account_id": "b",
+                        "symbol": "XUSDT", "qty": "10", "mark_price": "149", "executions": [{"qty": "10",
+                                                                                             "price": "40"}]})
+    code, out, _ = explain(capsys, "adl-13-0", "--journal", str(journal))
+    assert code == 0, out
+    assert "bankruptcy price 150 (isolated: BP = entry - margin / |qty| = 450 - 3000 / 10)" in out
+    assert "the fund's lot of liq-a (journal seq 11, a): long 2 XUSDT, bankruptcy price 300" in out
+    assert "rank 1 s: 2 @ 300" in out
+
+
+def test_a_deleverage_on_a_mark_shows_the_inventory_check_and_the_score_inputs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    journal = _journal(tmp_path, {"type": "mark", "ts": 1760000120000, "symbol": "XUSDT", "mark_price": "600"})
+    code, out, _ = explain(capsys, "adl-12-0", "--journal", str(journal))
+    assert code == 0, out
+    assert ("the fund's inventory at the new mark: fund F net 2, notional 1200 against max_inventory_ratio 1 x "
+            "(balance 1000 - floor 0) = 1000: over, the excess deleveraged") in out
+    assert "the fund's lot of liq-a (journal seq 11, a): long 2 XUSDT, bankruptcy price 300" in out
+    # s's score inputs at the new mark: PnL% (700 - 600) / 700
+    assert "rank 1 s: 0.334 @ 300, score 0.048517520216, quantile 5; XUSDT: PnL% 0.142857142857 x leverage" in out

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import fields
 from decimal import Decimal, localcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -25,6 +25,7 @@ from backstop.core.events import (
     FillEvent,
     FundingEvent,
     LiquidationEvent,
+    MarkEvent,
     TransferEvent,
     fund_id_of,
     is_fund_account,
@@ -67,7 +68,7 @@ def explain(identifier: str, journal_path: Path, policy: AdlPolicy | None = None
     ledger_engine = ReferenceEngine(EngineOptions(adl_policy=policy))
     refused: str | None = None  # why the liquidation was not applied, when it was in the journal but refused
     for number, raw, record in _candidates(ledger_engine, lines, seq, liquidation_id):
-        before = _before(ledger_engine.engine, record)
+        before, lots = _before(ledger_engine.engine, record), _lots(ledger_engine.engine)
         applied = ledger_engine.events_applied
         result = ledger_engine.apply_lines(raw + b"\n", number)
         if ledger_engine.events_applied == applied:  # a duplicate or a rejection: the event is further on, if at all
@@ -76,6 +77,9 @@ def explain(identifier: str, journal_path: Path, policy: AdlPolicy | None = None
             continue
         explanation = {"id": identifier, "seq": applied + 1, "event": orjson.loads(raw),
                        "adl_policy": adl_policy.document(policy), **before, **_outputs(result)}
+        taken = {event["liquidation_id"] for event in explanation["adl_events"]}
+        if taken:  # lots of earlier liquidations the event deleveraged (its own lot: the bankruptcy above)
+            explanation["lots_deleveraged"] = [lot for lot in lots if lot["liquidation_id"] in taken]
         if seq is not None:
             wanted = [e for e in explanation["fund_ledger"] + explanation["adl_events"] + explanation["postings"]
                       if e["id"] == identifier]
@@ -162,10 +166,34 @@ def _walk(explanation: dict[str, Any]) -> dict[str, Any]:
     return {"subject_postings": [p for p in explanation["postings"] if p.get(key) == subject["id"]]}
 
 
+def _lots(engine: Engine) -> list[dict[str, Any]]:
+    """Every fund's inventory: the lots an ADL round can deleverage, each with the liquidation it came from."""
+    return [{"liquidation_id": lot.liquidation_id, "seq": lot.seq, "liquidated_account": lot.liquidated_account,
+             "fund_id": fund_id, "symbol": symbol, "side": lot.side, "qty": text(lot.qty),
+             "bankruptcy_price": text(lot.bankruptcy_price(engine.instruments[symbol].valuation))}
+            for fund_id, fund_state in sorted(engine.funds.items())
+            for symbol, lots in sorted(fund_state.lots.items()) for lot in lots]
+
+
 def _before(engine: Engine, record: Event) -> dict[str, Any]:
     """What the engine knew right before the event, as far as the event's rules use it."""
     if isinstance(record, LiquidationEvent):
         return {"kind": "liquidation", **_liquidation_inputs(engine, record)}
+    if isinstance(record, MarkEvent) and record.symbol in engine.instruments:
+        # a mark can trip the fund's inventory check: the queues its deleverages would walk, at the new mark
+        engine = copy.deepcopy(engine)
+        engine.marks[record.symbol] = record.mark_price
+        fund_state = engine.funds[engine.instruments[record.symbol].fund_id]
+        with localcontext(CONTEXT):
+            balance = engine.ledger.balance(ledger.fund(fund_state.spec.fund_id))
+            inventory = {"fund_id": fund_state.spec.fund_id, "net_qty": text(fund_state.net_qty(record.symbol)),
+                         "notional": text(money(engine.inventory_notional(fund_state))),
+                         "max_inventory_ratio": text(fund_state.spec.max_inventory_ratio), "balance": text(balance),
+                         "floor": text(engine.adl_policy.floor),
+                         "limit": text(money(fund_state.spec.max_inventory_ratio
+                                             * max(balance - engine.adl_policy.floor, Decimal(0))))}
+        return {"kind": "mark", "inventory_check": inventory,
+                "adl_queue_top10": [*_ranked(engine, record.symbol, "long"), *_ranked(engine, record.symbol, "short")]}
     if isinstance(record, FillEvent) and is_fund_account(record.account_id):
         fund_state = engine.funds.get(fund_id_of(record.account_id))
         spec = engine.instruments.get(record.symbol)
@@ -234,16 +262,7 @@ def _liquidation_inputs(engine: Engine, record: LiquidationEvent) -> dict[str, A
                     + (f"BP = |qty| x contract_size / (qty x contract_size / mark "
                        f"{'-' if valuation.value_long(position.qty > 0) else '+'} share)" if valuation.inverse else
                        f"BP = mark {'-' if position.qty > 0 else '+'} share / qty"))
-        opposite: Any = "short" if position.qty > 0 else "long"
-        queue = engine.adl_queue(record.symbol, opposite)
-        ranked = [{"rank": i, "account_id": r.position.account_id, "position": r.position.label,  # a hedge side
-                   "qty": text(r.position.qty),
-                   "entry_price": text(r.position.entry_price(valuation)),
-                   "bankruptcy_price": text(r.bankruptcy_price),
-                   "pnl_ratio": text(r.pnl_ratio),
-                   "leverage": text(leverage) if (leverage := r.leverage) is not None else "past its BP",
-                   "score": text(r.score), "quantile": adl.quantile(i, len(queue))}
-                  for i, r in enumerate(queue[:10], start=1)]
+        ranked = _ranked(engine, record.symbol, "short" if position.qty > 0 else "long")
     return {
         "account_before": account,
         "margin_view": {"margin_balance": text(money(view.margin_balance)),
@@ -255,6 +274,22 @@ def _liquidation_inputs(engine: Engine, record: LiquidationEvent) -> dict[str, A
         "adl_queue_top10": ranked,
         "fund_balance_before": text(engine.ledger.balance(ledger.fund(instrument.fund_id))),
     }
+
+
+def _ranked(engine: Engine, symbol: str, side: Literal["long", "short"]) -> list[dict[str, Any]]:
+    """The first ten of one side's ADL queue, with each one's score inputs."""
+    with localcontext(CONTEXT):
+        valuation = engine.instruments[symbol].valuation
+        queue = engine.adl_queue(symbol, side)
+        return [{"rank": i, "account_id": r.position.account_id, "side": side,
+                 "position": r.position.label,  # a hedge side
+                 "qty": text(r.position.qty),
+                 "entry_price": text(r.position.entry_price(valuation)),
+                 "bankruptcy_price": text(r.bankruptcy_price),
+                 "pnl_ratio": text(r.pnl_ratio),
+                 "leverage": text(leverage) if (leverage := r.leverage) is not None else "past its BP",
+                 "score": text(r.score), "quantile": adl.quantile(i, len(queue))}
+                for i, r in enumerate(queue[:10], start=1)]
 
 
 # How a deleverage's price is set, per the policy's price rule (docs/design.md §11.3)
@@ -287,6 +322,13 @@ def render_text(explanation: dict[str, Any]) -> str:
         lines.append(f"  fund balance before: {explanation['fund_balance_before']}")
     elif "rule" in explanation:
         lines.append(f"  rule: {explanation['rule']}")
+    check = explanation.get("inventory_check")
+    if check is not None and check["net_qty"] != "0":
+        over = Decimal(check["notional"]) > Decimal(check["limit"])
+        lines.append(f"  the fund's inventory at the new mark: fund {check['fund_id']} net {check['net_qty']}, "
+                     f"notional {check['notional']} against max_inventory_ratio {check['max_inventory_ratio']} x "
+                     f"(balance {check['balance']} - floor {check['floor']}) = {check['limit']}: "
+                     + ("over, the excess deleveraged" if over else "within, kept"))
     for entry in explanation["fund_ledger"]:
         lines.append(f"  fund {entry['fund_id']}: {entry['kind']} {entry['amount']} -> balance "
                      f"{entry['balance_after']} ({entry['id']})")
@@ -295,9 +337,13 @@ def render_text(explanation: dict[str, Any]) -> str:
         lines.append(f"  deleveraged ({PRICE_RULES[policy['price']]}"
                      + ("; a drawdown round at its reset proceeds" if "drawdown" in policy else "")
                      + ", in ADL-queue order):")
-        queue = {r["account_id"]: r for r in explanation.get("adl_queue_top10", [])}
+        for lot in explanation.get("lots_deleveraged", []):
+            lines.append(f"    the fund's lot of {lot['liquidation_id']} (journal seq {lot['seq']}, "
+                         f"{lot['liquidated_account']}): {lot['side']} {lot['qty']} {lot['symbol']}, bankruptcy "
+                         f"price {lot['bankruptcy_price']}")
+        queue = {(r["account_id"], r["side"]): r for r in explanation.get("adl_queue_top10", [])}
         for event in explanation["adl_events"]:
-            inputs = queue.get(event["account_id"])
+            inputs = queue.get((event["account_id"], event["side"]))
             # BitMEX's score is PnL% x leverage, or PnL% / leverage below 0 (§4); another rule's is neither
             joined = (", " if policy["rule"] != "bitmex" else " / " if inputs and inputs["pnl_ratio"].startswith("-")
                       else " x ")
