@@ -183,14 +183,14 @@ def _before(engine: Engine, record: Event) -> dict[str, Any]:
         # a mark can trip the fund's inventory check: the queues its deleverages would walk, at the new mark
         engine = copy.deepcopy(engine)
         engine.marks[record.symbol] = record.mark_price
-        fund_state = engine.funds[engine.instruments[record.symbol].fund_id]
+        inventory_fund = engine.funds[engine.instruments[record.symbol].fund_id]
         with localcontext(CONTEXT):
-            balance = engine.ledger.balance(ledger.fund(fund_state.spec.fund_id))
-            inventory = {"fund_id": fund_state.spec.fund_id, "net_qty": text(fund_state.net_qty(record.symbol)),
-                         "notional": text(money(engine.inventory_notional(fund_state))),
-                         "max_inventory_ratio": text(fund_state.spec.max_inventory_ratio), "balance": text(balance),
+            balance = engine.ledger.balance(ledger.fund(inventory_fund.spec.fund_id))
+            inventory = {"fund_id": inventory_fund.spec.fund_id, "net_qty": text(inventory_fund.net_qty(record.symbol)),
+                         "notional": text(money(engine.inventory_notional(inventory_fund))),
+                         "max_inventory_ratio": text(inventory_fund.spec.max_inventory_ratio), "balance": text(balance),
                          "floor": text(engine.adl_policy.floor),
-                         "limit": text(money(fund_state.spec.max_inventory_ratio
+                         "limit": text(money(inventory_fund.spec.max_inventory_ratio
                                              * max(balance - engine.adl_policy.floor, Decimal(0))))}
         return {"kind": "mark", "inventory_check": inventory,
                 "adl_queue_top10": [*_ranked(engine, record.symbol, "long"), *_ranked(engine, record.symbol, "short")]}
