@@ -137,6 +137,8 @@ def _lines(path: Path) -> list[str]:
     (EXAMPLES / "10-socialized-loss.jsonl", lambda out: (
         _summary_with(out, ("postings",), None), _summary_with(out, ("postings_head_hash",), None)),
      "summary.json: postings, postings_head_hash null: every replay writes a value"),
+    (ADL_EXAMPLE, lambda out: _summary_with(out, ("adl", "rounds"), "1"),
+     'summary.json: adl.rounds "1" is not a count'),
     # a fund cut from the summary still has its entries and postings
     (EXAMPLES / "06-bad-debt.jsonl", lambda out: _summary_with(out, ("funds",), {}),
      "summary.json: fund MAIN has ledger entries but is not among its funds"),

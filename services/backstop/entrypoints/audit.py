@@ -272,6 +272,9 @@ def verify_adl_files(out: Path, summary: dict[str, Any]) -> Outcome:
     for name, count in expected.items():
         if not (out / name).exists() and count is None:
             continue
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+            key = "adl.rounds" if name == "adl-rounds.jsonl" else "adl_quantiles"
+            return checked, f"summary.json: {key} {orjson.dumps(count).decode()[:40]} is not a count"
         try:
             records = read_stream(out, name)
         except OutputReadError as error:
