@@ -409,3 +409,26 @@ def test_a_fund_net_past_the_position_bounds_replays_alike(journal: Path, policy
     # and a snapshot of such a state resumes (backstop.wire.snapshot_state holds lots, not the net, to the bounds)
     snapshot = sorted((tmp_path / "whole" / "reference" / "snapshots").glob("*.json"))[-3]
     _run_both(journal, tmp_path / "resumed", adl_policy=PRESETS[policy], from_snapshot=snapshot)
+
+
+@pytest.mark.parametrize("policy", ["queue", "okx", "bybit"])
+@pytest.mark.parametrize(("qty", "price", "tick", "wallet"), [
+    ("999999999999", TINY, TINY, "9999999999999999"),  # equity 10^12 x the notional: one engine's float said -1.8e-4
+    ("3", "0.1", "0.1", "9999999999999999"),  # both engines' floats left A out
+])
+def test_a_score_whose_float_error_a_leverage_swamps_is_ranked_exactly(
+        policy: str, qty: str, price: str, tick: str, wallet: str, tmp_path: Path) -> None:
+    """A and B are short at the mark they sold at: both score exactly 0, so the larger, A, is deleveraged first. A
+    float score's uPnL (notional - cost, about 0) carries a rounding error that 1 / leverage (the equity over the
+    notional, here up to 10^12) scales past the index's margin: such a row is ranked exactly, never left out."""
+    journal = [fund("F", ratio="0"), instrument("S", fund_id="F", tick=tick, lot="1", fee_rate="0"),
+               transfer("dA", "A", wallet), transfer("dB", "B", wallet),
+               fill("a", "A", "sell", qty, price, symbol="S", leverage="1"),
+               fill("b", "B", "sell", "2", price, symbol="S", leverage="1"),
+               fill("l", "L", "buy", "1", price, symbol="S", mode="isolated", leverage="1"),
+               liquidation("x", "L", "1", price, symbol="S")]
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(lines(journal))
+    compiled = _run_both(path, tmp_path, adl_policy=PRESETS[policy])
+    events = [orjson.loads(line) for line in compiled["adl-events.jsonl"].splitlines()]
+    assert [event["account_id"] for event in events] == ["A"]

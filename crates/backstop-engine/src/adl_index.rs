@@ -30,6 +30,9 @@ pub const UNTRUSTED_EQUITY: f64 = 1e-6;
 /// |equity| below ROUNDING_SLACK x (1 + size): the rounding of the BP and of the equity share (under one quantum
 /// each) could move the exact score by half of RELATIVE_MARGIN or more.
 pub const ROUNDING_SLACK: f64 = 1e-8 * 2.0 / RELATIVE_MARGIN;
+/// A few units of rounding of a double (2.2e-16), relative: the cancellation in uPnL = notional - cost is this much
+/// of notional + cost, and a score scales it by the leverage (or its inverse).
+pub const FLOAT_ERROR: f64 = 1e-15;
 /// Candidates beyond this many are checked for rows exactly alike.
 pub const TIE_ROWS: usize = 256;
 /// Rows of the strided sample that sets the bar a partial sort runs behind.
@@ -316,8 +319,17 @@ fn score_row(size: f64, cost: f64, base: f64, mark: f64, short: bool) -> f64 {
     let numerator = upnl * if gaining { notional } else { equity };
     let denominator = cost * if gaining { equity } else { notional };
     let score = numerator / denominator;
-    let untrusted = if equity.abs() > bound { f64::NEG_INFINITY } else { f64::NAN };
-    if equity > bound { score } else { untrusted }
+    // a score far from its float's cancellation error: else (a leverage or its inverse of ~1e9 and more, an equity
+    // far above the notional) the row is ranked exactly, as one of equity near zero is
+    let noise = FLOAT_ERROR * (notional + cost) / cost * (notional / equity).max(equity / notional);
+    let trusted = equity > bound;
+    if trusted && noise <= ABSOLUTE_MARGIN / 2.0 {
+        score
+    } else if equity.abs() > bound && !trusted {
+        f64::NEG_INFINITY
+    } else {
+        f64::NAN // trusted but noisy, near zero, or B NaN (an `Exact` row)
+    }
 }
 
 /// score_row over a chunk of rows (no branch depends on the data, so the compiler vectorizes it).
@@ -742,9 +754,12 @@ mod tests {
 
     #[test]
     fn scores_follow_the_plain_formula() {
-        // a long in profit, one in loss, one past bankruptcy, one a hair above it
+        // a long in profit, one in loss, one past bankruptcy, one a hair above it; one whose equity is 10^12 its
+        // notional (the float's cancellation in uPnL, scaled by 1 / leverage, could swamp the margin)
         let cases = [(1.0, 50_000.0, 10_000.0, 55_000.0), (2.0, 110_000.0, 5_000.0, 50_000.0),
-                     (1.0, 50_000.0, 100.0, 49_000.0), (1.0, 50_000.0, 1e-8, 50_000.0)];
+                     (1.0, 50_000.0, 100.0, 49_000.0), (1.0, 50_000.0, 1e-8, 50_000.0),
+                     (999_999_999_999.0, 9_999.999_999_99, 1e16, 1e-8)];
+        assert!(score_row(1.0, 50_000.0, f64::NAN, 50_000.0, false).is_nan()); // an `Exact` row: always ranked
         for (size, cost, base, mark) in cases {
             let score = score_row(size, cost, base, mark, false);
             let upnl = size * mark - cost;
@@ -752,7 +767,10 @@ mod tests {
             let bound = ((base.abs() + size * mark + cost) * UNTRUSTED_EQUITY).max((1.0 + size) * ROUNDING_SLACK);
             let (ratio, leverage) = (upnl / cost, size * mark / equity);
             let want = if ratio < 0.0 { ratio / leverage } else { ratio * leverage };
-            if equity > bound {
+            let noise = FLOAT_ERROR * (size * mark + cost) / cost * leverage.max(1.0 / leverage);
+            if equity > bound && noise > ABSOLUTE_MARGIN / 2.0 {
+                assert!(score.is_nan(), "{score}");
+            } else if equity > bound {
                 assert!((score - want).abs() <= want.abs() * 1e-14, "{score} {want}");
             } else if equity.abs() <= bound {
                 assert!(score.is_nan());

@@ -5,6 +5,7 @@
 
 use crate::adl::Rule;
 use crate::adl_index::Row as IndexRow;
+use crate::adl_index::{FLOAT_ERROR, RELATIVE_MARGIN, ROUNDING_SLACK, UNTRUSTED_EQUITY};
 use crate::canonical::{self, write_int, J};
 use crate::json::write_string;
 use crate::engine::{exposure_at, quantile, Engine, Outputs, Ranked, SCHEMA_VERSION};
@@ -137,14 +138,11 @@ fn side_changes_exact(engine: &Engine, symbol: u32, side: Side) -> (Vec<Change>,
     (changes, view.stressed_size)
 }
 
-/// The float margins of backstop.core.adl_index and backstop.core.quantile_index: equity within `bound` of zero
-/// (or of the stress threshold) is decided exactly; beyond it a float score lies within RELATIVE_MARGIN x |score|
-/// (the rounded bankruptcy price and equity share), SCORE_ERROR (the quantum of an exact score) and the
-/// cancellation in uPnL = notional - cost (FLOAT_ERROR of notional + cost), which a leverage (or its inverse) scales.
-const RELATIVE_MARGIN: f64 = 1e-6;
-const UNTRUSTED_EQUITY: f64 = 1e-6;
-const ROUNDING_SLACK: f64 = 1e-8 * 2.0 / RELATIVE_MARGIN;
-const FLOAT_ERROR: f64 = 1e-15;
+// The float margins of crate::adl_index, as backstop.core.quantile_index uses them: equity within `bound` of zero
+// (or of the stress threshold) is decided exactly; beyond it a float score lies within RELATIVE_MARGIN x |score|
+// (the rounded bankruptcy price and equity share), SCORE_ERROR (the quantum of an exact score) and the
+// cancellation in uPnL = notional - cost (FLOAT_ERROR of notional + cost), which a leverage (or its inverse) scales.
+/// The quantum an exact score is rounded to.
 const SCORE_ERROR: f64 = 1e-12;
 
 /// A row of a group: its account, its key (float score, or uPnL / cost past bankruptcy), how far its exact score

@@ -14,7 +14,8 @@ lengthen the distance to the BP, by less than one price quantum plus one money q
 score overstates the exact one by a relative error below (1 + size) quanta over the equity. Rows whose float
 equity is too close to zero to trust or small enough for that error to matter, rows whose cost rounded away to
 zero, and accounts with cross positions in several symbols (their equity share depends on other marks), are always
-among the candidates. Rows exactly alike (same margin mode, size, cost and B)
+among the candidates, as are rows whose leverage (or its inverse) scales the float's rounding of uPnL = notional -
+cost past the margin. Rows exactly alike (same margin mode, size, cost and B)
 score exactly alike and queue by account id, so of many such rows only the first few by account id are candidates
 (`_Book.thin_ties`). The tests compare it with the full ranking.
 """
@@ -40,6 +41,9 @@ KindArray = npt.NDArray[np.int8]
 
 RELATIVE_MARGIN = 1e-6  # float scores are within ~1e-12 of the exact ones; this margin dwarfs that
 ABSOLUTE_MARGIN = 1e-6  # and the 1e-12 score quantum, which could make a just-excluded row tie
+# a few units of rounding of a double (2.2e-16), relative: the cancellation in uPnL = notional - cost is this much
+# of notional + cost, and a score scales it by the leverage (or its inverse)
+FLOAT_ERROR = 1e-15
 UNTRUSTED_EQUITY = 1e-6  # |equity| below this share of (|B| + notional + cost): the float sign may be wrong
 # |equity| below ROUNDING_SLACK x (1 + size): the rounding of the BP and of the equity share (under one quantum each)
 # could move the exact score by half of RELATIVE_MARGIN or more
@@ -270,6 +274,10 @@ def _score_chunk(size: FloatArray, cost: FloatArray, base: FloatArray, mark: flo
     bound[cost <= 0] = np.inf
     np.greater(equity, bound, out=trusted)  # clearly above bankruptcy (empty slots never are: EMPTY_ROW)
     np.less_equal(np.abs(equity, out=score), bound, out=untrusted)
+    # a score far from its float's cancellation error: else (a leverage or its inverse of ~1e9 and more, an equity
+    # far above the notional) the row is ranked exactly, as one of equity near zero is
+    noise = FLOAT_ERROR * (notional + cost) / cost * np.fmax(notional / equity, equity / notional)
+    amplified = trusted & ~(noise <= ABSOLUTE_MARGIN / 2)
     np.subtract(bound, equity, out=bound)  # negative exactly where trusted
     keep = np.right_shift(bound.view(np.int64), 63, out=bits)  # all ones where trusted
     ratio = np.divide(upnl, cost, out=upnl)
@@ -285,6 +293,10 @@ def _score_chunk(size: FloatArray, cost: FloatArray, base: FloatArray, mark: flo
     np.invert(keep, out=keep)
     keep &= _NEG_INF_BITS
     chosen |= keep  # -inf unless trusted
+    if amplified.any():
+        score[amplified] = -np.inf
+        trusted &= ~amplified
+        untrusted |= amplified
 
 
 def _head(score: FloatArray, top: int) -> npt.NDArray[np.intp]:

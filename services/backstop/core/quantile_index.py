@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from backstop.core.adl import Ranked
 from backstop.core.adl_index import (
+    FLOAT_ERROR,
     RELATIVE_MARGIN,
     ROUNDING_SLACK,
     UNITS_SPLIT,
@@ -38,7 +39,6 @@ from backstop.core.numbers import CONTEXT
 from backstop.core.quantiles import STRESS_LEVERAGE, is_stressed
 
 Ids = npt.NDArray[np.intp]  # a row: its slot (>= 0), or -1 - its index among the exactly ranked rows
-FLOAT_ERROR = 1e-15  # a few units of rounding of a double (2.2e-16), relative
 SCORE_ERROR = 1e-12  # the quantum an exact score is rounded to
 
 
