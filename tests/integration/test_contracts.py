@@ -72,6 +72,7 @@ class StoreUnderTest:
     other: Callable[[], Awaitable[LedgerStore]]  # a second session on the same database
     table: Callable[[str], Awaitable[list[tuple[Any, ...]]]]  # a projection table's rows, values made comparable
     delete_journal_row: Callable[[int], Awaitable[None]]  # as the journal's owner could (the seq's effects too)
+    end_lock_session: Callable[[int], Awaitable[None]]  # the session holding a lock killed (or its connection lost)
 
 
 def comparable(value: Any) -> Any:
@@ -105,7 +106,12 @@ async def under_test(request: pytest.FixtureRequest, databases: Any) -> AsyncIte
         async def memory_delete(seq: int) -> None:
             database.journal = [row for row in database.journal if row.seq != seq]
 
-        yield StoreUnderTest(MemoryStore(database), memory_other, memory_table, memory_delete)
+        store = MemoryStore(database)
+
+        async def memory_end_session(lock_id: int) -> None:
+            store.end_session(lock_id)
+
+        yield StoreUnderTest(store, memory_other, memory_table, memory_delete, memory_end_session)
         return
     dsn = await databases.create(f"_ct{secrets.token_hex(3)}")
     from backstop.adapters.postgres.migrations import migrate
@@ -138,8 +144,18 @@ async def under_test(request: pytest.FixtureRequest, databases: Any) -> AsyncIte
         finally:
             await connection.close()
 
+    async def pg_end_session(lock_id: int) -> None:
+        connection = await asyncpg.connect(dsn)
+        try:  # a bigint advisory key is (classid, objid) = its high and low 32 bits
+            ended = await connection.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid::bigint = $1 AND objid::bigint = $2", lock_id >> 32, lock_id & 0xFFFFFFFF)
+            assert ended == 1
+        finally:
+            await connection.close()
+
     try:
-        yield StoreUnderTest(opened[0], pg_other, pg_table, pg_delete)
+        yield StoreUnderTest(opened[0], pg_other, pg_table, pg_delete, pg_end_session)
     finally:
         for store in opened:
             await store.close()
@@ -455,6 +471,31 @@ async def test_a_lock_has_one_holder_and_a_second_waits(under_test: StoreUnderTe
         order.append("first leaves")
     await asyncio.wait_for(waiting, 30)
     assert order == ["first leaves", "second holds"]
+
+
+async def test_a_lock_whose_session_ended_is_lost_and_taken_by_the_standby(under_test: StoreUnderTest) -> None:
+    """A relay must not publish beside its successor: once the session holding its lock ended (killed, or the
+    connection lost), the lease says so, and the standby holds the lock."""
+    from backstop.service.ports import LockLost
+
+    first, second = under_test.store, await under_test.other()
+    taken = asyncio.Event()
+
+    async def standby() -> None:
+        async with second.hold_lock(45) as lease:
+            await lease.check()
+            taken.set()
+
+    async with first.hold_lock(45) as lease:
+        await lease.check()
+        waiting = asyncio.create_task(standby())
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        await under_test.end_lock_session(45)
+        await asyncio.wait_for(taken.wait(), 30)
+        with pytest.raises(LockLost, match="the session holding lock 45 ended"):
+            await lease.check()
+    await asyncio.wait_for(waiting, 30)
 
 
 async def test_a_lock_whose_unlock_failed_is_not_kept_by_the_pool(empty_database: str,

@@ -104,3 +104,46 @@ async def test_a_standby_worker_takes_over_when_the_active_one_dies(
     took_over_at = int(re.findall(r"ledger processor ready at seq (\d+)", (tmp_path / "standby.log").read_text())[0])
     assert 300 <= took_over_at < (await stored(reference_dsn))["journal"], "the standby did not take over mid-stream"
     await assert_same_outcome(reference, shared)
+
+
+async def test_a_relay_whose_lock_session_ends_stops_publishing_beside_the_standby(
+        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
+    """The relay's lock ends with its session (killed here; a connection lost alike) while its process runs on: the
+    standby's relay takes the lock and publishes, and the first must not go on publishing the same rows."""
+    import asyncpg
+
+    from backstop.adapters.postgres.store import RELAY_LOCK
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from journal_gen import generate
+
+    journal = tmp_path / "journal.jsonl"
+    generate(journal, events=4000, seed=13)
+    reference, shared = await two_runs(databases, kafka_bootstrap, f"{topic_prefix}l", journal, input_partitions=3,
+                                       batch_max_records=20, relay_batch=50)
+    reference_dsn, shared_dsn = reference.dsn(), shared.dsn()
+    async with in_process(reference) as (processor, _):
+        await wait_caught_up(reference_dsn, ends=await input_ends(reference), timeout=300)
+        await wait_projections(processor)
+
+    active = ServeProcess(shared, tmp_path / "active.log")
+    active.wait_healthy()
+    standby = ServeProcess(shared, tmp_path / "standby.log")
+    try:
+        await until_seq(shared_dsn, 300)
+        owner = await asyncpg.connect(shared_dsn)
+        try:  # the relay lock's session ended (a bigint advisory key: classid, objid = its high, low 32 bits)
+            assert await owner.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid::bigint = $1 AND objid::bigint = $2", RELAY_LOCK >> 32, RELAY_LOCK & 0xFFFFFFFF) == 1
+        finally:
+            await owner.close()
+        await wait_caught_up(shared_dsn, ends=await input_ends(shared), timeout=300)
+        await asyncio.to_thread(active.wait_projections)
+        await asyncio.sleep(2.0)  # both relays' rounds, whichever holds the lock
+        assert active.process.poll() is None and standby.process.poll() is None
+    finally:
+        active.stop()
+        standby.stop()
+    await assert_same_outcome(reference, shared)  # no record published twice
+    assert "LockLost" in (tmp_path / "active.log").read_text()

@@ -321,9 +321,11 @@ fn score_row(size: f64, cost: f64, base: f64, mark: f64, short: bool) -> f64 {
     let score = numerator / denominator;
     // a score far from its float's cancellation error: else (a leverage or its inverse of ~1e9 and more, an equity
     // far above the notional) the row is ranked exactly, as one of equity near zero is
-    let noise = FLOAT_ERROR * (notional + cost) / cost * (notional / equity).max(equity / notional);
+    // (FLOAT_ERROR (notional + cost) / cost x max(leverage, 1 / leverage) <= ABSOLUTE_MARGIN / 2, without a division)
+    let quiet = FLOAT_ERROR * (notional + cost) * (notional * notional).max(equity * equity)
+        <= ABSOLUTE_MARGIN / 2.0 * cost * notional * equity;
     let trusted = equity > bound;
-    if trusted && noise <= ABSOLUTE_MARGIN / 2.0 {
+    if trusted && quiet {
         score
     } else if equity.abs() > bound && !trusted {
         f64::NEG_INFINITY

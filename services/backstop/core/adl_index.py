@@ -276,8 +276,10 @@ def _score_chunk(size: FloatArray, cost: FloatArray, base: FloatArray, mark: flo
     np.less_equal(np.abs(equity, out=score), bound, out=untrusted)
     # a score far from its float's cancellation error: else (a leverage or its inverse of ~1e9 and more, an equity
     # far above the notional) the row is ranked exactly, as one of equity near zero is
-    noise = FLOAT_ERROR * (notional + cost) / cost * np.fmax(notional / equity, equity / notional)
-    amplified = trusted & ~(noise <= ABSOLUTE_MARGIN / 2)
+    # (FLOAT_ERROR (notional + cost) / cost x max(leverage, 1 / leverage) <= ABSOLUTE_MARGIN / 2, without a division)
+    quiet = (FLOAT_ERROR * (notional + cost) * np.fmax(notional * notional, equity * equity)
+             <= ABSOLUTE_MARGIN / 2 * cost * notional * equity)
+    amplified = trusted & ~quiet
     np.subtract(bound, equity, out=bound)  # negative exactly where trusted
     keep = np.right_shift(bound.view(np.int64), 63, out=bits)  # all ones where trusted
     ratio = np.divide(upnl, cost, out=upnl)

@@ -19,7 +19,16 @@ from typing import Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from aiokafka.partitioner import murmur2
 
-from backstop.adapters.postgres.store import OUTBOX, TABLE_SOURCES, Head, OutboxRow, RefreshCopy, StaleRow
+from backstop.adapters.postgres.store import (
+    OUTBOX,
+    TABLE_SOURCES,
+    Head,
+    OutboxRow,
+    RefreshCopy,
+    StaleRow,
+)
+from backstop.adapters.postgres.store import Lease as Lease  # the stores' (re-exported: a port's type)
+from backstop.adapters.postgres.store import LockLost as LockLost
 from backstop.core.dedupe import HeldRow
 from backstop.pipeline.ingest import BatchResult, Consumed
 from backstop.pipeline.projections import Projections
@@ -162,8 +171,9 @@ class LedgerStore(Protocol):
         """Rows not yet published, over every source."""
         ...
 
-    def hold_lock(self, lock_id: int) -> AbstractAsyncContextManager[None]:
-        """One holder per database and lock id; a second waits here (a standby). The lock dies with the session."""
+    def hold_lock(self, lock_id: int) -> AbstractAsyncContextManager[Lease]:
+        """One holder per database and lock id; a second waits here (a standby). The lock dies with the session,
+        which the lease yielded checks."""
         ...
 
 

@@ -172,6 +172,8 @@ class OutboxRelay(SupervisedLoop):
                 self.rounds[origin] += 1
                 metrics.RELAY_ROUNDS.labels(origin).inc()
                 pending = rows.without_published(counts, published_up_to) if published_up_to else rows
+                if self.lease is not None:  # a relay whose lock ended must not publish beside its successor
+                    await self.lease.check()
                 sent = await publisher.send(Outgoing(pending))
                 if sent:
                     faults.reached("relay_after_send")

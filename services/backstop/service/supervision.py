@@ -10,12 +10,12 @@ import logging
 
 from backstop.core.errors import InvariantViolation
 from backstop.service import metrics
-from backstop.service.ports import InputGap, InputPartitionsGrew, LedgerStore
+from backstop.service.ports import InputGap, InputPartitionsGrew, Lease, LedgerStore, LockLost
 
 log = logging.getLogger("backstop.service")
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
-_SAID_IN_FULL = (InputGap, InputPartitionsGrew)  # their message is the whole story: no traceback in the log
+_SAID_IN_FULL = (InputGap, InputPartitionsGrew, LockLost)  # their message is the whole story: no traceback
 
 
 class SupervisedLoop:
@@ -24,6 +24,7 @@ class SupervisedLoop:
 
     def __init__(self, store: LedgerStore) -> None:
         self.store = store
+        self.lease: Lease | None = None  # the lock, while run_locked runs
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -55,7 +56,8 @@ class SupervisedLoop:
     async def run(self) -> None:
         """Run once, holding this loop's lock (a second instance waits here as a standby)."""
         log.info("%s: waiting for its lock (one per database)", self.name)
-        async with self.store.hold_lock(self.lock_id):
+        async with self.store.hold_lock(self.lock_id) as lease:
+            self.lease = lease
             await self.run_locked()
 
     async def run_locked(self) -> None:

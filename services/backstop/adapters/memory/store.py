@@ -22,6 +22,8 @@ from backstop.adapters.postgres.store import (
     OUTBOX,
     TABLE_SOURCES,
     Head,
+    Lease,
+    LockLost,
     OutboxRow,
     RefreshCopy,
     StaleRow,
@@ -44,6 +46,16 @@ from backstop.pipeline.ingest import (
 from backstop.pipeline.projections import Projections, Rows
 from backstop.pipeline.topics import TopicNames
 from backstop.service.ports import Partition, RowList
+
+
+@dataclass(frozen=True, slots=True)
+class _MemoryLease:
+    store: Any  # the MemoryStore holding the lock
+    lock_id: int
+
+    async def check(self) -> None:
+        if self.store.db.locks.get(self.lock_id) is not self.store:
+            raise LockLost(f"the session holding lock {self.lock_id} ended")
 
 GENESIS = "0" * 64
 HELD_KEYS_CHUNK = 65_536  # key digests per chunk handed to held_keys' sink, as a COPY streams them
@@ -438,9 +450,16 @@ class MemoryStore:
         return sum(1 for row in db.outbox if row.id > cursor) + sum(
             len(db.relayed[source]) - db.relay_cursors[source] for source in TABLE_SOURCES)
 
+    def end_session(self, lock_id: int) -> None:
+        """What a killed session or a lost connection does to PostgreSQL's advisory lock: it is gone, and a standby
+        waiting for it takes it."""
+        if lock_id in self.db.locks:
+            del self.db.locks[lock_id]
+            self.db.released().set()
+
     # ---------------------------------------------------------------- one holder per lock
     @contextlib.asynccontextmanager
-    async def hold_lock(self, lock_id: int) -> AsyncIterator[None]:
+    async def hold_lock(self, lock_id: int) -> AsyncIterator[Lease]:
         db = self.db
         while True:
             await self._at("lock")
@@ -451,7 +470,7 @@ class MemoryStore:
             await released.wait()
         db.locks[lock_id] = self
         try:
-            yield
+            yield _MemoryLease(self, lock_id)
         finally:
             if db.locks.get(lock_id) is self:
                 del db.locks[lock_id]

@@ -16,7 +16,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice, repeat
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import asyncpg
 import numpy as np
@@ -48,6 +48,36 @@ if TYPE_CHECKING:  # the ports name this module's types
 
 WRITER_LOCK = 0x62616B77726974  # one ledger processor per database
 RELAY_LOCK = 0x62616B72656C61  # one outbox relay per database
+
+
+class LockLost(Exception):
+    """The session that held this instance's lock ended (killed, or its connection lost): another instance may hold
+    the lock now, and this one must not act as its holder."""
+
+
+class Lease(Protocol):
+    """A lock held: `check` raises LockLost unless it still is (the relay asks before each publish)."""
+
+    async def check(self) -> None: ...
+
+
+LEASE_CHECK_S = 5.0  # a lock's session that does not answer within this is taken as lost
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionLease:
+    connection: Any  # the pool's connection that took the lock
+    lock_id: int
+
+    async def check(self) -> None:
+        """A session advisory lock lives exactly as long as its session: one round trip on that connection."""
+        try:
+            async with asyncio.timeout(LEASE_CHECK_S):
+                await self.connection.fetchval("SELECT 1")
+        except Exception as error:  # whatever fails it (a killed session can leave the protocol in a state asyncpg
+            # calls internal), the lock cannot be taken as held
+            raise LockLost(f"the session holding lock {self.lock_id} ended ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else 'no answer'})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -698,20 +728,21 @@ class Store:
         return None if row is None else f"{table} row {row['position']} ({row['id']})"
 
     @contextlib.asynccontextmanager
-    async def hold_lock(self, lock_id: int) -> AsyncIterator[None]:
+    async def hold_lock(self, lock_id: int) -> AsyncIterator[Lease]:
         """A session advisory lock, on a connection of its own: one holder per database, a second waits here (a
-        standby); the lock dies with its session."""
+        standby); the lock dies with its session, which the lease checks."""
         async with self.pool.acquire() as connection:
             await connection.execute("SELECT pg_advisory_lock($1)", lock_id)
             try:
-                yield
+                yield _SessionLease(connection, lock_id)
             finally:
                 try:
                     await connection.execute("SELECT pg_advisory_unlock($1)", lock_id)
                 except BaseException as error:
                     # the pool keeps a released connection's session as it is (_session_kept): one that may still
-                    # hold the lock is ended, and its session with it
-                    connection.terminate()
+                    # hold the lock is ended, and its session with it (a connection already lost is gone already)
+                    with contextlib.suppress(asyncpg.InterfaceError):
+                        connection.terminate()
                     if not isinstance(error, (asyncpg.InterfaceError, asyncpg.PostgresError, OSError)):
                         raise  # after a database crash there is nothing left to unlock
 
