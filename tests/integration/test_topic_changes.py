@@ -147,6 +147,27 @@ async def test_an_input_topic_created_again_holds_the_processor_until_it_is_told
         assert processor.progress.last_error is None
 
 
+async def test_an_input_topic_never_read_and_created_again_is_read_from_its_start_without_a_hold(
+        kafka_bootstrap: str, topic_prefix: str, migrated_database: str) -> None:
+    """The example has no funding: the funding topic's positions are stored at 0 (read empty), and nothing of the
+    old topic can be passed over: the new one is read from its start."""
+    settings, _ = await example_applied(settings_for(kafka_bootstrap, migrated_database, f"{topic_prefix}never."),
+                                        migrated_database)
+    funding = TopicNames(settings.topic_prefix).input("funding")
+    connection = await asyncpg.connect(migrated_database)
+    try:
+        stored = await connection.fetch("SELECT next_offset FROM consumed_offsets WHERE topic = $1", funding)
+    finally:
+        await connection.close()
+    assert stored and all(row["next_offset"] == 0 for row in stored)
+    await asyncio.to_thread(recreate_topic, kafka_bootstrap, funding, 1)
+    await send(kafka_bootstrap, funding, [orjson.dumps({"ts": T0 + 60_000, "symbol": "ETHUSDT", "rate": "0.0001",
+                                                        "mark_price": "1510"})])
+    async with in_process(settings) as (processor, _):
+        await wait_caught_up(migrated_database, applied=10)
+        assert processor.progress.last_error is None
+
+
 async def test_a_stored_position_beyond_a_partition_s_end_holds_until_the_log_reaches_it_even_told_to_skip(
         kafka_bootstrap: str, topic_prefix: str, migrated_database: str) -> None:
     settings, transfers = await example_applied(settings_for(kafka_bootstrap, migrated_database,

@@ -243,10 +243,10 @@ class LedgerProcessor(SupervisedLoop):
         ids = await consumer.topic_ids(self.topics.inputs)
         stored = await self.store.input_topic_ids()
         for topic in sorted(topic for topic, topic_id in ids.items() if stored.get(topic, topic_id) != topic_id):
-            read = ", ".join(f"[{number}] {offset}" for (name, number), offset in sorted(offsets.items())
-                             if name == topic)
-            if not read:  # nothing of the old topic was stored: the new one is read from its start
-                continue
+            positions = [(number, offset) for (name, number), offset in sorted(offsets.items()) if name == topic]
+            if not any(offset > 0 for _, offset in positions):  # none of the old topic's records was stored (at most
+                continue  # positions at 0, stored for partitions read empty): the new one is read from its start
+            read = ", ".join(f"[{number}] {offset}" for number, offset in positions)
             said = (f"input topic {topic} was deleted and created again (its id was {stored[topic]}, now "
                     f"{ids[topic]}) after the service read the old one up to the positions stored (next offsets: "
                     f"{read})")
