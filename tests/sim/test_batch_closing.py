@@ -99,3 +99,52 @@ def test_a_record_that_arrives_during_a_commit_joins_the_next_batch() -> None:
     """F1 came while F0 committed, F2 before F0 landed: both are in the batch that closes once F0 has landed. (A
     batch closed at once would have committed F1 alone and F2 after it.)"""
     assert asyncio.run(batches_committed()) == [[0], [1, 2]]
+
+
+async def lag_while_a_commit_is_held() -> tuple[float | None, float | None]:
+    """F0 and F1 fetched and applied, their commit held: the lag counts them until it lands."""
+    from backstop.service import metrics
+
+    broker = MemoryBroker()
+    for topic in (*TOPICS.inputs, *TOPICS.outputs):
+        broker.create(topic, 1)
+    store = HeldStore(MemoryDatabase())
+    consumers: list[MemoryConsumer] = []
+
+    def consumer(_: Settings) -> MemoryConsumer:
+        consumers.append(MemoryConsumer(broker))
+        return consumers[-1]
+
+    async def offload(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return func(*args, **kwargs)
+
+    runtime = Runtime(consumer=consumer, publisher=lambda _: MemoryPublisher(broker),
+                      background=lambda kind, errors: Inline(kind, errors), offload=offload)
+    processor = LedgerProcessor(Settings(topic_prefix="t.", batch_max_wait_ms=5, adl_quantiles=False), store, runtime)
+    funds = TOPICS.input("fund"), 0
+
+    def lag() -> float | None:
+        return metrics.REGISTRY.get_sample_value("backstop_consumer_lag", {"topic": funds[0], "partition": "0"})
+
+    task = asyncio.create_task(processor.run_forever())
+    try:
+        await until(lambda: processor.progress.ready)
+        broker.append(*funds, b"F0", fund(0))
+        broker.append(*funds, b"F1", fund(1))
+        await until(lambda: store.entered == 1 and consumers[-1].position[funds] == 2)
+        for _ in range(50):  # fetches go on while the commit is held
+            await asyncio.sleep(0.002)
+        held = lag()
+        store.gate.set()
+        await until(lambda: sum(map(len, store.batches)) == 2)
+        await until(lambda: lag() == 0)
+        return held, lag()
+    finally:
+        processor.stop()
+        await task
+
+
+def test_the_consumer_lag_counts_records_fetched_until_their_batch_has_committed() -> None:
+    """backstop_consumer_lag is records not yet applied (docs/operations.md): a batch applied in memory whose commit
+    has not landed (or fails, as when the service cannot write) still counts, so BackstopStalled can fire."""
+    assert asyncio.run(lag_while_a_commit_is_held()) == (2.0, 0.0)

@@ -289,6 +289,7 @@ class LedgerRun:
         self.gathered: list[Consumed] = []  # released in merge order, waiting for the committer (`merge`)
         # per partition, the offset the last batch stores, and the offsets the next one may store (`merge`)
         self.stored: dict[Partition, int] = {}
+        self.committed: dict[Partition, int] = {}  # per partition, the offset after the last record committed
         self.reached: dict[Partition, int] = {}
         self.quiet_since: float | None = None  # the loop's clock when the input went quiet (None: not quiet)
         self.state_hashed_at = -1
@@ -307,7 +308,7 @@ class LedgerRun:
                     assigned: tuple[dict[Partition, int], dict[Partition, int]]) -> None:
         """`offsets`: as stored; `assigned`: the consumer's positions and ends (Consumer.assign)."""
         positions, ends = assigned
-        self.stored = dict(offsets)
+        self.stored, self.committed = dict(offsets), {**positions, **offsets}
         for partition in sorted(positions):
             self.merger.assign(partition, positions[partition])
             self.merger.confirm_end(partition, ends[partition])
@@ -388,7 +389,9 @@ class LedgerRun:
                 gauge = lag.get(partition)
                 if gauge is None:
                     gauge = lag[partition] = metrics.CONSUMER_LAG.labels(partition[0], str(partition[1]))
-                gauge.set(end - fetched.positions.get(partition, end))
+                # not yet applied and committed: fetched and waiting in the merge buffer, or in a batch that has
+                # not landed (or fails), counts too
+                gauge.set(end - self.committed.get(partition, fetched.positions.get(partition, end)))
         metrics.MERGE_BUFFERED.set(merger.buffered)
         unconfirmed = merger.unconfirmed()
         if unconfirmed:
@@ -572,6 +575,7 @@ class LedgerRun:
         if pending.stamps is not None:
             trace.batch({**pending.stamps, "commit_start": commit_start, "committed": trace.now()})
         self.on_commit(committed)
+        self.committed.update(pending.result.next_offsets)
         faults.reached("after_commit")
         if pending.consumed:  # not for rows written alone (projections that waited)
             self._observe(pending, commit_s=time.perf_counter() - committing_at)
