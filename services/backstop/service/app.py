@@ -154,9 +154,9 @@ def create_app(settings: Settings) -> faust.App:
     async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         processor: LedgerProcessor | None = state.get("processor")
         relay: OutboxRelay | None = state.get("relay")
-        ready = bool(processor and processor.progress.ready and relay and relay.ready)
+        ready = bool(processor and processor.progress.ready and relay and relay.healthy)
         body = {"status": "ok" if ready else "starting", "ledger_ready": bool(processor and processor.progress.ready),
-                "relay_ready": bool(relay and relay.ready), "seq": processor.progress.seq if processor else 0,
+                "relay_ready": bool(relay and relay.healthy), "seq": processor.progress.seq if processor else 0,
                 "last_error": processor.progress.last_error if processor else None,
                 "projections_refreshed_seq": processor.progress.refreshed_seq if processor else 0,
                 "projections_due_seq": processor.progress.refresh_due_seq if processor else 0,

@@ -32,6 +32,35 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(document, default=str).decode()
 
 
+class RepeatLimit(logging.Filter):
+    """A library's line (aiokafka, kafka-python, faust) that repeats within REPEAT_WINDOW_S of the last one it let
+    through is dropped and counted; the next one let through carries `repeated`: how many were dropped before it.
+    (aiokafka logs a missing topic on every metadata refresh: tens of thousands of lines a minute.)"""
+
+    REPEAT_WINDOW_S = 1.0
+    LIBRARIES = ("aiokafka", "kafka", "faust", "mode")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # (logger, line) -> (time let through, dropped)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.LIBRARIES) or record.exc_info:
+            return True
+        key = (record.name, record.getMessage())
+        last = self._last.get(key)
+        if last is not None and record.created - last[0] < self.REPEAT_WINDOW_S:
+            self._last[key] = (last[0], last[1] + 1)
+            return False
+        if last is not None and last[1]:
+            fields = getattr(record, "fields", None)
+            record.fields = {**(fields if isinstance(fields, dict) else {}), "repeated": last[1]}
+        if len(self._last) > 1024:  # only lines seen lately are kept
+            self._last.clear()
+        self._last[key] = (record.created, 0)
+        return True
+
+
 class _LoggedStream(io.TextIOBase):
     """sys.stdout or sys.stderr as a logger: every line written (a library's print) becomes a JSON line."""
 
@@ -64,6 +93,7 @@ def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     target = stream if stream is not None else sys.__stderr__
     handler = logging.StreamHandler(target)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RepeatLimit())
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 
@@ -79,6 +80,10 @@ HANDED_MAX = 64  # batches handed over and not yet published: beyond, they are d
 # one that meets a commit landing reads that batch back. A processor in another process (after a failover) is seen
 # by the first poll after its last hand-off.
 HANDED_POLL_S = 1.0
+# Rows waiting at two looks this far apart and no round landed: the relay is stuck (Kafka refuses or does not
+# answer, or it keeps failing): the backlog gauge is read from the store, as no round sets it, and /health says the
+# relay is not ready.
+STUCK_AFTER_S = 5.0
 
 
 class OutboxRelay(SupervisedLoop):
@@ -100,6 +105,37 @@ class OutboxRelay(SupervisedLoop):
         self._handed_lately = False  # the last wake handed a batch over (the store is polled only every HANDED_POLL_S)
         self._cursors: dict[str, int] = {}  # each source's place published up to, as stored
         self.rounds: Counter[str] = Counter()  # rounds with rows, by where they came from: "handed" or "read"
+        self._landed_at = time.monotonic()  # when the last round landed (or the relay started): for health only
+        self.stuck = False  # rows waited at two looks STUCK_AFTER_S apart, and no round landed
+        self._waited = False
+
+    @property
+    def healthy(self) -> bool:
+        return self.ready and not self.stuck
+
+    async def run_forever(self) -> None:
+        watcher = asyncio.create_task(self._watch())
+        try:
+            await super().run_forever()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _watch(self) -> None:
+        """While no round lands, the backlog as the store counts it, every STUCK_AFTER_S (rounds set it otherwise)."""
+        while True:
+            await asyncio.sleep(STUCK_AFTER_S)
+            if time.monotonic() - self._landed_at < STUCK_AFTER_S:
+                self.stuck = self._waited = False
+                continue
+            try:
+                backlog = await self.store.outbox_backlog()
+            except Exception:  # the store away too: the loops say why; the gauge keeps its last value
+                continue
+            metrics.OUTBOX_BACKLOG.set(backlog)
+            # rows waiting at two looks in a row with no round between (not rows a commit wrote just now)
+            self.stuck, self._waited = backlog > 0 and self._waited, backlog > 0
 
     def wake(self, committed: Committed | None = None) -> None:
         """A batch was committed by the processor in this process: `committed`, what it wrote for the relay (None:
@@ -142,7 +178,7 @@ class OutboxRelay(SupervisedLoop):
             self._handed.clear()
             self._taking, self._unread = True, True
             self._cursors = await self.store.published_places()
-            self.ready = True
+            self.ready, self._landed_at = True, time.monotonic()
             await checkpoint("relay_start")
             tracing = settings.trace_stages
             while not self.stopping:
@@ -181,6 +217,7 @@ class OutboxRelay(SupervisedLoop):
                 acked = trace.now() if tracing else 0.0
                 sent_up_to = dict(rows.last_of_each_source())
                 await self.store.mark_published(sent_up_to)
+                self._landed_at, self.stuck = time.monotonic(), False
                 for source, last in sent_up_to.items():
                     self._cursors[source] = max(self._cursors.get(source, last), last)
                 if published_up_to:
