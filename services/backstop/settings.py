@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -101,6 +101,13 @@ class Settings(BaseSettings):
 
     def owner_dsn(self) -> str:
         return self.pg_owner_dsn.get_secret_value()
+
+    @field_validator("anchor_key_file", mode="before")
+    @classmethod
+    def _key_file_named(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():  # Path("") would be the current directory
+            raise ValueError("is empty: unset it to run without an anchor key, or name the key file")
+        return value
 
     def anchor(self) -> Anchor | None:
         """The anchor key and adoption, or None when no key file is set. Raises AnchorKeyError (one line)."""

@@ -395,6 +395,7 @@ def test_an_interrupt_that_c_code_turned_into_its_own_error_is_still_an_interrup
     ("BACKSTOP_WEB_PORT", "x", ["db", "migrate"], "Input should be a valid integer"),
     ("BACKSTOP_INPUT_GAP", "maybe", ["serve"], "Input should be 'refuse' or 'skip'"),
     ("BACKSTOP_BATCH_MAX_RECORDS", "-5", ["serve"], "Input should be greater than or equal to 1"),
+    ("BACKSTOP_ANCHOR_KEY_FILE", "", ["serve"], "Value error, is empty: unset it to run without an anchor key"),
 ])
 def test_a_setting_the_settings_refuse_is_one_line_naming_the_variable(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str,

@@ -64,3 +64,32 @@ async def test_an_error_restarts_the_loop(monkeypatch: pytest.MonkeyPatch) -> No
     loop: Any = _FailsOnce()
     await asyncio.wait_for(loop.run_forever(), 5)
     assert loop.runs == 2 and [str(e) for e in loop.errors] == ["lost"]
+
+
+class _FailsAfterRuns(_CleanupFails):
+    """Fails four times at once, then once after a long (healthy) run, then stops."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def run_locked(self) -> None:
+        self.runs += 1
+        if self.runs == 5:
+            self.clock[0] += supervision.HEALTHY_RUN_S  # this run lasts a minute
+        if self.runs <= 5:
+            raise ConnectionError(f"failure {self.runs}")
+        self.stop()
+
+
+async def test_a_failure_after_a_healthy_run_waits_the_first_backoff_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(supervision.time, "monotonic", lambda: clock[0])
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(supervision.asyncio, "sleep", sleep)
+    await asyncio.wait_for(_FailsAfterRuns(clock).run_forever(), 5)
+    assert waits == [0.5, 1.0, 2.0, 4.0, 0.5]

@@ -221,6 +221,7 @@ class LedgerProcessor(SupervisedLoop):
             assigned = await consumer.assign(self.topics.inputs, offsets)
             engine, head, snapshot_seq = await rebuild(self.store, check_conservation=settings.check_conservation,
                                                        adl_quantiles=settings.adl_quantiles, engine=settings.engine)
+            self.progress.snapshot_seq = max(self.progress.snapshot_seq, snapshot_seq)  # one stored before a start
             self.current = run = LedgerRun(self, consumer, engine, head, snapshot_seq)
             await run.start(offsets, assigned)
             while not self.stopping:
@@ -576,6 +577,8 @@ class LedgerRun:
             trace.batch({**pending.stamps, "commit_start": commit_start, "committed": trace.now()})
         self.on_commit(committed)
         self.committed.update(pending.result.next_offsets)
+        if self.progress.last_error is not None:  # applying again: /health's last_error is the current trouble only
+            self.progress.last_error = None
         faults.reached("after_commit")
         if pending.consumed:  # not for rows written alone (projections that waited)
             self._observe(pending, commit_s=time.perf_counter() - committing_at)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from backstop.core.errors import InvariantViolation
 from backstop.service import metrics
@@ -15,6 +16,7 @@ from backstop.service.ports import InputGap, InputPartitionsGrew, Lease, LedgerS
 log = logging.getLogger("backstop.service")
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
+HEALTHY_RUN_S = 60.0  # a run that lasted this long before it failed was healthy: the next backoff is the first
 _SAID_IN_FULL = (InputGap, InputPartitionsGrew, LockLost)  # their message is the whole story: no traceback
 
 
@@ -37,6 +39,7 @@ class SupervisedLoop:
     async def run_forever(self) -> None:
         backoff = BACKOFF_FIRST_S
         while not self.stopping:
+            started = time.monotonic()
             try:
                 await self.run()
                 return
@@ -48,6 +51,8 @@ class SupervisedLoop:
                     raise asyncio.CancelledError(f"{self.name} was cancelled") from error
                 self.on_error(error)
                 metrics.RESTARTS.labels(self.name).inc()
+                if time.monotonic() - started >= HEALTHY_RUN_S:  # a failure after a healthy run starts afresh
+                    backoff = BACKOFF_FIRST_S
                 log.warning("%s failed (%s: %s); restarting in %.1fs", self.name, type(error).__name__, error,
                             backoff, exc_info=None if isinstance(error, _SAID_IN_FULL) else error)
                 await asyncio.sleep(backoff)
