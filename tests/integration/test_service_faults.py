@@ -72,20 +72,28 @@ async def test_postgres_crash_and_broker_restart_mid_stream_lose_nothing(
     assert "failed" in log  # it did see the faults (and restarted its loops)
 
 
-async def test_a_standby_worker_takes_over_when_the_active_one_dies(
-        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
+async def reference_run_beside_a_shared_one(tmp_path: Path, kafka_bootstrap: str, prefix: str, databases: Any, *,
+                                            seed: int, **options: Any) -> tuple[Any, Any]:
+    """A generated journal of 4,000 events on two databases: applied whole by an in-process service on the first
+    (the reference), waiting on the second for the services under test."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from journal_gen import generate
 
     journal = tmp_path / "journal.jsonl"
-    generate(journal, events=4000, seed=12)
-    reference, shared = await two_runs(databases, kafka_bootstrap, f"{topic_prefix}w", journal, input_partitions=3,
-                                       batch_max_records=20)
-    reference_dsn, shared_dsn = reference.dsn(), shared.dsn()
+    generate(journal, events=4000, seed=seed)
+    reference, shared = await two_runs(databases, kafka_bootstrap, prefix, journal, input_partitions=3,
+                                       batch_max_records=20, **options)
     async with in_process(reference) as (processor, _):
-        await wait_caught_up(reference_dsn, ends=await input_ends(reference), timeout=300)
+        await wait_caught_up(reference.dsn(), ends=await input_ends(reference), timeout=300)
         await wait_projections(processor)
+    return reference, shared
 
+
+async def test_a_standby_worker_takes_over_when_the_active_one_dies(
+        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
+    reference, shared = await reference_run_beside_a_shared_one(tmp_path, kafka_bootstrap, f"{topic_prefix}w",
+                                                                databases, seed=12)
+    reference_dsn, shared_dsn = reference.dsn(), shared.dsn()
     active = ServeProcess(shared, tmp_path / "active.log")
     active.wait_healthy()
     standby = ServeProcess(shared, tmp_path / "standby.log")  # joins once the first holds the lock
@@ -114,18 +122,9 @@ async def test_a_relay_whose_lock_session_ends_stops_publishing_beside_the_stand
 
     from backstop.adapters.postgres.store import RELAY_LOCK
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from journal_gen import generate
-
-    journal = tmp_path / "journal.jsonl"
-    generate(journal, events=4000, seed=13)
-    reference, shared = await two_runs(databases, kafka_bootstrap, f"{topic_prefix}l", journal, input_partitions=3,
-                                       batch_max_records=20, relay_batch=50)
-    reference_dsn, shared_dsn = reference.dsn(), shared.dsn()
-    async with in_process(reference) as (processor, _):
-        await wait_caught_up(reference_dsn, ends=await input_ends(reference), timeout=300)
-        await wait_projections(processor)
-
+    reference, shared = await reference_run_beside_a_shared_one(tmp_path, kafka_bootstrap, f"{topic_prefix}l",
+                                                                databases, seed=13, relay_batch=50)
+    shared_dsn = shared.dsn()
     active = ServeProcess(shared, tmp_path / "active.log")
     active.wait_healthy()
     standby = ServeProcess(shared, tmp_path / "standby.log")

@@ -55,12 +55,10 @@ async def until(condition: Callable[[], bool], seconds: float = 30) -> None:
             await asyncio.sleep(0.001)
 
 
-async def batches_committed() -> list[list[int]]:
-    """Fund F0 is applied and its commit held; F1 is fetched meanwhile, then F2 is appended; then the commits land."""
+def held_processor() -> tuple[MemoryBroker, HeldStore, list[MemoryConsumer], LedgerProcessor]:
+    """A processor on the in-memory ports whose commits wait for the store's gate; the consumers it opened."""
     broker = MemoryBroker()
-    for topic in TOPICS.inputs:
-        broker.create(topic, 1)
-    for topic in TOPICS.outputs:
+    for topic in (*TOPICS.inputs, *TOPICS.outputs):
         broker.create(topic, 1)
     store = HeldStore(MemoryDatabase())
     consumers: list[MemoryConsumer] = []
@@ -75,7 +73,12 @@ async def batches_committed() -> list[list[int]]:
     runtime = Runtime(consumer=consumer, publisher=lambda _: MemoryPublisher(broker),
                       background=lambda kind, errors: Inline(kind, errors), offload=offload)
     settings = Settings(topic_prefix="t.", batch_max_wait_ms=5, adl_quantiles=False)
-    processor = LedgerProcessor(settings, store, runtime)
+    return broker, store, consumers, LedgerProcessor(settings, store, runtime)
+
+
+async def batches_committed() -> list[list[int]]:
+    """Fund F0 is applied and its commit held; F1 is fetched meanwhile, then F2 is appended; then the commits land."""
+    broker, store, consumers, processor = held_processor()
     task = asyncio.create_task(processor.run_forever())
     try:
         await until(lambda: processor.progress.ready)
@@ -105,22 +108,7 @@ async def lag_while_a_commit_is_held() -> tuple[float | None, float | None]:
     """F0 and F1 fetched and applied, their commit held: the lag counts them until it lands."""
     from backstop.service import metrics
 
-    broker = MemoryBroker()
-    for topic in (*TOPICS.inputs, *TOPICS.outputs):
-        broker.create(topic, 1)
-    store = HeldStore(MemoryDatabase())
-    consumers: list[MemoryConsumer] = []
-
-    def consumer(_: Settings) -> MemoryConsumer:
-        consumers.append(MemoryConsumer(broker))
-        return consumers[-1]
-
-    async def offload(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        return func(*args, **kwargs)
-
-    runtime = Runtime(consumer=consumer, publisher=lambda _: MemoryPublisher(broker),
-                      background=lambda kind, errors: Inline(kind, errors), offload=offload)
-    processor = LedgerProcessor(Settings(topic_prefix="t.", batch_max_wait_ms=5, adl_quantiles=False), store, runtime)
+    broker, store, consumers, processor = held_processor()
     funds = TOPICS.input("fund"), 0
 
     def lag() -> float | None:

@@ -298,6 +298,11 @@ def test_outputs_of_a_stored_journal_are_held_to_the_journal_apart_from_what_the
     assert summary["carried"] == {"duplicates": 2, "rejected": 1, "conflicting_duplicates": 0, "dead_letters": 1}
     code, text = verify(out, ADL_EXAMPLE, capsys)
     assert code == 0 and "summary.json: every field as the replay of the journal gives it" in text, text
+    # and the answer says what it set aside
+    assert "dead-letter.jsonl: all 0 records re-derived from the journal (the service's 1 before them set aside" \
+        in text
+    assert "(the service's counts set aside: conflicting_duplicates 0, dead_letters 1, duplicates 2, rejected 1)" \
+        in text
     _set(out / "summary.json", "duplicates", summary["duplicates"] + 1)
     code, text = verify(out, ADL_EXAMPLE, capsys)
     assert code == 1 and "summary.json: duplicates 3 but the replay of the journal gives 2" in text, text
@@ -407,21 +412,3 @@ def test_a_replay_from_a_snapshot_is_held_to_a_replay_from_the_same_snapshot(
     (tail / "summary.json").write_text(json.dumps(summary))
     code, text = verify(tail, ADL_EXAMPLE, capsys)
     assert code == 1 and message in text, text
-
-
-def test_the_service_s_dead_letters_set_aside_are_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from backstop.adapters.journal_file import read_journal
-    from backstop.entrypoints.replay import Carried, ReplayOptions, replay_lines
-
-    lines = [raw for _, raw in read_journal(ADL_EXAMPLE)]
-    letter = {"kind": "invalid", "reason": "invalid JSON", "raw": "{", "source_topic": "backstop.fills",
-              "source_partition": 0, "source_offset": 7}
-    out = tmp_path / "stored"
-    replay_lines(ReplayOptions(journal=None, out=out), lambda skip: list(enumerate(lines, start=1))[skip:],
-                 sum(len(raw) + 1 for raw in lines), carried=Carried(2, 1, [letter]))
-    code, text = verify(out, ADL_EXAMPLE, capsys)
-    assert code == 0, text
-    assert "dead-letter.jsonl: all 0 records re-derived from the journal (the service's 1 before them set aside" \
-        in text
-    assert "(the service's counts set aside: conflicting_duplicates 0, dead_letters 1, duplicates 2, rejected 1)" \
-        in text
