@@ -6,6 +6,7 @@ Run on the in-memory ports; the simulator checks that the outputs never depend o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,7 +20,7 @@ from backstop.pipeline.projections import Projections
 from backstop.pipeline.topics import TopicNames
 from backstop.service.forked import Inline
 from backstop.service.ledger_loop import LedgerProcessor
-from backstop.service.ports import Runtime
+from backstop.service.ports import Fetched, Runtime
 from backstop.settings import Settings
 
 T = TypeVar("T")
@@ -136,3 +137,52 @@ def test_the_consumer_lag_counts_records_fetched_until_their_batch_has_committed
     """backstop_consumer_lag is records not yet applied (docs/operations.md): a batch applied in memory whose commit
     has not landed (or fails, as when the service cannot write) still counts, so BackstopStalled can fire."""
     assert asyncio.run(lag_while_a_commit_is_held()) == (2.0, 0.0)
+
+
+class _MarkerAfter(MemoryConsumer):
+    """Once `marker` is set, the funds partition's log has one more offset, a transaction's marker the consumer
+    passes over (it hands over no record for it)."""
+
+    marker = False
+
+    async def fetch(self, **options: Any) -> Fetched:
+        fetched = await super().fetch(**options)
+        funds = TOPICS.input("fund"), 0
+        if not self.marker or fetched.records or funds not in fetched.ends:
+            return fetched
+        self.position[funds] = fetched.ends[funds] + 1
+        return Fetched(fetched.records, {**fetched.positions, funds: self.position[funds]},
+                       {**fetched.ends, funds: self.position[funds]})
+
+
+async def lag_after_a_marker_on_a_quiet_input() -> float | None:
+    from backstop.service import metrics
+
+    broker, store, _, processor = held_processor()
+    store.gate.set()
+    consumers: list[_MarkerAfter] = []
+
+    def consumer(_: Settings) -> _MarkerAfter:
+        consumers.append(_MarkerAfter(broker))
+        return consumers[-1]
+
+    processor.runtime = dataclasses.replace(processor.runtime, consumer=consumer)
+    funds = TOPICS.input("fund"), 0
+    task = asyncio.create_task(processor.run_forever())
+    try:
+        await until(lambda: processor.progress.ready)
+        broker.append(*funds, b"F0", fund(0))
+        await until(lambda: processor.progress.seq == 1)
+        consumers[-1].marker = True
+        await until(lambda: consumers[-1].position[funds] == 2)
+        for _ in range(20):  # fetches go on over the quiet input
+            await asyncio.sleep(0.005)
+        return metrics.REGISTRY.get_sample_value("backstop_consumer_lag", {"topic": funds[0], "partition": "0"})
+    finally:
+        processor.stop()
+        await task
+
+
+def test_the_consumer_lag_is_0_past_a_marker_no_batch_stores() -> None:
+    """A transaction's marker fetched after the last batch closed, the input quiet: nothing waits, lag 0."""
+    assert asyncio.run(lag_after_a_marker_on_a_quiet_input()) == 0.0

@@ -412,3 +412,19 @@ def test_a_replay_from_a_snapshot_is_held_to_a_replay_from_the_same_snapshot(
     (tail / "summary.json").write_text(json.dumps(summary))
     code, text = verify(tail, ADL_EXAMPLE, capsys)
     assert code == 1 and message in text, text
+
+
+@pytest.mark.parametrize(("cut", "every", "options"), [
+    (False, "10", ["--adl-quantiles"]),  # the snapshot taken with quantile points, resumed with them
+    (True, "19", []),  # the snapshot on the journal's last line, which ends the file without a line break
+])
+def test_outputs_resumed_from_a_snapshot_verify_against_their_journal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], cut: bool, every: str, options: list[str]) -> None:
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(ADL_EXAMPLE.read_bytes().removesuffix(b"\n") if cut else ADL_EXAMPLE.read_bytes())
+    whole, tail = tmp_path / "whole", tmp_path / "tail"
+    assert main(["replay", str(journal), "--out", str(whole), "--snapshot-every", every, *options]) == 0
+    snapshot = whole / "snapshots" / f"snapshot-{int(every):012d}.json"
+    assert main(["replay", str(journal), "--out", str(tail), "--from-snapshot", str(snapshot), *options]) == 0
+    code, text = verify(tail, journal, capsys)
+    assert code == 0 and f"(from a snapshot of it at seq {every}, as these outputs were made)" in text, text

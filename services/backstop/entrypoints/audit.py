@@ -153,17 +153,16 @@ def resumed_summary(journal: Path, summary: dict[str, Any], engine: EngineName, 
 
     start = summary["from_snapshot"]
     seq, line = start["seq"], start["input_line"]
-    try:
-        raw = journal.read_bytes()
+    head = scratch / "to-snapshot.jsonl"
+    try:  # its first `line` lines, byte for byte (the last may end the file without a line break)
+        with journal.open("rb") as source, head.open("wb") as target:
+            for _ in range(line):
+                text = source.readline()
+                if not text:
+                    raise Unreproducible(f"from_snapshot: input_line {line}, but the journal has fewer lines")
+                target.write(text)
     except OSError as error:
         raise AuditError(f"cannot read {journal}: {error.strerror or error}") from None
-    end = -1
-    for _ in range(line):
-        end = raw.find(b"\n", end + 1)
-        if end < 0:
-            raise Unreproducible(f"from_snapshot: input_line {line}, but the journal has fewer lines")
-    head = scratch / "to-snapshot.jsonl"
-    head.write_bytes(raw[:end + 1])
     adl = summary.get("adl")
     full = isinstance(adl, dict) and adl.get("metrics") == "full"
     try:
@@ -175,8 +174,10 @@ def resumed_summary(journal: Path, summary: dict[str, Any], engine: EngineName, 
             raise Unreproducible(f"from_snapshot: seq {seq} at input_line {line}, but the journal's first {line} "
                                  f"lines apply another number of events")
         result = replay(ReplayOptions(journal=journal, out=scratch / "resumed", from_snapshot=snapshot,
-                                      engine=engine, full_adl_metrics=full))
+                                      engine=engine, adl_quantiles=quantile_points(summary), full_adl_metrics=full))
     except ReplayError as error:
+        if error.exit_code == 2:  # the journal or the scratch directory cannot be read or written
+            raise AuditError(f"replaying {journal} from a snapshot: {error}") from None
         raise Unreproducible(f"from_snapshot: a replay from a snapshot at seq {seq} fails: {error}") from None
     del result
     try:

@@ -322,8 +322,9 @@ def render_text(explanation: dict[str, Any]) -> str:
         lines.append(f"  fund balance before: {explanation['fund_balance_before']}")
     elif "rule" in explanation:
         lines.append(f"  rule: {explanation['rule']}")
-    check = explanation.get("inventory_check")
-    if check is not None and check["net_qty"] != "0":
+    check, policy = explanation.get("inventory_check"), explanation["adl_policy"]
+    # the fund's own trigger on a mark: not under socialized, nor under Bybit's drawdown trigger (design §11)
+    if check is not None and check["net_qty"] != "0" and policy["rule"] != "socialized" and "drawdown" not in policy:
         over = Decimal(check["notional"]) > Decimal(check["limit"])
         lines.append(f"  the fund's inventory at the new mark: fund {check['fund_id']} net {check['net_qty']}, "
                      f"notional {check['notional']} against max_inventory_ratio {check['max_inventory_ratio']} x "

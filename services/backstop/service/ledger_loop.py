@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -309,7 +309,7 @@ class LedgerRun:
                     assigned: tuple[dict[Partition, int], dict[Partition, int]]) -> None:
         """`offsets`: as stored; `assigned`: the consumer's positions and ends (Consumer.assign)."""
         positions, ends = assigned
-        self.stored, self.committed = dict(offsets), {**positions, **offsets}
+        self.stored, self.committed = dict(offsets), dict(positions)
         for partition in sorted(positions):
             self.merger.assign(partition, positions[partition])
             self.merger.confirm_end(partition, ends[partition])
@@ -387,12 +387,12 @@ class LedgerRun:
             lag = self._lag
             for partition, end in fetched.ends.items():
                 merger.observe_end(partition, end)
+            applied = self._applied_up_to(fetched.ends)
+            for partition, end in fetched.ends.items():
                 gauge = lag.get(partition)
                 if gauge is None:
                     gauge = lag[partition] = metrics.CONSUMER_LAG.labels(partition[0], str(partition[1]))
-                # not yet applied and committed: fetched and waiting in the merge buffer, or in a batch that has
-                # not landed (or fails), counts too
-                gauge.set(end - self.committed.get(partition, fetched.positions.get(partition, end)))
+                gauge.set(end - applied.get(partition, fetched.positions.get(partition, end)))
         metrics.MERGE_BUFFERED.set(merger.buffered)
         unconfirmed = merger.unconfirmed()
         if unconfirmed:
@@ -403,6 +403,21 @@ class LedgerRun:
                 return
             for partition, end in ends.items():
                 merger.confirm_end(partition, end)
+
+    def _applied_up_to(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        """Per partition, the offset below which every record is applied and committed (the lag counts from it): the
+        last batch committed's, or, where nothing of the partition is buffered, released or in a batch not landed,
+        the offset its fetch reached (past a transaction's marker no batch will store)."""
+        reached, gathered = self.merger.reached(), {(c.topic, c.partition) for c in self.gathered}
+        result = {}
+        for partition in partitions:
+            committed = self.committed.get(partition)
+            if committed is None:
+                continue
+            idle = (partition in reached and partition not in gathered
+                    and self.stored.get(partition, committed) == committed)
+            result[partition] = max(committed, reached[partition]) if idle else committed
+        return result
 
     def merge(self) -> list[Consumed]:
         """The next batch in merge order, as far as the order is decided (backstop.pipeline.merge). Caught up, a

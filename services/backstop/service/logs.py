@@ -38,7 +38,7 @@ class RepeatLimit(logging.Filter):
     (aiokafka logs a missing topic on every metadata refresh: tens of thousands of lines a minute.)"""
 
     REPEAT_WINDOW_S = 1.0
-    LIBRARIES = ("aiokafka", "kafka", "faust", "mode")
+    LIBRARIES = ("aiokafka", "kafka", "faust", "mode.")  # mode: faust's service framework
 
     def __init__(self) -> None:
         super().__init__()

@@ -179,6 +179,7 @@ class OutboxRelay(SupervisedLoop):
             self._taking, self._unread = True, True
             self._cursors = await self.store.published_places()
             self.ready, self._landed_at = True, time.monotonic()
+            self.stuck = self._waited = False  # what it saw as a standby, or before a restart, is not this run's
             await checkpoint("relay_start")
             tracing = settings.trace_stages
             while not self.stopping:

@@ -63,7 +63,10 @@ class SupervisedLoop:
         log.info("%s: waiting for its lock (one per database)", self.name)
         async with self.store.hold_lock(self.lock_id) as lease:
             self.lease = lease
-            await self.run_locked()
+            try:
+                await self.run_locked()
+            finally:
+                self.lease = None
 
     async def run_locked(self) -> None:
         raise NotImplementedError
