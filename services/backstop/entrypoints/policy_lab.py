@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from backstop.adapters.files import OutputError, staged_dir, write_json
-from backstop.core.adl_policy import PRESETS
+from backstop.core.adl_policy import ALIASES, PRESETS
 from backstop.engines import EngineName
 from backstop.entrypoints.whatif import WHATIF_OUTPUTS
 from backstop.scenarios import RunMetrics, Scenario, WhatIfError, WhatIfFile, read_records, run_scenario
@@ -23,6 +23,7 @@ DEFAULT_POLICIES = ("queue", "pro_rata", "capped_pro_rata", "min_max_leverage", 
 
 # (row, the figure's path in a run's metrics): the fairness of each policy, then what it cost the funds.
 ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("liquidations", ("liquidations",)),  # differ between policies where a simulation's cascade does
     ("ADL rounds", ("adl", "rounds")),
     ("  of them without a taker", ("adl", "rounds_without_takers")),
     ("ADL events", ("adl_events",)),
@@ -44,7 +45,7 @@ ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def parse_policies(text: str) -> list[str]:
     """`queue,pro_rata,...`: known preset names, each once, in the order given."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
+    names = [ALIASES.get(name.strip(), name.strip()) for name in text.split(",") if name.strip()]  # bitmex: queue
     unknown = [name for name in names if name not in PRESETS]
     if unknown or not names:
         raise WhatIfError(f"--policies: unknown ADL policy {', '.join(unknown) or '(none given)'}: choose from "
@@ -55,6 +56,11 @@ def parse_policies(text: str) -> list[str]:
 
 
 def _figure(run: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The figure, or "-" where there is none (no round); an over-use without a need but with a haircut taken is
+    "all overshoot" (H / B with B = 0, design §11.4)."""
+    if path == ("adl", "over_use") and _figure(run, path[:1]) != "-" and run["adl"].get("over_use") is None \
+            and run["adl"].get("haircut") not in (None, "0"):
+        return "all overshoot"
     value: Any = run
     for key in path:
         if not isinstance(value, dict) or value.get(key) is None:
