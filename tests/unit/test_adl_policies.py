@@ -241,6 +241,29 @@ def test_a_lot_retried_without_a_taker_counts_its_deficit_once(tmp_path: Path, e
             adl["over_use"]) == (5, 4, "50", "49", "50", "1.020408163265")
 
 
+# the stuck lot, but a short of 4 stands when it is liquidated: the first round closes 4 of 10, the rest waits
+PART_TAKEN = [*STUCK_LOT[:4],
+              {"type": "transfer", "ts": 1760126400000, "transfer_id": "d-S0", "account_id": "S0", "asset": "USDT",
+               "amount": "1000"},
+              {"type": "fill", "ts": 1760126401000, "fill_id": "f-S0", "account_id": "S0", "symbol": "XUSDT",
+               "side": "sell", "qty": "4", "price": "100", "fee": "0", "margin_mode": "isolated", "leverage": "2"},
+              *STUCK_LOT[4:7], *STUCK_LOT[10:]]
+
+
+def test_a_round_that_closes_part_of_a_lot_counts_the_deficit_of_that_part(tmp_path: Path, engine: str) -> None:
+    """Round 1 asks for 10 (D = 50) and closes 4: it adds 4/10 of D = 20, and its need at the fund's 1, 19. Round
+    2 closes the other 6 (D = 6 x 90 - 6 x 85 = 30, B = 29). The lot's deficit, 50, is counted once."""
+    journal = tmp_path / "part.jsonl"
+    journal.write_text("".join(json.dumps(record) + "\n" for record in PART_TAKEN))
+    out = tmp_path / "out"
+    assert main(["replay", str(journal), "--out", str(out), "--engine", engine]) == 0
+    rounds = [json.loads(line) for line in (out / "adl-rounds.jsonl").read_text().splitlines()]
+    assert [(r["qty"], r["closed"], r["deficit"], r["needed"]) for r in rounds] == [
+        ("10", "4", "50", "49"), ("6", "6", "30", "29")]
+    adl = json.loads((out / "summary.json").read_text())["adl"]
+    assert (adl["deficit"], adl["needed"]) == ("50", "48")
+
+
 def test_an_older_summary_without_rounds_without_takers_verifies_where_there_were_none(tmp_path: Path) -> None:
     """A summary written before rounds without a taker were counted apart has no rounds_without_takers: where the
     journal has none its sums are the same and it verifies against the journal; where it has some they differ, and

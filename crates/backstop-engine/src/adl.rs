@@ -514,6 +514,10 @@ pub fn needed(deficit: Wide, balance: I256, floor: i128) -> Wide {
 pub struct Round {
     pub deficit: Wide,
     pub needed: Wide,
+    /// what a run sums: the deficit of the qty the round closed (the rest, retried, is counted when it is taken)
+    /// and its need
+    pub counted_deficit: Wide,
+    pub counted_needed: Wide,
     pub haircut: Wide,
     pub worst_share: Wide,
     pub inversions: Option<(u64, u64, u64)>,
@@ -592,7 +596,12 @@ pub fn write_round(out: &mut Vec<u8>, names: &crate::ledger::Names, id: &str, se
     ]);
     crate::canonical::write(out, &record);
     out.push(b'\n');
-    Round { deficit, needed: need, haircut, worst_share: worst, inversions: counted }
+    let counted_deficit = match start.qty {
+        Some(wanted) if closed != wanted && wanted > 0 => crate::engine::share_wide(deficit, S16, closed, wanted),
+        _ => deficit,
+    };
+    let counted_needed = needed(counted_deficit, start.fund_balance, start.floor);
+    Round { deficit, needed: need, counted_deficit, counted_needed, haircut, worst_share: worst, inversions: counted }
 }
 
 // ------------------------------------------------------------------------------------------------ a run
@@ -630,10 +639,10 @@ impl RunTotals {
         if hits.is_empty() {
             self.rounds_without_takers += 1;
         } else {
-            self.deficit = wadd(self.deficit, round.deficit);
-            self.needed = wadd(self.needed, round.needed);
+            self.deficit = wadd(self.deficit, round.counted_deficit);
+            self.needed = wadd(self.needed, round.counted_needed);
             self.haircut = wadd(self.haircut, round.haircut);
-            self.overshoot = wadd(self.overshoot, wsub(round.haircut, round.needed).max(Wide::ZERO));
+            self.overshoot = wadd(self.overshoot, wsub(round.haircut, round.counted_needed).max(Wide::ZERO));
         }
         if socialized {
             self.socialized = wadd(self.socialized, round.haircut);

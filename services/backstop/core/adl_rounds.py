@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from typing import Any
 
-from backstop.core.numbers import CONTEXT, MONEY_QUANTUM, ZERO, money, ratio, text
+from backstop.core.numbers import CONTEXT, MONEY_QUANTUM, ZERO, money, ratio, share, text
 from backstop.core.records import SCHEMA_VERSION
 
 EPSILON = MONEY_QUANTUM  # the worst share's epsilon: x / (u + 1e-8), so that a profit of 0 divides
@@ -59,6 +59,10 @@ class Round:
     deficit: Decimal  # exact, as are needed and haircut (the record holds them rounded)
     needed: Decimal
     haircut: Decimal
+    # what a run sums: the deficit of the qty the round closed (the rest, retried, is counted when it is taken), and
+    # its need
+    counted_deficit: Decimal
+    counted_needed: Decimal
     hits: tuple[Hit, ...]
     eligible: tuple[Figures, ...] | None  # full metrics only
     inversions: tuple[int, int, int] | None  # (by profit, by leverage, pairs), full metrics only
@@ -197,8 +201,11 @@ def build(*, round_id: str, seq: int, ts: int, policy: str, start: RoundStart, d
         record["hits"] = [{"account_id": h.figures.account_id, "qty": h.qty, "haircut": money(h.haircut),
                            "profit": money(h.figures.profit), "leverage": h.figures.leverage,
                            "pnl_pct": h.figures.pnl_pct} for h in hits]
-    return Round(record, deficit_, need, haircut, tuple(hits), tuple(eligible) if eligible is not None else None,
-                 counted)
+    wanted = start.qty
+    counted_deficit = deficit_ if wanted is None or closed == wanted or wanted <= 0 else share(deficit_, closed, wanted)
+    counted_needed = needed(counted_deficit, start.fund_balance, start.floor)
+    return Round(record, deficit_, need, haircut, counted_deficit, counted_needed, tuple(hits),
+                 tuple(eligible) if eligible is not None else None, counted)
 
 
 # --------------------------------------------------------------------------------------------------- a run
@@ -238,10 +245,10 @@ class RunTotals:
         if not round_.hits:
             self.rounds_without_takers += 1
         else:
-            self.deficit += round_.deficit
-            self.needed += round_.needed
+            self.deficit += round_.counted_deficit
+            self.needed += round_.counted_needed
             self.haircut += round_.haircut
-            self.overshoot += max(round_.haircut - round_.needed, ZERO)
+            self.overshoot += max(round_.haircut - round_.counted_needed, ZERO)
         if record["trigger"] == "socialized":
             self.socialized += round_.haircut
         self.worst_share = max(self.worst_share, record["worst_share"])
