@@ -157,6 +157,15 @@ def test_okx_deleverages_at_the_mark_while_the_fund_can_pay_above_its_floor(tmp_
         assert figures(round_) == ("30", "10", "30", "20", "3", "0.333333333289")
 
 
+@pytest.mark.parametrize(("options", "name"), [(["--adl-policy", "bybit"], "bybit"),
+                                               (["--adl-policy", "pro_rata", "--adl-drawdown", "0.3"],
+                                                "pro_rata+drawdown")])
+def test_a_round_names_the_rule_under_the_drawdown_trigger(tmp_path: Path, engine: str, options: list[str],
+                                                           name: str) -> None:
+    out = replay(tmp_path, engine, "09-bybit-drawdown.jsonl", *options)
+    assert {r["policy"] for r in out["adl-rounds"]} == {name}
+
+
 def test_bybit_resets_the_price_so_that_the_drawdown_stops_at_30_percent(tmp_path: Path, engine: str) -> None:
     # examples/09: pool POOL holds 1,000. M's isolated long 100 @ 100 (10x, BP 90) is liquidated at 86: the lot costs
     # 9,000 and is worth 8,600. The symbol's fund PnL would fall from 0 to -400, below 0 - 0.3 x 1,000 = -300: the

@@ -91,7 +91,15 @@ impl Policy {
 
     pub fn name(&self) -> &'static str {
         if self.drawdown.is_some() {
-            return "bybit";
+            // Bybit's trigger over the queue is Bybit's; over another rule, that rule with the trigger
+            return match self.rule {
+                Rule::Bitmex => "bybit",
+                Rule::Binance => "binance+drawdown",
+                Rule::ProRata => "pro_rata+drawdown",
+                Rule::CappedProRata => "capped_pro_rata+drawdown",
+                Rule::MinMaxLeverage => "min_max_leverage+drawdown",
+                Rule::Socialized => "socialized+drawdown", // refused when read: never deleverages
+            };
         }
         if self.price == Price::Floor && self.rule == Rule::Bitmex {
             return "okx";

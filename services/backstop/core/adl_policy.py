@@ -76,9 +76,10 @@ class AdlPolicy:
 
     @property
     def name(self) -> str:
-        """The preset this policy is (or starts from): queue, binance, ..., bybit, okx."""
+        """The preset this policy is (or starts from): queue, binance, ..., bybit, okx; Bybit's drawdown trigger over
+        another rule than the queue is that rule's name with +drawdown."""
         if self.drawdown is not None:
-            return "bybit"
+            return "bybit" if self.rule == "bitmex" else f"{self.rule}+drawdown"
         if self.price == "floor" and self.rule == "bitmex":
             return "okx"
         return "queue" if self.rule == "bitmex" else self.rule
