@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from backstop.entrypoints.cli import main
+from scenario import fill, fund, instrument, liquidation, mark, transfer
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -163,33 +165,21 @@ def test_the_text_says_the_price_rule_and_score_of_the_policy(
     assert inputs in "\n".join(lines[at + 1:at + 3]), out
 
 
+T0 = 1760000000000
 _FUND_AND_TRADES = [
-    {"type": "fund", "ts": 1760000000000, "fund_id": "F", "settle_asset": "USDT", "surplus": "fund",
-     "max_inventory_ratio": "1"},
-    {"type": "instrument", "ts": 1760000000000, "symbol": "XUSDT", "settle_asset": "USDT", "tick_size": "0.01",
-     "lot_size": "0.001", "tiers": [{"max_notional": "100000", "mmr": "0.01"}], "liquidation_fee_rate": "0.005",
-     "fund_id": "F"},
-    {"type": "transfer", "ts": 1760000000000, "transfer_id": "top", "account_id": "fund:F", "asset": "USDT",
-     "amount": "1000"},
-    {"type": "transfer", "ts": 1760000000000, "transfer_id": "da", "account_id": "a", "asset": "USDT", "amount": "200"},
-    {"type": "transfer", "ts": 1760000000000, "transfer_id": "db", "account_id": "b", "asset": "USDT",
-     "amount": "3000"},
-    {"type": "transfer", "ts": 1760000000000, "transfer_id": "ds", "account_id": "s", "asset": "USDT",
-     "amount": "5000"},
-    {"type": "fill", "ts": 1760000001000, "fill_id": "fa", "account_id": "a", "symbol": "XUSDT", "side": "buy",
-     "qty": "2", "price": "400", "fee": "0", "margin_mode": "isolated", "leverage": "4"},
-    {"type": "fill", "ts": 1760000001000, "fill_id": "fb", "account_id": "b", "symbol": "XUSDT", "side": "buy",
-     "qty": "10", "price": "450", "fee": "0", "margin_mode": "isolated", "leverage": "1.5"},
-    {"type": "fill", "ts": 1760000001000, "fill_id": "fs", "account_id": "s", "symbol": "XUSDT", "side": "sell",
-     "qty": "3", "price": "700", "fee": "0", "margin_mode": "cross", "leverage": "5"},
-    {"type": "mark", "ts": 1760000060000, "symbol": "XUSDT", "mark_price": "290"},
+    fund("F", ts=T0), instrument("XUSDT", fund_id="F", tiers=(("100000", "0.01", None),), ts=T0),
+    transfer("top", "fund:F", "1000", ts=T0), transfer("da", "a", "200", ts=T0), transfer("db", "b", "3000", ts=T0),
+    transfer("ds", "s", "5000", ts=T0),
+    fill("fa", "a", "buy", "2", "400", symbol="XUSDT", mode="isolated", leverage="4", ts=T0 + 1000),
+    fill("fb", "b", "buy", "10", "450", symbol="XUSDT", mode="isolated", leverage="1.5", ts=T0 + 1000),
+    fill("fs", "s", "sell", "3", "700", symbol="XUSDT", leverage="5", ts=T0 + 1000),
+    mark("290", symbol="XUSDT", ts=T0 + 60_000),
     # the fund keeps a's lot (bankruptcy price 400 - 200 / 2 = 300)
-    {"type": "liquidation", "ts": 1760000060500, "liquidation_id": "liq-a", "account_id": "a", "symbol": "XUSDT",
-     "qty": "2", "mark_price": "290"},
+    liquidation("liq-a", "a", "2", "290", symbol="XUSDT", ts=T0 + 60_500),
 ]
 
 
-def _journal(tmp_path: Path, *records: dict[str, object]) -> Path:
+def _journal(tmp_path: Path, *records: dict[str, Any]) -> Path:
     path = tmp_path / "journal.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in [*_FUND_AND_TRADES, *records]))
     return path
@@ -199,10 +189,9 @@ def test_a_deleverage_of_an_earlier_liquidation_s_lot_names_that_lot(tmp_path: P
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """b's liquidation leaves the fund below zero, which deleverages the lot a's liquidation left: its price is a's
     bankruptcy price (300), not b's (150)."""
-    journal = _journal(tmp_path, {"type": "mark", "ts": 1760000180000, "symbol": "XUSDT", "mark_price": "149"},
-                       {"type": "liquidation", "ts": 1760000180500, "liquidation_id": "liq-b", "account_id": "b",
-                        "symbol": "XUSDT", "qty": "10", "mark_price": "149", "executions": [{"qty": "10",
-                                                                                             "price": "40"}]})
+    journal = _journal(tmp_path, mark("149", symbol="XUSDT", ts=T0 + 180_000),
+                       liquidation("liq-b", "b", "10", "149", symbol="XUSDT", executions=[("10", "40")],
+                                   ts=T0 + 180_500))
     code, out, _ = explain(capsys, "adl-13-0", "--journal", str(journal))
     assert code == 0, out
     assert "bankruptcy price 150 (isolated: BP = entry - margin / |qty| = 450 - 3000 / 10)" in out
@@ -212,7 +201,7 @@ def test_a_deleverage_of_an_earlier_liquidation_s_lot_names_that_lot(tmp_path: P
 
 def test_a_deleverage_on_a_mark_shows_the_inventory_check_and_the_score_inputs(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    journal = _journal(tmp_path, {"type": "mark", "ts": 1760000120000, "symbol": "XUSDT", "mark_price": "600"})
+    journal = _journal(tmp_path, mark("600", symbol="XUSDT", ts=T0 + 120_000))
     code, out, _ = explain(capsys, "adl-12-0", "--journal", str(journal))
     assert code == 0, out
     assert ("the fund's inventory at the new mark: fund F net 2, notional 1200 against max_inventory_ratio 1 x "

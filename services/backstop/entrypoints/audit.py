@@ -173,13 +173,12 @@ def resumed_summary(journal: Path, summary: dict[str, Any], engine: EngineName, 
         if not snapshot.exists():
             raise Unreproducible(f"from_snapshot: seq {seq} at input_line {line}, but the journal's first {line} "
                                  f"lines apply another number of events")
-        result = replay(ReplayOptions(journal=journal, out=scratch / "resumed", from_snapshot=snapshot,
-                                      engine=engine, adl_quantiles=quantile_points(summary), full_adl_metrics=full))
+        replay(ReplayOptions(journal=journal, out=scratch / "resumed", from_snapshot=snapshot, engine=engine,
+                             adl_quantiles=quantile_points(summary), full_adl_metrics=full))
     except ReplayError as error:
         if error.exit_code == 2:  # the journal or the scratch directory cannot be read or written
             raise AuditError(f"replaying {journal} from a snapshot: {error}") from None
         raise Unreproducible(f"from_snapshot: a replay from a snapshot at seq {seq} fails: {error}") from None
-    del result
     try:
         return read_summary(scratch / "resumed")
     except OutputReadError as error:
@@ -636,8 +635,8 @@ def verify_postings(postings: list[dict[str, Any]], summary: dict[str, Any], *, 
     checked.append(f"postings: every account's balance follows from its postings; the balances change by a sum of "
                    f"0 in each of {seqs} seq(s)")
     funds = summary.get("funds", {})
-    unlisted = sorted(account for account in balances if "funds" in summary and account.startswith("fund:")
-                      and account.removeprefix("fund:") not in funds)
+    unlisted = sorted(account for account in balances if account.startswith("fund:")
+                      and account.removeprefix("fund:") not in funds) if "funds" in summary else []
     if unlisted:
         return checked, f"{source}: {unlisted[0]} has postings but its fund is not among the summary's funds"
     for fund_id, fund in funds.items():
