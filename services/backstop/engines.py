@@ -30,6 +30,7 @@ from backstop.core.adl_policy import document as policy_document
 from backstop.core.errors import InvariantViolation
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.numbers import text
+from backstop.core.records import kept_raw
 
 if TYPE_CHECKING:
     # The reference engine's modules (numpy, pydantic through the wire layer) are imported where it runs, so that a
@@ -197,9 +198,9 @@ def journal_lines(chunk: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
 
 def dead_letter_line(line: int, reason: str, raw: bytes, kind: str) -> bytes:
     """`kind`: backstop.core.errors.RejectionKind."""
-    text = raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace")
-    return canonical_json({"line": line, "kind": kind, "reason": reason, "raw": text,
-                           "raw_truncated": len(raw) > RAW_KEEP_BYTES})
+    text, exact, truncated = kept_raw(raw, RAW_KEEP_BYTES)
+    return canonical_json({"line": line, "kind": kind, "reason": reason, "raw": text, "raw_base64": exact,
+                           "raw_truncated": truncated})
 
 
 # The output files an engine writes itself after write_outputs (the compiled engine: crate output_files).

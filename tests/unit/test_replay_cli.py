@@ -3,6 +3,7 @@ test_replay_contract)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -32,6 +33,20 @@ def _with_bad_lines(tmp_path: Path) -> Path:
     journal = tmp_path / "journal.jsonl"
     journal.write_text("\n".join(lines) + "\n")
     return journal
+
+
+@pytest.mark.parametrize("engine", ["reference", "compiled"])
+def test_a_dead_letter_keeps_a_line_that_is_not_utf8_exactly(tmp_path: Path, engine: str) -> None:
+    """`raw` is for reading (U+FFFD for a byte that is not UTF-8); `raw_base64` holds the very bytes, so the line
+    can be put back; a line that is UTF-8 has none."""
+    bad = b'{"type":"mark","symbol":"BTCUSDT","ts":1,"mark_price":"1\xff"}'
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(EXAMPLE.read_bytes() + bad + b"\n{not json\n")
+    assert main(["replay", str(journal), "--out", str(tmp_path / "out"), "--engine", engine]) == 0
+    dead = [json.loads(line) for line in (tmp_path / "out" / "dead-letter.jsonl").read_text().splitlines()]
+    assert [d["raw"] for d in dead] == [bad.decode(errors="replace"), "{not json"]
+    assert [d["raw_base64"] and base64.b64decode(d["raw_base64"]) for d in dead] == [bad, None]
+    assert [d["raw_truncated"] for d in dead] == [False, False]
 
 
 def test_bad_lines_go_to_dead_letter_and_the_replay_goes_on(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ the engine raises on is quarantined and the batch goes on without it."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -21,6 +22,7 @@ from backstop.core.processor import Processor, Rejection
 from backstop.pipeline import held_ids
 from backstop.pipeline.held_ids import ServiceIds
 from backstop.pipeline.ingest import (
+    RAW_KEEP_BYTES,
     BatchResult,
     Consumed,
     PoisonRecord,
@@ -165,6 +167,15 @@ def test_dead_letters_carry_their_kind_and_the_seq_they_follow() -> None:
         ("conflicting_duplicate", 7), ("rejected", 7), ("ahead", 7), ("invalid", 7)]
     record = result.dead_letters[0].record()
     assert (record.kind, record.after_seq) == ("conflicting_duplicate", 7)
+
+
+def test_a_dead_letter_carries_bytes_that_are_not_utf8_exactly_and_says_when_it_cut_them() -> None:
+    bad, long = b'{"fill_id":"\xff"', b"[" * (RAW_KEEP_BYTES + 1)
+    consumed = [Consumed(TOPICS.input("fill"), 0, 1, None, bad), Consumed(TOPICS.input("fill"), 0, 2, None, long)]
+    letters = [d.record() for d in ingest_batch(Processor(), consumed, TOPICS).dead_letters]
+    assert [(d.raw, d.raw_base64, d.raw_truncated) for d in letters] == [
+        (bad.decode(errors="replace"), base64.b64encode(bad).decode(), False),
+        ("[" * RAW_KEEP_BYTES, None, True)]
 
 
 def test_a_record_the_engine_raises_on_stops_the_batch_and_once_quarantined_is_dead_lettered(

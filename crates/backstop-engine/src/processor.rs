@@ -8,7 +8,7 @@ use crate::adl::{Policy, WindowMax};
 use crate::canonical::{self, J};
 use crate::clock::{JournalClock, SymbolClock};
 use crate::engine::{
-    isolated_account, mode_name, money, money_wide, Engine, Outputs, FUND_ACCOUNT_PREFIX,
+    isolated_account, mode_name, money, money_wide, Engine, Outputs, FUND_ACCOUNT_PREFIX, SCHEMA_VERSION,
 };
 use crate::content::Digests;
 use crate::decode_stage::{self, Line, Stage};
@@ -81,17 +81,18 @@ fn escaped_reason(reason: &str) -> String {
 
 /// A record of the dead-letter topic (backstop.pipeline.ingest.DeadLetterRecord), decided after `after_seq`.
 fn kafka_dead_letter(out: &mut Vec<u8>, record: &Consumed<'_>, kind: RejectionKind, reason: &str, after_seq: u64) {
-    let raw = record.value.unwrap_or_default();
-    let kept = String::from_utf8_lossy(&raw[..raw.len().min(KAFKA_RAW_KEEP_BYTES)]);
+    let kept = KeptRaw::of(record.value.unwrap_or_default(), KAFKA_RAW_KEEP_BYTES);
     let id = format!("dl-{}-{}-{}", record.topic, record.partition, record.offset);
     let reason = escaped_reason(reason);
     let document = J::Obj(vec![
         ("after_seq", J::Int(after_seq as i128)),
         ("id", J::Str(&id)),
         ("kind", J::Str(kind.name())),
-        ("raw", J::Str(&kept)),
+        ("raw", J::Str(&kept.text)),
+        ("raw_base64", kept.exact.as_deref().map_or(J::Null, J::Str)),
+        ("raw_truncated", J::Bool(kept.truncated)),
         ("reason", J::Str(&reason)),
-        ("schema_version", J::Int(1)),
+        ("schema_version", J::Int(SCHEMA_VERSION)),
         ("source_offset", J::Int(record.offset as i128)),
         ("source_partition", J::Int(record.partition as i128)),
         ("source_topic", J::Str(record.topic)),
@@ -157,14 +158,34 @@ fn counts(outputs: &Outputs) -> [u64; 5] {
     [outputs.fund_entries, outputs.adl_count, outputs.finding_count, outputs.posting_count, outputs.quantile_count]
 }
 
+/// A dead letter's raw input, at most `keep` bytes of it (backstop.core.records.kept_raw): as text (a byte that is
+/// not UTF-8 as U+FFFD), the same bytes in base64 when they are not UTF-8, and whether it was cut.
+struct KeptRaw<'a> {
+    text: std::borrow::Cow<'a, str>,
+    exact: Option<String>,
+    truncated: bool,
+}
+
+impl KeptRaw<'_> {
+    fn of(raw: &[u8], keep: usize) -> KeptRaw<'_> {
+        use base64::Engine as _;
+        let kept = &raw[..raw.len().min(keep)];
+        let text = String::from_utf8_lossy(kept);
+        let exact = matches!(text, std::borrow::Cow::Owned(_))
+            .then(|| base64::engine::general_purpose::STANDARD.encode(kept));
+        KeptRaw { text, exact, truncated: raw.len() > keep }
+    }
+}
+
 fn dead_letter(out: &mut Vec<u8>, line: u64, kind: RejectionKind, reason: &str, raw: &[u8]) {
-    let kept = String::from_utf8_lossy(&raw[..raw.len().min(RAW_KEEP_BYTES)]);
+    let kept = KeptRaw::of(raw, RAW_KEEP_BYTES);
     let document = J::Obj(vec![
         ("kind", J::Str(kind.name())),
         ("line", J::Int(line as i128)),
         ("reason", J::Str(reason)),
-        ("raw", J::Str(&kept)),
-        ("raw_truncated", J::Bool(raw.len() > RAW_KEEP_BYTES)),
+        ("raw", J::Str(&kept.text)),
+        ("raw_base64", kept.exact.as_deref().map_or(J::Null, J::Str)),
+        ("raw_truncated", J::Bool(kept.truncated)),
     ]);
     canonical::write(out, &document);
     out.push(b'\n');

@@ -222,12 +222,6 @@ class OutputDir:
         self._quantiles.write(adl_quantiles)
         self.dead_letters += dead_letters.count(b"\n")
 
-    def dead_letter(self, line: int, reason: str, raw: bytes, kind: str) -> None:
-        """`kind`: backstop.core.errors.RejectionKind."""
-        text = raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace")
-        self.dead_letter_record({"line": line, "kind": kind, "reason": reason, "raw": text,
-                                 "raw_truncated": len(raw) > RAW_KEEP_BYTES})
-
     def dead_letter_record(self, record: dict[str, Any]) -> None:
         """A dead letter as given (the service's carry where they came from instead of a line number)."""
         self._dead.write(canonical_json(record) + b"\n")

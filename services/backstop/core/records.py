@@ -7,6 +7,7 @@ Their JSON Schemas are generated from these classes (backstop.wire.schemas); the
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -163,6 +164,19 @@ class DeadLetterRecord:
     raw: str  # the input as text (undecodable bytes replaced), at most 64 KiB
     kind: RejectionKind | None  # what an auditor filters by (backstop.core.errors.RejectionKind)
     after_seq: int | None  # the journal seq it was decided after: put back there, it replays to the same decision
+    raw_base64: str | None  # the bytes `raw` holds, when they are not UTF-8 (else None: `raw` is them)
+    raw_truncated: bool  # the input was longer than what `raw` holds
+
+
+def kept_raw(raw: bytes, keep: int) -> tuple[str, str | None, bool]:
+    """A dead letter's raw input, at most `keep` bytes of it: as text (a byte that is not UTF-8 as U+FFFD, for
+    reading), the same bytes in base64 when they are not UTF-8 (so the exact input can be put back), and whether
+    it was cut."""
+    kept = raw[:keep]
+    try:
+        return kept.decode("utf-8"), None, len(raw) > keep
+    except UnicodeDecodeError:
+        return kept.decode("utf-8", errors="replace"), base64.b64encode(kept).decode("ascii"), len(raw) > keep
 
 
 @dataclass(frozen=True, slots=True)

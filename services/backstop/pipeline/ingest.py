@@ -33,6 +33,7 @@ from backstop.core.records import (
     Finding,
     FundLedgerEntry,
     Posting,
+    kept_raw,
 )
 from backstop.pipeline.copy_text import copy_rows
 from backstop.pipeline.held_ids import ServiceIds
@@ -113,10 +114,10 @@ class DeadLetter:
     after_seq: int | None  # the journal seq it was decided after (None: as kind)
 
     def record(self) -> DeadLetterRecord:
+        text, exact, truncated = kept_raw(self.raw, RAW_KEEP_BYTES)
         return DeadLetterRecord(SCHEMA_VERSION, f"dl-{self.source_topic}-{self.source_partition}-{self.source_offset}",
-                                self.source_topic, self.source_partition, self.source_offset, self.reason,
-                                self.raw[:RAW_KEEP_BYTES].decode("utf-8", errors="replace"), self.kind,
-                                self.after_seq)
+                                self.source_topic, self.source_partition, self.source_offset, self.reason, text,
+                                self.kind, self.after_seq, exact, truncated)
 
 
 def journal_record(row: JournalRow) -> bytes:
