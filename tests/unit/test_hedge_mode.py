@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import orjson
+import pytest
 
 import venue_journals
 from backstop.core import ledger
@@ -32,8 +33,18 @@ def test_cross_margin_counts_both_sides_and_each_side_has_its_own_bankruptcy_pri
     assert long["bankruptcy_price"] == "86666.66666666"
     # short: share CEILING(5,000 x 450 / 1,350) = 1,666.66666667, BP CEILING((45,000 + 1,666.66666667) / 0.5)
     assert short["bankruptcy_price"] == "93333.33333334"
-    # long's liquidation price: other = 10,000 + (5,000 - 450); 14,550 + (P - 100,000) = 0.01 P -> P = 85,450 / 0.99
-    assert long["liquidation_price"] == "86313.13131313"
+    # one mark moves both sides, so they have one liquidation price: 10,000 + (P - 100,000) + 0.5 x (100,000 - P)
+    # = 0.01 P + 0.005 P -> 0.485 P = 40,000 -> P = HALF_EVEN(82,474.2268041237...) (Binance's formula too)
+    assert long["liquidation_price"] == short["liquidation_price"] == "82474.22680412"
+
+
+@pytest.mark.parametrize(("price", "liquidatable"), [("82474.22680412", True), ("82474.2269", False)])
+def test_a_cross_hedge_account_is_liquidatable_from_its_sides_liquidation_price_on(price: str,
+                                                                                    liquidatable: bool) -> None:
+    processor, _ = run([*venue_journals.hedge_cross_both_sides(), mark(price)])
+    positions = accounts(processor.engine)["u"]["positions"].values()
+    balance = D(next(iter(positions))["margin_balance"])
+    assert (balance <= sum(D(p["maintenance_margin"]) for p in positions)) is liquidatable
 
 
 def test_an_account_never_mixes_modes_in_a_symbol_and_a_side_is_never_reduced_below_zero() -> None:

@@ -1608,6 +1608,8 @@ impl Engine {
     /// numerator derives from a balance, over a denominator as small as 1e-26: 512 bits (section 9.3).
     pub fn liquidation_price(&self, position: &Position) -> Option<Wide> {
         let instrument = &self.instruments[&position.symbol];
+        // the position, and a cross hedge side's cross side of the other direction: the same mark moves both
+        let mut legs = vec![position];
         let other = if position.margin_mode == MarginMode::Isolated {
             wmul(wide256(self.ledger.balance(isolated_account(position))), wpow10(S16 - S8))
         } else {
@@ -1615,7 +1617,10 @@ impl Engine {
             let mut other =
                 wmul(wide256(self.ledger.balance(Account::Wallet { account: position.account, asset })), wpow10(S16 - S8));
             for peer in self.cross_positions(position.account, asset) {
-                if peer.symbol == position.symbol && peer.position_side == position.position_side {
+                if peer.symbol == position.symbol {
+                    if peer.position_side != position.position_side {
+                        legs.push(peer);
+                    }
                     continue;
                 }
                 let (pnl, mm) = self.exposure(peer);
@@ -1624,62 +1629,65 @@ impl Engine {
             }
             other
         };
-        let size = position.size();
         let valuation = instrument.valuation;
-        let signed_cost = if position.qty > 0 { position.cost } else { -position.cost };
-        let candidate_at = |tier: &Tier| -> Option<Wide> {
-            let maint = wide(tier.maint_amount * 100_000_000); // 1e-16
+        let tiers = &instrument.tiers;
+        // the price at which the legs in these brackets (one tier each) leave no margin above their MM
+        let candidate_at = |chosen: &[usize]| -> Option<Wide> {
             match valuation.contract_size {
                 None => {
-                    // q - size x mmr at 1e-26; (signed_cost - other - maint) at 1e-16
-                    let denominator = sub(mul(I256::new(position.qty), pow10(S18)), product(size, tier.mmr));
-                    if denominator == 0 {
-                        return None;
+                    // (sum of signed cost - other - sum of maint) at 1e-16 / sum of (q - size x mmr) at 1e-26
+                    let (mut numerator, mut denominator) = (wsub(Wide::ZERO, other), I256::ZERO);
+                    for (leg, &index) in legs.iter().zip(chosen) {
+                        let tier = &tiers[index];
+                        let signed_cost = if leg.qty > 0 { leg.cost } else { -leg.cost };
+                        numerator = wsub(wadd(numerator, wide(signed_cost)), wide(tier.maint_amount * 100_000_000));
+                        denominator = add(denominator, sub(mul(I256::new(leg.qty), pow10(S18)), product(leg.size(), tier.mmr)));
                     }
-                    let numerator = wsub(wsub(wide(signed_cost), other), maint);
-                    Some(wratio(numerator, S16, wide256(denominator), S26, S8, Rounding::HalfEven))
+                    (denominator != 0).then(|| wratio(numerator, S16, wide256(denominator), S26, S8, Rounding::HalfEven))
                 }
                 Some(_) => {
-                    // |q| s (1 + mmr) / (other + C + maint) for a long, |q| s (1 - mmr) / (C - other - maint) for a
-                    // short: the face x (1 +/- mmr) at 1e-34, the denominator at 1e-16; none unless it is positive
-                    let face = wide256(valuation.face(size));
-                    let one = wpow10(S18);
-                    let (factor, denominator) = if position.qty > 0 {
-                        (wadd(one, wide(tier.mmr)), wadd(wadd(other, wide(position.cost)), maint))
-                    } else {
-                        (wsub(one, wide(tier.mmr)), wsub(wsub(wide(position.cost), other), maint))
-                    };
-                    if denominator <= Wide::ZERO {
+                    // sum of face x (mmr +/- 1) at 1e-34 / (other + sum of +/-C + sum of maint) at 1e-16, of one sign
+                    let (mut numerator, mut denominator) = (Wide::ZERO, other);
+                    for (leg, &index) in legs.iter().zip(chosen) {
+                        let tier = &tiers[index];
+                        let face = wide256(valuation.face(leg.size()));
+                        let (one, cost) = if leg.qty > 0 { (wpow10(S18), leg.cost) } else { (wsub(Wide::ZERO, wpow10(S18)), -leg.cost) };
+                        numerator = wadd(numerator, wmul(face, wadd(wide(tier.mmr), one)));
+                        denominator = wadd(wadd(denominator, wide(cost)), wide(tier.maint_amount * 100_000_000));
+                    }
+                    let zero = Wide::ZERO;
+                    if numerator == zero || denominator == zero || (numerator > zero) != (denominator > zero) {
                         return None;
                     }
-                    Some(wratio(wmul(face, factor), S16 + S18, denominator, S16, S8, Rounding::HalfEven))
+                    Some(wratio(numerator.abs(), S16 + S18, denominator.abs(), S16, S8, Rounding::HalfEven))
                 }
             }
         };
-        // the notional at a candidate price (1e-16): size x P, or V(size, P) for an inverse contract
-        let notional_at = |price: Wide| -> Wide {
+        // a leg's notional at a candidate price (1e-16): size x P, or V(size, P) for an inverse contract
+        let notional_at = |leg: &Position, price: Wide| -> Wide {
             if valuation.inverse() {
-                wratio(wide256(valuation.face(size)), S16, price, S8, S16, Rounding::HalfEven)
+                wratio(wide256(valuation.face(leg.size())), S16, price, S8, S16, Rounding::HalfEven)
             } else {
-                wmul(wide(size), price)
+                wmul(wide(leg.size()), price)
             }
         };
-        let mut lower = Wide::ZERO;
-        for tier in &instrument.tiers {
-            let ceiling = wide(tier.max_notional * 100_000_000);
-            if let Some(candidate) = candidate_at(tier) {
-                if candidate > Wide::ZERO {
-                    let notional = notional_at(candidate);
-                    if lower < notional && notional <= ceiling {
-                        return Some(candidate);
-                    }
+        // a tier holds a notional above the one before it, up to its own (the last: open above)
+        let within = |index: usize, notional: Wide| -> bool {
+            let lower = if index == 0 { Wide::ZERO } else { wide(tiers[index - 1].max_notional * 100_000_000) };
+            lower < notional && (index + 1 == tiers.len() || notional <= wide(tiers[index].max_notional * 100_000_000))
+        };
+        // every choice of the legs' tiers in order, the first leg's slowest
+        let mut chosen = vec![0; legs.len()];
+        loop {
+            if let Some(candidate) = candidate_at(&chosen) {
+                if candidate > Wide::ZERO && legs.iter().zip(&chosen).all(|(leg, &index)| within(index, notional_at(leg, candidate))) {
+                    return Some(candidate);
                 }
             }
-            lower = ceiling;
+            let last = chosen.iter().rposition(|&index| index + 1 < tiers.len())?;
+            chosen[last] += 1;
+            chosen[last + 1..].fill(0);
         }
-        let last = instrument.tiers.last().expect("an instrument has tiers");
-        let candidate = candidate_at(last)?;
-        (candidate > Wide::ZERO && notional_at(candidate) > wide(last.max_notional * 100_000_000)).then_some(candidate)
     }
 
     // ------------------------------------------------------------------ outputs

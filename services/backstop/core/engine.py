@@ -1107,16 +1107,18 @@ class Engine:
 
     def _liquidation_price(self, position: Position, memo: Exposures | None = None) -> Decimal | None:
         instrument = self.instruments[position.symbol]
+        legs = [position]
         if position.margin_mode == "isolated":
             other = self.ledger.balance(self._isolated_account(position))
         else:
             other = self.ledger.balance(ledger.wallet(position.account_id, instrument.settle_asset))
             for peer in self._cross_positions(position.account_id, instrument.settle_asset):
-                if peer is position:
+                if peer.symbol == position.symbol:  # the position, or its other hedge side: the same mark moves it
+                    legs += [peer] if peer is not position else []
                     continue
                 pnl, mm = self.exposure(peer, memo)
                 other += pnl - mm
-        return liquidation_price(position, instrument.tiers, other, instrument.valuation)
+        return liquidation_price(legs, instrument.tiers, other, instrument.valuation)
 
     def _cross_positions(self, account_id: str, asset: str) -> list[Position]:
         return [p for p in self.positions.of(account_id)

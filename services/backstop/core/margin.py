@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
+from itertools import product
 
 from backstop.core import numbers
 from backstop.core.numbers import CONTEXT, ZERO
@@ -59,51 +60,60 @@ def isolated_bankruptcy_price(position: Position, margin: Decimal, valuation: Va
     return valuation.bankruptcy_price(value, position.size, long=position.qty > 0)
 
 
-def liquidation_price(position: Position, tiers: Sequence[Tier], other_equity: Decimal,
+def liquidation_price(legs: Sequence[Position], tiers: Sequence[Tier], other_equity: Decimal,
                       valuation: Valuation) -> Decimal | None:
-    """The mark at which this position's margin balance equals its maintenance margin.
+    """The mark at which a position's margin balance equals its maintenance margin.
 
-    other_equity: for isolated, the isolated margin; for cross, wallet + sum over the account's other cross
-    positions of (uPnL - MM) at their marks. Solves other + uPnL(P) = MM(P) per bracket, P rounded HALF_EVEN to
-    1e-8, and keeps the bracket whose notional at the rounded P lies inside it (the bracket is re-chosen at the
-    liquidation price, as Binance does). None when no positive price liquidates the position.
+    legs: the position, and for a cross hedge side the account's cross side of the other direction on the same
+    symbol, which the same mark moves (so both sides have one liquidation price). other_equity: for isolated, the
+    isolated margin; for cross, wallet + sum over the account's other cross positions (not a leg) of (uPnL - MM)
+    at their marks. Solves other + sum of the legs' uPnL(P) = sum of their MM(P), each leg in a bracket of its own
+    (tried in order, the first leg's slowest), P rounded HALF_EVEN to 1e-8, and keeps the first brackets that hold
+    every leg's notional at the rounded P (the bracket is re-chosen at the liquidation price, as Binance does; the
+    last is open above). None when no positive price liquidates the position.
     """
     candidate_of = _candidate if valuation.contract_size is None else _inverse_candidate
-    lower = ZERO
-    for tier in tiers:
-        candidate = candidate_of(position, tier, other_equity, valuation)
-        if candidate is not None and candidate > 0 and lower < valuation.value(position.size, candidate) <= \
-                tier.max_notional:
+    bounds = [(lower, tier.max_notional if index < len(tiers) - 1 else None)
+              for index, (lower, tier) in enumerate(zip([ZERO, *(t.max_notional for t in tiers)], tiers, strict=False))]
+    for chosen in product(range(len(tiers)), repeat=len(legs)):
+        candidate = candidate_of([(leg, tiers[index]) for leg, index in zip(legs, chosen, strict=True)], other_equity,
+                                 valuation)
+        if candidate is not None and candidate > 0 and all(
+                _within(bounds[index], valuation.value(leg.size, candidate)) for leg, index in zip(legs, chosen,
+                                                                                                 strict=True)):
             return candidate
-        lower = tier.max_notional
-    last = tiers[-1]
-    candidate = candidate_of(position, last, other_equity, valuation)
-    if candidate is not None and candidate > 0 and valuation.value(position.size, candidate) > last.max_notional:
-        return candidate
     return None
 
 
-def _candidate(position: Position, tier: Tier, other_equity: Decimal, valuation: Valuation) -> Decimal | None:
-    """One bracket's linear price, (signed cost - other - maint_amount) / (q - |q| mmr); None where the denominator
-    is 0 (mmr = 1 for a long: the engine admits only mmr < 1)."""
-    signed_cost = position.cost if position.qty > 0 else -position.cost
-    denominator = position.qty - CONTEXT.multiply(position.size, tier.mmr)
+def _within(bound: tuple[Decimal, Decimal | None], notional: Decimal) -> bool:
+    lower, ceiling = bound
+    return lower < notional and (ceiling is None or notional <= ceiling)
+
+
+def _candidate(legs: Sequence[tuple[Position, Tier]], other_equity: Decimal, valuation: Valuation) -> Decimal | None:
+    """The linear price of the legs in those brackets, (sum of signed cost - other - sum of maint_amount) / sum of
+    (q - |q| mmr); None where the denominator is 0."""
+    numerator, denominator = -other_equity, ZERO
+    for position, tier in legs:
+        numerator += (position.cost if position.qty > 0 else -position.cost) - tier.maint_amount
+        denominator += position.qty - CONTEXT.multiply(position.size, tier.mmr)
     if denominator == 0:
         return None
-    return numbers.liquidation_candidate(signed_cost - other_equity - tier.maint_amount, denominator)
-
-
-def _inverse_candidate(position: Position, tier: Tier, other_equity: Decimal, valuation: Valuation
-                       ) -> Decimal | None:
-    """One bracket's inverse price: |q| s (1 + mmr) / (other + C + maint_amount) for a long, |q| s (1 - mmr) /
-    (C - other - maint_amount) for a short; None where the denominator is not positive."""
-    face = valuation.face(position.size)
-    if position.qty > 0:
-        numerator = face + CONTEXT.multiply(face, tier.mmr)
-        denominator = other_equity + position.cost + tier.maint_amount
-    else:
-        numerator = face - CONTEXT.multiply(face, tier.mmr)
-        denominator = position.cost - other_equity - tier.maint_amount
-    if denominator <= 0:
-        return None
     return numbers.liquidation_candidate(numerator, denominator)
+
+
+def _inverse_candidate(legs: Sequence[tuple[Position, Tier]], other_equity: Decimal, valuation: Valuation
+                       ) -> Decimal | None:
+    """The inverse price of the legs in those brackets: sum of face x (mmr + 1 for a long, mmr - 1 for a short)
+    over other + sum of (C for a long, -C for a short) + sum of maint_amount, both of one sign (one leg: |q| s (1 +
+    mmr) / (other + C + maint_amount) for a long, |q| s (1 - mmr) / (C - other - maint_amount) for a short); None
+    where no positive price solves it."""
+    numerator, denominator = ZERO, other_equity
+    for position, tier in legs:
+        face = valuation.face(position.size)
+        long = position.qty > 0
+        numerator += CONTEXT.multiply(face, tier.mmr) + (face if long else -face)
+        denominator += (position.cost if long else -position.cost) + tier.maint_amount
+    if numerator == 0 or denominator == 0 or (numerator > 0) != (denominator > 0):
+        return None
+    return numbers.liquidation_candidate(abs(numerator), abs(denominator))
