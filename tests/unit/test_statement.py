@@ -82,6 +82,14 @@ def test_reconcile_holds_each_fund_to_its_account_in_the_general_ledger(out: Pat
         "MISMATCH fund MAIN: its postings leave fund:MAIN at 200245.96, summary reports 200246.96"], said
 
 
+def test_reconcile_refuses_outputs_without_the_general_ledger(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (out / "postings.jsonl").unlink()
+    assert main(["reconcile", str(out)]) == 1
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("MISMATCH")] == [
+        "MISMATCH postings.jsonl is missing: the general ledger (each fund's account, its sum) is not there to "
+        "reconcile"]
+
+
 def test_outputs_of_a_replay_from_a_snapshot_open_at_the_snapshot_s_balances(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A replay from a snapshot writes only the entries after it: statements and reconcile open at the balances

@@ -152,9 +152,11 @@ def reconcile(out_dir: Path) -> tuple[list[str], list[str]]:
 
 def _posted_balances(out_dir: Path, summary: dict[str, Any], problems: list[str]) -> dict[str, Decimal] | None:
     """Each account's balance after the general ledger's last posting (an account a replay from a snapshot never
-    posted to is left out: its balance is the snapshot's); None without postings.jsonl (an older backstop's
-    outputs) or when the postings do not follow (said in `problems`)."""
+    posted to is left out: its balance is the snapshot's); None when postings.jsonl is missing or the postings do
+    not follow (said in `problems`: every seq's postings must sum to 0, which is what makes the ledger's sum 0)."""
     if not (out_dir / "postings.jsonl").exists():
+        problems.append("postings.jsonl is missing: the general ledger (each fund's account, its sum) is not there "
+                        "to reconcile")
         return None
     start = summary.get("from_snapshot")
     problem, balances, _ = check_postings(read_stream(out_dir, "postings.jsonl"), opening_known=not start)
