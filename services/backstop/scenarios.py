@@ -221,6 +221,7 @@ class RunMetrics:
     fund_peak: dict[str, Decimal] = field(default_factory=dict)
     fund_drawdown: dict[str, Decimal] = field(default_factory=dict)
     fund_final: dict[str, Decimal] = field(default_factory=dict)
+    fund_inventory_upnl: dict[str, Decimal] = field(default_factory=dict)  # its lots at the last marks, over cost
     liquidated_by_account: dict[str, Decimal] = field(default_factory=dict)
     deleveraged_by_account: dict[str, Decimal] = field(default_factory=dict)
     # what happened to each account that ADL or a liquidation touched, to tell runs apart: each liquidation (symbol,
@@ -252,7 +253,10 @@ class RunMetrics:
             "adl_events": self.adl_events, "adl_notional": text(money(self.adl_notional)),
             "funds": {f: {"final_balance": text(self.fund_final[f]), "min_balance": text(self.fund_min[f]),
                           "max_drawdown": text(self.fund_drawdown[f]),
-                          "bad_debt": text(bad_debt(self.fund_final[f]))} for f in sorted(self.fund_final)},
+                          "bad_debt": text(bad_debt(self.fund_final[f])),
+                          "inventory_upnl": text(self.fund_inventory_upnl[f]),
+                          "marked_balance": text(self.fund_final[f] + self.fund_inventory_upnl[f])}
+                      for f in sorted(self.fund_final)},
             "accounts_liquidated": len(self.liquidated_by_account),
             "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected, "adl": self.adl}
 
@@ -330,6 +334,7 @@ def run_scenario(records: Sequence[tuple[int, AnyRecord]], scenario: Scenario, o
         for fund_id, fund in result["funds"].items():
             balance = Decimal(fund["balance"])
             metrics.fund_final[fund_id] = balance
+            metrics.fund_inventory_upnl[fund_id] = Decimal(fund["inventory_upnl"])
             metrics.fund_min.setdefault(fund_id, balance)
             metrics.fund_drawdown.setdefault(fund_id, Decimal(0))
     return metrics, result

@@ -3,12 +3,17 @@ and the names --policies takes."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from backstop.entrypoints.policy_lab import parse_policies, table_rows
-from backstop.scenarios import WhatIfError
+from backstop.engines import EngineName
+from backstop.entrypoints.policy_lab import parse_policies, table_rows, whatif_policies
+from backstop.scenarios import WhatIfError, WhatIfFile
+
+EXAMPLE_07 = Path(__file__).parents[2] / "examples" / "07-adl-lab.jsonl"
 
 
 def run(adl: dict[str, Any] | None, liquidations: int = 3) -> dict[str, Any]:
@@ -29,3 +34,17 @@ def test_policies_take_bitmex_for_queue_once() -> None:
     assert parse_policies("bitmex, pro_rata") == ["queue", "pro_rata"]
     with pytest.raises(WhatIfError, match="a policy is named twice"):
         parse_policies("queue,bitmex")
+
+
+@pytest.mark.parametrize("engine", ["reference", "compiled"])
+def test_a_fund_that_keeps_its_lot_shows_the_loss_at_the_mark_it_has_not_realized(tmp_path: Path,
+                                                                                   engine: EngineName) -> None:
+    """Example 07: socialized keeps the long lot of 6 at BP 90 (cost 540) with the mark at 85 (worth 510), so its
+    balance of 20 is -10 at the mark; the queue deleveraged the lot (its haircut of 30 is that loss)."""
+    comparison = whatif_policies(EXAMPLE_07, WhatIfFile(), ["queue", "socialized"], tmp_path / "out", engine=engine)
+    rows = dict(table_rows(comparison))
+    assert rows["fund LAB final balance"] == ["20", "20"]
+    assert rows["fund LAB inventory uPnL at mark"] == ["0", "-30"]
+    assert rows["fund LAB balance at mark"] == ["20", "-10"]
+    summary = json.loads((tmp_path / "out" / "socialized" / "summary.json").read_text())
+    assert summary["funds"]["LAB"]["inventory_upnl"] == "-30"

@@ -1042,6 +1042,18 @@ impl Engine {
         total
     }
 
+    /// What the fund's lots gain (or lose) at the marks over their costs, exact (1e-16): V(qty, mark) - cost for a
+    /// lot long in value space, cost - V(qty, mark) otherwise (backstop.core.engine.Engine.inventory_upnl).
+    pub fn inventory_upnl(&self, fund_state: &FundState) -> Wide {
+        let mut total = Wide::ZERO;
+        for lot in fund_state.lots.values().flatten() {
+            let valuation = self.instruments[&lot.symbol].valuation;
+            let value = wide256(valuation.value_wide(lot.qty, self.marks[&lot.symbol]));
+            total = wadd(total, if valuation.value_long(lot.side == Side::Long) { wsub(value, lot.cost) } else { wsub(lot.cost, value) });
+        }
+        total
+    }
+
     /// One ADL round (section 11): close `qty` of the lot (all of it when None) against opposite-side positions as
     /// the policy's rule allocates it, at the lot's bankruptcy price (the fund realizes nothing), at the mark, or for
     /// the reset proceeds of a drawdown round (the fund realizes the difference); then write the round's metrics.

@@ -581,6 +581,7 @@ impl Processor {
                 ("max_inventory_ratio", J::Owned(text(state.spec.max_inventory_ratio, S18))),
                 ("bad_debt", J::Owned(text_wide(if balance < 0 { -balance } else { I256::ZERO }, S8))),
                 ("inventory_notional", J::Owned(text(money(engine.inventory_notional(state), S16), S8))),
+                ("inventory_upnl", J::Owned(text_wide(money_wide(engine.inventory_upnl(state), S16), S8))),
                 ("inventory", J::Obj(inventory)),
             ]))
         }).collect();

@@ -82,6 +82,7 @@ def funds(engine: Engine) -> dict[str, Any]:
                 "max_inventory_ratio": text(state.spec.max_inventory_ratio),
                 "bad_debt": text(ledger.bad_debt(balance)),
                 "inventory_notional": text(money(engine.inventory_notional(state))),
+                "inventory_upnl": text(money(engine.inventory_upnl(state))),
                 "inventory": {symbol: text(state.net_qty(symbol)) for symbol in sorted(state.lots)},
             }
     return result

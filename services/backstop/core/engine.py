@@ -713,6 +713,17 @@ class Engine:
             total += self.instruments[symbol].valuation.value(abs(fund_state.net_qty(symbol)), self.marks[symbol])
         return total
 
+    def inventory_upnl(self, fund_state: FundState) -> Decimal:
+        """What the fund's lots gain (or lose) at the marks over their costs, exact: V(qty, mark) - cost for a lot
+        long in value space, cost - V(qty, mark) otherwise. Its balance does not hold it until the lots are closed."""
+        total = ZERO
+        for symbol, lots in fund_state.lots.items():
+            valuation = self.instruments[symbol].valuation
+            for lot in lots:
+                value = valuation.value(lot.qty, self.marks[symbol])
+                total += value - lot.cost if valuation.value_long(lot.side == "long") else lot.cost - value
+        return total
+
     def _deleverage(self, fund_state: FundState, lot: Lot, trigger: str = "takeover", reset: Decimal | None = None,
                     qty: Decimal | None = None) -> Decimal:
         """One ADL round (docs/design.md §11): close `qty` of the lot (all of it by default) against opposite-side

@@ -85,6 +85,10 @@ def table_rows(comparison: dict[str, Any]) -> list[tuple[str, list[str]]]:
                      [str(_figure(run, ("adl", "fund_max_drawdown", fund_id))) for run in runs]))
         rows.append((f"fund {fund_id} final balance",
                      [str(_figure(run, ("funds", fund_id, "final_balance"))) for run in runs]))
+        rows.append((f"fund {fund_id} inventory uPnL at mark",
+                     [str(_figure(run, ("funds", fund_id, "inventory_upnl"))) for run in runs]))
+        rows.append((f"fund {fund_id} balance at mark",
+                     [str(_figure(run, ("funds", fund_id, "marked_balance"))) for run in runs]))
     return rows
 
 
