@@ -114,6 +114,47 @@ async def test_a_standby_worker_takes_over_when_the_active_one_dies(
     await assert_same_outcome(reference, shared)
 
 
+async def test_a_ledger_processor_whose_lock_session_ends_stops_writing_beside_the_standby(
+        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
+    """The writer's lock ends with its session (killed here; a PostgreSQL restart alike) while its process runs on:
+    it must not commit beside the standby that takes the lock (it checks before each commit and when idle), and
+    neither process stops: the one whose batch met the other's head rebuilds from the store."""
+    import asyncpg
+
+    from backstop.adapters.postgres.store import WRITER_LOCK
+
+    reference, shared = await reference_run_beside_a_shared_one(tmp_path, kafka_bootstrap, f"{topic_prefix}k",
+                                                                databases, seed=17)
+    shared_dsn = shared.dsn()
+    active = ServeProcess(shared, tmp_path / "active.log")
+    active.wait_healthy()
+    standby = ServeProcess(shared, tmp_path / "standby.log")
+    try:
+        await until_seq(shared_dsn, 300)
+        owner = await asyncpg.connect(shared_dsn)
+        try:  # a bigint advisory key: classid, objid = its high, low 32 bits
+            assert await owner.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid::bigint = $1 AND objid::bigint = $2", WRITER_LOCK >> 32, WRITER_LOCK & 0xFFFFFFFF) == 1
+        finally:
+            await owner.close()
+        await wait_caught_up(shared_dsn, ends=await input_ends(shared), timeout=300)
+        await asyncio.sleep(2.0)  # an idle writer checks its lock every second
+        assert active.process.poll() is None and standby.process.poll() is None
+        async with asyncpg.create_pool(shared_dsn, min_size=1, max_size=1) as pool:
+            holders = await pool.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid::bigint = $1 "
+                "AND objid::bigint = $2", WRITER_LOCK >> 32, WRITER_LOCK & 0xFFFFFFFF)
+        assert holders == 1  # one writer holds it, the other waits for it
+        await asyncio.to_thread(standby.wait_projections)  # the writer now
+    finally:
+        active.stop()
+        standby.stop()
+    await assert_same_outcome(reference, shared)  # every record applied once, in the same order
+    assert "LockLost" in (tmp_path / "active.log").read_text()
+    assert "ledger processor ready" in (tmp_path / "standby.log").read_text()
+
+
 async def test_a_relay_whose_lock_session_ends_stops_publishing_beside_the_standby(
         tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
     """The relay's lock ends with its session (killed here; a connection lost alike) while its process runs on: the

@@ -45,6 +45,7 @@ from backstop.settings import Settings
 
 log = logging.getLogger("backstop.ledger")
 ADL_INDEX_QUIET_S = 0.1  # input quiet this long: refresh the ADL index ahead of the next deleverage
+LEASE_IDLE_CHECK_S = 1.0  # input quiet: the writer's lock is checked this often (before each commit otherwise)
 ADL_INDEX_SLICE = 10_000  # caught up with a backlog of touched accounts: this many per batch
 GATHER_POLL_MS = 2  # a batch gathering during a commit: how long a fetch waits for more input before the loop looks
 
@@ -273,6 +274,8 @@ class LedgerRun:
         self.settings, self.store, self.runtime, self.progress = settings, owner.store, owner.runtime, owner.progress
         self.topics, self.on_commit = owner.topics, owner.on_commit
         self.quarantine = owner.quarantine  # the processor's: it outlives a run that failed on a record
+        self.lease = owner.lease  # the writer's lock: checked before each commit, and now and then when idle
+        self.lease_checked_at = 0.0  # the loop's clock at the last check when idle
         self.consumer = consumer
         self.engine = engine
         self.merger = Merger(self.topics, max_buffered=settings.merge_max_buffered,
@@ -319,6 +322,7 @@ class LedgerRun:
             await self._write_projections(None)
         self.progress.refresh_due_seq = engine.last_seq  # that rewrite was the refresh due now (/health: settled)
         self.progress.seq = engine.last_seq
+        metrics.JOURNAL_SEQ.set(engine.last_seq)  # the fund balances: from the rows just written
         self.progress.ready = True
         log.info("ledger processor ready at seq %d on the %s engine", engine.last_seq, engine.name)
         await self.runtime.checkpoint("start")
@@ -516,12 +520,15 @@ class LedgerRun:
                 await self.runtime.offload(engine.refresh_adl_index, ADL_INDEX_SLICE)
             return
         await self._landed()  # nothing new: let the last commit land before idling
+        now = asyncio.get_running_loop().time()
+        if self.lease is not None and now - self.lease_checked_at >= LEASE_IDLE_CHECK_S:
+            self.lease_checked_at = now  # an idle writer whose lock ended says so (LockLost) rather than stay ready
+            await self.lease.check()
         if self.touched:  # rows that waited while catching up, and the input went quiet: write them now
             await self._write_projections(self.touched)
             self.touched = projections.Touched()
         await self.behind.hand(await self.refreshing.take(), await self.snapshotting.take())
         self._start_due()  # work due while the last child ran
-        now = asyncio.get_running_loop().time()
         self.quiet_since = now if self.quiet_since is None else self.quiet_since
         quiet_s = now - self.quiet_since
         # Quiet for a moment: the ADL index catches up with the trading so far now, not in the next deleverage's
@@ -574,6 +581,9 @@ class LedgerRun:
         engine = self.engine
         rows = await self.runtime.offload(engine.projections, BatchResult(), touched or projections.Touched(),
                                           refresh_all=touched is None)
+        if touched is None:  # every fund's row: its balance for the metrics (as a batch's rows give them after)
+            for fund_id, balance in fund_balances(rows).items():
+                metrics.FUND_BALANCE.labels(fund_id).set(balance)
         await self._commit(PendingCommit(engine.last_seq, BatchResult(), self._head(), rows, {}, time.perf_counter(),
                                          0, {}))
         if touched is None:
@@ -586,6 +596,8 @@ class LedgerRun:
         """One batch in one transaction; the head's expected seq guards against a second writer."""
         committing_at = time.perf_counter()
         commit_start = trace.now()
+        if self.lease is not None:  # a writer whose lock ended must not commit beside the one that took it
+            await self.lease.check()
         committed = await self.store.commit(expected_seq=pending.expected_seq, result=pending.result,
                                             head=pending.head, projections=pending.rows)
         if pending.stamps is not None:

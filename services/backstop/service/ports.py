@@ -27,6 +27,7 @@ from backstop.adapters.postgres.store import (
     RefreshCopy,
     StaleRow,
 )
+from backstop.adapters.postgres.store import HeadMoved as HeadMoved
 from backstop.adapters.postgres.store import Lease as Lease  # the stores' (re-exported: a port's type)
 from backstop.adapters.postgres.store import LockLost as LockLost
 from backstop.core.dedupe import HeldRow

@@ -1,7 +1,9 @@
 """What the ledger processor and the outbox relay share: one instance per database (an advisory lock, held on a
-connection of its own), and restarts after an error with a bounded backoff. An InvariantViolation is never
-retried: it stops the loop, as a broken rule must; nor is an error of a loop whose task was cancelled (a cleanup
-that failed on the way out, or a cancellation an await swallowed, must not start it again)."""
+connection of its own, checked before a loop acts as its holder), and restarts after an error with a bounded
+backoff. An InvariantViolation is never retried: it stops the loop, as a broken rule must (but for HeadMoved, a
+handover's last batch from the instance before: the engine is rebuilt from the store); nor is an error of a loop
+whose task was cancelled (a cleanup that failed on the way out, or a cancellation an await swallowed, must not
+start it again)."""
 
 from __future__ import annotations
 
@@ -11,13 +13,13 @@ import time
 
 from backstop.core.errors import InvariantViolation
 from backstop.service import metrics
-from backstop.service.ports import InputGap, InputPartitionsGrew, Lease, LedgerStore, LockLost
+from backstop.service.ports import HeadMoved, InputGap, InputPartitionsGrew, Lease, LedgerStore, LockLost
 
 log = logging.getLogger("backstop.service")
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 10.0
 HEALTHY_RUN_S = 60.0  # a run that lasted this long before it failed was healthy: the next backoff is the first
-_SAID_IN_FULL = (InputGap, InputPartitionsGrew, LockLost)  # their message is the whole story: no traceback
+_SAID_IN_FULL = (InputGap, InputPartitionsGrew, LockLost, HeadMoved)  # their message is the whole story: no traceback
 
 
 class SupervisedLoop:
@@ -43,9 +45,11 @@ class SupervisedLoop:
             try:
                 await self.run()
                 return
-            except (InvariantViolation, asyncio.CancelledError):
+            except asyncio.CancelledError:
                 raise
             except Exception as error:
+                if isinstance(error, InvariantViolation) and not isinstance(error, HeadMoved):
+                    raise
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError(f"{self.name} was cancelled") from error

@@ -22,6 +22,7 @@ from backstop.adapters.postgres.store import (
     OUTBOX,
     TABLE_SOURCES,
     Head,
+    HeadMoved,
     Lease,
     LockLost,
     OutboxRow,
@@ -31,7 +32,6 @@ from backstop.adapters.postgres.store import (
     refuse_journal_gap,
 )
 from backstop.core.dedupe import HeldRow
-from backstop.core.errors import InvariantViolation
 from backstop.core.snapshot import SNAPSHOT_VERSION
 from backstop.pipeline.copy_text import copy_rows
 from backstop.pipeline.ingest import (
@@ -271,7 +271,7 @@ class MemoryStore:
         db = self.db
         current = db.engine_head["seq"] if db.engine_head else 0
         if current != expected_seq:
-            raise InvariantViolation(f"journal head moved: expected seq {expected_seq}, found {current}: another "
+            raise HeadMoved(f"journal head moved: expected seq {expected_seq}, found {current}: another "
                                      f"writer is active")
         ledger_rows = [(*output_values(e, _CHAINED), output_json(e).decode()) for e in result.fund_entries]
         adl_rows = [(*output_values(e, _CHAINED), output_json(e).decode()) for e in result.adl_events]

@@ -55,6 +55,13 @@ class LockLost(Exception):
     the lock now, and this one must not act as its holder."""
 
 
+class HeadMoved(InvariantViolation):
+    """The journal's head is not the one this writer applied its batch after: another writer committed since. With
+    the writer's lock checked before each commit, that is a handover's last batch from the instance whose session
+    ended (it was past its check when the lock passed): the batch is not written, and the supervisor rebuilds this
+    instance's engine from the store rather than stop it."""
+
+
 class Lease(Protocol):
     """A lock held: `check` raises LockLost unless it still is (the relay asks before each publish)."""
 
@@ -760,7 +767,7 @@ class Store:
         async with connection.transaction():
             current = await connection.fetchval("SELECT seq FROM engine_head FOR UPDATE")
             if (current or 0) != expected_seq:
-                raise InvariantViolation(f"journal head moved: expected seq {expected_seq}, found {current}: "
+                raise HeadMoved(f"journal head moved: expected seq {expected_seq}, found {current}: "
                                          f"another writer is active")
             postings_before, outbox_before = await self._stored_before(connection, expected_seq)
             written = await self._append(connection, result, head, postings_before)
