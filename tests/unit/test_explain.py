@@ -144,6 +144,25 @@ def test_an_adl_event_is_explained_under_the_policy_it_was_made_under(
         assert explanation["adl_policy"]["rule"] == ("bitmex" if policy == "queue" else policy)
 
 
+def test_a_run_s_journal_is_explained_under_the_policy_its_summary_records(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A what-if run's journal.jsonl sits beside its summary.json: explain takes the run's policy from there, and
+    says so when told another."""
+    assert main(["whatif", str(EXAMPLES / "07-adl-lab.jsonl"), "--policies", "pro_rata", "--out",
+                 str(tmp_path / "w")]) == 0
+    run = tmp_path / "w" / "pro_rata"
+    events = [json.loads(line) for line in (run / "adl-events.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+    code, out, err = explain(capsys, events[0]["id"], "--journal", str(run / "journal.jsonl"), "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)["subject"] == events[0]
+    code, out, err = explain(capsys, events[0]["id"], "--journal", str(run / "journal.jsonl"), "--adl-policy",
+                             "queue", "--json")
+    assert code == 0 and json.loads(out)["subject"] != events[0]
+    assert err.startswith(f"backstop explain: note: {run / 'summary.json'} says the journal ran under the ADL "
+                          'policy {"rule":"pro_rata","price":"bankruptcy"}; explaining it under the one given')
+
+
 @pytest.mark.parametrize(("example", "event_id", "policy", "heading", "inputs"), [
     ("02-adl-walks-queue.jsonl", "adl-19-1", "queue",
      "deleveraged (at the lot's bankruptcy price, in ADL-queue order):", "PnL% 0.29 x leverage 1.724137931034"),

@@ -393,10 +393,17 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from backstop.entrypoints.explain import ExplainError, explain, render_text
+    from backstop.core.adl_policy import document
+    from backstop.entrypoints.explain import ExplainError, explain, recorded_policy, render_text
 
     try:
-        explanation = explain(args.id, Path(args.journal), adl_policy_of(args))
+        journal, policy = Path(args.journal), adl_policy_of(args)
+        recorded = recorded_policy(journal)  # a run's journal is explained under the policy its run applied
+        if recorded is not None and policy is not None and document(recorded) != document(policy):
+            print(f"backstop explain: note: {journal.parent / 'summary.json'} says the journal ran under the ADL "
+                  f"policy {orjson.dumps(document(recorded)).decode()}; explaining it under the one given",
+                  file=sys.stderr)
+        explanation = explain(args.id, journal, policy or recorded)
     except (ExplainError, ValueError) as error:
         print(f"backstop explain: {error}", file=sys.stderr)
         return 2
@@ -735,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "liquidation id")
     explain.add_argument("--journal", required=True, metavar="INPUT.jsonl")
     explain.add_argument("--json", action="store_true", help="machine-readable output")
-    add_adl_policy_arguments(explain, metrics=False)  # as the outputs were made: their summary.json's adl_policy
+    add_adl_policy_arguments(explain, metrics=False)  # by default the policy of the summary.json beside the journal
     explain.set_defaults(handler=_cmd_explain)
 
     statement = commands.add_parser("statement", help="a fund's or any ledger account's statement over a period "

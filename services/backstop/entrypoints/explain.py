@@ -54,6 +54,20 @@ def _target_seq(identifier: str) -> tuple[int | None, str | None]:
 PENDING_LINES = 4096  # journal lines handed to the engine at once on the way to the target
 
 
+def recorded_policy(journal_path: Path) -> AdlPolicy | None:
+    """The ADL policy the summary.json beside a journal says its run applied (a what-if or demo run writes its
+    journal.jsonl there), None without one; a summary that does not name a policy is refused."""
+    summary_path = journal_path.parent / "summary.json"
+    if not summary_path.is_file():
+        return None
+    try:
+        document = orjson.loads(summary_path.read_bytes()).get("adl_policy")
+        return None if document is None else adl_policy.from_document(document)
+    except (OSError, orjson.JSONDecodeError, AttributeError, ArithmeticError, KeyError, TypeError,
+            ValueError) as error:
+        raise ExplainError(f"{summary_path}: adl_policy is not a policy ({error})") from None
+
+
 def explain(identifier: str, journal_path: Path, policy: AdlPolicy | None = None) -> dict[str, Any]:
     """Replay the journal through the batch API of the reference engine (backstop.engines, as replay and audit do;
     the reference, because the state before the event is read from its objects) up to the event, under the ADL
