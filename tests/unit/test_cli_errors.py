@@ -207,6 +207,19 @@ def test_out_pointing_at_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert target.read_text() == "mine"
 
 
+@pytest.mark.parametrize("command", [
+    ["replay", str(EXAMPLE), "--out", ""], ["whatif", str(EXAMPLE), "--out", " "], ["demo", "--out", ""],
+    ["statement", "x", "--fund", "MAIN", "--out", ""], ["journal", "export", "--out", ""],
+], ids=lambda c: c[0])
+def test_an_empty_out_is_refused_rather_than_taken_for_the_working_directory(
+        capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(command)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert "argument --out: an empty path (see backstop " in err
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ("{}", "no snapshot_hash"),
     ("[]", "not a JSON object"),

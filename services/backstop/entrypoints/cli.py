@@ -612,6 +612,13 @@ def adl_policy_of(args: argparse.Namespace) -> Any:
                       drawdown_ratio=args.adl_drawdown, stop_ratio=args.adl_stop, window_hours=args.adl_window_hours)
 
 
+def _path(value: str) -> str:
+    """A path option: an empty one would name the working directory (`--out ""` wrote the outputs there)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    return value
+
+
 def _amount(value: str) -> Any:
     from decimal import Decimal, InvalidOperation
 
@@ -671,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "hashes (the password from PGPASSWORD or PGPASSFILE, never here)")
     replay.add_argument("--from-kafka", metavar="BOOTSTRAP", help="replay the journal topic and check the head hash "
                                                                   "the output topics carry (BACKSTOP_TOPIC_PREFIX)")
-    replay.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    replay.add_argument("--out", type=_path, required=True, metavar="DIR", help="output directory (created if missing)")
     replay.add_argument("--strict", action="store_true", help="stop at the first bad record (exit 1)")
     replay.add_argument("--snapshot-every", type=_count, default=0, metavar="N",
                         help="write a snapshot of engine state every N applied events into DIR/snapshots")
@@ -721,7 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     journal = commands.add_parser("journal", help="the journal the service stored")
     journal_commands = journal.add_subparsers(dest="journal_command", metavar="JOURNAL_COMMAND", required=True)
     export = journal_commands.add_parser("export", help="write the stored journal as a file `backstop replay` reads")
-    export.add_argument("--out", required=True, metavar="FILE.jsonl")
+    export.add_argument("--out", type=_path, required=True, metavar="FILE.jsonl")
     export.add_argument("--dsn", action=DsnArgument, env="BACKSTOP_PG_DSN",
                         help="PostgreSQL DSN without a password (default: $BACKSTOP_PG_DSN)")
     export.set_defaults(handler=_cmd_journal_export)
@@ -756,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     statement.add_argument("--from", dest="period_from", metavar="TIME", help="ms since the epoch or ISO time (UTC)")
     statement.add_argument("--to", dest="period_to", metavar="TIME", help="exclusive; ms or ISO time")
     statement.add_argument("--format", choices=["csv", "json", "parquet"], default="csv")
-    statement.add_argument("--out", metavar="FILE", help="default: statement-<fund or account>.<format>")
+    statement.add_argument("--out", type=_path, metavar="FILE", help="default: statement-<fund or account>.<format>")
     statement.set_defaults(handler=_cmd_statement)
 
     reconcile = commands.add_parser("reconcile", help="fund balances against the sum of their entries, by kind and "
@@ -771,7 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     whatif.add_argument("--policies", metavar="A,B,...",
                         help="replay once per ADL policy (queue, binance, pro_rata, capped_pro_rata, min_max_leverage, "
                              "socialized, bybit, okx) on the [baseline] scenario and compare their fairness")
-    whatif.add_argument("--out", required=True, metavar="DIR")
+    whatif.add_argument("--out", type=_path, required=True, metavar="DIR")
     whatif.add_argument("--report", action="store_true", help="also write report.html with baseline and alternative "
                                                               "charted on the same axes")
     add_engine_argument(whatif)
@@ -779,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="a seeded cascade on the real BTCUSDT path of 10 Oct 2025, through "
                                             "simulation mode, with a report")
-    demo.add_argument("--out", default="out/demo", metavar="DIR")
+    demo.add_argument("--out", type=_path, default="out/demo", metavar="DIR")
     demo.add_argument("--seed", type=_count, default=2025, metavar="N",
                       help="the cascade's seed, a whole number >= 0 (default: %(default)s)")
     demo.add_argument("--accounts", type=_demo_accounts, default=3000,
