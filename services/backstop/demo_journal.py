@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 
 from backstop.core.hashing import canonical_json
@@ -23,6 +24,7 @@ DEPOSITS = (200, 500, 500, 1000, 1000, 2000, 2000, 5000, 10000, 50000)
 BINANCE_BTC_TIERS = (("50000", "0.004", "0"), ("250000", "0.005", "50"), ("3000000", "0.01", "1300"),
                      ("15000000", "0.025", "46300"), ("30000000", "0.05", "421300"),
                      ("80000000", "0.1", "1921300"), ("150000000", "0.125", "3921300"))
+LIQUIDATION_BUFFER = Decimal("1.5")  # a margin balance within 1.5 x its maintenance margin may be liquidated
 
 
 def _marks(bar: Bar) -> list[tuple[int, Decimal]]:
@@ -33,8 +35,39 @@ def _marks(bar: Bar) -> list[tuple[int, Decimal]]:
             ((0, bar.open), (15_000, first), (30_000, second), (45_000, bar.close))]
 
 
+@dataclass(slots=True)
+class _Open:
+    """What the generator knows of an account's position, to trade it as its margin allows (the engine decides)."""
+
+    side: str
+    lots: int
+    entry: Decimal
+    margin: Decimal  # isolated margin (0 for a cross position)
+
+
+def _maintenance(notional: Decimal) -> Decimal:
+    for max_notional, mmr, amount in BINANCE_BTC_TIERS:
+        if notional <= Decimal(max_notional):
+            return notional * Decimal(mmr) - Decimal(amount)
+    return notional * Decimal(BINANCE_BTC_TIERS[-1][1]) - Decimal(BINANCE_BTC_TIERS[-1][2])
+
+
+def _near_liquidation(held: _Open, wallet: Decimal, mark: Decimal, isolated: bool) -> bool:
+    """The position's margin balance at the mark is within LIQUIDATION_BUFFER of its maintenance margin (or below):
+    the engine may liquidate it at this mark, so the account trades no more. Without that a later close of a
+    position the engine liquidated would open one on the other side, on margin the account no longer has."""
+    qty = LOT * held.lots
+    pnl = (mark - held.entry) * qty if held.side == "long" else (held.entry - mark) * qty
+    balance = (held.margin if isolated else wallet) + pnl
+    return balance <= _maintenance(qty * mark) * LIQUIDATION_BUFFER
+
+
 def journal(seed: int = 2025, accounts: int = 3000, fund_balance: str = "150000") -> Iterator[bytes]:
-    """The demo's input journal, one canonical JSON line per record, in time order."""
+    """The demo's input journal, one canonical JSON line per record, in time order.
+
+    The generator keeps each account's wallet and position as the engine would (fees, margin, realized PnL), and
+    an account whose position nears its liquidation at a mark stops trading: the engine decides liquidations, and a
+    fill is a fact it applies whatever margin the account has left."""
     rng = random.Random(seed)
     bars = btc_crash_bars()
     start = bars[0].open_time - 60_000
@@ -50,12 +83,14 @@ def journal(seed: int = 2025, accounts: int = 3000, fund_balance: str = "150000"
     yield line({"type": "transfer", "ts": start, "transfer_id": "fund-seed", "account_id": "fund:BTC",
                 "asset": "USDT", "amount": fund_balance})
     names = [f"trader-{i:05d}" for i in range(accounts)]
-    wallets = {}
+    wallets: dict[str, Decimal] = {}
     for name in names:
-        wallets[name] = rng.choice(DEPOSITS)
+        deposit = rng.choice(DEPOSITS)
+        wallets[name] = Decimal(deposit)
         yield line({"type": "transfer", "ts": start, "transfer_id": f"dep-{name}", "account_id": name,
-                    "asset": "USDT", "amount": str(wallets[name])})
-    open_sizes: dict[str, tuple[str, int]] = {}  # account -> (side, lots)
+                    "asset": "USDT", "amount": str(deposit)})
+    positions: dict[str, _Open] = {}  # in the order they opened
+    stopped: set[str] = set()  # accounts whose position neared its liquidation: they trade no more
     modes = {name: ("isolated" if rng.random() < 0.6 else "cross") for name in names}
     total_trades = sum(bar.trades for bar in bars)
     fills_budget = accounts * 6
@@ -65,33 +100,46 @@ def journal(seed: int = 2025, accounts: int = 3000, fund_balance: str = "150000"
         fills = max(1, fills_budget * bar.trades // total_trades)
         for index, (ts, mark) in enumerate(marks):
             yield line({"type": "mark", "ts": ts, "symbol": "BTCUSDT", "mark_price": str(mark)})
+            for name in [n for n, held in positions.items()
+                         if _near_liquidation(held, wallets[n], mark, modes[n] == "isolated")]:
+                del positions[name]
+                stopped.add(name)
             for _ in range(fills // len(marks) + (1 if index < fills % len(marks) else 0)):
                 serial += 1
                 name = rng.choice(names)
                 price = max(mark + TICK * rng.randint(-20, 20), TICK)
                 fill_ts = ts + 1 + rng.randint(0, 14_000)
-                held = open_sizes.get(name)
+                held = positions.get(name)
+                if name in stopped:
+                    continue
                 if held is not None and rng.random() < 0.35:  # take profit or cut the loss, in part
-                    side, lots = held
-                    closing = rng.randint(1, lots)
-                    record = {"side": "sell" if side == "long" else "buy", "qty": str(LOT * closing),
+                    closing = rng.randint(1, held.lots)
+                    record = {"side": "sell" if held.side == "long" else "buy", "qty": str(LOT * closing),
                               "leverage": "10"}
-                    open_sizes[name] = (side, lots - closing) if lots > closing else None  # type: ignore[assignment]
-                    if open_sizes[name] is None:
-                        del open_sizes[name]
+                    qty = LOT * closing
+                    wallets[name] += (price - held.entry) * qty if held.side == "long" else (held.entry - price) * qty
+                    released = held.margin * closing / held.lots
+                    held.margin -= released
+                    wallets[name] += released
+                    held.lots -= closing
+                    if held.lots == 0:
+                        del positions[name]
                 elif held is None:
                     leverage = rng.choice(LEVERAGES)
-                    margin = Decimal(wallets[name]) * Decimal(rng.randint(20, 80)) / 100
+                    margin = wallets[name] * Decimal(rng.randint(20, 80)) / 100
                     lots = int((margin * leverage / price / LOT).to_integral_value(ROUND_DOWN))
                     if lots < 1:
                         continue
                     side = "long" if rng.random() < 0.62 else "short"
                     record = {"side": "buy" if side == "long" else "sell", "qty": str(LOT * lots),
                               "leverage": str(leverage)}
-                    open_sizes[name] = (side, lots)
+                    isolated = LOT * lots * price / leverage if modes[name] == "isolated" else Decimal(0)
+                    wallets[name] -= isolated
+                    positions[name] = _Open(side, lots, price, isolated)
                 else:
                     continue
                 fee = (Decimal(record["qty"]) * price * Decimal("0.0004")).quantize(Decimal("0.00000001"))
+                wallets[name] -= fee
                 yield line({"type": "fill", "ts": fill_ts, "fill_id": f"f{serial}", "account_id": name,
                             "symbol": "BTCUSDT", "price": str(price), "fee": str(fee),
                             "margin_mode": modes[name], **record})

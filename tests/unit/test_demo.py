@@ -60,3 +60,17 @@ def test_whatif_report_draws_both_runs(tmp_path: Path) -> None:
                  str(examples / "whatif-bigger-fund.toml"), "--out", str(tmp_path / "w"), "--report"]) == 0
     report = (tmp_path / "w" / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 7 and "alternative head hash" in report
+
+
+def test_only_an_account_adl_closed_before_its_own_close_trades_beyond_its_margin(tmp_path: Path) -> None:
+    """The generator follows each account's margin and stops one near its liquidation, so a negative wallet (a
+    fill on margin the account no longer has) comes only after ADL closed the position the fill meant to close."""
+    assert main(["demo", "--out", str(tmp_path / "d"), "--accounts", "1000", "--no-report", "--no-policies"]) == 0
+    findings = [json.loads(line) for line in (tmp_path / "d" / "findings.jsonl").read_text().splitlines()]
+    deleveraged: dict[str, int] = {}
+    for line in (tmp_path / "d" / "adl-events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        deleveraged.setdefault(event["account_id"], event["seq"])
+    negative = [f for f in findings if f["kind"] == "negative_wallet"]
+    assert len(negative) < len(deleveraged)
+    assert all(deleveraged.get(f["account_id"], f["seq"]) < f["seq"] for f in negative), negative
