@@ -126,6 +126,15 @@ def test_a_corrupt_accounts_file_is_named_without_the_journal_too(
     assert f"{out / 'accounts.json'}" in one_line_error(capsys, ["audit", "verify", str(out)])
 
 
+def test_a_missing_accounts_file_is_named_with_its_directory(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["replay", str(EXAMPLE), "--out", str(out)]) == 0
+    (out / "accounts.json").unlink()
+    line = one_line_error(capsys, ["audit", "verify", str(out), "--journal", str(EXAMPLE)])
+    assert f"cannot read {out / 'accounts.json'}" in line, line
+
+
 @pytest.fixture
 def replayed(tmp_path: Path) -> Path:
     out = tmp_path / "out"

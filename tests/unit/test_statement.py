@@ -157,3 +157,10 @@ def test_a_settlement_account_statement_names_its_symbol(out: Path, tmp_path: Pa
                  "--out", str(target)]) == 0
     s = json.loads(target.read_text())
     assert list(s["by_symbol"]) == ["BTCUSDT"] and s["entries"]
+
+
+def test_a_statement_without_an_end_says_none(out: Path, tmp_path: Path) -> None:
+    for period, to_ts in (([], None), (["--to", "1760000000000"], 1760000000000)):
+        target = tmp_path / f"s{len(period)}.json"
+        assert main(["statement", str(out), "--fund", "MAIN", "--format", "json", "--out", str(target), *period]) == 0
+        assert json.loads(target.read_text())["to_ts"] == to_ts

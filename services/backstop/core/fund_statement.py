@@ -27,6 +27,9 @@ def symbol_of(entry: dict[str, Any]) -> str:
     return "-"
 
 
+OPEN_END = 2**53 + 1  # a period's end without --to (exclusive): past every event time the wire takes
+
+
 @dataclass(slots=True)
 class Statement:
     fund_id: str  # the fund, or the ledger account of an account statement
@@ -42,7 +45,8 @@ class Statement:
     def as_json(self) -> dict[str, Any]:
         with localcontext(CONTEXT):
             total = sum(self.by_kind.values(), Decimal(0))
-        return {self.names: self.fund_id, "from_ts": self.period_from, "to_ts": self.period_to,
+        return {self.names: self.fund_id, "from_ts": self.period_from,
+                "to_ts": None if self.period_to == OPEN_END else self.period_to,  # null: no end given
                 "opening_balance": text(self.opening_balance), "closing_balance": text(self.closing_balance),
                 "total_flows": text(total),
                 "by_kind": {k: text(v) for k, v in sorted(self.by_kind.items())},

@@ -315,10 +315,13 @@ def verify_other_files(out: Path, derived: Path, summary: dict[str, Any], read: 
             f" (the service's {aside} before them set aside: its journal does not hold them)" if aside else ""))
     try:
         stored_accounts = (out / "accounts.json").read_bytes()
+    except OSError as error:
+        raise AuditError(f"cannot read {out / 'accounts.json'}: {error.strerror or error}") from None
+    try:
         derived_accounts = (derived / "accounts.json").read_bytes()
         replay_summary = read_summary(derived)
     except OSError as error:
-        raise AuditError(f"cannot read accounts.json: {error.strerror or error}") from None
+        raise AuditError(f"cannot read the replay's accounts.json in {derived}: {error.strerror or error}") from None
     older = bool(start) and "wallets_at_zero" not in start
     if older:  # a snapshot of an older backstop carried no wallet at zero, so a replay from it listed none
         stored_accounts, derived_accounts = (_without_zero_wallets(stored_accounts),

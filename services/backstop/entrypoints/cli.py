@@ -419,9 +419,14 @@ def _cmd_statement(args: argparse.Namespace) -> int:
 
     from backstop.adapters.files import OutputError, written_in_place
     from backstop.adapters.output_reader import OutputReadError, read_stream, read_summary
-    from backstop.core.fund_statement import StatementError, account_entries, account_statement, statement
-    from backstop.entrypoints.statement import (
+    from backstop.core.fund_statement import (
         OPEN_END,
+        StatementError,
+        account_entries,
+        account_statement,
+        statement,
+    )
+    from backstop.entrypoints.statement import (
         default_target,
         opening_balance,
         parse_time,
@@ -659,6 +664,10 @@ class _OneLineErrors(argparse.ArgumentParser):
     """A usage error in one line that names the command and where its help is (argparse prints the usage first);
     every subcommand's parser is of this class too (add_subparsers takes the parent's)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(parsed_by=self)  # the deepest command's parser: it names arguments no parser took
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
@@ -792,9 +801,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--accounts", type=_demo_accounts, default=3000,
                       help=f"accounts in the cascade, 1 to {MAX_DEMO_ACCOUNTS:,} (default: %(default)s)")
     demo.add_argument("--no-report", action="store_true", help="skip the HTML report and charts")
-    demo.add_argument("--policies", default="queue,pro_rata,capped_pro_rata,min_max_leverage,socialized",
-                      metavar="A,B,...", help="the ADL policies to compare on the same cascade (default: %(default)s)")
-    demo.add_argument("--no-policies", action="store_true", help="skip the ADL policy comparison")
+    comparison = demo.add_mutually_exclusive_group()
+    comparison.add_argument("--policies", default="queue,pro_rata,capped_pro_rata,min_max_leverage,socialized",
+                            metavar="A,B,...",
+                            help="the ADL policies to compare on the same cascade (default: %(default)s)")
+    comparison.add_argument("--no-policies", action="store_true", help="skip the ADL policy comparison")
     add_engine_argument(demo)
     demo.set_defaults(handler=_cmd_demo)
 
@@ -815,7 +826,9 @@ INTERRUPTED_EXIT = 128 + 2  # as a shell shows a command ended by SIGINT
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        args.parsed_by.error(f"unrecognized arguments: {' '.join(unknown)}")
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

@@ -13,7 +13,7 @@ import orjson
 
 from backstop.adapters.files import write_file_atomically
 from backstop.adapters.output_reader import read_stream, read_summary
-from backstop.core.fund_statement import Statement, StatementError, statement
+from backstop.core.fund_statement import OPEN_END, Statement, StatementError, statement
 from backstop.core.ledger import bad_debt
 from backstop.core.ledger import fund as fund_account
 from backstop.core.verify import check_postings
@@ -25,7 +25,6 @@ ACCOUNT_COLUMNS = ("id", "seq", "ts", "account", "kind", "amount", "balance_afte
 
 
 LATEST_MS = 2**53  # the latest event time the wire takes (backstop.wire.inputs.Timestamp)
-OPEN_END = LATEST_MS + 1  # a period's end without --to (exclusive): past every event time
 
 
 def parse_time(value: str) -> int:
