@@ -261,6 +261,25 @@ class RunMetrics:
             "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected, "adl": self.adl}
 
 
+# Each fund's figures in RunMetrics.as_json, and how the tables name them.
+FUND_FIGURES = {"final_balance": "final balance", "min_balance": "min balance", "max_drawdown": "max drawdown",
+                "bad_debt": "bad debt", "inventory_upnl": "inventory uPnL", "marked_balance": "balance at mark"}
+
+
+def run_figure(run: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """A figure of a run's metrics (RunMetrics.as_json), or "-" where there is none (no round); an over-use without
+    a need but with a haircut taken is "all overshoot" (H / B with B = 0, design §11.4)."""
+    if path == ("adl", "over_use") and run_figure(run, path[:1]) != "-" and run["adl"].get("over_use") is None \
+            and run["adl"].get("haircut") not in (None, "0"):
+        return "all overshoot"
+    value: Any = run
+    for key in path:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return "-"
+        value = value[key]
+    return value
+
+
 OBSERVED_LINES = 4096  # lines handed to the engine at once between the points the metrics look at its state
 
 

@@ -44,7 +44,7 @@ def test_a_fund_that_keeps_its_lot_shows_the_loss_at_the_mark_it_has_not_realize
     comparison = whatif_policies(EXAMPLE_07, WhatIfFile(), ["queue", "socialized"], tmp_path / "out", engine=engine)
     rows = dict(table_rows(comparison))
     assert rows["fund LAB final balance"] == ["20", "20"]
-    assert rows["fund LAB inventory uPnL at mark"] == ["0", "-30"]
+    assert rows["fund LAB inventory uPnL"] == ["0", "-30"]
     assert rows["fund LAB balance at mark"] == ["20", "-10"]
     summary = json.loads((tmp_path / "out" / "socialized" / "summary.json").read_text())
     assert summary["funds"]["LAB"]["inventory_upnl"] == "-30"

@@ -16,7 +16,16 @@ from backstop.adapters.files import OutputError, staged_dir, write_json
 from backstop.core.adl_policy import ALIASES, PRESETS
 from backstop.engines import EngineName
 from backstop.entrypoints.whatif import WHATIF_OUTPUTS
-from backstop.scenarios import RunMetrics, Scenario, WhatIfError, WhatIfFile, read_records, run_scenario
+from backstop.scenarios import (
+    FUND_FIGURES,
+    RunMetrics,
+    Scenario,
+    WhatIfError,
+    WhatIfFile,
+    read_records,
+    run_figure,
+    run_scenario,
+)
 from backstop.wire.inputs import AnyRecord
 
 DEFAULT_POLICIES = ("queue", "pro_rata", "capped_pro_rata", "min_max_leverage", "socialized")
@@ -55,20 +64,6 @@ def parse_policies(text: str) -> list[str]:
     return names
 
 
-def _figure(run: dict[str, Any], path: tuple[str, ...]) -> Any:
-    """The figure, or "-" where there is none (no round); an over-use without a need but with a haircut taken is
-    "all overshoot" (H / B with B = 0, design §11.4)."""
-    if path == ("adl", "over_use") and _figure(run, path[:1]) != "-" and run["adl"].get("over_use") is None \
-            and run["adl"].get("haircut") not in (None, "0"):
-        return "all overshoot"
-    value: Any = run
-    for key in path:
-        if not isinstance(value, dict) or value.get(key) is None:
-            return "-"
-        value = value[key]
-    return value
-
-
 def compare_policies(runs: dict[str, RunMetrics], head_hashes: dict[str, str]) -> dict[str, Any]:
     return {"policies": list(runs), "runs": {name: run.as_json() for name, run in runs.items()},
             "head_hashes": head_hashes}
@@ -77,18 +72,19 @@ def compare_policies(runs: dict[str, RunMetrics], head_hashes: dict[str, str]) -
 def table_rows(comparison: dict[str, Any]) -> list[tuple[str, list[str]]]:
     """(row, one value per policy), values as the engine wrote them ("-" where a figure has no value)."""
     runs = [comparison["runs"][name] for name in comparison["policies"]]
-    rows = [(label, [str(_figure(run, path)) for run in runs]) for label, path in ROWS]
+    rows = [(label, [str(run_figure(run, path)) for run in runs]) for label, path in ROWS]
     funds = sorted({fund_id for run in runs for fund_id in run["funds"]})
     for fund_id in funds:
-        rows.append((f"fund {fund_id} bad debt", [str(_figure(run, ("funds", fund_id, "bad_debt"))) for run in runs]))
+        rows.append((f"fund {fund_id} {FUND_FIGURES['bad_debt']}",
+                     [str(run_figure(run, ("funds", fund_id, "bad_debt"))) for run in runs]))
         rows.append((f"fund {fund_id} max drawdown",
-                     [str(_figure(run, ("adl", "fund_max_drawdown", fund_id))) for run in runs]))
-        rows.append((f"fund {fund_id} final balance",
-                     [str(_figure(run, ("funds", fund_id, "final_balance"))) for run in runs]))
-        rows.append((f"fund {fund_id} inventory uPnL at mark",
-                     [str(_figure(run, ("funds", fund_id, "inventory_upnl"))) for run in runs]))
-        rows.append((f"fund {fund_id} balance at mark",
-                     [str(_figure(run, ("funds", fund_id, "marked_balance"))) for run in runs]))
+                     [str(run_figure(run, ("adl", "fund_max_drawdown", fund_id))) for run in runs]))
+        rows.append((f"fund {fund_id} {FUND_FIGURES['final_balance']}",
+                     [str(run_figure(run, ("funds", fund_id, "final_balance"))) for run in runs]))
+        rows.append((f"fund {fund_id} {FUND_FIGURES['inventory_upnl']}",
+                     [str(run_figure(run, ("funds", fund_id, "inventory_upnl"))) for run in runs]))
+        rows.append((f"fund {fund_id} {FUND_FIGURES['marked_balance']}",
+                     [str(run_figure(run, ("funds", fund_id, "marked_balance"))) for run in runs]))
     return rows
 
 

@@ -42,6 +42,7 @@ from backstop.adapters.files import OutputError, staged_dir, write_json
 from backstop.core.adl_policy import PRESETS
 from backstop.engines import EngineName
 from backstop.scenarios import (
+    FUND_FIGURES,
     RunMetrics,
     WhatIfError,
     WhatIfFile,
@@ -79,8 +80,8 @@ def render(comparison: dict[str, Any]) -> str:
             ("accounts liquidated", base["accounts_liquidated"], alt["accounts_liquidated"]),
             ("accounts deleveraged", base["accounts_deleveraged"], alt["accounts_deleveraged"])]
     for fund_id in sorted(set(base["funds"]) | set(alt["funds"])):
-        for key in ("final_balance", "min_balance", "max_drawdown", "bad_debt"):
-            rows.append((f"fund {fund_id} {key.replace('_', ' ')}", base["funds"].get(fund_id, {}).get(key, "-"),
+        for key, label in FUND_FIGURES.items():
+            rows.append((f"fund {fund_id} {label}", base["funds"].get(fund_id, {}).get(key, "-"),
                          alt["funds"].get(fund_id, {}).get(key, "-")))
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':<{width}}  {'baseline':>22}  {'alternative':>22}"]

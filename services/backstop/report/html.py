@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from backstop.report.charts import charts
-from backstop.scenarios import RunMetrics
+from backstop.scenarios import FUND_FIGURES, RunMetrics, run_figure
 
 
 def _number(value: Any) -> str:
@@ -24,13 +24,6 @@ def _number(value: Any) -> str:
         except ArithmeticError:
             return value
     return str(value)
-
-
-def _at(document: dict[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = document
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    return "-" if value is None else value
 
 
 def figure_rows(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -> list[tuple[str, str, list[str]]]:
@@ -51,11 +44,11 @@ def figure_rows(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str
                 ("rank inversions by leverage", "share of pairs", ("inversions", "leverage")),
                 ("socialized loss", notional, ("socialized",))]
     if any(f.get("adl") for f in figures):
-        table += [(name, unit, [_number(_at(f.get("adl") or {}, path)) for f in figures])
+        table += [(name, unit, [_number(run_figure(f, ("adl", *path))) for f in figures])
                   for name, unit, path in fairness]
     for fund_id in sorted({fund_id for f in figures for fund_id in f["funds"]}):
-        for key in ("final_balance", "min_balance", "max_drawdown", "bad_debt"):
-            table.append((f"insurance fund {fund_id}: {key.replace('_', ' ')}", assets.get(fund_id, ""),
+        for key, label in FUND_FIGURES.items():
+            table.append((f"insurance fund {fund_id}: {label}", assets.get(fund_id, ""),
                           [_number(f["funds"].get(fund_id, {}).get(key, "-")) for f in figures]))
     return table
 
