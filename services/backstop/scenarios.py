@@ -254,8 +254,8 @@ class RunMetrics:
             "funds": {f: {"final_balance": text(self.fund_final[f]), "min_balance": text(self.fund_min[f]),
                           "max_drawdown": text(self.fund_drawdown[f]),
                           "bad_debt": text(bad_debt(self.fund_final[f])),
-                          "inventory_upnl": text(self.fund_inventory_upnl[f]),
-                          "marked_balance": text(self.fund_final[f] + self.fund_inventory_upnl[f])}
+                          "inventory_upnl": text(self.fund_inventory_upnl.get(f, Decimal(0))),  # 0: no lots
+                          "marked_balance": text(self.fund_final[f] + self.fund_inventory_upnl.get(f, Decimal(0)))}
                       for f in sorted(self.fund_final)},
             "accounts_liquidated": len(self.liquidated_by_account),
             "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected, "adl": self.adl}

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import unittest.mock
 from decimal import Decimal
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import venue_journals
-from backstop.core import ledger
+from backstop.core import ledger, margin
 from backstop.core.documents import accounts
 from backstop.core.engine import Engine
 from backstop.core.processor import Applied, Processor, Rejection
 from backstop.core.simulation import SimulationParams, Simulator
+from backstop.core.state import Position, Tier
+from backstop.core.valuation import Valuation
 from backstop.wire.decode import decode_record
 from scenario import fill, fund, instrument, mark, run, transfer
 
@@ -137,3 +143,25 @@ def test_a_mixed_mode_refusal_names_the_sides_in_side_order_not_in_the_order_the
     assert isinstance(outcomes[-1], Rejection)
     assert outcomes[-1].reason == ("u holds BTCUSDT:long in hedge mode; a position_side both record cannot mix modes "
                                    "in BTCUSDT")
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), inverse=st.booleans())
+def test_the_bracket_pairs_left_out_hold_no_liquidation_price(data: st.DataObject, inverse: bool) -> None:
+    """A cross hedge side's price is searched over the pairs of brackets one price can put both sides in: the same
+    price as the search over every pair. Brackets, sizes and equity are drawn around the legs' notional at their
+    entry, so that most draws have a price, in any pair of brackets."""
+    long, short = D(data.draw(st.integers(1, 1000))), D(data.draw(st.integers(1, 1000)))
+    entry = D(data.draw(st.integers(500, 1500)))
+    valuation = Valuation(D(100) if inverse else None)
+    per_qty = D(100) / entry if inverse else entry  # a qty's notional at the entry
+    caps = sorted(data.draw(st.sets(st.integers(5, 300), min_size=1, max_size=6)))
+    tiers = [Tier(max(long, short) * per_qty * cap / 100, D(index + 1) / 200, D(index)) for index, cap in
+             enumerate(caps)]
+    legs = [Position("u", "X", qty * sign, qty * per_qty, "cross", D(10), side)
+            for qty, sign, side in ((long, 1, "long"), (short, -1, "short"))]
+    other = max(long, short) * per_qty * data.draw(st.integers(-50, 50)) / 1000
+    every_pair = lambda legs, bounds, valuation: itertools.product(range(len(bounds)), repeat=len(legs))  # noqa: E731
+    with unittest.mock.patch.object(margin, "_bracket_choices", every_pair):
+        expected = margin.liquidation_price(legs, tiers, other, valuation)
+    assert margin.liquidation_price(legs, tiers, other, valuation) == expected

@@ -1688,18 +1688,14 @@ impl Engine {
             let lower = if index == 0 { Wide::ZERO } else { wide(tiers[index - 1].max_notional * 100_000_000) };
             lower < notional && (index + 1 == tiers.len() || notional <= wide(tiers[index].max_notional * 100_000_000))
         };
-        // every choice of the legs' tiers in order, the first leg's slowest
-        let mut chosen = vec![0; legs.len()];
-        loop {
+        for chosen in bracket_choices(&legs, tiers, valuation) {
             if let Some(candidate) = candidate_at(&chosen) {
                 if candidate > Wide::ZERO && legs.iter().zip(&chosen).all(|(leg, &index)| within(index, notional_at(leg, candidate))) {
                     return Some(candidate);
                 }
             }
-            let last = chosen.iter().rposition(|&index| index + 1 < tiers.len())?;
-            chosen[last] += 1;
-            chosen[last + 1..].fill(0);
         }
+        None
     }
 
     // ------------------------------------------------------------------ outputs
@@ -1920,6 +1916,42 @@ pub fn mode_name(mode: MarginMode) -> &'static str {
 }
 
 /// An exact amount at `scale` rounded to money (1e-8, HALF_EVEN).
+/// Each leg's tier, in order (the first leg's slowest), without the pairs that no one price puts both legs in
+/// (backstop.core.margin._bracket_choices): at a price the legs' notionals are their scales (size; an inverse
+/// contract: face) times one factor, so tiers a and b meet only where lower_a x s2 < upper_b x s1 and lower_b x s1 <
+/// upper_a x s2 (an inverse notional is rounded to 1e-16: a slack of 1e-15 x (s1 + s2)). A pair left out never holds
+/// a root, so the first that does is the full search's; about twice the tiers are left, not their square.
+fn bracket_choices(legs: &[&Position], tiers: &[Tier], valuation: Valuation) -> Vec<Vec<usize>> {
+    let count = tiers.len();
+    if legs.len() == 1 {
+        return (0..count).map(|index| vec![index]).collect();
+    }
+    let scale = |leg: &Position| if valuation.inverse() { wide256(valuation.face(leg.size())) } else { wide(leg.size()) };
+    let (first, second) = (scale(legs[0]), scale(legs[1]));
+    // notionals at 1e-16 times scales: the slack is 10 of those units per unit of scale
+    let slack = if valuation.inverse() { wmul(wadd(first, second), wide(10)) } else { Wide::ZERO };
+    let lower = |index: usize| if index == 0 { Wide::ZERO } else { wide(tiers[index - 1].max_notional * 100_000_000) };
+    // tier `low` of one leg starts below where tier `high` of the other ends (the last tier is open above)
+    let reaches = |low: usize, high: usize, low_scale: Wide, high_scale: Wide| -> bool {
+        high + 1 == count
+            || wmul(lower(low), high_scale) < wadd(wmul(wide(tiers[high].max_notional * 100_000_000), low_scale), slack)
+    };
+    let mut choices = Vec::new();
+    let mut start = 0;
+    for a in 0..count {
+        while !reaches(a, start, first, second) {
+            start += 1;
+        }
+        for b in start..count {
+            if !reaches(b, a, second, first) {
+                break;
+            }
+            choices.push(vec![a, b]);
+        }
+    }
+    choices
+}
+
 pub fn money(value: I256, scale: u32) -> i128 {
     crate::numbers::narrow(rescale(value, scale, S8, Rounding::HalfEven))
 }

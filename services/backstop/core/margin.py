@@ -5,9 +5,8 @@ Pure functions over exact decimals; each rounding is a named rule of docs/design
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
-from itertools import product
 
 from backstop.core import numbers
 from backstop.core.numbers import CONTEXT, ZERO
@@ -75,7 +74,7 @@ def liquidation_price(legs: Sequence[Position], tiers: Sequence[Tier], other_equ
     candidate_of = _candidate if valuation.contract_size is None else _inverse_candidate
     bounds = [(lower, tier.max_notional if index < len(tiers) - 1 else None)
               for index, (lower, tier) in enumerate(zip([ZERO, *(t.max_notional for t in tiers)], tiers, strict=False))]
-    for chosen in product(range(len(tiers)), repeat=len(legs)):
+    for chosen in _bracket_choices(legs, bounds, valuation):
         candidate = candidate_of([(leg, tiers[index]) for leg, index in zip(legs, chosen, strict=True)], other_equity,
                                  valuation)
         if candidate is not None and candidate > 0 and all(
@@ -83,6 +82,36 @@ def liquidation_price(legs: Sequence[Position], tiers: Sequence[Tier], other_equ
                                                                                                  strict=True)):
             return candidate
     return None
+
+
+def _bracket_choices(legs: Sequence[Position], bounds: Sequence[tuple[Decimal, Decimal | None]],
+                     valuation: Valuation) -> Iterator[tuple[int, ...]]:
+    """Each leg's bracket, in order (the first leg's slowest), without the pairs that no one price puts both legs
+    in: at a price P the legs' notionals are their scales (size; an inverse contract: face) times one factor (P; 1
+    / P), so brackets a and b meet only where lower_a x s2 < upper_b x s1 and lower_b x s1 < upper_a x s2; as a
+    rises the b that meet it rise too, so the pairs left are about twice the brackets, not their square. An inverse
+    notional is rounded to 1e-16, so there the test keeps a slack of 1e-15 x (s1 + s2): a pair left out never
+    holds a root, and the first pair that does is the full search's."""
+    if len(legs) == 1:
+        yield from ((index,) for index in range(len(bounds)))
+        return
+    inverse = valuation.contract_size is not None
+    first, second = (valuation.face(leg.size) if inverse else leg.size for leg in legs)
+    slack = (first + second) * Decimal("1e-15") if inverse else ZERO
+
+    def reaches(low: int, high: int, low_scale: Decimal, high_scale: Decimal) -> bool:
+        """Bracket `low` of one leg starts below where bracket `high` of the other ends."""
+        ceiling = bounds[high][1]
+        return ceiling is None or bounds[low][0] * high_scale < ceiling * low_scale + slack
+
+    start = 0
+    for a in range(len(bounds)):
+        while not reaches(a, start, first, second):  # the last bracket is open above: this stops there
+            start += 1
+        for b in range(start, len(bounds)):
+            if not reaches(b, a, second, first):
+                break
+            yield a, b
 
 
 def _within(bound: tuple[Decimal, Decimal | None], notional: Decimal) -> bool:
