@@ -7,6 +7,7 @@ This test restarts the servers of deploy/local (the ones `scripts/test` starts),
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -114,76 +115,54 @@ async def test_a_standby_worker_takes_over_when_the_active_one_dies(
     await assert_same_outcome(reference, shared)
 
 
-async def test_a_ledger_processor_whose_lock_session_ends_stops_writing_beside_the_standby(
-        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
-    """The writer's lock ends with its session (killed here; a PostgreSQL restart alike) while its process runs on:
-    it must not commit beside the standby that takes the lock (it checks before each commit and when idle), and
-    neither process stops: the one whose batch met the other's head rebuilds from the store."""
+async def lock_sessions(dsn: str, lock_id: int, *, granted: bool = True, end: bool = False) -> int:
+    """The sessions holding (or, not `granted`, waiting for) an advisory lock (a bigint key: classid, objid = its
+    high, low 32 bits); with `end`, each is ended (pg_terminate_backend), as a lost connection or a PostgreSQL
+    restart ends it."""
     import asyncpg
 
-    from backstop.adapters.postgres.store import WRITER_LOCK
+    owner = await asyncpg.connect(dsn)
+    try:
+        return int(await owner.fetchval(
+            f"SELECT count({'pg_terminate_backend(pid)' if end else '*'}) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND granted = $3 AND classid::bigint = $1 AND objid::bigint = $2", lock_id >> 32, lock_id & 0xFFFFFFFF,
+            granted))
+    finally:
+        await owner.close()
 
-    reference, shared = await reference_run_beside_a_shared_one(tmp_path, kafka_bootstrap, f"{topic_prefix}k",
-                                                                databases, seed=17)
+
+@pytest.mark.parametrize("loop", ["ledger", "relay"])
+async def test_a_loop_whose_lock_session_ends_stops_beside_the_standby(
+        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any, loop: str) -> None:
+    """The lock of the ledger writer (or of the relay) ends with its session (killed here; a lost connection or a
+    PostgreSQL restart alike) while its process runs on: the standby takes the lock, and the first must not go on
+    writing (publishing) beside it: it checks its lock before each commit (round) and, idle, every second. Neither
+    process stops: a writer whose batch met the other's head rebuilds from the store."""
+    from backstop.adapters.postgres.store import RELAY_LOCK, WRITER_LOCK
+
+    lock = WRITER_LOCK if loop == "ledger" else RELAY_LOCK
+    reference, shared = await reference_run_beside_a_shared_one(
+        tmp_path, kafka_bootstrap, f"{topic_prefix}{loop[0]}", databases, seed=17 if loop == "ledger" else 13,
+        **({} if loop == "ledger" else {"relay_batch": 50}))
     shared_dsn = shared.dsn()
     active = ServeProcess(shared, tmp_path / "active.log")
     active.wait_healthy()
     standby = ServeProcess(shared, tmp_path / "standby.log")
     try:
         await until_seq(shared_dsn, 300)
-        owner = await asyncpg.connect(shared_dsn)
-        try:  # a bigint advisory key: classid, objid = its high, low 32 bits
-            assert await owner.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND classid::bigint = $1 AND objid::bigint = $2", WRITER_LOCK >> 32, WRITER_LOCK & 0xFFFFFFFF) == 1
-        finally:
-            await owner.close()
+        while not await lock_sessions(shared_dsn, lock, granted=False):  # the standby waits for the lock
+            await asyncio.sleep(0.1)
+        assert await lock_sessions(shared_dsn, lock, end=True) == 1
         await wait_caught_up(shared_dsn, ends=await input_ends(shared), timeout=300)
-        await asyncio.sleep(2.0)  # an idle writer checks its lock every second
+        await asyncio.sleep(2.0)  # an idle writer checks its lock every second; both relays' rounds
         assert active.process.poll() is None and standby.process.poll() is None
-        async with asyncpg.create_pool(shared_dsn, min_size=1, max_size=1) as pool:
-            holders = await pool.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid::bigint = $1 "
-                "AND objid::bigint = $2", WRITER_LOCK >> 32, WRITER_LOCK & 0xFFFFFFFF)
-        assert holders == 1  # one writer holds it, the other waits for it
-        await asyncio.to_thread(standby.wait_projections)  # the writer now
+        assert await lock_sessions(shared_dsn, lock) == 1  # one holds it, the other waits for it
+        # the writer: the standby, or the first again if the standby's first batch met its head and it waited
+        writers = [w for w in (active, standby) if json.loads(w._health_body())["ledger_ready"]]
+        assert len(writers) == 1
+        await asyncio.to_thread(writers[0].wait_projections)
     finally:
         active.stop()
         standby.stop()
-    await assert_same_outcome(reference, shared)  # every record applied once, in the same order
-    assert "LockLost" in (tmp_path / "active.log").read_text()
-    assert "ledger processor ready" in (tmp_path / "standby.log").read_text()
-
-
-async def test_a_relay_whose_lock_session_ends_stops_publishing_beside_the_standby(
-        tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
-    """The relay's lock ends with its session (killed here; a connection lost alike) while its process runs on: the
-    standby's relay takes the lock and publishes, and the first must not go on publishing the same rows."""
-    import asyncpg
-
-    from backstop.adapters.postgres.store import RELAY_LOCK
-
-    reference, shared = await reference_run_beside_a_shared_one(tmp_path, kafka_bootstrap, f"{topic_prefix}l",
-                                                                databases, seed=13, relay_batch=50)
-    shared_dsn = shared.dsn()
-    active = ServeProcess(shared, tmp_path / "active.log")
-    active.wait_healthy()
-    standby = ServeProcess(shared, tmp_path / "standby.log")
-    try:
-        await until_seq(shared_dsn, 300)
-        owner = await asyncpg.connect(shared_dsn)
-        try:  # the relay lock's session ended (a bigint advisory key: classid, objid = its high, low 32 bits)
-            assert await owner.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND classid::bigint = $1 AND objid::bigint = $2", RELAY_LOCK >> 32, RELAY_LOCK & 0xFFFFFFFF) == 1
-        finally:
-            await owner.close()
-        await wait_caught_up(shared_dsn, ends=await input_ends(shared), timeout=300)
-        await asyncio.to_thread(active.wait_projections)
-        await asyncio.sleep(2.0)  # both relays' rounds, whichever holds the lock
-        assert active.process.poll() is None and standby.process.poll() is None
-    finally:
-        active.stop()
-        standby.stop()
-    await assert_same_outcome(reference, shared)  # no record published twice
+    await assert_same_outcome(reference, shared)  # every record applied once and published once, in order
     assert "LockLost" in (tmp_path / "active.log").read_text()
