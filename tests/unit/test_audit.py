@@ -357,6 +357,31 @@ def test_outputs_resumed_from_an_older_snapshot_verify_with_the_wallets_at_zero_
         capsys.readouterr().out
 
 
+def test_outputs_of_a_backstop_before_raw_base64_and_inventory_upnl_verify(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Older outputs have no `raw_base64` in their dead letters and no `inventory_upnl` per fund: the audit compares
+    without them; a field missing otherwise is named."""
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(b'{"type":"mark","symbol":"X","ts":1,"mark_price":"1\xff"}\n' + (EXAMPLES / "07-adl-lab.jsonl")
+                        .read_bytes())
+    out = tmp_path / "out"
+    assert main(["replay", str(journal), "--out", str(out)]) == 0
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    assert all(fund.pop("inventory_upnl") for fund in summary["funds"].values())
+    (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    letters = [orjson.loads(line) for line in (out / "dead-letter.jsonl").read_bytes().splitlines()]
+    assert all(letter.pop("raw_base64") for letter in letters)
+    (out / "dead-letter.jsonl").write_bytes(b"".join(orjson.dumps(letter, option=orjson.OPT_SORT_KEYS) + b"\n"
+                                                     for letter in letters))
+    capsys.readouterr()
+    assert main(["audit", "verify", str(out), "--journal", str(journal)]) == 0, capsys.readouterr().out
+    (out / "dead-letter.jsonl").write_bytes(b"".join(orjson.dumps({k: v for k, v in letter.items() if k != "kind"},
+                                                                  option=orjson.OPT_SORT_KEYS) + b"\n"
+                                                     for letter in letters))
+    assert main(["audit", "verify", str(out), "--journal", str(journal)]) == 1
+    assert "kind: stored no such field, replay gives 'invalid'" in capsys.readouterr().out
+
+
 def test_a_fund_cut_from_the_summary_is_a_reconcile_mismatch(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     out = replayed(tmp_path, EXAMPLES / "06-bad-debt.jsonl")

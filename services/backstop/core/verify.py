@@ -71,12 +71,17 @@ def check_fund_balances(entries: Iterable[dict[str, Any]], *, opening: dict[str,
     return None, balances
 
 
+def _shown(record: dict[str, Any], key: str) -> str:
+    return repr(record[key]) if key in record else "no such field"
+
+
 def compare_streams(stream: str, stored: Sequence[dict[str, Any]], derived: Sequence[dict[str, Any]]) -> Problem | None:
     """The stored records equal, one by one, the records a fresh replay derives."""
     for index, (have, want) in enumerate(zip(stored, derived, strict=False)):
         if have != want:
-            fields = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
-            detail = "; ".join(f"{k}: stored {have.get(k)!r}, replay gives {want.get(k)!r}" for k in fields)
+            fields = sorted(k for k in have.keys() | want.keys()
+                            if k not in have or k not in want or have[k] != want[k])
+            detail = "; ".join(f"{k}: stored {_shown(have, k)}, replay gives {_shown(want, k)}" for k in fields)
             return Problem(stream, index, have.get("id"), f"differs from the replay: {detail}", have.get("seq"))
     if len(stored) != len(derived):
         index = min(len(stored), len(derived))

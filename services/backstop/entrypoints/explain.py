@@ -56,7 +56,8 @@ PENDING_LINES = 4096  # journal lines handed to the engine at once on the way to
 
 def recorded_policy(journal_path: Path) -> AdlPolicy | None:
     """The ADL policy the summary.json beside a journal says its run applied (a what-if or demo run writes its
-    journal.jsonl there), None without one; a summary that does not name a policy is refused."""
+    journal.jsonl there); None without such a summary or where it names none (an older backstop's: the default);
+    an adl_policy that is not one is refused."""
     summary_path = journal_path.parent / "summary.json"
     if not summary_path.is_file():
         return None

@@ -57,9 +57,9 @@ class LockLost(Exception):
 
 class HeadMoved(InvariantViolation):
     """The journal's head is not the one this writer applied its batch after: another writer committed since. With
-    the writer's lock checked before each commit, that is a handover's last batch from the instance whose session
-    ended (it was past its check when the lock passed): the batch is not written, and the supervisor rebuilds this
-    instance's engine from the store rather than stop it."""
+    the writer's lock checked before each commit, that is a handover: the instance whose session ended had a batch
+    past its check when the lock passed, and whichever of the two commits second meets the other's head. Its batch
+    is not written, and the supervisor rebuilds its engine from the store rather than stop it."""
 
 
 class Lease(Protocol):
