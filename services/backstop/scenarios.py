@@ -237,6 +237,9 @@ class RunMetrics:
     minute_haircut: dict[int, Decimal] = field(default_factory=dict)  # what ADL rounds took, and what they needed
     minute_needed: dict[int, Decimal] = field(default_factory=dict)
     rounds: list[RoundPoint] = field(default_factory=list)
+    # the cascade's need: each fund's rounds as if it had paid every earlier deficit it could (_cascade_need)
+    fund_paid: dict[str, Decimal] = field(default_factory=dict)
+    cascade_needed: Decimal = Decimal(0)
     adl: dict[str, Any] = field(default_factory=dict)  # the engine summary's `adl` (docs/design.md §11.4)
     valuations: dict[str, Valuation] = field(default_factory=dict)  # symbol -> linear or inverse, from the journal
 
@@ -258,7 +261,8 @@ class RunMetrics:
                           "marked_balance": text(self.fund_final[f] + self.fund_inventory_upnl.get(f, Decimal(0)))}
                       for f in sorted(self.fund_final)},
             "accounts_liquidated": len(self.liquidated_by_account),
-            "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected, "adl": self.adl}
+            "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected, "adl": self.adl,
+            "adl_cascade_needed": text(money(self.cascade_needed))}
 
 
 # Each fund's figures in RunMetrics.as_json, and how the tables name them.
@@ -409,6 +413,23 @@ def _lines(raw: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in raw.splitlines()]
 
 
+def _cascade_need(metrics: RunMetrics, round_: dict[str, Any]) -> None:
+    """A round's need had its fund paid every earlier round's deficit it could: a round at the bankruptcy price
+    does not debit the fund, so each round's own `needed` is taken at a balance that still holds what the rounds
+    before it did not pay, and their sum understates what the fund could not have paid over a cascade. Here each
+    fund's room is its balance at the round above its floor less what it would have paid before; the deficit of a
+    round that closed part of what it asked for is that part's (exact), a round without a taker counts nothing."""
+    if not round_["counterparties"]:
+        return
+    deficit, wanted, closed = Decimal(round_["deficit"]), round_["qty"], Decimal(round_["closed"])
+    if wanted is not None and Decimal(wanted) > 0 and closed != Decimal(wanted):
+        deficit = deficit * closed / Decimal(wanted)
+    paid = metrics.fund_paid.get(round_["fund_id"], Decimal(0))
+    room = max(Decimal(round_["fund_balance"]) - Decimal(round_["floor"]) - paid, Decimal(0))
+    metrics.cascade_needed += max(deficit - room, Decimal(0))
+    metrics.fund_paid[round_["fund_id"]] = paid + min(deficit, room)
+
+
 def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
     """The batch's journal and outputs into the metrics; each output counts in the minute of its ts (its record's)."""
     for record in _lines(result.journal):
@@ -442,6 +463,7 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
         minute = _minute(round_["ts"])
         metrics.minute_haircut[minute] = metrics.minute_haircut.get(minute, Decimal(0)) + Decimal(round_["haircut"])
         metrics.minute_needed[minute] = metrics.minute_needed.get(minute, Decimal(0)) + Decimal(round_["needed"])
+        _cascade_need(metrics, round_)
         eligible = round_["leverage"]["eligible"]
         hits = round_["hits"] or ()
         metrics.rounds.append(RoundPoint(

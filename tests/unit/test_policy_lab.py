@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from backstop.engines import EngineName
 from backstop.entrypoints.policy_lab import parse_policies, table_rows, whatif_policies
 from backstop.scenarios import WhatIfError, WhatIfFile
+from scenario import fill, fund, instrument, liquidation, mark, transfer
 
 EXAMPLE_07 = Path(__file__).parents[2] / "examples" / "07-adl-lab.jsonl"
 
@@ -48,3 +50,21 @@ def test_a_fund_that_keeps_its_lot_shows_the_loss_at_the_mark_it_has_not_realize
     assert rows["fund LAB balance at mark"] == ["20", "-10"]
     summary = json.loads((tmp_path / "out" / "socialized" / "summary.json").read_text())
     assert summary["funds"]["LAB"]["inventory_upnl"] == "-30"
+
+
+def test_the_cascade_s_need_pays_each_earlier_deficit_the_fund_could(tmp_path: Path) -> None:
+    """Two lots of deficit 40 each against a fund of 50: each round's own need is 0 (deleveraged at the bankruptcy
+    price, the first debits nothing), but a fund that had paid the first could pay only 10 of the second."""
+    setup = [fund("LAB", ratio="0"),
+             instrument("XUSDT", fund_id="LAB", tick="0.01", lot="1"), transfer("seed", "fund:LAB", "50"),
+             transfer("d-L1", "L1", "100"), transfer("d-L2", "L2", "100"), transfer("d-S", "S", "1000")]
+    trades = [fill("f-S", "S", "sell", "20", "100", symbol="XUSDT", mode="isolated", leverage="2"),
+              fill("f-L1", "L1", "buy", "10", "100", symbol="XUSDT", mode="isolated", leverage="10"),
+              fill("f-L2", "L2", "buy", "10", "100", symbol="XUSDT", mode="isolated", leverage="10"),
+              mark("86", symbol="XUSDT"),
+              liquidation("liq-L1", "L1", "10", "86", symbol="XUSDT"), liquidation("liq-L2", "L2", "10", "86",
+                                                                                    symbol="XUSDT")]
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in [*setup, *trades]))
+    rows = dict(table_rows(whatif_policies(journal, WhatIfFile(), ["queue"], tmp_path / "out")))
+    assert (rows["deficit"], rows["needed budget"], rows["needed, earlier deficits paid"]) == (["80"], ["0"], ["30"])

@@ -49,6 +49,7 @@ ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("median leverage, deleveraged", ("adl", "leverage", "hit", "p50")),
     ("median leverage, eligible", ("adl", "leverage", "eligible", "p50")),
     ("accounts affected", ("adl", "accounts_affected")),
+    ("needed, earlier deficits paid", ("adl_cascade_needed",)),  # the cascade's need (scenarios._cascade_need)
 )
 
 
