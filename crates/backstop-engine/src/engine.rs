@@ -1621,7 +1621,7 @@ impl Engine {
     pub fn liquidation_price(&self, position: &Position) -> Option<Wide> {
         let instrument = &self.instruments[&position.symbol];
         // the position, and a cross hedge side's cross side of the other direction: the same mark moves both
-        let mut legs = vec![position];
+        let mut opposite: Option<&Position> = None;
         let other = if position.margin_mode == MarginMode::Isolated {
             wmul(wide256(self.ledger.balance(isolated_account(position))), wpow10(S16 - S8))
         } else {
@@ -1631,7 +1631,7 @@ impl Engine {
             for peer in self.cross_positions(position.account, asset) {
                 if peer.symbol == position.symbol {
                     if peer.position_side != position.position_side {
-                        legs.push(peer);
+                        opposite = Some(peer);
                     }
                     continue;
                 }
@@ -1641,6 +1641,8 @@ impl Engine {
             }
             other
         };
+        let both = [position, opposite.unwrap_or(position)];
+        let legs = &both[..if opposite.is_some() { 2 } else { 1 }];
         let valuation = instrument.valuation;
         let tiers = &instrument.tiers;
         // the price at which the legs in these brackets (one tier each) leave no margin above their MM
@@ -1688,14 +1690,11 @@ impl Engine {
             let lower = if index == 0 { Wide::ZERO } else { wide(tiers[index - 1].max_notional * 100_000_000) };
             lower < notional && (index + 1 == tiers.len() || notional <= wide(tiers[index].max_notional * 100_000_000))
         };
-        for chosen in bracket_choices(&legs, tiers, valuation) {
-            if let Some(candidate) = candidate_at(&chosen) {
-                if candidate > Wide::ZERO && legs.iter().zip(&chosen).all(|(leg, &index)| within(index, notional_at(leg, candidate))) {
-                    return Some(candidate);
-                }
-            }
-        }
-        None
+        first_bracket_choice(legs, tiers, valuation, |chosen| {
+            let candidate = candidate_at(chosen)?;
+            (candidate > Wide::ZERO && legs.iter().zip(chosen).all(|(leg, &index)| within(index, notional_at(leg, candidate))))
+                .then_some(candidate)
+        })
     }
 
     // ------------------------------------------------------------------ outputs
@@ -1915,16 +1914,17 @@ pub fn mode_name(mode: MarginMode) -> &'static str {
     }
 }
 
-/// An exact amount at `scale` rounded to money (1e-8, HALF_EVEN).
-/// Each leg's tier, in order (the first leg's slowest), without the pairs that no one price puts both legs in
-/// (backstop.core.margin._bracket_choices): at a price the legs' notionals are their scales (size; an inverse
-/// contract: face) times one factor, so tiers a and b meet only where lower_a x s2 < upper_b x s1 and lower_b x s1 <
-/// upper_a x s2 (an inverse notional is rounded to 1e-16: a slack of 1e-15 x (s1 + s2)). A pair left out never holds
-/// a root, so the first that does is the full search's; about twice the tiers are left, not their square.
-fn bracket_choices(legs: &[&Position], tiers: &[Tier], valuation: Valuation) -> Vec<Vec<usize>> {
+/// The first answer `attempt` gives over each leg's tier, in order (the first leg's slowest), without the pairs that
+/// no one price puts both legs in (backstop.core.margin._bracket_choices): at a price the legs' notionals are their
+/// scales (size; an inverse contract: face) times one factor, so tiers a and b meet only where lower_a x s2 <
+/// upper_b x s1 and lower_b x s1 < upper_a x s2 (an inverse notional is rounded to 1e-16: a slack of 1e-15 x (s1 +
+/// s2)). A pair left out never holds a root, so the answer is the full search's; about twice the tiers are tried,
+/// not their square.
+fn first_bracket_choice<T>(legs: &[&Position], tiers: &[Tier], valuation: Valuation,
+                           mut attempt: impl FnMut(&[usize]) -> Option<T>) -> Option<T> {
     let count = tiers.len();
     if legs.len() == 1 {
-        return (0..count).map(|index| vec![index]).collect();
+        return (0..count).find_map(|index| attempt(&[index]));
     }
     let scale = |leg: &Position| if valuation.inverse() { wide256(valuation.face(leg.size())) } else { wide(leg.size()) };
     let (first, second) = (scale(legs[0]), scale(legs[1]));
@@ -1936,7 +1936,6 @@ fn bracket_choices(legs: &[&Position], tiers: &[Tier], valuation: Valuation) -> 
         high + 1 == count
             || wmul(lower(low), high_scale) < wadd(wmul(wide(tiers[high].max_notional * 100_000_000), low_scale), slack)
     };
-    let mut choices = Vec::new();
     let mut start = 0;
     for a in 0..count {
         while !reaches(a, start, first, second) {
@@ -1946,12 +1945,16 @@ fn bracket_choices(legs: &[&Position], tiers: &[Tier], valuation: Valuation) -> 
             if !reaches(b, a, second, first) {
                 break;
             }
-            choices.push(vec![a, b]);
+            if let Some(answer) = attempt(&[a, b]) {
+                return Some(answer);
+            }
         }
     }
-    choices
+    None
 }
 
+
+/// An exact amount at `scale` rounded to money (1e-8, HALF_EVEN).
 pub fn money(value: I256, scale: u32) -> i128 {
     crate::numbers::narrow(rescale(value, scale, S8, Rounding::HalfEven))
 }
