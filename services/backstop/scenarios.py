@@ -237,9 +237,10 @@ class RunMetrics:
     minute_haircut: dict[int, Decimal] = field(default_factory=dict)  # what ADL rounds took, and what they needed
     minute_needed: dict[int, Decimal] = field(default_factory=dict)
     rounds: list[RoundPoint] = field(default_factory=list)
-    # the cascade's need: each fund's rounds as if it had paid every earlier deficit it could (_cascade_need)
-    fund_paid: dict[str, Decimal] = field(default_factory=dict)
-    cascade_needed: Decimal = Decimal(0)
+    # the cascade's need per fund: its rounds as if it had paid every earlier deficit it could (_cascade_need), and
+    # what it would have paid then beyond what it did
+    fund_spared: dict[str, Decimal] = field(default_factory=dict)
+    fund_cascade_needed: dict[str, Decimal] = field(default_factory=dict)
     adl: dict[str, Any] = field(default_factory=dict)  # the engine summary's `adl` (docs/design.md §11.4)
     valuations: dict[str, Valuation] = field(default_factory=dict)  # symbol -> linear or inverse, from the journal
 
@@ -258,16 +259,17 @@ class RunMetrics:
                           "max_drawdown": text(self.fund_drawdown[f]),
                           "bad_debt": text(bad_debt(self.fund_final[f])),
                           "inventory_upnl": text(self.fund_inventory_upnl.get(f, Decimal(0))),  # 0: no lots
-                          "marked_balance": text(self.fund_final[f] + self.fund_inventory_upnl.get(f, Decimal(0)))}
+                          "marked_balance": text(self.fund_final[f] + self.fund_inventory_upnl.get(f, Decimal(0))),
+                          "cascade_needed": text(money(self.fund_cascade_needed.get(f, Decimal(0))))}
                       for f in sorted(self.fund_final)},
             "accounts_liquidated": len(self.liquidated_by_account),
-            "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected, "adl": self.adl,
-            "adl_cascade_needed": text(money(self.cascade_needed))}
+            "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected, "adl": self.adl}
 
 
 # Each fund's figures in RunMetrics.as_json, and how the tables name them.
 FUND_FIGURES = {"final_balance": "final balance", "min_balance": "min balance", "max_drawdown": "max drawdown",
-                "bad_debt": "bad debt", "inventory_upnl": "inventory uPnL", "marked_balance": "balance at mark"}
+                "bad_debt": "bad debt", "inventory_upnl": "inventory uPnL", "marked_balance": "balance at mark",
+                "cascade_needed": "cascade need"}
 
 
 def run_figure(run: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -414,20 +416,25 @@ def _lines(raw: bytes) -> list[dict[str, Any]]:
 
 
 def _cascade_need(metrics: RunMetrics, round_: dict[str, Any]) -> None:
-    """A round's need had its fund paid every earlier round's deficit it could: a round at the bankruptcy price
-    does not debit the fund, so each round's own `needed` is taken at a balance that still holds what the rounds
-    before it did not pay, and their sum understates what the fund could not have paid over a cascade. Here each
-    fund's room is its balance at the round above its floor less what it would have paid before; the deficit of a
-    round that closed part of what it asked for is that part's (exact), a round without a taker counts nothing."""
+    """A round's need had its fund paid every earlier round's deficit it could. A round at the bankruptcy price does
+    not debit the fund (at the mark, or at Bybit's reset, it pays some or all of it), so each round's own `needed`
+    is taken at a balance that still holds what the rounds before it did not pay, and their sum understates what
+    the fund could not have paid over a cascade. Here a fund's room is its balance at the round above its floor less
+    what it would have paid before beyond what it did (min(D, room) less D - haircut, each earlier round); the
+    deficit D of a round that closed part of what it asked for is that part's (exact); a round without a taker
+    counts nothing."""
     if not round_["counterparties"]:
         return
     deficit, wanted, closed = Decimal(round_["deficit"]), round_["qty"], Decimal(round_["closed"])
     if wanted is not None and Decimal(wanted) > 0 and closed != Decimal(wanted):
         deficit = deficit * closed / Decimal(wanted)
-    paid = metrics.fund_paid.get(round_["fund_id"], Decimal(0))
-    room = max(Decimal(round_["fund_balance"]) - Decimal(round_["floor"]) - paid, Decimal(0))
-    metrics.cascade_needed += max(deficit - room, Decimal(0))
-    metrics.fund_paid[round_["fund_id"]] = paid + min(deficit, room)
+    fund_id = round_["fund_id"]
+    spared = metrics.fund_spared.get(fund_id, Decimal(0))
+    room = max(Decimal(round_["fund_balance"]) - Decimal(round_["floor"]) - spared, Decimal(0))
+    metrics.fund_cascade_needed[fund_id] = (metrics.fund_cascade_needed.get(fund_id, Decimal(0))
+                                            + max(deficit - room, Decimal(0)))
+    paid = max(deficit - Decimal(round_["haircut"]), Decimal(0))  # what the fund bore of it: the takers took the rest
+    metrics.fund_spared[fund_id] = spared + min(deficit, room) - paid
 
 
 def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:

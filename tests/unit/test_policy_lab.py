@@ -52,12 +52,17 @@ def test_a_fund_that_keeps_its_lot_shows_the_loss_at_the_mark_it_has_not_realize
     assert summary["funds"]["LAB"]["inventory_upnl"] == "-30"
 
 
-def test_the_cascade_s_need_pays_each_earlier_deficit_the_fund_could(tmp_path: Path) -> None:
-    """Two lots of deficit 40 each against a fund of 50: each round's own need is 0 (deleveraged at the bankruptcy
-    price, the first debits nothing), but a fund that had paid the first could pay only 10 of the second."""
-    setup = [fund("LAB", ratio="0"),
-             instrument("XUSDT", fund_id="LAB", tick="0.01", lot="1"), transfer("seed", "fund:LAB", "50"),
-             transfer("d-L1", "L1", "100"), transfer("d-L2", "L2", "100"), transfer("d-S", "S", "1000")]
+@pytest.mark.parametrize(("balance", "floor", "needs"), [("50", "0", ["30", "30", "30"]),
+                                                     ("100", "20", ["0", "0", "0"])])
+def test_the_cascade_s_need_pays_each_earlier_deficit_the_fund_could(tmp_path: Path, balance: str, floor: str,
+                                                                     needs: list[str]) -> None:
+    """Two lots of deficit 40 each. With a fund of 50 the queue's rounds each need 0 (at the bankruptcy price the
+    first debits nothing) where a fund that had paid the first could pay only 10 of the second: the cascade needs
+    30, as OKX's (the first at the mark, paid) and Bybit's (the first at its reset proceeds, partly paid) do. With
+    100 above a floor of 20 the fund could have paid both: none."""
+    setup = [fund("LAB", ratio="0"), instrument("XUSDT", fund_id="LAB", tick="0.01", lot="1"),
+             transfer("seed", "fund:LAB", balance), transfer("d-L1", "L1", "100"), transfer("d-L2", "L2", "100"),
+             transfer("d-S", "S", "1000")]
     trades = [fill("f-S", "S", "sell", "20", "100", symbol="XUSDT", mode="isolated", leverage="2"),
               fill("f-L1", "L1", "buy", "10", "100", symbol="XUSDT", mode="isolated", leverage="10"),
               fill("f-L2", "L2", "buy", "10", "100", symbol="XUSDT", mode="isolated", leverage="10"),
@@ -66,5 +71,7 @@ def test_the_cascade_s_need_pays_each_earlier_deficit_the_fund_could(tmp_path: P
                                                                                     symbol="XUSDT")]
     journal = tmp_path / "journal.jsonl"
     journal.write_bytes(b"".join(orjson.dumps(record) + b"\n" for record in [*setup, *trades]))
-    rows = dict(table_rows(whatif_policies(journal, WhatIfFile(), ["queue"], tmp_path / "out")))
-    assert (rows["deficit"], rows["needed budget"], rows["needed, earlier deficits paid"]) == (["80"], ["0"], ["30"])
+    params = WhatIfFile.model_validate({"baseline": {"adl": {"floor": floor}}})
+    rows = dict(table_rows(whatif_policies(journal, params, ["queue", "okx", "bybit"], tmp_path / "out")))
+    assert rows["deficit"] == ["80", "80", "80"]
+    assert rows["fund LAB cascade need"] == needs

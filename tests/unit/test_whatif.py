@@ -39,7 +39,8 @@ def test_simulation_decides_liquidations_at_the_mark_with_slippage(tmp_path: Pat
     base, alt = result["baseline"], result["alternative"]
     assert base["funds"]["MAIN"]["bad_debt"] == "100" and base["adl_events"] == 1  # type: ignore[index]
     assert alt["funds"]["MAIN"] == {"final_balance": "591.76", "min_balance": "500", "max_drawdown": "0",  # type: ignore[index]
-                                    "bad_debt": "0", "inventory_upnl": "0", "marked_balance": "591.76"}
+                                    "bad_debt": "0", "inventory_upnl": "0", "marked_balance": "591.76",
+                                    "cascade_needed": "0"}
     assert (alt["liquidations"], alt["adl_events"]) == (2, 0)  # type: ignore[index]
     journal = (tmp_path / "out" / "alternative" / "journal.jsonl").read_text().splitlines()
     assert [json.loads(x)["liquidation_id"] for x in journal if '"liquidation"' in x] == ["sim-13", "sim-14"]
@@ -141,5 +142,6 @@ def test_a_fund_s_drawdown_counts_from_its_balance_before_its_first_entry(tmp_pa
     comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
     assert comparison["baseline"]["funds"]["MAIN"] == {"final_balance": "-600", "min_balance": "-600",
                                                        "max_drawdown": "600", "bad_debt": "600",
-                                                       "inventory_upnl": "0", "marked_balance": "-600"}
+                                                       "inventory_upnl": "0", "marked_balance": "-600",
+                                                       "cascade_needed": "0"}
     assert comparison["baseline"]["adl"]["fund_max_drawdown"] == {"MAIN": "600"}

@@ -49,7 +49,6 @@ ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("median leverage, deleveraged", ("adl", "leverage", "hit", "p50")),
     ("median leverage, eligible", ("adl", "leverage", "eligible", "p50")),
     ("accounts affected", ("adl", "accounts_affected")),
-    ("needed, earlier deficits paid", ("adl_cascade_needed",)),  # the cascade's need (scenarios._cascade_need)
 )
 
 
@@ -76,16 +75,10 @@ def table_rows(comparison: dict[str, Any]) -> list[tuple[str, list[str]]]:
     rows = [(label, [str(run_figure(run, path)) for run in runs]) for label, path in ROWS]
     funds = sorted({fund_id for run in runs for fund_id in run["funds"]})
     for fund_id in funds:
-        rows.append((f"fund {fund_id} {FUND_FIGURES['bad_debt']}",
-                     [str(run_figure(run, ("funds", fund_id, "bad_debt"))) for run in runs]))
-        rows.append((f"fund {fund_id} max drawdown",
-                     [str(run_figure(run, ("adl", "fund_max_drawdown", fund_id))) for run in runs]))
-        rows.append((f"fund {fund_id} {FUND_FIGURES['final_balance']}",
-                     [str(run_figure(run, ("funds", fund_id, "final_balance"))) for run in runs]))
-        rows.append((f"fund {fund_id} {FUND_FIGURES['inventory_upnl']}",
-                     [str(run_figure(run, ("funds", fund_id, "inventory_upnl"))) for run in runs]))
-        rows.append((f"fund {fund_id} {FUND_FIGURES['marked_balance']}",
-                     [str(run_figure(run, ("funds", fund_id, "marked_balance"))) for run in runs]))
+        for key in ("bad_debt", "max_drawdown", "final_balance", "inventory_upnl", "marked_balance", "cascade_needed"):
+            # the drawdown over the fund ledger (the engine's, summary.json's adl), the rest the run's figures
+            path = ("adl", "fund_max_drawdown", fund_id) if key == "max_drawdown" else ("funds", fund_id, key)
+            rows.append((f"fund {fund_id} {FUND_FIGURES[key]}", [str(run_figure(run, path)) for run in runs]))
     return rows
 
 
