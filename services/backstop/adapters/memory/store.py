@@ -272,7 +272,7 @@ class MemoryStore:
         current = db.engine_head["seq"] if db.engine_head else 0
         if current != expected_seq:
             raise HeadMoved(f"journal head moved: expected seq {expected_seq}, found {current}: another "
-                                     f"writer is active")
+                            f"writer is active")
         ledger_rows = [(*output_values(e, _CHAINED), output_json(e).decode()) for e in result.fund_entries]
         adl_rows = [(*output_values(e, _CHAINED), output_json(e).decode()) for e in result.adl_events]
         added, dead_letters = self._new_keys(result, head, ledger_rows, adl_rows)

@@ -768,7 +768,7 @@ class Store:
             current = await connection.fetchval("SELECT seq FROM engine_head FOR UPDATE")
             if (current or 0) != expected_seq:
                 raise HeadMoved(f"journal head moved: expected seq {expected_seq}, found {current}: "
-                                         f"another writer is active")
+                                f"another writer is active")
             postings_before, outbox_before = await self._stored_before(connection, expected_seq)
             written = await self._append(connection, result, head, postings_before)
             signed = await self._sign(connection, self.anchor, expected_seq, result, head) \
