@@ -5,6 +5,7 @@ in-memory ones, so what it shows holds for the real service only as far as these
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -280,6 +281,22 @@ async def test_a_commit_against_a_moved_head_writes_nothing(under_test: StoreUnd
         await commit(store, batches.second)  # expects the head at the first batch's seq
     assert await store.head() == Head(0, "", "0" * 64, "0" * 64, 0, 0, 0, 0)
     assert await store.outbox_backlog() == 0
+
+
+async def test_a_commit_after_a_batch_of_dead_letters_alone_meets_a_moved_head(under_test: StoreUnderTest) -> None:
+    """A batch of only dead letters (or duplicates) leaves the seq where it was: the head's counts tell that another
+    writer committed it (the last batch of a writer whose lock ended)."""
+    store, batches = under_test.store, Batches()
+    await commit(store, batches.first)
+    _, _, head, rows = batches.first
+    bad = ingest_batch(batches.processor, [Consumed(TOPICS.input("fill"), 0, 20_000, None, b"{nope")], TOPICS)
+    moved = dataclasses.replace(head, rejected=head.rejected + 1)
+    await store.commit(expected_seq=head.seq, result=bad, head=moved, projections=rows,
+                       expected_counts=(head.duplicates, head.rejected))
+    with pytest.raises(InvariantViolation, match="journal head moved"):  # a writer that had not seen it
+        await store.commit(expected_seq=head.seq, result=BatchResult(), head=head, projections=rows,
+                           expected_counts=(head.duplicates, head.rejected))
+    assert (await store.head()).rejected == head.rejected + 1
 
 
 async def test_a_commit_that_breaks_a_unique_key_writes_nothing(under_test: StoreUnderTest) -> None:

@@ -160,6 +160,8 @@ async def test_a_loop_whose_lock_session_ends_stops_beside_the_standby(
         # the writer: the standby, or the first again if the standby's first batch met its head and it waited
         writers = [w for w in (active, standby) if json.loads(w._health_body())["ledger_ready"]]
         assert len(writers) == 1
+        # both ready (200): the two locks may now be in two instances, each with one loop working, one standing by
+        assert [json.loads(w.get("/health"))["status"] for w in (active, standby)] == ["ok", "ok"]
         await asyncio.to_thread(writers[0].wait_projections)
     finally:
         active.stop()

@@ -42,12 +42,14 @@ class HeldStore(MemoryStore):
         self.entered = 0
         self.batches: list[list[int]] = []
 
-    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections) -> None:
+    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections,
+                     expected_counts: tuple[int, int] | None = None) -> None:
         if result.journal_facts().rows:
             self.entered += 1
             await self.gate.wait()
             self.batches.append([row.source_offset for row in result.journal_rows()])
-        await super().commit(expected_seq=expected_seq, result=result, head=head, projections=projections)
+        await super().commit(expected_seq=expected_seq, result=result, head=head, projections=projections,
+                             expected_counts=expected_counts)
 
 
 async def until(condition: Callable[[], bool], seconds: float = 30) -> None:

@@ -154,9 +154,14 @@ def create_app(settings: Settings) -> faust.App:
     async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         processor: LedgerProcessor | None = state.get("processor")
         relay: OutboxRelay | None = state.get("relay")
-        ready = bool(processor and processor.progress.ready and relay and relay.healthy)
+        # each loop does its work or waits, healthy, as a standby for the lock another instance holds (the two
+        # locks can be held by two instances: each is then ready with one loop working and one standing by)
+        ledger_ok = bool(processor and (processor.progress.ready or processor.standby))
+        relay_ok = bool(relay and (relay.healthy or relay.standby))
+        ready = ledger_ok and relay_ok
         body = {"status": "ok" if ready else "starting", "ledger_ready": bool(processor and processor.progress.ready),
-                "relay_ready": bool(relay and relay.healthy), "seq": processor.progress.seq if processor else 0,
+                "relay_ready": bool(relay and relay.healthy), "ledger_standby": bool(processor and processor.standby),
+                "relay_standby": bool(relay and relay.standby), "seq": processor.progress.seq if processor else 0,
                 "last_error": processor.progress.last_error if processor else None,
                 "projections_refreshed_seq": processor.progress.refreshed_seq if processor else 0,
                 "projections_due_seq": processor.progress.refresh_due_seq if processor else 0,

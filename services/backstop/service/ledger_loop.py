@@ -35,6 +35,7 @@ from backstop.service.ports import (
     Committed,
     Consumer,
     EndsUnavailable,
+    HeadMoved,
     InputGap,
     LedgerStore,
     Partition,
@@ -167,6 +168,7 @@ class Applied(NamedTuple):
     """A batch after the engine: what `project` builds the commit from."""
 
     expected_seq: int  # the journal head the batch extends
+    expected_counts: tuple[int, int]  # and its duplicates and rejected
     result: BatchResult
     consumed: int  # records in the batch
     started: float  # perf_counter() readings, for metrics only
@@ -177,6 +179,7 @@ class PendingCommit(NamedTuple):
     """Everything one batch transaction writes, and what the metrics report of it."""
 
     expected_seq: int
+    expected_counts: tuple[int, int]  # the head's duplicates and rejected the batch was applied after
     result: BatchResult
     head: Head
     rows: projections.Projections
@@ -222,6 +225,9 @@ class LedgerProcessor(SupervisedLoop):
             assigned = await consumer.assign(self.topics.inputs, offsets)
             engine, head, snapshot_seq = await rebuild(self.store, check_conservation=settings.check_conservation,
                                                        adl_quantiles=settings.adl_quantiles, engine=settings.engine)
+            if await self.store.offsets() != offsets:  # read apart from the head: the writer before us had a batch
+                raise HeadMoved("the consumed offsets moved while the engine was rebuilt: the last batch of the "
+                                "writer before this one landed; rebuilding")  # in flight, which landed meanwhile
             self.progress.snapshot_seq = max(self.progress.snapshot_seq, snapshot_seq)  # one stored before a start
             self.current = run = LedgerRun(self, consumer, engine, head, snapshot_seq)
             await run.start(offsets, assigned)
@@ -276,6 +282,7 @@ class LedgerRun:
         self.quarantine = owner.quarantine  # the processor's: it outlives a run that failed on a record
         self.lease = owner.lease  # the writer's lock: checked before each commit, and now and then when idle
         self.lease_checked_at = 0.0  # the loop's clock at the last check when idle
+        self.committed_once = False  # a commit of this run landed (HeadMoved can no longer be a handover's)
         self.consumer = consumer
         self.engine = engine
         self.merger = Merger(self.topics, max_buffered=settings.merge_max_buffered,
@@ -449,13 +456,14 @@ class LedgerRun:
         thread, so the previous batch's commit keeps the event loop (and its socket) moving meanwhile."""
         started = time.perf_counter()
         engine = self.engine
-        expected = engine.last_seq
+        before = engine.head()
+        expected, counts = before.seq, (before.duplicates, before.rejected)
         # What memory cannot decide of the batch's identities: one query, before the engine runs (§4.1).
         keys = await self.runtime.offload(engine.identities, batch, self.topics)
         await engine.prepare(batch, keys, self.store.held, committed_seq=self.progress.seq)
         result = await self.runtime.offload(engine.apply, batch, self.topics, self.quarantine)
         self._store_reached(result.next_offsets)
-        return Applied(expected, result, len(batch), started, time.perf_counter())
+        return Applied(expected, counts, result, len(batch), started, time.perf_counter())
 
     def _store_reached(self, next_offsets: dict[Partition, int]) -> None:
         """The batch stores, beside each partition's offset after its last record in it, the offset the fetch had
@@ -495,7 +503,8 @@ class LedgerRun:
             self.touched = projections.Touched()
         balances = fund_balances(rows)
         phases_s = {"apply": applied.applied_at - applied.started, "project": time.perf_counter() - applied.applied_at}
-        return PendingCommit(applied.expected_seq, result, head, rows, balances, applied.started, applied.consumed,
+        return PendingCommit(applied.expected_seq, applied.expected_counts, result, head, rows, balances,
+                             applied.started, applied.consumed,
                              phases_s)
 
     async def commit(self, pending: PendingCommit) -> None:
@@ -584,8 +593,9 @@ class LedgerRun:
         if touched is None:  # every fund's row: its balance for the metrics (as a batch's rows give them after)
             for fund_id, balance in fund_balances(rows).items():
                 metrics.FUND_BALANCE.labels(fund_id).set(balance)
-        await self._commit(PendingCommit(engine.last_seq, BatchResult(), self._head(), rows, {}, time.perf_counter(),
-                                         0, {}))
+        head = self._head()
+        await self._commit(PendingCommit(engine.last_seq, (head.duplicates, head.rejected), BatchResult(), head, rows,
+                                         {}, time.perf_counter(), 0, {}))
         if touched is None:
             self.progress.refreshed_seq = engine.last_seq
 
@@ -598,8 +608,20 @@ class LedgerRun:
         commit_start = trace.now()
         if self.lease is not None:  # a writer whose lock ended must not commit beside the one that took it
             await self.lease.check()
-        committed = await self.store.commit(expected_seq=pending.expected_seq, result=pending.result,
-                                            head=pending.head, projections=pending.rows)
+        try:
+            committed = await self.store.commit(expected_seq=pending.expected_seq, result=pending.result,
+                                                head=pending.head, projections=pending.rows,
+                                                expected_counts=pending.expected_counts)
+        except HeadMoved as moved:
+            # a handover: this writer's lock ended (LockLost), or the last batch of the writer before it landed
+            # after its rebuild, which can only be met before its own first commit; after that, a broken rule
+            if self.lease is not None:
+                await self.lease.check()
+            if self.committed_once:
+                raise InvariantViolation(f"{moved}, though this writer has held its lock and committed since its "
+                                         f"start: its own commits out of order") from moved
+            raise
+        self.committed_once = True
         if pending.stamps is not None:
             trace.batch({**pending.stamps, "commit_start": commit_start, "committed": trace.now()})
         self.on_commit(committed)

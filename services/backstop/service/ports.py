@@ -134,9 +134,10 @@ class LedgerStore(Protocol):
         """Identities a rebuild re-applied, each inserted unless held already (a journal older than applied_ids)."""
         ...
 
-    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections
-                     ) -> Committed | None:
-        """Everything one batch produced, in one transaction, only if the journal head is still at expected_seq.
+    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections,
+                     expected_counts: tuple[int, int] | None = None) -> Committed | None:
+        """Everything one batch produced, in one transaction, only if the journal head is still at expected_seq
+        (and, given `expected_counts`, its duplicates and rejected still those: HeadMoved otherwise).
         Returns what it wrote to the relay's sources, for a relay in this process to publish without reading it back
         (None: the relay reads it)."""
         ...

@@ -29,6 +29,7 @@ class SupervisedLoop:
     def __init__(self, store: LedgerStore) -> None:
         self.store = store
         self.lease: Lease | None = None  # the lock, while run_locked runs
+        self.standby = False  # waiting for the lock another instance holds (a healthy standby)
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -65,12 +66,16 @@ class SupervisedLoop:
     async def run(self) -> None:
         """Run once, holding this loop's lock (a second instance waits here as a standby)."""
         log.info("%s: waiting for its lock (one per database)", self.name)
-        async with self.store.hold_lock(self.lock_id) as lease:
-            self.lease = lease
-            try:
-                await self.run_locked()
-            finally:
-                self.lease = None
+        self.standby = True
+        try:
+            async with self.store.hold_lock(self.lock_id) as lease:
+                self.standby, self.lease = False, lease
+                try:
+                    await self.run_locked()
+                finally:
+                    self.lease = None
+        finally:
+            self.standby = False
 
     async def run_locked(self) -> None:
         raise NotImplementedError

@@ -265,14 +265,15 @@ class MemoryStore:
         return {key: row[key] for key in ("seq", "head_hash", "state_hash", "state_hash_seq")}
 
     # ---------------------------------------------------------------- the batch transaction
-    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections
-                     ) -> HandedRows:
+    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections,
+                     expected_counts: tuple[int, int] | None = None) -> HandedRows:
         await self._at("commit")
         db = self.db
-        current = db.engine_head["seq"] if db.engine_head else 0
-        if current != expected_seq:
-            raise HeadMoved(f"journal head moved: expected seq {expected_seq}, found {current}: another "
-                            f"writer is active")
+        stored = db.engine_head or {}
+        current = (stored.get("seq", 0), stored.get("duplicates", 0), stored.get("rejected", 0))
+        if current[0] != expected_seq or (expected_counts is not None and current[1:] != expected_counts):
+            raise HeadMoved(f"journal head moved: expected seq {expected_seq} {expected_counts}, found {current}: "
+                            f"another writer is active")
         ledger_rows = [(*output_values(e, _CHAINED), output_json(e).decode()) for e in result.fund_entries]
         adl_rows = [(*output_values(e, _CHAINED), output_json(e).decode()) for e in result.adl_events]
         added, dead_letters = self._new_keys(result, head, ledger_rows, adl_rows)

@@ -69,6 +69,7 @@ class Lease(Protocol):
 
 
 LEASE_CHECK_S = 5.0  # a lock's session that does not answer within this is taken as lost
+LOCK_POLL_S = 0.2  # a standby asks for the lock this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -739,7 +740,11 @@ class Store:
         """A session advisory lock, on a connection of its own: one holder per database, a second waits here (a
         standby); the lock dies with its session, which the lease checks."""
         async with self.pool.acquire() as connection:
-            await connection.execute("SELECT pg_advisory_lock($1)", lock_id)
+            # asked again every LOCK_POLL_S rather than waited for in one statement: a statement waiting longer than
+            # the pool's command_timeout fails (a standby restarted every 2 minutes), and one cancelled at its
+            # timeout may have taken the lock just before, which a second call would take again (held twice)
+            while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", lock_id):
+                await asyncio.sleep(LOCK_POLL_S)
             try:
                 yield _SessionLease(connection, lock_id)
             finally:
@@ -754,20 +759,25 @@ class Store:
                         raise  # after a database crash there is nothing left to unlock
 
     # ---------------------------------------------------------------- the batch transaction
-    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections
-                     ) -> CommittedRows | None:
+    async def commit(self, *, expected_seq: int, result: BatchResult, head: Head, projections: Projections,
+                     expected_counts: tuple[int, int] | None = None) -> CommittedRows | None:
         async with self.pool.acquire() as connection:
             return await self.write_batch(connection, expected_seq=expected_seq, result=result, head=head,
-                                          projections=projections)
+                                          projections=projections, expected_counts=expected_counts)
 
     async def write_batch(self, connection: asyncpg.Connection, *, expected_seq: int, result: BatchResult,
-                          head: Head, projections: Projections) -> CommittedRows | None:
+                          head: Head, projections: Projections, expected_counts: tuple[int, int] | None = None
+                          ) -> CommittedRows | None:
         """The batch in one transaction; what it wrote to the relay's sources where the relay runs in Rust and
-        every place its rows follow is known (None: the relay reads them back)."""
+        every place its rows follow is known (None: the relay reads them back). `expected_counts`: the head's
+        duplicates and rejected the batch was applied after, checked with its seq (a batch of only duplicates or
+        dead letters moves those, not the seq)."""
         async with connection.transaction():
-            current = await connection.fetchval("SELECT seq FROM engine_head FOR UPDATE")
-            if (current or 0) != expected_seq:
-                raise HeadMoved(f"journal head moved: expected seq {expected_seq}, found {current}: "
+            row = await connection.fetchrow("SELECT seq, duplicates, rejected FROM engine_head FOR UPDATE")
+            current = (row["seq"], row["duplicates"], row["rejected"]) if row is not None else (0, 0, 0)
+            if current[0] != expected_seq or (expected_counts is not None and current[1:] != expected_counts):
+                raise HeadMoved(f"journal head moved: expected seq {expected_seq} (duplicates and rejected "
+                                f"{expected_counts or 'unchecked'}), found {current[0]} ({current[1]}, {current[2]}): "
                                 f"another writer is active")
             postings_before, outbox_before = await self._stored_before(connection, expected_seq)
             written = await self._append(connection, result, head, postings_before)
