@@ -21,7 +21,7 @@ from backstop.core.adl_policy import AdlPolicy, configured
 from backstop.core.events import fund_id_of, is_fund_account
 from backstop.core.hashing import canonical_json
 from backstop.core.ledger import bad_debt, isolated_owner, wallet_owner
-from backstop.core.numbers import CONTEXT, money, text
+from backstop.core.numbers import CONTEXT, money, share, text
 from backstop.core.simulation import SimulationParams
 from backstop.core.valuation import LINEAR, Valuation
 from backstop.engines import (
@@ -421,13 +421,13 @@ def _cascade_need(metrics: RunMetrics, round_: dict[str, Any]) -> None:
     is taken at a balance that still holds what the rounds before it did not pay, and their sum understates what
     the fund could not have paid over a cascade. Here a fund's room is its balance at the round above its floor less
     what it would have paid before beyond what it did (min(D, room) less D - haircut, each earlier round); the
-    deficit D of a round that closed part of what it asked for is that part's (exact); a round without a taker
-    counts nothing."""
+    deficit D of a round that closed part of what it asked for is that part's (its pro-rata share, §9.4); a round
+    without a taker counts nothing."""
     if not round_["counterparties"]:
         return
     deficit, wanted, closed = Decimal(round_["deficit"]), round_["qty"], Decimal(round_["closed"])
     if wanted is not None and Decimal(wanted) > 0 and closed != Decimal(wanted):
-        deficit = deficit * closed / Decimal(wanted)
+        deficit = share(deficit, closed, Decimal(wanted))  # the engine's pro-rata rule (§9.4)
     fund_id = round_["fund_id"]
     spared = metrics.fund_spared.get(fund_id, Decimal(0))
     room = max(Decimal(round_["fund_balance"]) - Decimal(round_["floor"]) - spared, Decimal(0))
