@@ -137,7 +137,7 @@ class ServeProcess:
                                         cwd=log.parent)  # faust puts its data dir in the cwd
 
     def wait_healthy(self, timeout: float = 90, *, standby: bool = False) -> None:
-        """Until /health says ok; with standby=True, until it answers at all (a standby says 503 'starting')."""
+        """Until /health says ok (a standby too, once it stands by); with standby=True, until it answers at all."""
         import urllib.error
         import urllib.request
 

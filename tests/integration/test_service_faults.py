@@ -115,18 +115,16 @@ async def test_a_standby_worker_takes_over_when_the_active_one_dies(
     await assert_same_outcome(reference, shared)
 
 
-async def lock_sessions(dsn: str, lock_id: int, *, granted: bool = True, end: bool = False) -> int:
-    """The sessions holding (or, not `granted`, waiting for) an advisory lock (a bigint key: classid, objid = its
-    high, low 32 bits); with `end`, each is ended (pg_terminate_backend), as a lost connection or a PostgreSQL
-    restart ends it."""
+async def lock_sessions(dsn: str, lock_id: int, *, end: bool = False) -> int:
+    """The sessions holding an advisory lock (a bigint key: classid, objid = its high, low 32 bits); with `end`,
+    each is ended (pg_terminate_backend), as a lost connection or a PostgreSQL restart ends it."""
     import asyncpg
 
     owner = await asyncpg.connect(dsn)
     try:
         return int(await owner.fetchval(
             f"SELECT count({'pg_terminate_backend(pid)' if end else '*'}) FROM pg_locks WHERE locktype = 'advisory' "
-            "AND granted = $3 AND classid::bigint = $1 AND objid::bigint = $2", lock_id >> 32, lock_id & 0xFFFFFFFF,
-            granted))
+            "AND granted AND classid::bigint = $1 AND objid::bigint = $2", lock_id >> 32, lock_id & 0xFFFFFFFF))
     finally:
         await owner.close()
 
@@ -150,8 +148,7 @@ async def test_a_loop_whose_lock_session_ends_stops_beside_the_standby(
     standby = ServeProcess(shared, tmp_path / "standby.log")
     try:
         await until_seq(shared_dsn, 300)
-        while not await lock_sessions(shared_dsn, lock, granted=False):  # the standby waits for the lock
-            await asyncio.sleep(0.1)
+        await asyncio.to_thread(standby.wait_healthy)  # up, and standing by for both locks
         assert await lock_sessions(shared_dsn, lock, end=True) == 1
         await wait_caught_up(shared_dsn, ends=await input_ends(shared), timeout=300)
         await asyncio.sleep(2.0)  # an idle writer checks its lock every second; both relays' rounds
