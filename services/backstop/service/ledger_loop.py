@@ -282,7 +282,7 @@ class LedgerRun:
         self.quarantine = owner.quarantine  # the processor's: it outlives a run that failed on a record
         self.lease = owner.lease  # the writer's lock: checked before each commit, and now and then when idle
         self.lease_checked_at = 0.0  # the loop's clock at the last check when idle
-        self.committed_once = False  # a commit of this run landed (HeadMoved can no longer be a handover's)
+        self.moved_head = False  # a commit of this run moved the head (HeadMoved can no longer be a handover's)
         self.consumer = consumer
         self.engine = engine
         self.merger = Merger(self.topics, max_buffered=settings.merge_max_buffered,
@@ -614,14 +614,16 @@ class LedgerRun:
                                                 expected_counts=pending.expected_counts)
         except HeadMoved as moved:
             # a handover: this writer's lock ended (LockLost), or the last batch of the writer before it landed
-            # after its rebuild, which can only be met before its own first commit; after that, a broken rule
+            # after its rebuild, which can only be met before this one first moves the head; after, a broken rule
             if self.lease is not None:
                 await self.lease.check()
-            if self.committed_once:
-                raise InvariantViolation(f"{moved}, though this writer has held its lock and committed since its "
-                                         f"start: its own commits out of order") from moved
+            if self.moved_head:
+                raise InvariantViolation(f"{moved}, though this writer has held its lock and moved the head since "
+                                         f"its start: its own commits out of order") from moved
             raise
-        self.committed_once = True
+        head = pending.head  # once this writer moved the head, a late batch of the one before fails its own check
+        self.moved_head |= (head.seq, (head.duplicates, head.rejected)) != (pending.expected_seq,
+                                                                             pending.expected_counts)
         if pending.stamps is not None:
             trace.batch({**pending.stamps, "commit_start": commit_start, "committed": trace.now()})
         self.on_commit(committed)
