@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 
 from backstop.core.hashing import canonical_json
+from backstop.core.margin import maintenance_margin
+from backstop.core.state import Tier
 from backstop.resources import Bar, btc_crash_bars, btc_funding_rates
 
 TICK = Decimal("0.1")
@@ -45,11 +47,7 @@ class _Open:
     margin: Decimal  # isolated margin (0 for a cross position)
 
 
-def _maintenance(notional: Decimal) -> Decimal:
-    for max_notional, mmr, amount in BINANCE_BTC_TIERS:
-        if notional <= Decimal(max_notional):
-            return notional * Decimal(mmr) - Decimal(amount)
-    return notional * Decimal(BINANCE_BTC_TIERS[-1][1]) - Decimal(BINANCE_BTC_TIERS[-1][2])
+_TIERS = tuple(Tier(Decimal(n), Decimal(m), Decimal(a)) for n, m, a in BINANCE_BTC_TIERS)
 
 
 def _near_liquidation(held: _Open, wallet: Decimal, mark: Decimal, isolated: bool) -> bool:
@@ -59,7 +57,7 @@ def _near_liquidation(held: _Open, wallet: Decimal, mark: Decimal, isolated: boo
     qty = LOT * held.lots
     pnl = (mark - held.entry) * qty if held.side == "long" else (held.entry - mark) * qty
     balance = (held.margin if isolated else wallet) + pnl
-    return balance <= _maintenance(qty * mark) * LIQUIDATION_BUFFER
+    return balance <= maintenance_margin(_TIERS, qty * mark) * LIQUIDATION_BUFFER
 
 
 def journal(seed: int = 2025, accounts: int = 3000, fund_balance: str = "150000") -> Iterator[bytes]:
@@ -109,9 +107,9 @@ def journal(seed: int = 2025, accounts: int = 3000, fund_balance: str = "150000"
                 name = rng.choice(names)
                 price = max(mark + TICK * rng.randint(-20, 20), TICK)
                 fill_ts = ts + 1 + rng.randint(0, 14_000)
-                held = positions.get(name)
                 if name in stopped:
                     continue
+                held = positions.get(name)
                 if held is not None and rng.random() < 0.35:  # take profit or cut the loss, in part
                     closing = rng.randint(1, held.lots)
                     record = {"side": "sell" if held.side == "long" else "buy", "qty": str(LOT * closing),
