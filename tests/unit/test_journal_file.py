@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,14 @@ def test_a_bom_is_refused_by_name(tmp_path: Path) -> None:
         JournalFile.open(tmp_path)
     with pytest.raises(JournalFileError, match="no such file"):
         read_journal(tmp_path / "nope.jsonl")
+
+
+def test_a_pipe_is_refused_before_a_byte_is_read(tmp_path: Path) -> None:
+    # a pipe gives its bytes once, and commands read a journal more than once: the first read would eat its start
+    fifo = tmp_path / "journal.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(JournalFileError, match="not a regular file"):
+        JournalFile.open(fifo)  # returns at once: opening a FIFO to read would wait for a writer
 
 
 def test_the_writer_refuses_a_record_that_would_become_two_lines() -> None:

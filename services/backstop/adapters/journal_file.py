@@ -5,11 +5,14 @@ A record is the bytes between two `\\n`. A `\\r` right before a `\\n` is the `\\
 nowhere else; any other `\\r` is part of the record, which is then valid JSON or not as its bytes say (JSON allows a
 `\\r` between tokens, not inside a string). Lines are numbered from 1, blank lines counted and skipped, so a line
 number names the same record in every command's report. A file that starts with a UTF-8 byte order mark is refused
-as a whole: read as a record, the mark spoils the first line, and with it every record that depends on it.
+as a whole: read as a record, the mark spoils the first line, and with it every record that depends on it. So is
+anything but a regular file (a pipe, `/dev/stdin` fed by one): commands read a journal more than once (its start,
+then its records; audit and what-if again), and a pipe gives its bytes only once.
 """
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +34,15 @@ class JournalFile:
     def open(cls, path: Path) -> JournalFile:
         """Checks, before anything is read or written, that `path` is a journal file this reader accepts."""
         try:
+            status = path.stat()
+            if stat.S_ISDIR(status.st_mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(status.st_mode):
+                raise JournalFileError(f"cannot read journal {path}: not a regular file (a pipe?): write the journal "
+                                       f"to a file and name that")
             with path.open("rb") as handle:
                 start = handle.read(len(UTF8_BOM))
-                size = path.stat().st_size
+            size = status.st_size
         except IsADirectoryError:
             raise JournalFileError(f"cannot read journal {path}: it is a directory") from None
         except FileNotFoundError:
