@@ -164,3 +164,25 @@ def test_a_statement_without_an_end_says_none(out: Path, tmp_path: Path) -> None
         target = tmp_path / f"s{len(period)}.json"
         assert main(["statement", str(out), "--fund", "MAIN", "--format", "json", "--out", str(target), *period]) == 0
         assert json.loads(target.read_text())["to_ts"] == to_ts
+
+
+@pytest.mark.parametrize("cut", ["last entry", "every entry"])
+def test_a_statement_of_a_ledger_cut_short_is_refused(out: Path, tmp_path: Path, cut: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # what is left adds up line by line; only summary.json's chain head and balance tell it is not the whole ledger
+    ledger = out / "fund-ledger.jsonl"
+    lines = ledger.read_text().splitlines(keepends=True)
+    ledger.write_text("".join(lines[:-1]) if cut == "last entry" else "")
+    target = tmp_path / "s.json"
+    assert main(["statement", str(out), "--fund", "MAIN", "--format", "json", "--out", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and ("cut short" in err or "reports 200245.96" in err), err
+    assert not target.exists()
+
+
+def test_an_account_statement_of_postings_cut_short_is_refused(out: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    postings = out / "postings.jsonl"
+    postings.write_text("".join(postings.read_text().splitlines(keepends=True)[:-1]))
+    assert main(["statement", str(out), "--account", "fund:MAIN", "--out", str(tmp_path / "s.csv")]) == 1
+    assert "postings.jsonl ends at hash" in capsys.readouterr().err

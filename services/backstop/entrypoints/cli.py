@@ -427,6 +427,8 @@ def _cmd_statement(args: argparse.Namespace) -> int:
         statement,
     )
     from backstop.entrypoints.statement import (
+        check_chain_end,
+        check_fund_balance,
         default_target,
         opening_balance,
         parse_time,
@@ -455,11 +457,14 @@ def _cmd_statement(args: argparse.Namespace) -> int:
             if args.fund not in funds:
                 raise ValueError(f"no fund {args.fund} in {directory} (its funds: "
                                  f"{', '.join(sorted(funds)) or 'none'})")
-            result = statement(read_entries(directory), args.fund, **period,
-                               opening=opening_balance(summary, args.fund))
+            entries = read_entries(directory)
+            check_chain_end(entries, "fund-ledger.jsonl", summary)
+            check_fund_balance(entries, args.fund, summary)
+            result = statement(entries, args.fund, **period, opening=opening_balance(summary, args.fund))
             source = directory / "fund-ledger.jsonl"
         else:
             postings = read_stream(directory, "postings.jsonl")
+            check_chain_end(postings, "postings.jsonl", summary)
             if not account_entries(postings, args.account):
                 accounts = sorted({p[side] for p in postings for side in ("debit_account", "credit_account")})
                 raise ValueError(f"no postings move {args.account} in {directory} (its accounts: "

@@ -102,6 +102,30 @@ def write(result: Statement, target: Path, fmt: str) -> None:
         raise ValueError(f"unknown format {fmt}")
 
 
+# a stream a statement reads -> the summary.json field naming the hash of its last record
+CHAIN_HEADS = {"fund-ledger.jsonl": "ledger_head_hash", "postings.jsonl": "postings_head_hash"}
+
+
+def check_chain_end(records: list[dict[str, Any]], stream: str, summary: dict[str, Any]) -> None:
+    """The stream ends where summary.json says its chain does (a file cut short, or altered at its end, is refused
+    with StatementError, rather than stated as if whole); `audit verify` checks the rest of the chain."""
+    head = summary.get(CHAIN_HEADS[stream])
+    if records and records[-1].get("hash") != head:
+        raise StatementError(f"{stream} ends at hash {str(records[-1].get('hash'))[:16]}..., summary.json says its "
+                             f"chain ends at {str(head)[:16]}...: the file is cut short or altered (backstop audit "
+                             f"verify says where)")
+
+
+def check_fund_balance(entries: list[dict[str, Any]], fund_id: str, summary: dict[str, Any]) -> None:
+    """The fund's entries, all of them, add up to the balance summary.json reports (StatementError if not)."""
+    whole = statement(entries, fund_id, period_from=0, period_to=OPEN_END, opening=opening_balance(summary, fund_id))
+    reported = Decimal(summary["funds"][fund_id]["balance"])
+    if whole.closing_balance != reported:
+        raise StatementError(f"fund {fund_id}: its entries in fund-ledger.jsonl add up to {whole.closing_balance}, "
+                             f"summary.json reports {reported}: the file is incomplete or altered (backstop audit "
+                             f"verify says where)")
+
+
 def opening_balance(summary: dict[str, Any], fund_id: str) -> Decimal:
     """A fund's balance before the output's first entry: 0, or the snapshot's that the replay started from."""
     return Decimal((summary.get("from_snapshot") or {}).get("fund_balances", {}).get(fund_id, "0"))
