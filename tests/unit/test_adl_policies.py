@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+import scenario
+from backstop.core.adl import quantile
 from backstop.engines import ENGINES, compiled_available
 from backstop.entrypoints.cli import main
 
@@ -286,3 +288,76 @@ def test_an_older_summary_without_rounds_without_takers_verifies_where_there_wer
         del summary["adl"]["rounds_without_takers"]
         (out / "summary.json").write_text(json.dumps(summary))
         assert (main(["audit", "verify", str(out), "--journal", str(journal)]) == 0) is verified
+
+
+def _journal(tmp_path: Path, records: list[dict[str, Any]]) -> str:
+    path = tmp_path / "journal.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return str(path)  # absolute: replay() joins it to EXAMPLES, which keeps it as it is
+
+
+def _book(fund_balance: str, *, ratio: str = "1", symbols: tuple[str, ...] = ("BTCUSDT",)) -> list[dict[str, Any]]:
+    return [scenario.fund("F", ratio=ratio), *(scenario.instrument(s, fund_id="F", tick="0.1", lot="0.01")
+                                              for s in symbols),
+            scenario.transfer("seed", "fund:F", fund_balance)]
+
+
+@pytest.mark.parametrize("policy", ["queue", "pro_rata"])
+def test_a_liquidated_hedge_side_is_never_deleveraged_against_its_own_other_side(tmp_path: Path, engine: str,
+                                                                                policy: str) -> None:
+    # H holds both sides; its short is liquidated and the fund (100) refuses the lot: the long that takes it is
+    # O's, not H's own long, which ranks first (design §7: the other side is untouched)
+    records = [*_book("100"), *(scenario.transfer(f"d{a}", a, amount) for a, amount in
+                                (("H", "2000"), ("O", "100000"), ("S", "100000"))),
+               scenario.fill("h1", "H", "buy", "1", "100000", position_side="long"),
+               scenario.fill("s1", "S", "sell", "1", "100000"),
+               scenario.fill("h2", "H", "sell", "1", "100000", position_side="short"),
+               scenario.fill("o1", "O", "buy", "1", "100000"),
+               scenario.mark("109000"),
+               scenario.liquidation("LH", "H", "1", "109000", position_side="short")]
+    out = replay(tmp_path, engine, _journal(tmp_path, records), "--adl-policy", policy)
+    # the short lot's cost: TNC 2000 shared by MM 1090 a side, CEILING(2000 x 1090 / 2180) = 1000 behind it
+    assert takes(out) == [("O", "1", "110000")]
+    [event] = out["adl-events"]
+    assert (event["rank"], event["quantile"]) == (2, quantile(2, 2))  # its place in the queue H stays in
+    [round_] = out["adl-rounds"]
+    assert round_["eligible"] == 2 and round_["leverage"]["eligible"]["count"] == 1  # O alone is eligible
+    accounts = json.loads((tmp_path / "out" / "accounts.json").read_text())
+    assert accounts["H"]["positions"]["BTCUSDT:long"]["qty"] == "1"
+
+
+def test_a_withdrawal_that_leaves_a_fund_below_its_floor_deleverages_its_inventory(tmp_path: Path,
+                                                                                  engine: str) -> None:
+    records = [*_book("200000"), scenario.transfer("dA", "A", "10000"), scenario.transfer("dL", "L", "1000000"),
+               scenario.fill("a1", "A", "buy", "1", "100000", mode="isolated"),
+               scenario.fill("l1", "L", "sell", "1", "100000"),
+               scenario.mark("90500"),
+               scenario.liquidation("L1", "A", "1", "90500"),  # the fund keeps the lot at BP 90000
+               scenario.transfer("w1", "fund:F", "-199500")]  # 500 left, under the floor of 1000
+    out = replay(tmp_path, engine, _journal(tmp_path, records), "--adl-policy", "okx", "--adl-floor", "1000")
+    [round_] = out["adl-rounds"]
+    assert (round_["trigger"], round_["seq"], round_["fund_balance"]) == ("solvency", 10, "500")
+    assert takes(out) == [("L", "1", "90000")]
+    assert out["summary"]["funds"]["F"]["inventory"] == {}
+
+
+def test_rounds_at_the_mark_that_sink_a_fund_are_followed_by_its_solvency(tmp_path: Path, engine: str) -> None:
+    records = [*_book("1000", ratio="200", symbols=("BTCUSDT", "ETHUSDT")),
+               *(scenario.transfer(f"d{a}", a, amount) for a, amount in
+                 (("S", "10000"), ("L", "1000000"), ("E", "1000"), ("M", "100000"))),
+               scenario.fill("s1", "S", "sell", "1", "100000", mode="isolated"),
+               scenario.fill("l1", "L", "buy", "1", "100000"),
+               scenario.fill("e1", "E", "buy", "1", "4000", symbol="ETHUSDT", mode="isolated"),
+               scenario.fill("m1", "M", "sell", "1", "4000", symbol="ETHUSDT"),
+               scenario.mark("109500"), scenario.liquidation("L1", "S", "1", "109500"),  # a short lot at 110000
+               scenario.mark("3620", symbol="ETHUSDT"),
+               scenario.liquidation("L2", "E", "1", "3620", symbol="ETHUSDT"),  # a long lot at 3600
+               scenario.mark("250000")]  # the BTC lot's excess goes at the mark: the fund pays 140000
+    out = replay(tmp_path, engine, _journal(tmp_path, records), "--adl-price", "mark")
+    # the excess at the fund's balance (0.22), then the rest once that left it below zero; the ETH lot's round
+    # comes from the solvency check that follows the mark
+    assert [(r["trigger"], r["symbol"], r["qty"]) for r in out["adl-rounds"] if r["seq"] == 17] == [
+        ("inventory", "BTCUSDT", "0.22"), ("inventory", "BTCUSDT", "0.78"), ("solvency", "ETHUSDT", "1")]
+    [bad_debt] = [f for f in out["findings"] if f["kind"] == "bad_debt"]
+    assert bad_debt["details"]["added"] == "139000"
+    assert out["summary"]["funds"]["F"]["inventory"] == {}

@@ -258,7 +258,8 @@ impl Engine {
             out.posting_ids.clear(); // the earlier events' postings are written: their ids are read no more
         }
         let fund = self.fund_of(record);
-        let before = fund.map(|fund| (fund, self.ledger.balance(Account::Fund(fund))));
+        let checked = fund.or_else(|| self.fund_taken_below_a_floor(record));
+        let before = checked.map(|fund| (fund, self.ledger.balance(Account::Fund(fund))));
         let drawdown = fund.filter(|_| self.policy.drawdown.is_some());
         self.drawdown_before = drawdown.map(|fund| self.drawdown_values(fund));
         match &record.body {
@@ -287,8 +288,8 @@ impl Engine {
         Ok(())
     }
 
-    /// The fund whose balance this event may move (checked for solvency afterwards): liquidations, funding and the
-    /// fund's own fills.
+    /// The fund whose balance this event may move by the rules of section 4 (checked for solvency afterwards, and
+    /// sampled for Bybit's drawdown trigger): liquidations, funding and the fund's own fills (engine._funds_of).
     fn fund_of(&self, record: &Record<'_>) -> Option<u32> {
         let symbol = match &record.body {
             Body::Liquidation { symbol, .. } | Body::Funding { symbol, .. } => symbol,
@@ -296,6 +297,21 @@ impl Engine {
             _ => return None,
         };
         self.names.find(symbol).and_then(|id| self.instruments.get(&id)).map(|instrument| instrument.fund_id)
+    }
+
+    /// The fund another event can leave below the ADL floor, checked for solvency too but not a drawdown sample
+    /// (engine._funds_taken_below_a_floor): a withdrawal from a fund, and a mark under the ADL price `mark`.
+    fn fund_taken_below_a_floor(&self, record: &Record<'_>) -> Option<u32> {
+        match &record.body {
+            Body::Transfer { account_id, amount, .. } if amount.value < 0 => account_id
+                .strip_prefix(FUND_ACCOUNT_PREFIX)
+                .and_then(|name| self.names.find(name))
+                .filter(|id| self.funds.contains_key(id)),
+            Body::Mark { symbol, .. } if self.policy.price == Price::Mark => {
+                self.names.find(symbol).and_then(|id| self.instruments.get(&id)).map(|instrument| instrument.fund_id)
+            }
+            _ => None,
+        }
     }
 
     // ------------------------------------------------------------------ definitions
@@ -1096,19 +1112,26 @@ impl Engine {
         let full_haircut = if long { wsub(whole, value) } else { wsub(value, whole) };
         // BitMEX's queue walk needs only the head of the queue the index finds (the metrics rank nobody: they take
         // every eligible position's figures apart); Binance's score and the allocations need every position ranked
+        // the account the lot was taken from is never its counterparty (a hedge account's other side is untouched,
+        // design section 7): the queue reaches past it, which keeps its place (ranks and quantiles are the queue's)
+        let own = self.lot_owner_position(&lot, opposite);
+        let reach = wanted + own.map_or(0, |(_, size)| size);
         let (queue, count) = if self.policy.rule == Rule::Bitmex {
-            self.adl_top(symbol, opposite, wanted)
+            self.adl_top(symbol, opposite, reach)
         } else {
             let queue = self.adl_queue(symbol, opposite);
             let count = queue.len();
             (queue, count)
         };
-        let eligible = self.full_metrics.then(|| self.eligible_figures(symbol, opposite, mark));
+        let is_own = |ranked: &Ranked| own.is_some_and(|(side, _)| (lot.liquidated_account, side) == (ranked.account, ranked.position_side));
+        let ranks: Vec<usize> = (1..=queue.len()).filter(|&rank| !is_own(&queue[rank - 1])).collect();
+        let queue: Vec<Ranked> = queue.into_iter().filter(|ranked| !is_own(ranked)).collect();
+        let eligible = self.full_metrics.then(|| self.eligible_figures(symbol, opposite, mark, own.map(|(side, _)| (lot.liquidated_account, side))));
         let takes = self.allocate(&queue, &round_lot, full_haircut);
         let mut hits = Vec::new();
         let mut left = wanted;
         let mut reset_left = reset;
-        for (rank, (ranked, take)) in queue.iter().zip(takes).enumerate() {
+        for ((ranked, take), rank) in queue.iter().zip(takes).zip(ranks) {
             if left == 0 {
                 break;
             }
@@ -1140,7 +1163,6 @@ impl Engine {
             };
             left -= take;
             self.reduce(ranked.account, symbol, ranked.position_side, take, proceeds, "adl", out);
-            let rank = rank + 1;
             self.adl_event(fund, &lot, ranked.account, opposite, take, valuation.reported_price(take, proceeds), rank,
                            ranked.score, quantile(rank, count), out);
             (self.cause.liquidation_id, self.cause.adl_event_id) = causes;
@@ -1190,12 +1212,24 @@ impl Engine {
         Figures::of(position.account, position.cost, self.exposure(position).0, view.equity_share, notional)
     }
 
-    fn eligible_figures(&self, symbol: u32, side: Side, mark: i128) -> Vec<Figures> {
+    fn eligible_figures(&self, symbol: u32, side: Side, mark: i128, own: Option<(u32, PositionSide)>) -> Vec<Figures> {
         self.positions.holders(symbol).iter()
+            .filter(|&&key| Some(key) != own)
             .filter_map(|&(account, position_side)| self.positions.get(account, symbol, position_side))
             .filter(|p| p.side() == side)
             .map(|p| self.figures(p, mark))
             .collect()
+    }
+
+    /// The position on `side` of the account the lot was taken from, if it holds one (engine._lot_owner_position):
+    /// its side and size.
+    fn lot_owner_position(&self, lot: &Lot, side: Side) -> Option<(PositionSide, i128)> {
+        let hedge_side = if side == Side::Long { PositionSide::Long } else { PositionSide::Short };
+        [hedge_side, PositionSide::Both].into_iter().find_map(|position_side| {
+            self.positions.get(lot.liquidated_account, lot.symbol, position_side)
+                .filter(|position| position.side() == side)
+                .map(|position| (position_side, position.size()))
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -195,8 +195,9 @@ class Engine:
             setcontext(self._context)  # what localcontext(CONTEXT) does, without copying CONTEXT for every event
         try:
             funds = self._funds_of(record)
-            funds_before = {fid: self.ledger.balance(ledger.fund(fid)) for fid in funds} if funds else None
-            drawdown = self.adl_policy.drawdown is not None and funds_before is not None
+            checked = funds or self._funds_taken_below_a_floor(record)
+            funds_before = {fid: self.ledger.balance(ledger.fund(fid)) for fid in checked} if checked else None
+            drawdown = self.adl_policy.drawdown is not None and bool(funds)
             self._drawdown_before = self._drawdown_values(funds) if drawdown else {}
             self._handlers[kind](self, record)
             self.last_seq = seq
@@ -207,8 +208,8 @@ class Engine:
                 self.newest_ts = record.ts
             if funds_before:
                 self._enforce_solvency(funds_before)
-                if drawdown:
-                    self._sample_drawdown(funds)
+            if drawdown:
+                self._sample_drawdown(funds)
             if self.adl_quantiles and quantiles.crosses_period(newest, record.ts):
                 effects.adl_quantiles.extend(quantiles.publish(self, seq, record.ts))
             if self.check_conservation:
@@ -752,13 +753,18 @@ class Engine:
         whole_price = {"bankruptcy": cost, "mark": value, "reset": reset}[price_rule]
         assert whole_price is not None
         full_haircut = whole_price - value if lot_value_long else value - whole_price
-        queue, count = self.adl_top(symbol, opposite, wanted)
-        eligible = self._eligible_figures(symbol, opposite, mark) if self.full_adl_metrics else None
+        # the account the lot was taken from is never its counterparty (a hedge account's other side is untouched,
+        # design §7): the queue reaches past it, which keeps its place (ranks and quantiles are the queue's)
+        own = self._lot_owner_position(lot, opposite)
+        queue, count = self.adl_top(symbol, opposite, wanted + (own.size if own is not None else 0))
+        ranks = [(rank, ranked) for rank, ranked in enumerate(queue, start=1) if ranked.position is not own]
+        queue = [ranked for _, ranked in ranks]
+        eligible = self._eligible_figures(symbol, opposite, mark, own) if self.full_adl_metrics else None
         takes = self._allocate(queue, lot, wanted, full_haircut)
         hits: list[adl_rounds.Hit] = []
         reset_left = reset
         left = wanted
-        for rank, (ranked, take) in enumerate(zip(queue, takes, strict=True), start=1):
+        for (rank, ranked), take in zip(ranks, takes, strict=True):
             if left == 0:
                 break
             if take == 0:
@@ -847,9 +853,21 @@ class Engine:
             cache[position.key] = (numbers, equity, result)
         return equity, result
 
-    def _eligible_figures(self, symbol: str, side: str, mark: Decimal) -> list[adl_rounds.Figures]:
+    def _eligible_figures(self, symbol: str, side: str, mark: Decimal, own: Position | None
+                          ) -> list[adl_rounds.Figures]:
         want_long = side == "long"
-        return [self._figures(p, mark) for p in self.by_symbol[symbol].values() if (p.qty > 0) == want_long]
+        return [self._figures(p, mark) for p in self.by_symbol[symbol].values()
+                if (p.qty > 0) == want_long and p is not own]
+
+    def _lot_owner_position(self, lot: Lot, side: Literal["long", "short"]) -> Position | None:
+        """The position on `side` of the account the lot was taken from, if it holds one: a hedge account's other
+        side, or a one-way position turned since the takeover."""
+        book = self.by_symbol[lot.symbol]
+        for key in ((lot.liquidated_account, side), (lot.liquidated_account, "both")):
+            position = book.get(key)
+            if position is not None and (position.qty > 0) == (side == "long"):
+                return position
+        return None
 
     def _enforce_solvency(self, funds_before: dict[str, Decimal]) -> None:
         """A fund that ends an event below its floor deleverages all of its inventory (or, under `socialized`, takes
@@ -1224,11 +1242,23 @@ class Engine:
             raise Rejected(f"price {text(fill_price)} is not a multiple of the tick size {text(instrument.tick_size)}")
 
     def _funds_of(self, record: Event) -> list[str]:
-        """The funds whose balance this event may move (checked for solvency afterwards): liquidations, funding and
-        the fund's own fills. Transfers into a fund cannot overdraw it, and trades between traders, marks and
-        definitions do not touch it."""
+        """The funds whose balance this event may move by the rules of §4 (checked for solvency afterwards, and
+        sampled for Bybit's drawdown trigger): liquidations, funding and the fund's own fills. Trades between
+        traders and definitions do not touch a fund; for transfers and marks see _funds_taken_below_a_floor."""
         if isinstance(record, (LiquidationEvent, FundingEvent)) or (
                 isinstance(record, FillEvent) and is_fund_account(record.account_id)):
+            instrument = self.instruments.get(record.symbol)
+            return [instrument.fund_id] if instrument is not None else []
+        return []
+
+    def _funds_taken_below_a_floor(self, record: Event) -> list[str]:
+        """The funds another event can leave below the ADL floor, checked for solvency too (a fund that ends any
+        event below its floor deleverages its inventory, design §11.3): a withdrawal from a fund (below zero it is
+        refused; a floor above zero it can cross), and a mark under the ADL price `mark`, whose rounds on the fund's
+        excess inventory realize at the mark. Not drawdown samples: Bybit's trigger watches §4's events alone."""
+        if isinstance(record, TransferEvent) and is_fund_account(record.account_id) and record.amount < 0:
+            return [fund_id_of(record.account_id)]
+        if isinstance(record, MarkEvent) and self.adl_policy.price == "mark":
             instrument = self.instruments.get(record.symbol)
             return [instrument.fund_id] if instrument is not None else []
         return []
