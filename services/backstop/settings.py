@@ -1,4 +1,4 @@
-"""Typed settings for the service and the tools, read from BACKSTOP_* environment variables (or a .env file).
+"""Typed settings for the service and the tools, read from BACKSTOP_* environment variables.
 
 Secrets (the PostgreSQL DSNs' passwords, SASL passwords, the anchor key) come from the environment or from files
 named by BACKSTOP_*_FILE variables, never from the command line.
@@ -85,6 +85,17 @@ class Settings(BaseSettings):
     # web (health, metrics)
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+
+    @field_validator("pg_dsn_file", "pg_owner_dsn_file", "kafka_sasl_password_file")
+    @classmethod
+    def _secret_file_readable(cls, value: Path | None) -> Path | None:
+        """A secret's file that cannot be read is a bad setting, said in one line by the commands."""
+        if value is not None:
+            try:
+                value.read_bytes()
+            except OSError as error:
+                raise ValueError(f"cannot read it: {error.strerror or error}") from None
+        return value
 
     @model_validator(mode="after")
     def _secrets_from_files(self) -> Settings:

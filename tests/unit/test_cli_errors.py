@@ -418,6 +418,9 @@ def test_an_interrupt_that_c_code_turned_into_its_own_error_is_still_an_interrup
     ("BACKSTOP_INPUT_GAP", "maybe", ["serve"], "Input should be 'refuse' or 'skip'"),
     ("BACKSTOP_BATCH_MAX_RECORDS", "-5", ["serve"], "Input should be greater than or equal to 1"),
     ("BACKSTOP_ANCHOR_KEY_FILE", "", ["serve"], "Value error, is empty: unset it to run without an anchor key"),
+    ("BACKSTOP_PG_DSN_FILE", "/nonexistent/dsn", ["serve"], "Value error, cannot read it: No such file"),
+    ("BACKSTOP_PG_OWNER_DSN_FILE", "/nonexistent/dsn", ["db", "migrate"], "Value error, cannot read it: No such"),
+    ("BACKSTOP_KAFKA_SASL_PASSWORD_FILE", "/nonexistent/pw", ["topics", "create"], "Value error, cannot read it"),
 ])
 def test_a_setting_the_settings_refuse_is_one_line_naming_the_variable(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str,

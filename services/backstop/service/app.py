@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -128,13 +130,17 @@ async def _both_until_one_stops(processor: LedgerProcessor, relay: OutboxRelay) 
 
 
 def create_app(settings: Settings) -> faust.App:
+    # faust makes <datadir>/v1/tables at start; the tables are in memory, so nothing is kept there: not in the
+    # working directory
+    datadir = Path(tempfile.gettempdir()) / "backstop-faust" / f"{settings.topic_prefix}service"
+    datadir.mkdir(parents=True, exist_ok=True)
     app = ServiceApp(
         f"{settings.topic_prefix}service", broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
         autodiscover=False,
         # web_bind is the address the server listens on (faust's default: every interface); web_host only names it
         web_bind=settings.web_host, web_host=settings.web_host, web_port=settings.web_port, web_in_thread=False,
         topic_partitions=1, topic_replication_factor=settings.replication_factor, broker_credentials=None,
-        consumer_auto_offset_reset="earliest")
+        consumer_auto_offset_reset="earliest", datadir=datadir)
     state: dict[str, Any] = {}
 
     @app.task

@@ -214,7 +214,8 @@ class LedgerProcessor(SupervisedLoop):
     async def run_locked(self) -> None:
         settings = self.settings
         offsets = await self.store.offsets()
-        self.progress.seq = (await self.store.head()).seq  # what /health says while the input holds the run
+        self.progress.seq = (await self.store.head()).seq  # what /health says while the input holds the run,
+        metrics.JOURNAL_SEQ.set(self.progress.seq)  # and the metrics
         consumer = self.runtime.consumer(self.settings)
         await consumer.start()
         run: LedgerRun | None = None
