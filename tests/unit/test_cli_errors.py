@@ -428,3 +428,16 @@ def test_a_setting_the_settings_refuse_is_one_line_naming_the_variable(
     monkeypatch.setenv(variable, value)
     line = one_line_error(capsys, argv)
     assert line.startswith(f"backstop {argv[0]}: bad setting {variable}={value!r}: {message}"), line
+
+
+def test_a_journal_of_which_nothing_applied_is_said_on_stderr(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "other.jsonl").write_text('{"not": "a record"}\n')
+    assert main(["replay", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().err.endswith("no line of " + str(tmp_path / "empty.jsonl") + " was applied: it holds "
+                                            "no record\n")
+    assert main(["replay", str(tmp_path / "other.jsonl"), "--out", str(tmp_path / "b")]) == 0
+    assert "(1 rejected: see dead-letter.jsonl)" in capsys.readouterr().err
+    assert main(["replay", str(EXAMPLE), "--out", str(tmp_path / "c")]) == 0
+    assert capsys.readouterr().err == ""

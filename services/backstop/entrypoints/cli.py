@@ -156,7 +156,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print(f"fund {fund_id}: balance {fund['balance']} {fund['settle_asset']}")
     print(f"head hash  {result['head_hash']}")
     print(f"state hash {result['state_hash']}")
-    print(f"outputs in {args.out}/")
+    print(f"outputs in {str(args.out).rstrip('/') or '/'}/")
+    if stored is None and not result["events_applied"] and not result["duplicates"] and not args.from_snapshot:
+        # exit 0 as ever (every line is in dead-letter.jsonl), but a journal of which nothing applied is seldom meant
+        print(f"backstop replay: note: no line of {args.journal} was applied"
+              + (f" ({result['rejected']} rejected: see dead-letter.jsonl)" if result["rejected"] else
+                 ": it holds no record"), file=sys.stderr)
     if stored is not None:
         return _compare_stored(result, stored)
     return 0
