@@ -8,8 +8,7 @@ import logging
 import os
 import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NoReturn
 
 from backstop import __version__
@@ -835,6 +834,17 @@ INTERRUPTED_EXIT = 128 + 2  # as a shell shows a command ended by SIGINT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from backstop.entrypoints.interrupts import interrupts_held_in_imports
+
+    with interrupts_held_in_imports(sigterm=True):  # SIGTERM as Ctrl-C: a command cleans up as after it
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:  # before the command was known
+            print("backstop: interrupted", file=sys.stderr)
+            return INTERRUPTED_EXIT
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -849,9 +859,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             client_log = logging.getLogger(name)
             if not any(isinstance(h, logging.NullHandler) for h in client_log.handlers):
                 client_log.addHandler(logging.NullHandler())
+    if handler is _cmd_serve:  # it has its own shutdown on SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        with _terminated_as_interrupt(handler is not _cmd_serve):
-            result: int = handler(args)
+        result: int = handler(args)
     except BrokenPipeError:
         # the reader went away (`backstop explain ... | head`): stop quietly, as a command killed by SIGPIPE does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
@@ -884,24 +895,6 @@ def _interrupted(error: BaseException) -> bool:
         seen.add(id(cause))
         cause = cause.__cause__ or cause.__context__
     return False
-
-
-@contextlib.contextmanager
-def _terminated_as_interrupt(wanted: bool) -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt while the command runs, so it cleans up as after Ctrl-C (`serve` has its
-    own shutdown; a thread other than the main one cannot set handlers)."""
-    if not wanted or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(_signal: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
