@@ -74,7 +74,10 @@ async def preflight(settings: Settings, *, require_anchor: bool = True) -> None:
         if problem:
             raise ServeRefused(f"refusing to run as this role (BACKSTOP_PG_DSN): {problem}; run as the service's "
                                f"login role, which `backstop db migrate` creates (docs/operations-security.md)")
-        await store.check_anchor()
+        adopted = await store.check_anchor()
+        if adopted:  # a checkpoint follows a batch: until one lands, a start without the setting is refused again
+            log.warning("BACKSTOP_ANCHOR_ADOPT: the journal up to seq %d has the digest given; the adoption is "
+                        "recorded with the checkpoint of the next batch applied: keep the setting until then", adopted)
     except InvariantViolation as error:
         raise ServeRefused(str(error)) from None
     finally:

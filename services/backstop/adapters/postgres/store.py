@@ -894,17 +894,18 @@ class Store:
             last = rows[-1]["seq"]
         return digest
 
-    async def check_anchor(self) -> None:
+    async def check_anchor(self) -> int:
         """Before the service starts: the journal's head is signed with this store's key (or adopted); raises
-        InvariantViolation with the reason."""
+        InvariantViolation with the reason. Returns the seq adopted (its checkpoint is written with the next batch),
+        or 0."""
         if self.anchor is None:
-            return
+            return 0
         async with self.pool.acquire() as connection, connection.transaction(isolation="repeatable_read",
                                                                                readonly=True):
             # One snapshot for the head and its checkpoint: a worker joining as a standby reads them while the
             # active one commits batches (each with its checkpoint).
             head_seq = await connection.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
-            await self.anchored_head(connection, self.anchor, head_seq)
+            return (await self.anchored_head(connection, self.anchor, head_seq))[2]
 
     async def _stored_before(self, connection: asyncpg.Connection, expected_seq: int) -> tuple[int, int]:
         """The postings stored before the batch (their positions have no gaps) and the outbox's last id: carried on
