@@ -173,6 +173,8 @@ def test_a_run_s_journal_is_explained_under_the_policy_its_summary_records(
      "the lot's deficit, else at the lot's bankruptcy price, in ADL-queue order):", "rank 1 C2: 5 @ 85"),
     ("09-bybit-drawdown.jsonl", "adl-13-0", "bybit", "deleveraged (at the lot's bankruptcy price; a drawdown round at "
      "its reset proceeds, in ADL-queue order):", "rank 1 W1: 60 @ 87"),
+    ("07-adl-lab.jsonl", "adl-15-0", "pro_rata", "deleveraged (at the lot's bankruptcy price, shared by the pro_rata "
+     "rule, listed in ADL-queue order):", "rank 1 C2: 1 @ 90"),
 ])
 def test_the_text_says_the_price_rule_and_score_of_the_policy(
         capsys: pytest.CaptureFixture[str], example: str, event_id: str, policy: str, heading: str,

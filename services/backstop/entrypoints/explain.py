@@ -352,7 +352,8 @@ def render_text(explanation: dict[str, Any]) -> str:
         policy = explanation["adl_policy"]
         lines.append(f"  deleveraged ({PRICE_RULES[policy['price']]}"
                      + ("; a drawdown round at its reset proceeds" if "drawdown" in policy else "")
-                     + ", in ADL-queue order):")
+                     + (", in ADL-queue order):" if policy["rule"] in ("bitmex", "binance") else
+                        f", shared by the {policy['rule']} rule, listed in ADL-queue order):"))
         for lot in explanation.get("lots_deleveraged", []):
             lines.append(f"    the fund's lot of {lot['liquidation_id']} (journal seq {lot['seq']}, "
                          f"{lot['liquidated_account']}): {lot['side']} {lot['qty']} {lot['symbol']}, bankruptcy "
@@ -368,7 +369,8 @@ def render_text(explanation: dict[str, Any]) -> str:
             lines.append(f"    rank {event['rank']} {event['account_id']}: {event['qty']} @ {event['price']}, score "
                          f"{event['score']}, quantile {event['quantile']}{why}")
     for finding in explanation["findings"]:
-        lines.append(f"  finding {finding['kind']}: {finding['details']}")
+        details = ", ".join(f"{key} {value}" for key, value in finding["details"].items())
+        lines.append(f"  finding {finding['kind']}: {details}")
     if "causes" in explanation:
         names = {"liquidation_id": "liquidation", "adl_event_id": "ADL event", "fund_entry_id": "fund entry",
                  "transfer_id": "transfer", "fill_id": "fill"}
