@@ -181,3 +181,13 @@ def test_a_statement_over_its_own_input_is_refused(tmp_path: Path, capsys: pytes
     assert main(["statement", str(out), "--fund", "MAIN", "--out", str(out / "fund-ledger.jsonl")]) == 2
     assert "is one of the inputs" in capsys.readouterr().err
     assert (out / "fund-ledger.jsonl").read_bytes() == ledger
+
+
+def test_a_file_in_the_way_of_an_output_path_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.log").write_text("")
+    journal = Path(__file__).parents[2] / "examples" / "05-funding-and-fund-inventory.jsonl"
+    assert main(["replay", str(journal), "--out", str(tmp_path / "notes.log" / "out")]) == 2
+    assert f"{tmp_path / 'notes.log'} is a file, not a directory" in capsys.readouterr().err
+    assert main(["replay", str(journal), "--out", str(tmp_path / "out")]) == 0
+    assert main(["statement", str(tmp_path / "out"), "--fund", "MAIN", "--out", str(tmp_path / "notes.log" / "s.csv")]) == 2
+    assert f"{tmp_path / 'notes.log'} is a file, not a directory" in capsys.readouterr().err

@@ -97,7 +97,10 @@ def staged_dir(target: Path, *, owned: Collection[str], inputs: Iterable[Path] =
         staging = _beside(resolved, "partial")
         staging.mkdir()
     except OSError as error:
-        raise OutputError(f"cannot create output directory {target}: {error.strerror or error}") from None
+        blocker = _file_in_the_way(resolved)
+        raise OutputError(f"cannot create output directory {target}: "
+                          + (f"{blocker} is a file, not a directory" if blocker else error.strerror or str(error))
+                          ) from None
     try:
         yield staging
         _swap_into_place(staging, resolved)
@@ -131,6 +134,11 @@ def written_in_place(target: Path) -> bool:
     return not stat.S_ISREG(mode) or target.absolute().parts[1:2] in (("dev",), ("proc",))
 
 
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first of `path`'s parents, from the root down, that exists but is not a directory."""
+    return next((parent for parent in reversed(path.parents) if parent.exists() and not parent.is_dir()), None)
+
+
 def write_file_atomically(target: Path, write: Callable[[Path], object], *, inputs: Iterable[Path] = ()) -> None:
     """`write(temporary)` beside `target`, then renamed over it; the directory must exist, no input is the target.
     A target `written_in_place` is written through instead: a rename would replace a device's node with a file."""
@@ -138,7 +146,9 @@ def write_file_atomically(target: Path, write: Callable[[Path], object], *, inpu
     if resolved.is_dir():
         raise OutputError(f"output file {target} is a directory")
     if not resolved.parent.is_dir():
-        raise OutputError(f"cannot write {target}: directory {target.parent} does not exist")
+        blocker = _file_in_the_way(resolved)
+        raise OutputError(f"cannot write {target}: " + (f"{blocker} is a file, not a directory" if blocker else
+                                                         f"directory {target.parent} does not exist"))
     if any(path.resolve() == resolved for path in inputs):
         raise OutputError(f"output file {target} is one of the inputs")
     if written_in_place(target):
