@@ -189,5 +189,6 @@ def test_a_file_in_the_way_of_an_output_path_is_named(tmp_path: Path, capsys: py
     assert main(["replay", str(journal), "--out", str(tmp_path / "notes.log" / "out")]) == 2
     assert f"{tmp_path / 'notes.log'} is a file, not a directory" in capsys.readouterr().err
     assert main(["replay", str(journal), "--out", str(tmp_path / "out")]) == 0
-    assert main(["statement", str(tmp_path / "out"), "--fund", "MAIN", "--out", str(tmp_path / "notes.log" / "s.csv")]) == 2
+    target = tmp_path / "notes.log" / "s.csv"
+    assert main(["statement", str(tmp_path / "out"), "--fund", "MAIN", "--out", str(target)]) == 2
     assert f"{tmp_path / 'notes.log'} is a file, not a directory" in capsys.readouterr().err
