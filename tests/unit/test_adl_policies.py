@@ -361,3 +361,17 @@ def test_rounds_at_the_mark_that_sink_a_fund_are_followed_by_its_solvency(tmp_pa
     [bad_debt] = [f for f in out["findings"] if f["kind"] == "bad_debt"]
     assert bad_debt["details"]["added"] == "139000"
     assert out["summary"]["funds"]["F"]["inventory"] == {}
+
+
+def test_a_lot_short_of_takers_is_not_tried_again_in_the_same_event(tmp_path: Path, engine: str) -> None:
+    # S's short lot is kept; A's long is liquidated below its BP (executions at 80000): nobody is left long to take
+    # S's lot at the inventory check, and the fund, now below zero, would try the same lot again for its solvency
+    records = [*_book("1000", ratio="200"),
+               *(scenario.transfer(f"d{a}", a, "10000") for a in ("S", "A")),
+               scenario.fill("s1", "S", "sell", "1", "100000", mode="isolated"),
+               scenario.fill("a1", "A", "buy", "1", "100000", mode="isolated"),
+               scenario.mark("109500"), scenario.liquidation("LS", "S", "1", "109500"),
+               scenario.mark("90500"), scenario.liquidation("LA", "A", "1", "90500", executions=[("1", "80000")])]
+    out = replay(tmp_path, engine, _journal(tmp_path, records))
+    assert [(f["seq"], f["kind"]) for f in out["findings"]] == [(11, "adl_shortfall"), (11, "bad_debt")]
+    assert [(r["seq"], r["trigger"], r["closed"]) for r in out["adl-rounds"]] == [(11, "inventory", "0")]

@@ -143,6 +143,9 @@ pub struct Engine {
     cause: Cause,
     /// Each touched fund's balance and its symbols' PnL as the current event found them (Bybit's trigger).
     drawdown_before: Option<FundValues>,
+    /// the lots (by liquidation id) a round of the current event left short of takers: no later round of the event
+    /// retries them (engine._fell_short)
+    fell_short: Vec<String>,
     /// Leave each posting's record to the output writer (Outputs::deferred_postings): `postings_head` is then the
     /// head before the first of them until the writer gives the chain's head back. Not state.
     pub defer_postings: bool,
@@ -192,6 +195,7 @@ impl Default for Engine {
             counts: EventCounts::default(),
             cause: Cause::default(),
             drawdown_before: None,
+            fell_short: Vec::new(),
             defer_postings: false,
         }
     }
@@ -253,6 +257,7 @@ impl Engine {
         self.seq = seq;
         self.ts = record.ts;
         self.counts = EventCounts::default();
+        self.fell_short.clear();
         self.cause = Cause::default();
         if !self.defer_postings {
             out.posting_ids.clear(); // the earlier events' postings are written: their ids are read no more
@@ -1172,6 +1177,7 @@ impl Engine {
             hits.push(Hit { figures, qty: take, haircut });
         }
         if left > 0 {
+            self.fell_short.push(lot.liquidation_id.clone());
             let details = vec![("unfilled_qty", J::Owned(text(left, S8))), ("counterparties", J::Owned(count.to_string()))];
             self.finding("adl_shortfall", Some(lot.liquidated_account), Some(&lot.liquidation_id), Some(symbol),
                          details, out);
@@ -1274,6 +1280,10 @@ impl Engine {
                 while let Some(lots) = self.funds[&fund].lots.get(&symbol_name) {
                     if index >= lots.len() {
                         break;
+                    }
+                    if self.fell_short.contains(&lots[index].liquidation_id) {
+                        index += 1;
+                        continue;
                     }
                     let length = lots.len();
                     self.deleverage(fund, &symbol_name, index, "solvency", None, None, out);

@@ -143,6 +143,9 @@ class Engine:
         self.full_adl_metrics = full_adl_metrics  # rank inversions and the eligible population per round (§11.4)
         self.drawdown = DrawdownState()  # Bybit's trigger (§11.3); empty under any other policy
         self._drawdown_before: dict[str, tuple[Decimal, dict[str, Decimal]]] = {}  # as the current event found it
+        # the lots a round of the current event left short of takers: no later round of the event retries them (none
+        # can find a taker the first did not: a deleverage only reduces positions), nor says the shortfall again
+        self._fell_short: set[str] = set()
         self.ledger = ledger.Ledger(strict=check_conservation)
         self.funds: dict[str, FundState] = {}
         self.instruments: dict[str, Instrument] = {}
@@ -189,6 +192,8 @@ class Engine:
         self._effects = effects = Effects()
         self._seq, self._ts = seq, record.ts
         self._transfer_id = self._fill_id = self._liquidation_id = self._adl_event_id = None
+        if self._fell_short:
+            self._fell_short = set()
         caller_context = getcontext()
         switch = caller_context is not self._context  # not already current (see decimal_context)
         if switch:
@@ -792,6 +797,7 @@ class Engine:
             haircut = proceeds - at_mark if lot_value_long else at_mark - proceeds  # the taker: the other side
             hits.append(adl_rounds.Hit(figures, take, haircut))
         if left > 0:
+            self._fell_short.add(lot.liquidation_id)
             self._finding("adl_shortfall", lot.liquidated_account, lot.liquidation_id, symbol, {
                 "unfilled_qty": text(left), "counterparties": str(count)})
         self._round(start, deficit, price_rule, wanted - left, hits, eligible, count)
@@ -884,7 +890,8 @@ class Engine:
             else:
                 for symbol in sorted(fund_state.lots):
                     for lot in list(fund_state.lots.get(symbol, ())):
-                        self._deleverage(fund_state, lot, "solvency")
+                        if lot.liquidation_id not in self._fell_short:
+                            self._deleverage(fund_state, lot, "solvency")
             if balance < 0 and balance < before:
                 self._finding("bad_debt", None, None, None, {
                     "fund_id": fund_id, "balance": text(balance), "added": text(min(before, ZERO) - balance)})
