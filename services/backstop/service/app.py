@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -82,6 +84,17 @@ async def preflight(settings: Settings, *, require_anchor: bool = True) -> None:
         raise ServeRefused(str(error)) from None
     finally:
         await store.close()
+
+
+def web_address_free(settings: Settings) -> None:
+    """/health and /metrics can listen where the settings say (else ServeRefused, in one line, rather than the web
+    server's traceback once everything else has started)."""
+    try:
+        socket.create_server((settings.web_host, settings.web_port)).close()
+    except OSError as error:
+        raise ServeRefused(f"cannot listen on {settings.web_host}:{settings.web_port} (BACKSTOP_WEB_HOST, "
+                           f"BACKSTOP_WEB_PORT) for /health and /metrics: "
+                           f"{os.strerror(error.errno) if error.errno else error}") from None
 
 
 def topics_ready(settings: Settings, *, timeout_ms: int = 30_000) -> None:
@@ -192,8 +205,14 @@ def serve(settings: Settings) -> None:
         loop.run_until_complete(preflight(settings))
     finally:
         loop.close()
+    web_address_free(settings)
+    kafka_log = logging.getLogger("kafka")
+    kafka_log.propagate = False  # its retries while the broker is away would bury the one line ServeRefused says
+    try:
+        topics_ready(settings)
+    finally:
+        kafka_log.propagate = True
     logs.configure(logging.INFO)
-    topics_ready(settings)
     app = create_app(settings)
     # quiet, and no spinner: faust would print a banner and terminal codes beside the JSON lines
     worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False, override_logging=False, quiet=True)
