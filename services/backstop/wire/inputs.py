@@ -97,9 +97,10 @@ def decimal_reason(value: object, kind: Kind, sign: str) -> str:
     that order). Runs only for a rejected value: the check itself is the one pattern of Kind.pattern."""
     if not isinstance(value, str):
         return 'a decimal must be a JSON string such as "50000.5"'
-    if not _SYNTAX.match(value):
+    # fullmatch: `$` also matches before a last "\n", which pydantic-core's patterns (Rust's regex) do not
+    if not _SYNTAX.fullmatch(value):
         return f"not an exact plain decimal: {quoted(value)}"
-    if not re.match(kind.pattern(SIGNED), value):
+    if not re.fullmatch(kind.pattern(SIGNED), value):
         return f"{kind.bound_text()}: {quoted(value)}"
     return SIGN_REASONS[sign] or f"not a {kind.name} decimal: {quoted(value)}"
 
