@@ -321,7 +321,7 @@ def test_a_liquidated_hedge_side_is_never_deleveraged_against_its_own_other_side
     [event] = out["adl-events"]
     assert (event["rank"], event["quantile"]) == (2, quantile(2, 2))  # its place in the queue H stays in
     [round_] = out["adl-rounds"]
-    assert round_["eligible"] == 2 and round_["leverage"]["eligible"]["count"] == 1  # O alone is eligible
+    assert round_["eligible"] == 1 and round_["leverage"]["eligible"]["count"] == 1  # O alone is eligible
     accounts = json.loads((tmp_path / "out" / "accounts.json").read_text())
     assert accounts["H"]["positions"]["BTCUSDT:long"]["qty"] == "1"
 
@@ -375,3 +375,27 @@ def test_a_lot_short_of_takers_is_not_tried_again_in_the_same_event(tmp_path: Pa
     out = replay(tmp_path, engine, _journal(tmp_path, records))
     assert [(f["seq"], f["kind"]) for f in out["findings"]] == [(11, "adl_shortfall"), (11, "bad_debt")]
     assert [(r["seq"], r["trigger"], r["closed"]) for r in out["adl-rounds"]] == [(11, "inventory", "0")]
+
+
+def test_a_withdrawal_below_the_floor_is_never_taken_from_traders_under_socialized(tmp_path: Path,
+                                                                                  engine: str) -> None:
+    records = [*_book("2000"), scenario.transfer("dS", "S", "100000"), scenario.transfer("dL", "L", "100000"),
+               scenario.fill("s1", "S", "sell", "1", "100000"), scenario.fill("l1", "L", "buy", "1", "100000"),
+               scenario.mark("105000"),  # L is in profit
+               scenario.transfer("w1", "fund:F", "-1500")]
+    out = replay(tmp_path, engine, _journal(tmp_path, records), "--adl-policy", "socialized", "--adl-floor", "1000")
+    assert out["adl-rounds"] == [] and out["summary"]["funds"]["F"]["balance"] == "500"
+
+
+def test_a_capped_round_short_with_takers_left_is_tried_again_in_the_event(tmp_path: Path, engine: str) -> None:
+    # the fund (100, floor 1000) refuses S's lot; capped_pro_rata caps L's take by its profit and leaves the lot
+    # short with L still long: the solvency round of the same event takes more from L
+    records = [*_book("100"), *(scenario.transfer(f"d{a}", a, amount) for a, amount in
+                                (("S", "10000"), ("L", "100000"), ("M", "100000"))),
+               scenario.fill("s1", "S", "sell", "1", "100000", mode="isolated"),
+               scenario.fill("m1", "M", "buy", "1", "100000"), scenario.fill("m2", "M", "sell", "1", "110900"),
+               scenario.fill("l1", "L", "buy", "1", "110900"),
+               scenario.mark("111000"), scenario.liquidation("LS", "S", "1", "111000")]
+    out = replay(tmp_path, engine, _journal(tmp_path, records), "--adl-policy", "capped_pro_rata",
+                 "--adl-floor", "1000")
+    assert [(r["trigger"], r["closed"]) for r in out["adl-rounds"]] == [("takeover", "0.1"), ("solvency", "0.09")]

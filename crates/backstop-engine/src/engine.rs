@@ -143,8 +143,8 @@ pub struct Engine {
     cause: Cause,
     /// Each touched fund's balance and its symbols' PnL as the current event found them (Bybit's trigger).
     drawdown_before: Option<FundValues>,
-    /// the lots (by liquidation id) a round of the current event left short of takers: no later round of the event
-    /// retries them (engine._fell_short)
+    /// the lots (by liquidation id) a round of the current event left short with no taker left: no later round of
+    /// the event retries them (engine._fell_short)
     fell_short: Vec<String>,
     /// Leave each posting's record to the output writer (Outputs::deferred_postings): `postings_head` is then the
     /// head before the first of them until the writer gives the chain's head back. Not state.
@@ -307,6 +307,9 @@ impl Engine {
     /// The fund another event can leave below the ADL floor, checked for solvency too but not a drawdown sample
     /// (engine._funds_taken_below_a_floor): a withdrawal from a fund, and a mark under the ADL price `mark`.
     fn fund_taken_below_a_floor(&self, record: &Record<'_>) -> Option<u32> {
+        if self.policy.rule == Rule::Socialized {
+            return None; // it keeps every lot; a withdrawal is never taken from traders
+        }
         match &record.body {
             Body::Transfer { account_id, amount, .. } if amount.value < 0 => account_id
                 .strip_prefix(FUND_ACCOUNT_PREFIX)
@@ -1176,16 +1179,27 @@ impl Engine {
             let haircut = if long { wsub(proceeds, at_mark) } else { wsub(at_mark, proceeds) };
             hits.push(Hit { figures, qty: take, haircut });
         }
+        let takers = count - usize::from(own.is_some()); // the queue holds the owner's position, passed over
         if left > 0 {
-            self.fell_short.push(lot.liquidation_id.clone());
-            let details = vec![("unfilled_qty", J::Owned(text(left, S8))), ("counterparties", J::Owned(count.to_string()))];
+            if !self.takers_left(symbol, opposite, own.map(|(side, _)| (lot.liquidated_account, side))) {
+                self.fell_short.push(lot.liquidation_id.clone());
+            }
+            let details = vec![("unfilled_qty", J::Owned(text(left, S8))), ("counterparties", J::Owned(takers.to_string()))];
             self.finding("adl_shortfall", Some(lot.liquidated_account), Some(&lot.liquidation_id), Some(symbol),
                          details, out);
         }
         let closed = wanted - left;
         let start = Start { trigger, fund, lot: Some(round_lot), mark: Some(mark), balance };
-        self.round(start, deficit, Some(price_rule), closed, &hits, eligible.as_deref(), count, out);
+        self.round(start, deficit, Some(price_rule), closed, &hits, eligible.as_deref(), takers, out);
         left
+    }
+
+    /// Whether a position on `side` other than the lot owner's is still open (engine._takers_left).
+    fn takers_left(&self, symbol: u32, side: Side, own: Option<(u32, PositionSide)>) -> bool {
+        self.positions.holders(symbol).iter()
+            .filter(|&&key| Some(key) != own)
+            .filter_map(|&(account, position_side)| self.positions.get(account, symbol, position_side))
+            .any(|position| position.side() == side)
     }
 
     /// The takes of one round, aligned with the queue (section 11.2).

@@ -143,8 +143,8 @@ class Engine:
         self.full_adl_metrics = full_adl_metrics  # rank inversions and the eligible population per round (§11.4)
         self.drawdown = DrawdownState()  # Bybit's trigger (§11.3); empty under any other policy
         self._drawdown_before: dict[str, tuple[Decimal, dict[str, Decimal]]] = {}  # as the current event found it
-        # the lots a round of the current event left short of takers: no later round of the event retries them (none
-        # can find a taker the first did not: a deleverage only reduces positions), nor says the shortfall again
+        # the lots a round of the current event left short with no taker left: no later round of the event retries
+        # them (none can find a taker: a deleverage only reduces positions), nor says the shortfall again
         self._fell_short: set[str] = set()
         self.ledger = ledger.Ledger(strict=check_conservation)
         self.funds: dict[str, FundState] = {}
@@ -796,11 +796,13 @@ class Engine:
             at_mark = valuation.value(take, mark)  # the haircut: what the take gave up against the mark
             haircut = proceeds - at_mark if lot_value_long else at_mark - proceeds  # the taker: the other side
             hits.append(adl_rounds.Hit(figures, take, haircut))
+        takers = count - (own is not None)  # the queue holds the owner's position, which is passed over
         if left > 0:
-            self._fell_short.add(lot.liquidation_id)
+            if not self._takers_left(symbol, opposite, own):
+                self._fell_short.add(lot.liquidation_id)
             self._finding("adl_shortfall", lot.liquidated_account, lot.liquidation_id, symbol, {
-                "unfilled_qty": text(left), "counterparties": str(count)})
-        self._round(start, deficit, price_rule, wanted - left, hits, eligible, count)
+                "unfilled_qty": text(left), "counterparties": str(takers)})
+        self._round(start, deficit, price_rule, wanted - left, hits, eligible, takers)
         return left
 
     def _allocate(self, queue: list[adl.Ranked], lot: Lot, wanted: Decimal, full_haircut: Decimal) -> list[Decimal]:
@@ -864,6 +866,12 @@ class Engine:
         want_long = side == "long"
         return [self._figures(p, mark) for p in self.by_symbol[symbol].values()
                 if (p.qty > 0) == want_long and p is not own]
+
+    def _takers_left(self, symbol: str, side: Literal["long", "short"], own: Position | None) -> bool:
+        """Whether a position on `side` other than the lot owner's is still open (a capped allocation can leave
+        the lot short with takers left, which a later round of the event may take more from)."""
+        want_long = side == "long"
+        return any((p.qty > 0) == want_long and p is not own for p in self.by_symbol[symbol].values())
 
     def _lot_owner_position(self, lot: Lot, side: Literal["long", "short"]) -> Position | None:
         """The position on `side` of the account the lot was taken from, if it holds one: a hedge account's other
@@ -1263,6 +1271,8 @@ class Engine:
         event below its floor deleverages its inventory, design §11.3): a withdrawal from a fund (below zero it is
         refused; a floor above zero it can cross), and a mark under the ADL price `mark`, whose rounds on the fund's
         excess inventory realize at the mark. Not drawdown samples: Bybit's trigger watches §4's events alone."""
+        if self.adl_policy.rule == "socialized":  # it keeps every lot; a withdrawal is never taken from traders
+            return []
         if isinstance(record, TransferEvent) and is_fund_account(record.account_id) and record.amount < 0:
             return [fund_id_of(record.account_id)]
         if isinstance(record, MarkEvent) and self.adl_policy.price == "mark":
