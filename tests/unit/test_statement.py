@@ -186,3 +186,10 @@ def test_an_account_statement_of_postings_cut_short_is_refused(out: Path, tmp_pa
     postings.write_text("".join(postings.read_text().splitlines(keepends=True)[:-1]))
     assert main(["statement", str(out), "--account", "fund:MAIN", "--out", str(tmp_path / "s.csv")]) == 1
     assert "postings.jsonl ends at hash" in capsys.readouterr().err
+
+
+def test_a_summary_of_an_older_backstop_without_the_chain_head_is_stated(out: Path, tmp_path: Path) -> None:
+    summary = json.loads((out / "summary.json").read_text())
+    del summary["postings_head_hash"]  # written before the postings had a chain head
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert main(["statement", str(out), "--account", "fund:MAIN", "--out", str(tmp_path / "s.csv")]) == 0

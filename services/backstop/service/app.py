@@ -59,9 +59,9 @@ NO_ANCHOR_KEY = ("BACKSTOP_ANCHOR_KEY_FILE is not set: the service signs a check
                  "`openssl rand -hex 32 > anchor.key` and keep it away from the database")
 
 
-async def preflight(settings: Settings, *, require_anchor: bool = True) -> None:
+async def preflight(settings: Settings, *, require_anchor: bool = True) -> int:
     """Before anything starts: the service's role cannot rewrite the record, and the journal's head is signed with
-    the anchor key (or adopted). Raises ServeRefused."""
+    the anchor key (or adopted). Raises ServeRefused; returns the seq BACKSTOP_ANCHOR_ADOPT adopts, or 0."""
     anchor = settings.anchor()
     if anchor is None and require_anchor:
         raise ServeRefused(NO_ANCHOR_KEY)
@@ -76,10 +76,7 @@ async def preflight(settings: Settings, *, require_anchor: bool = True) -> None:
         if problem:
             raise ServeRefused(f"refusing to run as this role (BACKSTOP_PG_DSN): {problem}; run as the service's "
                                f"login role, which `backstop db migrate` creates (docs/operations-security.md)")
-        adopted = await store.check_anchor()
-        if adopted:  # a checkpoint follows a batch: until one lands, a start without the setting is refused again
-            log.warning("BACKSTOP_ANCHOR_ADOPT: the journal up to seq %d has the digest given; the adoption is "
-                        "recorded with the checkpoint of the next batch applied: keep the setting until then", adopted)
+        return await store.check_anchor()
     except InvariantViolation as error:
         raise ServeRefused(str(error)) from None
     finally:
@@ -90,21 +87,24 @@ def web_address_free(settings: Settings) -> None:
     """/health and /metrics can listen where the settings say (else ServeRefused, in one line, rather than the web
     server's traceback once everything else has started)."""
     try:
-        socket.create_server((settings.web_host, settings.web_port)).close()
-    except OSError as error:
+        family = socket.getaddrinfo(settings.web_host, settings.web_port, type=socket.SOCK_STREAM)[0][0]
+        socket.create_server((settings.web_host, settings.web_port), family=family).close()
+    except OSError as error:  # gaierror's errno is its own (negative): its strerror says it
+        said = os.strerror(error.errno) if error.errno and error.errno > 0 else error.strerror or str(error)
         raise ServeRefused(f"cannot listen on {settings.web_host}:{settings.web_port} (BACKSTOP_WEB_HOST, "
-                           f"BACKSTOP_WEB_PORT) for /health and /metrics: "
-                           f"{os.strerror(error.errno) if error.errno else error}") from None
+                           f"BACKSTOP_WEB_PORT) for /health and /metrics: {said}") from None
 
 
-def topics_ready(settings: Settings, *, timeout_ms: int = 30_000) -> None:
-    """The contract's topics exist (created where missing); a broker that cannot be reached within timeout_ms, or
-    refuses to create them, is ServeRefused, in one line, rather than a traceback (the orchestrator restarts the
-    service)."""
+def topics_ready(settings: Settings, *, timeout_ms: int = 30_000) -> list[str]:
+    """The contract's topics exist (the ones created where missing are returned); a broker that cannot be reached
+    within timeout_ms, or refuses to create them, is ServeRefused, in one line, rather than a traceback (the
+    orchestrator restarts the service). kafka-python's own log of its retries is kept out of the way meanwhile."""
     from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
+    kafka_log = logging.getLogger("kafka")
+    kafka_log.propagate = False
     try:
-        created = ensure_topics(settings, timeout_ms=timeout_ms)
+        return ensure_topics(settings, timeout_ms=timeout_ms)
     except (KafkaError, ValueError) as error:  # ValueError: a bootstrap address kafka-python cannot parse
         said = " ".join(str(error).split())  # kafka-python's errors start with their class's name; not all do
         said = said if said.startswith(type(error).__name__) else f"{type(error).__name__}: {said}"
@@ -112,8 +112,8 @@ def topics_ready(settings: Settings, *, timeout_ms: int = 30_000) -> None:
         if isinstance(error, KafkaConnectionError | KafkaTimeoutError):
             raise ServeRefused(f"cannot reach {where} within {timeout_ms / 1000:g} s: {said}") from None
         raise ServeRefused(f"cannot create the topics on {where}: {said}") from None
-    if created:
-        log.info("created topics: %s", ", ".join(created))
+    finally:
+        kafka_log.propagate = True
 
 
 class _LifecycleOnly(BootStrategy):
@@ -145,11 +145,18 @@ async def _both_until_one_stops(processor: LedgerProcessor, relay: OutboxRelay) 
             raise outcome
 
 
-def create_app(settings: Settings) -> faust.App:
-    # faust makes <datadir>/v1/tables at start; the tables are in memory, so nothing is kept there: not in the
-    # working directory
-    datadir = Path(tempfile.gettempdir()) / "backstop-faust" / f"{settings.topic_prefix}service"
-    datadir.mkdir(parents=True, exist_ok=True)
+def faust_datadir(settings: Settings) -> Path:
+    """Where faust makes <datadir>/v1/tables at start: the tables are in memory, so nothing is kept there; under the
+    temporary directory, one per user, rather than in the working directory. ServeRefused if it cannot be made."""
+    datadir = Path(tempfile.gettempdir()) / f"backstop-faust-{os.getuid()}" / f"{settings.topic_prefix}service"
+    try:
+        datadir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ServeRefused(f"cannot make faust's data directory {datadir}: {error.strerror or error}") from None
+    return datadir
+
+
+def create_app(settings: Settings, datadir: Path) -> faust.App:
     app = ServiceApp(
         f"{settings.topic_prefix}service", broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
         autodiscover=False,
@@ -202,18 +209,19 @@ def serve(settings: Settings) -> None:
     """Runs until stopped; raises ServeRefused (or AnchorKeyError) before starting anything, ServeStopped after."""
     loop = asyncio.new_event_loop()  # not asyncio.run: it leaves no current loop, and faust's worker wants one
     try:
-        loop.run_until_complete(preflight(settings))
+        adopted = loop.run_until_complete(preflight(settings))
     finally:
         loop.close()
     web_address_free(settings)
-    kafka_log = logging.getLogger("kafka")
-    kafka_log.propagate = False  # its retries while the broker is away would bury the one line ServeRefused says
-    try:
-        topics_ready(settings)
-    finally:
-        kafka_log.propagate = True
-    logs.configure(logging.INFO)
-    app = create_app(settings)
+    created = topics_ready(settings)
+    datadir = faust_datadir(settings)
+    logs.configure(logging.INFO)  # from here on, JSON lines; a refusal above is one plain line
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+    if adopted:  # a checkpoint follows a batch: until one lands, a start without the setting is refused again
+        log.warning("BACKSTOP_ANCHOR_ADOPT: the journal up to seq %d has the digest given; the adoption is recorded "
+                    "with the checkpoint of the next batch applied: keep the setting until then", adopted)
+    app = create_app(settings, datadir)
     # quiet, and no spinner: faust would print a banner and terminal codes beside the JSON lines
     worker = faust.Worker(app, loglevel="INFO", redirect_stdouts=False, override_logging=False, quiet=True)
     worker.spinner = None
