@@ -192,3 +192,10 @@ def test_a_file_in_the_way_of_an_output_path_is_named(tmp_path: Path, capsys: py
     target = tmp_path / "notes.log" / "s.csv"
     assert main(["statement", str(tmp_path / "out"), "--fund", "MAIN", "--out", str(target)]) == 2
     assert f"{tmp_path / 'notes.log'} is a file, not a directory" in capsys.readouterr().err
+
+
+def test_a_failed_run_leaves_no_directory_it_made_on_the_way(tmp_path: Path) -> None:
+    (tmp_path / "bad.jsonl").write_text('{"bad"\n')
+    target = tmp_path / "new" / "deeper" / "out"
+    assert main(["replay", str(tmp_path / "bad.jsonl"), "--strict", "--out", str(target)]) == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.jsonl"]

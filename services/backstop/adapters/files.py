@@ -92,6 +92,7 @@ def staged_dir(target: Path, *, owned: Collection[str], inputs: Iterable[Path] =
     """A fresh directory beside `target` to write into; renamed to `target` when the block ends without an
     exception (an existing target moved aside first, then removed), removed when it raises."""
     resolved = check_output_dir(target, owned=owned, inputs=inputs)
+    made = [parent for parent in reversed(resolved.parents) if not parent.exists()]  # removed again if it fails
     try:
         resolved.parent.mkdir(parents=True, exist_ok=True)
         staging = _beside(resolved, "partial")
@@ -106,6 +107,9 @@ def staged_dir(target: Path, *, owned: Collection[str], inputs: Iterable[Path] =
         _swap_into_place(staging, resolved)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for parent in reversed(made):  # a failed run leaves the tree as it found it
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         raise
 
 

@@ -869,7 +869,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return SIGPIPE_EXIT
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: an output directory or file being written was discarded on the way out (staged)
-        print(f"backstop {args.command}: interrupted", file=sys.stderr)
+        print(f"{args.parsed_by.prog}: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
     except Exception as error:
         setting = _bad_setting(error)
@@ -880,7 +880,7 @@ def _main(argv: Sequence[str] | None) -> int:
             raise
         # the interrupt came inside a callback of C code, which turned it into an error of its own (orjson's
         # `default`: a TypeError caused by it)
-        print(f"backstop {args.command}: interrupted", file=sys.stderr)
+        print(f"{args.parsed_by.prog}: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
     return result
 
