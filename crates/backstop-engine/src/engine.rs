@@ -1131,10 +1131,12 @@ impl Engine {
             let count = queue.len();
             (queue, count)
         };
-        let is_own = |ranked: &Ranked| own.is_some_and(|(side, _)| (lot.liquidated_account, side) == (ranked.account, ranked.position_side));
-        let ranks: Vec<usize> = (1..=queue.len()).filter(|&rank| !is_own(&queue[rank - 1])).collect();
-        let queue: Vec<Ranked> = queue.into_iter().filter(|ranked| !is_own(ranked)).collect();
-        let eligible = self.full_metrics.then(|| self.eligible_figures(symbol, opposite, mark, own.map(|(side, _)| (lot.liquidated_account, side))));
+        let own_key = own.map(|(side, _)| (lot.liquidated_account, side));
+        let (ranks, queue): (Vec<usize>, Vec<Ranked>) = queue.into_iter().enumerate()
+            .filter(|(_, ranked)| own_key != Some((ranked.account, ranked.position_side)))
+            .map(|(index, ranked)| (index + 1, ranked))
+            .unzip();
+        let eligible = self.full_metrics.then(|| self.eligible_figures(symbol, opposite, mark, own_key));
         let takes = self.allocate(&queue, &round_lot, full_haircut);
         let mut hits = Vec::new();
         let mut left = wanted;
@@ -1181,7 +1183,8 @@ impl Engine {
         }
         let takers = count - usize::from(own.is_some()); // the queue holds the owner's position, passed over
         if left > 0 {
-            if !self.takers_left(symbol, opposite, own.map(|(side, _)| (lot.liquidated_account, side))) {
+            // a capped allocation may leave takers, which a later round of the event may take more from
+            if self.takers(symbol, opposite, own_key).next().is_none() {
                 self.fell_short.push(lot.liquidation_id.clone());
             }
             let details = vec![("unfilled_qty", J::Owned(text(left, S8))), ("counterparties", J::Owned(takers.to_string()))];
@@ -1192,14 +1195,6 @@ impl Engine {
         let start = Start { trigger, fund, lot: Some(round_lot), mark: Some(mark), balance };
         self.round(start, deficit, Some(price_rule), closed, &hits, eligible.as_deref(), takers, out);
         left
-    }
-
-    /// Whether a position on `side` other than the lot owner's is still open (engine._takers_left).
-    fn takers_left(&self, symbol: u32, side: Side, own: Option<(u32, PositionSide)>) -> bool {
-        self.positions.holders(symbol).iter()
-            .filter(|&&key| Some(key) != own)
-            .filter_map(|&(account, position_side)| self.positions.get(account, symbol, position_side))
-            .any(|position| position.side() == side)
     }
 
     /// The takes of one round, aligned with the queue (section 11.2).
@@ -1232,13 +1227,16 @@ impl Engine {
         Figures::of(position.account, position.cost, self.exposure(position).0, view.equity_share, notional)
     }
 
-    fn eligible_figures(&self, symbol: u32, side: Side, mark: i128, own: Option<(u32, PositionSide)>) -> Vec<Figures> {
+    /// The open positions on `side` of the symbol but the lot owner's: who a round may take from (engine._takers).
+    fn takers(&self, symbol: u32, side: Side, own: Option<(u32, PositionSide)>) -> impl Iterator<Item = &Position> {
         self.positions.holders(symbol).iter()
-            .filter(|&&key| Some(key) != own)
-            .filter_map(|&(account, position_side)| self.positions.get(account, symbol, position_side))
-            .filter(|p| p.side() == side)
-            .map(|p| self.figures(p, mark))
-            .collect()
+            .filter(move |&&key| Some(key) != own)
+            .filter_map(move |&(account, position_side)| self.positions.get(account, symbol, position_side))
+            .filter(move |position| position.side() == side)
+    }
+
+    fn eligible_figures(&self, symbol: u32, side: Side, mark: i128, own: Option<(u32, PositionSide)>) -> Vec<Figures> {
+        self.takers(symbol, side, own).map(|position| self.figures(position, mark)).collect()
     }
 
     /// The position on `side` of the account the lot was taken from, if it holds one (engine._lot_owner_position):

@@ -798,8 +798,8 @@ class Engine:
             hits.append(adl_rounds.Hit(figures, take, haircut))
         takers = count - (own is not None)  # the queue holds the owner's position, which is passed over
         if left > 0:
-            if not self._takers_left(symbol, opposite, own):
-                self._fell_short.add(lot.liquidation_id)
+            if next(self._takers(symbol, opposite, own), None) is None:  # a capped allocation may leave takers,
+                self._fell_short.add(lot.liquidation_id)  # which a later round of the event may take more from
             self._finding("adl_shortfall", lot.liquidated_account, lot.liquidation_id, symbol, {
                 "unfilled_qty": text(left), "counterparties": str(takers)})
         self._round(start, deficit, price_rule, wanted - left, hits, eligible, takers)
@@ -861,17 +861,14 @@ class Engine:
             cache[position.key] = (numbers, equity, result)
         return equity, result
 
+    def _takers(self, symbol: str, side: str, own: Position | None) -> Iterator[Position]:
+        """The open positions on `side` of the symbol but the lot owner's: who a round may take from."""
+        want_long = side == "long"
+        return (p for p in self.by_symbol[symbol].values() if (p.qty > 0) == want_long and p is not own)
+
     def _eligible_figures(self, symbol: str, side: str, mark: Decimal, own: Position | None
                           ) -> list[adl_rounds.Figures]:
-        want_long = side == "long"
-        return [self._figures(p, mark) for p in self.by_symbol[symbol].values()
-                if (p.qty > 0) == want_long and p is not own]
-
-    def _takers_left(self, symbol: str, side: Literal["long", "short"], own: Position | None) -> bool:
-        """Whether a position on `side` other than the lot owner's is still open (a capped allocation can leave
-        the lot short with takers left, which a later round of the event may take more from)."""
-        want_long = side == "long"
-        return any((p.qty > 0) == want_long and p is not own for p in self.by_symbol[symbol].values())
+        return [self._figures(p, mark) for p in self._takers(symbol, side, own)]
 
     def _lot_owner_position(self, lot: Lot, side: Literal["long", "short"]) -> Position | None:
         """The position on `side` of the account the lot was taken from, if it holds one: a hedge account's other
