@@ -6,7 +6,7 @@ report draw. No command-line concerns here: backstop.entrypoints.whatif and .dem
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from pathlib import Path
@@ -243,6 +243,10 @@ class RunMetrics:
     fund_cascade_needed: dict[str, Decimal] = field(default_factory=dict)
     adl: dict[str, Any] = field(default_factory=dict)  # the engine summary's `adl` (docs/design.md §11.4)
     valuations: dict[str, Valuation] = field(default_factory=dict)  # symbol -> linear or inverse, from the journal
+    settle_assets: dict[str, str] = field(default_factory=dict)  # symbol -> its settlement asset, from the journal
+    # the assets the notionals above were settled in: a sum over more than one is reported as none (null)
+    liquidated_assets: set[str] = field(default_factory=set)
+    adl_assets: set[str] = field(default_factory=set)
 
     def valuation(self, symbol: str) -> Valuation:
         return self.valuations.get(symbol, LINEAR)
@@ -253,8 +257,9 @@ class RunMetrics:
 
     def _as_json(self) -> dict[str, Any]:
         return {
-            "liquidations": self.liquidations, "liquidated_notional": text(money(self.liquidated_notional)),
-            "adl_events": self.adl_events, "adl_notional": text(money(self.adl_notional)),
+            "liquidations": self.liquidations,
+            "liquidated_notional": _one_asset_sum(self.liquidated_notional, self.liquidated_assets),
+            "adl_events": self.adl_events, "adl_notional": _one_asset_sum(self.adl_notional, self.adl_assets),
             "funds": {f: {"final_balance": text(self.fund_final[f]), "min_balance": text(self.fund_min[f]),
                           "max_drawdown": text(self.fund_drawdown[f]),
                           "bad_debt": text(bad_debt(self.fund_final[f])),
@@ -266,10 +271,24 @@ class RunMetrics:
             "accounts_deleveraged": len(self.deleveraged_by_account), "rejected": self.rejected, "adl": self.adl}
 
 
+def _one_asset_sum(amount: Decimal, assets: set[str]) -> str | None:
+    return text(money(amount)) if len(assets) <= 1 else None
+
+
 # Each fund's figures in RunMetrics.as_json, and how the tables name them.
 FUND_FIGURES = {"final_balance": "final balance", "min_balance": "min balance", "max_drawdown": "max drawdown",
                 "bad_debt": "bad debt", "inventory_upnl": "inventory uPnL", "marked_balance": "balance at mark",
                 "cascade_needed": "cascade need"}
+# Each fund's own ADL sums (summary.json's adl.by_fund), which the tables add where a run's funds settle in more than
+# one asset: the run's sums are none (null) there, since amounts of different assets do not add.
+FUND_ADL_FIGURES = {"notional": "ADL notional", "deficit": "deficit", "needed": "needed budget",
+                    "haircut": "haircut", "socialized": "socialized loss"}
+
+
+def assets_mixed(runs: Iterable[dict[str, Any]]) -> bool:
+    """Whether a run (RunMetrics.as_json) settled its ADL rounds in more than one asset."""
+    return any(len({fund["asset"] for fund in ((run.get("adl") or {}).get("by_fund") or {}).values()}) > 1
+               for run in runs)
 
 
 def run_figure(run: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -444,6 +463,7 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
         if record["type"] == "instrument":  # notionals are V(qty, price): qty x price, or inverse (§7)
             size = record.get("contract_size") if record.get("contract_type") == "inverse" else None
             metrics.valuations[record["symbol"]] = Valuation(None if size is None else Decimal(size))
+            metrics.settle_assets[record["symbol"]] = record["settle_asset"]
         elif record["type"] == "mark":
             metrics.minute_mark.setdefault(record["symbol"], {})[minute] = Decimal(record["mark_price"])
         elif record["type"] == "liquidation":
@@ -452,6 +472,7 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
             metrics.minute_liquidated[minute] = metrics.minute_liquidated.get(minute, Decimal(0)) + notional
             metrics.liquidations += 1
             metrics.liquidated_notional += notional
+            metrics.liquidated_assets.add(metrics.settle_assets.get(record["symbol"], ""))
             account = record["account_id"]
             metrics.liquidated_by_account[account] = metrics.liquidated_by_account.get(account, Decimal(0)) + qty
             metrics.outcomes_by_account.setdefault(account, []).append(
@@ -461,6 +482,7 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
         notional = metrics.valuation(event["symbol"]).reported_value(qty, Decimal(event["price"]))
         metrics.adl_events += 1
         metrics.adl_notional += notional
+        metrics.adl_assets.add(metrics.settle_assets.get(event["symbol"], ""))
         account = event["account_id"]
         metrics.deleveraged_by_account[account] = metrics.deleveraged_by_account.get(account, Decimal(0)) + qty
         metrics.outcomes_by_account.setdefault(account, []).append(

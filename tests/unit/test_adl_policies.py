@@ -399,3 +399,64 @@ def test_a_capped_round_short_with_takers_left_is_tried_again_in_the_event(tmp_p
     out = replay(tmp_path, engine, _journal(tmp_path, records), "--adl-policy", "capped_pro_rata",
                  "--adl-floor", "1000")
     assert [(r["trigger"], r["closed"]) for r in out["adl-rounds"]] == [("takeover", "0.1"), ("solvency", "0.09")]
+
+
+def _in_usdc(record: dict[str, Any]) -> dict[str, Any]:
+    """Example 07's record for a twin market settled in USDC: fund LABC, symbol XUSDC, accounts and ids suffixed."""
+    twin = dict(record)
+    for key, value in record.items():
+        if key in ("fund_id", "transfer_id", "fill_id", "liquidation_id"):
+            twin[key] = f"{value}c"
+        elif key in ("settle_asset", "asset"):
+            twin[key] = "USDC"
+        elif key == "symbol":
+            twin[key] = "XUSDC"
+        elif key == "account_id":
+            twin[key] = "fund:LABc" if value == "fund:LAB" else f"{value}c"
+    return twin
+
+
+def test_funds_of_two_assets_are_summed_apart(tmp_path: Path, engine: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Example 07 twice, once in USDT and once in USDC: each fund's round is example 07's (D 30, B 10, H 30, two
+    events worth 540), in summary.json's adl.by_fund; the run's sums would add USDT to USDC, so they are null, and
+    the policy table shows each fund's own figures where the run's read "-"."""
+    base = [json.loads(line) for line in (EXAMPLES / "07-adl-lab.jsonl").read_text().splitlines()]
+    records = sorted([*base, *(_in_usdc(record) for record in base)], key=lambda record: record["ts"])
+    journal = tmp_path / "two-assets.jsonl"
+    journal.write_text("".join(json.dumps(record) + "\n" for record in records))
+    out = tmp_path / "out"
+    assert main(["replay", str(journal), "--out", str(out), "--engine", engine]) == 0
+    adl = json.loads((out / "summary.json").read_text())["adl"]
+    one = {"deficit": "30", "needed": "10", "haircut": "30", "overshoot": "20", "over_use": "3", "socialized": "0",
+           "notional": "540", "rounds": 1, "events": 2}
+    assert adl["by_fund"] == {"LAB": {"asset": "USDT", **one}, "LABc": {"asset": "USDC", **one}}
+    assert (adl["rounds"], adl["events"]) == (2, 4)
+    assert [adl[key] for key in ("notional", "deficit", "needed", "haircut", "overshoot", "over_use",
+                                 "socialized")] == [None] * 7
+    assert main(["audit", "verify", str(out), "--journal", str(journal)]) == 0
+    capsys.readouterr()
+    lab = tmp_path / "lab"
+    assert main(["whatif", str(journal), "--policies", "queue", "--out", str(lab), "--engine", engine,
+                 "--report"]) == 0
+    report = (lab / "report.html").read_text()
+    assert "<th>insurance fund LABc: haircut</th><td class=\"n\">30</td>" in report and "None" not in report
+    run = json.loads((lab / "comparison.json").read_text())["runs"]["queue"]
+    assert (run["adl_notional"], run["adl"]["by_fund"]["LABc"]["haircut"]) == (None, "30")
+    rows = {line[:30].strip(): line[30:].split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert (rows["haircut"], rows["ADL notional"], rows["fund LAB haircut"], rows["fund LABc needed budget"]) == (
+        ["-"], ["-"], ["30"], ["10"])
+
+
+def test_an_older_summary_without_each_funds_sums(tmp_path: Path) -> None:
+    """A summary written before adl.by_fund verifies where its funds settle in one asset (its sums are this
+    replay's); where they settle in two, its sums added them, and audit verify says so."""
+    base = [json.loads(line) for line in (EXAMPLES / "07-adl-lab.jsonl").read_text().splitlines()]
+    two = tmp_path / "two-assets.jsonl"
+    two.write_text("".join(json.dumps(r) + "\n" for r in sorted([*base, *map(_in_usdc, base)], key=lambda r: r["ts"])))
+    for journal, verified in ((EXAMPLES / "07-adl-lab.jsonl", True), (two, False)):
+        out = tmp_path / journal.stem
+        assert main(["replay", str(journal), "--out", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        del summary["adl"]["by_fund"]
+        (out / "summary.json").write_text(json.dumps(summary))
+        assert (main(["audit", "verify", str(out), "--journal", str(journal)]) == 0) is verified

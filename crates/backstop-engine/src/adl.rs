@@ -614,6 +614,57 @@ pub fn write_round(out: &mut Vec<u8>, names: &crate::ledger::Names, id: &str, se
 
 // ------------------------------------------------------------------------------------------------ a run
 
+/// One fund's part of a run's sums (adl_rounds.FundTotals): amounts of one settlement asset, which add up.
+#[derive(Clone, Debug, Default)]
+struct FundTotals {
+    asset: String,
+    rounds: u64,
+    events: u64,
+    notional: Wide,
+    deficit: Wide,
+    needed: Wide,
+    haircut: Wide,
+    overshoot: Wide,
+    socialized: Wide,
+}
+
+impl FundTotals {
+    fn add_round(&mut self, round: &Round, socialized: bool, taken: bool) {
+        self.rounds += 1;
+        if taken {
+            self.deficit = wadd(self.deficit, round.counted_deficit);
+            self.needed = wadd(self.needed, round.counted_needed);
+            self.haircut = wadd(self.haircut, round.haircut);
+            self.overshoot = wadd(self.overshoot, wsub(round.haircut, round.counted_needed).max(Wide::ZERO));
+        }
+        if socialized {
+            self.socialized = wadd(self.socialized, round.haircut);
+        }
+    }
+
+    fn add(&mut self, other: &FundTotals) {
+        for (sum, part) in [(&mut self.notional, other.notional), (&mut self.deficit, other.deficit),
+                            (&mut self.needed, other.needed), (&mut self.haircut, other.haircut),
+                            (&mut self.overshoot, other.overshoot), (&mut self.socialized, other.socialized)] {
+            *sum = wadd(*sum, part);
+        }
+    }
+
+    /// notional, deficit, needed, haircut, overshoot, over_use, socialized: null each where `known` is false
+    fn sums(&self, known: bool) -> [(&'static str, J<'static>); 7] {
+        let over_use = if self.needed > Wide::ZERO {
+            J::Owned(text_512(wratio(self.haircut, S16, self.needed, S16, S12, Rounding::HalfEven), S12))
+        } else {
+            J::Null
+        };
+        let figure = |value: J<'static>| if known { value } else { J::Null };
+        [("notional", figure(money_text(self.notional))), ("deficit", figure(money_text(self.deficit))),
+         ("needed", figure(money_text(self.needed))), ("haircut", figure(money_text(self.haircut))),
+         ("overshoot", figure(money_text(self.overshoot))), ("over_use", figure(over_use)),
+         ("socialized", figure(money_text(self.socialized)))]
+    }
+}
+
 /// The rounds, ADL events and fund postings of one replay, summed (adl_rounds.RunTotals; summary.json's `adl`).
 #[derive(Clone, Debug, Default)]
 pub struct RunTotals {
@@ -623,12 +674,6 @@ pub struct RunTotals {
     /// and need are left out of the sums, which would count the same lot again at every retry
     rounds_without_takers: u64,
     events: u64,
-    notional: Wide,
-    deficit: Wide,
-    needed: Wide,
-    haircut: Wide,
-    overshoot: Wide,
-    socialized: Wide,
     worst_share: Wide,
     inverted_profit: u64,
     inverted_leverage: u64,
@@ -639,22 +684,20 @@ pub struct RunTotals {
     unbounded: [u64; 2],
     fund_peak: BTreeMap<String, I256>,
     fund_drawdown: BTreeMap<String, I256>,
+    /// each fund's own sums: the run's money sums add only where every fund settles in one asset
+    by_fund: BTreeMap<String, FundTotals>,
 }
 
 impl RunTotals {
-    pub fn add_round(&mut self, round: &Round, socialized: bool, hits: &[Hit], eligible: Option<&[Figures]>) {
+    /// A round of `fund`, which settles in `asset`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_round(&mut self, fund: &str, asset: &str, round: &Round, socialized: bool, hits: &[Hit],
+                     eligible: Option<&[Figures]>) {
         self.rounds += 1;
         if hits.is_empty() {
             self.rounds_without_takers += 1;
-        } else {
-            self.deficit = wadd(self.deficit, round.counted_deficit);
-            self.needed = wadd(self.needed, round.counted_needed);
-            self.haircut = wadd(self.haircut, round.haircut);
-            self.overshoot = wadd(self.overshoot, wsub(round.haircut, round.counted_needed).max(Wide::ZERO));
         }
-        if socialized {
-            self.socialized = wadd(self.socialized, round.haircut);
-        }
+        self.fund(fund, asset).add_round(round, socialized, !hits.is_empty());
         self.worst_share = self.worst_share.max(round.worst_share);
         for hit in hits {
             self.accounts.insert(hit.figures.account);
@@ -680,10 +723,20 @@ impl RunTotals {
         }
     }
 
-    /// An ADL event worth `notional` (1e-16: qty x price, or V(qty, price) for an inverse contract).
-    pub fn add_event(&mut self, notional: Wide) {
+    /// An ADL event against a lot of `fund` (settling in `asset`), worth `notional` (1e-16: qty x price, or
+    /// V(qty, price) for an inverse contract).
+    pub fn add_event(&mut self, fund: &str, asset: &str, notional: Wide) {
         self.events += 1;
-        self.notional = wadd(self.notional, notional);
+        let fund = self.fund(fund, asset);
+        fund.events += 1;
+        fund.notional = wadd(fund.notional, notional);
+    }
+
+    fn fund(&mut self, fund: &str, asset: &str) -> &mut FundTotals {
+        if !self.by_fund.contains_key(fund) {
+            self.by_fund.insert(fund.to_string(), FundTotals { asset: asset.to_string(), ..FundTotals::default() });
+        }
+        self.by_fund.get_mut(fund).expect("inserted above")
     }
 
     pub fn add_fund_entry(&mut self, fund: &str, amount: I256, balance_after: I256) {
@@ -723,31 +776,36 @@ impl RunTotals {
         } else {
             J::Null
         };
-        let over_use = if self.needed > Wide::ZERO {
-            J::Owned(text_512(wratio(self.haircut, S16, self.needed, S16, S12, Rounding::HalfEven), S12))
-        } else {
-            J::Null
-        };
+        let mut run = FundTotals::default(); // the funds' sums added up: null where they settle in more than one asset
+        for fund in self.by_fund.values() {
+            run.add(fund);
+        }
+        let mut assets = self.by_fund.values().map(|fund| fund.asset.as_str());
+        let first = assets.next();
+        let one_asset = assets.all(|asset| Some(asset) == first);
+        let [notional, deficit, needed, haircut, overshoot, over_use, socialized] = run.sums(one_asset);
         let drawdowns = self.fund_drawdown.iter().map(|(fund, drawdown)| (fund.as_str(), J::Wide(*drawdown, S8)));
+        let by_fund = self.by_fund.iter().map(|(id, fund)| {
+            let mut figures = vec![("asset", J::Str(fund.asset.as_str())), ("rounds", J::Int(fund.rounds as i128)),
+                                   ("events", J::Int(fund.events as i128))];
+            figures.extend(fund.sums(true));
+            (id.as_str(), J::Obj(figures))
+        });
         J::Obj(vec![
             ("metrics", J::Str(if self.full { "full" } else { "basic" })),
             ("rounds", J::Int(self.rounds as i128)),
             ("rounds_without_takers", J::Int(self.rounds_without_takers as i128)),
             ("events", J::Int(self.events as i128)),
-            ("notional", money_text(self.notional)),
-            ("deficit", money_text(self.deficit)),
-            ("needed", money_text(self.needed)),
-            ("haircut", money_text(self.haircut)),
-            ("overshoot", money_text(self.overshoot)),
-            ("over_use", over_use),
+            notional, deficit, needed, haircut, overshoot, over_use,
             ("worst_share", J::Owned(text_512(self.worst_share, S12))),
-            ("socialized", money_text(self.socialized)),
+            socialized,
             ("inversions", inversions),
             ("accounts_affected", J::Int(self.accounts.len() as i128)),
             ("leverage", J::Obj(vec![("hit", self.population(0, Some(self.unbounded[0]))),
                                      ("eligible", eligible(1, Some(self.unbounded[1])))])),
             ("pnl_pct", J::Obj(vec![("hit", self.population(2, None)), ("eligible", eligible(3, None))])),
             ("fund_max_drawdown", J::Obj(drawdowns.collect())),
+            ("by_fund", J::Obj(by_fund.collect())),
         ])
     }
 }

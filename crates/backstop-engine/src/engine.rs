@@ -1271,7 +1271,9 @@ impl Engine {
         };
         let round = adl::write_round(&mut out.adl_rounds, names, &id, self.seq, self.ts, &self.policy, &round_start,
                                      deficit, price_rule, closed, hits, eligible, count);
-        self.totals.add_round(&round, start.trigger == "socialized", hits, eligible);
+        let asset = self.names.name(self.funds[&start.fund].spec.settle_asset);
+        self.totals.add_round(self.names.name(start.fund), asset, &round, start.trigger == "socialized", hits,
+                              eligible);
         self.counts.rounds += 1;
     }
 
@@ -1845,7 +1847,7 @@ impl Engine {
         } else {
             wide256(valuation.value_wide(qty, fit128(fill_price).expect("an inverse ADL price is a PRICE")))
         };
-        self.totals.add_event(notional);
+        self.totals.add_event(self.names.name(fund), self.names.name(self.funds[&fund].spec.settle_asset), notional);
         let id = format!("adl-{}-{}", self.seq, self.counts.adl_events);
         let mut body = vec![
             ("schema_version", J::Int(SCHEMA_VERSION)),

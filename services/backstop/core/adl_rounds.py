@@ -210,6 +210,37 @@ def build(*, round_id: str, seq: int, ts: int, policy: str, start: RoundStart, d
 
 # --------------------------------------------------------------------------------------------------- a run
 @dataclass(slots=True)
+class FundTotals:
+    """One fund's part of a run's sums: amounts of one settlement asset, which add up."""
+
+    asset: str
+    rounds: int = 0
+    events: int = 0
+    notional: Decimal = ZERO
+    deficit: Decimal = ZERO
+    needed: Decimal = ZERO
+    haircut: Decimal = ZERO
+    overshoot: Decimal = ZERO
+    socialized: Decimal = ZERO
+
+    def add_round(self, round_: Round) -> None:
+        self.rounds += 1
+        if round_.hits:
+            self.deficit += round_.counted_deficit
+            self.needed += round_.counted_needed
+            self.haircut += round_.haircut
+            self.overshoot += max(round_.haircut - round_.counted_needed, ZERO)
+        if round_.record["trigger"] == "socialized":
+            self.socialized += round_.haircut
+
+    def sums(self) -> dict[str, Any]:
+        return {"notional": money(self.notional), "deficit": money(self.deficit), "needed": money(self.needed),
+                "haircut": money(self.haircut), "overshoot": money(self.overshoot),
+                "over_use": ratio(self.haircut, self.needed) if self.needed > 0 else None,
+                "socialized": money(self.socialized)}
+
+
+@dataclass(slots=True)
 class RunTotals:
     """The rounds, ADL events and fund postings of one replay, summed (summary.json's `adl`)."""
 
@@ -219,12 +250,6 @@ class RunTotals:
     # need are left out of the sums, which would count the same lot again at every retry
     rounds_without_takers: int = 0
     events: int = 0
-    notional: Decimal = ZERO
-    deficit: Decimal = ZERO
-    needed: Decimal = ZERO
-    haircut: Decimal = ZERO
-    overshoot: Decimal = ZERO
-    socialized: Decimal = ZERO
     worst_share: Decimal = ZERO
     inverted_profit: int = 0
     inverted_leverage: int = 0
@@ -234,24 +259,20 @@ class RunTotals:
     unbounded: Counter[str] = field(default_factory=Counter)
     fund_peak: dict[str, Decimal] = field(default_factory=dict)
     fund_drawdown: dict[str, Decimal] = field(default_factory=dict)
+    # each fund's own sums: the run's money sums add only where every fund settles in one asset
+    by_fund: dict[str, FundTotals] = field(default_factory=dict)
 
-    def add_round(self, round_: Round) -> None:
+    def add_round(self, round_: Round, asset: str) -> None:
+        """A round of the fund `round_.record["fund_id"]`, which settles in `asset`."""
         with localcontext(CONTEXT):  # exact sums, whoever calls
-            self._add_round(round_)
+            self._add_round(round_, asset)
 
-    def _add_round(self, round_: Round) -> None:
-        record = round_.record
+    def _add_round(self, round_: Round, asset: str) -> None:
         self.rounds += 1
         if not round_.hits:
             self.rounds_without_takers += 1
-        else:
-            self.deficit += round_.counted_deficit
-            self.needed += round_.counted_needed
-            self.haircut += round_.haircut
-            self.overshoot += max(round_.haircut - round_.counted_needed, ZERO)
-        if record["trigger"] == "socialized":
-            self.socialized += round_.haircut
-        self.worst_share = max(self.worst_share, record["worst_share"])
+        self._fund(round_.record["fund_id"], asset).add_round(round_)
+        self.worst_share = max(self.worst_share, round_.record["worst_share"])
         for hit in round_.hits:
             self.accounts.add(hit.figures.account_id)
         self._pool("hit", (h.figures for h in round_.hits))
@@ -272,10 +293,19 @@ class RunTotals:
             else:
                 leverage[member.leverage] += 1
 
-    def add_event(self, notional: Decimal) -> None:
-        """An ADL event worth `notional` (qty x price, or V(qty, price) for an inverse contract)."""
+    def add_event(self, fund_id: str, asset: str, notional: Decimal) -> None:
+        """An ADL event against a lot of `fund_id` (settling in `asset`), worth `notional` (qty x price, or
+        V(qty, price) for an inverse contract)."""
         self.events += 1
-        self.notional = CONTEXT.add(self.notional, notional)
+        fund = self._fund(fund_id, asset)
+        fund.events += 1
+        fund.notional = CONTEXT.add(fund.notional, notional)
+
+    def _fund(self, fund_id: str, asset: str) -> FundTotals:
+        fund = self.by_fund.get(fund_id)
+        if fund is None:
+            fund = self.by_fund[fund_id] = FundTotals(asset)
+        return fund
 
     def add_fund_entry(self, fund_id: str, amount: Decimal, balance_after: Decimal) -> None:
         peak = max(self.fund_peak.get(fund_id, CONTEXT.subtract(balance_after, amount)), balance_after)
@@ -291,13 +321,20 @@ class RunTotals:
                 result["unbounded"] = self.unbounded[name.split(".")[1]]
             return texts(result)
 
+        funds = sorted(self.by_fund.items())
+        run = FundTotals("")  # the funds' sums added up: null where they settle in more than one asset
+        for _, fund in funds:
+            for name in ("notional", "deficit", "needed", "haircut", "overshoot", "socialized"):
+                setattr(run, name, CONTEXT.add(getattr(run, name), getattr(fund, name)))
+        sums = run.sums()
+        if len({fund.asset for _, fund in funds}) > 1:
+            sums = dict.fromkeys(sums)
         return texts({
             "metrics": "full" if self.full else "basic", "rounds": self.rounds,
             "rounds_without_takers": self.rounds_without_takers, "events": self.events,
-            "notional": money(self.notional), "deficit": money(self.deficit), "needed": money(self.needed),
-            "haircut": money(self.haircut), "overshoot": money(self.overshoot),
-            "over_use": ratio(self.haircut, self.needed) if self.needed > 0 else None,
-            "worst_share": self.worst_share, "socialized": money(self.socialized),
+            "notional": sums["notional"], "deficit": sums["deficit"], "needed": sums["needed"],
+            "haircut": sums["haircut"], "overshoot": sums["overshoot"], "over_use": sums["over_use"],
+            "worst_share": self.worst_share, "socialized": sums["socialized"],
             "inversions": {"profit": share_of(self.inverted_profit, self.pairs),
                            "leverage": share_of(self.inverted_leverage, self.pairs),
                            "pairs": self.pairs} if self.full else None,
@@ -305,6 +342,8 @@ class RunTotals:
             "leverage": {"hit": population("leverage.hit"), "eligible": population("leverage.eligible")},
             "pnl_pct": {"hit": population("pnl_pct.hit"), "eligible": population("pnl_pct.eligible")},
             "fund_max_drawdown": {fund_id: money(drawdown) for fund_id, drawdown in sorted(self.fund_drawdown.items())},
+            "by_fund": {fund_id: {"asset": fund.asset, "rounds": fund.rounds, "events": fund.events, **fund.sums()}
+                        for fund_id, fund in funds},
         })
 
 

@@ -67,10 +67,13 @@ class Processor:
         totals = self.adl_totals
         for entry in effects.fund_entries:
             totals.add_fund_entry(entry.fund_id, entry.amount, entry.balance_after)
+        funds = self.engine.funds
         for event in effects.adl_events:
-            totals.add_event(self.engine.instruments[event.symbol].valuation.reported_value(event.qty, event.price))
+            totals.add_event(event.fund_id, funds[event.fund_id].spec.settle_asset,
+                             self.engine.instruments[event.symbol].valuation.reported_value(event.qty, event.price))
         for round_ in effects.adl_rounds:
-            totals.add_round(round_)
+            fund_id = round_.record["fund_id"]
+            totals.add_round(round_, funds[fund_id].spec.settle_asset)
         return Applied(self.engine.last_seq, effects)
 
     def reject_unparsed(self) -> None:

@@ -358,6 +358,12 @@ def verify_other_files(out: Path, derived: Path, summary: dict[str, Any], read: 
         if without:
             return checked, (f"summary.json: adl was written by an older backstop, which summed the deficit of the "
                              f"{without} round(s) without a taker too: replay the journal with this one")
+    if isinstance(stored_adl, dict) and "by_fund" not in stored_adl and isinstance(replay_adl, dict):
+        # written before each fund's sums were: its run-wide sums added the amounts of every fund
+        by_fund = replay_adl.pop("by_fund", None) or {}
+        if len({fund.get("asset") for fund in by_fund.values()}) > 1:
+            return checked, ("summary.json: adl was written by an older backstop, which added amounts of funds "
+                             "settled in different assets: replay the journal with this one")
     differing = sorted(key for key in summary.keys() | replay_summary.keys()
                        if summary.get(key) != replay_summary.get(key))
     if differing:

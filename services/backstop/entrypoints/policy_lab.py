@@ -17,11 +17,13 @@ from backstop.core.adl_policy import ALIASES, PRESETS
 from backstop.engines import EngineName
 from backstop.entrypoints.whatif import WHATIF_OUTPUTS
 from backstop.scenarios import (
+    FUND_ADL_FIGURES,
     FUND_FIGURES,
     RunMetrics,
     Scenario,
     WhatIfError,
     WhatIfFile,
+    assets_mixed,
     read_records,
     run_figure,
     run_scenario,
@@ -79,6 +81,10 @@ def table_rows(comparison: dict[str, Any]) -> list[tuple[str, list[str]]]:
             # the drawdown over the fund ledger (the engine's, summary.json's adl), the rest the run's figures
             path = ("adl", "fund_max_drawdown", fund_id) if key == "max_drawdown" else ("funds", fund_id, key)
             rows.append((f"fund {fund_id} {FUND_FIGURES[key]}", [str(run_figure(run, path)) for run in runs]))
+        if assets_mixed(runs):
+            rows += [(f"fund {fund_id} {label}",
+                      [str(run_figure(run, ("adl", "by_fund", fund_id, key))) for run in runs])
+                     for key, label in FUND_ADL_FIGURES.items()]
     return rows
 
 

@@ -42,11 +42,14 @@ from backstop.adapters.files import OutputError, staged_dir, write_json
 from backstop.core.adl_policy import PRESETS
 from backstop.engines import EngineName
 from backstop.scenarios import (
+    FUND_ADL_FIGURES,
     FUND_FIGURES,
     RunMetrics,
     WhatIfError,
     WhatIfFile,
+    assets_mixed,
     read_records,
+    run_figure,
     run_scenario,
 )
 
@@ -83,6 +86,10 @@ def render(comparison: dict[str, Any]) -> str:
         for key, label in FUND_FIGURES.items():
             rows.append((f"fund {fund_id} {label}", base["funds"].get(fund_id, {}).get(key, "-"),
                          alt["funds"].get(fund_id, {}).get(key, "-")))
+        if assets_mixed((base, alt)):
+            rows += [(f"fund {fund_id} {label}", run_figure(base, ("adl", "by_fund", fund_id, key)),
+                      run_figure(alt, ("adl", "by_fund", fund_id, key))) for key, label in FUND_ADL_FIGURES.items()]
+    rows = [(name, "-" if b is None else b, "-" if a is None else a) for name, b, a in rows]  # a sum over assets
     width = max(len(r[0]) for r in rows)
     lines = [f"{'':<{width}}  {'baseline':>22}  {'alternative':>22}"]
     lines += [f"{name:<{width}}  {b!s:>22}  {a!s:>22}" for name, b, a in rows]

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from backstop.report.charts import charts
-from backstop.scenarios import FUND_FIGURES, RunMetrics, run_figure
+from backstop.scenarios import FUND_ADL_FIGURES, FUND_FIGURES, RunMetrics, assets_mixed, run_figure
 
 
 def _number(value: Any) -> str:
-    """An exact figure with thousands separators: an int, or a decimal string as the run reports it."""
+    """An exact figure with thousands separators: an int, or a decimal string as the run reports it ("-" for none:
+    a sum over more than one asset)."""
+    if value is None:
+        return "-"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, str):
@@ -50,6 +53,10 @@ def figure_rows(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str
         for key, label in FUND_FIGURES.items():
             table.append((f"insurance fund {fund_id}: {label}", assets.get(fund_id, ""),
                           [_number(f["funds"].get(fund_id, {}).get(key, "-")) for f in figures]))
+        if assets_mixed(figures):
+            table += [(f"insurance fund {fund_id}: {label}", assets.get(fund_id, ""),
+                       [_number(run_figure(f, ("adl", "by_fund", fund_id, key))) for f in figures])
+                      for key, label in FUND_ADL_FIGURES.items()]
     return table
 
 
