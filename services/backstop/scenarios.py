@@ -10,14 +10,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, localcontext
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, pretty_json, write_bytes, write_json
 from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core.adl_policy import AdlPolicy, configured
+from backstop.core.adl_rounds import needed
 from backstop.core.events import fund_id_of, is_fund_account
 from backstop.core.hashing import canonical_json
 from backstop.core.ledger import bad_debt, isolated_owner, wallet_owner
@@ -81,20 +82,35 @@ class SimulationSection(_Strict):
     market_fill: Annotated[NonNegativeDecimal, AfterValidator(_at_most_one)] = Decimal(1)
 
 
+OlderName = Literal["bitmex", "binance", "pro_rata"]
+
+
 class AdlSection(_Strict):
     policy: Literal["queue", "binance", "pro_rata", "capped_pro_rata", "min_max_leverage", "socialized", "bybit",
                     "okx", "bitmex"] = "queue"
-    rule: Literal["bitmex", "binance", "pro_rata"] | None = None  # the policy's older name, as files spelled it
+    rule: OlderName | None = None  # the policy's older name, as files spelled it
     price: Literal["bankruptcy", "mark", "floor"] | None = None
     floor: NonNegativeDecimal | None = None
     drawdown_ratio: NonNegativeDecimal | None = None
     stop_ratio: NonNegativeDecimal | None = None
     window_hours: Annotated[int, Field(strict=True), AfterValidator(_positive_hours)] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _older_name(cls, data: Any) -> Any:
+        """`rule` stands for `policy` (scenario.json then names the policy run); both at once are refused, since one
+        would be dropped without a word."""
+        if isinstance(data, dict) and data.get("rule") is not None:
+            if data.get("policy") is not None:
+                raise ValueError("give policy or rule (its older name), not both")
+            if data["rule"] in get_args(OlderName):  # else refused as a rule
+                data = {**data, "policy": data["rule"], "rule": None}
+        return data
+
     def adl_policy(self) -> AdlPolicy:
         """The policy the section names; WhatIfError says what is wrong with it."""
         try:
-            return configured(self.rule or self.policy, price=self.price, floor=self.floor,
+            return configured(self.policy, price=self.price, floor=self.floor,
                               drawdown_ratio=self.drawdown_ratio, stop_ratio=self.stop_ratio,
                               window_hours=self.window_hours)
         except ValueError as error:
@@ -434,6 +450,18 @@ def _lines(raw: bytes) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in raw.splitlines()]
 
 
+def _counted_deficit(round_: dict[str, Any]) -> Decimal | None:
+    """The deficit of a round (its adl-rounds.jsonl record) that a run counts, as summary.json's `adl` does (§11.4):
+    none without a taker (a retry of the same lot), and of a round that closed part of what it asked for, that
+    part's (its pro-rata share, §9.4)."""
+    if not round_["counterparties"]:
+        return None
+    deficit, wanted, closed = Decimal(round_["deficit"]), round_["qty"], Decimal(round_["closed"])
+    if wanted is not None and Decimal(wanted) > 0 and closed != Decimal(wanted):
+        deficit = share(deficit, closed, Decimal(wanted))  # the engine's pro-rata rule (§9.4)
+    return deficit
+
+
 def _cascade_need(metrics: RunMetrics, round_: dict[str, Any]) -> None:
     """A round's need had its fund paid every earlier round's deficit it could. A round at the bankruptcy price does
     not debit the fund (at the mark, or at Bybit's reset, it pays some or all of it), so each round's own `needed`
@@ -442,11 +470,9 @@ def _cascade_need(metrics: RunMetrics, round_: dict[str, Any]) -> None:
     what it would have paid before beyond what it did (min(D, room) less D - haircut, each earlier round); the
     deficit D of a round that closed part of what it asked for is that part's (its pro-rata share, §9.4); a round
     without a taker counts nothing."""
-    if not round_["counterparties"]:
+    deficit = _counted_deficit(round_)
+    if deficit is None:
         return
-    deficit, wanted, closed = Decimal(round_["deficit"]), round_["qty"], Decimal(round_["closed"])
-    if wanted is not None and Decimal(wanted) > 0 and closed != Decimal(wanted):
-        deficit = share(deficit, closed, Decimal(wanted))  # the engine's pro-rata rule (§9.4)
     fund_id = round_["fund_id"]
     spared = metrics.fund_spared.get(fund_id, Decimal(0))
     room = max(Decimal(round_["fund_balance"]) - Decimal(round_["floor"]) - spared, Decimal(0))
@@ -491,7 +517,10 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
     for round_ in _lines(result.adl_rounds):
         minute = _minute(round_["ts"])
         metrics.minute_haircut[minute] = metrics.minute_haircut.get(minute, Decimal(0)) + Decimal(round_["haircut"])
-        metrics.minute_needed[minute] = metrics.minute_needed.get(minute, Decimal(0)) + Decimal(round_["needed"])
+        counted = _counted_deficit(round_)
+        if counted is not None:  # the need the tables sum: of the deficit counted, at the round's balance
+            need = needed(counted, Decimal(round_["fund_balance"]), Decimal(round_["floor"]))
+            metrics.minute_needed[minute] = metrics.minute_needed.get(minute, Decimal(0)) + need
         _cascade_need(metrics, round_)
         eligible = round_["leverage"]["eligible"]
         hits = round_["hits"] or ()

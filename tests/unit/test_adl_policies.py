@@ -460,3 +460,17 @@ def test_an_older_summary_without_each_funds_sums(tmp_path: Path) -> None:
         del summary["adl"]["by_fund"]
         (out / "summary.json").write_text(json.dumps(summary))
         assert (main(["audit", "verify", str(out), "--journal", str(journal)]) == 0) is verified
+
+
+def test_the_charts_need_per_minute_is_the_need_the_tables_sum(tmp_path: Path, engine: str) -> None:
+    """The report's needed marks count a round as summary.json does: the stuck lot's four rounds without a taker
+    (B = 49 each) count nothing, and of a partial round the need of the part it closed (PART_TAKEN: 19, then 29),
+    so the minutes add up to the table's 48, not to the rounds' own 49 + 29."""
+    from backstop.scenarios import Scenario, run_scenario
+    from backstop.wire.decode import decode_model
+
+    for journal, total in ((STUCK_LOT, D(49)), (PART_TAKEN, D(48))):
+        records = [decode_model(json.dumps(record).encode()) for record in journal]
+        metrics, result = run_scenario(list(enumerate(records, start=1)), Scenario(), tmp_path / str(total),
+                                       engine="compiled" if engine == "compiled" else "reference")
+        assert sum(metrics.minute_needed.values()) == total == D(result["adl"]["needed"])

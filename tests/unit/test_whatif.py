@@ -145,3 +145,29 @@ def test_a_fund_s_drawdown_counts_from_its_balance_before_its_first_entry(tmp_pa
                                                        "inventory_upnl": "0", "marked_balance": "-600",
                                                        "cascade_needed": "0"}
     assert comparison["baseline"]["adl"]["fund_max_drawdown"] == {"MAIN": "600"}
+
+
+def test_records_a_scenario_makes_the_engine_reject_are_said(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/14 with its fund 1,000 times smaller: the fund's lots are deleveraged, so the journal's own sale of
+    1,200 of them by the fund is rejected in that run; the command says so, naming each run that rejected."""
+    run(tmp_path, "14-inverse-funding-and-fifo.jsonl", '[baseline.funds.COIN]\nbalance_scale = "0.001"\n')
+    err = capsys.readouterr().err
+    assert "the engine rejected records of the journal (baseline 1)" in err
+    letter = json.loads((tmp_path / "out" / "baseline" / "dead-letter.jsonl").read_text().splitlines()[0])
+    assert "cannot sell 1200" in letter["reason"]
+    assert main(["whatif", str(EXAMPLES / "14-inverse-funding-and-fifo.jsonl"), "--out", str(tmp_path / "same")]) == 0
+    assert "rejected" not in capsys.readouterr().err
+
+
+def test_policy_and_its_older_name_rule_at_once_are_refused(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`rule` (the older name) stands for `policy`, and scenario.json names the policy run; both at once would drop
+    one of them without a word (okx's price rule, bybit's trigger), so the file is refused."""
+    toml = tmp_path / "both.toml"
+    toml.write_text('[alternative.adl]\npolicy = "okx"\nrule = "bitmex"\n')
+    assert main(["whatif", str(EXAMPLES / "08-okx-floor.jsonl"), "--params", str(toml), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert "alternative.adl: give policy or rule (its older name), not both" in capsys.readouterr().err
+    run(tmp_path, "08-okx-floor.jsonl", '[alternative.adl]\nrule = "pro_rata"\n')
+    assert json.loads((tmp_path / "out" / "alternative" / "scenario.json").read_text())["adl"]["policy"] == "pro_rata"

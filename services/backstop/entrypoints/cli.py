@@ -552,6 +552,12 @@ def _cmd_whatif(args: argparse.Namespace) -> int:
         number, reason = left_out[0]
         print(f"backstop whatif: {len(left_out)} line(s) of {args.journal} are not valid records, left out of every "
               f"run (first: line {number}: {reason[:200]}); `backstop replay` dead-letters them", file=sys.stderr)
+    runs = comparison["runs"] if args.policies is not None else {
+        name: comparison[name] for name in ("baseline", "alternative")}
+    rejected = [f"{name} {run['rejected']}" for name, run in runs.items() if run["rejected"]]
+    if rejected:  # a scenario can make the journal's own records invalid (a fund's sale of lots it no longer holds)
+        print(f"backstop whatif: the engine rejected records of the journal ({', '.join(rejected)}): each run's "
+              f"dead-letter.jsonl in {args.out}/ says which and why", file=sys.stderr)
     print(render_policies(comparison) if args.policies is not None else render(comparison))
     print(f"runs, journals and comparison.json in {args.out}/" + (f"; report: {args.out}/report.html"
                                                                    if args.report else ""))
@@ -601,8 +607,9 @@ def add_adl_policy_arguments(parser: argparse.ArgumentParser, *, metrics: bool =
     group.add_argument("--adl-floor", type=_amount, default=None, metavar="AMOUNT",
                        help="the fund's balance floor: it keeps inventory only above it (default 0)")
     group.add_argument("--adl-drawdown", type=_amount, default=None, metavar="RATIO",
-                       help="Bybit's trigger: ADL when a symbol's fund PnL is more than RATIO of the pool's max "
-                            "balance below its max PnL over the window (bybit: 0.3)")
+                       help="Bybit's trigger, under any policy (so do --adl-stop and --adl-window-hours): ADL when "
+                            "a symbol's fund PnL is more than RATIO of the pool's max balance below its max PnL over "
+                            "the window (bybit: 0.3)")
     group.add_argument("--adl-stop", type=_amount, default=None, metavar="RATIO",
                        help="... and it stops once that fall is back under RATIO (bybit: 0.25)")
     group.add_argument("--adl-window-hours", type=_window_hours, default=None, metavar="H",

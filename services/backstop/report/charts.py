@@ -87,9 +87,10 @@ def _axes(title: str, ylabel: str, span: tuple[datetime.datetime, datetime.datet
     axes.grid(True, alpha=0.3)
     axes.set_xlim(*span)
     axes.set_xlabel("time (UTC)")
-    long_span = span[1] - span[0] > datetime.timedelta(days=1)
-    axes.xaxis.set_major_formatter(mdates.DateFormatter(  # type: ignore[no-untyped-call]
-        "%m-%d %H:%M" if long_span else "%H:%M", tz=datetime.UTC))
+    length = span[1] - span[0]  # seconds where ticks fall less than a minute apart: no label twice
+    layout = ("%m-%d %H:%M" if length > datetime.timedelta(days=1)
+              else "%H:%M" if length > datetime.timedelta(minutes=10) else "%H:%M:%S")
+    axes.xaxis.set_major_formatter(mdates.DateFormatter(layout, tz=datetime.UTC))  # type: ignore[no-untyped-call]
     axes.yaxis.set_major_formatter(FuncFormatter(lambda value, position: _plain_numbers(value, position, axes=axes)))
     return figure, axes
 
@@ -133,8 +134,9 @@ def _bars(axes: Axes, runs: Sequence[tuple[str, RunMetrics]], series_of: str, wh
 
 def _legend(axes: Axes, where: Literal["upper right", "upper left"]) -> None:
     """The chart's legend, if anything was drawn with a label (a run with no such event draws nothing)."""
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize=8, loc=where)
+    handles = axes.get_legend_handles_labels()[0]
+    if handles:  # two columns for many runs (the lab's eight policies), so the legend stays inside the plot
+        axes.legend(fontsize=8, loc=where, ncol=2 if len(handles) > 5 else 1)
 
 
 def _leverage(axes: Axes, runs: Sequence[tuple[str, RunMetrics]]) -> None:
