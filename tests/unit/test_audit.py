@@ -90,6 +90,27 @@ def test_tampering_with_the_fund_ledger_is_caught(tmp_path: Path, capsys: pytest
     assert message in text, text
 
 
+def test_an_entry_relabelled_with_its_chain_and_summary_forged_is_caught_by_its_posting(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fund's liquidation loss relabelled as a transfer out, the fund ledger's chain and the summary's heads
+    recomputed: the fund ledger holds, but its entry no longer says what the untouched posting of it says, and that
+    is seen without the journal."""
+    out, journal = tmp_path / "out", EXAMPLES / "06-bad-debt.jsonl"
+    assert main(["replay", str(journal), "--out", str(out)]) == 0
+
+    def relabel(records: list[dict[str, object]]) -> list[dict[str, object]]:
+        assert records[-1]["kind"] == "liquidation_loss"
+        records[-1].update(kind="transfer", counter_account="external:USDT", liquidation_id=None)
+        return rechain(records)
+
+    rewrite(out / "fund-ledger.jsonl", relabel)
+    forge_summary(out)
+    code, text = verify(out, None, capsys)
+    assert code == 1
+    assert ("FAIL  fund-ledger record 2 (fl-14-0, seq 14): differs from its posting: kind: the entry says "
+            "'transfer', posting p-14-2 'liquidation_loss'") in text, text
+
+
 def test_a_forged_but_consistent_history_is_caught_by_re_derivation(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     out = replayed(tmp_path, ADL_EXAMPLE)
@@ -250,7 +271,7 @@ def _set(path: Path, key: str, value: object) -> None:
      "summary.json: events_applied 99 but the replay of the journal gives 14"),
     (lambda out: _set(out / "summary.json", "duplicates", 3), "summary.json: duplicates 3 but the replay"),
     (lambda out: (out / "accounts.json").write_text("{}"),  # an object, as without the journal it must be
-     "accounts.json differs from the one the replay of the journal writes"),
+     'accounts.json: a (absent) but the replay of the journal gives {"positions"'),
     (lambda out: rewrite(out / "adl-rounds.jsonl", lambda r: [{**r[0], "haircut": "1"}]),
      "adl-rounds record 1"),
 ])
@@ -332,7 +353,7 @@ def test_a_replay_from_a_snapshot_with_wallets_at_zero_verifies_byte_for_byte(
     (tail / "accounts.json").write_bytes((tail / "accounts.json").read_bytes().replace(
         f'"{account_id}"'.encode(), b'"renamed"', 1))
     assert main(["audit", "verify", str(tail), "--journal", str(journal), "--engine", engine]) == 1
-    assert "accounts.json differs from the one the replay of the journal writes" in capsys.readouterr().out
+    assert f"accounts.json: {account_id} (absent) but the replay of the journal gives" in capsys.readouterr().out
 
 
 def test_outputs_resumed_from_an_older_snapshot_verify_with_the_wallets_at_zero_aside(
@@ -420,7 +441,8 @@ def test_a_summary_of_the_wrong_shape_is_one_line_exit_2(tmp_path: Path, capsys:
 
 @pytest.mark.parametrize(("change", "message"), [
     # the ADL figures of the rounds after the snapshot: derived again from a snapshot at the same seq
-    (lambda s: s["adl"].update(haircut="123456"), 'summary.json: adl {"accounts_affected"'),
+    (lambda s: s["adl"].update(haircut="123456"),
+     'summary.json: adl.haircut "123456" but the replay of the journal gives "0"'),
     # a start the journal does not have there
     (lambda s: s["from_snapshot"].update(seq=9), "summary.json: from_snapshot"),
     (lambda s: s["from_snapshot"].update(input_line=99),
@@ -456,3 +478,67 @@ def test_outputs_resumed_from_a_snapshot_verify_against_their_journal(
     assert main(["replay", str(journal), "--out", str(tail), "--from-snapshot", str(snapshot), *options]) == 0
     code, text = verify(tail, journal, capsys)
     assert code == 0 and f"(from a snapshot of it at seq {every}, as these outputs were made)" in text, text
+
+
+def _replace(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda out: _replace(out / "adl-rounds.jsonl", '"counterparties":1', '"counterparties":true'),
+     "adl-rounds record 1 (round-14-0, seq 14): differs from the replay: counterparties: stored True, replay gives 1"),
+    (lambda out: _replace(out / "findings.jsonl", '"schema_version":1', '"schema_version":1.0'),
+     "findings record 1 (finding-14-0, seq 14): differs from the replay: schema_version: stored 1.0, replay gives 1"),
+    (lambda out: _set(out / "summary.json", "adl", {**json.loads((out / "summary.json").read_text())["adl"],
+                                                     "rounds": True}),
+     "summary.json: adl.rounds true but the replay of the journal gives 1"),
+    (lambda out: _set(out / "summary.json", "zz", None), "summary.json: zz null but the replay of the journal gives "
+                                                         "(absent)"),
+])
+def test_a_value_of_another_json_type_is_another_value(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       damage: Callable[[Path], object], message: str) -> None:
+    """1, 1.0 and true compare equal in Python but are three JSON values (three byte strings, three hashes): held
+    to the replay of the journal, a file that says true where it wrote 1 fails, as does a key the replay has not."""
+    out, journal = tmp_path / "out", EXAMPLES / "06-bad-debt.jsonl"  # a finding, a round
+    assert main(["replay", str(journal), "--out", str(out)]) == 0
+    damage(out)
+    capsys.readouterr()
+    assert main(["audit", "verify", str(out), "--journal", str(journal)]) == 1
+    assert message in capsys.readouterr().out
+
+
+def test_accounts_json_formatted_otherwise_verifies_and_says_so(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["replay", str(ADL_EXAMPLE), "--out", str(out)]) == 0
+    (out / "accounts.json").write_bytes(orjson.dumps(orjson.loads((out / "accounts.json").read_bytes())))
+    capsys.readouterr()
+    assert main(["audit", "verify", str(out), "--journal", str(ADL_EXAMPLE)]) == 0
+    assert "accounts.json: as the replay of the journal writes it (the same JSON, formatted otherwise)" in \
+        capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["findings.jsonl", "accounts.json", "summary.json"])
+def test_an_output_that_is_not_a_regular_file_is_refused_unread(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                name: str) -> None:
+    """A pipe would hang a reader waiting for its writer, a device (/dev/zero) would fill its memory: both are
+    refused in one line, exit 2, with the journal or without."""
+    import os
+
+    out = tmp_path / "out"
+    assert main(["replay", str(ADL_EXAMPLE), "--out", str(out)]) == 0
+    (out / name).unlink()
+    os.mkfifo(out / name)
+    for journal in ([], ["--journal", str(ADL_EXAMPLE)]):
+        capsys.readouterr()
+        assert main(["audit", "verify", str(out), *journal]) == 2
+        assert f"cannot read {out / name}: not a regular file" in capsys.readouterr().err
+    (out / name).unlink()
+    (out / name).symlink_to("/dev/zero")
+    assert main(["audit", "verify", str(out)]) == 2
+    assert f"cannot read {out / name}: not a regular file" in capsys.readouterr().err
+    if name == "summary.json":
+        assert main(["reconcile", str(out)]) == 2
+        assert f"cannot read {out / name}: not a regular file" in capsys.readouterr().err

@@ -174,13 +174,17 @@ def test_a_statement_to_dev_stdout_goes_down_the_pipe_and_its_summary_to_stderr(
     assert done.stderr.startswith(b"fund MAIN: opening ") and done.stderr.endswith(b"-> /dev/stdout\n")
 
 
-def test_a_statement_over_its_own_input_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("name", ["fund-ledger.jsonl", "postings.jsonl", "statement.csv"])
+def test_a_statement_into_the_directory_it_states_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             name: str) -> None:
+    """Into its own input, or any other file of the replay output directory (the general ledger, or a new file a
+    later `replay --out` there would refuse as foreign): refused, nothing written."""
     out = tmp_path / "out"
     assert main(["replay", str(EXAMPLE), "--out", str(out)]) == 0
-    ledger = (out / "fund-ledger.jsonl").read_bytes()
-    assert main(["statement", str(out), "--fund", "MAIN", "--out", str(out / "fund-ledger.jsonl")]) == 2
-    assert "is one of the inputs" in capsys.readouterr().err
-    assert (out / "fund-ledger.jsonl").read_bytes() == ledger
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+    assert main(["statement", str(out), "--fund", "MAIN", "--out", str(out / name)]) == 2
+    assert f"{out / name} lies inside the replay output directory {out}" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
 
 
 def test_a_file_in_the_way_of_an_output_path_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

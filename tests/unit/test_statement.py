@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from backstop.core.hashing import GENESIS_HASH, canonical_json, chain_hash
 from backstop.entrypoints.cli import main
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "05-funding-and-fund-inventory.jsonl"
@@ -61,20 +62,48 @@ def test_reconcile_says_entries_that_do_not_follow_as_a_mismatch(out: Path,
     ledger = out / "fund-ledger.jsonl"
     ledger.write_text(ledger.read_text().replace('"amount":"-43.24"', '"amount":"-42.24"'))
     assert main(["reconcile", str(out)]) == 1
-    said = capsys.readouterr().out
-    assert said.splitlines()[0] == ("MISMATCH fund MAIN: fl-13-1: balance_after 200245.96 does not follow from "
-                                    "200289.2 + -42.24"), said
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith("MISMATCH fund-ledger record 4 (fl-13-1, seq 13): hash ") and said[0].endswith(
+        "the record was altered (backstop audit verify checks the whole directory)"), said
+    assert ("MISMATCH fund MAIN: fl-13-1: balance_after 200245.96 does not follow from 200289.2 + -42.24"
+            in said), said
+
+
+def test_reconcile_and_statement_hold_the_chains_to_the_summary(out: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A last entry relabelled (a fund's loss shown as a transfer) breaks its hash; postings cut short end the chain
+    before the summary's head: both are mismatches, and a statement over them is refused (exit 1)."""
+    ledger = out / "fund-ledger.jsonl"
+    lines = ledger.read_text().splitlines()
+    last = json.loads(lines[-1])
+    lines[-1] = json.dumps({**last, "kind": "transfer" if last["kind"] != "transfer" else "fee"})
+    ledger.write_text("\n".join(lines) + "\n")
+    assert main(["statement", str(out), "--fund", "MAIN", "--out", str(out.parent / "s.csv")]) == 1
+    assert "the record was altered" in capsys.readouterr().err
+    assert main(["reconcile", str(out)]) == 1
+    assert "the record was altered" in capsys.readouterr().out
+    postings = out / "postings.jsonl"
+    postings.write_text("".join(postings.read_text().splitlines(keepends=True)[:-1]))
+    assert main(["reconcile", str(out)]) == 1
+    assert "MISMATCH postings.jsonl ends at hash " in capsys.readouterr().out
 
 
 def test_reconcile_holds_each_fund_to_its_account_in_the_general_ledger(out: Path,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    """Fund ledger and summary rewritten alike (reconcile checks no hash; audit verify does): the postings, which
-    the rewrite left alone, tell."""
+    """Fund ledger (its chain recomputed, as a forger would) and summary rewritten alike: the postings, which the
+    rewrite left alone, tell."""
     ledger = out / "fund-ledger.jsonl"
     ledger.write_text(ledger.read_text().replace('"amount":"-43.24","balance_after":"200245.96"',
                                                  '"amount":"-42.24","balance_after":"200246.96"'))
+    records = [json.loads(line) for line in ledger.read_text().splitlines()]
+    previous = GENESIS_HASH
+    for record in records:
+        record["prev_hash"] = previous
+        record["hash"] = previous = chain_hash({k: v for k, v in record.items() if k != "hash"})
+    ledger.write_bytes(b"".join(canonical_json(record) + b"\n" for record in records))
     summary = json.loads((out / "summary.json").read_text())
     summary["funds"]["MAIN"]["balance"] = "200246.96"
+    summary["ledger_head_hash"] = previous
     (out / "summary.json").write_text(json.dumps(summary))
     assert main(["reconcile", str(out)]) == 1
     said = capsys.readouterr().out.splitlines()

@@ -7,7 +7,9 @@ check them.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -182,17 +184,28 @@ STREAMS: dict[str, type[_Checked]] = {"fund-ledger.jsonl": FundLedgerRow, "adl-e
                                       "adl-quantiles.jsonl": SeqRow}
 
 
-def _bytes(path: Path) -> bytes:
+def file_bytes(path: Path) -> bytes:
+    """A regular file's bytes. Anything else is refused, never read: a pipe would hang the reader (opened without
+    blocking here), a device (/dev/zero behind a symlink) would fill its memory."""
     try:
-        return path.read_bytes()
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as error:
         raise OutputReadError(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OutputReadError(f"cannot read {path}: not a regular file")
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            return handle.read()
+    except OSError as error:
+        raise OutputReadError(f"cannot read {path}: {error.strerror or error}") from None
+    finally:
+        os.close(descriptor)
 
 
 def read_object(path: Path) -> dict[str, Any]:
     """A JSON file the commands write (summary.json, accounts.json): one object, no key repeated in any of its
     objects (which of a repeated key's values counts would be each reader's choice)."""
-    raw = _bytes(path)
+    raw = file_bytes(path)
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
@@ -218,7 +231,7 @@ def read_stream(out: Path, name: str) -> list[dict[str, Any]]:
     """The records of one JSONL output file (named as in STREAMS), each checked; blank lines skipped."""
     path, model = out / name, STREAMS[name]
     records = []
-    for number, line in enumerate(_bytes(path).split(b"\n"), start=1):
+    for number, line in enumerate(file_bytes(path).split(b"\n"), start=1):
         if not line.strip():
             continue
         try:

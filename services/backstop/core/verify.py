@@ -75,12 +75,37 @@ def _shown(record: dict[str, Any], key: str) -> str:
     return repr(record[key]) if key in record else "no such field"
 
 
+ABSENT = object()  # first_difference's value for a key an object lacks
+
+
+def first_difference(have: Any, want: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """Where two JSON values first differ, in key order: (the dotted path, [i] for an item of a list, the two values
+    there, ABSENT for a missing key), or None where they are the same JSON. Types count (1, 1.0 and true are three
+    values, as their bytes are), not the order of an object's keys."""
+    if type(have) is not type(want):
+        return path, have, want
+    if isinstance(have, dict):
+        for key in sorted(have.keys() | want.keys()):
+            where = f"{path}.{key}" if path else key
+            if key not in have or key not in want:
+                return where, have.get(key, ABSENT), want.get(key, ABSENT)
+            if (found := first_difference(have[key], want[key], where)) is not None:
+                return found
+        return None
+    if isinstance(have, list):
+        for index, (one, other) in enumerate(zip(have, want, strict=False)):
+            if (found := first_difference(one, other, f"{path}[{index}]")) is not None:
+                return found
+        return None if len(have) == len(want) else (f"{path} (length)", len(have), len(want))
+    return None if have == want else (path, have, want)
+
+
 def compare_streams(stream: str, stored: Sequence[dict[str, Any]], derived: Sequence[dict[str, Any]]) -> Problem | None:
-    """The stored records equal, one by one, the records a fresh replay derives."""
+    """The stored records equal, one by one, the records a fresh replay derives (as JSON: types count)."""
     for index, (have, want) in enumerate(zip(stored, derived, strict=False)):
-        if have != want:
+        if first_difference(have, want) is not None:
             fields = sorted(k for k in have.keys() | want.keys()
-                            if k not in have or k not in want or have[k] != want[k])
+                            if first_difference(have.get(k, ABSENT), want.get(k, ABSENT)) is not None)
             detail = "; ".join(f"{k}: stored {_shown(have, k)}, replay gives {_shown(want, k)}" for k in fields)
             return Problem(stream, index, have.get("id"), f"differs from the replay: {detail}", have.get("seq"))
     if len(stored) != len(derived):
@@ -145,3 +170,47 @@ def check_postings(postings: Iterable[dict[str, Any]], *, opening_known: bool = 
         if seq is not None and (problem := seq_sum_problem(index, last_id)):
             return problem, balances, seqs
     return None, balances, seqs
+
+
+def check_entries_posted(entries: Sequence[dict[str, Any]], postings: Iterable[dict[str, Any]]) -> Problem | None:
+    """Each fund-ledger entry is shown by exactly one posting (its `fund_entry_id`): the same kind, seq, ts and
+    transfer, its liquidation where it names one, the entry's amount moved between the fund's account and the
+    entry's counter account in the direction its sign says (into the fund when > 0), and the fund's balance after
+    it; and a posting names no other entry. Two files, two chains: a rewrite of one that keeps its own chain whole
+    still disagrees with the other."""
+    shown: dict[str, dict[str, Any]] = {}
+    for index, posting in enumerate(postings):
+        entry_id = posting.get("fund_entry_id")
+        if entry_id is None:
+            continue
+        if entry_id in shown:
+            return Problem("postings", index, posting.get("id"), f"a second posting of fund entry {entry_id}",
+                           posting.get("seq"))
+        shown[entry_id] = posting
+    for index, entry in enumerate(entries):
+        entry_id = str(entry.get("id"))
+        if entry_id not in shown:
+            return Problem("fund-ledger", index, entry.get("id"), "no posting of postings.jsonl shows this entry",
+                           entry.get("seq"))
+        posting = shown.pop(entry_id)
+        amount = str(entry.get("amount"))
+        fund, counter = f"fund:{entry.get('fund_id')}", entry.get("counter_account")
+        into = not amount.startswith("-")
+        expected = {"kind": entry.get("kind"), "seq": entry.get("seq"), "ts": entry.get("ts"),
+                    "transfer_id": entry.get("transfer_id"),
+                    "amount": amount.removeprefix("-"),
+                    "credit_account": fund if into else counter, "debit_account": counter if into else fund,
+                    "credit_balance_after" if into else "debit_balance_after": entry.get("balance_after")}
+        if entry.get("liquidation_id") is not None:  # a socialized loss's entry names none; its postings do
+            expected["liquidation_id"] = entry["liquidation_id"]
+        differing = [key for key, value in expected.items() if first_difference(posting.get(key, ABSENT), value)]
+        if differing:
+            detail = "; ".join(f"{key}: the entry says {expected[key]!r}, posting {posting.get('id')} "
+                               f"{posting.get(key)!r}" for key in differing)
+            return Problem("fund-ledger", index, entry.get("id"), f"differs from its posting: {detail}",
+                           entry.get("seq"))
+    if shown:
+        entry_id, posting = next(iter(shown.items()))
+        return Problem("postings", 0, posting.get("id"), f"shows fund entry {entry_id}, which fund-ledger.jsonl "
+                                                         f"does not hold", posting.get("seq"))
+    return None

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from backstop.adapters.journal_file import JournalFileError, read_journal
-from backstop.adapters.output_reader import OutputReadError, read_object, read_stream, read_summary
+from backstop.adapters.output_reader import OutputReadError, file_bytes, read_object, read_stream, read_summary
 from backstop.core import adl_policy
 from backstop.core.adl_policy import AdlPolicy
 from backstop.core.anchor import (
@@ -38,8 +38,17 @@ from backstop.core.documents import SUMMARY_KEYS
 from backstop.core.hashing import GENESIS_HASH, combine
 from backstop.core.ledger import bad_debt
 from backstop.core.ledger import fund as fund_account
-from backstop.core.numbers import CONTEXT
-from backstop.core.verify import Problem, check_chain, check_fund_balances, check_postings, compare_streams
+from backstop.core.numbers import CONTEXT, text
+from backstop.core.verify import (
+    ABSENT,
+    Problem,
+    check_chain,
+    check_entries_posted,
+    check_fund_balances,
+    check_postings,
+    compare_streams,
+    first_difference,
+)
 from backstop.engines import EngineFailure, EngineName, EngineOptions, LedgerEngine, invariant_errors, open_engine
 
 Outcome = tuple[list[str], Problem | str | None]
@@ -246,18 +255,35 @@ def verify_output(out: Path, journal: Path | None, engine: EngineName = "referen
         return checked + more, problem
 
 
-def _without_zero_wallets(accounts: bytes) -> bytes:
-    """accounts.json with every wallet at zero left out (and an account left with nothing, too)."""
+def _accounts_document(out: Path, raw: bytes) -> Any:
     try:
-        document = orjson.loads(accounts)
-        for name, account in list(document.items()):
-            if isinstance(account, dict) and isinstance(account.get("wallets"), dict):
-                account["wallets"] = {asset: v for asset, v in account["wallets"].items() if v != "0"}
-                if not account["wallets"] and not account.get("positions"):
-                    del document[name]
-    except (orjson.JSONDecodeError, AttributeError):
-        return accounts  # compared as it is: not the shape a replay writes
-    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise AuditError(f"cannot read {out / 'accounts.json'}: not JSON ({error})") from None
+
+
+def _without_zero_wallets(document: Any) -> Any:
+    """accounts.json with every wallet at zero left out (and an account left with nothing, too)."""
+    if not isinstance(document, dict):
+        return document  # compared as it is: not the shape a replay writes
+    kept = {}
+    for name, account in document.items():
+        if isinstance(account, dict) and isinstance(account.get("wallets"), dict):
+            account = {**account, "wallets": {asset: v for asset, v in account["wallets"].items() if v != "0"}}
+            if not account["wallets"] and not account.get("positions"):
+                continue
+        kept[name] = account
+    return kept
+
+
+def _difference_text(difference: tuple[str, Any, Any]) -> str:
+    """`path stored-value but the replay of the journal gives derived-value`, each value's JSON cut at 200."""
+    path, have, want = difference
+
+    def shown(value: Any) -> str:
+        return "(absent)" if value is ABSENT else orjson.dumps(value).decode()[:200]
+
+    return f"{path or '(the whole document)'} {shown(have)} but the replay of the journal gives {shown(want)}"
 
 
 def verify_adl_files(out: Path, summary: dict[str, Any]) -> Outcome:
@@ -317,23 +343,22 @@ def verify_other_files(out: Path, derived: Path, summary: dict[str, Any], read: 
         checked.append(f"{name}: all {len(stored)} records re-derived from the journal" + (
             f" (the service's {aside} before them set aside: its journal does not hold them)" if aside else ""))
     try:
-        stored_accounts = (out / "accounts.json").read_bytes()
-    except OSError as error:
-        raise AuditError(f"cannot read {out / 'accounts.json'}: {error.strerror or error}") from None
-    try:
-        derived_accounts = (derived / "accounts.json").read_bytes()
+        stored_accounts = file_bytes(out / "accounts.json")
+        derived_accounts = file_bytes(derived / "accounts.json")
         replay_summary = read_summary(derived)
-    except OSError as error:
-        raise AuditError(f"cannot read the replay's accounts.json in {derived}: {error.strerror or error}") from None
+    except OutputReadError as error:
+        raise AuditError(str(error)) from None
     older = bool(start) and "wallets_at_zero" not in start
+    stored_document, derived_document = _accounts_document(out, stored_accounts), orjson.loads(derived_accounts)
     if older:  # a snapshot of an older backstop carried no wallet at zero, so a replay from it listed none
-        stored_accounts, derived_accounts = (_without_zero_wallets(stored_accounts),
-                                             _without_zero_wallets(derived_accounts))
-    if stored_accounts != derived_accounts:
-        return checked, "accounts.json differs from the one the replay of the journal writes"
+        stored_document, derived_document = (_without_zero_wallets(stored_document),
+                                             _without_zero_wallets(derived_document))
+    difference = first_difference(stored_document, derived_document)
+    if difference is not None:
+        return checked, f"accounts.json: {_difference_text(difference)}"
     checked.append("accounts.json: as the replay of the journal writes it" + (
         " (wallets at zero aside: the snapshot these outputs resumed from did not carry them)" if older
-        else ", byte for byte"))
+        else ", byte for byte" if stored_accounts == derived_accounts else " (the same JSON, formatted otherwise)"))
     if start:
         try:
             replay_summary = resumed()
@@ -347,33 +372,34 @@ def verify_other_files(out: Path, derived: Path, summary: dict[str, Any], read: 
     if carried:
         replay_summary["carried"] = carried
         replay_summary["dead_letters"] = replay_summary.get("dead_letters", 0) + carried.get("dead_letters", 0)
+    older_fields = []  # fields an older backstop did not write, left out of the comparison (and said)
     for fund_id, fund in (summary.get("funds") or {}).items():
         replayed = (replay_summary.get("funds") or {}).get(fund_id)
         if isinstance(fund, dict) and "inventory_upnl" not in fund and isinstance(replayed, dict):
             replayed.pop("inventory_upnl", None)  # written before the funds' inventory uPnL was
+            older_fields.append(f"funds.{fund_id}.inventory_upnl")
     stored_adl, replay_adl = summary.get("adl"), replay_summary.get("adl")
     if isinstance(stored_adl, dict) and "rounds_without_takers" not in stored_adl and isinstance(replay_adl, dict):
         # written before rounds without a taker were counted apart: its sums are this replay's when there were none
+        older_fields.append("adl.rounds_without_takers")
         without = replay_adl.pop("rounds_without_takers", 0)
         if without:
             return checked, (f"summary.json: adl was written by an older backstop, which summed the deficit of the "
                              f"{without} round(s) without a taker too: replay the journal with this one")
     if isinstance(stored_adl, dict) and "by_fund" not in stored_adl and isinstance(replay_adl, dict):
         # written before each fund's sums were: its run-wide sums added the amounts of every fund
+        older_fields.append("adl.by_fund")
         by_fund = replay_adl.pop("by_fund", None) or {}
         if len({fund.get("asset") for fund in by_fund.values()}) > 1:
             return checked, ("summary.json: adl was written by an older backstop, which added amounts of funds "
                              "settled in different assets: replay the journal with this one")
-    differing = sorted(key for key in summary.keys() | replay_summary.keys()
-                       if summary.get(key) != replay_summary.get(key))
-    if differing:
-        key = differing[0]
-        return checked, (f"summary.json: {key} {orjson.dumps(summary.get(key)).decode()[:200]} but the replay of the "
-                         f"journal gives {orjson.dumps(replay_summary.get(key)).decode()[:200]}")
+    difference = first_difference(summary, replay_summary)
+    if difference is not None:
+        return checked, f"summary.json: {_difference_text(difference)}"
     checked.append("summary.json: every field as the replay of the journal gives it" + (
         f" (from a snapshot of it at seq {start['seq']}, as these outputs were made)" if start else "") + (
         f" (the service's counts set aside: {', '.join(f'{k} {v}' for k, v in carried.items())})" if carried
-        else ""))
+        else "") + (f"; as an older backstop wrote it, without {', '.join(older_fields)}" if older_fields else ""))
     return checked, None
 
 
@@ -598,7 +624,7 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
     checked.append(f"fund balances: {len(balances)} fund(s) equal the sum of their entries, bad debt their negative "
                    f"balance")
     if postings is not None and derive_again is None:
-        more, postings_problem = verify_postings(postings, summary, source=source)
+        more, postings_problem = verify_postings(postings, summary, source=source, entries=ledger)
         return checked + more, postings_problem
     if derive_again is None:
         return checked, None
@@ -618,7 +644,7 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
             return checked, problem
         checked.append(f"{stream}: all {len(stored)} records re-derived from the journal")
     if postings is not None:  # after the fund ledger and the ADL events: a rewrite of those is named by its record
-        more, postings_problem = verify_postings(postings, summary, source=source)
+        more, postings_problem = verify_postings(postings, summary, source=source, entries=ledger)
         checked += more
         if postings_problem:
             return checked, postings_problem
@@ -633,10 +659,12 @@ def verify_records(ledger: list[dict[str, Any]], events: list[dict[str, Any]], s
     return checked, None
 
 
-def verify_postings(postings: list[dict[str, Any]], summary: dict[str, Any], *, source: str) -> Outcome:
+def verify_postings(postings: list[dict[str, Any]], summary: dict[str, Any], *, source: str,
+                    entries: list[dict[str, Any]]) -> Outcome:
     """The general ledger: its chain, count and head as the summary records them; every account's balance follows
     from its postings and the balances change by a sum of 0 in each seq (core.verify.check_postings); the fund
-    accounts end at the funds' balances and (from the start of the ledger) all accounts at the ledger sum."""
+    accounts end at the funds' balances and (from the start of the ledger) all accounts at the ledger sum; each
+    fund-ledger entry (`entries`) shown by its one posting (core.verify.check_entries_posted)."""
     start = summary.get("from_snapshot") or {}
     problem = check_chain("postings", postings, first_prev=start.get("postings_head_hash", GENESIS_HASH))
     if problem:
@@ -670,8 +698,13 @@ def verify_postings(postings: list[dict[str, Any]], summary: dict[str, Any], *, 
         with localcontext(CONTEXT):  # exact: a default context rounds wide balances
             total = sum(balances.values(), Decimal(0))
         if total != Decimal(summary["ledger_sum"]):
-            return checked, f"{source}: ledger_sum {summary['ledger_sum']} but the postings leave a sum of {total}"
+            return checked, (f"{source}: ledger_sum {summary['ledger_sum']} but the postings leave a sum of "
+                             f"{text(total)}")
     if summary.get("funds"):
         checked.append("postings: the fund accounts end at the funds' balances" + (
             "" if start else ", all accounts at the ledger sum"))
+    problem = check_entries_posted(entries, postings)
+    if problem:
+        return checked, problem
+    checked.append(f"postings: each of the {len(entries)} fund-ledger entries shown by its posting")
     return checked, None

@@ -431,8 +431,8 @@ def _cmd_statement(args: argparse.Namespace) -> int:
         statement,
     )
     from backstop.entrypoints.statement import (
-        check_chain_end,
         check_fund_balance,
+        check_stream_chain,
         default_target,
         opening_balance,
         parse_time,
@@ -448,6 +448,9 @@ def _cmd_statement(args: argparse.Namespace) -> int:
                   "period_to": parse_time(args.period_to) if args.period_to is not None else OPEN_END}
         if period["period_from"] > period["period_to"]:
             raise ValueError(f"--from {args.period_from} is after --to {args.period_to}")
+        if directory.resolve() in target.resolve().parents:  # it would replace or add to the outputs it states
+            raise ValueError(f"{target} lies inside the replay output directory {directory}: write the statement "
+                             f"elsewhere (--out)")
         summary = read_summary(directory)
         start = summary.get("from_snapshot")
         if start and (args.period_from is not None or args.period_to is not None):
@@ -462,13 +465,13 @@ def _cmd_statement(args: argparse.Namespace) -> int:
                 raise ValueError(f"no fund {args.fund} in {directory} (its funds: "
                                  f"{', '.join(sorted(funds)) or 'none'})")
             entries = read_entries(directory)
-            check_chain_end(entries, "fund-ledger.jsonl", summary)
+            check_stream_chain(entries, "fund-ledger.jsonl", summary)
             check_fund_balance(entries, args.fund, summary)
             result = statement(entries, args.fund, **period, opening=opening_balance(summary, args.fund))
             source = directory / "fund-ledger.jsonl"
         else:
             postings = read_stream(directory, "postings.jsonl")
-            check_chain_end(postings, "postings.jsonl", summary)
+            check_stream_chain(postings, "postings.jsonl", summary)
             if not account_entries(postings, args.account):
                 accounts = sorted({p[side] for p in postings for side in ("debit_account", "credit_account")})
                 raise ValueError(f"no postings move {args.account} in {directory} (its accounts: "

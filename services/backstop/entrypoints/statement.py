@@ -14,9 +14,10 @@ import orjson
 from backstop.adapters.files import write_file_atomically
 from backstop.adapters.output_reader import read_stream, read_summary
 from backstop.core.fund_statement import OPEN_END, Statement, StatementError, statement
+from backstop.core.hashing import GENESIS_HASH
 from backstop.core.ledger import bad_debt
 from backstop.core.ledger import fund as fund_account
-from backstop.core.verify import check_postings
+from backstop.core.verify import check_chain, check_postings
 
 ENTRY_COLUMNS = ("id", "seq", "ts", "fund_id", "kind", "amount", "balance_after", "liquidation_id", "counter_account",
                  "symbol", "hash")
@@ -106,14 +107,21 @@ def write(result: Statement, target: Path, fmt: str) -> None:
 CHAIN_HEADS = {"fund-ledger.jsonl": "ledger_head_hash", "postings.jsonl": "postings_head_hash"}
 
 
-def check_chain_end(records: list[dict[str, Any]], stream: str, summary: dict[str, Any]) -> None:
-    """The stream ends where summary.json says its chain does (a file cut short, or altered at its end, is refused
-    with StatementError, rather than stated as if whole); `audit verify` checks the rest of the chain."""
-    head = summary.get(CHAIN_HEADS[stream])  # None: a summary of a backstop before the field (no check)
-    if head is not None and records and records[-1].get("hash") != head:
-        raise StatementError(f"{stream} ends at hash {str(records[-1].get('hash'))[:16]}..., summary.json says its "
-                             f"chain ends at {str(head)[:16]}...: the file is cut short or altered (backstop audit "
-                             f"verify says where)")
+def check_stream_chain(records: list[dict[str, Any]], stream: str, summary: dict[str, Any]) -> None:
+    """Every record's hash holds, from the chain's start (the journal's, or the snapshot's head the replay resumed
+    from), and the stream ends where summary.json says its chain does: a file altered anywhere, or cut short, is
+    refused with StatementError rather than stated as if whole (hashing is cheap beside reading the file)."""
+    key = CHAIN_HEADS[stream]
+    first_prev = (summary.get("from_snapshot") or {}).get(key, GENESIS_HASH)
+    problem = check_chain(stream.removesuffix(".jsonl"), records, first_prev=first_prev)
+    if problem is not None:
+        raise StatementError(f"{problem} (backstop audit verify checks the whole directory)")
+    head = summary.get(key)  # None: a summary of a backstop before the field (no check)
+    end = records[-1].get("hash") if records else first_prev
+    if head is not None and end != head:
+        raise StatementError(f"{stream} ends at hash {str(end)[:16]}..., summary.json says its chain ends at "
+                             f"{str(head)[:16]}...: the file is cut short or altered (backstop audit verify says "
+                             f"where)")
 
 
 def check_fund_balance(entries: list[dict[str, Any]], fund_id: str, summary: dict[str, Any]) -> None:
@@ -134,11 +142,16 @@ def opening_balance(summary: dict[str, Any], fund_id: str) -> Decimal:
 def reconcile(out_dir: Path) -> tuple[list[str], list[str]]:
     """(lines of the report, problems): per fund, its opening balance (0, or the snapshot's) + flows by kind = the
     balance the summary reports = the balance its account ends at in the general ledger (postings.jsonl), and its
-    bad debt that balance's; the general ledger sums to zero. Entries that do not add up are a problem too."""
+    bad debt that balance's; the general ledger sums to zero. Entries that do not add up are a problem too, as is
+    a hash chain that does not hold or end where summary.json says (a file altered, or cut short)."""
     summary = read_summary(out_dir)
     entries = read_entries(out_dir)
     lines: list[str] = []
     problems: list[str] = []
+    try:
+        check_stream_chain(entries, "fund-ledger.jsonl", summary)
+    except StatementError as error:
+        problems.append(str(error))
     if summary.get("ledger_sum") != "0":
         problems.append(f"the general ledger does not balance: sum {summary.get('ledger_sum')}")
     posted = _posted_balances(out_dir, summary, problems)
@@ -182,7 +195,13 @@ def _posted_balances(out_dir: Path, summary: dict[str, Any], problems: list[str]
                         "to reconcile")
         return None
     start = summary.get("from_snapshot")
-    problem, balances, _ = check_postings(read_stream(out_dir, "postings.jsonl"), opening_known=not start)
+    postings = read_stream(out_dir, "postings.jsonl")
+    try:
+        check_stream_chain(postings, "postings.jsonl", summary)
+    except StatementError as error:
+        problems.append(str(error))
+        return None
+    problem, balances, _ = check_postings(postings, opening_known=not start)
     if problem is not None:
         problems.append(str(problem))
         return None
