@@ -192,8 +192,10 @@ def file_bytes(path: Path) -> bytes:
     except OSError as error:
         raise OutputReadError(f"cannot read {path}: {error.strerror or error}") from None
     try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise OutputReadError(f"cannot read {path}: not a regular file")
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise OutputReadError(f"cannot read {path}: " + ("is a directory" if stat.S_ISDIR(mode)
+                                                             else "not a regular file"))
         with os.fdopen(descriptor, "rb", closefd=False) as handle:
             return handle.read()
     except OSError as error:
