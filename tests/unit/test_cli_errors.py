@@ -294,6 +294,19 @@ def test_produce_routes_by_type_and_key() -> None:
         b"BTC", b'{"type":"mark","symbol":"BTC","ts":1}')
 
 
+def test_produce_sends_a_line_with_a_repeated_key_as_it_is() -> None:
+    """Re-encoded it would keep one of the key's values and be applied; sent as written, the service dead-letters
+    it (duplicate key "ts"), as `backstop replay` does the line."""
+    from backstop.pipeline.ingest import Consumed, decode_consumed
+    from backstop.wire.decode import InvalidRecord
+
+    raw = b'{"type": "mark", "ts": 1760126470000, "ts": 1760126471000, "symbol": "BTC", "mark_price": "640"}'
+    record_type, key, value = route(raw, keep_type=False)
+    assert (record_type, key, value) == ("mark", b"BTC", raw)
+    with pytest.raises(InvalidRecord, match='duplicate key "ts"'):
+        decode_consumed(Consumed("backstop.marks", 0, 7, key, value), "mark")
+
+
 
 class _ClosedPipe:
     """stdout whose reader has gone: every write raises as on a closed pipe."""

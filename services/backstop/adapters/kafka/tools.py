@@ -16,6 +16,7 @@ from backstop.adapters.journal_file import JournalFile
 from backstop.adapters.kafka import admin
 from backstop.pipeline.topics import INPUT_TYPES, TopicNames, input_key, input_key_field
 from backstop.settings import Settings
+from backstop.wire.decode import repeated_key
 
 
 async def _started(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
@@ -48,9 +49,14 @@ def route(raw: bytes, *, keep_type: bool) -> tuple[str, bytes, bytes]:
     key_field = input_key_field(record_type)
     if document.get(key_field) is None:
         raise ValueError(f"no {key_field} to key a {record_type} record by")
+    key = input_key(record_type, document).encode()
+    if orjson.dumps(document) != raw and repeated_key(raw, document) is not None:
+        # re-encoded, it would keep one of the key's values: sent as it is, for the service to dead-letter it as
+        # `replay` does (duplicate key)
+        return record_type, key, bytes(raw)
     if not keep_type:
         del document["type"]  # on Kafka the topic names the type
-    return record_type, input_key(record_type, document).encode(), orjson.dumps(document)
+    return record_type, key, orjson.dumps(document)
 
 
 def ensure_topics(settings: Settings, *, timeout_ms: int = 30_000) -> list[str]:
