@@ -18,11 +18,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, V
 from backstop.adapters.files import REPLAY_OUTPUTS, OutputDir, pretty_json, write_bytes, write_json
 from backstop.adapters.journal_file import JournalFileError, read_journal
 from backstop.core.adl_policy import AdlPolicy, configured
-from backstop.core.adl_rounds import needed
+from backstop.core.adl_rounds import closed_share, needed
 from backstop.core.events import fund_id_of, is_fund_account
 from backstop.core.hashing import canonical_json
 from backstop.core.ledger import bad_debt, isolated_owner, wallet_owner
-from backstop.core.numbers import CONTEXT, money, share, text
+from backstop.core.numbers import CONTEXT, money, text
 from backstop.core.simulation import SimulationParams
 from backstop.core.valuation import LINEAR, Valuation
 from backstop.engines import (
@@ -260,9 +260,9 @@ class RunMetrics:
     adl: dict[str, Any] = field(default_factory=dict)  # the engine summary's `adl` (docs/design.md §11.4)
     valuations: dict[str, Valuation] = field(default_factory=dict)  # symbol -> linear or inverse, from the journal
     settle_assets: dict[str, str] = field(default_factory=dict)  # symbol -> its settlement asset, from the journal
-    # the assets the notionals above were settled in: a sum over more than one is reported as none (null)
+    # the assets the liquidated notional was settled in: a sum over more than one is reported as none (null), as
+    # the ADL notional is where the engine's sums are (adl_assets)
     liquidated_assets: set[str] = field(default_factory=set)
-    adl_assets: set[str] = field(default_factory=set)
 
     def valuation(self, symbol: str) -> Valuation:
         return self.valuations.get(symbol, LINEAR)
@@ -275,7 +275,7 @@ class RunMetrics:
         return {
             "liquidations": self.liquidations,
             "liquidated_notional": _one_asset_sum(self.liquidated_notional, self.liquidated_assets),
-            "adl_events": self.adl_events, "adl_notional": _one_asset_sum(self.adl_notional, self.adl_assets),
+            "adl_events": self.adl_events, "adl_notional": _one_asset_sum(self.adl_notional, adl_assets(self.adl)),
             "funds": {f: {"final_balance": text(self.fund_final[f]), "min_balance": text(self.fund_min[f]),
                           "max_drawdown": text(self.fund_drawdown[f]),
                           "bad_debt": text(bad_debt(self.fund_final[f])),
@@ -298,13 +298,19 @@ FUND_FIGURES = {"final_balance": "final balance", "min_balance": "min balance", 
 # Each fund's own ADL sums (summary.json's adl.by_fund), which the tables add where a run's funds settle in more than
 # one asset: the run's sums are none (null) there, since amounts of different assets do not add.
 FUND_ADL_FIGURES = {"notional": "ADL notional", "deficit": "deficit", "needed": "needed budget",
-                    "haircut": "haircut", "socialized": "socialized loss"}
+                    "haircut": "haircut", "overshoot": "overshoot", "over_use": "over-use (haircut / needed)",
+                    "socialized": "socialized loss"}
+
+
+def adl_assets(adl: dict[str, Any] | None) -> set[str]:
+    """The assets of the funds a run's ADL rounds were of (the engine summary's adl.by_fund): more than one, and the
+    run's ADL sums are none."""
+    return {fund["asset"] for fund in ((adl or {}).get("by_fund") or {}).values()}
 
 
 def assets_mixed(runs: Iterable[dict[str, Any]]) -> bool:
     """Whether a run (RunMetrics.as_json) settled its ADL rounds in more than one asset."""
-    return any(len({fund["asset"] for fund in ((run.get("adl") or {}).get("by_fund") or {}).values()}) > 1
-               for run in runs)
+    return any(len(adl_assets(run.get("adl"))) > 1 for run in runs)
 
 
 def run_figure(run: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -456,10 +462,8 @@ def _counted_deficit(round_: dict[str, Any]) -> Decimal | None:
     part's (its pro-rata share, §9.4)."""
     if not round_["counterparties"]:
         return None
-    deficit, wanted, closed = Decimal(round_["deficit"]), round_["qty"], Decimal(round_["closed"])
-    if wanted is not None and Decimal(wanted) > 0 and closed != Decimal(wanted):
-        deficit = share(deficit, closed, Decimal(wanted))  # the engine's pro-rata rule (§9.4)
-    return deficit
+    wanted = None if round_["qty"] is None else Decimal(round_["qty"])
+    return closed_share(Decimal(round_["deficit"]), wanted, Decimal(round_["closed"]))
 
 
 def _cascade_need(metrics: RunMetrics, round_: dict[str, Any]) -> None:
@@ -508,7 +512,6 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
         notional = metrics.valuation(event["symbol"]).reported_value(qty, Decimal(event["price"]))
         metrics.adl_events += 1
         metrics.adl_notional += notional
-        metrics.adl_assets.add(metrics.settle_assets.get(event["symbol"], ""))
         account = event["account_id"]
         metrics.deleveraged_by_account[account] = metrics.deleveraged_by_account.get(account, Decimal(0)) + qty
         metrics.outcomes_by_account.setdefault(account, []).append(

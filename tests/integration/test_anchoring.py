@@ -199,7 +199,7 @@ async def test_a_rewritten_fund_ledger_amount_is_named_by_its_seq(
     assert code == 1
     assert failure(lines).startswith(
         f"fund-ledger record 1 ({first['id']}, seq {first['seq']}): differs from the replay: amount: stored "
-        f"'{ledger[0]['amount']}', replay gives '{first['amount']}'"), lines
+        f'"{ledger[0]["amount"]}", replay gives "{first["amount"]}"'), lines
 
 
 @pytest.mark.parametrize(("table", "tampering"), [

@@ -108,7 +108,7 @@ def test_an_entry_relabelled_with_its_chain_and_summary_forged_is_caught_by_its_
     code, text = verify(out, None, capsys)
     assert code == 1
     assert ("FAIL  fund-ledger record 2 (fl-14-0, seq 14): differs from its posting: kind: the entry says "
-            "'transfer', posting p-14-2 'liquidation_loss'") in text, text
+            '"transfer", posting p-14-2 "liquidation_loss"') in text, text
 
 
 def test_a_forged_but_consistent_history_is_caught_by_re_derivation(tmp_path: Path,
@@ -127,8 +127,8 @@ def test_a_forged_but_consistent_history_is_caught_by_re_derivation(tmp_path: Pa
     assert code == 0  # ... a forger who rewrites it too passes the checks of the files alone ...
     code, text = verify(out, ADL_EXAMPLE, capsys)
     assert code == 1  # ... re-deriving from the journal does not
-    assert ("adl-events record 1 (adl-19-0, seq 19): differs from the replay: account_id: stored 'A4', replay gives "
-            "'A2'") in text
+    assert ("adl-events record 1 (adl-19-0, seq 19): differs from the replay: account_id: stored \"A4\", replay gives "
+            '"A2"') in text
 
 
 def _lines(path: Path) -> list[str]:
@@ -266,7 +266,7 @@ def _set(path: Path, key: str, value: object) -> None:
 
 @pytest.mark.parametrize(("damage", "message"), [
     (lambda out: rewrite(out / "findings.jsonl", lambda r: [{**r[0], "kind": "adl_shortfall"}, *r[1:]]),
-     "findings record 1 (finding-14-0, seq 14): differs from the replay: kind: stored 'adl_shortfall'"),
+     "findings record 1 (finding-14-0, seq 14): differs from the replay: kind: stored \"adl_shortfall\""),
     (lambda out: _set(out / "summary.json", "events_applied", 99),
      "summary.json: events_applied 99 but the replay of the journal gives 14"),
     (lambda out: _set(out / "summary.json", "duplicates", 3), "summary.json: duplicates 3 but the replay"),
@@ -403,7 +403,7 @@ def test_outputs_of_a_backstop_before_raw_base64_and_inventory_upnl_verify(
                                                                   option=orjson.OPT_SORT_KEYS) + b"\n"
                                                      for letter in letters))
     assert main(["audit", "verify", str(out), "--journal", str(journal)]) == 1
-    assert "kind: stored no such field, replay gives 'invalid'" in capsys.readouterr().out
+    assert 'kind: stored no such field, replay gives "invalid"' in capsys.readouterr().out
 
 
 def test_a_fund_cut_from_the_summary_is_a_reconcile_mismatch(tmp_path: Path,
@@ -488,7 +488,7 @@ def _replace(path: Path, old: str, new: str) -> None:
 
 @pytest.mark.parametrize(("damage", "message"), [
     (lambda out: _replace(out / "adl-rounds.jsonl", '"counterparties":1', '"counterparties":true'),
-     "adl-rounds record 1 (round-14-0, seq 14): differs from the replay: counterparties: stored True, replay gives 1"),
+     "adl-rounds record 1 (round-14-0, seq 14): differs from the replay: counterparties: stored true, replay gives 1"),
     (lambda out: _replace(out / "findings.jsonl", '"schema_version":1', '"schema_version":1.0'),
      "findings record 1 (finding-14-0, seq 14): differs from the replay: schema_version: stored 1.0, replay gives 1"),
     (lambda out: _set(out / "summary.json", "adl", {**json.loads((out / "summary.json").read_text())["adl"],
@@ -542,3 +542,36 @@ def test_an_output_that_is_not_a_regular_file_is_refused_unread(tmp_path: Path, 
     if name == "summary.json":
         assert main(["reconcile", str(out)]) == 2
         assert f"cannot read {out / name}: not a regular file" in capsys.readouterr().err
+
+
+def test_accounts_json_with_a_repeated_key_is_refused_with_the_journal_too(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A forged account put before the real one: a reader keeping the last value would see the replay's JSON; the
+    file is refused as without the journal (exit 2), never compared as if it were that JSON."""
+    out = replayed(tmp_path, ADL_EXAMPLE)
+    text = (out / "accounts.json").read_text()
+    first = next(iter(json.loads(text)))
+    (out / "accounts.json").write_text(text.replace("{", f'{{"{first}": {{"wallet": "999999"}},', 1))
+    for journal in ([], ["--journal", str(ADL_EXAMPLE)]):
+        capsys.readouterr()
+        assert main(["audit", "verify", str(out), *journal]) == 2
+        assert f'accounts.json: key "{first}" repeats in an object' in capsys.readouterr().err
+
+
+def test_a_posting_of_an_entry_the_fund_ledger_lacks_is_named_by_its_place(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = replayed(tmp_path, EXAMPLES / "06-bad-debt.jsonl")
+
+    def point_elsewhere(records: list[dict[str, object]]) -> list[dict[str, object]]:
+        assert records[12]["id"] == "p-14-3" and records[12]["fund_entry_id"] is None
+        records[12]["fund_entry_id"] = "fl-99-0"
+        return rechain(records)
+
+    rewrite(out / "postings.jsonl", point_elsewhere)
+    summary = json.loads((out / "summary.json").read_text())
+    summary["postings_head_hash"] = json.loads((out / "postings.jsonl").read_text().splitlines()[-1])["hash"]
+    (out / "summary.json").write_text(json.dumps(summary))
+    code, text = verify(out, None, capsys)
+    assert code == 1
+    assert "FAIL  postings record 13 (p-14-3, seq 14): shows fund entry fl-99-0, which the fund ledger does not " \
+           "hold" in text, text

@@ -79,7 +79,7 @@ def test_a_forged_but_balanced_posting_is_caught_by_re_derivation(tmp_path: Path
     code, text = verify(out, ADL_EXAMPLE, capsys)
     assert code == 1
     assert "postings record 2 (p-4-0, seq 4): differs from the replay" in text, text
-    assert "transfer_id: stored 'd-A2', replay gives 'd-A1'" in text
+    assert 'transfer_id: stored "d-A2", replay gives "d-A1"' in text
 
 
 def test_a_missing_postings_file_is_not_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -690,7 +690,6 @@ pub struct RunTotals {
 
 impl RunTotals {
     /// A round of `fund`, which settles in `asset`.
-    #[allow(clippy::too_many_arguments)]
     pub fn add_round(&mut self, fund: &str, asset: &str, round: &Round, socialized: bool, hits: &[Hit],
                      eligible: Option<&[Figures]>) {
         self.rounds += 1;

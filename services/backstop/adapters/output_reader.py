@@ -207,7 +207,11 @@ def file_bytes(path: Path) -> bytes:
 def read_object(path: Path) -> dict[str, Any]:
     """A JSON file the commands write (summary.json, accounts.json): one object, no key repeated in any of its
     objects (which of a repeated key's values counts would be each reader's choice)."""
-    raw = file_bytes(path)
+    return parse_object(path, file_bytes(path))
+
+
+def parse_object(path: Path, raw: bytes) -> dict[str, Any]:
+    """read_object of bytes already read from `path`."""
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as error:

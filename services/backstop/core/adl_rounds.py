@@ -166,6 +166,12 @@ def deficit(value_long: bool, cost: Decimal, value: Decimal) -> Decimal:
     return max(cost - value if value_long else value - cost, ZERO)
 
 
+def closed_share(deficit_: Decimal, wanted: Decimal | None, closed: Decimal) -> Decimal:
+    """The deficit a run counts of a round: all of it, or of a round that closed part of the qty it asked for, that
+    part's pro-rata share (§9.4; the rest is counted when it is taken)."""
+    return deficit_ if wanted is None or closed == wanted or wanted <= 0 else share(deficit_, closed, wanted)
+
+
 def needed(deficit_: Decimal, fund_balance: Decimal, floor: Decimal) -> Decimal:
     """The part of a deficit the fund could not pay from its balance above its floor."""
     return max(deficit_ - max(fund_balance - floor, ZERO), ZERO)
@@ -201,8 +207,7 @@ def build(*, round_id: str, seq: int, ts: int, policy: str, start: RoundStart, d
         record["hits"] = [{"account_id": h.figures.account_id, "qty": h.qty, "haircut": money(h.haircut),
                            "profit": money(h.figures.profit), "leverage": h.figures.leverage,
                            "pnl_pct": h.figures.pnl_pct} for h in hits]
-    wanted = start.qty
-    counted_deficit = deficit_ if wanted is None or closed == wanted or wanted <= 0 else share(deficit_, closed, wanted)
+    counted_deficit = closed_share(deficit_, start.qty, closed)
     counted_needed = needed(counted_deficit, start.fund_balance, start.floor)
     return Round(record, deficit_, need, haircut, counted_deficit, counted_needed, tuple(hits),
                  tuple(eligible) if eligible is not None else None, counted)

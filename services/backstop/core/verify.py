@@ -6,6 +6,7 @@ the amounts, or a record that differs from what a fresh replay of the journal de
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
@@ -72,7 +73,12 @@ def check_fund_balances(entries: Iterable[dict[str, Any]], *, opening: dict[str,
 
 
 def _shown(record: dict[str, Any], key: str) -> str:
-    return repr(record[key]) if key in record else "no such field"
+    return _json(record[key]) if key in record else "no such field"
+
+
+def _json(value: Any) -> str:
+    """A value as its JSON (true, "text"), as the files hold it, cut at 200 characters."""
+    return json.dumps(value, ensure_ascii=False)[:200]
 
 
 ABSENT = object()  # first_difference's value for a key an object lacks
@@ -178,7 +184,7 @@ def check_entries_posted(entries: Sequence[dict[str, Any]], postings: Iterable[d
     entry's counter account in the direction its sign says (into the fund when > 0), and the fund's balance after
     it; and a posting names no other entry. Two files, two chains: a rewrite of one that keeps its own chain whole
     still disagrees with the other."""
-    shown: dict[str, dict[str, Any]] = {}
+    shown: dict[str, tuple[int, dict[str, Any]]] = {}  # fund entry id -> (the posting's index, the posting)
     for index, posting in enumerate(postings):
         entry_id = posting.get("fund_entry_id")
         if entry_id is None:
@@ -186,13 +192,13 @@ def check_entries_posted(entries: Sequence[dict[str, Any]], postings: Iterable[d
         if entry_id in shown:
             return Problem("postings", index, posting.get("id"), f"a second posting of fund entry {entry_id}",
                            posting.get("seq"))
-        shown[entry_id] = posting
+        shown[entry_id] = (index, posting)
     for index, entry in enumerate(entries):
         entry_id = str(entry.get("id"))
         if entry_id not in shown:
-            return Problem("fund-ledger", index, entry.get("id"), "no posting of postings.jsonl shows this entry",
+            return Problem("fund-ledger", index, entry.get("id"), "no posting of the general ledger shows this entry",
                            entry.get("seq"))
-        posting = shown.pop(entry_id)
+        posting = shown.pop(entry_id)[1]
         amount = str(entry.get("amount"))
         fund, counter = f"fund:{entry.get('fund_id')}", entry.get("counter_account")
         into = not amount.startswith("-")
@@ -205,12 +211,12 @@ def check_entries_posted(entries: Sequence[dict[str, Any]], postings: Iterable[d
             expected["liquidation_id"] = entry["liquidation_id"]
         differing = [key for key, value in expected.items() if first_difference(posting.get(key, ABSENT), value)]
         if differing:
-            detail = "; ".join(f"{key}: the entry says {expected[key]!r}, posting {posting.get('id')} "
-                               f"{posting.get(key)!r}" for key in differing)
+            detail = "; ".join(f"{key}: the entry says {_json(expected[key])}, posting {posting.get('id')} "
+                               f"{_shown(posting, key)}" for key in differing)
             return Problem("fund-ledger", index, entry.get("id"), f"differs from its posting: {detail}",
                            entry.get("seq"))
     if shown:
-        entry_id, posting = next(iter(shown.items()))
-        return Problem("postings", 0, posting.get("id"), f"shows fund entry {entry_id}, which fund-ledger.jsonl "
-                                                         f"does not hold", posting.get("seq"))
+        entry_id, (index, posting) = min(shown.items(), key=lambda item: item[1][0])
+        return Problem("postings", index, posting.get("id"), f"shows fund entry {entry_id}, which the fund ledger "
+                                                             f"does not hold", posting.get("seq"))
     return None
