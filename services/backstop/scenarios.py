@@ -466,17 +466,14 @@ def _counted_deficit(round_: dict[str, Any]) -> Decimal | None:
     return closed_share(Decimal(round_["deficit"]), wanted, Decimal(round_["closed"]))
 
 
-def _cascade_need(metrics: RunMetrics, round_: dict[str, Any]) -> None:
+def _cascade_need(metrics: RunMetrics, round_: dict[str, Any], deficit: Decimal) -> None:
     """A round's need had its fund paid every earlier round's deficit it could. A round at the bankruptcy price does
     not debit the fund (at the mark, or at Bybit's reset, it pays some or all of it), so each round's own `needed`
     is taken at a balance that still holds what the rounds before it did not pay, and their sum understates what
     the fund could not have paid over a cascade. Here a fund's room is its balance at the round above its floor less
     what it would have paid before beyond what it did (min(D, room) less D - haircut, each earlier round); the
-    deficit D of a round that closed part of what it asked for is that part's (its pro-rata share, §9.4); a round
-    without a taker counts nothing."""
-    deficit = _counted_deficit(round_)
-    if deficit is None:
-        return
+    deficit D of a round that closed part of what it asked for is that part's (its pro-rata share, §9.4:
+    `deficit`, _counted_deficit's)."""
     fund_id = round_["fund_id"]
     spared = metrics.fund_spared.get(fund_id, Decimal(0))
     room = max(Decimal(round_["fund_balance"]) - Decimal(round_["floor"]) - spared, Decimal(0))
@@ -521,10 +518,11 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
         minute = _minute(round_["ts"])
         metrics.minute_haircut[minute] = metrics.minute_haircut.get(minute, Decimal(0)) + Decimal(round_["haircut"])
         counted = _counted_deficit(round_)
-        if counted is not None:  # the need the tables sum: of the deficit counted, at the round's balance
+        if counted is not None:  # a round without a taker counts nothing (a retry of the same lot)
+            # the need the tables sum: of the deficit counted, at the round's balance
             need = needed(counted, Decimal(round_["fund_balance"]), Decimal(round_["floor"]))
             metrics.minute_needed[minute] = metrics.minute_needed.get(minute, Decimal(0)) + need
-        _cascade_need(metrics, round_)
+            _cascade_need(metrics, round_, counted)
         eligible = round_["leverage"]["eligible"]
         hits = round_["hits"] or ()
         metrics.rounds.append(RoundPoint(

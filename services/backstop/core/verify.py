@@ -73,12 +73,12 @@ def check_fund_balances(entries: Iterable[dict[str, Any]], *, opening: dict[str,
 
 
 def _shown(record: dict[str, Any], key: str) -> str:
-    return _json(record[key]) if key in record else "no such field"
+    return json_text(record[key]) if key in record else "no such field"
 
 
-def _json(value: Any) -> str:
-    """A value as its JSON (true, "text"), as the files hold it, cut at 200 characters."""
-    return json.dumps(value, ensure_ascii=False)[:200]
+def json_text(value: Any) -> str:
+    """A value as its JSON (true, "text"), as the files hold it, cut at 200 characters for a message."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))[:200]
 
 
 ABSENT = object()  # first_difference's value for a key an object lacks
@@ -211,7 +211,7 @@ def check_entries_posted(entries: Sequence[dict[str, Any]], postings: Iterable[d
             expected["liquidation_id"] = entry["liquidation_id"]
         differing = [key for key, value in expected.items() if first_difference(posting.get(key, ABSENT), value)]
         if differing:
-            detail = "; ".join(f"{key}: the entry says {_json(expected[key])}, posting {posting.get('id')} "
+            detail = "; ".join(f"{key}: the entry says {json_text(expected[key])}, posting {posting.get('id')} "
                                f"{_shown(posting, key)}" for key in differing)
             return Problem("fund-ledger", index, entry.get("id"), f"differs from its posting: {detail}",
                            entry.get("seq"))

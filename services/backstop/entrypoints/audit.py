@@ -55,6 +55,7 @@ from backstop.core.verify import (
     check_postings,
     compare_streams,
     first_difference,
+    json_text,
 )
 from backstop.engines import EngineFailure, EngineName, EngineOptions, LedgerEngine, invariant_errors, open_engine
 
@@ -283,7 +284,7 @@ def _difference_text(difference: tuple[str, Any, Any]) -> str:
     path, have, want = difference
 
     def shown(value: Any) -> str:
-        return "(absent)" if value is ABSENT else orjson.dumps(value).decode()[:200]
+        return "(absent)" if value is ABSENT else json_text(value)
 
     return f"{path or '(the whole document)'} {shown(have)} but the replay of the journal gives {shown(want)}"
 
