@@ -177,10 +177,11 @@ def as_consumed(lines: list[bytes]) -> list[Consumed]:
 class Batches:
     """The example journal in two batches through the real engine: the results, heads and rows a commit takes."""
 
-    def __init__(self) -> None:
+    def __init__(self, adl_quantiles: bool = False) -> None:
         lines = EXAMPLE.read_bytes().splitlines()
         consumed = as_consumed(lines)
-        self.processor = Processor(Engine(ids=ServiceIds()))  # the service's: a batch's identities for applied_ids
+        # the service's: a batch's identities for applied_ids; with quantiles on, each batch writes a quantile block
+        self.processor = Processor(Engine(ids=ServiceIds(), adl_quantiles=adl_quantiles))
         self.positions = (0, 0)
         self.first = self._batch(consumed[:9])
         bad = [Consumed(TOPICS.input("fill"), 0, offset, None, b"{nope") for offset in (10_000, 10_001)]
@@ -391,6 +392,26 @@ async def test_each_relay_cursor_only_moves_forward(under_test: StoreUnderTest) 
     rest = {**of, "journal": of["journal"][5:], "postings": of["postings"][1:], OUTBOX: of[OUTBOX][2:]}
     assert await store.unpublished(1000, TOPICS) == [r for found in rest.values() for r in found]
     assert await store.outbox_backlog() == len(rows) - 8
+
+
+async def test_an_outbox_record_is_found_by_its_record_id_at_its_own_id(under_test: StoreUnderTest) -> None:
+    """What the relay looks up at start for each partition's last record from the outbox: its id in this database,
+    a block's record at its own id in the block, a dead letter at its row's; an id not there is absent; the look
+    goes on after the last id it looked through."""
+    store, batches = under_test.store, Batches(adl_quantiles=True)
+    await commit(store, batches.first)
+    await commit(store, batches.second)
+    rows = [r for r in await store.unpublished(10_000, TOPICS) if r.source == OUTBOX]
+    quantiles = [r for r in rows if r.topic == TOPICS.adl_quantiles]
+    dead = [r for r in rows if r.topic == TOPICS.dead_letter]
+    assert len(quantiles) >= 3 and dead and len(rows) == len(quantiles) + len(dead)
+    asked = [quantiles[0], quantiles[len(quantiles) // 2], quantiles[-1], *dead]
+    found, looked_to = await store.outbox_places([r.record_id for r in asked] + ["no-such-record"], 0)
+    assert found == {r.record_id: r.id for r in asked} and looked_to == max(r.id for r in rows)
+    middle = quantiles[len(quantiles) // 2].id  # within the block: its records after it only
+    found, looked_to = await store.outbox_places([r.record_id for r in asked], middle)
+    assert found == {r.record_id: r.id for r in asked if r.id > middle} and looked_to == max(r.id for r in rows)
+    assert await store.outbox_places([r.record_id for r in asked], looked_to) == ({}, looked_to)
 
 
 def _position(account: str, seq: int, qty: str = "1") -> tuple[Any, ...]:
@@ -770,7 +791,7 @@ async def test_a_publisher_writes_rows_in_order_per_partition_with_their_places(
             assert got == [(r.key.encode(), r.payload.encode(), {header: str(r.id).encode(),
                                                                   RECORD_ID_HEADER: r.record_id.encode()})
                            for r in want]
-            assert last.get((topic, partition)) == ((header, want[-1].id) if want else None)
+            assert last.get((topic, partition)) == ((header, want[-1].id, want[-1].record_id) if want else None)
 
 
 def test_a_place_in_another_source_passes_nothing_over() -> None:

@@ -344,6 +344,8 @@ async def test_a_block_written_before_migration_0012_is_read_from_its_lines_and_
             "nextval(pg_get_serial_sequence('outbox', 'id')) + $1 - 1), $1, $2, $3)", len(expected),
             topics.adl_quantiles, old.quantile_block.decode())
         assert (await migrate(empty_database))[0] == "0012"
+        # its records found by their ids, as a relay starting on a restored database looks them up: from its lines
+        assert await store.outbox_places([expected[1][1], "absent"], 0) == ({expected[1][1]: 2}, len(expected))
         await commit_example(store, topics)
         n = len(expected)
         assert [(r["id"], r["keys"] is None) for r in await store.pool.fetch("SELECT id, keys FROM outbox")] == [
@@ -435,3 +437,109 @@ async def test_a_commit_hands_over_the_rows_a_read_after_its_cursors_gives(topic
         assert topics_seen == set(topics.outputs)
     finally:
         await store.close()
+
+
+def restore_batches(topics: TopicNames) -> list[tuple[int, BatchResult, Head, projections.Projections]]:
+    """The example journal in three batches as the service commits them, with ADL quantiles on: each writes a
+    quantile block (a mark in a later minute ends it), the last two dead letters too. The same every call (as a
+    database restored behind them writes them again)."""
+    lines = EXAMPLE.read_bytes().splitlines()
+    assert lines[17].startswith(b'{"type": "mark"')
+
+    def mark(ts: int, price: str) -> bytes:
+        return orjson.dumps({"type": "mark", "ts": ts, "symbol": "BNBUSDT", "mark_price": price})
+
+    new_position = [orjson.dumps(line) for line in (  # a first quantile for it
+        {"type": "transfer", "ts": 1760126575000, "transfer_id": "d-N", "account_id": "N", "asset": "USDT",
+         "amount": "10000"},
+        {"type": "fill", "ts": 1760126575000, "fill_id": "f-N", "account_id": "N", "symbol": "BNBUSDT", "side": "buy",
+         "qty": "5", "price": "640", "fee": "0", "margin_mode": "cross", "leverage": "10"})]
+    processor, offsets, positions, made = Processor(Engine(ids=ServiceIds(), adl_quantiles=True)), {}, [0, 0], []
+    engine = processor.engine
+    for number, part in enumerate((lines[:18], [*lines[18:], mark(1760126520000, "641")],
+                                   [*new_position, mark(1760126580000, "652")])):
+        expected = engine.last_seq
+        bad = [Consumed(topics.input("fill"), 0, 10_000 + 10 * number + i, None, b"{nope") for i in range(number)]
+        result = ingest_batch(processor, [*as_consumed(part, topics, offsets), *bad], topics)
+        assert result.quantile_block and len(result.outbox) == number
+        positions[0] += len(result.fund_entries)
+        positions[1] += len(result.adl_events)
+        head = Head(engine.last_seq, engine.head_hash, engine.ledger_head, engine.adl_head, processor.duplicates,
+                    processor.rejected, *positions)
+        made.append((expected, result, head, projections.build(engine, result, refresh_all=True,
+                                                                 touched=projections.Touched.everything(engine))))
+    return made
+
+
+async def topic_ids(settings: Settings, topic: str) -> dict[int, list[str]]:
+    """Each partition's record ids, in offset order."""
+    got: dict[int, list[str]] = {}
+    async for partition, _, value in read_topic(settings, topic, follow=False):
+        got.setdefault(partition, []).append(orjson.loads(value)["id"])
+    return got
+
+
+async def test_a_database_restored_behind_the_topics_publishes_each_outbox_record_once(
+        kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
+    """PostgreSQL restored from a backup behind the output topics numbers its outbox rows anew (here: ids a
+    rolled-back batch took before the restored rows were written again). The relay looks each partition's last
+    record up by its record id: while the restored database does not hold it yet, the relay waits, not ready and
+    saying why, and publishes nothing; once the processor wrote it again, every row up to it is passed over and
+    what follows is published: every record on every output topic once, in its source's order per partition."""
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=f"{topic_prefix}rst{secrets.token_hex(3)}.",
+                        output_partitions=3, relay_batch=50, relay_idle_ms=10)
+    topics = TopicNames(settings.topic_prefix)
+    ensure_topics(settings)
+    first, second, third = restore_batches(topics)
+    original, restored = await databases.create("_orig"), await databases.create("_rest")
+    for dsn in (original, restored):
+        await migrate(dsn)
+    store = await Store.open(original, relay_in_rust=True)
+    try:  # the database lost: two batches, every record published
+        for expected, result, head, rows in (first, second):
+            await store.commit(expected_seq=expected, result=result, head=head, projections=rows)
+        lost_outbox = await store.pool.fetchval("SELECT max(id) FROM outbox")
+        await relay_until_drained(settings, store)
+    finally:
+        await store.close()
+    before = {topic: await topic_ids(settings, topic) for topic in topics.outputs}
+    assert before[topics.adl_quantiles] and before[topics.dead_letter]
+
+    store = await Store.open(restored, relay_in_rust=True)  # the backup: the first batch, ids taken by others
+    relay = OutboxRelay(settings, store, kafka_runtime())
+    task = asyncio.create_task(relay.run_forever())
+    try:
+        await store.pool.execute("SELECT setval('outbox_id_seq', $1)", lost_outbox + 5)
+        expected, result, head, rows = first
+        await store.commit(expected_seq=expected, result=result, head=head, projections=rows)
+        for _ in range(200):
+            if relay.waiting is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert relay.waiting is not None and "again" in relay.waiting and not relay.healthy
+        assert {topic: await topic_ids(settings, topic) for topic in topics.outputs} == before  # nothing sent
+        for expected, result, head, rows in (second, third):  # the processor catches up, then goes on
+            await store.commit(expected_seq=expected, result=result, head=head, projections=rows)
+            relay.wake()
+        for _ in range(300):
+            if relay.ready and await store.outbox_backlog() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert relay.waiting is None and relay.healthy and await store.outbox_backlog() == 0
+        order = {topic: [r["id"] for r in await store.pool.fetch(f"SELECT id FROM {table} ORDER BY position")]
+                 for topic, table in ((topics.fund_ledger, "fund_ledger"), (topics.adl_events, "adl_events"),
+                                      (topics.postings, "postings"))}
+    finally:
+        relay.stop()
+        relay.wake()
+        await task
+        await store.close()
+    order[topics.journal] = [f"j-{seq}" for seq in range(1, third[2].seq + 1)]
+    order[topics.adl_quantiles] = [q[1] for _, r, _, _ in (first, second, third)
+                                   for q in quantile_block_rows(r.quantile_block.decode())]
+    order[topics.dead_letter] = [m.record_id for _, r, _, _ in (first, second, third) for m in r.outbox]
+    for topic, ids in order.items():
+        got = await topic_ids(settings, topic)
+        assert sorted(i for found in got.values() for i in found) == sorted(ids), topic  # each once, none lost
+        for partition, found in got.items():
+            assert found == [i for i in ids if i in found], (topic, partition)  # in the source's order

@@ -190,7 +190,8 @@ def create_app(settings: Settings, datadir: Path) -> faust.App:
         ready = ledger_ok and relay_ok
         body = {"status": "ok" if ready else "starting", "ledger_ready": bool(processor and processor.progress.ready),
                 "relay_ready": bool(relay and relay.healthy), "ledger_standby": bool(processor and processor.standby),
-                "relay_standby": bool(relay and relay.standby), "seq": processor.progress.seq if processor else 0,
+                "relay_standby": bool(relay and relay.standby), "relay_waiting": relay.waiting if relay else None,
+                "seq": processor.progress.seq if processor else 0,
                 "last_error": processor.progress.last_error if processor else None,
                 "projections_refreshed_seq": processor.progress.refreshed_seq if processor else 0,
                 "projections_due_seq": processor.progress.refresh_due_seq if processor else 0,

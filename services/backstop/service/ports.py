@@ -173,6 +173,12 @@ class LedgerStore(Protocol):
         """Rows not yet published, over every source."""
         ...
 
+    async def outbox_places(self, record_ids: Sequence[str], after: int) -> tuple[dict[str, int], int]:
+        """The outbox id each of these records has in this database, among the rows after id `after` (a block's
+        record: its own id in the block); absent: not there (yet). With the last id looked through, from which the
+        next look goes on."""
+        ...
+
     def hold_lock(self, lock_id: int) -> AbstractAsyncContextManager[Lease]:
         """One holder per database and lock id; a second waits here (a standby). The lock dies with the session,
         which the lease yielded checks."""
@@ -188,9 +194,9 @@ class Publisher(Protocol):
 
     async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]: ...
 
-    async def last_published(self, counts: Mapping[str, int]) -> dict[Partition, tuple[str, int]]:
-        """Per output partition, the header its last record carries its place in (OUTBOX_HEADER or POSITION_HEADER)
-        and that place (absent: an empty partition)."""
+    async def last_published(self, counts: Mapping[str, int]) -> dict[Partition, Tail]:
+        """Per output partition, its last record's place and record id (absent: an empty partition, or a last
+        record of another producer's)."""
         ...
 
     async def send(self, outgoing: Outgoing) -> Counter[str]:
@@ -339,6 +345,28 @@ def passed_over(row: OutboxRow, partition: int, published: Mapping[Partition, tu
     place header and a place at or after its own (rows of a partition are published in their source's order)."""
     last = published.get((row.topic, partition))
     return last is not None and row.id <= last[1] and place_header(row) == last[0]
+
+
+class Tail(NamedTuple):
+    """An output partition's last record, as the relay finds it at start: the header its place is in
+    (OUTBOX_HEADER or POSITION_HEADER), that place, and its record id (None: a record without one)."""
+
+    header: str
+    place: int
+    record_id: str | None
+
+
+def tail_in_headers(headers: Iterable[tuple[str, bytes | None]]) -> Tail | None:
+    """A published record's place and record id; None on a record that names no place (place_in_headers)."""
+    headers = list(headers)
+    place = place_in_headers(headers)
+    if place is None:
+        return None
+    record_id = next((value for name, value in headers if name == RECORD_ID_HEADER), None)
+    try:
+        return Tail(*place, record_id.decode() if record_id else None)
+    except UnicodeDecodeError:  # not one of the relay's ids
+        return Tail(*place, None)
 
 
 def place_in_headers(headers: Iterable[tuple[str, bytes | None]]) -> tuple[str, int] | None:

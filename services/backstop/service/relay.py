@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
@@ -41,11 +42,14 @@ from backstop.service.ports import (
     Partition,
     RelayRead,
     Runtime,
+    Tail,
     partition_for,
     passed_over,
 )
 from backstop.service.supervision import SupervisedLoop
 from backstop.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def to_send(rows: Sequence[OutboxRow], counts: Mapping[str, int],
@@ -108,6 +112,7 @@ class OutboxRelay(SupervisedLoop):
         self._landed_at = time.monotonic()  # when the last round landed (or the relay started): for health only
         self.stuck = False  # rows waited at two looks STUCK_AFTER_S apart, and no round landed
         self._waited = False
+        self.waiting: str | None = None  # why the relay does not publish yet (a database restored behind the topics)
 
     @property
     def healthy(self) -> bool:
@@ -168,13 +173,53 @@ class OutboxRelay(SupervisedLoop):
     def on_error(self, error: Exception) -> None:
         self.ready = False
 
+    async def _places_here(self, tails: Mapping[Partition, Tail]) -> dict[Partition, tuple[str, int]] | None:
+        """Each output partition's last record's place in this database's sources. A table's seq or position is
+        the same in every database; an outbox id is not (a rolled-back batch takes ids, and a database restored
+        from a backup numbers the rows written after it anew): such a record is looked up by its record id. One
+        not in this database yet (it was restored behind the topic) is waited for, the relay not ready meanwhile
+        (`waiting` says why): the processor writes it again as it catches up, and every row of its partition up to
+        it is then passed over. None: stopped while waiting."""
+        places = {partition: (tail.header, tail.place) for partition, tail in tails.items()}
+        wanted = {partition: tail.record_id for partition, tail in tails.items()
+                  if tail.header == OUTBOX_HEADER and tail.record_id is not None}
+        found: dict[str, int] = {}
+        looked_to = 0
+        while True:
+            more, looked_to = await self.store.outbox_places(sorted(set(wanted.values()) - found.keys()), looked_to)
+            found.update(more)
+            missing = sorted((partition, record_id) for partition, record_id in wanted.items()
+                             if record_id not in found)
+            if not missing:
+                break
+            (topic, partition), record_id = missing[0]
+            waiting = (f"waiting for the database to write record {record_id} again, the last on {topic}[{partition}]"
+                       f" ({len(missing)} partition(s) ahead of it: restored from a backup?)")
+            if waiting != self.waiting:
+                log.warning("relay: %s", waiting)
+                self.waiting = waiting
+            self._woken.clear()
+            with contextlib.suppress(TimeoutError):  # a commit of this process's processor wakes it
+                async with asyncio.timeout(max(self.settings.relay_idle_ms / 1000, HANDED_POLL_S)):
+                    await self._woken.wait()
+            if self.stopping:
+                return None
+        if self.waiting is not None:
+            log.warning("relay: the database holds again every record last published; publishing")
+            self.waiting = None
+        places.update((partition, (OUTBOX_HEADER, found[record_id])) for partition, record_id in wanted.items())
+        return places
+
     async def run_locked(self) -> None:
         settings, checkpoint = self.settings, self.runtime.checkpoint
         publisher = self.runtime.publisher(settings)
         await publisher.start()
         try:
             counts = await publisher.partition_counts(self.topics.outputs)
-            published_up_to = await publisher.last_published(counts)
+            places = await self._places_here(await publisher.last_published(counts))
+            if places is None:  # stopped while waiting for the database
+                return
+            published_up_to = places
             self._handed.clear()
             self._taking, self._unread = True, True
             self._cursors = await self.store.published_places()

@@ -30,10 +30,11 @@ from backstop.service.ports import (
     RECORD_ID_HEADER,
     Outgoing,
     Partition,
+    Tail,
     listed,
     partition_for,
     place_header,
-    place_in_headers,
+    tail_in_headers,
 )
 from backstop.settings import Settings
 
@@ -156,10 +157,11 @@ class KafkaPublisher:
                 faults.reached("relay_part_acked")  # some of the rows in Kafka, maybe not the rest
         return sent
 
-    async def last_published(self, counts: Mapping[str, int]) -> dict[Partition, tuple[str, int]]:
-        """Reads the last record of every output partition that still holds one. A partition whose records have
-        all expired (retention: 30 days on some topics) has none to read: its start offset is its end, and the
-        store's cursors say what was published there (the crash window this read closes is seconds long)."""
+    async def last_published(self, counts: Mapping[str, int]) -> dict[Partition, Tail]:
+        """Reads the last record of every output partition that still holds one (its place and record id). A
+        partition whose records have all expired (retention: 30 days on some topics) has none to read: its start
+        offset is its end, and the store's cursors say what was published there (the crash window this read closes
+        is seconds long)."""
         settings = self.settings
         partitions = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
         # "none": a seek below the log start (the record expired meanwhile) raises instead of waiting at the end
@@ -172,7 +174,7 @@ class KafkaPublisher:
             consumer.assign(partitions)
             ends = await consumer.end_offsets(partitions)
             starts = await consumer.beginning_offsets(partitions)
-            found: dict[Partition, tuple[str, int]] = {}
+            found: dict[Partition, Tail] = {}
             for tp in partitions:
                 if ends[tp] <= starts[tp]:
                     continue
@@ -182,9 +184,9 @@ class KafkaPublisher:
                         record = await consumer.getone(tp)
                 except OffsetOutOfRangeError:
                     continue  # expired since the ends were asked for
-                place = place_in_headers(record.headers or ())
-                if place is not None:
-                    found[(tp.topic, tp.partition)] = place
+                tail = tail_in_headers(record.headers or ())
+                if tail is not None:
+                    found[(tp.topic, tp.partition)] = tail
             return found
         finally:
             await stop_consumer(consumer)

@@ -24,10 +24,11 @@ from backstop.service.ports import (
     InputGap,
     Outgoing,
     Partition,
+    Tail,
     listed,
     partition_for,
     place_header,
-    place_in_headers,
+    tail_in_headers,
 )
 
 WAIT_STEP_S = 0.05  # a fetch with nothing to hand out looks again this often until its timeout
@@ -251,14 +252,14 @@ class MemoryPublisher:
     async def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
         return {topic: self.broker.partitions(topic) for topic in topics}
 
-    async def last_published(self, counts: Mapping[str, int]) -> dict[Partition, tuple[str, int]]:
-        found: dict[Partition, tuple[str, int]] = {}
+    async def last_published(self, counts: Mapping[str, int]) -> dict[Partition, Tail]:
+        found: dict[Partition, Tail] = {}
         for topic, partitions in counts.items():
             for number in range(partitions):
                 log = self.broker.topics[topic][number]
-                place = place_in_headers(log[-1].headers) if log else None
-                if place is not None:
-                    found[(topic, number)] = place
+                tail = tail_in_headers(log[-1].headers) if log else None
+                if tail is not None:
+                    found[(topic, number)] = tail
         return found
 
     async def send(self, outgoing: Outgoing) -> Counter[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -450,6 +450,12 @@ class MemoryStore:
         cursor = db.relay_cursor
         return sum(1 for row in db.outbox if row.id > cursor) + sum(
             len(db.relayed[source]) - db.relay_cursors[source] for source in TABLE_SOURCES)
+
+    async def outbox_places(self, record_ids: Sequence[str], after: int) -> tuple[dict[str, int], int]:
+        await self._at("outbox_places")
+        outbox, wanted = self.db.outbox, set(record_ids)
+        return ({row.record_id: row.id for row in outbox if row.id > after and row.record_id in wanted},
+                outbox[-1].id if outbox else 0)
 
     def end_session(self, lock_id: int) -> None:
         """What a killed session or a lost connection does to PostgreSQL's advisory lock: it is gone, and a standby

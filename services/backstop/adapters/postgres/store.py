@@ -13,7 +13,7 @@ import contextlib
 import functools
 import io
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -170,6 +170,17 @@ QUANTILE_BLOCK_SQL = (f"INSERT INTO outbox (id, records, topic, payload, keys) V
                       f"$4) RETURNING id")
 # The ids of $1 outbox rows, taken before their COPY, which names them.
 RESERVE_OUTBOX_IDS_SQL = f"SELECT {_TAKE_OUTBOX_IDS}"
+
+
+# The outbox ids of one-record rows among $1 record ids, after id $2 and up to $3 (record_id is unique).
+OUTBOX_RECORD_PLACES_SQL = ("SELECT record_id, id FROM outbox WHERE record_id = ANY($1::text[]) AND id > $2 "
+                            "AND id <= $3")
+# The blocks after id $2 and up to $3 whose keys (or, written before migration 0012, lines) hold one of $1 record
+# ids as text: block_rows finds which of their records, if any, has it. Looked for in windows of ids from the newest.
+OUTBOX_BLOCK_PLACES_SQL = ("SELECT id, records, topic, payload, keys FROM outbox o WHERE id > $2 AND id <= $3 AND "
+                           "records IS NOT NULL AND EXISTS (SELECT FROM unnest($1::text[]) AS r(id) "
+                           "WHERE strpos(coalesce(o.keys, o.payload), r.id) > 0) ORDER BY id DESC")
+OUTBOX_PLACES_WINDOW = 1 << 16
 
 
 def block_rows(last_id: int, records: int, topic: str, block: str, after: int, keys: str | None) -> list[OutboxRow]:
@@ -1126,3 +1137,23 @@ class Store:
         """Rows not yet published, over every source."""
         backlog: int = await self.pool.fetchval(RELAY_BACKLOG_SQL)
         return backlog
+
+    async def outbox_places(self, record_ids: Sequence[str], after: int) -> tuple[dict[str, int], int]:
+        """The outbox ids these records have here, among the rows after `after` and up to the last row committed
+        now: one-record rows by their unique record id; a block's records looked for from the newest blocks back,
+        in windows growing twice as long until every id is found (a partition's last record is among the newest
+        rows, unless the database was restored behind it), each block that names an id split for its records'."""
+        top: int = await self.pool.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
+        wanted = set(record_ids)
+        found: dict[str, int] = dict(await self.pool.fetch(OUTBOX_RECORD_PLACES_SQL, sorted(wanted), after, top))
+        high, window = top, OUTBOX_PLACES_WINDOW
+        while wanted - found.keys() and high > after:
+            low = max(high - window, after)
+            for block in await self.pool.fetch(OUTBOX_BLOCK_PLACES_SQL, sorted(wanted - found.keys()), low, high):
+                rows = block_rows(block["id"], block["records"], block["topic"], block["payload"], after,
+                                  block["keys"])
+                for row in rows:
+                    if row.record_id in wanted:
+                        found.setdefault(row.record_id, row.id)  # the newest block's, should an id repeat
+            high, window = low, 2 * window
+        return found, top
