@@ -163,6 +163,18 @@ def test_a_run_s_journal_is_explained_under_the_policy_its_summary_records(
                           'policy {"rule":"pro_rata","price":"bankruptcy"}; explaining it under the one given')
 
 
+def test_a_summary_that_is_no_file_is_refused_in_one_line_not_passed_over(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A summary.json beside the journal that cannot be read (a directory) is said, not taken for a run without
+    one (whose policy would silently be the default)."""
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes((EXAMPLES / "02-adl-walks-queue.jsonl").read_bytes())
+    (tmp_path / "summary.json").mkdir()
+    code, out, err = explain(capsys, "adl-19-1", "--journal", str(journal))
+    assert (code, out) == (2, "")
+    assert err == f"backstop explain: cannot read {tmp_path / 'summary.json'}: is a directory\n"
+
+
 @pytest.mark.parametrize(("example", "event_id", "policy", "heading", "inputs"), [
     ("02-adl-walks-queue.jsonl", "adl-19-1", "queue",
      "deleveraged (at the lot's bankruptcy price, in ADL-queue order):", "PnL% 0.29 x leverage 1.724137931034"),

@@ -8,6 +8,7 @@ the fund entry, ADL event and liquidation, transfer or fill that caused it."""
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from dataclasses import fields
 from decimal import Decimal, localcontext
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import orjson
 
 from backstop.adapters.journal_file import JournalFileError, read_journal
+from backstop.adapters.output_reader import OutputReadError, file_bytes
 from backstop.core import adl, adl_policy, ledger
 from backstop.core.adl_policy import AdlPolicy
 from backstop.core.engine import Engine
@@ -59,10 +61,14 @@ def recorded_policy(journal_path: Path) -> AdlPolicy | None:
     journal.jsonl there); None without such a summary or where it names none (an older backstop's: the default);
     an adl_policy that is not one is refused."""
     summary_path = journal_path.parent / "summary.json"
-    if not summary_path.is_file():
+    if not os.path.lexists(summary_path):
         return None
+    try:  # a directory or a pipe in its place is refused, as every reader of a run's outputs refuses it
+        data = file_bytes(summary_path)
+    except OutputReadError as error:
+        raise ExplainError(str(error)) from None
     try:
-        document = orjson.loads(summary_path.read_bytes()).get("adl_policy")
+        document = orjson.loads(data).get("adl_policy")
         return None if document is None else adl_policy.from_document(document)
     except (OSError, orjson.JSONDecodeError, AttributeError, ArithmeticError, KeyError, TypeError,
             ValueError) as error:
