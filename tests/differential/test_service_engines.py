@@ -131,6 +131,17 @@ async def test_both_engines_give_the_service_the_same_rows(path: Path, size: int
         assert refresh == compiled_refresh
 
 
+async def test_both_engines_write_a_reason_holding_line_ends_as_one_line_alike() -> None:
+    """A dead letter's reason quotes the bad input (here an extra field's name): what some reader ends a line at
+    (C0, DEL, C1, U+2028, U+2029) is escaped by both engines, in one spelling."""
+    value = orjson.dumps({"ts": 1, "symbol": "X", "mark_price": "1", "X\x00\n\x7f\x85\u2028\u2029é": 1})
+    journal = [[Consumed(TOPICS.input("mark"), 0, 0, None, value)]]
+    seen = await drive(opened("reference"), journal)
+    assert seen == await drive(opened("compiled"), journal)
+    (letter,) = seen[0]["dead_letters"]
+    assert "X\\x00\\x0a\\x7f\\x85\\u2028\\u2029é" in letter.reason and len(letter.reason.splitlines()) == 1
+
+
 async def test_both_engines_name_the_positions_a_batch_closed() -> None:
     """The rows a batch deletes are the positions the engine closed (fills, liquidations, deleverages): the same in
     both engines, batch by batch."""

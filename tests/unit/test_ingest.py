@@ -105,11 +105,12 @@ def test_bad_input_goes_to_dead_letter_and_offsets_still_advance() -> None:
 
 def test_a_reason_quoting_control_characters_is_escaped() -> None:
     processor = Processor(Engine())
-    value = orjson.dumps({"ts": 1, "symbol": "X", "mark_price": "1", "X\x00\n": 1})  # an extra field's name
+    # an extra field's name, with what some reader ends a line at: C0, DEL, C1 and Unicode's two separators
+    value = orjson.dumps({"ts": 1, "symbol": "X", "mark_price": "1", "X\x00\n\x7f\x85\u2028\u2029é": 1})
     result = ingest_batch(processor, [Consumed(TOPICS.input("mark"), 0, 0, None, value)], TOPICS)
     (letter,) = result.dead_letters
-    assert "\x00" not in letter.reason and "\n" not in letter.reason
-    assert "X\\x00\\x0a" in letter.reason
+    assert len(letter.reason.splitlines()) == 1 and letter.reason.isprintable()
+    assert "X\\x00\\x0a\\x7f\\x85\\u2028\\u2029é" in letter.reason
 
 
 def test_posting_tail_counts_the_compiled_lines_after_the_reference_records_and_reads_the_last_hash() -> None:

@@ -67,12 +67,14 @@ pub struct RecordsBatch {
     pub held: Vec<u8>,
 }
 
-/// A reason as the dead-letter topic carries it: control characters written as \xNN (PostgreSQL text holds no NUL).
+/// A reason as the dead-letter topic carries it, one line for every reader: C0, DEL and C1 written as \xNN, U+2028
+/// and U+2029 as \uNNNN (PostgreSQL text holds no NUL).
 fn escaped_reason(reason: &str) -> String {
     let mut out = String::with_capacity(reason.len());
     for character in reason.chars() {
         match character as u32 {
-            code @ (0..=31 | 127) => out.push_str(&format!("\\x{code:02x}")),
+            code @ (0..=31 | 127..=159) => out.push_str(&format!("\\x{code:02x}")),
+            code @ (0x2028 | 0x2029) => out.push_str(&format!("\\u{code:04x}")),
             _ => out.push(character),
         }
     }

@@ -502,8 +502,10 @@ def _touch(result: BatchResult, record: Event) -> None:
             result.touched_positions.add((account, symbol))
 
 
-# A reason may quote the bad input; control characters are escaped (PostgreSQL text cannot hold NUL at all).
-_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
+# A reason may quote the bad input; what some reader ends a line at is escaped, so a reason is one line for all of
+# them: C0, DEL and C1 as \xNN, U+2028 and U+2029 as \uNNNN (and PostgreSQL text cannot hold NUL at all).
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), *range(127, 160))} | {
+    code: f"\\u{code:04x}" for code in (0x2028, 0x2029)}
 
 
 def _dead(result: BatchResult, message: Consumed, reason: str, topics: TopicNames, kind: RejectionKind,
