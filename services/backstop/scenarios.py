@@ -244,14 +244,15 @@ class RunMetrics:
     # qty), deleverage (symbol, side, qty, price) and socialized loss (fund, amount), in order
     outcomes_by_account: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     rejected: int = 0
-    # per minute of event time (ms of the minute's start) -> value, for the report's charts
-    minute_liquidated: dict[int, Decimal] = field(default_factory=dict)
-    minute_deleveraged: dict[int, Decimal] = field(default_factory=dict)
+    # per minute of event time (ms of the minute's start) -> value, for the report's charts; the notionals and
+    # amounts by settlement asset first (what settles in BTC is not added to what settles in USDT)
+    minute_liquidated: dict[str, dict[int, Decimal]] = field(default_factory=dict)
+    minute_deleveraged: dict[str, dict[int, Decimal]] = field(default_factory=dict)
     minute_fund: dict[str, dict[int, Decimal]] = field(default_factory=dict)
     minute_mark: dict[str, dict[int, Decimal]] = field(default_factory=dict)
     minute_queue: dict[str, dict[int, tuple[int, int]]] = field(default_factory=dict)  # symbol -> (longs, shorts)
-    minute_haircut: dict[int, Decimal] = field(default_factory=dict)  # what ADL rounds took, and what they needed
-    minute_needed: dict[int, Decimal] = field(default_factory=dict)
+    minute_haircut: dict[str, dict[int, Decimal]] = field(default_factory=dict)  # what ADL rounds took, and what
+    minute_needed: dict[str, dict[int, Decimal]] = field(default_factory=dict)  # they needed
     rounds: list[RoundPoint] = field(default_factory=list)
     # the cascade's need per fund: its rounds as if it had paid every earlier deficit it could (_cascade_need), and
     # what it would have paid then beyond what it did
@@ -483,6 +484,11 @@ def _cascade_need(metrics: RunMetrics, round_: dict[str, Any], deficit: Decimal)
     metrics.fund_spared[fund_id] = spared + min(deficit, room) - paid
 
 
+def _add(series: dict[str, dict[int, Decimal]], asset: str, minute: int, value: Decimal) -> None:
+    by_minute = series.setdefault(asset, {})
+    by_minute[minute] = by_minute.get(minute, Decimal(0)) + value
+
+
 def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
     """The batch's journal and outputs into the metrics; each output counts in the minute of its ts (its record's)."""
     for record in _lines(result.journal):
@@ -496,10 +502,11 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
         elif record["type"] == "liquidation":
             qty = Decimal(record["qty"])
             notional = metrics.valuation(record["symbol"]).value(qty, Decimal(record["mark_price"]))
-            metrics.minute_liquidated[minute] = metrics.minute_liquidated.get(minute, Decimal(0)) + notional
+            asset = metrics.settle_assets.get(record["symbol"], "")
+            _add(metrics.minute_liquidated, asset, minute, notional)
             metrics.liquidations += 1
             metrics.liquidated_notional += notional
-            metrics.liquidated_assets.add(metrics.settle_assets.get(record["symbol"], ""))
+            metrics.liquidated_assets.add(asset)
             account = record["account_id"]
             metrics.liquidated_by_account[account] = metrics.liquidated_by_account.get(account, Decimal(0)) + qty
             metrics.outcomes_by_account.setdefault(account, []).append(
@@ -513,15 +520,15 @@ def _observe_exactly(metrics: RunMetrics, result: BatchResult) -> None:
         metrics.deleveraged_by_account[account] = metrics.deleveraged_by_account.get(account, Decimal(0)) + qty
         metrics.outcomes_by_account.setdefault(account, []).append(
             ("deleveraged", event["symbol"], event.get("position_side", "both"), event["qty"], event["price"]))
-        metrics.minute_deleveraged[minute] = metrics.minute_deleveraged.get(minute, Decimal(0)) + notional
+        _add(metrics.minute_deleveraged, metrics.settle_assets.get(event["symbol"], ""), minute, notional)
     for round_ in _lines(result.adl_rounds):
-        minute = _minute(round_["ts"])
-        metrics.minute_haircut[minute] = metrics.minute_haircut.get(minute, Decimal(0)) + Decimal(round_["haircut"])
+        minute, asset = _minute(round_["ts"]), metrics.settle_assets.get(round_["symbol"], "")
+        _add(metrics.minute_haircut, asset, minute, Decimal(round_["haircut"]))
         counted = _counted_deficit(round_)
         if counted is not None:  # a round without a taker counts nothing (a retry of the same lot)
             # the need the tables sum: of the deficit counted, at the round's balance
             need = needed(counted, Decimal(round_["fund_balance"]), Decimal(round_["floor"]))
-            metrics.minute_needed[minute] = metrics.minute_needed.get(minute, Decimal(0)) + need
+            _add(metrics.minute_needed, asset, minute, need)
             _cascade_need(metrics, round_, counted)
         eligible = round_["leverage"]["eligible"]
         hits = round_["hits"] or ()

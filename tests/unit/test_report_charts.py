@@ -27,8 +27,8 @@ def _run(scale: int, minutes: int = 30) -> RunMetrics:
                      adl_notional=D("53032764.3730193"))
     for minute in range(minutes):
         ts = START_MS + minute * MINUTE_MS
-        run.minute_liquidated[ts] = D(scale * (minute + 1) * 1_000_000)
-        run.minute_deleveraged[ts] = D(scale * minute * 100_000)
+        run.minute_liquidated.setdefault("USDT", {})[ts] = D(scale * (minute + 1) * 1_000_000)
+        run.minute_deleveraged.setdefault("USDT", {})[ts] = D(scale * minute * 100_000)
         run.minute_fund.setdefault("BTC", {})[ts] = D(1_000_000 - scale * minute * 10_000)
         run.minute_mark.setdefault("BTCUSDT", {})[ts] = D(116_000 - minute * 100)
         run.minute_queue.setdefault("BTCUSDT", {})[ts] = (minute * 40, minute * 30)
@@ -112,3 +112,26 @@ def test_runs_with_nothing_to_chart_draw_empty_charts_without_a_warning() -> Non
         warnings.simplefilter("error")  # matplotlib warned of a legend with no entries
         drawn = charts(empty, {})
     assert len(drawn) == 7 and all(data.startswith(b"\x89PNG") for data in drawn.values())
+
+
+def test_notionals_settled_in_two_assets_are_charted_apart_never_added() -> None:
+    """A run whose symbols settle in USDT and in BTC (a linear and an inverse contract): each asset's notionals get
+    their own charts, in its own unit; no bar adds BTC to USDT."""
+    run = _run(1, minutes=3)
+    run.minute_liquidated["BTC"] = {START_MS: D("2.5")}
+    run.minute_haircut["BTC"], run.minute_needed["BTC"] = {START_MS: D("0.5")}, {START_MS: D("0.75")}
+    result = figures([("mixed", run)], {"BTC": "USDT", "BTC-INV": "BTC"})
+    try:
+        assert [name for name in result if name.startswith(("liquidations", "adl"))] == [
+            "liquidations-BTC", "liquidations-USDT", "adl-BTC", "adl-USDT", "adl-queue-depth", "adl-haircut-BTC",
+            "adl-haircut-USDT", "adl-leverage"]
+        axes = result["liquidations-BTC"].axes[0]
+        assert axes.get_ylabel() == "notional (BTC)" and axes.get_title(loc="left").endswith(" in BTC")
+        (bars,) = [c for c in axes.containers if isinstance(c, BarContainer)]
+        assert [bar.get_height() for bar in bars] == [2.5]
+        (usdt,) = [c for c in result["liquidations-USDT"].axes[0].containers if isinstance(c, BarContainer)]
+        assert [bar.get_height() for bar in usdt] == [1_000_000, 2_000_000, 3_000_000]
+        assert not [c for c in result["adl-BTC"].axes[0].containers if isinstance(c, BarContainer)]
+    finally:
+        for figure in result.values():
+            plt.close(figure)

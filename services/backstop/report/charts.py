@@ -68,8 +68,8 @@ def _span(runs: Sequence[tuple[str, RunMetrics]]) -> tuple[datetime.datetime, da
     """The time span every chart shows: all minutes of every series of every run, plus the last minute's width."""
     minutes: list[int] = []
     for _, run in runs:
-        minutes += [*run.minute_liquidated, *run.minute_deleveraged, *run.minute_haircut]
-        for by_minute in (*run.minute_fund.values(), *run.minute_mark.values()):
+        for by_minute in (*run.minute_liquidated.values(), *run.minute_deleveraged.values(),
+                          *run.minute_haircut.values(), *run.minute_fund.values(), *run.minute_mark.values()):
             minutes += list(by_minute)
         for depth in run.minute_queue.values():
             minutes += list(depth)
@@ -112,18 +112,19 @@ def _label(run_label: str, text: str, runs: int) -> str:
     return f"{run_label}: {text}" if runs > 1 else text
 
 
-def _bars(axes: Axes, runs: Sequence[tuple[str, RunMetrics]], series_of: str, what: str,
+def _bars(axes: Axes, runs: Sequence[tuple[str, RunMetrics]], asset: str, series_of: str, what: str,
           marks_of: str | None = None, marked: str = "") -> None:
-    """One bar per minute and run, the runs side by side within the minute (never stacked, never overlaid); with
-    `marks_of`, a second series drawn as a dash across each run's bar (what the bar is measured against)."""
+    """One bar per minute and run, the runs side by side within the minute (never stacked, never overlaid), of
+    what settles in `asset`; with `marks_of`, a second series drawn as a dash across each run's bar (what the bar
+    is measured against)."""
     width = MINUTE * 0.8 / max(len(runs), 1)
     for index, ((label, run), color) in enumerate(zip(runs, RUN_COLORS, strict=False)):
-        times, values = _series(getattr(run, series_of))
+        times, values = _series(getattr(run, series_of).get(asset, {}))
         if times:  # matplotlib cannot size bars on an empty time axis
             axes.bar([t + MINUTE * 0.1 + width * index for t in times], values, width=width, align="edge",
                      color=color, label=_label(label, what, len(runs)))
         if marks_of is not None:
-            times, values = _series(getattr(run, marks_of))
+            times, values = _series(getattr(run, marks_of).get(asset, {}))
             if times:
                 axes.plot([t + MINUTE * 0.1 + width * (index + 0.5) for t in times], values, linestyle="none",
                           marker="_", markersize=10, markeredgewidth=2.5, color="black",
@@ -185,13 +186,19 @@ def figures(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -
     _legend(axes, "upper right")
     out["fund-balance"] = figure
 
-    figure, axes = _axes("Liquidated notional per minute (quantity x mark)", f"notional ({unit})", span)
-    _bars(axes, runs, "minute_liquidated", f"liquidated ({unit})")
-    out["liquidations"] = figure
-
-    figure, axes = _axes("Deleveraged (ADL) notional per minute", f"notional ({unit})", span)
-    _bars(axes, runs, "minute_deleveraged", f"deleveraged by ADL ({unit})")
-    out["adl"] = figure
+    # notionals and amounts are added up per settlement asset: one chart for each asset, when they differ
+    settled = sorted({asset for _, run in runs for series in (run.minute_liquidated, run.minute_deleveraged,
+                                                              run.minute_haircut) for asset in series}) or [unit]
+    named = {asset: ("", "") if len(settled) == 1 else (f"-{asset}", f" in {asset}") for asset in settled}
+    for asset, (suffix, title) in named.items():
+        figure, axes = _axes(f"Liquidated notional per minute (quantity x mark){title}", f"notional ({asset})",
+                             span)
+        _bars(axes, runs, asset, "minute_liquidated", f"liquidated ({asset})")
+        out[f"liquidations{suffix}"] = figure
+    for asset, (suffix, title) in named.items():
+        figure, axes = _axes(f"Deleveraged (ADL) notional per minute{title}", f"notional ({asset})", span)
+        _bars(axes, runs, asset, "minute_deleveraged", f"deleveraged by ADL ({asset})")
+        out[f"adl{suffix}"] = figure
 
     figure, axes = _axes("Mark price", "price", span)
     label, run = runs[0]
@@ -214,10 +221,12 @@ def figures(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -
     axes.set_ylim(bottom=0)
     out["adl-queue-depth"] = figure
 
-    figure, axes = _axes("ADL haircut per minute against the budget its rounds needed", f"amount ({unit})", span)
-    _bars(axes, runs, "minute_haircut", f"haircut taken from counterparties ({unit})", "minute_needed",
-          f"needed: the deficit the fund could not pay ({unit})")
-    out["adl-haircut"] = figure
+    for asset, (suffix, title) in named.items():
+        figure, axes = _axes(f"ADL haircut per minute against the budget its rounds needed{title}",
+                             f"amount ({asset})", span)
+        _bars(axes, runs, asset, "minute_haircut", f"haircut taken from counterparties ({asset})", "minute_needed",
+              f"needed: the deficit the fund could not pay ({asset})")
+        out[f"adl-haircut{suffix}"] = figure
 
     figure, axes = _axes("Leverage of the positions ADL hit against the eligible population", "leverage (x)", span)
     _leverage(axes, runs)
