@@ -27,7 +27,7 @@ from backstop.adapters.files import RAW_KEEP_BYTES, pretty_json, write_bytes
 from backstop.adapters.journal_file import records
 from backstop.core.adl_policy import AdlPolicy
 from backstop.core.adl_policy import document as policy_document
-from backstop.core.errors import InvariantViolation
+from backstop.core.errors import InvariantViolation, one_line
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.numbers import text
 from backstop.core.records import kept_raw
@@ -199,7 +199,7 @@ def journal_lines(chunk: bytes, first_line: int) -> Iterator[tuple[int, bytes]]:
 def dead_letter_line(line: int, reason: str, raw: bytes, kind: str) -> bytes:
     """`kind`: backstop.core.errors.RejectionKind."""
     text, exact, truncated = kept_raw(raw, RAW_KEEP_BYTES)
-    return canonical_json({"line": line, "kind": kind, "reason": reason, "raw": text, "raw_base64": exact,
+    return canonical_json({"line": line, "kind": kind, "reason": one_line(reason), "raw": text, "raw_base64": exact,
                            "raw_truncated": truncated})
 
 

@@ -112,6 +112,19 @@ def test_line_ends_and_blank_lines_are_read_alike(tmp_path: Path) -> None:
     assert_same(reference, compiled)
 
 
+def test_a_reason_holding_line_ends_is_written_as_one_line_alike(tmp_path: Path) -> None:
+    """A dead letter's reason quotes the bad input (an extra field's name here): what some reader ends a line at
+    (C0, DEL, C1, U+2028, U+2029) is escaped in one spelling, as the service's dead letters have it."""
+    lines = EXAMPLES[1].read_bytes().splitlines()
+    bad = orjson.dumps({"type": "mark", "ts": 1, "symbol": "X", "mark_price": "1", "X\x00\n\x7f\x85\u2028\u2029é": 1})
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(b"\n".join([*lines, bad]) + b"\n")
+    reference = run(journal, tmp_path / "reference", "reference")
+    assert_same(reference, run(journal, tmp_path / "compiled", "compiled"))
+    (letter,) = map(orjson.loads, reference["dead-letter.jsonl"].splitlines())
+    assert "X\\x00\\x0a\\x7f\\x85\\u2028\\u2029é" in letter["reason"] and letter["reason"].isprintable()
+
+
 def test_a_position_whose_cost_rounded_away_ranks_alike(tmp_path: Path) -> None:
     """A cost share that would round past a cost below 1e-8 takes the cost (docs/design.md §9.4's shares never exceed
     their total), leaving a position of cost 0, which the ADL queue ranks last with score 0."""

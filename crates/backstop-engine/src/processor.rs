@@ -67,8 +67,8 @@ pub struct RecordsBatch {
     pub held: Vec<u8>,
 }
 
-/// A reason as the dead-letter topic carries it, one line for every reader: C0, DEL and C1 written as \xNN, U+2028
-/// and U+2029 as \uNNNN (PostgreSQL text holds no NUL).
+/// A reason as a dead letter carries it (backstop.core.errors.one_line), one line for every reader: C0, DEL and C1
+/// written as \xNN, U+2028 and U+2029 as \uNNNN (PostgreSQL text holds no NUL).
 fn escaped_reason(reason: &str) -> String {
     let mut out = String::with_capacity(reason.len());
     for character in reason.chars() {
@@ -181,10 +181,11 @@ impl KeptRaw<'_> {
 
 fn dead_letter(out: &mut Vec<u8>, line: u64, kind: RejectionKind, reason: &str, raw: &[u8]) {
     let kept = KeptRaw::of(raw, RAW_KEEP_BYTES);
+    let reason = escaped_reason(reason);
     let document = J::Obj(vec![
         ("kind", J::Str(kind.name())),
         ("line", J::Int(line as i128)),
-        ("reason", J::Str(reason)),
+        ("reason", J::Str(&reason)),
         ("raw", J::Str(&kept.text)),
         ("raw_base64", kept.exact.as_deref().map_or(J::Null, J::Str)),
         ("raw_truncated", J::Bool(kept.truncated)),

@@ -10,6 +10,17 @@ from typing import Literal
 RejectionKind = Literal["invalid", "rejected", "late", "ahead", "conflicting_duplicate", "engine_error"]
 
 
+# A reason may quote the bad input; what some reader ends a line at is escaped, so a dead letter's reason is one
+# line for all of them: C0, DEL and C1 as \xNN, U+2028 and U+2029 as \uNNNN (and PostgreSQL text cannot hold NUL).
+_LINE_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), *range(127, 160))} | {
+    code: f"\\u{code:04x}" for code in (0x2028, 0x2029)}
+
+
+def one_line(reason: str) -> str:
+    """A reason as a dead letter carries it (the compiled engine: processor::escaped_reason)."""
+    return reason.translate(_LINE_ESCAPES)
+
+
 class Rejected(Exception):
     """The record is malformed or impossible; nothing was applied. The message is the reason."""
 

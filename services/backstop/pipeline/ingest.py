@@ -21,7 +21,7 @@ import orjson
 
 from backstop.core.anchor import journal_step
 from backstop.core.dedupe import HeldRow, identity, identity_of_fields, key_digest
-from backstop.core.errors import InvariantViolation, RejectionKind
+from backstop.core.errors import InvariantViolation, RejectionKind, one_line
 from backstop.core.events import EVENT_TYPES, Event
 from backstop.core.hashing import canonical_json, record_dict
 from backstop.core.processor import Applied, Duplicate, Processor
@@ -502,15 +502,9 @@ def _touch(result: BatchResult, record: Event) -> None:
             result.touched_positions.add((account, symbol))
 
 
-# A reason may quote the bad input; what some reader ends a line at is escaped, so a reason is one line for all of
-# them: C0, DEL and C1 as \xNN, U+2028 and U+2029 as \uNNNN (and PostgreSQL text cannot hold NUL at all).
-_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), *range(127, 160))} | {
-    code: f"\\u{code:04x}" for code in (0x2028, 0x2029)}
-
-
 def _dead(result: BatchResult, message: Consumed, reason: str, topics: TopicNames, kind: RejectionKind,
           processor: Processor) -> None:
-    letter = DeadLetter(message.topic, message.partition, message.offset, reason.translate(_CONTROL_ESCAPES),
+    letter = DeadLetter(message.topic, message.partition, message.offset, one_line(reason),
                         message.value or b"", kind, processor.engine.last_seq)
     result.dead_letters.append(letter)
     record = letter.record()
