@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # the outbox relay
     relay_batch: int = Field(2000, ge=1, le=100_000)
     relay_idle_ms: int = Field(20, ge=1, le=10_000)
+    # an output partition's last record from the outbox that the database does not hold (restored behind the
+    # topics): "wait" until the processor writes it again; "republish" sends that partition's rows after the
+    # database's cursor again (consumers drop ids seen before): for a history that will not write it again
+    relay_missing_tail: Literal["wait", "republish"] = "wait"
 
     # topics created by `backstop topics create` and at start
     input_partitions: int = Field(3, ge=1)

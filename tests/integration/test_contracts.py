@@ -396,8 +396,8 @@ async def test_each_relay_cursor_only_moves_forward(under_test: StoreUnderTest) 
 
 async def test_an_outbox_record_is_found_by_its_record_id_at_its_own_id(under_test: StoreUnderTest) -> None:
     """What the relay looks up at start for each partition's last record from the outbox: its id in this database,
-    a block's record at its own id in the block, a dead letter at its row's; an id not there is absent; the look
-    goes on after the last id it looked through."""
+    a block's record at its own id in the block, a dead letter at its row's: at the id it was published with, or
+    else among the rows of its topic after the id the look goes on from; an id not there is absent."""
     store, batches = under_test.store, Batches(adl_quantiles=True)
     await commit(store, batches.first)
     await commit(store, batches.second)
@@ -406,12 +406,21 @@ async def test_an_outbox_record_is_found_by_its_record_id_at_its_own_id(under_te
     dead = [r for r in rows if r.topic == TOPICS.dead_letter]
     assert len(quantiles) >= 3 and dead and len(rows) == len(quantiles) + len(dead)
     asked = [quantiles[0], quantiles[len(quantiles) // 2], quantiles[-1], *dead]
-    found, looked_to = await store.outbox_places([r.record_id for r in asked] + ["no-such-record"], 0)
-    assert found == {r.record_id: r.id for r in asked} and looked_to == max(r.id for r in rows)
+    top = max(r.id for r in rows)
+
+    def tails(shift: int, topic: str | None = None) -> dict[str, tuple[str, int]]:
+        """The asked records as published with ids `shift` off theirs here (and one never written)."""
+        asking = {r.record_id: (topic or r.topic, r.id + shift) for r in asked}
+        return asking | {"no-such-record": (TOPICS.dead_letter, 1)}
+
+    want = {r.record_id: r.id for r in asked}
+    assert await store.outbox_places(tails(0), top) == (want, top)  # at their own ids: looked for nowhere else
+    for shift in (1, 1000, -1):  # published with other ids (another database numbered them): looked for by id
+        assert await store.outbox_places(tails(shift), 0) == (want, top)
     middle = quantiles[len(quantiles) // 2].id  # within the block: its records after it only
-    found, looked_to = await store.outbox_places([r.record_id for r in asked], middle)
-    assert found == {r.record_id: r.id for r in asked if r.id > middle} and looked_to == max(r.id for r in rows)
-    assert await store.outbox_places([r.record_id for r in asked], looked_to) == ({}, looked_to)
+    assert await store.outbox_places(tails(1000), middle) == ({k: v for k, v in want.items() if v > middle}, top)
+    assert await store.outbox_places(tails(1000), top) == ({}, top)
+    assert await store.outbox_places(tails(1000, "another-topic"), 0) == ({}, top)  # rows of its topic only
 
 
 def _position(account: str, seq: int, qty: str = "1") -> tuple[Any, ...]:

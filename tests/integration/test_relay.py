@@ -345,7 +345,10 @@ async def test_a_block_written_before_migration_0012_is_read_from_its_lines_and_
             topics.adl_quantiles, old.quantile_block.decode())
         assert (await migrate(empty_database))[0] == "0012"
         # its records found by their ids, as a relay starting on a restored database looks them up: from its lines
-        assert await store.outbox_places([expected[1][1], "absent"], 0) == ({expected[1][1]: 2}, len(expected))
+        tails = {expected[1][1]: (topics.adl_quantiles, 2), "absent": (topics.adl_quantiles, 1)}
+        assert await store.outbox_places(tails, 0) == ({expected[1][1]: 2}, len(expected))  # at its own id
+        tails[expected[1][1]] = (topics.adl_quantiles, 7)
+        assert await store.outbox_places(tails, 0) == ({expected[1][1]: 2}, len(expected))  # looked for
         await commit_example(store, topics)
         n = len(expected)
         assert [(r["id"], r["keys"] is None) for r in await store.pool.fetch("SELECT id, keys FROM outbox")] == [
@@ -479,23 +482,30 @@ async def topic_ids(settings: Settings, topic: str) -> dict[int, list[str]]:
     return got
 
 
+@pytest.mark.parametrize("mode", ["renumbered-higher", "renumbered-lower", "republish"])
 async def test_a_database_restored_behind_the_topics_publishes_each_outbox_record_once(
-        kafka_bootstrap: str, topic_prefix: str, databases: Any) -> None:
+        kafka_bootstrap: str, topic_prefix: str, databases: Any, mode: str) -> None:
     """PostgreSQL restored from a backup behind the output topics numbers its outbox rows anew (here: ids a
-    rolled-back batch took before the restored rows were written again). The relay looks each partition's last
-    record up by its record id: while the restored database does not hold it yet, the relay waits, not ready and
-    saying why, and publishes nothing; once the processor wrote it again, every row up to it is passed over and
-    what follows is published: every record on every output topic once, in its source's order per partition."""
+    rolled-back batch took, in the restored database before the rows were written again, or in the lost one). The
+    relay looks each partition's last record up by its record id: while the restored database does not hold it
+    yet, the relay waits, not ready and saying why, and publishes nothing; once the processor wrote it again, every
+    row up to it is passed over and what follows is published: every record on every output topic once, in its
+    source's order per partition. With BACKSTOP_RELAY_MISSING_TAIL=republish it does not wait: the outbox topics'
+    rows are sent again from the restored cursor (consumers drop ids seen before), none lost, the tables' once."""
     settings = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=f"{topic_prefix}rst{secrets.token_hex(3)}.",
-                        output_partitions=3, relay_batch=50, relay_idle_ms=10)
+                        output_partitions=3, relay_batch=50, relay_idle_ms=10,
+                        relay_missing_tail="republish" if mode == "republish" else "wait")
     topics = TopicNames(settings.topic_prefix)
     ensure_topics(settings)
     first, second, third = restore_batches(topics)
-    original, restored = await databases.create("_orig"), await databases.create("_rest")
-    for dsn in (original, restored):
+    suffix = secrets.token_hex(3)
+    lost, restored = await databases.create(f"_lost{suffix}"), await databases.create(f"_rest{suffix}")
+    for dsn in (lost, restored):
         await migrate(dsn)
-    store = await Store.open(original, relay_in_rust=True)
+    store = await Store.open(lost, relay_in_rust=True)
     try:  # the database lost: two batches, every record published
+        if mode == "renumbered-lower":
+            await store.pool.execute("SELECT setval('outbox_id_seq', 40)")
         for expected, result, head, rows in (first, second):
             await store.commit(expected_seq=expected, result=result, head=head, projections=rows)
         lost_outbox = await store.pool.fetchval("SELECT max(id) FROM outbox")
@@ -505,19 +515,21 @@ async def test_a_database_restored_behind_the_topics_publishes_each_outbox_recor
     before = {topic: await topic_ids(settings, topic) for topic in topics.outputs}
     assert before[topics.adl_quantiles] and before[topics.dead_letter]
 
-    store = await Store.open(restored, relay_in_rust=True)  # the backup: the first batch, ids taken by others
+    store = await Store.open(restored, relay_in_rust=True)  # the backup: the first batch
     relay = OutboxRelay(settings, store, kafka_runtime())
     task = asyncio.create_task(relay.run_forever())
     try:
-        await store.pool.execute("SELECT setval('outbox_id_seq', $1)", lost_outbox + 5)
+        if mode == "renumbered-higher":
+            await store.pool.execute("SELECT setval('outbox_id_seq', $1)", lost_outbox + 5)
         expected, result, head, rows = first
         await store.commit(expected_seq=expected, result=result, head=head, projections=rows)
-        for _ in range(200):
-            if relay.waiting is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert relay.waiting is not None and "again" in relay.waiting and not relay.healthy
-        assert {topic: await topic_ids(settings, topic) for topic in topics.outputs} == before  # nothing sent
+        if mode != "republish":
+            for _ in range(200):
+                if relay.waiting is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert relay.waiting is not None and "again" in relay.waiting and not relay.healthy
+            assert {topic: await topic_ids(settings, topic) for topic in topics.outputs} == before  # nothing sent
         for expected, result, head, rows in (second, third):  # the processor catches up, then goes on
             await store.commit(expected_seq=expected, result=result, head=head, projections=rows)
             relay.wake()
@@ -540,6 +552,15 @@ async def test_a_database_restored_behind_the_topics_publishes_each_outbox_recor
     order[topics.dead_letter] = [m.record_id for _, r, _, _ in (first, second, third) for m in r.outbox]
     for topic, ids in order.items():
         got = await topic_ids(settings, topic)
-        assert sorted(i for found in got.values() for i in found) == sorted(ids), topic  # each once, none lost
+        assert {i for found in got.values() for i in found} == set(ids), topic  # none lost
         for partition, found in got.items():
-            assert found == [i for i in ids if i in found], (topic, partition)  # in the source's order
+            mine = [i for i in ids if i in found]  # the partition's records in their source's order
+            if mode == "republish" and topic in (topics.adl_quantiles, topics.dead_letter):
+                # what the lost database published, then sent again from some record on, in order, none left out
+                published = before[topic].get(partition, [])
+                rest = found[len(published):]
+                assert found[:len(published)] == published and rest == mine[len(mine) - len(rest):], (topic,
+                                                                                                       partition)
+                assert set(mine) - set(published) <= set(rest), (topic, partition)
+            else:
+                assert found == mine, (topic, partition)  # each once, in order

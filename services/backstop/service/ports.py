@@ -173,10 +173,11 @@ class LedgerStore(Protocol):
         """Rows not yet published, over every source."""
         ...
 
-    async def outbox_places(self, record_ids: Sequence[str], after: int) -> tuple[dict[str, int], int]:
-        """The outbox id each of these records has in this database, among the rows after id `after` (a block's
-        record: its own id in the block); absent: not there (yet). With the last id looked through, from which the
-        next look goes on."""
+    async def outbox_places(self, tails: Mapping[str, tuple[str, int]], after: int) -> tuple[dict[str, int], int]:
+        """The outbox id each record (record id -> its topic and its outbox id where it was published) has in this
+        database (a block's record: its own id in the block): at that same id, or else among the rows of its topic
+        after id `after`; absent: not there (yet). With the last id looked through, from which the next look goes
+        on."""
         ...
 
     def hold_lock(self, lock_id: int) -> AbstractAsyncContextManager[Lease]:

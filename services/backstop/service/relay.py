@@ -29,7 +29,7 @@ from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 
 from backstop import faults
-from backstop.adapters.postgres.store import RELAY_LOCK, OutboxRow
+from backstop.adapters.postgres.store import RELAY_LOCK, TABLE_SOURCES, OutboxRow
 from backstop.pipeline.topics import TopicNames
 from backstop.service import metrics, trace
 from backstop.service.ports import (
@@ -176,29 +176,44 @@ class OutboxRelay(SupervisedLoop):
     async def _places_here(self, tails: Mapping[Partition, Tail]) -> dict[Partition, tuple[str, int]] | None:
         """Each output partition's last record's place in this database's sources. A table's seq or position is
         the same in every database; an outbox id is not (a rolled-back batch takes ids, and a database restored
-        from a backup numbers the rows written after it anew): such a record is looked up by its record id. One
-        not in this database yet (it was restored behind the topic) is waited for, the relay not ready meanwhile
-        (`waiting` says why): the processor writes it again as it catches up, and every row of its partition up to
-        it is then passed over. None: stopped while waiting."""
+        from a backup numbers the rows written after it anew): a last record of a topic fed from the outbox is
+        looked up by its record id (at its own id, where every database that holds it has it unless restored from
+        a backup older than it; else anywhere, newest first, then among the rows written since). One this database
+        does not hold yet (restored behind the topic) is waited for, the relay not ready meanwhile (`waiting` says
+        why): the processor writes it again as it catches up, and every row of its partition up to it is then
+        passed over. With `relay_missing_tail=republish`, such a partition's rows after the cursor are sent again
+        instead. None: stopped while waiting."""
         places = {partition: (tail.header, tail.place) for partition, tail in tails.items()}
+        from_outbox = set(self.topics.outputs) - {self.topics.of_source(source) for source in TABLE_SOURCES}
         wanted = {partition: tail.record_id for partition, tail in tails.items()
-                  if tail.header == OUTBOX_HEADER and tail.record_id is not None}
+                  if partition[0] in from_outbox and tail.header == OUTBOX_HEADER and tail.record_id is not None}
         found: dict[str, int] = {}
         looked_to = 0
         while True:
-            more, looked_to = await self.store.outbox_places(sorted(set(wanted.values()) - found.keys()), looked_to)
+            self._woken.clear()  # before looking: a commit after the look wakes the wait below
+            if self.lease is not None:  # a relay whose lock ended waits no longer
+                await self.lease.check()
+            more, looked_to = await self.store.outbox_places(
+                {record_id: (partition[0], tails[partition].place) for partition, record_id in wanted.items()
+                 if record_id not in found}, looked_to)
             found.update(more)
             missing = sorted((partition, record_id) for partition, record_id in wanted.items()
                              if record_id not in found)
             if not missing:
                 break
-            (topic, partition), record_id = missing[0]
-            waiting = (f"waiting for the database to write record {record_id} again, the last on {topic}[{partition}]"
-                       f" ({len(missing)} partition(s) ahead of it: restored from a backup?)")
+            if self.settings.relay_missing_tail == "republish":
+                for partition, record_id in missing:
+                    log.warning("relay: %s[%d] ends with record %s, which this database does not hold: its rows "
+                                "after the cursor are sent again (BACKSTOP_RELAY_MISSING_TAIL=republish)",
+                                *partition, record_id)
+                    del places[partition], wanted[partition]
+                break
+            (topic, number), record_id = missing[0]
+            waiting = (f"waiting for the database to write record {record_id} again, the last on {topic}[{number}]"
+                       f" ({len(missing)} partition(s) in all: restored from a backup behind the topics?)")
             if waiting != self.waiting:
                 log.warning("relay: %s", waiting)
                 self.waiting = waiting
-            self._woken.clear()
             with contextlib.suppress(TimeoutError):  # a commit of this process's processor wakes it
                 async with asyncio.timeout(max(self.settings.relay_idle_ms / 1000, HANDED_POLL_S)):
                     await self._woken.wait()
@@ -279,6 +294,7 @@ class OutboxRelay(SupervisedLoop):
                     metrics.OUTBOX_BACKLOG.set(0)
         finally:
             self.ready = self._taking = False
+            self.waiting = None  # a successor (maybe another instance) says its own
             self._handed.clear()
             await publisher.stop()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -451,10 +451,11 @@ class MemoryStore:
         return sum(1 for row in db.outbox if row.id > cursor) + sum(
             len(db.relayed[source]) - db.relay_cursors[source] for source in TABLE_SOURCES)
 
-    async def outbox_places(self, record_ids: Sequence[str], after: int) -> tuple[dict[str, int], int]:
+    async def outbox_places(self, tails: Mapping[str, tuple[str, int]], after: int) -> tuple[dict[str, int], int]:
         await self._at("outbox_places")
-        outbox, wanted = self.db.outbox, set(record_ids)
-        return ({row.record_id: row.id for row in outbox if row.id > after and row.record_id in wanted},
+        outbox = self.db.outbox
+        return ({row.record_id: row.id for row in outbox if row.record_id in tails
+                 and (row.id == tails[row.record_id][1] or (row.id > after and row.topic == tails[row.record_id][0]))},
                 outbox[-1].id if outbox else 0)
 
     def end_session(self, lock_id: int) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import io
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -173,14 +173,18 @@ RESERVE_OUTBOX_IDS_SQL = f"SELECT {_TAKE_OUTBOX_IDS}"
 
 
 # The outbox ids of one-record rows among $1 record ids, after id $2 and up to $3 (record_id is unique).
-OUTBOX_RECORD_PLACES_SQL = ("SELECT record_id, id FROM outbox WHERE record_id = ANY($1::text[]) AND id > $2 "
+OUTBOX_RECORD_PLACES_SQL = ("SELECT record_id, id, topic FROM outbox WHERE record_id = ANY($1::text[]) AND id > $2 "
                             "AND id <= $3")
-# The blocks after id $2 and up to $3 whose keys (or, written before migration 0012, lines) hold one of $1 record
-# ids as text: block_rows finds which of their records, if any, has it. Looked for in windows of ids from the newest.
+# The blocks of topics $4 after id $2 and up to $3 whose keys (or, written before migration 0012, lines) hold one
+# of $1 record ids as text: block_rows finds which of their records, if any, has it. Looked for in windows of ids
+# from the newest.
 OUTBOX_BLOCK_PLACES_SQL = ("SELECT id, records, topic, payload, keys FROM outbox o WHERE id > $2 AND id <= $3 AND "
-                           "records IS NOT NULL AND EXISTS (SELECT FROM unnest($1::text[]) AS r(id) "
-                           "WHERE strpos(coalesce(o.keys, o.payload), r.id) > 0) ORDER BY id DESC")
-OUTBOX_PLACES_WINDOW = 1 << 16
+                           "records IS NOT NULL AND topic = ANY($4::text[]) AND EXISTS (SELECT FROM "
+                           "unnest($1::text[]) AS r(id) WHERE strpos(coalesce(o.keys, o.payload), r.id) > 0) "
+                           "ORDER BY id DESC")
+# The outbox row that holds id $1: a one-record row at it, or the block whose ids run up to its own.
+OUTBOX_ROW_AT_SQL = "SELECT id, records, topic, payload, keys, record_id FROM outbox WHERE id >= $1 ORDER BY id LIMIT 1"
+OUTBOX_PLACES_WINDOW = 1 << 20  # ids: a block takes one per record
 
 
 def block_rows(last_id: int, records: int, topic: str, block: str, after: int, keys: str | None) -> list[OutboxRow]:
@@ -1138,22 +1142,37 @@ class Store:
         backlog: int = await self.pool.fetchval(RELAY_BACKLOG_SQL)
         return backlog
 
-    async def outbox_places(self, record_ids: Sequence[str], after: int) -> tuple[dict[str, int], int]:
-        """The outbox ids these records have here, among the rows after `after` and up to the last row committed
-        now: one-record rows by their unique record id; a block's records looked for from the newest blocks back,
-        in windows growing twice as long until every id is found (a partition's last record is among the newest
-        rows, unless the database was restored behind it), each block that names an id split for its records'."""
+    async def outbox_places(self, tails: Mapping[str, tuple[str, int]], after: int) -> tuple[dict[str, int], int]:
+        """Each record at the id it was published with, if this database holds it there (every database that
+        holds it does, unless restored from a backup older than it): the row at or after that id, one record or a
+        block whose ids run up to its id. Else, among the rows after `after` and up to the last committed now:
+        one-record rows by their unique record id, blocks of its topic from the newest back, a window of ids per
+        statement (each short, however long the outbox), each block that names one of the ids split for its
+        records'."""
         top: int = await self.pool.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
-        wanted = set(record_ids)
-        found: dict[str, int] = dict(await self.pool.fetch(OUTBOX_RECORD_PLACES_SQL, sorted(wanted), after, top))
-        high, window = top, OUTBOX_PLACES_WINDOW
-        while wanted - found.keys() and high > after:
-            low = max(high - window, after)
-            for block in await self.pool.fetch(OUTBOX_BLOCK_PLACES_SQL, sorted(wanted - found.keys()), low, high):
+        found: dict[str, int] = {}
+        for record_id, (_, place) in sorted(tails.items()):
+            row = await self.pool.fetchrow(OUTBOX_ROW_AT_SQL, place) if 0 < place <= top else None
+            if row is None or row["id"] - (row["records"] or 1) >= place:  # no row holds that id (rolled back)
+                continue
+            at = (row["record_id"] if row["records"] is None else block_rows(
+                row["id"], row["records"], row["topic"], row["payload"], place - 1, row["keys"])[0].record_id)
+            if at == record_id:
+                found[record_id] = place
+        wanted = {record_id: topic for record_id, (topic, _) in tails.items() if record_id not in found}
+        if not wanted:
+            return found, top
+        found.update((record_id, place) for record_id, place, topic in await self.pool.fetch(
+            OUTBOX_RECORD_PLACES_SQL, sorted(wanted), after, top) if wanted[record_id] == topic)
+        high = top
+        while wanted.keys() - found.keys() and high > after:
+            low, missing = max(high - OUTBOX_PLACES_WINDOW, after), sorted(wanted.keys() - found.keys())
+            for block in await self.pool.fetch(OUTBOX_BLOCK_PLACES_SQL, missing, low, high,
+                                               sorted({wanted[record_id] for record_id in missing})):
                 rows = block_rows(block["id"], block["records"], block["topic"], block["payload"], after,
                                   block["keys"])
                 for row in rows:
                     if row.record_id in wanted:
                         found.setdefault(row.record_id, row.id)  # the newest block's, should an id repeat
-            high, window = low, 2 * window
+            high = low
         return found, top
