@@ -406,6 +406,25 @@ def test_outputs_of_a_backstop_before_raw_base64_and_inventory_upnl_verify(
     assert 'kind: stored no such field, replay gives "invalid"' in capsys.readouterr().out
 
 
+def test_a_dead_letter_reason_an_older_backstop_left_on_several_lines_verifies_another_does_not(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before dead letters escaped their reasons to one line, a field name holding a line end was written as it
+    came: the audit takes such a reason for the escaped one it gives; a reason that differs otherwise is named."""
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(b'{"type":"mark","symbol":"X","ts":1,"mark_price":"1","a\\nb\\u2028":1}\n'
+                        + (EXAMPLES / "07-adl-lab.jsonl").read_bytes())
+    out = tmp_path / "out"
+    assert main(["replay", str(journal), "--out", str(out)]) == 0
+    (letter,) = [orjson.loads(line) for line in (out / "dead-letter.jsonl").read_bytes().splitlines()]
+    assert "a\\x0ab\\u2028" in letter["reason"]
+    for reason, code in ((letter["reason"].replace("\\x0a", "\n").replace("\\u2028", "\u2028"), 0),
+                         (letter["reason"].replace("\\x0a", "\n").replace("a", "c", 1), 1)):
+        (out / "dead-letter.jsonl").write_bytes(orjson.dumps({**letter, "reason": reason},
+                                                             option=orjson.OPT_SORT_KEYS) + b"\n")
+        capsys.readouterr()
+        assert main(["audit", "verify", str(out), "--journal", str(journal)]) == code, capsys.readouterr().out
+
+
 def test_a_fund_cut_from_the_summary_is_a_reconcile_mismatch(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     out = replayed(tmp_path, EXAMPLES / "06-bad-debt.jsonl")

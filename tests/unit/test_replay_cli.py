@@ -68,6 +68,17 @@ def test_strict_stops_at_the_first_bad_line(tmp_path: Path, capsys: pytest.Captu
     assert "line 4" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("engine", ["reference", "compiled"])
+def test_a_strict_stop_says_its_reason_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   engine: str) -> None:
+    journal = tmp_path / "j.jsonl"
+    journal.write_bytes(b'{"type":"mark","symbol":"X","ts":1,"mark_price":"1","a\\nb\\u2028":1}\n')
+    capsys.readouterr()
+    assert main(["replay", str(journal), "--out", str(tmp_path / "o"), "--strict", "--engine", engine]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "line 1: mark.a\\x0ab\\u2028: " in err, err
+
+
 def test_snapshot_plus_tail_equals_the_whole_replay(tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     assert main(["replay", str(EXAMPLE), "--out", str(whole), "--snapshot-every", "4"]) == 0

@@ -42,6 +42,7 @@ from backstop.core.anchor import (
     check_signatures,
 )
 from backstop.core.documents import SUMMARY_KEYS
+from backstop.core.errors import one_line
 from backstop.core.hashing import GENESIS_HASH, combine
 from backstop.core.ledger import bad_debt
 from backstop.core.ledger import fund as fund_account
@@ -416,7 +417,10 @@ def verify_other_files(out: Path, derived: Path, summary: dict[str, Any], read: 
 
 def _as_written(letter: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
     """A derived dead letter with the fields of the stored ones: an older backstop wrote no raw_base64 (its raw was
-    the text alone), so outputs of it compare without it."""
+    the text alone), so outputs of it compare without it; nor did it escape its reason to one line, so the stored
+    one counts when it escapes to the derived one (one_line changes an escaped reason no more)."""
+    if isinstance(stored.get("reason"), str) and one_line(stored["reason"]) == letter["reason"]:
+        letter = {**letter, "reason": stored["reason"]}
     return letter if "raw_base64" in stored else {k: v for k, v in letter.items() if k != "raw_base64"}
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, NoReturn
 
 from backstop import __version__
 from backstop.collector import raise_young_threshold
+from backstop.core.errors import one_line
 
 
 class DsnArgument(argparse.Action):
@@ -368,7 +369,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
               f"may have been sent)", file=sys.stderr)
         return 2
     for number, reason in produced.not_sent:
-        print(f"backstop produce: {args.journal} line {number} not sent: {reason}", file=sys.stderr)
+        print(f"backstop produce: {args.journal} line {number} not sent: {one_line(reason)}", file=sys.stderr)
     print("produced " + (", ".join(f"{n} {t}" for t, n in produced.counts.items()) or "nothing")
           + (f"; {len(produced.not_sent)} line(s) not sent" if produced.not_sent else ""))
     return PRODUCE_SOME_NOT_SENT if produced.not_sent else 0
@@ -554,7 +555,8 @@ def _cmd_whatif(args: argparse.Namespace) -> int:
     if left_out:
         number, reason = left_out[0]
         print(f"backstop whatif: {len(left_out)} line(s) of {args.journal} are not valid records, left out of every "
-              f"run (first: line {number}: {reason[:200]}); `backstop replay` dead-letters them", file=sys.stderr)
+              f"run (first: line {number}: {one_line(reason[:200])}); `backstop replay` dead-letters them",
+              file=sys.stderr)
     runs = comparison["runs"] if args.policies is not None else {
         name: comparison[name] for name in ("baseline", "alternative")}
     rejected = [f"{name} {run['rejected']}" for name, run in runs.items() if run["rejected"]]

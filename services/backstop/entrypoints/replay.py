@@ -32,6 +32,7 @@ from backstop.adapters.files import (
 from backstop.adapters.journal_file import JournalFile, JournalFileError
 from backstop.core import adl_policy
 from backstop.core.adl_policy import AdlPolicy
+from backstop.core.errors import one_line
 from backstop.core.events import IDENTIFIER_CHARS, IDENTIFIER_MAX, is_fund_account
 from backstop.core.ledger import fund as fund_account
 from backstop.core.ledger import wallet as wallet_account
@@ -427,7 +428,7 @@ def _replay_into(out_path: Path, options: ReplayOptions, engine: LedgerEngine, c
                 prefix.end()
             if batch.stopped is not None:
                 line, reason = batch.stopped
-                raise ReplayError(f"line {line}: {reason}", 1)
+                raise ReplayError(f"line {line}: {one_line(reason)}", 1)
             advance(len(chunk))
     # accounts.json is built while the engine's writer still writes the last chunks' postings; the summary takes the
     # postings chain's head from it (docs/engines.md, "The replay's pipeline")

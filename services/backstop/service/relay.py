@@ -9,8 +9,10 @@ source in a header (POSITION_HEADER for a table's seq or position, OUTBOX_HEADER
 moves only once Kafka acknowledged every row up to it. Rows of one partition are published in their source's order,
 so on start the relay reads the last record of every output partition: every row of that partition whose place is up
 to the one that record's header names is already in Kafka (a crash between publishing and moving the cursor leaves
-exactly such rows) and is passed over without being sent again. No record id is published twice; per key, order is
-kept. Outbox rows written before the tables became sources (migration 0008) are published before any table row.
+exactly such rows) and is passed over without being sent again. A last record placed by outbox id is looked up by
+its record id, as a database restored from a backup numbers the outbox anew (OutboxRelay._places_here). No record id
+is published twice (unless BACKSTOP_RELAY_MISSING_TAIL=republish says so, after a restore); per key, order is kept.
+Outbox rows written before the tables became sources (migration 0008) are published before any table row.
 
 The processor of the same process hands over what each batch's commit wrote (ports.Committed): the relay publishes
 those rows as they are, without reading them back, when they follow what it has published in every source (each

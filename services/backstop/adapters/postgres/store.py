@@ -1172,7 +1172,7 @@ class Store:
                 rows = block_rows(block["id"], block["records"], block["topic"], block["payload"], after,
                                   block["keys"])
                 for row in rows:
-                    if row.record_id in wanted:
+                    if wanted.get(row.record_id) == row.topic:
                         found.setdefault(row.record_id, row.id)  # the newest block's, should an id repeat
             high = low
         return found, top
