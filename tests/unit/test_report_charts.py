@@ -115,13 +115,19 @@ def test_runs_with_nothing_to_chart_draw_empty_charts_without_a_warning() -> Non
 
 
 def test_notionals_settled_in_two_assets_are_charted_apart_never_added() -> None:
-    """A run whose symbols settle in USDT and in BTC (a linear and an inverse contract): each asset's notionals get
-    their own charts, in its own unit; no bar adds BTC to USDT."""
+    """A run whose symbols settle in USDT and in BTC (a linear and an inverse contract): each asset's notionals and
+    fund balances get their own charts, in its own unit; no bar adds BTC to USDT."""
     run = _run(1, minutes=3)
     run.minute_liquidated["BTC"] = {START_MS: D("2.5")}
     run.minute_haircut["BTC"], run.minute_needed["BTC"] = {START_MS: D("0.5")}, {START_MS: D("0.75")}
+    run.minute_fund["BTC-INV"] = {START_MS: D("12.5")}  # a fund settled in BTC beside one in USDT
     result = figures([("mixed", run)], {"BTC": "USDT", "BTC-INV": "BTC"})
     try:
+        assert [name for name in result if name.startswith("fund-balance")] == ["fund-balance-BTC",
+                                                                                 "fund-balance-USDT"]
+        balance = result["fund-balance-BTC"].axes[0]
+        assert balance.get_ylabel() == "balance (BTC)"
+        assert [text.get_text() for text in balance.get_legend().get_texts()] == ["insurance fund BTC-INV (BTC)"]
         assert [name for name in result if name.startswith(("liquidations", "adl"))] == [
             "liquidations-BTC", "liquidations-USDT", "adl-BTC", "adl-USDT", "adl-queue-depth", "adl-haircut-BTC",
             "adl-haircut-USDT", "adl-leverage"]

@@ -176,15 +176,24 @@ def figures(runs: Sequence[tuple[str, RunMetrics]], assets: Mapping[str, str]) -
     span = _span(runs)
     unit = _unit(assets)
 
-    figure, axes = _axes("Insurance fund balance", f"balance ({unit})", span)
-    for (label, run), color in zip(runs, RUN_COLORS, strict=False):
-        for fund_id, style in zip(sorted(run.minute_fund), ("-", "--", ":", "-."), strict=False):
-            times, values = _series(run.minute_fund[fund_id])
-            axes.step(times, values, where="post", color=color, linestyle=style,
-                      label=_label(label, f"insurance fund {fund_id} ({_unit(assets, [fund_id])})", len(runs)))
-    axes.axhline(0, color="black", linewidth=0.8)
-    _legend(axes, "upper right")
-    out["fund-balance"] = figure
+    # funds settled in different assets on axes of their own: a BTC balance beside a USDT one would read as zero
+    funds_of: dict[str, set[str]] = {}
+    for _, run in runs:
+        for fund_id in run.minute_fund:
+            funds_of.setdefault(assets.get(fund_id, "?"), set()).add(fund_id)
+    for asset, funds in sorted(funds_of.items()) or [(unit, set())]:
+        apart = len(funds_of) > 1
+        figure, axes = _axes("Insurance fund balance" + (f" in {asset}" if apart else ""), f"balance ({asset})",
+                             span)
+        for (label, run), color in zip(runs, RUN_COLORS, strict=False):
+            mine = sorted(fund_id for fund_id in run.minute_fund if fund_id in funds)
+            for fund_id, style in zip(mine, ("-", "--", ":", "-."), strict=False):
+                times, values = _series(run.minute_fund[fund_id])
+                axes.step(times, values, where="post", color=color, linestyle=style,
+                          label=_label(label, f"insurance fund {fund_id} ({asset})", len(runs)))
+        axes.axhline(0, color="black", linewidth=0.8)
+        _legend(axes, "upper right")
+        out["fund-balance" + (f"-{asset}" if apart else "")] = figure
 
     # notionals and amounts are added up per settlement asset: one chart for each asset, when they differ
     settled = sorted({asset for _, run in runs for series in (run.minute_liquidated, run.minute_deleveraged,
