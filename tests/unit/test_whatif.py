@@ -83,6 +83,15 @@ def test_a_changed_record_the_journal_dead_letters_anyway_is_not_blamed_on_the_p
     assert [letter["kind"] for letter in letters] == ["conflicting_duplicate"]
 
 
+def test_a_left_out_line_s_reason_is_said_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    journal = tmp_path / "with-bad.jsonl"
+    journal.write_bytes((EXAMPLES / "02-adl-walks-queue.jsonl").read_bytes()
+                        + b'{"type":"mark","symbol":"X","ts":1,"mark_price":"1","a\\nb\\u2028":1}\n')
+    assert main(["whatif", str(journal), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "(first: line 20: mark.a\\x0ab\\u2028: " in err, err
+
+
 @pytest.mark.parametrize("policies", [[], ["--policies", "queue,pro_rata"]])
 def test_lines_that_are_not_records_are_left_out_and_said(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                           policies: list[str]) -> None:
