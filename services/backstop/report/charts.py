@@ -102,9 +102,10 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _unit(assets: Mapping[str, str], fund_ids: Sequence[str] | None = None) -> str:
-    """The settlement asset of the given funds (of all funds by default), or "settlement asset" when they differ."""
-    chosen = {assets.get(fund_id, "?") for fund_id in (fund_ids if fund_ids is not None else assets)}
+def _unit(assets: Mapping[str, str]) -> str:
+    """The funds' settlement asset, or "settlement asset" when they differ: the unit of a chart with nothing on it
+    (a chart with data is drawn per asset)."""
+    chosen = set(assets.values())
     return chosen.pop() if len(chosen) == 1 else "settlement asset"
 
 
